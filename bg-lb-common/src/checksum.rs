@@ -1,0 +1,90 @@
+//! Incremental Internet checksum updates (RFC 1624, eqn. 3: `HC' = ~(~HC + ~m + m')`).
+//!
+//! All values are raw wire-order fields read as native integers: one's
+//! complement sums are byte-order independent, so no swapping is needed as
+//! long as the checksum field is read the same way.
+
+/// Folds a 32-bit one's complement sum into 16 bits. Two folds suffice for
+/// the few terms summed here, and a fixed count keeps the verifier happy.
+#[inline(always)]
+const fn fold(sum: u32) -> u16 {
+    let sum = (sum & 0xffff) + (sum >> 16);
+    let sum = (sum & 0xffff) + (sum >> 16);
+    sum as u16
+}
+
+/// Checksum after a 16-bit field changed from `old` to `new`.
+#[inline(always)]
+pub const fn replace16(check: u16, old: u16, new: u16) -> u16 {
+    !fold(!check as u32 + !old as u32 + new as u32)
+}
+
+/// Checksum after a 32-bit field changed from `old` to `new`.
+#[inline(always)]
+pub const fn replace32(check: u16, old: u32, new: u32) -> u16 {
+    let sum = !check as u32
+        + (!old & 0xffff)
+        + (!old >> 16)
+        + (new & 0xffff)
+        + (new >> 16);
+    !fold(sum)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Reference: full checksum over native-read 16-bit words.
+    fn full(words: &[u16]) -> u16 {
+        let mut sum: u32 = words.iter().map(|&w| w as u32).sum();
+        while sum >> 16 != 0 {
+            sum = (sum & 0xffff) + (sum >> 16);
+        }
+        !(sum as u16)
+    }
+
+    /// Deterministic pseudo-random words (xorshift) so failures reproduce.
+    fn words(seed: u32, n: usize) -> Vec<u16> {
+        let mut x = seed | 1;
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                x as u16
+            })
+            .collect()
+    }
+
+    #[test]
+    fn replace16_matches_full_recompute() {
+        for seed in 1..2000 {
+            let mut w = words(seed, 10);
+            let check = full(&w);
+            let new = words(seed.wrapping_mul(31), 1)[0];
+            let old = w[3];
+            w[3] = new;
+            assert_eq!(replace16(check, old, new), full(&w), "seed {seed}");
+        }
+    }
+
+    #[test]
+    fn replace32_matches_full_recompute() {
+        for seed in 1..2000 {
+            let mut w = words(seed, 10);
+            let check = full(&w);
+            let old = (w[5] as u32) << 16 | w[4] as u32;
+            let new = words(seed.wrapping_mul(7), 2);
+            let new32 = (new[1] as u32) << 16 | new[0] as u32;
+            w[4] = new[0];
+            w[5] = new[1];
+            assert_eq!(replace32(check, old, new32), full(&w), "seed {seed}");
+        }
+    }
+
+    #[test]
+    fn replace_with_same_value_keeps_checksum() {
+        assert_eq!(replace32(0x1234, 0xdead_beef, 0xdead_beef), 0x1234);
+        assert_eq!(replace16(0xabcd, 0x0050, 0x0050), 0xabcd);
+    }
+}

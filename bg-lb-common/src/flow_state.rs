@@ -1,0 +1,102 @@
+//! TCP state of a pinned flow, as far as a load balancer needs it: when has
+//! the flow ended, so a new SYN on the same 5-tuple may pick a new backend and
+//! housekeeping may expire it after a short linger.
+
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_ACK: u8 = 0x10;
+
+/// The client's SYN was seen (flow created by a handshake).
+pub const SYN_SEEN: u32 = 1 << 0;
+/// The backend answered (SYN-ACK seen on the reply path).
+pub const ESTABLISHED: u32 = 1 << 1;
+pub const FIN_FROM_CLIENT: u32 = 1 << 2;
+pub const FIN_FROM_BACKEND: u32 = 1 << 3;
+pub const RESET: u32 = 1 << 4;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    FromClient,
+    FromBackend,
+}
+
+/// A SYN without ACK opens a new connection.
+#[inline(always)]
+pub const fn is_connection_request(tcp_flags: u8) -> bool {
+    tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+}
+
+/// State after a packet with `tcp_flags` went through in `dir`.
+#[inline(always)]
+pub const fn advance(state: u32, tcp_flags: u8, dir: Direction) -> u32 {
+    let mut next = state;
+    if tcp_flags & TCP_RST != 0 {
+        next |= RESET;
+    }
+    match dir {
+        Direction::FromClient => {
+            if tcp_flags & TCP_FIN != 0 {
+                next |= FIN_FROM_CLIENT;
+            }
+        }
+        Direction::FromBackend => {
+            if tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK {
+                next |= ESTABLISHED;
+            }
+            if tcp_flags & TCP_FIN != 0 {
+                next |= FIN_FROM_BACKEND;
+            }
+        }
+    }
+    next
+}
+
+/// Ended flows only linger until housekeeping removes them, and a new SYN on
+/// the same 5-tuple is a new connection.
+#[inline(always)]
+pub const fn has_ended(state: u32) -> bool {
+    state & RESET != 0 || state & (FIN_FROM_CLIENT | FIN_FROM_BACKEND) == FIN_FROM_CLIENT | FIN_FROM_BACKEND
+}
+
+/// Bits a fresh flow starts with: a SYN-created flow, or a flow adopted from
+/// a mid-stream packet.
+#[inline(always)]
+pub const fn initial(tcp_flags: u8) -> u32 {
+    if is_connection_request(tcp_flags) { SYN_SEEN } else { 0 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Direction::*, *};
+
+    #[test]
+    fn syn_without_ack_is_a_connection_request_and_syn_ack_is_not() {
+        assert!(is_connection_request(TCP_SYN));
+        assert!(!is_connection_request(TCP_SYN | TCP_ACK));
+        assert!(!is_connection_request(TCP_ACK));
+    }
+
+    #[test]
+    fn flow_ends_only_after_fin_from_both_sides() {
+        let s = initial(TCP_SYN);
+        let s = advance(s, TCP_SYN | TCP_ACK, FromBackend);
+        assert_eq!(s & ESTABLISHED, ESTABLISHED);
+        let s = advance(s, TCP_FIN | TCP_ACK, FromClient);
+        assert!(!has_ended(s), "half-closed flow still carries data");
+        let s = advance(s, TCP_FIN | TCP_ACK, FromBackend);
+        assert!(has_ended(s));
+    }
+
+    #[test]
+    fn rst_from_either_side_ends_the_flow() {
+        assert!(has_ended(advance(initial(TCP_SYN), TCP_RST, FromClient)));
+        assert!(has_ended(advance(initial(TCP_SYN), TCP_RST | TCP_ACK, FromBackend)));
+    }
+
+    #[test]
+    fn two_fins_from_the_client_do_not_end_the_flow() {
+        let s = advance(initial(TCP_SYN), TCP_FIN, FromClient);
+        assert!(!has_ended(advance(s, TCP_FIN, FromClient)));
+    }
+}

@@ -1,0 +1,23 @@
+//! The single definition of every map name, key, value and capacity that the
+//! bg-lb eBPF programs and userspace share, plus the pure packet-path logic
+//! both sides must agree on bit for bit.
+//!
+//! # Layout
+//! - [`maps`]: map names, capacities and `#[repr(C)]` key/value types.
+//! - [`counters`]: indices of the global per-CPU drop/pass counters.
+//! - [`flow_hash`]: the 5-tuple hash that picks a lookup-table slot.
+//! - [`checksum`]: RFC 1624 incremental checksum updates used by NAT.
+//! - [`flow_state`]: TCP flow state tracking (when a pinned flow has ended).
+//! - [`snat_port`]: candidate SNAT ports for collision-free allocation.
+//!
+//! Addresses and ports inside map keys and values are stored exactly as on
+//! the wire (network byte order, read as native `u32`/`u16`), so the data
+//! plane never byte-swaps; userspace converts with `u32::from_ne_bytes`.
+#![cfg_attr(not(test), no_std)]
+
+pub mod checksum;
+pub mod counters;
+pub mod flow_hash;
+pub mod flow_state;
+pub mod maps;
+pub mod snat_port;

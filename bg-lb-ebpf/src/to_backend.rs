@@ -1,0 +1,126 @@
+//! Client -> VIP path: find or pin the flow's backend, full-NAT it towards
+//! the backend (source becomes SNAT addr:port), forward.
+
+use aya_ebpf::{
+    bindings::{BPF_ANY, BPF_NOEXIST, xdp_action::XDP_DROP},
+    helpers::bpf_ktime_get_ns,
+    programs::XdpContext,
+};
+use bg_lb_common::{
+    counters::Counter,
+    flow_hash::flow_hash,
+    flow_state::{self, Direction},
+    maps::{Backend, DataplaneConfig, Flow, FlowKey, IPPROTO_TCP, NO_BACKEND, NatKey, Service},
+    snat_port::{self, SNAT_PORT_ATTEMPTS},
+};
+
+use crate::{
+    forward::forward,
+    maps::{BACKENDS, FLOWS, LOOKUP_TABLES, REVERSE_NAT, Way, account, count},
+    nat::{Endpoints, rewrite},
+    packet::TcpPacket,
+};
+
+#[inline(always)]
+pub fn to_backend(ctx: &XdpContext, pkt: &TcpPacket, service: &Service, cfg: &DataplaneConfig) -> u32 {
+    let key = FlowKey {
+        client_addr: pkt.src_addr(),
+        vip_addr: pkt.dst_addr(),
+        client_port: pkt.src_port(),
+        vip_port: pkt.dst_port(),
+        proto: IPPROTO_TCP,
+        _pad: [0; 3],
+    };
+    let now = unsafe { bpf_ktime_get_ns() };
+    let (flow, new_flow) = match pinned_flow(&key, pkt.flags, now) {
+        Some(flow) => (flow, false),
+        None => match new_flow(&key, pkt.flags, service, cfg, now) {
+            Ok(flow) => (flow, true),
+            Err(counter) => {
+                count(counter);
+                return XDP_DROP;
+            }
+        },
+    };
+    let Some(backend) = BACKENDS.get(flow.backend_id) else {
+        count(Counter::NoBackend);
+        return XDP_DROP;
+    };
+    account(&flow, Way::ToBackend, pkt.ip_len, new_flow);
+    rewrite(pkt, &Endpoints {
+        src_addr: cfg.snat_addr,
+        src_port: flow.snat_port,
+        dst_addr: backend.addr,
+        dst_port: backend.port,
+    });
+    forward(ctx, pkt)
+}
+
+/// The flow's pinned entry, updated for this packet, unless there is none or
+/// this SYN reuses the 5-tuple of a flow that has ended.
+#[inline(always)]
+fn pinned_flow(key: &FlowKey, tcp_flags: u8, now: u64) -> Option<Flow> {
+    let entry = FLOWS.get_ptr_mut(key)?;
+    let flow = unsafe { &mut *entry };
+    if flow_state::is_connection_request(tcp_flags) && flow_state::has_ended(flow.state) {
+        // Its reverse entry would otherwise hold the old SNAT port until LRU eviction.
+        let backend = BACKENDS.get(flow.backend_id)?;
+        let _ = REVERSE_NAT.remove(&nat_key(backend, flow.snat_port));
+        return None;
+    }
+    flow.state = flow_state::advance(flow.state, tcp_flags, Direction::FromClient);
+    flow.last_seen_ns = now;
+    Some(*flow)
+}
+
+#[inline(always)]
+fn nat_key(backend: &Backend, snat_port: u16) -> NatKey {
+    NatKey { backend_addr: backend.addr, backend_port: backend.port, snat_port }
+}
+
+/// Picks a backend from the service's lookup table. A SYN pins the choice
+/// (flow entry plus a reverse-NAT entry owning a unique SNAT port); any other
+/// packet of an unknown flow is forwarded statelessly, as Maglev does.
+#[inline(always)]
+fn new_flow(key: &FlowKey, tcp_flags: u8, service: &Service, cfg: &DataplaneConfig, now: u64) -> Result<Flow, Counter> {
+    let hash = flow_hash(key);
+    let slot = hash.checked_rem(service.lut_size).ok_or(Counter::NoBackend)?;
+    let backend_id = *LOOKUP_TABLES.get(service.lut_base.wrapping_add(slot)).ok_or(Counter::NoBackend)?;
+    if backend_id == NO_BACKEND {
+        return Err(Counter::NoBackend);
+    }
+    let backend = BACKENDS.get(backend_id).ok_or(Counter::NoBackend)?;
+    let mut flow = Flow {
+        backend_id,
+        service_id: service.id,
+        snat_port: 0,
+        _pad: 0,
+        state: flow_state::initial(tcp_flags),
+        created_ns: now,
+        last_seen_ns: now,
+    };
+    if !flow_state::is_connection_request(tcp_flags) {
+        count(Counter::UnpinnedForwarded);
+        flow.snat_port = snat_port::candidate(hash, 0, cfg.snat_port_min, cfg.snat_port_max).to_be();
+        return Ok(flow);
+    }
+    flow.snat_port = claim_snat_port(key, hash, backend, cfg)?;
+    if FLOWS.insert(key, &flow, BPF_ANY as u64).is_err() {
+        let _ = REVERSE_NAT.remove(&nat_key(backend, flow.snat_port));
+        return Err(Counter::FlowInsertFailed);
+    }
+    Ok(flow)
+}
+
+/// Claims the first free SNAT port (wire order) for this backend. NOEXIST
+/// makes the claim atomic, so two CPUs never hand out the same port.
+#[inline(always)]
+fn claim_snat_port(key: &FlowKey, hash: u32, backend: &Backend, cfg: &DataplaneConfig) -> Result<u16, Counter> {
+    for attempt in 0..SNAT_PORT_ATTEMPTS {
+        let port = snat_port::candidate(hash, attempt, cfg.snat_port_min, cfg.snat_port_max).to_be();
+        if REVERSE_NAT.insert(&nat_key(backend, port), key, BPF_NOEXIST as u64).is_ok() {
+            return Ok(port);
+        }
+    }
+    Err(Counter::SnatPortsExhausted)
+}

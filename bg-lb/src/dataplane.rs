@@ -1,0 +1,282 @@
+//! The loaded XDP data plane: loads the embedded object, attaches it, and
+//! reads and writes its maps with the types from bg-lb-common.
+
+use std::{net::SocketAddrV4, path::PathBuf};
+
+use aya::{
+    Ebpf, EbpfLoader, Pod,
+    maps::{Array, DevMapHash, HashMap, MapError, PerCpuArray},
+    programs::{ProgramError, Xdp, XdpMode, xdp::XdpLinkId},
+};
+use bg_lb_common::{
+    counters::{COUNTER_COUNT, Counter},
+    maps::{
+        self, Backend, DataplaneConfig, Flow, FlowKey, IPPROTO_TCP, Service, ServiceKey,
+        TrafficStats,
+    },
+};
+
+use crate::ebpf_objects;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DataplaneError {
+    #[error("loading the eBPF object: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("program {name}: {source}")]
+    Program {
+        name: &'static str,
+        source: ProgramError,
+    },
+    #[error("map {name}: {source}")]
+    Map {
+        name: &'static str,
+        source: MapError,
+    },
+    #[error("adding interface to TX_PORTS: {0}")]
+    TxPort(#[from] aya::maps::xdp::XdpMapError),
+    #[error("map {0} is missing from the eBPF object")]
+    MissingMap(&'static str),
+    #[error("program {0} is missing from the eBPF object")]
+    MissingProgram(&'static str),
+}
+
+/// Sizes chosen at load time (maps cannot grow once created).
+#[derive(Clone, Debug)]
+pub struct DataplaneOptions {
+    pub max_flows: u32,
+    pub lookup_capacity: u32,
+    /// Pin every map here (bpffs) so a restarted daemon adopts them; `None`
+    /// for private maps (packet tests).
+    pub pin_dir: Option<PathBuf>,
+}
+
+impl Default for DataplaneOptions {
+    fn default() -> Self {
+        Self {
+            max_flows: maps::DEFAULT_MAX_FLOWS,
+            lookup_capacity: maps::DEFAULT_LOOKUP_CAPACITY,
+            pin_dir: None,
+        }
+    }
+}
+
+/// Map keys store addresses as on the wire.
+pub fn wire_addr(addr: &SocketAddrV4) -> (u32, u16) {
+    (u32::from_ne_bytes(addr.ip().octets()), addr.port().to_be())
+}
+
+pub fn service_key(vip: &SocketAddrV4) -> ServiceKey {
+    let (addr, port) = wire_addr(vip);
+    ServiceKey {
+        addr,
+        port,
+        proto: IPPROTO_TCP,
+        _pad: 0,
+    }
+}
+
+pub struct Dataplane {
+    ebpf: Ebpf,
+}
+
+impl Dataplane {
+    /// Loads the object (creating or, with `pin_dir`, adopting its maps) and
+    /// loads the XDP program into the kernel. Nothing is attached yet.
+    pub fn load(opts: &DataplaneOptions) -> Result<Self, DataplaneError> {
+        let mut loader = EbpfLoader::new();
+        loader.map_max_entries(maps::FLOWS, opts.max_flows);
+        loader.map_max_entries(maps::REVERSE_NAT, opts.max_flows);
+        loader.map_max_entries(maps::LOOKUP_TABLES, opts.lookup_capacity);
+        if let Some(dir) = &opts.pin_dir {
+            for name in maps::ALL_MAPS {
+                loader.map_pin_path(name, dir.join(name));
+            }
+        }
+        let mut dp = Self {
+            ebpf: loader.load(ebpf_objects::load_balancer())?,
+        };
+        dp.xdp_mut()?
+            .load()
+            .map_err(|source| DataplaneError::Program {
+                name: maps::XDP_PROGRAM,
+                source,
+            })?;
+        Ok(dp)
+    }
+
+    pub fn xdp(&self) -> Result<&Xdp, DataplaneError> {
+        let prog = self
+            .ebpf
+            .program(maps::XDP_PROGRAM)
+            .ok_or(DataplaneError::MissingProgram(maps::XDP_PROGRAM))?;
+        prog.try_into().map_err(|source| DataplaneError::Program {
+            name: maps::XDP_PROGRAM,
+            source,
+        })
+    }
+
+    fn xdp_mut(&mut self) -> Result<&mut Xdp, DataplaneError> {
+        let prog = self
+            .ebpf
+            .program_mut(maps::XDP_PROGRAM)
+            .ok_or(DataplaneError::MissingProgram(maps::XDP_PROGRAM))?;
+        prog.try_into().map_err(|source| DataplaneError::Program {
+            name: maps::XDP_PROGRAM,
+            source,
+        })
+    }
+
+    /// Attaches the program to `ifindex` and lets it redirect there.
+    pub fn attach(&mut self, ifindex: u32, mode: XdpMode) -> Result<XdpLinkId, DataplaneError> {
+        let link = self
+            .xdp_mut()?
+            .attach_to_if_index(ifindex, mode)
+            .map_err(|source| DataplaneError::Program {
+                name: maps::XDP_PROGRAM,
+                source,
+            })?;
+        self.add_tx_port(ifindex)?;
+        Ok(link)
+    }
+
+    /// Allows XDP_REDIRECT to `ifindex` (an interface the program may send on).
+    pub fn add_tx_port(&mut self, ifindex: u32) -> Result<(), DataplaneError> {
+        let mut ports: DevMapHash<_> = self.map_mut(maps::TX_PORTS)?;
+        Ok(ports.insert(ifindex, ifindex, None, 0)?)
+    }
+
+    pub fn set_config(&mut self, cfg: &DataplaneConfig) -> Result<(), DataplaneError> {
+        self.array_set(maps::CONFIG, 0, cfg)
+    }
+
+    pub fn set_backend(&mut self, id: u32, backend: &Backend) -> Result<(), DataplaneError> {
+        self.array_set(maps::BACKENDS, id, backend)
+    }
+
+    pub fn set_service(
+        &mut self,
+        key: &ServiceKey,
+        service: &Service,
+    ) -> Result<(), DataplaneError> {
+        let mut services: HashMap<_, ServiceKey, Service> = self.map_mut(maps::SERVICES)?;
+        services
+            .insert(key, service, 0)
+            .map_err(map_err(maps::SERVICES))
+    }
+
+    pub fn remove_service(&mut self, key: &ServiceKey) -> Result<(), DataplaneError> {
+        let mut services: HashMap<_, ServiceKey, Service> = self.map_mut(maps::SERVICES)?;
+        match services.remove(key) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(map_err(maps::SERVICES)(e)),
+        }
+    }
+
+    pub fn services(&self) -> Result<Vec<(ServiceKey, Service)>, DataplaneError> {
+        let services: HashMap<_, ServiceKey, Service> = self.map(maps::SERVICES)?;
+        collect(services.iter(), maps::SERVICES)
+    }
+
+    /// Writes `table` into LOOKUP_TABLES starting at `base`.
+    pub fn write_table(&mut self, base: u32, table: &[u32]) -> Result<(), DataplaneError> {
+        let mut tables: Array<_, u32> = self.map_mut(maps::LOOKUP_TABLES)?;
+        for (i, backend_id) in table.iter().enumerate() {
+            tables
+                .set(base + i as u32, backend_id, 0)
+                .map_err(map_err(maps::LOOKUP_TABLES))?;
+        }
+        Ok(())
+    }
+
+    pub fn flows(&self) -> Result<Vec<(FlowKey, Flow)>, DataplaneError> {
+        let flows: HashMap<_, FlowKey, Flow> = self.map(maps::FLOWS)?;
+        collect(flows.iter(), maps::FLOWS)
+    }
+
+    /// A backend's traffic counters, summed over CPUs.
+    pub fn backend_stats(&self, id: u32) -> Result<TrafficStats, DataplaneError> {
+        self.per_cpu_sum(maps::BACKEND_STATS, id, sum_stats)
+    }
+
+    pub fn service_stats(&self, id: u32) -> Result<TrafficStats, DataplaneError> {
+        self.per_cpu_sum(maps::SERVICE_STATS, id, sum_stats)
+    }
+
+    /// Every global counter, summed over CPUs.
+    pub fn counters(&self) -> Result<Vec<(Counter, u64)>, DataplaneError> {
+        (0..COUNTER_COUNT)
+            .map(|i| {
+                Ok((
+                    Counter::ALL[i as usize],
+                    self.per_cpu_sum(maps::COUNTERS, i, |v: &[u64]| v.iter().sum())?,
+                ))
+            })
+            .collect()
+    }
+
+    fn per_cpu_sum<V: Pod, R>(
+        &self,
+        name: &'static str,
+        index: u32,
+        sum: impl Fn(&[V]) -> R,
+    ) -> Result<R, DataplaneError> {
+        let array: PerCpuArray<_, V> = self.map(name)?;
+        let values = array.get(&index, 0).map_err(map_err(name))?;
+        Ok(sum(&values))
+    }
+
+    fn array_set<V: Pod>(
+        &mut self,
+        name: &'static str,
+        index: u32,
+        value: &V,
+    ) -> Result<(), DataplaneError> {
+        let mut array: Array<_, V> = self.map_mut(name)?;
+        array.set(index, value, 0).map_err(map_err(name))
+    }
+
+    fn map<'a, T>(&'a self, name: &'static str) -> Result<T, DataplaneError>
+    where
+        T: TryFrom<&'a aya::maps::Map, Error = MapError>,
+    {
+        let map = self
+            .ebpf
+            .map(name)
+            .ok_or(DataplaneError::MissingMap(name))?;
+        T::try_from(map).map_err(map_err(name))
+    }
+
+    fn map_mut<'a, T>(&'a mut self, name: &'static str) -> Result<T, DataplaneError>
+    where
+        T: TryFrom<&'a mut aya::maps::Map, Error = MapError>,
+    {
+        let map = self
+            .ebpf
+            .map_mut(name)
+            .ok_or(DataplaneError::MissingMap(name))?;
+        T::try_from(map).map_err(map_err(name))
+    }
+}
+
+fn map_err(name: &'static str) -> impl Fn(MapError) -> DataplaneError {
+    move |source| DataplaneError::Map { name, source }
+}
+
+fn collect<K, V, I>(iter: I, name: &'static str) -> Result<Vec<(K, V)>, DataplaneError>
+where
+    I: Iterator<Item = Result<(K, V), MapError>>,
+{
+    iter.collect::<Result<_, _>>().map_err(map_err(name))
+}
+
+fn sum_stats(per_cpu: &[TrafficStats]) -> TrafficStats {
+    per_cpu
+        .iter()
+        .fold(TrafficStats::default(), |a, s| TrafficStats {
+            packets_in: a.packets_in + s.packets_in,
+            bytes_in: a.bytes_in + s.bytes_in,
+            packets_out: a.packets_out + s.packets_out,
+            bytes_out: a.bytes_out + s.bytes_out,
+            new_flows: a.new_flows + s.new_flows,
+        })
+}

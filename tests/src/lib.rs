@@ -1,0 +1,16 @@
+//! Shared harness for bg-lb's root tests.
+//!
+//! # Layout
+//! - [`netns`]: throwaway network namespaces (unshared threads and named
+//!   namespaces) that are always removed, even when a test fails.
+//! - [`cmd`]: running `ip`/`sysctl` with clear failure messages.
+//! - [`packets`]: crafting and checking Ethernet/IPv4/TCP frames.
+pub mod cmd;
+pub mod netns;
+pub mod packets;
+
+/// Fails fast with a clear message when not root: these tests need BPF and
+/// network namespaces, and a silent skip would hide that they never ran.
+pub fn require_root() {
+    assert!(nix::unistd::geteuid().is_root(), "this test needs root (BPF, network namespaces): run `cargo xtask test`");
+}
