@@ -59,10 +59,34 @@ mod tests {
     fn flow_hash_depends_on_every_field() {
         let base = key(1000);
         let h = flow_hash(&base);
-        assert_ne!(h, flow_hash(&FlowKey { client_addr: base.client_addr ^ 1, ..base }));
-        assert_ne!(h, flow_hash(&FlowKey { vip_addr: base.vip_addr ^ 1, ..base }));
-        assert_ne!(h, flow_hash(&FlowKey { client_port: base.client_port ^ 1, ..base }));
-        assert_ne!(h, flow_hash(&FlowKey { vip_port: base.vip_port ^ 1, ..base }));
+        assert_ne!(
+            h,
+            flow_hash(&FlowKey {
+                client_addr: base.client_addr ^ 1,
+                ..base
+            })
+        );
+        assert_ne!(
+            h,
+            flow_hash(&FlowKey {
+                vip_addr: base.vip_addr ^ 1,
+                ..base
+            })
+        );
+        assert_ne!(
+            h,
+            flow_hash(&FlowKey {
+                client_port: base.client_port ^ 1,
+                ..base
+            })
+        );
+        assert_ne!(
+            h,
+            flow_hash(&FlowKey {
+                vip_port: base.vip_port ^ 1,
+                ..base
+            })
+        );
         assert_ne!(h, flow_hash(&FlowKey { proto: 17, ..base }));
     }
 }

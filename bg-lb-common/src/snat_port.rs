@@ -42,15 +42,25 @@ mod tests {
 
     #[test]
     fn attempts_give_distinct_ports_until_the_range_is_used_up() {
-        let ports: HashSet<_> = (0..SNAT_PORT_ATTEMPTS).map(|a| candidate(u32::MAX, a, 1000, 1999)).collect();
+        let ports: HashSet<_> = (0..SNAT_PORT_ATTEMPTS)
+            .map(|a| candidate(u32::MAX, a, 1000, 1999))
+            .collect();
         assert_eq!(ports.len(), SNAT_PORT_ATTEMPTS as usize);
-        let tiny: HashSet<_> = (0..SNAT_PORT_ATTEMPTS).map(|a| candidate(9, a, 1000, 1003)).collect();
+        let tiny: HashSet<_> = (0..SNAT_PORT_ATTEMPTS)
+            .map(|a| candidate(9, a, 1000, 1003))
+            .collect();
         assert_eq!(tiny.len(), 4);
     }
 
     #[test]
     fn first_candidates_spread_over_the_whole_range() {
-        let firsts: HashSet<_> = (0..50_000u32).map(|h| candidate(h.wrapping_mul(2_654_435_761), 0, 20000, 29999)).collect();
-        assert!(firsts.len() > 9_900, "only {} distinct first ports", firsts.len());
+        let firsts: HashSet<_> = (0..50_000u32)
+            .map(|h| candidate(h.wrapping_mul(2_654_435_761), 0, 20000, 29999))
+            .collect();
+        assert!(
+            firsts.len() > 9_900,
+            "only {} distinct first ports",
+            firsts.len()
+        );
     }
 }

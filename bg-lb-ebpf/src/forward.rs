@@ -7,13 +7,13 @@
 use core::mem::{size_of, zeroed};
 
 use aya_ebpf::{
+    EbpfContext as _,
     bindings::{
         BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup as FibParams,
         xdp_action::{XDP_DROP, XDP_TX},
     },
     helpers::bpf_fib_lookup,
     programs::XdpContext,
-    EbpfContext as _,
 };
 use bg_lb_common::counters::Counter;
 
@@ -37,7 +37,11 @@ pub fn forward(ctx: &XdpContext, pkt: &TcpPacket) -> u32 {
 
     let rc = unsafe { bpf_fib_lookup(ctx.as_ptr(), &mut fib, size_of::<FibParams>() as i32, 0) };
     if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 {
-        count(if rc == BPF_FIB_LKUP_RET_NO_NEIGH as i64 { Counter::FibNoNeighbour } else { Counter::FibFailed });
+        count(if rc == BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
+            Counter::FibNoNeighbour
+        } else {
+            Counter::FibFailed
+        });
         return XDP_DROP;
     }
     unsafe {

@@ -13,11 +13,7 @@ mod packet;
 mod to_backend;
 mod to_client;
 
-use aya_ebpf::{
-    bindings::xdp_action::XDP_PASS,
-    macros::xdp,
-    programs::XdpContext,
-};
+use aya_ebpf::{bindings::xdp_action::XDP_PASS, macros::xdp, programs::XdpContext};
 use bg_lb_common::{
     counters::Counter,
     maps::{DataplaneConfig, IPPROTO_TCP, ServiceKey},
@@ -31,7 +27,9 @@ use crate::{
 
 #[xdp]
 pub fn bg_lb(ctx: XdpContext) -> u32 {
-    let Some(cfg) = CONFIG.get(0).copied() else { return XDP_PASS };
+    let Some(cfg) = CONFIG.get(0).copied() else {
+        return XDP_PASS;
+    };
     if cfg.ready == 0 {
         return XDP_PASS;
     }
@@ -46,11 +44,16 @@ pub fn bg_lb(ctx: XdpContext) -> u32 {
             return XDP_PASS;
         }
     };
-    let service_key = ServiceKey { addr: pkt.dst_addr(), port: pkt.dst_port(), proto: IPPROTO_TCP, _pad: 0 };
+    let service_key = ServiceKey {
+        addr: pkt.dst_addr(),
+        port: pkt.dst_port(),
+        proto: IPPROTO_TCP,
+        _pad: 0,
+    };
     // Copy the service inside the branch: carrying an Option<Service> across
     // branches makes LLVM spill the None case's uninitialised payload, which
     // the verifier rejects.
-    if let Some(service) = unsafe { SERVICES.get(&service_key) } {
+    if let Some(service) = unsafe { SERVICES.get(service_key) } {
         let service = *service;
         if !decrement_ttl(&pkt) {
             return ttl_expired();

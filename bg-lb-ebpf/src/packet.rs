@@ -56,7 +56,14 @@ pub fn parse_tcp(ctx: &XdpContext) -> Result<TcpPacket, NotForUs> {
         return Err(NotForUs::Other);
     }
     let ip: *mut Ipv4Hdr = ptr_at(ctx, ETH_LEN).ok_or(NotForUs::Unsafe(Counter::Truncated))?;
-    let (vihl, proto, frags, ip_len) = unsafe { ((*ip).vihl, (*ip).proto, u16::from_be_bytes((*ip).frags), (*ip).tot_len()) };
+    let (vihl, proto, frags, ip_len) = unsafe {
+        (
+            (*ip).vihl,
+            (*ip).proto,
+            u16::from_be_bytes((*ip).frags),
+            (*ip).tot_len(),
+        )
+    };
     if proto != IpProto::Tcp as u8 || vihl >> 4 != 4 {
         return Err(NotForUs::Other);
     }
@@ -71,11 +78,21 @@ pub fn parse_tcp(ctx: &XdpContext) -> Result<TcpPacket, NotForUs> {
     // checksums we update would not describe what is sent.
     let frame_ip_len = ctx.data_end() - ctx.data() - ETH_LEN;
     let tcp_len = (unsafe { (*tcp).doff() } as usize) * 4;
-    if tcp_len < size_of::<TcpHdr>() || (ip_len as usize) < IP_LEN + tcp_len || ip_len as usize > frame_ip_len {
+    if tcp_len < size_of::<TcpHdr>()
+        || (ip_len as usize) < IP_LEN + tcp_len
+        || ip_len as usize > frame_ip_len
+    {
         return Err(NotForUs::Unsafe(Counter::Truncated));
     }
-    let flags: *const u8 = ptr_at(ctx, TCP_OFFSET + TCP_FLAGS_OFFSET).ok_or(NotForUs::Unsafe(Counter::Truncated))?;
-    Ok(TcpPacket { eth, ip, tcp, flags: unsafe { *flags }, ip_len })
+    let flags: *const u8 =
+        ptr_at(ctx, TCP_OFFSET + TCP_FLAGS_OFFSET).ok_or(NotForUs::Unsafe(Counter::Truncated))?;
+    Ok(TcpPacket {
+        eth,
+        ip,
+        tcp,
+        flags: unsafe { *flags },
+        ip_len,
+    })
 }
 
 impl TcpPacket {

@@ -22,7 +22,12 @@ use crate::{
 };
 
 #[inline(always)]
-pub fn to_backend(ctx: &XdpContext, pkt: &TcpPacket, service: &Service, cfg: &DataplaneConfig) -> u32 {
+pub fn to_backend(
+    ctx: &XdpContext,
+    pkt: &TcpPacket,
+    service: &Service,
+    cfg: &DataplaneConfig,
+) -> u32 {
     let key = FlowKey {
         client_addr: pkt.src_addr(),
         vip_addr: pkt.dst_addr(),
@@ -47,12 +52,15 @@ pub fn to_backend(ctx: &XdpContext, pkt: &TcpPacket, service: &Service, cfg: &Da
         return XDP_DROP;
     };
     account(&flow, Way::ToBackend, pkt.ip_len, new_flow);
-    rewrite(pkt, &Endpoints {
-        src_addr: cfg.snat_addr,
-        src_port: flow.snat_port,
-        dst_addr: backend.addr,
-        dst_port: backend.port,
-    });
+    rewrite(
+        pkt,
+        &Endpoints {
+            src_addr: cfg.snat_addr,
+            src_port: flow.snat_port,
+            dst_addr: backend.addr,
+            dst_port: backend.port,
+        },
+    );
     forward(ctx, pkt)
 }
 
@@ -65,7 +73,7 @@ fn pinned_flow(key: &FlowKey, tcp_flags: u8, now: u64) -> Option<Flow> {
     if flow_state::is_connection_request(tcp_flags) && flow_state::has_ended(flow.state) {
         // Its reverse entry would otherwise hold the old SNAT port until LRU eviction.
         let backend = BACKENDS.get(flow.backend_id)?;
-        let _ = REVERSE_NAT.remove(&nat_key(backend, flow.snat_port));
+        let _ = REVERSE_NAT.remove(nat_key(backend, flow.snat_port));
         return None;
     }
     flow.state = flow_state::advance(flow.state, tcp_flags, Direction::FromClient);
@@ -75,17 +83,31 @@ fn pinned_flow(key: &FlowKey, tcp_flags: u8, now: u64) -> Option<Flow> {
 
 #[inline(always)]
 fn nat_key(backend: &Backend, snat_port: u16) -> NatKey {
-    NatKey { backend_addr: backend.addr, backend_port: backend.port, snat_port }
+    NatKey {
+        backend_addr: backend.addr,
+        backend_port: backend.port,
+        snat_port,
+    }
 }
 
 /// Picks a backend from the service's lookup table. A SYN pins the choice
 /// (flow entry plus a reverse-NAT entry owning a unique SNAT port); any other
 /// packet of an unknown flow is forwarded statelessly, as Maglev does.
 #[inline(always)]
-fn new_flow(key: &FlowKey, tcp_flags: u8, service: &Service, cfg: &DataplaneConfig, now: u64) -> Result<Flow, Counter> {
+fn new_flow(
+    key: &FlowKey,
+    tcp_flags: u8,
+    service: &Service,
+    cfg: &DataplaneConfig,
+    now: u64,
+) -> Result<Flow, Counter> {
     let hash = flow_hash(key);
-    let slot = hash.checked_rem(service.lut_size).ok_or(Counter::NoBackend)?;
-    let backend_id = *LOOKUP_TABLES.get(service.lut_base.wrapping_add(slot)).ok_or(Counter::NoBackend)?;
+    let slot = hash
+        .checked_rem(service.lut_size)
+        .ok_or(Counter::NoBackend)?;
+    let backend_id = *LOOKUP_TABLES
+        .get(service.lut_base.wrapping_add(slot))
+        .ok_or(Counter::NoBackend)?;
     if backend_id == NO_BACKEND {
         return Err(Counter::NoBackend);
     }
@@ -101,12 +123,13 @@ fn new_flow(key: &FlowKey, tcp_flags: u8, service: &Service, cfg: &DataplaneConf
     };
     if !flow_state::is_connection_request(tcp_flags) {
         count(Counter::UnpinnedForwarded);
-        flow.snat_port = snat_port::candidate(hash, 0, cfg.snat_port_min, cfg.snat_port_max).to_be();
+        flow.snat_port =
+            snat_port::candidate(hash, 0, cfg.snat_port_min, cfg.snat_port_max).to_be();
         return Ok(flow);
     }
     flow.snat_port = claim_snat_port(key, hash, backend, cfg)?;
-    if FLOWS.insert(key, &flow, BPF_ANY as u64).is_err() {
-        let _ = REVERSE_NAT.remove(&nat_key(backend, flow.snat_port));
+    if FLOWS.insert(key, flow, BPF_ANY as u64).is_err() {
+        let _ = REVERSE_NAT.remove(nat_key(backend, flow.snat_port));
         return Err(Counter::FlowInsertFailed);
     }
     Ok(flow)
@@ -115,10 +138,19 @@ fn new_flow(key: &FlowKey, tcp_flags: u8, service: &Service, cfg: &DataplaneConf
 /// Claims the first free SNAT port (wire order) for this backend. NOEXIST
 /// makes the claim atomic, so two CPUs never hand out the same port.
 #[inline(always)]
-fn claim_snat_port(key: &FlowKey, hash: u32, backend: &Backend, cfg: &DataplaneConfig) -> Result<u16, Counter> {
+fn claim_snat_port(
+    key: &FlowKey,
+    hash: u32,
+    backend: &Backend,
+    cfg: &DataplaneConfig,
+) -> Result<u16, Counter> {
     for attempt in 0..SNAT_PORT_ATTEMPTS {
-        let port = snat_port::candidate(hash, attempt, cfg.snat_port_min, cfg.snat_port_max).to_be();
-        if REVERSE_NAT.insert(&nat_key(backend, port), key, BPF_NOEXIST as u64).is_ok() {
+        let port =
+            snat_port::candidate(hash, attempt, cfg.snat_port_min, cfg.snat_port_max).to_be();
+        if REVERSE_NAT
+            .insert(nat_key(backend, port), key, BPF_NOEXIST as u64)
+            .is_ok()
+        {
             return Ok(port);
         }
     }

@@ -1,10 +1,6 @@
 //! Backend -> SNAT address path: translate a reply back to VIP -> client.
 
-use aya_ebpf::{
-    bindings::xdp_action::XDP_PASS,
-    helpers::bpf_ktime_get_ns,
-    programs::XdpContext,
-};
+use aya_ebpf::{bindings::xdp_action::XDP_PASS, helpers::bpf_ktime_get_ns, programs::XdpContext};
 use bg_lb_common::{
     counters::Counter,
     flow_state::{self, Direction},
@@ -20,22 +16,29 @@ use crate::{
 
 #[inline(always)]
 pub fn to_client(ctx: &XdpContext, pkt: &TcpPacket) -> u32 {
-    let nat = NatKey { backend_addr: pkt.src_addr(), backend_port: pkt.src_port(), snat_port: pkt.dst_port() };
-    let Some(client) = (unsafe { REVERSE_NAT.get(&nat) }).copied() else {
+    let nat = NatKey {
+        backend_addr: pkt.src_addr(),
+        backend_port: pkt.src_port(),
+        snat_port: pkt.dst_port(),
+    };
+    let Some(client) = (unsafe { REVERSE_NAT.get(nat) }).copied() else {
         count(Counter::ReplyWithoutFlow);
         return XDP_PASS;
     };
-    if let Some(entry) = FLOWS.get_ptr_mut(&client) {
+    if let Some(entry) = FLOWS.get_ptr_mut(client) {
         let flow = unsafe { &mut *entry };
         flow.state = flow_state::advance(flow.state, pkt.flags, Direction::FromBackend);
         flow.last_seen_ns = unsafe { bpf_ktime_get_ns() };
         account(flow, Way::ToClient, pkt.ip_len, false);
     }
-    rewrite(pkt, &Endpoints {
-        src_addr: client.vip_addr,
-        src_port: client.vip_port,
-        dst_addr: client.client_addr,
-        dst_port: client.client_port,
-    });
+    rewrite(
+        pkt,
+        &Endpoints {
+            src_addr: client.vip_addr,
+            src_port: client.vip_port,
+            dst_addr: client.client_addr,
+            dst_port: client.client_port,
+        },
+    );
     forward(ctx, pkt)
 }

@@ -5,12 +5,19 @@
 //!   namespaces) that are always removed, even when a test fails.
 //! - [`cmd`]: running `ip`/`sysctl` with clear failure messages.
 //! - [`packets`]: crafting and checking Ethernet/IPv4/TCP frames.
+//! - [`topology`]: named namespaces and the one-arm client/LB/backends segment.
+//! - [`servers`]: TCP servers that answer with their name, and their client.
 pub mod cmd;
 pub mod netns;
 pub mod packets;
+pub mod servers;
+pub mod topology;
 
 /// Fails fast with a clear message when not root: these tests need BPF and
 /// network namespaces, and a silent skip would hide that they never ran.
 pub fn require_root() {
-    assert!(nix::unistd::geteuid().is_root(), "this test needs root (BPF, network namespaces): run `cargo xtask test`");
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test needs root (BPF, network namespaces): run `cargo xtask test`"
+    );
 }

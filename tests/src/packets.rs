@@ -2,7 +2,10 @@
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 
-use etherparse::{EtherType, Ethernet2Header, IpNumber, Ipv4Header, PacketBuilder, SlicedPacket, TcpHeader, TransportSlice};
+use etherparse::{
+    EtherType, Ethernet2Header, IpNumber, Ipv4Header, PacketBuilder, SlicedPacket, TcpHeader,
+    TransportSlice,
+};
 
 pub const SYN: u8 = 0x02;
 pub const ACK: u8 = 0x10;
@@ -13,7 +16,14 @@ pub const PSH_ACK: u8 = 0x18;
 
 /// An Ethernet/IPv4/TCP frame from `src` to `dst` with the given TCP flags
 /// and payload (TTL 64, a timestamp-free MSS option on SYNs like a real stack).
-pub fn tcp_frame(src_mac: [u8; 6], dst_mac: [u8; 6], src: SocketAddrV4, dst: SocketAddrV4, flags: u8, payload: &[u8]) -> Vec<u8> {
+pub fn tcp_frame(
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+    src: SocketAddrV4,
+    dst: SocketAddrV4,
+    flags: u8,
+    payload: &[u8],
+) -> Vec<u8> {
     let mut builder = PacketBuilder::ethernet2(src_mac, dst_mac)
         .ipv4(src.ip().octets(), dst.ip().octets(), 64)
         .tcp(src.port(), dst.port(), 1000, 64240);
@@ -52,22 +62,37 @@ pub struct TcpView {
 /// Parses an emitted frame and panics unless its IPv4 header checksum and
 /// TCP checksum are both correct.
 pub fn parse_checked(frame: &[u8]) -> TcpView {
-    let eth = Ethernet2Header::from_slice(frame).expect("Ethernet header").0;
+    let eth = Ethernet2Header::from_slice(frame)
+        .expect("Ethernet header")
+        .0;
     assert_eq!(eth.ether_type, EtherType::IPV4);
     let sliced = SlicedPacket::from_ethernet(frame).expect("parsable IPv4/TCP frame");
-    let Some(etherparse::NetSlice::Ipv4(ip)) = sliced.net else { panic!("not IPv4") };
+    let Some(etherparse::NetSlice::Ipv4(ip)) = sliced.net else {
+        panic!("not IPv4")
+    };
     let ip_header: Ipv4Header = ip.header().to_header();
     assert_eq!(ip_header.protocol, IpNumber::TCP);
-    assert_eq!(ip_header.header_checksum, ip_header.calc_header_checksum(), "IPv4 header checksum");
-    let Some(TransportSlice::Tcp(tcp)) = sliced.transport else { panic!("not TCP") };
+    assert_eq!(
+        ip_header.header_checksum,
+        ip_header.calc_header_checksum(),
+        "IPv4 header checksum"
+    );
+    let Some(TransportSlice::Tcp(tcp)) = sliced.transport else {
+        panic!("not TCP")
+    };
     let tcp_header: TcpHeader = tcp.to_header();
-    let expected = tcp_header.calc_checksum_ipv4(&ip_header, tcp.payload()).expect("checksum computes");
+    let expected = tcp_header
+        .calc_checksum_ipv4(&ip_header, tcp.payload())
+        .expect("checksum computes");
     assert_eq!(tcp_header.checksum, expected, "TCP checksum");
     TcpView {
         src_mac: eth.source,
         dst_mac: eth.destination,
         src: SocketAddrV4::new(Ipv4Addr::from(ip_header.source), tcp_header.source_port),
-        dst: SocketAddrV4::new(Ipv4Addr::from(ip_header.destination), tcp_header.destination_port),
+        dst: SocketAddrV4::new(
+            Ipv4Addr::from(ip_header.destination),
+            tcp_header.destination_port,
+        ),
         ttl: ip_header.time_to_live,
         flags_syn: tcp_header.syn,
         payload: tcp.payload().to_vec(),

@@ -74,15 +74,33 @@ impl Lb {
         ip("link set veth1 up");
         ip("addr add 10.0.0.1/24 dev veth0");
         ip("route add 192.168.1.0/24 via 10.0.0.254");
-        for addr in BLUE.iter().chain(&GREEN).map(|b| *b.ip()).chain([Ipv4Addr::new(10, 0, 0, 254)]) {
+        for addr in BLUE
+            .iter()
+            .chain(&GREEN)
+            .map(|b| *b.ip())
+            .chain([Ipv4Addr::new(10, 0, 0, 254)])
+        {
             let mac = mac_of(addr).map(|b| format!("{b:02x}")).join(":");
-            ip(&format!("neigh add {addr} lladdr {mac} dev veth0 nud permanent"));
+            ip(&format!(
+                "neigh add {addr} lladdr {mac} dev veth0 nud permanent"
+            ));
         }
         // bpf_fib_lookup forwards only where forwarding is on; test runs
         // arrive on lo.
-        run("sysctl", &["-qw", "net.ipv4.conf.all.forwarding=1", "net.ipv4.conf.lo.forwarding=1"]);
+        run(
+            "sysctl",
+            &[
+                "-qw",
+                "net.ipv4.conf.all.forwarding=1",
+                "net.ipv4.conf.lo.forwarding=1",
+            ],
+        );
 
-        let opts = DataplaneOptions { max_flows: 4096, lookup_capacity: 2 * DEFAULT_LUT_SIZE, pin_dir: None };
+        let opts = DataplaneOptions {
+            max_flows: 4096,
+            lookup_capacity: 2 * DEFAULT_LUT_SIZE,
+            pin_dir: None,
+        };
         let mut dataplane = Dataplane::load(&opts).expect("load the XDP program");
         dataplane.add_tx_port(ifindex("veth0")).expect("TX_PORTS");
         dataplane
@@ -97,10 +115,23 @@ impl Lb {
         let mut services = Services::new(dataplane, opts.lookup_capacity);
         let backends = BLUE
             .iter()
-            .map(|&addr| BackendSpec { addr, pool: Pool::Blue, weight: 100 })
-            .chain(GREEN.iter().map(|&addr| BackendSpec { addr, pool: Pool::Green, weight: 100 }))
+            .map(|&addr| BackendSpec {
+                addr,
+                pool: Pool::Blue,
+                weight: 100,
+            })
+            .chain(GREEN.iter().map(|&addr| BackendSpec {
+                addr,
+                pool: Pool::Green,
+                weight: 100,
+            }))
             .collect();
-        let spec = ServiceSpec { vip: VIP, lut_size: DEFAULT_LUT_SIZE, ratio: Ratio::new(ratio).unwrap(), backends };
+        let spec = ServiceSpec {
+            vip: VIP,
+            lut_size: DEFAULT_LUT_SIZE,
+            ratio: Ratio::new(ratio).unwrap(),
+            backends,
+        };
         services.apply(&spec).expect("program the service");
         Lb { services, spec }
     }
@@ -118,13 +149,17 @@ impl Lb {
             .dataplane()
             .xdp()
             .unwrap()
-            .test_run(TestRunOptions { data_in: Some(frame), data_out: Some(&mut out), ..TestRunOptions::new() })
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                ..TestRunOptions::new()
+            })
             .expect("BPF_PROG_TEST_RUN");
         out.truncate(result.data_size_out as usize);
         (result.return_value, out)
     }
 
-    fn from_client(&self, client: SocketAddrV4, flags: u8) -> (u32, Vec<u8>) {
+    fn send_from_client(&self, client: SocketAddrV4, flags: u8) -> (u32, Vec<u8>) {
         self.run(&tcp_frame(CLIENT_GW_MAC, LB_MAC, client, VIP, flags, b""))
     }
 
@@ -134,7 +169,12 @@ impl Lb {
             .spec
             .backends
             .iter()
-            .map(|b| TableBackend { id: self.services.backend_id(&VIP, &b.addr).unwrap(), addr: b.addr, pool: b.pool, weight: b.weight })
+            .map(|b| TableBackend {
+                id: self.services.backend_id(&VIP, &b.addr).unwrap(),
+                addr: b.addr,
+                pool: b.pool,
+                weight: b.weight,
+            })
             .collect();
         let table = lookup_table::build(&backends, self.spec.ratio, DEFAULT_LUT_SIZE);
         move |client| {
@@ -150,7 +190,13 @@ impl Lb {
 
     fn flow(&self, client: SocketAddrV4) -> Option<bg_lb_common::maps::Flow> {
         let key = flow_key(client);
-        self.services.dataplane().flows().unwrap().into_iter().find(|(k, _)| *k == key).map(|(_, f)| f)
+        self.services
+            .dataplane()
+            .flows()
+            .unwrap()
+            .into_iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, f)| f)
     }
 }
 
@@ -171,14 +217,18 @@ fn in_lb(ratio: u32, test: impl FnOnce(Lb) + Send + 'static) {
 }
 
 fn pool_of(backend: SocketAddrV4) -> Pool {
-    if BLUE.contains(&backend) { Pool::Blue } else { Pool::Green }
+    if BLUE.contains(&backend) {
+        Pool::Blue
+    } else {
+        Pool::Green
+    }
 }
 
 #[test]
 fn syn_to_vip_is_full_nated_to_the_table_backend_with_valid_checksums() {
     in_lb(50, |lb| {
         let c = client(40000);
-        let (verdict, out) = lb.from_client(c, SYN);
+        let (verdict, out) = lb.send_from_client(c, SYN);
         assert_eq!(verdict, XDP_REDIRECT);
         let view = parse_checked(&out);
         let backend = lb.table_pick()(c);
@@ -199,8 +249,15 @@ fn syn_to_vip_is_full_nated_to_the_table_backend_with_valid_checksums() {
 fn payload_survives_nat_byte_for_byte() {
     in_lb(50, |lb| {
         let c = client(40001);
-        lb.from_client(c, SYN);
-        let frame = tcp_frame(CLIENT_GW_MAC, LB_MAC, c, VIP, PSH_ACK, b"GET / HTTP/1.1\r\n\r\n");
+        lb.send_from_client(c, SYN);
+        let frame = tcp_frame(
+            CLIENT_GW_MAC,
+            LB_MAC,
+            c,
+            VIP,
+            PSH_ACK,
+            b"GET / HTTP/1.1\r\n\r\n",
+        );
         let (verdict, out) = lb.run(&frame);
         assert_eq!(verdict, XDP_REDIRECT);
         assert_eq!(parse_checked(&out).payload, b"GET / HTTP/1.1\r\n\r\n");
@@ -211,9 +268,16 @@ fn payload_survives_nat_byte_for_byte() {
 fn reply_from_backend_is_translated_back_to_vip_and_client() {
     in_lb(50, |lb| {
         let c = client(40002);
-        let (_, out) = lb.from_client(c, SYN);
+        let (_, out) = lb.send_from_client(c, SYN);
         let to_backend = parse_checked(&out);
-        let reply = tcp_frame(mac_of(*to_backend.dst.ip()), LB_MAC, to_backend.dst, to_backend.src, SYN_ACK, b"");
+        let reply = tcp_frame(
+            mac_of(*to_backend.dst.ip()),
+            LB_MAC,
+            to_backend.dst,
+            to_backend.src,
+            SYN_ACK,
+            b"",
+        );
         let (verdict, out) = lb.run(&reply);
         assert_eq!(verdict, XDP_REDIRECT);
         let view = parse_checked(&out);
@@ -221,7 +285,10 @@ fn reply_from_backend_is_translated_back_to_vip_and_client() {
         assert_eq!(view.dst, c);
         assert_eq!(view.src_mac, LB_MAC);
         assert_eq!(view.dst_mac, CLIENT_GW_MAC);
-        assert_eq!(lb.flow(c).unwrap().state & flow_state::ESTABLISHED, flow_state::ESTABLISHED);
+        assert_eq!(
+            lb.flow(c).unwrap().state & flow_state::ESTABLISHED,
+            flow_state::ESTABLISHED
+        );
     });
 }
 
@@ -229,18 +296,32 @@ fn reply_from_backend_is_translated_back_to_vip_and_client() {
 fn pinned_flows_keep_their_backend_after_a_ratio_flip_and_new_flows_follow_it() {
     in_lb(100, |mut lb| {
         let clients: Vec<_> = (0..200).map(|i| client(41000 + i)).collect();
-        let first: Vec<_> = clients.iter().map(|&c| parse_checked(&lb.from_client(c, SYN).1).dst).collect();
-        assert!(first.iter().all(|b| pool_of(*b) == Pool::Blue), "100:0 sends every new flow to blue");
+        let first: Vec<_> = clients
+            .iter()
+            .map(|&c| parse_checked(&lb.send_from_client(c, SYN).1).dst)
+            .collect();
+        assert!(
+            first.iter().all(|b| pool_of(*b) == Pool::Blue),
+            "100:0 sends every new flow to blue"
+        );
 
         lb.set_ratio(0);
         for (c, backend) in clients.iter().zip(&first) {
-            let (verdict, out) = lb.from_client(*c, ACK);
+            let (verdict, out) = lb.send_from_client(*c, ACK);
             assert_eq!(verdict, XDP_REDIRECT);
-            assert_eq!(parse_checked(&out).dst, *backend, "pinned flow moved after the table swap");
+            assert_eq!(
+                parse_checked(&out).dst,
+                *backend,
+                "pinned flow moved after the table swap"
+            );
         }
         for i in 0..200 {
-            let backend = parse_checked(&lb.from_client(client(43000 + i), SYN).1).dst;
-            assert_eq!(pool_of(backend), Pool::Green, "new flows follow the new ratio");
+            let backend = parse_checked(&lb.send_from_client(client(43000 + i), SYN).1).dst;
+            assert_eq!(
+                pool_of(backend),
+                Pool::Green,
+                "new flows follow the new ratio"
+            );
         }
     });
 }
@@ -248,8 +329,15 @@ fn pinned_flows_keep_their_backend_after_a_ratio_flip_and_new_flows_follow_it() 
 #[test]
 fn new_flows_split_by_ratio() {
     in_lb(30, |lb| {
-        let blue = (0..2000).filter(|i| pool_of(parse_checked(&lb.from_client(client(30000 + i), SYN).1).dst) == Pool::Blue).count();
-        assert!((500..=700).contains(&blue), "30:70 sent {blue}/2000 new flows to blue");
+        let blue = (0..2000)
+            .filter(|i| {
+                pool_of(parse_checked(&lb.send_from_client(client(30000 + i), SYN).1).dst) == Pool::Blue
+            })
+            .count();
+        assert!(
+            (500..=700).contains(&blue),
+            "30:70 sent {blue}/2000 new flows to blue"
+        );
     });
 }
 
@@ -257,8 +345,8 @@ fn new_flows_split_by_ratio() {
 fn syn_retransmission_keeps_backend_and_snat_port() {
     in_lb(50, |lb| {
         let c = client(40003);
-        let first = parse_checked(&lb.from_client(c, SYN).1);
-        let again = parse_checked(&lb.from_client(c, SYN).1);
+        let first = parse_checked(&lb.send_from_client(c, SYN).1);
+        let again = parse_checked(&lb.send_from_client(c, SYN).1);
         assert_eq!((first.src, first.dst), (again.src, again.dst));
     });
 }
@@ -267,15 +355,30 @@ fn syn_retransmission_keeps_backend_and_snat_port() {
 fn syn_after_the_flow_ended_picks_again_and_frees_the_old_snat_port() {
     in_lb(100, |mut lb| {
         let c = client(40004);
-        let first = parse_checked(&lb.from_client(c, SYN).1);
-        lb.from_client(c, RST);
+        let first = parse_checked(&lb.send_from_client(c, SYN).1);
+        lb.send_from_client(c, RST);
         assert!(flow_state::has_ended(lb.flow(c).unwrap().state));
         lb.set_ratio(0);
-        let second = parse_checked(&lb.from_client(c, SYN).1);
+        let second = parse_checked(&lb.send_from_client(c, SYN).1);
         assert_eq!(pool_of(first.dst), Pool::Blue);
-        assert_eq!(pool_of(second.dst), Pool::Green, "a reused 5-tuple is a new connection");
-        let stale = tcp_frame(mac_of(*first.dst.ip()), LB_MAC, first.dst, first.src, ACK, b"");
-        assert_eq!(lb.run(&stale).0, XDP_PASS, "the old reverse-NAT entry is gone");
+        assert_eq!(
+            pool_of(second.dst),
+            Pool::Green,
+            "a reused 5-tuple is a new connection"
+        );
+        let stale = tcp_frame(
+            mac_of(*first.dst.ip()),
+            LB_MAC,
+            first.dst,
+            first.src,
+            ACK,
+            b"",
+        );
+        assert_eq!(
+            lb.run(&stale).0,
+            XDP_PASS,
+            "the old reverse-NAT entry is gone"
+        );
     });
 }
 
@@ -283,10 +386,17 @@ fn syn_after_the_flow_ended_picks_again_and_frees_the_old_snat_port() {
 fn fin_from_both_sides_ends_the_flow() {
     in_lb(50, |lb| {
         let c = client(40005);
-        let to_backend = parse_checked(&lb.from_client(c, SYN).1);
-        lb.from_client(c, FIN_ACK);
+        let to_backend = parse_checked(&lb.send_from_client(c, SYN).1);
+        lb.send_from_client(c, FIN_ACK);
         assert!(!flow_state::has_ended(lb.flow(c).unwrap().state));
-        lb.run(&tcp_frame(mac_of(*to_backend.dst.ip()), LB_MAC, to_backend.dst, to_backend.src, FIN_ACK, b""));
+        lb.run(&tcp_frame(
+            mac_of(*to_backend.dst.ip()),
+            LB_MAC,
+            to_backend.dst,
+            to_backend.src,
+            FIN_ACK,
+            b"",
+        ));
         assert!(flow_state::has_ended(lb.flow(c).unwrap().state));
     });
 }
@@ -295,10 +405,13 @@ fn fin_from_both_sides_ends_the_flow() {
 fn mid_stream_packet_without_flow_is_forwarded_by_table_without_state() {
     in_lb(50, |lb| {
         let c = client(40006);
-        let (verdict, out) = lb.from_client(c, ACK);
+        let (verdict, out) = lb.send_from_client(c, ACK);
         assert_eq!(verdict, XDP_REDIRECT);
         assert_eq!(parse_checked(&out).dst, lb.table_pick()(c));
-        assert!(lb.flow(c).is_none(), "no state for a flow that did not start with a SYN");
+        assert!(
+            lb.flow(c).is_none(),
+            "no state for a flow that did not start with a SYN"
+        );
         assert_eq!(lb.counter(Counter::UnpinnedForwarded), 1);
     });
 }
@@ -311,10 +424,15 @@ fn snat_ports_are_never_shared_and_exhaustion_drops() {
         let mut lb = Lb::with_snat_ports(100, (40000, 40003));
         lb.spec.backends.retain(|b| b.addr == BLUE[0]);
         lb.services.apply(&lb.spec).unwrap();
-        let ports: std::collections::HashSet<_> =
-            (0..4).map(|i| parse_checked(&lb.from_client(client(50000 + i), SYN).1).src.port()).collect();
+        let ports: std::collections::HashSet<_> = (0..4)
+            .map(|i| {
+                parse_checked(&lb.send_from_client(client(50000 + i), SYN).1)
+                    .src
+                    .port()
+            })
+            .collect();
         assert_eq!(ports.len(), 4, "each flow owns its SNAT port");
-        assert_eq!(lb.from_client(client(50010), SYN).0, XDP_DROP);
+        assert_eq!(lb.send_from_client(client(50010), SYN).0, XDP_DROP);
         assert_eq!(lb.counter(Counter::SnatPortsExhausted), 1);
     });
 }
@@ -328,7 +446,7 @@ fn service_without_backends_drops_new_flows() {
             b.weight = 0;
         }
         lb.services.apply(&lb.spec).unwrap();
-        assert_eq!(lb.from_client(client(40007), SYN).0, XDP_DROP);
+        assert_eq!(lb.send_from_client(client(40007), SYN).0, XDP_DROP);
         assert_eq!(lb.counter(Counter::NoBackend), 1);
     });
 }
@@ -339,7 +457,7 @@ fn unresolved_next_hop_drops_and_counts() {
         for b in BLUE {
             ip(&format!("neigh del {} dev veth0", b.ip()));
         }
-        assert_eq!(lb.from_client(client(40008), SYN).0, XDP_DROP);
+        assert_eq!(lb.send_from_client(client(40008), SYN).0, XDP_DROP);
         assert_eq!(lb.counter(Counter::FibNoNeighbour), 1);
     });
 }
@@ -348,8 +466,22 @@ fn unresolved_next_hop_drops_and_counts() {
 #[test]
 fn non_service_traffic_passes_unchanged() {
     in_lb(50, |lb| {
-        let other_port = tcp_frame(CLIENT_GW_MAC, LB_MAC, client(40009), SocketAddrV4::new(*VIP.ip(), 22), SYN, b"");
-        let other_addr = tcp_frame(CLIENT_GW_MAC, LB_MAC, client(40009), SocketAddrV4::new(SNAT, 80), SYN, b"");
+        let other_port = tcp_frame(
+            CLIENT_GW_MAC,
+            LB_MAC,
+            client(40009),
+            SocketAddrV4::new(*VIP.ip(), 22),
+            SYN,
+            b"",
+        );
+        let other_addr = tcp_frame(
+            CLIENT_GW_MAC,
+            LB_MAC,
+            client(40009),
+            SocketAddrV4::new(SNAT, 80),
+            SYN,
+            b"",
+        );
         let mut udp = Vec::new();
         etherparse::PacketBuilder::ethernet2(CLIENT_GW_MAC, LB_MAC)
             .ipv4(client(1).ip().octets(), VIP.ip().octets(), 64)
@@ -361,8 +493,21 @@ fn non_service_traffic_passes_unchanged() {
         arp.extend([0x08, 0x06, 0, 1, 8, 0, 6, 4, 0, 1]);
         arp.extend(CLIENT_GW_MAC);
         arp.extend([192, 168, 1, 5, 0, 0, 0, 0, 0, 0, 10, 0, 0, 100]);
-        let kernel_reply = tcp_frame(CLIENT_GW_MAC, LB_MAC, BLUE[0], SocketAddrV4::new(SNAT, 33000), ACK, b"");
-        for (name, frame) in [("other port", other_port), ("other address", other_addr), ("UDP", udp), ("ARP", arp), ("SNAT address outside the port range", kernel_reply)] {
+        let kernel_reply = tcp_frame(
+            CLIENT_GW_MAC,
+            LB_MAC,
+            BLUE[0],
+            SocketAddrV4::new(SNAT, 33000),
+            ACK,
+            b"",
+        );
+        for (name, frame) in [
+            ("other port", other_port),
+            ("other address", other_addr),
+            ("UDP", udp),
+            ("ARP", arp),
+            ("SNAT address outside the port range", kernel_reply),
+        ] {
             let (verdict, out) = lb.run(&frame);
             assert_eq!((verdict, out), (XDP_PASS, frame), "{name}");
         }
@@ -392,14 +537,20 @@ fn malformed_vip_packets_pass_unchanged_and_are_counted() {
             assert_eq!((verdict, &out), (XDP_PASS, &frame), "{name}");
             assert_eq!(lb.counter(counter), before + 1, "{name} counted");
         }
-        assert!(lb.flow(client(40010)).is_none(), "no malformed packet created a flow");
+        assert!(
+            lb.flow(client(40010)).is_none(),
+            "no malformed packet created a flow"
+        );
     });
 }
 
 #[test]
 fn nothing_is_rewritten_until_userspace_marks_the_config_ready() {
     in_lb(50, |mut lb| {
-        lb.services.dataplane_mut().set_config(&DataplaneConfig::default()).unwrap();
+        lb.services
+            .dataplane_mut()
+            .set_config(&DataplaneConfig::default())
+            .unwrap();
         let frame = tcp_frame(CLIENT_GW_MAC, LB_MAC, client(40011), VIP, SYN, b"");
         assert_eq!(lb.run(&frame), (XDP_PASS, frame));
     });

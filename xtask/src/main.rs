@@ -1,1 +1,31 @@
-fn main() {}
+//! bg-lb's automation: toolchain setup and the test run. Each command says
+//! what it does before doing it.
+
+mod setup;
+mod test;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "bg-lb build, test and setup automation")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install what building and testing need (idempotent): rust-src for
+    /// nightly, Debian packages, bpf-linker built against LLVM 22.
+    Setup,
+    /// Run setup, then formatting and lint checks, unit tests, and the root
+    /// packet and network-namespace tests.
+    Test(test::Options),
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Setup => setup::run(),
+        Command::Test(opts) => test::run(&opts),
+    }
+}

@@ -1,0 +1,94 @@
+//! Test TCP servers and clients: each server answers every line it reads
+//! with its own name, so a client learns which backend served it.
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    net::{SocketAddr, SocketAddrV4, TcpListener, TcpStream},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread::{self, JoinHandle},
+    time::Duration,
+};
+
+use crate::topology::NetNs;
+
+/// A named line server, stopped on drop.
+pub struct NameServer {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl NameServer {
+    pub fn start(ns: &NetNs, addr: SocketAddrV4, name: String) -> Self {
+        let listener =
+            ns.run(move || TcpListener::bind(addr).unwrap_or_else(|e| panic!("bind {addr}: {e}")));
+        listener
+            .set_nonblocking(true)
+            .expect("nonblocking listener");
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = stop.clone();
+        let thread = thread::spawn(move || {
+            while !stopping.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((stream, _)) => {
+                        let name = name.clone();
+                        thread::spawn(move || serve(stream, &name));
+                    }
+                    Err(_) => thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        NameServer {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+fn serve(stream: TcpStream, name: &str) {
+    let _ = stream.set_nonblocking(false);
+    let mut writer = stream.try_clone().expect("clone stream");
+    for line in BufReader::new(stream).lines() {
+        if line.is_err() || writeln!(writer, "{name}").is_err() {
+            return;
+        }
+    }
+}
+
+impl Drop for NameServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A client connection that asks "who are you?" line by line.
+pub struct NameClient {
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+}
+
+impl NameClient {
+    pub fn connect(to: SocketAddrV4) -> std::io::Result<Self> {
+        let stream = TcpStream::connect_timeout(&SocketAddr::V4(to), Duration::from_secs(3))?;
+        stream.set_read_timeout(Some(Duration::from_secs(3)))?;
+        Ok(NameClient {
+            writer: stream.try_clone()?,
+            reader: BufReader::new(stream),
+        })
+    }
+
+    /// The name of the server on the other end.
+    pub fn ask(&mut self) -> std::io::Result<String> {
+        writeln!(self.writer, "who")?;
+        let mut line = String::new();
+        if self.reader.read_line(&mut line)? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        Ok(line.trim().to_owned())
+    }
+}
