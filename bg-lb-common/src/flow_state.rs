@@ -56,19 +56,14 @@ pub const fn advance(state: u32, tcp_flags: u8, dir: Direction) -> u32 {
 /// the same 5-tuple is a new connection.
 #[inline(always)]
 pub const fn has_ended(state: u32) -> bool {
-    state & RESET != 0
-        || state & (FIN_FROM_CLIENT | FIN_FROM_BACKEND) == FIN_FROM_CLIENT | FIN_FROM_BACKEND
+    state & RESET != 0 || state & (FIN_FROM_CLIENT | FIN_FROM_BACKEND) == FIN_FROM_CLIENT | FIN_FROM_BACKEND
 }
 
 /// Bits a fresh flow starts with: a SYN-created flow, or a flow adopted from
 /// a mid-stream packet.
 #[inline(always)]
 pub const fn initial(tcp_flags: u8) -> u32 {
-    if is_connection_request(tcp_flags) {
-        SYN_SEEN
-    } else {
-        0
-    }
+    if is_connection_request(tcp_flags) { SYN_SEEN } else { 0 }
 }
 
 #[cfg(test)]
@@ -96,11 +91,7 @@ mod tests {
     #[test]
     fn rst_from_either_side_ends_the_flow() {
         assert!(has_ended(advance(initial(TCP_SYN), TCP_RST, FromClient)));
-        assert!(has_ended(advance(
-            initial(TCP_SYN),
-            TCP_RST | TCP_ACK,
-            FromBackend
-        )));
+        assert!(has_ended(advance(initial(TCP_SYN), TCP_RST | TCP_ACK, FromBackend)));
     }
 
     #[test]

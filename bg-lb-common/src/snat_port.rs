@@ -46,9 +46,7 @@ mod tests {
             .map(|a| candidate(u32::MAX, a, 1000, 1999))
             .collect();
         assert_eq!(ports.len(), SNAT_PORT_ATTEMPTS as usize);
-        let tiny: HashSet<_> = (0..SNAT_PORT_ATTEMPTS)
-            .map(|a| candidate(9, a, 1000, 1003))
-            .collect();
+        let tiny: HashSet<_> = (0..SNAT_PORT_ATTEMPTS).map(|a| candidate(9, a, 1000, 1003)).collect();
         assert_eq!(tiny.len(), 4);
     }
 
@@ -57,10 +55,6 @@ mod tests {
         let firsts: HashSet<_> = (0..50_000u32)
             .map(|h| candidate(h.wrapping_mul(2_654_435_761), 0, 20000, 29999))
             .collect();
-        assert!(
-            firsts.len() > 9_900,
-            "only {} distinct first ports",
-            firsts.len()
-        );
+        assert!(firsts.len() > 9_900, "only {} distinct first ports", firsts.len());
     }
 }

@@ -4,10 +4,7 @@
 
 // Shared with the load balancer so the baseline parses exactly as it does;
 // this object uses only part of it.
-#[expect(
-    dead_code,
-    reason = "the baseline uses only parse_tcp and the Ethernet header"
-)]
+#[expect(dead_code, reason = "the baseline uses only parse_tcp and the Ethernet header")]
 mod packet;
 
 use aya_ebpf::{

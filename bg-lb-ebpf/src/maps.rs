@@ -10,16 +10,15 @@ use aya_ebpf::{
 use bg_lb_common::{
     counters::{COUNTER_COUNT, Counter},
     maps::{
-        Backend, DEFAULT_LOOKUP_CAPACITY, DEFAULT_MAX_FLOWS, DataplaneConfig, Flow, FlowKey,
-        MAX_BACKENDS, MAX_INTERFACES, MAX_SERVICES, NatKey, Service, ServiceKey, TrafficStats,
+        Backend, DEFAULT_LOOKUP_CAPACITY, DEFAULT_MAX_FLOWS, DataplaneConfig, Flow, FlowKey, MAX_BACKENDS,
+        MAX_INTERFACES, MAX_SERVICES, NatKey, Service, ServiceKey, TrafficStats,
     },
 };
 
 // Not preallocated: an update then swaps in a new element under RCU, so a
 // packet sees the old or the new service (and its table base), never a mix.
 #[map]
-pub static SERVICES: HashMap<ServiceKey, Service> =
-    HashMap::with_max_entries(MAX_SERVICES, BPF_F_NO_PREALLOC);
+pub static SERVICES: HashMap<ServiceKey, Service> = HashMap::with_max_entries(MAX_SERVICES, BPF_F_NO_PREALLOC);
 
 #[map]
 pub static BACKENDS: Array<Backend> = Array::with_max_entries(MAX_BACKENDS, 0);
@@ -31,16 +30,13 @@ pub static LOOKUP_TABLES: Array<u32> = Array::with_max_entries(DEFAULT_LOOKUP_CA
 pub static FLOWS: LruHashMap<FlowKey, Flow> = LruHashMap::with_max_entries(DEFAULT_MAX_FLOWS, 0);
 
 #[map]
-pub static REVERSE_NAT: LruHashMap<NatKey, FlowKey> =
-    LruHashMap::with_max_entries(DEFAULT_MAX_FLOWS, 0);
+pub static REVERSE_NAT: LruHashMap<NatKey, FlowKey> = LruHashMap::with_max_entries(DEFAULT_MAX_FLOWS, 0);
 
 #[map]
-pub static BACKEND_STATS: PerCpuArray<TrafficStats> =
-    PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
+pub static BACKEND_STATS: PerCpuArray<TrafficStats> = PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
 
 #[map]
-pub static SERVICE_STATS: PerCpuArray<TrafficStats> =
-    PerCpuArray::with_max_entries(MAX_SERVICES, 0);
+pub static SERVICE_STATS: PerCpuArray<TrafficStats> = PerCpuArray::with_max_entries(MAX_SERVICES, 0);
 
 #[map]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_COUNT, 0);
@@ -86,16 +82,6 @@ fn add(stats: Option<*mut TrafficStats>, way: Way, bytes: u16, new_flow: bool) {
 
 #[inline(always)]
 pub fn account(flow: &Flow, way: Way, bytes: u16, new_flow: bool) {
-    add(
-        BACKEND_STATS.get_ptr_mut(flow.backend_id),
-        way,
-        bytes,
-        new_flow,
-    );
-    add(
-        SERVICE_STATS.get_ptr_mut(flow.service_id),
-        way,
-        bytes,
-        new_flow,
-    );
+    add(BACKEND_STATS.get_ptr_mut(flow.backend_id), way, bytes, new_flow);
+    add(SERVICE_STATS.get_ptr_mut(flow.service_id), way, bytes, new_flow);
 }

@@ -16,12 +16,7 @@ pub struct Endpoints {
 /// through the pseudo-header, in the TCP checksum; the ports only in the latter.
 #[inline(always)]
 pub fn rewrite(pkt: &TcpPacket, to: &Endpoints) {
-    let (old_src, old_dst, old_sport, old_dport) = (
-        pkt.src_addr(),
-        pkt.dst_addr(),
-        pkt.src_port(),
-        pkt.dst_port(),
-    );
+    let (old_src, old_dst, old_sport, old_dport) = (pkt.src_addr(), pkt.dst_addr(), pkt.src_port(), pkt.dst_port());
     unsafe {
         let ip = &mut *pkt.ip;
         let tcp = &mut *pkt.tcp;

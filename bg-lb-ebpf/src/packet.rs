@@ -78,14 +78,10 @@ pub fn parse_tcp(ctx: &XdpContext) -> Result<TcpPacket, NotForUs> {
     // checksums we update would not describe what is sent.
     let frame_ip_len = ctx.data_end() - ctx.data() - ETH_LEN;
     let tcp_len = (unsafe { (*tcp).doff() } as usize) * 4;
-    if tcp_len < size_of::<TcpHdr>()
-        || (ip_len as usize) < IP_LEN + tcp_len
-        || ip_len as usize > frame_ip_len
-    {
+    if tcp_len < size_of::<TcpHdr>() || (ip_len as usize) < IP_LEN + tcp_len || ip_len as usize > frame_ip_len {
         return Err(NotForUs::Unsafe(Counter::Truncated));
     }
-    let flags: *const u8 =
-        ptr_at(ctx, TCP_OFFSET + TCP_FLAGS_OFFSET).ok_or(NotForUs::Unsafe(Counter::Truncated))?;
+    let flags: *const u8 = ptr_at(ctx, TCP_OFFSET + TCP_FLAGS_OFFSET).ok_or(NotForUs::Unsafe(Counter::Truncated))?;
     Ok(TcpPacket {
         eth,
         ip,

@@ -22,12 +22,7 @@ use crate::{
 };
 
 #[inline(always)]
-pub fn to_backend(
-    ctx: &XdpContext,
-    pkt: &TcpPacket,
-    service: &Service,
-    cfg: &DataplaneConfig,
-) -> u32 {
+pub fn to_backend(ctx: &XdpContext, pkt: &TcpPacket, service: &Service, cfg: &DataplaneConfig) -> u32 {
     let key = FlowKey {
         client_addr: pkt.src_addr(),
         vip_addr: pkt.dst_addr(),
@@ -94,17 +89,9 @@ fn nat_key(backend: &Backend, snat_port: u16) -> NatKey {
 /// (flow entry plus a reverse-NAT entry owning a unique SNAT port); any other
 /// packet of an unknown flow is forwarded statelessly, as Maglev does.
 #[inline(always)]
-fn new_flow(
-    key: &FlowKey,
-    tcp_flags: u8,
-    service: &Service,
-    cfg: &DataplaneConfig,
-    now: u64,
-) -> Result<Flow, Counter> {
+fn new_flow(key: &FlowKey, tcp_flags: u8, service: &Service, cfg: &DataplaneConfig, now: u64) -> Result<Flow, Counter> {
     let hash = flow_hash(key);
-    let slot = hash
-        .checked_rem(service.lut_size)
-        .ok_or(Counter::NoBackend)?;
+    let slot = hash.checked_rem(service.lut_size).ok_or(Counter::NoBackend)?;
     let backend_id = *LOOKUP_TABLES
         .get(service.lut_base.wrapping_add(slot))
         .ok_or(Counter::NoBackend)?;
@@ -123,8 +110,7 @@ fn new_flow(
     };
     if !flow_state::is_connection_request(tcp_flags) {
         count(Counter::UnpinnedForwarded);
-        flow.snat_port =
-            snat_port::candidate(hash, 0, cfg.snat_port_min, cfg.snat_port_max).to_be();
+        flow.snat_port = snat_port::candidate(hash, 0, cfg.snat_port_min, cfg.snat_port_max).to_be();
         return Ok(flow);
     }
     flow.snat_port = claim_snat_port(key, hash, backend, cfg)?;
@@ -138,15 +124,9 @@ fn new_flow(
 /// Claims the first free SNAT port (wire order) for this backend. NOEXIST
 /// makes the claim atomic, so two CPUs never hand out the same port.
 #[inline(always)]
-fn claim_snat_port(
-    key: &FlowKey,
-    hash: u32,
-    backend: &Backend,
-    cfg: &DataplaneConfig,
-) -> Result<u16, Counter> {
+fn claim_snat_port(key: &FlowKey, hash: u32, backend: &Backend, cfg: &DataplaneConfig) -> Result<u16, Counter> {
     for attempt in 0..SNAT_PORT_ATTEMPTS {
-        let port =
-            snat_port::candidate(hash, attempt, cfg.snat_port_min, cfg.snat_port_max).to_be();
+        let port = snat_port::candidate(hash, attempt, cfg.snat_port_min, cfg.snat_port_max).to_be();
         if REVERSE_NAT
             .insert(nat_key(backend, port), key, BPF_NOEXIST as u64)
             .is_ok()

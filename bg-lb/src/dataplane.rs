@@ -10,10 +10,7 @@ use aya::{
 };
 use bg_lb_common::{
     counters::{COUNTER_COUNT, Counter},
-    maps::{
-        self, Backend, DataplaneConfig, Flow, FlowKey, IPPROTO_TCP, Service, ServiceKey,
-        TrafficStats,
-    },
+    maps::{self, Backend, DataplaneConfig, Flow, FlowKey, IPPROTO_TCP, Service, ServiceKey, TrafficStats},
 };
 
 use crate::ebpf_objects;
@@ -23,15 +20,9 @@ pub enum DataplaneError {
     #[error("loading the eBPF object: {0}")]
     Load(#[from] aya::EbpfError),
     #[error("program {name}: {source}")]
-    Program {
-        name: &'static str,
-        source: ProgramError,
-    },
+    Program { name: &'static str, source: ProgramError },
     #[error("map {name}: {source}")]
-    Map {
-        name: &'static str,
-        source: MapError,
-    },
+    Map { name: &'static str, source: MapError },
     #[error("adding interface to TX_PORTS: {0}")]
     TxPort(#[from] aya::maps::xdp::XdpMapError),
     #[error("map {0} is missing from the eBPF object")]
@@ -95,12 +86,10 @@ impl Dataplane {
         let mut dp = Self {
             ebpf: loader.load(ebpf_objects::load_balancer())?,
         };
-        dp.xdp_mut()?
-            .load()
-            .map_err(|source| DataplaneError::Program {
-                name: maps::XDP_PROGRAM,
-                source,
-            })?;
+        dp.xdp_mut()?.load().map_err(|source| DataplaneError::Program {
+            name: maps::XDP_PROGRAM,
+            source,
+        })?;
         Ok(dp)
     }
 
@@ -153,15 +142,9 @@ impl Dataplane {
         self.array_set(maps::BACKENDS, id, backend)
     }
 
-    pub fn set_service(
-        &mut self,
-        key: &ServiceKey,
-        service: &Service,
-    ) -> Result<(), DataplaneError> {
+    pub fn set_service(&mut self, key: &ServiceKey, service: &Service) -> Result<(), DataplaneError> {
         let mut services: HashMap<_, ServiceKey, Service> = self.map_mut(maps::SERVICES)?;
-        services
-            .insert(key, service, 0)
-            .map_err(map_err(maps::SERVICES))
+        services.insert(key, service, 0).map_err(map_err(maps::SERVICES))
     }
 
     pub fn remove_service(&mut self, key: &ServiceKey) -> Result<(), DataplaneError> {
@@ -225,12 +208,7 @@ impl Dataplane {
         Ok(sum(&values))
     }
 
-    fn array_set<V: Pod>(
-        &mut self,
-        name: &'static str,
-        index: u32,
-        value: &V,
-    ) -> Result<(), DataplaneError> {
+    fn array_set<V: Pod>(&mut self, name: &'static str, index: u32, value: &V) -> Result<(), DataplaneError> {
         let mut array: Array<_, V> = self.map_mut(name)?;
         array.set(index, value, 0).map_err(map_err(name))
     }
@@ -239,10 +217,7 @@ impl Dataplane {
     where
         T: TryFrom<&'a aya::maps::Map, Error = MapError>,
     {
-        let map = self
-            .ebpf
-            .map(name)
-            .ok_or(DataplaneError::MissingMap(name))?;
+        let map = self.ebpf.map(name).ok_or(DataplaneError::MissingMap(name))?;
         T::try_from(map).map_err(map_err(name))
     }
 
@@ -250,10 +225,7 @@ impl Dataplane {
     where
         T: TryFrom<&'a mut aya::maps::Map, Error = MapError>,
     {
-        let map = self
-            .ebpf
-            .map_mut(name)
-            .ok_or(DataplaneError::MissingMap(name))?;
+        let map = self.ebpf.map_mut(name).ok_or(DataplaneError::MissingMap(name))?;
         T::try_from(map).map_err(map_err(name))
     }
 }
@@ -270,13 +242,11 @@ where
 }
 
 fn sum_stats(per_cpu: &[TrafficStats]) -> TrafficStats {
-    per_cpu
-        .iter()
-        .fold(TrafficStats::default(), |a, s| TrafficStats {
-            packets_in: a.packets_in + s.packets_in,
-            bytes_in: a.bytes_in + s.bytes_in,
-            packets_out: a.packets_out + s.packets_out,
-            bytes_out: a.bytes_out + s.bytes_out,
-            new_flows: a.new_flows + s.new_flows,
-        })
+    per_cpu.iter().fold(TrafficStats::default(), |a, s| TrafficStats {
+        packets_in: a.packets_in + s.packets_in,
+        bytes_in: a.bytes_in + s.bytes_in,
+        packets_out: a.packets_out + s.packets_out,
+        bytes_out: a.bytes_out + s.bytes_out,
+        new_flows: a.new_flows + s.new_flows,
+    })
 }

@@ -80,10 +80,7 @@ pub fn build(backends: &[TableBackend], ratio: Ratio, size: u32) -> Vec<u32> {
     let Some(&max_quota) = quotas.iter().max().filter(|&&q| q > 0) else {
         return table;
     };
-    let mut walkers: Vec<Permutation> = backends
-        .iter()
-        .map(|b| Permutation::new(b.addr, size))
-        .collect();
+    let mut walkers: Vec<Permutation> = backends.iter().map(|b| Permutation::new(b.addr, size)).collect();
     let mut claimed = vec![0u32; backends.len()];
     let mut credit = vec![0u64; backends.len()];
     let mut filled = 0u32;
@@ -160,12 +157,7 @@ mod tests {
 
     fn backend(id: u32, pool: Pool, weight: u32) -> TableBackend {
         let addr = SocketAddrV4::new([10, 1, (id >> 8) as u8, id as u8].into(), 8080);
-        TableBackend {
-            id,
-            addr,
-            pool,
-            weight,
-        }
+        TableBackend { id, addr, pool, weight }
     }
 
     fn mixed() -> Vec<TableBackend> {
@@ -188,11 +180,7 @@ mod tests {
     }
 
     fn target_share(backends: &[TableBackend], b: &TableBackend, ratio: Ratio) -> f64 {
-        let pool_weight: u32 = backends
-            .iter()
-            .filter(|x| x.pool == b.pool)
-            .map(|x| x.weight)
-            .sum();
+        let pool_weight: u32 = backends.iter().filter(|x| x.pool == b.pool).map(|x| x.weight).sum();
         f64::from(ratio.share(b.pool)) / 100.0 * f64::from(b.weight) / f64::from(pool_weight)
     }
 
@@ -203,10 +191,7 @@ mod tests {
             let ratio = Ratio::new(blue).unwrap();
             let table = build(&backends, ratio, M);
             let counts = counts(&table);
-            assert!(
-                !counts.contains_key(&NO_BACKEND),
-                "ratio {blue}: table has empty slots"
-            );
+            assert!(!counts.contains_key(&NO_BACKEND), "ratio {blue}: table has empty slots");
             for b in &backends {
                 let target = target_share(&backends, b, ratio);
                 let share = f64::from(counts.get(&b.id).copied().unwrap_or(0)) / f64::from(M);

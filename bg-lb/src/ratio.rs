@@ -143,10 +143,7 @@ mod tests {
     #[test]
     fn ratio_rejects_shares_not_adding_up_to_100() {
         for bad in ["30:60", "50", "a:b", "101:-1", "", "50:50:0"] {
-            assert!(
-                matches!(bad.parse::<Ratio>(), Err(RatioError::Malformed(_))),
-                "{bad}"
-            );
+            assert!(matches!(bad.parse::<Ratio>(), Err(RatioError::Malformed(_))), "{bad}");
         }
         assert_eq!(Ratio::new(101), Err(RatioError::OutOfRange(101)));
     }

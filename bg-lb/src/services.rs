@@ -43,14 +43,8 @@ pub enum ServicesError {
     TooManyServices,
     #[error("more than {MAX_BACKENDS} backends")]
     TooManyBackends,
-    #[error(
-        "service {vip}: lookup table size {size} changed to {new}; remove and re-add the service"
-    )]
-    TableSizeChanged {
-        vip: SocketAddrV4,
-        size: u32,
-        new: u32,
-    },
+    #[error("service {vip}: lookup table size {size} changed to {new}; remove and re-add the service")]
+    TableSizeChanged { vip: SocketAddrV4, size: u32, new: u32 },
 }
 
 struct Installed {
@@ -121,8 +115,7 @@ impl Services {
             lut_base: base,
             lut_size: spec.lut_size,
         };
-        self.dataplane
-            .set_service(&service_key(&spec.vip), &service)?;
+        self.dataplane.set_service(&service_key(&spec.vip), &service)?;
         installed.active_base = base;
         Ok(())
     }

@@ -136,10 +136,7 @@ mod tests {
 
     #[test]
     fn inactive_names_the_other_buffer() {
-        let r = TableRegions {
-            size: 7,
-            bases: [0, 7],
-        };
+        let r = TableRegions { size: 7, bases: [0, 7] };
         assert_eq!(r.inactive(0), 7);
         assert_eq!(r.inactive(7), 0);
     }

@@ -7,9 +7,7 @@ pub fn run(program: &str, args: &[&str]) -> String {
     let out = Command::new(program)
         .args(args)
         .output()
-        .unwrap_or_else(|e| {
-            panic!("cannot run {program}: {e} (is iproute2 installed? `cargo xtask setup`)")
-        });
+        .unwrap_or_else(|e| panic!("cannot run {program}: {e} (is iproute2 installed? `cargo xtask setup`)"));
     assert!(
         out.status.success(),
         "`{program} {}` failed: {}",

@@ -3,8 +3,7 @@
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use etherparse::{
-    EtherType, Ethernet2Header, IpNumber, Ipv4Header, PacketBuilder, SlicedPacket, TcpHeader,
-    TransportSlice,
+    EtherType, Ethernet2Header, IpNumber, Ipv4Header, PacketBuilder, SlicedPacket, TcpHeader, TransportSlice,
 };
 
 pub const SYN: u8 = 0x02;
@@ -62,9 +61,7 @@ pub struct TcpView {
 /// Parses an emitted frame and panics unless its IPv4 header checksum and
 /// TCP checksum are both correct.
 pub fn parse_checked(frame: &[u8]) -> TcpView {
-    let eth = Ethernet2Header::from_slice(frame)
-        .expect("Ethernet header")
-        .0;
+    let eth = Ethernet2Header::from_slice(frame).expect("Ethernet header").0;
     assert_eq!(eth.ether_type, EtherType::IPV4);
     let sliced = SlicedPacket::from_ethernet(frame).expect("parsable IPv4/TCP frame");
     let Some(etherparse::NetSlice::Ipv4(ip)) = sliced.net else {
@@ -89,10 +86,7 @@ pub fn parse_checked(frame: &[u8]) -> TcpView {
         src_mac: eth.source,
         dst_mac: eth.destination,
         src: SocketAddrV4::new(Ipv4Addr::from(ip_header.source), tcp_header.source_port),
-        dst: SocketAddrV4::new(
-            Ipv4Addr::from(ip_header.destination),
-            tcp_header.destination_port,
-        ),
+        dst: SocketAddrV4::new(Ipv4Addr::from(ip_header.destination), tcp_header.destination_port),
         ttl: ip_header.time_to_live,
         flags_syn: tcp_header.syn,
         payload: tcp.payload().to_vec(),

@@ -22,11 +22,8 @@ pub struct NameServer {
 
 impl NameServer {
     pub fn start(ns: &NetNs, addr: SocketAddrV4, name: String) -> Self {
-        let listener =
-            ns.run(move || TcpListener::bind(addr).unwrap_or_else(|e| panic!("bind {addr}: {e}")));
-        listener
-            .set_nonblocking(true)
-            .expect("nonblocking listener");
+        let listener = ns.run(move || TcpListener::bind(addr).unwrap_or_else(|e| panic!("bind {addr}: {e}")));
+        listener.set_nonblocking(true).expect("nonblocking listener");
         let stop = Arc::new(AtomicBool::new(false));
         let stopping = stop.clone();
         let thread = thread::spawn(move || {

@@ -45,18 +45,12 @@ impl NetNs {
 
     /// `sysctl -w KEY=VALUE` inside this namespace.
     pub fn sysctl(&self, setting: &str) {
-        run(
-            "ip",
-            &["netns", "exec", &self.name, "sysctl", "-qw", setting],
-        );
+        run("ip", &["netns", "exec", &self.name, "sysctl", "-qw", setting]);
     }
 
     /// Runs `f` on a new thread inside this namespace. Sockets it creates
     /// stay in the namespace whatever thread uses them later.
-    pub fn spawn<T: Send + 'static>(
-        &self,
-        f: impl FnOnce() -> T + Send + 'static,
-    ) -> thread::JoinHandle<T> {
+    pub fn spawn<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> thread::JoinHandle<T> {
         let path = format!("/run/netns/{}", self.name);
         let file = File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
         thread::spawn(move || {
@@ -165,12 +159,7 @@ impl OneArm {
         // frame the LB sends with XDP_TX loses that mark and arrives with a
         // half-computed checksum. Real NICs hand XDP complete checksums, so
         // make the test hosts compute them in software.
-        run(
-            "ip",
-            &[
-                "netns", "exec", &ns.name, "ethtool", "-K", "eth0", "tx", "off",
-            ],
-        );
+        run("ip", &["netns", "exec", &ns.name, "ethtool", "-K", "eth0", "tx", "off"]);
         Host { ns, addr }
     }
 }

@@ -106,13 +106,7 @@ fn real_tcp_connections_follow_the_ratio_and_an_open_connection_survives_a_flip(
         .backends
         .iter()
         .enumerate()
-        .map(|(i, b)| {
-            NameServer::start(
-                &b.ns,
-                SocketAddrV4::new(b.addr, BACKEND_PORT),
-                format!("b{i}"),
-            )
-        })
+        .map(|(i, b)| NameServer::start(&b.ns, SocketAddrV4::new(b.addr, BACKEND_PORT), format!("b{i}")))
         .collect();
     let _peer_xdp = topo.pass_lb_frames_to_switch();
     let mut services = start_lb(&topo, 100);
@@ -137,24 +131,15 @@ fn real_tcp_connections_follow_the_ratio_and_an_open_connection_survives_a_flip(
         "0:100 must serve only from green: {names:?}"
     );
     for _ in 0..20 {
-        assert_eq!(
-            long_lived.ask().expect("open connection keeps working"),
-            original
-        );
+        assert_eq!(long_lived.ask().expect("open connection keeps working"), original);
     }
 
     services.apply(&spec(&topo, 50)).expect("50:50");
     let names = serve_names(&topo, &services, 300);
     let blue = names.iter().filter(|n| pool_of(n) == Pool::Blue).count();
-    assert!(
-        (115..=185).contains(&blue),
-        "50:50 sent {blue}/300 connections to blue"
-    );
+    assert!((115..=185).contains(&blue), "50:50 sent {blue}/300 connections to blue");
     for b in ["b0", "b1", "b2", "b3"] {
-        assert!(
-            names.iter().any(|n| n == b),
-            "backend {b} got no connection"
-        );
+        assert!(names.iter().any(|n| n == b), "backend {b} got no connection");
     }
     assert_eq!(long_lived.ask().unwrap(), original);
 }

@@ -81,19 +81,13 @@ impl Lb {
             .chain([Ipv4Addr::new(10, 0, 0, 254)])
         {
             let mac = mac_of(addr).map(|b| format!("{b:02x}")).join(":");
-            ip(&format!(
-                "neigh add {addr} lladdr {mac} dev veth0 nud permanent"
-            ));
+            ip(&format!("neigh add {addr} lladdr {mac} dev veth0 nud permanent"));
         }
         // bpf_fib_lookup forwards only where forwarding is on; test runs
         // arrive on lo.
         run(
             "sysctl",
-            &[
-                "-qw",
-                "net.ipv4.conf.all.forwarding=1",
-                "net.ipv4.conf.lo.forwarding=1",
-            ],
+            &["-qw", "net.ipv4.conf.all.forwarding=1", "net.ipv4.conf.lo.forwarding=1"],
         );
 
         let opts = DataplaneOptions {
@@ -250,14 +244,7 @@ fn payload_survives_nat_byte_for_byte() {
     in_lb(50, |lb| {
         let c = client(40001);
         lb.send_from_client(c, SYN);
-        let frame = tcp_frame(
-            CLIENT_GW_MAC,
-            LB_MAC,
-            c,
-            VIP,
-            PSH_ACK,
-            b"GET / HTTP/1.1\r\n\r\n",
-        );
+        let frame = tcp_frame(CLIENT_GW_MAC, LB_MAC, c, VIP, PSH_ACK, b"GET / HTTP/1.1\r\n\r\n");
         let (verdict, out) = lb.run(&frame);
         assert_eq!(verdict, XDP_REDIRECT);
         assert_eq!(parse_checked(&out).payload, b"GET / HTTP/1.1\r\n\r\n");
@@ -317,11 +304,7 @@ fn pinned_flows_keep_their_backend_after_a_ratio_flip_and_new_flows_follow_it() 
         }
         for i in 0..200 {
             let backend = parse_checked(&lb.send_from_client(client(43000 + i), SYN).1).dst;
-            assert_eq!(
-                pool_of(backend),
-                Pool::Green,
-                "new flows follow the new ratio"
-            );
+            assert_eq!(pool_of(backend), Pool::Green, "new flows follow the new ratio");
         }
     });
 }
@@ -330,14 +313,9 @@ fn pinned_flows_keep_their_backend_after_a_ratio_flip_and_new_flows_follow_it() 
 fn new_flows_split_by_ratio() {
     in_lb(30, |lb| {
         let blue = (0..2000)
-            .filter(|i| {
-                pool_of(parse_checked(&lb.send_from_client(client(30000 + i), SYN).1).dst) == Pool::Blue
-            })
+            .filter(|i| pool_of(parse_checked(&lb.send_from_client(client(30000 + i), SYN).1).dst) == Pool::Blue)
             .count();
-        assert!(
-            (500..=700).contains(&blue),
-            "30:70 sent {blue}/2000 new flows to blue"
-        );
+        assert!((500..=700).contains(&blue), "30:70 sent {blue}/2000 new flows to blue");
     });
 }
 
@@ -361,24 +339,9 @@ fn syn_after_the_flow_ended_picks_again_and_frees_the_old_snat_port() {
         lb.set_ratio(0);
         let second = parse_checked(&lb.send_from_client(c, SYN).1);
         assert_eq!(pool_of(first.dst), Pool::Blue);
-        assert_eq!(
-            pool_of(second.dst),
-            Pool::Green,
-            "a reused 5-tuple is a new connection"
-        );
-        let stale = tcp_frame(
-            mac_of(*first.dst.ip()),
-            LB_MAC,
-            first.dst,
-            first.src,
-            ACK,
-            b"",
-        );
-        assert_eq!(
-            lb.run(&stale).0,
-            XDP_PASS,
-            "the old reverse-NAT entry is gone"
-        );
+        assert_eq!(pool_of(second.dst), Pool::Green, "a reused 5-tuple is a new connection");
+        let stale = tcp_frame(mac_of(*first.dst.ip()), LB_MAC, first.dst, first.src, ACK, b"");
+        assert_eq!(lb.run(&stale).0, XDP_PASS, "the old reverse-NAT entry is gone");
     });
 }
 
@@ -425,11 +388,7 @@ fn snat_ports_are_never_shared_and_exhaustion_drops() {
         lb.spec.backends.retain(|b| b.addr == BLUE[0]);
         lb.services.apply(&lb.spec).unwrap();
         let ports: std::collections::HashSet<_> = (0..4)
-            .map(|i| {
-                parse_checked(&lb.send_from_client(client(50000 + i), SYN).1)
-                    .src
-                    .port()
-            })
+            .map(|i| parse_checked(&lb.send_from_client(client(50000 + i), SYN).1).src.port())
             .collect();
         assert_eq!(ports.len(), 4, "each flow owns its SNAT port");
         assert_eq!(lb.send_from_client(client(50010), SYN).0, XDP_DROP);
@@ -493,14 +452,7 @@ fn non_service_traffic_passes_unchanged() {
         arp.extend([0x08, 0x06, 0, 1, 8, 0, 6, 4, 0, 1]);
         arp.extend(CLIENT_GW_MAC);
         arp.extend([192, 168, 1, 5, 0, 0, 0, 0, 0, 0, 10, 0, 0, 100]);
-        let kernel_reply = tcp_frame(
-            CLIENT_GW_MAC,
-            LB_MAC,
-            BLUE[0],
-            SocketAddrV4::new(SNAT, 33000),
-            ACK,
-            b"",
-        );
+        let kernel_reply = tcp_frame(CLIENT_GW_MAC, LB_MAC, BLUE[0], SocketAddrV4::new(SNAT, 33000), ACK, b"");
         for (name, frame) in [
             ("other port", other_port),
             ("other address", other_addr),
@@ -537,10 +489,7 @@ fn malformed_vip_packets_pass_unchanged_and_are_counted() {
             assert_eq!((verdict, &out), (XDP_PASS, &frame), "{name}");
             assert_eq!(lb.counter(counter), before + 1, "{name} counted");
         }
-        assert!(
-            lb.flow(client(40010)).is_none(),
-            "no malformed packet created a flow"
-        );
+        assert!(lb.flow(client(40010)).is_none(), "no malformed packet created a flow");
     });
 }
 

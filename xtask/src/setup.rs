@@ -45,22 +45,14 @@ fn rust_src() -> anyhow::Result<()> {
         return Ok(());
     }
     println!("    rust-src for nightly: installing (the eBPF crate builds core from source)");
-    run_step(Command::new("rustup").args([
-        "component",
-        "add",
-        "rust-src",
-        "--toolchain",
-        "nightly",
-    ]))
+    run_step(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
 }
 
 fn debian_packages() -> anyhow::Result<()> {
     let missing: Vec<&str> = PACKAGES
         .iter()
         .copied()
-        .filter(|p| {
-            !stdout("dpkg-query", &["-W", "-f=${Status}", p]).contains("install ok installed")
-        })
+        .filter(|p| !stdout("dpkg-query", &["-W", "-f=${Status}", p]).contains("install ok installed"))
         .collect();
     if missing.is_empty() {
         println!("    Debian packages {}: present", PACKAGES.join(", "));
