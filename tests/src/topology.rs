@@ -131,18 +131,7 @@ impl OneArm {
     /// so frames the LB sends with XDP_TX are delivered. Keep the returned
     /// object alive: dropping it detaches the program.
     pub fn pass_lb_frames_to_switch(&self) -> Ebpf {
-        self.switch.run(|| {
-            let mut ebpf = Ebpf::load(bg_lb::ebpf_objects::aux()).expect("load aux object");
-            let prog: &mut Xdp = ebpf
-                .program_mut("xdp_pass")
-                .expect("xdp_pass")
-                .try_into()
-                .expect("XDP program");
-            prog.load().expect("load xdp_pass");
-            prog.attach_to_if_index(ifindex(LB_SWITCH_PORT), XdpMode::Driver)
-                .expect("attach xdp_pass");
-            ebpf
-        })
+        attach_xdp_pass(&self.switch, LB_SWITCH_PORT)
     }
 
     fn host(switch: &NetNs, role: &str, port: &str, addr: Ipv4Addr) -> Host {
@@ -153,13 +142,104 @@ impl OneArm {
         ));
         switch.ip(&format!("link set {port} master br0"));
         switch.ip(&format!("link set {port} up"));
-        ns.ip(&format!("addr add {addr}/24 dev eth0"));
-        ns.ip("link set eth0 up");
-        // A veth leaves TCP checksums to "hardware" (CHECKSUM_PARTIAL); a
-        // frame the LB sends with XDP_TX loses that mark and arrives with a
-        // half-computed checksum. Real NICs hand XDP complete checksums, so
-        // make the test hosts compute them in software.
-        run("ip", &["netns", "exec", &ns.name, "ethtool", "-K", "eth0", "tx", "off"]);
+        configure_eth0(&ns, addr);
         Host { ns, addr }
     }
 }
+
+/// Gives a host's `eth0` its address and brings it up.
+fn configure_eth0(ns: &NetNs, addr: Ipv4Addr) {
+    ns.ip(&format!("addr add {addr}/24 dev eth0"));
+    ns.ip("link set eth0 up");
+    // A veth leaves TCP checksums to "hardware" (CHECKSUM_PARTIAL); a frame
+    // the LB sends with XDP_TX/REDIRECT loses that mark and arrives with a
+    // half-computed checksum. Real NICs hand XDP complete checksums, so make
+    // the test hosts compute them in software.
+    run("ip", &["netns", "exec", &ns.name, "ethtool", "-K", "eth0", "tx", "off"]);
+}
+
+/// Attaches `xdp_pass` in native mode to `iface` in `ns`. Keep the returned
+/// object alive: dropping it detaches the program.
+fn attach_xdp_pass(ns: &NetNs, iface: &'static str) -> Ebpf {
+    ns.run(move || {
+        let mut ebpf = Ebpf::load(bg_lb::ebpf_objects::aux()).expect("load aux object");
+        let prog: &mut Xdp = ebpf
+            .program_mut("xdp_pass")
+            .expect("xdp_pass")
+            .try_into()
+            .expect("XDP program");
+        prog.load().expect("load xdp_pass");
+        prog.attach_to_if_index(ifindex(iface), XdpMode::Driver)
+            .expect("attach xdp_pass");
+        ebpf
+    })
+}
+
+/// Two-arm: the client is wired straight to the LB's `front` (10.98.1.0/24,
+/// VIP on `front`); backends sit on a bridge behind the LB's `back`
+/// (10.98.2.0/24, the SNAT address is the LB's back address). Packets cross
+/// the LB by XDP_REDIRECT between the two interfaces.
+pub struct TwoArm {
+    pub switch: NetNs,
+    pub lb: NetNs,
+    pub client: Host,
+    pub backends: Vec<Host>,
+    pub vip: Ipv4Addr,
+    pub snat: Ipv4Addr,
+}
+
+impl TwoArm {
+    pub fn new(backends: usize) -> Self {
+        let lb = NetNs::new("lb2");
+        let client_ns = NetNs::new("client2");
+        ip(&format!(
+            "link add front netns {} type veth peer name eth0 netns {}",
+            lb.name, client_ns.name
+        ));
+        lb.ip("addr add 10.98.1.1/24 dev front");
+        lb.ip(&format!("addr add {TWO_ARM_VIP}/32 dev front"));
+        lb.ip("link set front up");
+        let client = Ipv4Addr::new(10, 98, 1, 2);
+        configure_eth0(&client_ns, client);
+
+        let switch = NetNs::new("sw2");
+        switch.ip("link add br0 type bridge");
+        switch.ip("link set br0 up");
+        ip(&format!(
+            "link add p-back netns {} type veth peer name back netns {}",
+            switch.name, lb.name
+        ));
+        switch.ip("link set p-back master br0");
+        switch.ip("link set p-back up");
+        lb.ip("addr add 10.98.2.1/24 dev back");
+        lb.ip("link set back up");
+        let backends = (0..backends)
+            .map(|i| {
+                let addr = Ipv4Addr::new(10, 98, 2, 11 + i as u8);
+                OneArm::host(&switch, &format!("b{i}"), &format!("p-b{i}"), addr)
+            })
+            .collect();
+        TwoArm {
+            switch,
+            lb,
+            client: Host {
+                ns: client_ns,
+                addr: client,
+            },
+            backends,
+            vip: TWO_ARM_VIP,
+            snat: Ipv4Addr::new(10, 98, 2, 1),
+        }
+    }
+
+    /// Native-mode redirects into a veth reach its peer only if the peer runs
+    /// XDP: the client's `eth0` and the switch's `p-back` get `xdp_pass`.
+    pub fn pass_lb_frames_to_peers(&self) -> [Ebpf; 2] {
+        [
+            attach_xdp_pass(&self.client.ns, "eth0"),
+            attach_xdp_pass(&self.switch, "p-back"),
+        ]
+    }
+}
+
+pub const TWO_ARM_VIP: Ipv4Addr = Ipv4Addr::new(10, 98, 1, 100);
