@@ -79,6 +79,10 @@ pub struct Service {
     pub lut_base: u32,
     /// Number of slots (prime); `hash % lut_size` picks one.
     pub lut_size: u32,
+    /// The other buffer, where the next table is written. Kept here so a
+    /// restarted daemon can rebuild its allocation from the pinned maps.
+    pub lut_spare_base: u32,
+    pub _pad: u32,
 }
 
 #[repr(C)]
@@ -174,7 +178,7 @@ mod tests {
     #[test]
     fn map_types_have_no_implicit_padding() {
         assert_eq!(size_of::<ServiceKey>(), 8);
-        assert_eq!(size_of::<Service>(), 16);
+        assert_eq!(size_of::<Service>(), 24);
         assert_eq!(size_of::<Backend>(), 12);
         assert_eq!(size_of::<FlowKey>(), 16);
         assert_eq!(size_of::<Flow>(), 32);

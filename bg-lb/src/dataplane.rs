@@ -1,16 +1,23 @@
 //! The loaded XDP data plane: loads the embedded object, attaches it, and
 //! reads and writes its maps with the types from bg-lb-common.
 
-use std::{net::SocketAddrV4, path::PathBuf};
+use std::{
+    net::SocketAddrV4,
+    path::{Path, PathBuf},
+};
 
 use aya::{
     Ebpf, EbpfLoader, Pod,
-    maps::{Array, DevMapHash, HashMap, MapError, PerCpuArray},
-    programs::{ProgramError, Xdp, XdpMode, xdp::XdpLinkId},
+    maps::{Array, DevMapHash, HashMap, MapError, PerCpuArray, PerCpuValues},
+    programs::{
+        ProgramError, Xdp, XdpMode,
+        links::{FdLink, PinnedLink},
+        xdp::{XdpLink, XdpLinkId},
+    },
 };
 use bg_lb_common::{
     counters::{COUNTER_COUNT, Counter},
-    maps::{self, Backend, DataplaneConfig, Flow, FlowKey, IPPROTO_TCP, Service, ServiceKey, TrafficStats},
+    maps::{self, Backend, DataplaneConfig, Flow, FlowKey, IPPROTO_TCP, NatKey, Service, ServiceKey, TrafficStats},
 };
 
 use crate::ebpf_objects;
@@ -23,6 +30,15 @@ pub enum DataplaneError {
     Program { name: &'static str, source: ProgramError },
     #[error("map {name}: {source}")]
     Map { name: &'static str, source: MapError },
+    #[error("counting possible CPUs: {0}")]
+    Cpus(std::io::Error),
+    #[error("interface {name}: {source}")]
+    Interface { name: String, source: nix::Error },
+    #[error("XDP link pinned at {path}: {source}")]
+    Link {
+        path: PathBuf,
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     #[error("adding interface to TX_PORTS: {0}")]
     TxPort(#[from] aya::maps::xdp::XdpMapError),
     #[error("map {0} is missing from the eBPF object")]
@@ -36,9 +52,29 @@ pub enum DataplaneError {
 pub struct DataplaneOptions {
     pub max_flows: u32,
     pub lookup_capacity: u32,
-    /// Pin every map here (bpffs) so a restarted daemon adopts them; `None`
-    /// for private maps (packet tests).
+    /// Pin every map in this directory (bpffs) so a restarted daemon adopts
+    /// them with their contents; `None` for private maps (packet tests).
     pub pin_dir: Option<PathBuf>,
+}
+
+/// How to attach XDP.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttachMode {
+    /// Native (driver) mode, falling back to generic mode with a warning.
+    Auto,
+    /// Native mode or fail.
+    Native,
+    /// Generic (skb) mode: works everywhere, slower.
+    Generic,
+}
+
+/// What attaching did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Attached {
+    /// A new attachment in this mode.
+    New(XdpMode),
+    /// An existing pinned attachment now runs this program (no gap).
+    Replaced,
 }
 
 impl Default for DataplaneOptions {
@@ -79,6 +115,7 @@ impl Dataplane {
         loader.map_max_entries(maps::REVERSE_NAT, opts.max_flows);
         loader.map_max_entries(maps::LOOKUP_TABLES, opts.lookup_capacity);
         if let Some(dir) = &opts.pin_dir {
+            // An existing pin is reused with its contents (flows survive).
             for name in maps::ALL_MAPS {
                 loader.map_pin_path(name, dir.join(name));
             }
@@ -128,6 +165,83 @@ impl Dataplane {
         Ok(link)
     }
 
+    /// Attaches to `iface` through a link pinned at `pin`. If the pin exists
+    /// (a previous daemon's attachment) the link is switched to this program
+    /// atomically, so not one packet misses the data plane; otherwise a new
+    /// link is created in `mode` and pinned.
+    pub fn attach_pinned(&mut self, iface: &str, mode: AttachMode, pin: &Path) -> Result<Attached, DataplaneError> {
+        let ifindex = nix::net::if_::if_nametoindex(iface).map_err(|e| DataplaneError::Interface {
+            name: iface.to_owned(),
+            source: e,
+        })?;
+        self.add_tx_port(ifindex)?;
+        let program_err = |source| DataplaneError::Program {
+            name: maps::XDP_PROGRAM,
+            source,
+        };
+        if pin.exists() {
+            let link = PinnedLink::from_pin(pin).map_err(|e| DataplaneError::Link {
+                path: pin.to_owned(),
+                source: e.into(),
+            })?;
+            let link = XdpLink::try_from(FdLink::from(link)).map_err(|e| DataplaneError::Link {
+                path: pin.to_owned(),
+                source: e.into(),
+            })?;
+            self.xdp_mut()?.attach_to_link(link).map_err(program_err)?;
+            return Ok(Attached::Replaced);
+        }
+        let (id, used) = match mode {
+            AttachMode::Native => (
+                self.xdp_mut()?
+                    .attach_to_if_index(ifindex, XdpMode::Driver)
+                    .map_err(program_err)?,
+                XdpMode::Driver,
+            ),
+            AttachMode::Generic => (
+                self.xdp_mut()?
+                    .attach_to_if_index(ifindex, XdpMode::Skb)
+                    .map_err(program_err)?,
+                XdpMode::Skb,
+            ),
+            AttachMode::Auto => match self.xdp_mut()?.attach_to_if_index(ifindex, XdpMode::Driver) {
+                Ok(id) => (id, XdpMode::Driver),
+                Err(e) => {
+                    tracing::warn!(interface = iface, error = %e, "native XDP unavailable, falling back to generic mode (slower); set xdp_mode = \"native\" to refuse");
+                    (
+                        self.xdp_mut()?
+                            .attach_to_if_index(ifindex, XdpMode::Skb)
+                            .map_err(program_err)?,
+                        XdpMode::Skb,
+                    )
+                }
+            },
+        };
+        let link = self.xdp_mut()?.take_link(id).map_err(program_err)?;
+        let link = FdLink::try_from(link).map_err(|e| DataplaneError::Link {
+            path: pin.to_owned(),
+            source: e.into(),
+        })?;
+        link.pin(pin).map_err(|e| DataplaneError::Link {
+            path: pin.to_owned(),
+            source: e.into(),
+        })?;
+        Ok(Attached::New(used))
+    }
+
+    /// The capacity LOOKUP_TABLES really has: an adopted pinned map keeps the
+    /// size it was created with.
+    pub fn lookup_capacity(&self) -> Result<u32, DataplaneError> {
+        let map = self
+            .ebpf
+            .map(maps::LOOKUP_TABLES)
+            .ok_or(DataplaneError::MissingMap(maps::LOOKUP_TABLES))?;
+        let aya::maps::Map::Array(data) = map else {
+            return Err(DataplaneError::MissingMap(maps::LOOKUP_TABLES));
+        };
+        Ok(data.info().map_err(map_err(maps::LOOKUP_TABLES))?.max_entries())
+    }
+
     /// Allows XDP_REDIRECT to `ifindex` (an interface the program may send on).
     pub fn add_tx_port(&mut self, ifindex: u32) -> Result<(), DataplaneError> {
         let mut ports: DevMapHash<_> = self.map_mut(maps::TX_PORTS)?;
@@ -149,10 +263,37 @@ impl Dataplane {
 
     pub fn remove_service(&mut self, key: &ServiceKey) -> Result<(), DataplaneError> {
         let mut services: HashMap<_, ServiceKey, Service> = self.map_mut(maps::SERVICES)?;
-        match services.remove(key) {
-            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
-            Err(e) => Err(map_err(maps::SERVICES)(e)),
+        ignore_missing(services.remove(key), maps::SERVICES)
+    }
+
+    /// Backends in use (a zero address marks a free slot).
+    pub fn backends(&self) -> Result<Vec<(u32, Backend)>, DataplaneError> {
+        let backends: Array<_, Backend> = self.map(maps::BACKENDS)?;
+        let mut used = Vec::new();
+        for (id, backend) in backends.iter().enumerate() {
+            let backend = backend.map_err(map_err(maps::BACKENDS))?;
+            if backend.addr != 0 {
+                used.push((id as u32, backend));
+            }
         }
+        Ok(used)
+    }
+
+    /// Frees a backend slot and zeroes its counters, ready for reuse.
+    pub fn clear_backend(&mut self, id: u32) -> Result<(), DataplaneError> {
+        self.set_backend(id, &Backend::default())?;
+        let mut stats: PerCpuArray<_, TrafficStats> = self.map_mut(maps::BACKEND_STATS)?;
+        let cpus = nr_cpus().map_err(DataplaneError::Cpus)?;
+        let zeros = PerCpuValues::try_from(vec![TrafficStats::default(); cpus]).map_err(DataplaneError::Cpus)?;
+        stats.set(id, zeros, 0).map_err(map_err(maps::BACKEND_STATS))
+    }
+
+    /// Removes a flow and its reverse-NAT entry (housekeeping).
+    pub fn remove_flow(&mut self, key: &FlowKey, reverse: &NatKey) -> Result<(), DataplaneError> {
+        let mut flows: HashMap<_, FlowKey, Flow> = self.map_mut(maps::FLOWS)?;
+        ignore_missing(flows.remove(key), maps::FLOWS)?;
+        let mut nat: HashMap<_, NatKey, FlowKey> = self.map_mut(maps::REVERSE_NAT)?;
+        ignore_missing(nat.remove(reverse), maps::REVERSE_NAT)
     }
 
     pub fn services(&self) -> Result<Vec<(ServiceKey, Service)>, DataplaneError> {
@@ -228,6 +369,17 @@ impl Dataplane {
         let map = self.ebpf.map_mut(name).ok_or(DataplaneError::MissingMap(name))?;
         T::try_from(map).map_err(map_err(name))
     }
+}
+
+fn ignore_missing(result: Result<(), MapError>, name: &'static str) -> Result<(), DataplaneError> {
+    match result {
+        Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+        Err(e) => Err(map_err(name)(e)),
+    }
+}
+
+fn nr_cpus() -> Result<usize, std::io::Error> {
+    aya::util::nr_cpus().map_err(|(_, e)| e)
 }
 
 fn map_err(name: &'static str) -> impl Fn(MapError) -> DataplaneError {

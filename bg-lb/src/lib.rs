@@ -5,11 +5,31 @@
 //! - [`ratio`]: pools and the blue:green ratio.
 //! - [`lookup_table`]: weighted Maglev lookup tables (pure).
 //! - [`table_regions`]: double-buffered placement of lookup tables.
+//! - [`pins`]: bpffs layout of pinned maps and links; mount and teardown.
 //! - [`dataplane`]: loads/attaches the XDP program and reads/writes its maps.
 //! - [`services`]: programs services, backends and tables with stable ids.
+//! - [`housekeeping`]: expires closed/idle flows, counts open flows.
+//! - [`state_file`]: operator decisions persisted atomically.
+//! - [`protocol`]: admin socket requests and replies (JSON lines).
+//! - [`config`]: the TOML config and its validation (file:line errors).
+//! - [`daemon`]: config + operator state + data plane, request handling.
+//! - [`server`]: the running daemon: admin socket, signals, timers.
+//! - [`cli`], [`ctl`], [`entry`]: command line, the admin client, and `main`.
+//! - [`logging`]: tracing setup, with aya-log bridged in.
+pub mod cli;
+pub mod config;
+pub mod ctl;
+pub mod daemon;
 pub mod dataplane;
 pub mod ebpf_objects;
+pub mod entry;
+pub mod housekeeping;
+pub mod logging;
 pub mod lookup_table;
+pub mod pins;
+pub mod protocol;
 pub mod ratio;
+pub mod server;
 pub mod services;
+pub mod state_file;
 pub mod table_regions;

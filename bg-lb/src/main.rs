@@ -1,4 +1,3 @@
-fn main() {
-    eprintln!("bg-lb: the daemon and CLI arrive with the control plane; see README.md");
-    std::process::exit(2);
+fn main() -> std::process::ExitCode {
+    bg_lb::entry::main()
 }

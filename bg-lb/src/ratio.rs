@@ -129,6 +129,28 @@ impl FromStr for Ratio {
     }
 }
 
+/// Ratios and pools travel as their text form ("30:70", "blue") in the
+/// admin protocol and the state file, as operators type them.
+macro_rules! serde_as_text {
+    ($ty:ty) => {
+        impl serde::Serialize for $ty {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_str(self)
+            }
+        }
+
+        impl<'de> serde::Deserialize<'de> for $ty {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+                text.parse().map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+
+serde_as_text!(Ratio);
+serde_as_text!(Pool);
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,13 +1,18 @@
 //! Programs services into the data plane: stable ids for services and
 //! backends, Maglev tables built from ratio and weights, and atomic swaps.
 //!
-//! Backend ids are what flows are pinned to, so a backend keeps its id for as
-//! long as the process runs, even once it leaves the table: its open flows
-//! keep reaching it and drain.
+//! Backend ids are what flows are pinned to. A backend keeps its id while any
+//! flow may still reference it: one removed from a service leaves the table at
+//! once but stays in BACKENDS, so its open flows drain, and its id is freed
+//! only when no flow names it ([`Services::reap`]). A restarted daemon
+//! rebuilds all of this from the pinned maps ([`Services::adopt`]).
 
-use std::{collections::HashMap, net::SocketAddrV4};
+use std::{
+    collections::{BTreeSet, HashMap, HashSet},
+    net::{Ipv4Addr, SocketAddrV4},
+};
 
-use bg_lb_common::maps::{Backend, MAX_BACKENDS, MAX_SERVICES, Service};
+use bg_lb_common::maps::{Backend, MAX_BACKENDS, MAX_SERVICES, POOL_BLUE, Service, ServiceKey};
 
 use crate::{
     dataplane::{Dataplane, DataplaneError, service_key, wire_addr},
@@ -41,16 +46,49 @@ pub enum ServicesError {
     Regions(#[from] RegionsExhausted),
     #[error("more than {MAX_SERVICES} services")]
     TooManyServices,
-    #[error("more than {MAX_BACKENDS} backends")]
+    #[error("more than {MAX_BACKENDS} backends (including removed ones whose flows are still draining)")]
     TooManyBackends,
-    #[error("service {vip}: lookup table size {size} changed to {new}; remove and re-add the service")]
+    #[error(
+        "service {vip}: lookup table size {size} cannot change to {new} while it runs; remove and re-add the service"
+    )]
     TableSizeChanged { vip: SocketAddrV4, size: u32, new: u32 },
+}
+
+/// Lowest-free id allocation over `0..capacity`.
+#[derive(Debug)]
+struct IdPool {
+    capacity: u32,
+    used: BTreeSet<u32>,
+}
+
+impl IdPool {
+    fn new(capacity: u32) -> Self {
+        Self {
+            capacity,
+            used: BTreeSet::new(),
+        }
+    }
+
+    fn allocate(&mut self) -> Option<u32> {
+        let id = (0..self.capacity).find(|id| !self.used.contains(id))?;
+        self.used.insert(id);
+        Some(id)
+    }
+
+    fn mark_used(&mut self, id: u32) {
+        self.used.insert(id);
+    }
+
+    fn release(&mut self, id: u32) {
+        self.used.remove(&id);
+    }
 }
 
 struct Installed {
     id: u32,
     regions: TableRegions,
     active_base: u32,
+    /// Every backend id of the service, in the table or draining.
     backend_ids: HashMap<SocketAddrV4, u32>,
 }
 
@@ -58,19 +96,59 @@ pub struct Services {
     dataplane: Dataplane,
     regions: RegionAllocator,
     installed: HashMap<SocketAddrV4, Installed>,
-    next_service_id: u32,
-    next_backend_id: u32,
+    service_ids: IdPool,
+    backend_ids: IdPool,
 }
 
 impl Services {
+    /// Starts from empty maps.
     pub fn new(dataplane: Dataplane, lookup_capacity: u32) -> Self {
         Self {
             dataplane,
             regions: RegionAllocator::new(lookup_capacity),
             installed: HashMap::new(),
-            next_service_id: 0,
-            next_backend_id: 0,
+            service_ids: IdPool::new(MAX_SERVICES),
+            backend_ids: IdPool::new(MAX_BACKENDS),
         }
+    }
+
+    /// Rebuilds ids and table placement from maps that may hold a previous
+    /// daemon's state (pinned), so pinned flows keep their backends.
+    pub fn adopt(dataplane: Dataplane) -> Result<Self, ServicesError> {
+        let capacity = dataplane.lookup_capacity()?;
+        let mut services = Self::new(dataplane, capacity);
+        let mut vip_of_id = HashMap::new();
+        for (key, service) in services.dataplane.services()? {
+            let vip = vip_of_key(&key);
+            let regions = TableRegions {
+                size: service.lut_size,
+                bases: [service.lut_base, service.lut_spare_base],
+            };
+            services.regions.reserve(regions)?;
+            services.service_ids.mark_used(service.id);
+            vip_of_id.insert(service.id, vip);
+            let installed = Installed {
+                id: service.id,
+                regions,
+                active_base: service.lut_base,
+                backend_ids: HashMap::new(),
+            };
+            services.installed.insert(vip, installed);
+        }
+        for (id, backend) in services.dataplane.backends()? {
+            match vip_of_id
+                .get(&backend.service_id)
+                .and_then(|vip| services.installed.get_mut(vip))
+            {
+                Some(installed) => {
+                    installed.backend_ids.insert(backend_addr(&backend), id);
+                    services.backend_ids.mark_used(id);
+                }
+                // Its service is gone, so no packet can reach it any more.
+                None => services.dataplane.clear_backend(id)?,
+            }
+        }
+        Ok(services)
     }
 
     pub fn dataplane(&self) -> &Dataplane {
@@ -79,6 +157,11 @@ impl Services {
 
     pub fn dataplane_mut(&mut self) -> &mut Dataplane {
         &mut self.dataplane
+    }
+
+    /// VIPs of the services in the data plane.
+    pub fn vips(&self) -> Vec<SocketAddrV4> {
+        self.installed.keys().copied().collect()
     }
 
     /// The id flows of `backend` on service `vip` are pinned to.
@@ -96,11 +179,11 @@ impl Services {
         if !self.installed.contains_key(&spec.vip) {
             self.install(spec)?;
         }
-        let installed = self.installed.get(&spec.vip).expect("installed above");
-        if installed.regions.size != spec.lut_size {
+        let size = self.installed[&spec.vip].regions.size;
+        if size != spec.lut_size {
             return Err(ServicesError::TableSizeChanged {
                 vip: spec.vip,
-                size: installed.regions.size,
+                size,
                 new: spec.lut_size,
             });
         }
@@ -114,19 +197,64 @@ impl Services {
             flags: 0,
             lut_base: base,
             lut_size: spec.lut_size,
+            lut_spare_base: installed.regions.inactive(base),
+            _pad: 0,
         };
         self.dataplane.set_service(&service_key(&spec.vip), &service)?;
         installed.active_base = base;
         Ok(())
     }
 
-    fn install(&mut self, spec: &ServiceSpec) -> Result<(), ServicesError> {
-        if self.next_service_id >= MAX_SERVICES {
-            return Err(ServicesError::TooManyServices);
+    /// Stops a service: new connections to its VIP pass to the kernel, and its
+    /// table space and ids are freed.
+    pub fn remove(&mut self, vip: &SocketAddrV4) -> Result<(), ServicesError> {
+        let Some(installed) = self.installed.remove(vip) else {
+            return Ok(());
+        };
+        self.dataplane.remove_service(&service_key(vip))?;
+        self.regions.release(installed.regions);
+        self.service_ids.release(installed.id);
+        for id in installed.backend_ids.into_values() {
+            self.dataplane.clear_backend(id)?;
+            self.backend_ids.release(id);
         }
-        let regions = self.regions.allocate(spec.lut_size)?;
-        let id = self.next_service_id;
-        self.next_service_id += 1;
+        Ok(())
+    }
+
+    /// Frees backends that left their service's configuration once no flow
+    /// names them. `flows_of` counts the flow-table entries of a backend id.
+    pub fn reap(
+        &mut self,
+        live: &HashMap<SocketAddrV4, HashSet<SocketAddrV4>>,
+        flows_of: impl Fn(u32) -> u64,
+    ) -> Result<(), ServicesError> {
+        for (vip, installed) in &mut self.installed {
+            let Some(live) = live.get(vip) else { continue };
+            let gone: Vec<_> = installed
+                .backend_ids
+                .iter()
+                .filter(|(addr, id)| !live.contains(addr) && flows_of(**id) == 0)
+                .map(|(addr, id)| (*addr, *id))
+                .collect();
+            for (addr, id) in gone {
+                self.dataplane.clear_backend(id)?;
+                self.backend_ids.release(id);
+                installed.backend_ids.remove(&addr);
+                tracing::info!(service = %vip, backend = %addr, "removed backend drained; id freed");
+            }
+        }
+        Ok(())
+    }
+
+    fn install(&mut self, spec: &ServiceSpec) -> Result<(), ServicesError> {
+        let id = self.service_ids.allocate().ok_or(ServicesError::TooManyServices)?;
+        let regions = match self.regions.allocate(spec.lut_size) {
+            Ok(regions) => regions,
+            Err(e) => {
+                self.service_ids.release(id);
+                return Err(e.into());
+            }
+        };
         // active_base = bases[1] makes the first table land in bases[0].
         let installed = Installed {
             id,
@@ -147,11 +275,7 @@ impl Services {
             let id = match installed.backend_ids.get(&b.addr) {
                 Some(&id) => id,
                 None => {
-                    if self.next_backend_id >= MAX_BACKENDS {
-                        return Err(ServicesError::TooManyBackends);
-                    }
-                    let id = self.next_backend_id;
-                    self.next_backend_id += 1;
+                    let id = self.backend_ids.allocate().ok_or(ServicesError::TooManyBackends)?;
                     installed.backend_ids.insert(b.addr, id);
                     id
                 }
@@ -173,5 +297,48 @@ impl Services {
             });
         }
         Ok(table_backends)
+    }
+}
+
+fn vip_of_key(key: &ServiceKey) -> SocketAddrV4 {
+    SocketAddrV4::new(Ipv4Addr::from(key.addr.to_ne_bytes()), u16::from_be(key.port))
+}
+
+pub fn backend_addr(backend: &Backend) -> SocketAddrV4 {
+    SocketAddrV4::new(Ipv4Addr::from(backend.addr.to_ne_bytes()), u16::from_be(backend.port))
+}
+
+pub fn backend_pool(backend: &Backend) -> Pool {
+    if backend.pool == POOL_BLUE {
+        Pool::Blue
+    } else {
+        Pool::Green
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn id_pool_reuses_the_lowest_released_id() {
+        let mut pool = IdPool::new(3);
+        assert_eq!(
+            (pool.allocate(), pool.allocate(), pool.allocate(), pool.allocate()),
+            (Some(0), Some(1), Some(2), None)
+        );
+        pool.release(1);
+        assert_eq!(pool.allocate(), Some(1));
+    }
+
+    #[test]
+    fn adopted_ids_are_not_handed_out_again() {
+        let mut pool = IdPool::new(4);
+        pool.mark_used(0);
+        pool.mark_used(2);
+        assert_eq!(
+            (pool.allocate(), pool.allocate(), pool.allocate()),
+            (Some(1), Some(3), None)
+        );
     }
 }

@@ -60,6 +60,14 @@ impl RegionAllocator {
         }
     }
 
+    /// Marks regions found in adopted maps as taken.
+    pub fn reserve(&mut self, regions: TableRegions) -> Result<(), RegionsExhausted> {
+        for base in regions.bases {
+            self.take_at(base, regions.size)?;
+        }
+        Ok(())
+    }
+
     pub fn release(&mut self, regions: TableRegions) {
         for base in regions.bases {
             self.give_back(base, regions.size);
@@ -82,6 +90,28 @@ impl RegionAllocator {
             self.free[i] = (start + size, len - size);
         }
         Ok(start)
+    }
+
+    fn take_at(&mut self, start: u32, size: u32) -> Result<(), RegionsExhausted> {
+        let end = start.checked_add(size).filter(|&e| e <= self.capacity);
+        let i = self
+            .free
+            .iter()
+            .position(|&(s, len)| s <= start && end.is_some_and(|e| e <= s + len));
+        let (Some(i), Some(end)) = (i, end) else {
+            return Err(RegionsExhausted {
+                needed: size,
+                capacity: self.capacity,
+            });
+        };
+        let (s, len) = self.free.remove(i);
+        if end < s + len {
+            self.free.insert(i, (end, s + len - end));
+        }
+        if s < start {
+            self.free.insert(i, (s, start - s));
+        }
+        Ok(())
     }
 
     fn give_back(&mut self, start: u32, size: u32) {
@@ -132,6 +162,26 @@ mod tests {
         let mut a = RegionAllocator::new(100);
         assert!(a.allocate(60).is_err());
         assert_eq!(a.allocate(50).unwrap().bases, [0, 50]);
+    }
+
+    #[test]
+    fn reserved_regions_are_not_allocated_again() {
+        let mut a = RegionAllocator::new(100);
+        a.reserve(TableRegions {
+            size: 10,
+            bases: [40, 10],
+        })
+        .unwrap();
+        assert_eq!(a.allocate(10).unwrap().bases, [0, 20]);
+        assert_eq!(a.allocate(20).unwrap().bases, [50, 70]);
+        assert!(
+            a.reserve(TableRegions {
+                size: 10,
+                bases: [45, 90]
+            })
+            .is_err(),
+            "overlaps a taken region"
+        );
     }
 
     #[test]

@@ -63,6 +63,16 @@ impl Drop for NameServer {
     }
 }
 
+/// Opens `n` connections to `vip` from `client`, one after another, asks
+/// each who served it and closes it.
+pub fn ask_names(client: &NetNs, vip: SocketAddrV4, n: usize) -> std::io::Result<Vec<String>> {
+    client.run(move || {
+        (0..n)
+            .map(|_| NameClient::connect(vip).and_then(|mut c| c.ask()))
+            .collect()
+    })
+}
+
 /// A client connection that asks "who are you?" line by line.
 pub struct NameClient {
     reader: BufReader<TcpStream>,

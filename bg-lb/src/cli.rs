@@ -1,0 +1,144 @@
+//! Command line: the daemon, config checking, teardown and the admin client.
+//! Doc comments are the help text.
+
+use std::{net::SocketAddrV4, path::PathBuf, time::Duration};
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::ratio::{Pool, Ratio};
+
+pub const DEFAULT_CONFIG: &str = "/etc/bg-lb/bg-lb.toml";
+pub const DEFAULT_SOCKET: &str = "/run/bg-lb/admin.sock";
+
+/// bg-lb: XDP layer-4 load balancer for zero-downtime blue-green deployments.
+#[derive(Debug, Parser)]
+#[command(name = "bg-lb", version)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon: load and attach the data plane, program the services,
+    /// serve the admin socket. SIGHUP reloads the config; SIGTERM/SIGINT
+    /// exit, leaving the pinned data plane forwarding for the next daemon.
+    Run {
+        #[arg(long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// On exit, detach XDP and remove every pin (stopping for good).
+        #[arg(long)]
+        detach_on_exit: bool,
+        #[arg(long, value_enum, default_value_t = LogFormat::Human)]
+        log_format: LogFormat,
+    },
+    /// Validate a config file without root; errors name the file and line.
+    CheckConfig { file: PathBuf },
+    /// Stop the data plane for good: detach XDP and remove every pin (open
+    /// connections through the LB break). Stop the daemon first.
+    Teardown {
+        /// Take the pin directory from this config.
+        #[arg(long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
+    /// Talk to a running daemon.
+    Ctl(CtlArgs),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CtlArgs {
+    /// The daemon's admin socket.
+    #[arg(long, default_value = DEFAULT_SOCKET, global = true)]
+    pub socket: PathBuf,
+    /// Print the daemon's JSON reply instead of a table.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: CtlCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CtlCommand {
+    /// Ratio, backends, health and flows of every service (or one).
+    Status { service: Option<String> },
+    /// Split new connections BLUE:GREEN (e.g. 30:70); open ones stay put.
+    Ratio {
+        service: String,
+        ratio: Ratio,
+        /// Allow a share for a pool with no enabled backend.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Send all new connections to the other pool.
+    Drain {
+        service: String,
+        pool: Pool,
+        /// Then wait until the pool has no open connection.
+        #[arg(long)]
+        wait: bool,
+        /// Give up waiting after this long (e.g. 90s, 10m).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        timeout: Option<Duration>,
+        #[arg(long)]
+        force: bool,
+    },
+    /// Wait until a pool (blue/green) or one backend (ADDR:PORT) has no open
+    /// connection.
+    WaitDrained {
+        service: String,
+        target: DrainTarget,
+        #[arg(long, value_parser = humantime::parse_duration)]
+        timeout: Option<Duration>,
+    },
+    /// Change one backend.
+    Backend {
+        service: String,
+        address: SocketAddrV4,
+        #[command(subcommand)]
+        action: BackendCommand,
+    },
+    /// Open flows: client, backend, age, state.
+    Flows {
+        service: String,
+        #[arg(long)]
+        pool: Option<Pool>,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Re-read the daemon's config file.
+    Reload,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BackendCommand {
+    /// New-flow weight, 0..=1000 (0 drains it).
+    Weight { weight: u32 },
+    /// Back into rotation.
+    Enable,
+    /// Out of rotation regardless of health; open flows drain.
+    Disable,
+}
+
+/// What `wait-drained` waits for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DrainTarget {
+    Pool(Pool),
+    Backend(SocketAddrV4),
+}
+
+impl std::str::FromStr for DrainTarget {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        s.parse()
+            .map(DrainTarget::Pool)
+            .or_else(|_| s.parse().map(DrainTarget::Backend))
+            .map_err(|_| format!("{s:?} is neither a pool (blue, green) nor a backend ADDR:PORT"))
+    }
+}

@@ -1,0 +1,268 @@
+//! `bg-lb ctl`: the admin client. Human tables by default, the daemon's JSON
+//! with `--json`. Exit codes: 0 success, 1 error (the daemon said no, or it
+//! could not be reached), 3 timeout while waiting for a drain.
+
+use std::{
+    io::{BufRead as _, BufReader, Write as _},
+    os::unix::net::UnixStream,
+    path::{Path, PathBuf},
+    process::ExitCode,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::{
+    cli::{BackendCommand, CtlArgs, CtlCommand, DrainTarget},
+    protocol::{BackendAction, Reply, Request, ServiceStatus},
+};
+
+pub const EXIT_TIMEOUT: u8 = 3;
+const POLL_INTERVAL: Duration = Duration::from_millis(250);
+
+pub struct Client {
+    socket: PathBuf,
+    reader: BufReader<UnixStream>,
+    writer: UnixStream,
+}
+
+impl Client {
+    /// Connects, explaining the usual failures (daemon down, no permission).
+    pub fn connect(socket: &Path) -> anyhow::Result<Self> {
+        let stream = UnixStream::connect(socket).map_err(|e| {
+            let hint = match e.kind() {
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
+                    "is the daemon running? Start it with `bg-lb run --config FILE`, or pass --socket"
+                }
+                std::io::ErrorKind::PermissionDenied => "run as root, or as a member of the group set in [admin] group",
+                _ => "check the path and the daemon's logs",
+            };
+            anyhow::anyhow!("cannot connect to the admin socket {}: {e}; {hint}", socket.display())
+        })?;
+        Ok(Client {
+            socket: socket.to_owned(),
+            writer: stream.try_clone()?,
+            reader: BufReader::new(stream),
+        })
+    }
+
+    pub fn request(&mut self, request: &Request) -> anyhow::Result<Reply> {
+        let mut line = serde_json::to_vec(request)?;
+        line.push(b'\n');
+        self.writer
+            .write_all(&line)
+            .with_context(|| format!("writing to {}", self.socket.display()))?;
+        let mut reply = String::new();
+        self.reader
+            .read_line(&mut reply)
+            .with_context(|| format!("reading from {}", self.socket.display()))?;
+        if reply.is_empty() {
+            bail!("the daemon closed {} without replying", self.socket.display());
+        }
+        serde_json::from_str(&reply).with_context(|| format!("unreadable reply: {reply}"))
+    }
+}
+
+pub fn run(args: CtlArgs) -> anyhow::Result<ExitCode> {
+    let mut client = Client::connect(&args.socket)?;
+    let request = match args.command {
+        CtlCommand::Status { service } => Request::Status { service },
+        CtlCommand::Ratio { service, ratio, force } => Request::Ratio { service, ratio, force },
+        CtlCommand::Drain {
+            service,
+            pool,
+            wait,
+            timeout,
+            force,
+        } => {
+            let reply = client.request(&Request::Drain {
+                service: service.clone(),
+                pool,
+                force,
+            })?;
+            if !reply.ok || !wait {
+                return Ok(print_reply(&reply, args.json));
+            }
+            if !args.json {
+                print_reply(&reply, false);
+            }
+            return wait_drained(&mut client, &service, DrainTarget::Pool(pool), timeout, args.json);
+        }
+        CtlCommand::WaitDrained {
+            service,
+            target,
+            timeout,
+        } => {
+            return wait_drained(&mut client, &service, target, timeout, args.json);
+        }
+        CtlCommand::Backend {
+            service,
+            address,
+            action,
+        } => {
+            let action = match action {
+                BackendCommand::Weight { weight } => BackendAction::Weight(weight),
+                BackendCommand::Enable => BackendAction::Enable,
+                BackendCommand::Disable => BackendAction::Disable,
+            };
+            Request::Backend {
+                service,
+                address,
+                action,
+            }
+        }
+        CtlCommand::Flows { service, pool, limit } => Request::Flows { service, pool, limit },
+        CtlCommand::Reload => Request::Reload,
+    };
+    let reply = client.request(&request)?;
+    Ok(print_reply(&reply, args.json))
+}
+
+/// Prints a reply; the exit code says whether the daemon accepted it.
+fn print_reply(reply: &Reply, json: bool) -> ExitCode {
+    if json {
+        println!("{}", serde_json::to_string_pretty(reply).expect("replies serialize"));
+    } else if let Some(error) = &reply.error {
+        eprintln!("error: {error}");
+    } else {
+        print_human(reply);
+    }
+    if reply.ok { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+}
+
+fn print_human(reply: &Reply) {
+    if let Some(change) = &reply.ratio {
+        println!(
+            "ratio {} -> {} (blue:green; new connections only)",
+            change.old, change.new
+        );
+    }
+    if let Some(message) = &reply.message {
+        println!("{message}");
+    }
+    for service in reply.services.iter().flatten() {
+        print_service(service);
+    }
+    if let Some(flows) = &reply.flows {
+        println!(
+            "{:<22} {:<22} {:<6} {:>9} {:>9}  STATE",
+            "CLIENT", "BACKEND", "POOL", "AGE", "IDLE"
+        );
+        for f in flows {
+            println!(
+                "{:<22} {:<22} {:<6} {:>8.1}s {:>8.1}s  {}",
+                f.client.to_string(),
+                f.backend.to_string(),
+                f.pool.to_string(),
+                f.age_secs,
+                f.idle_secs,
+                f.state
+            );
+        }
+        println!("{} open flow(s) shown", flows.len());
+    }
+}
+
+fn print_service(s: &ServiceStatus) {
+    let standby = s.standby_vip.map(|v| format!("  standby {v}")).unwrap_or_default();
+    let effective = if s.effective_ratio == s.ratio {
+        String::new()
+    } else {
+        format!(" (effective {})", s.effective_ratio)
+    };
+    println!("{}  vip {}{standby}  ratio {}{effective}", s.name, s.vip, s.ratio);
+    println!(
+        "  {:<6} {:<22} {:>6} {:>7} {:<10} {:>6} {:>10} {:>12} {:>12}",
+        "POOL", "BACKEND", "WEIGHT", "ENABLED", "HEALTH", "OPEN", "NEW FLOWS", "BYTES IN", "BYTES OUT"
+    );
+    for b in &s.backends {
+        println!(
+            "  {:<6} {:<22} {:>6} {:>7} {:<10} {:>6} {:>10} {:>12} {:>12}",
+            b.pool.to_string(),
+            b.address.to_string(),
+            b.weight,
+            if b.enabled { "yes" } else { "no" },
+            b.health,
+            b.open_flows,
+            b.new_flows,
+            b.bytes_in,
+            b.bytes_out
+        );
+    }
+}
+
+/// Polls status until `target` has no open flow, showing a progress bar of
+/// open flows counting down.
+fn wait_drained(
+    client: &mut Client,
+    service: &str,
+    target: DrainTarget,
+    timeout: Option<Duration>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let started = Instant::now();
+    let bar = if json {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(0)
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} draining {msg}: {pos}/{len} flows closed [{elapsed}]")
+            .expect("valid template"),
+    );
+    let label = match target {
+        DrainTarget::Pool(pool) => format!("{service} {pool}"),
+        DrainTarget::Backend(addr) => format!("{service} {addr}"),
+    };
+    bar.set_message(label.clone());
+    let mut initial = None;
+    loop {
+        let reply = client.request(&Request::Status {
+            service: Some(service.to_owned()),
+        })?;
+        let Some(status) = reply.services.as_ref().and_then(|s| s.first()) else {
+            bar.abandon();
+            return Ok(print_reply(&reply, json));
+        };
+        let open = open_flows(status, target)?;
+        let first = *initial.get_or_insert(open);
+        bar.set_length(first.max(open));
+        bar.set_position(first.saturating_sub(open));
+        if open == 0 {
+            bar.finish();
+            report(json, &label, true, started.elapsed(), 0);
+            return Ok(ExitCode::SUCCESS);
+        }
+        if timeout.is_some_and(|t| started.elapsed() >= t) {
+            bar.abandon();
+            report(json, &label, false, started.elapsed(), open);
+            return Ok(ExitCode::from(EXIT_TIMEOUT));
+        }
+        std::thread::sleep(POLL_INTERVAL);
+    }
+}
+
+fn open_flows(status: &ServiceStatus, target: DrainTarget) -> anyhow::Result<u64> {
+    match target {
+        DrainTarget::Pool(pool) => Ok(status.open_flows(pool)),
+        DrainTarget::Backend(addr) => status
+            .backends
+            .iter()
+            .find(|b| b.address == addr)
+            .map(|b| b.open_flows)
+            .with_context(|| format!("service {} has no backend {addr}", status.name)),
+    }
+}
+
+fn report(json: bool, label: &str, drained: bool, elapsed: Duration, open: u64) {
+    let secs = elapsed.as_secs_f64();
+    if json {
+        let value = serde_json::json!({ "ok": drained, "drained": drained, "open_flows": open, "waited_secs": secs });
+        println!("{value}");
+    } else if drained {
+        println!("{label}: drained after {secs:.1}s");
+    } else {
+        eprintln!("error: {label}: still {open} open flow(s) after {secs:.1}s (timeout)");
+    }
+}

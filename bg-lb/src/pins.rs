@@ -1,0 +1,110 @@
+//! Where the data plane lives in bpffs, so it outlives the daemon: maps under
+//! `PIN_DIR/maps/NAME`, XDP links under `PIN_DIR/links/IFACE`. A restarted
+//! daemon adopts both; `bg-lb teardown` removes them (detaching XDP).
+
+use std::{
+    fs, io,
+    path::{Path, PathBuf},
+};
+
+use bg_lb_common::maps::ALL_MAPS;
+use nix::{
+    mount::{MsFlags, mount},
+    sys::statfs::{BPF_FS_MAGIC, statfs},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PinError {
+    #[error("mounting bpffs at {path}: {source}")]
+    Mount { path: PathBuf, source: nix::Error },
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+}
+
+#[derive(Clone, Debug)]
+pub struct PinLayout {
+    root: PathBuf,
+}
+
+impl PinLayout {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn maps_dir(&self) -> PathBuf {
+        self.root.join("maps")
+    }
+
+    pub fn link(&self, iface: &str) -> PathBuf {
+        self.root.join("links").join(iface)
+    }
+
+    /// Mounts bpffs on the pin root's parent if nothing is mounted there
+    /// (a fresh machine has no /sys/fs/bpf mount), then creates the
+    /// directories.
+    pub fn prepare(&self) -> Result<(), PinError> {
+        let mount_point = self.root.parent().unwrap_or(Path::new("/")).to_path_buf();
+        if !is_bpffs(&mount_point) {
+            create_dir(&mount_point)?;
+            mount(Some("bpf"), &mount_point, Some("bpf"), MsFlags::empty(), None::<&str>).map_err(|source| {
+                PinError::Mount {
+                    path: mount_point.clone(),
+                    source,
+                }
+            })?;
+            tracing::info!(path = %mount_point.display(), "mounted bpffs");
+        }
+        for dir in [self.maps_dir(), self.root.join("links")] {
+            create_dir(&dir)?;
+        }
+        Ok(())
+    }
+
+    /// Removes every pin: links first (detaching XDP from the interfaces),
+    /// then maps (freeing the flow table). Missing pins are not an error.
+    pub fn remove_all(&self) -> Result<(), PinError> {
+        let links = self.root.join("links");
+        if let Ok(entries) = fs::read_dir(&links) {
+            for entry in entries.flatten() {
+                remove_file(&entry.path())?;
+            }
+        }
+        for name in ALL_MAPS {
+            remove_file(&self.maps_dir().join(name))?;
+        }
+        for dir in [links, self.maps_dir(), self.root.clone()] {
+            match fs::remove_dir(&dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(source) => return Err(PinError::Io { path: dir, source }),
+            }
+        }
+        Ok(())
+    }
+}
+
+fn is_bpffs(path: &Path) -> bool {
+    statfs(path).is_ok_and(|s| s.filesystem_type() == BPF_FS_MAGIC)
+}
+
+fn create_dir(path: &Path) -> Result<(), PinError> {
+    fs::create_dir_all(path).map_err(|source| PinError::Io {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+fn remove_file(path: &Path) -> Result<(), PinError> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(PinError::Io {
+            path: path.to_owned(),
+            source,
+        }),
+    }
+}

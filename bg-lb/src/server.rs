@@ -1,0 +1,176 @@
+//! The running daemon: admin socket, signals, housekeeping and neighbour
+//! warm-up around one [`Daemon`], which handles every request in turn so
+//! data-plane writes never interleave.
+
+use std::{fs, net::SocketAddrV4, os::unix::fs::PermissionsExt as _, path::PathBuf, time::Duration};
+
+use anyhow::Context as _;
+use tokio::{
+    io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader},
+    net::{UnixListener, UnixStream},
+    signal::unix::{SignalKind, signal},
+    sync::{mpsc, oneshot},
+};
+
+use crate::{
+    config::AdminConfig,
+    daemon::Daemon,
+    protocol::{MAX_REQUEST_BYTES, Reply, parse_request},
+};
+
+const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(1);
+const NEIGHBOUR_INTERVAL: Duration = Duration::from_secs(30);
+const NEIGHBOUR_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+type Job = (String, oneshot::Sender<Reply>);
+
+/// Runs until SIGTERM or SIGINT. With `detach_on_exit` the data plane is
+/// torn down then; otherwise it keeps forwarding for the next daemon.
+pub async fn run(config_path: PathBuf, detach_on_exit: bool) -> anyhow::Result<()> {
+    let mut daemon = Daemon::start(&config_path)?;
+    let listener = bind_admin_socket(&daemon.config().admin)?;
+    let socket_path = daemon.config().admin.socket.clone();
+    tracing::info!(socket = %socket_path.display(), config = %config_path.display(), "bg-lb running");
+
+    let (jobs, mut queue) = mpsc::channel::<Job>(64);
+    tokio::spawn(accept_loop(listener, jobs));
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut hangup = signal(SignalKind::hangup())?;
+    let mut housekeeping = tokio::time::interval(HOUSEKEEPING_INTERVAL);
+    let mut neighbours = tokio::time::interval(NEIGHBOUR_INTERVAL);
+    loop {
+        tokio::select! {
+            Some((line, reply)) = queue.recv() => {
+                let response = match parse_request(&line) {
+                    Ok(request) => daemon.handle(request),
+                    Err(e) => Reply::error(e),
+                };
+                let _ = reply.send(response);
+            }
+            _ = housekeeping.tick() => {
+                if let Err(e) = daemon.housekeeping() {
+                    tracing::error!(error = %e, "flow housekeeping failed");
+                }
+            }
+            _ = neighbours.tick() => {
+                tokio::spawn(warm_neighbours(daemon.backend_addrs()));
+            }
+            _ = hangup.recv() => match daemon.reload() {
+                Ok(message) => tracing::info!("{message}"),
+                Err(e) => tracing::error!("{e}"),
+            },
+            _ = terminate.recv() => break,
+            _ = interrupt.recv() => break,
+        }
+    }
+    let _ = fs::remove_file(&socket_path);
+    if detach_on_exit {
+        daemon.teardown()?;
+        tracing::info!("data plane detached and unpinned (--detach-on-exit)");
+    } else {
+        tracing::info!("exiting; the pinned data plane keeps forwarding until the next daemon adopts it");
+    }
+    Ok(())
+}
+
+/// Binds the admin socket: root-only (0600), or 0660 for a configured group.
+/// A stale socket from a killed daemon is replaced; a live one is an error.
+fn bind_admin_socket(admin: &AdminConfig) -> anyhow::Result<UnixListener> {
+    let path = &admin.socket;
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            anyhow::bail!("{} is in use: another bg-lb daemon is running", path.display());
+        }
+        fs::remove_file(path).with_context(|| format!("removing stale socket {}", path.display()))?;
+    }
+    let listener = UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
+    let mode = match &admin.group {
+        Some(group) => {
+            let gid = nix::unistd::Group::from_name(group)?
+                .with_context(|| format!("no group {group:?}"))?
+                .gid;
+            nix::unistd::chown(path.as_path(), None, Some(gid))?;
+            0o660
+        }
+        None => 0o600,
+    };
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))?;
+    Ok(listener)
+}
+
+async fn accept_loop(listener: UnixListener, jobs: mpsc::Sender<Job>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                tokio::spawn(serve_client(stream, jobs.clone()));
+            }
+            Err(e) => tracing::warn!(error = %e, "admin socket accept failed"),
+        }
+    }
+}
+
+/// One connection: requests line by line until the client closes. A line
+/// over the size limit gets an error reply and ends the connection.
+async fn serve_client(stream: UnixStream, jobs: mpsc::Sender<Job>) {
+    let (read, mut write) = stream.into_split();
+    let mut reader = BufReader::new(read);
+    loop {
+        let reply = match read_line(&mut reader).await {
+            Ok(Some(line)) => submit(&jobs, line).await,
+            Ok(None) => return,
+            Err(e) => {
+                let _ = send(&mut write, &Reply::error(e)).await;
+                return;
+            }
+        };
+        if send(&mut write, &reply).await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn read_line(reader: &mut BufReader<tokio::net::unix::OwnedReadHalf>) -> Result<Option<String>, String> {
+    use tokio::io::AsyncReadExt as _;
+    let mut buf = Vec::new();
+    let limit = MAX_REQUEST_BYTES as u64 + 1;
+    let n = reader
+        .take(limit)
+        .read_until(b'\n', &mut buf)
+        .await
+        .map_err(|e| format!("reading request: {e}"))?;
+    if n == 0 {
+        return Ok(None);
+    }
+    if buf.last() != Some(&b'\n') && n as u64 == limit {
+        return Err(format!("request over {} KiB refused", MAX_REQUEST_BYTES / 1024));
+    }
+    String::from_utf8(buf)
+        .map(|s| Some(s.trim_end().to_owned()))
+        .map_err(|_| "bad request: not UTF-8".into())
+}
+
+async fn submit(jobs: &mpsc::Sender<Job>, line: String) -> Reply {
+    let (tx, rx) = oneshot::channel();
+    if jobs.send((line, tx)).await.is_err() {
+        return Reply::error("daemon is shutting down");
+    }
+    rx.await.unwrap_or_else(|_| Reply::error("daemon is shutting down"))
+}
+
+async fn send(write: &mut tokio::net::unix::OwnedWriteHalf, reply: &Reply) -> std::io::Result<()> {
+    let mut line = serde_json::to_vec(reply).expect("replies serialize");
+    line.push(b'\n');
+    write.write_all(&line).await
+}
+
+/// The fast path needs each backend's MAC in the neighbour table; a TCP
+/// connect makes the kernel resolve it (a refused connect does too).
+async fn warm_neighbours(backends: Vec<SocketAddrV4>) {
+    for addr in backends {
+        let _ = tokio::time::timeout(NEIGHBOUR_CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr)).await;
+    }
+}

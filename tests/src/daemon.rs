@@ -1,0 +1,166 @@
+//! A `bg-lb run` process inside a test namespace, with its own config, state
+//! dir, admin socket and bpffs pin dir. Dropping it kills the daemon and
+//! removes its pins (detaching XDP) and files, even when the test failed.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::{Child, Command, Output},
+    sync::atomic::{AtomicU32, Ordering},
+    thread,
+    time::{Duration, Instant},
+};
+
+use bg_lb::pins::PinLayout;
+
+use crate::topology::NetNs;
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+pub struct Daemon {
+    /// The bg-lb binary: integration tests pass
+    /// `env!("CARGO_BIN_EXE_bg-lb-under-test")`, rebuilt for every run.
+    bin: &'static str,
+    netns: String,
+    pub dir: PathBuf,
+    pub pin_dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl Daemon {
+    /// Writes `config` (whose `pin_dir`, `state_dir` and `[admin] socket`
+    /// lines come from [`Daemon::paths_toml`]) and starts the daemon in `ns`,
+    /// returning once its admin socket answers.
+    pub fn start(bin: &'static str, ns: &NetNs, config: impl FnOnce(&str) -> String) -> Self {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("bglb-test-{}-{n}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).expect("test dir");
+        let pin_dir = PathBuf::from(format!("/sys/fs/bpf/bglb-test-{}-{n}", std::process::id()));
+        let paths = format!(
+            "pin_dir = \"{}\"\nstate_dir = \"{}\"\n[admin]\nsocket = \"{}\"\n",
+            pin_dir.display(),
+            dir.join("state").display(),
+            dir.join("admin.sock").display()
+        );
+        fs::write(dir.join("bg-lb.toml"), config(&paths)).expect("write config");
+        let mut daemon = Daemon {
+            bin,
+            netns: ns.name.clone(),
+            dir,
+            pin_dir,
+            child: None,
+        };
+        daemon.spawn();
+        daemon
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.join("bg-lb.toml")
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.dir.join("admin.sock")
+    }
+
+    /// Starts (again) the daemon process and waits for its socket. Only the
+    /// network namespace is entered (nsenter), not a mount namespace as with
+    /// `ip netns exec`, so the pins land on the host's bpffs and outlive it.
+    pub fn spawn(&mut self) {
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("daemon.log"))
+            .expect("log file");
+        let child = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", self.netns))
+            .args([self.bin, "run", "--config"])
+            .arg(self.config_path())
+            .stdout(log.try_clone().expect("log fd"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn bg-lb run (needs nsenter from util-linux)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !self.ctl(&["status"]).status.success() {
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("bg-lb run exited ({status}):\n{}", self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "bg-lb run did not answer in 20s:\n{}",
+                self.log()
+            );
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// `bg-lb ctl --socket S ARGS`.
+    pub fn ctl(&self, args: &[&str]) -> Output {
+        Command::new(self.bin)
+            .arg("ctl")
+            .arg("--socket")
+            .arg(self.socket())
+            .args(args)
+            .output()
+            .expect("run bg-lb ctl")
+    }
+
+    /// Like [`Daemon::ctl`], panicking with the output unless it succeeds.
+    pub fn ctl_ok(&self, args: &[&str]) -> String {
+        let out = self.ctl(args);
+        assert!(
+            out.status.success(),
+            "bg-lb ctl {} failed: {}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `status --json` for one service, parsed.
+    pub fn status(&self, service: &str) -> bg_lb::protocol::ServiceStatus {
+        let out = self.ctl_ok(&["--json", "status", service]);
+        let reply: bg_lb::protocol::Reply = serde_json::from_str(&out).expect("status JSON");
+        reply
+            .services
+            .and_then(|s| s.into_iter().next())
+            .expect("one service in status")
+    }
+
+    /// SIGKILL: no cleanup at all, as in a crash.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGHUP: reload the config.
+    pub fn hangup(&self) {
+        let pid = self.child.as_ref().expect("daemon running").id();
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGHUP)
+            .expect("SIGHUP");
+    }
+
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.join("daemon.log")).unwrap_or_default()
+    }
+
+    pub fn pins_exist(&self) -> bool {
+        Path::new(&self.pin_dir).exists()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill9();
+        let _ = PinLayout::new(&self.pin_dir).remove_all();
+        if !thread::panicking() {
+            let _ = fs::remove_dir_all(&self.dir);
+        } else {
+            eprintln!("daemon log kept in {}:\n{}", self.dir.display(), self.log());
+        }
+    }
+}

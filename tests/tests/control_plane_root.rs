@@ -1,0 +1,317 @@
+//! Control-plane end-to-end tests (root): `bg-lb run` in a network namespace
+//! driven by `bg-lb ctl`, with real TCP clients and backends.
+
+use std::{
+    fs,
+    io::{BufRead as _, BufReader, Write as _},
+    net::SocketAddrV4,
+    os::unix::net::UnixStream,
+    process::{Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use bg_lb::ratio::Pool;
+use bg_lb_tests::{
+    daemon::Daemon,
+    require_root,
+    servers::{NameClient, NameServer, ask_names},
+    topology::{LB_ADDR, OneArm},
+};
+
+const BG_LB: &str = env!("CARGO_BIN_EXE_bg-lb-under-test");
+const BACKEND_PORT: u16 = 8080;
+
+/// b0, b1 are blue; b2, b3 green.
+fn pool_of(name: &str) -> Pool {
+    if name == "b0" || name == "b1" {
+        Pool::Blue
+    } else {
+        Pool::Green
+    }
+}
+
+struct Lab {
+    topo: OneArm,
+    daemon: Daemon,
+    _servers: Vec<NameServer>,
+    _peer_xdp: aya::Ebpf,
+}
+
+impl Lab {
+    fn new(ratio: &str) -> Self {
+        require_root();
+        let topo = OneArm::new(4);
+        let servers = topo
+            .backends
+            .iter()
+            .enumerate()
+            .map(|(i, b)| NameServer::start(&b.ns, SocketAddrV4::new(b.addr, BACKEND_PORT), format!("b{i}")))
+            .collect();
+        let peer_xdp = topo.pass_lb_frames_to_switch();
+        let backends: Vec<_> = topo.backends.iter().map(|b| b.addr).collect();
+        let vip = topo.vip;
+        let daemon = Daemon::start(BG_LB, &topo.lb.ns, |paths| config(vip, &backends, ratio, paths));
+        Lab {
+            topo,
+            daemon,
+            _servers: servers,
+            _peer_xdp: peer_xdp,
+        }
+    }
+
+    fn vip(&self) -> SocketAddrV4 {
+        SocketAddrV4::new(self.topo.vip, 80)
+    }
+
+    fn names(&self, n: usize) -> Vec<String> {
+        ask_names(&self.topo.client.ns, self.vip(), n)
+            .unwrap_or_else(|e| panic!("connection through the VIP failed: {e}\n{}", self.daemon.log()))
+    }
+
+    fn connect(&self) -> NameClient {
+        let vip = self.vip();
+        self.topo
+            .client
+            .ns
+            .run(move || NameClient::connect(vip).expect("connect to the VIP"))
+    }
+}
+
+fn config(vip: std::net::Ipv4Addr, backends: &[std::net::Ipv4Addr], ratio: &str, paths: &str) -> String {
+    let mut toml = format!(
+        "interface = \"eth0\"\nxdp_mode = \"native\"\nsnat_address = \"{LB_ADDR}\"\nmax_flows = 65536\n\
+         lookup_capacity = 262148\n{paths}\n[[service]]\nname = \"web\"\nvip = \"{vip}:80\"\nratio = \"{ratio}\"\n"
+    );
+    for (i, addr) in backends.iter().enumerate() {
+        let pool = if i < 2 { "blue" } else { "green" };
+        toml +=
+            &format!("\n[[service.backend]]\npool = \"{pool}\"\naddress = \"{addr}:{BACKEND_PORT}\"\nweight = 100\n");
+    }
+    toml
+}
+
+#[test]
+fn ctl_ratio_splits_new_connections_30_70() {
+    let lab = Lab::new("50:50");
+    let out = lab.daemon.ctl_ok(&["ratio", "web", "30:70"]);
+    assert!(out.contains("50:50 -> 30:70"), "{out}");
+    let names = lab.names(1000);
+    let blue = names.iter().filter(|n| pool_of(n) == Pool::Blue).count();
+    assert!(
+        (250..=350).contains(&blue),
+        "30:70 sent {blue}/1000 connections to blue"
+    );
+    let status = lab.daemon.status("web");
+    let new_flows: u64 = status.backends.iter().map(|b| b.new_flows).sum();
+    assert!(new_flows >= 1000, "status counts the new flows: {new_flows}");
+}
+
+#[test]
+fn ratio_to_a_pool_without_enabled_backends_is_refused_unless_forced() {
+    let lab = Lab::new("100:0");
+    for b in ["10.99.0.13:8080", "10.99.0.14:8080"] {
+        lab.daemon.ctl_ok(&["backend", "web", b, "disable"]);
+    }
+    let out = lab.daemon.ctl(&["ratio", "web", "0:100"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("green has no enabled backend"),
+        "{out:?}"
+    );
+    assert_eq!(
+        lab.daemon.status("web").ratio.to_string(),
+        "100:0",
+        "a refused request changes nothing"
+    );
+    lab.daemon.ctl_ok(&["ratio", "web", "0:100", "--force"]);
+    let status = lab.daemon.status("web");
+    assert_eq!(
+        (status.ratio.to_string(), status.effective_ratio.to_string()),
+        ("0:100".into(), "100:0".into())
+    );
+    assert!(
+        lab.names(20).iter().all(|n| pool_of(n) == Pool::Blue),
+        "green's share spills to blue, not into a blackhole"
+    );
+}
+
+#[test]
+fn drain_wait_returns_only_after_the_long_lived_connection_to_the_pool_closes() {
+    let lab = Lab::new("100:0");
+    let mut long_lived = lab.connect();
+    let backend = long_lived.ask().unwrap();
+    assert_eq!(pool_of(&backend), Pool::Blue);
+
+    let mut drain = Command::new(BG_LB)
+        .args(["ctl", "--socket"])
+        .arg(lab.daemon.socket())
+        .args(["drain", "web", "blue", "--wait", "--timeout", "60s"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let switched = Instant::now() + Duration::from_secs(10);
+    while lab.daemon.status("web").ratio.to_string() != "0:100" {
+        assert!(Instant::now() < switched, "drain did not switch the ratio");
+        thread::sleep(Duration::from_millis(20));
+    }
+    let until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < until {
+        assert_eq!(
+            long_lived.ask().expect("the draining connection keeps working"),
+            backend
+        );
+        assert!(
+            drain.try_wait().unwrap().is_none(),
+            "drain --wait returned while a blue connection was open"
+        );
+        assert!(
+            lab.names(5).iter().all(|n| pool_of(n) == Pool::Green),
+            "new connections avoid the drained pool"
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+    drop(long_lived);
+    let out = drain.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("drained after"),
+        "{out:?}"
+    );
+    assert_eq!(lab.daemon.status("web").open_flows(Pool::Blue), 0);
+}
+
+#[test]
+fn wait_drained_times_out_with_a_distinct_exit_code() {
+    let lab = Lab::new("100:0");
+    let mut long_lived = lab.connect();
+    long_lived.ask().unwrap();
+    let out = lab.daemon.ctl(&["wait-drained", "web", "blue", "--timeout", "1s"]);
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("still 1 open flow"),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn daemon_kill9_and_restart_keeps_open_connections_and_serves_during_the_gap() {
+    let mut lab = Lab::new("50:50");
+    lab.daemon.ctl_ok(&["ratio", "web", "0:100"]);
+    let mut long_lived = lab.connect();
+    let backend = long_lived.ask().unwrap();
+    assert_eq!(pool_of(&backend), Pool::Green);
+
+    lab.daemon.kill9();
+    for _ in 0..10 {
+        assert_eq!(long_lived.ask().expect("open connection works with no daemon"), backend);
+    }
+    let during_gap = lab.names(50);
+    assert!(
+        during_gap.iter().all(|n| pool_of(n) == Pool::Green),
+        "the pinned data plane serves new connections: {during_gap:?}"
+    );
+
+    lab.daemon.spawn();
+    assert_eq!(long_lived.ask().expect("open connection survives the restart"), backend);
+    let status = lab.daemon.status("web");
+    assert_eq!(
+        status.ratio.to_string(),
+        "0:100",
+        "the operator's ratio survives the restart"
+    );
+    assert!(
+        status.open_flows(Pool::Green) >= 1,
+        "the adopted flow table still counts the open connection"
+    );
+    assert!(lab.names(50).iter().all(|n| pool_of(n) == Pool::Green));
+    for _ in 0..10 {
+        assert_eq!(long_lived.ask().unwrap(), backend);
+    }
+}
+
+#[test]
+fn reload_with_a_broken_config_is_rejected_and_traffic_is_unaffected() {
+    let lab = Lab::new("100:0");
+    let mut long_lived = lab.connect();
+    let backend = long_lived.ask().unwrap();
+    let good = fs::read_to_string(lab.daemon.config_path()).unwrap();
+    let broken = good.replacen("weight = 100", "weight = 5000", 1);
+    let line = broken.lines().position(|l| l.contains("weight = 5000")).unwrap() + 1;
+    fs::write(lab.daemon.config_path(), &broken).unwrap();
+
+    let out = lab.daemon.ctl(&["reload"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("bg-lb.toml:{line}:")) && err.contains("weight"),
+        "{err}"
+    );
+    lab.daemon.hangup();
+    thread::sleep(Duration::from_millis(300));
+    assert!(
+        lab.daemon.log().contains("config rejected"),
+        "SIGHUP with a broken config is logged as rejected"
+    );
+    assert!(
+        lab.names(20).iter().all(|n| pool_of(n) == Pool::Blue),
+        "still serving the previous config"
+    );
+    assert_eq!(long_lived.ask().unwrap(), backend);
+
+    // A valid change then applies: b0 leaves blue, so blue is b1 alone.
+    let without_b0 = good.replacen(
+        "pool = \"blue\"\naddress = \"10.99.0.11:8080\"\nweight = 100",
+        "pool = \"blue\"\naddress = \"10.99.0.11:8080\"\nweight = 0",
+        1,
+    );
+    fs::write(lab.daemon.config_path(), without_b0).unwrap();
+    lab.daemon.ctl_ok(&["reload"]);
+    assert!(lab.names(20).iter().all(|n| n == "b1"));
+}
+
+#[test]
+fn malformed_admin_requests_get_error_replies_and_change_nothing() {
+    let lab = Lab::new("100:0");
+    let stream = UnixStream::connect(lab.daemon.socket()).unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut writer = stream;
+    let mut ask = |line: &[u8]| {
+        writer.write_all(line).unwrap();
+        writer.write_all(b"\n").unwrap();
+        let mut reply = String::new();
+        reader.read_line(&mut reply).unwrap();
+        reply
+    };
+    for bad in [
+        &b"garbage"[..],
+        b"{\"cmd\":\"explode\"}",
+        b"{\"cmd\":\"ratio\",\"service\":\"web\",\"ratio\":\"70:70\"}",
+        b"{\"cmd\":\"drain\",\"service\":\"nope\",\"pool\":\"blue\"}",
+    ] {
+        let reply = ask(bad);
+        assert!(reply.starts_with("{\"ok\":false,\"error\":"), "{reply}");
+    }
+    let reply = ask(&vec![b'x'; 70 * 1024]);
+    assert!(reply.contains("over 64 KiB"), "{reply}");
+    assert_eq!(lab.daemon.status("web").ratio.to_string(), "100:0");
+    assert!(lab.names(5).iter().all(|n| pool_of(n) == Pool::Blue));
+}
+
+#[test]
+fn teardown_detaches_the_data_plane_and_removes_the_pins() {
+    let mut lab = Lab::new("100:0");
+    assert!(lab.names(3).iter().all(|n| pool_of(n) == Pool::Blue));
+    lab.daemon.kill9();
+    let out = Command::new(BG_LB)
+        .args(["teardown", "--config"])
+        .arg(lab.daemon.config_path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(!lab.daemon.pins_exist());
+    // The VIP is the LB host's own address with nothing listening on :80.
+    let err = ask_names(&lab.topo.client.ns, lab.vip(), 1).expect_err("no load balancing after teardown");
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{err}");
+}
