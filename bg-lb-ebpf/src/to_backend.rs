@@ -6,6 +6,7 @@ use aya_ebpf::{
     helpers::bpf_ktime_get_ns,
     programs::XdpContext,
 };
+use aya_log_ebpf::warn;
 use bg_lb_common::{
     counters::Counter,
     flow_hash::flow_hash,
@@ -38,6 +39,7 @@ pub fn to_backend(ctx: &XdpContext, pkt: &TcpPacket, service: &Service, cfg: &Da
             Ok(flow) => (flow, true),
             Err(counter) => {
                 count(counter);
+                log_drop(ctx, counter);
                 return XDP_DROP;
             }
         },
@@ -57,6 +59,20 @@ pub fn to_backend(ctx: &XdpContext, pkt: &TcpPacket, service: &Service, cfg: &Da
         },
     );
     forward(ctx, pkt)
+}
+
+/// Rare capacity failures are worth a log line besides their counter;
+/// aya-log carries it to the daemon's log.
+#[inline(always)]
+fn log_drop(ctx: &XdpContext, counter: Counter) {
+    match counter {
+        Counter::SnatPortsExhausted => warn!(
+            ctx,
+            "new flow dropped: no free SNAT port for its backend; widen snat_ports"
+        ),
+        Counter::FlowInsertFailed => warn!(ctx, "new flow dropped: flow table insert failed"),
+        _ => {}
+    }
 }
 
 /// The flow's pinned entry, updated for this packet, unless there is none or

@@ -68,6 +68,10 @@ impl Daemon {
         Ok(daemon)
     }
 
+    pub fn take_ebpf_logger(&mut self) -> Option<crate::dataplane::EbpfLogger> {
+        self.services.dataplane_mut().take_logger()
+    }
+
     pub fn config(&self) -> &Config {
         &self.config
     }

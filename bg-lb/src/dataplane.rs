@@ -102,8 +102,11 @@ pub fn service_key(vip: &SocketAddrV4) -> ServiceKey {
     }
 }
 
+pub type EbpfLogger = aya_log::EbpfLogger<&'static dyn log::Log>;
+
 pub struct Dataplane {
     ebpf: Ebpf,
+    logger: Option<EbpfLogger>,
 }
 
 impl Dataplane {
@@ -120,14 +123,23 @@ impl Dataplane {
                 loader.map_pin_path(name, dir.join(name));
             }
         }
-        let mut dp = Self {
-            ebpf: loader.load(ebpf_objects::load_balancer())?,
-        };
+        let mut ebpf = loader.load(ebpf_objects::load_balancer())?;
+        // The program logs only rare failures; without a reader they are
+        // simply dropped, so a missing logger is not fatal.
+        let logger = aya_log::EbpfLogger::init(&mut ebpf)
+            .inspect_err(|e| tracing::warn!(error = %e, "eBPF log records will not be shown"))
+            .ok();
+        let mut dp = Self { ebpf, logger };
         dp.xdp_mut()?.load().map_err(|source| DataplaneError::Program {
             name: maps::XDP_PROGRAM,
             source,
         })?;
         Ok(dp)
+    }
+
+    /// The reader of the program's aya-log records (once).
+    pub fn take_logger(&mut self) -> Option<EbpfLogger> {
+        self.logger.take()
     }
 
     pub fn xdp(&self) -> Result<&Xdp, DataplaneError> {

@@ -6,7 +6,7 @@ use std::{fs, net::SocketAddrV4, os::unix::fs::PermissionsExt as _, path::PathBu
 
 use anyhow::Context as _;
 use tokio::{
-    io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader},
+    io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader, Interest, unix::AsyncFd},
     net::{UnixListener, UnixStream},
     signal::unix::{SignalKind, signal},
     sync::{mpsc, oneshot},
@@ -32,6 +32,9 @@ pub async fn run(config_path: PathBuf, detach_on_exit: bool) -> anyhow::Result<(
     let socket_path = daemon.config().admin.socket.clone();
     tracing::info!(socket = %socket_path.display(), config = %config_path.display(), "bg-lb running");
 
+    if let Some(logger) = daemon.take_ebpf_logger() {
+        tokio::spawn(forward_ebpf_logs(logger));
+    }
     let (jobs, mut queue) = mpsc::channel::<Job>(64);
     tokio::spawn(accept_loop(listener, jobs));
     let mut terminate = signal(SignalKind::terminate())?;
@@ -165,6 +168,23 @@ async fn send(write: &mut tokio::net::unix::OwnedWriteHalf, reply: &Reply) -> st
     let mut line = serde_json::to_vec(reply).expect("replies serialize");
     line.push(b'\n');
     write.write_all(&line).await
+}
+
+/// aya-log records reach tracing through the `log` bridge (see logging).
+async fn forward_ebpf_logs(logger: crate::dataplane::EbpfLogger) {
+    // SAFETY: the logger owns its ring buffer's fd, which stays open and the
+    // same for the logger's whole life, and the AsyncFd owns the logger.
+    let mut logger = match unsafe { AsyncFd::register_with_interest(logger, Interest::READABLE) } {
+        Ok(fd) => fd,
+        Err(e) => return tracing::warn!(error = %e.into_parts().1, "cannot poll eBPF log records"),
+    };
+    loop {
+        let Ok(mut guard) = logger.readable_mut().await else {
+            return;
+        };
+        guard.get_inner_mut().flush();
+        guard.clear_ready();
+    }
 }
 
 /// The fast path needs each backend's MAC in the neighbour table; a TCP

@@ -40,6 +40,11 @@ struct Lab {
 
 impl Lab {
     fn new(ratio: &str) -> Self {
+        Self::with_settings(ratio, "")
+    }
+
+    /// `settings` are extra top-level config lines.
+    fn with_settings(ratio: &str, settings: &str) -> Self {
         require_root();
         let topo = OneArm::new(4);
         let servers = topo
@@ -51,7 +56,9 @@ impl Lab {
         let peer_xdp = topo.pass_lb_frames_to_switch();
         let backends: Vec<_> = topo.backends.iter().map(|b| b.addr).collect();
         let vip = topo.vip;
-        let daemon = Daemon::start(BG_LB, &topo.lb.ns, |paths| config(vip, &backends, ratio, paths));
+        let daemon = Daemon::start(BG_LB, &topo.lb.ns, |paths| {
+            settings.to_owned() + &config(vip, &backends, ratio, paths)
+        });
         Lab {
             topo,
             daemon,
@@ -314,4 +321,30 @@ fn teardown_detaches_the_data_plane_and_removes_the_pins() {
     // The VIP is the LB host's own address with nothing listening on :80.
     let err = ask_names(&lab.topo.client.ns, lab.vip(), 1).expect_err("no load balancing after teardown");
     assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{err}");
+}
+
+#[test]
+fn snat_port_exhaustion_drops_new_flows_and_the_data_plane_logs_why() {
+    // Four SNAT ports and all traffic on b0: four connections fit.
+    let lab = Lab::with_settings("100:0", "snat_ports = \"20000-20003\"\n");
+    lab.daemon.ctl_ok(&["backend", "web", "10.99.0.12:8080", "disable"]);
+    let mut open: Vec<_> = (0..4).map(|_| lab.connect()).collect();
+    for c in &mut open {
+        assert_eq!(c.ask().unwrap(), "b0");
+    }
+    let vip = lab.vip();
+    let fifth = lab.topo.client.ns.run(move || NameClient::connect(vip).err());
+    assert!(fifth.is_some(), "a fifth concurrent connection cannot get a SNAT port");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !lab.daemon.log().contains("no free SNAT port") {
+        assert!(
+            Instant::now() < deadline,
+            "the eBPF warning did not reach the daemon log:\n{}",
+            lab.daemon.log()
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+    for c in &mut open {
+        assert_eq!(c.ask().unwrap(), "b0", "existing connections are unaffected");
+    }
 }
