@@ -30,9 +30,14 @@ pub enum Counter {
     ReplyWithoutFlow,
     /// TTL would expire: passed so the kernel sends ICMP time exceeded.
     TtlExpired,
+    /// A new connection no backend could take, refused with a RST.
+    Refused,
+    /// A pinned flow of a backend that went down with `on_down = "reset"`,
+    /// reset with a RST to the client.
+    FlowReset,
 }
 
-pub const COUNTER_COUNT: u32 = Counter::TtlExpired as u32 + 1;
+pub const COUNTER_COUNT: u32 = Counter::FlowReset as u32 + 1;
 
 impl Counter {
     pub const ALL: [Counter; COUNTER_COUNT as usize] = [
@@ -49,6 +54,8 @@ impl Counter {
         Counter::RedirectFailed,
         Counter::ReplyWithoutFlow,
         Counter::TtlExpired,
+        Counter::Refused,
+        Counter::FlowReset,
     ];
 
     /// Stable snake_case name for logs and metrics.
@@ -67,6 +74,8 @@ impl Counter {
             Counter::RedirectFailed => "redirect_failed",
             Counter::ReplyWithoutFlow => "reply_without_flow",
             Counter::TtlExpired => "ttl_expired",
+            Counter::Refused => "refused",
+            Counter::FlowReset => "flow_reset",
         }
     }
 }

@@ -91,9 +91,14 @@ pub struct Backend {
     pub addr: u32,
     pub port: u16,
     pub pool: u8,
-    pub _pad: u8,
+    /// [`BACKEND_RESET_FLOWS`], ...
+    pub flags: u8,
     pub service_id: u32,
 }
+
+/// The backend is down and configured with `on_down = "reset"`: packets of
+/// its pinned flows are answered with a RST and the flows removed.
+pub const BACKEND_RESET_FLOWS: u8 = 1 << 0;
 
 /// A client flow as the client sees it: client -> VIP.
 #[repr(C)]

@@ -10,6 +10,7 @@ mod forward;
 mod maps;
 mod nat;
 mod packet;
+mod rst;
 mod to_backend;
 mod to_client;
 

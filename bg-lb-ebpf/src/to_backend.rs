@@ -11,7 +11,7 @@ use bg_lb_common::{
     counters::Counter,
     flow_hash::flow_hash,
     flow_state::{self, Direction},
-    maps::{Backend, DataplaneConfig, Flow, FlowKey, IPPROTO_TCP, NO_BACKEND, NatKey, Service},
+    maps::{BACKEND_RESET_FLOWS, Backend, DataplaneConfig, Flow, FlowKey, IPPROTO_TCP, NO_BACKEND, NatKey, Service},
     snat_port::{self, SNAT_PORT_ATTEMPTS},
 };
 
@@ -20,6 +20,7 @@ use crate::{
     maps::{BACKENDS, FLOWS, LOOKUP_TABLES, REVERSE_NAT, Way, account, count},
     nat::{Endpoints, rewrite},
     packet::TcpPacket,
+    rst::reply_rst,
 };
 
 #[inline(always)]
@@ -37,6 +38,10 @@ pub fn to_backend(ctx: &XdpContext, pkt: &TcpPacket, service: &Service, cfg: &Da
         Some(flow) => (flow, false),
         None => match new_flow(&key, pkt.flags, service, cfg, now) {
             Ok(flow) => (flow, true),
+            Err(Counter::NoBackend) if flow_state::is_connection_request(pkt.flags) => {
+                count(Counter::Refused);
+                return reply_rst(ctx, pkt);
+            }
             Err(counter) => {
                 count(counter);
                 log_drop(ctx, counter);
@@ -48,6 +53,12 @@ pub fn to_backend(ctx: &XdpContext, pkt: &TcpPacket, service: &Service, cfg: &Da
         count(Counter::NoBackend);
         return XDP_DROP;
     };
+    if backend.flags & BACKEND_RESET_FLOWS != 0 && !new_flow {
+        let _ = FLOWS.remove(&key);
+        let _ = REVERSE_NAT.remove(nat_key(backend, flow.snat_port));
+        count(Counter::FlowReset);
+        return reply_rst(ctx, pkt);
+    }
     account(&flow, Way::ToBackend, pkt.ip_len, new_flow);
     rewrite(
         pkt,

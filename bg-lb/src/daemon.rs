@@ -132,6 +132,7 @@ impl Daemon {
                 addr: b.address,
                 pool: b.pool,
                 weight: self.effective_weight(service, b.address),
+                reset_flows: false,
             })
             .collect();
         ServiceSpec {

@@ -12,7 +12,7 @@ use std::{
     net::{Ipv4Addr, SocketAddrV4},
 };
 
-use bg_lb_common::maps::{Backend, MAX_BACKENDS, MAX_SERVICES, POOL_BLUE, Service, ServiceKey};
+use bg_lb_common::maps::{BACKEND_RESET_FLOWS, Backend, MAX_BACKENDS, MAX_SERVICES, POOL_BLUE, Service, ServiceKey};
 
 use crate::{
     dataplane::{Dataplane, DataplaneError, service_key, wire_addr},
@@ -27,6 +27,9 @@ pub struct BackendSpec {
     pub pool: Pool,
     /// 0 takes no new flows.
     pub weight: u32,
+    /// Reset its open flows (down with `on_down = "reset"`) instead of
+    /// letting them drain.
+    pub reset_flows: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -285,7 +288,7 @@ impl Services {
                 addr,
                 port,
                 pool: b.pool.wire(),
-                _pad: 0,
+                flags: if b.reset_flows { BACKEND_RESET_FLOWS } else { 0 },
                 service_id: installed.id,
             };
             self.dataplane.set_backend(id, &backend)?;

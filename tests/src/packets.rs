@@ -13,8 +13,12 @@ pub const FIN_ACK: u8 = 0x11;
 pub const RST: u8 = 0x04;
 pub const PSH_ACK: u8 = 0x18;
 
+/// Sequence and acknowledgment numbers of every crafted frame.
+pub const SEQ: u32 = 1000;
+pub const ACK_NUMBER: u32 = 5000;
+
 /// An Ethernet/IPv4/TCP frame from `src` to `dst` with the given TCP flags
-/// and payload (TTL 64, a timestamp-free MSS option on SYNs like a real stack).
+/// and payload (TTL 64, sequence [`SEQ`], and [`ACK_NUMBER`] when ACK is set).
 pub fn tcp_frame(
     src_mac: [u8; 6],
     dst_mac: [u8; 6],
@@ -25,12 +29,12 @@ pub fn tcp_frame(
 ) -> Vec<u8> {
     let mut builder = PacketBuilder::ethernet2(src_mac, dst_mac)
         .ipv4(src.ip().octets(), dst.ip().octets(), 64)
-        .tcp(src.port(), dst.port(), 1000, 64240);
+        .tcp(src.port(), dst.port(), SEQ, 64240);
     if flags & SYN != 0 {
         builder = builder.syn();
     }
     if flags & ACK != 0 {
-        builder = builder.ack(5000);
+        builder = builder.ack(ACK_NUMBER);
     }
     if flags & 0x01 != 0 {
         builder = builder.fin();
@@ -55,6 +59,10 @@ pub struct TcpView {
     pub dst: SocketAddrV4,
     pub ttl: u8,
     pub flags_syn: bool,
+    pub flags_rst: bool,
+    pub flags_ack: bool,
+    pub seq: u32,
+    pub ack: u32,
     pub payload: Vec<u8>,
 }
 
@@ -89,6 +97,10 @@ pub fn parse_checked(frame: &[u8]) -> TcpView {
         dst: SocketAddrV4::new(Ipv4Addr::from(ip_header.destination), tcp_header.destination_port),
         ttl: ip_header.time_to_live,
         flags_syn: tcp_header.syn,
+        flags_rst: tcp_header.rst,
+        flags_ack: tcp_header.ack,
+        seq: tcp_header.sequence_number,
+        ack: tcp_header.acknowledgment_number,
         payload: tcp.payload().to_vec(),
     }
 }

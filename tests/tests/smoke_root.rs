@@ -38,6 +38,7 @@ fn spec(vip: Ipv4Addr, backends: &[Host], blue: u32) -> ServiceSpec {
             addr: SocketAddrV4::new(b.addr, BACKEND_PORT),
             pool: if i < 2 { Pool::Blue } else { Pool::Green },
             weight: 100,
+            reset_flows: false,
         })
         .collect();
     ServiceSpec {

@@ -22,12 +22,13 @@ use bg_lb_common::{
 use bg_lb_tests::{
     cmd::{ifindex, ip, run},
     netns::in_fresh_netns,
-    packets::{ACK, FIN_ACK, PSH_ACK, RST, SYN, SYN_ACK, parse_checked, tcp_frame},
+    packets::{ACK, ACK_NUMBER, FIN_ACK, PSH_ACK, RST, SEQ, SYN, SYN_ACK, parse_checked, tcp_frame},
     require_root,
 };
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
+const XDP_TX: u32 = 3;
 const XDP_REDIRECT: u32 = 4;
 
 const LB_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
@@ -113,11 +114,13 @@ impl Lb {
                 addr,
                 pool: Pool::Blue,
                 weight: 100,
+                reset_flows: false,
             })
             .chain(GREEN.iter().map(|&addr| BackendSpec {
                 addr,
                 pool: Pool::Green,
                 weight: 100,
+                reset_flows: false,
             }))
             .collect();
         let spec = ServiceSpec {
@@ -397,7 +400,7 @@ fn snat_ports_are_never_shared_and_exhaustion_drops() {
 }
 
 #[test]
-fn service_without_backends_drops_new_flows() {
+fn syn_that_no_backend_can_take_is_refused_at_once_with_a_rst_from_the_vip() {
     require_root();
     in_fresh_netns(|| {
         let mut lb = Lb::new(50);
@@ -405,8 +408,49 @@ fn service_without_backends_drops_new_flows() {
             b.weight = 0;
         }
         lb.services.apply(&lb.spec).unwrap();
-        assert_eq!(lb.send_from_client(client(40007), SYN).0, XDP_DROP);
-        assert_eq!(lb.counter(Counter::NoBackend), 1);
+        let c = client(40007);
+        let (verdict, out) = lb.send_from_client(c, SYN);
+        assert_eq!(verdict, XDP_TX, "answered on the interface it came in on");
+        assert_eq!(out.len(), 54, "a bare RST: Ethernet + IPv4 + TCP headers");
+        let rst = parse_checked(&out);
+        assert_eq!((rst.src, rst.dst), (VIP, c));
+        assert_eq!((rst.src_mac, rst.dst_mac), (LB_MAC, CLIENT_GW_MAC));
+        assert!(rst.flags_rst && rst.flags_ack && !rst.flags_syn);
+        assert_eq!((rst.seq, rst.ack), (0, SEQ + 1), "acknowledges the SYN (RFC 793)");
+        assert_eq!(lb.counter(Counter::Refused), 1);
+        assert!(lb.flow(c).is_none());
+
+        let (verdict, _) = lb.send_from_client(client(40012), ACK);
+        assert_eq!(
+            verdict, XDP_DROP,
+            "only connection requests are answered; stray segments are dropped"
+        );
+    });
+}
+
+#[test]
+fn flows_of_a_backend_flagged_for_reset_get_a_rst_and_are_forgotten() {
+    in_lb(100, |mut lb| {
+        let c = client(40013);
+        let backend = parse_checked(&lb.send_from_client(c, SYN).1).dst;
+        let down = lb.spec.backends.iter_mut().find(|b| b.addr == backend).unwrap();
+        down.weight = 0;
+        down.reset_flows = true;
+        lb.services.apply(&lb.spec).unwrap();
+
+        let (verdict, out) = lb.send_from_client(c, PSH_ACK);
+        assert_eq!(verdict, XDP_TX);
+        let rst = parse_checked(&out);
+        assert_eq!((rst.src, rst.dst), (VIP, c));
+        assert!(rst.flags_rst && !rst.flags_ack);
+        assert_eq!(
+            rst.seq, ACK_NUMBER,
+            "a RST to a segment with ACK carries its ack as seq"
+        );
+        assert!(lb.flow(c).is_none(), "the reset flow is removed");
+        assert_eq!(lb.counter(Counter::FlowReset), 1);
+        let other = parse_checked(&lb.send_from_client(client(40014), SYN).1).dst;
+        assert_ne!(other, backend, "new flows avoid the down backend");
     });
 }
 
