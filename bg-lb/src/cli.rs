@@ -5,7 +5,10 @@ use std::{net::SocketAddrV4, path::PathBuf, time::Duration};
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::ratio::{Pool, Ratio};
+use crate::{
+    demo_backend::DemoBackendArgs,
+    ratio::{Pool, Ratio},
+};
 
 pub const DEFAULT_CONFIG: &str = "/etc/bg-lb/bg-lb.toml";
 pub const DEFAULT_SOCKET: &str = "/run/bg-lb/admin.sock";
@@ -43,6 +46,12 @@ pub enum Command {
     },
     /// Talk to a running daemon.
     Ctl(CtlArgs),
+    /// Run the reference backend: a small HTTP/1.1 app with GET /live and
+    /// GET /standby (exactly one answers 200, switched by POST
+    /// /enable/live|standby), GET / (name, version, role, request count),
+    /// GET /slow?ms=N, and an optional raw TCP echo port. Finishes in-flight
+    /// requests on SIGTERM.
+    DemoBackend(DemoBackendArgs),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

@@ -26,6 +26,20 @@
 //! ratio = "50:50"                   # BLUE:GREEN
 //! lookup_table_size = 65537         # prime
 //!
+//! [service.health]                  # before or after the service's backends
+//! type = "http"                     # tcp | http
+//! interval = "2s"
+//! fast_interval = "500ms"           # while a backend is changing state; <= interval
+//! timeout = "1s"                    # < interval
+//! rise = 2                          # 1..=100 successes in a row to go up
+//! fall = 3                          # 1..=100 failures in a row to go down
+//! on_down = "drain"                 # drain | reset
+//! live_path = "/live"               # http only, like the keys below
+//! standby_path = "/standby"
+//! expect_status = "200"             # or "200-399"
+//! host = "web.example"              # Host header; default: the backend address
+//! expect_body = "ok"                # substring the body must contain
+//!
 //! [[service.backend]]
 //! pool = "blue"
 //! address = "10.0.1.11:8080"
@@ -74,6 +88,16 @@ const DEFAULT_SYN: Duration = Duration::from_secs(30);
 /// Linux interface names are at most IFNAMSIZ - 1 bytes.
 const MAX_INTERFACE_NAME_LEN: usize = 15;
 const MAX_SERVICE_NAME_LEN: usize = 64;
+const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(2);
+const DEFAULT_HEALTH_FAST_INTERVAL: Duration = Duration::from_millis(500);
+const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
+const DEFAULT_RISE: u32 = 2;
+const DEFAULT_FALL: u32 = 3;
+const RISE_FALL_RANGE: RangeInclusive<i64> = 1..=100;
+const DEFAULT_LIVE_PATH: &str = "/live";
+const DEFAULT_STANDBY_PATH: &str = "/standby";
+const DEFAULT_EXPECT_STATUS: (u16, u16) = (200, 200);
+const HTTP_STATUS_RANGE: RangeInclusive<u16> = 100..=599;
 
 /// The validated configuration.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -187,6 +211,8 @@ pub struct ServiceConfig {
     /// Prime.
     pub lookup_table_size: u32,
     pub backends: Vec<BackendConfig>,
+    /// `[service.health]`; [`HealthConfig::default`] (TCP connect checks) when the table is absent.
+    pub health: HealthConfig,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -195,6 +221,109 @@ pub struct BackendConfig {
     pub address: SocketAddrV4,
     /// 0 drains the backend: no new flows, existing ones continue.
     pub weight: u32,
+}
+
+/// How a service's backends are checked (`[service.health]`).
+///
+/// A backend goes up after `rise` consecutive successful checks and down after `fall` consecutive failed ones
+/// (HAProxy semantics); results in between do not change its state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HealthConfig {
+    pub check: HealthCheck,
+    /// Time between checks of a backend whose last result agrees with its up/down state.
+    pub interval: Duration,
+    /// Time between checks while a backend is transitioning (its last result differs from its up/down state);
+    /// at most `interval`.
+    pub fast_interval: Duration,
+    /// How long one check may take; greater than zero and less than `interval`.
+    pub timeout: Duration,
+    /// Consecutive successes for a down backend to go up; 1..=100.
+    pub rise: u32,
+    /// Consecutive failures for an up backend to go down; 1..=100.
+    pub fall: u32,
+    pub on_down: OnDown,
+}
+
+impl Default for HealthConfig {
+    /// TCP connect checks every 2s (500ms while transitioning), 1s timeout, rise 2, fall 3, drain when down.
+    fn default() -> Self {
+        HealthConfig {
+            check: HealthCheck::Tcp,
+            interval: DEFAULT_HEALTH_INTERVAL,
+            fast_interval: DEFAULT_HEALTH_FAST_INTERVAL,
+            timeout: DEFAULT_HEALTH_TIMEOUT,
+            rise: DEFAULT_RISE,
+            fall: DEFAULT_FALL,
+            on_down: OnDown::default(),
+        }
+    }
+}
+
+/// What one check does.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HealthCheck {
+    /// A TCP connect to the backend address succeeds. Says nothing about live or standby.
+    Tcp,
+    /// HTTP GETs of the live and standby paths.
+    Http(HttpCheck),
+}
+
+/// HTTP checks: every instance serves `live_path` and `standby_path`, and the one that answers with an expected
+/// status (and body) says whether the backend is live or standby.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpCheck {
+    /// Starts with '/'; printable ASCII without spaces.
+    pub live_path: String,
+    /// Same rule as `live_path`.
+    pub standby_path: String,
+    /// Inclusive range within 100..=599, min <= max.
+    pub expect_status: (u16, u16),
+    /// Host header; `None` sends the backend address. Non-empty, printable ASCII without spaces.
+    pub host: Option<String>,
+    /// A substring the response body must contain; non-empty.
+    pub expect_body: Option<String>,
+}
+
+impl Default for HttpCheck {
+    /// `/live` and `/standby`, status 200, no Host override, any body.
+    fn default() -> Self {
+        HttpCheck {
+            live_path: DEFAULT_LIVE_PATH.into(),
+            standby_path: DEFAULT_STANDBY_PATH.into(),
+            expect_status: DEFAULT_EXPECT_STATUS,
+            host: None,
+            expect_body: None,
+        }
+    }
+}
+
+/// What happens to the open flows of a backend that goes down.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum OnDown {
+    /// They are kept and drain: they continue until they end or time out.
+    #[default]
+    Drain,
+    /// They are reset.
+    Reset,
+}
+
+impl OnDown {
+    fn parse(text: &str) -> Option<Self> {
+        match text {
+            "drain" => Some(OnDown::Drain),
+            "reset" => Some(OnDown::Reset),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for OnDown {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            OnDown::Drain => "drain",
+            OnDown::Reset => "reset",
+        })
+    }
 }
 
 /// Why the configuration was rejected; only the first problem found is reported.
@@ -346,6 +475,25 @@ struct RawService {
     lookup_table_size: Option<Spanned<i64>>,
     #[serde(default)]
     backend: Vec<RawBackend>,
+    health: Option<RawHealth>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHealth {
+    #[serde(rename = "type")]
+    check: Option<Spanned<String>>,
+    interval: Option<Spanned<String>>,
+    fast_interval: Option<Spanned<String>>,
+    timeout: Option<Spanned<String>>,
+    rise: Option<Spanned<i64>>,
+    fall: Option<Spanned<i64>>,
+    on_down: Option<Spanned<String>>,
+    live_path: Option<Spanned<String>>,
+    standby_path: Option<Spanned<String>>,
+    expect_status: Option<Spanned<String>>,
+    host: Option<Spanned<String>>,
+    expect_body: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -527,25 +675,26 @@ fn timeouts(raw: &RawTimeouts) -> Result<Timeouts, Invalid> {
     Ok(Timeouts {
         established_idle: duration(
             raw.established_idle.as_ref(),
-            "established_idle",
+            "timeouts.established_idle",
             defaults.established_idle,
         )?,
-        closing: duration(raw.closing.as_ref(), "closing", defaults.closing)?,
-        syn: duration(raw.syn.as_ref(), "syn", defaults.syn)?,
+        closing: duration(raw.closing.as_ref(), "timeouts.closing", defaults.closing)?,
+        syn: duration(raw.syn.as_ref(), "timeouts.syn", defaults.syn)?,
     })
 }
 
+/// A non-zero duration such as "500ms"; `key` is the dotted name used in errors (`timeouts.syn`).
 fn duration(value: Option<&Spanned<String>>, key: &str, default: Duration) -> Result<Duration, Invalid> {
     let Some(value) = value else { return Ok(default) };
     let text = value.get_ref();
-    let parsed = humantime::parse_duration(text)
-        .map_err(|e| Invalid::new(value.span(), format!("timeouts.{key} {text:?}: {e}")))?;
+    let parsed =
+        humantime::parse_duration(text).map_err(|e| Invalid::new(value.span(), format!("{key} {text:?}: {e}")))?;
     if parsed.is_zero() {
-        return Invalid::at(value.span(), format!("timeouts.{key} must be greater than zero"));
+        return Invalid::at(value.span(), format!("{key} must be greater than zero"));
     }
     // The data plane keeps times as u64 nanoseconds.
     if u64::try_from(parsed.as_nanos()).is_err() {
-        return Invalid::at(value.span(), format!("timeouts.{key} {text:?} is too long"));
+        return Invalid::at(value.span(), format!("{key} {text:?} is too long"));
     }
     Ok(parsed)
 }
@@ -685,6 +834,7 @@ fn service(raw: &RawService, text: &str) -> Result<ServiceConfig, Invalid> {
         .as_ref()
         .map_or(Ok(DEFAULT_LUT_SIZE), lookup_table_size)?;
     let backends = backends(&raw.backend, &name, text)?;
+    let health = raw.health.as_ref().map_or(Ok(HealthConfig::default()), health)?;
     Ok(ServiceConfig {
         name,
         vip,
@@ -692,7 +842,231 @@ fn service(raw: &RawService, text: &str) -> Result<ServiceConfig, Invalid> {
         ratio,
         lookup_table_size,
         backends,
+        health,
     })
+}
+
+fn health(raw: &RawHealth) -> Result<HealthConfig, Invalid> {
+    let check = match &raw.check {
+        None => HealthCheck::Tcp,
+        Some(check) => match check.get_ref().as_str() {
+            "tcp" => HealthCheck::Tcp,
+            "http" => HealthCheck::Http(http_check(raw)?),
+            other => {
+                return Invalid::at(
+                    check.span(),
+                    format!("unknown health.type {other:?} (expected tcp or http)"),
+                );
+            }
+        },
+    };
+    if check == HealthCheck::Tcp {
+        reject_http_keys(raw)?;
+    }
+    let interval = duration(raw.interval.as_ref(), "health.interval", DEFAULT_HEALTH_INTERVAL)?;
+    let fast_interval = duration(
+        raw.fast_interval.as_ref(),
+        "health.fast_interval",
+        DEFAULT_HEALTH_FAST_INTERVAL,
+    )?;
+    let timeout = duration(raw.timeout.as_ref(), "health.timeout", DEFAULT_HEALTH_TIMEOUT)?;
+    // Point at the key that breaks the rule; when that one is absent (a default), at the key that was given.
+    if fast_interval > interval {
+        let (span, default) = given_or_default(&raw.fast_interval, &raw.interval);
+        return Invalid::at(
+            span,
+            format!(
+                "health.fast_interval {}{default} must be at most health.interval {}",
+                humantime::format_duration(fast_interval),
+                humantime::format_duration(interval),
+            ),
+        );
+    }
+    if timeout >= interval {
+        let (span, default) = given_or_default(&raw.timeout, &raw.interval);
+        return Invalid::at(
+            span,
+            format!(
+                "health.timeout {}{default} must be less than health.interval {}",
+                humantime::format_duration(timeout),
+                humantime::format_duration(interval),
+            ),
+        );
+    }
+    let rise = match &raw.rise {
+        Some(rise) => integer_in(rise, "health.rise", RISE_FALL_RANGE)?,
+        None => DEFAULT_RISE,
+    };
+    let fall = match &raw.fall {
+        Some(fall) => integer_in(fall, "health.fall", RISE_FALL_RANGE)?,
+        None => DEFAULT_FALL,
+    };
+    let on_down = match &raw.on_down {
+        Some(on_down) => OnDown::parse(on_down.get_ref()).ok_or_else(|| {
+            Invalid::new(
+                on_down.span(),
+                format!(
+                    "unknown health.on_down {:?} (expected drain or reset)",
+                    on_down.get_ref()
+                ),
+            )
+        })?,
+        None => OnDown::default(),
+    };
+    Ok(HealthConfig {
+        check,
+        interval,
+        fast_interval,
+        timeout,
+        rise,
+        fall,
+        on_down,
+    })
+}
+
+/// Where to point when `key` breaks a rule against `other`: at `key` if it was given, else at `other` with a note
+/// that `key` has its default (one of the two was given, as the defaults keep the rules).
+fn given_or_default(key: &Option<Spanned<String>>, other: &Option<Spanned<String>>) -> (Range<usize>, &'static str) {
+    match (key, other) {
+        (Some(key), _) => (key.span(), ""),
+        (None, Some(other)) => (other.span(), " (the default)"),
+        // Only reachable if the defaults broke the rule themselves.
+        (None, None) => (0..0, " (the default)"),
+    }
+}
+
+/// The keys that only an HTTP check uses, in the order of `RawHealth`.
+fn http_keys(raw: &RawHealth) -> [(&'static str, Option<&Spanned<String>>); 5] {
+    [
+        ("live_path", raw.live_path.as_ref()),
+        ("standby_path", raw.standby_path.as_ref()),
+        ("expect_status", raw.expect_status.as_ref()),
+        ("host", raw.host.as_ref()),
+        ("expect_body", raw.expect_body.as_ref()),
+    ]
+}
+
+/// A TCP check ignores the HTTP keys, so one given there is a mistake: most likely a forgotten `type = "http"`.
+fn reject_http_keys(raw: &RawHealth) -> Result<(), Invalid> {
+    let first = http_keys(raw)
+        .into_iter()
+        .filter_map(|(key, value)| Some((key, value?)))
+        .min_by_key(|(_, value)| value.span().start);
+    match first {
+        Some((key, value)) => Invalid::at(
+            value.span(),
+            format!(
+                "health.{key} needs type = \"http\" (the check type is {})",
+                match &raw.check {
+                    Some(_) => "\"tcp\"",
+                    None => "tcp by default",
+                }
+            ),
+        ),
+        None => Ok(()),
+    }
+}
+
+fn http_check(raw: &RawHealth) -> Result<HttpCheck, Invalid> {
+    let live_path = http_path(raw.live_path.as_ref(), "health.live_path", DEFAULT_LIVE_PATH)?;
+    let standby_path = http_path(raw.standby_path.as_ref(), "health.standby_path", DEFAULT_STANDBY_PATH)?;
+    let expect_status = raw
+        .expect_status
+        .as_ref()
+        .map_or(Ok(DEFAULT_EXPECT_STATUS), expect_status)?;
+    let host = match &raw.host {
+        Some(host) if host.get_ref().is_empty() => return Invalid::at(host.span(), "health.host must not be empty"),
+        Some(host) if !is_printable_ascii_without_spaces(host.get_ref()) => {
+            return Invalid::at(
+                host.span(),
+                format!(
+                    "health.host {:?} must be printable ASCII without whitespace",
+                    host.get_ref()
+                ),
+            );
+        }
+        Some(host) => Some(host.get_ref().clone()),
+        None => None,
+    };
+    let expect_body = match &raw.expect_body {
+        Some(body) if body.get_ref().is_empty() => {
+            return Invalid::at(
+                body.span(),
+                "health.expect_body must not be empty (leave it out to accept any body)",
+            );
+        }
+        Some(body) => Some(body.get_ref().clone()),
+        None => None,
+    };
+    Ok(HttpCheck {
+        live_path,
+        standby_path,
+        expect_status,
+        host,
+        expect_body,
+    })
+}
+
+/// Visible ASCII: no spaces, control characters or anything outside ASCII, so the value goes into a request line
+/// or header as it is.
+fn is_printable_ascii_without_spaces(text: &str) -> bool {
+    text.bytes().all(|b| b.is_ascii_graphic())
+}
+
+/// An absolute request path that goes into the request line as it is.
+fn http_path(value: Option<&Spanned<String>>, key: &str, default: &str) -> Result<String, Invalid> {
+    let Some(value) = value else { return Ok(default.into()) };
+    let text = value.get_ref();
+    if !text.starts_with('/') {
+        return Invalid::at(value.span(), format!("{key} {text:?} must start with '/'"));
+    }
+    if !is_printable_ascii_without_spaces(text) {
+        return Invalid::at(
+            value.span(),
+            format!("{key} {text:?} must be printable ASCII without whitespace (percent-encode the rest)"),
+        );
+    }
+    Ok(text.clone())
+}
+
+/// `STATUS` or `MIN-MAX`, inclusive, within 100..=599.
+fn expect_status(value: &Spanned<String>) -> Result<(u16, u16), Invalid> {
+    let text = value.get_ref();
+    let code = |s: &str| -> Option<u16> {
+        let s = s.trim();
+        // Digits only: u16's parser would also take a sign.
+        if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        s.parse().ok()
+    };
+    let parsed = match text.split_once('-') {
+        Some((min, max)) => code(min).zip(code(max)),
+        None => code(text).map(|status| (status, status)),
+    };
+    let Some((min, max)) = parsed else {
+        return Invalid::at(
+            value.span(),
+            format!("health.expect_status {text:?} is not STATUS or MIN-MAX (e.g. \"200\" or \"200-399\")"),
+        );
+    };
+    if !HTTP_STATUS_RANGE.contains(&min) || !HTTP_STATUS_RANGE.contains(&max) {
+        return Invalid::at(
+            value.span(),
+            format!(
+                "health.expect_status {text:?} is out of range {}..={}",
+                HTTP_STATUS_RANGE.start(),
+                HTTP_STATUS_RANGE.end()
+            ),
+        );
+    }
+    if min > max {
+        return Invalid::at(
+            value.span(),
+            format!("health.expect_status {text:?} is inverted: {min} is above {max}"),
+        );
+    }
+    Ok((min, max))
 }
 
 /// `[A-Za-z0-9_.-]{1,64}`: safe in log lines, file names and pin paths.
@@ -966,6 +1340,7 @@ mod tests {
                         backend(Pool::Blue, "10.0.1.11:8080", 0),
                         backend(Pool::Green, "10.0.2.11:8080", 1000),
                     ],
+                    health: HealthConfig::default(),
                 },
                 ServiceConfig {
                     name: "api.v2".into(),
@@ -974,6 +1349,7 @@ mod tests {
                     ratio: Ratio::new(50).unwrap(),
                     lookup_table_size: 7,
                     backends: vec![],
+                    health: HealthConfig::default(),
                 },
             ],
         };
@@ -1014,6 +1390,7 @@ mod tests {
                 ratio: Ratio::all_to(Pool::Blue),
                 lookup_table_size: DEFAULT_LUT_SIZE,
                 backends: vec![backend(Pool::Green, "192.168.1.20:5432", DEFAULT_WEIGHT)],
+                health: HealthConfig::default(),
             }],
             ..parse_ok(TOP)
         };
@@ -1051,6 +1428,15 @@ mod tests {
                 ratio: "50:50".parse().unwrap(),
                 lookup_table_size: 65_537,
                 backends: vec![backend(Pool::Blue, "10.0.1.1:80", 100)],
+                health: HealthConfig {
+                    check: HealthCheck::Tcp,
+                    interval: Duration::from_secs(2),
+                    fast_interval: Duration::from_millis(500),
+                    timeout: Duration::from_secs(1),
+                    rise: 2,
+                    fall: 3,
+                    on_down: OnDown::Drain,
+                },
             }],
         };
         assert_eq!(config, expected);
@@ -1110,6 +1496,19 @@ mod tests {
         let pools: Vec<Pool> = web.backends.iter().map(|b| b.pool).collect();
         assert_eq!(pools, [Pool::Blue, Pool::Blue, Pool::Green, Pool::Green]);
         assert_eq!(web.backends[3].weight, 0, "the example shows a drained backend");
+        assert_eq!(
+            web.health,
+            HealthConfig {
+                check: HealthCheck::Http(HttpCheck {
+                    live_path: "/live".into(),
+                    standby_path: "/standby".into(),
+                    expect_status: (200, 200),
+                    host: None,
+                    expect_body: None,
+                }),
+                ..HealthConfig::default()
+            }
+        );
     }
 
     #[test]
@@ -1583,5 +1982,364 @@ mod tests {
         assert_rejected(&text, "too many backends: at most 4096 across all services");
         let at_limit = format!("{TOP}{WEB}{}", backends(0, MAX_BACKENDS, false));
         assert_eq!(parse_ok(&at_limit).services[0].backends.len(), MAX_BACKENDS as usize);
+    }
+
+    /// `[service.health]` of WEB: line 6 after TOP and WEB.
+    const HEALTH: &str = "[service.health]\n";
+
+    /// Parses WEB with `keys` in its `[service.health]` table and returns that service's health settings.
+    fn health_of(keys: &str) -> HealthConfig {
+        parse_ok(&format!("{TOP}{WEB}{HEALTH}{keys}")).services[0]
+            .health
+            .clone()
+    }
+
+    #[test]
+    fn service_without_health_table_gets_tcp_checks_with_defaults() {
+        let config = parse_ok(&format!("{TOP}{WEB}{BLUE}{API}"));
+        for service in &config.services {
+            assert_eq!(service.health, HealthConfig::default());
+        }
+        assert_eq!(
+            health_of(""),
+            HealthConfig::default(),
+            "an empty table is the default too"
+        );
+        assert_eq!(
+            HealthConfig::default(),
+            HealthConfig {
+                check: HealthCheck::Tcp,
+                interval: Duration::from_secs(2),
+                fast_interval: Duration::from_millis(500),
+                timeout: Duration::from_secs(1),
+                rise: 2,
+                fall: 3,
+                on_down: OnDown::Drain,
+            }
+        );
+    }
+
+    #[test]
+    fn full_http_health_table_parses_to_expected_struct() {
+        let health = health_of(
+            r#"type = "http"
+            interval = "5s"
+            fast_interval = "250ms"
+            timeout = "1500ms"
+            rise = 1
+            fall = 100
+            on_down = "reset"
+            live_path = "/health/live?probe=lb"
+            standby_path = "/health/standby"
+            expect_status = "200-399"
+            host = "web.example:8080"
+            expect_body = "ok"
+            "#,
+        );
+        let expected = HealthConfig {
+            check: HealthCheck::Http(HttpCheck {
+                live_path: "/health/live?probe=lb".into(),
+                standby_path: "/health/standby".into(),
+                expect_status: (200, 399),
+                host: Some("web.example:8080".into()),
+                expect_body: Some("ok".into()),
+            }),
+            interval: Duration::from_secs(5),
+            fast_interval: Duration::from_millis(250),
+            timeout: Duration::from_millis(1500),
+            rise: 1,
+            fall: 100,
+            on_down: OnDown::Reset,
+        };
+        assert_eq!(health, expected);
+    }
+
+    #[test]
+    fn http_health_keys_take_their_defaults() {
+        assert_eq!(
+            health_of("type = \"http\"\n"),
+            HealthConfig {
+                check: HealthCheck::Http(HttpCheck {
+                    live_path: "/live".into(),
+                    standby_path: "/standby".into(),
+                    expect_status: (200, 200),
+                    host: None,
+                    expect_body: None,
+                }),
+                ..HealthConfig::default()
+            }
+        );
+        assert_eq!(
+            HealthCheck::Http(HttpCheck::default()),
+            health_of("type = \"http\"\n").check
+        );
+        let tcp = health_of("type = \"tcp\"\nrise = 5\non_down = \"drain\"\n");
+        assert_eq!(
+            tcp,
+            HealthConfig {
+                rise: 5,
+                ..HealthConfig::default()
+            }
+        );
+    }
+
+    #[test]
+    fn health_table_may_come_before_or_after_the_backends() {
+        let http = "type = \"http\"\nrise = 4\n";
+        let green = "[[service.backend]]\npool = \"green\"\naddress = \"10.0.2.1:80\"\n";
+        let expected_backends = [
+            backend(Pool::Blue, "10.0.1.1:80", 100),
+            backend(Pool::Green, "10.0.2.1:80", 100),
+        ];
+        for text in [
+            format!("{TOP}{WEB}{HEALTH}{http}{BLUE}{green}{API}"),
+            format!("{TOP}{WEB}{BLUE}{green}{HEALTH}{http}{API}"),
+            format!("{TOP}{WEB}{BLUE}{HEALTH}{http}{green}{API}"),
+            format!("{TOP}{WEB}health.type = \"http\"\nhealth.rise = 4\n{BLUE}{green}{API}"),
+            format!("{TOP}{WEB}health = {{ type = \"http\", rise = 4 }}\n{BLUE}{green}{API}"),
+        ] {
+            let config = parse_ok(&text);
+            let [web, api] = config.services.as_slice() else {
+                panic!("two services expected:\n{text}")
+            };
+            assert_eq!(web.backends, expected_backends, "{text}");
+            assert_eq!(web.health.rise, 4, "{text}");
+            assert_eq!(web.health.check, HealthCheck::Http(HttpCheck::default()), "{text}");
+            assert_eq!(
+                api.health,
+                HealthConfig::default(),
+                "the table belongs to its own service:\n{text}"
+            );
+            assert!(api.backends.is_empty(), "{text}");
+        }
+        // Errors in a health table after the backends still point at the right line.
+        assert_rejected(
+            &format!("{TOP}{WEB}{BLUE}{green}{HEALTH}rise = 0  # <-\n{API}"),
+            "health.rise 0 is out of range 1..=100",
+        );
+        assert_rejected(
+            &format!("{TOP}{WEB}{BLUE}{HEALTH}checks = 3  # <-\n{green}"),
+            "unknown field `checks`",
+        );
+        // A second [service.health] for the same service is a duplicate table.
+        assert_rejected(
+            &format!("{TOP}{WEB}{HEALTH}{BLUE}[service.health]  # <-\n"),
+            "duplicate key `health`",
+        );
+    }
+
+    #[test]
+    fn unknown_health_keys_are_rejected_by_name() {
+        assert_rejected(
+            &format!("{TOP}{WEB}{HEALTH}path = \"/live\"  # <-\n"),
+            "unknown field `path`",
+        );
+        assert_rejected(
+            &format!("{TOP}{WEB}{HEALTH}type = \"http\"\nexpect_status_code = \"200\"  # <-\n"),
+            "unknown field `expect_status_code`",
+        );
+        assert_rejected(
+            &format!("{TOP}{WEB}{HEALTH}type = \"http\"\nrise = \"2\"  # <-\n"),
+            "invalid type: string \"2\", expected i64",
+        );
+    }
+
+    #[test]
+    fn unknown_health_type_and_on_down_are_rejected() {
+        for check in ["udp", "HTTP", ""] {
+            assert_rejected(
+                &format!("{TOP}{WEB}{HEALTH}type = {check:?}  # <-\n"),
+                &format!("unknown health.type {check:?} (expected tcp or http)"),
+            );
+        }
+        for on_down in ["kill", "Drain", ""] {
+            assert_rejected(
+                &format!("{TOP}{WEB}{HEALTH}on_down = {on_down:?}  # <-\n"),
+                &format!("unknown health.on_down {on_down:?} (expected drain or reset)"),
+            );
+        }
+    }
+
+    #[test]
+    fn zero_or_invalid_health_durations_are_rejected() {
+        for key in ["interval", "fast_interval", "timeout"] {
+            assert_rejected(
+                &format!("{TOP}{WEB}{HEALTH}{key} = \"0s\"  # <-\n"),
+                &format!("health.{key} must be greater than zero"),
+            );
+            assert_rejected(
+                &format!("{TOP}{WEB}{HEALTH}{key} = \"often\"  # <-\n"),
+                &format!("health.{key} \"often\": "),
+            );
+            assert_rejected(&format!("{TOP}{WEB}{HEALTH}{key} = \"2\"  # <-\n"), "time unit needed");
+            assert_rejected(
+                &format!("{TOP}{WEB}{HEALTH}{key} = \"1000 years\"  # <-\n"),
+                &format!("health.{key} \"1000 years\" is too long"),
+            );
+        }
+    }
+
+    #[test]
+    fn health_timeout_must_be_below_interval() {
+        assert_rejected(
+            &format!("{TOP}{WEB}{HEALTH}interval = \"1s\"\ntimeout = \"1s\"  # <-\n"),
+            "health.timeout 1s must be less than health.interval 1s",
+        );
+        assert_rejected(
+            &format!("{TOP}{WEB}{HEALTH}timeout = \"3s\"  # <-\n"),
+            "health.timeout 3s must be less than health.interval 2s",
+        );
+        // With the default timeout, the interval that is too short is the key to point at.
+        assert_rejected(
+            &format!("{TOP}{WEB}{HEALTH}interval = \"800ms\"  # <-\nfast_interval = \"100ms\"\n"),
+            "health.timeout 1s (the default) must be less than health.interval 800ms",
+        );
+        let health = health_of("interval = \"1s\"\ntimeout = \"999ms\"\n");
+        assert_eq!(
+            (health.interval, health.timeout),
+            (Duration::from_secs(1), Duration::from_millis(999))
+        );
+    }
+
+    #[test]
+    fn health_fast_interval_must_not_exceed_interval() {
+        assert_rejected(
+            &format!("{TOP}{WEB}{HEALTH}fast_interval = \"3s\"  # <-\n"),
+            "health.fast_interval 3s must be at most health.interval 2s",
+        );
+        assert_rejected(
+            &format!("{TOP}{WEB}{HEALTH}interval = \"10s\"\nfast_interval = \"11s\"  # <-\n"),
+            "health.fast_interval 11s must be at most health.interval 10s",
+        );
+        // With the default fast_interval, the interval is the key to point at.
+        assert_rejected(
+            &format!("{TOP}{WEB}{HEALTH}interval = \"400ms\"  # <-\ntimeout = \"100ms\"\n"),
+            "health.fast_interval 500ms (the default) must be at most health.interval 400ms",
+        );
+        let equal = health_of("interval = \"3s\"\nfast_interval = \"3s\"\n");
+        assert_eq!(
+            (equal.interval, equal.fast_interval),
+            (Duration::from_secs(3), Duration::from_secs(3))
+        );
+    }
+
+    #[test]
+    fn rise_and_fall_out_of_range_are_rejected() {
+        for key in ["rise", "fall"] {
+            for n in ["0", "101", "-1"] {
+                assert_rejected(
+                    &format!("{TOP}{WEB}{HEALTH}{key} = {n}  # <-\n"),
+                    &format!("health.{key} {n} is out of range 1..=100"),
+                );
+            }
+        }
+        let health = health_of("rise = 1\nfall = 100\n");
+        assert_eq!((health.rise, health.fall), (1, 100));
+    }
+
+    #[test]
+    fn http_keys_need_type_http() {
+        for (key, value) in [
+            ("live_path", "\"/live\""),
+            ("standby_path", "\"/standby\""),
+            ("expect_status", "\"200\""),
+            ("host", "\"web.example\""),
+            ("expect_body", "\"ok\""),
+        ] {
+            assert_rejected(
+                &format!("{TOP}{WEB}{HEALTH}type = \"tcp\"\n{key} = {value}  # <-\n"),
+                &format!("health.{key} needs type = \"http\" (the check type is \"tcp\")"),
+            );
+            assert_rejected(
+                &format!("{TOP}{WEB}{HEALTH}{key} = {value}  # <-\n"),
+                &format!("health.{key} needs type = \"http\" (the check type is tcp by default)"),
+            );
+        }
+        // The first such key in the file is the one reported.
+        assert_rejected(
+            &format!("{TOP}{WEB}{HEALTH}expect_body = \"ok\"  # <-\nlive_path = \"/live\"\n"),
+            "health.expect_body needs type = \"http\"",
+        );
+    }
+
+    #[test]
+    fn bad_http_paths_are_rejected() {
+        for key in ["live_path", "standby_path"] {
+            for path in ["live", "", "http://web/live", " /live"] {
+                assert_rejected(
+                    &format!("{TOP}{WEB}{HEALTH}type = \"http\"\n{key} = {path:?}  # <-\n"),
+                    &format!("health.{key} {path:?} must start with '/'"),
+                );
+            }
+            for path in ["/a b", "/live\t", "/live\r\nX-Injected: 1", "/ü"] {
+                assert_rejected(
+                    &format!("{TOP}{WEB}{HEALTH}type = \"http\"\n{key} = {path:?}  # <-\n"),
+                    &format!("health.{key} {path:?} must be printable ASCII without whitespace"),
+                );
+            }
+        }
+        let health = health_of("type = \"http\"\nlive_path = \"/\"\nstandby_path = \"/a%20b?x=1&y=~\"\n");
+        let HealthCheck::Http(http) = health.check else {
+            panic!("http expected")
+        };
+        assert_eq!(
+            (http.live_path.as_str(), http.standby_path.as_str()),
+            ("/", "/a%20b?x=1&y=~")
+        );
+    }
+
+    #[test]
+    fn bad_expect_status_is_rejected() {
+        for status in ["", "2xx", "200-", "-200", "+200", "200-300-400", "200,204", "70000"] {
+            assert_rejected(
+                &format!("{TOP}{WEB}{HEALTH}type = \"http\"\nexpect_status = {status:?}  # <-\n"),
+                &format!("health.expect_status {status:?} is not STATUS or MIN-MAX"),
+            );
+        }
+        for status in ["99", "600", "0-200", "200-600"] {
+            assert_rejected(
+                &format!("{TOP}{WEB}{HEALTH}type = \"http\"\nexpect_status = {status:?}  # <-\n"),
+                &format!("health.expect_status {status:?} is out of range 100..=599"),
+            );
+        }
+        assert_rejected(
+            &format!("{TOP}{WEB}{HEALTH}type = \"http\"\nexpect_status = \"399-200\"  # <-\n"),
+            "health.expect_status \"399-200\" is inverted: 399 is above 200",
+        );
+        assert_rejected(
+            &format!("{TOP}{WEB}{HEALTH}type = \"http\"\nexpect_status = 200  # <-\n"),
+            "invalid type: integer `200`, expected a string",
+        );
+        for (status, expected) in [("100", (100, 100)), ("599", (599, 599)), ("204 - 204", (204, 204))] {
+            let health = health_of(&format!("type = \"http\"\nexpect_status = {status:?}\n"));
+            let HealthCheck::Http(http) = health.check else {
+                panic!("http expected")
+            };
+            assert_eq!(http.expect_status, expected, "{status}");
+        }
+    }
+
+    #[test]
+    fn empty_or_bad_host_and_empty_expect_body_are_rejected() {
+        assert_rejected(
+            &format!("{TOP}{WEB}{HEALTH}type = \"http\"\nhost = \"\"  # <-\n"),
+            "health.host must not be empty",
+        );
+        for host in ["web example", "web.example\r\nX: 1", " web"] {
+            assert_rejected(
+                &format!("{TOP}{WEB}{HEALTH}type = \"http\"\nhost = {host:?}  # <-\n"),
+                &format!("health.host {host:?} must be printable ASCII without whitespace"),
+            );
+        }
+        assert_rejected(
+            &format!("{TOP}{WEB}{HEALTH}type = \"http\"\nexpect_body = \"\"  # <-\n"),
+            "health.expect_body must not be empty",
+        );
+        // The body may be any non-empty text.
+        let health = health_of("type = \"http\"\nexpect_body = \"status: ok ✓\"\n");
+        let HealthCheck::Http(http) = health.check else {
+            panic!("http expected")
+        };
+        assert_eq!(http.expect_body.as_deref(), Some("status: ok ✓"));
     }
 }

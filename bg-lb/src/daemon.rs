@@ -11,16 +11,19 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use bg_lb_common::maps::DataplaneConfig;
+use tokio::{sync::mpsc, task::JoinHandle};
 
 use crate::{
-    config::{self, Config, ServiceConfig, XdpModeSetting},
+    config::{self, Config, HealthCheck, ServiceConfig, XdpModeSetting},
     dataplane::{AttachMode, Attached, Dataplane, DataplaneOptions},
+    desired::{self, Health, HealthView},
+    health::{self, CheckKey, Listener, Report, Transition},
     housekeeping::{self, FlowCensus, FlowTimeouts},
     pins::PinLayout,
     protocol::{BackendAction, BackendStatus, FlowInfo, RatioChange, Reply, Request, ServiceStatus},
     ratio::{Pool, Ratio},
-    services::{BackendSpec, ServiceSpec, Services, backend_addr, backend_pool},
-    state_file::{self, BackendState, OperatorState},
+    services::{Services, backend_addr, backend_pool},
+    state_file::{self, OperatorState},
 };
 
 pub struct Daemon {
@@ -28,13 +31,17 @@ pub struct Daemon {
     config: Config,
     operator: OperatorState,
     services: Services,
+    health: Health,
+    probes: Vec<JoinHandle<()>>,
+    reports: mpsc::Sender<Report>,
 }
 
 impl Daemon {
     /// Loads the config and the operator state, then loads (or adopts) the
     /// data plane and programs every service. Adopting a previous daemon's
     /// pins keeps its flows and swaps this program in without a gap.
-    pub fn start(config_path: &Path) -> anyhow::Result<Self> {
+    /// Health probes report to `reports`; feed each to [`Daemon::on_health`].
+    pub fn start(config_path: &Path, reports: mpsc::Sender<Report>) -> anyhow::Result<Self> {
         let config = config::load(config_path)?;
         let operator = state_file::load(&config.state_dir)?;
         let pins = PinLayout::new(&config.pin_dir);
@@ -61,8 +68,12 @@ impl Daemon {
             config,
             operator,
             services,
+            health: Health::new(),
+            probes: Vec::new(),
+            reports,
         };
         daemon.apply_all()?;
+        daemon.restart_probes();
         let cfg = daemon.dataplane_config();
         daemon.services.dataplane_mut().set_config(&cfg)?;
         Ok(daemon)
@@ -74,15 +85,6 @@ impl Daemon {
 
     pub fn config(&self) -> &Config {
         &self.config
-    }
-
-    /// Every backend address, for neighbour warm-up.
-    pub fn backend_addrs(&self) -> Vec<SocketAddrV4> {
-        self.config
-            .services
-            .iter()
-            .flat_map(|s| s.backends.iter().map(|b| b.address))
-            .collect()
     }
 
     fn dataplane_config(&self) -> DataplaneConfig {
@@ -104,65 +106,112 @@ impl Daemon {
         }
     }
 
-    /// Programs every configured service and removes the others.
+    /// Programs every configured service (live and standby VIPs) and removes
+    /// the others.
     fn apply_all(&mut self) -> anyhow::Result<()> {
-        let wanted: HashSet<SocketAddrV4> = self.config.services.iter().map(|s| s.vip).collect();
+        let wanted: HashSet<SocketAddrV4> = self
+            .config
+            .services
+            .iter()
+            .flat_map(|s| std::iter::once(s.vip).chain(s.standby_vip))
+            .collect();
         for vip in self.services.vips() {
             if !wanted.contains(&vip) {
                 self.services.remove(&vip)?;
-                tracing::info!(vip = %vip, "service removed");
+                tracing::info!(vip = %vip, "listener removed");
             }
         }
         for service in self.config.services.clone() {
-            self.services
-                .apply(&self.spec(&service))
+            self.apply_service(&service)
                 .with_context(|| format!("service {}", service.name))?;
         }
         Ok(())
     }
 
-    /// What the data plane should do for `service`: config topology with the
-    /// operator's ratio, weights and disabled backends applied.
-    fn spec(&self, service: &ServiceConfig) -> ServiceSpec {
-        let state = self.operator.services.get(&service.name);
-        let backends = service
-            .backends
-            .iter()
-            .map(|b| BackendSpec {
-                addr: b.address,
-                pool: b.pool,
-                weight: self.effective_weight(service, b.address),
-                reset_flows: false,
-            })
-            .collect();
-        ServiceSpec {
-            vip: service.vip,
-            lut_size: service.lookup_table_size,
-            ratio: state.and_then(|s| s.ratio).unwrap_or(service.ratio),
-            backends,
+    /// Rebuilds the live table and, if any, the standby table of `service`.
+    fn apply_service(&mut self, service: &ServiceConfig) -> Result<(), crate::services::ServicesError> {
+        let operator = self.operator.services.get(&service.name);
+        let live = desired::live_spec(service, operator, &self.health);
+        let standby = desired::standby_spec(service, operator, &self.health);
+        self.services.apply(&live)?;
+        if let Some(standby) = standby {
+            self.services.apply(&standby)?;
         }
+        Ok(())
     }
 
-    fn backend_state(&self, service: &str, addr: SocketAddrV4) -> BackendState {
-        self.operator
-            .services
-            .get(service)
-            .and_then(|s| s.backends.get(&addr))
-            .cloned()
-            .unwrap_or_default()
+    /// One probe per backend for the live check, and one for the standby
+    /// check where a standby VIP uses HTTP checks.
+    fn restart_probes(&mut self) {
+        for probe in self.probes.drain(..) {
+            probe.abort();
+        }
+        let source = self.config.snat_address;
+        for service in &self.config.services {
+            let standby = service.standby_vip.is_some() && matches!(service.health.check, HealthCheck::Http(_));
+            let listeners = [Some(Listener::Live), standby.then_some(Listener::Standby)];
+            for backend in &service.backends {
+                for listener in listeners.into_iter().flatten() {
+                    let key = CheckKey {
+                        service: service.name.clone(),
+                        backend: backend.address,
+                        listener,
+                    };
+                    let probe = health::spawn_probe(key, service.health.clone(), source, self.reports.clone());
+                    self.probes.push(probe);
+                }
+            }
+        }
+        // Forget the health of probes that no longer exist.
+        let services = &self.config.services;
+        self.health.retain(|key, _| {
+            services
+                .iter()
+                .any(|s| s.name == key.service && s.backends.iter().any(|b| b.address == key.backend))
+        });
     }
 
-    fn effective_weight(&self, service: &ServiceConfig, addr: SocketAddrV4) -> u32 {
-        let state = self.backend_state(&service.name, addr);
-        let configured = service
-            .backends
-            .iter()
-            .find(|b| b.address == addr)
-            .map_or(0, |b| b.weight);
-        if state.enabled {
-            state.weight.unwrap_or(configured)
-        } else {
-            0
+    /// A probe's result: a state change rebuilds the service's tables at once
+    /// (new flows avoid a down backend; its open flows drain or are reset).
+    pub fn on_health(&mut self, report: Report) {
+        let Ok(service) = self.service(&report.key.service).cloned() else {
+            return;
+        };
+        let view = HealthView {
+            up: report.up,
+            last: report.outcome.clone(),
+        };
+        self.health.insert(report.key.clone(), view);
+        let Some(transition) = report.transition else { return };
+        let (name, backend, listener) = (&report.key.service, report.key.backend, report.key.listener);
+        match (transition, &report.outcome) {
+            (Transition::WentDown, Err(reason)) => {
+                tracing::warn!(service = %name, %backend, ?listener, %reason, "backend DOWN")
+            }
+            _ => tracing::info!(service = %name, %backend, ?listener, "backend UP"),
+        }
+        if let Err(e) = self.apply_service(&service) {
+            tracing::error!(service = %name, error = %e, "cannot apply a health change");
+        }
+        self.log_pool_health(&service);
+    }
+
+    /// Loud when a pool with a share has no healthy backend left.
+    fn log_pool_health(&self, service: &ServiceConfig) {
+        let operator = self.operator.services.get(&service.name);
+        let spec = desired::live_spec(service, operator, &self.health);
+        let serving = |pool| spec.backends.iter().any(|b| b.pool == pool && b.weight > 0);
+        match (serving(Pool::Blue), serving(Pool::Green)) {
+            (false, false) => {
+                tracing::error!(service = %service.name, "NO healthy backend in either pool: new connections are refused")
+            }
+            (blue, green) => {
+                for (pool, ok) in [(Pool::Blue, blue), (Pool::Green, green)] {
+                    if !ok && spec.ratio.share(pool) > 0 {
+                        tracing::error!(service = %service.name, %pool, "pool has no healthy backend: its share goes to the other pool");
+                    }
+                }
+            }
         }
     }
 
@@ -197,7 +246,12 @@ impl Daemon {
             .config
             .services
             .iter()
-            .map(|s| (s.vip, s.backends.iter().map(|b| b.address).collect()))
+            .flat_map(|s| {
+                let backends: HashSet<_> = s.backends.iter().map(|b| b.address).collect();
+                std::iter::once(s.vip)
+                    .chain(s.standby_vip)
+                    .map(move |vip| (vip, backends.clone()))
+            })
             .collect();
         self.services
             .reap(&live, |id| census.total_of(id))
@@ -225,33 +279,13 @@ impl Daemon {
     }
 
     fn service_status(&self, service: &ServiceConfig, census: &FlowCensus) -> Result<ServiceStatus, String> {
-        let spec = self.spec(service);
+        let operator = self.operator.services.get(&service.name);
+        let spec = desired::live_spec(service, operator, &self.health);
         let can_serve = |pool| spec.backends.iter().any(|b| b.pool == pool && b.weight > 0);
         let backends = service
             .backends
             .iter()
-            .map(|b| {
-                let state = self.backend_state(&service.name, b.address);
-                let id = self.services.backend_id(&service.vip, &b.address);
-                let stats = match id {
-                    Some(id) => self.services.dataplane().backend_stats(id).map_err(|e| e.to_string())?,
-                    None => Default::default(),
-                };
-                Ok(BackendStatus {
-                    address: b.address,
-                    pool: b.pool,
-                    weight: self.effective_weight(service, b.address),
-                    configured_weight: b.weight,
-                    enabled: state.enabled,
-                    health: "unchecked".into(),
-                    open_flows: id.map_or(0, |id| census.open_of(id)),
-                    new_flows: stats.new_flows,
-                    packets_in: stats.packets_in,
-                    bytes_in: stats.bytes_in,
-                    packets_out: stats.packets_out,
-                    bytes_out: stats.bytes_out,
-                })
-            })
+            .map(|b| self.backend_status(service, &spec, b.address, b.pool, b.weight, census))
             .collect::<Result<_, String>>()?;
         Ok(ServiceStatus {
             name: service.name.clone(),
@@ -263,12 +297,65 @@ impl Daemon {
         })
     }
 
+    /// A backend's row: counters and open flows add up its traffic through
+    /// both listeners (it has one id per VIP).
+    fn backend_status(
+        &self,
+        service: &ServiceConfig,
+        live: &crate::services::ServiceSpec,
+        address: SocketAddrV4,
+        pool: Pool,
+        configured_weight: u32,
+        census: &FlowCensus,
+    ) -> Result<BackendStatus, String> {
+        let operator = self.operator.services.get(&service.name);
+        let ids: Vec<u32> = std::iter::once(service.vip)
+            .chain(service.standby_vip)
+            .filter_map(|vip| self.services.backend_id(&vip, &address))
+            .collect();
+        let mut stats = bg_lb_common::maps::TrafficStats::default();
+        for &id in &ids {
+            let s = self.services.dataplane().backend_stats(id).map_err(|e| e.to_string())?;
+            stats.new_flows += s.new_flows;
+            stats.packets_in += s.packets_in;
+            stats.bytes_in += s.bytes_in;
+            stats.packets_out += s.packets_out;
+            stats.bytes_out += s.bytes_out;
+        }
+        let view = |listener| {
+            self.health.get(&CheckKey {
+                service: service.name.clone(),
+                backend: address,
+                listener,
+            })
+        };
+        let live_view = view(Listener::Live);
+        Ok(BackendStatus {
+            address,
+            pool,
+            weight: live.backends.iter().find(|b| b.addr == address).map_or(0, |b| b.weight),
+            configured_weight,
+            enabled: desired::backend_state(operator, address).enabled,
+            health: health_word(live_view).into(),
+            last_check: live_view.map(|v| match &v.last {
+                Ok(()) => "ok".to_owned(),
+                Err(reason) => reason.to_string(),
+            }),
+            standby_health: view(Listener::Standby).map(|v| health_word(Some(v)).to_owned()),
+            open_flows: ids.iter().map(|&id| census.open_of(id)).sum(),
+            new_flows: stats.new_flows,
+            packets_in: stats.packets_in,
+            bytes_in: stats.bytes_in,
+            packets_out: stats.packets_out,
+            bytes_out: stats.bytes_out,
+        })
+    }
+
     fn set_ratio(&mut self, name: &str, ratio: Ratio, force: bool) -> Result<Reply, String> {
         let service = self.service(name)?.clone();
-        let spec = self.spec(&service);
+        let operator = self.operator.services.get(name);
         for pool in [Pool::Blue, Pool::Green] {
-            let serving = spec.backends.iter().any(|b| b.pool == pool && b.weight > 0);
-            if ratio.share(pool) > 0 && !serving && !force {
+            if ratio.share(pool) > 0 && !desired::pool_enabled(&service, operator, pool) && !force {
                 return Err(format!(
                     "ratio {ratio} gives {pool} {}% but {pool} has no enabled backend with weight > 0; \
                      its share would go to the other pool (use --force to set it anyway)",
@@ -276,7 +363,7 @@ impl Daemon {
                 ));
             }
         }
-        let old = spec.ratio;
+        let old = desired::ratio(&service, operator);
         self.update_operator(&service, |state| {
             if state.ratio != Some(ratio) {
                 state.previous_ratio = Some(old);
@@ -326,7 +413,7 @@ impl Daemon {
         change(self.operator.services.entry(service.name.clone()).or_default());
         let result = state_file::save(&self.config.state_dir, &self.operator)
             .map_err(|e| format!("not applied: cannot persist the change: {e}"))
-            .and_then(|()| self.services.apply(&self.spec(service)).map_err(|e| e.to_string()));
+            .and_then(|()| self.apply_service(service).map_err(|e| e.to_string()));
         if result.is_err() {
             self.operator = previous;
             // Best effort: the file may already hold the new state.
@@ -337,10 +424,10 @@ impl Daemon {
 
     fn flows(&mut self, name: &str, pool: Option<Pool>, limit: usize) -> Result<Reply, String> {
         let service = self.service(name)?.clone();
-        let service_id = self
-            .services
-            .service_id(&service.vip)
-            .ok_or("service is not programmed")?;
+        let service_ids: Vec<u32> = std::iter::once(service.vip)
+            .chain(service.standby_vip)
+            .filter_map(|vip| self.services.service_id(&vip))
+            .collect();
         let dataplane = self.services.dataplane();
         let backends: HashMap<u32, _> = dataplane.backends().map_err(|e| e.to_string())?.into_iter().collect();
         let now = housekeeping::monotonic_now_ns();
@@ -349,7 +436,7 @@ impl Daemon {
             .flows()
             .map_err(|e| e.to_string())?
             .into_iter()
-            .filter(|(_, f)| f.service_id == service_id && housekeeping::is_open(f))
+            .filter(|(_, f)| service_ids.contains(&f.service_id) && housekeeping::is_open(f))
             .filter_map(|(key, flow)| {
                 let backend = backends.get(&flow.backend_id)?;
                 Some(FlowInfo {
@@ -397,6 +484,7 @@ impl Daemon {
             let _ = self.apply_all();
             return Err(format!("config rejected: {e:#}; restored the previous config"));
         }
+        self.restart_probes();
         tracing::info!(path = %self.config_path.display(), "config reloaded");
         Ok(format!("reloaded {}", self.config_path.display()))
     }
@@ -404,7 +492,8 @@ impl Daemon {
     /// Detaches XDP and removes every pin: the data plane stops for good.
     pub fn teardown(self) -> anyhow::Result<()> {
         let pins = PinLayout::new(&self.config.pin_dir);
-        drop(self.services);
+        // Closing our program and link fds first: the pins are the last refs.
+        drop(self);
         pins.remove_all()?;
         Ok(())
     }
@@ -465,4 +554,20 @@ pub fn teardown(pin_dir: &Path) -> anyhow::Result<()> {
     }
     PinLayout::new(pin_dir).remove_all()?;
     Ok(())
+}
+
+fn health_word(view: Option<&HealthView>) -> &'static str {
+    match view {
+        None => "unchecked",
+        Some(v) if v.up => "up",
+        Some(_) => "down",
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        for probe in &self.probes {
+            probe.abort();
+        }
+    }
 }

@@ -6,8 +6,8 @@ use std::process::ExitCode;
 use clap::Parser as _;
 
 use crate::{
-    cli::{Cli, Command},
-    config, ctl, daemon, logging, server,
+    cli::{Cli, Command, LogFormat},
+    config, ctl, daemon, demo_backend, logging, server,
 };
 
 pub fn main() -> ExitCode {
@@ -47,5 +47,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Ctl(args) => ctl::run(args),
+        Command::DemoBackend(args) => {
+            logging::init(LogFormat::Human);
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?;
+            runtime.block_on(demo_backend::run(args))?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }

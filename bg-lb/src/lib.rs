@@ -12,8 +12,11 @@
 //! - [`state_file`]: operator decisions persisted atomically.
 //! - [`protocol`]: admin socket requests and replies (JSON lines).
 //! - [`config`]: the TOML config and its validation (file:line errors).
+//! - [`health`]: rise/fall health tracking and TCP/HTTP probes.
+//! - [`desired`]: what each listener's table should hold (config + operator + health).
 //! - [`daemon`]: config + operator state + data plane, request handling.
 //! - [`server`]: the running daemon: admin socket, signals, timers.
+//! - [`demo_backend`]: the reference HTTP app with /live and /standby.
 //! - [`cli`], [`ctl`], [`entry`]: command line, the admin client, and `main`.
 //! - [`logging`]: tracing setup, with aya-log bridged in.
 pub mod cli;
@@ -21,8 +24,11 @@ pub mod config;
 pub mod ctl;
 pub mod daemon;
 pub mod dataplane;
+pub mod demo_backend;
+pub mod desired;
 pub mod ebpf_objects;
 pub mod entry;
+pub mod health;
 pub mod housekeeping;
 pub mod logging;
 pub mod lookup_table;

@@ -136,7 +136,14 @@ pub struct BackendStatus {
     pub weight: u32,
     pub configured_weight: u32,
     pub enabled: bool,
+    /// Live check: up, down, or unchecked (no result yet).
     pub health: String,
+    /// The live check's last result: "ok" or why it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_check: Option<String>,
+    /// Standby check (HTTP checks with a standby VIP).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub standby_health: Option<String>,
     pub open_flows: u64,
     pub new_flows: u64,
     pub packets_in: u64,

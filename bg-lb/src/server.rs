@@ -1,8 +1,8 @@
-//! The running daemon: admin socket, signals, housekeeping and neighbour
-//! warm-up around one [`Daemon`], which handles every request in turn so
+//! The running daemon: admin socket, signals, housekeeping and health
+//! reports around one [`Daemon`], which handles every request in turn so
 //! data-plane writes never interleave.
 
-use std::{fs, net::SocketAddrV4, os::unix::fs::PermissionsExt as _, path::PathBuf, time::Duration};
+use std::{fs, os::unix::fs::PermissionsExt as _, path::PathBuf, time::Duration};
 
 use anyhow::Context as _;
 use tokio::{
@@ -19,15 +19,14 @@ use crate::{
 };
 
 const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(1);
-const NEIGHBOUR_INTERVAL: Duration = Duration::from_secs(30);
-const NEIGHBOUR_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 type Job = (String, oneshot::Sender<Reply>);
 
 /// Runs until SIGTERM or SIGINT. With `detach_on_exit` the data plane is
 /// torn down then; otherwise it keeps forwarding for the next daemon.
 pub async fn run(config_path: PathBuf, detach_on_exit: bool) -> anyhow::Result<()> {
-    let mut daemon = Daemon::start(&config_path)?;
+    let (reports, mut health) = mpsc::channel(256);
+    let mut daemon = Daemon::start(&config_path, reports)?;
     let listener = bind_admin_socket(&daemon.config().admin)?;
     let socket_path = daemon.config().admin.socket.clone();
     tracing::info!(socket = %socket_path.display(), config = %config_path.display(), "bg-lb running");
@@ -41,7 +40,6 @@ pub async fn run(config_path: PathBuf, detach_on_exit: bool) -> anyhow::Result<(
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut hangup = signal(SignalKind::hangup())?;
     let mut housekeeping = tokio::time::interval(HOUSEKEEPING_INTERVAL);
-    let mut neighbours = tokio::time::interval(NEIGHBOUR_INTERVAL);
     loop {
         tokio::select! {
             Some((line, reply)) = queue.recv() => {
@@ -56,9 +54,7 @@ pub async fn run(config_path: PathBuf, detach_on_exit: bool) -> anyhow::Result<(
                     tracing::error!(error = %e, "flow housekeeping failed");
                 }
             }
-            _ = neighbours.tick() => {
-                tokio::spawn(warm_neighbours(daemon.backend_addrs()));
-            }
+            Some(report) = health.recv() => daemon.on_health(report),
             _ = hangup.recv() => match daemon.reload() {
                 Ok(message) => tracing::info!("{message}"),
                 Err(e) => tracing::error!("{e}"),
@@ -184,13 +180,5 @@ async fn forward_ebpf_logs(logger: crate::dataplane::EbpfLogger) {
         };
         guard.get_inner_mut().flush();
         guard.clear_ready();
-    }
-}
-
-/// The fast path needs each backend's MAC in the neighbour table; a TCP
-/// connect makes the kernel resolve it (a refused connect does too).
-async fn warm_neighbours(backends: Vec<SocketAddrV4>) {
-    for addr in backends {
-        let _ = tokio::time::timeout(NEIGHBOUR_CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr)).await;
     }
 }

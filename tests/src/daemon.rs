@@ -164,3 +164,75 @@ impl Drop for Daemon {
         }
     }
 }
+
+/// A `bg-lb demo-backend` process in a backend's namespace, killed on drop.
+pub struct DemoBackend {
+    bin: &'static str,
+    netns: String,
+    args: Vec<String>,
+    child: Option<Child>,
+}
+
+impl DemoBackend {
+    /// Serves HTTP on `addr` (name `name`, role live) and returns once it
+    /// accepts connections.
+    pub fn start(bin: &'static str, ns: &NetNs, addr: std::net::SocketAddrV4, name: &str, version: &str) -> Self {
+        let args = [
+            "--listen",
+            &addr.to_string(),
+            "--name",
+            name,
+            "--version",
+            version,
+            "--role",
+            "live",
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        let mut backend = DemoBackend {
+            bin,
+            netns: ns.name.clone(),
+            args,
+            child: None,
+        };
+        backend.spawn(ns, addr);
+        backend
+    }
+
+    fn spawn(&mut self, ns: &NetNs, addr: std::net::SocketAddrV4) {
+        let child = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", self.netns))
+            .args([self.bin, "demo-backend"])
+            .args(&self.args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn demo-backend");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while ns.run(move || std::net::TcpStream::connect(addr).is_err()) {
+            assert!(Instant::now() < deadline, "demo-backend on {addr} did not start");
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL, as in a crash.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again after [`DemoBackend::kill`].
+    pub fn restart(&mut self, ns: &NetNs, addr: std::net::SocketAddrV4) {
+        self.kill();
+        self.spawn(ns, addr);
+    }
+}
+
+impl Drop for DemoBackend {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

@@ -3,13 +3,16 @@
 //! # Layout
 //! - [`netns`]: throwaway network namespaces (unshared threads and named
 //!   namespaces) that are always removed, even when a test fails.
-//! - [`daemon`]: a `bg-lb run` process in a test namespace, cleaned up on drop.
+//! - [`daemon`]: `bg-lb run` and `bg-lb demo-backend` processes in test
+//!   namespaces, cleaned up on drop.
+//! - [`http`]: a minimal HTTP/1.1 client for demo-backend.
 //! - [`cmd`]: running `ip`/`sysctl` with clear failure messages.
 //! - [`packets`]: crafting and checking Ethernet/IPv4/TCP frames.
 //! - [`topology`]: named namespaces and the one-arm client/LB/backends segment.
 //! - [`servers`]: TCP servers that answer with their name, and their client.
 pub mod cmd;
 pub mod daemon;
+pub mod http;
 pub mod netns;
 pub mod packets;
 pub mod servers;
