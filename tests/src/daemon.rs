@@ -95,6 +95,18 @@ impl Daemon {
         }
     }
 
+    /// `bg-lb ctl --socket S ARGS` with the terminal attached, so progress
+    /// bars and tables show as an operator sees them.
+    pub fn ctl_interactive(&self, args: &[&str]) -> std::process::ExitStatus {
+        Command::new(self.bin)
+            .arg("ctl")
+            .arg("--socket")
+            .arg(self.socket())
+            .args(args)
+            .status()
+            .expect("run bg-lb ctl")
+    }
+
     /// `bg-lb ctl --socket S ARGS`.
     pub fn ctl(&self, args: &[&str]) -> Output {
         Command::new(self.bin)
@@ -169,47 +181,46 @@ impl Drop for Daemon {
 pub struct DemoBackend {
     bin: &'static str,
     netns: String,
-    args: Vec<String>,
+    pub addr: std::net::SocketAddrV4,
+    pub name: String,
+    pub version: String,
     child: Option<Child>,
 }
 
 impl DemoBackend {
-    /// Serves HTTP on `addr` (name `name`, role live) and returns once it
-    /// accepts connections.
+    /// Serves HTTP on `addr` (role live) and returns once it accepts
+    /// connections.
     pub fn start(bin: &'static str, ns: &NetNs, addr: std::net::SocketAddrV4, name: &str, version: &str) -> Self {
-        let args = [
-            "--listen",
-            &addr.to_string(),
-            "--name",
-            name,
-            "--version",
-            version,
-            "--role",
-            "live",
-        ]
-        .map(str::to_owned)
-        .to_vec();
         let mut backend = DemoBackend {
             bin,
             netns: ns.name.clone(),
-            args,
+            addr,
+            name: name.into(),
+            version: version.into(),
             child: None,
         };
-        backend.spawn(ns, addr);
+        backend.spawn(ns, "live");
         backend
     }
 
-    fn spawn(&mut self, ns: &NetNs, addr: std::net::SocketAddrV4) {
+    fn spawn(&mut self, ns: &NetNs, role: &str) {
         let child = Command::new("nsenter")
             .arg(format!("--net=/run/netns/{}", self.netns))
-            .args([self.bin, "demo-backend"])
-            .args(&self.args)
+            .args([
+                self.bin,
+                "demo-backend",
+                "--listen",
+                &self.addr.to_string(),
+                "--name",
+                &self.name,
+            ])
+            .args(["--version", &self.version, "--role", role])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
             .expect("spawn demo-backend");
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let (deadline, addr) = (Instant::now() + Duration::from_secs(10), self.addr);
         while ns.run(move || std::net::TcpStream::connect(addr).is_err()) {
             assert!(Instant::now() < deadline, "demo-backend on {addr} did not start");
             thread::sleep(Duration::from_millis(20));
@@ -224,10 +235,27 @@ impl DemoBackend {
         }
     }
 
-    /// Starts it again after [`DemoBackend::kill`].
-    pub fn restart(&mut self, ns: &NetNs, addr: std::net::SocketAddrV4) {
+    /// SIGTERM, as a deploy does: in-flight requests finish first.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again after [`DemoBackend::kill`], as it was.
+    pub fn restart(&mut self, ns: &NetNs) {
         self.kill();
-        self.spawn(ns, addr);
+        self.spawn(ns, "live");
+    }
+
+    /// A deploy: stop gracefully, start `version` in `role` (a new build
+    /// comes up in standby to be checked before it takes live traffic).
+    pub fn redeploy(&mut self, ns: &NetNs, version: &str, role: &str) {
+        self.stop();
+        self.version = version.into();
+        self.spawn(ns, role);
     }
 }
 

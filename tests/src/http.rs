@@ -17,8 +17,17 @@ pub struct Response {
 impl Response {
     /// The `name` field of demo-backend's JSON at `/`.
     pub fn backend_name(&self) -> String {
+        self.json_field("name")
+    }
+
+    /// The `version` field of demo-backend's JSON at `/`.
+    pub fn backend_version(&self) -> String {
+        self.json_field("version")
+    }
+
+    fn json_field(&self, field: &str) -> String {
         let json: serde_json::Value = serde_json::from_str(&self.body).unwrap_or_default();
-        json["name"].as_str().unwrap_or_default().to_owned()
+        json[field].as_str().unwrap_or_default().to_owned()
     }
 }
 

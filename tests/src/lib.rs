@@ -6,6 +6,8 @@
 //! - [`daemon`]: `bg-lb run` and `bg-lb demo-backend` processes in test
 //!   namespaces, cleaned up on drop.
 //! - [`http`]: a minimal HTTP/1.1 client for demo-backend.
+//! - [`lab`]: the blue-green lab (4 demo-backends, daemon with HTTP checks).
+//! - [`load`]: paced client load with a tally of every outcome.
 //! - [`cmd`]: running `ip`/`sysctl` with clear failure messages.
 //! - [`packets`]: crafting and checking Ethernet/IPv4/TCP frames.
 //! - [`topology`]: named namespaces and the one-arm client/LB/backends segment.
@@ -13,6 +15,8 @@
 pub mod cmd;
 pub mod daemon;
 pub mod http;
+pub mod lab;
+pub mod load;
 pub mod netns;
 pub mod packets;
 pub mod servers;
