@@ -28,8 +28,7 @@ pub struct LabOptions {
     pub timeout: Duration,
     pub rise: u32,
     pub fall: u32,
-    /// Extra top-level config lines.
-    pub settings: String,
+    pub max_flows: u32,
 }
 
 impl Default for LabOptions {
@@ -41,7 +40,7 @@ impl Default for LabOptions {
             timeout: Duration::from_millis(200),
             rise: 2,
             fall: 2,
-            settings: String::new(),
+            max_flows: 65536,
         }
     }
 }
@@ -156,11 +155,11 @@ impl BlueGreenLab {
 fn config(vip: Ipv4Addr, backends: &[Ipv4Addr], o: &LabOptions, paths: &str) -> String {
     let ms = |d: Duration| d.as_millis();
     let mut toml = format!(
-        "{}interface = \"eth0\"\nxdp_mode = \"native\"\nsnat_address = \"{LB_ADDR}\"\nmax_flows = 65536\n\
+        "interface = \"eth0\"\nxdp_mode = \"native\"\nsnat_address = \"{LB_ADDR}\"\nmax_flows = {}\n\
          lookup_capacity = 524296\n{paths}\n[[service]]\nname = \"{SERVICE}\"\nvip = \"{vip}:80\"\n\
          standby_vip = \"{vip}:{BACKEND_PORT}\"\nratio = \"{}\"\n\n[service.health]\ntype = \"http\"\n\
          interval = \"{}ms\"\nfast_interval = \"{}ms\"\ntimeout = \"{}ms\"\nrise = {}\nfall = {}\n",
-        o.settings,
+        o.max_flows,
         o.ratio,
         ms(o.interval),
         ms(o.fast_interval),

@@ -8,6 +8,7 @@
 //! - [`http`]: a minimal HTTP/1.1 client for demo-backend.
 //! - [`lab`]: the blue-green lab (4 demo-backends, daemon with HTTP checks).
 //! - [`load`]: paced client load with a tally of every outcome.
+//! - [`release`]: the step-by-step blue-green release (demo and tests).
 //! - [`cmd`]: running `ip`/`sysctl` with clear failure messages.
 //! - [`packets`]: crafting and checking Ethernet/IPv4/TCP frames.
 //! - [`topology`]: named namespaces and the one-arm client/LB/backends segment.
@@ -19,6 +20,7 @@ pub mod lab;
 pub mod load;
 pub mod netns;
 pub mod packets;
+pub mod release;
 pub mod servers;
 pub mod topology;
 

@@ -1,0 +1,181 @@
+//! The seed-style zero-downtime release, step by step, as the demo shows it
+//! and the release test checks it: drain a pool, deploy the new version in
+//! standby, sanity-check it through the standby VIP, enable it live, shift
+//! traffic to it, then do the same for the other pool.
+
+use std::{
+    thread,
+    time::{Duration, Instant},
+};
+
+use bg_lb::ratio::Pool;
+
+use crate::lab::{BlueGreenLab, SERVICE};
+
+/// How the release reports its progress: the demo narrates and shows
+/// `bg-lb ctl` as an operator would see it; tests stay quiet.
+pub trait Narration {
+    fn step(&self, title: &str);
+    fn note(&self, text: &str);
+    /// Runs `bg-lb ctl ARGS`; true on success.
+    fn ctl(&self, lab: &BlueGreenLab, args: &[&str]) -> bool;
+    /// True once the user asked to stop (Ctrl-C).
+    fn interrupted(&self) -> bool {
+        false
+    }
+}
+
+/// Runs commands without output.
+pub struct Quiet;
+
+impl Narration for Quiet {
+    fn step(&self, _: &str) {}
+    fn note(&self, _: &str) {}
+    fn ctl(&self, lab: &BlueGreenLab, args: &[&str]) -> bool {
+        lab.daemon.ctl(args).status.success()
+    }
+}
+
+#[derive(Debug)]
+pub enum ReleaseError {
+    Interrupted,
+    Failed(String),
+}
+
+#[derive(Debug, Default)]
+pub struct ReleaseReport {
+    /// How long each drain waited for open connections to finish.
+    pub drains: Vec<(Pool, Duration)>,
+}
+
+/// Runs the whole release from v1 everywhere to `version` everywhere,
+/// holding each traffic step for `hold`.
+pub fn release(
+    lab: &mut BlueGreenLab,
+    out: &dyn Narration,
+    version: &str,
+    hold: Duration,
+) -> Result<ReleaseReport, ReleaseError> {
+    let mut report = ReleaseReport::default();
+    out.step("1. Both stacks live at 50:50");
+    ctl(lab, out, &["ratio", SERVICE, "50:50"])?;
+    pause(out, hold)?;
+    for pool in [Pool::Blue, Pool::Green] {
+        drain(lab, out, pool, &mut report)?;
+        deploy(lab, out, pool, version)?;
+        shift_to(lab, out, pool, hold)?;
+    }
+    out.step("6. Restore 50:50: both pools now run the new version");
+    ctl(lab, out, &["ratio", SERVICE, "50:50"])?;
+    pause(out, hold)?;
+    ctl(lab, out, &["status", SERVICE])?;
+    Ok(report)
+}
+
+fn ctl(lab: &BlueGreenLab, out: &dyn Narration, args: &[&str]) -> Result<(), ReleaseError> {
+    if out.ctl(lab, args) {
+        Ok(())
+    } else {
+        Err(ReleaseError::Failed(format!("bg-lb ctl {} failed", args.join(" "))))
+    }
+}
+
+/// Sleeps in small slices so Ctrl-C is honoured promptly.
+fn pause(out: &dyn Narration, hold: Duration) -> Result<(), ReleaseError> {
+    let until = Instant::now() + hold;
+    while Instant::now() < until {
+        if out.interrupted() {
+            return Err(ReleaseError::Interrupted);
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+fn drain(lab: &BlueGreenLab, out: &dyn Narration, pool: Pool, report: &mut ReleaseReport) -> Result<(), ReleaseError> {
+    let number = if pool == Pool::Blue { 2 } else { 4 };
+    out.step(&format!(
+        "{number}. Drain {pool}: new connections go to {}; wait until {pool} has no open connection",
+        pool.other()
+    ));
+    let started = Instant::now();
+    ctl(
+        lab,
+        out,
+        &["drain", SERVICE, &pool.to_string(), "--wait", "--timeout", "300s"],
+    )?;
+    report.drains.push((pool, started.elapsed()));
+    Ok(())
+}
+
+fn deploy(lab: &mut BlueGreenLab, out: &dyn Narration, pool: Pool, version: &str) -> Result<(), ReleaseError> {
+    let number = if pool == Pool::Blue { 3 } else { 5 };
+    out.step(&format!(
+        "{number}a. Deploy {version} to {pool}: restart its backends, new build starts in standby"
+    ));
+    let indices = BlueGreenLab::pool(pool);
+    for &i in &indices {
+        lab.deploy(i, version);
+        out.note(&format!("b{i} restarted with {version} (role standby)"));
+    }
+    wait(lab, out, &format!("{pool} passes the standby check"), |s| {
+        indices
+            .iter()
+            .all(|&i| s.backends[i].standby_health.as_deref() == Some("up"))
+    })?;
+    out.step(&format!(
+        "{number}b. Sanity-check {version} through the standby VIP {}",
+        lab.standby_vip()
+    ));
+    let served = lab.serve(lab.standby_vip(), 10);
+    let names: Vec<String> = indices.iter().map(|i| format!("b{i}")).collect();
+    if let Some(bad) = served.iter().find(|(name, v)| v != version || !names.contains(name)) {
+        return Err(ReleaseError::Failed(format!(
+            "standby VIP served {bad:?}, expected {version} on {pool}"
+        )));
+    }
+    out.note(&format!(
+        "10/10 standby requests answered by {} running {version}",
+        names.join("/")
+    ));
+    out.step(&format!("{number}c. Enable {pool} live (POST /enable/live)"));
+    for &i in &indices {
+        lab.set_role(i, "live");
+    }
+    wait(lab, out, &format!("{pool} passes the live check"), |s| {
+        indices.iter().all(|&i| s.backends[i].health == "up")
+    })
+}
+
+/// Moves new connections to `pool` in steps, holding each.
+fn shift_to(lab: &BlueGreenLab, out: &dyn Narration, pool: Pool, hold: Duration) -> Result<(), ReleaseError> {
+    if pool == Pool::Green {
+        return Ok(()); // after green's deploy the release restores 50:50
+    }
+    out.step("3d. Shift new connections to blue gradually: 25:75, 50:50, 75:25, 100:0");
+    for ratio in ["25:75", "50:50", "75:25", "100:0"] {
+        ctl(lab, out, &["ratio", SERVICE, ratio])?;
+        pause(out, hold / 4)?;
+    }
+    Ok(())
+}
+
+fn wait(
+    lab: &BlueGreenLab,
+    out: &dyn Narration,
+    what: &str,
+    done: impl Fn(&bg_lb::protocol::ServiceStatus) -> bool,
+) -> Result<(), ReleaseError> {
+    let started = Instant::now();
+    while !done(&lab.status()) {
+        if out.interrupted() {
+            return Err(ReleaseError::Interrupted);
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            return Err(ReleaseError::Failed(format!("timed out waiting until {what}")));
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    out.note(&format!("{what} ({:.1}s)", started.elapsed().as_secs_f64()));
+    Ok(())
+}
