@@ -93,6 +93,15 @@ pub struct LoadSpec {
     pub long_lived_period: Duration,
 }
 
+#[derive(Clone)]
+pub struct TallyWatch(Arc<Mutex<Tally>>);
+
+impl TallyWatch {
+    pub fn get(&self) -> Tally {
+        self.0.lock().expect("tally lock").clone()
+    }
+}
+
 /// Running load; stop it with [`Load::stop`] to get the final tally.
 pub struct Load {
     stop: Arc<AtomicBool>,
@@ -120,6 +129,12 @@ impl Load {
     /// The tally so far.
     pub fn tally(&self) -> Tally {
         self.tally.lock().expect("tally lock").clone()
+    }
+
+    /// A handle for reading the tally from another thread (the demo's live
+    /// view).
+    pub fn watch(&self) -> TallyWatch {
+        TallyWatch(self.tally.clone())
     }
 
     /// Stops every worker (long-lived connections finish their current

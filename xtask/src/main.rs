@@ -1,6 +1,7 @@
-//! bg-lb's automation: toolchain setup and the test run. Each command says
+//! bg-lb's automation: toolchain setup, the test run and the demo. Each command says
 //! what it does before doing it.
 
+mod demo;
 mod setup;
 mod test;
 
@@ -21,11 +22,15 @@ enum Command {
     /// Run setup, then formatting and lint checks, unit tests, and the root
     /// packet and network-namespace tests.
     Test(test::Options),
+    /// Run setup, build, and watch a narrated zero-downtime blue-green
+    /// release under load in network namespaces.
+    Demo(demo::Options),
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Setup => setup::run(),
         Command::Test(opts) => test::run(&opts),
+        Command::Demo(opts) => demo::run(&opts),
     }
 }

@@ -1,0 +1,260 @@
+//! The bg-lb demo (`cargo xtask demo`): a complete zero-downtime blue-green
+//! release in network namespaces, narrated step by step under steady client
+//! load, with a live view and a summary. Everything it creates is removed on
+//! exit, on error and on Ctrl-C.
+
+use std::{
+    process::{Command, ExitCode},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use bg_lb::protocol::{Reply, ServiceStatus};
+use bg_lb_tests::{
+    lab::{BlueGreenLab, LabOptions, SERVICE},
+    load::{Load, LoadSpec, Tally, TallyWatch},
+    release::{Narration, ReleaseError, ReleaseReport, release},
+};
+use clap::Parser;
+use nix::sys::signal::{SigHandler, Signal, signal};
+
+/// Watch bg-lb release v2 to blue and green with zero failed requests.
+#[derive(Parser)]
+struct Args {
+    /// The bg-lb binary to run (`cargo xtask demo` passes the release build).
+    #[arg(long)]
+    bin: String,
+    /// Roughly how long the release takes, in seconds (each traffic step is
+    /// held for a slice of it).
+    #[arg(long, default_value_t = 40)]
+    duration: u64,
+    /// Short requests per second sent through the VIP.
+    #[arg(long, default_value_t = 100)]
+    rate: u32,
+    /// Leave the topology up at the end for exploring with `bg-lb ctl`,
+    /// until Ctrl-C.
+    #[arg(long)]
+    keep: bool,
+}
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: i32) {
+    INTERRUPTED.store(true, Ordering::Relaxed);
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("the demo creates network namespaces and loads XDP: run it as root (cargo xtask demo)");
+        return ExitCode::FAILURE;
+    }
+    for sig in [Signal::SIGINT, Signal::SIGTERM] {
+        // SAFETY: the handler only stores to an atomic.
+        unsafe { signal(sig, SigHandler::Handler(on_signal)) }.expect("install signal handler");
+    }
+    let bin: &'static str = Box::leak(args.bin.clone().into_boxed_str());
+    let code = run(bin, &args);
+    println!("\nCleaning up: namespaces, XDP pins and processes...");
+    code
+}
+
+fn run(bin: &'static str, args: &Args) -> ExitCode {
+    println!("bg-lb demo: a zero-downtime blue-green release under load\n");
+    println!("Setting up network namespaces: a client, the load balancer, and four backends");
+    println!("(b0, b1 = blue; b2, b3 = green; all running demo-backend v1 with GET /live and /standby)...");
+    let mut lab = BlueGreenLab::start(bin, &LabOptions::default());
+    println!("  live VIP {}  ->  ratio blue:green, HTTP /live checks", lab.live_vip());
+    println!("  standby VIP {}  ->  backends answering /standby", lab.standby_vip());
+    let hold = Duration::from_secs(args.duration.max(8)) / 8;
+    let load = Load::start(
+        &lab.topo.client.ns,
+        LoadSpec {
+            vip: lab.live_vip(),
+            rate: args.rate,
+            workers: 8,
+            long_lived: 4,
+            long_lived_lifetime: hold * 2,
+            long_lived_period: Duration::from_millis(250),
+        },
+    );
+    println!(
+        "  load: {} short requests/s, plus 4 keep-alive connections living {:.0}s each\n",
+        args.rate,
+        (hold * 2).as_secs_f64()
+    );
+    let view = LiveView::start(bin, lab.daemon.socket().display().to_string(), load.watch());
+    let narration = DemoNarration {
+        view: view.paused.clone(),
+    };
+    let outcome = release(&mut lab, &narration, "v2", hold);
+    view.stop();
+    let tally = load.stop();
+    let code = match outcome {
+        Ok(report) => summary(&tally, &report),
+        Err(ReleaseError::Interrupted) => {
+            println!("\nInterrupted.");
+            return ExitCode::from(130);
+        }
+        Err(ReleaseError::Failed(why)) => {
+            println!("\nThe release stopped: {why}");
+            println!("daemon log:\n{}", lab.daemon.log());
+            ExitCode::FAILURE
+        }
+    };
+    if args.keep {
+        explore(&lab, bin);
+    }
+    code
+}
+
+/// Prints the summary; the demo passes only with zero failures.
+fn summary(tally: &Tally, report: &ReleaseReport) -> ExitCode {
+    println!("\n=== Summary ===");
+    println!("requests sent         {}", tally.sent);
+    println!("requests failed       {}   (must be 0)", tally.failed);
+    println!("connections reset     {}   (must be 0)", tally.resets);
+    for ((name, version), n) in &tally.served {
+        println!("  served by {name} {version}: {n}");
+    }
+    for (pool, took) in &report.drains {
+        println!("drain {pool} took       {:.1}s", took.as_secs_f64());
+    }
+    let moved = tally.long_lived.iter().filter(|b| b.len() > 1).count();
+    println!(
+        "long-lived connections {} opened; {} finished on the backend they started on",
+        tally.long_lived.len(),
+        tally.long_lived.len() - moved
+    );
+    for failure in &tally.failures {
+        println!("  failure: {failure}");
+    }
+    if tally.failed == 0 && tally.resets == 0 && moved == 0 {
+        println!("result: PASS, zero downtime");
+        ExitCode::SUCCESS
+    } else {
+        println!("result: FAIL");
+        ExitCode::FAILURE
+    }
+}
+
+fn explore(lab: &BlueGreenLab, bin: &str) {
+    println!("\nThe topology is still up (--keep). Try:");
+    println!("  {bin} ctl --socket {} status", lab.daemon.socket().display());
+    println!("  {bin} ctl --socket {} flows {SERVICE}", lab.daemon.socket().display());
+    println!(
+        "  ip netns exec {} curl -s http://{}/",
+        lab.topo.client.ns.name,
+        lab.live_vip()
+    );
+    println!("Press Ctrl-C to tear everything down.");
+    while !INTERRUPTED.load(Ordering::Relaxed) {
+        thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Step banners, notes, and `bg-lb ctl` run in the terminal as an operator
+/// would, with the live view paused so progress bars draw cleanly.
+struct DemoNarration {
+    view: Arc<AtomicBool>,
+}
+
+impl Narration for DemoNarration {
+    fn step(&self, title: &str) {
+        println!("\n=== {title} ===");
+    }
+
+    fn note(&self, text: &str) {
+        println!("    {text}");
+    }
+
+    fn ctl(&self, lab: &BlueGreenLab, args: &[&str]) -> bool {
+        self.view.store(true, Ordering::Relaxed);
+        println!("$ bg-lb ctl {}", args.join(" "));
+        let ok = lab.daemon.ctl_interactive(args).success();
+        self.view.store(false, Ordering::Relaxed);
+        ok
+    }
+
+    fn interrupted(&self) -> bool {
+        INTERRUPTED.load(Ordering::Relaxed)
+    }
+}
+
+/// A status line every two seconds: ratio, each backend's version, health
+/// and open connections, request rate, failures so far.
+struct LiveView {
+    paused: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+    thread: thread::JoinHandle<()>,
+}
+
+impl LiveView {
+    fn start(bin: &'static str, socket: String, tally: TallyWatch) -> Self {
+        let (paused, stop) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
+        let (p, s) = (paused.clone(), stop.clone());
+        let thread = thread::spawn(move || {
+            let started = Instant::now();
+            let mut last = (Instant::now(), 0);
+            while !s.load(Ordering::Relaxed) {
+                thread::sleep(Duration::from_secs(2));
+                if p.load(Ordering::Relaxed) {
+                    continue;
+                }
+                let now = tally.get();
+                let rate = (now.sent - last.1) as f64 / last.0.elapsed().as_secs_f64();
+                last = (Instant::now(), now.sent);
+                if let Some(status) = status(bin, &socket) {
+                    println!("  [{:>3}s] {}", started.elapsed().as_secs(), line(&status, rate, &now));
+                }
+            }
+        });
+        LiveView { paused, stop, thread }
+    }
+
+    fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.thread.join();
+    }
+}
+
+fn status(bin: &str, socket: &str) -> Option<ServiceStatus> {
+    let out = Command::new(bin)
+        .args(["ctl", "--socket", socket, "--json", "status", SERVICE])
+        .output()
+        .ok()?;
+    serde_json::from_slice::<Reply>(&out.stdout)
+        .ok()?
+        .services?
+        .into_iter()
+        .next()
+}
+
+fn line(status: &ServiceStatus, rate: f64, tally: &Tally) -> String {
+    let backends: Vec<String> = status
+        .backends
+        .iter()
+        .enumerate()
+        .map(|(i, b)| {
+            let version = tally
+                .served
+                .keys()
+                .filter(|(name, _)| *name == format!("b{i}"))
+                .map(|(_, v)| v.as_str())
+                .max()
+                .unwrap_or("v1");
+            format!("b{i} {} {version} {} {} open", b.pool, b.health, b.open_flows)
+        })
+        .collect();
+    format!(
+        "ratio {} | {} | {rate:.0} req/s | {} ok, {} failed",
+        status.ratio,
+        backends.join(" | "),
+        tally.ok,
+        tally.failed
+    )
+}

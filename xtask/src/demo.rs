@@ -1,0 +1,61 @@
+//! `cargo xtask demo`: set up, build, and run the narrated release demo.
+
+use std::{os::unix::process::CommandExt as _, path::PathBuf, process::Command};
+
+use anyhow::bail;
+
+use crate::{setup, test::run_step};
+
+#[derive(clap::Args)]
+pub struct Options {
+    /// Roughly how long the release takes, in seconds.
+    #[arg(long)]
+    duration: Option<u64>,
+    /// Short requests per second sent through the VIP during the release.
+    #[arg(long)]
+    rate: Option<u32>,
+    /// Leave the topology up at the end for exploring with `bg-lb ctl`.
+    #[arg(long)]
+    keep: bool,
+}
+
+pub fn run(opts: &Options) -> anyhow::Result<()> {
+    setup::run()?;
+    if !setup::is_root() {
+        bail!("the demo creates network namespaces and loads XDP: run it as root");
+    }
+    println!("==> demo: building bg-lb and the demo driver (release)");
+    run_step(Command::new("cargo").args([
+        "build",
+        "--release",
+        "--package",
+        "bg-lb",
+        "--bin",
+        "bg-lb",
+        "--package",
+        "bg-lb-tests",
+        "--bin",
+        "bg-lb-demo",
+    ]))?;
+    let release = target_dir().join("release");
+    let mut demo = Command::new(release.join("bg-lb-demo"));
+    demo.arg("--bin").arg(release.join("bg-lb"));
+    if let Some(duration) = opts.duration {
+        demo.args(["--duration", &duration.to_string()]);
+    }
+    if let Some(rate) = opts.rate {
+        demo.args(["--rate", &rate.to_string()]);
+    }
+    if opts.keep {
+        demo.arg("--keep");
+    }
+    println!("==> demo: running (Ctrl-C stops it and cleans everything up)\n");
+    // Replace this process so Ctrl-C reaches only the demo, which cleans up.
+    Err(demo.exec().into())
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join("target"))
+}
