@@ -4,6 +4,7 @@
 
 use std::{
     fs,
+    os::unix::process::CommandExt as _,
     path::{Path, PathBuf},
     process::{Child, Command, Output},
     sync::atomic::{AtomicU32, Ordering},
@@ -78,6 +79,9 @@ impl Daemon {
             .arg(self.config_path())
             .stdout(log.try_clone().expect("log fd"))
             .stderr(log)
+            // Its own process group: a terminal's Ctrl-C goes to the test or
+            // demo, which then tears everything down in order.
+            .process_group(0)
             .spawn()
             .expect("spawn bg-lb run (needs nsenter from util-linux)");
         self.child = Some(child);
@@ -217,6 +221,7 @@ impl DemoBackend {
             .args(["--version", &self.version, "--role", role])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
+            .process_group(0)
             .spawn()
             .expect("spawn demo-backend");
         self.child = Some(child);
