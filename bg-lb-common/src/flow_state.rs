@@ -52,6 +52,35 @@ pub const fn advance(state: u32, tcp_flags: u8, dir: Direction) -> u32 {
     next
 }
 
+/// What a backend's reply tells about its connection, before the state
+/// absorbs it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BackendSignal {
+    None,
+    Handshake,
+    Refused,
+    Reset,
+}
+
+/// Classifies a backend -> client packet given the flow's state before it.
+#[inline(always)]
+pub const fn backend_signal(state: u32, tcp_flags: u8) -> BackendSignal {
+    let established = state & ESTABLISHED != 0;
+    if tcp_flags & TCP_RST != 0 {
+        if state & RESET != 0 {
+            BackendSignal::None // already counted
+        } else if established {
+            BackendSignal::Reset
+        } else {
+            BackendSignal::Refused
+        }
+    } else if !established && tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK {
+        BackendSignal::Handshake
+    } else {
+        BackendSignal::None
+    }
+}
+
 /// Ended flows only linger until housekeeping removes them, and a new SYN on
 /// the same 5-tuple is a new connection.
 #[inline(always)]
@@ -92,6 +121,27 @@ mod tests {
     fn rst_from_either_side_ends_the_flow() {
         assert!(has_ended(advance(initial(TCP_SYN), TCP_RST, FromClient)));
         assert!(has_ended(advance(initial(TCP_SYN), TCP_RST | TCP_ACK, FromBackend)));
+    }
+
+    #[test]
+    fn backend_replies_are_classified_once_per_flow() {
+        let syn = initial(TCP_SYN);
+        assert_eq!(backend_signal(syn, TCP_SYN | TCP_ACK), BackendSignal::Handshake);
+        let established = advance(syn, TCP_SYN | TCP_ACK, FromBackend);
+        assert_eq!(
+            backend_signal(established, TCP_SYN | TCP_ACK),
+            BackendSignal::None,
+            "a retransmitted SYN-ACK"
+        );
+        assert_eq!(backend_signal(syn, TCP_RST | TCP_ACK), BackendSignal::Refused);
+        assert_eq!(backend_signal(established, TCP_RST), BackendSignal::Reset);
+        assert_eq!(backend_signal(established, TCP_ACK), BackendSignal::None);
+        let reset = advance(established, TCP_RST, FromBackend);
+        assert_eq!(
+            backend_signal(reset, TCP_RST),
+            BackendSignal::None,
+            "a second RST is not a second reset"
+        );
     }
 
     #[test]

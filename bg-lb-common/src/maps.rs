@@ -150,7 +150,8 @@ pub struct DataplaneConfig {
 }
 
 /// Per-backend and per-service traffic counters. `in` is client -> backend,
-/// `out` is backend -> client.
+/// `out` is backend -> client. The last three are each connection's fate as
+/// the reply path sees it: what progressive shifts judge a pool by.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TrafficStats {
@@ -159,6 +160,27 @@ pub struct TrafficStats {
     pub packets_out: u64,
     pub bytes_out: u64,
     pub new_flows: u64,
+    /// The backend answered a new flow's SYN (SYN-ACK on the reply path).
+    pub handshakes: u64,
+    /// The backend refused a new flow (RST before its SYN-ACK).
+    pub refused: u64,
+    /// The backend reset an established flow.
+    pub resets: u64,
+}
+
+impl TrafficStats {
+    /// Field-wise sum: per-CPU values of one entry, or one backend's
+    /// counters across listeners.
+    pub fn add(&mut self, other: &TrafficStats) {
+        self.packets_in += other.packets_in;
+        self.bytes_in += other.bytes_in;
+        self.packets_out += other.packets_out;
+        self.bytes_out += other.bytes_out;
+        self.new_flows += other.new_flows;
+        self.handshakes += other.handshakes;
+        self.refused += other.refused;
+        self.resets += other.resets;
+    }
 }
 
 #[cfg(feature = "user")]
@@ -189,7 +211,7 @@ mod tests {
         assert_eq!(size_of::<Flow>(), 32);
         assert_eq!(size_of::<NatKey>(), 8);
         assert_eq!(size_of::<DataplaneConfig>(), 16);
-        assert_eq!(size_of::<TrafficStats>(), 40);
+        assert_eq!(size_of::<TrafficStats>(), 64);
     }
 
     #[test]

@@ -9,6 +9,7 @@ use aya_ebpf::{
 };
 use bg_lb_common::{
     counters::{COUNTER_COUNT, Counter},
+    flow_state::BackendSignal,
     maps::{
         Backend, DEFAULT_LOOKUP_CAPACITY, DEFAULT_MAX_FLOWS, DataplaneConfig, Flow, FlowKey, MAX_BACKENDS,
         MAX_INTERFACES, MAX_SERVICES, NatKey, Service, ServiceKey, TrafficStats,
@@ -77,6 +78,21 @@ fn add(stats: Option<*mut TrafficStats>, way: Way, bytes: u16, new_flow: bool) {
     }
     if new_flow {
         s.new_flows += 1;
+    }
+}
+
+/// Counts what a backend's reply says about its connection.
+#[inline(always)]
+pub fn account_signal(flow: &Flow, signal: BackendSignal) {
+    let Some(s) = BACKEND_STATS.get_ptr_mut(flow.backend_id) else {
+        return;
+    };
+    let s = unsafe { &mut *s };
+    match signal {
+        BackendSignal::Handshake => s.handshakes += 1,
+        BackendSignal::Refused => s.refused += 1,
+        BackendSignal::Reset => s.resets += 1,
+        BackendSignal::None => {}
     }
 }
 

@@ -54,7 +54,7 @@ pub fn to_backend(ctx: &XdpContext, pkt: &TcpPacket, service: &Service, cfg: &Da
         return XDP_DROP;
     };
     if backend.flags & BACKEND_RESET_FLOWS != 0 && !new_flow {
-        let _ = FLOWS.remove(&key);
+        let _ = FLOWS.remove(key);
         let _ = REVERSE_NAT.remove(nat_key(backend, flow.snat_port));
         count(Counter::FlowReset);
         return reply_rst(ctx, pkt);

@@ -9,7 +9,7 @@ use bg_lb_common::{
 
 use crate::{
     forward::forward,
-    maps::{FLOWS, REVERSE_NAT, Way, account, count},
+    maps::{FLOWS, REVERSE_NAT, Way, account, account_signal, count},
     nat::{Endpoints, rewrite},
     packet::TcpPacket,
 };
@@ -27,6 +27,7 @@ pub fn to_client(ctx: &XdpContext, pkt: &TcpPacket) -> u32 {
     };
     if let Some(entry) = FLOWS.get_ptr_mut(client) {
         let flow = unsafe { &mut *entry };
+        account_signal(flow, flow_state::backend_signal(flow.state, pkt.flags));
         flow.state = flow_state::advance(flow.state, pkt.flags, Direction::FromBackend);
         flow.last_seen_ns = unsafe { bpf_ktime_get_ns() };
         account(flow, Way::ToClient, pkt.ip_len, false);

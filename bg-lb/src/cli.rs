@@ -122,6 +122,46 @@ pub enum CtlCommand {
     },
     /// Re-read the daemon's config file.
     Reload,
+    /// Shift new connections to a pool in steps, holding each, and roll back
+    /// automatically if the pool's backends go down or refuse/reset more
+    /// than the allowed share of new connections. Runs inside the daemon;
+    /// this command follows it (Ctrl-C asks whether to roll back or hold).
+    Shift {
+        service: String,
+        /// The pool to shift new connections to.
+        #[arg(long, required_unless_present = "abort")]
+        to: Option<Pool>,
+        /// The target pool's share at each step, in percent.
+        #[arg(long, default_value = "10,25,50,100", value_parser = crate::shift::parse_steps)]
+        steps: std::vec::Vec<u8>,
+        /// How long each step is held (and judged) before the next.
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        interval: Duration,
+        /// Roll back if more than this share of new connections to the target
+        /// pool fail (refused or reset by the backend), e.g. 1% or 0.01.
+        #[arg(long, default_value = "1%", value_parser = crate::shift::parse_rate)]
+        max_error_rate: f64,
+        /// New connections the target pool needs in the window before its
+        /// error rate is judged.
+        #[arg(long, default_value_t = 20)]
+        min_flows: u64,
+        /// Stop the running shift and roll back to where it began.
+        #[arg(long, conflicts_with = "to")]
+        abort: bool,
+        /// Start the shift and return at once instead of following it.
+        #[arg(long)]
+        detach: bool,
+    },
+    /// Send all new connections to a pool at once, after checking its health.
+    Promote {
+        service: String,
+        pool: Pool,
+        #[arg(long)]
+        force: bool,
+    },
+    /// Go back to the ratio before the latest change (a running shift is
+    /// rolled back to where it began).
+    Rollback { service: String },
 }
 
 #[derive(Debug, Subcommand)]

@@ -7,15 +7,19 @@ use std::{
     os::unix::net::UnixStream,
     path::{Path, PathBuf},
     process::ExitCode,
+    sync::atomic::{AtomicBool, Ordering},
+    thread,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, bail};
 use indicatif::{ProgressBar, ProgressStyle};
+use nix::sys::signal::{SigHandler, Signal, signal};
 
 use crate::{
     cli::{BackendCommand, CtlArgs, CtlCommand, DrainTarget},
     protocol::{BackendAction, Reply, Request, ServiceStatus},
+    shift::{ShiftOutcome, ShiftRecord},
 };
 
 pub const EXIT_TIMEOUT: u8 = 3;
@@ -114,6 +118,42 @@ pub fn run(args: CtlArgs) -> anyhow::Result<ExitCode> {
         }
         CtlCommand::Flows { service, pool, limit } => Request::Flows { service, pool, limit },
         CtlCommand::Reload => Request::Reload,
+        CtlCommand::Shift {
+            service, abort: true, ..
+        } => Request::ShiftAbort {
+            service,
+            rollback: true,
+        },
+        CtlCommand::Shift {
+            service,
+            to,
+            steps,
+            interval,
+            max_error_rate,
+            min_flows,
+            detach,
+            ..
+        } => {
+            let to = to.context("--to POOL is required")?;
+            let request = Request::Shift {
+                service: service.clone(),
+                to,
+                steps,
+                interval_secs: interval.as_secs_f64(),
+                max_error_rate,
+                min_flows,
+            };
+            let reply = client.request(&request)?;
+            if !reply.ok || detach {
+                return Ok(print_reply(&reply, args.json));
+            }
+            if !args.json {
+                print_reply(&reply, false);
+            }
+            return follow_shift(&mut client, &service, args.json);
+        }
+        CtlCommand::Promote { service, pool, force } => Request::Promote { service, pool, force },
+        CtlCommand::Rollback { service } => Request::Rollback { service },
     };
     let reply = client.request(&request)?;
     Ok(print_reply(&reply, args.json))
@@ -164,6 +204,85 @@ fn print_human(reply: &Reply) {
     }
 }
 
+/// Follows a running shift until it completes, rolls back or is aborted.
+/// Ctrl-C asks whether to roll back or hold the current ratio.
+fn follow_shift(client: &mut Client, service: &str, json: bool) -> anyhow::Result<ExitCode> {
+    static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+    extern "C" fn on_sigint(_: i32) {
+        INTERRUPTED.store(true, Ordering::Relaxed);
+    }
+    // SAFETY: the handler only stores to an atomic.
+    unsafe { signal(Signal::SIGINT, SigHandler::Handler(on_sigint)) }?;
+    let mut shown = String::new();
+    loop {
+        if INTERRUPTED.swap(false, Ordering::Relaxed) {
+            let rollback = ask_rollback();
+            let reply = client.request(&Request::ShiftAbort {
+                service: service.to_owned(),
+                rollback,
+            })?;
+            print_reply(&reply, json);
+            return Ok(ExitCode::FAILURE);
+        }
+        let reply = client.request(&Request::Status {
+            service: Some(service.to_owned()),
+        })?;
+        let status = reply
+            .services
+            .as_ref()
+            .and_then(|s| s.first())
+            .context("no status for the service")?;
+        let record = status.shift.as_ref().context("the daemon shows no shift")?;
+        let line = shift_line(record, status.ratio);
+        if line != shown && !json {
+            println!("{line}");
+            shown = line;
+        }
+        match &record.outcome {
+            ShiftOutcome::Running => thread::sleep(POLL_INTERVAL),
+            ShiftOutcome::Completed => return Ok(finish_shift(json, status, ExitCode::SUCCESS)),
+            ShiftOutcome::RolledBack { reason } => {
+                eprintln!("error: rolled back to {}: {reason}", record.start_ratio);
+                return Ok(finish_shift(json, status, ExitCode::FAILURE));
+            }
+            ShiftOutcome::Aborted { .. } => return Ok(finish_shift(json, status, ExitCode::FAILURE)),
+        }
+    }
+}
+
+fn finish_shift(json: bool, status: &ServiceStatus, code: ExitCode) -> ExitCode {
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&status.shift).expect("shift serializes")
+        );
+    }
+    code
+}
+
+fn ask_rollback() -> bool {
+    eprint!("\nStop the shift: roll back to where it began (r) or hold the current ratio (h)? [R/h] ");
+    let mut answer = String::new();
+    // No answer (closed stdin) rolls back: the state before the shift is known good.
+    let _ = std::io::stdin().read_line(&mut answer);
+    !answer.trim().eq_ignore_ascii_case("h")
+}
+
+fn shift_line(record: &ShiftRecord, ratio: crate::ratio::Ratio) -> String {
+    let plan = &record.plan;
+    let [blue, green] = &record.rates;
+    let state = match &record.outcome {
+        ShiftOutcome::Running => format!("step {}/{}", record.step + 1, plan.steps.len()),
+        ShiftOutcome::Completed => "completed".into(),
+        ShiftOutcome::RolledBack { .. } => "ROLLED BACK".into(),
+        ShiftOutcome::Aborted { rolled_back } => format!("aborted{}", if *rolled_back { ", rolled back" } else { "" }),
+    };
+    format!(
+        "shift to {}: {state}, ratio {ratio} | blue: {blue} | green: {green}",
+        plan.to
+    )
+}
+
 fn print_service(s: &ServiceStatus) {
     let standby = s.standby_vip.map(|v| format!("  standby {v}")).unwrap_or_default();
     let effective = if s.effective_ratio == s.ratio {
@@ -172,6 +291,9 @@ fn print_service(s: &ServiceStatus) {
         format!(" (effective {})", s.effective_ratio)
     };
     println!("{}  vip {}{standby}  ratio {}{effective}", s.name, s.vip, s.ratio);
+    if let Some(record) = &s.shift {
+        println!("  {}", shift_line(record, s.ratio));
+    }
     println!(
         "  {:<6} {:<22} {:>6} {:>7} {:<10} {:>6} {:>10} {:>12} {:>12}",
         "POOL", "BACKEND", "WEIGHT", "ENABLED", "HEALTH", "OPEN", "NEW FLOWS", "BYTES IN", "BYTES OUT"
@@ -239,7 +361,7 @@ fn wait_drained(
             report(json, &label, false, started.elapsed(), open);
             return Ok(ExitCode::from(EXIT_TIMEOUT));
         }
-        std::thread::sleep(POLL_INTERVAL);
+        thread::sleep(POLL_INTERVAL);
     }
 }
 

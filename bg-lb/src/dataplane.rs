@@ -406,11 +406,8 @@ where
 }
 
 fn sum_stats(per_cpu: &[TrafficStats]) -> TrafficStats {
-    per_cpu.iter().fold(TrafficStats::default(), |a, s| TrafficStats {
-        packets_in: a.packets_in + s.packets_in,
-        bytes_in: a.bytes_in + s.bytes_in,
-        packets_out: a.packets_out + s.packets_out,
-        bytes_out: a.bytes_out + s.bytes_out,
-        new_flows: a.new_flows + s.new_flows,
+    per_cpu.iter().fold(TrafficStats::default(), |mut sum, s| {
+        sum.add(s);
+        sum
     })
 }

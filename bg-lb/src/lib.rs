@@ -14,6 +14,7 @@
 //! - [`config`]: the TOML config and its validation (file:line errors).
 //! - [`health`]: rise/fall health tracking and TCP/HTTP probes.
 //! - [`desired`]: what each listener's table should hold (config + operator + health).
+//! - [`shift`]: progressive shifts judged by data-plane signals (pure).
 //! - [`daemon`]: config + operator state + data plane, request handling.
 //! - [`server`]: the running daemon: admin socket, signals, timers.
 //! - [`demo_backend`]: the reference HTTP app with /live and /standby.
@@ -37,5 +38,6 @@ pub mod protocol;
 pub mod ratio;
 pub mod server;
 pub mod services;
+pub mod shift;
 pub mod state_file;
 pub mod table_regions;

@@ -11,7 +11,7 @@ use crate::ratio::{Pool, Ratio};
 /// Requests longer than this are refused without being parsed.
 pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum Request {
     /// Every service, or one.
@@ -50,6 +50,55 @@ pub enum Request {
     },
     /// Re-read the config file.
     Reload,
+    /// Start a progressive shift of new connections to `to`.
+    Shift {
+        service: String,
+        to: Pool,
+        #[serde(default = "default_steps")]
+        steps: Vec<u8>,
+        #[serde(default = "default_interval_secs")]
+        interval_secs: f64,
+        #[serde(default = "default_max_error_rate")]
+        max_error_rate: f64,
+        #[serde(default = "default_min_flows")]
+        min_flows: u64,
+    },
+    /// Stop a running shift, rolling back to where it began (default) or
+    /// holding the current ratio.
+    ShiftAbort {
+        service: String,
+        #[serde(default = "yes")]
+        rollback: bool,
+    },
+    /// All new connections to `pool` at once, after checking its health.
+    Promote {
+        service: String,
+        pool: Pool,
+        #[serde(default)]
+        force: bool,
+    },
+    /// Back to the ratio before the latest change.
+    Rollback { service: String },
+}
+
+fn default_steps() -> Vec<u8> {
+    crate::shift::DEFAULT_STEPS.to_vec()
+}
+
+fn default_interval_secs() -> f64 {
+    30.0
+}
+
+fn default_max_error_rate() -> f64 {
+    0.01
+}
+
+fn default_min_flows() -> u64 {
+    20
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn default_flow_limit() -> usize {
@@ -103,7 +152,7 @@ pub struct RatioChange {
     pub new: Ratio,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ServiceStatus {
     pub name: String,
     pub vip: SocketAddrV4,
@@ -115,6 +164,9 @@ pub struct ServiceStatus {
     /// to the other one.
     pub effective_ratio: Ratio,
     pub backends: Vec<BackendStatus>,
+    /// The latest progressive shift, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shift: Option<crate::shift::ShiftRecord>,
 }
 
 impl ServiceStatus {
@@ -204,6 +256,24 @@ mod tests {
                 limit: 10,
             },
             Request::Reload,
+            Request::Shift {
+                service: "web".into(),
+                to: Pool::Blue,
+                steps: vec![10, 100],
+                interval_secs: 5.0,
+                max_error_rate: 0.02,
+                min_flows: 10,
+            },
+            Request::ShiftAbort {
+                service: "web".into(),
+                rollback: false,
+            },
+            Request::Promote {
+                service: "web".into(),
+                pool: Pool::Green,
+                force: false,
+            },
+            Request::Rollback { service: "web".into() },
         ];
         for request in requests {
             let line = serde_json::to_string(&request).unwrap();
@@ -236,6 +306,28 @@ mod tests {
                 service: "web".into(),
                 pool: None,
                 limit: 100
+            }
+        );
+    }
+
+    #[test]
+    fn a_shift_request_takes_the_documented_defaults() {
+        assert_eq!(
+            parse_request(r#"{"cmd":"shift","service":"web","to":"blue"}"#).unwrap(),
+            Request::Shift {
+                service: "web".into(),
+                to: Pool::Blue,
+                steps: vec![10, 25, 50, 100],
+                interval_secs: 30.0,
+                max_error_rate: 0.01,
+                min_flows: 20,
+            }
+        );
+        assert_eq!(
+            parse_request(r#"{"cmd":"shift-abort","service":"web"}"#).unwrap(),
+            Request::ShiftAbort {
+                service: "web".into(),
+                rollback: true
             }
         );
     }

@@ -49,11 +49,7 @@ pub async fn run(config_path: PathBuf, detach_on_exit: bool) -> anyhow::Result<(
                 };
                 let _ = reply.send(response);
             }
-            _ = housekeeping.tick() => {
-                if let Err(e) = daemon.housekeeping() {
-                    tracing::error!(error = %e, "flow housekeeping failed");
-                }
-            }
+            _ = housekeeping.tick() => daemon.tick(),
             Some(report) = health.recv() => daemon.on_health(report),
             _ = hangup.recv() => match daemon.reload() {
                 Ok(message) => tracing::info!("{message}"),

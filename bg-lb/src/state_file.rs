@@ -17,12 +17,12 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::ratio::Ratio;
+use crate::{ratio::Ratio, shift::ShiftRecord};
 
 pub const STATE_FILE: &str = "state.json";
 const TEMP_FILE: &str = ".state.json.tmp";
 
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OperatorState {
     /// By service name.
@@ -30,7 +30,7 @@ pub struct OperatorState {
     pub services: BTreeMap<String, ServiceState>,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceState {
     /// Overrides the config's initial ratio once an operator set one.
@@ -41,6 +41,9 @@ pub struct ServiceState {
     pub previous_ratio: Option<Ratio>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub backends: BTreeMap<SocketAddrV4, BackendState>,
+    /// The latest progressive shift, running or finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shift: Option<ShiftRecord>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -7,7 +7,10 @@ use std::{
     fs,
     net::SocketAddrV4,
     path::{Path, PathBuf},
+    time::Duration,
 };
+
+mod shifts;
 
 use anyhow::{Context as _, bail};
 use bg_lb_common::maps::DataplaneConfig;
@@ -23,6 +26,7 @@ use crate::{
     protocol::{BackendAction, BackendStatus, FlowInfo, RatioChange, Reply, Request, ServiceStatus},
     ratio::{Pool, Ratio},
     services::{Services, backend_addr, backend_pool},
+    shift::ShiftPlan,
     state_file::{self, OperatorState},
 };
 
@@ -34,6 +38,7 @@ pub struct Daemon {
     health: Health,
     probes: Vec<JoinHandle<()>>,
     reports: mpsc::Sender<Report>,
+    shifts: HashMap<String, shifts::ActiveShift>,
 }
 
 impl Daemon {
@@ -71,9 +76,11 @@ impl Daemon {
             health: Health::new(),
             probes: Vec::new(),
             reports,
+            shifts: HashMap::new(),
         };
         daemon.apply_all()?;
         daemon.restart_probes();
+        daemon.resume_shifts();
         let cfg = daemon.dataplane_config();
         daemon.services.dataplane_mut().set_config(&cfg)?;
         Ok(daemon)
@@ -234,8 +241,39 @@ impl Daemon {
             } => self.change_backend(&service, address, action),
             Request::Flows { service, pool, limit } => self.flows(&service, pool, limit),
             Request::Reload => self.reload().map(Reply::done),
+            Request::Shift {
+                service,
+                to,
+                steps,
+                interval_secs,
+                max_error_rate,
+                min_flows,
+            } => match Duration::try_from_secs_f64(interval_secs) {
+                Ok(interval) => {
+                    let plan = ShiftPlan {
+                        to,
+                        steps,
+                        interval,
+                        max_error_rate,
+                        min_flows,
+                    };
+                    self.start_shift(&service, plan)
+                }
+                Err(_) => Err(format!("interval {interval_secs}s is not a duration")),
+            },
+            Request::ShiftAbort { service, rollback } => self.abort_shift(&service, rollback),
+            Request::Promote { service, pool, force } => self.promote(&service, pool, force),
+            Request::Rollback { service } => self.rollback(&service),
         };
         result.unwrap_or_else(Reply::error)
+    }
+
+    /// Once a second: flow housekeeping, then progressive shifts.
+    pub fn tick(&mut self) {
+        if let Err(e) = self.housekeeping() {
+            tracing::error!(error = %e, "flow housekeeping failed");
+        }
+        self.tick_shifts();
     }
 
     /// Sweeps the flow table: expires finished flows, frees drained ids.
@@ -294,6 +332,7 @@ impl Daemon {
             ratio: spec.ratio,
             effective_ratio: spec.ratio.effective(can_serve(Pool::Blue), can_serve(Pool::Green)),
             backends,
+            shift: operator.and_then(|s| s.shift.clone()),
         })
     }
 
@@ -315,12 +354,7 @@ impl Daemon {
             .collect();
         let mut stats = bg_lb_common::maps::TrafficStats::default();
         for &id in &ids {
-            let s = self.services.dataplane().backend_stats(id).map_err(|e| e.to_string())?;
-            stats.new_flows += s.new_flows;
-            stats.packets_in += s.packets_in;
-            stats.bytes_in += s.bytes_in;
-            stats.packets_out += s.packets_out;
-            stats.bytes_out += s.bytes_out;
+            stats.add(&self.services.dataplane().backend_stats(id).map_err(|e| e.to_string())?);
         }
         let view = |listener| {
             self.health.get(&CheckKey {
@@ -353,6 +387,11 @@ impl Daemon {
 
     fn set_ratio(&mut self, name: &str, ratio: Ratio, force: bool) -> Result<Reply, String> {
         let service = self.service(name)?.clone();
+        if self.shifts.contains_key(name) {
+            return Err(format!(
+                "a progressive shift of {name} is running; `ctl shift {name} --abort` stops it first"
+            ));
+        }
         let operator = self.operator.services.get(name);
         for pool in [Pool::Blue, Pool::Green] {
             if ratio.share(pool) > 0 && !desired::pool_enabled(&service, operator, pool) && !force {

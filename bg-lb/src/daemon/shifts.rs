@@ -1,0 +1,242 @@
+//! Progressive shifts run inside the daemon, so they survive the CLI
+//! disconnecting; the record is persisted with the operator state, and a
+//! restarted daemon resumes a running shift (see [`crate::shift`]).
+
+use std::time::{Duration, Instant};
+
+use super::Daemon;
+use crate::{
+    config::ServiceConfig,
+    desired,
+    health::{CheckKey, Listener},
+    protocol::{RatioChange, Reply},
+    ratio::{Pool, Ratio},
+    shift::{PoolCounters, ShiftOutcome, ShiftPlan, ShiftRecord, Verdict, Window, judge},
+};
+
+/// Live state of a running shift, beside its persisted record.
+pub struct ActiveShift {
+    step_started: Instant,
+    started: Instant,
+    window: Window,
+}
+
+impl ActiveShift {
+    fn new(plan: &ShiftPlan) -> Self {
+        // Judge over the last interval, but never less than 5 s of traffic.
+        let span = plan.interval.max(Duration::from_secs(5));
+        ActiveShift {
+            step_started: Instant::now(),
+            started: Instant::now(),
+            window: Window::new(span),
+        }
+    }
+}
+
+impl Daemon {
+    /// Resumes shifts a previous daemon left running.
+    pub(super) fn resume_shifts(&mut self) {
+        for (name, state) in &self.operator.services {
+            if let Some(record) = state.shift.as_ref().filter(|r| r.outcome == ShiftOutcome::Running) {
+                tracing::info!(service = %name, step = record.step, "resuming the progressive shift");
+                self.shifts.insert(name.clone(), ActiveShift::new(&record.plan));
+            }
+        }
+    }
+
+    pub(super) fn start_shift(&mut self, name: &str, plan: ShiftPlan) -> Result<Reply, String> {
+        let service = self.service(name)?.clone();
+        if self.shifts.contains_key(name) {
+            return Err(format!(
+                "a shift of {name} is already running; `ctl shift {name} --abort` stops it"
+            ));
+        }
+        let operator = self.operator.services.get(name);
+        let start_ratio = desired::ratio(&service, operator);
+        let plan = plan.starting_from(start_ratio)?;
+        if !desired::pool_enabled(&service, operator, plan.to) {
+            return Err(format!("{} has no enabled backend with weight > 0", plan.to));
+        }
+        if let Some(down) = self.down_backend(&service, plan.to) {
+            return Err(format!("not starting: {} backend {down}", plan.to));
+        }
+        let first = plan.ratio_at(plan.steps[0]);
+        let record = ShiftRecord {
+            plan,
+            start_ratio,
+            step: 0,
+            outcome: ShiftOutcome::Running,
+            rates: Default::default(),
+        };
+        self.shifts.insert(name.to_owned(), ActiveShift::new(&record.plan));
+        let started = self.set_shift_ratio(&service, first, record);
+        if started.is_err() {
+            self.shifts.remove(name);
+        }
+        started?;
+        tracing::info!(service = name, from = %start_ratio, to = %first, "progressive shift started");
+        Ok(Reply {
+            ok: true,
+            ratio: Some(RatioChange {
+                old: start_ratio,
+                new: first,
+            }),
+            ..Default::default()
+        })
+    }
+
+    /// Stops a running shift, back where it began or holding where it is.
+    pub(super) fn abort_shift(&mut self, name: &str, rollback: bool) -> Result<Reply, String> {
+        let service = self.service(name)?.clone();
+        if self.shifts.remove(name).is_none() {
+            return Err(format!("no shift of {name} is running"));
+        }
+        let mut record = self.shift_record(name).ok_or("the running shift has no record")?;
+        let current = desired::ratio(&service, self.operator.services.get(name));
+        record.outcome = ShiftOutcome::Aborted { rolled_back: rollback };
+        let ratio = if rollback { record.start_ratio } else { current };
+        self.set_shift_ratio(&service, ratio, record)?;
+        tracing::warn!(service = name, %ratio, rollback, "progressive shift aborted");
+        Ok(Reply {
+            ok: true,
+            ratio: Some(RatioChange {
+                old: current,
+                new: ratio,
+            }),
+            ..Default::default()
+        })
+    }
+
+    /// All new connections to `pool` at once, if its backends are healthy.
+    pub(super) fn promote(&mut self, name: &str, pool: Pool, force: bool) -> Result<Reply, String> {
+        let service = self.service(name)?.clone();
+        if self.shifts.contains_key(name) {
+            return Err(format!("a shift of {name} is running; abort it first"));
+        }
+        if let Some(down) = self.down_backend(&service, pool).filter(|_| !force) {
+            return Err(format!(
+                "not promoting {pool}: backend {down} (use --force to promote anyway)"
+            ));
+        }
+        self.set_ratio(name, Ratio::all_to(pool), force)
+    }
+
+    /// Back to the ratio before the latest change (a running shift is
+    /// aborted back to where it began).
+    pub(super) fn rollback(&mut self, name: &str) -> Result<Reply, String> {
+        if self.shifts.contains_key(name) {
+            return self.abort_shift(name, true);
+        }
+        let previous = self
+            .operator
+            .services
+            .get(name)
+            .and_then(|s| s.previous_ratio)
+            .ok_or_else(|| format!("{name} has no earlier ratio to go back to"))?;
+        self.set_ratio(name, previous, true)
+    }
+
+    /// Judges every running shift; called once a second.
+    pub(super) fn tick_shifts(&mut self) {
+        let names: Vec<String> = self.shifts.keys().cloned().collect();
+        for name in names {
+            if let Err(e) = self.tick_shift(&name) {
+                tracing::error!(service = %name, error = %e, "progressive shift step failed");
+            }
+        }
+    }
+
+    fn tick_shift(&mut self, name: &str) -> Result<(), String> {
+        let service = self.service(name)?.clone();
+        let mut record = self.shift_record(name).ok_or("the running shift has no record")?;
+        let counters = self.pool_counters(&service)?;
+        let down = self.down_backend(&service, record.plan.to);
+        let active = self.shifts.get_mut(name).ok_or("no running shift")?;
+        active.window.push(active.started.elapsed(), counters);
+        record.rates = active.window.rates();
+        let verdict = judge(
+            &record.plan,
+            record.step,
+            active.step_started.elapsed(),
+            record.rates,
+            down,
+        );
+        match verdict {
+            Verdict::Hold => {
+                // Fresh numbers for `status`, persisted at the next transition.
+                self.operator.services.entry(name.to_owned()).or_default().shift = Some(record);
+                Ok(())
+            }
+            Verdict::Advance => {
+                record.step += 1;
+                active.step_started = Instant::now();
+                let ratio = record.plan.ratio_at(record.plan.steps[record.step]);
+                tracing::info!(service = name, step = record.step + 1, %ratio, "progressive shift: next step");
+                self.set_shift_ratio(&service, ratio, record)
+            }
+            Verdict::Complete => {
+                self.shifts.remove(name);
+                record.outcome = ShiftOutcome::Completed;
+                let ratio = record.plan.ratio_at(record.plan.steps[record.step]);
+                tracing::info!(service = name, %ratio, "progressive shift completed");
+                self.set_shift_ratio(&service, ratio, record)
+            }
+            Verdict::RollBack(reason) => {
+                self.shifts.remove(name);
+                let ratio = record.start_ratio;
+                tracing::error!(service = name, %reason, back_to = %ratio, "progressive shift ROLLED BACK");
+                record.outcome = ShiftOutcome::RolledBack { reason };
+                self.set_shift_ratio(&service, ratio, record)
+            }
+        }
+    }
+
+    fn shift_record(&self, name: &str) -> Option<ShiftRecord> {
+        self.operator.services.get(name)?.shift.clone()
+    }
+
+    /// Sets the ratio and the shift record in one persisted change.
+    fn set_shift_ratio(&mut self, service: &ServiceConfig, ratio: Ratio, record: ShiftRecord) -> Result<(), String> {
+        self.update_operator(service, |state| {
+            if state.ratio != Some(ratio) {
+                state.previous_ratio = state.ratio.or(Some(service.ratio));
+            }
+            state.ratio = Some(ratio);
+            state.shift = Some(record);
+        })
+    }
+
+    /// A backend of `pool` that operators keep in rotation but that fails its
+    /// live check, with the reason.
+    fn down_backend(&self, service: &ServiceConfig, pool: Pool) -> Option<String> {
+        let operator = self.operator.services.get(&service.name);
+        service.backends.iter().filter(|b| b.pool == pool).find_map(|b| {
+            let key = CheckKey {
+                service: service.name.clone(),
+                backend: b.address,
+                listener: Listener::Live,
+            };
+            let view = self.health.get(&key).filter(|v| !v.up)?;
+            (desired::operator_weight(service, operator, b.address) > 0).then(|| match &view.last {
+                Err(reason) => format!("{} down ({reason})", b.address),
+                Ok(()) => format!("{} down", b.address),
+            })
+        })
+    }
+
+    /// Both pools' cumulative counters on the live VIP (blue, green).
+    fn pool_counters(&self, service: &ServiceConfig) -> Result<[PoolCounters; 2], String> {
+        let mut pools = [PoolCounters::default(); 2];
+        for b in &service.backends {
+            let Some(id) = self.services.backend_id(&service.vip, &b.address) else {
+                continue;
+            };
+            let stats = self.services.dataplane().backend_stats(id).map_err(|e| e.to_string())?;
+            let pool = &mut pools[b.pool.index()];
+            pool.new_flows += stats.new_flows;
+            pool.refused += stats.refused;
+            pool.resets += stats.resets;
+        }
+        Ok(pools)
+    }
+}

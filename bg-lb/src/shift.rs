@@ -1,0 +1,398 @@
+//! Progressive traffic shifts with automatic rollback, decided from what the
+//! data plane sees: per pool, over a sliding window, the share of new flows
+//! the backends refused or reset.
+//!
+//! A shift moves the target pool's share through `steps`, holding each for
+//! `interval`. Before each step and while holding, the target pool is
+//! judged: any of its backends down, or an error rate above the threshold
+//! (and above the other pool's over the same window, with at least
+//! `min_flows` new flows so a quiet service cannot trip it), rolls the ratio
+//! back to where the shift began, in one atomic swap.
+
+use std::{collections::VecDeque, fmt, time::Duration};
+
+use serde::{Deserialize, Serialize};
+
+use crate::ratio::{Pool, Ratio};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ShiftPlan {
+    pub to: Pool,
+    /// Target pool shares in percent, increasing.
+    pub steps: Vec<u8>,
+    #[serde(with = "humantime_serde_secs")]
+    pub interval: Duration,
+    /// Fraction of new flows (0..1) that may fail.
+    pub max_error_rate: f64,
+    pub min_flows: u64,
+}
+
+/// Durations persist as whole seconds (plus fraction) in the state file.
+mod humantime_serde_secs {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_f64(d.as_secs_f64())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let secs = f64::deserialize(d)?;
+        Duration::try_from_secs_f64(secs).map_err(serde::de::Error::custom)
+    }
+}
+
+pub const DEFAULT_STEPS: [u8; 4] = [10, 25, 50, 100];
+
+impl ShiftPlan {
+    /// The ratio that gives the target pool `share` percent.
+    pub fn ratio_at(&self, share: u8) -> Ratio {
+        let blue = if self.to == Pool::Blue { share } else { 100 - share };
+        Ratio::new(u32::from(blue)).expect("shares are validated to 0..=100")
+    }
+
+    /// Checks the plan and drops the steps the target already has.
+    pub fn starting_from(mut self, current: Ratio) -> Result<Self, String> {
+        if self.steps.is_empty() {
+            return Err("a shift needs at least one step".into());
+        }
+        if self.steps.windows(2).any(|w| w[0] >= w[1]) || self.steps.iter().any(|&s| s == 0 || s > 100) {
+            return Err(format!("steps {:?} must increase, each 1..=100", self.steps));
+        }
+        if !(0.0..=1.0).contains(&self.max_error_rate) {
+            return Err(format!(
+                "max error rate {} must be between 0% and 100%",
+                self.max_error_rate
+            ));
+        }
+        if self.interval.is_zero() {
+            return Err("the interval must be positive".into());
+        }
+        let have = current.share(self.to);
+        self.steps.retain(|&s| s > have);
+        if self.steps.is_empty() {
+            return Err(format!(
+                "{} already has {have}% (ratio {current}): nothing to shift",
+                self.to
+            ));
+        }
+        Ok(self)
+    }
+}
+
+/// A shift as persisted in the state file and shown by `status`: a daemon
+/// restart resumes a running shift, holding its current step a full interval
+/// again with a fresh window.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ShiftRecord {
+    pub plan: ShiftPlan,
+    /// Where a rollback returns to.
+    pub start_ratio: Ratio,
+    /// Index into `plan.steps` of the step in effect.
+    pub step: usize,
+    pub outcome: ShiftOutcome,
+    /// Both pools' record over the latest window (blue, green).
+    #[serde(default)]
+    pub rates: [PoolRates; 2],
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "kebab-case")]
+pub enum ShiftOutcome {
+    Running,
+    Completed,
+    RolledBack { reason: String },
+    Aborted { rolled_back: bool },
+}
+
+/// One pool's cumulative connection counters (summed over its backends).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PoolCounters {
+    pub new_flows: u64,
+    pub refused: u64,
+    pub resets: u64,
+}
+
+/// A pool's record over a window.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct PoolRates {
+    pub new_flows: u64,
+    pub failures: u64,
+}
+
+impl PoolRates {
+    pub fn error_rate(&self) -> f64 {
+        if self.new_flows == 0 {
+            0.0
+        } else {
+            self.failures as f64 / self.new_flows as f64
+        }
+    }
+}
+
+impl fmt::Display for PoolRates {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} new flows, {} failed ({:.1}%)",
+            self.new_flows,
+            self.failures,
+            self.error_rate() * 100.0
+        )
+    }
+}
+
+/// Samples of both pools' counters, one per tick, over the last `span`.
+#[derive(Debug)]
+pub struct Window {
+    span: Duration,
+    samples: VecDeque<(Duration, [PoolCounters; 2])>,
+}
+
+impl Window {
+    pub fn new(span: Duration) -> Self {
+        Self {
+            span,
+            samples: VecDeque::new(),
+        }
+    }
+
+    /// Adds a sample taken at `at` (any monotonic clock) and forgets the ones
+    /// older than the span.
+    pub fn push(&mut self, at: Duration, counters: [PoolCounters; 2]) {
+        self.samples.push_back((at, counters));
+        while self
+            .samples
+            .front()
+            .is_some_and(|(t, _)| at.saturating_sub(*t) > self.span)
+        {
+            self.samples.pop_front();
+        }
+    }
+
+    /// Each pool's new flows and failures between the oldest and newest
+    /// samples.
+    pub fn rates(&self) -> [PoolRates; 2] {
+        let (Some((_, first)), Some((_, last))) = (self.samples.front(), self.samples.back()) else {
+            return Default::default();
+        };
+        [0, 1].map(|i| PoolRates {
+            new_flows: last[i].new_flows.saturating_sub(first[i].new_flows),
+            failures: (last[i].refused + last[i].resets).saturating_sub(first[i].refused + first[i].resets),
+        })
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Verdict {
+    Hold,
+    /// Move to the next step.
+    Advance,
+    /// The last step was held for its interval.
+    Complete,
+    RollBack(String),
+}
+
+/// Judges the target pool at one tick.
+pub fn judge(
+    plan: &ShiftPlan,
+    step: usize,
+    held_for: Duration,
+    rates: [PoolRates; 2],
+    down_backend: Option<String>,
+) -> Verdict {
+    if let Some(down) = down_backend {
+        return Verdict::RollBack(format!("{} backend {down}", plan.to));
+    }
+    let (target, other) = (rates[plan.to.index()], rates[plan.to.other().index()]);
+    if target.new_flows >= plan.min_flows
+        && target.error_rate() > plan.max_error_rate
+        && target.error_rate() > other.error_rate()
+    {
+        return Verdict::RollBack(format!(
+            "{} error rate {:.1}% over the max {:.1}% ({}; {}: {})",
+            plan.to,
+            target.error_rate() * 100.0,
+            plan.max_error_rate * 100.0,
+            target,
+            plan.to.other(),
+            other
+        ));
+    }
+    match (held_for >= plan.interval, step + 1 < plan.steps.len()) {
+        (false, _) => Verdict::Hold,
+        (true, true) => Verdict::Advance,
+        (true, false) => Verdict::Complete,
+    }
+}
+
+/// Parses "1%", "0.5%" or a fraction "0.01".
+pub fn parse_rate(text: &str) -> Result<f64, String> {
+    let bad = || format!("{text:?} is not a rate like 1% or 0.01");
+    let value = match text.strip_suffix('%') {
+        Some(percent) => percent.trim().parse::<f64>().map_err(|_| bad())? / 100.0,
+        None => text.trim().parse::<f64>().map_err(|_| bad())?,
+    };
+    if (0.0..=1.0).contains(&value) {
+        Ok(value)
+    } else {
+        Err(bad())
+    }
+}
+
+/// Parses "10,25,50,100".
+pub fn parse_steps(text: &str) -> Result<Vec<u8>, String> {
+    text.split(',')
+        .map(|s| {
+            s.trim()
+                .parse::<u8>()
+                .map_err(|_| format!("step {s:?} is not a percentage"))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan() -> ShiftPlan {
+        ShiftPlan {
+            to: Pool::Blue,
+            steps: vec![10, 25, 50, 100],
+            interval: Duration::from_secs(30),
+            max_error_rate: 0.01,
+            min_flows: 20,
+        }
+    }
+
+    fn rates(blue: (u64, u64), green: (u64, u64)) -> [PoolRates; 2] {
+        [
+            PoolRates {
+                new_flows: blue.0,
+                failures: blue.1,
+            },
+            PoolRates {
+                new_flows: green.0,
+                failures: green.1,
+            },
+        ]
+    }
+
+    const SECS: fn(u64) -> Duration = Duration::from_secs;
+
+    #[test]
+    fn holds_each_step_for_the_interval_then_advances_and_completes() {
+        let clean = rates((100, 0), (100, 0));
+        assert_eq!(judge(&plan(), 0, SECS(29), clean, None), Verdict::Hold);
+        assert_eq!(judge(&plan(), 0, SECS(30), clean, None), Verdict::Advance);
+        assert_eq!(judge(&plan(), 3, SECS(30), clean, None), Verdict::Complete);
+    }
+
+    #[test]
+    fn a_down_backend_in_the_target_pool_rolls_back() {
+        let verdict = judge(
+            &plan(),
+            1,
+            SECS(1),
+            rates((0, 0), (0, 0)),
+            Some("10.0.1.11:8080 down (HTTP 500)".into()),
+        );
+        assert_eq!(
+            verdict,
+            Verdict::RollBack("blue backend 10.0.1.11:8080 down (HTTP 500)".into())
+        );
+    }
+
+    #[test]
+    fn an_error_rate_over_the_max_and_over_the_other_pool_rolls_back() {
+        let Verdict::RollBack(why) = judge(&plan(), 1, SECS(5), rates((200, 25), (800, 0)), None) else {
+            panic!("should roll back")
+        };
+        assert!(why.contains("blue error rate 12.5% over the max 1.0%"), "{why}");
+        assert!(why.contains("200 new flows, 25 failed"), "{why}");
+    }
+
+    #[test]
+    fn errors_everywhere_do_not_blame_the_target_pool() {
+        // Both pools fail alike (a client or network problem): hold.
+        assert_eq!(
+            judge(&plan(), 1, SECS(5), rates((100, 5), (100, 8)), None),
+            Verdict::Hold
+        );
+    }
+
+    #[test]
+    fn a_quiet_service_cannot_trip_the_threshold() {
+        assert_eq!(judge(&plan(), 1, SECS(5), rates((10, 5), (10, 0)), None), Verdict::Hold);
+    }
+
+    #[test]
+    fn the_window_counts_only_its_span() {
+        let c = |n, f| PoolCounters {
+            new_flows: n,
+            refused: f,
+            resets: 0,
+        };
+        let mut w = Window::new(SECS(10));
+        w.push(SECS(0), [c(0, 0), c(0, 0)]);
+        w.push(SECS(5), [c(50, 10), c(50, 0)]);
+        w.push(SECS(12), [c(120, 10), c(90, 0)]);
+        assert_eq!(
+            w.rates()[0],
+            PoolRates {
+                new_flows: 70,
+                failures: 0
+            },
+            "the sample at 0s left the window"
+        );
+        assert_eq!(w.rates()[1].new_flows, 40);
+    }
+
+    #[test]
+    fn steps_the_target_already_has_are_skipped() {
+        let p = plan().starting_from(Ratio::new(25).unwrap()).unwrap();
+        assert_eq!(p.steps, [50, 100]);
+        assert_eq!(p.ratio_at(50).to_string(), "50:50");
+        let green = ShiftPlan {
+            to: Pool::Green,
+            ..plan()
+        }
+        .starting_from(Ratio::new(100).unwrap())
+        .unwrap();
+        assert_eq!(green.ratio_at(10).to_string(), "90:10");
+    }
+
+    #[test]
+    fn bad_plans_are_refused_with_a_reason() {
+        assert!(
+            plan()
+                .starting_from(Ratio::new(100).unwrap())
+                .unwrap_err()
+                .contains("nothing to shift")
+        );
+        let p = ShiftPlan {
+            steps: vec![50, 25],
+            ..plan()
+        };
+        assert!(
+            p.starting_from(Ratio::new(0).unwrap())
+                .unwrap_err()
+                .contains("must increase")
+        );
+        let p = ShiftPlan {
+            max_error_rate: 2.0,
+            ..plan()
+        };
+        assert!(p.starting_from(Ratio::new(0).unwrap()).is_err());
+    }
+
+    #[test]
+    fn rates_and_steps_parse_as_typed() {
+        assert_eq!(parse_rate("1%"), Ok(0.01));
+        assert_eq!(parse_rate("0.5"), Ok(0.5));
+        assert!(parse_rate("150%").is_err() && parse_rate("x").is_err());
+        assert_eq!(parse_steps("10, 25,100"), Ok(vec![10, 25, 100]));
+        assert!(parse_steps("10,abc").is_err());
+    }
+}
