@@ -188,6 +188,8 @@ pub struct DemoBackend {
     pub addr: std::net::SocketAddrV4,
     pub name: String,
     pub version: String,
+    /// Extra `demo-backend` flags, e.g. `--fail-percent 50`.
+    extra: Vec<String>,
     child: Option<Child>,
 }
 
@@ -201,6 +203,7 @@ impl DemoBackend {
             addr,
             name: name.into(),
             version: version.into(),
+            extra: Vec::new(),
             child: None,
         };
         backend.spawn(ns, "live");
@@ -219,6 +222,7 @@ impl DemoBackend {
                 &self.name,
             ])
             .args(["--version", &self.version, "--role", role])
+            .args(&self.extra)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .process_group(0)
@@ -258,8 +262,15 @@ impl DemoBackend {
     /// A deploy: stop gracefully, start `version` in `role` (a new build
     /// comes up in standby to be checked before it takes live traffic).
     pub fn redeploy(&mut self, ns: &NetNs, version: &str, role: &str) {
+        self.redeploy_with(ns, version, role, &[]);
+    }
+
+    /// Like [`DemoBackend::redeploy`], with extra `demo-backend` flags (a
+    /// faulty build: `--fail-percent N`).
+    pub fn redeploy_with(&mut self, ns: &NetNs, version: &str, role: &str, extra: &[&str]) {
         self.stop();
         self.version = version.into();
+        self.extra = extra.iter().map(|s| s.to_string()).collect();
         self.spawn(ns, role);
     }
 }

@@ -23,6 +23,8 @@ pub const SERVICE: &str = "web";
 #[derive(Clone, Debug)]
 pub struct LabOptions {
     pub ratio: &'static str,
+    /// Health check type: "http" (/live and /standby) or "tcp".
+    pub check: &'static str,
     pub interval: Duration,
     pub fast_interval: Duration,
     pub timeout: Duration,
@@ -35,6 +37,7 @@ impl Default for LabOptions {
     fn default() -> Self {
         LabOptions {
             ratio: "50:50",
+            check: "http",
             interval: Duration::from_millis(300),
             fast_interval: Duration::from_millis(100),
             timeout: Duration::from_millis(200),
@@ -157,10 +160,11 @@ fn config(vip: Ipv4Addr, backends: &[Ipv4Addr], o: &LabOptions, paths: &str) -> 
     let mut toml = format!(
         "interface = \"eth0\"\nxdp_mode = \"native\"\nsnat_address = \"{LB_ADDR}\"\nmax_flows = {}\n\
          lookup_capacity = 524296\n{paths}\n[[service]]\nname = \"{SERVICE}\"\nvip = \"{vip}:80\"\n\
-         standby_vip = \"{vip}:{BACKEND_PORT}\"\nratio = \"{}\"\n\n[service.health]\ntype = \"http\"\n\
+         standby_vip = \"{vip}:{BACKEND_PORT}\"\nratio = \"{}\"\n\n[service.health]\ntype = \"{}\"\n\
          interval = \"{}ms\"\nfast_interval = \"{}ms\"\ntimeout = \"{}ms\"\nrise = {}\nfall = {}\n",
         o.max_flows,
         o.ratio,
+        o.check,
         ms(o.interval),
         ms(o.fast_interval),
         ms(o.timeout),

@@ -349,6 +349,40 @@ fn syn_after_the_flow_ended_picks_again_and_frees_the_old_snat_port() {
 }
 
 #[test]
+fn backend_replies_count_handshakes_refusals_and_resets() {
+    in_lb(100, |lb| {
+        let reply = |to_backend: &bg_lb_tests::packets::TcpView, flags| {
+            tcp_frame(
+                mac_of(*to_backend.dst.ip()),
+                LB_MAC,
+                to_backend.dst,
+                to_backend.src,
+                flags,
+                b"",
+            )
+        };
+        let accepted = parse_checked(&lb.send_from_client(client(40020), SYN).1);
+        lb.run(&reply(&accepted, SYN_ACK));
+        lb.run(&reply(&accepted, SYN_ACK)); // a retransmission is not a second handshake
+        lb.run(&reply(&accepted, RST));
+        let refused = parse_checked(&lb.send_from_client(client(40021), SYN).1);
+        lb.run(&reply(&refused, RST | ACK));
+        let stats = |backend: SocketAddrV4| {
+            let id = lb.services.backend_id(&VIP, &backend).unwrap();
+            lb.services.dataplane().backend_stats(id).unwrap()
+        };
+        let mut total = bg_lb_common::maps::TrafficStats::default();
+        for b in BLUE {
+            total.add(&stats(b));
+        }
+        assert_eq!(
+            (total.new_flows, total.handshakes, total.resets, total.refused),
+            (2, 1, 1, 1)
+        );
+    });
+}
+
+#[test]
 fn fin_from_both_sides_ends_the_flow() {
     in_lb(50, |lb| {
         let c = client(40005);
