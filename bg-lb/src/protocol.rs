@@ -202,6 +202,12 @@ pub struct BackendStatus {
     pub bytes_in: u64,
     pub packets_out: u64,
     pub bytes_out: u64,
+    /// The backend's SYN-ACKs seen on the reply path.
+    pub handshakes: u64,
+    /// New connections it refused (RST before its SYN-ACK).
+    pub refused: u64,
+    /// Established connections it reset.
+    pub resets: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

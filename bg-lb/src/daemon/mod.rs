@@ -382,6 +382,9 @@ impl Daemon {
             bytes_in: stats.bytes_in,
             packets_out: stats.packets_out,
             bytes_out: stats.bytes_out,
+            handshakes: stats.handshakes,
+            refused: stats.refused,
+            resets: stats.resets,
         })
     }
 
