@@ -114,6 +114,16 @@ pub fn run(args: CtlArgs) -> anyhow::Result<ExitCode> {
         }
         CtlCommand::Flows { service, pool, limit } => Request::Flows { service, pool, limit },
         CtlCommand::Reload => Request::Reload,
+        CtlCommand::Top {
+            service,
+            interval,
+            iterations,
+        } => {
+            if args.json {
+                bail!("top has no --json; use `status --json` for machine-readable output");
+            }
+            return crate::top::run(&mut client, service, interval, iterations);
+        }
     };
     let reply = client.request(&request)?;
     Ok(print_reply(&reply, args.json))

@@ -16,8 +16,11 @@
 //! - [`desired`]: what each listener's table should hold (config + operator + health).
 //! - [`daemon`]: config + operator state + data plane, request handling.
 //! - [`server`]: the running daemon: admin socket, signals, timers.
+//! - [`metrics`]: the exported Prometheus metrics, their snapshot and encoding.
+//! - [`metrics_server`]: the optional HTTP listener serving `/metrics`.
 //! - [`demo_backend`]: the reference HTTP app with /live and /standby.
 //! - [`cli`], [`ctl`], [`entry`]: command line, the admin client, and `main`.
+//! - [`top`]: `ctl top`, the live view for watching a release.
 //! - [`logging`]: tracing setup, with aya-log bridged in.
 pub mod cli;
 pub mod config;
@@ -32,6 +35,8 @@ pub mod health;
 pub mod housekeeping;
 pub mod logging;
 pub mod lookup_table;
+pub mod metrics;
+pub mod metrics_server;
 pub mod pins;
 pub mod protocol;
 pub mod ratio;
@@ -39,3 +44,4 @@ pub mod server;
 pub mod services;
 pub mod state_file;
 pub mod table_regions;
+pub mod top;

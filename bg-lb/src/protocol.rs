@@ -52,6 +52,23 @@ pub enum Request {
     Reload,
 }
 
+impl Request {
+    /// Every request's `cmd` tag, for per-command metrics.
+    pub const COMMANDS: [&'static str; 6] = ["status", "ratio", "drain", "backend", "flows", "reload"];
+
+    /// The `cmd` tag this request has on the wire.
+    pub fn cmd(&self) -> &'static str {
+        match self {
+            Request::Status { .. } => "status",
+            Request::Ratio { .. } => "ratio",
+            Request::Drain { .. } => "drain",
+            Request::Backend { .. } => "backend",
+            Request::Flows { .. } => "flows",
+            Request::Reload => "reload",
+        }
+    }
+}
+
 fn default_flow_limit() -> usize {
     100
 }
@@ -208,6 +225,9 @@ mod tests {
         for request in requests {
             let line = serde_json::to_string(&request).unwrap();
             assert_eq!(parse_request(&line).unwrap(), request, "{line}");
+            let json: serde_json::Value = serde_json::from_str(&line).unwrap();
+            assert_eq!(json["cmd"], request.cmd(), "cmd() is the wire tag");
+            assert!(Request::COMMANDS.contains(&request.cmd()));
         }
     }
 
