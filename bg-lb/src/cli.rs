@@ -162,6 +162,17 @@ pub enum CtlCommand {
     /// Go back to the ratio before the latest change (a running shift is
     /// rolled back to where it began).
     Rollback { service: String },
+    /// Live view for watching a release: ratio, per-pool and per-backend
+    /// open flows, new flows/s and bytes/s, health. `q` or Ctrl-C quits.
+    Top {
+        service: Option<String>,
+        /// Time between refreshes (e.g. 1s, 500ms).
+        #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+        interval: Duration,
+        /// Stop after this many refreshes.
+        #[arg(short = 'n', long)]
+        iterations: Option<u64>,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -9,6 +9,7 @@
 //! lookup_capacity = 2097184         # slots for all lookup tables (2 per service)
 //! pin_dir = "/sys/fs/bpf/bg-lb"
 //! state_dir = "/var/lib/bg-lb"
+//! metrics = "127.0.0.1:9750"        # Prometheus /metrics listener; off when absent
 //!
 //! [admin]
 //! socket = "/run/bg-lb/admin.sock"
@@ -112,6 +113,8 @@ pub struct Config {
     pub pin_dir: PathBuf,
     pub state_dir: PathBuf,
     pub admin: AdminConfig,
+    /// Where to serve Prometheus metrics (`GET /metrics`); `None` serves none.
+    pub metrics: Option<SocketAddrV4>,
     pub timeouts: Timeouts,
     pub services: Vec<ServiceConfig>,
 }
@@ -445,6 +448,7 @@ struct RawConfig {
     pin_dir: Option<Spanned<String>>,
     state_dir: Option<Spanned<String>>,
     admin: Option<RawAdmin>,
+    metrics: Option<Spanned<String>>,
     timeouts: Option<RawTimeouts>,
     #[serde(default)]
     service: Vec<RawService>,
@@ -520,6 +524,7 @@ fn validate(raw: RawConfig, text: &str) -> Result<Config, Invalid> {
     let pin_dir = absolute_path(raw.pin_dir.as_ref(), "pin_dir", DEFAULT_PIN_DIR)?;
     let state_dir = absolute_path(raw.state_dir.as_ref(), "state_dir", DEFAULT_STATE_DIR)?;
     let admin = raw.admin.as_ref().map_or(Ok(AdminConfig::default()), admin)?;
+    let metrics = raw.metrics.as_ref().map(metrics_listen).transpose()?;
     let timeouts = raw.timeouts.as_ref().map_or(Ok(Timeouts::default()), timeouts)?;
     let services = services(&raw.service, snat_address, &raw.snat_address, text)?;
     check_lookup_capacity(lookup_capacity, raw.lookup_capacity.as_ref(), &raw.service, &services)?;
@@ -533,6 +538,7 @@ fn validate(raw: RawConfig, text: &str) -> Result<Config, Invalid> {
         pin_dir,
         state_dir,
         admin,
+        metrics,
         timeouts,
         services,
     })
@@ -668,6 +674,18 @@ fn admin(raw: &RawAdmin) -> Result<AdminConfig, Invalid> {
         None => None,
     };
     Ok(AdminConfig { socket, group })
+}
+
+/// An IPv4 `ADDRESS:PORT` to listen on: 0.0.0.0 (every address) is allowed, port 0 is not (Prometheus needs a
+/// known port).
+fn metrics_listen(value: &Spanned<String>) -> Result<SocketAddrV4, Invalid> {
+    let text = value.get_ref();
+    let fail = |reason: String| Invalid::new(value.span(), format!("metrics {text:?}: {reason}"));
+    let address = parse_socket_addr(text).map_err(fail)?;
+    if address.port() == 0 {
+        return Err(fail("port 0 is not allowed".into()));
+    }
+    Ok(address)
 }
 
 fn timeouts(raw: &RawTimeouts) -> Result<Timeouts, Invalid> {
@@ -1276,6 +1294,7 @@ mod tests {
             lookup_capacity = 1000
             pin_dir = "/sys/fs/bpf/test"
             state_dir = "/tmp/state"
+            metrics = "127.0.0.1:9750"
 
             [admin]
             socket = "/tmp/admin.sock"
@@ -1324,6 +1343,7 @@ mod tests {
                 socket: "/tmp/admin.sock".into(),
                 group: Some("ops".into()),
             },
+            metrics: Some("127.0.0.1:9750".parse().unwrap()),
             timeouts: Timeouts {
                 established_idle: Duration::from_secs(300),
                 closing: Duration::from_millis(500),
@@ -1416,6 +1436,7 @@ mod tests {
                 socket: "/run/bg-lb/admin.sock".into(),
                 group: None,
             },
+            metrics: None,
             timeouts: Timeouts {
                 established_idle: Duration::from_secs(3600),
                 closing: Duration::from_secs(10),
@@ -1578,7 +1599,7 @@ mod tests {
             "unknown field `socket_path`",
         );
         assert_rejected(&format!("{TOP}[timeouts]\nfin = \"1s\"  # <-\n"), "unknown field `fin`");
-        assert_rejected(&format!("{TOP}[metrics]  # <-\n"), "unknown field `metrics`");
+        assert_rejected(&format!("{TOP}[stats]  # <-\n"), "unknown field `stats`");
         assert_rejected(&format!("{TOP}{WEB}weight = 1  # <-\n"), "unknown field `weight`");
         assert_rejected(&format!("{TOP}{WEB}{BLUE}port = 80  # <-\n"), "unknown field `port`");
     }
@@ -1722,6 +1743,32 @@ mod tests {
             &format!("{TOP}[admin]\ngroup = \"\"  # <-\n"),
             "admin.group must not be empty",
         );
+    }
+
+    #[test]
+    fn metrics_listener_is_an_ipv4_address_and_port() {
+        assert_eq!(
+            parse_ok(&format!("{TOP}metrics = \"0.0.0.0:9750\"\n")).metrics,
+            Some("0.0.0.0:9750".parse().unwrap()),
+            "every address is a valid place to listen"
+        );
+        for (value, reason) in [
+            ("9750", "missing port"),
+            (
+                "localhost:9750",
+                "\"localhost\" is not an IPv4 address (host names are not resolved)",
+            ),
+            ("[::1]:9750", "IPv6 is not supported"),
+            ("127.0.0.1:99999", "invalid port \"99999\""),
+            ("127.0.0.1:0", "port 0 is not allowed"),
+            ("127.0.0.1", "missing port"),
+        ] {
+            assert_rejected(
+                &format!("{TOP}metrics = {value:?}  # <-\n"),
+                &format!("metrics {value:?}: {reason}"),
+            );
+        }
+        assert_rejected(&format!("{TOP}metrics = 9750  # <-\n"), "expected a string");
     }
 
     #[test]

@@ -154,6 +154,16 @@ pub fn run(args: CtlArgs) -> anyhow::Result<ExitCode> {
         }
         CtlCommand::Promote { service, pool, force } => Request::Promote { service, pool, force },
         CtlCommand::Rollback { service } => Request::Rollback { service },
+        CtlCommand::Top {
+            service,
+            interval,
+            iterations,
+        } => {
+            if args.json {
+                bail!("top has no --json; use `status --json` for machine-readable output");
+            }
+            return crate::top::run(&mut client, service, interval, iterations);
+        }
     };
     let reply = client.request(&request)?;
     Ok(print_reply(&reply, args.json))

@@ -6,6 +6,7 @@
 use std::{
     fmt,
     net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+    time::{Duration, Instant},
 };
 
 use http_body_util::{BodyExt as _, Empty, Limited};
@@ -134,6 +135,8 @@ pub struct Report {
     pub outcome: Outcome,
     pub up: bool,
     pub transition: Option<Transition>,
+    /// How long the probe took (up to the timeout), for the latency metric.
+    pub duration: Duration,
 }
 
 /// Runs `key`'s probe forever, reporting every result. Dropping (aborting)
@@ -147,13 +150,16 @@ pub fn spawn_probe(
     tokio::spawn(async move {
         let mut tracker = Tracker::new(config.rise, config.fall);
         loop {
+            let started = Instant::now();
             let outcome = probe(&key, &config, source).await;
+            let duration = started.elapsed();
             let transition = tracker.record(outcome.clone());
             let report = Report {
                 key: key.clone(),
                 outcome,
                 up: tracker.is_up(),
                 transition,
+                duration,
             };
             if reports.send(report).await.is_err() {
                 return;

@@ -17,8 +17,11 @@
 //! - [`shift`]: progressive shifts judged by data-plane signals (pure).
 //! - [`daemon`]: config + operator state + data plane, request handling.
 //! - [`server`]: the running daemon: admin socket, signals, timers.
+//! - [`metrics`]: the exported Prometheus metrics, their snapshot and encoding.
+//! - [`metrics_server`]: the optional HTTP listener serving `/metrics`.
 //! - [`demo_backend`]: the reference HTTP app with /live and /standby.
 //! - [`cli`], [`ctl`], [`entry`]: command line, the admin client, and `main`.
+//! - [`top`]: `ctl top`, the live view for watching a release.
 //! - [`logging`]: tracing setup, with aya-log bridged in.
 pub mod cli;
 pub mod config;
@@ -33,6 +36,8 @@ pub mod health;
 pub mod housekeeping;
 pub mod logging;
 pub mod lookup_table;
+pub mod metrics;
+pub mod metrics_server;
 pub mod pins;
 pub mod protocol;
 pub mod ratio;
@@ -41,3 +46,4 @@ pub mod services;
 pub mod shift;
 pub mod state_file;
 pub mod table_regions;
+pub mod top;

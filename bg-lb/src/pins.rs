@@ -5,8 +5,16 @@
 use std::{
     fs, io,
     path::{Path, PathBuf},
+    thread,
+    time::{Duration, Instant},
 };
 
+const LINK_RELEASE_TIMEOUT: Duration = Duration::from_secs(5);
+
+use aya::programs::{
+    links::{FdLink, PinnedLink},
+    loaded_links,
+};
 use bg_lb_common::maps::ALL_MAPS;
 use nix::{
     mount::{MsFlags, mount},
@@ -19,6 +27,8 @@ pub enum PinError {
     Mount { path: PathBuf, source: nix::Error },
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: io::Error },
+    #[error("XDP links {0:?} are still attached after unpinning: another process holds them open")]
+    StillAttached(Vec<u32>),
 }
 
 #[derive(Clone, Debug)]
@@ -66,13 +76,18 @@ impl PinLayout {
 
     /// Removes every pin: links first (detaching XDP from the interfaces),
     /// then maps (freeing the flow table). Missing pins are not an error.
+    /// Returns once the kernel has released the links: it does so
+    /// asynchronously, and callers rely on XDP being gone.
     pub fn remove_all(&self) -> Result<(), PinError> {
         let links = self.root.join("links");
+        let mut link_ids = Vec::new();
         if let Ok(entries) = fs::read_dir(&links) {
             for entry in entries.flatten() {
+                link_ids.extend(link_id(&entry.path()));
                 remove_file(&entry.path())?;
             }
         }
+        wait_released(&link_ids)?;
         for name in ALL_MAPS {
             remove_file(&self.maps_dir().join(name))?;
         }
@@ -84,6 +99,31 @@ impl PinLayout {
             }
         }
         Ok(())
+    }
+}
+
+/// The kernel id of the link pinned at `path`, if it is one.
+fn link_id(path: &Path) -> Option<u32> {
+    let link = FdLink::from(PinnedLink::from_pin(path).ok()?);
+    link.info().ok().map(|info| info.id())
+}
+
+/// Waits until none of `ids` is a live link any more.
+fn wait_released(ids: &[u32]) -> Result<(), PinError> {
+    let deadline = Instant::now() + LINK_RELEASE_TIMEOUT;
+    loop {
+        let live: Vec<u32> = loaded_links()
+            .flatten()
+            .map(|l| l.id())
+            .filter(|id| ids.contains(id))
+            .collect();
+        if live.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(PinError::StillAttached(live));
+        }
+        thread::sleep(Duration::from_millis(10));
     }
 }
 

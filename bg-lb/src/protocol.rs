@@ -101,6 +101,38 @@ fn yes() -> bool {
     true
 }
 
+impl Request {
+    /// Every request's `cmd` tag, for per-command metrics.
+    pub const COMMANDS: [&'static str; 10] = [
+        "status",
+        "ratio",
+        "drain",
+        "backend",
+        "flows",
+        "reload",
+        "shift",
+        "shift-abort",
+        "promote",
+        "rollback",
+    ];
+
+    /// The `cmd` tag this request has on the wire.
+    pub fn cmd(&self) -> &'static str {
+        match self {
+            Request::Status { .. } => "status",
+            Request::Ratio { .. } => "ratio",
+            Request::Drain { .. } => "drain",
+            Request::Backend { .. } => "backend",
+            Request::Flows { .. } => "flows",
+            Request::Reload => "reload",
+            Request::Shift { .. } => "shift",
+            Request::ShiftAbort { .. } => "shift-abort",
+            Request::Promote { .. } => "promote",
+            Request::Rollback { .. } => "rollback",
+        }
+    }
+}
+
 fn default_flow_limit() -> usize {
     100
 }
@@ -284,6 +316,9 @@ mod tests {
         for request in requests {
             let line = serde_json::to_string(&request).unwrap();
             assert_eq!(parse_request(&line).unwrap(), request, "{line}");
+            let json: serde_json::Value = serde_json::from_str(&line).unwrap();
+            assert_eq!(json["cmd"], request.cmd(), "cmd() is the wire tag");
+            assert!(Request::COMMANDS.contains(&request.cmd()));
         }
     }
 

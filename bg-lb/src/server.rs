@@ -1,13 +1,13 @@
-//! The running daemon: admin socket, signals, housekeeping and health
-//! reports around one [`Daemon`], which handles every request in turn so
-//! data-plane writes never interleave.
+//! The running daemon: admin socket, signals, housekeeping, health reports
+//! and metrics scrapes around one [`Daemon`], which handles every request in
+//! turn so data-plane writes never interleave.
 
 use std::{fs, os::unix::fs::PermissionsExt as _, path::PathBuf, time::Duration};
 
 use anyhow::Context as _;
 use tokio::{
     io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader, Interest, unix::AsyncFd},
-    net::{UnixListener, UnixStream},
+    net::{TcpListener, UnixListener, UnixStream},
     signal::unix::{SignalKind, signal},
     sync::{mpsc, oneshot},
 };
@@ -15,7 +15,8 @@ use tokio::{
 use crate::{
     config::AdminConfig,
     daemon::Daemon,
-    protocol::{MAX_REQUEST_BYTES, Reply, parse_request},
+    metrics_server::{self, ScrapeRequest},
+    protocol::{MAX_REQUEST_BYTES, Reply},
 };
 
 const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(1);
@@ -27,6 +28,15 @@ type Job = (String, oneshot::Sender<Reply>);
 pub async fn run(config_path: PathBuf, detach_on_exit: bool) -> anyhow::Result<()> {
     let (reports, mut health) = mpsc::channel(256);
     let mut daemon = Daemon::start(&config_path, reports)?;
+    // Kept alive here so the scrape branch below never sees a closed channel.
+    let (scrapes, mut scrape_requests) = mpsc::channel::<ScrapeRequest>(8);
+    if let Some(addr) = daemon.config().metrics {
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding the metrics listener {addr} (config key `metrics`)"))?;
+        tracing::info!("serving Prometheus metrics at http://{addr}/metrics");
+        tokio::spawn(metrics_server::serve(listener, scrapes.clone()));
+    }
     let listener = bind_admin_socket(&daemon.config().admin)?;
     let socket_path = daemon.config().admin.socket.clone();
     tracing::info!(socket = %socket_path.display(), config = %config_path.display(), "bg-lb running");
@@ -43,11 +53,10 @@ pub async fn run(config_path: PathBuf, detach_on_exit: bool) -> anyhow::Result<(
     loop {
         tokio::select! {
             Some((line, reply)) = queue.recv() => {
-                let response = match parse_request(&line) {
-                    Ok(request) => daemon.handle(request),
-                    Err(e) => Reply::error(e),
-                };
-                let _ = reply.send(response);
+                let _ = reply.send(daemon.handle_line(&line));
+            }
+            Some(reply) = scrape_requests.recv() => {
+                let _ = reply.send(daemon.metrics_snapshot());
             }
             _ = housekeeping.tick() => daemon.tick(),
             Some(report) = health.recv() => daemon.on_health(report),

@@ -3,7 +3,7 @@
 //! programmed data plane, kept consistent.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{BTreeMap, HashMap, HashSet},
     fs,
     net::SocketAddrV4,
     path::{Path, PathBuf},
@@ -22,8 +22,9 @@ use crate::{
     desired::{self, Health, HealthView},
     health::{self, CheckKey, Listener, Report, Transition},
     housekeeping::{self, FlowCensus, FlowTimeouts},
+    metrics::{self, AdminRequests, ProbeMetrics, ProbeStats, Snapshot},
     pins::PinLayout,
-    protocol::{BackendAction, BackendStatus, FlowInfo, RatioChange, Reply, Request, ServiceStatus},
+    protocol::{BackendAction, BackendStatus, FlowInfo, RatioChange, Reply, Request, ServiceStatus, parse_request},
     ratio::{Pool, Ratio},
     services::{Services, backend_addr, backend_pool},
     shift::ShiftPlan,
@@ -39,6 +40,11 @@ pub struct Daemon {
     probes: Vec<JoinHandle<()>>,
     reports: mpsc::Sender<Report>,
     shifts: HashMap<String, shifts::ActiveShift>,
+    /// The last sweep's census: metrics read it instead of walking the flow
+    /// table on every scrape.
+    census: FlowCensus,
+    probe_stats: BTreeMap<CheckKey, ProbeStats>,
+    admin_requests: AdminRequests,
 }
 
 impl Daemon {
@@ -77,6 +83,9 @@ impl Daemon {
             probes: Vec::new(),
             reports,
             shifts: HashMap::new(),
+            census: FlowCensus::default(),
+            probe_stats: BTreeMap::new(),
+            admin_requests: AdminRequests::default(),
         };
         daemon.apply_all()?;
         daemon.restart_probes();
@@ -171,11 +180,13 @@ impl Daemon {
         }
         // Forget the health of probes that no longer exist.
         let services = &self.config.services;
-        self.health.retain(|key, _| {
+        let exists = |key: &CheckKey| {
             services
                 .iter()
                 .any(|s| s.name == key.service && s.backends.iter().any(|b| b.address == key.backend))
-        });
+        };
+        self.health.retain(|key, _| exists(key));
+        self.probe_stats.retain(|key, _| exists(key));
     }
 
     /// A probe's result: a state change rebuilds the service's tables at once
@@ -184,6 +195,7 @@ impl Daemon {
         let Ok(service) = self.service(&report.key.service).cloned() else {
             return;
         };
+        self.probe_stats.entry(report.key.clone()).or_default().record(&report);
         let view = HealthView {
             up: report.up,
             last: report.outcome.clone(),
@@ -227,6 +239,16 @@ impl Daemon {
             let known: Vec<_> = self.config.services.iter().map(|s| s.name.as_str()).collect();
             format!("no service {name:?} (configured: {})", known.join(", "))
         })
+    }
+
+    /// One admin socket line: parsed, handled, and counted for metrics.
+    pub fn handle_line(&mut self, line: &str) -> Reply {
+        let (cmd, reply) = match parse_request(line) {
+            Ok(request) => (request.cmd(), self.handle(request)),
+            Err(e) => (metrics::INVALID_COMMAND, Reply::error(e)),
+        };
+        self.admin_requests.record(cmd, reply.ok);
+        reply
     }
 
     pub fn handle(&mut self, request: Request) -> Reply {
@@ -277,7 +299,7 @@ impl Daemon {
     }
 
     /// Sweeps the flow table: expires finished flows, frees drained ids.
-    pub fn housekeeping(&mut self) -> Result<FlowCensus, String> {
+    pub fn housekeeping(&mut self) -> Result<&FlowCensus, String> {
         let timeouts = self.timeouts();
         let census = housekeeping::sweep(self.services.dataplane_mut(), &timeouts).map_err(|e| e.to_string())?;
         let live: HashMap<SocketAddrV4, HashSet<SocketAddrV4>> = self
@@ -294,20 +316,61 @@ impl Daemon {
         self.services
             .reap(&live, |id| census.total_of(id))
             .map_err(|e| e.to_string())?;
-        Ok(census)
+        self.census = census;
+        Ok(&self.census)
+    }
+
+    /// What `/metrics` shows. Open flows and flow-table entries come from the
+    /// last sweep (at most a housekeeping interval old), so a scrape costs a
+    /// few map reads per backend, never a walk of the flow table.
+    pub fn metrics_snapshot(&self) -> Result<Snapshot, String> {
+        let services = self
+            .config
+            .services
+            .iter()
+            .map(|s| self.service_status(s, &self.census))
+            .collect::<Result<_, _>>()?;
+        let probes = self
+            .probe_stats
+            .iter()
+            .filter_map(|(key, stats)| {
+                let backend = self
+                    .service(&key.service)
+                    .ok()?
+                    .backends
+                    .iter()
+                    .find(|b| b.address == key.backend)?;
+                Some(ProbeMetrics {
+                    service: key.service.clone(),
+                    pool: backend.pool,
+                    backend: key.backend,
+                    check: key.listener,
+                    stats: stats.clone(),
+                })
+            })
+            .collect();
+        Ok(Snapshot {
+            services,
+            probes,
+            flow_entries: self.census.total.values().sum(),
+            flow_capacity: self.config.max_flows.into(),
+            packets: self.services.dataplane().counters().map_err(|e| e.to_string())?,
+            admin_requests: self.admin_requests.clone(),
+        })
     }
 
     fn status(&mut self, only: Option<&str>) -> Result<Reply, String> {
         if let Some(name) = only {
             self.service(name)?;
         }
-        let census = self.housekeeping()?;
+        self.housekeeping()?;
+        let census = &self.census;
         let services = self
             .config
             .services
             .iter()
             .filter(|s| only.is_none_or(|n| n == s.name))
-            .map(|s| self.service_status(s, &census))
+            .map(|s| self.service_status(s, census))
             .collect::<Result<_, _>>()?;
         Ok(Reply {
             ok: true,
@@ -572,6 +635,7 @@ fn restart_only_change(old: &Config, new: &Config) -> Option<&'static str> {
         (old.pin_dir != new.pin_dir, "pin_dir"),
         (old.state_dir != new.state_dir, "state_dir"),
         (old.admin != new.admin, "[admin]"),
+        (old.metrics != new.metrics, "metrics"),
     ]
     .into_iter()
     .find_map(|(changed, what)| changed.then_some(what))
@@ -611,5 +675,26 @@ impl Drop for Daemon {
         for probe in &self.probes {
             probe.abort();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(extra: &str) -> Config {
+        let text = format!("interface = \"eth0\"\nsnat_address = \"10.0.0.1\"\n{extra}");
+        config::parse(Path::new("test.toml"), &text).unwrap()
+    }
+
+    #[test]
+    fn turning_metrics_on_off_or_moving_them_needs_a_restart() {
+        let off = config("");
+        let on = config("metrics = \"127.0.0.1:9750\"\n");
+        let moved = config("metrics = \"127.0.0.1:9751\"\n");
+        assert_eq!(restart_only_change(&off, &on), Some("metrics"));
+        assert_eq!(restart_only_change(&on, &off), Some("metrics"));
+        assert_eq!(restart_only_change(&on, &moved), Some("metrics"));
+        assert_eq!(restart_only_change(&on, &on.clone()), None);
     }
 }

@@ -1,0 +1,205 @@
+//! The optional metrics listener (`metrics = "ADDR:PORT"`): plain HTTP/1.1,
+//! read-only, `GET /metrics` and nothing else. A scrape asks the task that
+//! owns the daemon for a [`Snapshot`] through a channel, so the data plane is
+//! only ever touched by that task, and encodes it here, off that task.
+
+use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
+
+use http_body_util::Full;
+use hyper::{
+    Method, Request, Response, StatusCode,
+    body::Bytes,
+    header::{ALLOW, CONTENT_TYPE},
+    server::conn::http1,
+    service::service_fn,
+};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::{
+    net::{TcpListener, TcpStream},
+    sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot},
+};
+
+use crate::metrics::{self, Snapshot};
+
+/// A scrape's request to the daemon task: where to send the snapshot.
+pub type ScrapeRequest = oneshot::Sender<Result<Snapshot, String>>;
+
+/// Scrapers are few; more connections than this are closed at once, so a
+/// misbehaving client cannot pile up tasks.
+const MAX_CONNECTIONS: usize = 32;
+/// A client that sends no complete request head in this time is dropped.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Serves `/metrics` on `listener` until the task is dropped.
+pub async fn serve(listener: TcpListener, scrapes: mpsc::Sender<ScrapeRequest>) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => match Arc::clone(&slots).try_acquire_owned() {
+                Ok(slot) => {
+                    tokio::spawn(serve_connection(stream, peer, scrapes.clone(), slot));
+                }
+                Err(_) => tracing::warn!(%peer, "too many metrics connections; closing this one"),
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, "metrics accept failed");
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+            }
+        }
+    }
+}
+
+async fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    scrapes: mpsc::Sender<ScrapeRequest>,
+    _slot: OwnedSemaphorePermit,
+) {
+    let service = service_fn(move |request| {
+        let scrapes = scrapes.clone();
+        async move { Ok::<_, Infallible>(respond(&request, &scrapes).await) }
+    });
+    let connection = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .serve_connection(TokioIo::new(stream), service);
+    if let Err(e) = connection.await {
+        tracing::debug!(%peer, error = %e, "metrics connection ended with an error");
+    }
+}
+
+/// The answer to one request: metrics, 405 for another method on
+/// `/metrics`, 404 elsewhere.
+pub async fn respond<B>(request: &Request<B>, scrapes: &mpsc::Sender<ScrapeRequest>) -> Response<Full<Bytes>> {
+    if request.uri().path() != "/metrics" {
+        return plain(StatusCode::NOT_FOUND, "not found: metrics are at /metrics\n");
+    }
+    if !matches!(*request.method(), Method::GET | Method::HEAD) {
+        let mut response = plain(StatusCode::METHOD_NOT_ALLOWED, "/metrics is read-only: GET it\n");
+        response
+            .headers_mut()
+            .insert(ALLOW, "GET, HEAD".parse().expect("valid header"));
+        return response;
+    }
+    match scrape(scrapes).await {
+        Ok(text) => {
+            let mut response = Response::new(Full::new(Bytes::from(text)));
+            let content_type = metrics::CONTENT_TYPE.parse().expect("valid header");
+            response.headers_mut().insert(CONTENT_TYPE, content_type);
+            response
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "metrics scrape failed");
+            plain(StatusCode::INTERNAL_SERVER_ERROR, &format!("{e}\n"))
+        }
+    }
+}
+
+async fn scrape(scrapes: &mpsc::Sender<ScrapeRequest>) -> Result<String, String> {
+    let (reply, snapshot) = oneshot::channel();
+    scrapes
+        .send(reply)
+        .await
+        .map_err(|_| "the daemon is shutting down".to_owned())?;
+    let snapshot = snapshot.await.map_err(|_| "the daemon is shutting down".to_owned())??;
+    metrics::encode(snapshot).map_err(|_| "cannot encode the metrics".to_owned())
+}
+
+fn plain(status: StatusCode, text: &str) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(text.to_owned())));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, "text/plain; charset=utf-8".parse().expect("valid header"));
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    use super::*;
+
+    /// A daemon stand-in that answers every scrape with `snapshot`.
+    fn daemon(snapshot: Result<Snapshot, String>) -> mpsc::Sender<ScrapeRequest> {
+        let (scrapes, mut requests) = mpsc::channel::<ScrapeRequest>(4);
+        tokio::spawn(async move {
+            while let Some(reply) = requests.recv().await {
+                let _ = reply.send(snapshot.clone());
+            }
+        });
+        scrapes
+    }
+
+    /// One raw HTTP/1.1 request over loopback; the whole response as text.
+    async fn exchange(addr: SocketAddr, request: &str) -> String {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.unwrap();
+        response
+    }
+
+    async fn listener() -> (TcpListener, SocketAddr) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        (listener, addr)
+    }
+
+    #[tokio::test]
+    async fn get_metrics_answers_with_the_prometheus_text_format() {
+        let (listener, addr) = listener().await;
+        tokio::spawn(serve(listener, daemon(Ok(Snapshot::default()))));
+        let response = exchange(addr, "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
+        assert!(response.starts_with("HTTP/1.1 200 OK\r\n"), "{response}");
+        assert!(
+            response.contains("content-type: text/plain; version=0.0.4; charset=utf-8\r\n"),
+            "{response}"
+        );
+        assert!(
+            response.contains("# TYPE bglb_flow_table_capacity gauge\n"),
+            "{response}"
+        );
+    }
+
+    #[tokio::test]
+    async fn other_paths_are_not_found_and_metrics_are_read_only() {
+        let (listener, addr) = listener().await;
+        tokio::spawn(serve(listener, daemon(Ok(Snapshot::default()))));
+        let response = exchange(addr, "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
+        assert!(response.starts_with("HTTP/1.1 404 Not Found\r\n"), "{response}");
+        let response = exchange(
+            addr,
+            "POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert!(
+            response.starts_with("HTTP/1.1 405 Method Not Allowed\r\n"),
+            "{response}"
+        );
+        assert!(response.contains("allow: GET, HEAD\r\n"), "{response}");
+    }
+
+    #[tokio::test]
+    async fn a_failed_snapshot_is_a_500_with_the_reason() {
+        let scrapes = daemon(Err("reading BACKEND_STATS: boom".into()));
+        let request = Request::get("/metrics").body(()).unwrap();
+        let response = respond(&request, &scrapes).await;
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let body = http_body_util::BodyExt::collect(response.into_body())
+            .await
+            .unwrap()
+            .to_bytes();
+        assert_eq!(body, "reading BACKEND_STATS: boom\n");
+    }
+
+    #[tokio::test]
+    async fn a_daemon_that_is_gone_is_a_500_not_a_hang() {
+        let (scrapes, requests) = mpsc::channel::<ScrapeRequest>(1);
+        drop(requests);
+        let request = Request::get("/metrics").body(()).unwrap();
+        let response = respond(&request, &scrapes).await;
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    }
+}

@@ -1,0 +1,438 @@
+//! Metrics end-to-end tests (root): `bg-lb run` with `metrics` on loopback
+//! inside the LB's namespace, real TCP clients through the VIP, and scrapes
+//! of `/metrics` from a thread in that namespace. The counters must move as
+//! the traffic did.
+
+use std::{
+    collections::HashMap,
+    fs,
+    net::{Ipv4Addr, SocketAddrV4},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use bg_lb::ratio::Pool;
+use bg_lb_common::counters::Counter;
+use bg_lb_tests::{
+    daemon::Daemon,
+    http, require_root,
+    servers::{NameClient, NameServer, ask_names},
+    topology::{LB_ADDR, OneArm},
+};
+
+const BG_LB: &str = env!("CARGO_BIN_EXE_bg-lb-under-test");
+const BACKEND_PORT: u16 = 8080;
+const METRICS: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9750);
+
+struct Lab {
+    topo: OneArm,
+    daemon: Daemon,
+    servers: Vec<Option<NameServer>>,
+    _peer_xdp: aya::Ebpf,
+}
+
+impl Lab {
+    /// b0, b1 blue; b2, b3 green; ratio 50:50; fast TCP health checks.
+    fn new() -> Self {
+        require_root();
+        let topo = OneArm::new(4);
+        let servers = topo
+            .backends
+            .iter()
+            .enumerate()
+            .map(|(i, b)| {
+                let addr = SocketAddrV4::new(b.addr, BACKEND_PORT);
+                Some(NameServer::start(&b.ns, addr, format!("b{i}")))
+            })
+            .collect();
+        let peer_xdp = topo.pass_lb_frames_to_switch();
+        let backends: Vec<_> = topo.backends.iter().map(|b| b.addr).collect();
+        let vip = topo.vip;
+        let daemon = Daemon::start(BG_LB, &topo.lb.ns, |paths| config(vip, &backends, paths));
+        let lab = Lab {
+            topo,
+            daemon,
+            servers,
+            _peer_xdp: peer_xdp,
+        };
+        lab.wait_for("every backend checked and up", |m| {
+            (0..4).all(|i| m.backend(&lab, "bglb_health_check_duration_seconds_count", i) > 0.0)
+                && (0..4).all(|i| m.backend(&lab, "bglb_backend_up", i) == 1.0)
+        });
+        lab
+    }
+
+    fn vip(&self) -> SocketAddrV4 {
+        SocketAddrV4::new(self.topo.vip, 80)
+    }
+
+    fn backend_addr(&self, i: usize) -> String {
+        SocketAddrV4::new(self.topo.backends[i].addr, BACKEND_PORT).to_string()
+    }
+
+    fn get(&self, path: &'static str) -> http::Response {
+        self.topo
+            .lb
+            .ns
+            .run(move || http::request(METRICS, "GET", path))
+            .unwrap_or_else(|e| panic!("GET {path} from {METRICS}: {e}\n{}", self.daemon.log()))
+    }
+
+    fn scrape(&self) -> Metrics {
+        let response = self.get("/metrics");
+        assert_eq!(response.status, 200, "{}", response.body);
+        Metrics::parse(&response.body)
+    }
+
+    /// Scrapes until `done` (open flows and table entries come from the
+    /// once-a-second sweep, so they lag the traffic a little).
+    fn wait_for(&self, what: &str, done: impl Fn(&Metrics) -> bool) -> Metrics {
+        let started = Instant::now();
+        loop {
+            let metrics = self.scrape();
+            if done(&metrics) {
+                return metrics;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(15),
+                "{what}: not after 15s; last scrape:\n{}\n{}",
+                metrics.text,
+                self.daemon.log()
+            );
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// How many of `n` fresh connections each backend served, by index.
+    fn connections(&self, n: usize) -> [usize; 4] {
+        let names = ask_names(&self.topo.client.ns, self.vip(), n)
+            .unwrap_or_else(|e| panic!("connection through the VIP failed: {e}\n{}", self.daemon.log()));
+        let mut served = [0; 4];
+        for name in names {
+            served[backend_index(&name)] += 1;
+        }
+        served
+    }
+}
+
+fn backend_index(name: &str) -> usize {
+    name.strip_prefix('b')
+        .and_then(|i| i.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected backend name {name:?}"))
+}
+
+fn pool_of(i: usize) -> Pool {
+    if i < 2 { Pool::Blue } else { Pool::Green }
+}
+
+fn config(vip: Ipv4Addr, backends: &[Ipv4Addr], paths: &str) -> String {
+    let mut toml = format!(
+        "metrics = \"{METRICS}\"\ninterface = \"eth0\"\nxdp_mode = \"native\"\nsnat_address = \"{LB_ADDR}\"\n\
+         max_flows = 65536\nlookup_capacity = 262148\n{paths}\n\
+         # Closed flows stay in the table for the whole test, so entries are countable.\n\
+         [timeouts]\nclosing = \"10m\"\n\n\
+         [[service]]\nname = \"web\"\nvip = \"{vip}:80\"\nratio = \"50:50\"\n\n\
+         [service.health]\ninterval = \"300ms\"\nfast_interval = \"100ms\"\ntimeout = \"200ms\"\nrise = 2\nfall = 2\n"
+    );
+    for (i, addr) in backends.iter().enumerate() {
+        toml += &format!(
+            "\n[[service.backend]]\npool = \"{}\"\naddress = \"{addr}:{BACKEND_PORT}\"\n",
+            pool_of(i)
+        );
+    }
+    toml
+}
+
+/// A parsed scrape: samples by name, each with its labels.
+struct Metrics {
+    text: String,
+    samples: Vec<(String, HashMap<String, String>, f64)>,
+}
+
+impl Metrics {
+    fn parse(text: &str) -> Self {
+        let samples = text
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+            .map(|line| {
+                let (series, value) = line.rsplit_once(' ').expect("NAME VALUE");
+                let (name, labels) = match series.split_once('{') {
+                    Some((name, labels)) => (name, labels.trim_end_matches('}')),
+                    None => (series, ""),
+                };
+                // Label values here (names, addresses, words) hold no commas or quotes.
+                let labels = labels
+                    .split(',')
+                    .filter(|l| !l.is_empty())
+                    .map(|l| {
+                        let (key, value) = l.split_once('=').expect("KEY=\"VALUE\"");
+                        (key.to_owned(), value.trim_matches('"').to_owned())
+                    })
+                    .collect();
+                (name.to_owned(), labels, value.parse().expect("a number"))
+            })
+            .collect();
+        Metrics {
+            text: text.to_owned(),
+            samples,
+        }
+    }
+
+    /// The one sample of `name` whose labels include `labels`.
+    fn get(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        let matching: Vec<f64> = self
+            .samples
+            .iter()
+            .filter(|(n, l, _)| n == name && labels.iter().all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v)))
+            .map(|(_, _, value)| *value)
+            .collect();
+        match matching.as_slice() {
+            [value] => *value,
+            other => panic!("{} samples of {name} {labels:?}:\n{}", other.len(), self.text),
+        }
+    }
+
+    /// `name` of backend `i` of service "web" (its pool checked too);
+    /// `extra` labels narrow it down further.
+    fn backend_with(&self, lab: &Lab, name: &str, i: usize, extra: &[(&str, &str)]) -> f64 {
+        let (addr, pool) = (lab.backend_addr(i), pool_of(i).to_string());
+        let mut labels = vec![("service", "web"), ("pool", pool.as_str()), ("backend", addr.as_str())];
+        labels.extend_from_slice(extra);
+        self.get(name, &labels)
+    }
+
+    fn backend(&self, lab: &Lab, name: &str, i: usize) -> f64 {
+        self.backend_with(lab, name, i, &[])
+    }
+
+    fn open_flows(&self, lab: &Lab) -> [f64; 4] {
+        [0, 1, 2, 3].map(|i| self.backend(lab, "bglb_backend_open_flows", i))
+    }
+}
+
+#[test]
+fn new_flows_per_backend_match_the_connections_each_backend_served() {
+    let lab = Lab::new();
+    let before = lab.scrape();
+    let served = lab.connections(200);
+    let moved = |m: &Metrics, name: &str, i: usize, direction: &str| {
+        let labels = [("direction", direction)];
+        m.backend_with(&lab, name, i, &labels) - before.backend_with(&lab, name, i, &labels)
+    };
+    // The last FINs may still be on their way when the clients are done.
+    let after = lab.wait_for("every connection's packets counted", |m| {
+        served.iter().enumerate().all(|(i, &n)| {
+            // SYN, ACK, the question and a FIN in; SYN-ACK, the answer and a FIN out.
+            moved(m, "bglb_backend_packets_total", i, "in") >= 4.0 * n as f64
+                && moved(m, "bglb_backend_packets_total", i, "out") >= 3.0 * n as f64
+        })
+    });
+    for (i, &n) in served.iter().enumerate() {
+        let new_flows = after.backend(&lab, "bglb_backend_new_flows_total", i)
+            - before.backend(&lab, "bglb_backend_new_flows_total", i);
+        assert_eq!(new_flows, n as f64, "b{i}: clients saw {served:?}\n{}", after.text);
+        for direction in ["in", "out"] {
+            // Every packet has at least an IP and a TCP header.
+            let packets = moved(&after, "bglb_backend_packets_total", i, direction);
+            let bytes = moved(&after, "bglb_backend_bytes_total", i, direction);
+            assert!(
+                bytes >= 40.0 * packets,
+                "b{i} {direction}: {bytes} bytes in {packets} packets"
+            );
+        }
+    }
+    assert!(
+        served[0] + served[1] > 50 && served[2] + served[3] > 50,
+        "50:50 reached both pools: {served:?}"
+    );
+    let settled = lab.wait_for("the sweep counts every (closing) flow", |m| {
+        m.get("bglb_flow_table_entries", &[]) == 200.0
+    });
+    assert_eq!(settled.get("bglb_flow_table_capacity", &[]), 65536.0);
+}
+
+#[test]
+fn every_drop_and_pass_reason_is_exported_and_passed_packets_are_counted() {
+    let lab = Lab::new();
+    lab.connections(20);
+    let metrics = lab.scrape();
+    for counter in Counter::ALL {
+        let value = metrics.get("bglb_packets_total", &[("reason", counter.name())]);
+        assert!(value >= 0.0);
+    }
+    // Health-check replies reach the LB's own stack: not for a service.
+    assert!(metrics.get("bglb_packets_total", &[("reason", "passed"), ("verdict", "pass")]) > 0.0);
+    assert_eq!(
+        metrics.get("bglb_packets_total", &[("reason", "no_backend"), ("verdict", "drop")]),
+        0.0,
+        "nothing dropped for want of a backend"
+    );
+}
+
+#[test]
+fn ratio_gauge_follows_ctl_ratio_and_admin_requests_are_counted() {
+    let lab = Lab::new();
+    let out = lab.daemon.ctl_ok(&["ratio", "web", "30:70"]);
+    assert!(out.contains("50:50 -> 30:70"), "{out}");
+    assert!(!lab.daemon.ctl(&["ratio", "nosuch", "50:50"]).status.success());
+    let metrics = lab.scrape();
+    let status = lab.daemon.status("web");
+    for pool in [Pool::Blue, Pool::Green] {
+        let labels = [("service", "web"), ("pool", &*pool.to_string())];
+        assert_eq!(
+            metrics.get("bglb_ratio_percent", &labels),
+            f64::from(status.ratio.share(pool))
+        );
+        assert_eq!(
+            metrics.get("bglb_effective_ratio_percent", &labels),
+            f64::from(status.effective_ratio.share(pool))
+        );
+    }
+    assert_eq!(metrics.get("bglb_ratio_percent", &[("pool", "blue")]), 30.0);
+    let requests = |cmd, result| metrics.get("bglb_admin_requests_total", &[("cmd", cmd), ("result", result)]);
+    assert_eq!(requests("ratio", "ok"), 1.0);
+    assert_eq!(requests("ratio", "error"), 1.0);
+    assert!(requests("status", "ok") >= 1.0, "the harness polls status");
+
+    assert_eq!(lab.get("/").status, 404, "only /metrics is served");
+    // Moving the listener is a restart-only change: a reload refuses it.
+    let path = lab.daemon.config_path();
+    let text = fs::read_to_string(&path).unwrap();
+    fs::write(&path, text.replace(&METRICS.to_string(), "127.0.0.1:9751")).unwrap();
+    let reload = lab.daemon.ctl(&["reload"]);
+    assert!(!reload.status.success());
+    assert!(
+        String::from_utf8_lossy(&reload.stderr).contains("changing metrics needs a restart"),
+        "{}",
+        String::from_utf8_lossy(&reload.stderr)
+    );
+    assert_eq!(lab.scrape().get("bglb_ratio_percent", &[("pool", "green")]), 70.0);
+}
+
+#[test]
+fn open_flows_per_backend_show_drain_progress() {
+    let lab = Lab::new();
+    let vip = lab.vip();
+    let mut held = lab.topo.client.ns.run(move || {
+        (0..6)
+            .map(|_| NameClient::connect(vip).expect("connect to the VIP"))
+            .collect::<Vec<_>>()
+    });
+    let mut per_backend = [0.0; 4];
+    for client in &mut held {
+        per_backend[backend_index(&client.ask().expect("ask"))] += 1.0;
+    }
+    lab.wait_for("open flows per backend match the held connections", |m| {
+        m.open_flows(&lab) == per_backend
+    });
+    lab.daemon.ctl_ok(&["drain", "web", "blue"]);
+    let blue_open = per_backend[0] + per_backend[1];
+    let drained = lab.wait_for("ratio 0:100 while blue still has its open flows", |m| {
+        m.get("bglb_ratio_percent", &[("pool", "blue")]) == 0.0
+    });
+    assert_eq!(
+        drained.open_flows(&lab)[..2].iter().sum::<f64>(),
+        blue_open,
+        "draining keeps them open"
+    );
+    drop(held);
+    lab.wait_for("every flow closed", |m| m.open_flows(&lab) == [0.0; 4]);
+}
+
+#[test]
+fn health_metrics_show_a_backend_going_down_and_check_latency() {
+    let mut lab = Lab::new();
+    let before = lab.scrape();
+    let checks = before.backend_with(
+        &lab,
+        "bglb_health_check_duration_seconds_count",
+        0,
+        &[("check", "live")],
+    );
+    let inf = before.backend_with(
+        &lab,
+        "bglb_health_check_duration_seconds_bucket",
+        0,
+        &[("check", "live"), ("le", "+Inf")],
+    );
+    assert_eq!(inf, checks, "+Inf counts every check");
+    assert_eq!(before.backend(&lab, "bglb_backend_weight", 0), 100.0);
+
+    lab.servers[0] = None;
+    let after = lab.wait_for("b0 down", |m| m.backend(&lab, "bglb_backend_up", 0) == 0.0);
+    assert_eq!(
+        after.backend_with(&lab, "bglb_health_check_transitions_total", 0, &[("to", "down")]),
+        1.0
+    );
+    assert_eq!(
+        after.backend(&lab, "bglb_backend_weight", 0),
+        0.0,
+        "a down backend takes no new flows"
+    );
+    assert_eq!(after.backend(&lab, "bglb_backend_up", 1), 1.0);
+}
+
+#[test]
+fn traffic_counters_survive_a_daemon_restart() {
+    let mut lab = Lab::new();
+    let served = lab.connections(40);
+    let before = lab.scrape();
+    lab.daemon.kill9();
+    lab.daemon.spawn();
+    let after = lab.scrape();
+    for (i, &n) in served.iter().enumerate() {
+        let new_flows = after.backend(&lab, "bglb_backend_new_flows_total", i);
+        assert_eq!(new_flows, before.backend(&lab, "bglb_backend_new_flows_total", i));
+        assert_eq!(new_flows, n as f64, "b{i}: the counters live in the pinned maps");
+    }
+}
+
+#[test]
+fn ctl_top_shows_ratio_backends_and_rates() {
+    let lab = Lab::new();
+    // Clients keep connecting while top polls, so its rates have something to show.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (vip, stopping) = (lab.vip(), Arc::clone(&stop));
+    let clients = lab.topo.client.ns.spawn(move || {
+        let mut done = 0;
+        while !stopping.load(Ordering::Relaxed) && done < 5_000 {
+            NameClient::connect(vip)
+                .and_then(|mut c| c.ask())
+                .expect("connection through the VIP");
+            done += 1;
+        }
+        done
+    });
+    let out = lab.daemon.ctl_ok(&["top", "web", "-n", "3", "--interval", "400ms"]);
+    stop.store(true, Ordering::Relaxed);
+    assert!(clients.join().expect("clients") > 0);
+
+    let frames: Vec<&str> = out.split("bg-lb top").filter(|f| !f.trim().is_empty()).collect();
+    assert_eq!(frames.len(), 3, "{out}");
+    for frame in &frames {
+        assert!(frame.contains("ratio 50:50"), "{frame}");
+        for i in 0..4 {
+            assert!(frame.contains(&lab.backend_addr(i)), "{frame}");
+        }
+    }
+    assert!(!out.contains('\x1b'), "no escapes when stdout is not a terminal");
+    let new_per_second = |frame: &str, pool: &str| -> Option<f64> {
+        let line = frame.lines().find(|l| l.trim_start().starts_with(pool))?;
+        line.split("new/s").nth(1)?.split_whitespace().next()?.parse().ok()
+    };
+    assert_eq!(
+        new_per_second(frames[0], "blue "),
+        None,
+        "no rate before a second poll: {}",
+        frames[0]
+    );
+    for frame in &frames[1..] {
+        let total = new_per_second(frame, "blue ").unwrap() + new_per_second(frame, "green ").unwrap();
+        assert!(total > 0.0, "new connections per second while clients connect: {frame}");
+        assert!(frame.contains("B/s"), "{frame}");
+    }
+}
