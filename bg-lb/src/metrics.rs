@@ -54,6 +54,7 @@ pub enum Metric {
     BackendNewFlows,
     BackendPackets,
     BackendBytes,
+    BackendConnectionEvents,
     HealthTransitions,
     HealthDuration,
     FlowTableEntries,
@@ -64,7 +65,7 @@ pub enum Metric {
 
 impl Metric {
     /// In the order of the output.
-    pub const ALL: [Metric; 14] = [
+    pub const ALL: [Metric; 15] = [
         Metric::Ratio,
         Metric::EffectiveRatio,
         Metric::BackendWeight,
@@ -73,6 +74,7 @@ impl Metric {
         Metric::BackendNewFlows,
         Metric::BackendPackets,
         Metric::BackendBytes,
+        Metric::BackendConnectionEvents,
         Metric::HealthTransitions,
         Metric::HealthDuration,
         Metric::FlowTableEntries,
@@ -92,6 +94,7 @@ impl Metric {
             Metric::BackendNewFlows => "bglb_backend_new_flows",
             Metric::BackendPackets => "bglb_backend_packets",
             Metric::BackendBytes => "bglb_backend_bytes",
+            Metric::BackendConnectionEvents => "bglb_backend_connection_events",
             Metric::HealthTransitions => "bglb_health_check_transitions",
             Metric::HealthDuration => "bglb_health_check_duration_seconds",
             Metric::FlowTableEntries => "bglb_flow_table_entries",
@@ -106,6 +109,7 @@ impl Metric {
             Metric::BackendNewFlows
             | Metric::BackendPackets
             | Metric::BackendBytes
+            | Metric::BackendConnectionEvents
             | Metric::HealthTransitions
             | Metric::Packets
             | Metric::AdminRequests => Kind::Counter,
@@ -138,6 +142,11 @@ impl Metric {
             Metric::BackendPackets => {
                 "Packets forwarded for the backend's connections; direction in is client to backend, out is \
                  backend to client."
+            }
+            Metric::BackendConnectionEvents => {
+                "Each connection's fate as the reply path sees it: event handshake (the backend's SYN-ACK), \
+                 refused (RST before it) or reset (RST on an established connection). Progressive shifts roll \
+                 back on these."
             }
             Metric::BackendBytes => {
                 "IP bytes forwarded for the backend's connections; direction in is client to backend, out is \
@@ -366,6 +375,12 @@ impl Snapshot {
             Metric::BackendNewFlows => self.backend_rows(|b| vec![(vec![], Value::Counter(b.new_flows))]),
             Metric::BackendPackets => self.backend_rows(|b| directions(b.packets_in, b.packets_out)),
             Metric::BackendBytes => self.backend_rows(|b| directions(b.bytes_in, b.bytes_out)),
+            Metric::BackendConnectionEvents => self.backend_rows(|b| {
+                [("handshake", b.handshakes), ("refused", b.refused), ("reset", b.resets)]
+                    .into_iter()
+                    .map(|(event, n)| (vec![("event", event.to_owned())], Value::Counter(n)))
+                    .collect()
+            }),
             Metric::HealthTransitions => self.probe_rows(|p| {
                 [("up", p.stats.went_up), ("down", p.stats.went_down)]
                     .map(|(to, n)| (vec![("to", to.to_owned())], Value::Counter(n)))
@@ -509,6 +524,8 @@ mod tests {
             weight: 50,
             open_flows: 3,
             new_flows: 7,
+            handshakes: 6,
+            refused: 1,
             packets_in: 40,
             bytes_in: 4000,
             packets_out: 30,
@@ -641,6 +658,18 @@ mod tests {
         assert_line(&text, &format!("bglb_backend_weight{{{blue}}} 50"));
         assert_line(&text, &format!("bglb_backend_open_flows{{{blue}}} 3"));
         assert_line(&text, &format!("bglb_backend_new_flows_total{{{blue}}} 7"));
+        assert_line(
+            &text,
+            &format!(r#"bglb_backend_connection_events_total{{{blue},event="handshake"}} 6"#),
+        );
+        assert_line(
+            &text,
+            &format!(r#"bglb_backend_connection_events_total{{{blue},event="refused"}} 1"#),
+        );
+        assert_line(
+            &text,
+            &format!(r#"bglb_backend_connection_events_total{{{blue},event="reset"}} 0"#),
+        );
         assert_line(
             &text,
             &format!(r#"bglb_backend_packets_total{{{blue},direction="in"}} 40"#),
