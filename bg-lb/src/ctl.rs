@@ -24,6 +24,7 @@ use crate::{
 
 pub const EXIT_TIMEOUT: u8 = 3;
 const POLL_INTERVAL: Duration = Duration::from_millis(250);
+const SHIFT_PROGRESS_EVERY: Duration = Duration::from_secs(5);
 
 pub struct Client {
     socket: PathBuf,
@@ -223,7 +224,9 @@ fn follow_shift(client: &mut Client, service: &str, json: bool) -> anyhow::Resul
     }
     // SAFETY: the handler only stores to an atomic.
     unsafe { signal(Signal::SIGINT, SigHandler::Handler(on_sigint)) }?;
-    let mut shown = String::new();
+    // A line when the step or outcome changes, and a rates update at most
+    // every few seconds in between.
+    let mut shown: Option<((usize, ShiftOutcome), Instant)> = None;
     loop {
         if INTERRUPTED.swap(false, Ordering::Relaxed) {
             let rollback = ask_rollback();
@@ -243,10 +246,13 @@ fn follow_shift(client: &mut Client, service: &str, json: bool) -> anyhow::Resul
             .and_then(|s| s.first())
             .context("no status for the service")?;
         let record = status.shift.as_ref().context("the daemon shows no shift")?;
-        let line = shift_line(record, status.ratio);
-        if line != shown && !json {
-            println!("{line}");
-            shown = line;
+        let phase = (record.step, record.outcome.clone());
+        let due = shown
+            .as_ref()
+            .is_none_or(|(last, at)| *last != phase || at.elapsed() >= SHIFT_PROGRESS_EVERY);
+        if due && !json {
+            println!("{}", shift_line(record, status.ratio));
+            shown = Some((phase, Instant::now()));
         }
         match &record.outcome {
             ShiftOutcome::Running => thread::sleep(POLL_INTERVAL),
