@@ -367,7 +367,7 @@ fn wait_drained(
         let first = *initial.get_or_insert(open);
         bar.set_length(first.max(open));
         bar.set_position(first.saturating_sub(open));
-        if open == 0 {
+        if drained(open, reply.flows_counted_secs_ago, started.elapsed()) {
             bar.finish();
             report(json, &label, true, started.elapsed(), 0);
             return Ok(ExitCode::SUCCESS);
@@ -379,6 +379,12 @@ fn wait_drained(
         }
         thread::sleep(POLL_INTERVAL);
     }
+}
+
+/// Zero open flows means drained only if they were counted after the wait
+/// began: an older count may predate connections still open.
+fn drained(open: u64, counted_secs_ago: Option<f64>, waited: Duration) -> bool {
+    open == 0 && counted_secs_ago.is_none_or(|ago| ago < waited.as_secs_f64())
 }
 
 fn open_flows(status: &ServiceStatus, target: DrainTarget) -> anyhow::Result<u64> {
@@ -402,5 +408,22 @@ fn report(json: bool, label: &str, drained: bool, elapsed: Duration, open: u64) 
         println!("{label}: drained after {secs:.1}s");
     } else {
         eprintln!("error: {label}: still {open} open flow(s) after {secs:.1}s (timeout)");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_zero_counted_before_the_wait_began_is_not_drained() {
+        let waited = Duration::from_millis(300);
+        assert!(drained(0, Some(0.1), waited));
+        assert!(!drained(0, Some(0.5), waited), "counted before the wait began");
+        assert!(!drained(2, Some(0.0), waited));
+        assert!(
+            drained(0, None, waited),
+            "a daemon that does not say trusts its own count"
+        );
     }
 }

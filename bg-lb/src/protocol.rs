@@ -154,6 +154,9 @@ pub struct Reply {
     pub message: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub services: Option<Vec<ServiceStatus>>,
+    /// With `services`: how long ago the open flows were counted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flows_counted_secs_ago: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ratio: Option<RatioChange>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -7,7 +7,7 @@ use std::{
     fs,
     net::SocketAddrV4,
     path::{Path, PathBuf},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 mod shifts;
@@ -31,6 +31,13 @@ use crate::{
     state_file::{self, OperatorState},
 };
 
+/// `status` counts flows afresh unless the cost bound says otherwise; its
+/// reply says how old the count is, so `wait-drained` never trusts a count
+/// from before it began.
+const STATUS_FRESHNESS: Duration = Duration::ZERO;
+/// A sweep waits at least this many times its own cost after the last one.
+const SWEEP_DUTY_CYCLE: u32 = 4;
+
 pub struct Daemon {
     config_path: PathBuf,
     config: Config,
@@ -43,6 +50,9 @@ pub struct Daemon {
     /// The last sweep's census: metrics read it instead of walking the flow
     /// table on every scrape.
     census: FlowCensus,
+    /// When the census was taken and what the sweep cost, to bound the
+    /// daemon's time spent walking a large flow table.
+    swept: Option<(Instant, Duration)>,
     probe_stats: BTreeMap<CheckKey, ProbeStats>,
     admin_requests: AdminRequests,
 }
@@ -84,6 +94,7 @@ impl Daemon {
             reports,
             shifts: HashMap::new(),
             census: FlowCensus::default(),
+            swept: None,
             probe_stats: BTreeMap::new(),
             admin_requests: AdminRequests::default(),
         };
@@ -292,14 +303,30 @@ impl Daemon {
 
     /// Once a second: flow housekeeping, then progressive shifts.
     pub fn tick(&mut self) {
-        if let Err(e) = self.housekeeping() {
+        if let Err(e) = self.refresh_census(Duration::from_secs(1)) {
             tracing::error!(error = %e, "flow housekeeping failed");
         }
         self.tick_shifts();
     }
 
+    /// Sweeps again if the census is older than `max_age`, unless the last
+    /// sweep was so costly (a huge flow table walked one syscall per entry)
+    /// that sweeping now would keep the daemon busy more than a fifth of the
+    /// time: requests and health reports must not wait behind sweeps.
+    fn refresh_census(&mut self, max_age: Duration) -> Result<(), String> {
+        let due = self
+            .swept
+            .is_none_or(|(at, cost)| at.elapsed() >= max_age.max(cost * SWEEP_DUTY_CYCLE));
+        if due {
+            let started = Instant::now();
+            self.housekeeping()?;
+            self.swept = Some((Instant::now(), started.elapsed()));
+        }
+        Ok(())
+    }
+
     /// Sweeps the flow table: expires finished flows, frees drained ids.
-    pub fn housekeeping(&mut self) -> Result<&FlowCensus, String> {
+    fn housekeeping(&mut self) -> Result<&FlowCensus, String> {
         let timeouts = self.timeouts();
         let census = housekeeping::sweep(self.services.dataplane_mut(), &timeouts).map_err(|e| e.to_string())?;
         let live: HashMap<SocketAddrV4, HashSet<SocketAddrV4>> = self
@@ -363,7 +390,7 @@ impl Daemon {
         if let Some(name) = only {
             self.service(name)?;
         }
-        self.housekeeping()?;
+        self.refresh_census(STATUS_FRESHNESS)?;
         let census = &self.census;
         let services = self
             .config
@@ -375,6 +402,7 @@ impl Daemon {
         Ok(Reply {
             ok: true,
             services: Some(services),
+            flows_counted_secs_ago: self.swept.map(|(at, _)| at.elapsed().as_secs_f64()),
             ..Default::default()
         })
     }
