@@ -20,7 +20,7 @@ pub struct ShiftPlan {
     pub to: Pool,
     /// Target pool shares in percent, increasing.
     pub steps: Vec<u8>,
-    #[serde(with = "humantime_serde_secs")]
+    #[serde(with = "duration_as_secs")]
     pub interval: Duration,
     /// Fraction of new flows (0..1) that may fail.
     pub max_error_rate: f64,
@@ -28,7 +28,7 @@ pub struct ShiftPlan {
 }
 
 /// Durations persist as whole seconds (plus fraction) in the state file.
-mod humantime_serde_secs {
+mod duration_as_secs {
     use std::time::Duration;
 
     use serde::{Deserialize, Deserializer, Serializer};
