@@ -27,16 +27,21 @@ pub enum Command {
     /// serve the admin socket. SIGHUP reloads the config; SIGTERM/SIGINT
     /// exit, leaving the pinned data plane forwarding for the next daemon.
     Run {
+        /// The config file.
         #[arg(long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
         /// On exit, detach XDP and remove every pin (stopping for good).
         #[arg(long)]
         detach_on_exit: bool,
+        /// Log lines for people (human) or for log collectors (json).
         #[arg(long, value_enum, default_value_t = LogFormat::Human)]
         log_format: LogFormat,
     },
     /// Validate a config file without root; errors name the file and line.
-    CheckConfig { file: PathBuf },
+    CheckConfig {
+        /// The config file to check.
+        file: PathBuf,
+    },
     /// Stop the data plane for good: detach XDP and remove every pin (open
     /// connections through the LB break). Stop the daemon first.
     Teardown {
@@ -52,6 +57,15 @@ pub enum Command {
     /// GET /slow?ms=N, and an optional raw TCP echo port. Finishes in-flight
     /// requests on SIGTERM.
     DemoBackend(DemoBackendArgs),
+    /// Print a shell completion script, e.g.
+    /// `bg-lb completions bash > /etc/bash_completion.d/bg-lb`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), covering every subcommand, e.g.
+    /// `bg-lb man > /usr/local/share/man/man1/bg-lb.1`.
+    Man,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

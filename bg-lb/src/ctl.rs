@@ -35,16 +35,7 @@ pub struct Client {
 impl Client {
     /// Connects, explaining the usual failures (daemon down, no permission).
     pub fn connect(socket: &Path) -> anyhow::Result<Self> {
-        let stream = UnixStream::connect(socket).map_err(|e| {
-            let hint = match e.kind() {
-                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
-                    "is the daemon running? Start it with `bg-lb run --config FILE`, or pass --socket"
-                }
-                std::io::ErrorKind::PermissionDenied => "run as root, or as a member of the group set in [admin] group",
-                _ => "check the path and the daemon's logs",
-            };
-            anyhow::anyhow!("cannot connect to the admin socket {}: {e}; {hint}", socket.display())
-        })?;
+        let stream = UnixStream::connect(socket).map_err(|e| anyhow::anyhow!(connect_error(socket, &e)))?;
         Ok(Client {
             socket: socket.to_owned(),
             writer: stream.try_clone()?,
@@ -67,6 +58,26 @@ impl Client {
         }
         serde_json::from_str(&reply).with_context(|| format!("unreadable reply: {reply}"))
     }
+}
+
+/// What `bg-lb ctl` says when it cannot reach the daemon: the socket path,
+/// the system's reason, and what to do about it.
+fn connect_error(socket: &Path, error: &std::io::Error) -> String {
+    let hint = match error.kind() {
+        std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
+            "is the daemon running? Start it with `systemctl start bg-lb` or `bg-lb run --config FILE`, \
+             or pass --socket with the [admin] socket of its config"
+        }
+        std::io::ErrorKind::PermissionDenied => {
+            "only root and members of the daemon's [admin] group may use it: run as root (sudo), \
+             or join that group"
+        }
+        _ => "check the path and the daemon's logs (`journalctl -u bg-lb`)",
+    };
+    format!(
+        "cannot connect to the admin socket {}: {error}; {hint}",
+        socket.display()
+    )
 }
 
 pub fn run(args: CtlArgs) -> anyhow::Result<ExitCode> {
@@ -413,7 +424,67 @@ fn report(json: bool, label: &str, drained: bool, elapsed: Duration, open: u64) 
 
 #[cfg(test)]
 mod tests {
+    use std::{
+        io::{Error, ErrorKind},
+        os::unix::net::UnixListener,
+    };
+
     use super::*;
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("bglb-ctl-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        dir
+    }
+
+    fn connect_message(socket: &Path) -> String {
+        match Client::connect(socket) {
+            Ok(_) => panic!("connected to {}", socket.display()),
+            Err(e) => format!("{e:#}"),
+        }
+    }
+
+    #[test]
+    fn missing_socket_names_the_path_and_says_how_to_start_the_daemon() {
+        let dir = temp_dir("missing");
+        let socket = dir.join("admin.sock");
+        let message = connect_message(&socket);
+        assert!(message.contains(&socket.display().to_string()), "{message}");
+        assert!(message.contains("No such file or directory"), "{message}");
+        assert!(message.contains("is the daemon running?"), "{message}");
+        assert!(message.contains("systemctl start bg-lb"), "{message}");
+        assert!(message.contains("--socket"), "{message}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn stale_socket_of_an_exited_daemon_says_how_to_start_it() {
+        let dir = temp_dir("stale");
+        let socket = dir.join("admin.sock");
+        // Binding creates the socket file; dropping the listener leaves it
+        // with nobody accepting, as a killed daemon does.
+        drop(UnixListener::bind(&socket).expect("bind"));
+        let message = connect_message(&socket);
+        assert!(message.contains(&socket.display().to_string()), "{message}");
+        assert!(message.contains("Connection refused"), "{message}");
+        assert!(message.contains("is the daemon running?"), "{message}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// Root bypasses file permissions, so the denial is built directly here;
+    /// tests/tests/packaging_root.rs gets a real EACCES as an unprivileged user.
+    #[test]
+    fn permission_denied_names_the_path_and_the_admin_group() {
+        let socket = Path::new("/run/bg-lb/admin.sock");
+        let message = connect_error(socket, &Error::from(ErrorKind::PermissionDenied));
+        assert!(
+            message.starts_with("cannot connect to the admin socket /run/bg-lb/admin.sock: "),
+            "{message}"
+        );
+        assert!(message.contains("run as root"), "{message}");
+        assert!(message.contains("[admin] group"), "{message}");
+    }
 
     #[test]
     fn a_zero_counted_before_the_wait_began_is_not_drained() {

@@ -26,18 +26,18 @@ use crate::ebpf_objects;
 pub enum DataplaneError {
     #[error("loading the eBPF object: {0}")]
     Load(#[from] aya::EbpfError),
-    #[error("program {name}: {source}")]
-    Program { name: &'static str, source: ProgramError },
-    #[error("map {name}: {source}")]
-    Map { name: &'static str, source: MapError },
+    #[error("program {name}: {cause}")]
+    Program { name: &'static str, cause: ProgramError },
+    #[error("map {name}: {cause}")]
+    Map { name: &'static str, cause: MapError },
     #[error("counting possible CPUs: {0}")]
     Cpus(std::io::Error),
-    #[error("interface {name}: {source}")]
-    Interface { name: String, source: nix::Error },
-    #[error("XDP link pinned at {path}: {source}")]
+    #[error("interface {name}: {cause}")]
+    Interface { name: String, cause: nix::Error },
+    #[error("XDP link pinned at {path}: {cause}")]
     Link {
         path: PathBuf,
-        source: Box<dyn std::error::Error + Send + Sync>,
+        cause: Box<dyn std::error::Error + Send + Sync>,
     },
     #[error("adding interface to TX_PORTS: {0}")]
     TxPort(#[from] aya::maps::xdp::XdpMapError),
@@ -130,9 +130,9 @@ impl Dataplane {
             .inspect_err(|e| tracing::warn!(error = %e, "eBPF log records will not be shown"))
             .ok();
         let mut dp = Self { ebpf, logger };
-        dp.xdp_mut()?.load().map_err(|source| DataplaneError::Program {
+        dp.xdp_mut()?.load().map_err(|cause| DataplaneError::Program {
             name: maps::XDP_PROGRAM,
-            source,
+            cause,
         })?;
         Ok(dp)
     }
@@ -147,9 +147,9 @@ impl Dataplane {
             .ebpf
             .program(maps::XDP_PROGRAM)
             .ok_or(DataplaneError::MissingProgram(maps::XDP_PROGRAM))?;
-        prog.try_into().map_err(|source| DataplaneError::Program {
+        prog.try_into().map_err(|cause| DataplaneError::Program {
             name: maps::XDP_PROGRAM,
-            source,
+            cause,
         })
     }
 
@@ -158,9 +158,9 @@ impl Dataplane {
             .ebpf
             .program_mut(maps::XDP_PROGRAM)
             .ok_or(DataplaneError::MissingProgram(maps::XDP_PROGRAM))?;
-        prog.try_into().map_err(|source| DataplaneError::Program {
+        prog.try_into().map_err(|cause| DataplaneError::Program {
             name: maps::XDP_PROGRAM,
-            source,
+            cause,
         })
     }
 
@@ -169,9 +169,9 @@ impl Dataplane {
         let link = self
             .xdp_mut()?
             .attach_to_if_index(ifindex, mode)
-            .map_err(|source| DataplaneError::Program {
+            .map_err(|cause| DataplaneError::Program {
                 name: maps::XDP_PROGRAM,
-                source,
+                cause,
             })?;
         self.add_tx_port(ifindex)?;
         Ok(link)
@@ -184,21 +184,21 @@ impl Dataplane {
     pub fn attach_pinned(&mut self, iface: &str, mode: AttachMode, pin: &Path) -> Result<Attached, DataplaneError> {
         let ifindex = nix::net::if_::if_nametoindex(iface).map_err(|e| DataplaneError::Interface {
             name: iface.to_owned(),
-            source: e,
+            cause: e,
         })?;
         self.add_tx_port(ifindex)?;
-        let program_err = |source| DataplaneError::Program {
+        let program_err = |cause| DataplaneError::Program {
             name: maps::XDP_PROGRAM,
-            source,
+            cause,
         };
         if pin.exists() {
             let link = PinnedLink::from_pin(pin).map_err(|e| DataplaneError::Link {
                 path: pin.to_owned(),
-                source: e.into(),
+                cause: e.into(),
             })?;
             let link = XdpLink::try_from(FdLink::from(link)).map_err(|e| DataplaneError::Link {
                 path: pin.to_owned(),
-                source: e.into(),
+                cause: e.into(),
             })?;
             self.xdp_mut()?.attach_to_link(link).map_err(program_err)?;
             return Ok(Attached::Replaced);
@@ -232,11 +232,11 @@ impl Dataplane {
         let link = self.xdp_mut()?.take_link(id).map_err(program_err)?;
         let link = FdLink::try_from(link).map_err(|e| DataplaneError::Link {
             path: pin.to_owned(),
-            source: e.into(),
+            cause: e.into(),
         })?;
         link.pin(pin).map_err(|e| DataplaneError::Link {
             path: pin.to_owned(),
-            source: e.into(),
+            cause: e.into(),
         })?;
         Ok(Attached::New(used))
     }
@@ -395,7 +395,7 @@ fn nr_cpus() -> Result<usize, std::io::Error> {
 }
 
 fn map_err(name: &'static str) -> impl Fn(MapError) -> DataplaneError {
-    move |source| DataplaneError::Map { name, source }
+    move |cause| DataplaneError::Map { name, cause }
 }
 
 fn collect<K, V, I>(iter: I, name: &'static str) -> Result<Vec<(K, V)>, DataplaneError>

@@ -7,7 +7,7 @@ use clap::Parser as _;
 
 use crate::{
     cli::{Cli, Command, LogFormat},
-    config, ctl, daemon, demo_backend, logging, server,
+    cli_docs, config, ctl, daemon, demo_backend, logging, server,
 };
 
 pub fn main() -> ExitCode {
@@ -54,6 +54,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .enable_all()
                 .build()?;
             runtime.block_on(demo_backend::run(args))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Completions { shell } => {
+            cli_docs::completions(shell, &mut std::io::stdout())?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man => {
+            cli_docs::man_page(&mut std::io::stdout())?;
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -23,7 +23,9 @@
 //! - [`cli`], [`ctl`], [`entry`]: command line, the admin client, and `main`.
 //! - [`top`]: `ctl top`, the live view for watching a release.
 //! - [`logging`]: tracing setup, with aya-log bridged in.
+//! - [`cli_docs`]: shell completions and the man page, generated from [`cli`].
 pub mod cli;
+pub mod cli_docs;
 pub mod config;
 pub mod ctl;
 pub mod daemon;

@@ -23,10 +23,10 @@ use nix::{
 
 #[derive(Debug, thiserror::Error)]
 pub enum PinError {
-    #[error("mounting bpffs at {path}: {source}")]
-    Mount { path: PathBuf, source: nix::Error },
-    #[error("{path}: {source}")]
-    Io { path: PathBuf, source: io::Error },
+    #[error("mounting bpffs at {path}: {cause}")]
+    Mount { path: PathBuf, cause: nix::Error },
+    #[error("{path}: {cause}")]
+    Io { path: PathBuf, cause: io::Error },
     #[error("XDP links {0:?} are still attached after unpinning: another process holds them open")]
     StillAttached(Vec<u32>),
 }
@@ -60,10 +60,10 @@ impl PinLayout {
         let mount_point = self.root.parent().unwrap_or(Path::new("/")).to_path_buf();
         if !is_bpffs(&mount_point) {
             create_dir(&mount_point)?;
-            mount(Some("bpf"), &mount_point, Some("bpf"), MsFlags::empty(), None::<&str>).map_err(|source| {
+            mount(Some("bpf"), &mount_point, Some("bpf"), MsFlags::empty(), None::<&str>).map_err(|cause| {
                 PinError::Mount {
                     path: mount_point.clone(),
-                    source,
+                    cause,
                 }
             })?;
             tracing::info!(path = %mount_point.display(), "mounted bpffs");
@@ -95,7 +95,7 @@ impl PinLayout {
             match fs::remove_dir(&dir) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(source) => return Err(PinError::Io { path: dir, source }),
+                Err(cause) => return Err(PinError::Io { path: dir, cause }),
             }
         }
         Ok(())
@@ -132,9 +132,9 @@ fn is_bpffs(path: &Path) -> bool {
 }
 
 fn create_dir(path: &Path) -> Result<(), PinError> {
-    fs::create_dir_all(path).map_err(|source| PinError::Io {
+    fs::create_dir_all(path).map_err(|cause| PinError::Io {
         path: path.to_owned(),
-        source,
+        cause,
     })
 }
 
@@ -142,9 +142,9 @@ fn remove_file(path: &Path) -> Result<(), PinError> {
     match fs::remove_file(path) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(source) => Err(PinError::Io {
+        Err(cause) => Err(PinError::Io {
             path: path.to_owned(),
-            source,
+            cause,
         }),
     }
 }

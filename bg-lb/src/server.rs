@@ -97,7 +97,12 @@ fn bind_admin_socket(admin: &AdminConfig) -> anyhow::Result<UnixListener> {
             let gid = nix::unistd::Group::from_name(group)?
                 .with_context(|| format!("no group {group:?}"))?
                 .gid;
-            nix::unistd::chown(path.as_path(), None, Some(gid))?;
+            nix::unistd::chown(path.as_path(), None, Some(gid)).with_context(|| {
+                format!(
+                    "giving the admin socket {} to group {group:?} (needs CAP_CHOWN, or membership of the group)",
+                    path.display()
+                )
+            })?;
             0o660
         }
         None => 0o600,

@@ -1,5 +1,5 @@
 //! Operator decisions (ratio, weights, enabled backends) persisted across
-//! restarts. The config file is the source of topology; this file records
+//! restarts. The config file is the cause of topology; this file records
 //! what operators changed at runtime through the admin socket.
 //!
 //! Writes are atomic: the new state goes to a temporary file in the same
@@ -72,26 +72,26 @@ impl Default for BackendState {
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
-    #[error("{path}: {source}")]
-    Io { path: PathBuf, source: io::Error },
-    #[error("{path}: not a valid bg-lb state file ({source}); fix or remove it to start from the config alone")]
-    Corrupt { path: PathBuf, source: serde_json::Error },
+    #[error("{path}: {cause}")]
+    Io { path: PathBuf, cause: io::Error },
+    #[error("{path}: not a valid bg-lb state file ({cause}); fix or remove it to start from the config alone")]
+    Corrupt { path: PathBuf, cause: serde_json::Error },
 }
 
 /// The saved state, or the empty state if none was saved yet.
 pub fn load(dir: &Path) -> Result<OperatorState, StateError> {
     let path = dir.join(STATE_FILE);
     match fs::read(&path) {
-        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|source| StateError::Corrupt { path, source }),
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|cause| StateError::Corrupt { path, cause }),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(OperatorState::default()),
-        Err(source) => Err(StateError::Io { path, source }),
+        Err(cause) => Err(StateError::Io { path, cause }),
     }
 }
 
 pub fn save(dir: &Path, state: &OperatorState) -> Result<(), StateError> {
     let io_err = |path: &Path| {
         let path = path.to_owned();
-        move |source| StateError::Io { path, source }
+        move |cause| StateError::Io { path, cause }
     };
     fs::create_dir_all(dir).map_err(io_err(dir))?;
     let temp = dir.join(TEMP_FILE);

@@ -3,6 +3,7 @@
 //! removes its pins (detaching XDP) and files, even when the test failed.
 
 use std::{
+    ffi::OsString,
     fs,
     os::unix::process::CommandExt as _,
     path::{Path, PathBuf},
@@ -25,7 +26,18 @@ pub struct Daemon {
     netns: String,
     pub dir: PathBuf,
     pub pin_dir: PathBuf,
+    /// How to start the process, when not `bin run --config FILE`.
+    launch: Option<Launch>,
     child: Option<Child>,
+}
+
+/// Another way to start the daemon than `BIN run --config FILE`: a container
+/// image's ENTRYPOINT and CMD, or a systemd unit's ExecStart under `setpriv`.
+pub struct Launch {
+    pub program: PathBuf,
+    pub args: Vec<OsString>,
+    /// Where the test's config is written: the file `args` name.
+    pub config: PathBuf,
 }
 
 impl Daemon {
@@ -33,6 +45,16 @@ impl Daemon {
     /// lines come from [`Daemon::paths_toml`]) and starts the daemon in `ns`,
     /// returning once its admin socket answers.
     pub fn start(bin: &'static str, ns: &NetNs, config: impl FnOnce(&str) -> String) -> Self {
+        Self::start_with(bin, ns, None, config)
+    }
+
+    /// Like [`Daemon::start`], running `launch` instead; `bin` still serves
+    /// `ctl`.
+    pub fn start_launched(bin: &'static str, ns: &NetNs, launch: Launch, config: impl FnOnce(&str) -> String) -> Self {
+        Self::start_with(bin, ns, Some(launch), config)
+    }
+
+    fn start_with(bin: &'static str, ns: &NetNs, launch: Option<Launch>, config: impl FnOnce(&str) -> String) -> Self {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let dir = std::env::temp_dir().join(format!("bglb-test-{}-{n}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
@@ -44,20 +66,24 @@ impl Daemon {
             dir.join("state").display(),
             dir.join("admin.sock").display()
         );
-        fs::write(dir.join("bg-lb.toml"), config(&paths)).expect("write config");
         let mut daemon = Daemon {
             bin,
             netns: ns.name.clone(),
             dir,
             pin_dir,
+            launch,
             child: None,
         };
+        fs::write(daemon.config_path(), config(&paths)).expect("write config");
         daemon.spawn();
         daemon
     }
 
     pub fn config_path(&self) -> PathBuf {
-        self.dir.join("bg-lb.toml")
+        match &self.launch {
+            Some(launch) => launch.config.clone(),
+            None => self.dir.join("bg-lb.toml"),
+        }
     }
 
     pub fn socket(&self) -> PathBuf {
@@ -73,10 +99,13 @@ impl Daemon {
             .append(true)
             .open(self.dir.join("daemon.log"))
             .expect("log file");
-        let child = Command::new("nsenter")
-            .arg(format!("--net=/run/netns/{}", self.netns))
-            .args([self.bin, "run", "--config"])
-            .arg(self.config_path())
+        let mut command = Command::new("nsenter");
+        command.arg(format!("--net=/run/netns/{}", self.netns));
+        match &self.launch {
+            Some(launch) => command.arg(&launch.program).args(&launch.args),
+            None => command.args([self.bin, "run", "--config"]).arg(self.config_path()),
+        };
+        let child = command
             .stdout(log.try_clone().expect("log fd"))
             .stderr(log)
             // Its own process group: a terminal's Ctrl-C goes to the test or
@@ -145,12 +174,29 @@ impl Daemon {
             .expect("one service in status")
     }
 
+    /// The daemon's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// SIGKILL: no cleanup at all, as in a crash.
     pub fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// SIGTERM, waiting for the exit: a clean stop, as `systemctl stop` or
+    /// `podman stop` does it; the pinned data plane keeps forwarding.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("daemon running");
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .expect("SIGTERM");
+        child.wait().expect("wait for bg-lb run")
     }
 
     /// SIGHUP: reload the config.

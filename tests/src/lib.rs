@@ -10,11 +10,14 @@
 //! - [`load`]: paced client load with a tally of every outcome.
 //! - [`release`]: the step-by-step blue-green release (demo and tests).
 //! - [`cmd`]: running `ip`/`sysctl` with clear failure messages.
+//! - [`deploy`]: the Dockerfile and systemd unit in `deploy/`, parsed, and
+//!   install layouts to run their commands against.
 //! - [`packets`]: crafting and checking Ethernet/IPv4/TCP frames.
 //! - [`topology`]: named namespaces and the one-arm client/LB/backends segment.
 //! - [`servers`]: TCP servers that answer with their name, and their client.
 pub mod cmd;
 pub mod daemon;
+pub mod deploy;
 pub mod http;
 pub mod lab;
 pub mod load;

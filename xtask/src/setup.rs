@@ -7,8 +7,10 @@ use anyhow::{Context as _, bail};
 use crate::test::run_step;
 
 /// Debian packages the build and tests use: LLVM 22 for bpf-linker, iproute2
-/// and ethtool for the network-namespace tests.
-const PACKAGES: &[&str] = &["llvm-22-dev", "iproute2", "ethtool"];
+/// and ethtool for the network-namespace tests, systemd for
+/// `systemd-analyze verify` of the unit, man-db (with groff) to check the man
+/// page.
+const PACKAGES: &[&str] = &["llvm-22-dev", "iproute2", "ethtool", "systemd", "man-db"];
 const LLVM_BIN: &str = "/usr/lib/llvm-22/bin";
 
 pub fn run() -> anyhow::Result<()> {

@@ -1,0 +1,269 @@
+//! The deployment files keep the properties docs/deploy.md promises (no
+//! root needed): the Dockerfile follows the review checklist there (no
+//! hadolint is available to lint it), and the systemd unit passes
+//! `systemd-analyze verify` and never tears down the pinned data plane.
+
+use std::{fs, path::PathBuf, process::Command};
+
+use bg_lb::cli::{Cli, Command as BgLb, DEFAULT_CONFIG, DEFAULT_SOCKET};
+use bg_lb_tests::deploy::{Dockerfile, Layout, Unit, dockerfile_path, repo_root, unit_path};
+use clap::Parser as _;
+
+const BG_LB: &str = env!("CARGO_BIN_EXE_bg-lb-under-test");
+
+fn dockerfile() -> Dockerfile {
+    Dockerfile::read(&dockerfile_path())
+}
+
+/// The command line parses with the real CLI into `bg-lb run --config
+/// /etc/bg-lb/bg-lb.toml`, without `--detach-on-exit`.
+fn assert_runs_the_daemon_with_the_default_config(argv: &[String]) {
+    let cli = Cli::try_parse_from(argv).unwrap_or_else(|e| panic!("{argv:?} is not a bg-lb command line: {e}"));
+    match cli.command {
+        BgLb::Run {
+            config, detach_on_exit, ..
+        } => {
+            assert_eq!(config, PathBuf::from(DEFAULT_CONFIG), "{argv:?}");
+            assert!(!detach_on_exit, "a stop must leave the data plane forwarding: {argv:?}");
+        }
+        other => panic!("{argv:?} does not run the daemon: {other:?}"),
+    }
+}
+
+#[test]
+fn dockerfile_base_images_are_fully_qualified_and_pinned() {
+    let file = dockerfile();
+    assert!(file.stages.len() >= 2, "multi-stage: a build stage and a runtime stage");
+    let stage_names: Vec<_> = file.stages.iter().filter_map(|s| s.name.clone()).collect();
+    for stage in &file.stages {
+        let image = &stage.image;
+        if stage_names.contains(image) {
+            continue;
+        }
+        let registry = image.split('/').next().unwrap_or_default();
+        assert!(
+            registry.contains('.') && image.matches('/').count() >= 1,
+            "{image}: name the registry (docker.io/library/...): podman will not guess"
+        );
+        let pinned = match image.rsplit_once(':') {
+            _ if image.contains("@sha256:") => true,
+            Some((_, tag)) => tag != "latest" && tag.chars().any(|c| c.is_ascii_digit()),
+            None => false,
+        };
+        assert!(
+            pinned,
+            "{image}: pin a versioned tag or a digest, never latest or no tag"
+        );
+    }
+}
+
+#[test]
+fn dockerfile_runtime_stage_copies_only_the_binary_from_the_build_stage() {
+    let file = dockerfile();
+    let build = file.stages.first().expect("build stage");
+    let build_name = build
+        .name
+        .as_deref()
+        .expect("the build stage is named (FROM ... AS build)");
+    let runtime = file.runtime();
+    for keyword in ["RUN", "ADD"] {
+        assert!(
+            runtime.last(keyword).is_none(),
+            "the runtime stage must not {keyword}: one layer holding the binary"
+        );
+    }
+    let copies: Vec<_> = runtime.all("COPY").collect();
+    assert_eq!(copies.len(), 1, "the runtime stage copies one file: {copies:?}");
+    let words: Vec<&str> = copies[0].args.split_whitespace().collect();
+    assert_eq!(
+        words.first(),
+        Some(&format!("--from={build_name}").as_str()),
+        "{words:?}"
+    );
+    assert_eq!(words.last(), Some(&"/usr/local/bin/bg-lb"), "{words:?}");
+    assert_eq!(words.len(), 3, "one source, the binary: {words:?}");
+}
+
+#[test]
+fn dockerfile_entrypoint_and_cmd_run_the_daemon_in_exec_form() {
+    let file = dockerfile();
+    let runtime = file.runtime();
+    let entrypoint = runtime.last("ENTRYPOINT").expect("ENTRYPOINT");
+    assert_eq!(
+        entrypoint
+            .exec_form()
+            .expect("exec form: signals reach the daemon, no shell"),
+        ["/usr/local/bin/bg-lb"]
+    );
+    assert!(
+        runtime.last("CMD").expect("CMD").exec_form().is_some(),
+        "CMD in exec form"
+    );
+    let mut argv = file.default_command();
+    argv[0] = "bg-lb".into();
+    assert_runs_the_daemon_with_the_default_config(&argv);
+}
+
+#[test]
+fn dockerfile_apt_installs_are_non_interactive_minimal_and_cleaned() {
+    let file = dockerfile();
+    let mut installs = 0;
+    for stage in &file.stages {
+        let noninteractive = stage
+            .all("ENV")
+            .chain(stage.all("ARG"))
+            .any(|i| i.args.contains("DEBIAN_FRONTEND=noninteractive"));
+        for run in stage.all("RUN").filter(|r| r.args.contains("apt-get install")) {
+            installs += 1;
+            let args = &run.args;
+            assert!(
+                noninteractive || args.contains("DEBIAN_FRONTEND=noninteractive"),
+                "{args}"
+            );
+            for needed in [
+                "apt-get update",
+                "-y",
+                "--no-install-recommends",
+                "rm -rf /var/lib/apt/lists/*",
+            ] {
+                assert!(args.contains(needed), "an apt-get install RUN lacks `{needed}`: {args}");
+            }
+        }
+    }
+    assert!(installs > 0, "the build stage installs its packages with apt-get");
+}
+
+#[test]
+fn dockerfile_pipes_fail_the_build_and_nothing_floats() {
+    let file = dockerfile();
+    for stage in &file.stages {
+        let mut pipefail = false;
+        for instruction in &stage.instructions {
+            match instruction.keyword.as_str() {
+                "SHELL" => pipefail = instruction.args.contains("pipefail"),
+                "RUN" if instruction.args.contains(" | ") => assert!(
+                    pipefail,
+                    "a piped RUN needs SHELL [..., \"-o\", \"pipefail\", ...] before it: {}",
+                    instruction.args
+                ),
+                "ADD" => panic!("use COPY (ADD fetches URLs and unpacks archives): {}", instruction.args),
+                _ => {}
+            }
+            assert!(!instruction.args.contains("sudo"), "no sudo: {}", instruction.args);
+        }
+    }
+    let text = fs::read_to_string(dockerfile_path()).unwrap();
+    assert!(!text.contains(":latest"), "no latest tags");
+}
+
+#[test]
+fn build_context_leaves_out_target_and_git() {
+    let ignore = fs::read_to_string(repo_root().join(".dockerignore")).expect(".dockerignore at the repo root");
+    let lines: Vec<&str> = ignore.lines().map(str::trim).collect();
+    for path in ["/target", "/.git"] {
+        assert!(lines.contains(&path), ".dockerignore must list {path}: {ignore}");
+    }
+}
+
+#[test]
+fn unit_runs_the_daemon_with_the_default_config_reloads_on_sighup_and_restarts_on_failure() {
+    let unit = Unit::read(&unit_path());
+    let mut argv = unit.exec_start();
+    assert_eq!(argv[0], "/usr/local/bin/bg-lb");
+    argv[0] = "bg-lb".into();
+    assert_runs_the_daemon_with_the_default_config(&argv);
+    assert_eq!(unit.get("Service", "ExecReload"), Some("/bin/kill -HUP $MAINPID"));
+    assert_eq!(unit.get("Service", "Restart"), Some("on-failure"));
+    assert_eq!(unit.get("Service", "LimitMEMLOCK"), Some("infinity"));
+}
+
+#[test]
+fn unit_never_detaches_or_unpins_the_data_plane() {
+    let unit = Unit::read(&unit_path());
+    for key in ["ExecStop", "ExecStopPost", "ExecStartPre", "ExecStartPost"] {
+        for command in unit.all("Service", key) {
+            assert!(
+                !command.contains("teardown") && !command.contains("detach") && !command.contains("/sys/fs/bpf"),
+                "{key}={command} would stop forwarding on a restart"
+            );
+        }
+    }
+    // Options that would hide the host's bpffs or interfaces from the daemon,
+    // or make /sys/fs/bpf and /proc/sys read-only.
+    for (key, forbidden) in [
+        ("PrivateNetwork", "yes"),
+        ("ProtectKernelTunables", "yes"),
+        ("TemporaryFileSystem", "/sys"),
+        ("InaccessiblePaths", "/sys"),
+        ("ReadOnlyPaths", "/sys"),
+    ] {
+        for value in unit.all("Service", key) {
+            assert!(!value.contains(forbidden), "{key}={value} breaks pinning or XDP attach");
+        }
+    }
+}
+
+#[test]
+fn unit_grants_the_tested_capabilities_and_not_cap_sys_admin() {
+    let unit = Unit::read(&unit_path());
+    assert_eq!(unit.capabilities(), ["bpf", "perfmon", "net_admin", "chown"]);
+    assert_eq!(
+        unit.get("Service", "AmbientCapabilities"),
+        unit.get("Service", "CapabilityBoundingSet"),
+        "the same set, so a non-root User= gets it too"
+    );
+}
+
+#[test]
+fn unit_directories_are_the_default_socket_and_state_dirs() {
+    let unit = Unit::read(&unit_path());
+    let socket_dir = PathBuf::from(DEFAULT_SOCKET).parent().unwrap().to_path_buf();
+    assert_eq!(
+        PathBuf::from("/run").join(unit.get("Service", "RuntimeDirectory").expect("RuntimeDirectory")),
+        socket_dir
+    );
+    let example = fs::read_to_string(repo_root().join("examples/bg-lb.toml")).unwrap();
+    let state_dir = unit.get("Service", "StateDirectory").expect("StateDirectory");
+    assert!(
+        example.contains(&format!("state_dir = \"/var/lib/{state_dir}\"")),
+        "the example config's state_dir is /var/lib/{state_dir}"
+    );
+}
+
+/// `systemd-analyze verify` (Debian's systemd package) checks the unit as
+/// systemd would load it, including that ExecStart is executable and that
+/// the `Documentation=man:bg-lb(1)` page exists. The unit is copied with
+/// ExecStart pointing at the built binary, and `bg-lb man` provides the page.
+#[test]
+fn unit_passes_systemd_analyze_verify() {
+    let layout = Layout::new("verify");
+    let bin = layout.install(PathBuf::from(BG_LB).as_path(), "/usr/local/bin/bg-lb", 0o755);
+    let man = Command::new(&bin).arg("man").output().expect("bg-lb man");
+    assert!(man.status.success(), "bg-lb man failed");
+    let man_dir = layout.path("/usr/local/share/man");
+    fs::create_dir_all(man_dir.join("man1")).unwrap();
+    fs::write(man_dir.join("man1/bg-lb.1"), &man.stdout).unwrap();
+
+    let unit = fs::read_to_string(unit_path()).unwrap().replace(
+        "ExecStart=/usr/local/bin/bg-lb ",
+        &format!("ExecStart={} ", bin.display()),
+    );
+    let copy = layout.path("/etc/systemd/system/bg-lb.service");
+    fs::create_dir_all(copy.parent().unwrap()).unwrap();
+    fs::write(&copy, unit).unwrap();
+
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&copy)
+        .env("MANPATH", &man_dir)
+        .output()
+        .expect("run systemd-analyze (Debian package systemd; `cargo xtask setup` installs it)");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // verify exits 0 on some problems (an unknown key is only logged), so
+    // anything it says is a failure.
+    assert!(
+        out.status.success() && stderr.trim().is_empty(),
+        "systemd-analyze verify bg-lb.service: {}\n{stderr}",
+        out.status
+    );
+}
