@@ -1,6 +1,7 @@
-//! bg-lb's automation: toolchain setup and the test run. Each command says
-//! what it does before doing it.
+//! bg-lb's automation: toolchain setup, the test run and the benchmark.
+//! Each command says what it does before doing it.
 
+mod bench;
 mod setup;
 mod test;
 
@@ -21,11 +22,16 @@ enum Command {
     /// Run setup, then formatting and lint checks, unit tests, and the root
     /// packet and network-namespace tests.
     Test(test::Options),
+    /// Run setup, install HAProxy, nginx, nftables and wrk, then benchmark
+    /// bg-lb against them on one namespace topology, plus the XDP program's
+    /// cost per packet (needs root). Tables go to target/bench/.
+    Bench(bench::Options),
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Setup => setup::run(),
         Command::Test(opts) => test::run(&opts),
+        Command::Bench(opts) => bench::run(&opts),
     }
 }
