@@ -5,8 +5,9 @@
 //! LB's veth, the receiving TCP stack. That time is charged to the sending
 //! thread. So the cost of an LB in the path shows as CPU time of the threads
 //! in the benchmark's namespaces (client, LB, backends), read exactly from
-//! the scheduler (`schedstat`, ns), plus `ksoftirqd` for deferred softirq
-//! work. Machine-wide `/proc/stat` is kept for reference only: this kernel
+//! the scheduler (`schedstat`, ns). Softirq work deferred to `ksoftirqd` is
+//! read too but only reported: those threads serve the whole machine, other
+//! tenants included, and at the paced rate little is deferred. Machine-wide `/proc/stat` is kept for reference only: this kernel
 //! samples it by tick (no IRQ time accounting), which misses short softirq
 //! bursts on idle CPUs, and on a shared machine it includes other tenants.
 
