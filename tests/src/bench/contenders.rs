@@ -5,6 +5,7 @@
 //! 50:50 between two blue and two green backends.
 
 use std::{
+    collections::BTreeMap,
     fs,
     net::{Ipv4Addr, SocketAddrV4},
     path::PathBuf,
@@ -12,6 +13,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use aya::maps::{Map, MapData, PerCpuArray};
+use bg_lb_common::counters::Counter;
 use serde::Serialize;
 
 use crate::{
@@ -136,13 +139,26 @@ impl Running {
         }
     }
 
-    /// PIDs of the contender's own processes (none for XDP or nftables
-    /// once set up).
-    pub fn pid(&self) -> Option<u32> {
-        match &self.guard {
-            Guard::Process(child) => Some(child.pid()),
-            _ => None,
-        }
+    /// bg-lb's global data-plane counters (summed over CPUs), read from its
+    /// pinned COUNTERS map: where packets went that did not take the fast
+    /// path. `None` for the other contenders.
+    pub fn dataplane_counters(&self) -> Option<BTreeMap<String, u64>> {
+        let Guard::BgLb { _daemon: daemon, .. } = &self.guard else {
+            return None;
+        };
+        let pins = bg_lb::pins::PinLayout::new(&daemon.pin_dir);
+        let data = MapData::from_pin(pins.maps_dir().join(bg_lb_common::maps::COUNTERS)).ok()?;
+        let counters: PerCpuArray<_, u64> = PerCpuArray::try_from(Map::from_map_data(data).ok()?).ok()?;
+        Some(
+            Counter::ALL
+                .iter()
+                .enumerate()
+                .filter_map(|(i, c)| {
+                    let sum = counters.get(&(i as u32), 0).ok()?.iter().sum::<u64>();
+                    Some((format!("{c:?}"), sum))
+                })
+                .collect(),
+        )
     }
 }
 

@@ -33,6 +33,14 @@ pub struct Lab {
 impl Lab {
     pub fn new(bg_lb: &'static str) -> Self {
         let topo = OneArm::new(BACKENDS);
+        // The load generators open tens of thousands of connections in a few
+        // seconds. Whoever closes first keeps the port in TIME_WAIT for 60 s;
+        // behind a proxy that is often the client (wrk closes as soon as it
+        // has the response), and with the default 28,000 ports connect()
+        // then crawls. Give the client the whole range and let it reuse
+        // TIME_WAIT ports (safe with TCP timestamps), as load generators do.
+        topo.client.ns.sysctl("net.ipv4.ip_local_port_range=1024 65535");
+        topo.client.ns.sysctl("net.ipv4.tcp_tw_reuse=1");
         let http = topo
             .backends
             .iter()

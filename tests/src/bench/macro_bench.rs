@@ -35,6 +35,8 @@ pub struct RunRecord {
     pub cpu: Option<CpuReport>,
     /// Requests each backend (b0..b3) served during the round.
     pub backend_requests: Vec<u64>,
+    /// bg-lb's data-plane counters after the round (other contenders: none).
+    pub dataplane_counters: Option<std::collections::BTreeMap<String, u64>>,
     /// Empty when every request of every workload succeeded.
     pub failures: Vec<String>,
 }
@@ -49,6 +51,7 @@ impl RunRecord {
             bulk: None,
             cpu: None,
             backend_requests: Vec::new(),
+            dataplane_counters: None,
             failures: Vec::new(),
         }
     }
@@ -119,6 +122,7 @@ fn run_one(contender: Contender, round: usize, opts: &MacroOptions, bg_lb: &'sta
     );
     r.bulk = r.keep("bulk", workloads::bulk(lab.client(), running.bulk, o), |_| None);
     r.cpu = r.keep("paced", workloads::paced(&lab, running.http, o), |_| None);
+    r.dataplane_counters = running.dataplane_counters();
     let after = lab.requests_served();
     // Each count includes the previous asking.
     r.backend_requests = after.iter().zip(&before).map(|(a, b)| a - b - 1).collect();

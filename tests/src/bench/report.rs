@@ -192,11 +192,15 @@ pub fn fmt_number(v: f64) -> String {
     }
 }
 
-fn fmt_summary(s: &Option<Summary>) -> String {
+/// A cell: median (min–max). A missing figure of a failing contender is a
+/// failure; of a clean one, a figure that could not be computed (no direct
+/// floor in the run).
+fn fmt_summary(s: &Option<Summary>, failing: bool) -> String {
     match s {
         Some(s) if s.n > 1 => format!("{} ({}–{})", fmt_number(s.median), fmt_number(s.min), fmt_number(s.max)),
         Some(s) => fmt_number(s.median),
-        None => "FAIL".to_owned(),
+        None if failing => "FAIL".to_owned(),
+        None => "n/a".to_owned(),
     }
 }
 
@@ -208,7 +212,7 @@ pub fn render(summaries: &[ContenderSummary]) -> String {
     let _ = writeln!(md, "| contender | {} | blue % | status |", headers.join(" | "));
     let _ = writeln!(md, "|---|{}---|---|", "---|".repeat(headers.len()));
     for s in summaries {
-        let cells: Vec<String> = s.metrics.iter().map(|m| fmt_summary(&m.summary)).collect();
+        let cells: Vec<String> = s.metrics.iter().map(|m| fmt_summary(&m.summary, s.failing())).collect();
         let status = if s.failing() {
             format!("FAILING ({}/{} rounds)", s.failing_rounds, s.rounds)
         } else {
@@ -228,9 +232,9 @@ pub fn render(summaries: &[ContenderSummary]) -> String {
             .metrics
             .iter()
             .map(|m| match (m.summary, m.ratio_to_bg_lb) {
-                (None, _) => "FAIL".to_owned(),
+                (None, _) if s.failing() => "FAIL".to_owned(),
                 (Some(_), Some(r)) => format!("{r:.2}×"),
-                (Some(_), None) => "n/a".to_owned(),
+                _ => "n/a".to_owned(),
             })
             .collect();
         let _ = writeln!(md, "| {} | {} |", s.label, cells.join(" | "));
@@ -287,6 +291,7 @@ mod tests {
                 softirq_ms: 0.0,
             }),
             backend_requests: vec![10, 10, 10, 10],
+            dataplane_counters: None,
             failures: Vec::new(),
         }
     }

@@ -181,10 +181,7 @@ pub fn paced(lab: &Lab, target: SocketAddrV4, o: &WorkloadOptions) -> Result<Cpu
         softirq_ms: tick_ms(machine.softirq),
     };
     match first_error.lock().unwrap().take() {
-        Some(e) => Err(format!(
-            "paced: {} of {total} connections failed, first: {e}",
-            report.errors
-        )),
+        Some(e) => Err(format!("{} of {total} connections failed, first: {e}", report.errors)),
         None => Ok(report),
     }
 }
