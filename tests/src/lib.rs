@@ -15,6 +15,9 @@
 //! - [`packets`]: crafting and checking Ethernet/IPv4/TCP frames.
 //! - [`topology`]: named namespaces and the one-arm client/LB/backends segment.
 //! - [`servers`]: TCP servers that answer with their name, and their client.
+//! - [`bench`]: `cargo xtask bench` (the `bg-lb-bench` binary): contenders,
+//!   workloads, statistics and reports.
+pub mod bench;
 pub mod cmd;
 pub mod daemon;
 pub mod deploy;

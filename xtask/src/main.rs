@@ -1,6 +1,7 @@
-//! bg-lb's automation: toolchain setup, the test run and the demo. Each command says
-//! what it does before doing it.
+//! bg-lb's automation: toolchain setup, the test run, the demo and the
+//! benchmark. Each command says what it does before doing it.
 
+mod bench;
 mod demo;
 mod setup;
 mod test;
@@ -25,6 +26,10 @@ enum Command {
     /// Run setup, build, and watch a narrated zero-downtime blue-green
     /// release under load in network namespaces.
     Demo(demo::Options),
+    /// Run setup, install HAProxy, nginx, nftables and wrk, then benchmark
+    /// bg-lb against them on one namespace topology, plus the XDP program's
+    /// cost per packet (needs root). Tables go to target/bench/.
+    Bench(bench::Options),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -32,5 +37,6 @@ fn main() -> anyhow::Result<()> {
         Command::Setup => setup::run(),
         Command::Test(opts) => test::run(&opts),
         Command::Demo(opts) => demo::run(&opts),
+        Command::Bench(opts) => bench::run(&opts),
     }
 }

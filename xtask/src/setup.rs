@@ -11,12 +11,15 @@ use crate::test::run_step;
 /// `systemd-analyze verify` of the unit, man-db (with groff) to check the man
 /// page.
 const PACKAGES: &[&str] = &["llvm-22-dev", "iproute2", "ethtool", "systemd", "man-db"];
+/// What `cargo xtask bench` compares bg-lb with, and its load generator;
+/// installed only for the benchmark.
+const BENCH_PACKAGES: &[&str] = &["haproxy", "nginx", "libnginx-mod-stream", "nftables", "wrk"];
 const LLVM_BIN: &str = "/usr/lib/llvm-22/bin";
 
 pub fn run() -> anyhow::Result<()> {
     println!("==> setup: checking the toolchain (installing only what is missing)");
     rust_src()?;
-    debian_packages()?;
+    debian_packages(PACKAGES)?;
     bpf_linker()?;
     println!("==> setup: done");
     Ok(())
@@ -50,14 +53,19 @@ fn rust_src() -> anyhow::Result<()> {
     run_step(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
 }
 
-fn debian_packages() -> anyhow::Result<()> {
-    let missing: Vec<&str> = PACKAGES
+/// The benchmark's Debian packages (after [`run`]).
+pub fn bench_packages() -> anyhow::Result<()> {
+    debian_packages(BENCH_PACKAGES)
+}
+
+fn debian_packages(packages: &[&str]) -> anyhow::Result<()> {
+    let missing: Vec<&str> = packages
         .iter()
         .copied()
         .filter(|p| !stdout("dpkg-query", &["-W", "-f=${Status}", p]).contains("install ok installed"))
         .collect();
     if missing.is_empty() {
-        println!("    Debian packages {}: present", PACKAGES.join(", "));
+        println!("    Debian packages {}: present", packages.join(", "));
         return Ok(());
     }
     if !is_root() {
@@ -68,12 +76,29 @@ fn debian_packages() -> anyhow::Result<()> {
     }
     println!("    Debian packages: installing {}", missing.join(", "));
     run_step(Command::new("apt-get").args(["update", "-qq"]))?;
-    run_step(
+    // Installing a daemon's package must not start it on the host (haproxy,
+    // nginx): the benchmark runs its own instances in namespaces. Where
+    // invoke-rc.d is not already told so, tell it for this install only.
+    let policy = std::path::Path::new("/usr/sbin/policy-rc.d");
+    let own_policy = !policy.exists();
+    if own_policy {
+        std::fs::write(
+            policy,
+            "#!/bin/sh\n# installed by cargo xtask setup for one apt-get run\nexit 101\n",
+        )
+        .and_then(|()| std::fs::set_permissions(policy, std::os::unix::fs::PermissionsExt::from_mode(0o755)))
+        .context("writing /usr/sbin/policy-rc.d")?;
+    }
+    let installed = run_step(
         Command::new("apt-get")
             .args(["install", "-y", "-qq"])
             .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive"),
-    )
+    );
+    if own_policy {
+        let _ = std::fs::remove_file(policy);
+    }
+    installed
 }
 
 fn bpf_linker() -> anyhow::Result<()> {

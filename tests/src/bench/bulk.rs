@@ -1,0 +1,133 @@
+//! Bulk throughput: each backend streams zeros to every connection; the
+//! client reads from a few long-lived connections for a fixed time.
+//!
+//! iperf3 does not fit a load balancer: its control and data connections are
+//! separate TCP connections that may land on different backends.
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{SocketAddr, SocketAddrV4, TcpListener, TcpStream},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread::{self, JoinHandle},
+    time::{Duration, Instant},
+};
+
+use serde::Serialize;
+
+use crate::{bench::procs, topology::NetNs};
+
+const CHUNK: usize = 64 * 1024;
+
+/// A streaming server in a backend's namespace, stopped on drop.
+pub struct BulkServer {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl BulkServer {
+    pub fn start(ns: &NetNs, addr: SocketAddrV4) -> Self {
+        let listener = ns.run(move || TcpListener::bind(addr).unwrap_or_else(|e| panic!("bind {addr}: {e}")));
+        listener.set_nonblocking(true).expect("nonblocking listener");
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = stop.clone();
+        let thread = thread::spawn(move || {
+            while !stopping.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((stream, _)) => {
+                        let stopping = stopping.clone();
+                        thread::spawn(move || stream_zeros(stream, &stopping));
+                    }
+                    Err(_) => thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        BulkServer {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+/// Writes until the client goes away or the server stops; the write timeout
+/// keeps a vanished peer from parking the thread.
+fn stream_zeros(mut stream: TcpStream, stop: &AtomicBool) {
+    let _ = stream.set_nonblocking(false);
+    let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
+    let chunk = vec![0u8; CHUNK];
+    while !stop.load(Ordering::Relaxed) {
+        if stream.write_all(&chunk).is_err() {
+            return;
+        }
+    }
+}
+
+impl Drop for BulkServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct BulkReport {
+    pub connections: usize,
+    pub bytes: u64,
+    pub seconds: f64,
+    pub gbit_per_s: f64,
+}
+
+/// Reads from `connections` connections to `target` (opened from `client`)
+/// for `duration`. Any connection that fails or ends early fails the run.
+pub fn run(client: &NetNs, target: SocketAddrV4, connections: usize, duration: Duration) -> Result<BulkReport, String> {
+    let started = Instant::now();
+    let readers: Vec<_> = (0..connections)
+        .map(|_| client.spawn(move || read_for(target, duration)))
+        .collect();
+    let mut bytes = 0;
+    let mut errors = Vec::new();
+    for reader in readers {
+        match reader.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)) {
+            Ok(n) => bytes += n,
+            Err(e) => errors.push(e),
+        }
+    }
+    procs::check_interrupt();
+    let seconds = started.elapsed().as_secs_f64().max(duration.as_secs_f64());
+    if !errors.is_empty() {
+        return Err(format!(
+            "bulk: {} of {connections} connections failed: {}",
+            errors.len(),
+            errors[0]
+        ));
+    }
+    Ok(BulkReport {
+        connections,
+        bytes,
+        seconds,
+        gbit_per_s: bytes as f64 * 8.0 / seconds / 1e9,
+    })
+}
+
+fn read_for(target: SocketAddrV4, duration: Duration) -> Result<u64, String> {
+    let mut stream = TcpStream::connect_timeout(&SocketAddr::V4(target), Duration::from_secs(3))
+        .map_err(|e| format!("connect {target}: {e}"))?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .map_err(|e| e.to_string())?;
+    let mut buf = vec![0u8; 4 * CHUNK];
+    let mut total = 0u64;
+    let end = Instant::now() + duration;
+    while Instant::now() < end && !procs::interrupted() {
+        match stream.read(&mut buf) {
+            Ok(0) => return Err(format!("{target} closed the stream after {total} bytes")),
+            Ok(n) => total += n as u64,
+            Err(e) => return Err(format!("reading from {target}: {e}")),
+        }
+    }
+    Ok(total)
+}

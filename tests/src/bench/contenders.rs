@@ -1,0 +1,459 @@
+//! The contenders: what each one is, its configuration (pure functions, so
+//! the unit tests can read them), and starting it in the LB namespace of a
+//! fresh [`Lab`]. Every contender serves the same two services: HTTP on
+//! VIP:80 to the backends' :8080 and bulk on VIP:5201 to their :5201, split
+//! 50:50 between two blue and two green backends.
+
+use std::{
+    collections::BTreeMap,
+    fs,
+    net::{Ipv4Addr, SocketAddrV4},
+    path::PathBuf,
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
+
+use aya::maps::{Map, MapData, PerCpuArray};
+use bg_lb_common::counters::Counter;
+use serde::Serialize;
+
+use crate::{
+    bench::{
+        lab::{BULK_PORT, HTTP_PORT, Lab, Pools, VIP_HTTP_PORT},
+        procs::{self, ChildGuard},
+    },
+    daemon::Daemon,
+    http,
+    topology::{LB_ADDR, NetNs},
+};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Contender {
+    BgLb,
+    Haproxy,
+    NginxStream,
+    NftablesDnat,
+    Direct,
+}
+
+impl Contender {
+    /// In the order of the table; bg-lb first as every ratio refers to it.
+    pub const ALL: [Contender; 5] = [
+        Contender::BgLb,
+        Contender::Haproxy,
+        Contender::NginxStream,
+        Contender::NftablesDnat,
+        Contender::Direct,
+    ];
+
+    /// The name `--only` takes.
+    pub fn key(self) -> &'static str {
+        match self {
+            Contender::BgLb => "bg-lb",
+            Contender::Haproxy => "haproxy",
+            Contender::NginxStream => "nginx",
+            Contender::NftablesDnat => "nftables",
+            Contender::Direct => "direct",
+        }
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Contender::BgLb => "bg-lb (XDP native, full NAT)",
+            Contender::Haproxy => "HAProxy 2.6 (mode tcp)",
+            Contender::NginxStream => "nginx 1.22 stream",
+            Contender::NftablesDnat => "nftables DNAT + SNAT (numgen)",
+            Contender::Direct => "direct to one backend (floor)",
+        }
+    }
+
+    /// Whether it balances (the floor does not, so it is exempt from the
+    /// every-backend-served check).
+    pub fn balances(self) -> bool {
+        self != Contender::Direct
+    }
+
+    /// Starts the contender in `lab`'s LB namespace and waits until it
+    /// serves HTTP.
+    pub fn start(self, lab: &Lab, bg_lb: &'static str) -> Running {
+        let vip = lab.topo.vip;
+        let http = lab.pools(HTTP_PORT);
+        let bulk = lab.pools(BULK_PORT);
+        let mut running = match self {
+            Contender::BgLb => start_bg_lb(lab, bg_lb, &http, &bulk),
+            Contender::Haproxy => start_haproxy(lab.lb(), vip, &http, &bulk),
+            Contender::NginxStream => start_nginx(lab.lb(), vip, &http, &bulk),
+            Contender::NftablesDnat => start_nftables(lab.lb(), vip, &http, &bulk),
+            Contender::Direct => Running {
+                http: http.blue[0],
+                bulk: bulk.blue[0],
+                guard: Guard::Nothing,
+                _dir: None,
+            },
+        };
+        running.wait_serving(lab);
+        running
+    }
+}
+
+/// A started contender: where clients connect, and what stops it on drop.
+pub struct Running {
+    pub http: SocketAddrV4,
+    pub bulk: SocketAddrV4,
+    guard: Guard,
+    _dir: Option<ScratchDir>,
+}
+
+enum Guard {
+    BgLb {
+        // The daemon goes first (removing its pins detaches XDP), then the
+        // peer's xdp_pass.
+        _daemon: Box<Daemon>,
+        _peer_xdp: Box<aya::Ebpf>,
+    },
+    Process(ChildGuard),
+    Nothing,
+}
+
+impl Running {
+    fn wait_serving(&mut self, lab: &Lab) {
+        let target = self.http;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Guard::Process(child) = &mut self.guard {
+                assert!(
+                    child.running(),
+                    "{} exited right after starting (see its log)",
+                    child.name
+                );
+            }
+            if lab
+                .client()
+                .run(move || http::request(target, "GET", "/").is_ok_and(|r| r.status == 200))
+            {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{target} did not serve HTTP within 20s");
+            procs::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// bg-lb's global data-plane counters (summed over CPUs), read from its
+    /// pinned COUNTERS map: where packets went that did not take the fast
+    /// path. `None` for the other contenders.
+    pub fn dataplane_counters(&self) -> Option<BTreeMap<String, u64>> {
+        let Guard::BgLb { _daemon: daemon, .. } = &self.guard else {
+            return None;
+        };
+        let pins = bg_lb::pins::PinLayout::new(&daemon.pin_dir);
+        let data = MapData::from_pin(pins.maps_dir().join(bg_lb_common::maps::COUNTERS)).ok()?;
+        let counters: PerCpuArray<_, u64> = PerCpuArray::try_from(Map::from_map_data(data).ok()?).ok()?;
+        Some(
+            Counter::ALL
+                .iter()
+                .enumerate()
+                .filter_map(|(i, c)| {
+                    let sum = counters.get(&(i as u32), 0).ok()?.iter().sum::<u64>();
+                    Some((format!("{c:?}"), sum))
+                })
+                .collect(),
+        )
+    }
+}
+
+/// A directory for configs and logs, removed on drop (kept after a panic,
+/// for its logs).
+pub struct ScratchDir(pub PathBuf);
+
+static NEXT_DIR: AtomicU32 = AtomicU32::new(0);
+
+impl ScratchDir {
+    pub fn new(what: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "bglb-bench-{}-{}-{what}",
+            std::process::id(),
+            NEXT_DIR.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+        ScratchDir(dir)
+    }
+
+    pub fn write(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.0.join(name);
+        fs::write(&path, text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        path
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("logs kept in {}", self.0.display());
+        } else {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+// --- bg-lb -------------------------------------------------------------------
+
+/// Settings beyond the defaults, each for a reason the README repeats:
+/// a wide SNAT port range and a short linger after close, so tens of
+/// thousands of short connections a second fit the per-backend port range
+/// (the default 10 s linger x 10,000 ports caps churn near 1,000/s per
+/// backend).
+pub fn bg_lb_config(vip: Ipv4Addr, snat: Ipv4Addr, http: &Pools, bulk: &Pools, paths: &str) -> String {
+    let mut toml = format!(
+        "interface = \"eth0\"\nxdp_mode = \"native\"\nsnat_address = \"{snat}\"\nsnat_ports = \"1024-32767\"\n\
+         {paths}\n[timeouts]\nclosing = \"2s\"\n"
+    );
+    for (name, port, pools) in [("web", VIP_HTTP_PORT, http), ("bulk", BULK_PORT, bulk)] {
+        toml += &format!(
+            "\n[[service]]\nname = \"{name}\"\nvip = \"{vip}:{port}\"\nratio = \"{}:{}\"\n",
+            pools.blue_percent,
+            100 - pools.blue_percent
+        );
+        for (pool, addrs) in [("blue", &pools.blue), ("green", &pools.green)] {
+            for addr in addrs {
+                toml += &format!("\n[[service.backend]]\npool = \"{pool}\"\naddress = \"{addr}\"\n");
+            }
+        }
+    }
+    toml
+}
+
+fn start_bg_lb(lab: &Lab, bin: &'static str, http: &Pools, bulk: &Pools) -> Running {
+    let peer_xdp = lab.topo.pass_lb_frames_to_switch();
+    let vip = lab.topo.vip;
+    let daemon = Daemon::start(bin, lab.lb(), |paths| bg_lb_config(vip, LB_ADDR, http, bulk, paths));
+    // New connections go only to backends the health checks found up.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for service in ["web", "bulk"] {
+        while !daemon.status(service).backends.iter().all(|b| b.health == "up") {
+            assert!(
+                Instant::now() < deadline,
+                "bg-lb: backends of {service} not up: {:?}",
+                daemon.status(service).backends
+            );
+            procs::sleep(Duration::from_millis(100));
+        }
+    }
+    Running {
+        http: SocketAddrV4::new(vip, VIP_HTTP_PORT),
+        bulk: SocketAddrV4::new(vip, BULK_PORT),
+        guard: Guard::BgLb {
+            _daemon: Box::new(daemon),
+            _peer_xdp: Box::new(peer_xdp),
+        },
+        _dir: None,
+    }
+}
+
+// --- HAProxy -----------------------------------------------------------------
+
+pub fn haproxy_config(vip: Ipv4Addr, http: &Pools, bulk: &Pools) -> String {
+    let mut cfg = "global\n    maxconn 8000\n    nbthread 2\n\ndefaults\n    mode tcp\n    \
+                   timeout connect 5s\n    timeout client 60s\n    timeout server 60s\n"
+        .to_owned();
+    for (name, port, pools) in [("web", VIP_HTTP_PORT, http), ("bulk", BULK_PORT, bulk)] {
+        cfg += &format!(
+            "\nfrontend {name}\n    bind {vip}:{port}\n    default_backend {name}\n\nbackend {name}\n    balance roundrobin\n"
+        );
+        for (i, (addr, weight)) in pools.weights().into_iter().enumerate() {
+            cfg += &format!("    server s{i} {addr} weight {weight}\n");
+        }
+    }
+    cfg
+}
+
+fn start_haproxy(lb: &NetNs, vip: Ipv4Addr, http: &Pools, bulk: &Pools) -> Running {
+    let dir = ScratchDir::new("haproxy");
+    let cfg = dir.write("haproxy.cfg", &haproxy_config(vip, http, bulk));
+    let log = dir.0.join("haproxy.log");
+    let child = ChildGuard::spawn_in(lb, "haproxy", "haproxy", &["-db", "-f", &cfg.to_string_lossy()], &log);
+    proxy_running(vip, child, dir)
+}
+
+fn proxy_running(vip: Ipv4Addr, child: ChildGuard, dir: ScratchDir) -> Running {
+    Running {
+        http: SocketAddrV4::new(vip, VIP_HTTP_PORT),
+        bulk: SocketAddrV4::new(vip, BULK_PORT),
+        guard: Guard::Process(child),
+        _dir: Some(dir),
+    }
+}
+
+// --- nginx stream ------------------------------------------------------------
+
+pub const NGINX_STREAM_MODULE: &str = "/usr/lib/nginx/modules/ngx_stream_module.so";
+
+pub fn nginx_config(vip: Ipv4Addr, http: &Pools, bulk: &Pools, dir: &str) -> String {
+    let mut cfg = format!(
+        "load_module {NGINX_STREAM_MODULE};\ndaemon off;\nmaster_process on;\nworker_processes 2;\n\
+         worker_rlimit_nofile 18000;\npid {dir}/nginx.pid;\nerror_log {dir}/error.log warn;\n\
+         events {{\n    worker_connections 8000;\n}}\n\nstream {{\n"
+    );
+    for (name, port, pools) in [("web", VIP_HTTP_PORT, http), ("bulk", BULK_PORT, bulk)] {
+        cfg += &format!("    upstream {name} {{\n");
+        for (addr, weight) in pools.weights() {
+            // nginx has no weight 0: a backend without a share is `down`.
+            match weight {
+                0 => cfg += &format!("        server {addr} down;\n"),
+                w => cfg += &format!("        server {addr} weight={w};\n"),
+            }
+        }
+        cfg += &format!("    }}\n    server {{\n        listen {vip}:{port};\n        proxy_pass {name};\n    }}\n");
+    }
+    cfg + "}\n"
+}
+
+fn start_nginx(lb: &NetNs, vip: Ipv4Addr, http: &Pools, bulk: &Pools) -> Running {
+    let dir = ScratchDir::new("nginx");
+    let d = dir.0.to_string_lossy().into_owned();
+    let cfg = dir.write("nginx.conf", &nginx_config(vip, http, bulk, &d));
+    let log = dir.0.join("nginx.log");
+    let args = ["-e", &format!("{d}/error.log"), "-p", &d, "-c", &cfg.to_string_lossy()];
+    let child = ChildGuard::spawn_in(lb, "nginx", "nginx", &args, &log);
+    proxy_running(vip, child, dir)
+}
+
+// --- nftables DNAT -------------------------------------------------------------
+
+/// `numgen random mod TOTAL` ranges, one per backend with a non-zero weight:
+/// a backend of weight w owns w consecutive values.
+pub fn numgen_ranges(weights: &[(SocketAddrV4, u32)]) -> (u32, Vec<(u32, u32, SocketAddrV4)>) {
+    let mut next = 0;
+    let mut ranges = Vec::new();
+    for &(addr, weight) in weights.iter().filter(|w| w.1 > 0) {
+        ranges.push((next, next + weight - 1, addr));
+        next += weight;
+    }
+    (next, ranges)
+}
+
+/// Kernel NAT: DNAT new connections to a backend picked by weighted
+/// `numgen`, and SNAT them to the LB's address so replies come back
+/// through it (one-arm, like the others' full NAT).
+pub fn nft_ruleset(vip: Ipv4Addr, snat: Ipv4Addr, http: &Pools, bulk: &Pools) -> String {
+    let mut rules = "table ip bglb_bench {\n    chain prerouting {\n        \
+                     type nat hook prerouting priority dstnat; policy accept;\n"
+        .to_owned();
+    for (port, pools) in [(VIP_HTTP_PORT, http), (BULK_PORT, bulk)] {
+        let (total, ranges) = numgen_ranges(&pools.weights());
+        let map: Vec<String> = ranges
+            .iter()
+            .map(|(lo, hi, addr)| match lo == hi {
+                true => format!("{lo} : {} . {}", addr.ip(), addr.port()),
+                false => format!("{lo}-{hi} : {} . {}", addr.ip(), addr.port()),
+            })
+            .collect();
+        rules += &format!(
+            "        ip daddr {vip} tcp dport {port} dnat ip addr . port to numgen random mod {total} map {{ {} }}\n",
+            map.join(", ")
+        );
+    }
+    rules += &format!(
+        "    }}\n    chain postrouting {{\n        type nat hook postrouting priority srcnat; policy accept;\n        \
+         ct status dnat snat to {snat}\n    }}\n}}\n"
+    );
+    rules
+}
+
+fn start_nftables(lb: &NetNs, vip: Ipv4Addr, http: &Pools, bulk: &Pools) -> Running {
+    // Forward what DNAT sends back out of eth0, and do not tell the client
+    // about a "better route" to the backend (one-arm redirects).
+    for setting in [
+        "net.ipv4.ip_forward=1",
+        "net.ipv4.conf.all.send_redirects=0",
+        "net.ipv4.conf.eth0.send_redirects=0",
+    ] {
+        lb.sysctl(setting);
+    }
+    let dir = ScratchDir::new("nft");
+    let rules = dir.write("rules.nft", &nft_ruleset(vip, LB_ADDR, http, bulk));
+    let args = [
+        format!("--net=/run/netns/{}", lb.name),
+        "nft".to_owned(),
+        "-f".to_owned(),
+        rules.to_string_lossy().into_owned(),
+    ];
+    procs::output("nsenter", &args, Duration::from_secs(10)).unwrap_or_else(|e| panic!("nft: {e}"));
+    // The rules live in the LB namespace and vanish with it.
+    Running {
+        http: SocketAddrV4::new(vip, VIP_HTTP_PORT),
+        bulk: SocketAddrV4::new(vip, BULK_PORT),
+        guard: Guard::Nothing,
+        _dir: Some(dir),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pools(port: u16) -> Pools {
+        let addr = |last| SocketAddrV4::new(Ipv4Addr::new(10, 99, 0, last), port);
+        Pools {
+            blue: vec![addr(11), addr(12)],
+            green: vec![addr(13), addr(14)],
+            blue_percent: 50,
+        }
+    }
+
+    const VIP: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 100);
+
+    #[test]
+    fn numgen_ranges_give_each_backend_as_many_values_as_its_weight() {
+        let p = pools(80);
+        let weights = [(p.blue[0], 3), (p.blue[1], 0), (p.green[0], 1), (p.green[1], 2)];
+        let (total, ranges) = numgen_ranges(&weights);
+        assert_eq!(total, 6);
+        assert_eq!(ranges, [(0, 2, p.blue[0]), (3, 3, p.green[0]), (4, 5, p.green[1])]);
+    }
+
+    #[test]
+    fn nft_rules_dnat_both_services_over_all_backends_and_snat_replies_through_the_lb() {
+        let rules = nft_ruleset(VIP, LB_ADDR, &pools(8080), &pools(5201));
+        assert!(rules.contains(
+            "ip daddr 10.99.0.100 tcp dport 80 dnat ip addr . port to numgen random mod 4 map \
+             { 0 : 10.99.0.11 . 8080, 1 : 10.99.0.12 . 8080, 2 : 10.99.0.13 . 8080, 3 : 10.99.0.14 . 8080 }"
+        ));
+        assert!(rules.contains("tcp dport 5201 dnat"));
+        assert!(rules.contains("ct status dnat snat to 10.99.0.1"));
+    }
+
+    #[test]
+    fn haproxy_balances_round_robin_with_the_split_as_weights() {
+        let cfg = haproxy_config(VIP, &pools(8080), &pools(5201));
+        assert!(cfg.contains("mode tcp"));
+        assert!(cfg.contains("bind 10.99.0.100:80"));
+        assert!(cfg.contains("bind 10.99.0.100:5201"));
+        assert_eq!(cfg.matches("balance roundrobin").count(), 2);
+        assert!(cfg.contains("server s3 10.99.0.14:8080 weight 1"));
+    }
+
+    #[test]
+    fn nginx_marks_zero_share_backends_down() {
+        let mut http = pools(8080);
+        http.blue_percent = 100;
+        let cfg = nginx_config(VIP, &http, &pools(5201), "/tmp/x");
+        assert!(cfg.contains("server 10.99.0.11:8080 weight=1;"));
+        assert!(cfg.contains("server 10.99.0.13:8080 down;"));
+        assert!(cfg.contains("listen 10.99.0.100:5201;"));
+        assert!(cfg.contains("load_module /usr/lib/nginx/modules/ngx_stream_module.so;"));
+    }
+
+    #[test]
+    fn bg_lb_config_has_both_services_with_the_ratio_and_every_backend() {
+        let toml = bg_lb_config(VIP, LB_ADDR, &pools(8080), &pools(5201), "pin_dir = \"/x\"\n");
+        assert!(toml.contains("vip = \"10.99.0.100:80\"\nratio = \"50:50\""));
+        assert!(toml.contains("vip = \"10.99.0.100:5201\""));
+        assert_eq!(toml.matches("[[service.backend]]").count(), 8);
+        assert!(toml.contains("pool = \"green\"\naddress = \"10.99.0.14:5201\""));
+        let paths = "pin_dir = \"/sys/fs/bpf/x\"\nstate_dir = \"/tmp/x\"\n[admin]\nsocket = \"/tmp/x.sock\"\n";
+        let toml = bg_lb_config(VIP, LB_ADDR, &pools(8080), &pools(5201), paths);
+        bg_lb::config::parse(std::path::Path::new("bench.toml"), &toml).expect("bg-lb accepts the bench config");
+    }
+}

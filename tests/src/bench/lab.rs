@@ -1,0 +1,178 @@
+//! One contender's test bed: the one-arm topology (client, LB, four
+//! backends on a bridge), an HTTP demo-backend and a bulk server on every
+//! backend. Each contender run gets a fresh one, so no state (XDP programs,
+//! nftables rules, conntrack, TIME_WAIT sockets) leaks from one to the next.
+
+use std::net::SocketAddrV4;
+
+use crate::{
+    bench::bulk::BulkServer,
+    daemon::DemoBackend,
+    http,
+    topology::{NetNs, OneArm},
+};
+
+/// Backends' HTTP port (demo-backend).
+pub const HTTP_PORT: u16 = 8080;
+/// Backends' bulk streaming port, and the VIP's.
+pub const BULK_PORT: u16 = 5201;
+/// The VIP's HTTP port.
+pub const VIP_HTTP_PORT: u16 = 80;
+/// Backends b0, b1 are blue; b2, b3 green.
+pub const BACKENDS: usize = 4;
+/// The split every contender is configured with.
+pub const BLUE_PERCENT: u32 = 50;
+
+pub struct Lab {
+    // Servers first: they must stop before their namespaces go.
+    _http: Vec<DemoBackend>,
+    _bulk: Vec<BulkServer>,
+    pub topo: OneArm,
+}
+
+impl Lab {
+    pub fn new(bg_lb: &'static str) -> Self {
+        let topo = OneArm::new(BACKENDS);
+        // The load generators open tens of thousands of connections in a few
+        // seconds. Whoever closes first keeps the port in TIME_WAIT for 60 s;
+        // behind a proxy that is often the client (wrk closes as soon as it
+        // has the response), and with the default 28,000 ports connect()
+        // then crawls. Give the client the whole range and let it reuse
+        // TIME_WAIT ports (safe with TCP timestamps), as load generators do.
+        topo.client.ns.sysctl("net.ipv4.ip_local_port_range=1024 65535");
+        topo.client.ns.sysctl("net.ipv4.tcp_tw_reuse=1");
+        let http = topo
+            .backends
+            .iter()
+            .enumerate()
+            .map(|(i, b)| {
+                DemoBackend::start(
+                    bg_lb,
+                    &b.ns,
+                    SocketAddrV4::new(b.addr, HTTP_PORT),
+                    &format!("b{i}"),
+                    "v1",
+                )
+            })
+            .collect();
+        let bulk = topo
+            .backends
+            .iter()
+            .map(|b| BulkServer::start(&b.ns, SocketAddrV4::new(b.addr, BULK_PORT)))
+            .collect();
+        Lab {
+            _http: http,
+            _bulk: bulk,
+            topo,
+        }
+    }
+
+    pub fn client(&self) -> &NetNs {
+        &self.topo.client.ns
+    }
+
+    pub fn lb(&self) -> &NetNs {
+        &self.topo.lb.ns
+    }
+
+    /// `(blue, green)` backend addresses on `port`.
+    pub fn pools(&self, port: u16) -> Pools {
+        let addrs: Vec<_> = self
+            .topo
+            .backends
+            .iter()
+            .map(|b| SocketAddrV4::new(b.addr, port))
+            .collect();
+        Pools {
+            blue: addrs[..BACKENDS / 2].to_vec(),
+            green: addrs[BACKENDS / 2..].to_vec(),
+            blue_percent: BLUE_PERCENT,
+        }
+    }
+
+    /// Requests each demo-backend has served so far (its own count, asked
+    /// directly from the client; the asking adds one to each).
+    pub fn requests_served(&self) -> Vec<u64> {
+        let addrs: Vec<_> = self.pools(HTTP_PORT).all().collect();
+        self.client().run(move || {
+            addrs
+                .iter()
+                .map(|&a| {
+                    let response = http::request(a, "GET", "/").unwrap_or_else(|e| panic!("GET / from {a}: {e}"));
+                    let json: serde_json::Value = serde_json::from_str(&response.body).unwrap_or_default();
+                    json["requests"].as_u64().unwrap_or(0)
+                })
+                .collect()
+        })
+    }
+}
+
+/// Two pools and the share of new connections the blue one gets.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pools {
+    pub blue: Vec<SocketAddrV4>,
+    pub green: Vec<SocketAddrV4>,
+    pub blue_percent: u32,
+}
+
+impl Pools {
+    pub fn all(&self) -> impl Iterator<Item = SocketAddrV4> + '_ {
+        self.blue.iter().chain(&self.green).copied()
+    }
+
+    /// Every backend with an integer weight such that weight / total is its
+    /// share of new connections (pool share split evenly inside the pool),
+    /// reduced by their common divisor so proxies with small weight limits
+    /// (HAProxy: 256) take them. Backends of an empty share get 0.
+    pub fn weights(&self) -> Vec<(SocketAddrV4, u32)> {
+        let per_backend = |percent: u32, pool: &[SocketAddrV4]| {
+            let others = (self.blue.len() * self.green.len()).max(1) as u32;
+            let each = percent * others / pool.len().max(1) as u32;
+            pool.iter().map(move |&a| (a, each)).collect::<Vec<_>>()
+        };
+        let mut weights = per_backend(self.blue_percent, &self.blue);
+        weights.extend(per_backend(100 - self.blue_percent, &self.green));
+        let divisor = weights.iter().map(|w| w.1).filter(|&w| w > 0).fold(0, gcd).max(1);
+        weights.into_iter().map(|(a, w)| (a, w / divisor)).collect()
+    }
+}
+
+fn gcd(a: u32, b: u32) -> u32 {
+    if b == 0 { a } else { gcd(b, a % b) }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+
+    fn pools(blue: usize, green: usize, blue_percent: u32) -> Pools {
+        let addr = |i: usize| SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, i as u8), 80);
+        Pools {
+            blue: (0..blue).map(addr).collect(),
+            green: (blue..blue + green).map(addr).collect(),
+            blue_percent,
+        }
+    }
+
+    #[test]
+    fn even_split_over_two_and_two_gives_equal_unit_weights() {
+        let w: Vec<u32> = pools(2, 2, 50).weights().into_iter().map(|w| w.1).collect();
+        assert_eq!(w, [1, 1, 1, 1]);
+    }
+
+    #[test]
+    fn weights_carry_the_pool_ratio_and_pool_sizes() {
+        let w: Vec<u32> = pools(2, 2, 30).weights().into_iter().map(|w| w.1).collect();
+        assert_eq!(w, [3, 3, 7, 7]);
+        let w: Vec<u32> = pools(1, 3, 50).weights().into_iter().map(|w| w.1).collect();
+        assert_eq!(w, [3, 1, 1, 1], "one blue backend carries half");
+    }
+
+    #[test]
+    fn a_pool_with_no_share_gets_zero_weights() {
+        let w: Vec<u32> = pools(2, 2, 100).weights().into_iter().map(|w| w.1).collect();
+        assert_eq!(w, [1, 1, 0, 0]);
+    }
+}

@@ -1,0 +1,144 @@
+//! The macro benchmark: every contender in a fresh lab, all workloads, in
+//! interleaved rounds (the order rotates each round) so that drift on a
+//! shared machine hits every contender alike. A contender that fails a
+//! request is recorded as failing; a contender that cannot start is
+//! recorded as failing and the run goes on.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+use serde::Serialize;
+
+use crate::bench::{
+    bulk::BulkReport,
+    contenders::Contender,
+    lab::Lab,
+    procs,
+    workloads::{self, CpuReport, WorkloadOptions},
+    wrk::WrkReport,
+};
+
+#[derive(Clone, Debug, Serialize)]
+pub struct MacroOptions {
+    pub rounds: usize,
+    pub workloads: WorkloadOptions,
+    pub contenders: Vec<Contender>,
+}
+
+/// One contender in one round.
+#[derive(Clone, Debug, Serialize)]
+pub struct RunRecord {
+    pub contender: Contender,
+    pub round: usize,
+    pub new_connections: Option<WrkReport>,
+    pub keep_alive: Option<WrkReport>,
+    pub bulk: Option<BulkReport>,
+    pub cpu: Option<CpuReport>,
+    /// Requests each backend (b0..b3) served during the round.
+    pub backend_requests: Vec<u64>,
+    /// bg-lb's data-plane counters after the round (other contenders: none).
+    pub dataplane_counters: Option<std::collections::BTreeMap<String, u64>>,
+    /// Empty when every request of every workload succeeded.
+    pub failures: Vec<String>,
+}
+
+impl RunRecord {
+    fn new(contender: Contender, round: usize) -> Self {
+        RunRecord {
+            contender,
+            round,
+            new_connections: None,
+            keep_alive: None,
+            bulk: None,
+            cpu: None,
+            backend_requests: Vec::new(),
+            dataplane_counters: None,
+            failures: Vec::new(),
+        }
+    }
+
+    /// Keeps a clean result, or records why it is not one.
+    fn keep<T>(&mut self, what: &str, result: Result<T, String>, clean: impl Fn(&T) -> Option<String>) -> Option<T> {
+        match result {
+            Ok(value) => match clean(&value) {
+                None => Some(value),
+                Some(why) => {
+                    self.failures.push(format!("{what}: {why}"));
+                    None
+                }
+            },
+            Err(why) => {
+                self.failures.push(format!("{what}: {why}"));
+                None
+            }
+        }
+    }
+}
+
+/// Runs every round; `progress` hears about each step.
+pub fn run(opts: &MacroOptions, bg_lb: &'static str, progress: &mut dyn FnMut(&str)) -> Vec<RunRecord> {
+    let mut records = Vec::new();
+    for round in 0..opts.rounds {
+        let n = opts.contenders.len();
+        for i in 0..n {
+            let contender = opts.contenders[(i + round) % n];
+            progress(&format!("round {}/{}: {}", round + 1, opts.rounds, contender.label()));
+            let outcome = catch_unwind(AssertUnwindSafe(|| run_one(contender, round, opts, bg_lb)));
+            let record = match outcome {
+                Ok(record) => record,
+                Err(panic) if procs::interrupted() => std::panic::resume_unwind(panic),
+                Err(panic) => {
+                    let mut record = RunRecord::new(contender, round);
+                    record
+                        .failures
+                        .push(format!("setup or run aborted: {}", panic_text(&*panic)));
+                    record
+                }
+            };
+            for f in &record.failures {
+                progress(&format!("  FAILING {}: {f}", contender.label()));
+            }
+            records.push(record);
+        }
+    }
+    records
+}
+
+fn run_one(contender: Contender, round: usize, opts: &MacroOptions, bg_lb: &'static str) -> RunRecord {
+    let o = &opts.workloads;
+    let lab = Lab::new(bg_lb);
+    let running = contender.start(&lab, bg_lb);
+    let mut r = RunRecord::new(contender, round);
+    let before = lab.requests_served();
+    let wrk_clean = |w: &WrkReport| w.failure();
+    r.new_connections = r.keep(
+        "new connections",
+        workloads::new_connections(lab.client(), running.http, o),
+        wrk_clean,
+    );
+    r.keep_alive = r.keep(
+        "keep-alive",
+        workloads::keep_alive(lab.client(), running.http, o),
+        wrk_clean,
+    );
+    r.bulk = r.keep("bulk", workloads::bulk(lab.client(), running.bulk, o), |_| None);
+    r.cpu = r.keep("paced", workloads::paced(&lab, running.http, o), |_| None);
+    r.dataplane_counters = running.dataplane_counters();
+    let after = lab.requests_served();
+    // Each count includes the previous asking.
+    r.backend_requests = after.iter().zip(&before).map(|(a, b)| a - b - 1).collect();
+    if contender.balances()
+        && let Some(idle) = r.backend_requests.iter().position(|&n| n == 0)
+    {
+        r.failures.push(format!("backend b{idle} served no request"));
+    }
+    drop(running);
+    r
+}
+
+fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "panic".to_owned())
+}

@@ -1,0 +1,651 @@
+//! The micro benchmark: the real XDP program through BPF_PROG_TEST_RUN,
+//! per packet path, against the `xdp_bounce` baseline (parse
+//! Ethernet/IPv4/TCP, swap MACs, XDP_TX: the practical limit of any XDP
+//! program); the userspace cost of a ratio change; flow-table memory.
+//!
+//! # Timing
+//! With `repeat = N` the kernel runs the program N times on the same buffer,
+//! so a NAT rewrite would feed its own output back in (after one run the
+//! frame no longer goes to the VIP). Every path, the baseline included, is
+//! therefore timed the same way: many `repeat = 1` runs on a fresh copy of
+//! the frame, taking the kernel's `duration` of each. That figure includes
+//! the test-run harness's own overhead (timer reads, bottom-half toggling),
+//! which `xdp_pass` shows on its own. An XDP_TX or XDP_REDIRECT verdict is
+//! only returned, not carried out, for every program alike.
+//!
+//! Programs that leave the frame as it was (or, like the bounce's MAC swap,
+//! undo their change on the next run) are also timed with a large `repeat`,
+//! which spreads the overhead over many runs. The overhead of a single run
+//! is then `xdp_pass` single minus `xdp_pass` repeated, and each path's
+//! estimated own time is its single-run time minus that overhead.
+
+use std::{
+    fs,
+    net::{Ipv4Addr, SocketAddrV4},
+    time::Instant,
+};
+
+use aya::{
+    Ebpf,
+    programs::{TestRun, TestRunOptions, Xdp},
+};
+use bg_lb::{
+    dataplane::{Dataplane, DataplaneOptions},
+    lookup_table::{self, TableBackend},
+    ratio::{Pool, Ratio},
+    services::{BackendSpec, ServiceSpec, Services},
+};
+use bg_lb_common::maps::{DEFAULT_LUT_SIZE, DEFAULT_MAX_FLOWS, DataplaneConfig, MAX_BACKENDS};
+use serde::Serialize;
+
+use crate::{
+    bench::{
+        procs,
+        stats::{self, Summary},
+    },
+    cmd::{self, ifindex, ip},
+    netns::in_fresh_netns,
+    packets::{ACK, SYN, SYN_ACK, parse_checked, tcp_frame},
+};
+
+const XDP_PASS: u32 = 2;
+const XDP_TX: u32 = 3;
+const XDP_REDIRECT: u32 = 4;
+
+const LB_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
+const GATEWAY_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xfe];
+const SNAT: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
+const VIP: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 100), 80);
+const BACKENDS: [Ipv4Addr; 4] = [
+    Ipv4Addr::new(10, 0, 0, 10),
+    Ipv4Addr::new(10, 0, 0, 11),
+    Ipv4Addr::new(10, 0, 0, 20),
+    Ipv4Addr::new(10, 0, 0, 21),
+];
+
+#[derive(Clone, Debug, Serialize)]
+pub struct MicroOptions {
+    pub batches: usize,
+    pub runs_per_batch: usize,
+    /// Ratio changes timed per backend count.
+    pub ratio_changes: usize,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct PathCost {
+    pub path: &'static str,
+    pub program: &'static str,
+    pub verdict: &'static str,
+    /// ns per packet with `repeat = 1`: median of every run; min and max of
+    /// the batch medians.
+    pub ns: Summary,
+    /// ns per packet with a large `repeat`, for frames a run leaves valid.
+    pub repeated_ns: Option<Summary>,
+    /// `ns` over the baseline's `ns` (the same single-run method).
+    pub ratio_to_bounce: Option<f64>,
+    /// `ns` minus the single-run overhead: the program's own time.
+    pub own_ns: f64,
+    /// `own_ns` over the baseline's repeated time (its own time).
+    pub own_ratio_to_bounce: Option<f64>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct RatioChangeCost {
+    pub backends: usize,
+    /// Building the weighted Maglev table alone (pure computation).
+    pub build_ms: Summary,
+    /// `Services::apply`: build, write every backend and every table slot to
+    /// the inactive region, swap the service entry.
+    pub apply_ms: Summary,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct MapMemory {
+    pub map: &'static str,
+    pub map_type: u32,
+    pub key_size: u64,
+    pub value_size: u64,
+    pub max_entries: u64,
+    /// The kernel's own accounting (`memlock` in the map's fdinfo).
+    pub memlock_bytes: u64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct MicroReport {
+    pub options: MicroOptions,
+    pub paths: Vec<PathCost>,
+    pub ratio_changes: Vec<RatioChangeCost>,
+    pub flow_maps: Vec<MapMemory>,
+    /// FLOWS + REVERSE_NAT bytes per flow at 1M flows.
+    pub bytes_per_flow: f64,
+}
+
+pub fn run(o: MicroOptions) -> MicroReport {
+    in_fresh_netns(move || {
+        let (paths, flow_maps) = packet_paths(&o);
+        let ratio_changes = [2, 100, 1000].iter().map(|&n| ratio_change(n, &o)).collect();
+        let bytes_per_flow = flow_maps.iter().map(|m| m.memlock_bytes as f64).sum::<f64>() / DEFAULT_MAX_FLOWS as f64;
+        MicroReport {
+            options: o,
+            paths,
+            ratio_changes,
+            flow_maps,
+            bytes_per_flow,
+        }
+    })
+}
+
+/// A namespace where `bpf_fib_lookup` resolves every next hop: veth0 is the
+/// LB's interface, backends and the clients' gateway are permanent
+/// neighbours, forwarding is on (test runs arrive on lo).
+fn prepare_namespace() {
+    ip("link set lo up");
+    ip("link add veth0 address 02:00:00:00:00:01 type veth peer name veth1");
+    ip("link set veth0 up");
+    ip("link set veth1 up");
+    ip("addr add 10.0.0.1/24 dev veth0");
+    ip("route add 192.168.0.0/16 via 10.0.0.254");
+    for addr in BACKENDS.iter().chain(&[Ipv4Addr::new(10, 0, 0, 254)]) {
+        let mac = mac_of(*addr).map(|b| format!("{b:02x}")).join(":");
+        ip(&format!("neigh add {addr} lladdr {mac} dev veth0 nud permanent"));
+    }
+    cmd::run(
+        "sysctl",
+        &["-qw", "net.ipv4.conf.all.forwarding=1", "net.ipv4.conf.lo.forwarding=1"],
+    );
+}
+
+fn mac_of(addr: Ipv4Addr) -> [u8; 6] {
+    [0x02, 0, 0, 0, 0, addr.octets()[3]]
+}
+
+fn four_backend_spec() -> ServiceSpec {
+    let backends = BACKENDS
+        .iter()
+        .enumerate()
+        .map(|(i, &a)| BackendSpec {
+            addr: SocketAddrV4::new(a, 8080),
+            pool: if i < 2 { Pool::Blue } else { Pool::Green },
+            weight: 100,
+            reset_flows: false,
+        })
+        .collect();
+    ServiceSpec {
+        vip: VIP,
+        lut_size: DEFAULT_LUT_SIZE,
+        ratio: Ratio::new(50).expect("valid ratio"),
+        backends,
+    }
+}
+
+/// The client of the `i`-th SYN run: a distinct 5-tuple for every run
+/// (60,000 ports per client address).
+fn nth_client(i: usize) -> SocketAddrV4 {
+    let host = 1 + (i / 60_000) as u8;
+    SocketAddrV4::new(Ipv4Addr::new(192, 168, 1, host), 1024 + (i % 60_000) as u16)
+}
+
+struct Timed<'a> {
+    path: &'static str,
+    program: &'static str,
+    prog: &'a Xdp,
+    expect: u32,
+    frame: Box<dyn Fn(usize) -> Vec<u8> + 'a>,
+    /// Whether a run leaves the frame valid for the next (large `repeat`).
+    repeatable: bool,
+    batch_medians: Vec<f64>,
+    all: Vec<f64>,
+    repeated: Vec<f64>,
+}
+
+fn packet_paths(o: &MicroOptions) -> (Vec<PathCost>, Vec<MapMemory>) {
+    prepare_namespace();
+    let opts = DataplaneOptions {
+        max_flows: DEFAULT_MAX_FLOWS,
+        lookup_capacity: 2 * DEFAULT_LUT_SIZE,
+        pin_dir: None,
+    };
+    let mut dataplane = Dataplane::load(&opts).expect("load the XDP program");
+    let flow_maps = flow_map_memory();
+    dataplane.add_tx_port(ifindex("veth0")).expect("TX_PORTS");
+    dataplane
+        .set_config(&DataplaneConfig {
+            snat_addr: u32::from_ne_bytes(SNAT.octets()),
+            // Wide, so that the SYN runs never make port claims probe far.
+            snat_port_min: 1024,
+            snat_port_max: 65535,
+            ready: 1,
+            _pad: 0,
+        })
+        .expect("CONFIG");
+    let mut services = Services::new(dataplane, opts.lookup_capacity);
+    services.apply(&four_backend_spec()).expect("program the service");
+    let lb = services.dataplane().xdp().expect("bg_lb program");
+    let aux = load_aux();
+    let prog = |name| -> &Xdp { aux.program(name).expect(name).try_into().expect("XDP") };
+
+    // One established flow: SYN, then the backend's SYN-ACK.
+    let client = SocketAddrV4::new(Ipv4Addr::new(192, 168, 200, 1), 40000);
+    let (_, to_backend) = test_run(lb, &tcp_frame(GATEWAY_MAC, LB_MAC, client, VIP, SYN, b""));
+    let nat = parse_checked(&to_backend);
+    let reply = tcp_frame(mac_of(*nat.dst.ip()), LB_MAC, nat.dst, nat.src, SYN_ACK, b"");
+    assert_eq!(test_run(lb, &reply).0, XDP_REDIRECT, "backend's SYN-ACK is translated");
+    let established = tcp_frame(GATEWAY_MAC, LB_MAC, client, VIP, ACK, b"");
+    let reply = tcp_frame(mac_of(*nat.dst.ip()), LB_MAC, nat.dst, nat.src, ACK, b"");
+    let not_ours = tcp_frame(GATEWAY_MAC, LB_MAC, client, SocketAddrV4::new(SNAT, 22), SYN, b"");
+
+    let fixed = |frame: Vec<u8>| -> Box<dyn Fn(usize) -> Vec<u8>> { Box::new(move |_| frame.clone()) };
+    let mut timed = vec![
+        Timed::new(
+            "first packet of a new flow (SYN)",
+            "bg_lb",
+            lb,
+            XDP_REDIRECT,
+            Box::new(|i| tcp_frame(GATEWAY_MAC, LB_MAC, nth_client(i), VIP, SYN, b"")),
+            false,
+        ),
+        Timed::new(
+            "established flow, client -> backend",
+            "bg_lb",
+            lb,
+            XDP_REDIRECT,
+            fixed(established.clone()),
+            false,
+        ),
+        Timed::new(
+            "reply, backend -> client",
+            "bg_lb",
+            lb,
+            XDP_REDIRECT,
+            fixed(reply),
+            false,
+        ),
+        Timed::new("non-VIP packet (passed)", "bg_lb", lb, XDP_PASS, fixed(not_ours), true),
+        Timed::new(
+            BASELINE,
+            "xdp_bounce",
+            prog("xdp_bounce"),
+            XDP_TX,
+            fixed(established.clone()),
+            true,
+        ),
+        Timed::new(FLOOR, "xdp_pass", prog("xdp_pass"), XDP_PASS, fixed(established), true),
+    ];
+    let mut n = 0;
+    for _ in 0..o.batches {
+        for t in &mut timed {
+            procs::check_interrupt();
+            t.batch(o.runs_per_batch, &mut n);
+        }
+    }
+    let paths: Vec<PathCost> = timed
+        .iter()
+        .map(|t| PathCost {
+            path: t.path,
+            program: t.program,
+            verdict: verdict_name(t.expect),
+            ns: t.summary(),
+            repeated_ns: stats::summarize(&t.repeated),
+            ratio_to_bounce: None,
+            own_ns: f64::NAN,
+            own_ratio_to_bounce: None,
+        })
+        .collect();
+    (with_ratios(paths), flow_maps)
+}
+
+const BASELINE: &str = "baseline: parse + MAC swap + XDP_TX";
+const FLOOR: &str = "test-run floor: return XDP_PASS";
+
+/// Fills in the ratios to the baseline and the own times, which need the
+/// baseline's and the floor's figures.
+fn with_ratios(mut paths: Vec<PathCost>) -> Vec<PathCost> {
+    let find = |name: &str| paths.iter().find(|p| p.path == name).cloned();
+    let (Some(bounce), Some(floor)) = (find(BASELINE), find(FLOOR)) else {
+        return paths;
+    };
+    let overhead = floor.ns.median - floor.repeated_ns.map_or(0.0, |r| r.median);
+    let bounce_own = bounce.repeated_ns.map_or(bounce.ns.median - overhead, |r| r.median);
+    for p in &mut paths {
+        p.ratio_to_bounce = stats::ratio(p.ns.median, bounce.ns.median);
+        p.own_ns = p.repeated_ns.map_or(p.ns.median - overhead, |r| r.median);
+        p.own_ratio_to_bounce = stats::ratio(p.own_ns, bounce_own);
+    }
+    paths
+}
+
+impl<'a> Timed<'a> {
+    fn new(
+        path: &'static str,
+        program: &'static str,
+        prog: &'a Xdp,
+        expect: u32,
+        frame: Box<dyn Fn(usize) -> Vec<u8> + 'a>,
+        repeatable: bool,
+    ) -> Self {
+        Timed {
+            path,
+            program,
+            prog,
+            expect,
+            frame,
+            repeatable,
+            batch_medians: Vec::new(),
+            all: Vec::new(),
+            repeated: Vec::new(),
+        }
+    }
+
+    /// `runs` single runs; `n` numbers frames across batches (fresh SYNs).
+    fn batch(&mut self, runs: usize, n: &mut usize) {
+        let mut times = Vec::with_capacity(runs);
+        for _ in 0..runs {
+            let frame = (self.frame)(*n);
+            *n += 1;
+            let mut out = vec![0u8; frame.len() + 256];
+            let result = self
+                .prog
+                .test_run(TestRunOptions {
+                    data_in: Some(&frame),
+                    data_out: Some(&mut out),
+                    ..TestRunOptions::new()
+                })
+                .expect("BPF_PROG_TEST_RUN");
+            assert_eq!(
+                result.return_value, self.expect,
+                "{}: unexpected verdict (is the namespace set up?)",
+                self.path
+            );
+            times.push(result.duration.as_nanos() as f64);
+        }
+        self.batch_medians
+            .push(stats::summarize(&times).expect("at least one run").median);
+        self.all.extend(times);
+        if self.repeatable {
+            let frame = (self.frame)(*n);
+            let mut out = vec![0u8; frame.len() + 256];
+            let result = self
+                .prog
+                .test_run(TestRunOptions {
+                    data_in: Some(&frame),
+                    data_out: Some(&mut out),
+                    repeat: 100 * runs as u32,
+                    ..TestRunOptions::new()
+                })
+                .expect("BPF_PROG_TEST_RUN");
+            assert_eq!(result.return_value, self.expect, "{}: repeated run", self.path);
+            // The kernel reports the mean per run, in whole ns: with enough
+            // runs, below-ns detail is lost but nothing else.
+            self.repeated.push(result.duration.as_nanos() as f64);
+        }
+    }
+
+    fn summary(&self) -> Summary {
+        let overall = stats::summarize(&self.all).expect("runs were made");
+        let batches = stats::summarize(&self.batch_medians).expect("batches were made");
+        Summary {
+            median: overall.median,
+            min: batches.min,
+            max: batches.max,
+            n: self.all.len(),
+        }
+    }
+}
+
+fn test_run(prog: &Xdp, frame: &[u8]) -> (u32, Vec<u8>) {
+    let mut out = vec![0u8; frame.len() + 256];
+    let result = prog
+        .test_run(TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            ..TestRunOptions::new()
+        })
+        .expect("BPF_PROG_TEST_RUN");
+    out.truncate(result.data_size_out as usize);
+    (result.return_value, out)
+}
+
+fn load_aux() -> Ebpf {
+    let mut aux = Ebpf::load(bg_lb::ebpf_objects::aux()).expect("load aux object");
+    for name in ["xdp_bounce", "xdp_pass"] {
+        let prog: &mut Xdp = aux.program_mut(name).expect(name).try_into().expect("XDP");
+        prog.load().expect("load aux program");
+    }
+    aux
+}
+
+fn verdict_name(verdict: u32) -> &'static str {
+    match verdict {
+        XDP_PASS => "XDP_PASS",
+        XDP_TX => "XDP_TX",
+        XDP_REDIRECT => "XDP_REDIRECT",
+        _ => "other",
+    }
+}
+
+/// The two 1M-entry maps (FLOWS, REVERSE_NAT) of this process, as the
+/// kernel accounts them in their fdinfo.
+fn flow_map_memory() -> Vec<MapMemory> {
+    let mut maps: Vec<MapMemory> = fs::read_dir("/proc/self/fd")
+        .expect("/proc/self/fd")
+        .flatten()
+        .filter(|e| fs::read_link(e.path()).is_ok_and(|l| l.to_string_lossy() == "anon_inode:bpf-map"))
+        .filter_map(|e| fs::read_to_string(format!("/proc/self/fdinfo/{}", e.file_name().to_string_lossy())).ok())
+        .filter_map(|info| parse_map_fdinfo(&info))
+        .filter(|m| m.max_entries == DEFAULT_MAX_FLOWS as u64)
+        .collect();
+    maps.sort_by_key(|m| m.map);
+    maps.dedup_by_key(|m| m.map);
+    maps
+}
+
+/// Reads a map's fdinfo; names it by its key and value sizes, which tell
+/// FLOWS (FlowKey -> Flow) from REVERSE_NAT (NatKey -> FlowKey).
+pub fn parse_map_fdinfo(info: &str) -> Option<MapMemory> {
+    let field = |name: &str| -> Option<u64> {
+        info.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':').map(|v| v.trim().parse().ok()))?
+    };
+    let (key_size, value_size) = (field("key_size")?, field("value_size")?);
+    let key = std::mem::size_of::<bg_lb_common::maps::FlowKey>() as u64;
+    let map = match (key_size, value_size) {
+        (k, v) if k == key && v == std::mem::size_of::<bg_lb_common::maps::Flow>() as u64 => "FLOWS",
+        (k, v) if k == std::mem::size_of::<bg_lb_common::maps::NatKey>() as u64 && v == key => "REVERSE_NAT",
+        _ => "other",
+    };
+    Some(MapMemory {
+        map,
+        map_type: field("map_type")? as u32,
+        key_size,
+        value_size,
+        max_entries: field("max_entries")?,
+        memlock_bytes: field("memlock")?,
+    })
+}
+
+/// Times ratio changes on a service of `n` backends (half blue, half green).
+fn ratio_change(n: usize, o: &MicroOptions) -> RatioChangeCost {
+    assert!(n as u32 <= MAX_BACKENDS);
+    let opts = DataplaneOptions {
+        max_flows: 4096,
+        lookup_capacity: 2 * DEFAULT_LUT_SIZE,
+        pin_dir: None,
+    };
+    let dataplane = Dataplane::load(&opts).expect("load the XDP program");
+    let mut services = Services::new(dataplane, opts.lookup_capacity);
+    let mut spec = ServiceSpec {
+        vip: VIP,
+        lut_size: DEFAULT_LUT_SIZE,
+        ratio: Ratio::new(50).expect("valid"),
+        backends: (0..n)
+            .map(|i| BackendSpec {
+                addr: SocketAddrV4::new(Ipv4Addr::new(10, 1, (i / 250) as u8, 1 + (i % 250) as u8), 8080),
+                pool: if i < n / 2 { Pool::Blue } else { Pool::Green },
+                weight: 100,
+                reset_flows: false,
+            })
+            .collect(),
+    };
+    services.apply(&spec).expect("install the service");
+    let table_backends: Vec<TableBackend> = spec
+        .backends
+        .iter()
+        .map(|b| TableBackend {
+            id: services.backend_id(&VIP, &b.addr).expect("installed"),
+            addr: b.addr,
+            pool: b.pool,
+            weight: b.weight,
+        })
+        .collect();
+    let (mut build, mut apply) = (Vec::new(), Vec::new());
+    for i in 0..o.ratio_changes {
+        procs::check_interrupt();
+        spec.ratio = Ratio::new(if i % 2 == 0 { 60 } else { 50 }).expect("valid");
+        let started = Instant::now();
+        std::hint::black_box(lookup_table::build(&table_backends, spec.ratio, DEFAULT_LUT_SIZE));
+        build.push(started.elapsed().as_secs_f64() * 1e3);
+        let started = Instant::now();
+        services.apply(&spec).expect("ratio change");
+        apply.push(started.elapsed().as_secs_f64() * 1e3);
+    }
+    RatioChangeCost {
+        backends: n,
+        build_ms: stats::summarize(&build).expect("timed"),
+        apply_ms: stats::summarize(&apply).expect("timed"),
+    }
+}
+
+/// The micro benchmark's Markdown.
+pub fn render(r: &MicroReport) -> String {
+    use std::fmt::Write as _;
+
+    use crate::bench::report::fmt_number;
+    let mut md = String::new();
+    let ratio = |r: Option<f64>| r.map_or("n/a".to_owned(), |x| format!("{x:.2}×"));
+    let _ = writeln!(
+        md,
+        "| packet path | program | verdict | ns/packet, repeat=1 (median; batch range) | ratio to xdp_bounce | \
+         ns/packet, large repeat | own ns (est.) | own ratio to xdp_bounce |\n|---|---|---|---|---|---|---|---|"
+    );
+    for p in &r.paths {
+        let _ = writeln!(
+            md,
+            "| {} | `{}` | {} | {} ({}–{}) | {} | {} | {} | {} |",
+            p.path,
+            p.program,
+            p.verdict,
+            fmt_number(p.ns.median),
+            fmt_number(p.ns.min),
+            fmt_number(p.ns.max),
+            ratio(p.ratio_to_bounce),
+            p.repeated_ns.map_or("-".to_owned(), |s| fmt_number(s.median)),
+            fmt_number(p.own_ns),
+            ratio(p.own_ratio_to_bounce),
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\n| backends | ratio change: table build ms | ratio change: `Services::apply` ms (build + map writes + swap) |\n|---|---|---|"
+    );
+    for c in &r.ratio_changes {
+        let _ = writeln!(
+            md,
+            "| {} | {} ({}–{}) | {} ({}–{}) |",
+            c.backends,
+            fmt_number(c.build_ms.median),
+            fmt_number(c.build_ms.min),
+            fmt_number(c.build_ms.max),
+            fmt_number(c.apply_ms.median),
+            fmt_number(c.apply_ms.min),
+            fmt_number(c.apply_ms.max)
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\n| map (1,048,576 entries) | key B | value B | kernel memlock | per entry |\n|---|---|---|---|---|"
+    );
+    for m in &r.flow_maps {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {:.1} MiB | {:.0} B |",
+            m.map,
+            m.key_size,
+            m.value_size,
+            m.memlock_bytes as f64 / (1 << 20) as f64,
+            m.memlock_bytes as f64 / m.max_entries as f64
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\nFlow state per 1M flows: {:.0} MiB ({:.0} bytes per flow).",
+        r.bytes_per_flow * DEFAULT_MAX_FLOWS as f64 / (1 << 20) as f64,
+        r.bytes_per_flow
+    );
+    md
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fdinfo_of_the_flow_table_is_recognised_by_its_key_and_value_sizes() {
+        let info = "pos:\t0\nflags:\t02000002\nmnt_id:\t15\nino:\t1057\nmap_type:\t9\nkey_size:\t16\n\
+                    value_size:\t32\nmax_entries:\t1048576\nmap_flags:\t0x0\nmap_extra:\t0x0\n\
+                    memlock:\t109051904\nmap_id:\t42\nfrozen:\t0\n";
+        let m = parse_map_fdinfo(info).unwrap();
+        assert_eq!(m.map, "FLOWS");
+        assert_eq!(
+            (m.map_type, m.max_entries, m.memlock_bytes),
+            (9, 1_048_576, 109_051_904)
+        );
+        let nat = info
+            .replace("key_size:\t16", "key_size:\t8")
+            .replace("value_size:\t32", "value_size:\t16");
+        assert_eq!(parse_map_fdinfo(&nat).unwrap().map, "REVERSE_NAT");
+    }
+
+    fn cost(path: &'static str, single: f64, repeated: Option<f64>) -> PathCost {
+        let summary = |v: f64| Summary {
+            median: v,
+            min: v,
+            max: v,
+            n: 1,
+        };
+        PathCost {
+            path,
+            program: "p",
+            verdict: "v",
+            ns: summary(single),
+            repeated_ns: repeated.map(summary),
+            ratio_to_bounce: None,
+            own_ns: f64::NAN,
+            own_ratio_to_bounce: None,
+        }
+    }
+
+    #[test]
+    fn own_time_removes_the_single_run_overhead_measured_on_xdp_pass() {
+        let paths = with_ratios(vec![
+            cost("rewrite", 430.0, None),
+            cost(BASELINE, 80.0, Some(10.0)),
+            cost(FLOOR, 80.0, Some(2.0)),
+        ]);
+        let rewrite = &paths[0];
+        assert_eq!(rewrite.ratio_to_bounce, Some(430.0 / 80.0));
+        assert_eq!(rewrite.own_ns, 430.0 - 78.0);
+        assert_eq!(rewrite.own_ratio_to_bounce, Some(35.2));
+        assert_eq!(paths[1].own_ns, 10.0, "repeatable paths use their repeated time");
+    }
+
+    #[test]
+    fn fdinfo_without_memlock_is_not_a_map() {
+        assert!(parse_map_fdinfo("pos:\t0\nflags:\t02\n").is_none());
+    }
+
+    #[test]
+    fn syn_clients_are_distinct_for_every_run() {
+        let clients: std::collections::HashSet<_> = (0..150_000).map(nth_client).collect();
+        assert_eq!(clients.len(), 150_000);
+    }
+}

@@ -1,0 +1,27 @@
+//! `bg-lb-bench`, run by `cargo xtask bench`: bg-lb against HAProxy, nginx
+//! stream, nftables DNAT and a direct connection on the same namespace
+//! topology (the macro benchmark), and the XDP program's cost per packet
+//! against a bounce-only baseline (the micro benchmark).
+//!
+//! # Layout
+//! - [`procs`]: child processes, timeouts, and Ctrl-C turned into unwinding.
+//! - [`lab`]: a fresh topology with HTTP and bulk backends per contender run.
+//! - [`contenders`]: each contender's configuration and start-up.
+//! - [`wrk`], [`bulk`], [`workloads`]: the load generators and what they report.
+//! - [`cpu`]: CPU time from /proc, machine-wide and per network namespace.
+//! - [`macro_bench`]: interleaved rounds over contenders and workloads.
+//! - [`stats`], [`report`]: medians, ranges, ratios, Markdown tables.
+//! - [`micro`]: BPF_PROG_TEST_RUN timings, ratio-change cost, flow-table memory.
+//! - [`sweep`]: removes what a killed earlier run left behind.
+pub mod bulk;
+pub mod contenders;
+pub mod cpu;
+pub mod lab;
+pub mod macro_bench;
+pub mod micro;
+pub mod procs;
+pub mod report;
+pub mod stats;
+pub mod sweep;
+pub mod workloads;
+pub mod wrk;

@@ -1,0 +1,232 @@
+//! The workloads, each run from the client namespace against one target:
+//! new connections per second and keep-alive requests (wrk), bulk
+//! throughput ([`bulk`]), and CPU per 1,000 connections at a fixed rate.
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{SocketAddr, SocketAddrV4, TcpStream},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use serde::Serialize;
+
+use crate::{
+    bench::{
+        bulk::{self, BulkReport},
+        cpu,
+        lab::Lab,
+        procs,
+        wrk::{self, Connections, WrkReport},
+    },
+    topology::NetNs,
+};
+
+/// Lengths and sizes of one pass over the workloads.
+#[derive(Clone, Debug, Serialize)]
+pub struct WorkloadOptions {
+    pub duration: Duration,
+    /// wrk threads: one per core.
+    pub wrk_threads: u32,
+    pub close_connections: u32,
+    pub keepalive_connections: u32,
+    pub bulk_connections: usize,
+    /// New connections per second for the CPU measurement: well below every
+    /// contender's maximum, so the machine is not saturated and CPU time per
+    /// connection means something (at saturation it is just 1/throughput).
+    pub paced_rate: u32,
+}
+
+/// New connections per second: one short request per connection.
+pub fn new_connections(client: &NetNs, target: SocketAddrV4, o: &WorkloadOptions) -> Result<WrkReport, String> {
+    let threads = o.wrk_threads;
+    wrk::run(
+        client,
+        target,
+        Connections::OnePerRequest,
+        threads,
+        o.close_connections,
+        o.duration,
+    )
+}
+
+/// Requests per second and latency over keep-alive connections.
+pub fn keep_alive(client: &NetNs, target: SocketAddrV4, o: &WorkloadOptions) -> Result<WrkReport, String> {
+    let threads = o.wrk_threads;
+    wrk::run(
+        client,
+        target,
+        Connections::KeepAlive,
+        threads,
+        o.keepalive_connections,
+        o.duration,
+    )
+}
+
+pub fn bulk(client: &NetNs, target: SocketAddrV4, o: &WorkloadOptions) -> Result<BulkReport, String> {
+    bulk::run(client, target, o.bulk_connections, o.duration)
+}
+
+/// CPU used while serving connections at a fixed rate.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct CpuReport {
+    pub connections: u64,
+    pub errors: u64,
+    pub seconds: f64,
+    /// Every thread of the experiment: the client's connecting threads and
+    /// all threads in the LB and backend namespaces. Packet processing on
+    /// veth (XDP included) is charged to the sending thread.
+    pub experiment_ms: f64,
+    /// Threads in the LB namespace (proxies, bg-lb's daemon).
+    pub lb_process_ms: f64,
+    /// The parts of `experiment_ms` besides the LB's.
+    pub client_ms: f64,
+    pub backends_ms: f64,
+    /// Softirq work deferred to ksoftirqd, machine-wide: not part of
+    /// `experiment_ms`, as other tenants' traffic lands there too.
+    pub ksoftirqd_ms: f64,
+    /// For reference only (see [`cpu`]): machine-wide busy and softirq time
+    /// by tick sampling, other tenants included.
+    pub machine_ms: f64,
+    pub softirq_ms: f64,
+}
+
+impl CpuReport {
+    fn per_1k(&self, ms: f64) -> f64 {
+        ms / (self.connections as f64 / 1000.0)
+    }
+
+    pub fn experiment_ms_per_1k(&self) -> f64 {
+        self.per_1k(self.experiment_ms)
+    }
+
+    pub fn lb_process_ms_per_1k(&self) -> f64 {
+        self.per_1k(self.lb_process_ms)
+    }
+}
+
+/// Opens `rate` connections per second for `duration` (each: one request
+/// with `Connection: close`, response read to the end) from the client and
+/// reads the CPU time the experiment's threads used meanwhile.
+pub fn paced(lab: &Lab, target: SocketAddrV4, o: &WorkloadOptions) -> Result<CpuReport, String> {
+    const THREADS: u64 = 4;
+    let total = (o.paced_rate as f64 * o.duration.as_secs_f64()) as u64;
+    let interval = Duration::from_secs_f64(1.0 / o.paced_rate as f64);
+    let (ok, errors) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let first_error = Arc::new(std::sync::Mutex::new(None::<String>));
+    // The LB first: its share is reported on its own.
+    let namespaces: Vec<u64> = std::iter::once(lab.lb())
+        .chain(lab.topo.backends.iter().map(|b| &b.ns))
+        .filter_map(|ns| cpu::netns_inode(&ns.name))
+        .collect();
+    let (threads_before, softirqd_before) = cpu::thread_cpu_ns(&namespaces);
+    let machine_before = cpu::machine();
+    let started = Instant::now();
+    let workers: Vec<_> = (0..THREADS)
+        .map(|k| {
+            let (ok, errors, first_error) = (ok.clone(), errors.clone(), first_error.clone());
+            lab.client().spawn(move || {
+                let cpu_start = cpu::this_thread_cpu_ns();
+                for i in (k..total).step_by(THREADS as usize) {
+                    if procs::interrupted() {
+                        break;
+                    }
+                    let due = started + interval * i as u32;
+                    if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                        thread::sleep(wait);
+                    }
+                    match one_request(target) {
+                        Ok(()) => ok.fetch_add(1, Ordering::Relaxed),
+                        Err(e) => {
+                            first_error.lock().unwrap().get_or_insert(e);
+                            errors.fetch_add(1, Ordering::Relaxed)
+                        }
+                    };
+                }
+                cpu::this_thread_cpu_ns() - cpu_start
+            })
+        })
+        .collect();
+    let client_ns: u64 = workers
+        .into_iter()
+        .map(|w| w.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
+        .sum();
+    procs::check_interrupt();
+    let seconds = started.elapsed().as_secs_f64();
+    let machine = cpu::machine().since(&machine_before);
+    let (threads_after, softirqd_after) = cpu::thread_cpu_ns(&namespaces);
+    let used: Vec<u64> = threads_after
+        .iter()
+        .zip(&threads_before)
+        .map(|(a, b)| a.saturating_sub(*b))
+        .collect();
+    let softirqd_ns = softirqd_after.saturating_sub(softirqd_before);
+    let experiment_ns = client_ns + used.iter().sum::<u64>();
+    let ms = |ns: u64| ns as f64 / 1e6;
+    let tick_ms = |ticks: u64| ticks as f64 * 1000.0 / cpu::ticks_per_second();
+    let report = CpuReport {
+        connections: ok.load(Ordering::Relaxed),
+        errors: errors.load(Ordering::Relaxed),
+        seconds,
+        experiment_ms: ms(experiment_ns),
+        lb_process_ms: ms(used.first().copied().unwrap_or(0)),
+        client_ms: ms(client_ns),
+        backends_ms: ms(used.iter().skip(1).sum()),
+        ksoftirqd_ms: ms(softirqd_ns),
+        machine_ms: tick_ms(machine.busy),
+        softirq_ms: tick_ms(machine.softirq),
+    };
+    match first_error.lock().unwrap().take() {
+        Some(e) => Err(format!("{} of {total} connections failed, first: {e}", report.errors)),
+        None => Ok(report),
+    }
+}
+
+/// One request on a connection of its own; only a complete 200 counts.
+fn one_request(target: SocketAddrV4) -> Result<(), String> {
+    let mut stream = TcpStream::connect_timeout(&SocketAddr::V4(target), Duration::from_secs(2))
+        .map_err(|e| format!("connect: {e}"))?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .map_err(|e| e.to_string())?;
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
+        .map_err(|e| format!("write: {e}"))?;
+    let mut response = Vec::with_capacity(512);
+    stream.read_to_end(&mut response).map_err(|e| format!("read: {e}"))?;
+    if response.starts_with(b"HTTP/1.1 200") {
+        Ok(())
+    } else {
+        Err(format!(
+            "response {:?}",
+            String::from_utf8_lossy(&response[..response.len().min(40)])
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_per_thousand_connections_divides_by_thousands_of_connections() {
+        let report = CpuReport {
+            connections: 2000,
+            errors: 0,
+            seconds: 2.0,
+            experiment_ms: 500.0,
+            lb_process_ms: 100.0,
+            client_ms: 0.0,
+            backends_ms: 0.0,
+            ksoftirqd_ms: 0.0,
+            machine_ms: 0.0,
+            softirq_ms: 0.0,
+        };
+        assert_eq!(report.experiment_ms_per_1k(), 250.0);
+        assert_eq!(report.lb_process_ms_per_1k(), 50.0);
+    }
+}

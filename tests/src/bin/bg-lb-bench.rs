@@ -1,0 +1,211 @@
+//! `bg-lb-bench [--quick] [--out DIR] [--rounds N] [--seconds S] [--only bg-lb,haproxy,nginx,nftables,direct]
+//! [--skip-macro] [--skip-micro]`:
+//! the benchmark behind `cargo xtask bench` (which installs the contenders
+//! and builds this with `--release`). Needs root. Writes `bench.md` and
+//! `bench.json` to DIR (default `target/bench`) and prints the tables.
+
+use std::{
+    panic::{AssertUnwindSafe, catch_unwind},
+    path::PathBuf,
+    process::ExitCode,
+    time::{Duration, Instant},
+};
+
+use bg_lb_tests::bench::{
+    contenders::Contender,
+    macro_bench::{self, MacroOptions},
+    micro::{self, MicroOptions},
+    procs, report, sweep,
+    workloads::WorkloadOptions,
+};
+
+struct Args {
+    quick: bool,
+    out: PathBuf,
+    rounds: Option<usize>,
+    seconds: Option<u64>,
+    skip_macro: bool,
+    skip_micro: bool,
+    only: Option<Vec<Contender>>,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut args = Args {
+        quick: false,
+        out: PathBuf::from("target/bench"),
+        rounds: None,
+        seconds: None,
+        skip_macro: false,
+        skip_micro: false,
+        only: None,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        let mut value = |name: &str| it.next().ok_or(format!("{name} needs a value"));
+        match arg.as_str() {
+            "--quick" => args.quick = true,
+            "--out" => args.out = PathBuf::from(value("--out")?),
+            "--rounds" => args.rounds = Some(value("--rounds")?.parse().map_err(|e| format!("--rounds: {e}"))?),
+            "--seconds" => args.seconds = Some(value("--seconds")?.parse().map_err(|e| format!("--seconds: {e}"))?),
+            "--skip-macro" => args.skip_macro = true,
+            "--skip-micro" => args.skip_micro = true,
+            "--only" => {
+                let keys = value("--only")?;
+                let picked = keys
+                    .split(',')
+                    .map(|k| {
+                        Contender::ALL
+                            .into_iter()
+                            .find(|c| c.key() == k)
+                            .ok_or(format!("--only: no contender {k}"))
+                    })
+                    .collect::<Result<_, _>>()?;
+                args.only = Some(picked);
+            }
+            other => return Err(format!("unknown argument {other}")),
+        }
+    }
+    Ok(args)
+}
+
+fn main() -> ExitCode {
+    // First, so no child is started while SIGINT is still ignored.
+    procs::install_signal_handlers();
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("bg-lb-bench: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match catch_unwind(AssertUnwindSafe(|| run(&args))) {
+        Ok(code) => code,
+        Err(_) if procs::interrupted() => {
+            eprintln!("bg-lb-bench: interrupted; namespaces, processes and pins removed");
+            ExitCode::from(130)
+        }
+        Err(_) => ExitCode::FAILURE,
+    }
+}
+
+fn run(args: &Args) -> ExitCode {
+    bg_lb_tests::require_root();
+    for leftover in sweep::sweep() {
+        eprintln!("removed a killed run's leftover: {leftover}");
+    }
+    let bg_lb = bg_lb_binary();
+    let missing: Vec<&str> = ["wrk", "haproxy", "nginx", "nft", "nsenter", "ethtool"]
+        .into_iter()
+        .filter(|tool| !on_path(tool))
+        .collect();
+    if !missing.is_empty() && !args.skip_macro {
+        eprintln!("missing {}: `cargo xtask bench` installs them", missing.join(", "));
+        return ExitCode::FAILURE;
+    }
+    let seconds = args.seconds.unwrap_or(if args.quick { 3 } else { 10 });
+    let macro_opts = MacroOptions {
+        rounds: args.rounds.unwrap_or(if args.quick { 3 } else { 5 }),
+        workloads: WorkloadOptions {
+            duration: Duration::from_secs(seconds),
+            wrk_threads: 2,
+            close_connections: 32,
+            keepalive_connections: 64,
+            bulk_connections: 4,
+            paced_rate: 1000,
+        },
+        contenders: args.only.clone().unwrap_or_else(|| Contender::ALL.to_vec()),
+    };
+    let micro_opts = MicroOptions {
+        batches: if args.quick { 5 } else { 10 },
+        runs_per_batch: if args.quick { 1000 } else { 4000 },
+        ratio_changes: if args.quick { 5 } else { 20 },
+    };
+    let started = Instant::now();
+    let mut progress = |what: &str| eprintln!("[{:>5.0}s] {what}", started.elapsed().as_secs_f64());
+
+    let mut markdown = String::new();
+    let mut json = serde_json::json!({
+        "machine": machine_info(),
+        "quick": args.quick,
+    });
+    let mut bg_lb_failed = false;
+    if !args.skip_macro {
+        let records = macro_bench::run(&macro_opts, bg_lb, &mut progress);
+        let summaries = report::summarize(&records, &macro_opts.contenders);
+        bg_lb_failed = summaries.iter().any(|s| s.contender == Contender::BgLb && s.failing());
+        markdown += &format!(
+            "## Macro benchmark\n\n{} rounds x {} s per workload; paced CPU run at {} conn/s.\n\n{}",
+            macro_opts.rounds,
+            seconds,
+            macro_opts.workloads.paced_rate,
+            report::render(&summaries)
+        );
+        json["macro"] = serde_json::json!({ "options": macro_opts, "summary": summaries, "runs": records });
+    }
+    if !args.skip_micro {
+        progress("micro benchmark (BPF_PROG_TEST_RUN, ratio changes, flow memory)");
+        let micro = micro::run(micro_opts);
+        markdown += &format!("\n## Micro benchmark\n\n{}", micro::render(&micro));
+        json["micro"] = serde_json::to_value(&micro).expect("serialisable");
+    }
+    progress("done");
+
+    if let Err(e) = std::fs::create_dir_all(&args.out)
+        .and_then(|()| std::fs::write(args.out.join("bench.md"), &markdown))
+        .and_then(|()| std::fs::write(args.out.join("bench.json"), format!("{json:#}\n")))
+    {
+        eprintln!("writing {}: {e}", args.out.display());
+        return ExitCode::FAILURE;
+    }
+    println!("{markdown}\nwritten to {}/bench.md and bench.json", args.out.display());
+    if bg_lb_failed {
+        eprintln!("bg-lb itself failed requests: see the failures above");
+        return ExitCode::FAILURE;
+    }
+    ExitCode::SUCCESS
+}
+
+/// The bg-lb program built next to this one (`bg-lb-under-test`, the same
+/// program as `bg-lb`), leaked for the harness's `&'static str`.
+fn bg_lb_binary() -> &'static str {
+    let me = std::env::current_exe().expect("own path");
+    let bin = me.with_file_name("bg-lb-under-test");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it with `cargo build --release -p bg-lb-tests --bins` (cargo xtask bench does)",
+        bin.display()
+    );
+    Box::leak(bin.to_string_lossy().into_owned().into_boxed_str())
+}
+
+fn on_path(tool: &str) -> bool {
+    std::env::var_os("PATH").is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(tool).is_file()))
+}
+
+fn first_line(program: &str, args: &[&str]) -> String {
+    std::process::Command::new(program)
+        .args(args)
+        .output()
+        .map(|o| {
+            let text = [o.stdout, o.stderr].concat();
+            String::from_utf8_lossy(&text)
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .to_owned()
+        })
+        .unwrap_or_default()
+}
+
+fn machine_info() -> serde_json::Value {
+    serde_json::json!({
+        "kernel": first_line("uname", &["-r"]),
+        "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "cpu_model": std::fs::read_to_string("/proc/cpuinfo").ok()
+            .and_then(|c| c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())),
+        "haproxy": first_line("haproxy", &["-v"]),
+        "nginx": first_line("nginx", &["-v"]),
+        "nft": first_line("nft", &["--version"]),
+        "wrk": first_line("wrk", &["-v"]),
+    })
+}
