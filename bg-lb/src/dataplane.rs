@@ -300,12 +300,22 @@ impl Dataplane {
         stats.set(id, zeros, 0).map_err(map_err(maps::BACKEND_STATS))
     }
 
-    /// Removes a flow and its reverse-NAT entry (housekeeping).
-    pub fn remove_flow(&mut self, key: &FlowKey, reverse: &NatKey) -> Result<(), DataplaneError> {
+    /// Removes a flow and its reverse-NAT entry (housekeeping), unless they
+    /// changed since the sweep judged them: a client may have reused the
+    /// 5-tuple for a new connection, or another flow claimed the SNAT port.
+    pub fn remove_flow(&mut self, key: &FlowKey, judged: &Flow, reverse: &NatKey) -> Result<(), DataplaneError> {
         let mut flows: HashMap<_, FlowKey, Flow> = self.map_mut(maps::FLOWS)?;
-        ignore_missing(flows.remove(key), maps::FLOWS)?;
+        match flows.get(key, 0) {
+            Ok(flow) if flow.created_ns == judged.created_ns => ignore_missing(flows.remove(key), maps::FLOWS)?,
+            Ok(_) | Err(MapError::KeyNotFound) => return Ok(()),
+            Err(e) => return Err(map_err(maps::FLOWS)(e)),
+        }
         let mut nat: HashMap<_, NatKey, FlowKey> = self.map_mut(maps::REVERSE_NAT)?;
-        ignore_missing(nat.remove(reverse), maps::REVERSE_NAT)
+        match nat.get(reverse, 0) {
+            Ok(owner) if owner == *key => ignore_missing(nat.remove(reverse), maps::REVERSE_NAT),
+            Ok(_) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(map_err(maps::REVERSE_NAT)(e)),
+        }
     }
 
     pub fn services(&self) -> Result<Vec<(ServiceKey, Service)>, DataplaneError> {

@@ -75,7 +75,7 @@ pub fn sweep(dataplane: &mut Dataplane, timeouts: &FlowTimeouts) -> Result<FlowC
     let now = monotonic_now_ns();
     let backends: HashMap<u32, _> = dataplane.backends()?.into_iter().collect();
     let mut census = FlowCensus::default();
-    let mut expired: Vec<(FlowKey, NatKey)> = Vec::new();
+    let mut expired: Vec<(FlowKey, Flow, NatKey)> = Vec::new();
     for (key, flow) in dataplane.flows()? {
         if expiry(&flow, now, timeouts).is_some() {
             if let Some(backend) = backends.get(&flow.backend_id) {
@@ -84,7 +84,7 @@ pub fn sweep(dataplane: &mut Dataplane, timeouts: &FlowTimeouts) -> Result<FlowC
                     backend_port: backend.port,
                     snat_port: flow.snat_port,
                 };
-                expired.push((key, nat));
+                expired.push((key, flow, nat));
             }
             continue;
         }
@@ -93,8 +93,8 @@ pub fn sweep(dataplane: &mut Dataplane, timeouts: &FlowTimeouts) -> Result<FlowC
             *census.open.entry(flow.backend_id).or_default() += 1;
         }
     }
-    for (key, nat) in &expired {
-        dataplane.remove_flow(key, nat)?;
+    for (key, flow, nat) in &expired {
+        dataplane.remove_flow(key, flow, nat)?;
     }
     census.expired = expired.len() as u64;
     Ok(census)
