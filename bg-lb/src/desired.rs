@@ -14,9 +14,9 @@ use std::{collections::BTreeMap, net::SocketAddrV4};
 
 use crate::{
     config::{HealthCheck, OnDown, ServiceConfig},
+    dataplane::services::{BackendSpec, ServiceSpec},
     health::{CheckKey, Listener, Outcome},
     ratio::{Pool, Ratio},
-    services::{BackendSpec, ServiceSpec},
     state_file::{BackendState, ServiceState},
 };
 

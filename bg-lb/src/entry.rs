@@ -6,8 +6,10 @@ use std::process::ExitCode;
 use clap::Parser as _;
 
 use crate::{
-    cli::{Cli, Command, LogFormat},
-    cli_docs, config, ctl, daemon, demo_backend, logging, server,
+    cli::{Cli, Command, LogFormat, ctl, docs as cli_docs},
+    config,
+    daemon::{self, server},
+    demo_backend, logging,
 };
 
 pub fn main() -> ExitCode {

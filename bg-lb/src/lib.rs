@@ -1,33 +1,29 @@
 //! bg-lb: an XDP layer-4 load balancer for blue-green deployments.
 //!
 //! # Layout
-//! - [`ebpf_objects`]: the eBPF objects embedded at build time.
-//! - [`ratio`]: pools and the blue:green ratio.
-//! - [`lookup_table`]: weighted Maglev lookup tables (pure).
-//! - [`table_regions`]: double-buffered placement of lookup tables.
-//! - [`pins`]: bpffs layout of pinned maps and links; mount and teardown.
-//! - [`dataplane`]: loads/attaches the XDP program and reads/writes its maps.
-//! - [`services`]: programs services, backends and tables with stable ids.
-//! - [`housekeeping`]: expires closed/idle flows, counts open flows.
-//! - [`state_file`]: operator decisions persisted atomically.
-//! - [`protocol`]: admin socket requests and replies (JSON lines).
-//! - [`config`]: the TOML config and its validation (file:line errors).
+//! - [`dataplane`]: the only code that talks to the kernel's BPF objects:
+//!   loading and attaching XDP, pins, and the maps; service ids, table
+//!   regions and Maglev lookup tables computed as values and written there.
+//! - [`daemon`]: the running daemon: one owner of config, operator state,
+//!   health and the data plane, driven by one event loop (admin socket,
+//!   signals, timers); one file per concern.
+//! - [`cli`]: the command line, the admin client (`ctl`), `ctl top`, and the
+//!   completions and man page generated from it.
+//! - [`config`]: the TOML config and its validation (file:line:col errors).
 //! - [`health`]: rise/fall health tracking and TCP/HTTP probes.
+//! - [`metrics`]: the exported Prometheus metrics and their HTTP listener.
+//! - [`demo_backend`]: the reference HTTP app with /live and /standby.
+//! - [`protocol`]: admin socket requests and replies (JSON lines): the one
+//!   definition of every command.
+//! - [`ratio`]: pools and the blue:green ratio.
 //! - [`desired`]: what each listener's table should hold (config + operator + health).
 //! - [`shift`]: progressive shifts judged by data-plane signals (pure).
-//! - [`daemon`]: config + operator state + data plane, request handling.
-//! - [`server`]: the running daemon: admin socket, signals, timers.
-//! - [`metrics`]: the exported Prometheus metrics, their snapshot and encoding.
-//! - [`metrics_server`]: the optional HTTP listener serving `/metrics`.
-//! - [`demo_backend`]: the reference HTTP app with /live and /standby.
-//! - [`cli`], [`ctl`], [`entry`]: command line, the admin client, and `main`.
-//! - [`top`]: `ctl top`, the live view for watching a release.
+//! - [`state_file`]: operator decisions persisted atomically.
+//! - [`ebpf_objects`]: the eBPF objects embedded at build time.
 //! - [`logging`]: tracing setup, with aya-log bridged in.
-//! - [`cli_docs`]: shell completions and the man page, generated from [`cli`].
+//! - [`entry`]: what `main` runs.
 pub mod cli;
-pub mod cli_docs;
 pub mod config;
-pub mod ctl;
 pub mod daemon;
 pub mod dataplane;
 pub mod demo_backend;
@@ -35,17 +31,9 @@ pub mod desired;
 pub mod ebpf_objects;
 pub mod entry;
 pub mod health;
-pub mod housekeeping;
 pub mod logging;
-pub mod lookup_table;
 pub mod metrics;
-pub mod metrics_server;
-pub mod pins;
 pub mod protocol;
 pub mod ratio;
-pub mod server;
-pub mod services;
 pub mod shift;
 pub mod state_file;
-pub mod table_regions;
-pub mod top;

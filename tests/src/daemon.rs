@@ -13,7 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use bg_lb::pins::PinLayout;
+use bg_lb::dataplane::pins::PinLayout;
 
 use crate::topology::NetNs;
 

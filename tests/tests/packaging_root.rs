@@ -12,7 +12,7 @@ use std::{
     process::{Command, Output},
 };
 
-use bg_lb::pins::PinLayout;
+use bg_lb::dataplane::pins::PinLayout;
 use bg_lb_tests::{
     daemon::{Daemon, Launch},
     deploy::{Dockerfile, Layout, Unit, dockerfile_path, repo_root, unit_path},

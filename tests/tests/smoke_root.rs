@@ -6,9 +6,11 @@ use std::net::{Ipv4Addr, SocketAddrV4, TcpStream};
 
 use aya::programs::XdpMode;
 use bg_lb::{
-    dataplane::{Dataplane, DataplaneOptions},
+    dataplane::{
+        Dataplane, DataplaneOptions,
+        services::{BackendSpec, ServiceSpec, Services},
+    },
     ratio::{Pool, Ratio},
-    services::{BackendSpec, ServiceSpec, Services},
 };
 use bg_lb_common::maps::{DEFAULT_LUT_SIZE, DataplaneConfig};
 use bg_lb_tests::{

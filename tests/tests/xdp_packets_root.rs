@@ -8,10 +8,12 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 
 use aya::programs::{TestRun, TestRunOptions};
 use bg_lb::{
-    dataplane::{Dataplane, DataplaneOptions},
-    lookup_table::{self, TableBackend},
+    dataplane::{
+        Dataplane, DataplaneOptions,
+        lookup_table::{self, TableBackend},
+        services::{BackendSpec, ServiceSpec, Services},
+    },
     ratio::{Pool, Ratio},
-    services::{BackendSpec, ServiceSpec, Services},
 };
 use bg_lb_common::{
     counters::Counter,

@@ -146,7 +146,7 @@ impl Running {
         let Guard::BgLb { _daemon: daemon, .. } = &self.guard else {
             return None;
         };
-        let pins = bg_lb::pins::PinLayout::new(&daemon.pin_dir);
+        let pins = bg_lb::dataplane::pins::PinLayout::new(&daemon.pin_dir);
         let data = MapData::from_pin(pins.maps_dir().join(bg_lb_common::maps::COUNTERS)).ok()?;
         let counters: PerCpuArray<_, u64> = PerCpuArray::try_from(Map::from_map_data(data).ok()?).ok()?;
         Some(

@@ -30,10 +30,12 @@ use aya::{
     programs::{TestRun, TestRunOptions, Xdp},
 };
 use bg_lb::{
-    dataplane::{Dataplane, DataplaneOptions},
-    lookup_table::{self, TableBackend},
+    dataplane::{
+        Dataplane, DataplaneOptions,
+        lookup_table::{self, TableBackend},
+        services::{BackendSpec, ServiceSpec, Services},
+    },
     ratio::{Pool, Ratio},
-    services::{BackendSpec, ServiceSpec, Services},
 };
 use bg_lb_common::maps::{DEFAULT_LUT_SIZE, DEFAULT_MAX_FLOWS, DataplaneConfig, MAX_BACKENDS};
 use serde::Serialize;

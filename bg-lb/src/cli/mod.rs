@@ -1,6 +1,10 @@
 //! Command line: the daemon, config checking, teardown and the admin client.
 //! Doc comments are the help text.
 
+pub mod ctl;
+pub mod docs;
+pub mod top;
+
 use std::{net::SocketAddrV4, path::PathBuf, time::Duration};
 
 use clap::{Parser, Subcommand, ValueEnum};

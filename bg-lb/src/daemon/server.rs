@@ -15,7 +15,7 @@ use tokio::{
 use crate::{
     config::AdminConfig,
     daemon::Daemon,
-    metrics_server::{self, ScrapeRequest},
+    metrics::server::{self as metrics_server, ScrapeRequest},
     protocol::{MAX_REQUEST_BYTES, Reply},
 };
 

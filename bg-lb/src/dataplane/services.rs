@@ -15,10 +15,14 @@ use std::{
 use bg_lb_common::maps::{BACKEND_RESET_FLOWS, Backend, MAX_BACKENDS, MAX_SERVICES, POOL_BLUE, Service, ServiceKey};
 
 use crate::{
-    dataplane::{Dataplane, DataplaneError, service_key, wire_addr},
-    lookup_table::{self, TableBackend},
+    dataplane::{
+        Dataplane, DataplaneError,
+        lookup_table::{self, TableBackend},
+        service_key,
+        table_regions::{RegionAllocator, RegionsExhausted, TableRegions},
+        wire_addr,
+    },
     ratio::{Pool, Ratio},
-    table_regions::{RegionAllocator, RegionsExhausted, TableRegions},
 };
 
 #[derive(Clone, Debug, PartialEq, Eq)]

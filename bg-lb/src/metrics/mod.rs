@@ -8,6 +8,8 @@
 //! Health-check and admin-request counters live in the daemon and start over
 //! with it, which `rate()` and `increase()` treat as a counter reset.
 
+pub mod server;
+
 use std::{collections::BTreeMap, fmt, net::SocketAddrV4, time::Duration};
 
 use bg_lb_common::counters::Counter;
@@ -799,7 +801,7 @@ mod tests {
 
         use super::*;
 
-        const DASHBOARD: &str = include_str!("../../deploy/grafana/bg-lb.json");
+        const DASHBOARD: &str = include_str!("../../../deploy/grafana/bg-lb.json");
 
         /// Labels the daemon exports, plus Prometheus's own.
         const LABELS: [&str; 12] = [

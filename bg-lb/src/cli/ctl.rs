@@ -174,7 +174,7 @@ pub fn run(args: CtlArgs) -> anyhow::Result<ExitCode> {
             if args.json {
                 bail!("top has no --json; use `status --json` for machine-readable output");
             }
-            return crate::top::run(&mut client, service, interval, iterations);
+            return crate::cli::top::run(&mut client, service, interval, iterations);
         }
     };
     let reply = client.request(&request)?;

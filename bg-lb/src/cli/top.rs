@@ -25,7 +25,7 @@ use nix::{
 };
 
 use crate::{
-    ctl::Client,
+    cli::ctl::Client,
     protocol::{Request, ServiceStatus},
     ratio::Pool,
 };

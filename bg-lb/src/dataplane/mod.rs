@@ -1,6 +1,12 @@
 //! The loaded XDP data plane: loads the embedded object, attaches it, and
 //! reads and writes its maps with the types from bg-lb-common.
 
+pub mod housekeeping;
+pub mod lookup_table;
+pub mod pins;
+pub mod services;
+pub mod table_regions;
+
 use std::{
     net::SocketAddrV4,
     path::{Path, PathBuf},

@@ -1,0 +1,59 @@
+//! The flow census: housekeeping sweeps of the flow table, bounded in cost,
+//! whose counts status, metrics and drains read.
+
+use std::{
+    collections::{HashMap, HashSet},
+    net::SocketAddrV4,
+    time::{Duration, Instant},
+};
+
+use super::{Daemon, SWEEP_DUTY_CYCLE};
+use crate::dataplane::housekeeping::{self, FlowCensus};
+
+impl Daemon {
+    /// Once a second: flow housekeeping, then progressive shifts.
+    pub fn tick(&mut self) {
+        if let Err(e) = self.refresh_census(Duration::from_secs(1)) {
+            tracing::error!(error = %e, "flow housekeeping failed");
+        }
+        self.tick_shifts();
+    }
+
+    /// Sweeps again if the census is older than `max_age`, unless the last
+    /// sweep was so costly (a huge flow table walked one syscall per entry)
+    /// that sweeping now would keep the daemon busy more than a fifth of the
+    /// time: requests and health reports must not wait behind sweeps.
+    pub(super) fn refresh_census(&mut self, max_age: Duration) -> Result<(), String> {
+        let due = self
+            .swept
+            .is_none_or(|(at, cost)| at.elapsed() >= max_age.max(cost * SWEEP_DUTY_CYCLE));
+        if due {
+            let started = Instant::now();
+            self.housekeeping()?;
+            self.swept = Some((Instant::now(), started.elapsed()));
+        }
+        Ok(())
+    }
+
+    /// Sweeps the flow table: expires finished flows, frees drained ids.
+    pub(super) fn housekeeping(&mut self) -> Result<&FlowCensus, String> {
+        let timeouts = self.timeouts();
+        let census = housekeeping::sweep(self.services.dataplane_mut(), &timeouts).map_err(|e| e.to_string())?;
+        let live: HashMap<SocketAddrV4, HashSet<SocketAddrV4>> = self
+            .config
+            .services
+            .iter()
+            .flat_map(|s| {
+                let backends: HashSet<_> = s.backends.iter().map(|b| b.address).collect();
+                std::iter::once(s.vip)
+                    .chain(s.standby_vip)
+                    .map(move |vip| (vip, backends.clone()))
+            })
+            .collect();
+        self.services
+            .reap(&live, |id| census.total_of(id))
+            .map_err(|e| e.to_string())?;
+        self.census = census;
+        Ok(&self.census)
+    }
+}

@@ -1,0 +1,135 @@
+//! Operator changes: ratio and backend changes, persisted first, then
+//! programmed into the data plane; and programming services from config.
+
+use std::{collections::HashSet, net::SocketAddrV4};
+
+use anyhow::Context as _;
+
+use super::Daemon;
+use crate::{
+    config::{self, ServiceConfig},
+    desired,
+    protocol::{BackendAction, RatioChange, Reply},
+    ratio::{Pool, Ratio},
+    state_file,
+};
+
+impl Daemon {
+    /// Programs every configured service (live and standby VIPs) and removes
+    /// the others.
+    pub(super) fn apply_all(&mut self) -> anyhow::Result<()> {
+        let wanted: HashSet<SocketAddrV4> = self
+            .config
+            .services
+            .iter()
+            .flat_map(|s| std::iter::once(s.vip).chain(s.standby_vip))
+            .collect();
+        for vip in self.services.vips() {
+            if !wanted.contains(&vip) {
+                self.services.remove(&vip)?;
+                tracing::info!(vip = %vip, "listener removed");
+            }
+        }
+        for service in self.config.services.clone() {
+            self.apply_service(&service)
+                .with_context(|| format!("service {}", service.name))?;
+        }
+        Ok(())
+    }
+
+    /// Rebuilds the live table and, if any, the standby table of `service`.
+    pub(super) fn apply_service(
+        &mut self,
+        service: &ServiceConfig,
+    ) -> Result<(), crate::dataplane::services::ServicesError> {
+        let operator = self.operator.services.get(&service.name);
+        let live = desired::live_spec(service, operator, &self.health);
+        let standby = desired::standby_spec(service, operator, &self.health);
+        self.services.apply(&live)?;
+        if let Some(standby) = standby {
+            self.services.apply(&standby)?;
+        }
+        Ok(())
+    }
+
+    pub(super) fn set_ratio(&mut self, name: &str, ratio: Ratio, force: bool) -> Result<Reply, String> {
+        let service = self.service(name)?.clone();
+        if self.shifts.contains_key(name) {
+            return Err(format!(
+                "a progressive shift of {name} is running; `ctl shift {name} --abort` stops it first"
+            ));
+        }
+        let operator = self.operator.services.get(name);
+        for pool in [Pool::Blue, Pool::Green] {
+            if ratio.share(pool) > 0 && !desired::pool_enabled(&service, operator, pool) && !force {
+                return Err(format!(
+                    "ratio {ratio} gives {pool} {}% but {pool} has no enabled backend with weight > 0; \
+                     its share would go to the other pool (use --force to set it anyway)",
+                    ratio.share(pool)
+                ));
+            }
+        }
+        let old = desired::ratio(&service, operator);
+        self.update_operator(&service, |state| {
+            if state.ratio != Some(ratio) {
+                state.previous_ratio = Some(old);
+            }
+            state.ratio = Some(ratio);
+        })?;
+        tracing::info!(service = name, %old, new = %ratio, "ratio changed");
+        Ok(Reply {
+            ok: true,
+            ratio: Some(RatioChange { old, new: ratio }),
+            ..Default::default()
+        })
+    }
+
+    pub(super) fn change_backend(
+        &mut self,
+        name: &str,
+        address: SocketAddrV4,
+        action: BackendAction,
+    ) -> Result<Reply, String> {
+        let service = self.service(name)?.clone();
+        if !service.backends.iter().any(|b| b.address == address) {
+            return Err(format!("service {name:?} has no backend {address}"));
+        }
+        if let BackendAction::Weight(weight) = action
+            && weight > config::MAX_WEIGHT
+        {
+            return Err(format!("weight {weight} is over {}", config::MAX_WEIGHT));
+        }
+        self.update_operator(&service, |state| {
+            let backend = state.backends.entry(address).or_default();
+            match action {
+                BackendAction::Enable => backend.enabled = true,
+                BackendAction::Disable => backend.enabled = false,
+                BackendAction::Weight(w) => backend.weight = Some(w),
+            }
+        })?;
+        tracing::info!(service = name, backend = %address, ?action, "backend changed");
+        Ok(Reply::done(
+            format!("{name}: backend {address}: {action:?}").to_lowercase(),
+        ))
+    }
+
+    /// Changes the operator state of `service`, persists it, then programs
+    /// the data plane; on failure neither the file nor the data plane change.
+    pub(super) fn update_operator(
+        &mut self,
+        service: &ServiceConfig,
+        change: impl FnOnce(&mut state_file::ServiceState),
+    ) -> Result<(), String> {
+        let previous = self.operator.clone();
+        change(self.operator.services.entry(service.name.clone()).or_default());
+        let result = state_file::save(&self.config.state_dir, &self.operator)
+            .map_err(|e| format!("not applied: cannot persist the change: {e}"))
+            .and_then(|()| self.apply_service(service).map_err(|e| e.to_string()));
+        if result.is_err() {
+            self.operator = previous;
+            // Best effort: the file may already hold the new state.
+            let _ = state_file::save(&self.config.state_dir, &self.operator);
+        }
+        result
+    }
+}

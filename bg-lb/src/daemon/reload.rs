@@ -1,0 +1,79 @@
+//! Config reload: a new config replaces the running one only if it is valid
+//! and changes nothing that needs a restart.
+
+use super::Daemon;
+use crate::config::{self, Config};
+
+impl Daemon {
+    /// Re-reads the config. An invalid config, or one changing what only a
+    /// restart can change, is rejected and the running config stays.
+    pub fn reload(&mut self) -> Result<String, String> {
+        let new = config::load(&self.config_path)
+            .map_err(|e| format!("config rejected, still serving the previous one: {e}"))?;
+        if let Some(what) = restart_only_change(&self.config, &new) {
+            return Err(format!(
+                "config rejected: changing {what} needs a restart; still serving the previous config"
+            ));
+        }
+        for service in &new.services {
+            if let Some(old) = self.config.services.iter().find(|s| s.vip == service.vip)
+                && old.lookup_table_size != service.lookup_table_size
+            {
+                return Err(format!(
+                    "config rejected: service {}: lookup_table_size cannot change while the service runs",
+                    service.name
+                ));
+            }
+        }
+        let old = std::mem::replace(&mut self.config, new);
+        if let Err(e) = self.apply_all() {
+            self.config = old;
+            let _ = self.apply_all();
+            return Err(format!("config rejected: {e:#}; restored the previous config"));
+        }
+        self.restart_probes();
+        tracing::info!(path = %self.config_path.display(), "config reloaded");
+        Ok(format!("reloaded {}", self.config_path.display()))
+    }
+}
+
+/// Settings baked into the loaded data plane or the daemon's sockets.
+fn restart_only_change(old: &Config, new: &Config) -> Option<&'static str> {
+    [
+        (old.interfaces != new.interfaces, "the interfaces"),
+        (old.xdp_mode != new.xdp_mode, "xdp_mode"),
+        (old.snat_address != new.snat_address, "snat_address"),
+        (old.snat_ports != new.snat_ports, "snat_ports"),
+        (old.max_flows != new.max_flows, "max_flows"),
+        (old.lookup_capacity != new.lookup_capacity, "lookup_capacity"),
+        (old.pin_dir != new.pin_dir, "pin_dir"),
+        (old.state_dir != new.state_dir, "state_dir"),
+        (old.admin != new.admin, "[admin]"),
+        (old.metrics != new.metrics, "metrics"),
+    ]
+    .into_iter()
+    .find_map(|(changed, what)| changed.then_some(what))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    pub(super) fn config(extra: &str) -> Config {
+        let text = format!("interface = \"eth0\"\nsnat_address = \"10.0.0.1\"\n{extra}");
+        config::parse(Path::new("test.toml"), &text).unwrap()
+    }
+
+    #[test]
+    pub(super) fn turning_metrics_on_off_or_moving_them_needs_a_restart() {
+        let off = config("");
+        let on = config("metrics = \"127.0.0.1:9750\"\n");
+        let moved = config("metrics = \"127.0.0.1:9751\"\n");
+        assert_eq!(restart_only_change(&off, &on), Some("metrics"));
+        assert_eq!(restart_only_change(&on, &off), Some("metrics"));
+        assert_eq!(restart_only_change(&on, &moved), Some("metrics"));
+        assert_eq!(restart_only_change(&on, &on.clone()), None);
+    }
+}

@@ -1,0 +1,206 @@
+//! What the daemon reports: `status`, `flows` and the metrics snapshot.
+
+use std::{collections::HashMap, net::SocketAddrV4};
+
+use super::{Daemon, STATUS_FRESHNESS};
+use crate::{
+    config::ServiceConfig,
+    dataplane::{
+        housekeeping::{self, FlowCensus},
+        services::{backend_addr, backend_pool},
+    },
+    desired::{self, HealthView},
+    health::{CheckKey, Listener},
+    metrics::{ProbeMetrics, Snapshot},
+    protocol::{BackendStatus, FlowInfo, Reply, ServiceStatus},
+    ratio::Pool,
+};
+
+impl Daemon {
+    /// What `/metrics` shows. Open flows and flow-table entries come from the
+    /// last sweep (at most a housekeeping interval old), so a scrape costs a
+    /// few map reads per backend, never a walk of the flow table.
+    pub fn metrics_snapshot(&self) -> Result<Snapshot, String> {
+        let services = self
+            .config
+            .services
+            .iter()
+            .map(|s| self.service_status(s, &self.census))
+            .collect::<Result<_, _>>()?;
+        let probes = self
+            .probe_stats
+            .iter()
+            .filter_map(|(key, stats)| {
+                let backend = self
+                    .service(&key.service)
+                    .ok()?
+                    .backends
+                    .iter()
+                    .find(|b| b.address == key.backend)?;
+                Some(ProbeMetrics {
+                    service: key.service.clone(),
+                    pool: backend.pool,
+                    backend: key.backend,
+                    check: key.listener,
+                    stats: stats.clone(),
+                })
+            })
+            .collect();
+        Ok(Snapshot {
+            services,
+            probes,
+            flow_entries: self.census.total.values().sum(),
+            flow_capacity: self.config.max_flows.into(),
+            packets: self.services.dataplane().counters().map_err(|e| e.to_string())?,
+            admin_requests: self.admin_requests.clone(),
+        })
+    }
+
+    pub(super) fn status(&mut self, only: Option<&str>) -> Result<Reply, String> {
+        if let Some(name) = only {
+            self.service(name)?;
+        }
+        self.refresh_census(STATUS_FRESHNESS)?;
+        let census = &self.census;
+        let services = self
+            .config
+            .services
+            .iter()
+            .filter(|s| only.is_none_or(|n| n == s.name))
+            .map(|s| self.service_status(s, census))
+            .collect::<Result<_, _>>()?;
+        Ok(Reply {
+            ok: true,
+            services: Some(services),
+            flows_counted_secs_ago: self.swept.map(|(at, _)| at.elapsed().as_secs_f64()),
+            ..Default::default()
+        })
+    }
+
+    pub(super) fn service_status(&self, service: &ServiceConfig, census: &FlowCensus) -> Result<ServiceStatus, String> {
+        let operator = self.operator.services.get(&service.name);
+        let spec = desired::live_spec(service, operator, &self.health);
+        let can_serve = |pool| spec.backends.iter().any(|b| b.pool == pool && b.weight > 0);
+        let backends = service
+            .backends
+            .iter()
+            .map(|b| self.backend_status(service, &spec, b.address, b.pool, b.weight, census))
+            .collect::<Result<_, String>>()?;
+        Ok(ServiceStatus {
+            name: service.name.clone(),
+            vip: service.vip,
+            standby_vip: service.standby_vip,
+            ratio: spec.ratio,
+            effective_ratio: spec.ratio.effective(can_serve(Pool::Blue), can_serve(Pool::Green)),
+            backends,
+            shift: operator.and_then(|s| s.shift.clone()),
+        })
+    }
+
+    /// A backend's row: counters and open flows add up its traffic through
+    /// both listeners (it has one id per VIP).
+    pub(super) fn backend_status(
+        &self,
+        service: &ServiceConfig,
+        live: &crate::dataplane::services::ServiceSpec,
+        address: SocketAddrV4,
+        pool: Pool,
+        configured_weight: u32,
+        census: &FlowCensus,
+    ) -> Result<BackendStatus, String> {
+        let operator = self.operator.services.get(&service.name);
+        let ids: Vec<u32> = std::iter::once(service.vip)
+            .chain(service.standby_vip)
+            .filter_map(|vip| self.services.backend_id(&vip, &address))
+            .collect();
+        let mut stats = bg_lb_common::maps::TrafficStats::default();
+        for &id in &ids {
+            stats.add(&self.services.dataplane().backend_stats(id).map_err(|e| e.to_string())?);
+        }
+        let view = |listener| {
+            self.health.get(&CheckKey {
+                service: service.name.clone(),
+                backend: address,
+                listener,
+            })
+        };
+        let live_view = view(Listener::Live);
+        Ok(BackendStatus {
+            address,
+            pool,
+            weight: live.backends.iter().find(|b| b.addr == address).map_or(0, |b| b.weight),
+            configured_weight,
+            enabled: desired::backend_state(operator, address).enabled,
+            health: health_word(live_view).into(),
+            last_check: live_view.map(|v| match &v.last {
+                Ok(()) => "ok".to_owned(),
+                Err(reason) => reason.to_string(),
+            }),
+            standby_health: view(Listener::Standby).map(|v| health_word(Some(v)).to_owned()),
+            open_flows: ids.iter().map(|&id| census.open_of(id)).sum(),
+            new_flows: stats.new_flows,
+            packets_in: stats.packets_in,
+            bytes_in: stats.bytes_in,
+            packets_out: stats.packets_out,
+            bytes_out: stats.bytes_out,
+            handshakes: stats.handshakes,
+            refused: stats.refused,
+            resets: stats.resets,
+        })
+    }
+
+    pub(super) fn flows(&mut self, name: &str, pool: Option<Pool>, limit: usize) -> Result<Reply, String> {
+        let service = self.service(name)?.clone();
+        let service_ids: Vec<u32> = std::iter::once(service.vip)
+            .chain(service.standby_vip)
+            .filter_map(|vip| self.services.service_id(&vip))
+            .collect();
+        let dataplane = self.services.dataplane();
+        let backends: HashMap<u32, _> = dataplane.backends().map_err(|e| e.to_string())?.into_iter().collect();
+        let now = housekeeping::monotonic_now_ns();
+        let secs = |ns: u64| now.saturating_sub(ns) as f64 / 1e9;
+        let flows = dataplane
+            .flows()
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .filter(|(_, f)| service_ids.contains(&f.service_id) && housekeeping::is_open(f))
+            .filter_map(|(key, flow)| {
+                let backend = backends.get(&flow.backend_id)?;
+                Some(FlowInfo {
+                    client: SocketAddrV4::new(key.client_addr.to_ne_bytes().into(), u16::from_be(key.client_port)),
+                    backend: backend_addr(backend),
+                    pool: backend_pool(backend),
+                    age_secs: secs(flow.created_ns),
+                    idle_secs: secs(flow.last_seen_ns),
+                    state: flow_state_name(flow.state).into(),
+                })
+            })
+            .filter(|f| pool.is_none_or(|p| p == f.pool))
+            .take(limit)
+            .collect();
+        Ok(Reply {
+            ok: true,
+            flows: Some(flows),
+            ..Default::default()
+        })
+    }
+}
+
+fn health_word(view: Option<&HealthView>) -> &'static str {
+    match view {
+        None => "unchecked",
+        Some(v) if v.up => "up",
+        Some(_) => "down",
+    }
+}
+
+fn flow_state_name(state: u32) -> &'static str {
+    use bg_lb_common::flow_state::{ESTABLISHED, FIN_FROM_BACKEND, FIN_FROM_CLIENT};
+    if state & (FIN_FROM_CLIENT | FIN_FROM_BACKEND) != 0 {
+        "closing"
+    } else if state & ESTABLISHED != 0 {
+        "established"
+    } else {
+        "syn-sent"
+    }
+}
