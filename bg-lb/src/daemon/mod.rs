@@ -17,11 +17,11 @@ use bg_lb_common::maps::DataplaneConfig;
 use tokio::{sync::mpsc, task::JoinHandle};
 
 use crate::{
-    config::{self, Config, HealthCheck, ServiceConfig, XdpModeSetting},
-    dataplane::{AttachMode, Attached, Dataplane, DataplaneOptions},
+    config::{self, Config, HealthCheck, ServiceConfig},
+    dataplane::{Attached, Dataplane, DataplaneOptions},
     desired::{self, Health, HealthView},
     health::{self, CheckKey, Listener, Report, Transition},
-    housekeeping::{self, FlowCensus, FlowTimeouts},
+    housekeeping::{self, FlowCensus},
     metrics::{self, AdminRequests, ProbeMetrics, ProbeStats, Snapshot},
     pins::PinLayout,
     protocol::{BackendAction, BackendStatus, FlowInfo, RatioChange, Reply, Request, ServiceStatus, parse_request},
@@ -76,8 +76,10 @@ impl Daemon {
         let mut services = Services::adopt(dataplane).context("adopting pinned data-plane state")?;
         for iface in config.interfaces.names() {
             enable_forwarding(iface)?;
-            let mode = attach_mode(config.xdp_mode);
-            match services.dataplane_mut().attach_pinned(iface, mode, &pins.link(iface))? {
+            match services
+                .dataplane_mut()
+                .attach_pinned(iface, config.xdp_mode, &pins.link(iface))?
+            {
                 Attached::New(mode) => tracing::info!(interface = iface, ?mode, "XDP attached"),
                 Attached::Replaced => {
                     tracing::info!(interface = iface, "XDP attachment adopted; new program swapped in")
@@ -121,15 +123,6 @@ impl Daemon {
             snat_port_max: self.config.snat_ports.1,
             ready: 1,
             _pad: 0,
-        }
-    }
-
-    fn timeouts(&self) -> FlowTimeouts {
-        let t = &self.config.timeouts;
-        FlowTimeouts {
-            established_idle: t.established_idle,
-            closing: t.closing,
-            syn: t.syn,
         }
     }
 
@@ -327,8 +320,8 @@ impl Daemon {
 
     /// Sweeps the flow table: expires finished flows, frees drained ids.
     fn housekeeping(&mut self) -> Result<&FlowCensus, String> {
-        let timeouts = self.timeouts();
-        let census = housekeeping::sweep(self.services.dataplane_mut(), &timeouts).map_err(|e| e.to_string())?;
+        let census =
+            housekeeping::sweep(self.services.dataplane_mut(), &self.config.timeouts).map_err(|e| e.to_string())?;
         let live: HashMap<SocketAddrV4, HashSet<SocketAddrV4>> = self
             .config
             .services
@@ -629,14 +622,6 @@ impl Daemon {
         drop(self);
         pins.remove_all()?;
         Ok(())
-    }
-}
-
-fn attach_mode(setting: XdpModeSetting) -> AttachMode {
-    match setting {
-        XdpModeSetting::Auto => AttachMode::Auto,
-        XdpModeSetting::Native => AttachMode::Native,
-        XdpModeSetting::Generic => AttachMode::Generic,
     }
 }
 
