@@ -5,7 +5,10 @@
 
 use std::{fs, path::PathBuf, process::Command};
 
-use bg_lb::cli::{Cli, Command as BgLb, DEFAULT_CONFIG, DEFAULT_SOCKET};
+use bg_lb::{
+    cli::{Cli, Command as BgLb},
+    config::{DEFAULT_ADMIN_SOCKET, DEFAULT_CONFIG},
+};
 use bg_lb_tests::deploy::{Dockerfile, Layout, Unit, dockerfile_path, repo_root, unit_path};
 use clap::Parser as _;
 
@@ -217,7 +220,7 @@ fn unit_grants_the_tested_capabilities_and_not_cap_sys_admin() {
 #[test]
 fn unit_directories_are_the_default_socket_and_state_dirs() {
     let unit = Unit::read(&unit_path());
-    let socket_dir = PathBuf::from(DEFAULT_SOCKET).parent().unwrap().to_path_buf();
+    let socket_dir = PathBuf::from(DEFAULT_ADMIN_SOCKET).parent().unwrap().to_path_buf();
     assert_eq!(
         PathBuf::from("/run").join(unit.get("Service", "RuntimeDirectory").expect("RuntimeDirectory")),
         socket_dir

@@ -10,12 +10,10 @@ use std::{net::SocketAddrV4, path::PathBuf, time::Duration};
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::{
+    config::{DEFAULT_ADMIN_SOCKET, DEFAULT_CONFIG},
     demo_backend::DemoBackendArgs,
     ratio::{Pool, Ratio},
 };
-
-pub const DEFAULT_CONFIG: &str = "/etc/bg-lb/bg-lb.toml";
-pub const DEFAULT_SOCKET: &str = "/run/bg-lb/admin.sock";
 
 /// bg-lb: XDP layer-4 load balancer for zero-downtime blue-green deployments.
 #[derive(Debug, Parser)]
@@ -81,7 +79,7 @@ pub enum LogFormat {
 #[derive(Debug, clap::Args)]
 pub struct CtlArgs {
     /// The daemon's admin socket.
-    #[arg(long, default_value = DEFAULT_SOCKET, global = true)]
+    #[arg(long, default_value = DEFAULT_ADMIN_SOCKET, global = true)]
     pub socket: PathBuf,
     /// Print the daemon's JSON reply instead of a table.
     #[arg(long, global = true)]

@@ -37,8 +37,8 @@ impl Daemon {
 
     /// Sweeps the flow table: expires finished flows, frees drained ids.
     pub(super) fn housekeeping(&mut self) -> Result<&FlowCensus, String> {
-        let timeouts = self.timeouts();
-        let census = housekeeping::sweep(self.services.dataplane_mut(), &timeouts).map_err(|e| e.to_string())?;
+        let census =
+            housekeeping::sweep(self.services.dataplane_mut(), &self.config.timeouts).map_err(|e| e.to_string())?;
         let live: HashMap<SocketAddrV4, HashSet<SocketAddrV4>> = self
             .config
             .services

@@ -22,13 +22,8 @@ use bg_lb_common::maps::DataplaneConfig;
 use tokio::{sync::mpsc, task::JoinHandle};
 
 use crate::{
-    config::{self, Config, ServiceConfig, XdpModeSetting},
-    dataplane::{
-        AttachMode, Attached, Dataplane, DataplaneOptions,
-        housekeeping::{FlowCensus, FlowTimeouts},
-        pins::PinLayout,
-        services::Services,
-    },
+    config::{self, Config, ServiceConfig},
+    dataplane::{Attached, Dataplane, DataplaneOptions, housekeeping::FlowCensus, pins::PinLayout, services::Services},
     desired::Health,
     health::{CheckKey, Report},
     metrics::{self, AdminRequests, ProbeStats},
@@ -83,8 +78,10 @@ impl Daemon {
         let mut services = Services::adopt(dataplane).context("adopting pinned data-plane state")?;
         for iface in config.interfaces.names() {
             enable_forwarding(iface)?;
-            let mode = attach_mode(config.xdp_mode);
-            match services.dataplane_mut().attach_pinned(iface, mode, &pins.link(iface))? {
+            match services
+                .dataplane_mut()
+                .attach_pinned(iface, config.xdp_mode, &pins.link(iface))?
+            {
                 Attached::New(mode) => tracing::info!(interface = iface, ?mode, "XDP attached"),
                 Attached::Replaced => {
                     tracing::info!(interface = iface, "XDP attachment adopted; new program swapped in")
@@ -128,15 +125,6 @@ impl Daemon {
             snat_port_max: self.config.snat_ports.1,
             ready: 1,
             _pad: 0,
-        }
-    }
-
-    fn timeouts(&self) -> FlowTimeouts {
-        let t = &self.config.timeouts;
-        FlowTimeouts {
-            established_idle: t.established_idle,
-            closing: t.closing,
-            syn: t.syn,
         }
     }
 
@@ -203,14 +191,6 @@ impl Daemon {
         drop(self);
         pins.remove_all()?;
         Ok(())
-    }
-}
-
-fn attach_mode(setting: XdpModeSetting) -> AttachMode {
-    match setting {
-        XdpModeSetting::Auto => AttachMode::Auto,
-        XdpModeSetting::Native => AttachMode::Native,
-        XdpModeSetting::Generic => AttachMode::Generic,
     }
 }
 

@@ -1,0 +1,310 @@
+//! The daemon's TOML configuration.
+//!
+//! ```toml
+//! interface = "eth0"                # one-arm; or front_interface + back_interface (two-arm)
+//! xdp_mode = "auto"                 # auto | native | generic
+//! snat_address = "10.0.0.1"
+//! snat_ports = "20000-29999"        # inclusive, >= 1024
+//! max_flows = 1048576
+//! lookup_capacity = 2097184         # slots for all lookup tables (2 per service)
+//! pin_dir = "/sys/fs/bpf/bg-lb"
+//! state_dir = "/var/lib/bg-lb"
+//! metrics = "127.0.0.1:9750"        # Prometheus /metrics listener; off when absent
+//!
+//! [admin]
+//! socket = "/run/bg-lb/admin.sock"
+//! group = "bglb"
+//!
+//! [timeouts]
+//! established_idle = "1h"
+//! closing = "10s"
+//! syn = "30s"
+//!
+//! [[service]]
+//! name = "web"
+//! vip = "10.0.0.100:80"
+//! standby_vip = "10.0.0.100:8080"
+//! ratio = "50:50"                   # BLUE:GREEN
+//! lookup_table_size = 65537         # prime
+//!
+//! [service.health]                  # before or after the service's backends
+//! type = "http"                     # tcp | http
+//! interval = "2s"
+//! fast_interval = "500ms"           # while a backend is changing state; <= interval
+//! timeout = "1s"                    # < interval
+//! rise = 2                          # 1..=100 successes in a row to go up
+//! fall = 3                          # 1..=100 failures in a row to go down
+//! on_down = "drain"                 # drain | reset
+//! live_path = "/live"               # http only, like the keys below
+//! standby_path = "/standby"
+//! expect_status = "200"             # or "200-399"
+//! host = "web.example"              # Host header; default: the backend address
+//! expect_body = "ok"                # substring the body must contain
+//!
+//! [[service.backend]]
+//! pool = "blue"
+//! address = "10.0.1.11:8080"
+//! weight = 100                      # 0..=1000, 0 drains
+//! ```
+//!
+//! Everything but `snat_address`, the interface(s), and each service's `name`
+//! and `vip` and each backend's `pool` and `address` has a default: the
+//! `DEFAULT_*` constants below, and those of `bg_lb_common::maps` for the map
+//! sizes.
+//!
+//! Parsing goes by stage, one module each: serde reads the file into the
+//! structs of `raw`, whose values keep their byte spans ([`toml::Spanned`]);
+//! `validate` turns them into the structs here, with the parsers of single
+//! values in `values`, the service list and what services must not share in
+//! `services`, and `[service.health]` in `health`. The spans let every error
+//! (`error`) name `FILE:LINE:COL`, so an operator can go straight to the
+//! offending line.
+
+mod error;
+mod health;
+mod raw;
+mod services;
+mod validate;
+mod values;
+
+use std::{
+    fmt, fs,
+    net::{Ipv4Addr, SocketAddrV4},
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+pub use self::error::ConfigError;
+use self::{error::Invalid, raw::RawConfig};
+use crate::{
+    dataplane::{AttachMode, housekeeping::FlowTimeouts},
+    ratio::{Pool, Ratio},
+};
+
+/// The file `run` and `teardown` read unless given `--config`.
+pub const DEFAULT_CONFIG: &str = "/etc/bg-lb/bg-lb.toml";
+/// Native mode where the driver supports it, generic mode elsewhere.
+pub const DEFAULT_XDP_MODE: AttachMode = AttachMode::Auto;
+/// Inclusive range.
+pub const DEFAULT_SNAT_PORTS: (u16, u16) = (20_000, 29_999);
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/bg-lb";
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/bg-lb";
+pub const DEFAULT_ADMIN_SOCKET: &str = "/run/bg-lb/admin.sock";
+pub const DEFAULT_TIMEOUTS: FlowTimeouts = FlowTimeouts {
+    established_idle: Duration::from_secs(60 * 60),
+    closing: Duration::from_secs(10),
+    syn: Duration::from_secs(30),
+};
+/// The blue pool's share of new flows, in percent.
+pub const DEFAULT_BLUE_SHARE: u32 = 50;
+pub const DEFAULT_WEIGHT: u32 = 100;
+/// Highest backend weight; 0 drains a backend.
+pub const MAX_WEIGHT: u32 = 1000;
+pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(2);
+pub const DEFAULT_HEALTH_FAST_INTERVAL: Duration = Duration::from_millis(500);
+pub const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
+pub const DEFAULT_RISE: u32 = 2;
+pub const DEFAULT_FALL: u32 = 3;
+pub const DEFAULT_LIVE_PATH: &str = "/live";
+pub const DEFAULT_STANDBY_PATH: &str = "/standby";
+/// Inclusive range.
+pub const DEFAULT_EXPECT_STATUS: (u16, u16) = (200, 200);
+
+/// The validated configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    pub interfaces: Interfaces,
+    pub xdp_mode: AttachMode,
+    pub snat_address: Ipv4Addr,
+    /// Inclusive range.
+    pub snat_ports: (u16, u16),
+    pub max_flows: u32,
+    pub lookup_capacity: u32,
+    pub pin_dir: PathBuf,
+    pub state_dir: PathBuf,
+    pub admin: AdminConfig,
+    /// Where to serve Prometheus metrics (`GET /metrics`); `None` serves none.
+    pub metrics: Option<SocketAddrV4>,
+    /// Flow-table timeouts (`[timeouts]`); all non-zero.
+    pub timeouts: FlowTimeouts,
+    pub services: Vec<ServiceConfig>,
+}
+
+/// Where the XDP program is attached.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Interfaces {
+    /// Clients and backends are reached through the same interface (XDP_TX).
+    OneArm { interface: String },
+    /// Clients arrive on `front`, backends sit behind `back` (XDP_REDIRECT).
+    TwoArm { front: String, back: String },
+}
+
+impl Interfaces {
+    pub fn names(&self) -> Vec<&str> {
+        match self {
+            Interfaces::OneArm { interface } => vec![interface],
+            Interfaces::TwoArm { front, back } => vec![front, back],
+        }
+    }
+}
+
+/// The admin (control) socket.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AdminConfig {
+    pub socket: PathBuf,
+    /// Group that gets access to the socket, besides root.
+    pub group: Option<String>,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            socket: PathBuf::from(DEFAULT_ADMIN_SOCKET),
+            group: None,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceConfig {
+    pub name: String,
+    pub vip: SocketAddrV4,
+    pub standby_vip: Option<SocketAddrV4>,
+    pub ratio: Ratio,
+    /// Prime.
+    pub lookup_table_size: u32,
+    pub backends: Vec<BackendConfig>,
+    /// `[service.health]`; [`HealthConfig::default`] (TCP connect checks) when the table is absent.
+    pub health: HealthConfig,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackendConfig {
+    pub pool: Pool,
+    pub address: SocketAddrV4,
+    /// 0 drains the backend: no new flows, existing ones continue.
+    pub weight: u32,
+}
+
+/// How a service's backends are checked (`[service.health]`).
+///
+/// A backend goes up after `rise` consecutive successful checks and down after `fall` consecutive failed ones
+/// (HAProxy semantics); results in between do not change its state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HealthConfig {
+    pub check: HealthCheck,
+    /// Time between checks of a backend whose last result agrees with its up/down state.
+    pub interval: Duration,
+    /// Time between checks while a backend is transitioning (its last result differs from its up/down state);
+    /// at most `interval`.
+    pub fast_interval: Duration,
+    /// How long one check may take; greater than zero and less than `interval`.
+    pub timeout: Duration,
+    /// Consecutive successes for a down backend to go up; 1..=100.
+    pub rise: u32,
+    /// Consecutive failures for an up backend to go down; 1..=100.
+    pub fall: u32,
+    pub on_down: OnDown,
+}
+
+impl Default for HealthConfig {
+    /// TCP connect checks every 2s (500ms while transitioning), 1s timeout, rise 2, fall 3, drain when down.
+    fn default() -> Self {
+        HealthConfig {
+            check: HealthCheck::Tcp,
+            interval: DEFAULT_HEALTH_INTERVAL,
+            fast_interval: DEFAULT_HEALTH_FAST_INTERVAL,
+            timeout: DEFAULT_HEALTH_TIMEOUT,
+            rise: DEFAULT_RISE,
+            fall: DEFAULT_FALL,
+            on_down: OnDown::default(),
+        }
+    }
+}
+
+/// What one check does.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HealthCheck {
+    /// A TCP connect to the backend address succeeds. Says nothing about live or standby.
+    Tcp,
+    /// HTTP GETs of the live and standby paths.
+    Http(HttpCheck),
+}
+
+/// HTTP checks: every instance serves `live_path` and `standby_path`, and the one that answers with an expected
+/// status (and body) says whether the backend is live or standby.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpCheck {
+    /// Starts with '/'; printable ASCII without spaces.
+    pub live_path: String,
+    /// Same rule as `live_path`.
+    pub standby_path: String,
+    /// Inclusive range within 100..=599, min <= max.
+    pub expect_status: (u16, u16),
+    /// Host header; `None` sends the backend address. Non-empty, printable ASCII without spaces.
+    pub host: Option<String>,
+    /// A substring the response body must contain; non-empty.
+    pub expect_body: Option<String>,
+}
+
+impl Default for HttpCheck {
+    /// `/live` and `/standby`, status 200, no Host override, any body.
+    fn default() -> Self {
+        HttpCheck {
+            live_path: DEFAULT_LIVE_PATH.into(),
+            standby_path: DEFAULT_STANDBY_PATH.into(),
+            expect_status: DEFAULT_EXPECT_STATUS,
+            host: None,
+            expect_body: None,
+        }
+    }
+}
+
+/// What happens to the open flows of a backend that goes down.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum OnDown {
+    /// They are kept and drain: they continue until they end or time out.
+    #[default]
+    Drain,
+    /// They are reset.
+    Reset,
+}
+
+impl OnDown {
+    fn parse(text: &str) -> Option<Self> {
+        match text {
+            "drain" => Some(OnDown::Drain),
+            "reset" => Some(OnDown::Reset),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for OnDown {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            OnDown::Drain => "drain",
+            OnDown::Reset => "reset",
+        })
+    }
+}
+
+/// Reads and validates the configuration file at `path`.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = fs::read_to_string(path).map_err(|error| ConfigError::Io {
+        path: path.to_owned(),
+        error,
+    })?;
+    parse(path, &text)
+}
+
+/// Parses and validates `text`; `path` only appears in error messages.
+pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+    let raw: RawConfig = toml::from_str(text).map_err(|e| Invalid::from_toml(&e).in_file(path, text))?;
+    validate::validate(raw, text).map_err(|e| e.in_file(path, text))
+}
+
+#[cfg(test)]
+mod test_support;
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,250 @@
+//! Whole documents: complete configurations, the defaults, the example file and reading from disk.
+
+use std::{fs, io, net::Ipv4Addr, path::Path, time::Duration};
+
+use bg_lb_common::maps::{DEFAULT_LOOKUP_CAPACITY, DEFAULT_LUT_SIZE, DEFAULT_MAX_FLOWS};
+
+use super::{
+    AdminConfig, Config, ConfigError, DEFAULT_WEIGHT, HealthCheck, HealthConfig, HttpCheck, Interfaces, OnDown,
+    ServiceConfig, load,
+    test_support::{BLUE, TOP, WEB, backend, parse_ok},
+};
+use crate::{
+    dataplane::{AttachMode, housekeeping::FlowTimeouts},
+    ratio::{Pool, Ratio},
+};
+
+#[test]
+fn full_one_arm_config_parses_to_expected_structs() {
+    let config = parse_ok(
+        r#"
+        interface = "eth0"
+        xdp_mode = "native"
+        snat_address = "10.0.0.1"
+        snat_ports = "40000-40999"
+        max_flows = 4096
+        lookup_capacity = 1000
+        pin_dir = "/sys/fs/bpf/test"
+        state_dir = "/tmp/state"
+        metrics = "127.0.0.1:9750"
+
+        [admin]
+        socket = "/tmp/admin.sock"
+        group = "ops"
+
+        [timeouts]
+        established_idle = "5m"
+        closing = "500ms"
+        syn = "2s"
+
+        [[service]]
+        name = "web"
+        vip = "10.0.0.100:80"
+        standby_vip = "10.0.0.100:8080"
+        ratio = "30:70"
+        lookup_table_size = 251
+
+        [[service.backend]]
+        pool = "blue"
+        address = "10.0.1.11:8080"
+        weight = 0
+
+        [[service.backend]]
+        pool = "green"
+        address = "10.0.2.11:8080"
+        weight = 1000
+
+        [[service]]
+        name = "api.v2"
+        vip = "10.0.0.101:443"
+        lookup_table_size = 7
+        "#,
+    );
+    let expected = Config {
+        interfaces: Interfaces::OneArm {
+            interface: "eth0".into(),
+        },
+        xdp_mode: AttachMode::Native,
+        snat_address: Ipv4Addr::new(10, 0, 0, 1),
+        snat_ports: (40_000, 40_999),
+        max_flows: 4096,
+        lookup_capacity: 1000,
+        pin_dir: "/sys/fs/bpf/test".into(),
+        state_dir: "/tmp/state".into(),
+        admin: AdminConfig {
+            socket: "/tmp/admin.sock".into(),
+            group: Some("ops".into()),
+        },
+        metrics: Some("127.0.0.1:9750".parse().unwrap()),
+        timeouts: FlowTimeouts {
+            established_idle: Duration::from_secs(300),
+            closing: Duration::from_millis(500),
+            syn: Duration::from_secs(2),
+        },
+        services: vec![
+            ServiceConfig {
+                name: "web".into(),
+                vip: "10.0.0.100:80".parse().unwrap(),
+                standby_vip: Some("10.0.0.100:8080".parse().unwrap()),
+                ratio: Ratio::new(30).unwrap(),
+                lookup_table_size: 251,
+                backends: vec![
+                    backend(Pool::Blue, "10.0.1.11:8080", 0),
+                    backend(Pool::Green, "10.0.2.11:8080", 1000),
+                ],
+                health: HealthConfig::default(),
+            },
+            ServiceConfig {
+                name: "api.v2".into(),
+                vip: "10.0.0.101:443".parse().unwrap(),
+                standby_vip: None,
+                ratio: Ratio::new(50).unwrap(),
+                lookup_table_size: 7,
+                backends: vec![],
+                health: HealthConfig::default(),
+            },
+        ],
+    };
+    assert_eq!(config, expected);
+    assert_eq!(config.interfaces.names(), ["eth0"]);
+}
+
+#[test]
+fn full_two_arm_config_parses_to_expected_structs() {
+    let config = parse_ok(
+        r#"
+        front_interface = "eth0"
+        back_interface = "eth1"
+        xdp_mode = "generic"
+        snat_address = "192.168.1.1"
+
+        [[service]]
+        name = "db"
+        vip = "10.0.0.100:5432"
+        ratio = "100:0"
+
+        [[service.backend]]
+        pool = "green"
+        address = "192.168.1.20:5432"
+        "#,
+    );
+    let expected = Config {
+        interfaces: Interfaces::TwoArm {
+            front: "eth0".into(),
+            back: "eth1".into(),
+        },
+        xdp_mode: AttachMode::Generic,
+        snat_address: Ipv4Addr::new(192, 168, 1, 1),
+        services: vec![ServiceConfig {
+            name: "db".into(),
+            vip: "10.0.0.100:5432".parse().unwrap(),
+            standby_vip: None,
+            ratio: Ratio::all_to(Pool::Blue),
+            lookup_table_size: DEFAULT_LUT_SIZE,
+            backends: vec![backend(Pool::Green, "192.168.1.20:5432", DEFAULT_WEIGHT)],
+            health: HealthConfig::default(),
+        }],
+        ..parse_ok(TOP)
+    };
+    assert_eq!(config, expected);
+    assert_eq!(config.interfaces.names(), ["eth0", "eth1"]);
+}
+
+#[test]
+fn absent_optional_keys_take_their_defaults() {
+    let config = parse_ok(&format!("{TOP}{WEB}{BLUE}"));
+    let expected = Config {
+        interfaces: Interfaces::OneArm {
+            interface: "eth0".into(),
+        },
+        xdp_mode: AttachMode::Auto,
+        snat_address: Ipv4Addr::new(10, 0, 0, 1),
+        snat_ports: (20_000, 29_999),
+        max_flows: DEFAULT_MAX_FLOWS,
+        lookup_capacity: DEFAULT_LOOKUP_CAPACITY,
+        pin_dir: "/sys/fs/bpf/bg-lb".into(),
+        state_dir: "/var/lib/bg-lb".into(),
+        admin: AdminConfig {
+            socket: "/run/bg-lb/admin.sock".into(),
+            group: None,
+        },
+        metrics: None,
+        timeouts: FlowTimeouts {
+            established_idle: Duration::from_secs(3600),
+            closing: Duration::from_secs(10),
+            syn: Duration::from_secs(30),
+        },
+        services: vec![ServiceConfig {
+            name: "web".into(),
+            vip: "10.0.0.100:80".parse().unwrap(),
+            standby_vip: None,
+            ratio: "50:50".parse().unwrap(),
+            lookup_table_size: 65_537,
+            backends: vec![backend(Pool::Blue, "10.0.1.1:80", 100)],
+            health: HealthConfig {
+                check: HealthCheck::Tcp,
+                interval: Duration::from_secs(2),
+                fast_interval: Duration::from_millis(500),
+                timeout: Duration::from_secs(1),
+                rise: 2,
+                fall: 3,
+                on_down: OnDown::Drain,
+            },
+        }],
+    };
+    assert_eq!(config, expected);
+}
+
+#[test]
+fn example_file_parses() {
+    let config = parse_ok(include_str!("../../../examples/bg-lb.toml"));
+    assert_eq!(
+        config.interfaces,
+        Interfaces::OneArm {
+            interface: "eth0".into()
+        }
+    );
+    assert_eq!(config.snat_address, Ipv4Addr::new(10, 0, 0, 1));
+    assert_eq!(config.lookup_capacity, DEFAULT_LOOKUP_CAPACITY);
+    assert_eq!(config.max_flows, DEFAULT_MAX_FLOWS);
+    let [web] = config.services.as_slice() else {
+        panic!("one service expected: {config:?}")
+    };
+    assert_eq!(web.name, "web");
+    assert_eq!(web.vip, "10.0.0.100:80".parse().unwrap());
+    assert_eq!(web.standby_vip, Some("10.0.0.100:8080".parse().unwrap()));
+    let pools: Vec<Pool> = web.backends.iter().map(|b| b.pool).collect();
+    assert_eq!(pools, [Pool::Blue, Pool::Blue, Pool::Green, Pool::Green]);
+    assert_eq!(web.backends[3].weight, 0, "the example shows a drained backend");
+    assert_eq!(
+        web.health,
+        HealthConfig {
+            check: HealthCheck::Http(HttpCheck {
+                live_path: "/live".into(),
+                standby_path: "/standby".into(),
+                expect_status: (200, 200),
+                host: None,
+                expect_body: None,
+            }),
+            ..HealthConfig::default()
+        }
+    );
+}
+
+#[test]
+fn load_reads_a_file() {
+    let path = std::env::temp_dir().join(format!("bg-lb-config-test-{}.toml", std::process::id()));
+    fs::write(&path, TOP).unwrap();
+    let loaded = load(&path);
+    fs::remove_file(&path).unwrap();
+    assert_eq!(loaded.unwrap(), parse_ok(TOP));
+}
+
+#[test]
+fn load_error_names_the_path() {
+    let error = load(Path::new("/nonexistent/bg-lb.toml")).unwrap_err();
+    assert!(matches!(&error, ConfigError::Io { error, .. } if error.kind() == io::ErrorKind::NotFound));
+    assert!(error.to_string().starts_with("/nonexistent/bg-lb.toml: "), "{error}");
+    assert_eq!(error.line(), None);
+    assert_eq!(error.path(), Path::new("/nonexistent/bg-lb.toml"));
+}

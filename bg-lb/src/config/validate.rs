@@ -1,0 +1,179 @@
+//! From the raw file to the [`Config`]: the top-level keys, with the services left to `services`.
+
+use std::ops::RangeInclusive;
+
+use bg_lb_common::maps::{DEFAULT_LOOKUP_CAPACITY, DEFAULT_MAX_FLOWS};
+
+use super::{
+    AdminConfig, Config, DEFAULT_ADMIN_SOCKET, DEFAULT_PIN_DIR, DEFAULT_SNAT_PORTS, DEFAULT_STATE_DIR,
+    DEFAULT_TIMEOUTS, DEFAULT_XDP_MODE, Interfaces,
+    error::Invalid,
+    raw::{RawAdmin, RawConfig, RawTimeouts},
+    services::{check_lookup_capacity, services},
+    values::{absolute_path, duration, integer_in, interface_name, metrics_listen, snat_address, snat_ports, xdp_mode},
+};
+use crate::dataplane::housekeeping::FlowTimeouts;
+
+const MAX_FLOWS_RANGE: RangeInclusive<i64> = 1024..=16_777_216;
+
+pub(super) fn validate(raw: RawConfig, text: &str) -> Result<Config, Invalid> {
+    let interfaces = interfaces(&raw)?;
+    let xdp_mode = raw.xdp_mode.as_ref().map_or(Ok(DEFAULT_XDP_MODE), xdp_mode)?;
+    let snat_address = snat_address(&raw.snat_address)?;
+    let snat_ports = raw.snat_ports.as_ref().map_or(Ok(DEFAULT_SNAT_PORTS), snat_ports)?;
+    let max_flows = match &raw.max_flows {
+        Some(value) => integer_in(value, "max_flows", MAX_FLOWS_RANGE)?,
+        None => DEFAULT_MAX_FLOWS,
+    };
+    let lookup_capacity = match &raw.lookup_capacity {
+        Some(value) => integer_in(value, "lookup_capacity", 1..=i64::from(u32::MAX))?,
+        None => DEFAULT_LOOKUP_CAPACITY,
+    };
+    let pin_dir = absolute_path(raw.pin_dir.as_ref(), "pin_dir", DEFAULT_PIN_DIR)?;
+    let state_dir = absolute_path(raw.state_dir.as_ref(), "state_dir", DEFAULT_STATE_DIR)?;
+    let admin = raw.admin.as_ref().map_or(Ok(AdminConfig::default()), admin)?;
+    let metrics = raw.metrics.as_ref().map(metrics_listen).transpose()?;
+    let timeouts = raw.timeouts.as_ref().map_or(Ok(DEFAULT_TIMEOUTS), timeouts)?;
+    let services = services(&raw.service, snat_address, &raw.snat_address, text)?;
+    check_lookup_capacity(lookup_capacity, raw.lookup_capacity.as_ref(), &raw.service, &services)?;
+    Ok(Config {
+        interfaces,
+        xdp_mode,
+        snat_address,
+        snat_ports,
+        max_flows,
+        lookup_capacity,
+        pin_dir,
+        state_dir,
+        admin,
+        metrics,
+        timeouts,
+        services,
+    })
+}
+
+fn interfaces(raw: &RawConfig) -> Result<Interfaces, Invalid> {
+    match (&raw.interface, &raw.front_interface, &raw.back_interface) {
+        (Some(interface), None, None) => Ok(Interfaces::OneArm {
+            interface: interface_name(interface)?,
+        }),
+        (None, Some(front), Some(back)) => {
+            let (front_name, back_name) = (interface_name(front)?, interface_name(back)?);
+            if front_name == back_name {
+                return Invalid::at(
+                    back.span(),
+                    format!(
+                        "front_interface and back_interface are both {front_name:?}; for one interface use `interface`"
+                    ),
+                );
+            }
+            Ok(Interfaces::TwoArm {
+                front: front_name,
+                back: back_name,
+            })
+        }
+        (Some(_), Some(two_arm), _) | (Some(_), None, Some(two_arm)) => Invalid::at(
+            two_arm.span(),
+            "`interface` (one-arm) and `front_interface`/`back_interface` (two-arm) are mutually exclusive",
+        ),
+        (None, Some(front), None) => Invalid::at(front.span(), "front_interface needs back_interface too (two-arm)"),
+        (None, None, Some(back)) => Invalid::at(back.span(), "back_interface needs front_interface too (two-arm)"),
+        (None, None, None) => Invalid::at(
+            0..0,
+            "no interface: set `interface` (one-arm) or `front_interface` and `back_interface` (two-arm)",
+        ),
+    }
+}
+
+fn admin(raw: &RawAdmin) -> Result<AdminConfig, Invalid> {
+    let socket = absolute_path(raw.socket.as_ref(), "admin.socket", DEFAULT_ADMIN_SOCKET)?;
+    let group = match &raw.group {
+        Some(group) if group.get_ref().is_empty() => return Invalid::at(group.span(), "admin.group must not be empty"),
+        Some(group) => Some(group.get_ref().clone()),
+        None => None,
+    };
+    Ok(AdminConfig { socket, group })
+}
+
+fn timeouts(raw: &RawTimeouts) -> Result<FlowTimeouts, Invalid> {
+    Ok(FlowTimeouts {
+        established_idle: duration(
+            raw.established_idle.as_ref(),
+            "timeouts.established_idle",
+            DEFAULT_TIMEOUTS.established_idle,
+        )?,
+        closing: duration(raw.closing.as_ref(), "timeouts.closing", DEFAULT_TIMEOUTS.closing)?,
+        syn: duration(raw.syn.as_ref(), "timeouts.syn", DEFAULT_TIMEOUTS.syn)?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use crate::{
+        config::{
+            AdminConfig, DEFAULT_TIMEOUTS,
+            test_support::{TOP, assert_rejected, parse_ok},
+        },
+        dataplane::housekeeping::FlowTimeouts,
+    };
+
+    #[test]
+    fn empty_admin_and_timeouts_tables_take_their_defaults() {
+        let config = parse_ok(&format!("{TOP}[admin]\n[timeouts]\nsyn = \"1s\"\n"));
+        assert_eq!(config.admin, AdminConfig::default());
+        assert_eq!(
+            config.timeouts,
+            FlowTimeouts {
+                syn: Duration::from_secs(1),
+                ..DEFAULT_TIMEOUTS
+            }
+        );
+    }
+
+    #[test]
+    fn interface_keys_must_be_one_arm_or_two_arm() {
+        assert_rejected(
+            "snat_address = \"10.0.0.1\"  # <-\n",
+            "no interface: set `interface` (one-arm) or `front_interface` and `back_interface` (two-arm)",
+        );
+        assert_rejected(
+            &format!("{TOP}front_interface = \"eth0\"  # <-\nback_interface = \"eth1\"\n"),
+            "mutually exclusive",
+        );
+        assert_rejected(&format!("{TOP}back_interface = \"eth1\"  # <-\n"), "mutually exclusive");
+        assert_rejected(
+            "front_interface = \"eth0\"  # <-\nsnat_address = \"10.0.0.1\"\n",
+            "front_interface needs back_interface",
+        );
+        assert_rejected(
+            "back_interface = \"eth1\"  # <-\nsnat_address = \"10.0.0.1\"\n",
+            "back_interface needs front_interface",
+        );
+        assert_rejected(
+            "front_interface = \"eth0\"\nback_interface = \"eth0\"  # <-\nsnat_address = \"10.0.0.1\"\n",
+            "are both \"eth0\"",
+        );
+    }
+
+    #[test]
+    fn paths_must_be_absolute_and_group_non_empty() {
+        assert_rejected(
+            &format!("{TOP}pin_dir = \"bpf\"  # <-\n"),
+            "pin_dir \"bpf\" must be an absolute path",
+        );
+        assert_rejected(
+            &format!("{TOP}state_dir = \"\"  # <-\n"),
+            "state_dir \"\" must be an absolute path",
+        );
+        assert_rejected(
+            &format!("{TOP}[admin]\nsocket = \"a.sock\"  # <-\n"),
+            "admin.socket \"a.sock\" must be",
+        );
+        assert_rejected(
+            &format!("{TOP}[admin]\ngroup = \"\"  # <-\n"),
+            "admin.group must not be empty",
+        );
+    }
+}
