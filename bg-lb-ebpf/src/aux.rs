@@ -4,7 +4,7 @@
 
 // Shared with the load balancer so the baseline parses exactly as it does;
 // this object uses only part of it.
-#[expect(dead_code, reason = "the baseline uses only parse_tcp and the Ethernet header")]
+#[expect(dead_code, reason = "the baseline uses only parse_tcp and the MAC addresses")]
 mod packet;
 
 use aya_ebpf::{
@@ -24,13 +24,10 @@ pub fn xdp_pass(_ctx: XdpContext) -> u32 {
 /// the load balancer does, swap MACs and bounce with XDP_TX.
 #[xdp]
 pub fn xdp_bounce(ctx: XdpContext) -> u32 {
-    let Ok(pkt) = packet::parse_tcp(&ctx) else {
+    let Ok(mut pkt) = packet::parse_tcp(&ctx) else {
         return XDP_PASS;
     };
-    unsafe {
-        let eth = &mut *pkt.eth;
-        core::mem::swap(&mut eth.src_addr, &mut eth.dst_addr);
-    }
+    pkt.swap_macs();
     XDP_TX
 }
 

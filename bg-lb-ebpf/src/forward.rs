@@ -25,16 +25,20 @@ use crate::{
 const AF_INET: u8 = 2;
 
 #[inline(always)]
-pub fn forward(ctx: &XdpContext, pkt: &TcpPacket) -> u32 {
+pub fn forward(ctx: &XdpContext, pkt: &mut TcpPacket<'_>) -> u32 {
+    // SAFETY: FibParams (struct bpf_fib_lookup) holds only integers and
+    // unions of integers, for which all zeroes is a valid value.
     let mut fib: FibParams = unsafe { zeroed() };
     fib.family = AF_INET;
-    fib.l4_protocol = unsafe { (*pkt.ip).proto };
-    fib.__bindgen_anon_1.tot_len = pkt.ip_len;
+    fib.l4_protocol = pkt.proto();
+    fib.__bindgen_anon_1.tot_len = pkt.ip_len();
     fib.ifindex = ctx.ingress_ifindex() as u32;
-    fib.__bindgen_anon_2.tos = unsafe { (*pkt.ip).tos };
+    fib.__bindgen_anon_2.tos = pkt.tos();
     fib.__bindgen_anon_3.ipv4_src = pkt.src_addr();
     fib.__bindgen_anon_4.ipv4_dst = pkt.dst_addr();
 
+    // SAFETY: ctx is this run's XDP context and fib a live parameter block of
+    // the size passed; the helper touches no packet memory.
     let rc = unsafe { bpf_fib_lookup(ctx.as_ptr(), &mut fib, size_of::<FibParams>() as i32, 0) };
     if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 {
         count(if rc == BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
@@ -44,10 +48,7 @@ pub fn forward(ctx: &XdpContext, pkt: &TcpPacket) -> u32 {
         });
         return XDP_DROP;
     }
-    unsafe {
-        (*pkt.eth).src_addr = fib.smac;
-        (*pkt.eth).dst_addr = fib.dmac;
-    }
+    pkt.set_macs(fib.smac, fib.dmac);
     if fib.ifindex == ctx.ingress_ifindex() as u32 {
         return XDP_TX;
     }

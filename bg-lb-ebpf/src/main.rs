@@ -34,7 +34,7 @@ pub fn bg_lb(ctx: XdpContext) -> u32 {
     if cfg.ready == 0 {
         return XDP_PASS;
     }
-    let pkt = match parse_tcp(&ctx) {
+    let mut pkt = match parse_tcp(&ctx) {
         Ok(pkt) => pkt,
         Err(NotForUs::Other) => {
             count(Counter::Passed);
@@ -54,18 +54,20 @@ pub fn bg_lb(ctx: XdpContext) -> u32 {
     // Copy the service inside the branch: carrying an Option<Service> across
     // branches makes LLVM spill the None case's uninitialised payload, which
     // the verifier rejects.
+    // SAFETY: SERVICES is BPF_F_NO_PREALLOC, so a looked-up element stays
+    // intact under RCU until the program returns, as aya's `get` requires.
     if let Some(service) = unsafe { SERVICES.get(service_key) } {
         let service = *service;
-        if !decrement_ttl(&pkt) {
+        if !decrement_ttl(&mut pkt) {
             return ttl_expired();
         }
-        return to_backend::to_backend(&ctx, &pkt, &service, &cfg);
+        return to_backend::to_backend(&ctx, pkt, &service, &cfg);
     }
     if is_snat_reply(&pkt, &cfg) {
-        if !decrement_ttl(&pkt) {
+        if !decrement_ttl(&mut pkt) {
             return ttl_expired();
         }
-        return to_client::to_client(&ctx, &pkt);
+        return to_client::to_client(&ctx, &mut pkt);
     }
     count(Counter::Passed);
     XDP_PASS
@@ -73,7 +75,7 @@ pub fn bg_lb(ctx: XdpContext) -> u32 {
 
 /// Addressed to the SNAT address inside the SNAT port range: a backend reply.
 #[inline(always)]
-fn is_snat_reply(pkt: &TcpPacket, cfg: &DataplaneConfig) -> bool {
+fn is_snat_reply(pkt: &TcpPacket<'_>, cfg: &DataplaneConfig) -> bool {
     let port = u16::from_be(pkt.dst_port());
     pkt.dst_addr() == cfg.snat_addr && port >= cfg.snat_port_min && port <= cfg.snat_port_max
 }

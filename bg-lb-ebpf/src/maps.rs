@@ -48,9 +48,21 @@ pub static CONFIG: Array<DataplaneConfig> = Array::with_max_entries(1, 0);
 #[map]
 pub static TX_PORTS: DevMapHash = DevMapHash::with_max_entries(MAX_INTERFACES, 0);
 
+/// The pinned flow under `key`, to update in place for this packet.
+#[inline(always)]
+pub fn flow_entry(key: &FlowKey) -> Option<&'static mut Flow> {
+    let ptr = FLOWS.get_ptr_mut(key)?;
+    // SAFETY: a preallocated map's values stay mapped for the whole run.
+    // Other CPUs may update or delete the same flow meanwhile; its fields are
+    // plain integers, so a race leaves at worst a stale state or timestamp.
+    Some(unsafe { &mut *ptr })
+}
+
 #[inline(always)]
 pub fn count(counter: Counter) {
     if let Some(c) = COUNTERS.get_ptr_mut(counter as u32) {
+        // SAFETY: an array element is never freed, and a per-CPU one is written
+        // only by this CPU, which runs one program at a time.
         unsafe { *c += 1 };
     }
 }
@@ -65,6 +77,7 @@ pub enum Way {
 #[inline(always)]
 fn add(stats: Option<*mut TrafficStats>, way: Way, bytes: u16, new_flow: bool) {
     let Some(s) = stats else { return };
+    // SAFETY: `account` passes per-CPU array elements, as in `count`.
     let s = unsafe { &mut *s };
     match way {
         Way::ToBackend => {
@@ -87,6 +100,7 @@ pub fn account_signal(flow: &Flow, signal: BackendSignal) {
     let Some(s) = BACKEND_STATS.get_ptr_mut(flow.backend_id) else {
         return;
     };
+    // SAFETY: a per-CPU array element, as in `count`.
     let s = unsafe { &mut *s };
     match signal {
         BackendSignal::Handshake => s.handshakes += 1,

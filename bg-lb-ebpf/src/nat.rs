@@ -15,43 +15,35 @@ pub struct Endpoints {
 /// Rewrites both endpoints. The addresses are in the IP header checksum and,
 /// through the pseudo-header, in the TCP checksum; the ports only in the latter.
 #[inline(always)]
-pub fn rewrite(pkt: &TcpPacket, to: &Endpoints) {
+pub fn rewrite(pkt: &mut TcpPacket<'_>, to: &Endpoints) {
     let (old_src, old_dst, old_sport, old_dport) = (pkt.src_addr(), pkt.dst_addr(), pkt.src_port(), pkt.dst_port());
-    unsafe {
-        let ip = &mut *pkt.ip;
-        let tcp = &mut *pkt.tcp;
-        let mut ip_check = u16::from_ne_bytes(ip.check);
-        ip_check = replace32(ip_check, old_src, to.src_addr);
-        ip_check = replace32(ip_check, old_dst, to.dst_addr);
-        ip.check = ip_check.to_ne_bytes();
-        ip.src_addr = to.src_addr.to_ne_bytes();
-        ip.dst_addr = to.dst_addr.to_ne_bytes();
+    let mut ip_check = pkt.ip_check();
+    ip_check = replace32(ip_check, old_src, to.src_addr);
+    ip_check = replace32(ip_check, old_dst, to.dst_addr);
+    pkt.set_ip_check(ip_check);
+    pkt.set_addrs(to.src_addr, to.dst_addr);
 
-        let mut tcp_check = u16::from_ne_bytes(tcp.check);
-        tcp_check = replace32(tcp_check, old_src, to.src_addr);
-        tcp_check = replace32(tcp_check, old_dst, to.dst_addr);
-        tcp_check = replace16(tcp_check, old_sport, to.src_port);
-        tcp_check = replace16(tcp_check, old_dport, to.dst_port);
-        tcp.check = tcp_check.to_ne_bytes();
-        tcp.source = to.src_port.to_ne_bytes();
-        tcp.dest = to.dst_port.to_ne_bytes();
-    }
+    let mut tcp_check = pkt.tcp_check();
+    tcp_check = replace32(tcp_check, old_src, to.src_addr);
+    tcp_check = replace32(tcp_check, old_dst, to.dst_addr);
+    tcp_check = replace16(tcp_check, old_sport, to.src_port);
+    tcp_check = replace16(tcp_check, old_dport, to.dst_port);
+    pkt.set_tcp_check(tcp_check);
+    pkt.set_ports(to.src_port, to.dst_port);
 }
 
 /// Decrements the TTL as a router would, so a routing loop through the LB
 /// dies out. Returns false (leaving the packet alone) if it would reach 0.
 #[inline(always)]
-pub fn decrement_ttl(pkt: &TcpPacket) -> bool {
-    unsafe {
-        let ip = &mut *pkt.ip;
-        if ip.ttl <= 1 {
-            return false;
-        }
-        // TTL shares a 16-bit checksum word with the protocol byte.
-        let old = u16::from_ne_bytes([ip.ttl, ip.proto]);
-        let new = u16::from_ne_bytes([ip.ttl - 1, ip.proto]);
-        ip.check = replace16(u16::from_ne_bytes(ip.check), old, new).to_ne_bytes();
-        ip.ttl -= 1;
+pub fn decrement_ttl(pkt: &mut TcpPacket<'_>) -> bool {
+    let ttl = pkt.ttl();
+    if ttl <= 1 {
+        return false;
     }
+    // TTL shares a 16-bit checksum word with the protocol byte.
+    let old = u16::from_ne_bytes([ttl, pkt.proto()]);
+    let new = u16::from_ne_bytes([ttl - 1, pkt.proto()]);
+    pkt.set_ip_check(replace16(pkt.ip_check(), old, new));
+    pkt.set_ttl(ttl - 1);
     true
 }

@@ -17,14 +17,14 @@ use bg_lb_common::{
 
 use crate::{
     forward::forward,
-    maps::{BACKENDS, FLOWS, LOOKUP_TABLES, REVERSE_NAT, Way, account, count},
+    maps::{BACKENDS, FLOWS, LOOKUP_TABLES, REVERSE_NAT, Way, account, count, flow_entry},
     nat::{Endpoints, rewrite},
     packet::TcpPacket,
     rst::reply_rst,
 };
 
 #[inline(always)]
-pub fn to_backend(ctx: &XdpContext, pkt: &TcpPacket, service: &Service, cfg: &DataplaneConfig) -> u32 {
+pub fn to_backend(ctx: &XdpContext, mut pkt: TcpPacket<'_>, service: &Service, cfg: &DataplaneConfig) -> u32 {
     let key = FlowKey {
         client_addr: pkt.src_addr(),
         vip_addr: pkt.dst_addr(),
@@ -33,12 +33,13 @@ pub fn to_backend(ctx: &XdpContext, pkt: &TcpPacket, service: &Service, cfg: &Da
         proto: IPPROTO_TCP,
         _pad: [0; 3],
     };
+    // SAFETY: a helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
-    let (flow, new_flow) = match pinned_flow(&key, pkt.flags, now) {
+    let (flow, new_flow) = match pinned_flow(&key, pkt.flags(), now) {
         Some(flow) => (flow, false),
-        None => match new_flow(&key, pkt.flags, service, cfg, now) {
+        None => match new_flow(&key, pkt.flags(), service, cfg, now) {
             Ok(flow) => (flow, true),
-            Err(Counter::NoBackend) if flow_state::is_connection_request(pkt.flags) => {
+            Err(Counter::NoBackend) if flow_state::is_connection_request(pkt.flags()) => {
                 count(Counter::Refused);
                 return reply_rst(ctx, pkt);
             }
@@ -59,9 +60,9 @@ pub fn to_backend(ctx: &XdpContext, pkt: &TcpPacket, service: &Service, cfg: &Da
         count(Counter::FlowReset);
         return reply_rst(ctx, pkt);
     }
-    account(&flow, Way::ToBackend, pkt.ip_len, new_flow);
+    account(&flow, Way::ToBackend, pkt.ip_len(), new_flow);
     rewrite(
-        pkt,
+        &mut pkt,
         &Endpoints {
             src_addr: cfg.snat_addr,
             src_port: flow.snat_port,
@@ -69,7 +70,7 @@ pub fn to_backend(ctx: &XdpContext, pkt: &TcpPacket, service: &Service, cfg: &Da
             dst_port: backend.port,
         },
     );
-    forward(ctx, pkt)
+    forward(ctx, &mut pkt)
 }
 
 /// Rare capacity failures are worth a log line besides their counter;
@@ -90,8 +91,7 @@ fn log_drop(ctx: &XdpContext, counter: Counter) {
 /// this SYN reuses the 5-tuple of a flow that has ended.
 #[inline(always)]
 fn pinned_flow(key: &FlowKey, tcp_flags: u8, now: u64) -> Option<Flow> {
-    let entry = FLOWS.get_ptr_mut(key)?;
-    let flow = unsafe { &mut *entry };
+    let flow = flow_entry(key)?;
     if flow_state::is_connection_request(tcp_flags) && flow_state::has_ended(flow.state) {
         // Its reverse entry would otherwise hold the old SNAT port until LRU eviction.
         let backend = BACKENDS.get(flow.backend_id)?;

@@ -9,28 +9,31 @@ use bg_lb_common::{
 
 use crate::{
     forward::forward,
-    maps::{FLOWS, REVERSE_NAT, Way, account, account_signal, count},
+    maps::{REVERSE_NAT, Way, account, account_signal, count, flow_entry},
     nat::{Endpoints, rewrite},
     packet::TcpPacket,
 };
 
 #[inline(always)]
-pub fn to_client(ctx: &XdpContext, pkt: &TcpPacket) -> u32 {
+pub fn to_client(ctx: &XdpContext, pkt: &mut TcpPacket<'_>) -> u32 {
     let nat = NatKey {
         backend_addr: pkt.src_addr(),
         backend_port: pkt.src_port(),
         snat_port: pkt.dst_port(),
     };
+    // SAFETY: copied at once. REVERSE_NAT is preallocated: should the entry be
+    // removed and its slot reused meanwhile, the copy may show the new entry,
+    // a race every preallocated BPF hash map has.
     let Some(client) = (unsafe { REVERSE_NAT.get(nat) }).copied() else {
         count(Counter::ReplyWithoutFlow);
         return XDP_PASS;
     };
-    if let Some(entry) = FLOWS.get_ptr_mut(client) {
-        let flow = unsafe { &mut *entry };
-        account_signal(flow, flow_state::backend_signal(flow.state, pkt.flags));
-        flow.state = flow_state::advance(flow.state, pkt.flags, Direction::FromBackend);
+    if let Some(flow) = flow_entry(&client) {
+        account_signal(flow, flow_state::backend_signal(flow.state, pkt.flags()));
+        flow.state = flow_state::advance(flow.state, pkt.flags(), Direction::FromBackend);
+        // SAFETY: a helper without arguments.
         flow.last_seen_ns = unsafe { bpf_ktime_get_ns() };
-        account(flow, Way::ToClient, pkt.ip_len, false);
+        account(flow, Way::ToClient, pkt.ip_len(), false);
     }
     rewrite(
         pkt,
