@@ -37,3 +37,5 @@ pub mod protocol;
 pub mod ratio;
 pub mod shift;
 pub mod state_file;
+#[cfg(test)]
+mod test_support;

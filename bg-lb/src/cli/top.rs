@@ -336,27 +336,16 @@ mod tests {
     use crate::{
         protocol::BackendStatus,
         ratio::{Pool, Ratio},
+        test_support::backend_status,
     };
 
     fn backend(address: &str, pool: Pool, health: &str, new_flows: u64, bytes_in: u64, open: u64) -> BackendStatus {
         BackendStatus {
-            address: address.parse().unwrap(),
-            pool,
-            weight: 100,
-            configured_weight: 100,
-            enabled: true,
-            health: health.into(),
-            last_check: None,
-            standby_health: None,
             open_flows: open,
             new_flows,
-            packets_in: 0,
             bytes_in,
-            packets_out: 0,
             bytes_out: bytes_in * 2,
-            handshakes: 0,
-            refused: 0,
-            resets: 0,
+            ..backend_status(address, pool, health)
         }
     }
 

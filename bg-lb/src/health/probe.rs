@@ -1,0 +1,122 @@
+//! Probing: which backend and listener a probe checks, the task that probes
+//! it forever, and the TCP connect every check starts with.
+
+use std::{
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+    time::{Duration, Instant},
+};
+
+use tokio::{net::TcpSocket, sync::mpsc, task::JoinHandle};
+
+use super::{Failure, Outcome, Tracker, Transition, http::http_check};
+use crate::config::{HealthCheck, HealthConfig};
+
+/// Which listener a check serves: the live VIP checks the live path, the
+/// standby VIP the standby path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Listener {
+    Live,
+    Standby,
+}
+
+/// One probe's identity.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CheckKey {
+    pub service: String,
+    pub backend: SocketAddrV4,
+    pub listener: Listener,
+}
+
+/// What a probe task reports after every check.
+#[derive(Clone, Debug)]
+pub struct Report {
+    pub key: CheckKey,
+    pub outcome: Outcome,
+    pub up: bool,
+    pub transition: Option<Transition>,
+    /// How long the probe took (up to the timeout), for the latency metric.
+    pub duration: Duration,
+}
+
+/// Runs `key`'s probe forever, reporting every result. Dropping (aborting)
+/// the handle stops it.
+pub fn spawn_probe(
+    key: CheckKey,
+    config: HealthConfig,
+    source: Ipv4Addr,
+    reports: mpsc::Sender<Report>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tracker = Tracker::new(config.rise, config.fall);
+        loop {
+            let started = Instant::now();
+            let outcome = probe(&key, &config, source).await;
+            let duration = started.elapsed();
+            let transition = tracker.record(outcome.clone());
+            let report = Report {
+                key: key.clone(),
+                outcome,
+                up: tracker.is_up(),
+                transition,
+                duration,
+            };
+            if reports.send(report).await.is_err() {
+                return;
+            }
+            let pause = if tracker.transitioning() {
+                config.fast_interval
+            } else {
+                config.interval
+            };
+            tokio::time::sleep(pause).await;
+        }
+    })
+}
+
+async fn probe(key: &CheckKey, config: &HealthConfig, source: Ipv4Addr) -> Outcome {
+    let check = async {
+        let stream = connect(key.backend, source).await?;
+        match &config.check {
+            HealthCheck::Tcp => Ok(()),
+            HealthCheck::Http(http) => http_check(stream, key, http).await,
+        }
+    };
+    tokio::time::timeout(config.timeout, check)
+        .await
+        .unwrap_or(Err(Failure::Timeout))
+}
+
+async fn connect(backend: SocketAddrV4, source: Ipv4Addr) -> Result<tokio::net::TcpStream, Failure> {
+    let socket = TcpSocket::new_v4().map_err(|e| Failure::Network(e.to_string()))?;
+    socket
+        .bind(SocketAddr::from((source, 0)))
+        .map_err(|e| Failure::Network(format!("cannot bind the SNAT address {source}: {e}")))?;
+    socket.connect(backend.into()).await.map_err(|e| match e.kind() {
+        std::io::ErrorKind::ConnectionRefused => Failure::Refused,
+        _ => Failure::Network(e.to_string()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A real probe against loopback listeners: up while one listens, refused
+    /// once it is gone.
+    #[tokio::test]
+    async fn tcp_probe_reports_refused_when_nothing_listens() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let SocketAddr::V4(addr) = listener.local_addr().unwrap() else {
+            unreachable!()
+        };
+        let key = CheckKey {
+            service: "web".into(),
+            backend: addr,
+            listener: Listener::Live,
+        };
+        let config = HealthConfig::default();
+        assert_eq!(probe(&key, &config, Ipv4Addr::LOCALHOST).await, Ok(()));
+        drop(listener);
+        assert_eq!(probe(&key, &config, Ipv4Addr::LOCALHOST).await, Err(Failure::Refused));
+    }
+}

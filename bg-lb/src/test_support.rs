@@ -1,0 +1,26 @@
+//! Fixtures shared by unit tests in more than one module.
+
+use crate::{protocol::BackendStatus, ratio::Pool};
+
+/// A backend as `ctl status` reports it: enabled at weight 100, no traffic.
+pub fn backend_status(address: &str, pool: Pool, health: &str) -> BackendStatus {
+    BackendStatus {
+        address: address.parse().unwrap(),
+        pool,
+        weight: 100,
+        configured_weight: 100,
+        enabled: true,
+        health: health.into(),
+        last_check: None,
+        standby_health: None,
+        open_flows: 0,
+        new_flows: 0,
+        packets_in: 0,
+        bytes_in: 0,
+        packets_out: 0,
+        bytes_out: 0,
+        handshakes: 0,
+        refused: 0,
+        resets: 0,
+    }
+}
