@@ -28,17 +28,15 @@ pub const fn flow_hash(key: &FlowKey) -> u32 {
 
 #[cfg(test)]
 mod tests {
+    use core::net::{Ipv4Addr, SocketAddrV4};
+
     use super::*;
 
     fn key(port: u16) -> FlowKey {
-        FlowKey {
-            client_addr: u32::from_ne_bytes([10, 0, 0, 1]),
-            vip_addr: u32::from_ne_bytes([10, 0, 0, 100]),
-            client_port: port.to_be(),
-            vip_port: 80u16.to_be(),
-            proto: 6,
-            _pad: [0; 3],
-        }
+        FlowKey::from_client(
+            SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 1), port),
+            SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 100), 80),
+        )
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! TCP state of a pinned flow, as far as a load balancer needs it: when has
 //! the flow ended, so a new SYN on the same 5-tuple may pick a new backend and
-//! housekeeping may expire it after a short linger.
+//! housekeeping may expire it after a short linger. [`phase`] is the one
+//! reading of the state bits that housekeeping and `ctl flows` share.
 
 pub const TCP_FIN: u8 = 0x01;
 pub const TCP_SYN: u8 = 0x02;
@@ -88,6 +89,53 @@ pub const fn has_ended(state: u32) -> bool {
     state & RESET != 0 || state & (FIN_FROM_CLIENT | FIN_FROM_BACKEND) == FIN_FROM_CLIENT | FIN_FROM_BACKEND
 }
 
+/// Where a flow is in its life, as its state bits say.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FlowPhase {
+    /// The backend has not answered the handshake (or the flow was adopted
+    /// from a mid-stream packet, so its SYN-ACK was never seen).
+    SynSent,
+    Established,
+    /// One side sent a FIN; the other may still send. `established` says
+    /// whether the backend ever answered the handshake, which decides how
+    /// long the flow may stay idle.
+    Closing {
+        established: bool,
+    },
+    /// FIN both ways or a RST: lingers only for stragglers.
+    Closed,
+}
+
+impl FlowPhase {
+    /// Not closed: what a drain waits for.
+    pub const fn is_open(self) -> bool {
+        !matches!(self, FlowPhase::Closed)
+    }
+
+    /// How `ctl flows` names it.
+    pub const fn name(self) -> &'static str {
+        match self {
+            FlowPhase::SynSent => "syn-sent",
+            FlowPhase::Established => "established",
+            FlowPhase::Closing { .. } => "closing",
+            FlowPhase::Closed => "closed",
+        }
+    }
+}
+
+pub const fn phase(state: u32) -> FlowPhase {
+    let established = state & ESTABLISHED != 0;
+    if has_ended(state) {
+        FlowPhase::Closed
+    } else if state & (FIN_FROM_CLIENT | FIN_FROM_BACKEND) != 0 {
+        FlowPhase::Closing { established }
+    } else if established {
+        FlowPhase::Established
+    } else {
+        FlowPhase::SynSent
+    }
+}
+
 /// Bits a fresh flow starts with: a SYN-created flow, or a flow adopted from
 /// a mid-stream packet.
 #[inline(always)]
@@ -142,6 +190,37 @@ mod tests {
             BackendSignal::None,
             "a second RST is not a second reset"
         );
+    }
+
+    #[test]
+    fn phases_follow_the_handshake_and_the_close() {
+        let syn = initial(TCP_SYN);
+        assert_eq!(phase(syn), FlowPhase::SynSent);
+        assert_eq!(phase(initial(TCP_ACK)), FlowPhase::SynSent, "adopted mid-stream");
+        let established = advance(syn, TCP_SYN | TCP_ACK, FromBackend);
+        assert_eq!(phase(established), FlowPhase::Established);
+        let half_closed = advance(established, TCP_FIN, FromBackend);
+        assert_eq!(phase(half_closed), FlowPhase::Closing { established: true });
+        assert_eq!(
+            phase(advance(syn, TCP_FIN, FromClient)),
+            FlowPhase::Closing { established: false }
+        );
+        assert_eq!(phase(advance(half_closed, TCP_FIN, FromClient)), FlowPhase::Closed);
+        assert_eq!(phase(advance(established, TCP_RST, FromClient)), FlowPhase::Closed);
+    }
+
+    #[test]
+    fn only_closed_flows_are_not_open_and_each_phase_has_its_ctl_name() {
+        let phases = [
+            (FlowPhase::SynSent, true, "syn-sent"),
+            (FlowPhase::Established, true, "established"),
+            (FlowPhase::Closing { established: false }, true, "closing"),
+            (FlowPhase::Closing { established: true }, true, "closing"),
+            (FlowPhase::Closed, false, "closed"),
+        ];
+        for (phase, open, name) in phases {
+            assert_eq!((phase.is_open(), phase.name()), (open, name), "{phase:?}");
+        }
     }
 
     #[test]

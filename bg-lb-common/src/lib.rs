@@ -12,7 +12,8 @@
 //!
 //! Addresses and ports inside map keys and values are stored exactly as on
 //! the wire (network byte order, read as native `u32`/`u16`), so the data
-//! plane never byte-swaps; userspace converts with `u32::from_ne_bytes`.
+//! plane never byte-swaps; userspace converts only through the constructors
+//! and accessors in [`maps`] (`ServiceKey::new`, `Backend::addr`, ...).
 #![cfg_attr(not(test), no_std)]
 
 pub mod checksum;

@@ -1,7 +1,14 @@
 //! Map names, default capacities and key/value layouts.
 //!
 //! Every type is `#[repr(C)]` with explicit padding so the kernel, the eBPF
-//! program and userspace see the same bytes.
+//! program and userspace see the same bytes. Addresses and ports are stored
+//! as on the wire; the constructors and accessors here are the only code that
+//! converts them to and from `core::net` types.
+
+use core::{
+    net::{Ipv4Addr, SocketAddrV4},
+    ops::RangeInclusive,
+};
 
 /// `HashMap<ServiceKey, Service>`: VIP:port/proto -> service.
 pub const SERVICES: &str = "SERVICES";
@@ -70,6 +77,22 @@ pub struct ServiceKey {
     pub _pad: u8,
 }
 
+impl ServiceKey {
+    /// The key of the TCP service listening on `vip`.
+    pub const fn new(vip: SocketAddrV4) -> Self {
+        Self {
+            addr: wire_ip(*vip.ip()),
+            port: wire_port(vip.port()),
+            proto: IPPROTO_TCP,
+            _pad: 0,
+        }
+    }
+
+    pub const fn vip(&self) -> SocketAddrV4 {
+        socket(self.addr, self.port)
+    }
+}
+
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Service {
@@ -85,15 +108,39 @@ pub struct Service {
     pub _pad: u32,
 }
 
+/// An entry of [`BACKENDS`]; the default (zero address) marks a free slot.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Backend {
     pub addr: u32,
     pub port: u16,
+    /// [`POOL_BLUE`] or [`POOL_GREEN`].
     pub pool: u8,
     /// [`BACKEND_RESET_FLOWS`], ...
     pub flags: u8,
     pub service_id: u32,
+}
+
+impl Backend {
+    /// Backend `addr` of service `service_id`; `reset_flows` sets
+    /// [`BACKEND_RESET_FLOWS`].
+    pub const fn new(service_id: u32, addr: SocketAddrV4, pool: u8, reset_flows: bool) -> Self {
+        Self {
+            addr: wire_ip(*addr.ip()),
+            port: wire_port(addr.port()),
+            pool,
+            flags: if reset_flows { BACKEND_RESET_FLOWS } else { 0 },
+            service_id,
+        }
+    }
+
+    pub const fn addr(&self) -> SocketAddrV4 {
+        socket(self.addr, self.port)
+    }
+
+    pub const fn is_free(&self) -> bool {
+        self.addr == 0
+    }
 }
 
 /// The backend is down and configured with `on_down = "reset"`: packets of
@@ -112,11 +159,30 @@ pub struct FlowKey {
     pub _pad: [u8; 3],
 }
 
+impl FlowKey {
+    /// The TCP flow from `client` to `vip`.
+    pub const fn from_client(client: SocketAddrV4, vip: SocketAddrV4) -> Self {
+        Self {
+            client_addr: wire_ip(*client.ip()),
+            vip_addr: wire_ip(*vip.ip()),
+            client_port: wire_port(client.port()),
+            vip_port: wire_port(vip.port()),
+            proto: IPPROTO_TCP,
+            _pad: [0; 3],
+        }
+    }
+
+    pub const fn client(&self) -> SocketAddrV4 {
+        socket(self.client_addr, self.client_port)
+    }
+}
+
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Flow {
     pub backend_id: u32,
     pub service_id: u32,
+    /// Wire order, as in [`NatKey::snat_port`].
     pub snat_port: u16,
     pub _pad: u16,
     /// Bits from [`crate::flow_state`].
@@ -134,6 +200,18 @@ pub struct NatKey {
     pub snat_port: u16,
 }
 
+impl NatKey {
+    /// How `backend`'s replies to SNAT port `snat_port` (wire order, as
+    /// [`Flow::snat_port`] holds it) arrive.
+    pub const fn new(backend: &Backend, snat_port: u16) -> Self {
+        Self {
+            backend_addr: backend.addr,
+            backend_port: backend.port,
+            snat_port,
+        }
+    }
+}
+
 /// Global settings, entry 0 of [`CONFIG`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -147,6 +225,20 @@ pub struct DataplaneConfig {
     /// then every packet passes untouched.
     pub ready: u32,
     pub _pad: u32,
+}
+
+impl DataplaneConfig {
+    /// A complete (ready) configuration: NAT towards backends from
+    /// `snat_addr`, source ports in `snat_ports`.
+    pub const fn new(snat_addr: Ipv4Addr, snat_ports: RangeInclusive<u16>) -> Self {
+        Self {
+            snat_addr: wire_ip(snat_addr),
+            snat_port_min: *snat_ports.start(),
+            snat_port_max: *snat_ports.end(),
+            ready: 1,
+            _pad: 0,
+        }
+    }
 }
 
 /// Per-backend and per-service traffic counters. `in` is client -> backend,
@@ -183,6 +275,19 @@ impl TrafficStats {
     }
 }
 
+const fn wire_ip(ip: Ipv4Addr) -> u32 {
+    u32::from_ne_bytes(ip.octets())
+}
+
+const fn wire_port(port: u16) -> u16 {
+    port.to_be()
+}
+
+const fn socket(wire_ip: u32, wire_port: u16) -> SocketAddrV4 {
+    let [a, b, c, d] = wire_ip.to_ne_bytes();
+    SocketAddrV4::new(Ipv4Addr::new(a, b, c, d), u16::from_be(wire_port))
+}
+
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
@@ -212,6 +317,53 @@ mod tests {
         assert_eq!(size_of::<NatKey>(), 8);
         assert_eq!(size_of::<DataplaneConfig>(), 16);
         assert_eq!(size_of::<TrafficStats>(), 64);
+    }
+
+    /// The bytes of `value` as the kernel sees them.
+    fn bytes<T: Copy, const N: usize>(value: &T) -> [u8; N] {
+        assert_eq!(size_of::<T>(), N);
+        // SAFETY: `T` is one of the `#[repr(C)]` map types without implicit
+        // padding (see above), so all `N` bytes are initialised.
+        unsafe { core::mem::transmute_copy(value) }
+    }
+
+    const CLIENT: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(192, 168, 1, 5), 40000);
+    const VIP: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 100), 80);
+    const BACKEND: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 10), 8080);
+
+    #[test]
+    fn keys_hold_addresses_and_ports_in_network_byte_order() {
+        assert_eq!(bytes(&ServiceKey::new(VIP)), [10, 0, 0, 100, 0, 80, IPPROTO_TCP, 0]);
+        let flow = FlowKey::from_client(CLIENT, VIP);
+        assert_eq!(
+            bytes(&flow),
+            [192, 168, 1, 5, 10, 0, 0, 100, 0x9c, 0x40, 0, 80, IPPROTO_TCP, 0, 0, 0]
+        );
+        let backend = Backend::new(7, BACKEND, POOL_GREEN, true);
+        assert_eq!(
+            bytes(&backend),
+            [10, 0, 0, 10, 0x1f, 0x90, POOL_GREEN, BACKEND_RESET_FLOWS, 7, 0, 0, 0]
+        );
+        let snat_port = 20000u16.to_be();
+        assert_eq!(
+            bytes(&NatKey::new(&backend, snat_port)),
+            [10, 0, 0, 10, 0x1f, 0x90, 0x4e, 0x20]
+        );
+    }
+
+    #[test]
+    fn accessors_read_back_what_constructors_wrote() {
+        assert_eq!(ServiceKey::new(VIP).vip(), VIP);
+        assert_eq!(FlowKey::from_client(CLIENT, VIP).client(), CLIENT);
+        assert_eq!(Backend::new(0, BACKEND, POOL_BLUE, false).addr(), BACKEND);
+        assert!(Backend::default().is_free() && !Backend::new(0, BACKEND, POOL_BLUE, false).is_free());
+    }
+
+    #[test]
+    fn config_holds_the_snat_address_on_the_wire_and_ports_in_host_order() {
+        let cfg = DataplaneConfig::new(Ipv4Addr::new(10, 0, 0, 1), 20000..=29999);
+        assert_eq!(cfg.snat_addr.to_ne_bytes(), [10, 0, 0, 1]);
+        assert_eq!((cfg.snat_port_min, cfg.snat_port_max, cfg.ready), (20000, 29999, 1));
     }
 
     #[test]

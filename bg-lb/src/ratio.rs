@@ -26,6 +26,11 @@ impl Pool {
         }
     }
 
+    /// The pool a `Backend::pool` value names.
+    pub const fn from_wire(pool: u8) -> Pool {
+        if pool == POOL_BLUE { Pool::Blue } else { Pool::Green }
+    }
+
     pub const fn other(self) -> Pool {
         match self {
             Pool::Blue => Pool::Green,
@@ -177,5 +182,12 @@ mod tests {
         assert_eq!(r.effective(false, true), Ratio::all_to(Pool::Green));
         assert_eq!(r.effective(true, false), Ratio::all_to(Pool::Blue));
         assert_eq!(r.effective(false, false), r);
+    }
+
+    #[test]
+    fn pools_round_trip_through_the_backend_map_value() {
+        for pool in [Pool::Blue, Pool::Green] {
+            assert_eq!(Pool::from_wire(pool.wire()), pool);
+        }
     }
 }

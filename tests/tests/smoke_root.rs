@@ -8,7 +8,7 @@ use aya::programs::XdpMode;
 use bg_lb::{
     dataplane::{
         Dataplane, DataplaneOptions,
-        services::{BackendSpec, ServiceSpec, Services},
+        services::{BackendSpec, ServiceSpec},
     },
     ratio::{Pool, Ratio},
 };
@@ -61,7 +61,7 @@ fn start_backends(backends: &[Host]) -> Vec<NameServer> {
 
 /// Loads the LB in `ns`, attaches it natively to `interfaces`, and programs
 /// the service.
-fn start_lb(ns: &NetNs, interfaces: &'static [&'static str], snat: Ipv4Addr, spec: ServiceSpec) -> Services {
+fn start_lb(ns: &NetNs, interfaces: &'static [&'static str], snat: Ipv4Addr, spec: ServiceSpec) -> Dataplane {
     ns.sysctl("net.ipv4.conf.all.forwarding=1");
     ns.run(move || {
         let opts = DataplaneOptions::default();
@@ -72,28 +72,21 @@ fn start_lb(ns: &NetNs, interfaces: &'static [&'static str], snat: Ipv4Addr, spe
                 .expect("attach XDP in native mode");
         }
         dataplane
-            .set_config(&DataplaneConfig {
-                snat_addr: u32::from_ne_bytes(snat.octets()),
-                snat_port_min: 20000,
-                snat_port_max: 29999,
-                ready: 1,
-                _pad: 0,
-            })
+            .set_config(&DataplaneConfig::new(snat, 20000..=29999))
             .unwrap();
         // The fast path needs backends' MACs; a connect resolves them (the
         // daemon's health checks do the same).
         for b in &spec.backends {
             TcpStream::connect(b.addr).unwrap_or_else(|e| panic!("warm up {}: {e}", b.addr));
         }
-        let mut services = Services::new(dataplane, opts.lookup_capacity);
-        services.apply(&spec).expect("program the service");
-        services
+        dataplane.apply(&spec).expect("program the service");
+        dataplane
     })
 }
 
 /// Opens `n` connections to the VIP, asks each who served it, closes it.
 /// A failure reports the data plane's counters, which say where packets went.
-fn serve_names(client: &NetNs, vip: Ipv4Addr, services: &Services, n: usize) -> Vec<String> {
+fn serve_names(client: &NetNs, vip: Ipv4Addr, services: &Dataplane, n: usize) -> Vec<String> {
     let vip = SocketAddrV4::new(vip, VIP_PORT);
     let names: std::io::Result<Vec<String>> = client.run(move || {
         (0..n)
@@ -101,12 +94,11 @@ fn serve_names(client: &NetNs, vip: Ipv4Addr, services: &Services, n: usize) -> 
             .collect()
     });
     names.unwrap_or_else(|e| {
-        let dp = services.dataplane();
         panic!(
             "connection through the VIP failed: {e}\nservice stats: {:?}\nflows: {:?}\ncounters: {:?}",
-            dp.service_stats(0),
-            dp.flows().map(|f| f.len()),
-            dp.counters()
+            services.service_stats(0),
+            services.flows().map(|f| f.len()),
+            services.counters()
         )
     })
 }

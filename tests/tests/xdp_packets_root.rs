@@ -11,7 +11,7 @@ use bg_lb::{
     dataplane::{
         Dataplane, DataplaneOptions,
         lookup_table::{self, TableBackend},
-        services::{BackendSpec, ServiceSpec, Services},
+        services::{BackendSpec, ServiceSpec},
     },
     ratio::{Pool, Ratio},
 };
@@ -19,7 +19,7 @@ use bg_lb_common::{
     counters::Counter,
     flow_hash::flow_hash,
     flow_state,
-    maps::{DEFAULT_LUT_SIZE, DataplaneConfig, FlowKey, IPPROTO_TCP},
+    maps::{DEFAULT_LUT_SIZE, DataplaneConfig, FlowKey},
 };
 use bg_lb_tests::{
     cmd::{ifindex, ip, run},
@@ -58,7 +58,7 @@ fn client(port: u16) -> SocketAddrV4 {
 }
 
 struct Lb {
-    services: Services,
+    services: Dataplane,
     spec: ServiceSpec,
 }
 
@@ -98,18 +98,11 @@ impl Lb {
             lookup_capacity: 2 * DEFAULT_LUT_SIZE,
             pin_dir: None,
         };
-        let mut dataplane = Dataplane::load(&opts).expect("load the XDP program");
-        dataplane.add_tx_port(ifindex("veth0")).expect("TX_PORTS");
-        dataplane
-            .set_config(&DataplaneConfig {
-                snat_addr: u32::from_ne_bytes(SNAT.octets()),
-                snat_port_min: ports.0,
-                snat_port_max: ports.1,
-                ready: 1,
-                _pad: 0,
-            })
+        let mut services = Dataplane::load(&opts).expect("load the XDP program");
+        services.add_tx_port(ifindex("veth0")).expect("TX_PORTS");
+        services
+            .set_config(&DataplaneConfig::new(SNAT, ports.0..=ports.1))
             .expect("CONFIG");
-        let mut services = Services::new(dataplane, opts.lookup_capacity);
         let backends = BLUE
             .iter()
             .map(|&addr| BackendSpec {
@@ -145,7 +138,6 @@ impl Lb {
         let mut out = vec![0u8; frame.len() + 256];
         let result = self
             .services
-            .dataplane()
             .xdp()
             .unwrap()
             .test_run(TestRunOptions {
@@ -183,14 +175,13 @@ impl Lb {
     }
 
     fn counter(&self, counter: Counter) -> u64 {
-        let counters = self.services.dataplane().counters().unwrap();
+        let counters = self.services.counters().unwrap();
         counters.into_iter().find(|(c, _)| *c == counter).unwrap().1
     }
 
     fn flow(&self, client: SocketAddrV4) -> Option<bg_lb_common::maps::Flow> {
         let key = flow_key(client);
         self.services
-            .dataplane()
             .flows()
             .unwrap()
             .into_iter()
@@ -200,14 +191,7 @@ impl Lb {
 }
 
 fn flow_key(client: SocketAddrV4) -> FlowKey {
-    FlowKey {
-        client_addr: u32::from_ne_bytes(client.ip().octets()),
-        vip_addr: u32::from_ne_bytes(VIP.ip().octets()),
-        client_port: client.port().to_be(),
-        vip_port: VIP.port().to_be(),
-        proto: IPPROTO_TCP,
-        _pad: [0; 3],
-    }
+    FlowKey::from_client(client, VIP)
 }
 
 fn in_lb(ratio: u32, test: impl FnOnce(Lb) + Send + 'static) {
@@ -371,7 +355,7 @@ fn backend_replies_count_handshakes_refusals_and_resets() {
         lb.run(&reply(&refused, RST | ACK));
         let stats = |backend: SocketAddrV4| {
             let id = lb.services.backend_id(&VIP, &backend).unwrap();
-            lb.services.dataplane().backend_stats(id).unwrap()
+            lb.services.backend_stats(id).unwrap()
         };
         let mut total = bg_lb_common::maps::TrafficStats::default();
         for b in BLUE {
@@ -576,10 +560,7 @@ fn malformed_vip_packets_pass_unchanged_and_are_counted() {
 #[test]
 fn nothing_is_rewritten_until_userspace_marks_the_config_ready() {
     in_lb(50, |mut lb| {
-        lb.services
-            .dataplane_mut()
-            .set_config(&DataplaneConfig::default())
-            .unwrap();
+        lb.services.set_config(&DataplaneConfig::default()).unwrap();
         let frame = tcp_frame(CLIENT_GW_MAC, LB_MAC, client(40011), VIP, SYN, b"");
         assert_eq!(lb.run(&frame), (XDP_PASS, frame));
     });

@@ -8,7 +8,7 @@ use std::{
 };
 
 use super::{Daemon, SWEEP_DUTY_CYCLE};
-use crate::dataplane::housekeeping::{self, FlowCensus};
+use crate::dataplane::housekeeping::FlowCensus;
 
 impl Daemon {
     /// Once a second: flow housekeeping, then progressive shifts.
@@ -37,8 +37,6 @@ impl Daemon {
 
     /// Sweeps the flow table: expires finished flows, frees drained ids.
     pub(super) fn housekeeping(&mut self) -> Result<&FlowCensus, String> {
-        let census =
-            housekeeping::sweep(self.services.dataplane_mut(), &self.config.timeouts).map_err(|e| e.to_string())?;
         let live: HashMap<SocketAddrV4, HashSet<SocketAddrV4>> = self
             .config
             .services
@@ -50,10 +48,10 @@ impl Daemon {
                     .map(move |vip| (vip, backends.clone()))
             })
             .collect();
-        self.services
-            .reap(&live, |id| census.total_of(id))
+        self.census = self
+            .dataplane
+            .housekeeping(&self.config.timeouts, &live)
             .map_err(|e| e.to_string())?;
-        self.census = census;
         Ok(&self.census)
     }
 }

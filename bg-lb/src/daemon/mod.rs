@@ -23,7 +23,7 @@ use tokio::{sync::mpsc, task::JoinHandle};
 
 use crate::{
     config::{self, Config, ServiceConfig},
-    dataplane::{Attached, Dataplane, DataplaneOptions, housekeeping::FlowCensus, pins::PinLayout, services::Services},
+    dataplane::{Attached, Dataplane, DataplaneOptions, housekeeping::FlowCensus, pins::PinLayout},
     desired::Health,
     health::{CheckKey, Report},
     metrics::{self, AdminRequests, ProbeStats},
@@ -44,7 +44,7 @@ pub struct Daemon {
     config_path: PathBuf,
     config: Config,
     operator: OperatorState,
-    services: Services,
+    dataplane: Dataplane,
     health: Health,
     probes: Vec<JoinHandle<()>>,
     reports: mpsc::Sender<Report>,
@@ -74,14 +74,10 @@ impl Daemon {
             lookup_capacity: config.lookup_capacity,
             pin_dir: Some(pins.maps_dir()),
         };
-        let dataplane = Dataplane::load(&opts).context("loading the XDP data plane")?;
-        let mut services = Services::adopt(dataplane).context("adopting pinned data-plane state")?;
+        let mut dataplane = Dataplane::load(&opts).context("loading the XDP data plane (adopting pinned state)")?;
         for iface in config.interfaces.names() {
             enable_forwarding(iface)?;
-            match services
-                .dataplane_mut()
-                .attach_pinned(iface, config.xdp_mode, &pins.link(iface))?
-            {
+            match dataplane.attach_pinned(iface, config.xdp_mode, &pins.link(iface))? {
                 Attached::New(mode) => tracing::info!(interface = iface, ?mode, "XDP attached"),
                 Attached::Replaced => {
                     tracing::info!(interface = iface, "XDP attachment adopted; new program swapped in")
@@ -92,7 +88,7 @@ impl Daemon {
             config_path: config_path.to_owned(),
             config,
             operator,
-            services,
+            dataplane,
             health: Health::new(),
             probes: Vec::new(),
             reports,
@@ -106,12 +102,12 @@ impl Daemon {
         daemon.restart_probes();
         daemon.resume_shifts();
         let cfg = daemon.dataplane_config();
-        daemon.services.dataplane_mut().set_config(&cfg)?;
+        daemon.dataplane.set_config(&cfg)?;
         Ok(daemon)
     }
 
     pub fn take_ebpf_logger(&mut self) -> Option<crate::dataplane::EbpfLogger> {
-        self.services.dataplane_mut().take_logger()
+        self.dataplane.take_logger()
     }
 
     pub fn config(&self) -> &Config {
@@ -119,13 +115,8 @@ impl Daemon {
     }
 
     fn dataplane_config(&self) -> DataplaneConfig {
-        DataplaneConfig {
-            snat_addr: u32::from_ne_bytes(self.config.snat_address.octets()),
-            snat_port_min: self.config.snat_ports.0,
-            snat_port_max: self.config.snat_ports.1,
-            ready: 1,
-            _pad: 0,
-        }
+        let (min, max) = self.config.snat_ports;
+        DataplaneConfig::new(self.config.snat_address, min..=max)
     }
 
     fn service(&self, name: &str) -> Result<&ServiceConfig, String> {

@@ -24,9 +24,9 @@ impl Daemon {
             .iter()
             .flat_map(|s| std::iter::once(s.vip).chain(s.standby_vip))
             .collect();
-        for vip in self.services.vips() {
+        for vip in self.dataplane.vips() {
             if !wanted.contains(&vip) {
-                self.services.remove(&vip)?;
+                self.dataplane.remove(&vip)?;
                 tracing::info!(vip = %vip, "listener removed");
             }
         }
@@ -38,16 +38,13 @@ impl Daemon {
     }
 
     /// Rebuilds the live table and, if any, the standby table of `service`.
-    pub(super) fn apply_service(
-        &mut self,
-        service: &ServiceConfig,
-    ) -> Result<(), crate::dataplane::services::ServicesError> {
+    pub(super) fn apply_service(&mut self, service: &ServiceConfig) -> Result<(), crate::dataplane::DataplaneError> {
         let operator = self.operator.services.get(&service.name);
         let live = desired::live_spec(service, operator, &self.health);
         let standby = desired::standby_spec(service, operator, &self.health);
-        self.services.apply(&live)?;
+        self.dataplane.apply(&live)?;
         if let Some(standby) = standby {
-            self.services.apply(&standby)?;
+            self.dataplane.apply(&standby)?;
         }
         Ok(())
     }

@@ -228,10 +228,10 @@ impl Daemon {
     fn pool_counters(&self, service: &ServiceConfig) -> Result<[PoolCounters; 2], String> {
         let mut pools = [PoolCounters::default(); 2];
         for b in &service.backends {
-            let Some(id) = self.services.backend_id(&service.vip, &b.address) else {
+            let Some(id) = self.dataplane.backend_id(&service.vip, &b.address) else {
                 continue;
             };
-            let stats = self.services.dataplane().backend_stats(id).map_err(|e| e.to_string())?;
+            let stats = self.dataplane.backend_stats(id).map_err(|e| e.to_string())?;
             let pool = &mut pools[b.pool.index()];
             pool.new_flows += stats.new_flows;
             pool.refused += stats.refused;

@@ -1,14 +1,11 @@
 //! What the daemon reports: `status`, `flows` and the metrics snapshot.
 
-use std::{collections::HashMap, net::SocketAddrV4};
+use std::net::SocketAddrV4;
 
 use super::{Daemon, STATUS_FRESHNESS};
 use crate::{
     config::ServiceConfig,
-    dataplane::{
-        housekeeping::{self, FlowCensus},
-        services::{backend_addr, backend_pool},
-    },
+    dataplane::housekeeping::FlowCensus,
     desired::{self, HealthView},
     health::{CheckKey, Listener},
     metrics::{ProbeMetrics, Snapshot},
@@ -51,7 +48,7 @@ impl Daemon {
             probes,
             flow_entries: self.census.total.values().sum(),
             flow_capacity: self.config.max_flows.into(),
-            packets: self.services.dataplane().counters().map_err(|e| e.to_string())?,
+            packets: self.dataplane.counters().map_err(|e| e.to_string())?,
             admin_requests: self.admin_requests.clone(),
         })
     }
@@ -111,11 +108,11 @@ impl Daemon {
         let operator = self.operator.services.get(&service.name);
         let ids: Vec<u32> = std::iter::once(service.vip)
             .chain(service.standby_vip)
-            .filter_map(|vip| self.services.backend_id(&vip, &address))
+            .filter_map(|vip| self.dataplane.backend_id(&vip, &address))
             .collect();
         let mut stats = bg_lb_common::maps::TrafficStats::default();
         for &id in &ids {
-            stats.add(&self.services.dataplane().backend_stats(id).map_err(|e| e.to_string())?);
+            stats.add(&self.dataplane.backend_stats(id).map_err(|e| e.to_string())?);
         }
         let view = |listener| {
             self.health.get(&CheckKey {
@@ -151,32 +148,20 @@ impl Daemon {
 
     pub(super) fn flows(&mut self, name: &str, pool: Option<Pool>, limit: usize) -> Result<Reply, String> {
         let service = self.service(name)?.clone();
-        let service_ids: Vec<u32> = std::iter::once(service.vip)
-            .chain(service.standby_vip)
-            .filter_map(|vip| self.services.service_id(&vip))
-            .collect();
-        let dataplane = self.services.dataplane();
-        let backends: HashMap<u32, _> = dataplane.backends().map_err(|e| e.to_string())?.into_iter().collect();
-        let now = housekeeping::monotonic_now_ns();
-        let secs = |ns: u64| now.saturating_sub(ns) as f64 / 1e9;
-        let flows = dataplane
-            .flows()
+        let vips: Vec<SocketAddrV4> = std::iter::once(service.vip).chain(service.standby_vip).collect();
+        let flows = self
+            .dataplane
+            .open_flows(&vips, pool, limit)
             .map_err(|e| e.to_string())?
             .into_iter()
-            .filter(|(_, f)| service_ids.contains(&f.service_id) && housekeeping::is_open(f))
-            .filter_map(|(key, flow)| {
-                let backend = backends.get(&flow.backend_id)?;
-                Some(FlowInfo {
-                    client: SocketAddrV4::new(key.client_addr.to_ne_bytes().into(), u16::from_be(key.client_port)),
-                    backend: backend_addr(backend),
-                    pool: backend_pool(backend),
-                    age_secs: secs(flow.created_ns),
-                    idle_secs: secs(flow.last_seen_ns),
-                    state: flow_state_name(flow.state).into(),
-                })
+            .map(|f| FlowInfo {
+                client: f.client,
+                backend: f.backend,
+                pool: f.pool,
+                age_secs: f.age.as_secs_f64(),
+                idle_secs: f.idle.as_secs_f64(),
+                state: f.phase.name().into(),
             })
-            .filter(|f| pool.is_none_or(|p| p == f.pool))
-            .take(limit)
             .collect();
         Ok(Reply {
             ok: true,
@@ -191,16 +176,5 @@ fn health_word(view: Option<&HealthView>) -> &'static str {
         None => "unchecked",
         Some(v) if v.up => "up",
         Some(_) => "down",
-    }
-}
-
-fn flow_state_name(state: u32) -> &'static str {
-    use bg_lb_common::flow_state::{ESTABLISHED, FIN_FROM_BACKEND, FIN_FROM_CLIENT};
-    if state & (FIN_FROM_CLIENT | FIN_FROM_BACKEND) != 0 {
-        "closing"
-    } else if state & ESTABLISHED != 0 {
-        "established"
-    } else {
-        "syn-sent"
     }
 }

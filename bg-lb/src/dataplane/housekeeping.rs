@@ -1,16 +1,16 @@
-//! Flow-table housekeeping: expires closed and idle flows (and their
-//! reverse-NAT entries) and counts each backend's open flows, which is what
-//! "drained" means.
+//! Flow-table housekeeping, judged without the kernel: which flows have
+//! expired (closed and idle ones, with their reverse-NAT entries) and how many
+//! flows each backend still has, which is what "drained" means.
+//! [`crate::dataplane::Dataplane::housekeeping`] reads the maps, asks
+//! [`judge`], and removes what it returns.
 
 use std::{collections::HashMap, time::Duration};
 
 use bg_lb_common::{
-    flow_state::{ESTABLISHED, has_ended},
-    maps::{Flow, FlowKey, NatKey},
+    flow_state::{FlowPhase, phase},
+    maps::{Backend, Flow, FlowKey, NatKey},
 };
 use nix::time::{ClockId, clock_gettime};
-
-use crate::dataplane::{Dataplane, DataplaneError};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FlowTimeouts {
@@ -33,18 +33,12 @@ pub enum Expiry {
 /// of `bpf_ktime_get_ns`).
 pub fn expiry(flow: &Flow, now_ns: u64, timeouts: &FlowTimeouts) -> Option<Expiry> {
     let idle = Duration::from_nanos(now_ns.saturating_sub(flow.last_seen_ns));
-    if has_ended(flow.state) {
-        (idle >= timeouts.closing).then_some(Expiry::Closed)
-    } else if flow.state & ESTABLISHED == 0 {
-        (idle >= timeouts.syn).then_some(Expiry::HandshakeTimedOut)
-    } else {
-        (idle >= timeouts.established_idle).then_some(Expiry::Idle)
-    }
-}
-
-/// Open flows are those that have not ended: what a drain waits for.
-pub fn is_open(flow: &Flow) -> bool {
-    !has_ended(flow.state)
+    let (timeout, expiry) = match phase(flow.state) {
+        FlowPhase::Closed => (timeouts.closing, Expiry::Closed),
+        FlowPhase::SynSent | FlowPhase::Closing { established: false } => (timeouts.syn, Expiry::HandshakeTimedOut),
+        FlowPhase::Established | FlowPhase::Closing { established: true } => (timeouts.established_idle, Expiry::Idle),
+    };
+    (idle >= timeout).then_some(expiry)
 }
 
 pub fn monotonic_now_ns() -> u64 {
@@ -70,39 +64,51 @@ impl FlowCensus {
     }
 }
 
-/// Removes expired flows and counts the rest.
-pub fn sweep(dataplane: &mut Dataplane, timeouts: &FlowTimeouts) -> Result<FlowCensus, DataplaneError> {
-    let now = monotonic_now_ns();
-    let backends: HashMap<u32, _> = dataplane.backends()?.into_iter().collect();
+/// A flow judged expired, with the reverse-NAT entry that belongs to it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExpiredFlow {
+    pub key: FlowKey,
+    /// As judged: it is removed only if the map still holds this flow.
+    pub flow: Flow,
+    pub reverse: NatKey,
+}
+
+/// Judges every flow at `now_ns`: the census of the flows that stay, and the
+/// expired ones to remove. An expired flow whose backend entry is gone is
+/// left alone (its reverse-NAT key is unknown).
+pub fn judge(
+    flows: impl IntoIterator<Item = (FlowKey, Flow)>,
+    backends: &HashMap<u32, Backend>,
+    now_ns: u64,
+    timeouts: &FlowTimeouts,
+) -> (FlowCensus, Vec<ExpiredFlow>) {
     let mut census = FlowCensus::default();
-    let mut expired: Vec<(FlowKey, Flow, NatKey)> = Vec::new();
-    for (key, flow) in dataplane.flows()? {
-        if expiry(&flow, now, timeouts).is_some() {
+    let mut expired = Vec::new();
+    for (key, flow) in flows {
+        if expiry(&flow, now_ns, timeouts).is_some() {
             if let Some(backend) = backends.get(&flow.backend_id) {
-                let nat = NatKey {
-                    backend_addr: backend.addr,
-                    backend_port: backend.port,
-                    snat_port: flow.snat_port,
-                };
-                expired.push((key, flow, nat));
+                expired.push(ExpiredFlow {
+                    key,
+                    flow,
+                    reverse: NatKey::new(backend, flow.snat_port),
+                });
             }
             continue;
         }
         *census.total.entry(flow.backend_id).or_default() += 1;
-        if is_open(&flow) {
+        if phase(flow.state).is_open() {
             *census.open.entry(flow.backend_id).or_default() += 1;
         }
     }
-    for (key, flow, nat) in &expired {
-        dataplane.remove_flow(key, flow, nat)?;
-    }
     census.expired = expired.len() as u64;
-    Ok(census)
+    (census, expired)
 }
 
 #[cfg(test)]
 mod tests {
-    use bg_lb_common::flow_state::{FIN_FROM_BACKEND, FIN_FROM_CLIENT, RESET, SYN_SEEN};
+    use std::net::{Ipv4Addr, SocketAddrV4};
+
+    use bg_lb_common::flow_state::{ESTABLISHED, FIN_FROM_BACKEND, FIN_FROM_CLIENT, RESET, SYN_SEEN};
 
     use super::*;
 
@@ -147,12 +153,58 @@ mod tests {
 
     #[test]
     fn half_closed_flows_are_still_open() {
-        assert!(is_open(&flow(SYN_SEEN | ESTABLISHED | FIN_FROM_CLIENT, 0)));
-        assert!(!is_open(&flow(
+        let is_open = |f: Flow| phase(f.state).is_open();
+        assert!(is_open(flow(SYN_SEEN | ESTABLISHED | FIN_FROM_CLIENT, 0)));
+        assert!(!is_open(flow(
             SYN_SEEN | ESTABLISHED | FIN_FROM_CLIENT | FIN_FROM_BACKEND,
             0
         )));
-        assert!(!is_open(&flow(SYN_SEEN | RESET, 0)));
+        assert!(!is_open(flow(SYN_SEEN | RESET, 0)));
+    }
+
+    #[test]
+    fn half_closed_flows_idle_out_as_their_handshake_left_them() {
+        let answered = flow(SYN_SEEN | ESTABLISHED | FIN_FROM_CLIENT, 100);
+        assert_eq!(expiry(&answered, 130 * S, &T), None);
+        assert_eq!(expiry(&answered, (100 + 3600) * S, &T), Some(Expiry::Idle));
+        let unanswered = flow(SYN_SEEN | FIN_FROM_CLIENT, 100);
+        assert_eq!(expiry(&unanswered, 130 * S, &T), Some(Expiry::HandshakeTimedOut));
+    }
+
+    #[test]
+    fn judging_counts_the_flows_that_stay_and_returns_the_expired_with_their_reverse_nat_key() {
+        let backend = Backend::new(0, SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 10), 8080), 0, false);
+        let backends = HashMap::from([(3, backend)]);
+        let key = |port| {
+            FlowKey::from_client(
+                SocketAddrV4::new(Ipv4Addr::new(192, 168, 1, 5), port),
+                SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 100), 80),
+            )
+        };
+        let on = |backend_id, state, snat_port: u16| Flow {
+            backend_id,
+            snat_port: snat_port.to_be(),
+            ..flow(state, 100)
+        };
+        let closed = on(3, SYN_SEEN | RESET, 20001);
+        let flows = [
+            (key(1), on(3, SYN_SEEN | ESTABLISHED, 20000)),
+            (key(2), closed),
+            (key(3), on(3, SYN_SEEN | ESTABLISHED | FIN_FROM_CLIENT, 20002)),
+            (key(4), on(9, SYN_SEEN | RESET, 20003)),
+        ];
+        let (census, expired) = judge(flows, &backends, 110 * S, &T);
+        assert_eq!(
+            expired,
+            [ExpiredFlow {
+                key: key(2),
+                flow: closed,
+                reverse: NatKey::new(&backend, 20001u16.to_be()),
+            }],
+            "the expired flow of an unknown backend stays"
+        );
+        assert_eq!((census.total_of(3), census.open_of(3), census.expired), (2, 2, 1));
+        assert_eq!((census.total_of(9), census.open_of(9)), (0, 0));
     }
 
     #[test]

@@ -1,5 +1,7 @@
-//! Programs services into the data plane: stable ids for services and
-//! backends, Maglev tables built from ratio and weights, and atomic swaps.
+//! The bookkeeping of services in the data plane, without the kernel: stable
+//! ids for services and backends, table regions, which buffer is active, and
+//! each change computed as a value ([`ServiceUpdate`], [`ServiceRemoval`],
+//! backend ids to free) for [`crate::dataplane::Dataplane`] to write.
 //!
 //! Backend ids are what flows are pinned to. A backend keeps its id while any
 //! flow may still reference it: one removed from a service leaves the table at
@@ -9,18 +11,15 @@
 
 use std::{
     collections::{BTreeSet, HashMap, HashSet},
-    net::{Ipv4Addr, SocketAddrV4},
+    net::SocketAddrV4,
 };
 
-use bg_lb_common::maps::{BACKEND_RESET_FLOWS, Backend, MAX_BACKENDS, MAX_SERVICES, POOL_BLUE, Service, ServiceKey};
+use bg_lb_common::maps::{Backend, MAX_BACKENDS, MAX_SERVICES, Service, ServiceKey};
 
 use crate::{
     dataplane::{
-        Dataplane, DataplaneError,
         lookup_table::{self, TableBackend},
-        service_key,
         table_regions::{RegionAllocator, RegionsExhausted, TableRegions},
-        wire_addr,
     },
     ratio::{Pool, Ratio},
 };
@@ -48,8 +47,6 @@ pub struct ServiceSpec {
 #[derive(Debug, thiserror::Error)]
 pub enum ServicesError {
     #[error(transparent)]
-    Dataplane(#[from] DataplaneError),
-    #[error(transparent)]
     Regions(#[from] RegionsExhausted),
     #[error("more than {MAX_SERVICES} services")]
     TooManyServices,
@@ -59,6 +56,27 @@ pub enum ServicesError {
         "service {vip}: lookup table size {size} cannot change to {new} while it runs; remove and re-add the service"
     )]
     TableSizeChanged { vip: SocketAddrV4, size: u32, new: u32 },
+}
+
+/// A service's new state as map writes. Written in field order, it keeps
+/// every packet consistent: backends first, then the table into the inactive
+/// buffer, then the SERVICES entry that swaps that buffer in.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceUpdate {
+    /// Every backend of the spec by id (new ones with fresh ids).
+    pub backends: Vec<(u32, Backend)>,
+    /// The lookup table, written from `service.lut_base`.
+    pub table: Vec<u32>,
+    pub key: ServiceKey,
+    pub service: Service,
+}
+
+/// A service leaving the data plane: its SERVICES entry goes, then its
+/// backends' entries and counters are cleared.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceRemoval {
+    pub key: ServiceKey,
+    pub backend_ids: Vec<u32>,
 }
 
 /// Lowest-free id allocation over `0..capacity`.
@@ -94,13 +112,13 @@ impl IdPool {
 struct Installed {
     id: u32,
     regions: TableRegions,
+    /// The buffer the SERVICES entry names: never written while it is.
     active_base: u32,
     /// Every backend id of the service, in the table or draining.
     backend_ids: HashMap<SocketAddrV4, u32>,
 }
 
 pub struct Services {
-    dataplane: Dataplane,
     regions: RegionAllocator,
     installed: HashMap<SocketAddrV4, Installed>,
     service_ids: IdPool,
@@ -108,10 +126,9 @@ pub struct Services {
 }
 
 impl Services {
-    /// Starts from empty maps.
-    pub fn new(dataplane: Dataplane, lookup_capacity: u32) -> Self {
+    /// No services, over a LOOKUP_TABLES of `lookup_capacity` slots.
+    pub fn new(lookup_capacity: u32) -> Self {
         Self {
-            dataplane,
             regions: RegionAllocator::new(lookup_capacity),
             installed: HashMap::new(),
             service_ids: IdPool::new(MAX_SERVICES),
@@ -119,51 +136,47 @@ impl Services {
         }
     }
 
-    /// Rebuilds ids and table placement from maps that may hold a previous
-    /// daemon's state (pinned), so pinned flows keep their backends.
-    pub fn adopt(dataplane: Dataplane) -> Result<Self, ServicesError> {
-        let capacity = dataplane.lookup_capacity()?;
-        let mut services = Self::new(dataplane, capacity);
+    /// Rebuilds ids and table placement from the SERVICES and used BACKENDS
+    /// entries of maps that may hold a previous daemon's state (pinned), so
+    /// pinned flows keep their backends. Also returns the ids of backends
+    /// whose service is gone: no packet can reach them, so they are cleared.
+    pub fn adopt(
+        lookup_capacity: u32,
+        services: impl IntoIterator<Item = (ServiceKey, Service)>,
+        backends: impl IntoIterator<Item = (u32, Backend)>,
+    ) -> Result<(Self, Vec<u32>), ServicesError> {
+        let mut adopted = Self::new(lookup_capacity);
         let mut vip_of_id = HashMap::new();
-        for (key, service) in services.dataplane.services()? {
-            let vip = vip_of_key(&key);
+        for (key, service) in services {
             let regions = TableRegions {
                 size: service.lut_size,
                 bases: [service.lut_base, service.lut_spare_base],
             };
-            services.regions.reserve(regions)?;
-            services.service_ids.mark_used(service.id);
-            vip_of_id.insert(service.id, vip);
+            adopted.regions.reserve(regions)?;
+            adopted.service_ids.mark_used(service.id);
+            vip_of_id.insert(service.id, key.vip());
             let installed = Installed {
                 id: service.id,
                 regions,
                 active_base: service.lut_base,
                 backend_ids: HashMap::new(),
             };
-            services.installed.insert(vip, installed);
+            adopted.installed.insert(key.vip(), installed);
         }
-        for (id, backend) in services.dataplane.backends()? {
+        let mut orphans = Vec::new();
+        for (id, backend) in backends {
             match vip_of_id
                 .get(&backend.service_id)
-                .and_then(|vip| services.installed.get_mut(vip))
+                .and_then(|vip| adopted.installed.get_mut(vip))
             {
                 Some(installed) => {
-                    installed.backend_ids.insert(backend_addr(&backend), id);
-                    services.backend_ids.mark_used(id);
+                    installed.backend_ids.insert(backend.addr(), id);
+                    adopted.backend_ids.mark_used(id);
                 }
-                // Its service is gone, so no packet can reach it any more.
-                None => services.dataplane.clear_backend(id)?,
+                None => orphans.push(id),
             }
         }
-        Ok(services)
-    }
-
-    pub fn dataplane(&self) -> &Dataplane {
-        &self.dataplane
-    }
-
-    pub fn dataplane_mut(&mut self) -> &mut Dataplane {
-        &mut self.dataplane
+        Ok((adopted, orphans))
     }
 
     /// VIPs of the services in the data plane.
@@ -180,9 +193,10 @@ impl Services {
         self.installed.get(vip).map(|s| s.id)
     }
 
-    /// Creates or updates a service. New flows follow the new table as soon
-    /// as this returns; pinned flows are untouched.
-    pub fn apply(&mut self, spec: &ServiceSpec) -> Result<(), ServicesError> {
+    /// What creating or updating a service writes: ids are allocated here,
+    /// the table goes to the buffer packets are not reading. The new table
+    /// counts as active only once [`Services::swapped`] says it was written.
+    pub fn update(&mut self, spec: &ServiceSpec) -> Result<ServiceUpdate, ServicesError> {
         if !self.installed.contains_key(&spec.vip) {
             self.install(spec)?;
         }
@@ -194,47 +208,64 @@ impl Services {
                 new: spec.lut_size,
             });
         }
-        let table_backends = self.program_backends(spec)?;
-        let installed = self.installed.get_mut(&spec.vip).expect("installed above");
-        let table = lookup_table::build(&table_backends, spec.ratio, spec.lut_size);
+        let table_backends = self.table_backends(spec)?;
+        let installed = &self.installed[&spec.vip];
+        let backends = spec
+            .backends
+            .iter()
+            .zip(&table_backends)
+            .map(|(b, t)| (t.id, Backend::new(installed.id, b.addr, b.pool.wire(), b.reset_flows)))
+            .collect();
         let base = installed.regions.inactive(installed.active_base);
-        self.dataplane.write_table(base, &table)?;
-        let service = Service {
-            id: installed.id,
-            flags: 0,
-            lut_base: base,
-            lut_size: spec.lut_size,
-            lut_spare_base: installed.regions.inactive(base),
-            _pad: 0,
-        };
-        self.dataplane.set_service(&service_key(&spec.vip), &service)?;
-        installed.active_base = base;
-        Ok(())
+        Ok(ServiceUpdate {
+            backends,
+            table: lookup_table::build(&table_backends, spec.ratio, spec.lut_size),
+            key: ServiceKey::new(spec.vip),
+            service: Service {
+                id: installed.id,
+                flags: 0,
+                lut_base: base,
+                lut_size: spec.lut_size,
+                lut_spare_base: installed.regions.inactive(base),
+                _pad: 0,
+            },
+        })
     }
 
-    /// Stops a service: new connections to its VIP pass to the kernel, and its
-    /// table space and ids are freed.
-    pub fn remove(&mut self, vip: &SocketAddrV4) -> Result<(), ServicesError> {
-        let Some(installed) = self.installed.remove(vip) else {
-            return Ok(());
-        };
-        self.dataplane.remove_service(&service_key(vip))?;
+    /// Records that `update` is in the maps: its table is now the one
+    /// packets read, so the next update writes the other buffer.
+    pub fn swapped(&mut self, update: &ServiceUpdate) {
+        if let Some(installed) = self.installed.get_mut(&update.key.vip()) {
+            installed.active_base = update.service.lut_base;
+        }
+    }
+
+    /// Forgets a service, freeing its table space and ids; `None` if it is
+    /// not in the data plane.
+    pub fn remove(&mut self, vip: &SocketAddrV4) -> Option<ServiceRemoval> {
+        let installed = self.installed.remove(vip)?;
         self.regions.release(installed.regions);
         self.service_ids.release(installed.id);
-        for id in installed.backend_ids.into_values() {
-            self.dataplane.clear_backend(id)?;
+        let backend_ids: Vec<u32> = installed.backend_ids.into_values().collect();
+        for &id in &backend_ids {
             self.backend_ids.release(id);
         }
-        Ok(())
+        Some(ServiceRemoval {
+            key: ServiceKey::new(*vip),
+            backend_ids,
+        })
     }
 
-    /// Frees backends that left their service's configuration once no flow
-    /// names them. `flows_of` counts the flow-table entries of a backend id.
+    /// Frees the ids of backends that left their service's configuration
+    /// (`live` backends per VIP) once no flow names them; `flows_of` counts
+    /// the flow-table entries of a backend id. Returns the freed ids, whose
+    /// entries and counters must be cleared before they are handed out again.
     pub fn reap(
         &mut self,
         live: &HashMap<SocketAddrV4, HashSet<SocketAddrV4>>,
         flows_of: impl Fn(u32) -> u64,
-    ) -> Result<(), ServicesError> {
+    ) -> Vec<u32> {
+        let mut freed = Vec::new();
         for (vip, installed) in &mut self.installed {
             let Some(live) = live.get(vip) else { continue };
             let gone: Vec<_> = installed
@@ -244,13 +275,13 @@ impl Services {
                 .map(|(addr, id)| (*addr, *id))
                 .collect();
             for (addr, id) in gone {
-                self.dataplane.clear_backend(id)?;
                 self.backend_ids.release(id);
                 installed.backend_ids.remove(&addr);
+                freed.push(id);
                 tracing::info!(service = %vip, backend = %addr, "removed backend drained; id freed");
             }
         }
-        Ok(())
+        freed
     }
 
     fn install(&mut self, spec: &ServiceSpec) -> Result<(), ServicesError> {
@@ -273,9 +304,9 @@ impl Services {
         Ok(())
     }
 
-    /// Writes every backend of `spec` to BACKENDS (new ones get fresh ids)
-    /// and returns them as the table builder needs them.
-    fn program_backends(&mut self, spec: &ServiceSpec) -> Result<Vec<TableBackend>, ServicesError> {
+    /// Every backend of `spec` as the table builder needs it, with its id
+    /// (new ones get fresh ids).
+    fn table_backends(&mut self, spec: &ServiceSpec) -> Result<Vec<TableBackend>, ServicesError> {
         let installed = self.installed.get_mut(&spec.vip).expect("installed before");
         let mut table_backends = Vec::with_capacity(spec.backends.len());
         for b in &spec.backends {
@@ -287,15 +318,6 @@ impl Services {
                     id
                 }
             };
-            let (addr, port) = wire_addr(&b.addr);
-            let backend = Backend {
-                addr,
-                port,
-                pool: b.pool.wire(),
-                flags: if b.reset_flows { BACKEND_RESET_FLOWS } else { 0 },
-                service_id: installed.id,
-            };
-            self.dataplane.set_backend(id, &backend)?;
             table_backends.push(TableBackend {
                 id,
                 addr: b.addr,
@@ -307,25 +329,53 @@ impl Services {
     }
 }
 
-fn vip_of_key(key: &ServiceKey) -> SocketAddrV4 {
-    SocketAddrV4::new(Ipv4Addr::from(key.addr.to_ne_bytes()), u16::from_be(key.port))
-}
-
-pub fn backend_addr(backend: &Backend) -> SocketAddrV4 {
-    SocketAddrV4::new(Ipv4Addr::from(backend.addr.to_ne_bytes()), u16::from_be(backend.port))
-}
-
-pub fn backend_pool(backend: &Backend) -> Pool {
-    if backend.pool == POOL_BLUE {
-        Pool::Blue
-    } else {
-        Pool::Green
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use std::{collections::BTreeMap, net::Ipv4Addr};
+
     use super::*;
+
+    const VIP: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 100), 80);
+    const STANDBY_VIP: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 100), 8080);
+    const LUT_SIZE: u32 = 7;
+
+    fn backend(last_octet: u8) -> SocketAddrV4 {
+        SocketAddrV4::new(Ipv4Addr::new(10, 0, 1, last_octet), 8080)
+    }
+
+    fn spec(vip: SocketAddrV4, backends: &[u8]) -> ServiceSpec {
+        ServiceSpec {
+            vip,
+            lut_size: LUT_SIZE,
+            ratio: Ratio::new(100).unwrap(),
+            backends: backends
+                .iter()
+                .map(|&b| BackendSpec {
+                    addr: backend(b),
+                    pool: Pool::Blue,
+                    weight: 100,
+                    reset_flows: false,
+                })
+                .collect(),
+        }
+    }
+
+    /// SERVICES and BACKENDS as the kernel would hold them after the writes.
+    #[derive(Default)]
+    struct Maps {
+        services: HashMap<ServiceKey, Service>,
+        backends: BTreeMap<u32, Backend>,
+    }
+
+    impl Maps {
+        fn apply(&mut self, services: &mut Services, spec: &ServiceSpec) -> ServiceUpdate {
+            let update = services.update(spec).unwrap();
+            self.backends.extend(update.backends.iter().copied());
+            self.services.insert(update.key, update.service);
+            services.swapped(&update);
+            update
+        }
+    }
 
     #[test]
     fn id_pool_reuses_the_lowest_released_id() {
@@ -346,6 +396,169 @@ mod tests {
         assert_eq!(
             (pool.allocate(), pool.allocate(), pool.allocate()),
             (Some(1), Some(3), None)
+        );
+    }
+
+    #[test]
+    fn an_update_writes_every_backend_and_names_the_spare_buffer() {
+        let mut services = Services::new(100);
+        let update = services.update(&spec(VIP, &[1, 2])).unwrap();
+        assert_eq!(
+            update.backends,
+            [
+                (0, Backend::new(0, backend(1), Pool::Blue.wire(), false)),
+                (1, Backend::new(0, backend(2), Pool::Blue.wire(), false)),
+            ]
+        );
+        assert_eq!(update.key, ServiceKey::new(VIP));
+        assert_eq!(
+            (
+                update.service.lut_base,
+                update.service.lut_spare_base,
+                update.service.lut_size
+            ),
+            (0, LUT_SIZE, LUT_SIZE)
+        );
+        assert_eq!(update.table.len(), LUT_SIZE as usize);
+        assert!(update.table.iter().all(|id| [0, 1].contains(id)), "{:?}", update.table);
+    }
+
+    #[test]
+    fn applying_a_spec_twice_alternates_the_table_base() {
+        let mut services = Services::new(100);
+        let mut maps = Maps::default();
+        let bases: Vec<u32> = (0..3)
+            .map(|_| maps.apply(&mut services, &spec(VIP, &[1])).service.lut_base)
+            .collect();
+        assert_eq!(bases, [0, LUT_SIZE, 0]);
+    }
+
+    #[test]
+    fn a_table_never_swapped_in_leaves_the_active_buffer_alone() {
+        let mut services = Services::new(100);
+        let mut maps = Maps::default();
+        maps.apply(&mut services, &spec(VIP, &[1]));
+        // Computed but not written (say the kernel refused): packets still
+        // read buffer 0, so the retry writes buffer 1 again.
+        let lost = services.update(&spec(VIP, &[1, 2])).unwrap();
+        let retry = services.update(&spec(VIP, &[1, 2])).unwrap();
+        assert_eq!((lost.service.lut_base, retry.service.lut_base), (LUT_SIZE, LUT_SIZE));
+    }
+
+    #[test]
+    fn a_removed_backend_keeps_its_id_until_no_flow_names_it() {
+        let mut services = Services::new(100);
+        let mut maps = Maps::default();
+        maps.apply(&mut services, &spec(VIP, &[1, 2]));
+        let removed = services.backend_id(&VIP, &backend(2)).unwrap();
+        let update = maps.apply(&mut services, &spec(VIP, &[1]));
+        assert!(!update.table.contains(&removed), "it leaves the table at once");
+        assert_eq!(
+            services.backend_id(&VIP, &backend(2)),
+            Some(removed),
+            "but keeps its id"
+        );
+
+        let live = HashMap::from([(VIP, HashSet::from([backend(1)]))]);
+        assert_eq!(services.reap(&live, |_| 1), [] as [u32; 0], "a flow still names it");
+        assert_eq!(services.reap(&live, |_| 0), [removed]);
+        assert_eq!(services.backend_id(&VIP, &backend(2)), None);
+        let update = maps.apply(&mut services, &spec(VIP, &[1, 3]));
+        assert_eq!(
+            services.backend_id(&VIP, &backend(3)),
+            Some(removed),
+            "the id is reused"
+        );
+        assert!(
+            update
+                .backends
+                .contains(&(removed, Backend::new(0, backend(3), Pool::Blue.wire(), false)))
+        );
+    }
+
+    #[test]
+    fn backends_of_a_service_missing_from_live_are_not_reaped() {
+        let mut services = Services::new(100);
+        Maps::default().apply(&mut services, &spec(VIP, &[1]));
+        assert_eq!(services.reap(&HashMap::new(), |_| 0), [] as [u32; 0]);
+    }
+
+    #[test]
+    fn removing_a_service_frees_its_ids_and_table_space() {
+        let mut services = Services::new(2 * LUT_SIZE);
+        let mut maps = Maps::default();
+        maps.apply(&mut services, &spec(VIP, &[1, 2]));
+        let removal = services.remove(&VIP).unwrap();
+        assert_eq!(removal.key, ServiceKey::new(VIP));
+        let mut freed = removal.backend_ids;
+        freed.sort();
+        assert_eq!(freed, [0, 1]);
+        assert!(services.remove(&VIP).is_none());
+        assert!(services.vips().is_empty());
+        let update = services.update(&spec(STANDBY_VIP, &[3])).unwrap();
+        assert_eq!(
+            (update.service.id, update.backends[0].0, update.service.lut_base),
+            (0, 0, 0)
+        );
+    }
+
+    #[test]
+    fn the_table_size_of_a_running_service_cannot_change() {
+        let mut services = Services::new(100);
+        Maps::default().apply(&mut services, &spec(VIP, &[1]));
+        let bigger = ServiceSpec {
+            lut_size: 11,
+            ..spec(VIP, &[1])
+        };
+        assert!(matches!(
+            services.update(&bigger),
+            Err(ServicesError::TableSizeChanged { size: 7, new: 11, .. })
+        ));
+    }
+
+    #[test]
+    fn adopting_maps_rebuilds_ids() {
+        let mut before = Services::new(100);
+        let mut maps = Maps::default();
+        maps.apply(&mut before, &spec(VIP, &[1, 2]));
+        maps.apply(&mut before, &spec(STANDBY_VIP, &[1, 2]));
+        maps.apply(&mut before, &spec(VIP, &[1, 2])); // VIP's table now in its second buffer
+        let orphan = Backend::new(99, backend(9), Pool::Green.wire(), false);
+        maps.backends.insert(7, orphan);
+
+        let (mut after, orphans) = Services::adopt(100, maps.services.clone(), maps.backends.clone()).unwrap();
+        assert_eq!(orphans, [7], "its service is gone");
+        let mut vips = after.vips();
+        vips.sort();
+        assert_eq!(vips, [VIP, STANDBY_VIP]);
+        for vip in [VIP, STANDBY_VIP] {
+            assert_eq!(after.service_id(&vip), before.service_id(&vip));
+            for b in [1, 2] {
+                assert_eq!(
+                    after.backend_id(&vip, &backend(b)),
+                    before.backend_id(&vip, &backend(b))
+                );
+            }
+        }
+        let next = after.update(&spec(VIP, &[1, 2])).unwrap();
+        assert_eq!(
+            next.service.lut_base, 0,
+            "the next table goes to the buffer packets do not read"
+        );
+        let new_backend = after.update(&spec(VIP, &[1, 2, 3])).unwrap();
+        assert_eq!(
+            new_backend.backends[2].0, 4,
+            "adopted ids 0..4 are not handed out again"
+        );
+        let new_service = ServiceSpec {
+            vip: SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 101), 80),
+            ..spec(VIP, &[])
+        };
+        let placed = after.update(&new_service).unwrap().service;
+        assert_eq!(
+            (placed.id, placed.lut_base),
+            (2, 4 * LUT_SIZE),
+            "ids and regions in use are skipped"
         );
     }
 }

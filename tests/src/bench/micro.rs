@@ -33,7 +33,7 @@ use bg_lb::{
     dataplane::{
         Dataplane, DataplaneOptions,
         lookup_table::{self, TableBackend},
-        services::{BackendSpec, ServiceSpec, Services},
+        services::{BackendSpec, ServiceSpec},
     },
     ratio::{Pool, Ratio},
 };
@@ -96,7 +96,7 @@ pub struct RatioChangeCost {
     pub backends: usize,
     /// Building the weighted Maglev table alone (pure computation).
     pub build_ms: Summary,
-    /// `Services::apply`: build, write every backend and every table slot to
+    /// `Dataplane::apply`: build, write every backend and every table slot to
     /// the inactive region, swap the service entry.
     pub apply_ms: Summary,
 }
@@ -211,18 +211,11 @@ fn packet_paths(o: &MicroOptions) -> (Vec<PathCost>, Vec<MapMemory>) {
     let flow_maps = flow_map_memory();
     dataplane.add_tx_port(ifindex("veth0")).expect("TX_PORTS");
     dataplane
-        .set_config(&DataplaneConfig {
-            snat_addr: u32::from_ne_bytes(SNAT.octets()),
-            // Wide, so that the SYN runs never make port claims probe far.
-            snat_port_min: 1024,
-            snat_port_max: 65535,
-            ready: 1,
-            _pad: 0,
-        })
+        // Wide, so that the SYN runs never make port claims probe far.
+        .set_config(&DataplaneConfig::new(SNAT, 1024..=65535))
         .expect("CONFIG");
-    let mut services = Services::new(dataplane, opts.lookup_capacity);
-    services.apply(&four_backend_spec()).expect("program the service");
-    let lb = services.dataplane().xdp().expect("bg_lb program");
+    dataplane.apply(&four_backend_spec()).expect("program the service");
+    let lb = dataplane.xdp().expect("bg_lb program");
     let aux = load_aux();
     let prog = |name| -> &Xdp { aux.program(name).expect(name).try_into().expect("XDP") };
 
@@ -473,8 +466,7 @@ fn ratio_change(n: usize, o: &MicroOptions) -> RatioChangeCost {
         lookup_capacity: 2 * DEFAULT_LUT_SIZE,
         pin_dir: None,
     };
-    let dataplane = Dataplane::load(&opts).expect("load the XDP program");
-    let mut services = Services::new(dataplane, opts.lookup_capacity);
+    let mut services = Dataplane::load(&opts).expect("load the XDP program");
     let mut spec = ServiceSpec {
         vip: VIP,
         lut_size: DEFAULT_LUT_SIZE,
@@ -547,7 +539,7 @@ pub fn render(r: &MicroReport) -> String {
     }
     let _ = writeln!(
         md,
-        "\n| backends | ratio change: table build ms | ratio change: `Services::apply` ms (build + map writes + swap) |\n|---|---|---|"
+        "\n| backends | ratio change: table build ms | ratio change: `Dataplane::apply` ms (build + map writes + swap) |\n|---|---|---|"
     );
     for c in &r.ratio_changes {
         let _ = writeln!(

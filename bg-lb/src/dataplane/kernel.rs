@@ -1,0 +1,315 @@
+//! The loaded eBPF object: the one module that calls into the kernel. It
+//! loads and attaches the XDP program and reads and writes its maps with the
+//! types from bg-lb-common, including the changes [`super::services`]
+//! computes as values.
+
+use std::path::Path;
+
+use aya::{
+    Ebpf, EbpfLoader, Pod,
+    maps::{Array, DevMapHash, HashMap, MapError, PerCpuArray, PerCpuValues},
+    programs::{
+        Xdp, XdpMode,
+        links::{FdLink, PinnedLink},
+        xdp::{XdpLink, XdpLinkId},
+    },
+};
+use bg_lb_common::{
+    counters::{COUNTER_COUNT, Counter},
+    maps::{self, Backend, DataplaneConfig, Flow, FlowKey, NatKey, Service, ServiceKey, TrafficStats},
+};
+
+use super::{
+    AttachMode, Attached, DataplaneError, DataplaneOptions, EbpfLogger,
+    services::{ServiceRemoval, ServiceUpdate},
+};
+use crate::ebpf_objects;
+
+pub(super) struct Kernel {
+    ebpf: Ebpf,
+    logger: Option<EbpfLogger>,
+}
+
+impl Kernel {
+    /// Loads the object (creating or, with `pin_dir`, adopting its maps) and
+    /// loads the XDP program into the kernel. Nothing is attached yet.
+    pub(super) fn load(opts: &DataplaneOptions) -> Result<Self, DataplaneError> {
+        let mut loader = EbpfLoader::new();
+        loader.map_max_entries(maps::FLOWS, opts.max_flows);
+        loader.map_max_entries(maps::REVERSE_NAT, opts.max_flows);
+        loader.map_max_entries(maps::LOOKUP_TABLES, opts.lookup_capacity);
+        if let Some(dir) = &opts.pin_dir {
+            // An existing pin is reused with its contents (flows survive).
+            for name in maps::ALL_MAPS {
+                loader.map_pin_path(name, dir.join(name));
+            }
+        }
+        let mut ebpf = loader.load(ebpf_objects::load_balancer())?;
+        // The program logs only rare failures; without a reader they are
+        // simply dropped, so a missing logger is not fatal.
+        let logger = aya_log::EbpfLogger::init(&mut ebpf)
+            .inspect_err(|e| tracing::warn!(error = %e, "eBPF log records will not be shown"))
+            .ok();
+        let mut kernel = Self { ebpf, logger };
+        kernel.xdp_mut()?.load().map_err(program_err)?;
+        Ok(kernel)
+    }
+
+    pub(super) fn take_logger(&mut self) -> Option<EbpfLogger> {
+        self.logger.take()
+    }
+
+    pub(super) fn xdp(&self) -> Result<&Xdp, DataplaneError> {
+        let prog = self
+            .ebpf
+            .program(maps::XDP_PROGRAM)
+            .ok_or(DataplaneError::MissingProgram(maps::XDP_PROGRAM))?;
+        prog.try_into().map_err(program_err)
+    }
+
+    fn xdp_mut(&mut self) -> Result<&mut Xdp, DataplaneError> {
+        let prog = self
+            .ebpf
+            .program_mut(maps::XDP_PROGRAM)
+            .ok_or(DataplaneError::MissingProgram(maps::XDP_PROGRAM))?;
+        prog.try_into().map_err(program_err)
+    }
+
+    pub(super) fn attach(&mut self, ifindex: u32, mode: XdpMode) -> Result<XdpLinkId, DataplaneError> {
+        let link = self.attach_in(ifindex, mode)?;
+        self.add_tx_port(ifindex)?;
+        Ok(link)
+    }
+
+    /// See [`super::Dataplane::attach_pinned`].
+    pub(super) fn attach_pinned(
+        &mut self,
+        iface: &str,
+        mode: AttachMode,
+        pin: &Path,
+    ) -> Result<Attached, DataplaneError> {
+        let ifindex = nix::net::if_::if_nametoindex(iface).map_err(|e| DataplaneError::Interface {
+            name: iface.to_owned(),
+            cause: e,
+        })?;
+        self.add_tx_port(ifindex)?;
+        let link_err = |e: Box<dyn std::error::Error + Send + Sync>| DataplaneError::Link {
+            path: pin.to_owned(),
+            cause: e,
+        };
+        if pin.exists() {
+            let link = PinnedLink::from_pin(pin).map_err(|e| link_err(e.into()))?;
+            let link = XdpLink::try_from(FdLink::from(link)).map_err(|e| link_err(e.into()))?;
+            self.xdp_mut()?.attach_to_link(link).map_err(program_err)?;
+            return Ok(Attached::Replaced);
+        }
+        let (id, used) = match mode {
+            AttachMode::Native => (self.attach_in(ifindex, XdpMode::Driver)?, XdpMode::Driver),
+            AttachMode::Generic => (self.attach_in(ifindex, XdpMode::Skb)?, XdpMode::Skb),
+            AttachMode::Auto => match self.attach_in(ifindex, XdpMode::Driver) {
+                Ok(id) => (id, XdpMode::Driver),
+                Err(e) => {
+                    tracing::warn!(interface = iface, error = %e, "native XDP unavailable, falling back to generic mode (slower); set xdp_mode = \"native\" to refuse");
+                    (self.attach_in(ifindex, XdpMode::Skb)?, XdpMode::Skb)
+                }
+            },
+        };
+        let link = self.xdp_mut()?.take_link(id).map_err(program_err)?;
+        let link = FdLink::try_from(link).map_err(|e| link_err(e.into()))?;
+        link.pin(pin).map_err(|e| link_err(e.into()))?;
+        Ok(Attached::New(used))
+    }
+
+    fn attach_in(&mut self, ifindex: u32, mode: XdpMode) -> Result<XdpLinkId, DataplaneError> {
+        self.xdp_mut()?.attach_to_if_index(ifindex, mode).map_err(program_err)
+    }
+
+    /// The capacity LOOKUP_TABLES really has: an adopted pinned map keeps the
+    /// size it was created with.
+    pub(super) fn lookup_capacity(&self) -> Result<u32, DataplaneError> {
+        let map = self
+            .ebpf
+            .map(maps::LOOKUP_TABLES)
+            .ok_or(DataplaneError::MissingMap(maps::LOOKUP_TABLES))?;
+        let aya::maps::Map::Array(data) = map else {
+            return Err(DataplaneError::MissingMap(maps::LOOKUP_TABLES));
+        };
+        Ok(data.info().map_err(map_err(maps::LOOKUP_TABLES))?.max_entries())
+    }
+
+    /// Allows XDP_REDIRECT to `ifindex` (an interface the program may send on).
+    pub(super) fn add_tx_port(&mut self, ifindex: u32) -> Result<(), DataplaneError> {
+        let mut ports: DevMapHash<_> = self.map_mut(maps::TX_PORTS)?;
+        Ok(ports.insert(ifindex, ifindex, None, 0)?)
+    }
+
+    pub(super) fn set_config(&mut self, cfg: &DataplaneConfig) -> Result<(), DataplaneError> {
+        self.array_set(maps::CONFIG, 0, cfg)
+    }
+
+    /// Writes `update` in its field order: backends, then the table into
+    /// the inactive buffer, then the SERVICES entry that swaps it in (one
+    /// atomic map update), so a packet sees the old table or the new one.
+    pub(super) fn write_service(&mut self, update: &ServiceUpdate) -> Result<(), DataplaneError> {
+        for (id, backend) in &update.backends {
+            self.array_set(maps::BACKENDS, *id, backend)?;
+        }
+        let mut tables: Array<_, u32> = self.map_mut(maps::LOOKUP_TABLES)?;
+        for (i, backend_id) in update.table.iter().enumerate() {
+            tables
+                .set(update.service.lut_base + i as u32, backend_id, 0)
+                .map_err(map_err(maps::LOOKUP_TABLES))?;
+        }
+        let mut services: HashMap<_, ServiceKey, Service> = self.map_mut(maps::SERVICES)?;
+        services
+            .insert(update.key, update.service, 0)
+            .map_err(map_err(maps::SERVICES))
+    }
+
+    /// Removes the SERVICES entry (new connections to the VIP pass to the
+    /// kernel), then frees the backends.
+    pub(super) fn remove_service(&mut self, removal: &ServiceRemoval) -> Result<(), DataplaneError> {
+        let mut services: HashMap<_, ServiceKey, Service> = self.map_mut(maps::SERVICES)?;
+        ignore_missing(services.remove(&removal.key), maps::SERVICES)?;
+        removal.backend_ids.iter().try_for_each(|&id| self.clear_backend(id))
+    }
+
+    /// Frees a backend slot and zeroes its counters, ready for reuse.
+    pub(super) fn clear_backend(&mut self, id: u32) -> Result<(), DataplaneError> {
+        self.array_set(maps::BACKENDS, id, &Backend::default())?;
+        let mut stats: PerCpuArray<_, TrafficStats> = self.map_mut(maps::BACKEND_STATS)?;
+        let cpus = nr_cpus().map_err(DataplaneError::Cpus)?;
+        let zeros = PerCpuValues::try_from(vec![TrafficStats::default(); cpus]).map_err(DataplaneError::Cpus)?;
+        stats.set(id, zeros, 0).map_err(map_err(maps::BACKEND_STATS))
+    }
+
+    pub(super) fn services(&self) -> Result<Vec<(ServiceKey, Service)>, DataplaneError> {
+        let services: HashMap<_, ServiceKey, Service> = self.map(maps::SERVICES)?;
+        collect(services.iter(), maps::SERVICES)
+    }
+
+    /// Backends in use (free slots left out).
+    pub(super) fn backends(&self) -> Result<Vec<(u32, Backend)>, DataplaneError> {
+        let backends: Array<_, Backend> = self.map(maps::BACKENDS)?;
+        let mut used = Vec::new();
+        for (id, backend) in backends.iter().enumerate() {
+            let backend = backend.map_err(map_err(maps::BACKENDS))?;
+            if !backend.is_free() {
+                used.push((id as u32, backend));
+            }
+        }
+        Ok(used)
+    }
+
+    pub(super) fn flows(&self) -> Result<Vec<(FlowKey, Flow)>, DataplaneError> {
+        let flows: HashMap<_, FlowKey, Flow> = self.map(maps::FLOWS)?;
+        collect(flows.iter(), maps::FLOWS)
+    }
+
+    /// Removes a flow and its reverse-NAT entry (housekeeping), unless they
+    /// changed since the sweep judged them: a client may have reused the
+    /// 5-tuple for a new connection, or another flow claimed the SNAT port.
+    pub(super) fn remove_flow(&mut self, key: &FlowKey, judged: &Flow, reverse: &NatKey) -> Result<(), DataplaneError> {
+        let mut flows: HashMap<_, FlowKey, Flow> = self.map_mut(maps::FLOWS)?;
+        match flows.get(key, 0) {
+            Ok(flow) if flow.created_ns == judged.created_ns => ignore_missing(flows.remove(key), maps::FLOWS)?,
+            Ok(_) | Err(MapError::KeyNotFound) => return Ok(()),
+            Err(e) => return Err(map_err(maps::FLOWS)(e)),
+        }
+        let mut nat: HashMap<_, NatKey, FlowKey> = self.map_mut(maps::REVERSE_NAT)?;
+        match nat.get(reverse, 0) {
+            Ok(owner) if owner == *key => ignore_missing(nat.remove(reverse), maps::REVERSE_NAT),
+            Ok(_) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(map_err(maps::REVERSE_NAT)(e)),
+        }
+    }
+
+    /// A backend's traffic counters, summed over CPUs.
+    pub(super) fn backend_stats(&self, id: u32) -> Result<TrafficStats, DataplaneError> {
+        self.per_cpu_sum(maps::BACKEND_STATS, id, sum_stats)
+    }
+
+    pub(super) fn service_stats(&self, id: u32) -> Result<TrafficStats, DataplaneError> {
+        self.per_cpu_sum(maps::SERVICE_STATS, id, sum_stats)
+    }
+
+    /// Every global counter, summed over CPUs.
+    pub(super) fn counters(&self) -> Result<Vec<(Counter, u64)>, DataplaneError> {
+        (0..COUNTER_COUNT)
+            .map(|i| {
+                Ok((
+                    Counter::ALL[i as usize],
+                    self.per_cpu_sum(maps::COUNTERS, i, |v: &[u64]| v.iter().sum())?,
+                ))
+            })
+            .collect()
+    }
+
+    fn per_cpu_sum<V: Pod, R>(
+        &self,
+        name: &'static str,
+        index: u32,
+        sum: impl Fn(&[V]) -> R,
+    ) -> Result<R, DataplaneError> {
+        let array: PerCpuArray<_, V> = self.map(name)?;
+        let values = array.get(&index, 0).map_err(map_err(name))?;
+        Ok(sum(&values))
+    }
+
+    fn array_set<V: Pod>(&mut self, name: &'static str, index: u32, value: &V) -> Result<(), DataplaneError> {
+        let mut array: Array<_, V> = self.map_mut(name)?;
+        array.set(index, value, 0).map_err(map_err(name))
+    }
+
+    fn map<'a, T>(&'a self, name: &'static str) -> Result<T, DataplaneError>
+    where
+        T: TryFrom<&'a aya::maps::Map, Error = MapError>,
+    {
+        let map = self.ebpf.map(name).ok_or(DataplaneError::MissingMap(name))?;
+        T::try_from(map).map_err(map_err(name))
+    }
+
+    fn map_mut<'a, T>(&'a mut self, name: &'static str) -> Result<T, DataplaneError>
+    where
+        T: TryFrom<&'a mut aya::maps::Map, Error = MapError>,
+    {
+        let map = self.ebpf.map_mut(name).ok_or(DataplaneError::MissingMap(name))?;
+        T::try_from(map).map_err(map_err(name))
+    }
+}
+
+fn ignore_missing(result: Result<(), MapError>, name: &'static str) -> Result<(), DataplaneError> {
+    match result {
+        Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+        Err(e) => Err(map_err(name)(e)),
+    }
+}
+
+fn nr_cpus() -> Result<usize, std::io::Error> {
+    aya::util::nr_cpus().map_err(|(_, e)| e)
+}
+
+fn program_err(cause: aya::programs::ProgramError) -> DataplaneError {
+    DataplaneError::Program {
+        name: maps::XDP_PROGRAM,
+        cause,
+    }
+}
+
+fn map_err(name: &'static str) -> impl Fn(MapError) -> DataplaneError {
+    move |cause| DataplaneError::Map { name, cause }
+}
+
+fn collect<K, V, I>(iter: I, name: &'static str) -> Result<Vec<(K, V)>, DataplaneError>
+where
+    I: Iterator<Item = Result<(K, V), MapError>>,
+{
+    iter.collect::<Result<_, _>>().map_err(map_err(name))
+}
+
+fn sum_stats(per_cpu: &[TrafficStats]) -> TrafficStats {
+    per_cpu.iter().fold(TrafficStats::default(), |mut sum, s| {
+        sum.add(s);
+        sum
+    })
+}
