@@ -7,7 +7,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::{Daemon, SWEEP_DUTY_CYCLE};
+use super::{Daemon, RequestError, SWEEP_DUTY_CYCLE};
 use crate::dataplane::housekeeping::{self, FlowCensus};
 
 impl Daemon {
@@ -23,7 +23,7 @@ impl Daemon {
     /// sweep was so costly (a huge flow table walked one syscall per entry)
     /// that sweeping now would keep the daemon busy more than a fifth of the
     /// time: requests and health reports must not wait behind sweeps.
-    pub(super) fn refresh_census(&mut self, max_age: Duration) -> Result<(), String> {
+    pub(super) fn refresh_census(&mut self, max_age: Duration) -> Result<(), RequestError> {
         let due = self
             .swept
             .is_none_or(|(at, cost)| at.elapsed() >= max_age.max(cost * SWEEP_DUTY_CYCLE));
@@ -36,9 +36,9 @@ impl Daemon {
     }
 
     /// Sweeps the flow table: expires finished flows, frees drained ids.
-    pub(super) fn housekeeping(&mut self) -> Result<&FlowCensus, String> {
+    pub(super) fn housekeeping(&mut self) -> Result<&FlowCensus, RequestError> {
         let timeouts = self.timeouts();
-        let census = housekeeping::sweep(self.services.dataplane_mut(), &timeouts).map_err(|e| e.to_string())?;
+        let census = housekeeping::sweep(self.services.dataplane_mut(), &timeouts)?;
         let live: HashMap<SocketAddrV4, HashSet<SocketAddrV4>> = self
             .config
             .services
@@ -50,9 +50,7 @@ impl Daemon {
                     .map(move |vip| (vip, backends.clone()))
             })
             .collect();
-        self.services
-            .reap(&live, |id| census.total_of(id))
-            .map_err(|e| e.to_string())?;
+        self.services.reap(&live, |id| census.total_of(id))?;
         self.census = census;
         Ok(&self.census)
     }
