@@ -2,99 +2,192 @@
 //! line. Every reply has `"ok"`; failures carry `"error"`. Documented for
 //! scripts in docs/admin-protocol.md.
 
-use std::net::SocketAddrV4;
+use std::{fmt, net::SocketAddrV4};
 
 use serde::{Deserialize, Serialize};
 
-use crate::ratio::{Pool, Ratio};
+use crate::{
+    ratio::{Pool, Ratio},
+    shift,
+};
 
 /// Requests longer than this are refused without being parsed.
 pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
 
+/// A request on the wire. Each payload is one struct that `bg-lb ctl` parses
+/// its arguments into as well (clap derives from the same fields, so a
+/// field's doc comment is its help text).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum Request {
     /// Every service, or one.
-    Status {
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        service: Option<String>,
-    },
+    Status(StatusRequest),
     /// New connections split BLUE:GREEN from now on.
-    Ratio {
-        service: String,
-        ratio: Ratio,
-        /// Allow a share for a pool that has no enabled backend.
-        #[serde(default)]
-        force: bool,
-    },
+    Ratio(RatioRequest),
     /// All new connections to the other pool.
-    Drain {
-        service: String,
-        pool: Pool,
-        #[serde(default)]
-        force: bool,
-    },
+    Drain(PoolRequest),
     /// Change one backend: weight, or pin it out of / back into rotation.
-    Backend {
-        service: String,
-        address: SocketAddrV4,
-        action: BackendAction,
-    },
+    Backend(BackendRequest),
     /// Open flows of a service.
-    Flows {
-        service: String,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pool: Option<Pool>,
-        #[serde(default = "default_flow_limit")]
-        limit: usize,
-    },
+    Flows(FlowsRequest),
     /// Re-read the config file.
     Reload,
     /// Start a progressive shift of new connections to `to`.
-    Shift {
-        service: String,
-        to: Pool,
-        #[serde(default = "default_steps")]
-        steps: Vec<u8>,
-        #[serde(default = "default_interval_secs")]
-        interval_secs: f64,
-        #[serde(default = "default_max_error_rate")]
-        max_error_rate: f64,
-        #[serde(default = "default_min_flows")]
-        min_flows: u64,
-    },
+    Shift(ShiftRequest),
     /// Stop a running shift, rolling back to where it began (default) or
     /// holding the current ratio.
-    ShiftAbort {
-        service: String,
-        #[serde(default = "yes")]
-        rollback: bool,
-    },
+    ShiftAbort(ShiftAbortRequest),
     /// All new connections to `pool` at once, after checking its health.
-    Promote {
-        service: String,
-        pool: Pool,
-        #[serde(default)]
-        force: bool,
-    },
+    Promote(PoolRequest),
     /// Back to the ratio before the latest change.
-    Rollback { service: String },
+    Rollback(ServiceRequest),
 }
 
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, clap::Args)]
+#[serde(deny_unknown_fields)]
+pub struct StatusRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, clap::Args)]
+#[serde(deny_unknown_fields)]
+pub struct RatioRequest {
+    pub service: String,
+    pub ratio: Ratio,
+    /// Allow a share for a pool with no enabled backend.
+    #[arg(long)]
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// `drain` (all new connections to the other pool) and `promote` (all to
+/// this one).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, clap::Args)]
+#[serde(deny_unknown_fields)]
+pub struct PoolRequest {
+    pub service: String,
+    pub pool: Pool,
+    #[arg(long)]
+    #[serde(default)]
+    pub force: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, clap::Args)]
+#[serde(deny_unknown_fields)]
+pub struct BackendRequest {
+    pub service: String,
+    pub address: SocketAddrV4,
+    #[command(subcommand)]
+    pub action: BackendAction,
+}
+
+/// On the wire `"enable"`, `"disable"` or `{"weight": N}`; on the command
+/// line a subcommand.
+// Declared in the order serde's errors have always listed the variants;
+// `display_order` keeps `weight` first in the help.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::Subcommand)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub enum BackendAction {
+    /// Back into rotation.
+    #[command(display_order = 1)]
+    Enable,
+    /// Out of rotation regardless of health; open flows drain.
+    #[command(display_order = 2)]
+    Disable,
+    /// New-flow weight, 0..=1000 (0 drains it).
+    #[command(display_order = 0)]
+    Weight(BackendWeight),
+}
+
+/// A bare number on the wire; a struct only so clap can take it as the
+/// `weight` subcommand's argument.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::Args)]
+#[serde(transparent)]
+pub struct BackendWeight {
+    pub weight: u32,
+}
+
+impl fmt::Display for BackendAction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BackendAction::Weight(BackendWeight { weight }) => write!(f, "weight({weight})"),
+            BackendAction::Enable => f.write_str("enable"),
+            BackendAction::Disable => f.write_str("disable"),
+        }
+    }
+}
+
+/// `flows` lists at most this many flows unless asked for more.
+pub const DEFAULT_FLOWS_LIMIT: usize = 100;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, clap::Args)]
+#[serde(deny_unknown_fields)]
+pub struct FlowsRequest {
+    pub service: String,
+    #[arg(long)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<Pool>,
+    #[arg(long, default_value_t = DEFAULT_FLOWS_LIMIT)]
+    #[serde(default = "default_flows_limit")]
+    pub limit: usize,
+}
+
+/// `ctl shift` takes a duration (`--interval 30s`) instead of seconds, and
+/// `--abort` for a `shift-abort`, so it has its own arguments,
+/// [`crate::cli::ShiftArgs`], with the same defaults.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShiftRequest {
+    pub service: String,
+    pub to: Pool,
+    #[serde(default = "default_steps")]
+    pub steps: Vec<u8>,
+    #[serde(default = "default_interval_secs")]
+    pub interval_secs: f64,
+    #[serde(default = "default_max_error_rate")]
+    pub max_error_rate: f64,
+    #[serde(default = "default_min_flows")]
+    pub min_flows: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShiftAbortRequest {
+    pub service: String,
+    #[serde(default = "yes")]
+    pub rollback: bool,
+}
+
+/// A request naming only its service.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, clap::Args)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceRequest {
+    pub service: String,
+}
+
+fn default_flows_limit() -> usize {
+    DEFAULT_FLOWS_LIMIT
+}
+
+// The shift defaults are written as an operator types them, and read with
+// the same parsers the command line uses, so both sides agree by construction.
 fn default_steps() -> Vec<u8> {
-    crate::shift::DEFAULT_STEPS.to_vec()
+    shift::parse_steps(shift::DEFAULT_STEPS).expect("shift::DEFAULT_STEPS parses")
 }
 
 fn default_interval_secs() -> f64 {
-    30.0
+    humantime::parse_duration(shift::DEFAULT_INTERVAL)
+        .expect("shift::DEFAULT_INTERVAL parses")
+        .as_secs_f64()
 }
 
 fn default_max_error_rate() -> f64 {
-    0.01
+    shift::parse_rate(shift::DEFAULT_MAX_ERROR_RATE).expect("shift::DEFAULT_MAX_ERROR_RATE parses")
 }
 
 fn default_min_flows() -> u64 {
-    20
+    shift::DEFAULT_MIN_FLOWS
 }
 
 fn yes() -> bool {
@@ -119,30 +212,18 @@ impl Request {
     /// The `cmd` tag this request has on the wire.
     pub fn cmd(&self) -> &'static str {
         match self {
-            Request::Status { .. } => "status",
-            Request::Ratio { .. } => "ratio",
-            Request::Drain { .. } => "drain",
-            Request::Backend { .. } => "backend",
-            Request::Flows { .. } => "flows",
+            Request::Status(_) => "status",
+            Request::Ratio(_) => "ratio",
+            Request::Drain(_) => "drain",
+            Request::Backend(_) => "backend",
+            Request::Flows(_) => "flows",
             Request::Reload => "reload",
-            Request::Shift { .. } => "shift",
-            Request::ShiftAbort { .. } => "shift-abort",
-            Request::Promote { .. } => "promote",
-            Request::Rollback { .. } => "rollback",
+            Request::Shift(_) => "shift",
+            Request::ShiftAbort(_) => "shift-abort",
+            Request::Promote(_) => "promote",
+            Request::Rollback(_) => "rollback",
         }
     }
-}
-
-fn default_flow_limit() -> usize {
-    100
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case", deny_unknown_fields)]
-pub enum BackendAction {
-    Enable,
-    Disable,
-    Weight(u32),
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -223,14 +304,14 @@ pub struct BackendStatus {
     pub weight: u32,
     pub configured_weight: u32,
     pub enabled: bool,
-    /// Live check: up, down, or unchecked (no result yet).
-    pub health: String,
+    /// Live check.
+    pub health: BackendHealth,
     /// The live check's last result: "ok" or why it failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_check: Option<String>,
     /// Standby check (HTTP checks with a standby VIP).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub standby_health: Option<String>,
+    pub standby_health: Option<BackendHealth>,
     pub open_flows: u64,
     pub new_flows: u64,
     pub packets_in: u64,
@@ -243,6 +324,27 @@ pub struct BackendStatus {
     pub refused: u64,
     /// Established connections it reset.
     pub resets: u64,
+}
+
+/// A backend's health check as `status` shows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendHealth {
+    Up,
+    Down,
+    /// No result yet.
+    Unchecked,
+}
+
+impl fmt::Display for BackendHealth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // `pad`, not `write_str`, so tables can align it with `{:<10}`.
+        f.pad(match self {
+            BackendHealth::Up => "up",
+            BackendHealth::Down => "down",
+            BackendHealth::Unchecked => "unchecked",
+        })
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -267,54 +369,54 @@ mod tests {
     #[test]
     fn every_request_round_trips_through_json() {
         let requests = [
-            Request::Status { service: None },
-            Request::Status {
+            Request::Status(StatusRequest { service: None }),
+            Request::Status(StatusRequest {
                 service: Some("web".into()),
-            },
-            Request::Ratio {
+            }),
+            Request::Ratio(RatioRequest {
                 service: "web".into(),
                 ratio: Ratio::new(30).unwrap(),
                 force: false,
-            },
-            Request::Drain {
+            }),
+            Request::Drain(PoolRequest {
                 service: "web".into(),
                 pool: Pool::Blue,
                 force: true,
-            },
-            Request::Backend {
+            }),
+            Request::Backend(BackendRequest {
                 service: "web".into(),
                 address: "10.0.0.1:80".parse().unwrap(),
-                action: BackendAction::Weight(5),
-            },
-            Request::Backend {
+                action: BackendAction::Weight(BackendWeight { weight: 5 }),
+            }),
+            Request::Backend(BackendRequest {
                 service: "web".into(),
                 address: "10.0.0.1:80".parse().unwrap(),
                 action: BackendAction::Disable,
-            },
-            Request::Flows {
+            }),
+            Request::Flows(FlowsRequest {
                 service: "web".into(),
                 pool: Some(Pool::Green),
                 limit: 10,
-            },
+            }),
             Request::Reload,
-            Request::Shift {
+            Request::Shift(ShiftRequest {
                 service: "web".into(),
                 to: Pool::Blue,
                 steps: vec![10, 100],
                 interval_secs: 5.0,
                 max_error_rate: 0.02,
                 min_flows: 10,
-            },
-            Request::ShiftAbort {
+            }),
+            Request::ShiftAbort(ShiftAbortRequest {
                 service: "web".into(),
                 rollback: false,
-            },
-            Request::Promote {
+            }),
+            Request::Promote(PoolRequest {
                 service: "web".into(),
                 pool: Pool::Green,
                 force: false,
-            },
-            Request::Rollback { service: "web".into() },
+            }),
+            Request::Rollback(ServiceRequest { service: "web".into() }),
         ];
         for request in requests {
             let line = serde_json::to_string(&request).unwrap();
@@ -329,28 +431,28 @@ mod tests {
     fn requests_read_as_documented() {
         assert_eq!(
             parse_request(r#"{"cmd":"ratio","service":"web","ratio":"30:70"}"#).unwrap(),
-            Request::Ratio {
+            Request::Ratio(RatioRequest {
                 service: "web".into(),
                 ratio: Ratio::new(30).unwrap(),
                 force: false
-            }
+            })
         );
         assert_eq!(
             parse_request(r#"{"cmd":"backend","service":"web","address":"10.0.0.1:80","action":{"weight":7}}"#)
                 .unwrap(),
-            Request::Backend {
+            Request::Backend(BackendRequest {
                 service: "web".into(),
                 address: "10.0.0.1:80".parse().unwrap(),
-                action: BackendAction::Weight(7)
-            }
+                action: BackendAction::Weight(BackendWeight { weight: 7 })
+            })
         );
         assert_eq!(
             parse_request(r#"{"cmd":"flows","service":"web"}"#).unwrap(),
-            Request::Flows {
+            Request::Flows(FlowsRequest {
                 service: "web".into(),
                 pool: None,
                 limit: 100
-            }
+            })
         );
     }
 
@@ -358,21 +460,21 @@ mod tests {
     fn a_shift_request_takes_the_documented_defaults() {
         assert_eq!(
             parse_request(r#"{"cmd":"shift","service":"web","to":"blue"}"#).unwrap(),
-            Request::Shift {
+            Request::Shift(ShiftRequest {
                 service: "web".into(),
                 to: Pool::Blue,
                 steps: vec![10, 25, 50, 100],
                 interval_secs: 30.0,
                 max_error_rate: 0.01,
                 min_flows: 20,
-            }
+            })
         );
         assert_eq!(
             parse_request(r#"{"cmd":"shift-abort","service":"web"}"#).unwrap(),
-            Request::ShiftAbort {
+            Request::ShiftAbort(ShiftAbortRequest {
                 service: "web".into(),
                 rollback: true
-            }
+            })
         );
     }
 

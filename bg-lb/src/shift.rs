@@ -43,7 +43,16 @@ mod duration_as_secs {
     }
 }
 
-pub const DEFAULT_STEPS: [u8; 4] = [10, 25, 50, 100];
+// A shift's defaults, as `ctl shift` takes them and its help shows them;
+// requests that leave a field out get the same values (see `protocol`).
+/// The target pool's share at each step, in percent.
+pub const DEFAULT_STEPS: &str = "10,25,50,100";
+/// How long each step is held.
+pub const DEFAULT_INTERVAL: &str = "30s";
+/// The share of new connections to the target pool that may fail.
+pub const DEFAULT_MAX_ERROR_RATE: &str = "1%";
+/// New connections in the window before the error rate is judged.
+pub const DEFAULT_MIN_FLOWS: u64 = 20;
 
 impl ShiftPlan {
     /// The ratio that gives the target pool `share` percent.
@@ -53,32 +62,45 @@ impl ShiftPlan {
     }
 
     /// Checks the plan and drops the steps the target already has.
-    pub fn starting_from(mut self, current: Ratio) -> Result<Self, String> {
+    pub fn starting_from(mut self, current: Ratio) -> Result<Self, PlanError> {
         if self.steps.is_empty() {
-            return Err("a shift needs at least one step".into());
+            return Err(PlanError::NoSteps);
         }
         if self.steps.windows(2).any(|w| w[0] >= w[1]) || self.steps.iter().any(|&s| s == 0 || s > 100) {
-            return Err(format!("steps {:?} must increase, each 1..=100", self.steps));
+            return Err(PlanError::BadSteps(self.steps));
         }
         if !(0.0..=1.0).contains(&self.max_error_rate) {
-            return Err(format!(
-                "max error rate {} must be between 0% and 100%",
-                self.max_error_rate
-            ));
+            return Err(PlanError::BadErrorRate(self.max_error_rate));
         }
         if self.interval.is_zero() {
-            return Err("the interval must be positive".into());
+            return Err(PlanError::ZeroInterval);
         }
         let have = current.share(self.to);
         self.steps.retain(|&s| s > have);
         if self.steps.is_empty() {
-            return Err(format!(
-                "{} already has {have}% (ratio {current}): nothing to shift",
-                self.to
-            ));
+            return Err(PlanError::NothingToShift {
+                pool: self.to,
+                have,
+                current,
+            });
         }
         Ok(self)
     }
+}
+
+/// Why a shift cannot start with this plan.
+#[derive(Debug, PartialEq, thiserror::Error)]
+pub enum PlanError {
+    #[error("a shift needs at least one step")]
+    NoSteps,
+    #[error("steps {0:?} must increase, each 1..=100")]
+    BadSteps(Vec<u8>),
+    #[error("max error rate {0} must be between 0% and 100%")]
+    BadErrorRate(f64),
+    #[error("the interval must be positive")]
+    ZeroInterval,
+    #[error("{pool} already has {have}% (ratio {current}): nothing to shift")]
+    NothingToShift { pool: Pool, have: u8, current: Ratio },
 }
 
 /// A shift as persisted in the state file and shown by `status`: a daemon
@@ -369,6 +391,7 @@ mod tests {
             plan()
                 .starting_from(Ratio::new(100).unwrap())
                 .unwrap_err()
+                .to_string()
                 .contains("nothing to shift")
         );
         let p = ShiftPlan {
@@ -378,6 +401,7 @@ mod tests {
         assert!(
             p.starting_from(Ratio::new(0).unwrap())
                 .unwrap_err()
+                .to_string()
                 .contains("must increase")
         );
         let p = ShiftPlan {

@@ -1,16 +1,19 @@
 //! Fixtures shared by unit tests in more than one module.
 
-use crate::{protocol::BackendStatus, ratio::Pool};
+use crate::{
+    protocol::{BackendHealth, BackendStatus},
+    ratio::Pool,
+};
 
 /// A backend as `ctl status` reports it: enabled at weight 100, no traffic.
-pub fn backend_status(address: &str, pool: Pool, health: &str) -> BackendStatus {
+pub fn backend_status(address: &str, pool: Pool, health: BackendHealth) -> BackendStatus {
     BackendStatus {
         address: address.parse().unwrap(),
         pool,
         weight: 100,
         configured_weight: 100,
         enabled: true,
-        health: health.into(),
+        health,
         last_check: None,
         standby_health: None,
         open_flows: 0,

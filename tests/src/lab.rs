@@ -9,7 +9,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use bg_lb::{protocol::ServiceStatus, ratio::Pool};
+use bg_lb::{
+    protocol::{BackendHealth, ServiceStatus},
+    ratio::Pool,
+};
 
 use crate::{
     daemon::{Daemon, DemoBackend},
@@ -85,7 +88,10 @@ impl BlueGreenLab {
             backends,
             _peer_xdp: peer_xdp,
         };
-        lab.wait(|s| s.backends.iter().all(|b| b.health == "up"), "every backend up");
+        lab.wait(
+            |s| s.backends.iter().all(|b| b.health == BackendHealth::Up),
+            "every backend up",
+        );
         lab
     }
 

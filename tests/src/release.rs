@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use bg_lb::ratio::Pool;
+use bg_lb::{protocol::BackendHealth, ratio::Pool};
 
 use crate::lab::{BlueGreenLab, SERVICE};
 
@@ -121,7 +121,7 @@ fn deploy(lab: &mut BlueGreenLab, out: &dyn Narration, pool: Pool, version: &str
     wait(lab, out, &format!("{pool} passes the standby check"), |s| {
         indices
             .iter()
-            .all(|&i| s.backends[i].standby_health.as_deref() == Some("up"))
+            .all(|&i| s.backends[i].standby_health == Some(BackendHealth::Up))
     })?;
     out.step(&format!(
         "{number}b. Sanity-check {version} through the standby VIP {}",
@@ -143,7 +143,7 @@ fn deploy(lab: &mut BlueGreenLab, out: &dyn Narration, pool: Pool, version: &str
         lab.set_role(i, "live");
     }
     wait(lab, out, &format!("{pool} passes the live check"), |s| {
-        indices.iter().all(|&i| s.backends[i].health == "up")
+        indices.iter().all(|&i| s.backends[i].health == BackendHealth::Up)
     })
 }
 

@@ -6,6 +6,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use bg_lb::protocol::BackendHealth;
 use bg_lb_tests::{
     http::{self, Connection},
     lab::{BlueGreenLab, LabOptions},
@@ -32,7 +33,10 @@ fn names(served: Vec<(String, String)>) -> Vec<String> {
 fn killed_backend_leaves_rotation_within_fall_intervals_and_returns_after_rise_intervals() {
     let (mut lab, o) = lab();
     lab.backends[0].kill();
-    let down_after = lab.wait(|s| s.backends[0].health == "down", "b0 down after its process died");
+    let down_after = lab.wait(
+        |s| s.backends[0].health == BackendHealth::Down,
+        "b0 down after its process died",
+    );
     assert!(
         down_after <= o.interval * o.fall + o.timeout + SLACK,
         "marked down after {down_after:?}"
@@ -47,7 +51,7 @@ fn killed_backend_leaves_rotation_within_fall_intervals_and_returns_after_rise_i
     );
 
     lab.backends[0].restart(&lab.topo.backends[0].ns);
-    let up_after = lab.wait(|s| s.backends[0].health == "up", "b0 up after it returned");
+    let up_after = lab.wait(|s| s.backends[0].health == BackendHealth::Up, "b0 up after it returned");
     assert!(
         up_after <= o.interval * o.rise + o.timeout + SLACK,
         "marked up after {up_after:?}"
@@ -72,7 +76,7 @@ fn backend_flipped_to_standby_keeps_its_open_connection_while_new_ones_go_elsewh
 
     lab.set_role(index, "standby");
     lab.wait(
-        |s| s.backends[index].health == "down",
+        |s| s.backends[index].health == BackendHealth::Down,
         "the standby backend leaves the live rotation",
     );
     assert_eq!(lab.status().backends[index].last_check.as_deref(), Some("HTTP 500"));
@@ -101,7 +105,7 @@ fn standby_vip_reaches_only_standby_enabled_backends() {
     lab.set_role(2, "standby");
     let started = Instant::now();
     lab.wait(
-        |s| s.backends[2].standby_health.as_deref() == Some("up"),
+        |s| s.backends[2].standby_health == Some(BackendHealth::Up),
         "b2 passes the standby check",
     );
     assert!(started.elapsed() < Duration::from_secs(5));
@@ -120,7 +124,7 @@ fn pool_with_every_backend_down_fails_over_to_the_other_pool() {
     lab.backends[0].kill();
     lab.backends[1].kill();
     lab.wait(
-        |s| s.backends[0].health == "down" && s.backends[1].health == "down",
+        |s| s.backends[0].health == BackendHealth::Down && s.backends[1].health == BackendHealth::Down,
         "blue down",
     );
     let status = lab.status();
@@ -145,7 +149,10 @@ fn both_pools_down_refuses_new_connections_at_once() {
     for backend in &mut lab.backends {
         backend.kill();
     }
-    lab.wait(|s| s.backends.iter().all(|b| b.health == "down"), "all down");
+    lab.wait(
+        |s| s.backends.iter().all(|b| b.health == BackendHealth::Down),
+        "all down",
+    );
     let vip = lab.live_vip();
     let error = lab
         .topo

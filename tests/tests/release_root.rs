@@ -4,7 +4,7 @@
 
 use std::{thread, time::Duration};
 
-use bg_lb::ratio::Pool;
+use bg_lb::{protocol::BackendHealth, ratio::Pool};
 use bg_lb_tests::{
     lab::{BlueGreenLab, LabOptions, SERVICE},
     load::{Load, LoadSpec, Tally},
@@ -112,7 +112,7 @@ fn backend_crash_under_load_fails_only_requests_sent_to_it_before_it_is_marked_d
     let load = load(&lab, rate);
     thread::sleep(Duration::from_millis(500));
     lab.backends[0].kill();
-    let detection = lab.wait(|s| s.backends[0].health == "down", "b0 marked down");
+    let detection = lab.wait(|s| s.backends[0].health == BackendHealth::Down, "b0 marked down");
     let at_detection = load.tally();
     thread::sleep(Duration::from_secs(1));
     let tally = load.stop();

@@ -6,7 +6,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use bg_lb::shift::ShiftOutcome;
+use bg_lb::{protocol::BackendHealth, shift::ShiftOutcome};
 use bg_lb_tests::{
     lab::{BlueGreenLab, LabOptions, SERVICE},
     load::{Load, LoadSpec},
@@ -81,7 +81,7 @@ fn shift_to_a_pool_that_resets_connections_rolls_back_before_the_next_step() {
     for i in BlueGreenLab::pool(bg_lb::ratio::Pool::Blue) {
         lab.backends[i].redeploy_with(&lab.topo.backends[i].ns, "v2-bad", "live", &["--fail-percent", "50"]);
     }
-    lab.wait(|s| s.backends.iter().all(|b| b.health == "up"), "all up");
+    lab.wait(|s| s.backends.iter().all(|b| b.health == BackendHealth::Up), "all up");
     let load = load(&lab);
     let interval = Duration::from_secs(4);
     let started = Instant::now();
@@ -186,7 +186,7 @@ fn a_restarted_daemon_resumes_a_running_shift() {
 fn promote_checks_health_and_rollback_returns_to_the_previous_ratio() {
     let mut lab = BlueGreenLab::start(BG_LB, &LabOptions::default());
     lab.backends[2].kill();
-    lab.wait(|s| s.backends[2].health == "down", "b2 down");
+    lab.wait(|s| s.backends[2].health == BackendHealth::Down, "b2 down");
     let refused = lab.daemon.ctl(&["promote", SERVICE, "green"]);
     assert!(!refused.status.success());
     assert!(

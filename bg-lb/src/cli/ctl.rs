@@ -17,8 +17,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use nix::sys::signal::{SigHandler, Signal, signal};
 
 use crate::{
-    cli::{BackendCommand, CtlArgs, CtlCommand, DrainTarget},
-    protocol::{BackendAction, Reply, Request, ServiceStatus},
+    cli::{CtlArgs, CtlCommand, DrainTarget},
+    protocol::{Reply, Request, ServiceStatus, ShiftAbortRequest, StatusRequest},
     shift::{ShiftOutcome, ShiftRecord},
 };
 
@@ -83,20 +83,11 @@ fn connect_error(socket: &Path, error: &std::io::Error) -> String {
 pub fn run(args: CtlArgs) -> anyhow::Result<ExitCode> {
     let mut client = Client::connect(&args.socket)?;
     let request = match args.command {
-        CtlCommand::Status { service } => Request::Status { service },
-        CtlCommand::Ratio { service, ratio, force } => Request::Ratio { service, ratio, force },
-        CtlCommand::Drain {
-            service,
-            pool,
-            wait,
-            timeout,
-            force,
-        } => {
-            let reply = client.request(&Request::Drain {
-                service: service.clone(),
-                pool,
-                force,
-            })?;
+        CtlCommand::Status(request) => Request::Status(request),
+        CtlCommand::Ratio(request) => Request::Ratio(request),
+        CtlCommand::Drain { wait, timeout, request } => {
+            let (service, pool) = (request.service.clone(), request.pool);
+            let reply = client.request(&Request::Drain(request))?;
             if !reply.ok || !wait {
                 return Ok(print_reply(&reply, args.json));
             }
@@ -112,60 +103,21 @@ pub fn run(args: CtlArgs) -> anyhow::Result<ExitCode> {
         } => {
             return wait_drained(&mut client, &service, target, timeout, args.json);
         }
-        CtlCommand::Backend {
-            service,
-            address,
-            action,
-        } => {
-            let action = match action {
-                BackendCommand::Weight { weight } => BackendAction::Weight(weight),
-                BackendCommand::Enable => BackendAction::Enable,
-                BackendCommand::Disable => BackendAction::Disable,
-            };
-            Request::Backend {
-                service,
-                address,
-                action,
-            }
-        }
-        CtlCommand::Flows { service, pool, limit } => Request::Flows { service, pool, limit },
+        CtlCommand::Backend(request) => Request::Backend(request),
+        CtlCommand::Flows(request) => Request::Flows(request),
         CtlCommand::Reload => Request::Reload,
-        CtlCommand::Shift {
-            service, abort: true, ..
-        } => Request::ShiftAbort {
-            service,
-            rollback: true,
-        },
-        CtlCommand::Shift {
-            service,
-            to,
-            steps,
-            interval,
-            max_error_rate,
-            min_flows,
-            detach,
-            ..
-        } => {
-            let to = to.context("--to POOL is required")?;
-            let request = Request::Shift {
-                service: service.clone(),
-                to,
-                steps,
-                interval_secs: interval.as_secs_f64(),
-                max_error_rate,
-                min_flows,
-            };
-            let reply = client.request(&request)?;
-            if !reply.ok || detach {
+        CtlCommand::Shift(shift) => {
+            let reply = client.request(&shift.request()?)?;
+            if !reply.ok || shift.abort || shift.detach {
                 return Ok(print_reply(&reply, args.json));
             }
             if !args.json {
                 print_reply(&reply, false);
             }
-            return follow_shift(&mut client, &service, args.json);
+            return follow_shift(&mut client, &shift.service, args.json);
         }
-        CtlCommand::Promote { service, pool, force } => Request::Promote { service, pool, force },
-        CtlCommand::Rollback { service } => Request::Rollback { service },
+        CtlCommand::Promote(request) => Request::Promote(request),
+        CtlCommand::Rollback(request) => Request::Rollback(request),
         CtlCommand::Top {
             service,
             interval,
@@ -241,16 +193,16 @@ fn follow_shift(client: &mut Client, service: &str, json: bool) -> anyhow::Resul
     loop {
         if INTERRUPTED.swap(false, Ordering::Relaxed) {
             let rollback = ask_rollback();
-            let reply = client.request(&Request::ShiftAbort {
+            let reply = client.request(&Request::ShiftAbort(ShiftAbortRequest {
                 service: service.to_owned(),
                 rollback,
-            })?;
+            }))?;
             print_reply(&reply, json);
             return Ok(ExitCode::FAILURE);
         }
-        let reply = client.request(&Request::Status {
+        let reply = client.request(&Request::Status(StatusRequest {
             service: Some(service.to_owned()),
-        })?;
+        }))?;
         let status = reply
             .services
             .as_ref()
@@ -367,9 +319,9 @@ fn wait_drained(
     bar.set_message(label.clone());
     let mut initial = None;
     loop {
-        let reply = client.request(&Request::Status {
+        let reply = client.request(&Request::Status(StatusRequest {
             service: Some(service.to_owned()),
-        })?;
+        }))?;
         let Some(status) = reply.services.as_ref().and_then(|s| s.first()) else {
             bar.abandon();
             return Ok(print_reply(&reply, json));

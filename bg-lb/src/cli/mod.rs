@@ -7,12 +7,18 @@ pub mod top;
 
 use std::{net::SocketAddrV4, path::PathBuf, time::Duration};
 
+use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::{
     config::{DEFAULT_ADMIN_SOCKET, DEFAULT_CONFIG},
     demo_backend::DemoBackendArgs,
-    ratio::{Pool, Ratio},
+    protocol::{
+        BackendRequest, FlowsRequest, PoolRequest, RatioRequest, Request, ServiceRequest, ShiftAbortRequest,
+        ShiftRequest, StatusRequest,
+    },
+    ratio::Pool,
+    shift,
 };
 
 /// bg-lb: XDP layer-4 load balancer for zero-downtime blue-green deployments.
@@ -88,30 +94,25 @@ pub struct CtlArgs {
     pub command: CtlCommand,
 }
 
+/// `ctl` subcommands: the requests of [`crate::protocol`], whose payloads
+/// clap parses directly, plus what only the client does (waiting, following
+/// a shift, `top`).
 #[derive(Debug, Subcommand)]
 pub enum CtlCommand {
     /// Ratio, backends, health and flows of every service (or one).
-    Status { service: Option<String> },
+    Status(StatusRequest),
     /// Split new connections BLUE:GREEN (e.g. 30:70); open ones stay put.
-    Ratio {
-        service: String,
-        ratio: Ratio,
-        /// Allow a share for a pool with no enabled backend.
-        #[arg(long)]
-        force: bool,
-    },
+    Ratio(RatioRequest),
     /// Send all new connections to the other pool.
     Drain {
-        service: String,
-        pool: Pool,
         /// Then wait until the pool has no open connection.
         #[arg(long)]
         wait: bool,
         /// Give up waiting after this long (e.g. 90s, 10m).
         #[arg(long, value_parser = humantime::parse_duration)]
         timeout: Option<Duration>,
-        #[arg(long)]
-        force: bool,
+        #[command(flatten)]
+        request: PoolRequest,
     },
     /// Wait until a pool (blue/green) or one backend (ADDR:PORT) has no open
     /// connection.
@@ -122,62 +123,21 @@ pub enum CtlCommand {
         timeout: Option<Duration>,
     },
     /// Change one backend.
-    Backend {
-        service: String,
-        address: SocketAddrV4,
-        #[command(subcommand)]
-        action: BackendCommand,
-    },
+    Backend(BackendRequest),
     /// Open flows: client, backend, age, state.
-    Flows {
-        service: String,
-        #[arg(long)]
-        pool: Option<Pool>,
-        #[arg(long, default_value_t = 100)]
-        limit: usize,
-    },
+    Flows(FlowsRequest),
     /// Re-read the daemon's config file.
     Reload,
     /// Shift new connections to a pool in steps, holding each, and roll back
     /// automatically if the pool's backends go down or refuse/reset more
     /// than the allowed share of new connections. Runs inside the daemon;
     /// this command follows it (Ctrl-C asks whether to roll back or hold).
-    Shift {
-        service: String,
-        /// The pool to shift new connections to.
-        #[arg(long, required_unless_present = "abort")]
-        to: Option<Pool>,
-        /// The target pool's share at each step, in percent.
-        #[arg(long, default_value = "10,25,50,100", value_parser = crate::shift::parse_steps)]
-        steps: std::vec::Vec<u8>,
-        /// How long each step is held (and judged) before the next.
-        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
-        interval: Duration,
-        /// Roll back if more than this share of new connections to the target
-        /// pool fail (refused or reset by the backend), e.g. 1% or 0.01.
-        #[arg(long, default_value = "1%", value_parser = crate::shift::parse_rate)]
-        max_error_rate: f64,
-        /// New connections the target pool needs in the window before its
-        /// error rate is judged.
-        #[arg(long, default_value_t = 20)]
-        min_flows: u64,
-        /// Stop the running shift and roll back to where it began.
-        #[arg(long, conflicts_with = "to")]
-        abort: bool,
-        /// Start the shift and return at once instead of following it.
-        #[arg(long)]
-        detach: bool,
-    },
+    Shift(ShiftArgs),
     /// Send all new connections to a pool at once, after checking its health.
-    Promote {
-        service: String,
-        pool: Pool,
-        #[arg(long)]
-        force: bool,
-    },
+    Promote(PoolRequest),
     /// Go back to the ratio before the latest change (a running shift is
     /// rolled back to where it began).
-    Rollback { service: String },
+    Rollback(ServiceRequest),
     /// Live view for watching a release: ratio, per-pool and per-backend
     /// open flows, new flows/s and bytes/s, health. `q` or Ctrl-C quits.
     Top {
@@ -191,14 +151,54 @@ pub enum CtlCommand {
     },
 }
 
-#[derive(Debug, Subcommand)]
-pub enum BackendCommand {
-    /// New-flow weight, 0..=1000 (0 drains it).
-    Weight { weight: u32 },
-    /// Back into rotation.
-    Enable,
-    /// Out of rotation regardless of health; open flows drain.
-    Disable,
+/// `ctl shift`: a [`ShiftRequest`] with a duration for the interval, or
+/// `--abort` for a `shift-abort` request.
+#[derive(Debug, clap::Args)]
+pub struct ShiftArgs {
+    pub service: String,
+    /// The pool to shift new connections to.
+    #[arg(long, required_unless_present = "abort")]
+    pub to: Option<Pool>,
+    /// The target pool's share at each step, in percent.
+    #[arg(long, default_value = shift::DEFAULT_STEPS, value_parser = shift::parse_steps)]
+    pub steps: std::vec::Vec<u8>,
+    /// How long each step is held (and judged) before the next.
+    #[arg(long, default_value = shift::DEFAULT_INTERVAL, value_parser = humantime::parse_duration)]
+    pub interval: Duration,
+    /// Roll back if more than this share of new connections to the target
+    /// pool fail (refused or reset by the backend), e.g. 1% or 0.01.
+    #[arg(long, default_value = shift::DEFAULT_MAX_ERROR_RATE, value_parser = shift::parse_rate)]
+    pub max_error_rate: f64,
+    /// New connections the target pool needs in the window before its
+    /// error rate is judged.
+    #[arg(long, default_value_t = shift::DEFAULT_MIN_FLOWS)]
+    pub min_flows: u64,
+    /// Stop the running shift and roll back to where it began.
+    #[arg(long, conflicts_with = "to")]
+    pub abort: bool,
+    /// Start the shift and return at once instead of following it.
+    #[arg(long)]
+    pub detach: bool,
+}
+
+impl ShiftArgs {
+    /// The request to send: `shift-abort` with `--abort`, else `shift`.
+    pub fn request(&self) -> anyhow::Result<Request> {
+        if self.abort {
+            return Ok(Request::ShiftAbort(ShiftAbortRequest {
+                service: self.service.clone(),
+                rollback: true,
+            }));
+        }
+        Ok(Request::Shift(ShiftRequest {
+            service: self.service.clone(),
+            to: self.to.context("--to POOL is required")?,
+            steps: self.steps.clone(),
+            interval_secs: self.interval.as_secs_f64(),
+            max_error_rate: self.max_error_rate,
+            min_flows: self.min_flows,
+        }))
+    }
 }
 
 /// What `wait-drained` waits for.
@@ -216,5 +216,69 @@ impl std::str::FromStr for DrainTarget {
             .map(DrainTarget::Pool)
             .or_else(|_| s.parse().map(DrainTarget::Backend))
             .map_err(|_| format!("{s:?} is neither a pool (blue, green) nor a backend ADDR:PORT"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::parse_request;
+
+    fn ctl(line: &str) -> CtlCommand {
+        let argv = ["bg-lb", "ctl"].into_iter().chain(line.split_whitespace());
+        match Cli::try_parse_from(argv)
+            .unwrap_or_else(|e| panic!("{line}: {e}"))
+            .command
+        {
+            Command::Ctl(args) => args.command,
+            other => panic!("{line}: {other:?}"),
+        }
+    }
+
+    fn wire(line: &str) -> Request {
+        parse_request(line).unwrap_or_else(|e| panic!("{line}: {e}"))
+    }
+
+    /// `ctl shift` parses its interval and rate from text, the wire takes
+    /// numbers: both must fill a left-out field with the same value.
+    #[test]
+    fn ctl_defaults_are_the_protocol_defaults() {
+        let CtlCommand::Shift(shift) = ctl("shift web --to blue") else {
+            panic!("not a shift")
+        };
+        assert_eq!(
+            shift.request().unwrap(),
+            wire(r#"{"cmd":"shift","service":"web","to":"blue"}"#)
+        );
+        let CtlCommand::Flows(flows) = ctl("flows web") else {
+            panic!("not flows")
+        };
+        assert_eq!(Request::Flows(flows), wire(r#"{"cmd":"flows","service":"web"}"#));
+    }
+
+    #[test]
+    fn ctl_commands_send_the_documented_requests() {
+        let CtlCommand::Backend(backend) = ctl("backend web 10.0.0.1:80 weight 7") else {
+            panic!("not backend")
+        };
+        assert_eq!(
+            Request::Backend(backend),
+            wire(r#"{"cmd":"backend","service":"web","address":"10.0.0.1:80","action":{"weight":7}}"#)
+        );
+        let CtlCommand::Shift(abort) = ctl("shift web --abort") else {
+            panic!("not a shift")
+        };
+        assert_eq!(
+            abort.request().unwrap(),
+            wire(r#"{"cmd":"shift-abort","service":"web"}"#)
+        );
+        let CtlCommand::Drain { wait, request, .. } = ctl("drain web blue --wait --force") else {
+            panic!("not drain")
+        };
+        assert!(wait);
+        assert_eq!(
+            Request::Drain(request),
+            wire(r#"{"cmd":"drain","service":"web","pool":"blue","force":true}"#)
+        );
     }
 }

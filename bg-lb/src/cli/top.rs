@@ -26,7 +26,7 @@ use nix::{
 
 use crate::{
     cli::ctl::Client,
-    protocol::{Request, ServiceStatus},
+    protocol::{BackendHealth, Request, ServiceStatus, StatusRequest},
     ratio::Pool,
 };
 
@@ -134,7 +134,7 @@ fn render_service(lines: &mut Vec<String>, s: &ServiceStatus, previous: Option<&
     let rates_of = |address| previous.and_then(|p| rates(p, current, &s.name, address));
     for pool in [Pool::Blue, Pool::Green] {
         let members: Vec<_> = s.backends.iter().filter(|b| b.pool == pool).collect();
-        let up = members.iter().filter(|b| b.health != "down").count();
+        let up = members.iter().filter(|b| b.health != BackendHealth::Down).count();
         let pool_rates = members
             .iter()
             .map(|b| rates_of(b.address))
@@ -158,7 +158,7 @@ fn render_service(lines: &mut Vec<String>, s: &ServiceStatus, previous: Option<&
     for b in &s.backends {
         let r = rates_of(b.address);
         let health = if b.enabled {
-            b.health.clone()
+            b.health.to_string()
         } else {
             format!("{} off", b.health)
         };
@@ -211,9 +211,9 @@ pub fn run(
     let mut previous: Option<Sample> = None;
     let mut frames = 0;
     loop {
-        let reply = client.request(&Request::Status {
+        let reply = client.request(&Request::Status(StatusRequest {
             service: service.clone(),
-        })?;
+        }))?;
         if !reply.ok {
             drop(screen);
             eprintln!("error: {}", reply.error.unwrap_or_default());
@@ -339,7 +339,14 @@ mod tests {
         test_support::backend_status,
     };
 
-    fn backend(address: &str, pool: Pool, health: &str, new_flows: u64, bytes_in: u64, open: u64) -> BackendStatus {
+    fn backend(
+        address: &str,
+        pool: Pool,
+        health: BackendHealth,
+        new_flows: u64,
+        bytes_in: u64,
+        open: u64,
+    ) -> BackendStatus {
         BackendStatus {
             open_flows: open,
             new_flows,
@@ -357,8 +364,8 @@ mod tests {
             ratio: Ratio::new(30).unwrap(),
             effective_ratio: Ratio::new(30).unwrap(),
             backends: vec![
-                backend("10.0.1.1:80", Pool::Blue, "up", b0.0, b0.1, 4),
-                backend("10.0.2.1:80", Pool::Green, "down", g0.0, g0.1, 0),
+                backend("10.0.1.1:80", Pool::Blue, BackendHealth::Up, b0.0, b0.1, 4),
+                backend("10.0.2.1:80", Pool::Green, BackendHealth::Down, g0.0, g0.1, 0),
             ],
             shift: None,
         }]

@@ -7,7 +7,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::{Daemon, SWEEP_DUTY_CYCLE};
+use super::{Daemon, RequestError, SWEEP_DUTY_CYCLE};
 use crate::dataplane::housekeeping::FlowCensus;
 
 impl Daemon {
@@ -23,7 +23,7 @@ impl Daemon {
     /// sweep was so costly (a huge flow table walked one syscall per entry)
     /// that sweeping now would keep the daemon busy more than a fifth of the
     /// time: requests and health reports must not wait behind sweeps.
-    pub(super) fn refresh_census(&mut self, max_age: Duration) -> Result<(), String> {
+    pub(super) fn refresh_census(&mut self, max_age: Duration) -> Result<(), RequestError> {
         let due = self
             .swept
             .is_none_or(|(at, cost)| at.elapsed() >= max_age.max(cost * SWEEP_DUTY_CYCLE));
@@ -36,7 +36,7 @@ impl Daemon {
     }
 
     /// Sweeps the flow table: expires finished flows, frees drained ids.
-    pub(super) fn housekeeping(&mut self) -> Result<&FlowCensus, String> {
+    pub(super) fn housekeeping(&mut self) -> Result<&FlowCensus, RequestError> {
         let live: HashMap<SocketAddrV4, HashSet<SocketAddrV4>> = self
             .config
             .services
@@ -48,10 +48,7 @@ impl Daemon {
                     .map(move |vip| (vip, backends.clone()))
             })
             .collect();
-        self.census = self
-            .dataplane
-            .housekeeping(&self.config.timeouts, &live)
-            .map_err(|e| e.to_string())?;
+        self.census = self.dataplane.housekeeping(&self.config.timeouts, &live)?;
         Ok(&self.census)
     }
 }

@@ -10,6 +10,7 @@ use std::{
 };
 
 mod census;
+mod error;
 mod operator;
 mod probes;
 mod reload;
@@ -21,6 +22,7 @@ use anyhow::{Context as _, bail};
 use bg_lb_common::maps::DataplaneConfig;
 use tokio::{sync::mpsc, task::JoinHandle};
 
+pub use self::error::RequestError;
 use crate::{
     config::{self, Config, ServiceConfig},
     dataplane::{Attached, Dataplane, DataplaneOptions, housekeeping::FlowCensus, pins::PinLayout},
@@ -29,7 +31,6 @@ use crate::{
     metrics::{self, AdminRequests, ProbeStats},
     protocol::{Reply, Request, parse_request},
     ratio::Ratio,
-    shift::ShiftPlan,
     state_file::{self, OperatorState},
 };
 
@@ -119,11 +120,15 @@ impl Daemon {
         DataplaneConfig::new(self.config.snat_address, min..=max)
     }
 
-    fn service(&self, name: &str) -> Result<&ServiceConfig, String> {
-        self.config.services.iter().find(|s| s.name == name).ok_or_else(|| {
-            let known: Vec<_> = self.config.services.iter().map(|s| s.name.as_str()).collect();
-            format!("no service {name:?} (configured: {})", known.join(", "))
-        })
+    fn service(&self, name: &str) -> Result<&ServiceConfig, RequestError> {
+        self.config
+            .services
+            .iter()
+            .find(|s| s.name == name)
+            .ok_or_else(|| RequestError::NoService {
+                name: name.to_owned(),
+                configured: self.config.services.iter().map(|s| s.name.clone()).collect(),
+            })
     }
 
     /// One admin socket line: parsed, handled, and counted for metrics.
@@ -138,41 +143,18 @@ impl Daemon {
 
     pub fn handle(&mut self, request: Request) -> Reply {
         let result = match request {
-            Request::Status { service } => self.status(service.as_deref()),
-            Request::Ratio { service, ratio, force } => self.set_ratio(&service, ratio, force),
-            Request::Drain { service, pool, force } => self.set_ratio(&service, Ratio::all_to(pool.other()), force),
-            Request::Backend {
-                service,
-                address,
-                action,
-            } => self.change_backend(&service, address, action),
-            Request::Flows { service, pool, limit } => self.flows(&service, pool, limit),
+            Request::Status(r) => self.status(r.service.as_deref()),
+            Request::Ratio(r) => self.set_ratio(&r.service, r.ratio, r.force),
+            Request::Drain(r) => self.set_ratio(&r.service, Ratio::all_to(r.pool.other()), r.force),
+            Request::Backend(r) => self.change_backend(&r.service, r.address, r.action),
+            Request::Flows(r) => self.flows(&r.service, r.pool, r.limit),
             Request::Reload => self.reload().map(Reply::done),
-            Request::Shift {
-                service,
-                to,
-                steps,
-                interval_secs,
-                max_error_rate,
-                min_flows,
-            } => match Duration::try_from_secs_f64(interval_secs) {
-                Ok(interval) => {
-                    let plan = ShiftPlan {
-                        to,
-                        steps,
-                        interval,
-                        max_error_rate,
-                        min_flows,
-                    };
-                    self.start_shift(&service, plan)
-                }
-                Err(_) => Err(format!("interval {interval_secs}s is not a duration")),
-            },
-            Request::ShiftAbort { service, rollback } => self.abort_shift(&service, rollback),
-            Request::Promote { service, pool, force } => self.promote(&service, pool, force),
-            Request::Rollback { service } => self.rollback(&service),
+            Request::Shift(r) => self.start_shift(r),
+            Request::ShiftAbort(r) => self.abort_shift(&r.service, r.rollback),
+            Request::Promote(r) => self.promote(&r.service, r.pool, r.force),
+            Request::Rollback(r) => self.rollback(&r.service),
         };
-        result.unwrap_or_else(Reply::error)
+        result.unwrap_or_else(|e| Reply::error(e.to_string()))
     }
 
     /// Detaches XDP and removes every pin: the data plane stops for good.

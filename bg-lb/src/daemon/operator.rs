@@ -5,11 +5,11 @@ use std::{collections::HashSet, net::SocketAddrV4};
 
 use anyhow::Context as _;
 
-use super::Daemon;
+use super::{Daemon, RequestError};
 use crate::{
     config::{self, ServiceConfig},
     desired,
-    protocol::{BackendAction, RatioChange, Reply},
+    protocol::{BackendAction, BackendWeight, RatioChange, Reply},
     ratio::{Pool, Ratio},
     state_file,
 };
@@ -49,21 +49,17 @@ impl Daemon {
         Ok(())
     }
 
-    pub(super) fn set_ratio(&mut self, name: &str, ratio: Ratio, force: bool) -> Result<Reply, String> {
+    pub(super) fn set_ratio(&mut self, name: &str, ratio: Ratio, force: bool) -> Result<Reply, RequestError> {
         let service = self.service(name)?.clone();
         if self.shifts.contains_key(name) {
-            return Err(format!(
-                "a progressive shift of {name} is running; `ctl shift {name} --abort` stops it first"
-            ));
+            return Err(RequestError::ShiftRunning {
+                service: name.to_owned(),
+            });
         }
         let operator = self.operator.services.get(name);
         for pool in [Pool::Blue, Pool::Green] {
             if ratio.share(pool) > 0 && !desired::pool_enabled(&service, operator, pool) && !force {
-                return Err(format!(
-                    "ratio {ratio} gives {pool} {}% but {pool} has no enabled backend with weight > 0; \
-                     its share would go to the other pool (use --force to set it anyway)",
-                    ratio.share(pool)
-                ));
+                return Err(RequestError::PoolCannotServe { ratio, pool });
             }
         }
         let old = desired::ratio(&service, operator);
@@ -86,27 +82,30 @@ impl Daemon {
         name: &str,
         address: SocketAddrV4,
         action: BackendAction,
-    ) -> Result<Reply, String> {
+    ) -> Result<Reply, RequestError> {
         let service = self.service(name)?.clone();
         if !service.backends.iter().any(|b| b.address == address) {
-            return Err(format!("service {name:?} has no backend {address}"));
+            return Err(RequestError::NoBackend {
+                service: name.to_owned(),
+                address,
+            });
         }
-        if let BackendAction::Weight(weight) = action
+        if let BackendAction::Weight(BackendWeight { weight }) = action
             && weight > config::MAX_WEIGHT
         {
-            return Err(format!("weight {weight} is over {}", config::MAX_WEIGHT));
+            return Err(RequestError::WeightOverMax(weight));
         }
         self.update_operator(&service, |state| {
             let backend = state.backends.entry(address).or_default();
             match action {
                 BackendAction::Enable => backend.enabled = true,
                 BackendAction::Disable => backend.enabled = false,
-                BackendAction::Weight(w) => backend.weight = Some(w),
+                BackendAction::Weight(BackendWeight { weight }) => backend.weight = Some(weight),
             }
         })?;
-        tracing::info!(service = name, backend = %address, ?action, "backend changed");
+        tracing::info!(service = name, backend = %address, %action, "backend changed");
         Ok(Reply::done(
-            format!("{name}: backend {address}: {action:?}").to_lowercase(),
+            format!("{name}: backend {address}: {action}").to_lowercase(),
         ))
     }
 
@@ -116,12 +115,12 @@ impl Daemon {
         &mut self,
         service: &ServiceConfig,
         change: impl FnOnce(&mut state_file::ServiceState),
-    ) -> Result<(), String> {
+    ) -> Result<(), RequestError> {
         let previous = self.operator.clone();
         change(self.operator.services.entry(service.name.clone()).or_default());
         let result = state_file::save(&self.config.state_dir, &self.operator)
-            .map_err(|e| format!("not applied: cannot persist the change: {e}"))
-            .and_then(|()| self.apply_service(service).map_err(|e| e.to_string()));
+            .map_err(RequestError::NotPersisted)
+            .and_then(|()| self.apply_service(service).map_err(RequestError::Dataplane));
         if result.is_err() {
             self.operator = previous;
             // Best effort: the file may already hold the new state.

@@ -1,35 +1,31 @@
 //! Config reload: a new config replaces the running one only if it is valid
 //! and changes nothing that needs a restart.
 
-use super::Daemon;
+use super::{Daemon, RequestError};
 use crate::config::{self, Config};
 
 impl Daemon {
     /// Re-reads the config. An invalid config, or one changing what only a
     /// restart can change, is rejected and the running config stays.
-    pub fn reload(&mut self) -> Result<String, String> {
-        let new = config::load(&self.config_path)
-            .map_err(|e| format!("config rejected, still serving the previous one: {e}"))?;
+    pub fn reload(&mut self) -> Result<String, RequestError> {
+        let new = config::load(&self.config_path).map_err(RequestError::ConfigInvalid)?;
         if let Some(what) = restart_only_change(&self.config, &new) {
-            return Err(format!(
-                "config rejected: changing {what} needs a restart; still serving the previous config"
-            ));
+            return Err(RequestError::RestartNeeded(what));
         }
         for service in &new.services {
             if let Some(old) = self.config.services.iter().find(|s| s.vip == service.vip)
                 && old.lookup_table_size != service.lookup_table_size
             {
-                return Err(format!(
-                    "config rejected: service {}: lookup_table_size cannot change while the service runs",
-                    service.name
-                ));
+                return Err(RequestError::LookupTableSizeChanged {
+                    service: service.name.clone(),
+                });
             }
         }
         let old = std::mem::replace(&mut self.config, new);
         if let Err(e) = self.apply_all() {
             self.config = old;
             let _ = self.apply_all();
-            return Err(format!("config rejected: {e:#}; restored the previous config"));
+            return Err(RequestError::ConfigNotApplied(e));
         }
         self.restart_probes();
         tracing::info!(path = %self.config_path.display(), "config reloaded");

@@ -14,7 +14,7 @@ use tokio::{
 
 use crate::{
     config::AdminConfig,
-    daemon::Daemon,
+    daemon::{Daemon, RequestError},
     metrics::server::{self as metrics_server, ScrapeRequest},
     protocol::{MAX_REQUEST_BYTES, Reply},
 };
@@ -56,7 +56,7 @@ pub async fn run(config_path: PathBuf, detach_on_exit: bool) -> anyhow::Result<(
                 let _ = reply.send(daemon.handle_line(&line));
             }
             Some(reply) = scrape_requests.recv() => {
-                let _ = reply.send(daemon.metrics_snapshot());
+                let _ = reply.send(daemon.metrics_snapshot().map_err(|e| e.to_string()));
             }
             _ = housekeeping.tick() => daemon.tick(),
             Some(report) = health.recv() => daemon.on_health(report),
@@ -132,7 +132,7 @@ async fn serve_client(stream: UnixStream, jobs: mpsc::Sender<Job>) {
             Ok(Some(line)) => submit(&jobs, line).await,
             Ok(None) => return,
             Err(e) => {
-                let _ = send(&mut write, &Reply::error(e)).await;
+                let _ = send(&mut write, &Reply::error(e.to_string())).await;
                 return;
             }
         };
@@ -142,7 +142,7 @@ async fn serve_client(stream: UnixStream, jobs: mpsc::Sender<Job>) {
     }
 }
 
-async fn read_line(reader: &mut BufReader<tokio::net::unix::OwnedReadHalf>) -> Result<Option<String>, String> {
+async fn read_line(reader: &mut BufReader<tokio::net::unix::OwnedReadHalf>) -> Result<Option<String>, RequestError> {
     use tokio::io::AsyncReadExt as _;
     let mut buf = Vec::new();
     let limit = MAX_REQUEST_BYTES as u64 + 1;
@@ -150,16 +150,16 @@ async fn read_line(reader: &mut BufReader<tokio::net::unix::OwnedReadHalf>) -> R
         .take(limit)
         .read_until(b'\n', &mut buf)
         .await
-        .map_err(|e| format!("reading request: {e}"))?;
+        .map_err(RequestError::Read)?;
     if n == 0 {
         return Ok(None);
     }
     if buf.last() != Some(&b'\n') && n as u64 == limit {
-        return Err(format!("request over {} KiB refused", MAX_REQUEST_BYTES / 1024));
+        return Err(RequestError::TooLong);
     }
     String::from_utf8(buf)
         .map(|s| Some(s.trim_end().to_owned()))
-        .map_err(|_| "bad request: not UTF-8".into())
+        .map_err(|_| RequestError::NotUtf8)
 }
 
 async fn submit(jobs: &mpsc::Sender<Job>, line: String) -> Reply {

@@ -4,12 +4,12 @@
 
 use std::time::{Duration, Instant};
 
-use super::Daemon;
+use super::{Daemon, RequestError};
 use crate::{
     config::ServiceConfig,
     desired,
     health::{CheckKey, Listener},
-    protocol::{RatioChange, Reply},
+    protocol::{RatioChange, Reply, ShiftRequest},
     ratio::{Pool, Ratio},
     shift::{PoolCounters, ShiftOutcome, ShiftPlan, ShiftRecord, Verdict, Window, judge},
 };
@@ -44,21 +44,31 @@ impl Daemon {
         }
     }
 
-    pub(super) fn start_shift(&mut self, name: &str, plan: ShiftPlan) -> Result<Reply, String> {
+    pub(super) fn start_shift(&mut self, request: ShiftRequest) -> Result<Reply, RequestError> {
+        let interval = Duration::try_from_secs_f64(request.interval_secs)
+            .map_err(|_| RequestError::BadInterval(request.interval_secs))?;
+        let plan = ShiftPlan {
+            to: request.to,
+            steps: request.steps,
+            interval,
+            max_error_rate: request.max_error_rate,
+            min_flows: request.min_flows,
+        };
+        let name = request.service.as_str();
         let service = self.service(name)?.clone();
         if self.shifts.contains_key(name) {
-            return Err(format!(
-                "a shift of {name} is already running; `ctl shift {name} --abort` stops it"
-            ));
+            return Err(RequestError::ShiftAlreadyRunning {
+                service: name.to_owned(),
+            });
         }
         let operator = self.operator.services.get(name);
         let start_ratio = desired::ratio(&service, operator);
         let plan = plan.starting_from(start_ratio)?;
         if !desired::pool_enabled(&service, operator, plan.to) {
-            return Err(format!("{} has no enabled backend with weight > 0", plan.to));
+            return Err(RequestError::NoEnabledBackend(plan.to));
         }
         if let Some(down) = self.down_backend(&service, plan.to) {
-            return Err(format!("not starting: {} backend {down}", plan.to));
+            return Err(RequestError::TargetBackendDown { pool: plan.to, down });
         }
         let first = plan.ratio_at(plan.steps[0]);
         let record = ShiftRecord {
@@ -86,12 +96,14 @@ impl Daemon {
     }
 
     /// Stops a running shift, back where it began or holding where it is.
-    pub(super) fn abort_shift(&mut self, name: &str, rollback: bool) -> Result<Reply, String> {
+    pub(super) fn abort_shift(&mut self, name: &str, rollback: bool) -> Result<Reply, RequestError> {
         let service = self.service(name)?.clone();
         if self.shifts.remove(name).is_none() {
-            return Err(format!("no shift of {name} is running"));
+            return Err(RequestError::NoShiftRunning {
+                service: name.to_owned(),
+            });
         }
-        let mut record = self.shift_record(name).ok_or("the running shift has no record")?;
+        let mut record = self.shift_record(name).ok_or(RequestError::ShiftWithoutRecord)?;
         let current = desired::ratio(&service, self.operator.services.get(name));
         record.outcome = ShiftOutcome::Aborted { rolled_back: rollback };
         let ratio = if rollback { record.start_ratio } else { current };
@@ -108,22 +120,22 @@ impl Daemon {
     }
 
     /// All new connections to `pool` at once, if its backends are healthy.
-    pub(super) fn promote(&mut self, name: &str, pool: Pool, force: bool) -> Result<Reply, String> {
+    pub(super) fn promote(&mut self, name: &str, pool: Pool, force: bool) -> Result<Reply, RequestError> {
         let service = self.service(name)?.clone();
         if self.shifts.contains_key(name) {
-            return Err(format!("a shift of {name} is running; abort it first"));
+            return Err(RequestError::PromoteDuringShift {
+                service: name.to_owned(),
+            });
         }
         if let Some(down) = self.down_backend(&service, pool).filter(|_| !force) {
-            return Err(format!(
-                "not promoting {pool}: backend {down} (use --force to promote anyway)"
-            ));
+            return Err(RequestError::PromoteBackendDown { pool, down });
         }
         self.set_ratio(name, Ratio::all_to(pool), force)
     }
 
     /// Back to the ratio before the latest change (a running shift is
     /// aborted back to where it began).
-    pub(super) fn rollback(&mut self, name: &str) -> Result<Reply, String> {
+    pub(super) fn rollback(&mut self, name: &str) -> Result<Reply, RequestError> {
         if self.shifts.contains_key(name) {
             return self.abort_shift(name, true);
         }
@@ -132,7 +144,9 @@ impl Daemon {
             .services
             .get(name)
             .and_then(|s| s.previous_ratio)
-            .ok_or_else(|| format!("{name} has no earlier ratio to go back to"))?;
+            .ok_or_else(|| RequestError::NoEarlierRatio {
+                service: name.to_owned(),
+            })?;
         self.set_ratio(name, previous, true)
     }
 
@@ -146,12 +160,12 @@ impl Daemon {
         }
     }
 
-    fn tick_shift(&mut self, name: &str) -> Result<(), String> {
+    fn tick_shift(&mut self, name: &str) -> Result<(), RequestError> {
         let service = self.service(name)?.clone();
-        let mut record = self.shift_record(name).ok_or("the running shift has no record")?;
+        let mut record = self.shift_record(name).ok_or(RequestError::ShiftWithoutRecord)?;
         let counters = self.pool_counters(&service)?;
         let down = self.down_backend(&service, record.plan.to);
-        let active = self.shifts.get_mut(name).ok_or("no running shift")?;
+        let active = self.shifts.get_mut(name).ok_or(RequestError::NoActiveShift)?;
         active.window.push(active.started.elapsed(), counters);
         record.rates = active.window.rates();
         let verdict = judge(
@@ -196,7 +210,12 @@ impl Daemon {
     }
 
     /// Sets the ratio and the shift record in one persisted change.
-    fn set_shift_ratio(&mut self, service: &ServiceConfig, ratio: Ratio, record: ShiftRecord) -> Result<(), String> {
+    fn set_shift_ratio(
+        &mut self,
+        service: &ServiceConfig,
+        ratio: Ratio,
+        record: ShiftRecord,
+    ) -> Result<(), RequestError> {
         self.update_operator(service, |state| {
             if state.ratio != Some(ratio) {
                 state.previous_ratio = state.ratio.or(Some(service.ratio));
@@ -225,13 +244,13 @@ impl Daemon {
     }
 
     /// Both pools' cumulative counters on the live VIP (blue, green).
-    fn pool_counters(&self, service: &ServiceConfig) -> Result<[PoolCounters; 2], String> {
+    fn pool_counters(&self, service: &ServiceConfig) -> Result<[PoolCounters; 2], RequestError> {
         let mut pools = [PoolCounters::default(); 2];
         for b in &service.backends {
             let Some(id) = self.dataplane.backend_id(&service.vip, &b.address) else {
                 continue;
             };
-            let stats = self.dataplane.backend_stats(id).map_err(|e| e.to_string())?;
+            let stats = self.dataplane.backend_stats(id)?;
             let pool = &mut pools[b.pool.index()];
             pool.new_flows += stats.new_flows;
             pool.refused += stats.refused;

@@ -2,14 +2,14 @@
 
 use std::net::SocketAddrV4;
 
-use super::{Daemon, STATUS_FRESHNESS};
+use super::{Daemon, RequestError, STATUS_FRESHNESS};
 use crate::{
     config::ServiceConfig,
     dataplane::housekeeping::FlowCensus,
     desired::{self, HealthView},
     health::{CheckKey, Listener},
     metrics::{ProbeMetrics, Snapshot},
-    protocol::{BackendStatus, FlowInfo, Reply, ServiceStatus},
+    protocol::{BackendHealth, BackendStatus, FlowInfo, Reply, ServiceStatus},
     ratio::Pool,
 };
 
@@ -17,7 +17,7 @@ impl Daemon {
     /// What `/metrics` shows. Open flows and flow-table entries come from the
     /// last sweep (at most a housekeeping interval old), so a scrape costs a
     /// few map reads per backend, never a walk of the flow table.
-    pub fn metrics_snapshot(&self) -> Result<Snapshot, String> {
+    pub fn metrics_snapshot(&self) -> Result<Snapshot, RequestError> {
         let services = self
             .config
             .services
@@ -48,12 +48,12 @@ impl Daemon {
             probes,
             flow_entries: self.census.total.values().sum(),
             flow_capacity: self.config.max_flows.into(),
-            packets: self.dataplane.counters().map_err(|e| e.to_string())?,
+            packets: self.dataplane.counters()?,
             admin_requests: self.admin_requests.clone(),
         })
     }
 
-    pub(super) fn status(&mut self, only: Option<&str>) -> Result<Reply, String> {
+    pub(super) fn status(&mut self, only: Option<&str>) -> Result<Reply, RequestError> {
         if let Some(name) = only {
             self.service(name)?;
         }
@@ -74,7 +74,11 @@ impl Daemon {
         })
     }
 
-    pub(super) fn service_status(&self, service: &ServiceConfig, census: &FlowCensus) -> Result<ServiceStatus, String> {
+    pub(super) fn service_status(
+        &self,
+        service: &ServiceConfig,
+        census: &FlowCensus,
+    ) -> Result<ServiceStatus, RequestError> {
         let operator = self.operator.services.get(&service.name);
         let spec = desired::live_spec(service, operator, &self.health);
         let can_serve = |pool| spec.backends.iter().any(|b| b.pool == pool && b.weight > 0);
@@ -82,7 +86,7 @@ impl Daemon {
             .backends
             .iter()
             .map(|b| self.backend_status(service, &spec, b.address, b.pool, b.weight, census))
-            .collect::<Result<_, String>>()?;
+            .collect::<Result<_, _>>()?;
         Ok(ServiceStatus {
             name: service.name.clone(),
             vip: service.vip,
@@ -104,7 +108,7 @@ impl Daemon {
         pool: Pool,
         configured_weight: u32,
         census: &FlowCensus,
-    ) -> Result<BackendStatus, String> {
+    ) -> Result<BackendStatus, RequestError> {
         let operator = self.operator.services.get(&service.name);
         let ids: Vec<u32> = std::iter::once(service.vip)
             .chain(service.standby_vip)
@@ -112,7 +116,7 @@ impl Daemon {
             .collect();
         let mut stats = bg_lb_common::maps::TrafficStats::default();
         for &id in &ids {
-            stats.add(&self.dataplane.backend_stats(id).map_err(|e| e.to_string())?);
+            stats.add(&self.dataplane.backend_stats(id)?);
         }
         let view = |listener| {
             self.health.get(&CheckKey {
@@ -128,12 +132,12 @@ impl Daemon {
             weight: live.backends.iter().find(|b| b.addr == address).map_or(0, |b| b.weight),
             configured_weight,
             enabled: desired::backend_state(operator, address).enabled,
-            health: health_word(live_view).into(),
+            health: live_view.map_or(BackendHealth::Unchecked, BackendHealth::from),
             last_check: live_view.map(|v| match &v.last {
                 Ok(()) => "ok".to_owned(),
                 Err(reason) => reason.to_string(),
             }),
-            standby_health: view(Listener::Standby).map(|v| health_word(Some(v)).to_owned()),
+            standby_health: view(Listener::Standby).map(BackendHealth::from),
             open_flows: ids.iter().map(|&id| census.open_of(id)).sum(),
             new_flows: stats.new_flows,
             packets_in: stats.packets_in,
@@ -146,13 +150,12 @@ impl Daemon {
         })
     }
 
-    pub(super) fn flows(&mut self, name: &str, pool: Option<Pool>, limit: usize) -> Result<Reply, String> {
+    pub(super) fn flows(&mut self, name: &str, pool: Option<Pool>, limit: usize) -> Result<Reply, RequestError> {
         let service = self.service(name)?.clone();
         let vips: Vec<SocketAddrV4> = std::iter::once(service.vip).chain(service.standby_vip).collect();
         let flows = self
             .dataplane
-            .open_flows(&vips, pool, limit)
-            .map_err(|e| e.to_string())?
+            .open_flows(&vips, pool, limit)?
             .into_iter()
             .map(|f| FlowInfo {
                 client: f.client,
@@ -171,10 +174,12 @@ impl Daemon {
     }
 }
 
-fn health_word(view: Option<&HealthView>) -> &'static str {
-    match view {
-        None => "unchecked",
-        Some(v) if v.up => "up",
-        Some(_) => "down",
+impl From<&HealthView> for BackendHealth {
+    fn from(view: &HealthView) -> Self {
+        if view.up {
+            BackendHealth::Up
+        } else {
+            BackendHealth::Down
+        }
     }
 }

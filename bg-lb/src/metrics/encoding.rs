@@ -17,7 +17,7 @@ use super::{
 };
 use crate::{
     health::Listener,
-    protocol::{BackendStatus, ServiceStatus},
+    protocol::{BackendHealth, BackendStatus, ServiceStatus},
     ratio::Pool,
 };
 
@@ -89,7 +89,9 @@ impl Snapshot {
             Metric::Ratio => self.pool_rows(|s, pool| s.ratio.share(pool)),
             Metric::EffectiveRatio => self.pool_rows(|s, pool| s.effective_ratio.share(pool)),
             Metric::BackendWeight => self.backend_rows(|b| vec![(vec![], Value::Gauge(b.weight.into()))]),
-            Metric::BackendUp => self.backend_rows(|b| vec![(vec![], Value::Gauge(u64::from(b.health != "down")))]),
+            Metric::BackendUp => {
+                self.backend_rows(|b| vec![(vec![], Value::Gauge(u64::from(b.health != BackendHealth::Down)))])
+            }
             Metric::BackendOpenFlows => self.backend_rows(|b| vec![(vec![], Value::Gauge(b.open_flows))]),
             Metric::BackendNewFlows => self.backend_rows(|b| vec![(vec![], Value::Counter(b.new_flows))]),
             Metric::BackendPackets => self.backend_rows(|b| directions(b.packets_in, b.packets_out)),
@@ -233,11 +235,11 @@ mod tests {
             bytes_in: 4000,
             packets_out: 30,
             bytes_out: 90_000,
-            ..backend_status("10.0.1.1:80", Pool::Blue, "up")
+            ..backend_status("10.0.1.1:80", Pool::Blue, BackendHealth::Up)
         };
         let down = BackendStatus {
             weight: 0,
-            ..backend_status("10.0.2.1:80", Pool::Green, "down")
+            ..backend_status("10.0.2.1:80", Pool::Green, BackendHealth::Down)
         };
         let mut stats = ProbeStats::default();
         for (transition, millis) in [(None, 0.2), (Some(Transition::WentDown), 3.0), (None, 2_000.0)] {
@@ -264,7 +266,11 @@ mod tests {
                 standby_vip: None,
                 ratio: Ratio::new(30).unwrap(),
                 effective_ratio: Ratio::new(100).unwrap(),
-                backends: vec![busy, down, backend_status("10.0.2.2:80", Pool::Green, "unchecked")],
+                backends: vec![
+                    busy,
+                    down,
+                    backend_status("10.0.2.2:80", Pool::Green, BackendHealth::Unchecked),
+                ],
                 shift: None,
             }],
             probes: vec![ProbeMetrics {

@@ -14,6 +14,7 @@ use std::{
 };
 
 use aya::maps::{Map, MapData, PerCpuArray};
+use bg_lb::protocol::BackendHealth;
 use bg_lb_common::counters::Counter;
 use serde::Serialize;
 
@@ -231,7 +232,12 @@ fn start_bg_lb(lab: &Lab, bin: &'static str, http: &Pools, bulk: &Pools) -> Runn
     // New connections go only to backends the health checks found up.
     let deadline = Instant::now() + Duration::from_secs(20);
     for service in ["web", "bulk"] {
-        while !daemon.status(service).backends.iter().all(|b| b.health == "up") {
+        while !daemon
+            .status(service)
+            .backends
+            .iter()
+            .all(|b| b.health == BackendHealth::Up)
+        {
             assert!(
                 Instant::now() < deadline,
                 "bg-lb: backends of {service} not up: {:?}",
