@@ -17,7 +17,8 @@
 //!   service, for the packet tests and the micro benchmark; the one place
 //!   they call bg-lb's data-plane API.
 //! - [`topology`]: named namespaces and the one-arm client/LB/backends segment.
-//! - [`servers`]: TCP servers that answer with their name, and their client.
+//! - [`servers`]: a stoppable TCP accept loop, servers that answer with
+//!   their name, and their client.
 //! - [`bench`]: `cargo xtask bench` (the `bg-lb-bench` binary): contenders,
 //!   workloads, statistics and reports.
 pub mod bench;
