@@ -104,14 +104,9 @@ impl NameLab {
     pub fn start(bin: &'static str, backends: usize, launch: Option<Launch>, config: &NameLabConfig) -> Self {
         crate::require_root();
         let topo = OneArm::new(backends);
-        let servers = topo
-            .backends
-            .iter()
-            .enumerate()
-            .map(|(i, b)| {
-                let addr = SocketAddrV4::new(b.addr, BACKEND_PORT);
-                Some(NameServer::start(&b.ns, addr, format!("b{i}")))
-            })
+        let servers = NameServer::start_on_each(&topo.backends, BACKEND_PORT)
+            .into_iter()
+            .map(Some)
             .collect();
         let peer_xdp = topo.pass_lb_frames_to_switch();
         let addrs: Vec<_> = topo.backends.iter().map(|b| b.addr).collect();
@@ -200,20 +195,7 @@ impl BlueGreenLab {
     pub fn start(bin: &'static str, options: &LabOptions) -> Self {
         crate::require_root();
         let topo = OneArm::new(4);
-        let backends = topo
-            .backends
-            .iter()
-            .enumerate()
-            .map(|(i, b)| {
-                DemoBackend::start(
-                    bin,
-                    &b.ns,
-                    SocketAddrV4::new(b.addr, BACKEND_PORT),
-                    &format!("b{i}"),
-                    "v1",
-                )
-            })
-            .collect();
+        let backends = DemoBackend::start_on_each(bin, &topo.backends, BACKEND_PORT);
         let peer_xdp = topo.pass_lb_frames_to_switch();
         let addrs: Vec<_> = topo.backends.iter().map(|b| b.addr).collect();
         let vip = topo.vip;

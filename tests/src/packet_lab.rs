@@ -1,15 +1,19 @@
-//! The packet lab: the real XDP program fed crafted frames through
-//! BPF_PROG_TEST_RUN, in a network namespace where `bpf_fib_lookup` resolves
-//! every next hop, with one service programmed (a VIP; two blue and two
-//! green backends). The packet tests and the micro benchmark share it.
+//! The data plane without the daemon, for tests and the micro benchmark:
+//! - [`PacketLab`]: the real XDP program fed crafted frames through
+//!   BPF_PROG_TEST_RUN, in a network namespace where `bpf_fib_lookup`
+//!   resolves every next hop, with one service programmed (a VIP; two blue
+//!   and two green backends). The packet tests and the micro benchmark
+//!   share it.
+//! - [`AttachedLb`]: the program attached natively to a test namespace's
+//!   interfaces, for the smoke tests' real connections.
 //!
-//! It is the one place the tests call bg-lb's data-plane API (`Dataplane`,
-//! `Services`, `lookup_table`): callers ask the lab for a ratio, a weight, a
-//! counter or a flow, and never write maps themselves.
+//! This is the one place the tests call bg-lb's data-plane API
+//! (`Dataplane`, `Services`, `lookup_table`): callers ask for a ratio, a
+//! weight, a counter or a flow, and never write maps themselves.
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{Ipv4Addr, SocketAddrV4, TcpStream};
 
-use aya::programs::{TestRun, TestRunOptions, Xdp};
+use aya::programs::{TestRun, TestRunOptions, Xdp, XdpMode};
 use bg_lb::{
     dataplane::{Dataplane, DataplaneOptions},
     lookup_table::{self, TableBackend},
@@ -25,6 +29,7 @@ use bg_lb_common::{
 use crate::{
     cmd::{self, ifindex, ip},
     packets::{TcpView, tcp_frame},
+    topology::NetNs,
 };
 
 pub const XDP_DROP: u32 = 1;
@@ -166,19 +171,7 @@ impl PacketLab {
         backends: impl Iterator<Item = (SocketAddrV4, Pool)>,
     ) -> Self {
         let mut services = Services::new(dataplane, 2 * DEFAULT_LUT_SIZE);
-        let spec = ServiceSpec {
-            vip: VIP,
-            lut_size: DEFAULT_LUT_SIZE,
-            ratio: Ratio::new(blue_percent).expect("valid ratio"),
-            backends: backends
-                .map(|(addr, pool)| BackendSpec {
-                    addr,
-                    pool,
-                    weight: 100,
-                    reset_flows: false,
-                })
-                .collect(),
-        };
+        let spec = service_spec(VIP, blue_percent, backends);
         services.apply(&spec).expect("program the service");
         PacketLab { services, spec }
     }
@@ -303,6 +296,98 @@ impl LookupTable {
             .find(|b| b.id == id)
             .expect("a table slot names a backend")
             .addr
+    }
+}
+
+/// The data plane attached in native mode to interfaces of a test
+/// namespace, serving one service whose first two backends are blue and
+/// the rest green (weight 100 each), dropped with its links.
+pub struct AttachedLb {
+    services: Services,
+    spec: ServiceSpec,
+}
+
+impl AttachedLb {
+    /// Loads the program in `ns`, attaches it to `interfaces`, and programs
+    /// `vip` over `backends` at `blue_percent`, with SNAT to `snat`.
+    pub fn start(
+        ns: &NetNs,
+        interfaces: &'static [&'static str],
+        snat: Ipv4Addr,
+        vip: SocketAddrV4,
+        backends: Vec<SocketAddrV4>,
+        blue_percent: u32,
+    ) -> Self {
+        ns.sysctl("net.ipv4.conf.all.forwarding=1");
+        ns.run(move || {
+            let opts = DataplaneOptions::default();
+            let mut dataplane = Dataplane::load(&opts).expect("load");
+            for iface in interfaces {
+                dataplane
+                    .attach(ifindex(iface), XdpMode::Driver)
+                    .expect("attach XDP in native mode");
+            }
+            dataplane
+                .set_config(&DataplaneConfig {
+                    snat_addr: u32::from_ne_bytes(snat.octets()),
+                    snat_port_min: SNAT_PORTS.0,
+                    snat_port_max: SNAT_PORTS.1,
+                    ready: 1,
+                    _pad: 0,
+                })
+                .expect("CONFIG");
+            // The fast path needs backends' MACs; a connect resolves them
+            // (the daemon's health checks do the same).
+            for &b in &backends {
+                TcpStream::connect(b).unwrap_or_else(|e| panic!("warm up {b}: {e}"));
+            }
+            let pools = backends
+                .iter()
+                .enumerate()
+                .map(|(i, &addr)| (addr, if i < 2 { Pool::Blue } else { Pool::Green }));
+            let spec = service_spec(vip, blue_percent, pools);
+            let mut services = Services::new(dataplane, opts.lookup_capacity);
+            services.apply(&spec).expect("program the service");
+            AttachedLb { services, spec }
+        })
+    }
+
+    /// Swaps in the table for `blue_percent`.
+    pub fn set_ratio(&mut self, blue_percent: u32) {
+        self.spec.ratio = Ratio::new(blue_percent).expect("valid ratio");
+        self.services.apply(&self.spec).expect("swap the table");
+    }
+
+    /// Where packets went, for a failure message: the service's traffic,
+    /// the number of flows and the global counters.
+    pub fn diagnostics(&self) -> String {
+        let dp = self.services.dataplane();
+        format!(
+            "service stats: {:?}\nflows: {:?}\ncounters: {:?}",
+            dp.service_stats(0),
+            dp.flows().map(|f| f.len()),
+            dp.counters()
+        )
+    }
+}
+
+fn service_spec(
+    vip: SocketAddrV4,
+    blue_percent: u32,
+    backends: impl Iterator<Item = (SocketAddrV4, Pool)>,
+) -> ServiceSpec {
+    ServiceSpec {
+        vip,
+        lut_size: DEFAULT_LUT_SIZE,
+        ratio: Ratio::new(blue_percent).expect("valid ratio"),
+        backends: backends
+            .map(|(addr, pool)| BackendSpec {
+                addr,
+                pool,
+                weight: 100,
+                reset_flows: false,
+            })
+            .collect(),
     }
 }
 

@@ -13,7 +13,7 @@ use std::{
     time::Duration,
 };
 
-use crate::topology::NetNs;
+use crate::topology::{Host, NetNs};
 
 /// A TCP accept loop: each connection is served on a thread of its own
 /// until the loop is dropped. Dropping it stops accepting and raises the
@@ -78,6 +78,15 @@ impl NameServer {
         NameServer {
             _accept: AcceptLoop::start(ns, addr, serve),
         }
+    }
+
+    /// One on `port` of every host, named b0, b1, ... in order.
+    pub fn start_on_each(hosts: &[Host], port: u16) -> Vec<NameServer> {
+        hosts
+            .iter()
+            .enumerate()
+            .map(|(i, h)| NameServer::start(&h.ns, SocketAddrV4::new(h.addr, port), format!("b{i}")))
+            .collect()
     }
 }
 

@@ -65,20 +65,7 @@ impl Lab {
         // TIME_WAIT ports (safe with TCP timestamps), as load generators do.
         topo.client.ns.sysctl("net.ipv4.ip_local_port_range=1024 65535");
         topo.client.ns.sysctl("net.ipv4.tcp_tw_reuse=1");
-        let http = topo
-            .backends
-            .iter()
-            .enumerate()
-            .map(|(i, b)| {
-                DemoBackend::start(
-                    bg_lb,
-                    &b.ns,
-                    SocketAddrV4::new(b.addr, HTTP_PORT),
-                    &format!("b{i}"),
-                    "v1",
-                )
-            })
-            .collect();
+        let http = DemoBackend::start_on_each(bg_lb, &topo.backends, HTTP_PORT);
         let bulk = topo
             .backends
             .iter()

@@ -264,42 +264,35 @@ impl<'a> Timed<'a> {
         for _ in 0..runs {
             let frame = (self.frame)(*n);
             *n += 1;
-            let mut out = vec![0u8; frame.len() + 256];
-            let result = self
-                .prog
-                .test_run(TestRunOptions {
-                    data_in: Some(&frame),
-                    data_out: Some(&mut out),
-                    ..TestRunOptions::new()
-                })
-                .expect("BPF_PROG_TEST_RUN");
-            assert_eq!(
-                result.return_value, self.expect,
-                "{}: unexpected verdict (is the namespace set up?)",
-                self.path
-            );
-            times.push(result.duration.as_nanos() as f64);
+            times.push(self.time(&frame, 1, "unexpected verdict (is the namespace set up?)"));
         }
         self.batch_medians
             .push(stats::summarize(&times).expect("at least one run").median);
         self.all.extend(times);
         if self.repeatable {
             let frame = (self.frame)(*n);
-            let mut out = vec![0u8; frame.len() + 256];
-            let result = self
-                .prog
-                .test_run(TestRunOptions {
-                    data_in: Some(&frame),
-                    data_out: Some(&mut out),
-                    repeat: 100 * runs as u32,
-                    ..TestRunOptions::new()
-                })
-                .expect("BPF_PROG_TEST_RUN");
-            assert_eq!(result.return_value, self.expect, "{}: repeated run", self.path);
             // The kernel reports the mean per run, in whole ns: with enough
             // runs, below-ns detail is lost but nothing else.
-            self.repeated.push(result.duration.as_nanos() as f64);
+            let mean = self.time(&frame, 100 * runs as u32, "repeated run");
+            self.repeated.push(mean);
         }
+    }
+
+    /// ns per run of `frame`, run `repeat` times in one test run; panics
+    /// with `what` unless the verdict is the expected one.
+    fn time(&self, frame: &[u8], repeat: u32, what: &str) -> f64 {
+        let mut out = vec![0u8; frame.len() + 256];
+        let result = self
+            .prog
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                repeat,
+                ..TestRunOptions::new()
+            })
+            .expect("BPF_PROG_TEST_RUN");
+        assert_eq!(result.return_value, self.expect, "{}: {what}", self.path);
+        result.duration.as_nanos() as f64
     }
 
     fn summary(&self) -> Summary {
