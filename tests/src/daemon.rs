@@ -5,6 +5,7 @@
 use std::{
     ffi::OsString,
     fs,
+    net::SocketAddrV4,
     os::unix::process::CommandExt as _,
     path::{Path, PathBuf},
     process::{Child, Command, Output},
@@ -15,7 +16,7 @@ use std::{
 
 use bg_lb::dataplane::pins::PinLayout;
 
-use crate::topology::NetNs;
+use crate::topology::{Host, NetNs};
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
@@ -131,24 +132,18 @@ impl Daemon {
     /// `bg-lb ctl --socket S ARGS` with the terminal attached, so progress
     /// bars and tables show as an operator sees them.
     pub fn ctl_interactive(&self, args: &[&str]) -> std::process::ExitStatus {
-        Command::new(self.bin)
-            .arg("ctl")
-            .arg("--socket")
-            .arg(self.socket())
-            .args(args)
-            .status()
-            .expect("run bg-lb ctl")
+        self.ctl_command(args).status().expect("run bg-lb ctl")
     }
 
     /// `bg-lb ctl --socket S ARGS`.
     pub fn ctl(&self, args: &[&str]) -> Output {
-        Command::new(self.bin)
-            .arg("ctl")
-            .arg("--socket")
-            .arg(self.socket())
-            .args(args)
-            .output()
-            .expect("run bg-lb ctl")
+        self.ctl_command(args).output().expect("run bg-lb ctl")
+    }
+
+    fn ctl_command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(self.bin);
+        command.arg("ctl").arg("--socket").arg(self.socket()).args(args);
+        command
     }
 
     /// Like [`Daemon::ctl`], panicking with the output unless it succeeds.
@@ -231,7 +226,7 @@ impl Drop for Daemon {
 pub struct DemoBackend {
     bin: &'static str,
     netns: String,
-    pub addr: std::net::SocketAddrV4,
+    pub addr: SocketAddrV4,
     pub name: String,
     pub version: String,
     /// Extra `demo-backend` flags, e.g. `--fail-percent 50`.
@@ -242,7 +237,7 @@ pub struct DemoBackend {
 impl DemoBackend {
     /// Serves HTTP on `addr` (role live) and returns once it accepts
     /// connections.
-    pub fn start(bin: &'static str, ns: &NetNs, addr: std::net::SocketAddrV4, name: &str, version: &str) -> Self {
+    pub fn start(bin: &'static str, ns: &NetNs, addr: SocketAddrV4, name: &str, version: &str) -> Self {
         let mut backend = DemoBackend {
             bin,
             netns: ns.name.clone(),
@@ -254,6 +249,15 @@ impl DemoBackend {
         };
         backend.spawn(ns, "live");
         backend
+    }
+
+    /// One serving v1 on `port` of every host, named b0, b1, ... in order.
+    pub fn start_on_each(bin: &'static str, hosts: &[Host], port: u16) -> Vec<DemoBackend> {
+        hosts
+            .iter()
+            .enumerate()
+            .map(|(i, h)| DemoBackend::start(bin, &h.ns, SocketAddrV4::new(h.addr, port), &format!("b{i}"), "v1"))
+            .collect()
     }
 
     fn spawn(&mut self, ns: &NetNs, role: &str) {

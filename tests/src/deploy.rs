@@ -4,8 +4,11 @@
 //! directory standing in for `/` with the files a deployment puts there.
 
 use std::{
-    fs,
+    fs, io,
     path::{Path, PathBuf},
+    process::{Command, Stdio},
+    thread,
+    time::{Duration, Instant},
 };
 
 /// The repository root (this package is `tests/`).
@@ -235,6 +238,9 @@ impl Layout {
         }
         fs::copy(from, &to).unwrap_or_else(|e| panic!("copy {} to {}: {e}", from.display(), to.display()));
         set_mode(&to, mode);
+        if mode & 0o111 != 0 {
+            wait_until_executable(&to);
+        }
         to
     }
 
@@ -259,6 +265,26 @@ impl Layout {
 impl Drop for Layout {
     fn drop(&mut self) {
         let _ = fs::remove_dir_all(&self.root);
+    }
+}
+
+/// Waits until the program at `path` can be started. A process that another
+/// test thread forked while the copy was open for writing holds that
+/// descriptor until it execs, and until then exec fails with ETXTBSY.
+fn wait_until_executable(path: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let started = Command::new(path)
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        match started {
+            Err(e) if e.kind() == io::ErrorKind::ExecutableFileBusy && Instant::now() < deadline => {
+                thread::sleep(Duration::from_millis(10));
+            }
+            _ => return,
+        }
     }
 }
 

@@ -1,7 +1,10 @@
-//! The blue-green lab used by the release tests and the demo: a one-arm
-//! topology with two blue (b0, b1) and two green (b2, b3) `demo-backend`s,
-//! and `bg-lb run` with HTTP /live and /standby checks, the live VIP on :80
-//! and the standby VIP on :8080.
+//! The labs of the end-to-end root tests: a one-arm topology whose
+//! backends b0, b1 are blue and b2, b3 green, and `bg-lb run` on the LB
+//! serving one service, `web`, on VIP:80.
+//! - [`NameLab`]: backends that answer with their name (control plane,
+//!   metrics and packaging tests).
+//! - [`BlueGreenLab`]: `demo-backend`s with HTTP /live and /standby checks
+//!   and a standby VIP on :8080 (release tests and the demo).
 
 use std::{
     net::{Ipv4Addr, SocketAddrV4},
@@ -15,13 +18,144 @@ use bg_lb::{
 };
 
 use crate::{
-    daemon::{Daemon, DemoBackend},
+    daemon::{Daemon, DemoBackend, Launch},
     http,
+    servers::{NameClient, NameServer, ask_names},
     topology::{LB_ADDR, OneArm},
 };
 
 pub const BACKEND_PORT: u16 = 8080;
 pub const SERVICE: &str = "web";
+
+/// The pool of backend `i`.
+pub fn pool_of(i: usize) -> Pool {
+    if i < 2 { Pool::Blue } else { Pool::Green }
+}
+
+/// The index of the backend named `name` (b0, b1, ...).
+pub fn backend_index(name: &str) -> usize {
+    name.strip_prefix('b')
+        .and_then(|i| i.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected backend name {name:?}"))
+}
+
+/// The pool of the backend named `name`.
+pub fn pool_of_name(name: &str) -> Pool {
+    pool_of(backend_index(name))
+}
+
+/// A config section per backend, in the labs' pools.
+fn backend_sections(backends: &[Ipv4Addr], extra: &str) -> String {
+    backends
+        .iter()
+        .enumerate()
+        .map(|(i, addr)| {
+            format!(
+                "\n[[service.backend]]\npool = \"{}\"\naddress = \"{addr}:{BACKEND_PORT}\"\n{extra}",
+                pool_of(i)
+            )
+        })
+        .collect()
+}
+
+/// A lab whose backends answer every line with their name, and `bg-lb run`
+/// over them. Drops the daemon first, then the servers, then the topology.
+pub struct NameLab {
+    pub daemon: Daemon,
+    servers: Vec<Option<NameServer>>,
+    _peer_xdp: aya::Ebpf,
+    pub topo: OneArm,
+}
+
+/// What a test adds to the [`NameLab`] daemon's config; the rest is fixed:
+/// native XDP on eth0, the LB's address for SNAT, 65,536 flows, and the
+/// service `web` on VIP:80 over every backend.
+#[derive(Clone, Debug, Default)]
+pub struct NameLabConfig<'a> {
+    /// Top-level settings, first in the file.
+    pub settings: &'a str,
+    /// Lines for the `[admin]` table.
+    pub admin: &'a str,
+    /// Tables before the service, e.g. `[timeouts]`.
+    pub tables: &'a str,
+    /// The service's lines after its VIP, e.g. `ratio` or `[service.health]`.
+    pub service: &'a str,
+    /// Every backend's weight, if set.
+    pub weight: Option<u32>,
+}
+
+impl NameLabConfig<'_> {
+    /// The config text; `paths` are the daemon harness's `pin_dir`,
+    /// `state_dir` and `[admin] socket` lines.
+    fn render(&self, vip: SocketAddrV4, backends: &[Ipv4Addr], paths: &str) -> String {
+        let weight = self.weight.map_or(String::new(), |w| format!("weight = {w}\n"));
+        format!(
+            "{}interface = \"eth0\"\nxdp_mode = \"native\"\nsnat_address = \"{LB_ADDR}\"\nmax_flows = 65536\n\
+             lookup_capacity = 262148\n{paths}{}\n{}[[service]]\nname = \"{SERVICE}\"\nvip = \"{vip}\"\n{}{}",
+            self.settings,
+            self.admin,
+            self.tables,
+            self.service,
+            backend_sections(backends, &weight)
+        )
+    }
+}
+
+impl NameLab {
+    /// Starts `backends` name servers and the daemon (`bin run`, or
+    /// `launch`) with `config`, returning once its admin socket answers.
+    pub fn start(bin: &'static str, backends: usize, launch: Option<Launch>, config: &NameLabConfig) -> Self {
+        crate::require_root();
+        let topo = OneArm::new(backends);
+        let servers = NameServer::start_on_each(&topo.backends, BACKEND_PORT)
+            .into_iter()
+            .map(Some)
+            .collect();
+        let peer_xdp = topo.pass_lb_frames_to_switch();
+        let addrs: Vec<_> = topo.backends.iter().map(|b| b.addr).collect();
+        let vip = SocketAddrV4::new(topo.vip, 80);
+        let config = |paths: &str| config.render(vip, &addrs, paths);
+        let daemon = match launch {
+            Some(launch) => Daemon::start_launched(bin, &topo.lb.ns, launch, config),
+            None => Daemon::start(bin, &topo.lb.ns, config),
+        };
+        NameLab {
+            daemon,
+            servers,
+            _peer_xdp: peer_xdp,
+            topo,
+        }
+    }
+
+    pub fn vip(&self) -> SocketAddrV4 {
+        SocketAddrV4::new(self.topo.vip, 80)
+    }
+
+    pub fn backend_addr(&self, i: usize) -> SocketAddrV4 {
+        SocketAddrV4::new(self.topo.backends[i].addr, BACKEND_PORT)
+    }
+
+    /// Stops backend `i`'s server, as in a crash.
+    pub fn stop_server(&mut self, i: usize) {
+        self.servers[i] = None;
+    }
+
+    /// The names of the backends serving `n` fresh connections to the VIP,
+    /// one after another; panics with the daemon log if one fails.
+    pub fn names(&self, n: usize) -> Vec<String> {
+        ask_names(&self.topo.client.ns, self.vip(), n)
+            .unwrap_or_else(|e| panic!("connection through the VIP failed: {e}\n{}", self.daemon.log()))
+    }
+
+    /// An open connection through the VIP.
+    pub fn connect(&self) -> NameClient {
+        let vip = self.vip();
+        self.topo
+            .client
+            .ns
+            .run(move || NameClient::connect(vip).expect("connect to the VIP"))
+    }
+}
 
 #[derive(Clone, Debug)]
 pub struct LabOptions {
@@ -64,20 +198,7 @@ impl BlueGreenLab {
     pub fn start(bin: &'static str, options: &LabOptions) -> Self {
         crate::require_root();
         let topo = OneArm::new(4);
-        let backends = topo
-            .backends
-            .iter()
-            .enumerate()
-            .map(|(i, b)| {
-                DemoBackend::start(
-                    bin,
-                    &b.ns,
-                    SocketAddrV4::new(b.addr, BACKEND_PORT),
-                    &format!("b{i}"),
-                    "v1",
-                )
-            })
-            .collect();
+        let backends = DemoBackend::start_on_each(bin, &topo.backends, BACKEND_PORT);
         let peer_xdp = topo.pass_lb_frames_to_switch();
         let addrs: Vec<_> = topo.backends.iter().map(|b| b.addr).collect();
         let vip = topo.vip;
@@ -163,11 +284,11 @@ impl BlueGreenLab {
 
 fn config(vip: Ipv4Addr, backends: &[Ipv4Addr], o: &LabOptions, paths: &str) -> String {
     let ms = |d: Duration| d.as_millis();
-    let mut toml = format!(
+    format!(
         "interface = \"eth0\"\nxdp_mode = \"native\"\nsnat_address = \"{LB_ADDR}\"\nmax_flows = {}\n\
          lookup_capacity = 524296\n{paths}\n[[service]]\nname = \"{SERVICE}\"\nvip = \"{vip}:80\"\n\
          standby_vip = \"{vip}:{BACKEND_PORT}\"\nratio = \"{}\"\n\n[service.health]\ntype = \"{}\"\n\
-         interval = \"{}ms\"\nfast_interval = \"{}ms\"\ntimeout = \"{}ms\"\nrise = {}\nfall = {}\n",
+         interval = \"{}ms\"\nfast_interval = \"{}ms\"\ntimeout = \"{}ms\"\nrise = {}\nfall = {}\n{}",
         o.max_flows,
         o.ratio,
         o.check,
@@ -175,11 +296,7 @@ fn config(vip: Ipv4Addr, backends: &[Ipv4Addr], o: &LabOptions, paths: &str) -> 
         ms(o.fast_interval),
         ms(o.timeout),
         o.rise,
-        o.fall
-    );
-    for (i, addr) in backends.iter().enumerate() {
-        let pool = if i < 2 { "blue" } else { "green" };
-        toml += &format!("\n[[service.backend]]\npool = \"{pool}\"\naddress = \"{addr}:{BACKEND_PORT}\"\n");
-    }
-    toml
+        o.fall,
+        backend_sections(backends, "")
+    )
 }

@@ -13,8 +13,12 @@
 //! - [`deploy`]: the Dockerfile and systemd unit in `deploy/`, parsed, and
 //!   install layouts to run their commands against.
 //! - [`packets`]: crafting and checking Ethernet/IPv4/TCP frames.
+//! - [`packet_lab`]: the XDP program under BPF_PROG_TEST_RUN with one
+//!   service, for the packet tests and the micro benchmark; the one place
+//!   they call bg-lb's data-plane API.
 //! - [`topology`]: named namespaces and the one-arm client/LB/backends segment.
-//! - [`servers`]: TCP servers that answer with their name, and their client.
+//! - [`servers`]: a stoppable TCP accept loop, servers that answer with
+//!   their name, and their client.
 //! - [`bench`]: `cargo xtask bench` (the `bg-lb-bench` binary): contenders,
 //!   workloads, statistics and reports.
 pub mod bench;
@@ -25,6 +29,7 @@ pub mod http;
 pub mod lab;
 pub mod load;
 pub mod netns;
+pub mod packet_lab;
 pub mod packets;
 pub mod release;
 pub mod servers;

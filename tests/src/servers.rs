@@ -1,5 +1,6 @@
-//! Test TCP servers and clients: each server answers every line it reads
-//! with its own name, so a client learns which backend served it.
+//! Test TCP servers and clients: a stoppable accept loop, and name servers
+//! that answer every line they read with their own name, so a client learns
+//! which backend served it.
 
 use std::{
     io::{BufRead, BufReader, Write},
@@ -12,53 +13,88 @@ use std::{
     time::Duration,
 };
 
-use crate::topology::NetNs;
+use crate::topology::{Host, NetNs};
 
-/// A named line server, stopped on drop.
-pub struct NameServer {
+/// A TCP accept loop: each connection is served on a thread of its own
+/// until the loop is dropped. Dropping it stops accepting and raises the
+/// stop flag that long-running handlers watch.
+pub struct AcceptLoop {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
 
-impl NameServer {
-    pub fn start(ns: &NetNs, addr: SocketAddrV4, name: String) -> Self {
+impl AcceptLoop {
+    /// Listens on `addr` in `ns` and runs `serve(connection, stop flag)` for
+    /// every connection.
+    pub fn start(
+        ns: &NetNs,
+        addr: SocketAddrV4,
+        serve: impl Fn(TcpStream, &AtomicBool) + Send + Sync + 'static,
+    ) -> Self {
         let listener = ns.run(move || TcpListener::bind(addr).unwrap_or_else(|e| panic!("bind {addr}: {e}")));
+        // Non-blocking, so the loop sees the stop flag between connections.
         listener.set_nonblocking(true).expect("nonblocking listener");
         let stop = Arc::new(AtomicBool::new(false));
         let stopping = stop.clone();
+        let serve = Arc::new(serve);
         let thread = thread::spawn(move || {
             while !stopping.load(Ordering::Relaxed) {
                 match listener.accept() {
                     Ok((stream, _)) => {
-                        let name = name.clone();
-                        thread::spawn(move || serve(stream, &name));
+                        let (serve, stopping) = (serve.clone(), stopping.clone());
+                        thread::spawn(move || {
+                            let _ = stream.set_nonblocking(false);
+                            serve(stream, &stopping);
+                        });
                     }
                     Err(_) => thread::sleep(Duration::from_millis(5)),
                 }
             }
         });
-        NameServer {
+        AcceptLoop {
             stop,
             thread: Some(thread),
         }
     }
 }
 
-fn serve(stream: TcpStream, name: &str) {
-    let _ = stream.set_nonblocking(false);
-    let mut writer = stream.try_clone().expect("clone stream");
-    for line in BufReader::new(stream).lines() {
-        if line.is_err() || writeln!(writer, "{name}").is_err() {
-            return;
-        }
-    }
-}
-
-impl Drop for NameServer {
+impl Drop for AcceptLoop {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
+        }
+    }
+}
+
+/// A server that answers every line with its name, stopped on drop.
+pub struct NameServer {
+    _accept: AcceptLoop,
+}
+
+impl NameServer {
+    pub fn start(ns: &NetNs, addr: SocketAddrV4, name: String) -> Self {
+        let serve = move |stream, _: &AtomicBool| answer_with_name(stream, &name);
+        NameServer {
+            _accept: AcceptLoop::start(ns, addr, serve),
+        }
+    }
+
+    /// One on `port` of every host, named b0, b1, ... in order.
+    pub fn start_on_each(hosts: &[Host], port: u16) -> Vec<NameServer> {
+        hosts
+            .iter()
+            .enumerate()
+            .map(|(i, h)| NameServer::start(&h.ns, SocketAddrV4::new(h.addr, port), format!("b{i}")))
+            .collect()
+    }
+}
+
+fn answer_with_name(stream: TcpStream, name: &str) {
+    let mut writer = stream.try_clone().expect("clone stream");
+    for line in BufReader::new(stream).lines() {
+        if line.is_err() || writeln!(writer, "{name}").is_err() {
+            return;
         }
     }
 }

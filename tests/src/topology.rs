@@ -127,6 +127,13 @@ impl OneArm {
         }
     }
 
+    /// Every namespace of the topology.
+    pub fn namespaces(&self) -> impl Iterator<Item = &NetNs> {
+        [&self.switch, &self.lb.ns, &self.client.ns]
+            .into_iter()
+            .chain(self.backends.iter().map(|b| &b.ns))
+    }
+
     /// Attaches `xdp_pass` (native mode) to the switch side of the LB's veth
     /// so frames the LB sends with XDP_TX are delivered. Keep the returned
     /// object alive: dropping it detaches the program.

@@ -4,7 +4,6 @@
 use std::{
     fs,
     io::{BufRead as _, BufReader, Write as _},
-    net::SocketAddrV4,
     os::unix::net::UnixStream,
     process::{Command, Stdio},
     thread,
@@ -13,98 +12,35 @@ use std::{
 
 use bg_lb::ratio::Pool;
 use bg_lb_tests::{
-    daemon::Daemon,
-    require_root,
-    servers::{NameClient, NameServer, ask_names},
-    topology::{LB_ADDR, OneArm},
+    lab::{NameLab, NameLabConfig, pool_of_name},
+    servers::{NameClient, ask_names},
 };
 
 const BG_LB: &str = env!("CARGO_BIN_EXE_bg-lb-under-test");
-const BACKEND_PORT: u16 = 8080;
 
-/// b0, b1 are blue; b2, b3 green.
-fn pool_of(name: &str) -> Pool {
-    if name == "b0" || name == "b1" {
-        Pool::Blue
-    } else {
-        Pool::Green
-    }
+/// Four backends (b0, b1 blue; b2, b3 green) of weight 100 at `ratio`.
+fn start_lab(ratio: &str) -> NameLab {
+    start_lab_with(ratio, "")
 }
 
-struct Lab {
-    topo: OneArm,
-    daemon: Daemon,
-    _servers: Vec<NameServer>,
-    _peer_xdp: aya::Ebpf,
-}
-
-impl Lab {
-    fn new(ratio: &str) -> Self {
-        Self::with_settings(ratio, "")
-    }
-
-    /// `settings` are extra top-level config lines.
-    fn with_settings(ratio: &str, settings: &str) -> Self {
-        require_root();
-        let topo = OneArm::new(4);
-        let servers = topo
-            .backends
-            .iter()
-            .enumerate()
-            .map(|(i, b)| NameServer::start(&b.ns, SocketAddrV4::new(b.addr, BACKEND_PORT), format!("b{i}")))
-            .collect();
-        let peer_xdp = topo.pass_lb_frames_to_switch();
-        let backends: Vec<_> = topo.backends.iter().map(|b| b.addr).collect();
-        let vip = topo.vip;
-        let daemon = Daemon::start(BG_LB, &topo.lb.ns, |paths| {
-            settings.to_owned() + &config(vip, &backends, ratio, paths)
-        });
-        Lab {
-            topo,
-            daemon,
-            _servers: servers,
-            _peer_xdp: peer_xdp,
-        }
-    }
-
-    fn vip(&self) -> SocketAddrV4 {
-        SocketAddrV4::new(self.topo.vip, 80)
-    }
-
-    fn names(&self, n: usize) -> Vec<String> {
-        ask_names(&self.topo.client.ns, self.vip(), n)
-            .unwrap_or_else(|e| panic!("connection through the VIP failed: {e}\n{}", self.daemon.log()))
-    }
-
-    fn connect(&self) -> NameClient {
-        let vip = self.vip();
-        self.topo
-            .client
-            .ns
-            .run(move || NameClient::connect(vip).expect("connect to the VIP"))
-    }
-}
-
-fn config(vip: std::net::Ipv4Addr, backends: &[std::net::Ipv4Addr], ratio: &str, paths: &str) -> String {
-    let mut toml = format!(
-        "interface = \"eth0\"\nxdp_mode = \"native\"\nsnat_address = \"{LB_ADDR}\"\nmax_flows = 65536\n\
-         lookup_capacity = 262148\n{paths}\n[[service]]\nname = \"web\"\nvip = \"{vip}:80\"\nratio = \"{ratio}\"\n"
-    );
-    for (i, addr) in backends.iter().enumerate() {
-        let pool = if i < 2 { "blue" } else { "green" };
-        toml +=
-            &format!("\n[[service.backend]]\npool = \"{pool}\"\naddress = \"{addr}:{BACKEND_PORT}\"\nweight = 100\n");
-    }
-    toml
+/// Like [`start_lab`], with extra top-level config lines.
+fn start_lab_with(ratio: &str, settings: &str) -> NameLab {
+    let config = NameLabConfig {
+        settings,
+        service: &format!("ratio = \"{ratio}\"\n"),
+        weight: Some(100),
+        ..NameLabConfig::default()
+    };
+    NameLab::start(BG_LB, 4, None, &config)
 }
 
 #[test]
 fn ctl_ratio_splits_new_connections_30_70() {
-    let lab = Lab::new("50:50");
+    let lab = start_lab("50:50");
     let out = lab.daemon.ctl_ok(&["ratio", "web", "30:70"]);
     assert!(out.contains("50:50 -> 30:70"), "{out}");
     let names = lab.names(1000);
-    let blue = names.iter().filter(|n| pool_of(n) == Pool::Blue).count();
+    let blue = names.iter().filter(|n| pool_of_name(n) == Pool::Blue).count();
     assert!(
         (250..=350).contains(&blue),
         "30:70 sent {blue}/1000 connections to blue"
@@ -116,7 +52,7 @@ fn ctl_ratio_splits_new_connections_30_70() {
 
 #[test]
 fn ratio_to_a_pool_without_enabled_backends_is_refused_unless_forced() {
-    let lab = Lab::new("100:0");
+    let lab = start_lab("100:0");
     for b in ["10.99.0.13:8080", "10.99.0.14:8080"] {
         lab.daemon.ctl_ok(&["backend", "web", b, "disable"]);
     }
@@ -138,17 +74,17 @@ fn ratio_to_a_pool_without_enabled_backends_is_refused_unless_forced() {
         ("0:100".into(), "100:0".into())
     );
     assert!(
-        lab.names(20).iter().all(|n| pool_of(n) == Pool::Blue),
+        lab.names(20).iter().all(|n| pool_of_name(n) == Pool::Blue),
         "green's share spills to blue, not into a blackhole"
     );
 }
 
 #[test]
 fn drain_wait_returns_only_after_the_long_lived_connection_to_the_pool_closes() {
-    let lab = Lab::new("100:0");
+    let lab = start_lab("100:0");
     let mut long_lived = lab.connect();
     let backend = long_lived.ask().unwrap();
-    assert_eq!(pool_of(&backend), Pool::Blue);
+    assert_eq!(pool_of_name(&backend), Pool::Blue);
 
     let mut drain = Command::new(BG_LB)
         .args(["ctl", "--socket"])
@@ -174,7 +110,7 @@ fn drain_wait_returns_only_after_the_long_lived_connection_to_the_pool_closes() 
             "drain --wait returned while a blue connection was open"
         );
         assert!(
-            lab.names(5).iter().all(|n| pool_of(n) == Pool::Green),
+            lab.names(5).iter().all(|n| pool_of_name(n) == Pool::Green),
             "new connections avoid the drained pool"
         );
         thread::sleep(Duration::from_millis(100));
@@ -191,7 +127,7 @@ fn drain_wait_returns_only_after_the_long_lived_connection_to_the_pool_closes() 
 
 #[test]
 fn wait_drained_times_out_with_a_distinct_exit_code() {
-    let lab = Lab::new("100:0");
+    let lab = start_lab("100:0");
     let mut long_lived = lab.connect();
     long_lived.ask().unwrap();
     let out = lab.daemon.ctl(&["wait-drained", "web", "blue", "--timeout", "1s"]);
@@ -204,11 +140,11 @@ fn wait_drained_times_out_with_a_distinct_exit_code() {
 
 #[test]
 fn daemon_kill9_and_restart_keeps_open_connections_and_serves_during_the_gap() {
-    let mut lab = Lab::new("50:50");
+    let mut lab = start_lab("50:50");
     lab.daemon.ctl_ok(&["ratio", "web", "0:100"]);
     let mut long_lived = lab.connect();
     let backend = long_lived.ask().unwrap();
-    assert_eq!(pool_of(&backend), Pool::Green);
+    assert_eq!(pool_of_name(&backend), Pool::Green);
 
     lab.daemon.kill9();
     for _ in 0..10 {
@@ -216,7 +152,7 @@ fn daemon_kill9_and_restart_keeps_open_connections_and_serves_during_the_gap() {
     }
     let during_gap = lab.names(50);
     assert!(
-        during_gap.iter().all(|n| pool_of(n) == Pool::Green),
+        during_gap.iter().all(|n| pool_of_name(n) == Pool::Green),
         "the pinned data plane serves new connections: {during_gap:?}"
     );
 
@@ -232,7 +168,7 @@ fn daemon_kill9_and_restart_keeps_open_connections_and_serves_during_the_gap() {
         status.open_flows(Pool::Green) >= 1,
         "the adopted flow table still counts the open connection"
     );
-    assert!(lab.names(50).iter().all(|n| pool_of(n) == Pool::Green));
+    assert!(lab.names(50).iter().all(|n| pool_of_name(n) == Pool::Green));
     for _ in 0..10 {
         assert_eq!(long_lived.ask().unwrap(), backend);
     }
@@ -240,7 +176,7 @@ fn daemon_kill9_and_restart_keeps_open_connections_and_serves_during_the_gap() {
 
 #[test]
 fn reload_with_a_broken_config_is_rejected_and_traffic_is_unaffected() {
-    let lab = Lab::new("100:0");
+    let lab = start_lab("100:0");
     let mut long_lived = lab.connect();
     let backend = long_lived.ask().unwrap();
     let good = fs::read_to_string(lab.daemon.config_path()).unwrap();
@@ -262,7 +198,7 @@ fn reload_with_a_broken_config_is_rejected_and_traffic_is_unaffected() {
         "SIGHUP with a broken config is logged as rejected"
     );
     assert!(
-        lab.names(20).iter().all(|n| pool_of(n) == Pool::Blue),
+        lab.names(20).iter().all(|n| pool_of_name(n) == Pool::Blue),
         "still serving the previous config"
     );
     assert_eq!(long_lived.ask().unwrap(), backend);
@@ -280,7 +216,7 @@ fn reload_with_a_broken_config_is_rejected_and_traffic_is_unaffected() {
 
 #[test]
 fn malformed_admin_requests_get_error_replies_and_change_nothing() {
-    let lab = Lab::new("100:0");
+    let lab = start_lab("100:0");
     let stream = UnixStream::connect(lab.daemon.socket()).unwrap();
     let mut reader = BufReader::new(stream.try_clone().unwrap());
     let mut writer = stream;
@@ -305,13 +241,13 @@ fn malformed_admin_requests_get_error_replies_and_change_nothing() {
     let reply = ask(&vec![b'x'; 70 * 1024]);
     assert!(reply.contains("over 64 KiB"), "{reply}");
     assert_eq!(lab.daemon.status("web").ratio.to_string(), "100:0");
-    assert!(lab.names(5).iter().all(|n| pool_of(n) == Pool::Blue));
+    assert!(lab.names(5).iter().all(|n| pool_of_name(n) == Pool::Blue));
 }
 
 #[test]
 fn teardown_detaches_the_data_plane_and_removes_the_pins() {
-    let mut lab = Lab::new("100:0");
-    assert!(lab.names(3).iter().all(|n| pool_of(n) == Pool::Blue));
+    let mut lab = start_lab("100:0");
+    assert!(lab.names(3).iter().all(|n| pool_of_name(n) == Pool::Blue));
     lab.daemon.kill9();
     let out = Command::new(BG_LB)
         .args(["teardown", "--config"])
@@ -328,7 +264,7 @@ fn teardown_detaches_the_data_plane_and_removes_the_pins() {
 #[test]
 fn snat_port_exhaustion_drops_new_flows_and_the_data_plane_logs_why() {
     // Four SNAT ports and all traffic on b0: four connections fit.
-    let lab = Lab::with_settings("100:0", "snat_ports = \"20000-20003\"\n");
+    let lab = start_lab_with("100:0", "snat_ports = \"20000-20003\"\n");
     lab.daemon.ctl_ok(&["backend", "web", "10.99.0.12:8080", "disable"]);
     let mut open: Vec<_> = (0..4).map(|_| lab.connect()).collect();
     for c in &mut open {

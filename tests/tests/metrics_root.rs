@@ -18,133 +18,74 @@ use std::{
 use bg_lb::ratio::Pool;
 use bg_lb_common::counters::Counter;
 use bg_lb_tests::{
-    daemon::Daemon,
-    http, require_root,
-    servers::{NameClient, NameServer, ask_names},
-    topology::{LB_ADDR, OneArm},
+    http,
+    lab::{NameLab, NameLabConfig, backend_index, pool_of},
+    servers::NameClient,
 };
 
 const BG_LB: &str = env!("CARGO_BIN_EXE_bg-lb-under-test");
-const BACKEND_PORT: u16 = 8080;
 const METRICS: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9750);
 
-struct Lab {
-    topo: OneArm,
-    daemon: Daemon,
-    servers: Vec<Option<NameServer>>,
-    _peer_xdp: aya::Ebpf,
+/// b0, b1 blue; b2, b3 green; ratio 50:50; fast TCP health checks; waits
+/// until every backend has been checked and is up.
+fn start_lab() -> NameLab {
+    let settings = format!("metrics = \"{METRICS}\"\n");
+    let config = NameLabConfig {
+        settings: &settings,
+        tables: "# Closed flows stay in the table for the whole test, so entries are countable.\n\
+                 [timeouts]\nclosing = \"10m\"\n\n",
+        service: "ratio = \"50:50\"\n\n[service.health]\ninterval = \"300ms\"\nfast_interval = \"100ms\"\n\
+                  timeout = \"200ms\"\nrise = 2\nfall = 2\n",
+        ..NameLabConfig::default()
+    };
+    let lab = NameLab::start(BG_LB, 4, None, &config);
+    wait_for(&lab, "every backend checked and up", |m| {
+        (0..4).all(|i| m.backend(&lab, "bglb_health_check_duration_seconds_count", i) > 0.0)
+            && (0..4).all(|i| m.backend(&lab, "bglb_backend_up", i) == 1.0)
+    });
+    lab
 }
 
-impl Lab {
-    /// b0, b1 blue; b2, b3 green; ratio 50:50; fast TCP health checks.
-    fn new() -> Self {
-        require_root();
-        let topo = OneArm::new(4);
-        let servers = topo
-            .backends
-            .iter()
-            .enumerate()
-            .map(|(i, b)| {
-                let addr = SocketAddrV4::new(b.addr, BACKEND_PORT);
-                Some(NameServer::start(&b.ns, addr, format!("b{i}")))
-            })
-            .collect();
-        let peer_xdp = topo.pass_lb_frames_to_switch();
-        let backends: Vec<_> = topo.backends.iter().map(|b| b.addr).collect();
-        let vip = topo.vip;
-        let daemon = Daemon::start(BG_LB, &topo.lb.ns, |paths| config(vip, &backends, paths));
-        let lab = Lab {
-            topo,
-            daemon,
-            servers,
-            _peer_xdp: peer_xdp,
-        };
-        lab.wait_for("every backend checked and up", |m| {
-            (0..4).all(|i| m.backend(&lab, "bglb_health_check_duration_seconds_count", i) > 0.0)
-                && (0..4).all(|i| m.backend(&lab, "bglb_backend_up", i) == 1.0)
-        });
-        lab
-    }
+fn get(lab: &NameLab, path: &'static str) -> http::Response {
+    lab.topo
+        .lb
+        .ns
+        .run(move || http::request(METRICS, "GET", path))
+        .unwrap_or_else(|e| panic!("GET {path} from {METRICS}: {e}\n{}", lab.daemon.log()))
+}
 
-    fn vip(&self) -> SocketAddrV4 {
-        SocketAddrV4::new(self.topo.vip, 80)
-    }
+fn scrape(lab: &NameLab) -> Metrics {
+    let response = get(lab, "/metrics");
+    assert_eq!(response.status, 200, "{}", response.body);
+    Metrics::parse(&response.body)
+}
 
-    fn backend_addr(&self, i: usize) -> String {
-        SocketAddrV4::new(self.topo.backends[i].addr, BACKEND_PORT).to_string()
-    }
-
-    fn get(&self, path: &'static str) -> http::Response {
-        self.topo
-            .lb
-            .ns
-            .run(move || http::request(METRICS, "GET", path))
-            .unwrap_or_else(|e| panic!("GET {path} from {METRICS}: {e}\n{}", self.daemon.log()))
-    }
-
-    fn scrape(&self) -> Metrics {
-        let response = self.get("/metrics");
-        assert_eq!(response.status, 200, "{}", response.body);
-        Metrics::parse(&response.body)
-    }
-
-    /// Scrapes until `done` (open flows and table entries come from the
-    /// once-a-second sweep, so they lag the traffic a little).
-    fn wait_for(&self, what: &str, done: impl Fn(&Metrics) -> bool) -> Metrics {
-        let started = Instant::now();
-        loop {
-            let metrics = self.scrape();
-            if done(&metrics) {
-                return metrics;
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(15),
-                "{what}: not after 15s; last scrape:\n{}\n{}",
-                metrics.text,
-                self.daemon.log()
-            );
-            thread::sleep(Duration::from_millis(100));
+/// Scrapes until `done` (open flows and table entries come from the
+/// once-a-second sweep, so they lag the traffic a little).
+fn wait_for(lab: &NameLab, what: &str, done: impl Fn(&Metrics) -> bool) -> Metrics {
+    let started = Instant::now();
+    loop {
+        let metrics = scrape(lab);
+        if done(&metrics) {
+            return metrics;
         }
-    }
-
-    /// How many of `n` fresh connections each backend served, by index.
-    fn connections(&self, n: usize) -> [usize; 4] {
-        let names = ask_names(&self.topo.client.ns, self.vip(), n)
-            .unwrap_or_else(|e| panic!("connection through the VIP failed: {e}\n{}", self.daemon.log()));
-        let mut served = [0; 4];
-        for name in names {
-            served[backend_index(&name)] += 1;
-        }
-        served
-    }
-}
-
-fn backend_index(name: &str) -> usize {
-    name.strip_prefix('b')
-        .and_then(|i| i.parse().ok())
-        .unwrap_or_else(|| panic!("unexpected backend name {name:?}"))
-}
-
-fn pool_of(i: usize) -> Pool {
-    if i < 2 { Pool::Blue } else { Pool::Green }
-}
-
-fn config(vip: Ipv4Addr, backends: &[Ipv4Addr], paths: &str) -> String {
-    let mut toml = format!(
-        "metrics = \"{METRICS}\"\ninterface = \"eth0\"\nxdp_mode = \"native\"\nsnat_address = \"{LB_ADDR}\"\n\
-         max_flows = 65536\nlookup_capacity = 262148\n{paths}\n\
-         # Closed flows stay in the table for the whole test, so entries are countable.\n\
-         [timeouts]\nclosing = \"10m\"\n\n\
-         [[service]]\nname = \"web\"\nvip = \"{vip}:80\"\nratio = \"50:50\"\n\n\
-         [service.health]\ninterval = \"300ms\"\nfast_interval = \"100ms\"\ntimeout = \"200ms\"\nrise = 2\nfall = 2\n"
-    );
-    for (i, addr) in backends.iter().enumerate() {
-        toml += &format!(
-            "\n[[service.backend]]\npool = \"{}\"\naddress = \"{addr}:{BACKEND_PORT}\"\n",
-            pool_of(i)
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "{what}: not after 15s; last scrape:\n{}\n{}",
+            metrics.text,
+            lab.daemon.log()
         );
+        thread::sleep(Duration::from_millis(100));
     }
-    toml
+}
+
+/// How many of `n` fresh connections each backend served, by index.
+fn connections(lab: &NameLab, n: usize) -> [usize; 4] {
+    let mut served = [0; 4];
+    for name in lab.names(n) {
+        served[backend_index(&name)] += 1;
+    }
+    served
 }
 
 /// A parsed scrape: samples by name, each with its labels.
@@ -198,33 +139,33 @@ impl Metrics {
 
     /// `name` of backend `i` of service "web" (its pool checked too);
     /// `extra` labels narrow it down further.
-    fn backend_with(&self, lab: &Lab, name: &str, i: usize, extra: &[(&str, &str)]) -> f64 {
-        let (addr, pool) = (lab.backend_addr(i), pool_of(i).to_string());
+    fn backend_with(&self, lab: &NameLab, name: &str, i: usize, extra: &[(&str, &str)]) -> f64 {
+        let (addr, pool) = (lab.backend_addr(i).to_string(), pool_of(i).to_string());
         let mut labels = vec![("service", "web"), ("pool", pool.as_str()), ("backend", addr.as_str())];
         labels.extend_from_slice(extra);
         self.get(name, &labels)
     }
 
-    fn backend(&self, lab: &Lab, name: &str, i: usize) -> f64 {
+    fn backend(&self, lab: &NameLab, name: &str, i: usize) -> f64 {
         self.backend_with(lab, name, i, &[])
     }
 
-    fn open_flows(&self, lab: &Lab) -> [f64; 4] {
+    fn open_flows(&self, lab: &NameLab) -> [f64; 4] {
         [0, 1, 2, 3].map(|i| self.backend(lab, "bglb_backend_open_flows", i))
     }
 }
 
 #[test]
 fn new_flows_per_backend_match_the_connections_each_backend_served() {
-    let lab = Lab::new();
-    let before = lab.scrape();
-    let served = lab.connections(200);
+    let lab = start_lab();
+    let before = scrape(&lab);
+    let served = connections(&lab, 200);
     let moved = |m: &Metrics, name: &str, i: usize, direction: &str| {
         let labels = [("direction", direction)];
         m.backend_with(&lab, name, i, &labels) - before.backend_with(&lab, name, i, &labels)
     };
     // The last FINs may still be on their way when the clients are done.
-    let after = lab.wait_for("every connection's packets counted", |m| {
+    let after = wait_for(&lab, "every connection's packets counted", |m| {
         served.iter().enumerate().all(|(i, &n)| {
             // SYN, ACK, the question and a FIN in; SYN-ACK, the answer and a FIN out.
             moved(m, "bglb_backend_packets_total", i, "in") >= 4.0 * n as f64
@@ -249,7 +190,7 @@ fn new_flows_per_backend_match_the_connections_each_backend_served() {
         served[0] + served[1] > 50 && served[2] + served[3] > 50,
         "50:50 reached both pools: {served:?}"
     );
-    let settled = lab.wait_for("the sweep counts every (closing) flow", |m| {
+    let settled = wait_for(&lab, "the sweep counts every (closing) flow", |m| {
         m.get("bglb_flow_table_entries", &[]) == 200.0
     });
     assert_eq!(settled.get("bglb_flow_table_capacity", &[]), 65536.0);
@@ -257,9 +198,9 @@ fn new_flows_per_backend_match_the_connections_each_backend_served() {
 
 #[test]
 fn every_drop_and_pass_reason_is_exported_and_passed_packets_are_counted() {
-    let lab = Lab::new();
-    lab.connections(20);
-    let metrics = lab.scrape();
+    let lab = start_lab();
+    connections(&lab, 20);
+    let metrics = scrape(&lab);
     for counter in Counter::ALL {
         let value = metrics.get("bglb_packets_total", &[("reason", counter.name())]);
         assert!(value >= 0.0);
@@ -275,11 +216,11 @@ fn every_drop_and_pass_reason_is_exported_and_passed_packets_are_counted() {
 
 #[test]
 fn ratio_gauge_follows_ctl_ratio_and_admin_requests_are_counted() {
-    let lab = Lab::new();
+    let lab = start_lab();
     let out = lab.daemon.ctl_ok(&["ratio", "web", "30:70"]);
     assert!(out.contains("50:50 -> 30:70"), "{out}");
     assert!(!lab.daemon.ctl(&["ratio", "nosuch", "50:50"]).status.success());
-    let metrics = lab.scrape();
+    let metrics = scrape(&lab);
     let status = lab.daemon.status("web");
     for pool in [Pool::Blue, Pool::Green] {
         let labels = [("service", "web"), ("pool", &*pool.to_string())];
@@ -298,7 +239,7 @@ fn ratio_gauge_follows_ctl_ratio_and_admin_requests_are_counted() {
     assert_eq!(requests("ratio", "error"), 1.0);
     assert!(requests("status", "ok") >= 1.0, "the harness polls status");
 
-    assert_eq!(lab.get("/").status, 404, "only /metrics is served");
+    assert_eq!(get(&lab, "/").status, 404, "only /metrics is served");
     // Moving the listener is a restart-only change: a reload refuses it.
     let path = lab.daemon.config_path();
     let text = fs::read_to_string(&path).unwrap();
@@ -310,12 +251,12 @@ fn ratio_gauge_follows_ctl_ratio_and_admin_requests_are_counted() {
         "{}",
         String::from_utf8_lossy(&reload.stderr)
     );
-    assert_eq!(lab.scrape().get("bglb_ratio_percent", &[("pool", "green")]), 70.0);
+    assert_eq!(scrape(&lab).get("bglb_ratio_percent", &[("pool", "green")]), 70.0);
 }
 
 #[test]
 fn open_flows_per_backend_show_drain_progress() {
-    let lab = Lab::new();
+    let lab = start_lab();
     let vip = lab.vip();
     let mut held = lab.topo.client.ns.run(move || {
         (0..6)
@@ -326,12 +267,12 @@ fn open_flows_per_backend_show_drain_progress() {
     for client in &mut held {
         per_backend[backend_index(&client.ask().expect("ask"))] += 1.0;
     }
-    lab.wait_for("open flows per backend match the held connections", |m| {
+    wait_for(&lab, "open flows per backend match the held connections", |m| {
         m.open_flows(&lab) == per_backend
     });
     lab.daemon.ctl_ok(&["drain", "web", "blue"]);
     let blue_open = per_backend[0] + per_backend[1];
-    let drained = lab.wait_for("ratio 0:100 while blue still has its open flows", |m| {
+    let drained = wait_for(&lab, "ratio 0:100 while blue still has its open flows", |m| {
         m.get("bglb_ratio_percent", &[("pool", "blue")]) == 0.0
     });
     assert_eq!(
@@ -340,13 +281,13 @@ fn open_flows_per_backend_show_drain_progress() {
         "draining keeps them open"
     );
     drop(held);
-    lab.wait_for("every flow closed", |m| m.open_flows(&lab) == [0.0; 4]);
+    wait_for(&lab, "every flow closed", |m| m.open_flows(&lab) == [0.0; 4]);
 }
 
 #[test]
 fn health_metrics_show_a_backend_going_down_and_check_latency() {
-    let mut lab = Lab::new();
-    let before = lab.scrape();
+    let mut lab = start_lab();
+    let before = scrape(&lab);
     let checks = before.backend_with(
         &lab,
         "bglb_health_check_duration_seconds_count",
@@ -362,8 +303,8 @@ fn health_metrics_show_a_backend_going_down_and_check_latency() {
     assert_eq!(inf, checks, "+Inf counts every check");
     assert_eq!(before.backend(&lab, "bglb_backend_weight", 0), 100.0);
 
-    lab.servers[0] = None;
-    let after = lab.wait_for("b0 down", |m| m.backend(&lab, "bglb_backend_up", 0) == 0.0);
+    lab.stop_server(0);
+    let after = wait_for(&lab, "b0 down", |m| m.backend(&lab, "bglb_backend_up", 0) == 0.0);
     assert_eq!(
         after.backend_with(&lab, "bglb_health_check_transitions_total", 0, &[("to", "down")]),
         1.0
@@ -378,12 +319,12 @@ fn health_metrics_show_a_backend_going_down_and_check_latency() {
 
 #[test]
 fn traffic_counters_survive_a_daemon_restart() {
-    let mut lab = Lab::new();
-    let served = lab.connections(40);
-    let before = lab.scrape();
+    let mut lab = start_lab();
+    let served = connections(&lab, 40);
+    let before = scrape(&lab);
     lab.daemon.kill9();
     lab.daemon.spawn();
-    let after = lab.scrape();
+    let after = scrape(&lab);
     for (i, &n) in served.iter().enumerate() {
         let new_flows = after.backend(&lab, "bglb_backend_new_flows_total", i);
         assert_eq!(new_flows, before.backend(&lab, "bglb_backend_new_flows_total", i));
@@ -393,7 +334,7 @@ fn traffic_counters_survive_a_daemon_restart() {
 
 #[test]
 fn ctl_top_shows_ratio_backends_and_rates() {
-    let lab = Lab::new();
+    let lab = start_lab();
     // Clients keep connecting while top polls, so its rates have something to show.
     let stop = Arc::new(AtomicBool::new(false));
     let (vip, stopping) = (lab.vip(), Arc::clone(&stop));
@@ -416,7 +357,7 @@ fn ctl_top_shows_ratio_backends_and_rates() {
     for frame in &frames {
         assert!(frame.contains("ratio 50:50"), "{frame}");
         for i in 0..4 {
-            assert!(frame.contains(&lab.backend_addr(i)), "{frame}");
+            assert!(frame.contains(&lab.backend_addr(i).to_string()), "{frame}");
         }
     }
     assert!(!out.contains('\x1b'), "no escapes when stdout is not a terminal");

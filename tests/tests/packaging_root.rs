@@ -6,7 +6,6 @@
 
 use std::{
     ffi::OsString,
-    net::SocketAddrV4,
     os::unix::net::UnixListener,
     path::{Path, PathBuf},
     process::{Command, Output},
@@ -14,70 +13,32 @@ use std::{
 
 use bg_lb::dataplane::pins::PinLayout;
 use bg_lb_tests::{
-    daemon::{Daemon, Launch},
+    daemon::Launch,
     deploy::{Dockerfile, Layout, Unit, dockerfile_path, repo_root, unit_path},
+    lab::{NameLab, NameLabConfig},
     require_root,
-    servers::{NameClient, NameServer, ask_names},
-    topology::{LB_ADDR, NetNs, OneArm},
+    topology::{LB_ADDR, NetNs},
 };
 
 const BG_LB: &str = env!("CARGO_BIN_EXE_bg-lb-under-test");
-const BACKEND_PORT: u16 = 8080;
 /// Where both the image and the unit expect the binary and the config.
 const BIN_PATH: &str = "/usr/local/bin/bg-lb";
 const CONFIG_PATH: &str = "/etc/bg-lb/bg-lb.toml";
 
-/// A one-arm topology with two named backends, both blue.
-struct Lab {
-    topo: OneArm,
-    _servers: Vec<NameServer>,
-    _peer_xdp: aya::Ebpf,
+/// Two backends, both blue, and the daemon started by `launch`; `admin`
+/// goes into the config's [admin] table.
+fn start_lab(launch: Launch, admin: &str) -> NameLab {
+    let config = NameLabConfig {
+        admin,
+        ..NameLabConfig::default()
+    };
+    NameLab::start(BG_LB, 2, Some(launch), &config)
 }
 
-impl Lab {
-    fn new() -> Self {
-        require_root();
-        let topo = OneArm::new(2);
-        let servers = topo
-            .backends
-            .iter()
-            .enumerate()
-            .map(|(i, b)| NameServer::start(&b.ns, SocketAddrV4::new(b.addr, BACKEND_PORT), format!("b{i}")))
-            .collect();
-        let peer_xdp = topo.pass_lb_frames_to_switch();
-        Lab {
-            topo,
-            _servers: servers,
-            _peer_xdp: peer_xdp,
-        }
-    }
-
-    fn vip(&self) -> SocketAddrV4 {
-        SocketAddrV4::new(self.topo.vip, 80)
-    }
-
-    /// `paths` are the harness's pin_dir/state_dir/[admin] lines; `extra`
-    /// goes into the [admin] table.
-    fn config(&self, paths: &str, admin_extra: &str) -> String {
-        let mut toml = format!(
-            "interface = \"eth0\"\nxdp_mode = \"native\"\nsnat_address = \"{LB_ADDR}\"\nmax_flows = 65536\n\
-             lookup_capacity = 262148\n{paths}{admin_extra}\n[[service]]\nname = \"web\"\nvip = \"{}\"\n",
-            self.vip()
-        );
-        for backend in &self.topo.backends {
-            toml += &format!(
-                "\n[[service.backend]]\npool = \"blue\"\naddress = \"{}:{BACKEND_PORT}\"\n",
-                backend.addr
-            );
-        }
-        toml
-    }
-
-    fn assert_forwards(&self, n: usize, daemon: &Daemon) {
-        let names = ask_names(&self.topo.client.ns, self.vip(), n)
-            .unwrap_or_else(|e| panic!("connection through the VIP failed: {e}\n{}", daemon.log()));
-        assert!(names.iter().all(|n| n == "b0" || n == "b1"), "{names:?}");
-    }
+/// `n` connections through the VIP, each served by one of the backends.
+fn assert_forwards(lab: &NameLab, n: usize) {
+    let names = lab.names(n);
+    assert!(names.iter().all(|n| n == "b0" || n == "b1"), "{names:?}");
 }
 
 /// The Dockerfile's ENTRYPOINT + CMD, run from a layout of the runtime image
@@ -86,7 +47,7 @@ impl Lab {
 /// daemon forwards through the VIP.
 #[test]
 fn container_entrypoint_checks_the_mounted_config_and_forwards_through_the_vip() {
-    let lab = Lab::new();
+    require_root();
     let image = Layout::new("image");
     let command = Dockerfile::read(&dockerfile_path()).default_command();
     assert_eq!(
@@ -110,9 +71,12 @@ fn container_entrypoint_checks_the_mounted_config_and_forwards_through_the_vip()
         args: command[1..].iter().map(OsString::from).collect(),
         config: image.path(CONFIG_PATH),
     };
-    let daemon = Daemon::start_launched(BG_LB, &lab.topo.lb.ns, launch, |paths| lab.config(paths, ""));
-    assert!(daemon.pin_dir.starts_with("/sys/fs/bpf"), "pins on the host's bpffs");
-    lab.assert_forwards(20, &daemon);
+    let lab = start_lab(launch, "");
+    assert!(
+        lab.daemon.pin_dir.starts_with("/sys/fs/bpf"),
+        "pins on the host's bpffs"
+    );
+    assert_forwards(&lab, 20);
 }
 
 /// The unit's ExecStart under `setpriv` with the unit's capability bounding
@@ -121,45 +85,42 @@ fn container_entrypoint_checks_the_mounted_config_and_forwards_through_the_vip()
 /// new connections flowing, and the restarted daemon adopts the pins.
 #[test]
 fn unit_capabilities_suffice_and_a_restart_keeps_forwarding() {
-    let lab = Lab::new();
+    require_root();
     let unit = Unit::read(&unit_path());
     let install = Layout::new("unit");
     install.install(Path::new(BG_LB), BIN_PATH, 0o755);
     install.install(&repo_root().join("examples/bg-lb.toml"), CONFIG_PATH, 0o644);
     let launch = unit_launch(&unit, &install, &unit.capabilities());
     // The [admin] group needs CAP_CHOWN; the test includes it to prove that.
-    let mut daemon = Daemon::start_launched(BG_LB, &lab.topo.lb.ns, launch, |paths| {
-        lab.config(paths, "group = \"nogroup\"\n")
-    });
-    lab.assert_forwards(20, &daemon);
+    let mut lab = start_lab(launch, "group = \"nogroup\"\n");
+    assert_forwards(&lab, 20);
     assert_eq!(
-        effective_capabilities(daemon.pid().expect("running")),
+        effective_capabilities(lab.daemon.pid().expect("running")),
         capability_mask(&unit.capabilities()),
         "the daemon runs with exactly the unit's capabilities"
     );
 
-    let vip = lab.vip();
-    let mut open = lab
-        .topo
-        .client
-        .ns
-        .run(move || NameClient::connect(vip).expect("connect to the VIP"));
+    let mut open = lab.connect();
     let served_by = open.ask().expect("first answer");
 
-    let status = daemon.terminate();
-    assert!(status.success(), "SIGTERM is a clean exit: {status}\n{}", daemon.log());
-    assert!(daemon.pins_exist(), "a stop leaves the pinned data plane");
-    assert_eq!(open.ask().expect("open connection while stopped"), served_by);
-    lab.assert_forwards(10, &daemon);
-
-    daemon.spawn();
+    let status = lab.daemon.terminate();
     assert!(
-        daemon.log().contains("adopted"),
+        status.success(),
+        "SIGTERM is a clean exit: {status}\n{}",
+        lab.daemon.log()
+    );
+    assert!(lab.daemon.pins_exist(), "a stop leaves the pinned data plane");
+    assert_eq!(open.ask().expect("open connection while stopped"), served_by);
+    assert_forwards(&lab, 10);
+
+    lab.daemon.spawn();
+    assert!(
+        lab.daemon.log().contains("adopted"),
         "the restart adopts the pins:\n{}",
-        daemon.log()
+        lab.daemon.log()
     );
     assert_eq!(open.ask().expect("open connection after the restart"), served_by);
-    lab.assert_forwards(10, &daemon);
+    assert_forwards(&lab, 10);
 }
 
 /// Each capability in the unit is needed: without it the daemon refuses to

@@ -29,19 +29,24 @@ fn load(lab: &BlueGreenLab) -> Load {
     )
 }
 
+/// The lab at 0:100.
+fn all_green_lab() -> BlueGreenLab {
+    BlueGreenLab::start(
+        BG_LB,
+        &LabOptions {
+            ratio: "0:100",
+            ..LabOptions::default()
+        },
+    )
+}
+
 fn outcome(lab: &BlueGreenLab) -> Option<ShiftOutcome> {
     lab.status().shift.map(|s| s.outcome)
 }
 
 #[test]
 fn shift_to_a_healthy_pool_completes_every_step_without_failed_requests() {
-    let lab = BlueGreenLab::start(
-        BG_LB,
-        &LabOptions {
-            ratio: "0:100",
-            ..LabOptions::default()
-        },
-    );
+    let lab = all_green_lab();
     let load = load(&lab);
     let args = [
         "shift",
@@ -134,13 +139,7 @@ fn shift_to_a_pool_that_resets_connections_rolls_back_before_the_next_step() {
 
 #[test]
 fn shift_abort_restores_the_ratio_the_shift_began_at() {
-    let lab = BlueGreenLab::start(
-        BG_LB,
-        &LabOptions {
-            ratio: "0:100",
-            ..LabOptions::default()
-        },
-    );
+    let lab = all_green_lab();
     lab.daemon
         .ctl_ok(&["shift", SERVICE, "--to", "blue", "--interval", "10m", "--detach"]);
     assert_eq!(lab.status().ratio.to_string(), "10:90");

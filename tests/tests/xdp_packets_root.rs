@@ -1,268 +1,447 @@
 //! Packet tests (root): the real compiled XDP program runs through
-//! BPF_PROG_TEST_RUN on crafted frames; verdicts, output bytes, checksums and
-//! map state are checked. Each test runs in its own network namespace with a
-//! veth and static neighbours, so `bpf_fib_lookup` resolves next hops
-//! deterministically.
+//! BPF_PROG_TEST_RUN on crafted frames in the packet lab
+//! (`bg_lb_tests::packet_lab`); verdicts, output bytes, checksums, counters
+//! and map state are checked. Each test runs in its own network namespace.
+//!
+//! Most cases are one frame in, one verdict and one frame out: those are the
+//! rows of [`rows`], in the manner of katran's test fixtures, and
+//! [`row_tests!`] runs each row as a test of its own name. Cases that are
+//! sequences (a SYN, then the backend's reply, ...) are written out as
+//! tests, checked with the same [`Out`] expectations.
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::{collections::HashSet, net::SocketAddrV4};
 
-use aya::programs::{TestRun, TestRunOptions};
-use bg_lb::{
-    dataplane::{
-        Dataplane, DataplaneOptions,
-        lookup_table::{self, TableBackend},
-        services::{BackendSpec, ServiceSpec},
-    },
-    ratio::{Pool, Ratio},
-};
-use bg_lb_common::{
-    counters::Counter,
-    flow_hash::flow_hash,
-    flow_state,
-    maps::{DEFAULT_LUT_SIZE, DataplaneConfig, FlowKey},
-};
+use bg_lb_common::{counters::Counter, flow_state, maps::TrafficStats};
 use bg_lb_tests::{
-    cmd::{ifindex, ip, run},
     netns::in_fresh_netns,
+    packet_lab::{
+        BLUE, GATEWAY_MAC, LB_MAC, PacketLab, PacketLabOptions, SNAT, SNAT_PORTS, VIP, XDP_DROP, XDP_PASS,
+        XDP_REDIRECT, XDP_TX, client, from_client, is_blue, mac_of, reply_to,
+    },
     packets::{ACK, ACK_NUMBER, FIN_ACK, PSH_ACK, RST, SEQ, SYN, SYN_ACK, parse_checked, tcp_frame},
     require_root,
 };
 
-const XDP_DROP: u32 = 1;
-const XDP_PASS: u32 = 2;
-const XDP_TX: u32 = 3;
-const XDP_REDIRECT: u32 = 4;
-
-const LB_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
-const CLIENT_GW_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xfe];
-const SNAT: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
-const VIP: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 100), 80);
-const BLUE: [SocketAddrV4; 2] = [
-    SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 10), 8080),
-    SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 11), 8080),
-];
-const GREEN: [SocketAddrV4; 2] = [
-    SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 20), 8080),
-    SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 21), 8080),
-];
-const SNAT_PORTS: (u16, u16) = (20000, 29999);
-
-/// Static neighbours get MAC 02:00:00:00:00:<last octet>, so tests can
-/// predict the next hop's MAC.
-fn mac_of(addr: Ipv4Addr) -> [u8; 6] {
-    [0x02, 0, 0, 0, 0, addr.octets()[3]]
+/// One case: the lab as the row sets it up, one frame in, then the verdict,
+/// what must hold of the frame out, the counters it moves and the flow
+/// table.
+struct Row {
+    /// The test's name: the behaviour the row proves.
+    name: &'static str,
+    blue_percent: u32,
+    /// What happens to the lab before the frame (earlier packets, weights,
+    /// neighbours).
+    setup: fn(&mut PacketLab),
+    /// The client the frame is from, whose flow `flow` speaks of.
+    client: SocketAddrV4,
+    frame: Vec<u8>,
+    verdict: u32,
+    out: Out,
+    /// Counters the frame moves by exactly one.
+    counted: &'static [Counter],
+    flow: FlowAfter,
 }
 
-fn client(port: u16) -> SocketAddrV4 {
-    SocketAddrV4::new(Ipv4Addr::new(192, 168, 1, 5), port)
-}
-
-struct Lb {
-    services: Dataplane,
-    spec: ServiceSpec,
-}
-
-impl Lb {
-    /// A namespace with veth0 (the LB's interface, 10.0.0.1/24), backends and
-    /// the clients' gateway as permanent neighbours, and the program loaded
-    /// with one service at `ratio`.
-    fn new(ratio: u32) -> Self {
-        Self::with_snat_ports(ratio, SNAT_PORTS)
-    }
-
-    fn with_snat_ports(ratio: u32, ports: (u16, u16)) -> Self {
-        ip("link set lo up");
-        ip("link add veth0 address 02:00:00:00:00:01 type veth peer name veth1");
-        ip("link set veth0 up");
-        ip("link set veth1 up");
-        ip("addr add 10.0.0.1/24 dev veth0");
-        ip("route add 192.168.1.0/24 via 10.0.0.254");
-        for addr in BLUE
-            .iter()
-            .chain(&GREEN)
-            .map(|b| *b.ip())
-            .chain([Ipv4Addr::new(10, 0, 0, 254)])
-        {
-            let mac = mac_of(addr).map(|b| format!("{b:02x}")).join(":");
-            ip(&format!("neigh add {addr} lladdr {mac} dev veth0 nud permanent"));
-        }
-        // bpf_fib_lookup forwards only where forwarding is on; test runs
-        // arrive on lo.
-        run(
-            "sysctl",
-            &["-qw", "net.ipv4.conf.all.forwarding=1", "net.ipv4.conf.lo.forwarding=1"],
-        );
-
-        let opts = DataplaneOptions {
-            max_flows: 4096,
-            lookup_capacity: 2 * DEFAULT_LUT_SIZE,
-            pin_dir: None,
-        };
-        let mut services = Dataplane::load(&opts).expect("load the XDP program");
-        services.add_tx_port(ifindex("veth0")).expect("TX_PORTS");
-        services
-            .set_config(&DataplaneConfig::new(SNAT, ports.0..=ports.1))
-            .expect("CONFIG");
-        let backends = BLUE
-            .iter()
-            .map(|&addr| BackendSpec {
-                addr,
-                pool: Pool::Blue,
-                weight: 100,
-                reset_flows: false,
-            })
-            .chain(GREEN.iter().map(|&addr| BackendSpec {
-                addr,
-                pool: Pool::Green,
-                weight: 100,
-                reset_flows: false,
-            }))
-            .collect();
-        let spec = ServiceSpec {
-            vip: VIP,
-            lut_size: DEFAULT_LUT_SIZE,
-            ratio: Ratio::new(ratio).unwrap(),
-            backends,
-        };
-        services.apply(&spec).expect("program the service");
-        Lb { services, spec }
-    }
-
-    fn set_ratio(&mut self, blue: u32) {
-        self.spec.ratio = Ratio::new(blue).unwrap();
-        self.services.apply(&self.spec).expect("swap the table");
-    }
-
-    /// Runs the program once on `frame`: (verdict, output frame).
-    fn run(&self, frame: &[u8]) -> (u32, Vec<u8>) {
-        let mut out = vec![0u8; frame.len() + 256];
-        let result = self
-            .services
-            .xdp()
-            .unwrap()
-            .test_run(TestRunOptions {
-                data_in: Some(frame),
-                data_out: Some(&mut out),
-                ..TestRunOptions::new()
-            })
-            .expect("BPF_PROG_TEST_RUN");
-        out.truncate(result.data_size_out as usize);
-        (result.return_value, out)
-    }
-
-    fn send_from_client(&self, client: SocketAddrV4, flags: u8) -> (u32, Vec<u8>) {
-        self.run(&tcp_frame(CLIENT_GW_MAC, LB_MAC, client, VIP, flags, b""))
-    }
-
-    /// The backend the lookup table picks for a new flow from `client`.
-    fn table_pick(&self) -> impl Fn(SocketAddrV4) -> SocketAddrV4 + '_ {
-        let backends: Vec<_> = self
-            .spec
-            .backends
-            .iter()
-            .map(|b| TableBackend {
-                id: self.services.backend_id(&VIP, &b.addr).unwrap(),
-                addr: b.addr,
-                pool: b.pool,
-                weight: b.weight,
-            })
-            .collect();
-        let table = lookup_table::build(&backends, self.spec.ratio, DEFAULT_LUT_SIZE);
-        move |client| {
-            let id = table[(flow_hash(&flow_key(client)) % DEFAULT_LUT_SIZE) as usize];
-            backends.iter().find(|b| b.id == id).unwrap().addr
+impl Row {
+    /// A frame with `flags` from `client` to the VIP, at 50:50; expects
+    /// XDP_PASS with the frame unchanged until told otherwise.
+    fn new(name: &'static str, client: SocketAddrV4, flags: u8) -> Self {
+        Row {
+            name,
+            blue_percent: 50,
+            setup: |_| {},
+            client,
+            frame: from_client(client, flags),
+            verdict: XDP_PASS,
+            out: Out::Unchanged,
+            counted: &[],
+            flow: FlowAfter::Unchecked,
         }
     }
 
-    fn counter(&self, counter: Counter) -> u64 {
-        let counters = self.services.counters().unwrap();
-        counters.into_iter().find(|(c, _)| *c == counter).unwrap().1
+    fn frame(self, frame: Vec<u8>) -> Self {
+        Row { frame, ..self }
     }
 
-    fn flow(&self, client: SocketAddrV4) -> Option<bg_lb_common::maps::Flow> {
-        let key = flow_key(client);
-        self.services
-            .flows()
-            .unwrap()
-            .into_iter()
-            .find(|(k, _)| *k == key)
-            .map(|(_, f)| f)
+    fn ratio(self, blue_percent: u32) -> Self {
+        Row { blue_percent, ..self }
+    }
+
+    fn setup(self, setup: fn(&mut PacketLab)) -> Self {
+        Row { setup, ..self }
+    }
+
+    fn expect(self, verdict: u32, out: Out) -> Self {
+        Row { verdict, out, ..self }
+    }
+
+    fn counts(self, counted: &'static [Counter]) -> Self {
+        Row { counted, ..self }
+    }
+
+    fn flow(self, flow: FlowAfter) -> Self {
+        Row { flow, ..self }
     }
 }
 
-fn flow_key(client: SocketAddrV4) -> FlowKey {
-    FlowKey::from_client(client, VIP)
+/// What must hold of the frame the program returns.
+enum Out {
+    /// Byte for byte the frame that went in.
+    Unchanged,
+    /// Full NAT to the backend the lookup table picks for the client: from
+    /// the SNAT address and a port of the range (the flow's, if pinned),
+    /// the LB's MAC to the backend's, TTL 63, flags, sequence numbers and
+    /// payload as sent, valid checksums.
+    ToTableBackend,
+    /// Translated back from the backend to the client: from the VIP, the
+    /// LB's MAC to the gateway's, TTL 63, flags, sequence numbers and
+    /// payload as sent, valid checksums.
+    ToClient,
+    /// A bare RST (Ethernet + IPv4 + TCP headers) from the VIP to the
+    /// client, sent back to the gateway, with valid checksums: sequence
+    /// number `seq`, and with `ack` set the ACK flag and that number (RFC
+    /// 793: a RST to a segment with ACK carries its ack as seq).
+    Rst { seq: u32, ack: Option<u32> },
+    /// Nothing: the frame was dropped.
+    Dropped,
 }
 
-fn in_lb(ratio: u32, test: impl FnOnce(Lb) + Send + 'static) {
+impl Out {
+    /// Checks `out`, what the program made of `sent` from `client`; `what`
+    /// names the case in failure messages.
+    fn check(&self, lab: &PacketLab, what: &str, client: SocketAddrV4, sent: &[u8], out: &[u8]) {
+        match *self {
+            Out::Unchanged => assert_eq!(out, sent, "{what}: the frame comes back unchanged"),
+            Out::ToTableBackend => {
+                let (sent, view) = (parse_checked(sent), parse_checked(out));
+                let backend = lab.table_pick(client);
+                assert_eq!(view.dst, backend, "{what}: to the backend the table picks");
+                assert_eq!(*view.src.ip(), SNAT, "{what}: from the SNAT address");
+                assert!(
+                    (SNAT_PORTS.0..=SNAT_PORTS.1).contains(&view.src.port()),
+                    "{what}: SNAT port {} outside {SNAT_PORTS:?}",
+                    view.src.port()
+                );
+                if let Some(flow) = lab.flow(client) {
+                    assert_eq!(
+                        u16::from_be(flow.snat_port),
+                        view.src.port(),
+                        "{what}: from the flow's SNAT port"
+                    );
+                }
+                assert_eq!(
+                    (view.src_mac, view.dst_mac),
+                    (LB_MAC, mac_of(*backend.ip())),
+                    "{what}: MACs"
+                );
+                assert_eq!(view.ttl, 63, "{what}: TTL");
+                assert_same_segment(what, &sent, &view);
+            }
+            Out::ToClient => {
+                let (sent, view) = (parse_checked(sent), parse_checked(out));
+                assert_eq!(
+                    (view.src, view.dst),
+                    (VIP, client),
+                    "{what}: from the VIP to the client"
+                );
+                assert_eq!((view.src_mac, view.dst_mac), (LB_MAC, GATEWAY_MAC), "{what}: MACs");
+                assert_eq!(view.ttl, 63, "{what}: TTL");
+                assert_same_segment(what, &sent, &view);
+            }
+            Out::Rst { seq, ack } => {
+                assert_eq!(out.len(), 54, "{what}: a bare RST: Ethernet + IPv4 + TCP headers");
+                let rst = parse_checked(out);
+                assert_eq!((rst.src, rst.dst), (VIP, client), "{what}: from the VIP to the client");
+                assert_eq!((rst.src_mac, rst.dst_mac), (LB_MAC, GATEWAY_MAC), "{what}: MACs");
+                assert!(rst.flags_rst && !rst.flags_syn, "{what}: RST flags");
+                assert_eq!(
+                    (rst.seq, rst.flags_ack, rst.ack),
+                    (seq, ack.is_some(), ack.unwrap_or(0)),
+                    "{what}: RST sequence numbers (RFC 793)"
+                );
+            }
+            Out::Dropped => {}
+        }
+    }
+}
+
+/// NAT changes addresses, ports, MACs and TTL only.
+fn assert_same_segment(what: &str, sent: &bg_lb_tests::packets::TcpView, out: &bg_lb_tests::packets::TcpView) {
+    assert_eq!(
+        (out.flags_syn, out.flags_rst, out.flags_ack, out.seq, out.ack),
+        (sent.flags_syn, sent.flags_rst, sent.flags_ack, sent.seq, sent.ack),
+        "{what}: flags and sequence numbers as sent"
+    );
+    assert_eq!(out.payload, sent.payload, "{what}: payload byte for byte");
+}
+
+/// The row's client's entry in the flow table afterwards.
+enum FlowAfter {
+    Unchecked,
+    Absent,
+    /// Pinned, in exactly this state.
+    State(u32),
+}
+
+impl FlowAfter {
+    fn check(&self, lab: &PacketLab, what: &str, client: SocketAddrV4) {
+        let flow = lab.flow(client);
+        match *self {
+            FlowAfter::Unchecked => {}
+            FlowAfter::Absent => assert!(flow.is_none(), "{what}: no flow entry: {flow:?}"),
+            FlowAfter::State(state) => {
+                let flow = flow.unwrap_or_else(|| panic!("{what}: the flow is pinned"));
+                assert_eq!(flow.state, state, "{what}: flow state");
+            }
+        }
+    }
+}
+
+fn rows() -> Vec<Row> {
+    let non_service = client(40009);
+    let malformed = client(40010);
+    let syn = from_client(malformed, SYN);
+    let mut fragment = syn.clone();
+    fragment[14 + 6] |= 0x20; // More Fragments
+    let mut with_options = syn.clone();
+    with_options[14] = 0x46; // IHL 6: one word of IP options claimed
+    let mut lying_length = syn.clone();
+    lying_length[14 + 2] = 0x05; // total length 0x05xx: beyond the frame
+    let mut udp = Vec::new();
+    etherparse::PacketBuilder::ethernet2(GATEWAY_MAC, LB_MAC)
+        .ipv4(client(1).ip().octets(), VIP.ip().octets(), 64)
+        .udp(5353, 80)
+        .write(&mut udp, b"x")
+        .expect("UDP frame builds");
+    let mut arp = vec![0xff; 6];
+    arp.extend(GATEWAY_MAC);
+    arp.extend([0x08, 0x06, 0, 1, 8, 0, 6, 4, 0, 1]);
+    arp.extend(GATEWAY_MAC);
+    arp.extend([192, 168, 1, 5, 0, 0, 0, 0, 0, 0, 10, 0, 0, 100]);
+    let no_backend_takes_flows: fn(&mut PacketLab) = |lab| lab.reweigh(|_, weight, _| *weight = 0);
+
+    vec![
+        Row::new(
+            "syn_to_vip_is_full_nated_to_the_table_backend_with_valid_checksums",
+            client(40000),
+            SYN,
+        )
+        .expect(XDP_REDIRECT, Out::ToTableBackend)
+        .flow(FlowAfter::State(flow_state::SYN_SEEN)),
+        Row::new("payload_survives_nat_byte_for_byte", client(40001), PSH_ACK)
+            .frame(tcp_frame(
+                GATEWAY_MAC,
+                LB_MAC,
+                client(40001),
+                VIP,
+                PSH_ACK,
+                b"GET / HTTP/1.1\r\n\r\n",
+            ))
+            .setup(|lab| {
+                lab.send_from_client(client(40001), SYN);
+            })
+            .expect(XDP_REDIRECT, Out::ToTableBackend),
+        Row::new(
+            "mid_stream_packet_without_flow_is_forwarded_by_table_without_state",
+            client(40006),
+            ACK,
+        )
+        .expect(XDP_REDIRECT, Out::ToTableBackend)
+        .counts(&[Counter::UnpinnedForwarded])
+        .flow(FlowAfter::Absent),
+        Row::new(
+            "syn_that_no_backend_can_take_is_refused_at_once_with_a_rst_from_the_vip",
+            client(40007),
+            SYN,
+        )
+        .setup(no_backend_takes_flows)
+        .expect(
+            XDP_TX,
+            Out::Rst {
+                seq: 0,
+                ack: Some(SEQ + 1),
+            },
+        )
+        .counts(&[Counter::Refused])
+        .flow(FlowAfter::Absent),
+        Row::new(
+            "stray_segment_that_no_backend_can_take_is_dropped_not_answered",
+            client(40012),
+            ACK,
+        )
+        .setup(no_backend_takes_flows)
+        .expect(XDP_DROP, Out::Dropped),
+        Row::new("unresolved_next_hop_drops_and_counts", client(40008), SYN)
+            .ratio(100)
+            .setup(|lab| {
+                for b in BLUE {
+                    lab.remove_neighbour(*b.ip());
+                }
+            })
+            .expect(XDP_DROP, Out::Dropped)
+            .counts(&[Counter::FibNoNeighbour]),
+        Row::new(
+            "nothing_is_rewritten_until_userspace_marks_the_config_ready",
+            client(40011),
+            SYN,
+        )
+        .setup(PacketLab::mark_not_ready),
+        // Frames that are not ours to rewrite.
+        Row::new("frame_to_another_port_of_the_vip_passes_unchanged", non_service, SYN)
+            .frame(tcp_frame(
+                GATEWAY_MAC,
+                LB_MAC,
+                non_service,
+                SocketAddrV4::new(*VIP.ip(), 22),
+                SYN,
+                b"",
+            ))
+            .counts(&[Counter::Passed]),
+        Row::new("frame_to_another_local_address_passes_unchanged", non_service, SYN)
+            .frame(tcp_frame(
+                GATEWAY_MAC,
+                LB_MAC,
+                non_service,
+                SocketAddrV4::new(SNAT, 80),
+                SYN,
+                b"",
+            ))
+            .counts(&[Counter::Passed]),
+        Row::new("udp_to_the_vip_passes_unchanged", client(1), 0)
+            .frame(udp)
+            .counts(&[Counter::Passed]),
+        Row::new("arp_passes_unchanged", client(1), 0)
+            .frame(arp)
+            .counts(&[Counter::Passed]),
+        Row::new(
+            "frame_to_the_snat_address_outside_the_port_range_passes_unchanged",
+            BLUE[0],
+            ACK,
+        )
+        .frame(tcp_frame(
+            GATEWAY_MAC,
+            LB_MAC,
+            BLUE[0],
+            SocketAddrV4::new(SNAT, 33000),
+            ACK,
+            b"",
+        ))
+        .counts(&[Counter::Passed]),
+        // Malformed frames to the VIP: passed, counted, no flow.
+        Row::new("truncated_vip_frame_passes_unchanged_and_is_counted", malformed, SYN)
+            .frame(syn[..syn.len() - 6].to_vec())
+            .counts(&[Counter::Truncated])
+            .flow(FlowAfter::Absent),
+        Row::new("fragment_to_the_vip_passes_unchanged_and_is_counted", malformed, SYN)
+            .frame(fragment)
+            .counts(&[Counter::Fragmented])
+            .flow(FlowAfter::Absent),
+        Row::new(
+            "vip_frame_with_ip_options_passes_unchanged_and_is_counted",
+            malformed,
+            SYN,
+        )
+        .frame(with_options)
+        .counts(&[Counter::IpOptions])
+        .flow(FlowAfter::Absent),
+        Row::new(
+            "vip_frame_whose_ip_length_runs_past_it_passes_unchanged_and_is_counted",
+            malformed,
+            SYN,
+        )
+        .frame(lying_length)
+        .counts(&[Counter::Truncated])
+        .flow(FlowAfter::Absent),
+    ]
+}
+
+/// Runs the row `name` in a fresh lab.
+fn run_row(name: &'static str) {
     require_root();
-    in_fresh_netns(move || test(Lb::new(ratio)));
-}
-
-fn pool_of(backend: SocketAddrV4) -> Pool {
-    if BLUE.contains(&backend) {
-        Pool::Blue
-    } else {
-        Pool::Green
-    }
-}
-
-#[test]
-fn syn_to_vip_is_full_nated_to_the_table_backend_with_valid_checksums() {
-    in_lb(50, |lb| {
-        let c = client(40000);
-        let (verdict, out) = lb.send_from_client(c, SYN);
-        assert_eq!(verdict, XDP_REDIRECT);
-        let view = parse_checked(&out);
-        let backend = lb.table_pick()(c);
-        assert_eq!(view.dst, backend);
-        assert_eq!(*view.src.ip(), SNAT);
-        assert!((SNAT_PORTS.0..=SNAT_PORTS.1).contains(&view.src.port()));
-        assert_eq!(view.src_mac, LB_MAC);
-        assert_eq!(view.dst_mac, mac_of(*backend.ip()));
-        assert_eq!(view.ttl, 63);
-        assert!(view.flags_syn);
-        let flow = lb.flow(c).expect("SYN pins the flow");
-        assert_eq!(u16::from_be(flow.snat_port), view.src.port());
-        assert_eq!(flow.state, flow_state::SYN_SEEN);
+    in_fresh_netns(move || {
+        let row = rows()
+            .into_iter()
+            .find(|r| r.name == name)
+            .unwrap_or_else(|| panic!("no row {name}"));
+        let mut lab = PacketLab::new(&PacketLabOptions::with_ratio(row.blue_percent));
+        (row.setup)(&mut lab);
+        let before: Vec<u64> = row.counted.iter().map(|&c| lab.counter(c)).collect();
+        let (verdict, out) = lab.run(&row.frame);
+        assert_eq!(verdict, row.verdict, "{name}: verdict");
+        row.out.check(&lab, name, row.client, &row.frame, &out);
+        for (&counter, before) in row.counted.iter().zip(before) {
+            assert_eq!(lab.counter(counter), before + 1, "{name}: {counter:?} counts the frame");
+        }
+        row.flow.check(&lab, name, row.client);
     });
 }
 
+/// One test per row, named after it, and the list of those names.
+macro_rules! row_tests {
+    ($($name:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $name() {
+                run_row(stringify!($name));
+            }
+        )*
+        const ROW_TESTS: &[&str] = &[$(stringify!($name)),*];
+    };
+}
+
+row_tests!(
+    syn_to_vip_is_full_nated_to_the_table_backend_with_valid_checksums,
+    payload_survives_nat_byte_for_byte,
+    mid_stream_packet_without_flow_is_forwarded_by_table_without_state,
+    syn_that_no_backend_can_take_is_refused_at_once_with_a_rst_from_the_vip,
+    stray_segment_that_no_backend_can_take_is_dropped_not_answered,
+    unresolved_next_hop_drops_and_counts,
+    nothing_is_rewritten_until_userspace_marks_the_config_ready,
+    frame_to_another_port_of_the_vip_passes_unchanged,
+    frame_to_another_local_address_passes_unchanged,
+    udp_to_the_vip_passes_unchanged,
+    arp_passes_unchanged,
+    frame_to_the_snat_address_outside_the_port_range_passes_unchanged,
+    truncated_vip_frame_passes_unchanged_and_is_counted,
+    fragment_to_the_vip_passes_unchanged_and_is_counted,
+    vip_frame_with_ip_options_passes_unchanged_and_is_counted,
+    vip_frame_whose_ip_length_runs_past_it_passes_unchanged_and_is_counted,
+);
+
 #[test]
-fn payload_survives_nat_byte_for_byte() {
-    in_lb(50, |lb| {
-        let c = client(40001);
-        lb.send_from_client(c, SYN);
-        let frame = tcp_frame(CLIENT_GW_MAC, LB_MAC, c, VIP, PSH_ACK, b"GET / HTTP/1.1\r\n\r\n");
-        let (verdict, out) = lb.run(&frame);
-        assert_eq!(verdict, XDP_REDIRECT);
-        assert_eq!(parse_checked(&out).payload, b"GET / HTTP/1.1\r\n\r\n");
-    });
+fn every_row_runs_as_a_test_of_its_own() {
+    let rows: Vec<&str> = rows().iter().map(|r| r.name).collect();
+    let names: HashSet<&str> = rows.iter().copied().collect();
+    assert_eq!(names.len(), rows.len(), "row names are unique");
+    assert_eq!(
+        names,
+        ROW_TESTS.iter().copied().collect(),
+        "every row is listed in row_tests!, and nothing else"
+    );
+}
+
+// --- Sequences -----------------------------------------------------------------
+
+fn in_lab(blue_percent: u32, test: impl FnOnce(PacketLab) + Send + 'static) {
+    in_lab_with(PacketLabOptions::with_ratio(blue_percent), test);
+}
+
+fn in_lab_with(options: PacketLabOptions, test: impl FnOnce(PacketLab) + Send + 'static) {
+    require_root();
+    in_fresh_netns(move || test(PacketLab::new(&options)));
 }
 
 #[test]
 fn reply_from_backend_is_translated_back_to_vip_and_client() {
-    in_lb(50, |lb| {
+    in_lab(50, |lab| {
         let c = client(40002);
-        let (_, out) = lb.send_from_client(c, SYN);
-        let to_backend = parse_checked(&out);
-        let reply = tcp_frame(
-            mac_of(*to_backend.dst.ip()),
-            LB_MAC,
-            to_backend.dst,
-            to_backend.src,
-            SYN_ACK,
-            b"",
-        );
-        let (verdict, out) = lb.run(&reply);
+        let (_, out) = lab.send_from_client(c, SYN);
+        let reply = reply_to(&parse_checked(&out), SYN_ACK);
+        let (verdict, out) = lab.run(&reply);
         assert_eq!(verdict, XDP_REDIRECT);
-        let view = parse_checked(&out);
-        assert_eq!(view.src, VIP);
-        assert_eq!(view.dst, c);
-        assert_eq!(view.src_mac, LB_MAC);
-        assert_eq!(view.dst_mac, CLIENT_GW_MAC);
+        Out::ToClient.check(&lab, "the backend's SYN-ACK", c, &reply, &out);
         assert_eq!(
-            lb.flow(c).unwrap().state & flow_state::ESTABLISHED,
+            lab.flow(c).unwrap().state & flow_state::ESTABLISHED,
             flow_state::ESTABLISHED
         );
     });
@@ -270,20 +449,17 @@ fn reply_from_backend_is_translated_back_to_vip_and_client() {
 
 #[test]
 fn pinned_flows_keep_their_backend_after_a_ratio_flip_and_new_flows_follow_it() {
-    in_lb(100, |mut lb| {
+    in_lab(100, |mut lab| {
         let clients: Vec<_> = (0..200).map(|i| client(41000 + i)).collect();
         let first: Vec<_> = clients
             .iter()
-            .map(|&c| parse_checked(&lb.send_from_client(c, SYN).1).dst)
+            .map(|&c| parse_checked(&lab.send_from_client(c, SYN).1).dst)
             .collect();
-        assert!(
-            first.iter().all(|b| pool_of(*b) == Pool::Blue),
-            "100:0 sends every new flow to blue"
-        );
+        assert!(first.iter().all(|b| is_blue(*b)), "100:0 sends every new flow to blue");
 
-        lb.set_ratio(0);
+        lab.set_ratio(0);
         for (c, backend) in clients.iter().zip(&first) {
-            let (verdict, out) = lb.send_from_client(*c, ACK);
+            let (verdict, out) = lab.send_from_client(*c, ACK);
             assert_eq!(verdict, XDP_REDIRECT);
             assert_eq!(
                 parse_checked(&out).dst,
@@ -292,17 +468,17 @@ fn pinned_flows_keep_their_backend_after_a_ratio_flip_and_new_flows_follow_it() 
             );
         }
         for i in 0..200 {
-            let backend = parse_checked(&lb.send_from_client(client(43000 + i), SYN).1).dst;
-            assert_eq!(pool_of(backend), Pool::Green, "new flows follow the new ratio");
+            let backend = parse_checked(&lab.send_from_client(client(43000 + i), SYN).1).dst;
+            assert!(!is_blue(backend), "new flows follow the new ratio");
         }
     });
 }
 
 #[test]
 fn new_flows_split_by_ratio() {
-    in_lb(30, |lb| {
+    in_lab(30, |lab| {
         let blue = (0..2000)
-            .filter(|i| pool_of(parse_checked(&lb.send_from_client(client(30000 + i), SYN).1).dst) == Pool::Blue)
+            .filter(|i| is_blue(parse_checked(&lab.send_from_client(client(30000 + i), SYN).1).dst))
             .count();
         assert!((500..=700).contains(&blue), "30:70 sent {blue}/2000 new flows to blue");
     });
@@ -310,56 +486,45 @@ fn new_flows_split_by_ratio() {
 
 #[test]
 fn syn_retransmission_keeps_backend_and_snat_port() {
-    in_lb(50, |lb| {
+    in_lab(50, |lab| {
         let c = client(40003);
-        let first = parse_checked(&lb.send_from_client(c, SYN).1);
-        let again = parse_checked(&lb.send_from_client(c, SYN).1);
+        let first = parse_checked(&lab.send_from_client(c, SYN).1);
+        let again = parse_checked(&lab.send_from_client(c, SYN).1);
         assert_eq!((first.src, first.dst), (again.src, again.dst));
     });
 }
 
 #[test]
 fn syn_after_the_flow_ended_picks_again_and_frees_the_old_snat_port() {
-    in_lb(100, |mut lb| {
+    in_lab(100, |mut lab| {
         let c = client(40004);
-        let first = parse_checked(&lb.send_from_client(c, SYN).1);
-        lb.send_from_client(c, RST);
-        assert!(flow_state::has_ended(lb.flow(c).unwrap().state));
-        lb.set_ratio(0);
-        let second = parse_checked(&lb.send_from_client(c, SYN).1);
-        assert_eq!(pool_of(first.dst), Pool::Blue);
-        assert_eq!(pool_of(second.dst), Pool::Green, "a reused 5-tuple is a new connection");
-        let stale = tcp_frame(mac_of(*first.dst.ip()), LB_MAC, first.dst, first.src, ACK, b"");
-        assert_eq!(lb.run(&stale).0, XDP_PASS, "the old reverse-NAT entry is gone");
+        let first = parse_checked(&lab.send_from_client(c, SYN).1);
+        lab.send_from_client(c, RST);
+        assert!(flow_state::has_ended(lab.flow(c).unwrap().state));
+        lab.set_ratio(0);
+        let second = parse_checked(&lab.send_from_client(c, SYN).1);
+        assert!(is_blue(first.dst));
+        assert!(!is_blue(second.dst), "a reused 5-tuple is a new connection");
+        assert_eq!(
+            lab.run(&reply_to(&first, ACK)).0,
+            XDP_PASS,
+            "the old reverse-NAT entry is gone"
+        );
     });
 }
 
 #[test]
 fn backend_replies_count_handshakes_refusals_and_resets() {
-    in_lb(100, |lb| {
-        let reply = |to_backend: &bg_lb_tests::packets::TcpView, flags| {
-            tcp_frame(
-                mac_of(*to_backend.dst.ip()),
-                LB_MAC,
-                to_backend.dst,
-                to_backend.src,
-                flags,
-                b"",
-            )
-        };
-        let accepted = parse_checked(&lb.send_from_client(client(40020), SYN).1);
-        lb.run(&reply(&accepted, SYN_ACK));
-        lb.run(&reply(&accepted, SYN_ACK)); // a retransmission is not a second handshake
-        lb.run(&reply(&accepted, RST));
-        let refused = parse_checked(&lb.send_from_client(client(40021), SYN).1);
-        lb.run(&reply(&refused, RST | ACK));
-        let stats = |backend: SocketAddrV4| {
-            let id = lb.services.backend_id(&VIP, &backend).unwrap();
-            lb.services.backend_stats(id).unwrap()
-        };
-        let mut total = bg_lb_common::maps::TrafficStats::default();
+    in_lab(100, |lab| {
+        let accepted = parse_checked(&lab.send_from_client(client(40020), SYN).1);
+        lab.run(&reply_to(&accepted, SYN_ACK));
+        lab.run(&reply_to(&accepted, SYN_ACK)); // a retransmission is not a second handshake
+        lab.run(&reply_to(&accepted, RST));
+        let refused = parse_checked(&lab.send_from_client(client(40021), SYN).1);
+        lab.run(&reply_to(&refused, RST | ACK));
+        let mut total = TrafficStats::default();
         for b in BLUE {
-            total.add(&stats(b));
+            total.add(&lab.backend_stats(b));
         }
         assert_eq!(
             (total.new_flows, total.handshakes, total.resets, total.refused),
@@ -370,198 +535,61 @@ fn backend_replies_count_handshakes_refusals_and_resets() {
 
 #[test]
 fn fin_from_both_sides_ends_the_flow() {
-    in_lb(50, |lb| {
+    in_lab(50, |lab| {
         let c = client(40005);
-        let to_backend = parse_checked(&lb.send_from_client(c, SYN).1);
-        lb.send_from_client(c, FIN_ACK);
-        assert!(!flow_state::has_ended(lb.flow(c).unwrap().state));
-        lb.run(&tcp_frame(
-            mac_of(*to_backend.dst.ip()),
-            LB_MAC,
-            to_backend.dst,
-            to_backend.src,
-            FIN_ACK,
-            b"",
-        ));
-        assert!(flow_state::has_ended(lb.flow(c).unwrap().state));
-    });
-}
-
-#[test]
-fn mid_stream_packet_without_flow_is_forwarded_by_table_without_state() {
-    in_lb(50, |lb| {
-        let c = client(40006);
-        let (verdict, out) = lb.send_from_client(c, ACK);
-        assert_eq!(verdict, XDP_REDIRECT);
-        assert_eq!(parse_checked(&out).dst, lb.table_pick()(c));
-        assert!(
-            lb.flow(c).is_none(),
-            "no state for a flow that did not start with a SYN"
-        );
-        assert_eq!(lb.counter(Counter::UnpinnedForwarded), 1);
+        let to_backend = parse_checked(&lab.send_from_client(c, SYN).1);
+        lab.send_from_client(c, FIN_ACK);
+        assert!(!flow_state::has_ended(lab.flow(c).unwrap().state));
+        lab.run(&reply_to(&to_backend, FIN_ACK));
+        assert!(flow_state::has_ended(lab.flow(c).unwrap().state));
     });
 }
 
 #[test]
 fn snat_ports_are_never_shared_and_exhaustion_drops() {
-    require_root();
-    in_fresh_netns(|| {
-        // Four ports, one backend: four flows fit, the fifth cannot.
-        let mut lb = Lb::with_snat_ports(100, (40000, 40003));
-        lb.spec.backends.retain(|b| b.addr == BLUE[0]);
-        lb.services.apply(&lb.spec).unwrap();
-        let ports: std::collections::HashSet<_> = (0..4)
-            .map(|i| parse_checked(&lb.send_from_client(client(50000 + i), SYN).1).src.port())
+    // Four ports, one backend: four flows fit, the fifth cannot.
+    let options = PacketLabOptions {
+        snat_ports: (40000, 40003),
+        ..PacketLabOptions::with_ratio(100)
+    };
+    in_lab_with(options, |mut lab| {
+        lab.keep_only(BLUE[0]);
+        let ports: HashSet<_> = (0..4)
+            .map(|i| {
+                parse_checked(&lab.send_from_client(client(50000 + i), SYN).1)
+                    .src
+                    .port()
+            })
             .collect();
         assert_eq!(ports.len(), 4, "each flow owns its SNAT port");
-        assert_eq!(lb.send_from_client(client(50010), SYN).0, XDP_DROP);
-        assert_eq!(lb.counter(Counter::SnatPortsExhausted), 1);
-    });
-}
-
-#[test]
-fn syn_that_no_backend_can_take_is_refused_at_once_with_a_rst_from_the_vip() {
-    require_root();
-    in_fresh_netns(|| {
-        let mut lb = Lb::new(50);
-        for b in &mut lb.spec.backends {
-            b.weight = 0;
-        }
-        lb.services.apply(&lb.spec).unwrap();
-        let c = client(40007);
-        let (verdict, out) = lb.send_from_client(c, SYN);
-        assert_eq!(verdict, XDP_TX, "answered on the interface it came in on");
-        assert_eq!(out.len(), 54, "a bare RST: Ethernet + IPv4 + TCP headers");
-        let rst = parse_checked(&out);
-        assert_eq!((rst.src, rst.dst), (VIP, c));
-        assert_eq!((rst.src_mac, rst.dst_mac), (LB_MAC, CLIENT_GW_MAC));
-        assert!(rst.flags_rst && rst.flags_ack && !rst.flags_syn);
-        assert_eq!((rst.seq, rst.ack), (0, SEQ + 1), "acknowledges the SYN (RFC 793)");
-        assert_eq!(lb.counter(Counter::Refused), 1);
-        assert!(lb.flow(c).is_none());
-
-        let (verdict, _) = lb.send_from_client(client(40012), ACK);
-        assert_eq!(
-            verdict, XDP_DROP,
-            "only connection requests are answered; stray segments are dropped"
-        );
+        assert_eq!(lab.send_from_client(client(50010), SYN).0, XDP_DROP);
+        assert_eq!(lab.counter(Counter::SnatPortsExhausted), 1);
     });
 }
 
 #[test]
 fn flows_of_a_backend_flagged_for_reset_get_a_rst_and_are_forgotten() {
-    in_lb(100, |mut lb| {
+    in_lab(100, |mut lab| {
         let c = client(40013);
-        let backend = parse_checked(&lb.send_from_client(c, SYN).1).dst;
-        let down = lb.spec.backends.iter_mut().find(|b| b.addr == backend).unwrap();
-        down.weight = 0;
-        down.reset_flows = true;
-        lb.services.apply(&lb.spec).unwrap();
+        let backend = parse_checked(&lab.send_from_client(c, SYN).1).dst;
+        lab.reweigh(|addr, weight, reset_flows| {
+            if addr == backend {
+                *weight = 0;
+                *reset_flows = true;
+            }
+        });
 
-        let (verdict, out) = lb.send_from_client(c, PSH_ACK);
+        let sent = from_client(c, PSH_ACK);
+        let (verdict, out) = lab.run(&sent);
         assert_eq!(verdict, XDP_TX);
-        let rst = parse_checked(&out);
-        assert_eq!((rst.src, rst.dst), (VIP, c));
-        assert!(rst.flags_rst && !rst.flags_ack);
-        assert_eq!(
-            rst.seq, ACK_NUMBER,
-            "a RST to a segment with ACK carries its ack as seq"
-        );
-        assert!(lb.flow(c).is_none(), "the reset flow is removed");
-        assert_eq!(lb.counter(Counter::FlowReset), 1);
-        let other = parse_checked(&lb.send_from_client(client(40014), SYN).1).dst;
+        let rst = Out::Rst {
+            seq: ACK_NUMBER,
+            ack: None,
+        };
+        rst.check(&lab, "a segment of a reset flow", c, &sent, &out);
+        assert!(lab.flow(c).is_none(), "the reset flow is removed");
+        assert_eq!(lab.counter(Counter::FlowReset), 1);
+        let other = parse_checked(&lab.send_from_client(client(40014), SYN).1).dst;
         assert_ne!(other, backend, "new flows avoid the down backend");
-    });
-}
-
-#[test]
-fn unresolved_next_hop_drops_and_counts() {
-    in_lb(100, |lb| {
-        for b in BLUE {
-            ip(&format!("neigh del {} dev veth0", b.ip()));
-        }
-        assert_eq!(lb.send_from_client(client(40008), SYN).0, XDP_DROP);
-        assert_eq!(lb.counter(Counter::FibNoNeighbour), 1);
-    });
-}
-
-/// Frames that are not ours to rewrite come back untouched with XDP_PASS.
-#[test]
-fn non_service_traffic_passes_unchanged() {
-    in_lb(50, |lb| {
-        let other_port = tcp_frame(
-            CLIENT_GW_MAC,
-            LB_MAC,
-            client(40009),
-            SocketAddrV4::new(*VIP.ip(), 22),
-            SYN,
-            b"",
-        );
-        let other_addr = tcp_frame(
-            CLIENT_GW_MAC,
-            LB_MAC,
-            client(40009),
-            SocketAddrV4::new(SNAT, 80),
-            SYN,
-            b"",
-        );
-        let mut udp = Vec::new();
-        etherparse::PacketBuilder::ethernet2(CLIENT_GW_MAC, LB_MAC)
-            .ipv4(client(1).ip().octets(), VIP.ip().octets(), 64)
-            .udp(5353, 80)
-            .write(&mut udp, b"x")
-            .unwrap();
-        let mut arp = vec![0xff; 6];
-        arp.extend(CLIENT_GW_MAC);
-        arp.extend([0x08, 0x06, 0, 1, 8, 0, 6, 4, 0, 1]);
-        arp.extend(CLIENT_GW_MAC);
-        arp.extend([192, 168, 1, 5, 0, 0, 0, 0, 0, 0, 10, 0, 0, 100]);
-        let kernel_reply = tcp_frame(CLIENT_GW_MAC, LB_MAC, BLUE[0], SocketAddrV4::new(SNAT, 33000), ACK, b"");
-        for (name, frame) in [
-            ("other port", other_port),
-            ("other address", other_addr),
-            ("UDP", udp),
-            ("ARP", arp),
-            ("SNAT address outside the port range", kernel_reply),
-        ] {
-            let (verdict, out) = lb.run(&frame);
-            assert_eq!((verdict, out), (XDP_PASS, frame), "{name}");
-        }
-        assert_eq!(lb.counter(Counter::Passed), 5);
-    });
-}
-
-#[test]
-fn malformed_vip_packets_pass_unchanged_and_are_counted() {
-    in_lb(50, |lb| {
-        let syn = tcp_frame(CLIENT_GW_MAC, LB_MAC, client(40010), VIP, SYN, b"");
-        let truncated = syn[..syn.len() - 6].to_vec();
-        let mut fragment = syn.clone();
-        fragment[14 + 6] |= 0x20; // More Fragments
-        let mut with_options = syn.clone();
-        with_options[14] = 0x46; // IHL 6: one word of IP options claimed
-        let mut lying_length = syn.clone();
-        lying_length[14 + 2] = 0x05; // total length 0x05xx: beyond the frame
-        for (name, frame, counter) in [
-            ("truncated", truncated, Counter::Truncated),
-            ("fragment", fragment, Counter::Fragmented),
-            ("IP options", with_options, Counter::IpOptions),
-            ("length beyond frame", lying_length, Counter::Truncated),
-        ] {
-            let before = lb.counter(counter);
-            let (verdict, out) = lb.run(&frame);
-            assert_eq!((verdict, &out), (XDP_PASS, &frame), "{name}");
-            assert_eq!(lb.counter(counter), before + 1, "{name} counted");
-        }
-        assert!(lb.flow(client(40010)).is_none(), "no malformed packet created a flow");
-    });
-}
-
-#[test]
-fn nothing_is_rewritten_until_userspace_marks_the_config_ready() {
-    in_lb(50, |mut lb| {
-        lb.services.set_config(&DataplaneConfig::default()).unwrap();
-        let frame = tcp_frame(CLIENT_GW_MAC, LB_MAC, client(40011), VIP, SYN, b"");
-        assert_eq!(lb.run(&frame), (XDP_PASS, frame));
     });
 }

@@ -6,47 +6,26 @@
 
 use std::{
     io::{Read as _, Write as _},
-    net::{SocketAddr, SocketAddrV4, TcpListener, TcpStream},
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
-    thread::{self, JoinHandle},
+    net::{SocketAddr, SocketAddrV4, TcpStream},
+    sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
 };
 
 use serde::Serialize;
 
-use crate::{bench::procs, topology::NetNs};
+use crate::{bench::procs, servers::AcceptLoop, topology::NetNs};
 
 const CHUNK: usize = 64 * 1024;
 
 /// A streaming server in a backend's namespace, stopped on drop.
 pub struct BulkServer {
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    _accept: AcceptLoop,
 }
 
 impl BulkServer {
     pub fn start(ns: &NetNs, addr: SocketAddrV4) -> Self {
-        let listener = ns.run(move || TcpListener::bind(addr).unwrap_or_else(|e| panic!("bind {addr}: {e}")));
-        listener.set_nonblocking(true).expect("nonblocking listener");
-        let stop = Arc::new(AtomicBool::new(false));
-        let stopping = stop.clone();
-        let thread = thread::spawn(move || {
-            while !stopping.load(Ordering::Relaxed) {
-                match listener.accept() {
-                    Ok((stream, _)) => {
-                        let stopping = stopping.clone();
-                        thread::spawn(move || stream_zeros(stream, &stopping));
-                    }
-                    Err(_) => thread::sleep(Duration::from_millis(5)),
-                }
-            }
-        });
         BulkServer {
-            stop,
-            thread: Some(thread),
+            _accept: AcceptLoop::start(ns, addr, stream_zeros),
         }
     }
 }
@@ -54,21 +33,11 @@ impl BulkServer {
 /// Writes until the client goes away or the server stops; the write timeout
 /// keeps a vanished peer from parking the thread.
 fn stream_zeros(mut stream: TcpStream, stop: &AtomicBool) {
-    let _ = stream.set_nonblocking(false);
     let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
     let chunk = vec![0u8; CHUNK];
     while !stop.load(Ordering::Relaxed) {
         if stream.write_all(&chunk).is_err() {
             return;
-        }
-    }
-}
-
-impl Drop for BulkServer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
         }
     }
 }

@@ -6,7 +6,7 @@
 use std::net::SocketAddrV4;
 
 use crate::{
-    bench::bulk::BulkServer,
+    bench::{bulk::BulkServer, procs},
     daemon::DemoBackend,
     http,
     topology::{NetNs, OneArm},
@@ -24,10 +24,34 @@ pub const BACKENDS: usize = 4;
 pub const BLUE_PERCENT: u32 = 50;
 
 pub struct Lab {
-    // Servers first: they must stop before their namespaces go.
+    // Dropped in this order: the servers stop, leftovers are killed, then
+    // the namespaces go.
     _http: Vec<DemoBackend>,
     _bulk: Vec<BulkServer>,
+    leftovers: Leftovers,
     pub topo: OneArm,
+}
+
+/// Kills what still runs in the lab's namespaces, once.
+struct Leftovers {
+    namespaces: Vec<String>,
+}
+
+impl Leftovers {
+    fn kill(&mut self) -> Vec<String> {
+        procs::kill_leftovers(&std::mem::take(&mut self.namespaces))
+    }
+}
+
+impl Drop for Leftovers {
+    /// After a failed or interrupted run: [`Lab::close`] reports leftovers
+    /// of a run that went well.
+    fn drop(&mut self) {
+        let killed = self.kill();
+        if !killed.is_empty() {
+            eprintln!("killed processes that outlived the lab: {}", killed.join("; "));
+        }
+    }
 }
 
 impl Lab {
@@ -41,20 +65,7 @@ impl Lab {
         // TIME_WAIT ports (safe with TCP timestamps), as load generators do.
         topo.client.ns.sysctl("net.ipv4.ip_local_port_range=1024 65535");
         topo.client.ns.sysctl("net.ipv4.tcp_tw_reuse=1");
-        let http = topo
-            .backends
-            .iter()
-            .enumerate()
-            .map(|(i, b)| {
-                DemoBackend::start(
-                    bg_lb,
-                    &b.ns,
-                    SocketAddrV4::new(b.addr, HTTP_PORT),
-                    &format!("b{i}"),
-                    "v1",
-                )
-            })
-            .collect();
+        let http = DemoBackend::start_on_each(bg_lb, &topo.backends, HTTP_PORT);
         let bulk = topo
             .backends
             .iter()
@@ -63,8 +74,28 @@ impl Lab {
         Lab {
             _http: http,
             _bulk: bulk,
+            leftovers: Leftovers {
+                namespaces: topo.namespaces().map(|ns| ns.name.clone()).collect(),
+            },
             topo,
         }
+    }
+
+    /// Tears the lab down, the contender already stopped: stops the
+    /// servers, then kills whatever still runs in the lab's namespaces.
+    /// Returns what had to be killed, which should be nothing: every process
+    /// the run started has a guard that stops it.
+    pub fn close(self) -> Vec<String> {
+        let Lab {
+            _http,
+            _bulk,
+            mut leftovers,
+            topo,
+        } = self;
+        drop((_http, _bulk));
+        let killed = leftovers.kill();
+        drop(topo);
+        killed
     }
 
     pub fn client(&self) -> &NetNs {

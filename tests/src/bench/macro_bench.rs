@@ -132,6 +132,13 @@ fn run_one(contender: Contender, round: usize, opts: &MacroOptions, bg_lb: &'sta
         r.failures.push(format!("backend b{idle} served no request"));
     }
     drop(running);
+    let leftovers = lab.close();
+    if !leftovers.is_empty() {
+        r.failures.push(format!(
+            "processes outlived the run and were killed: {}",
+            leftovers.join("; ")
+        ));
+    }
     r
 }
 

@@ -29,15 +29,7 @@ use aya::{
     Ebpf,
     programs::{TestRun, TestRunOptions, Xdp},
 };
-use bg_lb::{
-    dataplane::{
-        Dataplane, DataplaneOptions,
-        lookup_table::{self, TableBackend},
-        services::{BackendSpec, ServiceSpec},
-    },
-    ratio::{Pool, Ratio},
-};
-use bg_lb_common::maps::{DEFAULT_LUT_SIZE, DEFAULT_MAX_FLOWS, DataplaneConfig, MAX_BACKENDS};
+use bg_lb_common::maps::{DEFAULT_MAX_FLOWS, Flow, FlowKey, NatKey};
 use serde::Serialize;
 
 use crate::{
@@ -45,25 +37,10 @@ use crate::{
         procs,
         stats::{self, Summary},
     },
-    cmd::{self, ifindex, ip},
     netns::in_fresh_netns,
+    packet_lab::{GATEWAY_MAC, LB_MAC, PacketLab, PacketLabOptions, SNAT, VIP, XDP_PASS, XDP_REDIRECT, XDP_TX, mac_of},
     packets::{ACK, SYN, SYN_ACK, parse_checked, tcp_frame},
 };
-
-const XDP_PASS: u32 = 2;
-const XDP_TX: u32 = 3;
-const XDP_REDIRECT: u32 = 4;
-
-const LB_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
-const GATEWAY_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xfe];
-const SNAT: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
-const VIP: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 100), 80);
-const BACKENDS: [Ipv4Addr; 4] = [
-    Ipv4Addr::new(10, 0, 0, 10),
-    Ipv4Addr::new(10, 0, 0, 11),
-    Ipv4Addr::new(10, 0, 0, 20),
-    Ipv4Addr::new(10, 0, 0, 21),
-];
 
 #[derive(Clone, Debug, Serialize)]
 pub struct MicroOptions {
@@ -137,49 +114,6 @@ pub fn run(o: MicroOptions) -> MicroReport {
     })
 }
 
-/// A namespace where `bpf_fib_lookup` resolves every next hop: veth0 is the
-/// LB's interface, backends and the clients' gateway are permanent
-/// neighbours, forwarding is on (test runs arrive on lo).
-fn prepare_namespace() {
-    ip("link set lo up");
-    ip("link add veth0 address 02:00:00:00:00:01 type veth peer name veth1");
-    ip("link set veth0 up");
-    ip("link set veth1 up");
-    ip("addr add 10.0.0.1/24 dev veth0");
-    ip("route add 192.168.0.0/16 via 10.0.0.254");
-    for addr in BACKENDS.iter().chain(&[Ipv4Addr::new(10, 0, 0, 254)]) {
-        let mac = mac_of(*addr).map(|b| format!("{b:02x}")).join(":");
-        ip(&format!("neigh add {addr} lladdr {mac} dev veth0 nud permanent"));
-    }
-    cmd::run(
-        "sysctl",
-        &["-qw", "net.ipv4.conf.all.forwarding=1", "net.ipv4.conf.lo.forwarding=1"],
-    );
-}
-
-fn mac_of(addr: Ipv4Addr) -> [u8; 6] {
-    [0x02, 0, 0, 0, 0, addr.octets()[3]]
-}
-
-fn four_backend_spec() -> ServiceSpec {
-    let backends = BACKENDS
-        .iter()
-        .enumerate()
-        .map(|(i, &a)| BackendSpec {
-            addr: SocketAddrV4::new(a, 8080),
-            pool: if i < 2 { Pool::Blue } else { Pool::Green },
-            weight: 100,
-            reset_flows: false,
-        })
-        .collect();
-    ServiceSpec {
-        vip: VIP,
-        lut_size: DEFAULT_LUT_SIZE,
-        ratio: Ratio::new(50).expect("valid ratio"),
-        backends,
-    }
-}
-
 /// The client of the `i`-th SYN run: a distinct 5-tuple for every run
 /// (60,000 ports per client address).
 fn nth_client(i: usize) -> SocketAddrV4 {
@@ -201,30 +135,23 @@ struct Timed<'a> {
 }
 
 fn packet_paths(o: &MicroOptions) -> (Vec<PathCost>, Vec<MapMemory>) {
-    prepare_namespace();
-    let opts = DataplaneOptions {
+    let lab = PacketLab::new(&PacketLabOptions {
         max_flows: DEFAULT_MAX_FLOWS,
-        lookup_capacity: 2 * DEFAULT_LUT_SIZE,
-        pin_dir: None,
-    };
-    let mut dataplane = Dataplane::load(&opts).expect("load the XDP program");
-    let flow_maps = flow_map_memory();
-    dataplane.add_tx_port(ifindex("veth0")).expect("TX_PORTS");
-    dataplane
         // Wide, so that the SYN runs never make port claims probe far.
-        .set_config(&DataplaneConfig::new(SNAT, 1024..=65535))
-        .expect("CONFIG");
-    dataplane.apply(&four_backend_spec()).expect("program the service");
-    let lb = dataplane.xdp().expect("bg_lb program");
+        snat_ports: (1024, 65535),
+        blue_percent: 50,
+    });
+    let flow_maps = flow_map_memory();
+    let lb = lab.program();
     let aux = load_aux();
     let prog = |name| -> &Xdp { aux.program(name).expect(name).try_into().expect("XDP") };
 
     // One established flow: SYN, then the backend's SYN-ACK.
     let client = SocketAddrV4::new(Ipv4Addr::new(192, 168, 200, 1), 40000);
-    let (_, to_backend) = test_run(lb, &tcp_frame(GATEWAY_MAC, LB_MAC, client, VIP, SYN, b""));
+    let (_, to_backend) = lab.run(&tcp_frame(GATEWAY_MAC, LB_MAC, client, VIP, SYN, b""));
     let nat = parse_checked(&to_backend);
     let reply = tcp_frame(mac_of(*nat.dst.ip()), LB_MAC, nat.dst, nat.src, SYN_ACK, b"");
-    assert_eq!(test_run(lb, &reply).0, XDP_REDIRECT, "backend's SYN-ACK is translated");
+    assert_eq!(lab.run(&reply).0, XDP_REDIRECT, "backend's SYN-ACK is translated");
     let established = tcp_frame(GATEWAY_MAC, LB_MAC, client, VIP, ACK, b"");
     let reply = tcp_frame(mac_of(*nat.dst.ip()), LB_MAC, nat.dst, nat.src, ACK, b"");
     let not_ours = tcp_frame(GATEWAY_MAC, LB_MAC, client, SocketAddrV4::new(SNAT, 22), SYN, b"");
@@ -337,42 +264,35 @@ impl<'a> Timed<'a> {
         for _ in 0..runs {
             let frame = (self.frame)(*n);
             *n += 1;
-            let mut out = vec![0u8; frame.len() + 256];
-            let result = self
-                .prog
-                .test_run(TestRunOptions {
-                    data_in: Some(&frame),
-                    data_out: Some(&mut out),
-                    ..TestRunOptions::new()
-                })
-                .expect("BPF_PROG_TEST_RUN");
-            assert_eq!(
-                result.return_value, self.expect,
-                "{}: unexpected verdict (is the namespace set up?)",
-                self.path
-            );
-            times.push(result.duration.as_nanos() as f64);
+            times.push(self.time(&frame, 1, "unexpected verdict (is the namespace set up?)"));
         }
         self.batch_medians
             .push(stats::summarize(&times).expect("at least one run").median);
         self.all.extend(times);
         if self.repeatable {
             let frame = (self.frame)(*n);
-            let mut out = vec![0u8; frame.len() + 256];
-            let result = self
-                .prog
-                .test_run(TestRunOptions {
-                    data_in: Some(&frame),
-                    data_out: Some(&mut out),
-                    repeat: 100 * runs as u32,
-                    ..TestRunOptions::new()
-                })
-                .expect("BPF_PROG_TEST_RUN");
-            assert_eq!(result.return_value, self.expect, "{}: repeated run", self.path);
             // The kernel reports the mean per run, in whole ns: with enough
             // runs, below-ns detail is lost but nothing else.
-            self.repeated.push(result.duration.as_nanos() as f64);
+            let mean = self.time(&frame, 100 * runs as u32, "repeated run");
+            self.repeated.push(mean);
         }
+    }
+
+    /// ns per run of `frame`, run `repeat` times in one test run; panics
+    /// with `what` unless the verdict is the expected one.
+    fn time(&self, frame: &[u8], repeat: u32, what: &str) -> f64 {
+        let mut out = vec![0u8; frame.len() + 256];
+        let result = self
+            .prog
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                repeat,
+                ..TestRunOptions::new()
+            })
+            .expect("BPF_PROG_TEST_RUN");
+        assert_eq!(result.return_value, self.expect, "{}: {what}", self.path);
+        result.duration.as_nanos() as f64
     }
 
     fn summary(&self) -> Summary {
@@ -385,19 +305,6 @@ impl<'a> Timed<'a> {
             n: self.all.len(),
         }
     }
-}
-
-fn test_run(prog: &Xdp, frame: &[u8]) -> (u32, Vec<u8>) {
-    let mut out = vec![0u8; frame.len() + 256];
-    let result = prog
-        .test_run(TestRunOptions {
-            data_in: Some(frame),
-            data_out: Some(&mut out),
-            ..TestRunOptions::new()
-        })
-        .expect("BPF_PROG_TEST_RUN");
-    out.truncate(result.data_size_out as usize);
-    (result.return_value, out)
 }
 
 fn load_aux() -> Ebpf {
@@ -442,10 +349,10 @@ pub fn parse_map_fdinfo(info: &str) -> Option<MapMemory> {
             .find_map(|l| l.strip_prefix(name)?.strip_prefix(':').map(|v| v.trim().parse().ok()))?
     };
     let (key_size, value_size) = (field("key_size")?, field("value_size")?);
-    let key = std::mem::size_of::<bg_lb_common::maps::FlowKey>() as u64;
+    let key = std::mem::size_of::<FlowKey>() as u64;
     let map = match (key_size, value_size) {
-        (k, v) if k == key && v == std::mem::size_of::<bg_lb_common::maps::Flow>() as u64 => "FLOWS",
-        (k, v) if k == std::mem::size_of::<bg_lb_common::maps::NatKey>() as u64 && v == key => "REVERSE_NAT",
+        (k, v) if k == key && v == std::mem::size_of::<Flow>() as u64 => "FLOWS",
+        (k, v) if k == std::mem::size_of::<NatKey>() as u64 && v == key => "REVERSE_NAT",
         _ => "other",
     };
     Some(MapMemory {
@@ -460,46 +367,17 @@ pub fn parse_map_fdinfo(info: &str) -> Option<MapMemory> {
 
 /// Times ratio changes on a service of `n` backends (half blue, half green).
 fn ratio_change(n: usize, o: &MicroOptions) -> RatioChangeCost {
-    assert!(n as u32 <= MAX_BACKENDS);
-    let opts = DataplaneOptions {
-        max_flows: 4096,
-        lookup_capacity: 2 * DEFAULT_LUT_SIZE,
-        pin_dir: None,
-    };
-    let mut services = Dataplane::load(&opts).expect("load the XDP program");
-    let mut spec = ServiceSpec {
-        vip: VIP,
-        lut_size: DEFAULT_LUT_SIZE,
-        ratio: Ratio::new(50).expect("valid"),
-        backends: (0..n)
-            .map(|i| BackendSpec {
-                addr: SocketAddrV4::new(Ipv4Addr::new(10, 1, (i / 250) as u8, 1 + (i % 250) as u8), 8080),
-                pool: if i < n / 2 { Pool::Blue } else { Pool::Green },
-                weight: 100,
-                reset_flows: false,
-            })
-            .collect(),
-    };
-    services.apply(&spec).expect("install the service");
-    let table_backends: Vec<TableBackend> = spec
-        .backends
-        .iter()
-        .map(|b| TableBackend {
-            id: services.backend_id(&VIP, &b.addr).expect("installed"),
-            addr: b.addr,
-            pool: b.pool,
-            weight: b.weight,
-        })
-        .collect();
+    let mut lab = PacketLab::with_backends(n);
+    let table = lab.table();
     let (mut build, mut apply) = (Vec::new(), Vec::new());
     for i in 0..o.ratio_changes {
         procs::check_interrupt();
-        spec.ratio = Ratio::new(if i % 2 == 0 { 60 } else { 50 }).expect("valid");
+        let blue_percent = if i % 2 == 0 { 60 } else { 50 };
         let started = Instant::now();
-        std::hint::black_box(lookup_table::build(&table_backends, spec.ratio, DEFAULT_LUT_SIZE));
+        std::hint::black_box(table.build(blue_percent));
         build.push(started.elapsed().as_secs_f64() * 1e3);
         let started = Instant::now();
-        services.apply(&spec).expect("ratio change");
+        lab.set_ratio(blue_percent);
         apply.push(started.elapsed().as_secs_f64() * 1e3);
     }
     RatioChangeCost {

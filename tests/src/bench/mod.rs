@@ -4,7 +4,8 @@
 //! against a bounce-only baseline (the micro benchmark).
 //!
 //! # Layout
-//! - [`procs`]: child processes, timeouts, and Ctrl-C turned into unwinding.
+//! - [`procs`]: child processes (stopped with SIGTERM), timeouts, leftovers
+//!   in a lab's namespaces killed, and Ctrl-C turned into unwinding.
 //! - [`lab`]: a fresh topology with HTTP and bulk backends per contender run.
 //! - [`contenders`]: each contender's configuration and start-up.
 //! - [`wrk`], [`bulk`], [`workloads`]: the load generators and what they report.

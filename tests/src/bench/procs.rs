@@ -5,6 +5,11 @@
 //! the unwinding drops every guard, so namespaces, pins and processes are
 //! removed as after any other failure. A terminal's Ctrl-C also reaches the
 //! children (same process group), which simply end.
+//!
+//! A proxy is stopped the way its service manager would (SIGTERM, then
+//! waiting), so a master process stops its workers; whatever still runs in
+//! a lab's namespaces after that is killed by [`kill_leftovers`] before the
+//! namespaces go (a deleted namespace's processes live on, unseen).
 
 use std::{
     path::Path,
@@ -14,7 +19,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
+use nix::{
+    sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, kill, sigaction},
+    unistd::Pid,
+};
 
 use crate::topology::NetNs;
 
@@ -60,7 +68,11 @@ pub fn sleep(duration: Duration) {
     check_interrupt();
 }
 
-/// A long-running child (a proxy, a daemon), killed and reaped on drop.
+/// How long a proxy may take to stop after SIGTERM before it is killed.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// A long-running child (a proxy), stopped on drop: SIGTERM, waiting for
+/// its exit, SIGKILL only if it does not come.
 pub struct ChildGuard {
     pub name: String,
     child: Child,
@@ -103,9 +115,84 @@ impl ChildGuard {
 
 impl Drop for ChildGuard {
     fn drop(&mut self) {
+        // A child already reaped keeps its status here; its pid may since
+        // belong to another process, so it gets no signal.
+        if !matches!(self.child.try_wait(), Ok(None)) {
+            return;
+        }
+        let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM);
+        let deadline = Instant::now() + STOP_GRACE;
+        while Instant::now() < deadline {
+            if !matches!(self.child.try_wait(), Ok(None)) {
+                return;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        eprintln!("{} did not stop within {STOP_GRACE:?} of SIGTERM: killed", self.name);
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Kills (SIGKILL) every process still running in the named network
+/// namespaces, this one excepted, and waits until they are gone. Returns
+/// them as `PID command line`, marking any that outlived the wait: an empty
+/// list means every process started there had already been stopped.
+pub fn kill_leftovers(namespaces: &[String]) -> Vec<String> {
+    let me = std::process::id();
+    let running = || -> Vec<u32> {
+        namespaces
+            .iter()
+            .flat_map(|ns| netns_pids(ns))
+            .filter(|&pid| pid != me)
+            .collect()
+    };
+    let found = running();
+    let mut killed: Vec<String> = found.iter().map(|&pid| describe(pid)).collect();
+    for &pid in &found {
+        let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let left = running();
+        if left.is_empty() {
+            break;
+        }
+        if Instant::now() > deadline {
+            killed.extend(
+                left.into_iter()
+                    .map(|pid| format!("{} (survived SIGKILL)", describe(pid))),
+            );
+            break;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    killed
+}
+
+/// The processes in a named namespace (`ip netns pids`; exited ones are
+/// not listed, their namespace links being gone).
+fn netns_pids(ns: &str) -> Vec<u32> {
+    Command::new("ip")
+        .args(["netns", "pids", ns])
+        .output()
+        .map(|out| {
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter_map(|l| l.trim().parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn describe(pid: u32) -> String {
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let words: Vec<String> = cmdline
+        .split(|&b| b == 0)
+        .filter(|w| !w.is_empty())
+        .map(|w| String::from_utf8_lossy(w).into_owned())
+        .collect();
+    format!("{pid} {}", words.join(" "))
 }
 
 /// Runs `program args` to completion and returns its stdout; an error if it

@@ -1,0 +1,417 @@
+//! The data plane without the daemon, for tests and the micro benchmark:
+//! - [`PacketLab`]: the real XDP program fed crafted frames through
+//!   BPF_PROG_TEST_RUN, in a network namespace where `bpf_fib_lookup`
+//!   resolves every next hop, with one service programmed (a VIP; two blue
+//!   and two green backends). The packet tests and the micro benchmark
+//!   share it.
+//! - [`AttachedLb`]: the program attached natively to a test namespace's
+//!   interfaces, for the smoke tests' real connections.
+//!
+//! This is the one place the tests call bg-lb's data-plane API
+//! (`Dataplane`, `lookup_table`): callers ask for a ratio, a
+//! weight, a counter or a flow, and never write maps themselves.
+
+use std::net::{Ipv4Addr, SocketAddrV4, TcpStream};
+
+use aya::programs::{TestRun, TestRunOptions, Xdp, XdpMode};
+use bg_lb::{
+    dataplane::{
+        Dataplane, DataplaneOptions,
+        lookup_table::{self, TableBackend},
+        services::{BackendSpec, ServiceSpec},
+    },
+    ratio::{Pool, Ratio},
+};
+use bg_lb_common::{
+    counters::Counter,
+    flow_hash::flow_hash,
+    maps::{DEFAULT_LUT_SIZE, DataplaneConfig, Flow, FlowKey, MAX_BACKENDS, TrafficStats},
+};
+
+use crate::{
+    cmd::{self, ifindex, ip},
+    packets::{TcpView, tcp_frame},
+    topology::NetNs,
+};
+
+pub const XDP_DROP: u32 = 1;
+pub const XDP_PASS: u32 = 2;
+pub const XDP_TX: u32 = 3;
+pub const XDP_REDIRECT: u32 = 4;
+
+/// The LB's interface (veth0) and its MAC.
+const INTERFACE: &str = "veth0";
+pub const LB_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
+/// The next hop towards the clients (192.168.0.0/16).
+const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 254);
+pub const GATEWAY_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xfe];
+pub const SNAT: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
+pub const VIP: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 100), 80);
+pub const BLUE: [SocketAddrV4; 2] = [
+    SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 10), 8080),
+    SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 11), 8080),
+];
+pub const GREEN: [SocketAddrV4; 2] = [
+    SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 20), 8080),
+    SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 21), 8080),
+];
+/// The packet tests' SNAT port range.
+pub const SNAT_PORTS: (u16, u16) = (20000, 29999);
+
+/// Static neighbours get MAC 02:00:00:00:00:<last octet>, so callers can
+/// predict the next hop's MAC.
+pub fn mac_of(addr: Ipv4Addr) -> [u8; 6] {
+    [0x02, 0, 0, 0, 0, addr.octets()[3]]
+}
+
+/// A client behind the gateway.
+pub fn client(port: u16) -> SocketAddrV4 {
+    SocketAddrV4::new(Ipv4Addr::new(192, 168, 1, 5), port)
+}
+
+pub fn is_blue(backend: SocketAddrV4) -> bool {
+    BLUE.contains(&backend)
+}
+
+/// A frame from `client` to the VIP, as the gateway delivers it.
+pub fn from_client(client: SocketAddrV4, flags: u8) -> Vec<u8> {
+    tcp_frame(GATEWAY_MAC, LB_MAC, client, VIP, flags, b"")
+}
+
+/// The backend's answer (with `flags`) to a frame the LB sent it.
+pub fn reply_to(to_backend: &TcpView, flags: u8) -> Vec<u8> {
+    tcp_frame(
+        mac_of(*to_backend.dst.ip()),
+        LB_MAC,
+        to_backend.dst,
+        to_backend.src,
+        flags,
+        b"",
+    )
+}
+
+/// Runs `prog` once on `frame`: (verdict, output frame).
+pub fn test_run(prog: &Xdp, frame: &[u8]) -> (u32, Vec<u8>) {
+    let mut out = vec![0u8; frame.len() + 256];
+    let result = prog
+        .test_run(TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            ..TestRunOptions::new()
+        })
+        .expect("BPF_PROG_TEST_RUN");
+    out.truncate(result.data_size_out as usize);
+    (result.return_value, out)
+}
+
+/// Sizes and settings of a [`PacketLab`].
+#[derive(Clone, Debug)]
+pub struct PacketLabOptions {
+    pub max_flows: u32,
+    pub snat_ports: (u16, u16),
+    /// Share of new flows for blue, in percent.
+    pub blue_percent: u32,
+}
+
+impl PacketLabOptions {
+    /// The packet tests' lab: a small flow table and [`SNAT_PORTS`].
+    pub fn with_ratio(blue_percent: u32) -> Self {
+        PacketLabOptions {
+            max_flows: 4096,
+            snat_ports: SNAT_PORTS,
+            blue_percent,
+        }
+    }
+}
+
+pub struct PacketLab {
+    dataplane: Dataplane,
+    spec: ServiceSpec,
+}
+
+impl PacketLab {
+    /// Sets up the calling thread's namespace (a fresh one: see
+    /// [`crate::netns::in_fresh_netns`]) and loads the program, ready, with
+    /// the service: [`BLUE`] and [`GREEN`] behind [`VIP`].
+    pub fn new(o: &PacketLabOptions) -> Self {
+        prepare_namespace();
+        let opts = dataplane_options(o.max_flows);
+        let mut dataplane = Dataplane::load(&opts).expect("load the XDP program");
+        dataplane.add_tx_port(ifindex(INTERFACE)).expect("TX_PORTS");
+        dataplane
+            .set_config(&DataplaneConfig::new(SNAT, o.snat_ports.0..=o.snat_ports.1))
+            .expect("CONFIG");
+        let backends = BLUE
+            .iter()
+            .map(|&addr| (addr, Pool::Blue))
+            .chain(GREEN.iter().map(|&addr| (addr, Pool::Green)));
+        Self::with_service(dataplane, o.blue_percent, backends)
+    }
+
+    /// A data plane with one service of `n` backends, half blue and half
+    /// green, at 50:50, attached nowhere and not marked ready: for timing
+    /// ratio changes, which touch only userspace and the maps.
+    pub fn with_backends(n: usize) -> Self {
+        assert!(n as u32 <= MAX_BACKENDS);
+        let dataplane = Dataplane::load(&dataplane_options(4096)).expect("load the XDP program");
+        let backends = (0..n).map(|i| {
+            let addr = SocketAddrV4::new(Ipv4Addr::new(10, 1, (i / 250) as u8, 1 + (i % 250) as u8), 8080);
+            (addr, if i < n / 2 { Pool::Blue } else { Pool::Green })
+        });
+        Self::with_service(dataplane, 50, backends)
+    }
+
+    fn with_service(
+        mut dataplane: Dataplane,
+        blue_percent: u32,
+        backends: impl Iterator<Item = (SocketAddrV4, Pool)>,
+    ) -> Self {
+        let spec = service_spec(VIP, blue_percent, backends);
+        dataplane.apply(&spec).expect("program the service");
+        PacketLab { dataplane, spec }
+    }
+
+    /// The loaded `bg_lb` XDP program.
+    pub fn program(&self) -> &Xdp {
+        self.dataplane.xdp().expect("bg_lb program")
+    }
+
+    /// Runs the program once on `frame`: (verdict, output frame).
+    pub fn run(&self, frame: &[u8]) -> (u32, Vec<u8>) {
+        test_run(self.program(), frame)
+    }
+
+    pub fn send_from_client(&self, client: SocketAddrV4, flags: u8) -> (u32, Vec<u8>) {
+        self.run(&from_client(client, flags))
+    }
+
+    /// Swaps in the table for `blue_percent`.
+    pub fn set_ratio(&mut self, blue_percent: u32) {
+        self.spec.ratio = Ratio::new(blue_percent).expect("valid ratio");
+        self.dataplane.apply(&self.spec).expect("swap the table");
+    }
+
+    /// Lets `change(addr, weight, reset_flows)` set each backend's weight (0
+    /// takes no new flows) and whether its open flows are reset, then
+    /// applies the service once.
+    pub fn reweigh(&mut self, change: impl Fn(SocketAddrV4, &mut u32, &mut bool)) {
+        for b in &mut self.spec.backends {
+            change(b.addr, &mut b.weight, &mut b.reset_flows);
+        }
+        self.dataplane.apply(&self.spec).expect("apply the weights");
+    }
+
+    /// Removes every backend but `keep` from the service.
+    pub fn keep_only(&mut self, keep: SocketAddrV4) {
+        self.spec.backends.retain(|b| b.addr == keep);
+        self.dataplane.apply(&self.spec).expect("apply the backends");
+    }
+
+    /// Clears CONFIG, as before userspace has programmed the data plane.
+    pub fn mark_not_ready(&mut self) {
+        self.dataplane.set_config(&DataplaneConfig::default()).expect("CONFIG");
+    }
+
+    /// Deletes `addr`'s neighbour entry, so its next hop no longer resolves.
+    pub fn remove_neighbour(&self, addr: Ipv4Addr) {
+        ip(&format!("neigh del {addr} dev {INTERFACE}"));
+    }
+
+    /// The service's lookup-table inputs as the data plane holds them.
+    pub fn table(&self) -> LookupTable {
+        let backends = self
+            .spec
+            .backends
+            .iter()
+            .map(|b| TableBackend {
+                id: self.dataplane.backend_id(&VIP, &b.addr).expect("installed backend"),
+                addr: b.addr,
+                pool: b.pool,
+                weight: b.weight,
+            })
+            .collect();
+        LookupTable { backends }
+    }
+
+    /// The backend the current table picks for a new flow from `client`.
+    pub fn table_pick(&self, client: SocketAddrV4) -> SocketAddrV4 {
+        self.table().pick(self.spec.ratio, client)
+    }
+
+    /// A global counter, summed over CPUs.
+    pub fn counter(&self, counter: Counter) -> u64 {
+        let counters = self.dataplane.counters().expect("COUNTERS");
+        counters
+            .into_iter()
+            .find(|(c, _)| *c == counter)
+            .expect("every counter is reported")
+            .1
+    }
+
+    /// The flow table's entry for `client`'s connection to the VIP.
+    pub fn flow(&self, client: SocketAddrV4) -> Option<Flow> {
+        let key = flow_key(client);
+        self.dataplane
+            .flows()
+            .expect("FLOWS")
+            .into_iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, f)| f)
+    }
+
+    /// The traffic counted for `backend`.
+    pub fn backend_stats(&self, backend: SocketAddrV4) -> TrafficStats {
+        let id = self.dataplane.backend_id(&VIP, &backend).expect("installed backend");
+        self.dataplane.backend_stats(id).expect("backend stats")
+    }
+}
+
+/// What the lookup table is built from.
+pub struct LookupTable {
+    backends: Vec<TableBackend>,
+}
+
+impl LookupTable {
+    /// Builds the table for `blue_percent` (a pure computation; nothing is
+    /// written).
+    pub fn build(&self, blue_percent: u32) -> Vec<u32> {
+        let ratio = Ratio::new(blue_percent).expect("valid ratio");
+        lookup_table::build(&self.backends, ratio, DEFAULT_LUT_SIZE)
+    }
+
+    fn pick(&self, ratio: Ratio, client: SocketAddrV4) -> SocketAddrV4 {
+        let table = lookup_table::build(&self.backends, ratio, DEFAULT_LUT_SIZE);
+        let id = table[(flow_hash(&flow_key(client)) % DEFAULT_LUT_SIZE) as usize];
+        self.backends
+            .iter()
+            .find(|b| b.id == id)
+            .expect("a table slot names a backend")
+            .addr
+    }
+}
+
+/// The data plane attached in native mode to interfaces of a test
+/// namespace, serving one service whose first two backends are blue and
+/// the rest green (weight 100 each), dropped with its links.
+pub struct AttachedLb {
+    dataplane: Dataplane,
+    spec: ServiceSpec,
+}
+
+impl AttachedLb {
+    /// Loads the program in `ns`, attaches it to `interfaces`, and programs
+    /// `vip` over `backends` at `blue_percent`, with SNAT to `snat`.
+    pub fn start(
+        ns: &NetNs,
+        interfaces: &'static [&'static str],
+        snat: Ipv4Addr,
+        vip: SocketAddrV4,
+        backends: Vec<SocketAddrV4>,
+        blue_percent: u32,
+    ) -> Self {
+        ns.sysctl("net.ipv4.conf.all.forwarding=1");
+        ns.run(move || {
+            let opts = DataplaneOptions::default();
+            let mut dataplane = Dataplane::load(&opts).expect("load");
+            for iface in interfaces {
+                dataplane
+                    .attach(ifindex(iface), XdpMode::Driver)
+                    .expect("attach XDP in native mode");
+            }
+            dataplane
+                .set_config(&DataplaneConfig::new(snat, SNAT_PORTS.0..=SNAT_PORTS.1))
+                .expect("CONFIG");
+            // The fast path needs backends' MACs; a connect resolves them
+            // (the daemon's health checks do the same).
+            for &b in &backends {
+                TcpStream::connect(b).unwrap_or_else(|e| panic!("warm up {b}: {e}"));
+            }
+            let pools = backends
+                .iter()
+                .enumerate()
+                .map(|(i, &addr)| (addr, if i < 2 { Pool::Blue } else { Pool::Green }));
+            let spec = service_spec(vip, blue_percent, pools);
+            dataplane.apply(&spec).expect("program the service");
+            AttachedLb { dataplane, spec }
+        })
+    }
+
+    /// Swaps in the table for `blue_percent`.
+    pub fn set_ratio(&mut self, blue_percent: u32) {
+        self.spec.ratio = Ratio::new(blue_percent).expect("valid ratio");
+        self.dataplane.apply(&self.spec).expect("swap the table");
+    }
+
+    /// Where packets went, for a failure message: the service's traffic,
+    /// the number of flows and the global counters.
+    pub fn diagnostics(&self) -> String {
+        let dp = &self.dataplane;
+        format!(
+            "service stats: {:?}\nflows: {:?}\ncounters: {:?}",
+            dp.service_stats(0),
+            dp.flows().map(|f| f.len()),
+            dp.counters()
+        )
+    }
+}
+
+fn service_spec(
+    vip: SocketAddrV4,
+    blue_percent: u32,
+    backends: impl Iterator<Item = (SocketAddrV4, Pool)>,
+) -> ServiceSpec {
+    ServiceSpec {
+        vip,
+        lut_size: DEFAULT_LUT_SIZE,
+        ratio: Ratio::new(blue_percent).expect("valid ratio"),
+        backends: backends
+            .map(|(addr, pool)| BackendSpec {
+                addr,
+                pool,
+                weight: 100,
+                reset_flows: false,
+            })
+            .collect(),
+    }
+}
+
+fn dataplane_options(max_flows: u32) -> DataplaneOptions {
+    DataplaneOptions {
+        max_flows,
+        lookup_capacity: 2 * DEFAULT_LUT_SIZE,
+        pin_dir: None,
+    }
+}
+
+fn flow_key(client: SocketAddrV4) -> FlowKey {
+    FlowKey::from_client(client, VIP)
+}
+
+/// veth0 is the LB's interface (10.0.0.1/24); the backends and the
+/// clients' gateway are permanent neighbours, so `bpf_fib_lookup` resolves
+/// every next hop without ARP.
+fn prepare_namespace() {
+    ip("link set lo up");
+    ip(&format!(
+        "link add {INTERFACE} address {} type veth peer name veth1",
+        mac_text(LB_MAC)
+    ));
+    ip(&format!("link set {INTERFACE} up"));
+    ip("link set veth1 up");
+    ip(&format!("addr add {SNAT}/24 dev {INTERFACE}"));
+    ip(&format!("route add 192.168.0.0/16 via {GATEWAY}"));
+    for addr in BLUE.iter().chain(&GREEN).map(|b| *b.ip()).chain([GATEWAY]) {
+        let mac = mac_text(mac_of(addr));
+        ip(&format!("neigh add {addr} lladdr {mac} dev {INTERFACE} nud permanent"));
+    }
+    // bpf_fib_lookup forwards only where forwarding is on; test runs arrive
+    // on lo.
+    cmd::run(
+        "sysctl",
+        &["-qw", "net.ipv4.conf.all.forwarding=1", "net.ipv4.conf.lo.forwarding=1"],
+    );
+}
+
+fn mac_text(mac: [u8; 6]) -> String {
+    mac.map(|b| format!("{b:02x}")).join(":")
+}
