@@ -20,7 +20,7 @@ pub enum Counter {
     SnatPortsExhausted,
     /// Flow table insert failed: dropped.
     FlowInsertFailed,
-    /// No route to the destination, or it needs fragmentation: dropped.
+    /// No route to the destination: dropped.
     FibFailed,
     /// Next hop's MAC is not resolved yet: dropped (the daemon resolves it).
     FibNoNeighbour,
@@ -35,9 +35,27 @@ pub enum Counter {
     /// A pinned flow of a backend that went down with `on_down = "reset"`,
     /// reset with a RST to the client.
     FlowReset,
+    /// An ICMP error from the backend side about a pinned flow, translated
+    /// and forwarded to its client.
+    IcmpErrorToClient,
+    /// An ICMP error from the client side about a pinned flow, translated
+    /// and forwarded to its backend.
+    IcmpErrorToBackend,
+    /// An ICMP error that quotes no pinned flow: passed untouched.
+    IcmpErrorWithoutFlow,
+    /// An ICMP message the data plane cannot parse (IP options, a fragment)
+    /// or an error too short to translate: passed untouched.
+    IcmpMalformed,
+    /// A Don't Fragment packet larger than the egress MTU, answered with ICMP
+    /// fragmentation needed.
+    TooBigAnswered,
+    /// A packet larger than the egress MTU that may not be answered with
+    /// fragmentation needed (no DF, or itself an ICMP error): dropped, as XDP
+    /// cannot fragment.
+    TooBigDropped,
 }
 
-pub const COUNTER_COUNT: u32 = Counter::FlowReset as u32 + 1;
+pub const COUNTER_COUNT: u32 = Counter::TooBigDropped as u32 + 1;
 
 impl Counter {
     pub const ALL: [Counter; COUNTER_COUNT as usize] = [
@@ -56,6 +74,12 @@ impl Counter {
         Counter::TtlExpired,
         Counter::Refused,
         Counter::FlowReset,
+        Counter::IcmpErrorToClient,
+        Counter::IcmpErrorToBackend,
+        Counter::IcmpErrorWithoutFlow,
+        Counter::IcmpMalformed,
+        Counter::TooBigAnswered,
+        Counter::TooBigDropped,
     ];
 
     /// Stable snake_case name for logs and metrics.
@@ -76,6 +100,12 @@ impl Counter {
             Counter::TtlExpired => "ttl_expired",
             Counter::Refused => "refused",
             Counter::FlowReset => "flow_reset",
+            Counter::IcmpErrorToClient => "icmp_error_to_client",
+            Counter::IcmpErrorToBackend => "icmp_error_to_backend",
+            Counter::IcmpErrorWithoutFlow => "icmp_error_without_flow",
+            Counter::IcmpMalformed => "icmp_malformed",
+            Counter::TooBigAnswered => "too_big_answered",
+            Counter::TooBigDropped => "too_big_dropped",
         }
     }
 }

@@ -8,6 +8,8 @@
 //! - [`flow_hash`]: the 5-tuple hash that picks a lookup-table slot.
 //! - [`checksum`]: RFC 1624 incremental checksum updates used by NAT.
 //! - [`flow_state`]: TCP flow state tracking (when a pinned flow has ended).
+//! - [`icmp`]: which ICMP errors follow a flow; checksums of translating
+//!   their quotes and of generated fragmentation-needed errors.
 //! - [`snat_port`]: candidate SNAT ports for collision-free allocation.
 //!
 //! Addresses and ports inside map keys and values are stored exactly as on
@@ -20,5 +22,6 @@ pub mod checksum;
 pub mod counters;
 pub mod flow_hash;
 pub mod flow_state;
+pub mod icmp;
 pub mod maps;
 pub mod snat_port;

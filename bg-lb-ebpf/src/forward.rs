@@ -2,14 +2,16 @@
 //! interface and next-hop MAC, then XDP_TX (same interface) or XDP_REDIRECT
 //! through the TX_PORTS devmap. The fast path never hands the packet to the
 //! kernel stack: if the next hop is unresolved the packet is dropped and
-//! counted (the daemon keeps backend neighbours resolved).
+//! counted (the daemon keeps backend neighbours resolved). A packet too big
+//! for the egress link is answered with ICMP fragmentation needed if its
+//! sender set DF, and dropped otherwise: XDP cannot fragment.
 
 use core::mem::{size_of, zeroed};
 
 use aya_ebpf::{
     EbpfContext as _,
     bindings::{
-        BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup as FibParams,
+        BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup as FibParams,
         xdp_action::{XDP_DROP, XDP_TX},
     },
     helpers::bpf_fib_lookup,
@@ -18,44 +20,106 @@ use aya_ebpf::{
 use bg_lb_common::counters::Counter;
 
 use crate::{
+    icmp,
     maps::{TX_PORTS, count},
     packet::TcpPacket,
 };
 
 const AF_INET: u8 = 2;
 
+/// What `bpf_fib_lookup` needs to know of an IPv4 packet; addresses wire
+/// order, the length host order.
+pub struct RouteQuery {
+    pub proto: u8,
+    pub tos: u8,
+    /// IP total length: the kernel compares it with the egress MTU.
+    pub ip_len: u16,
+    pub src_addr: u32,
+    pub dst_addr: u32,
+}
+
+/// Where a packet goes next.
+pub enum Route {
+    /// Out of `ifindex`, from `smac` to the next hop's `dmac`.
+    Next { ifindex: u32, smac: [u8; 6], dmac: [u8; 6] },
+    /// The egress link takes at most `mtu` bytes (host order), fewer than
+    /// the packet has.
+    TooBig { mtu: u16 },
+    /// No route, or no resolved next hop: dropped, counted under this.
+    Failed(Counter),
+}
+
 #[inline(always)]
-pub fn forward(ctx: &XdpContext, pkt: &mut TcpPacket<'_>) -> u32 {
+pub fn route(ctx: &XdpContext, query: &RouteQuery) -> Route {
     // SAFETY: FibParams (struct bpf_fib_lookup) holds only integers and
     // unions of integers, for which all zeroes is a valid value.
     let mut fib: FibParams = unsafe { zeroed() };
     fib.family = AF_INET;
-    fib.l4_protocol = pkt.proto();
-    fib.__bindgen_anon_1.tot_len = pkt.ip_len();
+    fib.l4_protocol = query.proto;
+    fib.__bindgen_anon_1.tot_len = query.ip_len;
     fib.ifindex = ctx.ingress_ifindex() as u32;
-    fib.__bindgen_anon_2.tos = pkt.tos();
-    fib.__bindgen_anon_3.ipv4_src = pkt.src_addr();
-    fib.__bindgen_anon_4.ipv4_dst = pkt.dst_addr();
+    fib.__bindgen_anon_2.tos = query.tos;
+    fib.__bindgen_anon_3.ipv4_src = query.src_addr;
+    fib.__bindgen_anon_4.ipv4_dst = query.dst_addr;
 
     // SAFETY: ctx is this run's XDP context and fib a live parameter block of
     // the size passed; the helper touches no packet memory.
     let rc = unsafe { bpf_fib_lookup(ctx.as_ptr(), &mut fib, size_of::<FibParams>() as i32, 0) };
-    if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 {
-        count(if rc == BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
-            Counter::FibNoNeighbour
-        } else {
-            Counter::FibFailed
-        });
-        return XDP_DROP;
+    if rc == BPF_FIB_LKUP_RET_SUCCESS as i64 {
+        Route::Next {
+            ifindex: fib.ifindex,
+            smac: fib.smac,
+            dmac: fib.dmac,
+        }
+    } else if rc == BPF_FIB_LKUP_RET_FRAG_NEEDED as i64 {
+        // SAFETY: the kernel wrote the MTU over tot_len (a union of two
+        // u16s) when it returned FRAG_NEEDED.
+        Route::TooBig {
+            mtu: unsafe { fib.__bindgen_anon_1.mtu_result },
+        }
+    } else if rc == BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
+        Route::Failed(Counter::FibNoNeighbour)
+    } else {
+        Route::Failed(Counter::FibFailed)
     }
-    pkt.set_macs(fib.smac, fib.dmac);
-    if fib.ifindex == ctx.ingress_ifindex() as u32 {
+}
+
+/// Sends the frame, its MACs already set, out of `ifindex`.
+#[inline(always)]
+pub fn send(ctx: &XdpContext, ifindex: u32) -> u32 {
+    if ifindex == ctx.ingress_ifindex() as u32 {
         return XDP_TX;
     }
-    match TX_PORTS.redirect(fib.ifindex, 0) {
+    match TX_PORTS.redirect(ifindex, 0) {
         Ok(action) => action,
         Err(_) => {
             count(Counter::RedirectFailed);
+            XDP_DROP
+        }
+    }
+}
+
+#[inline(always)]
+pub fn forward(ctx: &XdpContext, pkt: &mut TcpPacket<'_>) -> u32 {
+    let query = RouteQuery {
+        proto: pkt.proto(),
+        tos: pkt.tos(),
+        ip_len: pkt.ip_len(),
+        src_addr: pkt.src_addr(),
+        dst_addr: pkt.dst_addr(),
+    };
+    match route(ctx, &query) {
+        Route::Next { ifindex, smac, dmac } => {
+            pkt.set_macs(smac, dmac);
+            send(ctx, ifindex)
+        }
+        Route::TooBig { mtu } if pkt.dont_fragment() => icmp::answer_too_big(ctx, pkt, mtu),
+        Route::TooBig { .. } => {
+            count(Counter::TooBigDropped);
+            XDP_DROP
+        }
+        Route::Failed(counter) => {
+            count(counter);
             XDP_DROP
         }
     }

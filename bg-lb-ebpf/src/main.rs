@@ -2,11 +2,13 @@
 //! weighted lookup tables and flow pinning.
 //!
 //! Paths: client -> VIP:port ([`to_backend`]), backend -> SNAT addr:port
-//! ([`to_client`]); everything else passes to the kernel untouched.
+//! ([`to_client`]), ICMP errors about those flows ([`icmp`]); everything
+//! else passes to the kernel untouched.
 #![no_std]
 #![no_main]
 
 mod forward;
+mod icmp;
 mod maps;
 mod nat;
 mod packet;
@@ -36,6 +38,7 @@ pub fn bg_lb(ctx: XdpContext) -> u32 {
     }
     let mut pkt = match parse_tcp(&ctx) {
         Ok(pkt) => pkt,
+        Err(NotForUs::Icmp) => return icmp::icmp_error(&ctx, &cfg),
         Err(NotForUs::Other) => {
             count(Counter::Passed);
             return XDP_PASS;

@@ -1,13 +1,18 @@
 //! The one module that touches packet memory: the bounds-checked pointer
-//! helper, Ethernet/IPv4/TCP parsing, and safe reads and in-place writes of
-//! the parsed headers. Everything else works through [`TcpPacket`].
+//! helper, Ethernet/IPv4/TCP and ICMP error parsing, and safe reads and
+//! in-place writes of the parsed headers. Everything else works through
+//! [`TcpPacket`] and [`IcmpError`].
 
 use core::mem::size_of;
 
 use aya_ebpf::{helpers::bpf_xdp_adjust_tail, programs::XdpContext};
-use bg_lb_common::counters::Counter;
+use bg_lb_common::{
+    counters::Counter,
+    icmp::{self, ICMP_LEN, QUOTE_L4_LEN, QuoteChecksums, TCP_CHECK_OFFSET, Tuple},
+};
 use network_types::{
     eth::{EthHdr, EtherType},
+    icmp::Icmpv4Hdr,
     ip::{IpProto, Ipv4Hdr},
     tcp::TcpHdr,
 };
@@ -20,9 +25,19 @@ pub const TCP_LEN: usize = size_of::<TcpHdr>();
 const TCP_OFFSET: usize = ETH_LEN + IP_LEN;
 /// Byte offset of the flags within the TCP header.
 const TCP_FLAGS_OFFSET: usize = 13;
-/// More Fragments flag and fragment offset mask in the 16-bit frags field.
+/// Don't Fragment and More Fragments flags and the fragment offset mask in
+/// the 16-bit frags field.
+const IP_DF: u16 = 0x4000;
 const IP_MF: u16 = 0x2000;
 const IP_OFFSET_MASK: u16 = 0x1fff;
+/// Where an ICMP error's parts start in the frame: its header after an
+/// option-less IPv4 header, then the quoted IPv4 header and its payload.
+const ICMP_OFFSET: usize = ETH_LEN + IP_LEN;
+const QUOTE_IP_OFFSET: usize = ICMP_OFFSET + ICMP_LEN;
+const QUOTE_L4_OFFSET: usize = QUOTE_IP_OFFSET + IP_LEN;
+/// The shortest ICMP error that can be translated, from its IP header on:
+/// the quote must hold the quoted IP header and the TCP ports.
+const MIN_ICMP_ERROR_LEN: usize = IP_LEN + ICMP_LEN + IP_LEN + QUOTE_L4_LEN;
 
 /// Pointer to a `T` at `offset` in the frame, if the whole `T` is inside it.
 ///
@@ -56,7 +71,9 @@ pub struct TcpPacket<'a> {
 
 /// Why a frame is not a `TcpPacket` we may rewrite.
 pub enum NotForUs {
-    /// Not IPv4/TCP at all: ARP, IPv6, ICMP, UDP, ...
+    /// IPv4 ICMP: for [`parse_icmp_error`].
+    Icmp,
+    /// Not IPv4/TCP or ICMP at all: ARP, IPv6, UDP, ...
     Other,
     /// A TCP/IPv4 frame we must not touch; the counter says why.
     Unsafe(Counter),
@@ -81,8 +98,15 @@ pub fn parse_tcp(ctx: &XdpContext) -> Result<TcpPacket<'_>, NotForUs> {
             (*ip).tot_len(),
         )
     };
-    if proto != IpProto::Tcp as u8 || vihl >> 4 != 4 {
+    if vihl >> 4 != 4 {
         return Err(NotForUs::Other);
+    }
+    if proto != IpProto::Tcp as u8 {
+        return Err(if proto == IpProto::Icmp as u8 {
+            NotForUs::Icmp
+        } else {
+            NotForUs::Other
+        });
     }
     if vihl & 0x0f != 5 {
         return Err(NotForUs::Unsafe(Counter::IpOptions));
@@ -195,6 +219,38 @@ impl TcpPacket<'_> {
         u16::from_ne_bytes(self.ip.check)
     }
 
+    /// The sender forbids fragmenting the packet (DF): a router that cannot
+    /// forward it whole answers with ICMP fragmentation needed.
+    #[inline(always)]
+    pub fn dont_fragment(&self) -> bool {
+        u16::from_be_bytes(self.ip.frags) & IP_DF != 0
+    }
+
+    /// Addresses and ports.
+    #[inline(always)]
+    pub fn tuple(&self) -> Tuple {
+        Tuple {
+            src_addr: self.src_addr(),
+            dst_addr: self.dst_addr(),
+            src_port: self.src_port(),
+            dst_port: self.dst_port(),
+        }
+    }
+
+    /// What an ICMP error about this packet quotes: its IP header and the
+    /// first bytes of its TCP header, as they stand now.
+    #[inline(always)]
+    pub fn quote(&self) -> ([u8; IP_LEN], [u8; QUOTE_L4_LEN]) {
+        // SAFETY: both headers are plain byte arrays (`repr(C)`, alignment
+        // 1, no padding) at least as long as the arrays read from them.
+        unsafe {
+            (
+                *(&*self.ip as *const Ipv4Hdr).cast::<[u8; IP_LEN]>(),
+                *(&*self.tcp as *const TcpHdr).cast::<[u8; QUOTE_L4_LEN]>(),
+            )
+        }
+    }
+
     /// TCP checksum, wire order.
     #[inline(always)]
     pub fn tcp_check(&self) -> u16 {
@@ -250,10 +306,9 @@ impl TcpPacket<'_> {
     #[must_use]
     #[inline(always)]
     pub fn replace_with(self, ctx: &XdpContext, headers: &BareHeaders) -> bool {
-        let delta = BARE_FRAME_LEN as i32 - (ctx.data_end() - ctx.data()) as i32;
-        // SAFETY: ctx.ctx is this run's xdp_md; no reference into the frame
-        // outlives the call, as the packet was taken by value.
-        if unsafe { bpf_xdp_adjust_tail(ctx.ctx, delta) } != 0 {
+        // SAFETY: no reference into the frame outlives the call, as the
+        // packet was taken by value.
+        if !unsafe { resize(ctx, BARE_FRAME_LEN) } {
             return false;
         }
         // Shrinking the frame invalidated every packet pointer: take new ones.
@@ -271,5 +326,246 @@ impl TcpPacket<'_> {
             *tcp = headers.tcp;
         }
         true
+    }
+
+    /// Turns the frame into an answer to this packet: cuts it down to the
+    /// Ethernet header, which stays as it is, and `l3` after it. Returns
+    /// false if the frame could not be resized; the caller drops it.
+    ///
+    /// Where the caller holds the packet only by reference, it cannot give
+    /// the packet up, so the packet's header references are taken again in
+    /// the new frame: they stay valid (the answer is at least as long as the
+    /// headers), but view the answer now, not a TCP segment, so the caller
+    /// only sends the frame afterwards.
+    #[must_use]
+    #[inline(always)]
+    pub fn answer_with<const N: usize>(&mut self, ctx: &XdpContext, l3: &[u8; N]) -> bool {
+        const { assert!(N >= IP_LEN + TCP_LEN, "the headers must stay inside the answer") };
+        // SAFETY: the packet's references are not used again before they
+        // are replaced with ones taken in the resized frame, below.
+        if !unsafe { resize(ctx, ETH_LEN + N) } {
+            return false;
+        }
+        // Always inside (the resized frame holds the Ethernet header and
+        // `l3`); the checks are for the verifier.
+        let Some(dst) = ptr_at::<[u8; N]>(ctx, ETH_LEN) else {
+            return false;
+        };
+        // SAFETY: inside the resized frame (ptr_at, taken after the resize);
+        // no other reference to it is live.
+        unsafe { *dst = *l3 };
+        let (Some(eth), Some(ip), Some(tcp)) = (
+            ptr_at::<EthHdr>(ctx, 0),
+            ptr_at::<Ipv4Hdr>(ctx, ETH_LEN),
+            ptr_at::<TcpHdr>(ctx, TCP_OFFSET),
+        ) else {
+            return false;
+        };
+        // SAFETY: inside the resized frame (ptr_at); the three do not overlap
+        // and replace the packet's only references.
+        unsafe {
+            self.eth = &mut *eth;
+            self.ip = &mut *ip;
+            self.tcp = &mut *tcp;
+        }
+        true
+    }
+}
+
+/// Resizes the frame to `len` bytes at its tail.
+///
+/// # Safety
+/// Every pointer into the frame is invalid afterwards, so no reference into
+/// it may be used again.
+#[inline(always)]
+unsafe fn resize(ctx: &XdpContext, len: usize) -> bool {
+    let delta = len as i32 - (ctx.data_end() - ctx.data()) as i32;
+    // SAFETY: ctx.ctx is this run's xdp_md; the caller gives up its
+    // references into the frame.
+    unsafe { bpf_xdp_adjust_tail(ctx.ctx, delta) == 0 }
+}
+
+/// An ICMPv4 error about a TCP segment, as the data plane translates it:
+/// the outer IPv4 header (no options, not a fragment), the ICMP header, and
+/// the quote, whose IPv4 header (no options) and TCP ports are all inside
+/// the frame and the outer IP length. Borrowed for the rest of the run.
+pub struct IcmpError<'a> {
+    eth: &'a mut EthHdr,
+    ip: &'a mut Ipv4Hdr,
+    icmp: &'a mut Icmpv4Hdr,
+    quote_ip: &'a mut Ipv4Hdr,
+    /// The quoted TCP source and destination ports.
+    quote_ports: &'a mut [[u8; 2]; 2],
+    /// The quoted TCP checksum, if the quote holds it.
+    quote_tcp_check: Option<&'a mut [u8; 2]>,
+    /// Outer IP total length, host order.
+    ip_len: u16,
+}
+
+/// Parses an IPv4 ICMP frame ([`NotForUs::Icmp`]) as an error the data plane
+/// may translate. Otherwise the counter says why not: [`Counter::Passed`]
+/// for messages that are not such errors (echo, redirect, ...),
+/// [`Counter::IcmpMalformed`] for ones it cannot parse, and
+/// [`Counter::IcmpErrorWithoutFlow`] for errors about anything but TCP.
+#[inline(always)]
+pub fn parse_icmp_error(ctx: &XdpContext) -> Result<IcmpError<'_>, Counter> {
+    let (Some(eth), Some(ip), Some(icmp_hdr)) = (
+        ptr_at::<EthHdr>(ctx, 0),
+        ptr_at::<Ipv4Hdr>(ctx, ETH_LEN),
+        ptr_at::<Icmpv4Hdr>(ctx, ICMP_OFFSET),
+    ) else {
+        return Err(Counter::IcmpMalformed);
+    };
+    // SAFETY: inside the frame (ptr_at).
+    let (vihl, frags, ip_len, icmp_type) = unsafe {
+        (
+            (*ip).vihl,
+            u16::from_be_bytes((*ip).frags),
+            (*ip).tot_len(),
+            (*icmp_hdr).type_,
+        )
+    };
+    // Options would move the ICMP header; a fragment may lack the quote.
+    if vihl != 0x45 || frags & (IP_MF | IP_OFFSET_MASK) != 0 {
+        return Err(Counter::IcmpMalformed);
+    }
+    if !icmp::follows_flow(icmp_type) {
+        return Err(Counter::Passed);
+    }
+    let frame_ip_len = ctx.data_end() - ctx.data() - ETH_LEN;
+    if (ip_len as usize) < MIN_ICMP_ERROR_LEN || ip_len as usize > frame_ip_len {
+        return Err(Counter::IcmpMalformed);
+    }
+    let (Some(quote_ip), Some(quote_ports)) = (
+        ptr_at::<Ipv4Hdr>(ctx, QUOTE_IP_OFFSET),
+        ptr_at::<[[u8; 2]; 2]>(ctx, QUOTE_L4_OFFSET),
+    ) else {
+        return Err(Counter::IcmpMalformed);
+    };
+    // SAFETY: inside the frame (ptr_at).
+    let (quote_vihl, quote_proto, quote_frags) = unsafe {
+        (
+            (*quote_ip).vihl,
+            (*quote_ip).proto,
+            u16::from_be_bytes((*quote_ip).frags),
+        )
+    };
+    // Only a first fragment quotes the TCP header; the data plane sends no
+    // options, so a quote with them is not of a packet it sent.
+    if quote_vihl != 0x45 || quote_frags & IP_OFFSET_MASK != 0 {
+        return Err(Counter::IcmpMalformed);
+    }
+    if quote_proto != IpProto::Tcp as u8 {
+        return Err(Counter::IcmpErrorWithoutFlow);
+    }
+    let check_offset = QUOTE_L4_OFFSET + TCP_CHECK_OFFSET;
+    let quote_tcp_check = if ip_len as usize >= check_offset + 2 - ETH_LEN {
+        // Inside the IP length, which is inside the frame: the check is for
+        // the verifier.
+        Some(ptr_at::<[u8; 2]>(ctx, check_offset).ok_or(Counter::IcmpMalformed)?)
+    } else {
+        None
+    };
+    // SAFETY: inside the frame (ptr_at); the parts do not overlap and the
+    // error holds the only references to them.
+    unsafe {
+        Ok(IcmpError {
+            eth: &mut *eth,
+            ip: &mut *ip,
+            icmp: &mut *icmp_hdr,
+            quote_ip: &mut *quote_ip,
+            quote_ports: &mut *quote_ports,
+            quote_tcp_check: quote_tcp_check.map(|check| &mut *check),
+            ip_len,
+        })
+    }
+}
+
+/// Addresses, ports and checksums are wire order, as in [`TcpPacket`].
+impl IcmpError<'_> {
+    #[inline(always)]
+    pub fn src_addr(&self) -> u32 {
+        u32::from_ne_bytes(self.ip.src_addr)
+    }
+
+    #[inline(always)]
+    pub fn dst_addr(&self) -> u32 {
+        u32::from_ne_bytes(self.ip.dst_addr)
+    }
+
+    /// Outer IP total length.
+    #[inline(always)]
+    pub fn ip_len(&self) -> u16 {
+        self.ip_len
+    }
+
+    #[inline(always)]
+    pub fn ttl(&self) -> u8 {
+        self.ip.ttl
+    }
+
+    #[inline(always)]
+    pub fn tos(&self) -> u8 {
+        self.ip.tos
+    }
+
+    #[inline(always)]
+    pub fn ip_check(&self) -> u16 {
+        u16::from_ne_bytes(self.ip.check)
+    }
+
+    /// The quoted segment's addresses and ports.
+    #[inline(always)]
+    pub fn quoted(&self) -> Tuple {
+        Tuple {
+            src_addr: u32::from_ne_bytes(self.quote_ip.src_addr),
+            dst_addr: u32::from_ne_bytes(self.quote_ip.dst_addr),
+            src_port: u16::from_ne_bytes(self.quote_ports[0]),
+            dst_port: u16::from_ne_bytes(self.quote_ports[1]),
+        }
+    }
+
+    /// The checksums the quote's addressing enters.
+    #[inline(always)]
+    pub fn quote_checksums(&self) -> QuoteChecksums {
+        QuoteChecksums {
+            icmp: u16::from_ne_bytes(self.icmp.check),
+            ip: u16::from_ne_bytes(self.quote_ip.check),
+            tcp: self.quote_tcp_check.as_ref().map(|check| u16::from_ne_bytes(**check)),
+        }
+    }
+
+    /// Sets the quote's addressing and the checksums that go with it, as
+    /// [`QuoteChecksums::translate`] computes them.
+    #[inline(always)]
+    pub fn set_quoted(&mut self, tuple: &Tuple, checks: &QuoteChecksums) {
+        self.quote_ip.src_addr = tuple.src_addr.to_ne_bytes();
+        self.quote_ip.dst_addr = tuple.dst_addr.to_ne_bytes();
+        self.quote_ports[0] = tuple.src_port.to_ne_bytes();
+        self.quote_ports[1] = tuple.dst_port.to_ne_bytes();
+        self.icmp.check = checks.icmp.to_ne_bytes();
+        self.quote_ip.check = checks.ip.to_ne_bytes();
+        if let (Some(field), Some(check)) = (self.quote_tcp_check.as_mut(), checks.tcp) {
+            **field = check.to_ne_bytes();
+        }
+    }
+
+    /// Sets the outer addresses and TTL; the caller keeps the checksum right.
+    #[inline(always)]
+    pub fn set_outer(&mut self, src: u32, dst: u32, ttl: u8) {
+        self.ip.src_addr = src.to_ne_bytes();
+        self.ip.dst_addr = dst.to_ne_bytes();
+        self.ip.ttl = ttl;
+    }
+
+    #[inline(always)]
+    pub fn set_ip_check(&mut self, check: u16) {
+        self.ip.check = check.to_ne_bytes();
+    }
+
+    #[inline(always)]
+    pub fn set_macs(&mut self, src: [u8; 6], dst: [u8; 6]) {
+        self.eth.src_addr = src;
+        self.eth.dst_addr = dst;
     }
 }

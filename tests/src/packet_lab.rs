@@ -217,6 +217,30 @@ impl PacketLab {
         ip(&format!("neigh del {addr} dev {INTERFACE}"));
     }
 
+    /// Limits the path towards `to` to `mtu` bytes, as a narrower egress
+    /// link would: a locked route MTU, which `bpf_fib_lookup` checks packets
+    /// against.
+    pub fn limit_path_mtu(&self, to: Ipv4Addr, mtu: u16) {
+        let on_link = to.octets()[..3] == SNAT.octets()[..3];
+        let via = if on_link {
+            String::new()
+        } else {
+            format!("via {GATEWAY}")
+        };
+        ip(&format!("route add {to}/32 {via} dev {INTERFACE} mtu lock {mtu}"));
+    }
+
+    /// The backend `client`'s pinned flow goes to and its SNAT port.
+    pub fn pinned_backend(&self, client: SocketAddrV4) -> Option<(SocketAddrV4, u16)> {
+        let flow = self.flow(client)?;
+        let backend = self
+            .spec
+            .backends
+            .iter()
+            .find(|b| self.dataplane.backend_id(&VIP, &b.addr) == Some(flow.backend_id))?;
+        Some((backend.addr, u16::from_be(flow.snat_port)))
+    }
+
     /// The service's lookup-table inputs as the data plane holds them.
     pub fn table(&self) -> LookupTable {
         let backends = self

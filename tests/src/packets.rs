@@ -1,9 +1,11 @@
-//! Frames for packet tests, built and checked with etherparse.
+//! Frames for packet tests (TCP segments and ICMP errors), built and checked
+//! with etherparse.
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use etherparse::{
-    EtherType, Ethernet2Header, IpNumber, Ipv4Header, PacketBuilder, SlicedPacket, TcpHeader, TransportSlice,
+    EtherType, Ethernet2Header, Icmpv4Header, Icmpv4Type, IpNumber, Ipv4Header, PacketBuilder, SlicedPacket, TcpHeader,
+    TransportSlice,
 };
 
 pub const SYN: u8 = 0x02;
@@ -102,5 +104,110 @@ pub fn parse_checked(frame: &[u8]) -> TcpView {
         seq: tcp_header.sequence_number,
         ack: tcp_header.acknowledgment_number,
         payload: tcp.payload().to_vec(),
+    }
+}
+
+/// An Ethernet/IPv4 ICMP frame from `src` to `dst` (TTL 64): an error of
+/// `icmp_type` whose payload is `quote`, the start of the datagram it is
+/// about.
+pub fn icmp_error_frame(
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    icmp_type: Icmpv4Type,
+    quote: &[u8],
+) -> Vec<u8> {
+    let builder = PacketBuilder::ethernet2(src_mac, dst_mac)
+        .ipv4(src.octets(), dst.octets(), 64)
+        .icmpv4(icmp_type);
+    let mut frame = Vec::with_capacity(builder.size(quote.len()));
+    builder.write(&mut frame, quote).expect("frame builds");
+    frame
+}
+
+/// What a quote of `frame` holds: its IPv4 header and `l4_len` bytes of
+/// what follows.
+pub fn quote_of(frame: &[u8], l4_len: usize) -> Vec<u8> {
+    frame[14..14 + 20 + l4_len].to_vec()
+}
+
+/// Rewrites a frame's IPv4 header in place with `change` and makes its
+/// checksum right again.
+pub fn edit_ip_header(frame: &mut [u8], change: impl FnOnce(&mut Ipv4Header)) {
+    let (mut header, _) = Ipv4Header::from_slice(&frame[14..]).expect("IPv4 header");
+    change(&mut header);
+    header.header_checksum = header.calc_header_checksum();
+    let bytes = header.to_bytes();
+    frame[14..14 + bytes.len()].copy_from_slice(&bytes);
+}
+
+/// What a test checks in an ICMP error the program emitted.
+#[derive(Debug)]
+pub struct IcmpView {
+    pub src_mac: [u8; 6],
+    pub dst_mac: [u8; 6],
+    pub src: Ipv4Addr,
+    pub dst: Ipv4Addr,
+    pub ttl: u8,
+    pub icmp_type: u8,
+    pub code: u8,
+    /// The ICMP header's last four bytes (unused, MTU, pointer).
+    pub rest_of_header: [u8; 4],
+    /// The quoted datagram's addresses and ports.
+    pub quoted_src: SocketAddrV4,
+    pub quoted_dst: SocketAddrV4,
+    /// The quoted bytes: IPv4 header and as much of its payload as is there.
+    pub quote: Vec<u8>,
+    /// The quote holds the whole segment, so its TCP checksum was checked.
+    pub quoted_tcp_checked: bool,
+}
+
+/// Parses an emitted ICMP error and panics unless every checksum in it is
+/// right: the IPv4 header's, the ICMP checksum over the whole message, the
+/// quoted IPv4 header's and, if the quote holds the whole segment, the
+/// quoted TCP checksum.
+pub fn parse_checked_icmp(frame: &[u8]) -> IcmpView {
+    let eth = Ethernet2Header::from_slice(frame).expect("Ethernet header").0;
+    assert_eq!(eth.ether_type, EtherType::IPV4);
+    let (ip, icmp) = Ipv4Header::from_slice(&frame[14..]).expect("IPv4 header");
+    assert_eq!(ip.protocol, IpNumber::ICMP);
+    assert_eq!(ip.header_checksum, ip.calc_header_checksum(), "IPv4 header checksum");
+    assert_eq!(
+        icmp.len(),
+        ip.payload_len().expect("IP length") as usize,
+        "the frame ends with the IP datagram"
+    );
+    let (header, quote) = Icmpv4Header::from_slice(icmp).expect("ICMP header");
+    assert_eq!(header.checksum, header.icmp_type.calc_checksum(quote), "ICMP checksum");
+    let bytes = header.to_bytes();
+
+    let (quoted_ip, quoted_l4) = Ipv4Header::from_slice(quote).expect("quoted IPv4 header");
+    assert_eq!(
+        quoted_ip.header_checksum,
+        quoted_ip.calc_header_checksum(),
+        "quoted IPv4 header checksum"
+    );
+    assert_eq!(quoted_ip.protocol, IpNumber::TCP, "quotes a TCP segment");
+    let port = |at: usize| u16::from_be_bytes([quoted_l4[at], quoted_l4[at + 1]]);
+    let whole = quoted_l4.len() == quoted_ip.payload_len().expect("quoted IP length") as usize;
+    if whole {
+        let (tcp, payload) = TcpHeader::from_slice(quoted_l4).expect("quoted TCP header");
+        let expected = tcp.calc_checksum_ipv4(&quoted_ip, payload).expect("checksum computes");
+        assert_eq!(tcp.checksum, expected, "quoted TCP checksum");
+    }
+    IcmpView {
+        src_mac: eth.source,
+        dst_mac: eth.destination,
+        src: Ipv4Addr::from(ip.source),
+        dst: Ipv4Addr::from(ip.destination),
+        ttl: ip.time_to_live,
+        icmp_type: bytes[0],
+        code: bytes[1],
+        rest_of_header: [bytes[4], bytes[5], bytes[6], bytes[7]],
+        quoted_src: SocketAddrV4::new(Ipv4Addr::from(quoted_ip.source), port(0)),
+        quoted_dst: SocketAddrV4::new(Ipv4Addr::from(quoted_ip.destination), port(2)),
+        quote: quote.to_vec(),
+        quoted_tcp_checked: whole,
     }
 }

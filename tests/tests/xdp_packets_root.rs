@@ -9,17 +9,27 @@
 //! sequences (a SYN, then the backend's reply, ...) are written out as
 //! tests, checked with the same [`Out`] expectations.
 
-use std::{collections::HashSet, net::SocketAddrV4};
+use std::{
+    collections::HashSet,
+    net::{Ipv4Addr, SocketAddrV4},
+};
 
 use bg_lb_common::{counters::Counter, flow_state, maps::TrafficStats};
 use bg_lb_tests::{
     netns::in_fresh_netns,
     packet_lab::{
-        BLUE, GATEWAY_MAC, LB_MAC, PacketLab, PacketLabOptions, SNAT, SNAT_PORTS, VIP, XDP_DROP, XDP_PASS,
+        BLUE, GATEWAY_MAC, GREEN, LB_MAC, PacketLab, PacketLabOptions, SNAT, SNAT_PORTS, VIP, XDP_DROP, XDP_PASS,
         XDP_REDIRECT, XDP_TX, client, from_client, is_blue, mac_of, reply_to,
     },
-    packets::{ACK, ACK_NUMBER, FIN_ACK, PSH_ACK, RST, SEQ, SYN, SYN_ACK, parse_checked, tcp_frame},
+    packets::{
+        ACK, ACK_NUMBER, FIN_ACK, IcmpView, PSH_ACK, RST, SEQ, SYN, SYN_ACK, edit_ip_header, icmp_error_frame,
+        parse_checked, parse_checked_icmp, quote_of, tcp_frame,
+    },
     require_root,
+};
+use etherparse::{
+    IcmpEchoHeader, Icmpv4Type,
+    icmpv4::{DestUnreachableHeader, RedirectCode, RedirectHeader, TimeExceededCode},
 };
 
 /// One case: the lab as the row sets it up, one frame in, then the verdict,
@@ -35,6 +45,9 @@ struct Row {
     /// The client the frame is from, whose flow `flow` speaks of.
     client: SocketAddrV4,
     frame: Vec<u8>,
+    /// Builds the frame instead, after `setup`: for frames about what the
+    /// lab sent earlier.
+    build: Option<fn(&mut PacketLab) -> Vec<u8>>,
     verdict: u32,
     out: Out,
     /// Counters the frame moves by exactly one.
@@ -52,6 +65,7 @@ impl Row {
             setup: |_| {},
             client,
             frame: from_client(client, flags),
+            build: None,
             verdict: XDP_PASS,
             out: Out::Unchanged,
             counted: &[],
@@ -61,6 +75,13 @@ impl Row {
 
     fn frame(self, frame: Vec<u8>) -> Self {
         Row { frame, ..self }
+    }
+
+    fn frame_from(self, build: fn(&mut PacketLab) -> Vec<u8>) -> Self {
+        Row {
+            build: Some(build),
+            ..self
+        }
     }
 
     fn ratio(self, blue_percent: u32) -> Self {
@@ -102,6 +123,23 @@ enum Out {
     /// number `seq`, and with `ack` set the ACK flag and that number (RFC
     /// 793: a RST to a segment with ACK carries its ack as seq).
     Rst { seq: u32, ack: Option<u32> },
+    /// The ICMP error, about a packet the LB sent a backend for the row's
+    /// client, translated to that client: from the VIP to the client, the
+    /// LB's MAC to the gateway's, TTL 63, the same ICMP type, code and
+    /// header, quoting what the client sent (client -> VIP) with every
+    /// other quoted byte as it was; every checksum valid.
+    IcmpToClient,
+    /// The ICMP error, about a packet the LB sent the row's client,
+    /// translated to the flow's backend: from the SNAT address to the
+    /// backend, the LB's MAC to the backend's, TTL 63, quoting what the
+    /// backend sent (backend -> SNAT address and the flow's port), as in
+    /// `IcmpToClient`.
+    IcmpToBackend,
+    /// A bare fragmentation-needed error (70 bytes) with `mtu` sent back
+    /// where the frame came from (MACs swapped), from the address the frame
+    /// was sent to, quoting its IP header (TTL decremented) and first 8
+    /// bytes; every checksum valid.
+    FragNeeded { mtu: u16 },
     /// Nothing: the frame was dropped.
     Dropped,
 }
@@ -160,8 +198,138 @@ impl Out {
                     "{what}: RST sequence numbers (RFC 793)"
                 );
             }
+            Out::IcmpToClient => {
+                let view = parse_checked_icmp(out);
+                assert_eq!((view.src, view.dst), (*VIP.ip(), *client.ip()), "{what}: VIP to client");
+                assert_eq!((view.src_mac, view.dst_mac), (LB_MAC, GATEWAY_MAC), "{what}: MACs");
+                assert_translated(what, &parse_checked_icmp(sent), &view, (client, VIP));
+            }
+            Out::IcmpToBackend => {
+                let (backend, snat_port) = lab.pinned_backend(client).expect("a pinned flow");
+                let view = parse_checked_icmp(out);
+                assert_eq!((view.src, view.dst), (SNAT, *backend.ip()), "{what}: SNAT to backend");
+                assert_eq!(
+                    (view.src_mac, view.dst_mac),
+                    (LB_MAC, mac_of(*backend.ip())),
+                    "{what}: MACs"
+                );
+                let snat = SocketAddrV4::new(SNAT, snat_port);
+                assert_translated(what, &parse_checked_icmp(sent), &view, (backend, snat));
+            }
+            Out::FragNeeded { mtu } => {
+                assert_eq!(out.len(), 14 + 20 + 8 + 20 + 8, "{what}: a bare error quoting 8 bytes");
+                let (sent_tcp, view) = (parse_checked(sent), parse_checked_icmp(out));
+                assert_eq!(
+                    (view.src_mac, view.dst_mac),
+                    (sent_tcp.dst_mac, sent_tcp.src_mac),
+                    "{what}: back where it came from"
+                );
+                assert_eq!(
+                    (view.src, view.dst),
+                    (*sent_tcp.dst.ip(), *sent_tcp.src.ip()),
+                    "{what}: from the address the sender sent to"
+                );
+                assert_eq!((view.icmp_type, view.code), (3, 4), "{what}: fragmentation needed");
+                let [m0, m1] = mtu.to_be_bytes();
+                assert_eq!(view.rest_of_header, [0, 0, m0, m1], "{what}: next-hop MTU");
+                assert_eq!(
+                    (view.quoted_src, view.quoted_dst),
+                    (sent_tcp.src, sent_tcp.dst),
+                    "{what}: quotes what was sent"
+                );
+                let mut expected = quote_of(sent, 8);
+                expected[8] -= 1;
+                expected[10..12].copy_from_slice(&view.quote[10..12]);
+                assert_eq!(view.quote, expected, "{what}: the quote, TTL decremented");
+            }
             Out::Dropped => {}
         }
+    }
+}
+
+/// `out` is the ICMP error `sent` translated: TTL decremented, ICMP type,
+/// code and header as they were, the quote addressed `quoted`, and no other
+/// quoted byte changed but the checksums.
+fn assert_translated(what: &str, sent: &IcmpView, out: &IcmpView, quoted: (SocketAddrV4, SocketAddrV4)) {
+    assert_eq!(out.ttl, sent.ttl - 1, "{what}: TTL");
+    assert_eq!(
+        (out.icmp_type, out.code, out.rest_of_header),
+        (sent.icmp_type, sent.code, sent.rest_of_header),
+        "{what}: ICMP type, code and header"
+    );
+    assert_eq!((out.quoted_src, out.quoted_dst), quoted, "{what}: quoted addressing");
+    assert_eq!(
+        out.quoted_tcp_checked, sent.quoted_tcp_checked,
+        "{what}: the whole segment quoted"
+    );
+    // Quoted IP checksum, addresses and ports; the TCP checksum, if quoted.
+    let rest = |quote: &[u8]| {
+        let mut rest = quote.to_vec();
+        rest[10..24].fill(0);
+        if let Some(check) = rest.get_mut(36..38) {
+            check.fill(0);
+        }
+        rest
+    };
+    assert_eq!(rest(&out.quote), rest(&sent.quote), "{what}: the rest of the quote");
+}
+
+/// Pins `client`'s flow, then returns the segment with `payload` that the
+/// LB sent the backend for it.
+fn sent_to_backend(lab: &mut PacketLab, client: SocketAddrV4, payload: &[u8]) -> Vec<u8> {
+    lab.send_from_client(client, SYN);
+    lab.run(&tcp_frame(GATEWAY_MAC, LB_MAC, client, VIP, PSH_ACK, payload))
+        .1
+}
+
+/// Pins `client`'s flow, then returns the backend's SYN-ACK as the LB sent
+/// it to the client.
+fn sent_to_client(lab: &mut PacketLab, client: SocketAddrV4) -> Vec<u8> {
+    let (_, syn) = lab.send_from_client(client, SYN);
+    lab.run(&reply_to(&parse_checked(&syn), SYN_ACK)).1
+}
+
+/// An ICMP error of `icmp_type` about `emitted`, a frame the LB sent, from
+/// a router on its way back to its source, quoting its IP header and
+/// `l4_len` more bytes.
+fn error_about(emitted: &[u8], icmp_type: Icmpv4Type, l4_len: usize) -> Vec<u8> {
+    let view = parse_checked(emitted);
+    let (router, router_mac) = if *view.src.ip() == SNAT {
+        (BACKEND_SIDE_ROUTER, mac_of(BACKEND_SIDE_ROUTER))
+    } else {
+        (Ipv4Addr::new(192, 168, 0, 1), GATEWAY_MAC)
+    };
+    icmp_error_frame(
+        router_mac,
+        LB_MAC,
+        router,
+        *view.src.ip(),
+        icmp_type,
+        &quote_of(emitted, l4_len),
+    )
+}
+
+/// A router between the LB and the backends.
+const BACKEND_SIDE_ROUTER: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 50);
+
+fn frag_needed(mtu: u16) -> Icmpv4Type {
+    Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: mtu })
+}
+
+fn time_exceeded() -> Icmpv4Type {
+    Icmpv4Type::TimeExceeded(TimeExceededCode::TtlExceededInTransit)
+}
+
+/// A segment with 1400 bytes of payload from `client`, after its SYN:
+/// larger than a 1280-byte link takes.
+fn oversized_from(lab: &mut PacketLab, client: SocketAddrV4) -> Vec<u8> {
+    lab.send_from_client(client, SYN);
+    tcp_frame(GATEWAY_MAC, LB_MAC, client, VIP, PSH_ACK, &[b'x'; 1400])
+}
+
+fn limit_backend_paths(lab: &mut PacketLab) {
+    for b in BLUE.iter().chain(&GREEN) {
+        lab.limit_path_mtu(*b.ip(), 1280);
     }
 }
 
@@ -352,6 +520,172 @@ fn rows() -> Vec<Row> {
         .frame(lying_length)
         .counts(&[Counter::Truncated])
         .flow(FlowAfter::Absent),
+        // ICMP errors about pinned flows go to the other side, translated.
+        Row::new(
+            "frag_needed_from_the_backend_side_is_translated_to_the_client",
+            client(40030),
+            0,
+        )
+        .frame_from(|lab| {
+            let sent = sent_to_backend(lab, client(40030), b"GET / HTTP/1.1\r\n\r\n");
+            // The whole segment, so the quoted TCP checksum is checked too.
+            error_about(&sent, frag_needed(1280), sent.len() - 34)
+        })
+        .expect(XDP_REDIRECT, Out::IcmpToClient)
+        .counts(&[Counter::IcmpErrorToClient]),
+        Row::new(
+            "time_exceeded_from_the_client_side_is_translated_to_the_backend",
+            client(40031),
+            0,
+        )
+        .frame_from(|lab| error_about(&sent_to_client(lab, client(40031)), time_exceeded(), 8))
+        .expect(XDP_REDIRECT, Out::IcmpToBackend)
+        .counts(&[Counter::IcmpErrorToBackend]),
+        Row::new(
+            "icmp_error_about_no_pinned_backend_connection_passes_unchanged_and_is_counted",
+            client(40032),
+            0,
+        )
+        .frame(error_about(
+            &tcp_frame(
+                LB_MAC,
+                mac_of(*BLUE[0].ip()),
+                SocketAddrV4::new(SNAT, SNAT_PORTS.0),
+                BLUE[0],
+                ACK,
+                b"",
+            ),
+            frag_needed(1280),
+            8,
+        ))
+        .counts(&[Counter::IcmpErrorWithoutFlow]),
+        Row::new(
+            "icmp_error_about_no_pinned_client_connection_passes_unchanged_and_is_counted",
+            client(40033),
+            0,
+        )
+        .frame(error_about(
+            &tcp_frame(LB_MAC, GATEWAY_MAC, VIP, client(40033), SYN_ACK, b""),
+            time_exceeded(),
+            8,
+        ))
+        .counts(&[Counter::IcmpErrorWithoutFlow]),
+        Row::new(
+            "icmp_error_not_sent_to_the_source_it_quotes_passes_unchanged",
+            client(40034),
+            0,
+        )
+        .frame_from(|lab| {
+            let mut error = error_about(&sent_to_backend(lab, client(40034), b""), frag_needed(1280), 8);
+            edit_ip_header(&mut error, |ip| ip.destination = VIP.ip().octets());
+            error
+        })
+        .counts(&[Counter::IcmpErrorWithoutFlow]),
+        Row::new("redirect_about_a_pinned_flow_passes_unchanged", client(40035), 0)
+            .frame_from(|lab| {
+                let redirect = Icmpv4Type::Redirect(RedirectHeader {
+                    code: RedirectCode::RedirectForHost,
+                    gateway_internet_address: [10, 0, 0, 9],
+                });
+                error_about(&sent_to_backend(lab, client(40035), b""), redirect, 8)
+            })
+            .counts(&[Counter::Passed]),
+        Row::new("echo_request_to_the_vip_passes_unchanged", client(40036), 0)
+            .frame(icmp_error_frame(
+                GATEWAY_MAC,
+                LB_MAC,
+                *client(40036).ip(),
+                *VIP.ip(),
+                Icmpv4Type::EchoRequest(IcmpEchoHeader { id: 7, seq: 1 }),
+                b"ping",
+            ))
+            .counts(&[Counter::Passed]),
+        // Malformed ICMP errors are never forwarded, even about a pinned flow.
+        Row::new(
+            "icmp_error_quoting_less_than_8_bytes_passes_unchanged_and_is_counted",
+            client(40037),
+            0,
+        )
+        .frame_from(|lab| error_about(&sent_to_backend(lab, client(40037), b""), frag_needed(1280), 6))
+        .counts(&[Counter::IcmpMalformed]),
+        Row::new(
+            "icmp_error_whose_ip_length_runs_past_the_frame_passes_unchanged_and_is_counted",
+            client(40038),
+            0,
+        )
+        .frame_from(|lab| {
+            let error = error_about(&sent_to_backend(lab, client(40038), b""), frag_needed(1280), 8);
+            error[..error.len() - 4].to_vec()
+        })
+        .counts(&[Counter::IcmpMalformed]),
+        Row::new(
+            "icmp_error_quoting_ip_options_passes_unchanged_and_is_counted",
+            client(40039),
+            0,
+        )
+        .frame_from(|lab| {
+            let mut quote = quote_of(&sent_to_backend(lab, client(40039), b""), 8);
+            quote[0] = 0x46; // IHL 6
+            let router = BACKEND_SIDE_ROUTER;
+            icmp_error_frame(mac_of(router), LB_MAC, router, SNAT, frag_needed(1280), &quote)
+        })
+        .counts(&[Counter::IcmpMalformed]),
+        // Packets too big for the egress link.
+        Row::new(
+            "oversized_df_segment_to_a_backend_is_answered_with_frag_needed",
+            client(40040),
+            0,
+        )
+        .setup(limit_backend_paths)
+        .frame_from(|lab| oversized_from(lab, client(40040)))
+        .expect(XDP_TX, Out::FragNeeded { mtu: 1280 })
+        .counts(&[Counter::TooBigAnswered]),
+        Row::new(
+            "oversized_df_reply_to_a_client_is_answered_with_frag_needed",
+            client(40041),
+            0,
+        )
+        .setup(|lab| lab.limit_path_mtu(*client(40041).ip(), 1280))
+        .frame_from(|lab| {
+            let (_, syn) = lab.send_from_client(client(40041), SYN);
+            let to_backend = parse_checked(&syn);
+            let backend_mac = mac_of(*to_backend.dst.ip());
+            tcp_frame(
+                backend_mac,
+                LB_MAC,
+                to_backend.dst,
+                to_backend.src,
+                PSH_ACK,
+                &[b'y'; 1400],
+            )
+        })
+        .expect(XDP_TX, Out::FragNeeded { mtu: 1280 })
+        .counts(&[Counter::TooBigAnswered]),
+        Row::new("oversized_segment_without_df_is_dropped_and_counted", client(40042), 0)
+            .setup(limit_backend_paths)
+            .frame_from(|lab| {
+                let mut segment = oversized_from(lab, client(40042));
+                edit_ip_header(&mut segment, |ip| ip.dont_fragment = false);
+                segment
+            })
+            .expect(XDP_DROP, Out::Dropped)
+            .counts(&[Counter::TooBigDropped]),
+        Row::new(
+            "oversized_df_segment_without_a_pinned_flow_is_dropped_and_counted",
+            client(40043),
+            0,
+        )
+        .setup(limit_backend_paths)
+        .frame(tcp_frame(
+            GATEWAY_MAC,
+            LB_MAC,
+            client(40043),
+            VIP,
+            PSH_ACK,
+            &[b'x'; 1400],
+        ))
+        .expect(XDP_DROP, Out::Dropped)
+        .counts(&[Counter::UnpinnedForwarded, Counter::TooBigDropped]),
     ]
 }
 
@@ -365,10 +699,14 @@ fn run_row(name: &'static str) {
             .unwrap_or_else(|| panic!("no row {name}"));
         let mut lab = PacketLab::new(&PacketLabOptions::with_ratio(row.blue_percent));
         (row.setup)(&mut lab);
+        let frame = match row.build {
+            Some(build) => build(&mut lab),
+            None => row.frame,
+        };
         let before: Vec<u64> = row.counted.iter().map(|&c| lab.counter(c)).collect();
-        let (verdict, out) = lab.run(&row.frame);
+        let (verdict, out) = lab.run(&frame);
         assert_eq!(verdict, row.verdict, "{name}: verdict");
-        row.out.check(&lab, name, row.client, &row.frame, &out);
+        row.out.check(&lab, name, row.client, &frame, &out);
         for (&counter, before) in row.counted.iter().zip(before) {
             assert_eq!(lab.counter(counter), before + 1, "{name}: {counter:?} counts the frame");
         }
@@ -406,6 +744,20 @@ row_tests!(
     fragment_to_the_vip_passes_unchanged_and_is_counted,
     vip_frame_with_ip_options_passes_unchanged_and_is_counted,
     vip_frame_whose_ip_length_runs_past_it_passes_unchanged_and_is_counted,
+    frag_needed_from_the_backend_side_is_translated_to_the_client,
+    time_exceeded_from_the_client_side_is_translated_to_the_backend,
+    icmp_error_about_no_pinned_backend_connection_passes_unchanged_and_is_counted,
+    icmp_error_about_no_pinned_client_connection_passes_unchanged_and_is_counted,
+    icmp_error_not_sent_to_the_source_it_quotes_passes_unchanged,
+    redirect_about_a_pinned_flow_passes_unchanged,
+    echo_request_to_the_vip_passes_unchanged,
+    icmp_error_quoting_less_than_8_bytes_passes_unchanged_and_is_counted,
+    icmp_error_whose_ip_length_runs_past_the_frame_passes_unchanged_and_is_counted,
+    icmp_error_quoting_ip_options_passes_unchanged_and_is_counted,
+    oversized_df_segment_to_a_backend_is_answered_with_frag_needed,
+    oversized_df_reply_to_a_client_is_answered_with_frag_needed,
+    oversized_segment_without_df_is_dropped_and_counted,
+    oversized_df_segment_without_a_pinned_flow_is_dropped_and_counted,
 );
 
 #[test]

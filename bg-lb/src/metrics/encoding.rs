@@ -32,15 +32,19 @@ pub fn verdict(counter: Counter) -> &'static str {
         | Counter::Fragmented
         | Counter::IpOptions
         | Counter::ReplyWithoutFlow
-        | Counter::TtlExpired => "pass",
+        | Counter::TtlExpired
+        | Counter::IcmpErrorWithoutFlow
+        | Counter::IcmpMalformed => "pass",
         Counter::NoBackend
         | Counter::SnatPortsExhausted
         | Counter::FlowInsertFailed
         | Counter::FibFailed
         | Counter::FibNoNeighbour
-        | Counter::RedirectFailed => "drop",
-        Counter::UnpinnedForwarded => "forward",
+        | Counter::RedirectFailed
+        | Counter::TooBigDropped => "drop",
+        Counter::UnpinnedForwarded | Counter::IcmpErrorToClient | Counter::IcmpErrorToBackend => "forward",
         Counter::Refused | Counter::FlowReset => "reset",
+        Counter::TooBigAnswered => "icmp",
     }
 }
 
@@ -412,6 +416,7 @@ mod tests {
         assert_eq!(verdict(Counter::NoBackend), "drop");
         assert_eq!(verdict(Counter::Passed), "pass");
         assert_eq!(verdict(Counter::Refused), "reset");
+        assert_eq!(verdict(Counter::TooBigAnswered), "icmp");
     }
 
     #[test]

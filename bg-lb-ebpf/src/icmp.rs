@@ -1,0 +1,192 @@
+//! ICMP for NATed flows, so that PMTU discovery and unreachable and
+//! time-exceeded reports work through the load balancer:
+//! - An error that a router or endpoint sends about a packet the LB emitted
+//!   quotes that packet. It is translated to the other side of the NAT, to
+//!   the sender of the packet the LB translated, quote and outer header
+//!   alike, every checksum with them (Linux conntrack and IPVS do the same).
+//!   Errors about anything else pass to the kernel untouched.
+//! - A DF packet too big for its egress link is answered with
+//!   fragmentation needed, as a router would, quoting what its sender sent.
+//!
+//! Either error comes from the address its receiver sent to (the VIP for a
+//! client, the SNAT address for a backend), not from the router that found
+//! the problem: conntrack's full NAT and IPVS rewrite the outer source the
+//! same way. The receiver's stack matches an error by its quote alone, a
+//! source it talks to passes its anti-spoofing filters, and nothing of the
+//! network behind the LB leaks.
+
+use aya_ebpf::{
+    bindings::xdp_action::{XDP_DROP, XDP_PASS, XDP_TX},
+    programs::XdpContext,
+};
+use bg_lb_common::{
+    checksum::{replace16, replace32},
+    counters::Counter,
+    icmp::{IPPROTO_ICMP, Tuple, frag_needed, quote},
+    maps::{DataplaneConfig, FlowKey, IPPROTO_TCP, NatKey},
+};
+
+use crate::{
+    forward::{Route, RouteQuery, route, send},
+    maps::{BACKENDS, CONFIG, REVERSE_NAT, count, flow_entry},
+    packet::{TcpPacket, parse_icmp_error},
+};
+
+/// Translates an ICMP error about a pinned flow to the other side and
+/// forwards it; passes anything else.
+#[inline(always)]
+pub fn icmp_error(ctx: &XdpContext, cfg: &DataplaneConfig) -> u32 {
+    let mut error = match parse_icmp_error(ctx) {
+        Ok(error) => error,
+        Err(counter) => {
+            count(counter);
+            return XDP_PASS;
+        }
+    };
+    let quoted = error.quoted();
+    // An error goes to the source of the packet it quotes.
+    let origin = if error.dst_addr() == quoted.src_addr {
+        origin_of(&quoted, cfg)
+    } else {
+        None
+    };
+    let Some(origin) = origin else {
+        count(Counter::IcmpErrorWithoutFlow);
+        return XDP_PASS;
+    };
+    let ttl = error.ttl();
+    if ttl <= 1 {
+        count(Counter::TtlExpired);
+        return XDP_PASS;
+    }
+
+    let checks = error.quote_checksums().translate(&quoted, &origin.sent);
+    error.set_quoted(&origin.sent, &checks);
+    let (src, dst) = (origin.sent.dst_addr, origin.sent.src_addr);
+    let mut ip_check = replace32(error.ip_check(), error.src_addr(), src);
+    ip_check = replace32(ip_check, error.dst_addr(), dst);
+    // TTL shares a 16-bit checksum word with the protocol byte.
+    ip_check = replace16(
+        ip_check,
+        u16::from_ne_bytes([ttl, IPPROTO_ICMP]),
+        u16::from_ne_bytes([ttl - 1, IPPROTO_ICMP]),
+    );
+    error.set_outer(src, dst, ttl - 1);
+    error.set_ip_check(ip_check);
+
+    let query = RouteQuery {
+        proto: IPPROTO_ICMP,
+        tos: error.tos(),
+        ip_len: error.ip_len(),
+        src_addr: src,
+        dst_addr: dst,
+    };
+    match route(ctx, &query) {
+        Route::Next { ifindex, smac, dmac } => {
+            error.set_macs(smac, dmac);
+            count(origin.counter);
+            send(ctx, ifindex)
+        }
+        // An error is never answered with another (RFC 1122 3.2.2).
+        Route::TooBig { .. } => {
+            count(Counter::TooBigDropped);
+            XDP_DROP
+        }
+        Route::Failed(counter) => {
+            count(counter);
+            XDP_DROP
+        }
+    }
+}
+
+/// Answers `pkt`, a packet the LB has translated and found too big for the
+/// egress link's `mtu`, with fragmentation needed to its sender, back out of
+/// the interface it came in on. The answer quotes the packet as its sender
+/// sent it, for the sender's stack to find the connection (and to check the
+/// sequence number); the LB has decremented its TTL.
+#[inline(always)]
+pub fn answer_too_big(ctx: &XdpContext, pkt: &mut TcpPacket<'_>, mtu: u16) -> u32 {
+    let origin = match CONFIG.get(0) {
+        Some(cfg) => origin_of(&pkt.tuple(), cfg),
+        None => None,
+    };
+    // A packet forwarded without a pinned flow has no way back.
+    let Some(origin) = origin else {
+        count(Counter::TooBigDropped);
+        return XDP_DROP;
+    };
+    let (ip, l4) = pkt.quote();
+    let answer = frag_needed(&quote(&ip, &l4, &origin.sent), mtu);
+    pkt.swap_macs();
+    if !pkt.answer_with(ctx, &answer) {
+        return XDP_DROP;
+    }
+    count(Counter::TooBigAnswered);
+    XDP_TX
+}
+
+/// The packet the LB translated into the one it emitted, and the counter of
+/// errors that go back to that packet's sender.
+struct Origin {
+    /// Addresses and ports as the sender sent it.
+    sent: Tuple,
+    counter: Counter,
+}
+
+/// Where `emitted`, a packet the LB sent (or is about to send), came from:
+/// a client's packet if it goes to a backend from the SNAT address, a
+/// backend's if it goes to a client. Only a pinned flow whose flow and
+/// reverse-NAT entries agree has an origin: an error about one flow must
+/// never reach another's endpoint, as its quote may carry that flow's data.
+#[inline(always)]
+fn origin_of(emitted: &Tuple, cfg: &DataplaneConfig) -> Option<Origin> {
+    let snat_port = u16::from_be(emitted.src_port);
+    if emitted.src_addr == cfg.snat_addr && snat_port >= cfg.snat_port_min && snat_port <= cfg.snat_port_max {
+        let nat = NatKey {
+            backend_addr: emitted.dst_addr,
+            backend_port: emitted.dst_port,
+            snat_port: emitted.src_port,
+        };
+        // SAFETY: copied at once, as in `to_client`.
+        let client = (unsafe { REVERSE_NAT.get(nat) }).copied()?;
+        let flow = flow_entry(&client)?;
+        let backend = BACKENDS.get(flow.backend_id)?;
+        if flow.snat_port != nat.snat_port || NatKey::new(backend, flow.snat_port) != nat {
+            return None;
+        }
+        return Some(Origin {
+            sent: Tuple {
+                src_addr: client.client_addr,
+                dst_addr: client.vip_addr,
+                src_port: client.client_port,
+                dst_port: client.vip_port,
+            },
+            counter: Counter::IcmpErrorToClient,
+        });
+    }
+    let client = FlowKey {
+        client_addr: emitted.dst_addr,
+        vip_addr: emitted.src_addr,
+        client_port: emitted.dst_port,
+        vip_port: emitted.src_port,
+        proto: IPPROTO_TCP,
+        _pad: [0; 3],
+    };
+    let flow = flow_entry(&client)?;
+    let snat_port = flow.snat_port;
+    let backend = BACKENDS.get(flow.backend_id)?;
+    // SAFETY: copied at once, as in `to_client`.
+    let owner = (unsafe { REVERSE_NAT.get(NatKey::new(backend, snat_port)) }).copied()?;
+    if owner != client {
+        return None;
+    }
+    Some(Origin {
+        sent: Tuple {
+            src_addr: backend.addr,
+            dst_addr: cfg.snat_addr,
+            src_port: backend.port,
+            dst_port: snat_port,
+        },
+        counter: Counter::IcmpErrorToBackend,
+    })
+}
