@@ -264,12 +264,7 @@ impl PacketLab {
 
     /// A global counter, summed over CPUs.
     pub fn counter(&self, counter: Counter) -> u64 {
-        let counters = self.dataplane.counters().expect("COUNTERS");
-        counters
-            .into_iter()
-            .find(|(c, _)| *c == counter)
-            .expect("every counter is reported")
-            .1
+        counter_of(&self.dataplane, counter)
     }
 
     /// The flow table's entry for `client`'s connection to the VIP.
@@ -366,6 +361,11 @@ impl AttachedLb {
         self.dataplane.apply(&self.spec).expect("swap the table");
     }
 
+    /// A global counter, summed over CPUs.
+    pub fn counter(&self, counter: Counter) -> u64 {
+        counter_of(&self.dataplane, counter)
+    }
+
     /// Where packets went, for a failure message: the service's traffic,
     /// the number of flows and the global counters.
     pub fn diagnostics(&self) -> String {
@@ -377,6 +377,15 @@ impl AttachedLb {
             dp.counters()
         )
     }
+}
+
+fn counter_of(dataplane: &Dataplane, counter: Counter) -> u64 {
+    let counters = dataplane.counters().expect("COUNTERS");
+    counters
+        .into_iter()
+        .find(|(c, _)| *c == counter)
+        .expect("every counter is reported")
+        .1
 }
 
 fn service_spec(

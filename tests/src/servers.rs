@@ -1,9 +1,9 @@
-//! Test TCP servers and clients: a stoppable accept loop, and name servers
-//! that answer every line they read with their own name, so a client learns
-//! which backend served it.
+//! Test TCP servers and clients: a stoppable accept loop, name servers that
+//! answer every line they read with their own name, so a client learns
+//! which backend served it, and a bulk server for large transfers.
 
 use std::{
-    io::{BufRead, BufReader, Write},
+    io::{BufRead, BufReader, Read, Write},
     net::{SocketAddr, SocketAddrV4, TcpListener, TcpStream},
     sync::{
         Arc,
@@ -134,4 +134,81 @@ impl NameClient {
         }
         Ok(line.trim().to_owned())
     }
+}
+
+/// A server for bulk transfers. A connection's first line asks for one:
+/// `upload N` (the server reads N bytes, then answers `ok N`) or
+/// `download N` (the server writes N bytes, then closes).
+pub struct BulkServer {
+    _accept: AcceptLoop,
+}
+
+/// How long a bulk transfer may stall before it fails: a lost PMTU
+/// signal stalls it for good (nothing else shrinks the segments).
+const BULK_STALL: Duration = Duration::from_secs(20);
+
+impl BulkServer {
+    pub fn start(ns: &NetNs, addr: SocketAddrV4) -> Self {
+        let serve = |stream: TcpStream, _: &AtomicBool| {
+            // A peer may connect and go (the LB's neighbour warm-up).
+            let _ = serve_bulk(stream);
+        };
+        BulkServer {
+            _accept: AcceptLoop::start(ns, addr, serve),
+        }
+    }
+}
+
+fn serve_bulk(stream: TcpStream) -> std::io::Result<()> {
+    stream.set_read_timeout(Some(BULK_STALL))?;
+    stream.set_write_timeout(Some(BULK_STALL))?;
+    let mut writer = stream.try_clone()?;
+    let mut reader = BufReader::new(stream);
+    let mut request = String::new();
+    reader.read_line(&mut request)?;
+    match request.split_whitespace().collect::<Vec<_>>()[..] {
+        ["upload", n] => {
+            let n: u64 = n.parse().map_err(std::io::Error::other)?;
+            let got = std::io::copy(&mut reader.by_ref().take(n), &mut std::io::sink())?;
+            writeln!(writer, "ok {got}")
+        }
+        ["download", n] => {
+            let n: u64 = n.parse().map_err(std::io::Error::other)?;
+            std::io::copy(&mut std::io::repeat(b'd').take(n), &mut writer).map(|_| ())
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Sends `bytes` to the bulk server at `to` from `client`, and fails unless
+/// the server got them all.
+pub fn upload(client: &NetNs, to: SocketAddrV4, bytes: u64) -> std::io::Result<()> {
+    client.run(move || {
+        let (mut writer, mut reader) = bulk_connect(to)?;
+        writeln!(writer, "upload {bytes}")?;
+        std::io::copy(&mut std::io::repeat(b'u').take(bytes), &mut writer)?;
+        let mut answer = String::new();
+        reader.read_line(&mut answer)?;
+        if answer.trim() != format!("ok {bytes}") {
+            return Err(std::io::Error::other(format!("server answered {answer:?}")));
+        }
+        Ok(())
+    })
+}
+
+/// Fetches `bytes` from the bulk server at `from` into `client`; returns
+/// how many arrived before the server closed.
+pub fn download(client: &NetNs, from: SocketAddrV4, bytes: u64) -> std::io::Result<u64> {
+    client.run(move || {
+        let (mut writer, mut reader) = bulk_connect(from)?;
+        writeln!(writer, "download {bytes}")?;
+        std::io::copy(&mut reader, &mut std::io::sink())
+    })
+}
+
+fn bulk_connect(to: SocketAddrV4) -> std::io::Result<(TcpStream, BufReader<TcpStream>)> {
+    let stream = TcpStream::connect_timeout(&SocketAddr::V4(to), Duration::from_secs(3))?;
+    stream.set_read_timeout(Some(BULK_STALL))?;
+    stream.set_write_timeout(Some(BULK_STALL))?;
+    Ok((stream.try_clone()?, BufReader::new(stream)))
 }

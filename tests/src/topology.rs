@@ -1,7 +1,9 @@
-//! Named network namespaces and a one-arm test topology: client, load
-//! balancer and backends on one L2 segment (a bridge in its own namespace),
-//! connected by veth pairs. Everything is deleted on drop, even when a test
-//! panics; names carry the test process's pid so parallel runs never collide.
+//! Named network namespaces and the test topologies built from them: one-arm
+//! (client, load balancer and backends on one L2 segment, a bridge in its
+//! own namespace), two-arm, and a routed path with an MTU per link.
+//! Hosts are connected by veth pairs. Everything is deleted on drop, even
+//! when a test panics; names carry the test process's pid so parallel runs
+//! never collide.
 
 use std::{
     fs::File,
@@ -158,11 +160,16 @@ impl OneArm {
 fn configure_eth0(ns: &NetNs, addr: Ipv4Addr) {
     ns.ip(&format!("addr add {addr}/24 dev eth0"));
     ns.ip("link set eth0 up");
-    // A veth leaves TCP checksums to "hardware" (CHECKSUM_PARTIAL); a frame
-    // the LB sends with XDP_TX/REDIRECT loses that mark and arrives with a
-    // half-computed checksum. Real NICs hand XDP complete checksums, so make
-    // the test hosts compute them in software.
-    run("ip", &["netns", "exec", &ns.name, "ethtool", "-K", "eth0", "tx", "off"]);
+    checksums_in_software(ns, "eth0");
+}
+
+/// A veth leaves TCP checksums to "hardware" (CHECKSUM_PARTIAL); a frame the
+/// LB sends with XDP_TX/REDIRECT loses that mark and arrives with a
+/// half-computed checksum. Real NICs hand XDP complete checksums, so make
+/// the test hosts (and routers, which segment what GRO merged) compute them
+/// in software.
+fn checksums_in_software(ns: &NetNs, iface: &str) {
+    run("ip", &["netns", "exec", &ns.name, "ethtool", "-K", iface, "tx", "off"]);
 }
 
 /// Attaches `xdp_pass` in native mode to `iface` in `ns`. Keep the returned
@@ -250,3 +257,101 @@ impl TwoArm {
 }
 
 pub const TWO_ARM_VIP: Ipv4Addr = Ipv4Addr::new(10, 98, 1, 100);
+
+/// A routed line from one client to one backend through the LB, for PMTU
+/// tests: client, routers, LB, routers, backend, each link a veth pair with
+/// both ends at that link's MTU. Link `i` is `10.97.<i+1>.0/24`, its left
+/// end `.1` and its right end `.2`; every host calls its interfaces `left`
+/// (towards the client) and `right` (towards the backend). The VIP sits on
+/// the LB's `left`, the SNAT address is the LB's `right` address.
+pub struct RoutedPath {
+    /// Client, routers, LB, routers, backend, in that order.
+    hosts: Vec<NetNs>,
+    lb_index: usize,
+    pub vip: Ipv4Addr,
+    pub snat: Ipv4Addr,
+    pub client_addr: Ipv4Addr,
+    pub backend_addr: Ipv4Addr,
+}
+
+impl RoutedPath {
+    /// `client_side`: the MTUs of the links from the client to the LB, in
+    /// order, with a router between each two; `backend_side`: of the links
+    /// from the LB to the backend.
+    pub fn new(client_side: &[u32], backend_side: &[u32]) -> Self {
+        assert!(!client_side.is_empty() && !backend_side.is_empty());
+        let lb_index = client_side.len();
+        let links: Vec<u32> = client_side.iter().chain(backend_side).copied().collect();
+        let hosts: Vec<NetNs> = (0..=links.len())
+            .map(|i| {
+                NetNs::new(match i {
+                    0 => "client",
+                    i if i == lb_index => "lb",
+                    i if i == links.len() => "backend",
+                    _ => "router",
+                })
+            })
+            .collect();
+        for (i, mtu) in links.iter().enumerate() {
+            let (left, right) = (&hosts[i], &hosts[i + 1]);
+            ip(&format!(
+                "link add right netns {} mtu {mtu} type veth peer name left netns {} mtu {mtu}",
+                left.name, right.name
+            ));
+            for (host, iface, addr) in [(left, "right", link_addr(i, 1)), (right, "left", link_addr(i, 2))] {
+                host.ip(&format!("addr add {addr}/24 dev {iface}"));
+                host.ip(&format!("link set {iface} up"));
+                checksums_in_software(host, iface);
+            }
+        }
+        // Every link not attached to a host is reached through the
+        // neighbour on its side.
+        for (k, host) in hosts.iter().enumerate() {
+            for j in (0..links.len()).filter(|&j| j + 1 < k) {
+                host.ip(&format!("route add {}/24 via {}", link_addr(j, 0), link_addr(k - 1, 1)));
+            }
+            for j in (0..links.len()).filter(|&j| j > k) {
+                host.ip(&format!("route add {}/24 via {}", link_addr(j, 0), link_addr(k, 2)));
+            }
+            if k != 0 && k != links.len() {
+                host.sysctl("net.ipv4.conf.all.forwarding=1");
+            }
+        }
+        let vip = Ipv4Addr::new(10, 97, lb_index as u8, 100);
+        hosts[lb_index].ip(&format!("addr add {vip}/32 dev left"));
+        RoutedPath {
+            snat: link_addr(lb_index, 1),
+            client_addr: link_addr(0, 1),
+            backend_addr: link_addr(links.len() - 1, 2),
+            hosts,
+            lb_index,
+            vip,
+        }
+    }
+
+    pub fn client(&self) -> &NetNs {
+        &self.hosts[0]
+    }
+
+    pub fn lb(&self) -> &NetNs {
+        &self.hosts[self.lb_index]
+    }
+
+    pub fn backend(&self) -> &NetNs {
+        self.hosts.last().expect("a backend")
+    }
+
+    /// Native-mode XDP_TX/REDIRECT frames reach a veth peer only if the peer
+    /// runs XDP: the LB's neighbours get `xdp_pass` on the links to it.
+    pub fn pass_lb_frames_to_peers(&self) -> [Ebpf; 2] {
+        [
+            attach_xdp_pass(&self.hosts[self.lb_index - 1], "right"),
+            attach_xdp_pass(&self.hosts[self.lb_index + 1], "left"),
+        ]
+    }
+}
+
+/// Address `host` (1: left end, 2: right end, 0: the network) on link `i`.
+fn link_addr(i: usize, host: u8) -> Ipv4Addr {
+    Ipv4Addr::new(10, 97, i as u8 + 1, host)
+}
