@@ -92,10 +92,7 @@ pub fn send(ctx: &XdpContext, ifindex: u32) -> u32 {
     }
     match TX_PORTS.redirect(ifindex, 0) {
         Ok(action) => action,
-        Err(_) => {
-            count(Counter::RedirectFailed);
-            XDP_DROP
-        }
+        Err(_) => dropped(Counter::RedirectFailed),
     }
 }
 
@@ -114,13 +111,14 @@ pub fn forward(ctx: &XdpContext, pkt: &mut TcpPacket<'_>) -> u32 {
             send(ctx, ifindex)
         }
         Route::TooBig { mtu } if pkt.dont_fragment() => icmp::answer_too_big(ctx, pkt, mtu),
-        Route::TooBig { .. } => {
-            count(Counter::TooBigDropped);
-            XDP_DROP
-        }
-        Route::Failed(counter) => {
-            count(counter);
-            XDP_DROP
-        }
+        Route::TooBig { .. } => dropped(Counter::TooBigDropped),
+        Route::Failed(counter) => dropped(counter),
     }
+}
+
+/// Drops the packet, counted under `counter`.
+#[inline(always)]
+pub fn dropped(counter: Counter) -> u32 {
+    count(counter);
+    XDP_DROP
 }

@@ -27,7 +27,7 @@ use bg_lb_common::{
 };
 
 use crate::{
-    forward::{Route, RouteQuery, route, send},
+    forward::{Route, RouteQuery, dropped, route, send},
     maps::{BACKENDS, CONFIG, REVERSE_NAT, count, flow_entry},
     packet::{TcpPacket, parse_icmp_error},
 };
@@ -88,14 +88,8 @@ pub fn icmp_error(ctx: &XdpContext, cfg: &DataplaneConfig) -> u32 {
             send(ctx, ifindex)
         }
         // An error is never answered with another (RFC 1122 3.2.2).
-        Route::TooBig { .. } => {
-            count(Counter::TooBigDropped);
-            XDP_DROP
-        }
-        Route::Failed(counter) => {
-            count(counter);
-            XDP_DROP
-        }
+        Route::TooBig { .. } => dropped(Counter::TooBigDropped),
+        Route::Failed(counter) => dropped(counter),
     }
 }
 
@@ -112,8 +106,7 @@ pub fn answer_too_big(ctx: &XdpContext, pkt: &mut TcpPacket<'_>, mtu: u16) -> u3
     };
     // A packet forwarded without a pinned flow has no way back.
     let Some(origin) = origin else {
-        count(Counter::TooBigDropped);
-        return XDP_DROP;
+        return dropped(Counter::TooBigDropped);
     };
     let (ip, l4) = pkt.quote();
     let answer = frag_needed(&quote(&ip, &l4, &origin.sent), mtu);

@@ -538,9 +538,29 @@ fn rows() -> Vec<Row> {
             client(40031),
             0,
         )
-        .frame_from(|lab| error_about(&sent_to_client(lab, client(40031)), time_exceeded(), 8))
+        // The SYN-ACK whole (a bare TCP header).
+        .frame_from(|lab| error_about(&sent_to_client(lab, client(40031)), time_exceeded(), 20))
         .expect(XDP_REDIRECT, Out::IcmpToBackend)
         .counts(&[Counter::IcmpErrorToBackend]),
+        Row::new(
+            "error_quoting_only_8_bytes_is_translated_without_the_tcp_checksum",
+            client(40044),
+            0,
+        )
+        .frame_from(|lab| error_about(&sent_to_backend(lab, client(40044), b"data"), frag_needed(1280), 8))
+        .expect(XDP_REDIRECT, Out::IcmpToClient)
+        .counts(&[Counter::IcmpErrorToClient]),
+        Row::new(
+            "icmp_error_whose_ttl_would_expire_is_left_to_the_kernel",
+            client(40045),
+            0,
+        )
+        .frame_from(|lab| {
+            let mut error = error_about(&sent_to_backend(lab, client(40045), b""), frag_needed(1280), 8);
+            edit_ip_header(&mut error, |ip| ip.time_to_live = 1);
+            error
+        })
+        .counts(&[Counter::TtlExpired]),
         Row::new(
             "icmp_error_about_no_pinned_backend_connection_passes_unchanged_and_is_counted",
             client(40032),
@@ -746,6 +766,8 @@ row_tests!(
     vip_frame_whose_ip_length_runs_past_it_passes_unchanged_and_is_counted,
     frag_needed_from_the_backend_side_is_translated_to_the_client,
     time_exceeded_from_the_client_side_is_translated_to_the_backend,
+    error_quoting_only_8_bytes_is_translated_without_the_tcp_checksum,
+    icmp_error_whose_ttl_would_expire_is_left_to_the_kernel,
     icmp_error_about_no_pinned_backend_connection_passes_unchanged_and_is_counted,
     icmp_error_about_no_pinned_client_connection_passes_unchanged_and_is_counted,
     icmp_error_not_sent_to_the_source_it_quotes_passes_unchanged,
