@@ -10,10 +10,14 @@
 //!
 //! Either error comes from the address its receiver sent to (the VIP for a
 //! client, the SNAT address for a backend), not from the router that found
-//! the problem: conntrack's full NAT and IPVS rewrite the outer source the
-//! same way. The receiver's stack matches an error by its quote alone, a
-//! source it talks to passes its anti-spoofing filters, and nothing of the
-//! network behind the LB leaks.
+//! the problem. Linux conntrack with full NAT rewrites the outer source the
+//! same way, IPVS does for errors to clients, and Katran sends its own
+//! too-big errors from the VIP; Cilium keeps the router's address, which
+//! suits a cluster's private network but not the Internet: there a router
+//! behind the LB has a private address that bogon filters drop on the way
+//! to the client and that would reveal the network behind the LB. The
+//! receiver's stack matches an error by its quote alone, whatever its
+//! source.
 
 use aya_ebpf::{
     bindings::xdp_action::{XDP_DROP, XDP_PASS, XDP_TX},
