@@ -432,10 +432,10 @@ fn without_journald_the_logs_fall_back_to_stderr_lines() {
 
 #[test]
 fn idle_connections_beyond_the_caps_never_lock_out_ctl_or_scrapes_and_idle_ones_close() {
-    let settings = format!("metrics = \"{METRICS}\"\nmetrics_max_connections = 4\nmetrics_idle_timeout = \"2s\"\n");
+    let settings = format!("metrics = \"{METRICS}\"\nmetrics_max_connections = 4\nmetrics_idle_timeout = \"4s\"\n");
     let config = NameLabConfig {
         settings: &settings,
-        admin: "max_connections = 4\nidle_timeout = \"2s\"\n",
+        admin: "max_connections = 4\nidle_timeout = \"4s\"\n",
         ..NameLabConfig::default()
     };
     let lab = NameLab::start(BG_LB, 2, None, &config);
@@ -459,18 +459,18 @@ fn idle_connections_beyond_the_caps_never_lock_out_ctl_or_scrapes_and_idle_ones_
         .expect("scrape");
     assert_eq!(scrape.status, 200, "{}", scrape.body);
     assert!(
-        asked.elapsed() < Duration::from_millis(1500),
+        asked.elapsed() < Duration::from_secs(3),
         "answered only after {:?}: the idle connections were closed by their timeout, not for the new ones",
         asked.elapsed()
     );
 
     let mut idle_client = Client::connect(&lab.daemon.socket()).unwrap();
     for mut held in held_admin {
-        held.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        held.set_read_timeout(Some(Duration::from_secs(8))).unwrap();
         assert_eq!(held.read(&mut [0; 16]).expect("closed, not timed out"), 0);
     }
     for mut held in held_metrics {
-        held.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        held.set_read_timeout(Some(Duration::from_secs(8))).unwrap();
         match held.read(&mut [0; 16]) {
             Ok(0) => {}
             Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
@@ -478,7 +478,7 @@ fn idle_connections_beyond_the_caps_never_lock_out_ctl_or_scrapes_and_idle_ones_
         }
     }
     // ctl's connection was closed while idle too; it reconnects.
-    thread::sleep(Duration::from_millis(2500));
+    thread::sleep(Duration::from_millis(4500));
     let reply = idle_client
         .request(&Request::Status(StatusRequest { service: None }))
         .expect("a request after the idle timeout");
