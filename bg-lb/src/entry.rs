@@ -9,7 +9,9 @@ use crate::{
     cli::{Cli, Command, LogFormat, ctl, docs as cli_docs},
     config,
     daemon::{self, server},
-    demo_backend, logging,
+    demo_backend,
+    host::ports::{EphemeralPorts, Overlap},
+    logging,
 };
 
 pub fn main() -> ExitCode {
@@ -28,8 +30,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             config,
             detach_on_exit,
             log_format,
+            log_level,
         } => {
-            logging::init(log_format);
+            logging::init(log_format, log_level);
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()
@@ -39,6 +42,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::CheckConfig { file } => {
             let config = config::load(&file)?;
+            warn_of_snat_overlap_here(config.snat_ports);
             println!("{}: ok ({} service(s))", file.display(), config.services.len());
             Ok(ExitCode::SUCCESS)
         }
@@ -50,7 +54,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Ctl(args) => ctl::run(args),
         Command::DemoBackend(args) => {
-            logging::init(LogFormat::Human);
+            logging::init(LogFormat::Human, None);
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()
@@ -66,5 +70,23 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             cli_docs::man_page(&mut std::io::stdout())?;
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+/// `check-config`'s SNAT range check, against this host's ephemeral ports: a
+/// warning, since the config may be meant for another host (the daemon
+/// checks again where it runs, and refuses to start).
+fn warn_of_snat_overlap_here(snat_ports: (u16, u16)) {
+    match EphemeralPorts::read() {
+        Ok(ephemeral) => {
+            if let Some(overlap) = Overlap::check(snat_ports, ephemeral) {
+                eprintln!(
+                    "warning: {overlap}. (Checked against the host and network namespace running \
+                     check-config, which may not be the daemon's; `bg-lb run` checks again where it runs \
+                     and refuses to start on an overlap.)"
+                );
+            }
+        }
+        Err(e) => eprintln!("warning: snat_ports not checked against the kernel's ephemeral port range: {e}"),
     }
 }

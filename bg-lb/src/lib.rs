@@ -11,7 +11,11 @@
 //!   completions and man page generated from it.
 //! - [`config`]: the TOML config and its validation (file:line:col errors).
 //! - [`health`]: rise/fall health tracking and TCP/HTTP probes.
+//! - [`host`]: what the daemon checks about its host: the SNAT range against
+//!   ephemeral ports, the bpffs lifetime, the XDP mode for a veth.
 //! - [`metrics`]: the exported Prometheus metrics and their HTTP listener.
+//! - [`connection_slots`]: connection caps of the admin and metrics
+//!   listeners (a new connection closes the longest-idle one).
 //! - [`demo_backend`]: the reference HTTP app with /live and /standby.
 //! - [`protocol`]: admin socket requests and replies (JSON lines): the one
 //!   definition of every command.
@@ -24,6 +28,7 @@
 //! - [`entry`]: what `main` runs.
 pub mod cli;
 pub mod config;
+pub mod connection_slots;
 pub mod daemon;
 pub mod dataplane;
 pub mod demo_backend;
@@ -31,6 +36,7 @@ pub mod desired;
 pub mod ebpf_objects;
 pub mod entry;
 pub mod health;
+pub mod host;
 pub mod logging;
 pub mod metrics;
 pub mod protocol;

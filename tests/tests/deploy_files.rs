@@ -6,7 +6,7 @@
 use std::{fs, path::PathBuf, process::Command};
 
 use bg_lb::{
-    cli::{Cli, Command as BgLb},
+    cli::{Cli, Command as BgLb, CtlArgs, CtlCommand},
     config::{DEFAULT_ADMIN_SOCKET, DEFAULT_CONFIG},
 };
 use bg_lb_tests::deploy::{Dockerfile, Layout, Unit, dockerfile_path, repo_root, unit_path};
@@ -169,15 +169,47 @@ fn build_context_leaves_out_target_and_git() {
 }
 
 #[test]
-fn unit_runs_the_daemon_with_the_default_config_reloads_on_sighup_and_restarts_on_failure() {
+fn unit_runs_the_daemon_with_the_default_config_and_restarts_on_failure() {
     let unit = Unit::read(&unit_path());
     let mut argv = unit.exec_start();
     assert_eq!(argv[0], "/usr/local/bin/bg-lb");
     argv[0] = "bg-lb".into();
     assert_runs_the_daemon_with_the_default_config(&argv);
-    assert_eq!(unit.get("Service", "ExecReload"), Some("/bin/kill -HUP $MAINPID"));
     assert_eq!(unit.get("Service", "Restart"), Some("on-failure"));
     assert_eq!(unit.get("Service", "LimitMEMLOCK"), Some("infinity"));
+}
+
+/// `Type=notify` (the daemon says READY=1 itself), a watchdog, and a reload
+/// that waits for the daemon's verdict: `bg-lb ctl reload` on the default
+/// admin socket, the one the unit's RuntimeDirectory holds.
+#[test]
+fn unit_is_notify_type_with_a_watchdog_and_reloads_through_the_admin_socket() {
+    let unit = Unit::read(&unit_path());
+    assert_eq!(unit.get("Service", "Type"), Some("notify"));
+    assert_eq!(unit.get("Service", "NotifyAccess"), Some("main"));
+    let watchdog = unit.get("Service", "WatchdogSec").expect("WatchdogSec");
+    let watchdog = humantime::parse_duration(watchdog).expect("WatchdogSec is a duration");
+    assert!(
+        watchdog >= std::time::Duration::from_secs(10),
+        "WatchdogSec={watchdog:?} leaves the loop too little slack"
+    );
+    let reload: Vec<String> = unit
+        .get("Service", "ExecReload")
+        .expect("ExecReload")
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(reload[0], "/usr/local/bin/bg-lb");
+    let cli = Cli::try_parse_from(std::iter::once("bg-lb".to_owned()).chain(reload[1..].iter().cloned()))
+        .unwrap_or_else(|e| panic!("ExecReload {reload:?} is not a bg-lb command line: {e}"));
+    match cli.command {
+        BgLb::Ctl(CtlArgs {
+            socket,
+            command: CtlCommand::Reload,
+            ..
+        }) => assert_eq!(socket, PathBuf::from(DEFAULT_ADMIN_SOCKET), "{reload:?}"),
+        other => panic!("ExecReload {reload:?} does not run `ctl reload`: {other:?}"),
+    }
 }
 
 #[test]
@@ -234,9 +266,10 @@ fn unit_directories_are_the_default_socket_and_state_dirs() {
 }
 
 /// `systemd-analyze verify` (Debian's systemd package) checks the unit as
-/// systemd would load it, including that ExecStart is executable and that
-/// the `Documentation=man:bg-lb(1)` page exists. The unit is copied with
-/// ExecStart pointing at the built binary, and `bg-lb man` provides the page.
+/// systemd would load it, including that ExecStart and ExecReload are
+/// executable and that the `Documentation=man:bg-lb(1)` page exists. The
+/// unit is copied with both pointing at the built binary, and `bg-lb man`
+/// provides the page.
 #[test]
 fn unit_passes_systemd_analyze_verify() {
     let layout = Layout::new("verify");
@@ -247,10 +280,9 @@ fn unit_passes_systemd_analyze_verify() {
     fs::create_dir_all(man_dir.join("man1")).unwrap();
     fs::write(man_dir.join("man1/bg-lb.1"), &man.stdout).unwrap();
 
-    let unit = fs::read_to_string(unit_path()).unwrap().replace(
-        "ExecStart=/usr/local/bin/bg-lb ",
-        &format!("ExecStart={} ", bin.display()),
-    );
+    let unit = fs::read_to_string(unit_path())
+        .unwrap()
+        .replace("=/usr/local/bin/bg-lb ", &format!("={} ", bin.display()));
     let copy = layout.path("/etc/systemd/system/bg-lb.service");
     fs::create_dir_all(copy.parent().unwrap()).unwrap();
     fs::write(&copy, unit).unwrap();

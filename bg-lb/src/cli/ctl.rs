@@ -43,12 +43,25 @@ impl Client {
         })
     }
 
+    /// Sends `request` and reads the reply. A connection the daemon closed
+    /// while idle (its `[admin] idle_timeout`, or a full listener) fails
+    /// the write before the daemon saw anything, so it is reopened once and
+    /// the request sent again.
     pub fn request(&mut self, request: &Request) -> anyhow::Result<Reply> {
         let mut line = serde_json::to_vec(request)?;
         line.push(b'\n');
-        self.writer
-            .write_all(&line)
-            .with_context(|| format!("writing to {}", self.socket.display()))?;
+        if let Err(e) = self.writer.write_all(&line) {
+            if !matches!(
+                e.kind(),
+                std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
+            ) {
+                return Err(e).with_context(|| format!("writing to {}", self.socket.display()));
+            }
+            *self = Client::connect(&self.socket)?;
+            self.writer
+                .write_all(&line)
+                .with_context(|| format!("writing to {}", self.socket.display()))?;
+        }
         let mut reply = String::new();
         self.reader
             .read_line(&mut reply)

@@ -41,9 +41,17 @@ pub enum Command {
         /// On exit, detach XDP and remove every pin (stopping for good).
         #[arg(long)]
         detach_on_exit: bool,
-        /// Log lines for people (human) or for log collectors (json).
-        #[arg(long, value_enum, default_value_t = LogFormat::Human)]
+        /// Where and how to log: auto sends records with their fields to
+        /// journald when stderr is the journal (under systemd) and human
+        /// lines to stderr otherwise; human and json always write lines to
+        /// stderr. Lines are coloured only on a terminal.
+        #[arg(long, value_enum, default_value_t = LogFormat::Auto)]
         log_format: LogFormat,
+        /// The least severe level logged. Overrides RUST_LOG, which is used
+        /// (as tracing filter directives, e.g. `info,bg_lb::health=debug`)
+        /// only without this flag; the default is info.
+        #[arg(long, value_enum)]
+        log_level: Option<LogLevel>,
     },
     /// Validate a config file without root; errors name the file and line.
     CheckConfig {
@@ -78,8 +86,31 @@ pub enum Command {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
+    Auto,
     Human,
     Json,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+impl LogLevel {
+    /// As a tracing filter directive.
+    pub fn directive(self) -> &'static str {
+        match self {
+            LogLevel::Error => "error",
+            LogLevel::Warn => "warn",
+            LogLevel::Info => "info",
+            LogLevel::Debug => "debug",
+            LogLevel::Trace => "trace",
+        }
+    }
 }
 
 #[derive(Debug, clap::Args)]

@@ -10,10 +10,14 @@
 //! pin_dir = "/sys/fs/bpf/bg-lb"
 //! state_dir = "/var/lib/bg-lb"
 //! metrics = "127.0.0.1:9750"        # Prometheus /metrics listener; off when absent
+//! metrics_max_connections = 32      # when full, the longest-idle connection is closed
+//! metrics_idle_timeout = "10s"      # a connection without a request for this long is closed
 //!
 //! [admin]
 //! socket = "/run/bg-lb/admin.sock"
 //! group = "bglb"
+//! max_connections = 64              # when full, the longest-idle connection is closed
+//! idle_timeout = "60s"              # a connection without a request for this long is closed
 //!
 //! [timeouts]
 //! established_idle = "1h"
@@ -90,6 +94,19 @@ pub const DEFAULT_SNAT_PORTS: (u16, u16) = (20_000, 29_999);
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/bg-lb";
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/bg-lb";
 pub const DEFAULT_ADMIN_SOCKET: &str = "/run/bg-lb/admin.sock";
+/// `ctl` opens one connection per command; `top` and waits poll on theirs.
+pub const DEFAULT_ADMIN_LIMITS: ListenerLimits = ListenerLimits {
+    max_connections: 64,
+    idle_timeout: Duration::from_secs(60),
+};
+/// Scrapers are few; one that keeps its connection between scrapes
+/// reconnects after the timeout.
+pub const DEFAULT_METRICS_LIMITS: ListenerLimits = ListenerLimits {
+    max_connections: 32,
+    idle_timeout: Duration::from_secs(10),
+};
+/// The range of `max_connections` and `metrics_max_connections`.
+pub const MAX_CONNECTIONS_RANGE: std::ops::RangeInclusive<i64> = 1..=4096;
 pub const DEFAULT_TIMEOUTS: FlowTimeouts = FlowTimeouts {
     established_idle: Duration::from_secs(60 * 60),
     closing: Duration::from_secs(10),
@@ -125,6 +142,7 @@ pub struct Config {
     pub admin: AdminConfig,
     /// Where to serve Prometheus metrics (`GET /metrics`); `None` serves none.
     pub metrics: Option<SocketAddrV4>,
+    pub metrics_limits: ListenerLimits,
     /// Flow-table timeouts (`[timeouts]`); all non-zero.
     pub timeouts: FlowTimeouts,
     pub services: Vec<ServiceConfig>,
@@ -154,6 +172,7 @@ pub struct AdminConfig {
     pub socket: PathBuf,
     /// Group that gets access to the socket, besides root.
     pub group: Option<String>,
+    pub limits: ListenerLimits,
 }
 
 impl Default for AdminConfig {
@@ -161,8 +180,21 @@ impl Default for AdminConfig {
         AdminConfig {
             socket: PathBuf::from(DEFAULT_ADMIN_SOCKET),
             group: None,
+            limits: DEFAULT_ADMIN_LIMITS,
         }
     }
+}
+
+/// A listener's connection cap and idle timeout (see
+/// [`crate::connection_slots`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ListenerLimits {
+    /// Connections held at once; when full, the longest-idle one is closed
+    /// for a new one.
+    pub max_connections: u32,
+    /// A connection that sends no complete request for this long after
+    /// connecting or after its last reply is closed.
+    pub idle_timeout: Duration,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

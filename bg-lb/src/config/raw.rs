@@ -21,6 +21,8 @@ pub(super) struct RawConfig {
     pub(super) state_dir: Option<Spanned<String>>,
     pub(super) admin: Option<RawAdmin>,
     pub(super) metrics: Option<Spanned<String>>,
+    pub(super) metrics_max_connections: Option<Spanned<i64>>,
+    pub(super) metrics_idle_timeout: Option<Spanned<String>>,
     pub(super) timeouts: Option<RawTimeouts>,
     #[serde(default)]
     pub(super) service: Vec<RawService>,
@@ -31,6 +33,8 @@ pub(super) struct RawConfig {
 pub(super) struct RawAdmin {
     pub(super) socket: Option<Spanned<String>>,
     pub(super) group: Option<Spanned<String>>,
+    pub(super) max_connections: Option<Spanned<i64>>,
+    pub(super) idle_timeout: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]

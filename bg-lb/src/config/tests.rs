@@ -5,8 +5,8 @@ use std::{fs, io, net::Ipv4Addr, path::Path, time::Duration};
 use bg_lb_common::maps::{DEFAULT_LOOKUP_CAPACITY, DEFAULT_LUT_SIZE, DEFAULT_MAX_FLOWS};
 
 use super::{
-    AdminConfig, Config, ConfigError, DEFAULT_WEIGHT, HealthCheck, HealthConfig, HttpCheck, Interfaces, OnDown,
-    ServiceConfig, load,
+    AdminConfig, Config, ConfigError, DEFAULT_ADMIN_LIMITS, DEFAULT_METRICS_LIMITS, DEFAULT_WEIGHT, HealthCheck,
+    HealthConfig, HttpCheck, Interfaces, OnDown, ServiceConfig, load,
     test_support::{BLUE, TOP, WEB, backend, parse_ok},
 };
 use crate::{
@@ -74,8 +74,10 @@ fn full_one_arm_config_parses_to_expected_structs() {
         admin: AdminConfig {
             socket: "/tmp/admin.sock".into(),
             group: Some("ops".into()),
+            limits: DEFAULT_ADMIN_LIMITS,
         },
         metrics: Some("127.0.0.1:9750".parse().unwrap()),
+        metrics_limits: DEFAULT_METRICS_LIMITS,
         timeouts: FlowTimeouts {
             established_idle: Duration::from_secs(300),
             closing: Duration::from_millis(500),
@@ -167,8 +169,10 @@ fn absent_optional_keys_take_their_defaults() {
         admin: AdminConfig {
             socket: "/run/bg-lb/admin.sock".into(),
             group: None,
+            limits: DEFAULT_ADMIN_LIMITS,
         },
         metrics: None,
+        metrics_limits: DEFAULT_METRICS_LIMITS,
         timeouts: FlowTimeouts {
             established_idle: Duration::from_secs(3600),
             closing: Duration::from_secs(10),

@@ -3,10 +3,12 @@
 use std::ops::RangeInclusive;
 
 use bg_lb_common::maps::{DEFAULT_LOOKUP_CAPACITY, DEFAULT_MAX_FLOWS};
+use toml::Spanned;
 
 use super::{
-    AdminConfig, Config, DEFAULT_ADMIN_SOCKET, DEFAULT_PIN_DIR, DEFAULT_SNAT_PORTS, DEFAULT_STATE_DIR,
-    DEFAULT_TIMEOUTS, DEFAULT_XDP_MODE, Interfaces,
+    AdminConfig, Config, DEFAULT_ADMIN_LIMITS, DEFAULT_ADMIN_SOCKET, DEFAULT_METRICS_LIMITS, DEFAULT_PIN_DIR,
+    DEFAULT_SNAT_PORTS, DEFAULT_STATE_DIR, DEFAULT_TIMEOUTS, DEFAULT_XDP_MODE, Interfaces, ListenerLimits,
+    MAX_CONNECTIONS_RANGE,
     error::Invalid,
     raw::{RawAdmin, RawConfig, RawTimeouts},
     services::{check_lookup_capacity, services},
@@ -33,6 +35,11 @@ pub(super) fn validate(raw: RawConfig, text: &str) -> Result<Config, Invalid> {
     let state_dir = absolute_path(raw.state_dir.as_ref(), "state_dir", DEFAULT_STATE_DIR)?;
     let admin = raw.admin.as_ref().map_or(Ok(AdminConfig::default()), admin)?;
     let metrics = raw.metrics.as_ref().map(metrics_listen).transpose()?;
+    let metrics_limits = listener_limits(
+        (raw.metrics_max_connections.as_ref(), "metrics_max_connections"),
+        (raw.metrics_idle_timeout.as_ref(), "metrics_idle_timeout"),
+        DEFAULT_METRICS_LIMITS,
+    )?;
     let timeouts = raw.timeouts.as_ref().map_or(Ok(DEFAULT_TIMEOUTS), timeouts)?;
     let services = services(&raw.service, snat_address, &raw.snat_address, text)?;
     check_lookup_capacity(lookup_capacity, raw.lookup_capacity.as_ref(), &raw.service, &services)?;
@@ -47,6 +54,7 @@ pub(super) fn validate(raw: RawConfig, text: &str) -> Result<Config, Invalid> {
         state_dir,
         admin,
         metrics,
+        metrics_limits,
         timeouts,
         services,
     })
@@ -92,7 +100,26 @@ fn admin(raw: &RawAdmin) -> Result<AdminConfig, Invalid> {
         Some(group) => Some(group.get_ref().clone()),
         None => None,
     };
-    Ok(AdminConfig { socket, group })
+    let limits = listener_limits(
+        (raw.max_connections.as_ref(), "admin.max_connections"),
+        (raw.idle_timeout.as_ref(), "admin.idle_timeout"),
+        DEFAULT_ADMIN_LIMITS,
+    )?;
+    Ok(AdminConfig { socket, group, limits })
+}
+
+fn listener_limits(
+    (max_connections, max_key): (Option<&Spanned<i64>>, &str),
+    (idle_timeout, idle_key): (Option<&Spanned<String>>, &str),
+    default: ListenerLimits,
+) -> Result<ListenerLimits, Invalid> {
+    Ok(ListenerLimits {
+        max_connections: match max_connections {
+            Some(value) => integer_in(value, max_key, MAX_CONNECTIONS_RANGE)?,
+            None => default.max_connections,
+        },
+        idle_timeout: duration(idle_timeout, idle_key, default.idle_timeout)?,
+    })
 }
 
 fn timeouts(raw: &RawTimeouts) -> Result<FlowTimeouts, Invalid> {
@@ -113,7 +140,7 @@ mod tests {
 
     use crate::{
         config::{
-            AdminConfig, DEFAULT_TIMEOUTS,
+            AdminConfig, DEFAULT_TIMEOUTS, ListenerLimits,
             test_support::{TOP, assert_rejected, parse_ok},
         },
         dataplane::housekeeping::FlowTimeouts,
@@ -154,6 +181,36 @@ mod tests {
         assert_rejected(
             "front_interface = \"eth0\"\nback_interface = \"eth0\"  # <-\nsnat_address = \"10.0.0.1\"\n",
             "are both \"eth0\"",
+        );
+    }
+
+    #[test]
+    fn listener_limits_are_read_and_checked() {
+        let config = parse_ok(&format!(
+            "metrics = \"127.0.0.1:9750\"\nmetrics_max_connections = 2\nmetrics_idle_timeout = \"3s\"\n{TOP}\
+             [admin]\nmax_connections = 5\nidle_timeout = \"500ms\"\n"
+        ));
+        assert_eq!(
+            config.metrics_limits,
+            ListenerLimits {
+                max_connections: 2,
+                idle_timeout: Duration::from_secs(3)
+            }
+        );
+        assert_eq!(
+            config.admin.limits,
+            ListenerLimits {
+                max_connections: 5,
+                idle_timeout: Duration::from_millis(500)
+            }
+        );
+        assert_rejected(
+            &format!("{TOP}[admin]\nmax_connections = 0  # <-\n"),
+            "admin.max_connections 0 is out of range 1..=4096",
+        );
+        assert_rejected(
+            &format!("metrics_idle_timeout = \"0s\"  # <-\n{TOP}"),
+            "metrics_idle_timeout must be greater than zero",
         );
     }
 

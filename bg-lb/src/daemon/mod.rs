@@ -12,17 +12,20 @@ use std::{
 mod census;
 mod error;
 mod operator;
+mod preflight;
 mod probes;
 mod reload;
 pub mod server;
 mod shifts;
 mod status;
+mod systemd;
 
 use anyhow::{Context as _, bail};
 use bg_lb_common::maps::DataplaneConfig;
 use tokio::{sync::mpsc, task::JoinHandle};
 
 pub use self::error::RequestError;
+use self::systemd::Notifier;
 use crate::{
     config::{self, Config, ServiceConfig},
     dataplane::{Attached, Dataplane, DataplaneOptions, housekeeping::FlowCensus, pins::PinLayout},
@@ -58,6 +61,7 @@ pub struct Daemon {
     swept: Option<(Instant, Duration)>,
     probe_stats: BTreeMap<CheckKey, ProbeStats>,
     admin_requests: AdminRequests,
+    notifier: Notifier,
 }
 
 impl Daemon {
@@ -67,9 +71,11 @@ impl Daemon {
     /// Health probes report to `reports`; feed each to [`Daemon::on_health`].
     pub fn start(config_path: &Path, reports: mpsc::Sender<Report>) -> anyhow::Result<Self> {
         let config = config::load(config_path)?;
+        preflight::refuse_snat_ports_overlapping_ephemeral_ports(&config)?;
         let operator = state_file::load(&config.state_dir)?;
         let pins = PinLayout::new(&config.pin_dir);
-        pins.prepare()?;
+        let mounted_bpffs = pins.prepare()?;
+        preflight::warn_if_pins_die_with_daemon(&pins, mounted_bpffs);
         let opts = DataplaneOptions {
             max_flows: config.max_flows,
             lookup_capacity: config.lookup_capacity,
@@ -78,7 +84,9 @@ impl Daemon {
         let mut dataplane = Dataplane::load(&opts).context("loading the XDP data plane (adopting pinned state)")?;
         for iface in config.interfaces.names() {
             enable_forwarding(iface)?;
-            match dataplane.attach_pinned(iface, config.xdp_mode, &pins.link(iface))? {
+            let link = pins.link(iface);
+            let mode = preflight::attach_mode(iface, config.xdp_mode, link.exists());
+            match dataplane.attach_pinned(iface, mode, &link)? {
                 Attached::New(mode) => tracing::info!(interface = iface, ?mode, "XDP attached"),
                 Attached::Replaced => {
                     tracing::info!(interface = iface, "XDP attachment adopted; new program swapped in")
@@ -98,6 +106,7 @@ impl Daemon {
             swept: None,
             probe_stats: BTreeMap::new(),
             admin_requests: AdminRequests::default(),
+            notifier: Notifier::from_env(),
         };
         daemon.apply_all()?;
         daemon.restart_probes();

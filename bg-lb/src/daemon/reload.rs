@@ -7,7 +7,15 @@ use crate::config::{self, Config};
 impl Daemon {
     /// Re-reads the config. An invalid config, or one changing what only a
     /// restart can change, is rejected and the running config stays.
+    /// systemd sees RELOADING=1 before and READY=1 after.
     pub fn reload(&mut self) -> Result<String, RequestError> {
+        self.notify_reloading();
+        let result = self.reload_config();
+        self.notify_reloaded(&result);
+        result
+    }
+
+    fn reload_config(&mut self) -> Result<String, RequestError> {
         let new = config::load(&self.config_path).map_err(RequestError::ConfigInvalid)?;
         if let Some(what) = restart_only_change(&self.config, &new) {
             return Err(RequestError::RestartNeeded(what));
@@ -46,6 +54,10 @@ fn restart_only_change(old: &Config, new: &Config) -> Option<&'static str> {
         (old.state_dir != new.state_dir, "state_dir"),
         (old.admin != new.admin, "[admin]"),
         (old.metrics != new.metrics, "metrics"),
+        (
+            old.metrics_limits != new.metrics_limits,
+            "metrics_max_connections/metrics_idle_timeout",
+        ),
     ]
     .into_iter()
     .find_map(|(changed, what)| changed.then_some(what))

@@ -13,7 +13,8 @@ use tokio::{
 };
 
 use crate::{
-    config::AdminConfig,
+    config::{AdminConfig, ListenerLimits},
+    connection_slots::{ConnectionSlots, Slot},
     daemon::{Daemon, RequestError},
     metrics::server::{self as metrics_server, ScrapeRequest},
     protocol::{MAX_REQUEST_BYTES, Reply},
@@ -35,7 +36,11 @@ pub async fn run(config_path: PathBuf, detach_on_exit: bool) -> anyhow::Result<(
             .await
             .with_context(|| format!("binding the metrics listener {addr} (config key `metrics`)"))?;
         tracing::info!("serving Prometheus metrics at http://{addr}/metrics");
-        tokio::spawn(metrics_server::serve(listener, scrapes.clone()));
+        tokio::spawn(metrics_server::serve(
+            listener,
+            scrapes.clone(),
+            daemon.config().metrics_limits,
+        ));
     }
     let listener = bind_admin_socket(&daemon.config().admin)?;
     let socket_path = daemon.config().admin.socket.clone();
@@ -45,11 +50,13 @@ pub async fn run(config_path: PathBuf, detach_on_exit: bool) -> anyhow::Result<(
         tokio::spawn(forward_ebpf_logs(logger));
     }
     let (jobs, mut queue) = mpsc::channel::<Job>(64);
-    tokio::spawn(accept_loop(listener, jobs));
+    tokio::spawn(accept_loop(listener, jobs, daemon.config().admin.limits));
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut hangup = signal(SignalKind::hangup())?;
     let mut housekeeping = tokio::time::interval(HOUSEKEEPING_INTERVAL);
+    let mut watchdog = daemon.watchdog_interval().map(tokio::time::interval);
+    daemon.notify_ready();
     loop {
         tokio::select! {
             Some((line, reply)) = queue.recv() => {
@@ -58,7 +65,11 @@ pub async fn run(config_path: PathBuf, detach_on_exit: bool) -> anyhow::Result<(
             Some(reply) = scrape_requests.recv() => {
                 let _ = reply.send(daemon.metrics_snapshot().map_err(|e| e.to_string()));
             }
-            _ = housekeeping.tick() => daemon.tick(),
+            _ = housekeeping.tick() => {
+                daemon.tick();
+                daemon.notify_status();
+            }
+            _ = tick(&mut watchdog) => daemon.watchdog_ping(),
             Some(report) = health.recv() => daemon.on_health(report),
             _ = hangup.recv() => match daemon.reload() {
                 Ok(message) => tracing::info!("{message}"),
@@ -68,6 +79,7 @@ pub async fn run(config_path: PathBuf, detach_on_exit: bool) -> anyhow::Result<(
             _ = interrupt.recv() => break,
         }
     }
+    daemon.notify_stopping();
     let _ = fs::remove_file(&socket_path);
     if detach_on_exit {
         daemon.teardown()?;
@@ -76,6 +88,16 @@ pub async fn run(config_path: PathBuf, detach_on_exit: bool) -> anyhow::Result<(
         tracing::info!("exiting; the pinned data plane keeps forwarding until the next daemon adopts it");
     }
     Ok(())
+}
+
+/// The next tick of an optional timer; never without one.
+async fn tick(timer: &mut Option<tokio::time::Interval>) {
+    match timer {
+        Some(timer) => {
+            timer.tick().await;
+        }
+        None => std::future::pending().await,
+    }
 }
 
 /// Binds the admin socket: root-only (0600), or 0660 for a configured group.
@@ -111,27 +133,41 @@ fn bind_admin_socket(admin: &AdminConfig) -> anyhow::Result<UnixListener> {
     Ok(listener)
 }
 
-async fn accept_loop(listener: UnixListener, jobs: mpsc::Sender<Job>) {
+/// Accepts admin connections, at most `limits.max_connections` at once: when
+/// full, a new connection closes the one idle the longest.
+async fn accept_loop(listener: UnixListener, jobs: mpsc::Sender<Job>, limits: ListenerLimits) {
+    let slots = ConnectionSlots::new(limits.max_connections as usize);
     loop {
         match listener.accept().await {
-            Ok((stream, _)) => {
-                tokio::spawn(serve_client(stream, jobs.clone()));
-            }
+            Ok((stream, _)) => match slots.admit() {
+                Some(slot) => {
+                    tokio::spawn(serve_client(stream, jobs.clone(), slot, limits.idle_timeout));
+                }
+                None => tracing::warn!("every admin connection is busy with a request; closing a new one"),
+            },
             Err(e) => tracing::warn!(error = %e, "admin socket accept failed"),
         }
     }
 }
 
-/// One connection: requests line by line until the client closes. A line
-/// over the size limit gets an error reply and ends the connection.
-async fn serve_client(stream: UnixStream, jobs: mpsc::Sender<Job>) {
+/// One connection: requests line by line until the client closes, sends no
+/// complete line for `idle_timeout`, or a new connection takes its slot. A
+/// line over the size limit gets an error reply and ends the connection.
+async fn serve_client(stream: UnixStream, jobs: mpsc::Sender<Job>, slot: Slot, idle_timeout: Duration) {
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::new(read);
     loop {
-        let reply = match read_line(&mut reader).await {
-            Ok(Some(line)) => submit(&jobs, line).await,
-            Ok(None) => return,
-            Err(e) => {
+        let line = tokio::select! {
+            read = tokio::time::timeout(idle_timeout, read_line(&mut reader)) => read,
+            () = slot.evicted() => return,
+        };
+        let reply = match line {
+            Ok(Ok(Some(line))) => {
+                let _busy = slot.busy();
+                submit(&jobs, line).await
+            }
+            Ok(Ok(None)) | Err(_) => return,
+            Ok(Err(e)) => {
                 let _ = send(&mut write, &Reply::error(e.to_string())).await;
                 return;
             }

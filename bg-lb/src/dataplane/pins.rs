@@ -53,12 +53,18 @@ impl PinLayout {
         self.root.join("links").join(iface)
     }
 
+    /// Where the bpffs holding the pins is mounted: the root's parent.
+    pub fn mount_point(&self) -> PathBuf {
+        self.root.parent().unwrap_or(Path::new("/")).to_path_buf()
+    }
+
     /// Mounts bpffs on the pin root's parent if nothing is mounted there
     /// (a fresh machine has no /sys/fs/bpf mount), then creates the
-    /// directories.
-    pub fn prepare(&self) -> Result<(), PinError> {
-        let mount_point = self.root.parent().unwrap_or(Path::new("/")).to_path_buf();
-        if !is_bpffs(&mount_point) {
+    /// directories. Returns whether it mounted bpffs.
+    pub fn prepare(&self) -> Result<bool, PinError> {
+        let mount_point = self.mount_point();
+        let mounted = !is_bpffs(&mount_point);
+        if mounted {
             create_dir(&mount_point)?;
             mount(Some("bpf"), &mount_point, Some("bpf"), MsFlags::empty(), None::<&str>).map_err(|cause| {
                 PinError::Mount {
@@ -71,7 +77,7 @@ impl PinLayout {
         for dir in [self.maps_dir(), self.root.join("links")] {
             create_dir(&dir)?;
         }
-        Ok(())
+        Ok(mounted)
     }
 
     /// Removes every pin: links first (detaching XDP from the interfaces),

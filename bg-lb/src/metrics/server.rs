@@ -3,7 +3,7 @@
 //! owns the daemon for a [`Snapshot`] through a channel, so the data plane is
 //! only ever touched by that task, and encodes it here, off that task.
 
-use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
+use std::{convert::Infallible, net::SocketAddr, time::Duration};
 
 use http_body_util::Full;
 use hyper::{
@@ -16,31 +16,38 @@ use hyper::{
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::{
     net::{TcpListener, TcpStream},
-    sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot},
+    sync::{mpsc, oneshot},
 };
 
-use crate::metrics::{self, Snapshot};
+use crate::{
+    config::ListenerLimits,
+    connection_slots::{ConnectionSlots, Slot},
+    metrics::{self, Snapshot},
+};
 
 /// A scrape's request to the daemon task: where to send the snapshot.
 pub type ScrapeRequest = oneshot::Sender<Result<Snapshot, String>>;
 
-/// Scrapers are few; more connections than this are closed at once, so a
-/// misbehaving client cannot pile up tasks.
-const MAX_CONNECTIONS: usize = 32;
-/// A client that sends no complete request head in this time is dropped.
-const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
-/// Serves `/metrics` on `listener` until the task is dropped.
-pub async fn serve(listener: TcpListener, scrapes: mpsc::Sender<ScrapeRequest>) {
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+/// Serves `/metrics` on `listener` until the task is dropped, with at most
+/// `limits.max_connections` connections (a new one closes the longest-idle
+/// one when full), each closed once idle for `limits.idle_timeout`.
+pub async fn serve(listener: TcpListener, scrapes: mpsc::Sender<ScrapeRequest>, limits: ListenerLimits) {
+    let slots = ConnectionSlots::new(limits.max_connections as usize);
     loop {
         match listener.accept().await {
-            Ok((stream, peer)) => match Arc::clone(&slots).try_acquire_owned() {
-                Ok(slot) => {
-                    tokio::spawn(serve_connection(stream, peer, scrapes.clone(), slot));
+            Ok((stream, peer)) => match slots.admit() {
+                Some(slot) => {
+                    tokio::spawn(serve_connection(
+                        stream,
+                        peer,
+                        scrapes.clone(),
+                        slot,
+                        limits.idle_timeout,
+                    ));
                 }
-                Err(_) => tracing::warn!(%peer, "too many metrics connections; closing this one"),
+                None => tracing::warn!(%peer, "every metrics connection is busy with a scrape; closing this one"),
             },
             Err(e) => {
                 tracing::warn!(error = %e, "metrics accept failed");
@@ -50,22 +57,35 @@ pub async fn serve(listener: TcpListener, scrapes: mpsc::Sender<ScrapeRequest>) 
     }
 }
 
+/// One connection, until the client closes it, it idles past
+/// `idle_timeout` (no complete request head in that time, counted from the
+/// connect or the last response), or a new connection takes its slot.
 async fn serve_connection(
     stream: TcpStream,
     peer: SocketAddr,
     scrapes: mpsc::Sender<ScrapeRequest>,
-    _slot: OwnedSemaphorePermit,
+    slot: Slot,
+    idle_timeout: Duration,
 ) {
+    let serving = slot.clone();
     let service = service_fn(move |request| {
         let scrapes = scrapes.clone();
-        async move { Ok::<_, Infallible>(respond(&request, &scrapes).await) }
+        let busy = serving.busy();
+        async move {
+            let response = respond(&request, &scrapes).await;
+            drop(busy);
+            Ok::<_, Infallible>(response)
+        }
     });
     let connection = http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_TIMEOUT)
+        .header_read_timeout(idle_timeout)
         .serve_connection(TokioIo::new(stream), service);
-    if let Err(e) = connection.await {
-        tracing::debug!(%peer, error = %e, "metrics connection ended with an error");
+    tokio::select! {
+        result = connection => if let Err(e) = result {
+            tracing::debug!(%peer, error = %e, "metrics connection ended with an error");
+        },
+        () = slot.evicted() => tracing::debug!(%peer, "idle metrics connection closed for a new one"),
     }
 }
 
@@ -120,6 +140,7 @@ mod tests {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
     use super::*;
+    use crate::config::DEFAULT_METRICS_LIMITS;
 
     /// A daemon stand-in that answers every scrape with `snapshot`.
     fn daemon(snapshot: Result<Snapshot, String>) -> mpsc::Sender<ScrapeRequest> {
@@ -150,7 +171,7 @@ mod tests {
     #[tokio::test]
     async fn get_metrics_answers_with_the_prometheus_text_format() {
         let (listener, addr) = listener().await;
-        tokio::spawn(serve(listener, daemon(Ok(Snapshot::default()))));
+        tokio::spawn(serve(listener, daemon(Ok(Snapshot::default())), DEFAULT_METRICS_LIMITS));
         let response = exchange(addr, "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
         assert!(response.starts_with("HTTP/1.1 200 OK\r\n"), "{response}");
         assert!(
@@ -166,7 +187,7 @@ mod tests {
     #[tokio::test]
     async fn other_paths_are_not_found_and_metrics_are_read_only() {
         let (listener, addr) = listener().await;
-        tokio::spawn(serve(listener, daemon(Ok(Snapshot::default()))));
+        tokio::spawn(serve(listener, daemon(Ok(Snapshot::default())), DEFAULT_METRICS_LIMITS));
         let response = exchange(addr, "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
         assert!(response.starts_with("HTTP/1.1 404 Not Found\r\n"), "{response}");
         let response = exchange(
@@ -201,5 +222,40 @@ mod tests {
         let request = Request::get("/metrics").body(()).unwrap();
         let response = respond(&request, &scrapes).await;
         assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    }
+
+    #[tokio::test]
+    async fn idle_connections_beyond_the_cap_never_lock_a_scrape_out() {
+        let (listener, addr) = listener().await;
+        let limits = ListenerLimits {
+            max_connections: 4,
+            idle_timeout: Duration::from_secs(60),
+        };
+        tokio::spawn(serve(listener, daemon(Ok(Snapshot::default())), limits));
+        let mut idle = Vec::new();
+        for _ in 0..10 {
+            idle.push(TcpStream::connect(addr).await.unwrap());
+        }
+        let response = tokio::time::timeout(
+            Duration::from_secs(5),
+            exchange(addr, "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
+        )
+        .await
+        .expect("a scrape is answered while idle connections fill the listener");
+        assert!(response.starts_with("HTTP/1.1 200 OK\r\n"), "{response}");
+    }
+
+    #[tokio::test]
+    async fn a_connection_without_a_request_is_closed_after_the_idle_timeout() {
+        let (listener, addr) = listener().await;
+        let limits = ListenerLimits {
+            max_connections: 4,
+            idle_timeout: Duration::from_millis(200),
+        };
+        tokio::spawn(serve(listener, daemon(Ok(Snapshot::default())), limits));
+        let mut idle = TcpStream::connect(addr).await.unwrap();
+        let mut rest = Vec::new();
+        let closed = tokio::time::timeout(Duration::from_secs(5), idle.read_to_end(&mut rest)).await;
+        assert!(closed.is_ok(), "the idle connection is still open after 5s");
     }
 }

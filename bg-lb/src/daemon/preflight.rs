@@ -1,0 +1,55 @@
+//! Checks of the host at startup, each naming the cause and the fix: the
+//! SNAT range against the kernel's ephemeral ports (refused), pins on a
+//! bpffs that dies with the daemon (warned), and the XDP mode auto picks
+//! for an interface (see [`crate::host`]).
+
+use anyhow::bail;
+
+use crate::{
+    config::Config,
+    dataplane::{AttachMode, pins::PinLayout},
+    host::{
+        bpffs::{self, BpffsView},
+        interface,
+        ports::{EphemeralPorts, Overlap},
+    },
+};
+
+/// Refuses a SNAT range the kernel may hand out as ephemeral ports in this
+/// network namespace.
+pub(super) fn refuse_snat_ports_overlapping_ephemeral_ports(config: &Config) -> anyhow::Result<()> {
+    match EphemeralPorts::read() {
+        Ok(ephemeral) => match Overlap::check(config.snat_ports, ephemeral) {
+            Some(overlap) => bail!("{overlap}"),
+            None => Ok(()),
+        },
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the kernel's ephemeral port range; snat_ports not checked against it");
+            Ok(())
+        }
+    }
+}
+
+/// Warns when the pins will not outlive the daemon; `mounted_here` says
+/// whether the daemon just mounted their bpffs.
+pub(super) fn warn_if_pins_die_with_daemon(pins: &PinLayout, mounted_here: bool) {
+    let mount_point = pins.mount_point();
+    match BpffsView::observe(&mount_point, mounted_here).dies_with_daemon() {
+        Some(cause) => tracing::warn!("{}", bpffs::warning(cause, &mount_point, pins.root())),
+        None if mounted_here => {
+            tracing::info!(path = %mount_point.display(), "mounted bpffs (the host's mount namespace: it outlives the daemon)")
+        }
+        None => {}
+    }
+}
+
+/// The mode to attach XDP to `iface` with: `configured`, except auto on a
+/// veth (generic, with a warning). `adopting` skips the warning: an adopted
+/// attachment keeps the mode it was made with.
+pub(super) fn attach_mode(iface: &str, configured: AttachMode, adopting: bool) -> AttachMode {
+    let (mode, warning) = interface::attach_mode(iface, configured, interface::driver(iface).as_deref());
+    if let Some(warning) = warning.filter(|_| !adopting) {
+        tracing::warn!(interface = iface, "{warning}");
+    }
+    mode
+}
