@@ -6,7 +6,7 @@ use std::{
     collections::{BTreeMap, HashMap},
     fs,
     path::{Path, PathBuf},
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 mod census;
@@ -28,7 +28,7 @@ use crate::{
     dataplane::{Attached, Dataplane, DataplaneOptions, housekeeping::FlowCensus, pins::PinLayout},
     desired::Health,
     health::{CheckKey, Report},
-    metrics::{self, AdminRequests, ProbeStats},
+    metrics::{self, AdminRequests, ProbeStats, ReloadStats},
     protocol::{Reply, Request, parse_request},
     ratio::Ratio,
     state_file::{self, OperatorState},
@@ -58,6 +58,9 @@ pub struct Daemon {
     swept: Option<(Instant, Duration)>,
     probe_stats: BTreeMap<CheckKey, ProbeStats>,
     admin_requests: AdminRequests,
+    reloads: ReloadStats,
+    /// Shifts the daemon rolled back, by service, for metrics.
+    shift_rollbacks: BTreeMap<String, u64>,
 }
 
 impl Daemon {
@@ -67,6 +70,7 @@ impl Daemon {
     /// Health probes report to `reports`; feed each to [`Daemon::on_health`].
     pub fn start(config_path: &Path, reports: mpsc::Sender<Report>) -> anyhow::Result<Self> {
         let config = config::load(config_path)?;
+        let loaded_at = SystemTime::now();
         let operator = state_file::load(&config.state_dir)?;
         let pins = PinLayout::new(&config.pin_dir);
         pins.prepare()?;
@@ -98,6 +102,8 @@ impl Daemon {
             swept: None,
             probe_stats: BTreeMap::new(),
             admin_requests: AdminRequests::default(),
+            reloads: ReloadStats::new(loaded_at),
+            shift_rollbacks: BTreeMap::new(),
         };
         daemon.apply_all()?;
         daemon.restart_probes();

@@ -1,13 +1,22 @@
 //! Config reload: a new config replaces the running one only if it is valid
 //! and changes nothing that needs a restart.
 
+use std::time::SystemTime;
+
 use super::{Daemon, RequestError};
 use crate::config::{self, Config};
 
 impl Daemon {
     /// Re-reads the config. An invalid config, or one changing what only a
-    /// restart can change, is rejected and the running config stays.
+    /// restart can change, is rejected and the running config stays. Either
+    /// way the outcome is counted for metrics.
     pub fn reload(&mut self) -> Result<String, RequestError> {
+        let result = self.replace_config();
+        self.reloads.record(result.is_ok(), SystemTime::now());
+        result
+    }
+
+    fn replace_config(&mut self) -> Result<String, RequestError> {
         let new = config::load(&self.config_path).map_err(RequestError::ConfigInvalid)?;
         if let Some(what) = restart_only_change(&self.config, &new) {
             return Err(RequestError::RestartNeeded(what));

@@ -1,8 +1,9 @@
 //! A [`Snapshot`] in the Prometheus text format (0.0.4), written with
 //! `prometheus-client`: each family's rows, their labels, and the label
-//! values bg-lb defines (a packet counter's verdict, a check's listener).
+//! values bg-lb defines (a packet counter's verdict, a check's listener, a
+//! shift's state).
 
-use std::{fmt, net::SocketAddrV4};
+use std::{fmt, net::SocketAddrV4, time::SystemTime};
 
 use bg_lb_common::counters::Counter;
 use prometheus_client::{
@@ -19,6 +20,7 @@ use crate::{
     health::Listener,
     protocol::{BackendHealth, BackendStatus, ServiceStatus},
     ratio::Pool,
+    shift::{ShiftOutcome, ShiftRecord},
 };
 
 /// `Content-Type` of what [`encode`] writes.
@@ -44,6 +46,20 @@ pub fn verdict(counter: Counter) -> &'static str {
     }
 }
 
+/// The `state` label values of `bglb_shift_state`, one series each.
+pub const SHIFT_STATES: [&str; 5] = ["none", "running", "completed", "rolled_back", "aborted"];
+
+/// The state of a service's latest shift, one of [`SHIFT_STATES`].
+pub fn shift_state(shift: Option<&ShiftRecord>) -> &'static str {
+    match shift.map(|record| &record.outcome) {
+        None => "none",
+        Some(ShiftOutcome::Running) => "running",
+        Some(ShiftOutcome::Completed) => "completed",
+        Some(ShiftOutcome::RolledBack { .. }) => "rolled_back",
+        Some(ShiftOutcome::Aborted { .. }) => "aborted",
+    }
+}
+
 /// The snapshot in the Prometheus text format.
 pub fn encode(snapshot: Snapshot) -> Result<String, fmt::Error> {
     let mut registry = Registry::default();
@@ -57,6 +73,8 @@ type Labels = Vec<(&'static str, String)>;
 
 enum Value<'a> {
     Gauge(u64),
+    /// A gauge with a fractional value (a share, a timestamp).
+    Fraction(f64),
     Counter(u64),
     Histogram(&'a LatencyHistogram),
 }
@@ -76,6 +94,7 @@ fn write_family(encoder: &mut DescriptorEncoder, metric: Metric, rows: Vec<(Labe
         let mut series = family.encode_family(labels)?;
         match value {
             Value::Gauge(v) => series.encode_gauge(v)?,
+            Value::Fraction(v) => series.encode_gauge(v)?,
             Value::Counter(v) => series.encode_counter::<NoLabelSet, _, f64>(v, None)?,
             Value::Histogram(h) => series.encode_histogram::<NoLabelSet>(h.sum_seconds, h.count, &h.buckets(), None)?,
         }
@@ -85,9 +104,22 @@ fn write_family(encoder: &mut DescriptorEncoder, metric: Metric, rows: Vec<(Labe
 
 impl Snapshot {
     fn rows(&self, metric: Metric) -> Vec<(Labels, Value<'_>)> {
+        let fraction = |percent: u8| Value::Fraction(f64::from(percent) / 100.0);
         match metric {
-            Metric::Ratio => self.pool_rows(|s, pool| s.ratio.share(pool)),
-            Metric::EffectiveRatio => self.pool_rows(|s, pool| s.effective_ratio.share(pool)),
+            Metric::BuildInfo => {
+                let labels = vec![
+                    ("version", self.build.version.to_owned()),
+                    ("commit", self.build.commit.to_owned()),
+                    ("rustc", self.build.rustc.to_owned()),
+                ];
+                vec![(labels, Value::Gauge(1))]
+            }
+            Metric::Ratio => self.pool_rows(|s, pool| fraction(s.ratio.share(pool))),
+            Metric::EffectiveRatio => self.pool_rows(|s, pool| fraction(s.effective_ratio.share(pool))),
+            Metric::RatioPercent => self.pool_rows(|s, pool| Value::Gauge(s.ratio.share(pool).into())),
+            Metric::EffectiveRatioPercent => {
+                self.pool_rows(|s, pool| Value::Gauge(s.effective_ratio.share(pool).into()))
+            }
             Metric::BackendWeight => self.backend_rows(|b| vec![(vec![], Value::Gauge(b.weight.into()))]),
             Metric::BackendUp => {
                 self.backend_rows(|b| vec![(vec![], Value::Gauge(u64::from(b.health != BackendHealth::Down)))])
@@ -133,17 +165,44 @@ impl Snapshot {
                     )
                 })
                 .collect(),
+            Metric::ConfigReloads => [("ok", self.reloads.succeeded), ("error", self.reloads.failed)]
+                .map(|(result, n)| (vec![("result", result.to_owned())], Value::Counter(n)))
+                .into(),
+            Metric::ConfigLastReloadSuccessful => vec![(vec![], Value::Gauge(self.reloads.last_succeeded.into()))],
+            Metric::ConfigLastReloadSuccessTimestamp => {
+                let since_epoch = self.reloads.loaded_at.duration_since(SystemTime::UNIX_EPOCH);
+                vec![(vec![], Value::Fraction(since_epoch.unwrap_or_default().as_secs_f64()))]
+            }
+            Metric::ShiftState => self
+                .services
+                .iter()
+                .flat_map(|s| {
+                    let current = shift_state(s.shift.as_ref());
+                    SHIFT_STATES.map(|state| {
+                        let labels = vec![("service", s.name.clone()), ("state", state.to_owned())];
+                        (labels, Value::Gauge((state == current).into()))
+                    })
+                })
+                .collect(),
+            Metric::ShiftRollbacks => self
+                .services
+                .iter()
+                .map(|s| {
+                    let n = self.shift_rollbacks.get(&s.name).copied().unwrap_or(0);
+                    (vec![("service", s.name.clone())], Value::Counter(n))
+                })
+                .collect(),
         }
     }
 
     /// One row per service and pool.
-    fn pool_rows(&self, value: impl Fn(&ServiceStatus, Pool) -> u8) -> Vec<(Labels, Value<'_>)> {
+    fn pool_rows(&self, value: impl Fn(&ServiceStatus, Pool) -> Value<'static>) -> Vec<(Labels, Value<'_>)> {
         self.services
             .iter()
             .flat_map(|s| {
                 [Pool::Blue, Pool::Green].map(|pool| {
                     let labels = vec![("service", s.name.clone()), ("pool", pool.to_string())];
-                    (labels, Value::Gauge(value(s, pool).into()))
+                    (labels, value(s, pool))
                 })
             })
             .collect()
@@ -216,11 +275,31 @@ mod tests {
     use super::*;
     use crate::{
         health::{CheckKey, Report, Transition},
-        metrics::{AdminRequests, INVALID_COMMAND, Kind, ProbeStats, series_names},
+        metrics::{AdminRequests, BuildInfo, INVALID_COMMAND, Kind, ProbeStats, ReloadStats, series_names},
         protocol::Request,
         ratio::Ratio,
+        shift::ShiftPlan,
         test_support::backend_status,
     };
+
+    /// A 100:0 -> green shift that the daemon rolled back at its first step.
+    fn rolled_back_shift() -> ShiftRecord {
+        ShiftRecord {
+            plan: ShiftPlan {
+                to: Pool::Green,
+                steps: vec![10, 100],
+                interval: Duration::from_secs(30),
+                max_error_rate: 0.01,
+                min_flows: 20,
+            },
+            start_ratio: Ratio::all_to(Pool::Blue),
+            step: 0,
+            outcome: ShiftOutcome::RolledBack {
+                reason: "green backend 10.0.2.1:80 down".into(),
+            },
+            rates: Default::default(),
+        }
+    }
 
     /// "web" at 30:70 with blue 10.0.1.1 (up, busy), green 10.0.2.1 (down)
     /// and green 10.0.2.2 (not checked yet).
@@ -259,6 +338,10 @@ mod tests {
         admin_requests.record("ratio", true);
         admin_requests.record("ratio", true);
         admin_requests.record(INVALID_COMMAND, false);
+        let mut reloads = ReloadStats::new(SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000));
+        reloads.record(true, SystemTime::UNIX_EPOCH + Duration::from_secs(1_750_000_000));
+        reloads.record(true, SystemTime::UNIX_EPOCH + Duration::from_secs_f64(1_764_000_000.5));
+        reloads.record(false, SystemTime::UNIX_EPOCH + Duration::from_secs(1_765_000_000));
         Snapshot {
             services: vec![ServiceStatus {
                 name: "web".into(),
@@ -271,7 +354,7 @@ mod tests {
                     down,
                     backend_status("10.0.2.2:80", Pool::Green, BackendHealth::Unchecked),
                 ],
-                shift: None,
+                shift: Some(rolled_back_shift()),
             }],
             probes: vec![ProbeMetrics {
                 service: "web".into(),
@@ -284,6 +367,13 @@ mod tests {
             flow_capacity: 65_536,
             packets: Counter::ALL.iter().map(|&c| (c, c as u64 * 10)).collect(),
             admin_requests,
+            reloads,
+            shift_rollbacks: [("web".to_owned(), 1)].into(),
+            build: BuildInfo {
+                version: "0.9.0",
+                commit: "0123456789ab",
+                rustc: "1.95.0",
+            },
         }
     }
 
@@ -322,12 +412,97 @@ mod tests {
     }
 
     #[test]
-    fn ratios_are_percent_gauges_per_pool() {
+    fn ratios_are_gauges_from_0_to_1_per_pool() {
+        let text = encoded();
+        assert_line(&text, r#"bglb_ratio{service="web",pool="blue"} 0.3"#);
+        assert_line(&text, r#"bglb_ratio{service="web",pool="green"} 0.7"#);
+        assert_line(&text, r#"bglb_effective_ratio{service="web",pool="blue"} 1.0"#);
+        assert_line(&text, r#"bglb_effective_ratio{service="web",pool="green"} 0.0"#);
+    }
+
+    #[test]
+    fn deprecated_percent_ratios_are_still_exported_and_say_so() {
         let text = encoded();
         assert_line(&text, r#"bglb_ratio_percent{service="web",pool="blue"} 30"#);
         assert_line(&text, r#"bglb_ratio_percent{service="web",pool="green"} 70"#);
         assert_line(&text, r#"bglb_effective_ratio_percent{service="web",pool="blue"} 100"#);
         assert_line(&text, r#"bglb_effective_ratio_percent{service="web",pool="green"} 0"#);
+        for metric in [Metric::RatioPercent, Metric::EffectiveRatioPercent] {
+            let replacement = metric.replaced_by().expect("deprecated").name();
+            let help = text
+                .lines()
+                .find_map(|l| l.strip_prefix(&format!("# HELP {} ", metric.name())))
+                .expect("HELP");
+            assert!(help.starts_with("Deprecated") && help.contains(replacement), "{help}");
+        }
+    }
+
+    #[test]
+    fn build_info_is_1_with_version_commit_and_rustc() {
+        let text = encoded();
+        assert_line(
+            &text,
+            r#"bglb_build_info{version="0.9.0",commit="0123456789ab",rustc="1.95.0"} 1"#,
+        );
+        let this = BuildInfo::THIS;
+        assert_eq!(this.version, env!("CARGO_PKG_VERSION"));
+        for label in [this.commit, this.rustc] {
+            assert!(
+                !label.is_empty() && !label.contains(['"', '\\', '\n']),
+                "{label:?} is a plain label value"
+            );
+        }
+    }
+
+    #[test]
+    fn reloads_count_by_result_and_the_load_time_is_in_unix_seconds() {
+        let text = encoded();
+        assert_line(&text, r#"bglb_config_reloads_total{result="ok"} 2"#);
+        assert_line(&text, r#"bglb_config_reloads_total{result="error"} 1"#);
+        assert_line(&text, "bglb_config_last_reload_successful 0");
+        assert_line(&text, "bglb_config_last_reload_success_timestamp_seconds 1764000000.5");
+        let fresh = encode(Snapshot::default()).unwrap();
+        assert_line(&fresh, "bglb_config_last_reload_successful 1");
+    }
+
+    #[test]
+    fn shift_state_is_one_series_per_state_and_rollbacks_count_per_service() {
+        let mut snapshot = snapshot();
+        let mut idle = snapshot.services[0].clone();
+        idle.name = "api".into();
+        idle.shift = None;
+        snapshot.services.push(idle);
+        let text = encode(snapshot).unwrap();
+        for state in SHIFT_STATES {
+            let web = u8::from(state == "rolled_back");
+            assert_line(
+                &text,
+                &format!(r#"bglb_shift_state{{service="web",state="{state}"}} {web}"#),
+            );
+            let api = u8::from(state == "none");
+            assert_line(
+                &text,
+                &format!(r#"bglb_shift_state{{service="api",state="{state}"}} {api}"#),
+            );
+        }
+        assert_line(&text, r#"bglb_shift_rollbacks_total{service="web"} 1"#);
+        assert_line(&text, r#"bglb_shift_rollbacks_total{service="api"} 0"#);
+    }
+
+    #[test]
+    fn every_shift_outcome_has_its_state() {
+        let mut record = rolled_back_shift();
+        let mut states = vec![shift_state(None)];
+        for outcome in [
+            ShiftOutcome::Running,
+            ShiftOutcome::Completed,
+            ShiftOutcome::RolledBack { reason: "x".into() },
+            ShiftOutcome::Aborted { rolled_back: true },
+        ] {
+            record.outcome = outcome;
+            states.push(shift_state(Some(&record)));
+        }
+        assert_eq!(states, SHIFT_STATES);
     }
 
     #[test]
