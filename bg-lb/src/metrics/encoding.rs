@@ -412,6 +412,24 @@ mod tests {
     }
 
     #[test]
+    fn every_sample_has_exactly_its_family_labels() {
+        let text = encoded();
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let (name, labels) = line.split_once('{').unwrap_or((line.split(' ').next().unwrap(), ""));
+            let keys: Vec<&str> = labels
+                .split("\",")
+                .filter_map(|pair| pair.split_once('=').map(|(key, _)| key))
+                .collect();
+            let family = Metric::of_series(name).unwrap_or_else(|| panic!("{name}"));
+            let mut expected = family.labels().to_vec();
+            if name.ends_with("_bucket") {
+                expected.push("le");
+            }
+            assert_eq!(keys, expected, "{line}");
+        }
+    }
+
+    #[test]
     fn ratios_are_gauges_from_0_to_1_per_pool() {
         let text = encoded();
         assert_line(&text, r#"bglb_ratio{service="web",pool="blue"} 0.3"#);

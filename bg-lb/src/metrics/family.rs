@@ -124,6 +124,37 @@ impl Metric {
         }
     }
 
+    /// The labels of every series of the family, in the order the encoding
+    /// writes them (a histogram's `_bucket` series add `le`).
+    pub const fn labels(self) -> &'static [&'static str] {
+        const BACKEND: &[&str] = &["service", "pool", "backend"];
+        match self {
+            Metric::BuildInfo => &["version", "commit", "rustc"],
+            Metric::Ratio | Metric::EffectiveRatio | Metric::RatioPercent | Metric::EffectiveRatioPercent => {
+                &["service", "pool"]
+            }
+            Metric::BackendWeight | Metric::BackendUp | Metric::BackendOpenFlows | Metric::BackendNewFlows => BACKEND,
+            Metric::BackendPackets | Metric::BackendBytes => &["service", "pool", "backend", "direction"],
+            Metric::BackendConnectionEvents => &["service", "pool", "backend", "event"],
+            Metric::HealthTransitions => &["service", "pool", "backend", "check", "to"],
+            Metric::HealthDuration => &["service", "pool", "backend", "check"],
+            Metric::FlowTableEntries
+            | Metric::FlowTableCapacity
+            | Metric::ConfigLastReloadSuccessful
+            | Metric::ConfigLastReloadSuccessTimestamp => &[],
+            Metric::Packets => &["reason", "verdict"],
+            Metric::AdminRequests => &["cmd", "result"],
+            Metric::ConfigReloads => &["result"],
+            Metric::ShiftState => &["service", "state"],
+            Metric::ShiftRollbacks => &["service"],
+        }
+    }
+
+    /// The family a series name (as [`Metric::series`] spells it) belongs to.
+    pub fn of_series(series: &str) -> Option<Metric> {
+        Metric::ALL.into_iter().find(|m| m.series().iter().any(|s| s == series))
+    }
+
     /// The family that replaces a deprecated one. Deprecated families are
     /// still exported for one release so existing dashboards and alerts keep
     /// working while they move; the shipped dashboard and rules never use them.
@@ -240,6 +271,19 @@ pub fn series_names() -> Vec<String> {
     Metric::ALL.into_iter().flat_map(Metric::series).collect()
 }
 
+/// Every label a query may group or match by: those of bg-lb's series, the
+/// histogram's `le`, and what Prometheus adds to every series it scrapes.
+pub fn label_names() -> Vec<&'static str> {
+    let mut labels: Vec<&str> = Metric::ALL
+        .into_iter()
+        .flat_map(|m| m.labels().iter().copied())
+        .collect();
+    labels.extend(["le", "job", "instance"]);
+    labels.sort_unstable();
+    labels.dedup();
+    labels
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::HashSet;
@@ -313,28 +357,9 @@ mod tests {
 
         const DASHBOARD: &str = include_str!("../../../deploy/grafana/bg-lb.json");
 
-        /// Labels the daemon exports, plus Prometheus's own.
-        const LABELS: [&str; 19] = [
-            "service",
-            "pool",
-            "backend",
-            "direction",
-            "event",
-            "check",
-            "to",
-            "reason",
-            "verdict",
-            "cmd",
-            "result",
-            "state",
-            "version",
-            "commit",
-            "rustc",
-            "le",
-            "instance",
-            "job",
-            "__name__",
-        ];
+        fn is_label(label: &str) -> bool {
+            label_names().contains(&label)
+        }
 
         fn dashboard() -> Json {
             serde_json::from_str(DASHBOARD).expect("deploy/grafana/bg-lb.json is valid JSON")
@@ -488,7 +513,7 @@ mod tests {
                     "{name}: {expr}"
                 );
                 for key in annotation["tagKeys"].as_str().unwrap_or_default().split(',') {
-                    assert!(LABELS.contains(&key.trim()), "{name}: tag key {key:?} is not a label");
+                    assert!(is_label(key.trim()), "{name}: tag key {key:?} is not a label");
                 }
             }
         }
@@ -499,10 +524,7 @@ mod tests {
                 for (_, rest) in expr.match_indices("by (").map(|(i, _)| expr.split_at(i + 4)) {
                     let group = rest.split(')').next().unwrap();
                     for label in group.split(',').map(str::trim) {
-                        assert!(
-                            LABELS.contains(&label),
-                            "{label:?} in {expr:?} is not a label bg-lb exports"
-                        );
+                        assert!(is_label(label), "{label:?} in {expr:?} is not a label bg-lb exports");
                     }
                 }
             }

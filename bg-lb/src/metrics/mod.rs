@@ -9,8 +9,9 @@
 //! as a counter reset.
 //!
 //! # Layout
-//! - `family`: every exported family ([`Metric`]): name, type, help text;
-//!   the one list the Grafana dashboard is checked against.
+//! - `family`: every exported family ([`Metric`]): name, type, labels, help
+//!   text; the one list the Grafana dashboard and the alert rules are checked
+//!   against.
 //! - `snapshot`: what one scrape shows ([`Snapshot`]) and the counters the
 //!   daemon keeps for it ([`ProbeStats`], [`AdminRequests`], [`ReloadStats`]).
 //! - `encoding`: a snapshot as Prometheus text: rows, labels, label values.
@@ -22,7 +23,7 @@ pub mod server;
 mod snapshot;
 
 pub use encoding::{CONTENT_TYPE, encode, verdict};
-pub use family::{Kind, Metric, series_names};
+pub use family::{Kind, Metric, label_names, series_names};
 pub use snapshot::{
     AdminRequests, BuildInfo, INVALID_COMMAND, LATENCY_BUCKETS, LatencyHistogram, ProbeMetrics, ProbeStats,
     ReloadStats, Snapshot,
