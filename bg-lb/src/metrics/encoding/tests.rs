@@ -1,3 +1,5 @@
+//! Tests of the text encoding: one snapshot, every family's lines.
+
 use std::{collections::HashSet, time::Duration};
 
 use super::*;
