@@ -33,12 +33,23 @@ pub struct Daemon {
 }
 
 /// Another way to start the daemon than `BIN run --config FILE`: a container
-/// image's ENTRYPOINT and CMD, or a systemd unit's ExecStart under `setpriv`.
+/// image's ENTRYPOINT and CMD, a systemd unit's ExecStart under `setpriv`, or
+/// `podman run` of the image.
 pub struct Launch {
     pub program: PathBuf,
+    /// In these, [`Launch::NETNS`] and [`Launch::DIR`] stand for what only
+    /// the harness knows when it starts the daemon.
     pub args: Vec<OsString>,
     /// Where the test's config is written: the file `args` name.
     pub config: PathBuf,
+}
+
+impl Launch {
+    /// The namespace the daemon runs in, `/run/netns/NAME`.
+    pub const NETNS: &str = "{netns}";
+    /// The daemon's directory (state and admin socket), so that a container
+    /// can mount it where the config says.
+    pub const DIR: &str = "{dir}";
 }
 
 impl Daemon {
@@ -103,7 +114,15 @@ impl Daemon {
         let mut command = Command::new("nsenter");
         command.arg(format!("--net=/run/netns/{}", self.netns));
         match &self.launch {
-            Some(launch) => command.arg(&launch.program).args(&launch.args),
+            Some(launch) => {
+                let netns = format!("/run/netns/{}", self.netns);
+                let dir = self.dir.display().to_string();
+                let expand = |arg: &OsString| match arg.to_str() {
+                    Some(text) => text.replace(Launch::NETNS, &netns).replace(Launch::DIR, &dir).into(),
+                    None => arg.clone(),
+                };
+                command.arg(&launch.program).args(launch.args.iter().map(expand))
+            }
             None => command.args([self.bin, "run", "--config"]).arg(self.config_path()),
         };
         let child = command
@@ -180,6 +199,13 @@ impl Daemon {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// Waits for the daemon process to end on its own (a container killed
+    /// from outside, say).
+    pub fn wait_exit(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("daemon running");
+        child.wait().expect("wait for the daemon process")
     }
 
     /// SIGTERM, waiting for the exit: a clean stop, as `systemctl stop` or

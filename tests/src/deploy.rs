@@ -105,6 +105,36 @@ impl Dockerfile {
         self.stages.last().expect("a Dockerfile has a stage")
     }
 
+    /// The default value of a global `ARG NAME=VALUE` (before the first FROM).
+    pub fn arg_default(&self, name: &str) -> Option<&str> {
+        self.preamble
+            .iter()
+            .filter(|i| i.keyword == "ARG")
+            .find_map(|i| i.args.strip_prefix(name)?.strip_prefix('='))
+    }
+
+    /// What a stage is built FROM, with a global ARG (`FROM ${BASE}`) at its
+    /// default, as a build without `--build-arg` sees it.
+    pub fn image_of(&self, stage: &Stage) -> String {
+        let image = stage.image.as_str();
+        let arg = image
+            .strip_prefix("${")
+            .and_then(|a| a.strip_suffix('}'))
+            .or_else(|| image.strip_prefix('$'));
+        match arg {
+            Some(arg) => self
+                .arg_default(arg)
+                .unwrap_or_else(|| panic!("FROM {image}: the global ARG {arg} has no default"))
+                .to_owned(),
+            None => image.to_owned(),
+        }
+    }
+
+    /// The stage named `name`.
+    pub fn stage(&self, name: &str) -> Option<&Stage> {
+        self.stages.iter().find(|s| s.name.as_deref() == Some(name))
+    }
+
     /// ENTRYPOINT followed by CMD, as the container runs them by default.
     pub fn default_command(&self) -> Vec<String> {
         let runtime = self.runtime();
@@ -310,5 +340,15 @@ mod tests {
         assert_eq!(file.stages[0].instructions[0].args, "one two");
         assert_eq!(file.runtime().image, "b:2");
         assert_eq!(file.default_command(), ["/bin/x", "run", "--config", "/etc/x"]);
+    }
+
+    #[test]
+    fn stage_images_take_global_arg_defaults() {
+        let file =
+            Dockerfile::parse("ARG BASE=a:1\nARG FROM_STAGE=build\nFROM ${BASE} AS build\nFROM $FROM_STAGE AS bin\n");
+        assert_eq!(file.arg_default("BASE"), Some("a:1"));
+        assert_eq!(file.arg_default("BAS"), None);
+        assert_eq!(file.image_of(&file.stages[0]), "a:1");
+        assert_eq!(file.image_of(file.stage("bin").unwrap()), "build");
     }
 }

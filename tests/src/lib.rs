@@ -12,6 +12,8 @@
 //! - [`cmd`]: running `ip`/`sysctl` with clear failure messages.
 //! - [`deploy`]: the Dockerfile and systemd unit in `deploy/`, parsed, and
 //!   install layouts to run their commands against.
+//! - [`container`]: the image built with podman from a debootstrapped base,
+//!   and containers run as the deployment docs run them.
 //! - [`packets`]: crafting and checking Ethernet/IPv4/TCP frames.
 //! - [`packet_lab`]: the XDP program under BPF_PROG_TEST_RUN with one
 //!   service, for the packet tests and the micro benchmark; the one place
@@ -23,6 +25,7 @@
 //!   workloads, statistics and reports.
 pub mod bench;
 pub mod cmd;
+pub mod container;
 pub mod daemon;
 pub mod deploy;
 pub mod http;

@@ -9,7 +9,7 @@ use bg_lb::{
     cli::{Cli, Command as BgLb, CtlArgs, CtlCommand},
     config::{DEFAULT_ADMIN_SOCKET, DEFAULT_CONFIG},
 };
-use bg_lb_tests::deploy::{Dockerfile, Layout, Unit, dockerfile_path, repo_root, unit_path};
+use bg_lb_tests::deploy::{Dockerfile, Layout, Stage, Unit, dockerfile_path, repo_root, unit_path};
 use clap::Parser as _;
 
 const BG_LB: &str = env!("CARGO_BIN_EXE_bg-lb-under-test");
@@ -39,8 +39,9 @@ fn dockerfile_base_images_are_fully_qualified_and_pinned() {
     assert!(file.stages.len() >= 2, "multi-stage: a build stage and a runtime stage");
     let stage_names: Vec<_> = file.stages.iter().filter_map(|s| s.name.clone()).collect();
     for stage in &file.stages {
-        let image = &stage.image;
-        if stage_names.contains(image) {
+        // Build arguments at their defaults: what a plain build pulls.
+        let image = &file.image_of(stage);
+        if stage_names.contains(image) || image == "scratch" {
             continue;
         }
         let registry = image.split('/').next().unwrap_or_default();
@@ -60,6 +61,21 @@ fn dockerfile_base_images_are_fully_qualified_and_pinned() {
     }
 }
 
+/// The one COPY of a stage: (source stage, source path, destination).
+fn only_copy(stage: &Stage) -> (Option<String>, String, String) {
+    let copies: Vec<_> = stage.all("COPY").collect();
+    assert_eq!(copies.len(), 1, "stage {:?} copies one file: {copies:?}", stage.name);
+    let words: Vec<&str> = copies[0].args.split_whitespace().collect();
+    let (from, paths) = match words.split_first() {
+        Some((first, rest)) if first.starts_with("--from=") => (first.strip_prefix("--from=").map(str::to_owned), rest),
+        _ => (None, words.as_slice()),
+    };
+    match paths {
+        [source, destination] => (from, source.to_string(), destination.to_string()),
+        _ => panic!("one source, one destination: {words:?}"),
+    }
+}
+
 #[test]
 fn dockerfile_runtime_stage_copies_only_the_binary_from_the_build_stage() {
     let file = dockerfile();
@@ -75,16 +91,28 @@ fn dockerfile_runtime_stage_copies_only_the_binary_from_the_build_stage() {
             "the runtime stage must not {keyword}: one layer holding the binary"
         );
     }
-    let copies: Vec<_> = runtime.all("COPY").collect();
-    assert_eq!(copies.len(), 1, "the runtime stage copies one file: {copies:?}");
-    let words: Vec<&str> = copies[0].args.split_whitespace().collect();
-    assert_eq!(
-        words.first(),
-        Some(&format!("--from={build_name}").as_str()),
-        "{words:?}"
-    );
-    assert_eq!(words.last(), Some(&"/usr/local/bin/bg-lb"), "{words:?}");
-    assert_eq!(words.len(), 3, "one source, the binary: {words:?}");
+    let (from, source, destination) = only_copy(runtime);
+    assert_eq!(destination, "/usr/local/bin/bg-lb");
+    // From the stage BINARY picks, which is the build stage unless a test
+    // passes --build-arg BINARY=context.
+    let from = from.expect("COPY --from=<stage>");
+    let binary = file
+        .stage(&from)
+        .unwrap_or_else(|| panic!("--from={from} names a stage"));
+    assert!(binary.instructions.is_empty(), "{from} only names another stage");
+    assert_eq!(file.image_of(binary), build_name, "by default the binary is built here");
+    let installs = build
+        .all("RUN")
+        .any(|r| r.args.contains(&format!("target/release/bg-lb {source}")));
+    assert!(installs, "the build stage installs the release binary at {source}");
+    // The other choice is a bg-lb from the build context, at the same path.
+    let context = file
+        .stage("context")
+        .expect("a stage taking bg-lb from the build context");
+    assert_eq!(file.image_of(context), "scratch");
+    assert_eq!(only_copy(context), (None, "bg-lb".to_owned(), source));
+    // Checklist item 2: the runtime base is the build stage's Debian release.
+    assert_eq!(file.image_of(runtime), file.image_of(build), "same Debian release");
 }
 
 #[test]

@@ -224,16 +224,20 @@ fn ratio_gauge_follows_ctl_ratio_and_admin_requests_are_counted() {
     let status = lab.daemon.status("web");
     for pool in [Pool::Blue, Pool::Green] {
         let labels = [("service", "web"), ("pool", &*pool.to_string())];
+        let (set, effective) = (status.ratio.share(pool), status.effective_ratio.share(pool));
+        assert_eq!(metrics.get("bglb_ratio", &labels), f64::from(set) / 100.0);
         assert_eq!(
-            metrics.get("bglb_ratio_percent", &labels),
-            f64::from(status.ratio.share(pool))
+            metrics.get("bglb_effective_ratio", &labels),
+            f64::from(effective) / 100.0
         );
+        // The deprecated percent families, kept for one release.
+        assert_eq!(metrics.get("bglb_ratio_percent", &labels), f64::from(set));
         assert_eq!(
             metrics.get("bglb_effective_ratio_percent", &labels),
-            f64::from(status.effective_ratio.share(pool))
+            f64::from(effective)
         );
     }
-    assert_eq!(metrics.get("bglb_ratio_percent", &[("pool", "blue")]), 30.0);
+    assert_eq!(metrics.get("bglb_ratio", &[("pool", "blue")]), 0.3);
     let requests = |cmd, result| metrics.get("bglb_admin_requests_total", &[("cmd", cmd), ("result", result)]);
     assert_eq!(requests("ratio", "ok"), 1.0);
     assert_eq!(requests("ratio", "error"), 1.0);
@@ -251,7 +255,110 @@ fn ratio_gauge_follows_ctl_ratio_and_admin_requests_are_counted() {
         "{}",
         String::from_utf8_lossy(&reload.stderr)
     );
-    assert_eq!(scrape(&lab).get("bglb_ratio_percent", &[("pool", "green")]), 70.0);
+    assert_eq!(scrape(&lab).get("bglb_ratio", &[("pool", "green")]), 0.7);
+}
+
+#[test]
+fn build_info_names_this_version_commit_and_compiler() {
+    let lab = start_lab();
+    let metrics = scrape(&lab);
+    let build = bg_lb::metrics::BuildInfo::THIS;
+    let labels = [
+        ("version", env!("CARGO_PKG_VERSION")),
+        ("commit", build.commit),
+        ("rustc", build.rustc),
+    ];
+    assert_eq!(metrics.get("bglb_build_info", &labels), 1.0);
+    // Built from this checkout (CI clones with git): the commit is HEAD's.
+    let head = std::process::Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("git");
+    if head.status.success() && std::env::var_os("BGLB_GIT_COMMIT").is_none() {
+        assert_eq!(build.commit, String::from_utf8_lossy(&head.stdout).trim());
+    }
+    assert!(build.rustc.starts_with("1."), "{}", build.rustc);
+}
+
+#[test]
+fn reloads_are_counted_by_result_and_a_success_moves_the_load_time() {
+    let lab = start_lab();
+    let reloads = |m: &Metrics, result| m.get("bglb_config_reloads_total", &[("result", result)]);
+    let started = scrape(&lab);
+    assert_eq!((reloads(&started, "ok"), reloads(&started, "error")), (0.0, 0.0));
+    assert_eq!(started.get("bglb_config_last_reload_successful", &[]), 1.0);
+    let loaded_at = started.get("bglb_config_last_reload_success_timestamp_seconds", &[]);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(
+        loaded_at <= now && loaded_at > now - 60.0,
+        "loaded at start: {loaded_at} (now {now})"
+    );
+
+    let path = lab.daemon.config_path();
+    let good = fs::read_to_string(&path).unwrap();
+    fs::write(&path, "not = [valid toml").unwrap();
+    assert!(!lab.daemon.ctl(&["reload"]).status.success());
+    let rejected = scrape(&lab);
+    assert_eq!((reloads(&rejected, "ok"), reloads(&rejected, "error")), (0.0, 1.0));
+    assert_eq!(rejected.get("bglb_config_last_reload_successful", &[]), 0.0);
+    assert_eq!(
+        rejected.get("bglb_config_last_reload_success_timestamp_seconds", &[]),
+        loaded_at,
+        "the config in effect is still the one loaded at start"
+    );
+
+    fs::write(&path, good).unwrap();
+    thread::sleep(Duration::from_millis(10));
+    // SIGHUP reloads too, and is counted the same way.
+    lab.daemon.hangup();
+    let reloaded = wait_for(&lab, "the SIGHUP reload counted", |m| reloads(m, "ok") == 1.0);
+    assert_eq!(reloads(&reloaded, "error"), 1.0);
+    assert_eq!(reloaded.get("bglb_config_last_reload_successful", &[]), 1.0);
+    assert!(reloaded.get("bglb_config_last_reload_success_timestamp_seconds", &[]) > loaded_at);
+}
+
+#[test]
+fn a_shift_the_daemon_rolls_back_shows_in_shift_state_and_rollbacks() {
+    let mut lab = start_lab();
+    let state = |m: &Metrics, state| m.get("bglb_shift_state", &[("service", "web"), ("state", state)]);
+    let rollbacks = |m: &Metrics| m.get("bglb_shift_rollbacks_total", &[("service", "web")]);
+    let before = scrape(&lab);
+    assert_eq!(state(&before, "none"), 1.0);
+    assert_eq!(rollbacks(&before), 0.0);
+
+    lab.daemon.ctl_ok(&[
+        "shift",
+        "web",
+        "--to",
+        "green",
+        "--steps",
+        "60,100",
+        "--interval",
+        "10m",
+        "--detach",
+    ]);
+    let running = scrape(&lab);
+    assert_eq!((state(&running, "running"), state(&running, "none")), (1.0, 0.0));
+    assert_eq!(running.get("bglb_ratio", &[("pool", "green")]), 0.6);
+
+    // A target backend going down rolls the shift back.
+    lab.stop_server(2);
+    let rolled_back = wait_for(&lab, "the shift rolled back", |m| state(m, "rolled_back") == 1.0);
+    assert_eq!(rollbacks(&rolled_back), 1.0);
+    let states: f64 = ["none", "running", "completed", "rolled_back", "aborted"]
+        .into_iter()
+        .map(|s| state(&rolled_back, s))
+        .sum();
+    assert_eq!(states, 1.0, "one state at a time");
+    assert_eq!(
+        rolled_back.get("bglb_ratio", &[("pool", "green")]),
+        0.5,
+        "back where it began"
+    );
 }
 
 #[test]
@@ -273,7 +380,7 @@ fn open_flows_per_backend_show_drain_progress() {
     lab.daemon.ctl_ok(&["drain", "web", "blue"]);
     let blue_open = per_backend[0] + per_backend[1];
     let drained = wait_for(&lab, "ratio 0:100 while blue still has its open flows", |m| {
-        m.get("bglb_ratio_percent", &[("pool", "blue")]) == 0.0
+        m.get("bglb_ratio", &[("pool", "blue")]) == 0.0
     });
     assert_eq!(
         drained.open_flows(&lab)[..2].iter().sum::<f64>(),

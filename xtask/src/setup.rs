@@ -9,8 +9,20 @@ use crate::test::run_step;
 /// Debian packages the build and tests use: LLVM 22 for bpf-linker, iproute2
 /// and ethtool for the network-namespace tests, systemd for
 /// `systemd-analyze verify` of the unit, man-db (with groff) to check the man
-/// page.
-const PACKAGES: &[&str] = &["llvm-22-dev", "iproute2", "ethtool", "systemd", "man-db"];
+/// page, prometheus for `promtool` (checks and unit tests of the alert
+/// rules), and podman, runc and debootstrap to build and run the container
+/// image from a locally made Debian base.
+const PACKAGES: &[&str] = &[
+    "llvm-22-dev",
+    "iproute2",
+    "ethtool",
+    "systemd",
+    "man-db",
+    "prometheus",
+    "podman",
+    "runc",
+    "debootstrap",
+];
 /// What `cargo xtask bench` compares bg-lb with, and its load generator;
 /// installed only for the benchmark.
 const BENCH_PACKAGES: &[&str] = &["haproxy", "nginx", "libnginx-mod-stream", "nftables", "wrk"];
@@ -77,8 +89,9 @@ fn debian_packages(packages: &[&str]) -> anyhow::Result<()> {
     println!("    Debian packages: installing {}", missing.join(", "));
     run_step(Command::new("apt-get").args(["update", "-qq"]))?;
     // Installing a daemon's package must not start it on the host (haproxy,
-    // nginx): the benchmark runs its own instances in namespaces. Where
-    // invoke-rc.d is not already told so, tell it for this install only.
+    // nginx, prometheus): the benchmark runs its own instances in namespaces,
+    // and the tests need only promtool. Where invoke-rc.d is not already told
+    // so, tell it for this install only.
     let policy = std::path::Path::new("/usr/sbin/policy-rc.d");
     let own_policy = !policy.exists();
     if own_policy {

@@ -6,7 +6,7 @@ use std::{
     collections::{BTreeMap, HashMap},
     fs,
     path::{Path, PathBuf},
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 mod census;
@@ -31,7 +31,7 @@ use crate::{
     dataplane::{Attached, Dataplane, DataplaneOptions, housekeeping::FlowCensus, pins::PinLayout},
     desired::Health,
     health::{CheckKey, Report},
-    metrics::{self, AdminRequests, ProbeStats},
+    metrics::{self, AdminRequests, ProbeStats, ReloadStats},
     protocol::{Reply, Request, parse_request},
     ratio::Ratio,
     state_file::{self, OperatorState},
@@ -62,6 +62,9 @@ pub struct Daemon {
     probe_stats: BTreeMap<CheckKey, ProbeStats>,
     admin_requests: AdminRequests,
     notifier: Notifier,
+    reloads: ReloadStats,
+    /// Shifts the daemon rolled back, by service, for metrics.
+    shift_rollbacks: BTreeMap<String, u64>,
 }
 
 impl Daemon {
@@ -72,6 +75,7 @@ impl Daemon {
     pub fn start(config_path: &Path, reports: mpsc::Sender<Report>) -> anyhow::Result<Self> {
         let config = config::load(config_path)?;
         preflight::refuse_snat_ports_overlapping_ephemeral_ports(&config)?;
+        let loaded_at = SystemTime::now();
         let operator = state_file::load(&config.state_dir)?;
         let pins = PinLayout::new(&config.pin_dir);
         let mounted_bpffs = pins.prepare()?;
@@ -107,6 +111,8 @@ impl Daemon {
             probe_stats: BTreeMap::new(),
             admin_requests: AdminRequests::default(),
             notifier: Notifier::from_env(),
+            reloads: ReloadStats::new(loaded_at),
+            shift_rollbacks: BTreeMap::new(),
         };
         daemon.apply_all()?;
         daemon.restart_probes();

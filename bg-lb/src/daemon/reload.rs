@@ -1,16 +1,20 @@
 //! Config reload: a new config replaces the running one only if it is valid
 //! and changes nothing that needs a restart.
 
+use std::time::SystemTime;
+
 use super::{Daemon, RequestError};
 use crate::config::{self, Config};
 
 impl Daemon {
     /// Re-reads the config. An invalid config, or one changing what only a
-    /// restart can change, is rejected and the running config stays.
-    /// systemd sees RELOADING=1 before and READY=1 after.
+    /// restart can change, is rejected and the running config stays. Either
+    /// way the outcome is counted for metrics, and systemd sees RELOADING=1
+    /// before and READY=1 after.
     pub fn reload(&mut self) -> Result<String, RequestError> {
         self.notify_reloading();
         let result = self.reload_config();
+        self.reloads.record(result.is_ok(), SystemTime::now());
         self.notify_reloaded(&result);
         result
     }

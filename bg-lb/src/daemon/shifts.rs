@@ -200,6 +200,7 @@ impl Daemon {
                 let ratio = record.start_ratio;
                 tracing::error!(service = name, %reason, back_to = %ratio, "progressive shift ROLLED BACK");
                 record.outcome = ShiftOutcome::RolledBack { reason };
+                *self.shift_rollbacks.entry(name.to_owned()).or_default() += 1;
                 self.set_shift_ratio(&service, ratio, record)
             }
         }

@@ -8,7 +8,7 @@ use crate::{
     dataplane::housekeeping::FlowCensus,
     desired::{self, HealthView},
     health::{CheckKey, Listener},
-    metrics::{ProbeMetrics, Snapshot},
+    metrics::{BuildInfo, ProbeMetrics, Snapshot},
     protocol::{BackendHealth, BackendStatus, FlowInfo, Reply, ServiceStatus},
     ratio::Pool,
 };
@@ -50,6 +50,9 @@ impl Daemon {
             flow_capacity: self.config.max_flows.into(),
             packets: self.dataplane.counters()?,
             admin_requests: self.admin_requests.clone(),
+            reloads: self.reloads,
+            shift_rollbacks: self.shift_rollbacks.clone(),
+            build: BuildInfo::THIS,
         })
     }
 

@@ -1,8 +1,9 @@
 //! A [`Snapshot`] in the Prometheus text format (0.0.4), written with
 //! `prometheus-client`: each family's rows, their labels, and the label
-//! values bg-lb defines (a packet counter's verdict, a check's listener).
+//! values bg-lb defines (a packet counter's verdict, a check's listener, a
+//! shift's state).
 
-use std::{fmt, net::SocketAddrV4};
+use std::{fmt, net::SocketAddrV4, time::SystemTime};
 
 use bg_lb_common::counters::Counter;
 use prometheus_client::{
@@ -19,6 +20,7 @@ use crate::{
     health::Listener,
     protocol::{BackendHealth, BackendStatus, ServiceStatus},
     ratio::Pool,
+    shift::{ShiftOutcome, ShiftRecord},
 };
 
 /// `Content-Type` of what [`encode`] writes.
@@ -48,6 +50,20 @@ pub fn verdict(counter: Counter) -> &'static str {
     }
 }
 
+/// The `state` label values of `bglb_shift_state`, one series each.
+pub const SHIFT_STATES: [&str; 5] = ["none", "running", "completed", "rolled_back", "aborted"];
+
+/// The state of a service's latest shift, one of [`SHIFT_STATES`].
+pub fn shift_state(shift: Option<&ShiftRecord>) -> &'static str {
+    match shift.map(|record| &record.outcome) {
+        None => "none",
+        Some(ShiftOutcome::Running) => "running",
+        Some(ShiftOutcome::Completed) => "completed",
+        Some(ShiftOutcome::RolledBack { .. }) => "rolled_back",
+        Some(ShiftOutcome::Aborted { .. }) => "aborted",
+    }
+}
+
 /// The snapshot in the Prometheus text format.
 pub fn encode(snapshot: Snapshot) -> Result<String, fmt::Error> {
     let mut registry = Registry::default();
@@ -61,6 +77,8 @@ type Labels = Vec<(&'static str, String)>;
 
 enum Value<'a> {
     Gauge(u64),
+    /// A gauge with a fractional value (a share, a timestamp).
+    Fraction(f64),
     Counter(u64),
     Histogram(&'a LatencyHistogram),
 }
@@ -80,6 +98,7 @@ fn write_family(encoder: &mut DescriptorEncoder, metric: Metric, rows: Vec<(Labe
         let mut series = family.encode_family(labels)?;
         match value {
             Value::Gauge(v) => series.encode_gauge(v)?,
+            Value::Fraction(v) => series.encode_gauge(v)?,
             Value::Counter(v) => series.encode_counter::<NoLabelSet, _, f64>(v, None)?,
             Value::Histogram(h) => series.encode_histogram::<NoLabelSet>(h.sum_seconds, h.count, &h.buckets(), None)?,
         }
@@ -89,9 +108,22 @@ fn write_family(encoder: &mut DescriptorEncoder, metric: Metric, rows: Vec<(Labe
 
 impl Snapshot {
     fn rows(&self, metric: Metric) -> Vec<(Labels, Value<'_>)> {
+        let fraction = |percent: u8| Value::Fraction(f64::from(percent) / 100.0);
         match metric {
-            Metric::Ratio => self.pool_rows(|s, pool| s.ratio.share(pool)),
-            Metric::EffectiveRatio => self.pool_rows(|s, pool| s.effective_ratio.share(pool)),
+            Metric::BuildInfo => {
+                let labels = vec![
+                    ("version", self.build.version.to_owned()),
+                    ("commit", self.build.commit.to_owned()),
+                    ("rustc", self.build.rustc.to_owned()),
+                ];
+                vec![(labels, Value::Gauge(1))]
+            }
+            Metric::Ratio => self.pool_rows(|s, pool| fraction(s.ratio.share(pool))),
+            Metric::EffectiveRatio => self.pool_rows(|s, pool| fraction(s.effective_ratio.share(pool))),
+            Metric::RatioPercent => self.pool_rows(|s, pool| Value::Gauge(s.ratio.share(pool).into())),
+            Metric::EffectiveRatioPercent => {
+                self.pool_rows(|s, pool| Value::Gauge(s.effective_ratio.share(pool).into()))
+            }
             Metric::BackendWeight => self.backend_rows(|b| vec![(vec![], Value::Gauge(b.weight.into()))]),
             Metric::BackendUp => {
                 self.backend_rows(|b| vec![(vec![], Value::Gauge(u64::from(b.health != BackendHealth::Down)))])
@@ -137,17 +169,44 @@ impl Snapshot {
                     )
                 })
                 .collect(),
+            Metric::ConfigReloads => [("ok", self.reloads.succeeded), ("error", self.reloads.failed)]
+                .map(|(result, n)| (vec![("result", result.to_owned())], Value::Counter(n)))
+                .into(),
+            Metric::ConfigLastReloadSuccessful => vec![(vec![], Value::Gauge(self.reloads.last_succeeded.into()))],
+            Metric::ConfigLastReloadSuccessTimestamp => {
+                let since_epoch = self.reloads.loaded_at.duration_since(SystemTime::UNIX_EPOCH);
+                vec![(vec![], Value::Fraction(since_epoch.unwrap_or_default().as_secs_f64()))]
+            }
+            Metric::ShiftState => self
+                .services
+                .iter()
+                .flat_map(|s| {
+                    let current = shift_state(s.shift.as_ref());
+                    SHIFT_STATES.map(|state| {
+                        let labels = vec![("service", s.name.clone()), ("state", state.to_owned())];
+                        (labels, Value::Gauge((state == current).into()))
+                    })
+                })
+                .collect(),
+            Metric::ShiftRollbacks => self
+                .services
+                .iter()
+                .map(|s| {
+                    let n = self.shift_rollbacks.get(&s.name).copied().unwrap_or(0);
+                    (vec![("service", s.name.clone())], Value::Counter(n))
+                })
+                .collect(),
         }
     }
 
     /// One row per service and pool.
-    fn pool_rows(&self, value: impl Fn(&ServiceStatus, Pool) -> u8) -> Vec<(Labels, Value<'_>)> {
+    fn pool_rows(&self, value: impl Fn(&ServiceStatus, Pool) -> Value<'static>) -> Vec<(Labels, Value<'_>)> {
         self.services
             .iter()
             .flat_map(|s| {
                 [Pool::Blue, Pool::Green].map(|pool| {
                     let labels = vec![("service", s.name.clone()), ("pool", pool.to_string())];
-                    (labels, Value::Gauge(value(s, pool).into()))
+                    (labels, value(s, pool))
                 })
             })
             .collect()
@@ -214,241 +273,4 @@ fn check_name(listener: Listener) -> &'static str {
 }
 
 #[cfg(test)]
-mod tests {
-    use std::{collections::HashSet, time::Duration};
-
-    use super::*;
-    use crate::{
-        health::{CheckKey, Report, Transition},
-        metrics::{AdminRequests, INVALID_COMMAND, Kind, ProbeStats, series_names},
-        protocol::Request,
-        ratio::Ratio,
-        test_support::backend_status,
-    };
-
-    /// "web" at 30:70 with blue 10.0.1.1 (up, busy), green 10.0.2.1 (down)
-    /// and green 10.0.2.2 (not checked yet).
-    fn snapshot() -> Snapshot {
-        let busy = BackendStatus {
-            weight: 50,
-            open_flows: 3,
-            new_flows: 7,
-            handshakes: 6,
-            refused: 1,
-            packets_in: 40,
-            bytes_in: 4000,
-            packets_out: 30,
-            bytes_out: 90_000,
-            ..backend_status("10.0.1.1:80", Pool::Blue, BackendHealth::Up)
-        };
-        let down = BackendStatus {
-            weight: 0,
-            ..backend_status("10.0.2.1:80", Pool::Green, BackendHealth::Down)
-        };
-        let mut stats = ProbeStats::default();
-        for (transition, millis) in [(None, 0.2), (Some(Transition::WentDown), 3.0), (None, 2_000.0)] {
-            stats.record(&Report {
-                key: CheckKey {
-                    service: "web".into(),
-                    backend: down.address,
-                    listener: Listener::Live,
-                },
-                outcome: Ok(()),
-                up: false,
-                transition,
-                duration: Duration::from_secs_f64(millis / 1000.0),
-            });
-        }
-        let mut admin_requests = AdminRequests::default();
-        admin_requests.record("ratio", true);
-        admin_requests.record("ratio", true);
-        admin_requests.record(INVALID_COMMAND, false);
-        Snapshot {
-            services: vec![ServiceStatus {
-                name: "web".into(),
-                vip: "10.0.0.100:80".parse().unwrap(),
-                standby_vip: None,
-                ratio: Ratio::new(30).unwrap(),
-                effective_ratio: Ratio::new(100).unwrap(),
-                backends: vec![
-                    busy,
-                    down,
-                    backend_status("10.0.2.2:80", Pool::Green, BackendHealth::Unchecked),
-                ],
-                shift: None,
-            }],
-            probes: vec![ProbeMetrics {
-                service: "web".into(),
-                pool: Pool::Green,
-                backend: "10.0.2.1:80".parse().unwrap(),
-                check: Listener::Live,
-                stats,
-            }],
-            flow_entries: 5,
-            flow_capacity: 65_536,
-            packets: Counter::ALL.iter().map(|&c| (c, c as u64 * 10)).collect(),
-            admin_requests,
-        }
-    }
-
-    fn encoded() -> String {
-        encode(snapshot()).unwrap()
-    }
-
-    #[track_caller]
-    fn assert_line(text: &str, line: &str) {
-        assert!(text.lines().any(|l| l == line), "no line {line:?} in:\n{text}");
-    }
-
-    #[test]
-    fn every_family_is_encoded_with_help_and_type() {
-        let text = encoded();
-        let typed: Vec<&str> = text
-            .lines()
-            .filter_map(|l| l.strip_prefix("# TYPE "))
-            .map(|l| l.split(' ').next().unwrap())
-            .collect();
-        let expected: Vec<String> = Metric::ALL
-            .iter()
-            .map(|m| match m.kind() {
-                Kind::Counter => format!("{}_total", m.name()),
-                Kind::Gauge | Kind::Histogram => m.name().to_owned(),
-            })
-            .collect();
-        assert_eq!(typed, expected);
-        assert_eq!(text.matches("# HELP ").count(), Metric::ALL.len());
-        // Every sample line uses a series name a query may use.
-        let series: HashSet<String> = series_names().into_iter().collect();
-        for line in text.lines().filter(|l| !l.starts_with('#')) {
-            let name = line.split(['{', ' ']).next().unwrap();
-            assert!(series.contains(name), "{name} is not in series_names()");
-        }
-    }
-
-    #[test]
-    fn ratios_are_percent_gauges_per_pool() {
-        let text = encoded();
-        assert_line(&text, r#"bglb_ratio_percent{service="web",pool="blue"} 30"#);
-        assert_line(&text, r#"bglb_ratio_percent{service="web",pool="green"} 70"#);
-        assert_line(&text, r#"bglb_effective_ratio_percent{service="web",pool="blue"} 100"#);
-        assert_line(&text, r#"bglb_effective_ratio_percent{service="web",pool="green"} 0"#);
-    }
-
-    #[test]
-    fn backend_series_carry_service_pool_and_backend() {
-        let text = encoded();
-        let blue = r#"service="web",pool="blue",backend="10.0.1.1:80""#;
-        // (family, extra labels, value)
-        let rows = [
-            ("bglb_backend_weight", "", 50),
-            ("bglb_backend_open_flows", "", 3),
-            ("bglb_backend_new_flows_total", "", 7),
-            ("bglb_backend_connection_events_total", r#",event="handshake""#, 6),
-            ("bglb_backend_connection_events_total", r#",event="refused""#, 1),
-            ("bglb_backend_connection_events_total", r#",event="reset""#, 0),
-            ("bglb_backend_packets_total", r#",direction="in""#, 40),
-            ("bglb_backend_packets_total", r#",direction="out""#, 30),
-            ("bglb_backend_bytes_total", r#",direction="in""#, 4000),
-            ("bglb_backend_bytes_total", r#",direction="out""#, 90000),
-        ];
-        for (family, extra, value) in rows {
-            assert_line(&text, &format!("{family}{{{blue}{extra}}} {value}"));
-        }
-    }
-
-    #[test]
-    fn down_backends_are_0_and_unchecked_ones_count_as_up() {
-        let text = encoded();
-        assert_line(
-            &text,
-            r#"bglb_backend_up{service="web",pool="blue",backend="10.0.1.1:80"} 1"#,
-        );
-        assert_line(
-            &text,
-            r#"bglb_backend_up{service="web",pool="green",backend="10.0.2.1:80"} 0"#,
-        );
-        assert_line(
-            &text,
-            r#"bglb_backend_up{service="web",pool="green",backend="10.0.2.2:80"} 1"#,
-        );
-    }
-
-    #[test]
-    fn health_checks_have_transitions_and_a_cumulative_latency_histogram() {
-        let text = encoded();
-        let probe = r#"service="web",pool="green",backend="10.0.2.1:80",check="live""#;
-        assert_line(
-            &text,
-            &format!(r#"bglb_health_check_transitions_total{{{probe},to="down"}} 1"#),
-        );
-        assert_line(
-            &text,
-            &format!(r#"bglb_health_check_transitions_total{{{probe},to="up"}} 0"#),
-        );
-        let bucket =
-            |le: &str, n: u64| format!(r#"bglb_health_check_duration_seconds_bucket{{{probe},le="{le}"}} {n}"#);
-        assert_line(&text, &bucket("0.0005", 1));
-        assert_line(&text, &bucket("0.0025", 1));
-        assert_line(&text, &bucket("0.005", 2));
-        assert_line(&text, &bucket("1", 2));
-        assert_line(&text, &bucket("2.5", 3));
-        assert_line(&text, &bucket("+Inf", 3));
-        assert_line(&text, &format!("bglb_health_check_duration_seconds_count{{{probe}}} 3"));
-        let sum = text
-            .lines()
-            .find_map(|l| l.strip_prefix(&format!("bglb_health_check_duration_seconds_sum{{{probe}}} ")))
-            .expect("a _sum line");
-        assert!((sum.parse::<f64>().unwrap() - 2.0032).abs() < 1e-9, "{sum}");
-    }
-
-    #[test]
-    fn every_data_plane_counter_is_a_reason_with_its_verdict() {
-        let text = encoded();
-        for counter in Counter::ALL {
-            let line = format!(
-                r#"bglb_packets_total{{reason="{}",verdict="{}"}} {}"#,
-                counter.name(),
-                verdict(counter),
-                counter as u64 * 10
-            );
-            assert_line(&text, &line);
-        }
-        assert_eq!(verdict(Counter::NoBackend), "drop");
-        assert_eq!(verdict(Counter::Passed), "pass");
-        assert_eq!(verdict(Counter::Refused), "reset");
-        assert_eq!(verdict(Counter::TooBigAnswered), "icmp");
-    }
-
-    #[test]
-    fn flow_table_entries_and_capacity_are_gauges() {
-        let text = encoded();
-        assert_line(&text, "bglb_flow_table_entries 5");
-        assert_line(&text, "bglb_flow_table_capacity 65536");
-    }
-
-    #[test]
-    fn admin_requests_count_by_command_and_result_from_zero() {
-        let text = encoded();
-        assert_line(&text, r#"bglb_admin_requests_total{cmd="ratio",result="ok"} 2"#);
-        assert_line(&text, r#"bglb_admin_requests_total{cmd="ratio",result="error"} 0"#);
-        assert_line(&text, r#"bglb_admin_requests_total{cmd="invalid",result="error"} 1"#);
-        assert!(!text.contains(r#"cmd="invalid",result="ok""#));
-        for cmd in Request::COMMANDS {
-            for result in ["ok", "error"] {
-                assert!(
-                    text.contains(&format!(
-                        r#"bglb_admin_requests_total{{cmd="{cmd}",result="{result}"}} "#
-                    )),
-                    "{cmd} {result} is there before the first request"
-                );
-            }
-        }
-    }
-
-    #[test]
-    fn an_empty_snapshot_still_describes_every_family() {
-        let text = encode(Snapshot::default()).unwrap();
-        assert_eq!(text.matches("# TYPE ").count(), Metric::ALL.len());
-        assert_line(&text, "bglb_flow_table_capacity 0");
-    }
-}
+mod tests;

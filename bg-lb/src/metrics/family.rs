@@ -14,8 +14,11 @@ pub enum Kind {
 /// Every metric family the daemon exports.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Metric {
+    BuildInfo,
     Ratio,
     EffectiveRatio,
+    RatioPercent,
+    EffectiveRatioPercent,
     BackendWeight,
     BackendUp,
     BackendOpenFlows,
@@ -29,13 +32,21 @@ pub enum Metric {
     FlowTableCapacity,
     Packets,
     AdminRequests,
+    ConfigReloads,
+    ConfigLastReloadSuccessful,
+    ConfigLastReloadSuccessTimestamp,
+    ShiftState,
+    ShiftRollbacks,
 }
 
 impl Metric {
     /// In the order of the output.
-    pub const ALL: [Metric; 15] = [
+    pub const ALL: [Metric; 23] = [
+        Metric::BuildInfo,
         Metric::Ratio,
         Metric::EffectiveRatio,
+        Metric::RatioPercent,
+        Metric::EffectiveRatioPercent,
         Metric::BackendWeight,
         Metric::BackendUp,
         Metric::BackendOpenFlows,
@@ -49,13 +60,21 @@ impl Metric {
         Metric::FlowTableCapacity,
         Metric::Packets,
         Metric::AdminRequests,
+        Metric::ConfigReloads,
+        Metric::ConfigLastReloadSuccessful,
+        Metric::ConfigLastReloadSuccessTimestamp,
+        Metric::ShiftState,
+        Metric::ShiftRollbacks,
     ];
 
     /// The family name, without the suffixes the encoding adds.
     pub const fn name(self) -> &'static str {
         match self {
-            Metric::Ratio => "bglb_ratio_percent",
-            Metric::EffectiveRatio => "bglb_effective_ratio_percent",
+            Metric::BuildInfo => "bglb_build_info",
+            Metric::Ratio => "bglb_ratio",
+            Metric::EffectiveRatio => "bglb_effective_ratio",
+            Metric::RatioPercent => "bglb_ratio_percent",
+            Metric::EffectiveRatioPercent => "bglb_effective_ratio_percent",
             Metric::BackendWeight => "bglb_backend_weight",
             Metric::BackendUp => "bglb_backend_up",
             Metric::BackendOpenFlows => "bglb_backend_open_flows",
@@ -69,6 +88,11 @@ impl Metric {
             Metric::FlowTableCapacity => "bglb_flow_table_capacity",
             Metric::Packets => "bglb_packets",
             Metric::AdminRequests => "bglb_admin_requests",
+            Metric::ConfigReloads => "bglb_config_reloads",
+            Metric::ConfigLastReloadSuccessful => "bglb_config_last_reload_successful",
+            Metric::ConfigLastReloadSuccessTimestamp => "bglb_config_last_reload_success_timestamp_seconds",
+            Metric::ShiftState => "bglb_shift_state",
+            Metric::ShiftRollbacks => "bglb_shift_rollbacks",
         }
     }
 
@@ -80,24 +104,86 @@ impl Metric {
             | Metric::BackendConnectionEvents
             | Metric::HealthTransitions
             | Metric::Packets
-            | Metric::AdminRequests => Kind::Counter,
+            | Metric::AdminRequests
+            | Metric::ConfigReloads
+            | Metric::ShiftRollbacks => Kind::Counter,
             Metric::HealthDuration => Kind::Histogram,
-            Metric::Ratio
+            Metric::BuildInfo
+            | Metric::Ratio
             | Metric::EffectiveRatio
+            | Metric::RatioPercent
+            | Metric::EffectiveRatioPercent
             | Metric::BackendWeight
             | Metric::BackendUp
             | Metric::BackendOpenFlows
             | Metric::FlowTableEntries
-            | Metric::FlowTableCapacity => Kind::Gauge,
+            | Metric::FlowTableCapacity
+            | Metric::ConfigLastReloadSuccessful
+            | Metric::ConfigLastReloadSuccessTimestamp
+            | Metric::ShiftState => Kind::Gauge,
+        }
+    }
+
+    /// The labels of every series of the family, in the order the encoding
+    /// writes them (a histogram's `_bucket` series add `le`).
+    pub const fn labels(self) -> &'static [&'static str] {
+        const BACKEND: &[&str] = &["service", "pool", "backend"];
+        match self {
+            Metric::BuildInfo => &["version", "commit", "rustc"],
+            Metric::Ratio | Metric::EffectiveRatio | Metric::RatioPercent | Metric::EffectiveRatioPercent => {
+                &["service", "pool"]
+            }
+            Metric::BackendWeight | Metric::BackendUp | Metric::BackendOpenFlows | Metric::BackendNewFlows => BACKEND,
+            Metric::BackendPackets | Metric::BackendBytes => &["service", "pool", "backend", "direction"],
+            Metric::BackendConnectionEvents => &["service", "pool", "backend", "event"],
+            Metric::HealthTransitions => &["service", "pool", "backend", "check", "to"],
+            Metric::HealthDuration => &["service", "pool", "backend", "check"],
+            Metric::FlowTableEntries
+            | Metric::FlowTableCapacity
+            | Metric::ConfigLastReloadSuccessful
+            | Metric::ConfigLastReloadSuccessTimestamp => &[],
+            Metric::Packets => &["reason", "verdict"],
+            Metric::AdminRequests => &["cmd", "result"],
+            Metric::ConfigReloads => &["result"],
+            Metric::ShiftState => &["service", "state"],
+            Metric::ShiftRollbacks => &["service"],
+        }
+    }
+
+    /// The family a series name (as [`Metric::series`] spells it) belongs to.
+    pub fn of_series(series: &str) -> Option<Metric> {
+        Metric::ALL.into_iter().find(|m| m.series().iter().any(|s| s == series))
+    }
+
+    /// The family that replaces a deprecated one. Deprecated families are
+    /// still exported for one release so existing dashboards and alerts keep
+    /// working while they move; the shipped dashboard and rules never use them.
+    pub const fn replaced_by(self) -> Option<Metric> {
+        match self {
+            Metric::RatioPercent => Some(Metric::Ratio),
+            Metric::EffectiveRatioPercent => Some(Metric::EffectiveRatio),
+            _ => None,
         }
     }
 
     pub const fn help(self) -> &'static str {
         match self {
-            Metric::Ratio => "Share of new connections the operator gave each pool (ctl ratio), in percent.",
+            Metric::BuildInfo => {
+                "Always 1: the version of this bg-lb, the git commit it was built from (unknown when not built \
+                 from a git checkout) and the rustc that compiled it."
+            }
+            Metric::Ratio => "Share of new connections the operator gave each pool (ctl ratio), from 0 to 1.",
             Metric::EffectiveRatio => {
-                "Share of new connections each pool gets, in percent: a pool that cannot serve hands its share to \
+                "Share of new connections each pool gets, from 0 to 1: a pool that cannot serve hands its share to \
                  the other."
+            }
+            Metric::RatioPercent => {
+                "Deprecated, removed in the next release: use bglb_ratio (0 to 1). The operator's share per pool in \
+                 percent."
+            }
+            Metric::EffectiveRatioPercent => {
+                "Deprecated, removed in the next release: use bglb_effective_ratio (0 to 1). The share in effect \
+                 per pool in percent."
             }
             Metric::BackendWeight => "Weight in effect for new connections (0 when disabled, drained or down).",
             Metric::BackendUp => {
@@ -133,6 +219,27 @@ impl Metric {
                  with them (verdict)."
             }
             Metric::AdminRequests => "Admin socket requests by command and result.",
+            Metric::ConfigReloads => {
+                "Config reloads (ctl reload or SIGHUP) by result: ok, or error when the new config was rejected \
+                 and the running one kept."
+            }
+            Metric::ConfigLastReloadSuccessful => {
+                "1 if the last config reload succeeded (or none was tried since the daemon started), 0 if it was \
+                 rejected."
+            }
+            Metric::ConfigLastReloadSuccessTimestamp => {
+                "When the config in effect was loaded (daemon start or the last successful reload), in seconds \
+                 since the Unix epoch."
+            }
+            Metric::ShiftState => {
+                "1 for the state of the service's latest progressive shift, 0 for the others: none, running, \
+                 completed, rolled_back (the daemon rolled it back) or aborted (an operator stopped it: ctl shift \
+                 --abort or ctl rollback)."
+            }
+            Metric::ShiftRollbacks => {
+                "Progressive shifts the daemon rolled back on its own (a target backend down or too many failed \
+                 connections)."
+            }
         }
     }
 
@@ -164,6 +271,19 @@ pub fn series_names() -> Vec<String> {
     Metric::ALL.into_iter().flat_map(Metric::series).collect()
 }
 
+/// Every label a query may group or match by: those of bg-lb's series, the
+/// histogram's `le`, and what Prometheus adds to every series it scrapes.
+pub fn label_names() -> Vec<&'static str> {
+    let mut labels: Vec<&str> = Metric::ALL
+        .into_iter()
+        .flat_map(|m| m.labels().iter().copied())
+        .collect();
+    labels.extend(["le", "job", "instance"]);
+    labels.sort_unstable();
+    labels.dedup();
+    labels
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::HashSet;
@@ -187,6 +307,36 @@ mod tests {
             );
             assert!(seen.insert(name), "{name} twice");
             assert!(metric.help().ends_with('.'), "{name}: help is a sentence");
+            if let Some(replacement) = metric.replaced_by() {
+                assert!(
+                    metric.help().starts_with("Deprecated") && metric.help().contains(replacement.name()),
+                    "{name}: the help names its replacement"
+                );
+                assert_eq!(replacement.replaced_by(), None, "{name}");
+                continue;
+            }
+            // Base units: shares from 0 to 1 end in _ratio, times are seconds.
+            for unit in [
+                "percent",
+                "millis",
+                "milliseconds",
+                "minutes",
+                "hours",
+                "kilobytes",
+                "megabytes",
+            ] {
+                assert!(!name.split('_').any(|word| word == unit), "{name}: use base units");
+            }
+            if name.split('_').any(|word| word == "ratio") {
+                assert!(name.ends_with("_ratio"), "{name}: a share is a _ratio");
+            }
+            if name.contains("timestamp") {
+                assert!(name.ends_with("_timestamp_seconds"), "{name}");
+                assert_eq!(metric.kind(), Kind::Gauge, "{name}");
+            }
+            if name.ends_with("_info") {
+                assert_eq!(metric.kind(), Kind::Gauge, "{name}: an info metric is a gauge of 1");
+            }
         }
         assert!(Metric::HealthDuration.name().ends_with("_seconds"), "base units");
         assert_eq!(Metric::BackendNewFlows.series(), ["bglb_backend_new_flows_total"]);
@@ -207,21 +357,9 @@ mod tests {
 
         const DASHBOARD: &str = include_str!("../../../deploy/grafana/bg-lb.json");
 
-        /// Labels the daemon exports, plus Prometheus's own.
-        const LABELS: [&str; 12] = [
-            "service",
-            "pool",
-            "backend",
-            "direction",
-            "check",
-            "to",
-            "reason",
-            "verdict",
-            "cmd",
-            "result",
-            "le",
-            "instance",
-        ];
+        fn is_label(label: &str) -> bool {
+            label_names().contains(&label)
+        }
 
         fn dashboard() -> Json {
             serde_json::from_str(DASHBOARD).expect("deploy/grafana/bg-lb.json is valid JSON")
@@ -244,10 +382,18 @@ mod tests {
                 .collect()
         }
 
+        /// The annotations that query Prometheus (not Grafana's built-in one).
+        fn annotations(json: &Json) -> Vec<&Json> {
+            let list = json["annotations"]["list"].as_array().expect("annotations.list");
+            list.iter().filter(|a| a["builtIn"] != 1).collect()
+        }
+
+        /// Every PromQL expression: panel targets, annotations, variables.
         fn queries(json: &Json) -> Vec<String> {
             let mut queries: Vec<String> = panels(json)
                 .iter()
                 .flat_map(|p| p["targets"].as_array().into_iter().flatten())
+                .chain(annotations(json))
                 .map(|t| t["expr"].as_str().expect("every target has a PromQL expr").to_owned())
                 .collect();
             for variable in json["templating"]["list"].as_array().unwrap() {
@@ -308,13 +454,67 @@ mod tests {
                 }
             }
             for wanted in [
-                "bglb_ratio_percent",
+                "bglb_ratio",
+                "bglb_effective_ratio",
                 "bglb_backend_new_flows_total",
                 "bglb_backend_bytes_total",
                 "bglb_backend_open_flows",
                 "bglb_backend_up",
+                "bglb_backend_connection_events_total",
+                "bglb_shift_state",
             ] {
                 assert!(used.contains(wanted), "the dashboard shows {wanted}");
+            }
+            for deprecated in Metric::ALL.into_iter().filter(|m| m.replaced_by().is_some()) {
+                for series in deprecated.series() {
+                    assert!(!used.contains(&series), "{series} is deprecated");
+                }
+            }
+        }
+
+        #[test]
+        fn a_panel_shows_connection_events_per_pool_and_event() {
+            let json = dashboard();
+            let shown = panels(&json).into_iter().any(|panel| {
+                panel["targets"].as_array().into_iter().flatten().any(|t| {
+                    let expr = t["expr"].as_str().unwrap_or_default();
+                    expr.contains("bglb_backend_connection_events_total") && expr.contains("by (service, pool, event)")
+                })
+            });
+            assert!(shown, "handshake, refused and reset per pool: what shifts judge by");
+        }
+
+        #[test]
+        fn annotations_mark_ratio_changes_and_rollbacks_through_the_variable() {
+            let json = dashboard();
+            let annotations = annotations(&json);
+            let expr_of = |name: &str| {
+                let annotation = annotations
+                    .iter()
+                    .find(|a| a["name"] == name)
+                    .unwrap_or_else(|| panic!("an annotation {name:?}"));
+                assert_eq!(annotation["enable"], true, "{name} is on by default");
+                annotation["expr"].as_str().unwrap().to_owned()
+            };
+            let ratio = expr_of("Ratio changes");
+            assert!(identifiers(&ratio).contains(&"bglb_ratio"), "{ratio}");
+            assert!(identifiers(&ratio).contains(&"changes"), "{ratio}");
+            let rollbacks = expr_of("Shift rollbacks");
+            assert!(
+                identifiers(&rollbacks).contains(&"bglb_shift_rollbacks_total"),
+                "{rollbacks}"
+            );
+            for annotation in annotations {
+                let name = annotation["name"].as_str().unwrap_or_default();
+                assert_eq!(annotation["datasource"]["uid"], "${datasource}", "{name}");
+                let expr = annotation["expr"].as_str().unwrap_or_default();
+                assert!(
+                    expr.contains("$service") && expr.contains("$instance"),
+                    "{name}: {expr}"
+                );
+                for key in annotation["tagKeys"].as_str().unwrap_or_default().split(',') {
+                    assert!(is_label(key.trim()), "{name}: tag key {key:?} is not a label");
+                }
             }
         }
 
@@ -324,10 +524,7 @@ mod tests {
                 for (_, rest) in expr.match_indices("by (").map(|(i, _)| expr.split_at(i + 4)) {
                     let group = rest.split(')').next().unwrap();
                     for label in group.split(',').map(str::trim) {
-                        assert!(
-                            LABELS.contains(&label),
-                            "{label:?} in {expr:?} is not a label bg-lb exports"
-                        );
+                        assert!(is_label(label), "{label:?} in {expr:?} is not a label bg-lb exports");
                     }
                 }
             }

@@ -4,14 +4,16 @@
 //!
 //! Traffic counters are the per-CPU BPF map values summed at scrape time.
 //! They live in the pinned maps, so a daemon restart does not reset them.
-//! Health-check and admin-request counters live in the daemon and start over
-//! with it, which `rate()` and `increase()` treat as a counter reset.
+//! Health-check, admin-request, reload and shift-rollback counters live in
+//! the daemon and start over with it, which `rate()` and `increase()` treat
+//! as a counter reset.
 //!
 //! # Layout
-//! - `family`: every exported family ([`Metric`]): name, type, help text;
-//!   the one list the Grafana dashboard is checked against.
+//! - `family`: every exported family ([`Metric`]): name, type, labels, help
+//!   text; the one list the Grafana dashboard and the alert rules are checked
+//!   against.
 //! - `snapshot`: what one scrape shows ([`Snapshot`]) and the counters the
-//!   daemon keeps for it ([`ProbeStats`], [`AdminRequests`]).
+//!   daemon keeps for it ([`ProbeStats`], [`AdminRequests`], [`ReloadStats`]).
 //! - `encoding`: a snapshot as Prometheus text: rows, labels, label values.
 //! - [`server`]: the HTTP listener that serves `GET /metrics`.
 
@@ -21,7 +23,8 @@ pub mod server;
 mod snapshot;
 
 pub use encoding::{CONTENT_TYPE, encode, verdict};
-pub use family::{Kind, Metric, series_names};
+pub use family::{Kind, Metric, label_names, series_names};
 pub use snapshot::{
-    AdminRequests, INVALID_COMMAND, LATENCY_BUCKETS, LatencyHistogram, ProbeMetrics, ProbeStats, Snapshot,
+    AdminRequests, BuildInfo, INVALID_COMMAND, LATENCY_BUCKETS, LatencyHistogram, ProbeMetrics, ProbeStats,
+    ReloadStats, Snapshot,
 };

@@ -1,7 +1,12 @@
 //! What one scrape shows: the [`Snapshot`] the task owning the daemon fills,
-//! and the health-check and admin-request counters the daemon keeps for it.
+//! and the health-check, admin-request and reload counters the daemon keeps
+//! for it.
 
-use std::{collections::BTreeMap, net::SocketAddrV4, time::Duration};
+use std::{
+    collections::BTreeMap,
+    net::SocketAddrV4,
+    time::{Duration, SystemTime},
+};
 
 use bg_lb_common::counters::Counter;
 
@@ -105,6 +110,68 @@ impl AdminRequests {
     }
 }
 
+/// Config reloads since the daemon started. The config it started with
+/// counts as loaded then, not as a reload.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReloadStats {
+    pub succeeded: u64,
+    pub failed: u64,
+    /// Whether the latest reload succeeded (true before the first one).
+    pub last_succeeded: bool,
+    /// When the config in effect was loaded.
+    pub loaded_at: SystemTime,
+}
+
+impl ReloadStats {
+    pub fn new(loaded_at: SystemTime) -> Self {
+        ReloadStats {
+            succeeded: 0,
+            failed: 0,
+            last_succeeded: true,
+            loaded_at,
+        }
+    }
+
+    pub fn record(&mut self, succeeded: bool, at: SystemTime) {
+        self.last_succeeded = succeeded;
+        if succeeded {
+            self.succeeded += 1;
+            self.loaded_at = at;
+        } else {
+            self.failed += 1;
+        }
+    }
+}
+
+impl Default for ReloadStats {
+    fn default() -> Self {
+        ReloadStats::new(SystemTime::UNIX_EPOCH)
+    }
+}
+
+/// What `bglb_build_info` says about this binary.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BuildInfo {
+    pub version: &'static str,
+    /// The git commit it was built from, or "unknown" (see build.rs).
+    pub commit: &'static str,
+    pub rustc: &'static str,
+}
+
+impl BuildInfo {
+    pub const THIS: BuildInfo = BuildInfo {
+        version: env!("CARGO_PKG_VERSION"),
+        commit: env!("BGLB_GIT_COMMIT"),
+        rustc: env!("BGLB_RUSTC_VERSION"),
+    };
+}
+
+impl Default for BuildInfo {
+    fn default() -> Self {
+        BuildInfo::THIS
+    }
+}
+
 /// A health probe's stats with the labels that place it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ProbeMetrics {
@@ -127,6 +194,11 @@ pub struct Snapshot {
     /// Every [`Counter`], summed over CPUs.
     pub packets: Vec<(Counter, u64)>,
     pub admin_requests: AdminRequests,
+    pub reloads: ReloadStats,
+    /// Shifts the daemon rolled back, by service; services it never rolled
+    /// back are absent (and exported as 0).
+    pub shift_rollbacks: BTreeMap<String, u64>,
+    pub build: BuildInfo,
 }
 
 #[cfg(test)]
@@ -142,5 +214,25 @@ mod tests {
         assert_eq!(buckets.last(), Some(&(f64::INFINITY, 1)));
         assert!(buckets[..LATENCY_BUCKETS.len()].iter().all(|&(_, n)| n == 0));
         assert_eq!(histogram.count(), 1);
+    }
+
+    #[test]
+    fn a_failed_reload_keeps_the_time_the_config_in_effect_was_loaded() {
+        let start = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
+        let mut reloads = ReloadStats::new(start);
+        assert!(reloads.last_succeeded, "nothing failed yet");
+        reloads.record(false, start + Duration::from_secs(5));
+        assert_eq!(
+            (reloads.succeeded, reloads.failed, reloads.last_succeeded),
+            (0, 1, false)
+        );
+        assert_eq!(reloads.loaded_at, start);
+        let later = start + Duration::from_secs(9);
+        reloads.record(true, later);
+        assert_eq!(
+            (reloads.succeeded, reloads.failed, reloads.last_succeeded),
+            (1, 1, true)
+        );
+        assert_eq!(reloads.loaded_at, later);
     }
 }
