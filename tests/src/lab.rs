@@ -194,7 +194,8 @@ pub struct BlueGreenLab {
 
 impl BlueGreenLab {
     /// Starts everything (v1 everywhere, all live) and waits until every
-    /// backend passes its live check.
+    /// backend passes its live check and, with HTTP checks, has a standby
+    /// result: until then the standby table counts it as up.
     pub fn start(bin: &'static str, options: &LabOptions) -> Self {
         crate::require_root();
         let topo = OneArm::new(4);
@@ -209,9 +210,14 @@ impl BlueGreenLab {
             backends,
             _peer_xdp: peer_xdp,
         };
+        let standby_checked = options.check == "http";
         lab.wait(
-            |s| s.backends.iter().all(|b| b.health == BackendHealth::Up),
-            "every backend up",
+            |s| {
+                s.backends
+                    .iter()
+                    .all(|b| b.health == BackendHealth::Up && (!standby_checked || b.standby_health.is_some()))
+            },
+            "every backend up (and its standby check done)",
         );
         lab
     }
