@@ -13,6 +13,9 @@
 //! - [`deploy`]: the Dockerfile and systemd unit in `deploy/`, parsed, and
 //!   install layouts to run their commands against.
 //! - [`packets`]: crafting and checking Ethernet/IPv4/TCP frames.
+//! - [`expect`]: what packet tests expect of the frame the program returned.
+//! - [`map_surgery`]: direct edits of the NAT maps, to force an eviction or
+//!   a reused backend id.
 //! - [`packet_lab`]: the XDP program under BPF_PROG_TEST_RUN with one
 //!   service, for the packet tests and the micro benchmark; the one place
 //!   they call bg-lb's data-plane API.
@@ -25,9 +28,11 @@ pub mod bench;
 pub mod cmd;
 pub mod daemon;
 pub mod deploy;
+pub mod expect;
 pub mod http;
 pub mod lab;
 pub mod load;
+pub mod map_surgery;
 pub mod netns;
 pub mod packet_lab;
 pub mod packets;

@@ -27,20 +27,24 @@ pub const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
 /// What the data plane does with packets counted under `counter`.
 pub fn verdict(counter: Counter) -> &'static str {
     match counter {
-        Counter::Passed
-        | Counter::Truncated
+        Counter::Passed | Counter::ReplyWithoutFlow => "pass",
+        Counter::Truncated
         | Counter::Fragmented
         | Counter::IpOptions
-        | Counter::ReplyWithoutFlow
-        | Counter::TtlExpired => "pass",
-        Counter::NoBackend
-        | Counter::SnatPortsExhausted
+        | Counter::TtlExpired
+        | Counter::NoBackend
         | Counter::FlowInsertFailed
         | Counter::FibFailed
         | Counter::FibNoNeighbour
-        | Counter::RedirectFailed => "drop",
-        Counter::UnpinnedForwarded => "forward",
-        Counter::Refused | Counter::FlowReset => "reset",
+        | Counter::RedirectFailed
+        | Counter::BadTcpFlags
+        | Counter::StaleFlow
+        | Counter::StaleReply
+        | Counter::UnpinnedPortTaken => "drop",
+        Counter::UnpinnedForwarded | Counter::RstOutOfWindow | Counter::NatReclaimed | Counter::FlowReadopted => {
+            "forward"
+        }
+        Counter::Refused | Counter::FlowReset | Counter::SnatPortsExhausted | Counter::NatConflict => "reset",
     }
 }
 
@@ -93,6 +97,7 @@ impl Snapshot {
                 self.backend_rows(|b| vec![(vec![], Value::Gauge(u64::from(b.health != BackendHealth::Down)))])
             }
             Metric::BackendOpenFlows => self.backend_rows(|b| vec![(vec![], Value::Gauge(b.open_flows))]),
+            Metric::BackendEmbryonicFlows => self.backend_rows(|b| vec![(vec![], Value::Gauge(b.embryonic_flows))]),
             Metric::BackendNewFlows => self.backend_rows(|b| vec![(vec![], Value::Counter(b.new_flows))]),
             Metric::BackendPackets => self.backend_rows(|b| directions(b.packets_in, b.packets_out)),
             Metric::BackendBytes => self.backend_rows(|b| directions(b.bytes_in, b.bytes_out)),
@@ -228,6 +233,7 @@ mod tests {
         let busy = BackendStatus {
             weight: 50,
             open_flows: 3,
+            embryonic_flows: 4,
             new_flows: 7,
             handshakes: 6,
             refused: 1,
@@ -338,6 +344,7 @@ mod tests {
         let rows = [
             ("bglb_backend_weight", "", 50),
             ("bglb_backend_open_flows", "", 3),
+            ("bglb_backend_embryonic_flows", "", 4),
             ("bglb_backend_new_flows_total", "", 7),
             ("bglb_backend_connection_events_total", r#",event="handshake""#, 6),
             ("bglb_backend_connection_events_total", r#",event="refused""#, 1),
@@ -412,6 +419,9 @@ mod tests {
         assert_eq!(verdict(Counter::NoBackend), "drop");
         assert_eq!(verdict(Counter::Passed), "pass");
         assert_eq!(verdict(Counter::Refused), "reset");
+        assert_eq!(verdict(Counter::SnatPortsExhausted), "reset", "refused with a RST");
+        assert_eq!(verdict(Counter::Fragmented), "drop", "malformed frames to a VIP");
+        assert_eq!(verdict(Counter::RstOutOfWindow), "forward");
     }
 
     #[test]

@@ -1,0 +1,119 @@
+//! What a packet test expects of the frame the program returned: the shared
+//! checks of the packet tests (addresses, MACs, TTL, flags, sequence
+//! numbers, payload and both checksums).
+
+use std::net::SocketAddrV4;
+
+use crate::{
+    packet_lab::{GATEWAY_MAC, LB_MAC, PacketLab, SNAT, SNAT_PORTS, VIP, mac_of},
+    packets::{TcpView, parse_checked},
+};
+
+/// What must hold of the frame the program returns.
+pub enum Out {
+    /// Byte for byte the frame that went in.
+    Unchanged,
+    /// Full NAT to the backend the lookup table picks for the client: from
+    /// the SNAT address and a port of the range (the flow's, if pinned),
+    /// the LB's MAC to the backend's, TTL 63, flags, sequence numbers and
+    /// payload as sent, valid checksums.
+    ToTableBackend,
+    /// Full NAT to `backend` from `snat` (a pinned flow's), otherwise as
+    /// [`Out::ToTableBackend`].
+    ToBackend { backend: SocketAddrV4, snat: SocketAddrV4 },
+    /// Translated back from the backend to the client: from the VIP, the
+    /// LB's MAC to the gateway's, TTL 63, flags, sequence numbers and
+    /// payload as sent, valid checksums.
+    ToClient,
+    /// A bare RST (Ethernet + IPv4 + TCP headers) from the VIP to the
+    /// client, sent back to the gateway, with valid checksums: sequence
+    /// number `seq`, and with `ack` set the ACK flag and that number (RFC
+    /// 793: a RST to a segment with ACK carries its ack as seq).
+    Rst { seq: u32, ack: Option<u32> },
+    /// Nothing: the frame was dropped.
+    Dropped,
+}
+
+impl Out {
+    /// Checks `out`, what the program made of `sent` from `client`; `what`
+    /// names the case in failure messages.
+    pub fn check(&self, lab: &PacketLab, what: &str, client: SocketAddrV4, sent: &[u8], out: &[u8]) {
+        match *self {
+            Out::Unchanged => assert_eq!(out, sent, "{what}: the frame comes back unchanged"),
+            Out::ToTableBackend => {
+                let (sent, view) = (parse_checked(sent), parse_checked(out));
+                let backend = lab.table_pick(client);
+                assert_eq!(view.dst, backend, "{what}: to the backend the table picks");
+                assert_eq!(*view.src.ip(), SNAT, "{what}: from the SNAT address");
+                assert!(
+                    (SNAT_PORTS.0..=SNAT_PORTS.1).contains(&view.src.port()),
+                    "{what}: SNAT port {} outside {SNAT_PORTS:?}",
+                    view.src.port()
+                );
+                if let Some(flow) = lab.flow(client) {
+                    assert_eq!(
+                        u16::from_be(flow.snat_port),
+                        view.src.port(),
+                        "{what}: from the flow's SNAT port"
+                    );
+                }
+                assert_eq!(
+                    (view.src_mac, view.dst_mac),
+                    (LB_MAC, mac_of(*backend.ip())),
+                    "{what}: MACs"
+                );
+                assert_eq!(view.ttl, 63, "{what}: TTL");
+                assert_same_segment(what, &sent, &view);
+            }
+            Out::ToBackend { backend, snat } => {
+                let (sent, view) = (parse_checked(sent), parse_checked(out));
+                assert_eq!(
+                    (view.src, view.dst),
+                    (snat, backend),
+                    "{what}: from {snat} to {backend}"
+                );
+                assert_eq!(
+                    (view.src_mac, view.dst_mac),
+                    (LB_MAC, mac_of(*backend.ip())),
+                    "{what}: MACs"
+                );
+                assert_eq!(view.ttl, 63, "{what}: TTL");
+                assert_same_segment(what, &sent, &view);
+            }
+            Out::ToClient => {
+                let (sent, view) = (parse_checked(sent), parse_checked(out));
+                assert_eq!(
+                    (view.src, view.dst),
+                    (VIP, client),
+                    "{what}: from the VIP to the client"
+                );
+                assert_eq!((view.src_mac, view.dst_mac), (LB_MAC, GATEWAY_MAC), "{what}: MACs");
+                assert_eq!(view.ttl, 63, "{what}: TTL");
+                assert_same_segment(what, &sent, &view);
+            }
+            Out::Rst { seq, ack } => {
+                assert_eq!(out.len(), 54, "{what}: a bare RST: Ethernet + IPv4 + TCP headers");
+                let rst = parse_checked(out);
+                assert_eq!((rst.src, rst.dst), (VIP, client), "{what}: from the VIP to the client");
+                assert_eq!((rst.src_mac, rst.dst_mac), (LB_MAC, GATEWAY_MAC), "{what}: MACs");
+                assert!(rst.flags_rst && !rst.flags_syn, "{what}: RST flags");
+                assert_eq!(
+                    (rst.seq, rst.flags_ack, rst.ack),
+                    (seq, ack.is_some(), ack.unwrap_or(0)),
+                    "{what}: RST sequence numbers (RFC 793)"
+                );
+            }
+            Out::Dropped => {}
+        }
+    }
+}
+
+/// NAT changes addresses, ports, MACs and TTL only.
+fn assert_same_segment(what: &str, sent: &TcpView, out: &TcpView) {
+    assert_eq!(
+        (out.flags_syn, out.flags_rst, out.flags_ack, out.seq, out.ack),
+        (sent.flags_syn, sent.flags_rst, sent.flags_ack, sent.seq, sent.ack),
+        "{what}: flags and sequence numbers as sent"
+    );
+    assert_eq!(out.payload, sent.payload, "{what}: payload byte for byte");
+}
