@@ -212,7 +212,9 @@ pub struct Flow {
     pub client: SeqState,
     /// What the backend has sent and acknowledged.
     pub backend: SeqState,
-    pub _pad2: u32,
+    /// The [`DataplaneConfig::nat_epoch`] in which the flow last made sure
+    /// its (backend, SNAT port) is its own.
+    pub nat_epoch: u32,
 }
 
 /// One side's TCP sequence state, host order, as [`crate::flow_state`]
@@ -261,7 +263,11 @@ pub struct DataplaneConfig {
     /// Non-zero once userspace has written a complete configuration; until
     /// then every packet passes untouched.
     pub ready: u32,
-    pub _pad: u32,
+    /// Moves forward whenever userspace removed reverse-NAT entries (the
+    /// only way one goes, besides with its flow) or rewrote this
+    /// configuration. A pinned flow whose [`Flow::nat_epoch`] differs makes
+    /// sure its SNAT port is still its own before it uses it again.
+    pub nat_epoch: u32,
 }
 
 impl DataplaneConfig {
@@ -273,7 +279,7 @@ impl DataplaneConfig {
             snat_port_min: *snat_ports.start(),
             snat_port_max: *snat_ports.end(),
             ready: 1,
-            _pad: 0,
+            nat_epoch: 0,
         }
     }
 }

@@ -129,12 +129,12 @@ fn add(stats: Option<*mut TrafficStats>, way: Way, bytes: u16, new_flow: bool) {
 
 /// Counts what a backend's reply said about its connection.
 #[inline(always)]
-pub fn account_event(flow: &Flow, event: Event) {
+pub fn account_event(backend_id: u32, event: Event) {
     if event == Event::RstOutOfWindow {
         count(Counter::RstOutOfWindow);
         return;
     }
-    let Some(s) = BACKEND_STATS.get_ptr_mut(flow.backend_id) else {
+    let Some(s) = BACKEND_STATS.get_ptr_mut(backend_id) else {
         return;
     };
     // SAFETY: a per-CPU array element, as in `count`.
@@ -147,9 +147,10 @@ pub fn account_event(flow: &Flow, event: Event) {
     }
 }
 
-/// Counts a packet of `flow`; `new_flow` when it completed the handshake.
+/// Counts a packet of a flow of `backend_id` and `service_id`; `new_flow`
+/// when it completed the handshake.
 #[inline(always)]
-pub fn account(flow: &Flow, way: Way, bytes: u16, new_flow: bool) {
-    add(BACKEND_STATS.get_ptr_mut(flow.backend_id), way, bytes, new_flow);
-    add(SERVICE_STATS.get_ptr_mut(flow.service_id), way, bytes, new_flow);
+pub fn account(backend_id: u32, service_id: u32, way: Way, bytes: u16, new_flow: bool) {
+    add(BACKEND_STATS.get_ptr_mut(backend_id), way, bytes, new_flow);
+    add(SERVICE_STATS.get_ptr_mut(service_id), way, bytes, new_flow);
 }

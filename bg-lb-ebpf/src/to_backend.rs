@@ -2,9 +2,12 @@
 //! full-NAT it towards the backend (source becomes SNAT addr:port), forward.
 //!
 //! One NAT state: a (backend, SNAT port) belongs to the one flow its
-//! REVERSE_NAT entry names. A pinned flow checks that it still owns its
-//! port before using it, and a packet without a flow never uses a port
-//! another flow owns.
+//! REVERSE_NAT entry names. Reverse entries go only with their flow, or
+//! when the daemon's sweep removes them, after which it moves
+//! `DataplaneConfig::nat_epoch` forward: a pinned flow then makes sure its
+//! port is still its own (one lookup) before it uses it again, claiming it
+//! again if it is free and resetting its client if another flow owns it.
+//! A packet without a flow never uses a port another flow owns.
 
 use aya_ebpf::{
     bindings::{BPF_ANY, BPF_NOEXIST, xdp_action::XDP_DROP},
@@ -28,14 +31,34 @@ use crate::{
     rst::reply_rst,
 };
 
-/// Where a packet goes: its flow (pinned, new, or stateless) and backend.
+/// Where a packet goes: its flow's (pinned, new, or stateless) ids and
+/// SNAT port, and its backend. Only what the rest of the path reads, so
+/// the fast path copies little.
 struct Route {
-    flow: Flow,
+    backend_id: u32,
+    service_id: u32,
+    /// Wire order.
+    snat_port: u16,
     backend: Backend,
-    /// A flow that was in FLOWS before this packet, whose port must be
-    /// checked.
+    /// A flow that was in FLOWS before this packet.
     pinned: bool,
     event: Event,
+}
+
+impl Route {
+    /// A flow this packet created or forwards without state: its port needs
+    /// no check.
+    #[inline(always)]
+    fn unpinned(flow: &Flow, backend: Backend) -> Self {
+        Route {
+            backend_id: flow.backend_id,
+            service_id: flow.service_id,
+            snat_port: flow.snat_port,
+            backend,
+            pinned: false,
+            event: Event::None,
+        }
+    }
 }
 
 /// What the flow table says about a packet's 5-tuple.
@@ -45,6 +68,8 @@ enum Lookup {
     Unknown,
     /// The flow's backend id or service changed under it: dropped.
     Stale,
+    /// Another flow owns the flow's SNAT port: the flow is forgotten.
+    PortTaken,
 }
 
 #[inline(always)]
@@ -60,11 +85,15 @@ pub fn to_backend(ctx: &XdpContext, mut pkt: TcpPacket<'_>, service: &Service, c
     let seg = pkt.segment();
     // SAFETY: a helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
-    let route = match pinned_flow(&key, &seg, service, now) {
+    let route = match pinned_flow(&key, &seg, service, cfg.nat_epoch, now) {
         Lookup::Pinned(route) => route,
         Lookup::Stale => {
             count(Counter::StaleFlow);
             return XDP_DROP;
+        }
+        Lookup::PortTaken => {
+            count(Counter::NatConflict);
+            return reply_rst(ctx, pkt);
         }
         Lookup::Unknown => match new_flow(&key, &seg, service, cfg, now) {
             Ok(route) => route,
@@ -81,30 +110,29 @@ pub fn to_backend(ctx: &XdpContext, mut pkt: TcpPacket<'_>, service: &Service, c
             }
         },
     };
-    let (flow, backend) = (route.flow, route.backend);
-    let nat = NatKey::new(&backend, flow.snat_port);
-    if route.pinned {
-        if !owns_port(&key, &nat) {
-            let _ = FLOWS.remove(key);
-            count(Counter::NatConflict);
-            return reply_rst(ctx, pkt);
-        }
-        if backend.flags & BACKEND_RESET_FLOWS != 0 {
-            let _ = FLOWS.remove(key);
-            let _ = REVERSE_NAT.remove(nat);
-            count(Counter::FlowReset);
-            return reply_rst(ctx, pkt);
-        }
+    let backend = route.backend;
+    if route.pinned && backend.flags & BACKEND_RESET_FLOWS != 0 {
+        let _ = FLOWS.remove(key);
+        let _ = REVERSE_NAT.remove(NatKey::new(&backend, route.snat_port));
+        count(Counter::FlowReset);
+        return reply_rst(ctx, pkt);
     }
     if route.event == Event::RstOutOfWindow {
         count(Counter::RstOutOfWindow);
     }
-    account(&flow, Way::ToBackend, pkt.ip_len(), route.event == Event::Established);
+    let established = route.event == Event::Established;
+    account(
+        route.backend_id,
+        route.service_id,
+        Way::ToBackend,
+        pkt.ip_len(),
+        established,
+    );
     rewrite(
         &mut pkt,
         &Endpoints {
             src_addr: cfg.snat_addr,
-            src_port: flow.snat_port,
+            src_port: route.snat_port,
             dst_addr: backend.addr,
             dst_port: backend.port,
         },
@@ -134,10 +162,11 @@ fn log_drop(ctx: &XdpContext, counter: Counter, now: u64) {
 }
 
 /// The flow's pinned entry, updated for this packet, unless there is none,
-/// this SYN reuses the 5-tuple of a flow that has ended, or the flow's
-/// backend id or service no longer is the one it was pinned to.
+/// this SYN reuses the 5-tuple of a flow that has ended, the flow's backend
+/// id or service no longer is the one it was pinned to, or (checked when
+/// `nat_epoch` moved) its port is no longer its own.
 #[inline(always)]
-fn pinned_flow(key: &FlowKey, seg: &Segment, service: &Service, now: u64) -> Lookup {
+fn pinned_flow(key: &FlowKey, seg: &Segment, service: &Service, nat_epoch: u32, now: u64) -> Lookup {
     let Some(flow) = flow_entry(key) else {
         return Lookup::Unknown;
     };
@@ -164,10 +193,19 @@ fn pinned_flow(key: &FlowKey, seg: &Segment, service: &Service, now: u64) -> Loo
         }
         return Lookup::Unknown;
     }
+    if flow.nat_epoch != nat_epoch {
+        if !owns_port(key, &NatKey::new(&backend, flow.snat_port)) {
+            let _ = FLOWS.remove(key);
+            return Lookup::PortTaken;
+        }
+        flow.nat_epoch = nat_epoch;
+    }
     let event = flow_state::advance(flow, Direction::FromClient, seg);
     flow.last_seen_ns = now;
     Lookup::Pinned(Route {
-        flow: *flow,
+        backend_id: flow.backend_id,
+        service_id: flow.service_id,
+        snat_port: flow.snat_port,
         backend,
         pinned: true,
         event,
@@ -226,6 +264,8 @@ fn new_flow(
         created_ns: now,
         last_seen_ns: now,
         backend_gen: backend.generation,
+        // Its port is claimed (or, readopted, checked) now.
+        nat_epoch: cfg.nat_epoch,
         ..Flow::default()
     };
     if !flow_state::is_connection_request(seg.flags) {
@@ -237,12 +277,7 @@ fn new_flow(
         let _ = REVERSE_NAT.remove(NatKey::new(&backend, flow.snat_port));
         return Err(Counter::FlowInsertFailed);
     }
-    Ok(Route {
-        flow,
-        backend,
-        pinned: false,
-        event: Event::None,
-    })
+    Ok(Route::unpinned(&flow, backend))
 }
 
 /// A packet of an unknown flow, on the first SNAT port candidate no other
@@ -269,21 +304,11 @@ fn unpinned(
             (flow.state, flow.client, flow.backend) = flow_state::readopted_by(seg);
             if FLOWS.insert(key, flow, BPF_NOEXIST as u64).is_ok() {
                 count(Counter::FlowReadopted);
-                return Ok(Route {
-                    flow,
-                    backend,
-                    pinned: false,
-                    event: Event::None,
-                });
+                return Ok(Route::unpinned(&flow, backend));
             }
         }
         count(Counter::UnpinnedForwarded);
-        return Ok(Route {
-            flow,
-            backend,
-            pinned: false,
-            event: Event::None,
-        });
+        return Ok(Route::unpinned(&flow, backend));
     }
     Err(Counter::UnpinnedPortTaken)
 }

@@ -52,12 +52,12 @@ pub fn to_client(ctx: &XdpContext, pkt: &mut TcpPacket<'_>) -> u32 {
         return XDP_DROP;
     }
     let event = flow_state::advance(flow, Direction::FromBackend, &seg);
-    account_event(flow, event);
+    account_event(flow.backend_id, event);
     if flow_state::backend_keeps_alive(flow.state) {
         // SAFETY: a helper without arguments.
         flow.last_seen_ns = unsafe { bpf_ktime_get_ns() };
     }
-    account(flow, Way::ToClient, pkt.ip_len(), false);
+    account(flow.backend_id, flow.service_id, Way::ToClient, pkt.ip_len(), false);
     rewrite(
         pkt,
         &Endpoints {

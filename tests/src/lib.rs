@@ -20,6 +20,8 @@
 //!   service, for the packet tests and the micro benchmark; the one place
 //!   they call bg-lb's data-plane API.
 //! - [`topology`]: named namespaces and the one-arm client/LB/backends segment.
+//! - [`raw`]: hand-made TCP segments from any source (forged RSTs, spoofed
+//!   SYNs) through a raw socket.
 //! - [`servers`]: a stoppable TCP accept loop, servers that answer with
 //!   their name, and their client.
 //! - [`bench`]: `cargo xtask bench` (the `bg-lb-bench` binary): contenders,
@@ -36,6 +38,7 @@ pub mod map_surgery;
 pub mod netns;
 pub mod packet_lab;
 pub mod packets;
+pub mod raw;
 pub mod release;
 pub mod servers;
 pub mod topology;

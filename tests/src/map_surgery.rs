@@ -1,8 +1,10 @@
 //! Direct edits of the data plane's NAT maps, to force what only the kernel
-//! or a race would otherwise do: an LRU evicting one half of a flow's NAT
-//! state, another flow claiming its port, a backend id handed to another
-//! backend while a flow still names it. The daemon and the packet lab never
-//! do this; tests do it to prove the data plane survives it.
+//! or a race would otherwise do: the FLOWS LRU evicting a flow, a reverse
+//! entry gone or claimed by another flow under a live one (as only a race
+//! with the daemon's sweep could leave it; like the sweep, the edit moves
+//! the NAT epoch forward), a backend id handed to another backend while a
+//! flow still names it. The daemon and the packet lab never do this; tests
+//! do it to prove the data plane survives it.
 
 use std::path::Path;
 
@@ -11,13 +13,14 @@ use aya::{
     programs::Xdp,
 };
 use bg_lb::dataplane::pins::PinLayout;
-use bg_lb_common::maps::{self, Backend, Flow, FlowKey, NatKey};
+use bg_lb_common::maps::{self, Backend, DataplaneConfig, Flow, FlowKey, NatKey};
 
-/// FLOWS, REVERSE_NAT and BACKENDS of one data plane.
+/// FLOWS, REVERSE_NAT, BACKENDS and CONFIG of one data plane.
 pub struct NatMaps {
     flows: HashMap<MapData, FlowKey, Flow>,
     reverse: HashMap<MapData, NatKey, FlowKey>,
     backends: Array<MapData, Backend>,
+    config: Array<MapData, DataplaneConfig>,
 }
 
 impl NatMaps {
@@ -28,7 +31,12 @@ impl NatMaps {
             let data = MapData::from_pin(dir.join(name)).unwrap_or_else(|e| panic!("open pinned {name}: {e}"));
             Map::from_map_data(data).expect("a known map type")
         };
-        Self::from_maps(open(maps::FLOWS), open(maps::REVERSE_NAT), open(maps::BACKENDS))
+        Self::from_maps([
+            open(maps::FLOWS),
+            open(maps::REVERSE_NAT),
+            open(maps::BACKENDS),
+            open(maps::CONFIG),
+        ])
     }
 
     /// The maps `prog` (a loaded `bg_lb`) uses.
@@ -47,14 +55,20 @@ impl NatMaps {
                 .unwrap_or_else(|| panic!("the program uses no map {name}"));
             Map::from_map_data(MapData::from_id(id).expect("open map by id")).expect("a known map type")
         };
-        Self::from_maps(open(maps::FLOWS), open(maps::REVERSE_NAT), open(maps::BACKENDS))
+        Self::from_maps([
+            open(maps::FLOWS),
+            open(maps::REVERSE_NAT),
+            open(maps::BACKENDS),
+            open(maps::CONFIG),
+        ])
     }
 
-    fn from_maps(flows: Map, reverse: Map, backends: Map) -> Self {
+    fn from_maps([flows, reverse, backends, config]: [Map; 4]) -> Self {
         NatMaps {
             flows: flows.try_into().expect("FLOWS is a hash map"),
             reverse: reverse.try_into().expect("REVERSE_NAT is a hash map"),
             backends: backends.try_into().expect("BACKENDS is an array"),
+            config: config.try_into().expect("CONFIG is an array"),
         }
     }
 
@@ -82,14 +96,23 @@ impl NatMaps {
         self.reverse.iter().map(|e| e.expect("read REVERSE_NAT")).collect()
     }
 
-    /// Drops a reverse-NAT entry, as an LRU would evict one.
+    /// Drops a reverse-NAT entry.
     pub fn evict_reverse(&mut self, nat: &NatKey) {
         self.reverse.remove(nat).expect("remove the reverse-NAT entry");
+        self.advance_nat_epoch();
     }
 
     /// Makes `owner` the flow that owns `nat`.
     pub fn set_owner(&mut self, nat: &NatKey, owner: &FlowKey) {
         self.reverse.insert(nat, owner, 0).expect("write the reverse-NAT entry");
+        self.advance_nat_epoch();
+    }
+
+    /// What the sweep does after it removed reverse entries.
+    fn advance_nat_epoch(&mut self) {
+        let mut config = self.config.get(&0, 0).expect("read CONFIG");
+        config.nat_epoch = config.nat_epoch.wrapping_add(1);
+        self.config.set(0, config, 0).expect("write CONFIG");
     }
 
     pub fn backend(&self, id: u32) -> Backend {

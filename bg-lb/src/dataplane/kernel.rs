@@ -190,8 +190,24 @@ impl Kernel {
         Ok(ports.insert(ifindex, ifindex, None, 0)?)
     }
 
+    /// Writes `cfg` with the NAT epoch moved forward from the one in the
+    /// map: it never goes back, so no pinned flow skips a port check.
     pub(super) fn set_config(&mut self, cfg: &DataplaneConfig) -> Result<(), DataplaneError> {
-        self.array_set(maps::CONFIG, 0, cfg)
+        let current: Array<_, DataplaneConfig> = self.map(maps::CONFIG)?;
+        let epoch = current.get(&0, 0).map_err(map_err(maps::CONFIG))?.nat_epoch;
+        let cfg = DataplaneConfig {
+            nat_epoch: epoch.wrapping_add(1),
+            ..*cfg
+        };
+        self.array_set(maps::CONFIG, 0, &cfg)
+    }
+
+    /// Tells pinned flows that reverse-NAT entries were removed: each makes
+    /// sure its port is its own again (see [`DataplaneConfig::nat_epoch`]).
+    pub(super) fn advance_nat_epoch(&mut self) -> Result<(), DataplaneError> {
+        let current: Array<_, DataplaneConfig> = self.map(maps::CONFIG)?;
+        let cfg = current.get(&0, 0).map_err(map_err(maps::CONFIG))?;
+        self.set_config(&cfg)
     }
 
     /// Writes `update` in its field order: backends, then the table into
@@ -311,22 +327,22 @@ impl Kernel {
     /// Removes a flow (housekeeping), and its reverse-NAT entry `reverse` if
     /// it has one, unless they changed since the sweep judged them: a client
     /// may have reused the 5-tuple for a new connection, or another flow
-    /// claimed the SNAT port.
+    /// claimed the SNAT port. Returns whether a reverse entry went.
     pub(super) fn remove_flow(
         &mut self,
         key: &FlowKey,
         judged: &Flow,
         reverse: Option<&NatKey>,
-    ) -> Result<(), DataplaneError> {
+    ) -> Result<bool, DataplaneError> {
         let mut flows: HashMap<_, FlowKey, Flow> = self.map_mut(maps::FLOWS)?;
         match flows.get(key, 0) {
             Ok(flow) if flow.created_ns == judged.created_ns => ignore_missing(flows.remove(key), maps::FLOWS)?,
-            Ok(_) | Err(MapError::KeyNotFound) => return Ok(()),
+            Ok(_) | Err(MapError::KeyNotFound) => return Ok(false),
             Err(e) => return Err(map_err(maps::FLOWS)(e)),
         }
         match reverse {
-            Some(nat) if self.reverse_owner(nat)? == Some(*key) => self.remove_reverse(nat),
-            _ => Ok(()),
+            Some(nat) if self.reverse_owner(nat)? == Some(*key) => self.remove_reverse(nat).map(|()| true),
+            _ => Ok(false),
         }
     }
 

@@ -233,8 +233,9 @@ impl Dataplane {
         let reverse = self.kernel.reverse_nat()?;
         let backends: HashMap<u32, Backend> = self.kernel.backends()?.into_iter().collect();
         let sweep = housekeeping::judge(flows, reverse, &backends, &self.services.service_ids(), now, timeouts);
+        let mut removed_reverse = false;
         for r in &sweep.flows {
-            self.kernel.remove_flow(&r.key, &r.flow, r.reverse.as_ref())?;
+            removed_reverse |= self.kernel.remove_flow(&r.key, &r.flow, r.reverse.as_ref())?;
         }
         for (nat, owner) in &sweep.orphan_reverse {
             // Re-checked: the flow may have been pinned (again) since it was read.
@@ -247,7 +248,13 @@ impl Dataplane {
                 && !housekeeping::owns(flow.as_ref(), backend.as_ref(), nat)
             {
                 self.kernel.remove_reverse(nat)?;
+                removed_reverse = true;
             }
+        }
+        if removed_reverse {
+            // A flow pinned again meanwhile may have lost its entry: every
+            // pinned flow checks its port on its next packet.
+            self.kernel.advance_nat_epoch()?;
         }
         let census = sweep.census;
         if census.orphans > 0 {
