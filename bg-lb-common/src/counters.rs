@@ -6,17 +6,18 @@
 pub enum Counter {
     /// Not for a service nor a NATed reply: passed to the kernel untouched.
     Passed = 0,
-    /// Headers shorter than they claim (truncated frame): passed.
+    /// Headers shorter than they claim (truncated frame), to a VIP or the
+    /// SNAT range: dropped.
     Truncated,
-    /// IPv4 TCP fragment: passed, never NATed.
+    /// IPv4 TCP fragment to a VIP or the SNAT range: dropped.
     Fragmented,
-    /// IPv4 TCP header with IP options: passed, never NATed.
+    /// IPv4 TCP header with IP options, to a VIP or the SNAT range: dropped.
     IpOptions,
     /// New flow but the service's table has no backend: dropped.
     NoBackend,
     /// Non-SYN packet of an unknown flow forwarded by the table, statelessly.
     UnpinnedForwarded,
-    /// Every SNAT port candidate was taken: dropped.
+    /// Every SNAT port candidate was taken: the SYN is refused with a RST.
     SnatPortsExhausted,
     /// Flow table insert failed: dropped.
     FlowInsertFailed,
@@ -28,7 +29,7 @@ pub enum Counter {
     RedirectFailed,
     /// Packet to the SNAT address and port range with no NAT entry: passed.
     ReplyWithoutFlow,
-    /// TTL would expire: passed so the kernel sends ICMP time exceeded.
+    /// TTL of at most 1, to a VIP or the SNAT range: dropped.
     TtlExpired,
     /// A new connection no backend could take, refused with a RST.
     Refused,
@@ -53,9 +54,31 @@ pub enum Counter {
     /// fragmentation needed (no DF, or itself an ICMP error): dropped, as XDP
     /// cannot fragment.
     TooBigDropped,
+    /// SYN together with FIN or RST, to a VIP or the SNAT range: dropped.
+    BadTcpFlags,
+    /// A RST outside the window its receiver accepts: forwarded for the
+    /// endpoint to judge, the flow left as it was.
+    RstOutOfWindow,
+    /// A pinned flow whose backend id now names another backend or none, or
+    /// whose service is gone: dropped, and the flow forgotten.
+    StaleFlow,
+    /// A backend reply whose reverse-NAT entry names a flow that is gone,
+    /// pinned elsewhere, or that cannot have sent it: dropped.
+    StaleReply,
+    /// A pinned flow's reverse-NAT entry was gone and was claimed again.
+    NatReclaimed,
+    /// A pinned flow's SNAT port is owned by another flow: the flow is
+    /// forgotten and its client reset with a RST (a RST is only dropped).
+    NatConflict,
+    /// A segment without a flow whose every SNAT port candidate is owned by
+    /// another flow: dropped.
+    UnpinnedPortTaken,
+    /// A segment without a flow whose reverse-NAT entry still names it (its
+    /// flow was evicted): pinned again and forwarded.
+    FlowReadopted,
 }
 
-pub const COUNTER_COUNT: u32 = Counter::TooBigDropped as u32 + 1;
+pub const COUNTER_COUNT: u32 = Counter::FlowReadopted as u32 + 1;
 
 impl Counter {
     pub const ALL: [Counter; COUNTER_COUNT as usize] = [
@@ -80,6 +103,14 @@ impl Counter {
         Counter::IcmpMalformed,
         Counter::TooBigAnswered,
         Counter::TooBigDropped,
+        Counter::BadTcpFlags,
+        Counter::RstOutOfWindow,
+        Counter::StaleFlow,
+        Counter::StaleReply,
+        Counter::NatReclaimed,
+        Counter::NatConflict,
+        Counter::UnpinnedPortTaken,
+        Counter::FlowReadopted,
     ];
 
     /// Stable snake_case name for logs and metrics.
@@ -106,6 +137,14 @@ impl Counter {
             Counter::IcmpMalformed => "icmp_malformed",
             Counter::TooBigAnswered => "too_big_answered",
             Counter::TooBigDropped => "too_big_dropped",
+            Counter::BadTcpFlags => "bad_tcp_flags",
+            Counter::RstOutOfWindow => "rst_out_of_window",
+            Counter::StaleFlow => "stale_flow",
+            Counter::StaleReply => "stale_reply",
+            Counter::NatReclaimed => "nat_reclaimed",
+            Counter::NatConflict => "nat_conflict",
+            Counter::UnpinnedPortTaken => "unpinned_port_taken",
+            Counter::FlowReadopted => "flow_readopted",
         }
     }
 }

@@ -1,7 +1,41 @@
-//! TCP state of a pinned flow, as far as a load balancer needs it: when has
-//! the flow ended, so a new SYN on the same 5-tuple may pick a new backend and
-//! housekeeping may expire it after a short linger. [`phase`] is the one
-//! reading of the state bits that housekeeping and `ctl flows` share.
+//! TCP state of a pinned flow, as far as a load balancer needs it: has the
+//! client completed the handshake (conntrack's ASSURED), has the flow ended,
+//! and will a RST's receiver accept it. [`advance`] is the one writer of a
+//! flow's state, for both directions; [`phase`] is the one reading of it,
+//! which housekeeping, `ctl status` and `ctl flows` share.
+//!
+//! # Embryonic flows
+//! A SYN pins a flow, but only the client's ACK of the backend's SYN-ACK
+//! makes it a connection ([`ESTABLISHED`]). Until then the flow is
+//! embryonic: it expires after the short `syn` timeout, only the client's
+//! packets keep it alive, and it is neither an open flow nor a new
+//! connection. A spoofed SYN never gets further, because its source never
+//! sees the SYN-ACK it would have to acknowledge.
+//!
+//! # RST validation
+//! Each side's sequence state ([`SeqState`]) holds the end of the furthest
+//! segment it sent (its `SND.NXT` as the LB saw it) and the furthest
+//! acknowledgment it sent (its `RCV.NXT` as it last announced it). A Linux
+//! receiver accepts a RST only at exactly its `RCV.NXT` (RFC 5961), which
+//! lies between what it last acknowledged and what the sender sent. The LB
+//! accepts exactly that span: for a connection with nothing in flight it is
+//! a single number, the one the endpoint accepts. A genuine RST lands in it
+//! (a stack's RST carries its `SND.NXT`; a stateless RST echoes the
+//! acknowledgment of the segment it answers), while a forged RST with a
+//! guessed sequence number, even one inside the receiver's window (which
+//! the receiver answers with a challenge ACK), almost never does. Anything
+//! else is forwarded for the endpoint to judge, and the flow stays as it
+//! was. Before the backend answered, the client is in SYN-SENT and accepts
+//! a RST that acknowledges its SYN, whatever its sequence number: the
+//! backend refusing the connection.
+//!
+//! A segment moves its side's state only if it is plausible: it starts at
+//! most [`MAX_SEQ_JUMP`] beyond the side's known end, and an acknowledgment
+//! never goes beyond what the other side sent. A blind attacker therefore
+//! has to guess within that span to move the state, as with conntrack's
+//! window checks.
+
+use crate::maps::{Flow, SeqState};
 
 pub const TCP_FIN: u8 = 0x01;
 pub const TCP_SYN: u8 = 0x02;
@@ -10,11 +44,20 @@ pub const TCP_ACK: u8 = 0x10;
 
 /// The client's SYN was seen (flow created by a handshake).
 pub const SYN_SEEN: u32 = 1 << 0;
-/// The backend answered (SYN-ACK seen on the reply path).
+/// The client acknowledged the backend's SYN-ACK: a real connection.
 pub const ESTABLISHED: u32 = 1 << 1;
 pub const FIN_FROM_CLIENT: u32 = 1 << 2;
 pub const FIN_FROM_BACKEND: u32 = 1 << 3;
+/// A RST that its receiver accepts went through.
 pub const RESET: u32 = 1 << 4;
+/// The backend answered the SYN (its SYN-ACK went through).
+pub const SYN_ACK_SEEN: u32 = 1 << 5;
+
+/// How far beyond a side's known end a segment may start and still move
+/// it. A TCP sender's segments reach the LB in order unless some were lost
+/// before it; this bounds that gap (a larger one pauses tracking until the
+/// retransmissions fill it) and what a blind forger can move.
+pub const MAX_SEQ_JUMP: u32 = 1 << 20;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Direction {
@@ -22,64 +65,188 @@ pub enum Direction {
     FromBackend,
 }
 
-/// A SYN without ACK opens a new connection.
+/// What [`advance`] reads of a TCP segment; numbers in host order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Segment {
+    pub flags: u8,
+    pub seq: u32,
+    pub ack: u32,
+    pub payload_len: u32,
+}
+
+impl Segment {
+    /// The sequence number after this segment: SYN and FIN count as one.
+    #[inline(always)]
+    pub const fn end(&self) -> u32 {
+        self.seq
+            .wrapping_add(self.payload_len)
+            .wrapping_add((self.flags & TCP_SYN != 0) as u32)
+            .wrapping_add((self.flags & TCP_FIN != 0) as u32)
+    }
+}
+
+/// A SYN without ACK, FIN or RST opens a new connection.
 #[inline(always)]
 pub const fn is_connection_request(tcp_flags: u8) -> bool {
-    tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+    tcp_flags & (TCP_SYN | TCP_ACK | TCP_FIN | TCP_RST) == TCP_SYN
 }
 
-/// State after a packet with `tcp_flags` went through in `dir`.
+/// SYN with FIN or RST: no TCP stack sends it, scanners and floods do.
 #[inline(always)]
-pub const fn advance(state: u32, tcp_flags: u8, dir: Direction) -> u32 {
-    let mut next = state;
-    if tcp_flags & TCP_RST != 0 {
-        next |= RESET;
-    }
-    match dir {
-        Direction::FromClient => {
-            if tcp_flags & TCP_FIN != 0 {
-                next |= FIN_FROM_CLIENT;
-            }
-        }
-        Direction::FromBackend => {
-            if tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK {
-                next |= ESTABLISHED;
-            }
-            if tcp_flags & TCP_FIN != 0 {
-                next |= FIN_FROM_BACKEND;
-            }
-        }
-    }
-    next
+pub const fn has_bad_flags(tcp_flags: u8) -> bool {
+    tcp_flags & TCP_SYN != 0 && tcp_flags & (TCP_FIN | TCP_RST) != 0
 }
 
-/// What a backend's reply tells about its connection, before the state
-/// absorbs it.
+/// What a segment did to its flow, for the statistics.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum BackendSignal {
+pub enum Event {
     None,
+    /// The client's ACK completed the handshake: a new connection.
+    Established,
+    /// The backend answered the SYN (its first SYN-ACK).
     Handshake,
+    /// The backend refused the connection: a RST before the handshake
+    /// completed.
     Refused,
+    /// The backend reset an established connection.
     Reset,
+    /// A RST outside the window its receiver accepts: forwarded, and the
+    /// flow left as it was.
+    RstOutOfWindow,
 }
 
-/// Classifies a backend -> client packet given the flow's state before it.
+/// `a` comes after `b` in sequence space.
 #[inline(always)]
-pub const fn backend_signal(state: u32, tcp_flags: u8) -> BackendSignal {
-    let established = state & ESTABLISHED != 0;
-    if tcp_flags & TCP_RST != 0 {
+const fn after(a: u32, b: u32) -> bool {
+    (a.wrapping_sub(b) as i32) > 0
+}
+
+/// `x` lies in `lo..=hi` in sequence space; an inverted span holds its
+/// ends only.
+#[inline(always)]
+const fn within(x: u32, lo: u32, hi: u32) -> bool {
+    x == lo || x == hi || (!after(lo, hi) && after(x, lo) && after(hi, x))
+}
+
+/// State bits and both sides' sequence state of a flow the client's SYN
+/// opens. Until the backend speaks, its acknowledgment is the one it owes:
+/// the SYN's.
+#[inline(always)]
+pub const fn opened_by(syn: &Segment) -> (u32, SeqState, SeqState) {
+    let end = syn.end();
+    (SYN_SEEN, SeqState { end, ack: 0 }, SeqState { end: 0, ack: end })
+}
+
+/// Whether a flow can be pinned again from a client segment without one
+/// (its entry was evicted but its reverse-NAT entry still names it): it
+/// must be mid-stream, acknowledging the backend, and not a RST.
+#[inline(always)]
+pub const fn can_readopt(tcp_flags: u8) -> bool {
+    tcp_flags & (TCP_ACK | TCP_SYN | TCP_RST) == TCP_ACK
+}
+
+/// State bits and sequence state of a flow pinned again from `seg` (see
+/// [`can_readopt`]): established, each side where the segment shows it.
+#[inline(always)]
+pub const fn readopted_by(seg: &Segment) -> (u32, SeqState, SeqState) {
+    (
+        ESTABLISHED | SYN_ACK_SEEN,
+        SeqState {
+            end: seg.end(),
+            ack: seg.ack,
+        },
+        SeqState {
+            end: seg.ack,
+            ack: seg.seq,
+        },
+    )
+}
+
+/// Takes `seg`, sent in `dir`, into `flow`'s state and sequence state, and
+/// says what it meant.
+#[inline(always)]
+pub fn advance(flow: &mut Flow, dir: Direction, seg: &Segment) -> Event {
+    let state = flow.state;
+    let (sender, receiver, fin) = match dir {
+        Direction::FromClient => (&mut flow.client, &mut flow.backend, FIN_FROM_CLIENT),
+        Direction::FromBackend => (&mut flow.backend, &mut flow.client, FIN_FROM_BACKEND),
+    };
+    if seg.flags & TCP_RST != 0 {
         if state & RESET != 0 {
-            BackendSignal::None // already counted
-        } else if established {
-            BackendSignal::Reset
-        } else {
-            BackendSignal::Refused
+            return Event::None; // a straggler: the flow has ended already
         }
-    } else if !established && tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK {
-        BackendSignal::Handshake
-    } else {
-        BackendSignal::None
+        if !rst_acceptable(state, dir, seg, sender, receiver) {
+            return Event::RstOutOfWindow;
+        }
+        flow.state = state | RESET;
+        return match dir {
+            Direction::FromClient => Event::None,
+            Direction::FromBackend if state & ESTABLISHED != 0 => Event::Reset,
+            Direction::FromBackend => Event::Refused,
+        };
     }
+    if dir == Direction::FromBackend && seg.flags & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK {
+        if state & SYN_ACK_SEEN != 0 {
+            return Event::None; // a retransmission
+        }
+        sender.end = seg.end();
+        sender.ack = seg.ack;
+        // The acknowledgment the client's ACK must carry.
+        receiver.ack = sender.end;
+        flow.state = state | SYN_ACK_SEEN;
+        return Event::Handshake;
+    }
+    let mut next = state;
+    let mut event = Event::None;
+    if dir == Direction::FromClient
+        && state & (SYN_ACK_SEEN | ESTABLISHED) == SYN_ACK_SEEN
+        && seg.flags & (TCP_SYN | TCP_ACK) == TCP_ACK
+        && within(seg.ack, sender.ack, receiver.end)
+    {
+        next |= ESTABLISHED;
+        event = Event::Established;
+    }
+    let end = seg.end();
+    let plausible = !after(seg.seq, sender.end.wrapping_add(MAX_SEQ_JUMP));
+    if plausible && after(end, sender.end) {
+        sender.end = end;
+    }
+    if seg.flags & TCP_ACK != 0 && after(seg.ack, sender.ack) && !after(seg.ack, receiver.end) {
+        sender.ack = seg.ack;
+    }
+    // A FIN counts where it closes the stream: at the end tracked (first
+    // sight or a retransmission), not behind it.
+    if seg.flags & TCP_FIN != 0 && plausible && !after(sender.end, end) {
+        next |= fin;
+    }
+    flow.state = next;
+    event
+}
+
+/// See the module docs.
+#[inline(always)]
+const fn rst_acceptable(state: u32, dir: Direction, seg: &Segment, sender: &SeqState, receiver: &SeqState) -> bool {
+    if state & SYN_ACK_SEEN == 0 && matches!(dir, Direction::FromBackend) {
+        return seg.flags & TCP_ACK != 0 && seg.ack == receiver.end;
+    }
+    within(seg.seq, receiver.ack, sender.end)
+}
+
+/// Whether the backend may have sent `seg` on this flow. Before its
+/// SYN-ACK it has no data to send: a segment with data is from another
+/// connection on the same (backend, SNAT port) and must not reach this
+/// client.
+#[inline(always)]
+pub const fn backend_may_send(state: u32, seg: &Segment) -> bool {
+    state & SYN_ACK_SEEN != 0 || seg.payload_len == 0
+}
+
+/// Whether a backend's packet keeps the flow alive. An embryonic flow ages
+/// by its client's packets alone, whatever the backend answered (a SYN-ACK
+/// retransmitted to a spoofed source must not keep it).
+#[inline(always)]
+pub const fn backend_keeps_alive(state: u32) -> bool {
+    state & ESTABLISHED != 0
 }
 
 /// Ended flows only linger until housekeeping removes them, and a new SYN on
@@ -92,140 +259,44 @@ pub const fn has_ended(state: u32) -> bool {
 /// Where a flow is in its life, as its state bits say.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FlowPhase {
-    /// The backend has not answered the handshake (or the flow was adopted
-    /// from a mid-stream packet, so its SYN-ACK was never seen).
-    SynSent,
+    /// The client has not completed the handshake: a connection attempt,
+    /// or a spoofed SYN that never will.
+    Embryonic,
     Established,
-    /// One side sent a FIN; the other may still send. `established` says
-    /// whether the backend ever answered the handshake, which decides how
-    /// long the flow may stay idle.
-    Closing {
-        established: bool,
-    },
+    /// One side sent a FIN; the other may still send.
+    Closing,
     /// FIN both ways or a RST: lingers only for stragglers.
     Closed,
 }
 
 impl FlowPhase {
-    /// Not closed: what a drain waits for.
+    /// A connection that has not ended: what a drain waits for.
     pub const fn is_open(self) -> bool {
-        !matches!(self, FlowPhase::Closed)
+        matches!(self, FlowPhase::Established | FlowPhase::Closing)
     }
 
     /// How `ctl flows` names it.
     pub const fn name(self) -> &'static str {
         match self {
-            FlowPhase::SynSent => "syn-sent",
+            FlowPhase::Embryonic => "embryonic",
             FlowPhase::Established => "established",
-            FlowPhase::Closing { .. } => "closing",
+            FlowPhase::Closing => "closing",
             FlowPhase::Closed => "closed",
         }
     }
 }
 
 pub const fn phase(state: u32) -> FlowPhase {
-    let established = state & ESTABLISHED != 0;
     if has_ended(state) {
         FlowPhase::Closed
+    } else if state & ESTABLISHED == 0 {
+        FlowPhase::Embryonic
     } else if state & (FIN_FROM_CLIENT | FIN_FROM_BACKEND) != 0 {
-        FlowPhase::Closing { established }
-    } else if established {
-        FlowPhase::Established
+        FlowPhase::Closing
     } else {
-        FlowPhase::SynSent
+        FlowPhase::Established
     }
-}
-
-/// Bits a fresh flow starts with: a SYN-created flow, or a flow adopted from
-/// a mid-stream packet.
-#[inline(always)]
-pub const fn initial(tcp_flags: u8) -> u32 {
-    if is_connection_request(tcp_flags) { SYN_SEEN } else { 0 }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::{Direction::*, *};
-
-    #[test]
-    fn syn_without_ack_is_a_connection_request_and_syn_ack_is_not() {
-        assert!(is_connection_request(TCP_SYN));
-        assert!(!is_connection_request(TCP_SYN | TCP_ACK));
-        assert!(!is_connection_request(TCP_ACK));
-    }
-
-    #[test]
-    fn flow_ends_only_after_fin_from_both_sides() {
-        let s = initial(TCP_SYN);
-        let s = advance(s, TCP_SYN | TCP_ACK, FromBackend);
-        assert_eq!(s & ESTABLISHED, ESTABLISHED);
-        let s = advance(s, TCP_FIN | TCP_ACK, FromClient);
-        assert!(!has_ended(s), "half-closed flow still carries data");
-        let s = advance(s, TCP_FIN | TCP_ACK, FromBackend);
-        assert!(has_ended(s));
-    }
-
-    #[test]
-    fn rst_from_either_side_ends_the_flow() {
-        assert!(has_ended(advance(initial(TCP_SYN), TCP_RST, FromClient)));
-        assert!(has_ended(advance(initial(TCP_SYN), TCP_RST | TCP_ACK, FromBackend)));
-    }
-
-    #[test]
-    fn backend_replies_are_classified_once_per_flow() {
-        let syn = initial(TCP_SYN);
-        assert_eq!(backend_signal(syn, TCP_SYN | TCP_ACK), BackendSignal::Handshake);
-        let established = advance(syn, TCP_SYN | TCP_ACK, FromBackend);
-        assert_eq!(
-            backend_signal(established, TCP_SYN | TCP_ACK),
-            BackendSignal::None,
-            "a retransmitted SYN-ACK"
-        );
-        assert_eq!(backend_signal(syn, TCP_RST | TCP_ACK), BackendSignal::Refused);
-        assert_eq!(backend_signal(established, TCP_RST), BackendSignal::Reset);
-        assert_eq!(backend_signal(established, TCP_ACK), BackendSignal::None);
-        let reset = advance(established, TCP_RST, FromBackend);
-        assert_eq!(
-            backend_signal(reset, TCP_RST),
-            BackendSignal::None,
-            "a second RST is not a second reset"
-        );
-    }
-
-    #[test]
-    fn phases_follow_the_handshake_and_the_close() {
-        let syn = initial(TCP_SYN);
-        assert_eq!(phase(syn), FlowPhase::SynSent);
-        assert_eq!(phase(initial(TCP_ACK)), FlowPhase::SynSent, "adopted mid-stream");
-        let established = advance(syn, TCP_SYN | TCP_ACK, FromBackend);
-        assert_eq!(phase(established), FlowPhase::Established);
-        let half_closed = advance(established, TCP_FIN, FromBackend);
-        assert_eq!(phase(half_closed), FlowPhase::Closing { established: true });
-        assert_eq!(
-            phase(advance(syn, TCP_FIN, FromClient)),
-            FlowPhase::Closing { established: false }
-        );
-        assert_eq!(phase(advance(half_closed, TCP_FIN, FromClient)), FlowPhase::Closed);
-        assert_eq!(phase(advance(established, TCP_RST, FromClient)), FlowPhase::Closed);
-    }
-
-    #[test]
-    fn only_closed_flows_are_not_open_and_each_phase_has_its_ctl_name() {
-        let phases = [
-            (FlowPhase::SynSent, true, "syn-sent"),
-            (FlowPhase::Established, true, "established"),
-            (FlowPhase::Closing { established: false }, true, "closing"),
-            (FlowPhase::Closing { established: true }, true, "closing"),
-            (FlowPhase::Closed, false, "closed"),
-        ];
-        for (phase, open, name) in phases {
-            assert_eq!((phase.is_open(), phase.name()), (open, name), "{phase:?}");
-        }
-    }
-
-    #[test]
-    fn two_fins_from_the_client_do_not_end_the_flow() {
-        let s = advance(initial(TCP_SYN), TCP_FIN, FromClient);
-        assert!(!has_ended(advance(s, TCP_FIN, FromClient)));
-    }
-}
+mod tests;

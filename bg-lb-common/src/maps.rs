@@ -19,7 +19,9 @@ pub const BACKENDS: &str = "BACKENDS";
 pub const LOOKUP_TABLES: &str = "LOOKUP_TABLES";
 /// `LruHashMap<FlowKey, Flow>`: client flow -> pinned backend.
 pub const FLOWS: &str = "FLOWS";
-/// `LruHashMap<NatKey, FlowKey>`: backend reply tuple -> client flow.
+/// `HashMap<NatKey, FlowKey>`: backend reply tuple -> client flow. Not an
+/// LRU: an entry goes only when its flow goes, so a (backend, SNAT port) is
+/// never handed to a second flow while the first one lives.
 pub const REVERSE_NAT: &str = "REVERSE_NAT";
 /// `PerCpuArray<TrafficStats>` indexed by backend id.
 pub const BACKEND_STATS: &str = "BACKEND_STATS";
@@ -31,9 +33,16 @@ pub const COUNTERS: &str = "COUNTERS";
 pub const CONFIG: &str = "CONFIG";
 /// `DevMapHash` keyed by ifindex: interfaces the program may redirect to.
 pub const TX_PORTS: &str = "TX_PORTS";
+/// `HashMap<u32, u32>`: every VIP address (wire order) -> 1, for judging
+/// frames whose port cannot be read (a non-first fragment).
+pub const VIP_ADDRESSES: &str = "VIP_ADDRESSES";
+/// `Array<u64>` indexed by [`crate::counters::Counter`]: when the program
+/// last logged that reason (`bpf_ktime_get_ns`), so a flood logs a line a
+/// second, not a line a packet.
+pub const LOG_TIMES: &str = "LOG_TIMES";
 
 /// Every map of the load balancer object, for pinning and teardown.
-pub const ALL_MAPS: [&str; 10] = [
+pub const ALL_MAPS: [&str; 12] = [
     SERVICES,
     BACKENDS,
     LOOKUP_TABLES,
@@ -44,6 +53,8 @@ pub const ALL_MAPS: [&str; 10] = [
     COUNTERS,
     CONFIG,
     TX_PORTS,
+    VIP_ADDRESSES,
+    LOG_TIMES,
 ];
 
 /// Name of the load balancer's XDP program in the object.
@@ -119,18 +130,24 @@ pub struct Backend {
     /// [`BACKEND_RESET_FLOWS`], ...
     pub flags: u8,
     pub service_id: u32,
+    /// Which backend holds this id: never 0 in use, and new each time the id
+    /// is given to a backend. A flow remembers it ([`Flow::backend_gen`]),
+    /// so a flow whose id was handed to another backend is never forwarded
+    /// there.
+    pub generation: u32,
 }
 
 impl Backend {
-    /// Backend `addr` of service `service_id`; `reset_flows` sets
-    /// [`BACKEND_RESET_FLOWS`].
-    pub const fn new(service_id: u32, addr: SocketAddrV4, pool: u8, reset_flows: bool) -> Self {
+    /// Backend `addr` of service `service_id`, holding its id as
+    /// `generation`; `reset_flows` sets [`BACKEND_RESET_FLOWS`].
+    pub const fn new(service_id: u32, generation: u32, addr: SocketAddrV4, pool: u8, reset_flows: bool) -> Self {
         Self {
             addr: wire_ip(*addr.ip()),
             port: wire_port(addr.port()),
             pool,
             flags: if reset_flows { BACKEND_RESET_FLOWS } else { 0 },
             service_id,
+            generation,
         }
     }
 
@@ -189,6 +206,28 @@ pub struct Flow {
     pub state: u32,
     pub created_ns: u64,
     pub last_seen_ns: u64,
+    /// [`Backend::generation`] of the backend the flow was pinned to.
+    pub backend_gen: u32,
+    /// What the client has sent and acknowledged, in its own numbering.
+    pub client: SeqState,
+    /// What the backend has sent and acknowledged.
+    pub backend: SeqState,
+    /// The [`DataplaneConfig::nat_epoch`] in which the flow last made sure
+    /// its (backend, SNAT port) is its own.
+    pub nat_epoch: u32,
+}
+
+/// One side's TCP sequence state, host order, as [`crate::flow_state`]
+/// tracks it to judge RSTs: conntrack's `td_end` and `td_maxack`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SeqState {
+    /// The end (sequence number plus length, SYN and FIN) of the furthest
+    /// segment this side sent: its `SND.NXT` as far as the LB knows.
+    pub end: u32,
+    /// The furthest acknowledgment this side sent: its `RCV.NXT` as it last
+    /// announced it.
+    pub ack: u32,
 }
 
 /// A backend's reply as it arrives: backend addr:port -> SNAT addr:snat_port.
@@ -224,7 +263,11 @@ pub struct DataplaneConfig {
     /// Non-zero once userspace has written a complete configuration; until
     /// then every packet passes untouched.
     pub ready: u32,
-    pub _pad: u32,
+    /// Moves forward whenever userspace removed reverse-NAT entries (the
+    /// only way one goes, besides with its flow) or rewrote this
+    /// configuration. A pinned flow whose [`Flow::nat_epoch`] differs makes
+    /// sure its SNAT port is still its own before it uses it again.
+    pub nat_epoch: u32,
 }
 
 impl DataplaneConfig {
@@ -236,7 +279,7 @@ impl DataplaneConfig {
             snat_port_min: *snat_ports.start(),
             snat_port_max: *snat_ports.end(),
             ready: 1,
-            _pad: 0,
+            nat_epoch: 0,
         }
     }
 }
@@ -296,6 +339,7 @@ mod pod {
     unsafe impl aya::Pod for Backend {}
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for Flow {}
+    unsafe impl aya::Pod for SeqState {}
     unsafe impl aya::Pod for NatKey {}
     unsafe impl aya::Pod for DataplaneConfig {}
     unsafe impl aya::Pod for TrafficStats {}
@@ -311,9 +355,10 @@ mod tests {
     fn map_types_have_no_implicit_padding() {
         assert_eq!(size_of::<ServiceKey>(), 8);
         assert_eq!(size_of::<Service>(), 24);
-        assert_eq!(size_of::<Backend>(), 12);
+        assert_eq!(size_of::<Backend>(), 16);
         assert_eq!(size_of::<FlowKey>(), 16);
-        assert_eq!(size_of::<Flow>(), 32);
+        assert_eq!(size_of::<SeqState>(), 8);
+        assert_eq!(size_of::<Flow>(), 56);
         assert_eq!(size_of::<NatKey>(), 8);
         assert_eq!(size_of::<DataplaneConfig>(), 16);
         assert_eq!(size_of::<TrafficStats>(), 64);
@@ -339,10 +384,27 @@ mod tests {
             bytes(&flow),
             [192, 168, 1, 5, 10, 0, 0, 100, 0x9c, 0x40, 0, 80, IPPROTO_TCP, 0, 0, 0]
         );
-        let backend = Backend::new(7, BACKEND, POOL_GREEN, true);
+        let backend = Backend::new(7, 3, BACKEND, POOL_GREEN, true);
         assert_eq!(
             bytes(&backend),
-            [10, 0, 0, 10, 0x1f, 0x90, POOL_GREEN, BACKEND_RESET_FLOWS, 7, 0, 0, 0]
+            [
+                10,
+                0,
+                0,
+                10,
+                0x1f,
+                0x90,
+                POOL_GREEN,
+                BACKEND_RESET_FLOWS,
+                7,
+                0,
+                0,
+                0,
+                3,
+                0,
+                0,
+                0
+            ]
         );
         let snat_port = 20000u16.to_be();
         assert_eq!(
@@ -355,8 +417,8 @@ mod tests {
     fn accessors_read_back_what_constructors_wrote() {
         assert_eq!(ServiceKey::new(VIP).vip(), VIP);
         assert_eq!(FlowKey::from_client(CLIENT, VIP).client(), CLIENT);
-        assert_eq!(Backend::new(0, BACKEND, POOL_BLUE, false).addr(), BACKEND);
-        assert!(Backend::default().is_free() && !Backend::new(0, BACKEND, POOL_BLUE, false).is_free());
+        assert_eq!(Backend::new(0, 1, BACKEND, POOL_BLUE, false).addr(), BACKEND);
+        assert!(Backend::default().is_free() && !Backend::new(0, 1, BACKEND, POOL_BLUE, false).is_free());
     }
 
     #[test]

@@ -2,8 +2,10 @@
 //! weighted lookup tables and flow pinning.
 //!
 //! Paths: client -> VIP:port ([`to_backend`]), backend -> SNAT addr:port
-//! ([`to_client`]), ICMP errors about those flows ([`icmp`]); everything
-//! else passes to the kernel untouched.
+//! ([`to_client`]), ICMP errors about those flows ([`icmp`]). Frames to a
+//! VIP or the SNAT range that no TCP stack should see (malformed, SYN with
+//! FIN or RST, TTL expiring) are dropped and counted, not handed to the host
+//! the VIP lives on; everything else passes to the kernel untouched.
 #![no_std]
 #![no_main]
 
@@ -16,16 +18,21 @@ mod rst;
 mod to_backend;
 mod to_client;
 
-use aya_ebpf::{bindings::xdp_action::XDP_PASS, macros::xdp, programs::XdpContext};
+use aya_ebpf::{
+    bindings::xdp_action::{XDP_DROP, XDP_PASS},
+    macros::xdp,
+    programs::XdpContext,
+};
 use bg_lb_common::{
     counters::Counter,
+    flow_state,
     maps::{DataplaneConfig, IPPROTO_TCP, ServiceKey},
 };
 
 use crate::{
-    maps::{CONFIG, SERVICES, count},
+    maps::{CONFIG, SERVICES, VIP_ADDRESSES, count},
     nat::decrement_ttl,
-    packet::{NotForUs, TcpPacket, parse_tcp},
+    packet::{Malformed, NotForUs, TcpPacket, parse_tcp},
 };
 
 #[xdp]
@@ -43,32 +50,23 @@ pub fn bg_lb(ctx: XdpContext) -> u32 {
             count(Counter::Passed);
             return XDP_PASS;
         }
-        Err(NotForUs::Unsafe(counter)) => {
-            count(counter);
-            return XDP_PASS;
-        }
-    };
-    let service_key = ServiceKey {
-        addr: pkt.dst_addr(),
-        port: pkt.dst_port(),
-        proto: IPPROTO_TCP,
-        _pad: 0,
+        Err(NotForUs::Malformed(malformed)) => return judge_malformed(&malformed, &cfg),
     };
     // Copy the service inside the branch: carrying an Option<Service> across
     // branches makes LLVM spill the None case's uninitialised payload, which
     // the verifier rejects.
     // SAFETY: SERVICES is BPF_F_NO_PREALLOC, so a looked-up element stays
     // intact under RCU until the program returns, as aya's `get` requires.
-    if let Some(service) = unsafe { SERVICES.get(service_key) } {
+    if let Some(service) = unsafe { SERVICES.get(service_key(pkt.dst_addr(), pkt.dst_port())) } {
         let service = *service;
-        if !decrement_ttl(&mut pkt) {
-            return ttl_expired();
+        if let Err(verdict) = sane_and_routed(&mut pkt) {
+            return verdict;
         }
         return to_backend::to_backend(&ctx, pkt, &service, &cfg);
     }
-    if is_snat_reply(&pkt, &cfg) {
-        if !decrement_ttl(&mut pkt) {
-            return ttl_expired();
+    if is_snat_port(&cfg, pkt.dst_addr(), pkt.dst_port()) {
+        if let Err(verdict) = sane_and_routed(&mut pkt) {
+            return verdict;
         }
         return to_client::to_client(&ctx, &mut pkt);
     }
@@ -76,18 +74,69 @@ pub fn bg_lb(ctx: XdpContext) -> u32 {
     XDP_PASS
 }
 
-/// Addressed to the SNAT address inside the SNAT port range: a backend reply.
 #[inline(always)]
-fn is_snat_reply(pkt: &TcpPacket<'_>, cfg: &DataplaneConfig) -> bool {
-    let port = u16::from_be(pkt.dst_port());
-    pkt.dst_addr() == cfg.snat_addr && port >= cfg.snat_port_min && port <= cfg.snat_port_max
+fn service_key(addr: u32, port: u16) -> ServiceKey {
+    ServiceKey {
+        addr,
+        port,
+        proto: IPPROTO_TCP,
+        _pad: 0,
+    }
 }
 
-/// Left to the kernel, which sends the ICMP time exceeded.
+/// The SNAT address inside the SNAT port range (wire order): a backend
+/// reply.
 #[inline(always)]
-fn ttl_expired() -> u32 {
+fn is_snat_port(cfg: &DataplaneConfig, addr: u32, port: u16) -> bool {
+    let port = u16::from_be(port);
+    addr == cfg.snat_addr && port >= cfg.snat_port_min && port <= cfg.snat_port_max
+}
+
+/// A frame to a VIP or the SNAT range is ours to drop; a frame elsewhere
+/// passes untouched. When its ports cannot be read (a non-first fragment)
+/// the VIP's address alone decides.
+#[inline(always)]
+fn judge_malformed(frame: &Malformed, cfg: &DataplaneConfig) -> u32 {
+    let ours = match frame.dst_port {
+        // SAFETY: as in `bg_lb`; only whether an entry exists is read.
+        Some(port) => {
+            unsafe { SERVICES.get(service_key(frame.dst_addr, port)) }.is_some()
+                || is_snat_port(cfg, frame.dst_addr, port)
+        }
+        // SAFETY: only whether an entry exists is read.
+        None => unsafe { VIP_ADDRESSES.get(frame.dst_addr) }.is_some(),
+    };
+    if ours {
+        count(frame.counter);
+        XDP_DROP
+    } else {
+        count(Counter::Passed);
+        XDP_PASS
+    }
+}
+
+/// Drops what no TCP stack sends (SYN with FIN or RST) and what has run out
+/// of hops; decrements the TTL of the rest, as a router would.
+#[inline(always)]
+fn sane_and_routed(pkt: &mut TcpPacket<'_>) -> Result<(), u32> {
+    if flow_state::has_bad_flags(pkt.flags()) {
+        count(Counter::BadTcpFlags);
+        return Err(XDP_DROP);
+    }
+    if !decrement_ttl(pkt) {
+        return Err(ttl_expired(pkt));
+    }
+    Ok(())
+}
+
+/// A packet whose TTL would reach 0 here. Passing it to the kernel would not
+/// make it send ICMP time exceeded: the VIP and the SNAT address are local,
+/// so the kernel would deliver it. It is dropped and counted; this is where
+/// a time-exceeded reply would be built.
+#[inline(always)]
+fn ttl_expired(_pkt: &TcpPacket<'_>) -> u32 {
     count(Counter::TtlExpired);
-    XDP_PASS
+    XDP_DROP
 }
 
 #[cfg(not(test))]

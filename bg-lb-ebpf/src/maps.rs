@@ -9,7 +9,7 @@ use aya_ebpf::{
 };
 use bg_lb_common::{
     counters::{COUNTER_COUNT, Counter},
-    flow_state::BackendSignal,
+    flow_state::Event,
     maps::{
         Backend, DEFAULT_LOOKUP_CAPACITY, DEFAULT_MAX_FLOWS, DataplaneConfig, Flow, FlowKey, MAX_BACKENDS,
         MAX_INTERFACES, MAX_SERVICES, NatKey, Service, ServiceKey, TrafficStats,
@@ -30,8 +30,11 @@ pub static LOOKUP_TABLES: Array<u32> = Array::with_max_entries(DEFAULT_LOOKUP_CA
 #[map]
 pub static FLOWS: LruHashMap<FlowKey, Flow> = LruHashMap::with_max_entries(DEFAULT_MAX_FLOWS, 0);
 
+// A plain hash, not an LRU: an entry is removed only with its flow (by this
+// program or the daemon's sweep), never evicted under a live one. When it is
+// full, new flows find no SNAT port and are refused.
 #[map]
-pub static REVERSE_NAT: LruHashMap<NatKey, FlowKey> = LruHashMap::with_max_entries(DEFAULT_MAX_FLOWS, 0);
+pub static REVERSE_NAT: HashMap<NatKey, FlowKey> = HashMap::with_max_entries(DEFAULT_MAX_FLOWS, 0);
 
 #[map]
 pub static BACKEND_STATS: PerCpuArray<TrafficStats> = PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
@@ -48,7 +51,18 @@ pub static CONFIG: Array<DataplaneConfig> = Array::with_max_entries(1, 0);
 #[map]
 pub static TX_PORTS: DevMapHash = DevMapHash::with_max_entries(MAX_INTERFACES, 0);
 
+#[map]
+pub static VIP_ADDRESSES: HashMap<u32, u32> = HashMap::with_max_entries(MAX_SERVICES, 0);
+
+#[map]
+pub static LOG_TIMES: Array<u64> = Array::with_max_entries(COUNTER_COUNT, 0);
+
+/// Log lines about one reason are at most this far apart.
+const LOG_INTERVAL_NS: u64 = 1_000_000_000;
+
 /// The pinned flow under `key`, to update in place for this packet.
+/// FLOWS is an LRU: an entry may be evicted under pressure, which the
+/// reply path and the daemon's sweep detect (see [`REVERSE_NAT`]).
 #[inline(always)]
 pub fn flow_entry(key: &FlowKey) -> Option<&'static mut Flow> {
     let ptr = FLOWS.get_ptr_mut(key)?;
@@ -65,6 +79,25 @@ pub fn count(counter: Counter) {
         // only by this CPU, which runs one program at a time.
         unsafe { *c += 1 };
     }
+}
+
+/// Whether a line about `counter` may be logged at `now_ns`: at most one a
+/// second per reason, so a flood of drops logs a line a second. CPUs share
+/// the timestamp; two racing at the same instant may both log.
+#[inline(always)]
+pub fn log_due(counter: Counter, now_ns: u64) -> bool {
+    let Some(last) = LOG_TIMES.get_ptr_mut(counter as u32) else {
+        return false;
+    };
+    // SAFETY: an array element is never freed; a racing write from another
+    // CPU only makes a second line possible.
+    unsafe {
+        if now_ns.wrapping_sub(*last) < LOG_INTERVAL_NS {
+            return false;
+        }
+        *last = now_ns;
+    }
+    true
 }
 
 /// Which way a packet crosses the LB, for the traffic statistics.
@@ -94,24 +127,30 @@ fn add(stats: Option<*mut TrafficStats>, way: Way, bytes: u16, new_flow: bool) {
     }
 }
 
-/// Counts what a backend's reply says about its connection.
+/// Counts what a backend's reply said about its connection.
 #[inline(always)]
-pub fn account_signal(flow: &Flow, signal: BackendSignal) {
-    let Some(s) = BACKEND_STATS.get_ptr_mut(flow.backend_id) else {
+pub fn account_event(backend_id: u32, event: Event) {
+    if event == Event::RstOutOfWindow {
+        count(Counter::RstOutOfWindow);
+        return;
+    }
+    let Some(s) = BACKEND_STATS.get_ptr_mut(backend_id) else {
         return;
     };
     // SAFETY: a per-CPU array element, as in `count`.
     let s = unsafe { &mut *s };
-    match signal {
-        BackendSignal::Handshake => s.handshakes += 1,
-        BackendSignal::Refused => s.refused += 1,
-        BackendSignal::Reset => s.resets += 1,
-        BackendSignal::None => {}
+    match event {
+        Event::Handshake => s.handshakes += 1,
+        Event::Refused => s.refused += 1,
+        Event::Reset => s.resets += 1,
+        Event::None | Event::Established | Event::RstOutOfWindow => {}
     }
 }
 
+/// Counts a packet of a flow of `backend_id` and `service_id`; `new_flow`
+/// when it completed the handshake.
 #[inline(always)]
-pub fn account(flow: &Flow, way: Way, bytes: u16, new_flow: bool) {
-    add(BACKEND_STATS.get_ptr_mut(flow.backend_id), way, bytes, new_flow);
-    add(SERVICE_STATS.get_ptr_mut(flow.service_id), way, bytes, new_flow);
+pub fn account(backend_id: u32, service_id: u32, way: Way, bytes: u16, new_flow: bool) {
+    add(BACKEND_STATS.get_ptr_mut(backend_id), way, bytes, new_flow);
+    add(SERVICE_STATS.get_ptr_mut(service_id), way, bytes, new_flow);
 }

@@ -8,6 +8,7 @@ use core::mem::size_of;
 use aya_ebpf::{helpers::bpf_xdp_adjust_tail, programs::XdpContext};
 use bg_lb_common::{
     counters::Counter,
+    flow_state::Segment,
     icmp::{self, ICMP_LEN, QUOTE_L4_LEN, QuoteChecksums, TCP_CHECK_OFFSET, Tuple},
 };
 use network_types::{
@@ -73,10 +74,23 @@ pub struct TcpPacket<'a> {
 pub enum NotForUs {
     /// IPv4 ICMP: for [`parse_icmp_error`].
     Icmp,
-    /// Not IPv4/TCP or ICMP at all: ARP, IPv6, UDP, ...
+    /// Not IPv4/TCP or ICMP at all (ARP, IPv6, UDP, ...), or too short to
+    /// say where it goes.
     Other,
-    /// A TCP/IPv4 frame we must not touch; the counter says why.
-    Unsafe(Counter),
+    /// A TCP/IPv4 frame we must not touch.
+    Malformed(Malformed),
+}
+
+/// A TCP/IPv4 frame we must not rewrite, and where it was going, as far
+/// as the frame shows it.
+pub struct Malformed {
+    /// Why it cannot be rewritten.
+    pub counter: Counter,
+    /// Wire order.
+    pub dst_addr: u32,
+    /// Wire order; `None` when the frame does not hold the TCP ports (a
+    /// non-first fragment, or cut off before them).
+    pub dst_port: Option<u16>,
 }
 
 /// Parses the frame once per program run; the packet it returns is the only
@@ -88,14 +102,15 @@ pub fn parse_tcp(ctx: &XdpContext) -> Result<TcpPacket<'_>, NotForUs> {
     if unsafe { (*eth).ether_type } != EtherType::Ipv4 as u16 {
         return Err(NotForUs::Other);
     }
-    let ip: *mut Ipv4Hdr = ptr_at(ctx, ETH_LEN).ok_or(NotForUs::Unsafe(Counter::Truncated))?;
+    let ip: *mut Ipv4Hdr = ptr_at(ctx, ETH_LEN).ok_or(NotForUs::Other)?;
     // SAFETY: inside the frame (ptr_at).
-    let (vihl, proto, frags, ip_len) = unsafe {
+    let (vihl, proto, frags, ip_len, dst_addr) = unsafe {
         (
             (*ip).vihl,
             (*ip).proto,
             u16::from_be_bytes((*ip).frags),
             (*ip).tot_len(),
+            u32::from_ne_bytes((*ip).dst_addr),
         )
     };
     if vihl >> 4 != 4 {
@@ -108,22 +123,44 @@ pub fn parse_tcp(ctx: &XdpContext) -> Result<TcpPacket<'_>, NotForUs> {
             NotForUs::Other
         });
     }
-    if vihl & 0x0f != 5 {
-        return Err(NotForUs::Unsafe(Counter::IpOptions));
+    let first_fragment = frags & IP_OFFSET_MASK == 0;
+    let malformed = |counter, tcp_offset| {
+        NotForUs::Malformed(Malformed {
+            counter,
+            dst_addr,
+            dst_port: if first_fragment {
+                dst_port_at(ctx, tcp_offset)
+            } else {
+                None
+            },
+        })
+    };
+    let ip_header_len = (vihl & 0x0f) as usize * 4;
+    if ip_header_len < IP_LEN {
+        // No sound header, so no TCP header to read the port from.
+        return Err(NotForUs::Malformed(Malformed {
+            counter: Counter::Truncated,
+            dst_addr,
+            dst_port: None,
+        }));
+    }
+    if ip_header_len > IP_LEN {
+        return Err(malformed(Counter::IpOptions, ETH_LEN + ip_header_len));
     }
     if frags & (IP_MF | IP_OFFSET_MASK) != 0 {
-        return Err(NotForUs::Unsafe(Counter::Fragmented));
+        return Err(malformed(Counter::Fragmented, TCP_OFFSET));
     }
-    let tcp: *mut TcpHdr = ptr_at(ctx, TCP_OFFSET).ok_or(NotForUs::Unsafe(Counter::Truncated))?;
+    let tcp: *mut TcpHdr = ptr_at(ctx, TCP_OFFSET).ok_or_else(|| malformed(Counter::Truncated, TCP_OFFSET))?;
     // The IP length must cover the TCP header and fit in the frame, or the
     // checksums we update would not describe what is sent.
     let frame_ip_len = ctx.data_end() - ctx.data() - ETH_LEN;
     // SAFETY: inside the frame (ptr_at).
     let tcp_len = (unsafe { (*tcp).doff() } as usize) * 4;
     if tcp_len < TCP_LEN || (ip_len as usize) < IP_LEN + tcp_len || ip_len as usize > frame_ip_len {
-        return Err(NotForUs::Unsafe(Counter::Truncated));
+        return Err(malformed(Counter::Truncated, TCP_OFFSET));
     }
-    let flags: *const u8 = ptr_at(ctx, TCP_OFFSET + TCP_FLAGS_OFFSET).ok_or(NotForUs::Unsafe(Counter::Truncated))?;
+    let flags: *const u8 =
+        ptr_at(ctx, TCP_OFFSET + TCP_FLAGS_OFFSET).ok_or_else(|| malformed(Counter::Truncated, TCP_OFFSET))?;
     // SAFETY: inside the frame (ptr_at), read before `tcp` becomes a reference.
     let flags = unsafe { *flags };
     // SAFETY: inside the frame (ptr_at); the three headers do not overlap and
@@ -136,6 +173,17 @@ pub fn parse_tcp(ctx: &XdpContext) -> Result<TcpPacket<'_>, NotForUs> {
         flags,
         ip_len,
     })
+}
+
+/// The TCP destination port (wire order) of a header at `tcp_offset`, if
+/// the frame holds it.
+#[inline(always)]
+fn dst_port_at(ctx: &XdpContext, tcp_offset: usize) -> Option<u16> {
+    // Source and destination port: the first four bytes.
+    let ports: *const [u8; 4] = ptr_at(ctx, tcp_offset)?;
+    // SAFETY: inside the frame (ptr_at).
+    let ports = unsafe { *ports };
+    Some(u16::from_ne_bytes([ports[2], ports[3]]))
 }
 
 /// IPv4 and TCP headers with neither options nor payload, built on the stack.
@@ -166,6 +214,17 @@ impl TcpPacket<'_> {
     #[inline(always)]
     pub fn payload_len(&self) -> u32 {
         self.ip_len as u32 - IP_LEN as u32 - self.tcp.doff() as u32 * 4
+    }
+
+    /// What the flow state machine reads of the segment.
+    #[inline(always)]
+    pub fn segment(&self) -> Segment {
+        Segment {
+            flags: self.flags,
+            seq: self.seq(),
+            ack: self.ack_seq(),
+            payload_len: self.payload_len(),
+        }
     }
 
     #[inline(always)]

@@ -2,7 +2,8 @@
 //! backend can take is refused at once instead of hanging in SYN retries,
 //! and flows of a backend that went down with `on_down = "reset"` end at
 //! their next packet. The frame is rebuilt in place and sent back out of the
-//! interface it came in on.
+//! interface it came in on. A RST is never answered with a RST: whatever
+//! the caller, that one is dropped.
 
 use aya_ebpf::{
     bindings::xdp_action::{XDP_DROP, XDP_TX},
@@ -63,6 +64,9 @@ fn answer(pkt: &TcpPacket<'_>) -> BareHeaders {
 
 #[inline(always)]
 pub fn reply_rst(ctx: &XdpContext, mut pkt: TcpPacket<'_>) -> u32 {
+    if pkt.flags() & TCP_RST != 0 {
+        return XDP_DROP;
+    }
     let answer = answer(&pkt);
     pkt.swap_macs();
     if !pkt.replace_with(ctx, &answer) {

@@ -1,5 +1,13 @@
-//! Client -> VIP path: find or pin the flow's backend, full-NAT it towards
-//! the backend (source becomes SNAT addr:port), forward.
+//! Client -> VIP path: find or pin the flow's backend, keep its TCP state,
+//! full-NAT it towards the backend (source becomes SNAT addr:port), forward.
+//!
+//! One NAT state: a (backend, SNAT port) belongs to the one flow its
+//! REVERSE_NAT entry names. Reverse entries go only with their flow, or
+//! when the daemon's sweep removes them, after which it moves
+//! `DataplaneConfig::nat_epoch` forward: a pinned flow then makes sure its
+//! port is still its own (one lookup) before it uses it again, claiming it
+//! again if it is free and resetting its client if another flow owns it.
+//! A packet without a flow never uses a port another flow owns.
 
 use aya_ebpf::{
     bindings::{BPF_ANY, BPF_NOEXIST, xdp_action::XDP_DROP},
@@ -10,18 +18,59 @@ use aya_log_ebpf::warn;
 use bg_lb_common::{
     counters::Counter,
     flow_hash::flow_hash,
-    flow_state::{self, Direction},
+    flow_state::{self, Direction, Event, Segment},
     maps::{BACKEND_RESET_FLOWS, Backend, DataplaneConfig, Flow, FlowKey, IPPROTO_TCP, NO_BACKEND, NatKey, Service},
     snat_port::{self, SNAT_PORT_ATTEMPTS},
 };
 
 use crate::{
     forward::forward,
-    maps::{BACKENDS, FLOWS, LOOKUP_TABLES, REVERSE_NAT, Way, account, count, flow_entry},
+    maps::{BACKENDS, FLOWS, LOOKUP_TABLES, REVERSE_NAT, Way, account, count, flow_entry, log_due},
     nat::{Endpoints, rewrite},
     packet::TcpPacket,
     rst::reply_rst,
 };
+
+/// Where a packet goes: its flow's (pinned, new, or stateless) ids and
+/// SNAT port, and its backend. Only what the rest of the path reads, so
+/// the fast path copies little.
+struct Route {
+    backend_id: u32,
+    service_id: u32,
+    /// Wire order.
+    snat_port: u16,
+    backend: Backend,
+    /// A flow that was in FLOWS before this packet.
+    pinned: bool,
+    event: Event,
+}
+
+impl Route {
+    /// A flow this packet created or forwards without state: its port needs
+    /// no check.
+    #[inline(always)]
+    fn unpinned(flow: &Flow, backend: Backend) -> Self {
+        Route {
+            backend_id: flow.backend_id,
+            service_id: flow.service_id,
+            snat_port: flow.snat_port,
+            backend,
+            pinned: false,
+            event: Event::None,
+        }
+    }
+}
+
+/// What the flow table says about a packet's 5-tuple.
+enum Lookup {
+    Pinned(Route),
+    /// No usable flow: pick a backend from the table.
+    Unknown,
+    /// The flow's backend id or service changed under it: dropped.
+    Stale,
+    /// Another flow owns the flow's SNAT port: the flow is forgotten.
+    PortTaken,
+}
 
 #[inline(always)]
 pub fn to_backend(ctx: &XdpContext, mut pkt: TcpPacket<'_>, service: &Service, cfg: &DataplaneConfig) -> u32 {
@@ -33,39 +82,57 @@ pub fn to_backend(ctx: &XdpContext, mut pkt: TcpPacket<'_>, service: &Service, c
         proto: IPPROTO_TCP,
         _pad: [0; 3],
     };
+    let seg = pkt.segment();
     // SAFETY: a helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
-    let (flow, new_flow) = match pinned_flow(&key, pkt.flags(), now) {
-        Some(flow) => (flow, false),
-        None => match new_flow(&key, pkt.flags(), service, cfg, now) {
-            Ok(flow) => (flow, true),
-            Err(Counter::NoBackend) if flow_state::is_connection_request(pkt.flags()) => {
-                count(Counter::Refused);
-                return reply_rst(ctx, pkt);
-            }
+    let route = match pinned_flow(&key, &seg, service, cfg.nat_epoch, now) {
+        Lookup::Pinned(route) => route,
+        Lookup::Stale => {
+            count(Counter::StaleFlow);
+            return XDP_DROP;
+        }
+        Lookup::PortTaken => {
+            count(Counter::NatConflict);
+            return reply_rst(ctx, pkt);
+        }
+        Lookup::Unknown => match new_flow(&key, &seg, service, cfg, now) {
+            Ok(route) => route,
             Err(counter) => {
-                count(counter);
-                log_drop(ctx, counter);
-                return XDP_DROP;
+                let refused = flow_state::is_connection_request(seg.flags)
+                    && matches!(counter, Counter::NoBackend | Counter::SnatPortsExhausted);
+                count(if counter == Counter::NoBackend && refused {
+                    Counter::Refused
+                } else {
+                    counter
+                });
+                log_drop(ctx, counter, now);
+                return if refused { reply_rst(ctx, pkt) } else { XDP_DROP };
             }
         },
     };
-    let Some(backend) = BACKENDS.get(flow.backend_id) else {
-        count(Counter::NoBackend);
-        return XDP_DROP;
-    };
-    if backend.flags & BACKEND_RESET_FLOWS != 0 && !new_flow {
+    let backend = route.backend;
+    if route.pinned && backend.flags & BACKEND_RESET_FLOWS != 0 {
         let _ = FLOWS.remove(key);
-        let _ = REVERSE_NAT.remove(nat_key(backend, flow.snat_port));
+        let _ = REVERSE_NAT.remove(NatKey::new(&backend, route.snat_port));
         count(Counter::FlowReset);
         return reply_rst(ctx, pkt);
     }
-    account(&flow, Way::ToBackend, pkt.ip_len(), new_flow);
+    if route.event == Event::RstOutOfWindow {
+        count(Counter::RstOutOfWindow);
+    }
+    let established = route.event == Event::Established;
+    account(
+        route.backend_id,
+        route.service_id,
+        Way::ToBackend,
+        pkt.ip_len(),
+        established,
+    );
     rewrite(
         &mut pkt,
         &Endpoints {
             src_addr: cfg.snat_addr,
-            src_port: flow.snat_port,
+            src_port: route.snat_port,
             dst_addr: backend.addr,
             dst_port: backend.port,
         },
@@ -73,50 +140,115 @@ pub fn to_backend(ctx: &XdpContext, mut pkt: TcpPacket<'_>, service: &Service, c
     forward(ctx, &mut pkt)
 }
 
-/// Rare capacity failures are worth a log line besides their counter;
-/// aya-log carries it to the daemon's log.
+/// Capacity failures are worth a log line besides their counter, one a
+/// second at most; aya-log carries it to the daemon's log.
 #[inline(always)]
-fn log_drop(ctx: &XdpContext, counter: Counter) {
+fn log_drop(ctx: &XdpContext, counter: Counter, now: u64) {
+    if !matches!(counter, Counter::SnatPortsExhausted | Counter::FlowInsertFailed) || !log_due(counter, now) {
+        return;
+    }
     match counter {
         Counter::SnatPortsExhausted => warn!(
             ctx,
-            "new flow dropped: no free SNAT port for its backend; widen snat_ports"
+            "new connections refused: no free SNAT port for their backend; widen snat_ports (at most one line a \
+             second; counter snat_ports_exhausted counts them all)"
         ),
-        Counter::FlowInsertFailed => warn!(ctx, "new flow dropped: flow table insert failed"),
-        _ => {}
+        _ => warn!(
+            ctx,
+            "new connections dropped: flow table insert failed (at most one line a second; counter \
+             flow_insert_failed counts them all)"
+        ),
     }
 }
 
-/// The flow's pinned entry, updated for this packet, unless there is none or
-/// this SYN reuses the 5-tuple of a flow that has ended.
+/// The flow's pinned entry, updated for this packet, unless there is none,
+/// this SYN reuses the 5-tuple of a flow that has ended, the flow's backend
+/// id or service no longer is the one it was pinned to, or (checked when
+/// `nat_epoch` moved) its port is no longer its own.
 #[inline(always)]
-fn pinned_flow(key: &FlowKey, tcp_flags: u8, now: u64) -> Option<Flow> {
-    let flow = flow_entry(key)?;
-    if flow_state::is_connection_request(tcp_flags) && flow_state::has_ended(flow.state) {
-        // Its reverse entry would otherwise hold the old SNAT port until LRU eviction.
-        let backend = BACKENDS.get(flow.backend_id)?;
-        let _ = REVERSE_NAT.remove(nat_key(backend, flow.snat_port));
-        return None;
+fn pinned_flow(key: &FlowKey, seg: &Segment, service: &Service, nat_epoch: u32, now: u64) -> Lookup {
+    let Some(flow) = flow_entry(key) else {
+        return Lookup::Unknown;
+    };
+    let Some(backend) = BACKENDS.get(flow.backend_id).copied() else {
+        return Lookup::Unknown;
+    };
+    let current = backend.generation == flow.backend_gen && flow.service_id == service.id;
+    let connection_request = flow_state::is_connection_request(seg.flags);
+    if !current {
+        // Its reverse entry names the old backend, whose address is unknown
+        // here: the sweep removes it.
+        let _ = FLOWS.remove(key);
+        return if connection_request {
+            Lookup::Unknown
+        } else {
+            Lookup::Stale
+        };
     }
-    flow.state = flow_state::advance(flow.state, tcp_flags, Direction::FromClient);
+    if connection_request && flow_state::has_ended(flow.state) {
+        // Its reverse entry would otherwise hold the old SNAT port.
+        let nat = NatKey::new(&backend, flow.snat_port);
+        if reverse_owner(&nat) == Some(*key) {
+            let _ = REVERSE_NAT.remove(nat);
+        }
+        return Lookup::Unknown;
+    }
+    if flow.nat_epoch != nat_epoch {
+        if !owns_port(key, &NatKey::new(&backend, flow.snat_port)) {
+            let _ = FLOWS.remove(key);
+            return Lookup::PortTaken;
+        }
+        flow.nat_epoch = nat_epoch;
+    }
+    let event = flow_state::advance(flow, Direction::FromClient, seg);
     flow.last_seen_ns = now;
-    Some(*flow)
+    Lookup::Pinned(Route {
+        backend_id: flow.backend_id,
+        service_id: flow.service_id,
+        snat_port: flow.snat_port,
+        backend,
+        pinned: true,
+        event,
+    })
 }
 
+/// Whether the flow `key` owns the (backend, SNAT port) `nat`. A reverse
+/// entry that went missing under it is claimed again; one that another flow
+/// claimed meanwhile is that flow's, and this one must not use the port.
 #[inline(always)]
-fn nat_key(backend: &Backend, snat_port: u16) -> NatKey {
-    NatKey {
-        backend_addr: backend.addr,
-        backend_port: backend.port,
-        snat_port,
+fn owns_port(key: &FlowKey, nat: &NatKey) -> bool {
+    match reverse_owner(nat) {
+        Some(owner) => owner == *key,
+        None => {
+            let reclaimed = REVERSE_NAT.insert(nat, key, BPF_NOEXIST as u64).is_ok();
+            if reclaimed {
+                count(Counter::NatReclaimed);
+            }
+            reclaimed
+        }
     }
+}
+
+/// The flow that owns `nat`, per its reverse-NAT entry.
+#[inline(always)]
+fn reverse_owner(nat: &NatKey) -> Option<FlowKey> {
+    // SAFETY: copied at once. REVERSE_NAT is preallocated: should the entry
+    // be removed and its slot reused meanwhile, the copy may show the new
+    // entry, a race every preallocated BPF hash map has.
+    unsafe { REVERSE_NAT.get(nat) }.copied()
 }
 
 /// Picks a backend from the service's lookup table. A SYN pins the choice
 /// (flow entry plus a reverse-NAT entry owning a unique SNAT port); any other
 /// packet of an unknown flow is forwarded statelessly, as Maglev does.
 #[inline(always)]
-fn new_flow(key: &FlowKey, tcp_flags: u8, service: &Service, cfg: &DataplaneConfig, now: u64) -> Result<Flow, Counter> {
+fn new_flow(
+    key: &FlowKey,
+    seg: &Segment,
+    service: &Service,
+    cfg: &DataplaneConfig,
+    now: u64,
+) -> Result<Route, Counter> {
     let hash = flow_hash(key);
     let slot = hash.checked_rem(service.lut_size).ok_or(Counter::NoBackend)?;
     let backend_id = *LOOKUP_TABLES
@@ -125,27 +257,60 @@ fn new_flow(key: &FlowKey, tcp_flags: u8, service: &Service, cfg: &DataplaneConf
     if backend_id == NO_BACKEND {
         return Err(Counter::NoBackend);
     }
-    let backend = BACKENDS.get(backend_id).ok_or(Counter::NoBackend)?;
+    let backend = *BACKENDS.get(backend_id).ok_or(Counter::NoBackend)?;
     let mut flow = Flow {
         backend_id,
         service_id: service.id,
-        snat_port: 0,
-        _pad: 0,
-        state: flow_state::initial(tcp_flags),
         created_ns: now,
         last_seen_ns: now,
+        backend_gen: backend.generation,
+        // Its port is claimed (or, readopted, checked) now.
+        nat_epoch: cfg.nat_epoch,
+        ..Flow::default()
     };
-    if !flow_state::is_connection_request(tcp_flags) {
-        count(Counter::UnpinnedForwarded);
-        flow.snat_port = snat_port::candidate(hash, 0, cfg.snat_port_min, cfg.snat_port_max).to_be();
-        return Ok(flow);
+    if !flow_state::is_connection_request(seg.flags) {
+        return unpinned(key, seg, hash, flow, backend, cfg);
     }
-    flow.snat_port = claim_snat_port(key, hash, backend, cfg)?;
+    (flow.state, flow.client, flow.backend) = flow_state::opened_by(seg);
+    flow.snat_port = claim_snat_port(key, hash, &backend, cfg)?;
     if FLOWS.insert(key, flow, BPF_ANY as u64).is_err() {
-        let _ = REVERSE_NAT.remove(nat_key(backend, flow.snat_port));
+        let _ = REVERSE_NAT.remove(NatKey::new(&backend, flow.snat_port));
         return Err(Counter::FlowInsertFailed);
     }
-    Ok(flow)
+    Ok(Route::unpinned(&flow, backend))
+}
+
+/// A packet of an unknown flow, on the first SNAT port candidate no other
+/// flow owns. A candidate whose reverse entry names this very flow is its
+/// own: its flow entry was evicted, and an ACK pins it again.
+#[inline(always)]
+fn unpinned(
+    key: &FlowKey,
+    seg: &Segment,
+    hash: u32,
+    mut flow: Flow,
+    backend: Backend,
+    cfg: &DataplaneConfig,
+) -> Result<Route, Counter> {
+    for attempt in 0..SNAT_PORT_ATTEMPTS {
+        let port = snat_port::candidate(hash, attempt, cfg.snat_port_min, cfg.snat_port_max).to_be();
+        let own = match reverse_owner(&NatKey::new(&backend, port)) {
+            None => false,
+            Some(owner) if owner == *key => true,
+            Some(_) => continue,
+        };
+        flow.snat_port = port;
+        if own && flow_state::can_readopt(seg.flags) {
+            (flow.state, flow.client, flow.backend) = flow_state::readopted_by(seg);
+            if FLOWS.insert(key, flow, BPF_NOEXIST as u64).is_ok() {
+                count(Counter::FlowReadopted);
+                return Ok(Route::unpinned(&flow, backend));
+            }
+        }
+        count(Counter::UnpinnedForwarded);
+        return Ok(Route::unpinned(&flow, backend));
+    }
+    Err(Counter::UnpinnedPortTaken)
 }
 
 /// Claims the first free SNAT port (wire order) for this backend. NOEXIST
@@ -155,7 +320,7 @@ fn claim_snat_port(key: &FlowKey, hash: u32, backend: &Backend, cfg: &DataplaneC
     for attempt in 0..SNAT_PORT_ATTEMPTS {
         let port = snat_port::candidate(hash, attempt, cfg.snat_port_min, cfg.snat_port_max).to_be();
         if REVERSE_NAT
-            .insert(nat_key(backend, port), key, BPF_NOEXIST as u64)
+            .insert(NatKey::new(backend, port), key, BPF_NOEXIST as u64)
             .is_ok()
         {
             return Ok(port);

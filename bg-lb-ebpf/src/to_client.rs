@@ -1,6 +1,13 @@
-//! Backend -> SNAT address path: translate a reply back to VIP -> client.
+//! Backend -> SNAT address path: translate a reply back to VIP -> client,
+//! but only for the flow that owns its (backend, SNAT port): a reverse-NAT
+//! entry whose flow was evicted, or names another backend or port, or a
+//! segment that flow's backend cannot have sent, never reaches a client.
 
-use aya_ebpf::{bindings::xdp_action::XDP_PASS, helpers::bpf_ktime_get_ns, programs::XdpContext};
+use aya_ebpf::{
+    bindings::xdp_action::{XDP_DROP, XDP_PASS},
+    helpers::bpf_ktime_get_ns,
+    programs::XdpContext,
+};
 use bg_lb_common::{
     counters::Counter,
     flow_state::{self, Direction},
@@ -9,7 +16,7 @@ use bg_lb_common::{
 
 use crate::{
     forward::forward,
-    maps::{REVERSE_NAT, Way, account, account_signal, count, flow_entry},
+    maps::{BACKENDS, REVERSE_NAT, Way, account, account_event, count, flow_entry},
     nat::{Endpoints, rewrite},
     packet::TcpPacket,
 };
@@ -28,13 +35,29 @@ pub fn to_client(ctx: &XdpContext, pkt: &mut TcpPacket<'_>) -> u32 {
         count(Counter::ReplyWithoutFlow);
         return XDP_PASS;
     };
-    if let Some(flow) = flow_entry(&client) {
-        account_signal(flow, flow_state::backend_signal(flow.state, pkt.flags()));
-        flow.state = flow_state::advance(flow.state, pkt.flags(), Direction::FromBackend);
+    let Some(flow) = flow_entry(&client) else {
+        count(Counter::StaleReply);
+        return XDP_DROP;
+    };
+    let Some(backend) = BACKENDS.get(flow.backend_id) else {
+        count(Counter::StaleReply);
+        return XDP_DROP;
+    };
+    let seg = pkt.segment();
+    if backend.generation != flow.backend_gen
+        || NatKey::new(backend, flow.snat_port) != nat
+        || !flow_state::backend_may_send(flow.state, &seg)
+    {
+        count(Counter::StaleReply);
+        return XDP_DROP;
+    }
+    let event = flow_state::advance(flow, Direction::FromBackend, &seg);
+    account_event(flow.backend_id, event);
+    if flow_state::backend_keeps_alive(flow.state) {
         // SAFETY: a helper without arguments.
         flow.last_seen_ns = unsafe { bpf_ktime_get_ns() };
-        account(flow, Way::ToClient, pkt.ip_len(), false);
     }
+    account(flow.backend_id, flow.service_id, Way::ToClient, pkt.ip_len(), false);
     rewrite(
         pkt,
         &Endpoints {

@@ -312,7 +312,14 @@ pub struct BackendStatus {
     /// Standby check (HTTP checks with a standby VIP).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub standby_health: Option<BackendHealth>,
+    /// Established connections that have not ended: what a drain waits for.
     pub open_flows: u64,
+    /// Flows whose client has not completed the handshake (a connection
+    /// being set up, or a spoofed SYN): neither open nor new connections.
+    /// Absent from older daemons' replies.
+    #[serde(default)]
+    pub embryonic_flows: u64,
+    /// Connections whose handshake the client completed.
     pub new_flows: u64,
     pub packets_in: u64,
     pub bytes_in: u64,
@@ -320,7 +327,8 @@ pub struct BackendStatus {
     pub bytes_out: u64,
     /// The backend's SYN-ACKs seen on the reply path.
     pub handshakes: u64,
-    /// New connections it refused (RST before its SYN-ACK).
+    /// New connections it refused (a RST before the client completed the
+    /// handshake).
     pub refused: u64,
     /// Established connections it reset.
     pub resets: u64,

@@ -131,15 +131,22 @@ pub enum ShiftOutcome {
 /// One pool's cumulative connection counters (summed over its backends).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PoolCounters {
+    /// Connections whose handshake the client completed.
     pub new_flows: u64,
+    /// Connections refused before the handshake completed.
     pub refused: u64,
+    /// Established connections reset.
     pub resets: u64,
 }
 
 /// A pool's record over a window.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct PoolRates {
+    /// Connections that reached the backend's verdict: established or
+    /// refused. SYNs nobody completes (a spoofed flood) are not among them.
     pub new_flows: u64,
+    /// Refused or reset: at most `new_flows`, as resets only hit
+    /// established connections.
     pub failures: u64,
 }
 
@@ -200,7 +207,7 @@ impl Window {
             return Default::default();
         };
         [0, 1].map(|i| PoolRates {
-            new_flows: last[i].new_flows.saturating_sub(first[i].new_flows),
+            new_flows: (last[i].new_flows + last[i].refused).saturating_sub(first[i].new_flows + first[i].refused),
             failures: (last[i].refused + last[i].resets).saturating_sub(first[i].refused + first[i].resets),
         })
     }
@@ -369,6 +376,27 @@ mod tests {
             "the sample at 0s left the window"
         );
         assert_eq!(w.rates()[1].new_flows, 40);
+    }
+
+    #[test]
+    fn refused_connections_count_among_the_new_flows_so_a_pool_refusing_all_fails_all() {
+        let c = |established, refused| PoolCounters {
+            new_flows: established,
+            refused,
+            resets: 0,
+        };
+        let mut w = Window::new(SECS(10));
+        w.push(SECS(0), [c(0, 0), c(0, 0)]);
+        w.push(SECS(5), [c(0, 30), c(30, 0)]);
+        assert_eq!(
+            w.rates()[0],
+            PoolRates {
+                new_flows: 30,
+                failures: 30
+            }
+        );
+        assert_eq!(w.rates()[0].error_rate(), 1.0);
+        assert_eq!(w.rates()[1].error_rate(), 0.0);
     }
 
     #[test]

@@ -17,6 +17,7 @@ pub fn backend_status(address: &str, pool: Pool, health: BackendHealth) -> Backe
         last_check: None,
         standby_health: None,
         open_flows: 0,
+        embryonic_flows: 0,
         new_flows: 0,
         packets_in: 0,
         bytes_in: 0,

@@ -15,10 +15,15 @@
 //! - [`container`]: the image built with podman from a debootstrapped base,
 //!   and containers run as the deployment docs run them.
 //! - [`packets`]: crafting and checking Ethernet/IPv4/TCP frames.
+//! - [`expect`]: what packet tests expect of the frame the program returned.
+//! - [`map_surgery`]: direct edits of the NAT maps, to force an eviction or
+//!   a reused backend id.
 //! - [`packet_lab`]: the XDP program under BPF_PROG_TEST_RUN with one
 //!   service, for the packet tests and the micro benchmark; the one place
 //!   they call bg-lb's data-plane API.
 //! - [`topology`]: named namespaces and the one-arm client/LB/backends segment.
+//! - [`raw`]: hand-made TCP segments from any source (forged RSTs, spoofed
+//!   SYNs) through a raw socket.
 //! - [`servers`]: a stoppable TCP accept loop, servers that answer with
 //!   their name, and their client.
 //! - [`bench`]: `cargo xtask bench` (the `bg-lb-bench` binary): contenders,
@@ -28,12 +33,15 @@ pub mod cmd;
 pub mod container;
 pub mod daemon;
 pub mod deploy;
+pub mod expect;
 pub mod http;
 pub mod lab;
 pub mod load;
+pub mod map_surgery;
 pub mod netns;
 pub mod packet_lab;
 pub mod packets;
+pub mod raw;
 pub mod release;
 pub mod servers;
 pub mod topology;

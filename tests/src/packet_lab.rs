@@ -9,14 +9,21 @@
 //!
 //! This is the one place the tests call bg-lb's data-plane API
 //! (`Dataplane`, `lookup_table`): callers ask for a ratio, a
-//! weight, a counter or a flow, and never write maps themselves.
+//! weight, a counter or a flow, and never write maps themselves (except
+//! through [`crate::map_surgery`], to force what only an LRU or a race
+//! would do).
 
-use std::net::{Ipv4Addr, SocketAddrV4, TcpStream};
+use std::{
+    collections::{HashMap, HashSet},
+    net::{Ipv4Addr, SocketAddrV4, TcpStream},
+    time::Duration,
+};
 
 use aya::programs::{TestRun, TestRunOptions, Xdp, XdpMode};
 use bg_lb::{
     dataplane::{
-        Dataplane, DataplaneOptions,
+        Dataplane, DataplaneOptions, FlowTimeouts,
+        housekeeping::FlowCensus,
         lookup_table::{self, TableBackend},
         services::{BackendSpec, ServiceSpec},
     },
@@ -30,7 +37,8 @@ use bg_lb_common::{
 
 use crate::{
     cmd::{self, ifindex, ip},
-    packets::{TcpView, tcp_frame},
+    map_surgery::NatMaps,
+    packets::{ACK, Numbers, SEQ, SYN, SYN_ACK, TcpView, numbered_tcp_frame, parse_checked, tcp_frame},
     topology::NetNs,
 };
 
@@ -57,6 +65,10 @@ pub const GREEN: [SocketAddrV4; 2] = [
 ];
 /// The packet tests' SNAT port range.
 pub const SNAT_PORTS: (u16, u16) = (20000, 29999);
+
+/// The backend's initial sequence number in [`PacketLab::handshake`] (the
+/// client's is [`SEQ`]).
+pub const BACKEND_ISN: u32 = 7_000_000;
 
 /// Static neighbours get MAC 02:00:00:00:00:<last octet>, so callers can
 /// predict the next hop's MAC.
@@ -185,6 +197,63 @@ impl PacketLab {
         self.run(&from_client(client, flags))
     }
 
+    /// The client's SYN (sequence number [`SEQ`]), forwarded: an embryonic
+    /// flow, whose backend will answer from [`BACKEND_ISN`].
+    pub fn open(&self, client: SocketAddrV4) -> Connection {
+        let (verdict, out) = self.send_from_client(client, SYN);
+        assert_eq!(verdict, XDP_REDIRECT, "the SYN is forwarded");
+        let nat = parse_checked(&out);
+        Connection {
+            client,
+            backend: nat.dst,
+            snat: nat.src,
+            client_next: SEQ + 1,
+            backend_next: BACKEND_ISN + 1,
+        }
+    }
+
+    /// A complete handshake from `client` (SYN, the backend's SYN-ACK, the
+    /// client's ACK), each packet forwarded; the connection is established.
+    pub fn handshake(&self, client: SocketAddrV4) -> Connection {
+        let connection = self.open(client);
+        let syn_ack = connection.from_backend_at(SYN_ACK, BACKEND_ISN, SEQ + 1, b"");
+        assert_eq!(self.run(&syn_ack).0, XDP_REDIRECT, "the SYN-ACK is forwarded");
+        assert_eq!(
+            self.run(&connection.from_client(ACK, b"")).0,
+            XDP_REDIRECT,
+            "the ACK is forwarded"
+        );
+        connection
+    }
+
+    /// The data plane's FLOWS, REVERSE_NAT and BACKENDS, to edit directly.
+    pub fn nat_maps(&self) -> NatMaps {
+        NatMaps::of_program(self.program())
+    }
+
+    /// Takes the service out of the data plane.
+    pub fn remove_service(&mut self) {
+        self.dataplane.remove(&VIP).expect("remove the service");
+    }
+
+    /// Programs the service again, after [`PacketLab::remove_service`].
+    pub fn restore_service(&mut self) {
+        self.dataplane.apply(&self.spec).expect("program the service");
+    }
+
+    /// One housekeeping sweep, as the daemon runs it every second (with its
+    /// default timeouts, and every backend configured).
+    pub fn sweep(&mut self) -> FlowCensus {
+        let timeouts = FlowTimeouts {
+            established_idle: Duration::from_secs(3600),
+            closing: Duration::from_secs(10),
+            syn: Duration::from_secs(10),
+        };
+        let backends: HashSet<SocketAddrV4> = self.spec.backends.iter().map(|b| b.addr).collect();
+        let live = HashMap::from([(VIP, backends)]);
+        self.dataplane.housekeeping(&timeouts, &live).expect("sweep")
+    }
+
     /// Swaps in the table for `blue_percent`.
     pub fn set_ratio(&mut self, blue_percent: u32) {
         self.spec.ratio = Ratio::new(blue_percent).expect("valid ratio");
@@ -282,6 +351,62 @@ impl PacketLab {
     pub fn backend_stats(&self, backend: SocketAddrV4) -> TrafficStats {
         let id = self.dataplane.backend_id(&VIP, &backend).expect("installed backend");
         self.dataplane.backend_stats(id).expect("backend stats")
+    }
+}
+
+/// A connection through the lab: its endpoints as the LB NATs them, and
+/// each side's next sequence number.
+#[derive(Clone, Copy, Debug)]
+pub struct Connection {
+    pub client: SocketAddrV4,
+    pub backend: SocketAddrV4,
+    /// The SNAT address and port the backend sees.
+    pub snat: SocketAddrV4,
+    pub client_next: u32,
+    pub backend_next: u32,
+}
+
+impl Connection {
+    /// A segment from the client at its next sequence number, acknowledging
+    /// everything the backend sent.
+    pub fn from_client(&self, flags: u8, payload: &[u8]) -> Vec<u8> {
+        self.from_client_at(flags, self.client_next, self.backend_next, payload)
+    }
+
+    pub fn from_client_at(&self, flags: u8, seq: u32, ack: u32, payload: &[u8]) -> Vec<u8> {
+        numbered_tcp_frame(
+            GATEWAY_MAC,
+            LB_MAC,
+            self.client,
+            VIP,
+            flags,
+            Numbers { seq, ack },
+            payload,
+        )
+    }
+
+    /// A segment from the backend at its next sequence number, acknowledging
+    /// everything the client sent.
+    pub fn from_backend(&self, flags: u8, payload: &[u8]) -> Vec<u8> {
+        self.from_backend_at(flags, self.backend_next, self.client_next, payload)
+    }
+
+    pub fn from_backend_at(&self, flags: u8, seq: u32, ack: u32, payload: &[u8]) -> Vec<u8> {
+        let mac = mac_of(*self.backend.ip());
+        numbered_tcp_frame(
+            mac,
+            LB_MAC,
+            self.backend,
+            self.snat,
+            flags,
+            Numbers { seq, ack },
+            payload,
+        )
+    }
+
+    /// The connection's key in FLOWS.
+    pub fn key(&self) -> FlowKey {
+        flow_key(self.client)
     }
 }
 

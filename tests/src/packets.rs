@@ -14,6 +14,7 @@ pub const SYN_ACK: u8 = SYN | ACK;
 pub const FIN_ACK: u8 = 0x11;
 pub const RST: u8 = 0x04;
 pub const PSH_ACK: u8 = 0x18;
+pub const FIN: u8 = 0x01;
 
 /// Sequence and acknowledgment numbers of every crafted frame.
 pub const SEQ: u32 = 1000;
@@ -29,14 +30,39 @@ pub fn tcp_frame(
     flags: u8,
     payload: &[u8],
 ) -> Vec<u8> {
+    let numbers = Numbers {
+        seq: SEQ,
+        ack: ACK_NUMBER,
+    };
+    numbered_tcp_frame(src_mac, dst_mac, src, dst, flags, numbers, payload)
+}
+
+/// A segment's sequence and acknowledgment numbers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Numbers {
+    pub seq: u32,
+    /// Sent only with the ACK flag.
+    pub ack: u32,
+}
+
+/// Like [`tcp_frame`], with the given sequence numbers.
+pub fn numbered_tcp_frame(
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+    src: SocketAddrV4,
+    dst: SocketAddrV4,
+    flags: u8,
+    numbers: Numbers,
+    payload: &[u8],
+) -> Vec<u8> {
     let mut builder = PacketBuilder::ethernet2(src_mac, dst_mac)
         .ipv4(src.ip().octets(), dst.ip().octets(), 64)
-        .tcp(src.port(), dst.port(), SEQ, 64240);
+        .tcp(src.port(), dst.port(), numbers.seq, 64240);
     if flags & SYN != 0 {
         builder = builder.syn();
     }
     if flags & ACK != 0 {
-        builder = builder.ack(ACK_NUMBER);
+        builder = builder.ack(numbers.ack);
     }
     if flags & 0x01 != 0 {
         builder = builder.fin();
@@ -50,6 +76,30 @@ pub fn tcp_frame(
     let mut frame = Vec::with_capacity(builder.size(payload.len()));
     builder.write(&mut frame, payload).expect("frame builds");
     frame
+}
+
+/// `frame` with its IPv4 TTL set to `ttl` and the header checksum redone.
+pub fn with_ttl(frame: &[u8], ttl: u8) -> Vec<u8> {
+    let (mut header, _) = Ipv4Header::from_slice(&frame[14..]).expect("an IPv4 header");
+    header.time_to_live = ttl;
+    header.header_checksum = header.calc_header_checksum();
+    let mut out = frame[..14].to_vec();
+    out.extend(header.to_bytes());
+    out.extend(&frame[14 + header.header_len()..]);
+    out
+}
+
+/// `frame` with one word of IP options (three NOPs and an end of list)
+/// after its 20-byte IPv4 header, lengths and header checksum redone.
+pub fn with_ip_options(frame: &[u8]) -> Vec<u8> {
+    let (mut header, _) = Ipv4Header::from_slice(&frame[14..]).expect("an IPv4 header");
+    header.options = [1, 1, 1, 0].into();
+    header.total_len += 4;
+    header.header_checksum = header.calc_header_checksum();
+    let mut out = frame[..14].to_vec();
+    out.extend(header.to_bytes());
+    out.extend(&frame[14 + 20..]);
+    out
 }
 
 /// What a test checks in a frame the program emitted.

@@ -125,6 +125,14 @@ impl NameClient {
         })
     }
 
+    /// The client's end of the connection.
+    pub fn local_addr(&self) -> SocketAddrV4 {
+        match self.writer.local_addr().expect("a connected socket") {
+            SocketAddr::V4(addr) => addr,
+            SocketAddr::V6(addr) => panic!("an IPv4 connection, not {addr}"),
+        }
+    }
+
     /// The name of the server on the other end.
     pub fn ask(&mut self) -> std::io::Result<String> {
         writeln!(self.writer, "who")?;

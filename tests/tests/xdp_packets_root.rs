@@ -7,7 +7,9 @@
 //! rows of [`rows`], in the manner of katran's test fixtures, and
 //! [`row_tests!`] runs each row as a test of its own name. Cases that are
 //! sequences (a SYN, then the backend's reply, ...) are written out as
-//! tests, checked with the same [`Out`] expectations.
+//! tests, checked with the same [`Out`] expectations. The flow lifecycle's
+//! sequences (handshake, RST validation, NAT state) are in
+//! `flow_lifecycle_root.rs`.
 
 use std::{
     collections::HashSet,
@@ -16,14 +18,15 @@ use std::{
 
 use bg_lb_common::{counters::Counter, flow_state, maps::TrafficStats};
 use bg_lb_tests::{
+    expect::Out,
     netns::in_fresh_netns,
     packet_lab::{
-        BLUE, GATEWAY_MAC, GREEN, LB_MAC, PacketLab, PacketLabOptions, SNAT, SNAT_PORTS, VIP, XDP_DROP, XDP_PASS,
-        XDP_REDIRECT, XDP_TX, client, from_client, is_blue, mac_of, reply_to,
+        BACKEND_ISN, BLUE, GATEWAY_MAC, GREEN, LB_MAC, PacketLab, PacketLabOptions, SNAT, SNAT_PORTS, VIP, XDP_DROP,
+        XDP_PASS, XDP_REDIRECT, XDP_TX, client, from_client, is_blue, mac_of, reply_to,
     },
     packets::{
-        ACK, ACK_NUMBER, FIN_ACK, IcmpView, PSH_ACK, RST, SEQ, SYN, SYN_ACK, edit_ip_header, icmp_error_frame,
-        parse_checked, parse_checked_icmp, quote_of, tcp_frame,
+        ACK, ACK_NUMBER, FIN, FIN_ACK, Numbers, PSH_ACK, RST, SEQ, SYN, SYN_ACK, edit_ip_header, icmp_error_frame,
+        numbered_tcp_frame, parse_checked, quote_of, tcp_frame, with_ip_options, with_ttl,
     },
     require_root,
 };
@@ -105,175 +108,6 @@ impl Row {
     }
 }
 
-/// What must hold of the frame the program returns.
-enum Out {
-    /// Byte for byte the frame that went in.
-    Unchanged,
-    /// Full NAT to the backend the lookup table picks for the client: from
-    /// the SNAT address and a port of the range (the flow's, if pinned),
-    /// the LB's MAC to the backend's, TTL 63, flags, sequence numbers and
-    /// payload as sent, valid checksums.
-    ToTableBackend,
-    /// Translated back from the backend to the client: from the VIP, the
-    /// LB's MAC to the gateway's, TTL 63, flags, sequence numbers and
-    /// payload as sent, valid checksums.
-    ToClient,
-    /// A bare RST (Ethernet + IPv4 + TCP headers) from the VIP to the
-    /// client, sent back to the gateway, with valid checksums: sequence
-    /// number `seq`, and with `ack` set the ACK flag and that number (RFC
-    /// 793: a RST to a segment with ACK carries its ack as seq).
-    Rst { seq: u32, ack: Option<u32> },
-    /// The ICMP error, about a packet the LB sent a backend for the row's
-    /// client, translated to that client: from the VIP to the client, the
-    /// LB's MAC to the gateway's, TTL 63, the same ICMP type, code and
-    /// header, quoting what the client sent (client -> VIP) with every
-    /// other quoted byte as it was; every checksum valid.
-    IcmpToClient,
-    /// The ICMP error, about a packet the LB sent the row's client,
-    /// translated to the flow's backend: from the SNAT address to the
-    /// backend, the LB's MAC to the backend's, TTL 63, quoting what the
-    /// backend sent (backend -> SNAT address and the flow's port), as in
-    /// `IcmpToClient`.
-    IcmpToBackend,
-    /// A bare fragmentation-needed error (70 bytes) with `mtu` sent back
-    /// where the frame came from (MACs swapped), from the address the frame
-    /// was sent to, quoting its IP header (TTL decremented) and first 8
-    /// bytes; every checksum valid.
-    FragNeeded { mtu: u16 },
-    /// Nothing: the frame was dropped.
-    Dropped,
-}
-
-impl Out {
-    /// Checks `out`, what the program made of `sent` from `client`; `what`
-    /// names the case in failure messages.
-    fn check(&self, lab: &PacketLab, what: &str, client: SocketAddrV4, sent: &[u8], out: &[u8]) {
-        match *self {
-            Out::Unchanged => assert_eq!(out, sent, "{what}: the frame comes back unchanged"),
-            Out::ToTableBackend => {
-                let (sent, view) = (parse_checked(sent), parse_checked(out));
-                let backend = lab.table_pick(client);
-                assert_eq!(view.dst, backend, "{what}: to the backend the table picks");
-                assert_eq!(*view.src.ip(), SNAT, "{what}: from the SNAT address");
-                assert!(
-                    (SNAT_PORTS.0..=SNAT_PORTS.1).contains(&view.src.port()),
-                    "{what}: SNAT port {} outside {SNAT_PORTS:?}",
-                    view.src.port()
-                );
-                if let Some(flow) = lab.flow(client) {
-                    assert_eq!(
-                        u16::from_be(flow.snat_port),
-                        view.src.port(),
-                        "{what}: from the flow's SNAT port"
-                    );
-                }
-                assert_eq!(
-                    (view.src_mac, view.dst_mac),
-                    (LB_MAC, mac_of(*backend.ip())),
-                    "{what}: MACs"
-                );
-                assert_eq!(view.ttl, 63, "{what}: TTL");
-                assert_same_segment(what, &sent, &view);
-            }
-            Out::ToClient => {
-                let (sent, view) = (parse_checked(sent), parse_checked(out));
-                assert_eq!(
-                    (view.src, view.dst),
-                    (VIP, client),
-                    "{what}: from the VIP to the client"
-                );
-                assert_eq!((view.src_mac, view.dst_mac), (LB_MAC, GATEWAY_MAC), "{what}: MACs");
-                assert_eq!(view.ttl, 63, "{what}: TTL");
-                assert_same_segment(what, &sent, &view);
-            }
-            Out::Rst { seq, ack } => {
-                assert_eq!(out.len(), 54, "{what}: a bare RST: Ethernet + IPv4 + TCP headers");
-                let rst = parse_checked(out);
-                assert_eq!((rst.src, rst.dst), (VIP, client), "{what}: from the VIP to the client");
-                assert_eq!((rst.src_mac, rst.dst_mac), (LB_MAC, GATEWAY_MAC), "{what}: MACs");
-                assert!(rst.flags_rst && !rst.flags_syn, "{what}: RST flags");
-                assert_eq!(
-                    (rst.seq, rst.flags_ack, rst.ack),
-                    (seq, ack.is_some(), ack.unwrap_or(0)),
-                    "{what}: RST sequence numbers (RFC 793)"
-                );
-            }
-            Out::IcmpToClient => {
-                let view = parse_checked_icmp(out);
-                assert_eq!((view.src, view.dst), (*VIP.ip(), *client.ip()), "{what}: VIP to client");
-                assert_eq!((view.src_mac, view.dst_mac), (LB_MAC, GATEWAY_MAC), "{what}: MACs");
-                assert_translated(what, &parse_checked_icmp(sent), &view, (client, VIP));
-            }
-            Out::IcmpToBackend => {
-                let (backend, snat_port) = lab.pinned_backend(client).expect("a pinned flow");
-                let view = parse_checked_icmp(out);
-                assert_eq!((view.src, view.dst), (SNAT, *backend.ip()), "{what}: SNAT to backend");
-                assert_eq!(
-                    (view.src_mac, view.dst_mac),
-                    (LB_MAC, mac_of(*backend.ip())),
-                    "{what}: MACs"
-                );
-                let snat = SocketAddrV4::new(SNAT, snat_port);
-                assert_translated(what, &parse_checked_icmp(sent), &view, (backend, snat));
-            }
-            Out::FragNeeded { mtu } => {
-                assert_eq!(out.len(), 14 + 20 + 8 + 20 + 8, "{what}: a bare error quoting 8 bytes");
-                let (sent_tcp, view) = (parse_checked(sent), parse_checked_icmp(out));
-                assert_eq!(
-                    (view.src_mac, view.dst_mac),
-                    (sent_tcp.dst_mac, sent_tcp.src_mac),
-                    "{what}: back where it came from"
-                );
-                assert_eq!(
-                    (view.src, view.dst),
-                    (*sent_tcp.dst.ip(), *sent_tcp.src.ip()),
-                    "{what}: from the address the sender sent to"
-                );
-                assert_eq!((view.icmp_type, view.code), (3, 4), "{what}: fragmentation needed");
-                let [m0, m1] = mtu.to_be_bytes();
-                assert_eq!(view.rest_of_header, [0, 0, m0, m1], "{what}: next-hop MTU");
-                assert_eq!(
-                    (view.quoted_src, view.quoted_dst),
-                    (sent_tcp.src, sent_tcp.dst),
-                    "{what}: quotes what was sent"
-                );
-                let mut expected = quote_of(sent, 8);
-                expected[8] -= 1;
-                expected[10..12].copy_from_slice(&view.quote[10..12]);
-                assert_eq!(view.quote, expected, "{what}: the quote, TTL decremented");
-            }
-            Out::Dropped => {}
-        }
-    }
-}
-
-/// `out` is the ICMP error `sent` translated: TTL decremented, ICMP type,
-/// code and header as they were, the quote addressed `quoted`, and no other
-/// quoted byte changed but the checksums.
-fn assert_translated(what: &str, sent: &IcmpView, out: &IcmpView, quoted: (SocketAddrV4, SocketAddrV4)) {
-    assert_eq!(out.ttl, sent.ttl - 1, "{what}: TTL");
-    assert_eq!(
-        (out.icmp_type, out.code, out.rest_of_header),
-        (sent.icmp_type, sent.code, sent.rest_of_header),
-        "{what}: ICMP type, code and header"
-    );
-    assert_eq!((out.quoted_src, out.quoted_dst), quoted, "{what}: quoted addressing");
-    assert_eq!(
-        out.quoted_tcp_checked, sent.quoted_tcp_checked,
-        "{what}: the whole segment quoted"
-    );
-    // Quoted IP checksum, addresses and ports; the TCP checksum, if quoted.
-    let rest = |quote: &[u8]| {
-        let mut rest = quote.to_vec();
-        rest[10..24].fill(0);
-        if let Some(check) = rest.get_mut(36..38) {
-            check.fill(0);
-        }
-        rest
-    };
-    assert_eq!(rest(&out.quote), rest(&sent.quote), "{what}: the rest of the quote");
-}
-
 /// Pins `client`'s flow, then returns the segment with `payload` that the
 /// LB sent the backend for it.
 fn sent_to_backend(lab: &mut PacketLab, client: SocketAddrV4, payload: &[u8]) -> Vec<u8> {
@@ -333,16 +167,6 @@ fn limit_backend_paths(lab: &mut PacketLab) {
     }
 }
 
-/// NAT changes addresses, ports, MACs and TTL only.
-fn assert_same_segment(what: &str, sent: &bg_lb_tests::packets::TcpView, out: &bg_lb_tests::packets::TcpView) {
-    assert_eq!(
-        (out.flags_syn, out.flags_rst, out.flags_ack, out.seq, out.ack),
-        (sent.flags_syn, sent.flags_rst, sent.flags_ack, sent.seq, sent.ack),
-        "{what}: flags and sequence numbers as sent"
-    );
-    assert_eq!(out.payload, sent.payload, "{what}: payload byte for byte");
-}
-
 /// The row's client's entry in the flow table afterwards.
 enum FlowAfter {
     Unchecked,
@@ -371,10 +195,33 @@ fn rows() -> Vec<Row> {
     let syn = from_client(malformed, SYN);
     let mut fragment = syn.clone();
     fragment[14 + 6] |= 0x20; // More Fragments
-    let mut with_options = syn.clone();
-    with_options[14] = 0x46; // IHL 6: one word of IP options claimed
+    let later_fragment = |mut frame: Vec<u8>| {
+        frame[14 + 7] = 0x10; // fragment offset 16 x 8 bytes: no TCP header
+        frame
+    };
     let mut lying_length = syn.clone();
     lying_length[14 + 2] = 0x05; // total length 0x05xx: beyond the frame
+    let to_snat = |port, flags| {
+        tcp_frame(
+            GATEWAY_MAC,
+            LB_MAC,
+            non_service,
+            SocketAddrV4::new(SNAT, port),
+            flags,
+            b"",
+        )
+    };
+    let to_vip_port = |port, flags| {
+        tcp_frame(
+            GATEWAY_MAC,
+            LB_MAC,
+            non_service,
+            SocketAddrV4::new(*VIP.ip(), port),
+            flags,
+            b"",
+        )
+    };
+    let from_backend = |flags| tcp_frame(GATEWAY_MAC, LB_MAC, BLUE[0], SocketAddrV4::new(SNAT, 20000), flags, b"");
     let mut udp = Vec::new();
     etherparse::PacketBuilder::ethernet2(GATEWAY_MAC, LB_MAC)
         .ipv4(client(1).ip().octets(), VIP.ip().octets(), 64)
@@ -387,6 +234,15 @@ fn rows() -> Vec<Row> {
     arp.extend(GATEWAY_MAC);
     arp.extend([192, 168, 1, 5, 0, 0, 0, 0, 0, 0, 10, 0, 0, 100]);
     let no_backend_takes_flows: fn(&mut PacketLab) = |lab| lab.reweigh(|_, weight, _| *weight = 0);
+    // A client RST on an established connection (see `PacketLab::handshake`).
+    let client_rst = |c, seq| {
+        let numbers = Numbers {
+            seq,
+            ack: BACKEND_ISN + 1,
+        };
+        numbered_tcp_frame(GATEWAY_MAC, LB_MAC, c, VIP, RST | ACK, numbers, b"")
+    };
+    let established = flow_state::SYN_SEEN | flow_state::SYN_ACK_SEEN | flow_state::ESTABLISHED;
 
     vec![
         Row::new(
@@ -456,24 +312,10 @@ fn rows() -> Vec<Row> {
         .setup(PacketLab::mark_not_ready),
         // Frames that are not ours to rewrite.
         Row::new("frame_to_another_port_of_the_vip_passes_unchanged", non_service, SYN)
-            .frame(tcp_frame(
-                GATEWAY_MAC,
-                LB_MAC,
-                non_service,
-                SocketAddrV4::new(*VIP.ip(), 22),
-                SYN,
-                b"",
-            ))
+            .frame(to_vip_port(22, SYN))
             .counts(&[Counter::Passed]),
         Row::new("frame_to_another_local_address_passes_unchanged", non_service, SYN)
-            .frame(tcp_frame(
-                GATEWAY_MAC,
-                LB_MAC,
-                non_service,
-                SocketAddrV4::new(SNAT, 80),
-                SYN,
-                b"",
-            ))
+            .frame(to_snat(80, SYN))
             .counts(&[Counter::Passed]),
         Row::new("udp_to_the_vip_passes_unchanged", client(1), 0)
             .frame(udp)
@@ -495,29 +337,60 @@ fn rows() -> Vec<Row> {
             b"",
         ))
         .counts(&[Counter::Passed]),
-        // Malformed frames to the VIP: passed, counted, no flow.
-        Row::new("truncated_vip_frame_passes_unchanged_and_is_counted", malformed, SYN)
+        // Malformed frames to a VIP or the SNAT range: dropped and counted,
+        // never handed to the host the VIP lives on; elsewhere untouched.
+        Row::new("truncated_vip_frame_is_dropped_and_counted", malformed, SYN)
             .frame(syn[..syn.len() - 6].to_vec())
+            .expect(XDP_DROP, Out::Dropped)
             .counts(&[Counter::Truncated])
             .flow(FlowAfter::Absent),
-        Row::new("fragment_to_the_vip_passes_unchanged_and_is_counted", malformed, SYN)
-            .frame(fragment)
+        Row::new("fragment_to_the_vip_is_dropped_and_counted", malformed, SYN)
+            .frame(fragment.clone())
+            .expect(XDP_DROP, Out::Dropped)
             .counts(&[Counter::Fragmented])
             .flow(FlowAfter::Absent),
         Row::new(
-            "vip_frame_with_ip_options_passes_unchanged_and_is_counted",
+            "non_first_fragment_to_a_vip_address_is_dropped_and_counted",
             malformed,
             SYN,
         )
-        .frame(with_options)
-        .counts(&[Counter::IpOptions])
-        .flow(FlowAfter::Absent),
+        .frame(later_fragment(to_vip_port(22, ACK)))
+        .expect(XDP_DROP, Out::Dropped)
+        .counts(&[Counter::Fragmented]),
         Row::new(
-            "vip_frame_whose_ip_length_runs_past_it_passes_unchanged_and_is_counted",
+            "non_first_fragment_to_another_address_passes_unchanged",
+            non_service,
+            SYN,
+        )
+        .frame(later_fragment(to_snat(80, ACK)))
+        .counts(&[Counter::Passed]),
+        Row::new("fragment_to_the_snat_port_range_is_dropped_and_counted", BLUE[0], ACK)
+            .frame({
+                let mut frame = from_backend(ACK);
+                frame[14 + 6] |= 0x20;
+                frame
+            })
+            .expect(XDP_DROP, Out::Dropped)
+            .counts(&[Counter::Fragmented]),
+        Row::new("vip_frame_with_ip_options_is_dropped_and_counted", malformed, SYN)
+            .frame(with_ip_options(&syn))
+            .expect(XDP_DROP, Out::Dropped)
+            .counts(&[Counter::IpOptions])
+            .flow(FlowAfter::Absent),
+        Row::new(
+            "frame_with_ip_options_to_another_port_of_the_vip_passes_unchanged",
+            non_service,
+            SYN,
+        )
+        .frame(with_ip_options(&to_vip_port(22, SYN)))
+        .counts(&[Counter::Passed]),
+        Row::new(
+            "vip_frame_whose_ip_length_runs_past_it_is_dropped_and_counted",
             malformed,
             SYN,
         )
         .frame(lying_length)
+        .expect(XDP_DROP, Out::Dropped)
         .counts(&[Counter::Truncated])
         .flow(FlowAfter::Absent),
         // ICMP errors about pinned flows go to the other side, translated.
@@ -706,6 +579,88 @@ fn rows() -> Vec<Row> {
         ))
         .expect(XDP_DROP, Out::Dropped)
         .counts(&[Counter::UnpinnedForwarded, Counter::TooBigDropped]),
+        Row::new("syn_fin_to_the_vip_is_dropped_and_counted", malformed, SYN | FIN)
+            .expect(XDP_DROP, Out::Dropped)
+            .counts(&[Counter::BadTcpFlags])
+            .flow(FlowAfter::Absent),
+        Row::new("syn_rst_to_the_vip_is_dropped_and_counted", malformed, SYN | RST)
+            .expect(XDP_DROP, Out::Dropped)
+            .counts(&[Counter::BadTcpFlags])
+            .flow(FlowAfter::Absent),
+        Row::new(
+            "syn_fin_to_the_snat_port_range_is_dropped_and_counted",
+            BLUE[0],
+            SYN | FIN,
+        )
+        .frame(from_backend(SYN | FIN | ACK))
+        .expect(XDP_DROP, Out::Dropped)
+        .counts(&[Counter::BadTcpFlags]),
+        Row::new("syn_fin_to_another_address_passes_unchanged", non_service, SYN | FIN)
+            .frame(to_snat(80, SYN | FIN))
+            .counts(&[Counter::Passed]),
+        Row::new("ttl_1_to_the_vip_is_dropped_and_counted", malformed, SYN)
+            .frame(with_ttl(&syn, 1))
+            .expect(XDP_DROP, Out::Dropped)
+            .counts(&[Counter::TtlExpired])
+            .flow(FlowAfter::Absent),
+        Row::new("ttl_1_to_another_address_passes_unchanged", non_service, SYN)
+            .frame(with_ttl(&to_snat(80, SYN), 1))
+            .counts(&[Counter::Passed]),
+        // RSTs from the client on an established connection.
+        Row::new(
+            "client_rst_at_its_next_sequence_number_is_forwarded_and_ends_the_flow",
+            client(40030),
+            RST | ACK,
+        )
+        .frame(client_rst(client(40030), SEQ + 1))
+        .setup(|lab| {
+            lab.handshake(client(40030));
+        })
+        .expect(XDP_REDIRECT, Out::ToTableBackend)
+        .flow(FlowAfter::State(established | flow_state::RESET)),
+        Row::new(
+            "client_rst_in_the_window_but_not_at_its_next_sequence_number_is_forwarded_and_leaves_the_flow",
+            client(40031),
+            RST | ACK,
+        )
+        .frame(client_rst(client(40031), SEQ + 1 + 1448))
+        .setup(|lab| {
+            lab.handshake(client(40031));
+        })
+        .expect(XDP_REDIRECT, Out::ToTableBackend)
+        .counts(&[Counter::RstOutOfWindow])
+        .flow(FlowAfter::State(established)),
+        Row::new(
+            "client_rst_with_a_random_sequence_number_is_forwarded_and_leaves_the_flow",
+            client(40032),
+            RST | ACK,
+        )
+        .frame(client_rst(client(40032), 0x5eed_1234))
+        .setup(|lab| {
+            lab.handshake(client(40032));
+        })
+        .expect(XDP_REDIRECT, Out::ToTableBackend)
+        .counts(&[Counter::RstOutOfWindow])
+        .flow(FlowAfter::State(established)),
+        Row::new(
+            "a_rst_on_a_flow_flagged_for_reset_is_dropped_not_answered_with_a_rst",
+            client(40033),
+            RST | ACK,
+        )
+        .frame(client_rst(client(40033), SEQ + 1))
+        .setup(|lab| {
+            lab.handshake(client(40033));
+            let backend = lab.table_pick(client(40033));
+            lab.reweigh(|addr, weight, reset_flows| {
+                if addr == backend {
+                    *weight = 0;
+                    *reset_flows = true;
+                }
+            });
+        })
+        .expect(XDP_DROP, Out::Dropped)
+        .counts(&[Counter::FlowReset])
+        .flow(FlowAfter::Absent),
     ]
 }
 
@@ -760,10 +715,24 @@ row_tests!(
     udp_to_the_vip_passes_unchanged,
     arp_passes_unchanged,
     frame_to_the_snat_address_outside_the_port_range_passes_unchanged,
-    truncated_vip_frame_passes_unchanged_and_is_counted,
-    fragment_to_the_vip_passes_unchanged_and_is_counted,
-    vip_frame_with_ip_options_passes_unchanged_and_is_counted,
-    vip_frame_whose_ip_length_runs_past_it_passes_unchanged_and_is_counted,
+    truncated_vip_frame_is_dropped_and_counted,
+    fragment_to_the_vip_is_dropped_and_counted,
+    non_first_fragment_to_a_vip_address_is_dropped_and_counted,
+    non_first_fragment_to_another_address_passes_unchanged,
+    fragment_to_the_snat_port_range_is_dropped_and_counted,
+    vip_frame_with_ip_options_is_dropped_and_counted,
+    frame_with_ip_options_to_another_port_of_the_vip_passes_unchanged,
+    vip_frame_whose_ip_length_runs_past_it_is_dropped_and_counted,
+    syn_fin_to_the_vip_is_dropped_and_counted,
+    syn_rst_to_the_vip_is_dropped_and_counted,
+    syn_fin_to_the_snat_port_range_is_dropped_and_counted,
+    syn_fin_to_another_address_passes_unchanged,
+    ttl_1_to_the_vip_is_dropped_and_counted,
+    ttl_1_to_another_address_passes_unchanged,
+    client_rst_at_its_next_sequence_number_is_forwarded_and_ends_the_flow,
+    client_rst_in_the_window_but_not_at_its_next_sequence_number_is_forwarded_and_leaves_the_flow,
+    client_rst_with_a_random_sequence_number_is_forwarded_and_leaves_the_flow,
+    a_rst_on_a_flow_flagged_for_reset_is_dropped_not_answered_with_a_rst,
     frag_needed_from_the_backend_side_is_translated_to_the_client,
     time_exceeded_from_the_client_side_is_translated_to_the_backend,
     error_quoting_only_8_bytes_is_translated_without_the_tcp_checksum,
@@ -815,8 +784,9 @@ fn reply_from_backend_is_translated_back_to_vip_and_client() {
         assert_eq!(verdict, XDP_REDIRECT);
         Out::ToClient.check(&lab, "the backend's SYN-ACK", c, &reply, &out);
         assert_eq!(
-            lab.flow(c).unwrap().state & flow_state::ESTABLISHED,
-            flow_state::ESTABLISHED
+            lab.flow(c).unwrap().state,
+            flow_state::SYN_SEEN | flow_state::SYN_ACK_SEEN,
+            "answered, but embryonic until the client's ACK"
         );
     });
 }
@@ -873,7 +843,9 @@ fn syn_after_the_flow_ended_picks_again_and_frees_the_old_snat_port() {
     in_lab(100, |mut lab| {
         let c = client(40004);
         let first = parse_checked(&lab.send_from_client(c, SYN).1);
-        lab.send_from_client(c, RST);
+        // The client's RST at its next sequence number (the SYN's end).
+        let numbers = Numbers { seq: SEQ + 1, ack: 0 };
+        lab.run(&numbered_tcp_frame(GATEWAY_MAC, LB_MAC, c, VIP, RST, numbers, b""));
         assert!(flow_state::has_ended(lab.flow(c).unwrap().state));
         lab.set_ratio(0);
         let second = parse_checked(&lab.send_from_client(c, SYN).1);
@@ -890,19 +862,20 @@ fn syn_after_the_flow_ended_picks_again_and_frees_the_old_snat_port() {
 #[test]
 fn backend_replies_count_handshakes_refusals_and_resets() {
     in_lab(100, |lab| {
-        let accepted = parse_checked(&lab.send_from_client(client(40020), SYN).1);
-        lab.run(&reply_to(&accepted, SYN_ACK));
-        lab.run(&reply_to(&accepted, SYN_ACK)); // a retransmission is not a second handshake
-        lab.run(&reply_to(&accepted, RST));
-        let refused = parse_checked(&lab.send_from_client(client(40021), SYN).1);
-        lab.run(&reply_to(&refused, RST | ACK));
+        let accepted = lab.handshake(client(40020));
+        let syn_ack = accepted.from_backend_at(SYN_ACK, BACKEND_ISN, SEQ + 1, b"");
+        lab.run(&syn_ack); // a retransmission is not a second handshake
+        lab.run(&accepted.from_backend(RST, b""));
+        // Refused: a RST acknowledging the SYN. It is no new connection.
+        let refused = lab.open(client(40021));
+        lab.run(&refused.from_backend_at(RST | ACK, 0, SEQ + 1, b""));
         let mut total = TrafficStats::default();
         for b in BLUE {
             total.add(&lab.backend_stats(b));
         }
         assert_eq!(
             (total.new_flows, total.handshakes, total.resets, total.refused),
-            (2, 1, 1, 1)
+            (1, 1, 1, 1)
         );
     });
 }
@@ -920,7 +893,7 @@ fn fin_from_both_sides_ends_the_flow() {
 }
 
 #[test]
-fn snat_ports_are_never_shared_and_exhaustion_drops() {
+fn snat_ports_are_never_shared_and_exhaustion_is_refused_with_a_rst() {
     // Four ports, one backend: four flows fit, the fifth cannot.
     let options = PacketLabOptions {
         snat_ports: (40000, 40003),
@@ -936,8 +909,17 @@ fn snat_ports_are_never_shared_and_exhaustion_drops() {
             })
             .collect();
         assert_eq!(ports.len(), 4, "each flow owns its SNAT port");
-        assert_eq!(lab.send_from_client(client(50010), SYN).0, XDP_DROP);
+        let fifth = client(50010);
+        let syn = from_client(fifth, SYN);
+        let (verdict, out) = lab.run(&syn);
+        assert_eq!(verdict, XDP_TX, "the client learns at once, not after SYN retries");
+        let rst = Out::Rst {
+            seq: 0,
+            ack: Some(SEQ + 1),
+        };
+        rst.check(&lab, "a SYN no port is left for", fifth, &syn, &out);
         assert_eq!(lab.counter(Counter::SnatPortsExhausted), 1);
+        assert!(lab.flow(fifth).is_none());
     });
 }
 

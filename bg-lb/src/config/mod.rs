@@ -22,7 +22,7 @@
 //! [timeouts]
 //! established_idle = "1h"
 //! closing = "10s"
-//! syn = "30s"
+//! syn = "10s"
 //!
 //! [[service]]
 //! name = "web"
@@ -110,7 +110,7 @@ pub const MAX_CONNECTIONS_RANGE: std::ops::RangeInclusive<i64> = 1..=4096;
 pub const DEFAULT_TIMEOUTS: FlowTimeouts = FlowTimeouts {
     established_idle: Duration::from_secs(60 * 60),
     closing: Duration::from_secs(10),
-    syn: Duration::from_secs(30),
+    syn: Duration::from_secs(10),
 };
 /// The blue pool's share of new flows, in percent.
 pub const DEFAULT_BLUE_SHARE: u32 = 50;

@@ -176,7 +176,7 @@ fn absent_optional_keys_take_their_defaults() {
         timeouts: FlowTimeouts {
             established_idle: Duration::from_secs(3600),
             closing: Duration::from_secs(10),
-            syn: Duration::from_secs(30),
+            syn: Duration::from_secs(10),
         },
         services: vec![ServiceConfig {
             name: "web".into(),

@@ -142,6 +142,7 @@ impl Daemon {
             }),
             standby_health: view(Listener::Standby).map(BackendHealth::from),
             open_flows: ids.iter().map(|&id| census.open_of(id)).sum(),
+            embryonic_flows: ids.iter().map(|&id| census.embryonic_of(id)).sum(),
             new_flows: stats.new_flows,
             packets_in: stats.packets_in,
             bytes_in: stats.bytes_in,

@@ -1,10 +1,20 @@
 //! Flow-table housekeeping, judged without the kernel: which flows have
-//! expired (closed and idle ones, with their reverse-NAT entries) and how many
-//! flows each backend still has, which is what "drained" means.
-//! [`crate::dataplane::Dataplane::housekeeping`] reads the maps, asks
+//! expired (closed and idle ones, with their reverse-NAT entries), which
+//! entries are orphans of a NAT state that came apart, and how many flows
+//! each backend still has, open or embryonic, which is what "drained"
+//! means. [`crate::dataplane::Dataplane::housekeeping`] reads the maps, asks
 //! [`judge`], and removes what it returns.
+//!
+//! One NAT state: a flow and the reverse-NAT entry of its (backend, SNAT
+//! port) belong together. FLOWS is an LRU, so a flow may be evicted and
+//! leave its reverse entry behind; a service removed, or a backend id that
+//! now names another backend (its generation changed), leaves flows that
+//! can no longer be forwarded. The sweep removes both kinds of orphan.
 
-use std::{collections::HashMap, time::Duration};
+use std::{
+    collections::{HashMap, HashSet},
+    time::Duration,
+};
 
 use bg_lb_common::{
     flow_state::{FlowPhase, phase},
@@ -18,7 +28,7 @@ pub struct FlowTimeouts {
     pub established_idle: Duration,
     /// An ended flow (FIN both ways or RST) lingers this long for stragglers.
     pub closing: Duration,
-    /// A SYN the backend never answered.
+    /// A flow whose client has not completed the handshake.
     pub syn: Duration,
 }
 
@@ -35,8 +45,8 @@ pub fn expiry(flow: &Flow, now_ns: u64, timeouts: &FlowTimeouts) -> Option<Expir
     let idle = Duration::from_nanos(now_ns.saturating_sub(flow.last_seen_ns));
     let (timeout, expiry) = match phase(flow.state) {
         FlowPhase::Closed => (timeouts.closing, Expiry::Closed),
-        FlowPhase::SynSent | FlowPhase::Closing { established: false } => (timeouts.syn, Expiry::HandshakeTimedOut),
-        FlowPhase::Established | FlowPhase::Closing { established: true } => (timeouts.established_idle, Expiry::Idle),
+        FlowPhase::Embryonic => (timeouts.syn, Expiry::HandshakeTimedOut),
+        FlowPhase::Established | FlowPhase::Closing => (timeouts.established_idle, Expiry::Idle),
     };
     (idle >= timeout).then_some(expiry)
 }
@@ -46,12 +56,20 @@ pub fn monotonic_now_ns() -> u64 {
     ts.tv_sec() as u64 * 1_000_000_000 + ts.tv_nsec() as u64
 }
 
-/// Flow-table entries per backend id after a sweep.
+/// Flow-table entries after a sweep, per backend id (and per service id).
 #[derive(Debug, Default)]
 pub struct FlowCensus {
+    /// Established or closing: connections a drain waits for.
     pub open: HashMap<u32, u64>,
+    /// Handshake not completed by the client.
+    pub embryonic: HashMap<u32, u64>,
+    /// Every entry that stays, closed ones included.
     pub total: HashMap<u32, u64>,
+    /// Every entry that stays, per service id.
+    pub per_service: HashMap<u32, u64>,
     pub expired: u64,
+    /// Flows and reverse-NAT entries removed as orphans.
+    pub orphans: u64,
 }
 
 impl FlowCensus {
@@ -59,156 +77,127 @@ impl FlowCensus {
         self.open.get(&backend_id).copied().unwrap_or(0)
     }
 
+    pub fn embryonic_of(&self, backend_id: u32) -> u64 {
+        self.embryonic.get(&backend_id).copied().unwrap_or(0)
+    }
+
     pub fn total_of(&self, backend_id: u32) -> u64 {
         self.total.get(&backend_id).copied().unwrap_or(0)
     }
+
+    pub fn total_of_service(&self, service_id: u32) -> u64 {
+        self.per_service.get(&service_id).copied().unwrap_or(0)
+    }
 }
 
-/// A flow judged expired, with the reverse-NAT entry that belongs to it.
+/// A flow to remove, as judged: it is removed only if the map still holds
+/// this flow (a client may have reused the 5-tuple meanwhile).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ExpiredFlow {
+pub struct FlowRemoval {
     pub key: FlowKey,
-    /// As judged: it is removed only if the map still holds this flow.
     pub flow: Flow,
-    pub reverse: NatKey,
+    /// Its reverse-NAT entry, removed with it if it still names the flow;
+    /// `None` when the flow does not own one.
+    pub reverse: Option<NatKey>,
+    pub why: Removal,
 }
 
-/// Judges every flow at `now_ns`: the census of the flows that stay, and the
-/// expired ones to remove. An expired flow whose backend entry is gone is
-/// left alone (its reverse-NAT key is unknown).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Removal {
+    Expired(Expiry),
+    /// Its service is no longer in the data plane.
+    ServiceGone,
+    /// Its backend id is free or names another backend now.
+    BackendGone,
+    /// Its (backend, SNAT port) is not its own: the reverse entry is gone or
+    /// names another flow.
+    NatLost,
+}
+
+/// What a sweep decided.
+#[derive(Debug, Default)]
+pub struct Sweep {
+    pub census: FlowCensus,
+    pub flows: Vec<FlowRemoval>,
+    /// Reverse-NAT entries whose flow is gone or pinned elsewhere, with the
+    /// owner they named: removed only if that still holds when re-checked
+    /// ([`owns`]).
+    pub orphan_reverse: Vec<(NatKey, FlowKey)>,
+}
+
+/// The (backend, SNAT port) `flow` was pinned to, if its backend id still
+/// names the backend it was pinned to.
+pub fn pinned_nat(flow: &Flow, backend: Option<&Backend>) -> Option<NatKey> {
+    backend
+        .filter(|b| b.generation == flow.backend_gen && !b.is_free())
+        .map(|b| NatKey::new(b, flow.snat_port))
+}
+
+/// Whether `flow` (with its backend id's current entry) owns `nat`: the
+/// re-check before an orphan reverse entry is removed.
+pub fn owns(flow: Option<&Flow>, backend: Option<&Backend>, nat: &NatKey) -> bool {
+    flow.is_some_and(|flow| pinned_nat(flow, backend).as_ref() == Some(nat))
+}
+
+/// Judges every flow and reverse-NAT entry at `now_ns`. `flows` must be read
+/// before `reverse` and `backends` (a flow's reverse entry and backend exist
+/// before it does), and `services` are the ids in the data plane.
 pub fn judge(
     flows: impl IntoIterator<Item = (FlowKey, Flow)>,
+    reverse: impl IntoIterator<Item = (NatKey, FlowKey)>,
     backends: &HashMap<u32, Backend>,
+    services: &HashSet<u32>,
     now_ns: u64,
     timeouts: &FlowTimeouts,
-) -> (FlowCensus, Vec<ExpiredFlow>) {
-    let mut census = FlowCensus::default();
-    let mut expired = Vec::new();
+) -> Sweep {
+    let owners: HashMap<NatKey, FlowKey> = reverse.into_iter().collect();
+    let mut sweep = Sweep::default();
+    // Every judged flow's own (backend, SNAT port), kept or not: their
+    // reverse entries are no orphans (a removal takes them along).
+    let mut owned: HashMap<FlowKey, NatKey> = HashMap::new();
     for (key, flow) in flows {
-        if expiry(&flow, now_ns, timeouts).is_some() {
-            if let Some(backend) = backends.get(&flow.backend_id) {
-                expired.push(ExpiredFlow {
-                    key,
-                    flow,
-                    reverse: NatKey::new(backend, flow.snat_port),
-                });
-            }
+        let nat = pinned_nat(&flow, backends.get(&flow.backend_id));
+        let owns_nat = nat.is_some_and(|nat| owners.get(&nat) == Some(&key));
+        if owns_nat && let Some(nat) = nat {
+            owned.insert(key, nat);
+        }
+        let why = if !services.contains(&flow.service_id) {
+            Some(Removal::ServiceGone)
+        } else if nat.is_none() {
+            Some(Removal::BackendGone)
+        } else if !owns_nat {
+            Some(Removal::NatLost)
+        } else {
+            expiry(&flow, now_ns, timeouts).map(Removal::Expired)
+        };
+        if let Some(why) = why {
+            let reverse = nat.filter(|_| owns_nat);
+            sweep.flows.push(FlowRemoval {
+                key,
+                flow,
+                reverse,
+                why,
+            });
             continue;
         }
+        let census = &mut sweep.census;
         *census.total.entry(flow.backend_id).or_default() += 1;
-        if phase(flow.state).is_open() {
-            *census.open.entry(flow.backend_id).or_default() += 1;
+        *census.per_service.entry(flow.service_id).or_default() += 1;
+        match phase(flow.state) {
+            FlowPhase::Embryonic => *census.embryonic.entry(flow.backend_id).or_default() += 1,
+            p if p.is_open() => *census.open.entry(flow.backend_id).or_default() += 1,
+            _ => {}
         }
     }
-    census.expired = expired.len() as u64;
-    (census, expired)
+    sweep.orphan_reverse = owners
+        .into_iter()
+        .filter(|(nat, owner)| owned.get(owner) != Some(nat))
+        .collect();
+    let expired = |r: &&FlowRemoval| matches!(r.why, Removal::Expired(_));
+    sweep.census.expired = sweep.flows.iter().filter(expired).count() as u64;
+    sweep.census.orphans = (sweep.flows.len() - sweep.census.expired as usize + sweep.orphan_reverse.len()) as u64;
+    sweep
 }
 
 #[cfg(test)]
-mod tests {
-    use std::net::{Ipv4Addr, SocketAddrV4};
-
-    use bg_lb_common::flow_state::{ESTABLISHED, FIN_FROM_BACKEND, FIN_FROM_CLIENT, RESET, SYN_SEEN};
-
-    use super::*;
-
-    const S: u64 = 1_000_000_000;
-    const T: FlowTimeouts = FlowTimeouts {
-        established_idle: Duration::from_secs(3600),
-        closing: Duration::from_secs(10),
-        syn: Duration::from_secs(30),
-    };
-
-    fn flow(state: u32, last_seen_s: u64) -> Flow {
-        Flow {
-            state,
-            last_seen_ns: last_seen_s * S,
-            ..Default::default()
-        }
-    }
-
-    #[test]
-    fn closed_flows_linger_for_the_closing_timeout() {
-        let closed = flow(SYN_SEEN | ESTABLISHED | FIN_FROM_CLIENT | FIN_FROM_BACKEND, 100);
-        assert_eq!(expiry(&closed, 109 * S, &T), None);
-        assert_eq!(expiry(&closed, 110 * S, &T), Some(Expiry::Closed));
-        assert_eq!(expiry(&flow(SYN_SEEN | RESET, 100), 110 * S, &T), Some(Expiry::Closed));
-    }
-
-    #[test]
-    fn established_flows_live_until_idle_for_an_hour() {
-        let f = flow(SYN_SEEN | ESTABLISHED, 100);
-        assert_eq!(expiry(&f, (100 + 3599) * S, &T), None);
-        assert_eq!(expiry(&f, (100 + 3600) * S, &T), Some(Expiry::Idle));
-    }
-
-    #[test]
-    fn unanswered_syn_expires_after_the_syn_timeout() {
-        assert_eq!(expiry(&flow(SYN_SEEN, 100), 129 * S, &T), None);
-        assert_eq!(
-            expiry(&flow(SYN_SEEN, 100), 130 * S, &T),
-            Some(Expiry::HandshakeTimedOut)
-        );
-    }
-
-    #[test]
-    fn half_closed_flows_are_still_open() {
-        let is_open = |f: Flow| phase(f.state).is_open();
-        assert!(is_open(flow(SYN_SEEN | ESTABLISHED | FIN_FROM_CLIENT, 0)));
-        assert!(!is_open(flow(
-            SYN_SEEN | ESTABLISHED | FIN_FROM_CLIENT | FIN_FROM_BACKEND,
-            0
-        )));
-        assert!(!is_open(flow(SYN_SEEN | RESET, 0)));
-    }
-
-    #[test]
-    fn half_closed_flows_idle_out_as_their_handshake_left_them() {
-        let answered = flow(SYN_SEEN | ESTABLISHED | FIN_FROM_CLIENT, 100);
-        assert_eq!(expiry(&answered, 130 * S, &T), None);
-        assert_eq!(expiry(&answered, (100 + 3600) * S, &T), Some(Expiry::Idle));
-        let unanswered = flow(SYN_SEEN | FIN_FROM_CLIENT, 100);
-        assert_eq!(expiry(&unanswered, 130 * S, &T), Some(Expiry::HandshakeTimedOut));
-    }
-
-    #[test]
-    fn judging_counts_the_flows_that_stay_and_returns_the_expired_with_their_reverse_nat_key() {
-        let backend = Backend::new(0, SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 10), 8080), 0, false);
-        let backends = HashMap::from([(3, backend)]);
-        let key = |port| {
-            FlowKey::from_client(
-                SocketAddrV4::new(Ipv4Addr::new(192, 168, 1, 5), port),
-                SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 100), 80),
-            )
-        };
-        let on = |backend_id, state, snat_port: u16| Flow {
-            backend_id,
-            snat_port: snat_port.to_be(),
-            ..flow(state, 100)
-        };
-        let closed = on(3, SYN_SEEN | RESET, 20001);
-        let flows = [
-            (key(1), on(3, SYN_SEEN | ESTABLISHED, 20000)),
-            (key(2), closed),
-            (key(3), on(3, SYN_SEEN | ESTABLISHED | FIN_FROM_CLIENT, 20002)),
-            (key(4), on(9, SYN_SEEN | RESET, 20003)),
-        ];
-        let (census, expired) = judge(flows, &backends, 110 * S, &T);
-        assert_eq!(
-            expired,
-            [ExpiredFlow {
-                key: key(2),
-                flow: closed,
-                reverse: NatKey::new(&backend, 20001u16.to_be()),
-            }],
-            "the expired flow of an unknown backend stays"
-        );
-        assert_eq!((census.total_of(3), census.open_of(3), census.expired), (2, 2, 1));
-        assert_eq!((census.total_of(9), census.open_of(9)), (0, 0));
-    }
-
-    #[test]
-    fn a_clock_behind_the_flow_never_expires_it() {
-        assert_eq!(expiry(&flow(SYN_SEEN, 100), 50 * S, &T), None);
-    }
-}
+mod tests;

@@ -3,11 +3,11 @@
 //! types from bg-lb-common, including the changes [`super::services`]
 //! computes as values.
 
-use std::path::Path;
+use std::{mem::size_of, net::Ipv4Addr, path::Path};
 
 use aya::{
     Ebpf, EbpfLoader, Pod,
-    maps::{Array, DevMapHash, HashMap, MapError, PerCpuArray, PerCpuValues},
+    maps::{Array, DevMapHash, HashMap, MapError, MapInfo, MapType, PerCpuArray, PerCpuValues},
     programs::{
         Xdp, XdpMode,
         links::{FdLink, PinnedLink},
@@ -18,6 +18,52 @@ use bg_lb_common::{
     counters::{COUNTER_COUNT, Counter},
     maps::{self, Backend, DataplaneConfig, Flow, FlowKey, NatKey, Service, ServiceKey, TrafficStats},
 };
+
+/// The layout each map must have: a pinned map left by a bg-lb whose
+/// layout differs cannot be adopted (the program would misread it).
+/// Capacities that userspace sets at load time are not compared.
+const LAYOUTS: [(&str, MapType, usize, usize, Option<u32>); 10] = [
+    (
+        maps::SERVICES,
+        MapType::Hash,
+        size_of::<ServiceKey>(),
+        size_of::<Service>(),
+        None,
+    ),
+    (maps::BACKENDS, MapType::Array, 4, size_of::<Backend>(), None),
+    (
+        maps::FLOWS,
+        MapType::LruHash,
+        size_of::<FlowKey>(),
+        size_of::<Flow>(),
+        None,
+    ),
+    (
+        maps::REVERSE_NAT,
+        MapType::Hash,
+        size_of::<NatKey>(),
+        size_of::<FlowKey>(),
+        None,
+    ),
+    (
+        maps::BACKEND_STATS,
+        MapType::PerCpuArray,
+        4,
+        size_of::<TrafficStats>(),
+        None,
+    ),
+    (
+        maps::SERVICE_STATS,
+        MapType::PerCpuArray,
+        4,
+        size_of::<TrafficStats>(),
+        None,
+    ),
+    (maps::COUNTERS, MapType::PerCpuArray, 4, 8, Some(COUNTER_COUNT)),
+    (maps::CONFIG, MapType::Array, 4, size_of::<DataplaneConfig>(), None),
+    (maps::VIP_ADDRESSES, MapType::Hash, 4, 4, None),
+    (maps::LOG_TIMES, MapType::Array, 4, 8, Some(COUNTER_COUNT)),
+];
 
 use super::{
     AttachMode, Attached, DataplaneError, DataplaneOptions, EbpfLogger,
@@ -39,6 +85,7 @@ impl Kernel {
         loader.map_max_entries(maps::REVERSE_NAT, opts.max_flows);
         loader.map_max_entries(maps::LOOKUP_TABLES, opts.lookup_capacity);
         if let Some(dir) = &opts.pin_dir {
+            check_pinned_layouts(dir)?;
             // An existing pin is reused with its contents (flows survive).
             for name in maps::ALL_MAPS {
                 loader.map_pin_path(name, dir.join(name));
@@ -143,8 +190,24 @@ impl Kernel {
         Ok(ports.insert(ifindex, ifindex, None, 0)?)
     }
 
+    /// Writes `cfg` with the NAT epoch moved forward from the one in the
+    /// map: it never goes back, so no pinned flow skips a port check.
     pub(super) fn set_config(&mut self, cfg: &DataplaneConfig) -> Result<(), DataplaneError> {
-        self.array_set(maps::CONFIG, 0, cfg)
+        let current: Array<_, DataplaneConfig> = self.map(maps::CONFIG)?;
+        let epoch = current.get(&0, 0).map_err(map_err(maps::CONFIG))?.nat_epoch;
+        let cfg = DataplaneConfig {
+            nat_epoch: epoch.wrapping_add(1),
+            ..*cfg
+        };
+        self.array_set(maps::CONFIG, 0, &cfg)
+    }
+
+    /// Tells pinned flows that reverse-NAT entries were removed: each makes
+    /// sure its port is its own again (see [`DataplaneConfig::nat_epoch`]).
+    pub(super) fn advance_nat_epoch(&mut self) -> Result<(), DataplaneError> {
+        let current: Array<_, DataplaneConfig> = self.map(maps::CONFIG)?;
+        let cfg = current.get(&0, 0).map_err(map_err(maps::CONFIG))?;
+        self.set_config(&cfg)
     }
 
     /// Writes `update` in its field order: backends, then the table into
@@ -163,14 +226,43 @@ impl Kernel {
         let mut services: HashMap<_, ServiceKey, Service> = self.map_mut(maps::SERVICES)?;
         services
             .insert(update.key, update.service, 0)
-            .map_err(map_err(maps::SERVICES))
+            .map_err(map_err(maps::SERVICES))?;
+        self.add_vip_address(*update.key.vip().ip())
+    }
+
+    /// Lists `addr` in VIP_ADDRESSES (idempotent).
+    pub(super) fn add_vip_address(&mut self, addr: Ipv4Addr) -> Result<(), DataplaneError> {
+        let mut addresses: HashMap<_, u32, u32> = self.map_mut(maps::VIP_ADDRESSES)?;
+        addresses
+            .insert(u32::from_ne_bytes(addr.octets()), 1, 0)
+            .map_err(map_err(maps::VIP_ADDRESSES))
+    }
+
+    pub(super) fn remove_vip_address(&mut self, addr: Ipv4Addr) -> Result<(), DataplaneError> {
+        let mut addresses: HashMap<_, u32, u32> = self.map_mut(maps::VIP_ADDRESSES)?;
+        ignore_missing(
+            addresses.remove(&u32::from_ne_bytes(addr.octets())),
+            maps::VIP_ADDRESSES,
+        )
+    }
+
+    /// What VIP_ADDRESSES holds.
+    pub(super) fn vip_addresses(&self) -> Result<Vec<Ipv4Addr>, DataplaneError> {
+        let addresses: HashMap<_, u32, u32> = self.map(maps::VIP_ADDRESSES)?;
+        let keys = addresses.keys().collect::<Result<Vec<u32>, _>>();
+        let keys = keys.map_err(map_err(maps::VIP_ADDRESSES))?;
+        Ok(keys.into_iter().map(|k| Ipv4Addr::from(k.to_ne_bytes())).collect())
     }
 
     /// Removes the SERVICES entry (new connections to the VIP pass to the
-    /// kernel), then frees the backends.
+    /// kernel), then frees the backends, whose flows' packets are dropped
+    /// from then on.
     pub(super) fn remove_service(&mut self, removal: &ServiceRemoval) -> Result<(), DataplaneError> {
         let mut services: HashMap<_, ServiceKey, Service> = self.map_mut(maps::SERVICES)?;
         ignore_missing(services.remove(&removal.key), maps::SERVICES)?;
+        if removal.release_address {
+            self.remove_vip_address(*removal.key.vip().ip())?;
+        }
         removal.backend_ids.iter().try_for_each(|&id| self.clear_backend(id))
     }
 
@@ -206,22 +298,57 @@ impl Kernel {
         collect(flows.iter(), maps::FLOWS)
     }
 
-    /// Removes a flow and its reverse-NAT entry (housekeeping), unless they
-    /// changed since the sweep judged them: a client may have reused the
-    /// 5-tuple for a new connection, or another flow claimed the SNAT port.
-    pub(super) fn remove_flow(&mut self, key: &FlowKey, judged: &Flow, reverse: &NatKey) -> Result<(), DataplaneError> {
+    pub(super) fn flow(&self, key: &FlowKey) -> Result<Option<Flow>, DataplaneError> {
+        let flows: HashMap<_, FlowKey, Flow> = self.map(maps::FLOWS)?;
+        found(flows.get(key, 0), maps::FLOWS)
+    }
+
+    /// Every reverse-NAT entry: (backend, SNAT port) -> the flow owning it.
+    pub(super) fn reverse_nat(&self) -> Result<Vec<(NatKey, FlowKey)>, DataplaneError> {
+        let nat: HashMap<_, NatKey, FlowKey> = self.map(maps::REVERSE_NAT)?;
+        collect(nat.iter(), maps::REVERSE_NAT)
+    }
+
+    pub(super) fn reverse_owner(&self, nat: &NatKey) -> Result<Option<FlowKey>, DataplaneError> {
+        let map: HashMap<_, NatKey, FlowKey> = self.map(maps::REVERSE_NAT)?;
+        found(map.get(nat, 0), maps::REVERSE_NAT)
+    }
+
+    /// BACKENDS entry `id`, free or not.
+    pub(super) fn backend(&self, id: u32) -> Result<Option<Backend>, DataplaneError> {
+        let backends: Array<_, Backend> = self.map(maps::BACKENDS)?;
+        match backends.get(&id, 0) {
+            Ok(backend) => Ok(Some(backend)),
+            Err(MapError::OutOfBounds { .. }) => Ok(None),
+            Err(e) => Err(map_err(maps::BACKENDS)(e)),
+        }
+    }
+
+    /// Removes a flow (housekeeping), and its reverse-NAT entry `reverse` if
+    /// it has one, unless they changed since the sweep judged them: a client
+    /// may have reused the 5-tuple for a new connection, or another flow
+    /// claimed the SNAT port. Returns whether a reverse entry went.
+    pub(super) fn remove_flow(
+        &mut self,
+        key: &FlowKey,
+        judged: &Flow,
+        reverse: Option<&NatKey>,
+    ) -> Result<bool, DataplaneError> {
         let mut flows: HashMap<_, FlowKey, Flow> = self.map_mut(maps::FLOWS)?;
         match flows.get(key, 0) {
             Ok(flow) if flow.created_ns == judged.created_ns => ignore_missing(flows.remove(key), maps::FLOWS)?,
-            Ok(_) | Err(MapError::KeyNotFound) => return Ok(()),
+            Ok(_) | Err(MapError::KeyNotFound) => return Ok(false),
             Err(e) => return Err(map_err(maps::FLOWS)(e)),
         }
-        let mut nat: HashMap<_, NatKey, FlowKey> = self.map_mut(maps::REVERSE_NAT)?;
-        match nat.get(reverse, 0) {
-            Ok(owner) if owner == *key => ignore_missing(nat.remove(reverse), maps::REVERSE_NAT),
-            Ok(_) | Err(MapError::KeyNotFound) => Ok(()),
-            Err(e) => Err(map_err(maps::REVERSE_NAT)(e)),
+        match reverse {
+            Some(nat) if self.reverse_owner(nat)? == Some(*key) => self.remove_reverse(nat).map(|()| true),
+            _ => Ok(false),
         }
+    }
+
+    pub(super) fn remove_reverse(&mut self, nat: &NatKey) -> Result<(), DataplaneError> {
+        let mut map: HashMap<_, NatKey, FlowKey> = self.map_mut(maps::REVERSE_NAT)?;
+        ignore_missing(map.remove(nat), maps::REVERSE_NAT)
     }
 
     /// A backend's traffic counters, summed over CPUs.
@@ -275,6 +402,35 @@ impl Kernel {
     {
         let map = self.ebpf.map_mut(name).ok_or(DataplaneError::MissingMap(name))?;
         T::try_from(map).map_err(map_err(name))
+    }
+}
+
+/// Fails unless every map pinned in `dir` has the layout this build's
+/// program expects.
+fn check_pinned_layouts(dir: &Path) -> Result<(), DataplaneError> {
+    for (name, map_type, key_size, value_size, entries) in LAYOUTS {
+        let path = dir.join(name);
+        if !path.exists() {
+            continue;
+        }
+        let info = MapInfo::from_pin(&path).map_err(map_err(name))?;
+        let fits = info.map_type().ok() == Some(map_type)
+            && info.key_size() as usize == key_size
+            && info.value_size() as usize == value_size
+            && entries.is_none_or(|n| info.max_entries() == n);
+        if !fits {
+            return Err(DataplaneError::IncompatiblePin { name, path });
+        }
+    }
+    Ok(())
+}
+
+/// A lookup's value, `None` for a missing key.
+fn found<V>(result: Result<V, MapError>, name: &'static str) -> Result<Option<V>, DataplaneError> {
+    match result {
+        Ok(value) => Ok(Some(value)),
+        Err(MapError::KeyNotFound) => Ok(None),
+        Err(e) => Err(map_err(name)(e)),
     }
 }
 

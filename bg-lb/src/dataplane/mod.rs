@@ -58,6 +58,11 @@ pub enum DataplaneError {
     MissingProgram(&'static str),
     #[error(transparent)]
     Services(#[from] ServicesError),
+    #[error(
+        "the map {name} pinned at {path} was left by a bg-lb whose data plane differs from this one's; remove the \
+         old data plane with `bg-lb teardown` (its open connections end) and start again"
+    )]
+    IncompatiblePin { name: &'static str, path: PathBuf },
 }
 
 /// Sizes chosen at load time (maps cannot grow once created).
@@ -128,9 +133,24 @@ impl Dataplane {
     /// flows keep their backends. Nothing is attached yet.
     pub fn load(opts: &DataplaneOptions) -> Result<Self, DataplaneError> {
         let mut kernel = Kernel::load(opts)?;
-        let (services, orphans) = Services::adopt(kernel.lookup_capacity()?, kernel.services()?, kernel.backends()?)?;
+        let flows: Vec<Flow> = kernel.flows()?.into_iter().map(|(_, flow)| flow).collect();
+        let (services, orphans) = Services::adopt(
+            kernel.lookup_capacity()?,
+            kernel.services()?,
+            kernel.backends()?,
+            &flows,
+        )?;
         for id in orphans {
             kernel.clear_backend(id)?;
+        }
+        let addresses = services.vip_addresses();
+        for addr in kernel.vip_addresses()? {
+            if !addresses.contains(&addr) {
+                kernel.remove_vip_address(addr)?;
+            }
+        }
+        for &addr in &addresses {
+            kernel.add_vip_address(addr)?;
         }
         Ok(Self { kernel, services })
     }
@@ -198,27 +218,62 @@ impl Dataplane {
         self.services.backend_id(vip, backend)
     }
 
-    /// Sweeps the flow table: removes expired flows, counts the rest, and
-    /// frees the ids of backends that left their service (`live` backends
-    /// per VIP) once no flow names them.
+    /// Sweeps the flow table: removes expired flows and the orphans of a
+    /// NAT state that came apart (see [`housekeeping`]), counts the rest,
+    /// and frees the ids no flow names any more: of backends that left their
+    /// service (`live` backends per VIP), and of removed services.
     pub fn housekeeping(
         &mut self,
         timeouts: &FlowTimeouts,
         live: &HashMap<SocketAddrV4, HashSet<SocketAddrV4>>,
     ) -> Result<FlowCensus, DataplaneError> {
         let now = housekeeping::monotonic_now_ns();
+        // Flows first: a flow's reverse entry and backend exist before it.
+        let flows = self.kernel.flows()?;
+        let reverse = self.kernel.reverse_nat()?;
         let backends: HashMap<u32, Backend> = self.kernel.backends()?.into_iter().collect();
-        let (census, expired) = housekeeping::judge(self.kernel.flows()?, &backends, now, timeouts);
-        for e in &expired {
-            self.kernel.remove_flow(&e.key, &e.flow, &e.reverse)?;
+        let sweep = housekeeping::judge(flows, reverse, &backends, &self.services.service_ids(), now, timeouts);
+        let mut removed_reverse = false;
+        for r in &sweep.flows {
+            removed_reverse |= self.kernel.remove_flow(&r.key, &r.flow, r.reverse.as_ref())?;
         }
-        for id in self.services.reap(live, |id| census.total_of(id)) {
+        for (nat, owner) in &sweep.orphan_reverse {
+            // Re-checked: the flow may have been pinned (again) since it was read.
+            let flow = self.kernel.flow(owner)?;
+            let backend = match &flow {
+                Some(flow) => self.kernel.backend(flow.backend_id)?,
+                None => None,
+            };
+            if self.kernel.reverse_owner(nat)? == Some(*owner)
+                && !housekeeping::owns(flow.as_ref(), backend.as_ref(), nat)
+            {
+                self.kernel.remove_reverse(nat)?;
+                removed_reverse = true;
+            }
+        }
+        if removed_reverse {
+            // A flow pinned again meanwhile may have lost its entry: every
+            // pinned flow checks its port on its next packet.
+            self.kernel.advance_nat_epoch()?;
+        }
+        let census = sweep.census;
+        if census.orphans > 0 {
+            tracing::info!(
+                orphans = census.orphans,
+                "flow sweep removed flows and reverse-NAT entries whose other half was gone"
+            );
+        }
+        let freed = self
+            .services
+            .reap(live, |id| census.total_of(id), |id| census.total_of_service(id));
+        for id in freed {
             self.kernel.clear_backend(id)?;
         }
         Ok(census)
     }
 
-    /// Up to `limit` open flows of the services on `vips`, of `pool` if given.
+    /// Up to `limit` flows of the services on `vips` that have not ended, of
+    /// `pool` if given: open ones first, then embryonic ones.
     pub fn open_flows(
         &self,
         vips: &[SocketAddrV4],
@@ -229,13 +284,19 @@ impl Dataplane {
         let backends: HashMap<u32, Backend> = self.kernel.backends()?.into_iter().collect();
         let now = housekeeping::monotonic_now_ns();
         let since = |ns: u64| Duration::from_nanos(now.saturating_sub(ns));
-        Ok(self
+        let mut flows: Vec<(FlowKey, Flow)> = self
             .kernel
             .flows()?
             .into_iter()
-            .filter(|(_, f)| service_ids.contains(&f.service_id) && phase(f.state).is_open())
+            .filter(|(_, f)| service_ids.contains(&f.service_id) && phase(f.state) != FlowPhase::Closed)
+            .collect();
+        flows.sort_by_key(|(_, f)| !phase(f.state).is_open());
+        Ok(flows
+            .into_iter()
             .filter_map(|(key, flow)| {
-                let backend = backends.get(&flow.backend_id)?;
+                let backend = backends
+                    .get(&flow.backend_id)
+                    .filter(|b| b.generation == flow.backend_gen)?;
                 Some(FlowView {
                     client: key.client(),
                     backend: backend.addr(),

@@ -6,15 +6,21 @@
 //! Backend ids are what flows are pinned to. A backend keeps its id while any
 //! flow may still reference it: one removed from a service leaves the table at
 //! once but stays in BACKENDS, so its open flows drain, and its id is freed
-//! only when no flow names it ([`Services::reap`]). A restarted daemon
-//! rebuilds all of this from the pinned maps ([`Services::adopt`]).
+//! only when no flow names it ([`Services::reap`]). A removed service's
+//! backends leave BACKENDS at once (its flows end: the data plane drops
+//! their packets and the sweep removes them), but its service and backend
+//! ids are retired, not reused, until no flow names them either. Each time
+//! an id is given to a backend it gets a new generation, which flows
+//! remember, so even a flow that outlived its id is never sent to the
+//! id's next backend. A restarted daemon rebuilds all of this from the
+//! pinned maps ([`Services::adopt`]).
 
 use std::{
     collections::{BTreeSet, HashMap, HashSet},
-    net::SocketAddrV4,
+    net::{Ipv4Addr, SocketAddrV4},
 };
 
-use bg_lb_common::maps::{Backend, MAX_BACKENDS, MAX_SERVICES, Service, ServiceKey};
+use bg_lb_common::maps::{Backend, Flow, MAX_BACKENDS, MAX_SERVICES, Service, ServiceKey};
 
 use crate::{
     dataplane::{
@@ -77,6 +83,9 @@ pub struct ServiceUpdate {
 pub struct ServiceRemoval {
     pub key: ServiceKey,
     pub backend_ids: Vec<u32>,
+    /// No other service is on the VIP's address any more: it leaves
+    /// VIP_ADDRESSES.
+    pub release_address: bool,
 }
 
 /// Lowest-free id allocation over `0..capacity`.
@@ -109,13 +118,28 @@ impl IdPool {
     }
 }
 
+/// A backend's id and the generation it holds it in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct BackendSlot {
+    id: u32,
+    generation: u32,
+}
+
 struct Installed {
     id: u32,
     regions: TableRegions,
     /// The buffer the SERVICES entry names: never written while it is.
     active_base: u32,
-    /// Every backend id of the service, in the table or draining.
-    backend_ids: HashMap<SocketAddrV4, u32>,
+    /// Every backend of the service, in the table or draining.
+    backends: HashMap<SocketAddrV4, BackendSlot>,
+}
+
+/// Ids of removed services and of their backends: no longer installed,
+/// not yet free, while flows may name them.
+#[derive(Default)]
+struct Retired {
+    services: BTreeSet<u32>,
+    backends: BTreeSet<u32>,
 }
 
 pub struct Services {
@@ -123,6 +147,9 @@ pub struct Services {
     installed: HashMap<SocketAddrV4, Installed>,
     service_ids: IdPool,
     backend_ids: IdPool,
+    retired: Retired,
+    /// The generation the next backend id assignment gets (never 0).
+    next_generation: u32,
 }
 
 impl Services {
@@ -133,19 +160,25 @@ impl Services {
             installed: HashMap::new(),
             service_ids: IdPool::new(MAX_SERVICES),
             backend_ids: IdPool::new(MAX_BACKENDS),
+            retired: Retired::default(),
+            next_generation: 1,
         }
     }
 
     /// Rebuilds ids and table placement from the SERVICES and used BACKENDS
     /// entries of maps that may hold a previous daemon's state (pinned), so
-    /// pinned flows keep their backends. Also returns the ids of backends
-    /// whose service is gone: no packet can reach them, so they are cleared.
-    pub fn adopt(
+    /// pinned flows keep their backends. Ids that only `flows` still name
+    /// are retired, and generations continue above every one in use. Also
+    /// returns the ids of backends whose service is gone: no packet can
+    /// reach them, so they are cleared.
+    pub fn adopt<'a>(
         lookup_capacity: u32,
         services: impl IntoIterator<Item = (ServiceKey, Service)>,
         backends: impl IntoIterator<Item = (u32, Backend)>,
+        flows: impl IntoIterator<Item = &'a Flow>,
     ) -> Result<(Self, Vec<u32>), ServicesError> {
         let mut adopted = Self::new(lookup_capacity);
+        let mut highest = 0;
         let mut vip_of_id = HashMap::new();
         for (key, service) in services {
             let regions = TableRegions {
@@ -159,23 +192,44 @@ impl Services {
                 id: service.id,
                 regions,
                 active_base: service.lut_base,
-                backend_ids: HashMap::new(),
+                backends: HashMap::new(),
             };
             adopted.installed.insert(key.vip(), installed);
         }
         let mut orphans = Vec::new();
         for (id, backend) in backends {
+            highest = highest.max(backend.generation);
             match vip_of_id
                 .get(&backend.service_id)
                 .and_then(|vip| adopted.installed.get_mut(vip))
             {
                 Some(installed) => {
-                    installed.backend_ids.insert(backend.addr(), id);
+                    let slot = BackendSlot {
+                        id,
+                        generation: backend.generation,
+                    };
+                    installed.backends.insert(backend.addr(), slot);
                     adopted.backend_ids.mark_used(id);
                 }
                 None => orphans.push(id),
             }
         }
+        for flow in flows {
+            highest = highest.max(flow.backend_gen);
+            if !adopted.service_ids.used.contains(&flow.service_id) {
+                adopted.retired.services.insert(flow.service_id);
+            }
+            if !adopted.backend_ids.used.contains(&flow.backend_id) {
+                adopted.retired.backends.insert(flow.backend_id);
+            }
+        }
+        for &id in &adopted.retired.services {
+            adopted.service_ids.mark_used(id);
+        }
+        for &id in &adopted.retired.backends {
+            adopted.backend_ids.mark_used(id);
+        }
+        adopted.next_generation = highest.wrapping_add(1).max(1);
         Ok((adopted, orphans))
     }
 
@@ -184,13 +238,24 @@ impl Services {
         self.installed.keys().copied().collect()
     }
 
+    /// The addresses of the VIPs: what VIP_ADDRESSES holds.
+    pub fn vip_addresses(&self) -> HashSet<Ipv4Addr> {
+        self.installed.keys().map(|vip| *vip.ip()).collect()
+    }
+
     /// The id flows of `backend` on service `vip` are pinned to.
     pub fn backend_id(&self, vip: &SocketAddrV4, backend: &SocketAddrV4) -> Option<u32> {
-        self.installed.get(vip)?.backend_ids.get(backend).copied()
+        Some(self.installed.get(vip)?.backends.get(backend)?.id)
     }
 
     pub fn service_id(&self, vip: &SocketAddrV4) -> Option<u32> {
         self.installed.get(vip).map(|s| s.id)
+    }
+
+    /// Ids of the services in the data plane: a flow of any other service
+    /// has ended.
+    pub fn service_ids(&self) -> HashSet<u32> {
+        self.installed.values().map(|s| s.id).collect()
     }
 
     /// What creating or updating a service writes: ids are allocated here,
@@ -213,8 +278,11 @@ impl Services {
         let backends = spec
             .backends
             .iter()
-            .zip(&table_backends)
-            .map(|(b, t)| (t.id, Backend::new(installed.id, b.addr, b.pool.wire(), b.reset_flows)))
+            .map(|b| {
+                let slot = installed.backends[&b.addr];
+                let backend = Backend::new(installed.id, slot.generation, b.addr, b.pool.wire(), b.reset_flows);
+                (slot.id, backend)
+            })
             .collect();
         let base = installed.regions.inactive(installed.active_base);
         Ok(ServiceUpdate {
@@ -240,47 +308,59 @@ impl Services {
         }
     }
 
-    /// Forgets a service, freeing its table space and ids; `None` if it is
-    /// not in the data plane.
+    /// Takes a service out: its table space is free at once, its ids are
+    /// retired until no flow names them ([`Services::reap`]); `None` if it
+    /// is not in the data plane.
     pub fn remove(&mut self, vip: &SocketAddrV4) -> Option<ServiceRemoval> {
         let installed = self.installed.remove(vip)?;
         self.regions.release(installed.regions);
-        self.service_ids.release(installed.id);
-        let backend_ids: Vec<u32> = installed.backend_ids.into_values().collect();
-        for &id in &backend_ids {
-            self.backend_ids.release(id);
-        }
+        self.retired.services.insert(installed.id);
+        let backend_ids: Vec<u32> = installed.backends.into_values().map(|slot| slot.id).collect();
+        self.retired.backends.extend(&backend_ids);
         Some(ServiceRemoval {
             key: ServiceKey::new(*vip),
             backend_ids,
+            release_address: !self.vip_addresses().contains(vip.ip()),
         })
     }
 
-    /// Frees the ids of backends that left their service's configuration
-    /// (`live` backends per VIP) once no flow names them; `flows_of` counts
-    /// the flow-table entries of a backend id. Returns the freed ids, whose
-    /// entries and counters must be cleared before they are handed out again.
+    /// Frees the ids no flow names any more (`flows_of_backend` and
+    /// `flows_of_service` count a census's flow-table entries): those of
+    /// backends that left their service's configuration (`live` backends
+    /// per VIP), and those retired with a removed service. Returns the
+    /// freed ids of backends still in BACKENDS, whose entries and counters
+    /// must be cleared before they are handed out again.
     pub fn reap(
         &mut self,
         live: &HashMap<SocketAddrV4, HashSet<SocketAddrV4>>,
-        flows_of: impl Fn(u32) -> u64,
+        flows_of_backend: impl Fn(u32) -> u64,
+        flows_of_service: impl Fn(u32) -> u64,
     ) -> Vec<u32> {
         let mut freed = Vec::new();
         for (vip, installed) in &mut self.installed {
             let Some(live) = live.get(vip) else { continue };
             let gone: Vec<_> = installed
-                .backend_ids
+                .backends
                 .iter()
-                .filter(|(addr, id)| !live.contains(addr) && flows_of(**id) == 0)
-                .map(|(addr, id)| (*addr, *id))
+                .filter(|(addr, slot)| !live.contains(addr) && flows_of_backend(slot.id) == 0)
+                .map(|(addr, slot)| (*addr, slot.id))
                 .collect();
             for (addr, id) in gone {
                 self.backend_ids.release(id);
-                installed.backend_ids.remove(&addr);
+                installed.backends.remove(&addr);
                 freed.push(id);
                 tracing::info!(service = %vip, backend = %addr, "removed backend drained; id freed");
             }
         }
+        let free = |pool: &mut IdPool, id: u32, flows: u64| {
+            if flows == 0 {
+                pool.release(id);
+            }
+            flows > 0
+        };
+        let Retired { services, backends } = &mut self.retired;
+        services.retain(|&id| free(&mut self.service_ids, id, flows_of_service(id)));
+        backends.retain(|&id| free(&mut self.backend_ids, id, flows_of_backend(id)));
         freed
     }
 
@@ -298,23 +378,25 @@ impl Services {
             id,
             regions,
             active_base: regions.bases[1],
-            backend_ids: HashMap::new(),
+            backends: HashMap::new(),
         };
         self.installed.insert(spec.vip, installed);
         Ok(())
     }
 
     /// Every backend of `spec` as the table builder needs it, with its id
-    /// (new ones get fresh ids).
+    /// (new ones get fresh ids, in a new generation).
     fn table_backends(&mut self, spec: &ServiceSpec) -> Result<Vec<TableBackend>, ServicesError> {
         let installed = self.installed.get_mut(&spec.vip).expect("installed before");
         let mut table_backends = Vec::with_capacity(spec.backends.len());
         for b in &spec.backends {
-            let id = match installed.backend_ids.get(&b.addr) {
-                Some(&id) => id,
+            let id = match installed.backends.get(&b.addr) {
+                Some(slot) => slot.id,
                 None => {
                     let id = self.backend_ids.allocate().ok_or(ServicesError::TooManyBackends)?;
-                    installed.backend_ids.insert(b.addr, id);
+                    let generation = self.next_generation;
+                    self.next_generation = generation.wrapping_add(1).max(1);
+                    installed.backends.insert(b.addr, BackendSlot { id, generation });
                     id
                 }
             };
@@ -330,235 +412,4 @@ impl Services {
 }
 
 #[cfg(test)]
-mod tests {
-    use std::{collections::BTreeMap, net::Ipv4Addr};
-
-    use super::*;
-
-    const VIP: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 100), 80);
-    const STANDBY_VIP: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 100), 8080);
-    const LUT_SIZE: u32 = 7;
-
-    fn backend(last_octet: u8) -> SocketAddrV4 {
-        SocketAddrV4::new(Ipv4Addr::new(10, 0, 1, last_octet), 8080)
-    }
-
-    fn spec(vip: SocketAddrV4, backends: &[u8]) -> ServiceSpec {
-        ServiceSpec {
-            vip,
-            lut_size: LUT_SIZE,
-            ratio: Ratio::new(100).unwrap(),
-            backends: backends
-                .iter()
-                .map(|&b| BackendSpec {
-                    addr: backend(b),
-                    pool: Pool::Blue,
-                    weight: 100,
-                    reset_flows: false,
-                })
-                .collect(),
-        }
-    }
-
-    /// SERVICES and BACKENDS as the kernel would hold them after the writes.
-    #[derive(Default)]
-    struct Maps {
-        services: HashMap<ServiceKey, Service>,
-        backends: BTreeMap<u32, Backend>,
-    }
-
-    impl Maps {
-        fn apply(&mut self, services: &mut Services, spec: &ServiceSpec) -> ServiceUpdate {
-            let update = services.update(spec).unwrap();
-            self.backends.extend(update.backends.iter().copied());
-            self.services.insert(update.key, update.service);
-            services.swapped(&update);
-            update
-        }
-    }
-
-    #[test]
-    fn id_pool_reuses_the_lowest_released_id() {
-        let mut pool = IdPool::new(3);
-        assert_eq!(
-            (pool.allocate(), pool.allocate(), pool.allocate(), pool.allocate()),
-            (Some(0), Some(1), Some(2), None)
-        );
-        pool.release(1);
-        assert_eq!(pool.allocate(), Some(1));
-    }
-
-    #[test]
-    fn adopted_ids_are_not_handed_out_again() {
-        let mut pool = IdPool::new(4);
-        pool.mark_used(0);
-        pool.mark_used(2);
-        assert_eq!(
-            (pool.allocate(), pool.allocate(), pool.allocate()),
-            (Some(1), Some(3), None)
-        );
-    }
-
-    #[test]
-    fn an_update_writes_every_backend_and_names_the_spare_buffer() {
-        let mut services = Services::new(100);
-        let update = services.update(&spec(VIP, &[1, 2])).unwrap();
-        assert_eq!(
-            update.backends,
-            [
-                (0, Backend::new(0, backend(1), Pool::Blue.wire(), false)),
-                (1, Backend::new(0, backend(2), Pool::Blue.wire(), false)),
-            ]
-        );
-        assert_eq!(update.key, ServiceKey::new(VIP));
-        assert_eq!(
-            (
-                update.service.lut_base,
-                update.service.lut_spare_base,
-                update.service.lut_size
-            ),
-            (0, LUT_SIZE, LUT_SIZE)
-        );
-        assert_eq!(update.table.len(), LUT_SIZE as usize);
-        assert!(update.table.iter().all(|id| [0, 1].contains(id)), "{:?}", update.table);
-    }
-
-    #[test]
-    fn applying_a_spec_twice_alternates_the_table_base() {
-        let mut services = Services::new(100);
-        let mut maps = Maps::default();
-        let bases: Vec<u32> = (0..3)
-            .map(|_| maps.apply(&mut services, &spec(VIP, &[1])).service.lut_base)
-            .collect();
-        assert_eq!(bases, [0, LUT_SIZE, 0]);
-    }
-
-    #[test]
-    fn a_table_never_swapped_in_leaves_the_active_buffer_alone() {
-        let mut services = Services::new(100);
-        let mut maps = Maps::default();
-        maps.apply(&mut services, &spec(VIP, &[1]));
-        // Computed but not written (say the kernel refused): packets still
-        // read buffer 0, so the retry writes buffer 1 again.
-        let lost = services.update(&spec(VIP, &[1, 2])).unwrap();
-        let retry = services.update(&spec(VIP, &[1, 2])).unwrap();
-        assert_eq!((lost.service.lut_base, retry.service.lut_base), (LUT_SIZE, LUT_SIZE));
-    }
-
-    #[test]
-    fn a_removed_backend_keeps_its_id_until_no_flow_names_it() {
-        let mut services = Services::new(100);
-        let mut maps = Maps::default();
-        maps.apply(&mut services, &spec(VIP, &[1, 2]));
-        let removed = services.backend_id(&VIP, &backend(2)).unwrap();
-        let update = maps.apply(&mut services, &spec(VIP, &[1]));
-        assert!(!update.table.contains(&removed), "it leaves the table at once");
-        assert_eq!(
-            services.backend_id(&VIP, &backend(2)),
-            Some(removed),
-            "but keeps its id"
-        );
-
-        let live = HashMap::from([(VIP, HashSet::from([backend(1)]))]);
-        assert_eq!(services.reap(&live, |_| 1), [] as [u32; 0], "a flow still names it");
-        assert_eq!(services.reap(&live, |_| 0), [removed]);
-        assert_eq!(services.backend_id(&VIP, &backend(2)), None);
-        let update = maps.apply(&mut services, &spec(VIP, &[1, 3]));
-        assert_eq!(
-            services.backend_id(&VIP, &backend(3)),
-            Some(removed),
-            "the id is reused"
-        );
-        assert!(
-            update
-                .backends
-                .contains(&(removed, Backend::new(0, backend(3), Pool::Blue.wire(), false)))
-        );
-    }
-
-    #[test]
-    fn backends_of_a_service_missing_from_live_are_not_reaped() {
-        let mut services = Services::new(100);
-        Maps::default().apply(&mut services, &spec(VIP, &[1]));
-        assert_eq!(services.reap(&HashMap::new(), |_| 0), [] as [u32; 0]);
-    }
-
-    #[test]
-    fn removing_a_service_frees_its_ids_and_table_space() {
-        let mut services = Services::new(2 * LUT_SIZE);
-        let mut maps = Maps::default();
-        maps.apply(&mut services, &spec(VIP, &[1, 2]));
-        let removal = services.remove(&VIP).unwrap();
-        assert_eq!(removal.key, ServiceKey::new(VIP));
-        let mut freed = removal.backend_ids;
-        freed.sort();
-        assert_eq!(freed, [0, 1]);
-        assert!(services.remove(&VIP).is_none());
-        assert!(services.vips().is_empty());
-        let update = services.update(&spec(STANDBY_VIP, &[3])).unwrap();
-        assert_eq!(
-            (update.service.id, update.backends[0].0, update.service.lut_base),
-            (0, 0, 0)
-        );
-    }
-
-    #[test]
-    fn the_table_size_of_a_running_service_cannot_change() {
-        let mut services = Services::new(100);
-        Maps::default().apply(&mut services, &spec(VIP, &[1]));
-        let bigger = ServiceSpec {
-            lut_size: 11,
-            ..spec(VIP, &[1])
-        };
-        assert!(matches!(
-            services.update(&bigger),
-            Err(ServicesError::TableSizeChanged { size: 7, new: 11, .. })
-        ));
-    }
-
-    #[test]
-    fn adopting_maps_rebuilds_ids() {
-        let mut before = Services::new(100);
-        let mut maps = Maps::default();
-        maps.apply(&mut before, &spec(VIP, &[1, 2]));
-        maps.apply(&mut before, &spec(STANDBY_VIP, &[1, 2]));
-        maps.apply(&mut before, &spec(VIP, &[1, 2])); // VIP's table now in its second buffer
-        let orphan = Backend::new(99, backend(9), Pool::Green.wire(), false);
-        maps.backends.insert(7, orphan);
-
-        let (mut after, orphans) = Services::adopt(100, maps.services.clone(), maps.backends.clone()).unwrap();
-        assert_eq!(orphans, [7], "its service is gone");
-        let mut vips = after.vips();
-        vips.sort();
-        assert_eq!(vips, [VIP, STANDBY_VIP]);
-        for vip in [VIP, STANDBY_VIP] {
-            assert_eq!(after.service_id(&vip), before.service_id(&vip));
-            for b in [1, 2] {
-                assert_eq!(
-                    after.backend_id(&vip, &backend(b)),
-                    before.backend_id(&vip, &backend(b))
-                );
-            }
-        }
-        let next = after.update(&spec(VIP, &[1, 2])).unwrap();
-        assert_eq!(
-            next.service.lut_base, 0,
-            "the next table goes to the buffer packets do not read"
-        );
-        let new_backend = after.update(&spec(VIP, &[1, 2, 3])).unwrap();
-        assert_eq!(
-            new_backend.backends[2].0, 4,
-            "adopted ids 0..4 are not handed out again"
-        );
-        let new_service = ServiceSpec {
-            vip: SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 101), 80),
-            ..spec(VIP, &[])
-        };
-        let placed = after.update(&new_service).unwrap().service;
-        assert_eq!(
-            (placed.id, placed.lut_base),
-            (2, 4 * LUT_SIZE),
-            "ids and regions in use are skipped"
-        );
-    }
-}
+mod tests;

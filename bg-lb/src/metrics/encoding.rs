@@ -29,23 +29,29 @@ pub const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
 /// What the data plane does with packets counted under `counter`.
 pub fn verdict(counter: Counter) -> &'static str {
     match counter {
-        Counter::Passed
-        | Counter::Truncated
+        Counter::Passed | Counter::ReplyWithoutFlow => "pass",
+        Counter::Truncated
         | Counter::Fragmented
         | Counter::IpOptions
-        | Counter::ReplyWithoutFlow
         | Counter::TtlExpired
-        | Counter::IcmpErrorWithoutFlow
-        | Counter::IcmpMalformed => "pass",
-        Counter::NoBackend
-        | Counter::SnatPortsExhausted
+        | Counter::NoBackend
         | Counter::FlowInsertFailed
         | Counter::FibFailed
         | Counter::FibNoNeighbour
         | Counter::RedirectFailed
+        | Counter::BadTcpFlags
+        | Counter::StaleFlow
+        | Counter::StaleReply
+        | Counter::UnpinnedPortTaken
         | Counter::TooBigDropped => "drop",
-        Counter::UnpinnedForwarded | Counter::IcmpErrorToClient | Counter::IcmpErrorToBackend => "forward",
-        Counter::Refused | Counter::FlowReset => "reset",
+        Counter::IcmpErrorWithoutFlow | Counter::IcmpMalformed => "pass",
+        Counter::UnpinnedForwarded
+        | Counter::RstOutOfWindow
+        | Counter::NatReclaimed
+        | Counter::FlowReadopted
+        | Counter::IcmpErrorToClient
+        | Counter::IcmpErrorToBackend => "forward",
+        Counter::Refused | Counter::FlowReset | Counter::SnatPortsExhausted | Counter::NatConflict => "reset",
         Counter::TooBigAnswered => "icmp",
     }
 }
@@ -129,6 +135,7 @@ impl Snapshot {
                 self.backend_rows(|b| vec![(vec![], Value::Gauge(u64::from(b.health != BackendHealth::Down)))])
             }
             Metric::BackendOpenFlows => self.backend_rows(|b| vec![(vec![], Value::Gauge(b.open_flows))]),
+            Metric::BackendEmbryonicFlows => self.backend_rows(|b| vec![(vec![], Value::Gauge(b.embryonic_flows))]),
             Metric::BackendNewFlows => self.backend_rows(|b| vec![(vec![], Value::Counter(b.new_flows))]),
             Metric::BackendPackets => self.backend_rows(|b| directions(b.packets_in, b.packets_out)),
             Metric::BackendBytes => self.backend_rows(|b| directions(b.bytes_in, b.bytes_out)),

@@ -22,6 +22,7 @@ pub enum Metric {
     BackendWeight,
     BackendUp,
     BackendOpenFlows,
+    BackendEmbryonicFlows,
     BackendNewFlows,
     BackendPackets,
     BackendBytes,
@@ -41,7 +42,7 @@ pub enum Metric {
 
 impl Metric {
     /// In the order of the output.
-    pub const ALL: [Metric; 23] = [
+    pub const ALL: [Metric; 24] = [
         Metric::BuildInfo,
         Metric::Ratio,
         Metric::EffectiveRatio,
@@ -50,6 +51,7 @@ impl Metric {
         Metric::BackendWeight,
         Metric::BackendUp,
         Metric::BackendOpenFlows,
+        Metric::BackendEmbryonicFlows,
         Metric::BackendNewFlows,
         Metric::BackendPackets,
         Metric::BackendBytes,
@@ -78,6 +80,7 @@ impl Metric {
             Metric::BackendWeight => "bglb_backend_weight",
             Metric::BackendUp => "bglb_backend_up",
             Metric::BackendOpenFlows => "bglb_backend_open_flows",
+            Metric::BackendEmbryonicFlows => "bglb_backend_embryonic_flows",
             Metric::BackendNewFlows => "bglb_backend_new_flows",
             Metric::BackendPackets => "bglb_backend_packets",
             Metric::BackendBytes => "bglb_backend_bytes",
@@ -116,6 +119,7 @@ impl Metric {
             | Metric::BackendWeight
             | Metric::BackendUp
             | Metric::BackendOpenFlows
+            | Metric::BackendEmbryonicFlows
             | Metric::FlowTableEntries
             | Metric::FlowTableCapacity
             | Metric::ConfigLastReloadSuccessful
@@ -133,7 +137,11 @@ impl Metric {
             Metric::Ratio | Metric::EffectiveRatio | Metric::RatioPercent | Metric::EffectiveRatioPercent => {
                 &["service", "pool"]
             }
-            Metric::BackendWeight | Metric::BackendUp | Metric::BackendOpenFlows | Metric::BackendNewFlows => BACKEND,
+            Metric::BackendWeight
+            | Metric::BackendUp
+            | Metric::BackendOpenFlows
+            | Metric::BackendEmbryonicFlows
+            | Metric::BackendNewFlows => BACKEND,
             Metric::BackendPackets | Metric::BackendBytes => &["service", "pool", "backend", "direction"],
             Metric::BackendConnectionEvents => &["service", "pool", "backend", "event"],
             Metric::HealthTransitions => &["service", "pool", "backend", "check", "to"],
@@ -190,17 +198,23 @@ impl Metric {
                 "1 if the backend passes its live health check (or has not been checked yet), 0 if it is down."
             }
             Metric::BackendOpenFlows => {
-                "Connections pinned to the backend that have not ended; 0 across a pool means it is drained."
+                "Established connections pinned to the backend that have not ended; 0 across a pool means it is \
+                 drained."
             }
-            Metric::BackendNewFlows => "Connections the data plane sent to the backend.",
+            Metric::BackendEmbryonicFlows => {
+                "Flows pinned to the backend whose client has not completed the handshake (connections being set \
+                 up, or spoofed SYNs that never will be); they expire after timeouts.syn and no drain waits for \
+                 them."
+            }
+            Metric::BackendNewFlows => "Connections to the backend whose handshake the client completed.",
             Metric::BackendPackets => {
                 "Packets forwarded for the backend's connections; direction in is client to backend, out is \
                  backend to client."
             }
             Metric::BackendConnectionEvents => {
                 "Each connection's fate as the reply path sees it: event handshake (the backend's SYN-ACK), \
-                 refused (RST before it) or reset (RST on an established connection). Progressive shifts roll \
-                 back on these."
+                 refused (a RST before the client completed the handshake) or reset (a RST on an established \
+                 connection). Progressive shifts roll back on these."
             }
             Metric::BackendBytes => {
                 "IP bytes forwarded for the backend's connections; direction in is client to backend, out is \
@@ -210,7 +224,9 @@ impl Metric {
             Metric::HealthDuration => {
                 "How long health checks took, failed ones included (a timed-out check counts as the timeout)."
             }
-            Metric::FlowTableEntries => "Flows in the flow table after the last sweep, open and closing.",
+            Metric::FlowTableEntries => {
+                "Flows in the flow table after the last sweep: embryonic, open and closed ones lingering."
+            }
             Metric::FlowTableCapacity => {
                 "Size of the flow table (max_flows); when it is full the least recently used flows are evicted."
             }

@@ -38,8 +38,8 @@ use crate::{
         stats::{self, Summary},
     },
     netns::in_fresh_netns,
-    packet_lab::{GATEWAY_MAC, LB_MAC, PacketLab, PacketLabOptions, SNAT, VIP, XDP_PASS, XDP_REDIRECT, XDP_TX, mac_of},
-    packets::{ACK, SYN, SYN_ACK, parse_checked, tcp_frame},
+    packet_lab::{GATEWAY_MAC, LB_MAC, PacketLab, PacketLabOptions, SNAT, VIP, XDP_PASS, XDP_REDIRECT, XDP_TX},
+    packets::{ACK, SYN, tcp_frame},
 };
 
 #[derive(Clone, Debug, Serialize)]
@@ -146,14 +146,11 @@ fn packet_paths(o: &MicroOptions) -> (Vec<PathCost>, Vec<MapMemory>) {
     let aux = load_aux();
     let prog = |name| -> &Xdp { aux.program(name).expect(name).try_into().expect("XDP") };
 
-    // One established flow: SYN, then the backend's SYN-ACK.
+    // One established flow: SYN, the backend's SYN-ACK, the client's ACK.
     let client = SocketAddrV4::new(Ipv4Addr::new(192, 168, 200, 1), 40000);
-    let (_, to_backend) = lab.run(&tcp_frame(GATEWAY_MAC, LB_MAC, client, VIP, SYN, b""));
-    let nat = parse_checked(&to_backend);
-    let reply = tcp_frame(mac_of(*nat.dst.ip()), LB_MAC, nat.dst, nat.src, SYN_ACK, b"");
-    assert_eq!(lab.run(&reply).0, XDP_REDIRECT, "backend's SYN-ACK is translated");
-    let established = tcp_frame(GATEWAY_MAC, LB_MAC, client, VIP, ACK, b"");
-    let reply = tcp_frame(mac_of(*nat.dst.ip()), LB_MAC, nat.dst, nat.src, ACK, b"");
+    let connection = lab.handshake(client);
+    let established = connection.from_client(ACK, b"");
+    let reply = connection.from_backend(ACK, b"");
     let not_ours = tcp_frame(GATEWAY_MAC, LB_MAC, client, SocketAddrV4::new(SNAT, 22), SYN, b"");
 
     let fixed = |frame: Vec<u8>| -> Box<dyn Fn(usize) -> Vec<u8>> { Box::new(move |_| frame.clone()) };

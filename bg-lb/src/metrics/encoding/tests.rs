@@ -37,6 +37,7 @@ fn snapshot() -> Snapshot {
     let busy = BackendStatus {
         weight: 50,
         open_flows: 3,
+        embryonic_flows: 4,
         new_flows: 7,
         handshakes: 6,
         refused: 1,
@@ -261,6 +262,7 @@ fn backend_series_carry_service_pool_and_backend() {
     let rows = [
         ("bglb_backend_weight", "", 50),
         ("bglb_backend_open_flows", "", 3),
+        ("bglb_backend_embryonic_flows", "", 4),
         ("bglb_backend_new_flows_total", "", 7),
         ("bglb_backend_connection_events_total", r#",event="handshake""#, 6),
         ("bglb_backend_connection_events_total", r#",event="refused""#, 1),
@@ -335,6 +337,9 @@ fn every_data_plane_counter_is_a_reason_with_its_verdict() {
     assert_eq!(verdict(Counter::Passed), "pass");
     assert_eq!(verdict(Counter::Refused), "reset");
     assert_eq!(verdict(Counter::TooBigAnswered), "icmp");
+    assert_eq!(verdict(Counter::SnatPortsExhausted), "reset", "refused with a RST");
+    assert_eq!(verdict(Counter::Fragmented), "drop", "malformed frames to a VIP");
+    assert_eq!(verdict(Counter::RstOutOfWindow), "forward");
 }
 
 #[test]

@@ -1,0 +1,242 @@
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use bg_lb_common::flow_state::{ESTABLISHED, FIN_FROM_BACKEND, FIN_FROM_CLIENT, RESET, SYN_ACK_SEEN, SYN_SEEN};
+
+use super::*;
+
+const S: u64 = 1_000_000_000;
+const T: FlowTimeouts = FlowTimeouts {
+    established_idle: Duration::from_secs(3600),
+    closing: Duration::from_secs(10),
+    syn: Duration::from_secs(10),
+};
+/// The service every judged flow belongs to unless told otherwise.
+const SERVICE: u32 = 0;
+const BACKEND_ID: u32 = 3;
+const GENERATION: u32 = 7;
+
+fn flow(state: u32, last_seen_s: u64) -> Flow {
+    Flow {
+        state,
+        last_seen_ns: last_seen_s * S,
+        ..Default::default()
+    }
+}
+
+fn backend() -> Backend {
+    Backend::new(
+        SERVICE,
+        GENERATION,
+        SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 10), 8080),
+        0,
+        false,
+    )
+}
+
+fn key(port: u16) -> FlowKey {
+    FlowKey::from_client(
+        SocketAddrV4::new(Ipv4Addr::new(192, 168, 1, 5), port),
+        SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 100), 80),
+    )
+}
+
+/// A flow last seen at 100 s on [`BACKEND_ID`] (its current generation)
+/// and `snat_port`.
+fn pinned(state: u32, snat_port: u16) -> Flow {
+    Flow {
+        backend_id: BACKEND_ID,
+        backend_gen: GENERATION,
+        service_id: SERVICE,
+        snat_port: snat_port.to_be(),
+        ..flow(state, 100)
+    }
+}
+
+fn nat(snat_port: u16) -> NatKey {
+    NatKey::new(&backend(), snat_port.to_be())
+}
+
+/// Judges `flows` (each owning its reverse entry unless `reverse` says
+/// otherwise) at 105 s.
+fn sweep(flows: &[(FlowKey, Flow)], reverse: &[(NatKey, FlowKey)]) -> Sweep {
+    judge(
+        flows.iter().copied(),
+        reverse.iter().copied(),
+        &HashMap::from([(BACKEND_ID, backend())]),
+        &HashSet::from([SERVICE]),
+        105 * S,
+        &T,
+    )
+}
+
+fn removals(sweep: &Sweep) -> Vec<(FlowKey, Option<NatKey>, Removal)> {
+    sweep.flows.iter().map(|r| (r.key, r.reverse, r.why)).collect()
+}
+
+#[test]
+fn closed_flows_linger_for_the_closing_timeout() {
+    let closed = flow(SYN_SEEN | ESTABLISHED | FIN_FROM_CLIENT | FIN_FROM_BACKEND, 100);
+    assert_eq!(expiry(&closed, 109 * S, &T), None);
+    assert_eq!(expiry(&closed, 110 * S, &T), Some(Expiry::Closed));
+    assert_eq!(expiry(&flow(SYN_SEEN | RESET, 100), 110 * S, &T), Some(Expiry::Closed));
+}
+
+#[test]
+fn established_flows_live_until_idle_for_an_hour() {
+    let f = flow(SYN_SEEN | SYN_ACK_SEEN | ESTABLISHED, 100);
+    assert_eq!(expiry(&f, (100 + 3599) * S, &T), None);
+    assert_eq!(expiry(&f, (100 + 3600) * S, &T), Some(Expiry::Idle));
+}
+
+#[test]
+fn embryonic_flows_expire_after_the_syn_timeout_whatever_the_backend_answered() {
+    for state in [
+        SYN_SEEN,
+        SYN_SEEN | SYN_ACK_SEEN,
+        SYN_SEEN | SYN_ACK_SEEN | FIN_FROM_CLIENT,
+    ] {
+        assert_eq!(expiry(&flow(state, 100), 109 * S, &T), None, "{state:#x}");
+        assert_eq!(
+            expiry(&flow(state, 100), 110 * S, &T),
+            Some(Expiry::HandshakeTimedOut),
+            "{state:#x}"
+        );
+    }
+}
+
+#[test]
+fn half_closed_flows_are_still_open_and_idle_out_as_established() {
+    let half_closed = flow(SYN_SEEN | SYN_ACK_SEEN | ESTABLISHED | FIN_FROM_CLIENT, 100);
+    assert!(phase(half_closed.state).is_open());
+    assert_eq!(expiry(&half_closed, 130 * S, &T), None);
+    assert_eq!(expiry(&half_closed, (100 + 3600) * S, &T), Some(Expiry::Idle));
+}
+
+#[test]
+fn a_clock_behind_the_flow_never_expires_it() {
+    assert_eq!(expiry(&flow(SYN_SEEN, 100), 50 * S, &T), None);
+}
+
+#[test]
+fn the_census_counts_open_and_embryonic_flows_apart() {
+    let established = SYN_SEEN | SYN_ACK_SEEN | ESTABLISHED;
+    let flows = [
+        (key(1), pinned(established, 20000)),
+        (key(2), pinned(established | FIN_FROM_BACKEND, 20001)),
+        (key(3), pinned(SYN_SEEN, 20002)),
+        (key(4), pinned(SYN_SEEN | SYN_ACK_SEEN, 20003)),
+        (key(5), pinned(established | RESET, 20004)),
+    ];
+    let reverse: Vec<_> = flows
+        .iter()
+        .map(|(k, f)| (nat(u16::from_be(f.snat_port)), *k))
+        .collect();
+    let census = sweep(&flows, &reverse).census;
+    assert_eq!(
+        (
+            census.open_of(BACKEND_ID),
+            census.embryonic_of(BACKEND_ID),
+            census.total_of(BACKEND_ID)
+        ),
+        (2, 2, 5),
+        "a closed flow is neither, but still names its backend"
+    );
+    assert_eq!(census.total_of_service(SERVICE), 5);
+    assert_eq!((census.expired, census.orphans), (0, 0));
+}
+
+#[test]
+fn expired_flows_are_removed_with_their_reverse_entry() {
+    let closed = pinned(SYN_SEEN | RESET, 20001);
+    let flows = [
+        (key(1), pinned(SYN_SEEN | SYN_ACK_SEEN | ESTABLISHED, 20000)),
+        (key(2), closed),
+    ];
+    let judged = judge(
+        flows,
+        [(nat(20000), key(1)), (nat(20001), key(2))],
+        &HashMap::from([(BACKEND_ID, backend())]),
+        &HashSet::from([SERVICE]),
+        110 * S,
+        &T,
+    );
+    assert_eq!(
+        judged.flows,
+        [FlowRemoval {
+            key: key(2),
+            flow: closed,
+            reverse: Some(nat(20001)),
+            why: Removal::Expired(Expiry::Closed),
+        }]
+    );
+    assert!(judged.orphan_reverse.is_empty());
+    assert_eq!((judged.census.total_of(BACKEND_ID), judged.census.expired), (1, 1));
+}
+
+#[test]
+fn a_reverse_entry_whose_flow_was_evicted_is_an_orphan() {
+    let kept = (key(1), pinned(SYN_SEEN | SYN_ACK_SEEN | ESTABLISHED, 20000));
+    let judged = sweep(&[kept], &[(nat(20000), key(1)), (nat(20001), key(2))]);
+    assert_eq!(judged.orphan_reverse, [(nat(20001), key(2))]);
+    assert!(judged.flows.is_empty());
+    assert_eq!(judged.census.orphans, 1);
+}
+
+#[test]
+fn a_flow_whose_reverse_entry_is_gone_or_names_another_flow_is_an_orphan() {
+    let established = SYN_SEEN | SYN_ACK_SEEN | ESTABLISHED;
+    let lost = (key(1), pinned(established, 20000));
+    let taken = (key(2), pinned(established, 20001));
+    let owner = (key(3), pinned(established, 20001));
+    let judged = sweep(&[lost, taken, owner], &[(nat(20001), key(3))]);
+    assert_eq!(
+        removals(&judged),
+        [(key(1), None, Removal::NatLost), (key(2), None, Removal::NatLost),],
+        "neither touches the reverse entry of the flow that owns the port"
+    );
+    assert!(judged.orphan_reverse.is_empty());
+    assert_eq!(judged.census.open_of(BACKEND_ID), 1);
+}
+
+#[test]
+fn flows_of_a_removed_service_end_with_their_reverse_entries() {
+    let mut gone = pinned(SYN_SEEN | SYN_ACK_SEEN | ESTABLISHED, 20000);
+    gone.service_id = 5;
+    let judged = sweep(&[(key(1), gone)], &[(nat(20000), key(1))]);
+    assert_eq!(removals(&judged), [(key(1), Some(nat(20000)), Removal::ServiceGone)]);
+    assert!(judged.orphan_reverse.is_empty(), "taken along with the flow");
+    assert_eq!(judged.census.total_of_service(5), 0);
+}
+
+#[test]
+fn a_flow_whose_backend_id_names_another_backend_now_is_an_orphan_and_so_is_its_reverse_entry() {
+    let mut older = pinned(SYN_SEEN | SYN_ACK_SEEN | ESTABLISHED, 20000);
+    older.backend_gen = GENERATION - 1;
+    // Its reverse entry names the backend it was pinned to, not the id's
+    // current one.
+    let old_backend = Backend::new(
+        SERVICE,
+        GENERATION - 1,
+        SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 99), 80),
+        0,
+        false,
+    );
+    let old_nat = NatKey::new(&old_backend, 20000u16.to_be());
+    let judged = sweep(&[(key(1), older)], &[(old_nat, key(1))]);
+    assert_eq!(removals(&judged), [(key(1), None, Removal::BackendGone)]);
+    assert_eq!(judged.orphan_reverse, [(old_nat, key(1))]);
+}
+
+#[test]
+fn ownership_is_rechecked_against_the_current_flow_and_backend() {
+    let flow = pinned(SYN_SEEN, 20000);
+    assert!(owns(Some(&flow), Some(&backend()), &nat(20000)));
+    assert!(!owns(None, Some(&backend()), &nat(20000)), "the flow is gone");
+    assert!(!owns(Some(&flow), Some(&backend()), &nat(20001)), "another port");
+    assert!(!owns(Some(&flow), Some(&Backend::default()), &nat(20000)), "a free id");
+    let reused = Backend {
+        generation: GENERATION + 1,
+        ..backend()
+    };
+    assert!(!owns(Some(&flow), Some(&reused), &nat(20000)), "the id's next backend");
+}

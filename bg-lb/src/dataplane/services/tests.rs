@@ -1,0 +1,273 @@
+use std::{collections::BTreeMap, net::Ipv4Addr};
+
+use super::*;
+
+const VIP: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 100), 80);
+const STANDBY_VIP: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 100), 8080);
+const LUT_SIZE: u32 = 7;
+
+fn backend(last_octet: u8) -> SocketAddrV4 {
+    SocketAddrV4::new(Ipv4Addr::new(10, 0, 1, last_octet), 8080)
+}
+
+fn spec(vip: SocketAddrV4, backends: &[u8]) -> ServiceSpec {
+    ServiceSpec {
+        vip,
+        lut_size: LUT_SIZE,
+        ratio: Ratio::new(100).unwrap(),
+        backends: backends
+            .iter()
+            .map(|&b| BackendSpec {
+                addr: backend(b),
+                pool: Pool::Blue,
+                weight: 100,
+                reset_flows: false,
+            })
+            .collect(),
+    }
+}
+
+/// SERVICES and BACKENDS as the kernel would hold them after the writes.
+#[derive(Default)]
+struct Maps {
+    services: HashMap<ServiceKey, Service>,
+    backends: BTreeMap<u32, Backend>,
+}
+
+impl Maps {
+    fn apply(&mut self, services: &mut Services, spec: &ServiceSpec) -> ServiceUpdate {
+        let update = services.update(spec).unwrap();
+        self.backends.extend(update.backends.iter().copied());
+        self.services.insert(update.key, update.service);
+        services.swapped(&update);
+        update
+    }
+}
+
+#[test]
+fn id_pool_reuses_the_lowest_released_id() {
+    let mut pool = IdPool::new(3);
+    assert_eq!(
+        (pool.allocate(), pool.allocate(), pool.allocate(), pool.allocate()),
+        (Some(0), Some(1), Some(2), None)
+    );
+    pool.release(1);
+    assert_eq!(pool.allocate(), Some(1));
+}
+
+#[test]
+fn adopted_ids_are_not_handed_out_again() {
+    let mut pool = IdPool::new(4);
+    pool.mark_used(0);
+    pool.mark_used(2);
+    assert_eq!(
+        (pool.allocate(), pool.allocate(), pool.allocate()),
+        (Some(1), Some(3), None)
+    );
+}
+
+#[test]
+fn an_update_writes_every_backend_and_names_the_spare_buffer() {
+    let mut services = Services::new(100);
+    let update = services.update(&spec(VIP, &[1, 2])).unwrap();
+    assert_eq!(
+        update.backends,
+        [
+            (0, Backend::new(0, 1, backend(1), Pool::Blue.wire(), false)),
+            (1, Backend::new(0, 2, backend(2), Pool::Blue.wire(), false)),
+        ]
+    );
+    assert_eq!(update.key, ServiceKey::new(VIP));
+    assert_eq!(
+        (
+            update.service.lut_base,
+            update.service.lut_spare_base,
+            update.service.lut_size
+        ),
+        (0, LUT_SIZE, LUT_SIZE)
+    );
+    assert_eq!(update.table.len(), LUT_SIZE as usize);
+    assert!(update.table.iter().all(|id| [0, 1].contains(id)), "{:?}", update.table);
+}
+
+#[test]
+fn applying_a_spec_twice_alternates_the_table_base() {
+    let mut services = Services::new(100);
+    let mut maps = Maps::default();
+    let bases: Vec<u32> = (0..3)
+        .map(|_| maps.apply(&mut services, &spec(VIP, &[1])).service.lut_base)
+        .collect();
+    assert_eq!(bases, [0, LUT_SIZE, 0]);
+}
+
+#[test]
+fn a_table_never_swapped_in_leaves_the_active_buffer_alone() {
+    let mut services = Services::new(100);
+    let mut maps = Maps::default();
+    maps.apply(&mut services, &spec(VIP, &[1]));
+    // Computed but not written (say the kernel refused): packets still
+    // read buffer 0, so the retry writes buffer 1 again.
+    let lost = services.update(&spec(VIP, &[1, 2])).unwrap();
+    let retry = services.update(&spec(VIP, &[1, 2])).unwrap();
+    assert_eq!((lost.service.lut_base, retry.service.lut_base), (LUT_SIZE, LUT_SIZE));
+}
+
+#[test]
+fn a_removed_backend_keeps_its_id_until_no_flow_names_it() {
+    let mut services = Services::new(100);
+    let mut maps = Maps::default();
+    maps.apply(&mut services, &spec(VIP, &[1, 2]));
+    let removed = services.backend_id(&VIP, &backend(2)).unwrap();
+    let update = maps.apply(&mut services, &spec(VIP, &[1]));
+    assert!(!update.table.contains(&removed), "it leaves the table at once");
+    assert_eq!(
+        services.backend_id(&VIP, &backend(2)),
+        Some(removed),
+        "but keeps its id"
+    );
+
+    let live = HashMap::from([(VIP, HashSet::from([backend(1)]))]);
+    assert_eq!(
+        services.reap(&live, |_| 1, |_| 1),
+        [] as [u32; 0],
+        "a flow still names it"
+    );
+    assert_eq!(services.reap(&live, |_| 0, |_| 1), [removed]);
+    assert_eq!(services.backend_id(&VIP, &backend(2)), None);
+    let update = maps.apply(&mut services, &spec(VIP, &[1, 3]));
+    assert_eq!(
+        services.backend_id(&VIP, &backend(3)),
+        Some(removed),
+        "the id is reused"
+    );
+    assert!(
+        update
+            .backends
+            .contains(&(removed, Backend::new(0, 3, backend(3), Pool::Blue.wire(), false))),
+        "in a generation of its own: {:?}",
+        update.backends
+    );
+}
+
+#[test]
+fn backends_of_a_service_missing_from_live_are_not_reaped() {
+    let mut services = Services::new(100);
+    Maps::default().apply(&mut services, &spec(VIP, &[1]));
+    assert_eq!(services.reap(&HashMap::new(), |_| 0, |_| 0), [] as [u32; 0]);
+}
+
+#[test]
+fn removing_a_service_frees_its_table_space_at_once_and_its_ids_once_no_flow_names_them() {
+    let mut services = Services::new(2 * LUT_SIZE);
+    let mut maps = Maps::default();
+    maps.apply(&mut services, &spec(VIP, &[1, 2]));
+    let removal = services.remove(&VIP).unwrap();
+    assert_eq!(removal.key, ServiceKey::new(VIP));
+    assert!(removal.release_address, "no other service is on its address");
+    let mut cleared = removal.backend_ids;
+    cleared.sort();
+    assert_eq!(cleared, [0, 1]);
+    assert!(services.remove(&VIP).is_none());
+    assert!(services.vips().is_empty() && services.service_ids().is_empty());
+
+    let update = services.update(&spec(STANDBY_VIP, &[3])).unwrap();
+    assert_eq!(
+        (update.service.id, update.backends[0].0, update.service.lut_base),
+        (1, 2, 0),
+        "retired ids are not handed out while flows may name them"
+    );
+    services.swapped(&update);
+    let flows_of = |id| u64::from(id == 0);
+    assert_eq!(services.reap(&HashMap::new(), flows_of, flows_of), [] as [u32; 0]);
+    services.remove(&STANDBY_VIP);
+    services.reap(&HashMap::new(), flows_of, flows_of);
+    let next = services.update(&spec(VIP, &[4, 5])).unwrap();
+    assert_eq!(
+        (next.service.id, next.backends[0].0, next.backends[1].0),
+        (1, 1, 2),
+        "ids without flows are free again; id 0 still has one"
+    );
+}
+
+#[test]
+fn a_vip_address_is_released_with_the_last_service_on_it() {
+    let mut services = Services::new(100);
+    Maps::default().apply(&mut services, &spec(VIP, &[1]));
+    Maps::default().apply(&mut services, &spec(STANDBY_VIP, &[1]));
+    assert_eq!(services.vip_addresses(), HashSet::from([*VIP.ip()]));
+    assert!(
+        !services.remove(&VIP).unwrap().release_address,
+        "the standby VIP shares it"
+    );
+    assert!(services.remove(&STANDBY_VIP).unwrap().release_address);
+    assert!(services.vip_addresses().is_empty());
+}
+
+#[test]
+fn the_table_size_of_a_running_service_cannot_change() {
+    let mut services = Services::new(100);
+    Maps::default().apply(&mut services, &spec(VIP, &[1]));
+    let bigger = ServiceSpec {
+        lut_size: 11,
+        ..spec(VIP, &[1])
+    };
+    assert!(matches!(
+        services.update(&bigger),
+        Err(ServicesError::TableSizeChanged { size: 7, new: 11, .. })
+    ));
+}
+
+#[test]
+fn adopting_maps_rebuilds_ids() {
+    let mut before = Services::new(100);
+    let mut maps = Maps::default();
+    maps.apply(&mut before, &spec(VIP, &[1, 2]));
+    maps.apply(&mut before, &spec(STANDBY_VIP, &[1, 2]));
+    maps.apply(&mut before, &spec(VIP, &[1, 2])); // VIP's table now in its second buffer
+    let orphan = Backend::new(99, 40, backend(9), Pool::Green.wire(), false);
+    maps.backends.insert(7, orphan);
+    // A flow of a service removed before the restart still names ids 9 and 8.
+    let leftover = Flow {
+        service_id: 9,
+        backend_id: 8,
+        backend_gen: 50,
+        ..Flow::default()
+    };
+
+    let (mut after, orphans) = Services::adopt(100, maps.services.clone(), maps.backends.clone(), [&leftover]).unwrap();
+    assert_eq!(orphans, [7], "its service is gone");
+    let mut vips = after.vips();
+    vips.sort();
+    assert_eq!(vips, [VIP, STANDBY_VIP]);
+    for vip in [VIP, STANDBY_VIP] {
+        assert_eq!(after.service_id(&vip), before.service_id(&vip));
+        for b in [1, 2] {
+            assert_eq!(
+                after.backend_id(&vip, &backend(b)),
+                before.backend_id(&vip, &backend(b))
+            );
+        }
+    }
+    let next = after.update(&spec(VIP, &[1, 2])).unwrap();
+    assert_eq!(
+        next.service.lut_base, 0,
+        "the next table goes to the buffer packets do not read"
+    );
+    let new_backend = after.update(&spec(VIP, &[1, 2, 3])).unwrap();
+    assert_eq!(
+        new_backend.backends[2],
+        (4, Backend::new(0, 51, backend(3), Pool::Blue.wire(), false)),
+        "adopted ids 0..4 are not handed out again, nor generations up to the flows' highest"
+    );
+    assert!(!after.service_ids().contains(&9) && after.service_ids().len() == 2);
+    let new_service = ServiceSpec {
+        vip: SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 101), 80),
+        ..spec(VIP, &[])
+    };
+    let placed = after.update(&new_service).unwrap().service;
+    assert_eq!(
+        (placed.id, placed.lut_base),
+        (2, 4 * LUT_SIZE),
+        "ids and regions in use are skipped"
+    );
+}
