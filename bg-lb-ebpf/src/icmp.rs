@@ -148,7 +148,10 @@ fn origin_of(emitted: &Tuple, cfg: &DataplaneConfig) -> Option<Origin> {
         let client = (unsafe { REVERSE_NAT.get(nat) }).copied()?;
         let flow = flow_entry(&client)?;
         let backend = BACKENDS.get(flow.backend_id)?;
-        if flow.snat_port != nat.snat_port || NatKey::new(backend, flow.snat_port) != nat {
+        if backend.generation != flow.backend_gen
+            || flow.snat_port != nat.snat_port
+            || NatKey::new(backend, flow.snat_port) != nat
+        {
             return None;
         }
         return Some(Origin {
@@ -172,6 +175,9 @@ fn origin_of(emitted: &Tuple, cfg: &DataplaneConfig) -> Option<Origin> {
     let flow = flow_entry(&client)?;
     let snat_port = flow.snat_port;
     let backend = BACKENDS.get(flow.backend_id)?;
+    if backend.generation != flow.backend_gen {
+        return None;
+    }
     // SAFETY: copied at once, as in `to_client`.
     let owner = (unsafe { REVERSE_NAT.get(NatKey::new(backend, snat_port)) }).copied()?;
     if owner != client {

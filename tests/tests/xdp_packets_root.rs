@@ -539,19 +539,9 @@ fn rows() -> Vec<Row> {
             0,
         )
         .setup(|lab| lab.limit_path_mtu(*client(40041).ip(), 1280))
-        .frame_from(|lab| {
-            let (_, syn) = lab.send_from_client(client(40041), SYN);
-            let to_backend = parse_checked(&syn);
-            let backend_mac = mac_of(*to_backend.dst.ip());
-            tcp_frame(
-                backend_mac,
-                LB_MAC,
-                to_backend.dst,
-                to_backend.src,
-                PSH_ACK,
-                &[b'y'; 1400],
-            )
-        })
+        // The reply path forwards only what an established connection's
+        // backend can have sent.
+        .frame_from(|lab| lab.handshake(client(40041)).from_backend(PSH_ACK, &[b'y'; 1400]))
         .expect(XDP_TX, Out::FragNeeded { mtu: 1280 })
         .counts(&[Counter::TooBigAnswered]),
         Row::new("oversized_segment_without_df_is_dropped_and_counted", client(40042), 0)
