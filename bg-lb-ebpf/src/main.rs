@@ -64,9 +64,6 @@ pub fn bg_lb(ctx: XdpContext) -> u32 {
         return to_backend::to_backend(&ctx, pkt, &service, &cfg);
     }
     if is_snat_reply(&pkt, &cfg) {
-        if !decrement_ttl(&mut pkt) {
-            return ttl_expired();
-        }
         return to_client::to_client(&ctx, &mut pkt);
     }
     count(Counter::Passed);
@@ -82,7 +79,7 @@ fn is_snat_reply(pkt: &TcpPacket<'_>, cfg: &DataplaneConfig) -> bool {
 
 /// Left to the kernel, which sends the ICMP time exceeded.
 #[inline(always)]
-fn ttl_expired() -> u32 {
+pub fn ttl_expired() -> u32 {
     count(Counter::TtlExpired);
     XDP_PASS
 }

@@ -63,6 +63,9 @@ fn answer(pkt: &TcpPacket<'_>) -> BareHeaders {
 
 #[inline(always)]
 pub fn reply_rst(ctx: &XdpContext, mut pkt: TcpPacket<'_>) -> u32 {
+    if pkt.to_group_mac() {
+        return XDP_DROP;
+    }
     let answer = answer(&pkt);
     pkt.swap_macs();
     if !pkt.replace_with(ctx, &answer) {

@@ -10,8 +10,9 @@ use bg_lb_common::{
 use crate::{
     forward::forward,
     maps::{REVERSE_NAT, Way, account, account_signal, count, flow_entry},
-    nat::{Endpoints, rewrite},
+    nat::{Endpoints, decrement_ttl, rewrite},
     packet::TcpPacket,
+    ttl_expired,
 };
 
 #[inline(always)]
@@ -28,6 +29,10 @@ pub fn to_client(ctx: &XdpContext, pkt: &mut TcpPacket<'_>) -> u32 {
         count(Counter::ReplyWithoutFlow);
         return XDP_PASS;
     };
+    // Only now: a frame passed to the kernel must be the frame that came.
+    if !decrement_ttl(pkt) {
+        return ttl_expired();
+    }
     if let Some(flow) = flow_entry(&client) {
         account_signal(flow, flow_state::backend_signal(flow.state, pkt.flags()));
         flow.state = flow_state::advance(flow.state, pkt.flags(), Direction::FromBackend);

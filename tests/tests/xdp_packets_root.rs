@@ -264,6 +264,17 @@ fn rows() -> Vec<Row> {
         )
         .counts(&[Counter::Refused])
         .flow(FlowAfter::Absent),
+        // Found by the fuzz test: the RST came from the broadcast MAC.
+        Row::new(
+            "syn_refused_in_a_broadcast_frame_is_dropped_not_answered_from_a_group_mac",
+            client(40013),
+            SYN,
+        )
+        .frame(tcp_frame(GATEWAY_MAC, [0xff; 6], client(40013), VIP, SYN, b""))
+        .setup(no_backend_takes_flows)
+        .expect(XDP_DROP, Out::Dropped)
+        .counts(&[Counter::Refused])
+        .flow(FlowAfter::Absent),
         Row::new(
             "stray_segment_that_no_backend_can_take_is_dropped_not_answered",
             client(40012),
@@ -327,6 +338,21 @@ fn rows() -> Vec<Row> {
             b"",
         ))
         .counts(&[Counter::Passed]),
+        // Found by the fuzz test: the TTL was decremented before the lookup.
+        Row::new(
+            "backend_segment_to_a_snat_port_no_flow_owns_passes_unchanged",
+            BLUE[0],
+            ACK,
+        )
+        .frame(tcp_frame(
+            mac_of(*BLUE[0].ip()),
+            LB_MAC,
+            BLUE[0],
+            SocketAddrV4::new(SNAT, SNAT_PORTS.0),
+            ACK,
+            b"",
+        ))
+        .counts(&[Counter::ReplyWithoutFlow]),
         // Malformed frames to the VIP: passed, counted, no flow.
         Row::new("truncated_vip_frame_passes_unchanged_and_is_counted", malformed, SYN)
             .frame(syn[..syn.len() - 6].to_vec())
@@ -394,6 +420,7 @@ row_tests!(
     payload_survives_nat_byte_for_byte,
     mid_stream_packet_without_flow_is_forwarded_by_table_without_state,
     syn_that_no_backend_can_take_is_refused_at_once_with_a_rst_from_the_vip,
+    syn_refused_in_a_broadcast_frame_is_dropped_not_answered_from_a_group_mac,
     stray_segment_that_no_backend_can_take_is_dropped_not_answered,
     unresolved_next_hop_drops_and_counts,
     nothing_is_rewritten_until_userspace_marks_the_config_ready,
@@ -402,6 +429,7 @@ row_tests!(
     udp_to_the_vip_passes_unchanged,
     arp_passes_unchanged,
     frame_to_the_snat_address_outside_the_port_range_passes_unchanged,
+    backend_segment_to_a_snat_port_no_flow_owns_passes_unchanged,
     truncated_vip_frame_passes_unchanged_and_is_counted,
     fragment_to_the_vip_passes_unchanged_and_is_counted,
     vip_frame_with_ip_options_passes_unchanged_and_is_counted,
