@@ -16,6 +16,9 @@
 //! - [`packet_lab`]: the XDP program under BPF_PROG_TEST_RUN with one
 //!   service, for the packet tests and the micro benchmark; the one place
 //!   they call bg-lb's data-plane API.
+//! - [`fuzz`]: the fuzz test's traffic (sessions, mutations, garbage) and
+//!   its oracle, which judges every verdict and output by the program's maps.
+//! - [`rng`]: a small seeded random number generator.
 //! - [`topology`]: named namespaces and the one-arm client/LB/backends segment.
 //! - [`servers`]: a stoppable TCP accept loop, servers that answer with
 //!   their name, and their client.
@@ -25,6 +28,7 @@ pub mod bench;
 pub mod cmd;
 pub mod daemon;
 pub mod deploy;
+pub mod fuzz;
 pub mod http;
 pub mod lab;
 pub mod load;
@@ -32,6 +36,7 @@ pub mod netns;
 pub mod packet_lab;
 pub mod packets;
 pub mod release;
+pub mod rng;
 pub mod servers;
 pub mod topology;
 

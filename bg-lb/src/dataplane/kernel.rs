@@ -206,6 +206,23 @@ impl Kernel {
         collect(flows.iter(), maps::FLOWS)
     }
 
+    /// The flow table's entry for `key`, if any.
+    pub(super) fn flow(&self, key: &FlowKey) -> Result<Option<Flow>, DataplaneError> {
+        let flows: HashMap<_, FlowKey, Flow> = self.map(maps::FLOWS)?;
+        found(flows.get(key, 0), maps::FLOWS)
+    }
+
+    /// The client flow the reverse-NAT entry `nat` names, if any.
+    pub(super) fn reverse_nat(&self, nat: &NatKey) -> Result<Option<FlowKey>, DataplaneError> {
+        let reverse: HashMap<_, NatKey, FlowKey> = self.map(maps::REVERSE_NAT)?;
+        found(reverse.get(nat, 0), maps::REVERSE_NAT)
+    }
+
+    pub(super) fn reverse_nats(&self) -> Result<Vec<(NatKey, FlowKey)>, DataplaneError> {
+        let reverse: HashMap<_, NatKey, FlowKey> = self.map(maps::REVERSE_NAT)?;
+        collect(reverse.iter(), maps::REVERSE_NAT)
+    }
+
     /// Removes a flow and its reverse-NAT entry (housekeeping), unless they
     /// changed since the sweep judged them: a client may have reused the
     /// 5-tuple for a new connection, or another flow claimed the SNAT port.
@@ -281,6 +298,14 @@ impl Kernel {
 fn ignore_missing(result: Result<(), MapError>, name: &'static str) -> Result<(), DataplaneError> {
     match result {
         Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+        Err(e) => Err(map_err(name)(e)),
+    }
+}
+
+fn found<V>(result: Result<V, MapError>, name: &'static str) -> Result<Option<V>, DataplaneError> {
+    match result {
+        Ok(value) => Ok(Some(value)),
+        Err(MapError::KeyNotFound) => Ok(None),
         Err(e) => Err(map_err(name)(e)),
     }
 }
