@@ -19,6 +19,8 @@
 //! - [`fuzz`]: the fuzz test's traffic (sessions, mutations, garbage) and
 //!   its oracle, which judges every verdict and output by the program's maps.
 //! - [`rng`]: a small seeded random number generator.
+//! - [`flood`]: a spoofed SYN flood (AF_PACKET) and a paced prober of
+//!   legitimate connections, summarised per phase.
 //! - [`topology`]: named namespaces and the one-arm client/LB/backends segment.
 //! - [`servers`]: a stoppable TCP accept loop, servers that answer with
 //!   their name, and their client.
@@ -28,6 +30,7 @@ pub mod bench;
 pub mod cmd;
 pub mod daemon;
 pub mod deploy;
+pub mod flood;
 pub mod fuzz;
 pub mod http;
 pub mod lab;

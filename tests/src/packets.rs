@@ -9,7 +9,8 @@ use etherparse::{
 pub const SYN: u8 = 0x02;
 pub const ACK: u8 = 0x10;
 pub const SYN_ACK: u8 = SYN | ACK;
-pub const FIN_ACK: u8 = 0x11;
+pub const FIN: u8 = 0x01;
+pub const FIN_ACK: u8 = FIN | ACK;
 pub const RST: u8 = 0x04;
 pub const PSH_ACK: u8 = 0x18;
 

@@ -15,7 +15,7 @@ pub struct Options {
     #[arg(long)]
     quick: bool,
     /// More arguments for bg-lb-bench after `--`, e.g. `--only bg-lb,haproxy`,
-    /// `--rounds 7`, `--seconds 20`, `--skip-micro`.
+    /// `--workloads syn-flood`, `--rounds 7`, `--seconds 20`, `--skip-micro`.
     #[arg(last = true)]
     bench_args: Vec<String>,
 }

@@ -11,7 +11,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 
 use crate::{
     packet_lab::{BLUE, GATEWAY_MAC, GREEN, LB_MAC, SNAT, VIP, mac_of},
-    packets::{ACK, ETH_LEN, FIN_ACK, PSH_ACK, RST, SYN, SYN_ACK, Segment, fix_checksums, internet_checksum},
+    packets::{ACK, ETH_LEN, FIN, FIN_ACK, PSH_ACK, RST, SYN, SYN_ACK, Segment, fix_checksums, internet_checksum},
     rng::Rng,
 };
 
@@ -314,13 +314,7 @@ impl Traffic {
                     _ if rng.chance(50) => RST,
                     _ => RST | ACK,
                 };
-                let mut seg = Segment::new(
-                    mac_of(*backend.ip()),
-                    LB_MAC,
-                    backend,
-                    SocketAddrV4::new(SNAT, port),
-                    flags,
-                );
+                let mut seg = from_backend(backend, port, flags);
                 if kind == Kind::BackendSynAck {
                     s.backend_next = rng.next_u32();
                     tcp_options = rng.pick(&TCP_OPTION_SETS);
@@ -331,7 +325,7 @@ impl Traffic {
                 };
                 seg.ack = if flags & ACK != 0 { s.backend_ack } else { 0 };
                 seg.payload = payload;
-                let consumed = payload_len as u32 + (flags & (SYN | 0x01) != 0) as u32;
+                let consumed = payload_len as u32 + (flags & SYN != 0) as u32 + (flags & FIN != 0) as u32;
                 s.backend_next = s.backend_next.wrapping_add(consumed);
                 seg
             }
@@ -339,13 +333,7 @@ impl Traffic {
                 let backend = rng.pick(&[BLUE[0], BLUE[1], GREEN[0], GREEN[1]]);
                 let port = self.snat_ports.0 + rng.below((self.snat_ports.1 - self.snat_ports.0) as u32 + 1) as u16;
                 let flags = rng.pick(&[SYN_ACK, ACK, PSH_ACK, FIN_ACK, RST]);
-                let mut seg = Segment::new(
-                    mac_of(*backend.ip()),
-                    LB_MAC,
-                    backend,
-                    SocketAddrV4::new(SNAT, port),
-                    flags,
-                );
+                let mut seg = from_backend(backend, port, flags);
                 seg.seq = rng.next_u32();
                 seg.ack = rng.next_u32();
                 seg
@@ -531,7 +519,7 @@ impl Traffic {
             0 => Mutation::TcpFlags(if rng.chance(50) {
                 rng.next_u32() as u8
             } else {
-                rng.pick(&[SYN | RST, SYN | 0x01, SYN | RST | ACK, 0, 0xff, 0x01, 0x20, SYN | 0xc0])
+                rng.pick(&[SYN | RST, SYN | FIN, SYN | RST | ACK, 0, 0xff, FIN, 0x20, SYN | 0xc0])
             }),
             1 => Mutation::IpTotalLength(rng.pick(&[
                 0,
@@ -577,6 +565,17 @@ pub enum Learned {
     ToBackend { side: (SocketAddrV4, u16), next_seq: u32 },
     ToClient { next_seq: u32 },
     Refused,
+}
+
+/// A backend's segment to SNAT port `port`, as it arrives at the LB.
+fn from_backend(backend: SocketAddrV4, port: u16, flags: u8) -> Segment<'static> {
+    Segment::new(
+        mac_of(*backend.ip()),
+        LB_MAC,
+        backend,
+        SocketAddrV4::new(SNAT, port),
+        flags,
+    )
 }
 
 fn fresh_session(rng: &mut Rng) -> Session {
