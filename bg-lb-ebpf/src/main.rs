@@ -65,7 +65,7 @@ pub fn bg_lb(ctx: XdpContext) -> u32 {
         return to_backend::to_backend(&ctx, pkt, &service, &cfg);
     }
     if is_snat_port(&cfg, pkt.dst_addr(), pkt.dst_port()) {
-        if let Err(verdict) = sane_and_routed(&mut pkt) {
+        if let Err(verdict) = sane(&pkt) {
             return verdict;
         }
         return to_client::to_client(&ctx, &mut pkt);
@@ -115,16 +115,26 @@ fn judge_malformed(frame: &Malformed, cfg: &DataplaneConfig) -> u32 {
     }
 }
 
-/// Drops what no TCP stack sends (SYN with FIN or RST) and what has run out
-/// of hops; decrements the TTL of the rest, as a router would.
+/// [`sane`], then the TTL decremented, as a router would.
 #[inline(always)]
 fn sane_and_routed(pkt: &mut TcpPacket<'_>) -> Result<(), u32> {
+    sane(pkt)?;
+    if !decrement_ttl(pkt) {
+        return Err(ttl_expired());
+    }
+    Ok(())
+}
+
+/// Drops what no TCP stack sends (SYN with FIN or RST) and what has run out
+/// of hops, leaving the frame as it came.
+#[inline(always)]
+fn sane(pkt: &TcpPacket<'_>) -> Result<(), u32> {
     if flow_state::has_bad_flags(pkt.flags()) {
         count(Counter::BadTcpFlags);
         return Err(XDP_DROP);
     }
-    if !decrement_ttl(pkt) {
-        return Err(ttl_expired(pkt));
+    if pkt.ttl() <= 1 {
+        return Err(ttl_expired());
     }
     Ok(())
 }
@@ -134,7 +144,7 @@ fn sane_and_routed(pkt: &mut TcpPacket<'_>) -> Result<(), u32> {
 /// so the kernel would deliver it. It is dropped and counted; this is where
 /// a time-exceeded reply would be built.
 #[inline(always)]
-fn ttl_expired(_pkt: &TcpPacket<'_>) -> u32 {
+pub fn ttl_expired() -> u32 {
     count(Counter::TtlExpired);
     XDP_DROP
 }

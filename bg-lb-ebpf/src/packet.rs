@@ -322,6 +322,13 @@ impl TcpPacket<'_> {
         self.eth.dst_addr = dst;
     }
 
+    /// Whether the frame was sent to a group (broadcast or multicast) MAC:
+    /// an answer would come from that address, which no host may use.
+    #[inline(always)]
+    pub fn to_group_mac(&self) -> bool {
+        self.eth.dst_addr[0] & 1 != 0
+    }
+
     /// Addresses the frame back to where it came from, at the Ethernet layer.
     #[inline(always)]
     pub fn swap_macs(&mut self) {

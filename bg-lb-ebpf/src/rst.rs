@@ -64,7 +64,7 @@ fn answer(pkt: &TcpPacket<'_>) -> BareHeaders {
 
 #[inline(always)]
 pub fn reply_rst(ctx: &XdpContext, mut pkt: TcpPacket<'_>) -> u32 {
-    if pkt.flags() & TCP_RST != 0 {
+    if pkt.flags() & TCP_RST != 0 || pkt.to_group_mac() {
         return XDP_DROP;
     }
     let answer = answer(&pkt);

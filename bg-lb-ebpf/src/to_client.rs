@@ -17,8 +17,9 @@ use bg_lb_common::{
 use crate::{
     forward::forward,
     maps::{BACKENDS, REVERSE_NAT, Way, account, account_event, count, flow_entry},
-    nat::{Endpoints, rewrite},
+    nat::{Endpoints, decrement_ttl, rewrite},
     packet::TcpPacket,
+    ttl_expired,
 };
 
 #[inline(always)]
@@ -50,6 +51,10 @@ pub fn to_client(ctx: &XdpContext, pkt: &mut TcpPacket<'_>) -> u32 {
     {
         count(Counter::StaleReply);
         return XDP_DROP;
+    }
+    // Only now: a frame passed to the kernel must be the frame that came.
+    if !decrement_ttl(pkt) {
+        return ttl_expired();
     }
     let event = flow_state::advance(flow, Direction::FromBackend, &seg);
     account_event(flow.backend_id, event);

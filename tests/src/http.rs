@@ -88,3 +88,23 @@ impl Connection {
 pub fn request(to: SocketAddrV4, method: &str, path: &str) -> io::Result<Response> {
     Connection::open(to)?.request(method, path)
 }
+
+/// `GET /` with `Connection: close` on a connected `stream`, the response
+/// read to its end within `timeout`; only a complete 200 counts. The
+/// error names the step that failed.
+pub fn get_and_close(stream: &mut TcpStream, timeout: Duration) -> Result<(), String> {
+    stream.set_read_timeout(Some(timeout)).map_err(|e| e.to_string())?;
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+        .map_err(|e| format!("write: {e}"))?;
+    let mut response = Vec::with_capacity(512);
+    stream.read_to_end(&mut response).map_err(|e| format!("read: {e}"))?;
+    if response.starts_with(b"HTTP/1.1 200") {
+        Ok(())
+    } else {
+        Err(format!(
+            "response {:?}",
+            String::from_utf8_lossy(&response[..response.len().min(40)])
+        ))
+    }
+}

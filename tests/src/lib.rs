@@ -21,6 +21,11 @@
 //! - [`packet_lab`]: the XDP program under BPF_PROG_TEST_RUN with one
 //!   service, for the packet tests and the micro benchmark; the one place
 //!   they call bg-lb's data-plane API.
+//! - [`fuzz`]: the fuzz test's traffic (sessions, mutations, garbage) and
+//!   its oracle, which judges every verdict and output by the program's maps.
+//! - [`rng`]: a small seeded random number generator.
+//! - [`flood`]: a spoofed SYN flood (AF_PACKET) and a paced prober of
+//!   legitimate connections, summarised per phase.
 //! - [`topology`]: named namespaces and the one-arm client/LB/backends segment.
 //! - [`raw`]: hand-made TCP segments from any source (forged RSTs, spoofed
 //!   SYNs) through a raw socket.
@@ -34,6 +39,8 @@ pub mod container;
 pub mod daemon;
 pub mod deploy;
 pub mod expect;
+pub mod flood;
+pub mod fuzz;
 pub mod http;
 pub mod lab;
 pub mod load;
@@ -43,6 +50,7 @@ pub mod packet_lab;
 pub mod packets;
 pub mod raw;
 pub mod release;
+pub mod rng;
 pub mod servers;
 pub mod topology;
 

@@ -32,7 +32,7 @@ use bg_lb::{
 use bg_lb_common::{
     counters::Counter,
     flow_hash::flow_hash,
-    maps::{DEFAULT_LUT_SIZE, DataplaneConfig, Flow, FlowKey, MAX_BACKENDS, TrafficStats},
+    maps::{Backend, DEFAULT_LUT_SIZE, DataplaneConfig, Flow, FlowKey, MAX_BACKENDS, NatKey, TrafficStats},
 };
 
 use crate::{
@@ -193,6 +193,20 @@ impl PacketLab {
         test_run(self.program(), frame)
     }
 
+    /// Runs the program once on `frame`, writing the frame it returns into
+    /// `out` (which must have room for it): (verdict, output length).
+    pub fn run_into(&self, frame: &[u8], out: &mut [u8]) -> (u32, usize) {
+        let result = self
+            .program()
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(out),
+                ..TestRunOptions::new()
+            })
+            .expect("BPF_PROG_TEST_RUN");
+        (result.return_value, result.data_size_out as usize)
+    }
+
     pub fn send_from_client(&self, client: SocketAddrV4, flags: u8) -> (u32, Vec<u8>) {
         self.run(&from_client(client, flags))
     }
@@ -244,14 +258,18 @@ impl PacketLab {
     /// One housekeeping sweep, as the daemon runs it every second (with its
     /// default timeouts, and every backend configured).
     pub fn sweep(&mut self) -> FlowCensus {
-        let timeouts = FlowTimeouts {
+        self.sweep_with(&FlowTimeouts {
             established_idle: Duration::from_secs(3600),
             closing: Duration::from_secs(10),
             syn: Duration::from_secs(10),
-        };
+        })
+    }
+
+    /// One housekeeping sweep with `timeouts`.
+    pub fn sweep_with(&mut self, timeouts: &FlowTimeouts) -> FlowCensus {
         let backends: HashSet<SocketAddrV4> = self.spec.backends.iter().map(|b| b.addr).collect();
         let live = HashMap::from([(VIP, backends)]);
-        self.dataplane.housekeeping(&timeouts, &live).expect("sweep")
+        self.dataplane.housekeeping(timeouts, &live).expect("sweep")
     }
 
     /// Swaps in the table for `blue_percent`.
@@ -345,6 +363,43 @@ impl PacketLab {
             .into_iter()
             .find(|(k, _)| *k == key)
             .map(|(_, f)| f)
+    }
+
+    /// The flow table's entry for `key`: one lookup, for checks that run
+    /// after every frame.
+    pub fn flow_at(&self, key: &FlowKey) -> Option<Flow> {
+        self.dataplane.flow(key).expect("FLOWS")
+    }
+
+    /// The client flow that owns SNAT port `snat_port` (host order) towards
+    /// `backend`, as REVERSE_NAT says.
+    pub fn reverse_nat(&self, backend: SocketAddrV4, snat_port: u16) -> Option<FlowKey> {
+        let key = NatKey::new(&Backend::new(0, 0, backend, 0, false), snat_port.to_be());
+        self.dataplane.reverse_nat(&key).expect("REVERSE_NAT")
+    }
+
+    /// Every entry of the flow table.
+    pub fn flows(&self) -> Vec<(FlowKey, Flow)> {
+        self.dataplane.flows().expect("FLOWS")
+    }
+
+    /// Every entry of the reverse-NAT table.
+    pub fn reverse_nats(&self) -> Vec<(NatKey, FlowKey)> {
+        self.dataplane.reverse_nats().expect("REVERSE_NAT")
+    }
+
+    /// The service's backends by the id their flows name.
+    pub fn backends_by_id(&self) -> Vec<(u32, SocketAddrV4)> {
+        self.spec
+            .backends
+            .iter()
+            .map(|b| {
+                (
+                    self.dataplane.backend_id(&VIP, &b.addr).expect("installed backend"),
+                    b.addr,
+                )
+            })
+            .collect()
     }
 
     /// The traffic counted for `backend`.

@@ -288,6 +288,17 @@ fn rows() -> Vec<Row> {
         )
         .counts(&[Counter::Refused])
         .flow(FlowAfter::Absent),
+        // Found by the fuzz test: the RST came from the broadcast MAC.
+        Row::new(
+            "syn_refused_in_a_broadcast_frame_is_dropped_not_answered_from_a_group_mac",
+            client(40013),
+            SYN,
+        )
+        .frame(tcp_frame(GATEWAY_MAC, [0xff; 6], client(40013), VIP, SYN, b""))
+        .setup(no_backend_takes_flows)
+        .expect(XDP_DROP, Out::Dropped)
+        .counts(&[Counter::Refused])
+        .flow(FlowAfter::Absent),
         Row::new(
             "stray_segment_that_no_backend_can_take_is_dropped_not_answered",
             client(40012),
@@ -337,6 +348,21 @@ fn rows() -> Vec<Row> {
             b"",
         ))
         .counts(&[Counter::Passed]),
+        // Found by the fuzz test: the TTL was decremented before the lookup.
+        Row::new(
+            "backend_segment_to_a_snat_port_no_flow_owns_passes_unchanged",
+            BLUE[0],
+            ACK,
+        )
+        .frame(tcp_frame(
+            mac_of(*BLUE[0].ip()),
+            LB_MAC,
+            BLUE[0],
+            SocketAddrV4::new(SNAT, SNAT_PORTS.0),
+            ACK,
+            b"",
+        ))
+        .counts(&[Counter::ReplyWithoutFlow]),
         // Malformed frames to a VIP or the SNAT range: dropped and counted,
         // never handed to the host the VIP lives on; elsewhere untouched.
         Row::new("truncated_vip_frame_is_dropped_and_counted", malformed, SYN)
@@ -697,6 +723,7 @@ row_tests!(
     payload_survives_nat_byte_for_byte,
     mid_stream_packet_without_flow_is_forwarded_by_table_without_state,
     syn_that_no_backend_can_take_is_refused_at_once_with_a_rst_from_the_vip,
+    syn_refused_in_a_broadcast_frame_is_dropped_not_answered_from_a_group_mac,
     stray_segment_that_no_backend_can_take_is_dropped_not_answered,
     unresolved_next_hop_drops_and_counts,
     nothing_is_rewritten_until_userspace_marks_the_config_ready,
@@ -739,6 +766,7 @@ row_tests!(
     oversized_df_reply_to_a_client_is_answered_with_frag_needed,
     oversized_segment_without_df_is_dropped_and_counted,
     oversized_df_segment_without_a_pinned_flow_is_dropped_and_counted,
+    backend_segment_to_a_snat_port_no_flow_owns_passes_unchanged,
 );
 
 #[test]

@@ -11,11 +11,11 @@ use crate::{setup, test::run_step};
 #[derive(clap::Args)]
 pub struct Options {
     /// Short run (3 rounds of 3 s per workload, fewer micro-benchmark runs):
-    /// under 5 minutes on a 2-core machine.
+    /// about 6 minutes on a 2-core machine.
     #[arg(long)]
     quick: bool,
     /// More arguments for bg-lb-bench after `--`, e.g. `--only bg-lb,haproxy`,
-    /// `--rounds 7`, `--seconds 20`, `--skip-micro`.
+    /// `--workloads syn-flood`, `--rounds 7`, `--seconds 20`, `--skip-micro`.
     #[arg(last = true)]
     bench_args: Vec<String>,
 }

@@ -298,6 +298,7 @@ impl Kernel {
         collect(flows.iter(), maps::FLOWS)
     }
 
+    /// The flow table's entry for `key`, if any.
     pub(super) fn flow(&self, key: &FlowKey) -> Result<Option<Flow>, DataplaneError> {
         let flows: HashMap<_, FlowKey, Flow> = self.map(maps::FLOWS)?;
         found(flows.get(key, 0), maps::FLOWS)

@@ -24,7 +24,7 @@ use aya::{
 use bg_lb_common::{
     counters::Counter,
     flow_state::{FlowPhase, phase},
-    maps::{self, Backend, DataplaneConfig, Flow, FlowKey, TrafficStats},
+    maps::{self, Backend, DataplaneConfig, Flow, FlowKey, NatKey, TrafficStats},
 };
 use housekeeping::FlowCensus;
 pub use housekeeping::FlowTimeouts;
@@ -314,6 +314,21 @@ impl Dataplane {
     /// Every entry of the flow table.
     pub fn flows(&self) -> Result<Vec<(FlowKey, Flow)>, DataplaneError> {
         self.kernel.flows()
+    }
+
+    /// The flow table's entry for `key`, if any.
+    pub fn flow(&self, key: &FlowKey) -> Result<Option<Flow>, DataplaneError> {
+        self.kernel.flow(key)
+    }
+
+    /// The client flow that owns the reverse-NAT entry `nat`, if any.
+    pub fn reverse_nat(&self, nat: &NatKey) -> Result<Option<FlowKey>, DataplaneError> {
+        self.kernel.reverse_owner(nat)
+    }
+
+    /// Every entry of the reverse-NAT table.
+    pub fn reverse_nats(&self) -> Result<Vec<(NatKey, FlowKey)>, DataplaneError> {
+        self.kernel.reverse_nat()
     }
 
     /// A backend's traffic counters, summed over CPUs.

@@ -13,6 +13,7 @@ use crate::bench::{
     contenders::Contender,
     lab::Lab,
     procs,
+    syn_flood::{self, SynFloodReport},
     workloads::{self, CpuReport, WorkloadOptions},
     wrk::WrkReport,
 };
@@ -21,7 +22,42 @@ use crate::bench::{
 pub struct MacroOptions {
     pub rounds: usize,
     pub workloads: WorkloadOptions,
+    /// Which workloads run (all, unless `--workloads` picks some).
+    pub selected: Vec<Workload>,
     pub contenders: Vec<Contender>,
+}
+
+/// The workloads of a contender's run, in the order they run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Workload {
+    NewConnections,
+    KeepAlive,
+    Bulk,
+    Paced,
+    /// Last: a flood leaves state behind that only the lab's end clears.
+    SynFlood,
+}
+
+impl Workload {
+    pub const ALL: [Workload; 5] = [
+        Workload::NewConnections,
+        Workload::KeepAlive,
+        Workload::Bulk,
+        Workload::Paced,
+        Workload::SynFlood,
+    ];
+
+    /// The name `--workloads` takes.
+    pub fn key(self) -> &'static str {
+        match self {
+            Workload::NewConnections => "new-connections",
+            Workload::KeepAlive => "keep-alive",
+            Workload::Bulk => "bulk",
+            Workload::Paced => "paced",
+            Workload::SynFlood => "syn-flood",
+        }
+    }
 }
 
 /// One contender in one round.
@@ -33,6 +69,7 @@ pub struct RunRecord {
     pub keep_alive: Option<WrkReport>,
     pub bulk: Option<BulkReport>,
     pub cpu: Option<CpuReport>,
+    pub syn_flood: Option<SynFloodReport>,
     /// Requests each backend (b0..b3) served during the round.
     pub backend_requests: Vec<u64>,
     /// bg-lb's data-plane counters after the round (other contenders: none).
@@ -50,6 +87,7 @@ impl RunRecord {
             keep_alive: None,
             bulk: None,
             cpu: None,
+            syn_flood: None,
             backend_requests: Vec::new(),
             dataplane_counters: None,
             failures: Vec::new(),
@@ -110,18 +148,34 @@ fn run_one(contender: Contender, round: usize, opts: &MacroOptions, bg_lb: &'sta
     let mut r = RunRecord::new(contender, round);
     let before = lab.requests_served();
     let wrk_clean = |w: &WrkReport| w.failure();
-    r.new_connections = r.keep(
-        "new connections",
-        workloads::new_connections(lab.client(), running.http, o),
-        wrk_clean,
-    );
-    r.keep_alive = r.keep(
-        "keep-alive",
-        workloads::keep_alive(lab.client(), running.http, o),
-        wrk_clean,
-    );
-    r.bulk = r.keep("bulk", workloads::bulk(lab.client(), running.bulk, o), |_| None);
-    r.cpu = r.keep("paced", workloads::paced(&lab, running.http, o), |_| None);
+    let selected = |w| opts.selected.contains(&w);
+    if selected(Workload::NewConnections) {
+        r.new_connections = r.keep(
+            "new connections",
+            workloads::new_connections(lab.client(), running.http, o),
+            wrk_clean,
+        );
+    }
+    if selected(Workload::KeepAlive) {
+        r.keep_alive = r.keep(
+            "keep-alive",
+            workloads::keep_alive(lab.client(), running.http, o),
+            wrk_clean,
+        );
+    }
+    if selected(Workload::Bulk) {
+        r.bulk = r.keep("bulk", workloads::bulk(lab.client(), running.bulk, o), |_| None);
+    }
+    if selected(Workload::Paced) {
+        r.cpu = r.keep("paced", workloads::paced(&lab, running.http, o), |_| None);
+    }
+    if selected(Workload::SynFlood) {
+        r.syn_flood = r.keep(
+            syn_flood::WORKLOAD,
+            syn_flood::run(&lab, running.http, &o.syn_flood),
+            |_| None,
+        );
+    }
     r.dataplane_counters = running.dataplane_counters();
     let after = lab.requests_served();
     // Each count includes the previous asking.

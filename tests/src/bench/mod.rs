@@ -9,6 +9,8 @@
 //! - [`lab`]: a fresh topology with HTTP and bulk backends per contender run.
 //! - [`contenders`]: each contender's configuration and start-up.
 //! - [`wrk`], [`bulk`], [`workloads`]: the load generators and what they report.
+//! - [`syn_flood`]: the SYN-flood workload (a spoofed flood with paced
+//!   legitimate connections alongside) and its table.
 //! - [`cpu`]: CPU time from /proc, machine-wide and per network namespace.
 //! - [`macro_bench`]: interleaved rounds over contenders and workloads.
 //! - [`stats`], [`report`]: medians, ranges, ratios, Markdown tables.
@@ -24,5 +26,6 @@ pub mod procs;
 pub mod report;
 pub mod stats;
 pub mod sweep;
+pub mod syn_flood;
 pub mod workloads;
 pub mod wrk;

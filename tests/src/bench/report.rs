@@ -195,7 +195,7 @@ pub fn fmt_number(v: f64) -> String {
 /// A cell: median (min–max). A missing figure of a failing contender is a
 /// failure; of a clean one, a figure that could not be computed (no direct
 /// floor in the run).
-fn fmt_summary(s: &Option<Summary>, failing: bool) -> String {
+pub fn fmt_summary(s: &Option<Summary>, failing: bool) -> String {
     match s {
         Some(s) if s.n > 1 => format!("{} ({}–{})", fmt_number(s.median), fmt_number(s.min), fmt_number(s.max)),
         Some(s) => fmt_number(s.median),
@@ -290,6 +290,7 @@ mod tests {
                 machine_ms: 0.0,
                 softirq_ms: 0.0,
             }),
+            syn_flood: None,
             backend_requests: vec![10, 10, 10, 10],
             dataplane_counters: None,
             failures: Vec::new(),

@@ -3,7 +3,6 @@
 //! throughput ([`bulk`]), and CPU per 1,000 connections at a fixed rate.
 
 use std::{
-    io::{Read as _, Write as _},
     net::{SocketAddr, SocketAddrV4, TcpStream},
     sync::{
         Arc,
@@ -21,8 +20,10 @@ use crate::{
         cpu,
         lab::Lab,
         procs,
+        syn_flood::SynFloodOptions,
         wrk::{self, Connections, WrkReport},
     },
+    http,
     topology::NetNs,
 };
 
@@ -39,6 +40,7 @@ pub struct WorkloadOptions {
     /// contender's maximum, so the machine is not saturated and CPU time per
     /// connection means something (at saturation it is just 1/throughput).
     pub paced_rate: u32,
+    pub syn_flood: SynFloodOptions,
 }
 
 /// New connections per second: one short request per connection.
@@ -190,22 +192,7 @@ pub fn paced(lab: &Lab, target: SocketAddrV4, o: &WorkloadOptions) -> Result<Cpu
 fn one_request(target: SocketAddrV4) -> Result<(), String> {
     let mut stream = TcpStream::connect_timeout(&SocketAddr::V4(target), Duration::from_secs(2))
         .map_err(|e| format!("connect: {e}"))?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(3)))
-        .map_err(|e| e.to_string())?;
-    stream
-        .write_all(b"GET / HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
-        .map_err(|e| format!("write: {e}"))?;
-    let mut response = Vec::with_capacity(512);
-    stream.read_to_end(&mut response).map_err(|e| format!("read: {e}"))?;
-    if response.starts_with(b"HTTP/1.1 200") {
-        Ok(())
-    } else {
-        Err(format!(
-            "response {:?}",
-            String::from_utf8_lossy(&response[..response.len().min(40)])
-        ))
-    }
+    http::get_and_close(&mut stream, Duration::from_secs(3))
 }
 
 #[cfg(test)]

@@ -1,5 +1,5 @@
 //! `bg-lb-bench [--quick] [--out DIR] [--rounds N] [--seconds S] [--only bg-lb,haproxy,nginx,nftables,direct]
-//! [--skip-macro] [--skip-micro]`:
+//! [--workloads new-connections,keep-alive,bulk,paced,syn-flood] [--skip-macro] [--skip-micro]`:
 //! the benchmark behind `cargo xtask bench` (which installs the contenders
 //! and builds this with `--release`). Needs root. Writes `bench.md` and
 //! `bench.json` to DIR (default `target/bench`) and prints the tables.
@@ -13,9 +13,10 @@ use std::{
 
 use bg_lb_tests::bench::{
     contenders::Contender,
-    macro_bench::{self, MacroOptions},
+    macro_bench::{self, MacroOptions, Workload},
     micro::{self, MicroOptions},
     procs, report, sweep,
+    syn_flood::{self, SynFloodOptions},
     workloads::WorkloadOptions,
 };
 
@@ -27,6 +28,7 @@ struct Args {
     skip_macro: bool,
     skip_micro: bool,
     only: Option<Vec<Contender>>,
+    workloads: Option<Vec<Workload>>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -38,6 +40,7 @@ fn parse_args() -> Result<Args, String> {
         skip_macro: false,
         skip_micro: false,
         only: None,
+        workloads: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -49,23 +52,28 @@ fn parse_args() -> Result<Args, String> {
             "--seconds" => args.seconds = Some(value("--seconds")?.parse().map_err(|e| format!("--seconds: {e}"))?),
             "--skip-macro" => args.skip_macro = true,
             "--skip-micro" => args.skip_micro = true,
-            "--only" => {
-                let keys = value("--only")?;
-                let picked = keys
-                    .split(',')
-                    .map(|k| {
-                        Contender::ALL
-                            .into_iter()
-                            .find(|c| c.key() == k)
-                            .ok_or(format!("--only: no contender {k}"))
-                    })
-                    .collect::<Result<_, _>>()?;
-                args.only = Some(picked);
+            "--only" => args.only = Some(pick("--only", &value("--only")?, &Contender::ALL, |c| c.key())?),
+            "--workloads" => {
+                args.workloads = Some(pick("--workloads", &value("--workloads")?, &Workload::ALL, |w| {
+                    w.key()
+                })?);
             }
             other => return Err(format!("unknown argument {other}")),
         }
     }
     Ok(args)
+}
+
+/// The items of `all` named in a comma-separated `list`, by `key`.
+fn pick<T: Copy>(option: &str, list: &str, all: &[T], key: fn(T) -> &'static str) -> Result<Vec<T>, String> {
+    list.split(',')
+        .map(|k| {
+            all.iter()
+                .copied()
+                .find(|&item| key(item) == k)
+                .ok_or(format!("{option}: no {k}"))
+        })
+        .collect()
 }
 
 fn main() -> ExitCode {
@@ -112,7 +120,14 @@ fn run(args: &Args) -> ExitCode {
             keepalive_connections: 64,
             bulk_connections: 4,
             paced_rate: 1000,
+            syn_flood: SynFloodOptions {
+                phase: Duration::from_secs(seconds),
+                probe_rate: 100,
+                probe_timeout: Duration::from_millis(2500),
+                kept_connections: 16,
+            },
         },
+        selected: args.workloads.clone().unwrap_or_else(|| Workload::ALL.to_vec()),
         contenders: args.only.clone().unwrap_or_else(|| Contender::ALL.to_vec()),
     };
     let micro_opts = MicroOptions {
@@ -134,13 +149,22 @@ fn run(args: &Args) -> ExitCode {
         let summaries = report::summarize(&records, &macro_opts.contenders);
         bg_lb_failed = summaries.iter().any(|s| s.contender == Contender::BgLb && s.failing());
         markdown += &format!(
-            "## Macro benchmark\n\n{} rounds x {} s per workload; paced CPU run at {} conn/s.\n\n{}",
-            macro_opts.rounds,
-            seconds,
-            macro_opts.workloads.paced_rate,
-            report::render(&summaries)
+            "## Macro benchmark\n\n{} rounds x {} s per workload; paced CPU run at {} conn/s.\n\n",
+            macro_opts.rounds, seconds, macro_opts.workloads.paced_rate,
         );
-        json["macro"] = serde_json::json!({ "options": macro_opts, "summary": summaries, "runs": records });
+        if macro_opts.selected.iter().any(|&w| w != Workload::SynFlood) {
+            markdown += &report::render(&summaries);
+        }
+        let flood = syn_flood::summarize(&records, &macro_opts.contenders);
+        if macro_opts.selected.contains(&Workload::SynFlood) {
+            markdown += &format!("\n{}", syn_flood::render(&flood, &macro_opts.workloads.syn_flood));
+        }
+        json["macro"] = serde_json::json!({
+            "options": macro_opts,
+            "summary": summaries,
+            "syn_flood": flood,
+            "runs": records,
+        });
     }
     if !args.skip_micro {
         progress("micro benchmark (BPF_PROG_TEST_RUN, ratio changes, flow memory)");

@@ -1,0 +1,171 @@
+//! The fuzz test behind `tests/fuzz_root.rs`: millions of generated and
+//! mutated frames ([`frames`]) through the real XDP program in a
+//! [`PacketLab`], each judged by an [`oracle`] that reads the program's maps.
+//! Deterministic for a seed (the flow table's LRU eviction aside, which
+//! only the small-table runs reach).
+
+pub mod frames;
+pub mod oracle;
+
+use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
+    time::{Duration, Instant},
+};
+
+use bg_lb::dataplane::FlowTimeouts;
+use frames::{Origin, Traffic};
+use oracle::{Class, Oracle};
+
+use crate::packet_lab::{PacketLab, PacketLabOptions};
+
+#[derive(Clone, Debug)]
+pub struct FuzzOptions {
+    pub seed: u64,
+    pub frames: u64,
+    /// Connections in play at a time (each is replaced now and then).
+    pub sessions: usize,
+    pub lab: PacketLabOptions,
+    /// Frames between checks of the tables, each followed by a sweep.
+    pub check_every: u64,
+    /// Whether every REVERSE_NAT entry must name its flow between sweeps
+    /// too: true while the flow table is large enough that LRU eviction
+    /// never runs, which leaves such orphans until the sweep.
+    pub reverse_nat_complete_between_sweeps: bool,
+    /// Stop after this many violations.
+    pub max_violations: usize,
+}
+
+#[derive(Debug, Default)]
+pub struct FuzzReport {
+    pub seed: u64,
+    pub frames: u64,
+    pub mutated: u64,
+    pub elapsed: Duration,
+    pub classes: BTreeMap<Class, u64>,
+    pub table_checks: u64,
+    /// The most flows the table held at a check.
+    pub most_flows: usize,
+    pub violations: Vec<String>,
+}
+
+impl FuzzReport {
+    pub fn count(&self, class: Class) -> u64 {
+        self.classes.get(&class).copied().unwrap_or(0)
+    }
+
+    pub fn summary(&self) -> String {
+        let mut text = format!(
+            "seed {:#x}: {} frames ({} mutated) in {:.2?} ({:.0} frames/s), {} table checks, up to {} flows\n",
+            self.seed,
+            self.frames,
+            self.mutated,
+            self.elapsed,
+            self.frames as f64 / self.elapsed.as_secs_f64(),
+            self.table_checks,
+            self.most_flows
+        );
+        for (class, n) in &self.classes {
+            let _ = writeln!(text, "  {class:?}: {n}");
+        }
+        text
+    }
+}
+
+/// Sweeps as the daemon would, with timeouts that do not depend on how fast
+/// the frames go: closed and unanswered flows go at every sweep.
+const SWEEP: FlowTimeouts = FlowTimeouts {
+    established_idle: Duration::from_secs(3600),
+    closing: Duration::ZERO,
+    syn: Duration::ZERO,
+};
+
+/// Runs the fuzz in a fresh packet lab (call it in a fresh network
+/// namespace: see [`crate::netns::in_fresh_netns`]).
+pub fn run(o: &FuzzOptions) -> FuzzReport {
+    let mut lab = PacketLab::new(&o.lab);
+    let oracle = Oracle::new(&lab, o.lab.snat_ports);
+    let mut traffic = Traffic::new(o.seed, o.sessions, o.lab.snat_ports);
+    let mut report = FuzzReport {
+        seed: o.seed,
+        ..FuzzReport::default()
+    };
+    let (mut frame, mut out) = (Vec::with_capacity(2048), vec![0u8; 4096]);
+    let started = Instant::now();
+    for i in 0..o.frames {
+        let origin = traffic.next(&mut frame);
+        let (verdict, len) = lab.run_into(&frame, &mut out);
+        report.frames += 1;
+        report.mutated += !origin.mutations.is_empty() as u64;
+        match oracle.judge(&lab, &frame, verdict, &out[..len]) {
+            Ok((class, learned)) => {
+                *report.classes.entry(class).or_default() += 1;
+                // A mutated frame may no longer be the session's.
+                if let (Some(session), Some(learned), true) = (origin.session, learned, origin.mutations.is_empty()) {
+                    traffic.learn(session, learned);
+                }
+            }
+            Err(why) => report
+                .violations
+                .push(describe(o.seed, i, &origin, &frame, verdict, &out[..len], &why)),
+        }
+        if (i + 1) % o.check_every == 0 || i + 1 == o.frames {
+            check_tables(&mut lab, &oracle, o, &mut report, i);
+            operate(&mut lab, report.table_checks);
+        }
+        if report.violations.len() >= o.max_violations {
+            break;
+        }
+    }
+    report.elapsed = started.elapsed();
+    report
+}
+
+/// Invariants of the tables before and after a sweep.
+fn check_tables(lab: &mut PacketLab, oracle: &Oracle, o: &FuzzOptions, report: &mut FuzzReport, frame: u64) {
+    report.table_checks += 1;
+    report.most_flows = report.most_flows.max(lab.flows().len());
+    let before = oracle.check_tables(lab, o.reverse_nat_complete_between_sweeps);
+    lab.sweep_with(&SWEEP);
+    let after = oracle.check_tables(lab, true);
+    for (when, problems) in [("before", before), ("after", after)] {
+        for p in problems.into_iter().take(3) {
+            report.violations.push(format!(
+                "seed {:#x}, tables after frame {frame}, {when} a sweep: {p}",
+                o.seed
+            ));
+        }
+    }
+}
+
+/// What an operator does meanwhile, in turn: shifts all new flows to one
+/// pool, lets no backend take new flows (connection requests are refused),
+/// restores the weights with all new flows to the other pool, and returns
+/// to 50:50. Pinned flows must keep their backends throughout.
+fn operate(lab: &mut PacketLab, step: u64) {
+    match step % 4 {
+        0 => lab.set_ratio(100),
+        1 => lab.reweigh(|_, weight, _| *weight = 0),
+        2 => {
+            lab.reweigh(|_, weight, _| *weight = 100);
+            lab.set_ratio(0);
+        }
+        _ => lab.set_ratio(50),
+    }
+}
+
+fn describe(seed: u64, index: u64, origin: &Origin, input: &[u8], verdict: u32, output: &[u8], why: &str) -> String {
+    format!(
+        "seed {seed:#x}, frame {index} ({:?}, session {:?}, mutations {:?}, checksums fixed: {}): {why}\n  in:  {}\n  out: verdict {verdict}, {}",
+        origin.kind,
+        origin.session,
+        origin.mutations,
+        origin.checksums_fixed,
+        hex(input),
+        hex(output)
+    )
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -1,0 +1,656 @@
+//! The fuzz test's judge. It reads what the program did (verdict, output
+//! frame) and what the program's maps say after it, and checks invariants
+//! that hold for any correct version of the data plane, whatever its state
+//! machine, SYN defence or ICMP handling. It never re-implements the
+//! program: who owns a flow, which backend and which SNAT port, comes from
+//! FLOWS and REVERSE_NAT.
+//!
+//! # Invariants, per frame
+//! 1. The verdict is XDP_PASS, XDP_DROP, XDP_TX or XDP_REDIRECT, never
+//!    XDP_ABORTED or anything else.
+//! 2. XDP_PASS hands the kernel the frame exactly as it came. (An XDP_DROP
+//!    frame reaches no one, so its bytes are not judged.)
+//! 3. A forwarded frame (XDP_TX/XDP_REDIRECT) is IPv4, and is one of:
+//!    - **to a backend**, from the SNAT address and a port of the SNAT
+//!      range: either it came from a client to the VIP whose flow (FLOWS,
+//!      after the run) is pinned to exactly that backend and port, and no
+//!      *other* flow owns that port in REVERSE_NAT; or it came from a
+//!      client without a flow, is not a connection request, and the port
+//!      is owned by no live flow (stateless forwarding); or it came from
+//!      that backend to that SNAT port, which REVERSE_NAT gives to a flow
+//!      pinned there (the LB answering a backend for a proxied handshake);
+//!    - **a reply to a client**, from the VIP: it came from a backend to a
+//!      SNAT port whose REVERSE_NAT owner is exactly this client's flow, and
+//!      that flow (FLOWS) is pinned to that backend and port;
+//!    - **an answer to the sender**, from the address it was sent to, by
+//!      XDP_TX, never answering a RST: a bare RST refusing a connection
+//!      request (RFC 793 sequence numbers), a SYN-ACK to a connection
+//!      request (a SYN cookie, acknowledging its sequence number), or an
+//!      ICMP error quoting the frame;
+//!    - **an ICMP error translated** from an ICMP error the LB received: to
+//!      a client quoting the client's own segment to the VIP, of a pinned
+//!      flow, when the error received quoted that flow's segment to its
+//!      backend; or to a backend quoting its segment to the SNAT port, of a
+//!      flow REVERSE_NAT and FLOWS agree on, when the error received quoted
+//!      that flow's segment from the VIP to its client.
+//!
+//!    Nothing else is ever forwarded: no frame to an address that is
+//!    neither a backend nor the client of a pinned flow.
+//! 4. Checksums: the program builds answers with correct IPv4, TCP and
+//!    ICMP checksums, and never breaks one while forwarding (a frame that
+//!    came in with a correct checksum leaves with a correct one; like every
+//!    L4 balancer it does not verify what it forwards, so a corrupt frame
+//!    may stay corrupt for its receiver to drop).
+//! 5. A forwarded frame carries the payload it came with (or none, for a
+//!    rewritten handshake segment); with its flags unchanged its TTL is one
+//!    less; it leaves from the LB's MAC to the next hop's MAC. An answer
+//!    goes back to the sender's MAC from a unicast one.
+//!
+//! # Invariants of the tables (checked periodically and at the end)
+//! 6. Every flow is to the VIP, names an installed backend and a SNAT port
+//!    inside the range.
+//! 7. No two flows that have not closed own the same (backend, SNAT port):
+//!    their replies would be indistinguishable (a cross-client leak).
+//! 8. Every REVERSE_NAT entry's flow exists in FLOWS and names that backend
+//!    and port. Between sweeps this holds while nothing is evicted; after
+//!    the daemon's sweep it always holds.
+
+use std::{
+    collections::HashMap,
+    net::{Ipv4Addr, SocketAddrV4},
+};
+
+use bg_lb_common::{
+    flow_state::{self, FlowPhase},
+    maps::{Backend, Flow, FlowKey, NatKey},
+};
+use etherparse::{Ipv4HeaderSlice, Ipv4Slice, TcpSlice};
+use serde::Serialize;
+
+use crate::{
+    fuzz::frames::Learned,
+    packet_lab::{GATEWAY_MAC, LB_MAC, PacketLab, SNAT, VIP, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX, mac_of},
+    packets::{ETH_LEN, internet_checksum},
+};
+
+const TCP_FIN: u8 = 0x01;
+const TCP_SYN: u8 = 0x02;
+const TCP_RST: u8 = 0x04;
+const TCP_ACK: u8 = 0x10;
+const IPPROTO_ICMP: u8 = 1;
+const IPPROTO_TCP: u8 = 6;
+
+/// What the program did with a frame, when that was allowed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub enum Class {
+    Passed,
+    Dropped,
+    /// To the backend its flow is pinned to.
+    ToBackendPinned,
+    /// A client's mid-stream segment without a flow, by the lookup table.
+    ToBackendStateless,
+    /// The LB's own segment back to a backend, for a flow it owns.
+    ToBackendAnswer,
+    ReplyToClient,
+    RstAnswer,
+    SynAckAnswer,
+    IcmpAnswer,
+    IcmpToClient,
+    IcmpToBackend,
+}
+
+pub struct Oracle {
+    by_addr: HashMap<SocketAddrV4, u32>,
+    by_id: HashMap<u32, SocketAddrV4>,
+    snat_ports: (u16, u16),
+}
+
+/// An IPv4 packet as the oracle reads it.
+struct Ip<'a> {
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    ttl: u8,
+    proto: u8,
+    fragmented: bool,
+    header_ok: bool,
+    /// The IP payload, as long as the total length says.
+    payload: &'a [u8],
+}
+
+/// A TCP segment as the oracle reads it.
+struct Tcp<'a> {
+    src: SocketAddrV4,
+    dst: SocketAddrV4,
+    flags: u8,
+    seq: u32,
+    ack: u32,
+    payload: &'a [u8],
+    checksum_ok: bool,
+}
+
+impl Tcp<'_> {
+    /// The sequence space it takes: payload, SYN and FIN.
+    fn len(&self) -> u32 {
+        self.payload.len() as u32 + (self.flags & TCP_SYN != 0) as u32 + (self.flags & TCP_FIN != 0) as u32
+    }
+}
+
+fn parse_ip(frame: &[u8]) -> Option<Ip<'_>> {
+    if frame.len() < ETH_LEN || frame[12..14] != [0x08, 0x00] {
+        return None;
+    }
+    let ip = Ipv4Slice::from_slice(&frame[ETH_LEN..]).ok()?;
+    let header = ip.header();
+    Some(Ip {
+        src_mac: frame[6..12].try_into().expect("6 bytes"),
+        dst_mac: frame[0..6].try_into().expect("6 bytes"),
+        src: header.source_addr(),
+        dst: header.destination_addr(),
+        ttl: header.ttl(),
+        proto: header.protocol().0,
+        fragmented: header.is_fragmenting_payload(),
+        header_ok: internet_checksum(0, header.slice()) == 0,
+        payload: &frame[ETH_LEN + header.slice().len()..ETH_LEN + header.total_len() as usize],
+    })
+}
+
+fn parse_tcp<'a>(ip: &Ip<'a>) -> Option<Tcp<'a>> {
+    if ip.proto != IPPROTO_TCP || ip.fragmented {
+        return None;
+    }
+    let tcp = TcpSlice::from_slice(ip.payload).ok()?;
+    let checksum_ok = tcp.calc_checksum_ipv4(ip.src.octets(), ip.dst.octets()) == Ok(tcp.checksum());
+    Some(Tcp {
+        src: SocketAddrV4::new(ip.src, tcp.source_port()),
+        dst: SocketAddrV4::new(ip.dst, tcp.destination_port()),
+        flags: tcp.slice()[13],
+        seq: tcp.sequence_number(),
+        ack: tcp.acknowledgment_number(),
+        payload: tcp.payload(),
+        checksum_ok,
+    })
+}
+
+/// The segment an ICMP error quotes: its addresses and ports.
+struct Quoted {
+    src: SocketAddrV4,
+    dst: SocketAddrV4,
+    header_ok: bool,
+}
+
+/// An ICMP error's type, code, whether its checksum is right, and the TCP
+/// segment it quotes.
+fn parse_icmp_error(ip: &Ip<'_>) -> Option<(u8, u8, bool, Quoted)> {
+    if ip.proto != IPPROTO_ICMP || ip.fragmented || ip.payload.len() < 8 {
+        return None;
+    }
+    let icmp = ip.payload;
+    let inner = Ipv4HeaderSlice::from_slice(&icmp[8..]).ok()?;
+    let ports = icmp.get(8 + inner.slice().len()..8 + inner.slice().len() + 4)?;
+    if inner.protocol().0 != IPPROTO_TCP {
+        return None;
+    }
+    let quoted = Quoted {
+        src: SocketAddrV4::new(inner.source_addr(), u16::from_be_bytes([ports[0], ports[1]])),
+        dst: SocketAddrV4::new(inner.destination_addr(), u16::from_be_bytes([ports[2], ports[3]])),
+        header_ok: internet_checksum(0, inner.slice()) == 0,
+    };
+    Some((icmp[0], icmp[1], internet_checksum(0, icmp) == 0, quoted))
+}
+
+/// The MAC a forwarded packet to `addr` must carry: the neighbour's on the
+/// LB's segment, else the gateway's.
+fn next_hop_mac(addr: Ipv4Addr) -> [u8; 6] {
+    match addr.octets() {
+        [10, 0, 0, _] => mac_of(addr),
+        _ => GATEWAY_MAC,
+    }
+}
+
+fn is_connection_request(flags: u8) -> bool {
+    flow_state::is_connection_request(flags)
+}
+
+fn closed(flow: &Flow) -> bool {
+    flow_state::phase(flow.state) == FlowPhase::Closed
+}
+
+type Judged = Result<(Class, Option<Learned>), String>;
+
+impl Oracle {
+    pub fn new(lab: &PacketLab, snat_ports: (u16, u16)) -> Self {
+        let by_id: HashMap<u32, SocketAddrV4> = lab.backends_by_id().into_iter().collect();
+        let by_addr = by_id.iter().map(|(&id, &addr)| (addr, id)).collect();
+        Oracle {
+            by_addr,
+            by_id,
+            snat_ports,
+        }
+    }
+
+    fn in_snat_range(&self, port: u16) -> bool {
+        (self.snat_ports.0..=self.snat_ports.1).contains(&port)
+    }
+
+    /// The reverse-NAT key of a flow's (backend, SNAT port).
+    fn nat_key(&self, flow: &Flow) -> Option<NatKey> {
+        let backend = self.by_id.get(&flow.backend_id)?;
+        Some(NatKey::new(&Backend::new(0, 0, *backend, 0, false), flow.snat_port))
+    }
+
+    /// A reverse-NAT key as "backend B port P", for failure messages.
+    fn describe(&self, nat: &NatKey) -> String {
+        let port = u16::from_be(nat.snat_port);
+        let backend = self
+            .by_addr
+            .keys()
+            .find(|&&b| NatKey::new(&Backend::new(0, 0, b, 0, false), nat.snat_port) == *nat);
+        match backend {
+            Some(b) => format!("backend {b} port {port}"),
+            None => format!("{nat:?} (no such backend)"),
+        }
+    }
+
+    /// Whether `flow` is pinned to `backend` and SNAT port `port` (host order).
+    fn pinned_to(&self, flow: &Flow, backend: SocketAddrV4, port: u16) -> bool {
+        self.by_id.get(&flow.backend_id) == Some(&backend) && u16::from_be(flow.snat_port) == port
+    }
+
+    /// Judges one run of the program: `input` went in, `verdict` and
+    /// `output` came out, and `lab`'s maps are as the run left them. On
+    /// success, what the output teaches the frame's session.
+    pub fn judge(&self, lab: &PacketLab, input: &[u8], verdict: u32, output: &[u8]) -> Judged {
+        match verdict {
+            XDP_PASS if output == input => Ok((Class::Passed, None)),
+            XDP_PASS => Err("XDP_PASS with a changed frame: the kernel must get it as it came".to_owned()),
+            XDP_DROP => Ok((Class::Dropped, None)),
+            XDP_TX | XDP_REDIRECT => self.forwarded(lab, input, verdict, output),
+            other => Err(format!("verdict {other} (0 is XDP_ABORTED)")),
+        }
+    }
+
+    fn forwarded(&self, lab: &PacketLab, input: &[u8], verdict: u32, output: &[u8]) -> Judged {
+        let out_ip = parse_ip(output).ok_or("forwarded a frame that is not IPv4")?;
+        let in_ip = parse_ip(input);
+        if !out_ip.header_ok && in_ip.as_ref().is_some_and(|i| i.header_ok) {
+            return Err("IPv4 header checksum broken by the program".to_owned());
+        }
+        match out_ip.proto {
+            IPPROTO_TCP => {
+                let out = parse_tcp(&out_ip).ok_or("forwarded TCP that does not parse")?;
+                let in_tcp = in_ip.as_ref().and_then(parse_tcp);
+                if self.by_addr.contains_key(&out.dst) && *out.src.ip() == SNAT {
+                    self.to_backend(lab, in_ip.as_ref(), in_tcp.as_ref(), &out_ip, &out)
+                } else if out.src == VIP {
+                    match (&in_ip, &in_tcp) {
+                        (Some(i), Some(t)) if t.src == out.dst && t.dst == out.src => {
+                            answer(i, t, verdict, &out_ip, &out)
+                        }
+                        _ => self.reply_to_client(lab, in_ip.as_ref(), in_tcp.as_ref(), &out_ip, &out),
+                    }
+                } else {
+                    Err(format!(
+                        "forwarded TCP {} -> {} that is neither to a backend from the SNAT address nor from the VIP",
+                        out.src, out.dst
+                    ))
+                }
+            }
+            IPPROTO_ICMP => self.icmp(lab, in_ip.as_ref(), &out_ip),
+            other => Err(format!("forwarded IP protocol {other}")),
+        }
+    }
+
+    fn to_backend(
+        &self,
+        lab: &PacketLab,
+        in_ip: Option<&Ip<'_>>,
+        in_tcp: Option<&Tcp<'_>>,
+        out_ip: &Ip<'_>,
+        out: &Tcp<'_>,
+    ) -> Judged {
+        let (backend, port) = (out.dst, out.src.port());
+        if !self.in_snat_range(port) {
+            return Err(format!("to backend {backend} from SNAT port {port}, outside the range"));
+        }
+        let (Some(in_ip), Some(seg)) = (in_ip, in_tcp) else {
+            return Err(format!("to backend {backend} from a frame that is not TCP/IPv4"));
+        };
+        forwarding_checks(in_ip, seg, out_ip, out)?;
+        let owner = lab.reverse_nat(backend, port);
+        let class = if seg.dst == VIP {
+            let key = FlowKey::from_client(seg.src, VIP);
+            match lab.flow_at(&key) {
+                Some(flow) if self.pinned_to(&flow, backend, port) => {
+                    if let Some(other) = owner.filter(|o| *o != key) {
+                        return Err(format!(
+                            "{}'s segment sent through {backend} port {port}, which REVERSE_NAT gives to {}",
+                            seg.src,
+                            other.client()
+                        ));
+                    }
+                    Class::ToBackendPinned
+                }
+                Some(flow) => {
+                    return Err(format!(
+                        "{}'s flow is pinned to backend id {} port {}, but the segment went to {backend} port {port}",
+                        seg.src,
+                        flow.backend_id,
+                        u16::from_be(flow.snat_port)
+                    ));
+                }
+                None if is_connection_request(seg.flags) => {
+                    return Err(format!("{}'s connection request forwarded without a flow", seg.src));
+                }
+                None => {
+                    if let Some(other) = owner
+                        && let Some(flow) = lab.flow_at(&other)
+                        && !closed(&flow)
+                    {
+                        return Err(format!(
+                            "{}'s segment forwarded statelessly through {backend} port {port}, which live flow {} owns",
+                            seg.src,
+                            other.client()
+                        ));
+                    }
+                    Class::ToBackendStateless
+                }
+            }
+        } else if seg.src == backend && seg.dst == SocketAddrV4::new(SNAT, port) {
+            let key = owner.ok_or("answered a backend on a SNAT port no flow owns")?;
+            match lab.flow_at(&key) {
+                Some(flow) if self.pinned_to(&flow, backend, port) => Class::ToBackendAnswer,
+                _ => return Err(format!("answered {backend} port {port} for {key:?}, not pinned there")),
+            }
+        } else {
+            return Err(format!(
+                "to backend {backend} from {} -> {}: neither its flow's client nor that backend",
+                seg.src, seg.dst
+            ));
+        };
+        let learned = Learned::ToBackend {
+            side: (backend, port),
+            next_seq: out.seq.wrapping_add(out.len()),
+        };
+        Ok((class, Some(learned)))
+    }
+
+    fn reply_to_client(
+        &self,
+        lab: &PacketLab,
+        in_ip: Option<&Ip<'_>>,
+        in_tcp: Option<&Tcp<'_>>,
+        out_ip: &Ip<'_>,
+        out: &Tcp<'_>,
+    ) -> Judged {
+        let client = out.dst;
+        let (Some(in_ip), Some(seg)) = (in_ip, in_tcp) else {
+            return Err(format!("to client {client} from a frame that is not TCP/IPv4"));
+        };
+        let (backend, port) = (seg.src, seg.dst.port());
+        if !self.by_addr.contains_key(&backend) || *seg.dst.ip() != SNAT || !self.in_snat_range(port) {
+            return Err(format!(
+                "to client {client} from {} -> {}: neither a backend's reply to the SNAT range nor an answer",
+                seg.src, seg.dst
+            ));
+        }
+        forwarding_checks(in_ip, seg, out_ip, out)?;
+        let owner = lab
+            .reverse_nat(backend, port)
+            .ok_or_else(|| format!("{backend}'s reply to port {port} forwarded to {client}, though no flow owns it"))?;
+        if owner != FlowKey::from_client(client, VIP) {
+            return Err(format!(
+                "{backend}'s reply to port {port} forwarded to {client}, but the port is {}'s",
+                owner.client()
+            ));
+        }
+        match lab.flow_at(&owner) {
+            Some(flow) if self.pinned_to(&flow, backend, port) => {}
+            Some(flow) => {
+                return Err(format!(
+                    "{backend}'s reply to port {port} forwarded to {client}, whose flow is pinned to backend id {} port {}",
+                    flow.backend_id,
+                    u16::from_be(flow.snat_port)
+                ));
+            }
+            None => {
+                return Err(format!(
+                    "{backend}'s reply to port {port} forwarded to {client}, whose flow is gone"
+                ));
+            }
+        }
+        let learned = Learned::ToClient {
+            next_seq: out.seq.wrapping_add(out.len()),
+        };
+        Ok((Class::ReplyToClient, Some(learned)))
+    }
+
+    fn icmp(&self, lab: &PacketLab, in_ip: Option<&Ip<'_>>, out_ip: &Ip<'_>) -> Judged {
+        let (icmp_type, _, checksum_ok, quoted) =
+            parse_icmp_error(out_ip).ok_or("forwarded ICMP that is not an error quoting a TCP segment")?;
+        if icmp_type != 3 && icmp_type != 11 {
+            return Err(format!("forwarded ICMP type {icmp_type}"));
+        }
+        let in_ip = in_ip.ok_or("ICMP from a frame that is not IPv4")?;
+        if let Some(seg) = parse_tcp(in_ip) {
+            // An answer to the sender, quoting its segment.
+            if !(out_ip.dst == in_ip.src && quoted.src == seg.src && quoted.dst == seg.dst) {
+                return Err(format!(
+                    "ICMP to {} quoting {} -> {}, from a TCP segment {} -> {}",
+                    out_ip.dst, quoted.src, quoted.dst, seg.src, seg.dst
+                ));
+            }
+            if !out_ip.header_ok || !checksum_ok {
+                return Err("an ICMP answer with a wrong checksum".to_owned());
+            }
+            check_answer_macs(in_ip, out_ip)?;
+            return Ok((Class::IcmpAnswer, None));
+        }
+        let (_, _, in_checksum_ok, in_quoted) =
+            parse_icmp_error(in_ip).ok_or("forwarded ICMP from a frame that is neither TCP nor an ICMP error")?;
+        if in_checksum_ok && !checksum_ok {
+            return Err("ICMP checksum broken by the translation".to_owned());
+        }
+        if in_quoted.header_ok && !quoted.header_ok {
+            return Err("quoted IPv4 header checksum broken by the translation".to_owned());
+        }
+        if out_ip.src_mac != LB_MAC || out_ip.dst_mac != next_hop_mac(out_ip.dst) {
+            return Err(format!(
+                "translated ICMP to {} with MACs {:02x?}",
+                out_ip.dst,
+                (out_ip.src_mac, out_ip.dst_mac)
+            ));
+        }
+        if self.by_addr.contains_key(&quoted.src) && out_ip.dst == *quoted.src.ip() {
+            // To a backend, about its segment to a SNAT port.
+            let (backend, port) = (quoted.src, quoted.dst.port());
+            if *quoted.dst.ip() != SNAT {
+                return Err(format!("ICMP to backend {backend} quoting a segment to {}", quoted.dst));
+            }
+            let key = lab
+                .reverse_nat(backend, port)
+                .ok_or_else(|| format!("ICMP to {backend} about port {port}, which no flow owns"))?;
+            if !lab.flow_at(&key).is_some_and(|f| self.pinned_to(&f, backend, port)) {
+                return Err(format!(
+                    "ICMP to {backend} about port {port}, whose owner is not pinned there"
+                ));
+            }
+            if in_quoted.src != VIP || in_quoted.dst != key.client() {
+                return Err(format!(
+                    "ICMP to {backend} for {}'s flow, translated from one quoting {} -> {}",
+                    key.client(),
+                    in_quoted.src,
+                    in_quoted.dst
+                ));
+            }
+            Ok((Class::IcmpToBackend, None))
+        } else {
+            // To a client, about its segment to the VIP.
+            let client = quoted.src;
+            if out_ip.dst != *client.ip() || quoted.dst != VIP {
+                return Err(format!(
+                    "ICMP to {} quoting {} -> {}: neither a client's segment to the VIP nor a backend's to the SNAT address",
+                    out_ip.dst, quoted.src, quoted.dst
+                ));
+            }
+            let flow = lab
+                .flow_at(&FlowKey::from_client(client, VIP))
+                .ok_or_else(|| format!("ICMP to {client}, which has no flow"))?;
+            let backend = self.by_id.get(&flow.backend_id).copied();
+            let from = SocketAddrV4::new(SNAT, u16::from_be(flow.snat_port));
+            if Some(in_quoted.dst) != backend || in_quoted.src != from {
+                return Err(format!(
+                    "ICMP to {client}, whose flow is {from} -> {backend:?}, translated from one quoting {} -> {}",
+                    in_quoted.src, in_quoted.dst
+                ));
+            }
+            Ok((Class::IcmpToClient, None))
+        }
+    }
+
+    /// The tables' invariants (6 to 8 of the module docs); with
+    /// `reverse_nat_complete`, also that every REVERSE_NAT entry's flow names
+    /// it.
+    pub fn check_tables(&self, lab: &PacketLab, reverse_nat_complete: bool) -> Vec<String> {
+        let mut problems = Vec::new();
+        let flows: HashMap<FlowKey, Flow> = lab.flows().into_iter().collect();
+        let mut owners: HashMap<NatKey, FlowKey> = HashMap::new();
+        for (key, flow) in &flows {
+            if *key != FlowKey::from_client(key.client(), VIP) {
+                problems.push(format!("a flow to something else than the VIP: {key:?}"));
+            }
+            let Some(nat) = self.nat_key(flow) else {
+                problems.push(format!(
+                    "{}'s flow names backend id {}, not installed",
+                    key.client(),
+                    flow.backend_id
+                ));
+                continue;
+            };
+            if !self.in_snat_range(u16::from_be(flow.snat_port)) {
+                problems.push(format!(
+                    "{}'s flow has SNAT port {}, outside the range",
+                    key.client(),
+                    u16::from_be(flow.snat_port)
+                ));
+            }
+            if closed(flow) {
+                continue;
+            }
+            if let Some(other) = owners.insert(nat, *key) {
+                problems.push(format!(
+                    "{} and {} both own {} (neither has closed)",
+                    other.client(),
+                    key.client(),
+                    self.describe(&nat)
+                ));
+            }
+        }
+        if reverse_nat_complete {
+            for (nat, key) in lab.reverse_nats() {
+                match flows.get(&key) {
+                    Some(flow) if self.nat_key(flow) == Some(nat) => {}
+                    Some(flow) => problems.push(format!(
+                        "REVERSE_NAT gives {} to {}, whose flow names backend id {} port {}",
+                        self.describe(&nat),
+                        key.client(),
+                        flow.backend_id,
+                        u16::from_be(flow.snat_port)
+                    )),
+                    None => problems.push(format!(
+                        "REVERSE_NAT gives {} to {}, which has no flow",
+                        self.describe(&nat),
+                        key.client()
+                    )),
+                }
+            }
+        }
+        problems
+    }
+}
+
+/// Invariants 4 and 5 for a frame forwarded (not answered).
+fn forwarding_checks(in_ip: &Ip<'_>, seg: &Tcp<'_>, out_ip: &Ip<'_>, out: &Tcp<'_>) -> Result<(), String> {
+    if seg.checksum_ok && !out.checksum_ok {
+        return Err("TCP checksum broken by the program".to_owned());
+    }
+    if !out.payload.is_empty() && out.payload != seg.payload {
+        return Err("payload changed on the way".to_owned());
+    }
+    if out.flags == seg.flags && out_ip.ttl != in_ip.ttl.wrapping_sub(1) {
+        return Err(format!("TTL {} in, {} out", in_ip.ttl, out_ip.ttl));
+    }
+    if out_ip.src_mac != LB_MAC || out_ip.dst_mac != next_hop_mac(out_ip.dst) {
+        return Err(format!(
+            "forwarded to {} with MACs {:02x?}",
+            out_ip.dst,
+            (out_ip.src_mac, out_ip.dst_mac)
+        ));
+    }
+    Ok(())
+}
+
+fn check_answer_macs(in_ip: &Ip<'_>, out_ip: &Ip<'_>) -> Result<(), String> {
+    if out_ip.dst_mac != in_ip.src_mac || out_ip.src_mac[0] & 1 != 0 {
+        return Err(format!(
+            "an answer with MACs {:02x?} to a frame with MACs {:02x?}",
+            (out_ip.src_mac, out_ip.dst_mac),
+            (in_ip.src_mac, in_ip.dst_mac)
+        ));
+    }
+    Ok(())
+}
+
+/// An answer from the VIP to the frame's sender (invariant 3).
+fn answer(in_ip: &Ip<'_>, seg: &Tcp<'_>, verdict: u32, out_ip: &Ip<'_>, out: &Tcp<'_>) -> Judged {
+    if verdict != XDP_TX {
+        return Err("an answer to the sender not sent back with XDP_TX".to_owned());
+    }
+    if !out_ip.header_ok || !out.checksum_ok {
+        return Err("an answer with a wrong checksum".to_owned());
+    }
+    if seg.flags & TCP_RST != 0 {
+        return Err("answered a RST".to_owned());
+    }
+    if !is_connection_request(seg.flags) {
+        return Err(format!(
+            "answered a segment with flags {:#04x}, not a connection request",
+            seg.flags
+        ));
+    }
+    check_answer_macs(in_ip, out_ip)?;
+    if !out.payload.is_empty() {
+        return Err("an answer with a payload".to_owned());
+    }
+    let handshake = out.flags & (TCP_SYN | TCP_ACK | TCP_RST | TCP_FIN);
+    if out.flags & TCP_RST != 0 && out.flags & TCP_SYN == 0 {
+        // RFC 793: to a segment with ACK, seq = its ack; else ack = its
+        // seq + length, with ACK set.
+        let ok = if seg.flags & TCP_ACK != 0 {
+            out.seq == seg.ack
+        } else {
+            out.flags & TCP_ACK != 0 && out.ack == seg.seq.wrapping_add(seg.len())
+        };
+        if !ok {
+            return Err(format!(
+                "a RST with seq {} ack {} to seq {} ack {}",
+                out.seq, out.ack, seg.seq, seg.ack
+            ));
+        }
+        Ok((Class::RstAnswer, Some(Learned::Refused)))
+    } else if handshake == TCP_SYN | TCP_ACK {
+        if out.ack != seg.seq.wrapping_add(1) {
+            return Err(format!(
+                "a SYN-ACK acknowledging {} to a SYN with seq {}",
+                out.ack, seg.seq
+            ));
+        }
+        let learned = Learned::ToClient {
+            next_seq: out.seq.wrapping_add(1),
+        };
+        Ok((Class::SynAckAnswer, Some(learned)))
+    } else {
+        Err(format!("an answer with flags {:#04x}", out.flags))
+    }
+}
