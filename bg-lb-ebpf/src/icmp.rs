@@ -108,8 +108,9 @@ pub fn answer_too_big(ctx: &XdpContext, pkt: &mut TcpPacket<'_>, mtu: u16) -> u3
         Some(cfg) => origin_of(&pkt.tuple(), cfg),
         None => None,
     };
-    // A packet forwarded without a pinned flow has no way back.
-    let Some(origin) = origin else {
+    // A packet forwarded without a pinned flow has no way back, and one sent
+    // to a group MAC must not be answered from it.
+    let Some(origin) = origin.filter(|_| !pkt.to_group_mac()) else {
         return dropped(Counter::TooBigDropped);
     };
     let (ip, l4) = pkt.quote();
