@@ -72,6 +72,7 @@ impl Daemon {
         pins.prepare()?;
         let opts = DataplaneOptions {
             max_flows: config.max_flows,
+            reverse_nat_entries: config.reverse_nat_entries(),
             lookup_capacity: config.lookup_capacity,
             pin_dir: Some(pins.maps_dir()),
         };
