@@ -30,7 +30,6 @@ use bg_lb_common::{
 
 use crate::{
     maps::{CONFIG, SERVICES, VIP_ADDRESSES, count},
-    nat::decrement_ttl,
     packet::{Malformed, NotForUs, TcpPacket, parse_tcp},
 };
 
@@ -42,7 +41,7 @@ pub fn bg_lb(ctx: XdpContext) -> u32 {
     if cfg.ready == 0 {
         return XDP_PASS;
     }
-    let mut pkt = match parse_tcp(&ctx) {
+    let pkt = match parse_tcp(&ctx) {
         Ok(pkt) => pkt,
         Err(NotForUs::Other) => {
             count(Counter::Passed);
@@ -57,16 +56,16 @@ pub fn bg_lb(ctx: XdpContext) -> u32 {
     // intact under RCU until the program returns, as aya's `get` requires.
     if let Some(service) = unsafe { SERVICES.get(service_key(pkt.dst_addr(), pkt.dst_port())) } {
         let service = *service;
-        if let Err(verdict) = sane_and_routed(&mut pkt) {
+        if let Err(verdict) = screen(&pkt) {
             return verdict;
         }
         return to_backend::to_backend(&ctx, pkt, &service, &cfg);
     }
     if is_snat_port(&cfg, pkt.dst_addr(), pkt.dst_port()) {
-        if let Err(verdict) = sane_and_routed(&mut pkt) {
+        if let Err(verdict) = screen(&pkt) {
             return verdict;
         }
-        return to_client::to_client(&ctx, &mut pkt);
+        return to_client::to_client(&ctx, pkt);
     }
     count(Counter::Passed);
     XDP_PASS
@@ -114,14 +113,15 @@ fn judge_malformed(frame: &Malformed, cfg: &DataplaneConfig) -> u32 {
 }
 
 /// Drops what no TCP stack sends (SYN with FIN or RST) and what has run out
-/// of hops; decrements the TTL of the rest, as a router would.
+/// of hops. What passes has a TTL above 1, for the path to decrement when it
+/// forwards.
 #[inline(always)]
-fn sane_and_routed(pkt: &mut TcpPacket<'_>) -> Result<(), u32> {
+fn screen(pkt: &TcpPacket<'_>) -> Result<(), u32> {
     if flow_state::has_bad_flags(pkt.flags()) {
         count(Counter::BadTcpFlags);
         return Err(XDP_DROP);
     }
-    if !decrement_ttl(pkt) {
+    if pkt.ttl() <= 1 {
         return Err(ttl_expired(pkt));
     }
     Ok(())

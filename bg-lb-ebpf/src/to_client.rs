@@ -17,12 +17,12 @@ use bg_lb_common::{
 use crate::{
     forward::forward,
     maps::{BACKENDS, REVERSE_NAT, Way, account, account_event, count, flow_entry},
-    nat::{Endpoints, rewrite},
+    nat::{Endpoints, decrement_ttl, rewrite},
     packet::TcpPacket,
 };
 
 #[inline(always)]
-pub fn to_client(ctx: &XdpContext, pkt: &mut TcpPacket<'_>) -> u32 {
+pub fn to_client(ctx: &XdpContext, mut pkt: TcpPacket<'_>) -> u32 {
     let nat = NatKey {
         backend_addr: pkt.src_addr(),
         backend_port: pkt.src_port(),
@@ -58,8 +58,9 @@ pub fn to_client(ctx: &XdpContext, pkt: &mut TcpPacket<'_>) -> u32 {
         flow.last_seen_ns = unsafe { bpf_ktime_get_ns() };
     }
     account(flow.backend_id, flow.service_id, Way::ToClient, pkt.ip_len(), false);
+    decrement_ttl(&mut pkt);
     rewrite(
-        pkt,
+        &mut pkt,
         &Endpoints {
             src_addr: client.vip_addr,
             src_port: client.vip_port,
@@ -67,5 +68,5 @@ pub fn to_client(ctx: &XdpContext, pkt: &mut TcpPacket<'_>) -> u32 {
             dst_port: client.client_port,
         },
     );
-    forward(ctx, pkt)
+    forward(ctx, &mut pkt)
 }

@@ -260,6 +260,9 @@ fn rows() -> Vec<Row> {
             b"",
         ))
         .counts(&[Counter::Passed]),
+        Row::new("reply_to_the_snat_range_without_a_flow_passes_unchanged", BLUE[0], ACK)
+            .frame(from_backend(ACK))
+            .counts(&[Counter::ReplyWithoutFlow]),
         // Malformed frames to a VIP or the SNAT range: dropped and counted,
         // never handed to the host the VIP lives on; elsewhere untouched.
         Row::new("truncated_vip_frame_is_dropped_and_counted", malformed, SYN)
@@ -448,6 +451,7 @@ row_tests!(
     udp_to_the_vip_passes_unchanged,
     arp_passes_unchanged,
     frame_to_the_snat_address_outside_the_port_range_passes_unchanged,
+    reply_to_the_snat_range_without_a_flow_passes_unchanged,
     truncated_vip_frame_is_dropped_and_counted,
     fragment_to_the_vip_is_dropped_and_counted,
     non_first_fragment_to_a_vip_address_is_dropped_and_counted,
