@@ -31,7 +31,6 @@ use bg_lb_common::{
 
 use crate::{
     maps::{CONFIG, SERVICES, VIP_ADDRESSES, count},
-    nat::decrement_ttl,
     packet::{Malformed, NotForUs, TcpPacket, parse_tcp},
 };
 
@@ -43,7 +42,7 @@ pub fn bg_lb(ctx: XdpContext) -> u32 {
     if cfg.ready == 0 {
         return XDP_PASS;
     }
-    let mut pkt = match parse_tcp(&ctx) {
+    let pkt = match parse_tcp(&ctx) {
         Ok(pkt) => pkt,
         Err(NotForUs::Icmp) => return icmp::icmp_error(&ctx, &cfg),
         Err(NotForUs::Other) => {
@@ -59,16 +58,16 @@ pub fn bg_lb(ctx: XdpContext) -> u32 {
     // intact under RCU until the program returns, as aya's `get` requires.
     if let Some(service) = unsafe { SERVICES.get(service_key(pkt.dst_addr(), pkt.dst_port())) } {
         let service = *service;
-        if let Err(verdict) = sane_and_routed(&mut pkt) {
+        if let Err(verdict) = screen(&pkt) {
             return verdict;
         }
         return to_backend::to_backend(&ctx, pkt, &service, &cfg);
     }
     if is_snat_port(&cfg, pkt.dst_addr(), pkt.dst_port()) {
-        if let Err(verdict) = sane(&pkt) {
+        if let Err(verdict) = screen(&pkt) {
             return verdict;
         }
-        return to_client::to_client(&ctx, &mut pkt);
+        return to_client::to_client(&ctx, pkt);
     }
     count(Counter::Passed);
     XDP_PASS
@@ -115,26 +114,17 @@ fn judge_malformed(frame: &Malformed, cfg: &DataplaneConfig) -> u32 {
     }
 }
 
-/// [`sane`], then the TTL decremented, as a router would.
-#[inline(always)]
-fn sane_and_routed(pkt: &mut TcpPacket<'_>) -> Result<(), u32> {
-    sane(pkt)?;
-    if !decrement_ttl(pkt) {
-        return Err(ttl_expired());
-    }
-    Ok(())
-}
-
 /// Drops what no TCP stack sends (SYN with FIN or RST) and what has run out
-/// of hops, leaving the frame as it came.
+/// of hops. What passes has a TTL above 1, for the path to decrement when it
+/// forwards.
 #[inline(always)]
-fn sane(pkt: &TcpPacket<'_>) -> Result<(), u32> {
+fn screen(pkt: &TcpPacket<'_>) -> Result<(), u32> {
     if flow_state::has_bad_flags(pkt.flags()) {
         count(Counter::BadTcpFlags);
         return Err(XDP_DROP);
     }
     if pkt.ttl() <= 1 {
-        return Err(ttl_expired());
+        return Err(ttl_expired(pkt));
     }
     Ok(())
 }
@@ -144,7 +134,7 @@ fn sane(pkt: &TcpPacket<'_>) -> Result<(), u32> {
 /// so the kernel would deliver it. It is dropped and counted; this is where
 /// a time-exceeded reply would be built.
 #[inline(always)]
-pub fn ttl_expired() -> u32 {
+fn ttl_expired(_pkt: &TcpPacket<'_>) -> u32 {
     count(Counter::TtlExpired);
     XDP_DROP
 }

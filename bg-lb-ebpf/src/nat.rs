@@ -33,17 +33,14 @@ pub fn rewrite(pkt: &mut TcpPacket<'_>, to: &Endpoints) {
 }
 
 /// Decrements the TTL as a router would, so a routing loop through the LB
-/// dies out. Returns false (leaving the packet alone) if it would reach 0.
+/// dies out; for a packet being forwarded, whose TTL was found above 1.
 #[inline(always)]
-pub fn decrement_ttl(pkt: &mut TcpPacket<'_>) -> bool {
+pub fn decrement_ttl(pkt: &mut TcpPacket<'_>) {
     let ttl = pkt.ttl();
-    if ttl <= 1 {
-        return false;
-    }
+    let next = ttl.saturating_sub(1);
     // TTL shares a 16-bit checksum word with the protocol byte.
     let old = u16::from_ne_bytes([ttl, pkt.proto()]);
-    let new = u16::from_ne_bytes([ttl - 1, pkt.proto()]);
+    let new = u16::from_ne_bytes([next, pkt.proto()]);
     pkt.set_ip_check(replace16(pkt.ip_check(), old, new));
-    pkt.set_ttl(ttl - 1);
-    true
+    pkt.set_ttl(next);
 }

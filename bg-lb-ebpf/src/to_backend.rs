@@ -26,7 +26,7 @@ use bg_lb_common::{
 use crate::{
     forward::forward,
     maps::{BACKENDS, FLOWS, LOOKUP_TABLES, REVERSE_NAT, Way, account, count, flow_entry, log_due},
-    nat::{Endpoints, rewrite},
+    nat::{Endpoints, decrement_ttl, rewrite},
     packet::TcpPacket,
     rst::reply_rst,
 };
@@ -128,6 +128,7 @@ pub fn to_backend(ctx: &XdpContext, mut pkt: TcpPacket<'_>, service: &Service, c
         pkt.ip_len(),
         established,
     );
+    decrement_ttl(&mut pkt);
     rewrite(
         &mut pkt,
         &Endpoints {

@@ -19,11 +19,10 @@ use crate::{
     maps::{BACKENDS, REVERSE_NAT, Way, account, account_event, count, flow_entry},
     nat::{Endpoints, decrement_ttl, rewrite},
     packet::TcpPacket,
-    ttl_expired,
 };
 
 #[inline(always)]
-pub fn to_client(ctx: &XdpContext, pkt: &mut TcpPacket<'_>) -> u32 {
+pub fn to_client(ctx: &XdpContext, mut pkt: TcpPacket<'_>) -> u32 {
     let nat = NatKey {
         backend_addr: pkt.src_addr(),
         backend_port: pkt.src_port(),
@@ -52,10 +51,6 @@ pub fn to_client(ctx: &XdpContext, pkt: &mut TcpPacket<'_>) -> u32 {
         count(Counter::StaleReply);
         return XDP_DROP;
     }
-    // Only now: a frame passed to the kernel must be the frame that came.
-    if !decrement_ttl(pkt) {
-        return ttl_expired();
-    }
     let event = flow_state::advance(flow, Direction::FromBackend, &seg);
     account_event(flow.backend_id, event);
     if flow_state::backend_keeps_alive(flow.state) {
@@ -63,8 +58,9 @@ pub fn to_client(ctx: &XdpContext, pkt: &mut TcpPacket<'_>) -> u32 {
         flow.last_seen_ns = unsafe { bpf_ktime_get_ns() };
     }
     account(flow.backend_id, flow.service_id, Way::ToClient, pkt.ip_len(), false);
+    decrement_ttl(&mut pkt);
     rewrite(
-        pkt,
+        &mut pkt,
         &Endpoints {
             src_addr: client.vip_addr,
             src_port: client.vip_port,
@@ -72,5 +68,5 @@ pub fn to_client(ctx: &XdpContext, pkt: &mut TcpPacket<'_>) -> u32 {
             dst_port: client.client_port,
         },
     );
-    forward(ctx, pkt)
+    forward(ctx, &mut pkt)
 }

@@ -74,13 +74,7 @@ impl Out {
                         "{what}: from the flow's SNAT port"
                     );
                 }
-                assert_eq!(
-                    (view.src_mac, view.dst_mac),
-                    (LB_MAC, mac_of(*backend.ip())),
-                    "{what}: MACs"
-                );
-                assert_eq!(view.ttl, 63, "{what}: TTL");
-                assert_same_segment(what, &sent, &view);
+                assert_routed(what, &sent, &view, mac_of(*backend.ip()));
             }
             Out::ToBackend { backend, snat } => {
                 let (sent, view) = (parse_checked(sent), parse_checked(out));
@@ -89,13 +83,7 @@ impl Out {
                     (snat, backend),
                     "{what}: from {snat} to {backend}"
                 );
-                assert_eq!(
-                    (view.src_mac, view.dst_mac),
-                    (LB_MAC, mac_of(*backend.ip())),
-                    "{what}: MACs"
-                );
-                assert_eq!(view.ttl, 63, "{what}: TTL");
-                assert_same_segment(what, &sent, &view);
+                assert_routed(what, &sent, &view, mac_of(*backend.ip()));
             }
             Out::ToClient => {
                 let (sent, view) = (parse_checked(sent), parse_checked(out));
@@ -104,9 +92,7 @@ impl Out {
                     (VIP, client),
                     "{what}: from the VIP to the client"
                 );
-                assert_eq!((view.src_mac, view.dst_mac), (LB_MAC, GATEWAY_MAC), "{what}: MACs");
-                assert_eq!(view.ttl, 63, "{what}: TTL");
-                assert_same_segment(what, &sent, &view);
+                assert_routed(what, &sent, &view, GATEWAY_MAC);
             }
             Out::Rst { seq, ack } => {
                 assert_eq!(out.len(), 54, "{what}: a bare RST: Ethernet + IPv4 + TCP headers");
@@ -194,6 +180,14 @@ fn assert_translated(what: &str, sent: &IcmpView, out: &IcmpView, quoted: (Socke
         rest
     };
     assert_eq!(rest(&out.quote), rest(&sent.quote), "{what}: the rest of the quote");
+}
+
+/// Sent from the LB's MAC to `next_hop`, one hop older, and otherwise the
+/// segment as sent.
+fn assert_routed(what: &str, sent: &TcpView, out: &TcpView, next_hop: [u8; 6]) {
+    assert_eq!((out.src_mac, out.dst_mac), (LB_MAC, next_hop), "{what}: MACs");
+    assert_eq!(out.ttl, 63, "{what}: TTL");
+    assert_same_segment(what, sent, out);
 }
 
 /// NAT changes addresses, ports, MACs and TTL only.

@@ -591,6 +591,7 @@ fn service_spec(
 fn dataplane_options(max_flows: u32) -> DataplaneOptions {
     DataplaneOptions {
         max_flows,
+        reverse_nat_entries: max_flows,
         lookup_capacity: 2 * DEFAULT_LUT_SIZE,
         pin_dir: None,
     }

@@ -262,7 +262,7 @@ fn teardown_detaches_the_data_plane_and_removes_the_pins() {
 }
 
 #[test]
-fn snat_port_exhaustion_drops_new_flows_and_the_data_plane_logs_why() {
+fn snat_port_exhaustion_refuses_new_connections_at_once_and_the_data_plane_logs_why_once_a_second() {
     // Four SNAT ports and all traffic on b0: four connections fit.
     let lab = start_lab_with("100:0", "snat_ports = \"20000-20003\"\n");
     lab.daemon.ctl_ok(&["backend", "web", "10.99.0.12:8080", "disable"]);
@@ -271,8 +271,20 @@ fn snat_port_exhaustion_drops_new_flows_and_the_data_plane_logs_why() {
         assert_eq!(c.ask().unwrap(), "b0");
     }
     let vip = lab.vip();
-    let fifth = lab.topo.client.ns.run(move || NameClient::connect(vip).err());
-    assert!(fifth.is_some(), "a fifth concurrent connection cannot get a SNAT port");
+    let started = Instant::now();
+    let refused = lab
+        .topo
+        .client
+        .ns
+        .run(move || (0..20).map(|_| NameClient::connect(vip).err()).collect::<Vec<_>>());
+    for e in refused {
+        let e = e.expect("a fifth concurrent connection cannot get a SNAT port");
+        assert_eq!(
+            e.kind(),
+            std::io::ErrorKind::ConnectionRefused,
+            "refused with a RST, not left to SYN retries: {e}"
+        );
+    }
     let deadline = Instant::now() + Duration::from_secs(5);
     while !lab.daemon.log().contains("no free SNAT port") {
         assert!(
@@ -282,6 +294,13 @@ fn snat_port_exhaustion_drops_new_flows_and_the_data_plane_logs_why() {
         );
         thread::sleep(Duration::from_millis(100));
     }
+    let lines = lab.daemon.log().matches("no free SNAT port").count();
+    // One line a second; CPUs racing at the same instant may add one.
+    let allowed = started.elapsed().as_secs() as usize + 2;
+    assert!(
+        lines <= allowed,
+        "{lines} log lines for 20 refusals (at most {allowed})"
+    );
     for c in &mut open {
         assert_eq!(c.ask().unwrap(), "b0", "existing connections are unaffected");
     }

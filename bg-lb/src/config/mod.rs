@@ -72,6 +72,7 @@ mod validate;
 mod values;
 
 use std::{
+    collections::HashSet,
     fmt, fs,
     net::{Ipv4Addr, SocketAddrV4},
     path::{Path, PathBuf},
@@ -146,6 +147,25 @@ pub struct Config {
     /// Flow-table timeouts (`[timeouts]`); all non-zero.
     pub timeouts: FlowTimeouts,
     pub services: Vec<ServiceConfig>,
+}
+
+impl Config {
+    /// Capacity of the reverse-NAT table, which evicts nothing: one entry per
+    /// (backend, SNAT port) in use. At least `max_flows`, and room for every
+    /// port of every configured backend twice over (for backends a reload
+    /// replaces, and for the ports of flows the flow table evicted until the
+    /// sweep frees them), up to the largest `max_flows` allowed. Fixed when
+    /// the maps are created.
+    pub fn reverse_nat_entries(&self) -> u32 {
+        let backends: HashSet<SocketAddrV4> = self
+            .services
+            .iter()
+            .flat_map(|s| s.backends.iter().map(|b| b.address))
+            .collect();
+        let ports = u64::from(self.snat_ports.1 - self.snat_ports.0) + 1;
+        let limit = *validate::MAX_FLOWS_RANGE.end() as u64;
+        (2 * backends.len() as u64 * ports).clamp(self.max_flows.into(), limit) as u32
+    }
 }
 
 /// Where the XDP program is attached.

@@ -109,6 +109,27 @@ fn full_one_arm_config_parses_to_expected_structs() {
     };
     assert_eq!(config, expected);
     assert_eq!(config.interfaces.names(), ["eth0"]);
+    assert_eq!(
+        config.reverse_nat_entries(),
+        4096,
+        "max_flows, above every port of both backends twice over (4000)"
+    );
+    let more_ports = Config {
+        snat_ports: (40_000, 41_999),
+        ..config
+    };
+    assert_eq!(more_ports.reverse_nat_entries(), 2 * 2 * 2000);
+}
+
+#[test]
+fn the_reverse_nat_table_holds_at_least_max_flows_and_at_most_the_largest_max_flows() {
+    let mut config = parse_ok(&format!("{TOP}{WEB}"));
+    assert_eq!(config.reverse_nat_entries(), DEFAULT_MAX_FLOWS, "no backends");
+    config.snat_ports = (1024, 65535);
+    config.services[0].backends = (0..200u16)
+        .map(|i| backend(Pool::Blue, &format!("10.0.{}.{}:80", i / 250, 1 + i % 250), 100))
+        .collect();
+    assert_eq!(config.reverse_nat_entries(), 16_777_216);
 }
 
 #[test]

@@ -16,7 +16,7 @@ use super::{
 };
 use crate::dataplane::housekeeping::FlowTimeouts;
 
-const MAX_FLOWS_RANGE: RangeInclusive<i64> = 1024..=16_777_216;
+pub(super) const MAX_FLOWS_RANGE: RangeInclusive<i64> = 1024..=16_777_216;
 
 pub(super) fn validate(raw: RawConfig, text: &str) -> Result<Config, Invalid> {
     let interfaces = interfaces(&raw)?;

@@ -82,6 +82,7 @@ impl Daemon {
         preflight::warn_if_pins_die_with_daemon(&pins, mounted_bpffs);
         let opts = DataplaneOptions {
             max_flows: config.max_flows,
+            reverse_nat_entries: config.reverse_nat_entries(),
             lookup_capacity: config.lookup_capacity,
             pin_dir: Some(pins.maps_dir()),
         };

@@ -82,7 +82,7 @@ impl Kernel {
     pub(super) fn load(opts: &DataplaneOptions) -> Result<Self, DataplaneError> {
         let mut loader = EbpfLoader::new();
         loader.map_max_entries(maps::FLOWS, opts.max_flows);
-        loader.map_max_entries(maps::REVERSE_NAT, opts.max_flows);
+        loader.map_max_entries(maps::REVERSE_NAT, opts.reverse_nat_entries.max(opts.max_flows));
         loader.map_max_entries(maps::LOOKUP_TABLES, opts.lookup_capacity);
         if let Some(dir) = &opts.pin_dir {
             check_pinned_layouts(dir)?;

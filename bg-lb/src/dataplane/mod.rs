@@ -69,6 +69,10 @@ pub enum DataplaneError {
 #[derive(Clone, Debug)]
 pub struct DataplaneOptions {
     pub max_flows: u32,
+    /// REVERSE_NAT evicts nothing, so it needs room for every (backend,
+    /// SNAT port) in use; at least `max_flows` (see
+    /// [`crate::config::Config::reverse_nat_entries`]).
+    pub reverse_nat_entries: u32,
     pub lookup_capacity: u32,
     /// Pin every map in this directory (bpffs) so a restarted daemon adopts
     /// them with their contents; `None` for private maps (packet tests).
@@ -79,6 +83,7 @@ impl Default for DataplaneOptions {
     fn default() -> Self {
         Self {
             max_flows: maps::DEFAULT_MAX_FLOWS,
+            reverse_nat_entries: maps::DEFAULT_MAX_FLOWS,
             lookup_capacity: maps::DEFAULT_LOOKUP_CAPACITY,
             pin_dir: None,
         }

@@ -459,18 +459,25 @@ mod tests {
 
     #[test]
     fn fdinfo_of_the_flow_table_is_recognised_by_its_key_and_value_sizes() {
-        let info = "pos:\t0\nflags:\t02000002\nmnt_id:\t15\nino:\t1057\nmap_type:\t9\nkey_size:\t16\n\
-                    value_size:\t32\nmax_entries:\t1048576\nmap_flags:\t0x0\nmap_extra:\t0x0\n\
-                    memlock:\t109051904\nmap_id:\t42\nfrozen:\t0\n";
-        let m = parse_map_fdinfo(info).unwrap();
+        let (flow_key, flow, nat_key) = (
+            std::mem::size_of::<FlowKey>(),
+            std::mem::size_of::<Flow>(),
+            std::mem::size_of::<NatKey>(),
+        );
+        let info = format!(
+            "pos:\t0\nflags:\t02000002\nmnt_id:\t15\nino:\t1057\nmap_type:\t9\nkey_size:\t{flow_key}\n\
+             value_size:\t{flow}\nmax_entries:\t1048576\nmap_flags:\t0x0\nmap_extra:\t0x0\n\
+             memlock:\t109051904\nmap_id:\t42\nfrozen:\t0\n"
+        );
+        let m = parse_map_fdinfo(&info).unwrap();
         assert_eq!(m.map, "FLOWS");
         assert_eq!(
             (m.map_type, m.max_entries, m.memlock_bytes),
             (9, 1_048_576, 109_051_904)
         );
         let nat = info
-            .replace("key_size:\t16", "key_size:\t8")
-            .replace("value_size:\t32", "value_size:\t16");
+            .replace(&format!("key_size:\t{flow_key}"), &format!("key_size:\t{nat_key}"))
+            .replace(&format!("value_size:\t{flow}"), &format!("value_size:\t{flow_key}"));
         assert_eq!(parse_map_fdinfo(&nat).unwrap().map, "REVERSE_NAT");
     }
 
