@@ -35,9 +35,24 @@ pub enum Counter {
     /// A pinned flow of a backend that went down with `on_down = "reset"`,
     /// reset with a RST to the client.
     FlowReset,
+    /// SYN proxy on: a SYN answered with a SYN cookie (XDP_TX), no state kept.
+    SynCookieSent,
+    /// A client's ACK proved its SYN cookie: the LB opened the backend side
+    /// (the ACK became the SYN to the backend).
+    SynCookieValid,
+    /// SYN proxy on: a segment of no flow without a valid cookie: dropped.
+    SynCookieInvalid,
+    /// A client segment of a proxied flow before its backend answered:
+    /// dropped (the client retransmits it).
+    SynProxyEarlyData,
+    /// A handshake segment the SYN proxy would answer, with a wrong IPv4 or
+    /// TCP checksum: dropped.
+    SynProxyBadChecksum,
+    /// A SYN proxy job whose program is not loaded: dropped.
+    SynProxyUnavailable,
 }
 
-pub const COUNTER_COUNT: u32 = Counter::FlowReset as u32 + 1;
+pub const COUNTER_COUNT: u32 = Counter::SynProxyUnavailable as u32 + 1;
 
 impl Counter {
     pub const ALL: [Counter; COUNTER_COUNT as usize] = [
@@ -56,6 +71,12 @@ impl Counter {
         Counter::TtlExpired,
         Counter::Refused,
         Counter::FlowReset,
+        Counter::SynCookieSent,
+        Counter::SynCookieValid,
+        Counter::SynCookieInvalid,
+        Counter::SynProxyEarlyData,
+        Counter::SynProxyBadChecksum,
+        Counter::SynProxyUnavailable,
     ];
 
     /// Stable snake_case name for logs and metrics.
@@ -76,6 +97,12 @@ impl Counter {
             Counter::TtlExpired => "ttl_expired",
             Counter::Refused => "refused",
             Counter::FlowReset => "flow_reset",
+            Counter::SynCookieSent => "syn_cookie_sent",
+            Counter::SynCookieValid => "syn_cookie_valid",
+            Counter::SynCookieInvalid => "syn_cookie_invalid",
+            Counter::SynProxyEarlyData => "syn_proxy_early_data",
+            Counter::SynProxyBadChecksum => "syn_proxy_bad_checksum",
+            Counter::SynProxyUnavailable => "syn_proxy_unavailable",
         }
     }
 }

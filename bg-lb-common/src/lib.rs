@@ -9,6 +9,8 @@
 //! - [`checksum`]: RFC 1624 incremental checksum updates used by NAT.
 //! - [`flow_state`]: TCP flow state tracking (when a pinned flow has ended).
 //! - [`snat_port`]: candidate SNAT ports for collision-free allocation.
+//! - [`syn_proxy`]: SYN cookies for flooded services: modes, flow bits, the
+//!   flood detector's rule, sequence translation.
 //!
 //! Addresses and ports inside map keys and values are stored exactly as on
 //! the wire (network byte order, read as native `u32`/`u16`), so the data
@@ -22,3 +24,4 @@ pub mod flow_hash;
 pub mod flow_state;
 pub mod maps;
 pub mod snat_port;
+pub mod syn_proxy;

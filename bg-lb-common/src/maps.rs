@@ -31,9 +31,14 @@ pub const COUNTERS: &str = "COUNTERS";
 pub const CONFIG: &str = "CONFIG";
 /// `DevMapHash` keyed by ifindex: interfaces the program may redirect to.
 pub const TX_PORTS: &str = "TX_PORTS";
+/// `Array<SynFlood>` indexed by service id: the SYN proxy's flood detector.
+pub const SYN_FLOOD: &str = "SYN_FLOOD";
+/// `ProgramArray` indexed by [`crate::syn_proxy::Job`]: the SYN proxy's job
+/// programs ([`crate::syn_proxy::JOB_PROGRAMS`]).
+pub const SYN_PROXY_JOBS: &str = "SYN_PROXY_JOBS";
 
 /// Every map of the load balancer object, for pinning and teardown.
-pub const ALL_MAPS: [&str; 10] = [
+pub const ALL_MAPS: [&str; 12] = [
     SERVICES,
     BACKENDS,
     LOOKUP_TABLES,
@@ -44,6 +49,8 @@ pub const ALL_MAPS: [&str; 10] = [
     COUNTERS,
     CONFIG,
     TX_PORTS,
+    SYN_FLOOD,
+    SYN_PROXY_JOBS,
 ];
 
 /// Name of the load balancer's XDP program in the object.
@@ -78,6 +85,18 @@ pub struct ServiceKey {
 }
 
 impl ServiceKey {
+    /// The key of the TCP service at `addr`:`port`, in wire order as the
+    /// data plane reads them.
+    #[inline(always)]
+    pub const fn from_wire(addr: u32, port: u16) -> Self {
+        Self {
+            addr,
+            port,
+            proto: IPPROTO_TCP,
+            _pad: 0,
+        }
+    }
+
     /// The key of the TCP service listening on `vip`.
     pub const fn new(vip: SocketAddrV4) -> Self {
         Self {
@@ -97,6 +116,8 @@ impl ServiceKey {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Service {
     pub id: u32,
+    /// [`crate::syn_proxy::SYN_PROXY_AUTO`] or [`crate::syn_proxy::SYN_PROXY_ALWAYS`]
+    /// (neither: the SYN proxy is off).
     pub flags: u32,
     /// First slot of this service's active table in [`LOOKUP_TABLES`].
     pub lut_base: u32,
@@ -106,6 +127,12 @@ pub struct Service {
     /// restarted daemon can rebuild its allocation from the pinned maps.
     pub lut_spare_base: u32,
     pub _pad: u32,
+    /// SYN proxy in auto mode: connection requests in one second that
+    /// clients leave unanswered before the proxy engages.
+    pub syn_proxy_threshold: u32,
+    /// SYN proxy: the MSS its SYN-ACKs offer clients (host order).
+    pub syn_proxy_mss: u16,
+    pub _pad2: u16,
 }
 
 /// An entry of [`BACKENDS`]; the default (zero address) marks a free slot.
@@ -160,6 +187,20 @@ pub struct FlowKey {
 }
 
 impl FlowKey {
+    /// The TCP flow from `client_addr`:`client_port` to `vip_addr`:`vip_port`,
+    /// in wire order as the data plane reads them.
+    #[inline(always)]
+    pub const fn from_wire(client_addr: u32, client_port: u16, vip_addr: u32, vip_port: u16) -> Self {
+        Self {
+            client_addr,
+            vip_addr,
+            client_port,
+            vip_port,
+            proto: IPPROTO_TCP,
+            _pad: [0; 3],
+        }
+    }
+
     /// The TCP flow from `client` to `vip`.
     pub const fn from_client(client: SocketAddrV4, vip: SocketAddrV4) -> Self {
         Self {
@@ -189,6 +230,21 @@ pub struct Flow {
     pub state: u32,
     pub created_ns: u64,
     pub last_seen_ns: u64,
+    /// SYN proxy bits ([`crate::syn_proxy::PROXIED`], ...); 0 for a flow the
+    /// proxy has nothing to do with.
+    pub proxy: u32,
+    /// The ISN the client got from the VIP: the SYN cookie of a proxied flow;
+    /// for a flow the flood detector watches, the backend's (from its SYN-ACK).
+    pub server_isn: u32,
+    /// A proxied flow's sequence offset, once the backend answered: backend
+    /// ISN - cookie. Added to the client's acks, subtracted from the
+    /// backend's sequence numbers.
+    pub seq_delta: u32,
+    /// A proxied flow's client window (unscaled), for the ACK that completes
+    /// the backend's handshake on the client's behalf.
+    pub client_window: u16,
+    /// A proxied flow's client MSS, as its cookie encodes it (host order).
+    pub client_mss: u16,
 }
 
 /// A backend's reply as it arrives: backend addr:port -> SNAT addr:snat_port.
@@ -239,6 +295,26 @@ impl DataplaneConfig {
             _pad: 0,
         }
     }
+}
+
+/// The SYN proxy's flood detector for one service, entry `Service::id` of
+/// [`SYN_FLOOD`]: connection requests and completed handshakes in the current
+/// one-second window, and until when the proxy stays on (auto mode). Every
+/// CPU writes it, the counters with atomic adds; userspace reads it, and
+/// clears it for a new service.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SynFlood {
+    /// Start of the current window (`bpf_ktime_get_ns`).
+    pub window_start_ns: u64,
+    /// SYNs in the window that opened a flow to a backend (proxy off) or were
+    /// answered with a cookie (proxy on).
+    pub requests: u64,
+    /// Handshakes clients completed in the window: their ACK of the
+    /// backend's SYN-ACK, or of a cookie.
+    pub completed: u64,
+    /// The proxy answers SYNs until then (auto mode; 0: not yet engaged).
+    pub active_until_ns: u64,
 }
 
 /// Per-backend and per-service traffic counters. `in` is client -> backend,
@@ -299,6 +375,7 @@ mod pod {
     unsafe impl aya::Pod for NatKey {}
     unsafe impl aya::Pod for DataplaneConfig {}
     unsafe impl aya::Pod for TrafficStats {}
+    unsafe impl aya::Pod for SynFlood {}
 }
 
 #[cfg(test)]
@@ -310,13 +387,14 @@ mod tests {
     #[test]
     fn map_types_have_no_implicit_padding() {
         assert_eq!(size_of::<ServiceKey>(), 8);
-        assert_eq!(size_of::<Service>(), 24);
+        assert_eq!(size_of::<Service>(), 32);
         assert_eq!(size_of::<Backend>(), 12);
         assert_eq!(size_of::<FlowKey>(), 16);
-        assert_eq!(size_of::<Flow>(), 32);
+        assert_eq!(size_of::<Flow>(), 48);
         assert_eq!(size_of::<NatKey>(), 8);
         assert_eq!(size_of::<DataplaneConfig>(), 16);
         assert_eq!(size_of::<TrafficStats>(), 64);
+        assert_eq!(size_of::<SynFlood>(), 32);
     }
 
     /// The bytes of `value` as the kernel sees them.

@@ -5,12 +5,15 @@
 //! ([`to_client`]); everything else passes to the kernel untouched.
 #![no_std]
 #![no_main]
+// The SYN proxy's shared counters need the BPF atomic add (see synproxy).
+#![feature(asm_experimental_arch)]
 
 mod forward;
 mod maps;
 mod nat;
 mod packet;
 mod rst;
+mod synproxy;
 mod to_backend;
 mod to_client;
 
@@ -67,7 +70,7 @@ pub fn bg_lb(ctx: XdpContext) -> u32 {
         if !decrement_ttl(&mut pkt) {
             return ttl_expired();
         }
-        return to_client::to_client(&ctx, &mut pkt);
+        return to_client::to_client(&ctx, pkt);
     }
     count(Counter::Passed);
     XDP_PASS

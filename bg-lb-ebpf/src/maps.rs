@@ -5,15 +5,16 @@
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray, ProgramArray},
 };
 use bg_lb_common::{
     counters::{COUNTER_COUNT, Counter},
     flow_state::BackendSignal,
     maps::{
         Backend, DEFAULT_LOOKUP_CAPACITY, DEFAULT_MAX_FLOWS, DataplaneConfig, Flow, FlowKey, MAX_BACKENDS,
-        MAX_INTERFACES, MAX_SERVICES, NatKey, Service, ServiceKey, TrafficStats,
+        MAX_INTERFACES, MAX_SERVICES, NatKey, Service, ServiceKey, SynFlood, TrafficStats,
     },
+    syn_proxy::JOB_PROGRAMS,
 };
 
 // Not preallocated: an update then swaps in a new element under RCU, so a
@@ -47,6 +48,12 @@ pub static CONFIG: Array<DataplaneConfig> = Array::with_max_entries(1, 0);
 
 #[map]
 pub static TX_PORTS: DevMapHash = DevMapHash::with_max_entries(MAX_INTERFACES, 0);
+
+#[map]
+pub static SYN_FLOOD: Array<SynFlood> = Array::with_max_entries(MAX_SERVICES, 0);
+
+#[map]
+pub static SYN_PROXY_JOBS: ProgramArray = ProgramArray::with_max_entries(JOB_PROGRAMS.len() as u32, 0);
 
 /// The pinned flow under `key`, to update in place for this packet.
 #[inline(always)]

@@ -10,9 +10,10 @@ use aya_log_ebpf::warn;
 use bg_lb_common::{
     counters::Counter,
     flow_hash::flow_hash,
-    flow_state::{self, Direction},
+    flow_state::{self, Direction, TCP_SYN},
     maps::{BACKEND_RESET_FLOWS, Backend, DataplaneConfig, Flow, FlowKey, IPPROTO_TCP, NO_BACKEND, NatKey, Service},
     snat_port::{self, SNAT_PORT_ATTEMPTS},
+    syn_proxy::Job,
 };
 
 use crate::{
@@ -21,6 +22,7 @@ use crate::{
     nat::{Endpoints, rewrite},
     packet::TcpPacket,
     rst::reply_rst,
+    synproxy::{self, ClientStep, Unpinned},
 };
 
 #[inline(always)]
@@ -36,19 +38,40 @@ pub fn to_backend(ctx: &XdpContext, mut pkt: TcpPacket<'_>, service: &Service, c
     // SAFETY: a helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     let (flow, new_flow) = match pinned_flow(&key, pkt.flags(), now) {
-        Some(flow) => (flow, false),
-        None => match new_flow(&key, pkt.flags(), service, cfg, now) {
-            Ok(flow) => (flow, true),
-            Err(Counter::NoBackend) if flow_state::is_connection_request(pkt.flags()) => {
-                count(Counter::Refused);
-                return reply_rst(ctx, pkt);
-            }
-            Err(counter) => {
-                count(counter);
-                log_drop(ctx, counter);
-                return XDP_DROP;
-            }
+        Some(flow) if flow.proxy != 0 => match synproxy::client_segment(pkt.flags(), pkt.ack_seq(), &key, &flow) {
+            ClientStep::Forward => (flow, false),
+            ClientStep::ResendSyn => return synproxy::hand_over(ctx, Job::ResendSyn),
+            ClientStep::Drop => return XDP_DROP,
         },
+        Some(flow) => (flow, false),
+        None => {
+            let proven = match synproxy::unpinned(ctx, pkt.flags(), service, now) {
+                Unpinned::Usual => false,
+                Unpinned::Proven => true,
+                Unpinned::Answer => return synproxy::hand_over(ctx, Job::SynAck),
+                Unpinned::Drop => return XDP_DROP,
+            };
+            // A proven cookie opens the flow as its SYN would have.
+            let request = if proven { TCP_SYN } else { pkt.flags() };
+            match new_flow(&key, request, service, cfg, now) {
+                Ok(_) if proven => return synproxy::hand_over(ctx, Job::OpenBackend),
+                Ok(flow) => {
+                    if flow_state::is_connection_request(request) {
+                        synproxy::opened(service, now);
+                    }
+                    (flow, true)
+                }
+                Err(Counter::NoBackend) if flow_state::is_connection_request(request) => {
+                    count(Counter::Refused);
+                    return reply_rst(ctx, pkt);
+                }
+                Err(counter) => {
+                    count(counter);
+                    log_drop(ctx, counter);
+                    return XDP_DROP;
+                }
+            }
+        }
     };
     let Some(backend) = BACKENDS.get(flow.backend_id) else {
         count(Counter::NoBackend);
@@ -68,6 +91,8 @@ pub fn to_backend(ctx: &XdpContext, mut pkt: TcpPacket<'_>, service: &Service, c
             src_port: flow.snat_port,
             dst_addr: backend.addr,
             dst_port: backend.port,
+            seq_offset: 0,
+            ack_offset: synproxy::seq_offset(&flow),
         },
     );
     forward(ctx, &mut pkt)
@@ -134,6 +159,8 @@ fn new_flow(key: &FlowKey, tcp_flags: u8, service: &Service, cfg: &DataplaneConf
         state: flow_state::initial(tcp_flags),
         created_ns: now,
         last_seen_ns: now,
+        proxy: synproxy::new_flow_bits(service),
+        ..Flow::default()
     };
     if !flow_state::is_connection_request(tcp_flags) {
         count(Counter::UnpinnedForwarded);

@@ -27,14 +27,28 @@ pub fn tcp_frame(
     flags: u8,
     payload: &[u8],
 ) -> Vec<u8> {
+    tcp_frame_at(src_mac, dst_mac, src, dst, flags, (SEQ, ACK_NUMBER), payload)
+}
+
+/// [`tcp_frame`] with sequence and acknowledgment numbers `(seq, ack)` (the
+/// latter only when ACK is set).
+pub fn tcp_frame_at(
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+    src: SocketAddrV4,
+    dst: SocketAddrV4,
+    flags: u8,
+    (seq, ack): (u32, u32),
+    payload: &[u8],
+) -> Vec<u8> {
     let mut builder = PacketBuilder::ethernet2(src_mac, dst_mac)
         .ipv4(src.ip().octets(), dst.ip().octets(), 64)
-        .tcp(src.port(), dst.port(), SEQ, 64240);
+        .tcp(src.port(), dst.port(), seq, 64240);
     if flags & SYN != 0 {
         builder = builder.syn();
     }
     if flags & ACK != 0 {
-        builder = builder.ack(ACK_NUMBER);
+        builder = builder.ack(ack);
     }
     if flags & 0x01 != 0 {
         builder = builder.fin();

@@ -19,6 +19,7 @@ use bg_lb_common::maps::{Backend, MAX_BACKENDS, MAX_SERVICES, Service, ServiceKe
 use crate::{
     dataplane::{
         lookup_table::{self, TableBackend},
+        syn_proxy::SynProxy,
         table_regions::{RegionAllocator, RegionsExhausted, TableRegions},
     },
     ratio::{Pool, Ratio},
@@ -42,6 +43,7 @@ pub struct ServiceSpec {
     pub lut_size: u32,
     pub ratio: Ratio,
     pub backends: Vec<BackendSpec>,
+    pub syn_proxy: SynProxy,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +71,8 @@ pub struct ServiceUpdate {
     pub table: Vec<u32>,
     pub key: ServiceKey,
     pub service: Service,
+    /// The service is new (its id fresh): its flood detector starts clean.
+    pub fresh: bool,
 }
 
 /// A service leaving the data plane: its SERVICES entry goes, then its
@@ -197,7 +201,8 @@ impl Services {
     /// the table goes to the buffer packets are not reading. The new table
     /// counts as active only once [`Services::swapped`] says it was written.
     pub fn update(&mut self, spec: &ServiceSpec) -> Result<ServiceUpdate, ServicesError> {
-        if !self.installed.contains_key(&spec.vip) {
+        let fresh = !self.installed.contains_key(&spec.vip);
+        if fresh {
             self.install(spec)?;
         }
         let size = self.installed[&spec.vip].regions.size;
@@ -217,18 +222,20 @@ impl Services {
             .map(|(b, t)| (t.id, Backend::new(installed.id, b.addr, b.pool.wire(), b.reset_flows)))
             .collect();
         let base = installed.regions.inactive(installed.active_base);
+        let mut service = Service {
+            id: installed.id,
+            lut_base: base,
+            lut_size: spec.lut_size,
+            lut_spare_base: installed.regions.inactive(base),
+            ..Service::default()
+        };
+        spec.syn_proxy.program(&mut service);
         Ok(ServiceUpdate {
             backends,
             table: lookup_table::build(&table_backends, spec.ratio, spec.lut_size),
             key: ServiceKey::new(spec.vip),
-            service: Service {
-                id: installed.id,
-                flags: 0,
-                lut_base: base,
-                lut_size: spec.lut_size,
-                lut_spare_base: installed.regions.inactive(base),
-                _pad: 0,
-            },
+            service,
+            fresh,
         })
     }
 
@@ -357,6 +364,7 @@ mod tests {
                     reset_flows: false,
                 })
                 .collect(),
+            syn_proxy: SynProxy::default(),
         }
     }
 

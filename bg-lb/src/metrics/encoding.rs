@@ -38,9 +38,15 @@ pub fn verdict(counter: Counter) -> &'static str {
         | Counter::FlowInsertFailed
         | Counter::FibFailed
         | Counter::FibNoNeighbour
-        | Counter::RedirectFailed => "drop",
-        Counter::UnpinnedForwarded => "forward",
+        | Counter::RedirectFailed
+        | Counter::SynCookieInvalid
+        | Counter::SynProxyEarlyData
+        | Counter::SynProxyBadChecksum
+        | Counter::SynProxyUnavailable => "drop",
+        Counter::UnpinnedForwarded | Counter::SynCookieValid => "forward",
         Counter::Refused | Counter::FlowReset => "reset",
+        // The SYN proxy's SYN-ACK, sent back in the SYN's place.
+        Counter::SynCookieSent => "answer",
     }
 }
 

@@ -1,0 +1,469 @@
+//! SYN proxy: while a service is flooded with SYNs (auto mode) or always
+//! (as configured), the LB answers SYNs to its VIP itself with a SYN cookie
+//! (`bpf_tcp_raw_gen_syncookie_ipv4`) and keeps no state, so spoofed SYNs
+//! cost neither a flow nor a SNAT port. Only the client's ACK that proves
+//! its cookie (`bpf_tcp_raw_check_syncookie_ipv4`) opens the backend side:
+//! a flow, a SNAT port, and the ACK turned into a SYN to the backend (the
+//! client's ISN, the MSS its cookie encodes, no other option). The
+//! backend's SYN-ACK never reaches the client, who has its handshake
+//! already: the LB records the sequence offset and answers the backend
+//! with the ACK in its place. From then on `nat::rewrite` translates the
+//! flow's sequence numbers.
+//!
+//! Neither side gets window scaling, SACK or timestamps: the cookie cannot
+//! carry them without timestamps, and both sides then agree. A client
+//! segment that arrives before the backend answered is dropped (counted) and
+//! retransmitted by the client; after [`SYN_RETRANSMIT_NS`] such a segment
+//! also resends the SYN, in case it was lost.
+//!
+//! The flood detector (auto mode) counts, per service and one-second window,
+//! connection requests and the handshakes clients complete; more than the
+//! service's threshold left unanswered turns the proxy on for [`HOLD_NS`],
+//! extended while the flood lasts.
+
+use aya_ebpf::{
+    bindings::xdp_action::{XDP_DROP, XDP_TX},
+    helpers::bpf_ktime_get_ns,
+    macros::xdp,
+    programs::XdpContext,
+};
+use bg_lb_common::{
+    counters::Counter,
+    flow_state::{self, Direction, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
+    maps::{Flow, FlowKey, NatKey, Service, ServiceKey, SynFlood},
+    syn_proxy::{
+        BACKEND_READY, COOKIE_MSS, DEFAULT_MSS, HOLD_NS, Job, PROXIED, SERVER_ISN_KNOWN, SYN_PROXY_AUTO,
+        SYN_PROXY_MODES, SYN_RETRANSMIT_NS, WATCHED, accepts_cookies, extended_this_window, flooded, is_active,
+        seq_delta, window_over,
+    },
+};
+
+use crate::{
+    forward::forward,
+    maps::{
+        BACKENDS, CONFIG, REVERSE_NAT, SERVICES, SYN_FLOOD, SYN_PROXY_JOBS, Way, account, account_signal, count,
+        flow_entry,
+    },
+    packet::{Segment, TcpPacket, parse_tcp},
+};
+
+/// The window the SYN-ACK offers (unscaled: the largest there is).
+const SYN_ACK_WINDOW: u16 = u16::MAX;
+
+// Stack: the verifier allows 512 bytes for a program's deepest chain of
+// calls, and the packet paths use most of it. So the paths ask the proxy
+// with plain values and get small verdicts back, and the jobs that write a
+// frame run as programs of their own ([`Job`], reached by tail call with
+// [`hand_over`]): each parses the frame again and finishes it (XDP_TX, or
+// forward) with a whole stack to itself.
+
+/// The proxy's verdict on a segment to a VIP that no flow knows.
+pub enum Unpinned {
+    /// Not the proxy's: the usual path.
+    Usual,
+    /// A SYN the proxy answers: [`Job::SynAck`].
+    Answer,
+    /// An ACK that proved its cookie: pin a flow as for a SYN, then
+    /// [`Job::OpenBackend`].
+    Proven,
+    /// Dropped (and counted).
+    Drop,
+}
+
+/// The proxy's verdict on a client segment of a flow with proxy bits.
+pub enum ClientStep {
+    /// On to the usual NAT, which adds [`seq_offset`] to a proxied flow's ack.
+    Forward,
+    /// The backend has not answered for a while: [`Job::ResendSyn`].
+    ResendSyn,
+    /// Dropped (and counted): the backend cannot take it yet.
+    Drop,
+}
+
+/// The proxy's verdict on a backend segment of a flow with proxy bits.
+pub enum BackendStep {
+    /// On to the usual NAT, subtracting this from the sequence number.
+    Forward(u32),
+    /// The backend's SYN-ACK: [`Job::AckToBackend`].
+    Absorb,
+    /// Dropped.
+    Drop,
+}
+
+/// A segment with `flags` to a service's VIP that no flow knows.
+#[inline(always)]
+pub fn unpinned(ctx: &XdpContext, flags: u8, service: &Service, now: u64) -> Unpinned {
+    if service.flags & SYN_PROXY_MODES == 0 {
+        return Unpinned::Usual;
+    }
+    unpinned_in_proxy_mode(ctx, flags, service, now)
+}
+
+#[inline(never)]
+fn unpinned_in_proxy_mode(ctx: &XdpContext, flags: u8, service: &Service, now: u64) -> Unpinned {
+    let Some(flood) = SYN_FLOOD.get(service.id) else {
+        return Unpinned::Usual;
+    };
+    if flow_state::is_connection_request(flags) {
+        if !is_active(service.flags, flood, now) {
+            return Unpinned::Usual;
+        }
+        note_request(service, now);
+        if flags & (TCP_FIN | TCP_RST) != 0 {
+            count(Counter::SynCookieInvalid);
+            return Unpinned::Drop;
+        }
+        return Unpinned::Answer;
+    }
+    if !accepts_cookies(service.flags, flood, now) {
+        return Unpinned::Usual;
+    }
+    // The cookie covers the addresses, ports and both sequence numbers:
+    // a corrupted one does not prove it.
+    if flags & (TCP_SYN | TCP_RST | TCP_ACK) == TCP_ACK && parse_tcp(ctx).is_ok_and(|pkt| pkt.proves_syncookie()) {
+        if service.flags & SYN_PROXY_AUTO != 0 {
+            note_completed(service.id);
+        }
+        return Unpinned::Proven;
+    }
+    if is_active(service.flags, flood, now) {
+        count(Counter::SynCookieInvalid);
+        return Unpinned::Drop;
+    }
+    // The proxy was on lately but is off: as without it.
+    Unpinned::Usual
+}
+
+/// The `Flow::proxy` bits of a flow a plain SYN opens.
+#[inline(always)]
+pub fn new_flow_bits(service: &Service) -> u32 {
+    if service.flags & SYN_PROXY_AUTO != 0 {
+        WATCHED
+    } else {
+        0
+    }
+}
+
+/// A plain SYN opened a flow: a connection request for the detector.
+#[inline(always)]
+pub fn opened(service: &Service, now: u64) {
+    note_request(service, now);
+}
+
+/// A client segment with `flags` and `ack` of a flow with proxy bits (the
+/// pinned path).
+#[inline(never)]
+pub fn client_segment(flags: u8, ack: u32, key: &FlowKey, flow: &Flow) -> ClientStep {
+    if flow.proxy & WATCHED != 0 {
+        if flow.proxy & SERVER_ISN_KNOWN != 0
+            && flags & (TCP_SYN | TCP_RST | TCP_ACK) == TCP_ACK
+            && ack == flow.server_isn.wrapping_add(1)
+            && let Some(entry) = flow_entry(key)
+        {
+            entry.proxy = 0;
+            note_completed(flow.service_id);
+        }
+        return ClientStep::Forward;
+    }
+    if flow.proxy & (PROXIED | BACKEND_READY) != PROXIED || flags & TCP_RST != 0 {
+        // A RST before the backend answered resets its half-open
+        // connection by the sequence number alone.
+        return ClientStep::Forward;
+    }
+    count(Counter::SynProxyEarlyData);
+    // SAFETY: a helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if now.saturating_sub(flow.created_ns) < SYN_RETRANSMIT_NS || flags & TCP_SYN != 0 {
+        return ClientStep::Drop;
+    }
+    ClientStep::ResendSyn
+}
+
+/// A backend segment with `flags` and `seq` of a flow with proxy bits (the
+/// reply path).
+#[inline(never)]
+pub fn backend_segment(flags: u8, seq: u32, flow: &mut Flow) -> BackendStep {
+    if flow.proxy & WATCHED != 0 {
+        if flags & (TCP_SYN | TCP_ACK | TCP_RST) == TCP_SYN | TCP_ACK {
+            flow.server_isn = seq;
+            flow.proxy |= SERVER_ISN_KNOWN;
+        }
+        return BackendStep::Forward(0);
+    }
+    if flow.proxy & PROXIED == 0 {
+        return BackendStep::Forward(0);
+    }
+    if flags & TCP_SYN != 0 {
+        return if flags & (TCP_ACK | TCP_RST | TCP_FIN) == TCP_ACK {
+            BackendStep::Absorb
+        } else {
+            BackendStep::Drop
+        };
+    }
+    if flow.proxy & BACKEND_READY != 0 {
+        return BackendStep::Forward(flow.seq_delta);
+    }
+    if flags & TCP_RST == 0 {
+        return BackendStep::Drop;
+    }
+    // The backend refused the LB's SYN. The client, whose handshake the LB
+    // completed, accepts a RST only at the sequence number it expects.
+    BackendStep::Forward(seq.wrapping_sub(flow.server_isn.wrapping_add(1)))
+}
+
+/// What `nat::rewrite` adds to the acks of the flow's client segments.
+#[inline(always)]
+pub fn seq_offset(flow: &Flow) -> u32 {
+    if flow.proxy & BACKEND_READY != 0 {
+        flow.seq_delta
+    } else {
+        0
+    }
+}
+
+/// Hands the frame to the program of `job`, which finishes it; returns
+/// only if that program is not loaded.
+#[inline(always)]
+pub fn hand_over(ctx: &XdpContext, job: Job) -> u32 {
+    // SAFETY: ctx is this run's context; a tail call either leaves this
+    // program for good or returns having done nothing.
+    unsafe { SYN_PROXY_JOBS.tail_call(ctx, job as u32) };
+    count(Counter::SynProxyUnavailable);
+    XDP_DROP
+}
+
+/// [`Job::SynAck`]: answers the SYN to a VIP in the frame with a cookie
+/// SYN-ACK from the VIP, back out of the interface it came in on.
+#[xdp]
+pub fn bg_lb_syn_ack(ctx: XdpContext) -> u32 {
+    let Ok(mut pkt) = parse_tcp(&ctx) else {
+        return XDP_DROP;
+    };
+    // SAFETY: SERVICES is BPF_F_NO_PREALLOC: the element stays intact
+    // under RCU until the program returns (as in bg_lb).
+    let Some(service) = (unsafe { SERVICES.get(ServiceKey::from_wire(pkt.dst_addr(), pkt.dst_port())) }).copied()
+    else {
+        return XDP_DROP;
+    };
+    let Some((mut tcp, len)) = pkt.tcp_header(&ctx) else {
+        return XDP_DROP;
+    };
+    if !pkt.checksums_hold(&tcp) {
+        count(Counter::SynProxyBadChecksum);
+        return XDP_DROP;
+    }
+    let Some((cookie, _)) = pkt.syncookie(&mut tcp, len) else {
+        return XDP_DROP;
+    };
+    let syn_ack = Segment {
+        src_addr: pkt.dst_addr(),
+        dst_addr: pkt.src_addr(),
+        src_port: pkt.dst_port(),
+        dst_port: pkt.src_port(),
+        seq: cookie,
+        ack: pkt.seq().wrapping_add(1),
+        flags: TCP_SYN | TCP_ACK,
+        window: SYN_ACK_WINDOW,
+        mss: service.syn_proxy_mss,
+    };
+    pkt.swap_macs();
+    if pkt.become_segment(&ctx, &syn_ack).is_none() {
+        return XDP_DROP;
+    }
+    count(Counter::SynCookieSent);
+    XDP_TX
+}
+
+/// [`Job::OpenBackend`]: the ACK in the frame proved its cookie and a flow
+/// is pinned for it. Marks the flow proxied and sends its backend the SYN in
+/// the ACK's place. Data on the ACK is dropped: the client sends it again.
+#[xdp]
+pub fn bg_lb_open_backend(ctx: XdpContext) -> u32 {
+    count(Counter::SynCookieValid);
+    let Ok(pkt) = parse_tcp(&ctx) else {
+        return XDP_DROP;
+    };
+    let Some(flow) = flow_entry(&client_flow_key(&pkt)) else {
+        return XDP_DROP;
+    };
+    if pkt.payload_len() != 0 {
+        count(Counter::SynProxyEarlyData);
+    }
+    let (client_isn, cookie) = (pkt.seq().wrapping_sub(1), pkt.ack_seq().wrapping_sub(1));
+    flow.proxy = PROXIED;
+    flow.server_isn = cookie;
+    // Until the backend answers, the offset's place keeps the client's ISN,
+    // for the SYN and its retransmissions.
+    flow.seq_delta = client_isn;
+    flow.client_window = pkt.window();
+    flow.client_mss = cookie_mss(&pkt, client_isn, cookie);
+    send_syn(&ctx, pkt, flow, true)
+}
+
+/// [`Job::ResendSyn`]: sends the backend of the proxied flow its SYN again,
+/// in place of the client segment in the frame, which it cannot take yet.
+#[xdp]
+pub fn bg_lb_resend_syn(ctx: XdpContext) -> u32 {
+    let Ok(pkt) = parse_tcp(&ctx) else {
+        return XDP_DROP;
+    };
+    match flow_entry(&client_flow_key(&pkt)) {
+        Some(flow) => send_syn(&ctx, pkt, flow, false),
+        None => XDP_DROP,
+    }
+}
+
+/// [`Job::AckToBackend`]: the frame is the backend's SYN-ACK to the LB's
+/// SYN. Records the offset (the first time), counts the handshake, and
+/// answers with the ACK the client would have sent. A retransmitted SYN-ACK
+/// gets the ACK again.
+#[xdp]
+pub fn bg_lb_ack_to_backend(ctx: XdpContext) -> u32 {
+    let Ok(mut pkt) = parse_tcp(&ctx) else {
+        return XDP_DROP;
+    };
+    let nat = NatKey {
+        backend_addr: pkt.src_addr(),
+        backend_port: pkt.src_port(),
+        snat_port: pkt.dst_port(),
+    };
+    // SAFETY: copied at once (as in to_client).
+    let Some(client) = (unsafe { REVERSE_NAT.get(nat) }).copied() else {
+        return XDP_DROP;
+    };
+    let Some(flow) = flow_entry(&client) else {
+        return XDP_DROP;
+    };
+    if flow.proxy & BACKEND_READY == 0 {
+        account_signal(flow, flow_state::backend_signal(flow.state, pkt.flags()));
+        flow.state = flow_state::advance(flow.state, pkt.flags(), Direction::FromBackend);
+        flow.state = flow_state::advance(flow.state, TCP_ACK, Direction::FromClient);
+        flow.seq_delta = seq_delta(pkt.seq(), flow.server_isn);
+        flow.proxy |= BACKEND_READY;
+    }
+    // SAFETY: a helper without arguments.
+    flow.last_seen_ns = unsafe { bpf_ktime_get_ns() };
+    let ack = Segment {
+        src_addr: pkt.dst_addr(),
+        dst_addr: pkt.src_addr(),
+        src_port: pkt.dst_port(),
+        dst_port: pkt.src_port(),
+        seq: pkt.ack_seq(),
+        ack: pkt.seq().wrapping_add(1),
+        flags: TCP_ACK,
+        window: flow.client_window,
+        mss: 0,
+    };
+    pkt.swap_macs();
+    match pkt.become_segment(&ctx, &ack) {
+        Some(_) => XDP_TX,
+        None => XDP_DROP,
+    }
+}
+
+/// The flow of a client segment to a VIP.
+#[inline(always)]
+fn client_flow_key(pkt: &TcpPacket<'_>) -> FlowKey {
+    FlowKey::from_wire(pkt.src_addr(), pkt.src_port(), pkt.dst_addr(), pkt.dst_port())
+}
+
+/// The proxied flow's SYN to its backend, written in place of `pkt` already
+/// NATed (from the SNAT address and the flow's port), and forwarded.
+#[inline(always)]
+fn send_syn(ctx: &XdpContext, pkt: TcpPacket<'_>, flow: &Flow, new_flow: bool) -> u32 {
+    let (Some(backend), Some(cfg)) = (BACKENDS.get(flow.backend_id), CONFIG.get(0)) else {
+        count(Counter::NoBackend);
+        return XDP_DROP;
+    };
+    let syn = Segment {
+        src_addr: cfg.snat_addr,
+        dst_addr: backend.addr,
+        src_port: flow.snat_port,
+        dst_port: backend.port,
+        seq: flow.seq_delta,
+        ack: 0,
+        flags: TCP_SYN,
+        window: flow.client_window,
+        mss: flow.client_mss,
+    };
+    let Some(mut syn) = pkt.become_segment(ctx, &syn) else {
+        return XDP_DROP;
+    };
+    account(flow, Way::ToBackend, syn.ip_len(), new_flow);
+    forward(ctx, &mut syn)
+}
+
+/// The MSS a cookie encodes. Only the kernel knows the cookie's secret, so
+/// this regenerates the cookie for a SYN with each MSS it can encode and
+/// keeps the one that matches. In the rare case that the kernel's cookie
+/// clock ticked between SYN and ACK nothing matches, and the MSS every path
+/// carries is used.
+#[inline(always)]
+fn cookie_mss(pkt: &TcpPacket<'_>, client_isn: u32, cookie: u32) -> u16 {
+    // The SYN's TCP header: ports, sequence number, one option, the MSS.
+    let mut syn = [0u8; 24];
+    syn[0..2].copy_from_slice(&pkt.src_port().to_ne_bytes());
+    syn[2..4].copy_from_slice(&pkt.dst_port().to_ne_bytes());
+    syn[4..8].copy_from_slice(&client_isn.to_be_bytes());
+    syn[12] = (syn.len() as u8 / 4) << 4;
+    syn[13] = TCP_SYN;
+    syn[20] = 2;
+    syn[21] = 4;
+    for mss in COOKIE_MSS {
+        syn[22..24].copy_from_slice(&mss.to_be_bytes());
+        if let Some((regenerated, _)) = pkt.syncookie(&mut syn, 24)
+            && regenerated == cookie
+        {
+            return mss;
+        }
+    }
+    DEFAULT_MSS
+}
+
+/// A connection request to an auto-mode service: a flow opened for a plain
+/// SYN, or a cookie sent while the proxy is on. Engages (or keeps on) the
+/// proxy when the window's unanswered requests pass the threshold.
+#[inline(always)]
+fn note_request(service: &Service, now: u64) {
+    if service.flags & SYN_PROXY_AUTO == 0 {
+        return;
+    }
+    let Some(flood) = SYN_FLOOD.get_ptr_mut(service.id) else {
+        return;
+    };
+    // SAFETY: an array element is never freed. Every CPU updates it: the
+    // counters with atomic adds, the rest with plain stores whose races
+    // cost at most a request counted in the wrong window.
+    let flood: &mut SynFlood = unsafe { &mut *flood };
+    if extended_this_window(flood.active_until_ns, now) {
+        return;
+    }
+    if window_over(flood.window_start_ns, now) {
+        flood.window_start_ns = now;
+        flood.requests = 0;
+        flood.completed = 0;
+    }
+    atomic_increment(&mut flood.requests);
+    if flooded(flood.requests, flood.completed, service.syn_proxy_threshold) {
+        flood.active_until_ns = now + HOLD_NS;
+    }
+}
+
+/// A client completed its handshake (flow `service_id`'s, or a cookie's).
+#[inline(always)]
+fn note_completed(service_id: u32) {
+    if let Some(flood) = SYN_FLOOD.get_ptr_mut(service_id) {
+        // SAFETY: as in note_request.
+        atomic_increment(unsafe { &mut (*flood).completed });
+    }
+}
+
+/// Adds one with the BPF atomic add (without fetch, which every kernel's
+/// verifier takes). Rust's atomics need compare-and-swap, which the BPF
+/// target does not promise.
+#[inline(always)]
+fn atomic_increment(counter: &mut u64) {
+    // SAFETY: `counter` is a live, aligned u64; the instruction adds to it
+    // atomically and touches nothing else.
+    unsafe { core::arch::asm!("lock *(u64 *)({0} + 0) += {1}", in(reg) counter as *mut u64, in(reg) 1u64) };
+}
