@@ -19,6 +19,7 @@
 //! - [`topology`]: named namespaces and the one-arm client/LB/backends segment.
 //! - [`servers`]: a stoppable TCP accept loop, servers that answer with
 //!   their name, and their client.
+//! - [`syn_flood`]: a spoofed SYN flood sent from a test namespace.
 //! - [`bench`]: `cargo xtask bench` (the `bg-lb-bench` binary): contenders,
 //!   workloads, statistics and reports.
 pub mod bench;
@@ -33,6 +34,7 @@ pub mod packet_lab;
 pub mod packets;
 pub mod release;
 pub mod servers;
+pub mod syn_flood;
 pub mod topology;
 
 /// Fails fast with a clear message when not root: these tests need BPF and

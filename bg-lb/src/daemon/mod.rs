@@ -11,6 +11,7 @@ use std::{
 
 mod census;
 mod error;
+mod floods;
 mod operator;
 mod probes;
 mod reload;
@@ -58,6 +59,8 @@ pub struct Daemon {
     swept: Option<(Instant, Duration)>,
     probe_stats: BTreeMap<CheckKey, ProbeStats>,
     admin_requests: AdminRequests,
+    /// Auto-mode services whose SYN proxy is on, as last logged.
+    flooded: HashMap<String, floods::Flooded>,
 }
 
 impl Daemon {
@@ -98,6 +101,7 @@ impl Daemon {
             swept: None,
             probe_stats: BTreeMap::new(),
             admin_requests: AdminRequests::default(),
+            flooded: HashMap::new(),
         };
         daemon.apply_all()?;
         daemon.restart_probes();

@@ -12,7 +12,8 @@ use bg_lb_common::{
 };
 
 /// When a service answers SYNs with SYN cookies.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum SynProxyMode {
     /// Never: every SYN goes to a backend.
     Off,

@@ -139,6 +139,14 @@ impl Snapshot {
                     )
                 })
                 .collect(),
+            Metric::SynProxyActive => self
+                .services
+                .iter()
+                .map(|s| {
+                    let labels = vec![("service", s.name.clone()), ("mode", s.syn_proxy.mode.to_string())];
+                    (labels, Value::Gauge(s.syn_proxy.active.into()))
+                })
+                .collect(),
         }
     }
 
@@ -221,9 +229,10 @@ mod tests {
 
     use super::*;
     use crate::{
+        dataplane::syn_proxy::SynProxyMode,
         health::{CheckKey, Report, Transition},
         metrics::{AdminRequests, INVALID_COMMAND, Kind, ProbeStats, series_names},
-        protocol::Request,
+        protocol::{Request, SynProxyStatus},
         ratio::Ratio,
         test_support::backend_status,
     };
@@ -278,6 +287,10 @@ mod tests {
                     backend_status("10.0.2.2:80", Pool::Green, BackendHealth::Unchecked),
                 ],
                 shift: None,
+                syn_proxy: SynProxyStatus {
+                    mode: SynProxyMode::Auto,
+                    active: true,
+                },
             }],
             probes: vec![ProbeMetrics {
                 service: "web".into(),
@@ -418,6 +431,12 @@ mod tests {
         assert_eq!(verdict(Counter::NoBackend), "drop");
         assert_eq!(verdict(Counter::Passed), "pass");
         assert_eq!(verdict(Counter::Refused), "reset");
+        assert_eq!(verdict(Counter::SynCookieSent), "answer");
+    }
+
+    #[test]
+    fn syn_proxy_state_is_a_gauge_per_service_with_its_mode() {
+        assert_line(&encoded(), r#"bglb_syn_proxy_active{service="web",mode="auto"} 1"#);
     }
 
     #[test]

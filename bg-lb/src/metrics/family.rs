@@ -29,11 +29,12 @@ pub enum Metric {
     FlowTableCapacity,
     Packets,
     AdminRequests,
+    SynProxyActive,
 }
 
 impl Metric {
     /// In the order of the output.
-    pub const ALL: [Metric; 15] = [
+    pub const ALL: [Metric; 16] = [
         Metric::Ratio,
         Metric::EffectiveRatio,
         Metric::BackendWeight,
@@ -49,6 +50,7 @@ impl Metric {
         Metric::FlowTableCapacity,
         Metric::Packets,
         Metric::AdminRequests,
+        Metric::SynProxyActive,
     ];
 
     /// The family name, without the suffixes the encoding adds.
@@ -69,6 +71,7 @@ impl Metric {
             Metric::FlowTableCapacity => "bglb_flow_table_capacity",
             Metric::Packets => "bglb_packets",
             Metric::AdminRequests => "bglb_admin_requests",
+            Metric::SynProxyActive => "bglb_syn_proxy_active",
         }
     }
 
@@ -88,7 +91,8 @@ impl Metric {
             | Metric::BackendUp
             | Metric::BackendOpenFlows
             | Metric::FlowTableEntries
-            | Metric::FlowTableCapacity => Kind::Gauge,
+            | Metric::FlowTableCapacity
+            | Metric::SynProxyActive => Kind::Gauge,
         }
     }
 
@@ -133,6 +137,10 @@ impl Metric {
                  with them (verdict)."
             }
             Metric::AdminRequests => "Admin socket requests by command and result.",
+            Metric::SynProxyActive => {
+                "1 while the data plane answers the service's SYNs with SYN cookies (mode always, or auto while \
+                 the service is flooded), else 0."
+            }
         }
     }
 

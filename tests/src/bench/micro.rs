@@ -469,7 +469,7 @@ mod tests {
     #[test]
     fn fdinfo_of_the_flow_table_is_recognised_by_its_key_and_value_sizes() {
         let info = "pos:\t0\nflags:\t02000002\nmnt_id:\t15\nino:\t1057\nmap_type:\t9\nkey_size:\t16\n\
-                    value_size:\t32\nmax_entries:\t1048576\nmap_flags:\t0x0\nmap_extra:\t0x0\n\
+                    value_size:\t48\nmax_entries:\t1048576\nmap_flags:\t0x0\nmap_extra:\t0x0\n\
                     memlock:\t109051904\nmap_id:\t42\nfrozen:\t0\n";
         let m = parse_map_fdinfo(info).unwrap();
         assert_eq!(m.map, "FLOWS");
@@ -479,7 +479,7 @@ mod tests {
         );
         let nat = info
             .replace("key_size:\t16", "key_size:\t8")
-            .replace("value_size:\t32", "value_size:\t16");
+            .replace("value_size:\t48", "value_size:\t16");
         assert_eq!(parse_map_fdinfo(&nat).unwrap().map, "REVERSE_NAT");
     }
 
