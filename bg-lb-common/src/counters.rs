@@ -42,17 +42,20 @@ pub enum Counter {
     SynCookieValid,
     /// SYN proxy on: a segment of no flow without a valid cookie: dropped.
     SynCookieInvalid,
-    /// A client segment of a proxied flow before its backend answered:
-    /// dropped (the client retransmits it).
+    /// A client segment of a proxied flow before its backend answered that
+    /// could not be held: dropped (the client retransmits it).
     SynProxyEarlyData,
     /// A handshake segment the SYN proxy would answer, with a wrong IPv4 or
     /// TCP checksum: dropped.
     SynProxyBadChecksum,
     /// A SYN proxy job whose program is not loaded: dropped.
     SynProxyUnavailable,
+    /// A client segment of a proxied flow held until its backend answered,
+    /// then sent on.
+    SynProxyHeld,
 }
 
-pub const COUNTER_COUNT: u32 = Counter::SynProxyUnavailable as u32 + 1;
+pub const COUNTER_COUNT: u32 = Counter::SynProxyHeld as u32 + 1;
 
 impl Counter {
     pub const ALL: [Counter; COUNTER_COUNT as usize] = [
@@ -77,6 +80,7 @@ impl Counter {
         Counter::SynProxyEarlyData,
         Counter::SynProxyBadChecksum,
         Counter::SynProxyUnavailable,
+        Counter::SynProxyHeld,
     ];
 
     /// Stable snake_case name for logs and metrics.
@@ -103,6 +107,7 @@ impl Counter {
             Counter::SynProxyEarlyData => "syn_proxy_early_data",
             Counter::SynProxyBadChecksum => "syn_proxy_bad_checksum",
             Counter::SynProxyUnavailable => "syn_proxy_unavailable",
+            Counter::SynProxyHeld => "syn_proxy_held",
         }
     }
 }

@@ -36,9 +36,15 @@ pub const SYN_FLOOD: &str = "SYN_FLOOD";
 /// `ProgramArray` indexed by [`crate::syn_proxy::Job`]: the SYN proxy's job
 /// programs ([`crate::syn_proxy::JOB_PROGRAMS`]).
 pub const SYN_PROXY_JOBS: &str = "SYN_PROXY_JOBS";
+/// `LruHashMap<FlowKey, HeldSegment>`: client segments of proxied flows that
+/// arrived before the backend answered.
+pub const HELD_SEGMENTS: &str = "HELD_SEGMENTS";
+/// `PerCpuArray<HeldSegment>` with one entry: where a segment is put
+/// together before it goes into [`HELD_SEGMENTS`] (too big for the stack).
+pub const HELD_SCRATCH: &str = "HELD_SCRATCH";
 
 /// Every map of the load balancer object, for pinning and teardown.
-pub const ALL_MAPS: [&str; 12] = [
+pub const ALL_MAPS: [&str; 14] = [
     SERVICES,
     BACKENDS,
     LOOKUP_TABLES,
@@ -51,6 +57,8 @@ pub const ALL_MAPS: [&str; 12] = [
     TX_PORTS,
     SYN_FLOOD,
     SYN_PROXY_JOBS,
+    HELD_SEGMENTS,
+    HELD_SCRATCH,
 ];
 
 /// Name of the load balancer's XDP program in the object.
@@ -66,6 +74,9 @@ pub const DEFAULT_LUT_SIZE: u32 = 65_537;
 pub const DEFAULT_LOOKUP_CAPACITY: u32 = 2 * DEFAULT_LUT_SIZE * 16;
 /// Default flow-table capacity (and of the reverse-NAT table).
 pub const DEFAULT_MAX_FLOWS: u32 = 1 << 20;
+/// Capacity of [`HELD_SEGMENTS`]: a segment waits there for one round trip
+/// to a backend, so this many proxied handshakes may finish at once.
+pub const HELD_SEGMENTS_CAPACITY: u32 = 4096;
 
 /// Lookup-table slot value meaning "no backend can take new flows".
 pub const NO_BACKEND: u32 = u32::MAX;
@@ -317,6 +328,23 @@ pub struct SynFlood {
     pub active_until_ns: u64,
 }
 
+/// A client segment of a proxied flow held until the backend answers, then
+/// sent in place of the ACK that completes the backend's handshake.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HeldSegment {
+    /// Its sequence number (host order).
+    pub seq: u32,
+    /// Payload bytes.
+    pub len: u16,
+    /// Its TCP flags (ACK, PSH, perhaps FIN).
+    pub flags: u8,
+    pub _pad: u8,
+    /// The payload, zero past `len` up to a multiple of 4 (its checksum sum
+    /// is taken a word at a time).
+    pub payload: [u8; crate::syn_proxy::HELD_PAYLOAD_MAX],
+}
+
 /// Per-backend and per-service traffic counters. `in` is client -> backend,
 /// `out` is backend -> client. The last three are each connection's fate as
 /// the reply path sees it: what progressive shifts judge a pool by.
@@ -376,6 +404,7 @@ mod pod {
     unsafe impl aya::Pod for DataplaneConfig {}
     unsafe impl aya::Pod for TrafficStats {}
     unsafe impl aya::Pod for SynFlood {}
+    unsafe impl aya::Pod for HeldSegment {}
 }
 
 #[cfg(test)]
@@ -395,6 +424,7 @@ mod tests {
         assert_eq!(size_of::<DataplaneConfig>(), 16);
         assert_eq!(size_of::<TrafficStats>(), 64);
         assert_eq!(size_of::<SynFlood>(), 32);
+        assert_eq!(size_of::<HeldSegment>(), 8 + crate::syn_proxy::HELD_PAYLOAD_MAX);
     }
 
     /// The bytes of `value` as the kernel sees them.

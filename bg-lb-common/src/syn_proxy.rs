@@ -31,6 +31,13 @@ pub const WATCHED: u32 = 1 << 2;
 /// `Flow::proxy`: a watched flow whose backend SYN-ACK passed, so
 /// `server_isn` holds the backend's ISN.
 pub const SERVER_ISN_KNOWN: u32 = 1 << 3;
+/// `Flow::proxy`: a proxied flow holds a client segment (`HELD_SEGMENTS`)
+/// that arrived before its backend answered.
+pub const HELD: u32 = 1 << 4;
+
+/// The most payload a held segment keeps: a segment of the default offered
+/// MSS. A larger early segment is dropped (the client sends it again).
+pub const HELD_PAYLOAD_MAX: usize = 1460;
 
 /// The proxy's jobs that write a frame. Each is its own XDP program, reached
 /// by tail call through `SYN_PROXY_JOBS` at the job's index, so it has a
@@ -44,16 +51,20 @@ pub enum Job {
     OpenBackend,
     /// Send a proxied flow's backend its SYN again.
     ResendSyn,
-    /// Answer the backend's SYN-ACK with the ACK the client would have sent.
+    /// Answer the backend's SYN-ACK with the ACK the client would have sent,
+    /// or with the client segment held for it.
     AckToBackend,
+    /// Hold a client segment until the backend answers.
+    HoldSegment,
 }
 
 /// Each job's program name, by job index.
-pub const JOB_PROGRAMS: [&str; 4] = [
+pub const JOB_PROGRAMS: [&str; 5] = [
     "bg_lb_syn_ack",
     "bg_lb_open_backend",
     "bg_lb_resend_syn",
     "bg_lb_ack_to_backend",
+    "bg_lb_hold_segment",
 ];
 
 /// The flood detector's window.
@@ -213,7 +224,13 @@ mod tests {
 
     #[test]
     fn jobs_index_their_programs() {
-        let jobs = [Job::SynAck, Job::OpenBackend, Job::ResendSyn, Job::AckToBackend];
+        let jobs = [
+            Job::SynAck,
+            Job::OpenBackend,
+            Job::ResendSyn,
+            Job::AckToBackend,
+            Job::HoldSegment,
+        ];
         assert_eq!(jobs.len(), JOB_PROGRAMS.len());
         for (i, job) in jobs.into_iter().enumerate() {
             assert_eq!(job as usize, i);

@@ -11,8 +11,8 @@ use bg_lb_common::{
     counters::{COUNTER_COUNT, Counter},
     flow_state::BackendSignal,
     maps::{
-        Backend, DEFAULT_LOOKUP_CAPACITY, DEFAULT_MAX_FLOWS, DataplaneConfig, Flow, FlowKey, MAX_BACKENDS,
-        MAX_INTERFACES, MAX_SERVICES, NatKey, Service, ServiceKey, SynFlood, TrafficStats,
+        Backend, DEFAULT_LOOKUP_CAPACITY, DEFAULT_MAX_FLOWS, DataplaneConfig, Flow, FlowKey, HELD_SEGMENTS_CAPACITY,
+        HeldSegment, MAX_BACKENDS, MAX_INTERFACES, MAX_SERVICES, NatKey, Service, ServiceKey, SynFlood, TrafficStats,
     },
     syn_proxy::JOB_PROGRAMS,
 };
@@ -54,6 +54,12 @@ pub static SYN_FLOOD: Array<SynFlood> = Array::with_max_entries(MAX_SERVICES, 0)
 
 #[map]
 pub static SYN_PROXY_JOBS: ProgramArray = ProgramArray::with_max_entries(JOB_PROGRAMS.len() as u32, 0);
+
+#[map]
+pub static HELD_SEGMENTS: LruHashMap<FlowKey, HeldSegment> = LruHashMap::with_max_entries(HELD_SEGMENTS_CAPACITY, 0);
+
+#[map]
+pub static HELD_SCRATCH: PerCpuArray<HeldSegment> = PerCpuArray::with_max_entries(1, 0);
 
 /// The pinned flow under `key`, to update in place for this packet.
 #[inline(always)]

@@ -6,14 +6,15 @@ use core::mem::size_of;
 
 use aya_ebpf::{
     bindings::{iphdr, tcphdr},
+    check_bounds_signed,
     cty::c_void,
     helpers::{
         bpf_csum_diff, bpf_tcp_raw_check_syncookie_ipv4, bpf_tcp_raw_gen_syncookie_ipv4, bpf_xdp_adjust_head,
-        bpf_xdp_adjust_tail, bpf_xdp_load_bytes,
+        bpf_xdp_adjust_tail, bpf_xdp_load_bytes, bpf_xdp_store_bytes,
     },
     programs::XdpContext,
 };
-use bg_lb_common::{checksum::finish, counters::Counter};
+use bg_lb_common::{checksum::finish, counters::Counter, syn_proxy::HELD_PAYLOAD_MAX};
 use network_types::{
     eth::{EthHdr, EtherType},
     ip::{IpProto, Ipv4Hdr},
@@ -274,33 +275,66 @@ impl TcpPacket<'_> {
     /// resized, and the caller drops it.
     #[inline(always)]
     pub fn become_segment<'c>(self, ctx: &'c XdpContext, segment: &Segment) -> Option<TcpPacket<'c>> {
-        if segment.mss != 0 {
-            self.write_segment::<TCP_WITH_MSS_LEN>(ctx, segment)
+        let written = if segment.mss != 0 {
+            self.write_segment::<TCP_WITH_MSS_LEN>(ctx, segment, None)
         } else {
-            self.write_segment::<TCP_LEN>(ctx, segment)
+            self.write_segment::<TCP_LEN>(ctx, segment, None)
+        };
+        if !written {
+            return None;
         }
+        parse_tcp(ctx).ok()
     }
 
-    /// [`TcpPacket::become_segment`] with a TCP header of `TCP` bytes. Out
-    /// of line, so the segment's fields are read from memory after the
-    /// resize rather than held across it in registers the helper call
-    /// clobbers (spilled byte by byte, they overflowed the stack).
+    /// [`TcpPacket::become_segment`] carrying `payload[..len]` after a bare
+    /// TCP header (`payload` is zero past `len` to a multiple of 4).
+    #[inline(always)]
+    pub fn become_data_segment<'c>(
+        self,
+        ctx: &'c XdpContext,
+        segment: &Segment,
+        payload: &[u8; HELD_PAYLOAD_MAX],
+        len: u32,
+    ) -> Option<TcpPacket<'c>> {
+        if !self.write_segment::<TCP_LEN>(ctx, segment, Some((payload, len))) {
+            return None;
+        }
+        parse_tcp(ctx).ok()
+    }
+
+    /// [`TcpPacket::become_segment`] with a TCP header of `TCP` bytes and
+    /// perhaps a payload; false if the frame could not take it. Out of
+    /// line, so the segment's fields are read from memory after the resize
+    /// rather than held across it in registers the helper call clobbers
+    /// (spilled byte by byte, they overflowed the stack).
     #[inline(never)]
-    fn write_segment<'c, const TCP: usize>(self, ctx: &'c XdpContext, s: &Segment) -> Option<TcpPacket<'c>> {
+    fn write_segment<const TCP: usize>(
+        self,
+        ctx: &XdpContext,
+        s: &Segment,
+        payload: Option<(&[u8; HELD_PAYLOAD_MAX], u32)>,
+    ) -> bool {
+        self.write_segment_fields::<TCP>(ctx, s, payload).is_some()
+    }
+
+    #[inline(always)]
+    fn write_segment_fields<const TCP: usize>(
+        self,
+        ctx: &XdpContext,
+        s: &Segment,
+        payload: Option<(&[u8; HELD_PAYLOAD_MAX], u32)>,
+    ) -> Option<()> {
         let eth = *self.eth;
-        let delta = (ETH_LEN + IP_LEN + TCP) as i32 - (ctx.data_end() - ctx.data()) as i32;
-        if delta > 0 {
-            // Grow at the front: XDP guarantees headroom, not tailroom.
-            // SAFETY: ctx.ctx is this run's xdp_md; no reference into the
-            // frame outlives the call, as the packet was taken by value.
-            if unsafe { bpf_xdp_adjust_head(ctx.ctx, -delta) } != 0 {
-                return None;
-            }
-        } else if delta < 0 {
-            // SAFETY: as above.
-            if unsafe { bpf_xdp_adjust_tail(ctx.ctx, delta) } != 0 {
-                return None;
-            }
+        // 64 bits from here on: a copy widened later would be a register the
+        // verifier does not connect with the one checked below.
+        let payload_len = match payload {
+            Some((_, len)) if len as usize <= HELD_PAYLOAD_MAX => u64::from(len),
+            Some(_) => return None,
+            None => 0,
+        };
+        let headers = (ETH_LEN + IP_LEN + TCP) as i32;
+        if !resize(ctx, headers + payload_len as i32) {
+            return None;
         }
         // Resizing invalidated every packet pointer: take new ones. They are
         // inside (the frame is now exactly this long), so the checks are for
@@ -317,9 +351,10 @@ impl TcpPacket<'_> {
             (&mut *ip, &mut *tcp)
         };
         let (src, dst) = (s.src_addr.to_ne_bytes(), s.dst_addr.to_ne_bytes());
+        let segment_len = (TCP as u64 + payload_len) as u16;
         *ip = [0; IP_LEN];
         ip[0] = 0x45;
-        ip[2..4].copy_from_slice(&((IP_LEN + TCP) as u16).to_be_bytes());
+        ip[2..4].copy_from_slice(&(IP_LEN as u16 + segment_len).to_be_bytes());
         ip[6] = 0x40; // don't fragment
         ip[8] = 64;
         ip[9] = IpProto::Tcp as u8;
@@ -340,10 +375,49 @@ impl TcpPacket<'_> {
             let [hi, lo] = s.mss.to_be_bytes();
             option.copy_from_slice(&[TCPOPT_MSS, TCPOLEN_MSS, hi, lo]);
         }
-        let tcp_check = finish(csum(tcp, pseudo_header_sum(s.src_addr, s.dst_addr, TCP as u16)));
+        let mut sum = pseudo_header_sum(s.src_addr, s.dst_addr, segment_len);
+        if let Some((bytes, _)) = payload {
+            sum = csum_words(bytes, payload_len as u32, sum)?;
+            // Checked again right before the call, in the verifier's own
+            // terms: the compiler folds a plain check into arithmetic on a
+            // copy, whose bounds the verifier does not carry back.
+            if !check_bounds_signed(payload_len as i64, 1, HELD_PAYLOAD_MAX as i64) {
+                return None;
+            }
+            // SAFETY: ctx.ctx is this run's xdp_md; bytes is readable for
+            // payload_len (at most its size) bytes, and the frame has room for
+            // them after the headers (resized above).
+            let rc = unsafe {
+                bpf_xdp_store_bytes(
+                    ctx.ctx,
+                    headers as u32,
+                    bytes.as_ptr() as *mut c_void,
+                    payload_len as u32,
+                )
+            };
+            if rc != 0 {
+                return None;
+            }
+        }
+        let tcp_check = finish(csum(tcp, sum));
         tcp[16..18].copy_from_slice(&tcp_check.to_ne_bytes());
-        parse_tcp(ctx).ok()
+        Some(())
     }
+}
+
+/// Makes the frame `len` bytes long: shrinks it at the tail, grows it at the
+/// front (XDP guarantees headroom) or else at the tail.
+#[inline(always)]
+fn resize(ctx: &XdpContext, len: i32) -> bool {
+    let delta = len - (ctx.data_end() - ctx.data()) as i32;
+    // SAFETY (each call): ctx.ctx is this run's xdp_md; the caller gave up
+    // its packet, so no reference into the frame outlives the resize.
+    if delta < 0 {
+        return unsafe { bpf_xdp_adjust_tail(ctx.ctx, delta) } == 0;
+    }
+    delta == 0
+        || unsafe { bpf_xdp_adjust_head(ctx.ctx, -delta) } == 0
+        || unsafe { bpf_xdp_adjust_tail(ctx.ctx, delta) } == 0
 }
 
 /// The one's complement sum of an IPv4 pseudo-header (addresses in wire
@@ -356,6 +430,21 @@ fn pseudo_header_sum(src_addr: u32, dst_addr: u32, len: u16) -> u32 {
     pseudo[9] = IpProto::Tcp as u8;
     pseudo[10..12].copy_from_slice(&len.to_be_bytes());
     csum(&pseudo, 0)
+}
+
+/// The one's complement sum of `bytes[..len]` rounded up to whole words
+/// (the buffer is zero past `len`), on top of `seed`; `None` if that runs
+/// past the buffer.
+#[inline(always)]
+fn csum_words<const N: usize>(bytes: &[u8; N], len: u32, seed: u32) -> Option<u32> {
+    let words = (len + 3) & !3;
+    if words as usize > N {
+        return None;
+    }
+    // SAFETY: bytes is readable for `words` (at most N) bytes; the helper
+    // only reads it.
+    let sum = unsafe { bpf_csum_diff(core::ptr::null_mut(), 0, bytes.as_ptr() as *mut u32, words, seed) };
+    (sum >= 0).then_some(sum as u32)
 }
 
 /// The one's complement sum of `bytes` (native 16-bit words, as checksum
@@ -432,6 +521,30 @@ impl TcpPacket<'_> {
         // (at most TCP_MAX_LEN) bytes.
         let rc = unsafe { bpf_xdp_load_bytes(ctx.ctx, TCP_OFFSET as u32, buf.as_mut_ptr() as *mut c_void, len) };
         (rc == 0).then_some((buf, len))
+    }
+
+    /// Copies the payload into `into`, zero past it to a multiple of 4 (as
+    /// [`TcpPacket::become_data_segment`] takes it); its length, or `None`
+    /// if it is empty or does not fit.
+    #[inline(always)]
+    pub fn copy_payload(&self, ctx: &XdpContext, into: &mut [u8; HELD_PAYLOAD_MAX]) -> Option<u32> {
+        let len = self.payload_len();
+        if len == 0 || len as usize > HELD_PAYLOAD_MAX {
+            return None;
+        }
+        let offset = (TCP_OFFSET + self.tcp.doff() as usize * 4) as u32;
+        // SAFETY: ctx.ctx is this run's xdp_md and `into` is writable for
+        // len (at most its size) bytes; the helper checks the frame holds
+        // them.
+        if unsafe { bpf_xdp_load_bytes(ctx.ctx, offset, into.as_mut_ptr() as *mut c_void, len) } != 0 {
+            return None;
+        }
+        for pad in len..(len + 3) & !3 {
+            if let Some(byte) = into.get_mut(pad as usize) {
+                *byte = 0;
+            }
+        }
+        Some(len)
     }
 
     /// The kernel's SYN cookie for a SYN with this packet's IPv4 header and

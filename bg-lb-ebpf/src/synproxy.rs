@@ -11,10 +11,13 @@
 //! flow's sequence numbers.
 //!
 //! Neither side gets window scaling, SACK or timestamps: the cookie cannot
-//! carry them without timestamps, and both sides then agree. A client
-//! segment that arrives before the backend answered is dropped (counted) and
-//! retransmitted by the client; after [`SYN_RETRANSMIT_NS`] such a segment
-//! also resends the SYN, in case it was lost.
+//! carry them without timestamps, and both sides then agree. The first
+//! client segment with data that arrives before the backend answered is
+//! held (`HELD_SEGMENTS`) and sent in place of the handshake's last ACK; the
+//! SYN-ACK's window of one segment keeps the client's first flight to one.
+//! Other early segments are dropped (counted) and retransmitted by the
+//! client; after [`SYN_RETRANSMIT_NS`] one also resends the SYN, in case it
+//! was lost.
 //!
 //! The flood detector (auto mode) counts, per service and one-second window,
 //! connection requests and the handshakes clients complete; more than the
@@ -22,7 +25,10 @@
 //! extended while the flood lasts.
 
 use aya_ebpf::{
-    bindings::xdp_action::{XDP_DROP, XDP_TX},
+    bindings::{
+        BPF_ANY,
+        xdp_action::{XDP_DROP, XDP_TX},
+    },
     helpers::bpf_ktime_get_ns,
     macros::xdp,
     programs::XdpContext,
@@ -30,9 +36,9 @@ use aya_ebpf::{
 use bg_lb_common::{
     counters::Counter,
     flow_state::{self, Direction, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
-    maps::{Flow, FlowKey, NatKey, Service, ServiceKey, SynFlood},
+    maps::{Flow, FlowKey, HeldSegment, NatKey, Service, ServiceKey, SynFlood},
     syn_proxy::{
-        BACKEND_READY, COOKIE_MSS, DEFAULT_MSS, HOLD_NS, Job, PROXIED, SERVER_ISN_KNOWN, SYN_PROXY_AUTO,
+        BACKEND_READY, COOKIE_MSS, DEFAULT_MSS, HELD, HOLD_NS, Job, PROXIED, SERVER_ISN_KNOWN, SYN_PROXY_AUTO,
         SYN_PROXY_MODES, SYN_RETRANSMIT_NS, WATCHED, accepts_cookies, extended_this_window, flooded, is_active,
         seq_delta, window_over,
     },
@@ -41,14 +47,11 @@ use bg_lb_common::{
 use crate::{
     forward::forward,
     maps::{
-        BACKENDS, CONFIG, REVERSE_NAT, SERVICES, SYN_FLOOD, SYN_PROXY_JOBS, Way, account, account_signal, count,
-        flow_entry,
+        BACKENDS, CONFIG, HELD_SCRATCH, HELD_SEGMENTS, REVERSE_NAT, SERVICES, SYN_FLOOD, SYN_PROXY_JOBS, Way, account,
+        account_signal, count, flow_entry,
     },
     packet::{Segment, TcpPacket, parse_tcp},
 };
-
-/// The window the SYN-ACK offers (unscaled: the largest there is).
-const SYN_ACK_WINDOW: u16 = u16::MAX;
 
 // Stack: the verifier allows 512 bytes for a program's deepest chain of
 // calls, and the packet paths use most of it. So the paths ask the proxy
@@ -74,6 +77,8 @@ pub enum Unpinned {
 pub enum ClientStep {
     /// On to the usual NAT, which adds [`seq_offset`] to a proxied flow's ack.
     Forward,
+    /// Data before the backend answered: [`Job::HoldSegment`].
+    Hold,
     /// The backend has not answered for a while: [`Job::ResendSyn`].
     ResendSyn,
     /// Dropped (and counted): the backend cannot take it yet.
@@ -150,10 +155,10 @@ pub fn opened(service: &Service, now: u64) {
     note_request(service, now);
 }
 
-/// A client segment with `flags` and `ack` of a flow with proxy bits (the
-/// pinned path).
+/// A client segment with `flags`, `ack` and `payload` bytes of a flow with
+/// proxy bits (the pinned path).
 #[inline(never)]
-pub fn client_segment(flags: u8, ack: u32, key: &FlowKey, flow: &Flow) -> ClientStep {
+pub fn client_segment(flags: u8, ack: u32, payload: u32, key: &FlowKey, flow: &Flow) -> ClientStep {
     if flow.proxy & WATCHED != 0 {
         if flow.proxy & SERVER_ISN_KNOWN != 0
             && flags & (TCP_SYN | TCP_RST | TCP_ACK) == TCP_ACK
@@ -169,6 +174,9 @@ pub fn client_segment(flags: u8, ack: u32, key: &FlowKey, flow: &Flow) -> Client
         // A RST before the backend answered resets its half-open
         // connection by the sequence number alone.
         return ClientStep::Forward;
+    }
+    if payload != 0 && flow.proxy & HELD == 0 && flags & TCP_SYN == 0 {
+        return ClientStep::Hold;
     }
     count(Counter::SynProxyEarlyData);
     // SAFETY: a helper without arguments.
@@ -263,7 +271,10 @@ pub fn bg_lb_syn_ack(ctx: XdpContext) -> u32 {
         seq: cookie,
         ack: pkt.seq().wrapping_add(1),
         flags: TCP_SYN | TCP_ACK,
-        window: SYN_ACK_WINDOW,
+        // One segment: the client's first flight is then one the proxy can
+        // hold until the backend answers. The backend's own window follows
+        // with its first segment.
+        window: service.syn_proxy_mss,
         mss: service.syn_proxy_mss,
     };
     pkt.swap_macs();
@@ -297,6 +308,8 @@ pub fn bg_lb_open_backend(ctx: XdpContext) -> u32 {
     flow.seq_delta = client_isn;
     flow.client_window = pkt.window();
     flow.client_mss = cookie_mss(&pkt, client_isn, cookie);
+    // An earlier connection's segment must never reach this one's backend.
+    let _ = HELD_SEGMENTS.remove(client_flow_key(&pkt));
     send_syn(&ctx, pkt, flow, true)
 }
 
@@ -315,8 +328,9 @@ pub fn bg_lb_resend_syn(ctx: XdpContext) -> u32 {
 
 /// [`Job::AckToBackend`]: the frame is the backend's SYN-ACK to the LB's
 /// SYN. Records the offset (the first time), counts the handshake, and
-/// answers with the ACK the client would have sent. A retransmitted SYN-ACK
-/// gets the ACK again.
+/// answers with the client segment held for it, which completes the
+/// backend's handshake, or else with the ACK the client would have sent. A
+/// retransmitted SYN-ACK gets the ACK again.
 #[xdp]
 pub fn bg_lb_ack_to_backend(ctx: XdpContext) -> u32 {
     let Ok(mut pkt) = parse_tcp(&ctx) else {
@@ -343,7 +357,7 @@ pub fn bg_lb_ack_to_backend(ctx: XdpContext) -> u32 {
     }
     // SAFETY: a helper without arguments.
     flow.last_seen_ns = unsafe { bpf_ktime_get_ns() };
-    let ack = Segment {
+    let mut answer = Segment {
         src_addr: pkt.dst_addr(),
         dst_addr: pkt.src_addr(),
         src_port: pkt.dst_port(),
@@ -354,11 +368,91 @@ pub fn bg_lb_ack_to_backend(ctx: XdpContext) -> u32 {
         window: flow.client_window,
         mss: 0,
     };
+    if flow.proxy & HELD != 0 {
+        flow.proxy &= !HELD;
+        // SAFETY: HELD_SEGMENTS is an LRU hash map: the element stays
+        // intact under RCU until the program returns, though it may be
+        // removed meanwhile.
+        if let Some(held) = unsafe { HELD_SEGMENTS.get(client) } {
+            answer.seq = held.seq;
+            answer.flags = held.flags;
+            let sent = pkt.become_data_segment(&ctx, &answer, &held.payload, held.len.into());
+            let _ = HELD_SEGMENTS.remove(client);
+            return match sent {
+                Some(mut data) => {
+                    account(flow, Way::ToBackend, data.ip_len(), false);
+                    forward(&ctx, &mut data)
+                }
+                None => held_segment_lost(&ctx, &answer),
+            };
+        }
+    }
     pkt.swap_macs();
-    match pkt.become_segment(&ctx, &ack) {
+    match pkt.become_segment(&ctx, &answer) {
         Some(_) => XDP_TX,
         None => XDP_DROP,
     }
+}
+
+/// The frame had no room for the held segment: it is lost (the client sends
+/// it again), and the backend gets the bare ACK (`answer` with the client's
+/// next sequence number) if the frame is still its SYN-ACK.
+#[inline(always)]
+fn held_segment_lost(ctx: &XdpContext, answer: &Segment) -> u32 {
+    count(Counter::SynProxyEarlyData);
+    let Ok(mut pkt) = parse_tcp(ctx) else {
+        return XDP_DROP;
+    };
+    if pkt.flags() & (TCP_SYN | TCP_ACK) != TCP_SYN | TCP_ACK {
+        return XDP_DROP;
+    }
+    let ack = Segment {
+        seq: pkt.ack_seq(),
+        flags: TCP_ACK,
+        ..*answer
+    };
+    pkt.swap_macs();
+    match pkt.become_segment(ctx, &ack) {
+        Some(_) => XDP_TX,
+        None => XDP_DROP,
+    }
+}
+
+/// [`Job::HoldSegment`]: a client segment with data arrived before the
+/// backend answered. Keeps it to send on in place of the handshake's last
+/// ACK, and drops the frame.
+#[xdp]
+pub fn bg_lb_hold_segment(ctx: XdpContext) -> u32 {
+    let held = hold_segment(&ctx);
+    count(if held.is_some() {
+        Counter::SynProxyHeld
+    } else {
+        Counter::SynProxyEarlyData
+    });
+    XDP_DROP
+}
+
+#[inline(always)]
+fn hold_segment(ctx: &XdpContext) -> Option<()> {
+    let pkt = parse_tcp(ctx).ok()?;
+    let key = client_flow_key(&pkt);
+    let flow = flow_entry(&key)?;
+    if flow.proxy & (PROXIED | BACKEND_READY | HELD) != PROXIED {
+        return None;
+    }
+    let scratch = HELD_SCRATCH.get_ptr_mut(0)?;
+    // SAFETY: a per-CPU array element, used by this CPU only, for this
+    // program run.
+    let scratch = unsafe { &mut *scratch };
+    scratch.len = pkt.copy_payload(ctx, &mut scratch.payload)? as u16;
+    scratch.seq = pkt.seq();
+    scratch.flags = pkt.flags();
+    // By reference: the value is copied map to map, never onto the stack,
+    // which it would not fit.
+    let segment: &HeldSegment = scratch;
+    HELD_SEGMENTS.insert(key, segment, BPF_ANY as u64).ok()?;
+    flow.proxy |= HELD;
+    Some(())
 }
 
 /// The flow of a client segment to a VIP.

@@ -38,11 +38,14 @@ pub fn to_backend(ctx: &XdpContext, mut pkt: TcpPacket<'_>, service: &Service, c
     // SAFETY: a helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     let (flow, new_flow) = match pinned_flow(&key, pkt.flags(), now) {
-        Some(flow) if flow.proxy != 0 => match synproxy::client_segment(pkt.flags(), pkt.ack_seq(), &key, &flow) {
-            ClientStep::Forward => (flow, false),
-            ClientStep::ResendSyn => return synproxy::hand_over(ctx, Job::ResendSyn),
-            ClientStep::Drop => return XDP_DROP,
-        },
+        Some(flow) if flow.proxy != 0 => {
+            match synproxy::client_segment(pkt.flags(), pkt.ack_seq(), pkt.payload_len(), &key, &flow) {
+                ClientStep::Forward => (flow, false),
+                ClientStep::Hold => return synproxy::hand_over(ctx, Job::HoldSegment),
+                ClientStep::ResendSyn => return synproxy::hand_over(ctx, Job::ResendSyn),
+                ClientStep::Drop => return XDP_DROP,
+            }
+        }
         Some(flow) => (flow, false),
         None => {
             let proven = match synproxy::unpinned(ctx, pkt.flags(), service, now) {

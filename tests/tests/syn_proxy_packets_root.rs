@@ -13,7 +13,7 @@ use bg_lb_common::{
     counters::Counter,
     flow_state,
     maps::Flow,
-    syn_proxy::{BACKEND_READY, PROXIED, SERVER_ISN_KNOWN, WATCHED},
+    syn_proxy::{BACKEND_READY, HELD, PROXIED, SERVER_ISN_KNOWN, WATCHED},
 };
 use bg_lb_tests::{
     netns::in_fresh_netns,
@@ -124,8 +124,8 @@ fn assert_cookie_syn_ack(verdict: u32, out: &[u8], from: SocketAddrV4) -> u32 {
     assert_eq!(syn_ack.ttl, 64);
     assert_eq!(
         window_and_options(out),
-        (u16::MAX, vec![TcpOptionElement::MaximumSegmentSize(OFFERED_MSS)]),
-        "the offered MSS only: no window scaling, SACK or timestamps"
+        (OFFERED_MSS, vec![TcpOptionElement::MaximumSegmentSize(OFFERED_MSS)]),
+        "the offered MSS only (no window scaling, SACK or timestamps), and a window of one segment"
     );
     syn_ack.seq
 }
@@ -424,17 +424,67 @@ fn data_both_ways_has_its_sequence_numbers_translated_with_valid_checksums() {
 }
 
 #[test]
-fn client_data_before_the_backend_answered_is_dropped_and_counted() {
+fn client_data_before_the_backend_answered_is_held_and_sent_in_place_of_the_handshakes_ack() {
     in_lab(proxy(SynProxyMode::Always, 1000), |lab| {
         let from = client(42030);
+        let (cookie, syn) = handshake(&lab, from, 1460);
+        let syn = parse_checked(&syn);
+        let request = b"GET /early HTTP/1.1\r\n\r\n";
+        let acks = (SEQ + 1, cookie.wrapping_add(1));
+        let (verdict, _) = run_counting(
+            &lab,
+            &from_client_at(from, PSH_ACK, acks, request),
+            &[Counter::SynProxyHeld],
+        );
+        assert_eq!(verdict, XDP_DROP, "held, not forwarded");
+        assert_eq!(flow(&lab, from).proxy, PROXIED | HELD);
+        let (verdict, _) = run_counting(
+            &lab,
+            &from_client_at(from, PSH_ACK, (SEQ + 1 + request.len() as u32, acks.1), b"more"),
+            &[Counter::SynProxyEarlyData],
+        );
+        assert_eq!(
+            verdict, XDP_DROP,
+            "one segment is held; the client sends the next again"
+        );
+
+        let syn_ack = from_backend(&syn, SYN_ACK, (BACKEND_ISN, SEQ + 1), b"");
+        let (verdict, out) = lab.run(&syn_ack);
+        assert_eq!(verdict, XDP_REDIRECT, "the held segment, forwarded to the backend");
+        let data = parse_checked(&out);
+        assert_eq!(
+            (data.src, data.dst),
+            (syn.src, syn.dst),
+            "from SNAT:port to the backend"
+        );
+        assert_eq!((data.src_mac, data.dst_mac), (LB_MAC, mac_of(*syn.dst.ip())));
+        assert!(
+            data.flags_ack && !data.flags_syn,
+            "it completes the backend's handshake"
+        );
+        assert_eq!((data.seq, data.ack), (SEQ + 1, BACKEND_ISN + 1));
+        assert_eq!(data.payload, request, "byte for byte");
+        assert_eq!(flow(&lab, from).proxy, PROXIED | BACKEND_READY, "nothing held any more");
+
+        let (verdict, out) = lab.run(&syn_ack);
+        assert_eq!(verdict, XDP_TX, "a retransmitted SYN-ACK gets the bare ACK");
+        let ack = parse_checked(&out);
+        assert_eq!((ack.seq, ack.ack, ack.payload.len()), (SEQ + 1, BACKEND_ISN + 1, 0));
+    });
+}
+
+#[test]
+fn a_segment_too_big_to_hold_is_dropped_and_counted() {
+    in_lab(proxy(SynProxyMode::Always, 1000), |lab| {
+        let from = client(42031);
         let (cookie, _) = handshake(&lab, from, 1460);
         let (verdict, _) = run_counting(
             &lab,
-            &from_client_at(from, PSH_ACK, (SEQ + 1, cookie.wrapping_add(1)), b"early"),
+            &from_client_at(from, PSH_ACK, (SEQ + 1, cookie.wrapping_add(1)), &[7; 1461]),
             &[Counter::SynProxyEarlyData],
         );
-        assert_eq!(verdict, XDP_DROP, "the client retransmits it");
-        assert_eq!(flow(&lab, from).proxy, PROXIED, "still waiting for the backend");
+        assert_eq!(verdict, XDP_DROP, "the client sends it again");
+        assert_eq!(flow(&lab, from).proxy, PROXIED);
     });
 }
 

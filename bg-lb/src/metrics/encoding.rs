@@ -47,6 +47,7 @@ pub fn verdict(counter: Counter) -> &'static str {
         Counter::Refused | Counter::FlowReset => "reset",
         // The SYN proxy's SYN-ACK, sent back in the SYN's place.
         Counter::SynCookieSent => "answer",
+        Counter::SynProxyHeld => "hold",
     }
 }
 
