@@ -70,7 +70,7 @@ pub fn bg_lb(ctx: XdpContext) -> u32 {
         if !decrement_ttl(&mut pkt) {
             return ttl_expired();
         }
-        return to_client::to_client(&ctx, pkt);
+        return to_client::to_client(&ctx, &mut pkt);
     }
     count(Counter::Passed);
     XDP_PASS

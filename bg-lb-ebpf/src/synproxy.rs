@@ -95,17 +95,18 @@ pub enum BackendStep {
     Drop,
 }
 
-/// A segment with `flags` to a service's VIP that no flow knows.
+/// A segment to a service's VIP that no flow knows.
 #[inline(always)]
-pub fn unpinned(ctx: &XdpContext, flags: u8, service: &Service, now: u64) -> Unpinned {
+pub fn unpinned(pkt: &TcpPacket<'_>, service: &Service, now: u64) -> Unpinned {
     if service.flags & SYN_PROXY_MODES == 0 {
         return Unpinned::Usual;
     }
-    unpinned_in_proxy_mode(ctx, flags, service, now)
+    unpinned_in_proxy_mode(pkt, service, now)
 }
 
 #[inline(never)]
-fn unpinned_in_proxy_mode(ctx: &XdpContext, flags: u8, service: &Service, now: u64) -> Unpinned {
+fn unpinned_in_proxy_mode(pkt: &TcpPacket<'_>, service: &Service, now: u64) -> Unpinned {
+    let flags = pkt.flags();
     let Some(flood) = SYN_FLOOD.get(service.id) else {
         return Unpinned::Usual;
     };
@@ -125,7 +126,7 @@ fn unpinned_in_proxy_mode(ctx: &XdpContext, flags: u8, service: &Service, now: u
     }
     // The cookie covers the addresses, ports and both sequence numbers:
     // a corrupted one does not prove it.
-    if flags & (TCP_SYN | TCP_RST | TCP_ACK) == TCP_ACK && parse_tcp(ctx).is_ok_and(|pkt| pkt.proves_syncookie()) {
+    if flags & (TCP_SYN | TCP_RST | TCP_ACK) == TCP_ACK && pkt.proves_syncookie() {
         if service.flags & SYN_PROXY_AUTO != 0 {
             note_completed(service.id);
         }

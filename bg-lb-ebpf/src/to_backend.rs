@@ -48,7 +48,7 @@ pub fn to_backend(ctx: &XdpContext, mut pkt: TcpPacket<'_>, service: &Service, c
         }
         Some(flow) => (flow, false),
         None => {
-            let proven = match synproxy::unpinned(ctx, pkt.flags(), service, now) {
+            let proven = match synproxy::unpinned(&pkt, service, now) {
                 Unpinned::Usual => false,
                 Unpinned::Proven => true,
                 Unpinned::Answer => return synproxy::hand_over(ctx, Job::SynAck),

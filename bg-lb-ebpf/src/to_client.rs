@@ -21,7 +21,7 @@ use crate::{
 };
 
 #[inline(always)]
-pub fn to_client(ctx: &XdpContext, mut pkt: TcpPacket<'_>) -> u32 {
+pub fn to_client(ctx: &XdpContext, pkt: &mut TcpPacket<'_>) -> u32 {
     let nat = NatKey {
         backend_addr: pkt.src_addr(),
         backend_port: pkt.src_port(),
@@ -50,7 +50,7 @@ pub fn to_client(ctx: &XdpContext, mut pkt: TcpPacket<'_>) -> u32 {
         account(flow, Way::ToClient, pkt.ip_len(), false);
     }
     rewrite(
-        &mut pkt,
+        pkt,
         &Endpoints {
             src_addr: client.vip_addr,
             src_port: client.vip_port,
@@ -60,5 +60,5 @@ pub fn to_client(ctx: &XdpContext, mut pkt: TcpPacket<'_>) -> u32 {
             ack_offset: 0,
         },
     );
-    forward(ctx, &mut pkt)
+    forward(ctx, pkt)
 }
