@@ -286,21 +286,20 @@ pub fn bg_lb_syn_ack(ctx: XdpContext) -> u32 {
     XDP_TX
 }
 
-/// [`Job::OpenBackend`]: the ACK in the frame proved its cookie and a flow
-/// is pinned for it. Marks the flow proxied and sends its backend the SYN in
-/// the ACK's place. Data on the ACK is dropped: the client sends it again.
+/// [`Job::OpenBackend`]: the segment in the frame proved its cookie and a
+/// flow is pinned for it. Marks the flow proxied and sends its backend the
+/// SYN in the segment's place. Data on it (its ACK was lost, and this is
+/// the client's first data) is held like any early segment.
 #[xdp]
 pub fn bg_lb_open_backend(ctx: XdpContext) -> u32 {
     count(Counter::SynCookieValid);
     let Ok(pkt) = parse_tcp(&ctx) else {
         return XDP_DROP;
     };
-    let Some(flow) = flow_entry(&client_flow_key(&pkt)) else {
+    let key = client_flow_key(&pkt);
+    let Some(flow) = flow_entry(&key) else {
         return XDP_DROP;
     };
-    if pkt.payload_len() != 0 {
-        count(Counter::SynProxyEarlyData);
-    }
     let (client_isn, cookie) = (pkt.seq().wrapping_sub(1), pkt.ack_seq().wrapping_sub(1));
     flow.proxy = PROXIED;
     flow.server_isn = cookie;
@@ -310,7 +309,10 @@ pub fn bg_lb_open_backend(ctx: XdpContext) -> u32 {
     flow.client_window = pkt.window();
     flow.client_mss = cookie_mss(&pkt, client_isn, cookie);
     // An earlier connection's segment must never reach this one's backend.
-    let _ = HELD_SEGMENTS.remove(client_flow_key(&pkt));
+    let _ = HELD_SEGMENTS.remove(key);
+    if pkt.payload_len() != 0 {
+        count_hold(hold(&ctx, &pkt, &key, flow));
+    }
     send_syn(&ctx, pkt, flow, true)
 }
 
@@ -424,20 +426,27 @@ fn held_segment_lost(ctx: &XdpContext, answer: &Segment) -> u32 {
 /// ACK, and drops the frame.
 #[xdp]
 pub fn bg_lb_hold_segment(ctx: XdpContext) -> u32 {
-    let held = hold_segment(&ctx);
+    let held = parse_tcp(&ctx).ok().and_then(|pkt| {
+        let key = client_flow_key(&pkt);
+        hold(&ctx, &pkt, &key, flow_entry(&key)?)
+    });
+    count_hold(held);
+    XDP_DROP
+}
+
+#[inline(always)]
+fn count_hold(held: Option<()>) {
     count(if held.is_some() {
         Counter::SynProxyHeld
     } else {
         Counter::SynProxyEarlyData
     });
-    XDP_DROP
 }
 
+/// Keeps the payload of `pkt`, a segment of the proxied flow `key` whose
+/// backend has not answered and which holds nothing yet.
 #[inline(always)]
-fn hold_segment(ctx: &XdpContext) -> Option<()> {
-    let pkt = parse_tcp(ctx).ok()?;
-    let key = client_flow_key(&pkt);
-    let flow = flow_entry(&key)?;
+fn hold(ctx: &XdpContext, pkt: &TcpPacket<'_>, key: &FlowKey, flow: &mut Flow) -> Option<()> {
     if flow.proxy & (PROXIED | BACKEND_READY | HELD) != PROXIED {
         return None;
     }
@@ -451,7 +460,7 @@ fn hold_segment(ctx: &XdpContext) -> Option<()> {
     // By reference: the value is copied map to map, never onto the stack,
     // which it would not fit.
     let segment: &HeldSegment = scratch;
-    HELD_SEGMENTS.insert(key, segment, BPF_ANY as u64).ok()?;
+    HELD_SEGMENTS.insert(*key, segment, BPF_ANY as u64).ok()?;
     flow.proxy |= HELD;
     Some(())
 }

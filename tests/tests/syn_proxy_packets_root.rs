@@ -474,6 +474,33 @@ fn client_data_before_the_backend_answered_is_held_and_sent_in_place_of_the_hand
 }
 
 #[test]
+fn data_whose_ack_was_lost_proves_the_cookie_itself_and_is_held() {
+    in_lab(proxy(SynProxyMode::Always, 1000), |lab| {
+        let from = client(42032);
+        let (verdict, out) = lab.run(&linux_syn(from, 1460));
+        let cookie = assert_cookie_syn_ack(verdict, &out, from);
+        let request = b"GET /after-a-lost-ack HTTP/1.1\r\n\r\n";
+        let (verdict, out) = run_counting(
+            &lab,
+            &from_client_at(from, PSH_ACK, (SEQ + 1, cookie.wrapping_add(1)), request),
+            &[Counter::SynCookieValid, Counter::SynProxyHeld],
+        );
+        assert_eq!(verdict, XDP_REDIRECT, "the backend gets its SYN");
+        let syn = parse_checked(&out);
+        assert!(syn.flags_syn && syn.payload.is_empty());
+        assert_eq!(flow(&lab, from).proxy, PROXIED | HELD);
+
+        let (verdict, out) = lab.run(&from_backend(&syn, SYN_ACK, (BACKEND_ISN, SEQ + 1), b""));
+        assert_eq!(verdict, XDP_REDIRECT);
+        let data = parse_checked(&out);
+        assert_eq!(
+            (data.seq, data.ack, data.payload.as_slice()),
+            (SEQ + 1, BACKEND_ISN + 1, &request[..])
+        );
+    });
+}
+
+#[test]
 fn a_segment_too_big_to_hold_is_dropped_and_counted() {
     in_lab(proxy(SynProxyMode::Always, 1000), |lab| {
         let from = client(42031);
