@@ -2,7 +2,9 @@
 //! weighted lookup tables and flow pinning.
 //!
 //! Paths: client -> VIP:port ([`to_backend`]), backend -> SNAT addr:port
-//! ([`to_client`]); everything else passes to the kernel untouched.
+//! ([`to_client`]); everything else passes to the kernel untouched. A
+//! flooded service's SYNs get SYN cookies ([`synproxy`], whose jobs are XDP
+//! programs of their own, reached by tail call).
 #![no_std]
 #![no_main]
 // The SYN proxy's shared counters need the BPF atomic add (see synproxy).

@@ -1,6 +1,7 @@
 //! The XDP data plane and its one owner, [`Dataplane`]: what the daemon (and
 //! the packet tests) load, attach, program and read. Inside, [`services`] and
-//! [`housekeeping`] decide every change as plain values, and `kernel` is the
+//! [`housekeeping`] decide every change as plain values, [`syn_proxy`] is a
+//! service's SYN flood defence as settings and state, and `kernel` is the
 //! one module that talks to the kernel, writing those values to the maps.
 
 pub mod housekeeping;
