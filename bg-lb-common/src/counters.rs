@@ -76,9 +76,27 @@ pub enum Counter {
     /// A segment without a flow whose reverse-NAT entry still names it (its
     /// flow was evicted): pinned again and forwarded.
     FlowReadopted,
+    /// SYN proxy on: a SYN answered with a SYN cookie (XDP_TX), no state kept.
+    SynCookieSent,
+    /// A client's ACK proved its SYN cookie: the LB opened the backend side
+    /// (the ACK became the SYN to the backend).
+    SynCookieValid,
+    /// SYN proxy on: a segment of no flow without a valid cookie: dropped.
+    SynCookieInvalid,
+    /// A client segment of a proxied flow before its backend answered that
+    /// could not be held: dropped (the client retransmits it).
+    SynProxyEarlyData,
+    /// A handshake segment the SYN proxy would answer, with a wrong IPv4 or
+    /// TCP checksum: dropped.
+    SynProxyBadChecksum,
+    /// A SYN proxy job whose program is not loaded: dropped.
+    SynProxyUnavailable,
+    /// A client segment of a proxied flow held until its backend answered,
+    /// then sent on.
+    SynProxyHeld,
 }
 
-pub const COUNTER_COUNT: u32 = Counter::FlowReadopted as u32 + 1;
+pub const COUNTER_COUNT: u32 = Counter::SynProxyHeld as u32 + 1;
 
 impl Counter {
     pub const ALL: [Counter; COUNTER_COUNT as usize] = [
@@ -111,6 +129,13 @@ impl Counter {
         Counter::NatConflict,
         Counter::UnpinnedPortTaken,
         Counter::FlowReadopted,
+        Counter::SynCookieSent,
+        Counter::SynCookieValid,
+        Counter::SynCookieInvalid,
+        Counter::SynProxyEarlyData,
+        Counter::SynProxyBadChecksum,
+        Counter::SynProxyUnavailable,
+        Counter::SynProxyHeld,
     ];
 
     /// Stable snake_case name for logs and metrics.
@@ -145,6 +170,13 @@ impl Counter {
             Counter::NatConflict => "nat_conflict",
             Counter::UnpinnedPortTaken => "unpinned_port_taken",
             Counter::FlowReadopted => "flow_readopted",
+            Counter::SynCookieSent => "syn_cookie_sent",
+            Counter::SynCookieValid => "syn_cookie_valid",
+            Counter::SynCookieInvalid => "syn_cookie_invalid",
+            Counter::SynProxyEarlyData => "syn_proxy_early_data",
+            Counter::SynProxyBadChecksum => "syn_proxy_bad_checksum",
+            Counter::SynProxyUnavailable => "syn_proxy_unavailable",
+            Counter::SynProxyHeld => "syn_proxy_held",
         }
     }
 }

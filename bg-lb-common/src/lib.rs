@@ -11,6 +11,8 @@
 //! - [`icmp`]: which ICMP errors follow a flow; checksums of translating
 //!   their quotes and of generated fragmentation-needed errors.
 //! - [`snat_port`]: candidate SNAT ports for collision-free allocation.
+//! - [`syn_proxy`]: SYN cookies for flooded services: modes, flow bits, the
+//!   flood detector's rule, sequence translation.
 //!
 //! Addresses and ports inside map keys and values are stored exactly as on
 //! the wire (network byte order, read as native `u32`/`u16`), so the data
@@ -25,3 +27,4 @@ pub mod flow_state;
 pub mod icmp;
 pub mod maps;
 pub mod snat_port;
+pub mod syn_proxy;

@@ -41,8 +41,20 @@ pub const VIP_ADDRESSES: &str = "VIP_ADDRESSES";
 /// second, not a line a packet.
 pub const LOG_TIMES: &str = "LOG_TIMES";
 
+/// `Array<SynFlood>` indexed by service id: the SYN proxy's flood detector.
+pub const SYN_FLOOD: &str = "SYN_FLOOD";
+/// `ProgramArray` indexed by [`crate::syn_proxy::Job`]: the SYN proxy's job
+/// programs ([`crate::syn_proxy::JOB_PROGRAMS`]).
+pub const SYN_PROXY_JOBS: &str = "SYN_PROXY_JOBS";
+/// `LruHashMap<FlowKey, HeldSegment>`: client segments of proxied flows that
+/// arrived before the backend answered.
+pub const HELD_SEGMENTS: &str = "HELD_SEGMENTS";
+/// `PerCpuArray<HeldSegment>` with one entry: where a segment is put
+/// together before it goes into [`HELD_SEGMENTS`] (too big for the stack).
+pub const HELD_SCRATCH: &str = "HELD_SCRATCH";
+
 /// Every map of the load balancer object, for pinning and teardown.
-pub const ALL_MAPS: [&str; 12] = [
+pub const ALL_MAPS: [&str; 16] = [
     SERVICES,
     BACKENDS,
     LOOKUP_TABLES,
@@ -55,6 +67,10 @@ pub const ALL_MAPS: [&str; 12] = [
     TX_PORTS,
     VIP_ADDRESSES,
     LOG_TIMES,
+    SYN_FLOOD,
+    SYN_PROXY_JOBS,
+    HELD_SEGMENTS,
+    HELD_SCRATCH,
 ];
 
 /// Name of the load balancer's XDP program in the object.
@@ -70,6 +86,9 @@ pub const DEFAULT_LUT_SIZE: u32 = 65_537;
 pub const DEFAULT_LOOKUP_CAPACITY: u32 = 2 * DEFAULT_LUT_SIZE * 16;
 /// Default flow-table capacity (and of the reverse-NAT table).
 pub const DEFAULT_MAX_FLOWS: u32 = 1 << 20;
+/// Capacity of [`HELD_SEGMENTS`]: a segment waits there for one round trip
+/// to a backend, so this many proxied handshakes may finish at once.
+pub const HELD_SEGMENTS_CAPACITY: u32 = 4096;
 
 /// Lookup-table slot value meaning "no backend can take new flows".
 pub const NO_BACKEND: u32 = u32::MAX;
@@ -89,6 +108,18 @@ pub struct ServiceKey {
 }
 
 impl ServiceKey {
+    /// The key of the TCP service at `addr`:`port`, in wire order as the
+    /// data plane reads them.
+    #[inline(always)]
+    pub const fn from_wire(addr: u32, port: u16) -> Self {
+        Self {
+            addr,
+            port,
+            proto: IPPROTO_TCP,
+            _pad: 0,
+        }
+    }
+
     /// The key of the TCP service listening on `vip`.
     pub const fn new(vip: SocketAddrV4) -> Self {
         Self {
@@ -108,6 +139,8 @@ impl ServiceKey {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Service {
     pub id: u32,
+    /// [`crate::syn_proxy::SYN_PROXY_AUTO`] or [`crate::syn_proxy::SYN_PROXY_ALWAYS`]
+    /// (neither: the SYN proxy is off).
     pub flags: u32,
     /// First slot of this service's active table in [`LOOKUP_TABLES`].
     pub lut_base: u32,
@@ -117,6 +150,12 @@ pub struct Service {
     /// restarted daemon can rebuild its allocation from the pinned maps.
     pub lut_spare_base: u32,
     pub _pad: u32,
+    /// SYN proxy in auto mode: connection requests in one second that
+    /// clients leave unanswered before the proxy engages.
+    pub syn_proxy_threshold: u32,
+    /// SYN proxy: the MSS its SYN-ACKs offer clients (host order).
+    pub syn_proxy_mss: u16,
+    pub _pad2: u16,
 }
 
 /// An entry of [`BACKENDS`]; the default (zero address) marks a free slot.
@@ -177,6 +216,20 @@ pub struct FlowKey {
 }
 
 impl FlowKey {
+    /// The TCP flow from `client_addr`:`client_port` to `vip_addr`:`vip_port`,
+    /// in wire order as the data plane reads them.
+    #[inline(always)]
+    pub const fn from_wire(client_addr: u32, client_port: u16, vip_addr: u32, vip_port: u16) -> Self {
+        Self {
+            client_addr,
+            vip_addr,
+            client_port,
+            vip_port,
+            proto: IPPROTO_TCP,
+            _pad: [0; 3],
+        }
+    }
+
     /// The TCP flow from `client` to `vip`.
     pub const fn from_client(client: SocketAddrV4, vip: SocketAddrV4) -> Self {
         Self {
@@ -215,6 +268,21 @@ pub struct Flow {
     /// The [`DataplaneConfig::nat_epoch`] in which the flow last made sure
     /// its (backend, SNAT port) is its own.
     pub nat_epoch: u32,
+    /// SYN proxy bits ([`crate::syn_proxy::PROXIED`], ...); 0 for a flow the
+    /// proxy has nothing to do with.
+    pub proxy: u32,
+    /// The ISN the client got from the VIP: the SYN cookie of a proxied flow;
+    /// for a flow the flood detector watches, the backend's (from its SYN-ACK).
+    pub server_isn: u32,
+    /// A proxied flow's sequence offset, once the backend answered: backend
+    /// ISN - cookie. Added to the client's acks, subtracted from the
+    /// backend's sequence numbers.
+    pub seq_delta: u32,
+    /// A proxied flow's client window (unscaled), for the ACK that completes
+    /// the backend's handshake on the client's behalf.
+    pub client_window: u16,
+    /// A proxied flow's client MSS, as its cookie encodes it (host order).
+    pub client_mss: u16,
 }
 
 /// One side's TCP sequence state, host order, as [`crate::flow_state`]
@@ -284,6 +352,43 @@ impl DataplaneConfig {
     }
 }
 
+/// The SYN proxy's flood detector for one service, entry `Service::id` of
+/// [`SYN_FLOOD`]: connection requests and completed handshakes in the current
+/// one-second window, and until when the proxy stays on (auto mode). Every
+/// CPU writes it, the counters with atomic adds; userspace reads it, and
+/// clears it for a new service.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SynFlood {
+    /// Start of the current window (`bpf_ktime_get_ns`).
+    pub window_start_ns: u64,
+    /// SYNs in the window that opened a flow to a backend (proxy off) or were
+    /// answered with a cookie (proxy on).
+    pub requests: u64,
+    /// Handshakes clients completed in the window: their ACK of the
+    /// backend's SYN-ACK, or of a cookie.
+    pub completed: u64,
+    /// The proxy answers SYNs until then (auto mode; 0: not yet engaged).
+    pub active_until_ns: u64,
+}
+
+/// A client segment of a proxied flow held until the backend answers, then
+/// sent in place of the ACK that completes the backend's handshake.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HeldSegment {
+    /// Its sequence number (host order).
+    pub seq: u32,
+    /// Payload bytes.
+    pub len: u16,
+    /// Its TCP flags (ACK, PSH, perhaps FIN).
+    pub flags: u8,
+    pub _pad: u8,
+    /// The payload, zero past `len` up to a multiple of 4 (its checksum sum
+    /// is taken a word at a time).
+    pub payload: [u8; crate::syn_proxy::HELD_PAYLOAD_MAX],
+}
+
 /// Per-backend and per-service traffic counters. `in` is client -> backend,
 /// `out` is backend -> client. The last three are each connection's fate as
 /// the reply path sees it: what progressive shifts judge a pool by.
@@ -343,6 +448,8 @@ mod pod {
     unsafe impl aya::Pod for NatKey {}
     unsafe impl aya::Pod for DataplaneConfig {}
     unsafe impl aya::Pod for TrafficStats {}
+    unsafe impl aya::Pod for SynFlood {}
+    unsafe impl aya::Pod for HeldSegment {}
 }
 
 #[cfg(test)]
@@ -354,14 +461,16 @@ mod tests {
     #[test]
     fn map_types_have_no_implicit_padding() {
         assert_eq!(size_of::<ServiceKey>(), 8);
-        assert_eq!(size_of::<Service>(), 24);
+        assert_eq!(size_of::<Service>(), 32);
         assert_eq!(size_of::<Backend>(), 16);
         assert_eq!(size_of::<FlowKey>(), 16);
         assert_eq!(size_of::<SeqState>(), 8);
-        assert_eq!(size_of::<Flow>(), 56);
+        assert_eq!(size_of::<Flow>(), 72);
         assert_eq!(size_of::<NatKey>(), 8);
         assert_eq!(size_of::<DataplaneConfig>(), 16);
         assert_eq!(size_of::<TrafficStats>(), 64);
+        assert_eq!(size_of::<SynFlood>(), 32);
+        assert_eq!(size_of::<HeldSegment>(), 8 + crate::syn_proxy::HELD_PAYLOAD_MAX);
     }
 
     /// The bytes of `value` as the kernel sees them.

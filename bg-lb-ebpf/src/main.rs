@@ -6,8 +6,12 @@
 //! VIP or the SNAT range that no TCP stack should see (malformed, SYN with
 //! FIN or RST, TTL expiring) are dropped and counted, not handed to the host
 //! the VIP lives on; everything else passes to the kernel untouched.
+//! A flooded service's SYNs get SYN cookies ([`synproxy`], whose jobs are XDP
+//! programs of their own, reached by tail call).
 #![no_std]
 #![no_main]
+// The SYN proxy's shared counters need the BPF atomic add (see synproxy).
+#![feature(asm_experimental_arch)]
 
 mod forward;
 mod icmp;
@@ -15,6 +19,7 @@ mod maps;
 mod nat;
 mod packet;
 mod rst;
+mod synproxy;
 mod to_backend;
 mod to_client;
 

@@ -5,15 +5,16 @@
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray, ProgramArray},
 };
 use bg_lb_common::{
     counters::{COUNTER_COUNT, Counter},
     flow_state::Event,
     maps::{
-        Backend, DEFAULT_LOOKUP_CAPACITY, DEFAULT_MAX_FLOWS, DataplaneConfig, Flow, FlowKey, MAX_BACKENDS,
-        MAX_INTERFACES, MAX_SERVICES, NatKey, Service, ServiceKey, TrafficStats,
+        Backend, DEFAULT_LOOKUP_CAPACITY, DEFAULT_MAX_FLOWS, DataplaneConfig, Flow, FlowKey, HELD_SEGMENTS_CAPACITY,
+        HeldSegment, MAX_BACKENDS, MAX_INTERFACES, MAX_SERVICES, NatKey, Service, ServiceKey, SynFlood, TrafficStats,
     },
+    syn_proxy::JOB_PROGRAMS,
 };
 
 // Not preallocated: an update then swaps in a new element under RCU, so a
@@ -59,6 +60,18 @@ pub static LOG_TIMES: Array<u64> = Array::with_max_entries(COUNTER_COUNT, 0);
 
 /// Log lines about one reason are at most this far apart.
 const LOG_INTERVAL_NS: u64 = 1_000_000_000;
+
+#[map]
+pub static SYN_FLOOD: Array<SynFlood> = Array::with_max_entries(MAX_SERVICES, 0);
+
+#[map]
+pub static SYN_PROXY_JOBS: ProgramArray = ProgramArray::with_max_entries(JOB_PROGRAMS.len() as u32, 0);
+
+#[map]
+pub static HELD_SEGMENTS: LruHashMap<FlowKey, HeldSegment> = LruHashMap::with_max_entries(HELD_SEGMENTS_CAPACITY, 0);
+
+#[map]
+pub static HELD_SCRATCH: PerCpuArray<HeldSegment> = PerCpuArray::with_max_entries(1, 0);
 
 /// The pinned flow under `key`, to update in place for this packet.
 /// FLOWS is an LRU: an entry may be evicted under pressure, which the

@@ -5,11 +5,22 @@
 
 use core::mem::size_of;
 
-use aya_ebpf::{helpers::bpf_xdp_adjust_tail, programs::XdpContext};
+use aya_ebpf::{
+    bindings::{iphdr, tcphdr},
+    check_bounds_signed,
+    cty::c_void,
+    helpers::{
+        bpf_csum_diff, bpf_tcp_raw_check_syncookie_ipv4, bpf_tcp_raw_gen_syncookie_ipv4, bpf_xdp_adjust_head,
+        bpf_xdp_adjust_tail, bpf_xdp_load_bytes, bpf_xdp_store_bytes,
+    },
+    programs::XdpContext,
+};
 use bg_lb_common::{
+    checksum::finish,
     counters::Counter,
     flow_state::Segment,
     icmp::{self, ICMP_LEN, QUOTE_L4_LEN, QuoteChecksums, TCP_CHECK_OFFSET, Tuple},
+    syn_proxy::HELD_PAYLOAD_MAX,
 };
 use network_types::{
     eth::{EthHdr, EtherType},
@@ -23,6 +34,8 @@ const ETH_LEN: usize = size_of::<EthHdr>();
 pub const IP_LEN: usize = size_of::<Ipv4Hdr>();
 /// A TCP header without options.
 pub const TCP_LEN: usize = size_of::<TcpHdr>();
+/// The longest TCP header: 40 bytes of options.
+pub const TCP_MAX_LEN: usize = 60;
 const TCP_OFFSET: usize = ETH_LEN + IP_LEN;
 /// Byte offset of the flags within the TCP header.
 const TCP_FLAGS_OFFSET: usize = 13;
@@ -45,7 +58,7 @@ const MIN_ICMP_ERROR_LEN: usize = IP_LEN + ICMP_LEN + IP_LEN + QUOTE_L4_LEN;
 /// SAFETY: this is the bounds check every dereference in this module rests
 /// on. A pointer it returns is valid for reads and writes of
 /// `size_of::<T>()` bytes until the frame is resized, which only
-/// [`TcpPacket::replace_with`] does, after giving up the packet's headers.
+/// [`TcpPacket::become_segment`] does, after giving up the packet's headers.
 /// It is aligned too: the header types have alignment 1 except `EthHdr` (2,
 /// for its EtherType), which sits at the frame start, an even address.
 #[inline(always)]
@@ -186,13 +199,27 @@ fn dst_port_at(ctx: &XdpContext, tcp_offset: usize) -> Option<u16> {
     Some(u16::from_ne_bytes([ports[2], ports[3]]))
 }
 
-/// IPv4 and TCP headers with neither options nor payload, built on the stack.
-pub struct BareHeaders {
-    pub ip: [u8; IP_LEN],
-    pub tcp: [u8; TCP_LEN],
+/// A segment without payload that the LB writes in place of a frame rather
+/// than rewrites: a RST, a SYN cookie's SYN-ACK, the SYN and the ACK it sends
+/// a backend on a client's behalf. IPv4 without options, TTL 64, DF; an MSS
+/// option if `mss` is not 0. Addresses and ports in wire order, as
+/// [`TcpPacket`] returns them; the rest host order.
+pub struct BareSegment {
+    pub src_addr: u32,
+    pub dst_addr: u32,
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub seq: u32,
+    pub ack: u32,
+    pub flags: u8,
+    pub window: u16,
+    pub mss: u16,
 }
 
-const BARE_FRAME_LEN: usize = ETH_LEN + IP_LEN + TCP_LEN;
+/// A TCP header with one option, the MSS.
+const TCP_WITH_MSS_LEN: usize = TCP_LEN + 4;
+const TCPOPT_MSS: u8 = 2;
+const TCPOLEN_MSS: u8 = 4;
 
 /// Addresses and ports are returned and taken in wire order, as the bytes
 /// stand in the header read as a native integer; `seq`/`ack_seq` and the
@@ -365,33 +392,315 @@ impl TcpPacket<'_> {
         self.tcp.check = check.to_ne_bytes();
     }
 
-    /// Cuts the frame down to bare headers and writes `headers` after the
-    /// Ethernet header, which stays as it is. Takes the packet: resizing the
-    /// frame invalidates its headers. Returns false if the frame could not be
-    /// resized; the caller drops it.
-    #[must_use]
+    /// Turns the frame into `segment`: resized to its headers (the Ethernet
+    /// header stays as it is) and written with both checksums computed in
+    /// full. Takes the packet, as resizing the frame invalidates its
+    /// headers, and returns the new one; `None` if the frame could not be
+    /// resized, and the caller drops it.
     #[inline(always)]
-    pub fn replace_with(self, ctx: &XdpContext, headers: &BareHeaders) -> bool {
-        // SAFETY: no reference into the frame outlives the call, as the
-        // packet was taken by value.
-        if !unsafe { resize(ctx, BARE_FRAME_LEN) } {
-            return false;
-        }
-        // Shrinking the frame invalidated every packet pointer: take new ones.
-        // They are always inside (the parsed frame held at least these
-        // headers), so the checks are for the verifier.
-        let (Some(ip), Some(tcp)) = (
-            ptr_at::<[u8; IP_LEN]>(ctx, ETH_LEN),
-            ptr_at::<[u8; TCP_LEN]>(ctx, TCP_OFFSET),
-        ) else {
-            return false;
+    pub fn become_segment<'c>(self, ctx: &'c XdpContext, segment: &BareSegment) -> Option<TcpPacket<'c>> {
+        let written = if segment.mss != 0 {
+            self.write_segment::<TCP_WITH_MSS_LEN>(ctx, segment, None)
+        } else {
+            self.write_segment::<TCP_LEN>(ctx, segment, None)
         };
-        // SAFETY: inside the resized frame (ptr_at, taken after the resize).
-        unsafe {
-            *ip = headers.ip;
-            *tcp = headers.tcp;
+        if !written {
+            return None;
         }
-        true
+        parse_tcp(ctx).ok()
+    }
+
+    /// [`TcpPacket::become_segment`] carrying `payload[..len]` after a bare
+    /// TCP header (`payload` is zero past `len` to a multiple of 4).
+    #[inline(always)]
+    pub fn become_data_segment<'c>(
+        self,
+        ctx: &'c XdpContext,
+        segment: &BareSegment,
+        payload: &[u8; HELD_PAYLOAD_MAX],
+        len: u32,
+    ) -> Option<TcpPacket<'c>> {
+        if !self.write_segment::<TCP_LEN>(ctx, segment, Some((payload, len))) {
+            return None;
+        }
+        parse_tcp(ctx).ok()
+    }
+
+    /// [`TcpPacket::become_segment`] with a TCP header of `TCP` bytes and
+    /// perhaps a payload; false if the frame could not take it. Out of
+    /// line, so the segment's fields are read from memory after the resize
+    /// rather than held across it in registers the helper call clobbers
+    /// (spilled byte by byte, they overflowed the stack).
+    #[inline(never)]
+    fn write_segment<const TCP: usize>(
+        self,
+        ctx: &XdpContext,
+        s: &BareSegment,
+        payload: Option<(&[u8; HELD_PAYLOAD_MAX], u32)>,
+    ) -> bool {
+        self.write_segment_fields::<TCP>(ctx, s, payload).is_some()
+    }
+
+    #[inline(always)]
+    fn write_segment_fields<const TCP: usize>(
+        self,
+        ctx: &XdpContext,
+        s: &BareSegment,
+        payload: Option<(&[u8; HELD_PAYLOAD_MAX], u32)>,
+    ) -> Option<()> {
+        let eth = *self.eth;
+        // 64 bits from here on: a copy widened later would be a register the
+        // verifier does not connect with the one checked below.
+        let payload_len = match payload {
+            Some((_, len)) if len as usize <= HELD_PAYLOAD_MAX => u64::from(len),
+            Some(_) => return None,
+            None => 0,
+        };
+        let headers = (ETH_LEN + IP_LEN + TCP) as i32;
+        if !resize(ctx, headers + payload_len as i32) {
+            return None;
+        }
+        // Resizing invalidated every packet pointer: take new ones. They are
+        // inside (the frame is now exactly this long), so the checks are for
+        // the verifier.
+        let eth_at: *mut EthHdr = ptr_at(ctx, 0)?;
+        let ip: *mut [u8; IP_LEN] = ptr_at(ctx, ETH_LEN)?;
+        let tcp: *mut [u8; TCP] = ptr_at(ctx, TCP_OFFSET)?;
+        // Written in place, field by field: headers built on the stack and
+        // copied in would cost more stack than the program has.
+        // SAFETY: inside the resized frame (ptr_at, taken after the resize);
+        // the three do not overlap and nothing else refers to the frame.
+        let (ip, tcp) = unsafe {
+            *eth_at = eth;
+            (&mut *ip, &mut *tcp)
+        };
+        let (src, dst) = (s.src_addr.to_ne_bytes(), s.dst_addr.to_ne_bytes());
+        let segment_len = (TCP as u64 + payload_len) as u16;
+        *ip = [0; IP_LEN];
+        ip[0] = 0x45;
+        ip[2..4].copy_from_slice(&(IP_LEN as u16 + segment_len).to_be_bytes());
+        ip[6] = 0x40; // don't fragment
+        ip[8] = 64;
+        ip[9] = IpProto::Tcp as u8;
+        ip[12..16].copy_from_slice(&src);
+        ip[16..20].copy_from_slice(&dst);
+        let ip_check = finish(csum(ip, 0));
+        ip[10..12].copy_from_slice(&ip_check.to_ne_bytes());
+
+        *tcp = [0; TCP];
+        tcp[0..2].copy_from_slice(&s.src_port.to_ne_bytes());
+        tcp[2..4].copy_from_slice(&s.dst_port.to_ne_bytes());
+        tcp[4..8].copy_from_slice(&s.seq.to_be_bytes());
+        tcp[8..12].copy_from_slice(&s.ack.to_be_bytes());
+        tcp[12] = (TCP as u8 / 4) << 4;
+        tcp[TCP_FLAGS_OFFSET] = s.flags;
+        tcp[14..16].copy_from_slice(&s.window.to_be_bytes());
+        if let Some(option) = tcp.get_mut(TCP_LEN..TCP_WITH_MSS_LEN) {
+            let [hi, lo] = s.mss.to_be_bytes();
+            option.copy_from_slice(&[TCPOPT_MSS, TCPOLEN_MSS, hi, lo]);
+        }
+        let mut sum = pseudo_header_sum(s.src_addr, s.dst_addr, segment_len);
+        if let Some((bytes, _)) = payload {
+            sum = csum_words(bytes, payload_len as u32, sum)?;
+            // Checked again right before the call, in the verifier's own
+            // terms: the compiler folds a plain check into arithmetic on a
+            // copy, whose bounds the verifier does not carry back.
+            if !check_bounds_signed(payload_len as i64, 1, HELD_PAYLOAD_MAX as i64) {
+                return None;
+            }
+            // SAFETY: ctx.ctx is this run's xdp_md; bytes is readable for
+            // payload_len (at most its size) bytes, and the frame has room for
+            // them after the headers (resized above).
+            let rc = unsafe {
+                bpf_xdp_store_bytes(
+                    ctx.ctx,
+                    headers as u32,
+                    bytes.as_ptr() as *mut c_void,
+                    payload_len as u32,
+                )
+            };
+            if rc != 0 {
+                return None;
+            }
+        }
+        let tcp_check = finish(csum(tcp, sum));
+        tcp[16..18].copy_from_slice(&tcp_check.to_ne_bytes());
+        Some(())
+    }
+}
+
+/// Makes the frame `len` bytes long: shrinks it at the tail, grows it at the
+/// front (XDP guarantees headroom) or else at the tail.
+#[inline(always)]
+fn resize(ctx: &XdpContext, len: i32) -> bool {
+    let delta = len - (ctx.data_end() - ctx.data()) as i32;
+    // SAFETY (each call): ctx.ctx is this run's xdp_md; the caller gave up
+    // its packet, so no reference into the frame outlives the resize.
+    if delta < 0 {
+        return unsafe { bpf_xdp_adjust_tail(ctx.ctx, delta) } == 0;
+    }
+    delta == 0
+        || unsafe { bpf_xdp_adjust_head(ctx.ctx, -delta) } == 0
+        || unsafe { bpf_xdp_adjust_tail(ctx.ctx, delta) } == 0
+}
+
+/// The one's complement sum of an IPv4 pseudo-header (addresses in wire
+/// order, `len` TCP bytes), unfolded.
+#[inline(always)]
+fn pseudo_header_sum(src_addr: u32, dst_addr: u32, len: u16) -> u32 {
+    let mut pseudo = [0u8; 12];
+    pseudo[0..4].copy_from_slice(&src_addr.to_ne_bytes());
+    pseudo[4..8].copy_from_slice(&dst_addr.to_ne_bytes());
+    pseudo[9] = IpProto::Tcp as u8;
+    pseudo[10..12].copy_from_slice(&len.to_be_bytes());
+    csum(&pseudo, 0)
+}
+
+/// The one's complement sum of `bytes[..len]` rounded up to whole words
+/// (the buffer is zero past `len`), on top of `seed`; `None` if that runs
+/// past the buffer.
+#[inline(always)]
+fn csum_words<const N: usize>(bytes: &[u8; N], len: u32, seed: u32) -> Option<u32> {
+    let words = (len + 3) & !3;
+    if words as usize > N {
+        return None;
+    }
+    // SAFETY: bytes is readable for `words` (at most N) bytes; the helper
+    // only reads it.
+    let sum = unsafe { bpf_csum_diff(core::ptr::null_mut(), 0, bytes.as_ptr() as *mut u32, words, seed) };
+    (sum >= 0).then_some(sum as u32)
+}
+
+/// The one's complement sum of `bytes` (native 16-bit words, as checksum
+/// fields are read) on top of `seed`, unfolded: `finish` makes it a
+/// checksum. `bpf_csum_diff` does the summing, as an unrolled loop spills
+/// every byte to the stack.
+#[inline(always)]
+fn csum<const N: usize>(bytes: &[u8; N], seed: u32) -> u32 {
+    const {
+        assert!(
+            N.is_multiple_of(4) && N <= 512,
+            "bpf_csum_diff sums whole words of a small buffer"
+        )
+    };
+    // SAFETY: bytes is readable for N bytes (packet or stack memory); the
+    // helper only reads it, and the null `from` of size 0 subtracts nothing.
+    let sum = unsafe { bpf_csum_diff(core::ptr::null_mut(), 0, bytes.as_ptr() as *mut u32, N as u32, seed) };
+    sum as u32
+}
+
+/// What the SYN proxy reads of a handshake segment, and the kernel's SYN
+/// cookie helpers, which take the headers themselves.
+impl TcpPacket<'_> {
+    /// TCP window field, host order.
+    #[inline(always)]
+    pub fn window(&self) -> u16 {
+        u16::from_be_bytes(self.tcp.window)
+    }
+
+    /// Sets the sequence number (host order); the caller keeps the checksum right.
+    #[inline(always)]
+    pub fn set_seq(&mut self, seq: u32) {
+        self.tcp.seq = seq.to_be_bytes();
+    }
+
+    /// Sets the acknowledgment number (host order); the caller keeps the
+    /// checksum right.
+    #[inline(always)]
+    pub fn set_ack_seq(&mut self, ack: u32) {
+        self.tcp.ack_seq = ack.to_be_bytes();
+    }
+
+    /// Whether the segment passed unharmed, as its receiver would check:
+    /// the IPv4 header checksum, and the TCP checksum when the segment has
+    /// no payload (`tcp` holds its header, as [`TcpPacket::tcp_header`]
+    /// copies it).
+    #[inline(always)]
+    pub fn checksums_hold(&self, tcp: &[u8; TCP_MAX_LEN]) -> bool {
+        // SAFETY: Ipv4Hdr is IP_LEN plain bytes (an option-less header).
+        let ip = unsafe { &*(&*self.ip as *const Ipv4Hdr as *const [u8; IP_LEN]) };
+        if finish(csum(ip, 0)) != 0 {
+            return false;
+        }
+        if self.payload_len() != 0 {
+            return true;
+        }
+        let pseudo = pseudo_header_sum(self.src_addr(), self.dst_addr(), self.ip_len - IP_LEN as u16);
+        finish(csum(tcp, pseudo)) == 0
+    }
+
+    /// The TCP header, options included, in a zeroed buffer (the bytes past
+    /// it stay zero, so the buffer's checksum sum is the header's), and its
+    /// length.
+    #[inline(always)]
+    pub fn tcp_header(&self, ctx: &XdpContext) -> Option<([u8; TCP_MAX_LEN], u32)> {
+        let mut buf = [0u8; TCP_MAX_LEN];
+        // The mask bounds the length for the verifier; parse_tcp checked the
+        // header is at least TCP_LEN long and inside the frame.
+        let len = (self.tcp.doff() as u32 * 4) & 0x3c;
+        if len < TCP_LEN as u32 {
+            return None;
+        }
+        // SAFETY: ctx.ctx is this run's xdp_md and buf is writable for len
+        // (at most TCP_MAX_LEN) bytes.
+        let rc = unsafe { bpf_xdp_load_bytes(ctx.ctx, TCP_OFFSET as u32, buf.as_mut_ptr() as *mut c_void, len) };
+        (rc == 0).then_some((buf, len))
+    }
+
+    /// Copies the payload into `into`, zero past it to a multiple of 4 (as
+    /// [`TcpPacket::become_data_segment`] takes it); its length, or `None`
+    /// if it is empty or does not fit.
+    #[inline(always)]
+    pub fn copy_payload(&self, ctx: &XdpContext, into: &mut [u8; HELD_PAYLOAD_MAX]) -> Option<u32> {
+        let len = self.payload_len();
+        if len == 0 || len as usize > HELD_PAYLOAD_MAX {
+            return None;
+        }
+        let offset = (TCP_OFFSET + self.tcp.doff() as usize * 4) as u32;
+        // SAFETY: ctx.ctx is this run's xdp_md and `into` is writable for
+        // len (at most its size) bytes; the helper checks the frame holds
+        // them.
+        if unsafe { bpf_xdp_load_bytes(ctx.ctx, offset, into.as_mut_ptr() as *mut c_void, len) } != 0 {
+            return None;
+        }
+        for pad in len..(len + 3) & !3 {
+            if let Some(byte) = into.get_mut(pad as usize) {
+                *byte = 0;
+            }
+        }
+        Some(len)
+    }
+
+    /// The kernel's SYN cookie for a SYN with this packet's IPv4 header and
+    /// the TCP header `tcp[..len]`, and the MSS (one of the kernel's table)
+    /// it encodes.
+    #[inline(always)]
+    pub fn syncookie<const N: usize>(&self, tcp: &mut [u8; N], len: u32) -> Option<(u32, u16)> {
+        // SAFETY: the IPv4 header is inside the frame (parse_tcp) and tcp is
+        // readable for len bytes (the helper checks len against its doff);
+        // the helper only reads both.
+        let rc = unsafe {
+            bpf_tcp_raw_gen_syncookie_ipv4(
+                &*self.ip as *const Ipv4Hdr as *mut iphdr,
+                tcp.as_mut_ptr() as *mut tcphdr,
+                len,
+            )
+        };
+        (rc >= 0).then_some((rc as u32, (rc >> 32) as u16))
+    }
+
+    /// Whether this segment's ack - 1 is a valid SYN cookie for its 4-tuple
+    /// and seq - 1.
+    #[inline(always)]
+    pub fn proves_syncookie(&self) -> bool {
+        // SAFETY: both headers are inside the frame (parse_tcp); the helper
+        // only reads them.
+        unsafe {
+            bpf_tcp_raw_check_syncookie_ipv4(
+                &*self.ip as *const Ipv4Hdr as *mut iphdr,
+                &*self.tcp as *const TcpHdr as *mut tcphdr,
+            ) == 0
+        }
     }
 
     /// Turns the frame into an answer to this packet: cuts it down to the
@@ -409,7 +718,7 @@ impl TcpPacket<'_> {
         const { assert!(N >= IP_LEN + TCP_LEN, "the headers must stay inside the answer") };
         // SAFETY: the packet's references are not used again before they
         // are replaced with ones taken in the resized frame, below.
-        if !unsafe { resize(ctx, ETH_LEN + N) } {
+        if !resize(ctx, (ETH_LEN + N) as i32) {
             return false;
         }
         // Always inside (the resized frame holds the Ethernet header and
@@ -436,19 +745,6 @@ impl TcpPacket<'_> {
         }
         true
     }
-}
-
-/// Resizes the frame to `len` bytes at its tail.
-///
-/// # Safety
-/// Every pointer into the frame is invalid afterwards, so no reference into
-/// it may be used again.
-#[inline(always)]
-unsafe fn resize(ctx: &XdpContext, len: usize) -> bool {
-    let delta = len as i32 - (ctx.data_end() - ctx.data()) as i32;
-    // SAFETY: ctx.ctx is this run's xdp_md; the caller gives up its
-    // references into the frame.
-    unsafe { bpf_xdp_adjust_tail(ctx.ctx, delta) == 0 }
 }
 
 /// An ICMPv4 error about a TCP segment, as the data plane translates it:

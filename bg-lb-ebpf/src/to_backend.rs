@@ -8,6 +8,11 @@
 //! port is still its own (one lookup) before it uses it again, claiming it
 //! again if it is free and resetting its client if another flow owns it.
 //! A packet without a flow never uses a port another flow owns.
+//!
+//! A service in SYN proxy mode has its SYNs answered by [`synproxy`]: a
+//! segment of no flow goes there first, and a client segment of a proxied
+//! flow whose backend has not answered yet is the proxy's to hold or drop
+//! (it does not move the flow's state: the backend has not seen it).
 
 use aya_ebpf::{
     bindings::{BPF_ANY, BPF_NOEXIST, xdp_action::XDP_DROP},
@@ -18,9 +23,10 @@ use aya_log_ebpf::warn;
 use bg_lb_common::{
     counters::Counter,
     flow_hash::flow_hash,
-    flow_state::{self, Direction, Event, Segment},
+    flow_state::{self, Direction, Event, Segment, TCP_SYN},
     maps::{BACKEND_RESET_FLOWS, Backend, DataplaneConfig, Flow, FlowKey, IPPROTO_TCP, NO_BACKEND, NatKey, Service},
     snat_port::{self, SNAT_PORT_ATTEMPTS},
+    syn_proxy::Job,
 };
 
 use crate::{
@@ -29,6 +35,7 @@ use crate::{
     nat::{Endpoints, decrement_ttl, rewrite},
     packet::TcpPacket,
     rst::reply_rst,
+    synproxy::{self, ClientStep, Unpinned},
 };
 
 /// Where a packet goes: its flow's (pinned, new, or stateless) ids and
@@ -43,6 +50,8 @@ struct Route {
     /// A flow that was in FLOWS before this packet.
     pinned: bool,
     event: Event,
+    /// Added to the acknowledgment number: a proxied flow's offset.
+    ack_offset: u32,
 }
 
 impl Route {
@@ -57,6 +66,7 @@ impl Route {
             backend,
             pinned: false,
             event: Event::None,
+            ack_offset: 0,
         }
     }
 }
@@ -70,6 +80,8 @@ enum Lookup {
     Stale,
     /// Another flow owns the flow's SNAT port: the flow is forgotten.
     PortTaken,
+    /// A proxied flow's segment that the proxy takes (see [`ClientStep`]).
+    Proxy(ClientStep),
 }
 
 #[inline(always)]
@@ -95,20 +107,39 @@ pub fn to_backend(ctx: &XdpContext, mut pkt: TcpPacket<'_>, service: &Service, c
             count(Counter::NatConflict);
             return reply_rst(ctx, pkt);
         }
-        Lookup::Unknown => match new_flow(&key, &seg, service, cfg, now) {
-            Ok(route) => route,
-            Err(counter) => {
-                let refused = flow_state::is_connection_request(seg.flags)
-                    && matches!(counter, Counter::NoBackend | Counter::SnatPortsExhausted);
-                count(if counter == Counter::NoBackend && refused {
-                    Counter::Refused
-                } else {
-                    counter
-                });
-                log_drop(ctx, counter, now);
-                return if refused { reply_rst(ctx, pkt) } else { XDP_DROP };
+        Lookup::Proxy(ClientStep::Hold) => return synproxy::hand_over(ctx, Job::HoldSegment),
+        Lookup::Proxy(ClientStep::ResendSyn) => return synproxy::hand_over(ctx, Job::ResendSyn),
+        Lookup::Proxy(_) => return XDP_DROP,
+        Lookup::Unknown => {
+            let proven = match synproxy::unpinned(&pkt, service, now) {
+                Unpinned::Usual => false,
+                Unpinned::Proven => true,
+                Unpinned::Answer => return synproxy::hand_over(ctx, Job::SynAck),
+                Unpinned::Drop => return XDP_DROP,
+            };
+            // A proven cookie opens the flow as the client's SYN (its
+            // sequence number one less) would have.
+            let request = if proven {
+                Segment {
+                    flags: TCP_SYN,
+                    seq: seg.seq.wrapping_sub(1),
+                    ack: 0,
+                    payload_len: 0,
+                }
+            } else {
+                seg
+            };
+            match new_flow(&key, &request, service, cfg, now) {
+                Ok(_) if proven => return synproxy::hand_over(ctx, Job::OpenBackend),
+                Ok(route) => {
+                    if flow_state::is_connection_request(request.flags) {
+                        synproxy::opened(service, now);
+                    }
+                    route
+                }
+                Err(counter) => return refuse(ctx, pkt, &request, counter, now),
             }
-        },
+        }
     };
     let backend = route.backend;
     if route.pinned && backend.flags & BACKEND_RESET_FLOWS != 0 {
@@ -136,9 +167,26 @@ pub fn to_backend(ctx: &XdpContext, mut pkt: TcpPacket<'_>, service: &Service, c
             src_port: route.snat_port,
             dst_addr: backend.addr,
             dst_port: backend.port,
+            seq_offset: 0,
+            ack_offset: route.ack_offset,
         },
     );
     forward(ctx, &mut pkt)
+}
+
+/// A segment no flow could be opened or found for: a connection request
+/// refused with a RST when no backend or SNAT port can take it, else dropped.
+#[inline(always)]
+fn refuse(ctx: &XdpContext, pkt: TcpPacket<'_>, request: &Segment, counter: Counter, now: u64) -> u32 {
+    let refused = flow_state::is_connection_request(request.flags)
+        && matches!(counter, Counter::NoBackend | Counter::SnatPortsExhausted);
+    count(if counter == Counter::NoBackend && refused {
+        Counter::Refused
+    } else {
+        counter
+    });
+    log_drop(ctx, counter, now);
+    if refused { reply_rst(ctx, pkt) } else { XDP_DROP }
 }
 
 /// Capacity failures are worth a log line besides their counter, one a
@@ -201,6 +249,12 @@ fn pinned_flow(key: &FlowKey, seg: &Segment, service: &Service, nat_epoch: u32, 
         }
         flow.nat_epoch = nat_epoch;
     }
+    if flow.proxy != 0 {
+        match synproxy::client_segment(seg.flags, seg.ack, seg.payload_len, flow) {
+            ClientStep::Forward => {}
+            step => return Lookup::Proxy(step),
+        }
+    }
     let event = flow_state::advance(flow, Direction::FromClient, seg);
     flow.last_seen_ns = now;
     Lookup::Pinned(Route {
@@ -210,6 +264,7 @@ fn pinned_flow(key: &FlowKey, seg: &Segment, service: &Service, nat_epoch: u32, 
         backend,
         pinned: true,
         event,
+        ack_offset: synproxy::seq_offset(flow),
     })
 }
 
@@ -267,6 +322,7 @@ fn new_flow(
         backend_gen: backend.generation,
         // Its port is claimed (or, readopted, checked) now.
         nat_epoch: cfg.nat_epoch,
+        proxy: synproxy::new_flow_bits(service),
         ..Flow::default()
     };
     if !flow_state::is_connection_request(seg.flags) {

@@ -2,6 +2,12 @@
 //! but only for the flow that owns its (backend, SNAT port): a reverse-NAT
 //! entry whose flow was evicted, or names another backend or port, or a
 //! segment that flow's backend cannot have sent, never reaches a client.
+//!
+//! A SYN-proxied flow's backend numbers its bytes from its own ISN, the
+//! client from the cookie: the flow tracks the backend side in the client's
+//! numbering (the backend's sequence numbers less `seq_delta`), so both
+//! sides' state compares numbers of one space. Its backend's SYN-ACK is the
+//! proxy's to answer ([`synproxy`]).
 
 use aya_ebpf::{
     bindings::xdp_action::{XDP_DROP, XDP_PASS},
@@ -12,6 +18,7 @@ use bg_lb_common::{
     counters::Counter,
     flow_state::{self, Direction},
     maps::NatKey,
+    syn_proxy::Job,
 };
 
 use crate::{
@@ -19,6 +26,7 @@ use crate::{
     maps::{BACKENDS, REVERSE_NAT, Way, account, account_event, count, flow_entry},
     nat::{Endpoints, decrement_ttl, rewrite},
     packet::TcpPacket,
+    synproxy::{self, BackendStep},
 };
 
 #[inline(always)]
@@ -43,11 +51,21 @@ pub fn to_client(ctx: &XdpContext, mut pkt: TcpPacket<'_>) -> u32 {
         count(Counter::StaleReply);
         return XDP_DROP;
     };
-    let seg = pkt.segment();
-    if backend.generation != flow.backend_gen
-        || NatKey::new(backend, flow.snat_port) != nat
-        || !flow_state::backend_may_send(flow.state, &seg)
-    {
+    let mut seg = pkt.segment();
+    if backend.generation != flow.backend_gen || NatKey::new(backend, flow.snat_port) != nat {
+        count(Counter::StaleReply);
+        return XDP_DROP;
+    }
+    let mut seq_offset = 0;
+    if flow.proxy != 0 {
+        match synproxy::backend_segment(seg.flags, seg.seq, flow) {
+            BackendStep::Forward(offset) => seq_offset = offset,
+            BackendStep::Absorb => return synproxy::hand_over(ctx, Job::AckToBackend),
+            BackendStep::Drop => return XDP_DROP,
+        }
+        seg.seq = seg.seq.wrapping_sub(seq_offset);
+    }
+    if !flow_state::backend_may_send(flow.state, &seg) {
         count(Counter::StaleReply);
         return XDP_DROP;
     }
@@ -66,6 +84,8 @@ pub fn to_client(ctx: &XdpContext, mut pkt: TcpPacket<'_>) -> u32 {
             src_port: client.vip_port,
             dst_addr: client.client_addr,
             dst_port: client.client_port,
+            seq_offset,
+            ack_offset: 0,
         },
     );
     forward(ctx, &mut pkt)

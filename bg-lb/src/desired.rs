@@ -88,6 +88,7 @@ pub fn live_spec(service: &ServiceConfig, operator: Option<&ServiceState>, healt
         lut_size: service.lookup_table_size,
         ratio: ratio(service, operator),
         backends,
+        syn_proxy: service.syn_proxy,
     }
 }
 
@@ -115,6 +116,7 @@ pub fn standby_spec(service: &ServiceConfig, operator: Option<&ServiceState>, he
         lut_size: service.lookup_table_size,
         ratio: Ratio::all_to(Pool::Blue),
         backends,
+        syn_proxy: service.syn_proxy,
     })
 }
 
@@ -132,6 +134,7 @@ mod tests {
     use super::*;
     use crate::{
         config::{BackendConfig, HealthConfig, HttpCheck},
+        dataplane::syn_proxy::SynProxy,
         health::Failure,
     };
 
@@ -157,6 +160,7 @@ mod tests {
                 on_down,
                 ..HealthConfig::default()
             },
+            syn_proxy: SynProxy::default(),
         }
     }
 

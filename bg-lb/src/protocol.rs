@@ -7,6 +7,7 @@ use std::{fmt, net::SocketAddrV4};
 use serde::{Deserialize, Serialize};
 
 use crate::{
+    dataplane::syn_proxy::SynProxyMode,
     ratio::{Pool, Ratio},
     shift,
 };
@@ -283,6 +284,18 @@ pub struct ServiceStatus {
     /// The latest progressive shift, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shift: Option<crate::shift::ShiftRecord>,
+    /// The SYN flood defence.
+    #[serde(default)]
+    pub syn_proxy: SynProxyStatus,
+}
+
+/// A service's SYN proxy, as `status` reports it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SynProxyStatus {
+    pub mode: SynProxyMode,
+    /// The data plane answers the service's SYNs with SYN cookies now (in
+    /// auto mode: the service is flooded), on its VIP or standby VIP.
+    pub active: bool,
 }
 
 impl ServiceStatus {

@@ -26,6 +26,7 @@ use bg_lb::{
         housekeeping::FlowCensus,
         lookup_table::{self, TableBackend},
         services::{BackendSpec, ServiceSpec},
+        syn_proxy::{SynProxy, SynProxyMode},
     },
     ratio::{Pool, Ratio},
 };
@@ -123,15 +124,22 @@ pub struct PacketLabOptions {
     pub snat_ports: (u16, u16),
     /// Share of new flows for blue, in percent.
     pub blue_percent: u32,
+    pub syn_proxy: SynProxy,
 }
 
 impl PacketLabOptions {
-    /// The packet tests' lab: a small flow table and [`SNAT_PORTS`].
+    /// The packet tests' lab: a small flow table, [`SNAT_PORTS`] and the
+    /// SYN proxy off (many tests open flows nobody answers: a flood to
+    /// auto mode).
     pub fn with_ratio(blue_percent: u32) -> Self {
         PacketLabOptions {
             max_flows: 4096,
             snat_ports: SNAT_PORTS,
             blue_percent,
+            syn_proxy: SynProxy {
+                mode: SynProxyMode::Off,
+                ..SynProxy::default()
+            },
         }
     }
 }
@@ -157,7 +165,9 @@ impl PacketLab {
             .iter()
             .map(|&addr| (addr, Pool::Blue))
             .chain(GREEN.iter().map(|&addr| (addr, Pool::Green)));
-        Self::with_service(dataplane, o.blue_percent, backends)
+        let mut lab = Self::with_service(dataplane, o.blue_percent, backends);
+        lab.set_syn_proxy(o.syn_proxy);
+        lab
     }
 
     /// A data plane with one service of `n` backends, half blue and half
@@ -276,6 +286,17 @@ impl PacketLab {
     pub fn set_ratio(&mut self, blue_percent: u32) {
         self.spec.ratio = Ratio::new(blue_percent).expect("valid ratio");
         self.dataplane.apply(&self.spec).expect("swap the table");
+    }
+
+    /// Applies the service's SYN proxy settings.
+    pub fn set_syn_proxy(&mut self, syn_proxy: SynProxy) {
+        self.spec.syn_proxy = syn_proxy;
+        self.dataplane.apply(&self.spec).expect("apply the SYN proxy settings");
+    }
+
+    /// Whether the SYN proxy answers the service's SYNs now.
+    pub fn syn_proxy_active(&self) -> bool {
+        self.dataplane.syn_proxy_active(&VIP).expect("SYN_FLOOD")
     }
 
     /// Lets `change(addr, weight, reset_flows)` set each backend's weight (0
@@ -585,6 +606,7 @@ fn service_spec(
                 reset_flows: false,
             })
             .collect(),
+        syn_proxy: SynProxy::default(),
     }
 }
 

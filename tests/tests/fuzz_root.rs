@@ -117,7 +117,7 @@ fn hostile_frames_while_flows_are_evicted_never_cross_clients() {
         lab: PacketLabOptions {
             max_flows: 256,
             snat_ports: (20000, 20255),
-            blue_percent: 50,
+            ..PacketLabOptions::with_ratio(50)
         },
         check_every: 25_000,
         reverse_nat_complete_between_sweeps: false,
@@ -144,7 +144,7 @@ fn hostile_frames_while_snat_ports_run_out_never_cross_clients() {
         lab: PacketLabOptions {
             max_flows: 4096,
             snat_ports: (20000, 20015),
-            blue_percent: 50,
+            ..PacketLabOptions::with_ratio(50)
         },
         check_every: 25_000,
         reverse_nat_complete_between_sweeps: true,

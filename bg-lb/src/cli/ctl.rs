@@ -18,7 +18,8 @@ use nix::sys::signal::{SigHandler, Signal, signal};
 
 use crate::{
     cli::{CtlArgs, CtlCommand, DrainTarget},
-    protocol::{Reply, Request, ServiceStatus, ShiftAbortRequest, StatusRequest},
+    dataplane::syn_proxy::SynProxyMode,
+    protocol::{Reply, Request, ServiceStatus, ShiftAbortRequest, StatusRequest, SynProxyStatus},
     shift::{ShiftOutcome, ShiftRecord},
 };
 
@@ -275,6 +276,16 @@ fn shift_line(record: &ShiftRecord, ratio: crate::ratio::Ratio) -> String {
     )
 }
 
+fn syn_proxy_line(p: &SynProxyStatus) -> String {
+    let state = match (p.mode, p.active) {
+        (SynProxyMode::Off, _) => "off",
+        (SynProxyMode::Always, _) => "on: every SYN gets a SYN cookie",
+        (SynProxyMode::Auto, true) => "ON: flooded, SYNs get SYN cookies",
+        (SynProxyMode::Auto, false) => "standing by",
+    };
+    format!("syn proxy {}: {state}", p.mode)
+}
+
 fn print_service(s: &ServiceStatus) {
     let standby = s.standby_vip.map(|v| format!("  standby {v}")).unwrap_or_default();
     let effective = if s.effective_ratio == s.ratio {
@@ -283,6 +294,7 @@ fn print_service(s: &ServiceStatus) {
         format!(" (effective {})", s.effective_ratio)
     };
     println!("{}  vip {}{standby}  ratio {}{effective}", s.name, s.vip, s.ratio);
+    println!("  {}", syn_proxy_line(&s.syn_proxy));
     if let Some(record) = &s.shift {
         println!("  {}", shift_line(record, s.ratio));
     }

@@ -368,6 +368,7 @@ mod tests {
                 backend("10.0.2.1:80", Pool::Green, BackendHealth::Down, g0.0, g0.1, 0),
             ],
             shift: None,
+            syn_proxy: Default::default(),
         }]
     }
 

@@ -30,6 +30,9 @@
 //! standby_vip = "10.0.0.100:8080"
 //! ratio = "50:50"                   # BLUE:GREEN
 //! lookup_table_size = 65537         # prime
+//! syn_proxy = "auto"                # auto | always | off: answer SYNs with SYN cookies
+//! syn_proxy_threshold = 1000        # auto: unanswered connection requests per second
+//! syn_proxy_mss = 1460              # the MSS the cookie SYN-ACKs offer
 //!
 //! [service.health]                  # before or after the service's backends
 //! type = "http"                     # tcp | http
@@ -82,7 +85,7 @@ use std::{
 pub use self::error::ConfigError;
 use self::{error::Invalid, raw::RawConfig};
 use crate::{
-    dataplane::{AttachMode, housekeeping::FlowTimeouts},
+    dataplane::{AttachMode, housekeeping::FlowTimeouts, syn_proxy::SynProxy},
     ratio::{Pool, Ratio},
 };
 
@@ -228,6 +231,8 @@ pub struct ServiceConfig {
     pub backends: Vec<BackendConfig>,
     /// `[service.health]`; [`HealthConfig::default`] (TCP connect checks) when the table is absent.
     pub health: HealthConfig,
+    /// SYN flood defence: `syn_proxy`, `syn_proxy_threshold`, `syn_proxy_mss`.
+    pub syn_proxy: SynProxy,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

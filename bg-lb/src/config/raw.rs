@@ -53,6 +53,9 @@ pub(super) struct RawService {
     pub(super) standby_vip: Option<Spanned<String>>,
     pub(super) ratio: Option<Spanned<String>>,
     pub(super) lookup_table_size: Option<Spanned<i64>>,
+    pub(super) syn_proxy: Option<Spanned<String>>,
+    pub(super) syn_proxy_threshold: Option<Spanned<i64>>,
+    pub(super) syn_proxy_mss: Option<Spanned<i64>>,
     #[serde(default)]
     pub(super) backend: Vec<RawBackend>,
     pub(super) health: Option<RawHealth>,

@@ -17,9 +17,15 @@ use super::{
     raw::{RawBackend, RawService},
     values::{endpoint, integer_in, lookup_table_size, service_name},
 };
-use crate::ratio::{Pool, Ratio};
+use crate::{
+    dataplane::syn_proxy::{SynProxy, SynProxyMode},
+    ratio::{Pool, Ratio},
+};
 
 const WEIGHT_RANGE: RangeInclusive<i64> = 0..=MAX_WEIGHT as i64;
+const SYN_PROXY_THRESHOLD_RANGE: RangeInclusive<i64> = 1..=u32::MAX as i64;
+/// From the smallest MSS every IPv4 path carries to a 9000-byte jumbo frame's.
+const SYN_PROXY_MSS_RANGE: RangeInclusive<i64> = 536..=8960;
 
 /// Validates every service, then what services must not share.
 pub(super) fn services(
@@ -165,7 +171,28 @@ fn service(raw: &RawService, text: &str) -> Result<ServiceConfig, Invalid> {
         lookup_table_size,
         backends,
         health,
+        syn_proxy: syn_proxy(raw)?,
     })
+}
+
+fn syn_proxy(raw: &RawService) -> Result<SynProxy, Invalid> {
+    let default = SynProxy::default();
+    let mode = match &raw.syn_proxy {
+        Some(mode) => mode
+            .get_ref()
+            .parse::<SynProxyMode>()
+            .map_err(|e| Invalid::new(mode.span(), e))?,
+        None => default.mode,
+    };
+    let threshold = match &raw.syn_proxy_threshold {
+        Some(value) => integer_in(value, "syn_proxy_threshold", SYN_PROXY_THRESHOLD_RANGE)?,
+        None => default.threshold,
+    };
+    let mss = match &raw.syn_proxy_mss {
+        Some(value) => integer_in(value, "syn_proxy_mss", SYN_PROXY_MSS_RANGE)? as u16,
+        None => default.mss,
+    };
+    Ok(SynProxy { mode, threshold, mss })
 }
 
 fn backends(raw: &[RawBackend], service: &str, text: &str) -> Result<Vec<BackendConfig>, Invalid> {
@@ -257,6 +284,21 @@ mod tests {
         let config = parse_ok(&format!("{TOP}{WEB}ratio = \"0:100\"\n{BLUE}{API}"));
         assert_eq!(config.services[0].backends.len(), 1);
         assert!(config.services[1].backends.is_empty());
+    }
+
+    #[test]
+    fn bad_syn_proxy_settings_are_rejected() {
+        assert_rejected(
+            &format!("{TOP}{WEB}syn_proxy = \"on\"  # <-\n"),
+            "syn_proxy \"on\": expected \"auto\", \"always\" or \"off\"",
+        );
+        assert_rejected(
+            &format!("{TOP}{WEB}syn_proxy_threshold = 0  # <-\n"),
+            "syn_proxy_threshold",
+        );
+        for mss in [535, 8961] {
+            assert_rejected(&format!("{TOP}{WEB}syn_proxy_mss = {mss}  # <-\n"), "syn_proxy_mss");
+        }
     }
 
     #[test]

@@ -10,7 +10,11 @@ use super::{
     test_support::{BLUE, TOP, WEB, backend, parse_ok},
 };
 use crate::{
-    dataplane::{AttachMode, housekeeping::FlowTimeouts},
+    dataplane::{
+        AttachMode,
+        housekeeping::FlowTimeouts,
+        syn_proxy::{SynProxy, SynProxyMode},
+    },
     ratio::{Pool, Ratio},
 };
 
@@ -43,6 +47,9 @@ fn full_one_arm_config_parses_to_expected_structs() {
         standby_vip = "10.0.0.100:8080"
         ratio = "30:70"
         lookup_table_size = 251
+        syn_proxy = "always"
+        syn_proxy_threshold = 50
+        syn_proxy_mss = 1400
 
         [[service.backend]]
         pool = "blue"
@@ -95,6 +102,11 @@ fn full_one_arm_config_parses_to_expected_structs() {
                     backend(Pool::Green, "10.0.2.11:8080", 1000),
                 ],
                 health: HealthConfig::default(),
+                syn_proxy: SynProxy {
+                    mode: SynProxyMode::Always,
+                    threshold: 50,
+                    mss: 1400,
+                },
             },
             ServiceConfig {
                 name: "api.v2".into(),
@@ -104,6 +116,7 @@ fn full_one_arm_config_parses_to_expected_structs() {
                 lookup_table_size: 7,
                 backends: vec![],
                 health: HealthConfig::default(),
+                syn_proxy: SynProxy::default(),
             },
         ],
     };
@@ -166,6 +179,7 @@ fn full_two_arm_config_parses_to_expected_structs() {
             lookup_table_size: DEFAULT_LUT_SIZE,
             backends: vec![backend(Pool::Green, "192.168.1.20:5432", DEFAULT_WEIGHT)],
             health: HealthConfig::default(),
+            syn_proxy: SynProxy::default(),
         }],
         ..parse_ok(TOP)
     };
@@ -215,6 +229,11 @@ fn absent_optional_keys_take_their_defaults() {
                 fall: 3,
                 on_down: OnDown::Drain,
             },
+            syn_proxy: SynProxy {
+                mode: SynProxyMode::Auto,
+                threshold: 1000,
+                mss: 1460,
+            },
         }],
     };
     assert_eq!(config, expected);
@@ -241,6 +260,7 @@ fn example_file_parses() {
     let pools: Vec<Pool> = web.backends.iter().map(|b| b.pool).collect();
     assert_eq!(pools, [Pool::Blue, Pool::Blue, Pool::Green, Pool::Green]);
     assert_eq!(web.backends[3].weight, 0, "the example shows a drained backend");
+    assert_eq!(web.syn_proxy, SynProxy::default(), "the example shows the defaults");
     assert_eq!(
         web.health,
         HealthConfig {

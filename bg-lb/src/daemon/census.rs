@@ -11,12 +11,16 @@ use super::{Daemon, RequestError, SWEEP_DUTY_CYCLE};
 use crate::dataplane::housekeeping::FlowCensus;
 
 impl Daemon {
-    /// Once a second: flow housekeeping, then progressive shifts.
+    /// Once a second: flow housekeeping, then progressive shifts, then SYN
+    /// floods.
     pub fn tick(&mut self) {
         if let Err(e) = self.refresh_census(Duration::from_secs(1)) {
             tracing::error!(error = %e, "flow housekeeping failed");
         }
         self.tick_shifts();
+        if let Err(e) = self.log_syn_floods() {
+            tracing::error!(error = %e, "reading the SYN flood detectors failed");
+        }
     }
 
     /// Sweeps again if the census is older than `max_age`, unless the last

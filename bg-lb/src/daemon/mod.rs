@@ -11,6 +11,7 @@ use std::{
 
 mod census;
 mod error;
+mod floods;
 mod operator;
 mod preflight;
 mod probes;
@@ -65,6 +66,8 @@ pub struct Daemon {
     reloads: ReloadStats,
     /// Shifts the daemon rolled back, by service, for metrics.
     shift_rollbacks: BTreeMap<String, u64>,
+    /// Auto-mode services whose SYN proxy is on, as last logged.
+    flooded: HashMap<String, floods::Flooded>,
 }
 
 impl Daemon {
@@ -114,6 +117,7 @@ impl Daemon {
             notifier: Notifier::from_env(),
             reloads: ReloadStats::new(loaded_at),
             shift_rollbacks: BTreeMap::new(),
+            flooded: HashMap::new(),
         };
         daemon.apply_all()?;
         daemon.restart_probes();

@@ -9,7 +9,7 @@ use crate::{
     desired::{self, HealthView},
     health::{CheckKey, Listener},
     metrics::{BuildInfo, ProbeMetrics, Snapshot},
-    protocol::{BackendHealth, BackendStatus, FlowInfo, Reply, ServiceStatus},
+    protocol::{BackendHealth, BackendStatus, FlowInfo, Reply, ServiceStatus, SynProxyStatus},
     ratio::Pool,
 };
 
@@ -98,6 +98,19 @@ impl Daemon {
             effective_ratio: spec.ratio.effective(can_serve(Pool::Blue), can_serve(Pool::Green)),
             backends,
             shift: operator.and_then(|s| s.shift.clone()),
+            syn_proxy: self.syn_proxy_status(service)?,
+        })
+    }
+
+    /// The service's SYN proxy: on if it is on for either of its VIPs.
+    pub(super) fn syn_proxy_status(&self, service: &ServiceConfig) -> Result<SynProxyStatus, RequestError> {
+        let mut active = false;
+        for vip in std::iter::once(service.vip).chain(service.standby_vip) {
+            active |= self.dataplane.syn_proxy_active(&vip)?;
+        }
+        Ok(SynProxyStatus {
+            mode: service.syn_proxy.mode,
+            active,
         })
     }
 

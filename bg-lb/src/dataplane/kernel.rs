@@ -7,7 +7,7 @@ use std::{mem::size_of, net::Ipv4Addr, path::Path};
 
 use aya::{
     Ebpf, EbpfLoader, Pod,
-    maps::{Array, DevMapHash, HashMap, MapError, MapInfo, MapType, PerCpuArray, PerCpuValues},
+    maps::{Array, DevMapHash, HashMap, MapError, MapInfo, MapType, PerCpuArray, PerCpuValues, ProgramArray},
     programs::{
         Xdp, XdpMode,
         links::{FdLink, PinnedLink},
@@ -16,7 +16,8 @@ use aya::{
 };
 use bg_lb_common::{
     counters::{COUNTER_COUNT, Counter},
-    maps::{self, Backend, DataplaneConfig, Flow, FlowKey, NatKey, Service, ServiceKey, TrafficStats},
+    maps::{self, Backend, DataplaneConfig, Flow, FlowKey, NatKey, Service, ServiceKey, SynFlood, TrafficStats},
+    syn_proxy::JOB_PROGRAMS,
 };
 
 /// The layout each map must have: a pinned map left by a bg-lb whose
@@ -99,7 +100,31 @@ impl Kernel {
             .ok();
         let mut kernel = Self { ebpf, logger };
         kernel.xdp_mut()?.load().map_err(program_err)?;
+        kernel.load_syn_proxy_jobs()?;
         Ok(kernel)
+    }
+
+    /// Loads the SYN proxy's job programs and puts each in SYN_PROXY_JOBS at
+    /// its index, where the load balancer tail-calls it. An adopted (pinned)
+    /// array gets this object's programs, as the link gets its bg_lb.
+    fn load_syn_proxy_jobs(&mut self) -> Result<(), DataplaneError> {
+        let mut fds = Vec::with_capacity(JOB_PROGRAMS.len());
+        for name in JOB_PROGRAMS {
+            let prog: &mut Xdp = self
+                .ebpf
+                .program_mut(name)
+                .ok_or(DataplaneError::MissingProgram(name))?
+                .try_into()
+                .map_err(|cause| DataplaneError::Program { name, cause })?;
+            prog.load().map_err(|cause| DataplaneError::Program { name, cause })?;
+            let fd = prog.fd().map_err(|cause| DataplaneError::Program { name, cause })?;
+            fds.push(fd.try_clone().map_err(DataplaneError::ProgramFd)?);
+        }
+        let mut jobs: ProgramArray<_> = self.map_mut(maps::SYN_PROXY_JOBS)?;
+        for (index, fd) in fds.iter().enumerate() {
+            jobs.set(index as u32, fd, 0).map_err(map_err(maps::SYN_PROXY_JOBS))?;
+        }
+        Ok(())
     }
 
     pub(super) fn take_logger(&mut self) -> Option<EbpfLogger> {
@@ -214,6 +239,9 @@ impl Kernel {
     /// the inactive buffer, then the SERVICES entry that swaps it in (one
     /// atomic map update), so a packet sees the old table or the new one.
     pub(super) fn write_service(&mut self, update: &ServiceUpdate) -> Result<(), DataplaneError> {
+        if update.fresh {
+            self.clear_syn_flood(update.service.id)?;
+        }
         for (id, backend) in &update.backends {
             self.array_set(maps::BACKENDS, *id, backend)?;
         }
@@ -275,6 +303,16 @@ impl Kernel {
         stats.set(id, zeros, 0).map_err(map_err(maps::BACKEND_STATS))
     }
 
+    /// The SERVICES entry of `key`.
+    pub(super) fn service(&self, key: &ServiceKey) -> Result<Option<Service>, DataplaneError> {
+        let services: HashMap<_, ServiceKey, Service> = self.map(maps::SERVICES)?;
+        match services.get(key, 0) {
+            Ok(service) => Ok(Some(service)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(map_err(maps::SERVICES)(e)),
+        }
+    }
+
     pub(super) fn services(&self) -> Result<Vec<(ServiceKey, Service)>, DataplaneError> {
         let services: HashMap<_, ServiceKey, Service> = self.map(maps::SERVICES)?;
         collect(services.iter(), maps::SERVICES)
@@ -291,6 +329,17 @@ impl Kernel {
             }
         }
         Ok(used)
+    }
+
+    /// The SYN proxy's flood detector of service `id`.
+    pub(super) fn syn_flood(&self, id: u32) -> Result<SynFlood, DataplaneError> {
+        let floods: Array<_, SynFlood> = self.map(maps::SYN_FLOOD)?;
+        floods.get(&id, 0).map_err(map_err(maps::SYN_FLOOD))
+    }
+
+    /// Clears the flood detector of service `id`, for a new service.
+    fn clear_syn_flood(&mut self, id: u32) -> Result<(), DataplaneError> {
+        self.array_set(maps::SYN_FLOOD, id, &SynFlood::default())
     }
 
     pub(super) fn flows(&self) -> Result<Vec<(FlowKey, Flow)>, DataplaneError> {

@@ -1,6 +1,7 @@
 //! The XDP data plane and its one owner, [`Dataplane`]: what the daemon (and
 //! the packet tests) load, attach, program and read. Inside, [`services`] and
-//! [`housekeeping`] decide every change as plain values, and `kernel` is the
+//! [`housekeeping`] decide every change as plain values, [`syn_proxy`] is a
+//! service's SYN flood defence as settings and state, and `kernel` is the
 //! one module that talks to the kernel, writing those values to the maps.
 
 pub mod housekeeping;
@@ -8,6 +9,7 @@ mod kernel;
 pub mod lookup_table;
 pub mod pins;
 pub mod services;
+pub mod syn_proxy;
 pub mod table_regions;
 
 use std::{
@@ -24,7 +26,7 @@ use aya::{
 use bg_lb_common::{
     counters::Counter,
     flow_state::{FlowPhase, phase},
-    maps::{self, Backend, DataplaneConfig, Flow, FlowKey, NatKey, TrafficStats},
+    maps::{self, Backend, DataplaneConfig, Flow, FlowKey, NatKey, ServiceKey, TrafficStats},
 };
 use housekeeping::FlowCensus;
 pub use housekeeping::FlowTimeouts;
@@ -56,6 +58,8 @@ pub enum DataplaneError {
     MissingMap(&'static str),
     #[error("program {0} is missing from the eBPF object")]
     MissingProgram(&'static str),
+    #[error("duplicating a program's file descriptor: {0}")]
+    ProgramFd(std::io::Error),
     #[error(transparent)]
     Services(#[from] ServicesError),
     #[error(
@@ -314,6 +318,19 @@ impl Dataplane {
             .filter(|f| pool.is_none_or(|p| p == f.pool))
             .take(limit)
             .collect())
+    }
+
+    /// Whether the SYN proxy answers the SYNs of service `vip` now: always
+    /// in mode "always", while flooded in mode "auto".
+    pub fn syn_proxy_active(&self, vip: &SocketAddrV4) -> Result<bool, DataplaneError> {
+        let (Some(id), Some(service)) = (
+            self.services.service_id(vip),
+            self.kernel.service(&ServiceKey::new(*vip))?,
+        ) else {
+            return Ok(false);
+        };
+        let flood = self.kernel.syn_flood(id)?;
+        Ok(syn_proxy::is_active(&service, &flood, housekeeping::monotonic_now_ns()))
     }
 
     /// Every entry of the flow table.

@@ -25,6 +25,7 @@ use bg_lb_common::maps::{Backend, Flow, MAX_BACKENDS, MAX_SERVICES, Service, Ser
 use crate::{
     dataplane::{
         lookup_table::{self, TableBackend},
+        syn_proxy::SynProxy,
         table_regions::{RegionAllocator, RegionsExhausted, TableRegions},
     },
     ratio::{Pool, Ratio},
@@ -48,6 +49,7 @@ pub struct ServiceSpec {
     pub lut_size: u32,
     pub ratio: Ratio,
     pub backends: Vec<BackendSpec>,
+    pub syn_proxy: SynProxy,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -75,6 +77,8 @@ pub struct ServiceUpdate {
     pub table: Vec<u32>,
     pub key: ServiceKey,
     pub service: Service,
+    /// The service is new (its id fresh): its flood detector starts clean.
+    pub fresh: bool,
 }
 
 /// A service leaving the data plane: its SERVICES entry goes, then its
@@ -262,7 +266,8 @@ impl Services {
     /// the table goes to the buffer packets are not reading. The new table
     /// counts as active only once [`Services::swapped`] says it was written.
     pub fn update(&mut self, spec: &ServiceSpec) -> Result<ServiceUpdate, ServicesError> {
-        if !self.installed.contains_key(&spec.vip) {
+        let fresh = !self.installed.contains_key(&spec.vip);
+        if fresh {
             self.install(spec)?;
         }
         let size = self.installed[&spec.vip].regions.size;
@@ -285,18 +290,20 @@ impl Services {
             })
             .collect();
         let base = installed.regions.inactive(installed.active_base);
+        let mut service = Service {
+            id: installed.id,
+            lut_base: base,
+            lut_size: spec.lut_size,
+            lut_spare_base: installed.regions.inactive(base),
+            ..Service::default()
+        };
+        spec.syn_proxy.program(&mut service);
         Ok(ServiceUpdate {
             backends,
             table: lookup_table::build(&table_backends, spec.ratio, spec.lut_size),
             key: ServiceKey::new(spec.vip),
-            service: Service {
-                id: installed.id,
-                flags: 0,
-                lut_base: base,
-                lut_size: spec.lut_size,
-                lut_spare_base: installed.regions.inactive(base),
-                _pad: 0,
-            },
+            service,
+            fresh,
         })
     }
 

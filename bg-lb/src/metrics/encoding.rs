@@ -43,16 +43,24 @@ pub fn verdict(counter: Counter) -> &'static str {
         | Counter::StaleFlow
         | Counter::StaleReply
         | Counter::UnpinnedPortTaken
-        | Counter::TooBigDropped => "drop",
+        | Counter::TooBigDropped
+        | Counter::SynCookieInvalid
+        | Counter::SynProxyEarlyData
+        | Counter::SynProxyBadChecksum
+        | Counter::SynProxyUnavailable => "drop",
         Counter::IcmpErrorWithoutFlow | Counter::IcmpMalformed => "pass",
         Counter::UnpinnedForwarded
         | Counter::RstOutOfWindow
         | Counter::NatReclaimed
         | Counter::FlowReadopted
         | Counter::IcmpErrorToClient
-        | Counter::IcmpErrorToBackend => "forward",
+        | Counter::IcmpErrorToBackend
+        | Counter::SynCookieValid => "forward",
         Counter::Refused | Counter::FlowReset | Counter::SnatPortsExhausted | Counter::NatConflict => "reset",
         Counter::TooBigAnswered => "icmp",
+        // The SYN proxy's SYN-ACK, sent back in the SYN's place.
+        Counter::SynCookieSent => "answer",
+        Counter::SynProxyHeld => "hold",
     }
 }
 
@@ -201,6 +209,14 @@ impl Snapshot {
                 .map(|s| {
                     let n = self.shift_rollbacks.get(&s.name).copied().unwrap_or(0);
                     (vec![("service", s.name.clone())], Value::Counter(n))
+                })
+                .collect(),
+            Metric::SynProxyActive => self
+                .services
+                .iter()
+                .map(|s| {
+                    let labels = vec![("service", s.name.clone()), ("mode", s.syn_proxy.mode.to_string())];
+                    (labels, Value::Gauge(s.syn_proxy.active.into()))
                 })
                 .collect(),
         }

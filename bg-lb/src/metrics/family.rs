@@ -38,11 +38,12 @@ pub enum Metric {
     ConfigLastReloadSuccessTimestamp,
     ShiftState,
     ShiftRollbacks,
+    SynProxyActive,
 }
 
 impl Metric {
     /// In the order of the output.
-    pub const ALL: [Metric; 24] = [
+    pub const ALL: [Metric; 25] = [
         Metric::BuildInfo,
         Metric::Ratio,
         Metric::EffectiveRatio,
@@ -67,6 +68,7 @@ impl Metric {
         Metric::ConfigLastReloadSuccessTimestamp,
         Metric::ShiftState,
         Metric::ShiftRollbacks,
+        Metric::SynProxyActive,
     ];
 
     /// The family name, without the suffixes the encoding adds.
@@ -96,6 +98,7 @@ impl Metric {
             Metric::ConfigLastReloadSuccessTimestamp => "bglb_config_last_reload_success_timestamp_seconds",
             Metric::ShiftState => "bglb_shift_state",
             Metric::ShiftRollbacks => "bglb_shift_rollbacks",
+            Metric::SynProxyActive => "bglb_syn_proxy_active",
         }
     }
 
@@ -124,7 +127,8 @@ impl Metric {
             | Metric::FlowTableCapacity
             | Metric::ConfigLastReloadSuccessful
             | Metric::ConfigLastReloadSuccessTimestamp
-            | Metric::ShiftState => Kind::Gauge,
+            | Metric::ShiftState
+            | Metric::SynProxyActive => Kind::Gauge,
         }
     }
 
@@ -155,6 +159,7 @@ impl Metric {
             Metric::ConfigReloads => &["result"],
             Metric::ShiftState => &["service", "state"],
             Metric::ShiftRollbacks => &["service"],
+            Metric::SynProxyActive => &["service", "mode"],
         }
     }
 
@@ -255,6 +260,10 @@ impl Metric {
             Metric::ShiftRollbacks => {
                 "Progressive shifts the daemon rolled back on its own (a target backend down or too many failed \
                  connections)."
+            }
+            Metric::SynProxyActive => {
+                "1 while the data plane answers the service's SYNs with SYN cookies (mode always, or auto while \
+                 the service is flooded), else 0."
             }
         }
     }

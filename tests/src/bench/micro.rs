@@ -29,6 +29,7 @@ use aya::{
     Ebpf,
     programs::{TestRun, TestRunOptions, Xdp},
 };
+use bg_lb::dataplane::syn_proxy::{SynProxy, SynProxyMode};
 use bg_lb_common::maps::{DEFAULT_MAX_FLOWS, Flow, FlowKey, NatKey};
 use serde::Serialize;
 
@@ -140,6 +141,11 @@ fn packet_paths(o: &MicroOptions) -> (Vec<PathCost>, Vec<MapMemory>) {
         // Wide, so that the SYN runs never make port claims probe far.
         snat_ports: (1024, 65535),
         blue_percent: 50,
+        // Off: the SYN runs, which nobody answers, are a flood to "auto".
+        syn_proxy: SynProxy {
+            mode: SynProxyMode::Off,
+            ..SynProxy::default()
+        },
     });
     let flow_maps = flow_map_memory();
     let lb = lab.program();

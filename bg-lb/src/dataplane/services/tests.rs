@@ -24,6 +24,7 @@ fn spec(vip: SocketAddrV4, backends: &[u8]) -> ServiceSpec {
                 reset_flows: false,
             })
             .collect(),
+        syn_proxy: SynProxy::default(),
     }
 }
 
@@ -201,6 +202,32 @@ fn a_vip_address_is_released_with_the_last_service_on_it() {
     );
     assert!(services.remove(&STANDBY_VIP).unwrap().release_address);
     assert!(services.vip_addresses().is_empty());
+}
+
+#[test]
+fn only_a_new_services_first_update_is_fresh_and_every_update_carries_its_syn_proxy() {
+    let mut services = Services::new(100);
+    let mut maps = Maps::default();
+    let always = ServiceSpec {
+        syn_proxy: SynProxy {
+            mode: crate::dataplane::syn_proxy::SynProxyMode::Always,
+            threshold: 9,
+            mss: 1400,
+        },
+        ..spec(VIP, &[1])
+    };
+    let first = maps.apply(&mut services, &always);
+    assert!(first.fresh, "a new id: its flood detector is cleared");
+    let again = maps.apply(&mut services, &always);
+    assert!(!again.fresh, "the running service keeps its detector");
+    assert_eq!(
+        (
+            again.service.flags,
+            again.service.syn_proxy_threshold,
+            again.service.syn_proxy_mss
+        ),
+        (bg_lb_common::syn_proxy::SYN_PROXY_ALWAYS, 9, 1400)
+    );
 }
 
 #[test]

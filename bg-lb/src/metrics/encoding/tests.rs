@@ -4,9 +4,10 @@ use std::{collections::HashSet, time::Duration};
 
 use super::*;
 use crate::{
+    dataplane::syn_proxy::SynProxyMode,
     health::{CheckKey, Report, Transition},
     metrics::{AdminRequests, BuildInfo, INVALID_COMMAND, Kind, ProbeStats, ReloadStats, series_names},
-    protocol::Request,
+    protocol::{Request, SynProxyStatus},
     ratio::Ratio,
     shift::ShiftPlan,
     test_support::backend_status,
@@ -86,6 +87,10 @@ fn snapshot() -> Snapshot {
                 backend_status("10.0.2.2:80", Pool::Green, BackendHealth::Unchecked),
             ],
             shift: Some(rolled_back_shift()),
+            syn_proxy: SynProxyStatus {
+                mode: SynProxyMode::Auto,
+                active: true,
+            },
         }],
         probes: vec![ProbeMetrics {
             service: "web".into(),
@@ -336,10 +341,16 @@ fn every_data_plane_counter_is_a_reason_with_its_verdict() {
     assert_eq!(verdict(Counter::NoBackend), "drop");
     assert_eq!(verdict(Counter::Passed), "pass");
     assert_eq!(verdict(Counter::Refused), "reset");
+    assert_eq!(verdict(Counter::SynCookieSent), "answer");
     assert_eq!(verdict(Counter::TooBigAnswered), "icmp");
     assert_eq!(verdict(Counter::SnatPortsExhausted), "reset", "refused with a RST");
     assert_eq!(verdict(Counter::Fragmented), "drop", "malformed frames to a VIP");
     assert_eq!(verdict(Counter::RstOutOfWindow), "forward");
+}
+
+#[test]
+fn syn_proxy_state_is_a_gauge_per_service_with_its_mode() {
+    assert_line(&encoded(), r#"bglb_syn_proxy_active{service="web",mode="auto"} 1"#);
 }
 
 #[test]

@@ -1,0 +1,614 @@
+//! SYN proxy: while a service is flooded with SYNs (auto mode) or always
+//! (as configured), the LB answers SYNs to its VIP itself with a SYN cookie
+//! (`bpf_tcp_raw_gen_syncookie_ipv4`) and keeps no state, so spoofed SYNs
+//! cost neither a flow nor a SNAT port. Only the client's ACK that proves
+//! its cookie (`bpf_tcp_raw_check_syncookie_ipv4`) opens the backend side:
+//! a flow, a SNAT port, and the ACK turned into a SYN to the backend (the
+//! client's ISN, the MSS its cookie encodes, no other option). The
+//! backend's SYN-ACK never reaches the client, who has its handshake
+//! already: the LB records the sequence offset and answers the backend
+//! with the ACK in its place. From then on `nat::rewrite` translates the
+//! flow's sequence numbers.
+//!
+//! Neither side gets window scaling, SACK or timestamps: the cookie cannot
+//! carry them without timestamps, and both sides then agree. The first
+//! client segment with data that arrives before the backend answered is
+//! held (`HELD_SEGMENTS`) and sent in place of the handshake's last ACK; the
+//! SYN-ACK's window of one segment keeps the client's first flight to one.
+//! Other early segments are dropped (counted) and retransmitted by the
+//! client; after [`SYN_RETRANSMIT_NS`] one also resends the SYN, in case it
+//! was lost.
+//!
+//! The flood detector (auto mode) counts, per service and one-second window,
+//! connection requests and the handshakes clients complete; more than the
+//! service's threshold left unanswered turns the proxy on for [`HOLD_NS`],
+//! extended while the flood lasts.
+
+use aya_ebpf::{
+    bindings::{
+        BPF_ANY,
+        xdp_action::{XDP_DROP, XDP_TX},
+    },
+    helpers::bpf_ktime_get_ns,
+    macros::xdp,
+    programs::XdpContext,
+};
+use bg_lb_common::{
+    counters::Counter,
+    flow_state::{self, Direction, Event, Segment, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
+    maps::{Flow, FlowKey, HeldSegment, NatKey, Service, ServiceKey, SynFlood},
+    syn_proxy::{
+        BACKEND_READY, COOKIE_MSS, DEFAULT_MSS, HELD, HOLD_NS, Job, PROXIED, SERVER_ISN_KNOWN, SYN_PROXY_AUTO,
+        SYN_PROXY_MODES, SYN_RETRANSMIT_NS, WATCHED, accepts_cookies, extended_this_window, flooded, is_active,
+        seq_delta, window_over,
+    },
+};
+
+use crate::{
+    forward::forward,
+    maps::{
+        BACKENDS, CONFIG, HELD_SCRATCH, HELD_SEGMENTS, REVERSE_NAT, SERVICES, SYN_FLOOD, SYN_PROXY_JOBS, Way, account,
+        account_event, count, flow_entry,
+    },
+    packet::{BareSegment, TcpPacket, parse_tcp},
+};
+
+// Stack: the verifier allows 512 bytes for a program's deepest chain of
+// calls, and the packet paths use most of it. So the paths ask the proxy
+// with plain values and get small verdicts back, and the jobs that write a
+// frame run as programs of their own ([`Job`], reached by tail call with
+// [`hand_over`]): each parses the frame again and finishes it (XDP_TX, or
+// forward) with a whole stack to itself.
+
+/// The proxy's verdict on a segment to a VIP that no flow knows.
+pub enum Unpinned {
+    /// Not the proxy's: the usual path.
+    Usual,
+    /// A SYN the proxy answers: [`Job::SynAck`].
+    Answer,
+    /// An ACK that proved its cookie: pin a flow as for a SYN, then
+    /// [`Job::OpenBackend`].
+    Proven,
+    /// Dropped (and counted).
+    Drop,
+}
+
+/// The proxy's verdict on a client segment of a flow with proxy bits.
+pub enum ClientStep {
+    /// On to the usual NAT, which adds [`seq_offset`] to a proxied flow's ack.
+    Forward,
+    /// Data before the backend answered: [`Job::HoldSegment`].
+    Hold,
+    /// The backend has not answered for a while: [`Job::ResendSyn`].
+    ResendSyn,
+    /// Dropped (and counted): the backend cannot take it yet.
+    Drop,
+}
+
+/// The proxy's verdict on a backend segment of a flow with proxy bits.
+pub enum BackendStep {
+    /// On to the usual NAT, subtracting this from the sequence number.
+    Forward(u32),
+    /// The backend's SYN-ACK: [`Job::AckToBackend`].
+    Absorb,
+    /// Dropped.
+    Drop,
+}
+
+/// A segment to a service's VIP that no flow knows.
+#[inline(always)]
+pub fn unpinned(pkt: &TcpPacket<'_>, service: &Service, now: u64) -> Unpinned {
+    if service.flags & SYN_PROXY_MODES == 0 {
+        return Unpinned::Usual;
+    }
+    unpinned_in_proxy_mode(pkt, service, now)
+}
+
+#[inline(never)]
+fn unpinned_in_proxy_mode(pkt: &TcpPacket<'_>, service: &Service, now: u64) -> Unpinned {
+    let flags = pkt.flags();
+    let Some(flood) = SYN_FLOOD.get(service.id) else {
+        return Unpinned::Usual;
+    };
+    if flow_state::is_connection_request(flags) {
+        if !is_active(service.flags, flood, now) {
+            return Unpinned::Usual;
+        }
+        note_request(service, now);
+        if flags & (TCP_FIN | TCP_RST) != 0 {
+            count(Counter::SynCookieInvalid);
+            return Unpinned::Drop;
+        }
+        return Unpinned::Answer;
+    }
+    if !accepts_cookies(service.flags, flood, now) {
+        return Unpinned::Usual;
+    }
+    // The cookie covers the addresses, ports and both sequence numbers:
+    // a corrupted one does not prove it.
+    if flags & (TCP_SYN | TCP_RST | TCP_ACK) == TCP_ACK && pkt.proves_syncookie() {
+        if service.flags & SYN_PROXY_AUTO != 0 {
+            note_completed(service.id);
+        }
+        return Unpinned::Proven;
+    }
+    if is_active(service.flags, flood, now) {
+        count(Counter::SynCookieInvalid);
+        return Unpinned::Drop;
+    }
+    // The proxy was on lately but is off: as without it.
+    Unpinned::Usual
+}
+
+/// The `Flow::proxy` bits of a flow a plain SYN opens.
+#[inline(always)]
+pub fn new_flow_bits(service: &Service) -> u32 {
+    if service.flags & SYN_PROXY_AUTO != 0 {
+        WATCHED
+    } else {
+        0
+    }
+}
+
+/// A plain SYN opened a flow: a connection request for the detector.
+#[inline(always)]
+pub fn opened(service: &Service, now: u64) {
+    note_request(service, now);
+}
+
+/// A client segment with `flags`, `ack` and `payload` bytes of a flow with
+/// proxy bits (the pinned path).
+#[inline(never)]
+pub fn client_segment(flags: u8, ack: u32, payload: u32, flow: &mut Flow) -> ClientStep {
+    if flow.proxy & WATCHED != 0 {
+        if flow.proxy & SERVER_ISN_KNOWN != 0
+            && flags & (TCP_SYN | TCP_RST | TCP_ACK) == TCP_ACK
+            && ack == flow.server_isn.wrapping_add(1)
+        {
+            flow.proxy = 0;
+            note_completed(flow.service_id);
+        }
+        return ClientStep::Forward;
+    }
+    if flow.proxy & (PROXIED | BACKEND_READY) != PROXIED || flags & TCP_RST != 0 {
+        // A RST before the backend answered resets its half-open
+        // connection by the sequence number alone.
+        return ClientStep::Forward;
+    }
+    if payload != 0 && flow.proxy & HELD == 0 && flags & TCP_SYN == 0 {
+        return ClientStep::Hold;
+    }
+    count(Counter::SynProxyEarlyData);
+    // SAFETY: a helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if now.saturating_sub(flow.created_ns) < SYN_RETRANSMIT_NS || flags & TCP_SYN != 0 {
+        return ClientStep::Drop;
+    }
+    ClientStep::ResendSyn
+}
+
+/// A backend segment with `flags` and `seq` of a flow with proxy bits (the
+/// reply path).
+#[inline(never)]
+pub fn backend_segment(flags: u8, seq: u32, flow: &mut Flow) -> BackendStep {
+    if flow.proxy & WATCHED != 0 {
+        if flags & (TCP_SYN | TCP_ACK | TCP_RST) == TCP_SYN | TCP_ACK {
+            flow.server_isn = seq;
+            flow.proxy |= SERVER_ISN_KNOWN;
+        }
+        return BackendStep::Forward(0);
+    }
+    if flow.proxy & PROXIED == 0 {
+        return BackendStep::Forward(0);
+    }
+    if flags & TCP_SYN != 0 {
+        return if flags & (TCP_ACK | TCP_RST | TCP_FIN) == TCP_ACK {
+            BackendStep::Absorb
+        } else {
+            BackendStep::Drop
+        };
+    }
+    if flow.proxy & BACKEND_READY != 0 {
+        return BackendStep::Forward(flow.seq_delta);
+    }
+    if flags & TCP_RST == 0 {
+        return BackendStep::Drop;
+    }
+    // The backend refused the LB's SYN. The client, whose handshake the LB
+    // completed, accepts a RST only at the sequence number it expects.
+    BackendStep::Forward(seq.wrapping_sub(flow.server_isn.wrapping_add(1)))
+}
+
+/// What `nat::rewrite` adds to the acks of the flow's client segments.
+#[inline(always)]
+pub fn seq_offset(flow: &Flow) -> u32 {
+    if flow.proxy & BACKEND_READY != 0 {
+        flow.seq_delta
+    } else {
+        0
+    }
+}
+
+/// Hands the frame to the program of `job`, which finishes it; returns
+/// only if that program is not loaded.
+#[inline(always)]
+pub fn hand_over(ctx: &XdpContext, job: Job) -> u32 {
+    // SAFETY: ctx is this run's context; a tail call either leaves this
+    // program for good or returns having done nothing.
+    unsafe { SYN_PROXY_JOBS.tail_call(ctx, job as u32) };
+    count(Counter::SynProxyUnavailable);
+    XDP_DROP
+}
+
+/// [`Job::SynAck`]: answers the SYN to a VIP in the frame with a cookie
+/// SYN-ACK from the VIP, back out of the interface it came in on.
+#[xdp]
+pub fn bg_lb_syn_ack(ctx: XdpContext) -> u32 {
+    let Ok(mut pkt) = parse_tcp(&ctx) else {
+        return XDP_DROP;
+    };
+    // SAFETY: SERVICES is BPF_F_NO_PREALLOC: the element stays intact
+    // under RCU until the program returns (as in bg_lb).
+    let Some(service) = (unsafe { SERVICES.get(ServiceKey::from_wire(pkt.dst_addr(), pkt.dst_port())) }).copied()
+    else {
+        return XDP_DROP;
+    };
+    let Some((mut tcp, len)) = pkt.tcp_header(&ctx) else {
+        return XDP_DROP;
+    };
+    if !pkt.checksums_hold(&tcp) {
+        count(Counter::SynProxyBadChecksum);
+        return XDP_DROP;
+    }
+    let Some((cookie, _)) = pkt.syncookie(&mut tcp, len) else {
+        return XDP_DROP;
+    };
+    let syn_ack = BareSegment {
+        src_addr: pkt.dst_addr(),
+        dst_addr: pkt.src_addr(),
+        src_port: pkt.dst_port(),
+        dst_port: pkt.src_port(),
+        seq: cookie,
+        ack: pkt.seq().wrapping_add(1),
+        flags: TCP_SYN | TCP_ACK,
+        // One segment: the client's first flight is then one the proxy can
+        // hold until the backend answers. The backend's own window follows
+        // with its first segment.
+        window: service.syn_proxy_mss,
+        mss: service.syn_proxy_mss,
+    };
+    pkt.swap_macs();
+    if pkt.become_segment(&ctx, &syn_ack).is_none() {
+        return XDP_DROP;
+    }
+    count(Counter::SynCookieSent);
+    XDP_TX
+}
+
+/// [`Job::OpenBackend`]: the segment in the frame proved its cookie and a
+/// flow is pinned for it. Marks the flow proxied and sends its backend the
+/// SYN in the segment's place. Data on it (its ACK was lost, and this is
+/// the client's first data) is held like any early segment.
+#[xdp]
+pub fn bg_lb_open_backend(ctx: XdpContext) -> u32 {
+    count(Counter::SynCookieValid);
+    let Ok(pkt) = parse_tcp(&ctx) else {
+        return XDP_DROP;
+    };
+    let key = client_flow_key(&pkt);
+    let Some(flow) = flow_entry(&key) else {
+        return XDP_DROP;
+    };
+    let (client_isn, cookie) = (pkt.seq().wrapping_sub(1), pkt.ack_seq().wrapping_sub(1));
+    flow.proxy = PROXIED;
+    flow.server_isn = cookie;
+    // Until the backend answers, the offset's place keeps the client's ISN,
+    // for the SYN and its retransmissions.
+    flow.seq_delta = client_isn;
+    flow.client_window = pkt.window();
+    flow.client_mss = cookie_mss(&pkt, client_isn, cookie);
+    // An earlier connection's segment must never reach this one's backend.
+    let _ = HELD_SEGMENTS.remove(key);
+    if pkt.payload_len() != 0 {
+        count_hold(hold(&ctx, &pkt, &key, flow));
+    }
+    send_syn(&ctx, pkt, flow)
+}
+
+/// [`Job::ResendSyn`]: sends the backend of the proxied flow its SYN again,
+/// in place of the client segment in the frame, which it cannot take yet.
+#[xdp]
+pub fn bg_lb_resend_syn(ctx: XdpContext) -> u32 {
+    let Ok(pkt) = parse_tcp(&ctx) else {
+        return XDP_DROP;
+    };
+    match flow_entry(&client_flow_key(&pkt)) {
+        Some(flow) => send_syn(&ctx, pkt, flow),
+        None => XDP_DROP,
+    }
+}
+
+/// [`Job::AckToBackend`]: the frame is the backend's SYN-ACK to the LB's
+/// SYN. Records the offset (the first time), counts the handshake, and
+/// answers with the client segment held for it, which completes the
+/// backend's handshake, or else with the ACK the client would have sent. A
+/// retransmitted SYN-ACK gets the ACK again.
+#[xdp]
+pub fn bg_lb_ack_to_backend(ctx: XdpContext) -> u32 {
+    let Ok(mut pkt) = parse_tcp(&ctx) else {
+        return XDP_DROP;
+    };
+    let nat = NatKey {
+        backend_addr: pkt.src_addr(),
+        backend_port: pkt.src_port(),
+        snat_port: pkt.dst_port(),
+    };
+    // SAFETY: copied at once (as in to_client).
+    let Some(client) = (unsafe { REVERSE_NAT.get(nat) }).copied() else {
+        return XDP_DROP;
+    };
+    let Some(flow) = flow_entry(&client) else {
+        return XDP_DROP;
+    };
+    let first = flow.proxy & BACKEND_READY == 0;
+    if first {
+        flow.seq_delta = seq_delta(pkt.seq(), flow.server_isn);
+        flow.proxy |= BACKEND_READY;
+        // The flow tracks the backend in the client's numbering: its
+        // SYN-ACK as the client saw the cookie's.
+        let syn_ack = Segment {
+            flags: pkt.flags(),
+            seq: flow.server_isn,
+            ack: pkt.ack_seq(),
+            payload_len: 0,
+        };
+        account_event(
+            flow.backend_id,
+            flow_state::advance(flow, Direction::FromBackend, &syn_ack),
+        );
+    }
+    // SAFETY: a helper without arguments.
+    flow.last_seen_ns = unsafe { bpf_ktime_get_ns() };
+    let mut answer = BareSegment {
+        src_addr: pkt.dst_addr(),
+        dst_addr: pkt.src_addr(),
+        src_port: pkt.dst_port(),
+        dst_port: pkt.src_port(),
+        seq: pkt.ack_seq(),
+        ack: pkt.seq().wrapping_add(1),
+        flags: TCP_ACK,
+        window: flow.client_window,
+        mss: 0,
+    };
+    if flow.proxy & HELD != 0 {
+        flow.proxy &= !HELD;
+        // SAFETY: HELD_SEGMENTS is an LRU hash map: the element stays
+        // intact under RCU until the program returns, though it may be
+        // removed meanwhile.
+        if let Some(held) = unsafe { HELD_SEGMENTS.get(client) } {
+            answer.seq = held.seq;
+            answer.flags = held.flags;
+            let established = first && client_completes(flow, held.flags, held.seq, held.len.into());
+            let sent = pkt.become_data_segment(&ctx, &answer, &held.payload, held.len.into());
+            let _ = HELD_SEGMENTS.remove(client);
+            return match sent {
+                Some(mut data) => {
+                    account(
+                        flow.backend_id,
+                        flow.service_id,
+                        Way::ToBackend,
+                        data.ip_len(),
+                        established,
+                    );
+                    forward(&ctx, &mut data)
+                }
+                None => held_segment_lost(&ctx, &answer),
+            };
+        }
+    }
+    let established = first && client_completes(flow, TCP_ACK, answer.seq, 0);
+    pkt.swap_macs();
+    match pkt.become_segment(&ctx, &answer) {
+        Some(ack) => {
+            account(
+                flow.backend_id,
+                flow.service_id,
+                Way::ToBackend,
+                ack.ip_len(),
+                established,
+            );
+            XDP_TX
+        }
+        None => XDP_DROP,
+    }
+}
+
+/// Takes the segment the LB sends the backend in the client's place (the
+/// handshake's last ACK, or the held segment) into the flow's state: it
+/// acknowledges the cookie, so the flow becomes established, as a plain
+/// flow does with the client's ACK of the backend's SYN-ACK.
+#[inline(always)]
+fn client_completes(flow: &mut Flow, flags: u8, seq: u32, payload_len: u32) -> bool {
+    let ack = Segment {
+        flags,
+        seq,
+        ack: flow.server_isn.wrapping_add(1),
+        payload_len,
+    };
+    flow_state::advance(flow, Direction::FromClient, &ack) == Event::Established
+}
+
+/// The frame had no room for the held segment: it is lost (the client sends
+/// it again), and the backend gets the bare ACK (`answer` with the client's
+/// next sequence number) if the frame is still its SYN-ACK.
+#[inline(always)]
+fn held_segment_lost(ctx: &XdpContext, answer: &BareSegment) -> u32 {
+    count(Counter::SynProxyEarlyData);
+    let Ok(mut pkt) = parse_tcp(ctx) else {
+        return XDP_DROP;
+    };
+    if pkt.flags() & (TCP_SYN | TCP_ACK) != TCP_SYN | TCP_ACK {
+        return XDP_DROP;
+    }
+    let ack = BareSegment {
+        seq: pkt.ack_seq(),
+        flags: TCP_ACK,
+        ..*answer
+    };
+    pkt.swap_macs();
+    match pkt.become_segment(ctx, &ack) {
+        Some(_) => XDP_TX,
+        None => XDP_DROP,
+    }
+}
+
+/// [`Job::HoldSegment`]: a client segment with data arrived before the
+/// backend answered. Keeps it to send on in place of the handshake's last
+/// ACK, and drops the frame.
+#[xdp]
+pub fn bg_lb_hold_segment(ctx: XdpContext) -> u32 {
+    let held = parse_tcp(&ctx).ok().and_then(|pkt| {
+        let key = client_flow_key(&pkt);
+        hold(&ctx, &pkt, &key, flow_entry(&key)?)
+    });
+    count_hold(held);
+    XDP_DROP
+}
+
+#[inline(always)]
+fn count_hold(held: Option<()>) {
+    count(if held.is_some() {
+        Counter::SynProxyHeld
+    } else {
+        Counter::SynProxyEarlyData
+    });
+}
+
+/// Keeps the payload of `pkt`, a segment of the proxied flow `key` whose
+/// backend has not answered and which holds nothing yet.
+#[inline(always)]
+fn hold(ctx: &XdpContext, pkt: &TcpPacket<'_>, key: &FlowKey, flow: &mut Flow) -> Option<()> {
+    if flow.proxy & (PROXIED | BACKEND_READY | HELD) != PROXIED {
+        return None;
+    }
+    let scratch = HELD_SCRATCH.get_ptr_mut(0)?;
+    // SAFETY: a per-CPU array element, used by this CPU only, for this
+    // program run.
+    let scratch = unsafe { &mut *scratch };
+    scratch.len = pkt.copy_payload(ctx, &mut scratch.payload)? as u16;
+    scratch.seq = pkt.seq();
+    scratch.flags = pkt.flags();
+    // By reference: the value is copied map to map, never onto the stack,
+    // which it would not fit.
+    let segment: &HeldSegment = scratch;
+    HELD_SEGMENTS.insert(*key, segment, BPF_ANY as u64).ok()?;
+    flow.proxy |= HELD;
+    Some(())
+}
+
+/// The flow of a client segment to a VIP.
+#[inline(always)]
+fn client_flow_key(pkt: &TcpPacket<'_>) -> FlowKey {
+    FlowKey::from_wire(pkt.src_addr(), pkt.src_port(), pkt.dst_addr(), pkt.dst_port())
+}
+
+/// The proxied flow's SYN to its backend, written in place of `pkt` already
+/// NATed (from the SNAT address and the flow's port), and forwarded.
+#[inline(always)]
+fn send_syn(ctx: &XdpContext, pkt: TcpPacket<'_>, flow: &Flow) -> u32 {
+    let (Some(backend), Some(cfg)) = (BACKENDS.get(flow.backend_id), CONFIG.get(0)) else {
+        count(Counter::NoBackend);
+        return XDP_DROP;
+    };
+    let syn = BareSegment {
+        src_addr: cfg.snat_addr,
+        dst_addr: backend.addr,
+        src_port: flow.snat_port,
+        dst_port: backend.port,
+        seq: flow.seq_delta,
+        ack: 0,
+        flags: TCP_SYN,
+        window: flow.client_window,
+        mss: flow.client_mss,
+    };
+    let Some(mut syn) = pkt.become_segment(ctx, &syn) else {
+        return XDP_DROP;
+    };
+    account(flow.backend_id, flow.service_id, Way::ToBackend, syn.ip_len(), false);
+    forward(ctx, &mut syn)
+}
+
+/// The MSS a cookie encodes. Only the kernel knows the cookie's secret, so
+/// this regenerates the cookie for a SYN with each MSS it can encode and
+/// keeps the one that matches. In the rare case that the kernel's cookie
+/// clock ticked between SYN and ACK nothing matches, and the MSS every path
+/// carries is used.
+#[inline(always)]
+fn cookie_mss(pkt: &TcpPacket<'_>, client_isn: u32, cookie: u32) -> u16 {
+    // The SYN's TCP header: ports, sequence number, one option, the MSS.
+    let mut syn = [0u8; 24];
+    syn[0..2].copy_from_slice(&pkt.src_port().to_ne_bytes());
+    syn[2..4].copy_from_slice(&pkt.dst_port().to_ne_bytes());
+    syn[4..8].copy_from_slice(&client_isn.to_be_bytes());
+    syn[12] = (syn.len() as u8 / 4) << 4;
+    syn[13] = TCP_SYN;
+    syn[20] = 2;
+    syn[21] = 4;
+    for mss in COOKIE_MSS {
+        syn[22..24].copy_from_slice(&mss.to_be_bytes());
+        if let Some((regenerated, _)) = pkt.syncookie(&mut syn, 24)
+            && regenerated == cookie
+        {
+            return mss;
+        }
+    }
+    DEFAULT_MSS
+}
+
+/// A connection request to an auto-mode service: a flow opened for a plain
+/// SYN, or a cookie sent while the proxy is on. Engages (or keeps on) the
+/// proxy when the window's unanswered requests pass the threshold.
+#[inline(always)]
+fn note_request(service: &Service, now: u64) {
+    if service.flags & SYN_PROXY_AUTO == 0 {
+        return;
+    }
+    let Some(flood) = SYN_FLOOD.get_ptr_mut(service.id) else {
+        return;
+    };
+    // SAFETY: an array element is never freed. Every CPU updates it: the
+    // counters with atomic adds, the rest with plain stores whose races
+    // cost at most a request counted in the wrong window.
+    let flood: &mut SynFlood = unsafe { &mut *flood };
+    if extended_this_window(flood.active_until_ns, now) {
+        return;
+    }
+    if window_over(flood.window_start_ns, now) {
+        flood.window_start_ns = now;
+        flood.requests = 0;
+        flood.completed = 0;
+    }
+    atomic_increment(&mut flood.requests);
+    if flooded(flood.requests, flood.completed, service.syn_proxy_threshold) {
+        flood.active_until_ns = now + HOLD_NS;
+    }
+}
+
+/// A client completed its handshake (flow `service_id`'s, or a cookie's).
+#[inline(always)]
+fn note_completed(service_id: u32) {
+    if let Some(flood) = SYN_FLOOD.get_ptr_mut(service_id) {
+        // SAFETY: as in note_request.
+        atomic_increment(unsafe { &mut (*flood).completed });
+    }
+}
+
+/// Adds one with the BPF atomic add (without fetch, which every kernel's
+/// verifier takes). Rust's atomics need compare-and-swap, which the BPF
+/// target does not promise.
+#[inline(always)]
+fn atomic_increment(counter: &mut u64) {
+    // SAFETY: `counter` is a live, aligned u64; the instruction adds to it
+    // atomically and touches nothing else.
+    unsafe { core::arch::asm!("lock *(u64 *)({0} + 0) += {1}", in(reg) counter as *mut u64, in(reg) 1u64) };
+}
