@@ -86,6 +86,30 @@ impl QuoteChecksums {
         };
         QuoteChecksums { icmp, ip, tcp }
     }
+
+    /// The checksums once the quoted sequence number (wire order, as
+    /// read) changes from `old` to `new`: the quoted TCP header's and the
+    /// ICMP checksum (which covers the former too).
+    pub fn shift_seq(self, old: u32, new: u32) -> QuoteChecksums {
+        let mut icmp = replace32(self.icmp, old, new);
+        let tcp = match self.tcp {
+            Some(check) => {
+                let shifted = replace32(check, old, new);
+                icmp = replace16(icmp, check, shifted);
+                Some(shifted)
+            }
+            None => None,
+        };
+        QuoteChecksums { icmp, tcp, ..self }
+    }
+}
+
+/// The quoted sequence number of `l4` (the first bytes of a TCP segment)
+/// moved forward by `by`: a SYN-proxied flow's segment as its backend
+/// numbered it.
+pub fn shift_quoted_seq(l4: &mut [u8; QUOTE_L4_LEN], by: u32) {
+    let seq = u32::from_be_bytes([l4[4], l4[5], l4[6], l4[7]]);
+    l4[4..8].copy_from_slice(&seq.wrapping_add(by).to_be_bytes());
 }
 
 /// What a generated error quotes: `ip` (an IPv4 header without options) and

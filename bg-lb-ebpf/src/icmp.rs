@@ -18,6 +18,12 @@
 //! to the client and that would reveal the network behind the LB. The
 //! receiver's stack matches an error by its quote alone, whatever its
 //! source.
+//!
+//! A SYN-proxied flow's backend numbers its bytes differently from what its
+//! client sees (`seq_delta`): an error that goes to the backend quotes its
+//! segment with the sequence number moved back into the backend's numbers,
+//! which its stack checks. Errors to the client need no shift: the client's
+//! sequence numbers cross the LB untranslated.
 
 use aya_ebpf::{
     bindings::xdp_action::{XDP_DROP, XDP_PASS, XDP_TX},
@@ -26,7 +32,7 @@ use aya_ebpf::{
 use bg_lb_common::{
     checksum::{replace16, replace32},
     counters::Counter,
-    icmp::{IPPROTO_ICMP, Tuple, frag_needed, quote},
+    icmp::{IPPROTO_ICMP, Tuple, frag_needed, quote, shift_quoted_seq},
     maps::{DataplaneConfig, FlowKey, IPPROTO_TCP, NatKey},
 };
 
@@ -34,6 +40,7 @@ use crate::{
     forward::{Route, RouteQuery, dropped, route, send},
     maps::{BACKENDS, CONFIG, REVERSE_NAT, count, flow_entry},
     packet::{TcpPacket, parse_icmp_error},
+    synproxy,
 };
 
 /// Translates an ICMP error about a pinned flow to the other side and
@@ -64,7 +71,13 @@ pub fn icmp_error(ctx: &XdpContext, cfg: &DataplaneConfig) -> u32 {
         return XDP_PASS;
     }
 
-    let checks = error.quote_checksums().translate(&quoted, &origin.sent);
+    let mut checks = error.quote_checksums().translate(&quoted, &origin.sent);
+    if origin.seq_shift != 0 {
+        let old = error.quoted_seq();
+        let new = u32::from_be(old).wrapping_add(origin.seq_shift).to_be();
+        checks = checks.shift_seq(old, new);
+        error.set_quoted_seq(new);
+    }
     error.set_quoted(&origin.sent, &checks);
     let (src, dst) = (origin.sent.dst_addr, origin.sent.src_addr);
     let mut ip_check = replace32(error.ip_check(), error.src_addr(), src);
@@ -113,7 +126,8 @@ pub fn answer_too_big(ctx: &XdpContext, pkt: &mut TcpPacket<'_>, mtu: u16) -> u3
     let Some(origin) = origin.filter(|_| !pkt.to_group_mac()) else {
         return dropped(Counter::TooBigDropped);
     };
-    let (ip, l4) = pkt.quote();
+    let (ip, mut l4) = pkt.quote();
+    shift_quoted_seq(&mut l4, origin.seq_shift);
     let answer = frag_needed(&quote(&ip, &l4, &origin.sent), mtu);
     pkt.swap_macs();
     if !pkt.answer_with(ctx, &answer) {
@@ -129,6 +143,9 @@ struct Origin {
     /// Addresses and ports as the sender sent it.
     sent: Tuple,
     counter: Counter,
+    /// Added to the quoted sequence number: a SYN-proxied flow's offset,
+    /// for its backend.
+    seq_shift: u32,
 }
 
 /// Where `emitted`, a packet the LB sent (or is about to send), came from:
@@ -163,6 +180,7 @@ fn origin_of(emitted: &Tuple, cfg: &DataplaneConfig) -> Option<Origin> {
                 dst_port: client.vip_port,
             },
             counter: Counter::IcmpErrorToClient,
+            seq_shift: 0,
         });
     }
     let client = FlowKey {
@@ -192,5 +210,6 @@ fn origin_of(emitted: &Tuple, cfg: &DataplaneConfig) -> Option<Origin> {
             dst_port: snat_port,
         },
         counter: Counter::IcmpErrorToBackend,
+        seq_shift: synproxy::seq_offset(flow),
     })
 }

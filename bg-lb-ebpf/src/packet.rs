@@ -758,6 +758,8 @@ pub struct IcmpError<'a> {
     quote_ip: &'a mut Ipv4Hdr,
     /// The quoted TCP source and destination ports.
     quote_ports: &'a mut [[u8; 2]; 2],
+    /// The quoted TCP sequence number, as the bytes stand.
+    quote_seq: &'a mut [u8; 4],
     /// The quoted TCP checksum, if the quote holds it.
     quote_tcp_check: Option<&'a mut [u8; 2]>,
     /// Outer IP total length, host order.
@@ -798,9 +800,10 @@ pub fn parse_icmp_error(ctx: &XdpContext) -> Result<IcmpError<'_>, Counter> {
     if (ip_len as usize) < MIN_ICMP_ERROR_LEN || ip_len as usize > frame_ip_len {
         return Err(Counter::IcmpMalformed);
     }
-    let (Some(quote_ip), Some(quote_ports)) = (
+    let (Some(quote_ip), Some(quote_ports), Some(quote_seq)) = (
         ptr_at::<Ipv4Hdr>(ctx, QUOTE_IP_OFFSET),
         ptr_at::<[[u8; 2]; 2]>(ctx, QUOTE_L4_OFFSET),
+        ptr_at::<[u8; 4]>(ctx, QUOTE_L4_OFFSET + 4),
     ) else {
         return Err(Counter::IcmpMalformed);
     };
@@ -837,6 +840,7 @@ pub fn parse_icmp_error(ctx: &XdpContext) -> Result<IcmpError<'_>, Counter> {
             icmp: &mut *icmp_hdr,
             quote_ip: &mut *quote_ip,
             quote_ports: &mut *quote_ports,
+            quote_seq: &mut *quote_seq,
             quote_tcp_check: quote_tcp_check.map(|check| &mut *check),
             ip_len,
         })
@@ -895,6 +899,19 @@ impl IcmpError<'_> {
             ip: u16::from_ne_bytes(self.quote_ip.check),
             tcp: self.quote_tcp_check.as_ref().map(|check| u16::from_ne_bytes(**check)),
         }
+    }
+
+    /// The quoted TCP sequence number, wire order (the bytes as they stand).
+    #[inline(always)]
+    pub fn quoted_seq(&self) -> u32 {
+        u32::from_ne_bytes(*self.quote_seq)
+    }
+
+    /// Sets the quoted sequence number (as read by [`IcmpError::quoted_seq`]);
+    /// the caller keeps the checksums right.
+    #[inline(always)]
+    pub fn set_quoted_seq(&mut self, seq: u32) {
+        *self.quote_seq = seq.to_ne_bytes();
     }
 
     /// Sets the quote's addressing and the checksums that go with it, as

@@ -6,7 +6,10 @@
 //! Single frames are the rows of [`rows`]; the handshake and what follows it
 //! are sequences, each a test of its own.
 
-use std::{collections::HashSet, net::SocketAddrV4};
+use std::{
+    collections::HashSet,
+    net::{Ipv4Addr, SocketAddrV4},
+};
 
 use bg_lb::dataplane::syn_proxy::{SynProxy, SynProxyMode};
 use bg_lb_common::{
@@ -21,10 +24,15 @@ use bg_lb_tests::{
         GATEWAY_MAC, LB_MAC, PacketLab, PacketLabOptions, SNAT, SNAT_PORTS, VIP, XDP_DROP, XDP_REDIRECT, XDP_TX,
         client, from_client, mac_of,
     },
-    packets::{ACK, Numbers, PSH_ACK, RST, SEQ, SYN, SYN_ACK, TcpView, numbered_tcp_frame, parse_checked},
+    packets::{
+        ACK, Numbers, PSH_ACK, RST, SEQ, SYN, SYN_ACK, TcpView, icmp_error_frame, numbered_tcp_frame, parse_checked,
+        parse_checked_icmp, quote_of,
+    },
     require_root,
 };
-use etherparse::{PacketBuilder, SlicedPacket, TcpOptionElement, TransportSlice};
+use etherparse::{
+    Icmpv4Type, PacketBuilder, SlicedPacket, TcpOptionElement, TransportSlice, icmpv4::DestUnreachableHeader,
+};
 
 /// The MSS the proxy's SYN-ACKs offer in these tests.
 const OFFERED_MSS: u16 = 1400;
@@ -412,6 +420,17 @@ fn data_both_ways_has_its_sequence_numbers_translated_with_valid_checksums() {
             "the backend's seq in the cookie's numbers, its ack as is"
         );
         assert_eq!(to_client.payload, response);
+        let tracked = flow(&lab, from);
+        assert_eq!(
+            (tracked.backend.end, tracked.backend.ack),
+            (cookie.wrapping_add(1 + response.len() as u32), acked),
+            "the backend's side tracked in the client's numbering"
+        );
+        assert_eq!(
+            (tracked.client.end, tracked.client.ack),
+            (acked, cookie.wrapping_add(1)),
+            "the client's side as it sent it"
+        );
 
         // Across the wrap of the offset's arithmetic too.
         let late = BACKEND_ISN.wrapping_add(0x8000_0001);
@@ -420,6 +439,70 @@ fn data_both_ways_has_its_sequence_numbers_translated_with_valid_checksums() {
             parse_checked(&out).seq,
             late.wrapping_sub(BACKEND_ISN).wrapping_add(cookie)
         );
+    });
+}
+
+#[test]
+fn rsts_of_a_proxied_flow_are_judged_in_the_clients_numbering() {
+    in_lab(proxy(SynProxyMode::Always, 1000), |lab| {
+        let from = client(42025);
+        let (cookie, syn) = proxied_connection(&lab, from);
+        // A RST at the client's own numbers, as the backend would number
+        // it untranslated: outside the window, forwarded for the client to
+        // judge, the flow left as it was.
+        let (verdict, out) = run_counting(
+            &lab,
+            &from_backend(&syn, RST, (cookie.wrapping_add(1), SEQ + 1), b""),
+            &[Counter::RstOutOfWindow],
+        );
+        assert_eq!(verdict, XDP_REDIRECT);
+        assert_eq!(
+            parse_checked(&out).seq,
+            cookie.wrapping_add(1).wrapping_sub(BACKEND_ISN).wrapping_add(cookie)
+        );
+        assert!(!flow_state::has_ended(flow(&lab, from).state));
+        // The backend's RST at its SND.NXT: accepted, and it reaches the
+        // client at the number the client expects.
+        let (verdict, out) = run_counting(&lab, &from_backend(&syn, RST, (BACKEND_ISN + 1, SEQ + 1), b""), &[]);
+        assert_eq!(verdict, XDP_REDIRECT);
+        assert_eq!(parse_checked(&out).seq, cookie.wrapping_add(1));
+        assert!(flow_state::has_ended(flow(&lab, from).state));
+        assert_eq!(lab.backend_stats(syn.dst).resets, 1);
+    });
+}
+
+#[test]
+fn an_icmp_error_from_the_client_side_reaches_the_backend_quoting_its_own_sequence_number() {
+    in_lab(proxy(SynProxyMode::Always, 1000), |lab| {
+        let from = client(42027);
+        let (cookie, syn) = proxied_connection(&lab, from);
+        let response = [7u8; 100];
+        let (_, to_client) = lab.run(&from_backend(&syn, PSH_ACK, (BACKEND_ISN + 1, SEQ + 1), &response));
+        assert_eq!(parse_checked(&to_client).seq, cookie.wrapping_add(1));
+        let frag_needed =
+            Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: 1280 });
+        // The whole segment, and the 8 bytes a router must quote at least.
+        for l4_len in [to_client.len() - 34, 8] {
+            let error = icmp_error_frame(
+                GATEWAY_MAC,
+                LB_MAC,
+                Ipv4Addr::new(192, 168, 0, 1),
+                *VIP.ip(),
+                frag_needed.clone(),
+                &quote_of(&to_client, l4_len),
+            );
+            let (verdict, out) = run_counting(&lab, &error, &[Counter::IcmpErrorToBackend]);
+            assert_eq!(verdict, XDP_REDIRECT);
+            let icmp = parse_checked_icmp(&out);
+            assert_eq!((icmp.src, icmp.dst), (SNAT, *syn.dst.ip()), "from the SNAT address");
+            assert_eq!((icmp.quoted_src, icmp.quoted_dst), (syn.dst, syn.src));
+            assert_eq!(icmp.quoted_tcp_checked, l4_len > 8);
+            assert_eq!(
+                u32::from_be_bytes(icmp.quote[24..28].try_into().unwrap()),
+                BACKEND_ISN + 1,
+                "the backend's own sequence number, which its stack checks"
+            );
+        }
     });
 }
 
