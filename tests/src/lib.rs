@@ -31,7 +31,6 @@
 //!   SYNs) through a raw socket.
 //! - [`servers`]: a stoppable TCP accept loop, servers that answer with
 //!   their name, and their client.
-//! - [`syn_flood`]: a spoofed SYN flood sent from a test namespace.
 //! - [`bench`]: `cargo xtask bench` (the `bg-lb-bench` binary): contenders,
 //!   workloads, statistics and reports.
 pub mod bench;
@@ -53,7 +52,6 @@ pub mod raw;
 pub mod release;
 pub mod rng;
 pub mod servers;
-pub mod syn_flood;
 pub mod topology;
 
 /// Fails fast with a clear message when not root: these tests need BPF and
