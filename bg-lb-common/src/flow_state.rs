@@ -34,6 +34,14 @@
 //! never goes beyond what the other side sent. A blind attacker therefore
 //! has to guess within that span to move the state, as with conntrack's
 //! window checks.
+//!
+//! # SYN-proxied flows
+//! A flow the SYN proxy opened (`crate::syn_proxy`) is tracked the same
+//! way, in one numbering: the client's. The data plane translates its
+//! backend's sequence numbers back by the flow's `seq_delta` before it
+//! calls [`advance`], opens the flow as the client's SYN would have, and
+//! takes the backend's SYN-ACK and the ACK the LB sends in the client's
+//! place through [`advance`] too: that ACK establishes the flow.
 
 use crate::maps::{Flow, SeqState};
 

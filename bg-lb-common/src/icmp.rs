@@ -289,6 +289,37 @@ mod tests {
     }
 
     #[test]
+    fn shifting_the_quoted_sequence_number_keeps_every_checksum_as_a_recompute_would() {
+        // 8 bytes (no TCP checksum quoted), a whole segment, part of one.
+        for (segment_len, quoted) in [(1000, 8), (40, 40), (333, 333), (1000, 60)] {
+            for seed in 1..300 {
+                let mut m = bytes(seed, ICMP_LEN + IPV4_LEN + quoted);
+                fix_checksums(&mut m, segment_len);
+                let tcp_check_at = ICMP_LEN + IPV4_LEN + TCP_CHECK_OFFSET;
+                let before = QuoteChecksums {
+                    icmp: word(&m, 2),
+                    ip: word(&m, ICMP_LEN + 10),
+                    tcp: (m.len() >= tcp_check_at + 2).then(|| word(&m, tcp_check_at)),
+                };
+                let seq_at = ICMP_LEN + IPV4_LEN + 4;
+                let old = u32::from_ne_bytes(m[seq_at..seq_at + 4].try_into().unwrap());
+                let mut l4: [u8; QUOTE_L4_LEN] = m[seq_at - 4..seq_at + 4].try_into().unwrap();
+                shift_quoted_seq(&mut l4, seed.wrapping_mul(0x9e37_79b9));
+                let new = u32::from_ne_bytes(l4[4..8].try_into().unwrap());
+                let after = before.shift_seq(old, new);
+                m[seq_at..seq_at + 4].copy_from_slice(&l4[4..8]);
+                m[2..4].copy_from_slice(&after.icmp.to_ne_bytes());
+                if let Some(tcp) = after.tcp {
+                    m[tcp_check_at..tcp_check_at + 2].copy_from_slice(&tcp.to_ne_bytes());
+                }
+                let mut reference = m.clone();
+                fix_checksums(&mut reference, segment_len);
+                assert_eq!(m, reference, "segment {segment_len}, quoted {quoted}, seed {seed}");
+            }
+        }
+    }
+
+    #[test]
     fn only_errors_about_a_datagram_follow_its_flow() {
         for t in 0..=255u8 {
             assert_eq!(follows_flow(t), [3, 11, 12].contains(&t), "type {t}");
