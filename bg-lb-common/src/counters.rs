@@ -81,7 +81,8 @@ pub enum Counter {
     /// A client's ACK proved its SYN cookie: the LB opened the backend side
     /// (the ACK became the SYN to the backend).
     SynCookieValid,
-    /// SYN proxy on: a segment of no flow without a valid cookie: dropped.
+    /// SYN proxy on: a segment of no flow without a valid cookie, or a SYN
+    /// sent to a group MAC (never answered): dropped.
     SynCookieInvalid,
     /// A client segment of a proxied flow before its backend answered that
     /// could not be held: dropped (the client retransmits it).

@@ -115,7 +115,8 @@ fn unpinned_in_proxy_mode(pkt: &TcpPacket<'_>, service: &Service, now: u64) -> U
             return Unpinned::Usual;
         }
         note_request(service, now);
-        if flags & (TCP_FIN | TCP_RST) != 0 {
+        // Nor is a SYN to a group MAC answered, from that MAC (as a RST).
+        if flags & (TCP_FIN | TCP_RST) != 0 || pkt.to_group_mac() {
             count(Counter::SynCookieInvalid);
             return Unpinned::Drop;
         }

@@ -203,6 +203,19 @@ fn rows() -> Vec<Row> {
             },
         },
         Row {
+            name: "syn_to_a_group_mac_is_never_answered",
+            syn_proxy: always,
+            frame: {
+                let mut syn = linux_syn(client(41002), 1460);
+                syn[..6].copy_from_slice(&[0xff; 6]);
+                syn
+            },
+            from: client(41002),
+            verdict: XDP_DROP,
+            counted: &[Counter::SynCookieInvalid],
+            check: no_flow,
+        },
+        Row {
             name: "bare_syn_without_options_gets_a_cookie_syn_ack_too",
             syn_proxy: always,
             frame: from_client(client(41001), SYN),
@@ -301,6 +314,7 @@ macro_rules! row_tests {
 
 row_tests!(
     syn_in_proxy_mode_gets_a_cookie_syn_ack_from_the_vip_and_no_flow_or_port,
+    syn_to_a_group_mac_is_never_answered,
     bare_syn_without_options_gets_a_cookie_syn_ack_too,
     forged_ack_without_a_valid_cookie_is_dropped_and_counted_and_creates_nothing,
     syn_with_a_bad_tcp_checksum_is_dropped_unanswered,
