@@ -60,6 +60,8 @@ pub fn to_client(ctx: &XdpContext, mut pkt: TcpPacket<'_>) -> u32 {
     if flow.proxy != 0 {
         match synproxy::backend_segment(seg.flags, seg.seq, flow) {
             BackendStep::Forward(offset) => seq_offset = offset,
+            // Answered from the MAC it was sent to: never a group's.
+            BackendStep::Absorb if pkt.to_group_mac() => return XDP_DROP,
             BackendStep::Absorb => return synproxy::hand_over(ctx, Job::AckToBackend),
             BackendStep::Drop => return XDP_DROP,
         }

@@ -401,6 +401,23 @@ fn backend_syn_ack_is_answered_with_the_ack_and_the_offset_recorded() {
 }
 
 #[test]
+fn a_backend_syn_ack_to_a_group_mac_is_never_answered() {
+    in_lab(proxy(SynProxyMode::Always, 1000), |lab| {
+        let from = client(42012);
+        let (_, syn) = handshake(&lab, from, 1460);
+        let syn = parse_checked(&syn);
+        let mut syn_ack = from_backend(&syn, SYN_ACK, (BACKEND_ISN, SEQ + 1), b"");
+        syn_ack[..6].copy_from_slice(&[0xff; 6]);
+        assert_eq!(lab.run(&syn_ack).0, XDP_DROP);
+        assert_eq!(
+            flow(&lab, from).proxy,
+            PROXIED,
+            "the backend's next SYN-ACK is answered"
+        );
+    });
+}
+
+#[test]
 fn data_both_ways_has_its_sequence_numbers_translated_with_valid_checksums() {
     in_lab(proxy(SynProxyMode::Always, 1000), |lab| {
         let from = client(42020);

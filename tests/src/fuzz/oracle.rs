@@ -282,7 +282,7 @@ impl Oracle {
                 let out = parse_tcp(&out_ip).ok_or("forwarded TCP that does not parse")?;
                 let in_tcp = in_ip.as_ref().and_then(parse_tcp);
                 if self.by_addr.contains_key(&out.dst) && *out.src.ip() == SNAT {
-                    self.to_backend(lab, in_ip.as_ref(), in_tcp.as_ref(), &out_ip, &out)
+                    self.to_backend(lab, in_ip.as_ref(), in_tcp.as_ref(), verdict, &out_ip, &out)
                 } else if out.src == VIP {
                     match (&in_ip, &in_tcp) {
                         (Some(i), Some(t)) if t.src == out.dst && t.dst == out.src => {
@@ -307,6 +307,7 @@ impl Oracle {
         lab: &PacketLab,
         in_ip: Option<&Ip<'_>>,
         in_tcp: Option<&Tcp<'_>>,
+        verdict: u32,
         out_ip: &Ip<'_>,
         out: &Tcp<'_>,
     ) -> Judged {
@@ -317,9 +318,9 @@ impl Oracle {
         let (Some(in_ip), Some(seg)) = (in_ip, in_tcp) else {
             return Err(format!("to backend {backend} from a frame that is not TCP/IPv4"));
         };
-        forwarding_checks(in_ip, seg, out_ip, out)?;
         let owner = lab.reverse_nat(backend, port);
         let class = if seg.dst == VIP {
+            forwarding_checks(in_ip, seg, out_ip, out)?;
             let key = FlowKey::from_client(seg.src, VIP);
             match lab.flow_at(&key) {
                 Some(flow) if self.pinned_to(&flow, backend, port) => {
@@ -358,6 +359,20 @@ impl Oracle {
                 }
             }
         } else if seg.src == backend && seg.dst == SocketAddrV4::new(SNAT, port) {
+            // The SYN proxy's answer to the backend's SYN-ACK: the ACK in the
+            // client's place (back out with XDP_TX) or the client segment it
+            // held (forwarded), built whole, so with checksums of its own.
+            if !out.checksum_ok || !out_ip.header_ok {
+                return Err("an answer to a backend with a wrong checksum".to_owned());
+            }
+            if verdict == XDP_TX {
+                check_answer_macs(in_ip, out_ip)?;
+            } else if out_ip.src_mac != LB_MAC || out_ip.dst_mac != next_hop_mac(out_ip.dst) {
+                return Err(format!(
+                    "held segment to {backend} with MACs {:02x?}",
+                    (out_ip.src_mac, out_ip.dst_mac)
+                ));
+            }
             let key = owner.ok_or("answered a backend on a SNAT port no flow owns")?;
             match lab.flow_at(&key) {
                 Some(flow) if self.pinned_to(&flow, backend, port) => Class::ToBackendAnswer,
