@@ -24,6 +24,7 @@
 //! - [`fuzz`]: the fuzz test's traffic (sessions, mutations, garbage) and
 //!   its oracle, which judges every verdict and output by the program's maps.
 //! - [`rng`]: a small seeded random number generator.
+//! - [`rows`]: the machinery of table-driven packet tests (`row_tests!`).
 //! - [`flood`]: a spoofed SYN flood (AF_PACKET) and a paced prober of
 //!   legitimate connections, summarised per phase.
 //! - [`topology`]: named namespaces and the one-arm client/LB/backends segment.
@@ -51,6 +52,7 @@ pub mod packets;
 pub mod raw;
 pub mod release;
 pub mod rng;
+pub mod rows;
 pub mod servers;
 pub mod topology;
 

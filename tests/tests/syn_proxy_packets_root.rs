@@ -6,10 +6,7 @@
 //! Single frames are the rows of [`rows`]; the handshake and what follows it
 //! are sequences, each a test of its own.
 
-use std::{
-    collections::HashSet,
-    net::{Ipv4Addr, SocketAddrV4},
-};
+use std::net::{Ipv4Addr, SocketAddrV4};
 
 use bg_lb::dataplane::syn_proxy::{SynProxy, SynProxyMode};
 use bg_lb_common::{
@@ -300,19 +297,8 @@ fn run_row(name: &'static str) {
     });
 }
 
-macro_rules! row_tests {
-    ($($name:ident),* $(,)?) => {
-        $(
-            #[test]
-            fn $name() {
-                run_row(stringify!($name));
-            }
-        )*
-        const ROW_TESTS: &[&str] = &[$(stringify!($name)),*];
-    };
-}
-
-row_tests!(
+bg_lb_tests::row_tests!(
+    rows().iter().map(|r| r.name).collect::<Vec<_>>();
     syn_in_proxy_mode_gets_a_cookie_syn_ack_from_the_vip_and_no_flow_or_port,
     syn_to_a_group_mac_is_never_answered,
     bare_syn_without_options_gets_a_cookie_syn_ack_too,
@@ -322,14 +308,6 @@ row_tests!(
     syn_with_the_proxy_off_goes_to_the_backend_as_before,
     syn_in_auto_mode_below_the_threshold_goes_to_the_backend_watched,
 );
-
-#[test]
-fn every_row_runs_as_a_test_of_its_own() {
-    let rows: Vec<&str> = rows().iter().map(|r| r.name).collect();
-    let names: HashSet<&str> = rows.iter().copied().collect();
-    assert_eq!(names.len(), rows.len(), "row names are unique");
-    assert_eq!(names, ROW_TESTS.iter().copied().collect());
-}
 
 // --- Sequences -------------------------------------------------------------
 

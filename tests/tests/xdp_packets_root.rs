@@ -5,7 +5,7 @@
 //!
 //! Most cases are one frame in, one verdict and one frame out: those are the
 //! rows of [`rows`], in the manner of katran's test fixtures, and
-//! [`row_tests!`] runs each row as a test of its own name. Cases that are
+//! [`bg_lb_tests::row_tests!`] runs each row as a test of its own name. Cases that are
 //! sequences (a SYN, then the backend's reply, ...) are written out as
 //! tests, checked with the same [`Out`] expectations. The flow lifecycle's
 //! sequences (handshake, RST validation, NAT state) are in
@@ -693,20 +693,8 @@ fn run_row(name: &'static str) {
     });
 }
 
-/// One test per row, named after it, and the list of those names.
-macro_rules! row_tests {
-    ($($name:ident),* $(,)?) => {
-        $(
-            #[test]
-            fn $name() {
-                run_row(stringify!($name));
-            }
-        )*
-        const ROW_TESTS: &[&str] = &[$(stringify!($name)),*];
-    };
-}
-
-row_tests!(
+bg_lb_tests::row_tests!(
+    rows().iter().map(|r| r.name).collect::<Vec<_>>();
     syn_to_vip_is_full_nated_to_the_table_backend_with_valid_checksums,
     payload_survives_nat_byte_for_byte,
     mid_stream_packet_without_flow_is_forwarded_by_table_without_state,
@@ -756,18 +744,6 @@ row_tests!(
     oversized_segment_without_df_is_dropped_and_counted,
     oversized_df_segment_without_a_pinned_flow_is_dropped_and_counted,
 );
-
-#[test]
-fn every_row_runs_as_a_test_of_its_own() {
-    let rows: Vec<&str> = rows().iter().map(|r| r.name).collect();
-    let names: HashSet<&str> = rows.iter().copied().collect();
-    assert_eq!(names.len(), rows.len(), "row names are unique");
-    assert_eq!(
-        names,
-        ROW_TESTS.iter().copied().collect(),
-        "every row is listed in row_tests!, and nothing else"
-    );
-}
 
 // --- Sequences -----------------------------------------------------------------
 
