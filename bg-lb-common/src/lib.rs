@@ -10,7 +10,8 @@
 //! - [`flow_state`]: TCP flow state tracking (when a pinned flow has ended).
 //! - [`icmp`]: which ICMP errors follow a flow; checksums of translating
 //!   their quotes and of generated fragmentation-needed errors.
-//! - [`snat_port`]: candidate SNAT ports for collision-free allocation.
+//! - [`snat_port`]: candidate SNAT (address, port) pairs for collision-free
+//!   allocation.
 //! - [`syn_proxy`]: SYN cookies for flooded services: modes, flow bits, the
 //!   flood detector's rule, sequence translation.
 //!

@@ -89,6 +89,12 @@ pub const DEFAULT_MAX_FLOWS: u32 = 1 << 20;
 /// Capacity of [`HELD_SEGMENTS`]: a segment waits there for one round trip
 /// to a backend, so this many proxied handshakes may finish at once.
 pub const HELD_SEGMENTS_CAPACITY: u32 = 4096;
+/// Most SNAT addresses ([`DataplaneConfig::snat_addrs`]). The reply path
+/// compares a packet's destination with each in a bounded loop, and the
+/// configuration is copied to the stack; 16 keep both cheap while giving a
+/// backend 16 x 64,512 ports, far more than its own connection table holds.
+/// A power of two, so an index masked with `MAX - 1` is in bounds.
+pub const MAX_SNAT_ADDRESSES: usize = 16;
 
 /// Lookup-table slot value meaning "no backend can take new flows".
 pub const NO_BACKEND: u32 = u32::MAX;
@@ -283,6 +289,20 @@ pub struct Flow {
     pub client_window: u16,
     /// A proxied flow's client MSS, as its cookie encodes it (host order).
     pub client_mss: u16,
+    /// The SNAT address the flow's packets to its backend come from (wire
+    /// order, as in [`NatKey::snat_addr`]): one of
+    /// [`DataplaneConfig::snat_addrs`].
+    pub snat_addr: u32,
+    pub _pad2: u32,
+}
+
+impl Flow {
+    /// How the flow's backend (`backend`) replies arrive: the reverse-NAT
+    /// key the flow owns.
+    #[inline(always)]
+    pub const fn nat_key(&self, backend: &Backend) -> NatKey {
+        NatKey::new(backend, self.snat_addr, self.snat_port)
+    }
 }
 
 /// One side's TCP sequence state, host order, as [`crate::flow_state`]
@@ -303,19 +323,33 @@ pub struct SeqState {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct NatKey {
     pub backend_addr: u32,
+    /// Which SNAT address the reply goes to (wire order).
+    pub snat_addr: u32,
     pub backend_port: u16,
     pub snat_port: u16,
 }
 
 impl NatKey {
-    /// How `backend`'s replies to SNAT port `snat_port` (wire order, as
-    /// [`Flow::snat_port`] holds it) arrive.
-    pub const fn new(backend: &Backend, snat_port: u16) -> Self {
+    /// How `backend`'s replies to SNAT address `snat_addr` and port
+    /// `snat_port` (wire order, as [`Flow`] holds them) arrive.
+    #[inline(always)]
+    pub const fn new(backend: &Backend, snat_addr: u32, snat_port: u16) -> Self {
         Self {
             backend_addr: backend.addr,
+            snat_addr,
             backend_port: backend.port,
             snat_port,
         }
+    }
+
+    /// The SNAT address the reply goes to.
+    pub const fn snat_ip(&self) -> Ipv4Addr {
+        ip(self.snat_addr)
+    }
+
+    /// The backend that sends the reply.
+    pub const fn backend(&self) -> SocketAddrV4 {
+        socket(self.backend_addr, self.backend_port)
     }
 }
 
@@ -323,9 +357,14 @@ impl NatKey {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DataplaneConfig {
-    /// Source address of NATed packets towards backends (wire order).
-    pub snat_addr: u32,
-    /// Inclusive SNAT port range, host byte order.
+    /// Source addresses of NATed packets towards backends (wire order): the
+    /// first `snat_addr_count` are in use. A backend's port budget is their
+    /// number times the port range's.
+    pub snat_addrs: [u32; MAX_SNAT_ADDRESSES],
+    /// 1 to [`MAX_SNAT_ADDRESSES`].
+    pub snat_addr_count: u32,
+    /// Inclusive SNAT port range, host byte order; the same for every
+    /// address.
     pub snat_port_min: u16,
     pub snat_port_max: u16,
     /// Non-zero once userspace has written a complete configuration; until
@@ -340,15 +379,78 @@ pub struct DataplaneConfig {
 
 impl DataplaneConfig {
     /// A complete (ready) configuration: NAT towards backends from
-    /// `snat_addr`, source ports in `snat_ports`.
-    pub const fn new(snat_addr: Ipv4Addr, snat_ports: RangeInclusive<u16>) -> Self {
+    /// `snat_addrs` (1 to [`MAX_SNAT_ADDRESSES`], as config validation
+    /// ensures), source ports in `snat_ports`.
+    pub fn new(snat_addrs: &[Ipv4Addr], snat_ports: RangeInclusive<u16>) -> Self {
+        assert!(
+            (1..=MAX_SNAT_ADDRESSES).contains(&snat_addrs.len()),
+            "1 to {MAX_SNAT_ADDRESSES} SNAT addresses, not {}",
+            snat_addrs.len()
+        );
+        let mut addrs = [0; MAX_SNAT_ADDRESSES];
+        for (slot, addr) in addrs.iter_mut().zip(snat_addrs) {
+            *slot = wire_ip(*addr);
+        }
         Self {
-            snat_addr: wire_ip(snat_addr),
+            snat_addrs: addrs,
+            snat_addr_count: snat_addrs.len() as u32,
             snat_port_min: *snat_ports.start(),
             snat_port_max: *snat_ports.end(),
             ready: 1,
             nat_epoch: 0,
         }
+    }
+
+    /// Whether `addr` (wire order) is one of the SNAT addresses.
+    #[inline(always)]
+    pub fn is_snat_addr(&self, addr: u32) -> bool {
+        let mut i = 0;
+        while i < MAX_SNAT_ADDRESSES {
+            if i as u32 >= self.snat_addr_count {
+                return false;
+            }
+            if self.snat_addrs[i] == addr {
+                return true;
+            }
+            i += 1;
+        }
+        false
+    }
+
+    /// Whether a packet to `addr`:`port` (wire order) is for the SNAT range:
+    /// a backend's reply.
+    #[inline(always)]
+    pub fn is_snat_port(&self, addr: u32, port: u16) -> bool {
+        let port = u16::from_be(port);
+        port >= self.snat_port_min && port <= self.snat_port_max && self.is_snat_addr(addr)
+    }
+
+    /// SNAT (address, port) candidate `attempt` for a flow hashing to
+    /// `hash`, both wire order (see [`crate::snat_port::candidate`]).
+    #[inline(always)]
+    pub fn snat_candidate(&self, hash: u32, attempt: u32) -> (u32, u16) {
+        let (index, port) = crate::snat_port::candidate(
+            hash,
+            attempt,
+            self.snat_addr_count,
+            self.snat_port_min,
+            self.snat_port_max,
+        );
+        // The mask only keeps the index in bounds for the verifier:
+        // `candidate` returns one below `snat_addr_count`.
+        (self.snat_addrs[index as usize & (MAX_SNAT_ADDRESSES - 1)], port.to_be())
+    }
+
+    /// The SNAT addresses in use.
+    pub fn snat_ips(&self) -> impl Iterator<Item = Ipv4Addr> + '_ {
+        let count = (self.snat_addr_count as usize).min(MAX_SNAT_ADDRESSES);
+        self.snat_addrs[..count].iter().map(|&a| ip(a))
+    }
+
+    /// SNAT (address, port) pairs per backend: the most flows one backend
+    /// can hold at once.
+    pub const fn snat_capacity(&self) -> u64 {
+        self.snat_addr_count as u64 * (self.snat_port_max as u64 - self.snat_port_min as u64 + 1)
     }
 }
 
@@ -406,6 +508,9 @@ pub struct TrafficStats {
     pub refused: u64,
     /// The backend reset an established flow.
     pub resets: u64,
+    /// Connection requests refused because every SNAT (address, port)
+    /// candidate for the backend was taken (per backend only).
+    pub snat_exhausted: u64,
 }
 
 impl TrafficStats {
@@ -420,6 +525,7 @@ impl TrafficStats {
         self.handshakes += other.handshakes;
         self.refused += other.refused;
         self.resets += other.resets;
+        self.snat_exhausted += other.snat_exhausted;
     }
 }
 
@@ -431,9 +537,13 @@ const fn wire_port(port: u16) -> u16 {
     port.to_be()
 }
 
-const fn socket(wire_ip: u32, wire_port: u16) -> SocketAddrV4 {
+const fn ip(wire_ip: u32) -> Ipv4Addr {
     let [a, b, c, d] = wire_ip.to_ne_bytes();
-    SocketAddrV4::new(Ipv4Addr::new(a, b, c, d), u16::from_be(wire_port))
+    Ipv4Addr::new(a, b, c, d)
+}
+
+const fn socket(wire_ip: u32, wire_port: u16) -> SocketAddrV4 {
+    SocketAddrV4::new(ip(wire_ip), u16::from_be(wire_port))
 }
 
 #[cfg(feature = "user")]
@@ -465,10 +575,10 @@ mod tests {
         assert_eq!(size_of::<Backend>(), 16);
         assert_eq!(size_of::<FlowKey>(), 16);
         assert_eq!(size_of::<SeqState>(), 8);
-        assert_eq!(size_of::<Flow>(), 72);
-        assert_eq!(size_of::<NatKey>(), 8);
-        assert_eq!(size_of::<DataplaneConfig>(), 16);
-        assert_eq!(size_of::<TrafficStats>(), 64);
+        assert_eq!(size_of::<Flow>(), 80);
+        assert_eq!(size_of::<NatKey>(), 12);
+        assert_eq!(size_of::<DataplaneConfig>(), 16 + 4 * MAX_SNAT_ADDRESSES);
+        assert_eq!(size_of::<TrafficStats>(), 72);
         assert_eq!(size_of::<SynFlood>(), 32);
         assert_eq!(size_of::<HeldSegment>(), 8 + crate::syn_proxy::HELD_PAYLOAD_MAX);
     }
@@ -516,9 +626,10 @@ mod tests {
             ]
         );
         let snat_port = 20000u16.to_be();
+        let snat_addr = u32::from_ne_bytes([10, 0, 0, 2]);
         assert_eq!(
-            bytes(&NatKey::new(&backend, snat_port)),
-            [10, 0, 0, 10, 0x1f, 0x90, 0x4e, 0x20]
+            bytes(&NatKey::new(&backend, snat_addr, snat_port)),
+            [10, 0, 0, 10, 10, 0, 0, 2, 0x1f, 0x90, 0x4e, 0x20]
         );
     }
 
@@ -531,10 +642,41 @@ mod tests {
     }
 
     #[test]
-    fn config_holds_the_snat_address_on_the_wire_and_ports_in_host_order() {
-        let cfg = DataplaneConfig::new(Ipv4Addr::new(10, 0, 0, 1), 20000..=29999);
-        assert_eq!(cfg.snat_addr.to_ne_bytes(), [10, 0, 0, 1]);
-        assert_eq!((cfg.snat_port_min, cfg.snat_port_max, cfg.ready), (20000, 29999, 1));
+    fn config_holds_the_snat_addresses_on_the_wire_and_ports_in_host_order() {
+        let addrs = [Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 0, 0, 2)];
+        let cfg = DataplaneConfig::new(&addrs, 20000..=29999);
+        assert_eq!(cfg.snat_addrs[0].to_ne_bytes(), [10, 0, 0, 1]);
+        assert_eq!(cfg.snat_addrs[1].to_ne_bytes(), [10, 0, 0, 2]);
+        assert_eq!(cfg.snat_addrs[2], 0);
+        assert_eq!(
+            (cfg.snat_addr_count, cfg.snat_port_min, cfg.snat_port_max, cfg.ready),
+            (2, 20000, 29999, 1)
+        );
+        assert_eq!(cfg.snat_ips().collect::<Vec<_>>(), addrs);
+        assert_eq!(cfg.snat_capacity(), 20_000);
+    }
+
+    #[test]
+    fn only_configured_snat_addresses_inside_the_port_range_are_snat_ports() {
+        let cfg = DataplaneConfig::new(&[Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 0, 0, 2)], 20000..=20003);
+        let wire = |a: [u8; 4]| u32::from_ne_bytes(a);
+        assert!(cfg.is_snat_port(wire([10, 0, 0, 1]), 20000u16.to_be()));
+        assert!(cfg.is_snat_port(wire([10, 0, 0, 2]), 20003u16.to_be()));
+        assert!(!cfg.is_snat_port(wire([10, 0, 0, 2]), 20004u16.to_be()));
+        assert!(!cfg.is_snat_port(wire([10, 0, 0, 3]), 20000u16.to_be()));
+        // An unused slot (0.0.0.0) is no SNAT address.
+        assert!(!cfg.is_snat_addr(0));
+    }
+
+    #[test]
+    fn snat_candidates_name_configured_addresses_in_wire_order() {
+        let addrs = [Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 0, 0, 2)];
+        let cfg = DataplaneConfig::new(&addrs, 20000..=20003);
+        let pairs: std::collections::HashSet<_> = (0..8).map(|a| cfg.snat_candidate(12345, a)).collect();
+        assert_eq!(pairs.len(), 8);
+        for (addr, port) in pairs {
+            assert!(cfg.is_snat_port(addr, port), "{addr:x}:{port}");
+        }
     }
 
     #[test]

@@ -1,25 +1,40 @@
-//! SNAT source-port candidates. The data plane tries candidates in order and
-//! claims the first whose reverse-NAT entry it can insert with `BPF_NOEXIST`,
-//! which makes allocation collision-free even across CPUs. Linear probing from
-//! a hashed start spreads flows over the range and guarantees the first
-//! `span` candidates are distinct.
+//! SNAT (address, port) candidates. The data plane tries candidates in order
+//! and claims the first whose reverse-NAT entry it can insert with
+//! `BPF_NOEXIST`, which makes allocation collision-free even across CPUs.
+//!
+//! The pairs of all addresses form one space of `addresses x ports` slots,
+//! numbered so that neighbours differ in address (slot `s` is address
+//! `s % addresses`, port `s / addresses`). Linear probing from a hashed
+//! slot spreads flows over every address and port, guarantees the first
+//! `addresses x ports` candidates are distinct, and moves on to another
+//! address at once when one address's port is taken.
 
 /// Candidates tried per new flow before giving up (bounded for the verifier).
 pub const SNAT_PORT_ATTEMPTS: u32 = 16;
 
-/// Candidate `attempt` (0-based) for a flow hashing to `hash`, in host byte
-/// order within `min..=max`. Returns `min` for an empty or inverted range,
-/// which userspace config validation forbids.
+/// Candidate `attempt` (0-based) for a flow hashing to `hash`: the index of
+/// its address (below `addresses`) and its port in host byte order within
+/// `min..=max`. An empty or inverted range, or no address, gives `(0, min)`:
+/// userspace config validation forbids both.
 #[inline(always)]
-pub const fn candidate(hash: u32, attempt: u32, min: u16, max: u16) -> u16 {
-    if max < min {
-        return min;
+pub const fn candidate(hash: u32, attempt: u32, addresses: u32, min: u16, max: u16) -> (u32, u16) {
+    if max < min || addresses == 0 {
+        return (0, min);
     }
-    let span = (max - min) as u32 + 1;
+    // At most 2^16 ports times 2^16 addresses would overflow; userspace
+    // allows 16 addresses, so `slots` stays below 2^21.
+    let slots = addresses.saturating_mul((max - min) as u32 + 1);
     // checked_rem: a plain `%` would keep a panic branch the verifier rejects.
-    match hash.wrapping_add(attempt).checked_rem(span) {
-        Some(offset) => min + offset as u16,
-        None => min,
+    let (Some(start), Some(step)) = (hash.checked_rem(slots), attempt.checked_rem(slots)) else {
+        return (0, min);
+    };
+    // Both below `slots` < 2^32 / 2: the sum cannot wrap.
+    let Some(slot) = (start + step).checked_rem(slots) else {
+        return (0, min);
+    };
+    match (slot.checked_rem(addresses), slot.checked_div(addresses)) {
+        (Some(address), Some(port)) => (address, min + port as u16),
+        _ => (0, min),
     }
 }
 
@@ -30,31 +45,63 @@ mod tests {
     use super::*;
 
     #[test]
-    fn candidates_stay_inside_the_configured_range() {
-        for hash in [0, 1, 12345, u32::MAX - 3, u32::MAX] {
-            for attempt in 0..SNAT_PORT_ATTEMPTS {
-                let p = candidate(hash, attempt, 20000, 29999);
-                assert!((20000..=29999).contains(&p));
+    fn candidates_stay_inside_the_configured_addresses_and_range() {
+        for addresses in [1, 2, 3, 16] {
+            for hash in [0, 1, 12345, u32::MAX - 3, u32::MAX] {
+                for attempt in 0..SNAT_PORT_ATTEMPTS {
+                    let (address, port) = candidate(hash, attempt, addresses, 20000, 29999);
+                    assert!(address < addresses);
+                    assert!((20000..=29999).contains(&port));
+                }
             }
         }
-        assert_eq!(candidate(77, 3, 40000, 40000), 40000);
+        assert_eq!(candidate(77, 3, 1, 40000, 40000), (0, 40000));
+        assert_eq!(candidate(77, 3, 0, 40000, 40010), (0, 40000));
     }
 
     #[test]
-    fn attempts_give_distinct_ports_until_the_range_is_used_up() {
-        let ports: HashSet<_> = (0..SNAT_PORT_ATTEMPTS)
-            .map(|a| candidate(u32::MAX, a, 1000, 1999))
-            .collect();
-        assert_eq!(ports.len(), SNAT_PORT_ATTEMPTS as usize);
-        let tiny: HashSet<_> = (0..SNAT_PORT_ATTEMPTS).map(|a| candidate(9, a, 1000, 1003)).collect();
-        assert_eq!(tiny.len(), 4);
+    fn attempts_give_distinct_pairs_until_every_pair_is_used_up() {
+        for addresses in [1, 2, 3, 16] {
+            let pairs: HashSet<_> = (0..SNAT_PORT_ATTEMPTS)
+                .map(|a| candidate(u32::MAX, a, addresses, 1000, 1999))
+                .collect();
+            assert_eq!(pairs.len(), SNAT_PORT_ATTEMPTS as usize);
+        }
+        // Fewer pairs than attempts: every pair comes up.
+        for (addresses, hash) in [(1, 9), (2, 9), (3, u32::MAX), (3, 7)] {
+            let tiny: HashSet<_> = (0..SNAT_PORT_ATTEMPTS)
+                .map(|a| candidate(hash, a, addresses, 1000, 1003))
+                .collect();
+            assert_eq!(tiny.len(), 4 * addresses as usize, "{addresses} addresses, hash {hash}");
+        }
     }
 
     #[test]
-    fn first_candidates_spread_over_the_whole_range() {
-        let firsts: HashSet<_> = (0..50_000u32)
-            .map(|h| candidate(h.wrapping_mul(2_654_435_761), 0, 20000, 29999))
+    fn a_taken_candidate_is_followed_by_another_address() {
+        for attempt in 0..SNAT_PORT_ATTEMPTS - 1 {
+            let (first, _) = candidate(4242, attempt, 4, 20000, 29999);
+            let (next, _) = candidate(4242, attempt + 1, 4, 20000, 29999);
+            assert_ne!(first, next);
+        }
+    }
+
+    #[test]
+    fn first_candidates_spread_over_every_address_and_the_whole_range() {
+        let addresses = 3;
+        let firsts: Vec<_> = (0..60_000u32)
+            .map(|h| candidate(h.wrapping_mul(2_654_435_761), 0, addresses, 20000, 29999))
             .collect();
-        assert!(firsts.len() > 9_900, "only {} distinct first ports", firsts.len());
+        for address in 0..addresses {
+            let on_it = firsts.iter().filter(|(a, _)| *a == address).count();
+            // 20,000 each if even; allow 10% either way.
+            assert!(
+                (18_000..=22_000).contains(&on_it),
+                "address {address} got {on_it} of 60000"
+            );
+        }
+        let distinct: HashSet<_> = firsts.iter().collect();
+        assert!(distinct.len() > 20_000, "only {} distinct first pairs", distinct.len());
+        let ports: HashSet<_> = firsts.iter().map(|(_, p)| p).collect();
+        assert!(ports.len() > 9_900, "only {} distinct first ports", ports.len());
     }
 }

@@ -155,10 +155,10 @@ struct Origin {
 /// never reach another's endpoint, as its quote may carry that flow's data.
 #[inline(always)]
 fn origin_of(emitted: &Tuple, cfg: &DataplaneConfig) -> Option<Origin> {
-    let snat_port = u16::from_be(emitted.src_port);
-    if emitted.src_addr == cfg.snat_addr && snat_port >= cfg.snat_port_min && snat_port <= cfg.snat_port_max {
+    if cfg.is_snat_port(emitted.src_addr, emitted.src_port) {
         let nat = NatKey {
             backend_addr: emitted.dst_addr,
+            snat_addr: emitted.src_addr,
             backend_port: emitted.dst_port,
             snat_port: emitted.src_port,
         };
@@ -166,10 +166,7 @@ fn origin_of(emitted: &Tuple, cfg: &DataplaneConfig) -> Option<Origin> {
         let client = (unsafe { REVERSE_NAT.get(nat) }).copied()?;
         let flow = flow_entry(&client)?;
         let backend = BACKENDS.get(flow.backend_id)?;
-        if backend.generation != flow.backend_gen
-            || flow.snat_port != nat.snat_port
-            || NatKey::new(backend, flow.snat_port) != nat
-        {
+        if backend.generation != flow.backend_gen || flow.nat_key(backend) != nat {
             return None;
         }
         return Some(Origin {
@@ -192,22 +189,21 @@ fn origin_of(emitted: &Tuple, cfg: &DataplaneConfig) -> Option<Origin> {
         _pad: [0; 3],
     };
     let flow = flow_entry(&client)?;
-    let snat_port = flow.snat_port;
     let backend = BACKENDS.get(flow.backend_id)?;
     if backend.generation != flow.backend_gen {
         return None;
     }
     // SAFETY: copied at once, as in `to_client`.
-    let owner = (unsafe { REVERSE_NAT.get(NatKey::new(backend, snat_port)) }).copied()?;
+    let owner = (unsafe { REVERSE_NAT.get(flow.nat_key(backend)) }).copied()?;
     if owner != client {
         return None;
     }
     Some(Origin {
         sent: Tuple {
             src_addr: backend.addr,
-            dst_addr: cfg.snat_addr,
+            dst_addr: flow.snat_addr,
             src_port: backend.port,
-            dst_port: snat_port,
+            dst_port: flow.snat_port,
         },
         counter: Counter::IcmpErrorToBackend,
         seq_shift: synproxy::seq_offset(flow),

@@ -41,7 +41,11 @@ use crate::{
 
 #[xdp]
 pub fn bg_lb(ctx: XdpContext) -> u32 {
-    let Some(cfg) = CONFIG.get(0).copied() else {
+    // By reference, not copied: the SNAT address list would cost the stack
+    // 80 bytes. An array element stays put, and userspace rewrites it with
+    // the same addresses and ports (only `nat_epoch` moves), so reading it
+    // field by field sees what a copy would.
+    let Some(cfg) = CONFIG.get(0) else {
         return XDP_PASS;
     };
     if cfg.ready == 0 {
@@ -49,12 +53,12 @@ pub fn bg_lb(ctx: XdpContext) -> u32 {
     }
     let pkt = match parse_tcp(&ctx) {
         Ok(pkt) => pkt,
-        Err(NotForUs::Icmp) => return icmp::icmp_error(&ctx, &cfg),
+        Err(NotForUs::Icmp) => return icmp::icmp_error(&ctx, cfg),
         Err(NotForUs::Other) => {
             count(Counter::Passed);
             return XDP_PASS;
         }
-        Err(NotForUs::Malformed(malformed)) => return judge_malformed(&malformed, &cfg),
+        Err(NotForUs::Malformed(malformed)) => return judge_malformed(&malformed, cfg),
     };
     // Copy the service inside the branch: carrying an Option<Service> across
     // branches makes LLVM spill the None case's uninitialised payload, which
@@ -66,9 +70,9 @@ pub fn bg_lb(ctx: XdpContext) -> u32 {
         if let Err(verdict) = screen(&pkt) {
             return verdict;
         }
-        return to_backend::to_backend(&ctx, pkt, &service, &cfg);
+        return to_backend::to_backend(&ctx, pkt, &service, cfg);
     }
-    if is_snat_port(&cfg, pkt.dst_addr(), pkt.dst_port()) {
+    if cfg.is_snat_port(pkt.dst_addr(), pkt.dst_port()) {
         if let Err(verdict) = screen(&pkt) {
             return verdict;
         }
@@ -88,14 +92,6 @@ fn service_key(addr: u32, port: u16) -> ServiceKey {
     }
 }
 
-/// The SNAT address inside the SNAT port range (wire order): a backend
-/// reply.
-#[inline(always)]
-fn is_snat_port(cfg: &DataplaneConfig, addr: u32, port: u16) -> bool {
-    let port = u16::from_be(port);
-    addr == cfg.snat_addr && port >= cfg.snat_port_min && port <= cfg.snat_port_max
-}
-
 /// A frame to a VIP or the SNAT range is ours to drop; a frame elsewhere
 /// passes untouched. When its ports cannot be read (a non-first fragment)
 /// the VIP's address alone decides.
@@ -105,7 +101,7 @@ fn judge_malformed(frame: &Malformed, cfg: &DataplaneConfig) -> u32 {
         // SAFETY: as in `bg_lb`; only whether an entry exists is read.
         Some(port) => {
             unsafe { SERVICES.get(service_key(frame.dst_addr, port)) }.is_some()
-                || is_snat_port(cfg, frame.dst_addr, port)
+                || cfg.is_snat_port(frame.dst_addr, port)
         }
         // SAFETY: only whether an entry exists is read.
         None => unsafe { VIP_ADDRESSES.get(frame.dst_addr) }.is_some(),

@@ -160,6 +160,16 @@ pub fn account_event(backend_id: u32, event: Event) {
     }
 }
 
+/// Counts a connection request refused because no SNAT (address, port)
+/// for `backend_id` was free.
+#[inline(always)]
+pub fn account_exhausted(backend_id: u32) {
+    if let Some(s) = BACKEND_STATS.get_ptr_mut(backend_id) {
+        // SAFETY: a per-CPU array element, as in `count`.
+        unsafe { (*s).snat_exhausted += 1 };
+    }
+}
+
 /// Counts a packet of a flow of `backend_id` and `service_id`; `new_flow`
 /// when it completed the handshake.
 #[inline(always)]

@@ -47,7 +47,7 @@ use bg_lb_common::{
 use crate::{
     forward::forward,
     maps::{
-        BACKENDS, CONFIG, HELD_SCRATCH, HELD_SEGMENTS, REVERSE_NAT, SERVICES, SYN_FLOOD, SYN_PROXY_JOBS, Way, account,
+        BACKENDS, HELD_SCRATCH, HELD_SEGMENTS, REVERSE_NAT, SERVICES, SYN_FLOOD, SYN_PROXY_JOBS, Way, account,
         account_event, count, flow_entry,
     },
     packet::{BareSegment, TcpPacket, parse_tcp},
@@ -341,6 +341,7 @@ pub fn bg_lb_ack_to_backend(ctx: XdpContext) -> u32 {
     };
     let nat = NatKey {
         backend_addr: pkt.src_addr(),
+        snat_addr: pkt.dst_addr(),
         backend_port: pkt.src_port(),
         snat_port: pkt.dst_port(),
     };
@@ -514,15 +515,15 @@ fn client_flow_key(pkt: &TcpPacket<'_>) -> FlowKey {
 }
 
 /// The proxied flow's SYN to its backend, written in place of `pkt` already
-/// NATed (from the SNAT address and the flow's port), and forwarded.
+/// NATed (from the flow's SNAT address and port), and forwarded.
 #[inline(always)]
 fn send_syn(ctx: &XdpContext, pkt: TcpPacket<'_>, flow: &Flow) -> u32 {
-    let (Some(backend), Some(cfg)) = (BACKENDS.get(flow.backend_id), CONFIG.get(0)) else {
+    let Some(backend) = BACKENDS.get(flow.backend_id) else {
         count(Counter::NoBackend);
         return XDP_DROP;
     };
     let syn = BareSegment {
-        src_addr: cfg.snat_addr,
+        src_addr: flow.snat_addr,
         dst_addr: backend.addr,
         src_port: flow.snat_port,
         dst_port: backend.port,

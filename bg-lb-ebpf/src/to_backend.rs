@@ -25,25 +25,27 @@ use bg_lb_common::{
     flow_hash::flow_hash,
     flow_state::{self, Direction, Event, Segment, TCP_SYN},
     maps::{BACKEND_RESET_FLOWS, Backend, DataplaneConfig, Flow, FlowKey, IPPROTO_TCP, NO_BACKEND, NatKey, Service},
-    snat_port::{self, SNAT_PORT_ATTEMPTS},
+    snat_port::SNAT_PORT_ATTEMPTS,
     syn_proxy::Job,
 };
 
 use crate::{
     forward::forward,
-    maps::{BACKENDS, FLOWS, LOOKUP_TABLES, REVERSE_NAT, Way, account, count, flow_entry, log_due},
+    maps::{BACKENDS, FLOWS, LOOKUP_TABLES, REVERSE_NAT, Way, account, account_exhausted, count, flow_entry, log_due},
     nat::{Endpoints, decrement_ttl, rewrite},
     packet::TcpPacket,
     rst::reply_rst,
     synproxy::{self, ClientStep, Unpinned},
 };
 
-/// Where a packet goes: its flow's (pinned, new, or stateless) ids and
-/// SNAT port, and its backend. Only what the rest of the path reads, so
-/// the fast path copies little.
+/// Where a packet goes: its flow's (pinned, new, or stateless) ids, SNAT
+/// address and port, and its backend. Only what the rest of the path
+/// reads, so the fast path copies little.
 struct Route {
     backend_id: u32,
     service_id: u32,
+    /// Wire order.
+    snat_addr: u32,
     /// Wire order.
     snat_port: u16,
     backend: Backend,
@@ -62,6 +64,7 @@ impl Route {
         Route {
             backend_id: flow.backend_id,
             service_id: flow.service_id,
+            snat_addr: flow.snat_addr,
             snat_port: flow.snat_port,
             backend,
             pinned: false,
@@ -144,7 +147,7 @@ pub fn to_backend(ctx: &XdpContext, mut pkt: TcpPacket<'_>, service: &Service, c
     let backend = route.backend;
     if route.pinned && backend.flags & BACKEND_RESET_FLOWS != 0 {
         let _ = FLOWS.remove(key);
-        let _ = REVERSE_NAT.remove(NatKey::new(&backend, route.snat_port));
+        let _ = REVERSE_NAT.remove(NatKey::new(&backend, route.snat_addr, route.snat_port));
         count(Counter::FlowReset);
         return reply_rst(ctx, pkt);
     }
@@ -163,7 +166,7 @@ pub fn to_backend(ctx: &XdpContext, mut pkt: TcpPacket<'_>, service: &Service, c
     rewrite(
         &mut pkt,
         &Endpoints {
-            src_addr: cfg.snat_addr,
+            src_addr: route.snat_addr,
             src_port: route.snat_port,
             dst_addr: backend.addr,
             dst_port: backend.port,
@@ -236,14 +239,14 @@ fn pinned_flow(key: &FlowKey, seg: &Segment, service: &Service, nat_epoch: u32, 
     }
     if connection_request && flow_state::has_ended(flow.state) {
         // Its reverse entry would otherwise hold the old SNAT port.
-        let nat = NatKey::new(&backend, flow.snat_port);
+        let nat = flow.nat_key(&backend);
         if reverse_owner(&nat) == Some(*key) {
             let _ = REVERSE_NAT.remove(nat);
         }
         return Lookup::Unknown;
     }
     if flow.nat_epoch != nat_epoch {
-        if !owns_port(key, &NatKey::new(&backend, flow.snat_port)) {
+        if !owns_port(key, &flow.nat_key(&backend)) {
             let _ = FLOWS.remove(key);
             return Lookup::PortTaken;
         }
@@ -260,6 +263,7 @@ fn pinned_flow(key: &FlowKey, seg: &Segment, service: &Service, nat_epoch: u32, 
     Lookup::Pinned(Route {
         backend_id: flow.backend_id,
         service_id: flow.service_id,
+        snat_addr: flow.snat_addr,
         snat_port: flow.snat_port,
         backend,
         pinned: true,
@@ -329,9 +333,11 @@ fn new_flow(
         return unpinned(key, seg, hash, flow, backend, cfg);
     }
     (flow.state, flow.client, flow.backend) = flow_state::opened_by(seg);
-    flow.snat_port = claim_snat_port(key, hash, &backend, cfg)?;
+    (flow.snat_addr, flow.snat_port) = claim_snat_port(key, hash, &backend, cfg).inspect_err(|_| {
+        account_exhausted(backend_id);
+    })?;
     if FLOWS.insert(key, flow, BPF_ANY as u64).is_err() {
-        let _ = REVERSE_NAT.remove(NatKey::new(&backend, flow.snat_port));
+        let _ = REVERSE_NAT.remove(flow.nat_key(&backend));
         return Err(Counter::FlowInsertFailed);
     }
     Ok(Route::unpinned(&flow, backend))
@@ -350,13 +356,13 @@ fn unpinned(
     cfg: &DataplaneConfig,
 ) -> Result<Route, Counter> {
     for attempt in 0..SNAT_PORT_ATTEMPTS {
-        let port = snat_port::candidate(hash, attempt, cfg.snat_port_min, cfg.snat_port_max).to_be();
-        let own = match reverse_owner(&NatKey::new(&backend, port)) {
+        let (addr, port) = cfg.snat_candidate(hash, attempt);
+        let own = match reverse_owner(&NatKey::new(&backend, addr, port)) {
             None => false,
             Some(owner) if owner == *key => true,
             Some(_) => continue,
         };
-        flow.snat_port = port;
+        (flow.snat_addr, flow.snat_port) = (addr, port);
         if own && flow_state::can_readopt(seg.flags) {
             (flow.state, flow.client, flow.backend) = flow_state::readopted_by(seg);
             if FLOWS.insert(key, flow, BPF_NOEXIST as u64).is_ok() {
@@ -370,17 +376,18 @@ fn unpinned(
     Err(Counter::UnpinnedPortTaken)
 }
 
-/// Claims the first free SNAT port (wire order) for this backend. NOEXIST
-/// makes the claim atomic, so two CPUs never hand out the same port.
+/// Claims the first free SNAT (address, port), both wire order, for this
+/// backend. NOEXIST makes the claim atomic, so two CPUs never hand out the
+/// same pair.
 #[inline(always)]
-fn claim_snat_port(key: &FlowKey, hash: u32, backend: &Backend, cfg: &DataplaneConfig) -> Result<u16, Counter> {
+fn claim_snat_port(key: &FlowKey, hash: u32, backend: &Backend, cfg: &DataplaneConfig) -> Result<(u32, u16), Counter> {
     for attempt in 0..SNAT_PORT_ATTEMPTS {
-        let port = snat_port::candidate(hash, attempt, cfg.snat_port_min, cfg.snat_port_max).to_be();
+        let (addr, port) = cfg.snat_candidate(hash, attempt);
         if REVERSE_NAT
-            .insert(NatKey::new(backend, port), key, BPF_NOEXIST as u64)
+            .insert(NatKey::new(backend, addr, port), key, BPF_NOEXIST as u64)
             .is_ok()
         {
-            return Ok(port);
+            return Ok((addr, port));
         }
     }
     Err(Counter::SnatPortsExhausted)

@@ -1,6 +1,7 @@
 //! Backend -> SNAT address path: translate a reply back to VIP -> client,
-//! but only for the flow that owns its (backend, SNAT port): a reverse-NAT
-//! entry whose flow was evicted, or names another backend or port, or a
+//! but only for the flow that owns its (backend, SNAT address and port): a
+//! reverse-NAT entry whose flow was evicted, or names another backend,
+//! address or port, or a
 //! segment that flow's backend cannot have sent, never reaches a client.
 //!
 //! A SYN-proxied flow's backend numbers its bytes from its own ISN, the
@@ -33,6 +34,7 @@ use crate::{
 pub fn to_client(ctx: &XdpContext, mut pkt: TcpPacket<'_>) -> u32 {
     let nat = NatKey {
         backend_addr: pkt.src_addr(),
+        snat_addr: pkt.dst_addr(),
         backend_port: pkt.src_port(),
         snat_port: pkt.dst_port(),
     };
@@ -52,7 +54,7 @@ pub fn to_client(ctx: &XdpContext, mut pkt: TcpPacket<'_>) -> u32 {
         return XDP_DROP;
     };
     let mut seg = pkt.segment();
-    if backend.generation != flow.backend_gen || NatKey::new(backend, flow.snat_port) != nat {
+    if backend.generation != flow.backend_gen || flow.nat_key(backend) != nat {
         count(Counter::StaleReply);
         return XDP_DROP;
     }

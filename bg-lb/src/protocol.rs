@@ -345,6 +345,18 @@ pub struct BackendStatus {
     pub refused: u64,
     /// Established connections it reset.
     pub resets: u64,
+    /// SNAT (address, port) pairs its flows hold (after the last sweep),
+    /// shared with every service that has the same backend address.
+    /// Absent from older daemons' replies.
+    #[serde(default)]
+    pub snat_ports_in_use: u64,
+    /// The pairs it can hold at once: SNAT addresses times `snat_ports`.
+    #[serde(default)]
+    pub snat_ports_capacity: u64,
+    /// Connection requests refused with a RST because every SNAT pair it
+    /// could have got was in use.
+    #[serde(default)]
+    pub snat_ports_exhausted: u64,
 }
 
 /// A backend's health check as `status` shows it.

@@ -26,5 +26,8 @@ pub fn backend_status(address: &str, pool: Pool, health: BackendHealth) -> Backe
         handshakes: 0,
         refused: 0,
         resets: 0,
+        snat_ports_in_use: 0,
+        snat_ports_capacity: 10_000,
+        snat_ports_exhausted: 0,
     }
 }

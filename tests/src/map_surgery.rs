@@ -124,8 +124,8 @@ impl NatMaps {
         self.backends.set(id, backend, 0).expect("write BACKENDS");
     }
 
-    /// The (backend, SNAT port) a pinned flow uses.
+    /// The (backend, SNAT address and port) a pinned flow uses.
     pub fn nat_of(&self, flow: &Flow) -> NatKey {
-        NatKey::new(&self.backend(flow.backend_id), flow.snat_port)
+        flow.nat_key(&self.backend(flow.backend_id))
     }
 }

@@ -55,6 +55,8 @@ pub const LB_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
 const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 254);
 pub const GATEWAY_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xfe];
 pub const SNAT: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
+/// A second SNAT address, for labs with [`PacketLabOptions::snat_addrs`].
+pub const SNAT_2: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
 pub const VIP: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 100), 80);
 pub const BLUE: [SocketAddrV4; 2] = [
     SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 10), 8080),
@@ -121,6 +123,8 @@ pub fn test_run(prog: &Xdp, frame: &[u8]) -> (u32, Vec<u8>) {
 #[derive(Clone, Debug)]
 pub struct PacketLabOptions {
     pub max_flows: u32,
+    /// [`SNAT`] unless told otherwise.
+    pub snat_addrs: Vec<Ipv4Addr>,
     pub snat_ports: (u16, u16),
     /// Share of new flows for blue, in percent.
     pub blue_percent: u32,
@@ -134,6 +138,7 @@ impl PacketLabOptions {
     pub fn with_ratio(blue_percent: u32) -> Self {
         PacketLabOptions {
             max_flows: 4096,
+            snat_addrs: vec![SNAT],
             snat_ports: SNAT_PORTS,
             blue_percent,
             syn_proxy: SynProxy {
@@ -159,7 +164,7 @@ impl PacketLab {
         let mut dataplane = Dataplane::load(&opts).expect("load the XDP program");
         dataplane.add_tx_port(ifindex(INTERFACE)).expect("TX_PORTS");
         dataplane
-            .set_config(&DataplaneConfig::new(SNAT, o.snat_ports.0..=o.snat_ports.1))
+            .set_config(&DataplaneConfig::new(&o.snat_addrs, o.snat_ports.0..=o.snat_ports.1))
             .expect("CONFIG");
         let backends = BLUE
             .iter()
@@ -392,10 +397,17 @@ impl PacketLab {
         self.dataplane.flow(key).expect("FLOWS")
     }
 
-    /// The client flow that owns SNAT port `snat_port` (host order) towards
-    /// `backend`, as REVERSE_NAT says.
+    /// The client flow that owns SNAT port `snat_port` (host order) of
+    /// [`SNAT`] towards `backend`, as REVERSE_NAT says.
     pub fn reverse_nat(&self, backend: SocketAddrV4, snat_port: u16) -> Option<FlowKey> {
-        let key = NatKey::new(&Backend::new(0, 0, backend, 0, false), snat_port.to_be());
+        self.reverse_nat_on(backend, SocketAddrV4::new(SNAT, snat_port))
+    }
+
+    /// The client flow that owns SNAT address and port `snat` towards
+    /// `backend`, as REVERSE_NAT says.
+    pub fn reverse_nat_on(&self, backend: SocketAddrV4, snat: SocketAddrV4) -> Option<FlowKey> {
+        let snat_addr = u32::from_ne_bytes(snat.ip().octets());
+        let key = NatKey::new(&Backend::new(0, 0, backend, 0, false), snat_addr, snat.port().to_be());
         self.dataplane.reverse_nat(&key).expect("REVERSE_NAT")
     }
 
@@ -539,7 +551,7 @@ impl AttachedLb {
                     .expect("attach XDP in native mode");
             }
             dataplane
-                .set_config(&DataplaneConfig::new(snat, SNAT_PORTS.0..=SNAT_PORTS.1))
+                .set_config(&DataplaneConfig::new(&[snat], SNAT_PORTS.0..=SNAT_PORTS.1))
                 .expect("CONFIG");
             // The fast path needs backends' MACs; a connect resolves them
             // (the daemon's health checks do the same).

@@ -12,14 +12,13 @@ use bg_lb_common::{
     counters::Counter,
     flow_hash::flow_hash,
     flow_state::{ESTABLISHED, RESET, SYN_ACK_SEEN, SYN_SEEN},
-    maps::{Backend, FlowKey, NatKey, POOL_GREEN, TrafficStats},
-    snat_port,
+    maps::{Backend, DataplaneConfig, FlowKey, NatKey, POOL_GREEN, TrafficStats},
 };
 use bg_lb_tests::{
     expect::Out,
     netns::in_fresh_netns,
     packet_lab::{
-        BACKEND_ISN, BLUE, GREEN, PacketLab, PacketLabOptions, SNAT_PORTS, VIP, XDP_DROP, XDP_PASS, XDP_REDIRECT,
+        BACKEND_ISN, BLUE, GREEN, PacketLab, PacketLabOptions, SNAT, SNAT_PORTS, VIP, XDP_DROP, XDP_PASS, XDP_REDIRECT,
         XDP_TX, client, from_client,
     },
     packets::{ACK, PSH_ACK, RST, SEQ, SYN, SYN_ACK, parse_checked},
@@ -330,9 +329,9 @@ fn stateless_forwarding_skips_a_port_another_flow_owns() {
         let x = client(40160);
         let backend = lab.table_pick(x);
         let hash = flow_hash(&FlowKey::from_client(x, VIP));
-        let (min, max) = SNAT_PORTS;
-        let first = snat_port::candidate(hash, 0, min, max);
-        let nat = NatKey::new(&Backend::new(0, 1, backend, 0, false), first.to_be());
+        let cfg = DataplaneConfig::new(&[SNAT], SNAT_PORTS.0..=SNAT_PORTS.1);
+        let (snat, first) = cfg.snat_candidate(hash, 0);
+        let nat = NatKey::new(&Backend::new(0, 1, backend, 0, false), snat, first);
         lab.nat_maps()
             .set_owner(&nat, &FlowKey::from_client(client(40161), VIP));
         let (verdict, out) = lab.send_from_client(x, ACK);
@@ -340,7 +339,7 @@ fn stateless_forwarding_skips_a_port_another_flow_owns() {
         let view = parse_checked(&out);
         assert_eq!(
             (view.dst, view.src.port()),
-            (backend, snat_port::candidate(hash, 1, min, max)),
+            (backend, u16::from_be(cfg.snat_candidate(hash, 1).1)),
             "the next candidate, not the owned one"
         );
         assert_eq!(lab.counter(Counter::UnpinnedForwarded), 1);

@@ -299,12 +299,23 @@ fn print_service(s: &ServiceStatus) {
         println!("  {}", shift_line(record, s.ratio));
     }
     println!(
-        "  {:<6} {:<22} {:>6} {:>7} {:<10} {:>6} {:>9} {:>10} {:>12} {:>12}",
-        "POOL", "BACKEND", "WEIGHT", "ENABLED", "HEALTH", "OPEN", "EMBRYONIC", "NEW FLOWS", "BYTES IN", "BYTES OUT"
+        "  {:<6} {:<22} {:>6} {:>7} {:<10} {:>6} {:>9} {:>15} {:>9} {:>10} {:>12} {:>12}",
+        "POOL",
+        "BACKEND",
+        "WEIGHT",
+        "ENABLED",
+        "HEALTH",
+        "OPEN",
+        "EMBRYONIC",
+        "SNAT PORTS",
+        "EXHAUSTED",
+        "NEW FLOWS",
+        "BYTES IN",
+        "BYTES OUT"
     );
     for b in &s.backends {
         println!(
-            "  {:<6} {:<22} {:>6} {:>7} {:<10} {:>6} {:>9} {:>10} {:>12} {:>12}",
+            "  {:<6} {:<22} {:>6} {:>7} {:<10} {:>6} {:>9} {:>15} {:>9} {:>10} {:>12} {:>12}",
             b.pool.to_string(),
             b.address.to_string(),
             b.weight,
@@ -312,6 +323,8 @@ fn print_service(s: &ServiceStatus) {
             b.health,
             b.open_flows,
             b.embryonic_flows,
+            format!("{}/{}", b.snat_ports_in_use, b.snat_ports_capacity),
+            b.snat_ports_exhausted,
             b.new_flows,
             b.bytes_in,
             b.bytes_out

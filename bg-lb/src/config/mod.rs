@@ -3,7 +3,7 @@
 //! ```toml
 //! interface = "eth0"                # one-arm; or front_interface + back_interface (two-arm)
 //! xdp_mode = "auto"                 # auto | native | generic
-//! snat_address = "10.0.0.1"
+//! snat_address = "10.0.0.1"        # or snat_addresses = ["10.0.0.1", "10.0.0.2"] (up to 16)
 //! snat_ports = "20000-29999"        # inclusive, >= 1024
 //! max_flows = 1048576
 //! lookup_capacity = 2097184         # slots for all lookup tables (2 per service)
@@ -54,7 +54,7 @@
 //! weight = 100                      # 0..=1000, 0 drains
 //! ```
 //!
-//! Everything but `snat_address`, the interface(s), and each service's `name`
+//! Everything but the SNAT address(es), the interface(s), and each service's `name`
 //! and `vip` and each backend's `pool` and `address` has a default: the
 //! `DEFAULT_*` constants below, and those of `bg_lb_common::maps` for the map
 //! sizes.
@@ -136,7 +136,10 @@ pub const DEFAULT_EXPECT_STATUS: (u16, u16) = (200, 200);
 pub struct Config {
     pub interfaces: Interfaces,
     pub xdp_mode: AttachMode,
-    pub snat_address: Ipv4Addr,
+    /// Where NATed packets to backends come from: 1 to
+    /// [`bg_lb_common::maps::MAX_SNAT_ADDRESSES`], each once. Health probes
+    /// use the first.
+    pub snat_addresses: Vec<Ipv4Addr>,
     /// Inclusive range.
     pub snat_ports: (u16, u16),
     pub max_flows: u32,
@@ -154,8 +157,8 @@ pub struct Config {
 
 impl Config {
     /// Capacity of the reverse-NAT table, which evicts nothing: one entry per
-    /// (backend, SNAT port) in use. At least `max_flows`, and room for every
-    /// port of every configured backend twice over (for backends a reload
+    /// (backend, SNAT address and port) in use. At least `max_flows`, and
+    /// room for every SNAT pair of every configured backend twice over (for backends a reload
     /// replaces, and for the ports of flows the flow table evicted until the
     /// sweep frees them), up to the largest `max_flows` allowed. Fixed when
     /// the maps are created.
@@ -165,9 +168,14 @@ impl Config {
             .iter()
             .flat_map(|s| s.backends.iter().map(|b| b.address))
             .collect();
-        let ports = u64::from(self.snat_ports.1 - self.snat_ports.0) + 1;
         let limit = *validate::MAX_FLOWS_RANGE.end() as u64;
-        (2 * backends.len() as u64 * ports).clamp(self.max_flows.into(), limit) as u32
+        (2 * backends.len() as u64 * self.snat_pairs_per_backend()).clamp(self.max_flows.into(), limit) as u32
+    }
+
+    /// SNAT (address, port) pairs one backend's flows can hold at once:
+    /// addresses times ports.
+    pub fn snat_pairs_per_backend(&self) -> u64 {
+        self.snat_addresses.len() as u64 * (u64::from(self.snat_ports.1 - self.snat_ports.0) + 1)
     }
 }
 

@@ -13,7 +13,8 @@ pub(super) struct RawConfig {
     pub(super) front_interface: Option<Spanned<String>>,
     pub(super) back_interface: Option<Spanned<String>>,
     pub(super) xdp_mode: Option<Spanned<String>>,
-    pub(super) snat_address: Spanned<String>,
+    pub(super) snat_address: Option<Spanned<String>>,
+    pub(super) snat_addresses: Option<Spanned<Vec<Spanned<String>>>>,
     pub(super) snat_ports: Option<Spanned<String>>,
     pub(super) max_flows: Option<Spanned<i64>>,
     pub(super) lookup_capacity: Option<Spanned<i64>>,
@@ -135,7 +136,7 @@ mod tests {
 
     #[test]
     fn missing_required_keys_point_at_their_table() {
-        assert_rejected("interface = \"eth0\"  # <-\n", "missing field `snat_address`");
+        assert_rejected("interface = \"eth0\"  # <-\n", "no SNAT address: set `snat_address`");
         assert_rejected(
             &format!("{TOP}[[service]]  # <-\nvip = \"10.0.0.100:80\"\n"),
             "missing field `name`",

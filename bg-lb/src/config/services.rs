@@ -30,14 +30,12 @@ const SYN_PROXY_MSS_RANGE: RangeInclusive<i64> = 536..=8960;
 /// Validates every service, then what services must not share.
 pub(super) fn services(
     raw: &[RawService],
-    snat: Ipv4Addr,
-    snat_key: &Spanned<String>,
+    snat: &[(Ipv4Addr, Range<usize>)],
     text: &str,
 ) -> Result<Vec<ServiceConfig>, Invalid> {
     let mut shared = SharedChecks {
         text,
         snat,
-        snat_span: snat_key.span(),
         names: HashMap::new(),
         vips: HashMap::new(),
         backends: 0,
@@ -62,12 +60,12 @@ pub(super) fn services(
     Ok(services)
 }
 
-/// State for the checks across services: names and VIPs are unique, no VIP is the SNAT address, and all backends
+/// State for the checks across services: names and VIPs are unique, no VIP is a SNAT address, and all backends
 /// fit in the BACKENDS map.
 struct SharedChecks<'a> {
     text: &'a str,
-    snat: Ipv4Addr,
-    snat_span: Range<usize>,
+    /// Each SNAT address and where it was written.
+    snat: &'a [(Ipv4Addr, Range<usize>)],
     // Spans are kept rather than lines: finding a line scans the text, so only do that for an error.
     /// Service name -> span.
     names: HashMap<&'a str, Range<usize>>,
@@ -99,12 +97,12 @@ impl<'a> SharedChecks<'a> {
         value: &Spanned<String>,
         address: SocketAddrV4,
     ) -> Result<(), Invalid> {
-        if *address.ip() == self.snat {
+        if let Some((_, snat_span)) = self.snat.iter().find(|(snat, _)| snat == address.ip()) {
             return Invalid::at(
                 value.span(),
                 format!(
-                    "{key} {address} uses the snat_address (line {}); they must differ",
-                    line_of(self.text, &self.snat_span)
+                    "{key} {address} uses a SNAT address (line {}); they must differ",
+                    line_of(self.text, snat_span)
                 ),
             );
         }
@@ -372,11 +370,20 @@ mod tests {
     fn vip_on_the_snat_address_is_rejected() {
         assert_rejected(
             &format!("{TOP}[[service]]\nname = \"web\"\nvip = \"10.0.0.1:80\"  # <-\n"),
-            "vip 10.0.0.1:80 uses the snat_address (line 2)",
+            "vip 10.0.0.1:80 uses a SNAT address (line 2)",
         );
         assert_rejected(
             &format!("{TOP}{WEB}standby_vip = \"10.0.0.1:8080\"  # <-\n"),
-            "standby_vip 10.0.0.1:8080 uses the snat_address",
+            "standby_vip 10.0.0.1:8080 uses a SNAT address",
+        );
+        let several = "interface = \"eth0\"\nsnat_addresses = [\n  \"10.0.0.1\",\n  \"10.0.0.2\",\n]\n";
+        assert_rejected(
+            &format!("{several}{WEB}standby_vip = \"10.0.0.2:8080\"  # <-\n"),
+            "standby_vip 10.0.0.2:8080 uses a SNAT address (line 4)",
+        );
+        assert_rejected(
+            &format!("{several}[[service]]\nname = \"web\"\nvip = \"10.0.0.1:80\"  # <-\n"),
+            "vip 10.0.0.1:80 uses a SNAT address (line 3)",
         );
     }
 

@@ -72,7 +72,7 @@ fn full_one_arm_config_parses_to_expected_structs() {
             interface: "eth0".into(),
         },
         xdp_mode: AttachMode::Native,
-        snat_address: Ipv4Addr::new(10, 0, 0, 1),
+        snat_addresses: vec![Ipv4Addr::new(10, 0, 0, 1)],
         snat_ports: (40_000, 40_999),
         max_flows: 4096,
         lookup_capacity: 1000,
@@ -170,7 +170,7 @@ fn full_two_arm_config_parses_to_expected_structs() {
             back: "eth1".into(),
         },
         xdp_mode: AttachMode::Generic,
-        snat_address: Ipv4Addr::new(192, 168, 1, 1),
+        snat_addresses: vec![Ipv4Addr::new(192, 168, 1, 1)],
         services: vec![ServiceConfig {
             name: "db".into(),
             vip: "10.0.0.100:5432".parse().unwrap(),
@@ -195,7 +195,7 @@ fn absent_optional_keys_take_their_defaults() {
             interface: "eth0".into(),
         },
         xdp_mode: AttachMode::Auto,
-        snat_address: Ipv4Addr::new(10, 0, 0, 1),
+        snat_addresses: vec![Ipv4Addr::new(10, 0, 0, 1)],
         snat_ports: (20_000, 29_999),
         max_flows: DEFAULT_MAX_FLOWS,
         lookup_capacity: DEFAULT_LOOKUP_CAPACITY,
@@ -248,7 +248,7 @@ fn example_file_parses() {
             interface: "eth0".into()
         }
     );
-    assert_eq!(config.snat_address, Ipv4Addr::new(10, 0, 0, 1));
+    assert_eq!(config.snat_addresses, [Ipv4Addr::new(10, 0, 0, 1)]);
     assert_eq!(config.lookup_capacity, DEFAULT_LOOKUP_CAPACITY);
     assert_eq!(config.max_flows, DEFAULT_MAX_FLOWS);
     let [web] = config.services.as_slice() else {

@@ -1,15 +1,19 @@
 //! From the raw file to the [`Config`]: the top-level keys, with the services left to `services`.
 
-use std::ops::RangeInclusive;
+use std::{
+    collections::HashMap,
+    net::Ipv4Addr,
+    ops::{Range, RangeInclusive},
+};
 
-use bg_lb_common::maps::{DEFAULT_LOOKUP_CAPACITY, DEFAULT_MAX_FLOWS};
+use bg_lb_common::maps::{DEFAULT_LOOKUP_CAPACITY, DEFAULT_MAX_FLOWS, MAX_SNAT_ADDRESSES};
 use toml::Spanned;
 
 use super::{
     AdminConfig, Config, DEFAULT_ADMIN_LIMITS, DEFAULT_ADMIN_SOCKET, DEFAULT_METRICS_LIMITS, DEFAULT_PIN_DIR,
     DEFAULT_SNAT_PORTS, DEFAULT_STATE_DIR, DEFAULT_TIMEOUTS, DEFAULT_XDP_MODE, Interfaces, ListenerLimits,
     MAX_CONNECTIONS_RANGE,
-    error::Invalid,
+    error::{Invalid, line_of},
     raw::{RawAdmin, RawConfig, RawTimeouts},
     services::{check_lookup_capacity, services},
     values::{absolute_path, duration, integer_in, interface_name, metrics_listen, snat_address, snat_ports, xdp_mode},
@@ -21,7 +25,7 @@ pub(super) const MAX_FLOWS_RANGE: RangeInclusive<i64> = 1024..=16_777_216;
 pub(super) fn validate(raw: RawConfig, text: &str) -> Result<Config, Invalid> {
     let interfaces = interfaces(&raw)?;
     let xdp_mode = raw.xdp_mode.as_ref().map_or(Ok(DEFAULT_XDP_MODE), xdp_mode)?;
-    let snat_address = snat_address(&raw.snat_address)?;
+    let snat = snat_addresses(&raw, text)?;
     let snat_ports = raw.snat_ports.as_ref().map_or(Ok(DEFAULT_SNAT_PORTS), snat_ports)?;
     let max_flows = match &raw.max_flows {
         Some(value) => integer_in(value, "max_flows", MAX_FLOWS_RANGE)?,
@@ -41,12 +45,12 @@ pub(super) fn validate(raw: RawConfig, text: &str) -> Result<Config, Invalid> {
         DEFAULT_METRICS_LIMITS,
     )?;
     let timeouts = raw.timeouts.as_ref().map_or(Ok(DEFAULT_TIMEOUTS), timeouts)?;
-    let services = services(&raw.service, snat_address, &raw.snat_address, text)?;
+    let services = services(&raw.service, &snat, text)?;
     check_lookup_capacity(lookup_capacity, raw.lookup_capacity.as_ref(), &raw.service, &services)?;
     Ok(Config {
         interfaces,
         xdp_mode,
-        snat_address,
+        snat_addresses: snat.into_iter().map(|(address, _)| address).collect(),
         snat_ports,
         max_flows,
         lookup_capacity,
@@ -93,6 +97,52 @@ fn interfaces(raw: &RawConfig) -> Result<Interfaces, Invalid> {
     }
 }
 
+/// `snat_address` (one) or `snat_addresses` (1 to [`MAX_SNAT_ADDRESSES`],
+/// each once), with where each was written.
+fn snat_addresses(raw: &RawConfig, text: &str) -> Result<Vec<(Ipv4Addr, Range<usize>)>, Invalid> {
+    let list = match (&raw.snat_address, &raw.snat_addresses) {
+        (Some(one), None) => return Ok(vec![(snat_address(one, "snat_address")?, one.span())]),
+        (None, Some(list)) => list,
+        (Some(_), Some(list)) => {
+            return Invalid::at(
+                list.span(),
+                "`snat_address` and `snat_addresses` are mutually exclusive: list every address in                  `snat_addresses`",
+            );
+        }
+        (None, None) => {
+            return Invalid::at(
+                0..0,
+                "no SNAT address: set `snat_address` (one) or `snat_addresses` (a list)",
+            );
+        }
+    };
+    if list.get_ref().is_empty() {
+        return Invalid::at(list.span(), "snat_addresses must name at least one address");
+    }
+    let mut seen: HashMap<Ipv4Addr, Range<usize>> = HashMap::new();
+    let mut addresses = Vec::with_capacity(list.get_ref().len());
+    for (index, value) in list.get_ref().iter().enumerate() {
+        if index == MAX_SNAT_ADDRESSES {
+            return Invalid::at(
+                value.span(),
+                format!("too many snat_addresses: at most {MAX_SNAT_ADDRESSES}"),
+            );
+        }
+        let address = snat_address(value, "snat_addresses")?;
+        if let Some(first) = seen.insert(address, value.span()) {
+            return Invalid::at(
+                value.span(),
+                format!(
+                    "duplicate SNAT address {address} (first on line {})",
+                    line_of(text, &first)
+                ),
+            );
+        }
+        addresses.push((address, value.span()));
+    }
+    Ok(addresses)
+}
+
 fn admin(raw: &RawAdmin) -> Result<AdminConfig, Invalid> {
     let socket = absolute_path(raw.socket.as_ref(), "admin.socket", DEFAULT_ADMIN_SOCKET)?;
     let group = match &raw.group {
@@ -136,7 +186,7 @@ fn timeouts(raw: &RawTimeouts) -> Result<FlowTimeouts, Invalid> {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
+    use std::{net::Ipv4Addr, time::Duration};
 
     use crate::{
         config::{
@@ -182,6 +232,52 @@ mod tests {
             "front_interface = \"eth0\"\nback_interface = \"eth0\"  # <-\nsnat_address = \"10.0.0.1\"\n",
             "are both \"eth0\"",
         );
+    }
+
+    #[test]
+    fn snat_addresses_take_a_list_of_distinct_addresses() {
+        let config = parse_ok("interface = \"eth0\"\nsnat_addresses = [\"10.0.0.1\", \"10.0.0.2\"]\n");
+        assert_eq!(
+            config.snat_addresses,
+            [Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 0, 0, 2)]
+        );
+        let sixteen: Vec<String> = (1..=16).map(|i| format!("\"10.0.1.{i}\"")).collect();
+        let config = parse_ok(&format!(
+            "interface = \"eth0\"\nsnat_addresses = [{}]\n",
+            sixteen.join(", ")
+        ));
+        assert_eq!(config.snat_addresses.len(), 16);
+    }
+
+    #[test]
+    fn bad_snat_address_lists_are_rejected_where_they_go_wrong() {
+        let eth0 = "interface = \"eth0\"\n";
+        assert_rejected(
+            &format!("{eth0}snat_address = \"10.0.0.1\"\nsnat_addresses = [\"10.0.0.2\"]  # <-\n"),
+            "`snat_address` and `snat_addresses` are mutually exclusive",
+        );
+        assert_rejected(
+            &format!("{eth0}snat_addresses = []  # <-\n"),
+            "snat_addresses must name at least one address",
+        );
+        assert_rejected(
+            &format!("{eth0}snat_addresses = [\n  \"10.0.0.1\",\n  \"10.0.0.2\",\n  \"10.0.0.1\",  # <-\n]\n"),
+            "duplicate SNAT address 10.0.0.1 (first on line 3)",
+        );
+        assert_rejected(
+            &format!("{eth0}snat_addresses = [\n  \"10.0.0.1\",\n  \"0.0.0.0\",  # <-\n]\n"),
+            "snat_addresses must not be 0.0.0.0",
+        );
+        assert_rejected(
+            &format!("{eth0}snat_addresses = [\n  \"lb.example\",  # <-\n]\n"),
+            "snat_addresses: \"lb.example\" is not an IPv4 address (host names are not resolved)",
+        );
+        let mut seventeen = format!("{eth0}snat_addresses = [\n");
+        for i in 1..=16 {
+            seventeen.push_str(&format!("  \"10.0.1.{i}\",\n"));
+        }
+        seventeen.push_str("  \"10.0.1.17\",  # <-\n]\n");
+        assert_rejected(&seventeen, "too many snat_addresses: at most 16");
     }
 
     #[test]

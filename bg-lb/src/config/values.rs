@@ -67,11 +67,13 @@ pub(super) fn service_name(name: &Spanned<String>) -> Result<String, Invalid> {
     Ok(text.clone())
 }
 
-pub(super) fn snat_address(address: &Spanned<String>) -> Result<Ipv4Addr, Invalid> {
+/// One SNAT address; `key` names it in messages (`snat_address` or
+/// `snat_addresses`).
+pub(super) fn snat_address(address: &Spanned<String>, key: &str) -> Result<Ipv4Addr, Invalid> {
     let text = address.get_ref();
-    let ip = parse_ipv4(text).map_err(|reason| Invalid::new(address.span(), format!("snat_address: {reason}")))?;
+    let ip = parse_ipv4(text).map_err(|reason| Invalid::new(address.span(), format!("{key}: {reason}")))?;
     if ip.is_unspecified() {
-        return Invalid::at(address.span(), "snat_address must not be 0.0.0.0");
+        return Invalid::at(address.span(), format!("{key} must not be 0.0.0.0"));
     }
     Ok(ip)
 }

@@ -77,6 +77,7 @@ impl Daemon {
     /// Health probes report to `reports`; feed each to [`Daemon::on_health`].
     pub fn start(config_path: &Path, reports: mpsc::Sender<Report>) -> anyhow::Result<Self> {
         let config = config::load(config_path)?;
+        preflight::refuse_foreign_snat_addresses(&config)?;
         preflight::refuse_snat_ports_overlapping_ephemeral_ports(&config)?;
         let loaded_at = SystemTime::now();
         let operator = state_file::load(&config.state_dir)?;
@@ -137,7 +138,7 @@ impl Daemon {
 
     fn dataplane_config(&self) -> DataplaneConfig {
         let (min, max) = self.config.snat_ports;
-        DataplaneConfig::new(self.config.snat_address, min..=max)
+        DataplaneConfig::new(&self.config.snat_addresses, min..=max)
     }
 
     fn service(&self, name: &str) -> Result<&ServiceConfig, RequestError> {

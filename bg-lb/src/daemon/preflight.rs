@@ -1,7 +1,10 @@
-//! Checks of the host at startup, each naming the cause and the fix: the
-//! SNAT range against the kernel's ephemeral ports (refused), pins on a
+//! Checks of the host at startup, each naming the cause and the fix: SNAT
+//! addresses the host does not have (refused), the SNAT range against the
+//! kernel's ephemeral ports (refused), pins on a
 //! bpffs that dies with the daemon (warned), and the XDP mode auto picks
 //! for an interface (see [`crate::host`]).
+
+use std::net::UdpSocket;
 
 use anyhow::bail;
 
@@ -15,8 +18,27 @@ use crate::{
     },
 };
 
+/// Refuses a SNAT address that is not local to this host (network
+/// namespace): backends' replies to it would not be routed here, and
+/// health probes bind the first one. Binding a socket to it is the
+/// kernel's own answer (EADDRNOTAVAIL otherwise).
+pub(super) fn refuse_foreign_snat_addresses(config: &Config) -> anyhow::Result<()> {
+    for address in &config.snat_addresses {
+        if let Err(e) = UdpSocket::bind((*address, 0)) {
+            bail!(
+                "SNAT address {address} is not local to this host ({e}): backends' replies to it would never \
+                 arrive. Add it to an interface (e.g. `ip addr add {address}/32 dev IFACE`) or remove it from the \
+                 config"
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Refuses a SNAT range the kernel may hand out as ephemeral ports in this
-/// network namespace.
+/// network namespace. One range serves every SNAT address, and a local
+/// socket on any of them (a health probe, on the first) could get such a
+/// port.
 pub(super) fn refuse_snat_ports_overlapping_ephemeral_ports(config: &Config) -> anyhow::Result<()> {
     match EphemeralPorts::read() {
         Ok(ephemeral) => match Overlap::check(config.snat_ports, ephemeral) {

@@ -15,7 +15,9 @@ impl Daemon {
         for probe in self.probes.drain(..) {
             probe.abort();
         }
-        let source = self.config.snat_address;
+        // Probes come from the first SNAT address, whichever flows use:
+        // its ports outside snat_ports are the kernel's to hand out.
+        let source = self.config.snat_addresses[0];
         for service in &self.config.services {
             let standby = service.standby_vip.is_some() && matches!(service.health.check, HealthCheck::Http(_));
             let listeners = [Some(Listener::Live), standby.then_some(Listener::Standby)];

@@ -50,7 +50,7 @@ fn restart_only_change(old: &Config, new: &Config) -> Option<&'static str> {
     [
         (old.interfaces != new.interfaces, "the interfaces"),
         (old.xdp_mode != new.xdp_mode, "xdp_mode"),
-        (old.snat_address != new.snat_address, "snat_address"),
+        (old.snat_addresses != new.snat_addresses, "the SNAT addresses"),
         (old.snat_ports != new.snat_ports, "snat_ports"),
         (old.max_flows != new.max_flows, "max_flows"),
         (old.lookup_capacity != new.lookup_capacity, "lookup_capacity"),
@@ -87,5 +87,18 @@ mod tests {
         assert_eq!(restart_only_change(&on, &off), Some("metrics"));
         assert_eq!(restart_only_change(&on, &moved), Some("metrics"));
         assert_eq!(restart_only_change(&on, &on.clone()), None);
+    }
+
+    #[test]
+    fn changing_the_snat_addresses_needs_a_restart_but_rewriting_the_same_one_does_not() {
+        let parse = |text: &str| config::parse(Path::new("test.toml"), text).unwrap();
+        let one = config("");
+        let listed = parse("interface = \"eth0\"\nsnat_addresses = [\"10.0.0.1\"]\n");
+        let two = parse("interface = \"eth0\"\nsnat_addresses = [\"10.0.0.1\", \"10.0.0.2\"]\n");
+        let swapped = parse("interface = \"eth0\"\nsnat_addresses = [\"10.0.0.2\", \"10.0.0.1\"]\n");
+        assert_eq!(restart_only_change(&one, &listed), None);
+        assert_eq!(restart_only_change(&one, &two), Some("the SNAT addresses"));
+        // The first address is the probes' source and flows keep theirs: order matters.
+        assert_eq!(restart_only_change(&two, &swapped), Some("the SNAT addresses"));
     }
 }

@@ -164,6 +164,9 @@ impl Daemon {
             handshakes: stats.handshakes,
             refused: stats.refused,
             resets: stats.resets,
+            snat_ports_in_use: census.snat_pairs_of(address),
+            snat_ports_capacity: self.config.snat_pairs_per_backend(),
+            snat_ports_exhausted: stats.snat_exhausted,
         })
     }
 

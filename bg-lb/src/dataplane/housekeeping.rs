@@ -13,6 +13,7 @@
 
 use std::{
     collections::{HashMap, HashSet},
+    net::SocketAddrV4,
     time::Duration,
 };
 
@@ -67,6 +68,10 @@ pub struct FlowCensus {
     pub total: HashMap<u32, u64>,
     /// Every entry that stays, per service id.
     pub per_service: HashMap<u32, u64>,
+    /// SNAT (address, port) pairs the flows that stay hold, per backend
+    /// address: its reverse-NAT entries. A backend in two services (or
+    /// behind a VIP and a standby VIP) has one budget of pairs.
+    pub snat_pairs: HashMap<SocketAddrV4, u64>,
     pub expired: u64,
     /// Flows and reverse-NAT entries removed as orphans.
     pub orphans: u64,
@@ -83,6 +88,10 @@ impl FlowCensus {
 
     pub fn total_of(&self, backend_id: u32) -> u64 {
         self.total.get(&backend_id).copied().unwrap_or(0)
+    }
+
+    pub fn snat_pairs_of(&self, backend: SocketAddrV4) -> u64 {
+        self.snat_pairs.get(&backend).copied().unwrap_or(0)
     }
 
     pub fn total_of_service(&self, service_id: u32) -> u64 {
@@ -125,12 +134,12 @@ pub struct Sweep {
     pub orphan_reverse: Vec<(NatKey, FlowKey)>,
 }
 
-/// The (backend, SNAT port) `flow` was pinned to, if its backend id still
+/// The (backend, SNAT address and port) `flow` was pinned to, if its backend id still
 /// names the backend it was pinned to.
 pub fn pinned_nat(flow: &Flow, backend: Option<&Backend>) -> Option<NatKey> {
     backend
         .filter(|b| b.generation == flow.backend_gen && !b.is_free())
-        .map(|b| NatKey::new(b, flow.snat_port))
+        .map(|b| flow.nat_key(b))
 }
 
 /// Whether `flow` (with its backend id's current entry) owns `nat`: the
@@ -181,6 +190,9 @@ pub fn judge(
             continue;
         }
         let census = &mut sweep.census;
+        if let Some(nat) = nat {
+            *census.snat_pairs.entry(nat.backend()).or_default() += 1;
+        }
         *census.total.entry(flow.backend_id).or_default() += 1;
         *census.per_service.entry(flow.service_id).or_default() += 1;
         match phase(flow.state) {

@@ -105,7 +105,7 @@ impl fmt::Display for Overlap {
         write!(
             f,
             "snat_ports {snat_min}-{snat_max} overlaps the kernel's ephemeral ports \
-             (net.ipv4.ip_local_port_range = {eph_min} {eph_max}) at {}: a local socket on the SNAT \
+             (net.ipv4.ip_local_port_range = {eph_min} {eph_max}) at {}: a local socket on any SNAT \
              address (a health probe) could get such a port, and its replies would be taken for a NAT \
              flow's. Fix one of: set snat_ports outside {eph_min}-{eph_max} in the config (e.g. \
              \"20000-29999\" with the kernel's default range); or ",

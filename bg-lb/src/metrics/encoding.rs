@@ -153,6 +153,9 @@ impl Snapshot {
                     .map(|(event, n)| (vec![("event", event.to_owned())], Value::Counter(n)))
                     .collect()
             }),
+            Metric::SnatPortsInUse => self.backend_rows(|b| vec![(vec![], Value::Gauge(b.snat_ports_in_use))]),
+            Metric::SnatPortsCapacity => self.backend_rows(|b| vec![(vec![], Value::Gauge(b.snat_ports_capacity))]),
+            Metric::SnatPortsExhausted => self.backend_rows(|b| vec![(vec![], Value::Counter(b.snat_ports_exhausted))]),
             Metric::HealthTransitions => self.probe_rows(|p| {
                 [("up", p.stats.went_up), ("down", p.stats.went_down)]
                     .map(|(to, n)| (vec![("to", to.to_owned())], Value::Counter(n)))

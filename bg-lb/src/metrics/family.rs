@@ -27,6 +27,9 @@ pub enum Metric {
     BackendPackets,
     BackendBytes,
     BackendConnectionEvents,
+    SnatPortsInUse,
+    SnatPortsCapacity,
+    SnatPortsExhausted,
     HealthTransitions,
     HealthDuration,
     FlowTableEntries,
@@ -43,7 +46,7 @@ pub enum Metric {
 
 impl Metric {
     /// In the order of the output.
-    pub const ALL: [Metric; 25] = [
+    pub const ALL: [Metric; 28] = [
         Metric::BuildInfo,
         Metric::Ratio,
         Metric::EffectiveRatio,
@@ -57,6 +60,9 @@ impl Metric {
         Metric::BackendPackets,
         Metric::BackendBytes,
         Metric::BackendConnectionEvents,
+        Metric::SnatPortsInUse,
+        Metric::SnatPortsCapacity,
+        Metric::SnatPortsExhausted,
         Metric::HealthTransitions,
         Metric::HealthDuration,
         Metric::FlowTableEntries,
@@ -87,6 +93,9 @@ impl Metric {
             Metric::BackendPackets => "bglb_backend_packets",
             Metric::BackendBytes => "bglb_backend_bytes",
             Metric::BackendConnectionEvents => "bglb_backend_connection_events",
+            Metric::SnatPortsInUse => "bglb_snat_ports_in_use",
+            Metric::SnatPortsCapacity => "bglb_snat_ports_capacity",
+            Metric::SnatPortsExhausted => "bglb_snat_ports_exhausted",
             Metric::HealthTransitions => "bglb_health_check_transitions",
             Metric::HealthDuration => "bglb_health_check_duration_seconds",
             Metric::FlowTableEntries => "bglb_flow_table_entries",
@@ -108,6 +117,7 @@ impl Metric {
             | Metric::BackendPackets
             | Metric::BackendBytes
             | Metric::BackendConnectionEvents
+            | Metric::SnatPortsExhausted
             | Metric::HealthTransitions
             | Metric::Packets
             | Metric::AdminRequests
@@ -123,6 +133,8 @@ impl Metric {
             | Metric::BackendUp
             | Metric::BackendOpenFlows
             | Metric::BackendEmbryonicFlows
+            | Metric::SnatPortsInUse
+            | Metric::SnatPortsCapacity
             | Metric::FlowTableEntries
             | Metric::FlowTableCapacity
             | Metric::ConfigLastReloadSuccessful
@@ -145,7 +157,10 @@ impl Metric {
             | Metric::BackendUp
             | Metric::BackendOpenFlows
             | Metric::BackendEmbryonicFlows
-            | Metric::BackendNewFlows => BACKEND,
+            | Metric::BackendNewFlows
+            | Metric::SnatPortsInUse
+            | Metric::SnatPortsCapacity
+            | Metric::SnatPortsExhausted => BACKEND,
             Metric::BackendPackets | Metric::BackendBytes => &["service", "pool", "backend", "direction"],
             Metric::BackendConnectionEvents => &["service", "pool", "backend", "event"],
             Metric::HealthTransitions => &["service", "pool", "backend", "check", "to"],
@@ -224,6 +239,18 @@ impl Metric {
             Metric::BackendBytes => {
                 "IP bytes forwarded for the backend's connections; direction in is client to backend, out is \
                  backend to client."
+            }
+            Metric::SnatPortsInUse => {
+                "SNAT (address, port) pairs the backend's flows hold after the last sweep; a backend address in \
+                 several services (or behind a standby VIP) shares one budget and shows it in each."
+            }
+            Metric::SnatPortsCapacity => {
+                "SNAT (address, port) pairs a backend's flows can hold at once: SNAT addresses times snat_ports. \
+                 New connections are refused when bglb_snat_ports_in_use reaches it."
+            }
+            Metric::SnatPortsExhausted => {
+                "Connection requests to the backend refused with a RST because every SNAT (address, port) pair \
+                 they could get was in use: add snat_addresses or widen snat_ports."
             }
             Metric::HealthTransitions => "Times a backend's health check went up or down (label to).",
             Metric::HealthDuration => {

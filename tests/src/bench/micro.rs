@@ -138,6 +138,7 @@ struct Timed<'a> {
 fn packet_paths(o: &MicroOptions) -> (Vec<PathCost>, Vec<MapMemory>) {
     let lab = PacketLab::new(&PacketLabOptions {
         max_flows: DEFAULT_MAX_FLOWS,
+        snat_addrs: vec![SNAT],
         // Wide, so that the SYN runs never make port claims probe far.
         snat_ports: (1024, 65535),
         blue_percent: 50,

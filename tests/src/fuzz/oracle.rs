@@ -237,7 +237,7 @@ impl Oracle {
     /// The reverse-NAT key of a flow's (backend, SNAT port).
     fn nat_key(&self, flow: &Flow) -> Option<NatKey> {
         let backend = self.by_id.get(&flow.backend_id)?;
-        Some(NatKey::new(&Backend::new(0, 0, *backend, 0, false), flow.snat_port))
+        Some(flow.nat_key(&Backend::new(0, 0, *backend, 0, false)))
     }
 
     /// A reverse-NAT key as "backend B port P", for failure messages.
@@ -246,7 +246,7 @@ impl Oracle {
         let backend = self
             .by_addr
             .keys()
-            .find(|&&b| NatKey::new(&Backend::new(0, 0, b, 0, false), nat.snat_port) == *nat);
+            .find(|&&b| nat.backend() == b && nat.snat_ip() == SNAT);
         match backend {
             Some(b) => format!("backend {b} port {port}"),
             None => format!("{nat:?} (no such backend)"),

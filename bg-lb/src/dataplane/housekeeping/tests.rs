@@ -14,6 +14,9 @@ const T: FlowTimeouts = FlowTimeouts {
 const SERVICE: u32 = 0;
 const BACKEND_ID: u32 = 3;
 const GENERATION: u32 = 7;
+/// The SNAT address of [`pinned`] flows (wire order), and a second one.
+const SNAT: u32 = u32::from_ne_bytes([10, 0, 0, 1]);
+const SNAT_2: u32 = u32::from_ne_bytes([10, 0, 0, 2]);
 
 fn flow(state: u32, last_seen_s: u64) -> Flow {
     Flow {
@@ -47,13 +50,14 @@ fn pinned(state: u32, snat_port: u16) -> Flow {
         backend_id: BACKEND_ID,
         backend_gen: GENERATION,
         service_id: SERVICE,
+        snat_addr: SNAT,
         snat_port: snat_port.to_be(),
         ..flow(state, 100)
     }
 }
 
 fn nat(snat_port: u16) -> NatKey {
-    NatKey::new(&backend(), snat_port.to_be())
+    NatKey::new(&backend(), SNAT, snat_port.to_be())
 }
 
 /// Judges `flows` (each owning its reverse entry unless `reverse` says
@@ -143,6 +147,38 @@ fn the_census_counts_open_and_embryonic_flows_apart() {
     );
     assert_eq!(census.total_of_service(SERVICE), 5);
     assert_eq!((census.expired, census.orphans), (0, 0));
+    assert_eq!(
+        census.snat_pairs_of(backend().addr()),
+        5,
+        "every flow holds a SNAT pair"
+    );
+}
+
+#[test]
+fn the_census_counts_the_snat_pairs_of_the_flows_that_stay_on_every_address() {
+    let established = SYN_SEEN | SYN_ACK_SEEN | ESTABLISHED;
+    let second = Flow {
+        snat_addr: SNAT_2,
+        ..pinned(established, 20000)
+    };
+    let flows = [
+        (key(1), pinned(established, 20000)),
+        // The same port on the other address: a pair of its own.
+        (key(2), second),
+        // Closed long ago: removed with its entry, so no longer in use.
+        (key(3), pinned(SYN_SEEN | RESET, 20001)),
+    ];
+    let reverse = [
+        (nat(20000), key(1)),
+        (NatKey::new(&backend(), SNAT_2, 20000u16.to_be()), key(2)),
+        (nat(20001), key(3)),
+    ];
+    let judged = sweep(&flows.map(|(k, f)| (k, Flow { last_seen_ns: 0, ..f })), &reverse);
+    assert_eq!(judged.census.snat_pairs_of(backend().addr()), 2);
+    assert_eq!(judged.flows.len(), 1, "{:?}", judged.flows);
+    assert!(judged.orphan_reverse.is_empty(), "{:?}", judged.orphan_reverse);
+    let unknown = SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 11), 8080);
+    assert_eq!(judged.census.snat_pairs_of(unknown), 0);
 }
 
 #[test]
@@ -221,7 +257,7 @@ fn a_flow_whose_backend_id_names_another_backend_now_is_an_orphan_and_so_is_its_
         0,
         false,
     );
-    let old_nat = NatKey::new(&old_backend, 20000u16.to_be());
+    let old_nat = NatKey::new(&old_backend, SNAT, 20000u16.to_be());
     let judged = sweep(&[(key(1), older)], &[(old_nat, key(1))]);
     assert_eq!(removals(&judged), [(key(1), None, Removal::BackendGone)]);
     assert_eq!(judged.orphan_reverse, [(old_nat, key(1))]);
@@ -233,6 +269,8 @@ fn ownership_is_rechecked_against_the_current_flow_and_backend() {
     assert!(owns(Some(&flow), Some(&backend()), &nat(20000)));
     assert!(!owns(None, Some(&backend()), &nat(20000)), "the flow is gone");
     assert!(!owns(Some(&flow), Some(&backend()), &nat(20001)), "another port");
+    let other_address = NatKey::new(&backend(), SNAT_2, 20000u16.to_be());
+    assert!(!owns(Some(&flow), Some(&backend()), &other_address), "another address");
     assert!(!owns(Some(&flow), Some(&Backend::default()), &nat(20000)), "a free id");
     let reused = Backend {
         generation: GENERATION + 1,

@@ -46,6 +46,9 @@ fn snapshot() -> Snapshot {
         bytes_in: 4000,
         packets_out: 30,
         bytes_out: 90_000,
+        snat_ports_in_use: 9,
+        snat_ports_capacity: 20_000,
+        snat_ports_exhausted: 2,
         ..backend_status("10.0.1.1:80", Pool::Blue, BackendHealth::Up)
     };
     let down = BackendStatus {
@@ -276,6 +279,9 @@ fn backend_series_carry_service_pool_and_backend() {
         ("bglb_backend_packets_total", r#",direction="out""#, 30),
         ("bglb_backend_bytes_total", r#",direction="in""#, 4000),
         ("bglb_backend_bytes_total", r#",direction="out""#, 90000),
+        ("bglb_snat_ports_in_use", "", 9),
+        ("bglb_snat_ports_capacity", "", 20000),
+        ("bglb_snat_ports_exhausted_total", "", 2),
     ];
     for (family, extra, value) in rows {
         assert_line(&text, &format!("{family}{{{blue}{extra}}} {value}"));
