@@ -5,7 +5,7 @@
 use std::net::SocketAddrV4;
 
 use crate::{
-    packet_lab::{GATEWAY_MAC, LB_MAC, PacketLab, SNAT, SNAT_PORTS, VIP, mac_of},
+    packet_lab::{GATEWAY_MAC, LB_MAC, PacketLab, SNAT_PORTS, VIP, mac_of},
     packets::{IcmpView, TcpView, parse_checked, parse_checked_icmp, quote_of},
 };
 
@@ -14,7 +14,7 @@ pub enum Out {
     /// Byte for byte the frame that went in.
     Unchanged,
     /// Full NAT to the backend the lookup table picks for the client: from
-    /// the SNAT address and a port of the range (the flow's, if pinned),
+    /// a SNAT address and a port of the range (the flow's, if pinned),
     /// the LB's MAC to the backend's, TTL 63, flags, sequence numbers and
     /// payload as sent, valid checksums.
     ToTableBackend,
@@ -37,9 +37,9 @@ pub enum Out {
     /// other quoted byte as it was; every checksum valid.
     IcmpToClient,
     /// The ICMP error, about a packet the LB sent the row's client,
-    /// translated to the flow's backend: from the SNAT address to the
+    /// translated to the flow's backend: from the flow's SNAT address to the
     /// backend, the LB's MAC to the backend's, TTL 63, quoting what the
-    /// backend sent (backend -> SNAT address and the flow's port), as in
+    /// backend sent (backend -> the flow's SNAT address and port), as in
     /// `IcmpToClient`.
     IcmpToBackend,
     /// A bare fragmentation-needed error (70 bytes) with `mtu` sent back
@@ -61,7 +61,11 @@ impl Out {
                 let (sent, view) = (parse_checked(sent), parse_checked(out));
                 let backend = lab.table_pick(client);
                 assert_eq!(view.dst, backend, "{what}: to the backend the table picks");
-                assert_eq!(*view.src.ip(), SNAT, "{what}: from the SNAT address");
+                assert!(
+                    lab.snat_addrs().contains(view.src.ip()),
+                    "{what}: from a SNAT address, not {}",
+                    view.src.ip()
+                );
                 assert!(
                     (SNAT_PORTS.0..=SNAT_PORTS.1).contains(&view.src.port()),
                     "{what}: SNAT port {} outside {SNAT_PORTS:?}",
@@ -69,9 +73,9 @@ impl Out {
                 );
                 if let Some(flow) = lab.flow(client) {
                     assert_eq!(
-                        u16::from_be(flow.snat_port),
-                        view.src.port(),
-                        "{what}: from the flow's SNAT port"
+                        (flow.snat_addr.to_ne_bytes(), u16::from_be(flow.snat_port)),
+                        (view.src.ip().octets(), view.src.port()),
+                        "{what}: from the flow's SNAT address and port"
                     );
                 }
                 assert_routed(what, &sent, &view, mac_of(*backend.ip()));
@@ -113,15 +117,18 @@ impl Out {
                 assert_translated(what, &parse_checked_icmp(sent), &view, (client, VIP));
             }
             Out::IcmpToBackend => {
-                let (backend, snat_port) = lab.pinned_backend(client).expect("a pinned flow");
+                let (backend, snat) = lab.pinned_backend(client).expect("a pinned flow");
                 let view = parse_checked_icmp(out);
-                assert_eq!((view.src, view.dst), (SNAT, *backend.ip()), "{what}: SNAT to backend");
+                assert_eq!(
+                    (view.src, view.dst),
+                    (*snat.ip(), *backend.ip()),
+                    "{what}: the flow's SNAT address to backend"
+                );
                 assert_eq!(
                     (view.src_mac, view.dst_mac),
                     (LB_MAC, mac_of(*backend.ip())),
                     "{what}: MACs"
                 );
-                let snat = SocketAddrV4::new(SNAT, snat_port);
                 assert_translated(what, &parse_checked_icmp(sent), &view, (backend, snat));
             }
             Out::FragNeeded { mtu } => {

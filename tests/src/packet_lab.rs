@@ -152,6 +152,7 @@ impl PacketLabOptions {
 pub struct PacketLab {
     dataplane: Dataplane,
     spec: ServiceSpec,
+    snat_addrs: Vec<Ipv4Addr>,
 }
 
 impl PacketLab {
@@ -171,6 +172,7 @@ impl PacketLab {
             .map(|&addr| (addr, Pool::Blue))
             .chain(GREEN.iter().map(|&addr| (addr, Pool::Green)));
         let mut lab = Self::with_service(dataplane, o.blue_percent, backends);
+        lab.snat_addrs.clone_from(&o.snat_addrs);
         lab.set_syn_proxy(o.syn_proxy);
         lab
     }
@@ -195,7 +197,16 @@ impl PacketLab {
     ) -> Self {
         let spec = service_spec(VIP, blue_percent, backends);
         dataplane.apply(&spec).expect("program the service");
-        PacketLab { dataplane, spec }
+        PacketLab {
+            dataplane,
+            spec,
+            snat_addrs: Vec::new(),
+        }
+    }
+
+    /// The SNAT addresses the lab's data plane was configured with.
+    pub fn snat_addrs(&self) -> &[Ipv4Addr] {
+        &self.snat_addrs
     }
 
     /// The loaded `bg_lb` XDP program.
@@ -343,15 +354,17 @@ impl PacketLab {
         ip(&format!("route add {to}/32 {via} dev {INTERFACE} mtu lock {mtu}"));
     }
 
-    /// The backend `client`'s pinned flow goes to and its SNAT port.
-    pub fn pinned_backend(&self, client: SocketAddrV4) -> Option<(SocketAddrV4, u16)> {
+    /// The backend `client`'s pinned flow goes to and its SNAT address and
+    /// port.
+    pub fn pinned_backend(&self, client: SocketAddrV4) -> Option<(SocketAddrV4, SocketAddrV4)> {
         let flow = self.flow(client)?;
         let backend = self
             .spec
             .backends
             .iter()
             .find(|b| self.dataplane.backend_id(&VIP, &b.addr) == Some(flow.backend_id))?;
-        Some((backend.addr, u16::from_be(flow.snat_port)))
+        let snat = Ipv4Addr::from(flow.snat_addr.to_ne_bytes());
+        Some((backend.addr, SocketAddrV4::new(snat, u16::from_be(flow.snat_port))))
     }
 
     /// The service's lookup-table inputs as the data plane holds them.
