@@ -68,10 +68,13 @@ pub struct NameLab {
 }
 
 /// What a test adds to the [`NameLab`] daemon's config; the rest is fixed:
-/// native XDP on eth0, the LB's address for SNAT, 65,536 flows, and the
-/// service `web` on VIP:80 over every backend.
+/// native XDP on eth0, the LB's address for SNAT (unless `snat_addresses`),
+/// 65,536 flows, and the service `web` on VIP:80 over every backend.
 #[derive(Clone, Debug, Default)]
 pub struct NameLabConfig<'a> {
+    /// `snat_addresses`, each added to the LB's eth0 before the daemon
+    /// starts; empty: `snat_address` is the LB's address.
+    pub snat_addresses: &'a [Ipv4Addr],
     /// Top-level settings, first in the file.
     pub settings: &'a str,
     /// Lines for the `[admin]` table.
@@ -89,8 +92,14 @@ impl NameLabConfig<'_> {
     /// `state_dir` and `[admin] socket` lines.
     fn render(&self, vip: SocketAddrV4, backends: &[Ipv4Addr], paths: &str) -> String {
         let weight = self.weight.map_or(String::new(), |w| format!("weight = {w}\n"));
+        let snat = if self.snat_addresses.is_empty() {
+            format!("snat_address = \"{LB_ADDR}\"")
+        } else {
+            let quoted: Vec<String> = self.snat_addresses.iter().map(|a| format!("\"{a}\"")).collect();
+            format!("snat_addresses = [{}]", quoted.join(", "))
+        };
         format!(
-            "{}interface = \"eth0\"\nxdp_mode = \"native\"\nsnat_address = \"{LB_ADDR}\"\nmax_flows = 65536\n\
+            "{}interface = \"eth0\"\nxdp_mode = \"native\"\n{snat}\nmax_flows = 65536\n\
              lookup_capacity = 262148\n{paths}{}\n{}[[service]]\nname = \"{SERVICE}\"\nvip = \"{vip}\"\n{}{}",
             self.settings,
             self.admin,
@@ -107,6 +116,9 @@ impl NameLab {
     pub fn start(bin: &'static str, backends: usize, launch: Option<Launch>, config: &NameLabConfig) -> Self {
         crate::require_root();
         let topo = OneArm::new(backends);
+        for addr in config.snat_addresses.iter().filter(|&&a| a != LB_ADDR) {
+            topo.lb.ns.ip(&format!("addr add {addr}/32 dev eth0"));
+        }
         let servers = NameServer::start_on_each(&topo.backends, BACKEND_PORT)
             .into_iter()
             .map(Some)

@@ -21,6 +21,7 @@ use bg_lb_tests::{
     http,
     lab::{NameLab, NameLabConfig, backend_index, pool_of},
     servers::NameClient,
+    topology::LB_ADDR,
 };
 
 const BG_LB: &str = env!("CARGO_BIN_EXE_bg-lb-under-test");
@@ -482,5 +483,117 @@ fn ctl_top_shows_ratio_backends_and_rates() {
         let total = new_per_second(frame, "blue ").unwrap() + new_per_second(frame, "green ").unwrap();
         assert!(total > 0.0, "new connections per second while clients connect: {frame}");
         assert!(frame.contains("B/s"), "{frame}");
+    }
+}
+
+/// The peers of the established connections to `port` in the calling
+/// thread's network namespace, from `/proc/thread-self/net/tcp`.
+fn established_peers(port: u16) -> Vec<SocketAddrV4> {
+    let table = fs::read_to_string("/proc/thread-self/net/tcp").expect("read /proc/thread-self/net/tcp");
+    let endpoint = |text: &str| {
+        let (ip, port) = text.split_once(':').expect("ADDR:PORT");
+        let ip = u32::from_str_radix(ip, 16).expect("hex address");
+        // The kernel prints the wire-order address as a native integer.
+        SocketAddrV4::new(
+            Ipv4Addr::from(ip.to_ne_bytes()),
+            u16::from_str_radix(port, 16).expect("hex port"),
+        )
+    };
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (local, remote, state) = (endpoint(fields[1]), endpoint(fields[2]), fields[3]);
+            (local.port() == port && state == "01").then_some(remote)
+        })
+        .collect()
+}
+
+#[test]
+fn a_second_snat_address_doubles_a_backends_ports_and_a_syn_past_them_is_refused_and_counted() {
+    // Four ports per address, two addresses: one backend holds at most
+    // eight connections at once.
+    let second = Ipv4Addr::new(10, 99, 0, 200);
+    let settings = format!("metrics = \"{METRICS}\"\nsnat_ports = \"20000-20003\"\n");
+    let config = NameLabConfig {
+        snat_addresses: &[LB_ADDR, second],
+        settings: &settings,
+        service: "[service.health]\ninterval = \"300ms\"\nfast_interval = \"100ms\"\ntimeout = \"200ms\"\n",
+        ..NameLabConfig::default()
+    };
+    let lab = NameLab::start(BG_LB, 1, None, &config);
+    wait_for(&lab, "the backend checked and up", |m| {
+        m.backend(&lab, "bglb_backend_up", 0) == 1.0
+            && m.backend(&lab, "bglb_health_check_duration_seconds_count", 0) > 0.0
+    });
+    let vip = lab.vip();
+    let connect = move |n: usize| {
+        (0..n)
+            .map(|_| {
+                let mut client = NameClient::connect(vip)?;
+                assert_eq!(client.ask()?, "b0");
+                Ok(client)
+            })
+            .collect::<std::io::Result<Vec<_>>>()
+    };
+
+    // Six at once: more than one address's four ports.
+    let mut held = lab
+        .topo
+        .client
+        .ns
+        .run(move || connect(6))
+        .unwrap_or_else(|e| panic!("six connections through two SNAT addresses: {e}\n{}", lab.daemon.log()));
+    let peers = lab.topo.backends[0].ns.run(move || established_peers(8080));
+    assert_eq!(peers.len(), 6, "{peers:?}");
+    for address in [LB_ADDR, second] {
+        assert!(
+            peers.iter().any(|p| *p.ip() == address),
+            "the backend sees {address}: {peers:?}"
+        );
+    }
+    assert!(peers.iter().all(|p| (20000..=20003).contains(&p.port())), "{peers:?}");
+    let metrics = wait_for(&lab, "six SNAT pairs in use", |m| {
+        m.backend(&lab, "bglb_snat_ports_in_use", 0) == 6.0
+    });
+    assert_eq!(metrics.backend(&lab, "bglb_snat_ports_capacity", 0), 8.0);
+    assert_eq!(metrics.backend(&lab, "bglb_snat_ports_exhausted_total", 0), 0.0);
+    let b0 = &lab.daemon.status("web").backends[0];
+    assert_eq!((b0.snat_ports_in_use, b0.snat_ports_capacity), (6, 8), "{b0:?}");
+    let table = lab.daemon.ctl_ok(&["status"]);
+    assert!(table.contains("SNAT PORTS") && table.contains("6/8"), "{table}");
+
+    // Two more spend the budget; the next SYN finds no pair and gets a RST.
+    held.extend(
+        lab.topo
+            .client
+            .ns
+            .run(move || connect(2))
+            .unwrap_or_else(|e| panic!("the seventh and eighth connections: {e}\n{}", lab.daemon.log())),
+    );
+    let refused = lab
+        .topo
+        .client
+        .ns
+        .run(move || NameClient::connect(vip).err().map(|e| e.kind()));
+    assert_eq!(refused, Some(std::io::ErrorKind::ConnectionRefused), "refused at once");
+    // The sweep counts pairs in use once a second: wait for it.
+    let metrics = wait_for(&lab, "the exhaustion counted for the backend, every pair in use", |m| {
+        m.backend(&lab, "bglb_snat_ports_exhausted_total", 0) == 1.0
+            && m.backend(&lab, "bglb_snat_ports_in_use", 0) == 8.0
+    });
+    assert_eq!(
+        metrics.get(
+            "bglb_packets_total",
+            &[("reason", Counter::SnatPortsExhausted.name()), ("verdict", "reset")]
+        ),
+        1.0
+    );
+    let b0 = &lab.daemon.status("web").backends[0];
+    assert_eq!((b0.snat_ports_in_use, b0.snat_ports_exhausted), (8, 1), "{b0:?}");
+    // Every held connection still works.
+    for client in &mut held {
+        assert_eq!(client.ask().expect("a held connection answers"), "b0");
     }
 }
