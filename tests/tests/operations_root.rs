@@ -554,6 +554,42 @@ fn snat_ports_overlapping_the_ephemeral_ports_refuse_to_start_and_check_config_w
 }
 
 #[test]
+fn a_snat_address_the_host_does_not_have_refuses_to_start() {
+    require_root();
+    let lb = NetNs::new("snatlocal");
+    lb.ip("link add eth0 type veth peer name eth1");
+    lb.ip(&format!("addr add {LB_ADDR}/24 dev eth0"));
+    lb.ip("link set eth0 up");
+    let dir = TempDir::new("snatlocal");
+    let pin_dir = format!("/sys/fs/bpf/bglb-ops-{}-snatlocal", std::process::id());
+    let config = dir.path("bg-lb.toml");
+    fs::write(
+        &config,
+        format!(
+            "interface = \"eth0\"\nsnat_addresses = [\"{LB_ADDR}\", \"10.99.0.77\"]\npin_dir = \"{pin_dir}\"\n\
+             state_dir = \"{}\"\n[admin]\nsocket = \"{}\"\n",
+            dir.path("state").display(),
+            dir.path("admin.sock").display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new("timeout")
+        .args(["20", "nsenter"])
+        .arg(format!("--net=/run/netns/{}", lb.name))
+        .args([BG_LB, "run", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("SNAT address 10.99.0.77 is not local to this host") && stderr.contains("ip addr add"),
+        "{stderr}"
+    );
+    assert!(!Path::new(&pin_dir).exists(), "refused before touching bpffs");
+}
+
+#[test]
 fn a_bpffs_mounted_by_the_daemon_in_a_private_mount_namespace_is_warned_about() {
     let dir = TempDir::new("bpffs");
     // Like `ip netns exec` or a container without -v /sys/fs/bpf: the
