@@ -202,8 +202,8 @@ fn log_drop(ctx: &XdpContext, counter: Counter, now: u64) {
     match counter {
         Counter::SnatPortsExhausted => warn!(
             ctx,
-            "new connections refused: no free SNAT port for their backend; widen snat_ports (at most one line a \
-             second; counter snat_ports_exhausted counts them all)"
+            "new connections refused: no free SNAT (address, port) for their backend; add snat_addresses or widen \
+             snat_ports (at most one line a second; counter snat_ports_exhausted counts them all)"
         ),
         _ => warn!(
             ctx,
