@@ -140,6 +140,12 @@ impl NameLab {
         self.servers[i] = None;
     }
 
+    /// Starts backend `i`'s server again after [`NameLab::stop_server`].
+    pub fn start_server(&mut self, i: usize) {
+        let host = &self.topo.backends[i];
+        self.servers[i] = Some(NameServer::start(&host.ns, self.backend_addr(i), format!("b{i}")));
+    }
+
     /// The names of the backends serving `n` fresh connections to the VIP,
     /// one after another; panics with the daemon log if one fails.
     pub fn names(&self, n: usize) -> Vec<String> {

@@ -12,6 +12,7 @@ use std::{
 mod census;
 mod error;
 mod floods;
+mod last_health;
 mod operator;
 mod preflight;
 mod probes;
@@ -101,12 +102,15 @@ impl Daemon {
                 }
             }
         }
+        // Before the first table write: a backend down when the last daemon
+        // ran stays out of rotation until its probes bring it up.
+        let health = last_health::seed(&config.state_dir);
         let mut daemon = Daemon {
             config_path: config_path.to_owned(),
             config,
             operator,
             dataplane,
-            health: Health::new(),
+            health,
             probes: Vec::new(),
             reports,
             shifts: HashMap::new(),

@@ -1,6 +1,6 @@
 //! Health probes: one per backend and check, and what a report changes.
 
-use super::Daemon;
+use super::{Daemon, last_health};
 use crate::{
     config::{HealthCheck, ServiceConfig},
     desired::{self, HealthView},
@@ -26,7 +26,10 @@ impl Daemon {
                         backend: backend.address,
                         listener,
                     };
-                    let probe = health::spawn_probe(key, service.health.clone(), source, self.reports.clone());
+                    // A check down now (or before the restart) stays down until `rise`.
+                    let known_down = self.health.get(&key).is_some_and(|v| !v.up);
+                    let probe =
+                        health::spawn_probe(key, service.health.clone(), source, known_down, self.reports.clone());
                     self.probes.push(probe);
                 }
             }
@@ -53,7 +56,10 @@ impl Daemon {
             up: report.up,
             last: report.outcome.clone(),
         };
-        self.health.insert(report.key.clone(), view);
+        let previous = self.health.insert(report.key.clone(), view);
+        if previous.is_none_or(|v| v.up != report.up) {
+            last_health::save(&self.config.state_dir, &self.health);
+        }
         let Some(transition) = report.transition else { return };
         let (name, backend, listener) = (&report.key.service, report.key.backend, report.key.listener);
         match (transition, &report.outcome) {
