@@ -30,7 +30,7 @@ pub use self::error::RequestError;
 use self::systemd::Notifier;
 use crate::{
     config::{self, Config, ServiceConfig},
-    dataplane::{Attached, Dataplane, DataplaneOptions, housekeeping::FlowCensus, pins::PinLayout},
+    dataplane::{Attached, Dataplane, DataplaneError, DataplaneOptions, housekeeping::FlowCensus, pins::PinLayout},
     desired::Health,
     health::{CheckKey, Report},
     metrics::{self, AdminRequests, ProbeStats, ReloadStats},
@@ -90,7 +90,15 @@ impl Daemon {
             lookup_capacity: config.lookup_capacity,
             pin_dir: Some(pins.maps_dir()),
         };
-        let mut dataplane = Dataplane::load(&opts).context("loading the XDP data plane (adopting pinned state)")?;
+        let mut dataplane = match Dataplane::load(&opts) {
+            Err(DataplaneError::IncompatiblePin(mismatch)) => bail!(
+                "{mismatch}. Nothing was changed. This bg-lb cannot adopt that data plane: stop the daemon that \
+                 left it and remove it (open connections through the LB end) with `bg-lb teardown --config {}`, \
+                 then start again",
+                config_path.display()
+            ),
+            loaded => loaded.context("loading the XDP data plane (adopting pinned state)")?,
+        };
         for iface in config.interfaces.names() {
             enable_forwarding(iface)?;
             let link = pins.link(iface);
@@ -102,6 +110,7 @@ impl Daemon {
                 }
             }
         }
+        dataplane.finish_migrations()?;
         // Before the first table write: a backend down when the last daemon
         // ran stays out of rotation until its probes bring it up.
         let health = last_health::seed(&config.state_dir);
