@@ -153,6 +153,24 @@ impl NameLab {
             .unwrap_or_else(|e| panic!("connection through the VIP failed: {e}\n{}", self.daemon.log()))
     }
 
+    /// The sum of every series of the daemon's `/metrics`, served at `at` in
+    /// the LB's namespace, whose line starts with `series` (a name, or a
+    /// name and the start of its labels).
+    pub fn metric(&self, at: SocketAddrV4, series: &str) -> f64 {
+        let response = self
+            .topo
+            .lb
+            .ns
+            .run(move || http::request(at, "GET", "/metrics"))
+            .expect("scrape /metrics");
+        response
+            .body
+            .lines()
+            .filter(|line| line.starts_with(series))
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
     /// An open connection through the VIP.
     pub fn connect(&self) -> NameClient {
         let vip = self.vip();

@@ -23,7 +23,6 @@ use aya::{
 use bg_lb::{dataplane::pins::PinLayout, protocol::BackendHealth};
 use bg_lb_common::maps::{self, Backend, Flow, FlowKey, NO_BACKEND, Service, ServiceKey};
 use bg_lb_tests::{
-    http,
     lab::{NameLab, NameLabConfig},
     map_surgery::NatMaps,
 };
@@ -141,22 +140,6 @@ fn set_max_flows(lab: &NameLab, from: u32, to: u32) {
     fs::write(&path, text.replace(&from, &format!("max_flows = {to}\n"))).unwrap();
 }
 
-/// The flow-table capacity `/metrics` reports.
-fn capacity_metric(lab: &NameLab) -> String {
-    let response = lab
-        .topo
-        .lb
-        .ns
-        .run(|| http::request(METRICS, "GET", "/metrics"))
-        .expect("scrape /metrics");
-    response
-        .body
-        .lines()
-        .find_map(|line| line.strip_prefix("bglb_flow_table_capacity "))
-        .unwrap_or_else(|| panic!("no bglb_flow_table_capacity in\n{}", response.body))
-        .to_owned()
-}
-
 fn metrics_lab() -> NameLab {
     let config = NameLabConfig {
         settings: &format!("metrics = \"{METRICS}\"\n"),
@@ -179,7 +162,7 @@ fn a_restart_with_another_max_flows_migrates_the_flow_table_and_keeps_open_conne
         lab.daemon.terminate();
         lab.daemon.spawn();
         assert_eq!(max_entries(&lab, maps::FLOWS), bigger, "{}", lab.daemon.log());
-        assert_eq!(capacity_metric(&lab), bigger.to_string());
+        assert_eq!(lab.metric(METRICS, "bglb_flow_table_capacity "), f64::from(bigger));
         let flow: Option<Flow> = NatMaps::pinned(&lab.daemon.pin_dir).flow(&key);
         assert!(flow.is_some(), "the open flow was copied into the new FLOWS");
         assert_eq!(

@@ -27,6 +27,15 @@ pub struct MapDef {
 }
 
 impl MapDef {
+    /// Whether this is `other` but for its capacity.
+    fn resized_from(&self, other: &MapDef) -> bool {
+        let resized = MapDef {
+            max_entries: other.max_entries,
+            ..*self
+        };
+        resized == *other
+    }
+
     fn type_name(&self) -> String {
         bpf_map_type::try_from(self.map_type)
             .ok()
@@ -151,12 +160,19 @@ impl fmt::Display for Mismatch {
                 path,
                 pinned,
                 expected,
-            } => write!(
-                f,
-                "the map {name} pinned at {} was left by a bg-lb whose data plane differs: pinned {pinned}; this \
-                 bg-lb expects {expected}",
-                path.display()
-            ),
+            } => {
+                let cause = if pinned.resized_from(expected) {
+                    "was created with another capacity, which cannot be migrated (restore the setting that sized it, \
+                     e.g. lookup_capacity, or start afresh)"
+                } else {
+                    "was left by a bg-lb whose data plane differs"
+                };
+                write!(
+                    f,
+                    "the map {name} pinned at {} {cause}: pinned {pinned}; this bg-lb expects {expected}",
+                    path.display()
+                )
+            }
             Mismatch::Unreadable { name, path, cause } => {
                 write!(f, "the map {name} pinned at {} cannot be read: {cause}", path.display())
             }
@@ -196,11 +212,7 @@ pub fn judge(
         if found == want {
             continue;
         }
-        let resized = MapDef {
-            max_entries: want.max_entries,
-            ..found
-        } == want;
-        if resized && migration::can_migrate(name) {
+        if found.resized_from(&want) && migration::can_migrate(name) {
             migrate.push(name);
             continue;
         }
@@ -343,6 +355,18 @@ mod tests {
                 "{name}"
             );
         }
+        let mut pinned = pinned_as_expected();
+        let mut def = expected[maps::LOOKUP_TABLES];
+        def.max_entries = 7;
+        pinned.maps.insert(maps::LOOKUP_TABLES, Ok(def));
+        let err = judge(&pinned, &expected, v).unwrap_err().to_string();
+        assert!(
+            err.contains("LOOKUP_TABLES")
+                && err.contains("was created with another capacity")
+                && err.contains("7 entries")
+                && err.contains("5000 entries"),
+            "{err}"
+        );
     }
 
     #[test]
