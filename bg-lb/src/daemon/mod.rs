@@ -27,7 +27,7 @@ use bg_lb_common::maps::DataplaneConfig;
 use tokio::{sync::mpsc, task::JoinHandle};
 
 pub use self::error::RequestError;
-use self::systemd::Notifier;
+use self::{last_health::LastHealth, systemd::Notifier};
 use crate::{
     config::{self, Config, ServiceConfig},
     dataplane::{Attached, Dataplane, DataplaneError, DataplaneOptions, housekeeping::FlowCensus, pins::PinLayout},
@@ -52,6 +52,8 @@ pub struct Daemon {
     operator: OperatorState,
     dataplane: Dataplane,
     health: Health,
+    /// Each check's health as saved for the next start.
+    last_health: LastHealth,
     probes: Vec<JoinHandle<()>>,
     reports: mpsc::Sender<Report>,
     shifts: HashMap<String, shifts::ActiveShift>,
@@ -113,13 +115,15 @@ impl Daemon {
         dataplane.finish_migrations()?;
         // Before the first table write: a backend down when the last daemon
         // ran stays out of rotation until its probes bring it up.
-        let health = last_health::seed(&config.state_dir);
+        let last_health = LastHealth::load(&config.state_dir);
+        let health = last_health.seed();
         let mut daemon = Daemon {
             config_path: config_path.to_owned(),
             config,
             operator,
             dataplane,
             health,
+            last_health,
             probes: Vec::new(),
             reports,
             shifts: HashMap::new(),

@@ -1,6 +1,6 @@
 //! Health probes: one per backend and check, and what a report changes.
 
-use super::{Daemon, last_health};
+use super::Daemon;
 use crate::{
     config::{HealthCheck, ServiceConfig},
     desired::{self, HealthView},
@@ -42,6 +42,7 @@ impl Daemon {
                 .any(|s| s.name == key.service && s.backends.iter().any(|b| b.address == key.backend))
         };
         self.health.retain(|key, _| exists(key));
+        self.last_health.retain(exists);
         self.probe_stats.retain(|key, _| exists(key));
     }
 
@@ -56,10 +57,8 @@ impl Daemon {
             up: report.up,
             last: report.outcome.clone(),
         };
-        let previous = self.health.insert(report.key.clone(), view);
-        if previous.is_none_or(|v| v.up != report.up) {
-            last_health::save(&self.config.state_dir, &self.health);
-        }
+        self.health.insert(report.key.clone(), view);
+        self.last_health.record(&report.key, report.up);
         let Some(transition) = report.transition else { return };
         let (name, backend, listener) = (&report.key.service, report.key.backend, report.key.listener);
         match (transition, &report.outcome) {
