@@ -163,8 +163,16 @@ fn a_restart_with_another_max_flows_migrates_the_flow_table_and_keeps_open_conne
         lab.daemon.spawn();
         assert_eq!(max_entries(&lab, maps::FLOWS), bigger, "{}", lab.daemon.log());
         assert_eq!(lab.metric(METRICS, "bglb_flow_table_capacity "), f64::from(bigger));
-        let flow: Option<Flow> = NatMaps::pinned(&lab.daemon.pin_dir).flow(&key);
-        assert!(flow.is_some(), "the open flow was copied into the new FLOWS");
+        // 4 backends x 10,000 SNAT ports x 2 is below both: REVERSE_NAT
+        // follows max_flows and migrates too.
+        assert_eq!(max_entries(&lab, maps::REVERSE_NAT), bigger);
+        let nat = NatMaps::pinned(&lab.daemon.pin_dir);
+        let flow: Flow = nat.flow(&key).expect("the open flow was copied into the new FLOWS");
+        assert_eq!(
+            nat.owner(&nat.nat_of(&flow)),
+            Some(key),
+            "its reverse-NAT entry was copied into the new REVERSE_NAT"
+        );
         assert_eq!(
             open.ask().expect("the open connection survives the migration"),
             served_by
