@@ -20,7 +20,7 @@ use aya::{
     maps::{Array, HashMap, Map, MapData, MapInfo},
     programs::links::{FdLink, PinnedLink},
 };
-use bg_lb::{dataplane::pins::PinLayout, protocol::BackendHealth};
+use bg_lb::{daemon::PinsRefused, dataplane::pins::PinLayout, protocol::BackendHealth};
 use bg_lb_common::maps::{self, Backend, Flow, FlowKey, NO_BACKEND, Service, ServiceKey};
 use bg_lb_tests::{
     lab::{NameLab, NameLabConfig},
@@ -272,19 +272,21 @@ fn pins_of_another_value_layout_are_refused_with_the_map_both_layouts_and_the_fi
     let info = MapInfo::from_pin(&flows).unwrap();
     fs::remove_file(&flows).unwrap();
     let (key_size, value_size) = (info.key_size(), info.value_size() + 8);
-    pin_foreign_map(
-        &flows, 9, /* BPF_MAP_TYPE_LRU_HASH */
-        key_size, value_size, MAX_FLOWS,
-    );
+    let map_type = info.map_type().expect("a known map type");
+    pin_foreign_map(&flows, map_type as u32, key_size, value_size, info.max_entries());
     let before = pins(&lab);
 
     let status = lab.daemon.run_to_failure();
-    assert!(!status.success(), "{status}");
+    assert_eq!(
+        status.code(),
+        Some(PinsRefused::EXIT_CODE.into()),
+        "the exit status the unit does not restart on"
+    );
     let log = lab.daemon.log();
     let expected = format!(
-        "the map FLOWS pinned at {} was left by a bg-lb whose data plane differs: pinned LruHash, key {key_size} B, \
-         value {value_size} B, {MAX_FLOWS} entries, flags 0x0; this bg-lb expects LruHash, key {key_size} B, value \
-         {} B, {MAX_FLOWS} entries, flags 0x0. Nothing was changed.",
+        "the map FLOWS pinned at {} was left by a bg-lb whose data plane differs: pinned {map_type:?}, key {key_size} B, \
+         value {value_size} B, {MAX_FLOWS} entries, flags 0x0; this bg-lb expects {map_type:?}, key {key_size} B, \
+         value {} B, {MAX_FLOWS} entries, flags 0x0. Nothing was changed.",
         flows.display(),
         value_size - 8
     );

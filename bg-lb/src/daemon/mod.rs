@@ -46,6 +46,25 @@ const STATUS_FRESHNESS: Duration = Duration::ZERO;
 /// A sweep waits at least this many times its own cost after the last one.
 const SWEEP_DUTY_CYCLE: u32 = 4;
 
+/// Pinned maps this bg-lb cannot adopt. The daemon exits with
+/// [`PinsRefused::EXIT_CODE`], which the systemd unit does not restart on:
+/// another try would only be refused again.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{mismatch}. Nothing was changed. This bg-lb cannot adopt that data plane: stop the daemon that left it and \
+     remove it (open connections through the LB end) with `bg-lb teardown --config {}`, then start again",
+    config.display()
+)]
+pub struct PinsRefused {
+    mismatch: String,
+    config: PathBuf,
+}
+
+impl PinsRefused {
+    /// EX_CONFIG (sysexits.h); the unit's `RestartPreventExitStatus=`.
+    pub const EXIT_CODE: u8 = 78;
+}
+
 pub struct Daemon {
     config_path: PathBuf,
     config: Config,
@@ -93,12 +112,13 @@ impl Daemon {
             pin_dir: Some(pins.maps_dir()),
         };
         let mut dataplane = match Dataplane::load(&opts) {
-            Err(DataplaneError::IncompatiblePin(mismatch)) => bail!(
-                "{mismatch}. Nothing was changed. This bg-lb cannot adopt that data plane: stop the daemon that \
-                 left it and remove it (open connections through the LB end) with `bg-lb teardown --config {}`, \
-                 then start again",
-                config_path.display()
-            ),
+            Err(DataplaneError::IncompatiblePin(mismatch)) => {
+                return Err(PinsRefused {
+                    mismatch: mismatch.to_string(),
+                    config: config_path.to_owned(),
+                }
+                .into());
+            }
             loaded => loaded.context("loading the XDP data plane (adopting pinned state)")?,
         };
         for iface in config.interfaces.names() {
