@@ -3,7 +3,8 @@
 //! - a backend that was down stays out of the tables across restarts and a
 //!   crash loop until its probes bring it up (`rise` successes);
 //! - a restart with another `max_flows` migrates the flow table and keeps
-//!   open connections; pins of another layout are refused, untouched.
+//!   open connections; pins of another layout, or a `max_flows` below the
+//!   flows in use, are refused and left untouched.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -125,6 +126,10 @@ fn maps_dir(lab: &NameLab) -> PathBuf {
     PinLayout::new(&lab.daemon.pin_dir).maps_dir()
 }
 
+fn open_pin(lab: &NameLab, name: &str) -> Map {
+    open(&lab.daemon.pin_dir, name)
+}
+
 fn max_entries(lab: &NameLab, name: &str) -> u32 {
     MapInfo::from_pin(maps_dir(lab).join(name))
         .expect("pinned map")
@@ -160,6 +165,16 @@ fn a_restart_with_another_max_flows_migrates_the_flow_table_and_keeps_open_conne
         let smaller = bigger / 2;
         set_max_flows(&lab, smaller, bigger);
         lab.daemon.terminate();
+        // What a daemon killed in the middle of a migration leaves: removed,
+        // and the migration done afresh.
+        let info = MapInfo::from_pin(maps_dir(&lab).join(maps::FLOWS)).unwrap();
+        pin_foreign_map(
+            &maps_dir(&lab).join(format!("{}-migrating", maps::FLOWS)),
+            info.map_type().expect("a known map type") as u32,
+            info.key_size(),
+            info.value_size(),
+            1024,
+        );
         lab.daemon.spawn();
         assert_eq!(max_entries(&lab, maps::FLOWS), bigger, "{}", lab.daemon.log());
         assert_eq!(lab.metric(METRICS, "bglb_flow_table_capacity "), f64::from(bigger));
@@ -192,6 +207,40 @@ fn a_restart_with_another_max_flows_migrates_the_flow_table_and_keeps_open_conne
     assert_eq!(max_entries(&lab, maps::FLOWS), 4 * MAX_FLOWS);
     assert_eq!(open.ask().expect("still open"), served_by);
     assert_eq!(lab.names(8).len(), 8, "new connections are served");
+}
+
+#[test]
+fn a_max_flows_below_the_flows_in_use_is_refused_and_drops_nothing() {
+    let mut lab = metrics_lab();
+    let mut open = lab.connect();
+    let served_by = open.ask().expect("the connection works");
+    lab.daemon.terminate();
+    // More flows than the new max_flows holds (as spoofed SYNs would leave).
+    let mut flows: HashMap<_, FlowKey, Flow> = open_pin(&lab, maps::FLOWS).try_into().unwrap();
+    for port in 1..=1500 {
+        let client = SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 1), port);
+        flows
+            .insert(FlowKey::from_client(client, lab.vip()), Flow::default(), 0)
+            .unwrap();
+    }
+    drop(flows);
+    set_max_flows(&lab, MAX_FLOWS, 1024);
+    let before = pins(&lab);
+
+    let status = lab.daemon.run_to_failure();
+    assert_eq!(status.code(), Some(1), "a retry may succeed once flows end");
+    let log = lab.daemon.log();
+    assert!(
+        log.contains("migrating pinned map FLOWS: the new capacity holds") && log.contains("raise max_flows"),
+        "{log}"
+    );
+    assert_eq!(
+        pins(&lab),
+        before,
+        "every pin is the object it was, and no migration pin is left"
+    );
+    assert_eq!(max_entries(&lab, maps::FLOWS), MAX_FLOWS);
+    assert_eq!(open.ask().expect("the pinned data plane still forwards"), served_by);
 }
 
 /// Creates a map of this definition and pins it at `path`, as a bg-lb
