@@ -24,10 +24,10 @@ use bg_lb_common::maps::{self, Flow, FlowKey, NatKey};
 /// Copies every entry of one map into another (of the same layout) with
 /// these `bpf_map_update_elem` flags; returns how many it wrote and how many
 /// the target holds afterwards.
-type Copy = fn(&Map, &mut Map, u64) -> Result<(usize, usize), MapError>;
+type CopyFn = fn(&Map, &mut Map, u64) -> Result<(usize, usize), MapError>;
 
 /// The maps whose capacity the config sets, with their key and value types.
-const MIGRATABLE: [(&str, Copy); 2] = [
+const MIGRATABLE: [(&str, CopyFn); 2] = [
     (maps::FLOWS, copy::<FlowKey, Flow>),
     (maps::REVERSE_NAT, copy::<NatKey, FlowKey>),
 ];
@@ -51,7 +51,7 @@ pub(super) struct Migration {
     old: Map,
     pin: PathBuf,
     next: PathBuf,
-    copy: Copy,
+    copy: CopyFn,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -69,8 +69,12 @@ pub enum MigrationError {
     },
     #[error("{0}: its capacity is not set from the config")]
     NotMigratable(&'static str),
-    #[error("replacing the pin {path}: {cause}")]
-    Pin { path: PathBuf, cause: io::Error },
+    #[error("{name}: replacing the pin {path}: {cause}")]
+    Pin {
+        name: &'static str,
+        path: PathBuf,
+        cause: io::Error,
+    },
 }
 
 impl Migration {
@@ -116,6 +120,7 @@ impl Migration {
         let name = self.name;
         let (added, _) = (self.copy)(&self.old, new, NOEXIST).map_err(|cause| MigrationError::Map { name, cause })?;
         fs::rename(&self.next, &self.pin).map_err(|cause| MigrationError::Pin {
+            name,
             path: self.pin.clone(),
             cause,
         })?;
