@@ -52,9 +52,13 @@ pub const HELD_SEGMENTS: &str = "HELD_SEGMENTS";
 /// `PerCpuArray<HeldSegment>` with one entry: where a segment is put
 /// together before it goes into [`HELD_SEGMENTS`] (too big for the stack).
 pub const HELD_SCRATCH: &str = "HELD_SCRATCH";
+/// `Array<u64>` with one entry: the layout version of the pinned maps (a
+/// hash of every map's definition, computed by userspace from the object),
+/// so a bg-lb whose maps differ never adopts them. The program never reads it.
+pub const LAYOUT: &str = "LAYOUT";
 
 /// Every map of the load balancer object, for pinning and teardown.
-pub const ALL_MAPS: [&str; 16] = [
+pub const ALL_MAPS: [&str; 17] = [
     SERVICES,
     BACKENDS,
     LOOKUP_TABLES,
@@ -71,6 +75,7 @@ pub const ALL_MAPS: [&str; 16] = [
     SYN_PROXY_JOBS,
     HELD_SEGMENTS,
     HELD_SCRATCH,
+    LAYOUT,
 ];
 
 /// Name of the load balancer's XDP program in the object.

@@ -73,6 +73,10 @@ pub static HELD_SEGMENTS: LruHashMap<FlowKey, HeldSegment> = LruHashMap::with_ma
 #[map]
 pub static HELD_SCRATCH: PerCpuArray<HeldSegment> = PerCpuArray::with_max_entries(1, 0);
 
+// Written and read by userspace only (see bg_lb_common::maps::LAYOUT).
+#[map]
+pub static LAYOUT: Array<u64> = Array::with_max_entries(1, 0);
+
 /// The pinned flow under `key`, to update in place for this packet.
 /// FLOWS is an LRU: an entry may be evicted under pressure, which the
 /// reply path and the daemon's sweep detect (see [`REVERSE_NAT`]).

@@ -19,7 +19,10 @@ pub fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            match e.downcast_ref::<daemon::PinsRefused>() {
+                Some(_) => ExitCode::from(daemon::PinsRefused::EXIT_CODE),
+                None => ExitCode::FAILURE,
+            }
         }
     }
 }

@@ -20,7 +20,6 @@ use serde::{Deserialize, Serialize};
 use crate::{ratio::Ratio, shift::ShiftRecord};
 
 pub const STATE_FILE: &str = "state.json";
-const TEMP_FILE: &str = ".state.json.tmp";
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -89,21 +88,27 @@ pub fn load(dir: &Path) -> Result<OperatorState, StateError> {
 }
 
 pub fn save(dir: &Path, state: &OperatorState) -> Result<(), StateError> {
-    let io_err = |path: &Path| {
-        let path = path.to_owned();
-        move |cause| StateError::Io { path, cause }
-    };
-    fs::create_dir_all(dir).map_err(io_err(dir))?;
-    let temp = dir.join(TEMP_FILE);
-    let mut file = File::create(&temp).map_err(io_err(&temp))?;
     let mut bytes = serde_json::to_vec_pretty(state).expect("state serializes");
     bytes.push(b'\n');
-    file.write_all(&bytes).map_err(io_err(&temp))?;
-    file.sync_all().map_err(io_err(&temp))?;
-    let path = dir.join(STATE_FILE);
-    fs::rename(&temp, &path).map_err(io_err(&path))?;
+    write_atomic(dir, STATE_FILE, &bytes).map_err(|(path, cause)| StateError::Io { path, cause })
+}
+
+/// Writes `bytes` to `dir/name` atomically (see the module docs), creating
+/// `dir` if needed; on failure, the path that failed and why.
+pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), (PathBuf, io::Error)> {
+    let at = |path: &Path| {
+        let path = path.to_owned();
+        move |cause| (path, cause)
+    };
+    fs::create_dir_all(dir).map_err(at(dir))?;
+    let temp = dir.join(format!(".{name}.tmp"));
+    let mut file = File::create(&temp).map_err(at(&temp))?;
+    file.write_all(bytes).map_err(at(&temp))?;
+    file.sync_all().map_err(at(&temp))?;
+    let path = dir.join(name);
+    fs::rename(&temp, &path).map_err(at(&path))?;
     // The rename itself must reach the disk too.
-    File::open(dir).and_then(|d| d.sync_all()).map_err(io_err(dir))
+    File::open(dir).and_then(|d| d.sync_all()).map_err(at(dir))
 }
 
 #[cfg(test)]
@@ -148,7 +153,11 @@ mod tests {
         let dir = temp_dir("torn");
         save(&dir, &sample()).unwrap();
         // A crash mid-write leaves a partial temporary file beside the state.
-        fs::write(dir.join(TEMP_FILE), b"{\"services\": {\"web\": {\"ra").unwrap();
+        fs::write(
+            dir.join(format!(".{STATE_FILE}.tmp")),
+            b"{\"services\": {\"web\": {\"ra",
+        )
+        .unwrap();
         assert_eq!(load(&dir).unwrap(), sample());
         // The next save replaces it and still yields a complete file.
         let mut next = sample();

@@ -106,6 +106,47 @@ impl Daemon {
     /// network namespace is entered (nsenter), not a mount namespace as with
     /// `ip netns exec`, so the pins land on the host's bpffs and outlive it.
     pub fn spawn(&mut self) {
+        let child = self
+            .command()
+            .spawn()
+            .expect("spawn bg-lb run (needs nsenter from util-linux)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !self.ctl(&["status"]).status.success() {
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("bg-lb run exited ({status}):\n{}", self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "bg-lb run did not answer in 20s:\n{}",
+                self.log()
+            );
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Starts the daemon (none may be running) for a start that must fail,
+    /// and waits for it to exit; panics if it serves instead.
+    pub fn run_to_failure(&mut self) -> std::process::ExitStatus {
+        assert!(self.child.is_none(), "a daemon is running");
+        let mut child = self.command().spawn().expect("spawn bg-lb run");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = child.try_wait().expect("wait for bg-lb run") {
+                return status;
+            }
+            if Instant::now() >= deadline || self.ctl(&["status"]).status.success() {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("bg-lb run did not fail:\n{}", self.log());
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The daemon's command line, inside its network namespace, logging to
+    /// `daemon.log`.
+    fn command(&self) -> Command {
         let log = fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -125,27 +166,13 @@ impl Daemon {
             }
             None => command.args([self.bin, "run", "--config"]).arg(self.config_path()),
         };
-        let child = command
+        command
             .stdout(log.try_clone().expect("log fd"))
             .stderr(log)
             // Its own process group: a terminal's Ctrl-C goes to the test or
             // demo, which then tears everything down in order.
-            .process_group(0)
-            .spawn()
-            .expect("spawn bg-lb run (needs nsenter from util-linux)");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !self.ctl(&["status"]).status.success() {
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                panic!("bg-lb run exited ({status}):\n{}", self.log());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "bg-lb run did not answer in 20s:\n{}",
-                self.log()
-            );
-            thread::sleep(Duration::from_millis(100));
-        }
+            .process_group(0);
+        command
     }
 
     /// `bg-lb ctl --socket S ARGS` with the terminal attached, so progress

@@ -152,11 +152,35 @@ impl NameLab {
         self.servers[i] = None;
     }
 
+    /// Starts backend `i`'s server again after [`NameLab::stop_server`].
+    pub fn start_server(&mut self, i: usize) {
+        let host = &self.topo.backends[i];
+        self.servers[i] = Some(NameServer::start(&host.ns, self.backend_addr(i), format!("b{i}")));
+    }
+
     /// The names of the backends serving `n` fresh connections to the VIP,
     /// one after another; panics with the daemon log if one fails.
     pub fn names(&self, n: usize) -> Vec<String> {
         ask_names(&self.topo.client.ns, self.vip(), n)
             .unwrap_or_else(|e| panic!("connection through the VIP failed: {e}\n{}", self.daemon.log()))
+    }
+
+    /// The sum of every series of the daemon's `/metrics`, served at `at` in
+    /// the LB's namespace, whose line starts with `series` (a name, or a
+    /// name and the start of its labels).
+    pub fn metric(&self, at: SocketAddrV4, series: &str) -> f64 {
+        let response = self
+            .topo
+            .lb
+            .ns
+            .run(move || http::request(at, "GET", "/metrics"))
+            .expect("scrape /metrics");
+        response
+            .body
+            .lines()
+            .filter(|line| line.starts_with(series))
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
     }
 
     /// An open connection through the VIP.

@@ -204,6 +204,11 @@ fn unit_runs_the_daemon_with_the_default_config_and_restarts_on_failure() {
     argv[0] = "bg-lb".into();
     assert_runs_the_daemon_with_the_default_config(&argv);
     assert_eq!(unit.get("Service", "Restart"), Some("on-failure"));
+    assert_eq!(
+        unit.get("Service", "RestartPreventExitStatus"),
+        Some(bg_lb::daemon::PinsRefused::EXIT_CODE.to_string().as_str()),
+        "pins the daemon refuses are not retried in a loop"
+    );
     assert_eq!(unit.get("Service", "LimitMEMLOCK"), Some("infinity"));
 }
 

@@ -18,7 +18,6 @@ use std::{
 use bg_lb::{protocol::ServiceStatus, ratio::Pool};
 use bg_lb_common::maps::FlowKey;
 use bg_lb_tests::{
-    http,
     lab::{NameLab, NameLabConfig},
     map_surgery::NatMaps,
     packets::{ACK, RST, SYN},
@@ -66,21 +65,9 @@ fn embryonic(status: &ServiceStatus) -> u64 {
     status.backends.iter().map(|b| b.embryonic_flows).sum()
 }
 
-/// The sum of every series of `/metrics` whose line starts with `series`
-/// (a name, or a name and the start of its labels).
+/// The sum of every series of `/metrics` whose line starts with `series`.
 fn metric(lab: &NameLab, series: &str) -> f64 {
-    let response = lab
-        .topo
-        .lb
-        .ns
-        .run(|| http::request(METRICS, "GET", "/metrics"))
-        .expect("scrape /metrics");
-    response
-        .body
-        .lines()
-        .filter(|line| line.starts_with(series))
-        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    lab.metric(METRICS, series)
 }
 
 // --- Forged RSTs --------------------------------------------------------------------

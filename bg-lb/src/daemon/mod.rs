@@ -12,6 +12,7 @@ use std::{
 mod census;
 mod error;
 mod floods;
+mod last_health;
 mod operator;
 mod preflight;
 mod probes;
@@ -26,10 +27,10 @@ use bg_lb_common::maps::DataplaneConfig;
 use tokio::{sync::mpsc, task::JoinHandle};
 
 pub use self::error::RequestError;
-use self::systemd::Notifier;
+use self::{last_health::LastHealth, systemd::Notifier};
 use crate::{
     config::{self, Config, ServiceConfig},
-    dataplane::{Attached, Dataplane, DataplaneOptions, housekeeping::FlowCensus, pins::PinLayout},
+    dataplane::{Attached, Dataplane, DataplaneError, DataplaneOptions, housekeeping::FlowCensus, pins::PinLayout},
     desired::Health,
     health::{CheckKey, Report},
     metrics::{self, AdminRequests, ProbeStats, ReloadStats},
@@ -45,12 +46,33 @@ const STATUS_FRESHNESS: Duration = Duration::ZERO;
 /// A sweep waits at least this many times its own cost after the last one.
 const SWEEP_DUTY_CYCLE: u32 = 4;
 
+/// Pinned maps this bg-lb cannot adopt. The daemon exits with
+/// [`PinsRefused::EXIT_CODE`], which the systemd unit does not restart on:
+/// another try would only be refused again.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{mismatch}. Nothing was changed. This bg-lb cannot adopt that data plane: stop the daemon that left it and \
+     remove it (open connections through the LB end) with `bg-lb teardown --config {}`, then start again",
+    config.display()
+)]
+pub struct PinsRefused {
+    mismatch: String,
+    config: PathBuf,
+}
+
+impl PinsRefused {
+    /// EX_CONFIG (sysexits.h); the unit's `RestartPreventExitStatus=`.
+    pub const EXIT_CODE: u8 = 78;
+}
+
 pub struct Daemon {
     config_path: PathBuf,
     config: Config,
     operator: OperatorState,
     dataplane: Dataplane,
     health: Health,
+    /// Each check's health as saved for the next start.
+    last_health: LastHealth,
     probes: Vec<JoinHandle<()>>,
     reports: mpsc::Sender<Report>,
     shifts: HashMap<String, shifts::ActiveShift>,
@@ -90,7 +112,16 @@ impl Daemon {
             lookup_capacity: config.lookup_capacity,
             pin_dir: Some(pins.maps_dir()),
         };
-        let mut dataplane = Dataplane::load(&opts).context("loading the XDP data plane (adopting pinned state)")?;
+        let mut dataplane = match Dataplane::load(&opts) {
+            Err(DataplaneError::IncompatiblePin(mismatch)) => {
+                return Err(PinsRefused {
+                    mismatch: mismatch.to_string(),
+                    config: config_path.to_owned(),
+                }
+                .into());
+            }
+            loaded => loaded.context("loading the XDP data plane (adopting pinned state)")?,
+        };
         for iface in config.interfaces.names() {
             enable_forwarding(iface)?;
             let link = pins.link(iface);
@@ -102,12 +133,18 @@ impl Daemon {
                 }
             }
         }
+        dataplane.finish_migrations()?;
+        // Before the first table write: a backend down when the last daemon
+        // ran stays out of rotation until its probes bring it up.
+        let last_health = LastHealth::load(&config.state_dir);
+        let health = last_health.seed();
         let mut daemon = Daemon {
             config_path: config_path.to_owned(),
             config,
             operator,
             dataplane,
-            health: Health::new(),
+            health,
+            last_health,
             probes: Vec::new(),
             reports,
             shifts: HashMap::new(),

@@ -28,7 +28,10 @@ impl Daemon {
                         backend: backend.address,
                         listener,
                     };
-                    let probe = health::spawn_probe(key, service.health.clone(), source, self.reports.clone());
+                    // A check down now (or before the restart) stays down until `rise`.
+                    let known_down = self.health.get(&key).is_some_and(|v| !v.up);
+                    let probe =
+                        health::spawn_probe(key, service.health.clone(), source, known_down, self.reports.clone());
                     self.probes.push(probe);
                 }
             }
@@ -41,6 +44,7 @@ impl Daemon {
                 .any(|s| s.name == key.service && s.backends.iter().any(|b| b.address == key.backend))
         };
         self.health.retain(|key, _| exists(key));
+        self.last_health.retain(exists);
         self.probe_stats.retain(|key, _| exists(key));
     }
 
@@ -56,6 +60,7 @@ impl Daemon {
             last: report.outcome.clone(),
         };
         self.health.insert(report.key.clone(), view);
+        self.last_health.record(&report.key, report.up);
         let Some(transition) = report.transition else { return };
         let (name, backend, listener) = (&report.key.service, report.key.backend, report.key.listener);
         match (transition, &report.outcome) {

@@ -3,11 +3,11 @@
 //! types from bg-lb-common, including the changes [`super::services`]
 //! computes as values.
 
-use std::{mem::size_of, net::Ipv4Addr, path::Path};
+use std::{net::Ipv4Addr, path::Path};
 
 use aya::{
     Ebpf, EbpfLoader, Pod,
-    maps::{Array, DevMapHash, HashMap, MapError, MapInfo, MapType, PerCpuArray, PerCpuValues, ProgramArray},
+    maps::{Array, DevMapHash, HashMap, Map, MapData, MapError, MapInfo, PerCpuArray, PerCpuValues, ProgramArray},
     programs::{
         Xdp, XdpMode,
         links::{FdLink, PinnedLink},
@@ -20,54 +20,10 @@ use bg_lb_common::{
     syn_proxy::JOB_PROGRAMS,
 };
 
-/// The layout each map must have: a pinned map left by a bg-lb whose
-/// layout differs cannot be adopted (the program would misread it).
-/// Capacities that userspace sets at load time are not compared.
-const LAYOUTS: [(&str, MapType, usize, usize, Option<u32>); 10] = [
-    (
-        maps::SERVICES,
-        MapType::Hash,
-        size_of::<ServiceKey>(),
-        size_of::<Service>(),
-        None,
-    ),
-    (maps::BACKENDS, MapType::Array, 4, size_of::<Backend>(), None),
-    (
-        maps::FLOWS,
-        MapType::LruHash,
-        size_of::<FlowKey>(),
-        size_of::<Flow>(),
-        None,
-    ),
-    (
-        maps::REVERSE_NAT,
-        MapType::Hash,
-        size_of::<NatKey>(),
-        size_of::<FlowKey>(),
-        None,
-    ),
-    (
-        maps::BACKEND_STATS,
-        MapType::PerCpuArray,
-        4,
-        size_of::<TrafficStats>(),
-        None,
-    ),
-    (
-        maps::SERVICE_STATS,
-        MapType::PerCpuArray,
-        4,
-        size_of::<TrafficStats>(),
-        None,
-    ),
-    (maps::COUNTERS, MapType::PerCpuArray, 4, 8, Some(COUNTER_COUNT)),
-    (maps::CONFIG, MapType::Array, 4, size_of::<DataplaneConfig>(), None),
-    (maps::VIP_ADDRESSES, MapType::Hash, 4, 4, None),
-    (maps::LOG_TIMES, MapType::Array, 4, 8, Some(COUNTER_COUNT)),
-];
-
 use super::{
     AttachMode, Attached, DataplaneError, DataplaneOptions, EbpfLogger,
+    layout::{self, MapDef, Pinned},
+    migration::{self, Migration},
     services::{ServiceRemoval, ServiceUpdate},
 };
 use crate::ebpf_objects;
@@ -75,33 +31,99 @@ use crate::ebpf_objects;
 pub(super) struct Kernel {
     ebpf: Ebpf,
     logger: Option<EbpfLogger>,
+    /// Pinned maps moved into maps of a new capacity, to finish once the
+    /// program is attached.
+    migrations: Vec<Migration>,
 }
 
 impl Kernel {
     /// Loads the object (creating or, with `pin_dir`, adopting its maps) and
     /// loads the XDP program into the kernel. Nothing is attached yet.
     pub(super) fn load(opts: &DataplaneOptions) -> Result<Self, DataplaneError> {
+        let capacities = [
+            (maps::FLOWS, opts.max_flows),
+            (maps::REVERSE_NAT, opts.reverse_nat_entries.max(opts.max_flows)),
+            (maps::LOOKUP_TABLES, opts.lookup_capacity),
+        ];
         let mut loader = EbpfLoader::new();
-        loader.map_max_entries(maps::FLOWS, opts.max_flows);
-        loader.map_max_entries(maps::REVERSE_NAT, opts.reverse_nat_entries.max(opts.max_flows));
-        loader.map_max_entries(maps::LOOKUP_TABLES, opts.lookup_capacity);
-        if let Some(dir) = &opts.pin_dir {
-            check_pinned_layouts(dir)?;
-            // An existing pin is reused with its contents (flows survive).
-            for name in maps::ALL_MAPS {
+        for (name, entries) in capacities {
+            loader.map_max_entries(name, entries);
+        }
+        let Some(dir) = &opts.pin_dir else {
+            return Self::load_with(&mut loader, Vec::new(), None);
+        };
+        let expected = layout::expected(ebpf_objects::load_balancer(), &capacities).map_err(DataplaneError::Object)?;
+        let version = layout::version(&expected, &capacities);
+        // Judged before anything is created: a refusal touches nothing.
+        let migrate = layout::judge(&read_pinned(dir), &expected, version).map_err(DataplaneError::IncompatiblePin)?;
+        let mut migrations = Vec::new();
+        for name in maps::ALL_MAPS {
+            migration::remove_next_pin(&migration::next_pin(dir, name));
+            if migrate.contains(&name) {
+                let m = Migration::open(dir, name)?;
+                loader.map_pin_path(name, m.next().to_owned());
+                migrations.push(m);
+            } else {
+                // An existing pin is reused with its contents (flows survive).
                 loader.map_pin_path(name, dir.join(name));
             }
         }
+        let next_pins: Vec<_> = migrations.iter().map(|m| m.next().to_owned()).collect();
+        Self::load_with(&mut loader, migrations, Some(version)).inspect_err(|_| {
+            for pin in &next_pins {
+                migration::remove_next_pin(pin);
+            }
+        })
+    }
+
+    /// Loads with `loader`, fills the maps of `migrations`, and records the
+    /// layout `version` of pinned maps.
+    fn load_with(
+        loader: &mut EbpfLoader,
+        migrations: Vec<Migration>,
+        version: Option<u64>,
+    ) -> Result<Self, DataplaneError> {
         let mut ebpf = loader.load(ebpf_objects::load_balancer())?;
         // The program logs only rare failures; without a reader they are
         // simply dropped, so a missing logger is not fatal.
         let logger = aya_log::EbpfLogger::init(&mut ebpf)
             .inspect_err(|e| tracing::warn!(error = %e, "eBPF log records will not be shown"))
             .ok();
-        let mut kernel = Self { ebpf, logger };
+        let mut kernel = Self {
+            ebpf,
+            logger,
+            migrations: Vec::new(),
+        };
+        for m in migrations {
+            let copied = m.fill(kernel.raw_map_mut(m.name)?)?;
+            tracing::info!(
+                map = m.name,
+                entries = copied,
+                "copying a pinned map into one of the new capacity"
+            );
+            kernel.migrations.push(m);
+        }
+        if let Some(version) = version {
+            kernel.array_set(maps::LAYOUT, 0, &version)?;
+        }
         kernel.xdp_mut()?.load().map_err(program_err)?;
         kernel.load_syn_proxy_jobs()?;
         Ok(kernel)
+    }
+
+    /// See [`super::Dataplane::finish_migrations`].
+    pub(super) fn finish_migrations(&mut self) -> Result<(), DataplaneError> {
+        if self.migrations.is_empty() {
+            return Ok(());
+        }
+        for m in std::mem::take(&mut self.migrations) {
+            let name = m.name;
+            let added = m.finish(self.raw_map_mut(name)?)?;
+            tracing::info!(map = name, added, "migrated a pinned map to its new capacity");
+        }
+        // A reverse entry the old program made after the copy may have lost
+        // its port to a new flow: every pinned flow checks its own.
+        self.advance_nat_epoch()
     }
 
     /// Loads the SYN proxy's job programs and puts each in SYN_PROXY_JOBS at
@@ -438,6 +460,10 @@ impl Kernel {
         array.set(index, value, 0).map_err(map_err(name))
     }
 
+    fn raw_map_mut(&mut self, name: &'static str) -> Result<&mut Map, DataplaneError> {
+        self.ebpf.map_mut(name).ok_or(DataplaneError::MissingMap(name))
+    }
+
     fn map<'a, T>(&'a self, name: &'static str) -> Result<T, DataplaneError>
     where
         T: TryFrom<&'a aya::maps::Map, Error = MapError>,
@@ -455,24 +481,48 @@ impl Kernel {
     }
 }
 
-/// Fails unless every map pinned in `dir` has the layout this build's
-/// program expects.
-fn check_pinned_layouts(dir: &Path) -> Result<(), DataplaneError> {
-    for (name, map_type, key_size, value_size, entries) in LAYOUTS {
+impl Drop for Kernel {
+    /// Removes the pins of maps still being migrated (a start that failed
+    /// before [`Kernel::finish_migrations`]): the old pins stay in use.
+    fn drop(&mut self) {
+        for m in &self.migrations {
+            m.abandon();
+        }
+    }
+}
+
+/// What `dir` holds: every pinned map's definition and the layout version.
+fn read_pinned(dir: &Path) -> Pinned {
+    let mut pinned = Pinned {
+        dir: dir.to_owned(),
+        ..Pinned::default()
+    };
+    for name in maps::ALL_MAPS {
         let path = dir.join(name);
         if !path.exists() {
             continue;
         }
-        let info = MapInfo::from_pin(&path).map_err(map_err(name))?;
-        let fits = info.map_type().ok() == Some(map_type)
-            && info.key_size() as usize == key_size
-            && info.value_size() as usize == value_size
-            && entries.is_none_or(|n| info.max_entries() == n);
-        if !fits {
-            return Err(DataplaneError::IncompatiblePin { name, path });
+        let def = MapInfo::from_pin(&path).and_then(|info| {
+            Ok(MapDef {
+                map_type: info.map_type()? as u32,
+                key_size: info.key_size(),
+                value_size: info.value_size(),
+                max_entries: info.max_entries(),
+                flags: info.map_flags(),
+            })
+        });
+        if name == maps::LAYOUT && def.is_ok() {
+            pinned.version = read_version(&path).ok();
         }
+        pinned.maps.insert(name, def.map_err(|e| e.to_string()));
     }
-    Ok(())
+    pinned
+}
+
+fn read_version(path: &Path) -> Result<u64, MapError> {
+    let map = Map::from_map_data(MapData::from_pin(path)?)?;
+    let array: Array<_, u64> = map.try_into()?;
+    array.get(&0, 0)
 }
 
 /// A lookup's value, `None` for a missing key.

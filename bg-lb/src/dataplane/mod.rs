@@ -3,10 +3,14 @@
 //! [`housekeeping`] decide every change as plain values, [`syn_proxy`] is a
 //! service's SYN flood defence as settings and state, and `kernel` is the
 //! one module that talks to the kernel, writing those values to the maps.
+//! Before it adopts pinned maps, `layout` judges whether it can (pure), and
+//! `migration` moves a map whose capacity changed into one of the new size.
 
 pub mod housekeeping;
 mod kernel;
+mod layout;
 pub mod lookup_table;
+mod migration;
 pub mod pins;
 pub mod services;
 pub mod syn_proxy;
@@ -62,11 +66,13 @@ pub enum DataplaneError {
     ProgramFd(std::io::Error),
     #[error(transparent)]
     Services(#[from] ServicesError),
-    #[error(
-        "the map {name} pinned at {path} was left by a bg-lb whose data plane differs from this one's; remove the \
-         old data plane with `bg-lb teardown` (its open connections end) and start again"
-    )]
-    IncompatiblePin { name: &'static str, path: PathBuf },
+    /// Pinned maps this build cannot adopt; nothing was changed.
+    #[error("{0}")]
+    IncompatiblePin(layout::Mismatch),
+    #[error("reading the map definitions of the embedded eBPF object: {0}")]
+    Object(String),
+    #[error("migrating pinned map {0}")]
+    Migration(#[from] migration::MigrationError),
 }
 
 /// Sizes chosen at load time (maps cannot grow once created).
@@ -162,6 +168,14 @@ impl Dataplane {
             kernel.add_vip_address(addr)?;
         }
         Ok(Self { kernel, services })
+    }
+
+    /// Finishes migrating the pinned maps whose capacity changed (a new
+    /// `max_flows`), once this program is attached on every pinned link:
+    /// copies what the old program added meanwhile and replaces their pins.
+    /// Until then the old pins stay, so a start that fails keeps them.
+    pub fn finish_migrations(&mut self) -> Result<(), DataplaneError> {
+        self.kernel.finish_migrations()
     }
 
     /// The reader of the program's aya-log records (once).

@@ -96,6 +96,7 @@ impl PinLayout {
         wait_released(&link_ids)?;
         for name in ALL_MAPS {
             remove_file(&self.maps_dir().join(name))?;
+            remove_file(&super::migration::next_pin(&self.maps_dir(), name))?;
         }
         for dir in [links, self.maps_dir(), self.root.clone()] {
             match fs::remove_dir(&dir) {

@@ -11,6 +11,8 @@ pub enum Failure {
     HttpStatus(u16),
     BodyMismatch,
     BadResponse(String),
+    /// Down when the daemon last ran, and not probed up since it started.
+    DownBeforeRestart,
 }
 
 impl fmt::Display for Failure {
@@ -22,6 +24,7 @@ impl fmt::Display for Failure {
             Failure::HttpStatus(code) => write!(f, "HTTP {code}"),
             Failure::BodyMismatch => f.write_str("body mismatch"),
             Failure::BadResponse(e) => write!(f, "bad HTTP response: {e}"),
+            Failure::DownBeforeRestart => f.write_str("down before the daemon restarted"),
         }
     }
 }

@@ -6,6 +6,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use serde::{Deserialize, Serialize};
 use tokio::{net::TcpSocket, sync::mpsc, task::JoinHandle};
 
 use super::{Failure, Outcome, Tracker, Transition, http::http_check};
@@ -13,14 +14,15 @@ use crate::config::{HealthCheck, HealthConfig};
 
 /// Which listener a check serves: the live VIP checks the live path, the
 /// standby VIP the standby path.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Listener {
     Live,
     Standby,
 }
 
 /// One probe's identity.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct CheckKey {
     pub service: String,
     pub backend: SocketAddrV4,
@@ -38,16 +40,22 @@ pub struct Report {
     pub duration: Duration,
 }
 
-/// Runs `key`'s probe forever, reporting every result. Dropping (aborting)
-/// the handle stops it.
+/// Runs `key`'s probe forever, reporting every result; `known_down` starts
+/// it down (see [`Tracker::known_down`]). Dropping (aborting) the handle
+/// stops it.
 pub fn spawn_probe(
     key: CheckKey,
     config: HealthConfig,
     source: Ipv4Addr,
+    known_down: bool,
     reports: mpsc::Sender<Report>,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
-        let mut tracker = Tracker::new(config.rise, config.fall);
+        let mut tracker = if known_down {
+            Tracker::known_down(config.rise, config.fall)
+        } else {
+            Tracker::new(config.rise, config.fall)
+        };
         loop {
             let started = Instant::now();
             let outcome = probe(&key, &config, source).await;

@@ -4,9 +4,10 @@
 use super::Outcome;
 
 /// Up or down after `rise` consecutive successes or `fall` consecutive
-/// failures. Until the first result the backend counts as up, so a
-/// restarted daemon keeps serving; the first result then sets the state
-/// directly, and rise/fall govern every change after it.
+/// failures. A backend with no known health counts as up until its first
+/// result, which then sets the state directly; rise/fall govern every change
+/// after it. A backend last known down ([`Tracker::known_down`]) starts
+/// down and needs `rise` successes.
 #[derive(Clone, Debug)]
 pub struct Tracker {
     rise: u32,
@@ -33,6 +34,17 @@ impl Tracker {
             checked: false,
             streak: 0,
             last: None,
+        }
+    }
+
+    /// A backend that was down when the daemon last ran (or before a
+    /// reload): it stays down until `rise` consecutive successes, so a
+    /// restart never puts it back into rotation on one lucky probe.
+    pub fn known_down(rise: u32, fall: u32) -> Self {
+        Self {
+            up: false,
+            checked: true,
+            ..Self::new(rise, fall)
         }
     }
 
@@ -88,6 +100,20 @@ mod tests {
         let mut t = Tracker::new(2, 3);
         assert_eq!(t.record(Ok(())), None);
         assert!(t.is_up());
+    }
+
+    #[test]
+    fn a_backend_known_down_needs_rise_successes_to_come_up() {
+        let mut t = Tracker::known_down(3, 2);
+        assert!(!t.is_up(), "known down: out of rotation before any probe");
+        assert_eq!(t.record(Ok(())), None, "one success is not a rise");
+        assert_eq!(t.record(Ok(())), None);
+        assert!(!t.is_up());
+        assert_eq!(t.record(Ok(())), Some(Transition::WentUp));
+        assert!(t.is_up());
+        let mut t = Tracker::known_down(3, 2);
+        assert_eq!(t.record(fail()), None, "still down is no transition");
+        assert!(!t.is_up());
     }
 
     #[test]
