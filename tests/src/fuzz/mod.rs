@@ -13,7 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use bg_lb::dataplane::FlowTimeouts;
+use bg_lb::dataplane::{FlowTimeouts, syn_proxy::SynProxyMode};
 use frames::{Origin, Traffic};
 use oracle::{Class, Oracle};
 
@@ -46,6 +46,8 @@ pub struct FuzzReport {
     pub table_checks: u64,
     /// The most flows the table held at a check.
     pub most_flows: usize,
+    /// See [`Oracle::cookie_mss_fallbacks`].
+    pub cookie_mss_fallbacks: u64,
     pub violations: Vec<String>,
 }
 
@@ -56,14 +58,15 @@ impl FuzzReport {
 
     pub fn summary(&self) -> String {
         let mut text = format!(
-            "seed {:#x}: {} frames ({} mutated) in {:.2?} ({:.0} frames/s), {} table checks, up to {} flows\n",
+            "seed {:#x}: {} frames ({} mutated) in {:.2?} ({:.0} frames/s), {} table checks, up to {} flows, {} cookie MSS fallbacks\n",
             self.seed,
             self.frames,
             self.mutated,
             self.elapsed,
             self.frames as f64 / self.elapsed.as_secs_f64(),
             self.table_checks,
-            self.most_flows
+            self.most_flows,
+            self.cookie_mss_fallbacks
         );
         for (class, n) in &self.classes {
             let _ = writeln!(text, "  {class:?}: {n}");
@@ -84,8 +87,9 @@ const SWEEP: FlowTimeouts = FlowTimeouts {
 /// namespace: see [`crate::netns::in_fresh_netns`]).
 pub fn run(o: &FuzzOptions) -> FuzzReport {
     let mut lab = PacketLab::new(&o.lab);
-    let oracle = Oracle::new(&lab, o.lab.snat_ports);
-    let mut traffic = Traffic::new(o.seed, o.sessions, o.lab.snat_ports);
+    let mut oracle = Oracle::new(&lab, &o.lab);
+    let syn_proxy = o.lab.syn_proxy.mode != SynProxyMode::Off;
+    let mut traffic = Traffic::new(o.seed, o.sessions, o.lab.snat_ports, syn_proxy);
     let mut report = FuzzReport {
         seed: o.seed,
         ..FuzzReport::default()
@@ -118,6 +122,7 @@ pub fn run(o: &FuzzOptions) -> FuzzReport {
         }
     }
     report.elapsed = started.elapsed();
+    report.cookie_mss_fallbacks = oracle.cookie_mss_fallbacks();
     report
 }
 
