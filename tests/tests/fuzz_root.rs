@@ -5,8 +5,12 @@
 //! pinned flow or a valid new one, checksums stay right, passed frames are
 //! untouched, the program never aborts, and FLOWS and REVERSE_NAT agree.
 //!
-//! A last test tampers with real outputs to prove the oracle rejects what
-//! it must.
+//! One run has the SYN proxy always on: every connection then goes through
+//! its cookies, held segments and sequence translation, which the oracle
+//! models exactly.
+//!
+//! The last tests tamper with real outputs, with the proxy off and on, to
+//! prove the oracle rejects what it must.
 //!
 //! Deterministic: the seed is printed (`-- --nocapture`, and in every
 //! failure); `BG_LB_FUZZ_SEED=<hex>` replays or varies it,

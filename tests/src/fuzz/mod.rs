@@ -1,8 +1,10 @@
 //! The fuzz test behind `tests/fuzz_root.rs`: millions of generated and
 //! mutated frames ([`frames`]) through the real XDP program in a
 //! [`PacketLab`], each judged by an [`oracle`] that reads the program's maps.
-//! Deterministic for a seed (the flow table's LRU eviction aside, which
-//! only the small-table runs reach).
+//! Deterministic for a seed, but for the flow table's LRU eviction, which
+//! only the small-table runs reach, and the SYN proxy's cookies (the
+//! kernel's secret and clock make them) and SYN retransmissions (after a
+//! time), which only the proxy run reaches.
 
 pub mod frames;
 pub mod oracle;
