@@ -211,7 +211,7 @@ fn the_oracle_rejects_every_kind_of_mis_forwarding() {
         } else {
             GREEN[0]
         };
-        let cases: [(&str, Tamper, bool); 8] = [
+        let cases: [(&str, Tamper, bool); 11] = [
             ("a broken TCP checksum", &|f| f[tcp + 16] ^= 1, false),
             ("a broken IPv4 checksum", &|f| f[ETH_LEN + 10] ^= 1, false),
             (
@@ -232,6 +232,9 @@ fn the_oracle_rejects_every_kind_of_mis_forwarding() {
             ("a TTL not decremented", &|f| f[ETH_LEN + 8] += 1, true),
             ("a wrong next-hop MAC", &|f| f[0] ^= 0x40, false),
             ("another IP protocol", &|f| f[ETH_LEN + 9] = 17, true),
+            ("changed flags", &|f| f[tcp + 13] |= 0x08, true),
+            ("a changed sequence number", &bump(tcp + 4, 1), true),
+            ("a changed acknowledgment number", &bump(tcp + 8, 1), true),
         ];
         for (what, change, fix) in cases {
             rejects(what, &syn, verdict, &tampered(&to_backend, change, fix));
@@ -242,6 +245,12 @@ fn the_oracle_rejects_every_kind_of_mis_forwarding() {
             &data,
             data_verdict,
             &tampered(&data_out, &|f| f[last] ^= 1, true),
+        );
+        rejects(
+            "a reply with a changed sequence number",
+            &reply,
+            reply_verdict,
+            &tampered(&to_client, &bump(tcp + 4, 1), true),
         );
         rejects(
             "a reply to another client",
@@ -441,6 +450,14 @@ fn the_oracle_rejects_every_kind_of_syn_proxy_misstep() {
             &syn,
             verdict,
             &tampered(&syn_ack, &|f| f[tcp + 23] ^= 1, true),
+        );
+        rejects(
+            &before,
+            &lab,
+            "a cookie SYN-ACK to a SYN with a wrong checksum",
+            &tampered(&syn, &|f| f[tcp + 16] ^= 1, false),
+            verdict,
+            &syn_ack,
         );
         let cookie = parse_checked(&syn_ack).seq;
 
