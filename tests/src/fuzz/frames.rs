@@ -138,6 +138,8 @@ struct Session {
     backend_side: Option<(SocketAddrV4, u16)>,
     /// The backend's ISN, once it sent a SYN-ACK.
     backend_isn: Option<u32>,
+    /// The backend never answers (the SYN proxy's sessions only).
+    silent_backend: bool,
     backend_next: u32,
     /// What the backend acknowledges.
     backend_ack: u32,
@@ -240,7 +242,9 @@ impl Traffic {
         if !s.syn_sent {
             return Kind::ClientSyn;
         }
-        let with_backend = s.backend_side.is_some();
+        // A silent backend sends nothing: its client's segments meet the
+        // proxy's waiting (held, dropped, or the SYN sent again).
+        let with_backend = s.backend_side.is_some() && !s.silent_backend;
         let weights: [(Kind, u32); 17] = [
             (Kind::ClientSyn, 4),
             (Kind::ClientAck, 14),
@@ -292,6 +296,9 @@ impl Traffic {
             Kind::ClientSyn => {
                 if !s.syn_sent || rng.chance(30) {
                     s.client_next = rng.next_u32();
+                }
+                if self.syn_proxy && !s.syn_sent {
+                    s.silent_backend = rng.chance(20);
                 }
                 s.syn_sent = true;
                 tcp_options = rng.pick(&TCP_OPTION_SETS);
@@ -639,6 +646,7 @@ fn fresh_session(rng: &mut Rng) -> Session {
         server_next: 0,
         backend_side: None,
         backend_isn: None,
+        silent_backend: false,
         backend_next: 0,
         backend_ack: 0,
         over: false,

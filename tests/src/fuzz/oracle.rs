@@ -113,6 +113,8 @@ pub enum Class {
     ToBackendAnswer,
     /// The SYN proxy's SYN to a backend, for a proven cookie.
     ProxySyn,
+    /// The SYN proxy's SYN again, its backend silent for a while.
+    ProxySynAgain,
     /// A client segment the SYN proxy held (dropped until the backend answers).
     Held,
     /// The held segment, sent in place of the ACK to the backend's SYN-ACK.

@@ -276,9 +276,7 @@ impl ProxyModel {
             return untranslated(seg, out).map(|()| None);
         }
         if out.flags == TCP_SYN && seg.flags & TCP_SYN == 0 {
-            return self
-                .syn_to_backend(key, flow, seg, out_ip, out)
-                .map(|()| Some(Class::ProxySyn));
+            return self.syn_to_backend(key, flow, seg, out_ip, out).map(Some);
         }
         if flow.proxy & BACKEND_READY == 0 {
             // Its backend has seen only the LB's SYN: a client RST resets
@@ -303,14 +301,22 @@ impl ProxyModel {
 
     /// The proxy's SYN to the backend: opening the flow for a proven cookie
     /// ACK, or again in place of a segment of a flow it opened.
-    fn syn_to_backend(&mut self, key: &FlowKey, flow: &Flow, seg: &Tcp<'_>, out_ip: &Ip<'_>, out: &Tcp<'_>) -> Checked {
+    fn syn_to_backend(
+        &mut self,
+        key: &FlowKey,
+        flow: &Flow,
+        seg: &Tcp<'_>,
+        out_ip: &Ip<'_>,
+        out: &Tcp<'_>,
+    ) -> Result<Class, String> {
         if flow.proxy & BACKEND_READY != 0 {
             return Err(format!(
                 "a SYN to {}'s backend after the backend answered",
                 key.client()
             ));
         }
-        if self.model(key, flow).is_ok() {
+        let again = self.model(key, flow).is_ok();
+        if again {
             // ResendSyn: any segment but a SYN (dropped) or a RST (forwarded).
             if seg.flags & (TCP_SYN | TCP_RST) != 0 {
                 return Err(format!(
@@ -370,7 +376,8 @@ impl ProxyModel {
         if !out.payload.is_empty() {
             return Err("the proxy's SYN with a payload".to_owned());
         }
-        numbers("the proxy's SYN to the backend", out, m.isn, 0)
+        numbers("the proxy's SYN to the backend", out, m.isn, 0)?;
+        Ok(if again { Class::ProxySynAgain } else { Class::ProxySyn })
     }
 
     /// The program's answer to the backend's segment `seg` for flow `key`
