@@ -392,6 +392,42 @@ fn hostile_frames_through_the_syn_proxy_never_break_its_handshakes_or_translatio
     );
 }
 
+#[test]
+fn hostile_frames_while_the_syn_proxy_engages_on_its_own_never_break_a_connection() {
+    let frames = frames(1_000_000) / 4;
+    let report = run(FuzzOptions {
+        seed: seed() ^ 0xa070,
+        frames,
+        sessions: 512,
+        // Auto mode with a low threshold: plain flows first, pinned and
+        // watched, then the fuzz's unanswered SYNs engage the proxy, which
+        // keeps answering for the rest of the run.
+        lab: PacketLabOptions {
+            max_flows: 1 << 16,
+            syn_proxy: SynProxy {
+                mode: SynProxyMode::Auto,
+                threshold: 100,
+                ..SynProxy::default()
+            },
+            ..PacketLabOptions::with_ratio(50)
+        },
+        check_every: 50_000,
+        reverse_nat_complete_between_sweeps: true,
+        max_violations: 10,
+    });
+    assert_eq!(report.frames, frames);
+    assert_reached(
+        &report,
+        &[
+            Class::SynAckAnswer,
+            Class::ProxySyn,
+            Class::ToBackendPinned,
+            Class::ReplyToClient,
+        ],
+        frames / 1000,
+    );
+}
+
 /// The oracle's SYN proxy model can fail: each step of a proxied
 /// connection, accepted as the program did it, is rejected when tampered.
 #[test]
