@@ -1,9 +1,11 @@
 //! The fuzz test's judge. It reads what the program did (verdict, output
 //! frame) and what the program's maps say after it, and checks invariants
 //! that hold for any correct version of the data plane, whatever its state
-//! machine, SYN defence or ICMP handling. It never re-implements the
-//! program: who owns a flow, which backend and which SNAT port, comes from
-//! FLOWS and REVERSE_NAT.
+//! machine or ICMP handling. It never re-implements the program: who owns
+//! a flow, which backend and which SNAT port, comes from FLOWS and
+//! REVERSE_NAT. The SYN proxy's outputs are exact functions of what it was
+//! sent, so they are judged exactly, by a model that remembers what the
+//! program sent (`syn_proxy`).
 //!
 //! # Invariants, per frame
 //! 1. The verdict is XDP_PASS, XDP_DROP, XDP_TX or XDP_REDIRECT, never
@@ -40,7 +42,7 @@
 //!    neither a backend nor the client of a pinned flow.
 //!
 //!    With the SYN proxy on, what it sends is judged exactly by the model
-//!    in [`syn_proxy`] (its docs list it): cookie SYN-ACKs, the SYN and the
+//!    in `syn_proxy` (its docs list it): cookie SYN-ACKs, the SYN and the
 //!    ACK (or held segment) to the backend, refusals of proven cookies, and
 //!    the sequence translation of proxied flows. Every other forwarded
 //!    segment keeps its sequence and acknowledgment numbers and its flags.
@@ -49,9 +51,10 @@
 //!    came in with a correct checksum leaves with a correct one; like every
 //!    L4 balancer it does not verify what it forwards, so a corrupt frame
 //!    may stay corrupt for its receiver to drop).
-//! 5. A forwarded frame carries the payload it came with (or none, for a
-//!    rewritten handshake segment); with its flags unchanged its TTL is one
-//!    less; it leaves from the LB's MAC to the next hop's MAC. An answer
+//! 5. A forwarded frame carries the payload and flags it came with and a
+//!    TTL one less, and leaves from the LB's MAC to the next hop's MAC. (A
+//!    segment the proxy builds, in place of the one it came from, is judged
+//!    by the proxy's model, its MACs as a forwarded frame's.) An answer
 //!    goes back to the sender's MAC from a unicast one.
 //!
 //! # Invariants of the tables (checked periodically and at the end)
