@@ -331,10 +331,13 @@ fn bump(at: usize, by: u32) -> impl Fn(&mut Vec<u8>) {
 /// off proves one with another MSS (see the oracle's SYN proxy model).
 const NOT_A_NEIGHBOUR: u32 = 1 << 20;
 
-fn always_proxy() -> PacketLabOptions {
+/// A 50:50 lab whose SYN proxy is in `mode`, engaging (auto) past
+/// `threshold` unanswered SYNs a second.
+fn with_proxy(mode: SynProxyMode, threshold: u32) -> PacketLabOptions {
     PacketLabOptions {
         syn_proxy: SynProxy {
-            mode: SynProxyMode::Always,
+            mode,
+            threshold,
             ..SynProxy::default()
         },
         ..PacketLabOptions::with_ratio(50)
@@ -350,7 +353,7 @@ fn hostile_frames_through_the_syn_proxy_never_break_its_handshakes_or_translatio
         sessions: 512,
         lab: PacketLabOptions {
             max_flows: 1 << 16,
-            ..always_proxy()
+            ..with_proxy(SynProxyMode::Always, 0)
         },
         // Sweeps (which remove embryonic flows) far enough apart for silent
         // backends' flows to live past the proxy's SYN retransmission time.
@@ -404,12 +407,7 @@ fn hostile_frames_while_the_syn_proxy_engages_on_its_own_never_break_a_connectio
         // keeps answering for the rest of the run.
         lab: PacketLabOptions {
             max_flows: 1 << 16,
-            syn_proxy: SynProxy {
-                mode: SynProxyMode::Auto,
-                threshold: 100,
-                ..SynProxy::default()
-            },
-            ..PacketLabOptions::with_ratio(50)
+            ..with_proxy(SynProxyMode::Auto, 100)
         },
         check_every: 50_000,
         reverse_nat_complete_between_sweeps: true,
@@ -434,7 +432,7 @@ fn hostile_frames_while_the_syn_proxy_engages_on_its_own_never_break_a_connectio
 fn the_oracle_rejects_every_kind_of_syn_proxy_misstep() {
     require_root();
     in_fresh_netns(|| {
-        let options = always_proxy();
+        let options = with_proxy(SynProxyMode::Always, 0);
         let mut lab = PacketLab::new(&options);
         let mut oracle = Oracle::new(&lab, &options);
         let mut accept = |lab: &PacketLab, what: &str, input: &[u8], class: Class| -> (Oracle, u32, Vec<u8>) {
