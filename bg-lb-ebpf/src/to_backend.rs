@@ -243,6 +243,11 @@ fn pinned_flow(key: &FlowKey, seg: &Segment, service: &Service, nat_epoch: u32, 
         if reverse_owner(&nat) == Some(*key) {
             let _ = REVERSE_NAT.remove(nat);
         }
+        // The ended flow goes too. A SYN the proxy answers opens no flow, so
+        // it would stay, without its port: the client's ACK proving the new
+        // cookie would go through it, on the port another flow may own by
+        // then, instead of opening the new connection.
+        let _ = FLOWS.remove(key);
         return Lookup::Unknown;
     }
     if flow.nat_epoch != nat_epoch {

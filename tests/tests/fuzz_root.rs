@@ -5,8 +5,12 @@
 //! pinned flow or a valid new one, checksums stay right, passed frames are
 //! untouched, the program never aborts, and FLOWS and REVERSE_NAT agree.
 //!
-//! A last test tampers with real outputs to prove the oracle rejects what
-//! it must.
+//! One run has the SYN proxy always on: every connection then goes through
+//! its cookies, held segments and sequence translation, which the oracle
+//! models exactly.
+//!
+//! The last tests tamper with real outputs, with the proxy off and on, to
+//! prove the oracle rejects what it must.
 //!
 //! Deterministic: the seed is printed (`-- --nocapture`, and in every
 //! failure); `BG_LB_FUZZ_SEED=<hex>` replays or varies it,
@@ -14,6 +18,7 @@
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 
+use bg_lb::dataplane::syn_proxy::{SynProxy, SynProxyMode};
 use bg_lb_tests::{
     fuzz::{
         self, FuzzOptions, FuzzReport,
@@ -22,9 +27,12 @@ use bg_lb_tests::{
     netns::in_fresh_netns,
     packet_lab::{
         GATEWAY_MAC, GREEN, LB_MAC, PacketLab, PacketLabOptions, SNAT_PORTS, VIP, XDP_PASS, XDP_TX, client,
-        from_client, reply_to,
+        from_client, mac_of, reply_to,
     },
-    packets::{ACK, ETH_LEN, PSH_ACK, RST, SYN, fix_checksums, parse_checked, tcp_frame},
+    packets::{
+        ACK, ETH_LEN, Numbers, PSH_ACK, RST, SEQ, SYN, Segment, fix_checksums, internet_checksum, numbered_tcp_frame,
+        parse_checked, tcp_frame,
+    },
     require_root,
 };
 
@@ -168,8 +176,9 @@ type Tamper<'a> = &'a dyn Fn(&mut Vec<u8>);
 fn the_oracle_rejects_every_kind_of_mis_forwarding() {
     require_root();
     in_fresh_netns(|| {
-        let lab = PacketLab::new(&PacketLabOptions::with_ratio(50));
-        let oracle = Oracle::new(&lab, SNAT_PORTS);
+        let options = PacketLabOptions::with_ratio(50);
+        let lab = PacketLab::new(&options);
+        let mut oracle = Oracle::new(&lab, &options);
         let c = client(40000);
         let syn = from_client(c, SYN);
         let (verdict, to_backend) = lab.run(&syn);
@@ -189,18 +198,7 @@ fn the_oracle_rejects_every_kind_of_mis_forwarding() {
 
         let tcp = ETH_LEN + 20;
         let rejects = |what: &str, input: &[u8], verdict: u32, output: &[u8]| {
-            assert!(
-                oracle.judge(&lab, input, verdict, output).is_err(),
-                "the oracle accepted {what}"
-            );
-        };
-        let tampered = |frame: &[u8], change: Tamper, fix: bool| {
-            let mut frame = frame.to_vec();
-            change(&mut frame);
-            if fix {
-                fix_checksums(&mut frame);
-            }
-            frame
+            rejects(&oracle, &lab, what, input, verdict, output)
         };
         let set_dst = |addr: Ipv4Addr, port: u16| {
             move |f: &mut Vec<u8>| {
@@ -213,7 +211,7 @@ fn the_oracle_rejects_every_kind_of_mis_forwarding() {
         } else {
             GREEN[0]
         };
-        let cases: [(&str, Tamper, bool); 8] = [
+        let cases: [(&str, Tamper, bool); 11] = [
             ("a broken TCP checksum", &|f| f[tcp + 16] ^= 1, false),
             ("a broken IPv4 checksum", &|f| f[ETH_LEN + 10] ^= 1, false),
             (
@@ -234,6 +232,9 @@ fn the_oracle_rejects_every_kind_of_mis_forwarding() {
             ("a TTL not decremented", &|f| f[ETH_LEN + 8] += 1, true),
             ("a wrong next-hop MAC", &|f| f[0] ^= 0x40, false),
             ("another IP protocol", &|f| f[ETH_LEN + 9] = 17, true),
+            ("changed flags", &|f| f[tcp + 13] |= 0x08, true),
+            ("a changed sequence number", &bump(tcp + 4, 1), true),
+            ("a changed acknowledgment number", &bump(tcp + 8, 1), true),
         ];
         for (what, change, fix) in cases {
             rejects(what, &syn, verdict, &tampered(&to_backend, change, fix));
@@ -244,6 +245,12 @@ fn the_oracle_rejects_every_kind_of_mis_forwarding() {
             &data,
             data_verdict,
             &tampered(&data_out, &|f| f[last] ^= 1, true),
+        );
+        rejects(
+            "a reply with a changed sequence number",
+            &reply,
+            reply_verdict,
+            &tampered(&to_client, &bump(tcp + 4, 1), true),
         );
         rejects(
             "a reply to another client",
@@ -275,5 +282,404 @@ fn the_oracle_rejects_every_kind_of_mis_forwarding() {
             XDP_TX,
             &from_elsewhere,
         );
+        let syn_ack = numbered_tcp_frame(
+            LB_MAC,
+            GATEWAY_MAC,
+            VIP,
+            other,
+            SYN | ACK,
+            Numbers { seq: 77, ack: SEQ + 1 },
+            b"",
+        );
+        rejects(
+            "a SYN-ACK answer with the SYN proxy off",
+            &from_client(other, SYN),
+            XDP_TX,
+            &syn_ack,
+        );
     });
+}
+
+/// Asserts that `oracle`, as it stands, rejects `output` for `input`.
+fn rejects(oracle: &Oracle, lab: &PacketLab, what: &str, input: &[u8], verdict: u32, output: &[u8]) {
+    // A copy judges: a rejected frame must not teach the oracle anything.
+    assert!(
+        oracle.clone().judge(lab, input, verdict, output).is_err(),
+        "the oracle accepted {what}"
+    );
+}
+
+/// `frame` changed by `change`, its checksums recomputed if `fix`.
+fn tampered(frame: &[u8], change: Tamper, fix: bool) -> Vec<u8> {
+    let mut frame = frame.to_vec();
+    change(&mut frame);
+    if fix {
+        fix_checksums(&mut frame);
+    }
+    frame
+}
+
+/// Adds `by` to the big-endian u32 at `at`.
+fn bump(at: usize, by: u32) -> impl Fn(&mut Vec<u8>) {
+    move |f: &mut Vec<u8>| {
+        let n = u32::from_be_bytes(f[at..at + 4].try_into().expect("4 bytes"));
+        f[at..at + 4].copy_from_slice(&n.wrapping_add(by).to_be_bytes());
+    }
+}
+
+/// Added to a cookie, makes one the kernel's check refuses: a cookie a few
+/// off proves one with another MSS (see the oracle's SYN proxy model).
+const NOT_A_NEIGHBOUR: u32 = 1 << 20;
+
+/// A 50:50 lab whose SYN proxy is in `mode`, engaging (auto) past
+/// `threshold` unanswered SYNs a second.
+fn with_proxy(mode: SynProxyMode, threshold: u32) -> PacketLabOptions {
+    PacketLabOptions {
+        syn_proxy: SynProxy {
+            mode,
+            threshold,
+            ..SynProxy::default()
+        },
+        ..PacketLabOptions::with_ratio(50)
+    }
+}
+
+#[test]
+fn hostile_frames_through_the_syn_proxy_never_break_its_handshakes_or_translation() {
+    let frames = frames(1_000_000) / 2;
+    let report = run(FuzzOptions {
+        seed: seed() ^ 0x5c00,
+        frames,
+        sessions: 512,
+        lab: PacketLabOptions {
+            max_flows: 1 << 16,
+            ..with_proxy(SynProxyMode::Always, 0)
+        },
+        // Sweeps (which remove embryonic flows) far enough apart for silent
+        // backends' flows to live past the proxy's SYN retransmission time.
+        check_every: 100_000,
+        reverse_nat_complete_between_sweeps: true,
+        max_violations: 10,
+    });
+    assert_eq!(report.frames, frames);
+    assert_reached(
+        &report,
+        &[
+            Class::SynAckAnswer,
+            Class::ProxySyn,
+            Class::ToBackendPinned,
+            Class::ReplyToClient,
+            Class::Dropped,
+        ],
+        frames / 100,
+    );
+    // Every step of the proxy's handshakes, and its refusals while no
+    // backend takes new flows.
+    assert_reached(
+        &report,
+        &[
+            Class::ToBackendAnswer,
+            Class::ProxySynAgain,
+            Class::Held,
+            Class::HeldToBackend,
+            Class::RstAnswer,
+            Class::IcmpAnswer,
+        ],
+        frames / 10_000,
+    );
+    // Only where the kernel's cookie clock ticked between a SYN and its ACK.
+    assert!(
+        report.cookie_mss_fallbacks * 100 <= report.count(Class::ProxySyn),
+        "the MSS was not read back from the cookie:\n{}",
+        report.summary()
+    );
+}
+
+#[test]
+fn hostile_frames_while_the_syn_proxy_engages_on_its_own_never_break_a_connection() {
+    let frames = frames(1_000_000) / 4;
+    let report = run(FuzzOptions {
+        seed: seed() ^ 0xa070,
+        frames,
+        sessions: 512,
+        // Auto mode with a low threshold: plain flows first, pinned and
+        // watched, then the fuzz's unanswered SYNs engage the proxy, which
+        // keeps answering for the rest of the run.
+        lab: PacketLabOptions {
+            max_flows: 1 << 16,
+            ..with_proxy(SynProxyMode::Auto, 100)
+        },
+        check_every: 50_000,
+        reverse_nat_complete_between_sweeps: true,
+        max_violations: 10,
+    });
+    assert_eq!(report.frames, frames);
+    assert_reached(
+        &report,
+        &[
+            Class::SynAckAnswer,
+            Class::ProxySyn,
+            Class::ToBackendPinned,
+            Class::ReplyToClient,
+        ],
+        frames / 1000,
+    );
+}
+
+/// The oracle's SYN proxy model can fail: each step of a proxied
+/// connection, accepted as the program did it, is rejected when tampered.
+#[test]
+fn the_oracle_rejects_every_kind_of_syn_proxy_misstep() {
+    require_root();
+    in_fresh_netns(|| {
+        let options = with_proxy(SynProxyMode::Always, 0);
+        let mut lab = PacketLab::new(&options);
+        let mut oracle = Oracle::new(&lab, &options);
+        let mut accept = |lab: &PacketLab, what: &str, input: &[u8], class: Class| -> (Oracle, u32, Vec<u8>) {
+            // The oracle as it stood before this frame, to judge tampered
+            // outputs against.
+            let before = oracle.clone();
+            let (verdict, out) = lab.run(input);
+            let judged = oracle.judge(lab, input, verdict, &out);
+            assert_eq!(
+                judged.as_ref().map(|j| j.0),
+                Ok(class),
+                "{what}: verdict {verdict}, {:02x?}",
+                out
+            );
+            (before, verdict, out)
+        };
+        let c = client(40100);
+        let segment = |flags, seq, ack, payload: &'static [u8]| {
+            let mut frame = Vec::new();
+            let mut seg = Segment::new(GATEWAY_MAC, LB_MAC, c, VIP, flags);
+            (seg.seq, seg.ack, seg.payload) = (seq, ack, payload);
+            if flags == SYN {
+                seg.tcp_options = &[2, 4, 0x05, 0xb4];
+            }
+            seg.write(&mut frame);
+            frame
+        };
+        let tcp = ETH_LEN + 20;
+
+        let syn = segment(SYN, SEQ, 0, b"");
+        let (before, verdict, syn_ack) = accept(&lab, "the SYN", &syn, Class::SynAckAnswer);
+        rejects(
+            &before,
+            &lab,
+            "a cookie SYN-ACK with a wrong checksum",
+            &syn,
+            verdict,
+            &tampered(&syn_ack, &|f| f[tcp + 16] ^= 1, false),
+        );
+        rejects(
+            &before,
+            &lab,
+            "a cookie SYN-ACK with a wrong ack",
+            &syn,
+            verdict,
+            &tampered(&syn_ack, &bump(tcp + 8, 1), true),
+        );
+        rejects(
+            &before,
+            &lab,
+            "a cookie SYN-ACK offering another MSS",
+            &syn,
+            verdict,
+            &tampered(&syn_ack, &|f| f[tcp + 23] ^= 1, true),
+        );
+        rejects(
+            &before,
+            &lab,
+            "a cookie SYN-ACK to a SYN with a wrong checksum",
+            &tampered(&syn, &|f| f[tcp + 16] ^= 1, false),
+            verdict,
+            &syn_ack,
+        );
+        let cookie = parse_checked(&syn_ack).seq;
+
+        let ack = segment(ACK, SEQ + 1, cookie.wrapping_add(1), b"");
+        let (before, verdict, to_backend) = accept(&lab, "the cookie's ACK", &ack, Class::ProxySyn);
+        rejects(
+            &before,
+            &lab,
+            "the backend's SYN at another ISN",
+            &ack,
+            verdict,
+            &tampered(&to_backend, &bump(tcp + 4, 1), true),
+        );
+        rejects(
+            &before,
+            &lab,
+            "the backend's SYN with another MSS",
+            &ack,
+            verdict,
+            &tampered(&to_backend, &|f| f[tcp + 23] ^= 1, true),
+        );
+        let wrong_cookie = segment(ACK, SEQ + 1, cookie.wrapping_add(1 + NOT_A_NEIGHBOUR), b"");
+        rejects(
+            &before,
+            &lab,
+            "a SYN to the backend for an ACK proving no cookie",
+            &wrong_cookie,
+            verdict,
+            &to_backend,
+        );
+        let syn_to_backend = parse_checked(&to_backend);
+        let from_backend = |flags, seq, ack, payload: &[u8]| {
+            let mut frame = Vec::new();
+            let mut seg = Segment::new(
+                mac_of(*syn_to_backend.dst.ip()),
+                LB_MAC,
+                syn_to_backend.dst,
+                syn_to_backend.src,
+                flags,
+            );
+            (seg.seq, seg.ack, seg.payload) = (seq, ack, payload);
+            seg.write(&mut frame);
+            frame
+        };
+
+        let early = segment(PSH_ACK, SEQ + 1, cookie.wrapping_add(1), b"early");
+        accept(&lab, "data before the backend answered", &early, Class::Held);
+
+        const BACKEND_ISN: u32 = 0xfff0_0000;
+        let backend_syn_ack = from_backend(SYN | ACK, BACKEND_ISN, SEQ + 1, b"");
+        let (before, verdict, held) = accept(&lab, "the backend's SYN-ACK", &backend_syn_ack, Class::HeldToBackend);
+        let last = held.len() - 1;
+        rejects(
+            &before,
+            &lab,
+            "the held segment changed",
+            &backend_syn_ack,
+            verdict,
+            &tampered(&held, &|f| f[last] ^= 1, true),
+        );
+        rejects(
+            &before,
+            &lab,
+            "the held segment with a wrong ack",
+            &backend_syn_ack,
+            verdict,
+            &tampered(&held, &bump(tcp + 8, 1), true),
+        );
+        let (before, verdict, bare_ack) = accept(
+            &lab,
+            "the backend's SYN-ACK again",
+            &backend_syn_ack,
+            Class::ToBackendAnswer,
+        );
+        rejects(
+            &before,
+            &lab,
+            "the ACK to the backend with a wrong ack",
+            &backend_syn_ack,
+            verdict,
+            &tampered(&bare_ack, &bump(tcp + 8, 1), true),
+        );
+        rejects(
+            &before,
+            &lab,
+            "the ACK to the backend with a wrong checksum",
+            &backend_syn_ack,
+            verdict,
+            &tampered(&bare_ack, &|f| f[tcp + 17] ^= 1, false),
+        );
+
+        let data = segment(PSH_ACK, SEQ + 6, cookie.wrapping_add(1), b"request");
+        let (before, verdict, translated) = accept(&lab, "client data", &data, Class::ToBackendPinned);
+        rejects(
+            &before,
+            &lab,
+            "a client segment translated with the wrong offset",
+            &data,
+            verdict,
+            &tampered(&translated, &bump(tcp + 8, 1), true),
+        );
+        rejects(
+            &before,
+            &lab,
+            "a client segment not translated",
+            &data,
+            verdict,
+            &tampered(&translated, &bump(tcp + 8, cookie.wrapping_sub(BACKEND_ISN)), true),
+        );
+        let reply = from_backend(PSH_ACK, BACKEND_ISN + 1, SEQ + 13, b"response");
+        let (before, verdict, to_client) = accept(&lab, "backend data", &reply, Class::ReplyToClient);
+        rejects(
+            &before,
+            &lab,
+            "a backend segment translated with the wrong offset",
+            &reply,
+            verdict,
+            &tampered(&to_client, &bump(tcp + 4, 1), true),
+        );
+
+        let big = segment(PSH_ACK, SEQ + 13, cookie.wrapping_add(9), &[7; 1600]);
+        let (before, verdict, too_big) = accept(&lab, "a DF segment too big for the link", &big, Class::IcmpAnswer);
+        let icmp = ETH_LEN + 20;
+        rejects(
+            &before,
+            &lab,
+            "fragmentation needed quoting another sequence number",
+            &big,
+            verdict,
+            &tampered(
+                &too_big,
+                &|f| {
+                    f[icmp + 8 + 24] ^= 1;
+                    f[icmp + 2..icmp + 4].copy_from_slice(&[0, 0]);
+                    let check = internet_checksum(0, &f[icmp..]);
+                    f[icmp + 2..icmp + 4].copy_from_slice(&check.to_be_bytes());
+                },
+                false,
+            ),
+        );
+        rejects(
+            &before,
+            &lab,
+            "fragmentation needed with a wrong ICMP checksum",
+            &big,
+            verdict,
+            &tampered(&too_big, &|f| f[icmp + 2] ^= 1, false),
+        );
+
+        // A proven cookie that no backend can take is refused.
+        let c2 = client(40101);
+        let (_, syn2_ack) = lab.run(&from_client_at(c2, SYN, SEQ, 0));
+        oracle
+            .judge(&lab, &from_client_at(c2, SYN, SEQ, 0), XDP_TX, &syn2_ack)
+            .expect("a cookie");
+        let cookie2 = parse_checked(&syn2_ack).seq;
+        lab.reweigh(|_, weight, _| *weight = 0);
+        let ack2 = from_client_at(c2, ACK, SEQ + 1, cookie2.wrapping_add(1));
+        let (verdict, refusal) = lab.run(&ack2);
+        let judged = oracle.clone().judge(&lab, &ack2, verdict, &refusal);
+        assert_eq!(judged.map(|j| j.0), Ok(Class::RstAnswer), "the refusal");
+        let forged = from_client_at(c2, ACK, SEQ + 1, cookie2.wrapping_add(1 + NOT_A_NEIGHBOUR));
+        let forged_refusal = numbered_tcp_frame(
+            LB_MAC,
+            GATEWAY_MAC,
+            VIP,
+            c2,
+            RST,
+            Numbers {
+                seq: cookie2.wrapping_add(1 + NOT_A_NEIGHBOUR),
+                ack: 0,
+            },
+            b"",
+        );
+        rejects(
+            &oracle,
+            &lab,
+            "a RST answering an ACK that proves no cookie",
+            &forged,
+            XDP_TX,
+            &forged_refusal,
+        );
+    });
+}
+
+fn from_client_at(from: SocketAddrV4, flags: u8, seq: u32, ack: u32) -> Vec<u8> {
+    numbered_tcp_frame(GATEWAY_MAC, LB_MAC, from, VIP, flags, Numbers { seq, ack }, b"")
 }

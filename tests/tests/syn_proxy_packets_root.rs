@@ -607,6 +607,53 @@ fn a_segment_too_big_to_hold_is_dropped_and_counted() {
     });
 }
 
+/// Found by the fuzz test: the ended flow used to stay after the SYN that
+/// reused its 4-tuple (which the proxy answers, opening no flow) without its
+/// port, so the ACK proving the new cookie went to the old backend
+/// connection through a port another flow could own by then.
+#[test]
+fn a_new_connection_on_the_four_tuple_of_an_ended_proxied_flow_gets_a_backend_side_of_its_own() {
+    in_lab(proxy(SynProxyMode::Always, 1000), |lab| {
+        let from = client(42045);
+        let (_, old_syn) = proxied_connection(&lab, from);
+        let (verdict, _) = lab.run(&from_client_at(from, RST, (SEQ + 1, 0), b""));
+        assert_eq!(verdict, XDP_REDIRECT, "the client's RST reaches the backend");
+        assert!(flow_state::has_ended(flow(&lab, from).state));
+
+        let isn = SEQ + 100_000;
+        let (verdict, out) = lab.run(&from_client_at(from, SYN, (isn, 0), b""));
+        assert_eq!(verdict, XDP_TX, "the new SYN gets a cookie");
+        let syn_ack = parse_checked(&out);
+        assert_eq!(syn_ack.ack, isn + 1);
+        assert!(lab.flow(from).is_none(), "the ended flow is forgotten");
+        assert_eq!(
+            lab.reverse_nat_on(old_syn.dst, old_syn.src),
+            None,
+            "and its port is free"
+        );
+
+        let (verdict, out) = run_counting(
+            &lab,
+            &from_client_at(from, ACK, (isn + 1, syn_ack.seq.wrapping_add(1)), b""),
+            &[Counter::SynCookieValid],
+        );
+        assert_eq!(verdict, XDP_REDIRECT);
+        let syn = parse_checked(&out);
+        assert!(
+            syn.flags_syn && !syn.flags_ack,
+            "the proven ACK becomes the backend's SYN, not a segment of the old connection"
+        );
+        assert_eq!(syn.seq, isn, "the new connection's ISN");
+        let flow = flow(&lab, from);
+        assert_eq!((flow.proxy, flow.server_isn), (PROXIED, syn_ack.seq));
+        assert_eq!(
+            lab.reverse_nat_on(syn.dst, syn.src).map(|k| k.client()),
+            Some(from),
+            "its port is its own"
+        );
+    });
+}
+
 #[test]
 fn backend_refusal_reaches_the_client_as_a_rst_it_accepts() {
     in_lab(proxy(SynProxyMode::Always, 1000), |lab| {

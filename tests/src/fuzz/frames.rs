@@ -6,6 +6,13 @@
 //! header fields, ports at the edges of ranges, addresses, checksums,
 //! truncation), and other frames belong to nothing: random bytes, other
 //! protocols, other addresses and ports.
+//!
+//! With the SYN proxy on, the same sessions meet it: the client's SYN gets a
+//! cookie SYN-ACK, whose sequence number the client learns and acknowledges
+//! (so its ACK proves the cookie, as the kernel computes it), data sent
+//! before the backend answered is held, and the backend answers the LB's
+//! SYN (now and then retransmitting its SYN-ACK with the same ISN). Forged
+//! cookie ACKs join them.
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 
@@ -42,6 +49,9 @@ pub enum Kind {
     ClientRst {
         in_window: bool,
     },
+    /// An ACK to the VIP whose cookie is not the one the client got, or
+    /// whose sequence number is not its SYN's.
+    ForgedCookieAck,
     BackendSynAck,
     BackendAck,
     BackendData,
@@ -78,6 +88,7 @@ impl Kind {
                 | Kind::ClientBigData
                 | Kind::ClientFin
                 | Kind::ClientRst { .. }
+                | Kind::ForgedCookieAck
         )
     }
 }
@@ -125,6 +136,10 @@ struct Session {
     /// The backend and the SNAT port the LB sends this session's segments
     /// from, as seen in the program's output.
     backend_side: Option<(SocketAddrV4, u16)>,
+    /// The backend's ISN, once it sent a SYN-ACK.
+    backend_isn: Option<u32>,
+    /// The backend never answers (the SYN proxy's sessions only).
+    silent_backend: bool,
     backend_next: u32,
     /// What the backend acknowledges.
     backend_ack: u32,
@@ -137,6 +152,8 @@ pub struct Traffic {
     rng: Rng,
     sessions: Vec<Session>,
     snat_ports: (u16, u16),
+    /// Whether the service's SYN proxy is on.
+    syn_proxy: bool,
     payload: Vec<u8>,
 }
 
@@ -164,13 +181,14 @@ const IP_OPTION_SETS: [&[u8]; 4] = [
 ];
 
 impl Traffic {
-    pub fn new(seed: u64, sessions: usize, snat_ports: (u16, u16)) -> Self {
+    pub fn new(seed: u64, sessions: usize, snat_ports: (u16, u16), syn_proxy: bool) -> Self {
         let mut rng = Rng::new(seed);
         let sessions = (0..sessions).map(|_| fresh_session(&mut rng)).collect();
         Traffic {
             rng,
             sessions,
             snat_ports,
+            syn_proxy,
             payload: vec![0; 1600],
         }
     }
@@ -224,8 +242,10 @@ impl Traffic {
         if !s.syn_sent {
             return Kind::ClientSyn;
         }
-        let with_backend = s.backend_side.is_some();
-        let weights: [(Kind, u32); 16] = [
+        // A silent backend sends nothing: its client's segments meet the
+        // proxy's waiting (held, dropped, or the SYN sent again).
+        let with_backend = s.backend_side.is_some() && !s.silent_backend;
+        let weights: [(Kind, u32); 17] = [
             (Kind::ClientSyn, 4),
             (Kind::ClientAck, 14),
             (Kind::ClientData, 14),
@@ -233,6 +253,7 @@ impl Traffic {
             (Kind::ClientFin, 5),
             (Kind::ClientRst { in_window: true }, 2),
             (Kind::ClientRst { in_window: false }, 2),
+            (Kind::ForgedCookieAck, if self.syn_proxy { 4 } else { 0 }),
             (Kind::BackendSynAck, if with_backend { 12 } else { 0 }),
             (Kind::BackendAck, if with_backend { 10 } else { 0 }),
             (Kind::BackendData, if with_backend { 14 } else { 0 }),
@@ -259,6 +280,7 @@ impl Traffic {
         let s = &mut self.sessions[i];
         let payload_len = match kind {
             Kind::ClientData | Kind::BackendData => 1 + rng.below(200) as usize,
+            Kind::ForgedCookieAck if rng.chance(30) => 1 + rng.below(100) as usize,
             Kind::ClientBigData => 1461 + rng.below(140) as usize,
             _ => 0,
         };
@@ -274,6 +296,9 @@ impl Traffic {
             Kind::ClientSyn => {
                 if !s.syn_sent || rng.chance(30) {
                     s.client_next = rng.next_u32();
+                }
+                if self.syn_proxy && !s.syn_sent {
+                    s.silent_backend = rng.chance(20);
                 }
                 s.syn_sent = true;
                 tcp_options = rng.pick(&TCP_OPTION_SETS);
@@ -304,6 +329,16 @@ impl Traffic {
                 seg.ack = if seg.flags & ACK != 0 { s.server_next } else { 0 };
                 seg
             }
+            Kind::ForgedCookieAck => {
+                let mut seg = from_client(if payload_len == 0 { ACK } else { PSH_ACK });
+                (seg.seq, seg.ack) = match rng.below(3) {
+                    0 => (s.client_next, s.server_next ^ 1 << rng.below(32)),
+                    1 => (s.client_next.wrapping_add(1), s.server_next),
+                    _ => (s.client_next, rng.next_u32()),
+                };
+                seg.payload = payload;
+                seg
+            }
             Kind::BackendSynAck | Kind::BackendAck | Kind::BackendData | Kind::BackendFin | Kind::BackendRst { .. } => {
                 let (backend, port) = s.backend_side.expect("a backend kind needs the backend side");
                 let flags = match kind {
@@ -316,7 +351,14 @@ impl Traffic {
                 };
                 let mut seg = from_backend(backend, port, flags);
                 if kind == Kind::BackendSynAck {
-                    s.backend_next = rng.next_u32();
+                    // A retransmission, with the ISN the LB has seen; the
+                    // proxy must answer it as it did the first time.
+                    let isn = match s.backend_isn {
+                        Some(isn) if self.syn_proxy && rng.chance(70) => isn,
+                        _ => rng.next_u32(),
+                    };
+                    s.backend_isn = Some(isn);
+                    s.backend_next = isn;
                     tcp_options = rng.pick(&TCP_OPTION_SETS);
                 }
                 seg.seq = match kind {
@@ -603,6 +645,8 @@ fn fresh_session(rng: &mut Rng) -> Session {
         client_next: 0,
         server_next: 0,
         backend_side: None,
+        backend_isn: None,
+        silent_backend: false,
         backend_next: 0,
         backend_ack: 0,
         over: false,
@@ -727,7 +771,7 @@ mod tests {
     #[test]
     fn the_same_seed_gives_the_same_frames() {
         let frames = |seed| {
-            let mut traffic = Traffic::new(seed, 16, (20000, 29999));
+            let mut traffic = Traffic::new(seed, 16, (20000, 29999), false);
             let mut frame = Vec::new();
             (0..500)
                 .map(|_| {
@@ -742,7 +786,7 @@ mod tests {
 
     #[test]
     fn unmutated_session_frames_are_valid_tcp_and_mutations_are_common() {
-        let mut traffic = Traffic::new(11, 64, (20000, 29999));
+        let mut traffic = Traffic::new(11, 64, (20000, 29999), false);
         let mut frame = Vec::new();
         let (mut valid, mut mutated, mut kinds) = (0, 0, std::collections::HashSet::new());
         for _ in 0..20_000 {
@@ -763,7 +807,7 @@ mod tests {
 
     #[test]
     fn backend_frames_follow_what_the_session_learned() {
-        let mut traffic = Traffic::new(5, 1, (20000, 29999));
+        let mut traffic = Traffic::new(5, 1, (20000, 29999), false);
         traffic.learn(
             0,
             Learned::ToBackend {

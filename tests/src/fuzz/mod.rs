@@ -1,8 +1,10 @@
 //! The fuzz test behind `tests/fuzz_root.rs`: millions of generated and
 //! mutated frames ([`frames`]) through the real XDP program in a
 //! [`PacketLab`], each judged by an [`oracle`] that reads the program's maps.
-//! Deterministic for a seed (the flow table's LRU eviction aside, which
-//! only the small-table runs reach).
+//! Deterministic for a seed, but for the flow table's LRU eviction, which
+//! only the small-table runs reach, and the SYN proxy's cookies (the
+//! kernel's secret and clock make them) and SYN retransmissions (after a
+//! time), which only the proxy run reaches.
 
 pub mod frames;
 pub mod oracle;
@@ -13,7 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use bg_lb::dataplane::FlowTimeouts;
+use bg_lb::dataplane::{FlowTimeouts, syn_proxy::SynProxyMode};
 use frames::{Origin, Traffic};
 use oracle::{Class, Oracle};
 
@@ -46,6 +48,8 @@ pub struct FuzzReport {
     pub table_checks: u64,
     /// The most flows the table held at a check.
     pub most_flows: usize,
+    /// See [`Oracle::cookie_mss_fallbacks`].
+    pub cookie_mss_fallbacks: u64,
     pub violations: Vec<String>,
 }
 
@@ -56,14 +60,15 @@ impl FuzzReport {
 
     pub fn summary(&self) -> String {
         let mut text = format!(
-            "seed {:#x}: {} frames ({} mutated) in {:.2?} ({:.0} frames/s), {} table checks, up to {} flows\n",
+            "seed {:#x}: {} frames ({} mutated) in {:.2?} ({:.0} frames/s), {} table checks, up to {} flows, {} cookie MSS fallbacks\n",
             self.seed,
             self.frames,
             self.mutated,
             self.elapsed,
             self.frames as f64 / self.elapsed.as_secs_f64(),
             self.table_checks,
-            self.most_flows
+            self.most_flows,
+            self.cookie_mss_fallbacks
         );
         for (class, n) in &self.classes {
             let _ = writeln!(text, "  {class:?}: {n}");
@@ -84,8 +89,9 @@ const SWEEP: FlowTimeouts = FlowTimeouts {
 /// namespace: see [`crate::netns::in_fresh_netns`]).
 pub fn run(o: &FuzzOptions) -> FuzzReport {
     let mut lab = PacketLab::new(&o.lab);
-    let oracle = Oracle::new(&lab, o.lab.snat_ports);
-    let mut traffic = Traffic::new(o.seed, o.sessions, o.lab.snat_ports);
+    let mut oracle = Oracle::new(&lab, &o.lab);
+    let syn_proxy = o.lab.syn_proxy.mode != SynProxyMode::Off;
+    let mut traffic = Traffic::new(o.seed, o.sessions, o.lab.snat_ports, syn_proxy);
     let mut report = FuzzReport {
         seed: o.seed,
         ..FuzzReport::default()
@@ -118,6 +124,7 @@ pub fn run(o: &FuzzOptions) -> FuzzReport {
         }
     }
     report.elapsed = started.elapsed();
+    report.cookie_mss_fallbacks = oracle.cookie_mss_fallbacks();
     report
 }
 

@@ -1,9 +1,11 @@
 //! The fuzz test's judge. It reads what the program did (verdict, output
 //! frame) and what the program's maps say after it, and checks invariants
 //! that hold for any correct version of the data plane, whatever its state
-//! machine, SYN defence or ICMP handling. It never re-implements the
-//! program: who owns a flow, which backend and which SNAT port, comes from
-//! FLOWS and REVERSE_NAT.
+//! machine or ICMP handling. It never re-implements the program: who owns
+//! a flow, which backend and which SNAT port, comes from FLOWS and
+//! REVERSE_NAT. The SYN proxy's outputs are exact functions of what it was
+//! sent, so they are judged exactly, by a model that remembers what the
+//! program sent (`syn_proxy`).
 //!
 //! # Invariants, per frame
 //! 1. The verdict is XDP_PASS, XDP_DROP, XDP_TX or XDP_REDIRECT, never
@@ -24,9 +26,11 @@
 //!      that flow (FLOWS) is pinned to that backend and port;
 //!    - **an answer to the sender**, from the address it was sent to, by
 //!      XDP_TX, never answering a RST: a bare RST refusing a connection
-//!      request (RFC 793 sequence numbers), a SYN-ACK to a connection
-//!      request (a SYN cookie, acknowledging its sequence number), or an
-//!      ICMP error quoting the frame;
+//!      request (RFC 793 sequence numbers), or an ACK proving a SYN cookie
+//!      that no backend could take; a SYN cookie's SYN-ACK to a connection
+//!      request, with the SYN proxy on; or ICMP fragmentation needed for a
+//!      DF segment of a pinned flow too big for the egress link, quoting
+//!      the segment as its sender sent it (the TTL the LB decremented);
 //!    - **an ICMP error translated** from an ICMP error the LB received: to
 //!      a client quoting the client's own segment to the VIP, of a pinned
 //!      flow, when the error received quoted that flow's segment to its
@@ -36,14 +40,21 @@
 //!
 //!    Nothing else is ever forwarded: no frame to an address that is
 //!    neither a backend nor the client of a pinned flow.
+//!
+//!    With the SYN proxy on, what it sends is judged exactly by the model
+//!    in `syn_proxy` (its docs list it): cookie SYN-ACKs, the SYN and the
+//!    ACK (or held segment) to the backend, refusals of proven cookies, and
+//!    the sequence translation of proxied flows. Every other forwarded
+//!    segment keeps its sequence and acknowledgment numbers and its flags.
 //! 4. Checksums: the program builds answers with correct IPv4, TCP and
 //!    ICMP checksums, and never breaks one while forwarding (a frame that
 //!    came in with a correct checksum leaves with a correct one; like every
 //!    L4 balancer it does not verify what it forwards, so a corrupt frame
 //!    may stay corrupt for its receiver to drop).
-//! 5. A forwarded frame carries the payload it came with (or none, for a
-//!    rewritten handshake segment); with its flags unchanged its TTL is one
-//!    less; it leaves from the LB's MAC to the next hop's MAC. An answer
+//! 5. A forwarded frame carries the payload and flags it came with and a
+//!    TTL one less, and leaves from the LB's MAC to the next hop's MAC. (A
+//!    segment the proxy builds, in place of the one it came from, is judged
+//!    by the proxy's model, its MACs as a forwarded frame's.) An answer
 //!    goes back to the sender's MAC from a unicast one.
 //!
 //! # Invariants of the tables (checked periodically and at the end)
@@ -54,12 +65,21 @@
 //! 8. Every REVERSE_NAT entry's flow exists in FLOWS and names that backend
 //!    and port. Between sweeps this holds while nothing is evicted; after
 //!    the daemon's sweep it always holds.
+//! 9. Every proxied flow is one the oracle saw opened, with the offset and
+//!    held segment the oracle saw.
+//!
+//! How FLOWS and REVERSE_NAT must agree (who owns a port, which flow a
+//! reply or ICMP error may reach) is decided in one place, the "Ownership"
+//! section below.
+
+mod syn_proxy;
 
 use std::{
     collections::HashMap,
     net::{Ipv4Addr, SocketAddrV4},
 };
 
+use bg_lb::dataplane::syn_proxy::SynProxyMode;
 use bg_lb_common::{
     flow_state::{self, FlowPhase},
     maps::{Backend, Flow, FlowKey, NatKey},
@@ -67,9 +87,12 @@ use bg_lb_common::{
 use etherparse::{Ipv4HeaderSlice, Ipv4Slice, TcpSlice};
 use serde::Serialize;
 
+use self::syn_proxy::{ProxyModel, untranslated};
 use crate::{
     fuzz::frames::Learned,
-    packet_lab::{GATEWAY_MAC, LB_MAC, PacketLab, SNAT, VIP, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX, mac_of},
+    packet_lab::{
+        GATEWAY_MAC, LB_MAC, PacketLab, PacketLabOptions, SNAT, VIP, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX, mac_of,
+    },
     packets::{ETH_LEN, internet_checksum},
 };
 
@@ -89,8 +112,16 @@ pub enum Class {
     ToBackendPinned,
     /// A client's mid-stream segment without a flow, by the lookup table.
     ToBackendStateless,
-    /// The LB's own segment back to a backend, for a flow it owns.
+    /// The SYN proxy's ACK to a backend's SYN-ACK, in the client's place.
     ToBackendAnswer,
+    /// The SYN proxy's SYN to a backend, for a proven cookie.
+    ProxySyn,
+    /// The SYN proxy's SYN again, its backend silent for a while.
+    ProxySynAgain,
+    /// A client segment the SYN proxy held (dropped until the backend answers).
+    Held,
+    /// The held segment, sent in place of the ACK to the backend's SYN-ACK.
+    HeldToBackend,
     ReplyToClient,
     RstAnswer,
     SynAckAnswer,
@@ -99,10 +130,13 @@ pub enum Class {
     IcmpToBackend,
 }
 
+#[derive(Clone)]
 pub struct Oracle {
     by_addr: HashMap<SocketAddrV4, u32>,
     by_id: HashMap<u32, SocketAddrV4>,
     snat_ports: (u16, u16),
+    /// The SYN proxy's model, when the service's proxy is not off.
+    proxy: Option<ProxyModel>,
 }
 
 /// An IPv4 packet as the oracle reads it.
@@ -111,6 +145,8 @@ struct Ip<'a> {
     dst_mac: [u8; 6],
     src: Ipv4Addr,
     dst: Ipv4Addr,
+    /// The IPv4 header's bytes, options included.
+    header: &'a [u8],
     ttl: u8,
     proto: u8,
     fragmented: bool,
@@ -126,7 +162,11 @@ struct Tcp<'a> {
     flags: u8,
     seq: u32,
     ack: u32,
+    window: u16,
+    options: &'a [u8],
     payload: &'a [u8],
+    /// The first 8 bytes of the header: what an ICMP error must quote.
+    head: &'a [u8],
     checksum_ok: bool,
 }
 
@@ -148,6 +188,7 @@ fn parse_ip(frame: &[u8]) -> Option<Ip<'_>> {
         dst_mac: frame[0..6].try_into().expect("6 bytes"),
         src: header.source_addr(),
         dst: header.destination_addr(),
+        header: &frame[ETH_LEN..ETH_LEN + header.slice().len()],
         ttl: header.ttl(),
         proto: header.protocol().0,
         fragmented: header.is_fragmenting_payload(),
@@ -168,15 +209,20 @@ fn parse_tcp<'a>(ip: &Ip<'a>) -> Option<Tcp<'a>> {
         flags: tcp.slice()[13],
         seq: tcp.sequence_number(),
         ack: tcp.acknowledgment_number(),
+        window: tcp.window_size(),
+        options: &ip.payload[20..tcp.header_len()],
         payload: tcp.payload(),
+        head: &ip.payload[..8],
         checksum_ok,
     })
 }
 
-/// The segment an ICMP error quotes: its addresses and ports.
+/// The segment an ICMP error quotes: its addresses and ports, and its
+/// sequence number if quoted.
 struct Quoted {
     src: SocketAddrV4,
     dst: SocketAddrV4,
+    seq: Option<u32>,
     header_ok: bool,
 }
 
@@ -188,13 +234,17 @@ fn parse_icmp_error(ip: &Ip<'_>) -> Option<(u8, u8, bool, Quoted)> {
     }
     let icmp = ip.payload;
     let inner = Ipv4HeaderSlice::from_slice(&icmp[8..]).ok()?;
-    let ports = icmp.get(8 + inner.slice().len()..8 + inner.slice().len() + 4)?;
+    let l4 = 8 + inner.slice().len();
+    let ports = icmp.get(l4..l4 + 4)?;
     if inner.protocol().0 != IPPROTO_TCP {
         return None;
     }
     let quoted = Quoted {
         src: SocketAddrV4::new(inner.source_addr(), u16::from_be_bytes([ports[0], ports[1]])),
         dst: SocketAddrV4::new(inner.destination_addr(), u16::from_be_bytes([ports[2], ports[3]])),
+        seq: icmp
+            .get(l4 + 4..l4 + 8)
+            .map(|s| u32::from_be_bytes(s.try_into().expect("4 bytes"))),
         header_ok: internet_checksum(0, inner.slice()) == 0,
     };
     Some((icmp[0], icmp[1], internet_checksum(0, icmp) == 0, quoted))
@@ -220,14 +270,23 @@ fn closed(flow: &Flow) -> bool {
 type Judged = Result<(Class, Option<Learned>), String>;
 
 impl Oracle {
-    pub fn new(lab: &PacketLab, snat_ports: (u16, u16)) -> Self {
+    /// The oracle for `lab`, set up with `options`.
+    pub fn new(lab: &PacketLab, options: &PacketLabOptions) -> Self {
         let by_id: HashMap<u32, SocketAddrV4> = lab.backends_by_id().into_iter().collect();
         let by_addr = by_id.iter().map(|(&id, &addr)| (addr, id)).collect();
+        let proxy = (options.syn_proxy.mode != SynProxyMode::Off).then(|| ProxyModel::new(options.syn_proxy.mss));
         Oracle {
             by_addr,
             by_id,
-            snat_ports,
+            snat_ports: options.snat_ports,
+            proxy,
         }
+    }
+
+    /// The proxy's SYNs to backends that carried the fallback MSS (see
+    /// `synproxy::cookie_mss`): rare, or the MSS is not read back.
+    pub fn cookie_mss_fallbacks(&self) -> u64 {
+        self.proxy.as_ref().map_or(0, |p| p.mss_fallbacks)
     }
 
     fn in_snat_range(&self, port: u16) -> bool {
@@ -258,298 +317,104 @@ impl Oracle {
         self.by_id.get(&flow.backend_id) == Some(&backend) && u16::from_be(flow.snat_port) == port
     }
 
-    /// Judges one run of the program: `input` went in, `verdict` and
-    /// `output` came out, and `lab`'s maps are as the run left them. On
-    /// success, what the output teaches the frame's session.
-    pub fn judge(&self, lab: &PacketLab, input: &[u8], verdict: u32, output: &[u8]) -> Judged {
-        match verdict {
-            XDP_PASS if output == input => Ok((Class::Passed, None)),
-            XDP_PASS => Err("XDP_PASS with a changed frame: the kernel must get it as it came".to_owned()),
-            XDP_DROP => Ok((Class::Dropped, None)),
-            XDP_TX | XDP_REDIRECT => self.forwarded(lab, input, verdict, output),
-            other => Err(format!("verdict {other} (0 is XDP_ABORTED)")),
-        }
-    }
+    // --- Ownership: how FLOWS and REVERSE_NAT must agree, in one place ---
 
-    fn forwarded(&self, lab: &PacketLab, input: &[u8], verdict: u32, output: &[u8]) -> Judged {
-        let out_ip = parse_ip(output).ok_or("forwarded a frame that is not IPv4")?;
-        let in_ip = parse_ip(input);
-        if !out_ip.header_ok && in_ip.as_ref().is_some_and(|i| i.header_ok) {
-            return Err("IPv4 header checksum broken by the program".to_owned());
-        }
-        match out_ip.proto {
-            IPPROTO_TCP => {
-                let out = parse_tcp(&out_ip).ok_or("forwarded TCP that does not parse")?;
-                let in_tcp = in_ip.as_ref().and_then(parse_tcp);
-                if self.by_addr.contains_key(&out.dst) && *out.src.ip() == SNAT {
-                    self.to_backend(lab, in_ip.as_ref(), in_tcp.as_ref(), verdict, &out_ip, &out)
-                } else if out.src == VIP {
-                    match (&in_ip, &in_tcp) {
-                        (Some(i), Some(t)) if t.src == out.dst && t.dst == out.src => {
-                            answer(i, t, verdict, &out_ip, &out)
-                        }
-                        _ => self.reply_to_client(lab, in_ip.as_ref(), in_tcp.as_ref(), &out_ip, &out),
-                    }
-                } else {
-                    Err(format!(
-                        "forwarded TCP {} -> {} that is neither to a backend from the SNAT address nor from the VIP",
-                        out.src, out.dst
-                    ))
-                }
-            }
-            IPPROTO_ICMP => self.icmp(lab, in_ip.as_ref(), &out_ip),
-            other => Err(format!("forwarded IP protocol {other}")),
-        }
-    }
-
-    fn to_backend(
-        &self,
-        lab: &PacketLab,
-        in_ip: Option<&Ip<'_>>,
-        in_tcp: Option<&Tcp<'_>>,
-        verdict: u32,
-        out_ip: &Ip<'_>,
-        out: &Tcp<'_>,
-    ) -> Judged {
-        let (backend, port) = (out.dst, out.src.port());
-        if !self.in_snat_range(port) {
-            return Err(format!("to backend {backend} from SNAT port {port}, outside the range"));
-        }
-        let (Some(in_ip), Some(seg)) = (in_ip, in_tcp) else {
-            return Err(format!("to backend {backend} from a frame that is not TCP/IPv4"));
-        };
-        let owner = lab.reverse_nat(backend, port);
-        let class = if seg.dst == VIP {
-            forwarding_checks(in_ip, seg, out_ip, out)?;
-            let key = FlowKey::from_client(seg.src, VIP);
-            match lab.flow_at(&key) {
-                Some(flow) if self.pinned_to(&flow, backend, port) => {
-                    if let Some(other) = owner.filter(|o| *o != key) {
-                        return Err(format!(
-                            "{}'s segment sent through {backend} port {port}, which REVERSE_NAT gives to {}",
-                            seg.src,
-                            other.client()
-                        ));
-                    }
-                    Class::ToBackendPinned
-                }
-                Some(flow) => {
-                    return Err(format!(
-                        "{}'s flow is pinned to backend id {} port {}, but the segment went to {backend} port {port}",
-                        seg.src,
-                        flow.backend_id,
-                        u16::from_be(flow.snat_port)
-                    ));
-                }
-                None if is_connection_request(seg.flags) => {
-                    return Err(format!("{}'s connection request forwarded without a flow", seg.src));
-                }
-                None => {
-                    if let Some(other) = owner
-                        && let Some(flow) = lab.flow_at(&other)
-                        && !closed(&flow)
-                    {
-                        return Err(format!(
-                            "{}'s segment forwarded statelessly through {backend} port {port}, which live flow {} owns",
-                            seg.src,
-                            other.client()
-                        ));
-                    }
-                    Class::ToBackendStateless
-                }
-            }
-        } else if seg.src == backend && seg.dst == SocketAddrV4::new(SNAT, port) {
-            // The SYN proxy's answer to the backend's SYN-ACK: the ACK in the
-            // client's place (back out with XDP_TX) or the client segment it
-            // held (forwarded), built whole, so with checksums of its own.
-            if !out.checksum_ok || !out_ip.header_ok {
-                return Err("an answer to a backend with a wrong checksum".to_owned());
-            }
-            if verdict == XDP_TX {
-                check_answer_macs(in_ip, out_ip)?;
-            } else if out_ip.src_mac != LB_MAC || out_ip.dst_mac != next_hop_mac(out_ip.dst) {
-                return Err(format!(
-                    "held segment to {backend} with MACs {:02x?}",
-                    (out_ip.src_mac, out_ip.dst_mac)
-                ));
-            }
-            let key = owner.ok_or("answered a backend on a SNAT port no flow owns")?;
-            match lab.flow_at(&key) {
-                Some(flow) if self.pinned_to(&flow, backend, port) => Class::ToBackendAnswer,
-                _ => return Err(format!("answered {backend} port {port} for {key:?}, not pinned there")),
-            }
-        } else {
-            return Err(format!(
-                "to backend {backend} from {} -> {}: neither its flow's client nor that backend",
-                seg.src, seg.dst
-            ));
-        };
-        let learned = Learned::ToBackend {
-            side: (backend, port),
-            next_seq: out.seq.wrapping_add(out.len()),
-        };
-        Ok((class, Some(learned)))
-    }
-
-    fn reply_to_client(
-        &self,
-        lab: &PacketLab,
-        in_ip: Option<&Ip<'_>>,
-        in_tcp: Option<&Tcp<'_>>,
-        out_ip: &Ip<'_>,
-        out: &Tcp<'_>,
-    ) -> Judged {
-        let client = out.dst;
-        let (Some(in_ip), Some(seg)) = (in_ip, in_tcp) else {
-            return Err(format!("to client {client} from a frame that is not TCP/IPv4"));
-        };
-        let (backend, port) = (seg.src, seg.dst.port());
-        if !self.by_addr.contains_key(&backend) || *seg.dst.ip() != SNAT || !self.in_snat_range(port) {
-            return Err(format!(
-                "to client {client} from {} -> {}: neither a backend's reply to the SNAT range nor an answer",
-                seg.src, seg.dst
-            ));
-        }
-        forwarding_checks(in_ip, seg, out_ip, out)?;
-        let owner = lab
+    /// The flow that owns (`backend`, SNAT port `port`): REVERSE_NAT names
+    /// it, and its FLOWS entry is pinned there. Only such a flow's client
+    /// may get what arrives on that port (replies, ICMP errors).
+    fn port_owner(&self, lab: &PacketLab, backend: SocketAddrV4, port: u16) -> Result<(FlowKey, Flow), String> {
+        let key = lab
             .reverse_nat(backend, port)
-            .ok_or_else(|| format!("{backend}'s reply to port {port} forwarded to {client}, though no flow owns it"))?;
-        if owner != FlowKey::from_client(client, VIP) {
-            return Err(format!(
-                "{backend}'s reply to port {port} forwarded to {client}, but the port is {}'s",
-                owner.client()
-            ));
-        }
-        match lab.flow_at(&owner) {
-            Some(flow) if self.pinned_to(&flow, backend, port) => {}
-            Some(flow) => {
-                return Err(format!(
-                    "{backend}'s reply to port {port} forwarded to {client}, whose flow is pinned to backend id {} port {}",
-                    flow.backend_id,
-                    u16::from_be(flow.snat_port)
-                ));
-            }
-            None => {
-                return Err(format!(
-                    "{backend}'s reply to port {port} forwarded to {client}, whose flow is gone"
-                ));
-            }
-        }
-        let learned = Learned::ToClient {
-            next_seq: out.seq.wrapping_add(out.len()),
-        };
-        Ok((Class::ReplyToClient, Some(learned)))
-    }
-
-    fn icmp(&self, lab: &PacketLab, in_ip: Option<&Ip<'_>>, out_ip: &Ip<'_>) -> Judged {
-        let (icmp_type, _, checksum_ok, quoted) =
-            parse_icmp_error(out_ip).ok_or("forwarded ICMP that is not an error quoting a TCP segment")?;
-        if icmp_type != 3 && icmp_type != 11 {
-            return Err(format!("forwarded ICMP type {icmp_type}"));
-        }
-        let in_ip = in_ip.ok_or("ICMP from a frame that is not IPv4")?;
-        if let Some(seg) = parse_tcp(in_ip) {
-            // An answer to the sender, quoting its segment.
-            if !(out_ip.dst == in_ip.src && quoted.src == seg.src && quoted.dst == seg.dst) {
-                return Err(format!(
-                    "ICMP to {} quoting {} -> {}, from a TCP segment {} -> {}",
-                    out_ip.dst, quoted.src, quoted.dst, seg.src, seg.dst
-                ));
-            }
-            if !out_ip.header_ok || !checksum_ok {
-                return Err("an ICMP answer with a wrong checksum".to_owned());
-            }
-            check_answer_macs(in_ip, out_ip)?;
-            return Ok((Class::IcmpAnswer, None));
-        }
-        let (_, _, in_checksum_ok, in_quoted) =
-            parse_icmp_error(in_ip).ok_or("forwarded ICMP from a frame that is neither TCP nor an ICMP error")?;
-        if in_checksum_ok && !checksum_ok {
-            return Err("ICMP checksum broken by the translation".to_owned());
-        }
-        if in_quoted.header_ok && !quoted.header_ok {
-            return Err("quoted IPv4 header checksum broken by the translation".to_owned());
-        }
-        if out_ip.src_mac != LB_MAC || out_ip.dst_mac != next_hop_mac(out_ip.dst) {
-            return Err(format!(
-                "translated ICMP to {} with MACs {:02x?}",
-                out_ip.dst,
-                (out_ip.src_mac, out_ip.dst_mac)
-            ));
-        }
-        if self.by_addr.contains_key(&quoted.src) && out_ip.dst == *quoted.src.ip() {
-            // To a backend, about its segment to a SNAT port.
-            let (backend, port) = (quoted.src, quoted.dst.port());
-            if *quoted.dst.ip() != SNAT {
-                return Err(format!("ICMP to backend {backend} quoting a segment to {}", quoted.dst));
-            }
-            let key = lab
-                .reverse_nat(backend, port)
-                .ok_or_else(|| format!("ICMP to {backend} about port {port}, which no flow owns"))?;
-            if !lab.flow_at(&key).is_some_and(|f| self.pinned_to(&f, backend, port)) {
-                return Err(format!(
-                    "ICMP to {backend} about port {port}, whose owner is not pinned there"
-                ));
-            }
-            if in_quoted.src != VIP || in_quoted.dst != key.client() {
-                return Err(format!(
-                    "ICMP to {backend} for {}'s flow, translated from one quoting {} -> {}",
-                    key.client(),
-                    in_quoted.src,
-                    in_quoted.dst
-                ));
-            }
-            Ok((Class::IcmpToBackend, None))
-        } else {
-            // To a client, about its segment to the VIP.
-            let client = quoted.src;
-            if out_ip.dst != *client.ip() || quoted.dst != VIP {
-                return Err(format!(
-                    "ICMP to {} quoting {} -> {}: neither a client's segment to the VIP nor a backend's to the SNAT address",
-                    out_ip.dst, quoted.src, quoted.dst
-                ));
-            }
-            let flow = lab
-                .flow_at(&FlowKey::from_client(client, VIP))
-                .ok_or_else(|| format!("ICMP to {client}, which has no flow"))?;
-            let backend = self.by_id.get(&flow.backend_id).copied();
-            let from = SocketAddrV4::new(SNAT, u16::from_be(flow.snat_port));
-            if Some(in_quoted.dst) != backend || in_quoted.src != from {
-                return Err(format!(
-                    "ICMP to {client}, whose flow is {from} -> {backend:?}, translated from one quoting {} -> {}",
-                    in_quoted.src, in_quoted.dst
-                ));
-            }
-            Ok((Class::IcmpToClient, None))
+            .ok_or_else(|| format!("{backend} port {port}, which no flow owns in REVERSE_NAT"))?;
+        match lab.flow_at(&key) {
+            Some(flow) if self.pinned_to(&flow, backend, port) => Ok((key, flow)),
+            Some(flow) => Err(format!(
+                "{backend} port {port}, which REVERSE_NAT gives {}, whose flow is pinned to backend id {} port {}",
+                key.client(),
+                flow.backend_id,
+                u16::from_be(flow.snat_port)
+            )),
+            None => Err(format!(
+                "{backend} port {port}, which REVERSE_NAT gives {}, whose flow is gone",
+                key.client()
+            )),
         }
     }
 
-    /// The tables' invariants (6 to 8 of the module docs); with
-    /// `reverse_nat_complete`, also that every REVERSE_NAT entry's flow names
-    /// it.
-    pub fn check_tables(&self, lab: &PacketLab, reverse_nat_complete: bool) -> Vec<String> {
+    /// `client`'s flow, when its REVERSE_NAT entry names it back: only then
+    /// may what its client sends reach the backend side (an ICMP error, an
+    /// answer about it).
+    fn owned_flow(&self, lab: &PacketLab, client: SocketAddrV4) -> Result<(FlowKey, Flow), String> {
+        let key = FlowKey::from_client(client, VIP);
+        let flow = lab
+            .flow_at(&key)
+            .ok_or_else(|| format!("{client}, which has no flow"))?;
+        let backend = self.by_id.get(&flow.backend_id).copied().ok_or_else(|| {
+            format!(
+                "{client}, whose flow names backend id {}, not installed",
+                flow.backend_id
+            )
+        })?;
+        let port = u16::from_be(flow.snat_port);
+        if lab.reverse_nat(backend, port) != Some(key) {
+            return Err(format!(
+                "{client}, whose flow's port ({backend} port {port}) REVERSE_NAT does not give it"
+            ));
+        }
+        Ok((key, flow))
+    }
+
+    /// Whether a segment from `client` may go through (`backend`, `port`),
+    /// its flow pinned there: no *other* flow owns the port in REVERSE_NAT
+    /// (a missing entry is claimed again).
+    fn may_use_port(
+        &self,
+        lab: &PacketLab,
+        client: SocketAddrV4,
+        backend: SocketAddrV4,
+        port: u16,
+    ) -> Result<(), String> {
+        match lab.reverse_nat(backend, port) {
+            Some(other) if other != FlowKey::from_client(client, VIP) => Err(format!(
+                "{client}'s segment sent through {backend} port {port}, which REVERSE_NAT gives to {}",
+                other.client()
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// Whether a segment without a flow may go through (`backend`, `port`)
+    /// statelessly: no live flow owns it.
+    fn may_use_port_statelessly(
+        &self,
+        lab: &PacketLab,
+        client: SocketAddrV4,
+        backend: SocketAddrV4,
+        port: u16,
+    ) -> Result<(), String> {
+        if let Some(other) = lab.reverse_nat(backend, port)
+            && let Some(flow) = lab.flow_at(&other)
+            && !closed(&flow)
+        {
+            return Err(format!(
+                "{client}'s segment forwarded statelessly through {backend} port {port}, which live flow {} owns",
+                other.client()
+            ));
+        }
+        Ok(())
+    }
+
+    /// Invariants 7 and 8 of the module docs over the whole tables.
+    fn ownership_problems(
+        &self,
+        lab: &PacketLab,
+        flows: &HashMap<FlowKey, Flow>,
+        reverse_nat_complete: bool,
+    ) -> Vec<String> {
         let mut problems = Vec::new();
-        let flows: HashMap<FlowKey, Flow> = lab.flows().into_iter().collect();
         let mut owners: HashMap<NatKey, FlowKey> = HashMap::new();
-        for (key, flow) in &flows {
-            if *key != FlowKey::from_client(key.client(), VIP) {
-                problems.push(format!("a flow to something else than the VIP: {key:?}"));
-            }
-            let Some(nat) = self.nat_key(flow) else {
-                problems.push(format!(
-                    "{}'s flow names backend id {}, not installed",
-                    key.client(),
-                    flow.backend_id
-                ));
-                continue;
-            };
-            if !self.in_snat_range(u16::from_be(flow.snat_port)) {
-                problems.push(format!(
-                    "{}'s flow has SNAT port {}, outside the range",
-                    key.client(),
-                    u16::from_be(flow.snat_port)
-                ));
-            }
+        for (key, flow) in flows {
+            let Some(nat) = self.nat_key(flow) else { continue };
             if closed(flow) {
                 continue;
             }
@@ -583,24 +448,444 @@ impl Oracle {
         }
         problems
     }
+
+    // --- Frames ---
+
+    /// Judges one run of the program: `input` went in, `verdict` and
+    /// `output` came out, and `lab`'s maps are as the run left them. On
+    /// success, what the output teaches the frame's session.
+    pub fn judge(&mut self, lab: &PacketLab, input: &[u8], verdict: u32, output: &[u8]) -> Judged {
+        match verdict {
+            XDP_PASS if output == input => Ok((Class::Passed, None)),
+            XDP_PASS => Err("XDP_PASS with a changed frame: the kernel must get it as it came".to_owned()),
+            XDP_DROP => {
+                let held = self.proxy.as_mut().and_then(|p| p.dropped(lab, input));
+                Ok((held.unwrap_or(Class::Dropped), None))
+            }
+            XDP_TX | XDP_REDIRECT => self.forwarded(lab, input, verdict, output),
+            other => Err(format!("verdict {other} (0 is XDP_ABORTED)")),
+        }
+    }
+
+    fn forwarded(&mut self, lab: &PacketLab, input: &[u8], verdict: u32, output: &[u8]) -> Judged {
+        let out_ip = parse_ip(output).ok_or("forwarded a frame that is not IPv4")?;
+        let in_ip = parse_ip(input);
+        if !out_ip.header_ok && in_ip.as_ref().is_some_and(|i| i.header_ok) {
+            return Err("IPv4 header checksum broken by the program".to_owned());
+        }
+        match out_ip.proto {
+            IPPROTO_TCP => {
+                let out = parse_tcp(&out_ip).ok_or("forwarded TCP that does not parse")?;
+                let in_tcp = in_ip.as_ref().and_then(parse_tcp);
+                if self.by_addr.contains_key(&out.dst) && *out.src.ip() == SNAT {
+                    self.toward_backend(lab, in_ip.as_ref(), in_tcp.as_ref(), verdict, &out_ip, &out)
+                } else if out.src == VIP {
+                    match (&in_ip, &in_tcp) {
+                        (Some(i), Some(t)) if t.src == out.dst && t.dst == out.src => {
+                            self.answer(lab, i, t, verdict, &out_ip, &out)
+                        }
+                        _ => self.reply_to_client(lab, in_ip.as_ref(), in_tcp.as_ref(), &out_ip, &out),
+                    }
+                } else {
+                    Err(format!(
+                        "forwarded TCP {} -> {} that is neither to a backend from the SNAT address nor from the VIP",
+                        out.src, out.dst
+                    ))
+                }
+            }
+            IPPROTO_ICMP => self.icmp(lab, in_ip.as_ref(), verdict, &out_ip),
+            other => Err(format!("forwarded IP protocol {other}")),
+        }
+    }
+
+    fn toward_backend(
+        &mut self,
+        lab: &PacketLab,
+        in_ip: Option<&Ip<'_>>,
+        in_tcp: Option<&Tcp<'_>>,
+        verdict: u32,
+        out_ip: &Ip<'_>,
+        out: &Tcp<'_>,
+    ) -> Judged {
+        let (backend, port) = (out.dst, out.src.port());
+        if !self.in_snat_range(port) {
+            return Err(format!("to backend {backend} from SNAT port {port}, outside the range"));
+        }
+        let (Some(in_ip), Some(seg)) = (in_ip, in_tcp) else {
+            return Err(format!("to backend {backend} from a frame that is not TCP/IPv4"));
+        };
+        let class = if seg.dst == VIP {
+            let key = FlowKey::from_client(seg.src, VIP);
+            match lab.flow_at(&key) {
+                Some(flow) if self.pinned_to(&flow, backend, port) => {
+                    self.may_use_port(lab, seg.src, backend, port)?;
+                    let proxy_class = match &mut self.proxy {
+                        Some(proxy) => proxy.client_to_backend(&key, &flow, seg, out_ip, out)?,
+                        None => {
+                            untranslated(seg, out)?;
+                            None
+                        }
+                    };
+                    match proxy_class {
+                        // Built whole by the proxy: judged there.
+                        Some(class) => {
+                            check_forwarding_macs(out_ip)?;
+                            class
+                        }
+                        None => {
+                            forwarding_checks(in_ip, seg, out_ip, out)?;
+                            Class::ToBackendPinned
+                        }
+                    }
+                }
+                Some(flow) => {
+                    return Err(format!(
+                        "{}'s flow is pinned to backend id {} port {}, but the segment went to {backend} port {port}",
+                        seg.src,
+                        flow.backend_id,
+                        u16::from_be(flow.snat_port)
+                    ));
+                }
+                None if is_connection_request(seg.flags) => {
+                    return Err(format!("{}'s connection request forwarded without a flow", seg.src));
+                }
+                None => {
+                    forwarding_checks(in_ip, seg, out_ip, out)?;
+                    untranslated(seg, out)?;
+                    self.may_use_port_statelessly(lab, seg.src, backend, port)?;
+                    Class::ToBackendStateless
+                }
+            }
+        } else if seg.src == backend && seg.dst == SocketAddrV4::new(SNAT, port) {
+            // The SYN proxy's answer to the backend's SYN-ACK: the ACK in the
+            // client's place (back out with XDP_TX) or the client segment it
+            // held (forwarded).
+            if verdict == XDP_TX {
+                check_answer_macs(in_ip, out_ip)?;
+            } else {
+                check_forwarding_macs(out_ip)?;
+            }
+            let (key, flow) = self
+                .port_owner(lab, backend, port)
+                .map_err(|e| format!("answered {e}"))?;
+            let proxy = self.proxy.as_mut().ok_or("answered a backend with the SYN proxy off")?;
+            proxy.answer_backend(&key, &flow, seg, verdict != XDP_TX, out_ip, out)?
+        } else {
+            return Err(format!(
+                "to backend {backend} from {} -> {}: neither its flow's client nor that backend",
+                seg.src, seg.dst
+            ));
+        };
+        let learned = Learned::ToBackend {
+            side: (backend, port),
+            next_seq: out.seq.wrapping_add(out.len()),
+        };
+        Ok((class, Some(learned)))
+    }
+
+    fn reply_to_client(
+        &self,
+        lab: &PacketLab,
+        in_ip: Option<&Ip<'_>>,
+        in_tcp: Option<&Tcp<'_>>,
+        out_ip: &Ip<'_>,
+        out: &Tcp<'_>,
+    ) -> Judged {
+        let client = out.dst;
+        let (Some(in_ip), Some(seg)) = (in_ip, in_tcp) else {
+            return Err(format!("to client {client} from a frame that is not TCP/IPv4"));
+        };
+        let (backend, port) = (seg.src, seg.dst.port());
+        if !self.by_addr.contains_key(&backend) || *seg.dst.ip() != SNAT || !self.in_snat_range(port) {
+            return Err(format!(
+                "to client {client} from {} -> {}: neither a backend's reply to the SNAT range nor an answer",
+                seg.src, seg.dst
+            ));
+        }
+        forwarding_checks(in_ip, seg, out_ip, out)?;
+        let (owner, flow) = self
+            .port_owner(lab, backend, port)
+            .map_err(|e| format!("{backend}'s reply forwarded to {client} through {e}"))?;
+        if owner != FlowKey::from_client(client, VIP) {
+            return Err(format!(
+                "{backend}'s reply to port {port} forwarded to {client}, but the port is {}'s",
+                owner.client()
+            ));
+        }
+        match &self.proxy {
+            Some(proxy) => proxy.backend_to_client(&owner, &flow, seg, out)?,
+            None => untranslated(seg, out)?,
+        }
+        let learned = Learned::ToClient {
+            next_seq: out.seq.wrapping_add(out.len()),
+        };
+        Ok((Class::ReplyToClient, Some(learned)))
+    }
+
+    fn icmp(&self, lab: &PacketLab, in_ip: Option<&Ip<'_>>, verdict: u32, out_ip: &Ip<'_>) -> Judged {
+        let (icmp_type, _, checksum_ok, quoted) =
+            parse_icmp_error(out_ip).ok_or("forwarded ICMP that is not an error quoting a TCP segment")?;
+        if icmp_type != 3 && icmp_type != 11 {
+            return Err(format!("forwarded ICMP type {icmp_type}"));
+        }
+        let in_ip = in_ip.ok_or("ICMP from a frame that is not IPv4")?;
+        if let Some(seg) = parse_tcp(in_ip) {
+            return self.too_big_answer(lab, in_ip, &seg, verdict, out_ip);
+        }
+        let (_, _, in_checksum_ok, in_quoted) =
+            parse_icmp_error(in_ip).ok_or("forwarded ICMP from a frame that is neither TCP nor an ICMP error")?;
+        if in_checksum_ok && !checksum_ok {
+            return Err("ICMP checksum broken by the translation".to_owned());
+        }
+        if in_quoted.header_ok && !quoted.header_ok {
+            return Err("quoted IPv4 header checksum broken by the translation".to_owned());
+        }
+        check_forwarding_macs(out_ip)?;
+        if self.by_addr.contains_key(&quoted.src) && out_ip.dst == *quoted.src.ip() {
+            // To a backend, about its segment to a SNAT port.
+            let (backend, port) = (quoted.src, quoted.dst.port());
+            if *quoted.dst.ip() != SNAT {
+                return Err(format!("ICMP to backend {backend} quoting a segment to {}", quoted.dst));
+            }
+            let (key, flow) = self
+                .port_owner(lab, backend, port)
+                .map_err(|e| format!("ICMP about {e}"))?;
+            if in_quoted.src != VIP || in_quoted.dst != key.client() {
+                return Err(format!(
+                    "ICMP to {backend} for {}'s flow, translated from one quoting {} -> {}",
+                    key.client(),
+                    in_quoted.src,
+                    in_quoted.dst
+                ));
+            }
+            // A proxied flow's backend checks its own sequence numbers.
+            let shift = match &self.proxy {
+                Some(proxy) => proxy.quoted_seq_shift(&key, &flow)?,
+                None => 0,
+            };
+            quoted_seq_shifted(&in_quoted, &quoted, shift)?;
+            Ok((Class::IcmpToBackend, None))
+        } else {
+            // To a client, about its segment to the VIP.
+            let client = quoted.src;
+            if out_ip.dst != *client.ip() || quoted.dst != VIP {
+                return Err(format!(
+                    "ICMP to {} quoting {} -> {}: neither a client's segment to the VIP nor a backend's to the SNAT address",
+                    out_ip.dst, quoted.src, quoted.dst
+                ));
+            }
+            let (_, flow) = self.owned_flow(lab, client).map_err(|e| format!("ICMP to {e}"))?;
+            let backend = self.by_id.get(&flow.backend_id).copied();
+            let from = SocketAddrV4::new(SNAT, u16::from_be(flow.snat_port));
+            if Some(in_quoted.dst) != backend || in_quoted.src != from {
+                return Err(format!(
+                    "ICMP to {client}, whose flow is {from} -> {backend:?}, translated from one quoting {} -> {}",
+                    in_quoted.src, in_quoted.dst
+                ));
+            }
+            quoted_seq_shifted(&in_quoted, &quoted, 0)?;
+            Ok((Class::IcmpToClient, None))
+        }
+    }
+
+    /// The program's one ICMP answer (forward.rs): fragmentation needed,
+    /// by XDP_TX, for a DF segment of a pinned flow that is too big for its
+    /// egress link, from the address the segment went to, quoting its IPv4
+    /// header (the TTL the LB decremented, the checksum made right for it)
+    /// and first 8 bytes as its sender sent them.
+    fn too_big_answer(&self, lab: &PacketLab, in_ip: &Ip<'_>, seg: &Tcp<'_>, verdict: u32, out_ip: &Ip<'_>) -> Judged {
+        if verdict != XDP_TX {
+            return Err("an ICMP answer not sent back with XDP_TX".to_owned());
+        }
+        let icmp = out_ip.payload;
+        if icmp.len() != 8 + 28 || icmp[..2] != [3, 4] || icmp[4..6] != [0, 0] {
+            return Err(format!(
+                "an ICMP answer {:02x?}: only fragmentation needed is sent",
+                icmp
+            ));
+        }
+        if (out_ip.src, out_ip.dst) != (in_ip.dst, in_ip.src) {
+            return Err(format!(
+                "an ICMP answer {} -> {} to a segment {} -> {}",
+                out_ip.src, out_ip.dst, seg.src, seg.dst
+            ));
+        }
+        let h = out_ip.header;
+        if h.len() != 20 || h[1] != 0xc0 || out_ip.ttl != 64 || !out_ip.header_ok || internet_checksum(0, icmp) != 0 {
+            return Err(format!(
+                "an ICMP answer with IPv4 header {h:02x?} and a wrong or right ICMP checksum"
+            ));
+        }
+        if in_ip.header.len() != 20 || in_ip.header[6] & 0x40 == 0 {
+            return Err("fragmentation needed for a segment without DF, or with IP options".to_owned());
+        }
+        let mtu = u16::from_be_bytes([icmp[6], icmp[7]]);
+        let in_len = u16::from_be_bytes([in_ip.header[2], in_ip.header[3]]);
+        if mtu == 0 || mtu >= in_len {
+            return Err(format!("fragmentation needed at MTU {mtu} for a {in_len}-byte segment"));
+        }
+        let mut quote = in_ip.header.to_vec();
+        quote[8] = in_ip.ttl.wrapping_sub(1);
+        quote[10..12].copy_from_slice(&[0, 0]);
+        let check = internet_checksum(0, &quote);
+        quote[10..12].copy_from_slice(&check.to_be_bytes());
+        quote.extend_from_slice(seg.head);
+        if icmp[8..] != quote[..] {
+            return Err(format!(
+                "an ICMP answer quoting {:02x?}: {quote:02x?} expected",
+                &icmp[8..]
+            ));
+        }
+        check_answer_macs(in_ip, out_ip)?;
+        // Of a pinned flow, whose tables agree.
+        if seg.dst == VIP {
+            self.owned_flow(lab, seg.src)
+                .map_err(|e| format!("fragmentation needed for {e}"))?;
+        } else {
+            self.port_owner(lab, seg.src, seg.dst.port())
+                .map_err(|e| format!("fragmentation needed for {e}"))?;
+        }
+        Ok((Class::IcmpAnswer, None))
+    }
+
+    /// An answer from the VIP to the frame's sender (invariant 3).
+    fn answer(
+        &mut self,
+        lab: &PacketLab,
+        in_ip: &Ip<'_>,
+        seg: &Tcp<'_>,
+        verdict: u32,
+        out_ip: &Ip<'_>,
+        out: &Tcp<'_>,
+    ) -> Judged {
+        if verdict != XDP_TX {
+            return Err("an answer to the sender not sent back with XDP_TX".to_owned());
+        }
+        if !out_ip.header_ok || !out.checksum_ok {
+            return Err("an answer with a wrong checksum".to_owned());
+        }
+        if seg.flags & TCP_RST != 0 {
+            return Err("answered a RST".to_owned());
+        }
+        check_answer_macs(in_ip, out_ip)?;
+        if !out.payload.is_empty() {
+            return Err("an answer with a payload".to_owned());
+        }
+        let handshake = out.flags & (TCP_SYN | TCP_ACK | TCP_RST | TCP_FIN);
+        let request = is_connection_request(seg.flags);
+        if out.flags & TCP_RST != 0 && out.flags & TCP_SYN == 0 {
+            if !request && !self.proxy.as_ref().is_some_and(|p| p.refuses(lab, seg)) {
+                return Err(format!(
+                    "a RST answering flags {:#04x}: neither a connection request nor an ACK proving a cookie",
+                    seg.flags
+                ));
+            }
+            // RFC 793: to a segment with ACK, seq = its ack; else ack = its
+            // seq + length, with ACK set.
+            let ok = if seg.flags & TCP_ACK != 0 {
+                out.seq == seg.ack
+            } else {
+                out.flags & TCP_ACK != 0 && out.ack == seg.seq.wrapping_add(seg.len())
+            };
+            if !ok {
+                return Err(format!(
+                    "a RST with seq {} ack {} to seq {} ack {}",
+                    out.seq, out.ack, seg.seq, seg.ack
+                ));
+            }
+            Ok((Class::RstAnswer, Some(Learned::Refused)))
+        } else if handshake == TCP_SYN | TCP_ACK {
+            if !request {
+                return Err(format!("a SYN-ACK answering flags {:#04x}", seg.flags));
+            }
+            if out.ack != seg.seq.wrapping_add(1) {
+                return Err(format!(
+                    "a SYN-ACK acknowledging {} to a SYN with seq {}",
+                    out.ack, seg.seq
+                ));
+            }
+            let proxy = self.proxy.as_mut().ok_or("a SYN-ACK answer with the SYN proxy off")?;
+            proxy.cookie_syn_ack(in_ip, seg, out_ip, out)?;
+            let learned = Learned::ToClient {
+                next_seq: out.seq.wrapping_add(1),
+            };
+            Ok((Class::SynAckAnswer, Some(learned)))
+        } else {
+            Err(format!("an answer with flags {:#04x}", out.flags))
+        }
+    }
+
+    /// The tables' invariants (6 to 9 of the module docs); with
+    /// `reverse_nat_complete`, also that every REVERSE_NAT entry's flow names
+    /// it.
+    pub fn check_tables(&self, lab: &PacketLab, reverse_nat_complete: bool) -> Vec<String> {
+        let mut problems = Vec::new();
+        let flows: HashMap<FlowKey, Flow> = lab.flows().into_iter().collect();
+        for (key, flow) in &flows {
+            if *key != FlowKey::from_client(key.client(), VIP) {
+                problems.push(format!("a flow to something else than the VIP: {key:?}"));
+            }
+            if self.nat_key(flow).is_none() {
+                problems.push(format!(
+                    "{}'s flow names backend id {}, not installed",
+                    key.client(),
+                    flow.backend_id
+                ));
+            }
+            if !self.in_snat_range(u16::from_be(flow.snat_port)) {
+                problems.push(format!(
+                    "{}'s flow has SNAT port {}, outside the range",
+                    key.client(),
+                    u16::from_be(flow.snat_port)
+                ));
+            }
+        }
+        problems.extend(self.ownership_problems(lab, &flows, reverse_nat_complete));
+        if let Some(proxy) = &self.proxy {
+            problems.extend(proxy.check_flows(&flows));
+        }
+        problems
+    }
 }
 
-/// Invariants 4 and 5 for a frame forwarded (not answered).
+/// Invariants 4 and 5 for a frame forwarded (not answered, not built).
 fn forwarding_checks(in_ip: &Ip<'_>, seg: &Tcp<'_>, out_ip: &Ip<'_>, out: &Tcp<'_>) -> Result<(), String> {
     if seg.checksum_ok && !out.checksum_ok {
         return Err("TCP checksum broken by the program".to_owned());
     }
-    if !out.payload.is_empty() && out.payload != seg.payload {
+    if out.payload != seg.payload {
         return Err("payload changed on the way".to_owned());
     }
-    if out.flags == seg.flags && out_ip.ttl != in_ip.ttl.wrapping_sub(1) {
+    if out.flags != seg.flags {
+        return Err(format!("flags {:#04x} in, {:#04x} out", seg.flags, out.flags));
+    }
+    if out_ip.ttl != in_ip.ttl.wrapping_sub(1) {
         return Err(format!("TTL {} in, {} out", in_ip.ttl, out_ip.ttl));
     }
+    check_forwarding_macs(out_ip)
+}
+
+/// A forwarded frame leaves from the LB's MAC to its next hop's.
+fn check_forwarding_macs(out_ip: &Ip<'_>) -> Result<(), String> {
     if out_ip.src_mac != LB_MAC || out_ip.dst_mac != next_hop_mac(out_ip.dst) {
         return Err(format!(
             "forwarded to {} with MACs {:02x?}",
             out_ip.dst,
             (out_ip.src_mac, out_ip.dst_mac)
+        ));
+    }
+    Ok(())
+}
+
+/// A translated ICMP error quotes the sequence number the error it came
+/// from quoted, plus `shift`.
+fn quoted_seq_shifted(from: &Quoted, to: &Quoted, shift: u32) -> Result<(), String> {
+    if let (Some(a), Some(b)) = (from.seq, to.seq)
+        && b != a.wrapping_add(shift)
+    {
+        return Err(format!(
+            "a translated ICMP error quoting seq {b}, from one quoting {a}: {} expected",
+            a.wrapping_add(shift)
         ));
     }
     Ok(())
@@ -615,57 +900,4 @@ fn check_answer_macs(in_ip: &Ip<'_>, out_ip: &Ip<'_>) -> Result<(), String> {
         ));
     }
     Ok(())
-}
-
-/// An answer from the VIP to the frame's sender (invariant 3).
-fn answer(in_ip: &Ip<'_>, seg: &Tcp<'_>, verdict: u32, out_ip: &Ip<'_>, out: &Tcp<'_>) -> Judged {
-    if verdict != XDP_TX {
-        return Err("an answer to the sender not sent back with XDP_TX".to_owned());
-    }
-    if !out_ip.header_ok || !out.checksum_ok {
-        return Err("an answer with a wrong checksum".to_owned());
-    }
-    if seg.flags & TCP_RST != 0 {
-        return Err("answered a RST".to_owned());
-    }
-    if !is_connection_request(seg.flags) {
-        return Err(format!(
-            "answered a segment with flags {:#04x}, not a connection request",
-            seg.flags
-        ));
-    }
-    check_answer_macs(in_ip, out_ip)?;
-    if !out.payload.is_empty() {
-        return Err("an answer with a payload".to_owned());
-    }
-    let handshake = out.flags & (TCP_SYN | TCP_ACK | TCP_RST | TCP_FIN);
-    if out.flags & TCP_RST != 0 && out.flags & TCP_SYN == 0 {
-        // RFC 793: to a segment with ACK, seq = its ack; else ack = its
-        // seq + length, with ACK set.
-        let ok = if seg.flags & TCP_ACK != 0 {
-            out.seq == seg.ack
-        } else {
-            out.flags & TCP_ACK != 0 && out.ack == seg.seq.wrapping_add(seg.len())
-        };
-        if !ok {
-            return Err(format!(
-                "a RST with seq {} ack {} to seq {} ack {}",
-                out.seq, out.ack, seg.seq, seg.ack
-            ));
-        }
-        Ok((Class::RstAnswer, Some(Learned::Refused)))
-    } else if handshake == TCP_SYN | TCP_ACK {
-        if out.ack != seg.seq.wrapping_add(1) {
-            return Err(format!(
-                "a SYN-ACK acknowledging {} to a SYN with seq {}",
-                out.ack, seg.seq
-            ));
-        }
-        let learned = Learned::ToClient {
-            next_seq: out.seq.wrapping_add(1),
-        };
-        Ok((Class::SynAckAnswer, Some(learned)))
-    } else {
-        Err(format!("an answer with flags {:#04x}", out.flags))
-    }
 }
