@@ -245,6 +245,10 @@ pub struct Reply {
     /// With `services`: how long ago the open flows were counted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub flows_counted_secs_ago: Option<f64>,
+    /// With `services`: a flow sweep was running when the request came (the
+    /// counts are the last complete sweep's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sweep_running: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ratio: Option<RatioChange>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -68,7 +68,8 @@ pub struct NameLab {
 }
 
 /// What a test adds to the [`NameLab`] daemon's config; the rest is fixed:
-/// native XDP on eth0, the LB's address for SNAT, 65,536 flows, and the
+/// native XDP on eth0, the LB's address for SNAT, 65,536 flows (unless
+/// told otherwise), and the
 /// service `web` on VIP:80 over every backend.
 #[derive(Clone, Debug, Default)]
 pub struct NameLabConfig<'a> {
@@ -82,6 +83,8 @@ pub struct NameLabConfig<'a> {
     pub service: &'a str,
     /// Every backend's weight, if set.
     pub weight: Option<u32>,
+    /// The flow table's size, if not 65,536.
+    pub max_flows: Option<u32>,
 }
 
 impl NameLabConfig<'_> {
@@ -90,9 +93,10 @@ impl NameLabConfig<'_> {
     fn render(&self, vip: SocketAddrV4, backends: &[Ipv4Addr], paths: &str) -> String {
         let weight = self.weight.map_or(String::new(), |w| format!("weight = {w}\n"));
         format!(
-            "{}interface = \"eth0\"\nxdp_mode = \"native\"\nsnat_address = \"{LB_ADDR}\"\nmax_flows = 65536\n\
+            "{}interface = \"eth0\"\nxdp_mode = \"native\"\nsnat_address = \"{LB_ADDR}\"\nmax_flows = {}\n\
              lookup_capacity = 262148\n{paths}{}\n{}[[service]]\nname = \"{SERVICE}\"\nvip = \"{vip}\"\n{}{}",
             self.settings,
+            self.max_flows.unwrap_or(65536),
             self.admin,
             self.tables,
             self.service,

@@ -81,6 +81,11 @@ impl NatMaps {
         self.flows.iter().map(|e| e.expect("read FLOWS")).collect()
     }
 
+    /// Writes a flow entry, as the data plane pins a flow.
+    pub fn insert_flow(&mut self, key: &FlowKey, flow: &Flow) {
+        self.flows.insert(key, flow, 0).expect("write the flow entry");
+    }
+
     /// Drops a flow entry, as the LRU evicts one.
     pub fn evict_flow(&mut self, key: &FlowKey) {
         self.flows.remove(key).expect("remove the flow entry");

@@ -67,6 +67,7 @@ impl Daemon {
             self.service(name)?;
         }
         // Answered from the last census; one newer starts if due.
+        let running = self.sweeping;
         self.request_sweep(STATUS_FRESHNESS);
         let census = &self.census;
         let services = self
@@ -80,6 +81,7 @@ impl Daemon {
             ok: true,
             services: Some(services),
             flows_counted_secs_ago: self.swept.map(|(at, _)| at.elapsed().as_secs_f64()),
+            sweep_running: Some(running),
             ..Default::default()
         })
     }
