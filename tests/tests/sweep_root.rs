@@ -85,33 +85,38 @@ fn a_million_flow_sweep_removes_exactly_the_stale_flows_while_status_keeps_answe
     assert_eq!(backends.len(), 4, "one id per backend: {backends:?}");
     let vip = lab.vip();
 
-    // Live and closed flows own their (backend, SNAT port); the rest were
-    // abandoned before their handshake long ago, as a SYN flood leaves them.
+    // Live and closed flows own their (backend, SNAT port), written as the
+    // data plane writes them: the reverse entry first. The rest were
+    // abandoned before their handshake long ago, as a SYN flood leaves
+    // them, and are written in batches.
     let now = monotonic_now_ns();
     let mut live = HashSet::new();
     let mut abandoned = Vec::new();
+    let mut entries = Vec::new();
     for i in 0..FLOWS {
         let key = FlowKey::from_client(client(i), vip);
         let (id, backend) = &backends[i as usize % backends.len()];
         let nth = (i / backends.len() as u32) as u16;
-        let (flow, owns_port) = if u32::from(nth) < u32::from(LIVE) && i < 4 * u32::from(LIVE) {
-            let state = SYN_SEEN | SYN_ACK_SEEN | ESTABLISHED;
-            (flow(*id, backend, FIRST_PORT + nth, state, now), true)
+        let owned = if i < 4 * u32::from(LIVE) {
+            live.insert(key);
+            flow(
+                *id,
+                backend,
+                FIRST_PORT + nth,
+                SYN_SEEN | SYN_ACK_SEEN | ESTABLISHED,
+                now,
+            )
         } else if i < 4 * u32::from(LIVE + CLOSED) {
-            let state = SYN_SEEN | SYN_ACK_SEEN | ESTABLISHED | RESET;
-            (flow(*id, backend, FIRST_PORT + nth, state, 0), true)
+            flow(*id, backend, FIRST_PORT + nth, SYN_SEEN | SYN_ACK_SEEN | RESET, 0)
         } else {
             abandoned.push(key);
-            (flow(*id, backend, 40_000 + (nth % 20_000), SYN_SEEN, 0), false)
+            entries.push((key, flow(*id, backend, 40_000 + (nth % 20_000), SYN_SEEN, 0)));
+            continue;
         };
-        maps.insert_flow(&key, &flow);
-        if owns_port {
-            maps.set_owner(&NatKey::new(backend, flow.snat_port), &key);
-        }
-        if flow.state & RESET == 0 && owns_port {
-            live.insert(key);
-        }
+        maps.set_owner(&NatKey::new(backend, owned.snat_port), &key);
+        maps.insert_flow(&key, &owned);
     }
+    maps.insert_flows(&entries);
     assert_eq!(live.len(), 4 * usize::from(LIVE));
     let filled = Instant::now();
 
