@@ -25,8 +25,8 @@ impl Daemon {
 
     /// Asks the sweeper for a sweep if the census is older than `max_age`
     /// and none runs, unless the last sweep was so costly (a huge flow
-    /// table) that sweeping now would keep a core busy more than a fifth of
-    /// the time.
+    /// table) that sweeping now would keep a core busy more than a quarter
+    /// of the time.
     pub(super) fn request_sweep(&mut self, max_age: Duration) {
         let due = self
             .swept

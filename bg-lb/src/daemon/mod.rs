@@ -46,7 +46,8 @@ use crate::{
 /// answers with the last one at once; its reply says how old the count is,
 /// so `wait-drained` never trusts a count from before it began.
 const STATUS_FRESHNESS: Duration = Duration::ZERO;
-/// A sweep waits at least this many times its own cost after the last one.
+/// A sweep begins at least this many times the last one's cost after the
+/// last one began: the sweeper keeps a core at most a quarter busy.
 const SWEEP_DUTY_CYCLE: u32 = 4;
 
 pub struct Daemon {
