@@ -52,9 +52,10 @@ pub(super) struct Sweeper {
 impl Sweeper {
     pub(super) fn spawn(maps: SweepMaps, done: UnboundedSender<Done>) -> std::io::Result<Self> {
         let (jobs, queue) = mpsc::channel();
-        let thread = thread::Builder::new()
-            .name("bg-lb-sweeper".into())
-            .spawn(move || run(&maps, &queue, &done))?;
+        let thread = thread::Builder::new().name("bg-lb-sweeper".into()).spawn(move || {
+            lower_priority();
+            run(&maps, &queue, &done)
+        })?;
         Ok(Self {
             jobs: Some(jobs),
             thread: Some(thread),
@@ -117,6 +118,20 @@ fn run(maps: &SweepMaps, queue: &Receiver<Job>, done: &UnboundedSender<Done>) {
                 });
             }
         }
+    }
+}
+
+/// Nice 10 for this thread only: on a busy host the event loop and the
+/// health probes get the CPU before a sweep does.
+fn lower_priority() {
+    // SAFETY: gettid has no preconditions; setpriority on our own thread id
+    // changes only this thread's nice value.
+    let failed = unsafe {
+        let tid = libc::gettid();
+        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 10) != 0
+    };
+    if failed {
+        tracing::debug!(error = %std::io::Error::last_os_error(), "could not lower the sweeper's priority");
     }
 }
 

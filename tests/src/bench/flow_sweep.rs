@@ -70,7 +70,7 @@ pub fn run(bin: &'static str, opts: &FlowSweepOptions, progress: &mut dyn FnMut(
         check: "tcp",
         interval: PROBE_INTERVAL,
         fast_interval: PROBE_INTERVAL,
-        timeout: PROBE_INTERVAL,
+        timeout: PROBE_INTERVAL / 2,
         rise: 1,
         fall: 1,
         // Room to spare: an LRU table evicts before it is quite full.
