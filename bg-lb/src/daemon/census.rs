@@ -69,6 +69,15 @@ impl Daemon {
         if let Err(e) = self.dataplane.settle(&report, writes, &self.live_backends()) {
             tracing::error!(error = %e, "flow housekeeping failed");
         }
+        tracing::debug!(
+            took_ms = report.took.as_millis() as u64,
+            flows_read = report.flows.visited,
+            reverse_read = report.reverse.visited,
+            expired = report.census.expired,
+            orphans = report.census.orphans,
+            complete = report.complete,
+            "flow sweep done"
+        );
         if !report.complete {
             tracing::warn!(
                 visited = report.flows.visited,

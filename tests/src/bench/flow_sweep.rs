@@ -60,6 +60,12 @@ pub struct FlowSweepReport {
     pub health_sweeping: Latencies,
     /// Probe interval of the health check (a report waits up to one).
     pub probe_interval_ms: u128,
+    /// Per round: seconds to write the stale flows (batch writes).
+    pub fill_secs: Vec<f64>,
+    /// Per round: seconds from the start of the writes until the sweeps
+    /// had removed every sampled stale flow (sweeps begin at most a second
+    /// apart, or four times the last one's duration on a large table).
+    pub gone_secs: Vec<f64>,
 }
 
 const PROBE_INTERVAL: Duration = Duration::from_millis(100);
@@ -81,6 +87,7 @@ pub fn run(bin: &'static str, opts: &FlowSweepOptions, progress: &mut dyn FnMut(
     let socket = lab.daemon.socket();
     let (mut admin_idle, mut admin_sweeping, mut health_idle, mut health_sweeping) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut fill_secs, mut gone_secs) = (Vec::new(), Vec::new());
 
     progress("flow sweep: idle daemon");
     for _ in 0..opts.idle_requests {
@@ -121,7 +128,9 @@ pub fn run(bin: &'static str, opts: &FlowSweepOptions, progress: &mut dyn FnMut(
             "flow sweep: round {round}/{}: {} stale flows",
             opts.rounds, opts.flows
         ));
+        let filled = Instant::now();
         maps.insert_flows(&stale);
+        fill_secs.push(filled.elapsed().as_secs_f64());
         let deadline = Instant::now() + Duration::from_secs(120);
         while sample.iter().any(|k| maps.flow(k).is_some()) && Instant::now() < deadline {
             for _ in 0..10 {
@@ -140,6 +149,7 @@ pub fn run(bin: &'static str, opts: &FlowSweepOptions, progress: &mut dyn FnMut(
                 health_idle.push(ms)
             }
         }
+        gone_secs.push(filled.elapsed().as_secs_f64());
     }
     FlowSweepReport {
         options: opts.clone(),
@@ -148,6 +158,8 @@ pub fn run(bin: &'static str, opts: &FlowSweepOptions, progress: &mut dyn FnMut(
         health_idle: latencies(health_idle),
         health_sweeping: latencies(health_sweeping),
         probe_interval_ms: PROBE_INTERVAL.as_millis(),
+        fill_secs,
+        gone_secs,
     }
 }
 
@@ -209,6 +221,10 @@ fn latencies(mut ms: Vec<f64>) -> Latencies {
     }
 }
 
+fn secs(values: &[f64]) -> String {
+    values.iter().map(|s| format!("{s:.2}")).collect::<Vec<_>>().join(", ")
+}
+
 pub fn render(r: &FlowSweepReport) -> String {
     let row = |what: &str, l: &Latencies| {
         if l.n == 0 {
@@ -219,11 +235,14 @@ pub fn render(r: &FlowSweepReport) -> String {
     };
     format!(
         "{} stale flows per round, {} rounds; a sample is \"during a sweep\" when the daemon says one was running.\n\
-         Health reports include up to one probe interval ({} ms) and the daemon's reaction.\n\n\
+         Health reports include up to one probe interval ({} ms) and the daemon's reaction.\n\
+         Per round, seconds to write the flows: {}; until the sweeps had removed them: {}.\n\n\
          | latency (ms) | samples | p50 | p99 | max |\n|---|---|---|---|---|\n{}{}{}{}",
         r.options.flows,
         r.options.rounds,
         r.probe_interval_ms,
+        secs(&r.fill_secs),
+        secs(&r.gone_secs),
         row("admin request, table near empty", &r.admin_idle),
         row("admin request, during a sweep", &r.admin_sweeping),
         row("health report, table near empty", &r.health_idle),
