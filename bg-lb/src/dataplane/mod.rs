@@ -154,7 +154,7 @@ impl Dataplane {
     /// flows keep their backends. Nothing is attached yet.
     pub fn load(opts: &DataplaneOptions) -> Result<Self, DataplaneError> {
         let mut kernel = Kernel::load(opts)?;
-        let flows: Vec<Flow> = kernel.flows()?.into_iter().map(|(_, flow)| flow).collect();
+        let flows = kernel.sweep_maps()?.flow_ids()?;
         let (services, orphans) = Services::adopt(
             kernel.lookup_capacity()?,
             kernel.services()?,

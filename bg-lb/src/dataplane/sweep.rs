@@ -178,6 +178,24 @@ impl SweepMaps {
         Ok(listing)
     }
 
+    /// One flow for each (service id, backend id, backend generation) the
+    /// table holds: all that adopting a previous daemon's ids needs, read in
+    /// slices while the pinned data plane keeps forwarding.
+    pub fn flow_ids(&self) -> Result<Vec<Flow>, DataplaneError> {
+        let mut distinct = HashMap::new();
+        let mut walk = Walk::new(self.flows.max_entries());
+        while !walk.finished() {
+            for (_, flow) in self.slice(&mut walk, &self.flows)? {
+                distinct.entry((flow.service_id, flow.backend_id, flow.backend_gen)).or_insert(flow);
+            }
+        }
+        if !walk.complete() {
+            // An id missed could be handed out again under a live flow.
+            return Err(self.flows.error("walk", std::io::ErrorKind::Interrupted.into()));
+        }
+        Ok(distinct.into_values().collect())
+    }
+
     fn slice<K, V>(&self, walk: &mut Walk<K>, map: &RawMap<K, V>) -> Result<Vec<(K, V)>, DataplaneError>
     where
         K: aya::Pod + Eq + std::hash::Hash,
