@@ -29,6 +29,11 @@ use super::{
 };
 use crate::ratio::Pool;
 
+mod listing;
+
+pub use listing::FlowListing;
+use listing::Picker;
+
 /// Entries read per slice: one batch syscall, about 300 KiB of flows.
 pub const SLICE: usize = 4096;
 
@@ -60,16 +65,6 @@ pub struct FlowQuery {
     pub service_ids: HashSet<u32>,
     pub pool: Option<Pool>,
     pub limit: usize,
-}
-
-/// Up to `limit` flows that have not ended, open ones first.
-#[derive(Debug, Default)]
-pub struct FlowListing {
-    pub flows: Vec<FlowView>,
-    /// More flows matched than are listed.
-    pub truncated: bool,
-    /// Flow-table entries read.
-    pub scanned: u64,
 }
 
 impl SweepMaps {
@@ -126,17 +121,16 @@ impl SweepMaps {
 
     /// The flows `query` asks for, read in slices: the walk ends early once
     /// more than `limit` open flows are found, since nothing read after them
-    /// could be listed.
+    /// could be listed ([`Picker`]).
     pub fn list(&self, query: &FlowQuery) -> Result<FlowListing, DataplaneError> {
         let now = housekeeping::monotonic_now_ns();
         let since = |ns: u64| Duration::from_nanos(now.saturating_sub(ns));
-        let (mut open, mut embryonic) = (Vec::new(), Vec::new());
-        let mut listing = FlowListing::default();
-        let mut matched = 0u64;
+        let mut picker = Picker::new(query.limit);
+        let mut scanned = 0;
         let mut walk = Walk::new(self.flows.max_entries());
-        while !walk.finished() && !listing.truncated {
+        while !walk.finished() && picker.wants_more() {
             let slice = self.slice(&mut walk, &self.flows)?;
-            listing.scanned += slice.len() as u64;
+            scanned += slice.len() as u64;
             let backends = self.backends_of(slice.iter().map(|(_, f)| f.backend_id))?;
             for (key, flow) in slice {
                 let phase = phase(flow.state);
@@ -147,35 +141,22 @@ impl SweepMaps {
                     continue;
                 };
                 let pool = Pool::from_wire(backend.pool);
-                if !query.service_ids.contains(&flow.service_id)
-                    || phase == FlowPhase::Closed
-                    || query.pool.is_some_and(|p| p != pool)
+                if query.service_ids.contains(&flow.service_id)
+                    && phase != FlowPhase::Closed
+                    && query.pool.is_none_or(|p| p == pool)
                 {
-                    continue;
+                    picker.offer(FlowView {
+                        client: key.client(),
+                        backend: backend.addr(),
+                        pool,
+                        phase,
+                        age: since(flow.created_ns),
+                        idle: since(flow.last_seen_ns),
+                    });
                 }
-                matched += 1;
-                let list = if phase.is_open() { &mut open } else { &mut embryonic };
-                if list.len() == query.limit {
-                    // Open ones come first: one more open flow means the
-                    // listing is full of them.
-                    listing.truncated |= phase.is_open();
-                    continue;
-                }
-                list.push(FlowView {
-                    client: key.client(),
-                    backend: backend.addr(),
-                    pool,
-                    phase,
-                    age: since(flow.created_ns),
-                    idle: since(flow.last_seen_ns),
-                });
             }
         }
-        listing.truncated |= matched > query.limit as u64;
-        open.extend(embryonic);
-        open.truncate(query.limit);
-        listing.flows = open;
-        Ok(listing)
+        Ok(picker.finish(scanned))
     }
 
     /// One flow for each (service id, backend id, backend generation) the
@@ -186,7 +167,9 @@ impl SweepMaps {
         let mut walk = Walk::new(self.flows.max_entries());
         while !walk.finished() {
             for (_, flow) in self.slice(&mut walk, &self.flows)? {
-                distinct.entry((flow.service_id, flow.backend_id, flow.backend_gen)).or_insert(flow);
+                distinct
+                    .entry((flow.service_id, flow.backend_id, flow.backend_gen))
+                    .or_insert(flow);
             }
         }
         if !walk.complete() {
