@@ -6,24 +6,20 @@
 //! flow still names it. The daemon and the packet lab never do this; tests
 //! do it to prove the data plane survives it.
 
-use std::{
-    mem::size_of,
-    os::fd::{AsFd as _, AsRawFd as _, OwnedFd},
-    path::Path,
-};
+use std::path::Path;
 
 use aya::{
     maps::{Array, HashMap, Map, MapData, MapInfo},
     programs::Xdp,
 };
-use bg_lb::dataplane::pins::PinLayout;
+use bg_lb::dataplane::{RawMap, pins::PinLayout};
 use bg_lb_common::maps::{self, Backend, DataplaneConfig, Flow, FlowKey, NatKey};
 
 /// FLOWS, REVERSE_NAT, BACKENDS and CONFIG of one data plane.
 pub struct NatMaps {
     flows: HashMap<MapData, FlowKey, Flow>,
     /// FLOWS again, for batch writes (aya has none).
-    flows_fd: OwnedFd,
+    flows_batch: RawMap<FlowKey, Flow>,
     reverse: HashMap<MapData, NatKey, FlowKey>,
     backends: Array<MapData, Backend>,
     config: Array<MapData, DataplaneConfig>,
@@ -70,12 +66,9 @@ impl NatMaps {
     }
 
     fn from_maps([flows, reverse, backends, config]: [Map; 4]) -> Self {
-        let Map::LruHashMap(data) = &flows else {
-            panic!("FLOWS is an LRU hash map")
-        };
-        let flows_fd = data.fd().as_fd().try_clone_to_owned().expect("dup the FLOWS fd");
+        let flows_batch = RawMap::duplicate(&flows, maps::FLOWS).expect("FLOWS through a fd of its own");
         NatMaps {
-            flows_fd,
+            flows_batch,
             flows: flows.try_into().expect("FLOWS is a hash map"),
             reverse: reverse.try_into().expect("REVERSE_NAT is a hash map"),
             backends: backends.try_into().expect("BACKENDS is an array"),
@@ -100,51 +93,7 @@ impl NatMaps {
     /// Writes many flow entries with few syscalls (BPF_MAP_UPDATE_BATCH), so
     /// a table of a million fills in well under a second.
     pub fn insert_flows(&mut self, entries: &[(FlowKey, Flow)]) {
-        /// `bpf_attr` for the batch commands.
-        #[repr(C)]
-        struct BatchAttr {
-            in_batch: u64,
-            out_batch: u64,
-            keys: u64,
-            values: u64,
-            count: u32,
-            map_fd: u32,
-            elem_flags: u64,
-            flags: u64,
-        }
-        const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
-        for chunk in entries.chunks(1 << 16) {
-            let keys: Vec<FlowKey> = chunk.iter().map(|(k, _)| *k).collect();
-            let values: Vec<Flow> = chunk.iter().map(|(_, v)| *v).collect();
-            let mut attr = BatchAttr {
-                in_batch: 0,
-                out_batch: 0,
-                keys: keys.as_ptr() as u64,
-                values: values.as_ptr() as u64,
-                count: chunk.len() as u32,
-                map_fd: self.flows_fd.as_raw_fd() as u32,
-                elem_flags: 0,
-                flags: 0,
-            };
-            // SAFETY: `keys` and `values` hold `count` entries of FLOWS's
-            // key and value types and outlive the call; `attr` is the
-            // batch part of `bpf_attr`, of the size passed.
-            let ret = unsafe {
-                libc::syscall(
-                    libc::SYS_bpf,
-                    BPF_MAP_UPDATE_BATCH,
-                    &mut attr as *mut BatchAttr,
-                    size_of::<BatchAttr>() as u32,
-                )
-            };
-            assert!(
-                ret == 0 && attr.count as usize == chunk.len(),
-                "batch write of FLOWS: {} ({} of {} written)",
-                std::io::Error::last_os_error(),
-                attr.count,
-                chunk.len()
-            );
-        }
+        self.flows_batch.update_batch(entries).expect("batch write of FLOWS");
     }
 
     /// Drops a flow entry, as the LRU evicts one.

@@ -34,6 +34,7 @@ use bg_lb_common::{
 use housekeeping::FlowCensus;
 pub use housekeeping::FlowTimeouts;
 use kernel::Kernel;
+pub use kernel::raw::RawMap;
 use services::{ServiceSpec, Services, ServicesError};
 use sweep::{FlowQuery, SweepMaps, SweepReport};
 

@@ -1,5 +1,6 @@
 //! A map reached through its own file descriptor with raw `bpf()` calls:
-//! what the flow sweep uses on its own thread. aya 0.14 has no batch
+//! what the flow sweep uses on its own thread (and tests, to fill a table
+//! fast). aya 0.14 has no batch
 //! lookups and no GET_NEXT_KEY from a given key, which a walk in slices
 //! needs (see [`crate::dataplane::walk`]).
 
@@ -21,6 +22,7 @@ const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
 const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
 const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
 /// The kernel's ENOTSUPP (not in libc): a map type without batch ops.
 const ENOTSUPP: i32 = 524;
 
@@ -60,10 +62,11 @@ pub struct RawMap<K, V> {
 }
 
 impl<K: Pod, V: Pod> RawMap<K, V> {
-    pub(in crate::dataplane) fn duplicate(map: &Map, name: &'static str) -> Result<Self, DataplaneError> {
-        let data = match map {
-            Map::HashMap(data) | Map::LruHashMap(data) | Map::Array(data) => data,
-            _ => return Err(DataplaneError::MissingMap(name)),
+    /// `map` (named `name`) through a duplicate of its fd; fails unless
+    /// its key and value sizes are those of `K` and `V`.
+    pub fn duplicate(map: &Map, name: &'static str) -> Result<Self, DataplaneError> {
+        let (Map::HashMap(data) | Map::LruHashMap(data) | Map::Array(data)) = map else {
+            return Err(DataplaneError::MissingMap(name));
         };
         let info = data.info().map_err(|cause| DataplaneError::Map { name, cause })?;
         if info.key_size() as usize != size_of::<K>() || info.value_size() as usize != size_of::<V>() {
@@ -128,6 +131,23 @@ impl<K: Pod, V: Pod> RawMap<K, V> {
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
             Err(e) => Err(e),
         }
+    }
+
+    /// Writes `entries` with one syscall per 65,536 (BPF_MAP_UPDATE_BATCH).
+    pub fn update_batch(&self, entries: &[(K, V)]) -> io::Result<()> {
+        for chunk in entries.chunks(1 << 16) {
+            let keys: Vec<K> = chunk.iter().map(|(k, _)| *k).collect();
+            let values: Vec<V> = chunk.iter().map(|(_, v)| *v).collect();
+            let mut attr = BatchAttr {
+                keys: keys.as_ptr() as u64,
+                values: values.as_ptr() as u64,
+                count: chunk.len() as u32,
+                map_fd: self.raw_fd(),
+                ..Default::default()
+            };
+            bpf(BPF_MAP_UPDATE_BATCH, &mut attr)?;
+        }
+        Ok(())
     }
 
     fn raw_fd(&self) -> u32 {
