@@ -3,10 +3,12 @@
 //! # Layout
 //! - [`dataplane`]: the only code that talks to the kernel's BPF objects:
 //!   loading and attaching XDP, pins, and the maps; service ids, table
-//!   regions and Maglev lookup tables computed as values and written there.
+//!   regions and Maglev lookup tables computed as values and written there;
+//!   the flow sweep, walking the flow table in bounded slices.
 //! - [`daemon`]: the running daemon: one owner of config, operator state,
 //!   health and the data plane, driven by one event loop (admin socket,
-//!   signals, timers); one file per concern.
+//!   signals, timers); one file per concern; a sweeper thread that sweeps
+//!   the flow table and reports back.
 //! - [`cli`]: the command line, the admin client (`ctl`), `ctl top`, and the
 //!   completions and man page generated from it.
 //! - [`config`]: the TOML config and its validation (file:line:col errors).

@@ -121,6 +121,10 @@ impl fmt::Display for BackendAction {
 
 /// `flows` lists at most this many flows unless asked for more.
 pub const DEFAULT_FLOWS_LIMIT: usize = 100;
+/// `flows` never lists more than this many flows (about 1.5 MB of reply).
+pub const MAX_FLOWS_LIMIT: usize = 10_000;
+/// The `cmd` of a `flows` request, answered once the sweeper has listed.
+pub const FLOWS_CMD: &str = "flows";
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, clap::Args)]
 #[serde(deny_unknown_fields)]
@@ -129,6 +133,8 @@ pub struct FlowsRequest {
     #[arg(long)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pool: Option<Pool>,
+    /// List at most this many flows (at most 10000). The reply says when
+    /// more matched.
     #[arg(long, default_value_t = DEFAULT_FLOWS_LIMIT)]
     #[serde(default = "default_flows_limit")]
     pub limit: usize,
@@ -217,7 +223,7 @@ impl Request {
             Request::Ratio(_) => "ratio",
             Request::Drain(_) => "drain",
             Request::Backend(_) => "backend",
-            Request::Flows(_) => "flows",
+            Request::Flows(_) => FLOWS_CMD,
             Request::Reload => "reload",
             Request::Shift(_) => "shift",
             Request::ShiftAbort(_) => "shift-abort",
@@ -239,10 +245,20 @@ pub struct Reply {
     /// With `services`: how long ago the open flows were counted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub flows_counted_secs_ago: Option<f64>,
+    /// With `services`: a flow sweep was running when the request came (the
+    /// counts are the last complete sweep's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sweep_running: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ratio: Option<RatioChange>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub flows: Option<Vec<FlowInfo>>,
+    /// With `flows`: more flows matched than are listed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flows_truncated: Option<bool>,
+    /// With `flows`: how many flow-table entries were read to list them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flows_scanned: Option<u64>,
 }
 
 impl Reply {

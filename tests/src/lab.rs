@@ -69,7 +69,8 @@ pub struct NameLab {
 
 /// What a test adds to the [`NameLab`] daemon's config; the rest is fixed:
 /// native XDP on eth0, the LB's address for SNAT (unless `snat_addresses`),
-/// 65,536 flows, and the service `web` on VIP:80 over every backend.
+/// 65,536 flows (unless told otherwise), and the service `web` on VIP:80
+/// over every backend.
 #[derive(Clone, Debug, Default)]
 pub struct NameLabConfig<'a> {
     /// `snat_addresses`, each added to the LB's eth0 before the daemon
@@ -85,6 +86,8 @@ pub struct NameLabConfig<'a> {
     pub service: &'a str,
     /// Every backend's weight, if set.
     pub weight: Option<u32>,
+    /// The flow table's size, if not 65,536.
+    pub max_flows: Option<u32>,
 }
 
 impl NameLabConfig<'_> {
@@ -99,9 +102,10 @@ impl NameLabConfig<'_> {
             format!("snat_addresses = [{}]", quoted.join(", "))
         };
         format!(
-            "{}interface = \"eth0\"\nxdp_mode = \"native\"\n{snat}\nmax_flows = 65536\n\
+            "{}interface = \"eth0\"\nxdp_mode = \"native\"\n{snat}\nmax_flows = {}\n\
              lookup_capacity = 262148\n{paths}{}\n{}[[service]]\nname = \"{SERVICE}\"\nvip = \"{vip}\"\n{}{}",
             self.settings,
+            self.max_flows.unwrap_or(65536),
             self.admin,
             self.tables,
             self.service,

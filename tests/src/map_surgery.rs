@@ -12,12 +12,14 @@ use aya::{
     maps::{Array, HashMap, Map, MapData, MapInfo},
     programs::Xdp,
 };
-use bg_lb::dataplane::pins::PinLayout;
+use bg_lb::dataplane::{RawMap, pins::PinLayout};
 use bg_lb_common::maps::{self, Backend, DataplaneConfig, Flow, FlowKey, NatKey};
 
 /// FLOWS, REVERSE_NAT, BACKENDS and CONFIG of one data plane.
 pub struct NatMaps {
     flows: HashMap<MapData, FlowKey, Flow>,
+    /// FLOWS again, for batch writes (aya has none).
+    flows_batch: RawMap<FlowKey, Flow>,
     reverse: HashMap<MapData, NatKey, FlowKey>,
     backends: Array<MapData, Backend>,
     config: Array<MapData, DataplaneConfig>,
@@ -64,7 +66,9 @@ impl NatMaps {
     }
 
     fn from_maps([flows, reverse, backends, config]: [Map; 4]) -> Self {
+        let flows_batch = RawMap::duplicate(&flows, maps::FLOWS).expect("FLOWS through a fd of its own");
         NatMaps {
+            flows_batch,
             flows: flows.try_into().expect("FLOWS is a hash map"),
             reverse: reverse.try_into().expect("REVERSE_NAT is a hash map"),
             backends: backends.try_into().expect("BACKENDS is an array"),
@@ -79,6 +83,17 @@ impl NatMaps {
     /// Every flow of the table.
     pub fn flows(&self) -> Vec<(FlowKey, Flow)> {
         self.flows.iter().map(|e| e.expect("read FLOWS")).collect()
+    }
+
+    /// Writes a flow entry, as the data plane pins a flow.
+    pub fn insert_flow(&mut self, key: &FlowKey, flow: &Flow) {
+        self.flows.insert(key, flow, 0).expect("write the flow entry");
+    }
+
+    /// Writes many flow entries with few syscalls (BPF_MAP_UPDATE_BATCH), so
+    /// a table of a million fills in well under a second.
+    pub fn insert_flows(&mut self, entries: &[(FlowKey, Flow)]) {
+        self.flows_batch.update_batch(entries).expect("batch write of FLOWS");
     }
 
     /// Drops a flow entry, as the LRU evicts one.

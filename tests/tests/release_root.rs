@@ -152,7 +152,7 @@ fn full_flow_table_evicts_least_recently_used_flows_and_keeps_accepting_connecti
         "every new connection is accepted with the table full"
     );
     let open: u64 = lab.status().backends.iter().map(|b| b.open_flows).sum();
-    let flows = lab.daemon.ctl_ok(&["--json", "flows", SERVICE, "--limit", "100000"]);
+    let flows = lab.daemon.ctl_ok(&["--json", "flows", SERVICE, "--limit", "10000"]);
     let listed = serde_json::from_str::<bg_lb::protocol::Reply>(&flows)
         .unwrap()
         .flows

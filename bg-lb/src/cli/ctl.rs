@@ -19,7 +19,7 @@ use nix::sys::signal::{SigHandler, Signal, signal};
 use crate::{
     cli::{CtlArgs, CtlCommand, DrainTarget},
     dataplane::syn_proxy::SynProxyMode,
-    protocol::{Reply, Request, ServiceStatus, ShiftAbortRequest, StatusRequest, SynProxyStatus},
+    protocol::{MAX_FLOWS_LIMIT, Reply, Request, ServiceStatus, ShiftAbortRequest, StatusRequest, SynProxyStatus},
     shift::{ShiftOutcome, ShiftRecord},
 };
 
@@ -189,6 +189,12 @@ fn print_human(reply: &Reply) {
             );
         }
         println!("{} open flow(s) shown", flows.len());
+        if reply.flows_truncated == Some(true) {
+            println!(
+                "more flows match than shown ({} flow-table entries read); --limit shows more, up to {MAX_FLOWS_LIMIT}",
+                reply.flows_scanned.unwrap_or(0)
+            );
+        }
     }
 }
 

@@ -1,5 +1,7 @@
-//! The flow census: housekeeping sweeps of the flow table, bounded in cost,
-//! whose counts status, metrics and drains read.
+//! The flow census: sweeps of the flow table, run by the [`sweeper`]
+//! thread and bounded in cost, whose counts status, metrics and drains read.
+//!
+//! [`sweeper`]: super::sweeper
 
 use std::{
     collections::{HashMap, HashSet},
@@ -7,42 +9,100 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::{Daemon, RequestError, SWEEP_DUTY_CYCLE};
-use crate::dataplane::housekeeping::FlowCensus;
+use super::{Daemon, RequestError, SWEEP_DUTY_CYCLE, sweeper::Done};
+use crate::dataplane::sweep::SweepReport;
 
 impl Daemon {
     /// Once a second: flow housekeeping, then progressive shifts, then SYN
     /// floods.
     pub fn tick(&mut self) {
-        if let Err(e) = self.refresh_census(Duration::from_secs(1)) {
-            tracing::error!(error = %e, "flow housekeeping failed");
-        }
+        self.request_sweep(Duration::from_secs(1));
         self.tick_shifts();
         if let Err(e) = self.log_syn_floods() {
             tracing::error!(error = %e, "reading the SYN flood detectors failed");
         }
     }
 
-    /// Sweeps again if the census is older than `max_age`, unless the last
-    /// sweep was so costly (a huge flow table walked one syscall per entry)
-    /// that sweeping now would keep the daemon busy more than a fifth of the
-    /// time: requests and health reports must not wait behind sweeps.
-    pub(super) fn refresh_census(&mut self, max_age: Duration) -> Result<(), RequestError> {
+    /// Asks the sweeper for a sweep if the census is older than `max_age`
+    /// and none runs, unless the last sweep was so costly (a huge flow
+    /// table) that sweeping now would keep a core busy more than a quarter
+    /// of the time.
+    pub(super) fn request_sweep(&mut self, max_age: Duration) {
         let due = self
             .swept
             .is_none_or(|(at, cost)| at.elapsed() >= max_age.max(cost * SWEEP_DUTY_CYCLE));
-        if due {
-            let started = Instant::now();
-            self.housekeeping()?;
-            self.swept = Some((Instant::now(), started.elapsed()));
+        if self.sweeping || !due {
+            return;
         }
+        if self.sweeper.sweep(self.config.timeouts, self.dataplane.writes()) {
+            self.sweeping = true;
+        } else {
+            tracing::error!("the flow sweeper thread is gone; flows are no longer swept");
+        }
+    }
+
+    /// A message from the sweeper: a sweep's outcome, or a listing to
+    /// answer.
+    pub fn on_sweeper(&mut self, done: Done) {
+        match done {
+            Done::Swept {
+                result,
+                writes,
+                started,
+            } => {
+                self.sweeping = false;
+                match result {
+                    Ok(report) => self.settle(*report, writes, started),
+                    Err(e) => tracing::error!(error = %e, "flow housekeeping failed"),
+                }
+            }
+            Done::Listed { result, reply } => {
+                let answer = self.flows_reply(result);
+                self.answer(crate::protocol::FLOWS_CMD, answer, reply);
+            }
+        }
+    }
+
+    /// Takes a sweep begun at `started` into account: its census, and what
+    /// the data plane must do after it.
+    fn settle(&mut self, report: SweepReport, writes: u64, started: Instant) {
+        if let Err(e) = self.dataplane.settle(&report, writes, &self.live_backends()) {
+            tracing::error!(error = %e, "flow housekeeping failed");
+        }
+        tracing::debug!(
+            took_ms = report.took.as_millis() as u64,
+            flows_read = report.flows.visited,
+            reverse_read = report.reverse.visited,
+            expired = report.census.expired,
+            orphans = report.census.orphans,
+            complete = report.complete,
+            "flow sweep done"
+        );
+        if !report.complete {
+            tracing::warn!(
+                visited = report.flows.visited,
+                repeats = report.flows.repeats,
+                "the flow sweep gave up on a walk the kernel kept restarting; counts stay those of the last complete sweep"
+            );
+            return;
+        }
+        self.swept = Some((started, report.took));
+        self.census = report.census;
+    }
+
+    /// Sweeps here and now, for the census at start-up.
+    pub(super) fn sweep_now(&mut self) -> Result<(), RequestError> {
+        let started = Instant::now();
+        let live = self.live_backends();
+        self.census = self.dataplane.housekeeping(&self.config.timeouts, &live)?;
+        self.swept = Some((started, started.elapsed()));
         Ok(())
     }
 
-    /// Sweeps the flow table: expires finished flows, frees drained ids.
-    pub(super) fn housekeeping(&mut self) -> Result<&FlowCensus, RequestError> {
-        let live: HashMap<SocketAddrV4, HashSet<SocketAddrV4>> = self
-            .config
+    /// The configured backends of each VIP: ids of the others are freed once
+    /// no flow names them.
+    fn live_backends(&self) -> HashMap<SocketAddrV4, HashSet<SocketAddrV4>> {
+        self.config
             .services
             .iter()
             .flat_map(|s| {
@@ -51,8 +111,6 @@ impl Daemon {
                     .chain(s.standby_vip)
                     .map(move |vip| (vip, backends.clone()))
             })
-            .collect();
-        self.census = self.dataplane.housekeeping(&self.config.timeouts, &live)?;
-        Ok(&self.census)
+            .collect()
     }
 }

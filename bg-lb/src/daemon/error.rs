@@ -6,7 +6,7 @@ use std::net::SocketAddrV4;
 use crate::{
     config::{self, ConfigError},
     dataplane::DataplaneError,
-    protocol::MAX_REQUEST_BYTES,
+    protocol::{MAX_FLOWS_LIMIT, MAX_REQUEST_BYTES},
     ratio::{Pool, Ratio},
     shift::PlanError,
     state_file::StateError,
@@ -24,6 +24,10 @@ pub enum RequestError {
     NoService { name: String, configured: Vec<String> },
     #[error("service {service:?} has no backend {address}")]
     NoBackend { service: String, address: SocketAddrV4 },
+    #[error("limit {0} is over the maximum {max}", max = MAX_FLOWS_LIMIT)]
+    FlowsLimit(usize),
+    #[error("the flow sweeper thread is gone")]
+    SweeperGone,
     #[error("weight {0} is over {max}", max = config::MAX_WEIGHT)]
     WeightOverMax(u32),
     #[error(

@@ -20,14 +20,18 @@ mod reload;
 pub mod server;
 mod shifts;
 mod status;
+mod sweeper;
 mod systemd;
 
 use anyhow::{Context as _, bail};
 use bg_lb_common::maps::DataplaneConfig;
-use tokio::{sync::mpsc, task::JoinHandle};
+use tokio::{
+    sync::{mpsc, oneshot},
+    task::JoinHandle,
+};
 
-pub use self::error::RequestError;
-use self::{last_health::LastHealth, systemd::Notifier};
+pub use self::{error::RequestError, sweeper::Done};
+use self::{last_health::LastHealth, sweeper::Sweeper, systemd::Notifier};
 use crate::{
     config::{self, Config, ServiceConfig},
     dataplane::{Attached, Dataplane, DataplaneError, DataplaneOptions, housekeeping::FlowCensus, pins::PinLayout},
@@ -39,11 +43,12 @@ use crate::{
     state_file::{self, OperatorState},
 };
 
-/// `status` counts flows afresh unless the cost bound says otherwise; its
-/// reply says how old the count is, so `wait-drained` never trusts a count
-/// from before it began.
+/// `status` asks for a new count unless the cost bound says otherwise, and
+/// answers with the last one at once; its reply says how old the count is,
+/// so `wait-drained` never trusts a count from before it began.
 const STATUS_FRESHNESS: Duration = Duration::ZERO;
-/// A sweep waits at least this many times its own cost after the last one.
+/// A sweep begins at least this many times the last one's cost after the
+/// last one began: the sweeper keeps a core at most a quarter busy.
 const SWEEP_DUTY_CYCLE: u32 = 4;
 
 /// Pinned maps this bg-lb cannot adopt. The daemon exits with
@@ -79,9 +84,13 @@ pub struct Daemon {
     /// The last sweep's census: metrics read it instead of walking the flow
     /// table on every scrape.
     census: FlowCensus,
-    /// When the census was taken and what the sweep cost, to bound the
-    /// daemon's time spent walking a large flow table.
+    /// When the sweep that took the census began and what it cost, to
+    /// bound the time spent walking a large flow table.
     swept: Option<(Instant, Duration)>,
+    /// Sweeps the flow table and lists flows on a thread of its own.
+    sweeper: Sweeper,
+    /// A sweep was asked for and has not come back.
+    sweeping: bool,
     probe_stats: BTreeMap<CheckKey, ProbeStats>,
     admin_requests: AdminRequests,
     notifier: Notifier,
@@ -97,7 +106,13 @@ impl Daemon {
     /// data plane and programs every service. Adopting a previous daemon's
     /// pins keeps its flows and swaps this program in without a gap.
     /// Health probes report to `reports`; feed each to [`Daemon::on_health`].
-    pub fn start(config_path: &Path, reports: mpsc::Sender<Report>) -> anyhow::Result<Self> {
+    /// The flow sweeper reports to `swept`; feed each to
+    /// [`Daemon::on_sweeper`].
+    pub fn start(
+        config_path: &Path,
+        reports: mpsc::Sender<Report>,
+        swept: mpsc::UnboundedSender<Done>,
+    ) -> anyhow::Result<Self> {
         let config = config::load(config_path)?;
         preflight::refuse_foreign_snat_addresses(&config)?;
         preflight::refuse_snat_ports_overlapping_ephemeral_ports(&config)?;
@@ -138,6 +153,7 @@ impl Daemon {
         // ran stays out of rotation until its probes bring it up.
         let last_health = LastHealth::load(&config.state_dir);
         let health = last_health.seed();
+        let sweeper = Sweeper::spawn(dataplane.sweep_maps()?, swept).context("starting the flow sweeper thread")?;
         let mut daemon = Daemon {
             config_path: config_path.to_owned(),
             config,
@@ -150,6 +166,8 @@ impl Daemon {
             shifts: HashMap::new(),
             census: FlowCensus::default(),
             swept: None,
+            sweeper,
+            sweeping: false,
             probe_stats: BTreeMap::new(),
             admin_requests: AdminRequests::default(),
             notifier: Notifier::from_env(),
@@ -158,6 +176,9 @@ impl Daemon {
             flooded: HashMap::new(),
         };
         daemon.apply_all()?;
+        // The first census before anything is served: later ones come from
+        // the sweeper.
+        daemon.sweep_now()?;
         daemon.restart_probes();
         daemon.resume_shifts();
         let cfg = daemon.dataplane_config();
@@ -189,30 +210,44 @@ impl Daemon {
             })
     }
 
-    /// One admin socket line: parsed, handled, and counted for metrics.
-    pub fn handle_line(&mut self, line: &str) -> Reply {
-        let (cmd, reply) = match parse_request(line) {
-            Ok(request) => (request.cmd(), self.handle(request)),
-            Err(e) => (metrics::INVALID_COMMAND, Reply::error(e)),
-        };
-        self.admin_requests.record(cmd, reply.ok);
-        reply
+    /// One admin socket line: parsed, handled, counted for metrics and
+    /// answered on `reply`, at once or (`flows`) once the sweeper has
+    /// listed.
+    pub fn handle_line(&mut self, line: &str, reply: oneshot::Sender<Reply>) {
+        match parse_request(line) {
+            Ok(request) => self.handle(request, reply),
+            Err(e) => self.answer(metrics::INVALID_COMMAND, Reply::error(e), reply),
+        }
     }
 
-    pub fn handle(&mut self, request: Request) -> Reply {
+    fn handle(&mut self, request: Request, reply: oneshot::Sender<Reply>) {
+        let cmd = request.cmd();
         let result = match request {
+            Request::Flows(r) => match self.flow_query(&r) {
+                Ok(query) => match self.sweeper.list(query, reply) {
+                    Ok(()) => return,
+                    Err(reply) => return self.answer(cmd, Reply::error(RequestError::SweeperGone.to_string()), reply),
+                },
+                Err(e) => Err(e),
+            },
             Request::Status(r) => self.status(r.service.as_deref()),
             Request::Ratio(r) => self.set_ratio(&r.service, r.ratio, r.force),
             Request::Drain(r) => self.set_ratio(&r.service, Ratio::all_to(r.pool.other()), r.force),
             Request::Backend(r) => self.change_backend(&r.service, r.address, r.action),
-            Request::Flows(r) => self.flows(&r.service, r.pool, r.limit),
             Request::Reload => self.reload().map(Reply::done),
             Request::Shift(r) => self.start_shift(r),
             Request::ShiftAbort(r) => self.abort_shift(&r.service, r.rollback),
             Request::Promote(r) => self.promote(&r.service, r.pool, r.force),
             Request::Rollback(r) => self.rollback(&r.service),
         };
-        result.unwrap_or_else(|e| Reply::error(e.to_string()))
+        let answer = result.unwrap_or_else(|e| Reply::error(e.to_string()));
+        self.answer(cmd, answer, reply);
+    }
+
+    /// Counts `answer` for metrics and sends it.
+    fn answer(&mut self, cmd: &'static str, answer: Reply, reply: oneshot::Sender<Reply>) {
+        self.admin_requests.record(cmd, answer.ok);
+        let _ = reply.send(answer);
     }
 
     /// Detaches XDP and removes every pin: the data plane stops for good.

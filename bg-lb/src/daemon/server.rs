@@ -1,6 +1,7 @@
 //! The running daemon: admin socket, signals, housekeeping, health reports
 //! and metrics scrapes around one [`Daemon`], which handles every request in
-//! turn so data-plane writes never interleave.
+//! turn so data-plane writes never interleave. Flow sweeps and listings run
+//! on the sweeper thread and come back as messages.
 
 use std::{fs, os::unix::fs::PermissionsExt as _, path::PathBuf, time::Duration};
 
@@ -28,7 +29,8 @@ type Job = (String, oneshot::Sender<Reply>);
 /// torn down then; otherwise it keeps forwarding for the next daemon.
 pub async fn run(config_path: PathBuf, detach_on_exit: bool) -> anyhow::Result<()> {
     let (reports, mut health) = mpsc::channel(256);
-    let mut daemon = Daemon::start(&config_path, reports)?;
+    let (swept, mut sweeper) = mpsc::unbounded_channel();
+    let mut daemon = Daemon::start(&config_path, reports, swept)?;
     // Kept alive here so the scrape branch below never sees a closed channel.
     let (scrapes, mut scrape_requests) = mpsc::channel::<ScrapeRequest>(8);
     if let Some(addr) = daemon.config().metrics {
@@ -59,9 +61,8 @@ pub async fn run(config_path: PathBuf, detach_on_exit: bool) -> anyhow::Result<(
     daemon.notify_ready();
     loop {
         tokio::select! {
-            Some((line, reply)) = queue.recv() => {
-                let _ = reply.send(daemon.handle_line(&line));
-            }
+            Some((line, reply)) = queue.recv() => daemon.handle_line(&line, reply),
+            Some(done) = sweeper.recv() => daemon.on_sweeper(done),
             Some(reply) = scrape_requests.recv() => {
                 let _ = reply.send(daemon.metrics_snapshot().map_err(|e| e.to_string()));
             }

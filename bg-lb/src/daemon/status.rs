@@ -5,11 +5,17 @@ use std::net::SocketAddrV4;
 use super::{Daemon, RequestError, STATUS_FRESHNESS};
 use crate::{
     config::ServiceConfig,
-    dataplane::housekeeping::FlowCensus,
+    dataplane::{
+        DataplaneError,
+        housekeeping::FlowCensus,
+        sweep::{FlowListing, FlowQuery},
+    },
     desired::{self, HealthView},
     health::{CheckKey, Listener},
     metrics::{BuildInfo, ProbeMetrics, Snapshot},
-    protocol::{BackendHealth, BackendStatus, FlowInfo, Reply, ServiceStatus, SynProxyStatus},
+    protocol::{
+        BackendHealth, BackendStatus, FlowInfo, FlowsRequest, MAX_FLOWS_LIMIT, Reply, ServiceStatus, SynProxyStatus,
+    },
     ratio::Pool,
 };
 
@@ -60,7 +66,9 @@ impl Daemon {
         if let Some(name) = only {
             self.service(name)?;
         }
-        self.refresh_census(STATUS_FRESHNESS)?;
+        // Answered from the last census; one newer starts if due.
+        let running = self.sweeping;
+        self.request_sweep(STATUS_FRESHNESS);
         let census = &self.census;
         let services = self
             .config
@@ -73,6 +81,7 @@ impl Daemon {
             ok: true,
             services: Some(services),
             flows_counted_secs_ago: self.swept.map(|(at, _)| at.elapsed().as_secs_f64()),
+            sweep_running: Some(running),
             ..Default::default()
         })
     }
@@ -170,12 +179,24 @@ impl Daemon {
         })
     }
 
-    pub(super) fn flows(&mut self, name: &str, pool: Option<Pool>, limit: usize) -> Result<Reply, RequestError> {
-        let service = self.service(name)?.clone();
+    /// What a `flows` request asks the sweeper to list.
+    pub(super) fn flow_query(&self, request: &FlowsRequest) -> Result<FlowQuery, RequestError> {
+        if request.limit > MAX_FLOWS_LIMIT {
+            return Err(RequestError::FlowsLimit(request.limit));
+        }
+        let service = self.service(&request.service)?;
         let vips: Vec<SocketAddrV4> = std::iter::once(service.vip).chain(service.standby_vip).collect();
-        let flows = self
-            .dataplane
-            .open_flows(&vips, pool, limit)?
+        Ok(self.dataplane.flow_query(&vips, request.pool, request.limit))
+    }
+
+    /// The reply to a `flows` request, once the sweeper has listed.
+    pub(super) fn flows_reply(&self, listing: Result<FlowListing, DataplaneError>) -> Reply {
+        let listing = match listing {
+            Ok(listing) => listing,
+            Err(e) => return Reply::error(RequestError::from(e).to_string()),
+        };
+        let flows = listing
+            .flows
             .into_iter()
             .map(|f| FlowInfo {
                 client: f.client,
@@ -186,11 +207,13 @@ impl Daemon {
                 state: f.phase.name().into(),
             })
             .collect();
-        Ok(Reply {
+        Reply {
             ok: true,
             flows: Some(flows),
+            flows_truncated: Some(listing.truncated),
+            flows_scanned: Some(listing.scanned),
             ..Default::default()
-        })
+        }
     }
 }
 

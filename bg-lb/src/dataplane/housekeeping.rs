@@ -2,8 +2,8 @@
 //! expired (closed and idle ones, with their reverse-NAT entries), which
 //! entries are orphans of a NAT state that came apart, and how many flows
 //! each backend still has, open or embryonic, which is what "drained"
-//! means. [`crate::dataplane::Dataplane::housekeeping`] reads the maps, asks
-//! [`judge`], and removes what it returns.
+//! means. [`crate::dataplane::sweep`] reads the maps a slice at a time,
+//! asks [`judge`] about each slice, and removes what it returns.
 //!
 //! One NAT state: a flow and the reverse-NAT entry of its (backend, SNAT
 //! port) belong together. FLOWS is an LRU, so a flow may be evicted and
@@ -96,6 +96,35 @@ impl FlowCensus {
 
     pub fn total_of_service(&self, service_id: u32) -> u64 {
         self.per_service.get(&service_id).copied().unwrap_or(0)
+    }
+
+    /// Adds `other`'s counts: a sweep judges its table a slice at a time.
+    pub fn absorb(&mut self, other: FlowCensus) {
+        // Destructured, so a new field cannot be forgotten here.
+        let FlowCensus {
+            open,
+            embryonic,
+            total,
+            per_service,
+            snat_pairs,
+            expired,
+            orphans,
+        } = other;
+        for (mine, theirs) in [
+            (&mut self.open, open),
+            (&mut self.embryonic, embryonic),
+            (&mut self.total, total),
+            (&mut self.per_service, per_service),
+        ] {
+            for (id, n) in theirs {
+                *mine.entry(id).or_default() += n;
+            }
+        }
+        for (backend, n) in snat_pairs {
+            *self.snat_pairs.entry(backend).or_default() += n;
+        }
+        self.expired += expired;
+        self.orphans += orphans;
     }
 }
 

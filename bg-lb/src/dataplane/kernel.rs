@@ -20,11 +20,14 @@ use bg_lb_common::{
     syn_proxy::JOB_PROGRAMS,
 };
 
+pub(super) mod raw;
+
 use super::{
     AttachMode, Attached, DataplaneError, DataplaneOptions, EbpfLogger,
     layout::{self, MapDef, Pinned},
     migration::{self, Migration},
     services::{ServiceRemoval, ServiceUpdate},
+    sweep::SweepMaps,
 };
 use crate::ebpf_objects;
 
@@ -386,41 +389,16 @@ impl Kernel {
         found(map.get(nat, 0), maps::REVERSE_NAT)
     }
 
-    /// BACKENDS entry `id`, free or not.
-    pub(super) fn backend(&self, id: u32) -> Result<Option<Backend>, DataplaneError> {
-        let backends: Array<_, Backend> = self.map(maps::BACKENDS)?;
-        match backends.get(&id, 0) {
-            Ok(backend) => Ok(Some(backend)),
-            Err(MapError::OutOfBounds { .. }) => Ok(None),
-            Err(e) => Err(map_err(maps::BACKENDS)(e)),
-        }
-    }
-
-    /// Removes a flow (housekeeping), and its reverse-NAT entry `reverse` if
-    /// it has one, unless they changed since the sweep judged them: a client
-    /// may have reused the 5-tuple for a new connection, or another flow
-    /// claimed the SNAT port. Returns whether a reverse entry went.
-    pub(super) fn remove_flow(
-        &mut self,
-        key: &FlowKey,
-        judged: &Flow,
-        reverse: Option<&NatKey>,
-    ) -> Result<bool, DataplaneError> {
-        let mut flows: HashMap<_, FlowKey, Flow> = self.map_mut(maps::FLOWS)?;
-        match flows.get(key, 0) {
-            Ok(flow) if flow.created_ns == judged.created_ns => ignore_missing(flows.remove(key), maps::FLOWS)?,
-            Ok(_) | Err(MapError::KeyNotFound) => return Ok(false),
-            Err(e) => return Err(map_err(maps::FLOWS)(e)),
-        }
-        match reverse {
-            Some(nat) if self.reverse_owner(nat)? == Some(*key) => self.remove_reverse(nat).map(|()| true),
-            _ => Ok(false),
-        }
-    }
-
-    pub(super) fn remove_reverse(&mut self, nat: &NatKey) -> Result<(), DataplaneError> {
-        let mut map: HashMap<_, NatKey, FlowKey> = self.map_mut(maps::REVERSE_NAT)?;
-        ignore_missing(map.remove(nat), maps::REVERSE_NAT)
+    /// The maps a flow sweep walks, through fds of their own (see
+    /// [`SweepMaps`]).
+    pub(super) fn sweep_maps(&self) -> Result<SweepMaps, DataplaneError> {
+        let map = |name| self.ebpf.map(name).ok_or(DataplaneError::MissingMap(name));
+        Ok(SweepMaps {
+            flows: raw::RawMap::duplicate(map(maps::FLOWS)?, maps::FLOWS)?,
+            reverse: raw::RawMap::duplicate(map(maps::REVERSE_NAT)?, maps::REVERSE_NAT)?,
+            backends: raw::RawMap::duplicate(map(maps::BACKENDS)?, maps::BACKENDS)?,
+            services: raw::RawMap::duplicate(map(maps::SERVICES)?, maps::SERVICES)?,
+        })
     }
 
     /// A backend's traffic counters, summed over CPUs.

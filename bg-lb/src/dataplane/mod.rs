@@ -1,6 +1,7 @@
 //! The XDP data plane and its one owner, [`Dataplane`]: what the daemon (and
 //! the packet tests) load, attach, program and read. Inside, [`services`] and
-//! [`housekeeping`] decide every change as plain values, [`syn_proxy`] is a
+//! [`housekeeping`] decide every change as plain values, [`sweep`] walks the
+//! flow table in bounded slices ([`walk`]) on a thread of its own, [`syn_proxy`] is a
 //! service's SYN flood defence as settings and state, and `kernel` is the
 //! one module that talks to the kernel, writing those values to the maps.
 //! Before it adopts pinned maps, `layout` judges whether it can (pure), and
@@ -13,8 +14,10 @@ pub mod lookup_table;
 mod migration;
 pub mod pins;
 pub mod services;
+pub mod sweep;
 pub mod syn_proxy;
 pub mod table_regions;
+pub mod walk;
 
 use std::{
     collections::{HashMap, HashSet},
@@ -29,13 +32,15 @@ use aya::{
 };
 use bg_lb_common::{
     counters::Counter,
-    flow_state::{FlowPhase, phase},
-    maps::{self, Backend, DataplaneConfig, Flow, FlowKey, NatKey, ServiceKey, TrafficStats},
+    flow_state::FlowPhase,
+    maps::{self, DataplaneConfig, Flow, FlowKey, NatKey, ServiceKey, TrafficStats},
 };
 use housekeeping::FlowCensus;
 pub use housekeeping::FlowTimeouts;
 use kernel::Kernel;
+pub use kernel::raw::RawMap;
 use services::{ServiceSpec, Services, ServicesError};
+use sweep::{FlowQuery, SweepMaps, SweepReport};
 
 use crate::ratio::Pool;
 
@@ -47,6 +52,12 @@ pub enum DataplaneError {
     Program { name: &'static str, cause: ProgramError },
     #[error("map {name}: {cause}")]
     Map { name: &'static str, cause: MapError },
+    #[error("map {name}: {call}: {cause}")]
+    Syscall {
+        name: &'static str,
+        call: &'static str,
+        cause: std::io::Error,
+    },
     #[error("counting possible CPUs: {0}")]
     Cpus(std::io::Error),
     #[error("interface {name}: {cause}")]
@@ -139,6 +150,8 @@ pub struct FlowView {
 pub struct Dataplane {
     kernel: Kernel,
     services: Services,
+    /// Service writes so far (see [`Dataplane::writes`]).
+    writes: u64,
 }
 
 impl Dataplane {
@@ -148,7 +161,7 @@ impl Dataplane {
     /// flows keep their backends. Nothing is attached yet.
     pub fn load(opts: &DataplaneOptions) -> Result<Self, DataplaneError> {
         let mut kernel = Kernel::load(opts)?;
-        let flows: Vec<Flow> = kernel.flows()?.into_iter().map(|(_, flow)| flow).collect();
+        let flows = kernel.sweep_maps()?.flow_ids()?;
         let (services, orphans) = Services::adopt(
             kernel.lookup_capacity()?,
             kernel.services()?,
@@ -167,7 +180,11 @@ impl Dataplane {
         for &addr in &addresses {
             kernel.add_vip_address(addr)?;
         }
-        Ok(Self { kernel, services })
+        Ok(Self {
+            kernel,
+            services,
+            writes: 0,
+        })
     }
 
     /// Finishes migrating the pinned maps whose capacity changed (a new
@@ -216,6 +233,7 @@ impl Dataplane {
     /// Creates or updates a service. New flows follow the new table as soon
     /// as this returns; pinned flows are untouched.
     pub fn apply(&mut self, spec: &ServiceSpec) -> Result<(), DataplaneError> {
+        self.writes += 1;
         let update = self.services.update(spec)?;
         self.kernel.write_service(&update)?;
         self.services.swapped(&update);
@@ -225,6 +243,7 @@ impl Dataplane {
     /// Stops a service: new connections to its VIP pass to the kernel, and its
     /// table space and ids are freed.
     pub fn remove(&mut self, vip: &SocketAddrV4) -> Result<(), DataplaneError> {
+        self.writes += 1;
         match self.services.remove(vip) {
             Some(removal) => self.kernel.remove_service(&removal),
             None => Ok(()),
@@ -241,50 +260,59 @@ impl Dataplane {
         self.services.backend_id(vip, backend)
     }
 
-    /// Sweeps the flow table: removes expired flows and the orphans of a
-    /// NAT state that came apart (see [`housekeeping`]), counts the rest,
-    /// and frees the ids no flow names any more: of backends that left their
-    /// service (`live` backends per VIP), and of removed services.
+    /// Sweeps the flow table here and now: removes expired flows and the
+    /// orphans of a NAT state that came apart (see [`housekeeping`]), counts
+    /// the rest, and [`Dataplane::settle`]s. The daemon sweeps on a thread
+    /// of its own instead (see [`sweep`]); this is for start-up and tests.
     pub fn housekeeping(
         &mut self,
         timeouts: &FlowTimeouts,
         live: &HashMap<SocketAddrV4, HashSet<SocketAddrV4>>,
     ) -> Result<FlowCensus, DataplaneError> {
-        let now = housekeeping::monotonic_now_ns();
-        // Flows first: a flow's reverse entry and backend exist before it.
-        let flows = self.kernel.flows()?;
-        let reverse = self.kernel.reverse_nat()?;
-        let backends: HashMap<u32, Backend> = self.kernel.backends()?.into_iter().collect();
-        let sweep = housekeeping::judge(flows, reverse, &backends, &self.services.service_ids(), now, timeouts);
-        let mut removed_reverse = false;
-        for r in &sweep.flows {
-            removed_reverse |= self.kernel.remove_flow(&r.key, &r.flow, r.reverse.as_ref())?;
-        }
-        for (nat, owner) in &sweep.orphan_reverse {
-            // Re-checked: the flow may have been pinned (again) since it was read.
-            let flow = self.kernel.flow(owner)?;
-            let backend = match &flow {
-                Some(flow) => self.kernel.backend(flow.backend_id)?,
-                None => None,
-            };
-            if self.kernel.reverse_owner(nat)? == Some(*owner)
-                && !housekeeping::owns(flow.as_ref(), backend.as_ref(), nat)
-            {
-                self.kernel.remove_reverse(nat)?;
-                removed_reverse = true;
-            }
-        }
-        if removed_reverse {
+        let writes = self.writes;
+        let report = self.sweep_maps()?.sweep(timeouts, || true)?;
+        self.settle(&report, writes, live)?;
+        Ok(report.census)
+    }
+
+    /// The maps a sweep or a flow listing reads, through fds of their own,
+    /// for another thread.
+    pub fn sweep_maps(&self) -> Result<SweepMaps, DataplaneError> {
+        self.kernel.sweep_maps()
+    }
+
+    /// How many times services were written: a sweep begun before the
+    /// latest write may have missed what it changed.
+    pub fn writes(&self) -> u64 {
+        self.writes
+    }
+
+    /// What follows from a sweep begun when [`Dataplane::writes`] was
+    /// `writes`: pinned flows re-check their ports if a reverse-NAT entry
+    /// went, and the ids no flow names any more are freed, of backends that
+    /// left their service (`live` backends per VIP) and of removed services.
+    /// Ids are freed only on a complete count taken after the last write,
+    /// so no flow the sweep could not see keeps a freed id.
+    pub fn settle(
+        &mut self,
+        report: &SweepReport,
+        writes: u64,
+        live: &HashMap<SocketAddrV4, HashSet<SocketAddrV4>>,
+    ) -> Result<(), DataplaneError> {
+        if report.removed_reverse {
             // A flow pinned again meanwhile may have lost its entry: every
             // pinned flow checks its port on its next packet.
             self.kernel.advance_nat_epoch()?;
         }
-        let census = sweep.census;
+        let census = &report.census;
         if census.orphans > 0 {
             tracing::info!(
                 orphans = census.orphans,
                 "flow sweep removed flows and reverse-NAT entries whose other half was gone"
             );
+        }
+        if !report.complete || writes != self.writes {
+            return Ok(());
         }
         let freed = self
             .services
@@ -292,46 +320,17 @@ impl Dataplane {
         for id in freed {
             self.kernel.clear_backend(id)?;
         }
-        Ok(census)
+        Ok(())
     }
 
-    /// Up to `limit` flows of the services on `vips` that have not ended, of
-    /// `pool` if given: open ones first, then embryonic ones.
-    pub fn open_flows(
-        &self,
-        vips: &[SocketAddrV4],
-        pool: Option<Pool>,
-        limit: usize,
-    ) -> Result<Vec<FlowView>, DataplaneError> {
-        let service_ids: Vec<u32> = vips.iter().filter_map(|vip| self.services.service_id(vip)).collect();
-        let backends: HashMap<u32, Backend> = self.kernel.backends()?.into_iter().collect();
-        let now = housekeeping::monotonic_now_ns();
-        let since = |ns: u64| Duration::from_nanos(now.saturating_sub(ns));
-        let mut flows: Vec<(FlowKey, Flow)> = self
-            .kernel
-            .flows()?
-            .into_iter()
-            .filter(|(_, f)| service_ids.contains(&f.service_id) && phase(f.state) != FlowPhase::Closed)
-            .collect();
-        flows.sort_by_key(|(_, f)| !phase(f.state).is_open());
-        Ok(flows
-            .into_iter()
-            .filter_map(|(key, flow)| {
-                let backend = backends
-                    .get(&flow.backend_id)
-                    .filter(|b| b.generation == flow.backend_gen)?;
-                Some(FlowView {
-                    client: key.client(),
-                    backend: backend.addr(),
-                    pool: Pool::from_wire(backend.pool),
-                    phase: phase(flow.state),
-                    age: since(flow.created_ns),
-                    idle: since(flow.last_seen_ns),
-                })
-            })
-            .filter(|f| pool.is_none_or(|p| p == f.pool))
-            .take(limit)
-            .collect())
+    /// What `ctl flows` asks for: up to `limit` flows of the services on
+    /// `vips` that have not ended, of `pool` if given ([`SweepMaps::list`]).
+    pub fn flow_query(&self, vips: &[SocketAddrV4], pool: Option<Pool>, limit: usize) -> FlowQuery {
+        FlowQuery {
+            service_ids: vips.iter().filter_map(|vip| self.services.service_id(vip)).collect(),
+            pool,
+            limit,
+        }
     }
 
     /// Whether the SYN proxy answers the SYNs of service `vip` now: always

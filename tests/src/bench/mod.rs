@@ -15,10 +15,13 @@
 //! - [`macro_bench`]: interleaved rounds over contenders and workloads.
 //! - [`stats`], [`report`]: medians, ranges, ratios, Markdown tables.
 //! - [`micro`]: BPF_PROG_TEST_RUN timings, ratio-change cost, flow-table memory.
+//! - [`flow_sweep`]: admin and health latency while the daemon sweeps a
+//!   million flows, against a near-empty table.
 //! - [`sweep`]: removes what a killed earlier run left behind.
 pub mod bulk;
 pub mod contenders;
 pub mod cpu;
+pub mod flow_sweep;
 pub mod lab;
 pub mod macro_bench;
 pub mod micro;

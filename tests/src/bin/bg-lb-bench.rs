@@ -1,8 +1,9 @@
 //! `bg-lb-bench [--quick] [--out DIR] [--rounds N] [--seconds S] [--only bg-lb,haproxy,nginx,nftables,direct]
-//! [--workloads new-connections,keep-alive,bulk,paced,syn-flood] [--skip-macro] [--skip-micro]`:
+//! [--workloads new-connections,keep-alive,bulk,paced,syn-flood] [--skip-macro] [--skip-micro] [--skip-sweep]`:
 //! the benchmark behind `cargo xtask bench` (which installs the contenders
 //! and builds this with `--release`). Needs root. Writes `bench.md` and
 //! `bench.json` to DIR (default `target/bench`) and prints the tables.
+//! `--skip-macro --skip-micro` runs only the flow-sweep benchmark.
 
 use std::{
     panic::{AssertUnwindSafe, catch_unwind},
@@ -13,6 +14,7 @@ use std::{
 
 use bg_lb_tests::bench::{
     contenders::Contender,
+    flow_sweep::{self, FlowSweepOptions},
     macro_bench::{self, MacroOptions, Workload},
     micro::{self, MicroOptions},
     procs, report, sweep,
@@ -27,6 +29,7 @@ struct Args {
     seconds: Option<u64>,
     skip_macro: bool,
     skip_micro: bool,
+    skip_sweep: bool,
     only: Option<Vec<Contender>>,
     workloads: Option<Vec<Workload>>,
 }
@@ -39,6 +42,7 @@ fn parse_args() -> Result<Args, String> {
         seconds: None,
         skip_macro: false,
         skip_micro: false,
+        skip_sweep: false,
         only: None,
         workloads: None,
     };
@@ -52,6 +56,7 @@ fn parse_args() -> Result<Args, String> {
             "--seconds" => args.seconds = Some(value("--seconds")?.parse().map_err(|e| format!("--seconds: {e}"))?),
             "--skip-macro" => args.skip_macro = true,
             "--skip-micro" => args.skip_micro = true,
+            "--skip-sweep" => args.skip_sweep = true,
             "--only" => args.only = Some(pick("--only", &value("--only")?, &Contender::ALL, |c| c.key())?),
             "--workloads" => {
                 args.workloads = Some(pick("--workloads", &value("--workloads")?, &Workload::ALL, |w| {
@@ -171,6 +176,20 @@ fn run(args: &Args) -> ExitCode {
         let micro = micro::run(micro_opts);
         markdown += &format!("\n## Micro benchmark\n\n{}", micro::render(&micro));
         json["micro"] = serde_json::to_value(&micro).expect("serialisable");
+    }
+    if !args.skip_sweep {
+        let opts = FlowSweepOptions {
+            flows: 1_000_000,
+            rounds: if args.quick { 2 } else { 5 },
+            idle_requests: if args.quick { 200 } else { 1000 },
+            idle_reports: if args.quick { 5 } else { 20 },
+        };
+        let swept = flow_sweep::run(bg_lb, &opts, &mut progress);
+        markdown += &format!(
+            "\n## Flow sweep: admin and health latency\n\n{}",
+            flow_sweep::render(&swept)
+        );
+        json["flow_sweep"] = serde_json::to_value(&swept).expect("serialisable");
     }
     progress("done");
 

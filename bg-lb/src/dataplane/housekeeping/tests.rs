@@ -278,3 +278,40 @@ fn ownership_is_rechecked_against_the_current_flow_and_backend() {
     };
     assert!(!owns(Some(&flow), Some(&reused), &nat(20000)), "the id's next backend");
 }
+
+#[test]
+fn a_table_judged_slice_by_slice_counts_as_judged_whole() {
+    let states = [SYN_SEEN, SYN_SEEN | SYN_ACK_SEEN | ESTABLISHED, RESET];
+    let flows: Vec<(FlowKey, Flow)> = (0..9u16)
+        .map(|i| {
+            let flow = pinned(states[usize::from(i) % 3], 20000 + i);
+            // Reset flows have lingered past the closing timeout.
+            let last_seen_ns = if flow.state == RESET { 90 * S } else { flow.last_seen_ns };
+            (key(i), Flow { last_seen_ns, ..flow })
+        })
+        .chain([(
+            key(100),
+            Flow {
+                service_id: 5,
+                ..pinned(SYN_SEEN, 21000)
+            },
+        )])
+        .collect();
+    let reverse: Vec<(NatKey, FlowKey)> = (0..9u16).map(|i| (nat(20000 + i), key(i))).collect();
+    let whole = sweep(&flows, &reverse).census;
+    let mut sliced = FlowCensus::default();
+    for (flows, reverse) in flows.chunks(4).zip(reverse.chunks(4)) {
+        sliced.absorb(sweep(flows, reverse).census);
+    }
+    assert_eq!((whole.open_of(BACKEND_ID), whole.embryonic_of(BACKEND_ID)), (3, 3));
+    assert_eq!(
+        (whole.expired, whole.orphans),
+        (3, 1),
+        "RST ends three; one flow's service is gone"
+    );
+    assert_eq!((sliced.expired, sliced.orphans), (whole.expired, whole.orphans));
+    assert_eq!(
+        (sliced.open, sliced.embryonic, sliced.total, sliced.per_service),
+        (whole.open, whole.embryonic, whole.total, whole.per_service)
+    );
+}

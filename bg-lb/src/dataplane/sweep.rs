@@ -1,0 +1,282 @@
+//! The flow sweep and the flow listing, in bounded slices, through
+//! [`SweepMaps`]: duplicates of the map file descriptors that a thread of
+//! its own can hold, so neither ever runs on the daemon's event loop.
+//!
+//! A sweep reads FLOWS a slice at a time ([`walk`]); for each slice it
+//! then reads what the slice's flows name (their backends and reverse-NAT
+//! entries, and the services in the data plane), asks
+//! [`housekeeping::judge`], and removes what it returns after re-checking
+//! each entry, before reading the next slice. A second walk, of
+//! REVERSE_NAT, removes the entries whose flow is gone. It writes only
+//! FLOWS and REVERSE_NAT; what follows from its census (freeing ids,
+//! advancing the NAT epoch) is the [`super::Dataplane`] owner's to do.
+
+use std::{
+    collections::{HashMap, HashSet},
+    time::{Duration, Instant},
+};
+
+use bg_lb_common::{
+    flow_state::{FlowPhase, phase},
+    maps::{Backend, Flow, FlowKey, NatKey, Service, ServiceKey},
+};
+
+use super::{
+    DataplaneError, FlowView,
+    housekeeping::{self, FlowCensus, FlowTimeouts, Sweep},
+    kernel::raw::RawMap,
+    walk::{Walk, WalkMap, WalkStats},
+};
+use crate::ratio::Pool;
+
+mod listing;
+
+pub use listing::FlowListing;
+use listing::Picker;
+
+/// Entries read per slice: one batch syscall, about 350 KiB of flows.
+pub const SLICE: usize = 4096;
+
+/// The maps a sweep reads and writes, through fds of their own.
+pub struct SweepMaps {
+    pub(super) flows: RawMap<FlowKey, Flow>,
+    pub(super) reverse: RawMap<NatKey, FlowKey>,
+    pub(super) backends: RawMap<u32, Backend>,
+    pub(super) services: RawMap<ServiceKey, Service>,
+}
+
+/// What a sweep found and did.
+#[derive(Debug, Default)]
+pub struct SweepReport {
+    pub census: FlowCensus,
+    /// Some reverse-NAT entry was removed: pinned flows must make sure
+    /// their ports are their own again (the NAT epoch moves on).
+    pub removed_reverse: bool,
+    /// Both walks read their whole table, so a count of zero means none.
+    pub complete: bool,
+    pub flows: WalkStats,
+    pub reverse: WalkStats,
+    pub took: Duration,
+}
+
+/// Which flows `ctl flows` lists.
+#[derive(Clone, Debug)]
+pub struct FlowQuery {
+    pub service_ids: HashSet<u32>,
+    pub pool: Option<Pool>,
+    pub limit: usize,
+}
+
+impl SweepMaps {
+    /// Sweeps FLOWS, then REVERSE_NAT, one slice at a time. Between slices
+    /// it calls `between`, which returns whether to go on: a sweep stopped
+    /// early is not complete.
+    pub fn sweep(
+        &self,
+        timeouts: &FlowTimeouts,
+        mut between: impl FnMut() -> bool,
+    ) -> Result<SweepReport, DataplaneError> {
+        let started = Instant::now();
+        let now = housekeeping::monotonic_now_ns();
+        let mut report = SweepReport::default();
+        let mut walk = Walk::new(self.flows.max_entries());
+        let mut stopped = false;
+        while !walk.finished() && !stopped {
+            let slice = self.slice(&mut walk, &self.flows)?;
+            // What the slice's flows name exists before they do: read after.
+            let backends = self.backends_of(slice.iter().map(|(_, f)| f.backend_id))?;
+            let mut reverse = Vec::new();
+            for (_, flow) in &slice {
+                if let Some(nat) = housekeeping::pinned_nat(flow, backends.get(&flow.backend_id))
+                    && let Some(owner) = self.reverse.lookup(&nat).map_err(|e| self.reverse.error("lookup", e))?
+                {
+                    reverse.push((nat, owner));
+                }
+            }
+            let services = self.service_ids()?;
+            let sweep = housekeeping::judge(slice, reverse, &backends, &services, now, timeouts);
+            report.removed_reverse |= self.remove(&sweep)?;
+            report.census.absorb(sweep.census);
+            stopped = !between();
+        }
+        report.flows = walk.stats;
+        let flows_complete = walk.complete();
+        let mut walk = Walk::new(self.reverse.max_entries());
+        while !walk.finished() && !stopped {
+            let slice = self.slice(&mut walk, &self.reverse)?;
+            let mut backends = HashMap::new();
+            for (nat, owner) in slice {
+                if self.remove_orphan(&nat, &owner, &mut backends)? {
+                    report.removed_reverse = true;
+                    report.census.orphans += 1;
+                }
+            }
+            stopped = !between();
+        }
+        report.reverse = walk.stats;
+        report.complete = flows_complete && walk.complete();
+        report.took = started.elapsed();
+        Ok(report)
+    }
+
+    /// The flows `query` asks for, read in slices: the walk ends early once
+    /// more than `limit` open flows are found, since nothing read after them
+    /// could be listed ([`Picker`]).
+    pub fn list(&self, query: &FlowQuery) -> Result<FlowListing, DataplaneError> {
+        let now = housekeeping::monotonic_now_ns();
+        let since = |ns: u64| Duration::from_nanos(now.saturating_sub(ns));
+        let mut picker = Picker::new(query.limit);
+        let mut scanned = 0;
+        let mut walk = Walk::new(self.flows.max_entries());
+        while !walk.finished() && picker.wants_more() {
+            let slice = self.slice(&mut walk, &self.flows)?;
+            scanned += slice.len() as u64;
+            let backends = self.backends_of(slice.iter().map(|(_, f)| f.backend_id))?;
+            for (key, flow) in slice {
+                let phase = phase(flow.state);
+                let Some(backend) = backends
+                    .get(&flow.backend_id)
+                    .filter(|b| b.generation == flow.backend_gen)
+                else {
+                    continue;
+                };
+                let pool = Pool::from_wire(backend.pool);
+                if query.service_ids.contains(&flow.service_id)
+                    && phase != FlowPhase::Closed
+                    && query.pool.is_none_or(|p| p == pool)
+                {
+                    picker.offer(FlowView {
+                        client: key.client(),
+                        backend: backend.addr(),
+                        pool,
+                        phase,
+                        age: since(flow.created_ns),
+                        idle: since(flow.last_seen_ns),
+                    });
+                }
+            }
+        }
+        Ok(picker.finish(scanned))
+    }
+
+    /// One flow for each (service id, backend id, backend generation) the
+    /// table holds: all that adopting a previous daemon's ids needs, read in
+    /// slices while the pinned data plane keeps forwarding.
+    pub fn flow_ids(&self) -> Result<Vec<Flow>, DataplaneError> {
+        let mut distinct = HashMap::new();
+        let mut walk = Walk::new(self.flows.max_entries());
+        while !walk.finished() {
+            for (_, flow) in self.slice(&mut walk, &self.flows)? {
+                distinct
+                    .entry((flow.service_id, flow.backend_id, flow.backend_gen))
+                    .or_insert(flow);
+            }
+        }
+        if !walk.complete() {
+            // An id missed could be handed out again under a live flow.
+            return Err(self.flows.error("walk", std::io::ErrorKind::Interrupted.into()));
+        }
+        Ok(distinct.into_values().collect())
+    }
+
+    fn slice<K, V>(&self, walk: &mut Walk<K>, map: &RawMap<K, V>) -> Result<Vec<(K, V)>, DataplaneError>
+    where
+        K: aya::Pod + Eq + std::hash::Hash,
+        V: aya::Pod,
+        RawMap<K, V>: WalkMap<K, V, Error = std::io::Error>,
+    {
+        walk.next_slice(map, SLICE).map_err(|e| map.error("walk", e))
+    }
+
+    /// The BACKENDS entries of `ids`.
+    fn backends_of(&self, ids: impl Iterator<Item = u32>) -> Result<HashMap<u32, Backend>, DataplaneError> {
+        let mut backends = HashMap::new();
+        for id in ids {
+            if let std::collections::hash_map::Entry::Vacant(entry) = backends.entry(id)
+                && let Some(backend) = self.backend(id)?
+            {
+                entry.insert(backend);
+            }
+        }
+        Ok(backends)
+    }
+
+    fn backend(&self, id: u32) -> Result<Option<Backend>, DataplaneError> {
+        self.backends.lookup(&id).map_err(|e| self.backends.error("lookup", e))
+    }
+
+    /// The ids of the services in the data plane now.
+    fn service_ids(&self) -> Result<HashSet<u32>, DataplaneError> {
+        let mut walk = Walk::new(self.services.max_entries());
+        let mut ids = HashSet::new();
+        while !walk.finished() {
+            ids.extend(self.slice(&mut walk, &self.services)?.into_iter().map(|(_, s)| s.id));
+        }
+        if !walk.complete() {
+            // A service missed would have its flows removed as orphans.
+            return Err(self.services.error("walk", std::io::ErrorKind::Interrupted.into()));
+        }
+        Ok(ids)
+    }
+
+    /// Removes what `sweep` judged, each entry only if it is still what was
+    /// judged. Returns whether a reverse-NAT entry went.
+    fn remove(&self, sweep: &Sweep) -> Result<bool, DataplaneError> {
+        let mut removed_reverse = false;
+        for r in &sweep.flows {
+            removed_reverse |= self.remove_flow(&r.key, &r.flow, r.reverse.as_ref())?;
+        }
+        let mut backends = HashMap::new();
+        for (nat, owner) in &sweep.orphan_reverse {
+            removed_reverse |= self.remove_orphan(nat, owner, &mut backends)?;
+        }
+        Ok(removed_reverse)
+    }
+
+    /// Removes a flow, and its reverse-NAT entry `reverse` if it has one,
+    /// unless they changed since the sweep judged them: a client may have
+    /// reused the 5-tuple for a new connection, or another flow claimed the
+    /// SNAT port. Returns whether a reverse entry went.
+    fn remove_flow(&self, key: &FlowKey, judged: &Flow, reverse: Option<&NatKey>) -> Result<bool, DataplaneError> {
+        let flows = &self.flows;
+        match flows.lookup(key).map_err(|e| flows.error("lookup", e))? {
+            Some(flow) if flow.created_ns == judged.created_ns => {
+                flows.delete(key).map_err(|e| flows.error("delete", e))?;
+            }
+            _ => return Ok(false),
+        }
+        match reverse {
+            Some(nat) if self.reverse.lookup(nat).map_err(|e| self.reverse.error("lookup", e))? == Some(*key) => {
+                self.reverse.delete(nat).map_err(|e| self.reverse.error("delete", e))
+            }
+            _ => Ok(false),
+        }
+    }
+
+    /// Removes the reverse-NAT entry `nat` if `owner` still does not own it
+    /// (the flow may have been pinned again since it was read) and it still
+    /// names `owner`. `backends` caches BACKENDS reads.
+    fn remove_orphan(
+        &self,
+        nat: &NatKey,
+        owner: &FlowKey,
+        backends: &mut HashMap<u32, Option<Backend>>,
+    ) -> Result<bool, DataplaneError> {
+        let flow = self.flows.lookup(owner).map_err(|e| self.flows.error("lookup", e))?;
+        let backend = match &flow {
+            Some(flow) => match backends.get(&flow.backend_id) {
+                Some(cached) => *cached,
+                None => *backends
+                    .entry(flow.backend_id)
+                    .or_insert(self.backend(flow.backend_id)?),
+            },
+            None => None,
+        };
+        if housekeeping::owns(flow.as_ref(), backend.as_ref(), nat)
+            || self.reverse.lookup(nat).map_err(|e| self.reverse.error("lookup", e))? != Some(*owner)
+        {
+            return Ok(false);
+        }
+        self.reverse.delete(nat).map_err(|e| self.reverse.error("delete", e))
+    }
+}
