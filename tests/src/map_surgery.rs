@@ -15,6 +15,22 @@ use aya::{
 use bg_lb::dataplane::pins::PinLayout;
 use bg_lb_common::maps::{self, Backend, DataplaneConfig, Flow, FlowKey, NatKey};
 
+/// The map `name` that `prog` (a loaded `bg_lb`) uses, opened by its id.
+pub fn program_map(prog: &Xdp, name: &str) -> Map {
+    let ids = prog
+        .info()
+        .expect("program info")
+        .map_ids()
+        .expect("map ids")
+        .expect("the kernel reports map ids");
+    let id = ids
+        .iter()
+        .copied()
+        .find(|&id| MapInfo::from_id(id).is_ok_and(|info| info.name_as_str() == Some(name)))
+        .unwrap_or_else(|| panic!("the program uses no map {name}"));
+    Map::from_map_data(MapData::from_id(id).expect("open map by id")).expect("a known map type")
+}
+
 /// FLOWS, REVERSE_NAT, BACKENDS and CONFIG of one data plane.
 pub struct NatMaps {
     flows: HashMap<MapData, FlowKey, Flow>,
@@ -41,20 +57,7 @@ impl NatMaps {
 
     /// The maps `prog` (a loaded `bg_lb`) uses.
     pub fn of_program(prog: &Xdp) -> Self {
-        let ids = prog
-            .info()
-            .expect("program info")
-            .map_ids()
-            .expect("map ids")
-            .expect("the kernel reports map ids");
-        let open = |name: &str| {
-            let id = ids
-                .iter()
-                .copied()
-                .find(|&id| MapInfo::from_id(id).is_ok_and(|info| info.name_as_str() == Some(name)))
-                .unwrap_or_else(|| panic!("the program uses no map {name}"));
-            Map::from_map_data(MapData::from_id(id).expect("open map by id")).expect("a known map type")
-        };
+        let open = |name| program_map(prog, name);
         Self::from_maps([
             open(maps::FLOWS),
             open(maps::REVERSE_NAT),

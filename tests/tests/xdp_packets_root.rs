@@ -810,6 +810,27 @@ fn new_flows_split_by_ratio() {
     });
 }
 
+/// The daemon writes tables through a mapping of LOOKUP_TABLES; the map
+/// API must read back exactly the table it built, in both buffers.
+#[test]
+fn tables_written_through_the_mapping_read_back_slot_for_slot_through_the_map_api() {
+    require_root();
+    in_fresh_netns(|| {
+        let mut lab = PacketLab::with_backends(100);
+        let table = lab.table();
+        let mut bases = HashSet::new();
+        for blue_percent in [50, 20, 90, 0] {
+            lab.set_ratio(blue_percent);
+            let (expected, read) = (table.build(blue_percent), lab.table_in_map());
+            assert_eq!(read.len(), expected.len());
+            let first_difference = read.iter().zip(&expected).position(|(r, e)| r != e);
+            assert_eq!(first_difference, None, "ratio {blue_percent}: slot differs");
+            bases.insert(lab.service_entry().lut_base);
+        }
+        assert_eq!(bases.len(), 2, "both buffers were written and read back");
+    });
+}
+
 #[test]
 fn syn_retransmission_keeps_backend_and_snat_port() {
     in_lab(50, |lab| {

@@ -7,7 +7,7 @@ use std::{mem::size_of, net::Ipv4Addr, path::Path};
 
 use aya::{
     Ebpf, EbpfLoader, Pod,
-    maps::{Array, DevMapHash, HashMap, MapError, MapInfo, MapType, PerCpuArray, PerCpuValues, ProgramArray},
+    maps::{Array, DevMapHash, HashMap, MapData, MapError, MapInfo, MapType, PerCpuArray, PerCpuValues, ProgramArray},
     programs::{
         Xdp, XdpMode,
         links::{FdLink, PinnedLink},
@@ -23,7 +23,7 @@ use bg_lb_common::{
 /// The layout each map must have: a pinned map left by a bg-lb whose
 /// layout differs cannot be adopted (the program would misread it).
 /// Capacities that userspace sets at load time are not compared.
-const LAYOUTS: [(&str, MapType, usize, usize, Option<u32>); 10] = [
+const LAYOUTS: [(&str, MapType, usize, usize, Option<u32>); 11] = [
     (
         maps::SERVICES,
         MapType::Hash,
@@ -64,17 +64,25 @@ const LAYOUTS: [(&str, MapType, usize, usize, Option<u32>); 10] = [
     (maps::CONFIG, MapType::Array, 4, size_of::<DataplaneConfig>(), None),
     (maps::VIP_ADDRESSES, MapType::Hash, 4, 4, None),
     (maps::LOG_TIMES, MapType::Array, 4, 8, Some(COUNTER_COUNT)),
+    (maps::LOOKUP_TABLES, MapType::Array, 4, 4, None),
 ];
+
+/// Creation flags a pinned map must have: a LOOKUP_TABLES from before it
+/// was mmapable cannot be written through a mapping.
+const REQUIRED_FLAGS: [(&str, u32); 1] = [(maps::LOOKUP_TABLES, maps::LOOKUP_TABLES_FLAGS)];
 
 use super::{
     AttachMode, Attached, DataplaneError, DataplaneOptions, EbpfLogger,
     services::{ServiceRemoval, ServiceUpdate},
+    table_memory::TableMemory,
 };
 use crate::ebpf_objects;
 
 pub(super) struct Kernel {
     ebpf: Ebpf,
     logger: Option<EbpfLogger>,
+    /// LOOKUP_TABLES, mapped: where tables are written.
+    tables: TableMemory,
 }
 
 impl Kernel {
@@ -98,7 +106,8 @@ impl Kernel {
         let logger = aya_log::EbpfLogger::init(&mut ebpf)
             .inspect_err(|e| tracing::warn!(error = %e, "eBPF log records will not be shown"))
             .ok();
-        let mut kernel = Self { ebpf, logger };
+        let tables = map_tables(&ebpf)?;
+        let mut kernel = Self { ebpf, logger, tables };
         kernel.xdp_mut()?.load().map_err(program_err)?;
         kernel.load_syn_proxy_jobs()?;
         Ok(kernel)
@@ -199,14 +208,7 @@ impl Kernel {
     /// The capacity LOOKUP_TABLES really has: an adopted pinned map keeps the
     /// size it was created with.
     pub(super) fn lookup_capacity(&self) -> Result<u32, DataplaneError> {
-        let map = self
-            .ebpf
-            .map(maps::LOOKUP_TABLES)
-            .ok_or(DataplaneError::MissingMap(maps::LOOKUP_TABLES))?;
-        let aya::maps::Map::Array(data) = map else {
-            return Err(DataplaneError::MissingMap(maps::LOOKUP_TABLES));
-        };
-        Ok(data.info().map_err(map_err(maps::LOOKUP_TABLES))?.max_entries())
+        lookup_tables_capacity(lookup_tables(&self.ebpf)?)
     }
 
     /// Allows XDP_REDIRECT to `ifindex` (an interface the program may send on).
@@ -245,12 +247,7 @@ impl Kernel {
         for (id, backend) in &update.backends {
             self.array_set(maps::BACKENDS, *id, backend)?;
         }
-        let mut tables: Array<_, u32> = self.map_mut(maps::LOOKUP_TABLES)?;
-        for (i, backend_id) in update.table.iter().enumerate() {
-            tables
-                .set(update.service.lut_base + i as u32, backend_id, 0)
-                .map_err(map_err(maps::LOOKUP_TABLES))?;
-        }
+        self.tables.write(update.service.lut_base, &update.table)?;
         let mut services: HashMap<_, ServiceKey, Service> = self.map_mut(maps::SERVICES)?;
         services
             .insert(update.key, update.service, 0)
@@ -455,9 +452,37 @@ impl Kernel {
     }
 }
 
+/// LOOKUP_TABLES of a loaded object.
+fn lookup_tables(ebpf: &Ebpf) -> Result<&MapData, DataplaneError> {
+    match ebpf.map(maps::LOOKUP_TABLES) {
+        Some(aya::maps::Map::Array(data)) => Ok(data),
+        _ => Err(DataplaneError::MissingMap(maps::LOOKUP_TABLES)),
+    }
+}
+
+fn lookup_tables_capacity(data: &MapData) -> Result<u32, DataplaneError> {
+    Ok(data.info().map_err(map_err(maps::LOOKUP_TABLES))?.max_entries())
+}
+
+/// Maps all of LOOKUP_TABLES (created, or adopted with its real capacity).
+fn map_tables(ebpf: &Ebpf) -> Result<TableMemory, DataplaneError> {
+    let data = lookup_tables(ebpf)?;
+    Ok(TableMemory::new(data.fd(), lookup_tables_capacity(data)?)?)
+}
+
 /// Fails unless every map pinned in `dir` has the layout this build's
 /// program expects.
 fn check_pinned_layouts(dir: &Path) -> Result<(), DataplaneError> {
+    for (name, flags) in REQUIRED_FLAGS {
+        let path = dir.join(name);
+        if !path.exists() {
+            continue;
+        }
+        let info = MapInfo::from_pin(&path).map_err(map_err(name))?;
+        if info.map_flags() & flags != flags {
+            return Err(DataplaneError::IncompatiblePin { name, path });
+        }
+    }
     for (name, map_type, key_size, value_size, entries) in LAYOUTS {
         let path = dir.join(name);
         if !path.exists() {

@@ -2,7 +2,8 @@
 //! the packet tests) load, attach, program and read. Inside, [`services`] and
 //! [`housekeeping`] decide every change as plain values, [`syn_proxy`] is a
 //! service's SYN flood defence as settings and state, and `kernel` is the
-//! one module that talks to the kernel, writing those values to the maps.
+//! one module that talks to the kernel, writing those values to the maps
+//! (lookup tables through `table_memory`, a mapping of their map).
 
 pub mod housekeeping;
 mod kernel;
@@ -10,6 +11,7 @@ pub mod lookup_table;
 pub mod pins;
 pub mod services;
 pub mod syn_proxy;
+mod table_memory;
 pub mod table_regions;
 
 use std::{
@@ -62,6 +64,8 @@ pub enum DataplaneError {
     ProgramFd(std::io::Error),
     #[error(transparent)]
     Services(#[from] ServicesError),
+    #[error(transparent)]
+    TableMemory(#[from] table_memory::TableMemoryError),
     #[error(
         "the map {name} pinned at {path} was left by a bg-lb whose data plane differs from this one's; remove the \
          old data plane with `bg-lb teardown` (its open connections end) and start again"

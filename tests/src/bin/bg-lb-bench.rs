@@ -13,6 +13,7 @@ use std::{
 
 use bg_lb_tests::bench::{
     contenders::Contender,
+    live::LiveOptions,
     macro_bench::{self, MacroOptions, Workload},
     micro::{self, MicroOptions},
     procs, report, sweep,
@@ -134,6 +135,12 @@ fn run(args: &Args) -> ExitCode {
         batches: if args.quick { 5 } else { 10 },
         runs_per_batch: if args.quick { 1000 } else { 4000 },
         ratio_changes: if args.quick { 5 } else { 20 },
+        live: LiveOptions {
+            rounds: if args.quick { 5 } else { 10 },
+            calls_per_round: if args.quick { 200 } else { 1000 },
+            batch_size: 64,
+            recycled_batches: 32,
+        },
     };
     let started = Instant::now();
     let mut progress = |what: &str| eprintln!("[{:>5.0}s] {what}", started.elapsed().as_secs_f64());
@@ -167,7 +174,7 @@ fn run(args: &Args) -> ExitCode {
         });
     }
     if !args.skip_micro {
-        progress("micro benchmark (BPF_PROG_TEST_RUN, ratio changes, flow memory)");
+        progress("micro benchmark (BPF_PROG_TEST_RUN, live frames, table swaps, flow memory)");
         let micro = micro::run(micro_opts);
         markdown += &format!("\n## Micro benchmark\n\n{}", micro::render(&micro));
         json["micro"] = serde_json::to_value(&micro).expect("serialisable");
