@@ -11,6 +11,7 @@
 //! - [`icmp`]: which ICMP errors follow a flow; checksums of translating
 //!   their quotes and of generated fragmentation-needed errors.
 //! - [`snat_port`]: candidate SNAT ports for collision-free allocation.
+//! - [`restore`]: the benchmark's frame restorer's map value.
 //! - [`syn_proxy`]: SYN cookies for flooded services: modes, flow bits, the
 //!   flood detector's rule, sequence translation.
 //!
@@ -26,5 +27,6 @@ pub mod flow_hash;
 pub mod flow_state;
 pub mod icmp;
 pub mod maps;
+pub mod restore;
 pub mod snat_port;
 pub mod syn_proxy;

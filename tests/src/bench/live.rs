@@ -13,27 +13,35 @@
 //! timed too. The kernel reports the mean time per frame of one call.
 //!
 //! Each frame lives in a page of a page pool the kernel creates per call and
-//! initialises from `data_in` when it first hands the page out. A recycled
-//! page is **not** rewritten (Documentation/bpf/bpf_prog_run.rst: "the page
-//! content is not rewritten"), so a NAT rewrite would feed its own output
-//! back in. Hence the methods:
-//! - **batch**: `repeat` = `batch_size`, one batch per call: every frame is a
-//!   fresh copy of `data_in`, every page newly allocated. The page
-//!   allocation is in the timed region, for every program alike.
-//! - **recycled**: a large `repeat` over recycled pages, for the bounce
-//!   only (its MAC swap leaves a frame it handles the same way): shows what
-//!   the fresh pages of the batch method add.
-//! - **single**: one frame per call, for the first packet of a new flow:
-//!   within a batch all frames are the same SYN, and only the first would
-//!   open a flow (the others are retransmissions). Each call sends a SYN of
-//!   a new client port, so every run opens a new flow; the per-call cost is
-//!   taken out by timing the bounce the same way. The new-flow estimate is
-//!   `SYN single - bounce single + bounce batch`.
+//! fills from `data_in` only when it first hands a page out. A recycled page
+//! is **not** rewritten (Documentation/bpf/bpf_prog_run.rst: "the page
+//! content is not rewritten"), so a NAT rewrite would be fed its own output
+//! on the next batch. Fresh pages are no way out: allocating them costs
+//! several times the bounce itself (the "fresh frames" row shows it). So
+//! the paths that rewrite run through `xdp_restore` (aux object), which
+//! writes the pristine frame over the packet and tail-calls `bg_lb`; for
+//! the first packet of a new flow it also gives every repetition the next
+//! source port (and every call a new client address), so each SYN opens a
+//! new flow. The bounce is timed through the same restore (with and
+//! without the new ports), and a path's estimate is
+//! `path through restore - bounce through restore + bounce`: the restore's
+//! cost cancels out. The passed path rewrites nothing and runs directly, as
+//! does `xdp_pass`, on the same frame.
+//!
+//! Every `bg_lb` row checks afterwards that each frame took its path (the
+//! counter it moves grew by the number of frames).
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 
-use aya::programs::{TestRun, TestRunAttrs, TestRunOptions, Xdp};
-use bg_lb_common::counters::Counter;
+use aya::{
+    Ebpf,
+    maps::{Array, MapData, ProgramArray},
+    programs::{TestRun, TestRunAttrs, TestRunOptions, Xdp},
+};
+use bg_lb_common::{
+    counters::Counter,
+    restore::{PRISTINE, Pristine, RESTORED_TARGET},
+};
 use serde::Serialize;
 
 use crate::{
@@ -57,23 +65,33 @@ pub struct LiveOptions {
     pub calls_per_round: usize,
     /// Frames per batch (at most [`MAX_BATCH`]).
     pub batch_size: u32,
-    /// Batches per call of the recycled method.
-    pub recycled_batches: u32,
+    /// Batches per call.
+    pub batches_per_call: u32,
+    /// New flows to open in all (each a flow table entry and an SNAT port):
+    /// the SYN rows make fewer calls.
+    pub syn_frames: usize,
 }
 
+/// How a row's frames reach the program.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub enum Method {
-    Batch,
-    Recycled,
-    Single,
+    /// `data_in` as is, on pages recycled batch after batch.
+    Direct,
+    /// Through `xdp_restore`, which writes the frame back first.
+    Restored,
+    /// Through `xdp_restore`, with a new source port every repetition.
+    RestoredNewPorts,
+    /// One batch per call, every page newly allocated and filled.
+    Fresh,
 }
 
 impl Method {
     fn describe(self) -> &'static str {
         match self {
-            Method::Batch => "batch, fresh frames",
-            Method::Recycled => "batches, recycled frames",
-            Method::Single => "one frame per call",
+            Method::Direct => "direct",
+            Method::Restored => "through xdp_restore",
+            Method::RestoredNewPorts => "through xdp_restore, new source port each",
+            Method::Fresh => "direct, fresh frames (one batch per call)",
         }
     }
 }
@@ -101,7 +119,7 @@ impl LivePath {
 pub struct LiveTarget {
     pub what: &'static str,
     pub reference: &'static str,
-    /// The path's ns per packet (an estimate for the new flow).
+    /// The path's ns per packet (estimated for the restored paths).
     pub ns: f64,
     pub ratio: Option<f64>,
     pub target: f64,
@@ -110,6 +128,11 @@ pub struct LiveTarget {
 impl LiveTarget {
     pub fn met(&self) -> Option<bool> {
         self.ratio.map(|r| r <= self.target)
+    }
+
+    /// Million packets per second on one core at `ns`.
+    pub fn mpps(&self) -> f64 {
+        1e3 / self.ns
     }
 }
 
@@ -127,6 +150,11 @@ const PASSED: &str = "non-VIP packet (passed)";
 const BOUNCE: &str = "baseline: parse + MAC swap + XDP_TX";
 const PASS: &str = "baseline: return XDP_PASS";
 
+/// A unicast MAC that is not veth0's: the passed frame goes to it, so the
+/// stack drops it as soon as it sees it is for another host, and the
+/// stack's share of the passed rows stays small (and equal for both).
+const OTHER_HOST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x77];
+
 /// How a case checks afterwards that every frame took its path: the
 /// counter it moves by one per frame.
 enum Check {
@@ -141,6 +169,42 @@ enum Check {
     Nothing,
 }
 
+/// `xdp_restore` and its maps.
+struct Restorer<'a> {
+    prog: &'a Xdp,
+    pristine: Array<MapData, Pristine>,
+    target: ProgramArray<MapData>,
+}
+
+impl<'a> Restorer<'a> {
+    /// Takes the maps out of `aux` (loaded, with `xdp_restore`).
+    fn new(aux: &'a mut Ebpf) -> (Self, &'a Ebpf) {
+        let take = |aux: &mut Ebpf, name| aux.take_map(name).unwrap_or_else(|| panic!("aux map {name}"));
+        let pristine = take(aux, PRISTINE).try_into().expect("PRISTINE is an array");
+        let target = take(aux, RESTORED_TARGET)
+            .try_into()
+            .expect("RESTORED_TARGET is a program array");
+        let aux: &'a Ebpf = aux;
+        let prog = aux
+            .program("xdp_restore")
+            .expect("xdp_restore")
+            .try_into()
+            .expect("XDP");
+        (Self { prog, pristine, target }, aux)
+    }
+
+    /// Sets up the next call: `frame` restored before `prog` runs.
+    fn prepare(&mut self, prog: &Xdp, frame: &[u8], new_ports: bool) -> &Xdp {
+        self.target
+            .set(0, prog.fd().expect("a loaded program"), 0)
+            .expect("RESTORED_TARGET");
+        self.pristine
+            .set(0, Pristine::new(frame, new_ports), 0)
+            .expect("PRISTINE");
+        self.prog
+    }
+}
+
 struct Case<'a> {
     path: &'static str,
     program: &'static str,
@@ -153,25 +217,15 @@ struct Case<'a> {
     frames: u64,
 }
 
-/// A unicast MAC that is not veth0's: the passed frame goes to it, so the
-/// stack drops it as soon as it sees it is for another host, and the
-/// stack's share of the passed rows stays small (and equal for both).
-const OTHER_HOST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x77];
-
-/// Runs the cases in `lab` (a fresh [`PacketLab`], on veth0), with `bounce`
-/// and `pass` the loaded baselines; `client_of(i)` is the client of the
-/// `i`-th SYN, distinct for every `i`.
-pub fn run(
-    lab: &PacketLab,
-    bounce: &Xdp,
-    pass: &Xdp,
-    client_of: &dyn Fn(usize) -> SocketAddrV4,
-    o: &LiveOptions,
-) -> LiveReport {
+/// Runs the cases in `lab` (a fresh [`PacketLab`], on veth0), with `aux` the
+/// loaded aux object (`xdp_bounce`, `xdp_pass`, `xdp_restore`).
+pub fn run(lab: &PacketLab, aux: &mut Ebpf, o: &LiveOptions) -> LiveReport {
     assert!((1..=MAX_BATCH).contains(&o.batch_size), "batch size 1..={MAX_BATCH}");
     let ifindex = ifindex(INTERFACE);
-    let lb = lab.program();
-    let client = SocketAddrV4::new(Ipv4Addr::new(192, 168, 201, 1), 40000);
+    let (mut restorer, aux) = Restorer::new(aux);
+    let prog = |name| -> &Xdp { aux.program(name).expect(name).try_into().expect("XDP") };
+    let (lb, bounce, pass) = (lab.program(), prog("xdp_bounce"), prog("xdp_pass"));
+    let client = SocketAddrV4::new(Ipv4Addr::new(192, 168, 99, 1), 40000);
     let connection = lab.handshake(client);
     let established = connection.from_client(ACK, b"");
     let reply = connection.from_backend(ACK, b"");
@@ -192,14 +246,28 @@ pub fn run(
         let frame = frame.clone();
         Box::new(move |_| frame.clone())
     };
-    let syn = move |i: usize| tcp_frame(GATEWAY_MAC, LB_MAC, client_of(i), VIP, SYN, b"");
+    // A new client address per call; xdp_restore varies the port.
+    let syn = |i: usize| {
+        let client = SocketAddrV4::new(
+            Ipv4Addr::new(192, 168, 100 + (i / 250) as u8, 1 + (i % 250) as u8),
+            1024,
+        );
+        tcp_frame(GATEWAY_MAC, LB_MAC, client, VIP, SYN, b"")
+    };
     let mut cases = vec![
-        Case::new(SYN_PATH, "bg_lb", lb, Method::Single, Box::new(syn), Check::Flows),
+        Case::new(
+            SYN_PATH,
+            "bg_lb",
+            lb,
+            Method::RestoredNewPorts,
+            Box::new(syn),
+            Check::Flows,
+        ),
         Case::new(
             ESTABLISHED,
             "bg_lb",
             lb,
-            Method::Batch,
+            Method::Restored,
             fixed(&established),
             Check::ToBackend(connection.backend),
         ),
@@ -207,7 +275,7 @@ pub fn run(
             REPLY,
             "bg_lb",
             lb,
-            Method::Batch,
+            Method::Restored,
             fixed(&reply),
             Check::ToClient(connection.backend),
         ),
@@ -215,7 +283,7 @@ pub fn run(
             PASSED,
             "bg_lb",
             lb,
-            Method::Batch,
+            Method::Direct,
             fixed(&not_ours),
             Check::Counter(Counter::Passed),
         ),
@@ -223,7 +291,7 @@ pub fn run(
             BOUNCE,
             "xdp_bounce",
             bounce,
-            Method::Batch,
+            Method::Direct,
             fixed(&established),
             Check::Nothing,
         ),
@@ -231,7 +299,7 @@ pub fn run(
             BOUNCE,
             "xdp_bounce",
             bounce,
-            Method::Single,
+            Method::Restored,
             fixed(&established),
             Check::Nothing,
         ),
@@ -239,23 +307,30 @@ pub fn run(
             BOUNCE,
             "xdp_bounce",
             bounce,
-            Method::Recycled,
+            Method::RestoredNewPorts,
+            Box::new(syn),
+            Check::Nothing,
+        ),
+        Case::new(
+            BOUNCE,
+            "xdp_bounce",
+            bounce,
+            Method::Fresh,
             fixed(&established),
             Check::Nothing,
         ),
-        Case::new(PASS, "xdp_pass", pass, Method::Batch, fixed(&not_ours), Check::Nothing),
+        Case::new(PASS, "xdp_pass", pass, Method::Direct, fixed(&not_ours), Check::Nothing),
     ];
-    let mut syns = 0;
+    let mut calls = 0;
     for _ in 0..o.rounds {
         for case in &mut cases {
             procs::check_interrupt();
             let before = case.count(lab);
-            case.round(o, ifindex, &mut syns);
-            let counted = case.count(lab).map(|after| after - before.unwrap_or(0));
-            if let Some(counted) = counted {
+            let frames = case.round(o, ifindex, &mut restorer, &mut calls);
+            if let (Some(before), Some(after)) = (before, case.count(lab)) {
                 assert_eq!(
-                    counted,
-                    case.frames_per_round(o),
+                    after - before,
+                    frames,
                     "{} ({:?}): every frame must take the path",
                     case.path,
                     case.method
@@ -297,28 +372,40 @@ impl<'a> Case<'a> {
     /// (repeat, batch_size) of one call.
     fn shape(&self, o: &LiveOptions) -> (u32, u32) {
         match self.method {
-            Method::Batch => (o.batch_size, o.batch_size),
-            Method::Recycled => (o.batch_size * o.recycled_batches, o.batch_size),
-            Method::Single => (1, 1),
+            Method::Fresh => (o.batch_size, o.batch_size),
+            _ => (o.batch_size * o.batches_per_call, o.batch_size),
         }
     }
 
-    fn frames_per_round(&self, o: &LiveOptions) -> u64 {
-        u64::from(self.shape(o).0) * o.calls_per_round as u64
+    fn calls(&self, o: &LiveOptions) -> usize {
+        match self.method {
+            Method::RestoredNewPorts => (o.syn_frames / (o.rounds * self.shape(o).0 as usize)).max(1),
+            _ => o.calls_per_round,
+        }
     }
 
-    fn round(&mut self, o: &LiveOptions, ifindex: u32, n: &mut usize) {
+    /// One round of calls; `n` numbers calls across cases (new clients).
+    /// Returns the frames run.
+    fn round(&mut self, o: &LiveOptions, ifindex: u32, restorer: &mut Restorer<'_>, n: &mut usize) -> u64 {
         let (repeat, batch) = self.shape(o);
-        let mut times = Vec::with_capacity(o.calls_per_round);
-        for _ in 0..o.calls_per_round {
+        let calls = self.calls(o);
+        let mut times = Vec::with_capacity(calls);
+        for _ in 0..calls {
             let frame = (self.frame)(*n);
             *n += 1;
-            times.push(live_run(self.prog, &frame, ifindex, repeat, batch));
+            let prog = match self.method {
+                Method::Direct | Method::Fresh => self.prog,
+                Method::Restored => restorer.prepare(self.prog, &frame, false),
+                Method::RestoredNewPorts => restorer.prepare(self.prog, &frame, true),
+            };
+            times.push(live_run(prog, &frame, ifindex, repeat, batch));
         }
         self.round_medians
             .push(stats::summarize(&times).expect("at least one call").median);
         self.all.extend(times);
-        self.frames += self.frames_per_round(o);
+        let frames = u64::from(repeat) * calls as u64;
+        self.frames += frames;
+        frames
     }
 
     /// The counter this case moves, read now.
@@ -371,7 +458,8 @@ fn live_run(prog: &Xdp, frame: &[u8], ifindex: u32, repeat: u32, batch: u32) -> 
 }
 
 /// The issue's targets: established and reply at most 1.5x the bounce, a
-/// new flow at most 3x, passed at most 1.1x `xdp_pass`.
+/// new flow at most 3x, passed at most 1.1x `xdp_pass`. A restored path
+/// counts as `path - bounce`, both through the restore, `+ bounce`.
 fn targets(paths: &[LivePath]) -> Vec<LiveTarget> {
     let ns = |path: &str, method: Method| {
         paths
@@ -379,8 +467,8 @@ fn targets(paths: &[LivePath]) -> Vec<LiveTarget> {
             .find(|p| p.path == path && p.method == method)
             .map_or(f64::NAN, |p| p.ns.median)
     };
-    let bounce = ns(BOUNCE, Method::Batch);
-    let new_flow = ns(SYN_PATH, Method::Single) - ns(BOUNCE, Method::Single) + bounce;
+    let bounce = ns(BOUNCE, Method::Direct);
+    let restored = |path, method| ns(path, method) - ns(BOUNCE, method) + bounce;
     let target = |what, reference, ns: f64, reference_ns: f64, target| LiveTarget {
         what,
         reference,
@@ -389,20 +477,26 @@ fn targets(paths: &[LivePath]) -> Vec<LiveTarget> {
         target,
     };
     vec![
-        target(ESTABLISHED, "xdp_bounce", ns(ESTABLISHED, Method::Batch), bounce, 1.5),
-        target(REPLY, "xdp_bounce", ns(REPLY, Method::Batch), bounce, 1.5),
         target(
-            "new flow (est.: SYN single - bounce single + bounce batch)",
+            ESTABLISHED,
             "xdp_bounce",
-            new_flow,
+            restored(ESTABLISHED, Method::Restored),
+            bounce,
+            1.5,
+        ),
+        target(REPLY, "xdp_bounce", restored(REPLY, Method::Restored), bounce, 1.5),
+        target(
+            "new flow",
+            "xdp_bounce",
+            restored(SYN_PATH, Method::RestoredNewPorts),
             bounce,
             3.0,
         ),
         target(
             PASSED,
             "xdp_pass",
-            ns(PASSED, Method::Batch),
-            ns(PASS, Method::Batch),
+            ns(PASSED, Method::Direct),
+            ns(PASS, Method::Direct),
             1.1,
         ),
     ]
@@ -414,12 +508,14 @@ pub fn render(r: &LiveReport) -> String {
 
     use crate::bench::report::fmt_number;
     let mut md = String::new();
+    let o = &r.options;
     let _ = writeln!(
         md,
-        "Live frames (`BPF_F_TEST_XDP_LIVE_FRAMES`) on a veth, batch size {}; {} rounds of {} calls per row.\n\n\
+        "Live frames (`BPF_F_TEST_XDP_LIVE_FRAMES`) arriving on a veth: batches of {}, {} per call; {} rounds of {} \
+         calls per row (fewer for new flows).\n\n\
          | packet path | program | method | ns/packet (median; round range) | Mpps per core | frames |\n\
          |---|---|---|---|---|---|",
-        r.options.batch_size, r.options.rounds, r.options.calls_per_round
+        o.batch_size, o.batches_per_call, o.rounds, o.calls_per_round
     );
     for p in &r.paths {
         let _ = writeln!(
@@ -437,15 +533,17 @@ pub fn render(r: &LiveReport) -> String {
     }
     let _ = writeln!(
         md,
-        "\n| target (live frames) | ns/packet | ratio | target | met |\n|---|---|---|---|---|"
+        "\n| target (live frames; restored paths: path − bounce through xdp_restore, + bounce) | ns/packet \
+         | Mpps per core | ratio | target | met |\n|---|---|---|---|---|---|"
     );
     for t in &r.targets {
         let _ = writeln!(
             md,
-            "| {} vs `{}` | {} | {} | ≤ {}× | {} |",
+            "| {} vs `{}` | {} | {:.2} | {} | ≤ {}× | {} |",
             t.what,
             t.reference,
             fmt_number(t.ns),
+            t.mpps(),
             t.ratio.map_or("n/a".to_owned(), |x| format!("{x:.2}×")),
             t.target,
             match t.met() {
@@ -478,25 +576,28 @@ mod tests {
     }
 
     #[test]
-    fn new_flow_estimate_replaces_the_single_call_cost_by_the_batched_bounce() {
+    fn restored_paths_count_only_what_they_cost_beyond_the_restored_bounce() {
         let targets = targets(&[
-            path(SYN_PATH, Method::Single, 900.0),
-            path(BOUNCE, Method::Single, 600.0),
-            path(BOUNCE, Method::Batch, 100.0),
-            path(ESTABLISHED, Method::Batch, 140.0),
-            path(REPLY, Method::Batch, 160.0),
-            path(PASSED, Method::Batch, 1050.0),
-            path(PASS, Method::Batch, 1000.0),
+            path(SYN_PATH, Method::RestoredNewPorts, 240.0),
+            path(BOUNCE, Method::RestoredNewPorts, 100.0),
+            path(ESTABLISHED, Method::Restored, 120.0),
+            path(REPLY, Method::Restored, 140.0),
+            path(BOUNCE, Method::Restored, 84.0),
+            path(BOUNCE, Method::Direct, 40.0),
+            path(PASSED, Method::Direct, 1050.0),
+            path(PASS, Method::Direct, 1000.0),
         ]);
+        let ns: Vec<_> = targets.iter().map(|t| t.ns).collect();
+        assert_eq!(ns, [76.0, 96.0, 180.0, 1050.0]);
         let ratios: Vec<_> = targets.iter().map(|t| t.ratio.unwrap()).collect();
-        assert_eq!(ratios, [1.4, 1.6, 4.0, 1.05]);
+        assert_eq!(ratios, [1.9, 2.4, 4.5, 1.05]);
         let met: Vec<_> = targets.iter().map(|t| t.met().unwrap()).collect();
-        assert_eq!(met, [true, false, false, true]);
+        assert_eq!(met, [false, false, false, true]);
     }
 
     #[test]
     fn a_missing_baseline_gives_no_ratio() {
-        let targets = targets(&[path(ESTABLISHED, Method::Batch, 140.0)]);
+        let targets = targets(&[path(ESTABLISHED, Method::Restored, 140.0)]);
         assert!(targets.iter().all(|t| t.ratio.is_none() && t.met().is_none()));
     }
 }

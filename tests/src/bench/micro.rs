@@ -116,9 +116,8 @@ pub fn run(o: MicroOptions) -> MicroReport {
 /// The live-frames benchmark, in a lab of its own.
 fn live_frames(o: &LiveOptions) -> LiveReport {
     let lab = bench_lab();
-    let aux = load_aux();
-    let prog = |name| -> &Xdp { aux.program(name).expect(name).try_into().expect("XDP") };
-    live::run(&lab, prog("xdp_bounce"), prog("xdp_pass"), &nth_client, o)
+    let mut aux = load_aux();
+    live::run(&lab, &mut aux, o)
 }
 
 /// The packet lab both per-packet benchmarks use: the default flow table.
@@ -323,7 +322,7 @@ impl<'a> Timed<'a> {
 
 fn load_aux() -> Ebpf {
     let mut aux = Ebpf::load(bg_lb::ebpf_objects::aux()).expect("load aux object");
-    for name in ["xdp_bounce", "xdp_pass"] {
+    for name in ["xdp_bounce", "xdp_pass", "xdp_restore"] {
         let prog: &mut Xdp = aux.program_mut(name).expect(name).try_into().expect("XDP");
         prog.load().expect("load aux program");
     }

@@ -137,9 +137,10 @@ fn run(args: &Args) -> ExitCode {
         ratio_changes: if args.quick { 5 } else { 20 },
         live: LiveOptions {
             rounds: if args.quick { 5 } else { 10 },
-            calls_per_round: if args.quick { 200 } else { 1000 },
+            calls_per_round: if args.quick { 50 } else { 200 },
             batch_size: 64,
-            recycled_batches: 32,
+            batches_per_call: 32,
+            syn_frames: if args.quick { 40_000 } else { 100_000 },
         },
     };
     let started = Instant::now();
