@@ -254,6 +254,9 @@ pub fn run(lab: &PacketLab, aux: &mut Ebpf, o: &LiveOptions) -> LiveReport {
         );
         tcp_frame(GATEWAY_MAC, LB_MAC, client, VIP, SYN, b"")
     };
+    let bounce_case = |method, frame: Box<dyn Fn(usize) -> Vec<u8>>| {
+        Case::new(BOUNCE, "xdp_bounce", bounce, method, frame, Check::Nothing)
+    };
     let mut cases = vec![
         Case::new(
             SYN_PATH,
@@ -287,38 +290,10 @@ pub fn run(lab: &PacketLab, aux: &mut Ebpf, o: &LiveOptions) -> LiveReport {
             fixed(&not_ours),
             Check::Counter(Counter::Passed),
         ),
-        Case::new(
-            BOUNCE,
-            "xdp_bounce",
-            bounce,
-            Method::Direct,
-            fixed(&established),
-            Check::Nothing,
-        ),
-        Case::new(
-            BOUNCE,
-            "xdp_bounce",
-            bounce,
-            Method::Restored,
-            fixed(&established),
-            Check::Nothing,
-        ),
-        Case::new(
-            BOUNCE,
-            "xdp_bounce",
-            bounce,
-            Method::RestoredNewPorts,
-            Box::new(syn),
-            Check::Nothing,
-        ),
-        Case::new(
-            BOUNCE,
-            "xdp_bounce",
-            bounce,
-            Method::Fresh,
-            fixed(&established),
-            Check::Nothing,
-        ),
+        bounce_case(Method::Direct, fixed(&established)),
+        bounce_case(Method::Restored, fixed(&established)),
+        bounce_case(Method::RestoredNewPorts, Box::new(syn)),
+        bounce_case(Method::Fresh, fixed(&established)),
         Case::new(PASS, "xdp_pass", pass, Method::Direct, fixed(&not_ours), Check::Nothing),
     ];
     let mut calls = 0;
@@ -420,18 +395,11 @@ impl<'a> Case<'a> {
     }
 
     fn summary(&self) -> LivePath {
-        let overall = stats::summarize(&self.all).expect("calls were made");
-        let rounds = stats::summarize(&self.round_medians).expect("rounds were run");
         LivePath {
             path: self.path,
             program: self.program,
             method: self.method,
-            ns: Summary {
-                median: overall.median,
-                min: rounds.min,
-                max: rounds.max,
-                n: self.all.len(),
-            },
+            ns: stats::over_groups(&self.all, &self.round_medians).expect("rounds were run"),
             frames: self.frames,
         }
     }
@@ -506,7 +474,7 @@ fn targets(paths: &[LivePath]) -> Vec<LiveTarget> {
 pub fn render(r: &LiveReport) -> String {
     use std::fmt::Write as _;
 
-    use crate::bench::report::fmt_number;
+    use crate::bench::report::{fmt_number, fmt_summary};
     let mut md = String::new();
     let o = &r.options;
     let _ = writeln!(
@@ -520,13 +488,11 @@ pub fn render(r: &LiveReport) -> String {
     for p in &r.paths {
         let _ = writeln!(
             md,
-            "| {} | `{}` | {} | {} ({}–{}) | {:.2} | {} |",
+            "| {} | `{}` | {} | {} | {:.2} | {} |",
             p.path,
             p.program,
             p.method.describe(),
-            fmt_number(p.ns.median),
-            fmt_number(p.ns.min),
-            fmt_number(p.ns.max),
+            fmt_summary(&Some(p.ns), false),
             p.mpps(),
             p.frames
         );

@@ -309,14 +309,7 @@ impl<'a> Timed<'a> {
     }
 
     fn summary(&self) -> Summary {
-        let overall = stats::summarize(&self.all).expect("runs were made");
-        let batches = stats::summarize(&self.batch_medians).expect("batches were made");
-        Summary {
-            median: overall.median,
-            min: batches.min,
-            max: batches.max,
-            n: self.all.len(),
-        }
+        stats::over_groups(&self.all, &self.batch_medians).expect("batches were run")
     }
 }
 
@@ -382,7 +375,7 @@ pub fn parse_map_fdinfo(info: &str) -> Option<MapMemory> {
 pub fn render(r: &MicroReport) -> String {
     use std::fmt::Write as _;
 
-    use crate::bench::report::fmt_number;
+    use crate::bench::report::{fmt_number, fmt_summary};
     let mut md = String::new();
     let ratio = |r: Option<f64>| r.map_or("n/a".to_owned(), |x| format!("{x:.2}×"));
     let _ = writeln!(
@@ -393,13 +386,11 @@ pub fn render(r: &MicroReport) -> String {
     for p in &r.paths {
         let _ = writeln!(
             md,
-            "| {} | `{}` | {} | {} ({}–{}) | {} | {} | {} | {} |",
+            "| {} | `{}` | {} | {} | {} | {} | {} | {} |",
             p.path,
             p.program,
             p.verdict,
-            fmt_number(p.ns.median),
-            fmt_number(p.ns.min),
-            fmt_number(p.ns.max),
+            fmt_summary(&Some(p.ns), false),
             ratio(p.ratio_to_bounce),
             p.repeated_ns.map_or("-".to_owned(), |s| fmt_number(s.median)),
             fmt_number(p.own_ns),

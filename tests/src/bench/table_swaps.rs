@@ -166,8 +166,8 @@ fn ms_since(started: Instant) -> f64 {
 pub fn render(r: &TableSwaps) -> String {
     use std::fmt::Write as _;
 
-    use crate::bench::report::fmt_number;
-    let range = |s: &Summary| format!("{} ({}–{})", fmt_number(s.median), fmt_number(s.min), fmt_number(s.max));
+    use crate::bench::report::{fmt_number, fmt_summary};
+    let range = |s: &Summary| fmt_summary(&Some(*s), false);
     let mut md = String::new();
     let _ = writeln!(
         md,
