@@ -215,6 +215,8 @@ struct Case<'a> {
     round_medians: Vec<f64>,
     all: Vec<f64>,
     frames: u64,
+    /// Calls made so far: `frame`'s argument.
+    calls: usize,
 }
 
 /// Runs the cases in `lab` (a fresh [`PacketLab`], on veth0), with `aux` the
@@ -246,8 +248,10 @@ pub fn run(lab: &PacketLab, aux: &mut Ebpf, o: &LiveOptions) -> LiveReport {
         let frame = frame.clone();
         Box::new(move |_| frame.clone())
     };
-    // A new client address per call; xdp_restore varies the port.
+    // A new client address per call (the SYN rows make few); xdp_restore
+    // varies the port.
     let syn = |i: usize| {
+        assert!(i < 250 * 150, "out of client addresses");
         let client = SocketAddrV4::new(
             Ipv4Addr::new(192, 168, 100 + (i / 250) as u8, 1 + (i % 250) as u8),
             1024,
@@ -296,12 +300,11 @@ pub fn run(lab: &PacketLab, aux: &mut Ebpf, o: &LiveOptions) -> LiveReport {
         bounce_case(Method::Fresh, fixed(&established)),
         Case::new(PASS, "xdp_pass", pass, Method::Direct, fixed(&not_ours), Check::Nothing),
     ];
-    let mut calls = 0;
     for _ in 0..o.rounds {
         for case in &mut cases {
             procs::check_interrupt();
             let before = case.count(lab);
-            let frames = case.round(o, ifindex, &mut restorer, &mut calls);
+            let frames = case.round(o, ifindex, &mut restorer);
             if let (Some(before), Some(after)) = (before, case.count(lab)) {
                 assert_eq!(
                     after - before,
@@ -341,6 +344,7 @@ impl<'a> Case<'a> {
             round_medians: Vec::new(),
             all: Vec::new(),
             frames: 0,
+            calls: 0,
         }
     }
 
@@ -359,15 +363,14 @@ impl<'a> Case<'a> {
         }
     }
 
-    /// One round of calls; `n` numbers calls across cases (new clients).
-    /// Returns the frames run.
-    fn round(&mut self, o: &LiveOptions, ifindex: u32, restorer: &mut Restorer<'_>, n: &mut usize) -> u64 {
+    /// One round of calls; returns the frames run.
+    fn round(&mut self, o: &LiveOptions, ifindex: u32, restorer: &mut Restorer<'_>) -> u64 {
         let (repeat, batch) = self.shape(o);
         let calls = self.calls(o);
         let mut times = Vec::with_capacity(calls);
         for _ in 0..calls {
-            let frame = (self.frame)(*n);
-            *n += 1;
+            let frame = (self.frame)(self.calls);
+            self.calls += 1;
             let prog = match self.method {
                 Method::Direct | Method::Fresh => self.prog,
                 Method::Restored => restorer.prepare(self.prog, &frame, false),
