@@ -108,10 +108,11 @@ pub fn build(backends: &[TableBackend], ratio: Ratio, size: u32) -> Vec<u32> {
 /// One backend's walk through Maglev's permutation `(offset + j*skip) % M`,
 /// which visits every slot because `M` is prime and `0 < skip < M`.
 struct Permutation {
-    offset: u64,
-    skip: u64,
-    size: u64,
-    next: u64,
+    skip: usize,
+    size: usize,
+    /// The walk's next slot, `(offset + j*skip) % M` for the next `j`,
+    /// kept by adding `skip` (no division per step: the build's hot loop).
+    next: usize,
 }
 
 impl Permutation {
@@ -119,17 +120,20 @@ impl Permutation {
         let key = u64::from(addr.ip().to_bits()) << 16 | u64::from(addr.port());
         let size = u64::from(size);
         Self {
-            offset: splitmix64(key ^ 0x5bd1_e995_1234_5678) % size,
-            skip: splitmix64(key ^ 0x2545_f491_4f6c_dd1d) % (size - 1).max(1) + 1,
-            size,
-            next: 0,
+            next: (splitmix64(key ^ 0x5bd1_e995_1234_5678) % size) as usize,
+            skip: (splitmix64(key ^ 0x2545_f491_4f6c_dd1d) % (size - 1).max(1) + 1) as usize,
+            size: size as usize,
         }
     }
 
     fn next_free(&mut self, table: &[u32]) -> usize {
         loop {
-            let slot = ((self.offset + self.next * self.skip) % self.size) as usize;
-            self.next += 1;
+            let slot = self.next;
+            // Both below `size`, so one subtraction wraps the sum.
+            self.next += self.skip;
+            if self.next >= self.size {
+                self.next -= self.size;
+            }
             if table[slot] == NO_BACKEND {
                 return slot;
             }
@@ -293,6 +297,20 @@ mod tests {
             moved * MAX_OVERHEAD.1 <= minimum * MAX_OVERHEAD.0,
             "moved {moved} slots, minimum {minimum}"
         );
+    }
+
+    #[test]
+    fn the_walk_visits_offset_plus_j_skip_modulo_the_size() {
+        for size in [2, 3, 7, M] {
+            let addr = SocketAddrV4::new([10, 1, 2, 3].into(), 8080);
+            let (start, mut walk) = (Permutation::new(addr, size), Permutation::new(addr, size));
+            let (offset, skip) = (start.next as u64, start.skip as u64);
+            let empty = vec![NO_BACKEND; size as usize];
+            for j in 0..3 * u64::from(size) {
+                let expected = ((offset + j * skip) % u64::from(size)) as usize;
+                assert_eq!(walk.next_free(&empty), expected, "size {size}, step {j}");
+            }
+        }
     }
 
     #[test]
