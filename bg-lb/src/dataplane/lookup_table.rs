@@ -105,6 +105,57 @@ pub fn build(backends: &[TableBackend], ratio: Ratio, size: u32) -> Vec<u32> {
     table
 }
 
+/// Builds tables, keeping the last one: a table depends only on its
+/// backends' addresses, pools and weights (in order), the ratio and the
+/// size; the ids are mere labels. Services with the same backends (one
+/// backend's health change behind many services) therefore share one
+/// build, each relabelled with its own ids.
+#[derive(Default)]
+pub struct TableCache {
+    last: Option<CachedTable>,
+}
+
+struct CachedTable {
+    backends: Vec<(SocketAddrV4, Pool, u32)>,
+    ratio: Ratio,
+    size: u32,
+    /// Slots holding positions in `backends` instead of ids.
+    positions: Vec<u32>,
+}
+
+impl TableCache {
+    /// The same table as [`build`].
+    pub fn build(&mut self, backends: &[TableBackend], ratio: Ratio, size: u32) -> Vec<u32> {
+        let key: Vec<_> = backends.iter().map(|b| (b.addr, b.pool, b.weight)).collect();
+        let cached = match self.last.take() {
+            Some(c) if c.backends == key && c.ratio == ratio && c.size == size => c,
+            _ => {
+                let by_position: Vec<TableBackend> = backends
+                    .iter()
+                    .enumerate()
+                    .map(|(i, b)| TableBackend {
+                        id: i as u32,
+                        ..b.clone()
+                    })
+                    .collect();
+                CachedTable {
+                    positions: build(&by_position, ratio, size),
+                    backends: key,
+                    ratio,
+                    size,
+                }
+            }
+        };
+        let table = cached
+            .positions
+            .iter()
+            .map(|&p| backends.get(p as usize).map_or(NO_BACKEND, |b| b.id))
+            .collect();
+        self.last = Some(cached);
+        table
+    }
+}
+
 /// One backend's walk through Maglev's permutation `(offset + j*skip) % M`,
 /// which visits every slot because `M` is prime and `0 < skip < M`.
 struct Permutation {
@@ -311,6 +362,29 @@ mod tests {
                 assert_eq!(walk.next_free(&empty), expected, "size {size}, step {j}");
             }
         }
+    }
+
+    #[test]
+    fn a_cached_build_is_the_table_built_afresh_with_each_services_ids() {
+        let mut cache = TableCache::default();
+        let ratio = Ratio::new(37).unwrap();
+        let relabelled = |offset: u32| -> Vec<TableBackend> {
+            mixed()
+                .into_iter()
+                .map(|b| TableBackend { id: b.id + offset, ..b })
+                .collect()
+        };
+        for offset in [0, 100, 200] {
+            let backends = relabelled(offset);
+            assert_eq!(cache.build(&backends, ratio, M), build(&backends, ratio, M));
+        }
+        let mut lighter = relabelled(300);
+        lighter[2].weight = 1;
+        assert_eq!(cache.build(&lighter, ratio, M), build(&lighter, ratio, M));
+        let other = Ratio::new(80).unwrap();
+        assert_eq!(cache.build(&lighter, other, M), build(&lighter, other, M));
+        let none = vec![backend(7, Pool::Blue, 0)];
+        assert_eq!(cache.build(&none, other, M), build(&none, other, M));
     }
 
     #[test]
