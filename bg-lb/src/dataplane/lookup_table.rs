@@ -105,14 +105,15 @@ pub fn build(backends: &[TableBackend], ratio: Ratio, size: u32) -> Vec<u32> {
     table
 }
 
-/// Builds tables, keeping the last one: a table depends only on its
+/// Builds tables, keeping the last few: a table depends only on its
 /// backends' addresses, pools and weights (in order), the ratio and the
 /// size; the ids are mere labels. Services with the same backends (one
-/// backend's health change behind many services) therefore share one
-/// build, each relabelled with its own ids.
+/// backend's health change behind many services, each applied live then
+/// standby) therefore share a build, each relabelled with its own ids.
 #[derive(Default)]
 pub struct TableCache {
-    last: Option<CachedTable>,
+    /// Most recently used first, at most [`TableCache::ENTRIES`].
+    tables: Vec<CachedTable>,
 }
 
 struct CachedTable {
@@ -124,12 +125,19 @@ struct CachedTable {
 }
 
 impl TableCache {
+    /// Builds kept (each 4 bytes per slot).
+    const ENTRIES: usize = 4;
+
     /// The same table as [`build`].
     pub fn build(&mut self, backends: &[TableBackend], ratio: Ratio, size: u32) -> Vec<u32> {
         let key: Vec<_> = backends.iter().map(|b| (b.addr, b.pool, b.weight)).collect();
-        let cached = match self.last.take() {
-            Some(c) if c.backends == key && c.ratio == ratio && c.size == size => c,
-            _ => {
+        let found = self
+            .tables
+            .iter()
+            .position(|c| c.backends == key && c.ratio == ratio && c.size == size);
+        let cached = match found {
+            Some(i) => self.tables.remove(i),
+            None => {
                 let by_position: Vec<TableBackend> = backends
                     .iter()
                     .enumerate()
@@ -151,7 +159,8 @@ impl TableCache {
             .iter()
             .map(|&p| backends.get(p as usize).map_or(NO_BACKEND, |b| b.id))
             .collect();
-        self.last = Some(cached);
+        self.tables.insert(0, cached);
+        self.tables.truncate(Self::ENTRIES);
         table
     }
 }
@@ -385,6 +394,12 @@ mod tests {
         assert_eq!(cache.build(&lighter, other, M), build(&lighter, other, M));
         let none = vec![backend(7, Pool::Blue, 0)];
         assert_eq!(cache.build(&none, other, M), build(&none, other, M));
+        // Alternating specs (live, standby) hit their own entries.
+        for _ in 0..2 {
+            assert_eq!(cache.build(&lighter, ratio, M), build(&lighter, ratio, M));
+            assert_eq!(cache.build(&lighter, other, M), build(&lighter, other, M));
+        }
+        assert!(cache.tables.len() <= TableCache::ENTRIES);
     }
 
     #[test]

@@ -3,7 +3,10 @@
 //! across many services, each through `Dataplane::apply` (build the table,
 //! write it to the spare region through the mapping of LOOKUP_TABLES, flip
 //! the service entry). The old way of writing a table, one map update per
-//! slot, is timed on the same table in the same run for comparison.
+//! slot, is timed on the same table in the same run for comparison. The
+//! ratio changes alternate between two ratios, so each builds its table;
+//! in a health flip the services share their backends, so all but the
+//! first reuse its build (as in the daemon).
 
 use std::{
     net::{Ipv4Addr, SocketAddrV4},
