@@ -12,6 +12,7 @@
 //!   their quotes and of generated fragmentation-needed errors.
 //! - [`snat_port`]: candidate SNAT (address, port) pairs for collision-free
 //!   allocation.
+//! - [`restore`]: the benchmark's frame restorer's map value.
 //! - [`syn_proxy`]: SYN cookies for flooded services: modes, flow bits, the
 //!   flood detector's rule, sequence translation.
 //!
@@ -27,5 +28,6 @@ pub mod flow_hash;
 pub mod flow_state;
 pub mod icmp;
 pub mod maps;
+pub mod restore;
 pub mod snat_port;
 pub mod syn_proxy;

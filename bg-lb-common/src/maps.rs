@@ -15,8 +15,13 @@ pub const SERVICES: &str = "SERVICES";
 /// `Array<Backend>` indexed by backend id.
 pub const BACKENDS: &str = "BACKENDS";
 /// `Array<u32>`: all services' lookup tables, each a region of
-/// `Service::lut_size` backend ids starting at `Service::lut_base`.
+/// `Service::lut_size` backend ids starting at `Service::lut_base`. Created
+/// with [`LOOKUP_TABLES_FLAGS`], so the daemon writes a table through a
+/// memory mapping instead of one syscall per slot.
 pub const LOOKUP_TABLES: &str = "LOOKUP_TABLES";
+/// The kernel's `BPF_F_MMAPABLE`: LOOKUP_TABLES' creation flags, declared by
+/// the program and checked on an adopted pin.
+pub const LOOKUP_TABLES_FLAGS: u32 = 1 << 10;
 /// `LruHashMap<FlowKey, Flow>`: client flow -> pinned backend.
 pub const FLOWS: &str = "FLOWS";
 /// `HashMap<NatKey, FlowKey>`: backend reply tuple -> client flow. Not an

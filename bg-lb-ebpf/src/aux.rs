@@ -4,14 +4,31 @@
 
 // Shared with the load balancer so the baseline parses exactly as it does;
 // this object uses only part of it.
-#[expect(dead_code, reason = "the baseline uses only parse_tcp and the MAC addresses")]
+#[expect(
+    dead_code,
+    reason = "the helpers use only parse_tcp, the MAC addresses and the ports"
+)]
 mod packet;
 
 use aya_ebpf::{
-    bindings::xdp_action::{XDP_PASS, XDP_TX},
-    macros::xdp,
+    EbpfContext as _,
+    bindings::xdp_action::{XDP_ABORTED, XDP_PASS, XDP_TX},
+    helpers::generated::bpf_xdp_store_bytes,
+    macros::{map, xdp},
+    maps::{Array, PerCpuArray, ProgramArray},
     programs::XdpContext,
 };
+use bg_lb_common::restore::{PRISTINE_MAX, Pristine, VARIED_PORTS};
+
+#[map]
+static PRISTINE: Array<Pristine> = Array::with_max_entries(1, 0);
+
+#[map]
+static RESTORED_TARGET: ProgramArray = ProgramArray::with_max_entries(1, 0);
+
+/// Repetitions that varied the source port, per CPU.
+#[map]
+static RESTORE_COUNT: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 
 /// Lets native-mode XDP_TX/REDIRECT frames reach a veth peer: the veth driver
 /// only delivers them to a peer that runs an XDP program.
@@ -29,6 +46,52 @@ pub fn xdp_bounce(ctx: XdpContext) -> u32 {
     };
     pkt.swap_macs();
     XDP_TX
+}
+
+/// Live-frames benchmark harness: writes the frame in PRISTINE over the
+/// packet (the kernel reuses pages without rewriting them), then tail-calls
+/// the program under test. Timed through this against the bounce through
+/// this, so its own cost cancels out.
+#[xdp]
+pub fn xdp_restore(ctx: XdpContext) -> u32 {
+    if restore(&ctx).is_err() {
+        return XDP_ABORTED;
+    }
+    // SAFETY: a tail call into an XDP program with this same context.
+    unsafe { RESTORED_TARGET.tail_call(&ctx, 0) };
+    XDP_ABORTED
+}
+
+#[inline(always)]
+fn restore(ctx: &XdpContext) -> Result<(), ()> {
+    let pristine = PRISTINE.get_ptr_mut(0).ok_or(())?;
+    // SAFETY: an element of a one-entry array, only read here.
+    let (len, vary) = unsafe { ((*pristine).len, (*pristine).vary_source_port) };
+    // Bounded both ways for the verifier (the helper's size must be > 0).
+    if len == 0 || len > PRISTINE_MAX as u32 {
+        return Err(());
+    }
+    if ctx.data_end() - ctx.data() != len as usize {
+        return Err(());
+    }
+    // SAFETY: copies `len` bytes, within both the element and the packet.
+    let stored = unsafe { bpf_xdp_store_bytes(ctx.as_ptr().cast(), 0, (*pristine).frame.as_mut_ptr().cast(), len) };
+    if stored != 0 {
+        return Err(());
+    }
+    if vary != 0 {
+        let count = RESTORE_COUNT.get_ptr_mut(0).ok_or(())?;
+        // SAFETY: this CPU's element; the test run does not migrate.
+        let n = unsafe {
+            let n = *count;
+            *count = n.wrapping_add(1);
+            n
+        };
+        let mut pkt = packet::parse_tcp(ctx).map_err(|_| ())?;
+        let port = ((1024 + n % VARIED_PORTS) as u16).to_be();
+        pkt.set_ports(port, pkt.dst_port());
+    }
+    Ok(())
 }
 
 #[cfg(not(test))]

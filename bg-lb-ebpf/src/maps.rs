@@ -12,7 +12,8 @@ use bg_lb_common::{
     flow_state::Event,
     maps::{
         Backend, DEFAULT_LOOKUP_CAPACITY, DEFAULT_MAX_FLOWS, DataplaneConfig, Flow, FlowKey, HELD_SEGMENTS_CAPACITY,
-        HeldSegment, MAX_BACKENDS, MAX_INTERFACES, MAX_SERVICES, NatKey, Service, ServiceKey, SynFlood, TrafficStats,
+        HeldSegment, LOOKUP_TABLES_FLAGS, MAX_BACKENDS, MAX_INTERFACES, MAX_SERVICES, NatKey, Service, ServiceKey,
+        SynFlood, TrafficStats,
     },
     syn_proxy::JOB_PROGRAMS,
 };
@@ -25,8 +26,10 @@ pub static SERVICES: HashMap<ServiceKey, Service> = HashMap::with_max_entries(MA
 #[map]
 pub static BACKENDS: Array<Backend> = Array::with_max_entries(MAX_BACKENDS, 0);
 
+// Mmapable: the daemon writes a whole table through a memory mapping.
+const _: () = assert!(LOOKUP_TABLES_FLAGS == aya_ebpf::bindings::BPF_F_MMAPABLE);
 #[map]
-pub static LOOKUP_TABLES: Array<u32> = Array::with_max_entries(DEFAULT_LOOKUP_CAPACITY, 0);
+pub static LOOKUP_TABLES: Array<u32> = Array::with_max_entries(DEFAULT_LOOKUP_CAPACITY, LOOKUP_TABLES_FLAGS);
 
 #[map]
 pub static FLOWS: LruHashMap<FlowKey, Flow> = LruHashMap::with_max_entries(DEFAULT_MAX_FLOWS, 0);

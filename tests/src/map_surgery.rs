@@ -3,8 +3,9 @@
 //! entry gone or claimed by another flow under a live one (as only a race
 //! with the daemon's sweep could leave it; like the sweep, the edit moves
 //! the NAT epoch forward), a backend id handed to another backend while a
-//! flow still names it. The daemon and the packet lab never do this; tests
-//! do it to prove the data plane survives it.
+//! flow still names it; a map pinned as an older bg-lb left it. The daemon
+//! and the packet lab never do this; tests do it to prove the data plane
+//! survives it.
 
 use std::path::Path;
 
@@ -14,6 +15,22 @@ use aya::{
 };
 use bg_lb::dataplane::{RawMap, pins::PinLayout};
 use bg_lb_common::maps::{self, Backend, DataplaneConfig, Flow, FlowKey, NatKey};
+
+/// The map `name` that `prog` (a loaded `bg_lb`) uses, opened by its id.
+pub fn program_map(prog: &Xdp, name: &str) -> Map {
+    let ids = prog
+        .info()
+        .expect("program info")
+        .map_ids()
+        .expect("map ids")
+        .expect("the kernel reports map ids");
+    let id = ids
+        .iter()
+        .copied()
+        .find(|&id| MapInfo::from_id(id).is_ok_and(|info| info.name_as_str() == Some(name)))
+        .unwrap_or_else(|| panic!("the program uses no map {name}"));
+    Map::from_map_data(MapData::from_id(id).expect("open map by id")).expect("a known map type")
+}
 
 /// FLOWS, REVERSE_NAT, BACKENDS and CONFIG of one data plane.
 pub struct NatMaps {
@@ -43,20 +60,7 @@ impl NatMaps {
 
     /// The maps `prog` (a loaded `bg_lb`) uses.
     pub fn of_program(prog: &Xdp) -> Self {
-        let ids = prog
-            .info()
-            .expect("program info")
-            .map_ids()
-            .expect("map ids")
-            .expect("the kernel reports map ids");
-        let open = |name: &str| {
-            let id = ids
-                .iter()
-                .copied()
-                .find(|&id| MapInfo::from_id(id).is_ok_and(|info| info.name_as_str() == Some(name)))
-                .unwrap_or_else(|| panic!("the program uses no map {name}"));
-            Map::from_map_data(MapData::from_id(id).expect("open map by id")).expect("a known map type")
-        };
+        let open = |name| program_map(prog, name);
         Self::from_maps([
             open(maps::FLOWS),
             open(maps::REVERSE_NAT),
@@ -143,4 +147,63 @@ impl NatMaps {
     pub fn nat_of(&self, flow: &Flow) -> NatKey {
         flow.nat_key(&self.backend(flow.backend_id))
     }
+}
+
+/// Creates an array of `u32` values named `name` with no creation flags, as
+/// a bg-lb from before LOOKUP_TABLES was mmapable left it, and pins it at
+/// `path` (on bpffs). Raw `bpf()`: aya creates maps only from an object.
+pub fn pin_plain_u32_array(path: &Path, name: &str, entries: u32) {
+    use std::{ffi::CString, os::unix::ffi::OsStrExt as _};
+
+    // The leading fields of `union bpf_attr` for BPF_MAP_CREATE (the kernel
+    // reads the rest as zero).
+    #[repr(C)]
+    struct MapCreate {
+        map_type: u32,
+        key_size: u32,
+        value_size: u32,
+        max_entries: u32,
+        map_flags: u32,
+        inner_map_fd: u32,
+        numa_node: u32,
+        map_name: [u8; 16],
+    }
+    // ... and for BPF_OBJ_PIN.
+    #[repr(C)]
+    struct ObjPin {
+        pathname: u64,
+        bpf_fd: u32,
+        file_flags: u32,
+    }
+    const BPF_MAP_CREATE: libc::c_long = 0;
+    const BPF_OBJ_PIN: libc::c_long = 6;
+    const BPF_MAP_TYPE_ARRAY: u32 = 2;
+
+    let mut map_name = [0u8; 16];
+    map_name[..name.len()].copy_from_slice(name.as_bytes());
+    let create = MapCreate {
+        map_type: BPF_MAP_TYPE_ARRAY,
+        key_size: 4,
+        value_size: 4,
+        max_entries: entries,
+        map_flags: 0,
+        inner_map_fd: 0,
+        numa_node: 0,
+        map_name,
+    };
+    // SAFETY: bpf() reads `size_of::<MapCreate>()` bytes of `create`.
+    let fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_MAP_CREATE, &create, size_of::<MapCreate>()) };
+    assert!(fd >= 0, "BPF_MAP_CREATE: {}", std::io::Error::last_os_error());
+    let path_c = CString::new(path.as_os_str().as_bytes()).expect("a path without NUL");
+    let pin = ObjPin {
+        pathname: path_c.as_ptr() as u64,
+        bpf_fd: fd as u32,
+        file_flags: 0,
+    };
+    // SAFETY: bpf() reads `pin`, whose path outlives the call.
+    let pinned = unsafe { libc::syscall(libc::SYS_bpf, BPF_OBJ_PIN, &pin, size_of::<ObjPin>()) };
+    let error = std::io::Error::last_os_error();
+    // SAFETY: the map's fd, not used after this; the pin keeps the map.
+    unsafe { libc::close(fd as i32) };
+    assert_eq!(pinned, 0, "BPF_OBJ_PIN {}: {error}", path.display());
 }

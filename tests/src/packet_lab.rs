@@ -19,7 +19,10 @@ use std::{
     time::Duration,
 };
 
-use aya::programs::{TestRun, TestRunOptions, Xdp, XdpMode};
+use aya::{
+    maps::{Array, HashMap as BpfHashMap, MapData},
+    programs::{TestRun, TestRunOptions, Xdp, XdpMode},
+};
 use bg_lb::{
     dataplane::{
         Dataplane, DataplaneOptions, FlowTimeouts,
@@ -33,12 +36,15 @@ use bg_lb::{
 use bg_lb_common::{
     counters::Counter,
     flow_hash::flow_hash,
-    maps::{Backend, DEFAULT_LUT_SIZE, DataplaneConfig, Flow, FlowKey, MAX_BACKENDS, NatKey, TrafficStats},
+    maps::{
+        self as map_names, Backend, DEFAULT_LUT_SIZE, DataplaneConfig, Flow, FlowKey, MAX_BACKENDS, NatKey, Service,
+        ServiceKey, TrafficStats,
+    },
 };
 
 use crate::{
     cmd::{self, ifindex, ip},
-    map_surgery::NatMaps,
+    map_surgery::{NatMaps, program_map},
     packets::{ACK, Numbers, SEQ, SYN, SYN_ACK, TcpView, numbered_tcp_frame, parse_checked, tcp_frame},
     topology::NetNs,
 };
@@ -49,7 +55,7 @@ pub const XDP_TX: u32 = 3;
 pub const XDP_REDIRECT: u32 = 4;
 
 /// The LB's interface (veth0) and its MAC.
-const INTERFACE: &str = "veth0";
+pub const INTERFACE: &str = "veth0";
 pub const LB_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
 /// The next hop towards the clients (192.168.0.0/16).
 const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 254);
@@ -381,6 +387,41 @@ impl PacketLab {
             })
             .collect();
         LookupTable { backends }
+    }
+
+    /// The service's SERVICES entry, read from the map.
+    pub fn service_entry(&self) -> Service {
+        let services: BpfHashMap<MapData, ServiceKey, Service> = program_map(self.program(), map_names::SERVICES)
+            .try_into()
+            .expect("SERVICES is a hash map");
+        services.get(&ServiceKey::new(VIP), 0).expect("the service's entry")
+    }
+
+    /// The table packets read now, slot by slot through the map API
+    /// (`BPF_MAP_LOOKUP_ELEM`), not through the daemon's mapping.
+    pub fn table_in_map(&self) -> Vec<u32> {
+        let service = self.service_entry();
+        let tables = self.lookup_tables();
+        (service.lut_base..service.lut_base + service.lut_size)
+            .map(|slot| tables.get(&slot, 0).expect("a slot of the table"))
+            .collect()
+    }
+
+    /// Writes `table` into the service's spare region (which no packet
+    /// reads) with one `BPF_MAP_UPDATE_ELEM` per slot, as bg-lb wrote
+    /// tables before it mapped LOOKUP_TABLES: the old path, for the bench.
+    pub fn write_spare_per_slot(&self, table: &[u32]) {
+        let spare = self.service_entry().lut_spare_base;
+        let mut tables = self.lookup_tables();
+        for (slot, id) in (spare..).zip(table) {
+            tables.set(slot, id, 0).expect("write a slot");
+        }
+    }
+
+    fn lookup_tables(&self) -> Array<MapData, u32> {
+        program_map(self.program(), map_names::LOOKUP_TABLES)
+            .try_into()
+            .expect("LOOKUP_TABLES is an array")
     }
 
     /// The backend the current table picks for a new flow from `client`.

@@ -16,9 +16,15 @@ use std::{
     net::{Ipv4Addr, SocketAddrV4},
 };
 
-use bg_lb_common::{counters::Counter, flow_state, maps::TrafficStats};
+use bg_lb::dataplane::{Dataplane, DataplaneError, DataplaneOptions, pins::PinLayout};
+use bg_lb_common::{
+    counters::Counter,
+    flow_state,
+    maps::{self as map_names, TrafficStats},
+};
 use bg_lb_tests::{
     expect::Out,
+    map_surgery::pin_plain_u32_array,
     netns::in_fresh_netns,
     packet_lab::{
         BACKEND_ISN, BLUE, GATEWAY_MAC, GREEN, LB_MAC, PacketLab, PacketLabOptions, SNAT, SNAT_PORTS, VIP, XDP_DROP,
@@ -808,6 +814,61 @@ fn new_flows_split_by_ratio() {
             .count();
         assert!((500..=700).contains(&blue), "30:70 sent {blue}/2000 new flows to blue");
     });
+}
+
+/// The daemon writes tables through a mapping of LOOKUP_TABLES; the map
+/// API must read back exactly the table it built, in both buffers.
+#[test]
+fn tables_written_through_the_mapping_read_back_slot_for_slot_through_the_map_api() {
+    require_root();
+    in_fresh_netns(|| {
+        let mut lab = PacketLab::with_backends(100);
+        let table = lab.table();
+        let mut bases = HashSet::new();
+        for blue_percent in [50, 20, 90, 0] {
+            lab.set_ratio(blue_percent);
+            let (expected, read) = (table.build(blue_percent), lab.table_in_map());
+            assert_eq!(read.len(), expected.len());
+            let first_difference = read.iter().zip(&expected).position(|(r, e)| r != e);
+            assert_eq!(first_difference, None, "ratio {blue_percent}: slot differs");
+            bases.insert(lab.service_entry().lut_base);
+        }
+        assert_eq!(bases.len(), 2, "both buffers were written and read back");
+    });
+}
+
+/// A LOOKUP_TABLES pinned by a bg-lb from before it was mmapable cannot be
+/// written through a mapping: loading refuses it (and names the map) rather
+/// than failing later or adopting it.
+#[test]
+fn a_pinned_lookup_table_that_is_not_mmapable_is_refused_at_load() {
+    require_root();
+    let layout = PinLayout::new(format!("/sys/fs/bpf/bglb-packets-{}-plain-lut", std::process::id()));
+    struct Remove<'a>(&'a PinLayout);
+    impl Drop for Remove<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.remove_all();
+        }
+    }
+    let _remove = Remove(&layout);
+    layout.prepare().expect("pin directories");
+    let maps = layout.maps_dir();
+    pin_plain_u32_array(&maps.join(map_names::LOOKUP_TABLES), map_names::LOOKUP_TABLES, 1024);
+    let loaded = Dataplane::load(&DataplaneOptions {
+        pin_dir: Some(maps),
+        ..DataplaneOptions::default()
+    });
+    match loaded {
+        Err(e @ DataplaneError::IncompatiblePin(_)) => {
+            let message = e.to_string();
+            assert!(
+                message.contains(&format!("the map {} pinned at", map_names::LOOKUP_TABLES)),
+                "{message}"
+            );
+        }
+        Err(e) => panic!("refused, but not as an incompatible pin: {e}"),
+        Ok(_) => panic!("a non-mmapable LOOKUP_TABLES was adopted"),
+    }
 }
 
 #[test]

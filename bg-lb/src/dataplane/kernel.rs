@@ -28,6 +28,7 @@ use super::{
     migration::{self, Migration},
     services::{ServiceRemoval, ServiceUpdate},
     sweep::SweepMaps,
+    table_memory::TableMemory,
 };
 use crate::ebpf_objects;
 
@@ -37,6 +38,8 @@ pub(super) struct Kernel {
     /// Pinned maps moved into maps of a new capacity, to finish once the
     /// program is attached.
     migrations: Vec<Migration>,
+    /// LOOKUP_TABLES, mapped: where tables are written.
+    tables: TableMemory,
 }
 
 impl Kernel {
@@ -92,10 +95,12 @@ impl Kernel {
         let logger = aya_log::EbpfLogger::init(&mut ebpf)
             .inspect_err(|e| tracing::warn!(error = %e, "eBPF log records will not be shown"))
             .ok();
+        let tables = map_tables(&ebpf)?;
         let mut kernel = Self {
             ebpf,
             logger,
             migrations: Vec::new(),
+            tables,
         };
         for m in migrations {
             let copied = m.fill(kernel.raw_map_mut(m.name)?)?;
@@ -224,14 +229,7 @@ impl Kernel {
     /// The capacity LOOKUP_TABLES really has: an adopted pinned map keeps the
     /// size it was created with.
     pub(super) fn lookup_capacity(&self) -> Result<u32, DataplaneError> {
-        let map = self
-            .ebpf
-            .map(maps::LOOKUP_TABLES)
-            .ok_or(DataplaneError::MissingMap(maps::LOOKUP_TABLES))?;
-        let aya::maps::Map::Array(data) = map else {
-            return Err(DataplaneError::MissingMap(maps::LOOKUP_TABLES));
-        };
-        Ok(data.info().map_err(map_err(maps::LOOKUP_TABLES))?.max_entries())
+        lookup_tables_capacity(lookup_tables(&self.ebpf)?)
     }
 
     /// Allows XDP_REDIRECT to `ifindex` (an interface the program may send on).
@@ -270,12 +268,7 @@ impl Kernel {
         for (id, backend) in &update.backends {
             self.array_set(maps::BACKENDS, *id, backend)?;
         }
-        let mut tables: Array<_, u32> = self.map_mut(maps::LOOKUP_TABLES)?;
-        for (i, backend_id) in update.table.iter().enumerate() {
-            tables
-                .set(update.service.lut_base + i as u32, backend_id, 0)
-                .map_err(map_err(maps::LOOKUP_TABLES))?;
-        }
+        self.tables.write(update.service.lut_base, &update.table)?;
         let mut services: HashMap<_, ServiceKey, Service> = self.map_mut(maps::SERVICES)?;
         services
             .insert(update.key, update.service, 0)
@@ -457,6 +450,24 @@ impl Kernel {
         let map = self.ebpf.map_mut(name).ok_or(DataplaneError::MissingMap(name))?;
         T::try_from(map).map_err(map_err(name))
     }
+}
+
+/// LOOKUP_TABLES of a loaded object.
+fn lookup_tables(ebpf: &Ebpf) -> Result<&MapData, DataplaneError> {
+    match ebpf.map(maps::LOOKUP_TABLES) {
+        Some(aya::maps::Map::Array(data)) => Ok(data),
+        _ => Err(DataplaneError::MissingMap(maps::LOOKUP_TABLES)),
+    }
+}
+
+fn lookup_tables_capacity(data: &MapData) -> Result<u32, DataplaneError> {
+    Ok(data.info().map_err(map_err(maps::LOOKUP_TABLES))?.max_entries())
+}
+
+/// Maps all of LOOKUP_TABLES (created, or adopted with its real capacity).
+fn map_tables(ebpf: &Ebpf) -> Result<TableMemory, DataplaneError> {
+    let data = lookup_tables(ebpf)?;
+    Ok(TableMemory::new(data.fd(), lookup_tables_capacity(data)?)?)
 }
 
 impl Drop for Kernel {

@@ -105,13 +105,74 @@ pub fn build(backends: &[TableBackend], ratio: Ratio, size: u32) -> Vec<u32> {
     table
 }
 
+/// Builds tables, keeping the last few: a table depends only on its
+/// backends' addresses, pools and weights (in order), the ratio and the
+/// size; the ids are mere labels. Services with the same backends (one
+/// backend's health change behind many services, each applied live then
+/// standby) therefore share a build, each relabelled with its own ids.
+#[derive(Default)]
+pub struct TableCache {
+    /// Most recently used first, at most [`TableCache::ENTRIES`].
+    tables: Vec<CachedTable>,
+}
+
+struct CachedTable {
+    backends: Vec<(SocketAddrV4, Pool, u32)>,
+    ratio: Ratio,
+    size: u32,
+    /// Slots holding positions in `backends` instead of ids.
+    positions: Vec<u32>,
+}
+
+impl TableCache {
+    /// Builds kept (each 4 bytes per slot).
+    const ENTRIES: usize = 4;
+
+    /// The same table as [`build`].
+    pub fn build(&mut self, backends: &[TableBackend], ratio: Ratio, size: u32) -> Vec<u32> {
+        let key: Vec<_> = backends.iter().map(|b| (b.addr, b.pool, b.weight)).collect();
+        let found = self
+            .tables
+            .iter()
+            .position(|c| c.backends == key && c.ratio == ratio && c.size == size);
+        let cached = match found {
+            Some(i) => self.tables.remove(i),
+            None => {
+                let by_position: Vec<TableBackend> = backends
+                    .iter()
+                    .enumerate()
+                    .map(|(i, b)| TableBackend {
+                        id: i as u32,
+                        ..b.clone()
+                    })
+                    .collect();
+                CachedTable {
+                    positions: build(&by_position, ratio, size),
+                    backends: key,
+                    ratio,
+                    size,
+                }
+            }
+        };
+        let table = cached
+            .positions
+            .iter()
+            .map(|&p| backends.get(p as usize).map_or(NO_BACKEND, |b| b.id))
+            .collect();
+        self.tables.insert(0, cached);
+        self.tables.truncate(Self::ENTRIES);
+        table
+    }
+}
+
 /// One backend's walk through Maglev's permutation `(offset + j*skip) % M`,
 /// which visits every slot because `M` is prime and `0 < skip < M`.
 struct Permutation {
-    offset: u64,
-    skip: u64,
-    size: u64,
-    next: u64,
+    skip: usize,
+    size: usize,
+    /// The walk's next slot, `(offset + j*skip) % M` for the next `j`,
+    /// kept by adding `skip` (no division per step: the build's hot loop).
+    next: usize,
 }
 
 impl Permutation {
@@ -119,17 +180,20 @@ impl Permutation {
         let key = u64::from(addr.ip().to_bits()) << 16 | u64::from(addr.port());
         let size = u64::from(size);
         Self {
-            offset: splitmix64(key ^ 0x5bd1_e995_1234_5678) % size,
-            skip: splitmix64(key ^ 0x2545_f491_4f6c_dd1d) % (size - 1).max(1) + 1,
-            size,
-            next: 0,
+            next: (splitmix64(key ^ 0x5bd1_e995_1234_5678) % size) as usize,
+            skip: (splitmix64(key ^ 0x2545_f491_4f6c_dd1d) % (size - 1).max(1) + 1) as usize,
+            size: size as usize,
         }
     }
 
     fn next_free(&mut self, table: &[u32]) -> usize {
         loop {
-            let slot = ((self.offset + self.next * self.skip) % self.size) as usize;
-            self.next += 1;
+            let slot = self.next;
+            // Both below `size`, so one subtraction wraps the sum.
+            self.next += self.skip;
+            if self.next >= self.size {
+                self.next -= self.size;
+            }
             if table[slot] == NO_BACKEND {
                 return slot;
             }
@@ -293,6 +357,49 @@ mod tests {
             moved * MAX_OVERHEAD.1 <= minimum * MAX_OVERHEAD.0,
             "moved {moved} slots, minimum {minimum}"
         );
+    }
+
+    #[test]
+    fn the_walk_visits_offset_plus_j_skip_modulo_the_size() {
+        for size in [2, 3, 7, M] {
+            let addr = SocketAddrV4::new([10, 1, 2, 3].into(), 8080);
+            let (start, mut walk) = (Permutation::new(addr, size), Permutation::new(addr, size));
+            let (offset, skip) = (start.next as u64, start.skip as u64);
+            let empty = vec![NO_BACKEND; size as usize];
+            for j in 0..3 * u64::from(size) {
+                let expected = ((offset + j * skip) % u64::from(size)) as usize;
+                assert_eq!(walk.next_free(&empty), expected, "size {size}, step {j}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_cached_build_is_the_table_built_afresh_with_each_services_ids() {
+        let mut cache = TableCache::default();
+        let ratio = Ratio::new(37).unwrap();
+        let relabelled = |offset: u32| -> Vec<TableBackend> {
+            mixed()
+                .into_iter()
+                .map(|b| TableBackend { id: b.id + offset, ..b })
+                .collect()
+        };
+        for offset in [0, 100, 200] {
+            let backends = relabelled(offset);
+            assert_eq!(cache.build(&backends, ratio, M), build(&backends, ratio, M));
+        }
+        let mut lighter = relabelled(300);
+        lighter[2].weight = 1;
+        assert_eq!(cache.build(&lighter, ratio, M), build(&lighter, ratio, M));
+        let other = Ratio::new(80).unwrap();
+        assert_eq!(cache.build(&lighter, other, M), build(&lighter, other, M));
+        let none = vec![backend(7, Pool::Blue, 0)];
+        assert_eq!(cache.build(&none, other, M), build(&none, other, M));
+        // Alternating specs (live, standby) hit their own entries.
+        for _ in 0..2 {
+            assert_eq!(cache.build(&lighter, ratio, M), build(&lighter, ratio, M));
+            assert_eq!(cache.build(&lighter, other, M), build(&lighter, other, M));
+        }
+        assert!(cache.tables.len() <= TableCache::ENTRIES);
     }
 
     #[test]

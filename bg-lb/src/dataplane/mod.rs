@@ -5,7 +5,8 @@
 //! service's SYN flood defence as settings and state, and `kernel` is the
 //! one module that talks to the kernel, writing those values to the maps.
 //! Before it adopts pinned maps, `layout` judges whether it can (pure), and
-//! `migration` moves a map whose capacity changed into one of the new size.
+//! `migration` moves a map whose capacity changed into one of the new size,
+//! and lookup tables are written through `table_memory`, a mapping of their map.
 
 pub mod housekeeping;
 mod kernel;
@@ -16,6 +17,7 @@ pub mod pins;
 pub mod services;
 pub mod sweep;
 pub mod syn_proxy;
+mod table_memory;
 pub mod table_regions;
 pub mod walk;
 
@@ -84,6 +86,8 @@ pub enum DataplaneError {
     Object(String),
     #[error("migrating pinned map {0}")]
     Migration(#[from] migration::MigrationError),
+    #[error(transparent)]
+    TableMemory(#[from] table_memory::TableMemoryError),
 }
 
 /// Sizes chosen at load time (maps cannot grow once created).

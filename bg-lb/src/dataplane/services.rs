@@ -24,7 +24,7 @@ use bg_lb_common::maps::{Backend, Flow, MAX_BACKENDS, MAX_SERVICES, Service, Ser
 
 use crate::{
     dataplane::{
-        lookup_table::{self, TableBackend},
+        lookup_table::{TableBackend, TableCache},
         syn_proxy::SynProxy,
         table_regions::{RegionAllocator, RegionsExhausted, TableRegions},
     },
@@ -154,6 +154,7 @@ pub struct Services {
     retired: Retired,
     /// The generation the next backend id assignment gets (never 0).
     next_generation: u32,
+    tables: TableCache,
 }
 
 impl Services {
@@ -166,6 +167,7 @@ impl Services {
             backend_ids: IdPool::new(MAX_BACKENDS),
             retired: Retired::default(),
             next_generation: 1,
+            tables: TableCache::default(),
         }
     }
 
@@ -300,7 +302,7 @@ impl Services {
         spec.syn_proxy.program(&mut service);
         Ok(ServiceUpdate {
             backends,
-            table: lookup_table::build(&table_backends, spec.ratio, spec.lut_size),
+            table: self.tables.build(&table_backends, spec.ratio, spec.lut_size),
             key: ServiceKey::new(spec.vip),
             service,
             fresh,

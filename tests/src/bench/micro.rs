@@ -1,7 +1,9 @@
 //! The micro benchmark: the real XDP program through BPF_PROG_TEST_RUN,
 //! per packet path, against the `xdp_bounce` baseline (parse
 //! Ethernet/IPv4/TCP, swap MACs, XDP_TX: the practical limit of any XDP
-//! program); the userspace cost of a ratio change; flow-table memory.
+//! program), one frame per run here and in live batches in [`super::live`];
+//! the userspace cost of table swaps ([`super::table_swaps`]); flow-table
+//! memory.
 //!
 //! # Timing
 //! With `repeat = N` the kernel runs the program N times on the same buffer,
@@ -22,7 +24,6 @@
 use std::{
     fs,
     net::{Ipv4Addr, SocketAddrV4},
-    time::Instant,
 };
 
 use aya::{
@@ -35,8 +36,10 @@ use serde::Serialize;
 
 use crate::{
     bench::{
+        live::{self, LiveOptions, LiveReport},
         procs,
         stats::{self, Summary},
+        table_swaps::{self, TableSwaps},
     },
     netns::in_fresh_netns,
     packet_lab::{GATEWAY_MAC, LB_MAC, PacketLab, PacketLabOptions, SNAT, VIP, XDP_PASS, XDP_REDIRECT, XDP_TX},
@@ -47,8 +50,9 @@ use crate::{
 pub struct MicroOptions {
     pub batches: usize,
     pub runs_per_batch: usize,
-    /// Ratio changes timed per backend count.
+    /// Ratio changes timed per backend count (and health flips).
     pub ratio_changes: usize,
+    pub live: LiveOptions,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -70,16 +74,6 @@ pub struct PathCost {
 }
 
 #[derive(Clone, Debug, Serialize)]
-pub struct RatioChangeCost {
-    pub backends: usize,
-    /// Building the weighted Maglev table alone (pure computation).
-    pub build_ms: Summary,
-    /// `Dataplane::apply`: build, write every backend and every table slot to
-    /// the inactive region, swap the service entry.
-    pub apply_ms: Summary,
-}
-
-#[derive(Clone, Debug, Serialize)]
 pub struct MapMemory {
     pub map: &'static str,
     pub map_type: u32,
@@ -94,24 +88,51 @@ pub struct MapMemory {
 pub struct MicroReport {
     pub options: MicroOptions,
     pub paths: Vec<PathCost>,
-    pub ratio_changes: Vec<RatioChangeCost>,
+    pub live: LiveReport,
+    pub table_swaps: TableSwaps,
     pub flow_maps: Vec<MapMemory>,
     /// FLOWS + REVERSE_NAT bytes per flow at 1M flows.
     pub bytes_per_flow: f64,
 }
 
 pub fn run(o: MicroOptions) -> MicroReport {
+    let live_options = o.live.clone();
+    let live = in_fresh_netns(move || live_frames(&live_options));
     in_fresh_netns(move || {
         let (paths, flow_maps) = packet_paths(&o);
-        let ratio_changes = [2, 100, 1000].iter().map(|&n| ratio_change(n, &o)).collect();
+        let table_swaps = table_swaps::run(o.ratio_changes);
         let bytes_per_flow = flow_maps.iter().map(|m| m.memlock_bytes as f64).sum::<f64>() / DEFAULT_MAX_FLOWS as f64;
         MicroReport {
             options: o,
             paths,
-            ratio_changes,
+            live,
+            table_swaps,
             flow_maps,
             bytes_per_flow,
         }
+    })
+}
+
+/// The live-frames benchmark, in a lab of its own.
+fn live_frames(o: &LiveOptions) -> LiveReport {
+    let lab = bench_lab();
+    let mut aux = load_aux();
+    live::run(&lab, &mut aux, o)
+}
+
+/// The packet lab both per-packet benchmarks use: the default flow table.
+fn bench_lab() -> PacketLab {
+    PacketLab::new(&PacketLabOptions {
+        max_flows: DEFAULT_MAX_FLOWS,
+        snat_addrs: vec![SNAT],
+        // Wide, so that the SYN runs never make port claims probe far.
+        snat_ports: (1024, 65535),
+        blue_percent: 50,
+        // Off: the SYN runs, which nobody answers, are a flood to "auto".
+        syn_proxy: SynProxy {
+            mode: SynProxyMode::Off,
+            ..SynProxy::default()
+        },
     })
 }
 
@@ -136,18 +157,7 @@ struct Timed<'a> {
 }
 
 fn packet_paths(o: &MicroOptions) -> (Vec<PathCost>, Vec<MapMemory>) {
-    let lab = PacketLab::new(&PacketLabOptions {
-        max_flows: DEFAULT_MAX_FLOWS,
-        snat_addrs: vec![SNAT],
-        // Wide, so that the SYN runs never make port claims probe far.
-        snat_ports: (1024, 65535),
-        blue_percent: 50,
-        // Off: the SYN runs, which nobody answers, are a flood to "auto".
-        syn_proxy: SynProxy {
-            mode: SynProxyMode::Off,
-            ..SynProxy::default()
-        },
-    });
+    let lab = bench_lab();
     let flow_maps = flow_map_memory();
     let lb = lab.program();
     let aux = load_aux();
@@ -300,20 +310,13 @@ impl<'a> Timed<'a> {
     }
 
     fn summary(&self) -> Summary {
-        let overall = stats::summarize(&self.all).expect("runs were made");
-        let batches = stats::summarize(&self.batch_medians).expect("batches were made");
-        Summary {
-            median: overall.median,
-            min: batches.min,
-            max: batches.max,
-            n: self.all.len(),
-        }
+        stats::over_groups(&self.all, &self.batch_medians).expect("batches were run")
     }
 }
 
 fn load_aux() -> Ebpf {
     let mut aux = Ebpf::load(bg_lb::ebpf_objects::aux()).expect("load aux object");
-    for name in ["xdp_bounce", "xdp_pass"] {
+    for name in ["xdp_bounce", "xdp_pass", "xdp_restore"] {
         let prog: &mut Xdp = aux.program_mut(name).expect(name).try_into().expect("XDP");
         prog.load().expect("load aux program");
     }
@@ -369,33 +372,11 @@ pub fn parse_map_fdinfo(info: &str) -> Option<MapMemory> {
     })
 }
 
-/// Times ratio changes on a service of `n` backends (half blue, half green).
-fn ratio_change(n: usize, o: &MicroOptions) -> RatioChangeCost {
-    let mut lab = PacketLab::with_backends(n);
-    let table = lab.table();
-    let (mut build, mut apply) = (Vec::new(), Vec::new());
-    for i in 0..o.ratio_changes {
-        procs::check_interrupt();
-        let blue_percent = if i % 2 == 0 { 60 } else { 50 };
-        let started = Instant::now();
-        std::hint::black_box(table.build(blue_percent));
-        build.push(started.elapsed().as_secs_f64() * 1e3);
-        let started = Instant::now();
-        lab.set_ratio(blue_percent);
-        apply.push(started.elapsed().as_secs_f64() * 1e3);
-    }
-    RatioChangeCost {
-        backends: n,
-        build_ms: stats::summarize(&build).expect("timed"),
-        apply_ms: stats::summarize(&apply).expect("timed"),
-    }
-}
-
 /// The micro benchmark's Markdown.
 pub fn render(r: &MicroReport) -> String {
     use std::fmt::Write as _;
 
-    use crate::bench::report::fmt_number;
+    use crate::bench::report::{fmt_number, fmt_summary};
     let mut md = String::new();
     let ratio = |r: Option<f64>| r.map_or("n/a".to_owned(), |x| format!("{x:.2}×"));
     let _ = writeln!(
@@ -406,36 +387,19 @@ pub fn render(r: &MicroReport) -> String {
     for p in &r.paths {
         let _ = writeln!(
             md,
-            "| {} | `{}` | {} | {} ({}–{}) | {} | {} | {} | {} |",
+            "| {} | `{}` | {} | {} | {} | {} | {} | {} |",
             p.path,
             p.program,
             p.verdict,
-            fmt_number(p.ns.median),
-            fmt_number(p.ns.min),
-            fmt_number(p.ns.max),
+            fmt_summary(&Some(p.ns), false),
             ratio(p.ratio_to_bounce),
             p.repeated_ns.map_or("-".to_owned(), |s| fmt_number(s.median)),
             fmt_number(p.own_ns),
             ratio(p.own_ratio_to_bounce),
         );
     }
-    let _ = writeln!(
-        md,
-        "\n| backends | ratio change: table build ms | ratio change: `Dataplane::apply` ms (build + map writes + swap) |\n|---|---|---|"
-    );
-    for c in &r.ratio_changes {
-        let _ = writeln!(
-            md,
-            "| {} | {} ({}–{}) | {} ({}–{}) |",
-            c.backends,
-            fmt_number(c.build_ms.median),
-            fmt_number(c.build_ms.min),
-            fmt_number(c.build_ms.max),
-            fmt_number(c.apply_ms.median),
-            fmt_number(c.apply_ms.min),
-            fmt_number(c.apply_ms.max)
-        );
-    }
+    let _ = writeln!(md, "\n{}", live::render(&r.live));
+    let _ = writeln!(md, "{}", table_swaps::render(&r.table_swaps));
     let _ = writeln!(
         md,
         "\n| map (1,048,576 entries) | key B | value B | kernel memlock | per entry |\n|---|---|---|---|---|"

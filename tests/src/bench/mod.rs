@@ -14,7 +14,9 @@
 //! - [`cpu`]: CPU time from /proc, machine-wide and per network namespace.
 //! - [`macro_bench`]: interleaved rounds over contenders and workloads.
 //! - [`stats`], [`report`]: medians, ranges, ratios, Markdown tables.
-//! - [`micro`]: BPF_PROG_TEST_RUN timings, ratio-change cost, flow-table memory.
+//! - [`micro`]: BPF_PROG_TEST_RUN timings (one frame per run), flow-table
+//!   memory; [`live`]: live-frames timings in batches; [`table_swaps`]:
+//!   ratio changes and health flips in userspace.
 //! - [`flow_sweep`]: admin and health latency while the daemon sweeps a
 //!   million flows, against a near-empty table.
 //! - [`sweep`]: removes what a killed earlier run left behind.
@@ -23,6 +25,7 @@ pub mod contenders;
 pub mod cpu;
 pub mod flow_sweep;
 pub mod lab;
+pub mod live;
 pub mod macro_bench;
 pub mod micro;
 pub mod procs;
@@ -30,5 +33,6 @@ pub mod report;
 pub mod stats;
 pub mod sweep;
 pub mod syn_flood;
+pub mod table_swaps;
 pub mod workloads;
 pub mod wrk;

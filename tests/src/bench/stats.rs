@@ -28,6 +28,18 @@ pub fn summarize(values: &[f64]) -> Option<Summary> {
     })
 }
 
+/// Values taken in groups (batches, rounds): the median of all of them,
+/// with the smallest and largest group median as the range.
+pub fn over_groups(all: &[f64], group_medians: &[f64]) -> Option<Summary> {
+    let (overall, groups) = (summarize(all)?, summarize(group_medians)?);
+    Some(Summary {
+        median: overall.median,
+        min: groups.min,
+        max: groups.max,
+        n: overall.n,
+    })
+}
+
 /// The median of an ascending slice: the middle value, or the mean of the
 /// two middle values for an even count.
 pub fn median_of_sorted(sorted: &[f64]) -> f64 {

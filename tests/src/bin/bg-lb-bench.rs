@@ -15,6 +15,7 @@ use std::{
 use bg_lb_tests::bench::{
     contenders::Contender,
     flow_sweep::{self, FlowSweepOptions},
+    live::LiveOptions,
     macro_bench::{self, MacroOptions, Workload},
     micro::{self, MicroOptions},
     procs, report, sweep,
@@ -139,6 +140,13 @@ fn run(args: &Args) -> ExitCode {
         batches: if args.quick { 5 } else { 10 },
         runs_per_batch: if args.quick { 1000 } else { 4000 },
         ratio_changes: if args.quick { 5 } else { 20 },
+        live: LiveOptions {
+            rounds: if args.quick { 5 } else { 10 },
+            calls_per_round: if args.quick { 50 } else { 200 },
+            batch_size: 64,
+            batches_per_call: 32,
+            syn_frames: if args.quick { 40_000 } else { 100_000 },
+        },
     };
     let started = Instant::now();
     let mut progress = |what: &str| eprintln!("[{:>5.0}s] {what}", started.elapsed().as_secs_f64());
@@ -172,7 +180,7 @@ fn run(args: &Args) -> ExitCode {
         });
     }
     if !args.skip_micro {
-        progress("micro benchmark (BPF_PROG_TEST_RUN, ratio changes, flow memory)");
+        progress("micro benchmark (BPF_PROG_TEST_RUN, live frames, table swaps, flow memory)");
         let micro = micro::run(micro_opts);
         markdown += &format!("\n## Micro benchmark\n\n{}", micro::render(&micro));
         json["micro"] = serde_json::to_value(&micro).expect("serialisable");
