@@ -2,7 +2,11 @@
 //! line. Every reply has `"ok"`; failures carry `"error"`. Documented for
 //! scripts in docs/admin-protocol.md.
 
-use std::{fmt, net::SocketAddrV4};
+use std::{
+    fmt,
+    net::{Ipv4Addr, SocketAddrV4},
+    path::PathBuf,
+};
 
 use serde::{Deserialize, Serialize};
 
@@ -42,6 +46,29 @@ pub enum Request {
     Promote(PoolRequest),
     /// Back to the ratio before the latest change.
     Rollback(ServiceRequest),
+    /// This host as a whole: withdraw its VIPs from the routers (`[bgp]`),
+    /// or announce them again.
+    Node(NodeRequest),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::Args)]
+#[serde(deny_unknown_fields)]
+pub struct NodeRequest {
+    #[command(subcommand)]
+    pub action: NodeAction,
+}
+
+/// On the wire `"drain"` or `"resume"`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::Subcommand)]
+#[serde(rename_all = "kebab-case")]
+pub enum NodeAction {
+    /// Withdraw every VIP from the routers: they stop sending this host new
+    /// flows (ECMP moves them to the other hosts); the data plane keeps
+    /// forwarding what still arrives. Persists across restarts.
+    Drain,
+    /// Announce the VIPs that can serve again.
+    #[command(alias = "undrain")]
+    Resume,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, clap::Args)]
@@ -197,7 +224,7 @@ fn yes() -> bool {
 
 impl Request {
     /// Every request's `cmd` tag, for per-command metrics.
-    pub const COMMANDS: [&'static str; 10] = [
+    pub const COMMANDS: [&'static str; 11] = [
         "status",
         "ratio",
         "drain",
@@ -208,6 +235,7 @@ impl Request {
         "shift-abort",
         "promote",
         "rollback",
+        "node",
     ];
 
     /// The `cmd` tag this request has on the wire.
@@ -223,6 +251,7 @@ impl Request {
             Request::ShiftAbort(_) => "shift-abort",
             Request::Promote(_) => "promote",
             Request::Rollback(_) => "rollback",
+            Request::Node(_) => "node",
         }
     }
 }
@@ -243,6 +272,31 @@ pub struct Reply {
     pub ratio: Option<RatioChange>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub flows: Option<Vec<FlowInfo>>,
+    /// With `services`, when the config has `[bgp]`: what this host announces.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bgp: Option<BgpStatus>,
+}
+
+/// What `status` shows of the VIP announcements (`[bgp]`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BgpStatus {
+    /// `ctl node drain` is in effect: nothing is announced.
+    pub node_drained: bool,
+    /// The VIP addresses BIRD accepted to announce, as of the last
+    /// successful `birdc configure`.
+    pub announced: Vec<Ipv4Addr>,
+    /// The other VIP addresses: drained, no backend can serve, or BIRD has
+    /// not taken them yet.
+    pub withdrawn: Vec<Ipv4Addr>,
+    /// The file bird.conf includes.
+    pub include: PathBuf,
+    /// Whether the last `birdc configure` succeeded.
+    pub last_configure_ok: bool,
+    /// birdc's reply, or why it failed (retried every second).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_configure: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_configure_unix_secs: Option<f64>,
 }
 
 impl Reply {
@@ -450,6 +504,12 @@ mod tests {
                 force: false,
             }),
             Request::Rollback(ServiceRequest { service: "web".into() }),
+            Request::Node(NodeRequest {
+                action: NodeAction::Drain,
+            }),
+            Request::Node(NodeRequest {
+                action: NodeAction::Resume,
+            }),
         ];
         for request in requests {
             let line = serde_json::to_string(&request).unwrap();
@@ -477,6 +537,12 @@ mod tests {
                 service: "web".into(),
                 address: "10.0.0.1:80".parse().unwrap(),
                 action: BackendAction::Weight(BackendWeight { weight: 7 })
+            })
+        );
+        assert_eq!(
+            parse_request(r#"{"cmd":"node","action":"drain"}"#).unwrap(),
+            Request::Node(NodeRequest {
+                action: NodeAction::Drain
             })
         );
         assert_eq!(

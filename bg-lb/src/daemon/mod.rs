@@ -9,6 +9,7 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
+mod announce;
 mod census;
 mod error;
 mod floods;
@@ -29,6 +30,7 @@ use tokio::{sync::mpsc, task::JoinHandle};
 pub use self::error::RequestError;
 use self::{last_health::LastHealth, systemd::Notifier};
 use crate::{
+    bgp::speaker::Speaker,
     config::{self, Config, ServiceConfig},
     dataplane::{Attached, Dataplane, DataplaneError, DataplaneOptions, housekeeping::FlowCensus, pins::PinLayout},
     desired::Health,
@@ -90,6 +92,8 @@ pub struct Daemon {
     shift_rollbacks: BTreeMap<String, u64>,
     /// Auto-mode services whose SYN proxy is on, as last logged.
     flooded: HashMap<String, floods::Flooded>,
+    /// Drives BIRD when the config has `[bgp]`.
+    speaker: Option<Speaker>,
 }
 
 impl Daemon {
@@ -156,12 +160,17 @@ impl Daemon {
             reloads: ReloadStats::new(loaded_at),
             shift_rollbacks: BTreeMap::new(),
             flooded: HashMap::new(),
+            speaker: None,
         };
+        daemon.speaker = Self::speaker_for(&daemon.config);
         daemon.apply_all()?;
         daemon.restart_probes();
         daemon.resume_shifts();
         let cfg = daemon.dataplane_config();
         daemon.dataplane.set_config(&cfg)?;
+        // Attached and programmed: announce what can serve. Health starts
+        // from what the last daemon saw, so a restart announces what it did.
+        daemon.announce();
         Ok(daemon)
     }
 
@@ -200,7 +209,13 @@ impl Daemon {
     }
 
     pub fn handle(&mut self, request: Request) -> Reply {
-        let result = match request {
+        let result = self.handle_request(request);
+        self.announce();
+        result.unwrap_or_else(|e| Reply::error(e.to_string()))
+    }
+
+    fn handle_request(&mut self, request: Request) -> Result<Reply, RequestError> {
+        match request {
             Request::Status(r) => self.status(r.service.as_deref()),
             Request::Ratio(r) => self.set_ratio(&r.service, r.ratio, r.force),
             Request::Drain(r) => self.set_ratio(&r.service, Ratio::all_to(r.pool.other()), r.force),
@@ -211,12 +226,14 @@ impl Daemon {
             Request::ShiftAbort(r) => self.abort_shift(&r.service, r.rollback),
             Request::Promote(r) => self.promote(&r.service, r.pool, r.force),
             Request::Rollback(r) => self.rollback(&r.service),
-        };
-        result.unwrap_or_else(|e| Reply::error(e.to_string()))
+            Request::Node(r) => self.set_node(r.action),
+        }
     }
 
-    /// Detaches XDP and removes every pin: the data plane stops for good.
-    pub fn teardown(self) -> anyhow::Result<()> {
+    /// Withdraws every VIP (`[bgp]`), then detaches XDP and removes every
+    /// pin: the data plane stops for good.
+    pub fn teardown(mut self) -> anyhow::Result<()> {
+        self.withdraw_all();
         let pins = PinLayout::new(&self.config.pin_dir);
         // Closing our program and link fds first: the pins are the last refs.
         drop(self);
