@@ -161,3 +161,110 @@ pub fn withdraw_all(config: &BgpConfig) -> Result<String, String> {
     speaker.write(&BTreeSet::new())?;
     speaker.configure()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::{fs, os::unix::fs::PermissionsExt as _, path::PathBuf};
+
+    use super::*;
+
+    /// A directory with a fake `birdc` that logs its arguments to `calls`
+    /// and prints `reply` (a shell word list), and the config pointing at it.
+    fn fake_birdc(name: &str, reply: &str) -> (PathBuf, BgpConfig) {
+        let dir = std::env::temp_dir().join(format!("bglb-speaker-{}-{name}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let script = dir.join("birdc");
+        fs::write(
+            &script,
+            format!(
+                "#!/bin/sh\necho \"$@\" >> {}/calls\nprintf '%s\\n' {reply}\n",
+                dir.display()
+            ),
+        )
+        .unwrap();
+        fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).unwrap();
+        let config = BgpConfig {
+            bird_include: dir.join("run").join("vips.conf"),
+            birdc: script,
+            bird_socket: dir.join("bird.ctl"),
+            protocol_name: "bglb_vips".into(),
+        };
+        (dir, config)
+    }
+
+    fn calls(dir: &Path) -> Vec<String> {
+        fs::read_to_string(dir.join("calls"))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    fn vips(list: &[u8]) -> BTreeSet<Ipv4Addr> {
+        list.iter().map(|&last| Ipv4Addr::new(10, 0, 0, last)).collect()
+    }
+
+    #[test]
+    fn a_change_is_written_then_configured_once() {
+        let (dir, config) = fake_birdc("once", "'BIRD 2.0.12 ready.' Reconfigured");
+        let mut speaker = Speaker::new(config.clone());
+        speaker.sync(&vips(&[100])).unwrap();
+        assert_eq!(
+            fs::read_to_string(&config.bird_include).unwrap(),
+            render("bglb_vips", &vips(&[100]))
+        );
+        let configure = format!("-s {} configure", config.bird_socket.display());
+        assert_eq!(calls(&dir), [configure]);
+        // Nothing changed: BIRD is not asked again.
+        speaker.sync(&vips(&[100])).unwrap();
+        assert_eq!(calls(&dir).len(), 1);
+        assert!(speaker.announces(Ipv4Addr::new(10, 0, 0, 100)));
+        speaker.sync(&vips(&[])).unwrap();
+        assert_eq!(calls(&dir).len(), 2);
+        assert!(!speaker.announces(Ipv4Addr::new(10, 0, 0, 100)));
+        let status = speaker.status(&vips(&[100]), false);
+        assert!(status.announced.is_empty() && status.last_configure_ok);
+        assert_eq!(status.withdrawn, [Ipv4Addr::new(10, 0, 0, 100)]);
+        assert_eq!(status.last_configure.as_deref(), Some("Reconfigured"));
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_rejected_configure_is_shown_and_retried_without_claiming_the_routes() {
+        let (dir, config) = fake_birdc("rejected", "'BIRD 2.0.12 ready.' '/run/x.conf:2:1 syntax error'");
+        let mut speaker = Speaker::new(config);
+        let error = speaker.sync(&vips(&[100])).unwrap_err();
+        assert!(error.contains("syntax error"), "{error}");
+        assert!(!speaker.announces(Ipv4Addr::new(10, 0, 0, 100)));
+        let status = speaker.status(&vips(&[100]), false);
+        assert!(!status.last_configure_ok && status.announced.is_empty(), "{status:?}");
+        assert!(status.last_configure.unwrap().contains("syntax error"));
+        // The next sync (the daemon's next tick) asks again.
+        assert!(speaker.sync(&vips(&[100])).is_err());
+        assert_eq!(calls(&dir).len(), 2);
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_missing_birdc_is_an_error_not_a_crash() {
+        let (dir, mut config) = fake_birdc("missing", "Reconfigured");
+        config.birdc = dir.join("no-such-birdc");
+        let error = Speaker::new(config).sync(&vips(&[100])).unwrap_err();
+        assert!(error.contains("cannot run"), "{error}");
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn teardown_empties_the_include_file_even_when_bird_cannot_be_told() {
+        let (dir, mut config) = fake_birdc("teardown", "Reconfigured");
+        Speaker::new(config.clone()).sync(&vips(&[100])).unwrap();
+        config.birdc = dir.join("no-such-birdc");
+        assert!(withdraw_all(&config).is_err());
+        assert_eq!(
+            fs::read_to_string(&config.bird_include).unwrap(),
+            render("bglb_vips", &BTreeSet::new())
+        );
+        fs::remove_dir_all(dir).unwrap();
+    }
+}

@@ -2,9 +2,11 @@
 //! after every request, health report and housekeeping tick (which also
 //! retries a failed `birdc configure`).
 
-use super::{Daemon, RequestError};
+use super::{Daemon, RequestError, probes::check_keys};
 use crate::{
     bgp::{self, speaker::Speaker},
+    desired::{Health, HealthView},
+    health::Failure,
     protocol::{BgpStatus, NodeAction, Reply},
     state_file,
 };
@@ -18,10 +20,32 @@ impl Daemon {
     /// Announces what can serve and withdraws the rest. A failure is the
     /// speaker's to log and show; it never fails the caller.
     pub fn announce(&mut self) {
-        let wanted = bgp::wanted(&self.config, &self.operator, &self.health);
+        if self.speaker.is_none() {
+            return;
+        }
+        let wanted = bgp::wanted(&self.config, &self.operator, &self.announce_health());
         if let Some(speaker) = &mut self.speaker {
             let _ = speaker.sync(&wanted);
         }
+    }
+
+    /// The health announcements go by: a check without a result yet counts
+    /// as down unless the last daemon saw it up. The data plane serves such
+    /// a backend at once (a first start must), but a new host must not draw
+    /// its share of the routers' flows before one of its backends answered;
+    /// a restarted one keeps what it announced.
+    fn announce_health(&self) -> Health {
+        let mut health = self.health.clone();
+        for key in self.config.services.iter().flat_map(check_keys) {
+            if !health.contains_key(&key) && !self.last_health.was_up(&key) {
+                let view = HealthView {
+                    up: false,
+                    last: Err(Failure::NotCheckedYet),
+                };
+                health.insert(key, view);
+            }
+        }
+        health
     }
 
     /// Stopping for good: nothing stays announced. Best effort: the include
