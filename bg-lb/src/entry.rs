@@ -55,7 +55,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             // Routers first, so they stop sending flows before the data plane goes.
             if let Some(bgp) = &config.bgp {
                 match bgp::speaker::withdraw_all(bgp) {
-                    Ok(reply) => println!("withdrew every VIP from BIRD ({reply})"),
+                    Ok(reply) => {
+                        println!(
+                            "withdrew every VIP from BIRD ({reply}); detaching in {:?}, once the routers rerouted",
+                            bgp::WITHDRAW_GRACE
+                        );
+                        std::thread::sleep(bgp::WITHDRAW_GRACE);
+                    }
                     Err(error) => eprintln!(
                         "warning: {} now announces nothing, but BIRD was not reconfigured: {error}",
                         bgp.bird_include.display()

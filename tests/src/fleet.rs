@@ -136,7 +136,8 @@ pub struct LbHost {
     pub backend: Host,
     pub bird: Bird,
     pub include: PathBuf,
-    server: Option<NameServer>,
+    /// Behind a lock so a test can stop it while others read the fleet.
+    server: Mutex<Option<NameServer>>,
 }
 
 impl LbHost {
@@ -146,8 +147,8 @@ impl LbHost {
 
     /// Stops the backend's server: connections to it are refused and its
     /// health check fails.
-    pub fn stop_backend(&mut self) {
-        self.server = None;
+    pub fn stop_backend(&self) {
+        *self.server.lock().expect("server") = None;
     }
 
     /// bg-lb's config for this host, given the harness's paths
@@ -251,7 +252,7 @@ impl Fleet {
                     backend,
                     bird,
                     include,
-                    server: Some(server),
+                    server: Mutex::new(Some(server)),
                 }
             })
             .collect();

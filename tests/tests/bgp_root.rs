@@ -4,12 +4,16 @@
 //! Convergence is polled with a generous deadline, never timed; what each
 //! event cost new connections is measured and printed.
 
-use std::{process::Command, thread, time::Duration};
+use std::{
+    process::Command,
+    thread,
+    time::{Duration, Instant},
+};
 
 use bg_lb::protocol::{BgpStatus, Reply};
 use bg_lb_tests::{
     daemon::Daemon,
-    fleet::{Fleet, Prober, VIP},
+    fleet::{Fleet, Probed, Prober, VIP},
 };
 
 const BG_LB: &str = env!("CARGO_BIN_EXE_bg-lb-under-test");
@@ -29,6 +33,37 @@ fn fleet_with_daemons() -> (Fleet, Vec<Daemon>) {
     (fleet, daemons)
 }
 
+/// Does `act` under a prober and waits until the router's next hops are
+/// the fronts of `remaining`; prints how long that took from the start of
+/// `act` and what it cost new connections.
+fn withdrawal(fleet: &Fleet, what: &str, remaining: &[usize], act: impl FnOnce()) -> Probed {
+    let probe = Prober::start(fleet);
+    let start = Instant::now();
+    act();
+    fleet.await_next_hops(&fleet.fronts(remaining));
+    let took = start.elapsed();
+    // Connections hashed to the withdrawn host just before the route
+    // changed end within this; later ones all go to the others.
+    thread::sleep(Duration::from_millis(500));
+    let probed = probe.stop();
+    println!(
+        "{what}: withdrawn after {took:?}; {} connection(s) failed over a window of {:?}, {} succeeded ({:?})",
+        probed.failed, probed.failure_window, probed.ok, probed.served
+    );
+    probed
+}
+
+/// Samples the router's table `n` times, 50 ms apart: every sample must
+/// have both hosts.
+fn assert_route_kept(fleet: &Fleet, n: usize, why: &str) {
+    let both = fleet.fronts(&[0, 1]);
+    for _ in 0..n {
+        let hops = fleet.next_hops();
+        assert_eq!(hops, both, "{why}:\n{}", fleet.describe());
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
 fn bgp_status(daemon: &Daemon) -> BgpStatus {
     let reply: Reply = serde_json::from_str(&daemon.ctl_ok(&["--json", "status"])).expect("status JSON");
     reply.bgp.expect("status shows [bgp]")
@@ -36,7 +71,7 @@ fn bgp_status(daemon: &Daemon) -> BgpStatus {
 
 #[test]
 fn the_router_spreads_the_vip_over_healthy_hosts_and_drops_a_drained_host_or_one_whose_backends_are_down() {
-    let (mut fleet, daemons) = fleet_with_daemons();
+    let (fleet, daemons) = fleet_with_daemons();
     for daemon in &daemons {
         let bgp = bgp_status(daemon);
         assert_eq!(bgp.announced, [*VIP.ip()], "{bgp:?}");
@@ -53,12 +88,10 @@ fn the_router_spreads_the_vip_over_healthy_hosts_and_drops_a_drained_host_or_one
 
     // Drain host 0: the router keeps only host 1, and new connections all
     // succeed through it.
-    let probe = Prober::start(&fleet);
-    let reply = daemons[0].ctl_ok(&["node", "drain"]);
-    assert!(reply.contains("node drained"), "{reply}");
-    let took = fleet.await_next_hops(&fleet.fronts(&[1]));
-    let probed = probe.stop();
-    println!("node drain: the router dropped host 0 after {took:?}; meanwhile {probed:?}");
+    let probed = withdrawal(&fleet, "node drain of host 0", &[1], || {
+        let reply = daemons[0].ctl_ok(&["node", "drain"]);
+        assert!(reply.contains("node drained"), "{reply}");
+    });
     assert_eq!(
         probed.failed, 0,
         "a drained host keeps forwarding what the router still sends it"
@@ -73,17 +106,7 @@ fn the_router_spreads_the_vip_over_healthy_hosts_and_drops_a_drained_host_or_one
     fleet.await_next_hops(&fleet.fronts(&[0, 1]));
 
     // Host 1's only backend dies: host 1 withdraws once its check says so.
-    let probe = Prober::start(&fleet);
-    fleet.hosts[1].stop_backend();
-    let took = fleet.await_next_hops(&fleet.fronts(&[0]));
-    // Connections hashed to host 1 before the route changed were refused;
-    // later ones must all succeed through host 0.
-    thread::sleep(Duration::from_millis(500));
-    let probed = probe.stop();
-    println!(
-        "host 1's backends down: withdrawn after {took:?}; {} connection(s) failed over a window of {:?}, {} succeeded",
-        probed.failed, probed.failure_window, probed.ok
-    );
+    withdrawal(&fleet, "host 1's backends down", &[0], || fleet.hosts[1].stop_backend());
     let bgp = bgp_status(&daemons[1]);
     assert!(bgp.announced.is_empty() && !bgp.node_drained, "{bgp:?}");
     assert!(fleet.ask_names(20).iter().all(|n| n == "host0"));
@@ -97,64 +120,38 @@ fn the_router_spreads_the_vip_over_healthy_hosts_and_drops_a_drained_host_or_one
 #[test]
 fn a_daemon_killed_and_restarted_on_its_pins_keeps_its_route_and_teardown_withdraws_it() {
     let (fleet, mut daemons) = fleet_with_daemons();
-    let both = fleet.fronts(&[0, 1]);
 
     // kill -9, a pause, and a restart: the router must see host 0 the whole
     // time (BIRD holds the route; the pinned data plane keeps forwarding).
     let probe = Prober::start(&fleet);
     daemons[0].kill9();
-    let mut samples = 0;
-    for _ in 0..40 {
-        assert_eq!(
-            fleet.next_hops(),
-            both,
-            "the route went with the daemon:\n{}",
-            fleet.describe()
-        );
-        samples += 1;
-        thread::sleep(Duration::from_millis(50));
-    }
+    assert_route_kept(&fleet, 40, "the route went with the daemon");
     daemons[0].spawn();
-    for _ in 0..40 {
-        assert_eq!(
-            fleet.next_hops(),
-            both,
-            "the restart withdrew the route:\n{}",
-            fleet.describe()
-        );
-        samples += 1;
-        thread::sleep(Duration::from_millis(50));
-    }
+    assert_route_kept(&fleet, 40, "the restart withdrew the route");
     let bgp = bgp_status(&daemons[0]);
     assert_eq!(bgp.announced, [*VIP.ip()], "{bgp:?}");
     let probed = probe.stop();
-    println!("kill -9 and restart: host 0 in all {samples} router samples; new connections meanwhile: {probed:?}");
+    println!("kill -9 and restart: host 0 in all 80 router samples; new connections meanwhile: {probed:?}");
     assert_eq!(probed.failed, 0, "{probed:?}");
 
     // A clean stop (SIGTERM) keeps the route too; teardown is for good.
     daemons[0].terminate();
-    assert_eq!(fleet.next_hops(), both);
-    let probe = Prober::start(&fleet);
-    let out = Command::new(BG_LB)
-        .arg("teardown")
-        .arg("--config")
-        .arg(daemons[0].config_path())
-        .output()
-        .expect("run bg-lb teardown");
-    assert!(
-        out.status.success(),
-        "teardown: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let said = String::from_utf8_lossy(&out.stdout);
-    assert!(said.contains("withdrew every VIP from BIRD (Reconfigured)"), "{said}");
-    let took = fleet.await_next_hops(&fleet.fronts(&[1]));
-    thread::sleep(Duration::from_millis(500));
-    let probed = probe.stop();
-    println!(
-        "teardown of host 0: withdrawn after {took:?}; {} connection(s) failed over a window of {:?}, {} succeeded",
-        probed.failed, probed.failure_window, probed.ok
-    );
+    assert_route_kept(&fleet, 1, "SIGTERM withdrew the route");
+    withdrawal(&fleet, "teardown of host 0", &[1], || {
+        let out = Command::new(BG_LB)
+            .arg("teardown")
+            .arg("--config")
+            .arg(daemons[0].config_path())
+            .output()
+            .expect("run bg-lb teardown");
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "teardown: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(said.contains("withdrew every VIP from BIRD (Reconfigured)"), "{said}");
+    });
     assert!(!daemons[0].pins_exist());
     assert!(fleet.ask_names(20).iter().all(|n| n == "host1"));
 }

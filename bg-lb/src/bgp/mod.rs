@@ -13,7 +13,7 @@
 
 pub mod speaker;
 
-use std::{collections::BTreeSet, net::Ipv4Addr};
+use std::{collections::BTreeSet, net::Ipv4Addr, time::Duration};
 
 use crate::{
     config::Config,
@@ -21,6 +21,12 @@ use crate::{
     ratio::Pool,
     state_file::OperatorState,
 };
+
+/// How long stopping for good waits between withdrawing the VIPs and
+/// detaching the data plane: BIRD sends the withdrawal and the routers
+/// reroute within milliseconds, and the packets they sent meanwhile still
+/// find the data plane forwarding.
+pub const WITHDRAW_GRACE: Duration = Duration::from_secs(2);
 
 /// The VIP addresses to announce: none while the node is drained; else
 /// each address with a listener (live VIP or standby VIP) that can serve.

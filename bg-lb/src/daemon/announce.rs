@@ -48,13 +48,17 @@ impl Daemon {
         health
     }
 
-    /// Stopping for good: nothing stays announced. Best effort: the include
-    /// file is emptied even if BIRD cannot be told now, so it announces
-    /// nothing when it next reads its config.
+    /// Stopping for good: nothing stays announced, and the routers get
+    /// [`bgp::WITHDRAW_GRACE`] to reroute before the caller detaches. Best
+    /// effort: the include file is emptied even if BIRD cannot be told now,
+    /// so it announces nothing when it next reads its config.
     pub(super) fn withdraw_all(&mut self) {
         if let Some(speaker) = &mut self.speaker {
             match speaker.sync(&Default::default()) {
-                Ok(()) => tracing::info!("every VIP withdrawn from BIRD"),
+                Ok(()) => {
+                    tracing::info!(grace = ?bgp::WITHDRAW_GRACE, "every VIP withdrawn from BIRD; detaching after the grace");
+                    std::thread::sleep(bgp::WITHDRAW_GRACE);
+                }
                 Err(error) => tracing::error!(%error, "the VIPs may still be announced"),
             }
         }
