@@ -53,7 +53,12 @@ const BGP_TIMERS: &str = "connect delay time 1; connect retry time 2; error wait
 
 /// A BIRD in a namespace, its config, control socket and log in `dir`.
 pub struct Bird {
-    child: Option<Child>,
+    /// Behind a lock so a test can stop and start it while others read the fleet.
+    child: Mutex<Option<Child>>,
+    netns: String,
+    name: String,
+    conf: PathBuf,
+    pid: PathBuf,
     pub socket: PathBuf,
     log: PathBuf,
 }
@@ -64,35 +69,64 @@ impl Bird {
     pub fn start(ns: &NetNs, dir: &Path, name: &str, config: &str) -> Self {
         let conf = dir.join(format!("{name}.conf"));
         fs::write(&conf, config).expect("write bird config");
-        let (socket, log) = (dir.join(format!("{name}.ctl")), dir.join(format!("{name}.log")));
-        let out = fs::File::create(&log).expect("bird log");
+        let bird = Bird {
+            child: Mutex::new(None),
+            netns: ns.name.clone(),
+            name: name.to_owned(),
+            conf,
+            pid: dir.join(format!("{name}.pid")),
+            socket: dir.join(format!("{name}.ctl")),
+            log: dir.join(format!("{name}.log")),
+        };
+        bird.spawn();
+        bird
+    }
+
+    /// Starts it (again), returning once its control socket answers.
+    pub fn spawn(&self) {
+        let out = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("bird log");
         let child = Command::new("nsenter")
-            .arg(format!("--net=/run/netns/{}", ns.name))
+            .arg(format!("--net=/run/netns/{}", self.netns))
             .args(["bird", "-f", "-c"])
-            .arg(&conf)
+            .arg(&self.conf)
             .arg("-s")
-            .arg(&socket)
+            .arg(&self.socket)
             .arg("-P")
-            .arg(dir.join(format!("{name}.pid")))
+            .arg(&self.pid)
             .stdout(out.try_clone().expect("log fd"))
             .stderr(out)
             .process_group(0)
             .spawn()
             .expect("spawn bird (bird2 installed? `cargo xtask setup`)");
-        let mut bird = Bird {
-            child: Some(child),
-            socket,
-            log,
-        };
+        let mut slot = self.child.lock().expect("bird child");
+        assert!(slot.is_none(), "bird {} is running", self.name);
+        let child = slot.insert(child);
         let deadline = Instant::now() + Duration::from_secs(20);
-        while !bird.birdc_status(&["show", "status"]).0 {
-            if let Some(status) = bird.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                panic!("bird {name} exited ({status}):\n{}", bird.log());
+        while !self.birdc_status(&["show", "status"]).0 {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("bird {} exited ({status}):\n{}", self.name, self.log());
             }
-            assert!(Instant::now() < deadline, "bird {name} did not answer:\n{}", bird.log());
+            assert!(
+                Instant::now() < deadline,
+                "bird {} did not answer:\n{}",
+                self.name,
+                self.log()
+            );
             thread::sleep(Duration::from_millis(50));
         }
-        bird
+    }
+
+    /// SIGKILL, by PID: its BGP sessions drop and its control socket stops
+    /// answering.
+    pub fn kill(&self) {
+        if let Some(mut child) = self.child.lock().expect("bird child").take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 
     fn birdc_status(&self, args: &[&str]) -> (bool, String) {
@@ -118,10 +152,7 @@ impl Bird {
 
 impl Drop for Bird {
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.kill();
     }
 }
 

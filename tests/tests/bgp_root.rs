@@ -13,7 +13,7 @@ use std::{
 use bg_lb::protocol::{BgpStatus, Reply};
 use bg_lb_tests::{
     daemon::Daemon,
-    fleet::{Fleet, Probed, Prober, VIP},
+    fleet::{CONVERGENCE, Fleet, Probed, Prober, VIP},
 };
 
 const BG_LB: &str = env!("CARGO_BIN_EXE_bg-lb-under-test");
@@ -54,12 +54,12 @@ fn withdrawal(fleet: &Fleet, what: &str, remaining: &[usize], act: impl FnOnce()
 }
 
 /// Samples the router's table `n` times, 50 ms apart: every sample must
-/// have both hosts.
-fn assert_route_kept(fleet: &Fleet, n: usize, why: &str) {
-    let both = fleet.fronts(&[0, 1]);
+/// have exactly the hosts `indices` as next hops.
+fn assert_next_hops_stay(fleet: &Fleet, indices: &[usize], n: usize, why: &str) {
+    let want = fleet.fronts(indices);
     for _ in 0..n {
         let hops = fleet.next_hops();
-        assert_eq!(hops, both, "{why}:\n{}", fleet.describe());
+        assert_eq!(hops, want, "{why}:\n{}", fleet.describe());
         thread::sleep(Duration::from_millis(50));
     }
 }
@@ -125,9 +125,9 @@ fn a_daemon_killed_and_restarted_on_its_pins_keeps_its_route_and_teardown_withdr
     // time (BIRD holds the route; the pinned data plane keeps forwarding).
     let probe = Prober::start(&fleet);
     daemons[0].kill9();
-    assert_route_kept(&fleet, 40, "the route went with the daemon");
+    assert_next_hops_stay(&fleet, &[0, 1], 40, "the route went with the daemon");
     daemons[0].spawn();
-    assert_route_kept(&fleet, 40, "the restart withdrew the route");
+    assert_next_hops_stay(&fleet, &[0, 1], 40, "the restart withdrew the route");
     let bgp = bgp_status(&daemons[0]);
     assert_eq!(bgp.announced, [*VIP.ip()], "{bgp:?}");
     let probed = probe.stop();
@@ -136,7 +136,7 @@ fn a_daemon_killed_and_restarted_on_its_pins_keeps_its_route_and_teardown_withdr
 
     // A clean stop (SIGTERM) keeps the route too; teardown is for good.
     daemons[0].terminate();
-    assert_route_kept(&fleet, 1, "SIGTERM withdrew the route");
+    assert_next_hops_stay(&fleet, &[0, 1], 1, "SIGTERM withdrew the route");
     withdrawal(&fleet, "teardown of host 0", &[1], || {
         let out = Command::new(BG_LB)
             .arg("teardown")
@@ -154,4 +154,44 @@ fn a_daemon_killed_and_restarted_on_its_pins_keeps_its_route_and_teardown_withdr
     });
     assert!(!daemons[0].pins_exist());
     assert!(fleet.ask_names(20).iter().all(|n| n == "host1"));
+}
+
+#[test]
+fn a_failed_birdc_configure_is_shown_and_retried_and_bird_restarts_from_the_include_file() {
+    let (fleet, daemons) = fleet_with_daemons();
+
+    // BIRD restarted under a running daemon: it announces again from the
+    // include file alone.
+    fleet.hosts[1].bird.kill();
+    fleet.await_next_hops(&fleet.fronts(&[0]));
+    fleet.hosts[1].bird.spawn();
+    let took = fleet.await_next_hops(&fleet.fronts(&[0, 1]));
+    println!("host 1's BIRD restarted: announced again from the include file after {took:?}");
+
+    // BIRD down while the daemon must withdraw: the drain is saved and the
+    // file written, birdc fails, status says so, and the daemon retries.
+    fleet.hosts[1].bird.kill();
+    fleet.await_next_hops(&fleet.fronts(&[0]));
+    let reply = daemons[1].ctl_ok(&["node", "drain"]);
+    assert!(reply.contains("but BIRD has not taken it yet (retrying)"), "{reply}");
+    let bgp = bgp_status(&daemons[1]);
+    assert!(!bgp.last_configure_ok && bgp.node_drained, "{bgp:?}");
+    let error = bgp.last_configure.unwrap_or_default();
+    assert!(error.contains("Unable to connect to server control socket"), "{error}");
+    let table = daemons[1].ctl_ok(&["status"]);
+    assert!(table.contains("birdc configure FAILED (retrying)"), "{table}");
+    // Back up: it reads the (empty) file, announces nothing, and the
+    // daemon's next retry succeeds.
+    fleet.hosts[1].bird.spawn();
+    let deadline = Instant::now() + CONVERGENCE;
+    while !bgp_status(&daemons[1]).last_configure_ok {
+        assert!(
+            Instant::now() < deadline,
+            "the daemon never retried:\n{}",
+            daemons[1].log()
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+    assert_next_hops_stay(&fleet, &[0], 20, "host 1 announced while drained");
+    assert!(fleet.ask_names(20).iter().all(|n| n == "host0"));
 }
