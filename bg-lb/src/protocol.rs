@@ -62,9 +62,10 @@ pub struct NodeRequest {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::Subcommand)]
 #[serde(rename_all = "kebab-case")]
 pub enum NodeAction {
-    /// Withdraw every VIP from the routers: they stop sending this host new
-    /// flows (ECMP moves them to the other hosts); the data plane keeps
-    /// forwarding what still arrives. Persists across restarts.
+    /// Withdraw every VIP from the routers: they send this host's share of
+    /// flows, open ones included, to the other hosts (in full NAT its open
+    /// connections break there); the data plane keeps forwarding what still
+    /// arrives. Persists across restarts.
     Drain,
     /// Announce the VIPs that can serve again.
     #[command(alias = "undrain")]

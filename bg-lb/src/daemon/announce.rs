@@ -80,7 +80,8 @@ impl Daemon {
         self.announce();
         let status = self.bgp_status().expect("a speaker");
         let what = if drained {
-            "node drained: every VIP withdrawn; open flows keep being forwarded while routers still send them"
+            "node drained: every VIP withdrawn; the routers send this host's flows, open ones included, to the other \
+             hosts"
         } else {
             "node resumed: the VIPs that can serve are announced"
         };
