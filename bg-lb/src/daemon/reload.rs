@@ -91,6 +91,17 @@ mod tests {
     }
 
     #[test]
+    fn turning_bgp_on_off_or_changing_it_needs_a_restart() {
+        let off = config("");
+        let on = config("[bgp]\n");
+        let other = config("[bgp]\nbird_socket = \"/run/bird/other.ctl\"\n");
+        assert_eq!(restart_only_change(&off, &on), Some("[bgp]"));
+        assert_eq!(restart_only_change(&on, &off), Some("[bgp]"));
+        assert_eq!(restart_only_change(&on, &other), Some("[bgp]"));
+        assert_eq!(restart_only_change(&on, &on.clone()), None);
+    }
+
+    #[test]
     fn changing_the_snat_addresses_needs_a_restart_but_rewriting_the_same_one_does_not() {
         let parse = |text: &str| config::parse(Path::new("test.toml"), text).unwrap();
         let one = config("");
