@@ -185,14 +185,15 @@ impl LbHost {
     /// bg-lb's config for this host, given the harness's paths
     /// ([`crate::daemon::Daemon::start`]): two-arm, `[bgp]` driving this
     /// host's BIRD, one service on [`VIP`] with this host's backend, and
-    /// fast TCP health checks.
+    /// TCP health checks quick to notice a dead backend (`fall` x
+    /// `fast_interval`) but with timeouts a loaded machine still meets.
     pub fn config(&self, paths: &str) -> String {
         format!(
             "front_interface = \"front\"\nback_interface = \"back\"\nxdp_mode = \"native\"\n\
              snat_address = \"{snat}\"\n{paths}\
              [bgp]\nbird_include = \"{include}\"\nbird_socket = \"{socket}\"\n\
              [[service]]\nname = \"web\"\nvip = \"{VIP}\"\n\
-             [service.health]\ninterval = \"500ms\"\nfast_interval = \"100ms\"\ntimeout = \"200ms\"\nrise = 1\nfall = 2\n\
+             [service.health]\ninterval = \"1s\"\nfast_interval = \"200ms\"\ntimeout = \"500ms\"\nrise = 1\nfall = 3\n\
              [[service.backend]]\npool = \"blue\"\naddress = \"{backend}\"\n",
             snat = self.snat,
             include = self.include.display(),
