@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::Parser as _;
 
 use crate::{
+    bgp,
     cli::{Cli, Command, LogFormat, ctl, docs as cli_docs},
     config,
     daemon::{self, server},
@@ -51,6 +52,22 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Teardown { config } => {
             let config = config::load(&config)?;
+            // Routers first, so they stop sending flows before the data plane goes.
+            if let Some(bgp) = &config.bgp {
+                match bgp::speaker::withdraw_all(bgp) {
+                    Ok(reply) => {
+                        println!(
+                            "withdrew every VIP from BIRD ({reply}); detaching in {:?}, once the routers rerouted",
+                            bgp::WITHDRAW_GRACE
+                        );
+                        std::thread::sleep(bgp::WITHDRAW_GRACE);
+                    }
+                    Err(error) => eprintln!(
+                        "warning: {} now announces nothing, but BIRD was not reconfigured: {error}",
+                        bgp.bird_include.display()
+                    ),
+                }
+            }
             daemon::teardown(&config.pin_dir)?;
             println!("detached XDP and removed the pins under {}", config.pin_dir.display());
             Ok(ExitCode::SUCCESS)

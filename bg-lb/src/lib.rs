@@ -22,12 +22,14 @@
 //! - [`protocol`]: admin socket requests and replies (JSON lines): the one
 //!   definition of every command.
 //! - [`ratio`]: pools and the blue:green ratio.
+//! - [`bgp`]: health-gated VIP announcements through BIRD (`[bgp]`).
 //! - [`desired`]: what each listener's table should hold (config + operator + health).
 //! - [`shift`]: progressive shifts judged by data-plane signals (pure).
 //! - [`state_file`]: operator decisions persisted atomically.
 //! - [`ebpf_objects`]: the eBPF objects embedded at build time.
 //! - [`logging`]: tracing setup, with aya-log bridged in.
 //! - [`entry`]: what `main` runs.
+pub mod bgp;
 pub mod cli;
 pub mod config;
 pub mod connection_slots;

@@ -2,7 +2,11 @@
 //! line. Every reply has `"ok"`; failures carry `"error"`. Documented for
 //! scripts in docs/admin-protocol.md.
 
-use std::{fmt, net::SocketAddrV4};
+use std::{
+    fmt,
+    net::{Ipv4Addr, SocketAddrV4},
+    path::PathBuf,
+};
 
 use serde::{Deserialize, Serialize};
 
@@ -42,6 +46,30 @@ pub enum Request {
     Promote(PoolRequest),
     /// Back to the ratio before the latest change.
     Rollback(ServiceRequest),
+    /// This host as a whole: withdraw its VIPs from the routers (`[bgp]`),
+    /// or announce them again.
+    Node(NodeRequest),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::Args)]
+#[serde(deny_unknown_fields)]
+pub struct NodeRequest {
+    #[command(subcommand)]
+    pub action: NodeAction,
+}
+
+/// On the wire `"drain"` or `"resume"`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::Subcommand)]
+#[serde(rename_all = "kebab-case")]
+pub enum NodeAction {
+    /// Withdraw every VIP from the routers: they send this host's share of
+    /// flows, open ones included, to the other hosts (in full NAT its open
+    /// connections break there); the data plane keeps forwarding what still
+    /// arrives. Persists across restarts.
+    Drain,
+    /// Announce the VIPs that can serve again.
+    #[command(alias = "undrain")]
+    Resume,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, clap::Args)]
@@ -203,7 +231,7 @@ fn yes() -> bool {
 
 impl Request {
     /// Every request's `cmd` tag, for per-command metrics.
-    pub const COMMANDS: [&'static str; 10] = [
+    pub const COMMANDS: [&'static str; 11] = [
         "status",
         "ratio",
         "drain",
@@ -214,6 +242,7 @@ impl Request {
         "shift-abort",
         "promote",
         "rollback",
+        "node",
     ];
 
     /// The `cmd` tag this request has on the wire.
@@ -229,6 +258,7 @@ impl Request {
             Request::ShiftAbort(_) => "shift-abort",
             Request::Promote(_) => "promote",
             Request::Rollback(_) => "rollback",
+            Request::Node(_) => "node",
         }
     }
 }
@@ -259,6 +289,31 @@ pub struct Reply {
     /// With `flows`: how many flow-table entries were read to list them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub flows_scanned: Option<u64>,
+    /// With `services`, when the config has `[bgp]`: what this host announces.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bgp: Option<BgpStatus>,
+}
+
+/// What `status` shows of the VIP announcements (`[bgp]`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BgpStatus {
+    /// `ctl node drain` is in effect: nothing is announced.
+    pub node_drained: bool,
+    /// The VIP addresses BIRD accepted to announce, as of the last
+    /// successful `birdc configure`.
+    pub announced: Vec<Ipv4Addr>,
+    /// The other VIP addresses: drained, no backend can serve, or BIRD has
+    /// not taken them yet.
+    pub withdrawn: Vec<Ipv4Addr>,
+    /// The file bird.conf includes.
+    pub include: PathBuf,
+    /// Whether the last `birdc configure` succeeded.
+    pub last_configure_ok: bool,
+    /// birdc's reply, or why it failed (retried every second).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_configure: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_configure_unix_secs: Option<f64>,
 }
 
 impl Reply {
@@ -412,155 +467,4 @@ pub fn parse_request(line: &str) -> Result<Request, String> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn every_request_round_trips_through_json() {
-        let requests = [
-            Request::Status(StatusRequest { service: None }),
-            Request::Status(StatusRequest {
-                service: Some("web".into()),
-            }),
-            Request::Ratio(RatioRequest {
-                service: "web".into(),
-                ratio: Ratio::new(30).unwrap(),
-                force: false,
-            }),
-            Request::Drain(PoolRequest {
-                service: "web".into(),
-                pool: Pool::Blue,
-                force: true,
-            }),
-            Request::Backend(BackendRequest {
-                service: "web".into(),
-                address: "10.0.0.1:80".parse().unwrap(),
-                action: BackendAction::Weight(BackendWeight { weight: 5 }),
-            }),
-            Request::Backend(BackendRequest {
-                service: "web".into(),
-                address: "10.0.0.1:80".parse().unwrap(),
-                action: BackendAction::Disable,
-            }),
-            Request::Flows(FlowsRequest {
-                service: "web".into(),
-                pool: Some(Pool::Green),
-                limit: 10,
-            }),
-            Request::Reload,
-            Request::Shift(ShiftRequest {
-                service: "web".into(),
-                to: Pool::Blue,
-                steps: vec![10, 100],
-                interval_secs: 5.0,
-                max_error_rate: 0.02,
-                min_flows: 10,
-            }),
-            Request::ShiftAbort(ShiftAbortRequest {
-                service: "web".into(),
-                rollback: false,
-            }),
-            Request::Promote(PoolRequest {
-                service: "web".into(),
-                pool: Pool::Green,
-                force: false,
-            }),
-            Request::Rollback(ServiceRequest { service: "web".into() }),
-        ];
-        for request in requests {
-            let line = serde_json::to_string(&request).unwrap();
-            assert_eq!(parse_request(&line).unwrap(), request, "{line}");
-            let json: serde_json::Value = serde_json::from_str(&line).unwrap();
-            assert_eq!(json["cmd"], request.cmd(), "cmd() is the wire tag");
-            assert!(Request::COMMANDS.contains(&request.cmd()));
-        }
-    }
-
-    #[test]
-    fn requests_read_as_documented() {
-        assert_eq!(
-            parse_request(r#"{"cmd":"ratio","service":"web","ratio":"30:70"}"#).unwrap(),
-            Request::Ratio(RatioRequest {
-                service: "web".into(),
-                ratio: Ratio::new(30).unwrap(),
-                force: false
-            })
-        );
-        assert_eq!(
-            parse_request(r#"{"cmd":"backend","service":"web","address":"10.0.0.1:80","action":{"weight":7}}"#)
-                .unwrap(),
-            Request::Backend(BackendRequest {
-                service: "web".into(),
-                address: "10.0.0.1:80".parse().unwrap(),
-                action: BackendAction::Weight(BackendWeight { weight: 7 })
-            })
-        );
-        assert_eq!(
-            parse_request(r#"{"cmd":"flows","service":"web"}"#).unwrap(),
-            Request::Flows(FlowsRequest {
-                service: "web".into(),
-                pool: None,
-                limit: 100
-            })
-        );
-    }
-
-    #[test]
-    fn a_shift_request_takes_the_documented_defaults() {
-        assert_eq!(
-            parse_request(r#"{"cmd":"shift","service":"web","to":"blue"}"#).unwrap(),
-            Request::Shift(ShiftRequest {
-                service: "web".into(),
-                to: Pool::Blue,
-                steps: vec![10, 25, 50, 100],
-                interval_secs: 30.0,
-                max_error_rate: 0.01,
-                min_flows: 20,
-            })
-        );
-        assert_eq!(
-            parse_request(r#"{"cmd":"shift-abort","service":"web"}"#).unwrap(),
-            Request::ShiftAbort(ShiftAbortRequest {
-                service: "web".into(),
-                rollback: true
-            })
-        );
-    }
-
-    #[test]
-    fn malformed_requests_are_errors_not_panics() {
-        for bad in [
-            "",
-            "not json",
-            "{}",
-            r#"{"cmd":"explode"}"#,
-            r#"{"cmd":"ratio","service":"web","ratio":"30:60"}"#,
-            r#"{"cmd":"ratio","service":"web"}"#,
-            r#"{"cmd":"drain","service":"web","pool":"purple"}"#,
-            r#"{"cmd":"status","extra":1}"#,
-            r#"{"cmd":"backend","service":"web","address":"nowhere","action":"enable"}"#,
-            r#"[1,2,3]"#,
-        ] {
-            let err = parse_request(bad).unwrap_err();
-            assert!(err.starts_with("bad request"), "{bad}: {err}");
-        }
-    }
-
-    #[test]
-    fn replies_round_trip_and_errors_say_ok_false() {
-        let reply = Reply::error("no such service \"x\"");
-        let line = serde_json::to_string(&reply).unwrap();
-        assert_eq!(line, r#"{"ok":false,"error":"no such service \"x\""}"#);
-        let change = Reply {
-            ok: true,
-            ratio: Some(RatioChange {
-                old: Ratio::new(50).unwrap(),
-                new: Ratio::new(0).unwrap(),
-            }),
-            ..Default::default()
-        };
-        let line = serde_json::to_string(&change).unwrap();
-        assert_eq!(line, r#"{"ok":true,"ratio":{"old":"50:50","new":"0:100"}}"#);
-        assert_eq!(serde_json::from_str::<Reply>(&line).unwrap(), change);
-    }
-}
+mod tests;

@@ -27,6 +27,9 @@ pub struct OperatorState {
     /// By service name.
     #[serde(default)]
     pub services: BTreeMap<String, ServiceState>,
+    /// `ctl node drain`: this host announces no VIP until `ctl node resume`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub node_drained: bool,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

@@ -27,6 +27,9 @@
 //! - [`rows`]: the machinery of table-driven packet tests (`row_tests!`).
 //! - [`flood`]: a spoofed SYN flood (AF_PACKET) and a paced prober of
 //!   legitimate connections, summarised per phase.
+//! - [`fleet`]: several LB hosts behind a router running BIRD with ECMP,
+//!   each host with its own BIRD for bg-lb's `[bgp]`; and a prober that
+//!   measures what an event costs new connections.
 //! - [`topology`]: named namespaces and the one-arm client/LB/backends segment.
 //! - [`raw`]: hand-made TCP segments from any source (forged RSTs, spoofed
 //!   SYNs) through a raw socket.
@@ -40,6 +43,7 @@ pub mod container;
 pub mod daemon;
 pub mod deploy;
 pub mod expect;
+pub mod fleet;
 pub mod flood;
 pub mod fuzz;
 pub mod http;

@@ -168,13 +168,13 @@ fn configure_eth0(ns: &NetNs, addr: Ipv4Addr) {
 /// half-computed checksum. Real NICs hand XDP complete checksums, so make
 /// the test hosts (and routers, which segment what GRO merged) compute them
 /// in software.
-fn checksums_in_software(ns: &NetNs, iface: &str) {
+pub fn checksums_in_software(ns: &NetNs, iface: &str) {
     run("ip", &["netns", "exec", &ns.name, "ethtool", "-K", iface, "tx", "off"]);
 }
 
 /// Attaches `xdp_pass` in native mode to `iface` in `ns`. Keep the returned
 /// object alive: dropping it detaches the program.
-fn attach_xdp_pass(ns: &NetNs, iface: &'static str) -> Ebpf {
+pub fn attach_xdp_pass(ns: &NetNs, iface: &'static str) -> Ebpf {
     ns.run(move || {
         let mut ebpf = Ebpf::load(bg_lb::ebpf_objects::aux()).expect("load aux object");
         let prog: &mut Xdp = ebpf

@@ -10,8 +10,9 @@ use crate::test::run_step;
 /// and ethtool for the network-namespace tests, systemd for
 /// `systemd-analyze verify` of the unit, man-db (with groff) to check the man
 /// page, prometheus for `promtool` (checks and unit tests of the alert
-/// rules), and podman, runc and debootstrap to build and run the container
-/// image from a locally made Debian base.
+/// rules), podman, runc and debootstrap to build and run the container
+/// image from a locally made Debian base, and bird2 (BIRD 2), the BGP speaker
+/// of the several-hosts tests (`[bgp]`).
 const PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "iproute2",
@@ -22,6 +23,7 @@ const PACKAGES: &[&str] = &[
     "podman",
     "runc",
     "debootstrap",
+    "bird2",
 ];
 /// What `cargo xtask bench` compares bg-lb with, and its load generator;
 /// installed only for the benchmark.

@@ -19,7 +19,9 @@ use nix::sys::signal::{SigHandler, Signal, signal};
 use crate::{
     cli::{CtlArgs, CtlCommand, DrainTarget},
     dataplane::syn_proxy::SynProxyMode,
-    protocol::{MAX_FLOWS_LIMIT, Reply, Request, ServiceStatus, ShiftAbortRequest, StatusRequest, SynProxyStatus},
+    protocol::{
+        BgpStatus, MAX_FLOWS_LIMIT, Reply, Request, ServiceStatus, ShiftAbortRequest, StatusRequest, SynProxyStatus,
+    },
     shift::{ShiftOutcome, ShiftRecord},
 };
 
@@ -132,6 +134,7 @@ pub fn run(args: CtlArgs) -> anyhow::Result<ExitCode> {
         }
         CtlCommand::Promote(request) => Request::Promote(request),
         CtlCommand::Rollback(request) => Request::Rollback(request),
+        CtlCommand::Node(request) => Request::Node(request),
         CtlCommand::Top {
             service,
             interval,
@@ -171,6 +174,9 @@ fn print_human(reply: &Reply) {
     }
     for service in reply.services.iter().flatten() {
         print_service(service);
+    }
+    if let Some(bgp) = &reply.bgp {
+        print_bgp(bgp);
     }
     if let Some(flows) = &reply.flows {
         println!(
@@ -290,6 +296,32 @@ fn syn_proxy_line(p: &SynProxyStatus) -> String {
         (SynProxyMode::Auto, false) => "standing by",
     };
     format!("syn proxy {}: {state}", p.mode)
+}
+
+fn print_bgp(bgp: &BgpStatus) {
+    let list = |a: &[std::net::Ipv4Addr]| {
+        if a.is_empty() {
+            "none".to_owned()
+        } else {
+            a.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+        }
+    };
+    let drained = if bgp.node_drained {
+        " (node DRAINED: ctl node resume)"
+    } else {
+        ""
+    };
+    println!(
+        "bgp{drained}: announced {}; withdrawn {}",
+        list(&bgp.announced),
+        list(&bgp.withdrawn)
+    );
+    let result = match (&bgp.last_configure, bgp.last_configure_ok) {
+        (None, _) => "not run yet".to_owned(),
+        (Some(reply), true) => format!("ok: {reply}"),
+        (Some(error), false) => format!("FAILED (retrying): {error}"),
+    };
+    println!("  {} -> birdc configure {result}", bgp.include.display());
 }
 
 fn print_service(s: &ServiceStatus) {

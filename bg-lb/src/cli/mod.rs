@@ -14,8 +14,8 @@ use crate::{
     config::{DEFAULT_ADMIN_SOCKET, DEFAULT_CONFIG},
     demo_backend::DemoBackendArgs,
     protocol::{
-        BackendRequest, FlowsRequest, PoolRequest, RatioRequest, Request, ServiceRequest, ShiftAbortRequest,
-        ShiftRequest, StatusRequest,
+        BackendRequest, FlowsRequest, NodeRequest, PoolRequest, RatioRequest, Request, ServiceRequest,
+        ShiftAbortRequest, ShiftRequest, StatusRequest,
     },
     ratio::Pool,
     shift,
@@ -169,6 +169,9 @@ pub enum CtlCommand {
     /// Go back to the ratio before the latest change (a running shift is
     /// rolled back to where it began).
     Rollback(ServiceRequest),
+    /// This host as a whole (`[bgp]`): `drain` withdraws its VIPs from the
+    /// routers, `resume` announces them again.
+    Node(NodeRequest),
     /// Live view for watching a release: ratio, per-pool and per-backend
     /// open flows, new flows/s and bytes/s, health. `q` or Ctrl-C quits.
     Top {

@@ -24,6 +24,12 @@
 //! closing = "10s"
 //! syn = "10s"
 //!
+//! [bgp]                             # announce the VIPs through BIRD; absent: announce nothing
+//! bird_include = "/run/bg-lb/bird-vips.conf"   # the file bird.conf includes
+//! birdc = "birdc"                   # program name (PATH) or absolute path
+//! bird_socket = "/run/bird/bird.ctl"
+//! protocol_name = "bglb_vips"       # the static protocol the include defines
+//!
 //! [[service]]
 //! name = "web"
 //! vip = "10.0.0.100:80"
@@ -67,6 +73,7 @@
 //! (`error`) name `FILE:LINE:COL`, so an operator can go straight to the
 //! offending line.
 
+mod bgp;
 mod error;
 mod health;
 mod raw;
@@ -130,6 +137,13 @@ pub const DEFAULT_LIVE_PATH: &str = "/live";
 pub const DEFAULT_STANDBY_PATH: &str = "/standby";
 /// Inclusive range.
 pub const DEFAULT_EXPECT_STATUS: (u16, u16) = (200, 200);
+/// Under /run like the pins: both are gone after a reboot, so no route
+/// outlives the data plane it leads to.
+pub const DEFAULT_BIRD_INCLUDE: &str = "/run/bg-lb/bird-vips.conf";
+pub const DEFAULT_BIRDC: &str = "birdc";
+/// Debian's bird2 control socket.
+pub const DEFAULT_BIRD_SOCKET: &str = "/run/bird/bird.ctl";
+pub const DEFAULT_BGP_PROTOCOL: &str = "bglb_vips";
 
 /// The validated configuration.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -152,6 +166,8 @@ pub struct Config {
     pub metrics_limits: ListenerLimits,
     /// Flow-table timeouts (`[timeouts]`); all non-zero.
     pub timeouts: FlowTimeouts,
+    /// `[bgp]`: announce the VIPs through BIRD; `None` announces nothing.
+    pub bgp: Option<BgpConfig>,
     pub services: Vec<ServiceConfig>,
 }
 
@@ -214,6 +230,17 @@ impl Default for AdminConfig {
             limits: DEFAULT_ADMIN_LIMITS,
         }
     }
+}
+
+/// `[bgp]`: the BIRD the daemon drives (see [`crate::bgp`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BgpConfig {
+    /// The file the daemon writes and bird.conf includes.
+    pub bird_include: PathBuf,
+    pub birdc: PathBuf,
+    pub bird_socket: PathBuf,
+    /// The static protocol the include file defines; export filters match it.
+    pub protocol_name: String,
 }
 
 /// A listener's connection cap and idle timeout (see

@@ -25,8 +25,18 @@ pub(super) struct RawConfig {
     pub(super) metrics_max_connections: Option<Spanned<i64>>,
     pub(super) metrics_idle_timeout: Option<Spanned<String>>,
     pub(super) timeouts: Option<RawTimeouts>,
+    pub(super) bgp: Option<RawBgp>,
     #[serde(default)]
     pub(super) service: Vec<RawService>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawBgp {
+    pub(super) bird_include: Option<Spanned<String>>,
+    pub(super) birdc: Option<Spanned<String>>,
+    pub(super) bird_socket: Option<Spanned<String>>,
+    pub(super) protocol_name: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]

@@ -90,6 +90,7 @@ fn full_one_arm_config_parses_to_expected_structs() {
             closing: Duration::from_millis(500),
             syn: Duration::from_secs(2),
         },
+        bgp: None,
         services: vec![
             ServiceConfig {
                 name: "web".into(),
@@ -213,6 +214,7 @@ fn absent_optional_keys_take_their_defaults() {
             closing: Duration::from_secs(10),
             syn: Duration::from_secs(10),
         },
+        bgp: None,
         services: vec![ServiceConfig {
             name: "web".into(),
             vip: "10.0.0.100:80".parse().unwrap(),

@@ -61,6 +61,8 @@ pub enum RequestError {
     ShiftWithoutRecord,
     #[error("no running shift")]
     NoActiveShift,
+    #[error("this daemon announces no VIP (its config has no [bgp] table), so there is nothing to drain or resume")]
+    NoBgp,
     #[error("not applied: cannot persist the change: {0}")]
     NotPersisted(#[source] StateError),
     #[error("config rejected, still serving the previous one: {0}")]

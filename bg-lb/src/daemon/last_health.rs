@@ -72,6 +72,11 @@ impl LastHealth {
             .collect()
     }
 
+    /// Whether the last daemon saw the check up.
+    pub fn was_up(&self, key: &CheckKey) -> bool {
+        self.saved.get(key).copied().unwrap_or(false)
+    }
+
     /// A check's health now; saved if it changed (a restart with every
     /// backend as it was writes nothing).
     pub fn record(&mut self, key: &CheckKey, up: bool) {

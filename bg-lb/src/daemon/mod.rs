@@ -9,6 +9,7 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
+mod announce;
 mod census;
 mod error;
 mod floods;
@@ -33,6 +34,7 @@ use tokio::{
 pub use self::{error::RequestError, sweeper::Done};
 use self::{last_health::LastHealth, sweeper::Sweeper, systemd::Notifier};
 use crate::{
+    bgp::speaker::Speaker,
     config::{self, Config, ServiceConfig},
     dataplane::{Attached, Dataplane, DataplaneError, DataplaneOptions, housekeeping::FlowCensus, pins::PinLayout},
     desired::Health,
@@ -99,6 +101,8 @@ pub struct Daemon {
     shift_rollbacks: BTreeMap<String, u64>,
     /// Auto-mode services whose SYN proxy is on, as last logged.
     flooded: HashMap<String, floods::Flooded>,
+    /// Drives BIRD when the config has `[bgp]`.
+    speaker: Option<Speaker>,
 }
 
 impl Daemon {
@@ -174,7 +178,9 @@ impl Daemon {
             reloads: ReloadStats::new(loaded_at),
             shift_rollbacks: BTreeMap::new(),
             flooded: HashMap::new(),
+            speaker: None,
         };
+        daemon.speaker = Self::speaker_for(&daemon.config);
         daemon.apply_all()?;
         // The first census before anything is served: later ones come from
         // the sweeper.
@@ -183,6 +189,9 @@ impl Daemon {
         daemon.resume_shifts();
         let cfg = daemon.dataplane_config();
         daemon.dataplane.set_config(&cfg)?;
+        // Attached and programmed: announce what can serve. Health starts
+        // from what the last daemon saw, so a restart announces what it did.
+        daemon.announce();
         Ok(daemon)
     }
 
@@ -239,7 +248,9 @@ impl Daemon {
             Request::ShiftAbort(r) => self.abort_shift(&r.service, r.rollback),
             Request::Promote(r) => self.promote(&r.service, r.pool, r.force),
             Request::Rollback(r) => self.rollback(&r.service),
+            Request::Node(r) => self.set_node(r.action),
         };
+        self.announce();
         let answer = result.unwrap_or_else(|e| Reply::error(e.to_string()));
         self.answer(cmd, answer, reply);
     }
@@ -250,8 +261,10 @@ impl Daemon {
         let _ = reply.send(answer);
     }
 
-    /// Detaches XDP and removes every pin: the data plane stops for good.
-    pub fn teardown(self) -> anyhow::Result<()> {
+    /// Withdraws every VIP (`[bgp]`), then detaches XDP and removes every
+    /// pin: the data plane stops for good.
+    pub fn teardown(mut self) -> anyhow::Result<()> {
+        self.withdraw_all();
         let pins = PinLayout::new(&self.config.pin_dir);
         // Closing our program and link fds first: the pins are the last refs.
         drop(self);

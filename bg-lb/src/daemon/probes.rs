@@ -8,6 +8,20 @@ use crate::{
     ratio::Pool,
 };
 
+/// A service's checks: the live check of every backend, and the standby
+/// check where a standby VIP uses HTTP checks.
+pub(super) fn check_keys(service: &ServiceConfig) -> impl Iterator<Item = CheckKey> + '_ {
+    let standby = service.standby_vip.is_some() && matches!(service.health.check, HealthCheck::Http(_));
+    let listeners = [Some(Listener::Live), standby.then_some(Listener::Standby)];
+    service.backends.iter().flat_map(move |backend| {
+        listeners.into_iter().flatten().map(move |listener| CheckKey {
+            service: service.name.clone(),
+            backend: backend.address,
+            listener,
+        })
+    })
+}
+
 impl Daemon {
     /// One probe per backend for the live check, and one for the standby
     /// check where a standby VIP uses HTTP checks.
@@ -19,21 +33,11 @@ impl Daemon {
         // its ports outside snat_ports are the kernel's to hand out.
         let source = self.config.snat_addresses[0];
         for service in &self.config.services {
-            let standby = service.standby_vip.is_some() && matches!(service.health.check, HealthCheck::Http(_));
-            let listeners = [Some(Listener::Live), standby.then_some(Listener::Standby)];
-            for backend in &service.backends {
-                for listener in listeners.into_iter().flatten() {
-                    let key = CheckKey {
-                        service: service.name.clone(),
-                        backend: backend.address,
-                        listener,
-                    };
-                    // A check down now (or before the restart) stays down until `rise`.
-                    let known_down = self.health.get(&key).is_some_and(|v| !v.up);
-                    let probe =
-                        health::spawn_probe(key, service.health.clone(), source, known_down, self.reports.clone());
-                    self.probes.push(probe);
-                }
+            for key in check_keys(service) {
+                // A check down now (or before the restart) stays down until `rise`.
+                let known_down = self.health.get(&key).is_some_and(|v| !v.up);
+                let probe = health::spawn_probe(key, service.health.clone(), source, known_down, self.reports.clone());
+                self.probes.push(probe);
             }
         }
         // Forget the health of probes that no longer exist.

@@ -57,6 +57,7 @@ fn restart_only_change(old: &Config, new: &Config) -> Option<&'static str> {
         (old.pin_dir != new.pin_dir, "pin_dir"),
         (old.state_dir != new.state_dir, "state_dir"),
         (old.admin != new.admin, "[admin]"),
+        (old.bgp != new.bgp, "[bgp]"),
         (old.metrics != new.metrics, "metrics"),
         (
             old.metrics_limits != new.metrics_limits,
@@ -86,6 +87,17 @@ mod tests {
         assert_eq!(restart_only_change(&off, &on), Some("metrics"));
         assert_eq!(restart_only_change(&on, &off), Some("metrics"));
         assert_eq!(restart_only_change(&on, &moved), Some("metrics"));
+        assert_eq!(restart_only_change(&on, &on.clone()), None);
+    }
+
+    #[test]
+    fn turning_bgp_on_off_or_changing_it_needs_a_restart() {
+        let off = config("");
+        let on = config("[bgp]\n");
+        let other = config("[bgp]\nbird_socket = \"/run/bird/other.ctl\"\n");
+        assert_eq!(restart_only_change(&off, &on), Some("[bgp]"));
+        assert_eq!(restart_only_change(&on, &off), Some("[bgp]"));
+        assert_eq!(restart_only_change(&on, &other), Some("[bgp]"));
         assert_eq!(restart_only_change(&on, &on.clone()), None);
     }
 

@@ -25,8 +25,9 @@ const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(1);
 
 type Job = (String, oneshot::Sender<Reply>);
 
-/// Runs until SIGTERM or SIGINT. With `detach_on_exit` the data plane is
-/// torn down then; otherwise it keeps forwarding for the next daemon.
+/// Runs until SIGTERM or SIGINT. With `detach_on_exit` the VIPs are
+/// withdrawn and the data plane is torn down then; otherwise it keeps
+/// forwarding for the next daemon, and BIRD keeps announcing it.
 pub async fn run(config_path: PathBuf, detach_on_exit: bool) -> anyhow::Result<()> {
     let (reports, mut health) = mpsc::channel(256);
     let (swept, mut sweeper) = mpsc::unbounded_channel();
@@ -68,14 +69,21 @@ pub async fn run(config_path: PathBuf, detach_on_exit: bool) -> anyhow::Result<(
             }
             _ = housekeeping.tick() => {
                 daemon.tick();
+                daemon.announce();
                 daemon.notify_status();
             }
             _ = tick(&mut watchdog) => daemon.watchdog_ping(),
-            Some(report) = health.recv() => daemon.on_health(report),
-            _ = hangup.recv() => match daemon.reload() {
-                Ok(message) => tracing::info!("{message}"),
-                Err(e) => tracing::error!("{e}"),
-            },
+            Some(report) = health.recv() => {
+                daemon.on_health(report);
+                daemon.announce();
+            }
+            _ = hangup.recv() => {
+                match daemon.reload() {
+                    Ok(message) => tracing::info!("{message}"),
+                    Err(e) => tracing::error!("{e}"),
+                }
+                daemon.announce();
+            }
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,
         }
@@ -84,7 +92,7 @@ pub async fn run(config_path: PathBuf, detach_on_exit: bool) -> anyhow::Result<(
     let _ = fs::remove_file(&socket_path);
     if detach_on_exit {
         daemon.teardown()?;
-        tracing::info!("data plane detached and unpinned (--detach-on-exit)");
+        tracing::info!("VIPs withdrawn, data plane detached and unpinned (--detach-on-exit)");
     } else {
         tracing::info!("exiting; the pinned data plane keeps forwarding until the next daemon adopts it");
     }

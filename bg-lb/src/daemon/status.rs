@@ -58,6 +58,7 @@ impl Daemon {
             admin_requests: self.admin_requests.clone(),
             reloads: self.reloads,
             shift_rollbacks: self.shift_rollbacks.clone(),
+            vips_announced: self.vips_announced(),
             build: BuildInfo::THIS,
         })
     }
@@ -82,6 +83,7 @@ impl Daemon {
             services: Some(services),
             flows_counted_secs_ago: self.swept.map(|(at, _)| at.elapsed().as_secs_f64()),
             sweep_running: Some(running),
+            bgp: self.bgp_status(),
             ..Default::default()
         })
     }

@@ -13,6 +13,9 @@ pub enum Failure {
     BadResponse(String),
     /// Down when the daemon last ran, and not probed up since it started.
     DownBeforeRestart,
+    /// No result yet, and not seen up by the last daemon: how VIP
+    /// announcements count a check until its first result.
+    NotCheckedYet,
 }
 
 impl fmt::Display for Failure {
@@ -25,6 +28,7 @@ impl fmt::Display for Failure {
             Failure::BodyMismatch => f.write_str("body mismatch"),
             Failure::BadResponse(e) => write!(f, "bad HTTP response: {e}"),
             Failure::DownBeforeRestart => f.write_str("down before the daemon restarted"),
+            Failure::NotCheckedYet => f.write_str("not checked yet"),
         }
     }
 }

@@ -222,6 +222,11 @@ impl Snapshot {
                     (labels, Value::Gauge(s.syn_proxy.active.into()))
                 })
                 .collect(),
+            Metric::VipAnnounced => self
+                .vips_announced
+                .iter()
+                .map(|&(vip, announced)| (vec![("vip", vip.to_string())], Value::Gauge(announced.into())))
+                .collect(),
         }
     }
 

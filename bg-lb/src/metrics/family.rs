@@ -42,11 +42,12 @@ pub enum Metric {
     ShiftState,
     ShiftRollbacks,
     SynProxyActive,
+    VipAnnounced,
 }
 
 impl Metric {
     /// In the order of the output.
-    pub const ALL: [Metric; 28] = [
+    pub const ALL: [Metric; 29] = [
         Metric::BuildInfo,
         Metric::Ratio,
         Metric::EffectiveRatio,
@@ -75,6 +76,7 @@ impl Metric {
         Metric::ShiftState,
         Metric::ShiftRollbacks,
         Metric::SynProxyActive,
+        Metric::VipAnnounced,
     ];
 
     /// The family name, without the suffixes the encoding adds.
@@ -108,6 +110,7 @@ impl Metric {
             Metric::ShiftState => "bglb_shift_state",
             Metric::ShiftRollbacks => "bglb_shift_rollbacks",
             Metric::SynProxyActive => "bglb_syn_proxy_active",
+            Metric::VipAnnounced => "bglb_vip_announced",
         }
     }
 
@@ -140,7 +143,8 @@ impl Metric {
             | Metric::ConfigLastReloadSuccessful
             | Metric::ConfigLastReloadSuccessTimestamp
             | Metric::ShiftState
-            | Metric::SynProxyActive => Kind::Gauge,
+            | Metric::SynProxyActive
+            | Metric::VipAnnounced => Kind::Gauge,
         }
     }
 
@@ -175,6 +179,7 @@ impl Metric {
             Metric::ShiftState => &["service", "state"],
             Metric::ShiftRollbacks => &["service"],
             Metric::SynProxyActive => &["service", "mode"],
+            Metric::VipAnnounced => &["vip"],
         }
     }
 
@@ -291,6 +296,10 @@ impl Metric {
             Metric::SynProxyActive => {
                 "1 while the data plane answers the service's SYNs with SYN cookies (mode always, or auto while \
                  the service is flooded), else 0."
+            }
+            Metric::VipAnnounced => {
+                "1 while BIRD announces the VIP address to the routers ([bgp]), 0 while it is withdrawn (node \
+                 drained, no backend can serve, or BIRD not reconfigured yet)."
             }
         }
     }

@@ -198,6 +198,8 @@ pub struct Snapshot {
     /// Shifts the daemon rolled back, by service; services it never rolled
     /// back are absent (and exported as 0).
     pub shift_rollbacks: BTreeMap<String, u64>,
+    /// Every VIP address and whether BIRD announces it; empty without `[bgp]`.
+    pub vips_announced: Vec<(std::net::Ipv4Addr, bool)>,
     pub build: BuildInfo,
 }
 

@@ -108,6 +108,7 @@ fn snapshot() -> Snapshot {
         admin_requests,
         reloads,
         shift_rollbacks: [("web".to_owned(), 1)].into(),
+        vips_announced: vec![([10, 0, 0, 100].into(), true), ([10, 0, 0, 101].into(), false)],
         build: BuildInfo {
             version: "0.9.0",
             commit: "0123456789ab",
@@ -244,6 +245,13 @@ fn shift_state_is_one_series_per_state_and_rollbacks_count_per_service() {
     }
     assert_line(&text, r#"bglb_shift_rollbacks_total{service="web"} 1"#);
     assert_line(&text, r#"bglb_shift_rollbacks_total{service="api"} 0"#);
+}
+
+#[test]
+fn each_vip_address_says_whether_it_is_announced() {
+    let text = encoded();
+    assert_line(&text, r#"bglb_vip_announced{vip="10.0.0.100"} 1"#);
+    assert_line(&text, r#"bglb_vip_announced{vip="10.0.0.101"} 0"#);
 }
 
 #[test]
