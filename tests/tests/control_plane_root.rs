@@ -286,7 +286,7 @@ fn snat_port_exhaustion_refuses_new_connections_at_once_and_the_data_plane_logs_
         );
     }
     let deadline = Instant::now() + Duration::from_secs(5);
-    while !lab.daemon.log().contains("no free SNAT port") {
+    while !lab.daemon.log().contains("no free SNAT (address, port)") {
         assert!(
             Instant::now() < deadline,
             "the eBPF warning did not reach the daemon log:\n{}",
@@ -294,7 +294,7 @@ fn snat_port_exhaustion_refuses_new_connections_at_once_and_the_data_plane_logs_
         );
         thread::sleep(Duration::from_millis(100));
     }
-    let lines = lab.daemon.log().matches("no free SNAT port").count();
+    let lines = lab.daemon.log().matches("no free SNAT (address, port)").count();
     // One line a second; CPUs racing at the same instant may add one.
     let allowed = started.elapsed().as_secs() as usize + 2;
     assert!(
