@@ -22,6 +22,15 @@ pub const FLOWS: &str = "FLOWS";
 /// `HashMap<NatKey, FlowKey>`: backend reply tuple -> client flow. Not an
 /// LRU: an entry goes only when its flow goes, so a (backend, SNAT port) is
 /// never handed to a second flow while the first one lives.
+///
+/// A `gateway` service's flows keep their keys here too, with the client's
+/// address and port where a SNAT address and port would be
+/// ([`FORWARDING_GATEWAY`]): one map, so the reply path, the sweep, ICMP
+/// translation and the ownership rule (one flow per key, claimed with
+/// NOEXIST) serve both modes unchanged. The two kinds cannot be confused:
+/// an entry is only ever read through the flow it names, whose service
+/// says the mode, and a key both kinds want is owned by whichever claimed
+/// it first.
 pub const REVERSE_NAT: &str = "REVERSE_NAT";
 /// `PerCpuArray<TrafficStats>` indexed by backend id.
 pub const BACKEND_STATS: &str = "BACKEND_STATS";
@@ -160,13 +169,38 @@ pub struct Service {
     /// The other buffer, where the next table is written. Kept here so a
     /// restarted daemon can rebuild its allocation from the pinned maps.
     pub lut_spare_base: u32,
-    pub _pad: u32,
+    /// How packets reach the backends: [`FORWARDING_FULL_NAT`],
+    /// [`FORWARDING_GATEWAY`] or [`FORWARDING_DSR`].
+    pub forwarding: u32,
     /// SYN proxy in auto mode: connection requests in one second that
     /// clients leave unanswered before the proxy engages.
     pub syn_proxy_threshold: u32,
     /// SYN proxy: the MSS its SYN-ACKs offer clients (host order).
     pub syn_proxy_mss: u16,
     pub _pad2: u16,
+}
+
+/// [`Service::forwarding`]: source and destination rewritten (the source to
+/// a SNAT address and port); replies come back to the SNAT address.
+pub const FORWARDING_FULL_NAT: u32 = 0;
+/// [`Service::forwarding`]: only the destination rewritten (VIP:port to
+/// backend:port); backends route their replies, to the client's own
+/// address and port, through the LB. The flow's [`Flow::snat_addr`] and
+/// [`Flow::snat_port`] are the client's, so its [`REVERSE_NAT`] key is
+/// (backend, client address, client port): what the reply carries.
+pub const FORWARDING_GATEWAY: u32 = 1;
+/// [`Service::forwarding`]: only the destination MAC rewritten, to the
+/// on-link backend's; replies go from the backend to the client directly.
+/// A flow has no [`REVERSE_NAT`] entry and no SNAT port.
+pub const FORWARDING_DSR: u32 = 2;
+
+impl Service {
+    /// Whether the service's replies cross the LB (full NAT and gateway):
+    /// only then does a flow own a [`REVERSE_NAT`] entry.
+    #[inline(always)]
+    pub const fn has_reply_path(&self) -> bool {
+        self.forwarding != FORWARDING_DSR
+    }
 }
 
 /// An entry of [`BACKENDS`]; the default (zero address) marks a free slot.

@@ -99,7 +99,9 @@ pub fn icmp_error(ctx: &XdpContext, cfg: &DataplaneConfig) -> u32 {
         dst_addr: dst,
     };
     match route(ctx, &query) {
-        Route::Next { ifindex, smac, dmac } => {
+        Route::Next {
+            ifindex, smac, dmac, ..
+        } => {
             error.set_macs(smac, dmac);
             count(origin.counter);
             send(ctx, ifindex)

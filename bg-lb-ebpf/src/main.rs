@@ -2,7 +2,8 @@
 //! weighted lookup tables and flow pinning.
 //!
 //! Paths: client -> VIP:port ([`to_backend`]), backend -> SNAT addr:port
-//! ([`to_client`]), ICMP errors about those flows ([`icmp`]). Frames to a
+//! or, for a `gateway` service, backend -> client ([`to_client`]; the
+//! modes are in [`forwarding`]), ICMP errors about those flows ([`icmp`]). Frames to a
 //! VIP or the SNAT range that no TCP stack should see (malformed, SYN with
 //! FIN or RST, TTL expiring) are dropped and counted, not handed to the host
 //! the VIP lives on; everything else passes to the kernel untouched.
@@ -14,6 +15,7 @@
 #![feature(asm_experimental_arch)]
 
 mod forward;
+mod forwarding;
 mod icmp;
 mod maps;
 mod nat;
@@ -73,6 +75,12 @@ pub fn bg_lb(ctx: XdpContext) -> u32 {
         return to_backend::to_backend(&ctx, pkt, &service, cfg);
     }
     if cfg.is_snat_port(pkt.dst_addr(), pkt.dst_port()) {
+        if let Err(verdict) = screen(&pkt) {
+            return verdict;
+        }
+        return to_client::to_client(&ctx, pkt);
+    }
+    if forwarding::is_gateway_reply(&pkt) {
         if let Err(verdict) = screen(&pkt) {
             return verdict;
         }

@@ -7,7 +7,7 @@ use std::{fmt, net::SocketAddrV4};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    dataplane::syn_proxy::SynProxyMode,
+    dataplane::{forwarding::Forwarding, syn_proxy::SynProxyMode},
     ratio::{Pool, Ratio},
     shift,
 };
@@ -287,6 +287,8 @@ pub struct ServiceStatus {
     /// The SYN flood defence.
     #[serde(default)]
     pub syn_proxy: SynProxyStatus,
+    #[serde(default)]
+    pub forwarding: Forwarding,
 }
 
 /// A service's SYN proxy, as `status` reports it.

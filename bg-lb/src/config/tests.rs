@@ -107,6 +107,7 @@ fn full_one_arm_config_parses_to_expected_structs() {
                     threshold: 50,
                     mss: 1400,
                 },
+                forwarding: Default::default(),
             },
             ServiceConfig {
                 name: "api.v2".into(),
@@ -117,6 +118,7 @@ fn full_one_arm_config_parses_to_expected_structs() {
                 backends: vec![],
                 health: HealthConfig::default(),
                 syn_proxy: SynProxy::default(),
+                forwarding: Default::default(),
             },
         ],
     };
@@ -180,6 +182,7 @@ fn full_two_arm_config_parses_to_expected_structs() {
             backends: vec![backend(Pool::Green, "192.168.1.20:5432", DEFAULT_WEIGHT)],
             health: HealthConfig::default(),
             syn_proxy: SynProxy::default(),
+            forwarding: Default::default(),
         }],
         ..parse_ok(TOP)
     };
@@ -234,6 +237,7 @@ fn absent_optional_keys_take_their_defaults() {
                 threshold: 1000,
                 mss: 1460,
             },
+            forwarding: Default::default(),
         }],
     };
     assert_eq!(config, expected);

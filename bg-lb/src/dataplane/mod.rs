@@ -1,11 +1,13 @@
 //! The XDP data plane and its one owner, [`Dataplane`]: what the daemon (and
 //! the packet tests) load, attach, program and read. Inside, [`services`] and
 //! [`housekeeping`] decide every change as plain values, [`syn_proxy`] is a
-//! service's SYN flood defence as settings and state, and `kernel` is the
+//! service's SYN flood defence as settings and state, [`forwarding`] its
+//! forwarding mode, and `kernel` is the
 //! one module that talks to the kernel, writing those values to the maps.
 //! Before it adopts pinned maps, `layout` judges whether it can (pure), and
 //! `migration` moves a map whose capacity changed into one of the new size.
 
+pub mod forwarding;
 pub mod housekeeping;
 mod kernel;
 mod layout;

@@ -147,6 +147,7 @@ fn packet_paths(o: &MicroOptions) -> (Vec<PathCost>, Vec<MapMemory>) {
             mode: SynProxyMode::Off,
             ..SynProxy::default()
         },
+        forwarding: Default::default(),
     });
     let flow_maps = flow_map_memory();
     let lb = lab.program();

@@ -1,0 +1,85 @@
+//! The per-service forwarding modes besides full NAT
+//! ([`Service::forwarding`]); the client -> VIP path ([`to_backend`]) and
+//! the reply path ([`to_client`]) stay one each, and ask here where a mode
+//! differs.
+//!
+//! - `gateway`: a flow's "SNAT" source is the client's own address and
+//!   port, so the rewrite changes the destination only, and the flow's
+//!   reverse-NAT key is what the backend's reply carries (backend ->
+//!   client). Two VIPs' flows from one client address and port to one
+//!   backend address and port would share that key: the backend could not
+//!   tell them apart. The second flow's SYN is refused with a RST and
+//!   counted (`gateway_collision`); picking another backend would break the
+//!   lookup table's ratio and pinning for a case a client's next port ends.
+//! - `dsr`: no reverse entry and no rewrite; the frame goes to the backend's
+//!   MAC, which must be on-link. Replies bypass the LB, so the client's ACK
+//!   of the backend's SYN-ACK is the only sign of the handshake.
+
+use aya_ebpf::programs::XdpContext;
+use bg_lb_common::{
+    counters::Counter,
+    flow_state::{self, Direction, SYN_ACK_SEEN, SYN_SEEN, Segment, TCP_ACK, TCP_SYN},
+    maps::{Backend, DataplaneConfig, FORWARDING_GATEWAY, Flow, FlowKey, NatKey, Service},
+};
+
+use crate::{forward::forward_to, maps::REVERSE_NAT, packet::TcpPacket};
+
+/// Candidate `attempt` for a new flow's source (address, port), wire order:
+/// a SNAT pair, or for `gateway` the client's own (one candidate only).
+#[inline(always)]
+pub fn source(service: &Service, key: &FlowKey, cfg: &DataplaneConfig, hash: u32, attempt: u32) -> Option<(u32, u16)> {
+    if service.forwarding == FORWARDING_GATEWAY {
+        return (attempt == 0).then_some((key.client_addr, key.client_port));
+    }
+    Some(cfg.snat_candidate(hash, attempt))
+}
+
+/// What a SYN that found no free source is counted as.
+#[inline(always)]
+pub const fn no_source(service: &Service) -> Counter {
+    if service.forwarding == FORWARDING_GATEWAY {
+        Counter::GatewayCollision
+    } else {
+        Counter::SnatPortsExhausted
+    }
+}
+
+/// Whether `pkt`, to no VIP or SNAT address, is a backend's reply to a
+/// `gateway` flow's client: its (backend, client) key has an entry.
+/// Anything else (the host's own traffic included) passes untouched.
+#[inline(always)]
+pub fn is_gateway_reply(pkt: &TcpPacket<'_>) -> bool {
+    let nat = NatKey {
+        backend_addr: pkt.src_addr(),
+        snat_addr: pkt.dst_addr(),
+        backend_port: pkt.src_port(),
+        snat_port: pkt.dst_port(),
+    };
+    // SAFETY: only whether an entry exists is read.
+    unsafe { REVERSE_NAT.get(nat) }.is_some()
+}
+
+/// A `dsr` flow's client segment acknowledging a SYN-ACK the LB never saw:
+/// the backend's SYN-ACK is taken into the flow as the ACK shows it (ending
+/// at the acknowledged number), so the ACK then establishes the flow as in
+/// the other modes. The LB cannot check the backend's ISN it never saw.
+#[inline(always)]
+pub fn infer_syn_ack(flow: &mut Flow, seg: &Segment) {
+    if flow.state & (SYN_SEEN | SYN_ACK_SEEN) != SYN_SEEN || seg.flags & (TCP_SYN | TCP_ACK) != TCP_ACK {
+        return;
+    }
+    let syn_ack = Segment {
+        flags: TCP_SYN | TCP_ACK,
+        seq: seg.ack.wrapping_sub(1),
+        ack: flow.client.end,
+        payload_len: 0,
+    };
+    flow_state::advance(flow, Direction::FromBackend, &syn_ack);
+}
+
+/// Sends a `dsr` packet unchanged but for its MACs to `backend`, which must
+/// be on-link (else dropped, `dsr_not_on_link`).
+#[inline(always)]
+pub fn to_backend_mac(ctx: &XdpContext, pkt: &mut TcpPacket<'_>, backend: &Backend) -> u32 {
+    forward_to(ctx, pkt, backend.addr, true)
+}
