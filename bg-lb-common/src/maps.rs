@@ -336,6 +336,13 @@ pub struct Flow {
 }
 
 impl Flow {
+    /// Whether the flow owns a reverse-NAT entry: all but a `dsr` service's
+    /// flows ([`FORWARDING_DSR`]), whose source address stays 0.
+    #[inline(always)]
+    pub const fn has_reply_path(&self) -> bool {
+        self.snat_addr != 0
+    }
+
     /// How the flow's backend (`backend`) replies arrive: the reverse-NAT
     /// key the flow owns.
     #[inline(always)]

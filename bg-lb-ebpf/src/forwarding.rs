@@ -12,13 +12,16 @@
 //!   counted (`gateway_collision`); picking another backend would break the
 //!   lookup table's ratio and pinning for a case a client's next port ends.
 //! - `dsr`: no reverse entry and no rewrite; the frame goes to the backend's
-//!   MAC, which must be on-link. Replies bypass the LB, so the client's ACK
-//!   of the backend's SYN-ACK is the only sign of the handshake.
+//!   MAC, which must be on-link. Replies bypass the LB, so the flow's state
+//!   follows the client alone ([`advance_dsr`]).
 
 use aya_ebpf::programs::XdpContext;
 use bg_lb_common::{
     counters::Counter,
-    flow_state::{self, Direction, SYN_ACK_SEEN, SYN_SEEN, Segment, TCP_ACK, TCP_SYN},
+    flow_state::{
+        self, Direction, Event, FIN_FROM_BACKEND, FIN_FROM_CLIENT, SYN_ACK_SEEN, SYN_SEEN, Segment, TCP_ACK, TCP_FIN,
+        TCP_SYN,
+    },
     maps::{Backend, DataplaneConfig, FORWARDING_GATEWAY, Flow, FlowKey, NatKey, Service},
 };
 
@@ -59,22 +62,39 @@ pub fn is_gateway_reply(pkt: &TcpPacket<'_>) -> bool {
     unsafe { REVERSE_NAT.get(nat) }.is_some()
 }
 
-/// A `dsr` flow's client segment acknowledging a SYN-ACK the LB never saw:
-/// the backend's SYN-ACK is taken into the flow as the ACK shows it (ending
-/// at the acknowledged number), so the ACK then establishes the flow as in
-/// the other modes. The LB cannot check the backend's ISN it never saw.
+/// Takes a `dsr` flow's client segment into its state, with what the
+/// segment shows of the backend's side, which the LB never sees:
+/// - an ACK before the handshake is done acknowledges the backend's SYN-ACK,
+///   taken in as ending at the acknowledged number (the LB cannot check an
+///   ISN it never saw), so the ACK establishes the flow as in the other
+///   modes;
+/// - the client's FIN ends the flow as both FINs would: after it only the
+///   client's last ACKs normally follow, which the flow, lingering for the
+///   closing timeout, still forwards. (A backend that goes on sending after
+///   the client's FIN is acknowledged through a flow the sweep may remove:
+///   the README says so.)
 #[inline(always)]
-pub fn infer_syn_ack(flow: &mut Flow, seg: &Segment) {
-    if flow.state & (SYN_SEEN | SYN_ACK_SEEN) != SYN_SEEN || seg.flags & (TCP_SYN | TCP_ACK) != TCP_ACK {
-        return;
+pub fn advance_dsr(flow: &mut Flow, seg: &Segment) -> Event {
+    if flow.state & (SYN_SEEN | SYN_ACK_SEEN) == SYN_SEEN && seg.flags & (TCP_SYN | TCP_ACK) == TCP_ACK {
+        let syn_ack = Segment {
+            flags: TCP_SYN | TCP_ACK,
+            seq: seg.ack.wrapping_sub(1),
+            ack: flow.client.end,
+            payload_len: 0,
+        };
+        flow_state::advance(flow, Direction::FromBackend, &syn_ack);
     }
-    let syn_ack = Segment {
-        flags: TCP_SYN | TCP_ACK,
-        seq: seg.ack.wrapping_sub(1),
-        ack: flow.client.end,
-        payload_len: 0,
-    };
-    flow_state::advance(flow, Direction::FromBackend, &syn_ack);
+    let event = flow_state::advance(flow, Direction::FromClient, seg);
+    if flow.state & (FIN_FROM_CLIENT | FIN_FROM_BACKEND) == FIN_FROM_CLIENT {
+        let fin = Segment {
+            flags: TCP_FIN | TCP_ACK,
+            seq: flow.backend.end,
+            ack: flow.client.end,
+            payload_len: 0,
+        };
+        flow_state::advance(flow, Direction::FromBackend, &fin);
+    }
+    event
 }
 
 /// Sends a `dsr` packet unchanged but for its MACs to `backend`, which must

@@ -269,10 +269,11 @@ fn pinned_flow(key: &FlowKey, seg: &Segment, service: &Service, nat_epoch: u32, 
             step => return Lookup::Proxy(step),
         }
     }
-    if !service.has_reply_path() {
-        forwarding::infer_syn_ack(flow, seg);
-    }
-    let event = flow_state::advance(flow, Direction::FromClient, seg);
+    let event = if service.has_reply_path() {
+        flow_state::advance(flow, Direction::FromClient, seg)
+    } else {
+        forwarding::advance_dsr(flow, seg)
+    };
     flow.last_seen_ns = now;
     Lookup::Pinned(Route {
         backend_id: flow.backend_id,

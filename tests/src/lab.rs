@@ -13,6 +13,7 @@ use std::{
 };
 
 use bg_lb::{
+    dataplane::forwarding::Forwarding,
     protocol::{BackendHealth, ServiceStatus},
     ratio::Pool,
 };
@@ -21,7 +22,7 @@ use crate::{
     daemon::{Daemon, DemoBackend, Launch},
     http,
     servers::{NameClient, NameServer, ask_names},
-    topology::{LB_ADDR, OneArm},
+    topology::{CLIENT_ADDR, LB_ADDR, OneArm},
 };
 
 pub const BACKEND_PORT: u16 = 8080;
@@ -45,13 +46,13 @@ pub fn pool_of_name(name: &str) -> Pool {
 }
 
 /// A config section per backend, in the labs' pools.
-fn backend_sections(backends: &[Ipv4Addr], extra: &str) -> String {
+fn backend_sections(backends: &[Ipv4Addr], port: u16, extra: &str) -> String {
     backends
         .iter()
         .enumerate()
         .map(|(i, addr)| {
             format!(
-                "\n[[service.backend]]\npool = \"{}\"\naddress = \"{addr}:{BACKEND_PORT}\"\n{extra}",
+                "\n[[service.backend]]\npool = \"{}\"\naddress = \"{addr}:{port}\"\n{extra}",
                 pool_of(i)
             )
         })
@@ -63,6 +64,7 @@ fn backend_sections(backends: &[Ipv4Addr], extra: &str) -> String {
 pub struct NameLab {
     pub daemon: Daemon,
     servers: Vec<Option<NameServer>>,
+    forwarding: Forwarding,
     _peer_xdp: aya::Ebpf,
     pub topo: OneArm,
 }
@@ -85,6 +87,10 @@ pub struct NameLabConfig<'a> {
     pub service: &'a str,
     /// Every backend's weight, if set.
     pub weight: Option<u32>,
+    /// The service's `forwarding`; the backends are set up for it
+    /// ([`crate::topology::Host::serve_for`]). Under `dsr` they listen on
+    /// the VIP's port, on every address.
+    pub forwarding: Forwarding,
 }
 
 impl NameLabConfig<'_> {
@@ -92,6 +98,7 @@ impl NameLabConfig<'_> {
     /// `state_dir` and `[admin] socket` lines.
     fn render(&self, vip: SocketAddrV4, backends: &[Ipv4Addr], paths: &str) -> String {
         let weight = self.weight.map_or(String::new(), |w| format!("weight = {w}\n"));
+        let forwarding = format!("forwarding = \"{}\"\n", self.forwarding);
         let snat = if self.snat_addresses.is_empty() {
             format!("snat_address = \"{LB_ADDR}\"")
         } else {
@@ -100,12 +107,12 @@ impl NameLabConfig<'_> {
         };
         format!(
             "{}interface = \"eth0\"\nxdp_mode = \"native\"\n{snat}\nmax_flows = 65536\n\
-             lookup_capacity = 262148\n{paths}{}\n{}[[service]]\nname = \"{SERVICE}\"\nvip = \"{vip}\"\n{}{}",
+             lookup_capacity = 262148\n{paths}{}\n{}[[service]]\nname = \"{SERVICE}\"\nvip = \"{vip}\"\n{forwarding}{}{}",
             self.settings,
             self.admin,
             self.tables,
             self.service,
-            backend_sections(backends, &weight)
+            backend_sections(backends, backend_port(self.forwarding), &weight)
         )
     }
 }
@@ -119,13 +126,16 @@ impl NameLab {
         for addr in config.snat_addresses.iter().filter(|&&a| a != LB_ADDR) {
             topo.lb.ns.ip(&format!("addr add {addr}/32 dev eth0"));
         }
-        let servers = NameServer::start_on_each(&topo.backends, BACKEND_PORT)
-            .into_iter()
-            .map(Some)
+        for host in &topo.backends {
+            host.serve_for(config.forwarding, LB_ADDR, CLIENT_ADDR, topo.vip);
+        }
+        let servers = (0..backends)
+            .map(|i| Some(name_server(&topo, config.forwarding, i)))
             .collect();
         let peer_xdp = topo.pass_lb_frames_to_switch();
         let addrs: Vec<_> = topo.backends.iter().map(|b| b.addr).collect();
         let vip = SocketAddrV4::new(topo.vip, 80);
+        let forwarding = config.forwarding;
         let config = |paths: &str| config.render(vip, &addrs, paths);
         let daemon = match launch {
             Some(launch) => Daemon::start_launched(bin, &topo.lb.ns, launch, config),
@@ -134,6 +144,7 @@ impl NameLab {
         NameLab {
             daemon,
             servers,
+            forwarding,
             _peer_xdp: peer_xdp,
             topo,
         }
@@ -144,7 +155,7 @@ impl NameLab {
     }
 
     pub fn backend_addr(&self, i: usize) -> SocketAddrV4 {
-        SocketAddrV4::new(self.topo.backends[i].addr, BACKEND_PORT)
+        SocketAddrV4::new(self.topo.backends[i].addr, backend_port(self.forwarding))
     }
 
     /// Stops backend `i`'s server, as in a crash.
@@ -154,8 +165,7 @@ impl NameLab {
 
     /// Starts backend `i`'s server again after [`NameLab::stop_server`].
     pub fn start_server(&mut self, i: usize) {
-        let host = &self.topo.backends[i];
-        self.servers[i] = Some(NameServer::start(&host.ns, self.backend_addr(i), format!("b{i}")));
+        self.servers[i] = Some(name_server(&self.topo, self.forwarding, i));
     }
 
     /// The names of the backends serving `n` fresh connections to the VIP,
@@ -191,6 +201,31 @@ impl NameLab {
             .ns
             .run(move || NameClient::connect(vip).expect("connect to the VIP"))
     }
+}
+
+/// The backends' port: the VIP's under `dsr`, which keeps it.
+fn backend_port(forwarding: Forwarding) -> u16 {
+    if forwarding == Forwarding::Dsr {
+        80
+    } else {
+        BACKEND_PORT
+    }
+}
+
+/// Backend `i`'s name server: on its address, or under `dsr` on every
+/// address (the VIP's on its dummy included).
+fn name_server(topo: &OneArm, forwarding: Forwarding, i: usize) -> NameServer {
+    let host = &topo.backends[i];
+    let ip = if forwarding == Forwarding::Dsr {
+        Ipv4Addr::UNSPECIFIED
+    } else {
+        host.addr
+    };
+    NameServer::start(
+        &host.ns,
+        SocketAddrV4::new(ip, backend_port(forwarding)),
+        format!("b{i}"),
+    )
 }
 
 #[derive(Clone, Debug)]
@@ -339,6 +374,6 @@ fn config(vip: Ipv4Addr, backends: &[Ipv4Addr], o: &LabOptions, paths: &str) -> 
         ms(o.timeout),
         o.rise,
         o.fall,
-        backend_sections(backends, "")
+        backend_sections(backends, BACKEND_PORT, "")
     )
 }

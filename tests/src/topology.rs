@@ -16,6 +16,7 @@ use aya::{
     Ebpf,
     programs::{Xdp, XdpMode},
 };
+use bg_lb::dataplane::forwarding::Forwarding;
 use nix::sched::{CloneFlags, setns};
 
 use crate::cmd::{ifindex, ip, run};
@@ -82,6 +83,35 @@ impl Drop for NetNs {
 pub struct Host {
     pub ns: NetNs,
     pub addr: Ipv4Addr,
+}
+
+impl Host {
+    /// Sets a backend up for `forwarding` as the README's "Forwarding
+    /// modes" says, in its own namespace only: under `gateway` its replies
+    /// to `client` go through the LB at `lb` (on one segment, a host route:
+    /// the connected route would win over a default route); under `dsr` it
+    /// holds `vip` on its loopback and never answers ARP for it.
+    pub fn serve_for(&self, forwarding: Forwarding, lb: Ipv4Addr, client: Ipv4Addr, vip: Ipv4Addr) {
+        match forwarding {
+            Forwarding::FullNat => {}
+            Forwarding::Gateway => {
+                self.ns.ip(&format!("route add {client}/32 via {lb} dev eth0"));
+            }
+            Forwarding::Dsr => {
+                // On the loopback: this kernel has no dummy interfaces, and
+                // the README gives both.
+                self.ns.ip(&format!("addr add {vip}/32 dev lo"));
+                for setting in [
+                    "net.ipv4.conf.all.arp_ignore=1",
+                    "net.ipv4.conf.all.arp_announce=2",
+                    "net.ipv4.conf.eth0.arp_ignore=1",
+                    "net.ipv4.conf.eth0.arp_announce=2",
+                ] {
+                    self.ns.sysctl(setting);
+                }
+            }
+        }
+    }
 }
 
 /// `10.99.0.0/24` on a bridge: the LB is .1 (also the SNAT address), the

@@ -16,7 +16,7 @@ use bg_lb_tests::{
         BACKEND_ISN, BLUE, GATEWAY_MAC, LB_MAC, PacketLab, PacketLabOptions, VIP, XDP_DROP, XDP_PASS, XDP_REDIRECT,
         XDP_TX, client, from_client, mac_of,
     },
-    packets::{ACK, Numbers, PSH_ACK, SEQ, SYN, numbered_tcp_frame, parse_checked, tcp_frame, with_ttl},
+    packets::{ACK, FIN_ACK, Numbers, PSH_ACK, SEQ, SYN, numbered_tcp_frame, parse_checked, tcp_frame, with_ttl},
     require_root,
 };
 
@@ -146,6 +146,24 @@ fn dsr_packets_have_only_their_macs_rewritten_and_keep_no_reverse_entry() {
             "the client's ACK of the SYN-ACK it got from the backend establishes the flow"
         );
         assert!(lab.reverse_nats().is_empty(), "no reply path, no reverse entry");
+    });
+}
+
+#[test]
+fn dsr_client_fin_ends_the_flow_as_the_lb_never_sees_the_backends() {
+    in_lab(Forwarding::Dsr, |lab| {
+        let from = client(1006);
+        let numbers = Numbers {
+            seq: SEQ + 1,
+            ack: BACKEND_ISN + 1,
+        };
+        assert_eq!(lab.run(&from_client(from, SYN)).0, XDP_REDIRECT);
+        for flags in [ACK, FIN_ACK] {
+            let frame = numbered_tcp_frame(GATEWAY_MAC, LB_MAC, from, VIP, flags, numbers, b"");
+            assert_eq!(lab.run(&frame).0, XDP_REDIRECT);
+        }
+        let flow = lab.flow(from).expect("lingers for its last ACKs");
+        assert_eq!(flow_state::phase(flow.state), flow_state::FlowPhase::Closed);
     });
 }
 

@@ -235,6 +235,24 @@ fn a_flow_whose_reverse_entry_is_gone_or_names_another_flow_is_an_orphan() {
 }
 
 #[test]
+fn a_dsr_flow_owns_no_reverse_entry_and_is_no_orphan_without_one() {
+    let established = SYN_SEEN | SYN_ACK_SEEN | ESTABLISHED;
+    let dsr = Flow {
+        snat_addr: 0,
+        snat_port: 0,
+        ..pinned(established, 0)
+    };
+    let judged = sweep(&[(key(1), dsr)], &[]);
+    assert!(removals(&judged).is_empty());
+    assert_eq!((judged.census.open_of(BACKEND_ID), judged.census.orphans), (1, 0));
+    assert_eq!(
+        judged.census.snat_pairs_of(backend().addr()),
+        0,
+        "it holds no SNAT pair"
+    );
+}
+
+#[test]
 fn flows_of_a_removed_service_end_with_their_reverse_entries() {
     let mut gone = pinned(SYN_SEEN | SYN_ACK_SEEN | ESTABLISHED, 20000);
     gone.service_id = 5;

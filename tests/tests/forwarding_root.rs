@@ -1,0 +1,154 @@
+//! Forwarding-mode end-to-end tests (root): `bg-lb run` with a `gateway` or
+//! `dsr` service, backends in namespaces set up as the README's "Forwarding
+//! modes" says, real TCP. Each backend reports the peer address it sees:
+//! the client's own, in both modes.
+
+use std::{
+    process::{Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use bg_lb::{dataplane::forwarding::Forwarding, ratio::Pool};
+use bg_lb_tests::{
+    lab::{NameLab, NameLabConfig, pool_of_name},
+    servers::NameClient,
+    topology::CLIENT_ADDR,
+};
+
+const BG_LB: &str = env!("CARGO_BIN_EXE_bg-lb-under-test");
+
+/// Four backends (b0, b1 blue; b2, b3 green) at `ratio`, forwarding by
+/// `forwarding`.
+fn start_lab(forwarding: Forwarding, ratio: &str) -> NameLab {
+    let config = NameLabConfig {
+        service: &format!("ratio = \"{ratio}\"\n"),
+        weight: Some(100),
+        forwarding,
+        ..NameLabConfig::default()
+    };
+    NameLab::start(BG_LB, 4, None, &config)
+}
+
+/// Asserts the backend on the other end of `connection` sees the client's
+/// own address and port; returns the backend's name.
+fn assert_backend_sees_the_client(lab: &NameLab, connection: &mut NameClient) -> String {
+    let seen = connection
+        .peer_seen()
+        .unwrap_or_else(|e| panic!("ask the backend: {e}\n{}", lab.daemon.log()));
+    let client = connection.local_addr();
+    assert_eq!(*client.ip(), CLIENT_ADDR);
+    assert_eq!(
+        seen,
+        client.to_string(),
+        "the backend sees the client, not a SNAT address"
+    );
+    connection.ask().expect("ask the backend's name")
+}
+
+/// `bg-lb ctl drain web blue --wait`, running.
+fn drain_blue_and_wait(lab: &NameLab) -> std::process::Child {
+    Command::new(BG_LB)
+        .args(["ctl", "--socket"])
+        .arg(lab.daemon.socket())
+        .args(["drain", "web", "blue", "--wait", "--timeout", "60s"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run ctl drain")
+}
+
+/// Waits until the drain has moved the ratio away from blue.
+fn wait_for_green_only(lab: &NameLab) {
+    let switched = Instant::now() + Duration::from_secs(10);
+    while lab.daemon.status("web").ratio.to_string() != "0:100" {
+        assert!(Instant::now() < switched, "drain did not switch the ratio");
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn gateway_backend_sees_the_client_and_drain_wait_returns_once_its_connection_closes() {
+    let lab = start_lab(Forwarding::Gateway, "100:0");
+    let mut long_lived = lab.connect();
+    let backend = assert_backend_sees_the_client(&lab, &mut long_lived);
+    assert_eq!(pool_of_name(&backend), Pool::Blue);
+
+    let mut drain = drain_blue_and_wait(&lab);
+    wait_for_green_only(&lab);
+    for _ in 0..5 {
+        assert_eq!(long_lived.ask().expect("the draining connection works"), backend);
+        assert!(
+            drain.try_wait().unwrap().is_none(),
+            "drain --wait returned while a blue connection was open"
+        );
+        assert!(
+            lab.names(5).iter().all(|n| pool_of_name(n) == Pool::Green),
+            "new connections avoid the drained pool"
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+    // The backend's FIN crosses the LB too: both sides' FINs end the flow.
+    drop(long_lived);
+    let out = drain.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}\n{}", lab.daemon.log());
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("drained after"),
+        "{out:?}"
+    );
+    assert_eq!(lab.daemon.status("web").open_flows(Pool::Blue), 0);
+}
+
+#[test]
+fn gateway_connection_survives_a_kill9_restart_and_status_names_the_mode() {
+    let mut lab = start_lab(Forwarding::Gateway, "0:100");
+    let mut long_lived = lab.connect();
+    let backend = assert_backend_sees_the_client(&lab, &mut long_lived);
+    assert_eq!(pool_of_name(&backend), Pool::Green);
+
+    lab.daemon.kill9();
+    assert_eq!(long_lived.ask().expect("works with no daemon"), backend);
+    lab.daemon.spawn();
+    assert_eq!(long_lived.ask().expect("survives the restart"), backend);
+    assert!(lab.daemon.status("web").open_flows(Pool::Green) >= 1);
+    let out = lab.daemon.ctl_ok(&["status"]);
+    assert!(out.contains("forwarding gateway"), "{out}");
+    let mut fresh = lab.connect();
+    assert_backend_sees_the_client(&lab, &mut fresh);
+}
+
+#[test]
+fn dsr_backend_sees_the_client_a_ratio_change_moves_new_connections_and_status_says_what_is_lost() {
+    let lab = start_lab(Forwarding::Dsr, "100:0");
+    let mut connection = lab.connect();
+    let backend = assert_backend_sees_the_client(&lab, &mut connection);
+    assert_eq!(pool_of_name(&backend), Pool::Blue);
+    assert!(lab.names(20).iter().all(|n| pool_of_name(n) == Pool::Blue));
+
+    lab.daemon.ctl_ok(&["ratio", "web", "0:100"]);
+    assert!(lab.names(20).iter().all(|n| pool_of_name(n) == Pool::Green));
+    assert_eq!(connection.ask().expect("the pinned connection stays"), backend);
+
+    let out = lab.daemon.ctl_ok(&["status"]);
+    assert!(out.contains("forwarding dsr"), "{out}");
+    assert!(out.contains("replies bypass the LB"), "{out}");
+}
+
+#[test]
+fn dsr_drain_wait_returns_once_the_client_closes_its_connection() {
+    // The LB never sees the backend's FIN: the client's ends the flow.
+    let lab = start_lab(Forwarding::Dsr, "100:0");
+    let mut long_lived = lab.connect();
+    let backend = assert_backend_sees_the_client(&lab, &mut long_lived);
+    assert_eq!(pool_of_name(&backend), Pool::Blue);
+
+    let mut drain = drain_blue_and_wait(&lab);
+    wait_for_green_only(&lab);
+    assert_eq!(long_lived.ask().expect("the draining connection works"), backend);
+    assert!(drain.try_wait().unwrap().is_none(), "returned with the connection open");
+    assert!(lab.names(5).iter().all(|n| pool_of_name(n) == Pool::Green));
+    drop(long_lived);
+    let out = drain.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}\n{}", lab.daemon.log());
+    assert_eq!(lab.daemon.status("web").open_flows(Pool::Blue), 0);
+}
