@@ -55,7 +55,7 @@ pub fn bg_lb(ctx: XdpContext) -> u32 {
     }
     let pkt = match parse_tcp(&ctx) {
         Ok(pkt) => pkt,
-        Err(NotForUs::Icmp) => return icmp::icmp_error(&ctx, cfg),
+        Err(NotForUs::Icmp) => return icmp::icmp_error(&ctx),
         Err(NotForUs::Other) => {
             count(Counter::Passed);
             return XDP_PASS;

@@ -16,9 +16,13 @@ use bg_lb_tests::{
         BACKEND_ISN, BLUE, GATEWAY_MAC, LB_MAC, PacketLab, PacketLabOptions, VIP, XDP_DROP, XDP_PASS, XDP_REDIRECT,
         XDP_TX, client, from_client, mac_of,
     },
-    packets::{ACK, FIN_ACK, Numbers, PSH_ACK, SEQ, SYN, numbered_tcp_frame, parse_checked, tcp_frame, with_ttl},
+    packets::{
+        ACK, FIN_ACK, Numbers, PSH_ACK, SEQ, SYN, icmp_error_frame, numbered_tcp_frame, parse_checked,
+        parse_checked_icmp, quote_of, tcp_frame, with_ttl,
+    },
     require_root,
 };
+use etherparse::{Icmpv4Type, icmpv4::DestUnreachableHeader};
 
 /// A second VIP, for the gateway collision.
 const VIP_2: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 101), 80);
@@ -120,6 +124,34 @@ fn gateway_collision_refuses_the_second_vips_syn_with_a_rst_and_keeps_the_first_
             VIP,
             "the reply still belongs to the first VIP's flow"
         );
+    });
+}
+
+#[test]
+fn gateway_icmp_error_from_the_backend_about_a_forwarded_packet_reaches_the_client_about_the_vip() {
+    in_lab(Forwarding::Gateway, |lab| {
+        let from = client(1007);
+        let (_, emitted) = lab.run(&from_client(from, SYN));
+        let backend = parse_checked(&emitted).dst;
+        let unreachable = Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::Port);
+        let error = icmp_error_frame(
+            mac_of(*backend.ip()),
+            LB_MAC,
+            *backend.ip(),
+            *from.ip(),
+            unreachable,
+            &quote_of(&emitted, 20),
+        );
+        let (verdict, out) = lab.run(&error);
+        assert_eq!(verdict, XDP_REDIRECT);
+        let icmp = parse_checked_icmp(&out);
+        assert_eq!(icmp.dst, *from.ip());
+        assert_eq!(
+            (icmp.quoted_src, icmp.quoted_dst),
+            (from, VIP),
+            "the quote is of the packet the client sent"
+        );
+        assert_eq!(lab.counter(Counter::IcmpErrorToClient), 1);
     });
 }
 
