@@ -12,6 +12,7 @@ use super::{
 use crate::{
     dataplane::{
         AttachMode,
+        forwarding::Forwarding,
         housekeeping::FlowTimeouts,
         syn_proxy::{SynProxy, SynProxyMode},
     },
@@ -265,6 +266,7 @@ fn example_file_parses() {
     assert_eq!(pools, [Pool::Blue, Pool::Blue, Pool::Green, Pool::Green]);
     assert_eq!(web.backends[3].weight, 0, "the example shows a drained backend");
     assert_eq!(web.syn_proxy, SynProxy::default(), "the example shows the defaults");
+    assert_eq!(web.forwarding, Forwarding::default(), "the example shows the default");
     assert_eq!(
         web.health,
         HealthConfig {
