@@ -22,7 +22,7 @@ use crate::{
     daemon::{Daemon, DemoBackend, Launch},
     http,
     servers::{NameClient, NameServer, ask_names},
-    topology::{CLIENT_ADDR, LB_ADDR, OneArm},
+    topology::{CLIENT_ADDR, LB_ADDR, OneArm, STANDBY_VIP_ADDR},
 };
 
 pub const BACKEND_PORT: u16 = 8080;
@@ -127,7 +127,7 @@ impl NameLab {
             topo.lb.ns.ip(&format!("addr add {addr}/32 dev eth0"));
         }
         for host in &topo.backends {
-            host.serve_for(config.forwarding, LB_ADDR, CLIENT_ADDR, topo.vip);
+            host.serve_for(config.forwarding, LB_ADDR, CLIENT_ADDR, &[topo.vip]);
         }
         let servers = (0..backends)
             .map(|i| Some(name_server(&topo, config.forwarding, i)))
@@ -239,6 +239,10 @@ pub struct LabOptions {
     pub rise: u32,
     pub fall: u32,
     pub max_flows: u32,
+    /// The service's `forwarding`, the backends set up for it. Under `dsr`
+    /// the backends listen on port 80 on every address, and the standby VIP
+    /// is [`STANDBY_VIP_ADDR`]:80 (a standby VIP must keep the port).
+    pub forwarding: Forwarding,
 }
 
 impl Default for LabOptions {
@@ -252,6 +256,7 @@ impl Default for LabOptions {
             rise: 2,
             fall: 2,
             max_flows: 65536,
+            forwarding: Forwarding::default(),
         }
     }
 }
@@ -260,6 +265,7 @@ pub struct BlueGreenLab {
     pub topo: OneArm,
     pub daemon: Daemon,
     pub backends: Vec<DemoBackend>,
+    forwarding: Forwarding,
     _peer_xdp: aya::Ebpf,
 }
 
@@ -270,7 +276,15 @@ impl BlueGreenLab {
     pub fn start(bin: &'static str, options: &LabOptions) -> Self {
         crate::require_root();
         let topo = OneArm::new(4);
-        let backends = DemoBackend::start_on_each(bin, &topo.backends, BACKEND_PORT);
+        let dsr = options.forwarding == Forwarding::Dsr;
+        if dsr {
+            topo.lb.ns.ip(&format!("addr add {STANDBY_VIP_ADDR}/32 dev eth0"));
+        }
+        for host in &topo.backends {
+            host.serve_for(options.forwarding, LB_ADDR, CLIENT_ADDR, &[topo.vip, STANDBY_VIP_ADDR]);
+        }
+        let port = backend_port(options.forwarding);
+        let backends = DemoBackend::start_on_each_listening(bin, &topo.backends, port, dsr);
         let peer_xdp = topo.pass_lb_frames_to_switch();
         let addrs: Vec<_> = topo.backends.iter().map(|b| b.addr).collect();
         let vip = topo.vip;
@@ -279,6 +293,7 @@ impl BlueGreenLab {
             topo,
             daemon,
             backends,
+            forwarding: options.forwarding,
             _peer_xdp: peer_xdp,
         };
         let standby_checked = options.check == "http";
@@ -298,7 +313,7 @@ impl BlueGreenLab {
     }
 
     pub fn standby_vip(&self) -> SocketAddrV4 {
-        SocketAddrV4::new(self.topo.vip, BACKEND_PORT)
+        standby_vip(self.topo.vip, self.forwarding)
     }
 
     /// Backend indices of `pool`.
@@ -359,14 +374,26 @@ impl BlueGreenLab {
     }
 }
 
+/// The [`BlueGreenLab`]'s standby VIP: another port of the live VIP's
+/// address, or under `dsr`, which keeps the port, another address.
+fn standby_vip(vip: Ipv4Addr, forwarding: Forwarding) -> SocketAddrV4 {
+    if forwarding == Forwarding::Dsr {
+        SocketAddrV4::new(STANDBY_VIP_ADDR, 80)
+    } else {
+        SocketAddrV4::new(vip, BACKEND_PORT)
+    }
+}
+
 fn config(vip: Ipv4Addr, backends: &[Ipv4Addr], o: &LabOptions, paths: &str) -> String {
     let ms = |d: Duration| d.as_millis();
     format!(
         "interface = \"eth0\"\nxdp_mode = \"native\"\nsnat_address = \"{LB_ADDR}\"\nmax_flows = {}\n\
          lookup_capacity = 524296\n{paths}\n[[service]]\nname = \"{SERVICE}\"\nvip = \"{vip}:80\"\n\
-         standby_vip = \"{vip}:{BACKEND_PORT}\"\nratio = \"{}\"\n\n[service.health]\ntype = \"{}\"\n\
+         standby_vip = \"{}\"\nforwarding = \"{}\"\nratio = \"{}\"\n\n[service.health]\ntype = \"{}\"\n\
          interval = \"{}ms\"\nfast_interval = \"{}ms\"\ntimeout = \"{}ms\"\nrise = {}\nfall = {}\n{}",
         o.max_flows,
+        standby_vip(vip, o.forwarding),
+        o.forwarding,
         o.ratio,
         o.check,
         ms(o.interval),
@@ -374,6 +401,6 @@ fn config(vip: Ipv4Addr, backends: &[Ipv4Addr], o: &LabOptions, paths: &str) -> 
         ms(o.timeout),
         o.rise,
         o.fall,
-        backend_sections(backends, BACKEND_PORT, "")
+        backend_sections(backends, backend_port(o.forwarding), "")
     )
 }

@@ -90,8 +90,8 @@ impl Host {
     /// modes" says, in its own namespace only: under `gateway` its replies
     /// to `client` go through the LB at `lb` (on one segment, a host route:
     /// the connected route would win over a default route); under `dsr` it
-    /// holds `vip` on its loopback and never answers ARP for it.
-    pub fn serve_for(&self, forwarding: Forwarding, lb: Ipv4Addr, client: Ipv4Addr, vip: Ipv4Addr) {
+    /// holds the `vips` on its loopback and never answers ARP for them.
+    pub fn serve_for(&self, forwarding: Forwarding, lb: Ipv4Addr, client: Ipv4Addr, vips: &[Ipv4Addr]) {
         match forwarding {
             Forwarding::FullNat => {}
             Forwarding::Gateway => {
@@ -100,7 +100,9 @@ impl Host {
             Forwarding::Dsr => {
                 // On the loopback: this kernel has no dummy interfaces, and
                 // the README gives both.
-                self.ns.ip(&format!("addr add {vip}/32 dev lo"));
+                for vip in vips {
+                    self.ns.ip(&format!("addr add {vip}/32 dev lo"));
+                }
                 for setting in [
                     "net.ipv4.conf.all.arp_ignore=1",
                     "net.ipv4.conf.all.arp_announce=2",
@@ -128,6 +130,9 @@ pub struct OneArm {
 pub const LB_ADDR: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 1);
 pub const CLIENT_ADDR: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 2);
 pub const VIP_ADDR: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 100);
+/// A second VIP address, for a standby VIP that must keep the live VIP's
+/// port (`dsr`).
+pub const STANDBY_VIP_ADDR: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 101);
 /// The switch-side port of the LB's veth: native XDP_TX frames only reach a
 /// veth peer that runs an XDP program, so tests attach `xdp_pass` here.
 pub const LB_SWITCH_PORT: &str = "p-lb";
