@@ -299,7 +299,10 @@ pub struct Flow {
     pub service_id: u32,
     /// Wire order, as in [`NatKey::snat_port`].
     pub snat_port: u16,
-    pub _pad: u16,
+    /// Its service's [`Service::forwarding`] when it was pinned: under
+    /// [`FORWARDING_GATEWAY`] its "SNAT" pair is the client's own, under
+    /// [`FORWARDING_DSR`] it has none.
+    pub forwarding: u16,
     /// Bits from [`crate::flow_state`].
     pub state: u32,
     pub created_ns: u64,
@@ -337,10 +340,17 @@ pub struct Flow {
 
 impl Flow {
     /// Whether the flow owns a reverse-NAT entry: all but a `dsr` service's
-    /// flows ([`FORWARDING_DSR`]), whose source address stays 0.
+    /// flows.
     #[inline(always)]
     pub const fn has_reply_path(&self) -> bool {
-        self.snat_addr != 0
+        self.forwarding as u32 != FORWARDING_DSR
+    }
+
+    /// Whether the flow holds one of its backend's SNAT (address, port)
+    /// pairs: a full-NAT flow.
+    #[inline(always)]
+    pub const fn holds_snat_pair(&self) -> bool {
+        self.forwarding as u32 == FORWARDING_FULL_NAT
     }
 
     /// How the flow's backend (`backend`) replies arrive: the reverse-NAT

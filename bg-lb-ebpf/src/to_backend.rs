@@ -342,6 +342,8 @@ fn new_flow(
         // Its port is claimed (or, readopted, checked) now.
         nat_epoch: cfg.nat_epoch,
         proxy: synproxy::new_flow_bits(service),
+        // A mode is below 3: the cast keeps it.
+        forwarding: service.forwarding as u16,
         ..Flow::default()
     };
     if !flow_state::is_connection_request(seg.flags) {

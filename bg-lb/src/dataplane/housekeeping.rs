@@ -191,7 +191,7 @@ pub fn judge(
             continue;
         }
         let census = &mut sweep.census;
-        if let Some(nat) = nat.filter(|_| flow.has_reply_path()) {
+        if let Some(nat) = nat.filter(|_| flow.holds_snat_pair()) {
             *census.snat_pairs.entry(nat.backend()).or_default() += 1;
         }
         *census.total.entry(flow.backend_id).or_default() += 1;
