@@ -186,6 +186,16 @@ impl Daemon {
         self.ctl_command(args).output().expect("run bg-lb ctl")
     }
 
+    /// `bg-lb ctl --socket S ARGS`, running, its output piped: for
+    /// commands that wait (`drain --wait`).
+    pub fn ctl_spawn(&self, args: &[&str]) -> std::process::Child {
+        self.ctl_command(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run bg-lb ctl")
+    }
+
     fn ctl_command(&self, args: &[&str]) -> Command {
         let mut command = Command::new(self.bin);
         command.arg("ctl").arg("--socket").arg(self.socket()).args(args);

@@ -193,6 +193,15 @@ impl NameLab {
             .sum()
     }
 
+    /// Polls `web`'s status until its ratio is `ratio`; panics after 10 s.
+    pub fn wait_for_ratio(&self, ratio: &str) {
+        let until = Instant::now() + Duration::from_secs(10);
+        while self.daemon.status(SERVICE).ratio.to_string() != ratio {
+            assert!(Instant::now() < until, "the ratio did not become {ratio}");
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// An open connection through the VIP.
     pub fn connect(&self) -> NameClient {
         let vip = self.vip();

@@ -5,7 +5,7 @@ use std::{
     fs,
     io::{BufRead as _, BufReader, Write as _},
     os::unix::net::UnixStream,
-    process::{Command, Stdio},
+    process::Command,
     thread,
     time::{Duration, Instant},
 };
@@ -86,19 +86,10 @@ fn drain_wait_returns_only_after_the_long_lived_connection_to_the_pool_closes() 
     let backend = long_lived.ask().unwrap();
     assert_eq!(pool_of_name(&backend), Pool::Blue);
 
-    let mut drain = Command::new(BG_LB)
-        .args(["ctl", "--socket"])
-        .arg(lab.daemon.socket())
-        .args(["drain", "web", "blue", "--wait", "--timeout", "60s"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let switched = Instant::now() + Duration::from_secs(10);
-    while lab.daemon.status("web").ratio.to_string() != "0:100" {
-        assert!(Instant::now() < switched, "drain did not switch the ratio");
-        thread::sleep(Duration::from_millis(20));
-    }
+    let mut drain = lab
+        .daemon
+        .ctl_spawn(&["drain", "web", "blue", "--wait", "--timeout", "60s"]);
+    lab.wait_for_ratio("0:100");
     let until = Instant::now() + Duration::from_secs(3);
     while Instant::now() < until {
         assert_eq!(

@@ -3,11 +3,7 @@
 //! modes" says, real TCP. Each backend reports the peer address it sees:
 //! the client's own, in both modes.
 
-use std::{
-    process::{Command, Stdio},
-    thread,
-    time::{Duration, Instant},
-};
+use std::{thread, time::Duration};
 
 use bg_lb::{dataplane::forwarding::Forwarding, ratio::Pool};
 use bg_lb_tests::{
@@ -46,36 +42,20 @@ fn assert_backend_sees_the_client(lab: &NameLab, connection: &mut NameClient) ->
     connection.ask().expect("ask the backend's name")
 }
 
-/// `bg-lb ctl drain web blue --wait`, running.
-fn drain_blue_and_wait(lab: &NameLab) -> std::process::Child {
-    Command::new(BG_LB)
-        .args(["ctl", "--socket"])
-        .arg(lab.daemon.socket())
-        .args(["drain", "web", "blue", "--wait", "--timeout", "60s"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run ctl drain")
-}
-
-/// Waits until the drain has moved the ratio away from blue.
-fn wait_for_green_only(lab: &NameLab) {
-    let switched = Instant::now() + Duration::from_secs(10);
-    while lab.daemon.status("web").ratio.to_string() != "0:100" {
-        assert!(Instant::now() < switched, "drain did not switch the ratio");
-        thread::sleep(Duration::from_millis(20));
-    }
-}
-
-#[test]
-fn gateway_backend_sees_the_client_and_drain_wait_returns_once_its_connection_closes() {
-    let lab = start_lab(Forwarding::Gateway, "100:0");
+/// Under `forwarding`: a long-lived blue connection that the backend sees
+/// coming from the client keeps `drain web blue --wait` waiting, keeps
+/// working while new connections go green, and the drain returns once the
+/// client closes it.
+fn drain_wait_returns_once_the_connection_closes(forwarding: Forwarding) {
+    let lab = start_lab(forwarding, "100:0");
     let mut long_lived = lab.connect();
     let backend = assert_backend_sees_the_client(&lab, &mut long_lived);
     assert_eq!(pool_of_name(&backend), Pool::Blue);
 
-    let mut drain = drain_blue_and_wait(&lab);
-    wait_for_green_only(&lab);
+    let mut drain = lab
+        .daemon
+        .ctl_spawn(&["drain", "web", "blue", "--wait", "--timeout", "60s"]);
+    lab.wait_for_ratio("0:100");
     for _ in 0..5 {
         assert_eq!(long_lived.ask().expect("the draining connection works"), backend);
         assert!(
@@ -88,7 +68,6 @@ fn gateway_backend_sees_the_client_and_drain_wait_returns_once_its_connection_cl
         );
         thread::sleep(Duration::from_millis(100));
     }
-    // The backend's FIN crosses the LB too: both sides' FINs end the flow.
     drop(long_lived);
     let out = drain.wait_with_output().unwrap();
     assert!(out.status.success(), "{out:?}\n{}", lab.daemon.log());
@@ -97,6 +76,12 @@ fn gateway_backend_sees_the_client_and_drain_wait_returns_once_its_connection_cl
         "{out:?}"
     );
     assert_eq!(lab.daemon.status("web").open_flows(Pool::Blue), 0);
+}
+
+#[test]
+fn gateway_backend_sees_the_client_and_drain_wait_returns_once_its_connection_closes() {
+    // Both sides' FINs cross the LB and end the flow.
+    drain_wait_returns_once_the_connection_closes(Forwarding::Gateway);
 }
 
 #[test]
@@ -137,18 +122,5 @@ fn dsr_backend_sees_the_client_a_ratio_change_moves_new_connections_and_status_s
 #[test]
 fn dsr_drain_wait_returns_once_the_client_closes_its_connection() {
     // The LB never sees the backend's FIN: the client's ends the flow.
-    let lab = start_lab(Forwarding::Dsr, "100:0");
-    let mut long_lived = lab.connect();
-    let backend = assert_backend_sees_the_client(&lab, &mut long_lived);
-    assert_eq!(pool_of_name(&backend), Pool::Blue);
-
-    let mut drain = drain_blue_and_wait(&lab);
-    wait_for_green_only(&lab);
-    assert_eq!(long_lived.ask().expect("the draining connection works"), backend);
-    assert!(drain.try_wait().unwrap().is_none(), "returned with the connection open");
-    assert!(lab.names(5).iter().all(|n| pool_of_name(n) == Pool::Green));
-    drop(long_lived);
-    let out = drain.wait_with_output().unwrap();
-    assert!(out.status.success(), "{out:?}\n{}", lab.daemon.log());
-    assert_eq!(lab.daemon.status("web").open_flows(Pool::Blue), 0);
+    drain_wait_returns_once_the_connection_closes(Forwarding::Dsr);
 }
