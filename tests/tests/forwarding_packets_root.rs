@@ -8,7 +8,10 @@
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 
-use bg_lb::dataplane::forwarding::Forwarding;
+use bg_lb::dataplane::{
+    forwarding::Forwarding,
+    syn_proxy::{SynProxy, SynProxyMode},
+};
 use bg_lb_common::{counters::Counter, flow_state, maps::FlowKey};
 use bg_lb_tests::{
     netns::in_fresh_netns,
@@ -17,7 +20,7 @@ use bg_lb_tests::{
         XDP_TX, client, from_client, mac_of,
     },
     packets::{
-        ACK, FIN_ACK, Numbers, PSH_ACK, SEQ, SYN, icmp_error_frame, numbered_tcp_frame, parse_checked,
+        ACK, FIN_ACK, Numbers, PSH_ACK, SEQ, SYN, SYN_ACK, icmp_error_frame, numbered_tcp_frame, parse_checked,
         parse_checked_icmp, quote_of, tcp_frame, with_ttl,
     },
     require_root,
@@ -152,6 +155,82 @@ fn gateway_icmp_error_from_the_backend_about_a_forwarded_packet_reaches_the_clie
             "the quote is of the packet the client sent"
         );
         assert_eq!(lab.counter(Counter::IcmpErrorToClient), 1);
+    });
+}
+
+#[test]
+fn gateway_syn_proxy_opens_the_backend_from_the_clients_address_and_translates_its_replies() {
+    require_root();
+    in_fresh_netns(|| {
+        let lab = PacketLab::new(&PacketLabOptions {
+            forwarding: Forwarding::Gateway,
+            syn_proxy: SynProxy {
+                mode: SynProxyMode::Always,
+                ..SynProxy::default()
+            },
+            ..PacketLabOptions::with_ratio(100)
+        });
+        let from = client(1008);
+        let (verdict, out) = lab.run(&from_client(from, SYN));
+        assert_eq!(verdict, XDP_TX, "answered with a cookie");
+        let cookie = parse_checked(&out).seq;
+
+        let ack = numbered_tcp_frame(
+            GATEWAY_MAC,
+            LB_MAC,
+            from,
+            VIP,
+            ACK,
+            Numbers {
+                seq: SEQ + 1,
+                ack: cookie.wrapping_add(1),
+            },
+            b"",
+        );
+        let (verdict, out) = lab.run(&ack);
+        assert_eq!(verdict, XDP_REDIRECT);
+        let syn = parse_checked(&out);
+        assert!(syn.flags_syn && !syn.flags_ack);
+        assert_eq!(syn.src, from, "the backend's SYN comes from the client");
+
+        let syn_ack = numbered_tcp_frame(
+            mac_of(*syn.dst.ip()),
+            LB_MAC,
+            syn.dst,
+            from,
+            SYN_ACK,
+            Numbers {
+                seq: BACKEND_ISN,
+                ack: SEQ + 1,
+            },
+            b"",
+        );
+        let (verdict, out) = lab.run(&syn_ack);
+        assert_eq!(verdict, XDP_TX, "the proxy completes the backend's handshake");
+        let completing = parse_checked(&out);
+        assert_eq!((completing.src, completing.dst), (from, syn.dst));
+
+        let data = numbered_tcp_frame(
+            mac_of(*syn.dst.ip()),
+            LB_MAC,
+            syn.dst,
+            from,
+            PSH_ACK,
+            Numbers {
+                seq: BACKEND_ISN + 1,
+                ack: SEQ + 1,
+            },
+            b"hi",
+        );
+        let (verdict, out) = lab.run(&data);
+        assert_eq!(verdict, XDP_REDIRECT);
+        let reply = parse_checked(&out);
+        assert_eq!((reply.src, reply.dst), (VIP, from));
+        assert_eq!(
+            reply.seq,
+            cookie.wrapping_add(1),
+            "in the numbering the client got from the cookie"
+        );
     });
 }
 
