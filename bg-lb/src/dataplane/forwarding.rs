@@ -45,8 +45,8 @@ impl Forwarding {
         match self {
             Forwarding::FullNat | Forwarding::Gateway => None,
             Forwarding::Dsr => Some(
-                "replies bypass the LB: no backend-side signals (refusals, resets, FINs); drains end flows by \
-                 client FIN/RST or idle timeout, shifts judge by health and client RSTs",
+                "replies bypass the LB: no backend-side signals (refusals, resets, FINs, bytes out); drains end \
+                 flows by client FIN/RST or idle timeout; shifts see no failed connections (only health checks take a failing backend out)",
             ),
         }
     }
