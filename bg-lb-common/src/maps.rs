@@ -194,15 +194,6 @@ pub const FORWARDING_GATEWAY: u32 = 1;
 /// A flow has no [`REVERSE_NAT`] entry and no SNAT port.
 pub const FORWARDING_DSR: u32 = 2;
 
-impl Service {
-    /// Whether the service's replies cross the LB (full NAT and gateway):
-    /// only then does a flow own a [`REVERSE_NAT`] entry.
-    #[inline(always)]
-    pub const fn has_reply_path(&self) -> bool {
-        self.forwarding != FORWARDING_DSR
-    }
-}
-
 /// An entry of [`BACKENDS`]; the default (zero address) marks a free slot.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -58,6 +58,10 @@ struct Route {
     event: Event,
     /// Added to the acknowledgment number: a proxied flow's offset.
     ack_offset: u32,
+    /// The flow's mode rewrites addresses (full NAT, gateway), else only
+    /// MACs (dsr): the mode it was opened in, whatever a reload made of
+    /// its service since.
+    reply_path: bool,
 }
 
 impl Route {
@@ -74,6 +78,7 @@ impl Route {
             pinned: false,
             event: Event::None,
             ack_offset: 0,
+            reply_path: flow.has_reply_path(),
         }
     }
 }
@@ -167,7 +172,7 @@ pub fn to_backend(ctx: &XdpContext, mut pkt: TcpPacket<'_>, service: &Service, c
         pkt.ip_len(),
         established,
     );
-    if !service.has_reply_path() {
+    if !route.reply_path {
         return forwarding::to_backend_mac(ctx, &mut pkt, &backend);
     }
     decrement_ttl(&mut pkt);
@@ -256,7 +261,7 @@ fn pinned_flow(key: &FlowKey, seg: &Segment, service: &Service, nat_epoch: u32, 
         }
         return Lookup::Unknown;
     }
-    if service.has_reply_path() && flow.nat_epoch != nat_epoch {
+    if flow.has_reply_path() && flow.nat_epoch != nat_epoch {
         if !owns_port(key, &flow.nat_key(&backend)) {
             let _ = FLOWS.remove(key);
             return Lookup::PortTaken;
@@ -269,7 +274,7 @@ fn pinned_flow(key: &FlowKey, seg: &Segment, service: &Service, nat_epoch: u32, 
             step => return Lookup::Proxy(step),
         }
     }
-    let event = if service.has_reply_path() {
+    let event = if flow.has_reply_path() {
         flow_state::advance(flow, Direction::FromClient, seg)
     } else {
         forwarding::advance_dsr(flow, seg)
@@ -284,6 +289,7 @@ fn pinned_flow(key: &FlowKey, seg: &Segment, service: &Service, nat_epoch: u32, 
         pinned: true,
         event,
         ack_offset: synproxy::seq_offset(flow),
+        reply_path: flow.has_reply_path(),
     })
 }
 
@@ -350,7 +356,7 @@ fn new_flow(
         return unpinned(key, seg, hash, flow, backend, service, cfg);
     }
     (flow.state, flow.client, flow.backend) = flow_state::opened_by(seg);
-    if service.has_reply_path() {
+    if flow.has_reply_path() {
         (flow.snat_addr, flow.snat_port) = claim_snat_port(key, hash, &backend, service, cfg).inspect_err(|e| {
             if *e == Counter::SnatPortsExhausted {
                 account_exhausted(backend_id);
@@ -377,7 +383,7 @@ fn unpinned(
     service: &Service,
     cfg: &DataplaneConfig,
 ) -> Result<Route, Counter> {
-    if !service.has_reply_path() {
+    if !flow.has_reply_path() {
         return Ok(readopt(key, seg, flow, backend));
     }
     for attempt in 0..SNAT_PORT_ATTEMPTS {

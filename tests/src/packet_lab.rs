@@ -318,6 +318,12 @@ impl PacketLab {
         self.dataplane.apply(&spec).expect("program the second service");
     }
 
+    /// Switches the service to `forwarding`, as a reload would.
+    pub fn set_forwarding(&mut self, forwarding: Forwarding) {
+        self.spec.forwarding = forwarding;
+        self.dataplane.apply(&self.spec).expect("apply the forwarding mode");
+    }
+
     /// Applies the service's SYN proxy settings.
     pub fn set_syn_proxy(&mut self, syn_proxy: SynProxy) {
         self.spec.syn_proxy = syn_proxy;

@@ -235,6 +235,31 @@ fn gateway_syn_proxy_opens_the_backend_from_the_clients_address_and_translates_i
 }
 
 #[test]
+fn open_connections_keep_the_mode_they_were_opened_in_when_the_service_switches() {
+    in_lab(Forwarding::FullNat, |mut lab| {
+        let old = client(1009);
+        let connection = lab.handshake(old);
+        assert_ne!(connection.snat, old, "full NAT");
+
+        lab.set_forwarding(Forwarding::Dsr);
+        let (verdict, out) = lab.run(&connection.from_client(PSH_ACK, b"x"));
+        assert_eq!(verdict, XDP_REDIRECT);
+        let view = parse_checked(&out);
+        assert_eq!(
+            (view.src, view.dst),
+            (connection.snat, connection.backend),
+            "still NATed"
+        );
+
+        let new = client(1010);
+        let (verdict, out) = lab.run(&from_client(new, SYN));
+        assert_eq!(verdict, XDP_REDIRECT);
+        let view = parse_checked(&out);
+        assert_eq!((view.src, view.dst), (new, VIP), "a new connection is forwarded by MAC");
+    });
+}
+
+#[test]
 fn dsr_packets_have_only_their_macs_rewritten_and_keep_no_reverse_entry() {
     in_lab(Forwarding::Dsr, |lab| {
         let from = client(1003);

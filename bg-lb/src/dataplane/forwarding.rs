@@ -84,7 +84,11 @@ mod tests {
             let mut service = Service::default();
             mode.program(&mut service);
             assert_eq!(service.forwarding, wire);
-            assert_eq!(service.has_reply_path(), mode.limits().is_none());
+            assert_eq!(
+                mode.limits().is_some(),
+                mode == Forwarding::Dsr,
+                "only dsr loses the reply path"
+            );
         }
         assert!("nat".parse::<Forwarding>().is_err());
     }
