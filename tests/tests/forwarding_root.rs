@@ -84,9 +84,11 @@ fn gateway_backend_sees_the_client_and_drain_wait_returns_once_its_connection_cl
     drain_wait_returns_once_the_connection_closes(Forwarding::Gateway);
 }
 
-#[test]
-fn gateway_connection_survives_a_kill9_restart_and_status_names_the_mode() {
-    let mut lab = start_lab(Forwarding::Gateway, "0:100");
+/// Under `forwarding`: an open connection the backend sees coming from the
+/// client works through a kill -9 of the daemon and its restart, which
+/// adopts the flow, and `ctl status` names the mode.
+fn connection_survives_a_kill9_restart(forwarding: Forwarding) {
+    let mut lab = start_lab(forwarding, "0:100");
     let mut long_lived = lab.connect();
     let backend = assert_backend_sees_the_client(&lab, &mut long_lived);
     assert_eq!(pool_of_name(&backend), Pool::Green);
@@ -97,9 +99,20 @@ fn gateway_connection_survives_a_kill9_restart_and_status_names_the_mode() {
     assert_eq!(long_lived.ask().expect("survives the restart"), backend);
     assert!(lab.daemon.status("web").open_flows(Pool::Green) >= 1);
     let out = lab.daemon.ctl_ok(&["status"]);
-    assert!(out.contains("forwarding gateway"), "{out}");
+    assert!(out.contains(&format!("forwarding {forwarding}")), "{out}");
     let mut fresh = lab.connect();
     assert_backend_sees_the_client(&lab, &mut fresh);
+    assert_eq!(long_lived.ask().expect("still pinned"), backend);
+}
+
+#[test]
+fn gateway_connection_survives_a_kill9_restart_and_status_names_the_mode() {
+    connection_survives_a_kill9_restart(Forwarding::Gateway);
+}
+
+#[test]
+fn dsr_connection_survives_a_kill9_restart_and_status_names_the_mode() {
+    connection_survives_a_kill9_restart(Forwarding::Dsr);
 }
 
 #[test]
