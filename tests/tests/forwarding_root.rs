@@ -137,3 +137,25 @@ fn dsr_drain_wait_returns_once_the_client_closes_its_connection() {
     // The LB never sees the backend's FIN: the client's ends the flow.
     drain_wait_returns_once_the_connection_closes(Forwarding::Dsr);
 }
+
+#[test]
+fn dsr_backend_the_lb_cannot_reach_on_link_is_warned_about_at_startup() {
+    // 192.0.2.10 has no route in the LB's namespace, let alone a connected one.
+    let config = NameLabConfig {
+        service: "ratio = \"100:0\"\n\n[[service.backend]]\npool = \"green\"\naddress = \"192.0.2.10:80\"\n",
+        weight: Some(100),
+        forwarding: Forwarding::Dsr,
+        ..NameLabConfig::default()
+    };
+    let lab = NameLab::start(BG_LB, 2, None, &config);
+    let log = lab.daemon.log();
+    assert!(log.contains("needs backends on this host's L2 segment"), "{log}");
+    assert!(log.contains("192.0.2.10:80"), "{log}");
+    assert_eq!(
+        log.matches("needs backends on this host's L2 segment").count(),
+        1,
+        "on-link ones pass"
+    );
+    let mut connection = lab.connect();
+    assert_backend_sees_the_client(&lab, &mut connection);
+}
