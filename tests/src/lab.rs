@@ -202,6 +202,38 @@ impl NameLab {
         }
     }
 
+    /// Drains blue (`ctl drain web blue --wait`) with `long_lived`, served
+    /// by blue `backend`, open: the drain moves the ratio to 0:100 and then
+    /// waits while the connection keeps working and new connections go
+    /// green; once the connection closes the drain returns, successfully,
+    /// and blue has no open flow.
+    pub fn assert_drain_waits_for(&self, mut long_lived: NameClient, backend: &str) {
+        let mut drain = self
+            .daemon
+            .ctl_spawn(&["drain", SERVICE, "blue", "--wait", "--timeout", "60s"]);
+        self.wait_for_ratio("0:100");
+        for _ in 0..5 {
+            assert_eq!(long_lived.ask().expect("the draining connection works"), backend);
+            assert!(
+                drain.try_wait().expect("poll ctl drain").is_none(),
+                "drain --wait returned while a blue connection was open"
+            );
+            assert!(
+                self.names(5).iter().all(|n| pool_of_name(n) == Pool::Green),
+                "new connections avoid the drained pool"
+            );
+            thread::sleep(Duration::from_millis(100));
+        }
+        drop(long_lived);
+        let out = drain.wait_with_output().expect("ctl drain");
+        assert!(out.status.success(), "{out:?}\n{}", self.daemon.log());
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("drained after"),
+            "{out:?}"
+        );
+        assert_eq!(self.daemon.status(SERVICE).open_flows(Pool::Blue), 0);
+    }
+
     /// An open connection through the VIP.
     pub fn connect(&self) -> NameClient {
         let vip = self.vip();

@@ -3,8 +3,6 @@
 //! modes" says, real TCP. Each backend reports the peer address it sees:
 //! the client's own, in both modes.
 
-use std::{thread, time::Duration};
-
 use bg_lb::{dataplane::forwarding::Forwarding, ratio::Pool};
 use bg_lb_tests::{
     lab::{NameLab, NameLabConfig, pool_of_name},
@@ -51,31 +49,7 @@ fn drain_wait_returns_once_the_connection_closes(forwarding: Forwarding) {
     let mut long_lived = lab.connect();
     let backend = assert_backend_sees_the_client(&lab, &mut long_lived);
     assert_eq!(pool_of_name(&backend), Pool::Blue);
-
-    let mut drain = lab
-        .daemon
-        .ctl_spawn(&["drain", "web", "blue", "--wait", "--timeout", "60s"]);
-    lab.wait_for_ratio("0:100");
-    for _ in 0..5 {
-        assert_eq!(long_lived.ask().expect("the draining connection works"), backend);
-        assert!(
-            drain.try_wait().unwrap().is_none(),
-            "drain --wait returned while a blue connection was open"
-        );
-        assert!(
-            lab.names(5).iter().all(|n| pool_of_name(n) == Pool::Green),
-            "new connections avoid the drained pool"
-        );
-        thread::sleep(Duration::from_millis(100));
-    }
-    drop(long_lived);
-    let out = drain.wait_with_output().unwrap();
-    assert!(out.status.success(), "{out:?}\n{}", lab.daemon.log());
-    assert!(
-        String::from_utf8_lossy(&out.stdout).contains("drained after"),
-        "{out:?}"
-    );
-    assert_eq!(lab.daemon.status("web").open_flows(Pool::Blue), 0);
+    lab.assert_drain_waits_for(long_lived, &backend);
 }
 
 #[test]
