@@ -14,6 +14,9 @@
 //! - `dsr`: no reverse entry and no rewrite; the frame goes to the backend's
 //!   MAC, which must be on-link. Replies bypass the LB, so the flow's state
 //!   follows the client alone ([`advance_dsr`]).
+//!
+//! A flow keeps the mode it was opened in ([`Flow::forwarding`]), whatever
+//! a reload makes of its service.
 
 use aya_ebpf::programs::XdpContext;
 use bg_lb_common::{

@@ -149,10 +149,11 @@ struct Origin {
 
 /// Where `emitted`, a packet the LB sent (or is about to send), came from:
 /// a client's packet if it goes to a backend from the SNAT address (or, for
-/// a `gateway` flow, from the client's own, so any source whose reverse-NAT
-/// key exists is tried), a backend's if it goes to a client. Only a pinned flow whose flow and
-/// reverse-NAT entries agree has an origin: an error about one flow must
-/// never reach another's endpoint, as its quote may carry that flow's data.
+/// a `gateway` flow, from the client's own: so any source whose reverse-NAT
+/// key exists is tried), a backend's if it goes to a client. Only a pinned
+/// flow whose flow and reverse-NAT entries agree has an origin: an error
+/// about one flow must never reach another's endpoint, as its quote may
+/// carry that flow's data.
 #[inline(always)]
 fn origin_of(emitted: &Tuple) -> Option<Origin> {
     let nat = NatKey {

@@ -1,12 +1,13 @@
-//! bg-lb's XDP program: full-NAT layer-4 load balancing with blue/green
-//! weighted lookup tables and flow pinning.
+//! bg-lb's XDP program: layer-4 load balancing (full NAT, gateway or DSR,
+//! per service) with blue/green weighted lookup tables and flow pinning.
 //!
 //! Paths: client -> VIP:port ([`to_backend`]), backend -> SNAT addr:port
 //! or, for a `gateway` service, backend -> client ([`to_client`]; the
-//! modes are in [`forwarding`]), ICMP errors about those flows ([`icmp`]). Frames to a
-//! VIP or the SNAT range that no TCP stack should see (malformed, SYN with
-//! FIN or RST, TTL expiring) are dropped and counted, not handed to the host
-//! the VIP lives on; everything else passes to the kernel untouched.
+//! modes are in [`forwarding`]), ICMP errors about those flows ([`icmp`]).
+//! Frames to a VIP or the SNAT range that no TCP stack should see
+//! (malformed, SYN with FIN or RST, TTL expiring) are dropped and counted,
+//! not handed to the host the VIP lives on; everything else passes to the
+//! kernel untouched.
 //! A flooded service's SYNs get SYN cookies ([`synproxy`], whose jobs are XDP
 //! programs of their own, reached by tail call).
 #![no_std]
@@ -80,6 +81,8 @@ pub fn bg_lb(ctx: XdpContext) -> u32 {
         }
         return to_client::to_client(&ctx, pkt);
     }
+    // A gateway reply is found by its reverse entry, which to_client then
+    // reads again: one extra lookup for those replies, none for the others.
     if forwarding::is_gateway_reply(&pkt) {
         if let Err(verdict) = screen(&pkt) {
             return verdict;
