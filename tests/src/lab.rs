@@ -254,7 +254,7 @@ fn backend_port(forwarding: Forwarding) -> u16 {
 }
 
 /// Backend `i`'s name server: on its address, or under `dsr` on every
-/// address (the VIP's on its dummy included).
+/// address (the VIP's, on its loopback, included).
 fn name_server(topo: &OneArm, forwarding: Forwarding, i: usize) -> NameServer {
     let host = &topo.backends[i];
     let ip = if forwarding == Forwarding::Dsr {

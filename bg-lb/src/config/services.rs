@@ -182,7 +182,8 @@ fn service(raw: &RawService, text: &str) -> Result<ServiceConfig, Invalid> {
 /// forwards the frame unchanged but for its MACs, so each backend must
 /// listen on the port clients connect to, on every VIP of the service.
 /// (That a `dsr` backend is on-link is the data plane's to check, per
-/// packet: routes change after the config is read.)
+/// packet, as routes change after the config is read; the daemon warns
+/// about one that is not when it starts or reloads.)
 fn forwarding(
     raw: &RawService,
     vip: SocketAddrV4,
