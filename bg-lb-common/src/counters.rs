@@ -95,9 +95,16 @@ pub enum Counter {
     /// A client segment of a proxied flow held until its backend answered,
     /// then sent on.
     SynProxyHeld,
+    /// A `gateway` service's SYN whose (client address and port, backend)
+    /// another VIP's flow already uses: the backend could not tell the two
+    /// apart, so the SYN is refused with a RST.
+    GatewayCollision,
+    /// A `dsr` service's packet whose backend is not on-link (the route to
+    /// it has a gateway): a MAC rewrite cannot reach it, so it is dropped.
+    DsrNotOnLink,
 }
 
-pub const COUNTER_COUNT: u32 = Counter::SynProxyHeld as u32 + 1;
+pub const COUNTER_COUNT: u32 = Counter::DsrNotOnLink as u32 + 1;
 
 impl Counter {
     pub const ALL: [Counter; COUNTER_COUNT as usize] = [
@@ -137,6 +144,8 @@ impl Counter {
         Counter::SynProxyBadChecksum,
         Counter::SynProxyUnavailable,
         Counter::SynProxyHeld,
+        Counter::GatewayCollision,
+        Counter::DsrNotOnLink,
     ];
 
     /// Stable snake_case name for logs and metrics.
@@ -178,6 +187,8 @@ impl Counter {
             Counter::SynProxyBadChecksum => "syn_proxy_bad_checksum",
             Counter::SynProxyUnavailable => "syn_proxy_unavailable",
             Counter::SynProxyHeld => "syn_proxy_held",
+            Counter::GatewayCollision => "gateway_collision",
+            Counter::DsrNotOnLink => "dsr_not_on_link",
         }
     }
 }

@@ -27,6 +27,15 @@ pub const FLOWS: &str = "FLOWS";
 /// `HashMap<NatKey, FlowKey>`: backend reply tuple -> client flow. Not an
 /// LRU: an entry goes only when its flow goes, so a (backend, SNAT port) is
 /// never handed to a second flow while the first one lives.
+///
+/// A `gateway` service's flows keep their keys here too, with the client's
+/// address and port where a SNAT address and port would be
+/// ([`FORWARDING_GATEWAY`]): one map, so the reply path, the sweep, ICMP
+/// translation and the ownership rule (one flow per key, claimed with
+/// NOEXIST) serve both modes unchanged. The two kinds cannot be confused:
+/// an entry is only ever read through the flow it names, whose service
+/// says the mode, and a key both kinds want is owned by whichever claimed
+/// it first.
 pub const REVERSE_NAT: &str = "REVERSE_NAT";
 /// `PerCpuArray<TrafficStats>` indexed by backend id.
 pub const BACKEND_STATS: &str = "BACKEND_STATS";
@@ -165,7 +174,9 @@ pub struct Service {
     /// The other buffer, where the next table is written. Kept here so a
     /// restarted daemon can rebuild its allocation from the pinned maps.
     pub lut_spare_base: u32,
-    pub _pad: u32,
+    /// How packets reach the backends: [`FORWARDING_FULL_NAT`],
+    /// [`FORWARDING_GATEWAY`] or [`FORWARDING_DSR`].
+    pub forwarding: u32,
     /// SYN proxy in auto mode: connection requests in one second that
     /// clients leave unanswered before the proxy engages.
     pub syn_proxy_threshold: u32,
@@ -173,6 +184,20 @@ pub struct Service {
     pub syn_proxy_mss: u16,
     pub _pad2: u16,
 }
+
+/// [`Service::forwarding`]: source and destination rewritten (the source to
+/// a SNAT address and port); replies come back to the SNAT address.
+pub const FORWARDING_FULL_NAT: u32 = 0;
+/// [`Service::forwarding`]: only the destination rewritten (VIP:port to
+/// backend:port); backends route their replies, to the client's own
+/// address and port, through the LB. The flow's [`Flow::snat_addr`] and
+/// [`Flow::snat_port`] are the client's, so its [`REVERSE_NAT`] key is
+/// (backend, client address, client port): what the reply carries.
+pub const FORWARDING_GATEWAY: u32 = 1;
+/// [`Service::forwarding`]: only the destination MAC rewritten, to the
+/// on-link backend's; replies go from the backend to the client directly.
+/// A flow has no [`REVERSE_NAT`] entry and no SNAT port.
+pub const FORWARDING_DSR: u32 = 2;
 
 /// An entry of [`BACKENDS`]; the default (zero address) marks a free slot.
 #[repr(C)]
@@ -270,7 +295,10 @@ pub struct Flow {
     pub service_id: u32,
     /// Wire order, as in [`NatKey::snat_port`].
     pub snat_port: u16,
-    pub _pad: u16,
+    /// Its service's [`Service::forwarding`] when it was pinned: under
+    /// [`FORWARDING_GATEWAY`] its "SNAT" pair is the client's own, under
+    /// [`FORWARDING_DSR`] it has none.
+    pub forwarding: u16,
     /// Bits from [`crate::flow_state`].
     pub state: u32,
     pub created_ns: u64,
@@ -307,6 +335,20 @@ pub struct Flow {
 }
 
 impl Flow {
+    /// Whether the flow owns a reverse-NAT entry: all but a `dsr` service's
+    /// flows.
+    #[inline(always)]
+    pub const fn has_reply_path(&self) -> bool {
+        self.forwarding as u32 != FORWARDING_DSR
+    }
+
+    /// Whether the flow holds one of its backend's SNAT (address, port)
+    /// pairs: a full-NAT flow.
+    #[inline(always)]
+    pub const fn holds_snat_pair(&self) -> bool {
+        self.forwarding as u32 == FORWARDING_FULL_NAT
+    }
+
     /// How the flow's backend (`backend`) replies arrive: the reverse-NAT
     /// key the flow owns.
     #[inline(always)]

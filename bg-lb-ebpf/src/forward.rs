@@ -40,8 +40,14 @@ pub struct RouteQuery {
 
 /// Where a packet goes next.
 pub enum Route {
-    /// Out of `ifindex`, from `smac` to the next hop's `dmac`.
-    Next { ifindex: u32, smac: [u8; 6], dmac: [u8; 6] },
+    /// Out of `ifindex`, from `smac` to the next hop's `dmac`; the next
+    /// hop's address is `next_hop` (the destination itself when on-link).
+    Next {
+        ifindex: u32,
+        smac: [u8; 6],
+        dmac: [u8; 6],
+        next_hop: u32,
+    },
     /// The egress link takes at most `mtu` bytes (host order), fewer than
     /// the packet has.
     TooBig { mtu: u16 },
@@ -70,6 +76,9 @@ pub fn route(ctx: &XdpContext, query: &RouteQuery) -> Route {
             ifindex: fib.ifindex,
             smac: fib.smac,
             dmac: fib.dmac,
+            // SAFETY: an IPv4 lookup; the kernel wrote the gateway over the
+            // destination when the route has one.
+            next_hop: unsafe { fib.__bindgen_anon_4.ipv4_dst },
         }
     } else if rc == BPF_FIB_LKUP_RET_FRAG_NEEDED as i64 {
         // SAFETY: the kernel wrote the MTU over tot_len (a union of two
@@ -98,15 +107,28 @@ pub fn send(ctx: &XdpContext, ifindex: u32) -> u32 {
 
 #[inline(always)]
 pub fn forward(ctx: &XdpContext, pkt: &mut TcpPacket<'_>) -> u32 {
+    let dst_addr = pkt.dst_addr();
+    forward_to(ctx, pkt, dst_addr, false)
+}
+
+/// Sends the packet towards `dst_addr` (wire order), which need not be its
+/// destination: a `dsr` packet keeps the VIP and goes to its backend's MAC.
+/// With `on_link`, a route through a gateway is refused: the frame must
+/// reach `dst_addr` itself.
+#[inline(always)]
+pub fn forward_to(ctx: &XdpContext, pkt: &mut TcpPacket<'_>, dst_addr: u32, on_link: bool) -> u32 {
     let query = RouteQuery {
         proto: pkt.proto(),
         tos: pkt.tos(),
         ip_len: pkt.ip_len(),
         src_addr: pkt.src_addr(),
-        dst_addr: pkt.dst_addr(),
+        dst_addr,
     };
     match route(ctx, &query) {
-        Route::Next { ifindex, smac, dmac } => {
+        Route::Next { next_hop, .. } if on_link && next_hop != dst_addr => dropped(Counter::DsrNotOnLink),
+        Route::Next {
+            ifindex, smac, dmac, ..
+        } => {
             pkt.set_macs(smac, dmac);
             send(ctx, ifindex)
         }

@@ -33,12 +33,12 @@ use bg_lb_common::{
     checksum::{replace16, replace32},
     counters::Counter,
     icmp::{IPPROTO_ICMP, Tuple, frag_needed, quote, shift_quoted_seq},
-    maps::{DataplaneConfig, FlowKey, IPPROTO_TCP, NatKey},
+    maps::{FlowKey, IPPROTO_TCP, NatKey},
 };
 
 use crate::{
     forward::{Route, RouteQuery, dropped, route, send},
-    maps::{BACKENDS, CONFIG, REVERSE_NAT, count, flow_entry},
+    maps::{BACKENDS, REVERSE_NAT, count, flow_entry},
     packet::{TcpPacket, parse_icmp_error},
     synproxy,
 };
@@ -46,7 +46,7 @@ use crate::{
 /// Translates an ICMP error about a pinned flow to the other side and
 /// forwards it; passes anything else.
 #[inline(always)]
-pub fn icmp_error(ctx: &XdpContext, cfg: &DataplaneConfig) -> u32 {
+pub fn icmp_error(ctx: &XdpContext) -> u32 {
     let mut error = match parse_icmp_error(ctx) {
         Ok(error) => error,
         Err(counter) => {
@@ -57,7 +57,7 @@ pub fn icmp_error(ctx: &XdpContext, cfg: &DataplaneConfig) -> u32 {
     let quoted = error.quoted();
     // An error goes to the source of the packet it quotes.
     let origin = if error.dst_addr() == quoted.src_addr {
-        origin_of(&quoted, cfg)
+        origin_of(&quoted)
     } else {
         None
     };
@@ -99,7 +99,9 @@ pub fn icmp_error(ctx: &XdpContext, cfg: &DataplaneConfig) -> u32 {
         dst_addr: dst,
     };
     match route(ctx, &query) {
-        Route::Next { ifindex, smac, dmac } => {
+        Route::Next {
+            ifindex, smac, dmac, ..
+        } => {
             error.set_macs(smac, dmac);
             count(origin.counter);
             send(ctx, ifindex)
@@ -117,10 +119,7 @@ pub fn icmp_error(ctx: &XdpContext, cfg: &DataplaneConfig) -> u32 {
 /// sequence number); the LB has decremented its TTL.
 #[inline(always)]
 pub fn answer_too_big(ctx: &XdpContext, pkt: &mut TcpPacket<'_>, mtu: u16) -> u32 {
-    let origin = match CONFIG.get(0) {
-        Some(cfg) => origin_of(&pkt.tuple(), cfg),
-        None => None,
-    };
+    let origin = origin_of(&pkt.tuple());
     // A packet forwarded without a pinned flow has no way back, and one sent
     // to a group MAC must not be answered from it.
     let Some(origin) = origin.filter(|_| !pkt.to_group_mac()) else {
@@ -149,21 +148,23 @@ struct Origin {
 }
 
 /// Where `emitted`, a packet the LB sent (or is about to send), came from:
-/// a client's packet if it goes to a backend from the SNAT address, a
-/// backend's if it goes to a client. Only a pinned flow whose flow and
-/// reverse-NAT entries agree has an origin: an error about one flow must
-/// never reach another's endpoint, as its quote may carry that flow's data.
+/// a client's packet if it goes to a backend from the SNAT address (or, for
+/// a `gateway` flow, from the client's own: so any source whose reverse-NAT
+/// key exists is tried), a backend's if it goes to a client. Only a pinned
+/// flow whose flow and reverse-NAT entries agree has an origin: an error
+/// about one flow must never reach another's endpoint, as its quote may
+/// carry that flow's data.
 #[inline(always)]
-fn origin_of(emitted: &Tuple, cfg: &DataplaneConfig) -> Option<Origin> {
-    if cfg.is_snat_port(emitted.src_addr, emitted.src_port) {
-        let nat = NatKey {
-            backend_addr: emitted.dst_addr,
-            snat_addr: emitted.src_addr,
-            backend_port: emitted.dst_port,
-            snat_port: emitted.src_port,
-        };
-        // SAFETY: copied at once, as in `to_client`.
-        let client = (unsafe { REVERSE_NAT.get(nat) }).copied()?;
+fn origin_of(emitted: &Tuple) -> Option<Origin> {
+    let nat = NatKey {
+        backend_addr: emitted.dst_addr,
+        snat_addr: emitted.src_addr,
+        backend_port: emitted.dst_port,
+        snat_port: emitted.src_port,
+    };
+    // SAFETY: copied at once, as in `to_client`.
+    let to_backend = (unsafe { REVERSE_NAT.get(nat) }).copied();
+    if let Some(client) = to_backend {
         let flow = flow_entry(&client)?;
         let backend = BACKENDS.get(flow.backend_id)?;
         if backend.generation != flow.backend_gen || flow.nat_key(backend) != nat {

@@ -1,11 +1,13 @@
-//! bg-lb's XDP program: full-NAT layer-4 load balancing with blue/green
-//! weighted lookup tables and flow pinning.
+//! bg-lb's XDP program: layer-4 load balancing (full NAT, gateway or DSR,
+//! per service) with blue/green weighted lookup tables and flow pinning.
 //!
 //! Paths: client -> VIP:port ([`to_backend`]), backend -> SNAT addr:port
-//! ([`to_client`]), ICMP errors about those flows ([`icmp`]). Frames to a
-//! VIP or the SNAT range that no TCP stack should see (malformed, SYN with
-//! FIN or RST, TTL expiring) are dropped and counted, not handed to the host
-//! the VIP lives on; everything else passes to the kernel untouched.
+//! or, for a `gateway` service, backend -> client ([`to_client`]; the
+//! modes are in [`forwarding`]), ICMP errors about those flows ([`icmp`]).
+//! Frames to a VIP or the SNAT range that no TCP stack should see
+//! (malformed, SYN with FIN or RST, TTL expiring) are dropped and counted,
+//! not handed to the host the VIP lives on; everything else passes to the
+//! kernel untouched.
 //! A flooded service's SYNs get SYN cookies ([`synproxy`], whose jobs are XDP
 //! programs of their own, reached by tail call).
 #![no_std]
@@ -14,6 +16,7 @@
 #![feature(asm_experimental_arch)]
 
 mod forward;
+mod forwarding;
 mod icmp;
 mod maps;
 mod nat;
@@ -53,7 +56,7 @@ pub fn bg_lb(ctx: XdpContext) -> u32 {
     }
     let pkt = match parse_tcp(&ctx) {
         Ok(pkt) => pkt,
-        Err(NotForUs::Icmp) => return icmp::icmp_error(&ctx, cfg),
+        Err(NotForUs::Icmp) => return icmp::icmp_error(&ctx),
         Err(NotForUs::Other) => {
             count(Counter::Passed);
             return XDP_PASS;
@@ -73,6 +76,14 @@ pub fn bg_lb(ctx: XdpContext) -> u32 {
         return to_backend::to_backend(&ctx, pkt, &service, cfg);
     }
     if cfg.is_snat_port(pkt.dst_addr(), pkt.dst_port()) {
+        if let Err(verdict) = screen(&pkt) {
+            return verdict;
+        }
+        return to_client::to_client(&ctx, pkt);
+    }
+    // A gateway reply is found by its reverse entry, which to_client then
+    // reads again: one extra lookup for those replies, none for the others.
+    if forwarding::is_gateway_reply(&pkt) {
         if let Err(verdict) = screen(&pkt) {
             return verdict;
         }

@@ -9,6 +9,9 @@
 //! again if it is free and resetting its client if another flow owns it.
 //! A packet without a flow never uses a port another flow owns.
 //!
+//! A `gateway` or `dsr` service differs where [`forwarding`] says: its
+//! source candidate, and for `dsr` no reverse entry and no rewrite.
+//!
 //! A service in SYN proxy mode has its SYNs answered by [`synproxy`]: a
 //! segment of no flow goes there first, and a client segment of a proxied
 //! flow whose backend has not answered yet is the proxy's to hold or drop
@@ -31,6 +34,7 @@ use bg_lb_common::{
 
 use crate::{
     forward::forward,
+    forwarding,
     maps::{BACKENDS, FLOWS, LOOKUP_TABLES, REVERSE_NAT, Way, account, account_exhausted, count, flow_entry, log_due},
     nat::{Endpoints, decrement_ttl, rewrite},
     packet::TcpPacket,
@@ -54,6 +58,10 @@ struct Route {
     event: Event,
     /// Added to the acknowledgment number: a proxied flow's offset.
     ack_offset: u32,
+    /// The flow's mode rewrites addresses (full NAT, gateway), else only
+    /// MACs (dsr): the mode it was opened in, whatever a reload made of
+    /// its service since.
+    reply_path: bool,
 }
 
 impl Route {
@@ -70,6 +78,7 @@ impl Route {
             pinned: false,
             event: Event::None,
             ack_offset: 0,
+            reply_path: flow.has_reply_path(),
         }
     }
 }
@@ -146,6 +155,7 @@ pub fn to_backend(ctx: &XdpContext, mut pkt: TcpPacket<'_>, service: &Service, c
     };
     let backend = route.backend;
     if route.pinned && backend.flags & BACKEND_RESET_FLOWS != 0 {
+        // A dsr flow has no reverse entry: the removal finds none.
         let _ = FLOWS.remove(key);
         let _ = REVERSE_NAT.remove(NatKey::new(&backend, route.snat_addr, route.snat_port));
         count(Counter::FlowReset);
@@ -162,6 +172,9 @@ pub fn to_backend(ctx: &XdpContext, mut pkt: TcpPacket<'_>, service: &Service, c
         pkt.ip_len(),
         established,
     );
+    if !route.reply_path {
+        return forwarding::to_backend_mac(ctx, &mut pkt, &backend);
+    }
     decrement_ttl(&mut pkt);
     rewrite(
         &mut pkt,
@@ -182,7 +195,10 @@ pub fn to_backend(ctx: &XdpContext, mut pkt: TcpPacket<'_>, service: &Service, c
 #[inline(always)]
 fn refuse(ctx: &XdpContext, pkt: TcpPacket<'_>, request: &Segment, counter: Counter, now: u64) -> u32 {
     let refused = flow_state::is_connection_request(request.flags)
-        && matches!(counter, Counter::NoBackend | Counter::SnatPortsExhausted);
+        && matches!(
+            counter,
+            Counter::NoBackend | Counter::SnatPortsExhausted | Counter::GatewayCollision
+        );
     count(if counter == Counter::NoBackend && refused {
         Counter::Refused
     } else {
@@ -250,7 +266,7 @@ fn pinned_flow(key: &FlowKey, seg: &Segment, service: &Service, nat_epoch: u32, 
         let _ = FLOWS.remove(key);
         return Lookup::Unknown;
     }
-    if flow.nat_epoch != nat_epoch {
+    if flow.has_reply_path() && flow.nat_epoch != nat_epoch {
         if !owns_port(key, &flow.nat_key(&backend)) {
             let _ = FLOWS.remove(key);
             return Lookup::PortTaken;
@@ -263,7 +279,11 @@ fn pinned_flow(key: &FlowKey, seg: &Segment, service: &Service, nat_epoch: u32, 
             step => return Lookup::Proxy(step),
         }
     }
-    let event = flow_state::advance(flow, Direction::FromClient, seg);
+    let event = if flow.has_reply_path() {
+        flow_state::advance(flow, Direction::FromClient, seg)
+    } else {
+        forwarding::advance_dsr(flow, seg)
+    };
     flow.last_seen_ns = now;
     Lookup::Pinned(Route {
         backend_id: flow.backend_id,
@@ -274,6 +294,7 @@ fn pinned_flow(key: &FlowKey, seg: &Segment, service: &Service, nat_epoch: u32, 
         pinned: true,
         event,
         ack_offset: synproxy::seq_offset(flow),
+        reply_path: flow.has_reply_path(),
     })
 }
 
@@ -332,15 +353,21 @@ fn new_flow(
         // Its port is claimed (or, readopted, checked) now.
         nat_epoch: cfg.nat_epoch,
         proxy: synproxy::new_flow_bits(service),
+        // A mode is below 3: the cast keeps it.
+        forwarding: service.forwarding as u16,
         ..Flow::default()
     };
     if !flow_state::is_connection_request(seg.flags) {
-        return unpinned(key, seg, hash, flow, backend, cfg);
+        return unpinned(key, seg, hash, flow, backend, service, cfg);
     }
     (flow.state, flow.client, flow.backend) = flow_state::opened_by(seg);
-    (flow.snat_addr, flow.snat_port) = claim_snat_port(key, hash, &backend, cfg).inspect_err(|_| {
-        account_exhausted(backend_id);
-    })?;
+    if flow.has_reply_path() {
+        (flow.snat_addr, flow.snat_port) = claim_snat_port(key, hash, &backend, service, cfg).inspect_err(|e| {
+            if *e == Counter::SnatPortsExhausted {
+                account_exhausted(backend_id);
+            }
+        })?;
+    }
     if FLOWS.insert(key, flow, BPF_ANY as u64).is_err() {
         let _ = REVERSE_NAT.remove(flow.nat_key(&backend));
         return Err(Counter::FlowInsertFailed);
@@ -358,25 +385,28 @@ fn unpinned(
     hash: u32,
     mut flow: Flow,
     backend: Backend,
+    service: &Service,
     cfg: &DataplaneConfig,
 ) -> Result<Route, Counter> {
+    if !flow.has_reply_path() {
+        return Ok(readopt(key, seg, flow, backend));
+    }
     for attempt in 0..SNAT_PORT_ATTEMPTS {
-        let (addr, port) = cfg.snat_candidate(hash, attempt);
+        let Some((addr, port)) = forwarding::source(service, key, cfg, hash, attempt) else {
+            break;
+        };
         let own = match reverse_owner(&NatKey::new(&backend, addr, port)) {
             None => false,
             Some(owner) if owner == *key => true,
             Some(_) => continue,
         };
         (flow.snat_addr, flow.snat_port) = (addr, port);
-        if own && flow_state::can_readopt(seg.flags) {
-            (flow.state, flow.client, flow.backend) = flow_state::readopted_by(seg);
-            if FLOWS.insert(key, flow, BPF_NOEXIST as u64).is_ok() {
-                count(Counter::FlowReadopted);
-                return Ok(Route::unpinned(&flow, backend));
-            }
-        }
-        count(Counter::UnpinnedForwarded);
-        return Ok(Route::unpinned(&flow, backend));
+        return Ok(if own {
+            readopt(key, seg, flow, backend)
+        } else {
+            count(Counter::UnpinnedForwarded);
+            Route::unpinned(&flow, backend)
+        });
     }
     Err(Counter::UnpinnedPortTaken)
 }
@@ -385,9 +415,17 @@ fn unpinned(
 /// backend. NOEXIST makes the claim atomic, so two CPUs never hand out the
 /// same pair.
 #[inline(always)]
-fn claim_snat_port(key: &FlowKey, hash: u32, backend: &Backend, cfg: &DataplaneConfig) -> Result<(u32, u16), Counter> {
+fn claim_snat_port(
+    key: &FlowKey,
+    hash: u32,
+    backend: &Backend,
+    service: &Service,
+    cfg: &DataplaneConfig,
+) -> Result<(u32, u16), Counter> {
     for attempt in 0..SNAT_PORT_ATTEMPTS {
-        let (addr, port) = cfg.snat_candidate(hash, attempt);
+        let Some((addr, port)) = forwarding::source(service, key, cfg, hash, attempt) else {
+            break;
+        };
         if REVERSE_NAT
             .insert(NatKey::new(backend, addr, port), key, BPF_NOEXIST as u64)
             .is_ok()
@@ -395,5 +433,22 @@ fn claim_snat_port(key: &FlowKey, hash: u32, backend: &Backend, cfg: &DataplaneC
             return Ok((addr, port));
         }
     }
-    Err(Counter::SnatPortsExhausted)
+    Err(forwarding::no_source(service))
+}
+
+/// A segment of an unknown flow that may be its own (full NAT and gateway:
+/// its reverse entry names it; `dsr`: there is no port to own, and another
+/// LB host may have pinned it): a mid-stream ACK pins it again, anything
+/// else is forwarded by the table without state.
+#[inline(always)]
+fn readopt(key: &FlowKey, seg: &Segment, mut flow: Flow, backend: Backend) -> Route {
+    if flow_state::can_readopt(seg.flags) {
+        (flow.state, flow.client, flow.backend) = flow_state::readopted_by(seg);
+        if FLOWS.insert(key, flow, BPF_NOEXIST as u64).is_ok() {
+            count(Counter::FlowReadopted);
+            return Route::unpinned(&flow, backend);
+        }
+    }
+    count(Counter::UnpinnedForwarded);
+    Route::unpinned(&flow, backend)
 }

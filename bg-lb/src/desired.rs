@@ -89,6 +89,7 @@ pub fn live_spec(service: &ServiceConfig, operator: Option<&ServiceState>, healt
         ratio: ratio(service, operator),
         backends,
         syn_proxy: service.syn_proxy,
+        forwarding: service.forwarding,
     }
 }
 
@@ -117,6 +118,7 @@ pub fn standby_spec(service: &ServiceConfig, operator: Option<&ServiceState>, he
         ratio: Ratio::all_to(Pool::Blue),
         backends,
         syn_proxy: service.syn_proxy,
+        forwarding: service.forwarding,
     })
 }
 
@@ -161,6 +163,7 @@ mod tests {
                 ..HealthConfig::default()
             },
             syn_proxy: SynProxy::default(),
+            forwarding: Default::default(),
         }
     }
 

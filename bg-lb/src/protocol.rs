@@ -11,7 +11,7 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    dataplane::syn_proxy::SynProxyMode,
+    dataplane::{forwarding::Forwarding, syn_proxy::SynProxyMode},
     ratio::{Pool, Ratio},
     shift,
 };
@@ -358,6 +358,8 @@ pub struct ServiceStatus {
     /// The SYN flood defence.
     #[serde(default)]
     pub syn_proxy: SynProxyStatus,
+    #[serde(default)]
+    pub forwarding: Forwarding,
 }
 
 /// A service's SYN proxy, as `status` reports it.

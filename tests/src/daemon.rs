@@ -186,6 +186,16 @@ impl Daemon {
         self.ctl_command(args).output().expect("run bg-lb ctl")
     }
 
+    /// `bg-lb ctl --socket S ARGS`, running, its output piped: for
+    /// commands that wait (`drain --wait`).
+    pub fn ctl_spawn(&self, args: &[&str]) -> std::process::Child {
+        self.ctl_command(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run bg-lb ctl")
+    }
+
     fn ctl_command(&self, args: &[&str]) -> Command {
         let mut command = Command::new(self.bin);
         command.arg("ctl").arg("--socket").arg(self.socket()).args(args);
@@ -280,6 +290,9 @@ pub struct DemoBackend {
     bin: &'static str,
     netns: String,
     pub addr: SocketAddrV4,
+    /// Where it listens: `addr`, or every address on its port (`dsr`
+    /// backends, which also serve the VIPs on their loopback).
+    listen: SocketAddrV4,
     pub name: String,
     pub version: String,
     /// Extra `demo-backend` flags, e.g. `--fail-percent 50`.
@@ -291,10 +304,24 @@ impl DemoBackend {
     /// Serves HTTP on `addr` (role live) and returns once it accepts
     /// connections.
     pub fn start(bin: &'static str, ns: &NetNs, addr: SocketAddrV4, name: &str, version: &str) -> Self {
+        Self::start_listening(bin, ns, addr, addr, name, version)
+    }
+
+    /// Like [`DemoBackend::start`], listening on `listen` and reached for
+    /// readiness and direct requests at `addr`.
+    fn start_listening(
+        bin: &'static str,
+        ns: &NetNs,
+        addr: SocketAddrV4,
+        listen: SocketAddrV4,
+        name: &str,
+        version: &str,
+    ) -> Self {
         let mut backend = DemoBackend {
             bin,
             netns: ns.name.clone(),
             addr,
+            listen,
             name: name.into(),
             version: version.into(),
             extra: Vec::new(),
@@ -306,10 +333,29 @@ impl DemoBackend {
 
     /// One serving v1 on `port` of every host, named b0, b1, ... in order.
     pub fn start_on_each(bin: &'static str, hosts: &[Host], port: u16) -> Vec<DemoBackend> {
+        Self::start_on_each_listening(bin, hosts, port, false)
+    }
+
+    /// Like [`DemoBackend::start_on_each`]; with `any_address`, each
+    /// listens on every address of its host.
+    pub fn start_on_each_listening(
+        bin: &'static str,
+        hosts: &[Host],
+        port: u16,
+        any_address: bool,
+    ) -> Vec<DemoBackend> {
         hosts
             .iter()
             .enumerate()
-            .map(|(i, h)| DemoBackend::start(bin, &h.ns, SocketAddrV4::new(h.addr, port), &format!("b{i}"), "v1"))
+            .map(|(i, h)| {
+                let addr = SocketAddrV4::new(h.addr, port);
+                let listen = if any_address {
+                    SocketAddrV4::new(std::net::Ipv4Addr::UNSPECIFIED, port)
+                } else {
+                    addr
+                };
+                DemoBackend::start_listening(bin, &h.ns, addr, listen, &format!("b{i}"), "v1")
+            })
             .collect()
     }
 
@@ -320,7 +366,7 @@ impl DemoBackend {
                 self.bin,
                 "demo-backend",
                 "--listen",
-                &self.addr.to_string(),
+                &self.listen.to_string(),
                 "--name",
                 &self.name,
             ])

@@ -13,6 +13,7 @@ use std::{
 };
 
 use bg_lb::{
+    dataplane::forwarding::Forwarding,
     protocol::{BackendHealth, ServiceStatus},
     ratio::Pool,
 };
@@ -21,7 +22,7 @@ use crate::{
     daemon::{Daemon, DemoBackend, Launch},
     http,
     servers::{NameClient, NameServer, ask_names},
-    topology::{LB_ADDR, OneArm},
+    topology::{CLIENT_ADDR, LB_ADDR, OneArm, STANDBY_VIP_ADDR},
 };
 
 pub const BACKEND_PORT: u16 = 8080;
@@ -45,13 +46,13 @@ pub fn pool_of_name(name: &str) -> Pool {
 }
 
 /// A config section per backend, in the labs' pools.
-fn backend_sections(backends: &[Ipv4Addr], extra: &str) -> String {
+fn backend_sections(backends: &[Ipv4Addr], port: u16, extra: &str) -> String {
     backends
         .iter()
         .enumerate()
         .map(|(i, addr)| {
             format!(
-                "\n[[service.backend]]\npool = \"{}\"\naddress = \"{addr}:{BACKEND_PORT}\"\n{extra}",
+                "\n[[service.backend]]\npool = \"{}\"\naddress = \"{addr}:{port}\"\n{extra}",
                 pool_of(i)
             )
         })
@@ -63,6 +64,7 @@ fn backend_sections(backends: &[Ipv4Addr], extra: &str) -> String {
 pub struct NameLab {
     pub daemon: Daemon,
     servers: Vec<Option<NameServer>>,
+    forwarding: Forwarding,
     _peer_xdp: aya::Ebpf,
     pub topo: OneArm,
 }
@@ -88,6 +90,10 @@ pub struct NameLabConfig<'a> {
     pub weight: Option<u32>,
     /// The flow table's size, if not 65,536.
     pub max_flows: Option<u32>,
+    /// The service's `forwarding`; the backends are set up for it
+    /// ([`crate::topology::Host::serve_for`]). Under `dsr` they listen on
+    /// the VIP's port, on every address.
+    pub forwarding: Forwarding,
 }
 
 impl NameLabConfig<'_> {
@@ -95,6 +101,7 @@ impl NameLabConfig<'_> {
     /// `state_dir` and `[admin] socket` lines.
     fn render(&self, vip: SocketAddrV4, backends: &[Ipv4Addr], paths: &str) -> String {
         let weight = self.weight.map_or(String::new(), |w| format!("weight = {w}\n"));
+        let forwarding = format!("forwarding = \"{}\"\n", self.forwarding);
         let snat = if self.snat_addresses.is_empty() {
             format!("snat_address = \"{LB_ADDR}\"")
         } else {
@@ -103,13 +110,13 @@ impl NameLabConfig<'_> {
         };
         format!(
             "{}interface = \"eth0\"\nxdp_mode = \"native\"\n{snat}\nmax_flows = {}\n\
-             lookup_capacity = 262148\n{paths}{}\n{}[[service]]\nname = \"{SERVICE}\"\nvip = \"{vip}\"\n{}{}",
+             lookup_capacity = 262148\n{paths}{}\n{}[[service]]\nname = \"{SERVICE}\"\nvip = \"{vip}\"\n{forwarding}{}{}",
             self.settings,
             self.max_flows.unwrap_or(65536),
             self.admin,
             self.tables,
             self.service,
-            backend_sections(backends, &weight)
+            backend_sections(backends, backend_port(self.forwarding), &weight)
         )
     }
 }
@@ -123,13 +130,16 @@ impl NameLab {
         for addr in config.snat_addresses.iter().filter(|&&a| a != LB_ADDR) {
             topo.lb.ns.ip(&format!("addr add {addr}/32 dev eth0"));
         }
-        let servers = NameServer::start_on_each(&topo.backends, BACKEND_PORT)
-            .into_iter()
-            .map(Some)
+        for host in &topo.backends {
+            host.serve_for(config.forwarding, LB_ADDR, CLIENT_ADDR, &[topo.vip]);
+        }
+        let servers = (0..backends)
+            .map(|i| Some(name_server(&topo, config.forwarding, i)))
             .collect();
         let peer_xdp = topo.pass_lb_frames_to_switch();
         let addrs: Vec<_> = topo.backends.iter().map(|b| b.addr).collect();
         let vip = SocketAddrV4::new(topo.vip, 80);
+        let forwarding = config.forwarding;
         let config = |paths: &str| config.render(vip, &addrs, paths);
         let daemon = match launch {
             Some(launch) => Daemon::start_launched(bin, &topo.lb.ns, launch, config),
@@ -138,6 +148,7 @@ impl NameLab {
         NameLab {
             daemon,
             servers,
+            forwarding,
             _peer_xdp: peer_xdp,
             topo,
         }
@@ -148,7 +159,7 @@ impl NameLab {
     }
 
     pub fn backend_addr(&self, i: usize) -> SocketAddrV4 {
-        SocketAddrV4::new(self.topo.backends[i].addr, BACKEND_PORT)
+        SocketAddrV4::new(self.topo.backends[i].addr, backend_port(self.forwarding))
     }
 
     /// Stops backend `i`'s server, as in a crash.
@@ -158,8 +169,7 @@ impl NameLab {
 
     /// Starts backend `i`'s server again after [`NameLab::stop_server`].
     pub fn start_server(&mut self, i: usize) {
-        let host = &self.topo.backends[i];
-        self.servers[i] = Some(NameServer::start(&host.ns, self.backend_addr(i), format!("b{i}")));
+        self.servers[i] = Some(name_server(&self.topo, self.forwarding, i));
     }
 
     /// The names of the backends serving `n` fresh connections to the VIP,
@@ -187,6 +197,47 @@ impl NameLab {
             .sum()
     }
 
+    /// Polls `web`'s status until its ratio is `ratio`; panics after 10 s.
+    pub fn wait_for_ratio(&self, ratio: &str) {
+        let until = Instant::now() + Duration::from_secs(10);
+        while self.daemon.status(SERVICE).ratio.to_string() != ratio {
+            assert!(Instant::now() < until, "the ratio did not become {ratio}");
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Drains blue (`ctl drain web blue --wait`) with `long_lived`, served
+    /// by blue `backend`, open: the drain moves the ratio to 0:100 and then
+    /// waits while the connection keeps working and new connections go
+    /// green; once the connection closes the drain returns, successfully,
+    /// and blue has no open flow.
+    pub fn assert_drain_waits_for(&self, mut long_lived: NameClient, backend: &str) {
+        let mut drain = self
+            .daemon
+            .ctl_spawn(&["drain", SERVICE, "blue", "--wait", "--timeout", "60s"]);
+        self.wait_for_ratio("0:100");
+        for _ in 0..5 {
+            assert_eq!(long_lived.ask().expect("the draining connection works"), backend);
+            assert!(
+                drain.try_wait().expect("poll ctl drain").is_none(),
+                "drain --wait returned while a blue connection was open"
+            );
+            assert!(
+                self.names(5).iter().all(|n| pool_of_name(n) == Pool::Green),
+                "new connections avoid the drained pool"
+            );
+            thread::sleep(Duration::from_millis(100));
+        }
+        drop(long_lived);
+        let out = drain.wait_with_output().expect("ctl drain");
+        assert!(out.status.success(), "{out:?}\n{}", self.daemon.log());
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("drained after"),
+            "{out:?}"
+        );
+        assert_eq!(self.daemon.status(SERVICE).open_flows(Pool::Blue), 0);
+    }
+
     /// An open connection through the VIP.
     pub fn connect(&self) -> NameClient {
         let vip = self.vip();
@@ -195,6 +246,31 @@ impl NameLab {
             .ns
             .run(move || NameClient::connect(vip).expect("connect to the VIP"))
     }
+}
+
+/// The backends' port: the VIP's under `dsr`, which keeps it.
+fn backend_port(forwarding: Forwarding) -> u16 {
+    if forwarding == Forwarding::Dsr {
+        80
+    } else {
+        BACKEND_PORT
+    }
+}
+
+/// Backend `i`'s name server: on its address, or under `dsr` on every
+/// address (the VIP's, on its loopback, included).
+fn name_server(topo: &OneArm, forwarding: Forwarding, i: usize) -> NameServer {
+    let host = &topo.backends[i];
+    let ip = if forwarding == Forwarding::Dsr {
+        Ipv4Addr::UNSPECIFIED
+    } else {
+        host.addr
+    };
+    NameServer::start(
+        &host.ns,
+        SocketAddrV4::new(ip, backend_port(forwarding)),
+        format!("b{i}"),
+    )
 }
 
 #[derive(Clone, Debug)]
@@ -208,6 +284,10 @@ pub struct LabOptions {
     pub rise: u32,
     pub fall: u32,
     pub max_flows: u32,
+    /// The service's `forwarding`, the backends set up for it. Under `dsr`
+    /// the backends listen on port 80 on every address, and the standby VIP
+    /// is [`STANDBY_VIP_ADDR`]:80 (a standby VIP must keep the port).
+    pub forwarding: Forwarding,
 }
 
 impl Default for LabOptions {
@@ -221,6 +301,7 @@ impl Default for LabOptions {
             rise: 2,
             fall: 2,
             max_flows: 65536,
+            forwarding: Forwarding::default(),
         }
     }
 }
@@ -229,6 +310,7 @@ pub struct BlueGreenLab {
     pub topo: OneArm,
     pub daemon: Daemon,
     pub backends: Vec<DemoBackend>,
+    forwarding: Forwarding,
     _peer_xdp: aya::Ebpf,
 }
 
@@ -239,7 +321,15 @@ impl BlueGreenLab {
     pub fn start(bin: &'static str, options: &LabOptions) -> Self {
         crate::require_root();
         let topo = OneArm::new(4);
-        let backends = DemoBackend::start_on_each(bin, &topo.backends, BACKEND_PORT);
+        let dsr = options.forwarding == Forwarding::Dsr;
+        if dsr {
+            topo.lb.ns.ip(&format!("addr add {STANDBY_VIP_ADDR}/32 dev eth0"));
+        }
+        for host in &topo.backends {
+            host.serve_for(options.forwarding, LB_ADDR, CLIENT_ADDR, &[topo.vip, STANDBY_VIP_ADDR]);
+        }
+        let port = backend_port(options.forwarding);
+        let backends = DemoBackend::start_on_each_listening(bin, &topo.backends, port, dsr);
         let peer_xdp = topo.pass_lb_frames_to_switch();
         let addrs: Vec<_> = topo.backends.iter().map(|b| b.addr).collect();
         let vip = topo.vip;
@@ -248,6 +338,7 @@ impl BlueGreenLab {
             topo,
             daemon,
             backends,
+            forwarding: options.forwarding,
             _peer_xdp: peer_xdp,
         };
         let standby_checked = options.check == "http";
@@ -267,7 +358,7 @@ impl BlueGreenLab {
     }
 
     pub fn standby_vip(&self) -> SocketAddrV4 {
-        SocketAddrV4::new(self.topo.vip, BACKEND_PORT)
+        standby_vip(self.topo.vip, self.forwarding)
     }
 
     /// Backend indices of `pool`.
@@ -328,14 +419,26 @@ impl BlueGreenLab {
     }
 }
 
+/// The [`BlueGreenLab`]'s standby VIP: another port of the live VIP's
+/// address, or under `dsr`, which keeps the port, another address.
+fn standby_vip(vip: Ipv4Addr, forwarding: Forwarding) -> SocketAddrV4 {
+    if forwarding == Forwarding::Dsr {
+        SocketAddrV4::new(STANDBY_VIP_ADDR, 80)
+    } else {
+        SocketAddrV4::new(vip, BACKEND_PORT)
+    }
+}
+
 fn config(vip: Ipv4Addr, backends: &[Ipv4Addr], o: &LabOptions, paths: &str) -> String {
     let ms = |d: Duration| d.as_millis();
     format!(
         "interface = \"eth0\"\nxdp_mode = \"native\"\nsnat_address = \"{LB_ADDR}\"\nmax_flows = {}\n\
          lookup_capacity = 524296\n{paths}\n[[service]]\nname = \"{SERVICE}\"\nvip = \"{vip}:80\"\n\
-         standby_vip = \"{vip}:{BACKEND_PORT}\"\nratio = \"{}\"\n\n[service.health]\ntype = \"{}\"\n\
+         standby_vip = \"{}\"\nforwarding = \"{}\"\nratio = \"{}\"\n\n[service.health]\ntype = \"{}\"\n\
          interval = \"{}ms\"\nfast_interval = \"{}ms\"\ntimeout = \"{}ms\"\nrise = {}\nfall = {}\n{}",
         o.max_flows,
+        standby_vip(vip, o.forwarding),
+        o.forwarding,
         o.ratio,
         o.check,
         ms(o.interval),
@@ -343,6 +446,6 @@ fn config(vip: Ipv4Addr, backends: &[Ipv4Addr], o: &LabOptions, paths: &str) -> 
         ms(o.timeout),
         o.rise,
         o.fall,
-        backend_sections(backends, "")
+        backend_sections(backends, backend_port(o.forwarding), "")
     )
 }

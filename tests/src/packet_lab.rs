@@ -26,6 +26,7 @@ use aya::{
 use bg_lb::{
     dataplane::{
         Dataplane, DataplaneOptions, FlowTimeouts,
+        forwarding::Forwarding,
         housekeeping::FlowCensus,
         lookup_table::{self, TableBackend},
         services::{BackendSpec, ServiceSpec},
@@ -135,6 +136,7 @@ pub struct PacketLabOptions {
     /// Share of new flows for blue, in percent.
     pub blue_percent: u32,
     pub syn_proxy: SynProxy,
+    pub forwarding: Forwarding,
 }
 
 impl PacketLabOptions {
@@ -151,6 +153,7 @@ impl PacketLabOptions {
                 mode: SynProxyMode::Off,
                 ..SynProxy::default()
             },
+            forwarding: Default::default(),
         }
     }
 }
@@ -179,6 +182,7 @@ impl PacketLab {
             .chain(GREEN.iter().map(|&addr| (addr, Pool::Green)));
         let mut lab = Self::with_service(dataplane, o.blue_percent, backends);
         lab.snat_addrs.clone_from(&o.snat_addrs);
+        lab.spec.forwarding = o.forwarding;
         lab.set_syn_proxy(o.syn_proxy);
         lab
     }
@@ -310,6 +314,22 @@ impl PacketLab {
         self.dataplane.apply(&self.spec).expect("swap the table");
     }
 
+    /// Programs a second service at `vip`, with the first one's backends
+    /// and settings (its backends get ids of their own).
+    pub fn add_service(&mut self, vip: SocketAddrV4) {
+        let spec = ServiceSpec {
+            vip,
+            ..self.spec.clone()
+        };
+        self.dataplane.apply(&spec).expect("program the second service");
+    }
+
+    /// Switches the service to `forwarding`, as a reload would.
+    pub fn set_forwarding(&mut self, forwarding: Forwarding) {
+        self.spec.forwarding = forwarding;
+        self.dataplane.apply(&self.spec).expect("apply the forwarding mode");
+    }
+
     /// Applies the service's SYN proxy settings.
     pub fn set_syn_proxy(&mut self, syn_proxy: SynProxy) {
         self.spec.syn_proxy = syn_proxy;
@@ -345,6 +365,11 @@ impl PacketLab {
     /// Deletes `addr`'s neighbour entry, so its next hop no longer resolves.
     pub fn remove_neighbour(&self, addr: Ipv4Addr) {
         ip(&format!("neigh del {addr} dev {INTERFACE}"));
+    }
+
+    /// Routes `to` through the gateway, as a backend behind a router.
+    pub fn route_via_gateway(&self, to: Ipv4Addr) {
+        ip(&format!("route add {to}/32 via {GATEWAY} dev {INTERFACE}"));
     }
 
     /// Limits the path towards `to` to `mtu` bytes, as a narrower egress
@@ -673,6 +698,7 @@ fn service_spec(
             })
             .collect(),
         syn_proxy: SynProxy::default(),
+        forwarding: Default::default(),
     }
 }
 
@@ -680,7 +706,8 @@ fn dataplane_options(max_flows: u32) -> DataplaneOptions {
     DataplaneOptions {
         max_flows,
         reverse_nat_entries: max_flows,
-        lookup_capacity: 2 * DEFAULT_LUT_SIZE,
+        // Room for a second service ([`PacketLab::add_service`]).
+        lookup_capacity: 4 * DEFAULT_LUT_SIZE,
         pin_dir: None,
     }
 }

@@ -90,10 +90,15 @@ impl NameServer {
     }
 }
 
+/// Answers `peer` with the address the connection comes from (what the
+/// backend's access log would say), any other line with `name`.
 fn answer_with_name(stream: TcpStream, name: &str) {
     let mut writer = stream.try_clone().expect("clone stream");
+    let peer = stream.peer_addr().map_or_else(|e| e.to_string(), |a| a.to_string());
     for line in BufReader::new(stream).lines() {
-        if line.is_err() || writeln!(writer, "{name}").is_err() {
+        let Ok(line) = line else { return };
+        let answer = if line == "peer" { peer.as_str() } else { name };
+        if writeln!(writer, "{answer}").is_err() {
             return;
         }
     }
@@ -135,7 +140,16 @@ impl NameClient {
 
     /// The name of the server on the other end.
     pub fn ask(&mut self) -> std::io::Result<String> {
-        writeln!(self.writer, "who")?;
+        self.request("who")
+    }
+
+    /// The address the server sees this connection come from.
+    pub fn peer_seen(&mut self) -> std::io::Result<String> {
+        self.request("peer")
+    }
+
+    fn request(&mut self, question: &str) -> std::io::Result<String> {
+        writeln!(self.writer, "{question}")?;
         let mut line = String::new();
         if self.reader.read_line(&mut line)? == 0 {
             return Err(std::io::ErrorKind::UnexpectedEof.into());

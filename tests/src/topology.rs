@@ -16,6 +16,7 @@ use aya::{
     Ebpf,
     programs::{Xdp, XdpMode},
 };
+use bg_lb::dataplane::forwarding::Forwarding;
 use nix::sched::{CloneFlags, setns};
 
 use crate::cmd::{ifindex, ip, run};
@@ -84,6 +85,37 @@ pub struct Host {
     pub addr: Ipv4Addr,
 }
 
+impl Host {
+    /// Sets a backend up for `forwarding` as the README's "Forwarding
+    /// modes" says, in its own namespace only: under `gateway` its replies
+    /// to `client` go through the LB at `lb` (on one segment, a host route:
+    /// the connected route would win over a default route); under `dsr` it
+    /// holds the `vips` on its loopback and never answers ARP for them.
+    pub fn serve_for(&self, forwarding: Forwarding, lb: Ipv4Addr, client: Ipv4Addr, vips: &[Ipv4Addr]) {
+        match forwarding {
+            Forwarding::FullNat => {}
+            Forwarding::Gateway => {
+                self.ns.ip(&format!("route add {client}/32 via {lb} dev eth0"));
+            }
+            Forwarding::Dsr => {
+                // On the loopback: this kernel has no dummy interfaces, and
+                // the README gives both.
+                for vip in vips {
+                    self.ns.ip(&format!("addr add {vip}/32 dev lo"));
+                }
+                for setting in [
+                    "net.ipv4.conf.all.arp_ignore=1",
+                    "net.ipv4.conf.all.arp_announce=2",
+                    "net.ipv4.conf.eth0.arp_ignore=1",
+                    "net.ipv4.conf.eth0.arp_announce=2",
+                ] {
+                    self.ns.sysctl(setting);
+                }
+            }
+        }
+    }
+}
+
 /// `10.99.0.0/24` on a bridge: the LB is .1 (also the SNAT address), the
 /// client .2, backends from .11; the VIP is an extra address on the LB so
 /// its kernel answers ARP for it (and learns the client's MAC on the way).
@@ -98,6 +130,9 @@ pub struct OneArm {
 pub const LB_ADDR: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 1);
 pub const CLIENT_ADDR: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 2);
 pub const VIP_ADDR: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 100);
+/// A second VIP address, for a standby VIP that must keep the live VIP's
+/// port (`dsr`).
+pub const STANDBY_VIP_ADDR: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 101);
 /// The switch-side port of the LB's veth: native XDP_TX frames only reach a
 /// veth peer that runs an XDP program, so tests attach `xdp_pass` here.
 pub const LB_SWITCH_PORT: &str = "p-lb";

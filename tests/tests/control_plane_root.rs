@@ -5,7 +5,7 @@ use std::{
     fs,
     io::{BufRead as _, BufReader, Write as _},
     os::unix::net::UnixStream,
-    process::{Command, Stdio},
+    process::Command,
     thread,
     time::{Duration, Instant},
 };
@@ -86,43 +86,7 @@ fn drain_wait_returns_only_after_the_long_lived_connection_to_the_pool_closes() 
     let backend = long_lived.ask().unwrap();
     assert_eq!(pool_of_name(&backend), Pool::Blue);
 
-    let mut drain = Command::new(BG_LB)
-        .args(["ctl", "--socket"])
-        .arg(lab.daemon.socket())
-        .args(["drain", "web", "blue", "--wait", "--timeout", "60s"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let switched = Instant::now() + Duration::from_secs(10);
-    while lab.daemon.status("web").ratio.to_string() != "0:100" {
-        assert!(Instant::now() < switched, "drain did not switch the ratio");
-        thread::sleep(Duration::from_millis(20));
-    }
-    let until = Instant::now() + Duration::from_secs(3);
-    while Instant::now() < until {
-        assert_eq!(
-            long_lived.ask().expect("the draining connection keeps working"),
-            backend
-        );
-        assert!(
-            drain.try_wait().unwrap().is_none(),
-            "drain --wait returned while a blue connection was open"
-        );
-        assert!(
-            lab.names(5).iter().all(|n| pool_of_name(n) == Pool::Green),
-            "new connections avoid the drained pool"
-        );
-        thread::sleep(Duration::from_millis(100));
-    }
-    drop(long_lived);
-    let out = drain.wait_with_output().unwrap();
-    assert!(out.status.success(), "{out:?}");
-    assert!(
-        String::from_utf8_lossy(&out.stdout).contains("drained after"),
-        "{out:?}"
-    );
-    assert_eq!(lab.daemon.status("web").open_flows(Pool::Blue), 0);
+    lab.assert_drain_waits_for(long_lived, &backend);
 }
 
 #[test]

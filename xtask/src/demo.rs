@@ -17,6 +17,9 @@ pub struct Options {
     /// Leave the topology up at the end for exploring with `bg-lb ctl`.
     #[arg(long)]
     keep: bool,
+    /// The service's forwarding: full-nat (default), gateway or dsr.
+    #[arg(long, value_parser = ["full-nat", "gateway", "dsr"])]
+    mode: Option<String>,
 }
 
 pub fn run(opts: &Options) -> anyhow::Result<()> {
@@ -48,6 +51,9 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
     }
     if opts.keep {
         demo.arg("--keep");
+    }
+    if let Some(mode) = &opts.mode {
+        demo.args(["--mode", mode]);
     }
     println!("==> demo: running (Ctrl-C stops it and cleans everything up)\n");
     // Replace this process so Ctrl-C reaches only the demo, which cleans up.

@@ -332,6 +332,10 @@ fn print_service(s: &ServiceStatus) {
         format!(" (effective {})", s.effective_ratio)
     };
     println!("{}  vip {}{standby}  ratio {}{effective}", s.name, s.vip, s.ratio);
+    println!("  forwarding {}", s.forwarding);
+    if let Some(limits) = s.forwarding.limits() {
+        println!("    {limits}");
+    }
     println!("  {}", syn_proxy_line(&s.syn_proxy));
     if let Some(record) = &s.shift {
         println!("  {}", shift_line(record, s.ratio));

@@ -369,6 +369,7 @@ mod tests {
             ],
             shift: None,
             syn_proxy: Default::default(),
+            forwarding: Default::default(),
         }]
     }
 

@@ -39,6 +39,7 @@
 //! syn_proxy = "auto"                # auto | always | off: answer SYNs with SYN cookies
 //! syn_proxy_threshold = 1000        # auto: unanswered connection requests per second
 //! syn_proxy_mss = 1460              # the MSS the cookie SYN-ACKs offer
+//! forwarding = "full-nat"           # full-nat | gateway | dsr (README: Forwarding modes)
 //!
 //! [service.health]                  # before or after the service's backends
 //! type = "http"                     # tcp | http
@@ -92,7 +93,7 @@ use std::{
 pub use self::error::ConfigError;
 use self::{error::Invalid, raw::RawConfig};
 use crate::{
-    dataplane::{AttachMode, housekeeping::FlowTimeouts, syn_proxy::SynProxy},
+    dataplane::{AttachMode, forwarding::Forwarding, housekeeping::FlowTimeouts, syn_proxy::SynProxy},
     ratio::{Pool, Ratio},
 };
 
@@ -268,6 +269,8 @@ pub struct ServiceConfig {
     pub health: HealthConfig,
     /// SYN flood defence: `syn_proxy`, `syn_proxy_threshold`, `syn_proxy_mss`.
     pub syn_proxy: SynProxy,
+    /// `forwarding`: how packets reach the backends.
+    pub forwarding: Forwarding,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

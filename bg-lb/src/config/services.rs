@@ -18,7 +18,10 @@ use super::{
     values::{endpoint, integer_in, lookup_table_size, service_name},
 };
 use crate::{
-    dataplane::syn_proxy::{SynProxy, SynProxyMode},
+    dataplane::{
+        forwarding::Forwarding,
+        syn_proxy::{SynProxy, SynProxyMode},
+    },
     ratio::{Pool, Ratio},
 };
 
@@ -161,6 +164,7 @@ fn service(raw: &RawService, text: &str) -> Result<ServiceConfig, Invalid> {
         .map_or(Ok(DEFAULT_LUT_SIZE), lookup_table_size)?;
     let backends = backends(&raw.backend, &name, text)?;
     let health = raw.health.as_ref().map_or(Ok(HealthConfig::default()), health)?;
+    let forwarding = forwarding(raw, vip, standby_vip, &backends)?;
     Ok(ServiceConfig {
         name,
         vip,
@@ -169,17 +173,85 @@ fn service(raw: &RawService, text: &str) -> Result<ServiceConfig, Invalid> {
         lookup_table_size,
         backends,
         health,
-        syn_proxy: syn_proxy(raw)?,
+        syn_proxy: syn_proxy(raw, forwarding)?,
+        forwarding,
     })
 }
 
-fn syn_proxy(raw: &RawService) -> Result<SynProxy, Invalid> {
+/// The service's forwarding mode, refused where it cannot work: `dsr`
+/// forwards the frame unchanged but for its MACs, so each backend must
+/// listen on the port clients connect to, on every VIP of the service.
+/// (That a `dsr` backend is on-link is the data plane's to check, per
+/// packet, as routes change after the config is read; the daemon warns
+/// about one that is not when it starts or reloads.)
+fn forwarding(
+    raw: &RawService,
+    vip: SocketAddrV4,
+    standby_vip: Option<SocketAddrV4>,
+    backends: &[BackendConfig],
+) -> Result<Forwarding, Invalid> {
+    let Some(setting) = &raw.forwarding else {
+        return Ok(Forwarding::default());
+    };
+    let mode = setting
+        .get_ref()
+        .parse::<Forwarding>()
+        .map_err(|e| Invalid::new(setting.span(), e))?;
+    if mode != Forwarding::Dsr {
+        return Ok(mode);
+    }
+    if let (Some(standby), Some(raw_standby)) = (standby_vip, &raw.standby_vip)
+        && standby.port() != vip.port()
+    {
+        return Invalid::at(
+            raw_standby.span(),
+            format!(
+                "forwarding = \"dsr\" keeps the port clients connect to, so standby_vip {standby} must use the vip's \
+                 port {}",
+                vip.port()
+            ),
+        );
+    }
+    if let Some((raw_backend, backend)) = raw
+        .backend
+        .iter()
+        .zip(backends)
+        .find(|(_, b)| b.address.port() != vip.port())
+    {
+        return Invalid::at(
+            raw_backend.address.span(),
+            format!(
+                "forwarding = \"dsr\" keeps the port clients connect to, so backend {} must listen on the vip's port {}",
+                backend.address,
+                vip.port()
+            ),
+        );
+    }
+    Ok(mode)
+}
+
+/// The SYN proxy needs each backend's SYN-ACK, which bypasses the LB under
+/// `dsr`: off by default there, and refused if asked for.
+fn syn_proxy(raw: &RawService, forwarding: Forwarding) -> Result<SynProxy, Invalid> {
     let default = SynProxy::default();
     let mode = match &raw.syn_proxy {
-        Some(mode) => mode
-            .get_ref()
-            .parse::<SynProxyMode>()
-            .map_err(|e| Invalid::new(mode.span(), e))?,
+        Some(mode) => {
+            let parsed = mode
+                .get_ref()
+                .parse::<SynProxyMode>()
+                .map_err(|e| Invalid::new(mode.span(), e))?;
+            if forwarding == Forwarding::Dsr && parsed != SynProxyMode::Off {
+                return Invalid::at(
+                    mode.span(),
+                    format!(
+                        "syn_proxy = \"{parsed}\" needs the backends' replies, which bypass the LB under forwarding = \"dsr\"; \
+                         set syn_proxy = \"off\""
+                    ),
+                );
+            }
+            parsed
+        }
+        None if forwarding == Forwarding::Dsr => SynProxyMode::Off,
         None => default.mode,
     };
     let threshold = match &raw.syn_proxy_threshold {
@@ -274,6 +346,7 @@ mod tests {
 
     use bg_lb_common::maps::{MAX_BACKENDS, MAX_SERVICES};
 
+    use super::*;
     use crate::config::test_support::{API, BLUE, TOP, WEB, assert_rejected, parse_ok};
 
     #[test]
@@ -297,6 +370,50 @@ mod tests {
         for mss in [535, 8961] {
             assert_rejected(&format!("{TOP}{WEB}syn_proxy_mss = {mss}  # <-\n"), "syn_proxy_mss");
         }
+    }
+
+    #[test]
+    fn forwarding_modes_parse_and_dsr_turns_the_syn_proxy_off() {
+        let config = parse_ok(&format!(
+            "{TOP}{WEB}forwarding = \"gateway\"\n{BLUE}{API}forwarding = \"dsr\"\n"
+        ));
+        assert_eq!(config.services[0].forwarding, Forwarding::Gateway);
+        assert_eq!(config.services[0].syn_proxy, SynProxy::default());
+        assert_eq!(config.services[1].forwarding, Forwarding::Dsr);
+        assert_eq!(config.services[1].syn_proxy.mode, SynProxyMode::Off);
+        assert_eq!(
+            parse_ok(&format!("{TOP}{WEB}")).services[0].forwarding,
+            Forwarding::FullNat
+        );
+        assert_rejected(
+            &format!("{TOP}{WEB}forwarding = \"nat\"  # <-\n"),
+            "forwarding \"nat\": expected \"full-nat\", \"gateway\" or \"dsr\"",
+        );
+    }
+
+    #[test]
+    fn dsr_refuses_another_backend_port_a_standby_port_and_the_syn_proxy() {
+        assert_rejected(
+            &format!(
+                "{TOP}{WEB}forwarding = \"dsr\"\n[[service.backend]]\npool = \"blue\"\naddress = \"10.0.1.1:8080\"  # <-\n"
+            ),
+            "backend 10.0.1.1:8080 must listen on the vip's port 80",
+        );
+        assert_rejected(
+            &format!("{TOP}{WEB}forwarding = \"dsr\"\nstandby_vip = \"10.0.0.100:8080\"  # <-\n{BLUE}"),
+            "standby_vip 10.0.0.100:8080 must use the vip's port 80",
+        );
+        for mode in ["auto", "always"] {
+            assert_rejected(
+                &format!("{TOP}{WEB}forwarding = \"dsr\"\nsyn_proxy = \"{mode}\"  # <-\n{BLUE}"),
+                &format!("syn_proxy = \"{mode}\" needs the backends' replies"),
+            );
+        }
+        // Gateway rewrites the port: any backend port will do.
+        let gateway = format!(
+            "{TOP}{WEB}forwarding = \"gateway\"\n[[service.backend]]\npool = \"blue\"\naddress = \"10.0.1.1:8080\"\n"
+        );
+        assert_eq!(parse_ok(&gateway).services[0].backends[0].address.port(), 8080);
     }
 
     #[test]

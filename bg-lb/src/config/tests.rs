@@ -12,6 +12,7 @@ use super::{
 use crate::{
     dataplane::{
         AttachMode,
+        forwarding::Forwarding,
         housekeeping::FlowTimeouts,
         syn_proxy::{SynProxy, SynProxyMode},
     },
@@ -108,6 +109,7 @@ fn full_one_arm_config_parses_to_expected_structs() {
                     threshold: 50,
                     mss: 1400,
                 },
+                forwarding: Default::default(),
             },
             ServiceConfig {
                 name: "api.v2".into(),
@@ -118,6 +120,7 @@ fn full_one_arm_config_parses_to_expected_structs() {
                 backends: vec![],
                 health: HealthConfig::default(),
                 syn_proxy: SynProxy::default(),
+                forwarding: Default::default(),
             },
         ],
     };
@@ -181,6 +184,7 @@ fn full_two_arm_config_parses_to_expected_structs() {
             backends: vec![backend(Pool::Green, "192.168.1.20:5432", DEFAULT_WEIGHT)],
             health: HealthConfig::default(),
             syn_proxy: SynProxy::default(),
+            forwarding: Default::default(),
         }],
         ..parse_ok(TOP)
     };
@@ -236,6 +240,7 @@ fn absent_optional_keys_take_their_defaults() {
                 threshold: 1000,
                 mss: 1460,
             },
+            forwarding: Default::default(),
         }],
     };
     assert_eq!(config, expected);
@@ -263,6 +268,7 @@ fn example_file_parses() {
     assert_eq!(pools, [Pool::Blue, Pool::Blue, Pool::Green, Pool::Green]);
     assert_eq!(web.backends[3].weight, 0, "the example shows a drained backend");
     assert_eq!(web.syn_proxy, SynProxy::default(), "the example shows the defaults");
+    assert_eq!(web.forwarding, Forwarding::default(), "the example shows the default");
     assert_eq!(
         web.health,
         HealthConfig {

@@ -120,6 +120,7 @@ impl Daemon {
         let config = config::load(config_path)?;
         preflight::refuse_foreign_snat_addresses(&config)?;
         preflight::refuse_snat_ports_overlapping_ephemeral_ports(&config)?;
+        preflight::warn_dsr_backends_not_on_link(&config);
         let loaded_at = SystemTime::now();
         let operator = state_file::load(&config.state_dir)?;
         let pins = PinLayout::new(&config.pin_dir);

@@ -1,8 +1,9 @@
 //! Checks of the host at startup, each naming the cause and the fix: SNAT
 //! addresses the host does not have (refused), the SNAT range against the
 //! kernel's ephemeral ports (refused), pins on a
-//! bpffs that dies with the daemon (warned), and the XDP mode auto picks
-//! for an interface (see [`crate::host`]).
+//! bpffs that dies with the daemon (warned), `dsr` backends that are not
+//! on-link (warned), and the XDP mode auto picks for an interface (see
+//! [`crate::host`]).
 
 use std::net::UdpSocket;
 
@@ -10,11 +11,12 @@ use anyhow::bail;
 
 use crate::{
     config::Config,
-    dataplane::{AttachMode, pins::PinLayout},
+    dataplane::{AttachMode, forwarding::Forwarding, pins::PinLayout},
     host::{
         bpffs::{self, BpffsView},
         interface,
         ports::{EphemeralPorts, Overlap},
+        routes::{self, NextHop},
     },
 };
 
@@ -48,6 +50,29 @@ pub(super) fn refuse_snat_ports_overlapping_ephemeral_ports(config: &Config) -> 
         Err(e) => {
             tracing::warn!(error = %e, "cannot read the kernel's ephemeral port range; snat_ports not checked against it");
             Ok(())
+        }
+    }
+}
+
+/// Warns about each `dsr` backend the main routing table reaches through a
+/// router: a MAC rewrite cannot reach it, so the data plane will drop its
+/// packets (`dsr_not_on_link`). A warning, not a refusal: the data plane
+/// judges per packet, and routes may change after startup.
+pub(super) fn warn_dsr_backends_not_on_link(config: &Config) {
+    let dsr = config.services.iter().filter(|s| s.forwarding == Forwarding::Dsr);
+    for (service, backend) in dsr.flat_map(|s| s.backends.iter().map(move |b| (s, b))) {
+        let addr = *backend.address.ip();
+        match routes::next_hop(addr) {
+            Ok(NextHop::OnLink) => {}
+            Ok(hop) => tracing::warn!(
+                service = %service.name,
+                backend = %backend.address,
+                next_hop = ?hop,
+                "forwarding = \"dsr\" needs backends on this host's L2 segment; this one is not on-link, so its \
+                 packets will be dropped (counter dsr_not_on_link). Move it onto the segment or use forwarding = \
+                 \"gateway\""
+            ),
+            Err(e) => tracing::warn!(error = %e, "cannot read the routing table; dsr backends not checked"),
         }
     }
 }

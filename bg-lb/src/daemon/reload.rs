@@ -3,7 +3,7 @@
 
 use std::time::SystemTime;
 
-use super::{Daemon, RequestError};
+use super::{Daemon, RequestError, preflight};
 use crate::config::{self, Config};
 
 impl Daemon {
@@ -40,6 +40,7 @@ impl Daemon {
             return Err(RequestError::ConfigNotApplied(e));
         }
         self.restart_probes();
+        preflight::warn_dsr_backends_not_on_link(&self.config);
         tracing::info!(path = %self.config_path.display(), "config reloaded");
         Ok(format!("reloaded {}", self.config_path.display()))
     }

@@ -110,6 +110,7 @@ impl Daemon {
             backends,
             shift: operator.and_then(|s| s.shift.clone()),
             syn_proxy: self.syn_proxy_status(service)?,
+            forwarding: service.forwarding,
         })
     }
 

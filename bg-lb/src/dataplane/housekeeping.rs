@@ -9,7 +9,8 @@
 //! port) belong together. FLOWS is an LRU, so a flow may be evicted and
 //! leave its reverse entry behind; a service removed, or a backend id that
 //! now names another backend (its generation changed), leaves flows that
-//! can no longer be forwarded. The sweep removes both kinds of orphan.
+//! can no longer be forwarded. The sweep removes both kinds of orphan. A
+//! `dsr` flow has no reverse entry (nor SNAT address): it is never one.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -203,7 +204,7 @@ pub fn judge(
             Some(Removal::ServiceGone)
         } else if nat.is_none() {
             Some(Removal::BackendGone)
-        } else if !owns_nat {
+        } else if !owns_nat && flow.has_reply_path() {
             Some(Removal::NatLost)
         } else {
             expiry(&flow, now_ns, timeouts).map(Removal::Expired)
@@ -219,7 +220,7 @@ pub fn judge(
             continue;
         }
         let census = &mut sweep.census;
-        if let Some(nat) = nat {
+        if let Some(nat) = nat.filter(|_| flow.holds_snat_pair()) {
             *census.snat_pairs.entry(nat.backend()).or_default() += 1;
         }
         *census.total.entry(flow.backend_id).or_default() += 1;

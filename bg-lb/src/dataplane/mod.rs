@@ -2,12 +2,14 @@
 //! the packet tests) load, attach, program and read. Inside, [`services`] and
 //! [`housekeeping`] decide every change as plain values, [`sweep`] walks the
 //! flow table in bounded slices ([`walk`]) on a thread of its own, [`syn_proxy`] is a
-//! service's SYN flood defence as settings and state, and `kernel` is the
+//! service's SYN flood defence as settings and state, [`forwarding`] its
+//! forwarding mode, and `kernel` is the
 //! one module that talks to the kernel, writing those values to the maps.
 //! Before it adopts pinned maps, `layout` judges whether it can (pure), and
 //! `migration` moves a map whose capacity changed into one of the new size,
 //! and lookup tables are written through `table_memory`, a mapping of their map.
 
+pub mod forwarding;
 pub mod housekeeping;
 mod kernel;
 mod layout;

@@ -24,6 +24,7 @@ use bg_lb_common::maps::{Backend, Flow, MAX_BACKENDS, MAX_SERVICES, Service, Ser
 
 use crate::{
     dataplane::{
+        forwarding::Forwarding,
         lookup_table::{TableBackend, TableCache},
         syn_proxy::SynProxy,
         table_regions::{RegionAllocator, RegionsExhausted, TableRegions},
@@ -50,6 +51,7 @@ pub struct ServiceSpec {
     pub ratio: Ratio,
     pub backends: Vec<BackendSpec>,
     pub syn_proxy: SynProxy,
+    pub forwarding: Forwarding,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -300,6 +302,7 @@ impl Services {
             ..Service::default()
         };
         spec.syn_proxy.program(&mut service);
+        spec.forwarding.program(&mut service);
         Ok(ServiceUpdate {
             backends,
             table: self.tables.build(&table_backends, spec.ratio, spec.lut_size),

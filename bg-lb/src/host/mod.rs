@@ -6,7 +6,9 @@
 //! - [`ports`]: the SNAT port range against the kernel's ephemeral ports.
 //! - [`bpffs`]: whether the pins live on a bpffs that outlives the daemon.
 //! - [`interface`]: the XDP mode `auto` picks for an interface's driver.
+//! - [`routes`]: whether a `dsr` backend is on-link.
 
 pub mod bpffs;
 pub mod interface;
 pub mod ports;
+pub mod routes;

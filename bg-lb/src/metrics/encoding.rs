@@ -47,7 +47,8 @@ pub fn verdict(counter: Counter) -> &'static str {
         | Counter::SynCookieInvalid
         | Counter::SynProxyEarlyData
         | Counter::SynProxyBadChecksum
-        | Counter::SynProxyUnavailable => "drop",
+        | Counter::SynProxyUnavailable
+        | Counter::DsrNotOnLink => "drop",
         Counter::IcmpErrorWithoutFlow | Counter::IcmpMalformed => "pass",
         Counter::UnpinnedForwarded
         | Counter::RstOutOfWindow
@@ -57,6 +58,7 @@ pub fn verdict(counter: Counter) -> &'static str {
         | Counter::IcmpErrorToBackend
         | Counter::SynCookieValid => "forward",
         Counter::Refused | Counter::FlowReset | Counter::SnatPortsExhausted | Counter::NatConflict => "reset",
+        Counter::GatewayCollision => "reset",
         Counter::TooBigAnswered => "icmp",
         // The SYN proxy's SYN-ACK, sent back in the SYN's place.
         Counter::SynCookieSent => "answer",

@@ -2,7 +2,9 @@
 //! the unit tests can read them), and starting it in the LB namespace of a
 //! fresh [`Lab`]. Every contender serves the same two services: HTTP on
 //! VIP:80 to the backends' :8080 and bulk on VIP:5201 to their :5201, split
-//! 50:50 between two blue and two green backends.
+//! 50:50 between two blue and two green backends. (bg-lb in `dsr` mode
+//! keeps the port, so its HTTP service is VIP:8080; its lab's backends are
+//! set up for their mode: [`Contender::forwarding`].)
 
 use std::{
     collections::BTreeMap,
@@ -14,7 +16,7 @@ use std::{
 };
 
 use aya::maps::{Map, MapData, PerCpuArray};
-use bg_lb::protocol::BackendHealth;
+use bg_lb::{dataplane::forwarding::Forwarding, protocol::BackendHealth};
 use bg_lb_common::counters::Counter;
 use serde::Serialize;
 
@@ -32,6 +34,8 @@ use crate::{
 #[serde(rename_all = "kebab-case")]
 pub enum Contender {
     BgLb,
+    BgLbGateway,
+    BgLbDsr,
     Haproxy,
     NginxStream,
     NftablesDnat,
@@ -40,8 +44,10 @@ pub enum Contender {
 
 impl Contender {
     /// In the order of the table; bg-lb first as every ratio refers to it.
-    pub const ALL: [Contender; 5] = [
+    pub const ALL: [Contender; 7] = [
         Contender::BgLb,
+        Contender::BgLbGateway,
+        Contender::BgLbDsr,
         Contender::Haproxy,
         Contender::NginxStream,
         Contender::NftablesDnat,
@@ -52,6 +58,8 @@ impl Contender {
     pub fn key(self) -> &'static str {
         match self {
             Contender::BgLb => "bg-lb",
+            Contender::BgLbGateway => "bg-lb-gateway",
+            Contender::BgLbDsr => "bg-lb-dsr",
             Contender::Haproxy => "haproxy",
             Contender::NginxStream => "nginx",
             Contender::NftablesDnat => "nftables",
@@ -62,10 +70,22 @@ impl Contender {
     pub fn label(self) -> &'static str {
         match self {
             Contender::BgLb => "bg-lb (XDP native, full NAT)",
+            Contender::BgLbGateway => "bg-lb (XDP native, gateway: DNAT)",
+            Contender::BgLbDsr => "bg-lb (XDP native, dsr: replies skip the LB)",
             Contender::Haproxy => "HAProxy 2.6 (mode tcp)",
             Contender::NginxStream => "nginx 1.22 stream",
             Contender::NftablesDnat => "nftables DNAT + SNAT (numgen)",
             Contender::Direct => "direct to one backend (floor)",
+        }
+    }
+
+    /// How a bg-lb contender forwards (full NAT for the others, whose
+    /// backends need no set-up either).
+    pub fn forwarding(self) -> Forwarding {
+        match self {
+            Contender::BgLbGateway => Forwarding::Gateway,
+            Contender::BgLbDsr => Forwarding::Dsr,
+            _ => Forwarding::FullNat,
         }
     }
 
@@ -82,7 +102,9 @@ impl Contender {
         let http = lab.pools(HTTP_PORT);
         let bulk = lab.pools(BULK_PORT);
         let mut running = match self {
-            Contender::BgLb => start_bg_lb(lab, bg_lb, &http, &bulk),
+            Contender::BgLb | Contender::BgLbGateway | Contender::BgLbDsr => {
+                start_bg_lb(lab, bg_lb, &http, &bulk, self.forwarding())
+            }
             Contender::Haproxy => start_haproxy(lab.lb(), vip, &http, &bulk),
             Contender::NginxStream => start_nginx(lab.lb(), vip, &http, &bulk),
             Contender::NftablesDnat => start_nftables(lab.lb(), vip, &http, &bulk),
@@ -205,14 +227,21 @@ impl Drop for ScratchDir {
 /// thousands of short connections a second fit the per-backend port range
 /// (the default 10 s linger x 10,000 ports caps churn near 1,000/s per
 /// backend).
-pub fn bg_lb_config(vip: Ipv4Addr, snat: Ipv4Addr, http: &Pools, bulk: &Pools, paths: &str) -> String {
+pub fn bg_lb_config(
+    vip: Ipv4Addr,
+    snat: Ipv4Addr,
+    http: &Pools,
+    bulk: &Pools,
+    forwarding: Forwarding,
+    paths: &str,
+) -> String {
     let mut toml = format!(
         "interface = \"eth0\"\nxdp_mode = \"native\"\nsnat_address = \"{snat}\"\nsnat_ports = \"1024-32767\"\n\
          {paths}\n[timeouts]\nclosing = \"2s\"\n"
     );
-    for (name, port, pools) in [("web", VIP_HTTP_PORT, http), ("bulk", BULK_PORT, bulk)] {
+    for (name, port, pools) in [("web", http_vip_port(forwarding), http), ("bulk", BULK_PORT, bulk)] {
         toml += &format!(
-            "\n[[service]]\nname = \"{name}\"\nvip = \"{vip}:{port}\"\nratio = \"{}:{}\"\n",
+            "\n[[service]]\nname = \"{name}\"\nvip = \"{vip}:{port}\"\nratio = \"{}:{}\"\nforwarding = \"{forwarding}\"\n",
             pools.blue_percent,
             100 - pools.blue_percent
         );
@@ -225,10 +254,22 @@ pub fn bg_lb_config(vip: Ipv4Addr, snat: Ipv4Addr, http: &Pools, bulk: &Pools, p
     toml
 }
 
-fn start_bg_lb(lab: &Lab, bin: &'static str, http: &Pools, bulk: &Pools) -> Running {
+/// The VIP port of bg-lb's HTTP service: the backends' under `dsr`, which
+/// keeps the port.
+fn http_vip_port(forwarding: Forwarding) -> u16 {
+    if forwarding == Forwarding::Dsr {
+        HTTP_PORT
+    } else {
+        VIP_HTTP_PORT
+    }
+}
+
+fn start_bg_lb(lab: &Lab, bin: &'static str, http: &Pools, bulk: &Pools, forwarding: Forwarding) -> Running {
     let peer_xdp = lab.topo.pass_lb_frames_to_switch();
     let vip = lab.topo.vip;
-    let daemon = Daemon::start(bin, lab.lb(), |paths| bg_lb_config(vip, LB_ADDR, http, bulk, paths));
+    let daemon = Daemon::start(bin, lab.lb(), |paths| {
+        bg_lb_config(vip, LB_ADDR, http, bulk, forwarding, paths)
+    });
     // New connections go only to backends the health checks found up.
     let deadline = Instant::now() + Duration::from_secs(20);
     for service in ["web", "bulk"] {
@@ -247,7 +288,7 @@ fn start_bg_lb(lab: &Lab, bin: &'static str, http: &Pools, bulk: &Pools) -> Runn
         }
     }
     Running {
-        http: SocketAddrV4::new(vip, VIP_HTTP_PORT),
+        http: SocketAddrV4::new(vip, http_vip_port(forwarding)),
         bulk: SocketAddrV4::new(vip, BULK_PORT),
         guard: Guard::BgLb {
             _daemon: Box::new(daemon),
@@ -453,13 +494,35 @@ mod tests {
 
     #[test]
     fn bg_lb_config_has_both_services_with_the_ratio_and_every_backend() {
-        let toml = bg_lb_config(VIP, LB_ADDR, &pools(8080), &pools(5201), "pin_dir = \"/x\"\n");
+        let toml = bg_lb_config(
+            VIP,
+            LB_ADDR,
+            &pools(8080),
+            &pools(5201),
+            Forwarding::FullNat,
+            "pin_dir = \"/x\"\n",
+        );
         assert!(toml.contains("vip = \"10.99.0.100:80\"\nratio = \"50:50\""));
         assert!(toml.contains("vip = \"10.99.0.100:5201\""));
         assert_eq!(toml.matches("[[service.backend]]").count(), 8);
         assert!(toml.contains("pool = \"green\"\naddress = \"10.99.0.14:5201\""));
         let paths = "pin_dir = \"/sys/fs/bpf/x\"\nstate_dir = \"/tmp/x\"\n[admin]\nsocket = \"/tmp/x.sock\"\n";
-        let toml = bg_lb_config(VIP, LB_ADDR, &pools(8080), &pools(5201), paths);
+        let toml = bg_lb_config(VIP, LB_ADDR, &pools(8080), &pools(5201), Forwarding::FullNat, paths);
         bg_lb::config::parse(std::path::Path::new("bench.toml"), &toml).expect("bg-lb accepts the bench config");
+    }
+
+    #[test]
+    fn bg_lb_contenders_in_gateway_and_dsr_modes_have_configs_bg_lb_accepts() {
+        let paths = "pin_dir = \"/sys/fs/bpf/x\"\nstate_dir = \"/tmp/x\"\n[admin]\nsocket = \"/tmp/x.sock\"\n";
+        for contender in [Contender::BgLbGateway, Contender::BgLbDsr] {
+            let forwarding = contender.forwarding();
+            let toml = bg_lb_config(VIP, LB_ADDR, &pools(8080), &pools(5201), forwarding, paths);
+            assert_eq!(toml.matches(&format!("forwarding = \"{forwarding}\"")).count(), 2);
+            let config = bg_lb::config::parse(std::path::Path::new("bench.toml"), &toml)
+                .unwrap_or_else(|e| panic!("{forwarding}: {e}"));
+            assert!(config.services.iter().all(|s| s.forwarding == forwarding));
+        }
+        let dsr = bg_lb_config(VIP, LB_ADDR, &pools(8080), &pools(5201), Forwarding::Dsr, paths);
+        assert!(dsr.contains("vip = \"10.99.0.100:8080\""), "dsr keeps the port");
     }
 }

@@ -82,6 +82,7 @@ pub fn run(bin: &'static str, opts: &FlowSweepOptions, progress: &mut dyn FnMut(
         fall: 1,
         // Room to spare: an LRU table evicts before it is quite full.
         max_flows: (opts.flows + opts.flows / 20).next_power_of_two(),
+        ..LabOptions::default()
     };
     let mut lab = BlueGreenLab::start(bin, &options);
     let mut maps = NatMaps::pinned(&lab.daemon.pin_dir);

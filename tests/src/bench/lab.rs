@@ -3,13 +3,15 @@
 //! backend. Each contender run gets a fresh one, so no state (XDP programs,
 //! nftables rules, conntrack, TIME_WAIT sockets) leaks from one to the next.
 
-use std::net::SocketAddrV4;
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use bg_lb::dataplane::forwarding::Forwarding;
 
 use crate::{
     bench::{bulk::BulkServer, procs},
     daemon::DemoBackend,
     http,
-    topology::{NetNs, OneArm},
+    topology::{CLIENT_ADDR, LB_ADDR, NetNs, OneArm},
 };
 
 /// Backends' HTTP port (demo-backend).
@@ -55,8 +57,15 @@ impl Drop for Leftovers {
 }
 
 impl Lab {
-    pub fn new(bg_lb: &'static str) -> Self {
+    /// A lab whose backends are set up for `forwarding` (README,
+    /// "Forwarding modes"); under `dsr` the servers listen on every address,
+    /// the VIP's on the loopback included.
+    pub fn new(bg_lb: &'static str, forwarding: Forwarding) -> Self {
         let topo = OneArm::new(BACKENDS);
+        for host in &topo.backends {
+            host.serve_for(forwarding, LB_ADDR, CLIENT_ADDR, &[topo.vip]);
+        }
+        let dsr = forwarding == Forwarding::Dsr;
         // The load generators open tens of thousands of connections in a few
         // seconds. Whoever closes first keeps the port in TIME_WAIT for 60 s;
         // behind a proxy that is often the client (wrk closes as soon as it
@@ -65,11 +74,14 @@ impl Lab {
         // TIME_WAIT ports (safe with TCP timestamps), as load generators do.
         topo.client.ns.sysctl("net.ipv4.ip_local_port_range=1024 65535");
         topo.client.ns.sysctl("net.ipv4.tcp_tw_reuse=1");
-        let http = DemoBackend::start_on_each(bg_lb, &topo.backends, HTTP_PORT);
+        let http = DemoBackend::start_on_each_listening(bg_lb, &topo.backends, HTTP_PORT, dsr);
         let bulk = topo
             .backends
             .iter()
-            .map(|b| BulkServer::start(&b.ns, SocketAddrV4::new(b.addr, BULK_PORT)))
+            .map(|b| {
+                let ip = if dsr { Ipv4Addr::UNSPECIFIED } else { b.addr };
+                BulkServer::start(&b.ns, SocketAddrV4::new(ip, BULK_PORT))
+            })
             .collect();
         Lab {
             _http: http,

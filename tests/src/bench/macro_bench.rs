@@ -143,7 +143,7 @@ pub fn run(opts: &MacroOptions, bg_lb: &'static str, progress: &mut dyn FnMut(&s
 
 fn run_one(contender: Contender, round: usize, opts: &MacroOptions, bg_lb: &'static str) -> RunRecord {
     let o = &opts.workloads;
-    let lab = Lab::new(bg_lb);
+    let lab = Lab::new(bg_lb, contender.forwarding());
     let running = contender.start(&lab, bg_lb);
     let mut r = RunRecord::new(contender, round);
     let before = lab.requests_served();

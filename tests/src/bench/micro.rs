@@ -133,6 +133,7 @@ fn bench_lab() -> PacketLab {
             mode: SynProxyMode::Off,
             ..SynProxy::default()
         },
+        forwarding: Default::default(),
     })
 }
 

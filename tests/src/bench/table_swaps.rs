@@ -158,6 +158,7 @@ fn flip_service(s: usize) -> ServiceSpec {
             })
             .collect(),
         syn_proxy: SynProxy::default(),
+        forwarding: Default::default(),
     }
 }
 

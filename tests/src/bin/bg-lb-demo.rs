@@ -13,7 +13,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use bg_lb::protocol::{Reply, ServiceStatus};
+use bg_lb::{
+    dataplane::forwarding::Forwarding,
+    protocol::{Reply, ServiceStatus},
+};
 use bg_lb_tests::{
     lab::{BlueGreenLab, LabOptions, SERVICE},
     load::{Load, LoadSpec, Tally, TallyWatch},
@@ -39,6 +42,11 @@ struct Args {
     /// until Ctrl-C.
     #[arg(long)]
     keep: bool,
+    /// The service's forwarding: full-nat, gateway (backends see the client
+    /// and route replies through the LB) or dsr (backends see the client
+    /// and reply to it directly); README, "Forwarding modes".
+    #[arg(long, default_value = "full-nat")]
+    mode: Forwarding,
 }
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
@@ -67,7 +75,12 @@ fn run(bin: &'static str, args: &Args) -> ExitCode {
     println!("bg-lb demo: a zero-downtime blue-green release under load\n");
     println!("Setting up network namespaces: a client, the load balancer, and four backends");
     println!("(b0, b1 = blue; b2, b3 = green; all running demo-backend v1 with GET /live and /standby)...");
-    let mut lab = BlueGreenLab::start(bin, &LabOptions::default());
+    let options = LabOptions {
+        forwarding: args.mode,
+        ..LabOptions::default()
+    };
+    let mut lab = BlueGreenLab::start(bin, &options);
+    println!("  forwarding {}{}", args.mode, mode_note(args.mode));
     println!("  live VIP {}  ->  ratio blue:green, HTTP /live checks", lab.live_vip());
     println!("  standby VIP {}  ->  backends answering /standby", lab.standby_vip());
     let hold = Duration::from_secs(args.duration.max(8)) / 8;
@@ -110,6 +123,18 @@ fn run(bin: &'static str, args: &Args) -> ExitCode {
         explore(&lab, bin);
     }
     code
+}
+
+/// How the backends were set up for `mode`, and what they see.
+fn mode_note(mode: Forwarding) -> &'static str {
+    match mode {
+        Forwarding::FullNat => ": backends see the LB's SNAT address",
+        Forwarding::Gateway => ": backends see the client and route replies to it through the LB",
+        Forwarding::Dsr => {
+            ": backends hold the VIPs on lo (arp_ignore=1, arp_announce=2), see the client and reply to it \
+             directly"
+        }
+    }
 }
 
 /// Prints the summary; the demo passes only with zero failures.

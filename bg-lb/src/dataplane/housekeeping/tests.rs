@@ -1,6 +1,9 @@
 use std::net::{Ipv4Addr, SocketAddrV4};
 
-use bg_lb_common::flow_state::{ESTABLISHED, FIN_FROM_BACKEND, FIN_FROM_CLIENT, RESET, SYN_ACK_SEEN, SYN_SEEN};
+use bg_lb_common::{
+    flow_state::{ESTABLISHED, FIN_FROM_BACKEND, FIN_FROM_CLIENT, RESET, SYN_ACK_SEEN, SYN_SEEN},
+    maps::{FORWARDING_DSR, FORWARDING_GATEWAY},
+};
 
 use super::*;
 
@@ -232,6 +235,41 @@ fn a_flow_whose_reverse_entry_is_gone_or_names_another_flow_is_an_orphan() {
     );
     assert!(judged.orphan_reverse.is_empty());
     assert_eq!(judged.census.open_of(BACKEND_ID), 1);
+}
+
+#[test]
+fn a_dsr_flow_owns_no_reverse_entry_and_is_no_orphan_without_one() {
+    let established = SYN_SEEN | SYN_ACK_SEEN | ESTABLISHED;
+    let dsr = Flow {
+        snat_addr: 0,
+        snat_port: 0,
+        forwarding: FORWARDING_DSR as u16,
+        ..pinned(established, 0)
+    };
+    let judged = sweep(&[(key(1), dsr)], &[]);
+    assert!(removals(&judged).is_empty());
+    assert_eq!((judged.census.open_of(BACKEND_ID), judged.census.orphans), (1, 0));
+    assert_eq!(
+        judged.census.snat_pairs_of(backend().addr()),
+        0,
+        "it holds no SNAT pair"
+    );
+}
+
+#[test]
+fn a_gateway_flow_owns_its_reverse_entry_but_holds_no_snat_pair() {
+    let gateway = Flow {
+        forwarding: FORWARDING_GATEWAY as u16,
+        ..pinned(SYN_SEEN | SYN_ACK_SEEN | ESTABLISHED, 20000)
+    };
+    let judged = sweep(&[(key(1), gateway)], &[(nat(20000), key(1))]);
+    assert!(removals(&judged).is_empty());
+    assert_eq!(judged.census.open_of(BACKEND_ID), 1);
+    assert_eq!(
+        judged.census.snat_pairs_of(backend().addr()),
+        0,
+        "its pair is the client's"
+    );
 }
 
 #[test]

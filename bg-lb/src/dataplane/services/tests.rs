@@ -25,6 +25,7 @@ fn spec(vip: SocketAddrV4, backends: &[u8]) -> ServiceSpec {
             })
             .collect(),
         syn_proxy: SynProxy::default(),
+        forwarding: Default::default(),
     }
 }
 
@@ -214,6 +215,7 @@ fn only_a_new_services_first_update_is_fresh_and_every_update_carries_its_syn_pr
             threshold: 9,
             mss: 1400,
         },
+        forwarding: Default::default(),
         ..spec(VIP, &[1])
     };
     let first = maps.apply(&mut services, &always);

@@ -94,6 +94,7 @@ fn snapshot() -> Snapshot {
                 mode: SynProxyMode::Auto,
                 active: true,
             },
+            forwarding: Default::default(),
         }],
         probes: vec![ProbeMetrics {
             service: "web".into(),

@@ -1,0 +1,108 @@
+//! The per-service forwarding modes besides full NAT
+//! ([`Service::forwarding`]); the client -> VIP path ([`to_backend`]) and
+//! the reply path ([`to_client`]) stay one each, and ask here where a mode
+//! differs.
+//!
+//! - `gateway`: a flow's "SNAT" source is the client's own address and
+//!   port, so the rewrite changes the destination only, and the flow's
+//!   reverse-NAT key is what the backend's reply carries (backend ->
+//!   client). Two VIPs' flows from one client address and port to one
+//!   backend address and port would share that key: the backend could not
+//!   tell them apart. The second flow's SYN is refused with a RST and
+//!   counted (`gateway_collision`); picking another backend would break the
+//!   lookup table's ratio and pinning for a case a client's next port ends.
+//! - `dsr`: no reverse entry and no rewrite; the frame goes to the backend's
+//!   MAC, which must be on-link. Replies bypass the LB, so the flow's state
+//!   follows the client alone ([`advance_dsr`]).
+//!
+//! A flow keeps the mode it was opened in ([`Flow::forwarding`]), whatever
+//! a reload makes of its service.
+
+use aya_ebpf::programs::XdpContext;
+use bg_lb_common::{
+    counters::Counter,
+    flow_state::{
+        self, Direction, Event, FIN_FROM_BACKEND, FIN_FROM_CLIENT, SYN_ACK_SEEN, SYN_SEEN, Segment, TCP_ACK, TCP_FIN,
+        TCP_SYN,
+    },
+    maps::{Backend, DataplaneConfig, FORWARDING_GATEWAY, Flow, FlowKey, NatKey, Service},
+};
+
+use crate::{forward::forward_to, maps::REVERSE_NAT, packet::TcpPacket};
+
+/// Candidate `attempt` for a new flow's source (address, port), wire order:
+/// a SNAT pair, or for `gateway` the client's own (one candidate only).
+#[inline(always)]
+pub fn source(service: &Service, key: &FlowKey, cfg: &DataplaneConfig, hash: u32, attempt: u32) -> Option<(u32, u16)> {
+    if service.forwarding == FORWARDING_GATEWAY {
+        return (attempt == 0).then_some((key.client_addr, key.client_port));
+    }
+    Some(cfg.snat_candidate(hash, attempt))
+}
+
+/// What a SYN that found no free source is counted as.
+#[inline(always)]
+pub const fn no_source(service: &Service) -> Counter {
+    if service.forwarding == FORWARDING_GATEWAY {
+        Counter::GatewayCollision
+    } else {
+        Counter::SnatPortsExhausted
+    }
+}
+
+/// Whether `pkt`, to no VIP or SNAT address, is a backend's reply to a
+/// `gateway` flow's client: its (backend, client) key has an entry.
+/// Anything else (the host's own traffic included) passes untouched.
+#[inline(always)]
+pub fn is_gateway_reply(pkt: &TcpPacket<'_>) -> bool {
+    let nat = NatKey {
+        backend_addr: pkt.src_addr(),
+        snat_addr: pkt.dst_addr(),
+        backend_port: pkt.src_port(),
+        snat_port: pkt.dst_port(),
+    };
+    // SAFETY: only whether an entry exists is read.
+    unsafe { REVERSE_NAT.get(nat) }.is_some()
+}
+
+/// Takes a `dsr` flow's client segment into its state, with what the
+/// segment shows of the backend's side, which the LB never sees:
+/// - an ACK before the handshake is done acknowledges the backend's SYN-ACK,
+///   taken in as ending at the acknowledged number (the LB cannot check an
+///   ISN it never saw), so the ACK establishes the flow as in the other
+///   modes;
+/// - the client's FIN ends the flow as both FINs would: after it only the
+///   client's last ACKs normally follow, which the flow, lingering for the
+///   closing timeout, still forwards. (A backend that goes on sending after
+///   the client's FIN is acknowledged through a flow the sweep may remove:
+///   the README says so.)
+#[inline(always)]
+pub fn advance_dsr(flow: &mut Flow, seg: &Segment) -> Event {
+    if flow.state & (SYN_SEEN | SYN_ACK_SEEN) == SYN_SEEN && seg.flags & (TCP_SYN | TCP_ACK) == TCP_ACK {
+        let syn_ack = Segment {
+            flags: TCP_SYN | TCP_ACK,
+            seq: seg.ack.wrapping_sub(1),
+            ack: flow.client.end,
+            payload_len: 0,
+        };
+        flow_state::advance(flow, Direction::FromBackend, &syn_ack);
+    }
+    let event = flow_state::advance(flow, Direction::FromClient, seg);
+    if flow.state & (FIN_FROM_CLIENT | FIN_FROM_BACKEND) == FIN_FROM_CLIENT {
+        let fin = Segment {
+            flags: TCP_FIN | TCP_ACK,
+            seq: flow.backend.end,
+            ack: flow.client.end,
+            payload_len: 0,
+        };
+        flow_state::advance(flow, Direction::FromBackend, &fin);
+    }
+    event
+}
+
+/// Sends a `dsr` packet unchanged but for its MACs to `backend`, which must
+/// be on-link (else dropped, `dsr_not_on_link`).
+#[inline(always)]
+pub fn to_backend_mac(ctx: &XdpContext, pkt: &mut TcpPacket<'_>, backend: &Backend) -> u32 {
+    forward_to(ctx, pkt, backend.addr, true)
+}
