@@ -10,6 +10,8 @@
 //! - [`flow_state`]: TCP flow state tracking (when a pinned flow has ended).
 //! - [`icmp`]: which ICMP errors follow a flow; checksums of translating
 //!   their quotes and of generated fragmentation-needed errors.
+//! - [`port_reuse`]: when a new connection may take over the SNAT port of a
+//!   flow that has ended (the backend's TIME_WAIT rules).
 //! - [`snat_port`]: candidate SNAT ports for collision-free allocation.
 //! - [`syn_proxy`]: SYN cookies for flooded services: modes, flow bits, the
 //!   flood detector's rule, sequence translation.
@@ -26,5 +28,6 @@ pub mod flow_hash;
 pub mod flow_state;
 pub mod icmp;
 pub mod maps;
+pub mod port_reuse;
 pub mod snat_port;
 pub mod syn_proxy;

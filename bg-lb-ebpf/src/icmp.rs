@@ -38,7 +38,7 @@ use bg_lb_common::{
 
 use crate::{
     forward::{Route, RouteQuery, dropped, route, send},
-    maps::{BACKENDS, CONFIG, REVERSE_NAT, count, flow_entry},
+    maps::{BACKENDS, CONFIG, count, flow_entry, reverse_owner},
     packet::{TcpPacket, parse_icmp_error},
     synproxy,
 };
@@ -162,8 +162,7 @@ fn origin_of(emitted: &Tuple, cfg: &DataplaneConfig) -> Option<Origin> {
             backend_port: emitted.dst_port,
             snat_port: emitted.src_port,
         };
-        // SAFETY: copied at once, as in `to_client`.
-        let client = (unsafe { REVERSE_NAT.get(nat) }).copied()?;
+        let client = reverse_owner(&nat)?;
         let flow = flow_entry(&client)?;
         let backend = BACKENDS.get(flow.backend_id)?;
         if backend.generation != flow.backend_gen
@@ -197,8 +196,7 @@ fn origin_of(emitted: &Tuple, cfg: &DataplaneConfig) -> Option<Origin> {
     if backend.generation != flow.backend_gen {
         return None;
     }
-    // SAFETY: copied at once, as in `to_client`.
-    let owner = (unsafe { REVERSE_NAT.get(NatKey::new(backend, snat_port)) }).copied()?;
+    let owner = reverse_owner(&NatKey::new(backend, snat_port))?;
     if owner != client {
         return None;
     }

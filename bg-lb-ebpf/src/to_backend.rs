@@ -7,7 +7,9 @@
 //! `DataplaneConfig::nat_epoch` forward: a pinned flow then makes sure its
 //! port is still its own (one lookup) before it uses it again, claiming it
 //! again if it is free and resetting its client if another flow owns it.
-//! A packet without a flow never uses a port another flow owns.
+//! A packet without a flow never uses a port another flow owns. A new
+//! connection may take over the port of a flow that has ended, once the
+//! backend will accept it there ([`port_takeover`]).
 //!
 //! A service in SYN proxy mode has its SYNs answered by [`synproxy`]: a
 //! segment of no flow goes there first, and a client segment of a proxied
@@ -24,16 +26,21 @@ use bg_lb_common::{
     counters::Counter,
     flow_hash::flow_hash,
     flow_state::{self, Direction, Event, Segment, TCP_SYN},
-    maps::{BACKEND_RESET_FLOWS, Backend, DataplaneConfig, Flow, FlowKey, IPPROTO_TCP, NO_BACKEND, NatKey, Service},
+    maps::{
+        BACKEND_RESET_FLOWS, Backend, DataplaneConfig, Flow, FlowKey, IPPROTO_TCP, NO_BACKEND, NatKey, NatOwner,
+        Service,
+    },
+    port_reuse::Syn,
     snat_port::{self, SNAT_PORT_ATTEMPTS},
     syn_proxy::Job,
 };
 
 use crate::{
     forward::forward,
-    maps::{BACKENDS, FLOWS, LOOKUP_TABLES, REVERSE_NAT, Way, account, count, flow_entry, log_due},
+    maps::{BACKENDS, FLOWS, LOOKUP_TABLES, REVERSE_NAT, Way, account, count, flow_entry, log_due, reverse_owner},
     nat::{Endpoints, decrement_ttl, rewrite},
     packet::TcpPacket,
+    port_takeover,
     rst::reply_rst,
     synproxy::{self, ClientStep, Unpinned},
 };
@@ -97,7 +104,7 @@ pub fn to_backend(ctx: &XdpContext, mut pkt: TcpPacket<'_>, service: &Service, c
     let seg = pkt.segment();
     // SAFETY: a helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
-    let route = match pinned_flow(&key, &seg, service, cfg.nat_epoch, now) {
+    let route = match pinned_flow(&key, &seg, service, cfg.nat_epoch, now, || pkt.timestamp(ctx)) {
         Lookup::Pinned(route) => route,
         Lookup::Stale => {
             count(Counter::StaleFlow);
@@ -129,7 +136,15 @@ pub fn to_backend(ctx: &XdpContext, mut pkt: TcpPacket<'_>, service: &Service, c
             } else {
                 seg
             };
-            match new_flow(&key, &request, service, cfg, now) {
+            // What the backend's TIME_WAIT, if the SNAT port has one, reads
+            // of the SYN it gets: the proxy's carries no timestamp.
+            let tsval = if proven || !flow_state::is_connection_request(request.flags) {
+                None
+            } else {
+                pkt.timestamp(ctx)
+            };
+            let syn = Syn::new(request.seq, tsval);
+            match new_flow(&key, &request, &syn, service, cfg, now) {
                 Ok(_) if proven => return synproxy::hand_over(ctx, Job::OpenBackend),
                 Ok(route) => {
                     if flow_state::is_connection_request(request.flags) {
@@ -213,9 +228,19 @@ fn log_drop(ctx: &XdpContext, counter: Counter, now: u64) {
 /// The flow's pinned entry, updated for this packet, unless there is none,
 /// this SYN reuses the 5-tuple of a flow that has ended, the flow's backend
 /// id or service no longer is the one it was pinned to, or (checked when
-/// `nat_epoch` moved) its port is no longer its own.
+/// `nat_epoch` moved, and for a flow that has ended, whose port a new
+/// connection may have taken over) its port is no longer its own.
+/// `timestamp` reads the segment's TSval, wanted only once the backend
+/// closed first.
 #[inline(always)]
-fn pinned_flow(key: &FlowKey, seg: &Segment, service: &Service, nat_epoch: u32, now: u64) -> Lookup {
+fn pinned_flow(
+    key: &FlowKey,
+    seg: &Segment,
+    service: &Service,
+    nat_epoch: u32,
+    now: u64,
+    timestamp: impl FnOnce() -> Option<u32>,
+) -> Lookup {
     let Some(flow) = flow_entry(key) else {
         return Lookup::Unknown;
     };
@@ -235,14 +260,11 @@ fn pinned_flow(key: &FlowKey, seg: &Segment, service: &Service, nat_epoch: u32, 
         };
     }
     if connection_request && flow_state::has_ended(flow.state) {
-        // Its reverse entry would otherwise hold the old SNAT port.
-        let nat = NatKey::new(&backend, flow.snat_port);
-        if reverse_owner(&nat) == Some(*key) {
-            let _ = REVERSE_NAT.remove(nat);
-        }
+        // A new connection: its SYN claims a port, which may be the old
+        // flow's port if the backend accepts it there (`port_takeover`).
         return Lookup::Unknown;
     }
-    if flow.nat_epoch != nat_epoch {
+    if flow.nat_epoch != nat_epoch || flow_state::has_ended(flow.state) {
         if !owns_port(key, &NatKey::new(&backend, flow.snat_port)) {
             let _ = FLOWS.remove(key);
             return Lookup::PortTaken;
@@ -256,6 +278,9 @@ fn pinned_flow(key: &FlowKey, seg: &Segment, service: &Service, nat_epoch: u32, 
         }
     }
     let event = flow_state::advance(flow, Direction::FromClient, seg);
+    if flow_state::wants_client_timestamp(flow.state) {
+        flow_state::note_client_timestamp(flow, timestamp());
+    }
     flow.last_seen_ns = now;
     Lookup::Pinned(Route {
         backend_id: flow.backend_id,
@@ -276,22 +301,17 @@ fn owns_port(key: &FlowKey, nat: &NatKey) -> bool {
     match reverse_owner(nat) {
         Some(owner) => owner == *key,
         None => {
-            let reclaimed = REVERSE_NAT.insert(nat, key, BPF_NOEXIST as u64).is_ok();
+            // SAFETY: a helper without arguments.
+            let now = unsafe { bpf_ktime_get_ns() };
+            let reclaimed = REVERSE_NAT
+                .insert(nat, NatOwner::new(*key, now), BPF_NOEXIST as u64)
+                .is_ok();
             if reclaimed {
                 count(Counter::NatReclaimed);
             }
             reclaimed
         }
     }
-}
-
-/// The flow that owns `nat`, per its reverse-NAT entry.
-#[inline(always)]
-fn reverse_owner(nat: &NatKey) -> Option<FlowKey> {
-    // SAFETY: copied at once. REVERSE_NAT is preallocated: should the entry
-    // be removed and its slot reused meanwhile, the copy may show the new
-    // entry, a race every preallocated BPF hash map has.
-    unsafe { REVERSE_NAT.get(nat) }.copied()
 }
 
 /// Picks a backend from the service's lookup table. A SYN pins the choice
@@ -301,6 +321,7 @@ fn reverse_owner(nat: &NatKey) -> Option<FlowKey> {
 fn new_flow(
     key: &FlowKey,
     seg: &Segment,
+    syn: &Syn,
     service: &Service,
     cfg: &DataplaneConfig,
     now: u64,
@@ -329,7 +350,7 @@ fn new_flow(
         return unpinned(key, seg, hash, flow, backend, cfg);
     }
     (flow.state, flow.client, flow.backend) = flow_state::opened_by(seg);
-    flow.snat_port = claim_snat_port(key, hash, &backend, cfg)?;
+    flow.snat_port = claim_snat_port(key, hash, backend_id, &backend, syn, cfg, now)?;
     if FLOWS.insert(key, flow, BPF_ANY as u64).is_err() {
         let _ = REVERSE_NAT.remove(NatKey::new(&backend, flow.snat_port));
         return Err(Counter::FlowInsertFailed);
@@ -370,15 +391,27 @@ fn unpinned(
     Err(Counter::UnpinnedPortTaken)
 }
 
-/// Claims the first free SNAT port (wire order) for this backend. NOEXIST
-/// makes the claim atomic, so two CPUs never hand out the same port.
+/// Claims the first free SNAT port (wire order) for this backend, or the
+/// first whose flow has ended so that `syn` may reuse it. NOEXIST makes the
+/// claim of a free port atomic, and a compare-and-swap the takeover of a
+/// used one, so two CPUs never hand out the same port.
 #[inline(always)]
-fn claim_snat_port(key: &FlowKey, hash: u32, backend: &Backend, cfg: &DataplaneConfig) -> Result<u16, Counter> {
+fn claim_snat_port(
+    key: &FlowKey,
+    hash: u32,
+    backend_id: u32,
+    backend: &Backend,
+    syn: &Syn,
+    cfg: &DataplaneConfig,
+    now: u64,
+) -> Result<u16, Counter> {
     for attempt in 0..SNAT_PORT_ATTEMPTS {
         let port = snat_port::candidate(hash, attempt, cfg.snat_port_min, cfg.snat_port_max).to_be();
+        let nat = NatKey::new(backend, port);
         if REVERSE_NAT
-            .insert(NatKey::new(backend, port), key, BPF_NOEXIST as u64)
+            .insert(nat, NatOwner::new(*key, now), BPF_NOEXIST as u64)
             .is_ok()
+            || port_takeover::take_over(&nat, key, backend_id, backend, syn)
         {
             return Ok(port);
         }

@@ -17,8 +17,9 @@ use std::{
 };
 
 use bg_lb_common::{
-    flow_state::{FlowPhase, phase},
+    flow_state::{BACKEND_CLOSED_FIRST, FlowPhase, has_ended, phase},
     maps::{Backend, Flow, FlowKey, NatKey},
+    port_reuse::TIME_WAIT_NS,
 };
 use nix::time::{ClockId, clock_gettime};
 
@@ -40,10 +41,17 @@ pub enum Expiry {
 }
 
 /// Whether `flow` should be removed at `now_ns` (CLOCK_MONOTONIC, the clock
-/// of `bpf_ktime_get_ns`).
+/// of `bpf_ktime_get_ns`). A closed flow whose backend closed first stays
+/// until its backend's TIME_WAIT is surely over, whatever `closing` says:
+/// it records what that TIME_WAIT accepts, so that its port goes only to a
+/// SYN the backend accepts (`port_reuse`), and a new connection takes its
+/// port over as soon as one does, which removes it.
 pub fn expiry(flow: &Flow, now_ns: u64, timeouts: &FlowTimeouts) -> Option<Expiry> {
     let idle = Duration::from_nanos(now_ns.saturating_sub(flow.last_seen_ns));
     let (timeout, expiry) = match phase(flow.state) {
+        FlowPhase::Closed if flow.state & BACKEND_CLOSED_FIRST != 0 => {
+            (timeouts.closing.max(Duration::from_nanos(TIME_WAIT_NS)), Expiry::Closed)
+        }
         FlowPhase::Closed => (timeouts.closing, Expiry::Closed),
         FlowPhase::Embryonic => (timeouts.syn, Expiry::HandshakeTimedOut),
         FlowPhase::Established | FlowPhase::Closing => (timeouts.established_idle, Expiry::Idle),
@@ -112,6 +120,9 @@ pub enum Removal {
     /// Its (backend, SNAT port) is not its own: the reverse entry is gone or
     /// names another flow.
     NatLost,
+    /// It has ended and a new connection took its SNAT port over: the
+    /// normal end of a closed flow, not an orphan.
+    PortReused,
 }
 
 /// What a sweep decided.
@@ -166,7 +177,10 @@ pub fn judge(
         } else if nat.is_none() {
             Some(Removal::BackendGone)
         } else if !owns_nat {
-            Some(Removal::NatLost)
+            // Another flow owns the port: after this one ended, a new
+            // connection took it over.
+            let reused = has_ended(flow.state) && nat.is_some_and(|nat| owners.contains_key(&nat));
+            Some(if reused { Removal::PortReused } else { Removal::NatLost })
         } else {
             expiry(&flow, now_ns, timeouts).map(Removal::Expired)
         };
@@ -193,7 +207,7 @@ pub fn judge(
         .into_iter()
         .filter(|(nat, owner)| owned.get(owner) != Some(nat))
         .collect();
-    let expired = |r: &&FlowRemoval| matches!(r.why, Removal::Expired(_));
+    let expired = |r: &&FlowRemoval| matches!(r.why, Removal::Expired(_) | Removal::PortReused);
     sweep.census.expired = sweep.flows.iter().filter(expired).count() as u64;
     sweep.census.orphans = (sweep.flows.len() - sweep.census.expired as usize + sweep.orphan_reverse.len()) as u64;
     sweep

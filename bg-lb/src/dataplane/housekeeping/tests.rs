@@ -240,3 +240,26 @@ fn ownership_is_rechecked_against_the_current_flow_and_backend() {
     };
     assert!(!owns(Some(&flow), Some(&reused), &nat(20000)), "the id's next backend");
 }
+
+#[test]
+fn a_closed_flow_whose_port_a_new_connection_took_over_leaves_as_reused_not_as_an_orphan() {
+    let closed = SYN_SEEN | SYN_ACK_SEEN | ESTABLISHED | FIN_FROM_CLIENT | FIN_FROM_BACKEND;
+    let old = (key(1), pinned(closed, 20000));
+    let new = (key(2), pinned(SYN_SEEN, 20000));
+    let judged = sweep(&[old, new], &[(nat(20000), key(2))]);
+    assert_eq!(removals(&judged), [(key(1), None, Removal::PortReused)]);
+    assert_eq!((judged.census.expired, judged.census.orphans), (1, 0));
+}
+
+#[test]
+fn a_closed_flow_whose_backend_closed_first_stays_while_its_time_wait_may_last() {
+    let closed = SYN_SEEN | SYN_ACK_SEEN | ESTABLISHED | FIN_FROM_CLIENT | FIN_FROM_BACKEND;
+    let time_wait = flow(closed | BACKEND_CLOSED_FIRST, 100);
+    assert_eq!(
+        expiry(&time_wait, 150 * S, &T),
+        None,
+        "past `closing`, inside TIME_WAIT"
+    );
+    assert_eq!(expiry(&time_wait, 100 * S + TIME_WAIT_NS, &T), Some(Expiry::Closed));
+    assert_eq!(expiry(&flow(closed, 100), 110 * S, &T), Some(Expiry::Closed));
+}

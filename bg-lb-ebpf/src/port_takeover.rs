@@ -1,0 +1,86 @@
+//! Taking a SNAT port over from a flow that has ended, for a new
+//! connection, when its reverse-NAT entry still names that flow
+//! ([`bg_lb_common::port_reuse`] decides when that is safe).
+//!
+//! Two CPUs must never both take one port. The entry changes owner only by
+//! a compare-and-swap of its `claim` word (`BPF_CMPXCHG`, kernel 5.12+),
+//! from the claim read before the owner was judged to a new one with
+//! [`NatOwner::TAKING_OVER`] set; the winner then writes the new owner and
+//! clears the bit, another compare-and-swap. A CPU that reads the bit set,
+//! or whose swap fails because the claim moved, tries its next candidate.
+//! A reader of the owner (the reply path) may see the old key, the new one
+//! or a mix while it is written; it uses a key only if that key's flow is
+//! pinned to this very (backend, SNAT port), which no mix is, and the new
+//! flow's SYN leaves only after the write.
+
+use aya_ebpf::helpers::bpf_ktime_get_ns;
+use bg_lb_common::{
+    maps::{Backend, FlowKey, NatKey, NatOwner},
+    port_reuse::{self, Syn},
+};
+
+use crate::maps::{REVERSE_NAT, flow_entry};
+
+/// Makes `key` the owner of `nat` (a port of backend id `backend_id`) if
+/// the flow that owns it has ended in a way that lets `syn` reuse it.
+/// Returns whether it did.
+///
+/// Not inlined: a BPF-to-BPF call, so the verifier meets the SNAT candidate
+/// loop's next iteration in one state whichever way this returned false
+/// (inlined, every failing branch carried its own state into the next
+/// candidate, and the states multiplied past the verifier's limit).
+#[inline(never)]
+pub fn take_over(nat: &NatKey, key: &FlowKey, backend_id: u32, backend: &Backend, syn: &Syn) -> bool {
+    let Some(entry) = REVERSE_NAT.get_ptr_mut(nat) else {
+        return false;
+    };
+    // SAFETY: a preallocated map's values stay mapped for the whole run; the
+    // claim is read before the owner, and the swap below fails if either
+    // changed since.
+    let claim_ptr = unsafe { &raw mut (*entry).claim };
+    let claim = unsafe { core::ptr::read_volatile(claim_ptr) };
+    if claim & NatOwner::TAKING_OVER != 0 {
+        return false;
+    }
+    // SAFETY: as above.
+    let owner = unsafe { core::ptr::read_volatile(&raw const (*entry).flow) };
+    // The owner judged is the flow the entry names only if that flow is
+    // pinned to this port; otherwise no flow is (an orphan).
+    let owner_flow = flow_entry(&owner)
+        .filter(|f| f.backend_id == backend_id && f.backend_gen == backend.generation && f.snat_port == nat.snat_port);
+    // SAFETY: a helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if !port_reuse::reusable(owner_flow.as_deref(), syn, now) {
+        return false;
+    }
+    let taking = NatOwner::new(*key, now).claim | NatOwner::TAKING_OVER;
+    if !compare_exchange(claim_ptr, claim, taking) {
+        return false;
+    }
+    // SAFETY: this CPU won the swap: no other writes the owner until the
+    // bit is cleared.
+    unsafe { core::ptr::write_volatile(&raw mut (*entry).flow, *key) };
+    compare_exchange(claim_ptr, taking, taking & !NatOwner::TAKING_OVER);
+    true
+}
+
+/// `*ptr = new` if `*ptr == expected`, atomically across CPUs (fully
+/// ordered); whether it swapped. aya-ebpf has no wrapper for the BPF
+/// compare-and-exchange, so it is written out, as the atomic add in
+/// `synproxy`: the instruction takes the expected value in r0 and leaves
+/// the value it found there.
+#[inline(always)]
+fn compare_exchange(ptr: *mut u64, expected: u64, new: u64) -> bool {
+    let mut found = expected;
+    // SAFETY: `ptr` points into a map value (8-byte aligned), which stays
+    // mapped for the whole run.
+    unsafe {
+        core::arch::asm!(
+            "r0 = cmpxchg_64({0} + 0, r0, {1})",
+            in(reg) ptr,
+            in(reg) new,
+            inout("r0") found,
+        )
+    };
+    found == expected
+}
