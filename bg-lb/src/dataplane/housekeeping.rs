@@ -9,7 +9,13 @@
 //! port) belong together. FLOWS is an LRU, so a flow may be evicted and
 //! leave its reverse entry behind; a service removed, or a backend id that
 //! now names another backend (its generation changed), leaves flows that
-//! can no longer be forwarded. The sweep removes both kinds of orphan.
+//! can no longer be forwarded. The sweep removes both kinds of orphan,
+//! except reverse entries of backends still in the data plane: those are
+//! the data plane's to reuse ([`bg_lb_common::port_reuse`]), which treats
+//! an entry whose flow is gone as a free port. It changes such an entry by
+//! a compare-and-swap, which a delete from here could undo under it (a
+//! delete after a re-check still races a takeover between the two), so the
+//! sweep never deletes an entry the data plane may be taking over.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -104,8 +110,10 @@ impl FlowCensus {
 pub struct FlowRemoval {
     pub key: FlowKey,
     pub flow: Flow,
-    /// Its reverse-NAT entry, removed with it if it still names the flow;
-    /// `None` when the flow does not own one.
+    /// Its reverse-NAT entry, removed with it if it still names the flow:
+    /// only when its service is gone. `None` when the flow does not own
+    /// one, or its backend is still in the data plane, which reuses the
+    /// port (see the module docs).
     pub reverse: Option<NatKey>,
     pub why: Removal,
 }
@@ -130,9 +138,9 @@ pub enum Removal {
 pub struct Sweep {
     pub census: FlowCensus,
     pub flows: Vec<FlowRemoval>,
-    /// Reverse-NAT entries whose flow is gone or pinned elsewhere, with the
-    /// owner they named: removed only if that still holds when re-checked
-    /// ([`owns`]).
+    /// Reverse-NAT entries of backends no longer in the data plane whose
+    /// flow is gone or pinned elsewhere, with the owner they named: removed
+    /// only if that still holds when re-checked ([`owns`]).
     pub orphan_reverse: Vec<(NatKey, FlowKey)>,
 }
 
@@ -185,7 +193,7 @@ pub fn judge(
             expiry(&flow, now_ns, timeouts).map(Removal::Expired)
         };
         if let Some(why) = why {
-            let reverse = nat.filter(|_| owns_nat);
+            let reverse = nat.filter(|_| owns_nat && why == Removal::ServiceGone);
             sweep.flows.push(FlowRemoval {
                 key,
                 flow,
@@ -203,9 +211,14 @@ pub fn judge(
             _ => {}
         }
     }
+    let live: HashSet<(u32, u16)> = backends
+        .values()
+        .filter(|b| !b.is_free())
+        .map(|b| (b.addr, b.port))
+        .collect();
     sweep.orphan_reverse = owners
         .into_iter()
-        .filter(|(nat, owner)| owned.get(owner) != Some(nat))
+        .filter(|(nat, owner)| owned.get(owner) != Some(nat) && !live.contains(&(nat.backend_addr, nat.backend_port)))
         .collect();
     let expired = |r: &&FlowRemoval| matches!(r.why, Removal::Expired(_) | Removal::PortReused);
     sweep.census.expired = sweep.flows.iter().filter(expired).count() as u64;
