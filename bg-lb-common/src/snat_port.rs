@@ -5,7 +5,11 @@
 //! `span` candidates are distinct.
 
 /// Candidates tried per new flow before giving up (bounded for the verifier).
-pub const SNAT_PORT_ATTEMPTS: u32 = 16;
+/// 32: when backends close first, a port in TIME_WAIT takes a SYN from
+/// another client about half the time (`crate::port_reuse`), so with most
+/// ports in TIME_WAIT, 16 candidates still left one SYN in a few thousand
+/// without a port; 32 leave about one in 10^8.
+pub const SNAT_PORT_ATTEMPTS: u32 = 32;
 
 /// Candidate `attempt` (0-based) for a flow hashing to `hash`, in host byte
 /// order within `min..=max`. Returns `min` for an empty or inverted range,

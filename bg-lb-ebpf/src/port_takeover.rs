@@ -12,25 +12,38 @@
 //! or a mix while it is written; it uses a key only if that key's flow is
 //! pinned to this very (backend, SNAT port), which no mix is, and the new
 //! flow's SYN leaves only after the write.
+//!
+//! A claim is the new flow's `created_ns`, so the flow an entry names is
+//! known to be the one that claimed it; between the claim and the new
+//! flow's insert into FLOWS (or if that 5-tuple's older flow is still
+//! there) the entry is left alone.
 
-use aya_ebpf::helpers::bpf_ktime_get_ns;
 use bg_lb_common::{
-    maps::{Backend, FlowKey, NatKey, NatOwner},
+    maps::{FlowKey, NatKey, NatOwner},
     port_reuse::{self, Syn},
 };
 
 use crate::maps::{REVERSE_NAT, flow_entry};
 
-/// Makes `key` the owner of `nat` (a port of backend id `backend_id`) if
-/// the flow that owns it has ended in a way that lets `syn` reuse it.
-/// Returns whether it did.
+/// How long a claim may go without its flow in the flow table: the new
+/// flow's entry goes in right after its port is claimed, so an entry
+/// claimed this recently whose flow is missing, or is another incarnation
+/// of its 5-tuple, is a claim still under way, not a free port.
+const CLAIM_SETTLE_NS: u64 = 1_000_000_000;
+
+/// Makes `key` the owner of `nat` for its new flow, of backend id and
+/// generation `backend` (packed by [`backend_of`]: the BPF call has five
+/// argument registers, and a struct would cost stack the program does not
+/// have), created at `now` (its `created_ns`, which becomes the entry's
+/// claim), if the flow that owns the port has ended in a way that lets
+/// `syn` reuse it. Returns whether it did.
 ///
 /// Not inlined: a BPF-to-BPF call, so the verifier meets the SNAT candidate
 /// loop's next iteration in one state whichever way this returned false
 /// (inlined, every failing branch carried its own state into the next
 /// candidate, and the states multiplied past the verifier's limit).
 #[inline(never)]
-pub fn take_over(nat: &NatKey, key: &FlowKey, backend_id: u32, backend: &Backend, syn: &Syn) -> bool {
+pub fn take_over(nat: &NatKey, key: &FlowKey, syn: &Syn, backend: u64, now: u64) -> bool {
     let Some(entry) = REVERSE_NAT.get_ptr_mut(nat) else {
         return false;
     };
@@ -47,9 +60,13 @@ pub fn take_over(nat: &NatKey, key: &FlowKey, backend_id: u32, backend: &Backend
     // The owner judged is the flow the entry names only if that flow is
     // pinned to this port; otherwise no flow is (an orphan).
     let owner_flow = flow_entry(&owner)
-        .filter(|f| f.backend_id == backend_id && f.backend_gen == backend.generation && f.snat_port == nat.snat_port);
-    // SAFETY: a helper without arguments.
-    let now = unsafe { bpf_ktime_get_ns() };
+        .filter(|f| backend_of(f.backend_id, f.backend_gen) == backend && f.snat_port == nat.snat_port);
+    let claimer = owner_flow
+        .as_ref()
+        .is_some_and(|f| f.created_ns & !NatOwner::TAKING_OVER == claim);
+    if !claimer && now.saturating_sub(claim) < CLAIM_SETTLE_NS {
+        return false;
+    }
     if !port_reuse::reusable(owner_flow.as_deref(), syn, now) {
         return false;
     }
@@ -62,6 +79,12 @@ pub fn take_over(nat: &NatKey, key: &FlowKey, backend_id: u32, backend: &Backend
     unsafe { core::ptr::write_volatile(&raw mut (*entry).flow, *key) };
     compare_exchange(claim_ptr, taking, taking & !NatOwner::TAKING_OVER);
     true
+}
+
+/// A backend id and generation in one register, for [`take_over`].
+#[inline(always)]
+pub const fn backend_of(id: u32, generation: u32) -> u64 {
+    (id as u64) << 32 | generation as u64
 }
 
 /// `*ptr = new` if `*ptr == expected`, atomically across CPUs (fully

@@ -405,13 +405,14 @@ fn claim_snat_port(
     cfg: &DataplaneConfig,
     now: u64,
 ) -> Result<u16, Counter> {
+    let packed = port_takeover::backend_of(backend_id, backend.generation);
     for attempt in 0..SNAT_PORT_ATTEMPTS {
         let port = snat_port::candidate(hash, attempt, cfg.snat_port_min, cfg.snat_port_max).to_be();
         let nat = NatKey::new(backend, port);
         if REVERSE_NAT
             .insert(nat, NatOwner::new(*key, now), BPF_NOEXIST as u64)
             .is_ok()
-            || port_takeover::take_over(&nat, key, backend_id, backend, syn)
+            || port_takeover::take_over(&nat, key, syn, packed, now)
         {
             return Ok(port);
         }
