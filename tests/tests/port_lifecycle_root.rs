@@ -11,16 +11,22 @@
 //! it still runs at least three connections per SNAT port (every port
 //! reused several times), and the achieved rate is printed.
 
-use std::{net::Ipv4Addr, time::Duration};
+use std::{
+    net::{Ipv4Addr, SocketAddrV4},
+    time::Duration,
+};
 
 use bg_lb_tests::{
     churn::{Churn, ChurnServer, ChurnTally, Closer},
+    http,
     lab::{NameLab, NameLabConfig},
     topology::NetNs,
 };
 
-/// The example config's SNAT port range and flow timeouts.
-const SETTINGS: &str = "snat_ports = \"20000-29999\"\n";
+/// The example config's SNAT port range and flow timeouts; metrics on the
+/// LB's loopback, to show the data plane's counters should a test fail.
+const SETTINGS: &str = "snat_ports = \"20000-29999\"\nmetrics = \"127.0.0.1:9750\"\n";
+const METRICS: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9750);
 const TIMEOUTS: &str = "[timeouts]\nclosing = \"10s\"\nsyn = \"10s\"\n";
 const PORTS: u64 = 10_000;
 
@@ -52,7 +58,13 @@ fn churn_through_the_lb(closer: Closer, setup_client: impl FnOnce(&NameLab) -> V
     }
     .run();
     report(&tally);
-    let context = || format!("{tally:?}\n--- daemon log ---\n{}", lab.daemon.log());
+    let context = || {
+        format!(
+            "{tally:?}\n--- data plane counters ---\n{}\n--- daemon log ---\n{}",
+            counters(&lab),
+            lab.daemon.log()
+        )
+    };
     assert_eq!(tally.failed, 0, "no connection may fail: {}", context());
     // A protocol fact, not a timing threshold: a connect this slow had its
     // SYN retransmitted (lost, or refused by the backend's TIME_WAIT).
@@ -67,6 +79,19 @@ fn churn_through_the_lb(closer: Closer, setup_client: impl FnOnce(&NameLab) -> V
         "every SNAT port reused several times: {}",
         context()
     );
+}
+
+/// The data plane's packet counters that moved, from the LB's metrics.
+fn counters(lab: &NameLab) -> String {
+    match lab.topo.lb.ns.run(|| http::request(METRICS, "GET", "/metrics")) {
+        Ok(response) => response
+            .body
+            .lines()
+            .filter(|l| l.starts_with("bglb_packets_total"))
+            .collect::<Vec<_>>()
+            .join("\n"),
+        Err(e) => format!("no metrics: {e}"),
+    }
 }
 
 fn report(tally: &ChurnTally) {
