@@ -15,7 +15,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use nix::sys::socket::{AddressFamily, SockFlag, SockType, SockaddrIn, bind, connect, socket};
+use nix::sys::socket::{
+    AddressFamily, Backlog, SockFlag, SockType, SockaddrIn, bind, connect, setsockopt, socket, sockopt,
+};
 
 use crate::topology::NetNs;
 
@@ -40,12 +42,18 @@ pub struct ChurnServer {
 
 /// Accepting threads of a [`ChurnServer`].
 const SERVER_THREADS: usize = 8;
+/// Its listen backlog (and the namespace's `somaxconn`): a burst of
+/// connections while its threads wait for a core must not overflow the
+/// accept queue, whose drops would look like the LB's.
+const BACKLOG: i32 = 8192;
 /// How long a connection may wait for its peer's next step.
 const STEP_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl ChurnServer {
     pub fn start(ns: &NetNs, addr: SocketAddrV4, closer: Closer) -> Self {
-        let listener = ns.run(move || TcpListener::bind(addr).unwrap_or_else(|e| panic!("bind {addr}: {e}")));
+        ns.sysctl(&format!("net.core.somaxconn={BACKLOG}"));
+        ns.sysctl(&format!("net.ipv4.tcp_max_syn_backlog={BACKLOG}"));
+        let listener = ns.run(move || listen(addr).unwrap_or_else(|e| panic!("listen on {addr}: {e}")));
         listener.set_nonblocking(true).expect("nonblocking listener");
         let stop = Arc::new(AtomicBool::new(false));
         let threads = (0..SERVER_THREADS)
@@ -73,6 +81,38 @@ impl Drop for ChurnServer {
             let _ = t.join();
         }
     }
+}
+
+fn listen(addr: SocketAddrV4) -> nix::Result<TcpListener> {
+    let fd = socket(AddressFamily::Inet, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
+    setsockopt(&fd, sockopt::ReuseAddr, &true)?;
+    bind(fd.as_raw_fd(), &SockaddrIn::from(addr))?;
+    nix::sys::socket::listen(&fd, Backlog::new(BACKLOG)?)?;
+    Ok(TcpListener::from(fd))
+}
+
+/// The TCP counters of `ns` that tell a server's own drops (its accept
+/// queue overflowing, SYN cookies) from the network's: for a failing
+/// test's message.
+pub fn listen_drops(ns: &NetNs) -> String {
+    let counters = [
+        "TcpExtListenOverflows",
+        "TcpExtListenDrops",
+        "TcpExtSyncookiesSent",
+        "TcpExtSyncookiesFailed",
+        "TcpExtPAWSEstabRejected",
+        "TcpExtTCPChallengeACK",
+        "TcpExtTCPAbortOnData",
+        "TcpEstabResets",
+        "TcpOutRsts",
+    ];
+    let mut args = vec!["netns", "exec", &ns.name, "nstat", "-az"];
+    args.extend(counters);
+    std::process::Command::new("ip")
+        .args(&args)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_else(|e| format!("nstat: {e}"))
 }
 
 fn serve(stream: TcpStream, closer: Closer) {

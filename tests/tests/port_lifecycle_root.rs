@@ -17,7 +17,7 @@ use std::{
 };
 
 use bg_lb_tests::{
-    churn::{Churn, ChurnServer, ChurnTally, Closer},
+    churn::{Churn, ChurnServer, ChurnTally, Closer, listen_drops},
     http,
     lab::{NameLab, NameLabConfig},
     topology::NetNs,
@@ -60,8 +60,11 @@ fn churn_through_the_lb(closer: Closer, setup_client: impl FnOnce(&NameLab) -> V
     report(&tally);
     let context = || {
         format!(
-            "{tally:?}\n--- data plane counters ---\n{}\n--- daemon log ---\n{}",
+            "{tally:?}\n--- data plane counters ---\n{}\n--- backend TCP ---\n{}--- client TCP ---\n{}\n\
+             --- daemon log ---\n{}",
             counters(&lab),
+            listen_drops(&lab.topo.backends[0].ns),
+            listen_drops(&lab.topo.client.ns),
             lab.daemon.log()
         )
     };
