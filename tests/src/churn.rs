@@ -45,7 +45,7 @@ const SERVER_THREADS: usize = 8;
 /// Its listen backlog (and the namespace's `somaxconn`): a burst of
 /// connections while its threads wait for a core must not overflow the
 /// accept queue, whose drops would look like the LB's.
-const BACKLOG: i32 = 8192;
+const BACKLOG: i32 = 4096;
 /// How long a connection may wait for its peer's next step.
 const STEP_TIMEOUT: Duration = Duration::from_secs(5);
 
