@@ -289,12 +289,11 @@ const fn rst_acceptable(state: u32, dir: Direction, seg: &Segment, sender: &SeqS
 
 /// Whether the backend may have sent `seg` on this flow. Before its
 /// SYN-ACK it answers the client's SYN and nothing else: a SYN-ACK or a RST
-/// acknowledging exactly that SYN, or a bare ACK (what TIME_WAIT or another
-/// state of an older connection on the same 4-tuple answers a SYN with; the
-/// client answers it with a RST that clears that state, RFC 9293's old
-/// duplicate rule, and retries). Anything else, data or a FIN, comes from an
-/// older connection on the same (backend, SNAT port), such as the flow whose
-/// port this one took over, and must not reach this client.
+/// acknowledging exactly that SYN. Anything else (data, a FIN, a bare ACK)
+/// comes from an older connection on the same (backend, SNAT port), such as
+/// the flow whose port this one took over (its last ACK, say), and must not
+/// reach this client, whose stack would answer it with a RST that the
+/// backend may take for the new connection's.
 #[inline(always)]
 pub const fn backend_may_send(flow: &Flow, seg: &Segment) -> bool {
     if flow.state & SYN_ACK_SEEN != 0 {
@@ -302,7 +301,8 @@ pub const fn backend_may_send(flow: &Flow, seg: &Segment) -> bool {
     }
     seg.payload_len == 0
         && seg.flags & (TCP_FIN | TCP_ACK) == TCP_ACK
-        && (seg.flags & (TCP_SYN | TCP_RST) == 0 || seg.ack == flow.client.end)
+        && seg.flags & (TCP_SYN | TCP_RST) != 0
+        && seg.ack == flow.client.end
 }
 
 /// Whether a backend's packet keeps the flow alive. An embryonic flow ages
