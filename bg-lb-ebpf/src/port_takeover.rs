@@ -59,8 +59,20 @@ pub fn take_over(nat: &NatKey, key: &FlowKey, syn: &Syn, backend: u64, now: u64)
     let owner = unsafe { core::ptr::read_volatile(&raw const (*entry).flow) };
     // The owner judged is the flow the entry names only if that flow is
     // pinned to this port; otherwise no flow is (an orphan).
-    let owner_flow = flow_entry(&owner)
-        .filter(|f| backend_of(f.backend_id, f.backend_gen) == backend && f.snat_port == nat.snat_port);
+    let found = flow_entry(&owner);
+    let pinned_here = found
+        .as_ref()
+        .is_some_and(|f| backend_of(f.backend_id, f.backend_gen) == backend && f.snat_port == nat.snat_port);
+    if let Some(newer) = found.as_ref().filter(|_| !pinned_here) {
+        // The entry's 5-tuple opened a newer connection on another port,
+        // replacing the flow that knew how this one closed: it closed
+        // before that one opened, and the backend may hold it in TIME_WAIT
+        // until then plus TIME_WAIT's length.
+        if now.saturating_sub(newer.created_ns) < port_reuse::TIME_WAIT_NS {
+            return false;
+        }
+    }
+    let owner_flow = found.filter(|_| pinned_here);
     let claimer = owner_flow
         .as_ref()
         .is_some_and(|f| f.created_ns & !NatOwner::TAKING_OVER == claim);
