@@ -289,11 +289,14 @@ const fn rst_acceptable(state: u32, dir: Direction, seg: &Segment, sender: &SeqS
 
 /// Whether the backend may have sent `seg` on this flow. Before its
 /// SYN-ACK it answers the client's SYN and nothing else: a SYN-ACK or a RST
-/// acknowledging exactly that SYN. Anything else (data, a FIN, a bare ACK)
-/// comes from an older connection on the same (backend, SNAT port), such as
-/// the flow whose port this one took over (its last ACK, say), and must not
-/// reach this client, whose stack would answer it with a RST that the
-/// backend may take for the new connection's.
+/// acknowledging exactly that SYN, or a bare ACK. A bare ACK is what an
+/// older connection's state on the same 4-tuple answers a SYN with (or its
+/// last ACK, when this flow took its port over); the client answers it
+/// with a RST at exactly that state's next sequence number, which clears
+/// it (RFC 9293's old-duplicate rule), and retries. Dropping it would leave
+/// the client retrying into that state until it expires. Anything else,
+/// data or a FIN, comes from an older connection on the same (backend,
+/// SNAT port) and must not reach this client.
 #[inline(always)]
 pub const fn backend_may_send(flow: &Flow, seg: &Segment) -> bool {
     if flow.state & SYN_ACK_SEEN != 0 {
@@ -301,8 +304,7 @@ pub const fn backend_may_send(flow: &Flow, seg: &Segment) -> bool {
     }
     seg.payload_len == 0
         && seg.flags & (TCP_FIN | TCP_ACK) == TCP_ACK
-        && seg.flags & (TCP_SYN | TCP_RST) != 0
-        && seg.ack == flow.client.end
+        && (seg.flags & (TCP_SYN | TCP_RST) == 0 || seg.ack == flow.client.end)
 }
 
 /// Whether a backend's packet keeps the flow alive. An embryonic flow ages

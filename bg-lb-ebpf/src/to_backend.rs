@@ -277,10 +277,12 @@ fn pinned_flow(
             step => return Lookup::Proxy(step),
         }
     }
-    let event = flow_state::advance(flow, Direction::FromClient, seg);
+    // Before `advance`: once the client's FIN makes the flow end, another
+    // CPU may judge its port, and must find the FIN's timestamp recorded.
     if flow_state::wants_client_timestamp(flow.state) {
         flow_state::note_client_timestamp(flow, timestamp());
     }
+    let event = flow_state::advance(flow, Direction::FromClient, seg);
     flow.last_seen_ns = now;
     Lookup::Pinned(Route {
         backend_id: flow.backend_id,

@@ -243,6 +243,10 @@ fn one_connection(source: Option<Ipv4Addr>, to: SocketAddrV4, closer: Closer) ->
     if let Some(source) = source {
         bind(fd.as_raw_fd(), &SockaddrIn::from(SocketAddrV4::new(source, 0)))?;
     }
+    // A connect refused by silence fails after this, not after Linux's two
+    // minutes of SYN retries.
+    let limit = nix::sys::time::TimeVal::new(STEP_TIMEOUT.as_secs() as _, 0);
+    setsockopt(&fd, sockopt::SendTimeout, &limit)?;
     let started = Instant::now();
     connect(fd.as_raw_fd(), &SockaddrIn::from(to))?;
     let connected = started.elapsed();
