@@ -14,7 +14,8 @@
 //!   port is taken only by a SYN that TIME_WAIT accepts ([`time_wait_accepts`],
 //!   Linux's rule), or once TIME_WAIT has surely expired ([`TIME_WAIT_NS`]).
 //!
-//! Anything else is not reusable: a live or half-closed connection, and an
+//! Even then, a port is taken only [`SETTLE_NS`] after its flow's last
+//! packet. Anything else is not reusable: a live or half-closed connection, and an
 //! embryonic one (the backend's request socket answers a SYN with another
 //! sequence number on its 4-tuple with a RST, `tcp_check_req`, until the
 //! sweep removes the flow after `timeouts.syn`).
@@ -28,6 +29,14 @@ use crate::{
 /// ended: Linux's `TCP_TIMEWAIT_LEN` (60 s; every segment TIME_WAIT gets
 /// starts it again), plus a second for segments still in flight.
 pub const TIME_WAIT_NS: u64 = 61_000_000_000;
+
+/// How long after a flow's last packet its port stays its own even once
+/// it may be reused: the backend must have processed that packet (the
+/// client's FIN or last ACK) before the new SYN reaches it, which takes
+/// longer than the wire order suggests when the backend's application
+/// holds the socket (Linux then queues the segment in the socket's
+/// backlog, and a SYN arriving meanwhile meets the old state).
+pub const SETTLE_NS: u64 = 200_000_000;
 
 /// TCP option kinds the timestamp parser steps over or reads (RFC 9293,
 /// RFC 7323).
@@ -71,7 +80,7 @@ pub fn reusable(owner: Option<&Flow>, syn: &Syn, now_ns: u64) -> bool {
     let Some(flow) = owner else {
         return true;
     };
-    if !has_ended(flow.state) {
+    if !has_ended(flow.state) || now_ns.saturating_sub(flow.last_seen_ns) < SETTLE_NS {
         return false;
     }
     if now_ns.saturating_sub(flow.last_seen_ns) >= TIME_WAIT_NS {

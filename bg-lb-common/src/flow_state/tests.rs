@@ -355,7 +355,10 @@ fn before_its_syn_ack_the_backend_sends_only_an_answer_to_the_syn() {
     let allowed = [
         (seg(TCP_SYN | TCP_ACK, 5, syn_end, 0), "its SYN-ACK"),
         (seg(TCP_RST | TCP_ACK, 0, syn_end, 0), "its refusal"),
-        (seg(TCP_ACK, 5, 6, 0), "a bare ACK (an older connection's state answering the SYN)"),
+        (
+            seg(TCP_ACK, 5, 6, 0),
+            "a bare ACK (an older connection's state answering the SYN)",
+        ),
     ];
     for (segment, what) in allowed {
         assert!(backend_may_send(&embryonic, &segment), "{what}");

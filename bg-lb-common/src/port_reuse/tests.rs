@@ -11,6 +11,8 @@ const BACKEND_ISN: u32 = 900_000;
 const CLIENT_FIN_END: u32 = CLIENT_ISN + 2;
 const TS_RECENT: u32 = 5_000_000;
 const NOW: u64 = 100_000_000_000;
+/// When a port may be taken: [`SETTLE_NS`] after the flows' last packet.
+const LATER: u64 = NOW + SETTLE_NS;
 
 fn seg(flags: u8, seq: u32, ack: u32) -> Segment {
     Segment {
@@ -96,7 +98,7 @@ fn syn(seq: u32, tsval: Option<u32>) -> Syn {
 
 #[test]
 fn a_port_whose_owner_flow_is_gone_is_free() {
-    assert!(reusable(None, &syn(0, None), NOW));
+    assert!(reusable(None, &syn(0, None), LATER));
 }
 
 #[test]
@@ -110,15 +112,15 @@ fn a_live_embryonic_or_half_closed_flow_keeps_its_port() {
         last_seen_ns: NOW,
         ..Default::default()
     };
-    assert!(!reusable(Some(&embryonic), &any, NOW), "embryonic");
-    assert!(!reusable(Some(&established()), &any, NOW), "established");
+    assert!(!reusable(Some(&embryonic), &any, LATER), "embryonic");
+    assert!(!reusable(Some(&established()), &any, LATER), "established");
     let mut half_closed = established();
     advance(
         &mut half_closed,
         FromClient,
         &seg(TCP_FIN | TCP_ACK, CLIENT_ISN + 1, BACKEND_ISN + 1),
     );
-    assert!(!reusable(Some(&half_closed), &any, NOW), "half closed");
+    assert!(!reusable(Some(&half_closed), &any, LATER), "half closed");
     assert!(
         !reusable(Some(&established()), &any, NOW + 2 * TIME_WAIT_NS),
         "an idle live flow keeps its port however long it is idle"
@@ -129,9 +131,9 @@ fn a_live_embryonic_or_half_closed_flow_keeps_its_port() {
 fn a_flow_the_client_closed_first_frees_its_port_once_the_client_acknowledged_the_backends_fin() {
     // Any SYN: the backend has no socket left on the 4-tuple.
     let older = syn(CLIENT_ISN, Some(1));
-    assert!(reusable(Some(&client_closed_first(true)), &older, NOW));
+    assert!(reusable(Some(&client_closed_first(true)), &older, LATER));
     assert!(
-        !reusable(Some(&client_closed_first(false)), &older, NOW),
+        !reusable(Some(&client_closed_first(false)), &older, LATER),
         "the backend is still in LAST_ACK"
     );
 }
@@ -145,7 +147,7 @@ fn a_reset_flow_frees_its_port_at_once() {
         &seg(TCP_RST | TCP_ACK, BACKEND_ISN + 1, CLIENT_ISN + 1),
     );
     assert_ne!(flow.state & RESET, 0);
-    assert!(reusable(Some(&flow), &syn(0, None), NOW));
+    assert!(reusable(Some(&flow), &syn(0, None), LATER));
 }
 
 #[test]
@@ -159,7 +161,7 @@ fn time_wait_accepts_a_syn_with_a_newer_timestamp_whatever_its_sequence_number()
     assert!(reusable(
         Some(&flow),
         &syn(CLIENT_FIN_END - 100, Some(TS_RECENT + 1)),
-        NOW
+        LATER
     ));
 }
 
@@ -174,7 +176,7 @@ fn time_wait_refuses_a_syn_with_an_older_timestamp_even_with_a_later_sequence_nu
     assert!(!reusable(
         Some(&flow),
         &syn(CLIENT_FIN_END + 1_000, Some(TS_RECENT - 1)),
-        NOW
+        LATER
     ));
     // Wrapping: "older" is in 32-bit timestamp space.
     let wrapped = backend_closed_first(Some(5));
@@ -211,6 +213,13 @@ fn without_timestamps_on_either_side_time_wait_decides_by_sequence_number() {
 fn a_zero_ts_recent_never_rejects_by_paws() {
     let flow = backend_closed_first(Some(0));
     assert!(time_wait_accepts(&flow, &syn(CLIENT_FIN_END + 1, Some(u32::MAX))));
+}
+
+#[test]
+fn a_port_stays_its_flows_until_the_backend_surely_processed_its_last_packet() {
+    let flow = client_closed_first(true);
+    assert!(!reusable(Some(&flow), &syn(0, None), LATER - 1));
+    assert!(reusable(Some(&flow), &syn(0, None), LATER));
 }
 
 #[test]
