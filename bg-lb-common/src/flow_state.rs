@@ -35,6 +35,17 @@
 //! has to guess within that span to move the state, as with conntrack's
 //! window checks.
 //!
+//! # Who closed first
+//! A backend that closes first (or at the same time as its client) keeps
+//! the connection's 4-tuple, (backend, SNAT address:port), in TIME_WAIT
+//! for a minute, and accepts a new SYN on it only by Linux's rules. The
+//! flow records that ([`BACKEND_CLOSED_FIRST`], set when the backend's
+//! first FIN does not acknowledge a client FIN), and from then on the
+//! newest TCP timestamp of the client's segments ([`note_client_timestamp`]),
+//! which with the end of the client's FIN is what those rules read
+//! (`crate::port_reuse`). A backend that closes second ends in LAST_ACK,
+//! gone once the client's last ACK reaches it.
+//!
 //! # SYN-proxied flows
 //! A flow the SYN proxy opened (`crate::syn_proxy`) is tracked the same
 //! way, in one numbering: the client's. The data plane translates its
@@ -60,6 +71,12 @@ pub const FIN_FROM_BACKEND: u32 = 1 << 3;
 pub const RESET: u32 = 1 << 4;
 /// The backend answered the SYN (its SYN-ACK went through).
 pub const SYN_ACK_SEEN: u32 = 1 << 5;
+/// The backend's FIN did not acknowledge a FIN of the client: it closed
+/// first (or both closed at once), so it holds the connection in TIME_WAIT.
+pub const BACKEND_CLOSED_FIRST: u32 = 1 << 6;
+/// The client's segments since the backend closed first carry TCP
+/// timestamps; `Flow::client_tsval` holds the newest.
+pub const CLIENT_TIMESTAMPS: u32 = 1 << 7;
 
 /// How far beyond a side's known end a segment may start and still move
 /// it. A TCP sender's segments reach the LB in order unless some were lost
@@ -125,7 +142,7 @@ pub enum Event {
 
 /// `a` comes after `b` in sequence space.
 #[inline(always)]
-const fn after(a: u32, b: u32) -> bool {
+pub const fn after(a: u32, b: u32) -> bool {
     (a.wrapping_sub(b) as i32) > 0
 }
 
@@ -226,9 +243,39 @@ pub fn advance(flow: &mut Flow, dir: Direction, seg: &Segment) -> Event {
     // sight or a retransmission), not behind it.
     if seg.flags & TCP_FIN != 0 && plausible && !after(sender.end, end) {
         next |= fin;
+        // A backend that closes after the client acknowledges the client's
+        // FIN with its own (it goes LAST_ACK, then CLOSED); one that does
+        // not closed actively and will hold TIME_WAIT.
+        let acks_client_fin = state & FIN_FROM_CLIENT != 0 && seg.flags & TCP_ACK != 0 && !after(receiver.end, seg.ack);
+        if dir == Direction::FromBackend && state & FIN_FROM_BACKEND == 0 && !acks_client_fin {
+            next |= BACKEND_CLOSED_FIRST;
+        }
     }
     flow.state = next;
     event
+}
+
+/// Whether [`note_client_timestamp`] wants the client's segments' TCP
+/// timestamps: only once the backend closed first, so the option is never
+/// parsed on an established flow's packets.
+#[inline(always)]
+pub const fn wants_client_timestamp(state: u32) -> bool {
+    state & BACKEND_CLOSED_FIRST != 0
+}
+
+/// Takes the TSval of a client segment (`None`: it has no timestamp
+/// option) into the record of the backend's TIME_WAIT: Linux's TIME_WAIT
+/// keeps the newest TSval the client sent as its `ts_recent`. The record
+/// only ever grows, so a forged segment can make it stricter, never laxer.
+#[inline(always)]
+pub fn note_client_timestamp(flow: &mut Flow, tsval: Option<u32>) {
+    let Some(tsval) = tsval else {
+        return;
+    };
+    if flow.state & CLIENT_TIMESTAMPS == 0 || after(tsval, flow.client_tsval) {
+        flow.client_tsval = tsval;
+        flow.state |= CLIENT_TIMESTAMPS;
+    }
 }
 
 /// See the module docs.
@@ -241,12 +288,23 @@ const fn rst_acceptable(state: u32, dir: Direction, seg: &Segment, sender: &SeqS
 }
 
 /// Whether the backend may have sent `seg` on this flow. Before its
-/// SYN-ACK it has no data to send: a segment with data is from another
-/// connection on the same (backend, SNAT port) and must not reach this
-/// client.
+/// SYN-ACK it answers the client's SYN and nothing else: a SYN-ACK or a RST
+/// acknowledging exactly that SYN, or a bare ACK. A bare ACK is what an
+/// older connection's state on the same 4-tuple answers a SYN with (or its
+/// last ACK, when this flow took its port over); the client answers it
+/// with a RST at exactly that state's next sequence number, which clears
+/// it (RFC 9293's old-duplicate rule), and retries. Dropping it would leave
+/// the client retrying into that state until it expires. Anything else,
+/// data or a FIN, comes from an older connection on the same (backend,
+/// SNAT port) and must not reach this client.
 #[inline(always)]
-pub const fn backend_may_send(state: u32, seg: &Segment) -> bool {
-    state & SYN_ACK_SEEN != 0 || seg.payload_len == 0
+pub const fn backend_may_send(flow: &Flow, seg: &Segment) -> bool {
+    if flow.state & SYN_ACK_SEEN != 0 {
+        return true;
+    }
+    seg.payload_len == 0
+        && seg.flags & (TCP_FIN | TCP_ACK) == TCP_ACK
+        && (seg.flags & (TCP_SYN | TCP_RST) == 0 || seg.ack == flow.client.end)
 }
 
 /// Whether a backend's packet keeps the flow alive. An embryonic flow ages

@@ -10,6 +10,8 @@
 //! - [`flow_state`]: TCP flow state tracking (when a pinned flow has ended).
 //! - [`icmp`]: which ICMP errors follow a flow; checksums of translating
 //!   their quotes and of generated fragmentation-needed errors.
+//! - [`port_reuse`]: when a new connection may take over the SNAT port of a
+//!   flow that has ended (the backend's TIME_WAIT rules).
 //! - [`snat_port`]: candidate SNAT (address, port) pairs for collision-free
 //!   allocation.
 //! - [`restore`]: the benchmark's frame restorer's map value.
@@ -28,6 +30,7 @@ pub mod flow_hash;
 pub mod flow_state;
 pub mod icmp;
 pub mod maps;
+pub mod port_reuse;
 pub mod restore;
 pub mod snat_port;
 pub mod syn_proxy;

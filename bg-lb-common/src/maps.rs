@@ -24,9 +24,11 @@ pub const LOOKUP_TABLES: &str = "LOOKUP_TABLES";
 pub const LOOKUP_TABLES_FLAGS: u32 = 1 << 10;
 /// `LruHashMap<FlowKey, Flow>`: client flow -> pinned backend.
 pub const FLOWS: &str = "FLOWS";
-/// `HashMap<NatKey, FlowKey>`: backend reply tuple -> client flow. Not an
-/// LRU: an entry goes only when its flow goes, so a (backend, SNAT port) is
-/// never handed to a second flow while the first one lives.
+/// `HashMap<NatKey, NatOwner>`: backend reply tuple -> client flow. Not an
+/// LRU: an entry goes only when its flow goes, or when a new connection
+/// takes the port over from a flow that has ended (`crate::port_reuse`),
+/// so a (backend, SNAT port) is never handed to a second flow while the
+/// first one lives.
 ///
 /// A `gateway` service's flows keep their keys here too, with the client's
 /// address and port where a SNAT address and port would be
@@ -331,7 +333,10 @@ pub struct Flow {
     /// order, as in [`NatKey::snat_addr`]): one of
     /// [`DataplaneConfig::snat_addrs`].
     pub snat_addr: u32,
-    pub _pad2: u32,
+    /// The newest TCP timestamp (TSval, host order) of the client's segments
+    /// since the backend closed first: the `ts_recent` of the backend's
+    /// TIME_WAIT ([`crate::flow_state::CLIENT_TIMESTAMPS`] says it is set).
+    pub client_tsval: u32,
 }
 
 impl Flow {
@@ -402,6 +407,34 @@ impl NatKey {
     /// The backend that sends the reply.
     pub const fn backend(&self) -> SocketAddrV4 {
         socket(self.backend_addr, self.backend_port)
+    }
+}
+
+/// A [`REVERSE_NAT`] value: the flow that owns the (backend, SNAT port).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NatOwner {
+    pub flow: FlowKey,
+    /// When the port was claimed (`bpf_ktime_get_ns`, even), or
+    /// [`NatOwner::TAKING_OVER`] set while a new connection takes it over and
+    /// `flow` is being rewritten. The data plane changes an existing entry
+    /// only by a compare-and-swap on this word, so of two CPUs taking one
+    /// port over only one wins; claims are timestamps, so an entry removed
+    /// and inserted again never repeats the value another CPU read.
+    pub claim: u64,
+}
+
+impl NatOwner {
+    /// Bit of [`NatOwner::claim`]: a takeover is rewriting `flow`.
+    pub const TAKING_OVER: u64 = 1;
+
+    /// `flow` owns the port from `now_ns` on.
+    #[inline(always)]
+    pub const fn new(flow: FlowKey, now_ns: u64) -> Self {
+        Self {
+            flow,
+            claim: now_ns & !Self::TAKING_OVER,
+        }
     }
 }
 
@@ -608,6 +641,7 @@ mod pod {
     unsafe impl aya::Pod for Flow {}
     unsafe impl aya::Pod for SeqState {}
     unsafe impl aya::Pod for NatKey {}
+    unsafe impl aya::Pod for NatOwner {}
     unsafe impl aya::Pod for DataplaneConfig {}
     unsafe impl aya::Pod for TrafficStats {}
     unsafe impl aya::Pod for SynFlood {}
@@ -629,6 +663,7 @@ mod tests {
         assert_eq!(size_of::<SeqState>(), 8);
         assert_eq!(size_of::<Flow>(), 80);
         assert_eq!(size_of::<NatKey>(), 12);
+        assert_eq!(size_of::<NatOwner>(), 24);
         assert_eq!(size_of::<DataplaneConfig>(), 16 + 4 * MAX_SNAT_ADDRESSES);
         assert_eq!(size_of::<TrafficStats>(), 72);
         assert_eq!(size_of::<SynFlood>(), 32);

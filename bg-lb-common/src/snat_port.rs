@@ -10,7 +10,11 @@
 //! address at once when one address's port is taken.
 
 /// Candidates tried per new flow before giving up (bounded for the verifier).
-pub const SNAT_PORT_ATTEMPTS: u32 = 16;
+/// 32: when backends close first, a port in TIME_WAIT takes a SYN from
+/// another client about half the time (`crate::port_reuse`), so with most
+/// ports in TIME_WAIT, 16 candidates still left one SYN in a few thousand
+/// without a port; 32 leave about one in 10^8.
+pub const SNAT_PORT_ATTEMPTS: u32 = 32;
 
 /// Candidate `attempt` (0-based) for a flow hashing to `hash`: the index of
 /// its address (below `addresses`) and its port in host byte order within

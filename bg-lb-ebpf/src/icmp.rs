@@ -38,7 +38,7 @@ use bg_lb_common::{
 
 use crate::{
     forward::{Route, RouteQuery, dropped, route, send},
-    maps::{BACKENDS, REVERSE_NAT, count, flow_entry},
+    maps::{BACKENDS, count, flow_entry, reverse_owner},
     packet::{TcpPacket, parse_icmp_error},
     synproxy,
 };
@@ -162,9 +162,7 @@ fn origin_of(emitted: &Tuple) -> Option<Origin> {
         backend_port: emitted.dst_port,
         snat_port: emitted.src_port,
     };
-    // SAFETY: copied at once, as in `to_client`.
-    let to_backend = (unsafe { REVERSE_NAT.get(nat) }).copied();
-    if let Some(client) = to_backend {
+    if let Some(client) = reverse_owner(&nat) {
         let flow = flow_entry(&client)?;
         let backend = BACKENDS.get(flow.backend_id)?;
         if backend.generation != flow.backend_gen || flow.nat_key(backend) != nat {
@@ -194,8 +192,7 @@ fn origin_of(emitted: &Tuple) -> Option<Origin> {
     if backend.generation != flow.backend_gen {
         return None;
     }
-    // SAFETY: copied at once, as in `to_client`.
-    let owner = (unsafe { REVERSE_NAT.get(flow.nat_key(backend)) }).copied()?;
+    let owner = reverse_owner(&flow.nat_key(backend))?;
     if owner != client {
         return None;
     }

@@ -21,6 +21,7 @@ mod icmp;
 mod maps;
 mod nat;
 mod packet;
+mod port_takeover;
 mod rst;
 mod synproxy;
 mod to_backend;

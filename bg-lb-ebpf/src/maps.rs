@@ -12,8 +12,8 @@ use bg_lb_common::{
     flow_state::Event,
     maps::{
         Backend, DEFAULT_LOOKUP_CAPACITY, DEFAULT_MAX_FLOWS, DataplaneConfig, Flow, FlowKey, HELD_SEGMENTS_CAPACITY,
-        HeldSegment, LOOKUP_TABLES_FLAGS, MAX_BACKENDS, MAX_INTERFACES, MAX_SERVICES, NatKey, Service, ServiceKey,
-        SynFlood, TrafficStats,
+        HeldSegment, LOOKUP_TABLES_FLAGS, MAX_BACKENDS, MAX_INTERFACES, MAX_SERVICES, NatKey, NatOwner, Service,
+        ServiceKey, SynFlood, TrafficStats,
     },
     syn_proxy::JOB_PROGRAMS,
 };
@@ -35,10 +35,11 @@ pub static LOOKUP_TABLES: Array<u32> = Array::with_max_entries(DEFAULT_LOOKUP_CA
 pub static FLOWS: LruHashMap<FlowKey, Flow> = LruHashMap::with_max_entries(DEFAULT_MAX_FLOWS, 0);
 
 // A plain hash, not an LRU: an entry is removed only with its flow (by this
-// program or the daemon's sweep), never evicted under a live one. When it is
-// full, new flows find no SNAT port and are refused.
+// program or the daemon's sweep), or handed to a new flow when its own has
+// ended (`port_takeover`), never evicted under a live one. When it is full,
+// new flows find no SNAT port and are refused.
 #[map]
-pub static REVERSE_NAT: HashMap<NatKey, FlowKey> = HashMap::with_max_entries(DEFAULT_MAX_FLOWS, 0);
+pub static REVERSE_NAT: HashMap<NatKey, NatOwner> = HashMap::with_max_entries(DEFAULT_MAX_FLOWS, 0);
 
 #[map]
 pub static BACKEND_STATS: PerCpuArray<TrafficStats> = PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
@@ -90,6 +91,17 @@ pub fn flow_entry(key: &FlowKey) -> Option<&'static mut Flow> {
     // Other CPUs may update or delete the same flow meanwhile; its fields are
     // plain integers, so a race leaves at worst a stale state or timestamp.
     Some(unsafe { &mut *ptr })
+}
+
+/// The flow that owns `nat`, per its reverse-NAT entry.
+#[inline(always)]
+pub fn reverse_owner(nat: &NatKey) -> Option<FlowKey> {
+    // SAFETY: copied at once. REVERSE_NAT is preallocated: should the entry
+    // be removed and its slot reused meanwhile, or taken over by a new flow
+    // (`port_takeover`), the copy may show the new owner, or a mix of both
+    // keys. A caller uses the owner only if its flow names this very
+    // (backend, SNAT port), which no mix does.
+    unsafe { REVERSE_NAT.get(nat) }.map(|owner| owner.flow)
 }
 
 #[inline(always)]

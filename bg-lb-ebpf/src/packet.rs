@@ -20,6 +20,7 @@ use bg_lb_common::{
     counters::Counter,
     flow_state::Segment,
     icmp::{self, ICMP_LEN, QUOTE_L4_LEN, QuoteChecksums, TCP_CHECK_OFFSET, Tuple},
+    port_reuse,
     syn_proxy::HELD_PAYLOAD_MAX,
 };
 use network_types::{
@@ -529,6 +530,22 @@ impl TcpPacket<'_> {
     }
 }
 
+/// [`TcpPacket::timestamp`]'s walk of the options of a TCP header of `len`
+/// bytes: bit 32 set and the TSval below it, or 0.
+#[inline(always)]
+fn timestamp_option(ctx: &XdpContext, len: u32) -> u64 {
+    // SAFETY (both reads): ptr_at checked that the bytes are inside the frame.
+    let tsval = port_reuse::tcp_timestamp(
+        len,
+        |at| ptr_at::<u8>(ctx, TCP_OFFSET + at).map(|byte| unsafe { *byte }),
+        |at| ptr_at::<[u8; 4]>(ctx, TCP_OFFSET + at).map(|word| u32::from_be_bytes(unsafe { *word })),
+    );
+    match tsval {
+        Some(tsval) => 1 << 32 | tsval as u64,
+        None => 0,
+    }
+}
+
 /// Makes the frame `len` bytes long: shrinks it at the tail, grows it at the
 /// front (XDP guarantees headroom) or else at the tail.
 #[inline(always)]
@@ -645,6 +662,20 @@ impl TcpPacket<'_> {
         // (at most TCP_MAX_LEN) bytes.
         let rc = unsafe { bpf_xdp_load_bytes(ctx.ctx, TCP_OFFSET as u32, buf.as_mut_ptr() as *mut c_void, len) };
         (rc == 0).then_some((buf, len))
+    }
+
+    /// The TSval of the segment's timestamp option, if it has one. Read only
+    /// for the few segments that need it (a SYN that may reuse a port, a
+    /// client's segment once its backend closed first), never on the
+    /// established path.
+    #[inline(always)]
+    pub fn timestamp(&self, ctx: &XdpContext) -> Option<u32> {
+        let len = self.tcp.doff() as u32 * 4;
+        if len as usize <= TCP_LEN {
+            return None;
+        }
+        let found = timestamp_option(ctx, len);
+        (found >> 32 != 0).then_some(found as u32)
     }
 
     /// Copies the payload into `into`, zero past it to a multiple of 4 (as

@@ -47,8 +47,8 @@ use bg_lb_common::{
 use crate::{
     forward::forward,
     maps::{
-        BACKENDS, HELD_SCRATCH, HELD_SEGMENTS, REVERSE_NAT, SERVICES, SYN_FLOOD, SYN_PROXY_JOBS, Way, account,
-        account_event, count, flow_entry,
+        BACKENDS, HELD_SCRATCH, HELD_SEGMENTS, SERVICES, SYN_FLOOD, SYN_PROXY_JOBS, Way, account, account_event, count,
+        flow_entry, reverse_owner,
     },
     packet::{BareSegment, TcpPacket, parse_tcp},
 };
@@ -345,8 +345,7 @@ pub fn bg_lb_ack_to_backend(ctx: XdpContext) -> u32 {
         backend_port: pkt.src_port(),
         snat_port: pkt.dst_port(),
     };
-    // SAFETY: copied at once (as in to_client).
-    let Some(client) = (unsafe { REVERSE_NAT.get(nat) }).copied() else {
+    let Some(client) = reverse_owner(&nat) else {
         return XDP_DROP;
     };
     let Some(flow) = flow_entry(&client) else {

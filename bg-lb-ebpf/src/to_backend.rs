@@ -7,7 +7,9 @@
 //! `DataplaneConfig::nat_epoch` forward: a pinned flow then makes sure its
 //! port is still its own (one lookup) before it uses it again, claiming it
 //! again if it is free and resetting its client if another flow owns it.
-//! A packet without a flow never uses a port another flow owns.
+//! A packet without a flow never uses a port another flow owns. A new
+//! connection may take over the port of a flow that has ended, once the
+//! backend will accept it there ([`port_takeover`]).
 //!
 //! A `gateway` or `dsr` service differs where [`forwarding`] says: its
 //! source candidate, and for `dsr` no reverse entry and no rewrite.
@@ -27,7 +29,11 @@ use bg_lb_common::{
     counters::Counter,
     flow_hash::flow_hash,
     flow_state::{self, Direction, Event, Segment, TCP_SYN},
-    maps::{BACKEND_RESET_FLOWS, Backend, DataplaneConfig, Flow, FlowKey, IPPROTO_TCP, NO_BACKEND, NatKey, Service},
+    maps::{
+        BACKEND_RESET_FLOWS, Backend, DataplaneConfig, Flow, FlowKey, IPPROTO_TCP, NO_BACKEND, NatKey, NatOwner,
+        Service,
+    },
+    port_reuse::Syn,
     snat_port::SNAT_PORT_ATTEMPTS,
     syn_proxy::Job,
 };
@@ -35,9 +41,13 @@ use bg_lb_common::{
 use crate::{
     forward::forward,
     forwarding,
-    maps::{BACKENDS, FLOWS, LOOKUP_TABLES, REVERSE_NAT, Way, account, account_exhausted, count, flow_entry, log_due},
+    maps::{
+        BACKENDS, FLOWS, LOOKUP_TABLES, REVERSE_NAT, Way, account, account_exhausted, count, flow_entry, log_due,
+        reverse_owner,
+    },
     nat::{Endpoints, decrement_ttl, rewrite},
     packet::TcpPacket,
+    port_takeover,
     rst::reply_rst,
     synproxy::{self, ClientStep, Unpinned},
 };
@@ -109,7 +119,7 @@ pub fn to_backend(ctx: &XdpContext, mut pkt: TcpPacket<'_>, service: &Service, c
     let seg = pkt.segment();
     // SAFETY: a helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
-    let route = match pinned_flow(&key, &seg, service, cfg.nat_epoch, now) {
+    let route = match pinned_flow(&key, &seg, service, cfg.nat_epoch, now, || pkt.timestamp(ctx)) {
         Lookup::Pinned(route) => route,
         Lookup::Stale => {
             count(Counter::StaleFlow);
@@ -126,7 +136,10 @@ pub fn to_backend(ctx: &XdpContext, mut pkt: TcpPacket<'_>, service: &Service, c
             let proven = match synproxy::unpinned(&pkt, service, now) {
                 Unpinned::Usual => false,
                 Unpinned::Proven => true,
-                Unpinned::Answer => return synproxy::hand_over(ctx, Job::SynAck),
+                Unpinned::Answer => {
+                    forget_ended(&key);
+                    return synproxy::hand_over(ctx, Job::SynAck);
+                }
                 Unpinned::Drop => return XDP_DROP,
             };
             // A proven cookie opens the flow as the client's SYN (its
@@ -141,7 +154,15 @@ pub fn to_backend(ctx: &XdpContext, mut pkt: TcpPacket<'_>, service: &Service, c
             } else {
                 seg
             };
-            match new_flow(&key, &request, service, cfg, now) {
+            // What the backend's TIME_WAIT, if the SNAT port has one, reads
+            // of the SYN it gets: the proxy's carries no timestamp.
+            let tsval = if proven || !flow_state::is_connection_request(request.flags) {
+                None
+            } else {
+                pkt.timestamp(ctx)
+            };
+            let syn = Syn::new(request.seq, tsval);
+            match new_flow(&key, &request, &syn, service, cfg, now) {
                 Ok(_) if proven => return synproxy::hand_over(ctx, Job::OpenBackend),
                 Ok(route) => {
                     if flow_state::is_connection_request(request.flags) {
@@ -190,6 +211,21 @@ pub fn to_backend(ctx: &XdpContext, mut pkt: TcpPacket<'_>, service: &Service, c
     forward(ctx, &mut pkt)
 }
 
+/// Removes the 5-tuple's flow if it has ended: a SYN the proxy answers
+/// opens no flow, so the ended one would stay, and the client's ACK proving
+/// the new cookie would go through it (on a port another flow may own by
+/// then) instead of opening the new connection. Its reverse entry stays, an
+/// orphan a new connection may take over: what the flow knew of how the
+/// backend closed is lost, so a proxied reconnection on the same 5-tuple
+/// may meet the backend's TIME_WAIT (the backend answers with an ACK, the
+/// client resets it and retries).
+#[inline(always)]
+fn forget_ended(key: &FlowKey) {
+    if flow_entry(key).is_some_and(|flow| flow_state::has_ended(flow.state)) {
+        let _ = FLOWS.remove(key);
+    }
+}
+
 /// A segment no flow could be opened or found for: a connection request
 /// refused with a RST when no backend or SNAT port can take it, else dropped.
 #[inline(always)]
@@ -232,9 +268,19 @@ fn log_drop(ctx: &XdpContext, counter: Counter, now: u64) {
 /// The flow's pinned entry, updated for this packet, unless there is none,
 /// this SYN reuses the 5-tuple of a flow that has ended, the flow's backend
 /// id or service no longer is the one it was pinned to, or (checked when
-/// `nat_epoch` moved) its port is no longer its own.
+/// `nat_epoch` moved, and for a flow that has ended, whose port a new
+/// connection may have taken over) its port is no longer its own.
+/// `timestamp` reads the segment's TSval, wanted only once the backend
+/// closed first.
 #[inline(always)]
-fn pinned_flow(key: &FlowKey, seg: &Segment, service: &Service, nat_epoch: u32, now: u64) -> Lookup {
+fn pinned_flow(
+    key: &FlowKey,
+    seg: &Segment,
+    service: &Service,
+    nat_epoch: u32,
+    now: u64,
+    timestamp: impl FnOnce() -> Option<u32>,
+) -> Lookup {
     let Some(flow) = flow_entry(key) else {
         return Lookup::Unknown;
     };
@@ -254,19 +300,11 @@ fn pinned_flow(key: &FlowKey, seg: &Segment, service: &Service, nat_epoch: u32, 
         };
     }
     if connection_request && flow_state::has_ended(flow.state) {
-        // Its reverse entry would otherwise hold the old SNAT port.
-        let nat = flow.nat_key(&backend);
-        if reverse_owner(&nat) == Some(*key) {
-            let _ = REVERSE_NAT.remove(nat);
-        }
-        // The ended flow goes too. A SYN the proxy answers opens no flow, so
-        // it would stay, without its port: the client's ACK proving the new
-        // cookie would go through it, on the port another flow may own by
-        // then, instead of opening the new connection.
-        let _ = FLOWS.remove(key);
+        // A new connection: its SYN claims a port, which may be the old
+        // flow's port if the backend accepts it there (`port_takeover`).
         return Lookup::Unknown;
     }
-    if flow.has_reply_path() && flow.nat_epoch != nat_epoch {
+    if flow.has_reply_path() && (flow.nat_epoch != nat_epoch || flow_state::has_ended(flow.state)) {
         if !owns_port(key, &flow.nat_key(&backend)) {
             let _ = FLOWS.remove(key);
             return Lookup::PortTaken;
@@ -278,6 +316,11 @@ fn pinned_flow(key: &FlowKey, seg: &Segment, service: &Service, nat_epoch: u32, 
             ClientStep::Forward => {}
             step => return Lookup::Proxy(step),
         }
+    }
+    // Before `advance`: once the client's FIN makes the flow end, another
+    // CPU may judge its port, and must find the FIN's timestamp recorded.
+    if flow_state::wants_client_timestamp(flow.state) {
+        flow_state::note_client_timestamp(flow, timestamp());
     }
     let event = if flow.has_reply_path() {
         flow_state::advance(flow, Direction::FromClient, seg)
@@ -306,22 +349,17 @@ fn owns_port(key: &FlowKey, nat: &NatKey) -> bool {
     match reverse_owner(nat) {
         Some(owner) => owner == *key,
         None => {
-            let reclaimed = REVERSE_NAT.insert(nat, key, BPF_NOEXIST as u64).is_ok();
+            // SAFETY: a helper without arguments.
+            let now = unsafe { bpf_ktime_get_ns() };
+            let reclaimed = REVERSE_NAT
+                .insert(nat, NatOwner::new(*key, now), BPF_NOEXIST as u64)
+                .is_ok();
             if reclaimed {
                 count(Counter::NatReclaimed);
             }
             reclaimed
         }
     }
-}
-
-/// The flow that owns `nat`, per its reverse-NAT entry.
-#[inline(always)]
-fn reverse_owner(nat: &NatKey) -> Option<FlowKey> {
-    // SAFETY: copied at once. REVERSE_NAT is preallocated: should the entry
-    // be removed and its slot reused meanwhile, the copy may show the new
-    // entry, a race every preallocated BPF hash map has.
-    unsafe { REVERSE_NAT.get(nat) }.copied()
 }
 
 /// Picks a backend from the service's lookup table. A SYN pins the choice
@@ -331,6 +369,7 @@ fn reverse_owner(nat: &NatKey) -> Option<FlowKey> {
 fn new_flow(
     key: &FlowKey,
     seg: &Segment,
+    syn: &Syn,
     service: &Service,
     cfg: &DataplaneConfig,
     now: u64,
@@ -362,11 +401,12 @@ fn new_flow(
     }
     (flow.state, flow.client, flow.backend) = flow_state::opened_by(seg);
     if flow.has_reply_path() {
-        (flow.snat_addr, flow.snat_port) = claim_snat_port(key, hash, &backend, service, cfg).inspect_err(|e| {
-            if *e == Counter::SnatPortsExhausted {
-                account_exhausted(backend_id);
-            }
-        })?;
+        (flow.snat_addr, flow.snat_port) =
+            claim_snat_port(key, hash, &flow, &backend, service, syn, cfg).inspect_err(|e| {
+                if *e == Counter::SnatPortsExhausted {
+                    account_exhausted(backend_id);
+                }
+            })?;
     }
     if FLOWS.insert(key, flow, BPF_ANY as u64).is_err() {
         let _ = REVERSE_NAT.remove(flow.nat_key(&backend));
@@ -412,23 +452,32 @@ fn unpinned(
 }
 
 /// Claims the first free SNAT (address, port), both wire order, for this
-/// backend. NOEXIST makes the claim atomic, so two CPUs never hand out the
-/// same pair.
+/// backend, or the first whose flow has ended so that `syn` may reuse it.
+/// NOEXIST makes the claim of a free pair atomic, and a compare-and-swap the
+/// takeover of a used one, so two CPUs never hand out the same pair. `flow`
+/// is the new flow (its backend id and generation, and its `created_ns`,
+/// which becomes the claim).
 #[inline(always)]
 fn claim_snat_port(
     key: &FlowKey,
     hash: u32,
+    flow: &Flow,
     backend: &Backend,
     service: &Service,
+    syn: &Syn,
     cfg: &DataplaneConfig,
 ) -> Result<(u32, u16), Counter> {
+    let packed = port_takeover::backend_of(flow.backend_id, flow.backend_gen);
+    let now = flow.created_ns;
     for attempt in 0..SNAT_PORT_ATTEMPTS {
         let Some((addr, port)) = forwarding::source(service, key, cfg, hash, attempt) else {
             break;
         };
+        let nat = NatKey::new(backend, addr, port);
         if REVERSE_NAT
-            .insert(NatKey::new(backend, addr, port), key, BPF_NOEXIST as u64)
+            .insert(nat, NatOwner::new(*key, now), BPF_NOEXIST as u64)
             .is_ok()
+            || port_takeover::take_over(&nat, key, syn, packed, now)
         {
             return Ok((addr, port));
         }

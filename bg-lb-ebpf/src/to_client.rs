@@ -1,8 +1,9 @@
 //! Backend -> SNAT address path: translate a reply back to VIP -> client,
 //! but only for the flow that owns its (backend, SNAT address and port): a
 //! reverse-NAT entry whose flow was evicted, or names another backend,
-//! address or port, or a
-//! segment that flow's backend cannot have sent, never reaches a client.
+//! address or port, or a segment that flow's backend cannot have sent (such
+//! as a straggler of the older connection whose port a new flow took over),
+//! never reaches a client.
 //!
 //! A SYN-proxied flow's backend numbers its bytes from its own ISN, the
 //! client from the cookie: the flow tracks the backend side in the client's
@@ -24,7 +25,7 @@ use bg_lb_common::{
 
 use crate::{
     forward::forward,
-    maps::{BACKENDS, REVERSE_NAT, Way, account, account_event, count, flow_entry},
+    maps::{BACKENDS, Way, account, account_event, count, flow_entry, reverse_owner},
     nat::{Endpoints, decrement_ttl, rewrite},
     packet::TcpPacket,
     synproxy::{self, BackendStep},
@@ -38,10 +39,7 @@ pub fn to_client(ctx: &XdpContext, mut pkt: TcpPacket<'_>) -> u32 {
         backend_port: pkt.src_port(),
         snat_port: pkt.dst_port(),
     };
-    // SAFETY: copied at once. REVERSE_NAT is preallocated: should the entry be
-    // removed and its slot reused meanwhile, the copy may show the new entry,
-    // a race every preallocated BPF hash map has.
-    let Some(client) = (unsafe { REVERSE_NAT.get(nat) }).copied() else {
+    let Some(client) = reverse_owner(&nat) else {
         count(Counter::ReplyWithoutFlow);
         return XDP_PASS;
     };
@@ -58,6 +56,13 @@ pub fn to_client(ctx: &XdpContext, mut pkt: TcpPacket<'_>) -> u32 {
         count(Counter::StaleReply);
         return XDP_DROP;
     }
+    // Before the flow's own SYN is answered, the port's previous connection
+    // may still send (the flow took its port over): none of it reaches
+    // this client.
+    if !flow_state::backend_may_send(flow, &seg) {
+        count(Counter::StaleReply);
+        return XDP_DROP;
+    }
     let mut seq_offset = 0;
     if flow.proxy != 0 {
         match synproxy::backend_segment(seg.flags, seg.seq, flow) {
@@ -68,10 +73,6 @@ pub fn to_client(ctx: &XdpContext, mut pkt: TcpPacket<'_>) -> u32 {
             BackendStep::Drop => return XDP_DROP,
         }
         seg.seq = seg.seq.wrapping_sub(seq_offset);
-    }
-    if !flow_state::backend_may_send(flow.state, &seg) {
-        count(Counter::StaleReply);
-        return XDP_DROP;
     }
     let event = flow_state::advance(flow, Direction::FromBackend, &seg);
     account_event(flow.backend_id, event);

@@ -35,9 +35,13 @@
 //!   SYNs) through a raw socket.
 //! - [`servers`]: a stoppable TCP accept loop, servers that answer with
 //!   their name, and their client.
+//! - [`churn`]: paced short connections (one line each, either side closing
+//!   first, from one client address or many) and their server, counting
+//!   failures and stalled connects.
 //! - [`bench`]: `cargo xtask bench` (the `bg-lb-bench` binary): contenders,
 //!   workloads, statistics and reports.
 pub mod bench;
+pub mod churn;
 pub mod cmd;
 pub mod container;
 pub mod daemon;

@@ -14,7 +14,7 @@ use aya::{
     programs::Xdp,
 };
 use bg_lb::dataplane::{RawMap, pins::PinLayout};
-use bg_lb_common::maps::{self, Backend, DataplaneConfig, Flow, FlowKey, NatKey};
+use bg_lb_common::maps::{self, Backend, DataplaneConfig, Flow, FlowKey, NatKey, NatOwner};
 
 /// The map `name` that `prog` (a loaded `bg_lb`) uses, opened by its id.
 pub fn program_map(prog: &Xdp, name: &str) -> Map {
@@ -37,7 +37,7 @@ pub struct NatMaps {
     flows: HashMap<MapData, FlowKey, Flow>,
     /// FLOWS again, for batch writes (aya has none).
     flows_batch: RawMap<FlowKey, Flow>,
-    reverse: HashMap<MapData, NatKey, FlowKey>,
+    reverse: HashMap<MapData, NatKey, NatOwner>,
     backends: Array<MapData, Backend>,
     config: Array<MapData, DataplaneConfig>,
 }
@@ -107,12 +107,15 @@ impl NatMaps {
 
     /// The flow that owns `nat`.
     pub fn owner(&self, nat: &NatKey) -> Option<FlowKey> {
-        self.reverse.get(nat, 0).ok()
+        self.reverse.get(nat, 0).ok().map(|owner| owner.flow)
     }
 
     /// Every reverse-NAT entry.
     pub fn reverse_entries(&self) -> Vec<(NatKey, FlowKey)> {
-        self.reverse.iter().map(|e| e.expect("read REVERSE_NAT")).collect()
+        self.reverse
+            .iter()
+            .map(|e| e.map(|(nat, owner)| (nat, owner.flow)).expect("read REVERSE_NAT"))
+            .collect()
     }
 
     /// Drops a reverse-NAT entry.
@@ -123,7 +126,17 @@ impl NatMaps {
 
     /// Makes `owner` the flow that owns `nat`.
     pub fn set_owner(&mut self, nat: &NatKey, owner: &FlowKey) {
-        self.reverse.insert(nat, owner, 0).expect("write the reverse-NAT entry");
+        self.set_reverse_entry(nat, &NatOwner::new(*owner, 0));
+    }
+
+    /// The whole reverse-NAT entry of `nat`, claim word included.
+    pub fn reverse_entry(&self, nat: &NatKey) -> Option<NatOwner> {
+        self.reverse.get(nat, 0).ok()
+    }
+
+    /// Overwrites the whole reverse-NAT entry of `nat`.
+    pub fn set_reverse_entry(&mut self, nat: &NatKey, entry: &NatOwner) {
+        self.reverse.insert(nat, entry, 0).expect("write the reverse-NAT entry");
         self.advance_nat_epoch();
     }
 

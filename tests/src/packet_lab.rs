@@ -46,7 +46,7 @@ use bg_lb_common::{
 use crate::{
     cmd::{self, ifindex, ip},
     map_surgery::{NatMaps, program_map},
-    packets::{ACK, Numbers, SEQ, SYN, SYN_ACK, TcpView, numbered_tcp_frame, parse_checked, tcp_frame},
+    packets::{ACK, ACK_NUMBER, Numbers, SEQ, SYN, SYN_ACK, TcpView, numbered_tcp_frame, parse_checked, tcp_frame},
     topology::NetNs,
 };
 
@@ -100,14 +100,22 @@ pub fn from_client(client: SocketAddrV4, flags: u8) -> Vec<u8> {
     tcp_frame(GATEWAY_MAC, LB_MAC, client, VIP, flags, b"")
 }
 
-/// The backend's answer (with `flags`) to a frame the LB sent it.
+/// The backend's answer (with `flags`) to a frame the LB sent it; an
+/// answer to a SYN acknowledges it, as a backend's answer before its
+/// SYN-ACK must (`flow_state::backend_may_send`).
 pub fn reply_to(to_backend: &TcpView, flags: u8) -> Vec<u8> {
-    tcp_frame(
+    let ack = if to_backend.flags_syn {
+        to_backend.seq.wrapping_add(1)
+    } else {
+        ACK_NUMBER
+    };
+    numbered_tcp_frame(
         mac_of(*to_backend.dst.ip()),
         LB_MAC,
         to_backend.dst,
         to_backend.src,
         flags,
+        Numbers { seq: SEQ, ack },
         b"",
     )
 }

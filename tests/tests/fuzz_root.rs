@@ -84,7 +84,7 @@ fn a_million_hostile_frames_are_never_forwarded_outside_a_flow_and_never_corrupt
         frames,
         sessions: 512,
         // Room for every flow the run opens: nothing is evicted, so
-        // REVERSE_NAT must match FLOWS at every check, not only after sweeps.
+        // Every open flow must own its port at every check, not only after sweeps.
         lab: PacketLabOptions {
             max_flows: 1 << 16,
             ..PacketLabOptions::with_ratio(50)

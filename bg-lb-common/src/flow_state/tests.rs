@@ -349,17 +349,54 @@ fn a_fin_behind_or_far_beyond_the_stream_is_not_a_close() {
 }
 
 #[test]
-fn before_its_syn_ack_the_backend_sends_no_data() {
-    let embryonic = opened(CLIENT_ISN).state;
-    assert!(
-        backend_may_send(embryonic, &seg(TCP_ACK, 5, 6, 0)),
-        "a bare ACK (challenge ACK)"
+fn before_its_syn_ack_the_backend_sends_only_an_answer_to_the_syn() {
+    let embryonic = opened(CLIENT_ISN);
+    let syn_end = CLIENT_ISN + 1;
+    let allowed = [
+        (seg(TCP_SYN | TCP_ACK, 5, syn_end, 0), "its SYN-ACK"),
+        (seg(TCP_RST | TCP_ACK, 0, syn_end, 0), "its refusal"),
+        (
+            seg(TCP_ACK, 5, 6, 0),
+            "a bare ACK (an older connection's state answering the SYN)",
+        ),
+    ];
+    for (segment, what) in allowed {
+        assert!(backend_may_send(&embryonic, &segment), "{what}");
+    }
+    let refused = [
+        (seg(TCP_ACK, 5, 6, 10), "data of another connection"),
+        (seg(TCP_FIN | TCP_ACK, 5, 6, 0), "another connection's FIN"),
+        (seg(TCP_SYN | TCP_ACK, 5, syn_end + 7, 0), "a SYN-ACK of another SYN"),
+        (seg(TCP_RST | TCP_ACK, 5, syn_end - 1, 0), "a RST of another connection"),
+        (seg(TCP_RST, 5, 0, 0), "a RST acknowledging nothing"),
+    ];
+    for (segment, what) in refused {
+        assert!(!backend_may_send(&embryonic, &segment), "{what}");
+    }
+    assert!(backend_may_send(&established(), &seg(TCP_FIN | TCP_ACK, 5, 6, 10)));
+}
+
+#[test]
+fn a_backend_fin_that_does_not_acknowledge_a_client_fin_marks_the_backend_closing_first() {
+    let mut backend_first = established();
+    let backend_fin = seg(TCP_FIN | TCP_ACK, BACKEND_ISN + 1, CLIENT_ISN + 1, 0);
+    advance(&mut backend_first, FromBackend, &backend_fin);
+    assert_ne!(backend_first.state & BACKEND_CLOSED_FIRST, 0);
+    assert!(wants_client_timestamp(backend_first.state));
+
+    let mut client_first = established();
+    advance(
+        &mut client_first,
+        FromClient,
+        &seg(TCP_FIN | TCP_ACK, CLIENT_ISN + 1, BACKEND_ISN + 1, 0),
     );
-    assert!(
-        !backend_may_send(embryonic, &seg(TCP_ACK, 5, 6, 10)),
-        "data of another connection"
-    );
-    assert!(backend_may_send(established().state, &seg(TCP_ACK, 5, 6, 10)));
+    let passive_fin = seg(TCP_FIN | TCP_ACK, BACKEND_ISN + 1, CLIENT_ISN + 2, 0);
+    advance(&mut client_first, FromBackend, &passive_fin);
+    assert_eq!(client_first.state & BACKEND_CLOSED_FIRST, 0);
+    assert!(!wants_client_timestamp(client_first.state));
+    // A retransmission of the backend's FIN changes nothing.
+    advance(&mut client_first, FromBackend, &backend_fin);
+    assert_eq!(client_first.state & BACKEND_CLOSED_FIRST, 0);
 }
 
 #[test]

@@ -9,8 +9,14 @@
 //! port) belong together. FLOWS is an LRU, so a flow may be evicted and
 //! leave its reverse entry behind; a service removed, or a backend id that
 //! now names another backend (its generation changed), leaves flows that
-//! can no longer be forwarded. The sweep removes both kinds of orphan. A
-//! `dsr` flow has no reverse entry (nor SNAT address): it is never one.
+//! can no longer be forwarded. The sweep removes both kinds of orphan,
+//! except reverse entries of backends still in the data plane: those are
+//! the data plane's to reuse ([`bg_lb_common::port_reuse`]), which treats
+//! an entry whose flow is gone as a free port. It changes such an entry by
+//! a compare-and-swap, which a delete from here could undo under it (a
+//! delete after a re-check still races a takeover between the two), so the
+//! sweep never deletes an entry the data plane may be taking over. A `dsr`
+//! flow has no reverse entry (nor SNAT address): it is never one.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -19,8 +25,9 @@ use std::{
 };
 
 use bg_lb_common::{
-    flow_state::{FlowPhase, phase},
+    flow_state::{BACKEND_CLOSED_FIRST, FlowPhase, has_ended, phase},
     maps::{Backend, Flow, FlowKey, NatKey},
+    port_reuse::TIME_WAIT_NS,
 };
 use nix::time::{ClockId, clock_gettime};
 
@@ -42,10 +49,17 @@ pub enum Expiry {
 }
 
 /// Whether `flow` should be removed at `now_ns` (CLOCK_MONOTONIC, the clock
-/// of `bpf_ktime_get_ns`).
+/// of `bpf_ktime_get_ns`). A closed flow whose backend closed first stays
+/// until its backend's TIME_WAIT is surely over, whatever `closing` says:
+/// it records what that TIME_WAIT accepts, so that its port goes only to a
+/// SYN the backend accepts (`port_reuse`), and a new connection takes its
+/// port over as soon as one does, which removes it.
 pub fn expiry(flow: &Flow, now_ns: u64, timeouts: &FlowTimeouts) -> Option<Expiry> {
     let idle = Duration::from_nanos(now_ns.saturating_sub(flow.last_seen_ns));
     let (timeout, expiry) = match phase(flow.state) {
+        FlowPhase::Closed if flow.state & BACKEND_CLOSED_FIRST != 0 => {
+            (timeouts.closing.max(Duration::from_nanos(TIME_WAIT_NS)), Expiry::Closed)
+        }
         FlowPhase::Closed => (timeouts.closing, Expiry::Closed),
         FlowPhase::Embryonic => (timeouts.syn, Expiry::HandshakeTimedOut),
         FlowPhase::Established | FlowPhase::Closing => (timeouts.established_idle, Expiry::Idle),
@@ -135,8 +149,10 @@ impl FlowCensus {
 pub struct FlowRemoval {
     pub key: FlowKey,
     pub flow: Flow,
-    /// Its reverse-NAT entry, removed with it if it still names the flow;
-    /// `None` when the flow does not own one.
+    /// Its reverse-NAT entry, removed with it if it still names the flow:
+    /// only when its service is gone. `None` when the flow does not own
+    /// one, or its backend is still in the data plane, which reuses the
+    /// port (see the module docs).
     pub reverse: Option<NatKey>,
     pub why: Removal,
 }
@@ -151,6 +167,9 @@ pub enum Removal {
     /// Its (backend, SNAT port) is not its own: the reverse entry is gone or
     /// names another flow.
     NatLost,
+    /// It has ended and a new connection took its SNAT port over: the
+    /// normal end of a closed flow, not an orphan.
+    PortReused,
 }
 
 /// What a sweep decided.
@@ -158,9 +177,9 @@ pub enum Removal {
 pub struct Sweep {
     pub census: FlowCensus,
     pub flows: Vec<FlowRemoval>,
-    /// Reverse-NAT entries whose flow is gone or pinned elsewhere, with the
-    /// owner they named: removed only if that still holds when re-checked
-    /// ([`owns`]).
+    /// Reverse-NAT entries of backends no longer in the data plane whose
+    /// flow is gone or pinned elsewhere, with the owner they named: removed
+    /// only if that still holds when re-checked ([`owns`]).
     pub orphan_reverse: Vec<(NatKey, FlowKey)>,
 }
 
@@ -205,12 +224,15 @@ pub fn judge(
         } else if nat.is_none() {
             Some(Removal::BackendGone)
         } else if !owns_nat && flow.has_reply_path() {
-            Some(Removal::NatLost)
+            // Another flow owns the port: after this one ended, a new
+            // connection took it over.
+            let reused = has_ended(flow.state) && nat.is_some_and(|nat| owners.contains_key(&nat));
+            Some(if reused { Removal::PortReused } else { Removal::NatLost })
         } else {
             expiry(&flow, now_ns, timeouts).map(Removal::Expired)
         };
         if let Some(why) = why {
-            let reverse = nat.filter(|_| owns_nat);
+            let reverse = nat.filter(|_| owns_nat && why == Removal::ServiceGone);
             sweep.flows.push(FlowRemoval {
                 key,
                 flow,
@@ -231,11 +253,16 @@ pub fn judge(
             _ => {}
         }
     }
+    let live: HashSet<(u32, u16)> = backends
+        .values()
+        .filter(|b| !b.is_free())
+        .map(|b| (b.addr, b.port))
+        .collect();
     sweep.orphan_reverse = owners
         .into_iter()
-        .filter(|(nat, owner)| owned.get(owner) != Some(nat))
+        .filter(|(nat, owner)| owned.get(owner) != Some(nat) && !live.contains(&(nat.backend_addr, nat.backend_port)))
         .collect();
-    let expired = |r: &&FlowRemoval| matches!(r.why, Removal::Expired(_));
+    let expired = |r: &&FlowRemoval| matches!(r.why, Removal::Expired(_) | Removal::PortReused);
     sweep.census.expired = sweep.flows.iter().filter(expired).count() as u64;
     sweep.census.orphans = (sweep.flows.len() - sweep.census.expired as usize + sweep.orphan_reverse.len()) as u64;
     sweep

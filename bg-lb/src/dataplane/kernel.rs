@@ -16,7 +16,9 @@ use aya::{
 };
 use bg_lb_common::{
     counters::{COUNTER_COUNT, Counter},
-    maps::{self, Backend, DataplaneConfig, Flow, FlowKey, NatKey, Service, ServiceKey, SynFlood, TrafficStats},
+    maps::{
+        self, Backend, DataplaneConfig, Flow, FlowKey, NatKey, NatOwner, Service, ServiceKey, SynFlood, TrafficStats,
+    },
     syn_proxy::JOB_PROGRAMS,
 };
 
@@ -373,13 +375,14 @@ impl Kernel {
 
     /// Every reverse-NAT entry: (backend, SNAT port) -> the flow owning it.
     pub(super) fn reverse_nat(&self) -> Result<Vec<(NatKey, FlowKey)>, DataplaneError> {
-        let nat: HashMap<_, NatKey, FlowKey> = self.map(maps::REVERSE_NAT)?;
-        collect(nat.iter(), maps::REVERSE_NAT)
+        let nat: HashMap<_, NatKey, NatOwner> = self.map(maps::REVERSE_NAT)?;
+        let owners = collect(nat.iter(), maps::REVERSE_NAT)?;
+        Ok(owners.into_iter().map(|(nat, owner)| (nat, owner.flow)).collect())
     }
 
     pub(super) fn reverse_owner(&self, nat: &NatKey) -> Result<Option<FlowKey>, DataplaneError> {
-        let map: HashMap<_, NatKey, FlowKey> = self.map(maps::REVERSE_NAT)?;
-        found(map.get(nat, 0), maps::REVERSE_NAT)
+        let map: HashMap<_, NatKey, NatOwner> = self.map(maps::REVERSE_NAT)?;
+        Ok(found(map.get(nat, 0), maps::REVERSE_NAT)?.map(|owner| owner.flow))
     }
 
     /// The maps a flow sweep walks, through fds of their own (see

@@ -19,7 +19,7 @@ use aya::{
     Pod,
     maps::{HashMap, Map, MapData, MapError},
 };
-use bg_lb_common::maps::{self, Flow, FlowKey, NatKey};
+use bg_lb_common::maps::{self, Flow, FlowKey, NatKey, NatOwner};
 
 /// Copies every entry of one map into another (of the same layout) with
 /// these `bpf_map_update_elem` flags; returns how many it wrote and how many
@@ -29,7 +29,7 @@ type CopyFn = fn(&Map, &mut Map, u64) -> Result<(usize, usize), MapError>;
 /// The maps whose capacity the config sets, with their key and value types.
 const MIGRATABLE: [(&str, CopyFn); 2] = [
     (maps::FLOWS, copy::<FlowKey, Flow>),
-    (maps::REVERSE_NAT, copy::<NatKey, FlowKey>),
+    (maps::REVERSE_NAT, copy::<NatKey, NatOwner>),
 ];
 
 /// `BPF_NOEXIST`: keep what the new program wrote since it took over.

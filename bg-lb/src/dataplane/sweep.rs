@@ -13,12 +13,13 @@
 
 use std::{
     collections::{HashMap, HashSet},
+    net::SocketAddrV4,
     time::{Duration, Instant},
 };
 
 use bg_lb_common::{
     flow_state::{FlowPhase, phase},
-    maps::{Backend, Flow, FlowKey, NatKey, Service, ServiceKey},
+    maps::{Backend, Flow, FlowKey, NatKey, NatOwner, Service, ServiceKey},
 };
 
 use super::{
@@ -40,7 +41,7 @@ pub const SLICE: usize = 4096;
 /// The maps a sweep reads and writes, through fds of their own.
 pub struct SweepMaps {
     pub(super) flows: RawMap<FlowKey, Flow>,
-    pub(super) reverse: RawMap<NatKey, FlowKey>,
+    pub(super) reverse: RawMap<NatKey, NatOwner>,
     pub(super) backends: RawMap<u32, Backend>,
     pub(super) services: RawMap<ServiceKey, Service>,
 }
@@ -88,7 +89,7 @@ impl SweepMaps {
             let mut reverse = Vec::new();
             for (_, flow) in &slice {
                 if let Some(nat) = housekeeping::pinned_nat(flow, backends.get(&flow.backend_id))
-                    && let Some(owner) = self.reverse.lookup(&nat).map_err(|e| self.reverse.error("lookup", e))?
+                    && let Some(owner) = self.owner(&nat)?
                 {
                     reverse.push((nat, owner));
                 }
@@ -101,12 +102,15 @@ impl SweepMaps {
         }
         report.flows = walk.stats;
         let flows_complete = walk.complete();
+        let live = self.live_backends()?;
         let mut walk = Walk::new(self.reverse.max_entries());
         while !walk.finished() && !stopped {
             let slice = self.slice(&mut walk, &self.reverse)?;
             let mut backends = HashMap::new();
-            for (nat, owner) in slice {
-                if self.remove_orphan(&nat, &owner, &mut backends)? {
+            // A live backend's entries are the data plane's to reuse, even
+            // when their flow is gone (see `housekeeping`).
+            for (nat, owner) in slice.into_iter().filter(|(nat, _)| !live.contains(&nat.backend())) {
+                if self.remove_orphan(&nat, &owner.flow, &mut backends)? {
                     report.removed_reverse = true;
                     report.census.orphans += 1;
                 }
@@ -201,6 +205,27 @@ impl SweepMaps {
         Ok(backends)
     }
 
+    /// The flow the reverse-NAT entry `nat` names, if there is one.
+    fn owner(&self, nat: &NatKey) -> Result<Option<FlowKey>, DataplaneError> {
+        let found = self.reverse.lookup(nat).map_err(|e| self.reverse.error("lookup", e))?;
+        Ok(found.map(|owner| owner.flow))
+    }
+
+    /// The addresses of the backends in the data plane now.
+    fn live_backends(&self) -> Result<HashSet<SocketAddrV4>, DataplaneError> {
+        let mut walk = Walk::new(self.backends.max_entries());
+        let mut live = HashSet::new();
+        while !walk.finished() {
+            let slice = self.slice(&mut walk, &self.backends)?;
+            live.extend(slice.into_iter().filter(|(_, b)| !b.is_free()).map(|(_, b)| b.addr()));
+        }
+        if !walk.complete() {
+            // A backend missed would have its ports' entries removed.
+            return Err(self.backends.error("walk", std::io::ErrorKind::Interrupted.into()));
+        }
+        Ok(live)
+    }
+
     fn backend(&self, id: u32) -> Result<Option<Backend>, DataplaneError> {
         self.backends.lookup(&id).map_err(|e| self.backends.error("lookup", e))
     }
@@ -246,7 +271,7 @@ impl SweepMaps {
             _ => return Ok(false),
         }
         match reverse {
-            Some(nat) if self.reverse.lookup(nat).map_err(|e| self.reverse.error("lookup", e))? == Some(*key) => {
+            Some(nat) if self.owner(nat)? == Some(*key) => {
                 self.reverse.delete(nat).map_err(|e| self.reverse.error("delete", e))
             }
             _ => Ok(false),
@@ -272,9 +297,7 @@ impl SweepMaps {
             },
             None => None,
         };
-        if housekeeping::owns(flow.as_ref(), backend.as_ref(), nat)
-            || self.reverse.lookup(nat).map_err(|e| self.reverse.error("lookup", e))? != Some(*owner)
-        {
+        if housekeeping::owns(flow.as_ref(), backend.as_ref(), nat) || self.owner(nat)? != Some(*owner) {
             return Ok(false);
         }
         self.reverse.delete(nat).map_err(|e| self.reverse.error("delete", e))

@@ -30,8 +30,10 @@ pub(super) struct TableMemory {
 }
 
 // SAFETY: the mapping is plain shared memory, owned by this value and
-// accessed only through atomics.
+// accessed only through atomics, so it may move to and be shared with other
+// threads (the packet tests run the program from several).
 unsafe impl Send for TableMemory {}
+unsafe impl Sync for TableMemory {}
 
 impl TableMemory {
     /// Maps the `capacity` slots of the array behind `fd`.

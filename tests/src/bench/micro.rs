@@ -31,7 +31,7 @@ use aya::{
     programs::{TestRun, TestRunOptions, Xdp},
 };
 use bg_lb::dataplane::syn_proxy::{SynProxy, SynProxyMode};
-use bg_lb_common::maps::{DEFAULT_MAX_FLOWS, Flow, FlowKey, NatKey};
+use bg_lb_common::maps::{DEFAULT_MAX_FLOWS, Flow, FlowKey, NatKey, NatOwner};
 use serde::Serialize;
 
 use crate::{
@@ -350,7 +350,7 @@ fn flow_map_memory() -> Vec<MapMemory> {
 }
 
 /// Reads a map's fdinfo; names it by its key and value sizes, which tell
-/// FLOWS (FlowKey -> Flow) from REVERSE_NAT (NatKey -> FlowKey).
+/// FLOWS (FlowKey -> Flow) from REVERSE_NAT (NatKey -> NatOwner).
 pub fn parse_map_fdinfo(info: &str) -> Option<MapMemory> {
     let field = |name: &str| -> Option<u64> {
         info.lines()
@@ -360,7 +360,9 @@ pub fn parse_map_fdinfo(info: &str) -> Option<MapMemory> {
     let key = std::mem::size_of::<FlowKey>() as u64;
     let map = match (key_size, value_size) {
         (k, v) if k == key && v == std::mem::size_of::<Flow>() as u64 => "FLOWS",
-        (k, v) if k == std::mem::size_of::<NatKey>() as u64 && v == key => "REVERSE_NAT",
+        (k, v) if k == std::mem::size_of::<NatKey>() as u64 && v == std::mem::size_of::<NatOwner>() as u64 => {
+            "REVERSE_NAT"
+        }
         _ => "other",
     };
     Some(MapMemory {
@@ -449,7 +451,10 @@ mod tests {
         );
         let nat = info
             .replace(&format!("key_size:\t{flow_key}"), &format!("key_size:\t{nat_key}"))
-            .replace(&format!("value_size:\t{flow}"), &format!("value_size:\t{flow_key}"));
+            .replace(
+                &format!("value_size:\t{flow}"),
+                &format!("value_size:\t{}", std::mem::size_of::<NatOwner>()),
+            );
         assert_eq!(parse_map_fdinfo(&nat).unwrap().map, "REVERSE_NAT");
     }
 

@@ -30,9 +30,10 @@ pub struct FuzzOptions {
     pub lab: PacketLabOptions,
     /// Frames between checks of the tables, each followed by a sweep.
     pub check_every: u64,
-    /// Whether every REVERSE_NAT entry must name its flow between sweeps
-    /// too: true while the flow table is large enough that LRU eviction
-    /// never runs, which leaves such orphans until the sweep.
+    /// Whether every flow that has not closed must own its REVERSE_NAT
+    /// entry between sweeps too: true while the flow table is large enough
+    /// that LRU eviction never runs (an evicted flow pinned again by a later
+    /// segment may find its port taken until the sweep).
     pub reverse_nat_complete_between_sweeps: bool,
     /// Stop after this many violations.
     pub max_violations: usize,

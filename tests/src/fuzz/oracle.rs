@@ -62,9 +62,12 @@
 //!    inside the range.
 //! 7. No two flows that have not closed own the same (backend, SNAT port):
 //!    their replies would be indistinguishable (a cross-client leak).
-//! 8. Every REVERSE_NAT entry's flow exists in FLOWS and names that backend
-//!    and port. Between sweeps this holds while nothing is evicted; after
-//!    the daemon's sweep it always holds.
+//! 8. Every flow that has not closed owns its (backend, SNAT port): the
+//!    port's REVERSE_NAT entry names it. Between sweeps this holds while
+//!    nothing is evicted; after the daemon's sweep it always holds. (An
+//!    entry whose flow is gone or pinned elsewhere is a free port, which the
+//!    data plane reuses; invariant 3 checks that no frame reaches a client
+//!    through one.)
 //! 9. Every proxied flow is one the oracle saw opened, with the offset and
 //!    held segment the oracle saw.
 //!
@@ -428,20 +431,21 @@ impl Oracle {
             }
         }
         if reverse_nat_complete {
-            for (nat, key) in lab.reverse_nats() {
-                match flows.get(&key) {
-                    Some(flow) if self.nat_key(flow) == Some(nat) => {}
-                    Some(flow) => problems.push(format!(
-                        "REVERSE_NAT gives {} to {}, whose flow names backend id {} port {}",
-                        self.describe(&nat),
+            let reverse: HashMap<NatKey, FlowKey> = lab.reverse_nats().into_iter().collect();
+            for (key, flow) in flows.iter().filter(|(_, flow)| !closed(flow)) {
+                let Some(nat) = self.nat_key(flow) else { continue };
+                match reverse.get(&nat) {
+                    Some(owner) if owner == key => {}
+                    Some(owner) => problems.push(format!(
+                        "{}'s flow has not closed, but REVERSE_NAT gives its {} to {}",
                         key.client(),
-                        flow.backend_id,
-                        u16::from_be(flow.snat_port)
+                        self.describe(&nat),
+                        owner.client()
                     )),
                     None => problems.push(format!(
-                        "REVERSE_NAT gives {} to {}, which has no flow",
-                        self.describe(&nat),
-                        key.client()
+                        "{}'s flow has not closed, but its {} has no REVERSE_NAT entry",
+                        key.client(),
+                        self.describe(&nat)
                     )),
                 }
             }

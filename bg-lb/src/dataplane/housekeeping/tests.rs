@@ -185,7 +185,7 @@ fn the_census_counts_the_snat_pairs_of_the_flows_that_stay_on_every_address() {
 }
 
 #[test]
-fn expired_flows_are_removed_with_their_reverse_entry() {
+fn expired_flows_are_removed_and_their_reverse_entry_left_to_the_data_plane() {
     let closed = pinned(SYN_SEEN | RESET, 20001);
     let flows = [
         (key(1), pinned(SYN_SEEN | SYN_ACK_SEEN | ESTABLISHED, 20000)),
@@ -204,7 +204,7 @@ fn expired_flows_are_removed_with_their_reverse_entry() {
         [FlowRemoval {
             key: key(2),
             flow: closed,
-            reverse: Some(nat(20001)),
+            reverse: None,
             why: Removal::Expired(Expiry::Closed),
         }]
     );
@@ -213,12 +213,12 @@ fn expired_flows_are_removed_with_their_reverse_entry() {
 }
 
 #[test]
-fn a_reverse_entry_whose_flow_was_evicted_is_an_orphan() {
+fn a_reverse_entry_whose_flow_was_evicted_is_left_to_the_data_plane_while_its_backend_is_there() {
     let kept = (key(1), pinned(SYN_SEEN | SYN_ACK_SEEN | ESTABLISHED, 20000));
     let judged = sweep(&[kept], &[(nat(20000), key(1)), (nat(20001), key(2))]);
-    assert_eq!(judged.orphan_reverse, [(nat(20001), key(2))]);
+    assert!(judged.orphan_reverse.is_empty(), "a free port to the data plane");
     assert!(judged.flows.is_empty());
-    assert_eq!(judged.census.orphans, 1);
+    assert_eq!(judged.census.orphans, 0);
 }
 
 #[test]
@@ -352,4 +352,27 @@ fn a_table_judged_slice_by_slice_counts_as_judged_whole() {
         (sliced.open, sliced.embryonic, sliced.total, sliced.per_service),
         (whole.open, whole.embryonic, whole.total, whole.per_service)
     );
+}
+
+#[test]
+fn a_closed_flow_whose_port_a_new_connection_took_over_leaves_as_reused_not_as_an_orphan() {
+    let closed = SYN_SEEN | SYN_ACK_SEEN | ESTABLISHED | FIN_FROM_CLIENT | FIN_FROM_BACKEND;
+    let old = (key(1), pinned(closed, 20000));
+    let new = (key(2), pinned(SYN_SEEN, 20000));
+    let judged = sweep(&[old, new], &[(nat(20000), key(2))]);
+    assert_eq!(removals(&judged), [(key(1), None, Removal::PortReused)]);
+    assert_eq!((judged.census.expired, judged.census.orphans), (1, 0));
+}
+
+#[test]
+fn a_closed_flow_whose_backend_closed_first_stays_while_its_time_wait_may_last() {
+    let closed = SYN_SEEN | SYN_ACK_SEEN | ESTABLISHED | FIN_FROM_CLIENT | FIN_FROM_BACKEND;
+    let time_wait = flow(closed | BACKEND_CLOSED_FIRST, 100);
+    assert_eq!(
+        expiry(&time_wait, 150 * S, &T),
+        None,
+        "past `closing`, inside TIME_WAIT"
+    );
+    assert_eq!(expiry(&time_wait, 100 * S + TIME_WAIT_NS, &T), Some(Expiry::Closed));
+    assert_eq!(expiry(&flow(closed, 100), 110 * S, &T), Some(Expiry::Closed));
 }
