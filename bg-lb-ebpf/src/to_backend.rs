@@ -83,7 +83,8 @@ enum Lookup {
     Pinned(Route),
     /// No usable flow: pick a backend from the table.
     Unknown,
-    /// The flow's backend id or service changed under it: dropped.
+    /// The flow's backend id or service changed under it, or it has ended
+    /// and a new connection took its port over: dropped.
     Stale,
     /// Another flow owns the flow's SNAT port: the flow is forgotten.
     PortTaken,
@@ -264,10 +265,13 @@ fn pinned_flow(
         // flow's port if the backend accepts it there (`port_takeover`).
         return Lookup::Unknown;
     }
-    if flow.nat_epoch != nat_epoch || flow_state::has_ended(flow.state) {
+    let ended = flow_state::has_ended(flow.state);
+    if flow.nat_epoch != nat_epoch || ended {
         if !owns_port(key, &NatKey::new(&backend, flow.snat_port)) {
             let _ = FLOWS.remove(key);
-            return Lookup::PortTaken;
+            // A straggler of a connection that is over at the backend too,
+            // whose port a new connection took over: nothing to reset.
+            return if ended { Lookup::Stale } else { Lookup::PortTaken };
         }
         flow.nat_epoch = nat_epoch;
     }
