@@ -98,7 +98,8 @@ enum Lookup {
     Pinned(Route),
     /// No usable flow: pick a backend from the table.
     Unknown,
-    /// The flow's backend id or service changed under it: dropped.
+    /// The flow's backend id or service changed under it, or it has ended
+    /// and a new connection took its port over: dropped.
     Stale,
     /// Another flow owns the flow's SNAT port: the flow is forgotten.
     PortTaken,
@@ -304,10 +305,13 @@ fn pinned_flow(
         // flow's port if the backend accepts it there (`port_takeover`).
         return Lookup::Unknown;
     }
-    if flow.has_reply_path() && (flow.nat_epoch != nat_epoch || flow_state::has_ended(flow.state)) {
+    let ended = flow_state::has_ended(flow.state);
+    if flow.has_reply_path() && (flow.nat_epoch != nat_epoch || ended) {
         if !owns_port(key, &flow.nat_key(&backend)) {
             let _ = FLOWS.remove(key);
-            return Lookup::PortTaken;
+            // A straggler of a connection that is over at the backend too,
+            // whose port a new connection took over: nothing to reset.
+            return if ended { Lookup::Stale } else { Lookup::PortTaken };
         }
         flow.nat_epoch = nat_epoch;
     }

@@ -255,11 +255,11 @@ fn nothing_of_the_old_connection_reaches_the_client_that_took_its_port_over() {
             "and counted"
         );
         // The old client's retransmitted last ACK: its flow no longer owns
-        // the port, so it is reset, not forwarded on the new connection.
+        // the port, so it is dropped, not forwarded on the new connection.
         let old_ack = old.from_client_at(ACK, old.client_next + 1, old.backend_next + 1, b"");
-        let conflicts = lab.counter(Counter::NatConflict);
-        assert_eq!(lab.run(&old_ack).0, XDP_TX, "the old client's straggler gets a RST");
-        assert_eq!(lab.counter(Counter::NatConflict), conflicts + 1);
+        let stale_flows = lab.counter(Counter::StaleFlow);
+        assert_eq!(lab.run(&old_ack).0, XDP_DROP, "the old client's straggler is dropped");
+        assert_eq!(lab.counter(Counter::StaleFlow), stale_flows + 1);
         assert!(lab.flow(old.client).is_none(), "the old flow is forgotten");
         // The new connection's own SYN-ACK goes through.
         let new = Connection {
