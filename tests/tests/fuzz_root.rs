@@ -120,11 +120,14 @@ fn hostile_frames_while_flows_are_evicted_never_cross_clients() {
         seed: seed() ^ 0xe71c,
         frames,
         sessions: 2048,
-        // 256 flow slots for 2048 connections and 1024 SNAT ports: FLOWS and
-        // REVERSE_NAT evict all the time, each on its own.
+        // 256 flow slots for 2048 connections: FLOWS evicts all the time,
+        // leaving reverse-NAT entries behind. 1024 SNAT ports per backend,
+        // so that new flows still find ports although an ended or evicted
+        // flow's port is taken over only 200 ms after its last packet (1 s
+        // after its claim), a long time in this run.
         lab: PacketLabOptions {
             max_flows: 256,
-            snat_ports: (20000, 20255),
+            snat_ports: (20000, 21023),
             ..PacketLabOptions::with_ratio(50)
         },
         check_every: 25_000,
@@ -137,7 +140,10 @@ fn hostile_frames_while_flows_are_evicted_never_cross_clients() {
         "the flow table never filled:\n{}",
         report.summary()
     );
-    assert_reached(&report, &[Class::ToBackendPinned, Class::ReplyToClient], frames / 100);
+    // Half the share of the other runs: an evicted flow's reverse entry
+    // stays until a new connection takes its port over, so many segments
+    // of unknown flows find their stateless port taken and are dropped.
+    assert_reached(&report, &[Class::ToBackendPinned, Class::ReplyToClient], frames / 200);
 }
 
 #[test]
@@ -147,11 +153,13 @@ fn hostile_frames_while_snat_ports_run_out_never_cross_clients() {
         seed: seed() ^ 0x5a47,
         frames,
         sessions: 1024,
-        // 16 SNAT ports per backend for 1024 connections: new flows find no
-        // port most of the time; the flow table has room for all of them.
+        // 64 SNAT ports per backend for 1024 connections: new flows find no
+        // port most of the time (an ended flow's port is taken over only
+        // 200 ms after its last packet, a long time in this run); the flow
+        // table has room for all of them.
         lab: PacketLabOptions {
             max_flows: 4096,
-            snat_ports: (20000, 20015),
+            snat_ports: (20000, 20063),
             ..PacketLabOptions::with_ratio(50)
         },
         check_every: 25_000,

@@ -7,10 +7,12 @@
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 
+use bg_lb::dataplane::housekeeping::monotonic_now_ns;
 use bg_lb_common::{
     counters::Counter,
     flow_hash::flow_hash,
-    maps::{Backend, DataplaneConfig, FlowKey, NatKey},
+    flow_state::{ESTABLISHED, SYN_ACK_SEEN, SYN_SEEN},
+    maps::{Backend, DataplaneConfig, Flow, FlowKey, NatKey},
     snat_port::SNAT_PORT_ATTEMPTS,
 };
 use bg_lb_tests::{
@@ -83,11 +85,34 @@ fn a_syn_takes_the_second_snat_address_when_the_first_addresses_candidates_are_t
             .find(|&c| *candidate(&config, c, 0).ip() == SNAT)
             .expect("a client whose first candidate is on the first address");
         let mut maps = lab.nat_maps();
+        let (backend_id, _) = lab
+            .backends_by_id()
+            .into_iter()
+            .find(|&(_, addr)| addr == BLUE[0])
+            .expect("BLUE[0] is installed");
+        let backend = maps.backend(backend_id);
         let mut taken = 0;
         for attempt in 0..SNAT_PORT_ATTEMPTS {
             let pair = candidate(&config, x, attempt);
             if *pair.ip() == SNAT {
+                // Owned by open connections: a port whose flow is gone would
+                // be free to take over.
                 let other = FlowKey::from_client(client(50000 + attempt as u16), VIP);
+                let now = monotonic_now_ns();
+                maps.insert_flow(
+                    &other,
+                    &Flow {
+                        backend_id,
+                        service_id: backend.service_id,
+                        backend_gen: backend.generation,
+                        snat_addr: u32::from(*pair.ip()).to_be(),
+                        snat_port: pair.port().to_be(),
+                        state: SYN_SEEN | SYN_ACK_SEEN | ESTABLISHED,
+                        created_ns: now,
+                        last_seen_ns: now,
+                        ..Flow::default()
+                    },
+                );
                 maps.set_owner(&nat_key(BLUE[0], pair), &other);
                 taken += 1;
             }
