@@ -98,6 +98,14 @@ impl Contender {
     }
 }
 
+/// bg-lb serving `http` (the lab's bulk servers as usual) instead of the
+/// lab's four HTTP backends; waits until it serves HTTP.
+pub fn start_bg_lb_with(lab: &Lab, bg_lb: &'static str, http: &Pools) -> Running {
+    let mut running = start_bg_lb(lab, bg_lb, http, &lab.pools(BULK_PORT));
+    running.wait_serving(lab);
+    running
+}
+
 /// A started contender: where clients connect, and what stops it on drop.
 pub struct Running {
     pub http: SocketAddrV4,
@@ -137,6 +145,14 @@ impl Running {
             }
             assert!(Instant::now() < deadline, "{target} did not serve HTTP within 20s");
             procs::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Where bg-lb pinned its maps (the other contenders: `None`).
+    pub fn pin_dir(&self) -> Option<&std::path::Path> {
+        match &self.guard {
+            Guard::BgLb { _daemon: daemon, .. } => Some(&daemon.pin_dir),
+            _ => None,
         }
     }
 
@@ -377,14 +393,7 @@ fn start_nftables(lb: &NetNs, vip: Ipv4Addr, http: &Pools, bulk: &Pools) -> Runn
         lb.sysctl(setting);
     }
     let dir = ScratchDir::new("nft");
-    let rules = dir.write("rules.nft", &nft_ruleset(vip, LB_ADDR, http, bulk));
-    let args = [
-        format!("--net=/run/netns/{}", lb.name),
-        "nft".to_owned(),
-        "-f".to_owned(),
-        rules.to_string_lossy().into_owned(),
-    ];
-    procs::output("nsenter", &args, Duration::from_secs(10)).unwrap_or_else(|e| panic!("nft: {e}"));
+    load_nft(lb, &dir, &nft_ruleset(vip, LB_ADDR, http, bulk));
     // The rules live in the LB namespace and vanish with it.
     Running {
         http: SocketAddrV4::new(vip, VIP_HTTP_PORT),
@@ -392,6 +401,19 @@ fn start_nftables(lb: &NetNs, vip: Ipv4Addr, http: &Pools, bulk: &Pools) -> Runn
         guard: Guard::Nothing,
         _dir: Some(dir),
     }
+}
+
+/// Loads the nftables `ruleset` in `ns` (it vanishes with the namespace),
+/// through a file in `dir`.
+pub fn load_nft(ns: &NetNs, dir: &ScratchDir, ruleset: &str) {
+    let rules = dir.write("rules.nft", ruleset);
+    let args = [
+        format!("--net=/run/netns/{}", ns.name),
+        "nft".to_owned(),
+        "-f".to_owned(),
+        rules.to_string_lossy().into_owned(),
+    ];
+    procs::output("nsenter", &args, Duration::from_secs(10)).unwrap_or_else(|e| panic!("nft in {}: {e}", ns.name));
 }
 
 #[cfg(test)]
