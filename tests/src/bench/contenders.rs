@@ -82,7 +82,7 @@ impl Contender {
         let http = lab.pools(HTTP_PORT);
         let bulk = lab.pools(BULK_PORT);
         let mut running = match self {
-            Contender::BgLb => start_bg_lb(lab, bg_lb, &http, &bulk),
+            Contender::BgLb => start_bg_lb(lab, bg_lb, &http, &bulk, ""),
             Contender::Haproxy => start_haproxy(lab.lb(), vip, &http, &bulk),
             Contender::NginxStream => start_nginx(lab.lb(), vip, &http, &bulk),
             Contender::NftablesDnat => start_nftables(lab.lb(), vip, &http, &bulk),
@@ -99,9 +99,10 @@ impl Contender {
 }
 
 /// bg-lb serving `http` (the lab's bulk servers as usual) instead of the
-/// lab's four HTTP backends; waits until it serves HTTP.
-pub fn start_bg_lb_with(lab: &Lab, bg_lb: &'static str, http: &Pools) -> Running {
-    let mut running = start_bg_lb(lab, bg_lb, http, &lab.pools(BULK_PORT));
+/// lab's four HTTP backends, with top-level `settings` added to
+/// [`bg_lb_config`]'s; waits until it serves HTTP.
+pub fn start_bg_lb_with(lab: &Lab, bg_lb: &'static str, http: &Pools, settings: &str) -> Running {
+    let mut running = start_bg_lb(lab, bg_lb, http, &lab.pools(BULK_PORT), settings);
     running.wait_serving(lab);
     running
 }
@@ -240,10 +241,12 @@ pub fn bg_lb_config(vip: Ipv4Addr, snat: Ipv4Addr, http: &Pools, bulk: &Pools, p
     toml
 }
 
-fn start_bg_lb(lab: &Lab, bin: &'static str, http: &Pools, bulk: &Pools) -> Running {
+fn start_bg_lb(lab: &Lab, bin: &'static str, http: &Pools, bulk: &Pools, settings: &str) -> Running {
     let peer_xdp = lab.topo.pass_lb_frames_to_switch();
     let vip = lab.topo.vip;
-    let daemon = Daemon::start(bin, lab.lb(), |paths| bg_lb_config(vip, LB_ADDR, http, bulk, paths));
+    let daemon = Daemon::start(bin, lab.lb(), |paths| {
+        bg_lb_config(vip, LB_ADDR, http, bulk, &format!("{settings}{paths}"))
+    });
     // New connections go only to backends the health checks found up.
     let deadline = Instant::now() + Duration::from_secs(20);
     for service in ["web", "bulk"] {

@@ -9,12 +9,15 @@
 //! cores could not afford. The small variant's 4 backends go through the
 //! same redirect (the first port of each namespace), so both variants pay
 //! the same per-connection cost on the backend side. The million flows are
-//! written with batch updates from userspace, as established connections
+//! written with batch updates from userspace (their reverse-NAT entries
+//! too), as established connections
 //! from 10.200.0.0/12 clients seen now, so neither the idle timeout nor
-//! the sweeps remove them during the run; the LRU evicts some as the
-//! benchmark's own flows come in, and the report says how many are left.
+//! the sweeps remove them during the run. Both variants get a flow table
+//! of twice that size, so the LRU keeps them; the report says how many a
+//! sample finds left after the workloads.
 
 use std::{
+    collections::BTreeMap,
     net::{Ipv4Addr, SocketAddrV4},
     panic::{AssertUnwindSafe, catch_unwind},
 };
@@ -73,6 +76,8 @@ pub struct ScaleRecord {
     pub written_left_percent: Option<f64>,
     pub new_connections: Option<WrkReport>,
     pub keep_alive: Option<WrkReport>,
+    /// bg-lb's data-plane counters after the workloads.
+    pub dataplane_counters: Option<BTreeMap<String, u64>>,
     pub failures: Vec<String>,
 }
 
@@ -107,6 +112,7 @@ pub fn run(bg_lb: &'static str, opts: &ScaleOptions, progress: &mut dyn FnMut(&s
                     written_left_percent: None,
                     new_connections: None,
                     keep_alive: None,
+                    dataplane_counters: None,
                     failures: vec![format!("setup or run aborted: {}", panic_text(&*panic))],
                 },
             };
@@ -133,7 +139,11 @@ fn run_one(bg_lb: &'static str, opts: &ScaleOptions, variant: Variant, round: us
         redirect_ports(&backend.ns, &dir, per_namespace as u16);
     }
     let pools = pools(&lab, per_namespace as u16);
-    let running = contenders::start_bg_lb_with(&lab, bg_lb, &pools);
+    // Both variants get a flow table twice the million written flows: in
+    // the default one (2^20) the LRU evicts most of them as soon as the
+    // benchmark's own flows come in, and the table would no longer be big.
+    let settings = format!("max_flows = {}\n", (2 * opts.flows).next_power_of_two());
+    let running = contenders::start_bg_lb_with(&lab, bg_lb, &pools, &settings);
     let mut record = ScaleRecord {
         variant,
         round,
@@ -142,6 +152,7 @@ fn run_one(bg_lb: &'static str, opts: &ScaleOptions, variant: Variant, round: us
         written_left_percent: None,
         new_connections: None,
         keep_alive: None,
+        dataplane_counters: None,
         failures: Vec::new(),
     };
     let sample = match variant {
@@ -171,6 +182,17 @@ fn run_one(bg_lb: &'static str, opts: &ScaleOptions, variant: Variant, round: us
         let maps = NatMaps::pinned(running.pin_dir().expect("bg-lb pins its maps"));
         let left = sample.iter().filter(|k| maps.flow(k).is_some()).count();
         record.written_left_percent = Some(100.0 * left as f64 / sample.len() as f64);
+    }
+    record.dataplane_counters = running.dataplane_counters();
+    let exhausted = record
+        .dataplane_counters
+        .as_ref()
+        .and_then(|c| c.get("SnatPortsExhausted").copied())
+        .unwrap_or(0);
+    if exhausted > 0 && !record.failures.is_empty() {
+        record.failures.push(format!(
+            "bg-lb refused {exhausted} connections for want of a SNAT port (snat_ports_exhausted)"
+        ));
     }
     drop(running);
     let leftovers = lab.close();
@@ -222,7 +244,11 @@ fn fill_flows(running: &Running, flows: u32) -> Vec<FlowKey> {
         .map(|id| (id, maps.backend(id)))
         .filter(|(_, b)| !b.is_free())
         .collect();
-    assert!(!backends.is_empty(), "bg-lb has backends");
+    assert!(
+        !backends.is_empty() && flows as usize / backends.len() < 25_000,
+        "ports 40000-65535 hold {flows} flows over {} backends",
+        backends.len()
+    );
     let now = monotonic_now_ns();
     let entries: Vec<(FlowKey, Flow)> = (0..flows)
         .map(|i| {
@@ -231,14 +257,15 @@ fn fill_flows(running: &Running, flows: u32) -> Vec<FlowKey> {
                 1024 + (i % 50_000) as u16,
             );
             let (id, backend) = &backends[i as usize % backends.len()];
+            let nth = i / backends.len() as u32;
             let flow = Flow {
                 backend_id: *id,
                 service_id: backend.service_id,
                 backend_gen: backend.generation,
                 snat_addr: u32::from(LB_ADDR).to_be(),
-                // Above the SNAT range: no reverse entry, so the data plane's
-                // own port choices never meet these.
-                snat_port: (40_000 + (i % 20_000) as u16).to_be(),
+                // A port of its own per backend, above the SNAT range, so
+                // the data plane's own port choices never meet these.
+                snat_port: (40_000 + nth as u16).to_be(),
                 state: SYN_SEEN | SYN_ACK_SEEN | ESTABLISHED,
                 created_ns: now,
                 last_seen_ns: now,
@@ -247,6 +274,14 @@ fn fill_flows(running: &Running, flows: u32) -> Vec<FlowKey> {
             (FlowKey::from_client(client, running.http), flow)
         })
         .collect();
+    // Reverse entries first, as the data plane writes them: a sweep drops
+    // a flow that does not own its (backend, SNAT port).
+    let owners: Vec<_> = entries
+        .iter()
+        .enumerate()
+        .map(|(i, (key, flow))| (flow.nat_key(&backends[i % backends.len()].1), *key))
+        .collect();
+    maps.add_owners(&owners);
     maps.insert_flows(&entries);
     entries
         .iter()
@@ -277,12 +312,14 @@ pub fn render(r: &ScaleReport) -> String {
     let cell = |s: &Option<Summary>| s.as_ref().map_or("FAIL".to_owned(), |s| fmt_number(s.median));
     let mut out = format!(
         "bg-lb alone, {} round(s) x {} s per workload. Small: 4 backends, empty flow table. Big: {} backends \
-         (nftables-redirected ports), {} established flows written into FLOWS first.\n\n\
+         (nftables-redirected ports), {} established flows written into FLOWS first. \
+         Both: `max_flows = {}`, the example's other defaults.\n\n\
          | | small tables | big tables | big / small |\n|---|---|---|---|\n",
         r.options.rounds,
         r.options.workloads.duration.as_secs(),
         r.options.backends,
         r.options.flows,
+        (2 * r.options.flows).next_power_of_two(),
     );
     for (name, value) in metrics {
         let (small, big) = (median(r, Variant::Small, value), median(r, Variant::Big, value));
