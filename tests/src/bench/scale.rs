@@ -57,6 +57,13 @@ pub struct ScaleOptions {
     pub workloads: WorkloadOptions,
 }
 
+impl ScaleOptions {
+    /// Both variants' flow table: room for the written flows twice over.
+    pub fn max_flows(&self) -> u32 {
+        (2 * self.flows).next_power_of_two()
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Variant {
@@ -142,7 +149,7 @@ fn run_one(bg_lb: &'static str, opts: &ScaleOptions, variant: Variant, round: us
     // Both variants get a flow table twice the million written flows: in
     // the default one (2^20) the LRU evicts most of them as soon as the
     // benchmark's own flows come in, and the table would no longer be big.
-    let settings = format!("max_flows = {}\n", (2 * opts.flows).next_power_of_two());
+    let settings = format!("max_flows = {}\n", opts.max_flows());
     let running = contenders::start_bg_lb_with(&lab, bg_lb, &pools, &settings);
     let mut record = ScaleRecord {
         variant,
@@ -319,7 +326,7 @@ pub fn render(r: &ScaleReport) -> String {
         r.options.workloads.duration.as_secs(),
         r.options.backends,
         r.options.flows,
-        (2 * r.options.flows).next_power_of_two(),
+        r.options.max_flows(),
     );
     for (name, value) in metrics {
         let (small, big) = (median(r, Variant::Small, value), median(r, Variant::Big, value));
