@@ -23,6 +23,7 @@ use crate::bench::{
     paced::{self, Mode, PacedSpec},
     procs,
     report::fmt_number,
+    stats,
 };
 
 /// Rates when neither flags nor a saturated rate give them: about a
@@ -37,6 +38,8 @@ pub const P99_VS_NFTABLES_TARGET: f64 = 1.10;
 
 #[derive(Clone, Debug, Serialize)]
 pub struct LatencyOptions {
+    /// Passes over the contenders, the order rotating each pass.
+    pub rounds: usize,
     pub duration: Duration,
     /// Requests in flight at most (and keep-alive connections).
     pub workers: u32,
@@ -74,6 +77,7 @@ pub fn pick_rates(fixed: &[u32], slowest: Option<f64>, fractions: &[f64], fallba
 /// One contender at one rate.
 #[derive(Clone, Debug, Serialize)]
 pub struct LatencyPoint {
+    pub round: usize,
     pub contender: Contender,
     pub mode: Mode,
     pub rate: u32,
@@ -88,8 +92,9 @@ pub struct LatencyPoint {
 }
 
 impl LatencyPoint {
-    fn failed(contender: Contender, mode: Mode, rate: u32, why: String) -> Self {
+    fn failed(round: usize, contender: Contender, mode: Mode, rate: u32, why: String) -> Self {
         LatencyPoint {
+            round,
             contender,
             mode,
             rate,
@@ -107,13 +112,68 @@ impl LatencyPoint {
     pub fn failing(&self) -> bool {
         self.first_error.is_some()
     }
+}
 
+/// One contender at one rate over the rounds: the median of each figure;
+/// failing if any round failed.
+#[derive(Clone, Debug, Serialize)]
+pub struct LatencyRow {
+    pub contender: Contender,
+    pub mode: Mode,
+    pub rate: u32,
+    pub rounds: usize,
+    pub failing: bool,
+    pub errors: u64,
+    pub achieved_per_sec: Option<f64>,
+    pub p50_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+    pub p999_ms: Option<f64>,
+    pub max_ms: Option<f64>,
+}
+
+impl LatencyRow {
     /// Served under 95% of the rate: the rate was at or past this
     /// contender's maximum here (the generator shares the cores), so its
     /// latency is a queue's, not the path's.
     pub fn behind(&self) -> bool {
-        self.achieved_per_sec < 0.95 * f64::from(self.rate)
+        self.achieved_per_sec.is_some_and(|a| a < 0.95 * f64::from(self.rate))
     }
+}
+
+/// The points grouped by contender, mode and rate, in the order they first
+/// appear.
+pub fn rows(points: &[LatencyPoint]) -> Vec<LatencyRow> {
+    let mut rows: Vec<LatencyRow> = Vec::new();
+    for p in points {
+        if rows
+            .iter()
+            .any(|r| (r.contender, r.mode, r.rate) == (p.contender, p.mode, p.rate))
+        {
+            continue;
+        }
+        let mine: Vec<&LatencyPoint> = points
+            .iter()
+            .filter(|q| (q.contender, q.mode, q.rate) == (p.contender, p.mode, p.rate))
+            .collect();
+        let median = |figure: fn(&LatencyPoint) -> Option<f64>| {
+            let values: Vec<f64> = mine.iter().filter_map(|q| figure(q)).collect();
+            stats::summarize(&values).map(|s| s.median)
+        };
+        rows.push(LatencyRow {
+            contender: p.contender,
+            mode: p.mode,
+            rate: p.rate,
+            rounds: mine.len(),
+            failing: mine.iter().any(|q| q.failing()),
+            errors: mine.iter().map(|q| q.errors).sum(),
+            achieved_per_sec: median(|q| (q.ok > 0).then_some(q.achieved_per_sec)),
+            p50_ms: median(|q| q.p50_ms),
+            p99_ms: median(|q| q.p99_ms),
+            p999_ms: median(|q| q.p999_ms),
+            max_ms: median(|q| q.max_ms),
+        });
+    }
+    rows
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -121,6 +181,7 @@ pub struct LatencyReport {
     pub options: LatencyOptions,
     pub new_rates: (Vec<u32>, RateSource),
     pub keep_alive_rates: (Vec<u32>, RateSource),
+    pub rows: Vec<LatencyRow>,
     pub points: Vec<LatencyPoint>,
 }
 
@@ -138,65 +199,87 @@ pub fn run(
         (Mode::KeepAlive, &keep_alive_rates.0),
     ];
     let mut points = Vec::new();
-    for &contender in contenders {
-        progress(&format!("paced latency: {}", contender.label()));
-        let outcome = catch_unwind(AssertUnwindSafe(|| {
-            let lab = Lab::new(bg_lb);
-            let running = contender.start(&lab, bg_lb);
-            let mut mine = Vec::new();
-            for (mode, rates) in plan {
-                for &rate in rates {
-                    let spec = PacedSpec {
-                        target: running.http,
-                        mode,
-                        rate,
-                        duration: opts.duration,
-                        workers: opts.workers,
-                    };
-                    mine.push(point(contender, spec, &paced::run(lab.client(), spec)));
+    for round in 0..opts.rounds {
+        for i in 0..contenders.len() {
+            let contender = contenders[(i + round) % contenders.len()];
+            progress(&format!(
+                "paced latency: round {}/{}: {}",
+                round + 1,
+                opts.rounds,
+                contender.label()
+            ));
+            let mine = catch_unwind(AssertUnwindSafe(|| {
+                run_one(opts, round, contender, &plan, bg_lb, progress)
+            }))
+            .unwrap_or_else(|panic| {
+                if procs::interrupted() {
+                    std::panic::resume_unwind(panic)
                 }
-            }
-            drop(running);
-            for leftover in lab.close() {
-                progress(&format!("  killed a leftover: {leftover}"));
-            }
-            mine
-        }));
-        match outcome {
-            Ok(mine) => points.extend(mine),
-            Err(panic) if procs::interrupted() => std::panic::resume_unwind(panic),
-            Err(panic) => {
                 let why = format!("setup or run aborted: {}", panic_text(&*panic));
-                for (mode, rates) in plan {
-                    points.extend(
+                plan.iter()
+                    .flat_map(|&(mode, rates)| {
+                        let why = why.clone();
                         rates
                             .iter()
-                            .map(|&r| LatencyPoint::failed(contender, mode, r, why.clone())),
-                    );
-                }
+                            .map(move |&r| LatencyPoint::failed(round, contender, mode, r, why.clone()))
+                    })
+                    .collect()
+            });
+            for p in mine.iter().filter(|p| p.failing()) {
+                progress(&format!(
+                    "  FAILING {} {} at {}/s: {}",
+                    contender.label(),
+                    p.mode.label(),
+                    p.rate,
+                    p.first_error.as_deref().unwrap_or_default()
+                ));
             }
-        }
-        for p in points.iter().filter(|p| p.contender == contender && p.failing()) {
-            progress(&format!(
-                "  FAILING {} {} at {}/s: {} errors, first: {}",
-                contender.label(),
-                p.mode.label(),
-                p.rate,
-                p.errors,
-                p.first_error.as_deref().unwrap_or_default()
-            ));
+            points.extend(mine);
         }
     }
     LatencyReport {
         options: opts.clone(),
         new_rates,
         keep_alive_rates,
+        rows: rows(&points),
         points,
     }
 }
 
-fn point(contender: Contender, spec: PacedSpec, run: &paced::PacedRun) -> LatencyPoint {
+/// One contender in a fresh lab at every rate of `plan`.
+fn run_one(
+    opts: &LatencyOptions,
+    round: usize,
+    contender: Contender,
+    plan: &[(Mode, &Vec<u32>)],
+    bg_lb: &'static str,
+    progress: &mut dyn FnMut(&str),
+) -> Vec<LatencyPoint> {
+    let lab = Lab::new(bg_lb);
+    let running = contender.start(&lab, bg_lb);
+    let mut mine = Vec::new();
+    for &(mode, rates) in plan {
+        for &rate in rates {
+            let spec = PacedSpec {
+                target: running.http,
+                mode,
+                rate,
+                duration: opts.duration,
+                workers: opts.workers,
+            };
+            mine.push(point(round, contender, spec, &paced::run(lab.client(), spec)));
+        }
+    }
+    drop(running);
+    for leftover in lab.close() {
+        progress(&format!("  killed a leftover: {leftover}"));
+    }
+    mine
+}
+
+fn point(round: usize, contender: Contender, spec: PacedSpec, run: &paced::PacedRun) -> LatencyPoint {
     LatencyPoint {
+        round,
         contender,
         mode: spec.mode,
         rate: spec.rate,
@@ -214,13 +297,13 @@ fn point(contender: Contender, spec: PacedSpec, run: &paced::PacedRun) -> Latenc
     }
 }
 
-/// bg-lb's p99 over nftables' at the same mode and rate, both clean.
-pub fn p99_vs_nftables(points: &[LatencyPoint], p: &LatencyPoint) -> Option<f64> {
-    let nft = points
+/// `row`'s p99 over nftables' at the same mode and rate, both clean.
+pub fn p99_vs_nftables(rows: &[LatencyRow], row: &LatencyRow) -> Option<f64> {
+    let nft = rows
         .iter()
-        .find(|n| n.contender == Contender::NftablesDnat && n.mode == p.mode && n.rate == p.rate)?;
-    match (p.failing() || nft.failing(), p.p99_ms, nft.p99_ms) {
-        (false, Some(mine), Some(theirs)) => crate::bench::stats::ratio(mine, theirs),
+        .find(|n| n.contender == Contender::NftablesDnat && n.mode == row.mode && n.rate == row.rate)?;
+    match (row.failing || nft.failing, row.p99_ms, nft.p99_ms) {
+        (false, Some(mine), Some(theirs)) => stats::ratio(mine, theirs),
         _ => None,
     }
 }
@@ -236,11 +319,13 @@ fn source_text(source: &RateSource) -> String {
 pub fn render(r: &LatencyReport) -> String {
     let ms = |v: Option<f64>| v.map_or("-".to_owned(), fmt_number);
     let mut out = format!(
-        "Open-loop paced load (wrk2's model: latency from each request's due time), {} s per rate, {} workers.\n\
+        "Open-loop paced load (wrk2's model: latency from each request's due time), {} round(s) of {} s per rate \
+         (medians over rounds), {} workers.\n\
          Rates: new connections {:?} ({}); keep-alive {:?} ({}). \
          \"behind\": under 95% of the rate served, so that contender was saturated there.\n\n\
          | contender | workload | rate/s | achieved/s | p50 ms | p99 ms | p99.9 ms | max ms | errors | p99 / nftables |\n\
          |---|---|---|---|---|---|---|---|---|---|\n",
+        r.options.rounds,
         r.options.duration.as_secs_f64(),
         r.options.workers,
         r.new_rates.0,
@@ -248,37 +333,38 @@ pub fn render(r: &LatencyReport) -> String {
         r.keep_alive_rates.0,
         source_text(&r.keep_alive_rates.1),
     );
-    for p in &r.points {
+    for row in &r.rows {
+        let achieved = row.achieved_per_sec.map_or("-".to_owned(), fmt_number);
         let _ = writeln!(
             out,
             "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
-            p.contender.key(),
-            p.mode.label(),
-            p.rate,
-            match (p.failing(), p.behind()) {
-                (true, _) => "FAIL".to_owned(),
-                (false, true) => format!("{} (behind)", fmt_number(p.achieved_per_sec)),
-                (false, false) => fmt_number(p.achieved_per_sec),
+            row.contender.key(),
+            row.mode.label(),
+            row.rate,
+            match (row.failing, row.behind()) {
+                (true, _) => format!("FAIL ({achieved})"),
+                (false, true) => format!("{achieved} (behind)"),
+                (false, false) => achieved,
             },
-            ms(p.p50_ms),
-            ms(p.p99_ms),
-            ms(p.p999_ms),
-            ms(p.max_ms),
-            p.errors,
-            p99_vs_nftables(&r.points, p).map_or("-".to_owned(), |x| format!("{x:.2}x")),
+            ms(row.p50_ms),
+            ms(row.p99_ms),
+            ms(row.p999_ms),
+            ms(row.max_ms),
+            row.errors,
+            p99_vs_nftables(&r.rows, row).map_or("-".to_owned(), |x| format!("{x:.2}x")),
         );
     }
     let verdicts: Vec<String> = r
-        .points
+        .rows
         .iter()
-        .filter(|p| p.contender == Contender::BgLb)
-        .map(|p| {
-            let verdict = match p99_vs_nftables(&r.points, p) {
+        .filter(|row| row.contender == Contender::BgLb)
+        .map(|row| {
+            let verdict = match p99_vs_nftables(&r.rows, row) {
                 Some(x) if x <= P99_VS_NFTABLES_TARGET => format!("{x:.2}x, met"),
                 Some(x) => format!("{x:.2}x, not met"),
                 None => "no figure".to_owned(),
             };
-            format!("{} at {}/s: {verdict}", p.mode.label(), p.rate)
+            format!("{} at {}/s: {verdict}", row.mode.label(), row.rate)
         })
         .collect();
     let _ = writeln!(
@@ -310,25 +396,44 @@ mod tests {
         );
     }
 
-    #[test]
-    fn p99_ratio_compares_bg_lb_with_nftables_at_the_same_mode_and_rate_only_when_both_are_clean() {
-        let at = |contender, mode, rate, p99: f64| LatencyPoint {
+    fn at(round: usize, contender: Contender, mode: Mode, rate: u32, p99: f64, clean: bool) -> LatencyPoint {
+        LatencyPoint {
+            ok: 100,
+            achieved_per_sec: f64::from(rate),
             p99_ms: Some(p99),
-            ..LatencyPoint::failed(contender, mode, rate, String::new())
-        };
-        let clean = |mut p: LatencyPoint| {
-            p.first_error = None;
-            p
-        };
+            first_error: (!clean).then(String::new),
+            ..LatencyPoint::failed(round, contender, mode, rate, String::new())
+        }
+    }
+
+    #[test]
+    fn rows_take_the_median_over_rounds_and_fail_if_any_round_failed() {
         let points = vec![
-            clean(at(Contender::BgLb, Mode::KeepAlive, 100, 1.1)),
-            clean(at(Contender::NftablesDnat, Mode::KeepAlive, 100, 1.0)),
-            clean(at(Contender::NftablesDnat, Mode::KeepAlive, 200, 5.0)),
-            at(Contender::BgLb, Mode::NewConnections, 100, 1.0),
-            clean(at(Contender::NftablesDnat, Mode::NewConnections, 100, 1.0)),
+            at(0, Contender::BgLb, Mode::KeepAlive, 100, 1.0, true),
+            at(0, Contender::NftablesDnat, Mode::KeepAlive, 100, 9.0, false),
+            at(1, Contender::BgLb, Mode::KeepAlive, 100, 3.0, true),
+            at(1, Contender::NftablesDnat, Mode::KeepAlive, 100, 1.0, true),
+            at(2, Contender::BgLb, Mode::KeepAlive, 100, 2.0, true),
         ];
-        let ratio = p99_vs_nftables(&points, &points[0]).unwrap();
+        let rows = rows(&points);
+        assert_eq!(rows.len(), 2);
+        assert_eq!((rows[0].contender, rows[0].rounds), (Contender::BgLb, 3));
+        assert_eq!((rows[0].p99_ms, rows[0].failing), (Some(2.0), false));
+        assert!(rows[1].failing, "one failing round fails the row");
+        assert!(!rows[0].behind());
+    }
+
+    #[test]
+    fn p99_ratio_compares_with_nftables_at_the_same_mode_and_rate_only_when_both_are_clean() {
+        let rows = rows(&[
+            at(0, Contender::BgLb, Mode::KeepAlive, 100, 1.1, true),
+            at(0, Contender::NftablesDnat, Mode::KeepAlive, 100, 1.0, true),
+            at(0, Contender::NftablesDnat, Mode::KeepAlive, 200, 5.0, true),
+            at(0, Contender::BgLb, Mode::NewConnections, 100, 1.0, false),
+            at(0, Contender::NftablesDnat, Mode::NewConnections, 100, 1.0, true),
+        ]);
+        let ratio = p99_vs_nftables(&rows, &rows[0]).unwrap();
         assert!((ratio - 1.1).abs() < 1e-9);
-        assert_eq!(p99_vs_nftables(&points, &points[3]), None, "a failing run has no ratio");
+        assert_eq!(p99_vs_nftables(&rows, &rows[3]), None, "a failing row has no ratio");
     }
 }

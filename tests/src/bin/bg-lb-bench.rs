@@ -234,6 +234,7 @@ fn run(args: &Args) -> ExitCode {
         });
         if macro_opts.selected.contains(&Workload::Latency) {
             let opts = LatencyOptions {
+                rounds: if args.quick { 1 } else { 3 },
                 duration: Duration::from_secs(seconds),
                 workers: 32,
                 fractions: vec![0.25, 0.5, 0.75],
