@@ -146,9 +146,10 @@ fn run_one(bg_lb: &'static str, opts: &ScaleOptions, variant: Variant, round: us
         redirect_ports(&backend.ns, &dir, per_namespace as u16);
     }
     let pools = pools(&lab, per_namespace as u16);
-    // Both variants get a flow table twice the million written flows: in
-    // the default one (2^20) the LRU evicts most of them as soon as the
-    // benchmark's own flows come in, and the table would no longer be big.
+    // Both variants get a flow table twice the million written flows: the
+    // default one (2^20) would be 95% full before the benchmark's own flows
+    // come in, and its LRU would evict written ones, so the table would no
+    // longer be big.
     let settings = format!("max_flows = {}\n", opts.max_flows());
     let running = contenders::start_bg_lb_with(&lab, bg_lb, &pools, &settings);
     let mut record = ScaleRecord {
