@@ -48,10 +48,10 @@ impl Connection {
     }
 
     pub fn request(&mut self, method: &str, path: &str) -> io::Result<Response> {
-        write!(
-            self.writer,
-            "{method} {path} HTTP/1.1\r\nHost: test\r\nContent-Length: 0\r\n\r\n"
-        )?;
+        // One write: `write!` on the stream would send each piece as its
+        // own segment, and Nagle would hold the later ones for an ACK.
+        let request = format!("{method} {path} HTTP/1.1\r\nHost: test\r\nContent-Length: 0\r\n\r\n");
+        self.writer.write_all(request.as_bytes())?;
         let mut status_line = String::new();
         if self.reader.read_line(&mut status_line)? == 0 {
             return Err(io::ErrorKind::UnexpectedEof.into());

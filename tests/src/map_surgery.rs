@@ -38,6 +38,8 @@ pub struct NatMaps {
     /// FLOWS again, for batch writes (aya has none).
     flows_batch: RawMap<FlowKey, Flow>,
     reverse: HashMap<MapData, NatKey, NatOwner>,
+    /// REVERSE_NAT again, for batch writes.
+    reverse_batch: RawMap<NatKey, NatOwner>,
     backends: Array<MapData, Backend>,
     config: Array<MapData, DataplaneConfig>,
 }
@@ -71,8 +73,11 @@ impl NatMaps {
 
     fn from_maps([flows, reverse, backends, config]: [Map; 4]) -> Self {
         let flows_batch = RawMap::duplicate(&flows, maps::FLOWS).expect("FLOWS through a fd of its own");
+        let reverse_batch =
+            RawMap::duplicate(&reverse, maps::REVERSE_NAT).expect("REVERSE_NAT through a fd of its own");
         NatMaps {
             flows_batch,
+            reverse_batch,
             flows: flows.try_into().expect("FLOWS is a hash map"),
             reverse: reverse.try_into().expect("REVERSE_NAT is a hash map"),
             backends: backends.try_into().expect("BACKENDS is an array"),
@@ -138,6 +143,20 @@ impl NatMaps {
     pub fn set_reverse_entry(&mut self, nat: &NatKey, entry: &NatOwner) {
         self.reverse.insert(nat, entry, 0).expect("write the reverse-NAT entry");
         self.advance_nat_epoch();
+    }
+
+    /// Makes each flow the owner of its (backend, SNAT address and port)
+    /// with few syscalls (BPF_MAP_UPDATE_BATCH). New pairs only: unlike
+    /// [`NatMaps::set_owner`] it leaves the NAT epoch alone, as no pinned
+    /// flow loses its pair.
+    pub fn add_owners(&mut self, entries: &[(NatKey, FlowKey)]) {
+        let owners: Vec<(NatKey, NatOwner)> = entries
+            .iter()
+            .map(|(nat, key)| (*nat, NatOwner::new(*key, 0)))
+            .collect();
+        self.reverse_batch
+            .update_batch(&owners)
+            .expect("batch write of REVERSE_NAT");
     }
 
     /// What the sweep does after it removed reverse entries.

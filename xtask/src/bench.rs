@@ -10,12 +10,15 @@ use crate::{setup, test::run_step};
 
 #[derive(clap::Args)]
 pub struct Options {
-    /// Short run (3 rounds of 3 s per workload, fewer micro-benchmark runs):
-    /// about 6 minutes on a 2-core machine.
+    /// Short run (3 rounds of 3 s per workload, one round of the paced
+    /// latency and scale items, fewer micro-benchmark runs): about 9 minutes
+    /// on a 2-core machine.
     #[arg(long)]
     quick: bool,
     /// More arguments for bg-lb-bench after `--`, e.g. `--only bg-lb,haproxy`,
-    /// `--workloads syn-flood`, `--rounds 7`, `--seconds 20`, `--skip-micro`.
+    /// `--workloads syn-flood`, `--rounds 7`, `--seconds 20`, `--skip-micro`,
+    /// `--items scale` (items: macro, micro, sweep, scale),
+    /// `--workloads new-connections,keep-alive,latency`.
     #[arg(last = true)]
     bench_args: Vec<String>,
 }

@@ -103,7 +103,7 @@ impl Contender {
         let bulk = lab.pools(BULK_PORT);
         let mut running = match self {
             Contender::BgLb | Contender::BgLbGateway | Contender::BgLbDsr => {
-                start_bg_lb(lab, bg_lb, &http, &bulk, self.forwarding())
+                start_bg_lb(lab, bg_lb, &http, &bulk, self.forwarding(), "")
             }
             Contender::Haproxy => start_haproxy(lab.lb(), vip, &http, &bulk),
             Contender::NginxStream => start_nginx(lab.lb(), vip, &http, &bulk),
@@ -118,6 +118,15 @@ impl Contender {
         running.wait_serving(lab);
         running
     }
+}
+
+/// bg-lb serving `http` (the lab's bulk servers as usual) instead of the
+/// lab's four HTTP backends, with top-level `settings` added to
+/// [`bg_lb_config`]'s; waits until it serves HTTP.
+pub fn start_bg_lb_with(lab: &Lab, bg_lb: &'static str, http: &Pools, settings: &str) -> Running {
+    let mut running = start_bg_lb(lab, bg_lb, http, &lab.pools(BULK_PORT), Forwarding::FullNat, settings);
+    running.wait_serving(lab);
+    running
 }
 
 /// A started contender: where clients connect, and what stops it on drop.
@@ -159,6 +168,14 @@ impl Running {
             }
             assert!(Instant::now() < deadline, "{target} did not serve HTTP within 20s");
             procs::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Where bg-lb pinned its maps (the other contenders: `None`).
+    pub fn pin_dir(&self) -> Option<&std::path::Path> {
+        match &self.guard {
+            Guard::BgLb { _daemon: daemon, .. } => Some(&daemon.pin_dir),
+            _ => None,
         }
     }
 
@@ -222,11 +239,13 @@ impl Drop for ScratchDir {
 
 // --- bg-lb -------------------------------------------------------------------
 
-/// Settings beyond the defaults, each for a reason the README repeats:
-/// a wide SNAT port range and a short linger after close, so tens of
-/// thousands of short connections a second fit the per-backend port range
-/// (the default 10 s linger x 10,000 ports caps churn near 1,000/s per
-/// backend).
+/// The example config's defaults (examples/bg-lb.toml: `snat_ports`
+/// 20000-29999, its timeouts, `max_flows`) except what the topology needs:
+/// the interface, the SNAT address (the LB's address in the lab) and
+/// `xdp_mode = "native"`, which the lab's veth supports (the peer runs an
+/// XDP program) and which `auto` would replace by generic mode on a veth.
+/// The LB namespace keeps the kernel's ephemeral range (32768-60999, see
+/// [`Lab::new`]), clear of the SNAT ports as the daemon requires.
 pub fn bg_lb_config(
     vip: Ipv4Addr,
     snat: Ipv4Addr,
@@ -235,10 +254,7 @@ pub fn bg_lb_config(
     forwarding: Forwarding,
     paths: &str,
 ) -> String {
-    let mut toml = format!(
-        "interface = \"eth0\"\nxdp_mode = \"native\"\nsnat_address = \"{snat}\"\nsnat_ports = \"1024-32767\"\n\
-         {paths}\n[timeouts]\nclosing = \"2s\"\n"
-    );
+    let mut toml = format!("interface = \"eth0\"\nxdp_mode = \"native\"\nsnat_address = \"{snat}\"\n{paths}\n");
     for (name, port, pools) in [("web", http_vip_port(forwarding), http), ("bulk", BULK_PORT, bulk)] {
         toml += &format!(
             "\n[[service]]\nname = \"{name}\"\nvip = \"{vip}:{port}\"\nratio = \"{}:{}\"\nforwarding = \"{forwarding}\"\n",
@@ -264,11 +280,18 @@ fn http_vip_port(forwarding: Forwarding) -> u16 {
     }
 }
 
-fn start_bg_lb(lab: &Lab, bin: &'static str, http: &Pools, bulk: &Pools, forwarding: Forwarding) -> Running {
+fn start_bg_lb(
+    lab: &Lab,
+    bin: &'static str,
+    http: &Pools,
+    bulk: &Pools,
+    forwarding: Forwarding,
+    settings: &str,
+) -> Running {
     let peer_xdp = lab.topo.pass_lb_frames_to_switch();
     let vip = lab.topo.vip;
     let daemon = Daemon::start(bin, lab.lb(), |paths| {
-        bg_lb_config(vip, LB_ADDR, http, bulk, forwarding, paths)
+        bg_lb_config(vip, LB_ADDR, http, bulk, forwarding, &format!("{settings}{paths}"))
     });
     // New connections go only to backends the health checks found up.
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -419,14 +442,7 @@ fn start_nftables(lb: &NetNs, vip: Ipv4Addr, http: &Pools, bulk: &Pools) -> Runn
         lb.sysctl(setting);
     }
     let dir = ScratchDir::new("nft");
-    let rules = dir.write("rules.nft", &nft_ruleset(vip, LB_ADDR, http, bulk));
-    let args = [
-        format!("--net=/run/netns/{}", lb.name),
-        "nft".to_owned(),
-        "-f".to_owned(),
-        rules.to_string_lossy().into_owned(),
-    ];
-    procs::output("nsenter", &args, Duration::from_secs(10)).unwrap_or_else(|e| panic!("nft: {e}"));
+    load_nft(lb, &dir, &nft_ruleset(vip, LB_ADDR, http, bulk));
     // The rules live in the LB namespace and vanish with it.
     Running {
         http: SocketAddrV4::new(vip, VIP_HTTP_PORT),
@@ -434,6 +450,19 @@ fn start_nftables(lb: &NetNs, vip: Ipv4Addr, http: &Pools, bulk: &Pools) -> Runn
         guard: Guard::Nothing,
         _dir: Some(dir),
     }
+}
+
+/// Loads the nftables `ruleset` in `ns` (it vanishes with the namespace),
+/// through a file in `dir`.
+pub fn load_nft(ns: &NetNs, dir: &ScratchDir, ruleset: &str) {
+    let rules = dir.write("rules.nft", ruleset);
+    let args = [
+        format!("--net=/run/netns/{}", ns.name),
+        "nft".to_owned(),
+        "-f".to_owned(),
+        rules.to_string_lossy().into_owned(),
+    ];
+    procs::output("nsenter", &args, Duration::from_secs(10)).unwrap_or_else(|e| panic!("nft in {}: {e}", ns.name));
 }
 
 #[cfg(test)]
@@ -524,5 +553,18 @@ mod tests {
         }
         let dsr = bg_lb_config(VIP, LB_ADDR, &pools(8080), &pools(5201), Forwarding::Dsr, paths);
         assert!(dsr.contains("vip = \"10.99.0.100:8080\""), "dsr keeps the port");
+    }
+
+    #[test]
+    fn bg_lb_bench_config_keeps_the_example_configs_ports_timeouts_and_flow_table() {
+        let example_path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/bg-lb.toml");
+        let example = bg_lb::config::parse(&example_path, &fs::read_to_string(&example_path).unwrap()).unwrap();
+        let paths = "pin_dir = \"/sys/fs/bpf/x\"\nstate_dir = \"/tmp/x\"\n[admin]\nsocket = \"/tmp/x.sock\"\n";
+        let toml = bg_lb_config(VIP, LB_ADDR, &pools(8080), &pools(5201), Forwarding::FullNat, paths);
+        let bench = bg_lb::config::parse(std::path::Path::new("bench.toml"), &toml).unwrap();
+        assert_eq!(bench.snat_ports, example.snat_ports);
+        assert_eq!(bench.timeouts, example.timeouts);
+        assert_eq!(bench.max_flows, example.max_flows);
+        assert_eq!(bench.lookup_capacity, example.lookup_capacity);
     }
 }

@@ -74,6 +74,10 @@ impl Lab {
         // TIME_WAIT ports (safe with TCP timestamps), as load generators do.
         topo.client.ns.sysctl("net.ipv4.ip_local_port_range=1024 65535");
         topo.client.ns.sysctl("net.ipv4.tcp_tw_reuse=1");
+        // bg-lb uses the example's SNAT ports (20000-29999) and refuses to
+        // start if they overlap the LB's own ephemeral range: pin that range
+        // to the kernel's default, clear of them, whatever the host sets.
+        topo.lb.ns.sysctl("net.ipv4.ip_local_port_range=32768 60999");
         let http = DemoBackend::start_on_each_listening(bg_lb, &topo.backends, HTTP_PORT, dsr);
         let bulk = topo
             .backends

@@ -37,15 +37,19 @@ pub enum Workload {
     Paced,
     /// Last: a flood leaves state behind that only the lab's end clears.
     SynFlood,
+    /// After the rounds, in labs of its own: p50/p99/p999 at paced rates
+    /// below the slowest contender's maximum ([`crate::bench::latency`]).
+    Latency,
 }
 
 impl Workload {
-    pub const ALL: [Workload; 5] = [
+    pub const ALL: [Workload; 6] = [
         Workload::NewConnections,
         Workload::KeepAlive,
         Workload::Bulk,
         Workload::Paced,
         Workload::SynFlood,
+        Workload::Latency,
     ];
 
     /// The name `--workloads` takes.
@@ -56,7 +60,14 @@ impl Workload {
             Workload::Bulk => "bulk",
             Workload::Paced => "paced",
             Workload::SynFlood => "syn-flood",
+            Workload::Latency => "latency",
         }
+    }
+
+    /// Whether it runs in each round's labs ([`Workload::Latency`] does
+    /// not).
+    pub fn per_round(self) -> bool {
+        self != Workload::Latency
     }
 }
 
@@ -112,9 +123,13 @@ impl RunRecord {
     }
 }
 
-/// Runs every round; `progress` hears about each step.
+/// Runs every round (none if no per-round workload is selected);
+/// `progress` hears about each step.
 pub fn run(opts: &MacroOptions, bg_lb: &'static str, progress: &mut dyn FnMut(&str)) -> Vec<RunRecord> {
     let mut records = Vec::new();
+    if !opts.selected.iter().any(|w| w.per_round()) {
+        return records;
+    }
     for round in 0..opts.rounds {
         let n = opts.contenders.len();
         for i in 0..n {
@@ -196,7 +211,7 @@ fn run_one(contender: Contender, round: usize, opts: &MacroOptions, bg_lb: &'sta
     r
 }
 
-fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+pub fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
     panic
         .downcast_ref::<String>()
         .cloned()

@@ -8,7 +8,11 @@
 //!   in a lab's namespaces killed, and Ctrl-C turned into unwinding.
 //! - [`lab`]: a fresh topology with HTTP and bulk backends per contender run.
 //! - [`contenders`]: each contender's configuration and start-up.
-//! - [`wrk`], [`bulk`], [`workloads`]: the load generators and what they report.
+//! - [`wrk`], [`bulk`], [`workloads`]: the load generators and what they report;
+//!   [`paced`]: the open-loop paced generator (latency from due times).
+//! - [`latency`]: p50/p99/p999 of every contender at the same paced rates.
+//! - [`scale`]: bg-lb with a million flows and 1,000 backends against small
+//!   tables.
 //! - [`syn_flood`]: the SYN-flood workload (a spoofed flood with paced
 //!   legitimate connections alongside) and its table.
 //! - [`cpu`]: CPU time from /proc, machine-wide and per network namespace.
@@ -25,11 +29,14 @@ pub mod contenders;
 pub mod cpu;
 pub mod flow_sweep;
 pub mod lab;
+pub mod latency;
 pub mod live;
 pub mod macro_bench;
 pub mod micro;
+pub mod paced;
 pub mod procs;
 pub mod report;
+pub mod scale;
 pub mod stats;
 pub mod sweep;
 pub mod syn_flood;

@@ -136,6 +136,16 @@ pub fn summarize(records: &[RunRecord], order: &[Contender]) -> Vec<ContenderSum
     summaries
 }
 
+/// The lowest median of `metric` among the contenders that have one: the
+/// slowest contender's rate.
+pub fn slowest(summaries: &[ContenderSummary], metric: Metric) -> Option<f64> {
+    summaries
+        .iter()
+        .filter_map(|s| s.metric(metric).summary)
+        .map(|s| s.median)
+        .min_by(f64::total_cmp)
+}
+
 fn summarize_one(records: &[RunRecord], contender: Contender) -> ContenderSummary {
     let mine: Vec<&RunRecord> = records.iter().filter(|r| r.contender == contender).collect();
     let floor_of = |round: usize| {

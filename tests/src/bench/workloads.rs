@@ -2,15 +2,7 @@
 //! new connections per second and keep-alive requests (wrk), bulk
 //! throughput ([`bulk`]), and CPU per 1,000 connections at a fixed rate.
 
-use std::{
-    net::{SocketAddr, SocketAddrV4, TcpStream},
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
-    },
-    thread,
-    time::{Duration, Instant},
-};
+use std::{net::SocketAddrV4, time::Duration};
 
 use serde::Serialize;
 
@@ -19,11 +11,10 @@ use crate::{
         bulk::{self, BulkReport},
         cpu,
         lab::Lab,
-        procs,
+        paced::{self, Mode, PacedSpec},
         syn_flood::SynFloodOptions,
         wrk::{self, Connections, WrkReport},
     },
-    http,
     topology::NetNs,
 };
 
@@ -111,15 +102,11 @@ impl CpuReport {
     }
 }
 
-/// Opens `rate` connections per second for `duration` (each: one request
-/// with `Connection: close`, response read to the end) from the client and
-/// reads the CPU time the experiment's threads used meanwhile.
+/// Opens `paced_rate` connections per second for `duration` (each: one
+/// request with `Connection: close`, response read to the end; [`paced`])
+/// from the client and reads the CPU time the experiment's threads used
+/// meanwhile.
 pub fn paced(lab: &Lab, target: SocketAddrV4, o: &WorkloadOptions) -> Result<CpuReport, String> {
-    const THREADS: u64 = 4;
-    let total = (o.paced_rate as f64 * o.duration.as_secs_f64()) as u64;
-    let interval = Duration::from_secs_f64(1.0 / o.paced_rate as f64);
-    let (ok, errors) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-    let first_error = Arc::new(std::sync::Mutex::new(None::<String>));
     // The LB first: its share is reported on its own.
     let namespaces: Vec<u64> = std::iter::once(lab.lb())
         .chain(lab.topo.backends.iter().map(|b| &b.ns))
@@ -127,38 +114,14 @@ pub fn paced(lab: &Lab, target: SocketAddrV4, o: &WorkloadOptions) -> Result<Cpu
         .collect();
     let (threads_before, softirqd_before) = cpu::thread_cpu_ns(&namespaces);
     let machine_before = cpu::machine();
-    let started = Instant::now();
-    let workers: Vec<_> = (0..THREADS)
-        .map(|k| {
-            let (ok, errors, first_error) = (ok.clone(), errors.clone(), first_error.clone());
-            lab.client().spawn(move || {
-                let cpu_start = cpu::this_thread_cpu_ns();
-                for i in (k..total).step_by(THREADS as usize) {
-                    if procs::interrupted() {
-                        break;
-                    }
-                    let due = started + interval * i as u32;
-                    if let Some(wait) = due.checked_duration_since(Instant::now()) {
-                        thread::sleep(wait);
-                    }
-                    match one_request(target) {
-                        Ok(()) => ok.fetch_add(1, Ordering::Relaxed),
-                        Err(e) => {
-                            first_error.lock().unwrap().get_or_insert(e);
-                            errors.fetch_add(1, Ordering::Relaxed)
-                        }
-                    };
-                }
-                cpu::this_thread_cpu_ns() - cpu_start
-            })
-        })
-        .collect();
-    let client_ns: u64 = workers
-        .into_iter()
-        .map(|w| w.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
-        .sum();
-    procs::check_interrupt();
-    let seconds = started.elapsed().as_secs_f64();
+    let spec = PacedSpec {
+        target,
+        mode: Mode::NewConnections,
+        rate: o.paced_rate,
+        duration: o.duration,
+        workers: 4,
+    };
+    let run = paced::run(lab.client(), spec);
     let machine = cpu::machine().since(&machine_before);
     let (threads_after, softirqd_after) = cpu::thread_cpu_ns(&namespaces);
     let used: Vec<u64> = threads_after
@@ -167,32 +130,28 @@ pub fn paced(lab: &Lab, target: SocketAddrV4, o: &WorkloadOptions) -> Result<Cpu
         .map(|(a, b)| a.saturating_sub(*b))
         .collect();
     let softirqd_ns = softirqd_after.saturating_sub(softirqd_before);
-    let experiment_ns = client_ns + used.iter().sum::<u64>();
+    let experiment_ns = run.client_cpu_ns + used.iter().sum::<u64>();
     let ms = |ns: u64| ns as f64 / 1e6;
     let tick_ms = |ticks: u64| ticks as f64 * 1000.0 / cpu::ticks_per_second();
     let report = CpuReport {
-        connections: ok.load(Ordering::Relaxed),
-        errors: errors.load(Ordering::Relaxed),
-        seconds,
+        connections: run.ok(),
+        errors: run.errors,
+        seconds: run.seconds,
         experiment_ms: ms(experiment_ns),
         lb_process_ms: ms(used.first().copied().unwrap_or(0)),
-        client_ms: ms(client_ns),
+        client_ms: ms(run.client_cpu_ns),
         backends_ms: ms(used.iter().skip(1).sum()),
         ksoftirqd_ms: ms(softirqd_ns),
         machine_ms: tick_ms(machine.busy),
         softirq_ms: tick_ms(machine.softirq),
     };
-    match first_error.lock().unwrap().take() {
-        Some(e) => Err(format!("{} of {total} connections failed, first: {e}", report.errors)),
+    match run.first_error {
+        Some(e) => Err(format!(
+            "{} of {} connections failed, first: {e}",
+            report.errors, run.due
+        )),
         None => Ok(report),
     }
-}
-
-/// One request on a connection of its own; only a complete 200 counts.
-fn one_request(target: SocketAddrV4) -> Result<(), String> {
-    let mut stream = TcpStream::connect_timeout(&SocketAddr::V4(target), Duration::from_secs(2))
-        .map_err(|e| format!("connect: {e}"))?;
-    http::get_and_close(&mut stream, Duration::from_secs(3))
 }
 
 #[cfg(test)]

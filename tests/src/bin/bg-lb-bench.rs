@@ -1,9 +1,18 @@
 //! `bg-lb-bench [--quick] [--out DIR] [--rounds N] [--seconds S] [--only bg-lb,haproxy,nginx,nftables,direct]
-//! [--workloads new-connections,keep-alive,bulk,paced,syn-flood] [--skip-macro] [--skip-micro] [--skip-sweep]`:
+//! [--workloads new-connections,keep-alive,bulk,paced,syn-flood,latency] [--items macro,micro,sweep,scale]
+//! [--skip-macro] [--skip-micro] [--skip-sweep] [--skip-scale] [--latency-new-rates R,R,..]
+//! [--latency-keep-alive-rates R,R,..]`:
 //! the benchmark behind `cargo xtask bench` (which installs the contenders
 //! and builds this with `--release`). Needs root. Writes `bench.md` and
 //! `bench.json` to DIR (default `target/bench`) and prints the tables.
-//! `--skip-macro --skip-micro` runs only the flow-sweep benchmark.
+//!
+//! Every item runs unless `--items` picks some or a `--skip-*` drops one:
+//! `macro` (the contenders' workloads; `latency` among them is the paced
+//! latency pass after the rounds), `micro`, `sweep` (flow-sweep latency),
+//! `scale` (a million flows and 1,000 backends against small tables). So
+//! `--items macro --workloads latency` runs only the paced latency, at
+//! fixed rates (the flags', or built-in ones) as no saturated rate is
+//! measured then.
 
 use std::{
     panic::{AssertUnwindSafe, catch_unwind},
@@ -15,10 +24,14 @@ use std::{
 use bg_lb_tests::bench::{
     contenders::Contender,
     flow_sweep::{self, FlowSweepOptions},
+    latency::{self, LatencyOptions},
     live::LiveOptions,
     macro_bench::{self, MacroOptions, Workload},
     micro::{self, MicroOptions},
-    procs, report, sweep,
+    procs,
+    report::{self, Metric},
+    scale::{self, ScaleOptions},
+    sweep,
     syn_flood::{self, SynFloodOptions},
     workloads::WorkloadOptions,
 };
@@ -31,6 +44,9 @@ struct Args {
     skip_macro: bool,
     skip_micro: bool,
     skip_sweep: bool,
+    skip_scale: bool,
+    latency_new_rates: Vec<u32>,
+    latency_keep_alive_rates: Vec<u32>,
     only: Option<Vec<Contender>>,
     workloads: Option<Vec<Workload>>,
 }
@@ -44,6 +60,9 @@ fn parse_args() -> Result<Args, String> {
         skip_macro: false,
         skip_micro: false,
         skip_sweep: false,
+        skip_scale: false,
+        latency_new_rates: Vec::new(),
+        latency_keep_alive_rates: Vec::new(),
         only: None,
         workloads: None,
     };
@@ -58,6 +77,25 @@ fn parse_args() -> Result<Args, String> {
             "--skip-macro" => args.skip_macro = true,
             "--skip-micro" => args.skip_micro = true,
             "--skip-sweep" => args.skip_sweep = true,
+            "--skip-scale" => args.skip_scale = true,
+            "--items" => {
+                let items = value("--items")?;
+                let items: Vec<&str> = items.split(',').collect();
+                if let Some(bad) = items.iter().find(|i| !ITEMS.contains(i)) {
+                    return Err(format!("--items: no {bad}"));
+                }
+                args.skip_macro |= !items.contains(&"macro");
+                args.skip_micro |= !items.contains(&"micro");
+                args.skip_sweep |= !items.contains(&"sweep");
+                args.skip_scale |= !items.contains(&"scale");
+            }
+            "--latency-new-rates" => {
+                args.latency_new_rates = rates("--latency-new-rates", &value("--latency-new-rates")?)?
+            }
+            "--latency-keep-alive-rates" => {
+                args.latency_keep_alive_rates =
+                    rates("--latency-keep-alive-rates", &value("--latency-keep-alive-rates")?)?;
+            }
             "--only" => args.only = Some(pick("--only", &value("--only")?, &Contender::ALL, |c| c.key())?),
             "--workloads" => {
                 args.workloads = Some(pick("--workloads", &value("--workloads")?, &Workload::ALL, |w| {
@@ -68,6 +106,18 @@ fn parse_args() -> Result<Args, String> {
         }
     }
     Ok(args)
+}
+
+const ITEMS: [&str; 4] = ["macro", "micro", "sweep", "scale"];
+
+/// A comma-separated list of positive rates.
+fn rates(option: &str, list: &str) -> Result<Vec<u32>, String> {
+    list.split(',')
+        .map(|r| match r.parse::<u32>() {
+            Ok(n) if n > 0 => Ok(n),
+            _ => Err(format!("{option}: {r} is not a positive rate")),
+        })
+        .collect()
 }
 
 /// The items of `all` named in a comma-separated `list`, by `key`.
@@ -112,7 +162,7 @@ fn run(args: &Args) -> ExitCode {
         .into_iter()
         .filter(|tool| !on_path(tool))
         .collect();
-    if !missing.is_empty() && !args.skip_macro {
+    if !missing.is_empty() && (!args.skip_macro || !args.skip_scale) {
         eprintln!("missing {}: `cargo xtask bench` installs them", missing.join(", "));
         return ExitCode::FAILURE;
     }
@@ -165,7 +215,11 @@ fn run(args: &Args) -> ExitCode {
             "## Macro benchmark\n\n{} rounds x {} s per workload; paced CPU run at {} conn/s.\n\n",
             macro_opts.rounds, seconds, macro_opts.workloads.paced_rate,
         );
-        if macro_opts.selected.iter().any(|&w| w != Workload::SynFlood) {
+        if macro_opts
+            .selected
+            .iter()
+            .any(|&w| w.per_round() && w != Workload::SynFlood)
+        {
             markdown += &report::render(&summaries);
         }
         let flood = syn_flood::summarize(&records, &macro_opts.contenders);
@@ -178,6 +232,42 @@ fn run(args: &Args) -> ExitCode {
             "syn_flood": flood,
             "runs": records,
         });
+        if macro_opts.selected.contains(&Workload::Latency) {
+            let opts = LatencyOptions {
+                rounds: if args.quick { 1 } else { 3 },
+                duration: Duration::from_secs(seconds),
+                workers: 32,
+                fractions: vec![0.25, 0.5, 0.75],
+                new_rates: args.latency_new_rates.clone(),
+                keep_alive_rates: args.latency_keep_alive_rates.clone(),
+            };
+            let new_rates = latency::pick_rates(
+                &opts.new_rates,
+                report::slowest(&summaries, Metric::NewConnectionsPerSec),
+                &opts.fractions,
+                &latency::FALLBACK_NEW,
+            );
+            let keep_alive_rates = latency::pick_rates(
+                &opts.keep_alive_rates,
+                report::slowest(&summaries, Metric::KeepAliveRequestsPerSec),
+                &opts.fractions,
+                &latency::FALLBACK_KEEP_ALIVE,
+            );
+            let paced = latency::run(
+                &opts,
+                &macro_opts.contenders,
+                new_rates,
+                keep_alive_rates,
+                bg_lb,
+                &mut progress,
+            );
+            bg_lb_failed |= paced
+                .points
+                .iter()
+                .any(|p| p.contender == Contender::BgLb && p.failing());
+            markdown += &format!("\n## Latency at paced rates\n\n{}", latency::render(&paced));
+            json["latency"] = serde_json::to_value(&paced).expect("serialisable");
+        }
     }
     if !args.skip_micro {
         progress("micro benchmark (BPF_PROG_TEST_RUN, live frames, table swaps, flow memory)");
@@ -198,6 +288,21 @@ fn run(args: &Args) -> ExitCode {
             flow_sweep::render(&swept)
         );
         json["flow_sweep"] = serde_json::to_value(&swept).expect("serialisable");
+    }
+    if !args.skip_scale {
+        let opts = ScaleOptions {
+            rounds: if args.quick { 1 } else { 3 },
+            flows: 1_000_000,
+            backends: 1000,
+            workloads: macro_opts.workloads.clone(),
+        };
+        let scaled = scale::run(bg_lb, &opts, &mut progress);
+        bg_lb_failed |= scaled.records.iter().any(|r| !r.failures.is_empty());
+        markdown += &format!(
+            "\n## Scale: big tables against small ones\n\n{}",
+            scale::render(&scaled)
+        );
+        json["scale"] = serde_json::to_value(&scaled).expect("serialisable");
     }
     progress("done");
 
