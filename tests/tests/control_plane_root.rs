@@ -220,6 +220,9 @@ fn teardown_detaches_the_data_plane_and_removes_the_pins() {
         .unwrap();
     assert!(out.status.success(), "{out:?}");
     assert!(!lab.daemon.pins_exist());
+    // Detached when teardown returns, not some time after.
+    let link = lab.topo.lb.ns.ip("link show eth0");
+    assert!(!link.contains("xdp"), "XDP still on eth0 after teardown: {link}");
     // The VIP is the LB host's own address with nothing listening on :80.
     let err = ask_names(&lab.topo.client.ns, lab.vip(), 1).expect_err("no load balancing after teardown");
     assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{err}");

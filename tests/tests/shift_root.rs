@@ -88,8 +88,9 @@ fn shift_to_a_pool_that_resets_connections_rolls_back_before_the_next_step() {
     }
     lab.wait(|s| s.backends.iter().all(|b| b.health == BackendHealth::Up), "all up");
     let load = load(&lab);
-    let interval = Duration::from_secs(4);
     let started = Instant::now();
+    // Steps long enough for the judge's flows on a loaded host; the record
+    // shows which step the rollback came in.
     let args = [
         "shift",
         SERVICE,
@@ -98,7 +99,7 @@ fn shift_to_a_pool_that_resets_connections_rolls_back_before_the_next_step() {
         "--steps",
         "10,50,100",
         "--interval",
-        "4s",
+        "30s",
         "--max-error-rate",
         "5%",
     ];
@@ -112,20 +113,15 @@ fn shift_to_a_pool_that_resets_connections_rolls_back_before_the_next_step() {
         err.contains("rolled back to 0:100") && err.contains("blue error rate"),
         "{err}"
     );
-    assert!(
-        took < interval,
-        "rolled back within the first step ({took:?}), before the next one"
-    );
     let status = lab.status();
     assert_eq!(
         status.ratio.to_string(),
         "0:100",
         "back to the ratio before the shift, in one swap"
     );
-    assert!(matches!(
-        status.shift.map(|s| s.outcome),
-        Some(ShiftOutcome::RolledBack { .. })
-    ));
+    let shift = status.shift.expect("the shift's record");
+    assert!(matches!(shift.outcome, ShiftOutcome::RolledBack { .. }), "{shift:?}");
+    assert_eq!(shift.step, 0, "rolled back within the first step, before the next one");
     // Only the 10% share sent to blue during the first step could fail.
     let bound = (f64::from(RATE) * 0.10 * took.as_secs_f64()).ceil() as u64 + 5;
     assert!(tally.failed > 0, "the faulty build did fail requests");

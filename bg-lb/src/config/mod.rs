@@ -320,7 +320,8 @@ impl Default for HealthConfig {
 /// What one check does.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum HealthCheck {
-    /// A TCP connect to the backend address succeeds. Says nothing about live or standby.
+    /// A TCP connect to the backend address succeeds: the handshake completes (a reset right after
+    /// still passes). Says nothing about live or standby.
     Tcp,
     /// HTTP GETs of the live and standby paths.
     Http(HttpCheck),

@@ -9,17 +9,21 @@ use std::{
     time::{Duration, Instant},
 };
 
-const LINK_RELEASE_TIMEOUT: Duration = Duration::from_secs(5);
-
 use aya::programs::{
     links::{FdLink, PinnedLink},
-    loaded_links,
+    loaded_links, loaded_programs,
 };
 use bg_lb_common::maps::ALL_MAPS;
 use nix::{
     mount::{MsFlags, mount},
     sys::statfs::{BPF_FS_MAGIC, statfs},
 };
+
+/// How long the kernel may take to let go of an unpinned link before it is
+/// taken as held open by another process. Generous: a host busy creating
+/// and deleting network namespaces holds the RTNL lock the detach needs for
+/// seconds at a time.
+const LINK_RELEASE_TIMEOUT: Duration = Duration::from_secs(20);
 
 #[derive(Debug, thiserror::Error)]
 pub enum PinError {
@@ -86,14 +90,14 @@ impl PinLayout {
     /// asynchronously, and callers rely on XDP being gone.
     pub fn remove_all(&self) -> Result<(), PinError> {
         let links = self.root.join("links");
-        let mut link_ids = Vec::new();
+        let mut pinned = Vec::new();
         if let Ok(entries) = fs::read_dir(&links) {
             for entry in entries.flatten() {
-                link_ids.extend(link_id(&entry.path()));
+                pinned.extend(link_ids(&entry.path()));
                 remove_file(&entry.path())?;
             }
         }
-        wait_released(&link_ids)?;
+        wait_released(&pinned)?;
         for name in ALL_MAPS {
             remove_file(&self.maps_dir().join(name))?;
             remove_file(&super::migration::next_pin(&self.maps_dir(), name))?;
@@ -109,26 +113,46 @@ impl PinLayout {
     }
 }
 
-/// The kernel id of the link pinned at `path`, if it is one.
-fn link_id(path: &Path) -> Option<u32> {
-    let link = FdLink::from(PinnedLink::from_pin(path).ok()?);
-    link.info().ok().map(|info| info.id())
+/// A pinned link's kernel ids.
+#[derive(Clone, Copy, Debug)]
+struct LinkIds {
+    link: u32,
+    /// The program attached through it.
+    program: u32,
 }
 
-/// Waits until none of `ids` is a live link any more.
-fn wait_released(ids: &[u32]) -> Result<(), PinError> {
+/// The kernel ids of the link pinned at `path`, if it is one.
+fn link_ids(path: &Path) -> Option<LinkIds> {
+    let link = FdLink::from(PinnedLink::from_pin(path).ok()?);
+    link.info().ok().map(|info| LinkIds {
+        link: info.id(),
+        program: info.program_id(),
+    })
+}
+
+/// Waits until the kernel has released each of `links`: the link is gone and
+/// so is its program. The link's id alone is not enough: the kernel frees it
+/// first, then detaches the program from the interface (waiting for the RTNL
+/// lock), and only then drops the link's reference to the program, which
+/// frees the program (nothing else holds it once the daemon is gone).
+fn wait_released(links: &[LinkIds]) -> Result<(), PinError> {
+    if links.is_empty() {
+        return Ok(());
+    }
     let deadline = Instant::now() + LINK_RELEASE_TIMEOUT;
     loop {
-        let live: Vec<u32> = loaded_links()
-            .flatten()
-            .map(|l| l.id())
-            .filter(|id| ids.contains(id))
+        let live_links: Vec<u32> = loaded_links().flatten().map(|l| l.id()).collect();
+        let loaded_programs: Vec<u32> = loaded_programs().flatten().map(|p| p.id()).collect();
+        let held: Vec<u32> = links
+            .iter()
+            .filter(|l| live_links.contains(&l.link) || loaded_programs.contains(&l.program))
+            .map(|l| l.link)
             .collect();
-        if live.is_empty() {
+        if held.is_empty() {
             return Ok(());
         }
         if Instant::now() >= deadline {
-            return Err(PinError::StillAttached(live));
+            return Err(PinError::StillAttached(held));
         }
         thread::sleep(Duration::from_millis(10));
     }

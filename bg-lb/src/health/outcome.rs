@@ -7,6 +7,8 @@ use std::fmt;
 pub enum Failure {
     Timeout,
     Refused,
+    /// The backend reset the connection right after the handshake.
+    Reset,
     Network(String),
     HttpStatus(u16),
     BodyMismatch,
@@ -23,6 +25,7 @@ impl fmt::Display for Failure {
         match self {
             Failure::Timeout => f.write_str("timeout"),
             Failure::Refused => f.write_str("connection refused"),
+            Failure::Reset => f.write_str("connection reset after the handshake"),
             Failure::Network(e) => write!(f, "network error: {e}"),
             Failure::HttpStatus(code) => write!(f, "HTTP {code}"),
             Failure::BodyMismatch => f.write_str("body mismatch"),

@@ -83,10 +83,10 @@ pub fn spawn_probe(
 
 async fn probe(key: &CheckKey, config: &HealthConfig, source: Ipv4Addr) -> Outcome {
     let check = async {
-        let stream = connect(key.backend, source).await?;
+        let connected = connect(key.backend, source).await;
         match &config.check {
-            HealthCheck::Tcp => Ok(()),
-            HealthCheck::Http(http) => http_check(stream, key, http).await,
+            HealthCheck::Tcp => tcp_verdict(connected),
+            HealthCheck::Http(http) => http_check(connected?, key, http).await,
         }
     };
     tokio::time::timeout(config.timeout, check)
@@ -94,15 +94,34 @@ async fn probe(key: &CheckKey, config: &HealthConfig, source: Ipv4Addr) -> Outco
         .unwrap_or(Err(Failure::Timeout))
 }
 
+/// A TCP check passes once the backend completed the handshake, whatever it
+/// did next. A backend that accepts and resets at once passes every time:
+/// whether the connect reports that reset depends only on how soon the probe
+/// task ran after the handshake, which must not decide health.
+fn tcp_verdict(connected: Result<tokio::net::TcpStream, Failure>) -> Outcome {
+    match connected {
+        Ok(_) | Err(Failure::Reset) => Ok(()),
+        Err(failure) => Err(failure),
+    }
+}
+
 async fn connect(backend: SocketAddrV4, source: Ipv4Addr) -> Result<tokio::net::TcpStream, Failure> {
     let socket = TcpSocket::new_v4().map_err(|e| Failure::Network(e.to_string()))?;
     socket
         .bind(SocketAddr::from((source, 0)))
         .map_err(|e| Failure::Network(format!("cannot bind the SNAT address {source}: {e}")))?;
-    socket.connect(backend.into()).await.map_err(|e| match e.kind() {
+    socket.connect(backend.into()).await.map_err(connect_failure)
+}
+
+/// What a failed connect says. The kernel reports a RST answering the SYN as
+/// refused; a reset (or a FIN then a reset: broken pipe) came after the
+/// handshake.
+fn connect_failure(e: std::io::Error) -> Failure {
+    match e.kind() {
         std::io::ErrorKind::ConnectionRefused => Failure::Refused,
+        std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe => Failure::Reset,
         _ => Failure::Network(e.to_string()),
-    })
+    }
 }
 
 #[cfg(test)]
@@ -126,5 +145,23 @@ mod tests {
         assert_eq!(probe(&key, &config, Ipv4Addr::LOCALHOST).await, Ok(()));
         drop(listener);
         assert_eq!(probe(&key, &config, Ipv4Addr::LOCALHOST).await, Err(Failure::Refused));
+    }
+
+    /// A backend that completes the handshake and resets the connection at
+    /// once (a build that fails every request) passes a TCP check even when
+    /// the probe sees the reset: catching that build is the error judge's job.
+    #[tokio::test]
+    async fn a_reset_after_the_handshake_passes_a_tcp_check() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (accepted, _) = listener.accept().await.unwrap();
+        accepted.set_zero_linger().unwrap();
+        drop(accepted);
+        // The error a connect reports once the reset arrived: the socket's.
+        let reset = std::io::Read::read(&mut client, &mut [0; 1]).unwrap_err();
+        assert_eq!(connect_failure(reset), Failure::Reset);
+        assert_eq!(tcp_verdict(Err(Failure::Reset)), Ok(()));
+        assert_eq!(tcp_verdict(Err(Failure::Refused)), Err(Failure::Refused));
+        assert_eq!(tcp_verdict(Err(Failure::Timeout)), Err(Failure::Timeout));
     }
 }
