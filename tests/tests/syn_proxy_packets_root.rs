@@ -12,7 +12,7 @@ use bg_lb::dataplane::syn_proxy::{SynProxy, SynProxyMode};
 use bg_lb_common::{
     counters::Counter,
     flow_state,
-    maps::Flow,
+    maps::{Flow, FlowKey},
     syn_proxy::{BACKEND_READY, HELD, PROXIED, SERVER_ISN_KNOWN, WATCHED},
 };
 use bg_lb_tests::{
@@ -628,8 +628,8 @@ fn a_new_connection_on_the_four_tuple_of_an_ended_proxied_flow_gets_a_backend_si
         assert!(lab.flow(from).is_none(), "the ended flow is forgotten");
         assert_eq!(
             lab.reverse_nat_on(old_syn.dst, old_syn.src),
-            None,
-            "and its port is free"
+            Some(FlowKey::from_client(from, VIP)),
+            "its port's entry stays, an orphan a new connection takes over once it settles"
         );
 
         let (verdict, out) = run_counting(
