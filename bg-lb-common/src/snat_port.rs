@@ -4,10 +4,11 @@
 //!
 //! The pairs of all addresses form one space of `addresses x ports` slots,
 //! numbered so that neighbours differ in address (slot `s` is address
-//! `s % addresses`, port `s / addresses`). Linear probing from a hashed
-//! slot spreads flows over every address and port, guarantees the first
-//! `addresses x ports` candidates are distinct, and moves on to another
-//! address at once when one address's port is taken.
+//! `s % addresses`, port `s / addresses`). Probing from a hashed slot in
+//! even strides (see [`stride`]) spreads flows over every address and port,
+//! keeps a flow's candidates distinct (every pair, in a space smaller than
+//! the candidates), and moves on to another address at once when one
+//! address's port is taken.
 
 /// Candidates tried per new flow before giving up (bounded for the verifier).
 /// 32: when backends close first, a port in TIME_WAIT takes a SYN from
@@ -29,7 +30,10 @@ pub const fn candidate(hash: u32, attempt: u32, addresses: u32, min: u16, max: u
     // allows 16 addresses, so `slots` stays below 2^21.
     let slots = addresses.saturating_mul((max - min) as u32 + 1);
     // checked_rem: a plain `%` would keep a panic branch the verifier rejects.
-    let (Some(start), Some(step)) = (hash.checked_rem(slots), attempt.checked_rem(slots)) else {
+    let (Some(start), Some(step)) = (hash.checked_rem(slots), attempt.checked_mul(stride(slots, addresses))) else {
+        return (0, min);
+    };
+    let Some(step) = step.checked_rem(slots) else {
         return (0, min);
     };
     // Both below `slots` < 2^32 / 2: the sum cannot wrap.
@@ -39,6 +43,26 @@ pub const fn candidate(hash: u32, attempt: u32, addresses: u32, min: u16, max: u
     match (slot.checked_rem(addresses), slot.checked_div(addresses)) {
         (Some(address), Some(port)) => (address, min + port as u16),
         _ => (0, min),
+    }
+}
+
+/// Slots between one candidate and the next. Linear probing (a stride of
+/// one) walks through runs of pairs that recent flows took, and while a
+/// backend's closed connections sit in TIME_WAIT most pairs are taken for a
+/// while: the runs grow, and a SYN whose 32 neighbours are all taken finds
+/// no pair although most of the space is free. A space large enough is
+/// therefore crossed in even strides, one slot more than a multiple of the
+/// address count (so the next candidate is on another address), short
+/// enough that the candidates never wrap onto each other: they stay
+/// distinct. A small space is probed linearly, every pair in turn.
+#[inline(always)]
+const fn stride(slots: u32, addresses: u32) -> u32 {
+    if slots < 32 * SNAT_PORT_ATTEMPTS {
+        return 1;
+    }
+    match (slots / SNAT_PORT_ATTEMPTS).checked_div(addresses) {
+        Some(per_address) => per_address * addresses + 1,
+        None => 1,
     }
 }
 
@@ -77,6 +101,25 @@ mod tests {
                 .map(|a| candidate(hash, a, addresses, 1000, 1003))
                 .collect();
             assert_eq!(tiny.len(), 4 * addresses as usize, "{addresses} addresses, hash {hash}");
+        }
+    }
+
+    #[test]
+    fn candidates_of_a_large_space_are_spread_over_all_of_it_and_distinct() {
+        for (addresses, max) in [(1, 29999), (3, 29999), (16, 65535), (1, 21023)] {
+            let slots = addresses * (u32::from(max) - 20000 + 1);
+            let pairs: Vec<_> = (0..SNAT_PORT_ATTEMPTS)
+                .map(|a| candidate(7, a, addresses, 20000, max))
+                .collect();
+            let distinct: HashSet<_> = pairs.iter().collect();
+            assert_eq!(distinct.len(), pairs.len(), "{addresses} addresses up to {max}");
+            // Neighbouring candidates are far apart: not a run of taken ports.
+            let ports: HashSet<_> = pairs.iter().map(|&(_, p)| p).collect();
+            let spread = ports.iter().max().unwrap() - ports.iter().min().unwrap();
+            assert!(
+                u32::from(spread) * addresses > slots / 2,
+                "{addresses} addresses up to {max}: spread {spread}"
+            );
         }
     }
 

@@ -8,9 +8,9 @@
 //! one client address or hundreds.
 //!
 //! Both tests are `#[ignore]`d in CI for now: in most runs 0 to 3 of about
-//! 300,000 connections fail (no SNAT port found among the candidates) or
-//! stall (a SYN the backend's TIME_WAIT refused after all), which the issue
-//! does not allow; `cargo test --test port_lifecycle_root -- --ignored`
+//! 300,000 connections fail or stall, because the backend's TIME_WAIT still
+//! refuses by PAWS some SYNs the LB judged acceptable (see the README's
+//! "Port lifecycle"), which the issue does not allow; `cargo test --test port_lifecycle_root -- --ignored`
 //! runs them.
 //!
 //! The rate is the target, not an assertion: a machine that cannot pace
