@@ -28,7 +28,11 @@ use bg_lb_common::{
     maps::{Backend, DataplaneConfig, FORWARDING_GATEWAY, Flow, FlowKey, NatKey, Service},
 };
 
-use crate::{forward::forward_to, maps::REVERSE_NAT, packet::TcpPacket};
+use crate::{
+    forward::forward_to,
+    maps::{BACKENDS, flow_entry, reverse_owner},
+    packet::TcpPacket,
+};
 
 /// Candidate `attempt` for a new flow's source (address, port), wire order:
 /// a SNAT pair, or for `gateway` the client's own (one candidate only).
@@ -51,8 +55,12 @@ pub const fn no_source(service: &Service) -> Counter {
 }
 
 /// Whether `pkt`, to no VIP or SNAT address, is a backend's reply to a
-/// `gateway` flow's client: its (backend, client) key has an entry.
-/// Anything else (the host's own traffic included) passes untouched.
+/// `gateway` flow's client: its (backend, client) key names a flow pinned
+/// to it. Anything else (the host's own traffic included) passes
+/// untouched. An entry whose flow is gone owns nothing: the sweep leaves a
+/// live backend's entries for the port lifecycle to take over, and such a
+/// leftover must not capture a later connection from the same client
+/// address and port to the backend that does not go through a VIP.
 #[inline(always)]
 pub fn is_gateway_reply(pkt: &TcpPacket<'_>) -> bool {
     let nat = NatKey {
@@ -61,8 +69,14 @@ pub fn is_gateway_reply(pkt: &TcpPacket<'_>) -> bool {
         backend_port: pkt.src_port(),
         snat_port: pkt.dst_port(),
     };
-    // SAFETY: only whether an entry exists is read.
-    unsafe { REVERSE_NAT.get(nat) }.is_some()
+    let Some(owner) = reverse_owner(&nat) else {
+        return false;
+    };
+    flow_entry(&owner).is_some_and(|flow| {
+        BACKENDS
+            .get(flow.backend_id)
+            .is_some_and(|backend| backend.generation == flow.backend_gen && flow.nat_key(backend) == nat)
+    })
 }
 
 /// Takes a `dsr` flow's client segment into its state, with what the

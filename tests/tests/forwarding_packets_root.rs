@@ -99,6 +99,35 @@ fn gateway_backend_packet_matching_no_flow_passes_to_the_kernel_untouched() {
     });
 }
 
+/// The sweep leaves a live backend's reverse entries for the port
+/// lifecycle; one whose gateway flow is gone must not take a later
+/// connection's packets from that backend to the same client port.
+#[test]
+fn gateway_backend_packet_whose_reverse_entry_outlived_its_flow_passes_to_the_kernel_untouched() {
+    in_lab(Forwarding::Gateway, |lab| {
+        let from = client(1003);
+        let connection = lab.handshake(from);
+        lab.nat_maps().evict_flow(&FlowKey::from_client(from, VIP));
+        assert!(
+            lab.reverse_nat_on(connection.backend, from).is_some(),
+            "the reverse entry outlives the flow"
+        );
+        let direct = tcp_frame(
+            mac_of(*connection.backend.ip()),
+            LB_MAC,
+            connection.backend,
+            from,
+            SYN_ACK,
+            b"",
+        );
+        let passed = lab.counter(Counter::Passed);
+        let (verdict, out) = lab.run(&direct);
+        assert_eq!(verdict, XDP_PASS);
+        assert_eq!(out, direct);
+        assert_eq!(lab.counter(Counter::Passed), passed + 1);
+    });
+}
+
 #[test]
 fn gateway_collision_refuses_the_second_vips_syn_with_a_rst_and_keeps_the_first_flow() {
     in_lab(Forwarding::Gateway, |mut lab| {
