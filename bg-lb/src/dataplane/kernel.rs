@@ -116,7 +116,7 @@ impl Kernel {
         if let Some(version) = version {
             kernel.array_set(maps::LAYOUT, 0, &version)?;
         }
-        kernel.xdp_mut()?.load().map_err(program_err)?;
+        load_verified(kernel.xdp_mut()?).map_err(program_err)?;
         kernel.load_syn_proxy_jobs()?;
         Ok(kernel)
     }
@@ -148,7 +148,7 @@ impl Kernel {
                 .ok_or(DataplaneError::MissingProgram(name))?
                 .try_into()
                 .map_err(|cause| DataplaneError::Program { name, cause })?;
-            prog.load().map_err(|cause| DataplaneError::Program { name, cause })?;
+            load_verified(prog).map_err(|cause| DataplaneError::Program { name, cause })?;
             let fd = prog.fd().map_err(|cause| DataplaneError::Program { name, cause })?;
             fds.push(fd.try_clone().map_err(DataplaneError::ProgramFd)?);
         }
@@ -535,6 +535,27 @@ fn ignore_missing(result: Result<(), MapError>, name: &'static str) -> Result<()
 
 fn nr_cpus() -> Result<usize, std::io::Error> {
     aya::util::nr_cpus().map_err(|(_, e)| e)
+}
+
+/// How many times a program load is tried while the verifier gives up with
+/// EAGAIN.
+const LOAD_ATTEMPTS: usize = 5;
+
+/// Loads `prog`. The verifier abandons a load with EAGAIN when a signal is
+/// pending (a child process of ours exiting, say), which says nothing about
+/// the program: libbpf retries such loads, and so does this.
+fn load_verified(prog: &mut Xdp) -> Result<(), aya::programs::ProgramError> {
+    let mut attempt = 1;
+    loop {
+        match prog.load() {
+            Err(aya::programs::ProgramError::LoadError { io_error, .. })
+                if io_error.raw_os_error() == Some(nix::libc::EAGAIN) && attempt < LOAD_ATTEMPTS =>
+            {
+                attempt += 1;
+            }
+            result => return result,
+        }
+    }
 }
 
 fn program_err(cause: aya::programs::ProgramError) -> DataplaneError {
