@@ -30,7 +30,7 @@ use bg_lb_common::{
 
 use crate::{
     forward::forward_to,
-    maps::{BACKENDS, flow_entry, reverse_owner},
+    maps::{flow_pinned_to, reverse_owner},
     packet::TcpPacket,
 };
 
@@ -69,14 +69,7 @@ pub fn is_gateway_reply(pkt: &TcpPacket<'_>) -> bool {
         backend_port: pkt.src_port(),
         snat_port: pkt.dst_port(),
     };
-    let Some(owner) = reverse_owner(&nat) else {
-        return false;
-    };
-    flow_entry(&owner).is_some_and(|flow| {
-        BACKENDS
-            .get(flow.backend_id)
-            .is_some_and(|backend| backend.generation == flow.backend_gen && flow.nat_key(backend) == nat)
-    })
+    reverse_owner(&nat).is_some_and(|owner| flow_pinned_to(&owner, &nat).is_some())
 }
 
 /// Takes a `dsr` flow's client segment into its state, with what the

@@ -38,7 +38,7 @@ use bg_lb_common::{
 
 use crate::{
     forward::{Route, RouteQuery, dropped, route, send},
-    maps::{BACKENDS, count, flow_entry, reverse_owner},
+    maps::{BACKENDS, count, flow_entry, flow_pinned_to, reverse_owner},
     packet::{TcpPacket, parse_icmp_error},
     synproxy,
 };
@@ -163,11 +163,7 @@ fn origin_of(emitted: &Tuple) -> Option<Origin> {
         snat_port: emitted.src_port,
     };
     if let Some(client) = reverse_owner(&nat) {
-        let flow = flow_entry(&client)?;
-        let backend = BACKENDS.get(flow.backend_id)?;
-        if backend.generation != flow.backend_gen || flow.nat_key(backend) != nat {
-            return None;
-        }
+        flow_pinned_to(&client, &nat)?;
         return Some(Origin {
             sent: Tuple {
                 src_addr: client.client_addr,

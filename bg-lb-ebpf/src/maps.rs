@@ -104,6 +104,18 @@ pub fn reverse_owner(nat: &NatKey) -> Option<FlowKey> {
     unsafe { REVERSE_NAT.get(nat) }.map(|owner| owner.flow)
 }
 
+/// `owner`'s flow, if it is pinned to `nat`: its backend id still names
+/// the backend it was pinned to, and its (backend, SNAT address and port)
+/// is `nat`. Only then may a packet keyed by `nat` reach `owner`'s client:
+/// a reverse entry whose flow was evicted or forgotten, or a mix of keys
+/// read during a takeover, names no one.
+#[inline(always)]
+pub fn flow_pinned_to(owner: &FlowKey, nat: &NatKey) -> Option<&'static mut Flow> {
+    let flow = flow_entry(owner)?;
+    let backend = BACKENDS.get(flow.backend_id)?;
+    (backend.generation == flow.backend_gen && flow.nat_key(backend) == *nat).then_some(flow)
+}
+
 #[inline(always)]
 pub fn count(counter: Counter) {
     if let Some(c) = COUNTERS.get_ptr_mut(counter as u32) {

@@ -25,7 +25,7 @@ use bg_lb_common::{
 
 use crate::{
     forward::forward,
-    maps::{BACKENDS, Way, account, account_event, count, flow_entry, reverse_owner},
+    maps::{Way, account, account_event, count, flow_pinned_to, reverse_owner},
     nat::{Endpoints, decrement_ttl, rewrite},
     packet::TcpPacket,
     synproxy::{self, BackendStep},
@@ -43,19 +43,11 @@ pub fn to_client(ctx: &XdpContext, mut pkt: TcpPacket<'_>) -> u32 {
         count(Counter::ReplyWithoutFlow);
         return XDP_PASS;
     };
-    let Some(flow) = flow_entry(&client) else {
-        count(Counter::StaleReply);
-        return XDP_DROP;
-    };
-    let Some(backend) = BACKENDS.get(flow.backend_id) else {
+    let Some(flow) = flow_pinned_to(&client, &nat) else {
         count(Counter::StaleReply);
         return XDP_DROP;
     };
     let mut seg = pkt.segment();
-    if backend.generation != flow.backend_gen || flow.nat_key(backend) != nat {
-        count(Counter::StaleReply);
-        return XDP_DROP;
-    }
     // Before the flow's own SYN is answered, the port's previous connection
     // may still send (the flow took its port over): none of it reaches
     // this client.
