@@ -3,10 +3,12 @@
 //! modes" says, real TCP. Each backend reports the peer address it sees:
 //! the client's own, in both modes.
 
+use std::net::SocketAddrV4;
+
 use bg_lb::{dataplane::forwarding::Forwarding, ratio::Pool};
 use bg_lb_tests::{
     lab::{NameLab, NameLabConfig, pool_of_name},
-    servers::NameClient,
+    servers::{NameClient, NameServer},
     topology::CLIENT_ADDR,
 };
 
@@ -56,6 +58,48 @@ fn drain_wait_returns_once_the_connection_closes(forwarding: Forwarding) {
 fn gateway_backend_sees_the_client_and_drain_wait_returns_once_its_connection_closes() {
     // Both sides' FINs cross the LB and end the flow.
     drain_wait_returns_once_the_connection_closes(Forwarding::Gateway);
+}
+
+#[test]
+fn gateway_keeps_direct_connections_between_client_and_backend_working_both_ways_and_the_vip_with_them() {
+    // The backends route the client through the LB, so a backend's packets
+    // to the client that are no VIP reply (the reply to the client's own
+    // connection to it, its own connection to the client) cross the LB and
+    // must be forwarded by its kernel, untouched, while a VIP flow is open.
+    let lab = start_lab(Forwarding::Gateway, "50:50");
+    let mut through_vip = lab.connect();
+    let backend = assert_backend_sees_the_client(&lab, &mut through_vip);
+
+    for i in 0..lab.topo.backends.len() {
+        let to = lab.backend_addr(i);
+        let mut direct = lab
+            .topo
+            .client
+            .ns
+            .run(move || NameClient::connect(to))
+            .unwrap_or_else(|e| panic!("client -> b{i} at {to} directly: {e}\n{}", lab.daemon.log()));
+        assert_eq!(direct.ask().expect("the backend answers directly"), format!("b{i}"));
+        assert_eq!(
+            direct.peer_seen().expect("ask the peer"),
+            direct.local_addr().to_string()
+        );
+    }
+
+    let client_server = SocketAddrV4::new(CLIENT_ADDR, 9000);
+    let _client_server = NameServer::start(&lab.topo.client.ns, client_server, "client".to_owned());
+    for (i, host) in lab.topo.backends.iter().enumerate() {
+        let mut outbound = host
+            .ns
+            .run(move || NameClient::connect(client_server))
+            .unwrap_or_else(|e| panic!("b{i} -> client at {client_server}: {e}\n{}", lab.daemon.log()));
+        assert_eq!(outbound.ask().expect("the client answers"), "client");
+    }
+
+    // Forwarded out of the interface they came in on, those packets must
+    // not earn the backends an ICMP redirect to the client: one taken would
+    // send the gateway flows' replies around the LB.
+    assert_eq!(lab.names(20).len(), 20, "fresh connections through the VIP work");
+    assert_eq!(through_vip.ask().expect("the VIP flow still works"), backend);
 }
 
 /// Under `forwarding`: an open connection the backend sees coming from the

@@ -121,6 +121,7 @@ impl Daemon {
         preflight::refuse_foreign_snat_addresses(&config)?;
         preflight::refuse_snat_ports_overlapping_ephemeral_ports(&config)?;
         preflight::warn_dsr_backends_not_on_link(&config);
+        preflight::stop_icmp_redirects_under_gateway(&config);
         let loaded_at = SystemTime::now();
         let operator = state_file::load(&config.state_dir)?;
         let pins = PinLayout::new(&config.pin_dir);

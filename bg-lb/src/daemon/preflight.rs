@@ -2,8 +2,8 @@
 //! addresses the host does not have (refused), the SNAT range against the
 //! kernel's ephemeral ports (refused), pins on a
 //! bpffs that dies with the daemon (warned), `dsr` backends that are not
-//! on-link (warned), and the XDP mode auto picks for an interface (see
-//! [`crate::host`]).
+//! on-link (warned), ICMP redirects under a `gateway` service (turned off),
+//! and the XDP mode auto picks for an interface (see [`crate::host`]).
 
 use std::net::UdpSocket;
 
@@ -16,6 +16,7 @@ use crate::{
         bpffs::{self, BpffsView},
         interface,
         ports::{EphemeralPorts, Overlap},
+        redirects,
         routes::{self, NextHop},
     },
 };
@@ -73,6 +74,31 @@ pub(super) fn warn_dsr_backends_not_on_link(config: &Config) {
                  \"gateway\""
             ),
             Err(e) => tracing::warn!(error = %e, "cannot read the routing table; dsr backends not checked"),
+        }
+    }
+}
+
+/// Turns the host's ICMP redirects off while a `gateway` service is
+/// configured: one sent to a backend would route its replies around the LB
+/// ([`redirects`]). A setting that cannot be changed is warned about.
+pub(super) fn stop_icmp_redirects_under_gateway(config: &Config) {
+    if !config.services.iter().any(|s| s.forwarding == Forwarding::Gateway) {
+        return;
+    }
+    for (setting, outcome) in redirects::turn_off(&config.interfaces.names()) {
+        match outcome {
+            Ok(true) => tracing::info!(
+                setting = %setting.display(),
+                "turned ICMP redirects off: a gateway service's backends route their traffic to clients through this \
+                 host, and a redirect would make them send it around the LB"
+            ),
+            Ok(false) => {}
+            Err(e) => tracing::warn!(
+                setting = %setting.display(),
+                error = %e,
+                "cannot turn ICMP redirects off: a backend that accepts one sends its gateway replies around the LB \
+                 and those connections fail. Set it to 0"
+            ),
         }
     }
 }

@@ -41,6 +41,7 @@ impl Daemon {
         }
         self.restart_probes();
         preflight::warn_dsr_backends_not_on_link(&self.config);
+        preflight::stop_icmp_redirects_under_gateway(&self.config);
         tracing::info!(path = %self.config_path.display(), "config reloaded");
         Ok(format!("reloaded {}", self.config_path.display()))
     }

@@ -7,8 +7,10 @@
 //! - [`bpffs`]: whether the pins live on a bpffs that outlives the daemon.
 //! - [`interface`]: the XDP mode `auto` picks for an interface's driver.
 //! - [`routes`]: whether a `dsr` backend is on-link.
+//! - [`redirects`]: the ICMP redirects a `gateway` service needs off.
 
 pub mod bpffs;
 pub mod interface;
 pub mod ports;
+pub mod redirects;
 pub mod routes;
