@@ -148,6 +148,15 @@ fn dsr_backend_sees_the_client_a_ratio_change_moves_new_connections_and_status_s
     let out = lab.daemon.ctl_ok(&["status"]);
     assert!(out.contains("forwarding dsr"), "{out}");
     assert!(out.contains("replies bypass the LB"), "{out}");
+    let backend_rows: Vec<&str> = out
+        .lines()
+        .filter(|l| l.starts_with("  blue ") || l.starts_with("  green "))
+        .collect();
+    assert_eq!(backend_rows.len(), 4, "{out}");
+    assert!(
+        backend_rows.iter().all(|row| row.trim_end().ends_with(" -")),
+        "no bytes out is shown as measured: {out}"
+    );
 }
 
 #[test]

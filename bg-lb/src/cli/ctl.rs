@@ -355,6 +355,9 @@ fn print_service(s: &ServiceStatus) {
         "BYTES IN",
         "BYTES OUT"
     );
+    // A column the mode cannot fill shows "-", not a zero that looks measured.
+    let shown = |applies: bool, value: String| if applies { value } else { "-".to_owned() };
+    let snat = s.forwarding.uses_snat();
     for b in &s.backends {
         println!(
             "  {:<6} {:<22} {:>6} {:>7} {:<10} {:>6} {:>9} {:>15} {:>9} {:>10} {:>12} {:>12}",
@@ -365,11 +368,11 @@ fn print_service(s: &ServiceStatus) {
             b.health,
             b.open_flows,
             b.embryonic_flows,
-            format!("{}/{}", b.snat_ports_in_use, b.snat_ports_capacity),
-            b.snat_ports_exhausted,
+            shown(snat, format!("{}/{}", b.snat_ports_in_use, b.snat_ports_capacity)),
+            shown(snat, b.snat_ports_exhausted.to_string()),
             b.new_flows,
             b.bytes_in,
-            b.bytes_out
+            shown(s.forwarding.sees_replies(), b.bytes_out.to_string())
         );
     }
 }

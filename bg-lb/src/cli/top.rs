@@ -132,6 +132,8 @@ fn render_service(lines: &mut Vec<String>, s: &ServiceStatus, previous: Option<&
         s.name, s.vip, s.ratio
     ));
     let rates_of = |address| previous.and_then(|p| rates(p, current, &s.name, address));
+    // Under `dsr` no reply crosses the LB: "-", not a rate of zero.
+    let replies = s.forwarding.sees_replies();
     for pool in [Pool::Blue, Pool::Green] {
         let members: Vec<_> = s.backends.iter().filter(|b| b.pool == pool).collect();
         let up = members.iter().filter(|b| b.health != BackendHealth::Down).count();
@@ -147,7 +149,9 @@ fn render_service(lines: &mut Vec<String>, s: &ServiceStatus, previous: Option<&
             s.open_flows(pool),
             pool_rates.map_or("-".into(), |r| format!("{:.1}", r.new_flows)),
             pool_rates.map_or("-".into(), |r| bytes_per_second(r.bytes_in)),
-            pool_rates.map_or("-".into(), |r| bytes_per_second(r.bytes_out)),
+            pool_rates
+                .filter(|_| replies)
+                .map_or("-".into(), |r| bytes_per_second(r.bytes_out)),
             members.len(),
         ));
     }
@@ -171,7 +175,8 @@ fn render_service(lines: &mut Vec<String>, s: &ServiceStatus, previous: Option<&
             b.open_flows,
             r.map_or("-".into(), |r| format!("{:.1}", r.new_flows)),
             r.map_or("-".into(), |r| bytes_per_second(r.bytes_in)),
-            r.map_or("-".into(), |r| bytes_per_second(r.bytes_out)),
+            r.filter(|_| replies)
+                .map_or("-".into(), |r| bytes_per_second(r.bytes_out)),
         ));
     }
 }

@@ -39,6 +39,17 @@ impl Forwarding {
         };
     }
 
+    /// Whether flows take a SNAT address and port (the others keep the
+    /// client's).
+    pub const fn uses_snat(self) -> bool {
+        matches!(self, Forwarding::FullNat)
+    }
+
+    /// Whether the backends' replies cross the LB, to be counted.
+    pub const fn sees_replies(self) -> bool {
+        !matches!(self, Forwarding::Dsr)
+    }
+
     /// What the mode cannot do because the backends' replies bypass the LB,
     /// for `ctl status`; `None` when nothing is lost.
     pub const fn limits(self) -> Option<&'static str> {
@@ -89,6 +100,8 @@ mod tests {
                 mode == Forwarding::Dsr,
                 "only dsr loses the reply path"
             );
+            assert_eq!(mode.sees_replies(), mode.limits().is_none());
+            assert_eq!(mode.uses_snat(), mode == Forwarding::FullNat);
         }
         assert!("nat".parse::<Forwarding>().is_err());
     }

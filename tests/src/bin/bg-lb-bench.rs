@@ -1,4 +1,4 @@
-//! `bg-lb-bench [--quick] [--out DIR] [--rounds N] [--seconds S] [--only bg-lb,haproxy,nginx,nftables,direct]
+//! `bg-lb-bench [--quick] [--out DIR] [--rounds N] [--seconds S] [--only bg-lb,bg-lb-gateway,bg-lb-dsr,haproxy,nginx,nftables,direct]
 //! [--workloads new-connections,keep-alive,bulk,paced,syn-flood,latency] [--items macro,micro,sweep,scale]
 //! [--skip-macro] [--skip-micro] [--skip-sweep] [--skip-scale] [--latency-new-rates R,R,..]
 //! [--latency-keep-alive-rates R,R,..]`:
