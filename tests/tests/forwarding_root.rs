@@ -133,9 +133,11 @@ fn dsr_connection_survives_a_kill9_restart_and_status_names_the_mode() {
     connection_survives_a_kill9_restart(Forwarding::Dsr);
 }
 
-#[test]
-fn dsr_backend_sees_the_client_a_ratio_change_moves_new_connections_and_status_says_what_is_lost() {
-    let lab = start_lab(Forwarding::Dsr, "100:0");
+/// Under `forwarding`, from 100:0: a connection the backend sees coming
+/// from the client, then `ctl ratio web 0:100` moves new connections green
+/// while the open one stays pinned. Returns the lab and `ctl status`.
+fn ratio_change_moves_new_connections(forwarding: Forwarding) -> (NameLab, String) {
+    let lab = start_lab(forwarding, "100:0");
     let mut connection = lab.connect();
     let backend = assert_backend_sees_the_client(&lab, &mut connection);
     assert_eq!(pool_of_name(&backend), Pool::Blue);
@@ -144,17 +146,40 @@ fn dsr_backend_sees_the_client_a_ratio_change_moves_new_connections_and_status_s
     lab.daemon.ctl_ok(&["ratio", "web", "0:100"]);
     assert!(lab.names(20).iter().all(|n| pool_of_name(n) == Pool::Green));
     assert_eq!(connection.ask().expect("the pinned connection stays"), backend);
+    let status = lab.daemon.ctl_ok(&["status"]);
+    (lab, status)
+}
 
-    let out = lab.daemon.ctl_ok(&["status"]);
-    assert!(out.contains("forwarding dsr"), "{out}");
-    assert!(out.contains("replies bypass the LB"), "{out}");
-    let backend_rows: Vec<&str> = out
+/// The backend rows of `ctl status` for the lab's four backends.
+fn backend_rows(status: &str) -> Vec<&str> {
+    let rows: Vec<&str> = status
         .lines()
         .filter(|l| l.starts_with("  blue ") || l.starts_with("  green "))
         .collect();
-    assert_eq!(backend_rows.len(), 4, "{out}");
+    assert_eq!(rows.len(), 4, "{status}");
+    rows
+}
+
+#[test]
+fn gateway_backend_sees_the_client_and_a_ratio_change_moves_new_connections() {
+    let (_lab, out) = ratio_change_moves_new_connections(Forwarding::Gateway);
+    assert!(out.contains("forwarding gateway"), "{out}");
+    assert!(!out.contains("replies bypass the LB"), "{out}");
+    // Replies cross the LB: their bytes are counted.
+    let bytes_out: Vec<u64> = backend_rows(&out)
+        .iter()
+        .map(|row| row.rsplit(' ').next().and_then(|b| b.parse().ok()).expect("bytes out"))
+        .collect();
+    assert!(bytes_out.iter().all(|&b| b > 0), "{out}");
+}
+
+#[test]
+fn dsr_backend_sees_the_client_a_ratio_change_moves_new_connections_and_status_says_what_is_lost() {
+    let (_lab, out) = ratio_change_moves_new_connections(Forwarding::Dsr);
+    assert!(out.contains("forwarding dsr"), "{out}");
+    assert!(out.contains("replies bypass the LB"), "{out}");
     assert!(
-        backend_rows.iter().all(|row| row.trim_end().ends_with(" -")),
+        backend_rows(&out).iter().all(|row| row.trim_end().ends_with(" -")),
         "no bytes out is shown as measured: {out}"
     );
 }
