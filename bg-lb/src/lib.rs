@@ -23,6 +23,8 @@
 //!   definition of every command.
 //! - [`ratio`]: pools and the blue:green ratio.
 //! - [`bgp`]: health-gated VIP announcements through BIRD (`[bgp]`).
+//! - [`cluster`]: operator state shared by several hosts in etcd
+//!   (`[cluster]`), behind the same store seam as the local state file.
 //! - [`desired`]: what each listener's table should hold (config + operator + health).
 //! - [`shift`]: progressive shifts judged by data-plane signals (pure).
 //! - [`state_file`]: operator decisions persisted atomically.
@@ -31,6 +33,7 @@
 //! - [`entry`]: what `main` runs.
 pub mod bgp;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod connection_slots;
 pub mod daemon;

@@ -128,8 +128,9 @@ pub enum ShiftOutcome {
     Aborted { rolled_back: bool },
 }
 
-/// One pool's cumulative connection counters (summed over its backends).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// One pool's cumulative connection counters (summed over its backends,
+/// and over the fleet's hosts with `[cluster]`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PoolCounters {
     /// Connections whose handshake the client completed.
     pub new_flows: u64,
@@ -137,6 +138,16 @@ pub struct PoolCounters {
     pub refused: u64,
     /// Established connections reset.
     pub resets: u64,
+}
+
+impl PoolCounters {
+    pub fn plus(&self, other: &PoolCounters) -> PoolCounters {
+        PoolCounters {
+            new_flows: self.new_flows + other.new_flows,
+            refused: self.refused + other.refused,
+            resets: self.resets + other.resets,
+        }
+    }
 }
 
 /// A pool's record over a window.

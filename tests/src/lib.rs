@@ -30,6 +30,8 @@
 //! - [`fleet`]: several LB hosts behind a router running BIRD with ECMP,
 //!   each host with its own BIRD for bg-lb's `[bgp]`; and a prober that
 //!   measures what an event costs new connections.
+//! - [`etcd`]: one etcd process (loopback or a namespace) for the fleet
+//!   tests, killed by PID on drop.
 //! - [`topology`]: named namespaces and the one-arm client/LB/backends segment.
 //! - [`raw`]: hand-made TCP segments from any source (forged RSTs, spoofed
 //!   SYNs) through a raw socket.
@@ -46,6 +48,7 @@ pub mod cmd;
 pub mod container;
 pub mod daemon;
 pub mod deploy;
+pub mod etcd;
 pub mod expect;
 pub mod fleet;
 pub mod flood;

@@ -11,8 +11,9 @@ use crate::test::run_step;
 /// `systemd-analyze verify` of the unit, man-db (with groff) to check the man
 /// page, prometheus for `promtool` (checks and unit tests of the alert
 /// rules), podman, runc and debootstrap to build and run the container
-/// image from a locally made Debian base, and bird2 (BIRD 2), the BGP speaker
-/// of the several-hosts tests (`[bgp]`).
+/// image from a locally made Debian base, bird2 (BIRD 2), the BGP speaker
+/// of the several-hosts tests (`[bgp]`), and etcd-server (etcd 3.4), the
+/// fleet state of the several-hosts tests (`[cluster]`).
 const PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "iproute2",
@@ -24,6 +25,7 @@ const PACKAGES: &[&str] = &[
     "runc",
     "debootstrap",
     "bird2",
+    "etcd-server",
 ];
 /// What `cargo xtask bench` compares bg-lb with, and its load generator;
 /// installed only for the benchmark.

@@ -30,6 +30,11 @@
 //! bird_socket = "/run/bird/bird.ctl"
 //! protocol_name = "bglb_vips"       # the static protocol the include defines
 //!
+//! [cluster]                         # fleet state in etcd; absent: this host alone (state_dir)
+//! etcd = ["http://10.0.0.5:2379"]   # etcd 3.4+ client URLs (plain http), tried in turn
+//! host = "lb1"                      # this host's name in the fleet, unique per host
+//! prefix = "/bg-lb"                 # where the fleet's keys live
+//!
 //! [[service]]
 //! name = "web"
 //! vip = "10.0.0.100:80"
@@ -75,6 +80,7 @@
 //! offending line.
 
 mod bgp;
+mod cluster;
 mod error;
 mod health;
 mod raw;
@@ -145,6 +151,7 @@ pub const DEFAULT_BIRDC: &str = "birdc";
 /// Debian's bird2 control socket.
 pub const DEFAULT_BIRD_SOCKET: &str = "/run/bird/bird.ctl";
 pub const DEFAULT_BGP_PROTOCOL: &str = "bglb_vips";
+pub const DEFAULT_CLUSTER_PREFIX: &str = "/bg-lb";
 
 /// The validated configuration.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -169,6 +176,9 @@ pub struct Config {
     pub timeouts: FlowTimeouts,
     /// `[bgp]`: announce the VIPs through BIRD; `None` announces nothing.
     pub bgp: Option<BgpConfig>,
+    /// `[cluster]`: operator state shared by the fleet in etcd; `None`
+    /// keeps it in `state_dir` for this host alone.
+    pub cluster: Option<ClusterConfig>,
     pub services: Vec<ServiceConfig>,
 }
 
@@ -242,6 +252,18 @@ pub struct BgpConfig {
     pub bird_socket: PathBuf,
     /// The static protocol the include file defines; export filters match it.
     pub protocol_name: String,
+}
+
+/// `[cluster]`: the etcd that holds the fleet's operator state (see
+/// [`crate::cluster`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// `host:port` of each etcd client URL, tried in turn.
+    pub etcd: Vec<String>,
+    /// This host's name: its keys (counters, health, shift leadership).
+    pub host: String,
+    /// Every key of the fleet is under `prefix/`; no trailing `/`.
+    pub prefix: String,
 }
 
 /// A listener's connection cap and idle timeout (see

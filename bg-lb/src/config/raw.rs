@@ -26,6 +26,7 @@ pub(super) struct RawConfig {
     pub(super) metrics_idle_timeout: Option<Spanned<String>>,
     pub(super) timeouts: Option<RawTimeouts>,
     pub(super) bgp: Option<RawBgp>,
+    pub(super) cluster: Option<RawCluster>,
     #[serde(default)]
     pub(super) service: Vec<RawService>,
 }
@@ -37,6 +38,14 @@ pub(super) struct RawBgp {
     pub(super) birdc: Option<Spanned<String>>,
     pub(super) bird_socket: Option<Spanned<String>>,
     pub(super) protocol_name: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawCluster {
+    pub(super) etcd: Spanned<Vec<Spanned<String>>>,
+    pub(super) host: Spanned<String>,
+    pub(super) prefix: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]

@@ -92,6 +92,7 @@ fn full_one_arm_config_parses_to_expected_structs() {
             syn: Duration::from_secs(2),
         },
         bgp: None,
+        cluster: None,
         services: vec![
             ServiceConfig {
                 name: "web".into(),
@@ -219,6 +220,7 @@ fn absent_optional_keys_take_their_defaults() {
             syn: Duration::from_secs(10),
         },
         bgp: None,
+        cluster: None,
         services: vec![ServiceConfig {
             name: "web".into(),
             vip: "10.0.0.100:80".parse().unwrap(),

@@ -12,7 +12,7 @@ use toml::Spanned;
 use super::{
     AdminConfig, Config, DEFAULT_ADMIN_LIMITS, DEFAULT_ADMIN_SOCKET, DEFAULT_METRICS_LIMITS, DEFAULT_PIN_DIR,
     DEFAULT_SNAT_PORTS, DEFAULT_STATE_DIR, DEFAULT_TIMEOUTS, DEFAULT_XDP_MODE, Interfaces, ListenerLimits,
-    MAX_CONNECTIONS_RANGE, bgp,
+    MAX_CONNECTIONS_RANGE, bgp, cluster,
     error::{Invalid, line_of},
     raw::{RawAdmin, RawConfig, RawTimeouts},
     services::{check_lookup_capacity, services},
@@ -46,6 +46,7 @@ pub(super) fn validate(raw: RawConfig, text: &str) -> Result<Config, Invalid> {
     )?;
     let timeouts = raw.timeouts.as_ref().map_or(Ok(DEFAULT_TIMEOUTS), timeouts)?;
     let bgp = raw.bgp.as_ref().map(bgp::bgp).transpose()?;
+    let cluster = raw.cluster.as_ref().map(cluster::cluster).transpose()?;
     let services = services(&raw.service, &snat, text)?;
     check_lookup_capacity(lookup_capacity, raw.lookup_capacity.as_ref(), &raw.service, &services)?;
     Ok(Config {
@@ -62,6 +63,7 @@ pub(super) fn validate(raw: RawConfig, text: &str) -> Result<Config, Invalid> {
         metrics_limits,
         timeouts,
         bgp,
+        cluster,
         services,
     })
 }

@@ -8,7 +8,6 @@ use crate::{
     desired::{Health, HealthView},
     health::Failure,
     protocol::{BgpStatus, NodeAction, Reply},
-    state_file,
 };
 
 impl Daemon {
@@ -73,7 +72,7 @@ impl Daemon {
         let drained = action == NodeAction::Drain;
         let previous = self.operator.node_drained;
         self.operator.node_drained = drained;
-        if let Err(e) = state_file::save(&self.config.state_dir, &self.operator) {
+        if let Err(e) = self.store.save(&self.operator) {
             self.operator.node_drained = previous;
             return Err(RequestError::NotPersisted(e));
         }

@@ -13,10 +13,11 @@ use super::{Daemon, RequestError, SWEEP_DUTY_CYCLE, sweeper::Done};
 use crate::dataplane::sweep::SweepReport;
 
 impl Daemon {
-    /// Once a second: flow housekeeping, then progressive shifts, then SYN
-    /// floods.
+    /// Once a second: flow housekeeping, then the fleet's counters and
+    /// shift leads (`[cluster]`), then progressive shifts, then SYN floods.
     pub fn tick(&mut self) {
         self.request_sweep(Duration::from_secs(1));
+        self.tick_fleet();
         self.tick_shifts();
         if let Err(e) = self.log_syn_floods() {
             tracing::error!(error = %e, "reading the SYN flood detectors failed");

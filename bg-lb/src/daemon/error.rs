@@ -4,12 +4,12 @@
 use std::net::SocketAddrV4;
 
 use crate::{
+    cluster::store::StoreError,
     config::{self, ConfigError},
     dataplane::DataplaneError,
     protocol::{MAX_FLOWS_LIMIT, MAX_REQUEST_BYTES},
     ratio::{Pool, Ratio},
     shift::PlanError,
-    state_file::StateError,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +40,8 @@ pub enum RequestError {
     ShiftRunning { service: String },
     #[error("a shift of {service} is already running; `ctl shift {service} --abort` stops it")]
     ShiftAlreadyRunning { service: String },
+    #[error("another host still holds the lead of {service}'s last shift (it goes within seconds); retry")]
+    ShiftLeadHeld { service: String },
     #[error("no shift of {service} is running")]
     NoShiftRunning { service: String },
     #[error("interval {0}s is not a duration")]
@@ -64,7 +66,7 @@ pub enum RequestError {
     #[error("this daemon announces no VIP (its config has no [bgp] table), so there is nothing to drain or resume")]
     NoBgp,
     #[error("not applied: cannot persist the change: {0}")]
-    NotPersisted(#[source] StateError),
+    NotPersisted(#[source] StoreError),
     #[error("config rejected, still serving the previous one: {0}")]
     ConfigInvalid(#[source] ConfigError),
     #[error("config rejected: changing {0} needs a restart; still serving the previous config")]

@@ -12,6 +12,7 @@ use std::{
 mod announce;
 mod census;
 mod error;
+mod fleet;
 mod floods;
 mod last_health;
 mod operator;
@@ -35,6 +36,7 @@ pub use self::{error::RequestError, sweeper::Done};
 use self::{last_health::LastHealth, sweeper::Sweeper, systemd::Notifier};
 use crate::{
     bgp::speaker::Speaker,
+    cluster::{store::StateStore, watch::FleetUpdate},
     config::{self, Config, ServiceConfig},
     dataplane::{Attached, Dataplane, DataplaneError, DataplaneOptions, housekeeping::FlowCensus, pins::PinLayout},
     desired::Health,
@@ -42,7 +44,7 @@ use crate::{
     metrics::{self, AdminRequests, ProbeStats, ReloadStats},
     protocol::{Reply, Request, parse_request},
     ratio::Ratio,
-    state_file::{self, OperatorState},
+    state_file::OperatorState,
 };
 
 /// `status` asks for a new count unless the cost bound says otherwise, and
@@ -76,6 +78,8 @@ pub struct Daemon {
     config_path: PathBuf,
     config: Config,
     operator: OperatorState,
+    /// Where `operator` is kept: `state_dir`, or the fleet's etcd.
+    store: StateStore,
     dataplane: Dataplane,
     health: Health,
     /// Each check's health as saved for the next start.
@@ -123,7 +127,7 @@ impl Daemon {
         preflight::warn_dsr_backends_not_on_link(&config);
         preflight::stop_icmp_redirects_under_gateway(&config);
         let loaded_at = SystemTime::now();
-        let operator = state_file::load(&config.state_dir)?;
+        let (store, operator) = StateStore::open(&config.state_dir, config.cluster.as_ref())?;
         let pins = PinLayout::new(&config.pin_dir);
         let mounted_bpffs = pins.prepare()?;
         preflight::warn_if_pins_die_with_daemon(&pins, mounted_bpffs);
@@ -164,6 +168,7 @@ impl Daemon {
             config_path: config_path.to_owned(),
             config,
             operator,
+            store,
             dataplane,
             health,
             last_health,
@@ -199,6 +204,12 @@ impl Daemon {
 
     pub fn take_ebpf_logger(&mut self) -> Option<crate::dataplane::EbpfLogger> {
         self.dataplane.take_logger()
+    }
+
+    /// New revisions of the fleet state (`[cluster]`); feed each to
+    /// [`Daemon::on_fleet`]. Taken once; `None` on a host alone.
+    pub fn take_fleet_updates(&mut self) -> Option<mpsc::UnboundedReceiver<FleetUpdate>> {
+        self.store.fleet_mut()?.take_updates()
     }
 
     pub fn config(&self) -> &Config {

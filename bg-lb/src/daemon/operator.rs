@@ -51,7 +51,7 @@ impl Daemon {
 
     pub(super) fn set_ratio(&mut self, name: &str, ratio: Ratio, force: bool) -> Result<Reply, RequestError> {
         let service = self.service(name)?.clone();
-        if self.shifts.contains_key(name) {
+        if self.shift_running(name) {
             return Err(RequestError::ShiftRunning {
                 service: name.to_owned(),
             });
@@ -110,7 +110,7 @@ impl Daemon {
     }
 
     /// Changes the operator state of `service`, persists it, then programs
-    /// the data plane; on failure neither the file nor the data plane change.
+    /// the data plane; on failure neither the store nor the data plane change.
     pub(super) fn update_operator(
         &mut self,
         service: &ServiceConfig,
@@ -118,13 +118,15 @@ impl Daemon {
     ) -> Result<(), RequestError> {
         let previous = self.operator.clone();
         change(self.operator.services.entry(service.name.clone()).or_default());
-        let result = state_file::save(&self.config.state_dir, &self.operator)
+        let result = self
+            .store
+            .save(&self.operator)
             .map_err(RequestError::NotPersisted)
             .and_then(|()| self.apply_service(service).map_err(RequestError::Dataplane));
         if result.is_err() {
             self.operator = previous;
             // Best effort: the file may already hold the new state.
-            let _ = state_file::save(&self.config.state_dir, &self.operator);
+            let _ = self.store.save(&self.operator);
         }
         result
     }

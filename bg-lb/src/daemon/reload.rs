@@ -60,6 +60,7 @@ fn restart_only_change(old: &Config, new: &Config) -> Option<&'static str> {
         (old.state_dir != new.state_dir, "state_dir"),
         (old.admin != new.admin, "[admin]"),
         (old.bgp != new.bgp, "[bgp]"),
+        (old.cluster != new.cluster, "[cluster]"),
         (old.metrics != new.metrics, "metrics"),
         (
             old.metrics_limits != new.metrics_limits,

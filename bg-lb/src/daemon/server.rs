@@ -52,6 +52,7 @@ pub async fn run(config_path: PathBuf, detach_on_exit: bool) -> anyhow::Result<(
     if let Some(logger) = daemon.take_ebpf_logger() {
         tokio::spawn(forward_ebpf_logs(logger));
     }
+    let mut fleet = daemon.take_fleet_updates();
     let (jobs, mut queue) = mpsc::channel::<Job>(64);
     tokio::spawn(accept_loop(listener, jobs, daemon.config().admin.limits));
     let mut terminate = signal(SignalKind::terminate())?;
@@ -64,6 +65,10 @@ pub async fn run(config_path: PathBuf, detach_on_exit: bool) -> anyhow::Result<(
         tokio::select! {
             Some((line, reply)) = queue.recv() => daemon.handle_line(&line, reply),
             Some(done) = sweeper.recv() => daemon.on_sweeper(done),
+            Some(update) = next(&mut fleet) => {
+                daemon.on_fleet(update);
+                daemon.announce();
+            }
             Some(reply) = scrape_requests.recv() => {
                 let _ = reply.send(daemon.metrics_snapshot().map_err(|e| e.to_string()));
             }
@@ -105,6 +110,14 @@ async fn tick(timer: &mut Option<tokio::time::Interval>) {
         Some(timer) => {
             timer.tick().await;
         }
+        None => std::future::pending().await,
+    }
+}
+
+/// The next message of an optional channel; never without one.
+async fn next<T>(channel: &mut Option<mpsc::UnboundedReceiver<T>>) -> Option<T> {
+    match channel {
+        Some(channel) => channel.recv().await,
         None => std::future::pending().await,
     }
 }

@@ -22,7 +22,7 @@ pub struct ActiveShift {
 }
 
 impl ActiveShift {
-    fn new(plan: &ShiftPlan) -> Self {
+    pub(super) fn new(plan: &ShiftPlan) -> Self {
         // Judge over the last interval, but never less than 5 s of traffic.
         let span = plan.interval.max(Duration::from_secs(5));
         ActiveShift {
@@ -34,8 +34,13 @@ impl ActiveShift {
 }
 
 impl Daemon {
-    /// Resumes shifts a previous daemon left running.
+    /// Resumes shifts a previous daemon left running. With `[cluster]` the
+    /// host that takes the shift's lead resumes it instead (see
+    /// [`Daemon::tick_fleet`]).
     pub(super) fn resume_shifts(&mut self) {
+        if self.store.fleet().is_some() {
+            return;
+        }
         for (name, state) in &self.operator.services {
             if let Some(record) = state.shift.as_ref().filter(|r| r.outcome == ShiftOutcome::Running) {
                 tracing::info!(service = %name, step = record.step, "resuming the progressive shift");
@@ -56,8 +61,15 @@ impl Daemon {
         };
         let name = request.service.as_str();
         let service = self.service(name)?.clone();
-        if self.shifts.contains_key(name) {
+        if self.shift_running(name) {
             return Err(RequestError::ShiftAlreadyRunning {
+                service: name.to_owned(),
+            });
+        }
+        if let Some(fleet) = self.store.fleet()
+            && !fleet.lead(name).map_err(RequestError::NotPersisted)?
+        {
+            return Err(RequestError::ShiftLeadHeld {
                 service: name.to_owned(),
             });
         }
@@ -82,6 +94,7 @@ impl Daemon {
         let started = self.set_shift_ratio(&service, first, record);
         if started.is_err() {
             self.shifts.remove(name);
+            self.release_lead(name);
         }
         started?;
         tracing::info!(service = name, from = %start_ratio, to = %first, "progressive shift started");
@@ -98,11 +111,14 @@ impl Daemon {
     /// Stops a running shift, back where it began or holding where it is.
     pub(super) fn abort_shift(&mut self, name: &str, rollback: bool) -> Result<Reply, RequestError> {
         let service = self.service(name)?.clone();
-        if self.shifts.remove(name).is_none() {
+        // With `[cluster]` another host may drive it: the fleet state says.
+        let driven_here = self.shifts.remove(name).is_some();
+        if !driven_here && !self.shift_running(name) {
             return Err(RequestError::NoShiftRunning {
                 service: name.to_owned(),
             });
         }
+        self.release_lead(name);
         let mut record = self.shift_record(name).ok_or(RequestError::ShiftWithoutRecord)?;
         let current = desired::ratio(&service, self.operator.services.get(name));
         record.outcome = ShiftOutcome::Aborted { rolled_back: rollback };
@@ -122,7 +138,7 @@ impl Daemon {
     /// All new connections to `pool` at once, if its backends are healthy.
     pub(super) fn promote(&mut self, name: &str, pool: Pool, force: bool) -> Result<Reply, RequestError> {
         let service = self.service(name)?.clone();
-        if self.shifts.contains_key(name) {
+        if self.shift_running(name) {
             return Err(RequestError::PromoteDuringShift {
                 service: name.to_owned(),
             });
@@ -136,7 +152,7 @@ impl Daemon {
     /// Back to the ratio before the latest change (a running shift is
     /// aborted back to where it began).
     pub(super) fn rollback(&mut self, name: &str) -> Result<Reply, RequestError> {
-        if self.shifts.contains_key(name) {
+        if self.shift_running(name) {
             return self.abort_shift(name, true);
         }
         let previous = self
@@ -163,7 +179,7 @@ impl Daemon {
     fn tick_shift(&mut self, name: &str) -> Result<(), RequestError> {
         let service = self.service(name)?.clone();
         let mut record = self.shift_record(name).ok_or(RequestError::ShiftWithoutRecord)?;
-        let counters = self.pool_counters(&service)?;
+        let counters = self.shift_counters(&service)?;
         let down = self.down_backend(&service, record.plan.to);
         let active = self.shifts.get_mut(name).ok_or(RequestError::NoActiveShift)?;
         active.window.push(active.started.elapsed(), counters);
@@ -190,6 +206,7 @@ impl Daemon {
             }
             Verdict::Complete => {
                 self.shifts.remove(name);
+                self.release_lead(name);
                 record.outcome = ShiftOutcome::Completed;
                 let ratio = record.plan.ratio_at(record.plan.steps[record.step]);
                 tracing::info!(service = name, %ratio, "progressive shift completed");
@@ -197,6 +214,7 @@ impl Daemon {
             }
             Verdict::RollBack(reason) => {
                 self.shifts.remove(name);
+                self.release_lead(name);
                 let ratio = record.start_ratio;
                 tracing::error!(service = name, %reason, back_to = %ratio, "progressive shift ROLLED BACK");
                 record.outcome = ShiftOutcome::RolledBack { reason };
@@ -208,6 +226,12 @@ impl Daemon {
 
     fn shift_record(&self, name: &str) -> Option<ShiftRecord> {
         self.operator.services.get(name)?.shift.clone()
+    }
+
+    /// A shift of `name` runs, here or (`[cluster]`) on another host.
+    pub(super) fn shift_running(&self, name: &str) -> bool {
+        self.shift_record(name)
+            .is_some_and(|r| r.outcome == ShiftOutcome::Running)
     }
 
     /// Sets the ratio and the shift record in one persisted change.
@@ -244,8 +268,9 @@ impl Daemon {
         })
     }
 
-    /// Both pools' cumulative counters on the live VIP (blue, green).
-    fn pool_counters(&self, service: &ServiceConfig) -> Result<[PoolCounters; 2], RequestError> {
+    /// Both pools' cumulative counters on this host's live VIP (blue,
+    /// green).
+    pub(super) fn pool_counters(&self, service: &ServiceConfig) -> Result<[PoolCounters; 2], RequestError> {
         let mut pools = [PoolCounters::default(); 2];
         for b in &service.backends {
             let Some(id) = self.dataplane.backend_id(&service.vip, &b.address) else {

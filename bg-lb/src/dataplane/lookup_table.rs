@@ -74,7 +74,14 @@ pub fn slot_quotas(backends: &[TableBackend], ratio: Ratio, size: u32) -> Vec<u3
 
 /// The table: `size` slots of backend ids, or all [`NO_BACKEND`] when no
 /// backend may take new flows.
+///
+/// Backends are placed in address order, not in the order given: hosts
+/// whose configs list the same backends in different orders build the same
+/// table, so a flow that ECMP moves to another host keeps its backend.
 pub fn build(backends: &[TableBackend], ratio: Ratio, size: u32) -> Vec<u32> {
+    let mut backends = backends.to_vec();
+    backends.sort_by_key(|b| b.addr);
+    let backends = backends.as_slice();
     let quotas = slot_quotas(backends, ratio, size);
     let mut table = vec![NO_BACKEND; size as usize];
     let Some(&max_quota) = quotas.iter().max().filter(|&&q| q > 0) else {
@@ -400,6 +407,38 @@ mod tests {
             assert_eq!(cache.build(&lighter, other, M), build(&lighter, other, M));
         }
         assert!(cache.tables.len() <= TableCache::ENTRIES);
+    }
+
+    /// What several hosts rely on: the same backends, ratio and weights
+    /// give the same bytes whatever the order the config lists them in, and
+    /// a host that numbers its backends otherwise (its own id history)
+    /// still names the same backend in every slot.
+    #[test]
+    fn hosts_build_byte_identical_tables_from_the_same_backends_listed_in_any_order() {
+        let ratio = Ratio::new(37).unwrap();
+        let bytes = |table: &[u32]| table.iter().flat_map(|s| s.to_ne_bytes()).collect::<Vec<u8>>();
+        let one_host = build(&mixed(), ratio, M);
+        let mut reordered = mixed();
+        reordered.reverse();
+        reordered.swap(1, 4);
+        assert_eq!(bytes(&build(&reordered, ratio, M)), bytes(&one_host));
+        assert_eq!(
+            bytes(&TableCache::default().build(&reordered, ratio, M)),
+            bytes(&one_host)
+        );
+
+        let renumbered: Vec<TableBackend> = reordered
+            .iter()
+            .map(|b| TableBackend {
+                id: 40 - b.id,
+                ..b.clone()
+            })
+            .collect();
+        let other_host = build(&renumbered, ratio, M);
+        let address = |backends: &[TableBackend], id: u32| backends.iter().find(|b| b.id == id).map(|b| b.addr);
+        for (slot, (&a, &b)) in one_host.iter().zip(&other_host).enumerate() {
+            assert_eq!(address(&mixed(), a), address(&renumbered, b), "slot {slot}");
+        }
     }
 
     #[test]

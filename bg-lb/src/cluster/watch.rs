@@ -1,0 +1,61 @@
+//! Following the fleet state: the etcd thread reads its key every
+//! [`POLL`] and hands each new revision to the daemon's event loop.
+//!
+//! A poll rather than an etcd watch stream: the state is one small key, a
+//! read every 200 ms costs etcd nothing, and a poll has no stream to resume
+//! after etcd restarts or compacts, where a watch must reconnect from the
+//! right revision. Either way a host applies a change well within 1 s.
+
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use super::etcd::Etcd;
+
+pub const POLL: Duration = Duration::from_millis(200);
+
+/// The fleet state as etcd holds it at `revision` (the key's mod revision).
+#[derive(Debug)]
+pub struct FleetUpdate {
+    pub revision: i64,
+    pub value: Vec<u8>,
+}
+
+/// Polls `key` until the daemon stops listening. Logs when etcd stops and
+/// starts answering: the hosts forward on with their last state meanwhile.
+pub async fn run(etcd: Etcd, key: String, updates: mpsc::UnboundedSender<FleetUpdate>) {
+    let mut seen = None;
+    let mut reachable = true;
+    loop {
+        match etcd.get(&key).await {
+            Ok((_, kv)) => {
+                if !reachable {
+                    tracing::info!(etcd = %etcd.endpoints(), "etcd answers again: fleet changes are accepted");
+                    reachable = true;
+                }
+                if let Some(kv) = kv.filter(|kv| seen != Some(kv.mod_revision)) {
+                    seen = Some(kv.mod_revision);
+                    let update = FleetUpdate {
+                        revision: kv.mod_revision,
+                        value: kv.value,
+                    };
+                    if updates.send(update).is_err() {
+                        return;
+                    }
+                }
+            }
+            Err(error) if reachable => {
+                tracing::warn!(
+                    %error,
+                    "forwarding goes on with the last fleet state; changes are refused until etcd answers"
+                );
+                reachable = false;
+            }
+            Err(_) => {}
+        }
+        if updates.is_closed() {
+            return;
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
