@@ -12,7 +12,8 @@ use crate::test::run_step;
 /// page, prometheus for `promtool` (checks and unit tests of the alert
 /// rules), podman, runc and debootstrap to build and run the container
 /// image from a locally made Debian base, and bird2 (BIRD 2), the BGP speaker
-/// of the several-hosts tests (`[bgp]`).
+/// of the several-hosts tests (`[bgp]`), curl and openssl for the remote
+/// API's tests (a client, and a certificate for its TLS).
 const PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "iproute2",
@@ -24,6 +25,8 @@ const PACKAGES: &[&str] = &[
     "runc",
     "debootstrap",
     "bird2",
+    "curl",
+    "openssl",
 ];
 /// What `cargo xtask bench` compares bg-lb with, and its load generator;
 /// installed only for the benchmark.

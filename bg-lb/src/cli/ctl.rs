@@ -120,6 +120,8 @@ pub fn run(args: CtlArgs) -> anyhow::Result<ExitCode> {
             return wait_drained(&mut client, &service, target, timeout, args.json);
         }
         CtlCommand::Backend(request) => Request::Backend(request),
+        CtlCommand::BackendAdd(request) => Request::BackendAdd(request),
+        CtlCommand::BackendRemove(request) => Request::BackendRemove(request),
         CtlCommand::Flows(request) => Request::Flows(request),
         CtlCommand::Reload => Request::Reload,
         CtlCommand::Shift(shift) => {
@@ -357,7 +359,7 @@ fn print_service(s: &ServiceStatus) {
     );
     for b in &s.backends {
         println!(
-            "  {:<6} {:<22} {:>6} {:>7} {:<10} {:>6} {:>9} {:>15} {:>9} {:>10} {:>12} {:>12}",
+            "  {:<6} {:<22} {:>6} {:>7} {:<10} {:>6} {:>9} {:>15} {:>9} {:>10} {:>12} {:>12}{}",
             b.pool.to_string(),
             b.address.to_string(),
             b.weight,
@@ -369,7 +371,8 @@ fn print_service(s: &ServiceStatus) {
             b.snat_ports_exhausted,
             b.new_flows,
             b.bytes_in,
-            b.bytes_out
+            b.bytes_out,
+            if b.added_at_runtime { "  (added at runtime)" } else { "" }
         );
     }
 }

@@ -24,6 +24,7 @@ pub(super) struct RawConfig {
     pub(super) metrics: Option<Spanned<String>>,
     pub(super) metrics_max_connections: Option<Spanned<i64>>,
     pub(super) metrics_idle_timeout: Option<Spanned<String>>,
+    pub(super) api: Option<RawApi>,
     pub(super) timeouts: Option<RawTimeouts>,
     pub(super) bgp: Option<RawBgp>,
     #[serde(default)]
@@ -37,6 +38,18 @@ pub(super) struct RawBgp {
     pub(super) birdc: Option<Spanned<String>>,
     pub(super) bird_socket: Option<Spanned<String>>,
     pub(super) protocol_name: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawApi {
+    pub(super) listen: Spanned<String>,
+    pub(super) token_file: Spanned<String>,
+    pub(super) read_only_token_file: Option<Spanned<String>>,
+    pub(super) tls_cert: Option<Spanned<String>>,
+    pub(super) tls_key: Option<Spanned<String>>,
+    pub(super) max_connections: Option<Spanned<i64>>,
+    pub(super) idle_timeout: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
