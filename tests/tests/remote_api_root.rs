@@ -85,17 +85,17 @@ impl Drop for Secrets {
     }
 }
 
-/// The lab with 3 backends, the config listing b0 (blue) and b1 (green):
-/// b2 runs for a test to add.
+/// The lab with 4 backends, the config listing b0, b1 (blue) and b2
+/// (green): b3 runs for a test to add.
 fn lab(secrets: &Secrets) -> NameLab {
     let tables = secrets.api_table();
     let config = NameLabConfig {
         tables: &tables,
         service: "ratio = \"50:50\"\nlookup_table_size = 251\n",
-        listed: Some(2),
+        listed: Some(3),
         ..NameLabConfig::default()
     };
-    NameLab::start(BG_LB, 3, None, &config)
+    NameLab::start(BG_LB, 4, None, &config)
 }
 
 /// `curl` in the LB's namespace: the HTTP status and the reply.
@@ -146,10 +146,16 @@ fn the_admin_token_changes_the_ratio_while_missing_wrong_and_read_only_tokens_ch
     let (status, reply) = call(&lab, &ca, Some(ADMIN_TOKEN), "ratio", to_green);
     assert_eq!(status, 200, "{reply:?}");
     assert_eq!(lab.daemon.status(SERVICE).ratio.to_string(), "0:100");
-    assert!(lab.names(20).iter().all(|n| n == "b1"), "new connections go green");
+    assert!(lab.names(20).iter().all(|n| n == "b2"), "new connections go green");
 
     // The daemon's refusal comes back as the admin socket's error.
-    let (status, reply) = call(&lab, &ca, Some(ADMIN_TOKEN), "rollback", r#"{"service":"nope"}"#);
+    let (status, reply) = call(
+        &lab,
+        &ca,
+        Some(ADMIN_TOKEN),
+        "promote",
+        r#"{"service":"nope","pool":"blue"}"#,
+    );
     assert_eq!(status, 409);
     assert!(reply.error.unwrap().contains("no service \"nope\""));
 }
@@ -159,14 +165,14 @@ fn a_backend_added_through_the_api_serves_survives_a_restart_and_drains_when_rem
     let secrets = Secrets::new("backends");
     let mut lab = lab(&secrets);
     let ca = secrets.path("api.crt");
-    let b2 = lab.backend_addr(2);
+    let b3 = lab.backend_addr(3);
 
-    let bad = format!(r#"{{"service":"web","address":"{b2}","pool":"blue","weight":5000}}"#);
+    let bad = format!(r#"{{"service":"web","address":"{b3}","pool":"green","weight":5000}}"#);
     let (status, reply) = call(&lab, &ca, Some(ADMIN_TOKEN), "backend-add", &bad);
     assert_eq!(status, 409, "{reply:?}");
     assert!(reply.error.unwrap().contains("weight 5000"), "checked like the config");
 
-    let add = format!(r#"{{"service":"web","address":"{b2}","pool":"blue"}}"#);
+    let add = format!(r#"{{"service":"web","address":"{b3}","pool":"green"}}"#);
     let (status, reply) = call(&lab, &ca, Some(ADMIN_TOKEN), "backend-add", &add);
     assert_eq!(status, 200, "{reply:?}");
     let added = |lab: &NameLab| {
@@ -174,12 +180,12 @@ fn a_backend_added_through_the_api_serves_survives_a_restart_and_drains_when_rem
         status
             .backends
             .iter()
-            .find(|b| b.address == b2)
+            .find(|b| b.address == b3)
             .map(|b| b.added_at_runtime)
     };
     assert_eq!(added(&lab), Some(true));
     assert!(lab.daemon.ctl_ok(&["status"]).contains("(added at runtime)"));
-    let served = |lab: &NameLab| lab.names(60).iter().filter(|n| *n == "b2").count();
+    let served = |lab: &NameLab| lab.names(60).iter().filter(|n| *n == "b3").count();
     assert!(served(&lab) > 0, "the added backend takes new connections");
 
     lab.daemon.terminate();
@@ -188,7 +194,7 @@ fn a_backend_added_through_the_api_serves_survives_a_restart_and_drains_when_rem
     assert!(served(&lab) > 0, "and serving after it");
 
     // Removed over the admin socket, the other way in.
-    let address = b2.to_string();
+    let address = b3.to_string();
     lab.daemon.ctl_ok(&["backend-remove", SERVICE, &address]);
     assert_eq!(added(&lab), None);
     assert_eq!(served(&lab), 0, "no new connection for a removed backend");
