@@ -9,6 +9,8 @@
 //!   health and the data plane, driven by one event loop (admin socket,
 //!   signals, timers); one file per concern; a sweeper thread that sweeps
 //!   the flow table and reports back.
+//! - [`api`]: the remote API (`[api]`): the admin commands over HTTP+JSON
+//!   with bearer tokens and rustls, into the admin socket's request path.
 //! - [`cli`]: the command line, the admin client (`ctl`), `ctl top`, and the
 //!   completions and man page generated from it.
 //! - [`config`]: the TOML config and its validation (file:line:col errors).
@@ -31,6 +33,7 @@
 //! - [`ebpf_objects`]: the eBPF objects embedded at build time.
 //! - [`logging`]: tracing setup, with aya-log bridged in.
 //! - [`entry`]: what `main` runs.
+pub mod api;
 pub mod bgp;
 pub mod cli;
 pub mod cluster;

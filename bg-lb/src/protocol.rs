@@ -11,9 +11,10 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 use crate::{
+    config,
     dataplane::{forwarding::Forwarding, syn_proxy::SynProxyMode},
     ratio::{Pool, Ratio},
-    shift,
+    shift::{self, hooks::PrometheusCheck},
 };
 
 /// Requests longer than this are refused without being parsed.
@@ -33,6 +34,11 @@ pub enum Request {
     Drain(PoolRequest),
     /// Change one backend: weight, or pin it out of / back into rotation.
     Backend(BackendRequest),
+    /// Add a backend to a service at runtime: checked like the config's,
+    /// persisted in the state dir.
+    BackendAdd(BackendAddRequest),
+    /// Remove a backend added at runtime; its open flows drain.
+    BackendRemove(BackendRemoveRequest),
     /// Open flows of a service.
     Flows(FlowsRequest),
     /// Re-read the config file.
@@ -147,6 +153,31 @@ impl fmt::Display for BackendAction {
     }
 }
 
+/// `backend-add`: a backend the config file does not list, kept across
+/// restarts and reloads until `backend-remove`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, clap::Args)]
+#[serde(deny_unknown_fields)]
+pub struct BackendAddRequest {
+    pub service: String,
+    pub address: SocketAddrV4,
+    /// The pool it serves in.
+    #[arg(long)]
+    pub pool: Pool,
+    /// New-flow weight, 0..=1000.
+    #[arg(long, default_value_t = config::DEFAULT_WEIGHT)]
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+}
+
+/// `backend-remove`: only a backend added at runtime; one from the config
+/// file is disabled (`backend ... disable`) or removed from the file.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, clap::Args)]
+#[serde(deny_unknown_fields)]
+pub struct BackendRemoveRequest {
+    pub service: String,
+    pub address: SocketAddrV4,
+}
+
 /// `flows` lists at most this many flows unless asked for more.
 pub const DEFAULT_FLOWS_LIMIT: usize = 100;
 /// `flows` never lists more than this many flows (about 1.5 MB of reply).
@@ -184,6 +215,12 @@ pub struct ShiftRequest {
     pub max_error_rate: f64,
     #[serde(default = "default_min_flows")]
     pub min_flows: u64,
+    /// Analysis hook: a URL each step GETs, a 2xx passing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check_url: Option<String>,
+    /// Analysis hook: a Prometheus query each step checks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check_prometheus: Option<PrometheusCheck>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -199,6 +236,10 @@ pub struct ShiftAbortRequest {
 #[serde(deny_unknown_fields)]
 pub struct ServiceRequest {
     pub service: String,
+}
+
+fn default_weight() -> u32 {
+    config::DEFAULT_WEIGHT
 }
 
 fn default_flows_limit() -> usize {
@@ -231,11 +272,13 @@ fn yes() -> bool {
 
 impl Request {
     /// Every request's `cmd` tag, for per-command metrics.
-    pub const COMMANDS: [&'static str; 11] = [
+    pub const COMMANDS: [&'static str; 13] = [
         "status",
         "ratio",
         "drain",
         "backend",
+        "backend-add",
+        "backend-remove",
         "flows",
         "reload",
         "shift",
@@ -252,6 +295,8 @@ impl Request {
             Request::Ratio(_) => "ratio",
             Request::Drain(_) => "drain",
             Request::Backend(_) => "backend",
+            Request::BackendAdd(_) => "backend-add",
+            Request::BackendRemove(_) => "backend-remove",
             Request::Flows(_) => FLOWS_CMD,
             Request::Reload => "reload",
             Request::Shift(_) => "shift",
@@ -260,6 +305,12 @@ impl Request {
             Request::Rollback(_) => "rollback",
             Request::Node(_) => "node",
         }
+    }
+
+    /// Whether the request only reads: what a read-only token of the remote
+    /// API may send.
+    pub fn is_read_only(&self) -> bool {
+        matches!(self, Request::Status(_) | Request::Flows(_))
     }
 }
 
@@ -390,6 +441,9 @@ pub struct BackendStatus {
     pub weight: u32,
     pub configured_weight: u32,
     pub enabled: bool,
+    /// Added with `backend-add` rather than listed in the config file.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub added_at_runtime: bool,
     /// Live check.
     pub health: BackendHealth,
     /// The live check's last result: "ok" or why it failed.

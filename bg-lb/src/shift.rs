@@ -9,10 +9,13 @@
 //! `min_flows` new flows so a quiet service cannot trip it), rolls the ratio
 //! back to where the shift began, in one atomic swap.
 
+pub mod hooks;
+
 use std::{collections::VecDeque, fmt, time::Duration};
 
 use serde::{Deserialize, Serialize};
 
+use self::hooks::{AnalysisHooks, HookVerdict};
 use crate::ratio::{Pool, Ratio};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -25,6 +28,9 @@ pub struct ShiftPlan {
     /// Fraction of new flows (0..1) that may fail.
     pub max_error_rate: f64,
     pub min_flows: u64,
+    /// Checks outside bg-lb each step must pass.
+    #[serde(default, skip_serializing_if = "AnalysisHooks::is_empty")]
+    pub hooks: AnalysisHooks,
 }
 
 /// Durations persist as whole seconds (plus fraction) in the state file.
@@ -75,6 +81,7 @@ impl ShiftPlan {
         if self.interval.is_zero() {
             return Err(PlanError::ZeroInterval);
         }
+        self.hooks.validate().map_err(PlanError::BadHook)?;
         let have = current.share(self.to);
         self.steps.retain(|&s| s > have);
         if self.steps.is_empty() {
@@ -99,6 +106,8 @@ pub enum PlanError {
     BadErrorRate(f64),
     #[error("the interval must be positive")]
     ZeroInterval,
+    #[error("{0}")]
+    BadHook(String),
     #[error("{pool} already has {have}% (ratio {current}): nothing to shift")]
     NothingToShift { pool: Pool, have: u8, current: Ratio },
 }
@@ -234,16 +243,22 @@ pub enum Verdict {
     RollBack(String),
 }
 
-/// Judges the target pool at one tick.
+/// Judges the target pool at one tick: a down backend or a failed hook
+/// rolls back; a step ends once held for the interval with every hook
+/// passed during it.
 pub fn judge(
     plan: &ShiftPlan,
     step: usize,
     held_for: Duration,
     rates: [PoolRates; 2],
     down_backend: Option<String>,
+    hooks: HookVerdict,
 ) -> Verdict {
     if let Some(down) = down_backend {
         return Verdict::RollBack(format!("{} backend {down}", plan.to));
+    }
+    if let HookVerdict::Failed(reason) = hooks {
+        return Verdict::RollBack(reason);
     }
     let (target, other) = (rates[plan.to.index()], rates[plan.to.other().index()]);
     if target.new_flows >= plan.min_flows
@@ -260,7 +275,10 @@ pub fn judge(
             other
         ));
     }
-    match (held_for >= plan.interval, step + 1 < plan.steps.len()) {
+    match (
+        held_for >= plan.interval && hooks == HookVerdict::Pass,
+        step + 1 < plan.steps.len(),
+    ) {
         (false, _) => Verdict::Hold,
         (true, true) => Verdict::Advance,
         (true, false) => Verdict::Complete,
@@ -303,8 +321,11 @@ mod tests {
             interval: Duration::from_secs(30),
             max_error_rate: 0.01,
             min_flows: 20,
+            hooks: AnalysisHooks::default(),
         }
     }
+
+    const PASS: HookVerdict = HookVerdict::Pass;
 
     fn rates(blue: (u64, u64), green: (u64, u64)) -> [PoolRates; 2] {
         [
@@ -324,9 +345,9 @@ mod tests {
     #[test]
     fn holds_each_step_for_the_interval_then_advances_and_completes() {
         let clean = rates((100, 0), (100, 0));
-        assert_eq!(judge(&plan(), 0, SECS(29), clean, None), Verdict::Hold);
-        assert_eq!(judge(&plan(), 0, SECS(30), clean, None), Verdict::Advance);
-        assert_eq!(judge(&plan(), 3, SECS(30), clean, None), Verdict::Complete);
+        assert_eq!(judge(&plan(), 0, SECS(29), clean, None, PASS), Verdict::Hold);
+        assert_eq!(judge(&plan(), 0, SECS(30), clean, None, PASS), Verdict::Advance);
+        assert_eq!(judge(&plan(), 3, SECS(30), clean, None, PASS), Verdict::Complete);
     }
 
     #[test]
@@ -337,6 +358,7 @@ mod tests {
             SECS(1),
             rates((0, 0), (0, 0)),
             Some("10.0.1.11:8080 down (HTTP 500)".into()),
+            PASS,
         );
         assert_eq!(
             verdict,
@@ -346,7 +368,7 @@ mod tests {
 
     #[test]
     fn an_error_rate_over_the_max_and_over_the_other_pool_rolls_back() {
-        let Verdict::RollBack(why) = judge(&plan(), 1, SECS(5), rates((200, 25), (800, 0)), None) else {
+        let Verdict::RollBack(why) = judge(&plan(), 1, SECS(5), rates((200, 25), (800, 0)), None, PASS) else {
             panic!("should roll back")
         };
         assert!(why.contains("blue error rate 12.5% over the max 1.0%"), "{why}");
@@ -357,14 +379,37 @@ mod tests {
     fn errors_everywhere_do_not_blame_the_target_pool() {
         // Both pools fail alike (a client or network problem): hold.
         assert_eq!(
-            judge(&plan(), 1, SECS(5), rates((100, 5), (100, 8)), None),
+            judge(&plan(), 1, SECS(5), rates((100, 5), (100, 8)), None, PASS),
             Verdict::Hold
         );
     }
 
     #[test]
+    fn a_step_is_held_until_its_hooks_pass_and_a_failed_hook_rolls_back_naming_it() {
+        let clean = rates((100, 0), (100, 0));
+        assert_eq!(
+            judge(&plan(), 0, SECS(60), clean, None, HookVerdict::Waiting),
+            Verdict::Hold,
+            "held past the interval while a hook has not passed"
+        );
+        assert_eq!(
+            judge(&plan(), 3, SECS(60), clean, None, HookVerdict::Waiting),
+            Verdict::Hold,
+            "nor does the last step complete"
+        );
+        let failed = HookVerdict::Failed("analysis hook check-url failed: HTTP 500".into());
+        assert_eq!(
+            judge(&plan(), 0, SECS(1), clean, None, failed),
+            Verdict::RollBack("analysis hook check-url failed: HTTP 500".into())
+        );
+    }
+
+    #[test]
     fn a_quiet_service_cannot_trip_the_threshold() {
-        assert_eq!(judge(&plan(), 1, SECS(5), rates((10, 5), (10, 0)), None), Verdict::Hold);
+        assert_eq!(
+            judge(&plan(), 1, SECS(5), rates((10, 5), (10, 0)), None, PASS),
+            Verdict::Hold
+        );
     }
 
     #[test]

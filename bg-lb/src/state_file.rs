@@ -17,7 +17,10 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::{ratio::Ratio, shift::ShiftRecord};
+use crate::{
+    ratio::{Pool, Ratio},
+    shift::ShiftRecord,
+};
 
 pub const STATE_FILE: &str = "state.json";
 
@@ -43,6 +46,9 @@ pub struct ServiceState {
     pub previous_ratio: Option<Ratio>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub backends: BTreeMap<SocketAddrV4, BackendState>,
+    /// Backends added at runtime (`backend-add`), beside the config file's.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub added_backends: BTreeMap<SocketAddrV4, AddedBackend>,
     /// The latest progressive shift, running or finished.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shift: Option<ShiftRecord>,
@@ -57,6 +63,14 @@ pub struct BackendState {
     /// A disabled backend takes no new flows whatever its health or weight.
     #[serde(default = "enabled")]
     pub enabled: bool,
+}
+
+/// A backend added at runtime: what a `[[service.backend]]` would say.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddedBackend {
+    pub pool: Pool,
+    pub weight: u32,
 }
 
 fn enabled() -> bool {
@@ -133,6 +147,13 @@ mod tests {
             BackendState {
                 weight: Some(50),
                 enabled: false,
+            },
+        );
+        service.added_backends.insert(
+            "10.0.0.12:8080".parse().unwrap(),
+            AddedBackend {
+                pool: Pool::Green,
+                weight: 100,
             },
         );
         state

@@ -13,6 +13,7 @@ pub fn backend_status(address: &str, pool: Pool, health: BackendHealth) -> Backe
         weight: 100,
         configured_weight: 100,
         enabled: true,
+        added_at_runtime: false,
         health,
         last_check: None,
         standby_health: None,

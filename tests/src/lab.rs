@@ -90,6 +90,9 @@ pub struct NameLabConfig<'a> {
     pub weight: Option<u32>,
     /// The flow table's size, if not 65,536.
     pub max_flows: Option<u32>,
+    /// How many of the backends (the first ones) the config lists, if not
+    /// all: the others run, for a test to add at runtime.
+    pub listed: Option<usize>,
     /// The service's `forwarding`; the backends are set up for it
     /// ([`crate::topology::Host::serve_for`]). Under `dsr` they listen on
     /// the VIP's port, on every address.
@@ -116,7 +119,11 @@ impl NameLabConfig<'_> {
             self.admin,
             self.tables,
             self.service,
-            backend_sections(backends, backend_port(self.forwarding), &weight)
+            backend_sections(
+                &backends[..self.listed.unwrap_or(backends.len())],
+                backend_port(self.forwarding),
+                &weight
+            )
         )
     }
 }

@@ -12,8 +12,9 @@ use crate::test::run_step;
 /// page, prometheus for `promtool` (checks and unit tests of the alert
 /// rules), podman, runc and debootstrap to build and run the container
 /// image from a locally made Debian base, bird2 (BIRD 2), the BGP speaker
-/// of the several-hosts tests (`[bgp]`), and etcd-server (etcd 3.4), the
-/// fleet state of the several-hosts tests (`[cluster]`).
+/// of the several-hosts tests (`[bgp]`), etcd-server (etcd 3.4), the
+/// fleet state of the several-hosts tests (`[cluster]`), curl and openssl
+/// for the remote API's tests (a client, and a certificate for its TLS).
 const PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "iproute2",
@@ -26,6 +27,8 @@ const PACKAGES: &[&str] = &[
     "debootstrap",
     "bird2",
     "etcd-server",
+    "curl",
+    "openssl",
 ];
 /// What `cargo xtask bench` compares bg-lb with, and its load generator;
 /// installed only for the benchmark.

@@ -120,6 +120,8 @@ pub fn run(args: CtlArgs) -> anyhow::Result<ExitCode> {
             return wait_drained(&mut client, &service, target, timeout, args.json);
         }
         CtlCommand::Backend(request) => Request::Backend(request),
+        CtlCommand::BackendAdd(request) => Request::BackendAdd(request),
+        CtlCommand::BackendRemove(request) => Request::BackendRemove(request),
         CtlCommand::Flows(request) => Request::Flows(request),
         CtlCommand::Reload => Request::Reload,
         CtlCommand::Shift(shift) => {
@@ -360,7 +362,7 @@ fn print_service(s: &ServiceStatus) {
     let snat = s.forwarding.uses_snat();
     for b in &s.backends {
         println!(
-            "  {:<6} {:<22} {:>6} {:>7} {:<10} {:>6} {:>9} {:>15} {:>9} {:>10} {:>12} {:>12}",
+            "  {:<6} {:<22} {:>6} {:>7} {:<10} {:>6} {:>9} {:>15} {:>9} {:>10} {:>12} {:>12}{}",
             b.pool.to_string(),
             b.address.to_string(),
             b.weight,
@@ -372,7 +374,8 @@ fn print_service(s: &ServiceStatus) {
             shown(snat, b.snat_ports_exhausted.to_string()),
             b.new_flows,
             b.bytes_in,
-            shown(s.forwarding.sees_replies(), b.bytes_out.to_string())
+            shown(s.forwarding.sees_replies(), b.bytes_out.to_string()),
+            if b.added_at_runtime { "  (added at runtime)" } else { "" }
         );
     }
 }

@@ -14,11 +14,11 @@ use crate::{
     config::{DEFAULT_ADMIN_SOCKET, DEFAULT_CONFIG},
     demo_backend::DemoBackendArgs,
     protocol::{
-        BackendRequest, FlowsRequest, NodeRequest, PoolRequest, RatioRequest, Request, ServiceRequest,
-        ShiftAbortRequest, ShiftRequest, StatusRequest,
+        BackendAddRequest, BackendRemoveRequest, BackendRequest, FlowsRequest, NodeRequest, PoolRequest, RatioRequest,
+        Request, ServiceRequest, ShiftAbortRequest, ShiftRequest, StatusRequest,
     },
     ratio::Pool,
-    shift,
+    shift::{self, hooks::PrometheusCheck},
 };
 
 /// bg-lb: XDP layer-4 load balancer for zero-downtime blue-green deployments.
@@ -155,6 +155,11 @@ pub enum CtlCommand {
     },
     /// Change one backend.
     Backend(BackendRequest),
+    /// Add a backend to a service at runtime (checked like the config's,
+    /// kept across restarts); `status` marks it "added at runtime".
+    BackendAdd(BackendAddRequest),
+    /// Remove a backend added at runtime; its open connections drain.
+    BackendRemove(BackendRemoveRequest),
     /// Open flows: client, backend, age, state.
     Flows(FlowsRequest),
     /// Re-read the daemon's config file.
@@ -213,6 +218,21 @@ pub struct ShiftArgs {
     /// Start the shift and return at once instead of following it.
     #[arg(long)]
     pub detach: bool,
+    /// Analysis hook: GET this http:// URL during each step; a status other
+    /// than 2xx, or no answer in 5 s, rolls the shift back. Each step ends
+    /// only after a check passed during it.
+    #[arg(long, value_name = "URL")]
+    pub check_url: Option<String>,
+    /// Analysis hook: a Prometheus server (http://HOST:PORT) to run --query
+    /// on during each step; a value over --max, or no data, rolls back.
+    #[arg(long, value_name = "URL", requires_all = ["query", "max"])]
+    pub check_prometheus: Option<String>,
+    /// The PromQL instant query of --check-prometheus.
+    #[arg(long, requires = "check_prometheus")]
+    pub query: Option<String>,
+    /// The highest value --query may return.
+    #[arg(long, requires = "check_prometheus")]
+    pub max: Option<f64>,
 }
 
 impl ShiftArgs {
@@ -231,6 +251,15 @@ impl ShiftArgs {
             interval_secs: self.interval.as_secs_f64(),
             max_error_rate: self.max_error_rate,
             min_flows: self.min_flows,
+            check_url: self.check_url.clone(),
+            check_prometheus: match (&self.check_prometheus, &self.query, self.max) {
+                (Some(url), Some(query), Some(max)) => Some(PrometheusCheck {
+                    url: url.clone(),
+                    query: query.clone(),
+                    max,
+                }),
+                _ => None,
+            },
         }))
     }
 }

@@ -19,6 +19,15 @@
 //! max_connections = 64              # when full, the longest-idle connection is closed
 //! idle_timeout = "60s"              # a connection without a request for this long is closed
 //!
+//! [api]                             # the remote API (HTTP+JSON); absent: off
+//! listen = "127.0.0.1:9751"
+//! token_file = "/etc/bg-lb/api.token"            # bearer token: every command
+//! read_only_token_file = "/etc/bg-lb/api-ro.token"  # optional: status and flows only
+//! tls_cert = "/etc/bg-lb/api.crt"   # PEM; with tls_key, HTTPS; without both, plain HTTP
+//! tls_key = "/etc/bg-lb/api.key"
+//! max_connections = 32              # when full, the longest-idle connection is closed
+//! idle_timeout = "10s"              # also bounds reading one request's body
+//!
 //! [timeouts]
 //! established_idle = "1h"
 //! closing = "10s"
@@ -79,6 +88,8 @@
 //! (`error`) name `FILE:LINE:COL`, so an operator can go straight to the
 //! offending line.
 
+mod added;
+mod api;
 mod bgp;
 mod cluster;
 mod error;
@@ -96,7 +107,7 @@ use std::{
     time::Duration,
 };
 
-pub use self::error::ConfigError;
+pub use self::{added::added_backend_problem, error::ConfigError};
 use self::{error::Invalid, raw::RawConfig};
 use crate::{
     dataplane::{AttachMode, forwarding::Forwarding, housekeeping::FlowTimeouts, syn_proxy::SynProxy},
@@ -120,6 +131,11 @@ pub const DEFAULT_ADMIN_LIMITS: ListenerLimits = ListenerLimits {
 /// Scrapers are few; one that keeps its connection between scrapes
 /// reconnects after the timeout.
 pub const DEFAULT_METRICS_LIMITS: ListenerLimits = ListenerLimits {
+    max_connections: 32,
+    idle_timeout: Duration::from_secs(10),
+};
+/// Remote API clients are CI jobs and consoles, few at a time.
+pub const DEFAULT_API_LIMITS: ListenerLimits = ListenerLimits {
     max_connections: 32,
     idle_timeout: Duration::from_secs(10),
 };
@@ -172,6 +188,8 @@ pub struct Config {
     /// Where to serve Prometheus metrics (`GET /metrics`); `None` serves none.
     pub metrics: Option<SocketAddrV4>,
     pub metrics_limits: ListenerLimits,
+    /// `[api]`: the remote API's listener; `None` serves none.
+    pub api: Option<ApiConfig>,
     /// Flow-table timeouts (`[timeouts]`); all non-zero.
     pub timeouts: FlowTimeouts,
     /// `[bgp]`: announce the VIPs through BIRD; `None` announces nothing.
@@ -241,6 +259,26 @@ impl Default for AdminConfig {
             limits: DEFAULT_ADMIN_LIMITS,
         }
     }
+}
+
+/// `[api]`: the remote API (see [`crate::api`]), HTTP+JSON with bearer
+/// tokens, over TLS when a certificate is given.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApiConfig {
+    pub listen: SocketAddrV4,
+    /// Holds the token that may do everything the admin socket can.
+    pub token_file: PathBuf,
+    /// Holds a token that may only read (`status`, `flows`).
+    pub read_only_token_file: Option<PathBuf>,
+    /// PEM certificate chain and private key; plain HTTP without them.
+    pub tls: Option<TlsFiles>,
+    pub limits: ListenerLimits,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 /// `[bgp]`: the BIRD the daemon drives (see [`crate::bgp`]).

@@ -24,6 +24,7 @@ pub(super) struct RawConfig {
     pub(super) metrics: Option<Spanned<String>>,
     pub(super) metrics_max_connections: Option<Spanned<i64>>,
     pub(super) metrics_idle_timeout: Option<Spanned<String>>,
+    pub(super) api: Option<RawApi>,
     pub(super) timeouts: Option<RawTimeouts>,
     pub(super) bgp: Option<RawBgp>,
     pub(super) cluster: Option<RawCluster>,
@@ -46,6 +47,18 @@ pub(super) struct RawCluster {
     pub(super) etcd: Spanned<Vec<Spanned<String>>>,
     pub(super) host: Spanned<String>,
     pub(super) prefix: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawApi {
+    pub(super) listen: Spanned<String>,
+    pub(super) token_file: Spanned<String>,
+    pub(super) read_only_token_file: Option<Spanned<String>>,
+    pub(super) tls_cert: Option<Spanned<String>>,
+    pub(super) tls_key: Option<Spanned<String>>,
+    pub(super) max_connections: Option<Spanned<i64>>,
+    pub(super) idle_timeout: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]

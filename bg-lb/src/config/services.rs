@@ -25,7 +25,7 @@ use crate::{
     ratio::{Pool, Ratio},
 };
 
-const WEIGHT_RANGE: RangeInclusive<i64> = 0..=MAX_WEIGHT as i64;
+pub(super) const WEIGHT_RANGE: RangeInclusive<i64> = 0..=MAX_WEIGHT as i64;
 const SYN_PROXY_THRESHOLD_RANGE: RangeInclusive<i64> = 1..=u32::MAX as i64;
 /// From the smallest MSS every IPv4 path carries to a 9000-byte jumbo frame's.
 const SYN_PROXY_MSS_RANGE: RangeInclusive<i64> = 536..=8960;
@@ -212,22 +212,27 @@ fn forwarding(
             ),
         );
     }
-    if let Some((raw_backend, backend)) = raw
+    if let Some((raw_backend, problem)) = raw
         .backend
         .iter()
         .zip(backends)
-        .find(|(_, b)| b.address.port() != vip.port())
+        .find_map(|(raw, b)| Some((raw, backend_problem(mode, vip, b)?)))
     {
-        return Invalid::at(
-            raw_backend.address.span(),
-            format!(
-                "forwarding = \"dsr\" keeps the port clients connect to, so backend {} must listen on the vip's port {}",
-                backend.address,
-                vip.port()
-            ),
-        );
+        return Invalid::at(raw_backend.address.span(), problem);
     }
     Ok(mode)
+}
+
+/// Why `backend` cannot serve a service on `vip` forwarding by `mode`, if
+/// it cannot: `dsr` keeps the port clients connect to.
+pub(super) fn backend_problem(mode: Forwarding, vip: SocketAddrV4, backend: &BackendConfig) -> Option<String> {
+    (mode == Forwarding::Dsr && backend.address.port() != vip.port()).then(|| {
+        format!(
+            "forwarding = \"dsr\" keeps the port clients connect to, so backend {} must listen on the vip's port {}",
+            backend.address,
+            vip.port()
+        )
+    })
 }
 
 /// The SYN proxy needs each backend's SYN-ACK, which bypasses the LB under

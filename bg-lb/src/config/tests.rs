@@ -86,6 +86,7 @@ fn full_one_arm_config_parses_to_expected_structs() {
         },
         metrics: Some("127.0.0.1:9750".parse().unwrap()),
         metrics_limits: DEFAULT_METRICS_LIMITS,
+        api: None,
         timeouts: FlowTimeouts {
             established_idle: Duration::from_secs(300),
             closing: Duration::from_millis(500),
@@ -214,6 +215,7 @@ fn absent_optional_keys_take_their_defaults() {
         },
         metrics: None,
         metrics_limits: DEFAULT_METRICS_LIMITS,
+        api: None,
         timeouts: FlowTimeouts {
             established_idle: Duration::from_secs(3600),
             closing: Duration::from_secs(10),

@@ -12,11 +12,11 @@ use toml::Spanned;
 use super::{
     AdminConfig, Config, DEFAULT_ADMIN_LIMITS, DEFAULT_ADMIN_SOCKET, DEFAULT_METRICS_LIMITS, DEFAULT_PIN_DIR,
     DEFAULT_SNAT_PORTS, DEFAULT_STATE_DIR, DEFAULT_TIMEOUTS, DEFAULT_XDP_MODE, Interfaces, ListenerLimits,
-    MAX_CONNECTIONS_RANGE, bgp, cluster,
+    MAX_CONNECTIONS_RANGE, api, bgp, cluster,
     error::{Invalid, line_of},
     raw::{RawAdmin, RawConfig, RawTimeouts},
     services::{check_lookup_capacity, services},
-    values::{absolute_path, duration, integer_in, interface_name, metrics_listen, snat_address, snat_ports, xdp_mode},
+    values::{absolute_path, duration, integer_in, interface_name, listen_address, snat_address, snat_ports, xdp_mode},
 };
 use crate::dataplane::housekeeping::FlowTimeouts;
 
@@ -38,7 +38,8 @@ pub(super) fn validate(raw: RawConfig, text: &str) -> Result<Config, Invalid> {
     let pin_dir = absolute_path(raw.pin_dir.as_ref(), "pin_dir", DEFAULT_PIN_DIR)?;
     let state_dir = absolute_path(raw.state_dir.as_ref(), "state_dir", DEFAULT_STATE_DIR)?;
     let admin = raw.admin.as_ref().map_or(Ok(AdminConfig::default()), admin)?;
-    let metrics = raw.metrics.as_ref().map(metrics_listen).transpose()?;
+    let metrics = raw.metrics.as_ref().map(|m| listen_address(m, "metrics")).transpose()?;
+    let api = raw.api.as_ref().map(api::api).transpose()?;
     let metrics_limits = listener_limits(
         (raw.metrics_max_connections.as_ref(), "metrics_max_connections"),
         (raw.metrics_idle_timeout.as_ref(), "metrics_idle_timeout"),
@@ -61,6 +62,7 @@ pub(super) fn validate(raw: RawConfig, text: &str) -> Result<Config, Invalid> {
         admin,
         metrics,
         metrics_limits,
+        api,
         timeouts,
         bgp,
         cluster,
@@ -162,7 +164,7 @@ fn admin(raw: &RawAdmin) -> Result<AdminConfig, Invalid> {
     Ok(AdminConfig { socket, group, limits })
 }
 
-fn listener_limits(
+pub(super) fn listener_limits(
     (max_connections, max_key): (Option<&Spanned<i64>>, &str),
     (idle_timeout, idle_key): (Option<&Spanned<String>>, &str),
     default: ListenerLimits,

@@ -83,20 +83,28 @@ pub(super) fn endpoint(value: &Spanned<String>, key: &str) -> Result<SocketAddrV
     let text = value.get_ref();
     let fail = |reason: String| Invalid::new(value.span(), format!("{key} {text:?}: {reason}"));
     let address = parse_socket_addr(text).map_err(fail)?;
+    match endpoint_problem(address) {
+        Some(problem) => Err(fail(problem.into())),
+        None => Ok(address),
+    }
+}
+
+/// Why `address` cannot be a VIP or a backend, if it cannot.
+pub(super) fn endpoint_problem(address: SocketAddrV4) -> Option<&'static str> {
     if address.ip().is_unspecified() {
-        return Err(fail("0.0.0.0 is not an address traffic can be sent to".into()));
+        Some("0.0.0.0 is not an address traffic can be sent to")
+    } else if address.port() == 0 {
+        Some("port 0 is not allowed")
+    } else {
+        None
     }
-    if address.port() == 0 {
-        return Err(fail("port 0 is not allowed".into()));
-    }
-    Ok(address)
 }
 
 /// An IPv4 `ADDRESS:PORT` to listen on: 0.0.0.0 (every address) is allowed, port 0 is not (Prometheus needs a
 /// known port).
-pub(super) fn metrics_listen(value: &Spanned<String>) -> Result<SocketAddrV4, Invalid> {
+pub(super) fn listen_address(value: &Spanned<String>, key: &str) -> Result<SocketAddrV4, Invalid> {
     let text = value.get_ref();
-    let fail = |reason: String| Invalid::new(value.span(), format!("metrics {text:?}: {reason}"));
+    let fail = |reason: String| Invalid::new(value.span(), format!("{key} {text:?}: {reason}"));
     let address = parse_socket_addr(text).map_err(fail)?;
     if address.port() == 0 {
         return Err(fail("port 0 is not allowed".into()));

@@ -24,6 +24,13 @@ pub enum RequestError {
     NoService { name: String, configured: Vec<String> },
     #[error("service {service:?} has no backend {address}")]
     NoBackend { service: String, address: SocketAddrV4 },
+    #[error("backend refused: {0}")]
+    BackendRefused(String),
+    #[error(
+        "backend {address} of {service} is in the config file: remove it there and reload, \
+         or take it out of rotation with `ctl backend {service} {address} disable`"
+    )]
+    BackendFromFile { service: String, address: SocketAddrV4 },
     #[error("limit {0} is over the maximum {max}", max = MAX_FLOWS_LIMIT)]
     FlowsLimit(usize),
     #[error("the flow sweeper thread is gone")]

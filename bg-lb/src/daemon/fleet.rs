@@ -4,11 +4,11 @@
 //! publishes its counters and takes the lead of any running shift no live
 //! host leads (see [`crate::cluster::lead`]).
 
-use super::{Daemon, RequestError, shifts::ActiveShift};
+use super::{Daemon, RequestError};
 use crate::{
     cluster::{lead::HostCounters, watch::FleetUpdate},
     config::ServiceConfig,
-    shift::{PoolCounters, ShiftOutcome},
+    shift::PoolCounters,
 };
 
 impl Daemon {
@@ -68,20 +68,18 @@ impl Daemon {
             .filter_map(|s| Some((s.name.clone(), self.pool_counters(s).ok()?)))
             .collect();
         fleet.publish(&counters);
-        let running: Vec<(String, crate::shift::ShiftPlan)> = self
-            .operator
-            .services
-            .iter()
-            .filter_map(|(name, state)| {
-                let record = state.shift.as_ref().filter(|r| r.outcome == ShiftOutcome::Running)?;
-                Some((name.clone(), record.plan.clone()))
+        let leads: Vec<_> = (self.running_shifts().into_iter())
+            .map(|(name, record)| {
+                let lead = fleet.lead(&name);
+                (name, record, lead)
             })
             .collect();
-        for (name, plan) in running {
-            match fleet.lead(&name) {
+        for (name, record, lead) in leads {
+            match lead {
                 Ok(true) if !self.shifts.contains_key(&name) => {
                     tracing::info!(service = %name, "this host took the lead of the running shift: resuming it");
-                    self.shifts.insert(name, ActiveShift::new(&plan));
+                    let active = self.new_active_shift(&record.plan);
+                    self.shifts.insert(name, active);
                 }
                 Ok(false) if self.shifts.remove(&name).is_some() => {
                     tracing::warn!(service = %name, "another host leads the shift now: this host stops driving it");

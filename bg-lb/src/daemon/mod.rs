@@ -9,6 +9,8 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
+mod added_backends;
+mod analysis;
 mod announce;
 mod census;
 mod error;
@@ -32,7 +34,7 @@ use tokio::{
     task::JoinHandle,
 };
 
-pub use self::{error::RequestError, sweeper::Done};
+pub use self::{analysis::HookResult, error::RequestError, sweeper::Done};
 use self::{last_health::LastHealth, sweeper::Sweeper, systemd::Notifier};
 use crate::{
     bgp::speaker::Speaker,
@@ -87,6 +89,12 @@ pub struct Daemon {
     probes: Vec<JoinHandle<()>>,
     reports: mpsc::Sender<Report>,
     shifts: HashMap<String, shifts::ActiveShift>,
+    /// Shifts started or resumed, to tell one shift's hook results from
+    /// another's.
+    shifts_started: u64,
+    /// Where the analysis hooks' checks report, and the daemon's loop reads.
+    hook_results: mpsc::UnboundedSender<analysis::HookResult>,
+    hook_results_rx: Option<mpsc::UnboundedReceiver<analysis::HookResult>>,
     /// The last sweep's census: metrics read it instead of walking the flow
     /// table on every scrape.
     census: FlowCensus,
@@ -121,13 +129,14 @@ impl Daemon {
         reports: mpsc::Sender<Report>,
         swept: mpsc::UnboundedSender<Done>,
     ) -> anyhow::Result<Self> {
-        let config = config::load(config_path)?;
+        let file_config = config::load(config_path)?;
+        let (store, operator) = StateStore::open(&file_config.state_dir, file_config.cluster.as_ref())?;
+        let config = added_backends::with_added_backends(file_config, &operator);
         preflight::refuse_foreign_snat_addresses(&config)?;
         preflight::refuse_snat_ports_overlapping_ephemeral_ports(&config)?;
         preflight::warn_dsr_backends_not_on_link(&config);
         preflight::stop_icmp_redirects_under_gateway(&config);
         let loaded_at = SystemTime::now();
-        let (store, operator) = StateStore::open(&config.state_dir, config.cluster.as_ref())?;
         let pins = PinLayout::new(&config.pin_dir);
         let mounted_bpffs = pins.prepare()?;
         preflight::warn_if_pins_die_with_daemon(&pins, mounted_bpffs);
@@ -163,6 +172,7 @@ impl Daemon {
         // ran stays out of rotation until its probes bring it up.
         let last_health = LastHealth::load(&config.state_dir);
         let health = last_health.seed();
+        let (hook_results, hook_results_rx) = mpsc::unbounded_channel();
         let sweeper = Sweeper::spawn(dataplane.sweep_maps()?, swept).context("starting the flow sweeper thread")?;
         let mut daemon = Daemon {
             config_path: config_path.to_owned(),
@@ -175,6 +185,9 @@ impl Daemon {
             probes: Vec::new(),
             reports,
             shifts: HashMap::new(),
+            shifts_started: 0,
+            hook_results,
+            hook_results_rx: Some(hook_results_rx),
             census: FlowCensus::default(),
             swept: None,
             sweeper,
@@ -256,6 +269,8 @@ impl Daemon {
             Request::Ratio(r) => self.set_ratio(&r.service, r.ratio, r.force),
             Request::Drain(r) => self.set_ratio(&r.service, Ratio::all_to(r.pool.other()), r.force),
             Request::Backend(r) => self.change_backend(&r.service, r.address, r.action),
+            Request::BackendAdd(r) => self.add_backend(r),
+            Request::BackendRemove(r) => self.remove_backend(r),
             Request::Reload => self.reload().map(Reply::done),
             Request::Shift(r) => self.start_shift(r),
             Request::ShiftAbort(r) => self.abort_shift(&r.service, r.rollback),

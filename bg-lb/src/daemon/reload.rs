@@ -21,6 +21,7 @@ impl Daemon {
 
     fn reload_config(&mut self) -> Result<String, RequestError> {
         let new = config::load(&self.config_path).map_err(RequestError::ConfigInvalid)?;
+        let new = super::added_backends::with_added_backends(new, &self.operator);
         if let Some(what) = restart_only_change(&self.config, &new) {
             return Err(RequestError::RestartNeeded(what));
         }
@@ -62,6 +63,7 @@ fn restart_only_change(old: &Config, new: &Config) -> Option<&'static str> {
         (old.bgp != new.bgp, "[bgp]"),
         (old.cluster != new.cluster, "[cluster]"),
         (old.metrics != new.metrics, "metrics"),
+        (old.api != new.api, "[api]"),
         (
             old.metrics_limits != new.metrics_limits,
             "metrics_max_connections/metrics_idle_timeout",

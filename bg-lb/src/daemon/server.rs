@@ -23,7 +23,9 @@ use crate::{
 
 const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(1);
 
-type Job = (String, oneshot::Sender<Reply>);
+/// One admin request line and where its reply goes: what the admin socket
+/// and the remote API queue for the daemon.
+pub type Job = (String, oneshot::Sender<Reply>);
 
 /// Runs until SIGTERM or SIGINT. With `detach_on_exit` the VIPs are
 /// withdrawn and the data plane is torn down then; otherwise it keeps
@@ -45,15 +47,21 @@ pub async fn run(config_path: PathBuf, detach_on_exit: bool) -> anyhow::Result<(
             daemon.config().metrics_limits,
         ));
     }
+    let (jobs, mut queue) = mpsc::channel::<Job>(64);
+    if let Some(api) = &daemon.config().api {
+        crate::api::start(api, jobs.clone()).await?;
+    }
     let listener = bind_admin_socket(&daemon.config().admin)?;
     let socket_path = daemon.config().admin.socket.clone();
     tracing::info!(socket = %socket_path.display(), config = %config_path.display(), "bg-lb running");
 
+    let mut hook_results = daemon
+        .take_hook_results()
+        .context("the analysis hooks' results are read once")?;
     if let Some(logger) = daemon.take_ebpf_logger() {
         tokio::spawn(forward_ebpf_logs(logger));
     }
     let mut fleet = daemon.take_fleet_updates();
-    let (jobs, mut queue) = mpsc::channel::<Job>(64);
     tokio::spawn(accept_loop(listener, jobs, daemon.config().admin.limits));
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
@@ -69,6 +77,7 @@ pub async fn run(config_path: PathBuf, detach_on_exit: bool) -> anyhow::Result<(
                 daemon.on_fleet(update);
                 daemon.announce();
             }
+            Some(done) = hook_results.recv() => daemon.on_hook_result(done),
             Some(reply) = scrape_requests.recv() => {
                 let _ = reply.send(daemon.metrics_snapshot().map_err(|e| e.to_string()));
             }
@@ -220,7 +229,8 @@ async fn read_line(reader: &mut BufReader<tokio::net::unix::OwnedReadHalf>) -> R
         .map_err(|_| RequestError::NotUtf8)
 }
 
-async fn submit(jobs: &mpsc::Sender<Job>, line: String) -> Reply {
+/// Queues `line` for the daemon and waits for its reply.
+pub async fn submit(jobs: &mpsc::Sender<Job>, line: String) -> Reply {
     let (tx, rx) = oneshot::channel();
     if jobs.send((line, tx)).await.is_err() {
         return Reply::error("daemon is shutting down");

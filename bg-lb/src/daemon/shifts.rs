@@ -1,17 +1,18 @@
 //! Progressive shifts run inside the daemon, so they survive the CLI
 //! disconnecting; the record is persisted with the operator state, and a
-//! restarted daemon resumes a running shift (see [`crate::shift`]).
+//! restarted daemon resumes a running shift (see [`crate::shift`]). Its
+//! analysis hooks are checked in [`super::analysis`].
 
 use std::time::{Duration, Instant};
 
-use super::{Daemon, RequestError};
+use super::{Daemon, RequestError, analysis::HookRuns};
 use crate::{
     config::ServiceConfig,
     desired,
     health::{CheckKey, Listener},
     protocol::{RatioChange, Reply, ShiftRequest},
     ratio::{Pool, Ratio},
-    shift::{PoolCounters, ShiftOutcome, ShiftPlan, ShiftRecord, Verdict, Window, judge},
+    shift::{PoolCounters, ShiftOutcome, ShiftPlan, ShiftRecord, Verdict, Window, hooks::AnalysisHooks, judge},
 };
 
 /// Live state of a running shift, beside its persisted record.
@@ -19,21 +20,23 @@ pub struct ActiveShift {
     step_started: Instant,
     started: Instant,
     window: Window,
+    /// Its analysis hooks' checks and results.
+    pub(super) hooks: HookRuns,
 }
 
-impl ActiveShift {
-    pub(super) fn new(plan: &ShiftPlan) -> Self {
+impl Daemon {
+    pub(super) fn new_active_shift(&mut self, plan: &ShiftPlan) -> ActiveShift {
+        self.shifts_started += 1;
         // Judge over the last interval, but never less than 5 s of traffic.
         let span = plan.interval.max(Duration::from_secs(5));
         ActiveShift {
             step_started: Instant::now(),
             started: Instant::now(),
             window: Window::new(span),
+            hooks: HookRuns::new(self.shifts_started, plan.interval),
         }
     }
-}
 
-impl Daemon {
     /// Resumes shifts a previous daemon left running. With `[cluster]` the
     /// host that takes the shift's lead resumes it instead (see
     /// [`Daemon::tick_fleet`]).
@@ -41,12 +44,21 @@ impl Daemon {
         if self.store.fleet().is_some() {
             return;
         }
-        for (name, state) in &self.operator.services {
-            if let Some(record) = state.shift.as_ref().filter(|r| r.outcome == ShiftOutcome::Running) {
-                tracing::info!(service = %name, step = record.step, "resuming the progressive shift");
-                self.shifts.insert(name.clone(), ActiveShift::new(&record.plan));
-            }
+        for (name, record) in self.running_shifts() {
+            tracing::info!(service = %name, step = record.step, "resuming the progressive shift");
+            let active = self.new_active_shift(&record.plan);
+            self.shifts.insert(name, active);
         }
+    }
+
+    /// The shifts the operator state records as running.
+    pub(super) fn running_shifts(&self) -> Vec<(String, ShiftRecord)> {
+        self.operator
+            .services
+            .iter()
+            .filter_map(|(name, state)| Some((name.clone(), state.shift.clone()?)))
+            .filter(|(_, record)| record.outcome == ShiftOutcome::Running)
+            .collect()
     }
 
     pub(super) fn start_shift(&mut self, request: ShiftRequest) -> Result<Reply, RequestError> {
@@ -58,6 +70,10 @@ impl Daemon {
             interval,
             max_error_rate: request.max_error_rate,
             min_flows: request.min_flows,
+            hooks: AnalysisHooks {
+                check_url: request.check_url,
+                prometheus: request.check_prometheus,
+            },
         };
         let name = request.service.as_str();
         let service = self.service(name)?.clone();
@@ -90,7 +106,8 @@ impl Daemon {
             outcome: ShiftOutcome::Running,
             rates: Default::default(),
         };
-        self.shifts.insert(name.to_owned(), ActiveShift::new(&record.plan));
+        let active = self.new_active_shift(&record.plan);
+        self.shifts.insert(name.to_owned(), active);
         let started = self.set_shift_ratio(&service, first, record);
         if started.is_err() {
             self.shifts.remove(name);
@@ -181,6 +198,9 @@ impl Daemon {
         let mut record = self.shift_record(name).ok_or(RequestError::ShiftWithoutRecord)?;
         let counters = self.shift_counters(&service)?;
         let down = self.down_backend(&service, record.plan.to);
+        if !record.plan.hooks.is_empty() {
+            self.check_hooks(name, &record.plan.hooks);
+        }
         let active = self.shifts.get_mut(name).ok_or(RequestError::NoActiveShift)?;
         active.window.push(active.started.elapsed(), counters);
         record.rates = active.window.rates();
@@ -190,6 +210,7 @@ impl Daemon {
             active.step_started.elapsed(),
             record.rates,
             down,
+            active.hooks.gate.verdict(&record.plan.hooks),
         );
         match verdict {
             Verdict::Hold => {
@@ -200,6 +221,7 @@ impl Daemon {
             Verdict::Advance => {
                 record.step += 1;
                 active.step_started = Instant::now();
+                active.hooks.gate.next_step();
                 let ratio = record.plan.ratio_at(record.plan.steps[record.step]);
                 tracing::info!(service = name, step = record.step + 1, %ratio, "progressive shift: next step");
                 self.set_shift_ratio(&service, ratio, record)

@@ -160,6 +160,7 @@ impl Daemon {
             weight: live.backends.iter().find(|b| b.addr == address).map_or(0, |b| b.weight),
             configured_weight,
             enabled: desired::backend_state(operator, address).enabled,
+            added_at_runtime: self.added_at_runtime(&service.name, address),
             health: live_view.map_or(BackendHealth::Unchecked, BackendHealth::from),
             last_check: live_view.map(|v| match &v.last {
                 Ok(()) => "ok".to_owned(),

@@ -12,35 +12,50 @@ use crate::config::HttpCheck;
 const MAX_BODY: usize = 64 * 1024;
 
 pub(super) async fn http_check(stream: tokio::net::TcpStream, key: &CheckKey, http: &HttpCheck) -> Outcome {
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| Failure::BadResponse(e.to_string()))?;
-    tokio::spawn(connection);
     let path = match key.listener {
         Listener::Live => &http.live_path,
         Listener::Standby => &http.standby_path,
     };
     let host = http.host.clone().unwrap_or_else(|| key.backend.to_string());
+    let read_body = http.expect_body.is_some();
+    let (status, body) = get(stream, &host, path, "bg-lb-health-check", read_body)
+        .await
+        .map_err(Failure::BadResponse)?;
+    judge_response(http, status, body.as_deref())
+}
+
+/// One `GET path` over `stream` (then closed): the status, and with
+/// `read_body` the body, if it arrives whole and within [`MAX_BODY`] bytes.
+/// The health checks and the shifts' analysis hooks send theirs with it.
+pub(crate) async fn get(
+    stream: tokio::net::TcpStream,
+    host: &str,
+    path: &str,
+    user_agent: &str,
+    read_body: bool,
+) -> Result<(u16, Option<Bytes>), String> {
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(connection);
     let request = Request::get(path)
         .header("Host", host)
-        .header("User-Agent", "bg-lb-health-check")
+        .header("User-Agent", user_agent)
         .header("Connection", "close")
         .body(Empty::<Bytes>::new())
-        .map_err(|e| Failure::BadResponse(e.to_string()))?;
-    let response = sender
-        .send_request(request)
-        .await
-        .map_err(|e| Failure::BadResponse(e.to_string()))?;
+        .map_err(|e| e.to_string())?;
+    let response = sender.send_request(request).await.map_err(|e| e.to_string())?;
     let status = response.status().as_u16();
-    let body = match &http.expect_body {
-        Some(_) => Limited::new(response.into_body(), MAX_BODY)
+    let body = if read_body {
+        Limited::new(response.into_body(), MAX_BODY)
             .collect()
             .await
             .map(|b| b.to_bytes())
-            .ok(),
-        None => None,
+            .ok()
+    } else {
+        None
     };
-    judge_response(http, status, body.as_deref())
+    Ok((status, body))
 }
 
 /// Turns an HTTP response into an outcome: status within the expected range,

@@ -15,6 +15,7 @@ mod outcome;
 mod probe;
 mod tracker;
 
+pub(crate) use http::get as http_get;
 pub use http::judge_response;
 pub use outcome::{Failure, Outcome};
 pub use probe::{CheckKey, Listener, Report, spawn_probe};

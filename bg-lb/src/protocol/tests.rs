@@ -27,6 +27,16 @@ fn every_request_round_trips_through_json() {
             address: "10.0.0.1:80".parse().unwrap(),
             action: BackendAction::Disable,
         }),
+        Request::BackendAdd(BackendAddRequest {
+            service: "web".into(),
+            address: "10.0.0.2:80".parse().unwrap(),
+            pool: Pool::Green,
+            weight: 50,
+        }),
+        Request::BackendRemove(BackendRemoveRequest {
+            service: "web".into(),
+            address: "10.0.0.2:80".parse().unwrap(),
+        }),
         Request::Flows(FlowsRequest {
             service: "web".into(),
             pool: Some(Pool::Green),
@@ -40,6 +50,12 @@ fn every_request_round_trips_through_json() {
             interval_secs: 5.0,
             max_error_rate: 0.02,
             min_flows: 10,
+            check_url: Some("http://10.0.0.5/ok".into()),
+            check_prometheus: Some(crate::shift::hooks::PrometheusCheck {
+                url: "http://prom:9090".into(),
+                query: "up".into(),
+                max: 1.0,
+            }),
         }),
         Request::ShiftAbort(ShiftAbortRequest {
             service: "web".into(),
@@ -92,6 +108,15 @@ fn requests_read_as_documented() {
         })
     );
     assert_eq!(
+        parse_request(r#"{"cmd":"backend-add","service":"web","address":"10.0.0.9:80","pool":"green"}"#).unwrap(),
+        Request::BackendAdd(BackendAddRequest {
+            service: "web".into(),
+            address: "10.0.0.9:80".parse().unwrap(),
+            pool: Pool::Green,
+            weight: crate::config::DEFAULT_WEIGHT,
+        })
+    );
+    assert_eq!(
         parse_request(r#"{"cmd":"flows","service":"web"}"#).unwrap(),
         Request::Flows(FlowsRequest {
             service: "web".into(),
@@ -99,6 +124,25 @@ fn requests_read_as_documented() {
             limit: 100
         })
     );
+}
+
+#[test]
+fn only_status_and_flows_are_read_only() {
+    let read_only: Vec<&str> = Request::COMMANDS
+        .into_iter()
+        .filter(|cmd| {
+            let line = match *cmd {
+                "status" | "reload" => format!(r#"{{"cmd":"{cmd}"}}"#),
+                _ => return false,
+            };
+            parse_request(&line).unwrap().is_read_only()
+        })
+        .collect();
+    assert_eq!(read_only, ["status"]);
+    let flows = parse_request(r#"{"cmd":"flows","service":"web"}"#).unwrap();
+    assert!(flows.is_read_only());
+    let ratio = parse_request(r#"{"cmd":"ratio","service":"web","ratio":"30:70"}"#).unwrap();
+    assert!(!ratio.is_read_only());
 }
 
 #[test]
@@ -112,6 +156,8 @@ fn a_shift_request_takes_the_documented_defaults() {
             interval_secs: 30.0,
             max_error_rate: 0.01,
             min_flows: 20,
+            check_url: None,
+            check_prometheus: None,
         })
     );
     assert_eq!(

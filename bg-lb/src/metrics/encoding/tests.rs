@@ -22,6 +22,7 @@ fn rolled_back_shift() -> ShiftRecord {
             interval: Duration::from_secs(30),
             max_error_rate: 0.01,
             min_flows: 20,
+            hooks: Default::default(),
         },
         start_ratio: Ratio::all_to(Pool::Blue),
         step: 0,
