@@ -26,7 +26,9 @@
 //! - [`ratio`]: pools and the blue:green ratio.
 //! - [`bgp`]: health-gated VIP announcements through BIRD (`[bgp]`).
 //! - [`desired`]: what each listener's table should hold (config + operator + health).
-//! - [`shift`]: progressive shifts judged by data-plane signals (pure).
+//! - [`shift`]: progressive shifts judged by data-plane signals and
+//!   analysis hooks (pure).
+//! - [`slow_start`]: the ramp of a backend that starts taking connections (pure).
 //! - [`state_file`]: operator decisions persisted atomically.
 //! - [`ebpf_objects`]: the eBPF objects embedded at build time.
 //! - [`logging`]: tracing setup, with aya-log bridged in.
@@ -49,6 +51,7 @@ pub mod metrics;
 pub mod protocol;
 pub mod ratio;
 pub mod shift;
+pub mod slow_start;
 pub mod state_file;
 #[cfg(test)]
 mod test_support;

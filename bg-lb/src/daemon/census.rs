@@ -18,6 +18,7 @@ impl Daemon {
     pub fn tick(&mut self) {
         self.request_sweep(Duration::from_secs(1));
         self.tick_shifts();
+        self.tick_slow_starts();
         if let Err(e) = self.log_syn_floods() {
             tracing::error!(error = %e, "reading the SYN flood detectors failed");
         }
