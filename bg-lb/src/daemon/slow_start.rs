@@ -46,6 +46,9 @@ impl Daemon {
     /// Rebuilds the tables whose ramps moved a step; called once a second.
     pub(super) fn tick_slow_starts(&mut self) {
         let now = Instant::now();
+        // Services a reload removed leave their ramps behind.
+        let services = &self.config.services;
+        self.ramps.retain(|name, _| services.iter().any(|s| &s.name == name));
         let due: Vec<ServiceConfig> = self
             .config
             .services
