@@ -1,4 +1,5 @@
-//! Connection caps for the daemon's listeners (admin socket, metrics). A
+//! Connection caps for the daemon's listeners (admin socket, metrics,
+//! remote API), and [`serve_http`], which serves one HTTP connection. A
 //! listener has a fixed number of slots; when all are taken, a new
 //! connection takes the slot of the connection idle the longest, which is
 //! closed, so connections held open without requests cannot lock operators

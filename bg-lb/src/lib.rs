@@ -18,8 +18,9 @@
 //! - [`host`]: what the daemon checks about its host: the SNAT range against
 //!   ephemeral ports, the bpffs lifetime, the XDP mode for a veth.
 //! - [`metrics`]: the exported Prometheus metrics and their HTTP listener.
-//! - [`connection_slots`]: connection caps of the admin and metrics
-//!   listeners (a new connection closes the longest-idle one).
+//! - [`connection_slots`]: connection caps of the admin, metrics and API
+//!   listeners (a new connection closes the longest-idle one), and the
+//!   HTTP connection server the metrics and API listeners share.
 //! - [`demo_backend`]: the reference HTTP app with /live and /standby.
 //! - [`protocol`]: admin socket requests and replies (JSON lines): the one
 //!   definition of every command.
