@@ -1,4 +1,5 @@
-//! Connection caps for the daemon's listeners (admin socket, metrics). A
+//! Connection caps for the daemon's listeners (admin socket, metrics,
+//! remote API), and [`serve_http`], which serves one HTTP connection. A
 //! listener has a fixed number of slots; when all are taken, a new
 //! connection takes the slot of the connection idle the longest, which is
 //! closed, so connections held open without requests cannot lock operators
@@ -7,11 +8,24 @@
 
 use std::{
     collections::BTreeMap,
+    convert::Infallible,
+    net::SocketAddr,
     sync::{Arc, Mutex, MutexGuard},
-    time::Instant,
+    time::{Duration, Instant},
 };
 
-use tokio::sync::Notify;
+use http_body_util::Full;
+use hyper::{
+    Request, Response,
+    body::{Bytes, Incoming},
+    server::conn::http1,
+    service::service_fn,
+};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    sync::Notify,
+};
 
 /// The slots of one listener.
 #[derive(Clone)]
@@ -127,6 +141,45 @@ impl Drop for Busy {
 /// is one insert, update or remove.
 fn lock(held: &Mutex<Held>) -> MutexGuard<'_, Held> {
     held.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Serves one HTTP/1.1 connection of an HTTP listener (metrics, remote API)
+/// in `slot`, answering each request with `handler`, until the client
+/// closes it, it idles past `idle_timeout` (no complete request head in
+/// that time, counted from the connect or the last response), or a new
+/// connection takes its slot.
+pub async fn serve_http<S, H, F>(
+    stream: S,
+    peer: SocketAddr,
+    slot: Slot,
+    idle_timeout: Duration,
+    listener: &'static str,
+    handler: H,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    H: Fn(Request<Incoming>) -> F + Send + 'static,
+    F: Future<Output = Response<Full<Bytes>>> + Send + 'static,
+{
+    let serving = slot.clone();
+    let service = service_fn(move |request| {
+        let busy = serving.busy();
+        let response = handler(request);
+        async move {
+            let response = response.await;
+            drop(busy);
+            Ok::<_, Infallible>(response)
+        }
+    });
+    let connection = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(idle_timeout)
+        .serve_connection(TokioIo::new(stream), service);
+    tokio::select! {
+        result = connection => if let Err(e) = result {
+            tracing::debug!(%peer, error = %e, "{listener} connection ended with an error");
+        },
+        () = slot.evicted() => tracing::debug!(%peer, "idle {listener} connection closed for a new one"),
+    }
 }
 
 #[cfg(test)]

@@ -164,6 +164,7 @@ mod tests {
             },
             syn_proxy: SynProxy::default(),
             forwarding: Default::default(),
+            slowstart: None,
         }
     }
 

@@ -18,8 +18,9 @@
 //! - [`host`]: what the daemon checks about its host: the SNAT range against
 //!   ephemeral ports, the bpffs lifetime, the XDP mode for a veth.
 //! - [`metrics`]: the exported Prometheus metrics and their HTTP listener.
-//! - [`connection_slots`]: connection caps of the admin and metrics
-//!   listeners (a new connection closes the longest-idle one).
+//! - [`connection_slots`]: connection caps of the admin, metrics and API
+//!   listeners (a new connection closes the longest-idle one), and the
+//!   HTTP connection server the metrics and API listeners share.
 //! - [`demo_backend`]: the reference HTTP app with /live and /standby.
 //! - [`protocol`]: admin socket requests and replies (JSON lines): the one
 //!   definition of every command.
@@ -28,7 +29,9 @@
 //! - [`cluster`]: operator state shared by several hosts in etcd
 //!   (`[cluster]`), behind the same store seam as the local state file.
 //! - [`desired`]: what each listener's table should hold (config + operator + health).
-//! - [`shift`]: progressive shifts judged by data-plane signals (pure).
+//! - [`shift`]: progressive shifts judged by data-plane signals and
+//!   analysis hooks (pure).
+//! - [`slow_start`]: the ramp of a backend that starts taking connections (pure).
 //! - [`state_file`]: operator decisions persisted atomically.
 //! - [`ebpf_objects`]: the eBPF objects embedded at build time.
 //! - [`logging`]: tracing setup, with aya-log bridged in.
@@ -52,6 +55,7 @@ pub mod metrics;
 pub mod protocol;
 pub mod ratio;
 pub mod shift;
+pub mod slow_start;
 pub mod state_file;
 #[cfg(test)]
 mod test_support;

@@ -13,15 +13,9 @@ pub mod auth;
 pub mod routes;
 pub mod tls;
 
-use std::{convert::Infallible, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
-use hyper::{server::conn::http1, service::service_fn};
-use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::{
-    io::{AsyncRead, AsyncWrite},
-    net::TcpListener,
-    sync::mpsc,
-};
+use tokio::{net::TcpListener, sync::mpsc};
 use tokio_rustls::TlsAcceptor;
 
 use self::{
@@ -30,7 +24,7 @@ use self::{
 };
 use crate::{
     config::{ApiConfig, ListenerLimits},
-    connection_slots::{ConnectionSlots, Slot},
+    connection_slots::{ConnectionSlots, serve_http},
     daemon::server::Job,
 };
 
@@ -98,42 +92,18 @@ pub async fn serve(listener: TcpListener, tls: Option<TlsAcceptor>, api: Arc<Api
         };
         let (api, tls) = (api.clone(), tls.clone());
         tokio::spawn(async move {
+            let handler = move |request| {
+                let api = api.clone();
+                async move { routes::respond(&api, peer, request).await }
+            };
             match tls {
-                None => serve_connection(stream, peer, api, slot, limits.idle_timeout).await,
+                None => serve_http(stream, peer, slot, limits.idle_timeout, "api", handler).await,
                 Some(tls) => match tokio::time::timeout(limits.idle_timeout, tls.accept(stream)).await {
-                    Ok(Ok(stream)) => serve_connection(stream, peer, api, slot, limits.idle_timeout).await,
+                    Ok(Ok(stream)) => serve_http(stream, peer, slot, limits.idle_timeout, "api", handler).await,
                     Ok(Err(e)) => tracing::debug!(%peer, error = %e, "api TLS handshake failed"),
                     Err(_) => tracing::debug!(%peer, "api TLS handshake timed out"),
                 },
             }
         });
-    }
-}
-
-/// One connection (plain or TLS), until the client closes it, it idles past
-/// `idle_timeout`, or a new connection takes its slot.
-async fn serve_connection<S>(stream: S, peer: SocketAddr, api: Arc<Api>, slot: Slot, idle_timeout: Duration)
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let serving = slot.clone();
-    let service = service_fn(move |request| {
-        let api = api.clone();
-        let busy = serving.busy();
-        async move {
-            let response = routes::respond(&api, peer, request).await;
-            drop(busy);
-            Ok::<_, Infallible>(response)
-        }
-    });
-    let connection = http1::Builder::new()
-        .timer(TokioTimer::new())
-        .header_read_timeout(idle_timeout)
-        .serve_connection(TokioIo::new(stream), service);
-    tokio::select! {
-        result = connection => if let Err(e) = result {
-            tracing::debug!(%peer, error = %e, "api connection ended with an error");
-        },
-        () = slot.evicted() => tracing::debug!(%peer, "idle api connection closed for a new one"),
     }
 }

@@ -343,5 +343,36 @@ mod tests {
             Request::Drain(request),
             wire(r#"{"cmd":"drain","service":"web","pool":"blue","force":true}"#)
         );
+        let CtlCommand::BackendAdd(add) = ctl("backend-add web 10.0.0.9:80 --pool green") else {
+            panic!("not backend-add")
+        };
+        assert_eq!(
+            Request::BackendAdd(add),
+            wire(r#"{"cmd":"backend-add","service":"web","address":"10.0.0.9:80","pool":"green","weight":100}"#)
+        );
+    }
+
+    #[test]
+    fn shift_hooks_go_on_the_wire_and_a_prometheus_check_needs_its_query_and_max() {
+        let CtlCommand::Shift(shift) =
+            ctl("shift web --to blue --check-url http://c/ok --check-prometheus http://p:9090 --query up --max 1")
+        else {
+            panic!("not a shift")
+        };
+        let Request::Shift(request) = shift.request().unwrap() else {
+            panic!("not a shift request")
+        };
+        assert_eq!(request.check_url.as_deref(), Some("http://c/ok"));
+        assert_eq!(
+            request.check_prometheus,
+            Some(PrometheusCheck {
+                url: "http://p:9090".into(),
+                query: "up".into(),
+                max: 1.0
+            })
+        );
+        let missing_max =
+            Cli::try_parse_from("bg-lb ctl shift web --to blue --check-prometheus http://p:9090 --query up".split(' '));
+        assert!(missing_max.is_err());
     }
 }

@@ -54,6 +54,7 @@
 //! syn_proxy_threshold = 1000        # auto: unanswered connection requests per second
 //! syn_proxy_mss = 1460              # the MSS the cookie SYN-ACKs offer
 //! forwarding = "full-nat"           # full-nat | gateway | dsr (README: Forwarding modes)
+//! slowstart = "30s"                 # ramp a backend that comes up (or is enabled) to its weight; absent: at once
 //!
 //! [service.health]                  # before or after the service's backends
 //! type = "http"                     # tcp | http
@@ -331,6 +332,9 @@ pub struct ServiceConfig {
     pub syn_proxy: SynProxy,
     /// `forwarding`: how packets reach the backends.
     pub forwarding: Forwarding,
+    /// `slowstart`: how long a backend that starts taking connections takes
+    /// to ramp up to its full weight; `None`: at once.
+    pub slowstart: Option<Duration>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

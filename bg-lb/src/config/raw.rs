@@ -90,6 +90,7 @@ pub(super) struct RawService {
     pub(super) syn_proxy_threshold: Option<Spanned<i64>>,
     pub(super) syn_proxy_mss: Option<Spanned<i64>>,
     pub(super) forwarding: Option<Spanned<String>>,
+    pub(super) slowstart: Option<Spanned<String>>,
     #[serde(default)]
     pub(super) backend: Vec<RawBackend>,
     pub(super) health: Option<RawHealth>,

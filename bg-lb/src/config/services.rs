@@ -15,7 +15,7 @@ use super::{
     error::{Invalid, line_of},
     health::health,
     raw::{RawBackend, RawService},
-    values::{endpoint, integer_in, lookup_table_size, service_name},
+    values::{duration, endpoint, integer_in, lookup_table_size, service_name},
 };
 use crate::{
     dataplane::{
@@ -175,6 +175,11 @@ fn service(raw: &RawService, text: &str) -> Result<ServiceConfig, Invalid> {
         health,
         syn_proxy: syn_proxy(raw, forwarding)?,
         forwarding,
+        slowstart: raw
+            .slowstart
+            .as_ref()
+            .map(|value| duration(Some(value), "slowstart", std::time::Duration::ZERO))
+            .transpose()?,
     })
 }
 

@@ -7,7 +7,7 @@ use bg_lb_common::maps::{DEFAULT_LOOKUP_CAPACITY, DEFAULT_LUT_SIZE, DEFAULT_MAX_
 use super::{
     AdminConfig, Config, ConfigError, DEFAULT_ADMIN_LIMITS, DEFAULT_METRICS_LIMITS, DEFAULT_WEIGHT, HealthCheck,
     HealthConfig, HttpCheck, Interfaces, OnDown, ServiceConfig, load,
-    test_support::{BLUE, TOP, WEB, backend, parse_ok},
+    test_support::{BLUE, TOP, WEB, assert_rejected, backend, parse_ok},
 };
 use crate::{
     dataplane::{
@@ -112,6 +112,7 @@ fn full_one_arm_config_parses_to_expected_structs() {
                     mss: 1400,
                 },
                 forwarding: Default::default(),
+                slowstart: None,
             },
             ServiceConfig {
                 name: "api.v2".into(),
@@ -123,6 +124,7 @@ fn full_one_arm_config_parses_to_expected_structs() {
                 health: HealthConfig::default(),
                 syn_proxy: SynProxy::default(),
                 forwarding: Default::default(),
+                slowstart: None,
             },
         ],
     };
@@ -187,6 +189,7 @@ fn full_two_arm_config_parses_to_expected_structs() {
             health: HealthConfig::default(),
             syn_proxy: SynProxy::default(),
             forwarding: Default::default(),
+            slowstart: None,
         }],
         ..parse_ok(TOP)
     };
@@ -245,6 +248,7 @@ fn absent_optional_keys_take_their_defaults() {
                 mss: 1460,
             },
             forwarding: Default::default(),
+            slowstart: None,
         }],
     };
     assert_eq!(config, expected);
@@ -304,4 +308,16 @@ fn load_error_names_the_path() {
     assert!(error.to_string().starts_with("/nonexistent/bg-lb.toml: "), "{error}");
     assert_eq!(error.line(), None);
     assert_eq!(error.path(), Path::new("/nonexistent/bg-lb.toml"));
+}
+
+#[test]
+fn slowstart_is_off_unless_set_and_must_be_a_positive_duration() {
+    assert_eq!(parse_ok(&format!("{TOP}{WEB}")).services[0].slowstart, None);
+    let set = parse_ok(&format!("{TOP}{WEB}slowstart = \"30s\"\n"));
+    assert_eq!(set.services[0].slowstart, Some(Duration::from_secs(30)));
+    assert_rejected(
+        &format!("{TOP}{WEB}slowstart = \"0s\"  # <-\n"),
+        "slowstart must be greater than zero",
+    );
+    assert_rejected(&format!("{TOP}{WEB}slowstart = \"soon\"  # <-\n"), "slowstart \"soon\"");
 }

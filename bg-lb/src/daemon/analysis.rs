@@ -88,13 +88,7 @@ impl Daemon {
             let results = self.hook_results.clone();
             let (service, hooks) = (service.to_owned(), hooks.clone());
             tokio::spawn(async move {
-                let result = match hook {
-                    Hook::CheckUrl => check_url(hooks.check_url.as_deref().unwrap_or_default()).await,
-                    Hook::Prometheus => match &hooks.prometheus {
-                        Some(check) => check_prometheus(check).await,
-                        None => Ok(()),
-                    },
-                };
+                let result = check(hook, &hooks, HOOK_TIMEOUT).await;
                 let _ = results.send(HookResult {
                     service,
                     shift,
@@ -127,9 +121,18 @@ impl Daemon {
     }
 }
 
+/// One check of `hook`, which gets `timeout` for its answer.
+async fn check(hook: Hook, hooks: &AnalysisHooks, timeout: Duration) -> Result<(), String> {
+    match (hook, &hooks.check_url, &hooks.prometheus) {
+        (Hook::CheckUrl, Some(url), _) => check_url(url, timeout).await,
+        (Hook::Prometheus, _, Some(prometheus)) => check_prometheus(prometheus, timeout).await,
+        _ => Ok(()),
+    }
+}
+
 /// `--check-url`: a 2xx passes.
-async fn check_url(url: &str) -> Result<(), String> {
-    let (status, _) = get(url, false).await?;
+async fn check_url(url: &str, timeout: Duration) -> Result<(), String> {
+    let (status, _) = get(url, false, timeout).await?;
     if (200..300).contains(&status) {
         Ok(())
     } else {
@@ -138,9 +141,9 @@ async fn check_url(url: &str) -> Result<(), String> {
 }
 
 /// `--check-prometheus`: every value of the query at most `max`.
-async fn check_prometheus(check: &PrometheusCheck) -> Result<(), String> {
+async fn check_prometheus(check: &PrometheusCheck, timeout: Duration) -> Result<(), String> {
     let url = AnalysisHooks::prometheus_query_url(check);
-    let (status, body) = get(&url, true).await?;
+    let (status, body) = get(&url, true, timeout).await?;
     if status != 200 && status != 400 && status != 422 {
         // 400 and 422 carry Prometheus's JSON error, which says more.
         return Err(format!("Prometheus at {}: HTTP {status}", check.url));
@@ -149,7 +152,7 @@ async fn check_prometheus(check: &PrometheusCheck) -> Result<(), String> {
     judge_prometheus(&body, &check.query, check.max)
 }
 
-async fn get(url: &str, read_body: bool) -> Result<(u16, Option<hyper::body::Bytes>), String> {
+async fn get(url: &str, read_body: bool, timeout: Duration) -> Result<(u16, Option<hyper::body::Bytes>), String> {
     let parsed = HttpUrl::parse(url)?;
     let exchange = async {
         let stream = tokio::net::TcpStream::connect(&parsed.authority)
@@ -165,7 +168,93 @@ async fn get(url: &str, read_body: bool) -> Result<(u16, Option<hyper::body::Byt
         .await
         .map_err(|e| format!("GET {url}: {e}"))
     };
-    tokio::time::timeout(HOOK_TIMEOUT, exchange)
+    tokio::time::timeout(timeout, exchange)
         .await
-        .map_err(|_| format!("GET {url}: no answer within {}s", HOOK_TIMEOUT.as_secs()))?
+        .map_err(|_| format!("GET {url}: no answer within {timeout:?}"))?
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::{
+        io::{AsyncReadExt as _, AsyncWriteExt as _},
+        net::TcpListener,
+    };
+
+    use super::*;
+
+    /// A server answering every connection with `response` (raw HTTP), or
+    /// never answering when `None`; its base URL and the requests it read.
+    async fn server(response: Option<String>) -> (String, tokio::sync::mpsc::UnboundedReceiver<String>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (seen, requests) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            loop {
+                let (mut stream, _) = listener.accept().await.unwrap();
+                let mut head = vec![0; 4096];
+                let n = stream.read(&mut head).await.unwrap();
+                let _ = seen.send(String::from_utf8_lossy(&head[..n]).into_owned());
+                match &response {
+                    Some(response) => stream.write_all(response.as_bytes()).await.unwrap(),
+                    // Hold the connection open without a word.
+                    None => std::mem::forget(stream),
+                }
+            }
+        });
+        (url, requests)
+    }
+
+    fn hooks(check_url: Option<String>, prometheus: Option<PrometheusCheck>) -> AnalysisHooks {
+        AnalysisHooks { check_url, prometheus }
+    }
+
+    const SECOND: Duration = Duration::from_secs(1);
+
+    #[tokio::test]
+    async fn a_webhook_passes_on_2xx_and_fails_on_any_other_status_or_silence() {
+        let (ok, mut requests) = server(Some("HTTP/1.1 204 No Content\r\n\r\n".into())).await;
+        let url = format!("{ok}/ready?v=2");
+        assert_eq!(check(Hook::CheckUrl, &hooks(Some(url), None), SECOND).await, Ok(()));
+        assert!(requests.recv().await.unwrap().starts_with("GET /ready?v=2 HTTP/1.1"));
+        let (bad, _) = server(Some(
+            "HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n\r\n".into(),
+        ))
+        .await;
+        let failed = check(Hook::CheckUrl, &hooks(Some(format!("{bad}/")), None), SECOND).await;
+        assert!(failed.unwrap_err().ends_with("HTTP 503"));
+        let (silent, _) = server(None).await;
+        let url = format!("{silent}/");
+        let failed = check(Hook::CheckUrl, &hooks(Some(url), None), Duration::from_millis(200)).await;
+        assert!(failed.unwrap_err().contains("no answer within 200ms"));
+        let nobody = check(Hook::CheckUrl, &hooks(Some("http://127.0.0.1:1/".into()), None), SECOND).await;
+        assert!(nobody.unwrap_err().contains("connecting to 127.0.0.1:1"));
+    }
+
+    #[tokio::test]
+    async fn a_prometheus_check_sends_the_query_and_judges_the_answer() {
+        let body = r#"{"status":"success","data":{"resultType":"vector","result":[{"metric":{},"value":[1,"0.02"]}]}}"#;
+        let response = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let (url, mut requests) = server(Some(response)).await;
+        let prometheus = |max| {
+            hooks(
+                None,
+                Some(PrometheusCheck {
+                    url: url.clone(),
+                    query: "rate(errors[1m])".into(),
+                    max,
+                }),
+            )
+        };
+        assert_eq!(check(Hook::Prometheus, &prometheus(0.05), SECOND).await, Ok(()));
+        let request = requests.recv().await.unwrap();
+        assert!(
+            request.starts_with("GET /api/v1/query?query=rate%28errors%5B1m%5D%29 HTTP/1.1"),
+            "{request}"
+        );
+        let over = check(Hook::Prometheus, &prometheus(0.01), SECOND).await.unwrap_err();
+        assert!(over.contains("= 0.02, over the max 0.01"), "{over}");
+    }
 }

@@ -19,6 +19,7 @@ impl Daemon {
         self.request_sweep(Duration::from_secs(1));
         self.tick_fleet();
         self.tick_shifts();
+        self.tick_slow_starts();
         if let Err(e) = self.log_syn_floods() {
             tracing::error!(error = %e, "reading the SYN flood detectors failed");
         }

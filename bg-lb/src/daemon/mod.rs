@@ -23,6 +23,7 @@ mod probes;
 mod reload;
 pub mod server;
 mod shifts;
+mod slow_start;
 mod status;
 mod sweeper;
 mod systemd;
@@ -111,6 +112,8 @@ pub struct Daemon {
     reloads: ReloadStats,
     /// Shifts the daemon rolled back, by service, for metrics.
     shift_rollbacks: BTreeMap<String, u64>,
+    /// Slow-start ramps, by service (those with `slowstart`).
+    ramps: HashMap<String, crate::slow_start::Ramps>,
     /// Auto-mode services whose SYN proxy is on, as last logged.
     flooded: HashMap<String, floods::Flooded>,
     /// Drives BIRD when the config has `[bgp]`.
@@ -197,6 +200,7 @@ impl Daemon {
             notifier: Notifier::from_env(),
             reloads: ReloadStats::new(loaded_at),
             shift_rollbacks: BTreeMap::new(),
+            ramps: HashMap::new(),
             flooded: HashMap::new(),
             speaker: None,
         };

@@ -40,8 +40,9 @@ impl Daemon {
     /// Rebuilds the live table and, if any, the standby table of `service`.
     pub(super) fn apply_service(&mut self, service: &ServiceConfig) -> Result<(), crate::dataplane::DataplaneError> {
         let operator = self.operator.services.get(&service.name);
-        let live = desired::live_spec(service, operator, &self.health);
+        let mut live = desired::live_spec(service, operator, &self.health);
         let standby = desired::standby_spec(service, operator, &self.health);
+        self.slow_start(service, &mut live);
         self.dataplane.apply(&live)?;
         if let Some(standby) = standby {
             self.dataplane.apply(&standby)?;

@@ -94,7 +94,8 @@ impl Daemon {
         census: &FlowCensus,
     ) -> Result<ServiceStatus, RequestError> {
         let operator = self.operator.services.get(&service.name);
-        let spec = desired::live_spec(service, operator, &self.health);
+        let mut spec = desired::live_spec(service, operator, &self.health);
+        self.ramped(service, &mut spec);
         let can_serve = |pool| spec.backends.iter().any(|b| b.pool == pool && b.weight > 0);
         let backends = service
             .backends

@@ -3,25 +3,22 @@
 //! owns the daemon for a [`Snapshot`] through a channel, so the data plane is
 //! only ever touched by that task, and encodes it here, off that task.
 
-use std::{convert::Infallible, net::SocketAddr, time::Duration};
+use std::time::Duration;
 
 use http_body_util::Full;
 use hyper::{
     Method, Request, Response, StatusCode,
     body::Bytes,
     header::{ALLOW, CONTENT_TYPE},
-    server::conn::http1,
-    service::service_fn,
 };
-use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::{
-    net::{TcpListener, TcpStream},
+    net::TcpListener,
     sync::{mpsc, oneshot},
 };
 
 use crate::{
     config::ListenerLimits,
-    connection_slots::{ConnectionSlots, Slot},
+    connection_slots::{ConnectionSlots, serve_http},
     metrics::{self, Snapshot},
 };
 
@@ -39,13 +36,12 @@ pub async fn serve(listener: TcpListener, scrapes: mpsc::Sender<ScrapeRequest>, 
         match listener.accept().await {
             Ok((stream, peer)) => match slots.admit() {
                 Some(slot) => {
-                    tokio::spawn(serve_connection(
-                        stream,
-                        peer,
-                        scrapes.clone(),
-                        slot,
-                        limits.idle_timeout,
-                    ));
+                    let scrapes = scrapes.clone();
+                    let handler = move |request| {
+                        let scrapes = scrapes.clone();
+                        async move { respond(&request, &scrapes).await }
+                    };
+                    tokio::spawn(serve_http(stream, peer, slot, limits.idle_timeout, "metrics", handler));
                 }
                 None => tracing::warn!(%peer, "every metrics connection is busy with a scrape; closing this one"),
             },
@@ -54,38 +50,6 @@ pub async fn serve(listener: TcpListener, scrapes: mpsc::Sender<ScrapeRequest>, 
                 tokio::time::sleep(ACCEPT_BACKOFF).await;
             }
         }
-    }
-}
-
-/// One connection, until the client closes it, it idles past
-/// `idle_timeout` (no complete request head in that time, counted from the
-/// connect or the last response), or a new connection takes its slot.
-async fn serve_connection(
-    stream: TcpStream,
-    peer: SocketAddr,
-    scrapes: mpsc::Sender<ScrapeRequest>,
-    slot: Slot,
-    idle_timeout: Duration,
-) {
-    let serving = slot.clone();
-    let service = service_fn(move |request| {
-        let scrapes = scrapes.clone();
-        let busy = serving.busy();
-        async move {
-            let response = respond(&request, &scrapes).await;
-            drop(busy);
-            Ok::<_, Infallible>(response)
-        }
-    });
-    let connection = http1::Builder::new()
-        .timer(TokioTimer::new())
-        .header_read_timeout(idle_timeout)
-        .serve_connection(TokioIo::new(stream), service);
-    tokio::select! {
-        result = connection => if let Err(e) = result {
-            tracing::debug!(%peer, error = %e, "metrics connection ended with an error");
-        },
-        () = slot.evicted() => tracing::debug!(%peer, "idle metrics connection closed for a new one"),
     }
 }
 
@@ -137,7 +101,12 @@ fn plain(status: StatusCode, text: &str) -> Response<Full<Bytes>> {
 
 #[cfg(test)]
 mod tests {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use std::net::SocketAddr;
+
+    use tokio::{
+        io::{AsyncReadExt as _, AsyncWriteExt as _},
+        net::TcpStream,
+    };
 
     use super::*;
     use crate::config::DEFAULT_METRICS_LIMITS;
