@@ -6,7 +6,10 @@
 use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
-    sync::{Arc, atomic::AtomicI64},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicI64, Ordering},
+    },
 };
 
 use tokio::sync::mpsc;
@@ -19,6 +22,7 @@ use super::{
 };
 use crate::{
     config::ClusterConfig,
+    protocol::FleetStatus,
     state_file::{self, OperatorState, ServiceState, StateError},
 };
 
@@ -95,6 +99,8 @@ pub struct Fleet {
     pub(super) prefix: String,
     /// The host's etcd lease (see [`lead::keep_lease`]); 0 while none.
     pub(super) lease: Arc<AtomicI64>,
+    /// Whether etcd answered the watcher's last read.
+    answers: Arc<AtomicBool>,
     key: String,
     state_dir: PathBuf,
     /// The key's mod revision this host last read or wrote; `None` until
@@ -124,7 +130,8 @@ impl Fleet {
         let etcd = Etcd::new(&cluster.etcd);
         let key = format!("{}/state", cluster.prefix);
         let (tx, updates) = mpsc::unbounded_channel();
-        worker.detach(watch::run(etcd.clone(), key.clone(), tx));
+        let answers = Arc::new(AtomicBool::new(true));
+        worker.detach(watch::run(etcd.clone(), key.clone(), tx, answers.clone()));
         let lease = Arc::new(AtomicI64::new(0));
         worker.detach(lead::keep_lease(etcd.clone(), lease.clone()));
         let mut fleet = Fleet {
@@ -133,6 +140,7 @@ impl Fleet {
             host: cluster.host.clone(),
             prefix: cluster.prefix.clone(),
             lease,
+            answers,
             key,
             state_dir: state_dir.to_owned(),
             revision: None,
@@ -214,6 +222,17 @@ impl Fleet {
         self.revision = Some(update.revision);
         self.stored = update.value;
         Ok(Some(services))
+    }
+
+    /// What `status` shows; `leads`: the shifts this host drives.
+    pub fn status(&self, leads: Vec<String>) -> FleetStatus {
+        FleetStatus {
+            host: self.host.clone(),
+            etcd: self.etcd.endpoints(),
+            etcd_answers: self.answers.load(Ordering::Relaxed),
+            revision: self.revision,
+            leads,
+        }
     }
 
     /// Keeps the host's copy in line with a state taken from the fleet.

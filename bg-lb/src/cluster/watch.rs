@@ -6,7 +6,13 @@
 //! after etcd restarts or compacts, where a watch must reconnect from the
 //! right revision. Either way a host applies a change well within 1 s.
 
-use std::time::Duration;
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use tokio::sync::mpsc;
 
@@ -22,8 +28,9 @@ pub struct FleetUpdate {
 }
 
 /// Polls `key` until the daemon stops listening. Logs when etcd stops and
-/// starts answering: the hosts forward on with their last state meanwhile.
-pub async fn run(etcd: Etcd, key: String, updates: mpsc::UnboundedSender<FleetUpdate>) {
+/// starts answering (the hosts forward on with their last state meanwhile),
+/// and keeps `answers` for `status`.
+pub async fn run(etcd: Etcd, key: String, updates: mpsc::UnboundedSender<FleetUpdate>, answers: Arc<AtomicBool>) {
     let mut seen = None;
     let mut reachable = true;
     loop {
@@ -53,6 +60,7 @@ pub async fn run(etcd: Etcd, key: String, updates: mpsc::UnboundedSender<FleetUp
             }
             Err(_) => {}
         }
+        answers.store(reachable, Ordering::Relaxed);
         if updates.is_closed() {
             return;
         }
