@@ -62,6 +62,7 @@ impl Fleet {
     /// Whether this host leads `service`'s shift now, taking the lead if no
     /// host has it.
     pub fn lead(&self, service: &str) -> Result<bool, StoreError> {
+        self.answering()?;
         let lease = self.lease.load(Ordering::Relaxed);
         if lease == 0 {
             return Ok(false);
@@ -101,6 +102,7 @@ impl Fleet {
     /// The other hosts' counters of `service`, summed (theirs as last
     /// published: at most a second old).
     pub fn others_counters(&self, service: &str) -> Result<[PoolCounters; 2], StoreError> {
+        self.answering()?;
         let (etcd, prefix) = (self.etcd.clone(), format!("{}/hosts/", self.prefix));
         let kvs = self.call(async move { etcd.list(&prefix).await })?;
         let own = format!("{}/hosts/{}/counters", self.prefix, self.host);

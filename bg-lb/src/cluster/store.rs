@@ -42,6 +42,8 @@ pub enum StoreError {
          etcd answers"
     )]
     NotRead { endpoints: String },
+    #[error("etcd ({endpoints}) did not answer this host's last read")]
+    Away { endpoints: String },
     #[error("the etcd thread is gone")]
     WorkerGone,
     #[error("etcd key {key} holds no bg-lb fleet state ({cause}); fix or delete it")]
@@ -222,6 +224,19 @@ impl Fleet {
         self.revision = Some(update.revision);
         self.stored = update.value;
         Ok(Some(services))
+    }
+
+    /// Fails at once while the watcher finds etcd away: the calls made
+    /// every second (shift leads, counters) must not hold up the daemon's
+    /// loop for a timeout each. An operator's change still tries etcd.
+    pub(super) fn answering(&self) -> Result<(), StoreError> {
+        if self.answers.load(Ordering::Relaxed) {
+            Ok(())
+        } else {
+            Err(StoreError::Away {
+                endpoints: self.etcd.endpoints(),
+            })
+        }
     }
 
     /// What `status` shows; `leads`: the shifts this host drives.
