@@ -313,6 +313,11 @@ pub struct FleetStatus {
     /// The services whose shift this host drives.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub leads: Vec<String>,
+    /// Backends another host's health check sees otherwise than this
+    /// host's ("web 10.0.1.11:8080: up here, down on lb2"): their tables
+    /// differ in those backends' slots.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub health_differs: Vec<String>,
 }
 
 /// What `status` shows of the VIP announcements (`[bgp]`).

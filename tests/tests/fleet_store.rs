@@ -12,7 +12,7 @@ use std::{
 
 use bg_lb::{
     cluster::{
-        lead::HostCounters,
+        report::{HostCounters, HostReport},
         store::{StateStore, StoreError},
         watch::FleetUpdate,
     },
@@ -170,7 +170,10 @@ fn a_shift_lead_is_held_by_one_host_and_passes_on_when_that_hosts_lease_dies() {
     };
     let publish = |host: &Host, counters: PoolCounters| {
         let counters = HostCounters::from([("web".to_owned(), [counters, PoolCounters::default()])]);
-        host.store.fleet().unwrap().publish(&counters);
+        host.store.fleet().unwrap().publish(&HostReport {
+            counters,
+            ..Default::default()
+        });
     };
     let (of_a, of_b) = (
         PoolCounters {

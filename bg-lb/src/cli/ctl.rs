@@ -344,6 +344,9 @@ fn print_fleet(fleet: &FleetStatus) {
     if !fleet.leads.is_empty() {
         println!("  this host drives the shift of {}", fleet.leads.join(", "));
     }
+    for difference in &fleet.health_differs {
+        println!("  health differs: {difference}");
+    }
 }
 
 fn print_service(s: &ServiceStatus) {

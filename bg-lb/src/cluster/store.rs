@@ -239,14 +239,16 @@ impl Fleet {
         }
     }
 
-    /// What `status` shows; `leads`: the shifts this host drives.
-    pub fn status(&self, leads: Vec<String>) -> FleetStatus {
+    /// What `status` shows; `leads`: the shifts this host drives;
+    /// `health_differs`: backends other hosts see otherwise.
+    pub fn status(&self, leads: Vec<String>, health_differs: Vec<String>) -> FleetStatus {
         FleetStatus {
             host: self.host.clone(),
             etcd: self.etcd.endpoints(),
             etcd_answers: self.answers.load(Ordering::Relaxed),
             revision: self.revision,
             leads,
+            health_differs,
         }
     }
 
