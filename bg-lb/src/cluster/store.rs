@@ -217,6 +217,14 @@ impl Fleet {
     /// The fleet's services in `update` if it is newer than what this host
     /// has (its own writes come back too, and are skipped).
     pub fn accept(&mut self, update: FleetUpdate) -> Result<Option<BTreeMap<String, ServiceState>>, StoreError> {
+        if update.revision == 0 {
+            // Deleted: the hosts keep their state, and the next change
+            // creates the key again.
+            tracing::warn!(key = %self.key, "the fleet state was deleted from etcd; the next change writes it again");
+            self.revision = Some(0);
+            self.stored = Vec::new();
+            return Ok(None);
+        }
         if self.revision.is_some_and(|seen| update.revision <= seen) {
             return Ok(None);
         }

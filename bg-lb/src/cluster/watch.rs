@@ -20,7 +20,8 @@ use super::etcd::Etcd;
 
 pub const POLL: Duration = Duration::from_millis(200);
 
-/// The fleet state as etcd holds it at `revision` (the key's mod revision).
+/// The fleet state as etcd holds it at `revision` (the key's mod revision);
+/// revision 0 and no value when someone deleted the key.
 #[derive(Debug)]
 pub struct FleetUpdate {
     pub revision: i64,
@@ -40,16 +41,11 @@ pub async fn run(etcd: Etcd, key: String, updates: mpsc::UnboundedSender<FleetUp
                     tracing::info!(etcd = %etcd.endpoints(), "etcd answers again: fleet changes are accepted");
                     reachable = true;
                 }
-                if let Some(kv) = kv.filter(|kv| seen != Some(kv.mod_revision)) {
-                    seen = Some(kv.mod_revision);
-                    let update = FleetUpdate {
-                        revision: kv.mod_revision,
-                        value: kv.value,
-                    };
-                    if updates.send(update).is_err() {
-                        return;
-                    }
+                let (revision, value) = kv.map_or((0, Vec::new()), |kv| (kv.mod_revision, kv.value));
+                if seen.unwrap_or(0) != revision && updates.send(FleetUpdate { revision, value }).is_err() {
+                    return;
                 }
+                seen = Some(revision);
             }
             Err(error) if reachable => {
                 tracing::warn!(
