@@ -343,6 +343,32 @@ pub struct Reply {
     /// With `services`, when the config has `[bgp]`: what this host announces.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bgp: Option<BgpStatus>,
+    /// With `services`, when the config has `[cluster]`: this host in its fleet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<FleetStatus>,
+}
+
+/// What `status` shows of the fleet (`[cluster]`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FleetStatus {
+    /// This host's name in the fleet.
+    pub host: String,
+    /// The etcd endpoints.
+    pub etcd: String,
+    /// Whether etcd answered this host's last read (every 200 ms).
+    pub etcd_answers: bool,
+    /// The revision of the fleet state this host applies; none before its
+    /// first read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<i64>,
+    /// The services whose shift this host drives.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub leads: Vec<String>,
+    /// Backends another host's health check sees otherwise than this
+    /// host's ("web 10.0.1.11:8080: up here, down on lb2"): their tables
+    /// differ in those backends' slots.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub health_differs: Vec<String>,
 }
 
 /// What `status` shows of the VIP announcements (`[bgp]`).

@@ -28,14 +28,13 @@ pub struct Etcd {
 impl Etcd {
     /// On 127.0.0.1, on ports free now: no root needed.
     pub fn start_on_loopback() -> Self {
-        let free = || {
-            TcpListener::bind("127.0.0.1:0")
-                .and_then(|l| l.local_addr())
-                .expect("a free port")
-                .port()
-        };
-        let (client, peer) = (free(), free());
-        Etcd::start(None, SocketAddrV4::new(Ipv4Addr::LOCALHOST, client), peer)
+        // Both bound at once, so they differ; released just before etcd binds.
+        let bind = || TcpListener::bind("127.0.0.1:0").expect("a free port");
+        let (client, peer) = (bind(), bind());
+        let port = |l: &TcpListener| l.local_addr().expect("bound").port();
+        let (client_port, peer_port) = (port(&client), port(&peer));
+        drop((client, peer));
+        Etcd::start(None, SocketAddrV4::new(Ipv4Addr::LOCALHOST, client_port), peer_port)
     }
 
     /// In `ns`, its clients served on `address:2379` (peers on the

@@ -12,6 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use bg_lb::protocol::{FleetStatus, Reply};
 use bg_lb_tests::{
     daemon::Daemon,
     etcd::Etcd,
@@ -76,6 +77,11 @@ fn config(host: &LbHost, paths: &str, etcd: &Etcd, i: usize) -> String {
     )
 }
 
+fn fleet_status(daemon: &Daemon) -> FleetStatus {
+    let reply: Reply = serde_json::from_str(&daemon.ctl_ok(&["--json", "status"])).expect("status JSON");
+    reply.fleet.expect("status shows [cluster]")
+}
+
 /// Polls `done` until it holds; how long that took. Panics after [`DEADLINE`].
 fn until(what: &str, mut done: impl FnMut() -> bool) -> Duration {
     let start = Instant::now();
@@ -115,10 +121,21 @@ fn ctl_ratio_on_one_host_changes_the_split_through_the_other_and_without_etcd_tr
     );
     assert_eq!(daemons[1].status("web").ratio.to_string(), "0:100");
     assert!(fleet.ask_names(20).iter().all(|n| n == "green1"));
+    let status = fleet_status(&daemons[1]);
+    assert!(
+        status.host == "lb1" && status.etcd_answers && status.revision.is_some(),
+        "{status:?}"
+    );
 
-    // etcd dies: both hosts forward as before, and refuse changes by name.
+    // etcd dies: both hosts forward as before, say so, and refuse changes
+    // by name.
     let mut etcd = cluster.etcd;
     etcd.kill();
+    until("host 1's status never said etcd is away", || {
+        !fleet_status(&daemons[1]).etcd_answers
+    });
+    let table = daemons[1].ctl_ok(&["status"]);
+    assert!(table.contains("etcd 10.96.0.1:2379 UNREACHABLE"), "{table}");
     for (i, daemon) in daemons.iter().enumerate() {
         let refused = daemon.ctl(&["ratio", "web", "100:0"]);
         let said = String::from_utf8_lossy(&refused.stderr);

@@ -12,7 +12,7 @@ use std::{
 
 use bg_lb::{
     cluster::{
-        lead::HostCounters,
+        report::{HostCounters, HostReport},
         store::{StateStore, StoreError},
         watch::FleetUpdate,
     },
@@ -62,6 +62,15 @@ impl Host {
 
     fn ratio(&self) -> Option<Ratio> {
         self.state.services.get("web")?.ratio
+    }
+
+    /// Takes the fleet updates that came.
+    fn take_updates(&mut self) {
+        while let Ok(update) = self.updates.try_recv() {
+            if let Some(services) = self.store.fleet_mut().unwrap().accept(update).expect("a valid state") {
+                self.state.services = services;
+            }
+        }
     }
 
     /// Takes fleet updates until the ratio is `blue`; panics after the
@@ -123,6 +132,27 @@ fn a_change_saved_on_one_host_reaches_the_other_and_a_concurrent_change_is_refus
     b.await_ratio(40);
     b.set_ratio(90).expect("b's change once it has seen a's");
     a.await_ratio(90);
+
+    // Someone deletes the key: the hosts keep their state, and the next
+    // change, once they have seen the deletion, writes it again.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let client = bg_lb::cluster::etcd::Etcd::new(&[etcd.client.to_string()]);
+    runtime
+        .block_on(client.delete("/test-change/state"))
+        .expect("delete the fleet key");
+    until("a never wrote the fleet state again", || {
+        a.take_updates();
+        match a.set_ratio(60) {
+            Ok(()) => true,
+            Err(StoreError::Conflict) => false,
+            Err(e) => panic!("{e}"),
+        }
+    });
+    assert_eq!(a.ratio(), Ratio::new(60).ok());
+    b.await_ratio(60);
 }
 
 #[test]
@@ -170,7 +200,10 @@ fn a_shift_lead_is_held_by_one_host_and_passes_on_when_that_hosts_lease_dies() {
     };
     let publish = |host: &Host, counters: PoolCounters| {
         let counters = HostCounters::from([("web".to_owned(), [counters, PoolCounters::default()])]);
-        host.store.fleet().unwrap().publish(&counters);
+        host.store.fleet().unwrap().publish(&HostReport {
+            counters,
+            ..Default::default()
+        });
     };
     let (of_a, of_b) = (
         PoolCounters {

@@ -20,7 +20,8 @@ use crate::{
     cli::{CtlArgs, CtlCommand, DrainTarget},
     dataplane::syn_proxy::SynProxyMode,
     protocol::{
-        BgpStatus, MAX_FLOWS_LIMIT, Reply, Request, ServiceStatus, ShiftAbortRequest, StatusRequest, SynProxyStatus,
+        BgpStatus, FleetStatus, MAX_FLOWS_LIMIT, Reply, Request, ServiceStatus, ShiftAbortRequest, StatusRequest,
+        SynProxyStatus,
     },
     shift::{ShiftOutcome, ShiftRecord},
 };
@@ -180,6 +181,9 @@ fn print_human(reply: &Reply) {
     if let Some(bgp) = &reply.bgp {
         print_bgp(bgp);
     }
+    if let Some(fleet) = &reply.fleet {
+        print_fleet(fleet);
+    }
     if let Some(flows) = &reply.flows {
         println!(
             "{:<22} {:<22} {:<6} {:>9} {:>9}  STATE",
@@ -324,6 +328,27 @@ fn print_bgp(bgp: &BgpStatus) {
         (Some(error), false) => format!("FAILED (retrying): {error}"),
     };
     println!("  {} -> birdc configure {result}", bgp.include.display());
+}
+
+fn print_fleet(fleet: &FleetStatus) {
+    let etcd = if fleet.etcd_answers {
+        format!("etcd {} answers", fleet.etcd)
+    } else {
+        format!(
+            "etcd {} UNREACHABLE: forwarding with the last fleet state; changes are refused",
+            fleet.etcd
+        )
+    };
+    let revision = fleet
+        .revision
+        .map_or("not read yet".to_owned(), |r| format!("revision {r}"));
+    println!("fleet: host {}, {etcd}; fleet state {revision}", fleet.host);
+    if !fleet.leads.is_empty() {
+        println!("  this host drives the shift of {}", fleet.leads.join(", "));
+    }
+    for difference in &fleet.health_differs {
+        println!("  health differs: {difference}");
+    }
 }
 
 fn print_service(s: &ServiceStatus) {

@@ -1,16 +1,13 @@
-//! What hosts share besides the operator state, all tied to each host's
-//! etcd lease so that it vanishes [`LEASE_TTL`] after the host does:
+//! The host's etcd lease, and the shift lead that hangs on it.
 //!
-//! - `PREFIX/shift-lead/SERVICE`: the host that drives the service's
-//!   shift. A host takes it with a create-if-absent transaction under its
-//!   lease (etcd's own election recipe); when the leader dies its lease
-//!   expires, the key goes, and the next host to ask takes over from the
-//!   step recorded in the fleet state.
-//! - `PREFIX/hosts/HOST/counters`: the host's per-pool connection counters,
-//!   so the leader judges a shift on the whole fleet's traffic.
+//! `PREFIX/shift-lead/SERVICE` names the host that drives the service's
+//! shift. A host takes it with a create-if-absent transaction under its
+//! lease (etcd's own election recipe); when the leader dies its lease
+//! expires [`LEASE_TTL`] later, the key goes, and the next host to ask takes
+//! over from the step recorded in the fleet state. The host's report
+//! ([`super::report`]) hangs on the same lease.
 
 use std::{
-    collections::BTreeMap,
     sync::{
         Arc,
         atomic::{AtomicI64, Ordering},
@@ -22,13 +19,9 @@ use super::{
     etcd::Etcd,
     store::{Fleet, StoreError},
 };
-use crate::shift::PoolCounters;
 
-/// A dead host's lead and counters outlive it by at most this.
+/// A dead host's lead and report outlive it by at most this.
 pub const LEASE_TTL: Duration = Duration::from_secs(3);
-
-/// Per service, the blue and green counters of one host.
-pub type HostCounters = BTreeMap<String, [PoolCounters; 2]>;
 
 /// Grants the host's lease and keeps it alive; `lease` holds its id, 0
 /// while there is none (never granted yet, or expired while etcd was
@@ -62,6 +55,7 @@ impl Fleet {
     /// Whether this host leads `service`'s shift now, taking the lead if no
     /// host has it.
     pub fn lead(&self, service: &str) -> Result<bool, StoreError> {
+        self.answering()?;
         let lease = self.lease.load(Ordering::Relaxed);
         if lease == 0 {
             return Ok(false);
@@ -78,43 +72,6 @@ impl Fleet {
                 tracing::warn!(%error, key, "shift lead not released; it goes with this host's lease");
             }
         });
-    }
-
-    /// Publishes this host's counters under its lease, without waiting.
-    pub fn publish(&self, counters: &HostCounters) {
-        let lease = self.lease.load(Ordering::Relaxed);
-        if lease == 0 {
-            return;
-        }
-        let key = format!("{}/hosts/{}/counters", self.prefix, self.host);
-        let (etcd, value) = (
-            self.etcd.clone(),
-            serde_json::to_vec(counters).expect("counters serialize"),
-        );
-        self.worker.detach(async move {
-            if let Err(error) = etcd.put(&key, &value, lease).await {
-                tracing::debug!(%error, "counters not published");
-            }
-        });
-    }
-
-    /// The other hosts' counters of `service`, summed (theirs as last
-    /// published: at most a second old).
-    pub fn others_counters(&self, service: &str) -> Result<[PoolCounters; 2], StoreError> {
-        let (etcd, prefix) = (self.etcd.clone(), format!("{}/hosts/", self.prefix));
-        let kvs = self.call(async move { etcd.list(&prefix).await })?;
-        let own = format!("{}/hosts/{}/counters", self.prefix, self.host);
-        let mut sum = [PoolCounters::default(); 2];
-        let others = kvs
-            .iter()
-            .filter(|kv| kv.key.ends_with(b"/counters") && kv.key != own.as_bytes())
-            .filter_map(|kv| serde_json::from_slice::<HostCounters>(&kv.value).ok());
-        for host in others {
-            for (total, pool) in sum.iter_mut().zip(host.get(service).into_iter().flatten()) {
-                *total = total.plus(pool);
-            }
-        }
-        Ok(sum)
     }
 
     fn lead_key(&self, service: &str) -> String {

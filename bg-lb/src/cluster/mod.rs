@@ -16,10 +16,13 @@
 //! - [`worker`]: the thread the etcd calls run on.
 //! - [`store`]: the state store seam: local file or fleet in etcd.
 //! - [`watch`]: following the fleet key.
-//! - [`lead`]: the host lease, shift leadership and fleet-wide counters.
+//! - [`lead`]: the host's lease and the shift lead.
+//! - [`report`]: each host's counters and health view, published for the
+//!   others.
 
 pub mod etcd;
 pub mod lead;
+pub mod report;
 pub mod store;
 pub mod watch;
 pub mod worker;

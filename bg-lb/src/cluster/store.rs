@@ -6,7 +6,10 @@
 use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
-    sync::{Arc, atomic::AtomicI64},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicI64, Ordering},
+    },
 };
 
 use tokio::sync::mpsc;
@@ -19,6 +22,7 @@ use super::{
 };
 use crate::{
     config::ClusterConfig,
+    protocol::FleetStatus,
     state_file::{self, OperatorState, ServiceState, StateError},
 };
 
@@ -38,6 +42,8 @@ pub enum StoreError {
          etcd answers"
     )]
     NotRead { endpoints: String },
+    #[error("etcd ({endpoints}) did not answer this host's last read")]
+    Away { endpoints: String },
     #[error("the etcd thread is gone")]
     WorkerGone,
     #[error("etcd key {key} holds no bg-lb fleet state ({cause}); fix or delete it")]
@@ -95,6 +101,8 @@ pub struct Fleet {
     pub(super) prefix: String,
     /// The host's etcd lease (see [`lead::keep_lease`]); 0 while none.
     pub(super) lease: Arc<AtomicI64>,
+    /// Whether etcd answered the watcher's last read.
+    answers: Arc<AtomicBool>,
     key: String,
     state_dir: PathBuf,
     /// The key's mod revision this host last read or wrote; `None` until
@@ -124,7 +132,8 @@ impl Fleet {
         let etcd = Etcd::new(&cluster.etcd);
         let key = format!("{}/state", cluster.prefix);
         let (tx, updates) = mpsc::unbounded_channel();
-        worker.detach(watch::run(etcd.clone(), key.clone(), tx));
+        let answers = Arc::new(AtomicBool::new(true));
+        worker.detach(watch::run(etcd.clone(), key.clone(), tx, answers.clone()));
         let lease = Arc::new(AtomicI64::new(0));
         worker.detach(lead::keep_lease(etcd.clone(), lease.clone()));
         let mut fleet = Fleet {
@@ -133,6 +142,7 @@ impl Fleet {
             host: cluster.host.clone(),
             prefix: cluster.prefix.clone(),
             lease,
+            answers,
             key,
             state_dir: state_dir.to_owned(),
             revision: None,
@@ -207,6 +217,14 @@ impl Fleet {
     /// The fleet's services in `update` if it is newer than what this host
     /// has (its own writes come back too, and are skipped).
     pub fn accept(&mut self, update: FleetUpdate) -> Result<Option<BTreeMap<String, ServiceState>>, StoreError> {
+        if update.revision == 0 {
+            // Deleted: the hosts keep their state, and the next change
+            // creates the key again.
+            tracing::warn!(key = %self.key, "the fleet state was deleted from etcd; the next change writes it again");
+            self.revision = Some(0);
+            self.stored = Vec::new();
+            return Ok(None);
+        }
         if self.revision.is_some_and(|seen| update.revision <= seen) {
             return Ok(None);
         }
@@ -214,6 +232,32 @@ impl Fleet {
         self.revision = Some(update.revision);
         self.stored = update.value;
         Ok(Some(services))
+    }
+
+    /// Fails at once while the watcher finds etcd away: the calls made
+    /// every second (shift leads, counters) must not hold up the daemon's
+    /// loop for a timeout each. An operator's change still tries etcd.
+    pub(super) fn answering(&self) -> Result<(), StoreError> {
+        if self.answers.load(Ordering::Relaxed) {
+            Ok(())
+        } else {
+            Err(StoreError::Away {
+                endpoints: self.etcd.endpoints(),
+            })
+        }
+    }
+
+    /// What `status` shows; `leads`: the shifts this host drives;
+    /// `health_differs`: backends other hosts see otherwise.
+    pub fn status(&self, leads: Vec<String>, health_differs: Vec<String>) -> FleetStatus {
+        FleetStatus {
+            host: self.host.clone(),
+            etcd: self.etcd.endpoints(),
+            etcd_answers: self.answers.load(Ordering::Relaxed),
+            revision: self.revision,
+            leads,
+            health_differs,
+        }
     }
 
     /// Keeps the host's copy in line with a state taken from the fleet.

@@ -6,7 +6,13 @@
 //! after etcd restarts or compacts, where a watch must reconnect from the
 //! right revision. Either way a host applies a change well within 1 s.
 
-use std::time::Duration;
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use tokio::sync::mpsc;
 
@@ -14,7 +20,8 @@ use super::etcd::Etcd;
 
 pub const POLL: Duration = Duration::from_millis(200);
 
-/// The fleet state as etcd holds it at `revision` (the key's mod revision).
+/// The fleet state as etcd holds it at `revision` (the key's mod revision);
+/// revision 0 and no value when someone deleted the key.
 #[derive(Debug)]
 pub struct FleetUpdate {
     pub revision: i64,
@@ -22,8 +29,9 @@ pub struct FleetUpdate {
 }
 
 /// Polls `key` until the daemon stops listening. Logs when etcd stops and
-/// starts answering: the hosts forward on with their last state meanwhile.
-pub async fn run(etcd: Etcd, key: String, updates: mpsc::UnboundedSender<FleetUpdate>) {
+/// starts answering (the hosts forward on with their last state meanwhile),
+/// and keeps `answers` for `status`.
+pub async fn run(etcd: Etcd, key: String, updates: mpsc::UnboundedSender<FleetUpdate>, answers: Arc<AtomicBool>) {
     let mut seen = None;
     let mut reachable = true;
     loop {
@@ -33,16 +41,11 @@ pub async fn run(etcd: Etcd, key: String, updates: mpsc::UnboundedSender<FleetUp
                     tracing::info!(etcd = %etcd.endpoints(), "etcd answers again: fleet changes are accepted");
                     reachable = true;
                 }
-                if let Some(kv) = kv.filter(|kv| seen != Some(kv.mod_revision)) {
-                    seen = Some(kv.mod_revision);
-                    let update = FleetUpdate {
-                        revision: kv.mod_revision,
-                        value: kv.value,
-                    };
-                    if updates.send(update).is_err() {
-                        return;
-                    }
+                let (revision, value) = kv.map_or((0, Vec::new()), |kv| (kv.mod_revision, kv.value));
+                if seen.unwrap_or(0) != revision && updates.send(FleetUpdate { revision, value }).is_err() {
+                    return;
                 }
+                seen = Some(revision);
             }
             Err(error) if reachable => {
                 tracing::warn!(
@@ -53,6 +56,7 @@ pub async fn run(etcd: Etcd, key: String, updates: mpsc::UnboundedSender<FleetUp
             }
             Err(_) => {}
         }
+        answers.store(reachable, Ordering::Relaxed);
         if updates.is_closed() {
             return;
         }

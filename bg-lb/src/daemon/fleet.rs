@@ -6,8 +6,13 @@
 
 use super::{Daemon, RequestError};
 use crate::{
-    cluster::{lead::HostCounters, watch::FleetUpdate},
+    cluster::{
+        report::{self, HostHealth, HostReport},
+        watch::FleetUpdate,
+    },
     config::ServiceConfig,
+    health::Listener,
+    protocol::FleetStatus,
     shift::PoolCounters,
 };
 
@@ -53,7 +58,7 @@ impl Daemon {
         }
     }
 
-    /// Publishes this host's counters and settles who drives each running
+    /// Publishes this host's report and settles who drives each running
     /// shift: a host that takes the lead resumes the shift from the step
     /// the fleet state records; one that lost it (its lease expired while
     /// etcd was away) stops driving.
@@ -61,13 +66,16 @@ impl Daemon {
         let Some(fleet) = self.store.fleet() else {
             return;
         };
-        let counters: HostCounters = self
+        let counters = self
             .config
             .services
             .iter()
             .filter_map(|s| Some((s.name.clone(), self.pool_counters(s).ok()?)))
             .collect();
-        fleet.publish(&counters);
+        fleet.publish(&HostReport {
+            counters,
+            health: self.health_view(),
+        });
         let leads: Vec<_> = (self.running_shifts().into_iter())
             .map(|(name, record)| {
                 let lead = fleet.lead(&name);
@@ -88,6 +96,29 @@ impl Daemon {
                 Err(error) => tracing::debug!(service = %name, %error, "shift lead not checked"),
             }
         }
+    }
+
+    /// Each checked backend's live health as this host sees it.
+    fn health_view(&self) -> HostHealth {
+        let mut view = HostHealth::new();
+        for (key, health) in self.health.iter().filter(|(k, _)| k.listener == Listener::Live) {
+            view.entry(key.service.clone())
+                .or_default()
+                .insert(key.backend, health.up);
+        }
+        view
+    }
+
+    /// What `status` shows of the fleet; `None` on a host alone.
+    pub(super) fn fleet_status(&self) -> Option<FleetStatus> {
+        let fleet = self.store.fleet()?;
+        let mut leads: Vec<String> = self.shifts.keys().cloned().collect();
+        leads.sort();
+        let health_differs = match fleet.others() {
+            Ok(others) => report::health_differences(&self.health_view(), &others),
+            Err(_) => Vec::new(),
+        };
+        Some(fleet.status(leads, health_differs))
     }
 
     /// What a shift is judged on: this host's counters, plus with

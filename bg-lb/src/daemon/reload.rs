@@ -107,6 +107,17 @@ mod tests {
     }
 
     #[test]
+    fn joining_leaving_or_changing_a_cluster_needs_a_restart() {
+        let alone = config("");
+        let fleet = config("[cluster]\netcd = [\"http://10.0.9.1:2379\"]\nhost = \"lb1\"\n");
+        let renamed = config("[cluster]\netcd = [\"http://10.0.9.1:2379\"]\nhost = \"lb2\"\n");
+        assert_eq!(restart_only_change(&alone, &fleet), Some("[cluster]"));
+        assert_eq!(restart_only_change(&fleet, &alone), Some("[cluster]"));
+        assert_eq!(restart_only_change(&fleet, &renamed), Some("[cluster]"));
+        assert_eq!(restart_only_change(&fleet, &fleet.clone()), None);
+    }
+
+    #[test]
     fn changing_the_snat_addresses_needs_a_restart_but_rewriting_the_same_one_does_not() {
         let parse = |text: &str| config::parse(Path::new("test.toml"), text).unwrap();
         let one = config("");

@@ -84,6 +84,7 @@ impl Daemon {
             flows_counted_secs_ago: self.swept.map(|(at, _)| at.elapsed().as_secs_f64()),
             sweep_running: Some(running),
             bgp: self.bgp_status(),
+            fleet: self.fleet_status(),
             ..Default::default()
         })
     }
