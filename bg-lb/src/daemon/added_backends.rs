@@ -4,11 +4,13 @@
 //! daemon's running config, where every other part of the daemon (tables,
 //! probes, status, shifts) sees them as it sees the file's.
 
+use std::collections::BTreeMap;
+
 use super::{Daemon, RequestError};
 use crate::{
     config::{self, BackendConfig, Config},
     protocol::{BackendAddRequest, BackendRemoveRequest, Reply},
-    state_file::{AddedBackend, OperatorState},
+    state_file::{AddedBackend, OperatorState, ServiceState},
 };
 
 /// `config` (as read from its file) with the backends operators added. One
@@ -97,6 +99,32 @@ impl Daemon {
         if let Some(slot) = self.config.services.iter_mut().find(|s| s.name == service.name) {
             *slot = service;
         }
+        self.restart_probes();
+    }
+
+    /// Follows backends another host added or removed at runtime (a new
+    /// fleet state revision replaced the operator state, which was
+    /// `previous`): the running config's runtime backends become the new
+    /// state's.
+    pub(super) fn follow_added_backends(&mut self, previous: &BTreeMap<String, ServiceState>) {
+        let added = |services: &BTreeMap<String, ServiceState>| {
+            services
+                .iter()
+                .map(|(name, state)| (name.clone(), state.added_backends.clone()))
+                .collect::<BTreeMap<_, _>>()
+        };
+        if added(previous) == added(&self.operator.services) {
+            return;
+        }
+        let mut config = self.config.clone();
+        for service in &mut config.services {
+            if let Some(state) = previous.get(&service.name) {
+                service
+                    .backends
+                    .retain(|b| !state.added_backends.contains_key(&b.address));
+            }
+        }
+        self.config = with_added_backends(config, &self.operator);
         self.restart_probes();
     }
 

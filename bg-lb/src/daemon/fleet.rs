@@ -30,6 +30,7 @@ impl Daemon {
             Err(error) => return tracing::error!(%error, revision, "fleet state not applied"),
         };
         let previous = std::mem::replace(&mut self.operator.services, services);
+        self.follow_added_backends(&previous);
         if let Some(fleet) = self.store.fleet()
             && let Err(error) = fleet.cache(&self.operator)
         {
