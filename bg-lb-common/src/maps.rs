@@ -72,9 +72,13 @@ pub const HELD_SCRATCH: &str = "HELD_SCRATCH";
 /// hash of every map's definition, computed by userspace from the object),
 /// so a bg-lb whose maps differ never adopts them. The program never reads it.
 pub const LAYOUT: &str = "LAYOUT";
+/// `PerCpuArray<NextHop>` of [`NEXT_HOP_SLOTS`] entries: each CPU's recent
+/// `bpf_fib_lookup` results, so a packet to a destination routed a moment
+/// ago skips the lookup (see [`NextHop`]).
+pub const NEXT_HOPS: &str = "NEXT_HOPS";
 
 /// Every map of the load balancer object, for pinning and teardown.
-pub const ALL_MAPS: [&str; 17] = [
+pub const ALL_MAPS: [&str; 18] = [
     SERVICES,
     BACKENDS,
     LOOKUP_TABLES,
@@ -92,6 +96,7 @@ pub const ALL_MAPS: [&str; 17] = [
     HELD_SEGMENTS,
     HELD_SCRATCH,
     LAYOUT,
+    NEXT_HOPS,
 ];
 
 /// Name of the load balancer's XDP program in the object.
@@ -303,7 +308,11 @@ pub struct Flow {
     pub forwarding: u16,
     /// Bits from [`crate::flow_state`].
     pub state: u32,
+    /// `bpf_ktime_get_ns` when the flow was pinned: its port claim.
     pub created_ns: u64,
+    /// The flow's last packet that keeps it alive: `bpf_ktime_get_coarse_ns`
+    /// (CLOCK_MONOTONIC_COARSE, at most a kernel tick behind
+    /// CLOCK_MONOTONIC), which is cheaper and enough for idle timeouts.
     pub last_seen_ns: u64,
     /// [`Backend::generation`] of the backend the flow was pinned to.
     pub backend_gen: u32,
@@ -438,6 +447,43 @@ impl NatOwner {
     }
 }
 
+/// Slots of [`NEXT_HOPS`] per CPU; a power of two. A destination has one
+/// slot (by a hash of its address), so two destinations that share it take
+/// turns.
+pub const NEXT_HOP_SLOTS: u32 = 1024;
+
+/// How long a cached next hop is used before `bpf_fib_lookup` is asked
+/// again: a route, neighbour or MTU change takes effect within this.
+pub const NEXT_HOP_TTL_NS: u64 = 50_000_000;
+
+/// One cached `bpf_fib_lookup` success, entry of [`NEXT_HOPS`]. It answers
+/// a later packet with the same destination, source, TOS and ingress
+/// interface, no longer than `fits` (a bigger one may need ICMP
+/// fragmentation needed, which only the lookup tells), within
+/// [`NEXT_HOP_TTL_NS`] of `looked_up_ns`. Addresses wire order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NextHop {
+    /// `bpf_ktime_get_coarse_ns` of the lookup.
+    pub looked_up_ns: u64,
+    pub dst_addr: u32,
+    pub src_addr: u32,
+    /// The ingress interface the lookup was made for (routing rules may
+    /// depend on it).
+    pub ingress: u32,
+    pub ifindex: u32,
+    /// The gateway, or the destination itself when on-link.
+    pub next_hop: u32,
+    /// The largest IP total length (host order) the lookup let through;
+    /// 0 in an empty slot, so that it answers nothing.
+    pub fits: u16,
+    pub tos: u8,
+    pub _pad: u8,
+    pub smac: [u8; 6],
+    pub dmac: [u8; 6],
+    pub _pad2: [u8; 4],
+}
+
 /// Global settings, entry 0 of [`CONFIG`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -460,6 +506,11 @@ pub struct DataplaneConfig {
     /// configuration. A pinned flow whose [`Flow::nat_epoch`] differs makes
     /// sure its SNAT port is still its own before it uses it again.
     pub nat_epoch: u32,
+    /// Non-zero once a `gateway` service ([`FORWARDING_GATEWAY`]) was
+    /// written to these maps, and from then on (its flows outlive a reload
+    /// that changes its mode): until then no frame to a non-SNAT address
+    /// can be a gateway flow's reply, and the program skips that lookup.
+    pub gateway_seen: u32,
 }
 
 impl DataplaneConfig {
@@ -483,6 +534,7 @@ impl DataplaneConfig {
             snat_port_max: *snat_ports.end(),
             ready: 1,
             nat_epoch: 0,
+            gateway_seen: 0,
         }
     }
 
@@ -506,8 +558,14 @@ impl DataplaneConfig {
     /// a backend's reply.
     #[inline(always)]
     pub fn is_snat_port(&self, addr: u32, port: u16) -> bool {
+        self.in_snat_ports(port) && self.is_snat_addr(addr)
+    }
+
+    /// Whether `port` (wire order) is in the SNAT port range.
+    #[inline(always)]
+    pub fn in_snat_ports(&self, port: u16) -> bool {
         let port = u16::from_be(port);
-        port >= self.snat_port_min && port <= self.snat_port_max && self.is_snat_addr(addr)
+        port >= self.snat_port_min && port <= self.snat_port_max
     }
 
     /// SNAT (address, port) candidate `attempt` for a flow hashing to
@@ -664,7 +722,8 @@ mod tests {
         assert_eq!(size_of::<Flow>(), 80);
         assert_eq!(size_of::<NatKey>(), 12);
         assert_eq!(size_of::<NatOwner>(), 24);
-        assert_eq!(size_of::<DataplaneConfig>(), 16 + 4 * MAX_SNAT_ADDRESSES);
+        assert_eq!(size_of::<DataplaneConfig>(), 20 + 4 * MAX_SNAT_ADDRESSES);
+        assert_eq!(size_of::<NextHop>(), 48);
         assert_eq!(size_of::<TrafficStats>(), 72);
         assert_eq!(size_of::<SynFlood>(), 32);
         assert_eq!(size_of::<HeldSegment>(), 8 + crate::syn_proxy::HELD_PAYLOAD_MAX);

@@ -1,5 +1,6 @@
-//! Sends a rewritten packet on its way: `bpf_fib_lookup` finds the egress
-//! interface and next-hop MAC, then XDP_TX (same interface) or XDP_REDIRECT
+//! Sends a rewritten packet on its way: `bpf_fib_lookup` (or this CPU's
+//! recent answer, [`crate::next_hop`]) finds the egress interface and next-hop MAC,
+//! then XDP_TX (same interface) or XDP_REDIRECT
 //! through the TX_PORTS devmap. The fast path never hands the packet to the
 //! kernel stack: if the next hop is unresolved the packet is dropped and
 //! counted (the daemon keeps backend neighbours resolved). A packet too big
@@ -22,6 +23,7 @@ use bg_lb_common::counters::Counter;
 use crate::{
     icmp,
     maps::{TX_PORTS, count},
+    next_hop::cached_route,
     packet::TcpPacket,
 };
 
@@ -124,7 +126,7 @@ pub fn forward_to(ctx: &XdpContext, pkt: &mut TcpPacket<'_>, dst_addr: u32, on_l
         src_addr: pkt.src_addr(),
         dst_addr,
     };
-    match route(ctx, &query) {
+    match cached_route(ctx, &query) {
         Route::Next { next_hop, .. } if on_link && next_hop != dst_addr => dropped(Counter::DsrNotOnLink),
         Route::Next {
             ifindex, smac, dmac, ..

@@ -20,6 +20,7 @@ mod forwarding;
 mod icmp;
 mod maps;
 mod nat;
+mod next_hop;
 mod packet;
 mod port_takeover;
 mod rst;
@@ -64,27 +65,34 @@ pub fn bg_lb(ctx: XdpContext) -> u32 {
         }
         Err(NotForUs::Malformed(malformed)) => return judge_malformed(&malformed, cfg),
     };
+    // No VIP is a SNAT address (config validation refuses one): a frame to
+    // a SNAT address is a reply or the host's own, and costs no SERVICES
+    // lookup.
+    let to_snat_addr = cfg.is_snat_addr(pkt.dst_addr());
+    if to_snat_addr && cfg.in_snat_ports(pkt.dst_port()) {
+        if let Err(verdict) = screen(&pkt) {
+            return verdict;
+        }
+        return to_client::to_client(&ctx, pkt);
+    }
     // Copy the service inside the branch: carrying an Option<Service> across
     // branches makes LLVM spill the None case's uninitialised payload, which
     // the verifier rejects.
-    // SAFETY: SERVICES is BPF_F_NO_PREALLOC, so a looked-up element stays
-    // intact under RCU until the program returns, as aya's `get` requires.
-    if let Some(service) = unsafe { SERVICES.get(service_key(pkt.dst_addr(), pkt.dst_port())) } {
+    if !to_snat_addr
+        // SAFETY: SERVICES is BPF_F_NO_PREALLOC, so a looked-up element stays
+        // intact under RCU until the program returns, as aya's `get` requires.
+        && let Some(service) = unsafe { SERVICES.get(service_key(pkt.dst_addr(), pkt.dst_port())) }
+    {
         let service = *service;
         if let Err(verdict) = screen(&pkt) {
             return verdict;
         }
         return to_backend::to_backend(&ctx, pkt, &service, cfg);
     }
-    if cfg.is_snat_port(pkt.dst_addr(), pkt.dst_port()) {
-        if let Err(verdict) = screen(&pkt) {
-            return verdict;
-        }
-        return to_client::to_client(&ctx, pkt);
-    }
     // A gateway reply is found by its reverse entry, which to_client then
-    // reads again: one extra lookup for those replies, none for the others.
-    if forwarding::is_gateway_reply(&pkt) {
+    // reads again: one extra lookup for those replies, none for the others,
+    // and none at all where no gateway service ever was.
+    if cfg.gateway_seen != 0 && forwarding::is_gateway_reply(&pkt) {
         if let Err(verdict) = screen(&pkt) {
             return verdict;
         }

@@ -12,8 +12,8 @@ use bg_lb_common::{
     flow_state::Event,
     maps::{
         Backend, DEFAULT_LOOKUP_CAPACITY, DEFAULT_MAX_FLOWS, DataplaneConfig, Flow, FlowKey, HELD_SEGMENTS_CAPACITY,
-        HeldSegment, LOOKUP_TABLES_FLAGS, MAX_BACKENDS, MAX_INTERFACES, MAX_SERVICES, NatKey, NatOwner, Service,
-        ServiceKey, SynFlood, TrafficStats,
+        HeldSegment, LOOKUP_TABLES_FLAGS, MAX_BACKENDS, MAX_INTERFACES, MAX_SERVICES, NEXT_HOP_SLOTS, NatKey, NatOwner,
+        NextHop, Service, ServiceKey, SynFlood, TrafficStats,
     },
     syn_proxy::JOB_PROGRAMS,
 };
@@ -76,6 +76,9 @@ pub static HELD_SEGMENTS: LruHashMap<FlowKey, HeldSegment> = LruHashMap::with_ma
 
 #[map]
 pub static HELD_SCRATCH: PerCpuArray<HeldSegment> = PerCpuArray::with_max_entries(1, 0);
+
+#[map]
+pub static NEXT_HOPS: PerCpuArray<NextHop> = PerCpuArray::with_max_entries(NEXT_HOP_SLOTS, 0);
 
 // Written and read by userspace only (see bg_lb_common::maps::LAYOUT).
 #[map]

@@ -21,7 +21,7 @@
 
 use aya_ebpf::{
     bindings::{BPF_ANY, BPF_NOEXIST, xdp_action::XDP_DROP},
-    helpers::bpf_ktime_get_ns,
+    helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
     programs::XdpContext,
 };
 use aya_log_ebpf::warn;
@@ -118,9 +118,10 @@ pub fn to_backend(ctx: &XdpContext, mut pkt: TcpPacket<'_>, service: &Service, c
         _pad: [0; 3],
     };
     let seg = pkt.segment();
-    // SAFETY: a helper without arguments.
-    let now = unsafe { bpf_ktime_get_ns() };
-    let route = match pinned_flow(&key, &seg, service, cfg.nat_epoch, now, || pkt.timestamp(ctx)) {
+    // SAFETY: a helper without arguments. The coarse clock (a kernel tick
+    // behind at most) is enough for idle timeouts and much cheaper.
+    let seen = unsafe { bpf_ktime_get_coarse_ns() };
+    let route = match pinned_flow(&key, &seg, service, cfg.nat_epoch, seen, || pkt.timestamp(ctx)) {
         Lookup::Pinned(route) => route,
         Lookup::Stale => {
             count(Counter::StaleFlow);
@@ -134,6 +135,9 @@ pub fn to_backend(ctx: &XdpContext, mut pkt: TcpPacket<'_>, service: &Service, c
         Lookup::Proxy(ClientStep::ResendSyn) => return synproxy::hand_over(ctx, Job::ResendSyn),
         Lookup::Proxy(_) => return XDP_DROP,
         Lookup::Unknown => {
+            // SAFETY: a helper without arguments. Precise: a new flow's
+            // creation time is its port claim, which must not repeat.
+            let now = unsafe { bpf_ktime_get_ns() };
             let proven = match synproxy::unpinned(&pkt, service, now) {
                 Unpinned::Usual => false,
                 Unpinned::Proven => true,
@@ -163,7 +167,7 @@ pub fn to_backend(ctx: &XdpContext, mut pkt: TcpPacket<'_>, service: &Service, c
                 pkt.timestamp(ctx)
             };
             let syn = Syn::new(request.seq, tsval);
-            match new_flow(&key, &request, &syn, service, cfg, now) {
+            match new_flow(&key, &request, &syn, service, cfg, (now, seen)) {
                 Ok(_) if proven => return synproxy::hand_over(ctx, Job::OpenBackend),
                 Ok(route) => {
                     if flow_state::is_connection_request(request.flags) {
@@ -279,7 +283,7 @@ fn pinned_flow(
     seg: &Segment,
     service: &Service,
     nat_epoch: u32,
-    now: u64,
+    seen: u64,
     timestamp: impl FnOnce() -> Option<u32>,
 ) -> Lookup {
     let Some(flow) = flow_entry(key) else {
@@ -331,7 +335,7 @@ fn pinned_flow(
     } else {
         forwarding::advance_dsr(flow, seg)
     };
-    flow.last_seen_ns = now;
+    flow.last_seen_ns = seen;
     Lookup::Pinned(Route {
         backend_id: flow.backend_id,
         service_id: flow.service_id,
@@ -369,6 +373,8 @@ fn owns_port(key: &FlowKey, nat: &NatKey) -> bool {
 /// Picks a backend from the service's lookup table. A SYN pins the choice
 /// (flow entry plus a reverse-NAT entry owning a unique SNAT port); any other
 /// packet of an unknown flow is forwarded statelessly, as Maglev does.
+/// `(now, seen)`: the precise and the coarse clock, for the flow's creation
+/// and its last packet.
 #[inline(always)]
 fn new_flow(
     key: &FlowKey,
@@ -376,7 +382,7 @@ fn new_flow(
     syn: &Syn,
     service: &Service,
     cfg: &DataplaneConfig,
-    now: u64,
+    (now, seen): (u64, u64),
 ) -> Result<Route, Counter> {
     let hash = flow_hash(key);
     let slot = hash.checked_rem(service.lut_size).ok_or(Counter::NoBackend)?;
@@ -391,7 +397,7 @@ fn new_flow(
         backend_id,
         service_id: service.id,
         created_ns: now,
-        last_seen_ns: now,
+        last_seen_ns: seen,
         backend_gen: backend.generation,
         // Its port is claimed (or, readopted, checked) now.
         nat_epoch: cfg.nat_epoch,

@@ -13,7 +13,7 @@
 
 use aya_ebpf::{
     bindings::xdp_action::{XDP_DROP, XDP_PASS},
-    helpers::bpf_ktime_get_ns,
+    helpers::bpf_ktime_get_coarse_ns,
     programs::XdpContext,
 };
 use bg_lb_common::{
@@ -69,8 +69,9 @@ pub fn to_client(ctx: &XdpContext, mut pkt: TcpPacket<'_>) -> u32 {
     let event = flow_state::advance(flow, Direction::FromBackend, &seg);
     account_event(flow.backend_id, event);
     if flow_state::backend_keeps_alive(flow.state) {
-        // SAFETY: a helper without arguments.
-        flow.last_seen_ns = unsafe { bpf_ktime_get_ns() };
+        // SAFETY: a helper without arguments. Coarse, as on the client's
+        // side (see to_backend).
+        flow.last_seen_ns = unsafe { bpf_ktime_get_coarse_ns() };
     }
     account(flow.backend_id, flow.service_id, Way::ToClient, pkt.ip_len(), false);
     decrement_ttl(&mut pkt);

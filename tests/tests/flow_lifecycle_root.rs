@@ -6,7 +6,7 @@
 //! divergence that only an LRU or a race would cause is forced through
 //! `bg_lb_tests::map_surgery`.
 
-use std::net::SocketAddrV4;
+use std::{net::SocketAddrV4, thread, time::Duration};
 
 use bg_lb_common::{
     counters::Counter,
@@ -24,6 +24,10 @@ use bg_lb_tests::{
     packets::{ACK, PSH_ACK, RST, SEQ, SYN, SYN_ACK, parse_checked},
     require_root,
 };
+
+/// Longer than a kernel tick (4 ms at HZ=250, 10 ms at HZ=100): the
+/// coarse clock the data plane stamps `last_seen_ns` with has moved after it.
+const CLOCK_TICK: Duration = Duration::from_millis(25);
 
 const ESTABLISHED_STATE: u32 = SYN_SEEN | SYN_ACK_SEEN | ESTABLISHED;
 
@@ -111,11 +115,14 @@ fn an_embryonic_flow_is_kept_alive_by_its_client_not_by_its_backends_syn_acks() 
         let c = client(40120);
         let conn = lab.open(c);
         let opened = lab.flow(c).unwrap().last_seen_ns;
+        // The data plane's clock for last_seen moves a kernel tick at a time.
+        thread::sleep(CLOCK_TICK);
         // SYN-ACKs retransmitted to a spoofed source that never answers.
         for _ in 0..3 {
             lab.run(&conn.from_backend_at(SYN_ACK, BACKEND_ISN, SEQ + 1, b""));
         }
         assert_eq!(lab.flow(c).unwrap().last_seen_ns, opened);
+        thread::sleep(CLOCK_TICK);
         lab.send_from_client(c, SYN); // the client's own retransmission
         assert!(lab.flow(c).unwrap().last_seen_ns > opened);
     });

@@ -241,15 +241,28 @@ impl Kernel {
     }
 
     /// Writes `cfg` with the NAT epoch moved forward from the one in the
-    /// map: it never goes back, so no pinned flow skips a port check.
+    /// map: it never goes back, so no pinned flow skips a port check. Once
+    /// set, `gateway_seen` stays set.
     pub(super) fn set_config(&mut self, cfg: &DataplaneConfig) -> Result<(), DataplaneError> {
         let current: Array<_, DataplaneConfig> = self.map(maps::CONFIG)?;
-        let epoch = current.get(&0, 0).map_err(map_err(maps::CONFIG))?.nat_epoch;
+        let current = current.get(&0, 0).map_err(map_err(maps::CONFIG))?;
         let cfg = DataplaneConfig {
-            nat_epoch: epoch.wrapping_add(1),
+            nat_epoch: current.nat_epoch.wrapping_add(1),
+            gateway_seen: current.gateway_seen | cfg.gateway_seen,
             ..*cfg
         };
         self.array_set(maps::CONFIG, 0, &cfg)
+    }
+
+    /// Marks the maps as holding (or about to hold) `gateway` flows, before
+    /// the first such service is written.
+    fn note_gateway(&mut self) -> Result<(), DataplaneError> {
+        let current: Array<_, DataplaneConfig> = self.map(maps::CONFIG)?;
+        let cfg = current.get(&0, 0).map_err(map_err(maps::CONFIG))?;
+        if cfg.gateway_seen != 0 {
+            return Ok(());
+        }
+        self.array_set(maps::CONFIG, 0, &DataplaneConfig { gateway_seen: 1, ..cfg })
     }
 
     /// Tells pinned flows that reverse-NAT entries were removed: each makes
@@ -266,6 +279,9 @@ impl Kernel {
     pub(super) fn write_service(&mut self, update: &ServiceUpdate) -> Result<(), DataplaneError> {
         if update.fresh {
             self.clear_syn_flood(update.service.id)?;
+        }
+        if update.service.forwarding == maps::FORWARDING_GATEWAY {
+            self.note_gateway()?;
         }
         for (id, backend) in &update.backends {
             self.array_set(maps::BACKENDS, *id, backend)?;

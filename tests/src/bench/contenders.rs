@@ -36,6 +36,7 @@ pub enum Contender {
     BgLb,
     BgLbGateway,
     BgLbDsr,
+    BgLbGeneric,
     Haproxy,
     NginxStream,
     NftablesDnat,
@@ -54,12 +55,17 @@ impl Contender {
         Contender::Direct,
     ];
 
+    /// Run only when `--only` names them: bg-lb in generic XDP mode, for
+    /// bulk on veth (README "Performance").
+    pub const OPT_IN: [Contender; 1] = [Contender::BgLbGeneric];
+
     /// The name `--only` takes.
     pub fn key(self) -> &'static str {
         match self {
             Contender::BgLb => "bg-lb",
             Contender::BgLbGateway => "bg-lb-gateway",
             Contender::BgLbDsr => "bg-lb-dsr",
+            Contender::BgLbGeneric => "bg-lb-generic",
             Contender::Haproxy => "haproxy",
             Contender::NginxStream => "nginx",
             Contender::NftablesDnat => "nftables",
@@ -72,6 +78,7 @@ impl Contender {
             Contender::BgLb => "bg-lb (XDP native, full NAT)",
             Contender::BgLbGateway => "bg-lb (XDP native, gateway: DNAT)",
             Contender::BgLbDsr => "bg-lb (XDP native, dsr: replies skip the LB)",
+            Contender::BgLbGeneric => "bg-lb (XDP generic, full NAT)",
             Contender::Haproxy => "HAProxy 2.6 (mode tcp)",
             Contender::NginxStream => "nginx 1.22 stream",
             Contender::NftablesDnat => "nftables DNAT + SNAT (numgen)",
@@ -89,6 +96,16 @@ impl Contender {
         }
     }
 
+    /// A bg-lb contender's `xdp_mode`: native, which the lab's veth supports,
+    /// but for the generic variant.
+    pub fn xdp_mode(self) -> &'static str {
+        if self == Contender::BgLbGeneric {
+            "generic"
+        } else {
+            "native"
+        }
+    }
+
     /// Whether it balances (the floor does not, so it is exempt from the
     /// every-backend-served check).
     pub fn balances(self) -> bool {
@@ -102,8 +119,8 @@ impl Contender {
         let http = lab.pools(HTTP_PORT);
         let bulk = lab.pools(BULK_PORT);
         let mut running = match self {
-            Contender::BgLb | Contender::BgLbGateway | Contender::BgLbDsr => {
-                start_bg_lb(lab, bg_lb, &http, &bulk, self.forwarding(), "")
+            Contender::BgLb | Contender::BgLbGateway | Contender::BgLbDsr | Contender::BgLbGeneric => {
+                start_bg_lb(lab, bg_lb, &http, &bulk, (self.forwarding(), self.xdp_mode()), "")
             }
             Contender::Haproxy => start_haproxy(lab.lb(), vip, &http, &bulk),
             Contender::NginxStream => start_nginx(lab.lb(), vip, &http, &bulk),
@@ -124,7 +141,14 @@ impl Contender {
 /// lab's four HTTP backends, with top-level `settings` added to
 /// [`bg_lb_config`]'s; waits until it serves HTTP.
 pub fn start_bg_lb_with(lab: &Lab, bg_lb: &'static str, http: &Pools, settings: &str) -> Running {
-    let mut running = start_bg_lb(lab, bg_lb, http, &lab.pools(BULK_PORT), Forwarding::FullNat, settings);
+    let mut running = start_bg_lb(
+        lab,
+        bg_lb,
+        http,
+        &lab.pools(BULK_PORT),
+        (Forwarding::FullNat, "native"),
+        settings,
+    );
     running.wait_serving(lab);
     running
 }
@@ -142,7 +166,7 @@ enum Guard {
         // The daemon goes first (removing its pins detaches XDP), then the
         // peer's xdp_pass.
         _daemon: Box<Daemon>,
-        _peer_xdp: Box<aya::Ebpf>,
+        _peer_xdp: Option<Box<aya::Ebpf>>,
     },
     Process(ChildGuard),
     Nothing,
@@ -242,8 +266,9 @@ impl Drop for ScratchDir {
 /// The example config's defaults (examples/bg-lb.toml: `snat_ports`
 /// 20000-29999, its timeouts, `max_flows`) except what the topology needs:
 /// the interface, the SNAT address (the LB's address in the lab) and
-/// `xdp_mode = "native"`, which the lab's veth supports (the peer runs an
-/// XDP program) and which `auto` would replace by generic mode on a veth.
+/// `xdp_mode` (usually `"native"`, which the lab's veth supports when the
+/// peer runs an XDP program, and which `auto` would replace by generic
+/// mode on a veth).
 /// The LB namespace keeps the kernel's ephemeral range (32768-60999, see
 /// [`Lab::new`]), clear of the SNAT ports as the daemon requires.
 pub fn bg_lb_config(
@@ -251,10 +276,10 @@ pub fn bg_lb_config(
     snat: Ipv4Addr,
     http: &Pools,
     bulk: &Pools,
-    forwarding: Forwarding,
+    (forwarding, xdp_mode): (Forwarding, &str),
     paths: &str,
 ) -> String {
-    let mut toml = format!("interface = \"eth0\"\nxdp_mode = \"native\"\nsnat_address = \"{snat}\"\n{paths}\n");
+    let mut toml = format!("interface = \"eth0\"\nxdp_mode = \"{xdp_mode}\"\nsnat_address = \"{snat}\"\n{paths}\n");
     for (name, port, pools) in [("web", http_vip_port(forwarding), http), ("bulk", BULK_PORT, bulk)] {
         toml += &format!(
             "\n[[service]]\nname = \"{name}\"\nvip = \"{vip}:{port}\"\nratio = \"{}:{}\"\nforwarding = \"{forwarding}\"\n",
@@ -285,13 +310,22 @@ fn start_bg_lb(
     bin: &'static str,
     http: &Pools,
     bulk: &Pools,
-    forwarding: Forwarding,
+    (forwarding, xdp_mode): (Forwarding, &str),
     settings: &str,
 ) -> Running {
-    let peer_xdp = lab.topo.pass_lb_frames_to_switch();
+    // In generic mode the LB's frames reach the switch without it (and the
+    // switch port keeps GSO).
+    let peer_xdp = (xdp_mode == "native").then(|| lab.topo.pass_lb_frames_to_switch());
     let vip = lab.topo.vip;
     let daemon = Daemon::start(bin, lab.lb(), |paths| {
-        bg_lb_config(vip, LB_ADDR, http, bulk, forwarding, &format!("{settings}{paths}"))
+        bg_lb_config(
+            vip,
+            LB_ADDR,
+            http,
+            bulk,
+            (forwarding, xdp_mode),
+            &format!("{settings}{paths}"),
+        )
     });
     // New connections go only to backends the health checks found up.
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -315,7 +349,7 @@ fn start_bg_lb(
         bulk: SocketAddrV4::new(vip, BULK_PORT),
         guard: Guard::BgLb {
             _daemon: Box::new(daemon),
-            _peer_xdp: Box::new(peer_xdp),
+            _peer_xdp: peer_xdp.map(Box::new),
         },
         _dir: None,
     }
@@ -528,7 +562,7 @@ mod tests {
             LB_ADDR,
             &pools(8080),
             &pools(5201),
-            Forwarding::FullNat,
+            (Forwarding::FullNat, "native"),
             "pin_dir = \"/x\"\n",
         );
         assert!(toml.contains("vip = \"10.99.0.100:80\"\nratio = \"50:50\""));
@@ -536,7 +570,14 @@ mod tests {
         assert_eq!(toml.matches("[[service.backend]]").count(), 8);
         assert!(toml.contains("pool = \"green\"\naddress = \"10.99.0.14:5201\""));
         let paths = "pin_dir = \"/sys/fs/bpf/x\"\nstate_dir = \"/tmp/x\"\n[admin]\nsocket = \"/tmp/x.sock\"\n";
-        let toml = bg_lb_config(VIP, LB_ADDR, &pools(8080), &pools(5201), Forwarding::FullNat, paths);
+        let toml = bg_lb_config(
+            VIP,
+            LB_ADDR,
+            &pools(8080),
+            &pools(5201),
+            (Forwarding::FullNat, "native"),
+            paths,
+        );
         bg_lb::config::parse(std::path::Path::new("bench.toml"), &toml).expect("bg-lb accepts the bench config");
     }
 
@@ -545,13 +586,27 @@ mod tests {
         let paths = "pin_dir = \"/sys/fs/bpf/x\"\nstate_dir = \"/tmp/x\"\n[admin]\nsocket = \"/tmp/x.sock\"\n";
         for contender in [Contender::BgLbGateway, Contender::BgLbDsr] {
             let forwarding = contender.forwarding();
-            let toml = bg_lb_config(VIP, LB_ADDR, &pools(8080), &pools(5201), forwarding, paths);
+            let toml = bg_lb_config(
+                VIP,
+                LB_ADDR,
+                &pools(8080),
+                &pools(5201),
+                (forwarding, contender.xdp_mode()),
+                paths,
+            );
             assert_eq!(toml.matches(&format!("forwarding = \"{forwarding}\"")).count(), 2);
             let config = bg_lb::config::parse(std::path::Path::new("bench.toml"), &toml)
                 .unwrap_or_else(|e| panic!("{forwarding}: {e}"));
             assert!(config.services.iter().all(|s| s.forwarding == forwarding));
         }
-        let dsr = bg_lb_config(VIP, LB_ADDR, &pools(8080), &pools(5201), Forwarding::Dsr, paths);
+        let dsr = bg_lb_config(
+            VIP,
+            LB_ADDR,
+            &pools(8080),
+            &pools(5201),
+            (Forwarding::Dsr, "native"),
+            paths,
+        );
         assert!(dsr.contains("vip = \"10.99.0.100:8080\""), "dsr keeps the port");
     }
 
@@ -560,7 +615,14 @@ mod tests {
         let example_path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/bg-lb.toml");
         let example = bg_lb::config::parse(&example_path, &fs::read_to_string(&example_path).unwrap()).unwrap();
         let paths = "pin_dir = \"/sys/fs/bpf/x\"\nstate_dir = \"/tmp/x\"\n[admin]\nsocket = \"/tmp/x.sock\"\n";
-        let toml = bg_lb_config(VIP, LB_ADDR, &pools(8080), &pools(5201), Forwarding::FullNat, paths);
+        let toml = bg_lb_config(
+            VIP,
+            LB_ADDR,
+            &pools(8080),
+            &pools(5201),
+            (Forwarding::FullNat, "native"),
+            paths,
+        );
         let bench = bg_lb::config::parse(std::path::Path::new("bench.toml"), &toml).unwrap();
         assert_eq!(bench.snat_ports, example.snat_ports);
         assert_eq!(bench.timeouts, example.timeouts);

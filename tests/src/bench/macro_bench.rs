@@ -25,6 +25,8 @@ pub struct MacroOptions {
     /// Which workloads run (all, unless `--workloads` picks some).
     pub selected: Vec<Workload>,
     pub contenders: Vec<Contender>,
+    /// Every link's MTU in the labs (`--mtu`); the kernel's 1500 if unset.
+    pub mtu: Option<u32>,
 }
 
 /// The workloads of a contender's run, in the order they run.
@@ -159,6 +161,9 @@ pub fn run(opts: &MacroOptions, bg_lb: &'static str, progress: &mut dyn FnMut(&s
 fn run_one(contender: Contender, round: usize, opts: &MacroOptions, bg_lb: &'static str) -> RunRecord {
     let o = &opts.workloads;
     let lab = Lab::new(bg_lb, contender.forwarding());
+    if let Some(mtu) = opts.mtu {
+        lab.set_mtu(mtu);
+    }
     let running = contender.start(&lab, bg_lb);
     let mut r = RunRecord::new(contender, round);
     let before = lab.requests_served();

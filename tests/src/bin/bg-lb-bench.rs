@@ -1,7 +1,7 @@
-//! `bg-lb-bench [--quick] [--out DIR] [--rounds N] [--seconds S] [--only bg-lb,bg-lb-gateway,bg-lb-dsr,haproxy,nginx,nftables,direct]
+//! `bg-lb-bench [--quick] [--out DIR] [--rounds N] [--seconds S] [--only bg-lb,bg-lb-gateway,bg-lb-dsr,bg-lb-generic,haproxy,nginx,nftables,direct]
 //! [--workloads new-connections,keep-alive,bulk,paced,syn-flood,latency] [--items macro,micro,sweep,scale]
 //! [--skip-macro] [--skip-micro] [--skip-sweep] [--skip-scale] [--latency-new-rates R,R,..]
-//! [--latency-keep-alive-rates R,R,..]`:
+//! [--latency-keep-alive-rates R,R,..] [--mtu N]`:
 //! the benchmark behind `cargo xtask bench` (which installs the contenders
 //! and builds this with `--release`). Needs root. Writes `bench.md` and
 //! `bench.json` to DIR (default `target/bench`) and prints the tables.
@@ -13,6 +13,9 @@
 //! `--items macro --workloads latency` runs only the paced latency, at
 //! fixed rates (the flags', or built-in ones) as no saturated rate is
 //! measured then.
+//! `--mtu N` gives every link of the macro labs MTU N (for bulk on veth:
+//! README "Performance"); `--only bg-lb-generic` adds bg-lb in generic XDP
+//! mode, which no default run includes.
 
 use std::{
     panic::{AssertUnwindSafe, catch_unwind},
@@ -49,6 +52,7 @@ struct Args {
     latency_keep_alive_rates: Vec<u32>,
     only: Option<Vec<Contender>>,
     workloads: Option<Vec<Workload>>,
+    mtu: Option<u32>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -65,6 +69,7 @@ fn parse_args() -> Result<Args, String> {
         latency_keep_alive_rates: Vec::new(),
         only: None,
         workloads: None,
+        mtu: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -74,6 +79,7 @@ fn parse_args() -> Result<Args, String> {
             "--out" => args.out = PathBuf::from(value("--out")?),
             "--rounds" => args.rounds = Some(value("--rounds")?.parse().map_err(|e| format!("--rounds: {e}"))?),
             "--seconds" => args.seconds = Some(value("--seconds")?.parse().map_err(|e| format!("--seconds: {e}"))?),
+            "--mtu" => args.mtu = Some(value("--mtu")?.parse().map_err(|e| format!("--mtu: {e}"))?),
             "--skip-macro" => args.skip_macro = true,
             "--skip-micro" => args.skip_micro = true,
             "--skip-sweep" => args.skip_sweep = true,
@@ -96,7 +102,10 @@ fn parse_args() -> Result<Args, String> {
                 args.latency_keep_alive_rates =
                     rates("--latency-keep-alive-rates", &value("--latency-keep-alive-rates")?)?;
             }
-            "--only" => args.only = Some(pick("--only", &value("--only")?, &Contender::ALL, |c| c.key())?),
+            "--only" => {
+                let known = [Contender::ALL.as_slice(), &Contender::OPT_IN].concat();
+                args.only = Some(pick("--only", &value("--only")?, &known, |c| c.key())?);
+            }
             "--workloads" => {
                 args.workloads = Some(pick("--workloads", &value("--workloads")?, &Workload::ALL, |w| {
                     w.key()
@@ -185,6 +194,7 @@ fn run(args: &Args) -> ExitCode {
         },
         selected: args.workloads.clone().unwrap_or_else(|| Workload::ALL.to_vec()),
         contenders: args.only.clone().unwrap_or_else(|| Contender::ALL.to_vec()),
+        mtu: args.mtu,
     };
     let micro_opts = MicroOptions {
         batches: if args.quick { 5 } else { 10 },

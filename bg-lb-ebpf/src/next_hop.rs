@@ -1,0 +1,70 @@
+//! Each CPU's cache of recent `bpf_fib_lookup` successes ([`NEXT_HOPS`]):
+//! the lookup (FIB rules, table, neighbour) is the largest single cost of
+//! a forwarded packet, and a flow's packets ask it the same question again
+//! and again. A cached answer is used for [`NEXT_HOP_TTL_NS`] at most, so a
+//! route, neighbour or MTU change reaches every flow within that time; a
+//! packet bigger than the cached lookup let through, or one whose next hop
+//! does not resolve, always asks the kernel.
+
+use aya_ebpf::{helpers::bpf_ktime_get_coarse_ns, programs::XdpContext};
+use bg_lb_common::maps::{NEXT_HOP_SLOTS, NEXT_HOP_TTL_NS, NextHop};
+
+use crate::{
+    forward::{Route, RouteQuery, route},
+    maps::NEXT_HOPS,
+};
+
+const _: () = assert!(NEXT_HOP_SLOTS.is_power_of_two());
+
+/// [`route`], answered from this CPU's cache when it can be.
+#[inline(always)]
+pub fn cached_route(ctx: &XdpContext, query: &RouteQuery) -> Route {
+    // Fibonacci hashing: the top bits of the product mix every address bit.
+    let slot = query.dst_addr.wrapping_mul(0x9e37_79b9) >> (32 - NEXT_HOP_SLOTS.trailing_zeros());
+    let Some(entry) = NEXT_HOPS.get_ptr_mut(slot) else {
+        return route(ctx, query);
+    };
+    // SAFETY: a per-CPU array element is never freed, and only this CPU,
+    // which runs one program at a time, reads or writes it.
+    let entry = unsafe { &mut *entry };
+    // SAFETY: a helper without arguments.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    let ingress = ctx.ingress_ifindex() as u32;
+    let fresh = entry.dst_addr == query.dst_addr
+        && entry.src_addr == query.src_addr
+        && entry.ingress == ingress
+        && entry.tos == query.tos
+        && now.wrapping_sub(entry.looked_up_ns) < NEXT_HOP_TTL_NS;
+    if fresh && query.ip_len <= entry.fits {
+        return Route::Next {
+            ifindex: entry.ifindex,
+            smac: entry.smac,
+            dmac: entry.dmac,
+            next_hop: entry.next_hop,
+        };
+    }
+    let found = route(ctx, query);
+    if let Route::Next {
+        ifindex,
+        smac,
+        dmac,
+        next_hop,
+    } = found
+    {
+        *entry = NextHop {
+            looked_up_ns: now,
+            dst_addr: query.dst_addr,
+            src_addr: query.src_addr,
+            ingress,
+            ifindex,
+            next_hop,
+            fits: query.ip_len,
+            tos: query.tos,
+            _pad: 0,
+            smac,
+            dmac,
+            _pad2: [0; 4],
+        };
+    }
+    found
+}
