@@ -8,6 +8,7 @@
 //! - [`flow_hash`]: the 5-tuple hash that picks a lookup-table slot.
 //! - [`checksum`]: RFC 1624 incremental checksum updates used by NAT.
 //! - [`flow_state`]: TCP flow state tracking (when a pinned flow has ended).
+//! - [`gateway`]: which backend segments a `gateway` flow owns once ended.
 //! - [`icmp`]: which ICMP errors follow a flow; checksums of translating
 //!   their quotes and of generated fragmentation-needed errors.
 //! - [`port_reuse`]: when a new connection may take over the SNAT port of a
@@ -28,6 +29,7 @@ pub mod checksum;
 pub mod counters;
 pub mod flow_hash;
 pub mod flow_state;
+pub mod gateway;
 pub mod icmp;
 pub mod maps;
 pub mod port_reuse;

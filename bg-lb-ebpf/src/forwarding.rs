@@ -25,6 +25,7 @@ use bg_lb_common::{
         self, Direction, Event, FIN_FROM_BACKEND, FIN_FROM_CLIENT, SYN_ACK_SEEN, SYN_SEEN, Segment, TCP_ACK, TCP_FIN,
         TCP_SYN,
     },
+    gateway,
     maps::{Backend, DataplaneConfig, FORWARDING_GATEWAY, Flow, FlowKey, NatKey, Service},
 };
 
@@ -32,6 +33,7 @@ use crate::{
     forward::forward_to,
     maps::{flow_pinned_to, reverse_owner},
     packet::TcpPacket,
+    synproxy,
 };
 
 /// Candidate `attempt` for a new flow's source (address, port), wire order:
@@ -56,11 +58,12 @@ pub const fn no_source(service: &Service) -> Counter {
 
 /// Whether `pkt`, to no VIP or SNAT address, is a backend's reply to a
 /// `gateway` flow's client: its (backend, client) key names a flow pinned
-/// to it. Anything else (the host's own traffic included) passes
-/// untouched. An entry whose flow is gone owns nothing: the sweep leaves a
-/// live backend's entries for the port lifecycle to take over, and such a
-/// leftover must not capture a later connection from the same client
-/// address and port to the backend that does not go through a VIP.
+/// to it, whose connection it belongs to. Anything else (the host's own
+/// traffic included) passes untouched. A later connection from the same
+/// client address and port to the backend that does not go through a VIP
+/// is not the flow's: neither when the entry's flow is gone (the sweep
+/// leaves a live backend's entries for the port lifecycle to take over) nor
+/// when the flow has ended and lingers ([`gateway::owns_backend_segment`]).
 #[inline(always)]
 pub fn is_gateway_reply(pkt: &TcpPacket<'_>) -> bool {
     let nat = NatKey {
@@ -69,7 +72,13 @@ pub fn is_gateway_reply(pkt: &TcpPacket<'_>) -> bool {
         backend_port: pkt.src_port(),
         snat_port: pkt.dst_port(),
     };
-    reverse_owner(&nat).is_some_and(|owner| flow_pinned_to(&owner, &nat).is_some())
+    reverse_owner(&nat).is_some_and(|owner| {
+        flow_pinned_to(&owner, &nat).is_some_and(|flow| {
+            let mut seg = pkt.segment();
+            seg.seq = seg.seq.wrapping_sub(synproxy::seq_offset(flow));
+            gateway::owns_backend_segment(flow, &seg)
+        })
+    })
 }
 
 /// Takes a `dsr` flow's client segment into its state, with what the

@@ -128,6 +128,42 @@ fn gateway_backend_packet_whose_reverse_entry_outlived_its_flow_passes_to_the_ke
     });
 }
 
+/// A client that connects to a backend directly, from a port whose gateway
+/// flow to that backend has ended, reuses the flow's 4-tuple: the ended
+/// connection's last segments still leave from the VIP, the new
+/// connection's (a fresh ISN) pass to the kernel untouched.
+#[test]
+fn gateway_ended_flow_keeps_its_last_segments_and_passes_a_direct_connection_on_its_4_tuple() {
+    in_lab(Forwarding::Gateway, |lab| {
+        let from = client(1004);
+        let c = lab.handshake(from);
+        let backend_fin = c.from_backend(FIN_ACK, b"");
+        assert_eq!(lab.run(&backend_fin).0, XDP_REDIRECT);
+        let client_fin = c.from_client_at(FIN_ACK, c.client_next, c.backend_next + 1, b"");
+        assert_eq!(lab.run(&client_fin).0, XDP_REDIRECT);
+        let flow = lab.flow(from).expect("pinned while it lingers");
+        assert!(flow_state::has_ended(flow.state));
+
+        let final_ack = c.from_backend_at(ACK, c.backend_next + 1, c.client_next + 1, b"");
+        let (verdict, out) = lab.run(&final_ack);
+        assert_eq!(verdict, XDP_REDIRECT, "the ended connection's final ACK");
+        assert_eq!((parse_checked(&out).src, parse_checked(&out).dst), (VIP, from));
+
+        let fresh_isn = BACKEND_ISN.wrapping_add(0x4000_0000);
+        let direct = |flags, seq, payload: &'static [u8]| c.from_backend_at(flags, seq, 77_001, payload);
+        for frame in [
+            direct(SYN_ACK, fresh_isn, b""),
+            direct(PSH_ACK, fresh_isn + 1, b"direct"),
+        ] {
+            let passed = lab.counter(Counter::Passed);
+            let (verdict, out) = lab.run(&frame);
+            assert_eq!(verdict, XDP_PASS, "a connection that did not go through the VIP");
+            assert_eq!(out, frame);
+            assert_eq!(lab.counter(Counter::Passed), passed + 1);
+        }
+    });
+}
+
 #[test]
 fn gateway_collision_refuses_the_second_vips_syn_with_a_rst_and_keeps_the_first_flow() {
     in_lab(Forwarding::Gateway, |mut lab| {

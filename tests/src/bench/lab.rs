@@ -158,10 +158,14 @@ impl Lab {
     }
 
     /// Requests each demo-backend has served so far (its own count, asked
-    /// directly from the client; the asking adds one to each).
+    /// directly from the LB host; the asking adds one to each). Not from
+    /// the client: under `gateway` a backend sees the client's own address
+    /// and port, so a direct connection from a client port that a workload's
+    /// flow to that backend just used has that flow's 4-tuple while the
+    /// flow lingers on the LB, and its replies are taken for the flow's.
     pub fn requests_served(&self) -> Vec<u64> {
         let addrs: Vec<_> = self.pools(HTTP_PORT).all().collect();
-        self.client().run(move || {
+        self.lb().run(move || {
             addrs
                 .iter()
                 .map(|&a| {
