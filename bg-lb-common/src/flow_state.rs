@@ -77,6 +77,13 @@ pub const BACKEND_CLOSED_FIRST: u32 = 1 << 6;
 /// The client's segments since the backend closed first carry TCP
 /// timestamps; `Flow::client_tsval` holds the newest.
 pub const CLIENT_TIMESTAMPS: u32 = 1 << 7;
+/// The flow's SYN replaced an ended flow of its 5-tuple whose backend may
+/// still hold TIME_WAIT on that flow's SNAT pair ([`inherited_by_reconnection`]).
+/// That pair's reverse entry still names the 5-tuple, and while this flow
+/// is in the table the take-over rule leaves the pair alone until
+/// TIME_WAIT is surely over (`crate::port_reuse::guards_time_wait`); gone,
+/// the pair would look free. The sweep therefore keeps the flow that long.
+pub const GUARDS_TIME_WAIT: u32 = 1 << 8;
 
 /// How far beyond a side's known end a segment may start and still move
 /// it. A TCP sender's segments reach the LB in order unless some were lost
@@ -160,6 +167,20 @@ const fn within(x: u32, lo: u32, hi: u32) -> bool {
 pub const fn opened_by(syn: &Segment) -> (u32, SeqState, SeqState) {
     let end = syn.end();
     (SYN_SEEN, SeqState { end, ack: 0 }, SeqState { end: 0, ack: end })
+}
+
+/// The state bits a new connection's flow takes from the ended flow of its
+/// 5-tuple that it replaces (`ended`, its state), `same_pair` if it took
+/// that flow's SNAT pair over: [`GUARDS_TIME_WAIT`] if it left that pair
+/// while its backend may hold TIME_WAIT there (it closed first), or if the
+/// ended flow guarded an older pair itself (the guard passes on).
+#[inline(always)]
+pub const fn inherited_by_reconnection(ended: u32, same_pair: bool) -> u32 {
+    if ended & GUARDS_TIME_WAIT != 0 || (ended & BACKEND_CLOSED_FIRST != 0 && !same_pair) {
+        GUARDS_TIME_WAIT
+    } else {
+        0
+    }
 }
 
 /// Whether a flow can be pinned again from a client segment without one

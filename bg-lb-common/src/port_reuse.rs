@@ -5,7 +5,8 @@
 //! The port's 4-tuple towards the backend is reused as is, so the takeover
 //! is safe only if the backend will accept the new SYN on it and the old
 //! connection can no longer be hurt:
-//! - the owner flow is gone, or no longer pinned to the port: free;
+//! - the owner flow is gone, or no longer pinned to the port: free, unless
+//!   its 5-tuple's newer flow is pinned elsewhere ([`newer_flow_guards`]);
 //! - the old connection ended by an accepted RST: the backend dropped it;
 //! - the client closed first and acknowledged the backend's FIN: the
 //!   backend went LAST_ACK -> CLOSED (the client's TIME_WAIT is on its own
@@ -92,6 +93,19 @@ pub fn reusable(owner: Option<&Flow>, syn: &Syn, now_ns: u64) -> bool {
     // Reset, or closed by the client: the backend's last state was
     // LAST_ACK, which the client's ACK of its FIN ended.
     flow.state & RESET != 0 || !after(flow.backend.end, flow.client.ack)
+}
+
+/// Whether `newer`, a flow whose 5-tuple's reverse entry names a pair it is
+/// not pinned to (its SYN replaced the ended flow that was, and took
+/// another pair), still keeps that pair from being taken over at `now_ns`.
+/// The ended flow closed before `newer` opened, so its backend's TIME_WAIT
+/// on the pair is over [`TIME_WAIT_NS`] after `newer.created_ns`; until
+/// then nothing else records how it closed, so the pair is not free. The
+/// sweep keeps such a flow as long (`flow_state::GUARDS_TIME_WAIT`):
+/// without it, the pair's entry would name no flow and count as free.
+#[inline(always)]
+pub fn newer_flow_guards(newer: &Flow, now_ns: u64) -> bool {
+    now_ns.saturating_sub(newer.created_ns) < TIME_WAIT_NS
 }
 
 /// Whether the backend's TIME_WAIT of `flow` (the backend closed first)

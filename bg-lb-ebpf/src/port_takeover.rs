@@ -70,7 +70,7 @@ pub fn take_over(nat: &NatKey, key: &FlowKey, syn: &Syn, backend: u64, now: u64)
         // replacing the flow that knew how this one closed: it closed
         // before that one opened, and the backend may hold it in TIME_WAIT
         // until then plus TIME_WAIT's length.
-        if now.saturating_sub(newer.created_ns) < port_reuse::TIME_WAIT_NS {
+        if port_reuse::newer_flow_guards(newer, now) {
             return false;
         }
     }

@@ -312,7 +312,11 @@ fn pinned_flow(
     let ended = flow_state::has_ended(flow.state);
     if flow.has_reply_path() && (flow.nat_epoch != nat_epoch || ended) {
         if !owns_port(key, &flow.nat_key(&backend)) {
-            let _ = FLOWS.remove(key);
+            // An ended flow guarding an older pair stays for the sweep to
+            // remove (`flow_state::GUARDS_TIME_WAIT`).
+            if !ended || flow.state & flow_state::GUARDS_TIME_WAIT == 0 {
+                let _ = FLOWS.remove(key);
+            }
             // A straggler of a connection that is over at the backend too,
             // whose port a new connection took over: nothing to reset.
             return if ended { Lookup::Stale } else { Lookup::PortTaken };
@@ -411,12 +415,20 @@ fn new_flow(
     }
     (flow.state, flow.client, flow.backend) = flow_state::opened_by(seg);
     if flow.has_reply_path() {
+        // The ended flow of this 5-tuple that the new one replaces (still
+        // in the table until the insert below), if any: if the new flow
+        // leaves its pair, it guards that pair (`flow_state::GUARDS_TIME_WAIT`).
+        let replaced = flow_entry(key).filter(|old| flow_state::has_ended(old.state));
         (flow.snat_addr, flow.snat_port) =
             claim_snat_port(key, hash, &flow, &backend, service, syn, cfg).inspect_err(|e| {
                 if *e == Counter::SnatPortsExhausted {
                     account_exhausted(backend_id);
                 }
             })?;
+        if let Some(old) = replaced {
+            let same_pair = flow.snat_addr == old.snat_addr && flow.snat_port == old.snat_port;
+            flow.state |= flow_state::inherited_by_reconnection(old.state, same_pair);
+        }
     }
     if FLOWS.insert(key, flow, BPF_ANY as u64).is_err() {
         let _ = REVERSE_NAT.remove(flow.nat_key(&backend));

@@ -3,7 +3,8 @@
 //! as the backend will accept it there, never earlier, exactly one
 //! connection wins a port, and nothing of the old connection reaches the
 //! new client. The lab has one backend and one SNAT port, so every SYN's
-//! candidates are that port.
+//! candidates are that port, except where a client reconnects from the same
+//! address and port: there it has two.
 
 use std::{
     net::{Ipv4Addr, SocketAddrV4},
@@ -13,7 +14,7 @@ use std::{
 
 use bg_lb_common::{
     counters::Counter,
-    flow_state::{BACKEND_CLOSED_FIRST, CLIENT_TIMESTAMPS},
+    flow_state::{BACKEND_CLOSED_FIRST, CLIENT_TIMESTAMPS, GUARDS_TIME_WAIT},
     maps::{Backend, NatKey, NatOwner},
     port_reuse::SETTLE_NS,
 };
@@ -35,9 +36,14 @@ const PORT: u16 = 40000;
 const TS_RECENT: u32 = 1_000_000;
 
 fn in_one_port_lab(test: impl FnOnce(PacketLab) + Send + 'static) {
+    in_lab(PORT, test);
+}
+
+/// The lab with SNAT ports [`PORT`] to `last`.
+fn in_lab(last: u16, test: impl FnOnce(PacketLab) + Send + 'static) {
     require_root();
     let options = PacketLabOptions {
-        snat_ports: (PORT, PORT),
+        snat_ports: (PORT, last),
         ..PacketLabOptions::with_ratio(100)
     };
     in_fresh_netns(move || {
@@ -138,7 +144,15 @@ fn closed_by_client(lab: &PacketLab, from: SocketAddrV4, final_ack: bool) -> Con
 /// backend's FIN carrying TSval [`TS_RECENT`]: the backend is in TIME_WAIT
 /// with `rcv_nxt` the end of the client's FIN, which this returns.
 fn closed_by_backend(lab: &PacketLab, from: SocketAddrV4) -> u32 {
-    let c = lab.handshake(from);
+    let rcv_nxt = close_by_backend(lab, lab.handshake(from));
+    settle();
+    rcv_nxt
+}
+
+/// [`closed_by_backend`] for connection `c`, which returns at once: its port
+/// has not settled.
+fn close_by_backend(lab: &PacketLab, c: Connection) -> u32 {
+    let from = c.client;
     assert_eq!(lab.run(&c.from_backend(FIN_ACK, b"")).0, XDP_REDIRECT);
     let (seq, ack) = (c.client_next, c.backend_next + 1);
     let client_ack = client_segment(from, ACK, seq, ack, Some(TS_RECENT - 1));
@@ -157,7 +171,6 @@ fn closed_by_backend(lab: &PacketLab, from: SocketAddrV4) -> u32 {
         flow.client_tsval, TS_RECENT,
         "the newest TSval is TIME_WAIT's ts_recent"
     );
-    settle();
     seq + 1
 }
 
@@ -360,5 +373,47 @@ fn concurrent_takeovers_of_one_port_on_two_cpus_leave_exactly_one_owner() {
             lab.run(&won.from_backend_at(RST | ACK, 0, SEQ + 1, b""));
             settle();
         }
+    });
+}
+
+/// A SYN from `from` that must go to the backend from SNAT port `port`.
+fn assert_syn_forwarded_from(lab: &PacketLab, what: &str, from: SocketAddrV4, syn: &[u8], port: u16) {
+    let (verdict, out) = lab.run(syn);
+    assert_eq!(verdict, XDP_REDIRECT, "{what}: forwarded");
+    Out::ToBackend {
+        backend: BLUE[0],
+        snat: SocketAddrV4::new(SNAT, port),
+    }
+    .check(lab, what, from, syn, &out);
+}
+
+#[test]
+fn a_reconnection_that_cannot_take_its_old_pair_yet_guards_it_against_syns_time_wait_refuses() {
+    in_lab(PORT + 1, |lab| {
+        let reconnecting = client(41200);
+        let old = lab.handshake(reconnecting);
+        let old_port = old.snat.port();
+        let rcv_nxt = close_by_backend(&lab, old);
+        // At once: the backend may not have processed the client's FIN yet,
+        // so the old pair is not taken; the reconnection gets the other.
+        let syn = client_segment(reconnecting, SYN, SEQ + 77, 0, Some(TS_RECENT + 1));
+        let other_port = if old_port == PORT { PORT + 1 } else { PORT };
+        assert_syn_forwarded_from(&lab, "the reconnection's SYN", reconnecting, &syn, other_port);
+        let flow = lab.flow(reconnecting).expect("the new flow");
+        assert_ne!(
+            flow.state & GUARDS_TIME_WAIT,
+            0,
+            "the only flow of the 5-tuple its old pair's entry names guards that pair"
+        );
+        assert_eq!(
+            lab.reverse_nat(BLUE[0], old_port).map(|k| k.client()),
+            Some(reconnecting)
+        );
+        settle();
+        // A SYN the old pair's TIME_WAIT refuses by PAWS finds no pair: the
+        // old one is guarded, the other is the reconnection's.
+        let older = client(41201);
+        let syn = client_segment(older, SYN, rcv_nxt.wrapping_add(100_000), 0, Some(TS_RECENT - 1));
+        assert_syn_refused(&lab, "a SYN with an older timestamp", older, &syn);
     });
 }

@@ -458,3 +458,32 @@ fn only_established_and_closing_flows_are_open_and_each_phase_has_its_ctl_name()
         assert_eq!((phase.is_open(), phase.name()), (open, name), "{phase:?}");
     }
 }
+
+#[test]
+fn a_reconnection_guards_the_older_pair_of_a_flow_whose_backend_may_hold_time_wait() {
+    let closed = SYN_SEEN | SYN_ACK_SEEN | ESTABLISHED | FIN_FROM_CLIENT | FIN_FROM_BACKEND;
+    let backend_first = closed | BACKEND_CLOSED_FIRST;
+    assert_eq!(inherited_by_reconnection(backend_first, false), GUARDS_TIME_WAIT);
+    assert_eq!(
+        inherited_by_reconnection(backend_first, true),
+        0,
+        "it took the pair over: no pair left behind"
+    );
+    for same_pair in [false, true] {
+        assert_eq!(
+            inherited_by_reconnection(closed | GUARDS_TIME_WAIT, same_pair),
+            GUARDS_TIME_WAIT,
+            "the guard passes on to the next reconnection"
+        );
+        assert_eq!(
+            inherited_by_reconnection(closed, same_pair),
+            0,
+            "the client closed first"
+        );
+        assert_eq!(inherited_by_reconnection(closed | RESET, same_pair), 0);
+    }
+    // The guard is no state the connection's tracking reads.
+    let guarded = closed | GUARDS_TIME_WAIT;
+    assert_eq!(phase(guarded), phase(closed));
+    assert!(!wants_client_timestamp(guarded));
+}

@@ -25,9 +25,9 @@ use std::{
 };
 
 use bg_lb_common::{
-    flow_state::{BACKEND_CLOSED_FIRST, FlowPhase, has_ended, phase},
+    flow_state::{BACKEND_CLOSED_FIRST, FlowPhase, GUARDS_TIME_WAIT, has_ended, phase},
     maps::{Backend, Flow, FlowKey, NatKey},
-    port_reuse::TIME_WAIT_NS,
+    port_reuse::{TIME_WAIT_NS, newer_flow_guards},
 };
 use nix::time::{ClockId, clock_gettime};
 
@@ -55,6 +55,9 @@ pub enum Expiry {
 /// SYN the backend accepts (`port_reuse`), and a new connection takes its
 /// port over as soon as one does, which removes it.
 pub fn expiry(flow: &Flow, now_ns: u64, timeouts: &FlowTimeouts) -> Option<Expiry> {
+    if guards(flow, now_ns) {
+        return None;
+    }
     let idle = Duration::from_nanos(now_ns.saturating_sub(flow.last_seen_ns));
     let (timeout, expiry) = match phase(flow.state) {
         FlowPhase::Closed if flow.state & BACKEND_CLOSED_FIRST != 0 => {
@@ -65,6 +68,14 @@ pub fn expiry(flow: &Flow, now_ns: u64, timeouts: &FlowTimeouts) -> Option<Expir
         FlowPhase::Established | FlowPhase::Closing => (timeouts.established_idle, Expiry::Idle),
     };
     (idle >= timeout).then_some(expiry)
+}
+
+/// Whether `flow` is an ended flow that still keeps an older pair of its
+/// 5-tuple from being taken over (`flow_state::GUARDS_TIME_WAIT`): it stays
+/// until [`newer_flow_guards`] says that pair's TIME_WAIT is over, whether
+/// it expired or a new connection took its own pair over.
+fn guards(flow: &Flow, now_ns: u64) -> bool {
+    has_ended(flow.state) && flow.state & GUARDS_TIME_WAIT != 0 && newer_flow_guards(flow, now_ns)
 }
 
 pub fn monotonic_now_ns() -> u64 {
@@ -227,7 +238,11 @@ pub fn judge(
             // Another flow owns the port: after this one ended, a new
             // connection took it over.
             let reused = has_ended(flow.state) && nat.is_some_and(|nat| owners.contains_key(&nat));
-            Some(if reused { Removal::PortReused } else { Removal::NatLost })
+            match (reused, guards(&flow, now_ns)) {
+                (true, true) => None,
+                (true, false) => Some(Removal::PortReused),
+                _ => Some(Removal::NatLost),
+            }
         } else {
             expiry(&flow, now_ns, timeouts).map(Removal::Expired)
         };
@@ -242,7 +257,7 @@ pub fn judge(
             continue;
         }
         let census = &mut sweep.census;
-        if let Some(nat) = nat.filter(|_| flow.holds_snat_pair()) {
+        if let Some(nat) = nat.filter(|_| owns_nat && flow.holds_snat_pair()) {
             *census.snat_pairs.entry(nat.backend()).or_default() += 1;
         }
         *census.total.entry(flow.backend_id).or_default() += 1;

@@ -376,3 +376,42 @@ fn a_closed_flow_whose_backend_closed_first_stays_while_its_time_wait_may_last()
     assert_eq!(expiry(&time_wait, 100 * S + TIME_WAIT_NS, &T), Some(Expiry::Closed));
     assert_eq!(expiry(&flow(closed, 100), 110 * S, &T), Some(Expiry::Closed));
 }
+
+#[test]
+fn a_reconnection_that_guards_its_5_tuples_older_pair_stays_until_that_pairs_time_wait_is_over() {
+    // Key 1's flow replaced an ended flow of the same 5-tuple pinned to
+    // 20001 (whose entry still names key 1), took 20000, closed at 100 s,
+    // and a newer connection has taken 20000 over: without the flow, 20001
+    // would look free while its backend may still hold TIME_WAIT there.
+    let closed = SYN_SEEN | SYN_ACK_SEEN | ESTABLISHED | FIN_FROM_CLIENT | FIN_FROM_BACKEND;
+    let created = 99 * S;
+    let guard = Flow {
+        created_ns: created,
+        ..pinned(closed | GUARDS_TIME_WAIT, 20000)
+    };
+    let reverse = [(nat(20000), key(2)), (nat(20001), key(1))];
+    let judged = sweep(&[(key(1), guard)], &reverse);
+    assert_eq!(removals(&judged), [], "kept, although its own pair was taken over");
+    assert_eq!(judged.census.snat_pairs_of(backend().addr()), 0, "it holds no pair");
+    assert_eq!(expiry(&guard, 150 * S, &T), None, "past `closing`");
+    let over = created + TIME_WAIT_NS;
+    assert_eq!(expiry(&guard, over, &T), Some(Expiry::Closed));
+    let later = judge(
+        [(key(1), guard)],
+        reverse,
+        &HashMap::from([(BACKEND_ID, backend())]),
+        &HashSet::from([SERVICE]),
+        over,
+        &T,
+    );
+    assert_eq!(removals(&later), [(key(1), None, Removal::PortReused)]);
+    // A flow without the guard leaves as before.
+    let plain = Flow {
+        created_ns: created,
+        ..pinned(closed, 20000)
+    };
+    assert_eq!(
+        removals(&sweep(&[(key(1), plain)], &reverse)),
+        [(key(1), None, Removal::PortReused)]
+    );
+}
