@@ -381,12 +381,7 @@ fn log_level_flag_filters_and_wins_over_rust_log_and_files_get_no_colour() {
     let config = fs::read_to_string(lab.daemon.config_path()).unwrap();
     fs::write(lab.daemon.config_path(), format!("bogus_key = 1\n{config}")).unwrap();
     lab.daemon.hangup();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !lab.daemon.log().contains("config rejected") {
-        assert!(Instant::now() < deadline, "{}", lab.daemon.log());
-        thread::sleep(Duration::from_millis(50));
-    }
-    let log = lab.daemon.log();
+    let log = lab.daemon.wait_for_log("config rejected");
     for below_warn in ["bg-lb running", "INFO", "DEBUG"] {
         assert!(
             !log.contains(below_warn),
