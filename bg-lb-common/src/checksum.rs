@@ -49,27 +49,10 @@ pub const fn finish(sum: u32) -> u16 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_support::{checksum_of_words, words};
 
-    /// Reference: full checksum over native-read 16-bit words.
     fn full(words: &[u16]) -> u16 {
-        let mut sum: u32 = words.iter().map(|&w| w as u32).sum();
-        while sum >> 16 != 0 {
-            sum = (sum & 0xffff) + (sum >> 16);
-        }
-        !(sum as u16)
-    }
-
-    /// Deterministic pseudo-random words (xorshift) so failures reproduce.
-    fn words(seed: u32, n: usize) -> Vec<u16> {
-        let mut x = seed | 1;
-        (0..n)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 17;
-                x ^= x << 5;
-                x as u16
-            })
-            .collect()
+        checksum_of_words(words.iter().copied())
     }
 
     #[test]

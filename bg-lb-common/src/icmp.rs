@@ -163,31 +163,7 @@ pub fn frag_needed(quote: &[u8; QUOTE_LEN], mtu: u16) -> [u8; FRAG_NEEDED_LEN] {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// The Internet checksum of `bytes` (odd length padded with a zero).
-    fn checksum(bytes: &[u8]) -> u16 {
-        let mut sum: u32 = bytes
-            .chunks(2)
-            .map(|w| u16::from_ne_bytes([w[0], *w.get(1).unwrap_or(&0)]) as u32)
-            .sum();
-        while sum >> 16 != 0 {
-            sum = (sum & 0xffff) + (sum >> 16);
-        }
-        !(sum as u16)
-    }
-
-    /// Deterministic pseudo-random bytes (xorshift), so failures reproduce.
-    fn bytes(seed: u32, n: usize) -> Vec<u8> {
-        let mut x = seed | 1;
-        (0..n)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 17;
-                x ^= x << 5;
-                x as u8
-            })
-            .collect()
-    }
+    use crate::test_support::{bytes, checksum};
 
     fn word(b: &[u8], at: usize) -> u16 {
         u16::from_ne_bytes([b[at], b[at + 1]])

@@ -18,6 +18,8 @@
 //! - [`restore`]: the benchmark's frame restorer's map value.
 //! - [`syn_proxy`]: SYN cookies for flooded services: modes, flow bits, the
 //!   flood detector's rule, sequence translation.
+//! - `test_support` (tests only): reference checksums and reproducible
+//!   pseudo-random input the unit tests share.
 //!
 //! Addresses and ports inside map keys and values are stored exactly as on
 //! the wire (network byte order, read as native `u32`/`u16`), so the data
@@ -36,3 +38,5 @@ pub mod port_reuse;
 pub mod restore;
 pub mod snat_port;
 pub mod syn_proxy;
+#[cfg(test)]
+mod test_support;

@@ -268,6 +268,23 @@ impl Daemon {
         fs::read_to_string(self.dir.join("daemon.log")).unwrap_or_default()
     }
 
+    /// Polls the daemon log until it contains `needle` and returns the log.
+    /// The 60 s limit only keeps a broken daemon from hanging the test.
+    pub fn wait_for_log(&self, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let log = self.log();
+            if log.contains(needle) {
+                return log;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{needle:?} never reached the daemon log:\n{log}"
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     pub fn pins_exist(&self) -> bool {
         Path::new(&self.pin_dir).exists()
     }

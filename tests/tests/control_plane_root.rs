@@ -6,8 +6,7 @@ use std::{
     io::{BufRead as _, BufReader, Write as _},
     os::unix::net::UnixStream,
     process::Command,
-    thread,
-    time::{Duration, Instant},
+    time::Instant,
 };
 
 use bg_lb::ratio::Pool;
@@ -155,12 +154,9 @@ fn reload_with_a_broken_config_is_rejected_and_traffic_is_unaffected() {
         err.contains(&format!("bg-lb.toml:{line}:")) && err.contains("weight"),
         "{err}"
     );
+    // SIGHUP with a broken config is logged as rejected.
     lab.daemon.hangup();
-    thread::sleep(Duration::from_millis(300));
-    assert!(
-        lab.daemon.log().contains("config rejected"),
-        "SIGHUP with a broken config is logged as rejected"
-    );
+    lab.daemon.wait_for_log("config rejected");
     assert!(
         lab.names(20).iter().all(|n| pool_of_name(n) == Pool::Blue),
         "still serving the previous config"
@@ -252,18 +248,13 @@ fn snat_port_exhaustion_refuses_new_connections_at_once_and_the_data_plane_logs_
             "refused with a RST, not left to SYN retries: {e}"
         );
     }
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !lab.daemon.log().contains("no free SNAT (address, port)") {
-        assert!(
-            Instant::now() < deadline,
-            "the eBPF warning did not reach the daemon log:\n{}",
-            lab.daemon.log()
-        );
-        thread::sleep(Duration::from_millis(100));
-    }
-    let lines = lab.daemon.log().matches("no free SNAT (address, port)").count();
     // One line a second; CPUs racing at the same instant may add one.
     let allowed = started.elapsed().as_secs() as usize + 2;
+    let lines = lab
+        .daemon
+        .wait_for_log("no free SNAT (address, port)")
+        .matches("no free SNAT (address, port)")
+        .count();
     assert!(
         lines <= allowed,
         "{lines} log lines for 20 refusals (at most {allowed})"

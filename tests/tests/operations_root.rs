@@ -5,7 +5,7 @@
 
 use std::{
     fs,
-    io::Read as _,
+    io::{ErrorKind, Read as _},
     net::{Ipv4Addr, SocketAddrV4, TcpStream},
     os::unix::{
         net::{UnixDatagram, UnixStream},
@@ -298,6 +298,45 @@ fn ready_comes_only_once_the_data_plane_forwards_and_reload_status_and_watchdog_
 }
 
 #[test]
+fn run_with_detach_on_exit_forwards_until_sigterm_then_detaches_and_unpins_before_it_exits() {
+    let dir = TempDir::new("detach-on-exit");
+    let launch = sh_launch(&dir, "exec \"$0\" run --config \"$1\" --detach-on-exit", &[]);
+    let mut lab = lab_with(launch, "", "");
+    let mut open = lab.connect();
+    let backend = open.ask().expect("a connection through the VIP");
+    assert!(lab.daemon.pins_exist(), "pinned while running");
+
+    let status = lab.daemon.terminate();
+    assert!(
+        status.success(),
+        "bg-lb run --detach-on-exit exited {status}:\n{}",
+        lab.daemon.log()
+    );
+    // All of it is gone when the process has exited, not some time after.
+    assert!(
+        !lab.daemon.pins_exist(),
+        "pins left in {}",
+        lab.daemon.pin_dir.display()
+    );
+    let link = lab.topo.lb.ns.ip("link show eth0");
+    assert!(!link.contains("xdp"), "XDP still on eth0 after the exit: {link}");
+    assert!(
+        lab.daemon.log().contains("data plane detached and unpinned"),
+        "{}",
+        lab.daemon.log()
+    );
+    // The VIP is now the LB host's own address with nothing listening on it:
+    // the open connection ends and new ones are refused.
+    let err = open.ask().expect_err("the connection outlived the detached data plane");
+    assert!(
+        matches!(err.kind(), ErrorKind::ConnectionReset | ErrorKind::UnexpectedEof),
+        "{backend}'s connection ended with {err}"
+    );
+    let err = ask_names(&lab.topo.client.ns, lab.vip(), 1).expect_err("no load balancing after the exit");
+    assert_eq!(err.kind(), ErrorKind::ConnectionRefused, "{err}");
+}
+
+#[test]
 fn a_daemon_refused_at_startup_never_says_ready() {
     require_root();
     let lb = NetNs::new("notready");
@@ -342,12 +381,7 @@ fn log_level_flag_filters_and_wins_over_rust_log_and_files_get_no_colour() {
     let config = fs::read_to_string(lab.daemon.config_path()).unwrap();
     fs::write(lab.daemon.config_path(), format!("bogus_key = 1\n{config}")).unwrap();
     lab.daemon.hangup();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !lab.daemon.log().contains("config rejected") {
-        assert!(Instant::now() < deadline, "{}", lab.daemon.log());
-        thread::sleep(Duration::from_millis(50));
-    }
-    let log = lab.daemon.log();
+    let log = lab.daemon.wait_for_log("config rejected");
     for below_warn in ["bg-lb running", "INFO", "DEBUG"] {
         assert!(
             !log.contains(below_warn),

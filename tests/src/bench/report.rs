@@ -249,17 +249,26 @@ pub fn render(summaries: &[ContenderSummary]) -> String {
             .collect();
         let _ = writeln!(md, "| {} | {} |", s.label, cells.join(" | "));
     }
-    let failures: Vec<String> = summaries
-        .iter()
-        .flat_map(|s| s.failures.iter().map(move |f| format!("- {}: {f}", s.label)))
-        .collect();
-    if !failures.is_empty() {
-        let _ = writeln!(md, "\nFailures (figures from failing workloads are not shown):\n");
-        for f in failures {
-            let _ = writeln!(md, "{f}");
+    write_notes(
+        &mut md,
+        "Failures (figures from failing workloads are not shown)",
+        summaries
+            .iter()
+            .flat_map(|s| s.failures.iter().map(move |f| (s.label, f))),
+    );
+    md
+}
+
+/// Appends a `heading:` paragraph and a `- LABEL: NOTE` item per note to a
+/// Markdown report, or nothing when there is no note.
+pub fn write_notes<'a>(md: &mut String, heading: &str, notes: impl IntoIterator<Item = (&'a str, &'a String)>) {
+    let mut notes = notes.into_iter().peekable();
+    if notes.peek().is_some() {
+        let _ = writeln!(md, "\n{heading}:\n");
+        for (label, note) in notes {
+            let _ = writeln!(md, "- {label}: {note}");
         }
     }
-    md
 }
 
 #[cfg(test)]

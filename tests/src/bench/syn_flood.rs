@@ -326,21 +326,13 @@ pub fn render(summaries: &[SynFloodSummary], o: &SynFloodOptions) -> String {
             s.kept_connections,
         );
     }
-    let notes: Vec<String> = summaries
-        .iter()
-        .flat_map(|s| {
-            s.failures
-                .iter()
-                .chain(&s.missed)
-                .map(move |m| format!("- {}: {m}", s.label))
-        })
-        .collect();
-    if !notes.is_empty() {
-        let _ = writeln!(md, "\nMissed targets and failed runs:\n");
-        for n in notes {
-            let _ = writeln!(md, "{n}");
-        }
-    }
+    report::write_notes(
+        &mut md,
+        "Missed targets and failed runs",
+        summaries
+            .iter()
+            .flat_map(|s| s.failures.iter().chain(&s.missed).map(move |m| (s.label, m))),
+    );
     md
 }
 
