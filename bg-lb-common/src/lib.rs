@@ -15,6 +15,8 @@
 //! - [`snat_port`]: candidate SNAT (address, port) pairs for collision-free
 //!   allocation.
 //! - [`restore`]: the benchmark's frame restorer's map value.
+//! - [`udp`]: UDP flows' state and the NAT rewrite of a UDP checksum (0:
+//!   none).
 //! - [`syn_proxy`]: SYN cookies for flooded services: modes, flow bits, the
 //!   flood detector's rule, sequence translation.
 //!
@@ -34,3 +36,4 @@ pub mod port_reuse;
 pub mod restore;
 pub mod snat_port;
 pub mod syn_proxy;
+pub mod udp;

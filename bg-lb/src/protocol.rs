@@ -11,7 +11,7 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    dataplane::{forwarding::Forwarding, syn_proxy::SynProxyMode},
+    dataplane::{forwarding::Forwarding, l4::Protocol, syn_proxy::SynProxyMode},
     ratio::{Pool, Ratio},
     shift,
 };
@@ -360,6 +360,8 @@ pub struct ServiceStatus {
     pub syn_proxy: SynProxyStatus,
     #[serde(default)]
     pub forwarding: Forwarding,
+    #[serde(default)]
+    pub protocol: Protocol,
 }
 
 /// A service's SYN proxy, as `status` reports it.
@@ -461,6 +463,8 @@ pub struct FlowInfo {
     pub age_secs: f64,
     pub idle_secs: f64,
     pub state: String,
+    #[serde(default)]
+    pub protocol: Protocol,
 }
 
 /// Parses one request line; the error is what the reply says.

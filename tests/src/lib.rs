@@ -31,6 +31,7 @@
 //!   each host with its own BIRD for bg-lb's `[bgp]`; and a prober that
 //!   measures what an event costs new connections.
 //! - [`topology`]: named namespaces and the one-arm client/LB/backends segment.
+//! - [`udp_frames`]: UDP datagrams for packet tests, built and checked.
 //! - [`raw`]: hand-made TCP segments from any source (forged RSTs, spoofed
 //!   SYNs) through a raw socket.
 //! - [`servers`]: a stoppable TCP accept loop, servers that answer with
@@ -63,6 +64,7 @@ pub mod rng;
 pub mod rows;
 pub mod servers;
 pub mod topology;
+pub mod udp_frames;
 
 /// Fails fast with a clear message when not root: these tests need BPF and
 /// network namespaces, and a silent skip would hide that they never ran.
