@@ -16,9 +16,12 @@
 //! a compare-and-swap, which a delete from here could undo under it (a
 //! delete after a re-check still races a takeover between the two), so the
 //! sweep never deletes an entry the data plane may be taking over. A `dsr`
-//! flow has no reverse entry (nor SNAT address): it is never one. UDP pairs
-//! are never taken over (the data plane claims only free ones), so a UDP
-//! flow's entry goes with it, and a UDP orphan goes whatever its backend.
+//! flow has no reverse entry (nor SNAT address): it is never one. A UDP
+//! flow's entry goes with it, and a UDP orphan goes whatever its backend:
+//! the UDP path claims only free pairs, so nothing else would free them.
+//! (A TCP connection may take a UDP orphan over between the re-check and
+//! the delete; it then claims its pair again on its next packet, as the
+//! sweep moves the NAT epoch.)
 
 use std::{
     collections::{HashMap, HashSet},
