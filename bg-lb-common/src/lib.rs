@@ -16,6 +16,8 @@
 //! - [`snat_port`]: candidate SNAT (address, port) pairs for collision-free
 //!   allocation.
 //! - [`restore`]: the benchmark's frame restorer's map value.
+//! - [`udp`]: UDP flows' state and the NAT rewrite of a UDP checksum (0:
+//!   none).
 //! - [`syn_proxy`]: SYN cookies for flooded services: modes, flow bits, the
 //!   flood detector's rule, sequence translation.
 //! - `test_support` (tests only): reference checksums and reproducible
@@ -40,3 +42,4 @@ pub mod snat_port;
 pub mod syn_proxy;
 #[cfg(test)]
 mod test_support;
+pub mod udp;

@@ -126,6 +126,7 @@ pub const MAX_SNAT_ADDRESSES: usize = 16;
 pub const NO_BACKEND: u32 = u32::MAX;
 
 pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
 
 pub const POOL_BLUE: u8 = 0;
 pub const POOL_GREEN: u8 = 1;
@@ -154,10 +155,16 @@ impl ServiceKey {
 
     /// The key of the TCP service listening on `vip`.
     pub const fn new(vip: SocketAddrV4) -> Self {
+        Self::with_proto(vip, IPPROTO_TCP)
+    }
+
+    /// The key of the service listening on `vip` for protocol `proto`
+    /// ([`IPPROTO_TCP`] or [`IPPROTO_UDP`]).
+    pub const fn with_proto(vip: SocketAddrV4, proto: u8) -> Self {
         Self {
             addr: wire_ip(*vip.ip()),
             port: wire_port(vip.port()),
-            proto: IPPROTO_TCP,
+            proto,
             _pad: 0,
         }
     }
@@ -189,7 +196,12 @@ pub struct Service {
     pub syn_proxy_threshold: u32,
     /// SYN proxy: the MSS its SYN-ACKs offer clients (host order).
     pub syn_proxy_mss: u16,
-    pub _pad2: u16,
+    /// A UDP service's flows end after this many seconds without a packet
+    /// either way; 0 for a TCP service. Read by the daemon's sweep only:
+    /// UDP has no end of its own for the data plane to see. (Seconds in
+    /// what was padding: a larger entry, copied onto the packet path's
+    /// stack, pushed it past the verifier's limit.)
+    pub udp_idle_s: u16,
 }
 
 /// [`Service::forwarding`]: source and destination rewritten (the source to
@@ -280,14 +292,24 @@ impl FlowKey {
 
     /// The TCP flow from `client` to `vip`.
     pub const fn from_client(client: SocketAddrV4, vip: SocketAddrV4) -> Self {
+        Self::with_proto(client, vip, IPPROTO_TCP)
+    }
+
+    /// The flow of protocol `proto` from `client` to `vip`.
+    pub const fn with_proto(client: SocketAddrV4, vip: SocketAddrV4, proto: u8) -> Self {
         Self {
             client_addr: wire_ip(*client.ip()),
             vip_addr: wire_ip(*vip.ip()),
             client_port: wire_port(client.port()),
             vip_port: wire_port(vip.port()),
-            proto: IPPROTO_TCP,
+            proto,
             _pad: [0; 3],
         }
+    }
+
+    /// The VIP the client sent to.
+    pub const fn vip(&self) -> SocketAddrV4 {
+        socket(self.vip_addr, self.vip_port)
     }
 
     pub const fn client(&self) -> SocketAddrV4 {
@@ -385,6 +407,10 @@ pub struct SeqState {
 }
 
 /// A backend's reply as it arrives: backend addr:port -> SNAT addr:snat_port.
+/// TCP and UDP flows share one key space, so a (backend, SNAT address,
+/// port) is held by one flow of either protocol: both take pairs from one
+/// budget, and each reply path translates only for an owner of its own
+/// protocol ([`FlowKey::proto`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct NatKey {
@@ -776,6 +802,10 @@ mod tests {
         assert_eq!(
             bytes(&NatKey::new(&backend, snat_addr, snat_port)),
             [10, 0, 0, 10, 10, 0, 0, 2, 0x1f, 0x90, 0x4e, 0x20]
+        );
+        assert_eq!(
+            bytes(&ServiceKey::with_proto(VIP, IPPROTO_UDP)),
+            [10, 0, 0, 100, 0, 80, IPPROTO_UDP, 0]
         );
     }
 

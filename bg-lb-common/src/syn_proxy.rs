@@ -39,9 +39,10 @@ pub const HELD: u32 = 1 << 4;
 /// MSS. A larger early segment is dropped (the client sends it again).
 pub const HELD_PAYLOAD_MAX: usize = 1460;
 
-/// The proxy's jobs that write a frame. Each is its own XDP program, reached
-/// by tail call through `SYN_PROXY_JOBS` at the job's index, so it has a
-/// stack frame of its own: the packet paths leave too little of theirs.
+/// The proxy's jobs that write a frame, and the UDP path. Each is its own
+/// XDP program, reached by tail call through `SYN_PROXY_JOBS` at the job's
+/// index, so it has a stack frame of its own: the packet paths leave too
+/// little of theirs.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Job {
@@ -56,15 +57,19 @@ pub enum Job {
     AckToBackend,
     /// Hold a client segment until the backend answers.
     HoldSegment,
+    /// Not the proxy's: an IPv4 UDP datagram, for the UDP path (inlined
+    /// into the TCP program, its stack would overflow the verifier's limit).
+    Udp,
 }
 
 /// Each job's program name, by job index.
-pub const JOB_PROGRAMS: [&str; 5] = [
+pub const JOB_PROGRAMS: [&str; 6] = [
     "bg_lb_syn_ack",
     "bg_lb_open_backend",
     "bg_lb_resend_syn",
     "bg_lb_ack_to_backend",
     "bg_lb_hold_segment",
+    "bg_lb_udp",
 ];
 
 /// The flood detector's window.
@@ -230,6 +235,7 @@ mod tests {
             Job::ResendSyn,
             Job::AckToBackend,
             Job::HoldSegment,
+            Job::Udp,
         ];
         assert_eq!(jobs.len(), JOB_PROGRAMS.len());
         for (i, job) in jobs.into_iter().enumerate() {

@@ -163,6 +163,10 @@ fn origin_of(emitted: &Tuple) -> Option<Origin> {
         snat_port: emitted.src_port,
     };
     if let Some(client) = reverse_owner(&nat) {
+        // Errors about TCP only: a UDP flow holding the pair is not this one.
+        if client.proto != IPPROTO_TCP {
+            return None;
+        }
         flow_pinned_to(&client, &nat)?;
         return Some(Origin {
             sent: Tuple {

@@ -1,7 +1,7 @@
 //! bg-lb's XDP program: layer-4 load balancing (full NAT, gateway or DSR,
 //! per service) with blue/green weighted lookup tables and flow pinning.
 //!
-//! Paths: client -> VIP:port ([`to_backend`]), backend -> SNAT addr:port
+//! Paths: client -> VIP:port ([`to_backend`]; UDP: [`udp`]), backend -> SNAT addr:port
 //! or, for a `gateway` service, backend -> client ([`to_client`]; the
 //! modes are in [`forwarding`]), ICMP errors about those flows ([`icmp`]).
 //! Frames to a VIP or the SNAT range that no TCP stack should see
@@ -27,6 +27,7 @@ mod rst;
 mod synproxy;
 mod to_backend;
 mod to_client;
+mod udp;
 
 use aya_ebpf::{
     bindings::xdp_action::{XDP_DROP, XDP_PASS},
@@ -37,6 +38,7 @@ use bg_lb_common::{
     counters::Counter,
     flow_state,
     maps::{DataplaneConfig, IPPROTO_TCP, ServiceKey},
+    syn_proxy::Job,
 };
 
 use crate::{
@@ -59,6 +61,8 @@ pub fn bg_lb(ctx: XdpContext) -> u32 {
     let pkt = match parse_tcp(&ctx) {
         Ok(pkt) => pkt,
         Err(NotForUs::Icmp) => return icmp::icmp_error(&ctx),
+        // A program of its own (see `udp`): the TCP path's stack is full.
+        Err(NotForUs::Udp) => return synproxy::hand_over(&ctx, Job::Udp),
         Err(NotForUs::Other) => {
             count(Counter::Passed);
             return XDP_PASS;

@@ -1,7 +1,7 @@
 //! The one module that touches packet memory: the bounds-checked pointer
 //! helper, Ethernet/IPv4/TCP and ICMP error parsing, and safe reads and
 //! in-place writes of the parsed headers. Everything else works through
-//! [`TcpPacket`] and [`IcmpError`].
+//! [`TcpPacket`], [`udp::UdpPacket`] and [`IcmpError`].
 
 use core::mem::size_of;
 
@@ -29,6 +29,8 @@ use network_types::{
     ip::{IpProto, Ipv4Hdr},
     tcp::TcpHdr,
 };
+
+pub mod udp;
 
 const ETH_LEN: usize = size_of::<EthHdr>();
 /// An IPv4 header without options.
@@ -88,7 +90,9 @@ pub struct TcpPacket<'a> {
 pub enum NotForUs {
     /// IPv4 ICMP: for [`parse_icmp_error`].
     Icmp,
-    /// Not IPv4/TCP or ICMP at all (ARP, IPv6, UDP, ...), or too short to
+    /// IPv4 UDP: for [`udp::parse_udp`].
+    Udp,
+    /// Not IPv4 TCP, UDP or ICMP at all (ARP, IPv6, ...), or too short to
     /// say where it goes.
     Other,
     /// A TCP/IPv4 frame we must not touch.
@@ -133,6 +137,8 @@ pub fn parse_tcp(ctx: &XdpContext) -> Result<TcpPacket<'_>, NotForUs> {
     if proto != IpProto::Tcp as u8 {
         return Err(if proto == IpProto::Icmp as u8 {
             NotForUs::Icmp
+        } else if proto == IpProto::Udp as u8 {
+            NotForUs::Udp
         } else {
             NotForUs::Other
         });

@@ -357,7 +357,7 @@ fn pinned_flow(
 /// entry that went missing under it is claimed again; one that another flow
 /// claimed meanwhile is that flow's, and this one must not use the port.
 #[inline(always)]
-fn owns_port(key: &FlowKey, nat: &NatKey) -> bool {
+pub fn owns_port(key: &FlowKey, nat: &NatKey) -> bool {
     match reverse_owner(nat) {
         Some(owner) => owner == *key,
         None => {

@@ -19,7 +19,7 @@ use aya_ebpf::{
 use bg_lb_common::{
     counters::Counter,
     flow_state::{self, Direction},
-    maps::NatKey,
+    maps::{IPPROTO_TCP, NatKey},
     syn_proxy::Job,
 };
 
@@ -39,7 +39,8 @@ pub fn to_client(ctx: &XdpContext, mut pkt: TcpPacket<'_>) -> u32 {
         backend_port: pkt.src_port(),
         snat_port: pkt.dst_port(),
     };
-    let Some(client) = reverse_owner(&nat) else {
+    // A pair a UDP flow holds is no TCP flow's: the kernel's, as for none.
+    let Some(client) = reverse_owner(&nat).filter(|owner| owner.proto == IPPROTO_TCP) else {
         count(Counter::ReplyWithoutFlow);
         return XDP_PASS;
     };

@@ -90,6 +90,8 @@ pub fn live_spec(service: &ServiceConfig, operator: Option<&ServiceState>, healt
         backends,
         syn_proxy: service.syn_proxy,
         forwarding: service.forwarding,
+        protocol: service.protocol,
+        udp_idle: service.udp_idle,
     }
 }
 
@@ -102,7 +104,9 @@ pub fn standby_spec(service: &ServiceConfig, operator: Option<&ServiceState>, he
         .iter()
         .filter(|b| match service.health.check {
             HealthCheck::Http(_) => is_up(health, &service.name, b.address, Listener::Standby),
-            HealthCheck::Tcp => Some(b.pool) == idle_pool && is_up(health, &service.name, b.address, Listener::Live),
+            HealthCheck::Tcp | HealthCheck::Udp(_) => {
+                Some(b.pool) == idle_pool && is_up(health, &service.name, b.address, Listener::Live)
+            }
         })
         // One pool and all its share: the table then splits by weight alone.
         .map(|b| BackendSpec {
@@ -119,6 +123,8 @@ pub fn standby_spec(service: &ServiceConfig, operator: Option<&ServiceState>, he
         backends,
         syn_proxy: service.syn_proxy,
         forwarding: service.forwarding,
+        protocol: service.protocol,
+        udp_idle: service.udp_idle,
     })
 }
 
@@ -165,6 +171,8 @@ mod tests {
             syn_proxy: SynProxy::default(),
             forwarding: Default::default(),
             slowstart: None,
+            protocol: Default::default(),
+            udp_idle: std::time::Duration::ZERO,
         }
     }
 

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     config,
-    dataplane::{forwarding::Forwarding, syn_proxy::SynProxyMode},
+    dataplane::{forwarding::Forwarding, l4::Protocol, syn_proxy::SynProxyMode},
     ratio::{Pool, Ratio},
     shift::{self, hooks::PrometheusCheck},
 };
@@ -437,6 +437,8 @@ pub struct ServiceStatus {
     pub syn_proxy: SynProxyStatus,
     #[serde(default)]
     pub forwarding: Forwarding,
+    #[serde(default)]
+    pub protocol: Protocol,
 }
 
 /// A service's SYN proxy, as `status` reports it.
@@ -541,6 +543,8 @@ pub struct FlowInfo {
     pub age_secs: f64,
     pub idle_secs: f64,
     pub state: String,
+    #[serde(default)]
+    pub protocol: Protocol,
 }
 
 /// Parses one request line; the error is what the reply says.

@@ -33,6 +33,7 @@
 //! - [`etcd`]: one etcd process (loopback or a namespace) for the fleet
 //!   tests, killed by PID on drop.
 //! - [`topology`]: named namespaces and the one-arm client/LB/backends segment.
+//! - [`udp_frames`]: UDP datagrams for packet tests, built and checked.
 //! - [`raw`]: hand-made TCP segments from any source (forged RSTs, spoofed
 //!   SYNs) through a raw socket.
 //! - [`servers`]: a stoppable TCP accept loop, servers that answer with
@@ -66,6 +67,7 @@ pub mod rng;
 pub mod rows;
 pub mod servers;
 pub mod topology;
+pub mod udp_frames;
 
 /// Fails fast with a clear message when not root: these tests need BPF and
 /// network namespaces, and a silent skip would hide that they never ran.

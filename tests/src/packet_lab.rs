@@ -28,6 +28,7 @@ use bg_lb::{
         Dataplane, DataplaneOptions, FlowTimeouts,
         forwarding::Forwarding,
         housekeeping::FlowCensus,
+        l4::Protocol,
         lookup_table::{self, TableBackend},
         services::{BackendSpec, ServiceSpec},
         syn_proxy::{SynProxy, SynProxyMode},
@@ -38,8 +39,8 @@ use bg_lb_common::{
     counters::Counter,
     flow_hash::flow_hash,
     maps::{
-        self as map_names, Backend, DEFAULT_LUT_SIZE, DataplaneConfig, Flow, FlowKey, MAX_BACKENDS, NatKey, Service,
-        ServiceKey, TrafficStats,
+        self as map_names, Backend, DEFAULT_LUT_SIZE, DataplaneConfig, Flow, FlowKey, IPPROTO_UDP, MAX_BACKENDS,
+        NatKey, Service, ServiceKey, TrafficStats,
     },
 };
 
@@ -291,7 +292,9 @@ impl PacketLab {
 
     /// Takes the service out of the data plane.
     pub fn remove_service(&mut self) {
-        self.dataplane.remove(&VIP).expect("remove the service");
+        self.dataplane
+            .remove(&ServiceKey::new(VIP))
+            .expect("remove the service");
     }
 
     /// Programs the service again, after [`PacketLab::remove_service`].
@@ -312,7 +315,7 @@ impl PacketLab {
     /// One housekeeping sweep with `timeouts`.
     pub fn sweep_with(&mut self, timeouts: &FlowTimeouts) -> FlowCensus {
         let backends: HashSet<SocketAddrV4> = self.spec.backends.iter().map(|b| b.addr).collect();
-        let live = HashMap::from([(VIP, backends)]);
+        let live = HashMap::from([(ServiceKey::new(VIP), backends)]);
         self.dataplane.housekeeping(timeouts, &live).expect("sweep")
     }
 
@@ -320,6 +323,38 @@ impl PacketLab {
     pub fn set_ratio(&mut self, blue_percent: u32) {
         self.spec.ratio = Ratio::new(blue_percent).expect("valid ratio");
         self.dataplane.apply(&self.spec).expect("swap the table");
+    }
+
+    /// Programs a UDP service on the VIP's own address and port, beside the
+    /// TCP service (which stays), with the same backends and settings but
+    /// `blue_percent` to blue and flows idle after `udp_idle`. Returns its
+    /// spec, for [`PacketLab::apply`].
+    pub fn add_udp_service(&mut self, blue_percent: u32, udp_idle: Duration) -> ServiceSpec {
+        let spec = ServiceSpec {
+            protocol: Protocol::Udp,
+            udp_idle,
+            ratio: Ratio::new(blue_percent).expect("valid ratio"),
+            ..self.spec.clone()
+        };
+        self.apply(&spec);
+        spec
+    }
+
+    /// Programs `spec` (a service [`PacketLab::add_udp_service`] returned,
+    /// changed).
+    pub fn apply(&mut self, spec: &ServiceSpec) {
+        self.dataplane.apply(spec).expect("program the service");
+    }
+
+    /// One housekeeping sweep with `timeouts`, with the UDP service of
+    /// [`PacketLab::add_udp_service`] configured too.
+    pub fn sweep_with_udp(&mut self, timeouts: &FlowTimeouts) -> FlowCensus {
+        let backends: HashSet<SocketAddrV4> = self.spec.backends.iter().map(|b| b.addr).collect();
+        let live = HashMap::from([
+            (ServiceKey::new(VIP), backends.clone()),
+            (ServiceKey::with_proto(VIP, IPPROTO_UDP), backends),
+        ]);
+        self.dataplane.housekeeping(timeouts, &live).expect("sweep")
     }
 
     /// Programs a second service at `vip`, with the first one's backends
@@ -346,7 +381,9 @@ impl PacketLab {
 
     /// Whether the SYN proxy answers the service's SYNs now.
     pub fn syn_proxy_active(&self) -> bool {
-        self.dataplane.syn_proxy_active(&VIP).expect("SYN_FLOOD")
+        self.dataplane
+            .syn_proxy_active(&ServiceKey::new(VIP))
+            .expect("SYN_FLOOD")
     }
 
     /// Lets `change(addr, weight, reset_flows)` set each backend's weight (0
@@ -401,7 +438,7 @@ impl PacketLab {
             .spec
             .backends
             .iter()
-            .find(|b| self.dataplane.backend_id(&VIP, &b.addr) == Some(flow.backend_id))?;
+            .find(|b| self.dataplane.backend_id(&ServiceKey::new(VIP), &b.addr) == Some(flow.backend_id))?;
         let snat = Ipv4Addr::from(flow.snat_addr.to_ne_bytes());
         Some((backend.addr, SocketAddrV4::new(snat, u16::from_be(flow.snat_port))))
     }
@@ -413,7 +450,10 @@ impl PacketLab {
             .backends
             .iter()
             .map(|b| TableBackend {
-                id: self.dataplane.backend_id(&VIP, &b.addr).expect("installed backend"),
+                id: self
+                    .dataplane
+                    .backend_id(&ServiceKey::new(VIP), &b.addr)
+                    .expect("installed backend"),
                 addr: b.addr,
                 pool: b.pool,
                 weight: b.weight,
@@ -515,7 +555,9 @@ impl PacketLab {
             .iter()
             .map(|b| {
                 (
-                    self.dataplane.backend_id(&VIP, &b.addr).expect("installed backend"),
+                    self.dataplane
+                        .backend_id(&ServiceKey::new(VIP), &b.addr)
+                        .expect("installed backend"),
                     b.addr,
                 )
             })
@@ -524,7 +566,10 @@ impl PacketLab {
 
     /// The traffic counted for `backend`.
     pub fn backend_stats(&self, backend: SocketAddrV4) -> TrafficStats {
-        let id = self.dataplane.backend_id(&VIP, &backend).expect("installed backend");
+        let id = self
+            .dataplane
+            .backend_id(&ServiceKey::new(VIP), &backend)
+            .expect("installed backend");
         self.dataplane.backend_stats(id).expect("backend stats")
     }
 }
@@ -707,6 +752,8 @@ fn service_spec(
             .collect(),
         syn_proxy: SynProxy::default(),
         forwarding: Default::default(),
+        protocol: Protocol::Tcp,
+        udp_idle: Duration::ZERO,
     }
 }
 

@@ -186,12 +186,13 @@ fn print_human(reply: &Reply) {
     }
     if let Some(flows) = &reply.flows {
         println!(
-            "{:<22} {:<22} {:<6} {:>9} {:>9}  STATE",
-            "CLIENT", "BACKEND", "POOL", "AGE", "IDLE"
+            "{:<5} {:<22} {:<22} {:<6} {:>9} {:>9}  STATE",
+            "PROTO", "CLIENT", "BACKEND", "POOL", "AGE", "IDLE"
         );
         for f in flows {
             println!(
-                "{:<22} {:<22} {:<6} {:>8.1}s {:>8.1}s  {}",
+                "{:<5} {:<22} {:<22} {:<6} {:>8.1}s {:>8.1}s  {}",
+                f.protocol.to_string(),
                 f.client.to_string(),
                 f.backend.to_string(),
                 f.pool.to_string(),
@@ -358,7 +359,10 @@ fn print_service(s: &ServiceStatus) {
     } else {
         format!(" (effective {})", s.effective_ratio)
     };
-    println!("{}  vip {}{standby}  ratio {}{effective}", s.name, s.vip, s.ratio);
+    println!(
+        "{}  {} vip {}{standby}  ratio {}{effective}",
+        s.name, s.protocol, s.vip, s.ratio
+    );
     println!("  forwarding {}", s.forwarding);
     if let Some(limits) = s.forwarding.limits() {
         println!("    {limits}");

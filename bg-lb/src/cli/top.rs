@@ -375,6 +375,7 @@ mod tests {
             shift: None,
             syn_proxy: Default::default(),
             forwarding: Default::default(),
+            protocol: Default::default(),
         }]
     }
 

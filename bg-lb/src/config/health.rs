@@ -6,7 +6,7 @@ use toml::Spanned;
 
 use super::{
     DEFAULT_EXPECT_STATUS, DEFAULT_FALL, DEFAULT_HEALTH_FAST_INTERVAL, DEFAULT_HEALTH_INTERVAL, DEFAULT_HEALTH_TIMEOUT,
-    DEFAULT_LIVE_PATH, DEFAULT_RISE, DEFAULT_STANDBY_PATH, HealthCheck, HealthConfig, HttpCheck, OnDown,
+    DEFAULT_LIVE_PATH, DEFAULT_RISE, DEFAULT_STANDBY_PATH, HealthCheck, HealthConfig, HttpCheck, OnDown, UdpCheck,
     error::Invalid,
     raw::RawHealth,
     values::{duration, integer_in},
@@ -21,17 +21,26 @@ pub(super) fn health(raw: &RawHealth) -> Result<HealthConfig, Invalid> {
         Some(check) => match check.get_ref().as_str() {
             "tcp" => HealthCheck::Tcp,
             "http" => HealthCheck::Http(http_check(raw)?),
+            "udp" => HealthCheck::Udp(udp_check(raw)?),
             other => {
                 return Invalid::at(
                     check.span(),
-                    format!("unknown health.type {other:?} (expected tcp or http)"),
+                    format!("unknown health.type {other:?} (expected tcp, http or udp)"),
                 );
             }
         },
     };
-    if check == HealthCheck::Tcp {
-        reject_http_keys(raw)?;
+    if !matches!(check, HealthCheck::Http(_)) {
+        reject_keys(raw, http_keys(raw), "http")?;
     }
+    if !matches!(check, HealthCheck::Udp(_)) {
+        reject_keys(raw, udp_keys(raw), "udp")?;
+    }
+    let port = raw
+        .port
+        .as_ref()
+        .map(|port| integer_in(port, "health.port", 1..=i64::from(u16::MAX)).map(|port| port as u16))
+        .transpose()?;
     let interval = duration(raw.interval.as_ref(), "health.interval", DEFAULT_HEALTH_INTERVAL)?;
     let fast_interval = duration(
         raw.fast_interval.as_ref(),
@@ -90,6 +99,7 @@ pub(super) fn health(raw: &RawHealth) -> Result<HealthConfig, Invalid> {
         rise,
         fall,
         on_down,
+        port,
     })
 }
 
@@ -115,9 +125,19 @@ fn http_keys(raw: &RawHealth) -> [(&'static str, Option<&Spanned<String>>); 5] {
     ]
 }
 
-/// A TCP check ignores the HTTP keys, so one given there is a mistake: most likely a forgotten `type = "http"`.
-fn reject_http_keys(raw: &RawHealth) -> Result<(), Invalid> {
-    let first = http_keys(raw)
+/// The keys that only a UDP check uses.
+fn udp_keys(raw: &RawHealth) -> [(&'static str, Option<&Spanned<String>>); 2] {
+    [("request", raw.request.as_ref()), ("expect", raw.expect.as_ref())]
+}
+
+/// Another check type ignores `keys`, which only a `wanted` check uses, so
+/// one given there is a mistake: most likely a forgotten `type = "http"`.
+fn reject_keys<const N: usize>(
+    raw: &RawHealth,
+    keys: [(&'static str, Option<&Spanned<String>>); N],
+    wanted: &str,
+) -> Result<(), Invalid> {
+    let first = keys
         .into_iter()
         .filter_map(|(key, value)| Some((key, value?)))
         .min_by_key(|(_, value)| value.span().start);
@@ -125,15 +145,33 @@ fn reject_http_keys(raw: &RawHealth) -> Result<(), Invalid> {
         Some((key, value)) => Invalid::at(
             value.span(),
             format!(
-                "health.{key} needs type = \"http\" (the check type is {})",
+                "health.{key} needs type = \"{wanted}\" (the check type is {})",
                 match &raw.check {
-                    Some(_) => "\"tcp\"",
-                    None => "tcp by default",
+                    Some(check) => format!("{:?}", check.get_ref()),
+                    None => "tcp by default".to_owned(),
                 }
             ),
         ),
         None => Ok(()),
     }
+}
+
+/// `request` and `expect`, both required and non-empty.
+fn udp_check(raw: &RawHealth) -> Result<UdpCheck, Invalid> {
+    let required = |value: Option<&Spanned<String>>, key: &str| match value {
+        Some(value) if value.get_ref().is_empty() => {
+            Invalid::at(value.span(), format!("health.{key} must not be empty"))
+        }
+        Some(value) => Ok(value.get_ref().clone()),
+        None => Invalid::at(
+            raw.check.as_ref().map_or(0..0, |check| check.span()),
+            format!("type = \"udp\" needs health.{key}: the datagram sent and a substring of the reply"),
+        ),
+    };
+    Ok(UdpCheck {
+        request: required(raw.request.as_ref(), "request")?,
+        expect: required(raw.expect.as_ref(), "expect")?,
+    })
 }
 
 fn http_check(raw: &RawHealth) -> Result<HttpCheck, Invalid> {

@@ -55,9 +55,14 @@
 //! syn_proxy_mss = 1460              # the MSS the cookie SYN-ACKs offer
 //! forwarding = "full-nat"           # full-nat | gateway | dsr (README: Forwarding modes)
 //! slowstart = "30s"                 # ramp a backend that comes up (or is enabled) to its weight; absent: at once
+//! protocol = "tcp"                  # tcp | udp (udp: full-nat only, no syn_proxy)
+//! udp_idle = "30s"                  # udp only: a flow with no datagram for this long ends
 //!
 //! [service.health]                  # before or after the service's backends
-//! type = "http"                     # tcp | http
+//! type = "http"                     # tcp | http | udp (udp: request/expect datagrams)
+//! port = 8080                       # tcp, http: check this port instead (required for udp services)
+//! request = "ping"                  # udp only: the datagram sent
+//! expect = "pong"                   # udp only: a substring the reply must contain
 //! interval = "2s"
 //! fast_interval = "500ms"           # while a backend is changing state; <= interval
 //! timeout = "1s"                    # < interval
@@ -108,10 +113,12 @@ use std::{
     time::Duration,
 };
 
+use bg_lb_common::maps::ServiceKey;
+
 pub use self::{added::added_backend_problem, error::ConfigError};
 use self::{error::Invalid, raw::RawConfig};
 use crate::{
-    dataplane::{AttachMode, forwarding::Forwarding, housekeeping::FlowTimeouts, syn_proxy::SynProxy},
+    dataplane::{AttachMode, forwarding::Forwarding, housekeeping::FlowTimeouts, l4::Protocol, syn_proxy::SynProxy},
     ratio::{Pool, Ratio},
 };
 
@@ -335,6 +342,26 @@ pub struct ServiceConfig {
     /// `slowstart`: how long a backend that starts taking connections takes
     /// to ramp up to its full weight; `None`: at once.
     pub slowstart: Option<Duration>,
+    /// `protocol`: TCP or UDP. A TCP and a UDP service may share a VIP.
+    pub protocol: Protocol,
+    /// `udp_idle`: a UDP flow with no datagram either way for this long
+    /// ends (and a drain stops waiting for it). Unused for TCP.
+    pub udp_idle: Duration,
+}
+
+impl ServiceConfig {
+    /// The SERVICES key of its live VIP.
+    pub fn key(&self) -> ServiceKey {
+        ServiceKey::with_proto(self.vip, self.protocol.wire())
+    }
+
+    /// The SERVICES keys of its live and (if any) standby VIPs.
+    pub fn keys(&self) -> impl Iterator<Item = ServiceKey> + use<> {
+        let proto = self.protocol.wire();
+        std::iter::once(self.vip)
+            .chain(self.standby_vip)
+            .map(move |vip| ServiceKey::with_proto(vip, proto))
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -364,6 +391,10 @@ pub struct HealthConfig {
     /// Consecutive failures for an up backend to go down; 1..=100.
     pub fall: u32,
     pub on_down: OnDown,
+    /// `port`: TCP and HTTP checks connect to this port of each backend's
+    /// address instead of its service port (a UDP service's backends must
+    /// name one: their port is UDP).
+    pub port: Option<u16>,
 }
 
 impl Default for HealthConfig {
@@ -377,6 +408,7 @@ impl Default for HealthConfig {
             rise: DEFAULT_RISE,
             fall: DEFAULT_FALL,
             on_down: OnDown::default(),
+            port: None,
         }
     }
 }
@@ -389,6 +421,18 @@ pub enum HealthCheck {
     Tcp,
     /// HTTP GETs of the live and standby paths.
     Http(HttpCheck),
+    /// A datagram to the backend's (UDP) address whose reply must contain
+    /// an expected string. Says nothing about live or standby.
+    Udp(UdpCheck),
+}
+
+/// A UDP request/response check.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UdpCheck {
+    /// `request`: the datagram's payload; non-empty.
+    pub request: String,
+    /// `expect`: a substring the reply must contain; non-empty.
+    pub expect: String,
 }
 
 /// HTTP checks: every instance serves `live_path` and `standby_path`, and the one that answers with an expected

@@ -91,6 +91,8 @@ pub(super) struct RawService {
     pub(super) syn_proxy_mss: Option<Spanned<i64>>,
     pub(super) forwarding: Option<Spanned<String>>,
     pub(super) slowstart: Option<Spanned<String>>,
+    pub(super) protocol: Option<Spanned<String>>,
+    pub(super) udp_idle: Option<Spanned<String>>,
     #[serde(default)]
     pub(super) backend: Vec<RawBackend>,
     pub(super) health: Option<RawHealth>,
@@ -112,6 +114,9 @@ pub(super) struct RawHealth {
     pub(super) expect_status: Option<Spanned<String>>,
     pub(super) host: Option<Spanned<String>>,
     pub(super) expect_body: Option<Spanned<String>>,
+    pub(super) port: Option<Spanned<i64>>,
+    pub(super) request: Option<Spanned<String>>,
+    pub(super) expect: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]

@@ -5,13 +5,14 @@ use std::{
     collections::HashMap,
     net::{Ipv4Addr, SocketAddrV4},
     ops::{Range, RangeInclusive},
+    time::Duration,
 };
 
 use bg_lb_common::maps::{DEFAULT_LUT_SIZE, MAX_BACKENDS, MAX_SERVICES};
 use toml::Spanned;
 
 use super::{
-    BackendConfig, DEFAULT_BLUE_SHARE, DEFAULT_WEIGHT, HealthConfig, MAX_WEIGHT, ServiceConfig,
+    BackendConfig, DEFAULT_BLUE_SHARE, DEFAULT_WEIGHT, HealthCheck, HealthConfig, MAX_WEIGHT, ServiceConfig,
     error::{Invalid, line_of},
     health::health,
     raw::{RawBackend, RawService},
@@ -20,12 +21,15 @@ use super::{
 use crate::{
     dataplane::{
         forwarding::Forwarding,
+        l4::{DEFAULT_UDP_IDLE, Protocol},
         syn_proxy::{SynProxy, SynProxyMode},
     },
     ratio::{Pool, Ratio},
 };
 
 pub(super) const WEIGHT_RANGE: RangeInclusive<i64> = 0..=MAX_WEIGHT as i64;
+/// The longest `udp_idle` the SERVICES entry holds (seconds in a u16).
+const MAX_UDP_IDLE: Duration = Duration::from_secs(u16::MAX as u64);
 const SYN_PROXY_THRESHOLD_RANGE: RangeInclusive<i64> = 1..=u32::MAX as i64;
 /// From the smallest MSS every IPv4 path carries to a 9000-byte jumbo frame's.
 const SYN_PROXY_MSS_RANGE: RangeInclusive<i64> = 536..=8960;
@@ -53,9 +57,9 @@ pub(super) fn services(
         }
         let service = service(raw_service, text)?;
         shared.name(raw_service)?;
-        shared.vip(raw_service, "vip", &raw_service.vip, service.vip)?;
+        shared.vip(raw_service, "vip", &raw_service.vip, (service.vip, service.protocol))?;
         if let (Some(value), Some(address)) = (&raw_service.standby_vip, service.standby_vip) {
-            shared.vip(raw_service, "standby_vip", value, address)?;
+            shared.vip(raw_service, "standby_vip", value, (address, service.protocol))?;
         }
         shared.backend_budget(raw_service)?;
         services.push(service);
@@ -72,8 +76,9 @@ struct SharedChecks<'a> {
     // Spans are kept rather than lines: finding a line scans the text, so only do that for an error.
     /// Service name -> span.
     names: HashMap<&'a str, Range<usize>>,
-    /// VIP -> (service, key, span).
-    vips: HashMap<SocketAddrV4, (&'a str, &'static str, Range<usize>)>,
+    /// VIP and protocol -> (service, key, span): a TCP and a UDP service may
+    /// share a VIP.
+    vips: HashMap<(SocketAddrV4, Protocol), (&'a str, &'static str, Range<usize>)>,
     backends: usize,
 }
 
@@ -98,7 +103,7 @@ impl<'a> SharedChecks<'a> {
         service: &'a RawService,
         key: &'static str,
         value: &Spanned<String>,
-        address: SocketAddrV4,
+        (address, protocol): (SocketAddrV4, Protocol),
     ) -> Result<(), Invalid> {
         if let Some((_, snat_span)) = self.snat.iter().find(|(snat, _)| snat == address.ip()) {
             return Invalid::at(
@@ -109,12 +114,15 @@ impl<'a> SharedChecks<'a> {
                 ),
             );
         }
-        match self.vips.insert(address, (service.name.get_ref(), key, value.span())) {
+        match self
+            .vips
+            .insert((address, protocol), (service.name.get_ref(), key, value.span()))
+        {
             Some((first_service, first_key, first_span)) => Invalid::at(
                 value.span(),
                 format!(
-                    "overlapping VIPs: {key} {address} is already the {first_key} of service {first_service:?} \
-                     (line {})",
+                    "overlapping VIPs: {key} {address} ({protocol}) is already the {first_key} of service \
+                     {first_service:?} (line {})",
                     line_of(self.text, &first_span)
                 ),
             ),
@@ -165,6 +173,7 @@ fn service(raw: &RawService, text: &str) -> Result<ServiceConfig, Invalid> {
     let backends = backends(&raw.backend, &name, text)?;
     let health = raw.health.as_ref().map_or(Ok(HealthConfig::default()), health)?;
     let forwarding = forwarding(raw, vip, standby_vip, &backends)?;
+    let (protocol, udp_idle) = protocol(raw, forwarding, &health)?;
     Ok(ServiceConfig {
         name,
         vip,
@@ -173,14 +182,76 @@ fn service(raw: &RawService, text: &str) -> Result<ServiceConfig, Invalid> {
         lookup_table_size,
         backends,
         health,
-        syn_proxy: syn_proxy(raw, forwarding)?,
+        syn_proxy: syn_proxy(raw, forwarding, protocol)?,
         forwarding,
         slowstart: raw
             .slowstart
             .as_ref()
             .map(|value| duration(Some(value), "slowstart", std::time::Duration::ZERO))
             .transpose()?,
+        protocol,
+        udp_idle,
     })
+}
+
+/// The service's protocol and UDP idle timeout. UDP is balanced with full
+/// NAT only, and its backends' ports are UDP: a TCP or HTTP check needs a
+/// `port` to connect to, and a service without `[service.health]` (whose
+/// default is a TCP check of the backend's port) is refused.
+fn protocol(raw: &RawService, forwarding: Forwarding, health: &HealthConfig) -> Result<(Protocol, Duration), Invalid> {
+    let protocol = match &raw.protocol {
+        Some(value) => value
+            .get_ref()
+            .parse::<Protocol>()
+            .map_err(|e| Invalid::new(value.span(), e))?,
+        None => Protocol::default(),
+    };
+    if protocol == Protocol::Tcp {
+        if let Some(value) = &raw.udp_idle {
+            return Invalid::at(value.span(), "udp_idle needs protocol = \"udp\"");
+        }
+        if let (HealthCheck::Udp(_), Some(health)) = (&health.check, &raw.health)
+            && let Some(check) = &health.check
+        {
+            return Invalid::at(
+                check.span(),
+                "health.type = \"udp\" checks a UDP service; this service is tcp (set protocol = \"udp\")",
+            );
+        }
+        return Ok((protocol, Duration::ZERO));
+    }
+    if let (Some(setting), Forwarding::Gateway | Forwarding::Dsr) = (&raw.forwarding, forwarding) {
+        return Invalid::at(
+            setting.span(),
+            format!("forwarding = \"{forwarding}\" is not supported for protocol = \"udp\": use full-nat"),
+        );
+    }
+    let needs_port = matches!(health.check, HealthCheck::Tcp | HealthCheck::Http(_)) && health.port.is_none();
+    if needs_port {
+        let at = raw
+            .health
+            .as_ref()
+            .and_then(|h| h.check.as_ref().map(|c| c.span()))
+            .or_else(|| raw.protocol.as_ref().map(|p| p.span()))
+            .unwrap_or(raw.name.span());
+        return Invalid::at(
+            at,
+            "a protocol = \"udp\" service needs [service.health] with type = \"udp\" (request, expect), or a \
+             tcp or http check with a port: the backends' ports are UDP",
+        );
+    }
+    let udp_idle = duration(raw.udp_idle.as_ref(), "udp_idle", DEFAULT_UDP_IDLE)?;
+    // The data plane's SERVICES entry holds it in whole seconds, in 16 bits.
+    if udp_idle.subsec_nanos() != 0 || udp_idle > MAX_UDP_IDLE {
+        return Invalid::at(
+            raw.udp_idle.as_ref().map_or(0..0, |v| v.span()),
+            format!(
+                "udp_idle must be whole seconds, at most {}",
+                humantime::format_duration(MAX_UDP_IDLE)
+            ),
+        );
+    }
+    Ok((protocol, udp_idle))
 }
 
 /// The service's forwarding mode, refused where it cannot work: `dsr`
@@ -241,8 +312,9 @@ pub(super) fn backend_problem(mode: Forwarding, vip: SocketAddrV4, backend: &Bac
 }
 
 /// The SYN proxy needs each backend's SYN-ACK, which bypasses the LB under
-/// `dsr`: off by default there, and refused if asked for.
-fn syn_proxy(raw: &RawService, forwarding: Forwarding) -> Result<SynProxy, Invalid> {
+/// `dsr`: off by default there, and refused if asked for. UDP has no SYNs:
+/// off, and refused likewise.
+fn syn_proxy(raw: &RawService, forwarding: Forwarding, protocol: Protocol) -> Result<SynProxy, Invalid> {
     let default = SynProxy::default();
     let mode = match &raw.syn_proxy {
         Some(mode) => {
@@ -250,6 +322,12 @@ fn syn_proxy(raw: &RawService, forwarding: Forwarding) -> Result<SynProxy, Inval
                 .get_ref()
                 .parse::<SynProxyMode>()
                 .map_err(|e| Invalid::new(mode.span(), e))?;
+            if protocol == Protocol::Udp && parsed != SynProxyMode::Off {
+                return Invalid::at(
+                    mode.span(),
+                    format!("syn_proxy = \"{parsed}\" answers TCP SYNs; a protocol = \"udp\" service has none"),
+                );
+            }
             if forwarding == Forwarding::Dsr && parsed != SynProxyMode::Off {
                 return Invalid::at(
                     mode.span(),
@@ -261,7 +339,7 @@ fn syn_proxy(raw: &RawService, forwarding: Forwarding) -> Result<SynProxy, Inval
             }
             parsed
         }
-        None if forwarding == Forwarding::Dsr => SynProxyMode::Off,
+        None if forwarding == Forwarding::Dsr || protocol == Protocol::Udp => SynProxyMode::Off,
         None => default.mode,
     };
     let threshold = match &raw.syn_proxy_threshold {
@@ -351,231 +429,4 @@ pub(super) fn check_lookup_capacity(
 }
 
 #[cfg(test)]
-mod tests {
-    use std::net::{Ipv4Addr, SocketAddrV4};
-
-    use bg_lb_common::maps::{MAX_BACKENDS, MAX_SERVICES};
-
-    use super::*;
-    use crate::config::test_support::{API, BLUE, TOP, WEB, assert_rejected, parse_ok};
-
-    #[test]
-    fn service_without_backends_and_ratio_towards_an_empty_pool_are_accepted() {
-        // The data plane hands the share of a pool that cannot serve to the other one.
-        let config = parse_ok(&format!("{TOP}{WEB}ratio = \"0:100\"\n{BLUE}{API}"));
-        assert_eq!(config.services[0].backends.len(), 1);
-        assert!(config.services[1].backends.is_empty());
-    }
-
-    #[test]
-    fn bad_syn_proxy_settings_are_rejected() {
-        assert_rejected(
-            &format!("{TOP}{WEB}syn_proxy = \"on\"  # <-\n"),
-            "syn_proxy \"on\": expected \"auto\", \"always\" or \"off\"",
-        );
-        assert_rejected(
-            &format!("{TOP}{WEB}syn_proxy_threshold = 0  # <-\n"),
-            "syn_proxy_threshold",
-        );
-        for mss in [535, 8961] {
-            assert_rejected(&format!("{TOP}{WEB}syn_proxy_mss = {mss}  # <-\n"), "syn_proxy_mss");
-        }
-    }
-
-    #[test]
-    fn forwarding_modes_parse_and_dsr_turns_the_syn_proxy_off() {
-        let config = parse_ok(&format!(
-            "{TOP}{WEB}forwarding = \"gateway\"\n{BLUE}{API}forwarding = \"dsr\"\n"
-        ));
-        assert_eq!(config.services[0].forwarding, Forwarding::Gateway);
-        assert_eq!(config.services[0].syn_proxy, SynProxy::default());
-        assert_eq!(config.services[1].forwarding, Forwarding::Dsr);
-        assert_eq!(config.services[1].syn_proxy.mode, SynProxyMode::Off);
-        assert_eq!(
-            parse_ok(&format!("{TOP}{WEB}")).services[0].forwarding,
-            Forwarding::FullNat
-        );
-        assert_rejected(
-            &format!("{TOP}{WEB}forwarding = \"nat\"  # <-\n"),
-            "forwarding \"nat\": expected \"full-nat\", \"gateway\" or \"dsr\"",
-        );
-    }
-
-    #[test]
-    fn dsr_refuses_another_backend_port_a_standby_port_and_the_syn_proxy() {
-        assert_rejected(
-            &format!(
-                "{TOP}{WEB}forwarding = \"dsr\"\n[[service.backend]]\npool = \"blue\"\naddress = \"10.0.1.1:8080\"  # <-\n"
-            ),
-            "backend 10.0.1.1:8080 must listen on the vip's port 80",
-        );
-        assert_rejected(
-            &format!("{TOP}{WEB}forwarding = \"dsr\"\nstandby_vip = \"10.0.0.100:8080\"  # <-\n{BLUE}"),
-            "standby_vip 10.0.0.100:8080 must use the vip's port 80",
-        );
-        for mode in ["auto", "always"] {
-            assert_rejected(
-                &format!("{TOP}{WEB}forwarding = \"dsr\"\nsyn_proxy = \"{mode}\"  # <-\n{BLUE}"),
-                &format!("syn_proxy = \"{mode}\" needs the backends' replies"),
-            );
-        }
-        // Gateway rewrites the port: any backend port will do.
-        let gateway = format!(
-            "{TOP}{WEB}forwarding = \"gateway\"\n[[service.backend]]\npool = \"blue\"\naddress = \"10.0.1.1:8080\"\n"
-        );
-        assert_eq!(parse_ok(&gateway).services[0].backends[0].address.port(), 8080);
-    }
-
-    #[test]
-    fn malformed_ratio_is_rejected() {
-        for ratio in ["60:50", "50", "blue:green", "101:-1"] {
-            assert_rejected(
-                &format!("{TOP}{WEB}ratio = {ratio:?}  # <-\n"),
-                &format!("ratio {ratio:?} is not BLUE:GREEN"),
-            );
-        }
-    }
-
-    #[test]
-    fn unknown_pool_is_rejected() {
-        assert_rejected(
-            &format!("{TOP}{WEB}[[service.backend]]\npool = \"purple\"  # <-\naddress = \"10.0.1.1:80\"\n"),
-            "unknown pool \"purple\" (expected blue or green)",
-        );
-    }
-
-    #[test]
-    fn duplicate_service_name_points_at_the_second() {
-        assert_rejected(
-            &format!("{TOP}{WEB}[[service]]\nname = \"web\"  # <-\nvip = \"10.0.0.101:80\"\n"),
-            "duplicate service name \"web\" (first on line 4)",
-        );
-    }
-
-    #[test]
-    fn duplicate_backend_in_a_service_points_at_the_second() {
-        let backend =
-            |pool: &str, mark: &str| format!("[[service.backend]]\npool = {pool:?}\naddress = \"10.0.1.1:80\"{mark}\n");
-        assert_rejected(
-            &format!("{TOP}{WEB}{}{}", backend("blue", ""), backend("green", "  # <-")),
-            "duplicate backend 10.0.1.1:80 in service \"web\" (first on line 8)",
-        );
-        // The same backend may serve several services.
-        let shared = format!("{TOP}{WEB}{}{API}{}", backend("blue", ""), backend("blue", ""));
-        assert_eq!(parse_ok(&shared).services.len(), 2);
-    }
-
-    #[test]
-    fn overlapping_vips_point_at_the_second() {
-        let second =
-            |keys: &str| format!("{TOP}{WEB}standby_vip = \"10.0.0.100:8080\"\n[[service]]\nname = \"b\"\n{keys}");
-        assert_rejected(
-            &second("vip = \"10.0.0.100:80\"  # <-\n"),
-            "overlapping VIPs: vip 10.0.0.100:80 is already the vip of service \"web\" (line 5)",
-        );
-        assert_rejected(
-            &second("vip = \"10.0.0.100:8080\"  # <-\n"),
-            "overlapping VIPs: vip 10.0.0.100:8080 is already the standby_vip of service \"web\" (line 6)",
-        );
-        assert_rejected(
-            &second("vip = \"10.0.0.101:80\"\nstandby_vip = \"10.0.0.100:8080\"  # <-\n"),
-            "overlapping VIPs: standby_vip 10.0.0.100:8080 is already the standby_vip of service \"web\"",
-        );
-        assert_rejected(
-            &second("vip = \"10.0.0.101:80\"\nstandby_vip = \"10.0.0.100:80\"  # <-\n"),
-            "overlapping VIPs: standby_vip 10.0.0.100:80 is already the vip of service \"web\"",
-        );
-        assert_rejected(
-            &format!("{TOP}{WEB}standby_vip = \"10.0.0.100:80\"  # <-\n"),
-            "overlapping VIPs: standby_vip 10.0.0.100:80 equals the service's vip",
-        );
-        // Same address, other port: a different VIP.
-        assert_eq!(parse_ok(&second("vip = \"10.0.0.100:81\"\n")).services.len(), 2);
-    }
-
-    #[test]
-    fn vip_on_the_snat_address_is_rejected() {
-        assert_rejected(
-            &format!("{TOP}[[service]]\nname = \"web\"\nvip = \"10.0.0.1:80\"  # <-\n"),
-            "vip 10.0.0.1:80 uses a SNAT address (line 2)",
-        );
-        assert_rejected(
-            &format!("{TOP}{WEB}standby_vip = \"10.0.0.1:8080\"  # <-\n"),
-            "standby_vip 10.0.0.1:8080 uses a SNAT address",
-        );
-        let several = "interface = \"eth0\"\nsnat_addresses = [\n  \"10.0.0.1\",\n  \"10.0.0.2\",\n]\n";
-        assert_rejected(
-            &format!("{several}{WEB}standby_vip = \"10.0.0.2:8080\"  # <-\n"),
-            "standby_vip 10.0.0.2:8080 uses a SNAT address (line 4)",
-        );
-        assert_rejected(
-            &format!("{several}[[service]]\nname = \"web\"\nvip = \"10.0.0.1:80\"  # <-\n"),
-            "vip 10.0.0.1:80 uses a SNAT address (line 3)",
-        );
-    }
-
-    #[test]
-    fn more_than_max_services_is_rejected_at_the_first_extra_one() {
-        let mut text = format!("{TOP}lookup_capacity = 100000\n");
-        for i in 0..=MAX_SERVICES {
-            let mark = if i == MAX_SERVICES { "  # <-" } else { "" };
-            let vip = SocketAddrV4::new(Ipv4Addr::from(0x0a64_0000 + i), 80);
-            text += &format!("[[service]]\nname = \"s{i}\"{mark}\nvip = \"{vip}\"\nlookup_table_size = 7\n");
-        }
-        assert_rejected(&text, "too many services: at most 512");
-    }
-
-    #[test]
-    fn more_than_max_backends_in_total_is_rejected_at_the_first_extra_one() {
-        let backends = |service: u32, count: u32, mark_last: bool| {
-            (0..count)
-                .map(|i| {
-                    let address = SocketAddrV4::new(Ipv4Addr::from(0x0a01_0000 + i), 8080);
-                    let mark = if mark_last && i + 1 == count { "  # <-" } else { "" };
-                    format!("[[service.backend]]\npool = \"blue\"\naddress = \"{address}\"{mark}\n")
-                })
-                .collect::<String>()
-                + &format!("# end of service {service}\n")
-        };
-        let first = 4000;
-        let text = format!(
-            "{TOP}{WEB}{}{API}{}",
-            backends(0, first, false),
-            backends(1, MAX_BACKENDS + 1 - first, true)
-        );
-        assert_rejected(&text, "too many backends: at most 4096 across all services");
-        let at_limit = format!("{TOP}{WEB}{}", backends(0, MAX_BACKENDS, false));
-        assert_eq!(parse_ok(&at_limit).services[0].backends.len(), MAX_BACKENDS as usize);
-    }
-
-    #[test]
-    fn explicit_lookup_capacity_too_small_points_at_the_key() {
-        assert_rejected(
-            &format!("{TOP}lookup_capacity = 100  # <-\n{WEB}lookup_table_size = 47\n{API}lookup_table_size = 7\n"),
-            "lookup_capacity 100 is too small: the services need 108 slots",
-        );
-        assert_rejected(
-            &format!("{TOP}lookup_capacity = 0  # <-\n"),
-            "lookup_capacity 0 is out of range",
-        );
-        let exact = parse_ok(&format!("{TOP}lookup_capacity = 94\n{WEB}lookup_table_size = 47\n"));
-        assert_eq!(exact.lookup_capacity, 94);
-    }
-
-    #[test]
-    fn default_lookup_capacity_overflow_points_at_the_first_service_that_does_not_fit() {
-        // The default capacity holds exactly 16 services of the default table size.
-        let mut text = TOP.to_owned();
-        for i in 0..18 {
-            let mark = if i == 16 { "  # <-" } else { "" };
-            text += &format!(
-                "[[service]]\nname = \"s{i}\"{mark}\nvip = \"10.0.0.100:{}\"\n",
-                1000 + i
-            );
-        }
-        assert_rejected(
-            &text,
-            "service \"s16\" does not fit in the default lookup_capacity 2097184",
-        );
-    }
-}
+mod tests;

@@ -6,7 +6,7 @@ use bg_lb_common::maps::{DEFAULT_LOOKUP_CAPACITY, DEFAULT_LUT_SIZE, DEFAULT_MAX_
 
 use super::{
     AdminConfig, Config, ConfigError, DEFAULT_ADMIN_LIMITS, DEFAULT_METRICS_LIMITS, DEFAULT_WEIGHT, HealthCheck,
-    HealthConfig, HttpCheck, Interfaces, OnDown, ServiceConfig, load,
+    HealthConfig, HttpCheck, Interfaces, OnDown, ServiceConfig, UdpCheck, load,
     test_support::{BLUE, TOP, WEB, assert_rejected, backend, parse_ok},
 };
 use crate::{
@@ -14,6 +14,7 @@ use crate::{
         AttachMode,
         forwarding::Forwarding,
         housekeeping::FlowTimeouts,
+        l4::Protocol,
         syn_proxy::{SynProxy, SynProxyMode},
     },
     ratio::{Pool, Ratio},
@@ -113,6 +114,8 @@ fn full_one_arm_config_parses_to_expected_structs() {
                 },
                 forwarding: Default::default(),
                 slowstart: None,
+                protocol: Default::default(),
+                udp_idle: std::time::Duration::ZERO,
             },
             ServiceConfig {
                 name: "api.v2".into(),
@@ -125,6 +128,8 @@ fn full_one_arm_config_parses_to_expected_structs() {
                 syn_proxy: SynProxy::default(),
                 forwarding: Default::default(),
                 slowstart: None,
+                protocol: Default::default(),
+                udp_idle: std::time::Duration::ZERO,
             },
         ],
     };
@@ -190,6 +195,8 @@ fn full_two_arm_config_parses_to_expected_structs() {
             syn_proxy: SynProxy::default(),
             forwarding: Default::default(),
             slowstart: None,
+            protocol: Default::default(),
+            udp_idle: std::time::Duration::ZERO,
         }],
         ..parse_ok(TOP)
     };
@@ -241,6 +248,7 @@ fn absent_optional_keys_take_their_defaults() {
                 rise: 2,
                 fall: 3,
                 on_down: OnDown::Drain,
+                port: None,
             },
             syn_proxy: SynProxy {
                 mode: SynProxyMode::Auto,
@@ -249,6 +257,8 @@ fn absent_optional_keys_take_their_defaults() {
             },
             forwarding: Default::default(),
             slowstart: None,
+            protocol: Default::default(),
+            udp_idle: std::time::Duration::ZERO,
         }],
     };
     assert_eq!(config, expected);
@@ -266,9 +276,21 @@ fn example_file_parses() {
     assert_eq!(config.snat_addresses, [Ipv4Addr::new(10, 0, 0, 1)]);
     assert_eq!(config.lookup_capacity, DEFAULT_LOOKUP_CAPACITY);
     assert_eq!(config.max_flows, DEFAULT_MAX_FLOWS);
-    let [web] = config.services.as_slice() else {
-        panic!("one service expected: {config:?}")
+    let [web, dns] = config.services.as_slice() else {
+        panic!("two services expected: {config:?}")
     };
+    assert_eq!(
+        (dns.protocol, dns.udp_idle, dns.vip),
+        (Protocol::Udp, Duration::from_secs(30), "10.0.0.100:53".parse().unwrap())
+    );
+    assert_eq!(
+        dns.health.check,
+        HealthCheck::Udp(UdpCheck {
+            request: "health".into(),
+            expect: "ok".into()
+        })
+    );
+    assert_eq!(web.protocol, Protocol::Tcp);
     assert_eq!(web.name, "web");
     assert_eq!(web.vip, "10.0.0.100:80".parse().unwrap());
     assert_eq!(web.standby_vip, Some("10.0.0.100:8080".parse().unwrap()));

@@ -9,6 +9,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use bg_lb_common::maps::ServiceKey;
+
 use super::{Daemon, RequestError, SWEEP_DUTY_CYCLE, sweeper::Done};
 use crate::dataplane::sweep::SweepReport;
 
@@ -101,17 +103,15 @@ impl Daemon {
         Ok(())
     }
 
-    /// The configured backends of each VIP: ids of the others are freed once
-    /// no flow names them.
-    fn live_backends(&self) -> HashMap<SocketAddrV4, HashSet<SocketAddrV4>> {
+    /// The configured backends of each service key (live and standby VIP):
+    /// ids of the others are freed once no flow names them.
+    fn live_backends(&self) -> HashMap<ServiceKey, HashSet<SocketAddrV4>> {
         self.config
             .services
             .iter()
             .flat_map(|s| {
                 let backends: HashSet<_> = s.backends.iter().map(|b| b.address).collect();
-                std::iter::once(s.vip)
-                    .chain(s.standby_vip)
-                    .map(move |vip| (vip, backends.clone()))
+                s.keys().map(move |key| (key, backends.clone()))
             })
             .collect()
     }

@@ -4,6 +4,7 @@
 use std::{collections::HashSet, net::SocketAddrV4};
 
 use anyhow::Context as _;
+use bg_lb_common::maps::ServiceKey;
 
 use super::{Daemon, RequestError};
 use crate::{
@@ -18,16 +19,11 @@ impl Daemon {
     /// Programs every configured service (live and standby VIPs) and removes
     /// the others.
     pub(super) fn apply_all(&mut self) -> anyhow::Result<()> {
-        let wanted: HashSet<SocketAddrV4> = self
-            .config
-            .services
-            .iter()
-            .flat_map(|s| std::iter::once(s.vip).chain(s.standby_vip))
-            .collect();
-        for vip in self.dataplane.vips() {
-            if !wanted.contains(&vip) {
-                self.dataplane.remove(&vip)?;
-                tracing::info!(vip = %vip, "listener removed");
+        let wanted: HashSet<ServiceKey> = self.config.services.iter().flat_map(|s| s.keys()).collect();
+        for key in self.dataplane.keys() {
+            if !wanted.contains(&key) {
+                self.dataplane.remove(&key)?;
+                tracing::info!(vip = %key.vip(), proto = key.proto, "listener removed");
             }
         }
         for service in self.config.services.clone() {

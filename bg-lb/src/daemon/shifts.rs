@@ -295,7 +295,7 @@ impl Daemon {
     pub(super) fn pool_counters(&self, service: &ServiceConfig) -> Result<[PoolCounters; 2], RequestError> {
         let mut pools = [PoolCounters::default(); 2];
         for b in &service.backends {
-            let Some(id) = self.dataplane.backend_id(&service.vip, &b.address) else {
+            let Some(id) = self.dataplane.backend_id(&service.key(), &b.address) else {
                 continue;
             };
             let stats = self.dataplane.backend_stats(id)?;

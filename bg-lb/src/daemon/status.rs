@@ -113,14 +113,15 @@ impl Daemon {
             shift: operator.and_then(|s| s.shift.clone()),
             syn_proxy: self.syn_proxy_status(service)?,
             forwarding: service.forwarding,
+            protocol: service.protocol,
         })
     }
 
     /// The service's SYN proxy: on if it is on for either of its VIPs.
     pub(super) fn syn_proxy_status(&self, service: &ServiceConfig) -> Result<SynProxyStatus, RequestError> {
         let mut active = false;
-        for vip in std::iter::once(service.vip).chain(service.standby_vip) {
-            active |= self.dataplane.syn_proxy_active(&vip)?;
+        for key in service.keys() {
+            active |= self.dataplane.syn_proxy_active(&key)?;
         }
         Ok(SynProxyStatus {
             mode: service.syn_proxy.mode,
@@ -140,9 +141,9 @@ impl Daemon {
         census: &FlowCensus,
     ) -> Result<BackendStatus, RequestError> {
         let operator = self.operator.services.get(&service.name);
-        let ids: Vec<u32> = std::iter::once(service.vip)
-            .chain(service.standby_vip)
-            .filter_map(|vip| self.dataplane.backend_id(&vip, &address))
+        let ids: Vec<u32> = service
+            .keys()
+            .filter_map(|key| self.dataplane.backend_id(&key, &address))
             .collect();
         let mut stats = bg_lb_common::maps::TrafficStats::default();
         for &id in &ids {
@@ -191,8 +192,8 @@ impl Daemon {
             return Err(RequestError::FlowsLimit(request.limit));
         }
         let service = self.service(&request.service)?;
-        let vips: Vec<SocketAddrV4> = std::iter::once(service.vip).chain(service.standby_vip).collect();
-        Ok(self.dataplane.flow_query(&vips, request.pool, request.limit))
+        let keys: Vec<_> = service.keys().collect();
+        Ok(self.dataplane.flow_query(&keys, request.pool, request.limit))
     }
 
     /// The reply to a `flows` request, once the sweeper has listed.
@@ -211,6 +212,7 @@ impl Daemon {
                 age_secs: f.age.as_secs_f64(),
                 idle_secs: f.idle.as_secs_f64(),
                 state: f.phase.name().into(),
+                protocol: f.protocol.unwrap_or_default(),
             })
             .collect();
         Reply {

@@ -16,7 +16,12 @@
 //! a compare-and-swap, which a delete from here could undo under it (a
 //! delete after a re-check still races a takeover between the two), so the
 //! sweep never deletes an entry the data plane may be taking over. A `dsr`
-//! flow has no reverse entry (nor SNAT address): it is never one.
+//! flow has no reverse entry (nor SNAT address): it is never one. A UDP
+//! flow's entry goes with it, and a UDP orphan goes whatever its backend:
+//! the UDP path claims only free pairs, so nothing else would free them.
+//! (A TCP connection may take a UDP orphan over between the re-check and
+//! the delete; it then claims its pair again on its next packet, as the
+//! sweep moves the NAT epoch.)
 
 use std::{
     collections::{HashMap, HashSet},
@@ -26,7 +31,7 @@ use std::{
 
 use bg_lb_common::{
     flow_state::{BACKEND_CLOSED_FIRST, FlowPhase, GUARDS_TIME_WAIT, has_ended, phase},
-    maps::{Backend, Flow, FlowKey, NatKey},
+    maps::{Backend, Flow, FlowKey, IPPROTO_UDP, NatKey, Service},
     port_reuse::{TIME_WAIT_NS, newer_flow_guards},
 };
 use nix::time::{ClockId, clock_gettime};
@@ -76,6 +81,14 @@ pub fn expiry(flow: &Flow, now_ns: u64, timeouts: &FlowTimeouts) -> Option<Expir
 /// it expired or a new connection took its own pair over.
 fn guards(flow: &Flow, now_ns: u64) -> bool {
     has_ended(flow.state) && flow.state & GUARDS_TIME_WAIT != 0 && newer_flow_guards(flow, now_ns)
+}
+
+/// Whether a UDP flow of `service` should be removed at `now_ns`: it has
+/// seen no datagram either way for the service's `udp_idle`. UDP has no
+/// end the data plane could see, so this is how every UDP flow ends.
+pub fn udp_expiry(flow: &Flow, now_ns: u64, service: &Service) -> Option<Expiry> {
+    let idle = Duration::from_nanos(now_ns.saturating_sub(flow.last_seen_ns));
+    (idle >= Duration::from_secs(service.udp_idle_s.into())).then_some(Expiry::Idle)
 }
 
 pub fn monotonic_now_ns() -> u64 {
@@ -161,9 +174,10 @@ pub struct FlowRemoval {
     pub key: FlowKey,
     pub flow: Flow,
     /// Its reverse-NAT entry, removed with it if it still names the flow:
-    /// only when its service is gone. `None` when the flow does not own
-    /// one, or its backend is still in the data plane, which reuses the
-    /// port (see the module docs).
+    /// when its service is gone, or it is a UDP flow (the data plane never
+    /// takes a UDP pair over, so nothing else frees it). `None` when the
+    /// flow does not own one, or it is a TCP flow whose backend is still in
+    /// the data plane, which reuses the port (see the module docs).
     pub reverse: Option<NatKey>,
     pub why: Removal,
 }
@@ -210,12 +224,12 @@ pub fn owns(flow: Option<&Flow>, backend: Option<&Backend>, nat: &NatKey) -> boo
 
 /// Judges every flow and reverse-NAT entry at `now_ns`. `flows` must be read
 /// before `reverse` and `backends` (a flow's reverse entry and backend exist
-/// before it does), and `services` are the ids in the data plane.
+/// before it does), and `services` are the services in the data plane by id.
 pub fn judge(
     flows: impl IntoIterator<Item = (FlowKey, Flow)>,
     reverse: impl IntoIterator<Item = (NatKey, FlowKey)>,
     backends: &HashMap<u32, Backend>,
-    services: &HashSet<u32>,
+    services: &HashMap<u32, Service>,
     now_ns: u64,
     timeouts: &FlowTimeouts,
 ) -> Sweep {
@@ -230,7 +244,8 @@ pub fn judge(
         if owns_nat && let Some(nat) = nat {
             owned.insert(key, nat);
         }
-        let why = if !services.contains(&flow.service_id) {
+        let service = services.get(&flow.service_id);
+        let why = if service.is_none() {
             Some(Removal::ServiceGone)
         } else if nat.is_none() {
             Some(Removal::BackendGone)
@@ -244,10 +259,14 @@ pub fn judge(
                 _ => Some(Removal::NatLost),
             }
         } else {
-            expiry(&flow, now_ns, timeouts).map(Removal::Expired)
+            match service {
+                Some(service) if key.proto == IPPROTO_UDP => udp_expiry(&flow, now_ns, service),
+                _ => expiry(&flow, now_ns, timeouts),
+            }
+            .map(Removal::Expired)
         };
         if let Some(why) = why {
-            let reverse = nat.filter(|_| owns_nat && why == Removal::ServiceGone);
+            let reverse = nat.filter(|_| owns_nat && (why == Removal::ServiceGone || key.proto == IPPROTO_UDP));
             sweep.flows.push(FlowRemoval {
                 key,
                 flow,
@@ -275,7 +294,10 @@ pub fn judge(
         .collect();
     sweep.orphan_reverse = owners
         .into_iter()
-        .filter(|(nat, owner)| owned.get(owner) != Some(nat) && !live.contains(&(nat.backend_addr, nat.backend_port)))
+        .filter(|(nat, owner)| {
+            owned.get(owner) != Some(nat)
+                && (owner.proto == IPPROTO_UDP || !live.contains(&(nat.backend_addr, nat.backend_port)))
+        })
         .collect();
     let expired = |r: &&FlowRemoval| matches!(r.why, Removal::Expired(_) | Removal::PortReused);
     sweep.census.expired = sweep.flows.iter().filter(expired).count() as u64;

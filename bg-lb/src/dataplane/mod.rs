@@ -3,7 +3,7 @@
 //! [`housekeeping`] decide every change as plain values, [`sweep`] walks the
 //! flow table in bounded slices ([`walk`]) on a thread of its own, [`syn_proxy`] is a
 //! service's SYN flood defence as settings and state, [`forwarding`] its
-//! forwarding mode, and `kernel` is the
+//! forwarding mode, [`l4`] its protocol (TCP or UDP), and `kernel` is the
 //! one module that talks to the kernel, writing those values to the maps.
 //! Before it adopts pinned maps, `layout` judges whether it can (pure), and
 //! `migration` moves a map whose capacity changed into one of the new size,
@@ -12,6 +12,7 @@
 pub mod forwarding;
 pub mod housekeeping;
 mod kernel;
+pub mod l4;
 mod layout;
 pub mod lookup_table;
 mod migration;
@@ -150,6 +151,8 @@ pub struct FlowView {
     pub age: Duration,
     /// Since its last packet.
     pub idle: Duration,
+    /// `None` for a protocol bg-lb never writes (a corrupt entry).
+    pub protocol: Option<l4::Protocol>,
 }
 
 /// The loaded data plane and the bookkeeping of what is programmed into it.
@@ -248,22 +251,22 @@ impl Dataplane {
 
     /// Stops a service: new connections to its VIP pass to the kernel, and its
     /// table space and ids are freed.
-    pub fn remove(&mut self, vip: &SocketAddrV4) -> Result<(), DataplaneError> {
+    pub fn remove(&mut self, key: &ServiceKey) -> Result<(), DataplaneError> {
         self.writes += 1;
-        match self.services.remove(vip) {
+        match self.services.remove(key) {
             Some(removal) => self.kernel.remove_service(&removal),
             None => Ok(()),
         }
     }
 
-    /// VIPs of the services in the data plane.
-    pub fn vips(&self) -> Vec<SocketAddrV4> {
-        self.services.vips()
+    /// Keys (VIP and protocol) of the services in the data plane.
+    pub fn keys(&self) -> Vec<ServiceKey> {
+        self.services.keys()
     }
 
-    /// The id flows of `backend` on service `vip` are pinned to.
-    pub fn backend_id(&self, vip: &SocketAddrV4, backend: &SocketAddrV4) -> Option<u32> {
-        self.services.backend_id(vip, backend)
+    /// The id flows of `backend` on service `key` are pinned to.
+    pub fn backend_id(&self, key: &ServiceKey, backend: &SocketAddrV4) -> Option<u32> {
+        self.services.backend_id(key, backend)
     }
 
     /// Sweeps the flow table here and now: removes expired flows and the
@@ -273,7 +276,7 @@ impl Dataplane {
     pub fn housekeeping(
         &mut self,
         timeouts: &FlowTimeouts,
-        live: &HashMap<SocketAddrV4, HashSet<SocketAddrV4>>,
+        live: &HashMap<ServiceKey, HashSet<SocketAddrV4>>,
     ) -> Result<FlowCensus, DataplaneError> {
         let writes = self.writes;
         let report = self.sweep_maps()?.sweep(timeouts, || true)?;
@@ -296,14 +299,14 @@ impl Dataplane {
     /// What follows from a sweep begun when [`Dataplane::writes`] was
     /// `writes`: pinned flows re-check their ports if a reverse-NAT entry
     /// went, and the ids no flow names any more are freed, of backends that
-    /// left their service (`live` backends per VIP) and of removed services.
+    /// left their service (`live` backends per service key) and of removed services.
     /// Ids are freed only on a complete count taken after the last write,
     /// so no flow the sweep could not see keeps a freed id.
     pub fn settle(
         &mut self,
         report: &SweepReport,
         writes: u64,
-        live: &HashMap<SocketAddrV4, HashSet<SocketAddrV4>>,
+        live: &HashMap<ServiceKey, HashSet<SocketAddrV4>>,
     ) -> Result<(), DataplaneError> {
         if report.removed_reverse {
             // A flow pinned again meanwhile may have lost its entry: every
@@ -330,10 +333,10 @@ impl Dataplane {
     }
 
     /// What `ctl flows` asks for: up to `limit` flows of the services on
-    /// `vips` that have not ended, of `pool` if given ([`SweepMaps::list`]).
-    pub fn flow_query(&self, vips: &[SocketAddrV4], pool: Option<Pool>, limit: usize) -> FlowQuery {
+    /// `keys` that have not ended, of `pool` if given ([`SweepMaps::list`]).
+    pub fn flow_query(&self, keys: &[ServiceKey], pool: Option<Pool>, limit: usize) -> FlowQuery {
         FlowQuery {
-            service_ids: vips.iter().filter_map(|vip| self.services.service_id(vip)).collect(),
+            service_ids: keys.iter().filter_map(|key| self.services.service_id(key)).collect(),
             pool,
             limit,
         }
@@ -341,11 +344,8 @@ impl Dataplane {
 
     /// Whether the SYN proxy answers the SYNs of service `vip` now: always
     /// in mode "always", while flooded in mode "auto".
-    pub fn syn_proxy_active(&self, vip: &SocketAddrV4) -> Result<bool, DataplaneError> {
-        let (Some(id), Some(service)) = (
-            self.services.service_id(vip),
-            self.kernel.service(&ServiceKey::new(*vip))?,
-        ) else {
+    pub fn syn_proxy_active(&self, key: &ServiceKey) -> Result<bool, DataplaneError> {
+        let (Some(id), Some(service)) = (self.services.service_id(key), self.kernel.service(key)?) else {
             return Ok(false);
         };
         let flood = self.kernel.syn_flood(id)?;

@@ -18,6 +18,7 @@
 use std::{
     collections::{BTreeSet, HashMap, HashSet},
     net::{Ipv4Addr, SocketAddrV4},
+    time::Duration,
 };
 
 use bg_lb_common::maps::{Backend, Flow, MAX_BACKENDS, MAX_SERVICES, Service, ServiceKey};
@@ -25,6 +26,7 @@ use bg_lb_common::maps::{Backend, Flow, MAX_BACKENDS, MAX_SERVICES, Service, Ser
 use crate::{
     dataplane::{
         forwarding::Forwarding,
+        l4::Protocol,
         lookup_table::{TableBackend, TableCache},
         syn_proxy::SynProxy,
         table_regions::{RegionAllocator, RegionsExhausted, TableRegions},
@@ -52,6 +54,16 @@ pub struct ServiceSpec {
     pub backends: Vec<BackendSpec>,
     pub syn_proxy: SynProxy,
     pub forwarding: Forwarding,
+    pub protocol: Protocol,
+    /// A UDP flow's idle timeout (unused for TCP).
+    pub udp_idle: Duration,
+}
+
+impl ServiceSpec {
+    /// Its SERVICES key: VIP and protocol.
+    pub fn key(&self) -> ServiceKey {
+        ServiceKey::with_proto(self.vip, self.protocol.wire())
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -150,7 +162,8 @@ struct Retired {
 
 pub struct Services {
     regions: RegionAllocator,
-    installed: HashMap<SocketAddrV4, Installed>,
+    /// By SERVICES key: a TCP and a UDP service may share a VIP.
+    installed: HashMap<ServiceKey, Installed>,
     service_ids: IdPool,
     backend_ids: IdPool,
     retired: Retired,
@@ -187,7 +200,7 @@ impl Services {
     ) -> Result<(Self, Vec<u32>), ServicesError> {
         let mut adopted = Self::new(lookup_capacity);
         let mut highest = 0;
-        let mut vip_of_id = HashMap::new();
+        let mut key_of_id = HashMap::new();
         for (key, service) in services {
             let regions = TableRegions {
                 size: service.lut_size,
@@ -195,21 +208,21 @@ impl Services {
             };
             adopted.regions.reserve(regions)?;
             adopted.service_ids.mark_used(service.id);
-            vip_of_id.insert(service.id, key.vip());
+            key_of_id.insert(service.id, key);
             let installed = Installed {
                 id: service.id,
                 regions,
                 active_base: service.lut_base,
                 backends: HashMap::new(),
             };
-            adopted.installed.insert(key.vip(), installed);
+            adopted.installed.insert(key, installed);
         }
         let mut orphans = Vec::new();
         for (id, backend) in backends {
             highest = highest.max(backend.generation);
-            match vip_of_id
+            match key_of_id
                 .get(&backend.service_id)
-                .and_then(|vip| adopted.installed.get_mut(vip))
+                .and_then(|key| adopted.installed.get_mut(key))
             {
                 Some(installed) => {
                     let slot = BackendSlot {
@@ -241,23 +254,23 @@ impl Services {
         Ok((adopted, orphans))
     }
 
-    /// VIPs of the services in the data plane.
-    pub fn vips(&self) -> Vec<SocketAddrV4> {
+    /// Keys (VIP and protocol) of the services in the data plane.
+    pub fn keys(&self) -> Vec<ServiceKey> {
         self.installed.keys().copied().collect()
     }
 
     /// The addresses of the VIPs: what VIP_ADDRESSES holds.
     pub fn vip_addresses(&self) -> HashSet<Ipv4Addr> {
-        self.installed.keys().map(|vip| *vip.ip()).collect()
+        self.installed.keys().map(|key| *key.vip().ip()).collect()
     }
 
-    /// The id flows of `backend` on service `vip` are pinned to.
-    pub fn backend_id(&self, vip: &SocketAddrV4, backend: &SocketAddrV4) -> Option<u32> {
-        Some(self.installed.get(vip)?.backends.get(backend)?.id)
+    /// The id flows of `backend` on service `key` are pinned to.
+    pub fn backend_id(&self, key: &ServiceKey, backend: &SocketAddrV4) -> Option<u32> {
+        Some(self.installed.get(key)?.backends.get(backend)?.id)
     }
 
-    pub fn service_id(&self, vip: &SocketAddrV4) -> Option<u32> {
-        self.installed.get(vip).map(|s| s.id)
+    pub fn service_id(&self, key: &ServiceKey) -> Option<u32> {
+        self.installed.get(key).map(|s| s.id)
     }
 
     /// Ids of the services in the data plane: a flow of any other service
@@ -270,11 +283,12 @@ impl Services {
     /// the table goes to the buffer packets are not reading. The new table
     /// counts as active only once [`Services::swapped`] says it was written.
     pub fn update(&mut self, spec: &ServiceSpec) -> Result<ServiceUpdate, ServicesError> {
-        let fresh = !self.installed.contains_key(&spec.vip);
+        let key = spec.key();
+        let fresh = !self.installed.contains_key(&key);
         if fresh {
             self.install(spec)?;
         }
-        let size = self.installed[&spec.vip].regions.size;
+        let size = self.installed[&key].regions.size;
         if size != spec.lut_size {
             return Err(ServicesError::TableSizeChanged {
                 vip: spec.vip,
@@ -283,7 +297,7 @@ impl Services {
             });
         }
         let table_backends = self.table_backends(spec)?;
-        let installed = &self.installed[&spec.vip];
+        let installed = &self.installed[&key];
         let backends = spec
             .backends
             .iter()
@@ -303,10 +317,14 @@ impl Services {
         };
         spec.syn_proxy.program(&mut service);
         spec.forwarding.program(&mut service);
+        if spec.protocol == Protocol::Udp {
+            // Config validation keeps it to whole seconds in a u16.
+            service.udp_idle_s = u16::try_from(spec.udp_idle.as_secs()).unwrap_or(u16::MAX);
+        }
         Ok(ServiceUpdate {
             backends,
             table: self.tables.build(&table_backends, spec.ratio, spec.lut_size),
-            key: ServiceKey::new(spec.vip),
+            key,
             service,
             fresh,
         })
@@ -315,7 +333,7 @@ impl Services {
     /// Records that `update` is in the maps: its table is now the one
     /// packets read, so the next update writes the other buffer.
     pub fn swapped(&mut self, update: &ServiceUpdate) {
-        if let Some(installed) = self.installed.get_mut(&update.key.vip()) {
+        if let Some(installed) = self.installed.get_mut(&update.key) {
             installed.active_base = update.service.lut_base;
         }
     }
@@ -323,16 +341,16 @@ impl Services {
     /// Takes a service out: its table space is free at once, its ids are
     /// retired until no flow names them ([`Services::reap`]); `None` if it
     /// is not in the data plane.
-    pub fn remove(&mut self, vip: &SocketAddrV4) -> Option<ServiceRemoval> {
-        let installed = self.installed.remove(vip)?;
+    pub fn remove(&mut self, key: &ServiceKey) -> Option<ServiceRemoval> {
+        let installed = self.installed.remove(key)?;
         self.regions.release(installed.regions);
         self.retired.services.insert(installed.id);
         let backend_ids: Vec<u32> = installed.backends.into_values().map(|slot| slot.id).collect();
         self.retired.backends.extend(&backend_ids);
         Some(ServiceRemoval {
-            key: ServiceKey::new(*vip),
+            key: *key,
             backend_ids,
-            release_address: !self.vip_addresses().contains(vip.ip()),
+            release_address: !self.vip_addresses().contains(key.vip().ip()),
         })
     }
 
@@ -344,13 +362,13 @@ impl Services {
     /// must be cleared before they are handed out again.
     pub fn reap(
         &mut self,
-        live: &HashMap<SocketAddrV4, HashSet<SocketAddrV4>>,
+        live: &HashMap<ServiceKey, HashSet<SocketAddrV4>>,
         flows_of_backend: impl Fn(u32) -> u64,
         flows_of_service: impl Fn(u32) -> u64,
     ) -> Vec<u32> {
         let mut freed = Vec::new();
-        for (vip, installed) in &mut self.installed {
-            let Some(live) = live.get(vip) else { continue };
+        for (key, installed) in &mut self.installed {
+            let Some(live) = live.get(key) else { continue };
             let gone: Vec<_> = installed
                 .backends
                 .iter()
@@ -361,7 +379,7 @@ impl Services {
                 self.backend_ids.release(id);
                 installed.backends.remove(&addr);
                 freed.push(id);
-                tracing::info!(service = %vip, backend = %addr, "removed backend drained; id freed");
+                tracing::info!(service = %key.vip(), backend = %addr, "removed backend drained; id freed");
             }
         }
         let free = |pool: &mut IdPool, id: u32, flows: u64| {
@@ -392,14 +410,14 @@ impl Services {
             active_base: regions.bases[1],
             backends: HashMap::new(),
         };
-        self.installed.insert(spec.vip, installed);
+        self.installed.insert(spec.key(), installed);
         Ok(())
     }
 
     /// Every backend of `spec` as the table builder needs it, with its id
     /// (new ones get fresh ids, in a new generation).
     fn table_backends(&mut self, spec: &ServiceSpec) -> Result<Vec<TableBackend>, ServicesError> {
-        let installed = self.installed.get_mut(&spec.vip).expect("installed before");
+        let installed = self.installed.get_mut(&spec.key()).expect("installed before");
         let mut table_backends = Vec::with_capacity(spec.backends.len());
         for b in &spec.backends {
             let id = match installed.backends.get(&b.addr) {

@@ -19,13 +19,14 @@ use std::{
 
 use bg_lb_common::{
     flow_state::{FlowPhase, phase},
-    maps::{Backend, Flow, FlowKey, NatKey, NatOwner, Service, ServiceKey},
+    maps::{Backend, Flow, FlowKey, IPPROTO_UDP, NatKey, NatOwner, Service, ServiceKey},
 };
 
 use super::{
     DataplaneError, FlowView,
     housekeeping::{self, FlowCensus, FlowTimeouts, Sweep},
     kernel::raw::RawMap,
+    l4::Protocol,
     walk::{Walk, WalkMap, WalkStats},
 };
 use crate::ratio::Pool;
@@ -94,7 +95,7 @@ impl SweepMaps {
                     reverse.push((nat, owner));
                 }
             }
-            let services = self.service_ids()?;
+            let services = self.services()?;
             let sweep = housekeeping::judge(slice, reverse, &backends, &services, now, timeouts);
             report.removed_reverse |= self.remove(&sweep)?;
             report.census.absorb(sweep.census);
@@ -107,9 +108,11 @@ impl SweepMaps {
         while !walk.finished() && !stopped {
             let slice = self.slice(&mut walk, &self.reverse)?;
             let mut backends = HashMap::new();
-            // A live backend's entries are the data plane's to reuse, even
-            // when their flow is gone (see `housekeeping`).
-            for (nat, owner) in slice.into_iter().filter(|(nat, _)| !live.contains(&nat.backend())) {
+            // A live backend's TCP entries are the data plane's to reuse,
+            // even when their flow is gone (see `housekeeping`).
+            let candidate =
+                |nat: &NatKey, owner: &NatOwner| owner.flow.proto == IPPROTO_UDP || !live.contains(&nat.backend());
+            for (nat, owner) in slice.into_iter().filter(|(nat, owner)| candidate(nat, owner)) {
                 if self.remove_orphan(&nat, &owner.flow, &mut backends)? {
                     report.removed_reverse = true;
                     report.census.orphans += 1;
@@ -156,6 +159,7 @@ impl SweepMaps {
                         phase,
                         age: since(flow.created_ns),
                         idle: since(flow.last_seen_ns),
+                        protocol: Protocol::from_wire(key.proto),
                     });
                 }
             }
@@ -230,12 +234,16 @@ impl SweepMaps {
         self.backends.lookup(&id).map_err(|e| self.backends.error("lookup", e))
     }
 
-    /// The ids of the services in the data plane now.
-    fn service_ids(&self) -> Result<HashSet<u32>, DataplaneError> {
+    /// The services in the data plane now, by id.
+    fn services(&self) -> Result<HashMap<u32, Service>, DataplaneError> {
         let mut walk = Walk::new(self.services.max_entries());
-        let mut ids = HashSet::new();
+        let mut ids = HashMap::new();
         while !walk.finished() {
-            ids.extend(self.slice(&mut walk, &self.services)?.into_iter().map(|(_, s)| s.id));
+            ids.extend(
+                self.slice(&mut walk, &self.services)?
+                    .into_iter()
+                    .map(|(_, s)| (s.id, s)),
+            );
         }
         if !walk.complete() {
             // A service missed would have its flows removed as orphans.

@@ -1,5 +1,5 @@
-//! Health checks: a rise/fall state machine (HAProxy semantics) and the TCP
-//! and HTTP probes that feed it. Probes are sourced from the SNAT address so
+//! Health checks: a rise/fall state machine (HAProxy semantics) and the TCP,
+//! HTTP and UDP probes that feed it. Probes are sourced from the SNAT address so
 //! they take the same path as forwarded traffic (and keep the backends'
 //! neighbour entries resolved, which the XDP fast path needs).
 
@@ -9,11 +9,13 @@
 //! - `probe`: the probe task, its identity ([`CheckKey`]) and what it
 //!   reports, and the TCP connect.
 //! - `http`: the HTTP check's request and how its response is judged.
+//! - `udp`: the UDP check's request datagram and how its reply is judged.
 
 mod http;
 mod outcome;
 mod probe;
 mod tracker;
+mod udp;
 
 pub(crate) use http::get as http_get;
 pub use http::judge_response;

@@ -13,6 +13,8 @@ pub enum Failure {
     HttpStatus(u16),
     BodyMismatch,
     BadResponse(String),
+    /// A UDP check's reply lacks the expected string.
+    ReplyMismatch,
     /// Down when the daemon last ran, and not probed up since it started.
     DownBeforeRestart,
     /// No result yet, and not seen up by the last daemon: how VIP
@@ -30,6 +32,7 @@ impl fmt::Display for Failure {
             Failure::HttpStatus(code) => write!(f, "HTTP {code}"),
             Failure::BodyMismatch => f.write_str("body mismatch"),
             Failure::BadResponse(e) => write!(f, "bad HTTP response: {e}"),
+            Failure::ReplyMismatch => f.write_str("UDP reply mismatch"),
             Failure::DownBeforeRestart => f.write_str("down before the daemon restarted"),
             Failure::NotCheckedYet => f.write_str("not checked yet"),
         }

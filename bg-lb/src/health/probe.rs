@@ -1,5 +1,5 @@
 //! Probing: which backend and listener a probe checks, the task that probes
-//! it forever, and the TCP connect every check starts with.
+//! it forever, and the TCP connect TCP and HTTP checks start with.
 
 use std::{
     net::{Ipv4Addr, SocketAddr, SocketAddrV4},
@@ -9,7 +9,7 @@ use std::{
 use serde::{Deserialize, Serialize};
 use tokio::{net::TcpSocket, sync::mpsc, task::JoinHandle};
 
-use super::{Failure, Outcome, Tracker, Transition, http::http_check};
+use super::{Failure, Outcome, Tracker, Transition, http::http_check, udp::udp_check};
 use crate::config::{HealthCheck, HealthConfig};
 
 /// Which listener a check serves: the live VIP checks the live path, the
@@ -82,11 +82,14 @@ pub fn spawn_probe(
 }
 
 async fn probe(key: &CheckKey, config: &HealthConfig, source: Ipv4Addr) -> Outcome {
+    let target = config
+        .port
+        .map_or(key.backend, |port| SocketAddrV4::new(*key.backend.ip(), port));
     let check = async {
-        let connected = connect(key.backend, source).await;
         match &config.check {
-            HealthCheck::Tcp => tcp_verdict(connected),
-            HealthCheck::Http(http) => http_check(connected?, key, http).await,
+            HealthCheck::Tcp => tcp_verdict(connect(target, source).await),
+            HealthCheck::Http(http) => http_check(connect(target, source).await?, key, http).await,
+            HealthCheck::Udp(udp) => udp_check(target, source, udp).await,
         }
     };
     tokio::time::timeout(config.timeout, check)

@@ -216,6 +216,18 @@ impl Snapshot {
                     (vec![("service", s.name.clone())], Value::Counter(n))
                 })
                 .collect(),
+            Metric::ServiceInfo => self
+                .services
+                .iter()
+                .map(|s| {
+                    let labels = vec![
+                        ("service", s.name.clone()),
+                        ("protocol", s.protocol.to_string()),
+                        ("forwarding", s.forwarding.to_string()),
+                    ];
+                    (labels, Value::Gauge(1))
+                })
+                .collect(),
             Metric::SynProxyActive => self
                 .services
                 .iter()

@@ -15,6 +15,7 @@ pub enum Kind {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Metric {
     BuildInfo,
+    ServiceInfo,
     Ratio,
     EffectiveRatio,
     RatioPercent,
@@ -47,8 +48,9 @@ pub enum Metric {
 
 impl Metric {
     /// In the order of the output.
-    pub const ALL: [Metric; 29] = [
+    pub const ALL: [Metric; 30] = [
         Metric::BuildInfo,
+        Metric::ServiceInfo,
         Metric::Ratio,
         Metric::EffectiveRatio,
         Metric::RatioPercent,
@@ -83,6 +85,7 @@ impl Metric {
     pub const fn name(self) -> &'static str {
         match self {
             Metric::BuildInfo => "bglb_build_info",
+            Metric::ServiceInfo => "bglb_service_info",
             Metric::Ratio => "bglb_ratio",
             Metric::EffectiveRatio => "bglb_effective_ratio",
             Metric::RatioPercent => "bglb_ratio_percent",
@@ -128,6 +131,7 @@ impl Metric {
             | Metric::ShiftRollbacks => Kind::Counter,
             Metric::HealthDuration => Kind::Histogram,
             Metric::BuildInfo
+            | Metric::ServiceInfo
             | Metric::Ratio
             | Metric::EffectiveRatio
             | Metric::RatioPercent
@@ -154,6 +158,7 @@ impl Metric {
         const BACKEND: &[&str] = &["service", "pool", "backend"];
         match self {
             Metric::BuildInfo => &["version", "commit", "rustc"],
+            Metric::ServiceInfo => &["service", "protocol", "forwarding"],
             Metric::Ratio | Metric::EffectiveRatio | Metric::RatioPercent | Metric::EffectiveRatioPercent => {
                 &["service", "pool"]
             }
@@ -205,6 +210,7 @@ impl Metric {
                 "Always 1: the version of this bg-lb, the git commit it was built from (unknown when not built \
                  from a git checkout) and the rustc that compiled it."
             }
+            Metric::ServiceInfo => "Always 1: each service's protocol (tcp or udp) and forwarding mode.",
             Metric::Ratio => "Share of new connections the operator gave each pool (ctl ratio), from 0 to 1.",
             Metric::EffectiveRatio => {
                 "Share of new connections each pool gets, from 0 to 1: a pool that cannot serve hands its share to \

@@ -158,6 +158,8 @@ fn flip_service(s: usize) -> ServiceSpec {
             })
             .collect(),
         syn_proxy: SynProxy::default(),
+        protocol: Default::default(),
+        udp_idle: Default::default(),
         forwarding: Default::default(),
     }
 }

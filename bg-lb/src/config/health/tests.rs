@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use crate::{
     config::{
-        HealthCheck, HealthConfig, HttpCheck, OnDown,
+        HealthCheck, HealthConfig, HttpCheck, OnDown, UdpCheck,
         test_support::{API, BLUE, TOP, WEB, assert_rejected, backend, parse_ok},
     },
     ratio::Pool,
@@ -41,6 +41,7 @@ fn service_without_health_table_gets_tcp_checks_with_defaults() {
             rise: 2,
             fall: 3,
             on_down: OnDown::Drain,
+            port: None,
         }
     );
 }
@@ -76,6 +77,7 @@ fn full_http_health_table_parses_to_expected_struct() {
         rise: 1,
         fall: 100,
         on_down: OnDown::Reset,
+        port: None,
     };
     assert_eq!(health, expected);
 }
@@ -172,10 +174,10 @@ fn unknown_health_keys_are_rejected_by_name() {
 
 #[test]
 fn unknown_health_type_and_on_down_are_rejected() {
-    for check in ["udp", "HTTP", ""] {
+    for check in ["icmp", "HTTP", ""] {
         assert_rejected(
             &format!("{TOP}{WEB}{HEALTH}type = {check:?}  # <-\n"),
-            &format!("unknown health.type {check:?} (expected tcp or http)"),
+            &format!("unknown health.type {check:?} (expected tcp, http or udp)"),
         );
     }
     for on_down in ["kill", "Drain", ""] {
@@ -367,4 +369,38 @@ fn empty_or_bad_host_and_empty_expect_body_are_rejected() {
         panic!("http expected")
     };
     assert_eq!(http.expect_body.as_deref(), Some("status: ok ✓"));
+}
+
+#[test]
+fn a_udp_check_needs_its_request_and_expected_reply_and_other_checks_refuse_them() {
+    let udp = "[[service]]\nname = \"dns\"\nvip = \"10.0.0.100:53\"\nprotocol = \"udp\"\n";
+    let config = parse_ok(&format!(
+        "{TOP}{udp}{HEALTH}type = \"udp\"\nrequest = \"ping\"\nexpect = \"pong\"\nport = 5353\n"
+    ));
+    let health = &config.services[0].health;
+    assert_eq!(
+        health.check,
+        HealthCheck::Udp(UdpCheck {
+            request: "ping".into(),
+            expect: "pong".into()
+        })
+    );
+    assert_eq!(health.port, Some(5353));
+    assert_rejected(
+        &format!("{TOP}{udp}{HEALTH}type = \"udp\"  # <-\nexpect = \"pong\"\n"),
+        "type = \"udp\" needs health.request",
+    );
+    assert_rejected(
+        &format!("{TOP}{udp}{HEALTH}type = \"udp\"\nrequest = \"\"  # <-\nexpect = \"pong\"\n"),
+        "health.request must not be empty",
+    );
+    assert_rejected(
+        &format!("{TOP}{WEB}{HEALTH}request = \"ping\"  # <-\n"),
+        "health.request needs type = \"udp\" (the check type is tcp by default)",
+    );
+    assert_rejected(
+        &format!("{TOP}{WEB}{HEALTH}type = \"udp\"\nrequest = \"a\"\nexpect = \"b\"\nlive_path = \"/x\"  # <-\n"),
+        "health.live_path needs type = \"http\"",
+    );
+    assert_rejected(&format!("{TOP}{WEB}{HEALTH}port = 0  # <-\n"), "health.port");
 }

@@ -2,7 +2,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 
 use bg_lb_common::{
     flow_state::{ESTABLISHED, FIN_FROM_BACKEND, FIN_FROM_CLIENT, RESET, SYN_ACK_SEEN, SYN_SEEN},
-    maps::{FORWARDING_DSR, FORWARDING_GATEWAY},
+    maps::{FORWARDING_DSR, FORWARDING_GATEWAY, Service},
 };
 
 use super::*;
@@ -15,6 +15,9 @@ const T: FlowTimeouts = FlowTimeouts {
 };
 /// The service every judged flow belongs to unless told otherwise.
 const SERVICE: u32 = 0;
+/// A UDP service whose flows end after 3 s idle.
+const UDP_SERVICE: u32 = 1;
+const UDP_BACKEND_ID: u32 = 4;
 const BACKEND_ID: u32 = 3;
 const GENERATION: u32 = 7;
 /// The SNAT address of [`pinned`] flows (wire order), and a second one.
@@ -37,6 +40,21 @@ fn backend() -> Backend {
         0,
         false,
     )
+}
+
+/// The services in the data plane: [`SERVICE`] (TCP) and [`UDP_SERVICE`].
+fn services() -> HashMap<u32, Service> {
+    HashMap::from([
+        (SERVICE, Service::default()),
+        (
+            UDP_SERVICE,
+            Service {
+                id: UDP_SERVICE,
+                udp_idle_s: 3,
+                ..Service::default()
+            },
+        ),
+    ])
 }
 
 fn key(port: u16) -> FlowKey {
@@ -70,7 +88,7 @@ fn sweep(flows: &[(FlowKey, Flow)], reverse: &[(NatKey, FlowKey)]) -> Sweep {
         flows.iter().copied(),
         reverse.iter().copied(),
         &HashMap::from([(BACKEND_ID, backend())]),
-        &HashSet::from([SERVICE]),
+        &services(),
         105 * S,
         &T,
     )
@@ -195,7 +213,7 @@ fn expired_flows_are_removed_and_their_reverse_entry_left_to_the_data_plane() {
         flows,
         [(nat(20000), key(1)), (nat(20001), key(2))],
         &HashMap::from([(BACKEND_ID, backend())]),
-        &HashSet::from([SERVICE]),
+        &services(),
         110 * S,
         &T,
     );
@@ -400,7 +418,7 @@ fn a_reconnection_that_guards_its_5_tuples_older_pair_stays_until_that_pairs_tim
         [(key(1), guard)],
         reverse,
         &HashMap::from([(BACKEND_ID, backend())]),
-        &HashSet::from([SERVICE]),
+        &services(),
         over,
         &T,
     );
@@ -414,4 +432,78 @@ fn a_reconnection_that_guards_its_5_tuples_older_pair_stays_until_that_pairs_tim
         removals(&sweep(&[(key(1), plain)], &reverse)),
         [(key(1), None, Removal::PortReused)]
     );
+}
+
+#[test]
+fn a_udp_flow_stays_open_until_idle_for_its_services_timeout_and_its_pair_goes_with_it() {
+    let udp_backend = Backend::new(
+        UDP_SERVICE,
+        GENERATION,
+        SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 10), 5353),
+        0,
+        false,
+    );
+    let client = FlowKey::with_proto(
+        SocketAddrV4::new(Ipv4Addr::new(192, 168, 1, 5), 40000),
+        SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 100), 53),
+        IPPROTO_UDP,
+    );
+    let udp_flow = Flow {
+        backend_id: UDP_BACKEND_ID,
+        service_id: UDP_SERVICE,
+        ..pinned(bg_lb_common::udp::UDP_FLOW_STATE, 20000)
+    };
+    let udp_nat = udp_flow.nat_key(&udp_backend);
+    // A TCP flow idle as long stays: its timeout is established_idle.
+    let tcp_flow = (key(1), pinned(SYN_SEEN | SYN_ACK_SEEN | ESTABLISHED, 20000));
+    let judge_at = |now_s: u64| {
+        judge(
+            [(client, udp_flow), tcp_flow],
+            [(udp_nat, client), (nat(20000), key(1))],
+            &HashMap::from([(BACKEND_ID, backend()), (UDP_BACKEND_ID, udp_backend)]),
+            &services(),
+            now_s * S,
+            &T,
+        )
+    };
+    let early = judge_at(102);
+    assert!(early.flows.is_empty());
+    assert_eq!(early.census.open_of(UDP_BACKEND_ID), 1, "a drain waits for it");
+    let late = judge_at(103);
+    assert_eq!(
+        removals(&late),
+        [(client, Some(udp_nat), Removal::Expired(Expiry::Idle))],
+        "the UDP pair is freed with its flow; the TCP flow stays"
+    );
+    assert_eq!(late.census.open_of(BACKEND_ID), 1);
+}
+
+#[test]
+fn a_udp_reverse_entry_whose_flow_is_gone_is_an_orphan_even_on_a_live_backend() {
+    let gone = FlowKey::with_proto(
+        SocketAddrV4::new(Ipv4Addr::new(192, 168, 1, 5), 40001),
+        SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 100), 53),
+        IPPROTO_UDP,
+    );
+    // A flow pinned to the pair that the gone flow's entry still holds.
+    let flow = (key(7), pinned(SYN_SEEN | SYN_ACK_SEEN | ESTABLISHED, 20000));
+    let judged = judge(
+        [flow],
+        [(nat(20000), gone)],
+        &HashMap::from([(BACKEND_ID, backend())]),
+        &services(),
+        101 * S,
+        &T,
+    );
+    assert_eq!(judged.orphan_reverse, [(nat(20000), gone)]);
+    // A TCP owner's entry on a live backend stays: the data plane may take it over.
+    let tcp = judge(
+        [flow],
+        [(nat(20000), key(8))],
+        &HashMap::from([(BACKEND_ID, backend())]),
+        &services(),
+        101 * S,
+        &T,
+    );
+    assert!(tcp.orphan_reverse.is_empty());
 }

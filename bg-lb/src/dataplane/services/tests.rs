@@ -1,10 +1,17 @@
 use std::{collections::BTreeMap, net::Ipv4Addr};
 
+use bg_lb_common::maps::IPPROTO_UDP;
+
 use super::*;
 
 const VIP: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 100), 80);
 const STANDBY_VIP: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 100), 8080);
 const LUT_SIZE: u32 = 7;
+
+/// The key of the TCP service on `vip`.
+fn key(vip: SocketAddrV4) -> ServiceKey {
+    ServiceKey::new(vip)
+}
 
 fn backend(last_octet: u8) -> SocketAddrV4 {
     SocketAddrV4::new(Ipv4Addr::new(10, 0, 1, last_octet), 8080)
@@ -25,6 +32,8 @@ fn spec(vip: SocketAddrV4, backends: &[u8]) -> ServiceSpec {
             })
             .collect(),
         syn_proxy: SynProxy::default(),
+        protocol: Protocol::Tcp,
+        udp_idle: Duration::ZERO,
         forwarding: Default::default(),
     }
 }
@@ -119,26 +128,26 @@ fn a_removed_backend_keeps_its_id_until_no_flow_names_it() {
     let mut services = Services::new(100);
     let mut maps = Maps::default();
     maps.apply(&mut services, &spec(VIP, &[1, 2]));
-    let removed = services.backend_id(&VIP, &backend(2)).unwrap();
+    let removed = services.backend_id(&key(VIP), &backend(2)).unwrap();
     let update = maps.apply(&mut services, &spec(VIP, &[1]));
     assert!(!update.table.contains(&removed), "it leaves the table at once");
     assert_eq!(
-        services.backend_id(&VIP, &backend(2)),
+        services.backend_id(&key(VIP), &backend(2)),
         Some(removed),
         "but keeps its id"
     );
 
-    let live = HashMap::from([(VIP, HashSet::from([backend(1)]))]);
+    let live = HashMap::from([(key(VIP), HashSet::from([backend(1)]))]);
     assert_eq!(
         services.reap(&live, |_| 1, |_| 1),
         [] as [u32; 0],
         "a flow still names it"
     );
     assert_eq!(services.reap(&live, |_| 0, |_| 1), [removed]);
-    assert_eq!(services.backend_id(&VIP, &backend(2)), None);
+    assert_eq!(services.backend_id(&key(VIP), &backend(2)), None);
     let update = maps.apply(&mut services, &spec(VIP, &[1, 3]));
     assert_eq!(
-        services.backend_id(&VIP, &backend(3)),
+        services.backend_id(&key(VIP), &backend(3)),
         Some(removed),
         "the id is reused"
     );
@@ -163,14 +172,14 @@ fn removing_a_service_frees_its_table_space_at_once_and_its_ids_once_no_flow_nam
     let mut services = Services::new(2 * LUT_SIZE);
     let mut maps = Maps::default();
     maps.apply(&mut services, &spec(VIP, &[1, 2]));
-    let removal = services.remove(&VIP).unwrap();
+    let removal = services.remove(&key(VIP)).unwrap();
     assert_eq!(removal.key, ServiceKey::new(VIP));
     assert!(removal.release_address, "no other service is on its address");
     let mut cleared = removal.backend_ids;
     cleared.sort();
     assert_eq!(cleared, [0, 1]);
-    assert!(services.remove(&VIP).is_none());
-    assert!(services.vips().is_empty() && services.service_ids().is_empty());
+    assert!(services.remove(&key(VIP)).is_none());
+    assert!(services.keys().is_empty() && services.service_ids().is_empty());
 
     let update = services.update(&spec(STANDBY_VIP, &[3])).unwrap();
     assert_eq!(
@@ -181,7 +190,7 @@ fn removing_a_service_frees_its_table_space_at_once_and_its_ids_once_no_flow_nam
     services.swapped(&update);
     let flows_of = |id| u64::from(id == 0);
     assert_eq!(services.reap(&HashMap::new(), flows_of, flows_of), [] as [u32; 0]);
-    services.remove(&STANDBY_VIP);
+    services.remove(&key(STANDBY_VIP));
     services.reap(&HashMap::new(), flows_of, flows_of);
     let next = services.update(&spec(VIP, &[4, 5])).unwrap();
     assert_eq!(
@@ -198,10 +207,10 @@ fn a_vip_address_is_released_with_the_last_service_on_it() {
     Maps::default().apply(&mut services, &spec(STANDBY_VIP, &[1]));
     assert_eq!(services.vip_addresses(), HashSet::from([*VIP.ip()]));
     assert!(
-        !services.remove(&VIP).unwrap().release_address,
+        !services.remove(&key(VIP)).unwrap().release_address,
         "the standby VIP shares it"
     );
-    assert!(services.remove(&STANDBY_VIP).unwrap().release_address);
+    assert!(services.remove(&key(STANDBY_VIP)).unwrap().release_address);
     assert!(services.vip_addresses().is_empty());
 }
 
@@ -265,10 +274,10 @@ fn adopting_maps_rebuilds_ids() {
 
     let (mut after, orphans) = Services::adopt(100, maps.services.clone(), maps.backends.clone(), [&leftover]).unwrap();
     assert_eq!(orphans, [7], "its service is gone");
-    let mut vips = after.vips();
-    vips.sort();
-    assert_eq!(vips, [VIP, STANDBY_VIP]);
-    for vip in [VIP, STANDBY_VIP] {
+    let mut keys = after.keys();
+    keys.sort_by_key(|key| key.vip());
+    assert_eq!(keys, [key(VIP), key(STANDBY_VIP)]);
+    for vip in [key(VIP), key(STANDBY_VIP)] {
         assert_eq!(after.service_id(&vip), before.service_id(&vip));
         for b in [1, 2] {
             assert_eq!(
@@ -299,4 +308,24 @@ fn adopting_maps_rebuilds_ids() {
         (2, 4 * LUT_SIZE),
         "ids and regions in use are skipped"
     );
+}
+
+#[test]
+fn a_tcp_and_a_udp_service_on_one_vip_are_two_services() {
+    let mut services = Services::new(4 * LUT_SIZE);
+    let mut maps = Maps::default();
+    let tcp = maps.apply(&mut services, &spec(VIP, &[1]));
+    let udp_spec = ServiceSpec {
+        protocol: Protocol::Udp,
+        udp_idle: Duration::from_secs(5),
+        ..spec(VIP, &[1])
+    };
+    let udp = maps.apply(&mut services, &udp_spec);
+    assert_eq!(udp.key, ServiceKey::with_proto(VIP, IPPROTO_UDP));
+    assert_ne!(udp.service.id, tcp.service.id);
+    assert_eq!((udp.service.udp_idle_s, tcp.service.udp_idle_s), (5, 0));
+    assert_ne!(udp.backends[0].0, tcp.backends[0].0, "one backend id per service");
+    let removal = services.remove(&udp.key).unwrap();
+    assert!(!removal.release_address, "the TCP service is still on the address");
+    assert_eq!(services.keys(), [key(VIP)]);
 }

@@ -85,6 +85,7 @@ mod tests {
             phase,
             age: Duration::ZERO,
             idle: Duration::ZERO,
+            protocol: None,
         }
     }
 

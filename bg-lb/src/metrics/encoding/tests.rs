@@ -96,6 +96,7 @@ fn snapshot() -> Snapshot {
                 active: true,
             },
             forwarding: Default::default(),
+            protocol: Default::default(),
         }],
         probes: vec![ProbeMetrics {
             service: "web".into(),

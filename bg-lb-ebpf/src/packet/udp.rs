@@ -1,0 +1,199 @@
+//! UDP over IPv4: parsing a datagram into [`UdpPacket`] and its safe reads
+//! and in-place writes, as [`super::TcpPacket`] does for TCP.
+
+use core::mem::size_of;
+
+use aya_ebpf::programs::XdpContext;
+use network_types::{eth::EthHdr, ip::Ipv4Hdr, udp::UdpHdr};
+
+use super::{ETH_LEN, IP_LEN, IP_MF, IP_OFFSET_MASK, ptr_at};
+
+const UDP_OFFSET: usize = ETH_LEN + IP_LEN;
+const UDP_LEN: usize = size_of::<UdpHdr>();
+
+/// An IPv4 UDP datagram whose headers are inside the frame, borrowed for
+/// the rest of the program run. Addresses and ports wire order, as in
+/// [`super::TcpPacket`].
+pub struct UdpPacket<'a> {
+    eth: &'a mut EthHdr,
+    ip: &'a mut Ipv4Hdr,
+    udp: &'a mut UdpHdr,
+    /// IP total length, host order.
+    ip_len: u16,
+}
+
+/// Why a UDP frame cannot be rewritten, and where it was going.
+pub struct Unusable {
+    /// Wire order.
+    pub dst_addr: u32,
+    /// Wire order; `None` when the frame does not hold the UDP ports.
+    pub dst_port: Option<u16>,
+    /// Fragmented (or with IP options) rather than cut short.
+    pub fragmented: bool,
+}
+
+/// Parses a frame the TCP parser found to be IPv4 UDP
+/// ([`super::NotForUs::Udp`]); `None` if it cannot be rewritten: IP options
+/// (they move the UDP header), a fragment (its checksum covers bytes this
+/// frame lacks), or lengths that disagree or overrun the frame (the
+/// checksum we update would not describe what is sent). [`unusable`] then
+/// says where it was going.
+#[inline(always)]
+pub fn parse_udp(ctx: &XdpContext) -> Option<UdpPacket<'_>> {
+    let eth = ptr_at::<EthHdr>(ctx, 0)?;
+    let ip = ptr_at::<Ipv4Hdr>(ctx, ETH_LEN)?;
+    let udp = ptr_at::<UdpHdr>(ctx, UDP_OFFSET)?;
+    // SAFETY: inside the frame (ptr_at).
+    let (vihl, frags, ip_len, udp_len) = unsafe {
+        (
+            (*ip).vihl,
+            u16::from_be_bytes((*ip).frags),
+            (*ip).tot_len() as usize,
+            u16::from_be_bytes((*udp).len) as usize,
+        )
+    };
+    let frame_ip_len = ctx.data_end() - ctx.data() - ETH_LEN;
+    if vihl != 0x45
+        || frags & (IP_MF | IP_OFFSET_MASK) != 0
+        || udp_len < UDP_LEN
+        || ip_len != IP_LEN + udp_len
+        || ip_len > frame_ip_len
+    {
+        return None;
+    }
+    // SAFETY: inside the frame (ptr_at); the three headers do not overlap and
+    // the packet holds the only references to them.
+    let (eth, ip, udp) = unsafe { (&mut *eth, &mut *ip, &mut *udp) };
+    Some(UdpPacket {
+        eth,
+        ip,
+        udp,
+        ip_len: ip_len as u16,
+    })
+}
+
+/// Where a UDP frame [`parse_udp`] refused was going, as far as it shows.
+/// Read again, apart from the parse: a result carrying either the headers
+/// or these scalars made LLVM share registers between them, which the
+/// verifier refuses.
+#[inline(always)]
+pub fn unusable(ctx: &XdpContext) -> Unusable {
+    let Some(ip) = ptr_at::<Ipv4Hdr>(ctx, ETH_LEN) else {
+        return Unusable {
+            dst_addr: 0,
+            dst_port: None,
+            fragmented: false,
+        };
+    };
+    // SAFETY: inside the frame (ptr_at).
+    let (vihl, frags, dst_addr) = unsafe {
+        (
+            (*ip).vihl,
+            u16::from_be_bytes((*ip).frags),
+            u32::from_ne_bytes((*ip).dst_addr),
+        )
+    };
+    // Only an option-less first fragment has its UDP header here.
+    let dst_port = if vihl == 0x45 && frags & IP_OFFSET_MASK == 0 {
+        // SAFETY: inside the frame (ptr_at).
+        ptr_at::<UdpHdr>(ctx, UDP_OFFSET).map(|udp| u16::from_ne_bytes(unsafe { (*udp).dst }))
+    } else {
+        None
+    };
+    Unusable {
+        dst_addr,
+        dst_port,
+        fragmented: vihl != 0x45 || frags & (IP_MF | IP_OFFSET_MASK) != 0,
+    }
+}
+
+impl UdpPacket<'_> {
+    /// IP total length: the bytes counted in statistics.
+    #[inline(always)]
+    pub fn ip_len(&self) -> u16 {
+        self.ip_len
+    }
+
+    #[inline(always)]
+    pub fn src_addr(&self) -> u32 {
+        u32::from_ne_bytes(self.ip.src_addr)
+    }
+
+    #[inline(always)]
+    pub fn dst_addr(&self) -> u32 {
+        u32::from_ne_bytes(self.ip.dst_addr)
+    }
+
+    #[inline(always)]
+    pub fn src_port(&self) -> u16 {
+        u16::from_ne_bytes(self.udp.src)
+    }
+
+    #[inline(always)]
+    pub fn dst_port(&self) -> u16 {
+        u16::from_ne_bytes(self.udp.dst)
+    }
+
+    #[inline(always)]
+    pub fn ttl(&self) -> u8 {
+        self.ip.ttl
+    }
+
+    #[inline(always)]
+    pub fn tos(&self) -> u8 {
+        self.ip.tos
+    }
+
+    #[inline(always)]
+    pub fn proto(&self) -> u8 {
+        self.ip.proto
+    }
+
+    /// IP header checksum, wire order.
+    #[inline(always)]
+    pub fn ip_check(&self) -> u16 {
+        u16::from_ne_bytes(self.ip.check)
+    }
+
+    /// UDP checksum, wire order; 0: none.
+    #[inline(always)]
+    pub fn udp_check(&self) -> u16 {
+        u16::from_ne_bytes(self.udp.check)
+    }
+
+    #[inline(always)]
+    pub fn set_macs(&mut self, src: [u8; 6], dst: [u8; 6]) {
+        self.eth.src_addr = src;
+        self.eth.dst_addr = dst;
+    }
+
+    /// Sets the TTL; the caller keeps the IP checksum right.
+    #[inline(always)]
+    pub fn set_ttl(&mut self, ttl: u8) {
+        self.ip.ttl = ttl;
+    }
+
+    /// Sets both IP addresses; the caller keeps the checksums right.
+    #[inline(always)]
+    pub fn set_addrs(&mut self, src: u32, dst: u32) {
+        self.ip.src_addr = src.to_ne_bytes();
+        self.ip.dst_addr = dst.to_ne_bytes();
+    }
+
+    /// Sets both UDP ports; the caller keeps the checksum right.
+    #[inline(always)]
+    pub fn set_ports(&mut self, src: u16, dst: u16) {
+        self.udp.src = src.to_ne_bytes();
+        self.udp.dst = dst.to_ne_bytes();
+    }
+
+    #[inline(always)]
+    pub fn set_ip_check(&mut self, check: u16) {
+        self.ip.check = check.to_ne_bytes();
+    }
+
+    #[inline(always)]
+    pub fn set_udp_check(&mut self, check: u16) {
+        self.udp.check = check.to_ne_bytes();
+    }
+}

@@ -1,0 +1,332 @@
+//! UDP over IPv4, full NAT: client -> VIP:port datagrams pinned to a
+//! backend by their 5-tuple and sent from a SNAT (address, port), and the
+//! backend's replies translated back.
+//!
+//! A UDP flow has no handshake: any datagram of an unknown 5-tuple opens
+//! one, and it stays pinned (a ratio change never moves it) until the
+//! daemon's sweep finds it idle for its service's `udp_idle`. Its SNAT
+//! pair comes from the backend's budget like a TCP flow's, in the same
+//! reverse-NAT key space, claimed with NOEXIST only (a free pair; no
+//! takeover: UDP has no TIME_WAIT to honour), and each reply path
+//! translates only for an owner of its own protocol. The
+//! checksum is updated incrementally; a datagram sent without one keeps
+//! none.
+//!
+//! The path is an XDP program of its own, [`bg_lb_udp`], which the load
+//! balancer tail-calls for every IPv4 UDP frame (through the SYN proxy's
+//! job array, [`Job::Udp`](bg_lb_common::syn_proxy::Job::Udp)): inlined, its stack would push the TCP
+//! program's past the verifier's limit.
+
+use aya_ebpf::{
+    bindings::{BPF_ANY, BPF_NOEXIST, xdp_action::XDP_PASS},
+    helpers::bpf_ktime_get_ns,
+    macros::xdp,
+    programs::XdpContext,
+};
+use bg_lb_common::{
+    checksum::replace32,
+    counters::Counter,
+    flow_hash::flow_hash,
+    maps::{
+        BACKEND_RESET_FLOWS, Backend, DataplaneConfig, FORWARDING_FULL_NAT, Flow, FlowKey, IPPROTO_UDP, NO_BACKEND,
+        NatKey, NatOwner, Service, ServiceKey,
+    },
+    snat_port::SNAT_PORT_ATTEMPTS,
+    udp::{UDP_FLOW_STATE, UdpRewrite, nat_check},
+};
+
+use crate::{
+    forward::{Route, RouteQuery, dropped, route, send},
+    maps::{
+        BACKENDS, CONFIG, FLOWS, LOOKUP_TABLES, REVERSE_NAT, SERVICES, Way, account, account_exhausted, count,
+        flow_entry, flow_pinned_to, reverse_owner,
+    },
+    nat::decrement_ttl,
+    packet::udp::{UdpPacket, Unusable, parse_udp, unusable},
+    to_backend::owns_port,
+};
+
+/// [`Job::Udp`](bg_lb_common::syn_proxy::Job::Udp): an IPv4 UDP frame ([`crate::packet::NotForUs::Udp`]): to a
+/// UDP service, a reply to a SNAT port, or the kernel's.
+#[xdp]
+pub fn bg_lb_udp(ctx: XdpContext) -> u32 {
+    // The load balancer found it ready before it handed the frame over.
+    let Some(cfg) = CONFIG.get(0) else {
+        return XDP_PASS;
+    };
+    udp(&ctx, cfg)
+}
+
+#[inline(always)]
+fn udp(ctx: &XdpContext, cfg: &DataplaneConfig) -> u32 {
+    let Some(pkt) = parse_udp(ctx) else {
+        return judge_unusable(&unusable(ctx), cfg);
+    };
+    // SAFETY: as in `bg_lb`: SERVICES is BPF_F_NO_PREALLOC; copied at once.
+    if let Some(service) = unsafe { SERVICES.get(service_key(pkt.dst_addr(), pkt.dst_port())) } {
+        let service = *service;
+        if pkt.ttl() <= 1 {
+            return dropped(Counter::TtlExpired);
+        }
+        return to_backend(ctx, pkt, &service, cfg);
+    }
+    if cfg.is_snat_port(pkt.dst_addr(), pkt.dst_port()) {
+        if pkt.ttl() <= 1 {
+            return dropped(Counter::TtlExpired);
+        }
+        return to_client(ctx, pkt);
+    }
+    count(Counter::Passed);
+    XDP_PASS
+}
+
+#[inline(always)]
+fn service_key(addr: u32, port: u16) -> ServiceKey {
+    ServiceKey {
+        addr,
+        port,
+        proto: IPPROTO_UDP,
+        _pad: 0,
+    }
+}
+
+/// A UDP frame that cannot be rewritten (IP options, a fragment, lengths
+/// that disagree): dropped and counted if it goes to a UDP service or the
+/// SNAT range, else passed. A fragment without the UDP header passes: the
+/// kernel cannot reassemble it without the first, which was dropped.
+#[inline(always)]
+fn judge_unusable(frame: &Unusable, cfg: &DataplaneConfig) -> u32 {
+    let ours = frame.dst_port.is_some_and(|port| {
+        // SAFETY: only whether an entry exists is read.
+        unsafe { SERVICES.get(service_key(frame.dst_addr, port)) }.is_some() || cfg.is_snat_port(frame.dst_addr, port)
+    });
+    if !ours {
+        count(Counter::Passed);
+        return XDP_PASS;
+    }
+    dropped(if frame.fragmented {
+        Counter::Fragmented
+    } else {
+        Counter::Truncated
+    })
+}
+
+/// Where a datagram goes: its flow's ids, SNAT pair and backend.
+struct Pinned {
+    backend_id: u32,
+    service_id: u32,
+    snat_addr: u32,
+    snat_port: u16,
+    backend: Backend,
+    /// Opened by this datagram.
+    new: bool,
+}
+
+#[inline(always)]
+fn to_backend(ctx: &XdpContext, mut pkt: UdpPacket<'_>, service: &Service, cfg: &DataplaneConfig) -> u32 {
+    let key = FlowKey {
+        client_addr: pkt.src_addr(),
+        vip_addr: pkt.dst_addr(),
+        client_port: pkt.src_port(),
+        vip_port: pkt.dst_port(),
+        proto: IPPROTO_UDP,
+        _pad: [0; 3],
+    };
+    // SAFETY: a helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let flow = match pinned(&key, service, cfg.nat_epoch, now) {
+        Some(flow) => flow,
+        None => match new_flow(&key, service, cfg, now) {
+            Ok(flow) => flow,
+            Err(counter) => return dropped(counter),
+        },
+    };
+    account(flow.backend_id, flow.service_id, Way::ToBackend, pkt.ip_len(), flow.new);
+    decrement_ttl(&mut pkt);
+    rewrite(
+        &mut pkt,
+        (flow.snat_addr, flow.snat_port),
+        (flow.backend.addr, flow.backend.port),
+    );
+    forward(ctx, &mut pkt)
+}
+
+/// The 5-tuple's pinned flow, refreshed, if it may still be used: its
+/// backend id names the backend it was pinned to, of this service, which
+/// is not resetting its flows, and its SNAT pair is still its own. A flow
+/// that may not is removed, and the datagram opens a new one.
+#[inline(always)]
+fn pinned(key: &FlowKey, service: &Service, nat_epoch: u32, now: u64) -> Option<Pinned> {
+    let flow = flow_entry(key)?;
+    let backend = BACKENDS.get(flow.backend_id).copied()?;
+    let current = backend.generation == flow.backend_gen && flow.service_id == service.id;
+    let unusable = if !current {
+        // Its reverse entry names the old backend, whose address is unknown
+        // here: the sweep removes it.
+        Some(None)
+    } else if backend.flags & BACKEND_RESET_FLOWS != 0 {
+        // Its backend is down: the flow moves, and its pair is free again.
+        let _ = REVERSE_NAT.remove(flow.nat_key(&backend));
+        Some(Some(Counter::FlowReset))
+    } else if flow.nat_epoch != nat_epoch && !owns_port(key, &flow.nat_key(&backend)) {
+        Some(Some(Counter::NatConflict))
+    } else {
+        None
+    };
+    if let Some(counter) = unusable {
+        let _ = FLOWS.remove(key);
+        if let Some(counter) = counter {
+            count(counter);
+        }
+        return None;
+    }
+    flow.nat_epoch = nat_epoch;
+    flow.last_seen_ns = now;
+    Some(Pinned {
+        backend_id: flow.backend_id,
+        service_id: flow.service_id,
+        snat_addr: flow.snat_addr,
+        snat_port: flow.snat_port,
+        backend,
+        new: false,
+    })
+}
+
+/// Pins a new flow: a backend from the service's lookup table, the first
+/// free SNAT pair for it.
+#[inline(always)]
+fn new_flow(key: &FlowKey, service: &Service, cfg: &DataplaneConfig, now: u64) -> Result<Pinned, Counter> {
+    let hash = flow_hash(key);
+    let slot = hash.checked_rem(service.lut_size).ok_or(Counter::NoBackend)?;
+    let backend_id = *LOOKUP_TABLES
+        .get(service.lut_base.wrapping_add(slot))
+        .ok_or(Counter::NoBackend)?;
+    if backend_id == NO_BACKEND {
+        return Err(Counter::NoBackend);
+    }
+    let backend = *BACKENDS.get(backend_id).ok_or(Counter::NoBackend)?;
+    let (snat_addr, snat_port) = claim_snat_pair(key, hash, &backend, cfg, now).ok_or_else(|| {
+        account_exhausted(backend_id);
+        Counter::SnatPortsExhausted
+    })?;
+    let flow = Flow {
+        backend_id,
+        service_id: service.id,
+        snat_addr,
+        snat_port,
+        forwarding: FORWARDING_FULL_NAT as u16,
+        state: UDP_FLOW_STATE,
+        created_ns: now,
+        last_seen_ns: now,
+        backend_gen: backend.generation,
+        nat_epoch: cfg.nat_epoch,
+        ..Flow::default()
+    };
+    if FLOWS.insert(key, flow, BPF_ANY as u64).is_err() {
+        let _ = REVERSE_NAT.remove(flow.nat_key(&backend));
+        return Err(Counter::FlowInsertFailed);
+    }
+    Ok(Pinned {
+        backend_id,
+        service_id: service.id,
+        snat_addr,
+        snat_port,
+        backend,
+        new: true,
+    })
+}
+
+/// The first SNAT (address, port) candidate no flow holds for `backend`,
+/// claimed atomically (NOEXIST), both wire order.
+#[inline(always)]
+fn claim_snat_pair(key: &FlowKey, hash: u32, backend: &Backend, cfg: &DataplaneConfig, now: u64) -> Option<(u32, u16)> {
+    for attempt in 0..SNAT_PORT_ATTEMPTS {
+        let (addr, port) = cfg.snat_candidate(hash, attempt);
+        let claimed = REVERSE_NAT
+            .insert(
+                NatKey::new(backend, addr, port),
+                NatOwner::new(*key, now),
+                BPF_NOEXIST as u64,
+            )
+            .is_ok();
+        if claimed {
+            return Some((addr, port));
+        }
+    }
+    None
+}
+
+/// Backend -> SNAT pair: back to VIP -> client, for the flow that owns the
+/// pair only.
+#[inline(always)]
+fn to_client(ctx: &XdpContext, mut pkt: UdpPacket<'_>) -> u32 {
+    let nat = NatKey {
+        backend_addr: pkt.src_addr(),
+        snat_addr: pkt.dst_addr(),
+        backend_port: pkt.src_port(),
+        snat_port: pkt.dst_port(),
+    };
+    // A pair a TCP flow holds is no UDP flow's: the kernel's, as for none.
+    let Some(client) = reverse_owner(&nat).filter(|owner| owner.proto == IPPROTO_UDP) else {
+        count(Counter::ReplyWithoutFlow);
+        return XDP_PASS;
+    };
+    let Some(flow) = flow_pinned_to(&client, &nat) else {
+        return dropped(Counter::StaleReply);
+    };
+    // SAFETY: a helper without arguments.
+    flow.last_seen_ns = unsafe { bpf_ktime_get_ns() };
+    account(flow.backend_id, flow.service_id, Way::ToClient, pkt.ip_len(), false);
+    decrement_ttl(&mut pkt);
+    rewrite(
+        &mut pkt,
+        (client.vip_addr, client.vip_port),
+        (client.client_addr, client.client_port),
+    );
+    forward(ctx, &mut pkt)
+}
+
+/// Rewrites both endpoints (wire order), with the IP and UDP checksums.
+#[inline(always)]
+fn rewrite(pkt: &mut UdpPacket<'_>, src: (u32, u16), dst: (u32, u16)) {
+    let (old_src, old_dst) = ((pkt.src_addr(), pkt.src_port()), (pkt.dst_addr(), pkt.dst_port()));
+    let mut ip_check = pkt.ip_check();
+    ip_check = replace32(ip_check, old_src.0, src.0);
+    ip_check = replace32(ip_check, old_dst.0, dst.0);
+    pkt.set_ip_check(ip_check);
+    pkt.set_udp_check(nat_check(
+        pkt.udp_check(),
+        &UdpRewrite {
+            old_src,
+            old_dst,
+            new_src: src,
+            new_dst: dst,
+        },
+    ));
+    pkt.set_addrs(src.0, dst.0);
+    pkt.set_ports(src.1, dst.1);
+}
+
+/// Sends the rewritten datagram towards its destination. One too big for
+/// the egress link is dropped and counted: the LB does not answer UDP with
+/// fragmentation needed (see the README).
+#[inline(always)]
+fn forward(ctx: &XdpContext, pkt: &mut UdpPacket<'_>) -> u32 {
+    let query = RouteQuery {
+        proto: pkt.proto(),
+        tos: pkt.tos(),
+        ip_len: pkt.ip_len(),
+        src_addr: pkt.src_addr(),
+        dst_addr: pkt.dst_addr(),
+    };
+    match route(ctx, &query) {
+        Route::Next {
+            ifindex, smac, dmac, ..
+        } => {
+            pkt.set_macs(smac, dmac);
+            send(ctx, ifindex)
+        }
+        Route::TooBig { .. } => dropped(Counter::TooBigDropped),
+        Route::Failed(counter) => dropped(counter),
+    }
+}
