@@ -39,7 +39,7 @@ pub const HELD: u32 = 1 << 4;
 /// MSS. A larger early segment is dropped (the client sends it again).
 pub const HELD_PAYLOAD_MAX: usize = 1460;
 
-/// The proxy's jobs that write a frame, and the UDP path. Each is its own
+/// The proxy's jobs that write a frame, the UDP path and RSTs. Each is its own
 /// XDP program, reached by tail call through `SYN_PROXY_JOBS` at the job's
 /// index, so it has a stack frame of its own: the packet paths leave too
 /// little of theirs.
@@ -60,16 +60,20 @@ pub enum Job {
     /// Not the proxy's: an IPv4 UDP datagram, for the UDP path (inlined
     /// into the TCP program, its stack would overflow the verifier's limit).
     Udp,
+    /// Refuse the TCP segment in the frame with a RST (rebuilding the frame
+    /// as a RST needs a call chain the TCP program has no stack left for).
+    Rst,
 }
 
 /// Each job's program name, by job index.
-pub const JOB_PROGRAMS: [&str; 6] = [
+pub const JOB_PROGRAMS: [&str; 7] = [
     "bg_lb_syn_ack",
     "bg_lb_open_backend",
     "bg_lb_resend_syn",
     "bg_lb_ack_to_backend",
     "bg_lb_hold_segment",
     "bg_lb_udp",
+    "bg_lb_rst",
 ];
 
 /// The flood detector's window.
@@ -236,6 +240,7 @@ mod tests {
             Job::AckToBackend,
             Job::HoldSegment,
             Job::Udp,
+            Job::Rst,
         ];
         assert_eq!(jobs.len(), JOB_PROGRAMS.len());
         for (i, job) in jobs.into_iter().enumerate() {

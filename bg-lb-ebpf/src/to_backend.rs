@@ -47,8 +47,7 @@ use crate::{
     },
     nat::{Endpoints, decrement_ttl, rewrite},
     packet::TcpPacket,
-    port_takeover,
-    rst::reply_rst,
+    port_takeover, rst,
     synproxy::{self, ClientStep, Unpinned},
 };
 
@@ -129,7 +128,7 @@ pub fn to_backend(ctx: &XdpContext, mut pkt: TcpPacket<'_>, service: &Service, c
         }
         Lookup::PortTaken => {
             count(Counter::NatConflict);
-            return reply_rst(ctx, pkt);
+            return rst::refuse(ctx);
         }
         Lookup::Proxy(ClientStep::Hold) => return synproxy::hand_over(ctx, Job::HoldSegment),
         Lookup::Proxy(ClientStep::ResendSyn) => return synproxy::hand_over(ctx, Job::ResendSyn),
@@ -175,7 +174,7 @@ pub fn to_backend(ctx: &XdpContext, mut pkt: TcpPacket<'_>, service: &Service, c
                     }
                     route
                 }
-                Err(counter) => return refuse(ctx, pkt, &request, counter, now),
+                Err(counter) => return refuse(ctx, &request, counter, now),
             }
         }
     };
@@ -185,7 +184,7 @@ pub fn to_backend(ctx: &XdpContext, mut pkt: TcpPacket<'_>, service: &Service, c
         let _ = FLOWS.remove(key);
         let _ = REVERSE_NAT.remove(NatKey::new(&backend, route.snat_addr, route.snat_port));
         count(Counter::FlowReset);
-        return reply_rst(ctx, pkt);
+        return rst::refuse(ctx);
     }
     if route.event == Event::RstOutOfWindow {
         count(Counter::RstOutOfWindow);
@@ -234,7 +233,7 @@ fn forget_ended(key: &FlowKey) {
 /// A segment no flow could be opened or found for: a connection request
 /// refused with a RST when no backend or SNAT port can take it, else dropped.
 #[inline(always)]
-fn refuse(ctx: &XdpContext, pkt: TcpPacket<'_>, request: &Segment, counter: Counter, now: u64) -> u32 {
+fn refuse(ctx: &XdpContext, request: &Segment, counter: Counter, now: u64) -> u32 {
     let refused = flow_state::is_connection_request(request.flags)
         && matches!(
             counter,
@@ -246,7 +245,7 @@ fn refuse(ctx: &XdpContext, pkt: TcpPacket<'_>, request: &Segment, counter: Coun
         counter
     });
     log_drop(ctx, counter, now);
-    if refused { reply_rst(ctx, pkt) } else { XDP_DROP }
+    if refused { rst::refuse(ctx) } else { XDP_DROP }
 }
 
 /// Capacity failures are worth a log line besides their counter, one a
@@ -415,17 +414,18 @@ fn new_flow(
     }
     (flow.state, flow.client, flow.backend) = flow_state::opened_by(seg);
     if flow.has_reply_path() {
-        // The ended flow of this 5-tuple that the new one replaces (still
-        // in the table until the insert below), if any: if the new flow
-        // leaves its pair, it guards that pair (`flow_state::GUARDS_TIME_WAIT`).
-        let replaced = flow_entry(key).filter(|old| flow_state::has_ended(old.state));
         (flow.snat_addr, flow.snat_port) =
             claim_snat_port(key, hash, &flow, &backend, service, syn, cfg).inspect_err(|e| {
                 if *e == Counter::SnatPortsExhausted {
                     account_exhausted(backend_id);
                 }
             })?;
-        if let Some(old) = replaced {
+        // The ended flow of this 5-tuple that the new one replaces (still
+        // in the table until the insert below; the claim leaves FLOWS alone),
+        // if any: if the new flow left its pair, it guards that pair
+        // (`flow_state::GUARDS_TIME_WAIT`). Looked up after the claim, so
+        // that no pointer to it stays live across the claim's stack.
+        if let Some(old) = flow_entry(key).filter(|old| flow_state::has_ended(old.state)) {
             let same_pair = flow.snat_addr == old.snat_addr && flow.snat_port == old.snat_port;
             flow.state |= flow_state::inherited_by_reconnection(old.state, same_pair);
         }
