@@ -20,10 +20,14 @@
 //! embryonic one (the backend's request socket answers a SYN with another
 //! sequence number on its 4-tuple with a RST, `tcp_check_req`, until the
 //! sweep removes the flow after `timeouts.syn`).
+//!
+//! These rules keep another client's SYN off a 4-tuple the backend still
+//! holds. Under `gateway` a 5-tuple's own reconnection meets none of that
+//! ([`reconnects_on_own_4_tuple`]): it takes its ended flow's pair back at once.
 
 use crate::{
     flow_state::{BACKEND_CLOSED_FIRST, CLIENT_TIMESTAMPS, RESET, after, has_ended},
-    maps::Flow,
+    maps::{Flow, FlowKey},
 };
 
 /// How long after a flow's last packet the backend's TIME_WAIT has surely
@@ -93,6 +97,39 @@ pub fn reusable(owner: Option<&Flow>, syn: &Syn, now_ns: u64) -> bool {
     // Reset, or closed by the client: the backend's last state was
     // LAST_ACK, which the client's ACK of its FIN ended.
     flow.state & RESET != 0 || !after(flow.backend.end, flow.client.ack)
+}
+
+/// Whether the SYN of 5-tuple `key` takes back, without the rules above,
+/// the pair whose entry names `owner` and whose flow, pinned to it, is
+/// `flow`: `owner` is `key` itself, the pair is the client's own address
+/// and port (`gateway`), and `flow` has ended. The backend then sees the
+/// new connection on the very 4-tuple the client's own stack chose to
+/// reuse, exactly as without a load balancer: the client's stack and the
+/// backend's TIME_WAIT decide (it accepts a SYN with a newer TSval or a
+/// later sequence number, else answers with an ACK that the client resets
+/// before it retries). Refusing it instead would leave the client a RST,
+/// as its port is the flow's only candidate. A live flow keeps its pair,
+/// and another 5-tuple (the same client address and port through another
+/// VIP) still meets the rules above.
+#[inline(always)]
+pub fn reconnects_on_own_4_tuple(owner: &FlowKey, key: &FlowKey, flow: &Flow) -> bool {
+    same_key(owner, key)
+        && flow.snat_addr == key.client_addr
+        && flow.snat_port == key.client_port
+        && has_ended(flow.state)
+}
+
+/// `a == b`, written out: LLVM turns the derived comparison into a call
+/// to `bcmp`, a BPF-to-BPF call whose frame the data plane's stack has no
+/// room for.
+#[inline(always)]
+const fn same_key(a: &FlowKey, b: &FlowKey) -> bool {
+    (a.client_addr ^ b.client_addr)
+        | (a.vip_addr ^ b.vip_addr)
+        | (a.client_port ^ b.client_port) as u32
+        | (a.vip_port ^ b.vip_port) as u32
+        | (a.proto ^ b.proto) as u32
+        == 0
 }
 
 /// Whether `newer`, a flow whose 5-tuple's reverse entry names a pair it is

@@ -11,6 +11,9 @@
 //!   tell them apart. The second flow's SYN is refused with a RST and
 //!   counted (`gateway_collision`); picking another backend would break the
 //!   lookup table's ratio and pinning for a case a client's next port ends.
+//!   The same 5-tuple's new SYN after its flow ended is no collision: it
+//!   takes the entry back (`port_takeover`), and the backend's TIME_WAIT
+//!   and the client's stack settle it, as without a load balancer.
 //! - `dsr`: no reverse entry and no rewrite; the frame goes to the backend's
 //!   MAC, which must be on-link. Replies bypass the LB, so the flow's state
 //!   follows the client alone ([`advance_dsr`]).

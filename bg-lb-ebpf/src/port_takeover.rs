@@ -13,13 +13,17 @@
 //! pinned to this very (backend, SNAT port), which no mix is, and the new
 //! flow's SYN leaves only after the write.
 //!
+//! Under `gateway` a 5-tuple's SYN takes its own ended flow's entry back
+//! whatever the backend's TIME_WAIT ([`port_reuse::reconnects_on_own_4_tuple`]),
+//! through the same compare-and-swap.
+//!
 //! A claim is the new flow's `created_ns`, so the flow an entry names is
 //! known to be the one that claimed it; between the claim and the new
 //! flow's insert into FLOWS (or if that 5-tuple's older flow is still
 //! there) the entry is left alone.
 
 use bg_lb_common::{
-    maps::{FlowKey, NatKey, NatOwner},
+    maps::{Flow, FlowKey, NatKey, NatOwner},
     port_reuse::{self, Syn},
 };
 
@@ -75,13 +79,19 @@ pub fn take_over(nat: &NatKey, key: &FlowKey, syn: &Syn, backend: u64, now: u64)
         }
     }
     let owner_flow = found.filter(|_| pinned_here);
+    // A gateway flow's own reconnection: the client's stack and the
+    // backend decide, as without a load balancer; only the claim, which no
+    // two CPUs both win, still applies.
+    let own_4_tuple = owner_flow
+        .as_deref()
+        .is_some_and(|f| reconnects_on_own_4_tuple(&owner, key, f));
     let claimer = owner_flow
         .as_ref()
         .is_some_and(|f| f.created_ns & !NatOwner::TAKING_OVER == claim);
     if !claimer && now.saturating_sub(claim) < CLAIM_SETTLE_NS {
         return false;
     }
-    if !port_reuse::reusable(owner_flow.as_deref(), syn, now) {
+    if !own_4_tuple && !port_reuse::reusable(owner_flow.as_deref(), syn, now) {
         return false;
     }
     let taking = NatOwner::new(*key, now).claim | NatOwner::TAKING_OVER;
@@ -93,6 +103,14 @@ pub fn take_over(nat: &NatKey, key: &FlowKey, syn: &Syn, backend: u64, now: u64)
     unsafe { core::ptr::write_volatile(&raw mut (*entry).flow, *key) };
     compare_exchange(claim_ptr, taking, taking & !NatOwner::TAKING_OVER);
     true
+}
+
+/// [`port_reuse::reconnects_on_own_4_tuple`] as a BPF-to-BPF call (a leaf
+/// without a stack frame): inlined, what it reads stayed live across the
+/// rest of [`take_over`] and spilled past the stack the verifier allows.
+#[inline(never)]
+fn reconnects_on_own_4_tuple(owner: &FlowKey, key: &FlowKey, flow: &Flow) -> bool {
+    port_reuse::reconnects_on_own_4_tuple(owner, key, flow)
 }
 
 /// A backend id and generation in one register, for [`take_over`].

@@ -20,7 +20,7 @@ use bg_lb_tests::{
         XDP_TX, client, from_client, mac_of,
     },
     packets::{
-        ACK, FIN_ACK, Numbers, PSH_ACK, SEQ, SYN, SYN_ACK, icmp_error_frame, numbered_tcp_frame, parse_checked,
+        ACK, FIN_ACK, Numbers, PSH_ACK, RST, SEQ, SYN, SYN_ACK, icmp_error_frame, numbered_tcp_frame, parse_checked,
         parse_checked_icmp, quote_of, tcp_frame, with_ttl,
     },
     require_root,
@@ -40,24 +40,50 @@ fn in_lab(forwarding: Forwarding, test: impl FnOnce(PacketLab) + Send + 'static)
     });
 }
 
+/// Sends `from`'s SYN to the VIP and checks it reached `backend` with only
+/// its destination rewritten, and that the reply's (backend, client) key
+/// names its flow.
+fn assert_gateway_syn_forwarded(lab: &PacketLab, what: &str, from: SocketAddrV4, backend: SocketAddrV4) {
+    let (verdict, out) = lab.run(&from_client(from, SYN));
+    assert_eq!(verdict, XDP_REDIRECT, "{what}: forwarded");
+    let view = parse_checked(&out);
+    assert_eq!(
+        (view.src, view.dst),
+        (from, backend),
+        "{what}: the backend sees the client"
+    );
+    // As the client sent it but for the destination, the TTL a router
+    // takes off, and the MACs: checksums computed from scratch.
+    let expected = with_ttl(&tcp_frame(LB_MAC, mac_of(*backend.ip()), from, backend, SYN, b""), 63);
+    assert_eq!(out, expected, "{what}: bytes");
+    assert_eq!(
+        lab.reverse_nat_on(backend, from),
+        Some(FlowKey::from_client(from, VIP)),
+        "{what}: the reply's (backend, client) key names the flow"
+    );
+}
+
+/// Sends `from`'s SYN to [`VIP_2`] and checks it was refused with a RST
+/// from that VIP, counted as a gateway collision.
+fn assert_second_vips_syn_refused(lab: &PacketLab, what: &str, from: SocketAddrV4) {
+    let collisions = lab.counter(Counter::GatewayCollision);
+    let (verdict, out) = lab.run(&tcp_frame(GATEWAY_MAC, LB_MAC, from, VIP_2, SYN, b""));
+    assert_eq!(verdict, XDP_TX, "{what}: refused at once");
+    let rst = parse_checked(&out);
+    assert!(rst.flags_rst, "{what}: a RST");
+    assert_eq!((rst.src, rst.dst), (VIP_2, from), "{what}: from the second VIP");
+    assert_eq!(
+        lab.counter(Counter::GatewayCollision),
+        collisions + 1,
+        "{what}: counted"
+    );
+}
+
 #[test]
 fn gateway_syn_has_only_its_destination_rewritten_with_valid_checksums() {
     in_lab(Forwarding::Gateway, |lab| {
         let from = client(1000);
-        let backend = lab.table_pick(from);
-        let (verdict, out) = lab.run(&from_client(from, SYN));
-        assert_eq!(verdict, XDP_REDIRECT);
-        let view = parse_checked(&out);
-        assert_eq!((view.src, view.dst), (from, backend), "the backend sees the client");
-        // As the client sent it but for the destination, the TTL a router
-        // takes off, and the MACs: checksums computed from scratch.
-        let expected = with_ttl(&tcp_frame(LB_MAC, mac_of(*backend.ip()), from, backend, SYN, b""), 63);
-        assert_eq!(out, expected);
-        assert_eq!(
-            lab.reverse_nat_on(backend, from),
-            Some(FlowKey::from_client(from, VIP)),
-            "the reply's (backend, client) key names the flow"
-        );
+        assert_gateway_syn_forwarded(&lab, "a SYN", from, lab.table_pick(from));
     });
 }
 
@@ -164,6 +190,59 @@ fn gateway_ended_flow_keeps_its_last_segments_and_passes_a_direct_connection_on_
     });
 }
 
+/// The client's stack reused its port for the same VIP while the backend,
+/// which closed first, may still hold TIME_WAIT on the 4-tuple (this SYN
+/// is one it would not accept, right after the flow's last packet): the
+/// backend and the client settle that, as without a load balancer, so the
+/// SYN is forwarded. The same client port through another VIP would be
+/// another connection on that 4-tuple, refused before and after.
+#[test]
+fn gateway_syn_on_an_ended_flows_own_5_tuple_is_forwarded_at_once_and_another_vips_is_refused() {
+    in_lab(Forwarding::Gateway, |mut lab| {
+        lab.keep_only(BLUE[0]);
+        lab.add_service(VIP_2);
+        let from = client(1006);
+        let c = lab.handshake(from);
+        assert_eq!(lab.run(&c.from_backend(FIN_ACK, b"")).0, XDP_REDIRECT);
+        let client_fin = c.from_client_at(FIN_ACK, c.client_next, c.backend_next + 1, b"");
+        assert_eq!(lab.run(&client_fin).0, XDP_REDIRECT);
+        let final_ack = c.from_backend_at(ACK, c.backend_next + 1, c.client_next + 1, b"");
+        assert_eq!(lab.run(&final_ack).0, XDP_REDIRECT);
+        let ended = lab.flow(from).expect("the ended flow lingers");
+        assert!(flow_state::has_ended(ended.state));
+        assert_ne!(ended.state & flow_state::BACKEND_CLOSED_FIRST, 0);
+
+        assert_second_vips_syn_refused(&lab, "another VIP's SYN on the ended flow's 4-tuple", from);
+        assert_gateway_syn_forwarded(&lab, "the same 5-tuple's SYN", from, BLUE[0]);
+        let flow = lab.flow(from).expect("the new flow");
+        assert!(
+            !flow_state::has_ended(flow.state),
+            "a new, live flow replaced the ended one"
+        );
+        assert_second_vips_syn_refused(&lab, "another VIP's SYN on the new flow's 4-tuple", from);
+        assert_eq!(lab.counter(Counter::GatewayCollision), 2, "no other refusal");
+
+        let (verdict, out) = lab.run(&c.from_backend_at(SYN_ACK, BACKEND_ISN, SEQ + 1, b""));
+        assert_eq!(verdict, XDP_REDIRECT);
+        let syn_ack = parse_checked(&out);
+        assert_eq!((syn_ack.src, syn_ack.dst), (VIP, from), "the new connection's SYN-ACK");
+    });
+}
+
+#[test]
+fn gateway_syn_on_the_5_tuple_of_a_flow_just_reset_is_forwarded_at_once() {
+    in_lab(Forwarding::Gateway, |lab| {
+        let from = client(1007);
+        let c = lab.handshake(from);
+        assert_eq!(lab.run(&c.from_client(RST, b"")).0, XDP_REDIRECT, "the client's RST");
+        let flow = lab.flow(from).expect("the reset flow lingers");
+        assert_ne!(flow.state & flow_state::RESET, 0);
+        assert_gateway_syn_forwarded(&lab, "the same 5-tuple's SYN", from, c.backend);
+        assert_eq!(lab.counter(Counter::GatewayCollision), 0);
+        assert!(!flow_state::has_ended(lab.flow(from).expect("the new flow").state));
+    });
+}
+
 #[test]
 fn gateway_collision_refuses_the_second_vips_syn_with_a_rst_and_keeps_the_first_flow() {
     in_lab(Forwarding::Gateway, |mut lab| {
@@ -175,13 +254,7 @@ fn gateway_collision_refuses_the_second_vips_syn_with_a_rst_and_keeps_the_first_
         let connection = lab.open(from);
         assert_eq!(connection.backend, BLUE[0]);
 
-        let second = tcp_frame(GATEWAY_MAC, LB_MAC, from, VIP_2, SYN, b"");
-        let (verdict, out) = lab.run(&second);
-        assert_eq!(verdict, XDP_TX, "refused at once");
-        let rst = parse_checked(&out);
-        assert!(rst.flags_rst);
-        assert_eq!((rst.src, rst.dst), (VIP_2, from));
-        assert_eq!(lab.counter(Counter::GatewayCollision), 1);
+        assert_second_vips_syn_refused(&lab, "the second VIP's SYN", from);
         assert_eq!(lab.counter(Counter::SnatPortsExhausted), 0);
 
         assert_eq!(lab.reverse_nat_on(BLUE[0], from), Some(FlowKey::from_client(from, VIP)));

@@ -316,3 +316,81 @@ fn a_missing_or_malformed_timestamp_option_reads_as_none() {
     let (late, len) = header(&late);
     assert_eq!(tcp_timestamp(&late, len), None, "past the options walked");
 }
+
+/// A client 10.0.0.7:41000 (wire order) to VIP 10.0.0.100:80.
+const CLIENT_ADDR: u32 = u32::from_be_bytes([10, 0, 0, 7]).to_be();
+const CLIENT_PORT: u16 = 41_000u16.to_be();
+
+fn to_vip(vip_last_octet: u8) -> FlowKey {
+    let vip = u32::from_be_bytes([10, 0, 0, vip_last_octet]).to_be();
+    FlowKey::from_wire(CLIENT_ADDR, CLIENT_PORT, vip, 80u16.to_be())
+}
+
+/// `flow` pinned to the client's own address and port, as under `gateway`.
+fn on_clients_own_pair(flow: Flow) -> Flow {
+    Flow {
+        snat_addr: CLIENT_ADDR,
+        snat_port: CLIENT_PORT,
+        ..flow
+    }
+}
+
+#[test]
+fn a_gateway_reconnection_takes_its_ended_flows_4_tuple_back_at_once_whatever_time_wait_would_say() {
+    let key = to_vip(100);
+    // PAWS would reject it, and the flow's last packet was just now: the
+    // rules for another client refuse it; the client's own reconnection is
+    // for its own stack and the backend to settle.
+    let paws_rejected = syn(CLIENT_FIN_END + 1, Some(TS_RECENT - 1));
+    let time_wait = on_clients_own_pair(backend_closed_first(Some(TS_RECENT)));
+    assert!(!reusable(Some(&time_wait), &paws_rejected, NOW));
+    assert!(reconnects_on_own_4_tuple(&key, &key, &time_wait));
+    let mut reset = established();
+    advance(&mut reset, FromClient, &seg(TCP_RST, CLIENT_ISN + 1, 0));
+    for (what, ended) in [
+        ("reset", reset),
+        ("the client closed first", client_closed_first(false)),
+    ] {
+        assert!(
+            reconnects_on_own_4_tuple(&key, &key, &on_clients_own_pair(ended)),
+            "{what}"
+        );
+    }
+}
+
+#[test]
+fn a_live_flow_keeps_its_4_tuple_from_its_own_5_tuples_syn() {
+    let key = to_vip(100);
+    let (state, client, backend) = opened_by(&seg(TCP_SYN, CLIENT_ISN, 0));
+    let embryonic = Flow {
+        state,
+        client,
+        backend,
+        ..Default::default()
+    };
+    for (what, live) in [("embryonic", embryonic), ("established", established())] {
+        assert!(
+            !reconnects_on_own_4_tuple(&key, &key, &on_clients_own_pair(live)),
+            "{what}"
+        );
+    }
+}
+
+#[test]
+fn another_vips_flow_or_a_snat_pair_gets_no_own_4_tuple_exemption() {
+    let key = to_vip(100);
+    let ended = on_clients_own_pair(client_closed_first(false));
+    assert!(
+        !reconnects_on_own_4_tuple(&to_vip(101), &key, &ended),
+        "the same client address and port through another VIP: a collision at the backend"
+    );
+    let snat_pair = Flow {
+        snat_addr: u32::from_be_bytes([10, 0, 0, 1]).to_be(),
+        snat_port: 20_000u16.to_be(),
+        ..ended
+    };
+    assert!(
+        !reconnects_on_own_4_tuple(&key, &key, &snat_pair),
+        "full NAT: the backend saw the SNAT pair, not the client's own 4-tuple"
+    );
+}
