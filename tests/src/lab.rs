@@ -313,6 +313,16 @@ impl Default for LabOptions {
     }
 }
 
+impl LabOptions {
+    /// Every new connection to green (0:100): where a shift to blue starts.
+    pub fn all_green() -> Self {
+        LabOptions {
+            ratio: "0:100",
+            ..LabOptions::default()
+        }
+    }
+}
+
 pub struct BlueGreenLab {
     pub topo: OneArm,
     pub daemon: Daemon,

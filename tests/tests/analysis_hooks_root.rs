@@ -9,13 +9,7 @@ const BG_LB: &str = env!("CARGO_BIN_EXE_bg-lb-under-test");
 /// The lab at 0:100, and a shift to blue checking `path` on backend b2's
 /// demo app (green, serving live): the webhook.
 fn shift_checking(path: &str) -> (BlueGreenLab, std::process::Output) {
-    let lab = BlueGreenLab::start(
-        BG_LB,
-        &LabOptions {
-            ratio: "0:100",
-            ..LabOptions::default()
-        },
-    );
+    let lab = BlueGreenLab::start(BG_LB, &LabOptions::all_green());
     let hook = format!("http://{}{path}", lab.backends[2].addr);
     let args = [
         "shift",

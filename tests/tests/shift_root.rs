@@ -29,24 +29,13 @@ fn load(lab: &BlueGreenLab) -> Load {
     )
 }
 
-/// The lab at 0:100.
-fn all_green_lab() -> BlueGreenLab {
-    BlueGreenLab::start(
-        BG_LB,
-        &LabOptions {
-            ratio: "0:100",
-            ..LabOptions::default()
-        },
-    )
-}
-
 fn outcome(lab: &BlueGreenLab) -> Option<ShiftOutcome> {
     lab.status().shift.map(|s| s.outcome)
 }
 
 #[test]
 fn shift_to_a_healthy_pool_completes_every_step_without_failed_requests() {
-    let lab = all_green_lab();
+    let lab = BlueGreenLab::start(BG_LB, &LabOptions::all_green());
     let load = load(&lab);
     let args = [
         "shift",
@@ -78,9 +67,8 @@ fn shift_to_a_pool_that_resets_connections_rolls_back_before_the_next_step() {
     // TCP checks pass (connections are accepted), so only the data plane's
     // view of each connection's fate can catch the faulty build.
     let options = LabOptions {
-        ratio: "0:100",
         check: "tcp",
-        ..LabOptions::default()
+        ..LabOptions::all_green()
     };
     let mut lab = BlueGreenLab::start(BG_LB, &options);
     for i in BlueGreenLab::pool(bg_lb::ratio::Pool::Blue) {
@@ -135,7 +123,7 @@ fn shift_to_a_pool_that_resets_connections_rolls_back_before_the_next_step() {
 
 #[test]
 fn shift_abort_restores_the_ratio_the_shift_began_at() {
-    let lab = all_green_lab();
+    let lab = BlueGreenLab::start(BG_LB, &LabOptions::all_green());
     lab.daemon
         .ctl_ok(&["shift", SERVICE, "--to", "blue", "--interval", "10m", "--detach"]);
     assert_eq!(lab.status().ratio.to_string(), "10:90");
@@ -148,13 +136,7 @@ fn shift_abort_restores_the_ratio_the_shift_began_at() {
 
 #[test]
 fn a_restarted_daemon_resumes_a_running_shift() {
-    let mut lab = BlueGreenLab::start(
-        BG_LB,
-        &LabOptions {
-            ratio: "0:100",
-            ..LabOptions::default()
-        },
-    );
+    let mut lab = BlueGreenLab::start(BG_LB, &LabOptions::all_green());
     lab.daemon.ctl_ok(&[
         "shift",
         SERVICE,

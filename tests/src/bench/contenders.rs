@@ -513,6 +513,12 @@ mod tests {
     }
 
     const VIP: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 100);
+    const PATHS: &str = "pin_dir = \"/sys/fs/bpf/x\"\nstate_dir = \"/tmp/x\"\n[admin]\nsocket = \"/tmp/x.sock\"\n";
+
+    /// The bench's two services (port 80 and 5201 pools) in one forwarding mode.
+    fn bench_toml(forwarding: Forwarding, xdp_mode: &str, paths: &str) -> String {
+        bg_lb_config(VIP, LB_ADDR, &pools(8080), &pools(5201), (forwarding, xdp_mode), paths)
+    }
 
     #[test]
     fn numgen_ranges_give_each_backend_as_many_values_as_its_weight() {
@@ -557,56 +563,26 @@ mod tests {
 
     #[test]
     fn bg_lb_config_has_both_services_with_the_ratio_and_every_backend() {
-        let toml = bg_lb_config(
-            VIP,
-            LB_ADDR,
-            &pools(8080),
-            &pools(5201),
-            (Forwarding::FullNat, "native"),
-            "pin_dir = \"/x\"\n",
-        );
+        let toml = bench_toml(Forwarding::FullNat, "native", "pin_dir = \"/x\"\n");
         assert!(toml.contains("vip = \"10.99.0.100:80\"\nratio = \"50:50\""));
         assert!(toml.contains("vip = \"10.99.0.100:5201\""));
         assert_eq!(toml.matches("[[service.backend]]").count(), 8);
         assert!(toml.contains("pool = \"green\"\naddress = \"10.99.0.14:5201\""));
-        let paths = "pin_dir = \"/sys/fs/bpf/x\"\nstate_dir = \"/tmp/x\"\n[admin]\nsocket = \"/tmp/x.sock\"\n";
-        let toml = bg_lb_config(
-            VIP,
-            LB_ADDR,
-            &pools(8080),
-            &pools(5201),
-            (Forwarding::FullNat, "native"),
-            paths,
-        );
+        let toml = bench_toml(Forwarding::FullNat, "native", PATHS);
         bg_lb::config::parse(std::path::Path::new("bench.toml"), &toml).expect("bg-lb accepts the bench config");
     }
 
     #[test]
     fn bg_lb_contenders_in_gateway_and_dsr_modes_have_configs_bg_lb_accepts() {
-        let paths = "pin_dir = \"/sys/fs/bpf/x\"\nstate_dir = \"/tmp/x\"\n[admin]\nsocket = \"/tmp/x.sock\"\n";
         for contender in [Contender::BgLbGateway, Contender::BgLbDsr] {
             let forwarding = contender.forwarding();
-            let toml = bg_lb_config(
-                VIP,
-                LB_ADDR,
-                &pools(8080),
-                &pools(5201),
-                (forwarding, contender.xdp_mode()),
-                paths,
-            );
+            let toml = bench_toml(forwarding, contender.xdp_mode(), PATHS);
             assert_eq!(toml.matches(&format!("forwarding = \"{forwarding}\"")).count(), 2);
             let config = bg_lb::config::parse(std::path::Path::new("bench.toml"), &toml)
                 .unwrap_or_else(|e| panic!("{forwarding}: {e}"));
             assert!(config.services.iter().all(|s| s.forwarding == forwarding));
         }
-        let dsr = bg_lb_config(
-            VIP,
-            LB_ADDR,
-            &pools(8080),
-            &pools(5201),
-            (Forwarding::Dsr, "native"),
-            paths,
-        );
+        let dsr = bench_toml(Forwarding::Dsr, "native", PATHS);
         assert!(dsr.contains("vip = \"10.99.0.100:8080\""), "dsr keeps the port");
     }
 
@@ -614,15 +590,7 @@ mod tests {
     fn bg_lb_bench_config_keeps_the_example_configs_ports_timeouts_and_flow_table() {
         let example_path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/bg-lb.toml");
         let example = bg_lb::config::parse(&example_path, &fs::read_to_string(&example_path).unwrap()).unwrap();
-        let paths = "pin_dir = \"/sys/fs/bpf/x\"\nstate_dir = \"/tmp/x\"\n[admin]\nsocket = \"/tmp/x.sock\"\n";
-        let toml = bg_lb_config(
-            VIP,
-            LB_ADDR,
-            &pools(8080),
-            &pools(5201),
-            (Forwarding::FullNat, "native"),
-            paths,
-        );
+        let toml = bench_toml(Forwarding::FullNat, "native", PATHS);
         let bench = bg_lb::config::parse(std::path::Path::new("bench.toml"), &toml).unwrap();
         assert_eq!(bench.snat_ports, example.snat_ports);
         assert_eq!(bench.timeouts, example.timeouts);
