@@ -528,41 +528,73 @@ fn idle_connections_beyond_the_caps_never_lock_out_ctl_or_scrapes_and_idle_ones_
     );
 }
 
-#[test]
-fn snat_ports_overlapping_the_ephemeral_ports_refuse_to_start_and_check_config_warns() {
-    require_root();
-    let lb = NetNs::new("snat");
-    lb.ip("link add eth0 type veth peer name eth1");
-    lb.ip(&format!("addr add {LB_ADDR}/24 dev eth0"));
-    lb.ip("link set eth0 up");
-    lb.sysctl("net.ipv4.ip_local_port_range=20000 30000");
-    let dir = TempDir::new("snat");
-    let pin_dir = format!("/sys/fs/bpf/bglb-ops-{}-snat", std::process::id());
-    let config = dir.path("bg-lb.toml");
-    fs::write(
-        &config,
-        format!(
-            "interface = \"eth0\"\nsnat_address = \"{LB_ADDR}\"\nsnat_ports = \"20000-20003\"\n\
-             pin_dir = \"{pin_dir}\"\nstate_dir = \"{}\"\n[admin]\nsocket = \"{}\"\n",
-            dir.path("state").display(),
-            dir.path("admin.sock").display()
-        ),
-    )
-    .unwrap();
-    let in_ns = |args: &[&str]| {
+/// A namespace with one veth at LB_ADDR and a config using `snat`, for
+/// checks that refuse to start before the daemon touches bpffs.
+struct SnatRig {
+    lb: NetNs,
+    config: PathBuf,
+    pin_dir: String,
+    _dir: TempDir,
+}
+
+impl SnatRig {
+    fn new(name: &str, snat: &str) -> Self {
+        require_root();
+        let lb = NetNs::new(name);
+        lb.ip("link add eth0 type veth peer name eth1");
+        lb.ip(&format!("addr add {LB_ADDR}/24 dev eth0"));
+        lb.ip("link set eth0 up");
+        let dir = TempDir::new(name);
+        let pin_dir = format!("/sys/fs/bpf/bglb-ops-{}-{name}", std::process::id());
+        let config = dir.path("bg-lb.toml");
+        fs::write(
+            &config,
+            format!(
+                "interface = \"eth0\"\n{snat}\npin_dir = \"{pin_dir}\"\nstate_dir = \"{}\"\n[admin]\nsocket = \"{}\"\n",
+                dir.path("state").display(),
+                dir.path("admin.sock").display()
+            ),
+        )
+        .unwrap();
+        SnatRig {
+            lb,
+            config,
+            pin_dir,
+            _dir: dir,
+        }
+    }
+
+    /// `bg-lb <args> <config>` in the namespace.
+    fn bg_lb(&self, args: &[&str]) -> std::process::Output {
         Command::new("timeout")
             .args(["20", "nsenter"])
-            .arg(format!("--net=/run/netns/{}", lb.name))
+            .arg(format!("--net=/run/netns/{}", self.lb.name))
             .arg(BG_LB)
             .args(args)
-            .arg(&config)
+            .arg(&self.config)
             .output()
             .unwrap()
-    };
+    }
 
-    let out = in_ns(&["run", "--config"]);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    /// Runs the daemon, expects exit 1 before bpffs is touched, and gives its stderr.
+    fn refused_start(&self) -> String {
+        let out = self.bg_lb(&["run", "--config"]);
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(!Path::new(&self.pin_dir).exists(), "refused before touching bpffs");
+        stderr
+    }
+}
+
+#[test]
+fn snat_ports_overlapping_the_ephemeral_ports_refuse_to_start_and_check_config_warns() {
+    let rig = SnatRig::new(
+        "snat",
+        &format!("snat_address = \"{LB_ADDR}\"\nsnat_ports = \"20000-20003\""),
+    );
+    rig.lb.sysctl("net.ipv4.ip_local_port_range=20000 30000");
+
+    let stderr = rig.refused_start();
     for expected in [
         "snat_ports 20000-20003 overlaps",
         "net.ipv4.ip_local_port_range = 20000 30000",
@@ -571,16 +603,15 @@ fn snat_ports_overlapping_the_ephemeral_ports_refuse_to_start_and_check_config_w
     ] {
         assert!(stderr.contains(expected), "{expected:?} missing: {stderr}");
     }
-    assert!(!Path::new(&pin_dir).exists(), "refused before touching bpffs");
 
-    let out = in_ns(&["check-config"]);
+    let out = rig.bg_lb(&["check-config"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "a warning, not an error: {stderr}");
     assert!(stderr.contains("warning: snat_ports 20000-20003 overlaps"), "{stderr}");
     assert!(stderr.contains("may not be the daemon's"), "{stderr}");
 
-    lb.sysctl("net.ipv4.ip_local_reserved_ports=20000-20003");
-    let out = in_ns(&["check-config"]);
+    rig.lb.sysctl("net.ipv4.ip_local_reserved_ports=20000-20003");
+    let out = rig.bg_lb(&["check-config"]);
     assert!(
         out.status.success() && out.stderr.is_empty(),
         "reserved ports never clash: {out:?}"
@@ -589,38 +620,15 @@ fn snat_ports_overlapping_the_ephemeral_ports_refuse_to_start_and_check_config_w
 
 #[test]
 fn a_snat_address_the_host_does_not_have_refuses_to_start() {
-    require_root();
-    let lb = NetNs::new("snatlocal");
-    lb.ip("link add eth0 type veth peer name eth1");
-    lb.ip(&format!("addr add {LB_ADDR}/24 dev eth0"));
-    lb.ip("link set eth0 up");
-    let dir = TempDir::new("snatlocal");
-    let pin_dir = format!("/sys/fs/bpf/bglb-ops-{}-snatlocal", std::process::id());
-    let config = dir.path("bg-lb.toml");
-    fs::write(
-        &config,
-        format!(
-            "interface = \"eth0\"\nsnat_addresses = [\"{LB_ADDR}\", \"10.99.0.77\"]\npin_dir = \"{pin_dir}\"\n\
-             state_dir = \"{}\"\n[admin]\nsocket = \"{}\"\n",
-            dir.path("state").display(),
-            dir.path("admin.sock").display()
-        ),
-    )
-    .unwrap();
-    let out = Command::new("timeout")
-        .args(["20", "nsenter"])
-        .arg(format!("--net=/run/netns/{}", lb.name))
-        .args([BG_LB, "run", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let rig = SnatRig::new(
+        "snatlocal",
+        &format!("snat_addresses = [\"{LB_ADDR}\", \"10.99.0.77\"]"),
+    );
+    let stderr = rig.refused_start();
     assert!(
         stderr.contains("SNAT address 10.99.0.77 is not local to this host") && stderr.contains("ip addr add"),
         "{stderr}"
     );
-    assert!(!Path::new(&pin_dir).exists(), "refused before touching bpffs");
 }
 
 #[test]
