@@ -141,14 +141,14 @@ pub struct ServiceKey {
 }
 
 impl ServiceKey {
-    /// The key of the TCP service at `addr`:`port`, in wire order as the
-    /// data plane reads them.
+    /// The key of the `proto` ([`IPPROTO_TCP`] or [`IPPROTO_UDP`]) service
+    /// at `addr`:`port`, in wire order as the data plane reads them.
     #[inline(always)]
-    pub const fn from_wire(addr: u32, port: u16) -> Self {
+    pub const fn from_wire(addr: u32, port: u16, proto: u8) -> Self {
         Self {
             addr,
             port,
-            proto: IPPROTO_TCP,
+            proto,
             _pad: 0,
         }
     }

@@ -88,7 +88,8 @@ pub fn icmp_error(ctx: &XdpContext) -> u32 {
         u16::from_ne_bytes([ttl, IPPROTO_ICMP]),
         u16::from_ne_bytes([ttl - 1, IPPROTO_ICMP]),
     );
-    error.set_outer(src, dst, ttl - 1);
+    error.set_addrs(src, dst);
+    error.set_ttl(ttl - 1);
     error.set_ip_check(ip_check);
 
     let query = RouteQuery {

@@ -22,6 +22,7 @@ mod maps;
 mod nat;
 mod next_hop;
 mod packet;
+mod pick;
 mod port_takeover;
 mod rst;
 mod synproxy;
@@ -85,7 +86,7 @@ pub fn bg_lb(ctx: XdpContext) -> u32 {
     if !to_snat_addr
         // SAFETY: SERVICES is BPF_F_NO_PREALLOC, so a looked-up element stays
         // intact under RCU until the program returns, as aya's `get` requires.
-        && let Some(service) = unsafe { SERVICES.get(service_key(pkt.dst_addr(), pkt.dst_port())) }
+        && let Some(service) = unsafe { SERVICES.get(ServiceKey::from_wire(pkt.dst_addr(), pkt.dst_port(), IPPROTO_TCP)) }
     {
         let service = *service;
         if let Err(verdict) = screen(&pkt) {
@@ -106,16 +107,6 @@ pub fn bg_lb(ctx: XdpContext) -> u32 {
     XDP_PASS
 }
 
-#[inline(always)]
-fn service_key(addr: u32, port: u16) -> ServiceKey {
-    ServiceKey {
-        addr,
-        port,
-        proto: IPPROTO_TCP,
-        _pad: 0,
-    }
-}
-
 /// A frame to a VIP or the SNAT range is ours to drop; a frame elsewhere
 /// passes untouched. When its ports cannot be read (a non-first fragment)
 /// the VIP's address alone decides.
@@ -124,7 +115,7 @@ fn judge_malformed(frame: &Malformed, cfg: &DataplaneConfig) -> u32 {
     let ours = match frame.dst_port {
         // SAFETY: as in `bg_lb`; only whether an entry exists is read.
         Some(port) => {
-            unsafe { SERVICES.get(service_key(frame.dst_addr, port)) }.is_some()
+            unsafe { SERVICES.get(ServiceKey::from_wire(frame.dst_addr, port, IPPROTO_TCP)) }.is_some()
                 || cfg.is_snat_port(frame.dst_addr, port)
         }
         // SAFETY: only whether an entry exists is read.

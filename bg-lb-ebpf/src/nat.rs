@@ -7,7 +7,7 @@ use bg_lb_common::{
     syn_proxy::{ack_to_backend, seq_to_client},
 };
 
-use crate::packet::{TcpPacket, udp::UdpPacket};
+use crate::packet::{Ipv4Frame, TcpPacket};
 
 /// Wire-order source and destination for a rewrite, and the offsets of a
 /// SYN-proxied flow (0 for every other flow).
@@ -52,48 +52,10 @@ pub fn rewrite(pkt: &mut TcpPacket<'_>, to: &Endpoints) {
     pkt.set_ports(to.src_port, to.dst_port);
 }
 
-/// The IPv4 header fields a TTL decrement reads and writes.
-pub trait Hop {
-    fn ttl(&self) -> u8;
-    fn proto(&self) -> u8;
-    fn ip_check(&self) -> u16;
-    fn set_ttl(&mut self, ttl: u8);
-    fn set_ip_check(&mut self, check: u16);
-}
-
-macro_rules! hop {
-    ($packet:ident) => {
-        impl Hop for $packet<'_> {
-            #[inline(always)]
-            fn ttl(&self) -> u8 {
-                $packet::ttl(self)
-            }
-            #[inline(always)]
-            fn proto(&self) -> u8 {
-                $packet::proto(self)
-            }
-            #[inline(always)]
-            fn ip_check(&self) -> u16 {
-                $packet::ip_check(self)
-            }
-            #[inline(always)]
-            fn set_ttl(&mut self, ttl: u8) {
-                $packet::set_ttl(self, ttl)
-            }
-            #[inline(always)]
-            fn set_ip_check(&mut self, check: u16) {
-                $packet::set_ip_check(self, check)
-            }
-        }
-    };
-}
-hop!(TcpPacket);
-hop!(UdpPacket);
-
 /// Decrements the TTL as a router would, so a routing loop through the LB
 /// dies out; for a packet being forwarded, whose TTL was found above 1.
 #[inline(always)]
-pub fn decrement_ttl(pkt: &mut impl Hop) {
+pub fn decrement_ttl(pkt: &mut Ipv4Frame<'_>) {
     let ttl = pkt.ttl();
     let next = ttl.saturating_sub(1);
     // TTL shares a 16-bit checksum word with the protocol byte.

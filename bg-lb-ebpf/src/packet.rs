@@ -3,7 +3,10 @@
 //! in-place writes of the parsed headers. Everything else works through
 //! [`TcpPacket`], [`udp::UdpPacket`] and [`IcmpError`].
 
-use core::mem::size_of;
+use core::{
+    mem::size_of,
+    ops::{Deref, DerefMut},
+};
 
 use aya_ebpf::{
     bindings::{iphdr, tcphdr},
@@ -30,7 +33,10 @@ use network_types::{
     tcp::TcpHdr,
 };
 
+mod ipv4;
 pub mod udp;
+
+pub use ipv4::Ipv4Frame;
 
 const ETH_LEN: usize = size_of::<EthHdr>();
 /// An IPv4 header without options.
@@ -77,13 +83,28 @@ fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {
 /// An IPv4 TCP segment whose headers are all inside the frame, borrowed for
 /// the rest of the program run.
 pub struct TcpPacket<'a> {
-    eth: &'a mut EthHdr,
-    ip: &'a mut Ipv4Hdr,
+    frame: Ipv4Frame<'a>,
     tcp: &'a mut TcpHdr,
     /// TCP flags byte (FIN, SYN, RST, PSH, ACK, ...).
     flags: u8,
     /// IP total length, host order.
     ip_len: u16,
+}
+
+impl<'a> Deref for TcpPacket<'a> {
+    type Target = Ipv4Frame<'a>;
+
+    #[inline(always)]
+    fn deref(&self) -> &Ipv4Frame<'a> {
+        &self.frame
+    }
+}
+
+impl DerefMut for TcpPacket<'_> {
+    #[inline(always)]
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.frame
+    }
 }
 
 /// Why a frame is not a `TcpPacket` we may rewrite.
@@ -187,8 +208,7 @@ pub fn parse_tcp(ctx: &XdpContext) -> Result<TcpPacket<'_>, NotForUs> {
     // the packet holds the only references to them.
     let (eth, ip, tcp) = unsafe { (&mut *eth, &mut *ip, &mut *tcp) };
     Ok(TcpPacket {
-        eth,
-        ip,
+        frame: Ipv4Frame { eth, ip },
         tcp,
         flags,
         ip_len,
@@ -262,16 +282,6 @@ impl TcpPacket<'_> {
     }
 
     #[inline(always)]
-    pub fn src_addr(&self) -> u32 {
-        u32::from_ne_bytes(self.ip.src_addr)
-    }
-
-    #[inline(always)]
-    pub fn dst_addr(&self) -> u32 {
-        u32::from_ne_bytes(self.ip.dst_addr)
-    }
-
-    #[inline(always)]
     pub fn src_port(&self) -> u16 {
         u16::from_ne_bytes(self.tcp.source)
     }
@@ -289,34 +299,6 @@ impl TcpPacket<'_> {
     #[inline(always)]
     pub fn ack_seq(&self) -> u32 {
         u32::from_be_bytes(self.tcp.ack_seq)
-    }
-
-    #[inline(always)]
-    pub fn ttl(&self) -> u8 {
-        self.ip.ttl
-    }
-
-    #[inline(always)]
-    pub fn tos(&self) -> u8 {
-        self.ip.tos
-    }
-
-    #[inline(always)]
-    pub fn proto(&self) -> u8 {
-        self.ip.proto
-    }
-
-    /// IP header checksum, wire order.
-    #[inline(always)]
-    pub fn ip_check(&self) -> u16 {
-        u16::from_ne_bytes(self.ip.check)
-    }
-
-    /// The sender forbids fragmenting the packet (DF): a router that cannot
-    /// forward it whole answers with ICMP fragmentation needed.
-    #[inline(always)]
-    pub fn dont_fragment(&self) -> bool {
-        u16::from_be_bytes(self.ip.frags) & IP_DF != 0
     }
 
     /// Addresses and ports.
@@ -338,7 +320,7 @@ impl TcpPacket<'_> {
         // 1, no padding) at least as long as the arrays read from them.
         unsafe {
             (
-                *(&*self.ip as *const Ipv4Hdr).cast::<[u8; IP_LEN]>(),
+                *(&*self.frame.ip as *const Ipv4Hdr).cast::<[u8; IP_LEN]>(),
                 *(&*self.tcp as *const TcpHdr).cast::<[u8; QUOTE_L4_LEN]>(),
             )
         }
@@ -350,48 +332,11 @@ impl TcpPacket<'_> {
         u16::from_ne_bytes(self.tcp.check)
     }
 
-    #[inline(always)]
-    pub fn set_macs(&mut self, src: [u8; 6], dst: [u8; 6]) {
-        self.eth.src_addr = src;
-        self.eth.dst_addr = dst;
-    }
-
-    /// Whether the frame was sent to a group (broadcast or multicast) MAC:
-    /// an answer would come from that address, which no host may use.
-    #[inline(always)]
-    pub fn to_group_mac(&self) -> bool {
-        self.eth.dst_addr[0] & 1 != 0
-    }
-
-    /// Addresses the frame back to where it came from, at the Ethernet layer.
-    #[inline(always)]
-    pub fn swap_macs(&mut self) {
-        core::mem::swap(&mut self.eth.src_addr, &mut self.eth.dst_addr);
-    }
-
-    /// Sets the TTL; the caller keeps the IP checksum right.
-    #[inline(always)]
-    pub fn set_ttl(&mut self, ttl: u8) {
-        self.ip.ttl = ttl;
-    }
-
-    /// Sets both IP addresses; the caller keeps the checksums right.
-    #[inline(always)]
-    pub fn set_addrs(&mut self, src: u32, dst: u32) {
-        self.ip.src_addr = src.to_ne_bytes();
-        self.ip.dst_addr = dst.to_ne_bytes();
-    }
-
     /// Sets both TCP ports; the caller keeps the checksum right.
     #[inline(always)]
     pub fn set_ports(&mut self, src: u16, dst: u16) {
         self.tcp.source = src.to_ne_bytes();
         self.tcp.dest = dst.to_ne_bytes();
-    }
-
-    #[inline(always)]
-    pub fn set_ip_check(&mut self, check: u16) {
-        self.ip.check = check.to_ne_bytes();
     }
 
     #[inline(always)]
@@ -455,7 +400,7 @@ impl TcpPacket<'_> {
         s: &BareSegment,
         payload: Option<(&[u8; HELD_PAYLOAD_MAX], u32)>,
     ) -> Option<()> {
-        let eth = *self.eth;
+        let eth = *self.frame.eth;
         // 64 bits from here on: a copy widened later would be a register the
         // verifier does not connect with the one checked below.
         let payload_len = match payload {
@@ -641,7 +586,7 @@ impl TcpPacket<'_> {
     #[inline(always)]
     pub fn checksums_hold(&self, tcp: &[u8; TCP_MAX_LEN]) -> bool {
         // SAFETY: Ipv4Hdr is IP_LEN plain bytes (an option-less header).
-        let ip = unsafe { &*(&*self.ip as *const Ipv4Hdr as *const [u8; IP_LEN]) };
+        let ip = unsafe { &*(&*self.frame.ip as *const Ipv4Hdr as *const [u8; IP_LEN]) };
         if finish(csum(ip, 0)) != 0 {
             return false;
         }
@@ -718,7 +663,7 @@ impl TcpPacket<'_> {
         // the helper only reads both.
         let rc = unsafe {
             bpf_tcp_raw_gen_syncookie_ipv4(
-                &*self.ip as *const Ipv4Hdr as *mut iphdr,
+                &*self.frame.ip as *const Ipv4Hdr as *mut iphdr,
                 tcp.as_mut_ptr() as *mut tcphdr,
                 len,
             )
@@ -734,7 +679,7 @@ impl TcpPacket<'_> {
         // only reads them.
         unsafe {
             bpf_tcp_raw_check_syncookie_ipv4(
-                &*self.ip as *const Ipv4Hdr as *mut iphdr,
+                &*self.frame.ip as *const Ipv4Hdr as *mut iphdr,
                 &*self.tcp as *const TcpHdr as *mut tcphdr,
             ) == 0
         }
@@ -776,8 +721,8 @@ impl TcpPacket<'_> {
         // SAFETY: inside the resized frame (ptr_at); the three do not overlap
         // and replace the packet's only references.
         unsafe {
-            self.eth = &mut *eth;
-            self.ip = &mut *ip;
+            self.frame.eth = &mut *eth;
+            self.frame.ip = &mut *ip;
             self.tcp = &mut *tcp;
         }
         true
@@ -789,8 +734,8 @@ impl TcpPacket<'_> {
 /// the quote, whose IPv4 header (no options) and TCP ports are all inside
 /// the frame and the outer IP length. Borrowed for the rest of the run.
 pub struct IcmpError<'a> {
-    eth: &'a mut EthHdr,
-    ip: &'a mut Ipv4Hdr,
+    /// The outer headers.
+    frame: Ipv4Frame<'a>,
     icmp: &'a mut Icmpv4Hdr,
     quote_ip: &'a mut Ipv4Hdr,
     /// The quoted TCP source and destination ports.
@@ -801,6 +746,22 @@ pub struct IcmpError<'a> {
     quote_tcp_check: Option<&'a mut [u8; 2]>,
     /// Outer IP total length, host order.
     ip_len: u16,
+}
+
+impl<'a> Deref for IcmpError<'a> {
+    type Target = Ipv4Frame<'a>;
+
+    #[inline(always)]
+    fn deref(&self) -> &Ipv4Frame<'a> {
+        &self.frame
+    }
+}
+
+impl DerefMut for IcmpError<'_> {
+    #[inline(always)]
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.frame
+    }
 }
 
 /// Parses an IPv4 ICMP frame ([`NotForUs::Icmp`]) as an error the data plane
@@ -872,8 +833,10 @@ pub fn parse_icmp_error(ctx: &XdpContext) -> Result<IcmpError<'_>, Counter> {
     // error holds the only references to them.
     unsafe {
         Ok(IcmpError {
-            eth: &mut *eth,
-            ip: &mut *ip,
+            frame: Ipv4Frame {
+                eth: &mut *eth,
+                ip: &mut *ip,
+            },
             icmp: &mut *icmp_hdr,
             quote_ip: &mut *quote_ip,
             quote_ports: &mut *quote_ports,
@@ -884,37 +847,13 @@ pub fn parse_icmp_error(ctx: &XdpContext) -> Result<IcmpError<'_>, Counter> {
     }
 }
 
-/// Addresses, ports and checksums are wire order, as in [`TcpPacket`].
+/// Addresses, ports and checksums are wire order, as in [`TcpPacket`]; the
+/// outer headers' accessors are [`Ipv4Frame`]'s.
 impl IcmpError<'_> {
-    #[inline(always)]
-    pub fn src_addr(&self) -> u32 {
-        u32::from_ne_bytes(self.ip.src_addr)
-    }
-
-    #[inline(always)]
-    pub fn dst_addr(&self) -> u32 {
-        u32::from_ne_bytes(self.ip.dst_addr)
-    }
-
     /// Outer IP total length.
     #[inline(always)]
     pub fn ip_len(&self) -> u16 {
         self.ip_len
-    }
-
-    #[inline(always)]
-    pub fn ttl(&self) -> u8 {
-        self.ip.ttl
-    }
-
-    #[inline(always)]
-    pub fn tos(&self) -> u8 {
-        self.ip.tos
-    }
-
-    #[inline(always)]
-    pub fn ip_check(&self) -> u16 {
-        u16::from_ne_bytes(self.ip.check)
     }
 
     /// The quoted segment's addresses and ports.
@@ -964,24 +903,5 @@ impl IcmpError<'_> {
         if let (Some(field), Some(check)) = (self.quote_tcp_check.as_mut(), checks.tcp) {
             **field = check.to_ne_bytes();
         }
-    }
-
-    /// Sets the outer addresses and TTL; the caller keeps the checksum right.
-    #[inline(always)]
-    pub fn set_outer(&mut self, src: u32, dst: u32, ttl: u8) {
-        self.ip.src_addr = src.to_ne_bytes();
-        self.ip.dst_addr = dst.to_ne_bytes();
-        self.ip.ttl = ttl;
-    }
-
-    #[inline(always)]
-    pub fn set_ip_check(&mut self, check: u16) {
-        self.ip.check = check.to_ne_bytes();
-    }
-
-    #[inline(always)]
-    pub fn set_macs(&mut self, src: [u8; 6], dst: [u8; 6]) {
-        self.eth.src_addr = src;
-        self.eth.dst_addr = dst;
     }
 }

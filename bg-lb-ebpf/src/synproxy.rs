@@ -36,7 +36,7 @@ use aya_ebpf::{
 use bg_lb_common::{
     counters::Counter,
     flow_state::{self, Direction, Event, Segment, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
-    maps::{Flow, FlowKey, HeldSegment, NatKey, Service, ServiceKey, SynFlood},
+    maps::{Flow, FlowKey, HeldSegment, IPPROTO_TCP, NatKey, Service, ServiceKey, SynFlood},
     syn_proxy::{
         BACKEND_READY, COOKIE_MSS, DEFAULT_MSS, HELD, HOLD_NS, Job, PROXIED, SERVER_ISN_KNOWN, SYN_PROXY_AUTO,
         SYN_PROXY_MODES, SYN_RETRANSMIT_NS, WATCHED, accepts_cookies, extended_this_window, flooded, is_active,
@@ -250,7 +250,8 @@ pub fn bg_lb_syn_ack(ctx: XdpContext) -> u32 {
     };
     // SAFETY: SERVICES is BPF_F_NO_PREALLOC: the element stays intact
     // under RCU until the program returns (as in bg_lb).
-    let Some(service) = (unsafe { SERVICES.get(ServiceKey::from_wire(pkt.dst_addr(), pkt.dst_port())) }).copied()
+    let Some(service) =
+        (unsafe { SERVICES.get(ServiceKey::from_wire(pkt.dst_addr(), pkt.dst_port(), IPPROTO_TCP)) }).copied()
     else {
         return XDP_DROP;
     };

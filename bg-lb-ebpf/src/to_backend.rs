@@ -29,10 +29,7 @@ use bg_lb_common::{
     counters::Counter,
     flow_hash::flow_hash,
     flow_state::{self, Direction, Event, Segment, TCP_SYN},
-    maps::{
-        BACKEND_RESET_FLOWS, Backend, DataplaneConfig, Flow, FlowKey, IPPROTO_TCP, NO_BACKEND, NatKey, NatOwner,
-        Service,
-    },
+    maps::{BACKEND_RESET_FLOWS, Backend, DataplaneConfig, Flow, FlowKey, IPPROTO_TCP, NatKey, NatOwner, Service},
     port_reuse::Syn,
     snat_port::SNAT_PORT_ATTEMPTS,
     syn_proxy::Job,
@@ -41,12 +38,10 @@ use bg_lb_common::{
 use crate::{
     forward::forward,
     forwarding,
-    maps::{
-        BACKENDS, FLOWS, LOOKUP_TABLES, REVERSE_NAT, Way, account, account_exhausted, count, flow_entry, log_due,
-        reverse_owner,
-    },
+    maps::{BACKENDS, FLOWS, REVERSE_NAT, Way, account, account_exhausted, count, flow_entry, log_due, reverse_owner},
     nat::{Endpoints, decrement_ttl, rewrite},
     packet::TcpPacket,
+    pick::pick_backend,
     port_takeover, rst,
     synproxy::{self, ClientStep, Unpinned},
 };
@@ -388,14 +383,7 @@ fn new_flow(
     (now, seen): (u64, u64),
 ) -> Result<Route, Counter> {
     let hash = flow_hash(key);
-    let slot = hash.checked_rem(service.lut_size).ok_or(Counter::NoBackend)?;
-    let backend_id = *LOOKUP_TABLES
-        .get(service.lut_base.wrapping_add(slot))
-        .ok_or(Counter::NoBackend)?;
-    if backend_id == NO_BACKEND {
-        return Err(Counter::NoBackend);
-    }
-    let backend = *BACKENDS.get(backend_id).ok_or(Counter::NoBackend)?;
+    let (backend_id, backend) = pick_backend(service, hash)?;
     let mut flow = Flow {
         backend_id,
         service_id: service.id,

@@ -28,8 +28,8 @@ use bg_lb_common::{
     counters::Counter,
     flow_hash::flow_hash,
     maps::{
-        BACKEND_RESET_FLOWS, Backend, DataplaneConfig, FORWARDING_FULL_NAT, Flow, FlowKey, IPPROTO_UDP, NO_BACKEND,
-        NatKey, NatOwner, Service, ServiceKey,
+        BACKEND_RESET_FLOWS, Backend, DataplaneConfig, FORWARDING_FULL_NAT, Flow, FlowKey, IPPROTO_UDP, NatKey,
+        NatOwner, Service, ServiceKey,
     },
     snat_port::SNAT_PORT_ATTEMPTS,
     udp::{UDP_FLOW_STATE, UdpRewrite, nat_check},
@@ -38,11 +38,12 @@ use bg_lb_common::{
 use crate::{
     forward::{Route, RouteQuery, dropped, route, send},
     maps::{
-        BACKENDS, CONFIG, FLOWS, LOOKUP_TABLES, REVERSE_NAT, SERVICES, Way, account, account_exhausted, count,
-        flow_entry, flow_pinned_to, reverse_owner,
+        BACKENDS, CONFIG, FLOWS, REVERSE_NAT, SERVICES, Way, account, account_exhausted, count, flow_entry,
+        flow_pinned_to, reverse_owner,
     },
     nat::decrement_ttl,
     packet::udp::{UdpPacket, Unusable, parse_udp, unusable},
+    pick::pick_backend,
     to_backend::owns_port,
 };
 
@@ -63,7 +64,7 @@ fn udp(ctx: &XdpContext, cfg: &DataplaneConfig) -> u32 {
         return judge_unusable(&unusable(ctx), cfg);
     };
     // SAFETY: as in `bg_lb`: SERVICES is BPF_F_NO_PREALLOC; copied at once.
-    if let Some(service) = unsafe { SERVICES.get(service_key(pkt.dst_addr(), pkt.dst_port())) } {
+    if let Some(service) = unsafe { SERVICES.get(ServiceKey::from_wire(pkt.dst_addr(), pkt.dst_port(), IPPROTO_UDP)) } {
         let service = *service;
         if pkt.ttl() <= 1 {
             return dropped(Counter::TtlExpired);
@@ -80,16 +81,6 @@ fn udp(ctx: &XdpContext, cfg: &DataplaneConfig) -> u32 {
     XDP_PASS
 }
 
-#[inline(always)]
-fn service_key(addr: u32, port: u16) -> ServiceKey {
-    ServiceKey {
-        addr,
-        port,
-        proto: IPPROTO_UDP,
-        _pad: 0,
-    }
-}
-
 /// A UDP frame that cannot be rewritten (IP options, a fragment, lengths
 /// that disagree): dropped and counted if it goes to a UDP service or the
 /// SNAT range, else passed. A fragment without the UDP header passes: the
@@ -98,7 +89,8 @@ fn service_key(addr: u32, port: u16) -> ServiceKey {
 fn judge_unusable(frame: &Unusable, cfg: &DataplaneConfig) -> u32 {
     let ours = frame.dst_port.is_some_and(|port| {
         // SAFETY: only whether an entry exists is read.
-        unsafe { SERVICES.get(service_key(frame.dst_addr, port)) }.is_some() || cfg.is_snat_port(frame.dst_addr, port)
+        unsafe { SERVICES.get(ServiceKey::from_wire(frame.dst_addr, port, IPPROTO_UDP)) }.is_some()
+            || cfg.is_snat_port(frame.dst_addr, port)
     });
     if !ours {
         count(Counter::Passed);
@@ -197,14 +189,7 @@ fn pinned(key: &FlowKey, service: &Service, nat_epoch: u32, now: u64) -> Option<
 #[inline(always)]
 fn new_flow(key: &FlowKey, service: &Service, cfg: &DataplaneConfig, now: u64) -> Result<Pinned, Counter> {
     let hash = flow_hash(key);
-    let slot = hash.checked_rem(service.lut_size).ok_or(Counter::NoBackend)?;
-    let backend_id = *LOOKUP_TABLES
-        .get(service.lut_base.wrapping_add(slot))
-        .ok_or(Counter::NoBackend)?;
-    if backend_id == NO_BACKEND {
-        return Err(Counter::NoBackend);
-    }
-    let backend = *BACKENDS.get(backend_id).ok_or(Counter::NoBackend)?;
+    let (backend_id, backend) = pick_backend(service, hash)?;
     let (snat_addr, snat_port) = claim_snat_pair(key, hash, &backend, cfg, now).ok_or_else(|| {
         account_exhausted(backend_id);
         Counter::SnatPortsExhausted

@@ -1,12 +1,15 @@
 //! UDP over IPv4: parsing a datagram into [`UdpPacket`] and its safe reads
 //! and in-place writes, as [`super::TcpPacket`] does for TCP.
 
-use core::mem::size_of;
+use core::{
+    mem::size_of,
+    ops::{Deref, DerefMut},
+};
 
 use aya_ebpf::programs::XdpContext;
 use network_types::{eth::EthHdr, ip::Ipv4Hdr, udp::UdpHdr};
 
-use super::{ETH_LEN, IP_LEN, IP_MF, IP_OFFSET_MASK, ptr_at};
+use super::{ETH_LEN, IP_LEN, IP_MF, IP_OFFSET_MASK, Ipv4Frame, ptr_at};
 
 const UDP_OFFSET: usize = ETH_LEN + IP_LEN;
 const UDP_LEN: usize = size_of::<UdpHdr>();
@@ -15,11 +18,26 @@ const UDP_LEN: usize = size_of::<UdpHdr>();
 /// the rest of the program run. Addresses and ports wire order, as in
 /// [`super::TcpPacket`].
 pub struct UdpPacket<'a> {
-    eth: &'a mut EthHdr,
-    ip: &'a mut Ipv4Hdr,
+    frame: Ipv4Frame<'a>,
     udp: &'a mut UdpHdr,
     /// IP total length, host order.
     ip_len: u16,
+}
+
+impl<'a> Deref for UdpPacket<'a> {
+    type Target = Ipv4Frame<'a>;
+
+    #[inline(always)]
+    fn deref(&self) -> &Ipv4Frame<'a> {
+        &self.frame
+    }
+}
+
+impl DerefMut for UdpPacket<'_> {
+    #[inline(always)]
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.frame
+    }
 }
 
 /// Why a UDP frame cannot be rewritten, and where it was going.
@@ -65,8 +83,7 @@ pub fn parse_udp(ctx: &XdpContext) -> Option<UdpPacket<'_>> {
     // the packet holds the only references to them.
     let (eth, ip, udp) = unsafe { (&mut *eth, &mut *ip, &mut *udp) };
     Some(UdpPacket {
-        eth,
-        ip,
+        frame: Ipv4Frame { eth, ip },
         udp,
         ip_len: ip_len as u16,
     })
@@ -107,21 +124,12 @@ pub fn unusable(ctx: &XdpContext) -> Unusable {
     }
 }
 
+/// The IPv4 accessors are [`Ipv4Frame`]'s.
 impl UdpPacket<'_> {
     /// IP total length: the bytes counted in statistics.
     #[inline(always)]
     pub fn ip_len(&self) -> u16 {
         self.ip_len
-    }
-
-    #[inline(always)]
-    pub fn src_addr(&self) -> u32 {
-        u32::from_ne_bytes(self.ip.src_addr)
-    }
-
-    #[inline(always)]
-    pub fn dst_addr(&self) -> u32 {
-        u32::from_ne_bytes(self.ip.dst_addr)
     }
 
     #[inline(always)]
@@ -134,50 +142,10 @@ impl UdpPacket<'_> {
         u16::from_ne_bytes(self.udp.dst)
     }
 
-    #[inline(always)]
-    pub fn ttl(&self) -> u8 {
-        self.ip.ttl
-    }
-
-    #[inline(always)]
-    pub fn tos(&self) -> u8 {
-        self.ip.tos
-    }
-
-    #[inline(always)]
-    pub fn proto(&self) -> u8 {
-        self.ip.proto
-    }
-
-    /// IP header checksum, wire order.
-    #[inline(always)]
-    pub fn ip_check(&self) -> u16 {
-        u16::from_ne_bytes(self.ip.check)
-    }
-
     /// UDP checksum, wire order; 0: none.
     #[inline(always)]
     pub fn udp_check(&self) -> u16 {
         u16::from_ne_bytes(self.udp.check)
-    }
-
-    #[inline(always)]
-    pub fn set_macs(&mut self, src: [u8; 6], dst: [u8; 6]) {
-        self.eth.src_addr = src;
-        self.eth.dst_addr = dst;
-    }
-
-    /// Sets the TTL; the caller keeps the IP checksum right.
-    #[inline(always)]
-    pub fn set_ttl(&mut self, ttl: u8) {
-        self.ip.ttl = ttl;
-    }
-
-    /// Sets both IP addresses; the caller keeps the checksums right.
-    #[inline(always)]
-    pub fn set_addrs(&mut self, src: u32, dst: u32) {
-        self.ip.src_addr = src.to_ne_bytes();
-        self.ip.dst_addr = dst.to_ne_bytes();
     }
 
     /// Sets both UDP ports; the caller keeps the checksum right.
@@ -185,11 +153,6 @@ impl UdpPacket<'_> {
     pub fn set_ports(&mut self, src: u16, dst: u16) {
         self.udp.src = src.to_ne_bytes();
         self.udp.dst = dst.to_ne_bytes();
-    }
-
-    #[inline(always)]
-    pub fn set_ip_check(&mut self, check: u16) {
-        self.ip.check = check.to_ne_bytes();
     }
 
     #[inline(always)]

@@ -1,0 +1,24 @@
+//! Backend selection for a new flow, TCP or UDP: the slot its hash names in
+//! its service's lookup table.
+
+use bg_lb_common::{
+    counters::Counter,
+    maps::{Backend, NO_BACKEND, Service},
+};
+
+use crate::maps::{BACKENDS, LOOKUP_TABLES};
+
+/// The backend (id and entry) the service's lookup table holds for `hash`;
+/// [`Counter::NoBackend`] when the table is empty or its slot names none.
+#[inline(always)]
+pub fn pick_backend(service: &Service, hash: u32) -> Result<(u32, Backend), Counter> {
+    let slot = hash.checked_rem(service.lut_size).ok_or(Counter::NoBackend)?;
+    let backend_id = *LOOKUP_TABLES
+        .get(service.lut_base.wrapping_add(slot))
+        .ok_or(Counter::NoBackend)?;
+    if backend_id == NO_BACKEND {
+        return Err(Counter::NoBackend);
+    }
+    let backend = *BACKENDS.get(backend_id).ok_or(Counter::NoBackend)?;
+    Ok((backend_id, backend))
+}
