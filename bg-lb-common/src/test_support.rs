@@ -21,7 +21,7 @@ pub fn checksum(bytes: &[u8]) -> u16 {
 }
 
 /// Deterministic pseudo-random numbers (xorshift32), so failures reproduce.
-fn xorshift(seed: u32) -> impl Iterator<Item = u32> {
+pub fn xorshift(seed: u32) -> impl Iterator<Item = u32> {
     let mut x = seed | 1;
     core::iter::repeat_with(move || {
         x ^= x << 13;

@@ -51,6 +51,36 @@ impl NetNs {
         run("ip", &["netns", "exec", &self.name, "sysctl", "-qw", setting]);
     }
 
+    /// Hands each flow arriving on `iface` to one CPU, chosen by a hash of
+    /// its addresses and ports (RPS over every CPU), as a NIC's RSS does.
+    ///
+    /// A veth delivers a frame on the CPU that sent it, so two segments of
+    /// one connection sent from two CPUs (a client's handshake ACK from its
+    /// softirq and its first data from its thread) are processed at once.
+    /// Linux then races on the passive side: while one CPU swaps the
+    /// request socket for the new socket in its lookup table
+    /// (`inet_ehash_insert`: delete, then insert), the other finds neither,
+    /// falls back to the listener, and sends a RST for the new connection
+    /// (upstream commit 1532ed0d0753, "inet: Avoid ehash lookup race in
+    /// inet_ehash_insert()"). A NIC's RSS keeps a flow on one queue and CPU,
+    /// so that race needs the veth.
+    pub fn steer_flows_like_rss(&self, iface: &str) {
+        let cpus = thread::available_parallelism().map_or(1, |n| n.get());
+        let mask = cpu_mask(cpus);
+        run(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                &self.name,
+                "sh",
+                "-c",
+                // `ip netns exec` mounts this namespace's sysfs.
+                &format!("echo {mask} > /sys/class/net/{iface}/queues/rx-0/rps_cpus"),
+            ],
+        );
+    }
+
     /// Runs `f` on a new thread inside this namespace. Sockets it creates
     /// stay in the namespace whatever thread uses them later.
     pub fn spawn<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> thread::JoinHandle<T> {
@@ -68,6 +98,19 @@ impl NetNs {
             .join()
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
     }
+}
+
+/// The CPU mask of CPUs `0..cpus` as sysfs takes it: hex words of 32 bits,
+/// comma-separated, the highest first.
+fn cpu_mask(cpus: usize) -> String {
+    let words: Vec<String> = (0..cpus.div_ceil(32))
+        .rev()
+        .map(|w| {
+            let bits = (cpus - w * 32).min(32);
+            format!("{:08x}", (u64::MAX >> (64 - bits)) as u32)
+        })
+        .collect();
+    words.join(",")
 }
 
 impl Drop for NetNs {
@@ -389,4 +432,17 @@ impl RoutedPath {
 /// Address `host` (1: left end, 2: right end, 0: the network) on link `i`.
 fn link_addr(i: usize, host: u8) -> Ipv4Addr {
     Ipv4Addr::new(10, 97, i as u8 + 1, host)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cpu_mask;
+
+    #[test]
+    fn cpu_masks_are_32_bit_hex_words_highest_first() {
+        assert_eq!(cpu_mask(1), "00000001");
+        assert_eq!(cpu_mask(2), "00000003");
+        assert_eq!(cpu_mask(32), "ffffffff");
+        assert_eq!(cpu_mask(36), "0000000f,ffffffff");
+    }
 }

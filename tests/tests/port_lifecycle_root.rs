@@ -50,6 +50,9 @@ fn churn_through_the_lb(closer: Closer, setup_client: impl FnOnce(&NameLab) -> V
     };
     let mut lab = NameLab::start(env!("CARGO_BIN_EXE_bg-lb-under-test"), 1, None, &config);
     lab.stop_server(0);
+    // The backend's receive path as a NIC's would be: each connection on one
+    // CPU (else Linux's own race resets a connection now and then).
+    lab.topo.backends[0].ns.steer_flows_like_rss("eth0");
     let _server = ChurnServer::start(&lab.topo.backends[0].ns, lab.backend_addr(0), closer);
     let sources = setup_client(&lab);
     let tally = Churn {
