@@ -27,7 +27,7 @@ use aya_ebpf::{
 use aya_log_ebpf::warn;
 use bg_lb_common::{
     counters::Counter,
-    flow_hash::flow_hash,
+    flow_hash::{flow_hash, table_slot},
     flow_state::{self, Direction, Event, Segment, TCP_SYN},
     maps::{
         BACKEND_RESET_FLOWS, Backend, DataplaneConfig, Flow, FlowKey, IPPROTO_TCP, NO_BACKEND, NatKey, NatOwner,
@@ -388,7 +388,7 @@ fn new_flow(
     (now, seen): (u64, u64),
 ) -> Result<Route, Counter> {
     let hash = flow_hash(key);
-    let slot = hash.checked_rem(service.lut_size).ok_or(Counter::NoBackend)?;
+    let slot = table_slot(key, hash, service).ok_or(Counter::NoBackend)?;
     let backend_id = *LOOKUP_TABLES
         .get(service.lut_base.wrapping_add(slot))
         .ok_or(Counter::NoBackend)?;

@@ -26,7 +26,7 @@ use aya_ebpf::{
 use bg_lb_common::{
     checksum::replace32,
     counters::Counter,
-    flow_hash::flow_hash,
+    flow_hash::{flow_hash, table_slot},
     maps::{
         BACKEND_RESET_FLOWS, Backend, DataplaneConfig, FORWARDING_FULL_NAT, Flow, FlowKey, IPPROTO_UDP, NO_BACKEND,
         NatKey, NatOwner, Service, ServiceKey,
@@ -197,7 +197,7 @@ fn pinned(key: &FlowKey, service: &Service, nat_epoch: u32, now: u64) -> Option<
 #[inline(always)]
 fn new_flow(key: &FlowKey, service: &Service, cfg: &DataplaneConfig, now: u64) -> Result<Pinned, Counter> {
     let hash = flow_hash(key);
-    let slot = hash.checked_rem(service.lut_size).ok_or(Counter::NoBackend)?;
+    let slot = table_slot(key, hash, service).ok_or(Counter::NoBackend)?;
     let backend_id = *LOOKUP_TABLES
         .get(service.lut_base.wrapping_add(slot))
         .ok_or(Counter::NoBackend)?;
