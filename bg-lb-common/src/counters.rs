@@ -102,9 +102,12 @@ pub enum Counter {
     /// A `dsr` service's packet whose backend is not on-link (the route to
     /// it has a gateway): a MAC rewrite cannot reach it, so it is dropped.
     DsrNotOnLink,
+    /// A connection still open at its pool's drain deadline, reset at both
+    /// ends (a RST to the client and one to the backend).
+    DeadlineReset,
 }
 
-pub const COUNTER_COUNT: u32 = Counter::DsrNotOnLink as u32 + 1;
+pub const COUNTER_COUNT: u32 = Counter::DeadlineReset as u32 + 1;
 
 impl Counter {
     pub const ALL: [Counter; COUNTER_COUNT as usize] = [
@@ -146,6 +149,7 @@ impl Counter {
         Counter::SynProxyHeld,
         Counter::GatewayCollision,
         Counter::DsrNotOnLink,
+        Counter::DeadlineReset,
     ];
 
     /// Stable snake_case name for logs and metrics.
@@ -189,6 +193,7 @@ impl Counter {
             Counter::SynProxyHeld => "syn_proxy_held",
             Counter::GatewayCollision => "gateway_collision",
             Counter::DsrNotOnLink => "dsr_not_on_link",
+            Counter::DeadlineReset => "deadline_reset",
         }
     }
 }

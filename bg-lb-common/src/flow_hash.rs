@@ -1,9 +1,10 @@
 //! The flow hash that maps a client 5-tuple to a lookup-table slot and to its
-//! first SNAT port candidate. It must be identical in the data plane and in
-//! userspace tests, so it lives here. Murmur3's finaliser gives good avalanche
-//! with only 32-bit multiplies, which BPF has.
+//! first SNAT port candidate, and the client hash that picks the slot
+//! instead under client affinity. They must be identical in the data plane
+//! and in userspace, so they live here. Murmur3's finaliser gives good
+//! avalanche with only 32-bit multiplies, which BPF has.
 
-use crate::maps::FlowKey;
+use crate::maps::{FlowKey, SERVICE_AFFINITY_CLIENT_IP, Service};
 
 const SEED: u32 = 0x9e37_79b9;
 
@@ -24,6 +25,28 @@ pub const fn flow_hash(key: &FlowKey) -> u32 {
     h = fmix32(h ^ key.client_addr);
     h = fmix32(h ^ key.vip_addr);
     fmix32(h ^ ports)
+}
+
+/// A client address's hash (wire order in): its point on the table under
+/// client affinity. Seeded apart from [`flow_hash`].
+#[inline(always)]
+pub const fn client_hash(client_addr: u32) -> u32 {
+    fmix32(fmix32(SEED ^ 0x6c62_272e) ^ client_addr)
+}
+
+/// The lookup-table slot of a new flow whose 5-tuple hashes to `hash`: the
+/// hash's, or under client affinity the client address's alone, so every
+/// connection of a client reads the same slot (userspace lays the table
+/// out so that the slot is the client's point: bg-lb's `affinity`).
+/// `None` for a table of no slots.
+#[inline(always)]
+pub const fn table_slot(key: &FlowKey, hash: u32, service: &Service) -> Option<u32> {
+    let hash = if service.flags & SERVICE_AFFINITY_CLIENT_IP != 0 {
+        client_hash(key.client_addr)
+    } else {
+        hash
+    };
+    hash.checked_rem(service.lut_size)
 }
 
 #[cfg(test)]
@@ -86,5 +109,43 @@ mod tests {
             })
         );
         assert_ne!(h, flow_hash(&FlowKey { proto: 17, ..base }));
+    }
+
+    #[test]
+    fn an_affinity_service_picks_the_slot_by_client_address_alone() {
+        let plain = Service {
+            lut_size: 65537,
+            ..Service::default()
+        };
+        let affine = Service {
+            flags: SERVICE_AFFINITY_CLIENT_IP,
+            ..plain
+        };
+        let slot = |key: &FlowKey, service: &Service| table_slot(key, flow_hash(key), service);
+        let (a, b) = (key(1000), key(1001));
+        assert_eq!(slot(&a, &affine), slot(&b, &affine));
+        assert_eq!(slot(&a, &affine), Some(client_hash(a.client_addr) % 65537));
+        assert_ne!(slot(&a, &plain), slot(&b, &plain));
+        assert_eq!(slot(&a, &plain), Some(flow_hash(&a) % 65537));
+        let other_client = FlowKey {
+            client_addr: a.client_addr ^ 1,
+            ..a
+        };
+        assert_ne!(slot(&a, &affine), slot(&other_client, &affine));
+        assert_eq!(table_slot(&a, 7, &Service::default()), None);
+    }
+
+    #[test]
+    fn client_hash_spreads_sequential_addresses_evenly() {
+        let buckets = 101u32;
+        let mut counts = vec![0u32; buckets as usize];
+        for host in 0..60_000u32 {
+            let addr = (u32::from_be_bytes([10, 0, 0, 0]) + host).to_be();
+            counts[(client_hash(addr) % buckets) as usize] += 1;
+        }
+        let fair = 60_000 / buckets;
+        for c in counts {
+            assert!(c.abs_diff(fair) < fair / 10, "bucket {c} vs fair {fair}");
+        }
     }
 }

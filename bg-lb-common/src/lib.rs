@@ -5,7 +5,8 @@
 //! # Layout
 //! - [`maps`]: map names, capacities and `#[repr(C)]` key/value types.
 //! - [`counters`]: indices of the global per-CPU drop/pass counters.
-//! - [`flow_hash`]: the 5-tuple hash that picks a lookup-table slot.
+//! - [`flow_hash`]: the 5-tuple hash that picks a lookup-table slot (the client
+//!   address alone under client affinity).
 //! - [`checksum`]: RFC 1624 incremental checksum updates used by NAT.
 //! - [`flow_state`]: TCP flow state tracking (when a pinned flow has ended).
 //! - [`gateway`]: which backend segments a `gateway` flow owns once ended.

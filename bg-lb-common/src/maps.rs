@@ -101,6 +101,9 @@ pub const ALL_MAPS: [&str; 18] = [
 
 /// Name of the load balancer's XDP program in the object.
 pub const XDP_PROGRAM: &str = "bg_lb";
+/// Name of the program that resets a flow at both ends (the drain
+/// deadline's), run by the daemon with `BPF_PROG_RUN` on trigger frames.
+pub const FLOW_RESET_PROGRAM: &str = "bg_lb_flow_reset";
 
 pub const MAX_SERVICES: u32 = 512;
 pub const MAX_BACKENDS: u32 = 4096;
@@ -179,7 +182,7 @@ impl ServiceKey {
 pub struct Service {
     pub id: u32,
     /// [`crate::syn_proxy::SYN_PROXY_AUTO`] or [`crate::syn_proxy::SYN_PROXY_ALWAYS`]
-    /// (neither: the SYN proxy is off).
+    /// (neither: the SYN proxy is off), and [`SERVICE_AFFINITY_CLIENT_IP`].
     pub flags: u32,
     /// First slot of this service's active table in [`LOOKUP_TABLES`].
     pub lut_base: u32,
@@ -203,6 +206,11 @@ pub struct Service {
     /// stack, pushed it past the verifier's limit.)
     pub udp_idle_s: u16,
 }
+
+/// [`Service::flags`]: a new flow's table slot comes from its client's
+/// address alone ([`crate::flow_hash::table_slot`]), so a client keeps its
+/// pool and backend across its connections (`affinity = "client-ip"`).
+pub const SERVICE_AFFINITY_CLIENT_IP: u32 = 1 << 2;
 
 /// [`Service::forwarding`]: source and destination rewritten (the source to
 /// a SNAT address and port); replies come back to the SNAT address.

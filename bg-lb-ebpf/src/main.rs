@@ -15,6 +15,7 @@
 // The SYN proxy's shared counters need the BPF atomic add (see synproxy).
 #![feature(asm_experimental_arch)]
 
+mod flow_reset;
 mod forward;
 mod forwarding;
 mod icmp;

@@ -1,18 +1,20 @@
-//! Backend selection for a new flow, TCP or UDP: the slot its hash names in
-//! its service's lookup table.
+//! Backend selection for a new flow, TCP or UDP: the slot its hash (or, under
+//! client affinity, its client address) names in its service's lookup table.
 
 use bg_lb_common::{
     counters::Counter,
-    maps::{Backend, NO_BACKEND, Service},
+    flow_hash::table_slot,
+    maps::{Backend, FlowKey, NO_BACKEND, Service},
 };
 
 use crate::maps::{BACKENDS, LOOKUP_TABLES};
 
-/// The backend (id and entry) the service's lookup table holds for `hash`;
-/// [`Counter::NoBackend`] when the table is empty or its slot names none.
+/// The backend (id and entry) the service's lookup table holds for the flow
+/// `key` hashing to `hash`; [`Counter::NoBackend`] when the table is empty or
+/// its slot names none.
 #[inline(always)]
-pub fn pick_backend(service: &Service, hash: u32) -> Result<(u32, Backend), Counter> {
-    let slot = hash.checked_rem(service.lut_size).ok_or(Counter::NoBackend)?;
+pub fn pick_backend(service: &Service, key: &FlowKey, hash: u32) -> Result<(u32, Backend), Counter> {
+    let slot = table_slot(key, hash, service).ok_or(Counter::NoBackend)?;
     let backend_id = *LOOKUP_TABLES
         .get(service.lut_base.wrapping_add(slot))
         .ok_or(Counter::NoBackend)?;

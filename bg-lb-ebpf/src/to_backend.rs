@@ -383,7 +383,7 @@ fn new_flow(
     (now, seen): (u64, u64),
 ) -> Result<Route, Counter> {
     let hash = flow_hash(key);
-    let (backend_id, backend) = pick_backend(service, hash)?;
+    let (backend_id, backend) = pick_backend(service, key, hash)?;
     let mut flow = Flow {
         backend_id,
         service_id: service.id,

@@ -189,7 +189,7 @@ fn pinned(key: &FlowKey, service: &Service, nat_epoch: u32, now: u64) -> Option<
 #[inline(always)]
 fn new_flow(key: &FlowKey, service: &Service, cfg: &DataplaneConfig, now: u64) -> Result<Pinned, Counter> {
     let hash = flow_hash(key);
-    let (backend_id, backend) = pick_backend(service, hash)?;
+    let (backend_id, backend) = pick_backend(service, key, hash)?;
     let (snat_addr, snat_port) = claim_snat_pair(key, hash, &backend, cfg, now).ok_or_else(|| {
         account_exhausted(backend_id);
         Counter::SnatPortsExhausted

@@ -90,6 +90,7 @@ pub fn live_spec(service: &ServiceConfig, operator: Option<&ServiceState>, healt
         backends,
         syn_proxy: service.syn_proxy,
         forwarding: service.forwarding,
+        affinity: service.affinity,
         protocol: service.protocol,
         udp_idle: service.udp_idle,
     }
@@ -123,6 +124,7 @@ pub fn standby_spec(service: &ServiceConfig, operator: Option<&ServiceState>, he
         backends,
         syn_proxy: service.syn_proxy,
         forwarding: service.forwarding,
+        affinity: service.affinity,
         protocol: service.protocol,
         udp_idle: service.udp_idle,
     })
@@ -171,6 +173,8 @@ mod tests {
             syn_proxy: SynProxy::default(),
             forwarding: Default::default(),
             slowstart: None,
+            drain_deadline: None,
+            affinity: Default::default(),
             protocol: Default::default(),
             udp_idle: std::time::Duration::ZERO,
         }

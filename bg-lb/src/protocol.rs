@@ -12,9 +12,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     config,
-    dataplane::{forwarding::Forwarding, l4::Protocol, syn_proxy::SynProxyMode},
+    dataplane::{affinity::Affinity, forwarding::Forwarding, l4::Protocol, syn_proxy::SynProxyMode},
     ratio::{Pool, Ratio},
     shift::{self, hooks::PrometheusCheck},
+    state_file::DrainDeadline,
 };
 
 /// Requests longer than this are refused without being parsed.
@@ -106,6 +107,21 @@ pub struct PoolRequest {
     #[arg(long)]
     #[serde(default)]
     pub force: bool,
+    /// Reset the drained pool's connections still open after this long, at
+    /// both ends (e.g. 5m; default: the service's `drain_deadline`, if any).
+    #[arg(long = "deadline", value_name = "DURATION", value_parser = deadline_secs)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline_secs: Option<u64>,
+}
+
+/// `--deadline`: a duration, in whole seconds (rounded up), above zero.
+fn deadline_secs(text: &str) -> Result<u64, String> {
+    let duration = humantime::parse_duration(text).map_err(|e| format!("{text:?}: {e}"))?;
+    let secs = duration.as_secs() + u64::from(duration.subsec_nanos() > 0);
+    if secs == 0 {
+        return Err("a deadline must be greater than zero".to_owned());
+    }
+    Ok(secs)
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, clap::Args)]
@@ -437,6 +453,11 @@ pub struct ServiceStatus {
     pub syn_proxy: SynProxyStatus,
     #[serde(default)]
     pub forwarding: Forwarding,
+    #[serde(default)]
+    pub affinity: Affinity,
+    /// The latest drain's deadline, pending or passed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drain_deadline: Option<DrainDeadline>,
     #[serde(default)]
     pub protocol: Protocol,
 }

@@ -52,6 +52,22 @@ pub struct ServiceState {
     /// The latest progressive shift, running or finished.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shift: Option<ShiftRecord>,
+    /// The latest drain's deadline (`--deadline`, `drain_deadline`), pending
+    /// or passed: kept here so that it survives a restart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drain_deadline: Option<DrainDeadline>,
+}
+
+/// When a drained pool's leftover connections are reset.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DrainDeadline {
+    pub pool: Pool,
+    /// Wall clock, milliseconds since the Unix epoch: a restart keeps it.
+    pub at_unix_ms: u64,
+    /// Once it passed: the connections it reset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reset: Option<u64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -752,6 +752,7 @@ fn service_spec(
             .collect(),
         syn_proxy: SynProxy::default(),
         forwarding: Default::default(),
+        affinity: Default::default(),
         protocol: Protocol::Tcp,
         udp_idle: Duration::ZERO,
     }

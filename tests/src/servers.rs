@@ -4,7 +4,8 @@
 
 use std::{
     io::{BufRead, BufReader, Read, Write},
-    net::{SocketAddr, SocketAddrV4, TcpListener, TcpStream},
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream},
+    os::fd::AsRawFd,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -122,7 +123,24 @@ pub struct NameClient {
 
 impl NameClient {
     pub fn connect(to: SocketAddrV4) -> std::io::Result<Self> {
-        let stream = TcpStream::connect_timeout(&SocketAddr::V4(to), Duration::from_secs(3))?;
+        Self::over(TcpStream::connect_timeout(&SocketAddr::V4(to), Duration::from_secs(3))?)
+    }
+
+    /// [`NameClient::connect`] from the local address `from` (one of the
+    /// client's), a port of the kernel's choice.
+    pub fn connect_from(from: Ipv4Addr, to: SocketAddrV4) -> std::io::Result<Self> {
+        use nix::sys::socket::{
+            AddressFamily, SockFlag, SockType, SockaddrIn, bind, connect, setsockopt, socket, sockopt::SendTimeout,
+        };
+        let fd = socket(AddressFamily::Inet, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
+        // Bounds connect() as connect_timeout does for `connect`.
+        setsockopt(&fd, SendTimeout, &nix::sys::time::TimeVal::new(3, 0))?;
+        bind(fd.as_raw_fd(), &SockaddrIn::from(SocketAddrV4::new(from, 0)))?;
+        connect(fd.as_raw_fd(), &SockaddrIn::from(to))?;
+        Self::over(TcpStream::from(fd))
+    }
+
+    fn over(stream: TcpStream) -> std::io::Result<Self> {
         stream.set_read_timeout(Some(Duration::from_secs(3)))?;
         Ok(NameClient {
             writer: stream.try_clone()?,
@@ -150,6 +168,12 @@ impl NameClient {
 
     fn request(&mut self, question: &str) -> std::io::Result<String> {
         writeln!(self.writer, "{question}")?;
+        self.next_line()
+    }
+
+    /// The next line the server sends, unasked: how a test sees the
+    /// connection end (a reset is `ConnectionReset`).
+    pub fn next_line(&mut self) -> std::io::Result<String> {
         let mut line = String::new();
         if self.reader.read_line(&mut line)? == 0 {
             return Err(std::io::ErrorKind::UnexpectedEof.into());

@@ -3,16 +3,17 @@
 
 use std::{
     fs,
-    io::{BufRead as _, BufReader, Write as _},
+    io::{BufRead as _, BufReader, ErrorKind, Read as _, Write as _},
     os::unix::net::UnixStream,
     process::Command,
-    time::Instant,
+    sync::mpsc,
+    time::{Duration, Instant},
 };
 
 use bg_lb::ratio::Pool;
 use bg_lb_tests::{
     lab::{NameLab, NameLabConfig, pool_of_name},
-    servers::{NameClient, ask_names},
+    servers::{AcceptLoop, NameClient, ask_names},
 };
 
 const BG_LB: &str = env!("CARGO_BIN_EXE_bg-lb-under-test");
@@ -262,4 +263,68 @@ fn snat_port_exhaustion_refuses_new_connections_at_once_and_the_data_plane_logs_
     for c in &mut open {
         assert_eq!(c.ask().unwrap(), "b0", "existing connections are unaffected");
     }
+}
+
+/// `ctl drain --deadline`: an idle blue connection left open past the
+/// deadline is reset at both ends by the data plane (the client's and the
+/// backend's reads fail with ECONNRESET), `wait-drained` then returns and
+/// says how many were reset, and the deadline outlives a daemon restart in
+/// between.
+#[test]
+fn a_drain_deadline_resets_a_leftover_idle_connection_at_both_ends_even_across_a_restart() {
+    let mut lab = start_lab("100:0");
+    let (ended, backend_saw) = mpsc::channel();
+    lab.stop_server(0);
+    lab.stop_server(1);
+    let _watchers = [
+        watching_backend(&lab, 0, ended.clone()),
+        watching_backend(&lab, 1, ended),
+    ];
+    let mut idle = lab.connect();
+    let name = idle.ask().expect("the connection works");
+    assert_eq!(pool_of_name(&name), Pool::Blue);
+
+    let out = lab.daemon.ctl_ok(&["drain", "web", "blue", "--deadline", "4s"]);
+    assert!(out.contains("will be reset"), "{out}");
+    lab.daemon.terminate();
+    lab.daemon.spawn();
+    let out = lab.daemon.ctl_ok(&["wait-drained", "web", "blue", "--timeout", "60s"]);
+    assert!(
+        out.contains("1 connection(s) reset at the drain deadline"),
+        "{out}\n{}",
+        lab.daemon.log()
+    );
+    let client_saw = idle.next_line().expect_err("the client's connection was reset");
+    assert_eq!(client_saw.kind(), ErrorKind::ConnectionReset, "{client_saw}");
+    let backend_saw = backend_saw
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the backend's read ended");
+    assert_eq!(backend_saw, ErrorKind::ConnectionReset);
+    let deadline = lab.daemon.status("web").drain_deadline.expect("the deadline is shown");
+    assert_eq!((deadline.pool, deadline.reset), (Pool::Blue, Some(1)));
+    assert!(lab.daemon.log().contains("drain deadline passed"));
+}
+
+/// Stands in for blue backend `i`: answers a connection's first line with
+/// its name, then reports how its next read ended (health checks, which
+/// send nothing, are not reported).
+fn watching_backend(lab: &NameLab, i: usize, ended: mpsc::Sender<ErrorKind>) -> AcceptLoop {
+    let name = format!("b{i}");
+    AcceptLoop::start(&lab.topo.backends[i].ns, lab.backend_addr(i), move |stream, _| {
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(60)));
+        let Ok(mut writer) = stream.try_clone() else {
+            return;
+        };
+        let mut reader = BufReader::new(stream);
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 || writeln!(writer, "{name}").is_err() {
+            return;
+        }
+        let kind = match reader.read(&mut [0; 64]) {
+            Ok(0) => ErrorKind::UnexpectedEof,
+            Ok(_) => ErrorKind::InvalidData,
+            Err(e) => e.kind(),
+        };
+        let _ = ended.send(kind);
+    })
 }

@@ -1,15 +1,19 @@
 //! Progressive shift end-to-end tests (root): `bg-lb ctl shift` under load,
-//! judged by what the data plane sees of each connection's fate.
+//! judged by what the data plane sees of each connection's fate, and client
+//! affinity across a shift's steps.
 
 use std::{
+    net::Ipv4Addr,
     thread,
     time::{Duration, Instant},
 };
 
-use bg_lb::{protocol::BackendHealth, shift::ShiftOutcome};
+use bg_lb::{protocol::BackendHealth, ratio::Pool, shift::ShiftOutcome};
 use bg_lb_tests::{
-    lab::{BlueGreenLab, LabOptions, SERVICE},
+    lab::{BlueGreenLab, LabOptions, NameLab, NameLabConfig, SERVICE, pool_of_name},
     load::{Load, LoadSpec},
+    servers::NameClient,
+    topology::CLIENT_ADDR,
 };
 
 const BG_LB: &str = env!("CARGO_BIN_EXE_bg-lb-under-test");
@@ -174,4 +178,73 @@ fn promote_checks_health_and_rollback_returns_to_the_previous_ratio() {
     assert_eq!(lab.status().ratio.to_string(), "100:0");
     lab.daemon.ctl_ok(&["rollback", SERVICE]);
     assert_eq!(lab.status().ratio.to_string(), "50:50");
+}
+
+/// Client affinity across a 10/50/100 shift toward green, the new version,
+/// with 200 client addresses (each connecting three times per step): no
+/// client that reached green is ever sent back to blue, and at each step a
+/// client's connections all reach one backend.
+#[test]
+fn under_client_affinity_no_client_goes_back_to_the_old_pool_during_a_10_50_100_shift() {
+    let config = NameLabConfig {
+        service: "ratio = \"100:0\"\naffinity = \"client-ip\"\n",
+        ..NameLabConfig::default()
+    };
+    let lab = NameLab::start(BG_LB, 4, None, &config);
+    let clients = client_addresses(&lab, 200);
+    let vip = lab.vip();
+    let mut reached_green = vec![false; clients.len()];
+    for (ratio, green_share) in [("100:0", 0), ("90:10", 10), ("50:50", 50), ("0:100", 100)] {
+        lab.daemon.ctl_ok(&["ratio", SERVICE, ratio]);
+        lab.wait_for_ratio(ratio);
+        let addrs = clients.clone();
+        let served = lab.topo.client.ns.run(move || {
+            addrs
+                .iter()
+                .map(|&from| {
+                    (0..3)
+                        .map(|_| NameClient::connect_from(from, vip).and_then(|mut c| c.ask()))
+                        .collect::<std::io::Result<Vec<String>>>()
+                })
+                .collect::<std::io::Result<Vec<_>>>()
+        });
+        let served = served.unwrap_or_else(|e| panic!("ratio {ratio}: a connection failed: {e}\n{}", lab.daemon.log()));
+        let mut green = 0;
+        for ((client, names), reached) in clients.iter().zip(&served).zip(&mut reached_green) {
+            assert!(
+                names.iter().all(|n| *n == names[0]),
+                "ratio {ratio}: {client}'s connections reached {names:?}"
+            );
+            let is_green = pool_of_name(&names[0]) == Pool::Green;
+            assert!(
+                is_green || !*reached,
+                "ratio {ratio}: {client} saw green and then blue again"
+            );
+            *reached = is_green;
+            green += usize::from(is_green);
+        }
+        // 200 clients: the green share within 15 points of the ratio's.
+        let expected = clients.len() * green_share / 100;
+        assert!(
+            green.abs_diff(expected) <= 30,
+            "ratio {ratio}: {green} of {} clients on green",
+            clients.len()
+        );
+    }
+}
+
+/// `n` more addresses of the client, 10.99.1.1 on, each a /32 on its eth0,
+/// and a route on the LB to them through the client's main address.
+fn client_addresses(lab: &NameLab, n: u8) -> Vec<Ipv4Addr> {
+    // The LB learns the client's MAC from its ARP for the VIP, asked from
+    // its main address.
+    lab.topo.client.ns.sysctl("net.ipv4.conf.all.arp_announce=2");
+    lab.topo.client.ns.sysctl("net.ipv4.conf.eth0.arp_announce=2");
+    lab.names(1);
+    let addrs: Vec<Ipv4Addr> = (1..=n).map(|i| Ipv4Addr::new(10, 99, 1, i)).collect();
+    for addr in &addrs {
+        lab.topo.client.ns.ip(&format!("addr add {addr}/32 dev eth0"));
+    }
+    lab.topo.lb.ns.ip(&format!("route add 10.99.1.0/24 via {CLIENT_ADDR}"));
+    addrs
 }

@@ -9,7 +9,7 @@ use std::{
     process::ExitCode,
     sync::atomic::{AtomicBool, Ordering},
     thread,
-    time::{Duration, Instant},
+    time::{Duration, Instant, UNIX_EPOCH},
 };
 
 use anyhow::{Context as _, bail};
@@ -24,6 +24,7 @@ use crate::{
         SynProxyStatus,
     },
     shift::{ShiftOutcome, ShiftRecord},
+    state_file::DrainDeadline,
 };
 
 pub const EXIT_TIMEOUT: u8 = 3;
@@ -363,11 +364,14 @@ fn print_service(s: &ServiceStatus) {
         "{}  {} vip {}{standby}  ratio {}{effective}",
         s.name, s.protocol, s.vip, s.ratio
     );
-    println!("  forwarding {}", s.forwarding);
+    println!("  forwarding {}  affinity {}", s.forwarding, s.affinity);
     if let Some(limits) = s.forwarding.limits() {
         println!("    {limits}");
     }
     println!("  {}", syn_proxy_line(&s.syn_proxy));
+    if let Some(deadline) = &s.drain_deadline {
+        println!("  {}", drain_deadline_line(deadline));
+    }
     if let Some(record) = &s.shift {
         println!("  {}", shift_line(record, s.ratio));
     }
@@ -449,6 +453,13 @@ fn wait_drained(
         if drained(open, reply.flows_counted_secs_ago, started.elapsed()) {
             bar.finish();
             report(json, &label, true, started.elapsed(), 0);
+            if let (DrainTarget::Pool(pool), Some(deadline)) = (target, &status.drain_deadline)
+                && deadline.pool == pool
+                && let Some(reset) = deadline.reset
+                && !json
+            {
+                println!("{label}: {reset} connection(s) reset at the drain deadline");
+            }
             return Ok(ExitCode::SUCCESS);
         }
         if timeout.is_some_and(|t| started.elapsed() >= t) {
@@ -457,6 +468,22 @@ fn wait_drained(
             return Ok(ExitCode::from(EXIT_TIMEOUT));
         }
         thread::sleep(POLL_INTERVAL);
+    }
+}
+
+/// A drain deadline as `status` shows it.
+fn drain_deadline_line(deadline: &DrainDeadline) -> String {
+    let at = UNIX_EPOCH + Duration::from_millis(deadline.at_unix_ms);
+    let at = humantime::format_rfc3339_seconds(at);
+    match deadline.reset {
+        None => format!(
+            "drain deadline {at}: {}'s connections still open then will be reset",
+            deadline.pool
+        ),
+        Some(reset) => format!(
+            "drain deadline {at} passed: {reset} {} connection(s) reset",
+            deadline.pool
+        ),
     }
 }
 

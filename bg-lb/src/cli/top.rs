@@ -375,6 +375,8 @@ mod tests {
             shift: None,
             syn_proxy: Default::default(),
             forwarding: Default::default(),
+            affinity: Default::default(),
+            drain_deadline: None,
             protocol: Default::default(),
         }]
     }

@@ -54,6 +54,8 @@
 //! syn_proxy_threshold = 1000        # auto: unanswered connection requests per second
 //! syn_proxy_mss = 1460              # the MSS the cookie SYN-ACKs offer
 //! forwarding = "full-nat"           # full-nat | gateway | dsr (README: Forwarding modes)
+//! affinity = "none"                 # none | client-ip: a client keeps its pool (moving only toward the pool a shift raises) and backend
+//! drain_deadline = "5m"             # a drain's default deadline: then its leftover connections are reset; absent: none
 //! slowstart = "30s"                 # ramp a backend that comes up (or is enabled) to its weight; absent: at once
 //! protocol = "tcp"                  # tcp | udp (udp: full-nat only, no syn_proxy)
 //! udp_idle = "30s"                  # udp only: a flow with no datagram for this long ends
@@ -118,7 +120,10 @@ use bg_lb_common::maps::ServiceKey;
 pub use self::{added::added_backend_problem, error::ConfigError};
 use self::{error::Invalid, raw::RawConfig};
 use crate::{
-    dataplane::{AttachMode, forwarding::Forwarding, housekeeping::FlowTimeouts, l4::Protocol, syn_proxy::SynProxy},
+    dataplane::{
+        AttachMode, affinity::Affinity, forwarding::Forwarding, housekeeping::FlowTimeouts, l4::Protocol,
+        syn_proxy::SynProxy,
+    },
     ratio::{Pool, Ratio},
 };
 
@@ -339,9 +344,16 @@ pub struct ServiceConfig {
     pub syn_proxy: SynProxy,
     /// `forwarding`: how packets reach the backends.
     pub forwarding: Forwarding,
+    /// `affinity`: whether a client's connections keep to one pool and
+    /// backend.
+    pub affinity: Affinity,
     /// `slowstart`: how long a backend that starts taking connections takes
     /// to ramp up to its full weight; `None`: at once.
     pub slowstart: Option<Duration>,
+    /// `drain_deadline`: a drain's or promote's default deadline, after
+    /// which the drained pool's connections still open are reset; `None`:
+    /// they are left to end.
+    pub drain_deadline: Option<Duration>,
     /// `protocol`: TCP or UDP. A TCP and a UDP service may share a VIP.
     pub protocol: Protocol,
     /// `udp_idle`: a UDP flow with no datagram either way for this long

@@ -90,7 +90,9 @@ pub(super) struct RawService {
     pub(super) syn_proxy_threshold: Option<Spanned<i64>>,
     pub(super) syn_proxy_mss: Option<Spanned<i64>>,
     pub(super) forwarding: Option<Spanned<String>>,
+    pub(super) affinity: Option<Spanned<String>>,
     pub(super) slowstart: Option<Spanned<String>>,
+    pub(super) drain_deadline: Option<Spanned<String>>,
     pub(super) protocol: Option<Spanned<String>>,
     pub(super) udp_idle: Option<Spanned<String>>,
     #[serde(default)]

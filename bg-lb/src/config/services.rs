@@ -20,6 +20,7 @@ use super::{
 };
 use crate::{
     dataplane::{
+        affinity::Affinity,
         forwarding::Forwarding,
         l4::{DEFAULT_UDP_IDLE, Protocol},
         syn_proxy::{SynProxy, SynProxyMode},
@@ -184,10 +185,22 @@ fn service(raw: &RawService, text: &str) -> Result<ServiceConfig, Invalid> {
         health,
         syn_proxy: syn_proxy(raw, forwarding, protocol)?,
         forwarding,
+        affinity: match &raw.affinity {
+            Some(value) => value
+                .get_ref()
+                .parse::<Affinity>()
+                .map_err(|e| Invalid::new(value.span(), e))?,
+            None => Affinity::default(),
+        },
         slowstart: raw
             .slowstart
             .as_ref()
             .map(|value| duration(Some(value), "slowstart", std::time::Duration::ZERO))
+            .transpose()?,
+        drain_deadline: raw
+            .drain_deadline
+            .as_ref()
+            .map(|value| duration(Some(value), "drain_deadline", std::time::Duration::ZERO))
             .transpose()?,
         protocol,
         udp_idle,

@@ -12,6 +12,7 @@ use super::{
 use crate::{
     dataplane::{
         AttachMode,
+        affinity::Affinity,
         forwarding::Forwarding,
         housekeeping::FlowTimeouts,
         l4::Protocol,
@@ -114,6 +115,8 @@ fn full_one_arm_config_parses_to_expected_structs() {
                 },
                 forwarding: Default::default(),
                 slowstart: None,
+                drain_deadline: None,
+                affinity: Default::default(),
                 protocol: Default::default(),
                 udp_idle: std::time::Duration::ZERO,
             },
@@ -128,6 +131,8 @@ fn full_one_arm_config_parses_to_expected_structs() {
                 syn_proxy: SynProxy::default(),
                 forwarding: Default::default(),
                 slowstart: None,
+                drain_deadline: None,
+                affinity: Default::default(),
                 protocol: Default::default(),
                 udp_idle: std::time::Duration::ZERO,
             },
@@ -195,6 +200,8 @@ fn full_two_arm_config_parses_to_expected_structs() {
             syn_proxy: SynProxy::default(),
             forwarding: Default::default(),
             slowstart: None,
+            drain_deadline: None,
+            affinity: Default::default(),
             protocol: Default::default(),
             udp_idle: std::time::Duration::ZERO,
         }],
@@ -257,6 +264,8 @@ fn absent_optional_keys_take_their_defaults() {
             },
             forwarding: Default::default(),
             slowstart: None,
+            drain_deadline: None,
+            affinity: Default::default(),
             protocol: Default::default(),
             udp_idle: std::time::Duration::ZERO,
         }],
@@ -299,6 +308,8 @@ fn example_file_parses() {
     assert_eq!(web.backends[3].weight, 0, "the example shows a drained backend");
     assert_eq!(web.syn_proxy, SynProxy::default(), "the example shows the defaults");
     assert_eq!(web.forwarding, Forwarding::default(), "the example shows the default");
+    assert_eq!(web.affinity, Affinity::ClientIp);
+    assert_eq!(web.drain_deadline, Some(Duration::from_secs(600)));
     assert_eq!(
         web.health,
         HealthConfig {
@@ -342,4 +353,28 @@ fn slowstart_is_off_unless_set_and_must_be_a_positive_duration() {
         "slowstart must be greater than zero",
     );
     assert_rejected(&format!("{TOP}{WEB}slowstart = \"soon\"  # <-\n"), "slowstart \"soon\"");
+}
+
+#[test]
+fn affinity_and_drain_deadline_are_off_unless_set() {
+    let plain = parse_ok(&format!("{TOP}{WEB}"));
+    assert_eq!(
+        (plain.services[0].affinity, plain.services[0].drain_deadline),
+        (Affinity::None, None)
+    );
+    let set = parse_ok(&format!(
+        "{TOP}{WEB}affinity = \"client-ip\"\ndrain_deadline = \"5m\"\n"
+    ));
+    assert_eq!(
+        (set.services[0].affinity, set.services[0].drain_deadline),
+        (Affinity::ClientIp, Some(Duration::from_secs(300)))
+    );
+    assert_rejected(
+        &format!("{TOP}{WEB}affinity = \"sticky\"  # <-\n"),
+        "affinity \"sticky\"",
+    );
+    assert_rejected(
+        &format!("{TOP}{WEB}drain_deadline = \"0s\"  # <-\n"),
+        "drain_deadline must be greater than zero",
+    );
 }

@@ -22,6 +22,7 @@ impl Daemon {
         self.tick_fleet();
         self.tick_shifts();
         self.tick_slow_starts();
+        self.tick_drain_deadlines();
         if let Err(e) = self.log_syn_floods() {
             tracing::error!(error = %e, "reading the SYN flood detectors failed");
         }

@@ -13,6 +13,7 @@ mod added_backends;
 mod analysis;
 mod announce;
 mod census;
+mod drain_deadline;
 mod error;
 mod fleet;
 mod floods;
@@ -271,14 +272,18 @@ impl Daemon {
             },
             Request::Status(r) => self.status(r.service.as_deref()),
             Request::Ratio(r) => self.set_ratio(&r.service, r.ratio, r.force),
-            Request::Drain(r) => self.set_ratio(&r.service, Ratio::all_to(r.pool.other()), r.force),
+            Request::Drain(r) => self
+                .set_ratio(&r.service, Ratio::all_to(r.pool.other()), r.force)
+                .and_then(|reply| self.set_drain_deadline(&r, r.pool, reply)),
             Request::Backend(r) => self.change_backend(&r.service, r.address, r.action),
             Request::BackendAdd(r) => self.add_backend(r),
             Request::BackendRemove(r) => self.remove_backend(r),
             Request::Reload => self.reload().map(Reply::done),
             Request::Shift(r) => self.start_shift(r),
             Request::ShiftAbort(r) => self.abort_shift(&r.service, r.rollback),
-            Request::Promote(r) => self.promote(&r.service, r.pool, r.force),
+            Request::Promote(r) => self
+                .promote(&r.service, r.pool, r.force)
+                .and_then(|reply| self.set_drain_deadline(&r, r.pool.other(), reply)),
             Request::Rollback(r) => self.rollback(&r.service),
             Request::Node(r) => self.set_node(r.action),
         };

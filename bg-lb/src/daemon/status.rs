@@ -113,6 +113,8 @@ impl Daemon {
             shift: operator.and_then(|s| s.shift.clone()),
             syn_proxy: self.syn_proxy_status(service)?,
             forwarding: service.forwarding,
+            affinity: service.affinity,
+            drain_deadline: operator.and_then(|s| s.drain_deadline),
             protocol: service.protocol,
         })
     }

@@ -7,7 +7,7 @@ use std::{net::Ipv4Addr, path::Path};
 
 use aya::{
     Ebpf, EbpfLoader, Pod,
-    maps::{Array, DevMapHash, HashMap, Map, MapData, MapError, MapInfo, PerCpuArray, PerCpuValues, ProgramArray},
+    maps::{Array, DevMapHash, HashMap, Map, MapData, MapError, MapInfo, PerCpuArray, PerCpuValues},
     programs::{
         Xdp, XdpMode,
         links::{FdLink, PinnedLink},
@@ -19,9 +19,9 @@ use bg_lb_common::{
     maps::{
         self, Backend, DataplaneConfig, Flow, FlowKey, NatKey, NatOwner, Service, ServiceKey, SynFlood, TrafficStats,
     },
-    syn_proxy::JOB_PROGRAMS,
 };
 
+mod programs;
 pub(super) mod raw;
 
 use super::{
@@ -118,6 +118,7 @@ impl Kernel {
         }
         load_verified(kernel.xdp_mut()?).map_err(program_err)?;
         kernel.load_syn_proxy_jobs()?;
+        kernel.load_flow_reset()?;
         Ok(kernel)
     }
 
@@ -134,29 +135,6 @@ impl Kernel {
         // A reverse entry the old program made after the copy may have lost
         // its port to a new flow: every pinned flow checks its own.
         self.advance_nat_epoch()
-    }
-
-    /// Loads the SYN proxy's job programs and puts each in SYN_PROXY_JOBS at
-    /// its index, where the load balancer tail-calls it. An adopted (pinned)
-    /// array gets this object's programs, as the link gets its bg_lb.
-    fn load_syn_proxy_jobs(&mut self) -> Result<(), DataplaneError> {
-        let mut fds = Vec::with_capacity(JOB_PROGRAMS.len());
-        for name in JOB_PROGRAMS {
-            let prog: &mut Xdp = self
-                .ebpf
-                .program_mut(name)
-                .ok_or(DataplaneError::MissingProgram(name))?
-                .try_into()
-                .map_err(|cause| DataplaneError::Program { name, cause })?;
-            load_verified(prog).map_err(|cause| DataplaneError::Program { name, cause })?;
-            let fd = prog.fd().map_err(|cause| DataplaneError::Program { name, cause })?;
-            fds.push(fd.try_clone().map_err(DataplaneError::ProgramFd)?);
-        }
-        let mut jobs: ProgramArray<_> = self.map_mut(maps::SYN_PROXY_JOBS)?;
-        for (index, fd) in fds.iter().enumerate() {
-            jobs.set(index as u32, fd, 0).map_err(map_err(maps::SYN_PROXY_JOBS))?;
-        }
-        Ok(())
     }
 
     pub(super) fn take_logger(&mut self) -> Option<EbpfLogger> {

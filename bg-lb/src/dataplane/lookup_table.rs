@@ -18,7 +18,10 @@ use std::net::SocketAddrV4;
 
 use bg_lb_common::maps::NO_BACKEND;
 
-use crate::ratio::{Pool, Ratio};
+use crate::{
+    dataplane::affinity::Affinity,
+    ratio::{Pool, Ratio},
+};
 
 /// A backend as the table builder sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -113,8 +116,8 @@ pub fn build(backends: &[TableBackend], ratio: Ratio, size: u32) -> Vec<u32> {
 }
 
 /// Builds tables, keeping the last few: a table depends only on its
-/// backends' addresses, pools and weights (in order), the ratio and the
-/// size; the ids are mere labels. Services with the same backends (one
+/// backends' addresses, pools and weights (in order), the ratio, the
+/// affinity and the size; the ids are mere labels. Services with the same backends (one
 /// backend's health change behind many services, each applied live then
 /// standby) therefore share a build, each relabelled with its own ids.
 #[derive(Default)]
@@ -126,6 +129,7 @@ pub struct TableCache {
 struct CachedTable {
     backends: Vec<(SocketAddrV4, Pool, u32)>,
     ratio: Ratio,
+    affinity: Affinity,
     size: u32,
     /// Slots holding positions in `backends` instead of ids.
     positions: Vec<u32>,
@@ -135,13 +139,13 @@ impl TableCache {
     /// Builds kept (each 4 bytes per slot).
     const ENTRIES: usize = 4;
 
-    /// The same table as [`build`].
-    pub fn build(&mut self, backends: &[TableBackend], ratio: Ratio, size: u32) -> Vec<u32> {
+    /// The same table as [`Affinity::table`].
+    pub fn build(&mut self, backends: &[TableBackend], ratio: Ratio, affinity: Affinity, size: u32) -> Vec<u32> {
         let key: Vec<_> = backends.iter().map(|b| (b.addr, b.pool, b.weight)).collect();
         let found = self
             .tables
             .iter()
-            .position(|c| c.backends == key && c.ratio == ratio && c.size == size);
+            .position(|c| c.backends == key && c.ratio == ratio && c.affinity == affinity && c.size == size);
         let cached = match found {
             Some(i) => self.tables.remove(i),
             None => {
@@ -154,9 +158,10 @@ impl TableCache {
                     })
                     .collect();
                 CachedTable {
-                    positions: build(&by_position, ratio, size),
+                    positions: affinity.table(&by_position, ratio, size),
                     backends: key,
                     ratio,
+                    affinity,
                     size,
                 }
             }
@@ -392,19 +397,34 @@ mod tests {
         };
         for offset in [0, 100, 200] {
             let backends = relabelled(offset);
-            assert_eq!(cache.build(&backends, ratio, M), build(&backends, ratio, M));
+            assert_eq!(
+                cache.build(&backends, ratio, Affinity::None, M),
+                build(&backends, ratio, M)
+            );
         }
         let mut lighter = relabelled(300);
         lighter[2].weight = 1;
-        assert_eq!(cache.build(&lighter, ratio, M), build(&lighter, ratio, M));
+        assert_eq!(
+            cache.build(&lighter, ratio, Affinity::None, M),
+            build(&lighter, ratio, M)
+        );
         let other = Ratio::new(80).unwrap();
-        assert_eq!(cache.build(&lighter, other, M), build(&lighter, other, M));
+        assert_eq!(
+            cache.build(&lighter, other, Affinity::None, M),
+            build(&lighter, other, M)
+        );
         let none = vec![backend(7, Pool::Blue, 0)];
-        assert_eq!(cache.build(&none, other, M), build(&none, other, M));
+        assert_eq!(cache.build(&none, other, Affinity::None, M), build(&none, other, M));
         // Alternating specs (live, standby) hit their own entries.
         for _ in 0..2 {
-            assert_eq!(cache.build(&lighter, ratio, M), build(&lighter, ratio, M));
-            assert_eq!(cache.build(&lighter, other, M), build(&lighter, other, M));
+            assert_eq!(
+                cache.build(&lighter, ratio, Affinity::None, M),
+                build(&lighter, ratio, M)
+            );
+            assert_eq!(
+                cache.build(&lighter, other, Affinity::None, M),
+                build(&lighter, other, M)
+            );
         }
         assert!(cache.tables.len() <= TableCache::ENTRIES);
     }
@@ -423,7 +443,7 @@ mod tests {
         reordered.swap(1, 4);
         assert_eq!(bytes(&build(&reordered, ratio, M)), bytes(&one_host));
         assert_eq!(
-            bytes(&TableCache::default().build(&reordered, ratio, M)),
+            bytes(&TableCache::default().build(&reordered, ratio, Affinity::None, M)),
             bytes(&one_host)
         );
 

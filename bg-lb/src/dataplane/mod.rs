@@ -3,12 +3,16 @@
 //! [`housekeeping`] decide every change as plain values, [`sweep`] walks the
 //! flow table in bounded slices ([`walk`]) on a thread of its own, [`syn_proxy`] is a
 //! service's SYN flood defence as settings and state, [`forwarding`] its
-//! forwarding mode, [`l4`] its protocol (TCP or UDP), and `kernel` is the
+//! forwarding mode, [`affinity`] its client affinity (and the table that
+//! needs), [`l4`] its protocol (TCP or UDP), [`flow_reset`] what a drain
+//! deadline resets, and `kernel` is the
 //! one module that talks to the kernel, writing those values to the maps.
 //! Before it adopts pinned maps, `layout` judges whether it can (pure), and
 //! `migration` moves a map whose capacity changed into one of the new size,
 //! and lookup tables are written through `table_memory`, a mapping of their map.
 
+pub mod affinity;
+pub mod flow_reset;
 pub mod forwarding;
 pub mod housekeeping;
 mod kernel;
@@ -37,7 +41,7 @@ use aya::{
 };
 use bg_lb_common::{
     counters::Counter,
-    flow_state::FlowPhase,
+    flow_state::{self, FlowPhase},
     maps::{self, DataplaneConfig, Flow, FlowKey, NatKey, ServiceKey, TrafficStats},
 };
 use housekeeping::FlowCensus;
@@ -350,6 +354,40 @@ impl Dataplane {
         };
         let flood = self.kernel.syn_flood(id)?;
         Ok(syn_proxy::is_active(&service, &flood, housekeeping::monotonic_now_ns()))
+    }
+
+    /// Resets, at both ends, every open TCP flow of the services on `keys`
+    /// pinned to a backend of `pool` ([`flow_reset`]), running the
+    /// program's triggers as if they arrived on `ifindex`; the connections
+    /// it ended. Reads the whole flow table: a drain deadline's one-off.
+    pub fn reset_flows(&self, keys: &[ServiceKey], pool: Pool, ifindex: u32) -> Result<u64, DataplaneError> {
+        let ids: HashSet<u32> = keys.iter().filter_map(|key| self.services.service_id(key)).collect();
+        let backends: HashMap<u32, maps::Backend> = self.kernel.backends()?.into_iter().collect();
+        let mut reset = 0;
+        for (key, flow) in self.kernel.flows()? {
+            let Some(backend) = backends
+                .get(&flow.backend_id)
+                .filter(|b| b.generation == flow.backend_gen && Pool::from_wire(b.pool) == pool)
+            else {
+                continue;
+            };
+            if !ids.contains(&flow.service_id) || !flow_reset::resettable(&key, &flow) {
+                continue;
+            }
+            for trigger in flow_reset::triggers(&key, &flow, backend) {
+                self.kernel.run_flow_reset(&trigger, ifindex)?;
+            }
+            // The program's verdicts are not reported in live mode: the
+            // flow's own state says whether it was reset.
+            if self
+                .kernel
+                .flow(&key)?
+                .is_some_and(|f| f.state & flow_state::RESET != 0)
+            {
+                reset += 1;
+            }
+        }
+        Ok(reset)
     }
 
     /// Every entry of the flow table.

@@ -25,6 +25,7 @@ use bg_lb_common::maps::{Backend, Flow, MAX_BACKENDS, MAX_SERVICES, Service, Ser
 
 use crate::{
     dataplane::{
+        affinity::Affinity,
         forwarding::Forwarding,
         l4::Protocol,
         lookup_table::{TableBackend, TableCache},
@@ -54,6 +55,7 @@ pub struct ServiceSpec {
     pub backends: Vec<BackendSpec>,
     pub syn_proxy: SynProxy,
     pub forwarding: Forwarding,
+    pub affinity: Affinity,
     pub protocol: Protocol,
     /// A UDP flow's idle timeout (unused for TCP).
     pub udp_idle: Duration,
@@ -317,13 +319,16 @@ impl Services {
         };
         spec.syn_proxy.program(&mut service);
         spec.forwarding.program(&mut service);
+        spec.affinity.program(&mut service);
         if spec.protocol == Protocol::Udp {
             // Config validation keeps it to whole seconds in a u16.
             service.udp_idle_s = u16::try_from(spec.udp_idle.as_secs()).unwrap_or(u16::MAX);
         }
         Ok(ServiceUpdate {
             backends,
-            table: self.tables.build(&table_backends, spec.ratio, spec.lut_size),
+            table: self
+                .tables
+                .build(&table_backends, spec.ratio, spec.affinity, spec.lut_size),
             key,
             service,
             fresh,

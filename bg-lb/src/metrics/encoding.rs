@@ -58,7 +58,7 @@ pub fn verdict(counter: Counter) -> &'static str {
         | Counter::IcmpErrorToBackend
         | Counter::SynCookieValid => "forward",
         Counter::Refused | Counter::FlowReset | Counter::SnatPortsExhausted | Counter::NatConflict => "reset",
-        Counter::GatewayCollision => "reset",
+        Counter::GatewayCollision | Counter::DeadlineReset => "reset",
         Counter::TooBigAnswered => "icmp",
         // The SYN proxy's SYN-ACK, sent back in the SYN's place.
         Counter::SynCookieSent => "answer",

@@ -16,6 +16,7 @@ fn every_request_round_trips_through_json() {
             service: "web".into(),
             pool: Pool::Blue,
             force: true,
+            deadline_secs: Some(300),
         }),
         Request::Backend(BackendRequest {
             service: "web".into(),
@@ -65,6 +66,7 @@ fn every_request_round_trips_through_json() {
             service: "web".into(),
             pool: Pool::Green,
             force: false,
+            deadline_secs: None,
         }),
         Request::Rollback(ServiceRequest { service: "web".into() }),
         Request::Node(NodeRequest {

@@ -161,6 +161,7 @@ fn flip_service(s: usize) -> ServiceSpec {
         protocol: Default::default(),
         udp_idle: Default::default(),
         forwarding: Default::default(),
+        affinity: Default::default(),
     }
 }
 

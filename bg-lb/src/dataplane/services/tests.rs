@@ -35,6 +35,7 @@ fn spec(vip: SocketAddrV4, backends: &[u8]) -> ServiceSpec {
         protocol: Protocol::Tcp,
         udp_idle: Duration::ZERO,
         forwarding: Default::default(),
+        affinity: Default::default(),
     }
 }
 
@@ -225,6 +226,7 @@ fn only_a_new_services_first_update_is_fresh_and_every_update_carries_its_syn_pr
             mss: 1400,
         },
         forwarding: Default::default(),
+        affinity: Default::default(),
         ..spec(VIP, &[1])
     };
     let first = maps.apply(&mut services, &always);

@@ -96,6 +96,8 @@ fn snapshot() -> Snapshot {
                 active: true,
             },
             forwarding: Default::default(),
+            affinity: Default::default(),
+            drain_deadline: None,
             protocol: Default::default(),
         }],
         probes: vec![ProbeMetrics {
