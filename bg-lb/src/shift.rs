@@ -11,7 +11,11 @@
 
 pub mod hooks;
 
-use std::{collections::VecDeque, fmt, time::Duration};
+use std::{
+    collections::{BTreeMap, VecDeque},
+    fmt,
+    time::Duration,
+};
 
 use serde::{Deserialize, Serialize};
 
@@ -137,8 +141,7 @@ pub enum ShiftOutcome {
     Aborted { rolled_back: bool },
 }
 
-/// One pool's cumulative connection counters (summed over its backends,
-/// and over the fleet's hosts with `[cluster]`).
+/// One pool's cumulative connection counters (summed over its backends).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PoolCounters {
     /// Connections whose handshake the client completed.
@@ -149,15 +152,9 @@ pub struct PoolCounters {
     pub resets: u64,
 }
 
-impl PoolCounters {
-    pub fn plus(&self, other: &PoolCounters) -> PoolCounters {
-        PoolCounters {
-            new_flows: self.new_flows + other.new_flows,
-            refused: self.refused + other.refused,
-            resets: self.resets + other.resets,
-        }
-    }
-}
+/// Each host's blue and green counters of one service, by host name: with
+/// `[cluster]` every live host's, else this host's alone.
+pub type CountersByHost = BTreeMap<String, [PoolCounters; 2]>;
 
 /// A pool's record over a window.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -192,11 +189,12 @@ impl fmt::Display for PoolRates {
     }
 }
 
-/// Samples of both pools' counters, one per tick, over the last `span`.
+/// Samples of both pools' counters on each host, one per tick, over the
+/// last `span`.
 #[derive(Debug)]
 pub struct Window {
     span: Duration,
-    samples: VecDeque<(Duration, [PoolCounters; 2])>,
+    samples: VecDeque<(Duration, CountersByHost)>,
 }
 
 impl Window {
@@ -209,7 +207,7 @@ impl Window {
 
     /// Adds a sample taken at `at` (any monotonic clock) and forgets the ones
     /// older than the span.
-    pub fn push(&mut self, at: Duration, counters: [PoolCounters; 2]) {
+    pub fn push(&mut self, at: Duration, counters: CountersByHost) {
         self.samples.push_back((at, counters));
         while self
             .samples
@@ -220,16 +218,28 @@ impl Window {
         }
     }
 
-    /// Each pool's new flows and failures between the oldest and newest
-    /// samples.
+    /// Each pool's new flows and failures over the window, summed over the
+    /// hosts in the newest sample, each from its oldest sample in the
+    /// window. Counted per host, so a host that joins or leaves the fleet
+    /// (its cumulative counters appearing or vanishing at once) moves
+    /// neither figure: a sum of totals would lose the leaver's flows but
+    /// not its failures' share, and could read as an error spike.
     pub fn rates(&self) -> [PoolRates; 2] {
-        let (Some((_, first)), Some((_, last))) = (self.samples.front(), self.samples.back()) else {
+        let Some((_, last)) = self.samples.back() else {
             return Default::default();
         };
-        [0, 1].map(|i| PoolRates {
-            new_flows: (last[i].new_flows + last[i].refused).saturating_sub(first[i].new_flows + first[i].refused),
-            failures: (last[i].refused + last[i].resets).saturating_sub(first[i].refused + first[i].resets),
-        })
+        let mut rates = [PoolRates::default(); 2];
+        for (host, now) in last {
+            let Some(then) = self.samples.iter().find_map(|(_, sample)| sample.get(host)) else {
+                continue;
+            };
+            for (i, rate) in rates.iter_mut().enumerate() {
+                let (now, then) = (now[i], then[i]);
+                rate.new_flows += (now.new_flows + now.refused).saturating_sub(then.new_flows + then.refused);
+                rate.failures += (now.refused + now.resets).saturating_sub(then.refused + then.resets);
+            }
+        }
+        rates
     }
 }
 
@@ -420,9 +430,9 @@ mod tests {
             resets: 0,
         };
         let mut w = Window::new(SECS(10));
-        w.push(SECS(0), [c(0, 0), c(0, 0)]);
-        w.push(SECS(5), [c(50, 10), c(50, 0)]);
-        w.push(SECS(12), [c(120, 10), c(90, 0)]);
+        w.push(SECS(0), one([c(0, 0), c(0, 0)]));
+        w.push(SECS(5), one([c(50, 10), c(50, 0)]));
+        w.push(SECS(12), one([c(120, 10), c(90, 0)]));
         assert_eq!(
             w.rates()[0],
             PoolRates {
@@ -434,6 +444,41 @@ mod tests {
         assert_eq!(w.rates()[1].new_flows, 40);
     }
 
+    /// A host alone.
+    fn one(counters: [PoolCounters; 2]) -> CountersByHost {
+        CountersByHost::from([(String::new(), counters)])
+    }
+
+    #[test]
+    fn a_host_leaving_or_joining_the_fleet_within_the_window_makes_no_error_spike() {
+        let c = |n, refused| PoolCounters {
+            new_flows: n,
+            refused,
+            resets: 0,
+        };
+        let hosts = |of: &[(&str, PoolCounters)]| -> CountersByHost {
+            of.iter()
+                .map(|&(h, c)| (h.to_owned(), [c, PoolCounters::default()]))
+                .collect()
+        };
+        let mut w = Window::new(SECS(10));
+        // lb2 has carried 1000 flows, 1 refused, before the window.
+        w.push(SECS(0), hosts(&[("lb1", c(500, 1)), ("lb2", c(1000, 1))]));
+        w.push(SECS(2), hosts(&[("lb1", c(600, 1)), ("lb2", c(1100, 1))]));
+        // lb2 leaves (its report goes with its lease); lb3 joins with the
+        // totals of its whole life.
+        w.push(SECS(4), hosts(&[("lb1", c(700, 2)), ("lb3", c(5000, 50))]));
+        w.push(SECS(6), hosts(&[("lb1", c(800, 2)), ("lb3", c(5100, 50))]));
+        assert_eq!(
+            w.rates()[0],
+            PoolRates {
+                new_flows: 301 + 100,
+                failures: 1
+            },
+            "lb1 over the window (a refused connection is a new flow) and lb3 since it joined; lb2 no more"
+        );
+    }
+
     #[test]
     fn refused_connections_count_among_the_new_flows_so_a_pool_refusing_all_fails_all() {
         let c = |established, refused| PoolCounters {
@@ -442,8 +487,8 @@ mod tests {
             resets: 0,
         };
         let mut w = Window::new(SECS(10));
-        w.push(SECS(0), [c(0, 0), c(0, 0)]);
-        w.push(SECS(5), [c(0, 30), c(30, 0)]);
+        w.push(SECS(0), one([c(0, 0), c(0, 0)]));
+        w.push(SECS(5), one([c(0, 30), c(30, 0)]));
         assert_eq!(
             w.rates()[0],
             PoolRates {

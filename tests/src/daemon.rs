@@ -8,7 +8,7 @@ use std::{
     net::SocketAddrV4,
     os::unix::process::CommandExt as _,
     path::{Path, PathBuf},
-    process::{Child, Command, Output},
+    process::{Child, Command, Output, Stdio},
     sync::atomic::{AtomicU32, Ordering},
     thread,
     time::{Duration, Instant},
@@ -257,6 +257,20 @@ impl Daemon {
         child.wait().expect("wait for bg-lb run")
     }
 
+    /// Starts `bg-lb teardown` on the daemon's config (the daemon stopped),
+    /// the host stopping for good, without waiting: it withdraws the VIPs at
+    /// once and detaches 2 s later. [`finish_teardown`] waits for it.
+    pub fn start_teardown(&self) -> Child {
+        Command::new(self.bin)
+            .arg("teardown")
+            .arg("--config")
+            .arg(self.config_path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run bg-lb teardown")
+    }
+
     /// SIGHUP: reload the config.
     pub fn hangup(&self) {
         let pid = self.child.as_ref().expect("daemon running").id();
@@ -288,6 +302,18 @@ impl Daemon {
     pub fn pins_exist(&self) -> bool {
         Path::new(&self.pin_dir).exists()
     }
+}
+
+/// Waits for a teardown [`Daemon::start_teardown`] started; panics unless
+/// it succeeded. Its output.
+pub fn finish_teardown(teardown: Child) -> String {
+    let out = teardown.wait_with_output().expect("wait for bg-lb teardown");
+    assert!(
+        out.status.success(),
+        "bg-lb teardown: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 impl Drop for Daemon {

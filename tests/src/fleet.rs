@@ -188,12 +188,19 @@ impl LbHost {
     /// TCP health checks quick to notice a dead backend (`fall` x
     /// `fast_interval`) but with timeouts a loaded machine still meets.
     pub fn config(&self, paths: &str) -> String {
+        self.config_checking(paths, None)
+    }
+
+    /// Like [`LbHost::config`], the health checks going to `health_port`
+    /// of each backend when given.
+    pub fn config_checking(&self, paths: &str, health_port: Option<u16>) -> String {
+        let port = health_port.map_or(String::new(), |port| format!("port = {port}\n"));
         format!(
             "front_interface = \"front\"\nback_interface = \"back\"\nxdp_mode = \"native\"\n\
              snat_address = \"{snat}\"\n{paths}\
              [bgp]\nbird_include = \"{include}\"\nbird_socket = \"{socket}\"\n\
              [[service]]\nname = \"web\"\nvip = \"{VIP}\"\n\
-             [service.health]\ninterval = \"1s\"\nfast_interval = \"200ms\"\ntimeout = \"500ms\"\nrise = 1\nfall = 3\n\
+             [service.health]\n{port}interval = \"1s\"\nfast_interval = \"200ms\"\ntimeout = \"500ms\"\nrise = 1\nfall = 3\n\
              [[service.backend]]\npool = \"blue\"\naddress = \"{backend}\"\n",
             snat = self.snat,
             include = self.include.display(),
@@ -411,12 +418,13 @@ fn host_bird_conf(front: Ipv4Addr, gateway: Ipv4Addr, include: &Path) -> String 
     )
 }
 
-/// New connections from the client to the VIP, one every few milliseconds,
-/// each asking who served it, until stopped: what an event cost.
+/// New connections from the client to the VIP, one every few milliseconds
+/// from each of its clients, each asking who served it, until stopped:
+/// what an event cost.
 pub struct Prober {
     stop: Arc<AtomicBool>,
     results: Arc<Mutex<Vec<Attempt>>>,
-    thread: Option<JoinHandle<()>>,
+    threads: Vec<JoinHandle<()>>,
 }
 
 /// One connection: when it ended, and who served it or why it failed.
@@ -435,31 +443,42 @@ pub struct Probed {
 }
 
 impl Prober {
+    /// One client.
     pub fn start(fleet: &Fleet) -> Self {
+        Prober::with_clients(fleet, 1)
+    }
+
+    /// `clients` clients connecting side by side.
+    pub fn with_clients(fleet: &Fleet, clients: usize) -> Self {
         let (stop, results) = (Arc::new(AtomicBool::new(false)), Arc::new(Mutex::new(Vec::new())));
-        let (stopping, record) = (stop.clone(), results.clone());
-        let thread = fleet.client.ns.spawn(move || {
-            while !stopping.load(Ordering::Relaxed) {
-                let answer = NameClient::connect(VIP)
-                    .and_then(|mut c| c.ask())
-                    .map_err(|e| e.to_string());
-                record.lock().expect("results").push((Instant::now(), answer));
-                thread::sleep(Duration::from_millis(10));
-            }
-        });
-        Prober {
-            stop,
-            results,
-            thread: Some(thread),
+        let threads = (0..clients)
+            .map(|_| {
+                let (stopping, record) = (stop.clone(), results.clone());
+                fleet.client.ns.spawn(move || {
+                    while !stopping.load(Ordering::Relaxed) {
+                        let answer = NameClient::connect(VIP)
+                            .and_then(|mut c| c.ask())
+                            .map_err(|e| e.to_string());
+                        record.lock().expect("results").push((Instant::now(), answer));
+                        thread::sleep(Duration::from_millis(10));
+                    }
+                })
+            })
+            .collect();
+        Prober { stop, results, threads }
+    }
+
+    fn halt(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
         }
     }
 
     pub fn stop(mut self) -> Probed {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-        let results = std::mem::take(&mut *self.results.lock().expect("results"));
+        self.halt();
+        let mut results = std::mem::take(&mut *self.results.lock().expect("results"));
+        results.sort_by_key(|(at, _)| *at);
         let failures: Vec<Instant> = results.iter().filter(|(_, r)| r.is_err()).map(|(at, _)| *at).collect();
         Probed {
             ok: results.len() - failures.len(),
@@ -481,9 +500,6 @@ impl Prober {
 
 impl Drop for Prober {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
+        self.halt();
     }
 }

@@ -30,6 +30,10 @@
 //! - [`fleet`]: several LB hosts behind a router running BIRD with ECMP,
 //!   each host with its own BIRD for bg-lb's `[bgp]`; and a prober that
 //!   measures what an event costs new connections.
+//! - [`cluster`]: that fleet with one operator state: an etcd every host's
+//!   daemon uses, and a blue and a green backend behind each host.
+//! - [`fleet_release`]: a release across the cluster's hosts under load with
+//!   a host stopped for good in the middle (`cargo xtask demo --hosts N`).
 //! - [`etcd`]: one etcd process (loopback or a namespace) for the fleet
 //!   tests, killed by PID on drop.
 //! - [`topology`]: named namespaces and the one-arm client/LB/backends segment.
@@ -45,6 +49,7 @@
 //!   workloads, statistics and reports.
 pub mod bench;
 pub mod churn;
+pub mod cluster;
 pub mod cmd;
 pub mod container;
 pub mod daemon;
@@ -52,6 +57,7 @@ pub mod deploy;
 pub mod etcd;
 pub mod expect;
 pub mod fleet;
+pub mod fleet_release;
 pub mod flood;
 pub mod fuzz;
 pub mod http;

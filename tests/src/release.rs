@@ -80,11 +80,16 @@ fn ctl(lab: &BlueGreenLab, out: &dyn Narration, args: &[&str]) -> Result<(), Rel
     }
 }
 
-/// Sleeps in small slices so Ctrl-C is honoured promptly.
 fn pause(out: &dyn Narration, hold: Duration) -> Result<(), ReleaseError> {
+    pause_unless(hold, &|| out.interrupted())
+}
+
+/// Sleeps `hold` in small slices so Ctrl-C (`interrupted`) is honoured
+/// promptly.
+pub fn pause_unless(hold: Duration, interrupted: &dyn Fn() -> bool) -> Result<(), ReleaseError> {
     let until = Instant::now() + hold;
     while Instant::now() < until {
-        if out.interrupted() {
+        if interrupted() {
             return Err(ReleaseError::Interrupted);
         }
         thread::sleep(Duration::from_millis(50));

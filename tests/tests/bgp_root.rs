@@ -5,14 +5,13 @@
 //! event cost new connections is measured and printed.
 
 use std::{
-    process::Command,
     thread,
     time::{Duration, Instant},
 };
 
 use bg_lb::protocol::{BgpStatus, Reply};
 use bg_lb_tests::{
-    daemon::Daemon,
+    daemon::{Daemon, finish_teardown},
     fleet::{CONVERGENCE, Fleet, Probed, Prober, VIP},
 };
 
@@ -137,21 +136,14 @@ fn a_daemon_killed_and_restarted_on_its_pins_keeps_its_route_and_teardown_withdr
     // A clean stop (SIGTERM) keeps the route too; teardown is for good.
     daemons[0].terminate();
     assert_next_hops_stay(&fleet, &[0, 1], 1, "SIGTERM withdrew the route");
+    // Measured while teardown runs: it withdraws at once and detaches 2 s
+    // later.
+    let mut teardown = None;
     withdrawal(&fleet, "teardown of host 0", &[1], || {
-        let out = Command::new(BG_LB)
-            .arg("teardown")
-            .arg("--config")
-            .arg(daemons[0].config_path())
-            .output()
-            .expect("run bg-lb teardown");
-        let said = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "teardown: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(said.contains("withdrew every VIP from BIRD (Reconfigured)"), "{said}");
+        teardown = Some(daemons[0].start_teardown());
     });
+    let said = finish_teardown(teardown.expect("teardown started"));
+    assert!(said.contains("withdrew every VIP from BIRD (Reconfigured)"), "{said}");
     assert!(!daemons[0].pins_exist());
     assert!(fleet.ask_names(20).iter().all(|n| n == "host1"));
 }

@@ -6,95 +6,29 @@
 //! 8080, answering `green<i>`). Propagation is polled with a generous
 //! deadline and the time it took printed, never asserted.
 
-use std::{
-    net::{Ipv4Addr, SocketAddrV4},
-    thread,
-    time::{Duration, Instant},
-};
+use std::time::Instant;
 
-use bg_lb::protocol::{FleetStatus, Reply};
+use bg_lb::{ratio::Pool, shift::ShiftOutcome};
 use bg_lb_tests::{
-    daemon::Daemon,
-    etcd::Etcd,
-    fleet::{Fleet, LbHost},
-    servers::NameServer,
+    cluster::{Cluster, until},
+    fleet::Prober,
+    fleet_release,
+    release::Quiet,
 };
 
 const BG_LB: &str = env!("CARGO_BIN_EXE_bg-lb-under-test");
-/// Where etcd serves the hosts: the router's address on the client link,
-/// which every host routes to.
-const ETCD_ADDRESS: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 1);
-/// Far beyond the 1 s the fleet promises: a loaded CI machine must not fail it.
-const DEADLINE: Duration = Duration::from_secs(20);
 
-struct Cluster {
-    /// Dropped first: daemons before etcd and the fleet.
-    daemons: Vec<Daemon>,
-    _greens: Vec<NameServer>,
-    etcd: Etcd,
-    fleet: Fleet,
-}
-
-/// The fleet, its etcd and a daemon on each host in one cluster, once the
-/// router spreads the VIP over both hosts.
+/// Two hosts, once the router spreads the VIP over both.
 fn cluster() -> Cluster {
     bg_lb_tests::require_root();
-    let fleet = Fleet::new(2);
-    let etcd = Etcd::start_in(&fleet.router, ETCD_ADDRESS);
-    let greens = fleet
-        .hosts
-        .iter()
-        .enumerate()
-        .map(|(i, host)| NameServer::start(&host.backend.ns, green(host), format!("green{i}")))
-        .collect();
-    let daemons = fleet
-        .hosts
-        .iter()
-        .enumerate()
-        .map(|(i, host)| Daemon::start(BG_LB, &host.ns, |paths| config(host, paths, &etcd, i)))
-        .collect();
-    let took = fleet.await_next_hops(&fleet.fronts(&[0, 1]));
-    println!("both hosts announced the VIP after {took:?}");
-    Cluster {
-        daemons,
-        _greens: greens,
-        etcd,
-        fleet,
-    }
-}
-
-fn green(host: &LbHost) -> SocketAddrV4 {
-    SocketAddrV4::new(host.backend.addr, 8080)
-}
-
-/// The host's `[bgp]` config, a green backend, and `[cluster]`.
-fn config(host: &LbHost, paths: &str, etcd: &Etcd, i: usize) -> String {
-    format!(
-        "{}[[service.backend]]\npool = \"green\"\naddress = \"{}\"\n[cluster]\netcd = [\"{}\"]\nhost = \"lb{i}\"\n",
-        host.config(paths),
-        green(host),
-        etcd.url()
-    )
-}
-
-fn fleet_status(daemon: &Daemon) -> FleetStatus {
-    let reply: Reply = serde_json::from_str(&daemon.ctl_ok(&["--json", "status"])).expect("status JSON");
-    reply.fleet.expect("status shows [cluster]")
-}
-
-/// Polls `done` until it holds; how long that took. Panics after [`DEADLINE`].
-fn until(what: &str, mut done: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    while !done() {
-        assert!(start.elapsed() < DEADLINE, "{what} after {DEADLINE:?}");
-        thread::sleep(Duration::from_millis(20));
-    }
-    start.elapsed()
+    let cluster = Cluster::start(BG_LB, 2);
+    println!("both hosts announced the VIP after {:?}", cluster.announced_after);
+    cluster
 }
 
 #[test]
 fn ctl_ratio_on_one_host_changes_the_split_through_the_other_and_without_etcd_traffic_flows_and_changes_are_refused() {
-    let cluster = cluster();
+    let mut cluster = cluster();
     let (fleet, daemons) = (&cluster.fleet, &cluster.daemons);
     // Only host 1 takes the router's flows: a node drain is the host's own.
     daemons[0].ctl_ok(&["node", "drain"]);
@@ -121,7 +55,7 @@ fn ctl_ratio_on_one_host_changes_the_split_through_the_other_and_without_etcd_tr
     );
     assert_eq!(daemons[1].status("web").ratio.to_string(), "0:100");
     assert!(fleet.ask_names(20).iter().all(|n| n == "green1"));
-    let status = fleet_status(&daemons[1]);
+    let status = cluster.fleet_status(1);
     assert!(
         status.host == "lb1" && status.etcd_answers && status.revision.is_some(),
         "{status:?}"
@@ -129,10 +63,9 @@ fn ctl_ratio_on_one_host_changes_the_split_through_the_other_and_without_etcd_tr
 
     // etcd dies: both hosts forward as before, say so, and refuse changes
     // by name.
-    let mut etcd = cluster.etcd;
-    etcd.kill();
+    cluster.etcd.kill();
     until("host 1's status never said etcd is away", || {
-        !fleet_status(&daemons[1]).etcd_answers
+        !cluster.fleet_status(1).etcd_answers
     });
     let table = daemons[1].ctl_ok(&["status"]);
     assert!(table.contains("etcd 10.96.0.1:2379 UNREACHABLE"), "{table}");
@@ -157,7 +90,6 @@ fn ctl_ratio_on_one_host_changes_the_split_through_the_other_and_without_etcd_tr
         names.iter().all(|n| n.starts_with("green")) && names.iter().any(|n| n == "green0"),
         "{names:?}"
     );
-    drop(etcd);
 }
 
 #[test]
@@ -205,4 +137,119 @@ fn a_shift_survives_the_death_of_the_host_that_drives_it() {
         "{}",
         daemons[1].log()
     );
+}
+
+/// Health checks go to this port of every backend (a listener of its own),
+/// so a green backend can refuse every connection while its checks pass.
+const HEALTH_PORT: u16 = 9000;
+
+#[test]
+fn a_shift_led_by_a_host_without_traffic_rolls_back_on_the_errors_another_host_counts() {
+    bg_lb_tests::require_root();
+    let mut cluster = Cluster::start_checking(BG_LB, 2, Some(HEALTH_PORT));
+    // Host 0 leads the shift but the router sends it nothing; host 1 takes
+    // every connection, and its green backend refuses them. Only host 1's
+    // counters can show the breach.
+    cluster.daemons[0].ctl_ok(&["node", "drain"]);
+    cluster.fleet.await_next_hops(&cluster.fleet.fronts(&[1]));
+    cluster.daemons[0].ctl_ok(&["ratio", "web", "100:0"]);
+    until("host 1 never applied 100:0", || {
+        cluster.daemons[1].status("web").ratio.to_string() == "100:0"
+    });
+    cluster.stop_green(1);
+    let prober = Prober::with_clients(&cluster.fleet, 2);
+    // The first step would hold for 10 minutes: only a rollback ends the
+    // shift within the deadline.
+    let shift = [
+        "shift",
+        "web",
+        "--to",
+        "green",
+        "--steps",
+        "10,50,100",
+        "--interval",
+        "600s",
+        "--max-error-rate",
+        "5%",
+        "--min-flows",
+        "10",
+        "--detach",
+    ];
+    cluster.daemons[0].ctl_ok(&shift);
+    let took = until("the shift never rolled back", || {
+        cluster.daemons[0]
+            .status("web")
+            .shift
+            .is_some_and(|s| s.outcome != ShiftOutcome::Running)
+    });
+    let probed = prober.stop();
+    println!("rolled back {took:?} after the shift started; the clients saw {probed:?}");
+
+    let status = cluster.daemons[0].status("web");
+    let record = status.shift.clone().expect("the shift's record");
+    let ShiftOutcome::RolledBack { reason } = &record.outcome else {
+        panic!("{record:?}");
+    };
+    assert!(reason.contains("green error rate"), "{reason}");
+    assert_eq!((record.step, status.ratio.to_string().as_str()), (0, "100:0"));
+    // Host 0 carried none of it: its own green backend saw no connection,
+    // so the failures the judge counted are host 1's.
+    let green_of = |status: &bg_lb::protocol::ServiceStatus| {
+        status
+            .backends
+            .iter()
+            .find(|b| b.pool == Pool::Green)
+            .map(|b| (b.new_flows, b.refused))
+            .expect("a green backend")
+    };
+    assert_eq!(green_of(&status), (0, 0), "host 0 took connections");
+    let (_, refused_on_1) = green_of(&cluster.daemons[1].status("web"));
+    let judged = record.rates[Pool::Green.index()];
+    assert!(
+        judged.new_flows >= 10 && judged.failures > 0 && refused_on_1 >= judged.failures,
+        "judged {judged:?}; host 1's green backend refused {refused_on_1}"
+    );
+    assert!(probed.failed > 0, "{probed:?}");
+    until("host 1 never rolled back to 100:0", || {
+        cluster.daemons[1].status("web").ratio.to_string() == "100:0"
+    });
+}
+
+#[test]
+fn a_release_across_three_hosts_completes_under_load_while_one_host_stops_for_good() {
+    bg_lb_tests::require_root();
+    let mut cluster = Cluster::start(BG_LB, 3);
+    let started = Instant::now();
+    let report = fleet_release::release(&mut cluster, &Quiet, std::time::Duration::from_secs(3), 2)
+        .unwrap_or_else(|e| panic!("the release failed: {e:?}"));
+    println!(
+        "release over {:?}: host {} withdrawn {:?} after its SIGTERM; before: {:?}; after: {:?}",
+        started.elapsed(),
+        report.stopped,
+        report.withdrawn_after,
+        report.before,
+        report.after
+    );
+    // Clients went through every host before the stop.
+    for i in 0..3 {
+        assert!(
+            [format!("host{i}"), format!("green{i}")]
+                .iter()
+                .any(|name| report.before.served.contains_key(name)),
+            "no connection through host {i}: {:?}",
+            report.before.served
+        );
+    }
+    // After convergence every connection succeeded, none through the
+    // stopped host.
+    assert_eq!(report.after.failed, 0, "{:?}", report.after);
+    assert!(report.after.ok > 0);
+    let stopped = [format!("host{}", report.stopped), format!("green{}", report.stopped)];
+    assert!(
+        !report.after.served.keys().any(|name| stopped.contains(name)),
+        "{:?}",
+        report.after.served
+    );
+    assert!(cluster.fleet.ask_names(20).iter().all(|n| n.starts_with("green")));
+    assert!(!cluster.daemons[report.stopped].pins_exist());
 }

@@ -20,6 +20,10 @@ pub struct Options {
     /// The service's forwarding: full-nat (default), gateway or dsr.
     #[arg(long, value_parser = ["full-nat", "gateway", "dsr"])]
     mode: Option<String>,
+    /// LB hosts: 2 or 3 run the release across that many hosts behind a
+    /// BGP router (BIRD, ECMP, etcd), stopping one for good midway.
+    #[arg(long)]
+    hosts: Option<u8>,
 }
 
 pub fn run(opts: &Options) -> anyhow::Result<()> {
@@ -54,6 +58,9 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
     }
     if let Some(mode) = &opts.mode {
         demo.args(["--mode", mode]);
+    }
+    if let Some(hosts) = opts.hosts {
+        demo.args(["--hosts", &hosts.to_string()]);
     }
     println!("==> demo: running (Ctrl-C stops it and cleans everything up)\n");
     // Replace this process so Ctrl-C reaches only the demo, which cleans up.

@@ -10,7 +10,7 @@ use std::{collections::BTreeMap, net::SocketAddrV4, sync::atomic::Ordering};
 use serde::{Deserialize, Serialize};
 
 use super::store::{Fleet, StoreError};
-use crate::shift::PoolCounters;
+use crate::shift::{CountersByHost, PoolCounters};
 
 /// Per service, the blue and green counters of one host.
 pub type HostCounters = BTreeMap<String, [PoolCounters; 2]>;
@@ -58,15 +58,18 @@ impl Fleet {
             .collect())
     }
 
-    /// The other hosts' counters of `service`, summed.
-    pub fn others_counters(&self, service: &str) -> Result<[PoolCounters; 2], StoreError> {
-        let mut sum = [PoolCounters::default(); 2];
-        for report in self.others()?.values() {
-            for (total, pool) in sum.iter_mut().zip(report.counters.get(service).into_iter().flatten()) {
-                *total = total.plus(pool);
-            }
-        }
-        Ok(sum)
+    /// The other live hosts' counters of `service`, by host.
+    pub fn others_counters(&self, service: &str) -> Result<CountersByHost, StoreError> {
+        Ok(self
+            .others()?
+            .into_iter()
+            .filter_map(|(host, report)| Some((host, *report.counters.get(service)?)))
+            .collect())
+    }
+
+    /// The host's name in the fleet.
+    pub fn host(&self) -> &str {
+        &self.host
     }
 
     fn report_key(&self, host: &str) -> String {

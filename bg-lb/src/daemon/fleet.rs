@@ -13,7 +13,7 @@ use crate::{
     config::ServiceConfig,
     health::Listener,
     protocol::FleetStatus,
-    shift::PoolCounters,
+    shift::CountersByHost,
 };
 
 impl Daemon {
@@ -123,20 +123,19 @@ impl Daemon {
     }
 
     /// What a shift is judged on: this host's counters, plus with
-    /// `[cluster]` every other host's as last published (if etcd cannot
-    /// say, this host's alone: no step is taken without etcd anyway).
-    pub(super) fn shift_counters(&self, service: &ServiceConfig) -> Result<[PoolCounters; 2], RequestError> {
+    /// `[cluster]` every other live host's as last published (if etcd
+    /// cannot say, this host's alone: no step is taken without etcd anyway).
+    pub(super) fn shift_counters(&self, service: &ServiceConfig) -> Result<CountersByHost, RequestError> {
         let own = self.pool_counters(service)?;
         let Some(fleet) = self.store.fleet() else {
-            return Ok(own);
+            return Ok(CountersByHost::from([(String::new(), own)]));
         };
-        match fleet.others_counters(&service.name) {
-            Ok([blue, green]) => Ok([own[0].plus(&blue), own[1].plus(&green)]),
-            Err(error) => {
-                tracing::debug!(service = %service.name, %error, "judging on this host's counters alone");
-                Ok(own)
-            }
-        }
+        let mut counters = fleet.others_counters(&service.name).unwrap_or_else(|error| {
+            tracing::debug!(service = %service.name, %error, "judging on this host's counters alone");
+            CountersByHost::new()
+        });
+        counters.insert(fleet.host().to_owned(), own);
+        Ok(counters)
     }
 
     /// The shift of `name` is over (or never started): its lead is free.

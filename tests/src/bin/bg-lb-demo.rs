@@ -1,7 +1,9 @@
 //! The bg-lb demo (`cargo xtask demo`): a complete zero-downtime blue-green
 //! release in network namespaces, narrated step by step under steady client
-//! load, with a live view and a summary. Everything it creates is removed on
-//! exit, on error and on Ctrl-C.
+//! load, with a live view and a summary; with `--hosts N`, a release across
+//! N LB hosts behind a BGP router, one host stopping for good in the middle
+//! (`bg_lb_tests::fleet_release`). Everything it creates is removed on exit,
+//! on error and on Ctrl-C.
 
 use std::{
     process::{Command, ExitCode},
@@ -18,6 +20,8 @@ use bg_lb::{
     protocol::{Reply, ServiceStatus},
 };
 use bg_lb_tests::{
+    cluster::Cluster,
+    fleet_release::{self, FleetReleaseReport, Narrator},
     lab::{BlueGreenLab, LabOptions, SERVICE},
     load::{Load, LoadSpec, Tally, TallyWatch},
     release::{Narration, ReleaseError, ReleaseReport, release},
@@ -47,6 +51,11 @@ struct Args {
     /// and reply to it directly); README, "Forwarding modes".
     #[arg(long, default_value = "full-nat")]
     mode: Forwarding,
+    /// LB hosts. 2 or 3: the release runs across that many hosts behind a
+    /// router (BGP through BIRD, ECMP, one operator state in etcd; full
+    /// NAT), and the last host stops for good in the middle.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=3))]
+    hosts: u8,
 }
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
@@ -66,7 +75,11 @@ fn main() -> ExitCode {
         unsafe { signal(sig, SigHandler::Handler(on_signal)) }.expect("install signal handler");
     }
     let bin: &'static str = Box::leak(args.bin.clone().into_boxed_str());
-    let code = run(bin, &args);
+    let code = if args.hosts > 1 {
+        run_fleet(bin, &args)
+    } else {
+        run(bin, &args)
+    };
     println!("\nCleaning up: namespaces, XDP pins and processes...");
     code
 }
@@ -123,6 +136,105 @@ fn run(bin: &'static str, args: &Args) -> ExitCode {
         explore(&lab, bin);
     }
     code
+}
+
+fn run_fleet(bin: &'static str, args: &Args) -> ExitCode {
+    if args.mode != Forwarding::FullNat {
+        eprintln!("--hosts runs full NAT only (each host its own SNAT address; docs/deploy.md, \"Several hosts\")");
+        return ExitCode::FAILURE;
+    }
+    let hosts = usize::from(args.hosts);
+    println!("bg-lb demo: a release across {hosts} LB hosts under load, one host stopping for good midway\n");
+    println!("Setting up network namespaces: a router running BIRD (BGP, ECMP by the 5-tuple into its kernel");
+    println!("table), {hosts} LB hosts each running bg-lb (full NAT) and its own BIRD, one etcd holding the");
+    println!("fleet's operator state, behind each host a blue backend (answers hostN) and a green one");
+    println!("(answers greenN), and a client behind the router...");
+    let mut cluster = Cluster::start(bin, hosts);
+    println!(
+        "  every host announced the VIP; the router has all {hosts} as next hops after {:.1}s",
+        cluster.announced_after.as_secs_f64()
+    );
+    let hold = Duration::from_secs((args.duration / 4).max(2));
+    // Each client opens a connection about every 10 ms.
+    let clients = args.rate.div_ceil(100).max(1) as usize;
+    let outcome = fleet_release::release(&mut cluster, &FleetNarration, hold, clients);
+    let code = match outcome {
+        Ok(report) => fleet_summary(&report),
+        Err(ReleaseError::Interrupted) => {
+            println!("\nInterrupted.");
+            return ExitCode::from(130);
+        }
+        Err(ReleaseError::Failed(why)) => {
+            println!("\nThe release stopped: {why}");
+            println!("host 0's daemon log:\n{}", cluster.daemons[0].log());
+            ExitCode::FAILURE
+        }
+    };
+    if args.keep {
+        println!("\nThe topology is still up (--keep). Try:");
+        for (i, daemon) in cluster.daemons.iter().enumerate().take(hosts - 1) {
+            println!(
+                "  {bin} ctl --socket {} status      # host {i}",
+                daemon.socket().display()
+            );
+        }
+        println!(
+            "  ip netns exec {} ip route show 10.96.100.100",
+            cluster.fleet.router.name
+        );
+        println!("Press Ctrl-C to tear everything down.");
+        while !INTERRUPTED.load(Ordering::Relaxed) {
+            thread::sleep(Duration::from_millis(200));
+        }
+    }
+    code
+}
+
+/// What the clients saw; the demo passes when every connection after the
+/// router dropped the stopped host succeeded.
+fn fleet_summary(report: &FleetReleaseReport) -> ExitCode {
+    println!("\n=== Summary ===");
+    let phases = [
+        ("until the router dropped the stopped host", &report.before),
+        ("after that, to the end of the shift", &report.after),
+    ];
+    for (phase, probed) in phases {
+        println!("{phase}:");
+        println!("  connections ok        {}", probed.ok);
+        println!("  connections failed    {}", probed.failed);
+        println!("  failure window        {:.3}s", probed.failure_window.as_secs_f64());
+        let served: Vec<String> = probed.served.iter().map(|(name, n)| format!("{name} {n}")).collect();
+        println!("  served by             {}", served.join(", "));
+    }
+    println!(
+        "host {} withdrawn by the router {:.2}s after its SIGTERM",
+        report.stopped,
+        report.withdrawn_after.as_secs_f64()
+    );
+    if report.after.failed == 0 {
+        println!("result: PASS, every connection after convergence succeeded");
+        ExitCode::SUCCESS
+    } else {
+        println!("result: FAIL, connections failed after convergence");
+        ExitCode::FAILURE
+    }
+}
+
+/// Step banners and notes, as the single-host demo prints them.
+struct FleetNarration;
+
+impl Narrator for FleetNarration {
+    fn step(&self, title: &str) {
+        println!("\n=== {title} ===");
+    }
+
+    fn note(&self, text: &str) {
+        println!("    {text}");
+    }
+
+    fn interrupted(&self) -> bool {
+        INTERRUPTED.load(Ordering::Relaxed)
+    }
 }
 
 /// How the backends were set up for `mode`, and what they see.
