@@ -40,8 +40,8 @@
 //! - [`udp_frames`]: UDP datagrams for packet tests, built and checked.
 //! - [`raw`]: hand-made TCP segments from any source (forged RSTs, spoofed
 //!   SYNs) through a raw socket.
-//! - [`servers`]: a stoppable TCP accept loop, servers that answer with
-//!   their name, and their client.
+//! - [`servers`]: a stoppable TCP accept loop, TCP and UDP servers that
+//!   answer with their name, and their clients.
 //! - [`churn`]: paced short connections (one line each, either side closing
 //!   first, from one client address or many) and their server, counting
 //!   failures and stalled connects.

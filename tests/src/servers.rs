@@ -1,10 +1,11 @@
-//! Test TCP servers and clients: a stoppable accept loop, name servers that
-//! answer every line they read with their own name, so a client learns
-//! which backend served it, and a bulk server for large transfers.
+//! Test servers and clients: a stoppable TCP accept loop, name servers
+//! (TCP and UDP) that answer every line or datagram with their own name, so
+//! a client learns which backend served it, and a bulk server for large
+//! transfers.
 
 use std::{
     io::{BufRead, BufReader, Read, Write},
-    net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream},
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket},
     os::fd::AsRawFd,
     sync::{
         Arc,
@@ -257,4 +258,112 @@ fn bulk_connect(to: SocketAddrV4) -> std::io::Result<(TcpStream, BufReader<TcpSt
     stream.set_read_timeout(Some(BULK_STALL))?;
     stream.set_write_timeout(Some(BULK_STALL))?;
     Ok((stream.try_clone()?, BufReader::new(stream)))
+}
+
+/// A UDP server that answers every datagram with its name (`peer` with the
+/// address the datagram came from), stopped on drop.
+pub struct UdpNameServer {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl UdpNameServer {
+    pub fn start(ns: &NetNs, addr: SocketAddrV4, name: String) -> Self {
+        let socket = ns.run(move || UdpSocket::bind(addr).unwrap_or_else(|e| panic!("bind udp {addr}: {e}")));
+        // A timeout, so the loop sees the stop flag between datagrams.
+        socket
+            .set_read_timeout(Some(Duration::from_millis(50)))
+            .expect("udp read timeout");
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = stop.clone();
+        let thread = thread::spawn(move || {
+            let mut buf = [0u8; 1500];
+            while !stopping.load(Ordering::Relaxed) {
+                let Ok((len, from)) = socket.recv_from(&mut buf) else {
+                    continue;
+                };
+                let peer = from.to_string();
+                let answer = if &buf[..len] == b"peer" {
+                    peer.as_str()
+                } else {
+                    name.as_str()
+                };
+                let _ = socket.send_to(answer.as_bytes(), from);
+            }
+        });
+        UdpNameServer {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// One on UDP `port` of every host, named b0, b1, ... in order.
+    pub fn start_on_each(hosts: &[Host], port: u16) -> Vec<UdpNameServer> {
+        hosts
+            .iter()
+            .enumerate()
+            .map(|(i, h)| UdpNameServer::start(&h.ns, SocketAddrV4::new(h.addr, port), format!("b{i}")))
+            .collect()
+    }
+}
+
+impl Drop for UdpNameServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A UDP client socket connected to one address (it takes datagrams from
+/// that address only), asking "who are you?" datagram by datagram: every
+/// question from the same socket is one UDP flow.
+pub struct UdpNameClient {
+    socket: UdpSocket,
+}
+
+impl UdpNameClient {
+    /// A socket on an ephemeral port, connected to `to`; created in the
+    /// caller's namespace.
+    pub fn connect(to: SocketAddrV4) -> std::io::Result<Self> {
+        let socket = UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0))?;
+        socket.connect(to)?;
+        socket.set_read_timeout(Some(Duration::from_secs(1)))?;
+        Ok(UdpNameClient { socket })
+    }
+
+    /// The client's end of the flow.
+    pub fn local_addr(&self) -> SocketAddrV4 {
+        match self.socket.local_addr().expect("a bound socket") {
+            SocketAddr::V4(addr) => addr,
+            SocketAddr::V6(addr) => panic!("an IPv4 socket, not {addr}"),
+        }
+    }
+
+    /// The name of the server that answers. A question or answer lost (UDP
+    /// promises no delivery; the first datagram may wait for ARP) is asked
+    /// again, on the same flow, up to three times.
+    pub fn ask(&self) -> std::io::Result<String> {
+        let mut buf = [0u8; 1500];
+        let mut last = std::io::ErrorKind::TimedOut.into();
+        for _ in 0..3 {
+            self.socket.send(b"who")?;
+            match self.socket.recv(&mut buf) {
+                Ok(len) => return Ok(String::from_utf8_lossy(&buf[..len]).into_owned()),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+}
+
+/// Asks `vip` who it is from `n` fresh UDP sockets in `client`, one after
+/// another: `n` new flows.
+pub fn ask_names_udp(client: &NetNs, vip: SocketAddrV4, n: usize) -> std::io::Result<Vec<String>> {
+    client.run(move || {
+        (0..n)
+            .map(|_| UdpNameClient::connect(vip).and_then(|c| c.ask()))
+            .collect()
+    })
 }
