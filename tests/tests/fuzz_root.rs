@@ -19,6 +19,7 @@
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use bg_lb::dataplane::syn_proxy::{SynProxy, SynProxyMode};
+use bg_lb_common::counters::Counter;
 use bg_lb_tests::{
     fuzz::{
         self, FuzzOptions, FuzzReport,
@@ -78,6 +79,18 @@ fn assert_reached(report: &FuzzReport, classes: &[Class], at_least: u64) {
     }
 }
 
+/// The data plane took each of `counters`' paths at least `at_least` times.
+fn assert_counted(report: &FuzzReport, counters: &[Counter], at_least: u64) {
+    for &counter in counters {
+        assert!(
+            report.counted(counter) >= at_least,
+            "only {} frames counted {counter:?}:\n{}",
+            report.counted(counter),
+            report.summary()
+        );
+    }
+}
+
 #[test]
 fn a_million_hostile_frames_are_never_forwarded_outside_a_flow_and_never_corrupted() {
     let frames = frames(1_000_000);
@@ -132,6 +145,14 @@ fn hostile_frames_while_flows_are_evicted_never_cross_clients() {
         "the flow table never filled:\n{}",
         report.summary()
     );
+    // What eviction makes of the NAT state was met, not only survived:
+    // evicted flows pinned again from their own reverse entries, and
+    // backends' replies for flows gone or ports taken over dropped.
+    assert_counted(
+        &report,
+        &[Counter::FlowReadopted, Counter::StaleReply],
+        report.frames / 10_000,
+    );
 }
 
 #[test]
@@ -150,6 +171,13 @@ fn hostile_frames_while_snat_ports_run_out_never_cross_clients() {
         report.most_flows >= 60,
         "the SNAT ports were never used up:\n{}",
         report.summary()
+    );
+    // SYNs refused for want of a port, and segments of unknown flows whose
+    // every stateless port another flow owns, dropped.
+    assert_counted(
+        &report,
+        &[Counter::SnatPortsExhausted, Counter::UnpinnedPortTaken],
+        report.frames / 100,
     );
 }
 
