@@ -19,6 +19,7 @@
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use bg_lb::dataplane::syn_proxy::{SynProxy, SynProxyMode};
+use bg_lb_common::counters::Counter;
 use bg_lb_tests::{
     fuzz::{
         self, FuzzOptions, FuzzReport,
@@ -78,6 +79,18 @@ fn assert_reached(report: &FuzzReport, classes: &[Class], at_least: u64) {
     }
 }
 
+/// The data plane took each of `counters`' paths at least `at_least` times.
+fn assert_counted(report: &FuzzReport, counters: &[Counter], at_least: u64) {
+    for &counter in counters {
+        assert!(
+            report.counted(counter) >= at_least,
+            "only {} frames counted {counter:?}:\n{}",
+            report.counted(counter),
+            report.summary()
+        );
+    }
+}
+
 #[test]
 fn a_million_hostile_frames_are_never_forwarded_outside_a_flow_and_never_corrupted() {
     let frames = frames(1_000_000);
@@ -126,12 +139,16 @@ fn hostile_frames_while_flows_are_evicted_never_cross_clients() {
         snat_ports: (20000, 21023),
         ..PacketLabOptions::with_ratio(50)
     };
-    let report = run_short_of_room(seed() ^ 0xe71c, 2048, lab, false);
-    assert!(
-        report.most_flows >= 200,
-        "the flow table never filled:\n{}",
-        report.summary()
-    );
+    // What eviction makes of the NAT state is met, not only survived:
+    // evicted flows pinned again from their own reverse entries, and
+    // backends' replies for flows gone or ports taken over dropped.
+    let scarcity = Scarcity {
+        most_flows: 200,
+        unmet: "the flow table never filled",
+        paths: &[Counter::FlowReadopted, Counter::StaleReply],
+        one_in: 10_000,
+    };
+    run_short_of_room(seed() ^ 0xe71c, 2048, lab, false, &scarcity);
 }
 
 #[test]
@@ -145,22 +162,37 @@ fn hostile_frames_while_snat_ports_run_out_never_cross_clients() {
         snat_ports: (20000, 20063),
         ..PacketLabOptions::with_ratio(50)
     };
-    let report = run_short_of_room(seed() ^ 0x5a47, 1024, lab, true);
-    assert!(
-        report.most_flows >= 60,
-        "the SNAT ports were never used up:\n{}",
-        report.summary()
-    );
+    // SYNs refused for want of a port, and segments of unknown flows whose
+    // every stateless port another flow owns, dropped.
+    let scarcity = Scarcity {
+        most_flows: 60,
+        unmet: "the SNAT ports were never used up",
+        paths: &[Counter::SnatPortsExhausted, Counter::UnpinnedPortTaken],
+        one_in: 100,
+    };
+    run_short_of_room(seed() ^ 0x5a47, 1024, lab, true, &scarcity);
+}
+
+/// What a run short of room must show: its table filled (at least
+/// `most_flows` flows at a check, else `unmet`), and the data plane's
+/// `paths` for want of room taken, each by one frame in `one_in` at least.
+struct Scarcity<'a> {
+    most_flows: usize,
+    unmet: &'a str,
+    paths: &'a [Counter],
+    one_in: u64,
 }
 
 /// A quarter run of `sessions` connections on `lab`, which has too few flow
-/// slots or SNAT ports for them; ordinary flows must still get through.
+/// slots or SNAT ports for them; ordinary flows must still get through, and
+/// the run must show `scarcity`.
 fn run_short_of_room(
     seed: u64,
     sessions: usize,
     lab: PacketLabOptions,
     reverse_nat_complete_between_sweeps: bool,
-) -> FuzzReport {
+    scarcity: &Scarcity,
+) {
     let frames = frames(1_000_000) / 4;
     let report = run(FuzzOptions {
         seed,
@@ -175,7 +207,13 @@ fn run_short_of_room(
     // their stateless port taken (by an evicted flow's reverse entry, or all
     // of them in use) and are dropped.
     assert_reached(&report, &[Class::ToBackendPinned, Class::ReplyToClient], frames / 200);
-    report
+    assert!(
+        report.most_flows >= scarcity.most_flows,
+        "{}:\n{}",
+        scarcity.unmet,
+        report.summary()
+    );
+    assert_counted(&report, scarcity.paths, frames / scarcity.one_in);
 }
 
 /// A change to a frame.

@@ -16,6 +16,7 @@ use std::{
 };
 
 use bg_lb::dataplane::{FlowTimeouts, syn_proxy::SynProxyMode};
+use bg_lb_common::counters::Counter;
 use frames::{Origin, Traffic};
 use oracle::{Class, Oracle};
 
@@ -51,12 +52,19 @@ pub struct FuzzReport {
     pub most_flows: usize,
     /// See [`Oracle::cookie_mss_fallbacks`].
     pub cookie_mss_fallbacks: u64,
+    /// The data plane's counters that moved, at the end of the run.
+    pub counters: Vec<(Counter, u64)>,
     pub violations: Vec<String>,
 }
 
 impl FuzzReport {
     pub fn count(&self, class: Class) -> u64 {
         self.classes.get(&class).copied().unwrap_or(0)
+    }
+
+    /// How many times the data plane counted `counter` in the run.
+    pub fn counted(&self, counter: Counter) -> u64 {
+        self.counters.iter().find(|(c, _)| *c == counter).map_or(0, |&(_, n)| n)
     }
 
     pub fn summary(&self) -> String {
@@ -73,6 +81,10 @@ impl FuzzReport {
         );
         for (class, n) in &self.classes {
             let _ = writeln!(text, "  {class:?}: {n}");
+        }
+        let _ = writeln!(text, "data plane counters:");
+        for (counter, n) in &self.counters {
+            let _ = writeln!(text, "  {counter:?}: {n}");
         }
         text
     }
@@ -126,6 +138,11 @@ pub fn run(o: &FuzzOptions) -> FuzzReport {
     }
     report.elapsed = started.elapsed();
     report.cookie_mss_fallbacks = oracle.cookie_mss_fallbacks();
+    report.counters = Counter::ALL
+        .iter()
+        .map(|&c| (c, lab.counter(c)))
+        .filter(|&(_, n)| n > 0)
+        .collect();
     report
 }
 
