@@ -3,7 +3,8 @@
 //! resets its connections still open at both ends
 //! ([`crate::dataplane::Dataplane::reset_flows`]). The deadline is operator
 //! state, so it survives a restart; a pool given a share again before its
-//! deadline passes keeps its connections.
+//! deadline passes keeps its connections. In a fleet (`[cluster]`) every
+//! host resets its own connections and adds its count to the deadline's.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -65,7 +66,10 @@ impl Daemon {
             .iter()
             .filter_map(|service| {
                 let deadline = self.operator.services.get(&service.name)?.drain_deadline?;
-                (deadline.reset.is_none() && deadline.at_unix_ms <= now).then(|| (service.clone(), deadline))
+                let done = self
+                    .deadlines_done
+                    .contains(&(service.name.clone(), deadline.at_unix_ms));
+                (!done && deadline.at_unix_ms <= now).then(|| (service.clone(), deadline))
             })
             .collect();
         for (service, deadline) in due {
@@ -76,15 +80,23 @@ impl Daemon {
                 None
             } else {
                 match self.reset_pool(&service.keys().collect::<Vec<_>>(), pool) {
+                    // Reset here already (a restarted daemon, or another host
+                    // of the fleet saved first): nothing new to record.
+                    Ok(0) if deadline.reset.is_some() => {
+                        self.deadlines_done.insert((service.name.clone(), deadline.at_unix_ms));
+                        continue;
+                    }
                     Ok(reset) => {
+                        self.deadlines_done.insert((service.name.clone(), deadline.at_unix_ms));
                         tracing::info!(
                             service = service.name,
                             %pool,
                             reset,
                             "drain deadline passed: connections still open were reset at both ends"
                         );
+                        // A fleet's hosts add up their counts.
                         Some(DrainDeadline {
-                            reset: Some(reset),
+                            reset: Some(deadline.reset.unwrap_or(0) + reset),
                             ..deadline
                         })
                     }

@@ -3,7 +3,7 @@
 //! programmed data plane, kept consistent.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     fs,
     path::{Path, PathBuf},
     time::{Duration, Instant, SystemTime},
@@ -117,6 +117,9 @@ pub struct Daemon {
     ramps: HashMap<String, crate::slow_start::Ramps>,
     /// Auto-mode services whose SYN proxy is on, as last logged.
     flooded: HashMap<String, floods::Flooded>,
+    /// Drain deadlines (service, when) this daemon has carried out: in a
+    /// fleet each host resets its own connections, whichever saved first.
+    deadlines_done: HashSet<(String, u64)>,
     /// Drives BIRD when the config has `[bgp]`.
     speaker: Option<Speaker>,
 }
@@ -203,6 +206,7 @@ impl Daemon {
             shift_rollbacks: BTreeMap::new(),
             ramps: HashMap::new(),
             flooded: HashMap::new(),
+            deadlines_done: HashSet::new(),
             speaker: None,
         };
         daemon.speaker = Self::speaker_for(&daemon.config);
