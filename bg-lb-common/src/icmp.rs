@@ -27,6 +27,8 @@ pub const FRAG_NEEDED_LEN: usize = IPV4_LEN + ICMP_LEN + QUOTE_LEN;
 /// Offset of the TCP checksum in the TCP header: a quote must hold this and
 /// the next byte for the checksum to be rewritten with it.
 pub const TCP_CHECK_OFFSET: usize = 16;
+/// Offset of the UDP checksum in the UDP header: inside every quote.
+pub const UDP_CHECK_OFFSET: usize = 6;
 
 /// TTL of the errors the data plane generates (Linux's default).
 const TTL: u8 = 64;
@@ -59,7 +61,8 @@ pub struct QuoteChecksums {
     pub icmp: u16,
     /// The quoted IP header's.
     pub ip: u16,
-    /// The quoted TCP header's, if the quote reaches it.
+    /// The quoted TCP header's, if the quote reaches it; or the quoted UDP
+    /// header's, unless it is 0 (none), which stays 0.
     pub tcp: Option<u16>,
 }
 

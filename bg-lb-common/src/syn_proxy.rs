@@ -39,7 +39,8 @@ pub const HELD: u32 = 1 << 4;
 /// MSS. A larger early segment is dropped (the client sends it again).
 pub const HELD_PAYLOAD_MAX: usize = 1460;
 
-/// The proxy's jobs that write a frame, the UDP path and RSTs. Each is its own
+/// The proxy's jobs that write a frame, the UDP path (datagrams and ICMP
+/// errors about them) and RSTs. Each is its own
 /// XDP program, reached by tail call through `SYN_PROXY_JOBS` at the job's
 /// index, so it has a stack frame of its own: the packet paths leave too
 /// little of theirs.
@@ -63,10 +64,13 @@ pub enum Job {
     /// Refuse the TCP segment in the frame with a RST (rebuilding the frame
     /// as a RST needs a call chain the TCP program has no stack left for).
     Rst,
+    /// An ICMP error quoting a UDP datagram: translated for its UDP flow as
+    /// the TCP program translates one about a TCP flow, off its stack.
+    IcmpUdp,
 }
 
 /// Each job's program name, by job index.
-pub const JOB_PROGRAMS: [&str; 7] = [
+pub const JOB_PROGRAMS: [&str; 8] = [
     "bg_lb_syn_ack",
     "bg_lb_open_backend",
     "bg_lb_resend_syn",
@@ -74,6 +78,7 @@ pub const JOB_PROGRAMS: [&str; 7] = [
     "bg_lb_hold_segment",
     "bg_lb_udp",
     "bg_lb_rst",
+    "bg_lb_icmp_udp",
 ];
 
 /// The flood detector's window.
@@ -241,6 +246,7 @@ mod tests {
             Job::HoldSegment,
             Job::Udp,
             Job::Rst,
+            Job::IcmpUdp,
         ];
         assert_eq!(jobs.len(), JOB_PROGRAMS.len());
         for (i, job) in jobs.into_iter().enumerate() {

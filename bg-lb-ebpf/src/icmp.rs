@@ -19,6 +19,11 @@
 //! receiver's stack matches an error by its quote alone, whatever its
 //! source.
 //!
+//! Errors quoting a UDP datagram are translated the same way, for UDP
+//! flows only, by a program of its own ([`bg_lb_icmp_udp`], reached by tail
+//! call as the UDP path is), so the TCP program's stack does not grow; a
+//! quoted UDP checksum of 0 (none) stays 0.
+//!
 //! A SYN-proxied flow's backend numbers its bytes differently from what its
 //! client sees (`seq_delta`): an error that goes to the backend quotes its
 //! segment with the sequence number moved back into the backend's numbers,
@@ -27,28 +32,54 @@
 
 use aya_ebpf::{
     bindings::xdp_action::{XDP_DROP, XDP_PASS, XDP_TX},
+    macros::xdp,
     programs::XdpContext,
 };
 use bg_lb_common::{
     checksum::{replace16, replace32},
     counters::Counter,
     icmp::{IPPROTO_ICMP, Tuple, frag_needed, quote, shift_quoted_seq},
-    maps::{FlowKey, IPPROTO_TCP, NatKey},
+    maps::{FlowKey, IPPROTO_TCP, IPPROTO_UDP, NatKey},
+    syn_proxy::Job,
 };
 
 use crate::{
     forward::{Route, RouteQuery, dropped, route, send},
     maps::{BACKENDS, count, flow_entry, flow_pinned_to, reverse_owner},
-    packet::{TcpPacket, parse_icmp_error},
+    packet::{NotForUs, TcpPacket, icmp_quotes_udp, parse_icmp_error, parse_tcp},
     synproxy,
 };
 
-/// Translates an ICMP error about a pinned flow to the other side and
-/// forwards it; passes anything else.
+/// Translates an ICMP error about a pinned TCP flow to the other side and
+/// forwards it; hands one quoting UDP to [`bg_lb_icmp_udp`]; passes anything
+/// else.
 #[inline(always)]
 pub fn icmp_error(ctx: &XdpContext) -> u32 {
-    let mut error = match parse_icmp_error(ctx) {
+    translate(ctx, IPPROTO_TCP)
+}
+
+/// [`Job::IcmpUdp`]: an ICMP error quoting a UDP datagram, translated for
+/// its pinned UDP flow, or passed.
+#[xdp]
+pub fn bg_lb_icmp_udp(ctx: XdpContext) -> u32 {
+    // Through the TCP program's parse, as the frame came: parsed directly,
+    // LLVM zero-extends the frame's start pointer with shifts, which the
+    // verifier refuses ("pointer arithmetic with <<= operator prohibited").
+    match parse_tcp(&ctx) {
+        Err(NotForUs::Icmp) => translate(&ctx, IPPROTO_UDP),
+        _ => XDP_PASS,
+    }
+}
+
+/// An ICMP error about a packet of protocol `proto` (TCP or UDP), for a
+/// pinned flow of that protocol.
+#[inline(always)]
+fn translate(ctx: &XdpContext, proto: u8) -> u32 {
+    let mut error = match parse_icmp_error(ctx, proto) {
         Ok(error) => error,
+        Err(Counter::IcmpErrorWithoutFlow) if proto == IPPROTO_TCP && icmp_quotes_udp(ctx) => {
+            return synproxy::hand_over(ctx, Job::IcmpUdp);
+        }
         Err(counter) => {
             count(counter);
             return XDP_PASS;
@@ -57,7 +88,7 @@ pub fn icmp_error(ctx: &XdpContext) -> u32 {
     let quoted = error.quoted();
     // An error goes to the source of the packet it quotes.
     let origin = if error.dst_addr() == quoted.src_addr {
-        origin_of(&quoted)
+        origin_of(&quoted, proto)
     } else {
         None
     };
@@ -120,7 +151,7 @@ pub fn icmp_error(ctx: &XdpContext) -> u32 {
 /// sequence number); the LB has decremented its TTL.
 #[inline(always)]
 pub fn answer_too_big(ctx: &XdpContext, pkt: &mut TcpPacket<'_>, mtu: u16) -> u32 {
-    let origin = origin_of(&pkt.tuple());
+    let origin = origin_of(&pkt.tuple(), IPPROTO_TCP);
     // A packet forwarded without a pinned flow has no way back, and one sent
     // to a group MAC must not be answered from it.
     let Some(origin) = origin.filter(|_| !pkt.to_group_mac()) else {
@@ -154,9 +185,10 @@ struct Origin {
 /// key exists is tried), a backend's if it goes to a client. Only a pinned
 /// flow whose flow and reverse-NAT entries agree has an origin: an error
 /// about one flow must never reach another's endpoint, as its quote may
-/// carry that flow's data.
+/// carry that flow's data. Only a flow of `proto` has an origin: a flow of
+/// the other protocol on the same pair is not the one quoted.
 #[inline(always)]
-fn origin_of(emitted: &Tuple) -> Option<Origin> {
+fn origin_of(emitted: &Tuple, proto: u8) -> Option<Origin> {
     let nat = NatKey {
         backend_addr: emitted.dst_addr,
         snat_addr: emitted.src_addr,
@@ -164,8 +196,7 @@ fn origin_of(emitted: &Tuple) -> Option<Origin> {
         snat_port: emitted.src_port,
     };
     if let Some(client) = reverse_owner(&nat) {
-        // Errors about TCP only: a UDP flow holding the pair is not this one.
-        if client.proto != IPPROTO_TCP {
+        if client.proto != proto {
             return None;
         }
         flow_pinned_to(&client, &nat)?;
@@ -185,7 +216,7 @@ fn origin_of(emitted: &Tuple) -> Option<Origin> {
         vip_addr: emitted.src_addr,
         client_port: emitted.dst_port,
         vip_port: emitted.src_port,
-        proto: IPPROTO_TCP,
+        proto,
         _pad: [0; 3],
     };
     let flow = flow_entry(&client)?;

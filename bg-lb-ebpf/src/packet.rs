@@ -22,7 +22,7 @@ use bg_lb_common::{
     checksum::finish,
     counters::Counter,
     flow_state::Segment,
-    icmp::{self, ICMP_LEN, QUOTE_L4_LEN, QuoteChecksums, TCP_CHECK_OFFSET, Tuple},
+    icmp::{self, ICMP_LEN, QUOTE_L4_LEN, QuoteChecksums, TCP_CHECK_OFFSET, Tuple, UDP_CHECK_OFFSET},
     port_reuse,
     syn_proxy::HELD_PAYLOAD_MAX,
 };
@@ -59,7 +59,7 @@ const ICMP_OFFSET: usize = ETH_LEN + IP_LEN;
 const QUOTE_IP_OFFSET: usize = ICMP_OFFSET + ICMP_LEN;
 const QUOTE_L4_OFFSET: usize = QUOTE_IP_OFFSET + IP_LEN;
 /// The shortest ICMP error that can be translated, from its IP header on:
-/// the quote must hold the quoted IP header and the TCP ports.
+/// the quote must hold the quoted IP header and the TCP or UDP ports.
 const MIN_ICMP_ERROR_LEN: usize = IP_LEN + ICMP_LEN + IP_LEN + QUOTE_L4_LEN;
 
 /// Pointer to a `T` at `offset` in the frame, if the whole `T` is inside it.
@@ -729,21 +729,24 @@ impl TcpPacket<'_> {
     }
 }
 
-/// An ICMPv4 error about a TCP segment, as the data plane translates it:
-/// the outer IPv4 header (no options, not a fragment), the ICMP header, and
-/// the quote, whose IPv4 header (no options) and TCP ports are all inside
-/// the frame and the outer IP length. Borrowed for the rest of the run.
+/// An ICMPv4 error about a TCP segment or a UDP datagram, as the data plane
+/// translates it: the outer IPv4 header (no options, not a fragment), the
+/// ICMP header, and the quote, whose IPv4 header (no options) and ports are
+/// all inside the frame and the outer IP length. Borrowed for the rest of
+/// the run.
 pub struct IcmpError<'a> {
     /// The outer headers.
     frame: Ipv4Frame<'a>,
     icmp: &'a mut Icmpv4Hdr,
     quote_ip: &'a mut Ipv4Hdr,
-    /// The quoted TCP source and destination ports.
+    /// The quoted source and destination ports.
     quote_ports: &'a mut [[u8; 2]; 2],
-    /// The quoted TCP sequence number, as the bytes stand.
+    /// The quoted TCP sequence number, as the bytes stand (of a UDP quote:
+    /// its length and checksum, never shifted).
     quote_seq: &'a mut [u8; 4],
-    /// The quoted TCP checksum, if the quote holds it.
-    quote_tcp_check: Option<&'a mut [u8; 2]>,
+    /// The quoted TCP or UDP checksum, if the quote holds it (a UDP
+    /// checksum of 0, none, is not one).
+    quote_l4_check: Option<&'a mut [u8; 2]>,
     /// Outer IP total length, host order.
     ip_len: u16,
 }
@@ -764,13 +767,14 @@ impl DerefMut for IcmpError<'_> {
     }
 }
 
-/// Parses an IPv4 ICMP frame ([`NotForUs::Icmp`]) as an error the data plane
-/// may translate. Otherwise the counter says why not: [`Counter::Passed`]
-/// for messages that are not such errors (echo, redirect, ...),
-/// [`Counter::IcmpMalformed`] for ones it cannot parse, and
-/// [`Counter::IcmpErrorWithoutFlow`] for errors about anything but TCP.
+/// Parses an IPv4 ICMP frame ([`NotForUs::Icmp`]) as an error about a
+/// packet of protocol `proto` (TCP or UDP) the data plane may translate.
+/// Otherwise the counter says why not: [`Counter::Passed`] for messages
+/// that are not such errors (echo, redirect, ...), [`Counter::IcmpMalformed`]
+/// for ones it cannot parse, and [`Counter::IcmpErrorWithoutFlow`] for
+/// errors about another protocol ([`icmp_quotes_udp`] tells UDP apart).
 #[inline(always)]
-pub fn parse_icmp_error(ctx: &XdpContext) -> Result<IcmpError<'_>, Counter> {
+pub fn parse_icmp_error(ctx: &XdpContext, proto: u8) -> Result<IcmpError<'_>, Counter> {
     let (Some(eth), Some(ip), Some(icmp_hdr)) = (
         ptr_at::<EthHdr>(ctx, 0),
         ptr_at::<Ipv4Hdr>(ctx, ETH_LEN),
@@ -813,22 +817,25 @@ pub fn parse_icmp_error(ctx: &XdpContext) -> Result<IcmpError<'_>, Counter> {
             u16::from_be_bytes((*quote_ip).frags),
         )
     };
-    // Only a first fragment quotes the TCP header; the data plane sends no
+    // Only a first fragment quotes the L4 header; the data plane sends no
     // options, so a quote with them is not of a packet it sent.
     if quote_vihl != 0x45 || quote_frags & IP_OFFSET_MASK != 0 {
         return Err(Counter::IcmpMalformed);
     }
-    if quote_proto != IpProto::Tcp as u8 {
+    if quote_proto != proto {
         return Err(Counter::IcmpErrorWithoutFlow);
     }
-    let check_offset = QUOTE_L4_OFFSET + TCP_CHECK_OFFSET;
-    let quote_tcp_check = if ip_len as usize >= check_offset + 2 - ETH_LEN {
+    let udp = proto == IpProto::Udp as u8;
+    let check_offset = QUOTE_L4_OFFSET + if udp { UDP_CHECK_OFFSET } else { TCP_CHECK_OFFSET };
+    let quote_l4_check = if ip_len as usize >= check_offset + 2 - ETH_LEN {
         // Inside the IP length, which is inside the frame: the check is for
         // the verifier.
         Some(ptr_at::<[u8; 2]>(ctx, check_offset).ok_or(Counter::IcmpMalformed)?)
     } else {
         None
     };
+    // SAFETY: inside the frame (ptr_at).
+    let quote_l4_check = quote_l4_check.filter(|check| !udp || unsafe { **check } != [0, 0]);
     // SAFETY: inside the frame (ptr_at); the parts do not overlap and the
     // error holds the only references to them.
     unsafe {
@@ -841,10 +848,18 @@ pub fn parse_icmp_error(ctx: &XdpContext) -> Result<IcmpError<'_>, Counter> {
             quote_ip: &mut *quote_ip,
             quote_ports: &mut *quote_ports,
             quote_seq: &mut *quote_seq,
-            quote_tcp_check: quote_tcp_check.map(|check| &mut *check),
+            quote_l4_check: quote_l4_check.map(|check| &mut *check),
             ip_len,
         })
     }
+}
+
+/// Whether the ICMP frame in `ctx` quotes a UDP datagram: read apart from
+/// [`parse_icmp_error`], to pick the program that translates it.
+#[inline(always)]
+pub fn icmp_quotes_udp(ctx: &XdpContext) -> bool {
+    // SAFETY: inside the frame (ptr_at).
+    ptr_at::<Ipv4Hdr>(ctx, QUOTE_IP_OFFSET).is_some_and(|ip| unsafe { (*ip).proto } == IpProto::Udp as u8)
 }
 
 /// Addresses, ports and checksums are wire order, as in [`TcpPacket`]; the
@@ -873,7 +888,7 @@ impl IcmpError<'_> {
         QuoteChecksums {
             icmp: u16::from_ne_bytes(self.icmp.check),
             ip: u16::from_ne_bytes(self.quote_ip.check),
-            tcp: self.quote_tcp_check.as_ref().map(|check| u16::from_ne_bytes(**check)),
+            tcp: self.quote_l4_check.as_ref().map(|check| u16::from_ne_bytes(**check)),
         }
     }
 
@@ -900,7 +915,7 @@ impl IcmpError<'_> {
         self.quote_ports[1] = tuple.dst_port.to_ne_bytes();
         self.icmp.check = checks.icmp.to_ne_bytes();
         self.quote_ip.check = checks.ip.to_ne_bytes();
-        if let (Some(field), Some(check)) = (self.quote_tcp_check.as_mut(), checks.tcp) {
+        if let (Some(field), Some(check)) = (self.quote_l4_check.as_mut(), checks.tcp) {
             **field = check.to_ne_bytes();
         }
     }

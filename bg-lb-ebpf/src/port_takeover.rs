@@ -63,6 +63,12 @@ pub fn take_over(nat: &NatKey, key: &FlowKey, syn: &Syn, backend: u64, now: u64)
     let owner = unsafe { core::ptr::read_volatile(&raw const (*entry).flow) };
     // The owner judged is the flow the entry names only if that flow is
     // pinned to this port; otherwise no flow is (an orphan).
+    // A UDP flow's pair (its service's backend ids are not this one's, so it
+    // would look like an orphan) stays its own while the flow lives: UDP
+    // has no end to wait for.
+    if owner.proto != key.proto && flow_entry(&owner).is_some() {
+        return false;
+    }
     let found = flow_entry(&owner);
     let pinned_here = found.as_ref().is_some_and(|f| {
         backend_of(f.backend_id, f.backend_gen) == backend

@@ -174,7 +174,7 @@ fn assert_translated(what: &str, sent: &IcmpView, out: &IcmpView, quoted: (Socke
     );
     assert_eq!((out.quoted_src, out.quoted_dst), quoted, "{what}: quoted addressing");
     assert_eq!(
-        out.quoted_tcp_checked, sent.quoted_tcp_checked,
+        out.quoted_l4_checked, sent.quoted_l4_checked,
         "{what}: the whole segment quoted"
     );
     // Quoted IP checksum, addresses and ports; the TCP checksum, if quoted.

@@ -548,20 +548,25 @@ impl PacketLab {
         self.dataplane.reverse_nats().expect("REVERSE_NAT")
     }
 
-    /// The service's backends by the id their flows name.
+    /// The service's backends by the id their flows name, and by the ids
+    /// the UDP service of [`PacketLab::add_udp_service`] gave them, if the
+    /// lab has one.
     pub fn backends_by_id(&self) -> Vec<(u32, SocketAddrV4)> {
-        self.spec
+        let tcp = self.spec.backends.iter().map(|b| {
+            (
+                self.dataplane
+                    .backend_id(&ServiceKey::new(VIP), &b.addr)
+                    .expect("installed backend"),
+                b.addr,
+            )
+        });
+        let udp_key = ServiceKey::with_proto(VIP, IPPROTO_UDP);
+        let udp = self
+            .spec
             .backends
             .iter()
-            .map(|b| {
-                (
-                    self.dataplane
-                        .backend_id(&ServiceKey::new(VIP), &b.addr)
-                        .expect("installed backend"),
-                    b.addr,
-                )
-            })
-            .collect()
+            .filter_map(|b| Some((self.dataplane.backend_id(&udp_key, &b.addr)?, b.addr)));
+        tcp.chain(udp).collect()
     }
 
     /// The traffic counted for `backend`.

@@ -5,7 +5,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 
 use etherparse::{
     EtherType, Ethernet2Header, Icmpv4Header, Icmpv4Type, IpNumber, Ipv4Header, PacketBuilder, SlicedPacket, TcpHeader,
-    TransportSlice,
+    TransportSlice, UdpHeader,
 };
 
 pub const SYN: u8 = 0x02;
@@ -209,14 +209,15 @@ pub struct IcmpView {
     pub quoted_dst: SocketAddrV4,
     /// The quoted bytes: IPv4 header and as much of its payload as is there.
     pub quote: Vec<u8>,
-    /// The quote holds the whole segment, so its TCP checksum was checked.
-    pub quoted_tcp_checked: bool,
+    /// The quote holds the whole TCP segment or UDP datagram, so its
+    /// checksum was checked (but a UDP checksum of 0: none).
+    pub quoted_l4_checked: bool,
 }
 
 /// Parses an emitted ICMP error and panics unless every checksum in it is
 /// right: the IPv4 header's, the ICMP checksum over the whole message, the
-/// quoted IPv4 header's and, if the quote holds the whole segment, the
-/// quoted TCP checksum.
+/// quoted IPv4 header's and, if the quote holds the whole segment or
+/// datagram, the quoted TCP or UDP checksum.
 pub fn parse_checked_icmp(frame: &[u8]) -> IcmpView {
     let eth = Ethernet2Header::from_slice(frame).expect("Ethernet header").0;
     assert_eq!(eth.ether_type, EtherType::IPV4);
@@ -238,10 +239,21 @@ pub fn parse_checked_icmp(frame: &[u8]) -> IcmpView {
         quoted_ip.calc_header_checksum(),
         "quoted IPv4 header checksum"
     );
-    assert_eq!(quoted_ip.protocol, IpNumber::TCP, "quotes a TCP segment");
+    let udp = quoted_ip.protocol == IpNumber::UDP;
+    assert!(
+        udp || quoted_ip.protocol == IpNumber::TCP,
+        "quotes a TCP segment or a UDP datagram"
+    );
     let port = |at: usize| u16::from_be_bytes([quoted_l4[at], quoted_l4[at + 1]]);
-    let whole = quoted_l4.len() == quoted_ip.payload_len().expect("quoted IP length") as usize;
-    if whole {
+    let mut whole = quoted_l4.len() == quoted_ip.payload_len().expect("quoted IP length") as usize;
+    if whole && udp {
+        let (udp, payload) = UdpHeader::from_slice(quoted_l4).expect("quoted UDP header");
+        whole = udp.checksum != 0;
+        if whole {
+            let expected = udp.calc_checksum_ipv4(&quoted_ip, payload).expect("checksum computes");
+            assert_eq!(udp.checksum, expected, "quoted UDP checksum");
+        }
+    } else if whole {
         let (tcp, payload) = TcpHeader::from_slice(quoted_l4).expect("quoted TCP header");
         let expected = tcp.calc_checksum_ipv4(&quoted_ip, payload).expect("checksum computes");
         assert_eq!(tcp.checksum, expected, "quoted TCP checksum");
@@ -258,7 +270,7 @@ pub fn parse_checked_icmp(frame: &[u8]) -> IcmpView {
         quoted_src: SocketAddrV4::new(Ipv4Addr::from(quoted_ip.source), port(0)),
         quoted_dst: SocketAddrV4::new(Ipv4Addr::from(quoted_ip.destination), port(2)),
         quote: quote.to_vec(),
-        quoted_tcp_checked: whole,
+        quoted_l4_checked: whole,
     }
 }
 
@@ -350,8 +362,8 @@ impl<'a> Segment<'a> {
     }
 }
 
-/// Recomputes the IPv4 header checksum and the TCP checksum of an IPv4/TCP
-/// frame from its own header fields (IHL, total length), as far as they lie
+/// Recomputes the IPv4 header checksum and the TCP (or UDP) checksum of an
+/// IPv4 frame from its own header fields (IHL, total length), as far as they lie
 /// inside the frame: a mutated frame keeps valid checksums for what it
 /// claims to be. Leaves other frames alone.
 pub fn fix_checksums(frame: &mut [u8]) {
@@ -368,6 +380,10 @@ pub fn fix_checksums(frame: &mut [u8]) {
     frame[ETH_LEN + 10..ETH_LEN + 12].copy_from_slice(&ip_check.to_be_bytes());
     let ip = &frame[ETH_LEN..];
     let total = u16::from_be_bytes([ip[2], ip[3]]) as usize;
+    if ip[9] == 17 {
+        fix_udp_checksum(frame, ihl, total);
+        return;
+    }
     if ip[9] != 6 || total < ihl + 20 || total > ip.len() {
         return;
     }
@@ -376,6 +392,23 @@ pub fn fix_checksums(frame: &mut [u8]) {
     let pseudo = pseudo_header_sum(&frame[ETH_LEN..], (total - ihl) as u16);
     let check = internet_checksum(pseudo, &frame[tcp..ETH_LEN + total]);
     frame[tcp + 16..tcp + 18].copy_from_slice(&check.to_be_bytes());
+}
+
+/// [`fix_checksums`] for UDP: the checksum over the IP length's worth of
+/// datagram, unless the field is 0 (the sender computed none); a sum of 0
+/// is sent as 0xffff (RFC 768).
+fn fix_udp_checksum(frame: &mut [u8], ihl: usize, total: usize) {
+    let udp = ETH_LEN + ihl;
+    if total < ihl + 8 || ETH_LEN + total > frame.len() || frame[udp + 6..udp + 8] == [0, 0] {
+        return;
+    }
+    frame[udp + 6..udp + 8].copy_from_slice(&[0, 0]);
+    let pseudo = pseudo_header_sum(&frame[ETH_LEN..], (total - ihl) as u16);
+    let check = match internet_checksum(pseudo, &frame[udp..ETH_LEN + total]) {
+        0 => 0xffff,
+        check => check,
+    };
+    frame[udp + 6..udp + 8].copy_from_slice(&check.to_be_bytes());
 }
 
 /// The one's complement sum of an IPv4 pseudo-header for a transport

@@ -1,4 +1,5 @@
 //! The fuzz test (root): at least a million generated and mutated frames
+//! (TCP connections and UDP flows, to a VIP with a service of each)
 //! through the real XDP program (BPF_PROG_TEST_RUN in a packet lab), each
 //! judged by the oracle in `bg_lb_tests::fuzz::oracle`, whose module docs
 //! list every invariant: nothing is forwarded that does not belong to a
@@ -16,7 +17,10 @@
 //! failure); `BG_LB_FUZZ_SEED=<hex>` replays or varies it,
 //! `BG_LB_FUZZ_FRAMES=<n>` scales the runs.
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::{
+    net::{Ipv4Addr, SocketAddrV4},
+    time::Duration,
+};
 
 use bg_lb::dataplane::syn_proxy::{SynProxy, SynProxyMode};
 use bg_lb_common::counters::Counter;
@@ -35,6 +39,7 @@ use bg_lb_tests::{
         parse_checked, tcp_frame,
     },
     require_root,
+    udp_frames::{parse_checked_udp, udp_frame, udp_frame_without_checksum},
 };
 
 const DEFAULT_SEED: u64 = 0x6267_6c62_0013;
@@ -125,6 +130,8 @@ fn a_million_hostile_frames_are_never_forwarded_outside_a_flow_and_never_corrupt
     );
     // While no backend takes new flows, connection requests are refused.
     assert_reached(&report, &[Class::RstAnswer], frames / 1000);
+    // The UDP sessions' datagrams both ways.
+    assert_reached(&report, &[Class::UdpToBackend, Class::UdpReplyToClient], frames / 200);
 }
 
 #[test]
@@ -345,6 +352,106 @@ fn the_oracle_rejects_every_kind_of_mis_forwarding() {
             &from_client(other, SYN),
             XDP_TX,
             &syn_ack,
+        );
+    });
+}
+
+/// The oracle's UDP checks can fail: a UDP flow's datagram to its backend
+/// and the backend's reply, accepted as the program forwarded them, are
+/// rejected when tampered with.
+#[test]
+fn the_oracle_rejects_every_kind_of_udp_mis_forwarding() {
+    require_root();
+    in_fresh_netns(|| {
+        let options = PacketLabOptions::with_ratio(50);
+        let mut lab = PacketLab::new(&options);
+        lab.add_udp_service(50, Duration::from_secs(30));
+        let oracle = Oracle::new(&lab, &options);
+        let c = client(40000);
+        let datagram = udp_frame(GATEWAY_MAC, LB_MAC, c, VIP, b"query");
+        let (verdict, to_backend) = lab.run(&datagram);
+        let sent = parse_checked_udp(&to_backend);
+        let reply = udp_frame(mac_of(*sent.dst.ip()), LB_MAC, sent.dst, sent.src, b"answer");
+        let (reply_verdict, to_client) = lab.run(&reply);
+        let bare = udp_frame_without_checksum(GATEWAY_MAC, LB_MAC, c, VIP, b"no checksum");
+        let (bare_verdict, bare_out) = lab.run(&bare);
+        for (input, verdict, output, class) in [
+            (&datagram, verdict, &to_backend, Class::UdpToBackend),
+            (&reply, reply_verdict, &to_client, Class::UdpReplyToClient),
+            (&bare, bare_verdict, &bare_out, Class::UdpToBackend),
+        ] {
+            let judged = oracle.clone().judge(&lab, input, verdict, output);
+            assert_eq!(judged.map(|j| j.0), Ok(class), "a correct UDP output");
+        }
+
+        let udp = ETH_LEN + 20;
+        let rejects = |what: &str, input: &[u8], verdict: u32, output: &[u8]| {
+            rejects(&oracle, &lab, what, input, verdict, output)
+        };
+        let set_dst = |addr: Ipv4Addr, port: u16| {
+            move |f: &mut Vec<u8>| {
+                f[ETH_LEN + 16..ETH_LEN + 20].copy_from_slice(&addr.octets());
+                f[udp + 2..udp + 4].copy_from_slice(&port.to_be_bytes());
+            }
+        };
+        let other_backend = if sent.dst == GREEN[0] { GREEN[1] } else { GREEN[0] };
+        let cases: [(&str, Tamper, bool); 8] = [
+            ("a broken UDP checksum", &|f| f[udp + 6] ^= 1, false),
+            ("a broken IPv4 checksum", &|f| f[ETH_LEN + 10] ^= 1, false),
+            (
+                "another backend than the pinned one",
+                &set_dst(*other_backend.ip(), other_backend.port()),
+                true,
+            ),
+            (
+                "a SNAT port another flow could own",
+                &|f| f[udp..udp + 2].copy_from_slice(&(sent.src.port() ^ 1).to_be_bytes()),
+                true,
+            ),
+            (
+                "a SNAT port outside the range",
+                &|f| f[udp..udp + 2].copy_from_slice(&(SNAT_PORTS.1 + 1).to_be_bytes()),
+                true,
+            ),
+            ("a TTL not decremented", &|f| f[ETH_LEN + 8] += 1, true),
+            ("a wrong next-hop MAC", &|f| f[0] ^= 0x40, false),
+            ("a changed UDP length", &|f| f[udp + 5] ^= 1, true),
+        ];
+        for (what, change, fix) in cases {
+            rejects(what, &datagram, verdict, &tampered(&to_backend, change, fix));
+        }
+        let last = to_backend.len() - 1;
+        rejects(
+            "a changed payload",
+            &datagram,
+            verdict,
+            &tampered(&to_backend, &|f| f[last] ^= 1, true),
+        );
+        rejects(
+            "a reply to another client",
+            &reply,
+            reply_verdict,
+            &tampered(&to_client, &set_dst(Ipv4Addr::new(192, 168, 9, 9), 40000), true),
+        );
+        rejects(
+            "a checksum added to a datagram sent without one",
+            &bare,
+            bare_verdict,
+            &tampered(
+                &bare_out,
+                &|f| {
+                    f[udp + 6] = 1;
+                    fix_checksums(f);
+                },
+                false,
+            ),
+        );
+        let tcp_client = from_client(client(40001), SYN);
+        rejects(
+            "a UDP datagram to a backend from a TCP segment",
+            &tcp_client,
+            verdict,
+            &to_backend,
         );
     });
 }

@@ -505,7 +505,7 @@ fn an_icmp_error_from_the_client_side_reaches_the_backend_quoting_its_own_sequen
             let icmp = parse_checked_icmp(&out);
             assert_eq!((icmp.src, icmp.dst), (SNAT, *syn.dst.ip()), "from the SNAT address");
             assert_eq!((icmp.quoted_src, icmp.quoted_dst), (syn.dst, syn.src));
-            assert_eq!(icmp.quoted_tcp_checked, l4_len > 8);
+            assert_eq!(icmp.quoted_l4_checked, l4_len > 8);
             assert_eq!(
                 u32::from_be_bytes(icmp.quote[24..28].try_into().unwrap()),
                 BACKEND_ISN + 1,

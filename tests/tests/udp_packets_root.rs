@@ -3,9 +3,13 @@
 //! namespace. The lab's VIP carries its TCP service and a UDP service on the
 //! same address and port. Output frames are compared byte for byte with
 //! frames built from scratch, so the incremental checksums are checked
-//! against full computations, a datagram without a checksum included.
+//! against full computations, a datagram without a checksum included; ICMP
+//! errors about a UDP flow are translated, quote and all.
 
-use std::{net::SocketAddrV4, time::Duration};
+use std::{
+    net::{Ipv4Addr, SocketAddrV4},
+    time::Duration,
+};
 
 use bg_lb::dataplane::FlowTimeouts;
 use bg_lb_common::{
@@ -18,9 +22,13 @@ use bg_lb_tests::{
         BLUE, GATEWAY_MAC, LB_MAC, PacketLab, PacketLabOptions, SNAT, VIP, XDP_DROP, XDP_PASS, XDP_REDIRECT, client,
         is_blue, mac_of,
     },
-    packets::with_ttl,
+    packets::{icmp_error_frame, parse_checked_icmp, quote_of, with_ttl},
     require_root,
     udp_frames::{parse_checked_udp, udp_checksum_field, udp_frame, udp_frame_without_checksum},
+};
+use etherparse::{
+    Icmpv4Type,
+    icmpv4::{DestUnreachableHeader, TimeExceededCode},
 };
 
 const UDP_IDLE: Duration = Duration::from_secs(30);
@@ -204,5 +212,174 @@ fn a_udp_datagram_whose_ttl_would_expire_is_dropped_and_counted() {
         assert_eq!(lab.run(&with_ttl(&to_vip(client(2008), b"q"), 1)).0, XDP_DROP);
         assert_eq!(lab.counter(Counter::TtlExpired), dropped + 1);
         assert!(lab.flows().is_empty());
+    });
+}
+
+/// A router between the LB and the backends, and one on the clients' side.
+const BACKEND_SIDE_ROUTER: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 50);
+const CLIENT_SIDE_ROUTER: Ipv4Addr = Ipv4Addr::new(192, 168, 0, 1);
+
+/// An ICMP error of `icmp_type` from `router` about `emitted`, a UDP frame
+/// the LB sent, quoting its IP header and `l4_len` more bytes.
+fn error_about(emitted: &[u8], router: Ipv4Addr, icmp_type: Icmpv4Type, l4_len: usize) -> Vec<u8> {
+    let view = parse_checked_udp(emitted);
+    let router_mac = if router == CLIENT_SIDE_ROUTER {
+        GATEWAY_MAC
+    } else {
+        mac_of(router)
+    };
+    icmp_error_frame(
+        router_mac,
+        LB_MAC,
+        router,
+        *view.src.ip(),
+        icmp_type,
+        &quote_of(emitted, l4_len),
+    )
+}
+
+/// The error the LB must send on: `icmp_type` from `from` to `to`, a hop
+/// later (TTL 63), quoting `original` (the datagram as its sender sent it,
+/// with the TTL the LB gave it) as the error it came from quoted it.
+fn translated(
+    (src_mac, dst_mac): ([u8; 6], [u8; 6]),
+    from: Ipv4Addr,
+    to: Ipv4Addr,
+    icmp_type: Icmpv4Type,
+    original: &[u8],
+    l4_len: usize,
+) -> Vec<u8> {
+    let quote = quote_of(&with_ttl(original, 63), l4_len);
+    with_ttl(&icmp_error_frame(src_mac, dst_mac, from, to, icmp_type, &quote), 63)
+}
+
+fn port_unreachable() -> Icmpv4Type {
+    Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::Port)
+}
+
+fn frag_needed(mtu: u16) -> Icmpv4Type {
+    Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: mtu })
+}
+
+fn time_exceeded() -> Icmpv4Type {
+    Icmpv4Type::TimeExceeded(TimeExceededCode::TtlExceededInTransit)
+}
+
+#[test]
+fn icmp_port_unreachable_from_a_udp_backend_reaches_the_client_quoting_its_own_datagram() {
+    in_udp_lab(|lab| {
+        let from = client(2010);
+        let request = to_vip(from, b"query");
+        let emitted = lab.run(&request).1;
+        let backend = parse_checked_udp(&emitted).dst;
+        let counted = lab.counter(Counter::IcmpErrorToClient);
+        let (verdict, out) = lab.run(&error_about(&emitted, *backend.ip(), port_unreachable(), 8));
+        assert_eq!(verdict, XDP_REDIRECT);
+        let expected = translated(
+            (LB_MAC, GATEWAY_MAC),
+            *VIP.ip(),
+            *from.ip(),
+            port_unreachable(),
+            &request,
+            8,
+        );
+        assert_eq!(out, expected, "from the VIP, quoting the client's datagram");
+        let view = parse_checked_icmp(&out);
+        assert_eq!((view.quoted_src, view.quoted_dst), (from, VIP));
+        assert_eq!(lab.counter(Counter::IcmpErrorToClient), counted + 1);
+        assert!(lab.flow_at(&udp_key(from)).is_some(), "the flow stays pinned");
+    });
+}
+
+#[test]
+fn icmp_frag_needed_quoting_a_whole_udp_datagram_is_translated_with_its_udp_checksum() {
+    in_udp_lab(|lab| {
+        let from = client(2011);
+        let payload = [b'd'; 100];
+        let request = to_vip(from, &payload);
+        let emitted = lab.run(&request).1;
+        let whole = 8 + payload.len();
+        let (verdict, out) = lab.run(&error_about(&emitted, BACKEND_SIDE_ROUTER, frag_needed(1280), whole));
+        assert_eq!(verdict, XDP_REDIRECT);
+        let expected = translated(
+            (LB_MAC, GATEWAY_MAC),
+            *VIP.ip(),
+            *from.ip(),
+            frag_needed(1280),
+            &request,
+            whole,
+        );
+        assert_eq!(out, expected);
+        let view = parse_checked_icmp(&out);
+        assert!(view.quoted_l4_checked, "the quoted UDP checksum was checked");
+        assert_eq!(view.rest_of_header, [0, 0, 0x05, 0x00], "the MTU stays");
+    });
+}
+
+#[test]
+fn icmp_time_exceeded_about_a_udp_reply_reaches_the_backend_quoting_its_own_datagram() {
+    in_udp_lab(|lab| {
+        let from = client(2012);
+        let sent = parse_checked_udp(&lab.run(&to_vip(from, b"query")).1);
+        let backend_mac = mac_of(*sent.dst.ip());
+        let reply = udp_frame(backend_mac, LB_MAC, sent.dst, sent.src, b"answer");
+        let to_client = lab.run(&reply).1;
+        let counted = lab.counter(Counter::IcmpErrorToBackend);
+        let (verdict, out) = lab.run(&error_about(&to_client, CLIENT_SIDE_ROUTER, time_exceeded(), 8));
+        assert_eq!(verdict, XDP_REDIRECT);
+        let expected = translated((LB_MAC, backend_mac), SNAT, *sent.dst.ip(), time_exceeded(), &reply, 8);
+        assert_eq!(out, expected, "from the SNAT address, quoting the backend's datagram");
+        assert_eq!(lab.counter(Counter::IcmpErrorToBackend), counted + 1);
+    });
+}
+
+#[test]
+fn icmp_error_quoting_a_udp_datagram_without_checksum_keeps_the_quoted_checksum_0() {
+    in_udp_lab(|lab| {
+        let from = client(2013);
+        let request = udp_frame_without_checksum(GATEWAY_MAC, LB_MAC, from, VIP, b"bare");
+        let emitted = lab.run(&request).1;
+        let (verdict, out) = lab.run(&error_about(&emitted, BACKEND_SIDE_ROUTER, port_unreachable(), 12));
+        assert_eq!(verdict, XDP_REDIRECT);
+        let expected = translated(
+            (LB_MAC, GATEWAY_MAC),
+            *VIP.ip(),
+            *from.ip(),
+            port_unreachable(),
+            &request,
+            12,
+        );
+        assert_eq!(out, expected);
+        assert_eq!(&parse_checked_icmp(&out).quote[26..28], &[0, 0], "no checksum quoted");
+    });
+}
+
+#[test]
+fn icmp_error_quoting_udp_no_udp_flow_owns_passes_unchanged_and_is_counted() {
+    in_udp_lab(|lab| {
+        // A pair no flow holds, and a pair a TCP flow holds: neither is a
+        // UDP flow's, so the error is the kernel's.
+        let conn = lab.handshake(client(2014));
+        let tcp_pair = udp_frame(LB_MAC, mac_of(*conn.backend.ip()), conn.snat, conn.backend, b"x");
+        let nobody = udp_frame(
+            LB_MAC,
+            mac_of(*BLUE[0].ip()),
+            SocketAddrV4::new(SNAT, 20000),
+            BLUE[0],
+            b"x",
+        );
+        let to_unknown_client = udp_frame(LB_MAC, GATEWAY_MAC, VIP, client(2015), b"x");
+        for (emitted, router) in [
+            (&tcp_pair, BACKEND_SIDE_ROUTER),
+            (&nobody, BACKEND_SIDE_ROUTER),
+            (&to_unknown_client, CLIENT_SIDE_ROUTER),
+        ] {
+            let error = error_about(emitted, router, port_unreachable(), 8);
+            let counted = lab.counter(Counter::IcmpErrorWithoutFlow);
+            let (verdict, out) = lab.run(&error);
+            assert_eq!(verdict, XDP_PASS);
+            assert_eq!(out, error, "untouched");
+            assert_eq!(lab.counter(Counter::IcmpErrorWithoutFlow), counted + 1);
+        }
     });
 }

@@ -7,6 +7,12 @@
 //! truncation), and other frames belong to nothing: random bytes, other
 //! protocols, other addresses and ports.
 //!
+//! UDP sessions run beside them, to the UDP service on the VIP's address
+//! and port: a client socket sends datagrams, learns its backend and SNAT
+//! port from what the program emits, and the backend answers through them;
+//! stray replies go to SNAT ports no flow of theirs owns. Their mutations
+//! add UDP lengths and checksums (wrong, or 0 for none) to the others.
+//!
 //! With the SYN proxy on, the same sessions meet it: the client's SYN gets a
 //! cookie SYN-ACK, whose sequence number the client learns and acknowledges
 //! (so its ACK proves the cookie, as the kernel computes it), data sent
@@ -20,6 +26,7 @@ use crate::{
     packet_lab::{BLUE, GATEWAY_MAC, GREEN, LB_MAC, SNAT, VIP, mac_of},
     packets::{ACK, ETH_LEN, FIN, FIN_ACK, PSH_ACK, RST, SYN, SYN_ACK, Segment, fix_checksums, internet_checksum},
     rng::Rng,
+    udp_frames::{udp_frame, udp_frame_without_checksum},
 };
 
 /// A router on the clients' side and one on the backends' side, which send
@@ -67,8 +74,15 @@ pub enum Kind {
     /// An ICMP error from a router near the clients about a segment the LB
     /// sent a client.
     IcmpFromClientSide,
+    /// A UDP session's datagram, from its client to the VIP.
+    UdpFromClient,
+    /// A UDP session's backend answering through the SNAT port it learned.
+    UdpFromBackend,
+    /// A backend's datagram to a SNAT port the session does not own.
+    UdpStrayReply,
     /// TCP to an address or port that is neither a VIP nor the SNAT range.
     Elsewhere,
+    /// UDP from outside any session, to the VIP or the SNAT range.
     Udp,
     Arp,
     Ipv6,
@@ -122,6 +136,12 @@ pub enum Mutation {
     /// Applied after any checksum fix-up, so it stays wrong.
     BadIpChecksum(u16),
     BadTcpChecksum(u16),
+    /// The UDP header's length field.
+    UdpLength(u16),
+    /// Applied after any checksum fix-up, so it stays wrong.
+    BadUdpChecksum(u16),
+    /// A UDP checksum of 0 (none), after any fix-up.
+    NoUdpChecksum,
 }
 
 /// One connection's view of itself: the client, and once the LB has shown
@@ -147,10 +167,19 @@ struct Session {
     over: bool,
 }
 
+/// One UDP flow's view of itself: the client socket and, once the LB has
+/// shown it, the backend and SNAT port.
+#[derive(Clone, Debug)]
+struct UdpSession {
+    client: SocketAddrV4,
+    backend_side: Option<(SocketAddrV4, u16)>,
+}
+
 /// Generates the frames, deterministically from its seed.
 pub struct Traffic {
     rng: Rng,
     sessions: Vec<Session>,
+    udp_sessions: Vec<UdpSession>,
     snat_ports: (u16, u16),
     /// Whether the service's SYN proxy is on.
     syn_proxy: bool,
@@ -183,10 +212,12 @@ const IP_OPTION_SETS: [&[u8]; 4] = [
 impl Traffic {
     pub fn new(seed: u64, sessions: usize, snat_ports: (u16, u16), syn_proxy: bool) -> Self {
         let mut rng = Rng::new(seed);
-        let sessions = (0..sessions).map(|_| fresh_session(&mut rng)).collect();
+        let tcp_sessions = (0..sessions).map(|_| fresh_session(&mut rng)).collect();
+        let udp_sessions = (0..sessions.div_ceil(4)).map(|_| fresh_udp_session(&mut rng)).collect();
         Traffic {
             rng,
-            sessions,
+            sessions: tcp_sessions,
+            udp_sessions,
             snat_ports,
             syn_proxy,
             payload: vec![0; 1600],
@@ -196,13 +227,20 @@ impl Traffic {
     /// Writes the next frame into `frame` and says what it is.
     pub fn next(&mut self, frame: &mut Vec<u8>) -> Origin {
         let roll = self.rng.below(100);
-        let (kind, session) = if roll < 88 {
+        let (kind, session) = if roll < 80 {
             let i = self.rng.below(self.sessions.len() as u32) as usize;
             if self.sessions[i].over || self.rng.chance(2) {
                 self.sessions[i] = fresh_session(&mut self.rng);
             }
             let kind = self.session_kind(i);
             self.session_frame(i, kind, frame);
+            (kind, Some(i))
+        } else if roll < 90 {
+            let i = self.rng.below(self.udp_sessions.len() as u32) as usize;
+            if self.rng.chance(2) {
+                self.udp_sessions[i] = fresh_udp_session(&mut self.rng);
+            }
+            let kind = self.udp_session_frame(i, frame);
             (kind, Some(i))
         } else {
             let kind = self.other_frame(frame);
@@ -224,8 +262,13 @@ impl Traffic {
     /// its connection went: `to_backend` is the (backend, SNAT port) a
     /// frame was sent to and the sequence number after it; `to_client` the
     /// next sequence number the client should acknowledge; `refused` that
-    /// the LB answered with a RST.
+    /// the LB answered with a RST; `udp_to_backend` where a UDP session's
+    /// datagram went (`session` is then a UDP session's index).
     pub fn learn(&mut self, session: usize, what: Learned) {
+        if let Learned::UdpToBackend { side } = what {
+            self.udp_sessions[session].backend_side = Some(side);
+            return;
+        }
         let s = &mut self.sessions[session];
         match what {
             Learned::ToBackend { side, next_seq } => {
@@ -234,7 +277,44 @@ impl Traffic {
             }
             Learned::ToClient { next_seq } => s.server_next = next_seq,
             Learned::Refused => s.over = true,
+            Learned::UdpToBackend { .. } => unreachable!("handled above"),
         }
+    }
+
+    /// A UDP session's next datagram: mostly its client's, else (once it
+    /// knows its backend side) its backend's, now and then a stray reply.
+    fn udp_session_frame(&mut self, i: usize, frame: &mut Vec<u8>) -> Kind {
+        let rng = &mut self.rng;
+        let s = &self.udp_sessions[i];
+        let payload_len = rng.below(300) as usize;
+        rng.fill(&mut self.payload[..payload_len]);
+        let payload = &self.payload[..payload_len];
+        let roll = rng.below(100);
+        let (kind, src_mac, src, dst) = match s.backend_side {
+            Some((backend, port)) if roll < 40 => (
+                Kind::UdpFromBackend,
+                mac_of(*backend.ip()),
+                backend,
+                SocketAddrV4::new(SNAT, port),
+            ),
+            _ if roll >= 92 => {
+                let backend = rng.pick(&[BLUE[0], BLUE[1], GREEN[0], GREEN[1]]);
+                let port = self.snat_ports.0 + rng.below((self.snat_ports.1 - self.snat_ports.0) as u32 + 1) as u16;
+                (
+                    Kind::UdpStrayReply,
+                    mac_of(*backend.ip()),
+                    backend,
+                    SocketAddrV4::new(SNAT, port),
+                )
+            }
+            _ => (Kind::UdpFromClient, GATEWAY_MAC, s.client, VIP),
+        };
+        *frame = if rng.chance(10) {
+            udp_frame_without_checksum(src_mac, LB_MAC, src, dst, payload)
+        } else {
+            udp_frame(src_mac, LB_MAC, src, dst, payload)
+        };
+        kind
     }
 
     fn session_kind(&mut self, i: usize) -> Kind {
@@ -496,11 +576,15 @@ impl Traffic {
 
     fn mutate(&mut self, frame: &mut Vec<u8>, origin: &mut Origin) {
         let count = 1 + self.rng.below(3);
+        let udp = frame.get(ETH_LEN + 9) == Some(&17);
         let mut breaks = Vec::new();
         for _ in 0..count {
-            let m = self.mutation(frame.len());
+            let m = self.mutation(frame.len(), udp);
             match m {
-                Mutation::BadIpChecksum(_) | Mutation::BadTcpChecksum(_) => breaks.push(m),
+                Mutation::BadIpChecksum(_)
+                | Mutation::BadTcpChecksum(_)
+                | Mutation::BadUdpChecksum(_)
+                | Mutation::NoUdpChecksum => breaks.push(m),
                 _ => apply(m, frame),
             }
             origin.mutations.push(m);
@@ -516,7 +600,9 @@ impl Traffic {
         }
     }
 
-    fn mutation(&mut self, len: usize) -> Mutation {
+    /// A mutation for a frame of `len` bytes; a `udp` one draws UDP
+    /// lengths and checksums half the time.
+    fn mutation(&mut self, len: usize, udp: bool) -> Mutation {
         let rng = &mut self.rng;
         let (lo, hi) = self.snat_ports;
         // Drawn first: `pick`'s argument cannot borrow the generator again.
@@ -557,7 +643,12 @@ impl Traffic {
                 Ipv4Addr::new(192, 168, 1, 5),
             ])
         };
-        match rng.below(21) {
+        let draw = if udp && rng.chance(50) {
+            21 + rng.below(3)
+        } else {
+            rng.below(21)
+        };
+        match draw {
             0 => Mutation::TcpFlags(if rng.chance(50) {
                 rng.next_u32() as u8
             } else {
@@ -596,7 +687,22 @@ impl Traffic {
                 value: rng.next_u32() as u8,
             },
             19 => Mutation::BadIpChecksum(1 + rng.below(0xfffe) as u16),
-            _ => Mutation::BadTcpChecksum(1 + rng.below(0xfffe) as u16),
+            20 => Mutation::BadTcpChecksum(1 + rng.below(0xfffe) as u16),
+            21 => {
+                let udp_len = len.saturating_sub(ETH_LEN + 20) as u16;
+                Mutation::UdpLength(rng.pick(&[
+                    0,
+                    7,
+                    8,
+                    9,
+                    udp_len.wrapping_sub(1),
+                    udp_len.wrapping_add(1),
+                    0xffff,
+                    any,
+                ]))
+            }
+            22 => Mutation::BadUdpChecksum(1 + rng.below(0xfffe) as u16),
+            _ => Mutation::NoUdpChecksum,
         }
     }
 }
@@ -604,9 +710,18 @@ impl Traffic {
 /// What the program's output told a session.
 #[derive(Clone, Copy, Debug)]
 pub enum Learned {
-    ToBackend { side: (SocketAddrV4, u16), next_seq: u32 },
-    ToClient { next_seq: u32 },
+    ToBackend {
+        side: (SocketAddrV4, u16),
+        next_seq: u32,
+    },
+    ToClient {
+        next_seq: u32,
+    },
     Refused,
+    /// A UDP session's datagram went to this (backend, SNAT port).
+    UdpToBackend {
+        side: (SocketAddrV4, u16),
+    },
 }
 
 /// A backend's segment to SNAT port `port`, as it arrives at the LB.
@@ -650,6 +765,13 @@ fn fresh_session(rng: &mut Rng) -> Session {
         backend_next: 0,
         backend_ack: 0,
         over: false,
+    }
+}
+
+fn fresh_udp_session(rng: &mut Rng) -> UdpSession {
+    UdpSession {
+        client: fresh_session(rng).client,
+        backend_side: None,
     }
 }
 
@@ -711,6 +833,7 @@ fn set(frame: &mut [u8], offset: usize, bytes: &[u8]) {
 
 pub fn apply(m: Mutation, frame: &mut Vec<u8>) {
     let ip = ETH_LEN;
+    // Where the TCP or UDP header starts.
     let tcp = ihl(frame).map(|h| ETH_LEN + h);
     match m {
         Mutation::TcpFlags(flags) => tcp.into_iter().for_each(|t| set(frame, t + 13, &[flags])),
@@ -760,13 +883,23 @@ pub fn apply(m: Mutation, frame: &mut Vec<u8>) {
                 set(frame, t + 16, &broken.to_be_bytes());
             }
         }
+        Mutation::UdpLength(len) => tcp.into_iter().for_each(|u| set(frame, u + 4, &len.to_be_bytes())),
+        Mutation::BadUdpChecksum(x) => {
+            if let Some(u) = tcp
+                && let Some(c) = frame.get(u + 6..u + 8)
+            {
+                let broken = u16::from_be_bytes([c[0], c[1]]) ^ x;
+                set(frame, u + 6, &broken.to_be_bytes());
+            }
+        }
+        Mutation::NoUdpChecksum => tcp.into_iter().for_each(|u| set(frame, u + 6, &[0, 0])),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::packets::parse_checked;
+    use crate::{packets::parse_checked, udp_frames::parse_checked_udp};
 
     #[test]
     fn the_same_seed_gives_the_same_frames() {
@@ -803,6 +936,53 @@ mod tests {
         assert!(valid > 5_000, "{valid} valid client frames");
         assert!((5_000..9_000).contains(&mutated), "{mutated} mutated frames");
         assert!(kinds.len() >= 15, "kinds seen: {kinds:?}");
+    }
+
+    #[test]
+    fn udp_sessions_send_valid_datagrams_and_mutations_reach_their_lengths_and_checksums() {
+        let mut traffic = Traffic::new(13, 64, (20000, 29999), false);
+        let mut frame = Vec::new();
+        let (mut valid, mut without_checksum, mut udp_mutations) = (0, 0, 0);
+        for _ in 0..20_000 {
+            let origin = traffic.next(&mut frame);
+            if origin.kind != Kind::UdpFromClient {
+                continue;
+            }
+            if origin.mutations.is_empty() {
+                let view = parse_checked_udp(&frame);
+                assert_eq!(view.dst, VIP);
+                valid += 1;
+                without_checksum += (view.checksum == 0) as u32;
+            }
+            udp_mutations += origin
+                .mutations
+                .iter()
+                .filter(|m| {
+                    matches!(
+                        m,
+                        Mutation::UdpLength(_) | Mutation::BadUdpChecksum(_) | Mutation::NoUdpChecksum
+                    )
+                })
+                .count();
+        }
+        assert!(valid > 400, "{valid} valid UDP client datagrams");
+        assert!(without_checksum > 10, "{without_checksum} datagrams without a checksum");
+        assert!(udp_mutations > 100, "{udp_mutations} UDP length and checksum mutations");
+    }
+
+    #[test]
+    fn udp_backend_datagrams_follow_what_the_session_learned() {
+        let mut traffic = Traffic::new(5, 4, (20000, 29999), false);
+        traffic.learn(0, Learned::UdpToBackend { side: (BLUE[1], 20777) });
+        let mut frame = Vec::new();
+        let from_backend = (0..100)
+            .map(|_| traffic.udp_session_frame(0, &mut frame))
+            .filter(|&kind| kind == Kind::UdpFromBackend)
+            .count();
+        assert!(from_backend > 10, "{from_backend} of 100 from the backend");
+        while traffic.udp_session_frame(0, &mut frame) != Kind::UdpFromBackend {}
+        let view = parse_checked_udp(&frame);
+        assert_eq!((view.src, view.dst), (BLUE[1], SocketAddrV4::new(SNAT, 20777)));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The fuzz test behind `tests/fuzz_root.rs`: millions of generated and
 //! mutated frames ([`frames`]) through the real XDP program in a
-//! [`PacketLab`], each judged by an [`oracle`] that reads the program's maps.
+//! [`PacketLab`] whose VIP has a TCP and a UDP service, each judged by an
+//! [`oracle`] that reads the program's maps.
 //! Deterministic for a seed, but for the flow table's LRU eviction, which
 //! only the small-table runs reach, and the SYN proxy's cookies (the
 //! kernel's secret and clock make them) and SYN retransmissions (after a
@@ -15,7 +16,14 @@ use std::{
     time::{Duration, Instant},
 };
 
-use bg_lb::dataplane::{FlowTimeouts, syn_proxy::SynProxyMode};
+use bg_lb::{
+    dataplane::{
+        FlowTimeouts,
+        services::ServiceSpec,
+        syn_proxy::{SynProxy, SynProxyMode},
+    },
+    ratio::Ratio,
+};
 use bg_lb_common::counters::Counter;
 use frames::{Origin, Traffic};
 use oracle::{Class, Oracle};
@@ -98,10 +106,20 @@ const SWEEP: FlowTimeouts = FlowTimeouts {
     syn: Duration::ZERO,
 };
 
+/// The UDP service's `udp_idle`: short, so that some UDP flows expire at a
+/// sweep mid-run and their sessions' next datagrams pin them afresh.
+const UDP_IDLE: Duration = Duration::from_secs(1);
+
 /// Runs the fuzz in a fresh packet lab (call it in a fresh network
 /// namespace: see [`crate::netns::in_fresh_netns`]).
 pub fn run(o: &FuzzOptions) -> FuzzReport {
     let mut lab = PacketLab::new(&o.lab);
+    // Beside the TCP service, on its address and port: UDP flows share the
+    // SNAT pairs' key space with TCP flows. Never proxied (a UDP service
+    // has no SYN proxy; the config refuses one).
+    let mut udp = lab.add_udp_service(50, UDP_IDLE);
+    udp.syn_proxy = SynProxy::default();
+    lab.apply(&udp);
     let mut oracle = Oracle::new(&lab, &o.lab);
     let syn_proxy = o.lab.syn_proxy.mode != SynProxyMode::Off;
     let mut traffic = Traffic::new(o.seed, o.sessions, o.lab.snat_ports, syn_proxy);
@@ -130,7 +148,7 @@ pub fn run(o: &FuzzOptions) -> FuzzReport {
         }
         if (i + 1) % o.check_every == 0 || i + 1 == o.frames {
             check_tables(&mut lab, &oracle, o, &mut report, i);
-            operate(&mut lab, report.table_checks);
+            operate(&mut lab, &mut udp, report.table_checks);
         }
         if report.violations.len() >= o.max_violations {
             break;
@@ -151,7 +169,7 @@ fn check_tables(lab: &mut PacketLab, oracle: &Oracle, o: &FuzzOptions, report: &
     report.table_checks += 1;
     report.most_flows = report.most_flows.max(lab.flows().len());
     let before = oracle.check_tables(lab, o.reverse_nat_complete_between_sweeps);
-    lab.sweep_with(&SWEEP);
+    lab.sweep_with_udp(&SWEEP);
     let after = oracle.check_tables(lab, true);
     for (when, problems) in [("before", before), ("after", after)] {
         for p in problems.into_iter().take(3) {
@@ -166,17 +184,24 @@ fn check_tables(lab: &mut PacketLab, oracle: &Oracle, o: &FuzzOptions, report: &
 /// What an operator does meanwhile, in turn: shifts all new flows to one
 /// pool, lets no backend take new flows (connection requests are refused),
 /// restores the weights with all new flows to the other pool, and returns
-/// to 50:50. Pinned flows must keep their backends throughout.
-fn operate(lab: &mut PacketLab, step: u64) {
-    match step % 4 {
-        0 => lab.set_ratio(100),
-        1 => lab.reweigh(|_, weight, _| *weight = 0),
+/// to 50:50; the UDP service's ratio flips with the TCP one's. Pinned flows
+/// must keep their backends throughout.
+fn operate(lab: &mut PacketLab, udp: &mut ServiceSpec, step: u64) {
+    let blue_percent = match step % 4 {
+        0 => 100,
+        1 => {
+            lab.reweigh(|_, weight, _| *weight = 0);
+            return;
+        }
         2 => {
             lab.reweigh(|_, weight, _| *weight = 100);
-            lab.set_ratio(0);
+            0
         }
-        _ => lab.set_ratio(50),
-    }
+        _ => 50,
+    };
+    lab.set_ratio(blue_percent);
+    udp.ratio = Ratio::new(blue_percent).expect("valid ratio");
+    lab.apply(udp);
 }
 
 fn describe(seed: u64, index: u64, origin: &Origin, input: &[u8], verdict: u32, output: &[u8], why: &str) -> String {

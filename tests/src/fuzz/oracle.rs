@@ -36,7 +36,18 @@
 //!      flow, when the error received quoted that flow's segment to its
 //!      backend; or to a backend quoting its segment to the SNAT port, of a
 //!      flow REVERSE_NAT and FLOWS agree on, when the error received quoted
-//!      that flow's segment from the VIP to its client.
+//!      that flow's segment from the VIP to its client. The same for a
+//!      quoted UDP datagram and a UDP flow: the quoted protocol is the
+//!      flow's, and stays what it was.
+//!
+//!    - **a UDP datagram to a backend**, from the SNAT address and a port
+//!      of the range: it came from a client to the VIP whose UDP flow
+//!      (FLOWS, after the run) is pinned to exactly that backend and port,
+//!      and REVERSE_NAT gives that pair to that UDP flow (a UDP flow is
+//!      never forwarded statelessly, and claims only a free pair);
+//!    - **a UDP reply to a client**, from the VIP: it came from a backend
+//!      to a SNAT port whose REVERSE_NAT owner is exactly this client's UDP
+//!      flow, pinned to that backend and port.
 //!
 //!    Nothing else is ever forwarded: no frame to an address that is
 //!    neither a backend nor the client of a pinned flow.
@@ -50,16 +61,18 @@
 //!    ICMP checksums, and never breaks one while forwarding (a frame that
 //!    came in with a correct checksum leaves with a correct one; like every
 //!    L4 balancer it does not verify what it forwards, so a corrupt frame
-//!    may stay corrupt for its receiver to drop).
-//! 5. A forwarded frame carries the payload and flags it came with and a
+//!    may stay corrupt for its receiver to drop). A UDP datagram sent
+//!    without a checksum (0) leaves without one; a forwarded datagram's UDP
+//!    length is its IP payload's.
+//! 5. A forwarded frame carries the payload and flags (UDP: length) it came with and a
 //!    TTL one less, and leaves from the LB's MAC to the next hop's MAC. (A
 //!    segment the proxy builds, in place of the one it came from, is judged
 //!    by the proxy's model, its MACs as a forwarded frame's.) An answer
 //!    goes back to the sender's MAC from a unicast one.
 //!
 //! # Invariants of the tables (checked periodically and at the end)
-//! 6. Every flow is to the VIP, names an installed backend and a SNAT port
-//!    inside the range.
+//! 6. Every flow is to the VIP (TCP or UDP), names an installed backend and
+//!    a SNAT port inside the range.
 //! 7. No two flows that have not closed own the same (backend, SNAT port):
 //!    their replies would be indistinguishable (a cross-client leak).
 //! 8. Every flow that has not closed owns its (backend, SNAT port): the
@@ -105,6 +118,7 @@ const TCP_RST: u8 = 0x04;
 const TCP_ACK: u8 = 0x10;
 const IPPROTO_ICMP: u8 = 1;
 const IPPROTO_TCP: u8 = 6;
+const IPPROTO_UDP: u8 = 17;
 
 /// What the program did with a frame, when that was allowed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -131,6 +145,10 @@ pub enum Class {
     IcmpAnswer,
     IcmpToClient,
     IcmpToBackend,
+    /// A UDP datagram to the backend its flow is pinned to.
+    UdpToBackend,
+    /// A backend's UDP reply, to the client of the flow owning its port.
+    UdpReplyToClient,
 }
 
 #[derive(Clone)]
@@ -220,9 +238,45 @@ fn parse_tcp<'a>(ip: &Ip<'a>) -> Option<Tcp<'a>> {
     })
 }
 
-/// The segment an ICMP error quotes: its addresses and ports, and its
-/// sequence number if quoted.
+/// A UDP datagram as the oracle reads it.
+struct Udp<'a> {
+    src: SocketAddrV4,
+    dst: SocketAddrV4,
+    /// The header's length field.
+    len: u16,
+    /// The checksum field: 0 when the sender computed none.
+    checksum: u16,
+    /// Whether the checksum verifies (false for 0, none).
+    checksum_ok: bool,
+    payload: &'a [u8],
+}
+
+fn parse_udp<'a>(ip: &Ip<'a>) -> Option<Udp<'a>> {
+    if ip.proto != IPPROTO_UDP || ip.fragmented || ip.payload.len() < 8 {
+        return None;
+    }
+    let d = ip.payload;
+    let word = |i: usize| u16::from_be_bytes([d[i], d[i + 1]]);
+    let mut pseudo = Vec::with_capacity(12);
+    pseudo.extend(ip.src.octets());
+    pseudo.extend(ip.dst.octets());
+    pseudo.extend([0, IPPROTO_UDP]);
+    pseudo.extend((d.len() as u16).to_be_bytes());
+    let sum = internet_checksum(0, &[pseudo.as_slice(), d].concat());
+    Some(Udp {
+        src: SocketAddrV4::new(ip.src, word(0)),
+        dst: SocketAddrV4::new(ip.dst, word(2)),
+        len: word(4),
+        checksum: word(6),
+        checksum_ok: word(6) != 0 && sum == 0,
+        payload: &d[8..],
+    })
+}
+
+/// The segment or datagram an ICMP error quotes: its protocol (TCP or
+/// UDP), addresses and ports, and a TCP segment's sequence number if quoted.
 struct Quoted {
+    proto: u8,
     src: SocketAddrV4,
     dst: SocketAddrV4,
     seq: Option<u32>,
@@ -230,7 +284,7 @@ struct Quoted {
 }
 
 /// An ICMP error's type, code, whether its checksum is right, and the TCP
-/// segment it quotes.
+/// segment or UDP datagram it quotes.
 fn parse_icmp_error(ip: &Ip<'_>) -> Option<(u8, u8, bool, Quoted)> {
     if ip.proto != IPPROTO_ICMP || ip.fragmented || ip.payload.len() < 8 {
         return None;
@@ -239,14 +293,17 @@ fn parse_icmp_error(ip: &Ip<'_>) -> Option<(u8, u8, bool, Quoted)> {
     let inner = Ipv4HeaderSlice::from_slice(&icmp[8..]).ok()?;
     let l4 = 8 + inner.slice().len();
     let ports = icmp.get(l4..l4 + 4)?;
-    if inner.protocol().0 != IPPROTO_TCP {
+    let proto = inner.protocol().0;
+    if proto != IPPROTO_TCP && proto != IPPROTO_UDP {
         return None;
     }
     let quoted = Quoted {
+        proto,
         src: SocketAddrV4::new(inner.source_addr(), u16::from_be_bytes([ports[0], ports[1]])),
         dst: SocketAddrV4::new(inner.destination_addr(), u16::from_be_bytes([ports[2], ports[3]])),
         seq: icmp
             .get(l4 + 4..l4 + 8)
+            .filter(|_| proto == IPPROTO_TCP)
             .map(|s| u32::from_be_bytes(s.try_into().expect("4 bytes"))),
         header_ok: internet_checksum(0, inner.slice()) == 0,
     };
@@ -344,11 +401,11 @@ impl Oracle {
         }
     }
 
-    /// `client`'s flow, when its REVERSE_NAT entry names it back: only then
-    /// may what its client sends reach the backend side (an ICMP error, an
-    /// answer about it).
-    fn owned_flow(&self, lab: &PacketLab, client: SocketAddrV4) -> Result<(FlowKey, Flow), String> {
-        let key = FlowKey::from_client(client, VIP);
+    /// `client`'s flow of protocol `proto`, when its REVERSE_NAT entry
+    /// names it back: only then may what its client sends reach the backend
+    /// side (an ICMP error, an answer about it).
+    fn owned_flow(&self, lab: &PacketLab, client: SocketAddrV4, proto: u8) -> Result<(FlowKey, Flow), String> {
+        let key = FlowKey::with_proto(client, VIP, proto);
         let flow = lab
             .flow_at(&key)
             .ok_or_else(|| format!("{client}, which has no flow"))?;
@@ -498,6 +555,7 @@ impl Oracle {
                 }
             }
             IPPROTO_ICMP => self.icmp(lab, in_ip.as_ref(), verdict, &out_ip),
+            IPPROTO_UDP => self.udp(lab, in_ip.as_ref(), &out_ip),
             other => Err(format!("forwarded IP protocol {other}")),
         }
     }
@@ -626,9 +684,82 @@ impl Oracle {
         Ok((Class::ReplyToClient, Some(learned)))
     }
 
+    /// A forwarded UDP datagram: to a backend for a client's pinned UDP
+    /// flow, or a backend's reply to the client whose flow owns its port.
+    fn udp(&self, lab: &PacketLab, in_ip: Option<&Ip<'_>>, out_ip: &Ip<'_>) -> Judged {
+        let out = parse_udp(out_ip).ok_or("forwarded UDP that does not parse")?;
+        let (Some(in_ip), Some(dgram)) = (in_ip, in_ip.and_then(parse_udp)) else {
+            return Err(format!(
+                "UDP {} -> {} forwarded from a frame that is not UDP/IPv4",
+                out.src, out.dst
+            ));
+        };
+        udp_forwarding_checks(in_ip, &dgram, out_ip, &out)?;
+        if self.by_addr.contains_key(&out.dst) && *out.src.ip() == SNAT {
+            let (backend, port) = (out.dst, out.src.port());
+            if !self.in_snat_range(port) {
+                return Err(format!(
+                    "UDP to backend {backend} from SNAT port {port}, outside the range"
+                ));
+            }
+            if dgram.dst != VIP {
+                return Err(format!(
+                    "UDP to backend {backend} from a datagram {} -> {}, not to the VIP",
+                    dgram.src, dgram.dst
+                ));
+            }
+            let key = FlowKey::with_proto(dgram.src, VIP, IPPROTO_UDP);
+            let flow = lab
+                .flow_at(&key)
+                .ok_or_else(|| format!("{}'s UDP datagram forwarded without a flow", dgram.src))?;
+            if !self.pinned_to(&flow, backend, port) {
+                return Err(format!(
+                    "{}'s UDP flow is pinned to backend id {} port {}, but the datagram went to {backend} port {port}",
+                    dgram.src,
+                    flow.backend_id,
+                    u16::from_be(flow.snat_port)
+                ));
+            }
+            match lab.reverse_nat(backend, port) {
+                Some(owner) if owner == key => {}
+                owner => {
+                    return Err(format!(
+                        "{}'s UDP datagram sent through {backend} port {port}, which REVERSE_NAT gives to {owner:?}",
+                        dgram.src
+                    ));
+                }
+            }
+            let learned = Learned::UdpToBackend { side: (backend, port) };
+            Ok((Class::UdpToBackend, Some(learned)))
+        } else if out.src == VIP {
+            let client = out.dst;
+            let (backend, port) = (dgram.src, dgram.dst.port());
+            if !self.by_addr.contains_key(&backend) || *dgram.dst.ip() != SNAT || !self.in_snat_range(port) {
+                return Err(format!(
+                    "UDP to client {client} from {} -> {}: not a backend's reply to the SNAT range",
+                    dgram.src, dgram.dst
+                ));
+            }
+            let (owner, _) = self
+                .port_owner(lab, backend, port)
+                .map_err(|e| format!("{backend}'s UDP reply forwarded to {client} through {e}"))?;
+            if owner != FlowKey::with_proto(client, VIP, IPPROTO_UDP) {
+                return Err(format!(
+                    "{backend}'s UDP reply to port {port} forwarded to {client}, but the port is {owner:?}'s"
+                ));
+            }
+            Ok((Class::UdpReplyToClient, None))
+        } else {
+            Err(format!(
+                "forwarded UDP {} -> {} that is neither to a backend from the SNAT address nor from the VIP",
+                out.src, out.dst
+            ))
+        }
+    }
+
     fn icmp(&self, lab: &PacketLab, in_ip: Option<&Ip<'_>>, verdict: u32, out_ip: &Ip<'_>) -> Judged {
-        let (icmp_type, _, checksum_ok, quoted) =
-            parse_icmp_error(out_ip).ok_or("forwarded ICMP that is not an error quoting a TCP segment")?;
+        let (icmp_type, _, checksum_ok, quoted) = parse_icmp_error(out_ip)
+            .ok_or("forwarded ICMP that is not an error quoting a TCP segment or UDP datagram")?;
         if icmp_type != 3 && icmp_type != 11 {
             return Err(format!("forwarded ICMP type {icmp_type}"));
         }
@@ -644,6 +775,12 @@ impl Oracle {
         if in_quoted.header_ok && !quoted.header_ok {
             return Err("quoted IPv4 header checksum broken by the translation".to_owned());
         }
+        if in_quoted.proto != quoted.proto {
+            return Err(format!(
+                "ICMP quoting protocol {} translated from one quoting {}",
+                quoted.proto, in_quoted.proto
+            ));
+        }
         check_forwarding_macs(out_ip)?;
         if self.by_addr.contains_key(&quoted.src) && out_ip.dst == *quoted.src.ip() {
             // To a backend, about its segment to a SNAT port.
@@ -654,6 +791,14 @@ impl Oracle {
             let (key, flow) = self
                 .port_owner(lab, backend, port)
                 .map_err(|e| format!("ICMP about {e}"))?;
+            if key.proto != quoted.proto {
+                return Err(format!(
+                    "ICMP quoting protocol {} to {backend} for {}'s flow of protocol {}",
+                    quoted.proto,
+                    key.client(),
+                    key.proto
+                ));
+            }
             if in_quoted.src != VIP || in_quoted.dst != key.client() {
                 return Err(format!(
                     "ICMP to {backend} for {}'s flow, translated from one quoting {} -> {}",
@@ -678,7 +823,9 @@ impl Oracle {
                     out_ip.dst, quoted.src, quoted.dst
                 ));
             }
-            let (_, flow) = self.owned_flow(lab, client).map_err(|e| format!("ICMP to {e}"))?;
+            let (_, flow) = self
+                .owned_flow(lab, client, quoted.proto)
+                .map_err(|e| format!("ICMP to {e}"))?;
             let backend = self.by_id.get(&flow.backend_id).copied();
             let from = SocketAddrV4::new(SNAT, u16::from_be(flow.snat_port));
             if Some(in_quoted.dst) != backend || in_quoted.src != from {
@@ -743,7 +890,7 @@ impl Oracle {
         check_answer_macs(in_ip, out_ip)?;
         // Of a pinned flow, whose tables agree.
         if seg.dst == VIP {
-            self.owned_flow(lab, seg.src)
+            self.owned_flow(lab, seg.src, IPPROTO_TCP)
                 .map_err(|e| format!("fragmentation needed for {e}"))?;
         } else {
             self.port_owner(lab, seg.src, seg.dst.port())
@@ -826,8 +973,9 @@ impl Oracle {
         let mut problems = Vec::new();
         let flows: HashMap<FlowKey, Flow> = lab.flows().into_iter().collect();
         for (key, flow) in &flows {
-            if *key != FlowKey::from_client(key.client(), VIP) {
-                problems.push(format!("a flow to something else than the VIP: {key:?}"));
+            let proto_served = key.proto == IPPROTO_TCP || key.proto == IPPROTO_UDP;
+            if !proto_served || *key != FlowKey::with_proto(key.client(), VIP, key.proto) {
+                problems.push(format!("a flow to something else than the VIP's services: {key:?}"));
             }
             if self.nat_key(flow).is_none() {
                 problems.push(format!(
@@ -862,6 +1010,35 @@ fn forwarding_checks(in_ip: &Ip<'_>, seg: &Tcp<'_>, out_ip: &Ip<'_>, out: &Tcp<'
     }
     if out.flags != seg.flags {
         return Err(format!("flags {:#04x} in, {:#04x} out", seg.flags, out.flags));
+    }
+    if out_ip.ttl != in_ip.ttl.wrapping_sub(1) {
+        return Err(format!("TTL {} in, {} out", in_ip.ttl, out_ip.ttl));
+    }
+    check_forwarding_macs(out_ip)
+}
+
+/// What every forwarded UDP datagram keeps: payload and length (its IP
+/// payload's), a correct checksum if it came with one and none if it came
+/// with none, a TTL one less, and the forwarding MACs.
+fn udp_forwarding_checks(in_ip: &Ip<'_>, dgram: &Udp<'_>, out_ip: &Ip<'_>, out: &Udp<'_>) -> Result<(), String> {
+    if out.len as usize != out_ip.payload.len() {
+        return Err(format!(
+            "forwarded a UDP datagram of length {} in an IP payload of {}",
+            out.len,
+            out_ip.payload.len()
+        ));
+    }
+    if out.payload != dgram.payload || out.len != dgram.len {
+        return Err("UDP payload or length changed on the way".to_owned());
+    }
+    if dgram.checksum == 0 && out.checksum != 0 {
+        return Err(format!(
+            "a datagram sent without a checksum left with {:#06x}",
+            out.checksum
+        ));
+    }
+    if dgram.checksum_ok && !out.checksum_ok {
+        return Err("UDP checksum broken by the program".to_owned());
     }
     if out_ip.ttl != in_ip.ttl.wrapping_sub(1) {
         return Err(format!("TTL {} in, {} out", in_ip.ttl, out_ip.ttl));
