@@ -20,6 +20,11 @@ pub struct Options {
     /// The service's forwarding: full-nat (default), gateway or dsr.
     #[arg(long, value_parser = ["full-nat", "gateway", "dsr"])]
     mode: Option<String>,
+    /// Serve the web console as well, on 127.0.0.1:PORT of this host (9751
+    /// when no port is given); prints its URL and tokens and keeps the lab
+    /// up until Ctrl-C.
+    #[arg(long, value_name = "PORT", num_args = 0..=1, default_missing_value = "9751")]
+    console: Option<u16>,
 }
 
 pub fn run(opts: &Options) -> anyhow::Result<()> {
@@ -54,6 +59,9 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
     }
     if let Some(mode) = &opts.mode {
         demo.args(["--mode", mode]);
+    }
+    if let Some(port) = opts.console {
+        demo.args(["--console", &port.to_string()]);
     }
     println!("==> demo: running (Ctrl-C stops it and cleans everything up)\n");
     // Replace this process so Ctrl-C reaches only the demo, which cleans up.

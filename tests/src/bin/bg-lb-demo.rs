@@ -18,6 +18,7 @@ use bg_lb::{
     protocol::{Reply, ServiceStatus},
 };
 use bg_lb_tests::{
+    console::{ConsoleTokens, Forwarder},
     lab::{BlueGreenLab, LabOptions, SERVICE},
     load::{Load, LoadSpec, Tally, TallyWatch},
     release::{Narration, ReleaseError, ReleaseReport, release},
@@ -47,6 +48,11 @@ struct Args {
     /// and reply to it directly); README, "Forwarding modes".
     #[arg(long, default_value = "full-nat")]
     mode: Forwarding,
+    /// Serve the web console too (`[api]`), reachable from this host's
+    /// browser on 127.0.0.1:PORT; prints the URL and tokens, and keeps the
+    /// topology up at the end (as --keep).
+    #[arg(long, value_name = "PORT", num_args = 0..=1, default_missing_value = "9751")]
+    console: Option<u16>,
 }
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
@@ -75,11 +81,29 @@ fn run(bin: &'static str, args: &Args) -> ExitCode {
     println!("bg-lb demo: a zero-downtime blue-green release under load\n");
     println!("Setting up network namespaces: a client, the load balancer, and four backends");
     println!("(b0, b1 = blue; b2, b3 = green; all running demo-backend v1 with GET /live and /standby)...");
+    let tokens = args.console.map(|_| ConsoleTokens::new("demo"));
     let options = LabOptions {
         forwarding: args.mode,
+        tables: tokens.as_ref().map(ConsoleTokens::api_table).unwrap_or_default(),
         ..LabOptions::default()
     };
     let mut lab = BlueGreenLab::start(bin, &options);
+    let _forwarder = match (args.console, &tokens) {
+        (Some(port), Some(tokens)) => match Forwarder::start(&lab.topo.lb.ns, port) {
+            Ok(forwarder) => {
+                println!("  web console: http://{}/console", forwarder.addr);
+                println!("    admin token:     {}", tokens.admin);
+                println!("    read-only token: {}", tokens.read_only);
+                println!("    (loopback only; from another machine: ssh -L {port}:127.0.0.1:{port} this-host)");
+                Some(forwarder)
+            }
+            Err(e) => {
+                println!("the console's port 127.0.0.1:{port} cannot be bound: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+        _ => None,
+    };
     println!("  forwarding {}{}", args.mode, mode_note(args.mode));
     println!("  live VIP {}  ->  ratio blue:green, HTTP /live checks", lab.live_vip());
     println!("  standby VIP {}  ->  backends answering /standby", lab.standby_vip());
@@ -119,7 +143,7 @@ fn run(bin: &'static str, args: &Args) -> ExitCode {
             ExitCode::FAILURE
         }
     };
-    if args.keep {
+    if args.keep || args.console.is_some() {
         explore(&lab, bin);
     }
     code
