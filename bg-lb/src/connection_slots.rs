@@ -14,10 +14,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use http_body_util::Full;
 use hyper::{
     Request, Response,
-    body::{Bytes, Incoming},
+    body::{Body, Bytes, Incoming},
     server::conn::http1,
     service::service_fn,
 };
@@ -147,8 +146,10 @@ fn lock(held: &Mutex<Held>) -> MutexGuard<'_, Held> {
 /// in `slot`, answering each request with `handler`, until the client
 /// closes it, it idles past `idle_timeout` (no complete request head in
 /// that time, counted from the connect or the last response), or a new
-/// connection takes its slot.
-pub async fn serve_http<S, H, F>(
+/// connection takes its slot. A connection streaming a response body (the
+/// console's events) counts as idle once the head is sent: a full listener
+/// may close it for a new connection, and the console reconnects.
+pub async fn serve_http<S, H, F, B>(
     stream: S,
     peer: SocketAddr,
     slot: Slot,
@@ -158,7 +159,9 @@ pub async fn serve_http<S, H, F>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     H: Fn(Request<Incoming>) -> F + Send + 'static,
-    F: Future<Output = Response<Full<Bytes>>> + Send + 'static,
+    F: Future<Output = Response<B>> + Send + 'static,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let serving = slot.clone();
     let service = service_fn(move |request| {

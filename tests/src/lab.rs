@@ -295,6 +295,9 @@ pub struct LabOptions {
     /// the backends listen on port 80 on every address, and the standby VIP
     /// is [`STANDBY_VIP_ADDR`]:80 (a standby VIP must keep the port).
     pub forwarding: Forwarding,
+    /// More top-level config tables (e.g. `[api]`), placed before the
+    /// service.
+    pub tables: String,
 }
 
 impl Default for LabOptions {
@@ -309,6 +312,7 @@ impl Default for LabOptions {
             fall: 2,
             max_flows: 65536,
             forwarding: Forwarding::default(),
+            tables: String::new(),
         }
     }
 }
@@ -450,10 +454,11 @@ fn config(vip: Ipv4Addr, backends: &[Ipv4Addr], o: &LabOptions, paths: &str) -> 
     let ms = |d: Duration| d.as_millis();
     format!(
         "interface = \"eth0\"\nxdp_mode = \"native\"\nsnat_address = \"{LB_ADDR}\"\nmax_flows = {}\n\
-         lookup_capacity = 524296\n{paths}\n[[service]]\nname = \"{SERVICE}\"\nvip = \"{vip}:80\"\n\
+         lookup_capacity = 524296\n{paths}\n{}\n[[service]]\nname = \"{SERVICE}\"\nvip = \"{vip}:80\"\n\
          standby_vip = \"{}\"\nforwarding = \"{}\"\nratio = \"{}\"\n\n[service.health]\ntype = \"{}\"\n\
          interval = \"{}ms\"\nfast_interval = \"{}ms\"\ntimeout = \"{}ms\"\nrise = {}\nfall = {}\n{}",
         o.max_flows,
+        o.tables,
         standby_vip(vip, o.forwarding),
         o.forwarding,
         o.ratio,

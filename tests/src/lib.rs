@@ -45,12 +45,15 @@
 //! - [`churn`]: paced short connections (one line each, either side closing
 //!   first, from one client address or many) and their server, counting
 //!   failures and stalled connects.
+//! - [`console`]: the web console's tokens and `[api]` table, and a
+//!   loopback forwarder for a browser on the host (the demo).
 //! - [`bench`]: `cargo xtask bench` (the `bg-lb-bench` binary): contenders,
 //!   workloads, statistics and reports.
 pub mod bench;
 pub mod churn;
 pub mod cluster;
 pub mod cmd;
+pub mod console;
 pub mod container;
 pub mod daemon;
 pub mod deploy;

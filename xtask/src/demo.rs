@@ -24,6 +24,11 @@ pub struct Options {
     /// BGP router (BIRD, ECMP, etcd), stopping one for good midway.
     #[arg(long)]
     hosts: Option<u8>,
+    /// Serve the web console as well, on 127.0.0.1:PORT of this host (9751
+    /// when no port is given); prints its URL and tokens and keeps the lab
+    /// up until Ctrl-C.
+    #[arg(long, value_name = "PORT", num_args = 0..=1, default_missing_value = "9751")]
+    console: Option<u16>,
 }
 
 pub fn run(opts: &Options) -> anyhow::Result<()> {
@@ -61,6 +66,9 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
     }
     if let Some(hosts) = opts.hosts {
         demo.args(["--hosts", &hosts.to_string()]);
+    }
+    if let Some(port) = opts.console {
+        demo.args(["--console", &port.to_string()]);
     }
     println!("==> demo: running (Ctrl-C stops it and cleans everything up)\n");
     // Replace this process so Ctrl-C reaches only the demo, which cleans up.

@@ -14,7 +14,9 @@ use crate::test::run_step;
 /// image from a locally made Debian base, bird2 (BIRD 2), the BGP speaker
 /// of the several-hosts tests (`[bgp]`), etcd-server (etcd 3.4), the
 /// fleet state of the several-hosts tests (`[cluster]`), curl and openssl
-/// for the remote API's tests (a client, and a certificate for its TLS).
+/// for the remote API's tests (a client, and a certificate for its TLS),
+/// chromium and chromium-driver for the web console's browser test
+/// (headless, through WebDriver).
 const PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "iproute2",
@@ -29,6 +31,8 @@ const PACKAGES: &[&str] = &[
     "etcd-server",
     "curl",
     "openssl",
+    "chromium",
+    "chromium-driver",
 ];
 /// What `cargo xtask bench` compares bg-lb with, and its load generator;
 /// installed only for the benchmark.

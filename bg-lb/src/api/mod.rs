@@ -5,11 +5,12 @@
 //! ([`tls`]); the commands themselves in [`routes`], which hands each to
 //! the daemon's request queue, the admin socket's.
 //!
-//! The listener is built to carry more than commands: a console's pages
-//! and event stream would be more routes behind the same [`auth::Tokens`]
-//! and connection limits.
+//! The same listener serves the web console ([`console`]): its page, its
+//! event stream and its actions, behind the same [`auth::Tokens`] and
+//! connection limits.
 
 pub mod auth;
+pub mod console;
 pub mod routes;
 pub mod tls;
 
@@ -20,6 +21,7 @@ use tokio_rustls::TlsAcceptor;
 
 use self::{
     auth::{RefusalLog, Tokens},
+    console::Sessions,
     routes::Api,
 };
 use crate::{
@@ -62,12 +64,17 @@ pub async fn start(config: &ApiConfig, jobs: mpsc::Sender<Job>) -> Result<(), Ap
     if tls.is_none() && !config.listen.ip().is_loopback() {
         tracing::warn!(%addr, "the remote API serves plain HTTP beyond loopback: tokens cross the network in clear; set [api] tls_cert and tls_key");
     }
-    tracing::info!("serving the remote API at {scheme}://{addr}{}", routes::PREFIX);
+    tracing::info!(
+        "serving the remote API at {scheme}://{addr}{} and the console at {scheme}://{addr}{}",
+        routes::PREFIX,
+        console::PREFIX
+    );
     let api = Api {
         tokens,
         jobs,
         refusals: RefusalLog::default(),
         body_timeout: config.limits.idle_timeout,
+        sessions: Sessions::default(),
     };
     tokio::spawn(serve(listener, tls, Arc::new(api), config.limits));
     Ok(())

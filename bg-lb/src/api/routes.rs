@@ -10,18 +10,23 @@
 //! reply's `error` says why), 400 unreadable, 401 no or wrong token, 403 a
 //! read-only token asking for a change, 404, 405, 408 body too slow, 413
 //! body too large.
+//!
+//! Paths under `/console` are the web console's ([`console`]).
 
-use std::{net::SocketAddr, time::Duration};
+use std::{convert::Infallible, net::SocketAddr, time::Duration};
 
-use http_body_util::{BodyExt as _, Full, Limited};
+use http_body_util::{BodyExt as _, Full, Limited, combinators::BoxBody};
 use hyper::{
     Method, Request, Response, StatusCode,
     body::{Body, Bytes},
-    header::{AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE},
+    header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue, WWW_AUTHENTICATE},
 };
 use tokio::sync::mpsc;
 
-use super::auth::{RefusalLog, Role, Tokens};
+use super::{
+    auth::{RefusalLog, Role, Tokens},
+    console::{self, Sessions},
+};
 use crate::{
     daemon::server::{Job, submit},
     protocol::{self, MAX_REQUEST_BYTES, Reply},
@@ -38,36 +43,73 @@ pub struct Api {
     pub refusals: RefusalLog,
     /// How long a request body may take to arrive.
     pub body_timeout: Duration,
+    /// The console's sessions: the CSRF tokens it issued.
+    pub sessions: Sessions,
 }
 
-pub async fn respond<B>(api: &Api, peer: SocketAddr, request: Request<B>) -> Response<Full<Bytes>>
+/// A response body: a whole reply, or the console's event stream.
+pub type ApiBody = BoxBody<Bytes, Infallible>;
+
+pub async fn respond<B>(api: &Api, peer: SocketAddr, request: Request<B>) -> Response<ApiBody>
 where
     B: Body,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    if console::serves(request.uri().path()) {
+        return console::respond(api, peer, request).await;
+    }
+    let Some(role) = authenticate(api, peer, &request) else {
+        return unauthorized();
+    };
+    let Some(cmd) = request.uri().path().strip_prefix(PREFIX).filter(|c| known(c)) else {
+        return unknown_command(PREFIX);
+    };
+    let cmd = cmd.to_owned();
+    command(api, peer, role, &cmd, request).await
+}
+
+/// The role the request's bearer token grants; `None` without one, the
+/// refusal logged: answer [`unauthorized`].
+pub fn authenticate<B>(api: &Api, peer: SocketAddr, request: &Request<B>) -> Option<Role> {
     let authorization = request.headers().get(AUTHORIZATION).map(|v| v.as_bytes());
-    let Some(role) = api.tokens.role(authorization) else {
+    let role = api.tokens.role(authorization);
+    if role.is_none() {
         let why = if authorization.is_some() {
             "wrong credentials"
         } else {
             "no credentials"
         };
         api.refusals.refused(peer, why);
-        let mut response = reply(
-            StatusCode::UNAUTHORIZED,
-            &Reply::error("a valid bearer token is needed"),
-        );
-        response
-            .headers_mut()
-            .insert(WWW_AUTHENTICATE, "Bearer".parse().expect("valid header"));
-        return response;
-    };
-    let Some(cmd) = request.uri().path().strip_prefix(PREFIX).filter(|c| known(c)) else {
-        let known = protocol::Request::COMMANDS.join(", ");
-        let error = format!("not found: commands are POST {PREFIX}CMD, CMD one of {known}");
-        return reply(StatusCode::NOT_FOUND, &Reply::error(error));
-    };
-    let cmd = cmd.to_owned();
+    }
+    role
+}
+
+/// The 401 for a request [`authenticate`] refused.
+pub fn unauthorized() -> Response<ApiBody> {
+    let mut response = reply(
+        StatusCode::UNAUTHORIZED,
+        &Reply::error("a valid bearer token is needed"),
+    );
+    response
+        .headers_mut()
+        .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    response
+}
+
+/// The 404 for a path under `prefix` that names no command.
+pub fn unknown_command(prefix: &str) -> Response<ApiBody> {
+    let known = protocol::Request::COMMANDS.join(", ");
+    let error = format!("not found: commands are POST {prefix}CMD, CMD one of {known}");
+    reply(StatusCode::NOT_FOUND, &Reply::error(error))
+}
+
+/// Runs the known command `cmd`, for a client with `role`, with the
+/// request's body as its fields: down the admin socket's path.
+pub async fn command<B>(api: &Api, peer: SocketAddr, role: Role, cmd: &str, request: Request<B>) -> Response<ApiBody>
+where
+    B: Body,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let method = request.method().clone();
     if method != Method::POST && method != Method::GET {
         return reply(
@@ -88,7 +130,7 @@ where
         }
         Err(_) => return reply(StatusCode::REQUEST_TIMEOUT, &Reply::error("request body too slow")),
     };
-    let parsed = match line(&cmd, &body) {
+    let parsed = match line(cmd, &body) {
         Ok(line) => protocol::parse_request(&line),
         Err(e) => Err(e),
     };
@@ -118,7 +160,7 @@ where
     reply(status, &answer)
 }
 
-fn known(cmd: &str) -> bool {
+pub fn known(cmd: &str) -> bool {
     protocol::Request::COMMANDS.contains(&cmd)
 }
 
@@ -140,16 +182,21 @@ fn line(cmd: &str, body: &[u8]) -> Result<String, String> {
     Ok(serde_json::Value::Object(fields).to_string())
 }
 
-fn reply(status: StatusCode, reply: &Reply) -> Response<Full<Bytes>> {
+pub fn reply(status: StatusCode, reply: &Reply) -> Response<ApiBody> {
     let mut body = serde_json::to_vec(reply).expect("replies serialize");
     body.push(b'\n');
-    let mut response = Response::new(Full::new(Bytes::from(body)));
+    whole(status, "application/json", Bytes::from(body))
+}
+
+/// A response with a whole body.
+pub fn whole(status: StatusCode, content_type: &'static str, body: Bytes) -> Response<ApiBody> {
+    let mut response = Response::new(Full::new(body).boxed());
     *response.status_mut() = status;
     response
         .headers_mut()
-        .insert(CONTENT_TYPE, "application/json".parse().expect("valid header"));
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     response
 }
 
 #[cfg(test)]
-mod tests;
+pub(in crate::api) mod tests;

@@ -22,6 +22,7 @@ use bg_lb::{
 use bg_lb_tests::{
     cluster::Cluster,
     fleet_release::{self, FleetReleaseReport, Narrator},
+    console::{ConsoleTokens, Forwarder},
     lab::{BlueGreenLab, LabOptions, SERVICE},
     load::{Load, LoadSpec, Tally, TallyWatch},
     release::{Narration, ReleaseError, ReleaseReport, release},
@@ -56,6 +57,11 @@ struct Args {
     /// NAT), and the last host stops for good in the middle.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=3))]
     hosts: u8,
+    /// Serve the web console too (`[api]`), reachable from this host's
+    /// browser on 127.0.0.1:PORT; prints the URL and tokens, and keeps the
+    /// topology up at the end (as --keep).
+    #[arg(long, value_name = "PORT", num_args = 0..=1, default_missing_value = "9751")]
+    console: Option<u16>,
 }
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
@@ -88,11 +94,29 @@ fn run(bin: &'static str, args: &Args) -> ExitCode {
     println!("bg-lb demo: a zero-downtime blue-green release under load\n");
     println!("Setting up network namespaces: a client, the load balancer, and four backends");
     println!("(b0, b1 = blue; b2, b3 = green; all running demo-backend v1 with GET /live and /standby)...");
+    let tokens = args.console.map(|_| ConsoleTokens::new("demo"));
     let options = LabOptions {
         forwarding: args.mode,
+        tables: tokens.as_ref().map(ConsoleTokens::api_table).unwrap_or_default(),
         ..LabOptions::default()
     };
     let mut lab = BlueGreenLab::start(bin, &options);
+    let _forwarder = match (args.console, &tokens) {
+        (Some(port), Some(tokens)) => match Forwarder::start(&lab.topo.lb.ns, port) {
+            Ok(forwarder) => {
+                println!("  web console: http://{}/console", forwarder.addr);
+                println!("    admin token:     {}", tokens.admin);
+                println!("    read-only token: {}", tokens.read_only);
+                println!("    (loopback only; from another machine: ssh -L {port}:127.0.0.1:{port} this-host)");
+                Some(forwarder)
+            }
+            Err(e) => {
+                println!("the console's port 127.0.0.1:{port} cannot be bound: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+        _ => None,
+    };
     println!("  forwarding {}{}", args.mode, mode_note(args.mode));
     println!("  live VIP {}  ->  ratio blue:green, HTTP /live checks", lab.live_vip());
     println!("  standby VIP {}  ->  backends answering /standby", lab.standby_vip());
@@ -132,7 +156,7 @@ fn run(bin: &'static str, args: &Args) -> ExitCode {
             ExitCode::FAILURE
         }
     };
-    if args.keep {
+    if args.keep || args.console.is_some() {
         explore(&lab, bin);
     }
     code
@@ -141,6 +165,10 @@ fn run(bin: &'static str, args: &Args) -> ExitCode {
 fn run_fleet(bin: &'static str, args: &Args) -> ExitCode {
     if args.mode != Forwarding::FullNat {
         eprintln!("--hosts runs full NAT only (each host its own SNAT address; docs/deploy.md, \"Several hosts\")");
+        return ExitCode::FAILURE;
+    }
+    if args.console.is_some() {
+        eprintln!("--console serves one host's console: run it without --hosts");
         return ExitCode::FAILURE;
     }
     let hosts = usize::from(args.hosts);

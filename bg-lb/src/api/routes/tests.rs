@@ -6,12 +6,12 @@ use tokio::sync::oneshot;
 use super::*;
 use crate::{protocol::Request as Command, ratio::Ratio};
 
-const ADMIN: &str = "admin-token-0123456789";
-const VIEWER: &str = "viewer-token-0123456789";
+pub(in crate::api) const ADMIN: &str = "admin-token-0123456789";
+pub(in crate::api) const VIEWER: &str = "viewer-token-0123456789";
 
 /// An API over a daemon stand-in that records each line it is sent and
 /// answers `ok` unless the line asks for service "nope".
-fn api() -> (Api, Arc<Mutex<Vec<String>>>) {
+pub(in crate::api) fn api() -> (Api, Arc<Mutex<Vec<String>>>) {
     let (jobs, mut queue) = mpsc::channel::<Job>(8);
     let seen = Arc::new(Mutex::new(Vec::new()));
     let record = seen.clone();
@@ -31,6 +31,7 @@ fn api() -> (Api, Arc<Mutex<Vec<String>>>) {
         jobs,
         refusals: RefusalLog::default(),
         body_timeout: Duration::from_secs(5),
+        sessions: Sessions::default(),
     };
     (api, seen)
 }
