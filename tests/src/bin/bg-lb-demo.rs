@@ -21,8 +21,8 @@ use bg_lb::{
 };
 use bg_lb_tests::{
     cluster::Cluster,
-    fleet_release::{self, FleetReleaseReport, Narrator},
     console::{ConsoleTokens, Forwarder},
+    fleet_release::{self, FleetReleaseReport, Narrator},
     lab::{BlueGreenLab, LabOptions, SERVICE},
     load::{Load, LoadSpec, Tally, TallyWatch},
     release::{Narration, ReleaseError, ReleaseReport, release},

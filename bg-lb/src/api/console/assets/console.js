@@ -208,6 +208,7 @@ function build(s) {
   view.shiftState = el("span", { id: id("shift-state") });
   view.shiftReason = el("span", { class: "reason", id: id("shift-reason") });
   view.shiftBox.append(view.shiftState, " ", view.shiftReason);
+  view.deadline = el("div", { class: "meta", id: id("drain-deadline-state"), hidden: true });
   view.chart = el("canvas", { id: id("chart"), width: 600, height: 150, role: "img", "aria-label": "open connections per pool over time" });
 
   const root = el("section", { class: "card service", "data-service": name },
@@ -234,9 +235,16 @@ function build(s) {
       view.buttons[key] = el("button", { type: "button", id: id(key), onclick: run }, label);
       return view.buttons[key];
     };
+    // Empty: the service's drain_deadline applies (or none), as with ctl.
+    view.drainDeadline = el("input", { id: id("drain-deadline"), type: "number", min: 1, placeholder: "service default" });
+    const pooled = (p) => {
+      const secs = Number(view.drainDeadline.value);
+      return view.drainDeadline.value && secs > 0 ? { service: name, pool: p, deadline_secs: Math.ceil(secs) } : { service: name, pool: p };
+    };
     root.append(el("div", { class: "actions" },
-      ...POOLS.map((p) => button("drain-" + p, "Drain " + p, () => act("drain", { service: name, pool: p }, "drain " + p))),
-      ...POOLS.map((p) => button("promote-" + p, "Promote " + p, () => act("promote", { service: name, pool: p }, "promote " + p))),
+      ...POOLS.map((p) => button("drain-" + p, "Drain " + p, () => act("drain", pooled(p), "drain " + p))),
+      ...POOLS.map((p) => button("promote-" + p, "Promote " + p, () => act("promote", pooled(p), "promote " + p))),
+      el("label", {}, "reset leftovers after (s)", view.drainDeadline),
       button("rollback", "Roll back", () => act("rollback", { service: name }, "rollback")),
       button("shift-abort", "Abort shift", () => act("shift-abort", { service: name }, "abort shift"))));
     view.actionWarning = el("p", { class: "warning", id: id("action-warning"), role: "alert" });
@@ -259,7 +267,7 @@ function build(s) {
       input.addEventListener("input", () => view.last && update(view, view.last));
   }
 
-  root.append(view.shiftBox);
+  root.append(view.shiftBox, view.deadline);
   view.pools = {};
   const pools = el("div", { class: "pools" });
   for (const p of POOLS) {
@@ -335,6 +343,7 @@ function update(view, s, at) {
     showSplit(view, parseRatio(s.ratio), "");
   }
   showShift(view, s.shift);
+  showDeadline(view, s.drain_deadline);
   if (at === undefined) return;
 
   const dt = view.at === undefined ? 0 : at - view.at;
@@ -393,6 +402,15 @@ function showShift(view, shift) {
   };
   view.shiftState.textContent = states[o.state] || o.state;
   view.shiftReason.textContent = o.reason || "";
+}
+
+function showDeadline(view, deadline) {
+  view.deadline.hidden = !deadline;
+  if (!deadline) return;
+  const at = new Date(deadline.at_unix_ms).toLocaleTimeString();
+  view.deadline.textContent = deadline.reset == null
+    ? `drain deadline: ${deadline.pool}'s leftover connections are reset at ${at}`
+    : `drain deadline passed at ${at}: ${deadline.reset} ${deadline.pool} connection(s) reset`;
 }
 
 function human(bytesPerSec) {
