@@ -245,6 +245,9 @@ pub struct BareSegment {
 
 /// A TCP header with one option, the MSS.
 const TCP_WITH_MSS_LEN: usize = TCP_LEN + 4;
+/// IP total length of a segment with the MSS option and no payload (a
+/// SYN-ACK [`TcpPacket::become_segment`] writes).
+pub const SEGMENT_WITH_MSS_IP_LEN: u16 = (IP_LEN + TCP_WITH_MSS_LEN) as u16;
 const TCPOPT_MSS: u8 = 2;
 const TCPOLEN_MSS: u8 = 4;
 

@@ -45,12 +45,13 @@ use bg_lb_common::{
 };
 
 use crate::{
-    forward::forward,
+    forward::{Route, RouteQuery, forward, send},
     maps::{
         BACKENDS, HELD_SCRATCH, HELD_SEGMENTS, SERVICES, SYN_FLOOD, SYN_PROXY_JOBS, Way, account, account_event, count,
         flow_entry, reverse_owner,
     },
-    packet::{BareSegment, TcpPacket, parse_tcp},
+    next_hop::cached_route,
+    packet::{BareSegment, SEGMENT_WITH_MSS_IP_LEN, TcpPacket, parse_tcp},
 };
 
 // Stack: the verifier allows 512 bytes for a program's deepest chain of
@@ -262,6 +263,9 @@ pub fn bg_lb_syn_ack(ctx: XdpContext) -> u32 {
         count(Counter::SynProxyBadChecksum);
         return XDP_DROP;
     }
+    let Some(next_hop) = syn_ack_next_hop(&ctx, &pkt) else {
+        return XDP_DROP;
+    };
     let Some((cookie, _)) = pkt.syncookie(&mut tcp, len) else {
         return XDP_DROP;
     };
@@ -279,12 +283,59 @@ pub fn bg_lb_syn_ack(ctx: XdpContext) -> u32 {
         window: service.syn_proxy_mss,
         mss: service.syn_proxy_mss,
     };
-    pkt.swap_macs();
+    match next_hop {
+        SynAckHop::Routed { smac, dmac, .. } => pkt.set_macs(smac, dmac),
+        SynAckHop::Sender => pkt.swap_macs(),
+    }
     if pkt.become_segment(&ctx, &syn_ack).is_none() {
         return XDP_DROP;
     }
     count(Counter::SynCookieSent);
-    XDP_TX
+    match next_hop {
+        SynAckHop::Routed { ifindex, .. } => send(&ctx, ifindex),
+        SynAckHop::Sender => XDP_TX,
+    }
+}
+
+/// Where a cookie SYN-ACK goes.
+#[derive(Clone, Copy)]
+enum SynAckHop {
+    /// Where the host routes the client, as every other packet to it.
+    Routed { ifindex: u32, smac: [u8; 6], dmac: [u8; 6] },
+    /// Back to the MAC the SYN came from: the route's next hop is not
+    /// resolved yet, and the SYN's sender is a hop known to reach the client.
+    Sender,
+}
+
+/// The SYN-ACK follows the host's routing table, like the kernel's own
+/// SYN-ACK and every reply bg-lb forwards: a SYN from a source the host
+/// cannot reach (a flood of spoofed, unroutable addresses) gets no answer,
+/// and costs no SYN-ACK's trip; one that came in on another link than the
+/// route back (asymmetric routing) is answered on the route's. `None`:
+/// dropped and counted.
+#[inline(always)]
+fn syn_ack_next_hop(ctx: &XdpContext, syn: &TcpPacket<'_>) -> Option<SynAckHop> {
+    let query = RouteQuery {
+        proto: IPPROTO_TCP,
+        tos: syn.tos(),
+        ip_len: SEGMENT_WITH_MSS_IP_LEN,
+        src_addr: syn.dst_addr(),
+        dst_addr: syn.src_addr(),
+    };
+    match cached_route(ctx, &query) {
+        Route::Next {
+            ifindex, smac, dmac, ..
+        } => Some(SynAckHop::Routed { ifindex, smac, dmac }),
+        Route::Failed(Counter::FibNoNeighbour) => Some(SynAckHop::Sender),
+        Route::Failed(counter) => {
+            count(counter);
+            None
+        }
+        Route::TooBig { .. } => {
+            count(Counter::TooBigDropped);
+            None
+        }
+    }
 }
 
 /// [`Job::OpenBackend`]: the segment in the frame proved its cookie and a

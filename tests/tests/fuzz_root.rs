@@ -645,6 +645,14 @@ fn the_oracle_rejects_every_kind_of_syn_proxy_misstep() {
         rejects(
             &before,
             &lab,
+            "a cookie SYN-ACK routed to a MAC that is not the client's next hop",
+            &syn,
+            verdict,
+            &tampered(&syn_ack, &|f| f[5] ^= 1, false),
+        );
+        rejects(
+            &before,
+            &lab,
             "a cookie SYN-ACK to a SYN with a wrong checksum",
             &tampered(&syn, &|f| f[tcp + 16] ^= 1, false),
             verdict,

@@ -54,6 +54,21 @@ fn in_lab(syn_proxy: SynProxy, test: impl FnOnce(PacketLab) + Send + 'static) {
     });
 }
 
+/// A client in 198.18.0.0/15, which the lab routes nowhere: a spoofed
+/// flood's source.
+const UNROUTABLE_CLIENT: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 7), 41010);
+/// A client on the LB's own link with no neighbour entry.
+const ON_LINK_CLIENT: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 77), 41011);
+/// A router other than the lab's gateway, which a SYN may come through
+/// when the routes are asymmetric.
+const OTHER_ROUTER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x77];
+
+/// `frame` with source MAC `mac`.
+fn from_mac(mac: [u8; 6], mut frame: Vec<u8>) -> Vec<u8> {
+    frame[6..12].copy_from_slice(&mac);
+    frame
+}
+
 /// A SYN as Linux sends it: MSS `mss`, SACK permitted, timestamps, window
 /// scaling (the proxy keeps none but the MSS).
 fn linux_syn(from: SocketAddrV4, mss: u16) -> Vec<u8> {
@@ -112,10 +127,15 @@ fn run_counting(lab: &PacketLab, frame: &[u8], counted: &[Counter]) -> (u32, Vec
     result
 }
 
+/// A cookie SYN-ACK follows the route to its client, out of the lab's
+/// `veth0`: a redirect, since the lab's test runs come in on another
+/// interface (on a real link, in on the route's interface, it is XDP_TX).
+const SYN_ACK_VERDICT: u32 = XDP_REDIRECT;
+
 /// Checks that `out` is the proxy's SYN-ACK to `from`'s SYN and returns its
 /// cookie.
 fn assert_cookie_syn_ack(verdict: u32, out: &[u8], from: SocketAddrV4) -> u32 {
-    assert_eq!(verdict, XDP_TX, "the SYN-ACK goes back out of the interface");
+    assert_eq!(verdict, SYN_ACK_VERDICT, "the SYN-ACK goes where the client is routed");
     assert_eq!(out.len(), 14 + 20 + 24, "Ethernet + IPv4 + TCP with one option");
     let syn_ack = parse_checked(out);
     assert_eq!((syn_ack.src, syn_ack.dst), (VIP, from), "from the VIP to the client");
@@ -192,10 +212,52 @@ fn rows() -> Vec<Row> {
             syn_proxy: always,
             frame: linux_syn(client(41000), 1460),
             from: client(41000),
+            verdict: SYN_ACK_VERDICT,
+            counted: &[Counter::SynCookieSent],
+            check: |lab, out, from| {
+                assert_cookie_syn_ack(SYN_ACK_VERDICT, out, from);
+                no_flow(lab, out, from);
+            },
+        },
+        Row {
+            name: "syn_from_a_source_the_host_cannot_route_gets_no_syn_ack",
+            syn_proxy: always,
+            frame: linux_syn(UNROUTABLE_CLIENT, 1460),
+            from: UNROUTABLE_CLIENT,
+            verdict: XDP_DROP,
+            counted: &[Counter::FibFailed],
+            check: |lab, out, from| {
+                assert_eq!(lab.counter(Counter::SynCookieSent), 0, "no SYN-ACK");
+                no_flow(lab, out, from);
+            },
+        },
+        Row {
+            name: "syn_ack_follows_the_route_to_the_client_not_the_mac_the_syn_came_from",
+            syn_proxy: always,
+            frame: from_mac(OTHER_ROUTER_MAC, linux_syn(client(41004), 1460)),
+            from: client(41004),
+            verdict: SYN_ACK_VERDICT,
+            counted: &[Counter::SynCookieSent],
+            check: |_, out, from| {
+                assert_cookie_syn_ack(SYN_ACK_VERDICT, out, from);
+            },
+        },
+        Row {
+            name: "syn_ack_to_a_client_whose_next_hop_is_unresolved_goes_back_to_the_syns_sender",
+            syn_proxy: always,
+            frame: from_mac(OTHER_ROUTER_MAC, linux_syn(ON_LINK_CLIENT, 1460)),
+            from: ON_LINK_CLIENT,
             verdict: XDP_TX,
             counted: &[Counter::SynCookieSent],
             check: |lab, out, from| {
-                assert_cookie_syn_ack(XDP_TX, out, from);
+                let syn_ack = parse_checked(out);
+                assert_eq!((syn_ack.src, syn_ack.dst), (VIP, from), "from the VIP to the client");
+                assert_eq!(
+                    (syn_ack.src_mac, syn_ack.dst_mac),
+                    (LB_MAC, OTHER_ROUTER_MAC),
+                    "back to the sender"
+                );
+                assert!(syn_ack.flags_syn && syn_ack.flags_ack);
                 no_flow(lab, out, from);
             },
         },
@@ -217,10 +279,10 @@ fn rows() -> Vec<Row> {
             syn_proxy: always,
             frame: from_client(client(41001), SYN),
             from: client(41001),
-            verdict: XDP_TX,
+            verdict: SYN_ACK_VERDICT,
             counted: &[Counter::SynCookieSent],
             check: |lab, out, from| {
-                assert_cookie_syn_ack(XDP_TX, out, from);
+                assert_cookie_syn_ack(SYN_ACK_VERDICT, out, from);
                 no_flow(lab, out, from);
             },
         },
@@ -301,6 +363,9 @@ bg_lb_tests::row_tests!(
     rows().iter().map(|r| r.name).collect::<Vec<_>>();
     syn_in_proxy_mode_gets_a_cookie_syn_ack_from_the_vip_and_no_flow_or_port,
     syn_to_a_group_mac_is_never_answered,
+    syn_from_a_source_the_host_cannot_route_gets_no_syn_ack,
+    syn_ack_follows_the_route_to_the_client_not_the_mac_the_syn_came_from,
+    syn_ack_to_a_client_whose_next_hop_is_unresolved_goes_back_to_the_syns_sender,
     bare_syn_without_options_gets_a_cookie_syn_ack_too,
     forged_ack_without_a_valid_cookie_is_dropped_and_counted_and_creates_nothing,
     syn_with_a_bad_tcp_checksum_is_dropped_unanswered,
@@ -622,7 +687,7 @@ fn a_new_connection_on_the_four_tuple_of_an_ended_proxied_flow_gets_a_backend_si
 
         let isn = SEQ + 100_000;
         let (verdict, out) = lab.run(&from_client_at(from, SYN, (isn, 0), b""));
-        assert_eq!(verdict, XDP_TX, "the new SYN gets a cookie");
+        assert_eq!(verdict, SYN_ACK_VERDICT, "the new SYN gets a cookie");
         let syn_ack = parse_checked(&out);
         assert_eq!(syn_ack.ack, isn + 1);
         assert!(lab.flow(from).is_none(), "the ended flow is forgotten");

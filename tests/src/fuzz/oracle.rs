@@ -28,7 +28,8 @@
 //!      XDP_TX, never answering a RST: a bare RST refusing a connection
 //!      request (RFC 793 sequence numbers), or an ACK proving a SYN cookie
 //!      that no backend could take; a SYN cookie's SYN-ACK to a connection
-//!      request, with the SYN proxy on; or ICMP fragmentation needed for a
+//!      request, with the SYN proxy on (sent where the client is routed, or
+//!      back to the sender when that route's next hop is unresolved); or ICMP fragmentation needed for a
 //!      DF segment of a pinned flow too big for the egress link, quoting
 //!      the segment as its sender sent it (the TTL the LB decremented);
 //!    - **an ICMP error translated** from an ICMP error the LB received: to
@@ -909,20 +910,23 @@ impl Oracle {
         out_ip: &Ip<'_>,
         out: &Tcp<'_>,
     ) -> Judged {
-        if verdict != XDP_TX {
-            return Err("an answer to the sender not sent back with XDP_TX".to_owned());
-        }
         if !out_ip.header_ok || !out.checksum_ok {
             return Err("an answer with a wrong checksum".to_owned());
         }
         if seg.flags & TCP_RST != 0 {
             return Err("answered a RST".to_owned());
         }
-        check_answer_macs(in_ip, out_ip)?;
+        let handshake = out.flags & (TCP_SYN | TCP_ACK | TCP_RST | TCP_FIN);
+        if handshake == TCP_SYN | TCP_ACK {
+            check_syn_ack_hop(in_ip, verdict, out_ip)?;
+        } else if verdict != XDP_TX {
+            return Err("an answer to the sender not sent back with XDP_TX".to_owned());
+        } else {
+            check_answer_macs(in_ip, out_ip)?;
+        }
         if !out.payload.is_empty() {
             return Err("an answer with a payload".to_owned());
         }
-        let handshake = out.flags & (TCP_SYN | TCP_ACK | TCP_RST | TCP_FIN);
         let request = is_connection_request(seg.flags);
         if out.flags & TCP_RST != 0 && out.flags & TCP_SYN == 0 {
             if !request && !self.proxy.as_ref().is_some_and(|p| p.refuses(lab, seg)) {
@@ -1070,6 +1074,17 @@ fn quoted_seq_shifted(from: &Quoted, to: &Quoted, shift: u32) -> Result<(), Stri
         ));
     }
     Ok(())
+}
+
+/// A cookie SYN-ACK follows the route to its client (a redirect in the
+/// lab, whose test runs come in on another interface than the route's), or
+/// goes back to the SYN's sender when that route's next hop is unresolved.
+fn check_syn_ack_hop(in_ip: &Ip<'_>, verdict: u32, out_ip: &Ip<'_>) -> Result<(), String> {
+    match verdict {
+        XDP_REDIRECT => check_forwarding_macs(out_ip),
+        XDP_TX => check_answer_macs(in_ip, out_ip),
+        _ => Err(format!("a SYN-ACK with verdict {verdict}")),
+    }
 }
 
 fn check_answer_macs(in_ip: &Ip<'_>, out_ip: &Ip<'_>) -> Result<(), String> {
