@@ -67,18 +67,13 @@ impl NetNs {
     pub fn steer_flows_like_rss(&self, iface: &str) {
         let cpus = thread::available_parallelism().map_or(1, |n| n.get());
         let mask = cpu_mask(cpus);
-        run(
-            "ip",
-            &[
-                "netns",
-                "exec",
-                &self.name,
-                "sh",
-                "-c",
-                // `ip netns exec` mounts this namespace's sysfs.
-                &format!("echo {mask} > /sys/class/net/{iface}/queues/rx-0/rps_cpus"),
-            ],
-        );
+        self.sh(&format!("echo {mask} > /sys/class/net/{iface}/queues/rx-0/rps_cpus"));
+    }
+
+    /// Runs `script` with `sh -c` inside this namespace; `ip netns exec`
+    /// mounts the namespace's own sysfs, so /sys/class/net is its own.
+    pub fn sh(&self, script: &str) {
+        run("ip", &["netns", "exec", &self.name, "sh", "-c", script]);
     }
 
     /// Runs `f` on a new thread inside this namespace. Sockets it creates
@@ -103,13 +98,20 @@ impl NetNs {
 /// The CPU mask of CPUs `0..cpus` as sysfs takes it: hex words of 32 bits,
 /// comma-separated, the highest first.
 fn cpu_mask(cpus: usize) -> String {
-    let words: Vec<String> = (0..cpus.div_ceil(32))
-        .rev()
-        .map(|w| {
-            let bits = (cpus - w * 32).min(32);
-            format!("{:08x}", (u64::MAX >> (64 - bits)) as u32)
-        })
-        .collect();
+    mask_words(cpus.div_ceil(32), |w| {
+        let bits = (cpus - w * 32).min(32);
+        (u64::MAX >> (64 - bits)) as u32
+    })
+}
+
+/// The CPU mask of CPU `cpu` alone, as [`cpu_mask`] writes masks.
+fn cpu_mask_of(cpu: usize) -> String {
+    mask_words(cpu / 32 + 1, |w| if w == cpu / 32 { 1 << (cpu % 32) } else { 0 })
+}
+
+/// `words` hex words of 32 bits, comma-separated, the highest first.
+fn mask_words(words: usize, word: impl Fn(usize) -> u32) -> String {
+    let words: Vec<String> = (0..words).rev().map(|w| format!("{:08x}", word(w))).collect();
     words.join(",")
 }
 
@@ -182,12 +184,36 @@ pub const LB_SWITCH_PORT: &str = "p-lb";
 
 impl OneArm {
     pub fn new(backends: usize) -> Self {
+        Self::with_lb_queues(backends, 1)
+    }
+
+    /// A topology whose LB link has one queue per CPU, the switch sending
+    /// each CPU's frames to that CPU's queue (XPS), as a multi-queue NIC
+    /// spreads its load over the CPUs. With one queue every frame to the LB
+    /// shares one ring (256 frames) whatever CPU sent it, and an XDP program
+    /// runs behind that ring alone; the kernel's own receive path (every
+    /// contender without XDP) has a backlog per CPU. So a flood one client
+    /// thread sends would crowd out another thread's connections only in
+    /// front of XDP.
+    pub fn with_lb_queue_per_cpu(backends: usize) -> Self {
+        let cpus = thread::available_parallelism().map_or(1, |n| n.get());
+        let topo = Self::with_lb_queues(backends, cpus);
+        for cpu in 0..cpus {
+            let mask = cpu_mask_of(cpu);
+            topo.switch.sh(&format!(
+                "echo {mask} > /sys/class/net/{LB_SWITCH_PORT}/queues/tx-{cpu}/xps_cpus"
+            ));
+        }
+        topo
+    }
+
+    fn with_lb_queues(backends: usize, queues: usize) -> Self {
         let switch = NetNs::new("sw");
         switch.ip("link add br0 type bridge");
         switch.ip("link set br0 up");
-        let lb = Self::host(&switch, "lb", LB_SWITCH_PORT, LB_ADDR);
+        let lb = Self::host(&switch, "lb", LB_SWITCH_PORT, LB_ADDR, queues);
         lb.ns.ip(&format!("addr add {VIP_ADDR}/32 dev eth0"));
-        let client = Self::host(&switch, "client", "p-client", CLIENT_ADDR);
+        let client = Self::host(&switch, "client", "p-client", CLIENT_ADDR, 1);
         let backends = (0..backends)
             .map(|i| {
                 Self::host(
@@ -195,6 +221,7 @@ impl OneArm {
                     &format!("b{i}"),
                     &format!("p-b{i}"),
                     Ipv4Addr::new(10, 99, 0, 11 + i as u8),
+                    1,
                 )
             })
             .collect();
@@ -221,10 +248,13 @@ impl OneArm {
         attach_xdp_pass(&self.switch, LB_SWITCH_PORT)
     }
 
-    fn host(switch: &NetNs, role: &str, port: &str, addr: Ipv4Addr) -> Host {
+    fn host(switch: &NetNs, role: &str, port: &str, addr: Ipv4Addr, queues: usize) -> Host {
         let ns = NetNs::new(role);
+        // A veth takes XDP only with at least as many receive queues as its
+        // peer has transmit queues: the same count on both ends.
+        let q = format!("numtxqueues {queues} numrxqueues {queues}");
         ip(&format!(
-            "link add {port} netns {} type veth peer name eth0 netns {}",
+            "link add {port} netns {} {q} type veth peer name eth0 netns {} {q}",
             switch.name, ns.name
         ));
         switch.ip(&format!("link set {port} master br0"));
@@ -308,7 +338,7 @@ impl TwoArm {
         let backends = (0..backends)
             .map(|i| {
                 let addr = Ipv4Addr::new(10, 98, 2, 11 + i as u8);
-                OneArm::host(&switch, &format!("b{i}"), &format!("p-b{i}"), addr)
+                OneArm::host(&switch, &format!("b{i}"), &format!("p-b{i}"), addr, 1)
             })
             .collect();
         TwoArm {
@@ -436,7 +466,7 @@ fn link_addr(i: usize, host: u8) -> Ipv4Addr {
 
 #[cfg(test)]
 mod tests {
-    use super::cpu_mask;
+    use super::{cpu_mask, cpu_mask_of};
 
     #[test]
     fn cpu_masks_are_32_bit_hex_words_highest_first() {
@@ -444,5 +474,12 @@ mod tests {
         assert_eq!(cpu_mask(2), "00000003");
         assert_eq!(cpu_mask(32), "ffffffff");
         assert_eq!(cpu_mask(36), "0000000f,ffffffff");
+    }
+
+    #[test]
+    fn a_single_cpu_mask_sets_only_that_cpus_bit() {
+        assert_eq!(cpu_mask_of(0), "00000001");
+        assert_eq!(cpu_mask_of(1), "00000002");
+        assert_eq!(cpu_mask_of(33), "00000002,00000000");
     }
 }

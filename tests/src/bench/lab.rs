@@ -61,7 +61,7 @@ impl Lab {
     /// "Forwarding modes"); under `dsr` the servers listen on every address,
     /// the VIP's on the loopback included.
     pub fn new(bg_lb: &'static str, forwarding: Forwarding) -> Self {
-        let topo = OneArm::new(BACKENDS);
+        let topo = OneArm::with_lb_queue_per_cpu(BACKENDS);
         for host in &topo.backends {
             host.serve_for(forwarding, LB_ADDR, CLIENT_ADDR, &[topo.vip]);
         }

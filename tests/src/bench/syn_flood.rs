@@ -2,7 +2,8 @@
 //! connections at a steady pace (connect, `GET /`, the whole response)
 //! for three phases of equal length, before, during and after a spoofed
 //! SYN flood that the client sends as fast as one core can (sources in
-//! 198.18.0.0/15, unroutable, so no SYN-ACK is ever answered). Connections
+//! 198.18.0.0/15, which nobody answers: unroutable, or with `routed`
+//! routed back to the client, which drops the SYN-ACKs). Connections
 //! opened before the flood are used again after it: do they survive?
 //!
 //! Run last in a contender's round: a flood leaves state behind (half-open
@@ -46,6 +47,11 @@ pub struct SynFloodOptions {
     pub probe_timeout: Duration,
     /// Keep-alive connections opened before the flood and used after it.
     pub kept_connections: usize,
+    /// Give the spoofed sources a route back (through the client, which
+    /// drops what comes back): every contender then sends its SYN-ACKs, as
+    /// on the internet, where spoofed sources are mostly routable.
+    /// Otherwise nobody has a route to them, and nobody sends a SYN-ACK.
+    pub routed: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -112,6 +118,9 @@ pub fn run(lab: &Lab, target: SocketAddrV4, o: &SynFloodOptions) -> Result<SynFl
         ] {
             ns.sysctl(setting);
         }
+    }
+    if o.routed {
+        route_sources_to_client(lab);
     }
     let target_ns = if *target.ip() == lab.topo.vip {
         lab.lb()
@@ -184,6 +193,26 @@ pub fn run(lab: &Lab, target: SocketAddrV4, o: &SynFloodOptions) -> Result<SynFl
         kept_survived: survived.iter().filter(|r| r.is_ok()).count(),
         first_kept_failure: survived.into_iter().find_map(Result::err),
     })
+}
+
+/// Routes the spoofed sources where each host routes the client (the
+/// client itself when on-link; under `gateway`/`dsr` a backend's route may
+/// go through the LB). The lab's end removes the routes with the namespaces.
+fn route_sources_to_client(lab: &Lab) {
+    let client = lab.topo.client.addr;
+    let sources = Sources::BENCHMARKING;
+    for ns in std::iter::once(lab.lb()).chain(lab.topo.backends.iter().map(|b| &b.ns)) {
+        // `ip route get`: "10.0.0.2 via 10.0.0.1 dev eth0 src ..." or
+        // "10.0.0.2 dev eth0 src ...".
+        let route = ns.ip(&format!("route get {client}"));
+        let mut words = route.split_whitespace();
+        let via = words
+            .by_ref()
+            .find(|w| *w == "via")
+            .and_then(|_| words.next())
+            .map_or(client.to_string(), str::to_owned);
+        ns.ip(&format!("route add {}/{} via {via}", sources.network, sources.prefix));
+    }
 }
 
 /// The MAC of `ns`'s `eth0`.
@@ -285,7 +314,7 @@ fn cell(s: &Option<Summary>) -> String {
 pub fn render(summaries: &[SynFloodSummary], o: &SynFloodOptions) -> String {
     let mut md = format!(
         "### SYN flood\n\n{} s before, {} s during and {} s after a spoofed SYN flood at the client's \
-         highest rate (one core, AF_PACKET; sources in 198.18.0.0/15, never answered), with {} legitimate \
+         highest rate (one core, AF_PACKET; sources in 198.18.0.0/15, {}), with {} legitimate \
          connections a second throughout (connect, `GET /`, whole response; failed after {} s). \
          Connect latencies are of the successful connections. Targets: during, >= {TARGET_SUCCESS_PERCENT}% \
          succeed with connect p99 within {TARGET_P99_FACTOR}x of before; after, >= {TARGET_SUCCESS_PERCENT}% \
@@ -293,6 +322,11 @@ pub fn render(summaries: &[SynFloodSummary], o: &SynFloodOptions) -> String {
         o.phase.as_secs_f64(),
         o.phase.as_secs_f64(),
         o.phase.as_secs_f64(),
+        if o.routed {
+            "routed back through the client, which drops what comes back: every SYN-ACK is sent"
+        } else {
+            "which no host has a route to: a SYN-ACK can be sent nowhere"
+        },
         o.probe_rate,
         o.probe_timeout.as_secs_f64(),
         o.kept_connections
@@ -419,6 +453,7 @@ mod tests {
             probe_rate: 100,
             probe_timeout: Duration::from_millis(2500),
             kept_connections: 16,
+            routed: false,
         };
         let table = render(&summaries, &options);
         let row = |key: &str| table.lines().find(|l| l.starts_with(key)).unwrap().to_owned();

@@ -1,7 +1,7 @@
 //! `bg-lb-bench [--quick] [--out DIR] [--rounds N] [--seconds S] [--only bg-lb,bg-lb-gateway,bg-lb-dsr,bg-lb-generic,haproxy,nginx,nftables,direct]
 //! [--workloads new-connections,keep-alive,bulk,paced,syn-flood,latency] [--items macro,micro,sweep,scale]
 //! [--skip-macro] [--skip-micro] [--skip-sweep] [--skip-scale] [--latency-new-rates R,R,..]
-//! [--latency-keep-alive-rates R,R,..] [--mtu N]`:
+//! [--latency-keep-alive-rates R,R,..] [--mtu N] [--flood-routed]`:
 //! the benchmark behind `cargo xtask bench` (which installs the contenders
 //! and builds this with `--release`). Needs root. Writes `bench.md` and
 //! `bench.json` to DIR (default `target/bench`) and prints the tables.
@@ -15,7 +15,9 @@
 //! measured then.
 //! `--mtu N` gives every link of the macro labs MTU N (for bulk on veth:
 //! README "Performance"); `--only bg-lb-generic` adds bg-lb in generic XDP
-//! mode, which no default run includes.
+//! mode, which no default run includes. `--flood-routed` gives the SYN
+//! flood's spoofed sources a route back, so every contender sends its
+//! SYN-ACKs (by default no host can route them).
 
 use std::{
     panic::{AssertUnwindSafe, catch_unwind},
@@ -53,6 +55,7 @@ struct Args {
     only: Option<Vec<Contender>>,
     workloads: Option<Vec<Workload>>,
     mtu: Option<u32>,
+    flood_routed: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -70,6 +73,7 @@ fn parse_args() -> Result<Args, String> {
         only: None,
         workloads: None,
         mtu: None,
+        flood_routed: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -81,6 +85,7 @@ fn parse_args() -> Result<Args, String> {
             "--seconds" => args.seconds = Some(value("--seconds")?.parse().map_err(|e| format!("--seconds: {e}"))?),
             "--mtu" => args.mtu = Some(value("--mtu")?.parse().map_err(|e| format!("--mtu: {e}"))?),
             "--skip-macro" => args.skip_macro = true,
+            "--flood-routed" => args.flood_routed = true,
             "--skip-micro" => args.skip_micro = true,
             "--skip-sweep" => args.skip_sweep = true,
             "--skip-scale" => args.skip_scale = true,
@@ -190,6 +195,7 @@ fn run(args: &Args) -> ExitCode {
                 probe_rate: 100,
                 probe_timeout: Duration::from_millis(2500),
                 kept_connections: 16,
+                routed: args.flood_routed,
             },
         },
         selected: args.workloads.clone().unwrap_or_else(|| Workload::ALL.to_vec()),
