@@ -202,23 +202,33 @@ fn no_flow(lab: &PacketLab, _: &[u8], _: SocketAddrV4) {
     assert!(lab.flows().is_empty(), "no flow and so no SNAT port: {:?}", lab.flows());
 }
 
+/// A row whose SYN, from `from`, gets a cookie SYN-ACK (checked by
+/// [`assert_cookie_syn_ack`]) and leaves no flow.
+fn cookie_row(name: &'static str, frame: Vec<u8>, from: SocketAddrV4) -> Row {
+    Row {
+        name,
+        syn_proxy: proxy(SynProxyMode::Always, 1000),
+        frame,
+        from,
+        verdict: SYN_ACK_VERDICT,
+        counted: &[Counter::SynCookieSent],
+        check: |lab, out, from| {
+            assert_cookie_syn_ack(SYN_ACK_VERDICT, out, from);
+            no_flow(lab, out, from);
+        },
+    }
+}
+
 fn rows() -> Vec<Row> {
     let always = proxy(SynProxyMode::Always, 1000);
     let mut bad_checksum = linux_syn(client(41003), 1460);
     bad_checksum[14 + 20 + 16] ^= 0xff;
     vec![
-        Row {
-            name: "syn_in_proxy_mode_gets_a_cookie_syn_ack_from_the_vip_and_no_flow_or_port",
-            syn_proxy: always,
-            frame: linux_syn(client(41000), 1460),
-            from: client(41000),
-            verdict: SYN_ACK_VERDICT,
-            counted: &[Counter::SynCookieSent],
-            check: |lab, out, from| {
-                assert_cookie_syn_ack(SYN_ACK_VERDICT, out, from);
-                no_flow(lab, out, from);
-            },
-        },
+        cookie_row(
+            "syn_in_proxy_mode_gets_a_cookie_syn_ack_from_the_vip_and_no_flow_or_port",
+            linux_syn(client(41000), 1460),
+            client(41000),
+        ),
         Row {
             name: "syn_from_a_source_the_host_cannot_route_gets_no_syn_ack",
             syn_proxy: always,
@@ -231,17 +241,11 @@ fn rows() -> Vec<Row> {
                 no_flow(lab, out, from);
             },
         },
-        Row {
-            name: "syn_ack_follows_the_route_to_the_client_not_the_mac_the_syn_came_from",
-            syn_proxy: always,
-            frame: from_mac(OTHER_ROUTER_MAC, linux_syn(client(41004), 1460)),
-            from: client(41004),
-            verdict: SYN_ACK_VERDICT,
-            counted: &[Counter::SynCookieSent],
-            check: |_, out, from| {
-                assert_cookie_syn_ack(SYN_ACK_VERDICT, out, from);
-            },
-        },
+        cookie_row(
+            "syn_ack_follows_the_route_to_the_client_not_the_mac_the_syn_came_from",
+            from_mac(OTHER_ROUTER_MAC, linux_syn(client(41004), 1460)),
+            client(41004),
+        ),
         Row {
             name: "syn_ack_to_a_client_whose_next_hop_is_unresolved_goes_back_to_the_syns_sender",
             syn_proxy: always,
@@ -274,18 +278,11 @@ fn rows() -> Vec<Row> {
             counted: &[Counter::SynCookieInvalid],
             check: no_flow,
         },
-        Row {
-            name: "bare_syn_without_options_gets_a_cookie_syn_ack_too",
-            syn_proxy: always,
-            frame: from_client(client(41001), SYN),
-            from: client(41001),
-            verdict: SYN_ACK_VERDICT,
-            counted: &[Counter::SynCookieSent],
-            check: |lab, out, from| {
-                assert_cookie_syn_ack(SYN_ACK_VERDICT, out, from);
-                no_flow(lab, out, from);
-            },
-        },
+        cookie_row(
+            "bare_syn_without_options_gets_a_cookie_syn_ack_too",
+            from_client(client(41001), SYN),
+            client(41001),
+        ),
         Row {
             name: "forged_ack_without_a_valid_cookie_is_dropped_and_counted_and_creates_nothing",
             syn_proxy: always,
