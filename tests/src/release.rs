@@ -78,6 +78,9 @@ pub fn release(
 fn ctl(lab: &BlueGreenLab, out: &dyn Narration, args: &[&str]) -> Result<(), ReleaseError> {
     if out.ctl(lab, args) {
         Ok(())
+    } else if out.interrupted() {
+        // Ctrl-C reached the command too (a shift rolls back and fails).
+        Err(ReleaseError::Interrupted)
     } else {
         Err(ReleaseError::Failed(format!("bg-lb ctl {} failed", args.join(" "))))
     }
@@ -165,7 +168,11 @@ fn shift_to(lab: &BlueGreenLab, out: &dyn Narration, pool: Pool, hold: Duration)
         "3d. Shift new connections to blue in steps of 10, 50 and 100%, each held and judged \
          (a breach rolls back)",
     );
-    let interval = format!("{}ms", hold.as_millis());
+    let interval = if hold.subsec_millis() == 0 {
+        format!("{}s", hold.as_secs())
+    } else {
+        format!("{}ms", hold.as_millis())
+    };
     ctl(
         lab,
         out,

@@ -344,7 +344,7 @@ fn affinity_summary(journeys: &Journeys) -> bool {
     println!("  ratio (blue:green)   clients seen   on {NEW}   moved v1 -> {NEW}   split between backends");
     for phase in &journeys.phases {
         println!(
-            "  {:<20} {:>12}   {:>5}   {:>13}   {:>22}",
+            "  {:<20} {:>12}   {:>5}   {:>14}   {:>22}",
             phase.ratio,
             phase.seen,
             phase.on_new,
@@ -437,6 +437,12 @@ impl Narration for DemoNarration<'_> {
         match journeys.went_back.len() {
             0 => println!("    no client saw {NEW} and then v1 again"),
             n => println!("    {n} client(s) saw {NEW} and then v1 AGAIN: affinity broken (details in the summary)"),
+        }
+        let split: usize = journeys.phases.iter().map(|p| p.split.len()).sum();
+        if split == 0 {
+            println!("    within each step, each client's connections reached one backend");
+        } else {
+            println!("    {split} time(s) a client's connections reached two backends within a step (see the summary)");
         }
     }
 }
