@@ -146,12 +146,6 @@ impl NameClient {
         Self::over(TcpStream::connect_timeout(&SocketAddr::V4(to), CONNECT_TIMEOUT)?)
     }
 
-    /// [`NameClient::connect`] from the local address `from` (one of the
-    /// client's), a port of the kernel's choice.
-    pub fn connect_from(from: Ipv4Addr, to: SocketAddrV4) -> std::io::Result<Self> {
-        Self::over(connect_from(from, to)?)
-    }
-
     fn over(stream: TcpStream) -> std::io::Result<Self> {
         stream.set_read_timeout(Some(Duration::from_secs(3)))?;
         Ok(NameClient {
