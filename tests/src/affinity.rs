@@ -268,3 +268,79 @@ impl Journeys {
         self.went_back.is_empty() && self.phases.iter().all(|p| p.split.is_empty())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Polls every 10 ms from `t0`: 100:0 for the first five, then 90:10.
+    fn phases(t0: Instant) -> Phases {
+        let polls = (0..10)
+            .map(|i| Poll {
+                asked: t0 + Duration::from_millis(10 * i),
+                answered: t0 + Duration::from_millis(10 * i + 1),
+                ratio: if i < 5 { "100:0" } else { "90:10" }.to_owned(),
+            })
+            .collect();
+        Phases::of(polls)
+    }
+
+    /// A visit from `from` ms to `to` ms after `t0`.
+    fn visit(t0: Instant, from: u64, to: u64, backend: &str, version: &str) -> Visit {
+        Visit {
+            started: t0 + Duration::from_millis(from),
+            ended: t0 + Duration::from_millis(to),
+            backend: backend.to_owned(),
+            version: version.to_owned(),
+        }
+    }
+
+    #[test]
+    fn journeys_count_moves_by_phase_and_catch_clients_that_go_back_or_split() {
+        let t0 = Instant::now();
+        let phases = phases(t0);
+        assert_eq!(phases.ratios(), ["100:0", "90:10"]);
+        let (moved, back, split) = (
+            Ipv4Addr::new(10, 0, 0, 1),
+            Ipv4Addr::new(10, 0, 0, 2),
+            Ipv4Addr::new(10, 0, 0, 3),
+        );
+        let mut tally = Tally::default();
+        tally.clients.insert(
+            moved,
+            vec![visit(t0, 12, 14, "b0", "v1"), visit(t0, 62, 64, "b2", "v2")],
+        );
+        // Across the change (asked at 50 ms): placed in the later phase.
+        tally.clients.insert(
+            back,
+            vec![
+                visit(t0, 2, 4, "b0", "v1"),
+                visit(t0, 45, 55, "b2", "v2"),
+                visit(t0, 72, 74, "b0", "v1"),
+            ],
+        );
+        tally.clients.insert(
+            split,
+            vec![visit(t0, 12, 14, "b0", "v1"), visit(t0, 22, 24, "b1", "v1")],
+        );
+        let journeys = phases.journeys(&tally, "v2");
+        assert_eq!(journeys.clients, 3);
+        let [before, after] = &journeys.phases[..] else {
+            panic!("two phases: {journeys:?}")
+        };
+        assert_eq!((before.seen, before.on_new, before.moved), (3, 0, 0));
+        // `back`'s visit to v2 is in no phase (it crossed the change), but
+        // counts as its move, in the later phase.
+        assert_eq!((after.seen, after.on_new, after.moved), (2, 1, 2));
+        assert_eq!(before.split, [(split, vec!["b0".to_owned(), "b1".to_owned()])]);
+        assert!(after.split.is_empty());
+        assert_eq!(
+            journeys.went_back,
+            [(
+                back,
+                vec!["v1 on b0 x1".into(), "v2 on b2 x1".into(), "v1 on b0 x1".into()]
+            )]
+        );
+        assert!(!journeys.kept());
+    }
+}
