@@ -175,10 +175,15 @@ impl Daemon {
         command
     }
 
-    /// `bg-lb ctl --socket S ARGS` with the terminal attached, so progress
-    /// bars and tables show as an operator sees them.
+    /// `bg-lb ctl --socket S ARGS` with the terminal's output attached, so
+    /// progress bars and tables show as an operator sees them. Its stdin is
+    /// closed: a Ctrl-C during `ctl shift` then rolls back at once instead
+    /// of asking.
     pub fn ctl_interactive(&self, args: &[&str]) -> std::process::ExitStatus {
-        self.ctl_command(args).status().expect("run bg-lb ctl")
+        self.ctl_command(args)
+            .stdin(std::process::Stdio::null())
+            .status()
+            .expect("run bg-lb ctl")
     }
 
     /// `bg-lb ctl --socket S ARGS`.

@@ -4,9 +4,11 @@
 
 use std::{
     io::{self, BufRead as _, BufReader, Read as _, Write as _},
-    net::{SocketAddr, SocketAddrV4, TcpStream},
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream},
     time::Duration,
 };
+
+use crate::servers::CONNECT_TIMEOUT;
 
 #[derive(Debug)]
 pub struct Response {
@@ -39,7 +41,16 @@ pub struct Connection {
 
 impl Connection {
     pub fn open(to: SocketAddrV4) -> io::Result<Self> {
-        let stream = TcpStream::connect_timeout(&SocketAddr::V4(to), Duration::from_secs(3))?;
+        Self::open_from(None, to)
+    }
+
+    /// [`Connection::open`] from the local address `from` (one of the
+    /// client's), if given.
+    pub fn open_from(from: Option<Ipv4Addr>, to: SocketAddrV4) -> io::Result<Self> {
+        let stream = match from {
+            Some(from) => crate::servers::connect_from(from, to)?,
+            None => TcpStream::connect_timeout(&SocketAddr::V4(to), CONNECT_TIMEOUT)?,
+        };
         stream.set_read_timeout(Some(Duration::from_secs(5)))?;
         Ok(Connection {
             writer: stream.try_clone()?,
@@ -86,7 +97,12 @@ impl Connection {
 
 /// A request on a connection of its own.
 pub fn request(to: SocketAddrV4, method: &str, path: &str) -> io::Result<Response> {
-    Connection::open(to)?.request(method, path)
+    request_from(None, to, method, path)
+}
+
+/// [`request`] from the local address `from`, if given.
+pub fn request_from(from: Option<Ipv4Addr>, to: SocketAddrV4, method: &str, path: &str) -> io::Result<Response> {
+    Connection::open_from(from, to)?.request(method, path)
 }
 
 /// `GET /` with `Connection: close` on a connected `stream`, the response

@@ -13,7 +13,7 @@ use std::{
 };
 
 use bg_lb::{
-    dataplane::forwarding::Forwarding,
+    dataplane::{affinity::Affinity, forwarding::Forwarding},
     protocol::{BackendHealth, ServiceStatus},
     ratio::Pool,
 };
@@ -298,6 +298,8 @@ pub struct LabOptions {
     /// More top-level config tables (e.g. `[api]`), placed before the
     /// service.
     pub tables: String,
+    /// The service's `affinity`.
+    pub affinity: Affinity,
 }
 
 impl Default for LabOptions {
@@ -313,6 +315,7 @@ impl Default for LabOptions {
             max_flows: 65536,
             forwarding: Forwarding::default(),
             tables: String::new(),
+            affinity: Affinity::None,
         }
     }
 }
@@ -455,13 +458,14 @@ fn config(vip: Ipv4Addr, backends: &[Ipv4Addr], o: &LabOptions, paths: &str) -> 
     format!(
         "interface = \"eth0\"\nxdp_mode = \"native\"\nsnat_address = \"{LB_ADDR}\"\nmax_flows = {}\n\
          lookup_capacity = 524296\n{paths}\n{}\n[[service]]\nname = \"{SERVICE}\"\nvip = \"{vip}:80\"\n\
-         standby_vip = \"{}\"\nforwarding = \"{}\"\nratio = \"{}\"\n\n[service.health]\ntype = \"{}\"\n\
+         standby_vip = \"{}\"\nforwarding = \"{}\"\nratio = \"{}\"\naffinity = \"{}\"\n\n[service.health]\ntype = \"{}\"\n\
          interval = \"{}ms\"\nfast_interval = \"{}ms\"\ntimeout = \"{}ms\"\nrise = {}\nfall = {}\n{}",
         o.max_flows,
         o.tables,
         standby_vip(vip, o.forwarding),
         o.forwarding,
         o.ratio,
+        o.affinity.name(),
         o.check,
         ms(o.interval),
         ms(o.fast_interval),

@@ -7,7 +7,11 @@
 //!   namespaces, cleaned up on drop.
 //! - [`http`]: a minimal HTTP/1.1 client for demo-backend.
 //! - [`lab`]: the blue-green lab (4 demo-backends, daemon with HTTP checks).
-//! - [`load`]: paced client load with a tally of every outcome.
+//! - [`load`]: paced client load with a tally of every outcome, from one
+//!   client address or many (each client's visits kept in order).
+//! - [`affinity`]: the ratio polled over time and each client's visits laid
+//!   against it: who moved to the new version at which step, who went back,
+//!   who was split between backends within a step.
 //! - [`release`]: the step-by-step blue-green release (demo and tests).
 //! - [`cmd`]: running `ip`/`sysctl` with clear failure messages.
 //! - [`deploy`]: the Dockerfile and systemd unit in `deploy/`, parsed, and
@@ -36,7 +40,8 @@
 //!   a host stopped for good in the middle (`cargo xtask demo --hosts N`).
 //! - [`etcd`]: one etcd process (loopback or a namespace) for the fleet
 //!   tests, killed by PID on drop.
-//! - [`topology`]: named namespaces and the one-arm client/LB/backends segment.
+//! - [`topology`]: named namespaces and the one-arm client/LB/backends
+//!   segment (with many client addresses if asked).
 //! - [`udp_frames`]: UDP datagrams for packet tests, built and checked.
 //! - [`raw`]: hand-made TCP segments from any source (forged RSTs, spoofed
 //!   SYNs) through a raw socket.
@@ -49,6 +54,7 @@
 //!   loopback forwarder for a browser on the host (the demo).
 //! - [`bench`]: `cargo xtask bench` (the `bg-lb-bench` binary): contenders,
 //!   workloads, statistics and reports.
+pub mod affinity;
 pub mod bench;
 pub mod churn;
 pub mod cluster;

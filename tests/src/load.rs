@@ -2,12 +2,15 @@
 //! (one connection each, the client closing first as browsers do, so no
 //! TIME_WAIT piles up on backends) plus long-lived keep-alive connections
 //! that send a request periodically for a bounded lifetime. Every outcome is
-//! recorded: which backend and version served it, or how it failed.
+//! recorded: which backend and version served it, or how it failed. Short
+//! requests can come from many client addresses, each request bound to one;
+//! then every client's visits are kept in order (client affinity,
+//! [`crate::affinity`]).
 
 use std::{
     collections::BTreeMap,
     io,
-    net::SocketAddrV4,
+    net::{Ipv4Addr, SocketAddrV4},
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
@@ -36,17 +39,29 @@ pub struct Tally {
     /// of first appearance.
     pub long_lived: Vec<Vec<String>>,
     pub long_lived_done: u64,
+    /// Short requests answered, by the client address they were bound to
+    /// (only with [`LoadSpec::sources`]), in the order each client sent them.
+    pub clients: BTreeMap<Ipv4Addr, Vec<Visit>>,
+}
+
+/// One short request of a client: when it ran and who served it.
+#[derive(Clone, Debug)]
+pub struct Visit {
+    pub started: Instant,
+    pub ended: Instant,
+    pub backend: String,
+    pub version: String,
 }
 
 impl Tally {
-    fn record(&mut self, result: io::Result<http::Response>) -> Option<String> {
+    fn record(&mut self, result: io::Result<http::Response>) -> Option<(String, String)> {
         self.sent += 1;
         match result {
             Ok(r) if r.status == 200 => {
                 self.ok += 1;
-                let name = r.backend_name();
-                *self.served.entry((name.clone(), r.backend_version())).or_default() += 1;
-                Some(name)
+                let served = (r.backend_name(), r.backend_version());
+                *self.served.entry(served.clone()).or_default() += 1;
+                Some(served)
             }
             Ok(r) => {
                 self.fail(format!("HTTP {}: {}", r.status, r.body.trim()));
@@ -91,6 +106,11 @@ pub struct LoadSpec {
     pub long_lived: u32,
     pub long_lived_lifetime: Duration,
     pub long_lived_period: Duration,
+    /// Client addresses (the client's, see
+    /// [`crate::topology::OneArm::add_clients`]) the short requests are
+    /// bound to, each worker taking its share in turn; empty: the kernel
+    /// picks (the client's main address).
+    pub sources: Vec<Ipv4Addr>,
 }
 
 #[derive(Clone)]
@@ -99,6 +119,29 @@ pub struct TallyWatch(Arc<Mutex<Tally>>);
 impl TallyWatch {
     pub fn get(&self) -> Tally {
         self.0.lock().expect("tally lock").clone()
+    }
+
+    /// Waits until every one of `clients` (bound [`LoadSpec::sources`]) was
+    /// served after `since`; false after `patience`.
+    pub fn every_client_served_after(&self, clients: &[Ipv4Addr], since: Instant, patience: Duration) -> bool {
+        let until = Instant::now() + patience;
+        loop {
+            let tally = self.get();
+            let served = |c: &Ipv4Addr| {
+                tally
+                    .clients
+                    .get(c)
+                    .and_then(|visits| visits.last())
+                    .is_some_and(|v| v.started >= since)
+            };
+            if clients.iter().all(served) {
+                return true;
+            }
+            if Instant::now() > until {
+                return false;
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
     }
 }
 
@@ -115,9 +158,16 @@ impl Load {
         let tally = Arc::new(Mutex::new(Tally::default()));
         let mut threads = Vec::new();
         let per_worker = Duration::from_secs_f64(f64::from(spec.workers) / f64::from(spec.rate.max(1)));
-        for _ in 0..spec.workers {
+        for w in 0..spec.workers as usize {
             let (stop, tally, vip) = (stop.clone(), tally.clone(), spec.vip);
-            threads.push(client.spawn(move || short_requests(vip, per_worker, &stop, &tally)));
+            let sources: Vec<Ipv4Addr> = spec
+                .sources
+                .iter()
+                .skip(w)
+                .step_by(spec.workers as usize)
+                .copied()
+                .collect();
+            threads.push(client.spawn(move || short_requests(vip, &sources, per_worker, &stop, &tally)));
         }
         for _ in 0..spec.long_lived {
             let (stop, tally, spec) = (stop.clone(), tally.clone(), spec.clone());
@@ -157,11 +207,26 @@ impl Drop for Load {
     }
 }
 
-fn short_requests(vip: SocketAddrV4, period: Duration, stop: &AtomicBool, tally: &Mutex<Tally>) {
+/// Paced requests, each on a new connection, from each of `sources` in
+/// turn (none: from the kernel's choice of address).
+fn short_requests(vip: SocketAddrV4, sources: &[Ipv4Addr], period: Duration, stop: &AtomicBool, tally: &Mutex<Tally>) {
     let mut next = Instant::now();
+    let mut turn = sources.iter().cycle();
     while !stop.load(Ordering::Relaxed) {
-        let result = http::request(vip, "GET", "/");
-        tally.lock().expect("tally lock").record(result);
+        let source = turn.next().copied();
+        let started = Instant::now();
+        let result = http::request_from(source, vip, "GET", "/");
+        let ended = Instant::now();
+        let mut tally = tally.lock().expect("tally lock");
+        if let (Some((backend, version)), Some(source)) = (tally.record(result), source) {
+            tally.clients.entry(source).or_default().push(Visit {
+                started,
+                ended,
+                backend,
+                version,
+            });
+        }
+        drop(tally);
         next += period;
         if let Some(wait) = next.checked_duration_since(Instant::now()) {
             thread::sleep(wait);
@@ -187,7 +252,7 @@ fn long_lived(spec: &LoadSpec, stop: &AtomicBool, tally: &Mutex<Tally>) {
         while born.elapsed() < spec.long_lived_lifetime && !stop.load(Ordering::Relaxed) {
             let result = connection.request("GET", "/");
             let failed = result.is_err();
-            if let Some(name) = tally.lock().expect("tally lock").record(result)
+            if let Some((name, _)) = tally.lock().expect("tally lock").record(result)
                 && !backends.contains(&name)
             {
                 backends.push(name);

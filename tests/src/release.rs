@@ -1,7 +1,8 @@
 //! The seed-style zero-downtime release, step by step, as the demo shows it
 //! and the release test checks it: drain a pool, deploy the new version in
 //! standby, sanity-check it through the standby VIP, enable it live, shift
-//! traffic to it, then do the same for the other pool.
+//! traffic to it (`ctl shift`, 10/50/100%), then do the same for the other
+//! pool.
 
 use std::{
     thread,
@@ -23,6 +24,8 @@ pub trait Narration {
     fn interrupted(&self) -> bool {
         false
     }
+    /// Called once the shift to the new version completed.
+    fn shifted(&self) {}
 }
 
 /// Runs commands without output.
@@ -75,6 +78,9 @@ pub fn release(
 fn ctl(lab: &BlueGreenLab, out: &dyn Narration, args: &[&str]) -> Result<(), ReleaseError> {
     if out.ctl(lab, args) {
         Ok(())
+    } else if out.interrupted() {
+        // Ctrl-C reached the command too (a shift rolls back and fails).
+        Err(ReleaseError::Interrupted)
     } else {
         Err(ReleaseError::Failed(format!("bg-lb ctl {} failed", args.join(" "))))
     }
@@ -152,16 +158,36 @@ fn deploy(lab: &mut BlueGreenLab, out: &dyn Narration, pool: Pool, version: &str
     })
 }
 
-/// Moves new connections to `pool` in steps, holding each.
+/// Moves new connections to `pool` with `ctl shift` in steps of 10, 50 and
+/// 100%, each held for `hold` while the daemon judges it.
 fn shift_to(lab: &BlueGreenLab, out: &dyn Narration, pool: Pool, hold: Duration) -> Result<(), ReleaseError> {
     if pool == Pool::Green {
         return Ok(()); // after green's deploy the release restores 50:50
     }
-    out.step("3d. Shift new connections to blue gradually: 25:75, 50:50, 75:25, 100:0");
-    for ratio in ["25:75", "50:50", "75:25", "100:0"] {
-        ctl(lab, out, &["ratio", SERVICE, ratio])?;
-        pause(out, hold / 4)?;
-    }
+    out.step(
+        "3d. Shift new connections to blue in steps of 10, 50 and 100%, each held and judged \
+         (a breach rolls back)",
+    );
+    let interval = if hold.subsec_millis() == 0 {
+        format!("{}s", hold.as_secs())
+    } else {
+        format!("{}ms", hold.as_millis())
+    };
+    ctl(
+        lab,
+        out,
+        &[
+            "shift",
+            SERVICE,
+            "--to",
+            "blue",
+            "--steps",
+            "10,50,100",
+            "--interval",
+            &interval,
+        ],
+    )?;
+    out.shifted();
     Ok(())
 }
 

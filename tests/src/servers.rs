@@ -116,6 +116,25 @@ pub fn ask_names(client: &NetNs, vip: SocketAddrV4, n: usize) -> std::io::Result
     })
 }
 
+/// How long a test client's connect may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// A TCP connection to `to` from the local address `from` (one of the
+/// client's), a port of the kernel's choice, its connect bounded by
+/// [`CONNECT_TIMEOUT`].
+pub fn connect_from(from: Ipv4Addr, to: SocketAddrV4) -> std::io::Result<TcpStream> {
+    use nix::sys::socket::{
+        AddressFamily, SockFlag, SockType, SockaddrIn, bind, connect, setsockopt, socket, sockopt::SendTimeout,
+    };
+    let fd = socket(AddressFamily::Inet, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
+    // Bounds connect() as connect_timeout does.
+    let limit = nix::sys::time::TimeVal::new(CONNECT_TIMEOUT.as_secs() as _, 0);
+    setsockopt(&fd, SendTimeout, &limit)?;
+    bind(fd.as_raw_fd(), &SockaddrIn::from(SocketAddrV4::new(from, 0)))?;
+    connect(fd.as_raw_fd(), &SockaddrIn::from(to))?;
+    Ok(TcpStream::from(fd))
+}
+
 /// A client connection that asks "who are you?" line by line.
 pub struct NameClient {
     reader: BufReader<TcpStream>,
@@ -124,21 +143,7 @@ pub struct NameClient {
 
 impl NameClient {
     pub fn connect(to: SocketAddrV4) -> std::io::Result<Self> {
-        Self::over(TcpStream::connect_timeout(&SocketAddr::V4(to), Duration::from_secs(3))?)
-    }
-
-    /// [`NameClient::connect`] from the local address `from` (one of the
-    /// client's), a port of the kernel's choice.
-    pub fn connect_from(from: Ipv4Addr, to: SocketAddrV4) -> std::io::Result<Self> {
-        use nix::sys::socket::{
-            AddressFamily, SockFlag, SockType, SockaddrIn, bind, connect, setsockopt, socket, sockopt::SendTimeout,
-        };
-        let fd = socket(AddressFamily::Inet, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
-        // Bounds connect() as connect_timeout does for `connect`.
-        setsockopt(&fd, SendTimeout, &nix::sys::time::TimeVal::new(3, 0))?;
-        bind(fd.as_raw_fd(), &SockaddrIn::from(SocketAddrV4::new(from, 0)))?;
-        connect(fd.as_raw_fd(), &SockaddrIn::from(to))?;
-        Self::over(TcpStream::from(fd))
+        Self::over(TcpStream::connect_timeout(&SocketAddr::V4(to), CONNECT_TIMEOUT)?)
     }
 
     fn over(stream: TcpStream) -> std::io::Result<Self> {

@@ -46,6 +46,13 @@ impl NetNs {
         ip(&format!("-n {} {args}", self.name))
     }
 
+    /// The MAC address of `iface`.
+    pub fn mac(&self, iface: &str) -> String {
+        let links: serde_json::Value =
+            serde_json::from_str(&self.ip(&format!("-j link show dev {iface}"))).expect("ip -j output");
+        links[0]["address"].as_str().expect("a MAC address").to_owned()
+    }
+
     /// `sysctl -w KEY=VALUE` inside this namespace.
     pub fn sysctl(&self, setting: &str) {
         run("ip", &["netns", "exec", &self.name, "sysctl", "-qw", setting]);
@@ -175,6 +182,8 @@ pub struct OneArm {
 pub const LB_ADDR: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 1);
 pub const CLIENT_ADDR: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 2);
 pub const VIP_ADDR: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 100);
+/// Where [`OneArm::add_clients`] puts more client addresses.
+const CLIENTS_NET: &str = "10.99.1.0/24";
 /// A second VIP address, for a standby VIP that must keep the live VIP's
 /// port (`dsr`).
 pub const STANDBY_VIP_ADDR: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 101);
@@ -232,6 +241,38 @@ impl OneArm {
             backends,
             vip: VIP_ADDR,
         }
+    }
+
+    /// `n` more client addresses, 10.99.1.1 on, each a /32 on the client's
+    /// eth0, for tests and the demo that need many distinct clients (client
+    /// affinity). The LB routes them through the client's main address, whose
+    /// MAC it is given; backends that answer clients themselves (`gateway`
+    /// through the LB, `dsr` straight) get the same route as for that address.
+    pub fn add_clients(&self, n: u8, forwarding: Forwarding) -> Vec<Ipv4Addr> {
+        // The client's ARP for the VIP asks from its main address, whatever
+        // address the connection is bound to.
+        self.client.ns.sysctl("net.ipv4.conf.all.arp_announce=2");
+        self.client.ns.sysctl("net.ipv4.conf.eth0.arp_announce=2");
+        let addrs: Vec<Ipv4Addr> = (1..=n).map(|i| Ipv4Addr::new(10, 99, 1, i)).collect();
+        for addr in &addrs {
+            self.client.ns.ip(&format!("addr add {addr}/32 dev eth0"));
+        }
+        let mac = self.client.ns.mac("eth0");
+        self.lb.ns.ip(&format!(
+            "neigh replace {CLIENT_ADDR} lladdr {mac} dev eth0 nud permanent"
+        ));
+        self.lb.ns.ip(&format!("route add {CLIENTS_NET} via {CLIENT_ADDR}"));
+        let via = match forwarding {
+            Forwarding::FullNat => None,
+            Forwarding::Gateway => Some(LB_ADDR),
+            Forwarding::Dsr => Some(CLIENT_ADDR),
+        };
+        if let Some(via) = via {
+            for backend in &self.backends {
+                backend.ns.ip(&format!("route add {CLIENTS_NET} via {via} dev eth0"));
+            }
+        }
+        addrs
     }
 
     /// Every namespace of the topology.

@@ -272,6 +272,7 @@ fn the_console_sets_the_ratio_drains_and_shows_a_shift_rolled_back_while_wrong_a
             long_lived: 6,
             long_lived_lifetime: Duration::from_secs(3),
             long_lived_period: Duration::from_millis(250),
+            sources: Vec::new(),
         },
     );
     let browser = Browser::start(&lab.topo.lb.ns);

@@ -4,6 +4,7 @@
 use std::{
     fs,
     io::{BufRead as _, BufReader, ErrorKind, Read as _, Write as _},
+    net::{Ipv4Addr, SocketAddrV4},
     os::unix::net::UnixStream,
     process::Command,
     sync::mpsc,
@@ -17,6 +18,7 @@ use bg_lb_tests::{
 };
 
 const BG_LB: &str = env!("CARGO_BIN_EXE_bg-lb-under-test");
+const METRICS: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9750);
 
 /// Four backends (b0, b1 blue; b2, b3 green) of weight 100 at `ratio`.
 fn start_lab(ratio: &str) -> NameLab {
@@ -268,11 +270,14 @@ fn snat_port_exhaustion_refuses_new_connections_at_once_and_the_data_plane_logs_
 /// `ctl drain --deadline`: an idle blue connection left open past the
 /// deadline is reset at both ends by the data plane (the client's and the
 /// backend's reads fail with ECONNRESET), `wait-drained` then returns and
-/// says how many were reset, and the deadline outlives a daemon restart in
+/// says how many were reset, as do `ctl status` and the `deadline_reset`
+/// series on /metrics, and the deadline outlives a daemon restart in
 /// between.
 #[test]
 fn a_drain_deadline_resets_a_leftover_idle_connection_at_both_ends_even_across_a_restart() {
-    let mut lab = start_lab("100:0");
+    let mut lab = start_lab_with("100:0", &format!("metrics = \"{METRICS}\"\n"));
+    let deadline_resets = r#"bglb_packets_total{reason="deadline_reset",verdict="reset"}"#;
+    assert_eq!(lab.metric(METRICS, deadline_resets), 0.0, "none before the deadline");
     let (ended, backend_saw) = mpsc::channel();
     lab.stop_server(0);
     lab.stop_server(1);
@@ -303,6 +308,11 @@ fn a_drain_deadline_resets_a_leftover_idle_connection_at_both_ends_even_across_a
     let deadline = lab.daemon.status("web").drain_deadline.expect("the deadline is shown");
     assert_eq!((deadline.pool, deadline.reset), (Pool::Blue, Some(1)));
     assert!(lab.daemon.log().contains("drain deadline passed"));
+    assert_eq!(
+        lab.metric(METRICS, deadline_resets),
+        1.0,
+        "one connection reset (two RSTs) counts once"
+    );
 }
 
 /// Stands in for blue backend `i`: answers a connection's first line with

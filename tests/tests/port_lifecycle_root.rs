@@ -8,7 +8,7 @@
 //! one client address or hundreds.
 //!
 //! The backend's veth hands each connection to one CPU, as a NIC's RSS
-//! would ([`NetNs::steer_flows_like_rss`]): else a race in the backend's
+//! would ([`bg_lb_tests::topology::NetNs::steer_flows_like_rss`]): else a race in the backend's
 //! Linux now and then resets a connection it has just accepted.
 //!
 //! The rate is the target, not an assertion: a machine that cannot pace
@@ -24,7 +24,6 @@ use bg_lb_tests::{
     churn::{Churn, ChurnServer, ChurnTally, Closer, listen_drops},
     http,
     lab::{NameLab, NameLabConfig},
-    topology::NetNs,
 };
 
 /// The example config's SNAT port range and flow timeouts; metrics on the
@@ -133,7 +132,7 @@ fn hundreds_of_clients_with_the_backend_closing_first_sustain_5000_connections_a
         // 200 more addresses on the client's segment; the LB knows their
         // MAC from the start, as it would after their first packets.
         let client = &lab.topo.client.ns;
-        let mac = mac_of(client, "eth0");
+        let mac = client.mac("eth0");
         let sources: Vec<Ipv4Addr> = (20..=99)
             .chain(101..=220)
             .map(|i| Ipv4Addr::new(10, 99, 0, i))
@@ -147,10 +146,4 @@ fn hundreds_of_clients_with_the_backend_closing_first_sustain_5000_connections_a
         }
         sources
     });
-}
-
-fn mac_of(ns: &NetNs, interface: &str) -> String {
-    let links: serde_json::Value =
-        serde_json::from_str(&ns.ip(&format!("-j link show dev {interface}"))).expect("ip -j output");
-    links[0]["address"].as_str().expect("a MAC address").to_owned()
 }

@@ -23,6 +23,7 @@ fn load(lab: &BlueGreenLab, rate: u32) -> Load {
             long_lived: 2,
             long_lived_lifetime: Duration::from_secs(3),
             long_lived_period: Duration::from_millis(200),
+            sources: Vec::new(),
         },
     )
 }

@@ -3,17 +3,15 @@
 //! affinity across a shift's steps.
 
 use std::{
-    net::Ipv4Addr,
     thread,
     time::{Duration, Instant},
 };
 
-use bg_lb::{protocol::BackendHealth, ratio::Pool, shift::ShiftOutcome};
+use bg_lb::{dataplane::affinity::Affinity, protocol::BackendHealth, ratio::Pool, shift::ShiftOutcome};
 use bg_lb_tests::{
-    lab::{BlueGreenLab, LabOptions, NameLab, NameLabConfig, SERVICE, pool_of_name},
+    affinity::RatioLog,
+    lab::{BlueGreenLab, LabOptions, SERVICE},
     load::{Load, LoadSpec},
-    servers::NameClient,
-    topology::CLIENT_ADDR,
 };
 
 const BG_LB: &str = env!("CARGO_BIN_EXE_bg-lb-under-test");
@@ -29,6 +27,7 @@ fn load(lab: &BlueGreenLab) -> Load {
             long_lived: 0,
             long_lived_lifetime: Duration::ZERO,
             long_lived_period: Duration::ZERO,
+            sources: Vec::new(),
         },
     )
 }
@@ -180,71 +179,103 @@ fn promote_checks_health_and_rollback_returns_to_the_previous_ratio() {
     assert_eq!(lab.status().ratio.to_string(), "50:50");
 }
 
-/// Client affinity across a 10/50/100 shift toward green, the new version,
-/// with 200 client addresses (each connecting three times per step): no
-/// client that reached green is ever sent back to blue, and at each step a
-/// client's connections all reach one backend.
+/// Client affinity across a real `ctl shift` toward green, the new
+/// version (v2), in steps of 10, 50 and 100%, with 128 client addresses
+/// sending HTTP requests, each on a new connection: no client that reached
+/// v2 ever reaches v1 again, each step moves about its share of clients,
+/// within each step one client's connections all reach one backend (the
+/// pools do not change), and at 100% every client is on green.
 #[test]
-fn under_client_affinity_no_client_goes_back_to_the_old_pool_during_a_10_50_100_shift() {
-    let config = NameLabConfig {
-        service: "ratio = \"100:0\"\naffinity = \"client-ip\"\n",
-        ..NameLabConfig::default()
+fn under_client_affinity_no_client_goes_back_to_the_old_version_during_a_10_50_100_shift() {
+    let options = LabOptions {
+        ratio: "100:0",
+        affinity: Affinity::ClientIp,
+        ..LabOptions::default()
     };
-    let lab = NameLab::start(BG_LB, 4, None, &config);
-    let clients = client_addresses(&lab, 200);
-    let vip = lab.vip();
-    let mut reached_green = vec![false; clients.len()];
-    for (ratio, green_share) in [("100:0", 0), ("90:10", 10), ("50:50", 50), ("0:100", 100)] {
-        lab.daemon.ctl_ok(&["ratio", SERVICE, ratio]);
-        lab.wait_for_ratio(ratio);
-        let addrs = clients.clone();
-        let served = lab.topo.client.ns.run(move || {
-            addrs
-                .iter()
-                .map(|&from| {
-                    (0..3)
-                        .map(|_| NameClient::connect_from(from, vip).and_then(|mut c| c.ask()))
-                        .collect::<std::io::Result<Vec<String>>>()
-                })
-                .collect::<std::io::Result<Vec<_>>>()
-        });
-        let served = served.unwrap_or_else(|e| panic!("ratio {ratio}: a connection failed: {e}\n{}", lab.daemon.log()));
-        let mut green = 0;
-        for ((client, names), reached) in clients.iter().zip(&served).zip(&mut reached_green) {
-            assert!(
-                names.iter().all(|n| *n == names[0]),
-                "ratio {ratio}: {client}'s connections reached {names:?}"
-            );
-            let is_green = pool_of_name(&names[0]) == Pool::Green;
-            assert!(
-                is_green || !*reached,
-                "ratio {ratio}: {client} saw green and then blue again"
-            );
-            *reached = is_green;
-            green += usize::from(is_green);
-        }
-        // 200 clients: the green share within 15 points of the ratio's.
-        let expected = clients.len() * green_share / 100;
-        assert!(
-            green.abs_diff(expected) <= 30,
-            "ratio {ratio}: {green} of {} clients on green",
-            clients.len()
-        );
+    let mut lab = BlueGreenLab::start(BG_LB, &options);
+    for i in BlueGreenLab::pool(Pool::Green) {
+        lab.backends[i].redeploy(&lab.topo.backends[i].ns, "v2", "live");
     }
-}
+    lab.wait(
+        |s| s.backends.iter().all(|b| b.health == BackendHealth::Up),
+        "v2 on green up",
+    );
+    let clients = lab.topo.add_clients(128, options.forwarding);
+    let ratios = RatioLog::start(lab.daemon.socket(), SERVICE);
+    let load = Load::start(
+        &lab.topo.client.ns,
+        LoadSpec {
+            vip: lab.live_vip(),
+            // Two connections a second per client: about ten per step.
+            rate: 256,
+            workers: 8,
+            long_lived: 0,
+            long_lived_lifetime: Duration::ZERO,
+            long_lived_period: Duration::ZERO,
+            sources: clients.clone(),
+        },
+    );
+    let watch = load.watch();
+    let patience = Duration::from_secs(60);
+    assert!(
+        watch.every_client_served_after(&clients, Instant::now(), patience),
+        "every client served before the shift"
+    );
+    let steps = [
+        "shift",
+        SERVICE,
+        "--to",
+        "green",
+        "--steps",
+        "10,50,100",
+        "--interval",
+        "5s",
+    ];
+    let out = lab.daemon.ctl_ok(&steps);
+    assert!(out.contains("completed"), "{out}");
+    assert!(
+        watch.every_client_served_after(&clients, Instant::now(), patience),
+        "every client served after the shift"
+    );
+    let tally = load.stop();
+    let journeys = ratios.phases().journeys(&tally, "v2");
+    drop(ratios);
 
-/// `n` more addresses of the client, 10.99.1.1 on, each a /32 on its eth0,
-/// and a route on the LB to them through the client's main address.
-fn client_addresses(lab: &NameLab, n: u8) -> Vec<Ipv4Addr> {
-    // The LB learns the client's MAC from its ARP for the VIP, asked from
-    // its main address.
-    lab.topo.client.ns.sysctl("net.ipv4.conf.all.arp_announce=2");
-    lab.topo.client.ns.sysctl("net.ipv4.conf.eth0.arp_announce=2");
-    lab.names(1);
-    let addrs: Vec<Ipv4Addr> = (1..=n).map(|i| Ipv4Addr::new(10, 99, 1, i)).collect();
-    for addr in &addrs {
-        lab.topo.client.ns.ip(&format!("addr add {addr}/32 dev eth0"));
+    assert_eq!((tally.failed, tally.resets), (0, 0), "{:?}", tally.failures);
+    assert!(
+        journeys.went_back.is_empty(),
+        "clients saw v2 and then v1 again: {:#?}",
+        journeys.went_back
+    );
+    let ratios: Vec<&str> = journeys.phases.iter().map(|p| p.ratio.as_str()).collect();
+    assert_eq!(ratios, ["100:0", "90:10", "50:50", "0:100"], "{journeys:#?}");
+    let mut moved = 0;
+    for (phase, green_share) in journeys.phases.iter().zip([0, 10, 50, 100]) {
+        let n = clients.len();
+        assert!(
+            phase.split.is_empty(),
+            "split within {}: {:?}",
+            phase.ratio,
+            phase.split
+        );
+        assert_eq!(
+            phase.seen, n,
+            "at {} every client was served (the load kept up)",
+            phase.ratio
+        );
+        // Within 15 points of the step's share.
+        assert!(
+            phase.on_new.abs_diff(n * green_share / 100) <= n * 15 / 100,
+            "at {}: {} of {n} clients on v2",
+            phase.ratio,
+            phase.on_new
+        );
+        moved += phase.moved;
     }
-    lab.topo.lb.ns.ip(&format!("route add 10.99.1.0/24 via {CLIENT_ADDR}"));
-    addrs
+    assert_eq!(
+        journeys.phases[3].on_new,
+        clients.len(),
+        "at 100% every client is on v2"
+    );
+    assert_eq!(moved, clients.len(), "each client moved to v2 once: {journeys:#?}");
 }

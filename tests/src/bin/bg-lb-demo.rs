@@ -1,6 +1,8 @@
 //! The bg-lb demo (`cargo xtask demo`): a complete zero-downtime blue-green
 //! release in network namespaces, narrated step by step under steady client
-//! load, with a live view and a summary; with `--hosts N`, a release across
+//! load from many client addresses, with a live view and a summary that
+//! includes what client affinity did for each client (none saw v2 and then
+//! v1 again); with `--hosts N`, a release across
 //! N LB hosts behind a BGP router, one host stopping for good in the middle
 //! (`bg_lb_tests::fleet_release`). Everything it creates is removed on exit,
 //! on error and on Ctrl-C.
@@ -16,10 +18,11 @@ use std::{
 };
 
 use bg_lb::{
-    dataplane::forwarding::Forwarding,
+    dataplane::{affinity::Affinity, forwarding::Forwarding},
     protocol::{Reply, ServiceStatus},
 };
 use bg_lb_tests::{
+    affinity::{Journeys, RatioLog},
     cluster::Cluster,
     console::{ConsoleTokens, Forwarder},
     fleet_release::{self, FleetReleaseReport, Narrator},
@@ -66,6 +69,11 @@ struct Args {
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
+/// Client addresses the short requests come from, in turn.
+const CLIENTS: u8 = 64;
+/// The version the release deploys.
+const NEW: &str = "v2";
+
 extern "C" fn on_signal(_: i32) {
     INTERRUPTED.store(true, Ordering::Relaxed);
 }
@@ -98,9 +106,11 @@ fn run(bin: &'static str, args: &Args) -> ExitCode {
     let options = LabOptions {
         forwarding: args.mode,
         tables: tokens.as_ref().map(ConsoleTokens::api_table).unwrap_or_default(),
+        affinity: Affinity::ClientIp,
         ..LabOptions::default()
     };
     let mut lab = BlueGreenLab::start(bin, &options);
+    let clients = lab.topo.add_clients(CLIENTS, args.mode);
     let _forwarder = match (args.console, &tokens) {
         (Some(port), Some(tokens)) => match Forwarder::start(&lab.topo.lb.ns, port) {
             Ok(forwarder) => {
@@ -120,6 +130,8 @@ fn run(bin: &'static str, args: &Args) -> ExitCode {
     println!("  forwarding {}{}", args.mode, mode_note(args.mode));
     println!("  live VIP {}  ->  ratio blue:green, HTTP /live checks", lab.live_vip());
     println!("  standby VIP {}  ->  backends answering /standby", lab.standby_vip());
+    println!("  affinity = \"client-ip\": a client address's new connections go to one pool, and to one");
+    println!("  backend in it; raising a pool's share moves clients only into it, never back");
     let hold = Duration::from_secs(args.duration.max(8)) / 8;
     let load = Load::start(
         &lab.topo.client.ns,
@@ -130,22 +142,34 @@ fn run(bin: &'static str, args: &Args) -> ExitCode {
             long_lived: 4,
             long_lived_lifetime: hold * 2,
             long_lived_period: Duration::from_millis(250),
+            sources: clients.clone(),
         },
     );
     println!(
-        "  load: {} short requests/s, plus 4 keep-alive connections living {:.0}s each\n",
+        "  load: {} short requests/s, each from one of {} client addresses in turn ({} to {}),",
         args.rate,
+        clients.len(),
+        clients[0],
+        clients[clients.len() - 1]
+    );
+    println!(
+        "  plus 4 keep-alive connections from {} living {:.0}s each\n",
+        lab.topo.client.addr,
         (hold * 2).as_secs_f64()
     );
+    let ratios = RatioLog::start(lab.daemon.socket(), SERVICE);
     let view = LiveView::start(bin, lab.daemon.socket().display().to_string(), load.watch());
     let narration = DemoNarration {
         view: view.paused.clone(),
+        load: load.watch(),
+        ratios: &ratios,
     };
-    let outcome = release(&mut lab, &narration, "v2", hold);
+    let outcome = release(&mut lab, &narration, NEW, hold);
     view.stop();
     let tally = load.stop();
+    let journeys = ratios.phases().journeys(&tally, NEW);
     let code = match outcome {
-        Ok(report) => summary(&tally, &report),
+        Ok(report) => summary(&tally, &report, &journeys),
         Err(ReleaseError::Interrupted) => {
             println!("\nInterrupted.");
             return ExitCode::from(130);
@@ -277,8 +301,9 @@ fn mode_note(mode: Forwarding) -> &'static str {
     }
 }
 
-/// Prints the summary; the demo passes only with zero failures.
-fn summary(tally: &Tally, report: &ReleaseReport) -> ExitCode {
+/// Prints the summary; the demo passes only with zero failures and every
+/// client kept on one version, then the new one.
+fn summary(tally: &Tally, report: &ReleaseReport, journeys: &Journeys) -> ExitCode {
     println!("\n=== Summary ===");
     println!("requests sent         {}", tally.sent);
     println!("requests failed       {}   (must be 0)", tally.failed);
@@ -298,13 +323,57 @@ fn summary(tally: &Tally, report: &ReleaseReport) -> ExitCode {
     for failure in &tally.failures {
         println!("  failure: {failure}");
     }
-    if tally.failed == 0 && tally.resets == 0 && moved == 0 {
-        println!("result: PASS, zero downtime");
+    let kept = affinity_summary(journeys);
+    if tally.failed == 0 && tally.resets == 0 && moved == 0 && kept {
+        println!("result: PASS, zero downtime, and no client saw {NEW} and then v1 again");
         ExitCode::SUCCESS
     } else {
         println!("result: FAIL");
         ExitCode::FAILURE
     }
+}
+
+/// What each client saw, phase by phase of the release; true when no
+/// client went back to v1, none was split between backends within a phase,
+/// and every client ended on the new version.
+fn affinity_summary(journeys: &Journeys) -> bool {
+    println!(
+        "client affinity: {} client addresses, the versions their new connections reached",
+        journeys.clients
+    );
+    println!("  ratio (blue:green)   clients seen   on {NEW}   moved v1 -> {NEW}   split between backends");
+    for phase in &journeys.phases {
+        println!(
+            "  {:<20} {:>12}   {:>5}   {:>14}   {:>22}",
+            phase.ratio,
+            phase.seen,
+            phase.on_new,
+            phase.moved,
+            phase.split.len()
+        );
+        for (client, backends) in &phase.split {
+            println!(
+                "    SPLIT: {client} reached {} while the ratio was {}",
+                backends.join(", "),
+                phase.ratio
+            );
+        }
+    }
+    println!(
+        "clients that saw {NEW} and then v1 again   {}   (must be 0)",
+        journeys.went_back.len()
+    );
+    for (client, runs) in &journeys.went_back {
+        println!("  WENT BACK: {client}: {}", runs.join(", "));
+    }
+    let last = journeys.phases.last();
+    let all_new = last.is_some_and(|p| p.on_new == journeys.clients);
+    println!(
+        "clients on {NEW} at the end                {}   (must be all {})",
+        last.map_or(0, |p| p.on_new),
+        journeys.clients
+    );
+    journeys.kept() && all_new
 }
 
 fn explore(lab: &BlueGreenLab, bin: &str) {
@@ -323,12 +392,15 @@ fn explore(lab: &BlueGreenLab, bin: &str) {
 }
 
 /// Step banners, notes, and `bg-lb ctl` run in the terminal as an operator
-/// would, with the live view paused so progress bars draw cleanly.
-struct DemoNarration {
+/// would, with the live view paused so progress bars draw cleanly; after the
+/// shift, what it did to the clients.
+struct DemoNarration<'a> {
     view: Arc<AtomicBool>,
+    load: TallyWatch,
+    ratios: &'a RatioLog,
 }
 
-impl Narration for DemoNarration {
+impl Narration for DemoNarration<'_> {
     fn step(&self, title: &str) {
         println!("\n=== {title} ===");
     }
@@ -347,6 +419,31 @@ impl Narration for DemoNarration {
 
     fn interrupted(&self) -> bool {
         INTERRUPTED.load(Ordering::Relaxed)
+    }
+
+    fn shifted(&self) {
+        let journeys = self.ratios.phases().journeys(&self.load.get(), NEW);
+        let moved: Vec<String> = journeys
+            .phases
+            .iter()
+            .filter(|p| p.moved > 0)
+            .map(|p| format!("{} at {}", p.moved, p.ratio))
+            .collect();
+        println!(
+            "    client affinity: of {} clients, moved from v1 (green) to {NEW} (blue): {}",
+            journeys.clients,
+            moved.join(", ")
+        );
+        match journeys.went_back.len() {
+            0 => println!("    no client saw {NEW} and then v1 again"),
+            n => println!("    {n} client(s) saw {NEW} and then v1 AGAIN: affinity broken (details in the summary)"),
+        }
+        let split: usize = journeys.phases.iter().map(|p| p.split.len()).sum();
+        if split == 0 {
+            println!("    within each step, each client's connections reached one backend");
+        } else {
+            println!("    {split} time(s) a client's connections reached two backends within a step (see the summary)");
+        }
     }
 }
 
