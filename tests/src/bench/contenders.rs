@@ -127,7 +127,7 @@ impl Contender {
                 start_bg_lb(lab, bg_lb, services, (self.forwarding(), self.xdp_mode()), "")
             }
             Contender::Haproxy => start_haproxy(lab.lb(), vip, &http, &bulk),
-            Contender::NginxStream => start_nginx(lab.lb(), vip, &http, &bulk),
+            Contender::NginxStream => start_nginx(lab.lb(), vip, (&http, &bulk, &udp)),
             Contender::NftablesDnat => start_nftables(lab.lb(), vip, &http, &bulk, &udp),
             Contender::Direct => Running {
                 http: http.blue[0],
@@ -414,13 +414,19 @@ fn proxy_running(vip: Ipv4Addr, child: ChildGuard, dir: ScratchDir) -> Running {
 
 pub const NGINX_STREAM_MODULE: &str = "/usr/lib/nginx/modules/ngx_stream_module.so";
 
-pub fn nginx_config(vip: Ipv4Addr, http: &Pools, bulk: &Pools, dir: &str) -> String {
+/// nginx stream: TCP for the HTTP and bulk services, and UDP (one answer
+/// datagram per request) for the UDP one.
+pub fn nginx_config(vip: Ipv4Addr, (http, bulk, udp): (&Pools, &Pools, &Pools), dir: &str) -> String {
     let mut cfg = format!(
         "load_module {NGINX_STREAM_MODULE};\ndaemon off;\nmaster_process on;\nworker_processes 2;\n\
          worker_rlimit_nofile 18000;\npid {dir}/nginx.pid;\nerror_log {dir}/error.log warn;\n\
          events {{\n    worker_connections 8000;\n}}\n\nstream {{\n"
     );
-    for (name, port, pools) in [("web", VIP_HTTP_PORT, http), ("bulk", BULK_PORT, bulk)] {
+    for (name, port, pools) in [
+        ("web", VIP_HTTP_PORT, http),
+        ("bulk", BULK_PORT, bulk),
+        ("udp", UDP_PORT, udp),
+    ] {
         cfg += &format!("    upstream {name} {{\n");
         for (addr, weight) in pools.weights() {
             // nginx has no weight 0: a backend without a share is `down`.
@@ -429,19 +435,28 @@ pub fn nginx_config(vip: Ipv4Addr, http: &Pools, bulk: &Pools, dir: &str) -> Str
                 w => cfg += &format!("        server {addr} weight={w};\n"),
             }
         }
-        cfg += &format!("    }}\n    server {{\n        listen {vip}:{port};\n        proxy_pass {name};\n    }}\n");
+        let (listen, udp_only) = match name {
+            "udp" => (" udp", "        proxy_responses 1;\n        proxy_timeout 2s;\n"),
+            _ => ("", ""),
+        };
+        cfg += &format!(
+            "    }}\n    server {{\n        listen {vip}:{port}{listen};\n        proxy_pass {name};\n{udp_only}    }}\n"
+        );
     }
     cfg + "}\n"
 }
 
-fn start_nginx(lb: &NetNs, vip: Ipv4Addr, http: &Pools, bulk: &Pools) -> Running {
+fn start_nginx(lb: &NetNs, vip: Ipv4Addr, pools: (&Pools, &Pools, &Pools)) -> Running {
     let dir = ScratchDir::new("nginx");
     let d = dir.0.to_string_lossy().into_owned();
-    let cfg = dir.write("nginx.conf", &nginx_config(vip, http, bulk, &d));
+    let cfg = dir.write("nginx.conf", &nginx_config(vip, pools, &d));
     let log = dir.0.join("nginx.log");
     let args = ["-e", &format!("{d}/error.log"), "-p", &d, "-c", &cfg.to_string_lossy()];
     let child = ChildGuard::spawn_in(lb, "nginx", "nginx", &args, &log);
-    proxy_running(vip, child, dir)
+    Running {
+        udp: Some(SocketAddrV4::new(vip, UDP_PORT)),
+        ..proxy_running(vip, child, dir)
+    }
 }
 
 // --- nftables DNAT -------------------------------------------------------------
@@ -591,10 +606,11 @@ mod tests {
     fn nginx_marks_zero_share_backends_down() {
         let mut http = pools(8080);
         http.blue_percent = 100;
-        let cfg = nginx_config(VIP, &http, &pools(5201), "/tmp/x");
+        let cfg = nginx_config(VIP, (&http, &pools(5201), &pools(5353)), "/tmp/x");
         assert!(cfg.contains("server 10.99.0.11:8080 weight=1;"));
         assert!(cfg.contains("server 10.99.0.13:8080 down;"));
         assert!(cfg.contains("listen 10.99.0.100:5201;"));
+        assert!(cfg.contains("listen 10.99.0.100:5353 udp;\n        proxy_pass udp;\n        proxy_responses 1;"));
         assert!(cfg.contains("load_module /usr/lib/nginx/modules/ngx_stream_module.so;"));
     }
 

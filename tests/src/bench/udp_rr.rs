@@ -42,10 +42,6 @@ pub const REPLY_TIMEOUT: Duration = Duration::from_secs(1);
 pub fn skipped(contender: Contender) -> Option<&'static str> {
     match contender {
         Contender::Haproxy => Some("HAProxy balances no UDP"),
-        Contender::NginxStream => Some(
-            "nginx stream can proxy UDP (`listen ... udp`), but as a userspace proxy it opens a socket per \
-             client flow; not set up in this bench",
-        ),
         Contender::BgLbDsr => Some(
             "under dsr a UDP backend must answer from the VIP (bound to it, or IP_PKTINFO); the bench's UDP \
              servers answer from their own address",
@@ -308,12 +304,13 @@ mod tests {
         for c in [
             Contender::BgLb,
             Contender::BgLbGateway,
+            Contender::NginxStream,
             Contender::NftablesDnat,
             Contender::Direct,
         ] {
             assert_eq!(skipped(c), None, "{c:?}");
         }
-        for c in [Contender::Haproxy, Contender::NginxStream, Contender::BgLbDsr] {
+        for c in [Contender::Haproxy, Contender::BgLbDsr] {
             assert!(skipped(c).is_some(), "{c:?}");
         }
     }
