@@ -1,5 +1,6 @@
 //! UDP flows: the state a pinned UDP flow carries, and the NAT rewrite of a
-//! UDP checksum, which (on IPv4) may be 0 for "none".
+//! UDP checksum, which (on IPv4) may be 0 for "none", and its undoing for
+//! a fragmentation-needed answer's quote.
 
 use crate::{
     checksum::{replace16, replace32},
