@@ -104,7 +104,7 @@ pub struct RunRecord {
 }
 
 impl RunRecord {
-    fn new(contender: Contender, round: usize) -> Self {
+    pub(crate) fn new(contender: Contender, round: usize) -> Self {
         RunRecord {
             contender,
             round,
@@ -243,6 +243,20 @@ fn run_one(contender: Contender, round: usize, opts: &MacroOptions, bg_lb: &'sta
         ));
     }
     r
+}
+
+/// The failures of `workload` (their text starts with its name) in
+/// `records`, each with its round.
+pub fn failures_of(records: &[&RunRecord], workload: &str) -> Vec<String> {
+    records
+        .iter()
+        .flat_map(|r| {
+            r.failures
+                .iter()
+                .filter(|f| f.starts_with(workload))
+                .map(move |f| format!("round {}: {f}", r.round + 1))
+        })
+        .collect()
 }
 
 pub fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {

@@ -22,7 +22,7 @@ use serde::Serialize;
 use crate::{
     bench::{
         contenders::Contender,
-        macro_bench::RunRecord,
+        macro_bench::{self, RunRecord},
         report::{self, fmt_summary},
         stats::{self, Summary},
     },
@@ -212,15 +212,7 @@ pub fn summarize(records: &[RunRecord], order: &[Contender]) -> Vec<UdpRrSummary
                 p99_ms: over(&|r| r.p99_ms),
                 lost: reports.iter().map(|r| r.lost).sum(),
                 skipped: skipped(contender),
-                failures: mine
-                    .iter()
-                    .flat_map(|r| {
-                        r.failures
-                            .iter()
-                            .filter(|f| f.starts_with(WORKLOAD))
-                            .map(move |f| format!("round {}: {f}", r.round + 1))
-                    })
-                    .collect(),
+                failures: macro_bench::failures_of(&mine, WORKLOAD),
             }
         })
         .collect()
@@ -297,6 +289,35 @@ mod tests {
         assert!(report(10, 0, &["b0"]).failure(&all).unwrap().contains("b1"));
         assert_eq!(report(10, 0, &["b0"]).failure(&[]), None, "the floor balances nothing");
         assert!(report(0, 0, &[]).failure(&[]).is_some());
+    }
+
+    #[test]
+    fn the_table_shows_clean_figures_fail_for_a_failing_contender_and_who_was_skipped() {
+        let record = |contender, round, udp: Option<UdpRrReport>, failure: Option<&str>| RunRecord {
+            udp,
+            failures: failure.map(|f| vec![format!("{WORKLOAD}: {f}")]).unwrap_or_default(),
+            ..RunRecord::new(contender, round)
+        };
+        let records = vec![
+            record(Contender::BgLb, 0, Some(report(1000, 0, &["b0"])), None),
+            record(Contender::BgLb, 1, Some(report(3000, 0, &["b0"])), None),
+            record(Contender::NftablesDnat, 0, None, Some("3 of 10 requests not answered")),
+        ];
+        let order = [Contender::BgLb, Contender::Haproxy, Contender::NftablesDnat];
+        let summaries = summarize(&records, &order);
+        assert_eq!(summaries[0].requests_per_sec.map(|s| s.median), Some(2000.0));
+        let md = render(&summaries, 32, Duration::from_secs(5));
+        assert!(
+            md.contains("| bg-lb (XDP native, full NAT) | 2000 (1000–3000) |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| nftables DNAT + SNAT (numgen) | FAIL | FAIL | FAIL | 0 |"),
+            "{md}"
+        );
+        assert!(!md.contains("| HAProxy"), "a skipped contender has no row: {md}");
+        assert!(md.contains("- HAProxy 2.6 (mode tcp): HAProxy balances no UDP"), "{md}");
+        assert!(md.contains("round 1: udp request/response: 3 of 10"), "{md}");
     }
 
     #[test]
