@@ -258,6 +258,12 @@ impl TcpPacket<'_> {
         self.flags
     }
 
+    /// IP total length: the bytes counted in statistics.
+    #[inline(always)]
+    pub fn ip_len(&self) -> u16 {
+        self.ip_len
+    }
+
     /// TCP payload bytes: the IP length less both headers.
     #[inline(always)]
     pub fn payload_len(&self) -> u32 {
@@ -273,12 +279,6 @@ impl TcpPacket<'_> {
             ack: self.ack_seq(),
             payload_len: self.payload_len(),
         }
-    }
-
-    /// IP total length: the bytes counted in statistics.
-    #[inline(always)]
-    pub fn ip_len(&self) -> u16 {
-        self.ip_len
     }
 
     #[inline(always)]
