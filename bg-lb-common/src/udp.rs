@@ -1,9 +1,11 @@
 //! UDP flows: the state a pinned UDP flow carries, and the NAT rewrite of a
-//! UDP checksum, which (on IPv4) may be 0 for "none".
+//! UDP checksum, which (on IPv4) may be 0 for "none", and its undoing for
+//! a fragmentation-needed answer's quote.
 
 use crate::{
     checksum::{replace16, replace32},
     flow_state::ESTABLISHED,
+    icmp::{QUOTE_L4_LEN, Tuple},
 };
 
 /// The flow state of every UDP flow: UDP has no handshake or end, so a
@@ -37,6 +39,27 @@ pub const fn nat_check(check: u16, rewrite: &UdpRewrite) -> u16 {
     check = replace16(check, rewrite.old_src.1, rewrite.new_src.1);
     check = replace16(check, rewrite.old_dst.1, rewrite.new_dst.1);
     if check == 0 { 0xffff } else { check }
+}
+
+/// Where the checksum sits in a UDP header.
+const CHECK_OFFSET: usize = 6;
+
+/// Sets the checksum field of `header`, the UDP header of a datagram the
+/// LB rewrote from `sent`'s addressing to `emitted`'s, back to what its
+/// sender sent: an ICMP error the LB answers a datagram with quotes it as
+/// its sender sent it ([`crate::icmp::quote`] sets the addresses and ports).
+pub fn restore_sent_check(header: &mut [u8; QUOTE_L4_LEN], emitted: &Tuple, sent: &Tuple) {
+    let check = u16::from_ne_bytes([header[CHECK_OFFSET], header[CHECK_OFFSET + 1]]);
+    let undone = nat_check(
+        check,
+        &UdpRewrite {
+            old_src: (emitted.src_addr, emitted.src_port),
+            old_dst: (emitted.dst_addr, emitted.dst_port),
+            new_src: (sent.src_addr, sent.src_port),
+            new_dst: (sent.dst_addr, sent.dst_port),
+        },
+    );
+    header[CHECK_OFFSET..CHECK_OFFSET + 2].copy_from_slice(&undone.to_ne_bytes());
 }
 
 #[cfg(test)]
@@ -103,6 +126,40 @@ mod tests {
             new_dst: wire([10, 0, 1, 1], 5353),
         };
         assert_eq!(nat_check(NO_CHECKSUM, &rewrite), NO_CHECKSUM);
+    }
+
+    #[test]
+    fn restore_sent_check_gives_back_the_senders_checksum_or_none() {
+        let (client, vip) = (wire([192, 168, 1, 5], 40000), wire([10, 0, 0, 100], 53));
+        let (snat, backend) = (wire([10, 0, 0, 1], 20007), wire([10, 0, 1, 1], 5353));
+        let tuple = |src: (u32, u16), dst: (u32, u16)| Tuple {
+            src_addr: src.0,
+            dst_addr: dst.0,
+            src_port: src.1,
+            dst_port: dst.1,
+        };
+        let (sent, emitted) = (tuple(client, vip), tuple(snat, backend));
+        for (payload, none) in [
+            (&b"query"[..], false),
+            (b"an odd-length payload!", false),
+            (b"bare", true),
+        ] {
+            let sent_check = if none {
+                NO_CHECKSUM
+            } else {
+                full_check(client, vip, payload)
+            };
+            let rewrite = UdpRewrite {
+                old_src: client,
+                old_dst: vip,
+                new_src: snat,
+                new_dst: backend,
+            };
+            let mut header = [0u8; QUOTE_L4_LEN];
+            header[CHECK_OFFSET..].copy_from_slice(&nat_check(sent_check, &rewrite).to_ne_bytes());
+            restore_sent_check(&mut header, &emitted, &sent);
+            assert_eq!(u16::from_ne_bytes([header[6], header[7]]), sent_check, "{payload:?}");
+        }
     }
 
     #[test]

@@ -24,7 +24,7 @@ use crate::{
     icmp,
     maps::{TX_PORTS, count},
     next_hop::cached_route,
-    packet::TcpPacket,
+    packet::{L4Packet, TcpPacket},
 };
 
 const AF_INET: u8 = 2;
@@ -113,12 +113,12 @@ pub fn forward(ctx: &XdpContext, pkt: &mut TcpPacket<'_>) -> u32 {
     forward_to(ctx, pkt, dst_addr, false)
 }
 
-/// Sends the packet towards `dst_addr` (wire order), which need not be its
-/// destination: a `dsr` packet keeps the VIP and goes to its backend's MAC.
-/// With `on_link`, a route through a gateway is refused: the frame must
-/// reach `dst_addr` itself.
+/// Sends the packet (a TCP segment or UDP datagram) towards `dst_addr`
+/// (wire order), which need not be its destination: a `dsr` packet keeps
+/// the VIP and goes to its backend's MAC. With `on_link`, a route through a
+/// gateway is refused: the frame must reach `dst_addr` itself.
 #[inline(always)]
-pub fn forward_to(ctx: &XdpContext, pkt: &mut TcpPacket<'_>, dst_addr: u32, on_link: bool) -> u32 {
+pub fn forward_to<'a, P: L4Packet<'a>>(ctx: &XdpContext, pkt: &mut P, dst_addr: u32, on_link: bool) -> u32 {
     let query = RouteQuery {
         proto: pkt.proto(),
         tos: pkt.tos(),

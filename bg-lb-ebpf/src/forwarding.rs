@@ -29,7 +29,7 @@ use bg_lb_common::{
         TCP_SYN,
     },
     gateway,
-    maps::{Backend, DataplaneConfig, FORWARDING_GATEWAY, Flow, FlowKey, NatKey, Service},
+    maps::{Backend, DataplaneConfig, FORWARDING_GATEWAY, Flow, FlowKey, IPPROTO_TCP, NatKey, Service},
 };
 
 use crate::{
@@ -60,8 +60,8 @@ pub const fn no_source(service: &Service) -> Counter {
 }
 
 /// Whether `pkt`, to no VIP or SNAT address, is a backend's reply to a
-/// `gateway` flow's client: its (backend, client) key names a flow pinned
-/// to it, whose connection it belongs to. Anything else (the host's own
+/// `gateway` flow's client: its (backend, client) key names a TCP flow
+/// pinned to it, whose connection it belongs to. Anything else (the host's own
 /// traffic included) passes untouched. A later connection from the same
 /// client address and port to the backend that does not go through a VIP
 /// is not the flow's: neither when the entry's flow is gone (the sweep
@@ -75,12 +75,14 @@ pub fn is_gateway_reply(pkt: &TcpPacket<'_>) -> bool {
         backend_port: pkt.src_port(),
         snat_port: pkt.dst_port(),
     };
+    // A UDP flow's key is no TCP segment's (see `crate::udp`).
     reverse_owner(&nat).is_some_and(|owner| {
-        flow_pinned_to(&owner, &nat).is_some_and(|flow| {
-            let mut seg = pkt.segment();
-            seg.seq = seg.seq.wrapping_sub(synproxy::seq_offset(flow));
-            gateway::owns_backend_segment(flow, &seg)
-        })
+        owner.proto == IPPROTO_TCP
+            && flow_pinned_to(&owner, &nat).is_some_and(|flow| {
+                let mut seg = pkt.segment();
+                seg.seq = seg.seq.wrapping_sub(synproxy::seq_offset(flow));
+                gateway::owns_backend_segment(flow, &seg)
+            })
     })
 }
 

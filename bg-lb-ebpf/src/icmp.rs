@@ -5,7 +5,7 @@
 //!   the sender of the packet the LB translated, quote and outer header
 //!   alike, every checksum with them (Linux conntrack and IPVS do the same).
 //!   Errors about anything else pass to the kernel untouched.
-//! - A DF packet too big for its egress link is answered with
+//! - A DF packet (TCP or UDP) too big for its egress link is answered with
 //!   fragmentation needed, as a router would, quoting what its sender sent.
 //!
 //! Either error comes from the address its receiver sent to (the VIP for a
@@ -41,12 +41,13 @@ use bg_lb_common::{
     icmp::{IPPROTO_ICMP, Tuple, frag_needed, quote, shift_quoted_seq},
     maps::{FlowKey, IPPROTO_TCP, IPPROTO_UDP, NatKey},
     syn_proxy::Job,
+    udp,
 };
 
 use crate::{
     forward::{Route, RouteQuery, dropped, route, send},
     maps::{BACKENDS, count, flow_entry, flow_pinned_to, reverse_owner},
-    packet::{NotForUs, TcpPacket, icmp_quotes_udp, parse_icmp_error, parse_tcp},
+    packet::{L4Packet, NotForUs, icmp_quotes_udp, parse_icmp_error, parse_tcp},
     synproxy,
 };
 
@@ -144,21 +145,27 @@ fn translate(ctx: &XdpContext, proto: u8) -> u32 {
     }
 }
 
-/// Answers `pkt`, a packet the LB has translated and found too big for the
-/// egress link's `mtu`, with fragmentation needed to its sender, back out of
-/// the interface it came in on. The answer quotes the packet as its sender
-/// sent it, for the sender's stack to find the connection (and to check the
-/// sequence number); the LB has decremented its TTL.
+/// Answers `pkt`, a TCP segment or UDP datagram the LB has translated and
+/// found too big for the egress link's `mtu`, with fragmentation needed to
+/// its sender, back out of the interface it came in on. The answer quotes
+/// the packet as its sender sent it, for the sender's stack to find the
+/// connection (and to check the sequence number; a UDP checksum is quoted
+/// as sent too); the LB has decremented its TTL.
 #[inline(always)]
-pub fn answer_too_big(ctx: &XdpContext, pkt: &mut TcpPacket<'_>, mtu: u16) -> u32 {
-    let origin = origin_of(&pkt.tuple(), IPPROTO_TCP);
+pub fn answer_too_big<'a, P: L4Packet<'a>>(ctx: &XdpContext, pkt: &mut P, mtu: u16) -> u32 {
+    let emitted = pkt.tuple();
+    let origin = origin_of(&emitted, P::PROTO);
     // A packet forwarded without a pinned flow has no way back, and one sent
     // to a group MAC must not be answered from it.
     let Some(origin) = origin.filter(|_| !pkt.to_group_mac()) else {
         return dropped(Counter::TooBigDropped);
     };
     let (ip, mut l4) = pkt.quote();
-    shift_quoted_seq(&mut l4, origin.seq_shift);
+    if P::PROTO == IPPROTO_UDP {
+        udp::restore_sent_check(&mut l4, &emitted, &origin.sent);
+    } else {
+        shift_quoted_seq(&mut l4, origin.seq_shift);
+    }
     let answer = frag_needed(&quote(&ip, &l4, &origin.sent), mtu);
     pkt.swap_macs();
     if !pkt.answer_with(ctx, &answer) {

@@ -304,31 +304,6 @@ impl TcpPacket<'_> {
         u32::from_be_bytes(self.tcp.ack_seq)
     }
 
-    /// Addresses and ports.
-    #[inline(always)]
-    pub fn tuple(&self) -> Tuple {
-        Tuple {
-            src_addr: self.src_addr(),
-            dst_addr: self.dst_addr(),
-            src_port: self.src_port(),
-            dst_port: self.dst_port(),
-        }
-    }
-
-    /// What an ICMP error about this packet quotes: its IP header and the
-    /// first bytes of its TCP header, as they stand now.
-    #[inline(always)]
-    pub fn quote(&self) -> ([u8; IP_LEN], [u8; QUOTE_L4_LEN]) {
-        // SAFETY: both headers are plain byte arrays (`repr(C)`, alignment
-        // 1, no padding) at least as long as the arrays read from them.
-        unsafe {
-            (
-                *(&*self.frame.ip as *const Ipv4Hdr).cast::<[u8; IP_LEN]>(),
-                *(&*self.tcp as *const TcpHdr).cast::<[u8; QUOTE_L4_LEN]>(),
-            )
-        }
-    }
-
     /// TCP checksum, wire order.
     #[inline(always)]
     pub fn tcp_check(&self) -> u16 {
@@ -687,6 +662,55 @@ impl TcpPacket<'_> {
             ) == 0
         }
     }
+}
+
+/// A parsed TCP segment or UDP datagram: what forwarding it
+/// ([`crate::forward::forward_to`]) and answering it with an ICMP error
+/// quoting it ([`crate::icmp::answer_too_big`]) need of either.
+pub trait L4Packet<'a>: DerefMut<Target = Ipv4Frame<'a>> {
+    /// Its IP protocol number.
+    const PROTO: u8;
+    /// Its layer-4 header, which starts with the two ports.
+    type Header: 'a;
+
+    fn header(&self) -> &Self::Header;
+
+    /// IP total length, host order.
+    fn ip_len(&self) -> u16;
+
+    /// Source and destination port, wire order.
+    fn ports(&self) -> (u16, u16);
+
+    /// Replaces the packet's header references with ones into the frame as
+    /// it now stands ([`L4Packet::answer_with`]).
+    fn rebind(&mut self, eth: &'a mut EthHdr, ip: &'a mut Ipv4Hdr, header: &'a mut Self::Header);
+
+    /// Addresses and ports.
+    #[inline(always)]
+    fn tuple(&self) -> Tuple {
+        let (src_port, dst_port) = self.ports();
+        Tuple {
+            src_addr: self.src_addr(),
+            dst_addr: self.dst_addr(),
+            src_port,
+            dst_port,
+        }
+    }
+
+    /// What an ICMP error about this packet quotes: its IP header and the
+    /// first bytes of its layer-4 header, as they stand now.
+    #[inline(always)]
+    fn quote(&self) -> ([u8; IP_LEN], [u8; QUOTE_L4_LEN]) {
+        const { assert!(size_of::<Self::Header>() >= QUOTE_L4_LEN, "the header holds the quote") };
+        // SAFETY: both headers are plain byte arrays (`repr(C)`, alignment
+        // 1, no padding) at least as long as the arrays read from them.
+        unsafe {
+            (
+                *(&*self.ip as *const Ipv4Hdr).cast::<[u8; IP_LEN]>(),
+                *(self.header() as *const Self::Header).cast::<[u8; QUOTE_L4_LEN]>(),
+            )
+        }
+    }
 
     /// Turns the frame into an answer to this packet: cuts it down to the
     /// Ethernet header, which stays as it is, and `l3` after it. Returns
@@ -695,12 +719,17 @@ impl TcpPacket<'_> {
     /// Where the caller holds the packet only by reference, it cannot give
     /// the packet up, so the packet's header references are taken again in
     /// the new frame: they stay valid (the answer is at least as long as the
-    /// headers), but view the answer now, not a TCP segment, so the caller
+    /// headers), but view the answer now, not the packet, so the caller
     /// only sends the frame afterwards.
     #[must_use]
     #[inline(always)]
-    pub fn answer_with<const N: usize>(&mut self, ctx: &XdpContext, l3: &[u8; N]) -> bool {
-        const { assert!(N >= IP_LEN + TCP_LEN, "the headers must stay inside the answer") };
+    fn answer_with<const N: usize>(&mut self, ctx: &XdpContext, l3: &[u8; N]) -> bool {
+        const {
+            assert!(
+                N >= IP_LEN + size_of::<Self::Header>(),
+                "the headers must stay inside the answer"
+            )
+        };
         // SAFETY: the packet's references are not used again before they
         // are replaced with ones taken in the resized frame, below.
         if !resize(ctx, (ETH_LEN + N) as i32) {
@@ -714,21 +743,42 @@ impl TcpPacket<'_> {
         // SAFETY: inside the resized frame (ptr_at, taken after the resize);
         // no other reference to it is live.
         unsafe { *dst = *l3 };
-        let (Some(eth), Some(ip), Some(tcp)) = (
+        let (Some(eth), Some(ip), Some(header)) = (
             ptr_at::<EthHdr>(ctx, 0),
             ptr_at::<Ipv4Hdr>(ctx, ETH_LEN),
-            ptr_at::<TcpHdr>(ctx, TCP_OFFSET),
+            ptr_at::<Self::Header>(ctx, ETH_LEN + IP_LEN),
         ) else {
             return false;
         };
         // SAFETY: inside the resized frame (ptr_at); the three do not overlap
         // and replace the packet's only references.
-        unsafe {
-            self.frame.eth = &mut *eth;
-            self.frame.ip = &mut *ip;
-            self.tcp = &mut *tcp;
-        }
+        unsafe { self.rebind(&mut *eth, &mut *ip, &mut *header) };
         true
+    }
+}
+
+impl<'a> L4Packet<'a> for TcpPacket<'a> {
+    const PROTO: u8 = IpProto::Tcp as u8;
+    type Header = TcpHdr;
+
+    #[inline(always)]
+    fn header(&self) -> &TcpHdr {
+        self.tcp
+    }
+
+    #[inline(always)]
+    fn ip_len(&self) -> u16 {
+        self.ip_len
+    }
+
+    #[inline(always)]
+    fn ports(&self) -> (u16, u16) {
+        (self.src_port(), self.dst_port())
+    }
+
+    #[inline(always)]
+    fn rebind(&mut self, eth: &'a mut EthHdr, ip: &'a mut Ipv4Hdr, header: &'a mut TcpHdr) {
+        (self.frame.eth, self.frame.ip, self.tcp) = (eth, ip, header);
     }
 }
 

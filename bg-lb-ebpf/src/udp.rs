@@ -1,6 +1,10 @@
-//! UDP over IPv4, full NAT: client -> VIP:port datagrams pinned to a
-//! backend by their 5-tuple and sent from a SNAT (address, port), and the
-//! backend's replies translated back.
+//! UDP over IPv4: client -> VIP:port datagrams pinned to a backend by their
+//! 5-tuple, and the backend's replies translated back, in each forwarding
+//! mode as TCP has it ([`crate::forwarding`]): full NAT (sent from a SNAT
+//! (address, port)), `gateway` (the destination rewritten only; the
+//! backend's reply, routed through the LB to the client's own address and
+//! port, leaves from the VIP) and `dsr` (the frame sent on to the on-link
+//! backend's MAC, untouched; replies bypass the LB).
 //!
 //! A UDP flow has no handshake: any datagram of an unknown 5-tuple opens
 //! one, and it stays pinned (a ratio change never moves it) until the
@@ -8,7 +12,11 @@
 //! pair comes from the backend's budget like a TCP flow's, in the same
 //! reverse-NAT key space, claimed with NOEXIST only (a free pair; no
 //! takeover: UDP has no TIME_WAIT to honour), and each reply path
-//! translates only for an owner of its own protocol. The
+//! translates only for an owner of its own protocol. A `gateway` flow
+//! claims the client's own (address, port) there, so a second flow with the
+//! same (client, backend) key, of another VIP or of TCP, is a collision
+//! (`gateway_collision`): its datagram is dropped. A `dsr` flow claims
+//! nothing. The
 //! checksum is updated incrementally; a datagram sent without one keeps
 //! none.
 //!
@@ -28,15 +36,16 @@ use bg_lb_common::{
     counters::Counter,
     flow_hash::flow_hash,
     maps::{
-        BACKEND_RESET_FLOWS, Backend, DataplaneConfig, FORWARDING_FULL_NAT, Flow, FlowKey, IPPROTO_UDP, NatKey,
-        NatOwner, Service, ServiceKey,
+        BACKEND_RESET_FLOWS, Backend, DataplaneConfig, FORWARDING_DSR, FORWARDING_FULL_NAT, Flow, FlowKey, IPPROTO_UDP,
+        NatKey, NatOwner, Service, ServiceKey,
     },
     snat_port::SNAT_PORT_ATTEMPTS,
     udp::{UDP_FLOW_STATE, UdpRewrite, nat_check},
 };
 
 use crate::{
-    forward::{Route, RouteQuery, dropped, route, send},
+    forward::{dropped, forward_to},
+    forwarding,
     maps::{
         BACKENDS, CONFIG, FLOWS, REVERSE_NAT, SERVICES, Way, account, account_exhausted, count, flow_entry,
         flow_pinned_to, reverse_owner,
@@ -77,8 +86,38 @@ fn udp(ctx: &XdpContext, cfg: &DataplaneConfig) -> u32 {
         }
         return to_client(ctx, pkt);
     }
+    // As on the TCP path: a gateway reply costs one extra lookup, and none
+    // is made where no gateway service ever was.
+    if cfg.gateway_seen != 0 && is_gateway_reply(&pkt) {
+        if pkt.ttl() <= 1 {
+            return dropped(Counter::TtlExpired);
+        }
+        return to_client(ctx, pkt);
+    }
     count(Counter::Passed);
     XDP_PASS
+}
+
+/// Whether `pkt`, to no VIP or SNAT address, is a backend's reply to a
+/// `gateway` UDP flow's client: its (backend, client) key names a UDP flow
+/// pinned to it. Anything else (the backend's own datagrams to the client
+/// included) passes untouched.
+#[inline(always)]
+fn is_gateway_reply(pkt: &UdpPacket<'_>) -> bool {
+    let nat = reply_key(pkt);
+    reverse_owner(&nat).is_some_and(|owner| owner.proto == IPPROTO_UDP && flow_pinned_to(&owner, &nat).is_some())
+}
+
+/// The reverse-NAT key a backend's datagram carries: (backend, SNAT pair),
+/// or for a `gateway` flow (backend, client).
+#[inline(always)]
+fn reply_key(pkt: &UdpPacket<'_>) -> NatKey {
+    NatKey {
+        backend_addr: pkt.src_addr(),
+        snat_addr: pkt.dst_addr(),
+        backend_port: pkt.src_port(),
+        snat_port: pkt.dst_port(),
+    }
 }
 
 /// A UDP frame that cannot be rewritten (IP options, a fragment, lengths
@@ -103,15 +142,19 @@ fn judge_unusable(frame: &Unusable, cfg: &DataplaneConfig) -> u32 {
     })
 }
 
-/// Where a datagram goes: its flow's ids, SNAT pair and backend.
+/// Where a datagram goes: its flow's ids, source pair and backend.
 struct Pinned {
     backend_id: u32,
     service_id: u32,
+    /// The SNAT pair, the client's own (`gateway`), or none (`dsr`).
     snat_addr: u32,
     snat_port: u16,
     backend: Backend,
     /// Opened by this datagram.
     new: bool,
+    /// The flow's mode rewrites addresses (full NAT, gateway), else only
+    /// MACs (dsr): the mode it was opened in.
+    reply_path: bool,
 }
 
 #[inline(always)]
@@ -134,19 +177,26 @@ fn to_backend(ctx: &XdpContext, mut pkt: UdpPacket<'_>, service: &Service, cfg: 
         },
     };
     account(flow.backend_id, flow.service_id, Way::ToBackend, pkt.ip_len(), flow.new);
+    if !flow.reply_path {
+        // `dsr`: unchanged but for its MACs, to the backend itself, which
+        // must be on-link.
+        return forward_to(ctx, &mut pkt, flow.backend.addr, true);
+    }
     decrement_ttl(&mut pkt);
     rewrite(
         &mut pkt,
         (flow.snat_addr, flow.snat_port),
         (flow.backend.addr, flow.backend.port),
     );
-    forward(ctx, &mut pkt)
+    let dst_addr = pkt.dst_addr();
+    forward_to(ctx, &mut pkt, dst_addr, false)
 }
 
 /// The 5-tuple's pinned flow, refreshed, if it may still be used: its
 /// backend id names the backend it was pinned to, of this service, which
-/// is not resetting its flows, and its SNAT pair is still its own. A flow
-/// that may not is removed, and the datagram opens a new one.
+/// is not resetting its flows, and its source pair (none under `dsr`) is
+/// still its own. A flow that may not is removed, and the datagram opens a
+/// new one.
 #[inline(always)]
 fn pinned(key: &FlowKey, service: &Service, nat_epoch: u32, now: u64) -> Option<Pinned> {
     let flow = flow_entry(key)?;
@@ -160,7 +210,7 @@ fn pinned(key: &FlowKey, service: &Service, nat_epoch: u32, now: u64) -> Option<
         // Its backend is down: the flow moves, and its pair is free again.
         let _ = REVERSE_NAT.remove(flow.nat_key(&backend));
         Some(Some(Counter::FlowReset))
-    } else if flow.nat_epoch != nat_epoch && !owns_port(key, &flow.nat_key(&backend)) {
+    } else if flow.has_reply_path() && flow.nat_epoch != nat_epoch && !owns_port(key, &flow.nat_key(&backend)) {
         Some(Some(Counter::NatConflict))
     } else {
         None
@@ -181,25 +231,34 @@ fn pinned(key: &FlowKey, service: &Service, nat_epoch: u32, now: u64) -> Option<
         snat_port: flow.snat_port,
         backend,
         new: false,
+        reply_path: flow.has_reply_path(),
     })
 }
 
-/// Pins a new flow: a backend from the service's lookup table, the first
-/// free SNAT pair for it.
+/// Pins a new flow: a backend from the service's lookup table, and for it
+/// the first free SNAT pair, or the client's own pair (`gateway`), or none
+/// (`dsr`).
 #[inline(always)]
 fn new_flow(key: &FlowKey, service: &Service, cfg: &DataplaneConfig, now: u64) -> Result<Pinned, Counter> {
     let hash = flow_hash(key);
     let (backend_id, backend) = pick_backend(service, key, hash)?;
-    let (snat_addr, snat_port) = claim_snat_pair(key, hash, &backend, cfg, now).ok_or_else(|| {
-        account_exhausted(backend_id);
-        Counter::SnatPortsExhausted
-    })?;
+    let (snat_addr, snat_port) = if service.forwarding == FORWARDING_DSR {
+        (0, 0)
+    } else {
+        claim_source(key, hash, &backend, service, cfg, now).ok_or_else(|| {
+            if service.forwarding == FORWARDING_FULL_NAT {
+                account_exhausted(backend_id);
+            }
+            forwarding::no_source(service)
+        })?
+    };
     let flow = Flow {
         backend_id,
         service_id: service.id,
         snat_addr,
         snat_port,
-        forwarding: FORWARDING_FULL_NAT as u16,
+        // A mode is below 3: the cast keeps it.
+        forwarding: service.forwarding as u16,
         state: UDP_FLOW_STATE,
         created_ns: now,
         last_seen_ns: now,
@@ -218,15 +277,24 @@ fn new_flow(key: &FlowKey, service: &Service, cfg: &DataplaneConfig, now: u64) -
         snat_port,
         backend,
         new: true,
+        reply_path: flow.has_reply_path(),
     })
 }
 
-/// The first SNAT (address, port) candidate no flow holds for `backend`,
-/// claimed atomically (NOEXIST), both wire order.
+/// The first source candidate ([`forwarding::source`]: a SNAT pair, or
+/// the client's own) no flow holds for `backend`, claimed atomically
+/// (NOEXIST), both wire order.
 #[inline(always)]
-fn claim_snat_pair(key: &FlowKey, hash: u32, backend: &Backend, cfg: &DataplaneConfig, now: u64) -> Option<(u32, u16)> {
+fn claim_source(
+    key: &FlowKey,
+    hash: u32,
+    backend: &Backend,
+    service: &Service,
+    cfg: &DataplaneConfig,
+    now: u64,
+) -> Option<(u32, u16)> {
     for attempt in 0..SNAT_PORT_ATTEMPTS {
-        let (addr, port) = cfg.snat_candidate(hash, attempt);
+        let (addr, port) = forwarding::source(service, key, cfg, hash, attempt)?;
         let claimed = REVERSE_NAT
             .insert(
                 NatKey::new(backend, addr, port),
@@ -241,16 +309,11 @@ fn claim_snat_pair(key: &FlowKey, hash: u32, backend: &Backend, cfg: &DataplaneC
     None
 }
 
-/// Backend -> SNAT pair: back to VIP -> client, for the flow that owns the
-/// pair only.
+/// Backend -> SNAT pair (or, `gateway`, backend -> client): back to VIP ->
+/// client, for the flow that owns the pair only.
 #[inline(always)]
 fn to_client(ctx: &XdpContext, mut pkt: UdpPacket<'_>) -> u32 {
-    let nat = NatKey {
-        backend_addr: pkt.src_addr(),
-        snat_addr: pkt.dst_addr(),
-        backend_port: pkt.src_port(),
-        snat_port: pkt.dst_port(),
-    };
+    let nat = reply_key(&pkt);
     // A pair a TCP flow holds is no UDP flow's: the kernel's, as for none.
     let Some(client) = reverse_owner(&nat).filter(|owner| owner.proto == IPPROTO_UDP) else {
         count(Counter::ReplyWithoutFlow);
@@ -268,7 +331,7 @@ fn to_client(ctx: &XdpContext, mut pkt: UdpPacket<'_>) -> u32 {
         (client.vip_addr, client.vip_port),
         (client.client_addr, client.client_port),
     );
-    forward(ctx, &mut pkt)
+    forward_to(ctx, &mut pkt, client.client_addr, false)
 }
 
 /// Rewrites both endpoints (wire order), with the IP and UDP checksums.
@@ -290,28 +353,4 @@ fn rewrite(pkt: &mut UdpPacket<'_>, src: (u32, u16), dst: (u32, u16)) {
     ));
     pkt.set_addrs(src.0, dst.0);
     pkt.set_ports(src.1, dst.1);
-}
-
-/// Sends the rewritten datagram towards its destination. One too big for
-/// the egress link is dropped and counted: the LB does not answer UDP with
-/// fragmentation needed (see the README).
-#[inline(always)]
-fn forward(ctx: &XdpContext, pkt: &mut UdpPacket<'_>) -> u32 {
-    let query = RouteQuery {
-        proto: pkt.proto(),
-        tos: pkt.tos(),
-        ip_len: pkt.ip_len(),
-        src_addr: pkt.src_addr(),
-        dst_addr: pkt.dst_addr(),
-    };
-    match route(ctx, &query) {
-        Route::Next {
-            ifindex, smac, dmac, ..
-        } => {
-            pkt.set_macs(smac, dmac);
-            send(ctx, ifindex)
-        }
-        Route::TooBig { .. } => dropped(Counter::TooBigDropped),
-        Route::Failed(counter) => dropped(counter),
-    }
 }

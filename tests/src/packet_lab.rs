@@ -711,6 +711,17 @@ impl AttachedLb {
         self.dataplane.apply(&self.spec).expect("swap the table");
     }
 
+    /// Programs a UDP service on the TCP service's VIP and port, with its
+    /// backends (their UDP ports) and ratio.
+    pub fn add_udp_service(&mut self) {
+        let spec = ServiceSpec {
+            protocol: Protocol::Udp,
+            udp_idle: Duration::from_secs(30),
+            ..self.spec.clone()
+        };
+        self.dataplane.apply(&spec).expect("program the UDP service");
+    }
+
     /// A global counter, summed over CPUs.
     pub fn counter(&self, counter: Counter) -> u64 {
         counter_of(&self.dataplane, counter)

@@ -350,10 +350,20 @@ impl UdpNameClient {
     /// promises no delivery; the first datagram may wait for ARP) is asked
     /// again, on the same flow, up to three times.
     pub fn ask(&self) -> std::io::Result<String> {
+        self.request(b"who")
+    }
+
+    /// The address and port the server sees this flow's datagrams come
+    /// from, asked as [`UdpNameClient::ask`] asks.
+    pub fn peer_seen(&self) -> std::io::Result<String> {
+        self.request(b"peer")
+    }
+
+    fn request(&self, question: &[u8]) -> std::io::Result<String> {
         let mut buf = [0u8; 1500];
         let mut last = std::io::ErrorKind::TimedOut.into();
         for _ in 0..3 {
-            self.socket.send(b"who")?;
+            self.socket.send(question)?;
             match self.socket.recv(&mut buf) {
                 Ok(len) => return Ok(String::from_utf8_lossy(&buf[..len]).into_owned()),
                 Err(e) => last = e,

@@ -6,16 +6,20 @@
 //! quotes the packet the LB sent and reaches the sender only because the LB
 //! translates it across the NAT; where it is the LB's own egress link, the
 //! LB answers the sender itself. Either way the transfer completes and the
-//! sender's PMTU cache holds the narrow link's MTU.
+//! sender's PMTU cache holds the narrow link's MTU. A UDP client learns the
+//! LB's narrow egress link the same way.
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::{
+    net::{Ipv4Addr, SocketAddrV4, UdpSocket},
+    time::{Duration, Instant},
+};
 
 use aya::Ebpf;
 use bg_lb_common::counters::Counter;
 use bg_lb_tests::{
     packet_lab::AttachedLb,
     require_root,
-    servers::{BulkServer, download, upload},
+    servers::{BulkServer, UdpNameServer, download, upload},
     topology::{NetNs, RoutedPath},
 };
 
@@ -113,4 +117,43 @@ fn download_through_a_narrow_lb_egress_link_learns_its_mtu_from_the_lb() {
     let lab = PmtuLab::new(&[WIDE, NARROW], &[WIDE]);
     lab.download();
     lab.assert_learnt(lab.path.backend(), lab.path.snat, Counter::TooBigAnswered);
+}
+
+#[test]
+fn udp_datagram_too_big_for_the_lbs_narrow_egress_link_teaches_the_client_its_mtu() {
+    let mut lab = PmtuLab::new(&[WIDE], &[NARROW, WIDE]);
+    lab.lb.add_udp_service();
+    let backend = SocketAddrV4::new(lab.path.backend_addr, BACKEND_PORT);
+    let _server = UdpNameServer::start(lab.path.backend(), backend, "b0".to_owned());
+    let vip = lab.vip();
+    let (answer, big) = lab.path.client().run(move || {
+        let socket = UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)).expect("UDP socket");
+        socket.connect(vip).expect("connect to the VIP");
+        socket.set_read_timeout(Some(Duration::from_secs(2))).expect("timeout");
+        let mut buf = [0u8; 64];
+        // A small request goes through: the flow is pinned.
+        let answer = socket
+            .send(b"who")
+            .and_then(|_| socket.recv(&mut buf))
+            .map(|len| String::from_utf8_lossy(&buf[..len]).into_owned());
+        // Sent with DF (Linux's default for UDP): too big for the LB's
+        // egress link, answered with fragmentation needed.
+        let big = socket.send(&[b'x'; 1400]);
+        (answer, big)
+    });
+    assert_eq!(lab.expect(answer, "the small request"), "b0");
+    lab.expect(big, "sending the oversized datagram");
+    // The error arrives asynchronously; the limit only keeps a lost one
+    // from hanging the test.
+    let until = Instant::now() + Duration::from_secs(10);
+    while !lab
+        .path
+        .client()
+        .ip(&format!("route get {}", lab.path.vip))
+        .contains(&format!("mtu {NARROW}"))
+        && Instant::now() < until
+    {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    lab.assert_learnt(lab.path.client(), lab.path.vip, Counter::TooBigAnswered);
 }

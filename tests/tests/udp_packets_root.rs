@@ -4,25 +4,26 @@
 //! same address and port. Output frames are compared byte for byte with
 //! frames built from scratch, so the incremental checksums are checked
 //! against full computations, a datagram without a checksum included; ICMP
-//! errors about a UDP flow are translated, quote and all.
+//! errors about a UDP flow are translated, quote and all. UDP services in
+//! the `gateway` and `dsr` forwarding modes are here too.
 
 use std::{
     net::{Ipv4Addr, SocketAddrV4},
     time::Duration,
 };
 
-use bg_lb::dataplane::FlowTimeouts;
+use bg_lb::dataplane::{FlowTimeouts, forwarding::Forwarding, services::ServiceSpec};
 use bg_lb_common::{
     counters::Counter,
-    maps::{FlowKey, IPPROTO_TCP, IPPROTO_UDP},
+    maps::{FORWARDING_DSR, FORWARDING_GATEWAY, FlowKey, IPPROTO_TCP, IPPROTO_UDP},
 };
 use bg_lb_tests::{
     netns::in_fresh_netns,
     packet_lab::{
-        BLUE, GATEWAY_MAC, LB_MAC, PacketLab, PacketLabOptions, SNAT, VIP, XDP_DROP, XDP_PASS, XDP_REDIRECT, client,
-        is_blue, mac_of,
+        BLUE, GATEWAY_MAC, GREEN, LB_MAC, PacketLab, PacketLabOptions, SNAT, VIP, XDP_DROP, XDP_PASS, XDP_REDIRECT,
+        XDP_TX, client, is_blue, mac_of,
     },
-    packets::{icmp_error_frame, parse_checked_icmp, quote_of, with_ttl},
+    packets::{edit_ip_header, icmp_error_frame, parse_checked_icmp, quote_of, with_ttl},
     require_root,
     udp_frames::{parse_checked_udp, udp_checksum_field, udp_frame, udp_frame_without_checksum},
 };
@@ -35,11 +36,20 @@ const UDP_IDLE: Duration = Duration::from_secs(30);
 
 /// A lab whose VIP also has a UDP service, all new UDP flows to blue.
 fn in_udp_lab(test: impl FnOnce(PacketLab) + Send + 'static) {
+    in_udp_lab_forwarding(Forwarding::FullNat, |lab, _| test(lab));
+}
+
+/// [`in_udp_lab`] with both services forwarding by `forwarding`; the test
+/// gets the UDP service's spec too.
+fn in_udp_lab_forwarding(forwarding: Forwarding, test: impl FnOnce(PacketLab, ServiceSpec) + Send + 'static) {
     require_root();
     in_fresh_netns(move || {
-        let mut lab = PacketLab::new(&PacketLabOptions::with_ratio(100));
-        lab.add_udp_service(100, UDP_IDLE);
-        test(lab)
+        let mut lab = PacketLab::new(&PacketLabOptions {
+            forwarding,
+            ..PacketLabOptions::with_ratio(100)
+        });
+        let spec = lab.add_udp_service(100, UDP_IDLE);
+        test(lab, spec)
     });
 }
 
@@ -381,5 +391,270 @@ fn icmp_error_quoting_udp_no_udp_flow_owns_passes_unchanged_and_is_counted() {
             assert_eq!(out, error, "untouched");
             assert_eq!(lab.counter(Counter::IcmpErrorWithoutFlow), counted + 1);
         }
+    });
+}
+
+#[test]
+fn udp_gateway_datagram_has_only_its_destination_rewritten_and_the_reply_leaves_from_the_vip() {
+    in_udp_lab_forwarding(Forwarding::Gateway, |lab, _| {
+        let from = client(2100);
+        let (verdict, out) = lab.run(&to_vip(from, b"query"));
+        assert_eq!(verdict, XDP_REDIRECT);
+        let view = parse_checked_udp(&out);
+        assert!(BLUE.contains(&view.dst));
+        assert_eq!(view.src, from, "the backend sees the client's address and port");
+        let backend = view.dst;
+        let expected = with_ttl(&udp_frame(LB_MAC, mac_of(*backend.ip()), from, backend, b"query"), 63);
+        assert_eq!(
+            out, expected,
+            "the destination, TTL and MACs only; checksum from scratch"
+        );
+        let flow = lab.flow_at(&udp_key(from)).expect("pinned");
+        assert_eq!(u32::from(flow.forwarding), FORWARDING_GATEWAY);
+        assert_eq!(
+            lab.reverse_nat_on(backend, from),
+            Some(udp_key(from)),
+            "the reply's (backend, client) key names the UDP flow"
+        );
+
+        let reply = udp_frame(mac_of(*backend.ip()), LB_MAC, backend, from, b"answer");
+        let (verdict, out) = lab.run(&reply);
+        assert_eq!(verdict, XDP_REDIRECT);
+        let expected = with_ttl(&udp_frame(LB_MAC, GATEWAY_MAC, VIP, from, b"answer"), 63);
+        assert_eq!(out, expected, "from VIP:port, nothing else but TTL and MACs");
+        parse_checked_udp(&out);
+
+        // Pinned: the next datagram goes the same way.
+        let again = parse_checked_udp(&lab.run(&to_vip(from, b"again")).1);
+        assert_eq!((again.src, again.dst), (from, backend));
+    });
+}
+
+#[test]
+fn udp_gateway_without_checksum_keeps_none_both_ways() {
+    in_udp_lab_forwarding(Forwarding::Gateway, |lab, _| {
+        let from = client(2101);
+        let request = udp_frame_without_checksum(GATEWAY_MAC, LB_MAC, from, VIP, b"bare");
+        let (verdict, out) = lab.run(&request);
+        assert_eq!(verdict, XDP_REDIRECT);
+        let backend = parse_checked_udp(&out).dst;
+        assert_eq!(udp_checksum_field(&out), 0);
+        let expected = with_ttl(
+            &udp_frame_without_checksum(LB_MAC, mac_of(*backend.ip()), from, backend, b"bare"),
+            63,
+        );
+        assert_eq!(out, expected);
+        let reply = udp_frame_without_checksum(mac_of(*backend.ip()), LB_MAC, backend, from, b"r");
+        let (verdict, out) = lab.run(&reply);
+        assert_eq!(verdict, XDP_REDIRECT);
+        assert_eq!(
+            out,
+            with_ttl(&udp_frame_without_checksum(LB_MAC, GATEWAY_MAC, VIP, from, b"r"), 63)
+        );
+    });
+}
+
+#[test]
+fn udp_gateway_backend_datagram_matching_no_flow_passes_untouched() {
+    in_udp_lab_forwarding(Forwarding::Gateway, |lab, _| {
+        let from = client(2102);
+        let backend = parse_checked_udp(&lab.run(&to_vip(from, b"q")).1).dst;
+        let passed = lab.counter(Counter::Passed);
+        // To another client port, and the backend's own datagram from
+        // another port to the flow's client port.
+        let other_port = udp_frame(mac_of(*backend.ip()), LB_MAC, backend, client(2103), b"x");
+        let other_source = udp_frame(
+            mac_of(*backend.ip()),
+            LB_MAC,
+            SocketAddrV4::new(*backend.ip(), 9999),
+            from,
+            b"x",
+        );
+        // A TCP segment on the UDP flow's (backend, client) key is no reply of it.
+        let tcp_lookalike = bg_lb_tests::packets::tcp_frame(
+            mac_of(*backend.ip()),
+            LB_MAC,
+            backend,
+            from,
+            bg_lb_tests::packets::ACK,
+            b"",
+        );
+        for frame in [other_port, other_source, tcp_lookalike] {
+            let (verdict, out) = lab.run(&frame);
+            assert_eq!(verdict, XDP_PASS);
+            assert_eq!(out, frame, "untouched");
+        }
+        assert_eq!(lab.counter(Counter::Passed), passed + 3);
+    });
+}
+
+/// Another VIP's UDP flow would collide the same way: the flow's one
+/// source candidate is taken. (The lab's lookup-table regions hold only its
+/// two services, so the other flow here is a TCP one.)
+#[test]
+fn udp_gateway_flow_whose_client_already_reaches_its_backend_is_dropped_as_a_collision() {
+    in_udp_lab_forwarding(Forwarding::Gateway, |mut lab, mut spec| {
+        // One backend behind the TCP and the UDP service: it could not tell
+        // two flows of one client address and port apart.
+        lab.keep_only(BLUE[0]);
+        spec.backends.retain(|b| b.addr == BLUE[0]);
+        lab.apply(&spec);
+        let from = client(2104);
+        assert_eq!(lab.open(from).backend, BLUE[0]);
+        let collisions = lab.counter(Counter::GatewayCollision);
+        let (verdict, _) = lab.run(&to_vip(from, b"same port, over UDP"));
+        assert_eq!(verdict, XDP_DROP);
+        assert_eq!(lab.counter(Counter::GatewayCollision), collisions + 1);
+        assert_eq!(lab.flow_at(&udp_key(from)), None, "no UDP flow");
+        assert_eq!(
+            lab.reverse_nat_on(BLUE[0], from),
+            Some(FlowKey::from_client(from, VIP)),
+            "the TCP flow keeps its key"
+        );
+        // Another client port is no collision.
+        let other = client(2105);
+        let (verdict, out) = lab.run(&to_vip(other, b"q"));
+        assert_eq!(verdict, XDP_REDIRECT);
+        assert_eq!(parse_checked_udp(&out).src, other);
+    });
+}
+
+#[test]
+fn udp_dsr_datagram_goes_to_the_backends_mac_unchanged_and_claims_no_pair() {
+    in_udp_lab_forwarding(Forwarding::Dsr, |lab, _| {
+        let from = client(2110);
+        for request in [
+            to_vip(from, b"query"),
+            udp_frame_without_checksum(GATEWAY_MAC, LB_MAC, from, VIP, b"bare"),
+        ] {
+            let (verdict, out) = lab.run(&request);
+            assert_eq!(verdict, XDP_REDIRECT);
+            let flow = lab.flow_at(&udp_key(from)).expect("pinned");
+            assert_eq!(u32::from(flow.forwarding), FORWARDING_DSR);
+            let backend = lab
+                .backends_by_id()
+                .into_iter()
+                .find_map(|(id, addr)| (id == flow.backend_id).then_some(addr))
+                .expect("the flow's backend");
+            assert!(BLUE.contains(&backend));
+            let mut expected = request.clone();
+            expected[..6].copy_from_slice(&mac_of(*backend.ip()));
+            expected[6..12].copy_from_slice(&LB_MAC);
+            assert_eq!(out, expected, "only the MACs change: not the TTL, not the checksum");
+        }
+        assert!(lab.reverse_nats().is_empty(), "no reverse entry: replies bypass the LB");
+    });
+}
+
+#[test]
+fn udp_dsr_datagram_to_a_backend_behind_a_router_is_dropped_and_counted() {
+    in_udp_lab_forwarding(Forwarding::Dsr, |lab, _| {
+        for b in BLUE.iter().chain(&GREEN) {
+            lab.route_via_gateway(*b.ip());
+        }
+        let counted = lab.counter(Counter::DsrNotOnLink);
+        assert_eq!(lab.run(&to_vip(client(2111), b"q")).0, XDP_DROP);
+        assert_eq!(lab.counter(Counter::DsrNotOnLink), counted + 1);
+    });
+}
+
+/// A datagram with `len` bytes of payload: larger than a 1280-byte link
+/// takes at 1400.
+fn payload(len: usize) -> Vec<u8> {
+    (0..len).map(|i| i as u8).collect()
+}
+
+fn limit_backend_paths(lab: &PacketLab) {
+    for b in BLUE.iter().chain(&GREEN) {
+        lab.limit_path_mtu(*b.ip(), 1280);
+    }
+}
+
+/// Checks that `out` is fragmentation needed (next-hop MTU 1280) sent back
+/// to `request`'s sender from the address it sent to, out of the
+/// interface it came in on, quoting `request`'s IP header (TTL one less)
+/// and its UDP header, checksum included, as the sender sent them.
+fn assert_frag_needed_quoting(out: &[u8], request: &[u8]) {
+    assert_eq!(out.len(), 14 + 20 + 8 + 20 + 8, "a bare error quoting 8 bytes");
+    let sent = parse_checked_udp(request);
+    let view = parse_checked_icmp(out);
+    assert_eq!(
+        (view.src_mac, view.dst_mac),
+        (sent.dst_mac, sent.src_mac),
+        "back where it came from"
+    );
+    assert_eq!(
+        (view.src, view.dst),
+        (*sent.dst.ip(), *sent.src.ip()),
+        "from the address the sender sent to"
+    );
+    assert_eq!((view.icmp_type, view.code), (3, 4), "fragmentation needed");
+    assert_eq!(view.rest_of_header, [0, 0, 0x05, 0x00], "next-hop MTU 1280");
+    assert_eq!(
+        view.quote,
+        quote_of(&with_ttl(request, 63), 8),
+        "the sender's datagram, a hop older"
+    );
+}
+
+#[test]
+fn oversized_df_udp_datagram_to_a_backend_is_answered_with_frag_needed_quoting_the_clients_datagram() {
+    in_udp_lab(|lab| {
+        limit_backend_paths(&lab);
+        let from = client(2200);
+        for request in [
+            to_vip(from, &payload(1400)),
+            udp_frame_without_checksum(GATEWAY_MAC, LB_MAC, from, VIP, &payload(1400)),
+        ] {
+            let answered = lab.counter(Counter::TooBigAnswered);
+            let (verdict, out) = lab.run(&request);
+            assert_eq!(verdict, XDP_TX);
+            assert_frag_needed_quoting(&out, &request);
+            assert_eq!(lab.counter(Counter::TooBigAnswered), answered + 1);
+        }
+        // The flow stays pinned, and a datagram that fits goes through.
+        assert!(lab.flow_at(&udp_key(from)).is_some());
+        assert_eq!(lab.run(&to_vip(from, &payload(1000))).0, XDP_REDIRECT);
+    });
+}
+
+#[test]
+fn oversized_df_udp_reply_to_a_client_is_answered_with_frag_needed_quoting_the_backends_datagram() {
+    in_udp_lab(|lab| {
+        let from = client(2201);
+        lab.limit_path_mtu(*from.ip(), 1280);
+        let sent = parse_checked_udp(&lab.run(&to_vip(from, b"query")).1);
+        let reply = udp_frame(mac_of(*sent.dst.ip()), LB_MAC, sent.dst, sent.src, &payload(1400));
+        let (verdict, out) = lab.run(&reply);
+        assert_eq!(verdict, XDP_TX);
+        assert_frag_needed_quoting(&out, &reply);
+        assert_eq!(
+            parse_checked_icmp(&out).src,
+            SNAT,
+            "from the SNAT address, to the backend"
+        );
+    });
+}
+
+#[test]
+fn oversized_df_udp_datagram_through_gateway_is_answered_with_frag_needed_from_the_vip() {
+    in_udp_lab_forwarding(Forwarding::Gateway, |lab, _| {
+        limit_backend_paths(&lab);
+        let request = to_vip(client(2202), &payload(1400));
+        let (verdict, out) = lab.run(&request);
+        assert_eq!(verdict, XDP_TX);
+        assert_frag_needed_quoting(&out, &request);
+    });
+}
+
+#[test]
+fn oversized_udp_datagram_without_df_is_dropped_and_counted() {
+    in_udp_lab(|lab| {
+        limit_backend_paths(&lab);
+        let mut request = to_vip(client(2203), &payload(1400));
+        edit_ip_header(&mut request, |ip| ip.dont_fragment = false);
+        let dropped = lab.counter(Counter::TooBigDropped);
+        assert_eq!(lab.run(&request).0, XDP_DROP);
+        assert_eq!(lab.counter(Counter::TooBigDropped), dropped + 1);
     });
 }

@@ -1,7 +1,8 @@
 //! A UDP service through a blue-green release, end to end (root): `bg-lb
 //! run` in the one-arm lab with a `protocol = "udp"` service, real UDP
 //! sockets on the client and UDP name servers on the backends (b0, b1 blue;
-//! b2, b3 green), health-checked over UDP.
+//! b2, b3 green), health-checked over UDP; and a UDP service forwarding by
+//! `gateway` and by `dsr`, the backends set up as the README says.
 
 use std::{
     net::SocketAddrV4,
@@ -9,10 +10,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use bg_lb::{protocol::BackendHealth, ratio::Pool};
+use bg_lb::{dataplane::forwarding::Forwarding, protocol::BackendHealth, ratio::Pool};
 use bg_lb_tests::{
     lab::{BACKEND_PORT, NameLab, NameLabConfig, SERVICE, pool_of_name},
     servers::{UdpNameClient, UdpNameServer, ask_names_udp},
+    topology::CLIENT_ADDR,
 };
 
 const BG_LB: &str = env!("CARGO_BIN_EXE_bg-lb-under-test");
@@ -145,4 +147,75 @@ fn udp_flow_keeps_its_backend_across_a_flip_and_drain_waits_until_it_idles() {
         after.iter().all(|n| pool_of_name(n) == Pool::Green),
         "after the drain new UDP flows go green: {after:?}"
     );
+}
+
+/// The lab's `web` service as UDP at 50:50, forwarding by `forwarding`.
+/// Under `gateway` the backends' UDP name servers listen on their own
+/// address and are checked over UDP. Under `dsr` they listen on the VIP
+/// (which each backend holds), so that they answer from it, and the check
+/// is a TCP one of the lab's TCP name servers on the same port, which
+/// listen on every address.
+fn start_forwarding_lab(forwarding: Forwarding) -> (NameLab, Vec<UdpNameServer>) {
+    let health = match forwarding {
+        Forwarding::Dsr => "type = \"tcp\"\nport = 80\n",
+        _ => "type = \"udp\"\nrequest = \"health\"\nexpect = \"b\"\n",
+    };
+    let service = format!(
+        "protocol = \"udp\"\nudp_idle = \"{UDP_IDLE}\"\nratio = \"50:50\"\n\n[service.health]\n{health}\
+         interval = \"300ms\"\nfast_interval = \"100ms\"\ntimeout = \"200ms\"\nrise = 1\nfall = 3\n"
+    );
+    let config = NameLabConfig {
+        service: &service,
+        weight: Some(100),
+        forwarding,
+        ..NameLabConfig::default()
+    };
+    let lab = NameLab::start(BG_LB, 4, None, &config);
+    let servers = match forwarding {
+        Forwarding::Dsr => lab
+            .topo
+            .backends
+            .iter()
+            .enumerate()
+            .map(|(i, b)| UdpNameServer::start(&b.ns, lab.vip(), format!("b{i}")))
+            .collect(),
+        _ => UdpNameServer::start_on_each(&lab.topo.backends, BACKEND_PORT),
+    };
+    wait_until_all_up(&lab);
+    (lab, servers)
+}
+
+/// Fresh UDP flows through the VIP under `forwarding`: each backend sees
+/// the client's own address and port, and the answers reach the client's
+/// socket, which is connected to the VIP and so takes datagrams from
+/// VIP:port only; every flow keeps its backend.
+fn backend_sees_the_client_and_answers_from_the_vip(forwarding: Forwarding) {
+    let (lab, _servers) = start_forwarding_lab(forwarding);
+    for _ in 0..8 {
+        let client = udp_client(&lab);
+        let seen = client
+            .peer_seen()
+            .unwrap_or_else(|e| panic!("no answer from VIP:port: {e}\n{}", lab.daemon.log()));
+        let local = client.local_addr();
+        assert_eq!(*local.ip(), CLIENT_ADDR);
+        assert_eq!(
+            seen,
+            local.to_string(),
+            "the backend sees the client, not a SNAT address"
+        );
+        let name = ask(&lab, &client);
+        for _ in 0..3 {
+            assert_eq!(ask(&lab, &client), name, "the flow keeps its backend");
+        }
+    }
+}
+
+#[test]
+fn udp_gateway_backend_sees_the_client_and_its_answers_come_back_from_the_vip() {
+    backend_sees_the_client_and_answers_from_the_vip(Forwarding::Gateway);
+}
+
+#[test]
+fn udp_dsr_backend_sees_the_client_and_answers_it_from_the_vip() {
+    backend_sees_the_client_and_answers_from_the_vip(Forwarding::Dsr);
 }

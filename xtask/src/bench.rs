@@ -16,7 +16,7 @@ pub struct Options {
     #[arg(long)]
     quick: bool,
     /// More arguments for bg-lb-bench after `--`, e.g. `--only bg-lb,haproxy`,
-    /// `--workloads syn-flood`, `--rounds 7`, `--seconds 20`, `--skip-micro`,
+    /// `--workloads syn-flood` (or `udp`), `--rounds 7`, `--seconds 20`, `--skip-micro`,
     /// `--items scale` (items: macro, micro, sweep, scale),
     /// `--workloads new-connections,keep-alive,latency`.
     #[arg(last = true)]

@@ -7,9 +7,13 @@ use core::{
 };
 
 use aya_ebpf::programs::XdpContext;
-use network_types::{eth::EthHdr, ip::Ipv4Hdr, udp::UdpHdr};
+use network_types::{
+    eth::EthHdr,
+    ip::{IpProto, Ipv4Hdr},
+    udp::UdpHdr,
+};
 
-use super::{ETH_LEN, IP_LEN, IP_MF, IP_OFFSET_MASK, Ipv4Frame, ptr_at};
+use super::{ETH_LEN, IP_LEN, IP_MF, IP_OFFSET_MASK, Ipv4Frame, L4Packet, ptr_at};
 
 const UDP_OFFSET: usize = ETH_LEN + IP_LEN;
 const UDP_LEN: usize = size_of::<UdpHdr>();
@@ -158,5 +162,31 @@ impl UdpPacket<'_> {
     #[inline(always)]
     pub fn set_udp_check(&mut self, check: u16) {
         self.udp.check = check.to_ne_bytes();
+    }
+}
+
+impl<'a> L4Packet<'a> for UdpPacket<'a> {
+    const PROTO: u8 = IpProto::Udp as u8;
+    type Header = UdpHdr;
+
+    /// The whole UDP header: ports, length, checksum.
+    #[inline(always)]
+    fn header(&self) -> &UdpHdr {
+        self.udp
+    }
+
+    #[inline(always)]
+    fn ip_len(&self) -> u16 {
+        self.ip_len
+    }
+
+    #[inline(always)]
+    fn ports(&self) -> (u16, u16) {
+        (self.src_port(), self.dst_port())
+    }
+
+    #[inline(always)]
+    fn rebind(&mut self, eth: &'a mut EthHdr, ip: &'a mut Ipv4Hdr, header: &'a mut UdpHdr) {
+        (self.frame.eth, self.frame.ip, self.udp) = (eth, ip, header);
     }
 }

@@ -57,7 +57,7 @@
 //! affinity = "none"                 # none | client-ip: a client keeps its pool (moving only toward the pool a shift raises) and backend
 //! drain_deadline = "5m"             # a drain's default deadline: then its leftover connections are reset; absent: none
 //! slowstart = "30s"                 # ramp a backend that comes up (or is enabled) to its weight; absent: at once
-//! protocol = "tcp"                  # tcp | udp (udp: full-nat only, no syn_proxy)
+//! protocol = "tcp"                  # tcp | udp (udp: no syn_proxy)
 //! udp_idle = "30s"                  # udp only: a flow with no datagram for this long ends
 //!
 //! [service.health]                  # before or after the service's backends

@@ -174,7 +174,7 @@ fn service(raw: &RawService, text: &str) -> Result<ServiceConfig, Invalid> {
     let backends = backends(&raw.backend, &name, text)?;
     let health = raw.health.as_ref().map_or(Ok(HealthConfig::default()), health)?;
     let forwarding = forwarding(raw, vip, standby_vip, &backends)?;
-    let (protocol, udp_idle) = protocol(raw, forwarding, &health)?;
+    let (protocol, udp_idle) = protocol(raw, &health)?;
     Ok(ServiceConfig {
         name,
         vip,
@@ -207,11 +207,11 @@ fn service(raw: &RawService, text: &str) -> Result<ServiceConfig, Invalid> {
     })
 }
 
-/// The service's protocol and UDP idle timeout. UDP is balanced with full
-/// NAT only, and its backends' ports are UDP: a TCP or HTTP check needs a
-/// `port` to connect to, and a service without `[service.health]` (whose
-/// default is a TCP check of the backend's port) is refused.
-fn protocol(raw: &RawService, forwarding: Forwarding, health: &HealthConfig) -> Result<(Protocol, Duration), Invalid> {
+/// The service's protocol and UDP idle timeout. A UDP service's backends'
+/// ports are UDP: a TCP or HTTP check needs a `port` to connect to, and a
+/// service without `[service.health]` (whose default is a TCP check of the
+/// backend's port) is refused.
+fn protocol(raw: &RawService, health: &HealthConfig) -> Result<(Protocol, Duration), Invalid> {
     let protocol = match &raw.protocol {
         Some(value) => value
             .get_ref()
@@ -232,12 +232,6 @@ fn protocol(raw: &RawService, forwarding: Forwarding, health: &HealthConfig) -> 
             );
         }
         return Ok((protocol, Duration::ZERO));
-    }
-    if let (Some(setting), Forwarding::Gateway | Forwarding::Dsr) = (&raw.forwarding, forwarding) {
-        return Invalid::at(
-            setting.span(),
-            format!("forwarding = \"{forwarding}\" is not supported for protocol = \"udp\": use full-nat"),
-        );
     }
     let needs_port = matches!(health.check, HealthCheck::Tcp | HealthCheck::Http(_)) && health.port.is_none();
     if needs_port {

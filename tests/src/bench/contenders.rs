@@ -2,7 +2,8 @@
 //! the unit tests can read them), and starting it in the LB namespace of a
 //! fresh [`Lab`]. Every contender serves the same two services: HTTP on
 //! VIP:80 to the backends' :8080 and bulk on VIP:5201 to their :5201, split
-//! 50:50 between two blue and two green backends. (bg-lb in `dsr` mode
+//! 50:50 between two blue and two green backends; those that balance UDP
+//! ([`udp_rr::skipped`]) a third, UDP on VIP:5353 to their :5353. (bg-lb in `dsr` mode
 //! keeps the port, so its HTTP service is VIP:8080; its lab's backends are
 //! set up for their mode: [`Contender::forwarding`].)
 
@@ -24,6 +25,7 @@ use crate::{
     bench::{
         lab::{BULK_PORT, HTTP_PORT, Lab, Pools, VIP_HTTP_PORT},
         procs::{self, ChildGuard},
+        udp_rr::{self, UDP_PORT},
     },
     daemon::Daemon,
     http,
@@ -118,34 +120,39 @@ impl Contender {
         let vip = lab.topo.vip;
         let http = lab.pools(HTTP_PORT);
         let bulk = lab.pools(BULK_PORT);
+        let udp = lab.pools(UDP_PORT);
         let mut running = match self {
             Contender::BgLb | Contender::BgLbGateway | Contender::BgLbDsr | Contender::BgLbGeneric => {
-                start_bg_lb(lab, bg_lb, &http, &bulk, (self.forwarding(), self.xdp_mode()), "")
+                let services = (&http, &bulk, Some(&udp));
+                start_bg_lb(lab, bg_lb, services, (self.forwarding(), self.xdp_mode()), "")
             }
             Contender::Haproxy => start_haproxy(lab.lb(), vip, &http, &bulk),
-            Contender::NginxStream => start_nginx(lab.lb(), vip, &http, &bulk),
-            Contender::NftablesDnat => start_nftables(lab.lb(), vip, &http, &bulk),
+            Contender::NginxStream => start_nginx(lab.lb(), vip, (&http, &bulk, &udp)),
+            Contender::NftablesDnat => start_nftables(lab.lb(), vip, &http, &bulk, &udp),
             Contender::Direct => Running {
                 http: http.blue[0],
                 bulk: bulk.blue[0],
+                udp: Some(udp.blue[0]),
                 guard: Guard::Nothing,
                 _dir: None,
             },
         };
+        if udp_rr::skipped(self).is_some() {
+            running.udp = None;
+        }
         running.wait_serving(lab);
         running
     }
 }
 
-/// bg-lb serving `http` (the lab's bulk servers as usual) instead of the
-/// lab's four HTTP backends, with top-level `settings` added to
+/// bg-lb serving `http` (the lab's bulk servers as usual, no UDP service)
+/// instead of the lab's four HTTP backends, with top-level `settings` added to
 /// [`bg_lb_config`]'s; waits until it serves HTTP.
 pub fn start_bg_lb_with(lab: &Lab, bg_lb: &'static str, http: &Pools, settings: &str) -> Running {
     let mut running = start_bg_lb(
         lab,
         bg_lb,
-        http,
-        &lab.pools(BULK_PORT),
+        (http, &lab.pools(BULK_PORT), None),
         (Forwarding::FullNat, "native"),
         settings,
     );
@@ -157,6 +164,8 @@ pub fn start_bg_lb_with(lab: &Lab, bg_lb: &'static str, http: &Pools, settings: 
 pub struct Running {
     pub http: SocketAddrV4,
     pub bulk: SocketAddrV4,
+    /// Where the UDP workload sends, if the contender runs it.
+    pub udp: Option<SocketAddrV4>,
     guard: Guard,
     _dir: Option<ScratchDir>,
 }
@@ -263,7 +272,8 @@ impl Drop for ScratchDir {
 
 // --- bg-lb -------------------------------------------------------------------
 
-/// The example config's defaults (examples/bg-lb.toml: `snat_ports`
+/// The bench's services (`udp`: a UDP service too) with the example
+/// config's defaults (examples/bg-lb.toml: `snat_ports`
 /// 20000-29999, its timeouts, `max_flows`) except what the topology needs:
 /// the interface, the SNAT address (the LB's address in the lab) and
 /// `xdp_mode` (usually `"native"`, which the lab's veth supports when the
@@ -274,18 +284,25 @@ impl Drop for ScratchDir {
 pub fn bg_lb_config(
     vip: Ipv4Addr,
     snat: Ipv4Addr,
-    http: &Pools,
-    bulk: &Pools,
+    (http, bulk, udp): (&Pools, &Pools, Option<&Pools>),
     (forwarding, xdp_mode): (Forwarding, &str),
     paths: &str,
 ) -> String {
     let mut toml = format!("interface = \"eth0\"\nxdp_mode = \"{xdp_mode}\"\nsnat_address = \"{snat}\"\n{paths}\n");
-    for (name, port, pools) in [("web", http_vip_port(forwarding), http), ("bulk", BULK_PORT, bulk)] {
+    let udp = udp.map(|pools| (UDP_SERVICE, UDP_PORT, pools));
+    for (name, port, pools) in [("web", http_vip_port(forwarding), http), ("bulk", BULK_PORT, bulk)]
+        .into_iter()
+        .chain(udp)
+    {
         toml += &format!(
             "\n[[service]]\nname = \"{name}\"\nvip = \"{vip}:{port}\"\nratio = \"{}:{}\"\nforwarding = \"{forwarding}\"\n",
             pools.blue_percent,
             100 - pools.blue_percent
         );
+        if name == UDP_SERVICE {
+            // The name servers answer every datagram with their name, b0..b3.
+            toml += "protocol = \"udp\"\n\n[service.health]\ntype = \"udp\"\nrequest = \"health\"\nexpect = \"b\"\n";
+        }
         for (pool, addrs) in [("blue", &pools.blue), ("green", &pools.green)] {
             for addr in addrs {
                 toml += &format!("\n[[service.backend]]\npool = \"{pool}\"\naddress = \"{addr}\"\n");
@@ -294,6 +311,9 @@ pub fn bg_lb_config(
     }
     toml
 }
+
+/// bg-lb's UDP service: the lab's UDP name servers ([`udp_rr`]).
+const UDP_SERVICE: &str = "udp";
 
 /// The VIP port of bg-lb's HTTP service: the backends' under `dsr`, which
 /// keeps the port.
@@ -308,8 +328,7 @@ fn http_vip_port(forwarding: Forwarding) -> u16 {
 fn start_bg_lb(
     lab: &Lab,
     bin: &'static str,
-    http: &Pools,
-    bulk: &Pools,
+    services: (&Pools, &Pools, Option<&Pools>),
     (forwarding, xdp_mode): (Forwarding, &str),
     settings: &str,
 ) -> Running {
@@ -321,15 +340,15 @@ fn start_bg_lb(
         bg_lb_config(
             vip,
             LB_ADDR,
-            http,
-            bulk,
+            services,
             (forwarding, xdp_mode),
             &format!("{settings}{paths}"),
         )
     });
+    let udp = services.2.is_some();
     // New connections go only to backends the health checks found up.
     let deadline = Instant::now() + Duration::from_secs(20);
-    for service in ["web", "bulk"] {
+    for service in ["web", "bulk"].into_iter().chain(udp.then_some(UDP_SERVICE)) {
         while !daemon
             .status(service)
             .backends
@@ -347,6 +366,7 @@ fn start_bg_lb(
     Running {
         http: SocketAddrV4::new(vip, http_vip_port(forwarding)),
         bulk: SocketAddrV4::new(vip, BULK_PORT),
+        udp: udp.then_some(SocketAddrV4::new(vip, UDP_PORT)),
         guard: Guard::BgLb {
             _daemon: Box::new(daemon),
             _peer_xdp: peer_xdp.map(Box::new),
@@ -384,6 +404,7 @@ fn proxy_running(vip: Ipv4Addr, child: ChildGuard, dir: ScratchDir) -> Running {
     Running {
         http: SocketAddrV4::new(vip, VIP_HTTP_PORT),
         bulk: SocketAddrV4::new(vip, BULK_PORT),
+        udp: None,
         guard: Guard::Process(child),
         _dir: Some(dir),
     }
@@ -393,13 +414,19 @@ fn proxy_running(vip: Ipv4Addr, child: ChildGuard, dir: ScratchDir) -> Running {
 
 pub const NGINX_STREAM_MODULE: &str = "/usr/lib/nginx/modules/ngx_stream_module.so";
 
-pub fn nginx_config(vip: Ipv4Addr, http: &Pools, bulk: &Pools, dir: &str) -> String {
+/// nginx stream: TCP for the HTTP and bulk services, and UDP (one answer
+/// datagram per request) for the UDP one.
+pub fn nginx_config(vip: Ipv4Addr, (http, bulk, udp): (&Pools, &Pools, &Pools), dir: &str) -> String {
     let mut cfg = format!(
         "load_module {NGINX_STREAM_MODULE};\ndaemon off;\nmaster_process on;\nworker_processes 2;\n\
          worker_rlimit_nofile 18000;\npid {dir}/nginx.pid;\nerror_log {dir}/error.log warn;\n\
          events {{\n    worker_connections 8000;\n}}\n\nstream {{\n"
     );
-    for (name, port, pools) in [("web", VIP_HTTP_PORT, http), ("bulk", BULK_PORT, bulk)] {
+    for (name, port, pools) in [
+        ("web", VIP_HTTP_PORT, http),
+        ("bulk", BULK_PORT, bulk),
+        ("udp", UDP_PORT, udp),
+    ] {
         cfg += &format!("    upstream {name} {{\n");
         for (addr, weight) in pools.weights() {
             // nginx has no weight 0: a backend without a share is `down`.
@@ -408,19 +435,28 @@ pub fn nginx_config(vip: Ipv4Addr, http: &Pools, bulk: &Pools, dir: &str) -> Str
                 w => cfg += &format!("        server {addr} weight={w};\n"),
             }
         }
-        cfg += &format!("    }}\n    server {{\n        listen {vip}:{port};\n        proxy_pass {name};\n    }}\n");
+        let (listen, udp_only) = match name {
+            "udp" => (" udp", "        proxy_responses 1;\n        proxy_timeout 2s;\n"),
+            _ => ("", ""),
+        };
+        cfg += &format!(
+            "    }}\n    server {{\n        listen {vip}:{port}{listen};\n        proxy_pass {name};\n{udp_only}    }}\n"
+        );
     }
     cfg + "}\n"
 }
 
-fn start_nginx(lb: &NetNs, vip: Ipv4Addr, http: &Pools, bulk: &Pools) -> Running {
+fn start_nginx(lb: &NetNs, vip: Ipv4Addr, pools: (&Pools, &Pools, &Pools)) -> Running {
     let dir = ScratchDir::new("nginx");
     let d = dir.0.to_string_lossy().into_owned();
-    let cfg = dir.write("nginx.conf", &nginx_config(vip, http, bulk, &d));
+    let cfg = dir.write("nginx.conf", &nginx_config(vip, pools, &d));
     let log = dir.0.join("nginx.log");
     let args = ["-e", &format!("{d}/error.log"), "-p", &d, "-c", &cfg.to_string_lossy()];
     let child = ChildGuard::spawn_in(lb, "nginx", "nginx", &args, &log);
-    proxy_running(vip, child, dir)
+    Running {
+        udp: Some(SocketAddrV4::new(vip, UDP_PORT)),
+        ..proxy_running(vip, child, dir)
+    }
 }
 
 // --- nftables DNAT -------------------------------------------------------------
@@ -437,14 +473,18 @@ pub fn numgen_ranges(weights: &[(SocketAddrV4, u32)]) -> (u32, Vec<(u32, u32, So
     (next, ranges)
 }
 
-/// Kernel NAT: DNAT new connections to a backend picked by weighted
-/// `numgen`, and SNAT them to the LB's address so replies come back
-/// through it (one-arm, like the others' full NAT).
-pub fn nft_ruleset(vip: Ipv4Addr, snat: Ipv4Addr, http: &Pools, bulk: &Pools) -> String {
+/// Kernel NAT: DNAT new connections (and new UDP flows, by conntrack) to a
+/// backend picked by weighted `numgen`, and SNAT them to the LB's address so
+/// replies come back through it (one-arm, like the others' full NAT).
+pub fn nft_ruleset(vip: Ipv4Addr, snat: Ipv4Addr, http: &Pools, bulk: &Pools, udp: &Pools) -> String {
     let mut rules = "table ip bglb_bench {\n    chain prerouting {\n        \
                      type nat hook prerouting priority dstnat; policy accept;\n"
         .to_owned();
-    for (port, pools) in [(VIP_HTTP_PORT, http), (BULK_PORT, bulk)] {
+    for (proto, port, pools) in [
+        ("tcp", VIP_HTTP_PORT, http),
+        ("tcp", BULK_PORT, bulk),
+        ("udp", UDP_PORT, udp),
+    ] {
         let (total, ranges) = numgen_ranges(&pools.weights());
         let map: Vec<String> = ranges
             .iter()
@@ -454,7 +494,7 @@ pub fn nft_ruleset(vip: Ipv4Addr, snat: Ipv4Addr, http: &Pools, bulk: &Pools) ->
             })
             .collect();
         rules += &format!(
-            "        ip daddr {vip} tcp dport {port} dnat ip addr . port to numgen random mod {total} map {{ {} }}\n",
+            "        ip daddr {vip} {proto} dport {port} dnat ip addr . port to numgen random mod {total} map {{ {} }}\n",
             map.join(", ")
         );
     }
@@ -465,7 +505,7 @@ pub fn nft_ruleset(vip: Ipv4Addr, snat: Ipv4Addr, http: &Pools, bulk: &Pools) ->
     rules
 }
 
-fn start_nftables(lb: &NetNs, vip: Ipv4Addr, http: &Pools, bulk: &Pools) -> Running {
+fn start_nftables(lb: &NetNs, vip: Ipv4Addr, http: &Pools, bulk: &Pools, udp: &Pools) -> Running {
     // Forward what DNAT sends back out of eth0, and do not tell the client
     // about a "better route" to the backend (one-arm redirects).
     for setting in [
@@ -476,11 +516,12 @@ fn start_nftables(lb: &NetNs, vip: Ipv4Addr, http: &Pools, bulk: &Pools) -> Runn
         lb.sysctl(setting);
     }
     let dir = ScratchDir::new("nft");
-    load_nft(lb, &dir, &nft_ruleset(vip, LB_ADDR, http, bulk));
+    load_nft(lb, &dir, &nft_ruleset(vip, LB_ADDR, http, bulk, udp));
     // The rules live in the LB namespace and vanish with it.
     Running {
         http: SocketAddrV4::new(vip, VIP_HTTP_PORT),
         bulk: SocketAddrV4::new(vip, BULK_PORT),
+        udp: Some(SocketAddrV4::new(vip, UDP_PORT)),
         guard: Guard::Nothing,
         _dir: Some(dir),
     }
@@ -515,9 +556,16 @@ mod tests {
     const VIP: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 100);
     const PATHS: &str = "pin_dir = \"/sys/fs/bpf/x\"\nstate_dir = \"/tmp/x\"\n[admin]\nsocket = \"/tmp/x.sock\"\n";
 
-    /// The bench's two services (port 80 and 5201 pools) in one forwarding mode.
+    /// The bench's three services (port 80, 5201 and UDP 5353 pools) in one
+    /// forwarding mode.
     fn bench_toml(forwarding: Forwarding, xdp_mode: &str, paths: &str) -> String {
-        bg_lb_config(VIP, LB_ADDR, &pools(8080), &pools(5201), (forwarding, xdp_mode), paths)
+        bg_lb_config(
+            VIP,
+            LB_ADDR,
+            (&pools(8080), &pools(5201), Some(&pools(5353))),
+            (forwarding, xdp_mode),
+            paths,
+        )
     }
 
     #[test]
@@ -530,8 +578,12 @@ mod tests {
     }
 
     #[test]
-    fn nft_rules_dnat_both_services_over_all_backends_and_snat_replies_through_the_lb() {
-        let rules = nft_ruleset(VIP, LB_ADDR, &pools(8080), &pools(5201));
+    fn nft_rules_dnat_every_service_over_all_backends_and_snat_replies_through_the_lb() {
+        let rules = nft_ruleset(VIP, LB_ADDR, &pools(8080), &pools(5201), &pools(5353));
+        assert!(rules.contains(
+            "ip daddr 10.99.0.100 udp dport 5353 dnat ip addr . port to numgen random mod 4 map \
+             { 0 : 10.99.0.11 . 5353, 1 : 10.99.0.12 . 5353, 2 : 10.99.0.13 . 5353, 3 : 10.99.0.14 . 5353 }"
+        ));
         assert!(rules.contains(
             "ip daddr 10.99.0.100 tcp dport 80 dnat ip addr . port to numgen random mod 4 map \
              { 0 : 10.99.0.11 . 8080, 1 : 10.99.0.12 . 8080, 2 : 10.99.0.13 . 8080, 3 : 10.99.0.14 . 8080 }"
@@ -554,19 +606,30 @@ mod tests {
     fn nginx_marks_zero_share_backends_down() {
         let mut http = pools(8080);
         http.blue_percent = 100;
-        let cfg = nginx_config(VIP, &http, &pools(5201), "/tmp/x");
+        let cfg = nginx_config(VIP, (&http, &pools(5201), &pools(5353)), "/tmp/x");
         assert!(cfg.contains("server 10.99.0.11:8080 weight=1;"));
         assert!(cfg.contains("server 10.99.0.13:8080 down;"));
         assert!(cfg.contains("listen 10.99.0.100:5201;"));
+        assert!(cfg.contains("listen 10.99.0.100:5353 udp;\n        proxy_pass udp;\n        proxy_responses 1;"));
         assert!(cfg.contains("load_module /usr/lib/nginx/modules/ngx_stream_module.so;"));
     }
 
     #[test]
-    fn bg_lb_config_has_both_services_with_the_ratio_and_every_backend() {
+    fn bg_lb_config_has_every_service_with_the_ratio_and_every_backend() {
         let toml = bench_toml(Forwarding::FullNat, "native", "pin_dir = \"/x\"\n");
+        let without_udp = bg_lb_config(
+            VIP,
+            LB_ADDR,
+            (&pools(8080), &pools(5201), None),
+            (Forwarding::FullNat, "native"),
+            "",
+        );
+        assert!(!without_udp.contains("5353"));
         assert!(toml.contains("vip = \"10.99.0.100:80\"\nratio = \"50:50\""));
         assert!(toml.contains("vip = \"10.99.0.100:5201\""));
-        assert_eq!(toml.matches("[[service.backend]]").count(), 8);
+        assert_eq!(toml.matches("[[service.backend]]").count(), 12);
+        assert!(toml.contains("vip = \"10.99.0.100:5353\""));
+        assert!(toml.contains("pool = \"green\"\naddress = \"10.99.0.14:5353\""));
         assert!(toml.contains("pool = \"green\"\naddress = \"10.99.0.14:5201\""));
         let toml = bench_toml(Forwarding::FullNat, "native", PATHS);
         bg_lb::config::parse(std::path::Path::new("bench.toml"), &toml).expect("bg-lb accepts the bench config");
@@ -577,7 +640,7 @@ mod tests {
         for contender in [Contender::BgLbGateway, Contender::BgLbDsr] {
             let forwarding = contender.forwarding();
             let toml = bench_toml(forwarding, contender.xdp_mode(), PATHS);
-            assert_eq!(toml.matches(&format!("forwarding = \"{forwarding}\"")).count(), 2);
+            assert_eq!(toml.matches(&format!("forwarding = \"{forwarding}\"")).count(), 3);
             let config = bg_lb::config::parse(std::path::Path::new("bench.toml"), &toml)
                 .unwrap_or_else(|e| panic!("{forwarding}: {e}"));
             assert!(config.services.iter().all(|s| s.forwarding == forwarding));

@@ -1,6 +1,6 @@
 //! One contender's test bed: the one-arm topology (client, LB, four
-//! backends on a bridge), an HTTP demo-backend and a bulk server on every
-//! backend. Each contender run gets a fresh one, so no state (XDP programs,
+//! backends on a bridge), an HTTP demo-backend, a bulk server and a UDP
+//! name server ([`udp_rr`]) on every backend. Each contender run gets a fresh one, so no state (XDP programs,
 //! nftables rules, conntrack, TIME_WAIT sockets) leaks from one to the next.
 
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -8,9 +8,10 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use bg_lb::dataplane::forwarding::Forwarding;
 
 use crate::{
-    bench::{bulk::BulkServer, procs},
+    bench::{bulk::BulkServer, procs, udp_rr},
     daemon::DemoBackend,
     http,
+    servers::UdpNameServer,
     topology::{CLIENT_ADDR, LB_ADDR, NetNs, OneArm},
 };
 
@@ -30,6 +31,7 @@ pub struct Lab {
     // the namespaces go.
     _http: Vec<DemoBackend>,
     _bulk: Vec<BulkServer>,
+    _udp: Vec<UdpNameServer>,
     leftovers: Leftovers,
     pub topo: OneArm,
 }
@@ -90,6 +92,7 @@ impl Lab {
         Lab {
             _http: http,
             _bulk: bulk,
+            _udp: udp_rr::start_servers(&topo.backends),
             leftovers: Leftovers {
                 namespaces: topo.namespaces().map(|ns| ns.name.clone()).collect(),
             },
@@ -125,10 +128,11 @@ impl Lab {
         let Lab {
             _http,
             _bulk,
+            _udp,
             mut leftovers,
             topo,
         } = self;
-        drop((_http, _bulk));
+        drop((_http, _bulk, _udp));
         let killed = leftovers.kill();
         drop(topo);
         killed

@@ -14,6 +14,7 @@ use crate::bench::{
     lab::Lab,
     procs,
     syn_flood::{self, SynFloodReport},
+    udp_rr::{self, UdpRrReport},
     workloads::{self, CpuReport, WorkloadOptions},
     wrk::WrkReport,
 };
@@ -37,6 +38,8 @@ pub enum Workload {
     KeepAlive,
     Bulk,
     Paced,
+    /// UDP request/response ([`udp_rr`]).
+    Udp,
     /// Last: a flood leaves state behind that only the lab's end clears.
     SynFlood,
     /// After the rounds, in labs of its own: p50/p99/p999 at paced rates
@@ -45,11 +48,12 @@ pub enum Workload {
 }
 
 impl Workload {
-    pub const ALL: [Workload; 6] = [
+    pub const ALL: [Workload; 7] = [
         Workload::NewConnections,
         Workload::KeepAlive,
         Workload::Bulk,
         Workload::Paced,
+        Workload::Udp,
         Workload::SynFlood,
         Workload::Latency,
     ];
@@ -61,6 +65,7 @@ impl Workload {
             Workload::KeepAlive => "keep-alive",
             Workload::Bulk => "bulk",
             Workload::Paced => "paced",
+            Workload::Udp => "udp",
             Workload::SynFlood => "syn-flood",
             Workload::Latency => "latency",
         }
@@ -70,6 +75,12 @@ impl Workload {
     /// not).
     pub fn per_round(self) -> bool {
         self != Workload::Latency
+    }
+
+    /// Whether it sends HTTP requests to the demo-backends, whose counts
+    /// show that every backend was reached.
+    pub fn uses_http(self) -> bool {
+        !matches!(self, Workload::Bulk | Workload::Udp)
     }
 }
 
@@ -83,6 +94,7 @@ pub struct RunRecord {
     pub bulk: Option<BulkReport>,
     pub cpu: Option<CpuReport>,
     pub syn_flood: Option<SynFloodReport>,
+    pub udp: Option<UdpRrReport>,
     /// Requests each backend (b0..b3) served during the round.
     pub backend_requests: Vec<u64>,
     /// bg-lb's data-plane counters after the round (other contenders: none).
@@ -92,7 +104,7 @@ pub struct RunRecord {
 }
 
 impl RunRecord {
-    fn new(contender: Contender, round: usize) -> Self {
+    pub(crate) fn new(contender: Contender, round: usize) -> Self {
         RunRecord {
             contender,
             round,
@@ -101,6 +113,7 @@ impl RunRecord {
             bulk: None,
             cpu: None,
             syn_flood: None,
+            udp: None,
             backend_requests: Vec::new(),
             dataplane_counters: None,
             failures: Vec::new(),
@@ -189,6 +202,21 @@ fn run_one(contender: Contender, round: usize, opts: &MacroOptions, bg_lb: &'sta
     if selected(Workload::Paced) {
         r.cpu = r.keep("paced", workloads::paced(&lab, running.http, o), |_| None);
     }
+    if selected(Workload::Udp)
+        && let Some(target) = running.udp
+    {
+        // Every backend answers with its name: a balancing contender must
+        // have reached each.
+        let names: Vec<String> = match contender.balances() {
+            true => (0..lab.topo.backends.len()).map(|i| format!("b{i}")).collect(),
+            false => Vec::new(),
+        };
+        r.udp = r.keep(
+            udp_rr::WORKLOAD,
+            udp_rr::run(lab.client(), target, o.udp_clients, o.duration),
+            |u| u.failure(&names),
+        );
+    }
     if selected(Workload::SynFlood) {
         r.syn_flood = r.keep(
             syn_flood::WORKLOAD,
@@ -201,6 +229,7 @@ fn run_one(contender: Contender, round: usize, opts: &MacroOptions, bg_lb: &'sta
     // Each count includes the previous asking.
     r.backend_requests = after.iter().zip(&before).map(|(a, b)| a - b - 1).collect();
     if contender.balances()
+        && opts.selected.iter().any(|w| w.per_round() && w.uses_http())
         && let Some(idle) = r.backend_requests.iter().position(|&n| n == 0)
     {
         r.failures.push(format!("backend b{idle} served no request"));
@@ -214,6 +243,20 @@ fn run_one(contender: Contender, round: usize, opts: &MacroOptions, bg_lb: &'sta
         ));
     }
     r
+}
+
+/// The failures of `workload` (their text starts with its name) in
+/// `records`, each with its round.
+pub fn failures_of(records: &[&RunRecord], workload: &str) -> Vec<String> {
+    records
+        .iter()
+        .flat_map(|r| {
+            r.failures
+                .iter()
+                .filter(|f| f.starts_with(workload))
+                .map(move |f| format!("round {}: {f}", r.round + 1))
+        })
+        .collect()
 }
 
 pub fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {

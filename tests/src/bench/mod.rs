@@ -15,6 +15,7 @@
 //!   tables.
 //! - [`syn_flood`]: the SYN-flood workload (a spoofed flood with paced
 //!   legitimate connections alongside) and its table.
+//! - [`udp_rr`]: the UDP request/response workload and its table.
 //! - [`cpu`]: CPU time from /proc, machine-wide and per network namespace.
 //! - [`macro_bench`]: interleaved rounds over contenders and workloads.
 //! - [`stats`], [`report`]: medians, ranges, ratios, Markdown tables.
@@ -41,5 +42,6 @@ pub mod stats;
 pub mod sweep;
 pub mod syn_flood;
 pub mod table_swaps;
+pub mod udp_rr;
 pub mod workloads;
 pub mod wrk;

@@ -310,6 +310,7 @@ mod tests {
                 softirq_ms: 0.0,
             }),
             syn_flood: None,
+            udp: None,
             backend_requests: vec![10, 10, 10, 10],
             dataplane_counters: None,
             failures: Vec::new(),

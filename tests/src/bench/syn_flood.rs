@@ -433,6 +433,7 @@ mod tests {
             bulk: None,
             cpu: None,
             syn_flood: r,
+            udp: None,
             backend_requests: Vec::new(),
             dataplane_counters: None,
             failures: failure.map(|f| vec![format!("{WORKLOAD}: {f}")]).unwrap_or_default(),

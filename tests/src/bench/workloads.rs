@@ -27,6 +27,8 @@ pub struct WorkloadOptions {
     pub close_connections: u32,
     pub keepalive_connections: u32,
     pub bulk_connections: usize,
+    /// UDP sockets of the UDP request/response workload.
+    pub udp_clients: usize,
     /// New connections per second for the CPU measurement: well below every
     /// contender's maximum, so the machine is not saturated and CPU time per
     /// connection means something (at saturation it is just 1/throughput).

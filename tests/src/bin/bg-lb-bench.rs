@@ -1,5 +1,5 @@
 //! `bg-lb-bench [--quick] [--out DIR] [--rounds N] [--seconds S] [--only bg-lb,bg-lb-gateway,bg-lb-dsr,bg-lb-generic,haproxy,nginx,nftables,direct]
-//! [--workloads new-connections,keep-alive,bulk,paced,syn-flood,latency] [--items macro,micro,sweep,scale]
+//! [--workloads new-connections,keep-alive,bulk,paced,udp,syn-flood,latency] [--items macro,micro,sweep,scale]
 //! [--skip-macro] [--skip-micro] [--skip-sweep] [--skip-scale] [--latency-new-rates R,R,..]
 //! [--latency-keep-alive-rates R,R,..] [--mtu N] [--flood-routed]`:
 //! the benchmark behind `cargo xtask bench` (which installs the contenders
@@ -38,6 +38,7 @@ use bg_lb_tests::bench::{
     scale::{self, ScaleOptions},
     sweep,
     syn_flood::{self, SynFloodOptions},
+    udp_rr,
     workloads::WorkloadOptions,
 };
 
@@ -189,6 +190,7 @@ fn run(args: &Args) -> ExitCode {
             close_connections: 32,
             keepalive_connections: 64,
             bulk_connections: 4,
+            udp_clients: 32,
             paced_rate: 1000,
             syn_flood: SynFloodOptions {
                 phase: Duration::from_secs(seconds),
@@ -234,9 +236,14 @@ fn run(args: &Args) -> ExitCode {
         if macro_opts
             .selected
             .iter()
-            .any(|&w| w.per_round() && w != Workload::SynFlood)
+            .any(|&w| w.per_round() && !matches!(w, Workload::SynFlood | Workload::Udp))
         {
             markdown += &report::render(&summaries);
+        }
+        let udp = udp_rr::summarize(&records, &macro_opts.contenders);
+        if macro_opts.selected.contains(&Workload::Udp) {
+            let o = &macro_opts.workloads;
+            markdown += &format!("\n{}", udp_rr::render(&udp, o.udp_clients, o.duration));
         }
         let flood = syn_flood::summarize(&records, &macro_opts.contenders);
         if macro_opts.selected.contains(&Workload::SynFlood) {
@@ -245,6 +252,7 @@ fn run(args: &Args) -> ExitCode {
         json["macro"] = serde_json::json!({
             "options": macro_opts,
             "summary": summaries,
+            "udp": udp,
             "syn_flood": flood,
             "runs": records,
         });

@@ -246,15 +246,25 @@ fn a_udp_service_may_share_a_tcp_services_vip_and_has_its_idle_timeout() {
 }
 
 #[test]
+fn a_udp_service_may_forward_by_gateway_or_dsr_under_the_tcp_rules() {
+    let backend = "[[service.backend]]\npool = \"blue\"\naddress = \"10.0.1.11:80\"\n";
+    for mode in [Forwarding::Gateway, Forwarding::Dsr] {
+        let config = parse_ok(&format!("{TOP}{DNS}forwarding = \"{mode}\"\n{UDP_HEALTH}{backend}"));
+        assert_eq!(config.services[0].forwarding, mode);
+        assert_eq!(config.services[0].protocol, Protocol::Udp);
+    }
+    // dsr keeps the port clients send to, for UDP as for TCP.
+    assert_rejected(
+        &format!(
+            "{TOP}{DNS}forwarding = \"dsr\"\n{UDP_HEALTH}[[service.backend]]\npool = \"blue\"\naddress = \
+             \"10.0.1.11:5353\"  # <-\n"
+        ),
+        "must listen on the vip's port 80",
+    );
+}
+
+#[test]
 fn udp_services_refuse_what_they_cannot_do() {
-    assert_rejected(
-        &format!("{TOP}{DNS}forwarding = \"gateway\"  # <-\n{UDP_HEALTH}"),
-        "forwarding = \"gateway\" is not supported for protocol = \"udp\"",
-    );
-    assert_rejected(
-        &format!("{TOP}{DNS}forwarding = \"dsr\"  # <-\n{UDP_HEALTH}"),
-        "forwarding = \"dsr\" is not supported for protocol = \"udp\"",
-    );
     assert_rejected(
         &format!("{TOP}{DNS}syn_proxy = \"auto\"  # <-\n{UDP_HEALTH}"),
         "syn_proxy = \"auto\" answers TCP SYNs",
