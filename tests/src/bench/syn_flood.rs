@@ -26,7 +26,7 @@ use crate::{
     bench::{
         contenders::Contender,
         lab::Lab,
-        macro_bench::RunRecord,
+        macro_bench::{self, RunRecord},
         procs,
         report::{self, fmt_number},
         stats::{self, Summary},
@@ -258,15 +258,7 @@ pub fn summarize(records: &[RunRecord], order: &[Contender]) -> Vec<SynFloodSumm
                 .iter()
                 .filter_map(|r| Some((r.round, r.syn_flood.as_ref()?)))
                 .collect();
-            let failures: Vec<String> = mine
-                .iter()
-                .flat_map(|r| {
-                    r.failures
-                        .iter()
-                        .filter(|f| f.starts_with(WORKLOAD))
-                        .map(move |f| format!("round {}: {f}", r.round + 1))
-                })
-                .collect();
+            let failures = macro_bench::failures_of(&mine, WORKLOAD);
             if reports.is_empty() && failures.is_empty() {
                 return None;
             }
