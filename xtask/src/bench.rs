@@ -11,7 +11,7 @@ use crate::{setup, test::run_step};
 #[derive(clap::Args)]
 pub struct Options {
     /// Short run (3 rounds of 3 s per workload, one round of the paced
-    /// latency and scale items, fewer micro-benchmark runs): about 9 minutes
+    /// latency and scale items, fewer micro-benchmark runs): about 10 minutes
     /// on a 2-core machine.
     #[arg(long)]
     quick: bool,
