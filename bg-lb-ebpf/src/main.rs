@@ -81,8 +81,12 @@ pub fn bg_lb(ctx: XdpContext) -> u32 {
         }
         return to_client::to_client(&ctx, pkt);
     }
-    // FLOWS first, then SERVICES (see to_backend): a VIP:port's packet.
-    if !to_snat_addr && let Some(verdict) = to_backend::to_backend(&ctx, &mut pkt, cfg) {
+    // FLOWS first, then SERVICES (see to_backend): a VIP:port's packet. A
+    // frame to an address the VIP filter leaves out needs neither lookup.
+    if !to_snat_addr
+        && cfg.may_be_vip(pkt.dst_addr())
+        && let Some(verdict) = to_backend::to_backend(&ctx, &mut pkt, cfg)
+    {
         return verdict;
     }
     // A gateway reply is found by its reverse entry, which to_client then

@@ -22,8 +22,10 @@
 //! FLOWS is looked up before SERVICES: a packet its flow carries
 //! ([`carries`]) needs nothing from its service, which saves the
 //! established path a hash lookup. Any other packet is judged with the
-//! VIP's service as before, which costs a TCP frame to no VIP and no SNAT
-//! address (the host's own traffic) a FLOWS lookup besides the SERVICES one.
+//! VIP's service as before. A frame to no VIP address never comes here
+//! unless its address shares a bit of CONFIG's VIP filter with one
+//! (`DataplaneConfig::may_be_vip`); then it pays a FLOWS lookup besides the
+//! SERVICES one.
 
 use aya_ebpf::{
     bindings::{BPF_ANY, BPF_NOEXIST, xdp_action::XDP_DROP},
