@@ -545,6 +545,24 @@ pub struct DataplaneConfig {
     /// that changes its mode): until then no frame to a non-SNAT address
     /// can be a gateway flow's reply, and the program skips that lookup.
     pub gateway_seen: u32,
+    /// The VIP addresses (those in [`VIP_ADDRESSES`]), as a bitmap of their
+    /// [`vip_filter_bit`]s: a TCP frame to an address whose bit is clear is
+    /// no VIP's, and passes without a FLOWS or SERVICES lookup. Userspace
+    /// sets an address's bit before its first service is written and
+    /// clears it after its last one went, unless another VIP address shares
+    /// it.
+    pub vip_filter: [u32; VIP_FILTER_WORDS],
+}
+
+/// Words of [`DataplaneConfig::vip_filter`]: 256 bits, so a few VIP
+/// addresses leave almost every other address's bit clear.
+pub const VIP_FILTER_WORDS: usize = 8;
+
+/// An address's (wire order) bit in [`DataplaneConfig::vip_filter`]: the
+/// top bits of a multiplicative hash, so nearby addresses spread.
+#[inline(always)]
+pub const fn vip_filter_bit(addr: u32) -> usize {
+    (addr.wrapping_mul(0x9e37_79b9) >> (32 - (VIP_FILTER_WORDS * 32).trailing_zeros())) as usize
 }
 
 impl DataplaneConfig {
@@ -569,7 +587,27 @@ impl DataplaneConfig {
             ready: 1,
             nat_epoch: 0,
             gateway_seen: 0,
+            vip_filter: [0; VIP_FILTER_WORDS],
         }
+    }
+
+    /// Whether `addr` (wire order) may be a VIP's address: its bit in
+    /// [`DataplaneConfig::vip_filter`] is set.
+    #[inline(always)]
+    pub fn may_be_vip(&self, addr: u32) -> bool {
+        let bit = vip_filter_bit(addr);
+        // The mask only keeps the index in bounds for the verifier.
+        self.vip_filter[(bit / 32) & (VIP_FILTER_WORDS - 1)] & (1 << (bit % 32)) != 0
+    }
+
+    /// This configuration with the filter of exactly `vips`.
+    pub fn with_vip_filter(self, vips: impl IntoIterator<Item = Ipv4Addr>) -> Self {
+        let mut vip_filter = [0; VIP_FILTER_WORDS];
+        for vip in vips {
+            let bit = vip_filter_bit(wire_ip(vip));
+            vip_filter[bit / 32] |= 1 << (bit % 32);
+        }
+        Self { vip_filter, ..self }
     }
 
     /// Whether `addr` (wire order) is one of the SNAT addresses.
@@ -756,11 +794,26 @@ mod tests {
         assert_eq!(size_of::<Flow>(), 80);
         assert_eq!(size_of::<NatKey>(), 12);
         assert_eq!(size_of::<NatOwner>(), 24);
-        assert_eq!(size_of::<DataplaneConfig>(), 20 + 4 * MAX_SNAT_ADDRESSES);
+        assert_eq!(
+            size_of::<DataplaneConfig>(),
+            20 + 4 * MAX_SNAT_ADDRESSES + 4 * VIP_FILTER_WORDS
+        );
         assert_eq!(size_of::<NextHop>(), 48);
         assert_eq!(size_of::<TrafficStats>(), 72);
         assert_eq!(size_of::<SynFlood>(), 32);
         assert_eq!(size_of::<HeldSegment>(), 8 + crate::syn_proxy::HELD_PAYLOAD_MAX);
+    }
+
+    #[test]
+    fn the_vip_filter_lets_through_its_vips_and_few_other_addresses() {
+        let vips = [Ipv4Addr::new(10, 0, 0, 100), Ipv4Addr::new(192, 0, 2, 7)];
+        let cfg = DataplaneConfig::new(&[Ipv4Addr::new(10, 0, 0, 1)], 20000..=29999).with_vip_filter(vips);
+        assert!(vips.iter().all(|&vip| cfg.may_be_vip(wire_ip(vip))));
+        let others = (0..=255u8).map(|i| Ipv4Addr::new(10, 0, 1, i));
+        let let_through = others.filter(|&a| cfg.may_be_vip(wire_ip(a))).count();
+        assert!(let_through <= 8, "{let_through} of 256 other addresses pass the filter");
+        let empty = cfg.with_vip_filter([]);
+        assert!(vips.iter().all(|&vip| !empty.may_be_vip(wire_ip(vip))));
     }
 
     /// The bytes of `value` as the kernel sees them.

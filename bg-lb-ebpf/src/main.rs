@@ -60,7 +60,7 @@ pub fn bg_lb(ctx: XdpContext) -> u32 {
     if cfg.ready == 0 {
         return XDP_PASS;
     }
-    let pkt = match parse_tcp(&ctx) {
+    let mut pkt = match parse_tcp(&ctx) {
         Ok(pkt) => pkt,
         Err(NotForUs::Icmp) => return icmp::icmp_error(&ctx),
         // A program of its own (see `udp`): the TCP path's stack is full.
@@ -81,19 +81,13 @@ pub fn bg_lb(ctx: XdpContext) -> u32 {
         }
         return to_client::to_client(&ctx, pkt);
     }
-    // Copy the service inside the branch: carrying an Option<Service> across
-    // branches makes LLVM spill the None case's uninitialised payload, which
-    // the verifier rejects.
+    // FLOWS first, then SERVICES (see to_backend): a VIP:port's packet. A
+    // frame to an address the VIP filter leaves out needs neither lookup.
     if !to_snat_addr
-        // SAFETY: SERVICES is BPF_F_NO_PREALLOC, so a looked-up element stays
-        // intact under RCU until the program returns, as aya's `get` requires.
-        && let Some(service) = unsafe { SERVICES.get(ServiceKey::from_wire(pkt.dst_addr(), pkt.dst_port(), IPPROTO_TCP)) }
+        && cfg.may_be_vip(pkt.dst_addr())
+        && let Some(verdict) = to_backend::to_backend(&ctx, &mut pkt, cfg)
     {
-        let service = *service;
-        if let Err(verdict) = screen(&pkt) {
-            return verdict;
-        }
-        return to_backend::to_backend(&ctx, pkt, &service, cfg);
+        return verdict;
     }
     // A gateway reply is found by its reverse entry, which to_client then
     // reads again: one extra lookup for those replies, none for the others,
@@ -135,7 +129,7 @@ fn judge_malformed(frame: &Malformed, cfg: &DataplaneConfig) -> u32 {
 /// of hops. What passes has a TTL above 1, for the path to decrement when it
 /// forwards.
 #[inline(always)]
-fn screen(pkt: &TcpPacket<'_>) -> Result<(), u32> {
+pub fn screen(pkt: &TcpPacket<'_>) -> Result<(), u32> {
     if flow_state::has_bad_flags(pkt.flags()) {
         count(Counter::BadTcpFlags);
         return Err(XDP_DROP);

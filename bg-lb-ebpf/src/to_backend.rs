@@ -18,6 +18,14 @@
 //! segment of no flow goes there first, and a client segment of a proxied
 //! flow whose backend has not answered yet is the proxy's to hold or drop
 //! (it does not move the flow's state: the backend has not seen it).
+//!
+//! FLOWS is looked up before SERVICES: a packet its flow carries
+//! ([`carries`]) needs nothing from its service, which saves the
+//! established path a hash lookup. Any other packet is judged with the
+//! VIP's service as before. A frame to no VIP address never comes here
+//! unless its address shares a bit of CONFIG's VIP filter with one
+//! (`DataplaneConfig::may_be_vip`); then it pays a FLOWS lookup besides the
+//! SERVICES one.
 
 use aya_ebpf::{
     bindings::{BPF_ANY, BPF_NOEXIST, xdp_action::XDP_DROP},
@@ -29,7 +37,10 @@ use bg_lb_common::{
     counters::Counter,
     flow_hash::flow_hash,
     flow_state::{self, Direction, Event, Segment, TCP_SYN},
-    maps::{BACKEND_RESET_FLOWS, Backend, DataplaneConfig, Flow, FlowKey, IPPROTO_TCP, NatKey, NatOwner, Service},
+    maps::{
+        BACKEND_RESET_FLOWS, Backend, DataplaneConfig, Flow, FlowKey, IPPROTO_TCP, NatKey, NatOwner, Service,
+        ServiceKey,
+    },
     port_reuse::Syn,
     snat_port::SNAT_PORT_ATTEMPTS,
     syn_proxy::Job,
@@ -38,11 +49,14 @@ use bg_lb_common::{
 use crate::{
     forward::forward,
     forwarding,
-    maps::{BACKENDS, FLOWS, REVERSE_NAT, Way, account, account_exhausted, count, flow_entry, log_due, reverse_owner},
+    maps::{
+        BACKENDS, FLOWS, REVERSE_NAT, SERVICES, Way, account, account_exhausted, count, flow_entry, log_due,
+        reverse_owner,
+    },
     nat::{Endpoints, decrement_ttl, rewrite},
     packet::TcpPacket,
     pick::pick_backend,
-    port_takeover, rst,
+    port_takeover, rst, screen,
     synproxy::{self, ClientStep, Unpinned},
 };
 
@@ -87,11 +101,10 @@ impl Route {
     }
 }
 
-/// What the flow table says about a packet's 5-tuple.
+/// What the flow table says about a packet's 5-tuple, when it has a usable
+/// flow (else a backend is picked from the table).
 enum Lookup {
     Pinned(Route),
-    /// No usable flow: pick a backend from the table.
-    Unknown,
     /// The flow's backend id or service changed under it, or it has ended
     /// and a new connection took its port over: dropped.
     Stale,
@@ -101,21 +114,132 @@ enum Lookup {
     Proxy(ClientStep),
 }
 
+/// Client -> VIP:port: the packet's flow, pinned or new, towards its
+/// backend; `None` for a packet no flow carries to a VIP:port without a
+/// service (not ours: the caller passes it on).
 #[inline(always)]
-pub fn to_backend(ctx: &XdpContext, mut pkt: TcpPacket<'_>, service: &Service, cfg: &DataplaneConfig) -> u32 {
-    let key = FlowKey {
-        client_addr: pkt.src_addr(),
-        vip_addr: pkt.dst_addr(),
-        client_port: pkt.src_port(),
-        vip_port: pkt.dst_port(),
-        proto: IPPROTO_TCP,
-        _pad: [0; 3],
-    };
+pub fn to_backend(ctx: &XdpContext, pkt: &mut TcpPacket<'_>, cfg: &DataplaneConfig) -> Option<u32> {
+    let key = FlowKey::from_wire(pkt.src_addr(), pkt.src_port(), pkt.dst_addr(), pkt.dst_port());
     let seg = pkt.segment();
     // SAFETY: a helper without arguments. The coarse clock (a kernel tick
     // behind at most) is enough for idle timeouts and much cheaper.
     let seen = unsafe { bpf_ktime_get_coarse_ns() };
-    let route = match pinned_flow(&key, &seg, service, cfg.nat_epoch, seen, || pkt.timestamp(ctx)) {
+    let lookup = match flow_entry(&key) {
+        Some(flow) if carries(flow, seg.flags) => {
+            if let Err(verdict) = screen(pkt) {
+                return Some(verdict);
+            }
+            let service_id = flow.service_id;
+            // No usable flow after all only if the flow changed since
+            // `carries` (its backend freed by the daemon, or ended by
+            // another CPU's packet): dropped, and a SYN's retransmission
+            // opens a new flow.
+            pinned_flow(&key, Some(flow), &seg, service_id, cfg.nat_epoch, seen, || {
+                pkt.timestamp(ctx)
+            })
+            .unwrap_or(Lookup::Stale)
+        }
+        flow => {
+            // Copied inside the branch: carrying an Option<Service> across
+            // branches makes LLVM spill the None case's uninitialised
+            // payload, which the verifier rejects.
+            // SAFETY: SERVICES is BPF_F_NO_PREALLOC, so a looked-up element
+            // stays intact under RCU until the program returns, as aya's
+            // `get` requires.
+            let service = *unsafe { SERVICES.get(ServiceKey::from_wire(key.vip_addr, key.vip_port, IPPROTO_TCP)) }?;
+            if let Err(verdict) = screen(pkt) {
+                return Some(verdict);
+            }
+            match pinned_flow(&key, flow, &seg, service.id, cfg.nat_epoch, seen, || pkt.timestamp(ctx)) {
+                Some(lookup) => lookup,
+                None => match open(ctx, pkt, &key, &seg, &service, cfg, seen) {
+                    Ok(route) => Lookup::Pinned(route),
+                    Err(verdict) => return Some(verdict),
+                },
+            }
+        }
+    };
+    Some(deliver(ctx, pkt, &key, lookup))
+}
+
+/// Whether `flow` carries a segment with `flags` without a look at its
+/// service: its backend id still names the backend and service it was
+/// pinned to, and the segment is no new connection on the 5-tuple of a flow
+/// that has ended (which needs the service's table). Removing a service
+/// frees its backends right after its SERVICES entry
+/// (`Kernel::remove_service`), and a freed backend id names another
+/// generation; so a flow of a removed service, or of an older service on
+/// the same VIP:port, is carried here only between those two writes (and
+/// then to the backend it was pinned to).
+#[inline(always)]
+fn carries(flow: &Flow, flags: u8) -> bool {
+    BACKENDS
+        .get(flow.backend_id)
+        .is_some_and(|b| b.generation == flow.backend_gen && b.service_id == flow.service_id)
+        && !(flow_state::is_connection_request(flags) && flow_state::has_ended(flow.state))
+}
+
+/// A packet of no usable flow: a new flow from the service's table, a
+/// SYN the proxy answers, or a verdict. `seen`: the coarse clock.
+#[inline(always)]
+fn open(
+    ctx: &XdpContext,
+    pkt: &TcpPacket<'_>,
+    key: &FlowKey,
+    seg: &Segment,
+    service: &Service,
+    cfg: &DataplaneConfig,
+    seen: u64,
+) -> Result<Route, u32> {
+    // SAFETY: a helper without arguments. Precise: a new flow's creation
+    // time is its port claim, which must not repeat.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let proven = match synproxy::unpinned(pkt, service, now) {
+        Unpinned::Usual => false,
+        Unpinned::Proven => true,
+        Unpinned::Answer => {
+            forget_ended(key);
+            return Err(synproxy::hand_over(ctx, Job::SynAck));
+        }
+        Unpinned::Drop => return Err(XDP_DROP),
+    };
+    // A proven cookie opens the flow as the client's SYN (its sequence
+    // number one less) would have.
+    let request = if proven {
+        Segment {
+            flags: TCP_SYN,
+            seq: seg.seq.wrapping_sub(1),
+            ack: 0,
+            payload_len: 0,
+        }
+    } else {
+        *seg
+    };
+    // What the backend's TIME_WAIT, if the SNAT port has one, reads of the
+    // SYN it gets: the proxy's carries no timestamp.
+    let tsval = if proven || !flow_state::is_connection_request(request.flags) {
+        None
+    } else {
+        pkt.timestamp(ctx)
+    };
+    let syn = Syn::new(request.seq, tsval);
+    match new_flow(key, &request, &syn, service, cfg, (now, seen)) {
+        Ok(_) if proven => Err(synproxy::hand_over(ctx, Job::OpenBackend)),
+        Ok(route) => {
+            if flow_state::is_connection_request(request.flags) {
+                synproxy::opened(service, now);
+            }
+            Ok(route)
+        }
+        Err(counter) => Err(refuse(ctx, &request, counter, now)),
+    }
+}
+
+/// Carries out what the flow table said: the packet rewritten and sent to
+/// its flow's backend, or dropped, refused or handed to the SYN proxy.
+#[inline(always)]
+fn deliver(ctx: &XdpContext, pkt: &mut TcpPacket<'_>, key: &FlowKey, lookup: Lookup) -> u32 {
+    let route = match lookup {
         Lookup::Pinned(route) => route,
         Lookup::Stale => {
             count(Counter::StaleFlow);
@@ -128,50 +252,6 @@ pub fn to_backend(ctx: &XdpContext, mut pkt: TcpPacket<'_>, service: &Service, c
         Lookup::Proxy(ClientStep::Hold) => return synproxy::hand_over(ctx, Job::HoldSegment),
         Lookup::Proxy(ClientStep::ResendSyn) => return synproxy::hand_over(ctx, Job::ResendSyn),
         Lookup::Proxy(_) => return XDP_DROP,
-        Lookup::Unknown => {
-            // SAFETY: a helper without arguments. Precise: a new flow's
-            // creation time is its port claim, which must not repeat.
-            let now = unsafe { bpf_ktime_get_ns() };
-            let proven = match synproxy::unpinned(&pkt, service, now) {
-                Unpinned::Usual => false,
-                Unpinned::Proven => true,
-                Unpinned::Answer => {
-                    forget_ended(&key);
-                    return synproxy::hand_over(ctx, Job::SynAck);
-                }
-                Unpinned::Drop => return XDP_DROP,
-            };
-            // A proven cookie opens the flow as the client's SYN (its
-            // sequence number one less) would have.
-            let request = if proven {
-                Segment {
-                    flags: TCP_SYN,
-                    seq: seg.seq.wrapping_sub(1),
-                    ack: 0,
-                    payload_len: 0,
-                }
-            } else {
-                seg
-            };
-            // What the backend's TIME_WAIT, if the SNAT port has one, reads
-            // of the SYN it gets: the proxy's carries no timestamp.
-            let tsval = if proven || !flow_state::is_connection_request(request.flags) {
-                None
-            } else {
-                pkt.timestamp(ctx)
-            };
-            let syn = Syn::new(request.seq, tsval);
-            match new_flow(&key, &request, &syn, service, cfg, (now, seen)) {
-                Ok(_) if proven => return synproxy::hand_over(ctx, Job::OpenBackend),
-                Ok(route) => {
-                    if flow_state::is_connection_request(request.flags) {
-                        synproxy::opened(service, now);
-                    }
-                    route
-                }
-                Err(counter) => return refuse(ctx, &request, counter, now),
-            }
-        }
     };
     let backend = route.backend;
     if route.pinned && backend.flags & BACKEND_RESET_FLOWS != 0 {
@@ -193,11 +273,11 @@ pub fn to_backend(ctx: &XdpContext, mut pkt: TcpPacket<'_>, service: &Service, c
         established,
     );
     if !route.reply_path {
-        return forwarding::to_backend_mac(ctx, &mut pkt, &backend);
+        return forwarding::to_backend_mac(ctx, pkt, &backend);
     }
-    decrement_ttl(&mut pkt);
+    decrement_ttl(pkt);
     rewrite(
-        &mut pkt,
+        pkt,
         &Endpoints {
             src_addr: route.snat_addr,
             src_port: route.snat_port,
@@ -207,7 +287,7 @@ pub fn to_backend(ctx: &XdpContext, mut pkt: TcpPacket<'_>, service: &Service, c
             ack_offset: route.ack_offset,
         },
     );
-    forward(ctx, &mut pkt)
+    forward(ctx, pkt)
 }
 
 /// Removes the 5-tuple's flow if it has ended: a SYN the proxy answers
@@ -264,44 +344,38 @@ fn log_drop(ctx: &XdpContext, counter: Counter, now: u64) {
     }
 }
 
-/// The flow's pinned entry, updated for this packet, unless there is none,
-/// this SYN reuses the 5-tuple of a flow that has ended, the flow's backend
-/// id or service no longer is the one it was pinned to, or (checked when
-/// `nat_epoch` moved, and for a flow that has ended, whose port a new
-/// connection may have taken over) its port is no longer its own.
-/// `timestamp` reads the segment's TSval, wanted only once the backend
-/// closed first.
+/// The flow's pinned entry (`flow`, FLOWS' entry under `key`), updated for
+/// this packet; `None` (no usable flow) when there is none, this SYN reuses
+/// the 5-tuple of a flow that has ended, or the flow's backend id or
+/// service (`service_id`: the VIP's now) no longer is the one it was pinned
+/// to. Else it may be stale (checked when `nat_epoch` moved, and for a flow
+/// that has ended, whose port a new connection may have taken over: its
+/// port is no longer its own). `timestamp` reads the segment's TSval,
+/// wanted only once the backend closed first.
 #[inline(always)]
 fn pinned_flow(
     key: &FlowKey,
+    flow: Option<&'static mut Flow>,
     seg: &Segment,
-    service: &Service,
+    service_id: u32,
     nat_epoch: u32,
     seen: u64,
     timestamp: impl FnOnce() -> Option<u32>,
-) -> Lookup {
-    let Some(flow) = flow_entry(key) else {
-        return Lookup::Unknown;
-    };
-    let Some(backend) = BACKENDS.get(flow.backend_id).copied() else {
-        return Lookup::Unknown;
-    };
-    let current = backend.generation == flow.backend_gen && flow.service_id == service.id;
+) -> Option<Lookup> {
+    let flow = flow?;
+    let backend = BACKENDS.get(flow.backend_id).copied()?;
+    let current = backend.generation == flow.backend_gen && flow.service_id == service_id;
     let connection_request = flow_state::is_connection_request(seg.flags);
     if !current {
         // Its reverse entry names the old backend, whose address is unknown
         // here: the sweep removes it.
         let _ = FLOWS.remove(key);
-        return if connection_request {
-            Lookup::Unknown
-        } else {
-            Lookup::Stale
-        };
+        return (!connection_request).then_some(Lookup::Stale);
     }
     if connection_request && flow_state::has_ended(flow.state) {
         // A new connection: its SYN claims a port, which may be the old
         // flow's port if the backend accepts it there (`port_takeover`).
-        return Lookup::Unknown;
+        return None;
     }
     let ended = flow_state::has_ended(flow.state);
     if flow.has_reply_path() && (flow.nat_epoch != nat_epoch || ended) {
@@ -313,14 +387,14 @@ fn pinned_flow(
             }
             // A straggler of a connection that is over at the backend too,
             // whose port a new connection took over: nothing to reset.
-            return if ended { Lookup::Stale } else { Lookup::PortTaken };
+            return Some(if ended { Lookup::Stale } else { Lookup::PortTaken });
         }
         flow.nat_epoch = nat_epoch;
     }
     if flow.proxy != 0 {
         match synproxy::client_segment(seg.flags, seg.ack, seg.payload_len, flow) {
             ClientStep::Forward => {}
-            step => return Lookup::Proxy(step),
+            step => return Some(Lookup::Proxy(step)),
         }
     }
     // Before `advance`: once the client's FIN makes the flow end, another
@@ -334,7 +408,7 @@ fn pinned_flow(
         forwarding::advance_dsr(flow, seg)
     };
     flow.last_seen_ns = seen;
-    Lookup::Pinned(Route {
+    Some(Lookup::Pinned(Route {
         backend_id: flow.backend_id,
         service_id: flow.service_id,
         snat_addr: flow.snat_addr,
@@ -344,7 +418,7 @@ fn pinned_flow(
         event,
         ack_offset: synproxy::seq_offset(flow),
         reply_path: flow.has_reply_path(),
-    })
+    }))
 }
 
 /// Whether the flow `key` owns the (backend, SNAT port) `nat`. A reverse

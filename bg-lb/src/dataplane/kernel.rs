@@ -220,13 +220,15 @@ impl Kernel {
 
     /// Writes `cfg` with the NAT epoch moved forward from the one in the
     /// map: it never goes back, so no pinned flow skips a port check. Once
-    /// set, `gateway_seen` stays set.
+    /// set, `gateway_seen` stays set. The VIP filter stays the map's (see
+    /// [`Kernel::add_vip_address`]).
     pub(super) fn set_config(&mut self, cfg: &DataplaneConfig) -> Result<(), DataplaneError> {
         let current: Array<_, DataplaneConfig> = self.map(maps::CONFIG)?;
         let current = current.get(&0, 0).map_err(map_err(maps::CONFIG))?;
         let cfg = DataplaneConfig {
             nat_epoch: current.nat_epoch.wrapping_add(1),
             gateway_seen: current.gateway_seen | cfg.gateway_seen,
+            vip_filter: current.vip_filter,
             ..*cfg
         };
         self.array_set(maps::CONFIG, 0, &cfg)
@@ -265,27 +267,42 @@ impl Kernel {
             self.array_set(maps::BACKENDS, *id, backend)?;
         }
         self.tables.write(update.service.lut_base, &update.table)?;
+        // Before the entry: a frame to an address the VIP filter leaves out
+        // never reaches SERVICES.
+        self.add_vip_address(*update.key.vip().ip())?;
         let mut services: HashMap<_, ServiceKey, Service> = self.map_mut(maps::SERVICES)?;
         services
             .insert(update.key, update.service, 0)
-            .map_err(map_err(maps::SERVICES))?;
-        self.add_vip_address(*update.key.vip().ip())
+            .map_err(map_err(maps::SERVICES))
     }
 
-    /// Lists `addr` in VIP_ADDRESSES (idempotent).
+    /// Lists `addr` in VIP_ADDRESSES and CONFIG's VIP filter (idempotent).
     pub(super) fn add_vip_address(&mut self, addr: Ipv4Addr) -> Result<(), DataplaneError> {
         let mut addresses: HashMap<_, u32, u32> = self.map_mut(maps::VIP_ADDRESSES)?;
         addresses
             .insert(u32::from_ne_bytes(addr.octets()), 1, 0)
-            .map_err(map_err(maps::VIP_ADDRESSES))
+            .map_err(map_err(maps::VIP_ADDRESSES))?;
+        self.write_vip_filter()
     }
 
+    /// Takes `addr` out of VIP_ADDRESSES and CONFIG's VIP filter, after its
+    /// last service's entry went.
     pub(super) fn remove_vip_address(&mut self, addr: Ipv4Addr) -> Result<(), DataplaneError> {
         let mut addresses: HashMap<_, u32, u32> = self.map_mut(maps::VIP_ADDRESSES)?;
         ignore_missing(
             addresses.remove(&u32::from_ne_bytes(addr.octets())),
             maps::VIP_ADDRESSES,
-        )
+        )?;
+        self.write_vip_filter()
+    }
+
+    /// Makes CONFIG's VIP filter that of the addresses in VIP_ADDRESSES.
+    fn write_vip_filter(&mut self) -> Result<(), DataplaneError> {
+        let vips = self.vip_addresses()?;
+        let current: Array<_, DataplaneConfig> = self.map(maps::CONFIG)?;
+        let cfg = current.get(&0, 0).map_err(map_err(maps::CONFIG))?;
+        let cfg = cfg.with_vip_filter(vips);
+        self.array_set(maps::CONFIG, 0, &cfg)
     }
 
     /// What VIP_ADDRESSES holds.

@@ -170,6 +170,10 @@ fn packet_paths(o: &MicroOptions) -> (Vec<PathCost>, Vec<MapMemory>) {
     let established = connection.from_client(ACK, b"");
     let reply = connection.from_backend(ACK, b"");
     let not_ours = tcp_frame(GATEWAY_MAC, LB_MAC, client, SocketAddrV4::new(SNAT, 22), SYN, b"");
+    // The host's own traffic on an address that is neither a VIP nor a SNAT
+    // address.
+    let elsewhere = SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 50), 22);
+    let elsewhere = tcp_frame(GATEWAY_MAC, LB_MAC, client, elsewhere, ACK, b"");
 
     let fixed = |frame: Vec<u8>| -> Box<dyn Fn(usize) -> Vec<u8>> { Box::new(move |_| frame.clone()) };
     let mut timed = vec![
@@ -198,6 +202,14 @@ fn packet_paths(o: &MicroOptions) -> (Vec<PathCost>, Vec<MapMemory>) {
             false,
         ),
         Timed::new("non-VIP packet (passed)", "bg_lb", lb, XDP_PASS, fixed(not_ours), true),
+        Timed::new(
+            "packet to another address of the host (passed)",
+            "bg_lb",
+            lb,
+            XDP_PASS,
+            fixed(elsewhere),
+            true,
+        ),
         Timed::new(
             BASELINE,
             "xdp_bounce",
