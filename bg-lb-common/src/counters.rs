@@ -105,9 +105,15 @@ pub enum Counter {
     /// A connection still open at its pool's drain deadline, reset at both
     /// ends (a RST to the client and one to the backend).
     DeadlineReset,
+    /// A UDP datagram opening a flow that found no free SNAT pair: dropped
+    /// (UDP has no RST to refuse it with).
+    UdpSnatPortsExhausted,
+    /// A `gateway` UDP datagram opening a flow whose (client address and
+    /// port, backend) another flow already uses: dropped.
+    UdpGatewayCollision,
 }
 
-pub const COUNTER_COUNT: u32 = Counter::DeadlineReset as u32 + 1;
+pub const COUNTER_COUNT: u32 = Counter::UdpGatewayCollision as u32 + 1;
 
 impl Counter {
     pub const ALL: [Counter; COUNTER_COUNT as usize] = [
@@ -150,6 +156,8 @@ impl Counter {
         Counter::GatewayCollision,
         Counter::DsrNotOnLink,
         Counter::DeadlineReset,
+        Counter::UdpSnatPortsExhausted,
+        Counter::UdpGatewayCollision,
     ];
 
     /// Stable snake_case name for logs and metrics.
@@ -194,6 +202,8 @@ impl Counter {
             Counter::GatewayCollision => "gateway_collision",
             Counter::DsrNotOnLink => "dsr_not_on_link",
             Counter::DeadlineReset => "deadline_reset",
+            Counter::UdpSnatPortsExhausted => "udp_snat_ports_exhausted",
+            Counter::UdpGatewayCollision => "udp_gateway_collision",
         }
     }
 }

@@ -59,6 +59,17 @@ pub const fn no_source(service: &Service) -> Counter {
     }
 }
 
+/// What a UDP datagram opening a flow that found no free source is counted
+/// as: dropped, where a SYN is refused.
+#[inline(always)]
+pub const fn no_udp_source(service: &Service) -> Counter {
+    if service.forwarding == FORWARDING_GATEWAY {
+        Counter::UdpGatewayCollision
+    } else {
+        Counter::UdpSnatPortsExhausted
+    }
+}
+
 /// Whether `pkt`, to no VIP or SNAT address, is a backend's reply to a
 /// `gateway` flow's client: its (backend, client) key names a TCP flow
 /// pinned to it, whose connection it belongs to. Anything else (the host's own

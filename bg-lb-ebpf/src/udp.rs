@@ -249,7 +249,7 @@ fn new_flow(key: &FlowKey, service: &Service, cfg: &DataplaneConfig, now: u64) -
             if service.forwarding == FORWARDING_FULL_NAT {
                 account_exhausted(backend_id);
             }
-            forwarding::no_source(service)
+            forwarding::no_udp_source(service)
         })?
     };
     let flow = Flow {

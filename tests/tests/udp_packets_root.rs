@@ -488,6 +488,33 @@ fn udp_gateway_backend_datagram_matching_no_flow_passes_untouched() {
     });
 }
 
+/// UDP has no RST to refuse a flow with: a datagram that finds every SNAT
+/// pair of its backend taken is dropped, and counted apart from the SYNs
+/// refused for the same reason.
+#[test]
+fn udp_datagram_finding_no_free_snat_pair_is_dropped_and_counted_as_udp() {
+    require_root();
+    in_fresh_netns(|| {
+        let mut lab = PacketLab::new(&PacketLabOptions {
+            snat_ports: (20000, 20001),
+            ..PacketLabOptions::with_ratio(100)
+        });
+        let mut spec = lab.add_udp_service(100, UDP_IDLE);
+        lab.keep_only(BLUE[0]);
+        spec.backends.retain(|b| b.addr == BLUE[0]);
+        lab.apply(&spec);
+        for port in [2201, 2202] {
+            let (verdict, _) = lab.run(&to_vip(client(port), b"takes a pair"));
+            assert_eq!(verdict, XDP_REDIRECT, "a pair is free for {port}");
+        }
+        let (verdict, _) = lab.run(&to_vip(client(2203), b"finds none"));
+        assert_eq!(verdict, XDP_DROP);
+        assert_eq!(lab.counter(Counter::UdpSnatPortsExhausted), 1);
+        assert_eq!(lab.counter(Counter::SnatPortsExhausted), 0, "no SYN was refused");
+        assert_eq!(lab.flow_at(&udp_key(client(2203))), None, "no flow");
+    });
+}
+
 /// Another VIP's UDP flow would collide the same way: the flow's one
 /// source candidate is taken. (The lab's lookup-table regions hold only its
 /// two services, so the other flow here is a TCP one.)
@@ -501,10 +528,10 @@ fn udp_gateway_flow_whose_client_already_reaches_its_backend_is_dropped_as_a_col
         lab.apply(&spec);
         let from = client(2104);
         assert_eq!(lab.open(from).backend, BLUE[0]);
-        let collisions = lab.counter(Counter::GatewayCollision);
+        let collisions = lab.counter(Counter::UdpGatewayCollision);
         let (verdict, _) = lab.run(&to_vip(from, b"same port, over UDP"));
         assert_eq!(verdict, XDP_DROP);
-        assert_eq!(lab.counter(Counter::GatewayCollision), collisions + 1);
+        assert_eq!(lab.counter(Counter::UdpGatewayCollision), collisions + 1);
         assert_eq!(lab.flow_at(&udp_key(from)), None, "no UDP flow");
         assert_eq!(
             lab.reverse_nat_on(BLUE[0], from),

@@ -48,7 +48,9 @@ pub fn verdict(counter: Counter) -> &'static str {
         | Counter::SynProxyEarlyData
         | Counter::SynProxyBadChecksum
         | Counter::SynProxyUnavailable
-        | Counter::DsrNotOnLink => "drop",
+        | Counter::DsrNotOnLink
+        | Counter::UdpSnatPortsExhausted
+        | Counter::UdpGatewayCollision => "drop",
         Counter::IcmpErrorWithoutFlow | Counter::IcmpMalformed => "pass",
         Counter::UnpinnedForwarded
         | Counter::RstOutOfWindow

@@ -260,8 +260,8 @@ impl Metric {
                  New connections are refused when bglb_snat_ports_in_use reaches it."
             }
             Metric::SnatPortsExhausted => {
-                "Connection requests to the backend refused with a RST because every SNAT (address, port) pair \
-                 they could get was in use: add snat_addresses or widen snat_ports."
+                "Connection requests to the backend refused with a RST (TCP) or dropped (UDP) because every SNAT \
+                 (address, port) pair they could get was in use: add snat_addresses or widen snat_ports."
             }
             Metric::HealthTransitions => "Times a backend's health check went up or down (label to).",
             Metric::HealthDuration => {
