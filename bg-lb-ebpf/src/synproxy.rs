@@ -263,7 +263,7 @@ pub fn bg_lb_syn_ack(ctx: XdpContext) -> u32 {
         count(Counter::SynProxyBadChecksum);
         return XDP_DROP;
     }
-    let Some(next_hop) = syn_ack_next_hop(&ctx, &pkt) else {
+    let Some(hop) = syn_ack_hop(&ctx, &pkt) else {
         return XDP_DROP;
     };
     let Some((cookie, _)) = pkt.syncookie(&mut tcp, len) else {
@@ -283,38 +283,31 @@ pub fn bg_lb_syn_ack(ctx: XdpContext) -> u32 {
         window: service.syn_proxy_mss,
         mss: service.syn_proxy_mss,
     };
-    match next_hop {
-        SynAckHop::Routed { smac, dmac, .. } => pkt.set_macs(smac, dmac),
-        SynAckHop::Sender => pkt.swap_macs(),
-    }
+    pkt.set_macs(hop.smac, hop.dmac);
     if pkt.become_segment(&ctx, &syn_ack).is_none() {
         return XDP_DROP;
     }
     count(Counter::SynCookieSent);
-    match next_hop {
-        SynAckHop::Routed { ifindex, .. } => send(&ctx, ifindex),
-        SynAckHop::Sender => XDP_TX,
-    }
+    send(&ctx, hop.ifindex)
 }
 
-/// Where a cookie SYN-ACK goes.
+/// Where a cookie SYN-ACK goes: out of `ifindex`, from `smac` to `dmac`.
 #[derive(Clone, Copy)]
-enum SynAckHop {
-    /// Where the host routes the client, as every other packet to it.
-    Routed { ifindex: u32, smac: [u8; 6], dmac: [u8; 6] },
-    /// Back to the MAC the SYN came from: the route's next hop is not
-    /// resolved yet, and the SYN's sender is a hop known to reach the client.
-    Sender,
+struct SynAckHop {
+    ifindex: u32,
+    smac: [u8; 6],
+    dmac: [u8; 6],
 }
 
 /// The SYN-ACK follows the host's routing table, like the kernel's own
 /// SYN-ACK and every reply bg-lb forwards: a SYN from a source the host
 /// cannot reach (a flood of spoofed, unroutable addresses) gets no answer,
 /// and costs no SYN-ACK's trip; one that came in on another link than the
-/// route back (asymmetric routing) is answered on the route's. `None`:
-/// dropped and counted.
+/// route back (asymmetric routing) is answered on the route's. When the
+/// route's next hop is not resolved yet, back to the MAC the SYN came from:
+/// a hop known to reach the client. `None`: dropped and counted.
 #[inline(always)]
-fn syn_ack_next_hop(ctx: &XdpContext, syn: &TcpPacket<'_>) -> Option<SynAckHop> {
+fn syn_ack_hop(ctx: &XdpContext, syn: &TcpPacket<'_>) -> Option<SynAckHop> {
     let query = RouteQuery {
         proto: IPPROTO_TCP,
         tos: syn.tos(),
@@ -325,8 +318,15 @@ fn syn_ack_next_hop(ctx: &XdpContext, syn: &TcpPacket<'_>) -> Option<SynAckHop> 
     match cached_route(ctx, &query) {
         Route::Next {
             ifindex, smac, dmac, ..
-        } => Some(SynAckHop::Routed { ifindex, smac, dmac }),
-        Route::Failed(Counter::FibNoNeighbour) => Some(SynAckHop::Sender),
+        } => Some(SynAckHop { ifindex, smac, dmac }),
+        Route::Failed(Counter::FibNoNeighbour) => {
+            let (src, dst) = syn.macs();
+            Some(SynAckHop {
+                ifindex: ctx.ingress_ifindex() as u32,
+                smac: dst,
+                dmac: src,
+            })
+        }
         Route::Failed(counter) => {
             count(counter);
             None

@@ -15,7 +15,7 @@
 //! translates only for an owner of its own protocol. A `gateway` flow
 //! claims the client's own (address, port) there, so a second flow with the
 //! same (client, backend) key, of another VIP or of TCP, is a collision
-//! (`gateway_collision`): its datagram is dropped. A `dsr` flow claims
+//! (`udp_gateway_collision`): its datagram is dropped. A `dsr` flow claims
 //! nothing. The
 //! checksum is updated incrementally; a datagram sent without one keeps
 //! none.

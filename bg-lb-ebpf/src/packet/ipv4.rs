@@ -65,6 +65,12 @@ impl Ipv4Frame<'_> {
         self.eth.dst_addr[0] & 1 != 0
     }
 
+    /// The frame's (source, destination) MACs.
+    #[inline(always)]
+    pub fn macs(&self) -> ([u8; 6], [u8; 6]) {
+        (self.eth.src_addr, self.eth.dst_addr)
+    }
+
     #[inline(always)]
     pub fn set_macs(&mut self, src: [u8; 6], dst: [u8; 6]) {
         self.eth.src_addr = src;
