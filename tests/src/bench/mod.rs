@@ -24,6 +24,7 @@
 //!   ratio changes and health flips in userspace.
 //! - [`flow_sweep`]: admin and health latency while the daemon sweeps a
 //!   million flows, against a near-empty table.
+//! - [`targets`]: the speed issue's targets judged on this run's figures.
 //! - [`sweep`]: removes what a killed earlier run left behind.
 pub mod bulk;
 pub mod contenders;
@@ -42,6 +43,7 @@ pub mod stats;
 pub mod sweep;
 pub mod syn_flood;
 pub mod table_swaps;
+pub mod targets;
 pub mod udp_rr;
 pub mod workloads;
 pub mod wrk;

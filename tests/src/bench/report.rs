@@ -100,6 +100,11 @@ impl ContenderSummary {
         self.failing_rounds > 0
     }
 
+    /// The median of `m` over the rounds; `None` if a round failed it.
+    pub fn median(&self, m: Metric) -> Option<f64> {
+        self.metric(m).summary.map(|s| s.median)
+    }
+
     fn metric(&self, m: Metric) -> &MetricSummary {
         self.metrics
             .iter()

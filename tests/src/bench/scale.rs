@@ -308,15 +308,24 @@ fn median(r: &ScaleReport, variant: Variant, value: impl Fn(&ScaleRecord) -> Opt
 }
 
 /// One figure of a record, if its workload was clean.
-type Figure = fn(&ScaleRecord) -> Option<f64>;
+pub type Figure = fn(&ScaleRecord) -> Option<f64>;
+
+/// The figures compared between big and small tables.
+pub const FIGURES: [(&str, Figure); 2] = [
+    ("new conn/s", |x| x.new_connections.as_ref().map(|w| w.requests_per_sec)),
+    ("keep-alive req/s", |x| {
+        x.keep_alive.as_ref().map(|w| w.requests_per_sec)
+    }),
+];
+
+/// The big tables' median of `figure` over the small ones': 1.0 when table
+/// size costs nothing. `None` when a variant failed a round.
+pub fn big_over_small(r: &ScaleReport, figure: Figure) -> Option<f64> {
+    let (small, big) = (median(r, Variant::Small, figure)?, median(r, Variant::Big, figure)?);
+    stats::ratio(big.median, small.median)
+}
 
 pub fn render(r: &ScaleReport) -> String {
-    let metrics: [(&str, Figure); 2] = [
-        ("new conn/s", |x| x.new_connections.as_ref().map(|w| w.requests_per_sec)),
-        ("keep-alive req/s", |x| {
-            x.keep_alive.as_ref().map(|w| w.requests_per_sec)
-        }),
-    ];
     let cell = |s: &Option<Summary>| s.as_ref().map_or("FAIL".to_owned(), |s| fmt_number(s.median));
     let mut out = format!(
         "bg-lb alone, {} round(s) x {} s per workload. Small: 4 backends, empty flow table. Big: {} backends \
@@ -329,12 +338,9 @@ pub fn render(r: &ScaleReport) -> String {
         r.options.flows,
         r.options.max_flows(),
     );
-    for (name, value) in metrics {
+    for (name, value) in FIGURES {
         let (small, big) = (median(r, Variant::Small, value), median(r, Variant::Big, value));
-        let ratio = match (small, big) {
-            (Some(s), Some(b)) => stats::ratio(b.median, s.median).map_or("-".to_owned(), |x| format!("{x:.2}x")),
-            _ => "-".to_owned(),
-        };
+        let ratio = big_over_small(r, value).map_or("-".to_owned(), |x| format!("{x:.2}x"));
         out += &format!("| {name} | {} | {} | {ratio} |\n", cell(&small), cell(&big));
     }
     let left: Vec<String> = r

@@ -38,6 +38,7 @@ use bg_lb_tests::bench::{
     scale::{self, ScaleOptions},
     sweep,
     syn_flood::{self, SynFloodOptions},
+    targets::{self, RunFigures},
     udp_rr,
     workloads::WorkloadOptions,
 };
@@ -225,6 +226,8 @@ fn run(args: &Args) -> ExitCode {
         "quick": args.quick,
     });
     let mut bg_lb_failed = false;
+    // Kept for the targets table at the end.
+    let (mut macro_summaries, mut paced_latency, mut micro_report, mut scale_report) = (None, None, None, None);
     if !args.skip_macro {
         let records = macro_bench::run(&macro_opts, bg_lb, &mut progress);
         let summaries = report::summarize(&records, &macro_opts.contenders);
@@ -291,13 +294,16 @@ fn run(args: &Args) -> ExitCode {
                 .any(|p| p.contender == Contender::BgLb && p.failing());
             markdown += &format!("\n## Latency at paced rates\n\n{}", latency::render(&paced));
             json["latency"] = serde_json::to_value(&paced).expect("serialisable");
+            paced_latency = Some(paced);
         }
+        macro_summaries = Some(summaries);
     }
     if !args.skip_micro {
         progress("micro benchmark (BPF_PROG_TEST_RUN, live frames, table swaps, flow memory)");
         let micro = micro::run(micro_opts);
         markdown += &format!("\n## Micro benchmark\n\n{}", micro::render(&micro));
         json["micro"] = serde_json::to_value(&micro).expect("serialisable");
+        micro_report = Some(micro);
     }
     if !args.skip_sweep {
         let opts = FlowSweepOptions {
@@ -327,7 +333,19 @@ fn run(args: &Args) -> ExitCode {
             scale::render(&scaled)
         );
         json["scale"] = serde_json::to_value(&scaled).expect("serialisable");
+        scale_report = Some(scaled);
     }
+    let checks = targets::check(&RunFigures {
+        macro_summaries: macro_summaries.as_deref(),
+        latency: paced_latency.as_ref(),
+        micro: micro_report.as_ref(),
+        scale: scale_report.as_ref(),
+    });
+    markdown += &format!(
+        "\n## The speed issue's targets, from this run\n\n{}",
+        targets::render(&checks)
+    );
+    json["targets"] = serde_json::to_value(&checks).expect("serialisable");
     progress("done");
 
     if let Err(e) = std::fs::create_dir_all(&args.out)
