@@ -12,7 +12,7 @@ use crate::{
     daemon::DemoBackend,
     http,
     servers::UdpNameServer,
-    topology::{CLIENT_ADDR, LB_ADDR, NetNs, OneArm},
+    topology::{CLIENT_ADDR, Family, LB_ADDR, NetNs, OneArm},
 };
 
 /// Backends' HTTP port (demo-backend).
@@ -65,7 +65,7 @@ impl Lab {
     pub fn new(bg_lb: &'static str, forwarding: Forwarding) -> Self {
         let topo = OneArm::with_lb_queue_per_cpu(BACKENDS);
         for host in &topo.backends {
-            host.serve_for(forwarding, LB_ADDR, CLIENT_ADDR, &[topo.vip]);
+            host.serve_for(forwarding, LB_ADDR.into(), CLIENT_ADDR.into(), &[topo.vip.into()]);
         }
         let dsr = forwarding == Forwarding::Dsr;
         // The load generators open tens of thousands of connections in a few
@@ -80,7 +80,7 @@ impl Lab {
         // start if they overlap the LB's own ephemeral range: pin that range
         // to the kernel's default, clear of them, whatever the host sets.
         topo.lb.ns.sysctl("net.ipv4.ip_local_port_range=32768 60999");
-        let http = DemoBackend::start_on_each_listening(bg_lb, &topo.backends, HTTP_PORT, dsr);
+        let http = DemoBackend::start_on_each_listening(bg_lb, &topo.backends, Family::Ipv4, HTTP_PORT, dsr);
         let bulk = topo
             .backends
             .iter()
