@@ -20,6 +20,11 @@ use crate::topology::{Family, Host, NetNs};
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
+/// The `pin_dir`, `state_dir` and `[admin] socket` lines of a config that
+/// is only parsed (`bg_lb::config::parse`), never run.
+pub const PARSE_ONLY_PATHS: &str =
+    "pin_dir = \"/sys/fs/bpf/x\"\nstate_dir = \"/tmp/x\"\n[admin]\nsocket = \"/tmp/x.sock\"\n";
+
 pub struct Daemon {
     /// The bg-lb binary: integration tests pass
     /// `env!("CARGO_BIN_EXE_bg-lb-under-test")`, rebuilt for every run.

@@ -523,7 +523,7 @@ mod tests {
     use super::*;
     use crate::topology::VIP_ADDR6;
 
-    const PATHS: &str = "pin_dir = \"/sys/fs/bpf/x\"\nstate_dir = \"/tmp/x\"\n[admin]\nsocket = \"/tmp/x.sock\"\n";
+    const PATHS: &str = crate::daemon::PARSE_ONLY_PATHS;
 
     fn ipv6_config() -> String {
         let options = LabOptions {

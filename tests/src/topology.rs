@@ -140,7 +140,8 @@ impl Drop for NetNs {
 }
 
 /// An address family: what a lab, a workload or the demo runs over.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Family {
     #[default]
     Ipv4,
