@@ -7,7 +7,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::Ipv4Addr,
+    net::IpAddr,
     path::{Path, PathBuf},
     sync::{
         Arc, Mutex,
@@ -248,7 +248,7 @@ pub struct PhaseReport {
     pub moved: usize,
     /// Clients whose connections in the phase reached more than one
     /// backend, with those backends.
-    pub split: Vec<(Ipv4Addr, Vec<String>)>,
+    pub split: Vec<(IpAddr, Vec<String>)>,
 }
 
 /// Every client's path through a release.
@@ -258,7 +258,7 @@ pub struct Journeys {
     pub phases: Vec<PhaseReport>,
     /// Clients that saw the new version and then the old one again, with
     /// their visits as runs.
-    pub went_back: Vec<(Ipv4Addr, Vec<String>)>,
+    pub went_back: Vec<(IpAddr, Vec<String>)>,
 }
 
 impl Journeys {
@@ -271,6 +271,8 @@ impl Journeys {
 
 #[cfg(test)]
 mod tests {
+    use std::net::Ipv4Addr;
+
     use super::*;
 
     /// Polls every 10 ms from `t0`: 100:0 for the first five, then 90:10.
@@ -300,10 +302,10 @@ mod tests {
         let t0 = Instant::now();
         let phases = phases(t0);
         assert_eq!(phases.ratios(), ["100:0", "90:10"]);
-        let (moved, back, split) = (
-            Ipv4Addr::new(10, 0, 0, 1),
-            Ipv4Addr::new(10, 0, 0, 2),
-            Ipv4Addr::new(10, 0, 0, 3),
+        let (moved, back, split): (IpAddr, IpAddr, IpAddr) = (
+            Ipv4Addr::new(10, 0, 0, 1).into(),
+            Ipv4Addr::new(10, 0, 0, 2).into(),
+            Ipv4Addr::new(10, 0, 0, 3).into(),
         );
         let mut tally = Tally::default();
         tally.clients.insert(

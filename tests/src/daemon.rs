@@ -5,7 +5,7 @@
 use std::{
     ffi::OsString,
     fs,
-    net::SocketAddrV4,
+    net::SocketAddr,
     os::unix::process::CommandExt as _,
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
@@ -16,9 +16,14 @@ use std::{
 
 use bg_lb::dataplane::pins::PinLayout;
 
-use crate::topology::{Host, NetNs};
+use crate::topology::{Family, Host, NetNs};
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// The `pin_dir`, `state_dir` and `[admin] socket` lines of a config that
+/// is only parsed (`bg_lb::config::parse`), never run.
+pub const PARSE_ONLY_PATHS: &str =
+    "pin_dir = \"/sys/fs/bpf/x\"\nstate_dir = \"/tmp/x\"\n[admin]\nsocket = \"/tmp/x.sock\"\n";
 
 pub struct Daemon {
     /// The bg-lb binary: integration tests pass
@@ -337,10 +342,10 @@ impl Drop for Daemon {
 pub struct DemoBackend {
     bin: &'static str,
     netns: String,
-    pub addr: SocketAddrV4,
+    pub addr: SocketAddr,
     /// Where it listens: `addr`, or every address on its port (`dsr`
     /// backends, which also serve the VIPs on their loopback).
-    listen: SocketAddrV4,
+    listen: SocketAddr,
     pub name: String,
     pub version: String,
     /// Extra `demo-backend` flags, e.g. `--fail-percent 50`.
@@ -351,7 +356,8 @@ pub struct DemoBackend {
 impl DemoBackend {
     /// Serves HTTP on `addr` (role live) and returns once it accepts
     /// connections.
-    pub fn start(bin: &'static str, ns: &NetNs, addr: SocketAddrV4, name: &str, version: &str) -> Self {
+    pub fn start(bin: &'static str, ns: &NetNs, addr: impl Into<SocketAddr>, name: &str, version: &str) -> Self {
+        let addr = addr.into();
         Self::start_listening(bin, ns, addr, addr, name, version)
     }
 
@@ -360,8 +366,8 @@ impl DemoBackend {
     fn start_listening(
         bin: &'static str,
         ns: &NetNs,
-        addr: SocketAddrV4,
-        listen: SocketAddrV4,
+        addr: SocketAddr,
+        listen: SocketAddr,
         name: &str,
         version: &str,
     ) -> Self {
@@ -379,16 +385,19 @@ impl DemoBackend {
         backend
     }
 
-    /// One serving v1 on `port` of every host, named b0, b1, ... in order.
+    /// One serving v1 on `port` of every host's IPv4 address, named b0, b1,
+    /// ... in order.
     pub fn start_on_each(bin: &'static str, hosts: &[Host], port: u16) -> Vec<DemoBackend> {
-        Self::start_on_each_listening(bin, hosts, port, false)
+        Self::start_on_each_listening(bin, hosts, Family::Ipv4, port, false)
     }
 
-    /// Like [`DemoBackend::start_on_each`]; with `any_address`, each
-    /// listens on every address of its host.
+    /// Like [`DemoBackend::start_on_each`], on each host's `family`
+    /// address; with `any_address`, each listens on every address of that
+    /// family on its host.
     pub fn start_on_each_listening(
         bin: &'static str,
         hosts: &[Host],
+        family: Family,
         port: u16,
         any_address: bool,
     ) -> Vec<DemoBackend> {
@@ -396,9 +405,9 @@ impl DemoBackend {
             .iter()
             .enumerate()
             .map(|(i, h)| {
-                let addr = SocketAddrV4::new(h.addr, port);
+                let addr = SocketAddr::new(h.addr_of(family), port);
                 let listen = if any_address {
-                    SocketAddrV4::new(std::net::Ipv4Addr::UNSPECIFIED, port)
+                    SocketAddr::new(family.unspecified(), port)
                 } else {
                     addr
                 };

@@ -240,6 +240,7 @@ impl Fleet {
         let client = Host {
             ns: NetNs::new("client"),
             addr: Ipv4Addr::new(10, 96, 0, 2),
+            addr6: None,
         };
         link(
             &router,
@@ -263,6 +264,7 @@ impl Fleet {
                 let backend = Host {
                     ns: NetNs::new(&format!("be{i}")),
                     addr: Ipv4Addr::new(10, 96, n + 11, 2),
+                    addr6: None,
                 };
                 let snat = Ipv4Addr::new(10, 96, n + 11, 1);
                 link(&ns, "back", snat, &backend.ns, "eth0", backend.addr);

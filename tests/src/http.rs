@@ -1,10 +1,10 @@
 //! A minimal HTTP/1.1 client for tests against demo-backend: enough to send
 //! a request and read a Content-Length response, on a fresh or a kept-alive
-//! connection.
+//! connection, over IPv4 or IPv6.
 
 use std::{
     io::{self, BufRead as _, BufReader, Read as _, Write as _},
-    net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream},
+    net::{IpAddr, SocketAddr, TcpStream},
     time::Duration,
 };
 
@@ -40,16 +40,17 @@ pub struct Connection {
 }
 
 impl Connection {
-    pub fn open(to: SocketAddrV4) -> io::Result<Self> {
+    pub fn open(to: impl Into<SocketAddr>) -> io::Result<Self> {
         Self::open_from(None, to)
     }
 
     /// [`Connection::open`] from the local address `from` (one of the
     /// client's), if given.
-    pub fn open_from(from: Option<Ipv4Addr>, to: SocketAddrV4) -> io::Result<Self> {
+    pub fn open_from(from: Option<IpAddr>, to: impl Into<SocketAddr>) -> io::Result<Self> {
+        let to = to.into();
         let stream = match from {
             Some(from) => crate::servers::connect_from(from, to)?,
-            None => TcpStream::connect_timeout(&SocketAddr::V4(to), CONNECT_TIMEOUT)?,
+            None => TcpStream::connect_timeout(&to, CONNECT_TIMEOUT)?,
         };
         stream.set_read_timeout(Some(Duration::from_secs(5)))?;
         Ok(Connection {
@@ -96,12 +97,12 @@ impl Connection {
 }
 
 /// A request on a connection of its own.
-pub fn request(to: SocketAddrV4, method: &str, path: &str) -> io::Result<Response> {
+pub fn request(to: impl Into<SocketAddr>, method: &str, path: &str) -> io::Result<Response> {
     request_from(None, to, method, path)
 }
 
 /// [`request`] from the local address `from`, if given.
-pub fn request_from(from: Option<Ipv4Addr>, to: SocketAddrV4, method: &str, path: &str) -> io::Result<Response> {
+pub fn request_from(from: Option<IpAddr>, to: impl Into<SocketAddr>, method: &str, path: &str) -> io::Result<Response> {
     Connection::open_from(from, to)?.request(method, path)
 }
 

@@ -4,10 +4,11 @@
 //! - [`NameLab`]: backends that answer with their name (control plane,
 //!   metrics and packaging tests).
 //! - [`BlueGreenLab`]: `demo-backend`s with HTTP /live and /standby checks
-//!   and a standby VIP on :8080 (release tests and the demo).
+//!   and a standby VIP on :8080 (release tests and the demo), over IPv4 or,
+//!   on a dual-stack segment, IPv6.
 
 use std::{
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4},
     thread,
     time::{Duration, Instant},
 };
@@ -22,7 +23,7 @@ use crate::{
     daemon::{Daemon, DemoBackend, Launch},
     http,
     servers::{NameClient, NameServer, ask_names},
-    topology::{CLIENT_ADDR, LB_ADDR, OneArm, STANDBY_VIP_ADDR},
+    topology::{CLIENT_ADDR, Family, LB_ADDR, LB_ADDR6, OneArm, add_host_addr, client_addr, lb_addr, standby_vip_addr},
 };
 
 pub const BACKEND_PORT: u16 = 8080;
@@ -45,15 +46,17 @@ pub fn pool_of_name(name: &str) -> Pool {
     pool_of(backend_index(name))
 }
 
-/// A config section per backend, in the labs' pools.
-fn backend_sections(backends: &[Ipv4Addr], port: u16, extra: &str) -> String {
+/// A config section per backend, in the labs' pools (an IPv6 address is
+/// written `[addr]:port`).
+fn backend_sections(backends: &[IpAddr], port: u16, extra: &str) -> String {
     backends
         .iter()
         .enumerate()
-        .map(|(i, addr)| {
+        .map(|(i, &addr)| {
             format!(
-                "\n[[service.backend]]\npool = \"{}\"\naddress = \"{addr}:{port}\"\n{extra}",
-                pool_of(i)
+                "\n[[service.backend]]\npool = \"{}\"\naddress = \"{}\"\n{extra}",
+                pool_of(i),
+                SocketAddr::new(addr, port)
             )
         })
         .collect()
@@ -102,7 +105,7 @@ pub struct NameLabConfig<'a> {
 impl NameLabConfig<'_> {
     /// The config text; `paths` are the daemon harness's `pin_dir`,
     /// `state_dir` and `[admin] socket` lines.
-    fn render(&self, vip: SocketAddrV4, backends: &[Ipv4Addr], paths: &str) -> String {
+    fn render(&self, vip: SocketAddrV4, backends: &[IpAddr], paths: &str) -> String {
         let weight = self.weight.map_or(String::new(), |w| format!("weight = {w}\n"));
         let forwarding = format!("forwarding = \"{}\"\n", self.forwarding);
         let snat = if self.snat_addresses.is_empty() {
@@ -138,13 +141,18 @@ impl NameLab {
             topo.lb.ns.ip(&format!("addr add {addr}/32 dev eth0"));
         }
         for host in &topo.backends {
-            host.serve_for(config.forwarding, LB_ADDR, CLIENT_ADDR, &[topo.vip]);
+            host.serve_for(
+                config.forwarding,
+                LB_ADDR.into(),
+                CLIENT_ADDR.into(),
+                &[topo.vip.into()],
+            );
         }
         let servers = (0..backends)
             .map(|i| Some(name_server(&topo, config.forwarding, i)))
             .collect();
         let peer_xdp = topo.pass_lb_frames_to_switch();
-        let addrs: Vec<_> = topo.backends.iter().map(|b| b.addr).collect();
+        let addrs: Vec<IpAddr> = topo.backends.iter().map(|b| b.addr.into()).collect();
         let vip = SocketAddrV4::new(topo.vip, 80);
         let forwarding = config.forwarding;
         let config = |paths: &str| config.render(vip, &addrs, paths);
@@ -300,6 +308,9 @@ pub struct LabOptions {
     pub tables: String,
     /// The service's `affinity`.
     pub affinity: Affinity,
+    /// The family of the VIPs, the backends and the SNAT address; IPv6
+    /// makes the segment dual-stack ([`OneArm::add_ipv6`]).
+    pub family: Family,
 }
 
 impl Default for LabOptions {
@@ -316,6 +327,7 @@ impl Default for LabOptions {
             forwarding: Forwarding::default(),
             tables: String::new(),
             affinity: Affinity::None,
+            family: Family::Ipv4,
         }
     }
 }
@@ -335,6 +347,7 @@ pub struct BlueGreenLab {
     pub daemon: Daemon,
     pub backends: Vec<DemoBackend>,
     forwarding: Forwarding,
+    family: Family,
     _peer_xdp: aya::Ebpf,
 }
 
@@ -344,25 +357,35 @@ impl BlueGreenLab {
     /// result: until then the standby table counts it as up.
     pub fn start(bin: &'static str, options: &LabOptions) -> Self {
         crate::require_root();
-        let topo = OneArm::new(4);
+        let family = options.family;
+        let mut topo = OneArm::new(4);
+        if family == Family::Ipv6 {
+            topo.add_ipv6();
+        }
+        let vip = topo.vip_of(family);
         let dsr = options.forwarding == Forwarding::Dsr;
         if dsr {
-            topo.lb.ns.ip(&format!("addr add {STANDBY_VIP_ADDR}/32 dev eth0"));
+            add_host_addr(&topo.lb.ns, "eth0", standby_vip_addr(family));
         }
         for host in &topo.backends {
-            host.serve_for(options.forwarding, LB_ADDR, CLIENT_ADDR, &[topo.vip, STANDBY_VIP_ADDR]);
+            host.serve_for(
+                options.forwarding,
+                lb_addr(family),
+                client_addr(family),
+                &[vip, standby_vip_addr(family)],
+            );
         }
         let port = backend_port(options.forwarding);
-        let backends = DemoBackend::start_on_each_listening(bin, &topo.backends, port, dsr);
+        let backends = DemoBackend::start_on_each_listening(bin, &topo.backends, family, port, dsr);
         let peer_xdp = topo.pass_lb_frames_to_switch();
-        let addrs: Vec<_> = topo.backends.iter().map(|b| b.addr).collect();
-        let vip = topo.vip;
+        let addrs: Vec<_> = topo.backends.iter().map(|b| b.addr_of(family)).collect();
         let daemon = Daemon::start(bin, &topo.lb.ns, |paths| config(vip, &addrs, options, paths));
         let lab = BlueGreenLab {
             topo,
             daemon,
             backends,
             forwarding: options.forwarding,
+            family,
             _peer_xdp: peer_xdp,
         };
         let standby_checked = options.check == "http";
@@ -377,12 +400,17 @@ impl BlueGreenLab {
         lab
     }
 
-    pub fn live_vip(&self) -> SocketAddrV4 {
-        SocketAddrV4::new(self.topo.vip, 80)
+    pub fn live_vip(&self) -> SocketAddr {
+        SocketAddr::new(self.topo.vip_of(self.family), 80)
     }
 
-    pub fn standby_vip(&self) -> SocketAddrV4 {
-        standby_vip(self.topo.vip, self.forwarding)
+    pub fn standby_vip(&self) -> SocketAddr {
+        standby_vip(self.topo.vip_of(self.family), self.forwarding)
+    }
+
+    /// The family the service runs over.
+    pub fn family(&self) -> Family {
+        self.family
     }
 
     /// Backend indices of `pool`.
@@ -415,7 +443,7 @@ impl BlueGreenLab {
     }
 
     /// Names and versions serving `n` fresh connections to `vip`.
-    pub fn serve(&self, vip: SocketAddrV4, n: usize) -> Vec<(String, String)> {
+    pub fn serve(&self, vip: SocketAddr, n: usize) -> Vec<(String, String)> {
         let served = self.topo.client.ns.run(move || {
             (0..n)
                 .map(|_| http::request(vip, "GET", "/").map(|r| (r.backend_name(), r.backend_version())))
@@ -445,23 +473,35 @@ impl BlueGreenLab {
 
 /// The [`BlueGreenLab`]'s standby VIP: another port of the live VIP's
 /// address, or under `dsr`, which keeps the port, another address.
-fn standby_vip(vip: Ipv4Addr, forwarding: Forwarding) -> SocketAddrV4 {
+fn standby_vip(vip: IpAddr, forwarding: Forwarding) -> SocketAddr {
     if forwarding == Forwarding::Dsr {
-        SocketAddrV4::new(STANDBY_VIP_ADDR, 80)
+        SocketAddr::new(standby_vip_addr(Family::of(vip)), 80)
     } else {
-        SocketAddrV4::new(vip, BACKEND_PORT)
+        SocketAddr::new(vip, BACKEND_PORT)
     }
 }
 
-fn config(vip: Ipv4Addr, backends: &[Ipv4Addr], o: &LabOptions, paths: &str) -> String {
+/// The SNAT line of a lab whose services run over `family`: IPv4, the LB's
+/// address; IPv6, both of the LB's addresses, one per family, as a
+/// dual-stack host lists them.
+pub fn snat_line(family: Family) -> String {
+    match family {
+        Family::Ipv4 => format!("snat_address = \"{LB_ADDR}\""),
+        Family::Ipv6 => format!("snat_addresses = [\"{LB_ADDR}\", \"{LB_ADDR6}\"]"),
+    }
+}
+
+fn config(vip: IpAddr, backends: &[IpAddr], o: &LabOptions, paths: &str) -> String {
     let ms = |d: Duration| d.as_millis();
     format!(
-        "interface = \"eth0\"\nxdp_mode = \"native\"\nsnat_address = \"{LB_ADDR}\"\nmax_flows = {}\n\
-         lookup_capacity = 524296\n{paths}\n{}\n[[service]]\nname = \"{SERVICE}\"\nvip = \"{vip}:80\"\n\
+        "interface = \"eth0\"\nxdp_mode = \"native\"\n{}\nmax_flows = {}\n\
+         lookup_capacity = 524296\n{paths}\n{}\n[[service]]\nname = \"{SERVICE}\"\nvip = \"{}\"\n\
          standby_vip = \"{}\"\nforwarding = \"{}\"\nratio = \"{}\"\naffinity = \"{}\"\n\n[service.health]\ntype = \"{}\"\n\
          interval = \"{}ms\"\nfast_interval = \"{}ms\"\ntimeout = \"{}ms\"\nrise = {}\nfall = {}\n{}",
+        snat_line(o.family),
         o.max_flows,
         o.tables,
+        SocketAddr::new(vip, 80),
         standby_vip(vip, o.forwarding),
         o.forwarding,
         o.ratio,
@@ -474,4 +514,58 @@ fn config(vip: Ipv4Addr, backends: &[Ipv4Addr], o: &LabOptions, paths: &str) -> 
         o.fall,
         backend_sections(backends, backend_port(o.forwarding), "")
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::topology::VIP_ADDR6;
+
+    const PATHS: &str = crate::daemon::PARSE_ONLY_PATHS;
+
+    fn ipv6_config() -> String {
+        let options = LabOptions {
+            family: Family::Ipv6,
+            ..LabOptions::default()
+        };
+        let backends: Vec<IpAddr> = (0x11..0x15)
+            .map(|i| std::net::Ipv6Addr::new(0xfd00, 0x99, 0, 0, 0, 0, 0, i).into())
+            .collect();
+        config(VIP_ADDR6.into(), &backends, &options, PATHS)
+    }
+
+    #[test]
+    fn ipv6_lab_config_brackets_every_ipv6_socket_address_and_lists_a_snat_address_per_family() {
+        let toml = ipv6_config();
+        assert!(
+            toml.contains("snat_addresses = [\"10.99.0.1\", \"fd00:99::1\"]\n"),
+            "{toml}"
+        );
+        assert!(toml.contains("vip = \"[fd00:99::100]:80\"\nstandby_vip = \"[fd00:99::100]:8080\""));
+        assert!(toml.contains("pool = \"blue\"\naddress = \"[fd00:99::11]:8080\""));
+        assert!(toml.contains("pool = \"green\"\naddress = \"[fd00:99::14]:8080\""));
+    }
+
+    #[test]
+    fn ipv4_lab_config_is_unchanged_by_the_family_option() {
+        let backends: Vec<IpAddr> = (11..15).map(|i| Ipv4Addr::new(10, 99, 0, i).into()).collect();
+        let toml = config(
+            crate::topology::VIP_ADDR.into(),
+            &backends,
+            &LabOptions::default(),
+            PATHS,
+        );
+        assert!(toml.contains("snat_address = \"10.99.0.1\"\n"));
+        assert!(toml.contains("vip = \"10.99.0.100:80\"\nstandby_vip = \"10.99.0.100:8080\""));
+        assert!(toml.contains("address = \"10.99.0.14:8080\""));
+        bg_lb::config::parse(Path::new("lab.toml"), &toml).expect("bg-lb accepts the IPv4 lab config");
+    }
+
+    #[test]
+    #[ignore = "needs IPv6 in the daemon's config (s7-v6-control)"]
+    fn bg_lb_accepts_the_ipv6_lab_config() {
+        bg_lb::config::parse(Path::new("lab.toml"), &ipv6_config()).expect("bg-lb accepts the IPv6 lab config");
+    }
 }

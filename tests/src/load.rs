@@ -10,7 +10,7 @@
 use std::{
     collections::BTreeMap,
     io,
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{IpAddr, SocketAddr},
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
@@ -41,7 +41,7 @@ pub struct Tally {
     pub long_lived_done: u64,
     /// Short requests answered, by the client address they were bound to
     /// (only with [`LoadSpec::sources`]), in the order each client sent them.
-    pub clients: BTreeMap<Ipv4Addr, Vec<Visit>>,
+    pub clients: BTreeMap<IpAddr, Vec<Visit>>,
 }
 
 /// One short request of a client: when it ran and who served it.
@@ -98,7 +98,8 @@ impl Tally {
 
 #[derive(Clone, Debug)]
 pub struct LoadSpec {
-    pub vip: SocketAddrV4,
+    /// IPv4 or IPv6.
+    pub vip: SocketAddr,
     /// Short requests per second, over all workers.
     pub rate: u32,
     pub workers: u32,
@@ -110,7 +111,7 @@ pub struct LoadSpec {
     /// [`crate::topology::OneArm::add_clients`]) the short requests are
     /// bound to, each worker taking its share in turn; empty: the kernel
     /// picks (the client's main address).
-    pub sources: Vec<Ipv4Addr>,
+    pub sources: Vec<IpAddr>,
 }
 
 #[derive(Clone)]
@@ -123,11 +124,11 @@ impl TallyWatch {
 
     /// Waits until every one of `clients` (bound [`LoadSpec::sources`]) was
     /// served after `since`; false after `patience`.
-    pub fn every_client_served_after(&self, clients: &[Ipv4Addr], since: Instant, patience: Duration) -> bool {
+    pub fn every_client_served_after(&self, clients: &[IpAddr], since: Instant, patience: Duration) -> bool {
         let until = Instant::now() + patience;
         loop {
             let tally = self.get();
-            let served = |c: &Ipv4Addr| {
+            let served = |c: &IpAddr| {
                 tally
                     .clients
                     .get(c)
@@ -160,7 +161,7 @@ impl Load {
         let per_worker = Duration::from_secs_f64(f64::from(spec.workers) / f64::from(spec.rate.max(1)));
         for w in 0..spec.workers as usize {
             let (stop, tally, vip) = (stop.clone(), tally.clone(), spec.vip);
-            let sources: Vec<Ipv4Addr> = spec
+            let sources: Vec<IpAddr> = spec
                 .sources
                 .iter()
                 .skip(w)
@@ -209,7 +210,7 @@ impl Drop for Load {
 
 /// Paced requests, each on a new connection, from each of `sources` in
 /// turn (none: from the kernel's choice of address).
-fn short_requests(vip: SocketAddrV4, sources: &[Ipv4Addr], period: Duration, stop: &AtomicBool, tally: &Mutex<Tally>) {
+fn short_requests(vip: SocketAddr, sources: &[IpAddr], period: Duration, stop: &AtomicBool, tally: &Mutex<Tally>) {
     let mut next = Instant::now();
     let mut turn = sources.iter().cycle();
     while !stop.load(Ordering::Relaxed) {

@@ -1,8 +1,9 @@
 //! The seed-style zero-downtime release, step by step, as the demo shows it
-//! and the release test checks it: drain a pool, deploy the new version in
+//! and the release tests check it: drain a pool, deploy the new version in
 //! standby, sanity-check it through the standby VIP, enable it live, shift
 //! traffic to it (`ctl shift`, 10/50/100%), then do the same for the other
-//! pool.
+//! pool. [`assert_release_under_load_fails_no_request`] is the release test
+//! itself, for a lab of either family.
 
 use std::{
     thread,
@@ -11,7 +12,10 @@ use std::{
 
 use bg_lb::{protocol::BackendHealth, ratio::Pool};
 
-use crate::lab::{BlueGreenLab, SERVICE};
+use crate::{
+    lab::{BlueGreenLab, SERVICE},
+    load::{Load, LoadSpec, Tally},
+};
 
 /// How the release reports its progress: the demo narrates and shows
 /// `bg-lb ctl` as an operator would see it; tests stay quiet.
@@ -73,6 +77,72 @@ pub fn release(
     pause(out, hold)?;
     ctl(lab, out, &["status", SERVICE])?;
     Ok(report)
+}
+
+/// The release tests' client load through the live VIP: `rate` short
+/// requests a second over 4 workers, and 2 keep-alive connections living
+/// 3 s each.
+pub fn steady_load(lab: &BlueGreenLab, rate: u32) -> Load {
+    Load::start(
+        &lab.topo.client.ns,
+        LoadSpec {
+            vip: lab.live_vip(),
+            rate,
+            workers: 4,
+            long_lived: 2,
+            long_lived_lifetime: Duration::from_secs(3),
+            long_lived_period: Duration::from_millis(200),
+            sources: Vec::new(),
+        },
+    )
+}
+
+/// Panics unless the load ran, no request failed or was reset, and no
+/// long-lived connection moved between backends.
+pub fn assert_no_failure(tally: &Tally, lab: &BlueGreenLab) {
+    assert!(tally.ok > 100, "the load ran: {tally:?}");
+    assert_eq!(
+        (tally.failed, tally.resets),
+        (0, 0),
+        "failures: {:?}\n{}",
+        tally.failures,
+        lab.daemon.log()
+    );
+    for served in &tally.long_lived {
+        assert!(
+            served.len() <= 1,
+            "a long-lived connection moved between backends: {served:?}"
+        );
+    }
+}
+
+/// The whole release from v1 to v2 under [`steady_load`]: no request fails,
+/// both pools drain in turn, v1 and v2 both serve along the way, long-lived
+/// connections complete, and everything runs v2 at the end.
+pub fn assert_release_under_load_fails_no_request(lab: &mut BlueGreenLab) {
+    let load = steady_load(lab, 100);
+    let report = release(lab, &Quiet, "v2", Duration::from_secs(1)).expect("release");
+    let tally = load.stop();
+    assert_no_failure(&tally, lab);
+    assert_eq!(
+        report.drains.iter().map(|(p, _)| *p).collect::<Vec<_>>(),
+        [Pool::Blue, Pool::Green]
+    );
+    let versions: Vec<_> = tally.served.keys().map(|(_, v)| v.as_str()).collect();
+    assert!(
+        versions.contains(&"v1") && versions.contains(&"v2"),
+        "served {versions:?}"
+    );
+    assert!(
+        tally.long_lived_done >= 2,
+        "long-lived connections completed: {}",
+        tally.long_lived_done
+    );
+    let after = lab.serve(lab.live_vip(), 20);
+    assert!(
+        after.iter().all(|(_, v)| v == "v2"),
+        "everything runs v2 after the release: {after:?}"
+    );
 }
 
 fn ctl(lab: &BlueGreenLab, out: &dyn Narration, args: &[&str]) -> Result<(), ReleaseError> {

@@ -1,11 +1,12 @@
 //! Test servers and clients: a stoppable TCP accept loop, name servers
 //! (TCP and UDP) that answer every line or datagram with their own name, so
 //! a client learns which backend served it, and a bulk server for large
-//! transfers.
+//! transfers. Every one takes IPv4 and IPv6 addresses alike
+//! (`impl Into<SocketAddr>`, so a `SocketAddrV4` still does).
 
 use std::{
     io::{BufRead, BufReader, Read, Write},
-    net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket},
+    net::{IpAddr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket},
     os::fd::AsRawFd,
     sync::{
         Arc,
@@ -15,7 +16,7 @@ use std::{
     time::Duration,
 };
 
-use crate::topology::{Host, NetNs};
+use crate::topology::{Family, Host, NetNs};
 
 /// A TCP accept loop: each connection is served on a thread of its own
 /// until the loop is dropped. Dropping it stops accepting and raises the
@@ -30,9 +31,10 @@ impl AcceptLoop {
     /// every connection.
     pub fn start(
         ns: &NetNs,
-        addr: SocketAddrV4,
+        addr: impl Into<SocketAddr>,
         serve: impl Fn(TcpStream, &AtomicBool) + Send + Sync + 'static,
     ) -> Self {
+        let addr = addr.into();
         let listener = ns.run(move || TcpListener::bind(addr).unwrap_or_else(|e| panic!("bind {addr}: {e}")));
         // Non-blocking, so the loop sees the stop flag between connections.
         listener.set_nonblocking(true).expect("nonblocking listener");
@@ -75,19 +77,26 @@ pub struct NameServer {
 }
 
 impl NameServer {
-    pub fn start(ns: &NetNs, addr: SocketAddrV4, name: String) -> Self {
+    pub fn start(ns: &NetNs, addr: impl Into<SocketAddr>, name: String) -> Self {
         let serve = move |stream, _: &AtomicBool| answer_with_name(stream, &name);
         NameServer {
             _accept: AcceptLoop::start(ns, addr, serve),
         }
     }
 
-    /// One on `port` of every host, named b0, b1, ... in order.
+    /// One on `port` of every host's IPv4 address, named b0, b1, ... in
+    /// order.
     pub fn start_on_each(hosts: &[Host], port: u16) -> Vec<NameServer> {
+        Self::start_on_each_of(hosts, Family::Ipv4, port)
+    }
+
+    /// One on `port` of every host's `family` address, named b0, b1, ...
+    /// in order.
+    pub fn start_on_each_of(hosts: &[Host], family: Family, port: u16) -> Vec<NameServer> {
         hosts
             .iter()
             .enumerate()
-            .map(|(i, h)| NameServer::start(&h.ns, SocketAddrV4::new(h.addr, port), format!("b{i}")))
+            .map(|(i, h)| NameServer::start(&h.ns, (h.addr_of(family), port), format!("b{i}")))
             .collect()
     }
 }
@@ -108,7 +117,8 @@ fn answer_with_name(stream: TcpStream, name: &str) {
 
 /// Opens `n` connections to `vip` from `client`, one after another, asks
 /// each who served it and closes it.
-pub fn ask_names(client: &NetNs, vip: SocketAddrV4, n: usize) -> std::io::Result<Vec<String>> {
+pub fn ask_names(client: &NetNs, vip: impl Into<SocketAddr>, n: usize) -> std::io::Result<Vec<String>> {
+    let vip = vip.into();
     client.run(move || {
         (0..n)
             .map(|_| NameClient::connect(vip).and_then(|mut c| c.ask()))
@@ -120,18 +130,22 @@ pub fn ask_names(client: &NetNs, vip: SocketAddrV4, n: usize) -> std::io::Result
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// A TCP connection to `to` from the local address `from` (one of the
-/// client's), a port of the kernel's choice, its connect bounded by
-/// [`CONNECT_TIMEOUT`].
-pub fn connect_from(from: Ipv4Addr, to: SocketAddrV4) -> std::io::Result<TcpStream> {
+/// client's, of `to`'s family), a port of the kernel's choice, its connect
+/// bounded by [`CONNECT_TIMEOUT`].
+pub fn connect_from(from: IpAddr, to: SocketAddr) -> std::io::Result<TcpStream> {
     use nix::sys::socket::{
-        AddressFamily, SockFlag, SockType, SockaddrIn, bind, connect, setsockopt, socket, sockopt::SendTimeout,
+        AddressFamily, SockFlag, SockType, SockaddrStorage, bind, connect, setsockopt, socket, sockopt::SendTimeout,
     };
-    let fd = socket(AddressFamily::Inet, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
+    let family = match to {
+        SocketAddr::V4(_) => AddressFamily::Inet,
+        SocketAddr::V6(_) => AddressFamily::Inet6,
+    };
+    let fd = socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
     // Bounds connect() as connect_timeout does.
     let limit = nix::sys::time::TimeVal::new(CONNECT_TIMEOUT.as_secs() as _, 0);
     setsockopt(&fd, SendTimeout, &limit)?;
-    bind(fd.as_raw_fd(), &SockaddrIn::from(SocketAddrV4::new(from, 0)))?;
-    connect(fd.as_raw_fd(), &SockaddrIn::from(to))?;
+    bind(fd.as_raw_fd(), &SockaddrStorage::from(SocketAddr::new(from, 0)))?;
+    connect(fd.as_raw_fd(), &SockaddrStorage::from(to))?;
     Ok(TcpStream::from(fd))
 }
 
@@ -142,8 +156,8 @@ pub struct NameClient {
 }
 
 impl NameClient {
-    pub fn connect(to: SocketAddrV4) -> std::io::Result<Self> {
-        Self::over(TcpStream::connect_timeout(&SocketAddr::V4(to), CONNECT_TIMEOUT)?)
+    pub fn connect(to: impl Into<SocketAddr>) -> std::io::Result<Self> {
+        Self::over(TcpStream::connect_timeout(&to.into(), CONNECT_TIMEOUT)?)
     }
 
     fn over(stream: TcpStream) -> std::io::Result<Self> {
@@ -200,7 +214,7 @@ pub struct BulkServer {
 const BULK_STALL: Duration = Duration::from_secs(20);
 
 impl BulkServer {
-    pub fn start(ns: &NetNs, addr: SocketAddrV4) -> Self {
+    pub fn start(ns: &NetNs, addr: impl Into<SocketAddr>) -> Self {
         let serve = |stream: TcpStream, _: &AtomicBool| {
             // A peer may connect and go (the LB's neighbour warm-up).
             let _ = serve_bulk(stream);
@@ -234,7 +248,8 @@ fn serve_bulk(stream: TcpStream) -> std::io::Result<()> {
 
 /// Sends `bytes` to the bulk server at `to` from `client`, and fails unless
 /// the server got them all.
-pub fn upload(client: &NetNs, to: SocketAddrV4, bytes: u64) -> std::io::Result<()> {
+pub fn upload(client: &NetNs, to: impl Into<SocketAddr>, bytes: u64) -> std::io::Result<()> {
+    let to = to.into();
     client.run(move || {
         let (mut writer, mut reader) = bulk_connect(to)?;
         writeln!(writer, "upload {bytes}")?;
@@ -250,7 +265,8 @@ pub fn upload(client: &NetNs, to: SocketAddrV4, bytes: u64) -> std::io::Result<(
 
 /// Fetches `bytes` from the bulk server at `from` into `client`; returns
 /// how many arrived before the server closed.
-pub fn download(client: &NetNs, from: SocketAddrV4, bytes: u64) -> std::io::Result<u64> {
+pub fn download(client: &NetNs, from: impl Into<SocketAddr>, bytes: u64) -> std::io::Result<u64> {
+    let from = from.into();
     client.run(move || {
         let (mut writer, mut reader) = bulk_connect(from)?;
         writeln!(writer, "download {bytes}")?;
@@ -258,8 +274,8 @@ pub fn download(client: &NetNs, from: SocketAddrV4, bytes: u64) -> std::io::Resu
     })
 }
 
-fn bulk_connect(to: SocketAddrV4) -> std::io::Result<(TcpStream, BufReader<TcpStream>)> {
-    let stream = TcpStream::connect_timeout(&SocketAddr::V4(to), Duration::from_secs(3))?;
+fn bulk_connect(to: SocketAddr) -> std::io::Result<(TcpStream, BufReader<TcpStream>)> {
+    let stream = TcpStream::connect_timeout(&to, Duration::from_secs(3))?;
     stream.set_read_timeout(Some(BULK_STALL))?;
     stream.set_write_timeout(Some(BULK_STALL))?;
     Ok((stream.try_clone()?, BufReader::new(stream)))
@@ -273,7 +289,8 @@ pub struct UdpNameServer {
 }
 
 impl UdpNameServer {
-    pub fn start(ns: &NetNs, addr: SocketAddrV4, name: String) -> Self {
+    pub fn start(ns: &NetNs, addr: impl Into<SocketAddr>, name: String) -> Self {
+        let addr = addr.into();
         let socket = ns.run(move || UdpSocket::bind(addr).unwrap_or_else(|e| panic!("bind udp {addr}: {e}")));
         // A timeout, so the loop sees the stop flag between datagrams.
         socket
@@ -302,12 +319,19 @@ impl UdpNameServer {
         }
     }
 
-    /// One on UDP `port` of every host, named b0, b1, ... in order.
+    /// One on UDP `port` of every host's IPv4 address, named b0, b1, ...
+    /// in order.
     pub fn start_on_each(hosts: &[Host], port: u16) -> Vec<UdpNameServer> {
+        Self::start_on_each_of(hosts, Family::Ipv4, port)
+    }
+
+    /// One on UDP `port` of every host's `family` address, named b0, b1,
+    /// ... in order.
+    pub fn start_on_each_of(hosts: &[Host], family: Family, port: u16) -> Vec<UdpNameServer> {
         hosts
             .iter()
             .enumerate()
-            .map(|(i, h)| UdpNameServer::start(&h.ns, SocketAddrV4::new(h.addr, port), format!("b{i}")))
+            .map(|(i, h)| UdpNameServer::start(&h.ns, (h.addr_of(family), port), format!("b{i}")))
             .collect()
     }
 }
@@ -329,10 +353,11 @@ pub struct UdpNameClient {
 }
 
 impl UdpNameClient {
-    /// A socket on an ephemeral port, connected to `to`; created in the
-    /// caller's namespace.
-    pub fn connect(to: SocketAddrV4) -> std::io::Result<Self> {
-        let socket = UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0))?;
+    /// A socket on an ephemeral port of `to`'s family, connected to `to`;
+    /// created in the caller's namespace.
+    pub fn connect(to: impl Into<SocketAddr>) -> std::io::Result<Self> {
+        let to = to.into();
+        let socket = UdpSocket::bind((Family::of(to.ip()).unspecified(), 0))?;
         socket.connect(to)?;
         socket.set_read_timeout(Some(Duration::from_secs(1)))?;
         Ok(UdpNameClient { socket })
@@ -375,7 +400,8 @@ impl UdpNameClient {
 
 /// Asks `vip` who it is from `n` fresh UDP sockets in `client`, one after
 /// another: `n` new flows.
-pub fn ask_names_udp(client: &NetNs, vip: SocketAddrV4, n: usize) -> std::io::Result<Vec<String>> {
+pub fn ask_names_udp(client: &NetNs, vip: impl Into<SocketAddr>, n: usize) -> std::io::Result<Vec<String>> {
+    let vip = vip.into();
     client.run(move || {
         (0..n)
             .map(|_| UdpNameClient::connect(vip).and_then(|c| c.ask()))

@@ -4,10 +4,18 @@
 //! Hosts are connected by veth pairs. Everything is deleted on drop, even
 //! when a test panics; names carry the test process's pid so parallel runs
 //! never collide.
+//!
+//! Every topology is IPv4; `add_ipv6` makes one dual-stack, with a ULA plan
+//! that mirrors the IPv4 one (10.99.0.X is fd00:99::X, 10.97.I.X is
+//! fd00:97:I::X). That is opt-in: an IPv6 address joins a multicast group
+//! and sends MLD reports and neighbour solicitations through the LB's XDP
+//! program, which the IPv4 tests (counters, captures, the bench's CPU
+//! accounting) should not see.
 
 use std::{
+    fmt,
     fs::File,
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     sync::atomic::{AtomicU32, Ordering},
     thread,
 };
@@ -131,29 +139,100 @@ impl Drop for NetNs {
     }
 }
 
-/// One host on the segment: its namespace and address (on `eth0`).
+/// An address family: what a lab, a workload or the demo runs over.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Family {
+    #[default]
+    Ipv4,
+    Ipv6,
+}
+
+impl Family {
+    pub const ALL: [Family; 2] = [Family::Ipv4, Family::Ipv6];
+
+    /// The family of `addr`.
+    pub fn of(addr: IpAddr) -> Self {
+        if addr.is_ipv4() { Family::Ipv4 } else { Family::Ipv6 }
+    }
+
+    /// The wildcard address ("every address") of the family.
+    pub fn unspecified(self) -> IpAddr {
+        match self {
+            Family::Ipv4 => Ipv4Addr::UNSPECIFIED.into(),
+            Family::Ipv6 => Ipv6Addr::UNSPECIFIED.into(),
+        }
+    }
+}
+
+impl fmt::Display for Family {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Family::Ipv4 => "ipv4",
+            Family::Ipv6 => "ipv6",
+        })
+    }
+}
+
+impl std::str::FromStr for Family {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "ipv4" | "4" => Ok(Family::Ipv4),
+            "ipv6" | "6" => Ok(Family::Ipv6),
+            _ => Err(format!("unknown address family {s:?} (ipv4 or ipv6)")),
+        }
+    }
+}
+
+/// One host on the segment: its namespace and addresses (on `eth0`); the
+/// IPv6 one once the topology is dual-stack.
 pub struct Host {
     pub ns: NetNs,
     pub addr: Ipv4Addr,
+    pub addr6: Option<Ipv6Addr>,
 }
 
 impl Host {
+    /// Its address of `family`; panics if the topology has no IPv6.
+    pub fn addr_of(&self, family: Family) -> IpAddr {
+        match family {
+            Family::Ipv4 => self.addr.into(),
+            Family::Ipv6 => self
+                .addr6
+                .unwrap_or_else(|| panic!("{} has no IPv6 address: the topology is IPv4 only", self.ns.name))
+                .into(),
+        }
+    }
+
+    /// Gives `eth0` the IPv6 address `addr` (/64), usable at once: no
+    /// duplicate address detection, which would hold it back for a second
+    /// or more (each namespace is its own world, so no duplicate can exist).
+    fn add_ipv6(&mut self, addr: Ipv6Addr) {
+        enable_ipv6(&self.ns, "eth0", addr, 64);
+        self.addr6 = Some(addr);
+    }
+
     /// Sets a backend up for `forwarding` as the README's "Forwarding
     /// modes" says, in its own namespace only: under `gateway` its replies
     /// to `client` go through the LB at `lb` (on one segment, a host route:
     /// the connected route would win over a default route); under `dsr` it
-    /// holds the `vips` on its loopback and never answers ARP for them.
-    pub fn serve_for(&self, forwarding: Forwarding, lb: Ipv4Addr, client: Ipv4Addr, vips: &[Ipv4Addr]) {
+    /// holds the `vips` on its loopback and never answers ARP for them
+    /// (nor neighbour solicitations: Linux answers those only for addresses
+    /// of the interface they arrive on).
+    pub fn serve_for(&self, forwarding: Forwarding, lb: IpAddr, client: IpAddr, vips: &[IpAddr]) {
         match forwarding {
             Forwarding::FullNat => {}
             Forwarding::Gateway => {
-                self.ns.ip(&format!("route add {client}/32 via {lb} dev eth0"));
+                self.ns
+                    .ip(&format!("route add {client}/{} via {lb} dev eth0", host_prefix(client)));
             }
             Forwarding::Dsr => {
                 // On the loopback: this kernel has no dummy interfaces, and
                 // the README gives both.
-                for vip in vips {
-                    self.ns.ip(&format!("addr add {vip}/32 dev lo"));
+                for &vip in vips {
+                    add_host_addr(&self.ns, "lo", vip);
                 }
                 for setting in [
                     "net.ipv4.conf.all.arp_ignore=1",
@@ -177,6 +256,8 @@ pub struct OneArm {
     pub client: Host,
     pub backends: Vec<Host>,
     pub vip: Ipv4Addr,
+    /// The IPv6 VIP, once [`OneArm::add_ipv6`] made the segment dual-stack.
+    pub vip6: Option<Ipv6Addr>,
 }
 
 pub const LB_ADDR: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 1);
@@ -187,6 +268,42 @@ const CLIENTS_NET: &str = "10.99.1.0/24";
 /// A second VIP address, for a standby VIP that must keep the live VIP's
 /// port (`dsr`).
 pub const STANDBY_VIP_ADDR: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 101);
+/// The IPv6 plan of the one-arm segment, `fd00:99::/64`, mirroring the IPv4
+/// one: the LB (and SNAT address) `::1`, the client `::2`, backends from
+/// `::11`, the VIP `::100`, the standby VIP `::101`.
+pub const NET6: &str = "fd00:99::/64";
+pub const LB_ADDR6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x99, 0, 0, 0, 0, 0, 1);
+pub const CLIENT_ADDR6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x99, 0, 0, 0, 0, 0, 2);
+pub const VIP_ADDR6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x99, 0, 0, 0, 0, 0, 0x100);
+pub const STANDBY_VIP_ADDR6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x99, 0, 0, 0, 0, 0, 0x101);
+/// Where [`OneArm::add_clients`] puts more IPv6 client addresses.
+const CLIENTS_NET6: &str = "fd00:99:1::/64";
+
+/// The LB's address of `family` on the one-arm segment (also its SNAT
+/// address).
+pub fn lb_addr(family: Family) -> IpAddr {
+    match family {
+        Family::Ipv4 => LB_ADDR.into(),
+        Family::Ipv6 => LB_ADDR6.into(),
+    }
+}
+
+/// The client's main address of `family` on the one-arm segment.
+pub fn client_addr(family: Family) -> IpAddr {
+    match family {
+        Family::Ipv4 => CLIENT_ADDR.into(),
+        Family::Ipv6 => CLIENT_ADDR6.into(),
+    }
+}
+
+/// The standby VIP address of `family` on the one-arm segment.
+pub fn standby_vip_addr(family: Family) -> IpAddr {
+    match family {
+        Family::Ipv4 => STANDBY_VIP_ADDR.into(),
+        Family::Ipv6 => STANDBY_VIP_ADDR6.into(),
+    }
+}
+
 /// The switch-side port of the LB's veth: native XDP_TX frames only reach a
 /// veth peer that runs an XDP program, so tests attach `xdp_pass` here.
 pub const LB_SWITCH_PORT: &str = "p-lb";
@@ -240,36 +357,80 @@ impl OneArm {
             client,
             backends,
             vip: VIP_ADDR,
+            vip6: None,
         }
     }
 
-    /// `n` more client addresses, 10.99.1.1 on, each a /32 on the client's
-    /// eth0, for tests and the demo that need many distinct clients (client
-    /// affinity). The LB routes them through the client's main address, whose
-    /// MAC it is given; backends that answer clients themselves (`gateway`
-    /// through the LB, `dsr` straight) get the same route as for that address.
-    pub fn add_clients(&self, n: u8, forwarding: Forwarding) -> Vec<Ipv4Addr> {
-        // The client's ARP for the VIP asks from its main address, whatever
-        // address the connection is bound to.
-        self.client.ns.sysctl("net.ipv4.conf.all.arp_announce=2");
-        self.client.ns.sysctl("net.ipv4.conf.eth0.arp_announce=2");
-        let addrs: Vec<Ipv4Addr> = (1..=n).map(|i| Ipv4Addr::new(10, 99, 1, i)).collect();
-        for addr in &addrs {
-            self.client.ns.ip(&format!("addr add {addr}/32 dev eth0"));
+    /// Makes the segment dual-stack: every host's `eth0` gets its address
+    /// of the IPv6 plan ([`NET6`]), the LB the IPv6 VIP too. Neighbour
+    /// discovery needs no more: it is multicast on the bridge, and any XDP
+    /// program on the LB that passes what is not its own lets it through.
+    pub fn add_ipv6(&mut self) -> &mut Self {
+        // The bridge would otherwise learn from MLD reports which ports want
+        // which solicited-node group, and nothing here sends MLD queries to
+        // keep that up to date: flood multicast, as a plain switch does.
+        self.switch.ip("link set br0 type bridge mcast_snooping 0");
+        self.lb.add_ipv6(LB_ADDR6);
+        add_host_addr(&self.lb.ns, "eth0", VIP_ADDR6.into());
+        self.client.add_ipv6(CLIENT_ADDR6);
+        for (i, backend) in self.backends.iter_mut().enumerate() {
+            backend.add_ipv6(Ipv6Addr::new(0xfd00, 0x99, 0, 0, 0, 0, 0, 0x11 + i as u16));
         }
+        self.vip6 = Some(VIP_ADDR6);
+        self
+    }
+
+    /// The VIP address of `family`; panics if the segment has no IPv6.
+    pub fn vip_of(&self, family: Family) -> IpAddr {
+        match family {
+            Family::Ipv4 => self.vip.into(),
+            Family::Ipv6 => self
+                .vip6
+                .expect("the topology is IPv4 only: call OneArm::add_ipv6")
+                .into(),
+        }
+    }
+
+    /// `n` more client addresses of `family`, 10.99.1.1 or fd00:99:1::1 on,
+    /// each a host address on the client's eth0, for tests and the demo that
+    /// need many distinct clients (client affinity). The LB routes them
+    /// through the client's main address, whose MAC it is given; backends
+    /// that answer clients themselves (`gateway` through the LB, `dsr`
+    /// straight) get the same route as for that address.
+    pub fn add_clients(&self, family: Family, n: u8, forwarding: Forwarding) -> Vec<IpAddr> {
+        let net = match family {
+            Family::Ipv4 => {
+                // The client's ARP for the VIP asks from its main address,
+                // whatever address the connection is bound to.
+                self.client.ns.sysctl("net.ipv4.conf.all.arp_announce=2");
+                self.client.ns.sysctl("net.ipv4.conf.eth0.arp_announce=2");
+                CLIENTS_NET
+            }
+            Family::Ipv6 => CLIENTS_NET6,
+        };
+        let addrs: Vec<IpAddr> = (1..=n)
+            .map(|i| match family {
+                Family::Ipv4 => Ipv4Addr::new(10, 99, 1, i).into(),
+                Family::Ipv6 => Ipv6Addr::new(0xfd00, 0x99, 1, 0, 0, 0, 0, i.into()).into(),
+            })
+            .collect();
+        for &addr in &addrs {
+            add_host_addr(&self.client.ns, "eth0", addr);
+        }
+        let client = self.client.addr_of(family);
         let mac = self.client.ns.mac("eth0");
-        self.lb.ns.ip(&format!(
-            "neigh replace {CLIENT_ADDR} lladdr {mac} dev eth0 nud permanent"
-        ));
-        self.lb.ns.ip(&format!("route add {CLIENTS_NET} via {CLIENT_ADDR}"));
+        self.lb
+            .ns
+            .ip(&format!("neigh replace {client} lladdr {mac} dev eth0 nud permanent"));
+        self.lb.ns.ip(&format!("route add {net} via {client}"));
         let via = match forwarding {
             Forwarding::FullNat => None,
-            Forwarding::Gateway => Some(LB_ADDR),
-            Forwarding::Dsr => Some(CLIENT_ADDR),
+            Forwarding::Gateway => Some(self.lb.addr_of(family)),
+            Forwarding::Dsr => Some(client),
         };
         if let Some(via) = via {
             for backend in &self.backends {
-                backend.ns.ip(&format!("route add {CLIENTS_NET} via {via} dev eth0"));
+                backend.ns.ip(&format!("route add {net} via {via} dev eth0"));
             }
         }
         addrs
@@ -301,8 +462,40 @@ impl OneArm {
         switch.ip(&format!("link set {port} master br0"));
         switch.ip(&format!("link set {port} up"));
         configure_eth0(&ns, addr);
-        Host { ns, addr }
+        Host { ns, addr, addr6: None }
     }
+}
+
+/// Gives `iface` in `ns` its first IPv6 address, `addr/prefix`, usable at
+/// once: no duplicate address detection (each namespace is a world of its
+/// own, so no duplicate can exist), which would hold it back for a second
+/// or more. `accept_dad=0` covers what the kernel configures by itself
+/// afterwards; `nodad` this address.
+fn enable_ipv6(ns: &NetNs, iface: &str, addr: Ipv6Addr, prefix: u8) {
+    ns.sysctl(&format!("net.ipv6.conf.{iface}.accept_dad=0"));
+    add_ipv6_addr(ns, iface, addr, prefix);
+}
+
+/// Adds `addr/prefix` to `iface` in `ns` without duplicate address
+/// detection.
+fn add_ipv6_addr(ns: &NetNs, iface: &str, addr: Ipv6Addr, prefix: u8) {
+    ns.ip(&format!("addr add {addr}/{prefix} dev {iface} nodad"));
+}
+
+/// Adds `addr` as a host address (/32, /128) to `iface` in `ns`: a VIP, a
+/// SNAT address, a client address.
+pub fn add_host_addr(ns: &NetNs, iface: &str, addr: IpAddr) {
+    match addr {
+        IpAddr::V4(v4) => {
+            ns.ip(&format!("addr add {v4}/32 dev {iface}"));
+        }
+        IpAddr::V6(v6) => add_ipv6_addr(ns, iface, v6, 128),
+    }
+}
+
+/// The prefix length of a host route to `addr`.
+fn host_prefix(addr: IpAddr) -> u8 {
+    if addr.is_ipv4() { 32 } else { 128 }
 }
 
 /// Gives a host's `eth0` its address and brings it up.
@@ -349,6 +542,10 @@ pub struct TwoArm {
     pub backends: Vec<Host>,
     pub vip: Ipv4Addr,
     pub snat: Ipv4Addr,
+    /// The IPv6 VIP and SNAT address, once [`TwoArm::add_ipv6`] made it
+    /// dual-stack.
+    pub vip6: Option<Ipv6Addr>,
+    pub snat6: Option<Ipv6Addr>,
 }
 
 impl TwoArm {
@@ -388,11 +585,32 @@ impl TwoArm {
             client: Host {
                 ns: client_ns,
                 addr: client,
+                addr6: None,
             },
             backends,
             vip: TWO_ARM_VIP,
             snat: Ipv4Addr::new(10, 98, 2, 1),
+            vip6: None,
+            snat6: None,
         }
+    }
+
+    /// Makes both arms dual-stack, mirroring the IPv4 plan: the front
+    /// `fd00:98:1::/64` (LB `::1`, client `::2`, VIP `::100`), the back
+    /// `fd00:98:2::/64` (LB `::1`, the SNAT address, backends from `::11`).
+    pub fn add_ipv6(&mut self) -> &mut Self {
+        let addr = |arm: u16, host: u16| Ipv6Addr::new(0xfd00, 0x98, arm, 0, 0, 0, 0, host);
+        self.switch.ip("link set br0 type bridge mcast_snooping 0");
+        enable_ipv6(&self.lb, "front", addr(1, 1), 64);
+        add_host_addr(&self.lb, "front", TWO_ARM_VIP6.into());
+        enable_ipv6(&self.lb, "back", addr(2, 1), 64);
+        self.client.add_ipv6(addr(1, 2));
+        for (i, backend) in self.backends.iter_mut().enumerate() {
+            backend.add_ipv6(addr(2, 0x11 + i as u16));
+        }
+        self.vip6 = Some(TWO_ARM_VIP6);
+        self.snat6 = Some(addr(2, 1));
+        self
     }
 
     /// Native-mode redirects into a veth reach its peer only if the peer runs
@@ -406,6 +624,7 @@ impl TwoArm {
 }
 
 pub const TWO_ARM_VIP: Ipv4Addr = Ipv4Addr::new(10, 98, 1, 100);
+pub const TWO_ARM_VIP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x98, 1, 0, 0, 0, 0, 0x100);
 
 /// A routed line from one client to one backend through the LB, for PMTU
 /// tests: client, routers, LB, routers, backend, each link a veth pair with
@@ -421,6 +640,18 @@ pub struct RoutedPath {
     pub snat: Ipv4Addr,
     pub client_addr: Ipv4Addr,
     pub backend_addr: Ipv4Addr,
+    /// The IPv6 plan's addresses, once [`RoutedPath::add_ipv6`] made the
+    /// path dual-stack.
+    pub ipv6: Option<RoutedPathIpv6>,
+}
+
+/// The IPv6 addresses of a dual-stack [`RoutedPath`].
+#[derive(Clone, Copy, Debug)]
+pub struct RoutedPathIpv6 {
+    pub vip: Ipv6Addr,
+    pub snat: Ipv6Addr,
+    pub client_addr: Ipv6Addr,
+    pub backend_addr: Ipv6Addr,
 }
 
 impl RoutedPath {
@@ -475,7 +706,49 @@ impl RoutedPath {
             hosts,
             lb_index,
             vip,
+            ipv6: None,
         }
+    }
+
+    /// Makes the path dual-stack: link `i` is `fd00:97:<i+1>::/64`, its ends
+    /// `::1` and `::2`, with the same routes and forwarding as IPv4; the
+    /// IPv6 VIP is `fd00:97:<lb>::100` on the LB's `left`.
+    pub fn add_ipv6(&mut self) -> &mut Self {
+        let links = self.hosts.len() - 1;
+        for i in 0..links {
+            let (left, right) = (&self.hosts[i], &self.hosts[i + 1]);
+            for (host, iface, addr) in [(left, "right", link_addr6(i, 1)), (right, "left", link_addr6(i, 2))] {
+                enable_ipv6(host, iface, addr, 64);
+            }
+        }
+        for (k, host) in self.hosts.iter().enumerate() {
+            for j in (0..links).filter(|&j| j + 1 < k) {
+                host.ip(&format!(
+                    "-6 route add {}/64 via {}",
+                    link_addr6(j, 0),
+                    link_addr6(k - 1, 1)
+                ));
+            }
+            for j in (0..links).filter(|&j| j > k) {
+                host.ip(&format!(
+                    "-6 route add {}/64 via {}",
+                    link_addr6(j, 0),
+                    link_addr6(k, 2)
+                ));
+            }
+            if k != 0 && k != links {
+                host.sysctl("net.ipv6.conf.all.forwarding=1");
+            }
+        }
+        let vip = Ipv6Addr::new(0xfd00, 0x97, self.lb_index as u16, 0, 0, 0, 0, 0x100);
+        add_host_addr(self.lb(), "left", vip.into());
+        self.ipv6 = Some(RoutedPathIpv6 {
+            vip,
+            snat: link_addr6(self.lb_index, 1),
+            client_addr: link_addr6(0, 1),
+            backend_addr: link_addr6(links - 1, 2),
+        });
+        self
     }
 
     pub fn client(&self) -> &NetNs {
@@ -503,6 +776,11 @@ impl RoutedPath {
 /// Address `host` (1: left end, 2: right end, 0: the network) on link `i`.
 fn link_addr(i: usize, host: u8) -> Ipv4Addr {
     Ipv4Addr::new(10, 97, i as u8 + 1, host)
+}
+
+/// [`link_addr`] in the IPv6 plan.
+fn link_addr6(i: usize, host: u16) -> Ipv6Addr {
+    Ipv6Addr::new(0xfd00, 0x97, i as u16 + 1, 0, 0, 0, 0, host)
 }
 
 #[cfg(test)]

@@ -4,79 +4,24 @@
 
 use std::{thread, time::Duration};
 
-use bg_lb::{protocol::BackendHealth, ratio::Pool};
+use bg_lb::protocol::BackendHealth;
 use bg_lb_tests::{
     lab::{BlueGreenLab, LabOptions, SERVICE},
-    load::{Load, LoadSpec, Tally},
-    release::{Quiet, release},
+    release::{assert_no_failure, assert_release_under_load_fails_no_request, steady_load},
 };
 
 const BG_LB: &str = env!("CARGO_BIN_EXE_bg-lb-under-test");
 
-fn load(lab: &BlueGreenLab, rate: u32) -> Load {
-    Load::start(
-        &lab.topo.client.ns,
-        LoadSpec {
-            vip: lab.live_vip(),
-            rate,
-            workers: 4,
-            long_lived: 2,
-            long_lived_lifetime: Duration::from_secs(3),
-            long_lived_period: Duration::from_millis(200),
-            sources: Vec::new(),
-        },
-    )
-}
-
-fn assert_no_failure(tally: &Tally, lab: &BlueGreenLab) {
-    assert!(tally.ok > 100, "the load ran: {tally:?}");
-    assert_eq!(
-        (tally.failed, tally.resets),
-        (0, 0),
-        "failures: {:?}\n{}",
-        tally.failures,
-        lab.daemon.log()
-    );
-    for served in &tally.long_lived {
-        assert!(
-            served.len() <= 1,
-            "a long-lived connection moved between backends: {served:?}"
-        );
-    }
-}
-
 #[test]
 fn full_release_under_load_fails_no_request() {
     let mut lab = BlueGreenLab::start(BG_LB, &LabOptions::default());
-    let load = load(&lab, 100);
-    let report = release(&mut lab, &Quiet, "v2", Duration::from_secs(1)).expect("release");
-    let tally = load.stop();
-    assert_no_failure(&tally, &lab);
-    assert_eq!(
-        report.drains.iter().map(|(p, _)| *p).collect::<Vec<_>>(),
-        [Pool::Blue, Pool::Green]
-    );
-    let versions: Vec<_> = tally.served.keys().map(|(_, v)| v.as_str()).collect();
-    assert!(
-        versions.contains(&"v1") && versions.contains(&"v2"),
-        "served {versions:?}"
-    );
-    assert!(
-        tally.long_lived_done >= 2,
-        "long-lived connections completed: {}",
-        tally.long_lived_done
-    );
-    let after = lab.serve(lab.live_vip(), 20);
-    assert!(
-        after.iter().all(|(_, v)| v == "v2"),
-        "everything runs v2 after the release: {after:?}"
-    );
+    assert_release_under_load_fails_no_request(&mut lab);
 }
 
 #[test]
 fn hundred_ratio_flips_under_load_fail_no_request() {
     let lab = BlueGreenLab::start(BG_LB, &LabOptions::default());
-    let load = load(&lab, 100);
+    let load = steady_load(&lab, 100);
     for i in 0..100 {
         let ratio = if i % 2 == 0 { "0:100" } else { "100:0" };
         lab.daemon.ctl_ok(&["ratio", SERVICE, ratio]);
@@ -92,7 +37,7 @@ fn hundred_ratio_flips_under_load_fail_no_request() {
 #[test]
 fn daemon_kill9_and_restart_under_load_fail_no_request() {
     let mut lab = BlueGreenLab::start(BG_LB, &LabOptions::default());
-    let load = load(&lab, 100);
+    let load = steady_load(&lab, 100);
     thread::sleep(Duration::from_millis(500));
     lab.daemon.kill9();
     thread::sleep(Duration::from_secs(1));
@@ -110,7 +55,7 @@ fn backend_crash_under_load_fails_only_requests_sent_to_it_before_it_is_marked_d
     let options = LabOptions::default();
     let mut lab = BlueGreenLab::start(BG_LB, &options);
     let rate = 100;
-    let load = load(&lab, rate);
+    let load = steady_load(&lab, rate);
     thread::sleep(Duration::from_millis(500));
     lab.backends[0].kill();
     let detection = lab.wait(|s| s.backends[0].health == BackendHealth::Down, "b0 marked down");

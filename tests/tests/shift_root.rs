@@ -12,6 +12,7 @@ use bg_lb_tests::{
     affinity::RatioLog,
     lab::{BlueGreenLab, LabOptions, SERVICE},
     load::{Load, LoadSpec},
+    topology::Family,
 };
 
 const BG_LB: &str = env!("CARGO_BIN_EXE_bg-lb-under-test");
@@ -200,7 +201,7 @@ fn under_client_affinity_no_client_goes_back_to_the_old_version_during_a_10_50_1
         |s| s.backends.iter().all(|b| b.health == BackendHealth::Up),
         "v2 on green up",
     );
-    let clients = lab.topo.add_clients(128, options.forwarding);
+    let clients = lab.topo.add_clients(Family::Ipv4, 128, options.forwarding);
     let ratios = RatioLog::start(lab.daemon.socket(), SERVICE);
     let load = Load::start(
         &lab.topo.client.ns,

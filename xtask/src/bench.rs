@@ -18,7 +18,8 @@ pub struct Options {
     /// More arguments for bg-lb-bench after `--`, e.g. `--only bg-lb,haproxy`,
     /// `--workloads syn-flood` (or `udp`), `--rounds 7`, `--seconds 20`, `--skip-micro`,
     /// `--items scale` (items: macro, micro, sweep, scale),
-    /// `--workloads new-connections,keep-alive,latency`.
+    /// `--workloads new-connections,keep-alive,latency`, `--family ipv6`
+    /// (the macro item over IPv6).
     #[arg(last = true)]
     bench_args: Vec<String>,
 }

@@ -29,6 +29,10 @@ pub struct Options {
     /// up until Ctrl-C.
     #[arg(long, value_name = "PORT", num_args = 0..=1, default_missing_value = "9751")]
     console: Option<u16>,
+    /// Run the release over IPv6: an IPv6 VIP, backends and SNAT address
+    /// (ULA fd00:99::/64), IPv6 clients.
+    #[arg(long)]
+    ipv6: bool,
 }
 
 pub fn run(opts: &Options) -> anyhow::Result<()> {
@@ -69,6 +73,9 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
     }
     if let Some(port) = opts.console {
         demo.args(["--console", &port.to_string()]);
+    }
+    if opts.ipv6 {
+        demo.arg("--ipv6");
     }
     println!("==> demo: running (Ctrl-C stops it and cleans everything up)\n");
     // Replace this process so Ctrl-C reaches only the demo, which cleans up.

@@ -6,7 +6,7 @@
 
 use std::{
     io::{Read as _, Write as _},
-    net::{SocketAddr, SocketAddrV4, TcpStream},
+    net::{SocketAddr, TcpStream},
     sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
 };
@@ -23,7 +23,7 @@ pub struct BulkServer {
 }
 
 impl BulkServer {
-    pub fn start(ns: &NetNs, addr: SocketAddrV4) -> Self {
+    pub fn start(ns: &NetNs, addr: SocketAddr) -> Self {
         BulkServer {
             _accept: AcceptLoop::start(ns, addr, stream_zeros),
         }
@@ -52,7 +52,7 @@ pub struct BulkReport {
 
 /// Reads from `connections` connections to `target` (opened from `client`)
 /// for `duration`. Any connection that fails or ends early fails the run.
-pub fn run(client: &NetNs, target: SocketAddrV4, connections: usize, duration: Duration) -> Result<BulkReport, String> {
+pub fn run(client: &NetNs, target: SocketAddr, connections: usize, duration: Duration) -> Result<BulkReport, String> {
     let started = Instant::now();
     let readers: Vec<_> = (0..connections)
         .map(|_| client.spawn(move || read_for(target, duration)))
@@ -82,9 +82,9 @@ pub fn run(client: &NetNs, target: SocketAddrV4, connections: usize, duration: D
     })
 }
 
-fn read_for(target: SocketAddrV4, duration: Duration) -> Result<u64, String> {
-    let mut stream = TcpStream::connect_timeout(&SocketAddr::V4(target), Duration::from_secs(3))
-        .map_err(|e| format!("connect {target}: {e}"))?;
+fn read_for(target: SocketAddr, duration: Duration) -> Result<u64, String> {
+    let mut stream =
+        TcpStream::connect_timeout(&target, Duration::from_secs(3)).map_err(|e| format!("connect {target}: {e}"))?;
     stream
         .set_read_timeout(Some(Duration::from_secs(2)))
         .map_err(|e| e.to_string())?;

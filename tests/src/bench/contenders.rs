@@ -5,12 +5,15 @@
 //! 50:50 between two blue and two green backends; those that balance UDP
 //! ([`udp_rr::skipped`]) a third, UDP on VIP:5353 to their :5353. (bg-lb in `dsr` mode
 //! keeps the port, so its HTTP service is VIP:8080; its lab's backends are
-//! set up for their mode: [`Contender::forwarding`].)
+//! set up for their mode: [`Contender::forwarding`].) Every service is of
+//! the lab's family: over IPv6 the VIP, backends and SNAT address are IPv6,
+//! nftables NATs in an `ip6` table, and bg-lb runs if it accepts the IPv6
+//! config ([`Contender::refuses`]).
 
 use std::{
     collections::BTreeMap,
     fs,
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{IpAddr, SocketAddr},
     path::PathBuf,
     sync::atomic::{AtomicU32, Ordering},
     time::{Duration, Instant},
@@ -27,9 +30,9 @@ use crate::{
         procs::{self, ChildGuard},
         udp_rr::{self, UDP_PORT},
     },
-    daemon::Daemon,
+    daemon::{Daemon, PARSE_ONLY_PATHS},
     http,
-    topology::{LB_ADDR, NetNs},
+    topology::{Family, NetNs},
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -88,6 +91,14 @@ impl Contender {
         }
     }
 
+    /// The label of its rows in a run over `family`: IPv6 rows say so.
+    pub fn label_in(self, family: Family) -> String {
+        match family {
+            Family::Ipv4 => self.label().to_owned(),
+            Family::Ipv6 => format!("{}, IPv6", self.label()),
+        }
+    }
+
     /// How a bg-lb contender forwards (full NAT for the others, whose
     /// backends need no set-up either).
     pub fn forwarding(self) -> Forwarding {
@@ -114,10 +125,38 @@ impl Contender {
         self != Contender::Direct
     }
 
+    /// Why the contender cannot run in `lab`, if it cannot: bg-lb over IPv6
+    /// until the daemon accepts an IPv6 service. The bench's own bg-lb
+    /// library judges the config the daemon would be given, so the row says
+    /// why instead of failing at start-up.
+    pub fn refuses(self, lab: &Lab) -> Option<String> {
+        if !self.is_bg_lb() || lab.family == Family::Ipv4 {
+            return None;
+        }
+        let toml = bg_lb_config(
+            lab.vip(),
+            lab.lb_addr(),
+            (&lab.pools(HTTP_PORT), &lab.pools(BULK_PORT), Some(&lab.pools(UDP_PORT))),
+            (self.forwarding(), self.xdp_mode()),
+            PARSE_ONLY_PATHS,
+        );
+        bg_lb::config::parse(std::path::Path::new("bench.toml"), &toml)
+            .err()
+            .map(|e| format!("IPv6 needs bg-lb to accept an IPv6 service; it refuses the bench's config: {e}"))
+    }
+
+    fn is_bg_lb(self) -> bool {
+        matches!(
+            self,
+            Contender::BgLb | Contender::BgLbGateway | Contender::BgLbDsr | Contender::BgLbGeneric
+        )
+    }
+
     /// Starts the contender in `lab`'s LB namespace and waits until it
     /// serves HTTP.
     pub fn start(self, lab: &Lab, bg_lb: &'static str) -> Running {
-        let vip = lab.topo.vip;
+        let vip = lab.vip();
+        let snat = lab.lb_addr();
         let http = lab.pools(HTTP_PORT);
         let bulk = lab.pools(BULK_PORT);
         let udp = lab.pools(UDP_PORT);
@@ -128,7 +167,7 @@ impl Contender {
             }
             Contender::Haproxy => start_haproxy(lab.lb(), vip, &http, &bulk),
             Contender::NginxStream => start_nginx(lab.lb(), vip, (&http, &bulk, &udp)),
-            Contender::NftablesDnat => start_nftables(lab.lb(), vip, &http, &bulk, &udp),
+            Contender::NftablesDnat => start_nftables(lab.lb(), (vip, snat), &http, &bulk, &udp),
             Contender::Direct => Running {
                 http: http.blue[0],
                 bulk: bulk.blue[0],
@@ -162,10 +201,10 @@ pub fn start_bg_lb_with(lab: &Lab, bg_lb: &'static str, http: &Pools, settings: 
 
 /// A started contender: where clients connect, and what stops it on drop.
 pub struct Running {
-    pub http: SocketAddrV4,
-    pub bulk: SocketAddrV4,
+    pub http: SocketAddr,
+    pub bulk: SocketAddr,
     /// Where the UDP workload sends, if the contender runs it.
-    pub udp: Option<SocketAddrV4>,
+    pub udp: Option<SocketAddr>,
     guard: Guard,
     _dir: Option<ScratchDir>,
 }
@@ -280,10 +319,11 @@ impl Drop for ScratchDir {
 /// peer runs an XDP program, and which `auto` would replace by generic
 /// mode on a veth).
 /// The LB namespace keeps the kernel's ephemeral range (32768-60999, see
-/// [`Lab::new`]), clear of the SNAT ports as the daemon requires.
+/// [`Lab::new`]), clear of the SNAT ports as the daemon requires. Over IPv6
+/// the VIP, backends and SNAT address are IPv6 (`"[addr]:port"`).
 pub fn bg_lb_config(
-    vip: Ipv4Addr,
-    snat: Ipv4Addr,
+    vip: IpAddr,
+    snat: IpAddr,
     (http, bulk, udp): (&Pools, &Pools, Option<&Pools>),
     (forwarding, xdp_mode): (Forwarding, &str),
     paths: &str,
@@ -295,7 +335,8 @@ pub fn bg_lb_config(
         .chain(udp)
     {
         toml += &format!(
-            "\n[[service]]\nname = \"{name}\"\nvip = \"{vip}:{port}\"\nratio = \"{}:{}\"\nforwarding = \"{forwarding}\"\n",
+            "\n[[service]]\nname = \"{name}\"\nvip = \"{}\"\nratio = \"{}:{}\"\nforwarding = \"{forwarding}\"\n",
+            SocketAddr::new(vip, port),
             pools.blue_percent,
             100 - pools.blue_percent
         );
@@ -335,11 +376,11 @@ fn start_bg_lb(
     // In generic mode the LB's frames reach the switch without it (and the
     // switch port keeps GSO).
     let peer_xdp = (xdp_mode == "native").then(|| lab.topo.pass_lb_frames_to_switch());
-    let vip = lab.topo.vip;
+    let vip = lab.vip();
     let daemon = Daemon::start(bin, lab.lb(), |paths| {
         bg_lb_config(
             vip,
-            LB_ADDR,
+            lab.lb_addr(),
             services,
             (forwarding, xdp_mode),
             &format!("{settings}{paths}"),
@@ -364,9 +405,9 @@ fn start_bg_lb(
         }
     }
     Running {
-        http: SocketAddrV4::new(vip, http_vip_port(forwarding)),
-        bulk: SocketAddrV4::new(vip, BULK_PORT),
-        udp: udp.then_some(SocketAddrV4::new(vip, UDP_PORT)),
+        http: SocketAddr::new(vip, http_vip_port(forwarding)),
+        bulk: SocketAddr::new(vip, BULK_PORT),
+        udp: udp.then_some(SocketAddr::new(vip, UDP_PORT)),
         guard: Guard::BgLb {
             _daemon: Box::new(daemon),
             _peer_xdp: peer_xdp.map(Box::new),
@@ -377,13 +418,16 @@ fn start_bg_lb(
 
 // --- HAProxy -----------------------------------------------------------------
 
-pub fn haproxy_config(vip: Ipv4Addr, http: &Pools, bulk: &Pools) -> String {
+/// HAProxy in TCP mode; an IPv6 address is written `[addr]:port`, which it
+/// takes in `bind` and `server` lines.
+pub fn haproxy_config(vip: IpAddr, http: &Pools, bulk: &Pools) -> String {
     let mut cfg = "global\n    maxconn 8000\n    nbthread 2\n\ndefaults\n    mode tcp\n    \
                    timeout connect 5s\n    timeout client 60s\n    timeout server 60s\n"
         .to_owned();
     for (name, port, pools) in [("web", VIP_HTTP_PORT, http), ("bulk", BULK_PORT, bulk)] {
         cfg += &format!(
-            "\nfrontend {name}\n    bind {vip}:{port}\n    default_backend {name}\n\nbackend {name}\n    balance roundrobin\n"
+            "\nfrontend {name}\n    bind {}\n    default_backend {name}\n\nbackend {name}\n    balance roundrobin\n",
+            SocketAddr::new(vip, port)
         );
         for (i, (addr, weight)) in pools.weights().into_iter().enumerate() {
             cfg += &format!("    server s{i} {addr} weight {weight}\n");
@@ -392,7 +436,7 @@ pub fn haproxy_config(vip: Ipv4Addr, http: &Pools, bulk: &Pools) -> String {
     cfg
 }
 
-fn start_haproxy(lb: &NetNs, vip: Ipv4Addr, http: &Pools, bulk: &Pools) -> Running {
+fn start_haproxy(lb: &NetNs, vip: IpAddr, http: &Pools, bulk: &Pools) -> Running {
     let dir = ScratchDir::new("haproxy");
     let cfg = dir.write("haproxy.cfg", &haproxy_config(vip, http, bulk));
     let log = dir.0.join("haproxy.log");
@@ -400,10 +444,10 @@ fn start_haproxy(lb: &NetNs, vip: Ipv4Addr, http: &Pools, bulk: &Pools) -> Runni
     proxy_running(vip, child, dir)
 }
 
-fn proxy_running(vip: Ipv4Addr, child: ChildGuard, dir: ScratchDir) -> Running {
+fn proxy_running(vip: IpAddr, child: ChildGuard, dir: ScratchDir) -> Running {
     Running {
-        http: SocketAddrV4::new(vip, VIP_HTTP_PORT),
-        bulk: SocketAddrV4::new(vip, BULK_PORT),
+        http: SocketAddr::new(vip, VIP_HTTP_PORT),
+        bulk: SocketAddr::new(vip, BULK_PORT),
         udp: None,
         guard: Guard::Process(child),
         _dir: Some(dir),
@@ -416,7 +460,7 @@ pub const NGINX_STREAM_MODULE: &str = "/usr/lib/nginx/modules/ngx_stream_module.
 
 /// nginx stream: TCP for the HTTP and bulk services, and UDP (one answer
 /// datagram per request) for the UDP one.
-pub fn nginx_config(vip: Ipv4Addr, (http, bulk, udp): (&Pools, &Pools, &Pools), dir: &str) -> String {
+pub fn nginx_config(vip: IpAddr, (http, bulk, udp): (&Pools, &Pools, &Pools), dir: &str) -> String {
     let mut cfg = format!(
         "load_module {NGINX_STREAM_MODULE};\ndaemon off;\nmaster_process on;\nworker_processes 2;\n\
          worker_rlimit_nofile 18000;\npid {dir}/nginx.pid;\nerror_log {dir}/error.log warn;\n\
@@ -440,13 +484,14 @@ pub fn nginx_config(vip: Ipv4Addr, (http, bulk, udp): (&Pools, &Pools, &Pools), 
             _ => ("", ""),
         };
         cfg += &format!(
-            "    }}\n    server {{\n        listen {vip}:{port}{listen};\n        proxy_pass {name};\n{udp_only}    }}\n"
+            "    }}\n    server {{\n        listen {}{listen};\n        proxy_pass {name};\n{udp_only}    }}\n",
+            SocketAddr::new(vip, port)
         );
     }
     cfg + "}\n"
 }
 
-fn start_nginx(lb: &NetNs, vip: Ipv4Addr, pools: (&Pools, &Pools, &Pools)) -> Running {
+fn start_nginx(lb: &NetNs, vip: IpAddr, pools: (&Pools, &Pools, &Pools)) -> Running {
     let dir = ScratchDir::new("nginx");
     let d = dir.0.to_string_lossy().into_owned();
     let cfg = dir.write("nginx.conf", &nginx_config(vip, pools, &d));
@@ -454,7 +499,7 @@ fn start_nginx(lb: &NetNs, vip: Ipv4Addr, pools: (&Pools, &Pools, &Pools)) -> Ru
     let args = ["-e", &format!("{d}/error.log"), "-p", &d, "-c", &cfg.to_string_lossy()];
     let child = ChildGuard::spawn_in(lb, "nginx", "nginx", &args, &log);
     Running {
-        udp: Some(SocketAddrV4::new(vip, UDP_PORT)),
+        udp: Some(SocketAddr::new(vip, UDP_PORT)),
         ..proxy_running(vip, child, dir)
     }
 }
@@ -463,7 +508,7 @@ fn start_nginx(lb: &NetNs, vip: Ipv4Addr, pools: (&Pools, &Pools, &Pools)) -> Ru
 
 /// `numgen random mod TOTAL` ranges, one per backend with a non-zero weight:
 /// a backend of weight w owns w consecutive values.
-pub fn numgen_ranges(weights: &[(SocketAddrV4, u32)]) -> (u32, Vec<(u32, u32, SocketAddrV4)>) {
+pub fn numgen_ranges(weights: &[(SocketAddr, u32)]) -> (u32, Vec<(u32, u32, SocketAddr)>) {
     let mut next = 0;
     let mut ranges = Vec::new();
     for &(addr, weight) in weights.iter().filter(|w| w.1 > 0) {
@@ -475,11 +520,14 @@ pub fn numgen_ranges(weights: &[(SocketAddrV4, u32)]) -> (u32, Vec<(u32, u32, So
 
 /// Kernel NAT: DNAT new connections (and new UDP flows, by conntrack) to a
 /// backend picked by weighted `numgen`, and SNAT them to the LB's address so
-/// replies come back through it (one-arm, like the others' full NAT).
-pub fn nft_ruleset(vip: Ipv4Addr, snat: Ipv4Addr, http: &Pools, bulk: &Pools, udp: &Pools) -> String {
-    let mut rules = "table ip bglb_bench {\n    chain prerouting {\n        \
-                     type nat hook prerouting priority dstnat; policy accept;\n"
-        .to_owned();
+/// replies come back through it (one-arm, like the others' full NAT). The
+/// table is of the VIP's family (`ip` or `ip6`).
+pub fn nft_ruleset(vip: IpAddr, snat: IpAddr, http: &Pools, bulk: &Pools, udp: &Pools) -> String {
+    let ip = if vip.is_ipv4() { "ip" } else { "ip6" };
+    let mut rules = format!(
+        "table {ip} bglb_bench {{\n    chain prerouting {{\n        \
+         type nat hook prerouting priority dstnat; policy accept;\n"
+    );
     for (proto, port, pools) in [
         ("tcp", VIP_HTTP_PORT, http),
         ("tcp", BULK_PORT, bulk),
@@ -494,7 +542,7 @@ pub fn nft_ruleset(vip: Ipv4Addr, snat: Ipv4Addr, http: &Pools, bulk: &Pools, ud
             })
             .collect();
         rules += &format!(
-            "        ip daddr {vip} {proto} dport {port} dnat ip addr . port to numgen random mod {total} map {{ {} }}\n",
+            "        {ip} daddr {vip} {proto} dport {port} dnat {ip} addr . port to numgen random mod {total} map {{ {} }}\n",
             map.join(", ")
         );
     }
@@ -505,23 +553,30 @@ pub fn nft_ruleset(vip: Ipv4Addr, snat: Ipv4Addr, http: &Pools, bulk: &Pools, ud
     rules
 }
 
-fn start_nftables(lb: &NetNs, vip: Ipv4Addr, http: &Pools, bulk: &Pools, udp: &Pools) -> Running {
+fn start_nftables(lb: &NetNs, (vip, snat): (IpAddr, IpAddr), http: &Pools, bulk: &Pools, udp: &Pools) -> Running {
     // Forward what DNAT sends back out of eth0, and do not tell the client
-    // about a "better route" to the backend (one-arm redirects).
-    for setting in [
-        "net.ipv4.ip_forward=1",
-        "net.ipv4.conf.all.send_redirects=0",
-        "net.ipv4.conf.eth0.send_redirects=0",
-    ] {
+    // about a "better route" to the backend (one-arm redirects; IPv6 has no
+    // switch for them, and the client only learns a route to the backend,
+    // which its connections to the VIP never use).
+    let settings: &[&str] = if vip.is_ipv4() {
+        &[
+            "net.ipv4.ip_forward=1",
+            "net.ipv4.conf.all.send_redirects=0",
+            "net.ipv4.conf.eth0.send_redirects=0",
+        ]
+    } else {
+        &["net.ipv6.conf.all.forwarding=1"]
+    };
+    for setting in settings {
         lb.sysctl(setting);
     }
     let dir = ScratchDir::new("nft");
-    load_nft(lb, &dir, &nft_ruleset(vip, LB_ADDR, http, bulk, udp));
+    load_nft(lb, &dir, &nft_ruleset(vip, snat, http, bulk, udp));
     // The rules live in the LB namespace and vanish with it.
     Running {
-        http: SocketAddrV4::new(vip, VIP_HTTP_PORT),
-        bulk: SocketAddrV4::new(vip, BULK_PORT),
-        udp: Some(SocketAddrV4::new(vip, UDP_PORT)),
+        http: SocketAddr::new(vip, VIP_HTTP_PORT),
+        bulk: SocketAddr::new(vip, BULK_PORT),
+        udp: Some(SocketAddr::new(vip, UDP_PORT)),
         guard: Guard::Nothing,
         _dir: Some(dir),
     }
@@ -542,10 +597,12 @@ pub fn load_nft(ns: &NetNs, dir: &ScratchDir, ruleset: &str) {
 
 #[cfg(test)]
 mod tests {
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
     use super::*;
 
     fn pools(port: u16) -> Pools {
-        let addr = |last| SocketAddrV4::new(Ipv4Addr::new(10, 99, 0, last), port);
+        let addr = |last| SocketAddr::new(Ipv4Addr::new(10, 99, 0, last).into(), port);
         Pools {
             blue: vec![addr(11), addr(12)],
             green: vec![addr(13), addr(14)],
@@ -553,8 +610,9 @@ mod tests {
         }
     }
 
-    const VIP: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 100);
-    const PATHS: &str = "pin_dir = \"/sys/fs/bpf/x\"\nstate_dir = \"/tmp/x\"\n[admin]\nsocket = \"/tmp/x.sock\"\n";
+    const VIP: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 99, 0, 100));
+    const LB_ADDR: IpAddr = IpAddr::V4(crate::topology::LB_ADDR);
+    const PATHS: &str = PARSE_ONLY_PATHS;
 
     /// The bench's three services (port 80, 5201 and UDP 5353 pools) in one
     /// forwarding mode.
@@ -659,5 +717,44 @@ mod tests {
         assert_eq!(bench.timeouts, example.timeouts);
         assert_eq!(bench.max_flows, example.max_flows);
         assert_eq!(bench.lookup_capacity, example.lookup_capacity);
+    }
+
+    fn pools6(port: u16) -> Pools {
+        let addr = |last| SocketAddr::new(Ipv6Addr::new(0xfd00, 0x99, 0, 0, 0, 0, 0, last).into(), port);
+        Pools {
+            blue: vec![addr(0x11), addr(0x12)],
+            green: vec![addr(0x13), addr(0x14)],
+            blue_percent: 50,
+        }
+    }
+
+    const VIP6: IpAddr = IpAddr::V6(crate::topology::VIP_ADDR6);
+    const LB_ADDR6: IpAddr = IpAddr::V6(crate::topology::LB_ADDR6);
+
+    #[test]
+    fn over_ipv6_every_contender_is_configured_with_bracketed_ipv6_addresses_and_nftables_uses_ip6() {
+        let rules = nft_ruleset(VIP6, LB_ADDR6, &pools6(8080), &pools6(5201), &pools6(5353));
+        assert!(rules.starts_with("table ip6 bglb_bench {"), "{rules}");
+        assert!(rules.contains(
+            "ip6 daddr fd00:99::100 tcp dport 80 dnat ip6 addr . port to numgen random mod 4 map \
+             { 0 : fd00:99::11 . 8080, 1 : fd00:99::12 . 8080, 2 : fd00:99::13 . 8080, 3 : fd00:99::14 . 8080 }"
+        ));
+        assert!(rules.contains("ct status dnat snat to fd00:99::1\n"));
+        let haproxy = haproxy_config(VIP6, &pools6(8080), &pools6(5201));
+        assert!(haproxy.contains("bind [fd00:99::100]:80\n"));
+        assert!(haproxy.contains("server s3 [fd00:99::14]:8080 weight 1"));
+        let nginx = nginx_config(VIP6, (&pools6(8080), &pools6(5201), &pools6(5353)), "/tmp/x");
+        assert!(nginx.contains("listen [fd00:99::100]:5353 udp;"));
+        assert!(nginx.contains("server [fd00:99::11]:8080 weight=1;"));
+        let toml = bg_lb_config(
+            VIP6,
+            LB_ADDR6,
+            (&pools6(8080), &pools6(5201), Some(&pools6(5353))),
+            (Forwarding::FullNat, "native"),
+            PATHS,
+        );
+        assert!(toml.contains("snat_address = \"fd00:99::1\"\n"));
+        assert!(toml.contains("vip = \"[fd00:99::100]:80\"\nratio = \"50:50\""));
+        assert!(toml.contains("pool = \"green\"\naddress = \"[fd00:99::14]:5353\""));
     }
 }

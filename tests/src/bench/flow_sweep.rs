@@ -13,7 +13,7 @@
 
 use std::{
     io::{BufRead as _, BufReader, Write as _},
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
     os::unix::net::UnixStream,
     path::Path,
     thread,
@@ -104,6 +104,9 @@ pub fn run(bin: &'static str, opts: &FlowSweepOptions, progress: &mut dyn FnMut(
         .map(|id| (id, maps.backend(id)))
         .find(|(_, b)| !b.is_free())
         .expect("a backend id in use");
+    let SocketAddr::V4(vip) = lab.live_vip() else {
+        panic!("the flow sweep's lab is IPv4")
+    };
     let stale: Vec<(FlowKey, Flow)> = (0..opts.flows)
         .map(|i| {
             let client = SocketAddrV4::new(
@@ -117,7 +120,7 @@ pub fn run(bin: &'static str, opts: &FlowSweepOptions, progress: &mut dyn FnMut(
                 state: SYN_SEEN,
                 ..Flow::default()
             };
-            (FlowKey::from_client(client, lab.live_vip()), flow)
+            (FlowKey::from_client(client, vip), flow)
         })
         .collect();
     let sample: Vec<FlowKey> = stale

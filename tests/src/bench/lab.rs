@@ -1,9 +1,11 @@
 //! One contender's test bed: the one-arm topology (client, LB, four
 //! backends on a bridge), an HTTP demo-backend, a bulk server and a UDP
-//! name server ([`udp_rr`]) on every backend. Each contender run gets a fresh one, so no state (XDP programs,
-//! nftables rules, conntrack, TIME_WAIT sockets) leaks from one to the next.
+//! name server ([`udp_rr`]) on every backend, all over one address family
+//! (IPv6: a dual-stack segment whose servers and VIP are IPv6). Each
+//! contender run gets a fresh one, so no state (XDP programs, nftables
+//! rules, conntrack, TIME_WAIT sockets) leaks from one to the next.
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, SocketAddr};
 
 use bg_lb::dataplane::forwarding::Forwarding;
 
@@ -12,7 +14,7 @@ use crate::{
     daemon::DemoBackend,
     http,
     servers::UdpNameServer,
-    topology::{CLIENT_ADDR, LB_ADDR, NetNs, OneArm},
+    topology::{Family, NetNs, OneArm, client_addr, lb_addr},
 };
 
 /// Backends' HTTP port (demo-backend).
@@ -34,6 +36,8 @@ pub struct Lab {
     _udp: Vec<UdpNameServer>,
     leftovers: Leftovers,
     pub topo: OneArm,
+    /// The family of the VIP, the servers and the load.
+    pub family: Family,
 }
 
 /// Kills what still runs in the lab's namespaces, once.
@@ -62,10 +66,13 @@ impl Lab {
     /// A lab whose backends are set up for `forwarding` (README,
     /// "Forwarding modes"); under `dsr` the servers listen on every address,
     /// the VIP's on the loopback included.
-    pub fn new(bg_lb: &'static str, forwarding: Forwarding) -> Self {
-        let topo = OneArm::with_lb_queue_per_cpu(BACKENDS);
+    pub fn new(bg_lb: &'static str, forwarding: Forwarding, family: Family) -> Self {
+        let mut topo = OneArm::with_lb_queue_per_cpu(BACKENDS);
+        if family == Family::Ipv6 {
+            topo.add_ipv6();
+        }
         for host in &topo.backends {
-            host.serve_for(forwarding, LB_ADDR, CLIENT_ADDR, &[topo.vip]);
+            host.serve_for(forwarding, lb_addr(family), client_addr(family), &[topo.vip_of(family)]);
         }
         let dsr = forwarding == Forwarding::Dsr;
         // The load generators open tens of thousands of connections in a few
@@ -74,29 +81,31 @@ impl Lab {
         // has the response), and with the default 28,000 ports connect()
         // then crawls. Give the client the whole range and let it reuse
         // TIME_WAIT ports (safe with TCP timestamps), as load generators do.
+        // (Both settings are IPv6's too.)
         topo.client.ns.sysctl("net.ipv4.ip_local_port_range=1024 65535");
         topo.client.ns.sysctl("net.ipv4.tcp_tw_reuse=1");
         // bg-lb uses the example's SNAT ports (20000-29999) and refuses to
         // start if they overlap the LB's own ephemeral range: pin that range
         // to the kernel's default, clear of them, whatever the host sets.
         topo.lb.ns.sysctl("net.ipv4.ip_local_port_range=32768 60999");
-        let http = DemoBackend::start_on_each_listening(bg_lb, &topo.backends, HTTP_PORT, dsr);
+        let http = DemoBackend::start_on_each_listening(bg_lb, &topo.backends, family, HTTP_PORT, dsr);
         let bulk = topo
             .backends
             .iter()
             .map(|b| {
-                let ip = if dsr { Ipv4Addr::UNSPECIFIED } else { b.addr };
-                BulkServer::start(&b.ns, SocketAddrV4::new(ip, BULK_PORT))
+                let ip = if dsr { family.unspecified() } else { b.addr_of(family) };
+                BulkServer::start(&b.ns, SocketAddr::new(ip, BULK_PORT))
             })
             .collect();
         Lab {
             _http: http,
             _bulk: bulk,
-            _udp: udp_rr::start_servers(&topo.backends),
+            _udp: udp_rr::start_servers(&topo.backends, family),
             leftovers: Leftovers {
                 namespaces: topo.namespaces().map(|ns| ns.name.clone()).collect(),
             },
             topo,
+            family,
         }
     }
 
@@ -131,6 +140,7 @@ impl Lab {
             _udp,
             mut leftovers,
             topo,
+            family: _,
         } = self;
         drop((_http, _bulk, _udp));
         let killed = leftovers.kill();
@@ -146,13 +156,23 @@ impl Lab {
         &self.topo.lb.ns
     }
 
+    /// The VIP address, of the lab's family.
+    pub fn vip(&self) -> IpAddr {
+        self.topo.vip_of(self.family)
+    }
+
+    /// The LB's address of the lab's family: the contenders' SNAT address.
+    pub fn lb_addr(&self) -> IpAddr {
+        lb_addr(self.family)
+    }
+
     /// `(blue, green)` backend addresses on `port`.
     pub fn pools(&self, port: u16) -> Pools {
         let addrs: Vec<_> = self
             .topo
             .backends
             .iter()
-            .map(|b| SocketAddrV4::new(b.addr, port))
+            .map(|b| SocketAddr::new(b.addr_of(self.family), port))
             .collect();
         Pools {
             blue: addrs[..BACKENDS / 2].to_vec(),
@@ -185,13 +205,13 @@ impl Lab {
 /// Two pools and the share of new connections the blue one gets.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Pools {
-    pub blue: Vec<SocketAddrV4>,
-    pub green: Vec<SocketAddrV4>,
+    pub blue: Vec<SocketAddr>,
+    pub green: Vec<SocketAddr>,
     pub blue_percent: u32,
 }
 
 impl Pools {
-    pub fn all(&self) -> impl Iterator<Item = SocketAddrV4> + '_ {
+    pub fn all(&self) -> impl Iterator<Item = SocketAddr> + '_ {
         self.blue.iter().chain(&self.green).copied()
     }
 
@@ -199,8 +219,8 @@ impl Pools {
     /// share of new connections (pool share split evenly inside the pool),
     /// reduced by their common divisor so proxies with small weight limits
     /// (HAProxy: 256) take them. Backends of an empty share get 0.
-    pub fn weights(&self) -> Vec<(SocketAddrV4, u32)> {
-        let per_backend = |percent: u32, pool: &[SocketAddrV4]| {
+    pub fn weights(&self) -> Vec<(SocketAddr, u32)> {
+        let per_backend = |percent: u32, pool: &[SocketAddr]| {
             let others = (self.blue.len() * self.green.len()).max(1) as u32;
             let each = percent * others / pool.len().max(1) as u32;
             pool.iter().map(move |&a| (a, each)).collect::<Vec<_>>()
@@ -223,7 +243,7 @@ mod tests {
     use super::*;
 
     fn pools(blue: usize, green: usize, blue_percent: u32) -> Pools {
-        let addr = |i: usize| SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, i as u8), 80);
+        let addr = |i: usize| SocketAddr::new(Ipv4Addr::new(10, 0, 0, i as u8).into(), 80);
         Pools {
             blue: (0..blue).map(addr).collect(),
             green: (blue..blue + green).map(addr).collect(),

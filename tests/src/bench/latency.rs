@@ -16,14 +16,17 @@ use std::{
 
 use serde::Serialize;
 
-use crate::bench::{
-    contenders::Contender,
-    lab::Lab,
-    macro_bench::panic_text,
-    paced::{self, Mode, PacedSpec},
-    procs,
-    report::fmt_number,
-    stats,
+use crate::{
+    bench::{
+        contenders::Contender,
+        lab::Lab,
+        macro_bench::panic_text,
+        paced::{self, Mode, PacedSpec},
+        procs,
+        report::fmt_number,
+        stats,
+    },
+    topology::Family,
 };
 
 /// Rates when neither flags nor a saturated rate give them: about a
@@ -255,7 +258,7 @@ fn run_one(
     bg_lb: &'static str,
     progress: &mut dyn FnMut(&str),
 ) -> Vec<LatencyPoint> {
-    let lab = Lab::new(bg_lb, contender.forwarding());
+    let lab = Lab::new(bg_lb, contender.forwarding(), Family::Ipv4);
     let running = contender.start(&lab, bg_lb);
     let mut mine = Vec::new();
     for &(mode, rates) in plan {

@@ -8,15 +8,18 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use serde::Serialize;
 
-use crate::bench::{
-    bulk::BulkReport,
-    contenders::Contender,
-    lab::Lab,
-    procs,
-    syn_flood::{self, SynFloodReport},
-    udp_rr::{self, UdpRrReport},
-    workloads::{self, CpuReport, WorkloadOptions},
-    wrk::WrkReport,
+use crate::{
+    bench::{
+        bulk::BulkReport,
+        contenders::Contender,
+        lab::Lab,
+        procs,
+        syn_flood::{self, SynFloodReport},
+        udp_rr::{self, UdpRrReport},
+        workloads::{self, CpuReport, WorkloadOptions},
+        wrk::WrkReport,
+    },
+    topology::Family,
 };
 
 #[derive(Clone, Debug, Serialize)]
@@ -28,6 +31,8 @@ pub struct MacroOptions {
     pub contenders: Vec<Contender>,
     /// Every link's MTU in the labs (`--mtu`); the kernel's 1500 if unset.
     pub mtu: Option<u32>,
+    /// The family every contender serves over (`--family`).
+    pub family: Family,
 }
 
 /// The workloads of a contender's run, in the order they run.
@@ -82,6 +87,12 @@ impl Workload {
     pub fn uses_http(self) -> bool {
         !matches!(self, Workload::Bulk | Workload::Udp)
     }
+
+    /// Whether it runs over `family`: the SYN flood crafts IPv4 frames, and
+    /// the latency pass runs in IPv4 labs of its own.
+    pub fn runs_over(self, family: Family) -> bool {
+        family == Family::Ipv4 || !matches!(self, Workload::SynFlood | Workload::Latency)
+    }
 }
 
 /// One contender in one round.
@@ -89,6 +100,10 @@ impl Workload {
 pub struct RunRecord {
     pub contender: Contender,
     pub round: usize,
+    pub family: Family,
+    /// Why the contender did not run ([`Contender::refuses`]); its
+    /// workloads have no figures and no failures.
+    pub skipped: Option<String>,
     pub new_connections: Option<WrkReport>,
     pub keep_alive: Option<WrkReport>,
     pub bulk: Option<BulkReport>,
@@ -104,10 +119,12 @@ pub struct RunRecord {
 }
 
 impl RunRecord {
-    pub(crate) fn new(contender: Contender, round: usize) -> Self {
+    pub(crate) fn new(contender: Contender, round: usize, family: Family) -> Self {
         RunRecord {
             contender,
             round,
+            family,
+            skipped: None,
             new_connections: None,
             keep_alive: None,
             bulk: None,
@@ -155,7 +172,7 @@ pub fn run(opts: &MacroOptions, bg_lb: &'static str, progress: &mut dyn FnMut(&s
                 Ok(record) => record,
                 Err(panic) if procs::interrupted() => std::panic::resume_unwind(panic),
                 Err(panic) => {
-                    let mut record = RunRecord::new(contender, round);
+                    let mut record = RunRecord::new(contender, round, opts.family);
                     record
                         .failures
                         .push(format!("setup or run aborted: {}", panic_text(&*panic)));
@@ -173,12 +190,17 @@ pub fn run(opts: &MacroOptions, bg_lb: &'static str, progress: &mut dyn FnMut(&s
 
 fn run_one(contender: Contender, round: usize, opts: &MacroOptions, bg_lb: &'static str) -> RunRecord {
     let o = &opts.workloads;
-    let lab = Lab::new(bg_lb, contender.forwarding());
+    let lab = Lab::new(bg_lb, contender.forwarding(), opts.family);
+    let mut r = RunRecord::new(contender, round, opts.family);
+    if let Some(why) = contender.refuses(&lab) {
+        r.skipped = Some(why);
+        lab.close();
+        return r;
+    }
     if let Some(mtu) = opts.mtu {
         lab.set_mtu(mtu);
     }
     let running = contender.start(&lab, bg_lb);
-    let mut r = RunRecord::new(contender, round);
     let before = lab.requests_served();
     let wrk_clean = |w: &WrkReport| w.failure();
     let selected = |w| opts.selected.contains(&w);
@@ -217,12 +239,12 @@ fn run_one(contender: Contender, round: usize, opts: &MacroOptions, bg_lb: &'sta
             |u| u.failure(&names),
         );
     }
-    if selected(Workload::SynFlood) {
-        r.syn_flood = r.keep(
-            syn_flood::WORKLOAD,
-            syn_flood::run(&lab, running.http, &o.syn_flood),
-            |_| None,
-        );
+    if selected(Workload::SynFlood)
+        && let std::net::SocketAddr::V4(target) = running.http
+    {
+        r.syn_flood = r.keep(syn_flood::WORKLOAD, syn_flood::run(&lab, target, &o.syn_flood), |_| {
+            None
+        });
     }
     r.dataplane_counters = running.dataplane_counters();
     let after = lab.requests_served();

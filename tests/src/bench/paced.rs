@@ -6,7 +6,7 @@
 //! busy is still timed from its due time.
 
 use std::{
-    net::{SocketAddr, SocketAddrV4, TcpStream},
+    net::{SocketAddr, TcpStream},
     sync::{
         Arc, Barrier, Mutex, OnceLock,
         atomic::{AtomicU64, Ordering},
@@ -46,7 +46,7 @@ impl Mode {
 
 #[derive(Clone, Copy, Debug)]
 pub struct PacedSpec {
-    pub target: SocketAddrV4,
+    pub target: SocketAddr,
     pub mode: Mode,
     /// Requests per second, over all workers.
     pub rate: u32,
@@ -159,15 +159,15 @@ fn worker(
 }
 
 /// One request on a connection of its own; only a complete 200 counts.
-fn one_request(target: SocketAddrV4) -> Result<(), String> {
-    let mut stream = TcpStream::connect_timeout(&SocketAddr::V4(target), Duration::from_secs(2))
-        .map_err(|e| format!("connect: {e}"))?;
+fn one_request(target: SocketAddr) -> Result<(), String> {
+    let mut stream =
+        TcpStream::connect_timeout(&target, Duration::from_secs(2)).map_err(|e| format!("connect: {e}"))?;
     http::get_and_close(&mut stream, Duration::from_secs(3))
 }
 
 /// One request on `connection`, opened first if there is none; a failed
 /// connection is dropped, so the next request opens another.
-fn keep_alive_request(target: SocketAddrV4, connection: &mut Option<Connection>) -> Result<(), String> {
+fn keep_alive_request(target: SocketAddr, connection: &mut Option<Connection>) -> Result<(), String> {
     let c = match connection {
         Some(c) => c,
         None => connection.insert(Connection::open(target).map_err(|e| format!("connect: {e}"))?),

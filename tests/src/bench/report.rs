@@ -8,10 +8,13 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use crate::bench::{
-    contenders::Contender,
-    macro_bench::RunRecord,
-    stats::{self, Summary},
+use crate::{
+    bench::{
+        contenders::Contender,
+        macro_bench::RunRecord,
+        stats::{self, Summary},
+    },
+    topology::Family,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -86,7 +89,9 @@ pub struct MetricSummary {
 #[derive(Clone, Debug, Serialize)]
 pub struct ContenderSummary {
     pub contender: Contender,
-    pub label: &'static str,
+    pub label: String,
+    /// Why it did not run, if it did not (then it has no figures).
+    pub skipped: Option<String>,
     pub rounds: usize,
     pub failing_rounds: usize,
     pub failures: Vec<String>,
@@ -181,7 +186,8 @@ fn summarize_one(records: &[RunRecord], contender: Contender) -> ContenderSummar
         .collect();
     ContenderSummary {
         contender,
-        label: contender.label(),
+        label: contender.label_in(mine.first().map_or(Family::Ipv4, |r| r.family)),
+        skipped: mine.iter().find_map(|r| r.skipped.clone()),
         rounds: mine.len(),
         failing_rounds: mine.iter().filter(|r| !r.failures.is_empty()).count(),
         failures: mine
@@ -227,6 +233,15 @@ pub fn render(summaries: &[ContenderSummary]) -> String {
     let _ = writeln!(md, "| contender | {} | blue % | status |", headers.join(" | "));
     let _ = writeln!(md, "|---|{}---|---|", "---|".repeat(headers.len()));
     for s in summaries {
+        if let Some(why) = &s.skipped {
+            let _ = writeln!(
+                md,
+                "| {} | {}- | skipped: {why} |",
+                s.label,
+                "- | ".repeat(headers.len())
+            );
+            continue;
+        }
         let cells: Vec<String> = s.metrics.iter().map(|m| fmt_summary(&m.summary, s.failing())).collect();
         let status = if s.failing() {
             format!("FAILING ({}/{} rounds)", s.failing_rounds, s.rounds)
@@ -242,7 +257,7 @@ pub fn render(summaries: &[ContenderSummary]) -> String {
     );
     let _ = writeln!(md, "| contender | {} |", headers.join(" | "));
     let _ = writeln!(md, "|---|{}", "---|".repeat(headers.len()));
-    for s in summaries {
+    for s in summaries.iter().filter(|s| s.skipped.is_none()) {
         let cells: Vec<String> = s
             .metrics
             .iter()
@@ -259,7 +274,7 @@ pub fn render(summaries: &[ContenderSummary]) -> String {
         "Failures (figures from failing workloads are not shown)",
         summaries
             .iter()
-            .flat_map(|s| s.failures.iter().map(move |f| (s.label, f))),
+            .flat_map(|s| s.failures.iter().map(move |f| (s.label.as_str(), f))),
     );
     md
 }
@@ -294,6 +309,8 @@ mod tests {
         RunRecord {
             contender,
             round,
+            family: Family::Ipv4,
+            skipped: None,
             new_connections: Some(wrk.clone()),
             keep_alive: Some(wrk),
             bulk: Some(BulkReport {
@@ -400,6 +417,33 @@ mod tests {
         assert!(table.contains("| bg-lb (XDP native, full NAT) | 12346 |"));
         assert!(table.contains("0.49×"));
         assert!(table.contains("| 50 | ok (1 rounds) |"));
+    }
+
+    #[test]
+    fn an_ipv6_run_labels_its_rows_and_a_skipped_contender_says_why_without_figures() {
+        let ipv6 = |mut r: RunRecord| {
+            r.family = Family::Ipv6;
+            r
+        };
+        let mut skipped = RunRecord::new(Contender::BgLb, 0, Family::Ipv6);
+        skipped.skipped = Some("IPv6 needs bg-lb to accept an IPv6 service".to_owned());
+        let records = vec![skipped, ipv6(record(Contender::NftablesDnat, 0, 5000.0, 1.0))];
+        let s = summarize(&records, &Contender::ALL);
+        assert!(s.iter().all(|s| !s.failing()), "a skipped contender is not failing");
+        let table = render(&s);
+        let row = |label: &str| {
+            table
+                .lines()
+                .find(|l| l.starts_with(label))
+                .unwrap_or_else(|| panic!("{table}"))
+        };
+        let bg_lb = row("| bg-lb (XDP native, full NAT), IPv6 |");
+        assert!(
+            bg_lb.ends_with("| - | skipped: IPv6 needs bg-lb to accept an IPv6 service |"),
+            "{bg_lb}"
+        );
+        assert_eq!(bg_lb.matches('|').count(), Metric::ALL.len() + 4);
+        assert!(row("| nftables DNAT + SNAT (numgen), IPv6 | 5000 |").contains("ok (1 rounds)"));
     }
 
     #[test]

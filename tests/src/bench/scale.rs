@@ -18,7 +18,7 @@
 
 use std::{
     collections::BTreeMap,
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
     panic::{AssertUnwindSafe, catch_unwind},
 };
 
@@ -41,7 +41,7 @@ use crate::{
         wrk::WrkReport,
     },
     map_surgery::NatMaps,
-    topology::{LB_ADDR, NetNs},
+    topology::{Family, LB_ADDR, NetNs},
 };
 
 /// Backend ports, per backend namespace, start here.
@@ -140,7 +140,7 @@ fn run_one(bg_lb: &'static str, opts: &ScaleOptions, variant: Variant, round: us
         Variant::Small => 1,
         Variant::Big => opts.backends.div_ceil(BACKENDS),
     };
-    let lab = Lab::new(bg_lb, Forwarding::FullNat);
+    let lab = Lab::new(bg_lb, Forwarding::FullNat, Family::Ipv4);
     let dir = ScratchDir::new("scale-nft");
     for backend in &lab.topo.backends {
         redirect_ports(&backend.ns, &dir, per_namespace as u16);
@@ -230,10 +230,10 @@ fn redirect_ports(ns: &NetNs, dir: &ScratchDir, ports: u16) {
 /// `per_namespace` ports on each backend namespace: the first half of the
 /// namespaces blue, the rest green, split as the macro benchmark's.
 fn pools(lab: &Lab, per_namespace: u16) -> Pools {
-    let addrs = |hosts: &[crate::topology::Host]| -> Vec<SocketAddrV4> {
+    let addrs = |hosts: &[crate::topology::Host]| -> Vec<SocketAddr> {
         hosts
             .iter()
-            .flat_map(|h| (0..per_namespace).map(move |i| SocketAddrV4::new(h.addr, FIRST_PORT + i)))
+            .flat_map(|h| (0..per_namespace).map(move |i| SocketAddr::new(h.addr.into(), FIRST_PORT + i)))
             .collect()
     };
     let (blue, green) = lab.topo.backends.split_at(BACKENDS / 2);
@@ -258,6 +258,9 @@ fn fill_flows(running: &Running, flows: u32) -> Vec<FlowKey> {
         backends.len()
     );
     let now = monotonic_now_ns();
+    let SocketAddr::V4(vip) = running.http else {
+        panic!("the scale lab is IPv4")
+    };
     let entries: Vec<(FlowKey, Flow)> = (0..flows)
         .map(|i| {
             let client = SocketAddrV4::new(
@@ -279,7 +282,7 @@ fn fill_flows(running: &Running, flows: u32) -> Vec<FlowKey> {
                 last_seen_ns: now,
                 ..Flow::default()
             };
-            (FlowKey::from_client(client, running.http), flow)
+            (FlowKey::from_client(client, vip), flow)
         })
         .collect();
     // Reverse entries first, as the data plane writes them: a sweep drops

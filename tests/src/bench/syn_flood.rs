@@ -420,6 +420,8 @@ mod tests {
         let record = |contender, round, r: Option<SynFloodReport>, failure: Option<&str>| RunRecord {
             contender,
             round,
+            family: crate::topology::Family::Ipv4,
+            skipped: None,
             new_connections: None,
             keep_alive: None,
             bulk: None,

@@ -13,7 +13,7 @@
 use std::{
     collections::BTreeMap,
     fmt::Write as _,
-    net::{Ipv4Addr, SocketAddrV4, UdpSocket},
+    net::{SocketAddr, UdpSocket},
     time::{Duration, Instant},
 };
 
@@ -28,7 +28,7 @@ use crate::{
     },
     flood::percentile,
     servers::UdpNameServer,
-    topology::{Host, NetNs},
+    topology::{Family, Host, NetNs},
 };
 
 /// The name failures of this workload start with.
@@ -50,9 +50,10 @@ pub fn skipped(contender: Contender) -> Option<&'static str> {
     }
 }
 
-/// The UDP servers of a lab: one on [`UDP_PORT`] of each backend's address.
-pub fn start_servers(backends: &[Host]) -> Vec<UdpNameServer> {
-    UdpNameServer::start_on_each(backends, UDP_PORT)
+/// The UDP servers of a lab: one on [`UDP_PORT`] of each backend's
+/// `family` address.
+pub fn start_servers(backends: &[Host], family: Family) -> Vec<UdpNameServer> {
+    UdpNameServer::start_on_each_of(backends, family, UDP_PORT)
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -103,7 +104,7 @@ struct ClientRun {
 }
 
 /// Runs `clients` sockets against `target` from `client` for `duration`.
-pub fn run(client: &NetNs, target: SocketAddrV4, clients: usize, duration: Duration) -> Result<UdpRrReport, String> {
+pub fn run(client: &NetNs, target: SocketAddr, clients: usize, duration: Duration) -> Result<UdpRrReport, String> {
     let runs = client.run(move || {
         let started = Instant::now();
         // Threads spawned here inherit the client's network namespace.
@@ -149,8 +150,8 @@ impl ClientRun {
 }
 
 /// One client socket: request, wait for the reply, again, until `until`.
-fn ask_until(target: SocketAddrV4, until: Instant) -> ClientRun {
-    let socket = match UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0))
+fn ask_until(target: SocketAddr, until: Instant) -> ClientRun {
+    let socket = match UdpSocket::bind((Family::of(target.ip()).unspecified(), 0))
         .and_then(|s| s.connect(target).map(|()| s))
         .and_then(|s| s.set_read_timeout(Some(REPLY_TIMEOUT)).map(|()| s))
     {
@@ -183,14 +184,14 @@ fn ask_until(target: SocketAddrV4, until: Instant) -> ClientRun {
 #[derive(Clone, Debug, Serialize)]
 pub struct UdpRrSummary {
     pub contender: Contender,
-    pub label: &'static str,
+    pub label: String,
     pub rounds: usize,
     pub requests_per_sec: Option<Summary>,
     pub p50_ms: Option<Summary>,
     pub p99_ms: Option<Summary>,
     pub lost: u64,
     /// Why it did not run.
-    pub skipped: Option<&'static str>,
+    pub skipped: Option<String>,
     pub failures: Vec<String>,
 }
 
@@ -205,13 +206,15 @@ pub fn summarize(records: &[RunRecord], order: &[Contender]) -> Vec<UdpRrSummary
             };
             UdpRrSummary {
                 contender,
-                label: contender.label(),
+                label: contender.label_in(mine.first().map_or(Family::Ipv4, |r| r.family)),
                 rounds: reports.len(),
                 requests_per_sec: over(&|r| Some(r.requests_per_sec)),
                 p50_ms: over(&|r| r.p50_ms),
                 p99_ms: over(&|r| r.p99_ms),
                 lost: reports.iter().map(|r| r.lost).sum(),
-                skipped: skipped(contender),
+                skipped: skipped(contender)
+                    .map(str::to_owned)
+                    .or_else(|| mine.iter().find_map(|r| r.skipped.clone())),
                 failures: macro_bench::failures_of(&mine, WORKLOAD),
             }
         })
@@ -254,13 +257,15 @@ pub fn render(summaries: &[UdpRrSummary], clients: usize, duration: Duration) ->
         "Failed runs",
         summaries
             .iter()
-            .flat_map(|s| s.failures.iter().map(move |f| (s.label, f))),
+            .flat_map(|s| s.failures.iter().map(move |f| (s.label.as_str(), f))),
     );
-    let skipped: Vec<(&str, String)> = summaries
-        .iter()
-        .filter_map(|s| Some((s.label, s.skipped?.to_owned())))
-        .collect();
-    report::write_notes(&mut md, "Skipped", skipped.iter().map(|(l, w)| (*l, w)));
+    report::write_notes(
+        &mut md,
+        "Skipped",
+        summaries
+            .iter()
+            .filter_map(|s| Some((s.label.as_str(), s.skipped.as_ref()?))),
+    );
     md
 }
 
@@ -296,7 +301,7 @@ mod tests {
         let record = |contender, round, udp: Option<UdpRrReport>, failure: Option<&str>| RunRecord {
             udp,
             failures: failure.map(|f| vec![format!("{WORKLOAD}: {f}")]).unwrap_or_default(),
-            ..RunRecord::new(contender, round)
+            ..RunRecord::new(contender, round, Family::Ipv4)
         };
         let records = vec![
             record(Contender::BgLb, 0, Some(report(1000, 0, &["b0"])), None),

@@ -2,7 +2,7 @@
 //! new connections per second and keep-alive requests (wrk), bulk
 //! throughput ([`bulk`]), and CPU per 1,000 connections at a fixed rate.
 
-use std::{net::SocketAddrV4, time::Duration};
+use std::{net::SocketAddr, time::Duration};
 
 use serde::Serialize;
 
@@ -37,7 +37,7 @@ pub struct WorkloadOptions {
 }
 
 /// New connections per second: one short request per connection.
-pub fn new_connections(client: &NetNs, target: SocketAddrV4, o: &WorkloadOptions) -> Result<WrkReport, String> {
+pub fn new_connections(client: &NetNs, target: SocketAddr, o: &WorkloadOptions) -> Result<WrkReport, String> {
     let threads = o.wrk_threads;
     wrk::run(
         client,
@@ -50,7 +50,7 @@ pub fn new_connections(client: &NetNs, target: SocketAddrV4, o: &WorkloadOptions
 }
 
 /// Requests per second and latency over keep-alive connections.
-pub fn keep_alive(client: &NetNs, target: SocketAddrV4, o: &WorkloadOptions) -> Result<WrkReport, String> {
+pub fn keep_alive(client: &NetNs, target: SocketAddr, o: &WorkloadOptions) -> Result<WrkReport, String> {
     let threads = o.wrk_threads;
     wrk::run(
         client,
@@ -62,7 +62,7 @@ pub fn keep_alive(client: &NetNs, target: SocketAddrV4, o: &WorkloadOptions) -> 
     )
 }
 
-pub fn bulk(client: &NetNs, target: SocketAddrV4, o: &WorkloadOptions) -> Result<BulkReport, String> {
+pub fn bulk(client: &NetNs, target: SocketAddr, o: &WorkloadOptions) -> Result<BulkReport, String> {
     bulk::run(client, target, o.bulk_connections, o.duration)
 }
 
@@ -108,7 +108,7 @@ impl CpuReport {
 /// request with `Connection: close`, response read to the end; [`paced`])
 /// from the client and reads the CPU time the experiment's threads used
 /// meanwhile.
-pub fn paced(lab: &Lab, target: SocketAddrV4, o: &WorkloadOptions) -> Result<CpuReport, String> {
+pub fn paced(lab: &Lab, target: SocketAddr, o: &WorkloadOptions) -> Result<CpuReport, String> {
     // The LB first: its share is reported on its own.
     let namespaces: Vec<u64> = std::iter::once(lab.lb())
         .chain(lab.topo.backends.iter().map(|b| &b.ns))

@@ -1,7 +1,7 @@
 //! Runs `wrk` in a namespace and reads its report: throughput, latency
 //! percentiles and every kind of error it counts.
 
-use std::{net::SocketAddrV4, time::Duration};
+use std::{net::SocketAddr, time::Duration};
 
 use serde::Serialize;
 
@@ -50,7 +50,7 @@ pub enum Connections {
 /// `threads` threads and `connections` connections.
 pub fn run(
     client: &NetNs,
-    target: SocketAddrV4,
+    target: SocketAddr,
     mode: Connections,
     threads: u32,
     connections: u32,

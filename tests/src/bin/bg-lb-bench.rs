@@ -1,7 +1,7 @@
 //! `bg-lb-bench [--quick] [--out DIR] [--rounds N] [--seconds S] [--only bg-lb,bg-lb-gateway,bg-lb-dsr,bg-lb-generic,haproxy,nginx,nftables,direct]
 //! [--workloads new-connections,keep-alive,bulk,paced,udp,syn-flood,latency] [--items macro,micro,sweep,scale]
 //! [--skip-macro] [--skip-micro] [--skip-sweep] [--skip-scale] [--latency-new-rates R,R,..]
-//! [--latency-keep-alive-rates R,R,..] [--mtu N] [--flood-routed]`:
+//! [--latency-keep-alive-rates R,R,..] [--mtu N] [--flood-routed] [--family ipv4|ipv6]`:
 //! the benchmark behind `cargo xtask bench` (which installs the contenders
 //! and builds this with `--release`). Needs root. Writes `bench.md` and
 //! `bench.json` to DIR (default `target/bench`) and prints the tables.
@@ -17,7 +17,12 @@
 //! README "Performance"); `--only bg-lb-generic` adds bg-lb in generic XDP
 //! mode, which no default run includes. `--flood-routed` gives the SYN
 //! flood's spoofed sources a route back, so every contender sends its
-//! SYN-ACKs (by default no host can route them).
+//! SYN-ACKs (by default no host can route them). `--family ipv6` runs the
+//! macro item over IPv6 (the VIP, backends and SNAT address of every
+//! contender; rows say ", IPv6"): its workloads but `syn-flood` (IPv4
+//! frames) and `latency` (IPv4 labs); bg-lb's rows say "skipped" while the
+//! daemon refuses an IPv6 service. The other items are IPv4 whatever the
+//! family.
 
 use std::{
     panic::{AssertUnwindSafe, catch_unwind},
@@ -26,21 +31,24 @@ use std::{
     time::{Duration, Instant},
 };
 
-use bg_lb_tests::bench::{
-    contenders::Contender,
-    flow_sweep::{self, FlowSweepOptions},
-    latency::{self, LatencyOptions},
-    live::LiveOptions,
-    macro_bench::{self, MacroOptions, Workload},
-    micro::{self, MicroOptions},
-    procs,
-    report::{self, Metric},
-    scale::{self, ScaleOptions},
-    sweep,
-    syn_flood::{self, SynFloodOptions},
-    targets::{self, RunFigures},
-    udp_rr,
-    workloads::WorkloadOptions,
+use bg_lb_tests::{
+    bench::{
+        contenders::Contender,
+        flow_sweep::{self, FlowSweepOptions},
+        latency::{self, LatencyOptions},
+        live::LiveOptions,
+        macro_bench::{self, MacroOptions, Workload},
+        micro::{self, MicroOptions},
+        procs,
+        report::{self, Metric},
+        scale::{self, ScaleOptions},
+        sweep,
+        syn_flood::{self, SynFloodOptions},
+        targets::{self, RunFigures},
+        udp_rr,
+        workloads::WorkloadOptions,
+    },
+    topology::Family,
 };
 
 struct Args {
@@ -58,6 +66,7 @@ struct Args {
     workloads: Option<Vec<Workload>>,
     mtu: Option<u32>,
     flood_routed: bool,
+    family: Family,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -76,6 +85,7 @@ fn parse_args() -> Result<Args, String> {
         workloads: None,
         mtu: None,
         flood_routed: false,
+        family: Family::Ipv4,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -86,6 +96,7 @@ fn parse_args() -> Result<Args, String> {
             "--rounds" => args.rounds = Some(value("--rounds")?.parse().map_err(|e| format!("--rounds: {e}"))?),
             "--seconds" => args.seconds = Some(value("--seconds")?.parse().map_err(|e| format!("--seconds: {e}"))?),
             "--mtu" => args.mtu = Some(value("--mtu")?.parse().map_err(|e| format!("--mtu: {e}"))?),
+            "--family" => args.family = value("--family")?.parse().map_err(|e| format!("--family: {e}"))?,
             "--skip-macro" => args.skip_macro = true,
             "--flood-routed" => args.flood_routed = true,
             "--skip-micro" => args.skip_micro = true,
@@ -120,6 +131,9 @@ fn parse_args() -> Result<Args, String> {
             }
             other => return Err(format!("unknown argument {other}")),
         }
+    }
+    if let Some(w) = args.workloads.iter().flatten().find(|w| !w.runs_over(args.family)) {
+        return Err(format!("--workloads: {} does not run over {}", w.key(), args.family));
     }
     Ok(args)
 }
@@ -201,9 +215,13 @@ fn run(args: &Args) -> ExitCode {
                 routed: args.flood_routed,
             },
         },
-        selected: args.workloads.clone().unwrap_or_else(|| Workload::ALL.to_vec()),
+        selected: args
+            .workloads
+            .clone()
+            .unwrap_or_else(|| Workload::ALL.into_iter().filter(|w| w.runs_over(args.family)).collect()),
         contenders: args.only.clone().unwrap_or_else(|| Contender::ALL.to_vec()),
         mtu: args.mtu,
+        family: args.family,
     };
     let micro_opts = MicroOptions {
         batches: if args.quick { 5 } else { 10 },
@@ -232,8 +250,12 @@ fn run(args: &Args) -> ExitCode {
         let records = macro_bench::run(&macro_opts, bg_lb, &mut progress);
         let summaries = report::summarize(&records, &macro_opts.contenders);
         bg_lb_failed = summaries.iter().any(|s| s.contender == Contender::BgLb && s.failing());
+        let over = match args.family {
+            Family::Ipv4 => "",
+            Family::Ipv6 => " over IPv6",
+        };
         markdown += &format!(
-            "## Macro benchmark\n\n{} rounds x {} s per workload; paced CPU run at {} conn/s.\n\n",
+            "## Macro benchmark{over}\n\n{} rounds x {} s per workload; paced CPU run at {} conn/s.\n\n",
             macro_opts.rounds, seconds, macro_opts.workloads.paced_rate,
         );
         if macro_opts

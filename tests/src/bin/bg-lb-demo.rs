@@ -4,8 +4,9 @@
 //! includes what client affinity did for each client (none saw v2 and then
 //! v1 again); with `--hosts N`, a release across
 //! N LB hosts behind a BGP router, one host stopping for good in the middle
-//! (`bg_lb_tests::fleet_release`). Everything it creates is removed on exit,
-//! on error and on Ctrl-C.
+//! (`bg_lb_tests::fleet_release`); with `--ipv6`, the single-host release
+//! over IPv6 (VIPs, backends, SNAT address and clients in fd00:99::/64).
+//! Everything it creates is removed on exit, on error and on Ctrl-C.
 
 use std::{
     process::{Command, ExitCode},
@@ -29,6 +30,7 @@ use bg_lb_tests::{
     lab::{BlueGreenLab, LabOptions, SERVICE},
     load::{Load, LoadSpec, Tally, TallyWatch},
     release::{Narration, ReleaseError, ReleaseReport, release},
+    topology::Family,
 };
 use clap::Parser;
 use nix::sys::signal::{SigHandler, Signal, signal};
@@ -65,6 +67,16 @@ struct Args {
     /// topology up at the end (as --keep).
     #[arg(long, value_name = "PORT", num_args = 0..=1, default_missing_value = "9751")]
     console: Option<u16>,
+    /// Run the release over IPv6: the VIPs, backends, SNAT address and
+    /// client addresses are IPv6 (fd00:99::/64), on a dual-stack segment.
+    #[arg(long)]
+    ipv6: bool,
+}
+
+impl Args {
+    fn family(&self) -> Family {
+        if self.ipv6 { Family::Ipv6 } else { Family::Ipv4 }
+    }
 }
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
@@ -102,15 +114,19 @@ fn run(bin: &'static str, args: &Args) -> ExitCode {
     println!("bg-lb demo: a zero-downtime blue-green release under load\n");
     println!("Setting up network namespaces: a client, the load balancer, and four backends");
     println!("(b0, b1 = blue; b2, b3 = green; all running demo-backend v1 with GET /live and /standby)...");
+    if args.ipv6 {
+        println!("(dual-stack segment; the service, its backends and clients use IPv6 only)");
+    }
     let tokens = args.console.map(|_| ConsoleTokens::new("demo"));
     let options = LabOptions {
         forwarding: args.mode,
         tables: tokens.as_ref().map(ConsoleTokens::api_table).unwrap_or_default(),
         affinity: Affinity::ClientIp,
+        family: args.family(),
         ..LabOptions::default()
     };
     let mut lab = BlueGreenLab::start(bin, &options);
-    let clients = lab.topo.add_clients(CLIENTS, args.mode);
+    let clients = lab.topo.add_clients(args.family(), CLIENTS, args.mode);
     let _forwarder = match (args.console, &tokens) {
         (Some(port), Some(tokens)) => match Forwarder::start(&lab.topo.lb.ns, port) {
             Ok(forwarder) => {
@@ -154,7 +170,7 @@ fn run(bin: &'static str, args: &Args) -> ExitCode {
     );
     println!(
         "  plus 4 keep-alive connections from {} living {:.0}s each\n",
-        lab.topo.client.addr,
+        lab.topo.client.addr_of(args.family()),
         (hold * 2).as_secs_f64()
     );
     let ratios = RatioLog::start(lab.daemon.socket(), SERVICE);
@@ -193,6 +209,10 @@ fn run_fleet(bin: &'static str, args: &Args) -> ExitCode {
     }
     if args.console.is_some() {
         eprintln!("--console serves one host's console: run it without --hosts");
+        return ExitCode::FAILURE;
+    }
+    if args.ipv6 {
+        eprintln!("--hosts runs over IPv4 only (the fleet's BGP announces an IPv4 VIP): run --ipv6 without --hosts");
         return ExitCode::FAILURE;
     }
     let hosts = usize::from(args.hosts);
@@ -381,7 +401,7 @@ fn explore(lab: &BlueGreenLab, bin: &str) {
     println!("  {bin} ctl --socket {} status", lab.daemon.socket().display());
     println!("  {bin} ctl --socket {} flows {SERVICE}", lab.daemon.socket().display());
     println!(
-        "  ip netns exec {} curl -s http://{}/",
+        "  ip netns exec {} curl -gs http://{}/",
         lab.topo.client.ns.name,
         lab.live_vip()
     );

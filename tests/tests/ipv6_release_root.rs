@@ -1,0 +1,96 @@
+//! IPv6 end-to-end tests (root): the dual-stack one-arm lab with bg-lb's
+//! XDP program on the LB, and an IPv6 HTTP service (full NAT: IPv6 VIP,
+//! backends and SNAT address) through the whole blue-green release under
+//! load.
+
+use std::net::SocketAddr;
+
+use bg_lb_tests::{
+    daemon::DemoBackend,
+    http,
+    lab::{BlueGreenLab, LabOptions},
+    release::assert_release_under_load_fails_no_request,
+    servers::{NameServer, UdpNameClient, UdpNameServer, ask_names},
+    topology::{Family, LB_ADDR6, VIP_ADDR6},
+};
+
+const BG_LB: &str = env!("CARGO_BIN_EXE_bg-lb-under-test");
+/// The port of the test's own IPv6 servers, clear of the lab's.
+const PORT: u16 = 9000;
+
+/// The names `n` fresh TCP connections from `ns` to `to` are answered with.
+fn names(ns: &bg_lb_tests::topology::NetNs, to: SocketAddr, n: usize) -> Vec<String> {
+    ask_names(ns, to, n).unwrap_or_else(|e| panic!("{to} over IPv6: {e}"))
+}
+
+#[test]
+fn dual_stack_lab_serves_over_ipv6_and_keeps_neighbour_discovery_through_bg_lbs_xdp() {
+    // An IPv4 service: bg-lb's XDP program is on the LB's eth0 and the lab's
+    // xdp_pass on the switch side of that link, as in every lab.
+    let mut lab = BlueGreenLab::start(BG_LB, &LabOptions::default());
+    lab.topo.add_ipv6();
+    let backends: Vec<SocketAddr> = lab
+        .topo
+        .backends
+        .iter()
+        .map(|b| SocketAddr::new(b.addr_of(Family::Ipv6), PORT))
+        .collect();
+    let _tcp = NameServer::start_on_each_of(&lab.topo.backends, Family::Ipv6, PORT);
+    let _udp = UdpNameServer::start_on_each_of(&lab.topo.backends, Family::Ipv6, PORT);
+    let _lb_server = NameServer::start(&lab.topo.lb.ns, (Family::Ipv6.unspecified(), PORT), "lb".into());
+
+    for (i, &backend) in backends.iter().enumerate() {
+        assert_eq!(
+            names(&lab.topo.client.ns, backend, 2),
+            [format!("b{i}"), format!("b{i}")]
+        );
+        let udp = lab
+            .topo
+            .client
+            .ns
+            .run(move || UdpNameClient::connect(backend).and_then(|c| c.ask()));
+        assert_eq!(udp.expect("UDP over IPv6"), format!("b{i}"));
+        // The LB's own connections: the backend's neighbour advertisements
+        // and replies arrive through bg-lb's program.
+        assert_eq!(names(&lab.topo.lb.ns, backend, 1), [format!("b{i}")]);
+    }
+    // The client's solicitations for the LB's addresses, and its segments
+    // to them, arrive through bg-lb's program too.
+    for lb in [LB_ADDR6, VIP_ADDR6] {
+        assert_eq!(
+            names(&lab.topo.client.ns, SocketAddr::new(lb.into(), PORT), 2),
+            ["lb", "lb"]
+        );
+    }
+
+    // demo-backend serves HTTP on an IPv6 address as it is.
+    let host = &lab.topo.backends[0];
+    let addr = SocketAddr::new(host.addr_of(Family::Ipv6), PORT + 1);
+    let _demo = DemoBackend::start(BG_LB, &host.ns, addr, "b0-v6", "v6");
+    let response = lab
+        .topo
+        .client
+        .ns
+        .run(move || http::request(addr, "GET", "/"))
+        .expect("GET / over IPv6");
+    assert_eq!(
+        (response.status, response.backend_name(), response.backend_version()),
+        (200, "b0-v6".to_owned(), "v6".to_owned())
+    );
+
+    // The IPv4 service is unaffected by the second family.
+    let served = lab.serve(lab.live_vip(), 20);
+    assert_eq!(served.len(), 20);
+}
+
+#[test]
+#[ignore = "needs IPv6 in the daemon and data plane (s7-v6-control, s7-v6-dataplane)"]
+fn ipv6_full_release_under_load_fails_no_request() {
+    let options = LabOptions {
+        family: Family::Ipv6,
+        ..LabOptions::default()
+    };
+    let mut lab = BlueGreenLab::start(BG_LB, &options);
+    assert!(lab.live_vip().is_ipv6(), "the service runs over IPv6");
+    assert_release_under_load_fails_no_request(&mut lab);
+}
