@@ -3,7 +3,7 @@
 //! values bg-lb defines (a packet counter's verdict, a check's listener, a
 //! shift's state).
 
-use std::{fmt, net::SocketAddrV4, time::SystemTime};
+use std::{fmt, net::SocketAddr, time::SystemTime};
 
 use bg_lb_common::counters::Counter;
 use prometheus_client::{
@@ -297,7 +297,7 @@ fn prefixed<'a>(first: Labels, rows: Vec<(Labels, Value<'a>)>) -> impl Iterator<
     })
 }
 
-fn backend_labels(service: &str, pool: Pool, backend: SocketAddrV4) -> Labels {
+fn backend_labels(service: &str, pool: Pool, backend: SocketAddr) -> Labels {
     vec![
         ("service", service.to_owned()),
         ("pool", pool.to_string()),

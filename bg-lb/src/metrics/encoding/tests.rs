@@ -83,6 +83,7 @@ fn snapshot() -> Snapshot {
             name: "web".into(),
             vip: "10.0.0.100:80".parse().unwrap(),
             standby_vip: None,
+            listeners: vec![],
             ratio: Ratio::new(30).unwrap(),
             effective_ratio: Ratio::new(100).unwrap(),
             backends: vec![
