@@ -490,6 +490,40 @@ pub struct SynProxyStatus {
 }
 
 impl ServiceStatus {
+    /// Its VIPs as `ctl status` and `ctl top` show them: `vip A  standby
+    /// B`, each address followed by its family once a service has an IPv6
+    /// VIP (an older daemon's reply, without listeners, shows `vip` and
+    /// `standby_vip`).
+    pub fn vips_text(&self) -> String {
+        let dual = self.listeners.iter().any(|l| l.family == Family::Ipv6);
+        let list = |standby: bool| -> Vec<String> {
+            self.listeners
+                .iter()
+                .filter(|l| l.standby == standby)
+                .map(|l| {
+                    if dual {
+                        format!("{} ({})", l.vip, l.family)
+                    } else {
+                        l.vip.to_string()
+                    }
+                })
+                .collect()
+        };
+        let (live, standby) = if self.listeners.is_empty() {
+            (
+                vec![self.vip.to_string()],
+                self.standby_vip.iter().map(|v| v.to_string()).collect(),
+            )
+        } else {
+            (list(false), list(true))
+        };
+        let mut text = format!("vip {}", live.join(", "));
+        if !standby.is_empty() {
+            text += &format!("  standby {}", standby.join(", "));
+        }
+        text
+    }
+
     /// Open flows on a pool's backends: zero means drained.
     pub fn open_flows(&self, pool: Pool) -> u64 {
         self.backends

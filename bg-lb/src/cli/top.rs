@@ -126,11 +126,7 @@ fn render_service(lines: &mut Vec<String>, s: &ServiceStatus, previous: Option<&
     } else {
         format!("  (effective {})", s.effective_ratio)
     };
-    let standby = s.standby_vip.map(|v| format!("  standby {v}")).unwrap_or_default();
-    lines.push(format!(
-        "{}  vip {}{standby}  ratio {}{effective}",
-        s.name, s.vip, s.ratio
-    ));
+    lines.push(format!("{}  {}  ratio {}{effective}", s.name, s.vips_text(), s.ratio));
     let rates_of = |address| previous.and_then(|p| rates(p, current, &s.name, address));
     // Under `dsr` no reply crosses the LB: "-", not a rate of zero.
     let replies = s.forwarding.sees_replies();

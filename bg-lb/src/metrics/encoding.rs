@@ -230,6 +230,22 @@ impl Snapshot {
                     (labels, Value::Gauge(1))
                 })
                 .collect(),
+            Metric::ListenerInfo => self
+                .services
+                .iter()
+                .flat_map(|s| {
+                    s.listeners.iter().map(|l| {
+                        let labels = vec![
+                            ("service", s.name.clone()),
+                            ("vip", l.vip.to_string()),
+                            ("family", l.family.label().to_owned()),
+                            ("protocol", l.protocol.to_string()),
+                            ("listener", if l.standby { "standby" } else { "live" }.to_owned()),
+                        ];
+                        (labels, Value::Gauge(1))
+                    })
+                })
+                .collect(),
             Metric::SynProxyActive => self
                 .services
                 .iter()
