@@ -288,9 +288,21 @@ fn example_file_parses() {
     assert_eq!(config.snat_addresses, [Ipv4Addr::new(10, 0, 0, 1)]);
     assert_eq!(config.lookup_capacity, DEFAULT_LOOKUP_CAPACITY);
     assert_eq!(config.max_flows, DEFAULT_MAX_FLOWS);
-    let [web, dns] = config.services.as_slice() else {
-        panic!("two services expected: {config:?}")
+    let [web, dns, api] = config.services.as_slice() else {
+        panic!("three services expected: {config:?}")
     };
+    assert_eq!(
+        api.vips,
+        [
+            "10.0.0.101:443".parse::<std::net::SocketAddr>().unwrap(),
+            "[fd00::101]:443".parse().unwrap()
+        ],
+        "the example shows a dual-stack service"
+    );
+    assert_eq!(
+        config.snat6_addresses,
+        ["fd00::1".parse::<std::net::Ipv6Addr>().unwrap()]
+    );
     assert_eq!(
         (dns.protocol, dns.udp_idle, dns.vip()),
         (Protocol::Udp, Duration::from_secs(30), "10.0.0.100:53".parse().unwrap())
