@@ -50,6 +50,10 @@ impl Kernel {
             (maps::FLOWS, opts.max_flows),
             (maps::REVERSE_NAT, opts.reverse_nat_entries.max(opts.max_flows)),
             (maps::LOOKUP_TABLES, opts.lookup_capacity),
+            // IPv6's, sized like IPv4's (preallocated at their defaults they
+            // would hold a million entries each).
+            (maps::FLOWS6, opts.max_flows),
+            (maps::REVERSE_NAT6, opts.reverse_nat_entries.max(opts.max_flows)),
         ];
         let mut loader = EbpfLoader::new();
         for (name, entries) in capacities {
