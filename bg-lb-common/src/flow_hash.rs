@@ -3,8 +3,12 @@
 //! instead under client affinity. They must be identical in the data plane
 //! and in userspace, so they live here. Murmur3's finaliser gives good
 //! avalanche with only 32-bit multiplies, which BPF has.
+//!
+//! Generic over the address family: an address is mixed in a 32-bit word
+//! at a time, so an IPv4 key hashes exactly as it always has and an IPv6
+//! key over all eight of its words.
 
-use crate::maps::{FlowKey, SERVICE_AFFINITY_CLIENT_IP, Service};
+use crate::maps::{FlowKeyOf, SERVICE_AFFINITY_CLIENT_IP, Service, WireAddr};
 
 const SEED: u32 = 0x9e37_79b9;
 
@@ -18,20 +22,26 @@ const fn fmix32(mut h: u32) -> u32 {
     h
 }
 
+/// `h` with each of `addr`'s words mixed in.
 #[inline(always)]
-pub const fn flow_hash(key: &FlowKey) -> u32 {
+fn mix_addr<A: WireAddr>(h: u32, addr: &A) -> u32 {
+    addr.fold(h, |h, word| fmix32(h ^ word))
+}
+
+#[inline(always)]
+pub fn flow_hash<A: WireAddr>(key: &FlowKeyOf<A>) -> u32 {
     let ports = ((key.client_port as u32) << 16) | key.vip_port as u32;
     let mut h = fmix32(SEED ^ key.proto as u32);
-    h = fmix32(h ^ key.client_addr);
-    h = fmix32(h ^ key.vip_addr);
+    h = mix_addr(h, &key.client_addr);
+    h = mix_addr(h, &key.vip_addr);
     fmix32(h ^ ports)
 }
 
 /// A client address's hash (wire order in): its point on the table under
 /// client affinity. Seeded apart from [`flow_hash`].
 #[inline(always)]
-pub const fn client_hash(client_addr: u32) -> u32 {
-    fmix32(fmix32(SEED ^ 0x6c62_272e) ^ client_addr)
+pub fn client_hash<A: WireAddr>(client_addr: A) -> u32 {
+    mix_addr(fmix32(SEED ^ 0x6c62_272e), &client_addr)
 }
 
 /// The lookup-table slot of a new flow whose 5-tuple hashes to `hash`: the
@@ -40,7 +50,7 @@ pub const fn client_hash(client_addr: u32) -> u32 {
 /// out so that the slot is the client's point: bg-lb's `affinity`).
 /// `None` for a table of no slots.
 #[inline(always)]
-pub const fn table_slot(key: &FlowKey, hash: u32, service: &Service) -> Option<u32> {
+pub fn table_slot<A: WireAddr>(key: &FlowKeyOf<A>, hash: u32, service: &Service) -> Option<u32> {
     let hash = if service.flags & SERVICE_AFFINITY_CLIENT_IP != 0 {
         client_hash(key.client_addr)
     } else {
@@ -51,9 +61,10 @@ pub const fn table_slot(key: &FlowKey, hash: u32, service: &Service) -> Option<u
 
 #[cfg(test)]
 mod tests {
-    use core::net::{Ipv4Addr, SocketAddrV4};
+    use core::net::{Ipv4Addr, Ipv6Addr, SocketAddrV4, SocketAddrV6};
 
     use super::*;
+    use crate::maps::{FlowKey, FlowKey6};
 
     fn key(port: u16) -> FlowKey {
         FlowKey::from_client(
@@ -73,6 +84,46 @@ mod tests {
         let fair = 60_000 / buckets;
         for c in counts {
             assert!(c.abs_diff(fair) < fair / 10, "bucket {c} vs fair {fair}");
+        }
+    }
+
+    #[test]
+    fn ipv4_hashes_are_the_ones_before_ipv6() {
+        // Computed with the IPv4-only functions this crate had before its
+        // map types became generic: a pinned flow's slot and SNAT
+        // candidates must not move across the upgrade.
+        fn old_flow_hash(key: &FlowKey) -> u32 {
+            let ports = ((key.client_port as u32) << 16) | key.vip_port as u32;
+            let mut h = fmix32(SEED ^ key.proto as u32);
+            h = fmix32(h ^ key.client_addr);
+            h = fmix32(h ^ key.vip_addr);
+            fmix32(h ^ ports)
+        }
+        for port in [0, 1, 1000, 40000, 65535] {
+            let k = key(port);
+            assert_eq!(flow_hash(&k), old_flow_hash(&k));
+            assert_eq!(
+                client_hash(k.client_addr),
+                fmix32(fmix32(SEED ^ 0x6c62_272e) ^ k.client_addr)
+            );
+        }
+    }
+
+    #[test]
+    fn an_ipv6_flow_hash_depends_on_every_address_word() {
+        let client = SocketAddrV6::new(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 5), 40000, 0, 0);
+        let vip = SocketAddrV6::new(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 0x100), 80, 0, 0);
+        let base = FlowKey6::from_client(client, vip);
+        let h = flow_hash(&base);
+        let c = client_hash(base.client_addr);
+        for word in 0..4 {
+            let mut other = base;
+            other.client_addr[word] ^= 1;
+            assert_ne!(h, flow_hash(&other), "client word {word}");
+            assert_ne!(c, client_hash(other.client_addr), "client word {word}");
+            let mut other = base;
+            other.vip_addr[word] ^= 1;
+            assert_ne!(h, flow_hash(&other), "VIP word {word}");
         }
     }
 

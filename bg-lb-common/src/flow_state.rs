@@ -54,7 +54,7 @@
 //! takes the backend's SYN-ACK and the ACK the LB sends in the client's
 //! place through [`advance`] too: that ACK establishes the flow.
 
-use crate::maps::{Flow, SeqState};
+use crate::maps::{FlowOf, SeqState, WireAddr};
 
 pub const TCP_FIN: u8 = 0x01;
 pub const TCP_SYN: u8 = 0x02;
@@ -211,7 +211,7 @@ pub const fn readopted_by(seg: &Segment) -> (u32, SeqState, SeqState) {
 /// Takes `seg`, sent in `dir`, into `flow`'s state and sequence state, and
 /// says what it meant.
 #[inline(always)]
-pub fn advance(flow: &mut Flow, dir: Direction, seg: &Segment) -> Event {
+pub fn advance<A: WireAddr>(flow: &mut FlowOf<A>, dir: Direction, seg: &Segment) -> Event {
     let state = flow.state;
     let (sender, receiver, fin) = match dir {
         Direction::FromClient => (&mut flow.client, &mut flow.backend, FIN_FROM_CLIENT),
@@ -289,7 +289,7 @@ pub const fn wants_client_timestamp(state: u32) -> bool {
 /// keeps the newest TSval the client sent as its `ts_recent`. The record
 /// only ever grows, so a forged segment can make it stricter, never laxer.
 #[inline(always)]
-pub fn note_client_timestamp(flow: &mut Flow, tsval: Option<u32>) {
+pub fn note_client_timestamp<A: WireAddr>(flow: &mut FlowOf<A>, tsval: Option<u32>) {
     let Some(tsval) = tsval else {
         return;
     };
@@ -319,7 +319,7 @@ const fn rst_acceptable(state: u32, dir: Direction, seg: &Segment, sender: &SeqS
 /// data or a FIN, comes from an older connection on the same (backend,
 /// SNAT port) and must not reach this client.
 #[inline(always)]
-pub const fn backend_may_send(flow: &Flow, seg: &Segment) -> bool {
+pub const fn backend_may_send<A: WireAddr>(flow: &FlowOf<A>, seg: &Segment) -> bool {
     if flow.state & SYN_ACK_SEEN != 0 {
         return true;
     }

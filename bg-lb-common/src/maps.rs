@@ -4,11 +4,105 @@
 //! program and userspace see the same bytes. Addresses and ports are stored
 //! as on the wire; the constructors and accessors here are the only code that
 //! converts them to and from `core::net` types.
+//!
+//! The address-bearing types are generic over the address family
+//! ([`WireAddr`]: `u32` for IPv4, [`Ipv6Wire`] for IPv6), one definition
+//! with two instantiations: `ServiceKey`, `Backend`, `FlowKey`, `Flow`,
+//! `NatKey`, `NatOwner` for IPv4 (their layouts as before IPv6 came), and
+//! the same names with a `6` for IPv6, in maps of their own ([`SERVICES6`],
+//! ...). Service and backend ids are one space across both families.
 
 use core::{
-    net::{Ipv4Addr, SocketAddrV4},
+    fmt::Debug,
+    hash::Hash,
+    net::{Ipv4Addr, Ipv6Addr, SocketAddrV4, SocketAddrV6},
     ops::RangeInclusive,
 };
+
+/// An IPv6 address as the data plane reads it: its 16 octets as four
+/// `u32::from_ne_bytes` words (wire order, as IPv4's `u32`).
+pub type Ipv6Wire = [u32; 4];
+
+/// An address family's address in wire order: `u32` (IPv4) or
+/// [`Ipv6Wire`]. What the generic map types and the data plane's generic
+/// code need of it.
+pub trait WireAddr: Copy + Default + Eq + Hash + Debug + sealed::Sealed + 'static {
+    /// The explicit tail padding of a [`FlowOf`] of this family: none for
+    /// IPv4 (its layout is unchanged), 4 bytes for IPv6 (to the `u64`
+    /// alignment).
+    type FlowPad: Copy + Default + Eq + Hash + Debug;
+
+    /// `f` applied over the address's 32-bit words in order, from `init`:
+    /// for IPv4 `f(init, addr)`, so a hash over the words is the one
+    /// IPv4 always had.
+    fn fold<F: Fn(u32, u32) -> u32>(&self, init: u32, f: F) -> u32;
+
+    /// The unspecified address (all zeros): a free [`BackendOf`] slot, an
+    /// unused SNAT slot.
+    fn is_unspecified(&self) -> bool;
+
+    /// This family's SNAT addresses in `cfg` and how many are in use.
+    fn snat_addrs(cfg: &DataplaneConfig) -> (&[Self; MAX_SNAT_ADDRESSES], u32);
+
+    /// This family's VIP filter in `cfg`.
+    fn vip_filter(cfg: &DataplaneConfig) -> &[u32; VIP_FILTER_WORDS];
+}
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for u32 {}
+    impl Sealed for super::Ipv6Wire {}
+}
+
+impl WireAddr for u32 {
+    type FlowPad = [u8; 0];
+
+    #[inline(always)]
+    fn fold<F: Fn(u32, u32) -> u32>(&self, init: u32, f: F) -> u32 {
+        f(init, *self)
+    }
+
+    #[inline(always)]
+    fn is_unspecified(&self) -> bool {
+        *self == 0
+    }
+
+    #[inline(always)]
+    fn snat_addrs(cfg: &DataplaneConfig) -> (&[Self; MAX_SNAT_ADDRESSES], u32) {
+        (&cfg.snat_addrs, cfg.snat_addr_count)
+    }
+
+    #[inline(always)]
+    fn vip_filter(cfg: &DataplaneConfig) -> &[u32; VIP_FILTER_WORDS] {
+        &cfg.vip_filter
+    }
+}
+
+impl WireAddr for Ipv6Wire {
+    type FlowPad = [u8; 4];
+
+    #[inline(always)]
+    fn fold<F: Fn(u32, u32) -> u32>(&self, init: u32, f: F) -> u32 {
+        let [a, b, c, d] = *self;
+        f(f(f(f(init, a), b), c), d)
+    }
+
+    #[inline(always)]
+    fn is_unspecified(&self) -> bool {
+        let [a, b, c, d] = *self;
+        a | b | c | d == 0
+    }
+
+    #[inline(always)]
+    fn snat_addrs(cfg: &DataplaneConfig) -> (&[Self; MAX_SNAT_ADDRESSES], u32) {
+        (&cfg.snat6_addrs, cfg.snat6_addr_count)
+    }
+
+    #[inline(always)]
+    fn vip_filter(cfg: &DataplaneConfig) -> &[u32; VIP_FILTER_WORDS] {
+        &cfg.vip6_filter
+    }
+}
 
 /// `HashMap<ServiceKey, Service>`: VIP:port/proto -> service.
 pub const SERVICES: &str = "SERVICES";
@@ -77,8 +171,25 @@ pub const LAYOUT: &str = "LAYOUT";
 /// ago skips the lookup (see [`NextHop`]).
 pub const NEXT_HOPS: &str = "NEXT_HOPS";
 
+/// `HashMap<ServiceKey6, Service>`: IPv6 VIP:port/proto -> service (ids
+/// shared with [`SERVICES`]).
+pub const SERVICES6: &str = "SERVICES6";
+/// `Array<Backend6>` indexed by backend id. Backend ids are one space
+/// across [`BACKENDS`] and this: an id in use names a backend in exactly one
+/// of the two (free in the other). An IPv6 service's lookup tables, in
+/// [`LOOKUP_TABLES`], hold ids of entries here.
+pub const BACKENDS6: &str = "BACKENDS6";
+/// `LruHashMap<FlowKey6, Flow6>`: IPv6 client flow -> pinned backend.
+pub const FLOWS6: &str = "FLOWS6";
+/// `HashMap<NatKey6, NatOwner6>`: IPv6 backend reply tuple -> client flow,
+/// with [`REVERSE_NAT`]'s ownership rules.
+pub const REVERSE_NAT6: &str = "REVERSE_NAT6";
+/// `HashMap<Ipv6Wire, u32>`: every IPv6 VIP address -> 1, as
+/// [`VIP_ADDRESSES`].
+pub const VIP_ADDRESSES6: &str = "VIP_ADDRESSES6";
+
 /// Every map of the load balancer object, for pinning and teardown.
-pub const ALL_MAPS: [&str; 18] = [
+pub const ALL_MAPS: [&str; 23] = [
     SERVICES,
     BACKENDS,
     LOOKUP_TABLES,
@@ -97,6 +208,11 @@ pub const ALL_MAPS: [&str; 18] = [
     HELD_SCRATCH,
     LAYOUT,
     NEXT_HOPS,
+    SERVICES6,
+    BACKENDS6,
+    FLOWS6,
+    REVERSE_NAT6,
+    VIP_ADDRESSES6,
 ];
 
 /// Name of the load balancer's XDP program in the object.
@@ -134,20 +250,25 @@ pub const IPPROTO_UDP: u8 = 17;
 pub const POOL_BLUE: u8 = 0;
 pub const POOL_GREEN: u8 = 1;
 
+/// A service's VIP, port and protocol: the key of [`SERVICES`]
+/// ([`ServiceKey`]) and [`SERVICES6`] ([`ServiceKey6`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct ServiceKey {
-    pub addr: u32,
+pub struct ServiceKeyOf<A> {
+    pub addr: A,
     pub port: u16,
     pub proto: u8,
     pub _pad: u8,
 }
 
-impl ServiceKey {
+pub type ServiceKey = ServiceKeyOf<u32>;
+pub type ServiceKey6 = ServiceKeyOf<Ipv6Wire>;
+
+impl<A: WireAddr> ServiceKeyOf<A> {
     /// The key of the `proto` ([`IPPROTO_TCP`] or [`IPPROTO_UDP`]) service
     /// at `addr`:`port`, in wire order as the data plane reads them.
     #[inline(always)]
-    pub const fn from_wire(addr: u32, port: u16, proto: u8) -> Self {
+    pub const fn from_wire(addr: A, port: u16, proto: u8) -> Self {
         Self {
             addr,
             port,
@@ -155,7 +276,9 @@ impl ServiceKey {
             _pad: 0,
         }
     }
+}
 
+impl ServiceKey {
     /// The key of the TCP service listening on `vip`.
     pub const fn new(vip: SocketAddrV4) -> Self {
         Self::with_proto(vip, IPPROTO_TCP)
@@ -174,6 +297,22 @@ impl ServiceKey {
 
     pub const fn vip(&self) -> SocketAddrV4 {
         socket(self.addr, self.port)
+    }
+}
+
+impl ServiceKey6 {
+    /// The key of the TCP service listening on `vip`.
+    pub const fn new(vip: SocketAddrV6) -> Self {
+        Self::with_proto(vip, IPPROTO_TCP)
+    }
+
+    /// The key of the service listening on `vip` for protocol `proto`.
+    pub const fn with_proto(vip: SocketAddrV6, proto: u8) -> Self {
+        Self::from_wire(wire_ip6(*vip.ip()), wire_port(vip.port()), proto)
+    }
+
+    pub const fn vip(&self) -> SocketAddrV6 {
+        socket6(self.addr, self.port)
     }
 }
 
@@ -226,11 +365,12 @@ pub const FORWARDING_GATEWAY: u32 = 1;
 /// A flow has no [`REVERSE_NAT`] entry and no SNAT port.
 pub const FORWARDING_DSR: u32 = 2;
 
-/// An entry of [`BACKENDS`]; the default (zero address) marks a free slot.
+/// An entry of [`BACKENDS`] ([`Backend`]) or [`BACKENDS6`] ([`Backend6`]);
+/// the default (unspecified address) marks a free slot.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Backend {
-    pub addr: u32,
+pub struct BackendOf<A> {
+    pub addr: A,
     pub port: u16,
     /// [`POOL_BLUE`] or [`POOL_GREEN`].
     pub pool: u8,
@@ -244,13 +384,17 @@ pub struct Backend {
     pub generation: u32,
 }
 
-impl Backend {
-    /// Backend `addr` of service `service_id`, holding its id as
-    /// `generation`; `reset_flows` sets [`BACKEND_RESET_FLOWS`].
-    pub const fn new(service_id: u32, generation: u32, addr: SocketAddrV4, pool: u8, reset_flows: bool) -> Self {
+pub type Backend = BackendOf<u32>;
+pub type Backend6 = BackendOf<Ipv6Wire>;
+
+impl<A: WireAddr> BackendOf<A> {
+    /// Backend at `addr`:`port` (wire order) of service `service_id`,
+    /// holding its id as `generation`; `reset_flows` sets
+    /// [`BACKEND_RESET_FLOWS`].
+    pub const fn from_wire(service_id: u32, generation: u32, addr: A, port: u16, pool: u8, reset_flows: bool) -> Self {
         Self {
-            addr: wire_ip(*addr.ip()),
-            port: wire_port(addr.port()),
+            addr,
+            port,
             pool,
             flags: if reset_flows { BACKEND_RESET_FLOWS } else { 0 },
             service_id,
@@ -258,12 +402,46 @@ impl Backend {
         }
     }
 
+    #[inline(always)]
+    pub fn is_free(&self) -> bool {
+        self.addr.is_unspecified()
+    }
+}
+
+impl Backend {
+    /// Backend `addr` of service `service_id`, holding its id as
+    /// `generation`; `reset_flows` sets [`BACKEND_RESET_FLOWS`].
+    pub const fn new(service_id: u32, generation: u32, addr: SocketAddrV4, pool: u8, reset_flows: bool) -> Self {
+        Self::from_wire(
+            service_id,
+            generation,
+            wire_ip(*addr.ip()),
+            wire_port(addr.port()),
+            pool,
+            reset_flows,
+        )
+    }
+
     pub const fn addr(&self) -> SocketAddrV4 {
         socket(self.addr, self.port)
     }
+}
 
-    pub const fn is_free(&self) -> bool {
-        self.addr == 0
+impl Backend6 {
+    /// As [`Backend::new`], for an IPv6 backend.
+    pub const fn new(service_id: u32, generation: u32, addr: SocketAddrV6, pool: u8, reset_flows: bool) -> Self {
+        Self::from_wire(
+            service_id,
+            generation,
+            wire_ip6(*addr.ip()),
+            wire_port(addr.port()),
+            pool,
+            reset_flows,
+        )
+    }
+
+    pub const fn addr(&self) -> SocketAddrV6 {
+        socket6(self.addr, self.port)
     }
 }
 
@@ -271,33 +449,45 @@ impl Backend {
 /// its pinned flows are answered with a RST and the flows removed.
 pub const BACKEND_RESET_FLOWS: u8 = 1 << 0;
 
-/// A client flow as the client sees it: client -> VIP.
+/// A client flow as the client sees it: client -> VIP. The key of
+/// [`FLOWS`] ([`FlowKey`]) and [`FLOWS6`] ([`FlowKey6`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct FlowKey {
-    pub client_addr: u32,
-    pub vip_addr: u32,
+pub struct FlowKeyOf<A> {
+    pub client_addr: A,
+    pub vip_addr: A,
     pub client_port: u16,
     pub vip_port: u16,
     pub proto: u8,
     pub _pad: [u8; 3],
 }
 
-impl FlowKey {
+pub type FlowKey = FlowKeyOf<u32>;
+pub type FlowKey6 = FlowKeyOf<Ipv6Wire>;
+
+impl<A: WireAddr> FlowKeyOf<A> {
     /// The TCP flow from `client_addr`:`client_port` to `vip_addr`:`vip_port`,
     /// in wire order as the data plane reads them.
     #[inline(always)]
-    pub const fn from_wire(client_addr: u32, client_port: u16, vip_addr: u32, vip_port: u16) -> Self {
+    pub const fn from_wire(client_addr: A, client_port: u16, vip_addr: A, vip_port: u16) -> Self {
+        Self::from_wire_proto(client_addr, client_port, vip_addr, vip_port, IPPROTO_TCP)
+    }
+
+    /// [`FlowKeyOf::from_wire`] of protocol `proto`.
+    #[inline(always)]
+    pub const fn from_wire_proto(client_addr: A, client_port: u16, vip_addr: A, vip_port: u16, proto: u8) -> Self {
         Self {
             client_addr,
             vip_addr,
             client_port,
             vip_port,
-            proto: IPPROTO_TCP,
+            proto,
             _pad: [0; 3],
         }
     }
+}
 
+impl FlowKey {
     /// The TCP flow from `client` to `vip`.
     pub const fn from_client(client: SocketAddrV4, vip: SocketAddrV4) -> Self {
         Self::with_proto(client, vip, IPPROTO_TCP)
@@ -325,9 +515,38 @@ impl FlowKey {
     }
 }
 
+impl FlowKey6 {
+    /// The TCP flow from `client` to `vip`.
+    pub const fn from_client(client: SocketAddrV6, vip: SocketAddrV6) -> Self {
+        Self::with_proto(client, vip, IPPROTO_TCP)
+    }
+
+    /// The flow of protocol `proto` from `client` to `vip`.
+    pub const fn with_proto(client: SocketAddrV6, vip: SocketAddrV6, proto: u8) -> Self {
+        Self::from_wire_proto(
+            wire_ip6(*client.ip()),
+            wire_port(client.port()),
+            wire_ip6(*vip.ip()),
+            wire_port(vip.port()),
+            proto,
+        )
+    }
+
+    /// The VIP the client sent to.
+    pub const fn vip(&self) -> SocketAddrV6 {
+        socket6(self.vip_addr, self.vip_port)
+    }
+
+    pub const fn client(&self) -> SocketAddrV6 {
+        socket6(self.client_addr, self.client_port)
+    }
+}
+
+/// A pinned flow: the value of [`FLOWS`] ([`Flow`]) and [`FLOWS6`]
+/// ([`Flow6`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Flow {
+pub struct FlowOf<A: WireAddr> {
     pub backend_id: u32,
     pub service_id: u32,
     /// Wire order, as in [`NatKey::snat_port`].
@@ -370,15 +589,20 @@ pub struct Flow {
     pub client_mss: u16,
     /// The SNAT address the flow's packets to its backend come from (wire
     /// order, as in [`NatKey::snat_addr`]): one of
-    /// [`DataplaneConfig::snat_addrs`].
-    pub snat_addr: u32,
+    /// [`DataplaneConfig::snat_addrs`] (IPv6: `snat6_addrs`).
+    pub snat_addr: A,
     /// The newest TCP timestamp (TSval, host order) of the client's segments
     /// since the backend closed first: the `ts_recent` of the backend's
     /// TIME_WAIT ([`crate::flow_state::CLIENT_TIMESTAMPS`] says it is set).
     pub client_tsval: u32,
+    /// None for IPv4; to the `u64` alignment for IPv6.
+    pub _pad: A::FlowPad,
 }
 
-impl Flow {
+pub type Flow = FlowOf<u32>;
+pub type Flow6 = FlowOf<Ipv6Wire>;
+
+impl<A: WireAddr> FlowOf<A> {
     /// Whether the flow owns a reverse-NAT entry: all but a `dsr` service's
     /// flows.
     #[inline(always)]
@@ -396,8 +620,8 @@ impl Flow {
     /// How the flow's backend (`backend`) replies arrive: the reverse-NAT
     /// key the flow owns.
     #[inline(always)]
-    pub const fn nat_key(&self, backend: &Backend) -> NatKey {
-        NatKey::new(backend, self.snat_addr, self.snat_port)
+    pub const fn nat_key(&self, backend: &BackendOf<A>) -> NatKeyOf<A> {
+        NatKeyOf::new(backend, self.snat_addr, self.snat_port)
     }
 }
 
@@ -421,19 +645,22 @@ pub struct SeqState {
 /// protocol ([`FlowKey::proto`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct NatKey {
-    pub backend_addr: u32,
+pub struct NatKeyOf<A> {
+    pub backend_addr: A,
     /// Which SNAT address the reply goes to (wire order).
-    pub snat_addr: u32,
+    pub snat_addr: A,
     pub backend_port: u16,
     pub snat_port: u16,
 }
 
-impl NatKey {
+pub type NatKey = NatKeyOf<u32>;
+pub type NatKey6 = NatKeyOf<Ipv6Wire>;
+
+impl<A: WireAddr> NatKeyOf<A> {
     /// How `backend`'s replies to SNAT address `snat_addr` and port
     /// `snat_port` (wire order, as [`Flow`] holds them) arrive.
     #[inline(always)]
-    pub const fn new(backend: &Backend, snat_addr: u32, snat_port: u16) -> Self {
+    pub const fn new(backend: &BackendOf<A>, snat_addr: A, snat_port: u16) -> Self {
         Self {
             backend_addr: backend.addr,
             snat_addr,
@@ -442,6 +669,20 @@ impl NatKey {
         }
     }
 
+    /// The key a backend's packet from `backend_addr`:`backend_port` to
+    /// `snat_addr`:`snat_port` (wire order) carries.
+    #[inline(always)]
+    pub const fn from_wire(backend_addr: A, backend_port: u16, snat_addr: A, snat_port: u16) -> Self {
+        Self {
+            backend_addr,
+            snat_addr,
+            backend_port,
+            snat_port,
+        }
+    }
+}
+
+impl NatKey {
     /// The SNAT address the reply goes to.
     pub const fn snat_ip(&self) -> Ipv4Addr {
         ip(self.snat_addr)
@@ -453,11 +694,24 @@ impl NatKey {
     }
 }
 
-/// A [`REVERSE_NAT`] value: the flow that owns the (backend, SNAT port).
+impl NatKey6 {
+    /// The SNAT address the reply goes to.
+    pub const fn snat_ip(&self) -> Ipv6Addr {
+        ip6(self.snat_addr)
+    }
+
+    /// The backend that sends the reply.
+    pub const fn backend(&self) -> SocketAddrV6 {
+        socket6(self.backend_addr, self.backend_port)
+    }
+}
+
+/// A [`REVERSE_NAT`] ([`NatOwner`]) or [`REVERSE_NAT6`] ([`NatOwner6`])
+/// value: the flow that owns the (backend, SNAT port).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct NatOwner {
-    pub flow: FlowKey,
+pub struct NatOwnerOf<A> {
+    pub flow: FlowKeyOf<A>,
     /// When the port was claimed (`bpf_ktime_get_ns`, even), or
     /// [`NatOwner::TAKING_OVER`] set while a new connection takes it over and
     /// `flow` is being rewritten. The data plane changes an existing entry
@@ -467,13 +721,16 @@ pub struct NatOwner {
     pub claim: u64,
 }
 
-impl NatOwner {
+pub type NatOwner = NatOwnerOf<u32>;
+pub type NatOwner6 = NatOwnerOf<Ipv6Wire>;
+
+impl<A: WireAddr> NatOwnerOf<A> {
     /// Bit of [`NatOwner::claim`]: a takeover is rewriting `flow`.
     pub const TAKING_OVER: u64 = 1;
 
     /// `flow` owns the port from `now_ns` on.
     #[inline(always)]
-    pub const fn new(flow: FlowKey, now_ns: u64) -> Self {
+    pub const fn new(flow: FlowKeyOf<A>, now_ns: u64) -> Self {
         Self {
             flow,
             claim: now_ns & !Self::TAKING_OVER,
@@ -552,6 +809,16 @@ pub struct DataplaneConfig {
     /// clears it after its last one went, unless another VIP address shares
     /// it.
     pub vip_filter: [u32; VIP_FILTER_WORDS],
+    /// IPv6 source addresses of NATed packets towards IPv6 backends (wire
+    /// order): the first `snat6_addr_count` are in use, with the same port
+    /// range and `nat_epoch` as IPv4's.
+    pub snat6_addrs: [Ipv6Wire; MAX_SNAT_ADDRESSES],
+    /// 0 (no IPv6 SNAT address, so no IPv6 full NAT) to
+    /// [`MAX_SNAT_ADDRESSES`].
+    pub snat6_addr_count: u32,
+    /// The IPv6 VIP addresses (those in [`VIP_ADDRESSES6`]), as
+    /// `vip_filter` holds IPv4's ([`vip_filter_bit_of`]).
+    pub vip6_filter: [u32; VIP_FILTER_WORDS],
 }
 
 /// Words of [`DataplaneConfig::vip_filter`]: 256 bits, so a few VIP
@@ -565,14 +832,25 @@ pub const fn vip_filter_bit(addr: u32) -> usize {
     (addr.wrapping_mul(0x9e37_79b9) >> (32 - (VIP_FILTER_WORDS * 32).trailing_zeros())) as usize
 }
 
+/// An address's bit in its family's VIP filter: [`vip_filter_bit`] of the
+/// address (IPv4), or of its words folded into one (IPv6).
+#[inline(always)]
+pub fn vip_filter_bit_of<A: WireAddr>(addr: &A) -> usize {
+    // For one word (IPv4) the fold is the word itself.
+    vip_filter_bit(addr.fold(0, |h, w| h.rotate_left(7).wrapping_mul(0x85eb_ca6b) ^ w))
+}
+
 impl DataplaneConfig {
     /// A complete (ready) configuration: NAT towards backends from
-    /// `snat_addrs` (1 to [`MAX_SNAT_ADDRESSES`], as config validation
-    /// ensures), source ports in `snat_ports`.
+    /// `snat_addrs` (up to [`MAX_SNAT_ADDRESSES`]), source ports in
+    /// `snat_ports`. The list may be empty only for a host whose services
+    /// are all IPv6 ([`DataplaneConfig::with_snat6`]): config validation
+    /// wants a SNAT address of each family a VIP has; without one, an IPv4
+    /// connection request finds no SNAT pair and is refused.
     pub fn new(snat_addrs: &[Ipv4Addr], snat_ports: RangeInclusive<u16>) -> Self {
         assert!(
-            (1..=MAX_SNAT_ADDRESSES).contains(&snat_addrs.len()),
-            "1 to {MAX_SNAT_ADDRESSES} SNAT addresses, not {}",
+            snat_addrs.len() <= MAX_SNAT_ADDRESSES,
+            "at most {MAX_SNAT_ADDRESSES} SNAT addresses, not {}",
             snat_addrs.len()
         );
         let mut addrs = [0; MAX_SNAT_ADDRESSES];
@@ -588,37 +866,68 @@ impl DataplaneConfig {
             nat_epoch: 0,
             gateway_seen: 0,
             vip_filter: [0; VIP_FILTER_WORDS],
+            snat6_addrs: [[0; 4]; MAX_SNAT_ADDRESSES],
+            snat6_addr_count: 0,
+            vip6_filter: [0; VIP_FILTER_WORDS],
         }
     }
 
-    /// Whether `addr` (wire order) may be a VIP's address: its bit in
-    /// [`DataplaneConfig::vip_filter`] is set.
+    /// This configuration with the IPv6 SNAT addresses `snat6_addrs` (up to
+    /// [`MAX_SNAT_ADDRESSES`]; none: no IPv6 full NAT).
+    pub fn with_snat6(self, snat6_addrs: &[Ipv6Addr]) -> Self {
+        assert!(
+            snat6_addrs.len() <= MAX_SNAT_ADDRESSES,
+            "at most {MAX_SNAT_ADDRESSES} IPv6 SNAT addresses, not {}",
+            snat6_addrs.len()
+        );
+        let mut addrs = [[0; 4]; MAX_SNAT_ADDRESSES];
+        for (slot, addr) in addrs.iter_mut().zip(snat6_addrs) {
+            *slot = wire_ip6(*addr);
+        }
+        Self {
+            snat6_addrs: addrs,
+            snat6_addr_count: snat6_addrs.len() as u32,
+            ..self
+        }
+    }
+
+    /// Whether `addr` (wire order, either family) may be a VIP's address:
+    /// its bit in its family's filter ([`DataplaneConfig::vip_filter`],
+    /// [`DataplaneConfig::vip6_filter`]) is set.
     #[inline(always)]
-    pub fn may_be_vip(&self, addr: u32) -> bool {
-        let bit = vip_filter_bit(addr);
+    pub fn may_be_vip<A: WireAddr>(&self, addr: A) -> bool {
+        let bit = vip_filter_bit_of(&addr);
         // The mask only keeps the index in bounds for the verifier.
-        self.vip_filter[(bit / 32) & (VIP_FILTER_WORDS - 1)] & (1 << (bit % 32)) != 0
+        A::vip_filter(self)[(bit / 32) & (VIP_FILTER_WORDS - 1)] & (1 << (bit % 32)) != 0
     }
 
     /// This configuration with the filter of exactly `vips`.
     pub fn with_vip_filter(self, vips: impl IntoIterator<Item = Ipv4Addr>) -> Self {
-        let mut vip_filter = [0; VIP_FILTER_WORDS];
-        for vip in vips {
-            let bit = vip_filter_bit(wire_ip(vip));
-            vip_filter[bit / 32] |= 1 << (bit % 32);
+        Self {
+            vip_filter: filter(vips.into_iter().map(wire_ip)),
+            ..self
         }
-        Self { vip_filter, ..self }
     }
 
-    /// Whether `addr` (wire order) is one of the SNAT addresses.
+    /// This configuration with the IPv6 filter of exactly `vips`.
+    pub fn with_vip6_filter(self, vips: impl IntoIterator<Item = Ipv6Addr>) -> Self {
+        Self {
+            vip6_filter: filter(vips.into_iter().map(wire_ip6)),
+            ..self
+        }
+    }
+
+    /// Whether `addr` (wire order, either family) is one of its family's
+    /// SNAT addresses.
     #[inline(always)]
-    pub fn is_snat_addr(&self, addr: u32) -> bool {
+    pub fn is_snat_addr<A: WireAddr>(&self, addr: A) -> bool {
+        let (addrs, count) = A::snat_addrs(self);
         let mut i = 0;
         while i < MAX_SNAT_ADDRESSES {
-            if i as u32 >= self.snat_addr_count {
+            if i as u32 >= count {
                 return false;
             }
-            if self.snat_addrs[i] == addr {
+            if addrs[i] == addr {
                 return true;
             }
             i += 1;
@@ -629,7 +938,7 @@ impl DataplaneConfig {
     /// Whether a packet to `addr`:`port` (wire order) is for the SNAT range:
     /// a backend's reply.
     #[inline(always)]
-    pub fn is_snat_port(&self, addr: u32, port: u16) -> bool {
+    pub fn is_snat_port<A: WireAddr>(&self, addr: A, port: u16) -> bool {
         self.in_snat_ports(port) && self.is_snat_addr(addr)
     }
 
@@ -644,16 +953,25 @@ impl DataplaneConfig {
     /// `hash`, both wire order (see [`crate::snat_port::candidate`]).
     #[inline(always)]
     pub fn snat_candidate(&self, hash: u32, attempt: u32) -> (u32, u16) {
-        let (index, port) = crate::snat_port::candidate(
-            hash,
-            attempt,
-            self.snat_addr_count,
-            self.snat_port_min,
-            self.snat_port_max,
-        );
+        self.snat_candidate_of(hash, attempt)
+    }
+
+    /// [`DataplaneConfig::snat_candidate`] among family `A`'s SNAT
+    /// addresses. Without one it names the unspecified address, which no
+    /// caller uses: [`DataplaneConfig::has_snat`] says whether there is one.
+    #[inline(always)]
+    pub fn snat_candidate_of<A: WireAddr>(&self, hash: u32, attempt: u32) -> (A, u16) {
+        let (addrs, count) = A::snat_addrs(self);
+        let (index, port) = crate::snat_port::candidate(hash, attempt, count, self.snat_port_min, self.snat_port_max);
         // The mask only keeps the index in bounds for the verifier:
-        // `candidate` returns one below `snat_addr_count`.
-        (self.snat_addrs[index as usize & (MAX_SNAT_ADDRESSES - 1)], port.to_be())
+        // `candidate` returns one below `count`.
+        (addrs[index as usize & (MAX_SNAT_ADDRESSES - 1)], port.to_be())
+    }
+
+    /// Whether family `A` has a SNAT address.
+    #[inline(always)]
+    pub fn has_snat<A: WireAddr>(&self) -> bool {
+        A::snat_addrs(self).1 != 0
     }
 
     /// The SNAT addresses in use.
@@ -662,11 +980,36 @@ impl DataplaneConfig {
         self.snat_addrs[..count].iter().map(|&a| ip(a))
     }
 
+    /// The IPv6 SNAT addresses in use.
+    pub fn snat6_ips(&self) -> impl Iterator<Item = Ipv6Addr> + '_ {
+        let count = (self.snat6_addr_count as usize).min(MAX_SNAT_ADDRESSES);
+        self.snat6_addrs[..count].iter().map(|&a| ip6(a))
+    }
+
     /// SNAT (address, port) pairs per backend: the most flows one backend
     /// can hold at once.
     pub const fn snat_capacity(&self) -> u64 {
-        self.snat_addr_count as u64 * (self.snat_port_max as u64 - self.snat_port_min as u64 + 1)
+        self.snat_addr_count as u64 * self.snat_ports()
     }
+
+    /// [`DataplaneConfig::snat_capacity`] for an IPv6 backend.
+    pub const fn snat6_capacity(&self) -> u64 {
+        self.snat6_addr_count as u64 * self.snat_ports()
+    }
+
+    const fn snat_ports(&self) -> u64 {
+        self.snat_port_max as u64 - self.snat_port_min as u64 + 1
+    }
+}
+
+/// The VIP filter words of exactly the addresses `vips`.
+fn filter<A: WireAddr>(vips: impl Iterator<Item = A>) -> [u32; VIP_FILTER_WORDS] {
+    let mut words = [0; VIP_FILTER_WORDS];
+    for vip in vips {
+        let bit = vip_filter_bit_of(&vip);
+        words[bit / 32] |= 1 << (bit % 32);
+    }
+    words
 }
 
 /// The SYN proxy's flood detector for one service, entry `Service::id` of
@@ -761,17 +1104,57 @@ const fn socket(wire_ip: u32, wire_port: u16) -> SocketAddrV4 {
     SocketAddrV4::new(ip(wire_ip), u16::from_be(wire_port))
 }
 
+/// An IPv6 address as [`Ipv6Wire`].
+pub const fn wire_ip6(ip: Ipv6Addr) -> Ipv6Wire {
+    let o = ip.octets();
+    [
+        u32::from_ne_bytes([o[0], o[1], o[2], o[3]]),
+        u32::from_ne_bytes([o[4], o[5], o[6], o[7]]),
+        u32::from_ne_bytes([o[8], o[9], o[10], o[11]]),
+        u32::from_ne_bytes([o[12], o[13], o[14], o[15]]),
+    ]
+}
+
+/// The IPv6 address of a wire-order one.
+pub const fn ip6(wire: Ipv6Wire) -> Ipv6Addr {
+    let [a, b, c, d] = wire;
+    let (a, b, c, d) = (a.to_ne_bytes(), b.to_ne_bytes(), c.to_ne_bytes(), d.to_ne_bytes());
+    Ipv6Addr::new(
+        u16::from_be_bytes([a[0], a[1]]),
+        u16::from_be_bytes([a[2], a[3]]),
+        u16::from_be_bytes([b[0], b[1]]),
+        u16::from_be_bytes([b[2], b[3]]),
+        u16::from_be_bytes([c[0], c[1]]),
+        u16::from_be_bytes([c[2], c[3]]),
+        u16::from_be_bytes([d[0], d[1]]),
+        u16::from_be_bytes([d[2], d[3]]),
+    )
+}
+
+/// Flowinfo and scope id 0: the data plane keeps neither.
+const fn socket6(wire_ip: Ipv6Wire, wire_port: u16) -> SocketAddrV6 {
+    SocketAddrV6::new(ip6(wire_ip), u16::from_be(wire_port), 0, 0)
+}
+
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
+    // Both families' instantiations: the size test shows neither has
+    // implicit padding.
     unsafe impl aya::Pod for ServiceKey {}
+    unsafe impl aya::Pod for ServiceKey6 {}
     unsafe impl aya::Pod for Service {}
     unsafe impl aya::Pod for Backend {}
+    unsafe impl aya::Pod for Backend6 {}
     unsafe impl aya::Pod for FlowKey {}
+    unsafe impl aya::Pod for FlowKey6 {}
     unsafe impl aya::Pod for Flow {}
+    unsafe impl aya::Pod for Flow6 {}
     unsafe impl aya::Pod for SeqState {}
     unsafe impl aya::Pod for NatKey {}
+    unsafe impl aya::Pod for NatKey6 {}
     unsafe impl aya::Pod for NatOwner {}
+    unsafe impl aya::Pod for NatOwner6 {}
     unsafe impl aya::Pod for DataplaneConfig {}
     unsafe impl aya::Pod for TrafficStats {}
     unsafe impl aya::Pod for SynFlood {}
@@ -796,8 +1179,15 @@ mod tests {
         assert_eq!(size_of::<NatOwner>(), 24);
         assert_eq!(
             size_of::<DataplaneConfig>(),
-            20 + 4 * MAX_SNAT_ADDRESSES + 4 * VIP_FILTER_WORDS
+            20 + 4 * MAX_SNAT_ADDRESSES + 4 * VIP_FILTER_WORDS + 16 * MAX_SNAT_ADDRESSES + 4 + 4 * VIP_FILTER_WORDS
         );
+        // IPv6: the same fields, 16-byte addresses, explicit tail padding.
+        assert_eq!(size_of::<ServiceKey6>(), 20);
+        assert_eq!(size_of::<Backend6>(), 28);
+        assert_eq!(size_of::<FlowKey6>(), 40);
+        assert_eq!(size_of::<Flow6>(), 96);
+        assert_eq!(size_of::<NatKey6>(), 36);
+        assert_eq!(size_of::<NatOwner6>(), 48);
         assert_eq!(size_of::<NextHop>(), 48);
         assert_eq!(size_of::<TrafficStats>(), 72);
         assert_eq!(size_of::<SynFlood>(), 32);
@@ -914,6 +1304,76 @@ mod tests {
         for (addr, port) in pairs {
             assert!(cfg.is_snat_port(addr, port), "{addr:x}:{port}");
         }
+    }
+
+    const CLIENT6: SocketAddrV6 = SocketAddrV6::new(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 5), 40000, 0, 0);
+    const VIP6: SocketAddrV6 = SocketAddrV6::new(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 0x100), 80, 0, 0);
+    const BACKEND6: SocketAddrV6 = SocketAddrV6::new(Ipv6Addr::new(0xfd00, 1, 0, 0, 0, 0, 0, 0x11), 8080, 0, 0);
+
+    #[test]
+    fn ipv6_keys_hold_the_address_octets_and_ports_in_network_byte_order() {
+        let vip = VIP6.ip().octets();
+        let key: [u8; 20] = bytes(&ServiceKey6::with_proto(VIP6, IPPROTO_UDP));
+        assert_eq!(key[..16], vip);
+        assert_eq!(key[16..], [0, 80, IPPROTO_UDP, 0]);
+        let flow: [u8; 40] = bytes(&FlowKey6::from_client(CLIENT6, VIP6));
+        assert_eq!(flow[..16], CLIENT6.ip().octets());
+        assert_eq!(flow[16..32], vip);
+        assert_eq!(flow[32..], [0x9c, 0x40, 0, 80, IPPROTO_TCP, 0, 0, 0]);
+        let backend = Backend6::new(7, 3, BACKEND6, POOL_GREEN, false);
+        let snat = wire_ip6(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 1));
+        let nat: [u8; 36] = bytes(&NatKey6::new(&backend, snat, 20000u16.to_be()));
+        assert_eq!(nat[..16], BACKEND6.ip().octets());
+        assert_eq!(nat[16..32], Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 1).octets());
+        assert_eq!(nat[32..], [0x1f, 0x90, 0x4e, 0x20]);
+    }
+
+    #[test]
+    fn ipv6_accessors_read_back_what_constructors_wrote() {
+        assert_eq!(ServiceKey6::new(VIP6).vip(), VIP6);
+        let flow = FlowKey6::from_client(CLIENT6, VIP6);
+        assert_eq!((flow.client(), flow.vip()), (CLIENT6, VIP6));
+        let backend = Backend6::new(0, 1, BACKEND6, POOL_BLUE, false);
+        assert_eq!(backend.addr(), BACKEND6);
+        assert!(Backend6::default().is_free() && !backend.is_free());
+        let nat = NatKey6::new(&backend, wire_ip6(*VIP6.ip()), 1u16.to_be());
+        assert_eq!((nat.backend(), nat.snat_ip()), (BACKEND6, *VIP6.ip()));
+    }
+
+    #[test]
+    fn ipv6_snat_addresses_and_vip_filter_are_their_own() {
+        let v4 = [Ipv4Addr::new(10, 0, 0, 1)];
+        let v6 = [
+            Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 1),
+            Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 2),
+        ];
+        let cfg = DataplaneConfig::new(&v4, 20000..=20003)
+            .with_snat6(&v6)
+            .with_vip6_filter([*VIP6.ip()]);
+        assert_eq!(cfg.snat6_ips().collect::<Vec<_>>(), v6);
+        assert_eq!(cfg.snat_ips().collect::<Vec<_>>(), v4);
+        assert_eq!((cfg.snat_capacity(), cfg.snat6_capacity()), (4, 8));
+        assert!(cfg.is_snat_port(wire_ip6(v6[1]), 20001u16.to_be()));
+        assert!(!cfg.is_snat_port(wire_ip6(v6[1]), 20004u16.to_be()));
+        assert!(!cfg.is_snat_addr([0u32; 4]), "an unused slot is no SNAT address");
+        let pairs: std::collections::HashSet<_> = (0..8).map(|a| cfg.snat_candidate_of::<Ipv6Wire>(99, a)).collect();
+        assert_eq!(pairs.len(), 8);
+        assert!(pairs.iter().all(|&(addr, port)| cfg.is_snat_port(addr, port)));
+        assert!(cfg.may_be_vip(wire_ip6(*VIP6.ip())));
+        assert!(cfg.vip_filter == [0; VIP_FILTER_WORDS], "the IPv4 filter is untouched");
+        let others = (0..=255u16).map(|i| wire_ip6(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 1, i)));
+        let let_through = others.filter(|&a| cfg.may_be_vip(a)).count();
+        assert!(let_through <= 8, "{let_through} of 256 other addresses pass the filter");
+        let v6_only = DataplaneConfig::new(&[], 20000..=20003).with_snat6(&v6);
+        assert!(v6_only.has_snat::<Ipv6Wire>() && !v6_only.has_snat::<u32>());
+    }
+
+    #[test]
+    fn wire_ipv6_addresses_convert_both_ways() {
+        let addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 2, 3, 4, 5, 0xffff);
+        assert_eq!(ip6(wire_ip6(addr)), addr);
+        let words = wire_ip6(addr);
+        assert_eq!(words[0].to_ne_bytes(), [0x20, 0x01, 0x0d, 0xb8]);
     }
 
     #[test]

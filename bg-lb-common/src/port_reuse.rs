@@ -27,7 +27,7 @@
 
 use crate::{
     flow_state::{BACKEND_CLOSED_FIRST, CLIENT_TIMESTAMPS, RESET, after, has_ended},
-    maps::{Flow, FlowKey},
+    maps::{Flow, FlowKey, FlowOf, WireAddr},
 };
 
 /// How long after a flow's last packet the backend's TIME_WAIT has surely
@@ -81,7 +81,7 @@ impl Syn {
 /// SYN `syn`, at `now_ns`. `owner` is the flow the reverse-NAT entry names,
 /// if it is still in the flow table and pinned to this port.
 #[inline(always)]
-pub fn reusable(owner: Option<&Flow>, syn: &Syn, now_ns: u64) -> bool {
+pub fn reusable<A: WireAddr>(owner: Option<&FlowOf<A>>, syn: &Syn, now_ns: u64) -> bool {
     let Some(flow) = owner else {
         return true;
     };
@@ -141,7 +141,7 @@ const fn same_key(a: &FlowKey, b: &FlowKey) -> bool {
 /// sweep keeps such a flow as long (`flow_state::GUARDS_TIME_WAIT`):
 /// without it, the pair's entry would name no flow and count as free.
 #[inline(always)]
-pub fn newer_flow_guards(newer: &Flow, now_ns: u64) -> bool {
+pub fn newer_flow_guards<A: WireAddr>(newer: &FlowOf<A>, now_ns: u64) -> bool {
     now_ns.saturating_sub(newer.created_ns) < TIME_WAIT_NS
 }
 
@@ -165,7 +165,7 @@ pub fn newer_flow_guards(newer: &Flow, now_ns: u64) -> bool {
 /// Otherwise TIME_WAIT answers with an ACK of the old connection, and the
 /// new client waits a second to retry: the stall this rule avoids.
 #[inline(always)]
-pub fn time_wait_accepts(flow: &Flow, syn: &Syn) -> bool {
+pub fn time_wait_accepts<A: WireAddr>(flow: &FlowOf<A>, syn: &Syn) -> bool {
     let ts_recent = flow.client_tsval;
     // saw_tstamp: the SYN's option is read only if the old connection had
     // timestamps.

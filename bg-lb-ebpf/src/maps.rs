@@ -11,9 +11,10 @@ use bg_lb_common::{
     counters::{COUNTER_COUNT, Counter},
     flow_state::Event,
     maps::{
-        Backend, DEFAULT_LOOKUP_CAPACITY, DEFAULT_MAX_FLOWS, DataplaneConfig, Flow, FlowKey, HELD_SEGMENTS_CAPACITY,
-        HeldSegment, LOOKUP_TABLES_FLAGS, MAX_BACKENDS, MAX_INTERFACES, MAX_SERVICES, NEXT_HOP_SLOTS, NatKey, NatOwner,
-        NextHop, Service, ServiceKey, SynFlood, TrafficStats,
+        Backend, Backend6, DEFAULT_LOOKUP_CAPACITY, DEFAULT_MAX_FLOWS, DataplaneConfig, Flow, Flow6, FlowKey, FlowKey6,
+        HELD_SEGMENTS_CAPACITY, HeldSegment, Ipv6Wire, LOOKUP_TABLES_FLAGS, MAX_BACKENDS, MAX_INTERFACES, MAX_SERVICES,
+        NEXT_HOP_SLOTS, NatKey, NatKey6, NatOwner, NatOwner6, NextHop, Service, ServiceKey, ServiceKey6, SynFlood,
+        TrafficStats,
     },
     syn_proxy::JOB_PROGRAMS,
 };
@@ -79,6 +80,24 @@ pub static HELD_SCRATCH: PerCpuArray<HeldSegment> = PerCpuArray::with_max_entrie
 
 #[map]
 pub static NEXT_HOPS: PerCpuArray<NextHop> = PerCpuArray::with_max_entries(NEXT_HOP_SLOTS, 0);
+
+// IPv6 counterparts of SERVICES, BACKENDS, FLOWS, REVERSE_NAT and
+// VIP_ADDRESSES, created the same way (service and backend ids are shared
+// with IPv4: see bg_lb_common::maps::BACKENDS6).
+#[map]
+pub static SERVICES6: HashMap<ServiceKey6, Service> = HashMap::with_max_entries(MAX_SERVICES, BPF_F_NO_PREALLOC);
+
+#[map]
+pub static BACKENDS6: Array<Backend6> = Array::with_max_entries(MAX_BACKENDS, 0);
+
+#[map]
+pub static FLOWS6: LruHashMap<FlowKey6, Flow6> = LruHashMap::with_max_entries(DEFAULT_MAX_FLOWS, 0);
+
+#[map]
+pub static REVERSE_NAT6: HashMap<NatKey6, NatOwner6> = HashMap::with_max_entries(DEFAULT_MAX_FLOWS, 0);
+
+#[map]
+pub static VIP_ADDRESSES6: HashMap<Ipv6Wire, u32> = HashMap::with_max_entries(MAX_SERVICES, 0);
 
 // Written and read by userspace only (see bg_lb_common::maps::LAYOUT).
 #[map]

@@ -9,12 +9,19 @@
 //! - Standby VIP: weights alone over the backends passing the standby check
 //!   (HTTP checks), or, with TCP checks, over the healthy backends of the
 //!   pool whose ratio share is 0 (none if both pools have a share).
+//! - Each VIP of a dual-stack service (one per family, live or standby)
+//!   takes those rules over the backends of its own family only
+//!   ([`listener_specs`]); IPv6 VIPs have no SYN proxy (IPv4-only for now).
 
-use std::{collections::BTreeMap, net::SocketAddrV4};
+use std::{collections::BTreeMap, net::SocketAddr};
 
 use crate::{
     config::{HealthCheck, OnDown, ServiceConfig},
-    dataplane::services::{BackendSpec, ServiceSpec},
+    dataplane::{
+        services::{BackendSpec, ServiceSpec},
+        syn_proxy::SynProxyMode,
+    },
+    family::Family,
     health::{CheckKey, Listener, Outcome},
     ratio::{Pool, Ratio},
     state_file::{BackendState, ServiceState},
@@ -33,7 +40,7 @@ pub fn ratio(service: &ServiceConfig, operator: Option<&ServiceState>) -> Ratio 
     operator.and_then(|s| s.ratio).unwrap_or(service.ratio)
 }
 
-pub fn backend_state(operator: Option<&ServiceState>, addr: SocketAddrV4) -> BackendState {
+pub fn backend_state(operator: Option<&ServiceState>, addr: SocketAddr) -> BackendState {
     operator
         .and_then(|s| s.backends.get(&addr))
         .cloned()
@@ -41,7 +48,7 @@ pub fn backend_state(operator: Option<&ServiceState>, addr: SocketAddrV4) -> Bac
 }
 
 /// The weight operators want for new flows: 0 when disabled.
-pub fn operator_weight(service: &ServiceConfig, operator: Option<&ServiceState>, addr: SocketAddrV4) -> u32 {
+pub fn operator_weight(service: &ServiceConfig, operator: Option<&ServiceState>, addr: SocketAddr) -> u32 {
     let state = backend_state(operator, addr);
     let configured = service
         .backends
@@ -56,7 +63,7 @@ pub fn operator_weight(service: &ServiceConfig, operator: Option<&ServiceState>,
 }
 
 /// Unchecked backends count as up: see [`crate::health::Tracker`].
-pub fn is_up(health: &Health, service: &str, backend: SocketAddrV4, listener: Listener) -> bool {
+pub fn is_up(health: &Health, service: &str, backend: SocketAddr, listener: Listener) -> bool {
     let key = CheckKey {
         service: service.to_owned(),
         backend,
@@ -65,6 +72,8 @@ pub fn is_up(health: &Health, service: &str, backend: SocketAddrV4, listener: Li
     health.get(&key).is_none_or(|v| v.up)
 }
 
+/// The live rules over all the service's backends, on its first VIP: what
+/// `status` and the pool checks read; [`listener_spec`] narrows it to one VIP.
 pub fn live_spec(service: &ServiceConfig, operator: Option<&ServiceState>, health: &Health) -> ServiceSpec {
     let backends = service
         .backends
@@ -84,7 +93,7 @@ pub fn live_spec(service: &ServiceConfig, operator: Option<&ServiceState>, healt
         })
         .collect();
     ServiceSpec {
-        vip: service.vip,
+        vip: service.vip(),
         lut_size: service.lookup_table_size,
         ratio: ratio(service, operator),
         backends,
@@ -96,8 +105,10 @@ pub fn live_spec(service: &ServiceConfig, operator: Option<&ServiceState>, healt
     }
 }
 
+/// The standby rules over all the service's backends, on its first standby
+/// VIP; `None` without one.
 pub fn standby_spec(service: &ServiceConfig, operator: Option<&ServiceState>, health: &Health) -> Option<ServiceSpec> {
-    let vip = service.standby_vip?;
+    let vip = *service.standby_vips.first()?;
     let ratio = ratio(service, operator);
     let idle_pool = [Pool::Blue, Pool::Green].into_iter().find(|&p| ratio.share(p) == 0);
     let backends = service
@@ -130,6 +141,46 @@ pub fn standby_spec(service: &ServiceConfig, operator: Option<&ServiceState>, he
     })
 }
 
+/// `spec` (live or standby rules) for one VIP: the backends of the VIP's
+/// family only, and no SYN proxy on an IPv6 VIP.
+pub fn listener_spec(spec: &ServiceSpec, vip: SocketAddr) -> ServiceSpec {
+    let family = Family::of_socket(vip);
+    let mut syn_proxy = spec.syn_proxy;
+    if family == Family::Ipv6 {
+        syn_proxy.mode = SynProxyMode::Off;
+    }
+    ServiceSpec {
+        vip,
+        backends: spec
+            .backends
+            .iter()
+            .filter(|b| Family::of_socket(b.addr) == family)
+            .cloned()
+            .collect(),
+        syn_proxy,
+        ..spec.clone()
+    }
+}
+
+/// Every listener's spec: `live` (the live rules, after any slow start)
+/// for each live VIP, `standby` ([`standby_spec`]) for each standby VIP.
+pub fn listener_specs(
+    service: &ServiceConfig,
+    live: &ServiceSpec,
+    standby: Option<&ServiceSpec>,
+) -> Vec<(Listener, ServiceSpec)> {
+    service
+        .listeners()
+        .filter_map(|(key, listener)| {
+            let rules = match listener {
+                Listener::Live => live,
+                Listener::Standby => standby?,
+            };
+            Some((listener, listener_spec(rules, key.vip)))
+        })
+        .collect()
+}
+
 /// Whether `pool` has a backend operators enabled with weight (health aside):
 /// what a ratio giving it a share needs.
 pub fn pool_enabled(service: &ServiceConfig, operator: Option<&ServiceState>, pool: Pool) -> bool {
@@ -141,6 +192,8 @@ pub fn pool_enabled(service: &ServiceConfig, operator: Option<&ServiceState>, po
 
 #[cfg(test)]
 mod tests {
+    use std::net::SocketAddrV4;
+
     use super::*;
     use crate::{
         config::{BackendConfig, HealthConfig, HttpCheck},
@@ -148,8 +201,15 @@ mod tests {
         health::Failure,
     };
 
-    fn addr(last: u8) -> SocketAddrV4 {
-        SocketAddrV4::new([10, 0, 1, last].into(), 8080)
+    fn addr(last: u8) -> SocketAddr {
+        SocketAddrV4::new([10, 0, 1, last].into(), 8080).into()
+    }
+
+    fn addr6(last: u8) -> SocketAddr {
+        SocketAddr::new(
+            std::net::Ipv6Addr::new(0xfd00, 1, 0, 0, 0, 0, 0, last.into()).into(),
+            8080,
+        )
     }
 
     fn service(check: HealthCheck, on_down: OnDown) -> ServiceConfig {
@@ -160,8 +220,8 @@ mod tests {
         };
         ServiceConfig {
             name: "web".into(),
-            vip: "10.0.0.100:80".parse().unwrap(),
-            standby_vip: Some("10.0.0.100:8080".parse().unwrap()),
+            vips: vec!["10.0.0.100:80".parse().unwrap()],
+            standby_vips: vec!["10.0.0.100:8080".parse().unwrap()],
             ratio: Ratio::new(100).unwrap(),
             lookup_table_size: 65537,
             backends: vec![backend(1, Pool::Blue), backend(2, Pool::Blue), backend(3, Pool::Green)],
@@ -211,10 +271,14 @@ mod tests {
     }
 
     fn weights(spec: &ServiceSpec) -> Vec<(u8, u32)> {
-        spec.backends
-            .iter()
-            .map(|b| (b.addr.ip().octets()[3], b.weight))
-            .collect()
+        spec.backends.iter().map(|b| (last_octet(b.addr), b.weight)).collect()
+    }
+
+    fn last_octet(address: SocketAddr) -> u8 {
+        match address.ip() {
+            std::net::IpAddr::V4(ip) => ip.octets()[3],
+            std::net::IpAddr::V6(ip) => ip.octets()[15],
+        }
     }
 
     #[test]
@@ -278,7 +342,7 @@ mod tests {
             (3, Listener::Standby, true),
         ]);
         let spec = standby_spec(&s, None, &h).unwrap();
-        assert_eq!(spec.vip, s.standby_vip.unwrap());
+        assert_eq!(spec.vip, s.standby_vips[0]);
         assert_eq!(spec.ratio, Ratio::all_to(Pool::Blue));
         assert!(
             spec.backends.iter().all(|b| b.pool == Pool::Blue),
@@ -312,8 +376,65 @@ mod tests {
     #[test]
     fn no_standby_vip_no_standby_spec() {
         let mut s = service(http(), OnDown::Drain);
-        s.standby_vip = None;
+        s.standby_vips.clear();
         assert!(standby_spec(&s, None, &Health::new()).is_none());
+    }
+
+    /// A dual-stack service: each VIP, live or standby, gets the rules over
+    /// the backends of its own family, and the IPv6 ones no SYN proxy.
+    #[test]
+    fn each_vip_of_a_dual_stack_service_takes_the_backends_of_its_family() {
+        let mut s = service(HealthCheck::Tcp, OnDown::Drain);
+        s.vips.push("[fd00::100]:80".parse().unwrap());
+        s.standby_vips.push("[fd00::100]:8080".parse().unwrap());
+        for (last, pool) in [(1, Pool::Blue), (3, Pool::Green)] {
+            s.backends.push(BackendConfig {
+                pool,
+                address: addr6(last),
+                weight: 100,
+            });
+        }
+        let h = health(&[(3, Listener::Live, false)]);
+        let live = live_spec(&s, None, &h);
+        let standby = standby_spec(&s, None, &h);
+        let specs = listener_specs(&s, &live, standby.as_ref());
+        let summary: Vec<_> = specs
+            .iter()
+            .map(|(listener, spec)| {
+                let families: Vec<_> = spec.backends.iter().map(|b| Family::of_socket(b.addr)).collect();
+                (*listener, spec.vip, weights(spec), families, spec.syn_proxy.mode)
+            })
+            .collect();
+        let (v4, v6) = (Family::Ipv4, Family::Ipv6);
+        let auto = SynProxy::default().mode;
+        assert_eq!(
+            summary,
+            [
+                (
+                    Listener::Live,
+                    s.vips[0],
+                    vec![(1, 100), (2, 100), (3, 0)],
+                    vec![v4; 3],
+                    auto
+                ),
+                (
+                    Listener::Live,
+                    s.vips[1],
+                    vec![(1, 100), (3, 100)],
+                    vec![v6; 2],
+                    SynProxyMode::Off
+                ),
+                // Ratio 100:0, so green is the standby pool; IPv4 green is down.
+                (Listener::Standby, s.standby_vips[0], vec![], vec![], auto),
+                (
+                    Listener::Standby,
+                    s.standby_vips[1],
+                    vec![(3, 100)],
+                    vec![v6],
+                    SynProxyMode::Off
+                ),
+            ]
+        );
     }
 
     #[test]

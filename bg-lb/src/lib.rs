@@ -36,6 +36,7 @@
 //! - [`ebpf_objects`]: the eBPF objects embedded at build time.
 //! - [`logging`]: tracing setup, with aya-log bridged in.
 //! - [`entry`]: what `main` runs.
+//! - [`family`]: IPv4 or IPv6, of a VIP, backend, SNAT address or flow.
 pub mod api;
 pub mod bgp;
 pub mod cli;
@@ -48,6 +49,7 @@ pub mod demo_backend;
 pub mod desired;
 pub mod ebpf_objects;
 pub mod entry;
+pub mod family;
 pub mod health;
 pub mod host;
 pub mod logging;

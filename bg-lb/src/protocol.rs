@@ -4,7 +4,7 @@
 
 use std::{
     fmt,
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{Ipv4Addr, SocketAddr},
     path::PathBuf,
 };
 
@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     config,
     dataplane::{affinity::Affinity, forwarding::Forwarding, l4::Protocol, syn_proxy::SynProxyMode},
+    family::Family,
     ratio::{Pool, Ratio},
     shift::{self, hooks::PrometheusCheck},
     state_file::DrainDeadline,
@@ -128,7 +129,7 @@ fn deadline_secs(text: &str) -> Result<u64, String> {
 #[serde(deny_unknown_fields)]
 pub struct BackendRequest {
     pub service: String,
-    pub address: SocketAddrV4,
+    pub address: SocketAddr,
     #[command(subcommand)]
     pub action: BackendAction,
 }
@@ -175,7 +176,7 @@ impl fmt::Display for BackendAction {
 #[serde(deny_unknown_fields)]
 pub struct BackendAddRequest {
     pub service: String,
-    pub address: SocketAddrV4,
+    pub address: SocketAddr,
     /// The pool it serves in.
     #[arg(long)]
     pub pool: Pool,
@@ -191,7 +192,7 @@ pub struct BackendAddRequest {
 #[serde(deny_unknown_fields)]
 pub struct BackendRemoveRequest {
     pub service: String,
-    pub address: SocketAddrV4,
+    pub address: SocketAddr,
 }
 
 /// `flows` lists at most this many flows unless asked for more.
@@ -436,9 +437,15 @@ pub struct RatioChange {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ServiceStatus {
     pub name: String,
-    pub vip: SocketAddrV4,
+    /// The first live VIP (of `listeners`).
+    pub vip: SocketAddr,
+    /// The first standby VIP, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub standby_vip: Option<SocketAddrV4>,
+    pub standby_vip: Option<SocketAddr>,
+    /// Every VIP: live ones, then standby ones, one per family each.
+    /// Absent from older daemons' replies.
+    #[serde(default)]
+    pub listeners: Vec<ListenerStatus>,
     /// The ratio operators set.
     pub ratio: Ratio,
     /// What the data plane applies: a pool that cannot serve hands its share
@@ -462,6 +469,17 @@ pub struct ServiceStatus {
     pub protocol: Protocol,
 }
 
+/// One VIP of a service, as `status` reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListenerStatus {
+    pub vip: SocketAddr,
+    pub family: Family,
+    pub protocol: Protocol,
+    /// The standby VIP (new connections to the pool being deployed), not the live one.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub standby: bool,
+}
+
 /// A service's SYN proxy, as `status` reports it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SynProxyStatus {
@@ -472,6 +490,40 @@ pub struct SynProxyStatus {
 }
 
 impl ServiceStatus {
+    /// Its VIPs as `ctl status` and `ctl top` show them: `vip A  standby
+    /// B`, each address followed by its family once a service has an IPv6
+    /// VIP (an older daemon's reply, without listeners, shows `vip` and
+    /// `standby_vip`).
+    pub fn vips_text(&self) -> String {
+        let dual = self.listeners.iter().any(|l| l.family == Family::Ipv6);
+        let list = |standby: bool| -> Vec<String> {
+            self.listeners
+                .iter()
+                .filter(|l| l.standby == standby)
+                .map(|l| {
+                    if dual {
+                        format!("{} ({})", l.vip, l.family)
+                    } else {
+                        l.vip.to_string()
+                    }
+                })
+                .collect()
+        };
+        let (live, standby) = if self.listeners.is_empty() {
+            (
+                vec![self.vip.to_string()],
+                self.standby_vip.iter().map(|v| v.to_string()).collect(),
+            )
+        } else {
+            (list(false), list(true))
+        };
+        let mut text = format!("vip {}", live.join(", "));
+        if !standby.is_empty() {
+            text += &format!("  standby {}", standby.join(", "));
+        }
+        text
+    }
+
     /// Open flows on a pool's backends: zero means drained.
     pub fn open_flows(&self, pool: Pool) -> u64 {
         self.backends
@@ -484,7 +536,7 @@ impl ServiceStatus {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BackendStatus {
-    pub address: SocketAddrV4,
+    pub address: SocketAddr,
     pub pool: Pool,
     /// Weight in effect for new flows (0 when disabled).
     pub weight: u32,
@@ -558,9 +610,12 @@ impl fmt::Display for BackendHealth {
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct FlowInfo {
-    pub client: SocketAddrV4,
-    pub backend: SocketAddrV4,
+    pub client: SocketAddr,
+    pub backend: SocketAddr,
     pub pool: Pool,
+    /// Absent from older daemons' replies (IPv4 then).
+    #[serde(default)]
+    pub family: Family,
     pub age_secs: f64,
     pub idle_secs: f64,
     pub state: String,

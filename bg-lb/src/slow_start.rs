@@ -10,7 +10,7 @@
 
 use std::{
     collections::BTreeMap,
-    net::SocketAddrV4,
+    net::SocketAddr,
     time::{Duration, Instant},
 };
 
@@ -41,12 +41,12 @@ pub fn ramped_weight(full: u32, step: u32) -> u32 {
 pub struct Ramps {
     /// Each backend's full weight as last observed; `None` before the
     /// first observation.
-    last: Option<BTreeMap<SocketAddrV4, u32>>,
+    last: Option<BTreeMap<SocketAddr, u32>>,
     /// When each ramping backend's ramp began.
-    started: BTreeMap<SocketAddrV4, Instant>,
+    started: BTreeMap<SocketAddr, Instant>,
     /// The ramping backends' steps at the last observation: what the
     /// tables hold.
-    programmed: Vec<(SocketAddrV4, u32)>,
+    programmed: Vec<(SocketAddr, u32)>,
 }
 
 impl Ramps {
@@ -55,8 +55,8 @@ impl Ramps {
     /// its ramp; one at 0 stops ramping; finished ramps are forgotten. The
     /// first observation starts none: a starting daemon keeps the weights
     /// the data plane already had.
-    pub fn observe(&mut self, full: impl IntoIterator<Item = (SocketAddrV4, u32)>, now: Instant, period: Duration) {
-        let full: BTreeMap<SocketAddrV4, u32> = full.into_iter().collect();
+    pub fn observe(&mut self, full: impl IntoIterator<Item = (SocketAddr, u32)>, now: Instant, period: Duration) {
+        let full: BTreeMap<SocketAddr, u32> = full.into_iter().collect();
         if let Some(last) = &self.last {
             for (&address, &weight) in &full {
                 let before = last.get(&address).copied().unwrap_or(0);
@@ -80,7 +80,7 @@ impl Ramps {
     }
 
     /// The weight to program for `address`, whose full weight is `full`.
-    pub fn weight(&self, address: SocketAddrV4, full: u32, now: Instant, period: Duration) -> u32 {
+    pub fn weight(&self, address: SocketAddr, full: u32, now: Instant, period: Duration) -> u32 {
         match self.started.get(&address) {
             Some(&at) => ramped_weight(full, ramp_step(now.saturating_duration_since(at), period)),
             None => full,
@@ -89,7 +89,7 @@ impl Ramps {
 
     /// Each ramping backend's step: when it changes, the tables need
     /// rebuilding.
-    pub fn steps(&self, now: Instant, period: Duration) -> Vec<(SocketAddrV4, u32)> {
+    pub fn steps(&self, now: Instant, period: Duration) -> Vec<(SocketAddr, u32)> {
         self.started
             .iter()
             .map(|(&address, &at)| (address, ramp_step(now.saturating_duration_since(at), period)))
@@ -103,8 +103,8 @@ mod tests {
 
     const PERIOD: Duration = Duration::from_secs(30);
 
-    fn addr(last: u8) -> SocketAddrV4 {
-        SocketAddrV4::new([10, 0, 1, last].into(), 80)
+    fn addr(last: u8) -> SocketAddr {
+        SocketAddr::new([10, 0, 1, last].into(), 80)
     }
 
     fn secs(s: f64) -> Duration {

@@ -11,7 +11,7 @@ use std::{
     collections::BTreeMap,
     fs::{self, File},
     io::{self, Write as _},
-    net::SocketAddrV4,
+    net::SocketAddr,
     path::{Path, PathBuf},
 };
 
@@ -45,10 +45,10 @@ pub struct ServiceState {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous_ratio: Option<Ratio>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub backends: BTreeMap<SocketAddrV4, BackendState>,
+    pub backends: BTreeMap<SocketAddr, BackendState>,
     /// Backends added at runtime (`backend-add`), beside the config file's.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub added_backends: BTreeMap<SocketAddrV4, AddedBackend>,
+    pub added_backends: BTreeMap<SocketAddr, AddedBackend>,
     /// The latest progressive shift, running or finished.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shift: Option<ShiftRecord>,

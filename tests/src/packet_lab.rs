@@ -15,7 +15,7 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    net::{Ipv4Addr, SocketAddrV4, TcpStream},
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream},
     time::Duration,
 };
 
@@ -29,6 +29,7 @@ use bg_lb::{
         forwarding::Forwarding,
         housekeeping::FlowCensus,
         l4::Protocol,
+        listener::ListenerKey,
         lookup_table::{self, TableBackend},
         services::{BackendSpec, ServiceSpec},
         syn_proxy::{SynProxy, SynProxyMode},
@@ -39,8 +40,8 @@ use bg_lb_common::{
     counters::Counter,
     flow_hash::flow_hash,
     maps::{
-        self as map_names, Backend, DEFAULT_LUT_SIZE, DataplaneConfig, Flow, FlowKey, IPPROTO_UDP, MAX_BACKENDS,
-        NatKey, Service, ServiceKey, TrafficStats,
+        self as map_names, Backend, DEFAULT_LUT_SIZE, DataplaneConfig, Flow, FlowKey, MAX_BACKENDS, NatKey, Service,
+        ServiceKey, TrafficStats,
     },
 };
 
@@ -293,7 +294,7 @@ impl PacketLab {
     /// Takes the service out of the data plane.
     pub fn remove_service(&mut self) {
         self.dataplane
-            .remove(&ServiceKey::new(VIP))
+            .remove(&listener(Protocol::Tcp))
             .expect("remove the service");
     }
 
@@ -314,8 +315,8 @@ impl PacketLab {
 
     /// One housekeeping sweep with `timeouts`.
     pub fn sweep_with(&mut self, timeouts: &FlowTimeouts) -> FlowCensus {
-        let backends: HashSet<SocketAddrV4> = self.spec.backends.iter().map(|b| b.addr).collect();
-        let live = HashMap::from([(ServiceKey::new(VIP), backends)]);
+        let backends: HashSet<SocketAddr> = self.spec.backends.iter().map(|b| b.addr).collect();
+        let live = HashMap::from([(listener(Protocol::Tcp), backends)]);
         self.dataplane.housekeeping(timeouts, &live).expect("sweep")
     }
 
@@ -349,10 +350,10 @@ impl PacketLab {
     /// One housekeeping sweep with `timeouts`, with the UDP service of
     /// [`PacketLab::add_udp_service`] configured too.
     pub fn sweep_with_udp(&mut self, timeouts: &FlowTimeouts) -> FlowCensus {
-        let backends: HashSet<SocketAddrV4> = self.spec.backends.iter().map(|b| b.addr).collect();
+        let backends: HashSet<SocketAddr> = self.spec.backends.iter().map(|b| b.addr).collect();
         let live = HashMap::from([
-            (ServiceKey::new(VIP), backends.clone()),
-            (ServiceKey::with_proto(VIP, IPPROTO_UDP), backends),
+            (listener(Protocol::Tcp), backends.clone()),
+            (listener(Protocol::Udp), backends),
         ]);
         self.dataplane.housekeeping(timeouts, &live).expect("sweep")
     }
@@ -361,7 +362,7 @@ impl PacketLab {
     /// and settings (its backends get ids of their own).
     pub fn add_service(&mut self, vip: SocketAddrV4) {
         let spec = ServiceSpec {
-            vip,
+            vip: vip.into(),
             ..self.spec.clone()
         };
         self.dataplane.apply(&spec).expect("program the second service");
@@ -382,7 +383,7 @@ impl PacketLab {
     /// Whether the SYN proxy answers the service's SYNs now.
     pub fn syn_proxy_active(&self) -> bool {
         self.dataplane
-            .syn_proxy_active(&ServiceKey::new(VIP))
+            .syn_proxy_active(&listener(Protocol::Tcp))
             .expect("SYN_FLOOD")
     }
 
@@ -391,14 +392,14 @@ impl PacketLab {
     /// applies the service once.
     pub fn reweigh(&mut self, change: impl Fn(SocketAddrV4, &mut u32, &mut bool)) {
         for b in &mut self.spec.backends {
-            change(b.addr, &mut b.weight, &mut b.reset_flows);
+            change(v4(b.addr), &mut b.weight, &mut b.reset_flows);
         }
         self.dataplane.apply(&self.spec).expect("apply the weights");
     }
 
     /// Removes every backend but `keep` from the service.
     pub fn keep_only(&mut self, keep: SocketAddrV4) {
-        self.spec.backends.retain(|b| b.addr == keep);
+        self.spec.backends.retain(|b| b.addr == SocketAddr::V4(keep));
         self.dataplane.apply(&self.spec).expect("apply the backends");
     }
 
@@ -438,9 +439,9 @@ impl PacketLab {
             .spec
             .backends
             .iter()
-            .find(|b| self.dataplane.backend_id(&ServiceKey::new(VIP), &b.addr) == Some(flow.backend_id))?;
+            .find(|b| self.dataplane.backend_id(&listener(Protocol::Tcp), &b.addr) == Some(flow.backend_id))?;
         let snat = Ipv4Addr::from(flow.snat_addr.to_ne_bytes());
-        Some((backend.addr, SocketAddrV4::new(snat, u16::from_be(flow.snat_port))))
+        Some((v4(backend.addr), SocketAddrV4::new(snat, u16::from_be(flow.snat_port))))
     }
 
     /// The service's lookup-table inputs as the data plane holds them.
@@ -452,7 +453,7 @@ impl PacketLab {
             .map(|b| TableBackend {
                 id: self
                     .dataplane
-                    .backend_id(&ServiceKey::new(VIP), &b.addr)
+                    .backend_id(&listener(Protocol::Tcp), &b.addr)
                     .expect("installed backend"),
                 addr: b.addr,
                 pool: b.pool,
@@ -555,17 +556,17 @@ impl PacketLab {
         let tcp = self.spec.backends.iter().map(|b| {
             (
                 self.dataplane
-                    .backend_id(&ServiceKey::new(VIP), &b.addr)
+                    .backend_id(&listener(Protocol::Tcp), &b.addr)
                     .expect("installed backend"),
-                b.addr,
+                v4(b.addr),
             )
         });
-        let udp_key = ServiceKey::with_proto(VIP, IPPROTO_UDP);
+        let udp_key = listener(Protocol::Udp);
         let udp = self
             .spec
             .backends
             .iter()
-            .filter_map(|b| Some((self.dataplane.backend_id(&udp_key, &b.addr)?, b.addr)));
+            .filter_map(|b| Some((self.dataplane.backend_id(&udp_key, &b.addr)?, v4(b.addr))));
         tcp.chain(udp).collect()
     }
 
@@ -573,7 +574,7 @@ impl PacketLab {
     pub fn backend_stats(&self, backend: SocketAddrV4) -> TrafficStats {
         let id = self
             .dataplane
-            .backend_id(&ServiceKey::new(VIP), &backend)
+            .backend_id(&listener(Protocol::Tcp), &backend.into())
             .expect("installed backend");
         self.dataplane.backend_stats(id).expect("backend stats")
     }
@@ -651,11 +652,8 @@ impl LookupTable {
     fn pick(&self, ratio: Ratio, client: SocketAddrV4) -> SocketAddrV4 {
         let table = lookup_table::build(&self.backends, ratio, DEFAULT_LUT_SIZE);
         let id = table[(flow_hash(&flow_key(client)) % DEFAULT_LUT_SIZE) as usize];
-        self.backends
-            .iter()
-            .find(|b| b.id == id)
-            .expect("a table slot names a backend")
-            .addr
+        let backend = self.backends.iter().find(|b| b.id == id);
+        v4(backend.expect("a table slot names a backend").addr)
     }
 }
 
@@ -749,18 +747,31 @@ fn counter_of(dataplane: &Dataplane, counter: Counter) -> u64 {
         .1
 }
 
+/// The lab service's listener for `protocol`.
+fn listener(protocol: Protocol) -> ListenerKey {
+    ListenerKey::new(VIP.into(), protocol)
+}
+
+/// A backend of the lab's (IPv4) services.
+fn v4(address: SocketAddr) -> SocketAddrV4 {
+    match address {
+        SocketAddr::V4(address) => address,
+        SocketAddr::V6(address) => panic!("the packet lab's services are IPv4, not {address}"),
+    }
+}
+
 fn service_spec(
     vip: SocketAddrV4,
     blue_percent: u32,
     backends: impl Iterator<Item = (SocketAddrV4, Pool)>,
 ) -> ServiceSpec {
     ServiceSpec {
-        vip,
+        vip: vip.into(),
         lut_size: DEFAULT_LUT_SIZE,
         ratio: Ratio::new(blue_percent).expect("valid ratio"),
         backends: backends
             .map(|(addr, pool)| BackendSpec {
-                addr,
+                addr: addr.into(),
                 pool,
                 weight: 100,
                 reset_flows: false,

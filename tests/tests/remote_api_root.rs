@@ -180,7 +180,7 @@ fn a_backend_added_through_the_api_serves_survives_a_restart_and_drains_when_rem
         status
             .backends
             .iter()
-            .find(|b| b.address == b3)
+            .find(|b| b.address == b3.into())
             .map(|b| b.added_at_runtime)
     };
     assert_eq!(added(&lab), Some(true));

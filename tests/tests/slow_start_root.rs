@@ -21,7 +21,7 @@ fn a_backend_enabled_under_slowstart_ramps_its_share_of_new_connections_a_tenth_
         status
             .backends
             .iter()
-            .find(|b| b.address == b1)
+            .find(|b| b.address == b1.into())
             .map(|b| b.weight)
             .unwrap()
     };

@@ -267,7 +267,7 @@ fn a_syn_that_finds_every_pair_of_every_address_taken_is_refused_and_counted_for
         assert_eq!(lab.counter(Counter::SnatPortsExhausted), 1);
         assert_eq!(lab.backend_stats(BLUE[0]).snat_exhausted, 1, "counted for its backend");
         assert_eq!(
-            lab.sweep().snat_pairs_of(BLUE[0]),
+            lab.sweep().snat_pairs_of(BLUE[0].into()),
             4,
             "the census sees every pair in use"
         );

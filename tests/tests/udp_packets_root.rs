@@ -501,7 +501,7 @@ fn udp_datagram_finding_no_free_snat_pair_is_dropped_and_counted_as_udp() {
         });
         let mut spec = lab.add_udp_service(100, UDP_IDLE);
         lab.keep_only(BLUE[0]);
-        spec.backends.retain(|b| b.addr == BLUE[0]);
+        spec.backends.retain(|b| b.addr == BLUE[0].into());
         lab.apply(&spec);
         for port in [2201, 2202] {
             let (verdict, _) = lab.run(&to_vip(client(port), b"takes a pair"));
@@ -524,7 +524,7 @@ fn udp_gateway_flow_whose_client_already_reaches_its_backend_is_dropped_as_a_col
         // One backend behind the TCP and the UDP service: it could not tell
         // two flows of one client address and port apart.
         lab.keep_only(BLUE[0]);
-        spec.backends.retain(|b| b.addr == BLUE[0]);
+        spec.backends.retain(|b| b.addr == BLUE[0].into());
         lab.apply(&spec);
         let from = client(2104);
         assert_eq!(lab.open(from).backend, BLUE[0]);

@@ -1,4 +1,5 @@
 use super::{Direction::*, *};
+use crate::maps::Flow;
 
 const CLIENT_ISN: u32 = 1_000;
 const BACKEND_ISN: u32 = 900_000;

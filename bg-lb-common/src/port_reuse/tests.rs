@@ -98,7 +98,7 @@ fn syn(seq: u32, tsval: Option<u32>) -> Syn {
 
 #[test]
 fn a_port_whose_owner_flow_is_gone_is_free() {
-    assert!(reusable(None, &syn(0, None), LATER));
+    assert!(reusable::<u32>(None, &syn(0, None), LATER));
 }
 
 #[test]

@@ -13,11 +13,16 @@
 
 pub mod speaker;
 
-use std::{collections::BTreeSet, net::Ipv4Addr, time::Duration};
+use std::{
+    collections::BTreeSet,
+    net::{IpAddr, Ipv4Addr},
+    time::Duration,
+};
 
 use crate::{
     config::Config,
     desired::{self, Health},
+    health::Listener,
     ratio::Pool,
     state_file::OperatorState,
 };
@@ -29,7 +34,9 @@ use crate::{
 pub const WITHDRAW_GRACE: Duration = Duration::from_secs(2);
 
 /// The VIP addresses to announce: none while the node is drained; else
-/// each address with a listener (live VIP or standby VIP) that can serve.
+/// each IPv4 address with a listener (live VIP or standby VIP) that can
+/// serve. (IPv6 VIPs are not announced yet: the include file has one IPv4
+/// static protocol; config refuses them with `[bgp]`.)
 /// An address is one route, so services sharing it share its fate: it
 /// stays announced while any of them can serve, since withdrawing it would
 /// take down the ones that still can.
@@ -41,18 +48,22 @@ pub fn wanted(config: &Config, operator: &OperatorState, health: &Health) -> BTr
     for service in &config.services {
         let state = operator.services.get(&service.name);
         let live = desired::live_spec(service, state, health);
-        let can_serve = |pool| live.backends.iter().any(|b| b.pool == pool && b.weight > 0);
-        let effective = live.ratio.effective(can_serve(Pool::Blue), can_serve(Pool::Green));
-        if [Pool::Blue, Pool::Green]
-            .into_iter()
-            .any(|pool| effective.share(pool) > 0 && can_serve(pool))
-        {
-            addresses.insert(*service.vip.ip());
-        }
-        if let Some(standby) = desired::standby_spec(service, state, health)
-            && standby.backends.iter().any(|b| b.weight > 0)
-        {
-            addresses.insert(*standby.vip.ip());
+        let standby = desired::standby_spec(service, state, health);
+        for (listener, spec) in desired::listener_specs(service, &live, standby.as_ref()) {
+            let IpAddr::V4(address) = spec.vip.ip() else { continue };
+            let can_serve = |pool| spec.backends.iter().any(|b| b.pool == pool && b.weight > 0);
+            let serves = match listener {
+                Listener::Live => {
+                    let effective = spec.ratio.effective(can_serve(Pool::Blue), can_serve(Pool::Green));
+                    [Pool::Blue, Pool::Green]
+                        .into_iter()
+                        .any(|pool| effective.share(pool) > 0 && can_serve(pool))
+                }
+                Listener::Standby => spec.backends.iter().any(|b| b.weight > 0),
+            };
+            if serves {
+                addresses.insert(address);
+            }
         }
     }
     addresses
@@ -63,7 +74,11 @@ pub fn vip_addresses(config: &Config) -> BTreeSet<Ipv4Addr> {
     config
         .services
         .iter()
-        .flat_map(|s| std::iter::once(*s.vip.ip()).chain(s.standby_vip.map(|v| *v.ip())))
+        .flat_map(|s| s.vips.iter().chain(&s.standby_vips))
+        .filter_map(|vip| match vip.ip() {
+            IpAddr::V4(address) => Some(address),
+            IpAddr::V6(_) => None,
+        })
         .collect()
 }
 

@@ -85,7 +85,7 @@ fn a_standby_vip_that_can_serve_keeps_its_address_announced() {
     // TCP checks: the standby VIP serves the pool with no share (green); the
     // live VIP's share goes to blue, which is down, so green serves it too.
     let mut config = config();
-    config.services[0].standby_vip = Some("10.0.0.102:8080".parse().unwrap());
+    config.services[0].standby_vips = vec!["10.0.0.102:8080".parse().unwrap()];
     let ops = OperatorState::default();
     assert!(wanted(&config, &ops, &Health::new()).contains(&Ipv4Addr::new(10, 0, 0, 102)));
     let mut operator = OperatorState::default();

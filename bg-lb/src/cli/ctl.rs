@@ -187,13 +187,14 @@ fn print_human(reply: &Reply) {
     }
     if let Some(flows) = &reply.flows {
         println!(
-            "{:<5} {:<22} {:<22} {:<6} {:>9} {:>9}  STATE",
-            "PROTO", "CLIENT", "BACKEND", "POOL", "AGE", "IDLE"
+            "{:<5} {:<6} {:<22} {:<22} {:<6} {:>9} {:>9}  STATE",
+            "PROTO", "FAMILY", "CLIENT", "BACKEND", "POOL", "AGE", "IDLE"
         );
         for f in flows {
             println!(
-                "{:<5} {:<22} {:<22} {:<6} {:>8.1}s {:>8.1}s  {}",
+                "{:<5} {:<6} {:<22} {:<22} {:<6} {:>8.1}s {:>8.1}s  {}",
                 f.protocol.to_string(),
+                f.family.to_string(),
                 f.client.to_string(),
                 f.backend.to_string(),
                 f.pool.to_string(),
@@ -354,15 +355,17 @@ fn print_fleet(fleet: &FleetStatus) {
 }
 
 fn print_service(s: &ServiceStatus) {
-    let standby = s.standby_vip.map(|v| format!("  standby {v}")).unwrap_or_default();
     let effective = if s.effective_ratio == s.ratio {
         String::new()
     } else {
         format!(" (effective {})", s.effective_ratio)
     };
     println!(
-        "{}  {} vip {}{standby}  ratio {}{effective}",
-        s.name, s.protocol, s.vip, s.ratio
+        "{}  {} {}  ratio {}{effective}",
+        s.name,
+        s.protocol,
+        s.vips_text(),
+        s.ratio
     );
     println!("  forwarding {}  affinity {}", s.forwarding, s.affinity);
     if let Some(limits) = s.forwarding.limits() {

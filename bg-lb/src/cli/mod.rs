@@ -5,7 +5,7 @@ pub mod ctl;
 pub mod docs;
 pub mod top;
 
-use std::{net::SocketAddrV4, path::PathBuf, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
@@ -268,7 +268,7 @@ impl ShiftArgs {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DrainTarget {
     Pool(Pool),
-    Backend(SocketAddrV4),
+    Backend(SocketAddr),
 }
 
 impl std::str::FromStr for DrainTarget {

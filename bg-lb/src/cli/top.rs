@@ -13,7 +13,7 @@ use std::{
     collections::HashMap,
     fmt::Write as _,
     io::{IsTerminal as _, Read as _, Write as _},
-    net::SocketAddrV4,
+    net::SocketAddr,
     os::fd::AsFd as _,
     process::ExitCode,
     time::{Duration, Instant},
@@ -34,7 +34,7 @@ use crate::{
 #[derive(Clone, Debug)]
 pub struct Sample {
     at: Instant,
-    backends: HashMap<(String, SocketAddrV4), Counts>,
+    backends: HashMap<(String, SocketAddr), Counts>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -84,7 +84,7 @@ impl Rates {
 /// Rates of `backend` from `previous` to `current`; `None` on the first
 /// sample, for a backend that just appeared, or when a counter went back
 /// (the daemon reused its id for a re-added backend).
-pub fn rates(previous: &Sample, current: &Sample, service: &str, backend: SocketAddrV4) -> Option<Rates> {
+pub fn rates(previous: &Sample, current: &Sample, service: &str, backend: SocketAddr) -> Option<Rates> {
     let key = (service.to_owned(), backend);
     let (before, now) = (previous.backends.get(&key)?, current.backends.get(&key)?);
     let seconds = current.at.checked_duration_since(previous.at)?.as_secs_f64();
@@ -126,11 +126,7 @@ fn render_service(lines: &mut Vec<String>, s: &ServiceStatus, previous: Option<&
     } else {
         format!("  (effective {})", s.effective_ratio)
     };
-    let standby = s.standby_vip.map(|v| format!("  standby {v}")).unwrap_or_default();
-    lines.push(format!(
-        "{}  vip {}{standby}  ratio {}{effective}",
-        s.name, s.vip, s.ratio
-    ));
+    lines.push(format!("{}  {}  ratio {}{effective}", s.name, s.vips_text(), s.ratio));
     let rates_of = |address| previous.and_then(|p| rates(p, current, &s.name, address));
     // Under `dsr` no reply crosses the LB: "-", not a rate of zero.
     let replies = s.forwarding.sees_replies();
@@ -366,6 +362,7 @@ mod tests {
             name: "web".into(),
             vip: "10.0.0.100:80".parse().unwrap(),
             standby_vip: None,
+            listeners: vec![],
             ratio: Ratio::new(30).unwrap(),
             effective_ratio: Ratio::new(30).unwrap(),
             backends: vec![

@@ -5,7 +5,7 @@
 //! `status` compares with the other hosts' (hosts do not vote on health:
 //! see docs/deploy.md, "Health across hosts").
 
-use std::{collections::BTreeMap, net::SocketAddrV4, sync::atomic::Ordering};
+use std::{collections::BTreeMap, net::SocketAddr, sync::atomic::Ordering};
 
 use serde::{Deserialize, Serialize};
 
@@ -15,7 +15,7 @@ use crate::shift::{CountersByHost, PoolCounters};
 /// Per service, the blue and green counters of one host.
 pub type HostCounters = BTreeMap<String, [PoolCounters; 2]>;
 /// Per service, whether each checked backend's live check is up.
-pub type HostHealth = BTreeMap<String, BTreeMap<SocketAddrV4, bool>>;
+pub type HostHealth = BTreeMap<String, BTreeMap<SocketAddr, bool>>;
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct HostReport {
@@ -106,10 +106,10 @@ mod tests {
 
     #[test]
     fn a_backend_seen_otherwise_by_another_host_is_named_with_both_views() {
-        let a: SocketAddrV4 = "10.0.1.11:8080".parse().unwrap();
-        let b: SocketAddrV4 = "10.0.1.12:8080".parse().unwrap();
+        let a: SocketAddr = "10.0.1.11:8080".parse().unwrap();
+        let b: SocketAddr = "10.0.1.12:8080".parse().unwrap();
         let own = HostHealth::from([("web".into(), BTreeMap::from([(a, true), (b, true)]))]);
-        let report = |health: &[(SocketAddrV4, bool)]| HostReport {
+        let report = |health: &[(SocketAddr, bool)]| HostReport {
             counters: HostCounters::new(),
             health: HostHealth::from([("web".into(), health.iter().copied().collect())]),
         };

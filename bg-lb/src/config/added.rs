@@ -7,7 +7,7 @@ use bg_lb_common::maps::MAX_BACKENDS;
 
 use super::{
     BackendConfig, Config, ServiceConfig,
-    services::{WEIGHT_RANGE, backend_problem},
+    services::{WEIGHT_RANGE, backend_problem, family_problem},
     values::endpoint_problem,
 };
 
@@ -32,7 +32,8 @@ pub fn added_backend_problem(config: &Config, service: &ServiceConfig, backend: 
     if total >= MAX_BACKENDS as usize {
         return Some(format!("too many backends: at most {MAX_BACKENDS} across all services"));
     }
-    backend_problem(service.forwarding, service.vip, backend)
+    family_problem(service.vips.iter().copied(), backend)
+        .or_else(|| backend_problem(service.forwarding, service.vip(), backend))
 }
 
 #[cfg(test)]

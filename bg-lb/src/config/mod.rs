@@ -3,7 +3,7 @@
 //! ```toml
 //! interface = "eth0"                # one-arm; or front_interface + back_interface (two-arm)
 //! xdp_mode = "auto"                 # auto | native | generic
-//! snat_address = "10.0.0.1"        # or snat_addresses = ["10.0.0.1", "10.0.0.2"] (up to 16)
+//! snat_address = "10.0.0.1"        # or snat_addresses = ["10.0.0.1", "fd00::1"] (up to 16 per family)
 //! snat_ports = "20000-29999"        # inclusive, >= 1024
 //! max_flows = 1048576
 //! lookup_capacity = 2097184         # slots for all lookup tables (2 per service)
@@ -46,8 +46,8 @@
 //!
 //! [[service]]
 //! name = "web"
-//! vip = "10.0.0.100:80"
-//! standby_vip = "10.0.0.100:8080"
+//! vip = "10.0.0.100:80"             # or one per family: ["10.0.0.100:80", "[fd00::100]:80"]
+//! standby_vip = "10.0.0.100:8080"   # likewise
 //! ratio = "50:50"                   # BLUE:GREEN
 //! lookup_table_size = 65537         # prime
 //! syn_proxy = "auto"                # auto | always | off: answer SYNs with SYN cookies
@@ -79,7 +79,7 @@
 //!
 //! [[service.backend]]
 //! pool = "blue"
-//! address = "10.0.1.11:8080"
+//! address = "10.0.1.11:8080"        # or "[fd00:1::11]:8080"
 //! weight = 100                      # 0..=1000, 0 drains
 //! ```
 //!
@@ -110,20 +110,25 @@ mod values;
 use std::{
     collections::HashSet,
     fmt, fs,
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4},
     path::{Path, PathBuf},
     time::Duration,
 };
-
-use bg_lb_common::maps::ServiceKey;
 
 pub use self::{added::added_backend_problem, error::ConfigError};
 use self::{error::Invalid, raw::RawConfig};
 use crate::{
     dataplane::{
-        AttachMode, affinity::Affinity, forwarding::Forwarding, housekeeping::FlowTimeouts, l4::Protocol,
-        syn_proxy::SynProxy,
+        AttachMode,
+        affinity::Affinity,
+        forwarding::Forwarding,
+        housekeeping::FlowTimeouts,
+        l4::Protocol,
+        listener::ListenerKey,
+        syn_proxy::{SynProxy, SynProxyMode},
     },
+    family::Family,
+    health::Listener,
     ratio::{Pool, Ratio},
 };
 
@@ -187,10 +192,12 @@ pub const DEFAULT_CLUSTER_PREFIX: &str = "/bg-lb";
 pub struct Config {
     pub interfaces: Interfaces,
     pub xdp_mode: AttachMode,
-    /// Where NATed packets to backends come from: 1 to
-    /// [`bg_lb_common::maps::MAX_SNAT_ADDRESSES`], each once. Health probes
-    /// use the first.
+    /// Where NATed packets to IPv4 backends come from: up to
+    /// [`bg_lb_common::maps::MAX_SNAT_ADDRESSES`], each once (at least one
+    /// when a service has an IPv4 VIP). Health probes use the first.
     pub snat_addresses: Vec<Ipv4Addr>,
+    /// The same for IPv6 backends.
+    pub snat6_addresses: Vec<Ipv6Addr>,
     /// Inclusive range.
     pub snat_ports: (u16, u16),
     pub max_flows: u32,
@@ -221,19 +228,36 @@ impl Config {
     /// sweep frees them), up to the largest `max_flows` allowed. Fixed when
     /// the maps are created.
     pub fn reverse_nat_entries(&self) -> u32 {
-        let backends: HashSet<SocketAddrV4> = self
+        let backends: HashSet<SocketAddr> = self
             .services
             .iter()
             .flat_map(|s| s.backends.iter().map(|b| b.address))
             .collect();
+        let pairs: u64 = backends
+            .iter()
+            .map(|b| self.snat_pairs_per_backend(Family::of_socket(*b)))
+            .sum();
         let limit = *validate::MAX_FLOWS_RANGE.end() as u64;
-        (2 * backends.len() as u64 * self.snat_pairs_per_backend()).clamp(self.max_flows.into(), limit) as u32
+        (2 * pairs).clamp(self.max_flows.into(), limit) as u32
     }
 
-    /// SNAT (address, port) pairs one backend's flows can hold at once:
-    /// addresses times ports.
-    pub fn snat_pairs_per_backend(&self) -> u64 {
-        self.snat_addresses.len() as u64 * (u64::from(self.snat_ports.1 - self.snat_ports.0) + 1)
+    /// Where health probes of backends of `family` come from: that family's
+    /// first SNAT address.
+    pub fn probe_source(&self, family: Family) -> Option<std::net::IpAddr> {
+        match family {
+            Family::Ipv4 => self.snat_addresses.first().map(|&a| a.into()),
+            Family::Ipv6 => self.snat6_addresses.first().map(|&a| a.into()),
+        }
+    }
+
+    /// SNAT (address, port) pairs one backend of `family` can hold at once:
+    /// that family's addresses times ports.
+    pub fn snat_pairs_per_backend(&self, family: Family) -> u64 {
+        let addresses = match family {
+            Family::Ipv4 => self.snat_addresses.len(),
+            Family::Ipv6 => self.snat6_addresses.len(),
+        };
+        addresses as u64 * (u64::from(self.snat_ports.1 - self.snat_ports.0) + 1)
     }
 }
 
@@ -332,15 +356,20 @@ pub struct ListenerLimits {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServiceConfig {
     pub name: String,
-    pub vip: SocketAddrV4,
-    pub standby_vip: Option<SocketAddrV4>,
+    /// `vip`: the live VIPs, one, or one per family (a dual-stack service),
+    /// as written. Each is a listener with its own lookup table over the
+    /// backends of its family.
+    pub vips: Vec<SocketAddr>,
+    /// `standby_vip`: none, one, or one per family.
+    pub standby_vips: Vec<SocketAddr>,
     pub ratio: Ratio,
     /// Prime.
     pub lookup_table_size: u32,
     pub backends: Vec<BackendConfig>,
     /// `[service.health]`; [`HealthConfig::default`] (TCP connect checks) when the table is absent.
     pub health: HealthConfig,
-    /// SYN flood defence: `syn_proxy`, `syn_proxy_threshold`, `syn_proxy_mss`.
+    /// SYN flood defence: `syn_proxy`, `syn_proxy_threshold`, `syn_proxy_mss`,
+    /// of its IPv4 listeners ([`ServiceConfig::syn_proxy_of`]).
     pub syn_proxy: SynProxy,
     /// `forwarding`: how packets reach the backends.
     pub forwarding: Forwarding,
@@ -362,24 +391,59 @@ pub struct ServiceConfig {
 }
 
 impl ServiceConfig {
-    /// The SERVICES key of its live VIP.
-    pub fn key(&self) -> ServiceKey {
-        ServiceKey::with_proto(self.vip, self.protocol.wire())
+    /// The first live VIP: what names the service where one address does.
+    pub fn vip(&self) -> SocketAddr {
+        self.vips[0]
     }
 
-    /// The SERVICES keys of its live and (if any) standby VIPs.
-    pub fn keys(&self) -> impl Iterator<Item = ServiceKey> + use<> {
-        let proto = self.protocol.wire();
-        std::iter::once(self.vip)
-            .chain(self.standby_vip)
-            .map(move |vip| ServiceKey::with_proto(vip, proto))
+    /// The live VIP of `family`, if the service has one.
+    pub fn vip_of(&self, family: Family) -> Option<SocketAddr> {
+        self.vips.iter().copied().find(|v| Family::of_socket(*v) == family)
+    }
+
+    /// Its listeners: each VIP (live, then standby) with its data-plane key.
+    pub fn listeners(&self) -> impl Iterator<Item = (ListenerKey, Listener)> + use<> {
+        let protocol = self.protocol;
+        let live = self.vips.clone().into_iter().map(|vip| (vip, Listener::Live));
+        let standby = self
+            .standby_vips
+            .clone()
+            .into_iter()
+            .map(|vip| (vip, Listener::Standby));
+        live.chain(standby)
+            .map(move |(vip, listener)| (ListenerKey::new(vip, protocol), listener))
+    }
+
+    /// The data-plane keys of its live and standby VIPs.
+    pub fn keys(&self) -> impl Iterator<Item = ListenerKey> + use<> {
+        self.listeners().map(|(key, _)| key)
+    }
+
+    /// Its backends of `family`.
+    pub fn backends_of(&self, family: Family) -> impl Iterator<Item = &BackendConfig> {
+        self.backends
+            .iter()
+            .filter(move |b| Family::of_socket(b.address) == family)
+    }
+
+    /// The SYN proxy of its listeners of `family`: IPv6 listeners have none
+    /// (the data plane's SYN proxy is IPv4-only for now).
+    pub fn syn_proxy_of(&self, family: Family) -> SynProxy {
+        match family {
+            Family::Ipv4 => self.syn_proxy,
+            Family::Ipv6 => SynProxy {
+                mode: SynProxyMode::Off,
+                ..self.syn_proxy
+            },
+        }
     }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BackendConfig {
     pub pool: Pool,
-    pub address: SocketAddrV4,
+    /// IPv4 or IPv6: the VIPs of its family send it connections.
+    pub address: SocketAddr,
     /// 0 drains the backend: no new flows, existing ones continue.
     pub weight: u32,
 }

@@ -82,8 +82,8 @@ pub(super) struct RawTimeouts {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawService {
     pub(super) name: Spanned<String>,
-    pub(super) vip: Spanned<String>,
-    pub(super) standby_vip: Option<Spanned<String>>,
+    pub(super) vip: Spanned<OneOrList>,
+    pub(super) standby_vip: Option<Spanned<OneOrList>>,
     pub(super) ratio: Option<Spanned<String>>,
     pub(super) lookup_table_size: Option<Spanned<i64>>,
     pub(super) syn_proxy: Option<Spanned<String>>,
@@ -127,6 +127,52 @@ pub(super) struct RawBackend {
     pub(super) pool: Spanned<String>,
     pub(super) address: Spanned<String>,
     pub(super) weight: Option<Spanned<i64>>,
+}
+
+/// A key that takes one string or a list of them (`vip = "10.0.0.100:80"`
+/// or `vip = ["10.0.0.100:80", "[fd00::100]:80"]`). Hand-written rather
+/// than `#[serde(untagged)]`, which buffers the value and so loses the
+/// items' spans.
+#[derive(Debug)]
+pub(super) enum OneOrList {
+    One(String),
+    List(Vec<Spanned<String>>),
+}
+
+impl OneOrList {
+    /// Each item with where it was written (`span`: where the whole value was).
+    pub(super) fn items(value: &Spanned<OneOrList>) -> Vec<Spanned<String>> {
+        match value.get_ref() {
+            OneOrList::One(text) => vec![Spanned::new(value.span(), text.clone())],
+            OneOrList::List(items) => items.clone(),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for OneOrList {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = OneOrList;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an address or a list of addresses")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<OneOrList, E> {
+                Ok(OneOrList::One(text.to_owned()))
+            }
+
+            fn visit_seq<S: serde::de::SeqAccess<'de>>(self, mut seq: S) -> Result<OneOrList, S::Error> {
+                let mut items = Vec::new();
+                while let Some(item) = seq.next_element()? {
+                    items.push(item);
+                }
+                Ok(OneOrList::List(items))
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
 }
 
 #[cfg(test)]

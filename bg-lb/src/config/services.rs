@@ -3,7 +3,7 @@
 
 use std::{
     collections::HashMap,
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{IpAddr, SocketAddr},
     ops::{Range, RangeInclusive},
     time::Duration,
 };
@@ -15,7 +15,7 @@ use super::{
     BackendConfig, DEFAULT_BLUE_SHARE, DEFAULT_WEIGHT, HealthCheck, HealthConfig, MAX_WEIGHT, ServiceConfig,
     error::{Invalid, line_of},
     health::health,
-    raw::{RawBackend, RawService},
+    raw::{OneOrList, RawBackend, RawService},
     values::{duration, endpoint, integer_in, lookup_table_size, service_name},
 };
 use crate::{
@@ -25,6 +25,7 @@ use crate::{
         l4::{DEFAULT_UDP_IDLE, Protocol},
         syn_proxy::{SynProxy, SynProxyMode},
     },
+    family::Family,
     ratio::{Pool, Ratio},
 };
 
@@ -38,7 +39,7 @@ const SYN_PROXY_MSS_RANGE: RangeInclusive<i64> = 536..=8960;
 /// Validates every service, then what services must not share.
 pub(super) fn services(
     raw: &[RawService],
-    snat: &[(Ipv4Addr, Range<usize>)],
+    snat: &[(IpAddr, Range<usize>)],
     text: &str,
 ) -> Result<Vec<ServiceConfig>, Invalid> {
     let mut shared = SharedChecks {
@@ -56,11 +57,10 @@ pub(super) fn services(
                 format!("too many services: at most {MAX_SERVICES}"),
             );
         }
-        let service = service(raw_service, text)?;
+        let (service, vips) = service(raw_service, snat, text)?;
         shared.name(raw_service)?;
-        shared.vip(raw_service, "vip", &raw_service.vip, (service.vip, service.protocol))?;
-        if let (Some(value), Some(address)) = (&raw_service.standby_vip, service.standby_vip) {
-            shared.vip(raw_service, "standby_vip", value, (address, service.protocol))?;
+        for (key, address, span) in vips {
+            shared.vip(raw_service, key, span, (address, service.protocol))?;
         }
         shared.backend_budget(raw_service)?;
         services.push(service);
@@ -73,13 +73,13 @@ pub(super) fn services(
 struct SharedChecks<'a> {
     text: &'a str,
     /// Each SNAT address and where it was written.
-    snat: &'a [(Ipv4Addr, Range<usize>)],
+    snat: &'a [(IpAddr, Range<usize>)],
     // Spans are kept rather than lines: finding a line scans the text, so only do that for an error.
     /// Service name -> span.
     names: HashMap<&'a str, Range<usize>>,
     /// VIP and protocol -> (service, key, span): a TCP and a UDP service may
     /// share a VIP.
-    vips: HashMap<(SocketAddrV4, Protocol), (&'a str, &'static str, Range<usize>)>,
+    vips: HashMap<(SocketAddr, Protocol), (&'a str, &'static str, Range<usize>)>,
     backends: usize,
 }
 
@@ -103,12 +103,12 @@ impl<'a> SharedChecks<'a> {
         &mut self,
         service: &'a RawService,
         key: &'static str,
-        value: &Spanned<String>,
-        (address, protocol): (SocketAddrV4, Protocol),
+        span: Range<usize>,
+        (address, protocol): (SocketAddr, Protocol),
     ) -> Result<(), Invalid> {
-        if let Some((_, snat_span)) = self.snat.iter().find(|(snat, _)| snat == address.ip()) {
+        if let Some((_, snat_span)) = self.snat.iter().find(|(snat, _)| *snat == address.ip()) {
             return Invalid::at(
-                value.span(),
+                span,
                 format!(
                     "{key} {address} uses a SNAT address (line {}); they must differ",
                     line_of(self.text, snat_span)
@@ -117,10 +117,10 @@ impl<'a> SharedChecks<'a> {
         }
         match self
             .vips
-            .insert((address, protocol), (service.name.get_ref(), key, value.span()))
+            .insert((address, protocol), (service.name.get_ref(), key, span.clone()))
         {
             Some((first_service, first_key, first_span)) => Invalid::at(
-                value.span(),
+                span,
                 format!(
                     "overlapping VIPs: {key} {address} ({protocol}) is already the {first_key} of service \
                      {first_service:?} (line {})",
@@ -144,21 +144,24 @@ impl<'a> SharedChecks<'a> {
     }
 }
 
-fn service(raw: &RawService, text: &str) -> Result<ServiceConfig, Invalid> {
+/// A VIP key's addresses, each with its key and where it was written.
+type Vips = Vec<(&'static str, SocketAddr, Range<usize>)>;
+
+/// Validates one service; also returns its VIPs (live, then standby) with
+/// where each was written, for the checks across services.
+fn service(raw: &RawService, snat: &[(IpAddr, Range<usize>)], text: &str) -> Result<(ServiceConfig, Vips), Invalid> {
     let name = service_name(&raw.name)?;
-    let vip = endpoint(&raw.vip, "vip")?;
-    let standby_vip = raw
-        .standby_vip
-        .as_ref()
-        .map(|s| endpoint(s, "standby_vip"))
-        .transpose()?;
-    if let (Some(standby), Some(raw_standby)) = (standby_vip, &raw.standby_vip)
-        && standby == vip
-    {
-        return Invalid::at(
-            raw_standby.span(),
-            format!("overlapping VIPs: standby_vip {standby} equals the service's vip"),
-        );
+    let mut vips = vip_list(&raw.vip, "vip")?;
+    if let Some(standby) = &raw.standby_vip {
+        for (key, standby, span) in vip_list(standby, "standby_vip")? {
+            if let Some((_, vip, _)) = vips.iter().find(|(_, vip, _)| *vip == standby) {
+                return Invalid::at(
+                    span,
+                    format!("overlapping VIPs: {key} {standby} equals the service's vip {vip}"),
+                );
+            }
+            vips.push((key, standby, span));
+        }
     }
     let ratio = match &raw.ratio {
         Some(ratio) => ratio
@@ -172,18 +175,26 @@ fn service(raw: &RawService, text: &str) -> Result<ServiceConfig, Invalid> {
         .as_ref()
         .map_or(Ok(DEFAULT_LUT_SIZE), lookup_table_size)?;
     let backends = backends(&raw.backend, &name, text)?;
+    families(raw, &vips, &backends, snat)?;
     let health = raw.health.as_ref().map_or(Ok(HealthConfig::default()), health)?;
-    let forwarding = forwarding(raw, vip, standby_vip, &backends)?;
+    let addresses = |wanted: &str| -> Vec<SocketAddr> {
+        vips.iter()
+            .filter(|(key, _, _)| *key == wanted)
+            .map(|(_, address, _)| *address)
+            .collect()
+    };
+    let (live, standby) = (addresses("vip"), addresses("standby_vip"));
+    let forwarding = forwarding(raw, &vips, &backends)?;
     let (protocol, udp_idle) = protocol(raw, &health)?;
-    Ok(ServiceConfig {
+    let service = ServiceConfig {
         name,
-        vip,
-        standby_vip,
+        vips: live,
+        standby_vips: standby,
         ratio,
         lookup_table_size,
         backends,
         health,
-        syn_proxy: syn_proxy(raw, forwarding, protocol)?,
+        syn_proxy: syn_proxy(raw, forwarding, protocol, &vips)?,
         forwarding,
         affinity: match &raw.affinity {
             Some(value) => value
@@ -204,6 +215,81 @@ fn service(raw: &RawService, text: &str) -> Result<ServiceConfig, Invalid> {
             .transpose()?,
         protocol,
         udp_idle,
+    };
+    Ok((service, vips))
+}
+
+/// `vip` or `standby_vip`: one address, or one per family.
+fn vip_list(value: &Spanned<OneOrList>, key: &'static str) -> Result<Vips, Invalid> {
+    let items = OneOrList::items(value);
+    if items.is_empty() {
+        return Invalid::at(value.span(), format!("{key} must name at least one address"));
+    }
+    let mut vips: Vips = Vec::with_capacity(items.len());
+    for item in &items {
+        let address = endpoint(item, key)?;
+        let family = Family::of_socket(address);
+        if let Some((_, first, _)) = vips.iter().find(|(_, a, _)| Family::of_socket(*a) == family) {
+            return Invalid::at(
+                item.span(),
+                format!("{key} lists two {family} addresses ({first} and {address}): at most one per family"),
+            );
+        }
+        vips.push((key, address, item.span()));
+    }
+    Ok(vips)
+}
+
+/// What the families of a service's addresses must agree on: each VIP's
+/// family has a SNAT address (NAT and health probes come from it) and, when
+/// the service has backends, a backend; each backend's family has a live
+/// VIP (nothing else could reach it).
+fn families(
+    raw: &RawService,
+    vips: &Vips,
+    backends: &[BackendConfig],
+    snat: &[(IpAddr, Range<usize>)],
+) -> Result<(), Invalid> {
+    for (raw_backend, backend) in raw.backend.iter().zip(backends) {
+        if let Some(problem) = family_problem(vips.iter().filter(|(key, ..)| *key == "vip").map(|v| v.1), backend) {
+            return Invalid::at(raw_backend.address.span(), problem);
+        }
+    }
+    for (key, vip, span) in vips {
+        let family = Family::of_socket(*vip);
+        if !snat.iter().any(|(address, _)| Family::of(*address) == family) {
+            return Invalid::at(
+                span.clone(),
+                format!(
+                    "{key} {vip} is {family}, but no SNAT address is: add an {family} address of this host to \
+                     snat_addresses"
+                ),
+            );
+        }
+        if !backends.is_empty() && !backends.iter().any(|b| Family::of_socket(b.address) == family) {
+            return Invalid::at(
+                span.clone(),
+                format!(
+                    "{key} {vip} is {family}, but service {:?} has no {family} backend: each VIP sends new \
+                     connections only to backends of its own family",
+                    raw.name.get_ref()
+                ),
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Why `backend` can serve none of the live VIPs `vips`, if it cannot: they
+/// are all of the other family.
+pub(super) fn family_problem(mut vips: impl Iterator<Item = SocketAddr>, backend: &BackendConfig) -> Option<String> {
+    let family = Family::of_socket(backend.address);
+    (!vips.any(|vip| Family::of_socket(vip) == family)).then(|| {
+        format!(
+            "backend {} is {family}, but the service has no {family} vip: a VIP sends connections only to \
+             backends of its own family",
+            backend.address
+        )
     })
 }
 
@@ -267,12 +353,7 @@ fn protocol(raw: &RawService, health: &HealthConfig) -> Result<(Protocol, Durati
 /// (That a `dsr` backend is on-link is the data plane's to check, per
 /// packet, as routes change after the config is read; the daemon warns
 /// about one that is not when it starts or reloads.)
-fn forwarding(
-    raw: &RawService,
-    vip: SocketAddrV4,
-    standby_vip: Option<SocketAddrV4>,
-    backends: &[BackendConfig],
-) -> Result<Forwarding, Invalid> {
+fn forwarding(raw: &RawService, vips: &Vips, backends: &[BackendConfig]) -> Result<Forwarding, Invalid> {
     let Some(setting) = &raw.forwarding else {
         return Ok(Forwarding::default());
     };
@@ -280,16 +361,25 @@ fn forwarding(
         .get_ref()
         .parse::<Forwarding>()
         .map_err(|e| Invalid::new(setting.span(), e))?;
+    if mode == Forwarding::FullNat {
+        return Ok(mode);
+    }
+    if let Some((key, vip, _)) = vips.iter().find(|(_, vip, _)| vip.is_ipv6()) {
+        return Invalid::at(
+            setting.span(),
+            format!("forwarding = \"{mode}\" is IPv4-only for now, and {key} {vip} is IPv6: use \"full-nat\""),
+        );
+    }
     if mode != Forwarding::Dsr {
         return Ok(mode);
     }
-    if let (Some(standby), Some(raw_standby)) = (standby_vip, &raw.standby_vip)
-        && standby.port() != vip.port()
-    {
+    // IPv4 only (above): one live VIP.
+    let vip = vips[0].1;
+    if let Some((key, standby, span)) = vips.iter().find(|(_, standby, _)| standby.port() != vip.port()) {
         return Invalid::at(
-            raw_standby.span(),
+            span.clone(),
             format!(
-                "forwarding = \"dsr\" keeps the port clients connect to, so standby_vip {standby} must use the vip's \
+                "forwarding = \"dsr\" keeps the port clients connect to, so {key} {standby} must use the vip's \
                  port {}",
                 vip.port()
             ),
@@ -308,7 +398,7 @@ fn forwarding(
 
 /// Why `backend` cannot serve a service on `vip` forwarding by `mode`, if
 /// it cannot: `dsr` keeps the port clients connect to.
-pub(super) fn backend_problem(mode: Forwarding, vip: SocketAddrV4, backend: &BackendConfig) -> Option<String> {
+pub(super) fn backend_problem(mode: Forwarding, vip: SocketAddr, backend: &BackendConfig) -> Option<String> {
     (mode == Forwarding::Dsr && backend.address.port() != vip.port()).then(|| {
         format!(
             "forwarding = \"dsr\" keeps the port clients connect to, so backend {} must listen on the vip's port {}",
@@ -320,8 +410,10 @@ pub(super) fn backend_problem(mode: Forwarding, vip: SocketAddrV4, backend: &Bac
 
 /// The SYN proxy needs each backend's SYN-ACK, which bypasses the LB under
 /// `dsr`: off by default there, and refused if asked for. UDP has no SYNs:
-/// off, and refused likewise.
-fn syn_proxy(raw: &RawService, forwarding: Forwarding, protocol: Protocol) -> Result<SynProxy, Invalid> {
+/// off, and refused likewise. The data plane's SYN proxy is IPv4-only for
+/// now: asking for it on a service with an IPv6 VIP is refused, and its
+/// IPv6 listeners never use it (see [`ServiceConfig::syn_proxy_of`]).
+fn syn_proxy(raw: &RawService, forwarding: Forwarding, protocol: Protocol, vips: &Vips) -> Result<SynProxy, Invalid> {
     let default = SynProxy::default();
     let mode = match &raw.syn_proxy {
         Some(mode) => {
@@ -333,6 +425,17 @@ fn syn_proxy(raw: &RawService, forwarding: Forwarding, protocol: Protocol) -> Re
                 return Invalid::at(
                     mode.span(),
                     format!("syn_proxy = \"{parsed}\" answers TCP SYNs; a protocol = \"udp\" service has none"),
+                );
+            }
+            if let Some((key, vip, _)) = vips.iter().find(|(_, vip, _)| vip.is_ipv6())
+                && parsed != SynProxyMode::Off
+            {
+                return Invalid::at(
+                    mode.span(),
+                    format!(
+                        "syn_proxy = \"{parsed}\" is IPv4-only for now, and {key} {vip} is IPv6; set syn_proxy = \"off\" \
+                         or leave it out (IPv4 VIPs then get \"auto\", IPv6 ones none)"
+                    ),
                 );
             }
             if forwarding == Forwarding::Dsr && parsed != SynProxyMode::Off {
@@ -362,7 +465,7 @@ fn syn_proxy(raw: &RawService, forwarding: Forwarding, protocol: Protocol) -> Re
 
 fn backends(raw: &[RawBackend], service: &str, text: &str) -> Result<Vec<BackendConfig>, Invalid> {
     // Address -> span; the line is only worked out for an error.
-    let mut seen: HashMap<SocketAddrV4, Range<usize>> = HashMap::new();
+    let mut seen: HashMap<SocketAddr, Range<usize>> = HashMap::new();
     let mut backends = Vec::with_capacity(raw.len());
     for raw_backend in raw {
         let backend = backend(raw_backend)?;
@@ -395,14 +498,15 @@ fn backend(raw: &RawBackend) -> Result<BackendConfig, Invalid> {
     Ok(BackendConfig { pool, address, weight })
 }
 
-/// Each service takes two regions of `lookup_table_size` slots (live and being rebuilt, for atomic swaps).
+/// Each service takes two regions of `lookup_table_size` slots (live and being rebuilt, for atomic swaps) per
+/// live VIP (one per family).
 pub(super) fn check_lookup_capacity(
     capacity: u32,
     capacity_key: Option<&Spanned<i64>>,
     raw: &[RawService],
     services: &[ServiceConfig],
 ) -> Result<(), Invalid> {
-    let slots = |service: &ServiceConfig| 2 * u64::from(service.lookup_table_size);
+    let slots = |service: &ServiceConfig| 2 * u64::from(service.lookup_table_size) * service.vips.len() as u64;
     let first_over = services
         .iter()
         .scan(0, |needed, service| {
@@ -419,7 +523,7 @@ pub(super) fn check_lookup_capacity(
                 key.span(),
                 format!(
                     "lookup_capacity {capacity} is too small: the services need {needed} slots \
-                     (2 x lookup_table_size each)"
+                     (2 x lookup_table_size per vip)"
                 ),
             )
         }
@@ -427,7 +531,7 @@ pub(super) fn check_lookup_capacity(
             raw_service.name.span(),
             format!(
                 "service {:?} does not fit in the default lookup_capacity {capacity} \
-                 (2 x lookup_table_size slots per service); raise lookup_capacity",
+                 (2 x lookup_table_size slots per vip); raise lookup_capacity",
                 raw_service.name.get_ref()
             ),
         ),

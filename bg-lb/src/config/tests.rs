@@ -76,6 +76,7 @@ fn full_one_arm_config_parses_to_expected_structs() {
         },
         xdp_mode: AttachMode::Native,
         snat_addresses: vec![Ipv4Addr::new(10, 0, 0, 1)],
+        snat6_addresses: vec![],
         snat_ports: (40_000, 40_999),
         max_flows: 4096,
         lookup_capacity: 1000,
@@ -99,8 +100,8 @@ fn full_one_arm_config_parses_to_expected_structs() {
         services: vec![
             ServiceConfig {
                 name: "web".into(),
-                vip: "10.0.0.100:80".parse().unwrap(),
-                standby_vip: Some("10.0.0.100:8080".parse().unwrap()),
+                vips: vec!["10.0.0.100:80".parse().unwrap()],
+                standby_vips: vec!["10.0.0.100:8080".parse().unwrap()],
                 ratio: Ratio::new(30).unwrap(),
                 lookup_table_size: 251,
                 backends: vec![
@@ -122,8 +123,8 @@ fn full_one_arm_config_parses_to_expected_structs() {
             },
             ServiceConfig {
                 name: "api.v2".into(),
-                vip: "10.0.0.101:443".parse().unwrap(),
-                standby_vip: None,
+                vips: vec!["10.0.0.101:443".parse().unwrap()],
+                standby_vips: vec![],
                 ratio: Ratio::new(50).unwrap(),
                 lookup_table_size: 7,
                 backends: vec![],
@@ -189,10 +190,11 @@ fn full_two_arm_config_parses_to_expected_structs() {
         },
         xdp_mode: AttachMode::Generic,
         snat_addresses: vec![Ipv4Addr::new(192, 168, 1, 1)],
+        snat6_addresses: vec![],
         services: vec![ServiceConfig {
             name: "db".into(),
-            vip: "10.0.0.100:5432".parse().unwrap(),
-            standby_vip: None,
+            vips: vec!["10.0.0.100:5432".parse().unwrap()],
+            standby_vips: vec![],
             ratio: Ratio::all_to(Pool::Blue),
             lookup_table_size: DEFAULT_LUT_SIZE,
             backends: vec![backend(Pool::Green, "192.168.1.20:5432", DEFAULT_WEIGHT)],
@@ -220,6 +222,7 @@ fn absent_optional_keys_take_their_defaults() {
         },
         xdp_mode: AttachMode::Auto,
         snat_addresses: vec![Ipv4Addr::new(10, 0, 0, 1)],
+        snat6_addresses: vec![],
         snat_ports: (20_000, 29_999),
         max_flows: DEFAULT_MAX_FLOWS,
         lookup_capacity: DEFAULT_LOOKUP_CAPACITY,
@@ -242,8 +245,8 @@ fn absent_optional_keys_take_their_defaults() {
         cluster: None,
         services: vec![ServiceConfig {
             name: "web".into(),
-            vip: "10.0.0.100:80".parse().unwrap(),
-            standby_vip: None,
+            vips: vec!["10.0.0.100:80".parse().unwrap()],
+            standby_vips: vec![],
             ratio: "50:50".parse().unwrap(),
             lookup_table_size: 65_537,
             backends: vec![backend(Pool::Blue, "10.0.1.1:80", 100)],
@@ -285,11 +288,23 @@ fn example_file_parses() {
     assert_eq!(config.snat_addresses, [Ipv4Addr::new(10, 0, 0, 1)]);
     assert_eq!(config.lookup_capacity, DEFAULT_LOOKUP_CAPACITY);
     assert_eq!(config.max_flows, DEFAULT_MAX_FLOWS);
-    let [web, dns] = config.services.as_slice() else {
-        panic!("two services expected: {config:?}")
+    let [web, dns, api] = config.services.as_slice() else {
+        panic!("three services expected: {config:?}")
     };
     assert_eq!(
-        (dns.protocol, dns.udp_idle, dns.vip),
+        api.vips,
+        [
+            "10.0.0.101:443".parse::<std::net::SocketAddr>().unwrap(),
+            "[fd00::101]:443".parse().unwrap()
+        ],
+        "the example shows a dual-stack service"
+    );
+    assert_eq!(
+        config.snat6_addresses,
+        ["fd00::1".parse::<std::net::Ipv6Addr>().unwrap()]
+    );
+    assert_eq!(
+        (dns.protocol, dns.udp_idle, dns.vip()),
         (Protocol::Udp, Duration::from_secs(30), "10.0.0.100:53".parse().unwrap())
     );
     assert_eq!(
@@ -301,8 +316,8 @@ fn example_file_parses() {
     );
     assert_eq!(web.protocol, Protocol::Tcp);
     assert_eq!(web.name, "web");
-    assert_eq!(web.vip, "10.0.0.100:80".parse().unwrap());
-    assert_eq!(web.standby_vip, Some("10.0.0.100:8080".parse().unwrap()));
+    assert_eq!(web.vips, ["10.0.0.100:80".parse().unwrap()]);
+    assert_eq!(web.standby_vips, ["10.0.0.100:8080".parse().unwrap()]);
     let pools: Vec<Pool> = web.backends.iter().map(|b| b.pool).collect();
     assert_eq!(pools, [Pool::Blue, Pool::Blue, Pool::Green, Pool::Green]);
     assert_eq!(web.backends[3].weight, 0, "the example shows a drained backend");

@@ -2,7 +2,7 @@
 
 use std::{
     collections::HashMap,
-    net::Ipv4Addr,
+    net::IpAddr,
     ops::{Range, RangeInclusive},
 };
 
@@ -18,7 +18,7 @@ use super::{
     services::{check_lookup_capacity, services},
     values::{absolute_path, duration, integer_in, interface_name, listen_address, snat_address, snat_ports, xdp_mode},
 };
-use crate::dataplane::housekeeping::FlowTimeouts;
+use crate::{dataplane::housekeeping::FlowTimeouts, family::Family};
 
 pub(super) const MAX_FLOWS_RANGE: RangeInclusive<i64> = 1024..=16_777_216;
 
@@ -49,11 +49,36 @@ pub(super) fn validate(raw: RawConfig, text: &str) -> Result<Config, Invalid> {
     let bgp = raw.bgp.as_ref().map(bgp::bgp).transpose()?;
     let cluster = raw.cluster.as_ref().map(cluster::cluster).transpose()?;
     let services = services(&raw.service, &snat, text)?;
+    if bgp.is_some()
+        && let Some((raw_service, _)) = raw
+            .service
+            .iter()
+            .zip(&services)
+            .find(|(_, s)| s.vips.iter().chain(&s.standby_vips).any(|v| v.is_ipv6()))
+    {
+        return Invalid::at(
+            raw_service.vip.span(),
+            "[bgp] announces IPv4 VIPs only for now, and this service has an IPv6 VIP",
+        );
+    }
     check_lookup_capacity(lookup_capacity, raw.lookup_capacity.as_ref(), &raw.service, &services)?;
     Ok(Config {
         interfaces,
         xdp_mode,
-        snat_addresses: snat.into_iter().map(|(address, _)| address).collect(),
+        snat_addresses: snat
+            .iter()
+            .filter_map(|(address, _)| match address {
+                IpAddr::V4(v4) => Some(*v4),
+                IpAddr::V6(_) => None,
+            })
+            .collect(),
+        snat6_addresses: snat
+            .iter()
+            .filter_map(|(address, _)| match address {
+                IpAddr::V6(v6) => Some(*v6),
+                IpAddr::V4(_) => None,
+            })
+            .collect(),
         snat_ports,
         max_flows,
         lookup_capacity,
@@ -103,9 +128,9 @@ fn interfaces(raw: &RawConfig) -> Result<Interfaces, Invalid> {
     }
 }
 
-/// `snat_address` (one) or `snat_addresses` (1 to [`MAX_SNAT_ADDRESSES`],
-/// each once), with where each was written.
-fn snat_addresses(raw: &RawConfig, text: &str) -> Result<Vec<(Ipv4Addr, Range<usize>)>, Invalid> {
+/// `snat_address` (one) or `snat_addresses` (1 to [`MAX_SNAT_ADDRESSES`]
+/// per family, each once), with where each was written.
+fn snat_addresses(raw: &RawConfig, text: &str) -> Result<Vec<(IpAddr, Range<usize>)>, Invalid> {
     let list = match (&raw.snat_address, &raw.snat_addresses) {
         (Some(one), None) => return Ok(vec![(snat_address(one, "snat_address")?, one.span())]),
         (None, Some(list)) => list,
@@ -125,16 +150,17 @@ fn snat_addresses(raw: &RawConfig, text: &str) -> Result<Vec<(Ipv4Addr, Range<us
     if list.get_ref().is_empty() {
         return Invalid::at(list.span(), "snat_addresses must name at least one address");
     }
-    let mut seen: HashMap<Ipv4Addr, Range<usize>> = HashMap::new();
-    let mut addresses = Vec::with_capacity(list.get_ref().len());
-    for (index, value) in list.get_ref().iter().enumerate() {
-        if index == MAX_SNAT_ADDRESSES {
+    let mut seen: HashMap<IpAddr, Range<usize>> = HashMap::new();
+    let mut addresses: Vec<(IpAddr, Range<usize>)> = Vec::with_capacity(list.get_ref().len());
+    for value in list.get_ref() {
+        let address = snat_address(value, "snat_addresses")?;
+        let family = Family::of(address);
+        if addresses.iter().filter(|(a, _)| Family::of(*a) == family).count() == MAX_SNAT_ADDRESSES {
             return Invalid::at(
                 value.span(),
-                format!("too many snat_addresses: at most {MAX_SNAT_ADDRESSES}"),
+                format!("too many {family} snat_addresses: at most {MAX_SNAT_ADDRESSES} per family"),
             );
         }
-        let address = snat_address(value, "snat_addresses")?;
         if let Some(first) = seen.insert(address, value.span()) {
             return Invalid::at(
                 value.span(),
@@ -283,7 +309,7 @@ mod tests {
             seventeen.push_str(&format!("  \"10.0.1.{i}\",\n"));
         }
         seventeen.push_str("  \"10.0.1.17\",  # <-\n]\n");
-        assert_rejected(&seventeen, "too many snat_addresses: at most 16");
+        assert_rejected(&seventeen, "too many IPv4 snat_addresses: at most 16 per family");
     }
 
     #[test]

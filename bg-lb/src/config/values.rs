@@ -2,7 +2,7 @@
 //! Each takes the spanned value, so its error points at the value, and names the key in the message.
 
 use std::{
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6},
     ops::RangeInclusive,
     path::{Path, PathBuf},
     time::Duration,
@@ -67,22 +67,23 @@ pub(super) fn service_name(name: &Spanned<String>) -> Result<String, Invalid> {
     Ok(text.clone())
 }
 
-/// One SNAT address; `key` names it in messages (`snat_address` or
+/// One SNAT address, IPv4 or IPv6; `key` names it in messages (`snat_address` or
 /// `snat_addresses`).
-pub(super) fn snat_address(address: &Spanned<String>, key: &str) -> Result<Ipv4Addr, Invalid> {
+pub(super) fn snat_address(address: &Spanned<String>, key: &str) -> Result<IpAddr, Invalid> {
     let text = address.get_ref();
-    let ip = parse_ipv4(text).map_err(|reason| Invalid::new(address.span(), format!("{key}: {reason}")))?;
+    let ip = parse_ip(text).map_err(|reason| Invalid::new(address.span(), format!("{key}: {reason}")))?;
     if ip.is_unspecified() {
-        return Invalid::at(address.span(), format!("{key} must not be 0.0.0.0"));
+        return Invalid::at(address.span(), format!("{key} must not be {ip}"));
     }
     Ok(ip)
 }
 
-/// An IPv4 `ADDRESS:PORT` that traffic can be sent to: neither 0.0.0.0 nor port 0.
-pub(super) fn endpoint(value: &Spanned<String>, key: &str) -> Result<SocketAddrV4, Invalid> {
+/// An `ADDRESS:PORT` (IPv4) or `[ADDRESS]:PORT` (IPv6) that traffic can be
+/// sent to: neither 0.0.0.0 nor :: nor port 0.
+pub(super) fn endpoint(value: &Spanned<String>, key: &str) -> Result<SocketAddr, Invalid> {
     let text = value.get_ref();
     let fail = |reason: String| Invalid::new(value.span(), format!("{key} {text:?}: {reason}"));
-    let address = parse_socket_addr(text).map_err(fail)?;
+    let address = parse_endpoint(text).map_err(fail)?;
     match endpoint_problem(address) {
         Some(problem) => Err(fail(problem.into())),
         None => Ok(address),
@@ -90,13 +91,17 @@ pub(super) fn endpoint(value: &Spanned<String>, key: &str) -> Result<SocketAddrV
 }
 
 /// Why `address` cannot be a VIP or a backend, if it cannot.
-pub(super) fn endpoint_problem(address: SocketAddrV4) -> Option<&'static str> {
-    if address.ip().is_unspecified() {
-        Some("0.0.0.0 is not an address traffic can be sent to")
-    } else if address.port() == 0 {
-        Some("port 0 is not allowed")
-    } else {
-        None
+pub(super) fn endpoint_problem(address: SocketAddr) -> Option<&'static str> {
+    match address.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => Some("0.0.0.0 is not an address traffic can be sent to"),
+        IpAddr::V6(ip) if ip.is_unspecified() => Some(":: is not an address traffic can be sent to"),
+        // The data plane keeps the families apart; such an address is an
+        // IPv4 one in disguise.
+        IpAddr::V6(ip) if ip.to_ipv4_mapped().is_some() => {
+            Some("an IPv4-mapped IPv6 address; write the IPv4 address as ADDRESS:PORT")
+        }
+        _ if address.port() == 0 => Some("port 0 is not allowed"),
+        _ => None,
     }
 }
 
@@ -119,11 +124,43 @@ fn parse_socket_addr(text: &str) -> Result<SocketAddrV4, String> {
     let Some((host, port)) = text.split_once(':') else {
         return Err("missing port; expected IPv4 ADDRESS:PORT".into());
     };
-    let ip = parse_ipv4(host)?;
-    let port = port
+    Ok(SocketAddrV4::new(parse_ipv4(host)?, parse_port(port)?))
+}
+
+/// `ADDRESS:PORT` or `[IPV6 ADDRESS]:PORT`.
+fn parse_endpoint(text: &str) -> Result<SocketAddr, String> {
+    let Some(bracketed) = text.strip_prefix('[') else {
+        if text.matches(':').count() > 1 {
+            return Err("an IPv6 address needs brackets: [ADDRESS]:PORT".into());
+        }
+        return parse_socket_addr(text).map(SocketAddr::V4);
+    };
+    let Some((host, port)) = bracketed.split_once(']') else {
+        return Err("missing ']'; expected [IPV6 ADDRESS]:PORT".into());
+    };
+    let Some(port) = port.strip_prefix(':') else {
+        return Err("missing port; expected [IPV6 ADDRESS]:PORT".into());
+    };
+    let ip: Ipv6Addr = host
         .parse()
-        .map_err(|_| format!("invalid port {port:?} (expected 1-65535)"))?;
-    Ok(SocketAddrV4::new(ip, port))
+        .map_err(|_| format!("{host:?} is not a valid IPv6 address (no zone ids or host names)"))?;
+    Ok(SocketAddr::V6(SocketAddrV6::new(ip, parse_port(port)?, 0, 0)))
+}
+
+fn parse_port(port: &str) -> Result<u16, String> {
+    port.parse()
+        .map_err(|_| format!("invalid port {port:?} (expected 1-65535)"))
+}
+
+/// An IPv4 or IPv6 address, without port or brackets.
+fn parse_ip(text: &str) -> Result<IpAddr, String> {
+    if text.contains(':') {
+        return text
+            .parse::<Ipv6Addr>()
+            .map(IpAddr::V6)
+            .map_err(|_| format!("{text:?} is not an IP address (ports and brackets are not accepted here)"));
+    }
+    parse_ipv4(text).map(IpAddr::V4)
 }
 
 fn parse_ipv4(text: &str) -> Result<Ipv4Addr, String> {
@@ -274,8 +311,8 @@ mod tests {
         for (address, reason) in [
             ("10.0.0.256", "\"10.0.0.256\" is not a valid IPv4 address"),
             ("lb.example", "host names are not resolved"),
-            ("10.0.0.1:80", "IPv6 and ports are not accepted here"),
-            ("::1", "IPv6 and ports are not accepted here"),
+            ("10.0.0.1:80", "ports and brackets are not accepted here"),
+            ("[fd00::1]", "ports and brackets are not accepted here"),
             ("0.0.0.0", "snat_address must not be 0.0.0.0"),
         ] {
             assert_rejected(
@@ -290,8 +327,8 @@ mod tests {
         for (vip, reason) in [
             ("10.0.0.300:80", "\"10.0.0.300\" is not a valid IPv4 address"),
             ("web.example:80", "host names are not resolved"),
-            ("[::1]:80", "IPv6 is not supported"),
-            ("fe80::1", "IPv6 is not supported"),
+            ("fe80::1", "an IPv6 address needs brackets"),
+            ("[fe80::1]", "missing port; expected [IPV6 ADDRESS]:PORT"),
             ("10.0.0.100", "missing port"),
             ("10.0.0.100:", "invalid port \"\""),
             ("10.0.0.100:http", "invalid port \"http\""),
@@ -314,7 +351,10 @@ mod tests {
             ("10.0.1.1:0", "port 0 is not allowed"),
             ("10.0.1.256:80", "is not a valid IPv4 address"),
             ("backend:80", "host names are not resolved"),
-            ("[2001:db8::1]:80", "IPv6 is not supported"),
+            (
+                "[2001:db8::1]:80",
+                "backend [2001:db8::1]:80 is IPv6, but the service has no IPv6 vip",
+            ),
             ("10.0.1.1", "missing port"),
         ] {
             assert_rejected(

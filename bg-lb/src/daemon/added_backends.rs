@@ -129,7 +129,7 @@ impl Daemon {
     }
 
     /// Whether `address` of service `name` was added at runtime.
-    pub(super) fn added_at_runtime(&self, name: &str, address: std::net::SocketAddrV4) -> bool {
+    pub(super) fn added_at_runtime(&self, name: &str, address: std::net::SocketAddr) -> bool {
         self.operator
             .services
             .get(name)

@@ -5,14 +5,12 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    net::SocketAddrV4,
+    net::SocketAddr,
     time::{Duration, Instant},
 };
 
-use bg_lb_common::maps::ServiceKey;
-
 use super::{Daemon, RequestError, SWEEP_DUTY_CYCLE, sweeper::Done};
-use crate::dataplane::sweep::SweepReport;
+use crate::dataplane::{listener::ListenerKey, sweep::SweepReport};
 
 impl Daemon {
     /// Once a second: flow housekeeping, then the fleet's counters and
@@ -106,7 +104,7 @@ impl Daemon {
 
     /// The configured backends of each service key (live and standby VIP):
     /// ids of the others are freed once no flow names them.
-    fn live_backends(&self) -> HashMap<ServiceKey, HashSet<SocketAddrV4>> {
+    fn live_backends(&self) -> HashMap<ListenerKey, HashSet<SocketAddr>> {
         self.config
             .services
             .iter()

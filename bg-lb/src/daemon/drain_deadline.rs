@@ -8,11 +8,9 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use bg_lb_common::maps::ServiceKey;
-
 use super::{Daemon, RequestError};
 use crate::{
-    dataplane::DataplaneError,
+    dataplane::{DataplaneError, listener::ListenerKey},
     desired,
     protocol::{PoolRequest, Reply},
     ratio::Pool,
@@ -114,7 +112,7 @@ impl Daemon {
         }
     }
 
-    fn reset_pool(&mut self, keys: &[ServiceKey], pool: Pool) -> Result<u64, DataplaneError> {
+    fn reset_pool(&mut self, keys: &[ListenerKey], pool: Pool) -> Result<u64, DataplaneError> {
         // Triggers arrive as on the front interface: the program routes each
         // RST from there, as it would a packet of the flow.
         let front = self.config.interfaces.names()[0].to_owned();

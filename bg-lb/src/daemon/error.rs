@@ -1,7 +1,7 @@
 //! Why the daemon refuses or fails a request. A message is the `error` of the
 //! protocol reply word for word: scripts and tests match these texts.
 
-use std::net::SocketAddrV4;
+use std::net::SocketAddr;
 
 use crate::{
     cluster::store::StoreError,
@@ -23,14 +23,14 @@ pub enum RequestError {
     #[error("no service {name:?} (configured: {})", .configured.join(", "))]
     NoService { name: String, configured: Vec<String> },
     #[error("service {service:?} has no backend {address}")]
-    NoBackend { service: String, address: SocketAddrV4 },
+    NoBackend { service: String, address: SocketAddr },
     #[error("backend refused: {0}")]
     BackendRefused(String),
     #[error(
         "backend {address} of {service} is in the config file: remove it there and reload, \
          or take it out of rotation with `ctl backend {service} {address} disable`"
     )]
-    BackendFromFile { service: String, address: SocketAddrV4 },
+    BackendFromFile { service: String, address: SocketAddr },
     #[error("limit {0} is over the maximum {max}", max = MAX_FLOWS_LIMIT)]
     FlowsLimit(usize),
     #[error("the flow sweeper thread is gone")]

@@ -45,7 +45,7 @@ impl Daemon {
             if active {
                 tracing::warn!(
                     service = service.name,
-                    vip = %service.vip,
+                    vip = %service.vip(),
                     threshold = service.syn_proxy.threshold,
                     "SYN flood: more connection requests left unanswered in a second than the threshold; \
                      the SYN proxy answers the service's SYNs with SYN cookies"
@@ -56,7 +56,7 @@ impl Daemon {
                 let [sent, valid, invalid] = std::array::from_fn(|i| counters[i] - flood.counters[i]);
                 tracing::info!(
                     service = service.name,
-                    vip = %service.vip,
+                    vip = %service.vip(),
                     lasted_secs = flood.since.elapsed().as_secs(),
                     cookies_sent = sent,
                     cookies_valid = valid,

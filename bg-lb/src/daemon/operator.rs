@@ -1,14 +1,14 @@
 //! Operator changes: ratio and backend changes, persisted first, then
 //! programmed into the data plane; and programming services from config.
 
-use std::{collections::HashSet, net::SocketAddrV4};
+use std::{collections::HashSet, net::SocketAddr};
 
 use anyhow::Context as _;
-use bg_lb_common::maps::ServiceKey;
 
 use super::{Daemon, RequestError};
 use crate::{
     config::{self, ServiceConfig},
+    dataplane::listener::ListenerKey,
     desired,
     protocol::{BackendAction, BackendWeight, RatioChange, Reply},
     ratio::{Pool, Ratio},
@@ -19,11 +19,11 @@ impl Daemon {
     /// Programs every configured service (live and standby VIPs) and removes
     /// the others.
     pub(super) fn apply_all(&mut self) -> anyhow::Result<()> {
-        let wanted: HashSet<ServiceKey> = self.config.services.iter().flat_map(|s| s.keys()).collect();
+        let wanted: HashSet<ListenerKey> = self.config.services.iter().flat_map(|s| s.keys()).collect();
         for key in self.dataplane.keys() {
             if !wanted.contains(&key) {
                 self.dataplane.remove(&key)?;
-                tracing::info!(vip = %key.vip(), proto = key.proto, "listener removed");
+                tracing::info!(listener = %key, "listener removed");
             }
         }
         for service in self.config.services.clone() {
@@ -33,15 +33,15 @@ impl Daemon {
         Ok(())
     }
 
-    /// Rebuilds the live table and, if any, the standby table of `service`.
+    /// Rebuilds the table of each listener of `service`: each live VIP's,
+    /// then each standby VIP's, each over the backends of its family.
     pub(super) fn apply_service(&mut self, service: &ServiceConfig) -> Result<(), crate::dataplane::DataplaneError> {
         let operator = self.operator.services.get(&service.name);
         let mut live = desired::live_spec(service, operator, &self.health);
         let standby = desired::standby_spec(service, operator, &self.health);
         self.slow_start(service, &mut live);
-        self.dataplane.apply(&live)?;
-        if let Some(standby) = standby {
-            self.dataplane.apply(&standby)?;
+        for (_, spec) in desired::listener_specs(service, &live, standby.as_ref()) {
+            self.dataplane.apply(&spec)?;
         }
         Ok(())
     }
@@ -77,7 +77,7 @@ impl Daemon {
     pub(super) fn change_backend(
         &mut self,
         name: &str,
-        address: SocketAddrV4,
+        address: SocketAddr,
         action: BackendAction,
     ) -> Result<Reply, RequestError> {
         let service = self.service(name)?.clone();

@@ -5,7 +5,7 @@
 //! on-link (warned), ICMP redirects under a `gateway` service (turned off),
 //! and the XDP mode auto picks for an interface (see [`crate::host`]).
 
-use std::net::UdpSocket;
+use std::net::{IpAddr, UdpSocket};
 
 use anyhow::bail;
 
@@ -26,11 +26,12 @@ use crate::{
 /// health probes bind the first one. Binding a socket to it is the
 /// kernel's own answer (EADDRNOTAVAIL otherwise).
 pub(super) fn refuse_foreign_snat_addresses(config: &Config) -> anyhow::Result<()> {
-    for address in &config.snat_addresses {
-        if let Err(e) = UdpSocket::bind((*address, 0)) {
+    let v4 = config.snat_addresses.iter().map(|&a| IpAddr::from(a));
+    for address in v4.chain(config.snat6_addresses.iter().map(|&a| IpAddr::from(a))) {
+        if let Err(e) = UdpSocket::bind((address, 0)) {
             bail!(
                 "SNAT address {address} is not local to this host ({e}): backends' replies to it would never \
-                 arrive. Add it to an interface (e.g. `ip addr add {address}/32 dev IFACE`) or remove it from the \
+                 arrive. Add it to an interface (e.g. `ip addr add {address} dev IFACE`) or remove it from the \
                  config"
             );
         }
@@ -62,7 +63,10 @@ pub(super) fn refuse_snat_ports_overlapping_ephemeral_ports(config: &Config) -> 
 pub(super) fn warn_dsr_backends_not_on_link(config: &Config) {
     let dsr = config.services.iter().filter(|s| s.forwarding == Forwarding::Dsr);
     for (service, backend) in dsr.flat_map(|s| s.backends.iter().map(move |b| (s, b))) {
-        let addr = *backend.address.ip();
+        // `dsr` is IPv4-only (config refuses it with an IPv6 VIP).
+        let IpAddr::V4(addr) = backend.address.ip() else {
+            continue;
+        };
         match routes::next_hop(addr) {
             Ok(NextHop::OnLink) => {}
             Ok(hop) => tracing::warn!(

@@ -4,16 +4,19 @@ use super::Daemon;
 use crate::{
     config::{HealthCheck, ServiceConfig},
     desired::{self, HealthView},
+    family::Family,
     health::{self, CheckKey, Listener, Report, Transition},
     ratio::Pool,
 };
 
 /// A service's checks: the live check of every backend, and the standby
-/// check where a standby VIP uses HTTP checks.
+/// check where a standby VIP of the backend's family uses HTTP checks.
 pub(super) fn check_keys(service: &ServiceConfig) -> impl Iterator<Item = CheckKey> + '_ {
-    let standby = service.standby_vip.is_some() && matches!(service.health.check, HealthCheck::Http(_));
-    let listeners = [Some(Listener::Live), standby.then_some(Listener::Standby)];
+    let http = matches!(service.health.check, HealthCheck::Http(_));
     service.backends.iter().flat_map(move |backend| {
+        let family = Family::of_socket(backend.address);
+        let standby = http && service.standby_vips.iter().any(|v| Family::of_socket(*v) == family);
+        let listeners = [Some(Listener::Live), standby.then_some(Listener::Standby)];
         listeners.into_iter().flatten().map(move |listener| CheckKey {
             service: service.name.clone(),
             backend: backend.address,
@@ -29,11 +32,16 @@ impl Daemon {
         for probe in self.probes.drain(..) {
             probe.abort();
         }
-        // Probes come from the first SNAT address, whichever flows use:
-        // its ports outside snat_ports are the kernel's to hand out.
-        let source = self.config.snat_addresses[0];
+        // Probes come from the first SNAT address of the backend's family,
+        // whichever flows use: its ports outside snat_ports are the
+        // kernel's to hand out.
         for service in &self.config.services {
             for key in check_keys(service) {
+                let Some(source) = self.config.probe_source(Family::of_socket(key.backend)) else {
+                    // Validation gives every backend's family a SNAT address.
+                    tracing::error!(service = %service.name, backend = %key.backend, "no SNAT address of the backend's family to probe from");
+                    continue;
+                };
                 // A check down now (or before the restart) stays down until `rise`.
                 let known_down = self.health.get(&key).is_some_and(|v| !v.up);
                 let probe = health::spawn_probe(key, service.health.clone(), source, known_down, self.reports.clone());

@@ -26,7 +26,11 @@ impl Daemon {
             return Err(RequestError::RestartNeeded(what));
         }
         for service in &new.services {
-            if let Some(old) = self.config.services.iter().find(|s| s.vip == service.vip)
+            if let Some(old) = self
+                .config
+                .services
+                .iter()
+                .find(|s| s.vips.iter().any(|v| service.vips.contains(v)))
                 && old.lookup_table_size != service.lookup_table_size
             {
                 return Err(RequestError::LookupTableSizeChanged {

@@ -290,12 +290,17 @@ impl Daemon {
         })
     }
 
-    /// Both pools' cumulative counters on this host's live VIP (blue,
+    /// Both pools' cumulative counters on this host's live VIPs (blue,
     /// green).
     pub(super) fn pool_counters(&self, service: &ServiceConfig) -> Result<[PoolCounters; 2], RequestError> {
         let mut pools = [PoolCounters::default(); 2];
+        let live: Vec<_> = service
+            .listeners()
+            .filter(|(_, listener)| *listener == Listener::Live)
+            .map(|(key, _)| key)
+            .collect();
         for b in &service.backends {
-            let Some(id) = self.dataplane.backend_id(&service.key(), &b.address) else {
+            let Some(id) = live.iter().find_map(|key| self.dataplane.backend_id(key, &b.address)) else {
                 continue;
             };
             let stats = self.dataplane.backend_stats(id)?;

@@ -1,6 +1,6 @@
 //! What the daemon reports: `status`, `flows` and the metrics snapshot.
 
-use std::net::SocketAddrV4;
+use std::net::SocketAddr;
 
 use super::{Daemon, RequestError, STATUS_FRESHNESS};
 use crate::{
@@ -11,10 +11,12 @@ use crate::{
         sweep::{FlowListing, FlowQuery},
     },
     desired::{self, HealthView},
+    family::Family,
     health::{CheckKey, Listener},
     metrics::{BuildInfo, ProbeMetrics, Snapshot},
     protocol::{
-        BackendHealth, BackendStatus, FlowInfo, FlowsRequest, MAX_FLOWS_LIMIT, Reply, ServiceStatus, SynProxyStatus,
+        BackendHealth, BackendStatus, FlowInfo, FlowsRequest, ListenerStatus, MAX_FLOWS_LIMIT, Reply, ServiceStatus,
+        SynProxyStatus,
     },
     ratio::Pool,
 };
@@ -105,8 +107,17 @@ impl Daemon {
             .collect::<Result<_, _>>()?;
         Ok(ServiceStatus {
             name: service.name.clone(),
-            vip: service.vip,
-            standby_vip: service.standby_vip,
+            vip: service.vip(),
+            standby_vip: service.standby_vips.first().copied(),
+            listeners: service
+                .listeners()
+                .map(|(key, listener)| ListenerStatus {
+                    vip: key.vip,
+                    family: key.family(),
+                    protocol: key.protocol,
+                    standby: listener == Listener::Standby,
+                })
+                .collect(),
             ratio: spec.ratio,
             effective_ratio: spec.ratio.effective(can_serve(Pool::Blue), can_serve(Pool::Green)),
             backends,
@@ -137,7 +148,7 @@ impl Daemon {
         &self,
         service: &ServiceConfig,
         live: &crate::dataplane::services::ServiceSpec,
-        address: SocketAddrV4,
+        address: SocketAddr,
         pool: Pool,
         configured_weight: u32,
         census: &FlowCensus,
@@ -183,7 +194,7 @@ impl Daemon {
             refused: stats.refused,
             resets: stats.resets,
             snat_ports_in_use: census.snat_pairs_of(address),
-            snat_ports_capacity: self.config.snat_pairs_per_backend(),
+            snat_ports_capacity: self.config.snat_pairs_per_backend(Family::of_socket(address)),
             snat_ports_exhausted: stats.snat_exhausted,
         })
     }
@@ -211,6 +222,7 @@ impl Daemon {
                 client: f.client,
                 backend: f.backend,
                 pool: f.pool,
+                family: Family::of_socket(f.client),
                 age_secs: f.age.as_secs_f64(),
                 idle_secs: f.idle.as_secs_f64(),
                 state: f.phase.name().into(),

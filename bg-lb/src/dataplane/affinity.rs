@@ -122,7 +122,7 @@ mod tests {
     const M: u32 = DEFAULT_LUT_SIZE;
 
     fn backend(id: u32, pool: Pool, weight: u32) -> TableBackend {
-        let addr = SocketAddrV4::new([10, 1, 0, id as u8].into(), 8080);
+        let addr = SocketAddrV4::new([10, 1, 0, id as u8].into(), 8080).into();
         TableBackend { id, addr, pool, weight }
     }
 

@@ -25,7 +25,7 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    net::SocketAddrV4,
+    net::SocketAddr,
     time::Duration,
 };
 
@@ -110,7 +110,7 @@ pub struct FlowCensus {
     /// SNAT (address, port) pairs the flows that stay hold, per backend
     /// address: its reverse-NAT entries. A backend in two services (or
     /// behind a VIP and a standby VIP) has one budget of pairs.
-    pub snat_pairs: HashMap<SocketAddrV4, u64>,
+    pub snat_pairs: HashMap<SocketAddr, u64>,
     pub expired: u64,
     /// Flows and reverse-NAT entries removed as orphans.
     pub orphans: u64,
@@ -129,7 +129,7 @@ impl FlowCensus {
         self.total.get(&backend_id).copied().unwrap_or(0)
     }
 
-    pub fn snat_pairs_of(&self, backend: SocketAddrV4) -> u64 {
+    pub fn snat_pairs_of(&self, backend: SocketAddr) -> u64 {
         self.snat_pairs.get(&backend).copied().unwrap_or(0)
     }
 
@@ -277,7 +277,7 @@ pub fn judge(
         }
         let census = &mut sweep.census;
         if let Some(nat) = nat.filter(|_| owns_nat && flow.holds_snat_pair()) {
-            *census.snat_pairs.entry(nat.backend()).or_default() += 1;
+            *census.snat_pairs.entry(nat.backend().into()).or_default() += 1;
         }
         *census.total.entry(flow.backend_id).or_default() += 1;
         *census.per_service.entry(flow.service_id).or_default() += 1;

@@ -3,11 +3,11 @@
 //! types from bg-lb-common, including the changes [`super::services`]
 //! computes as values.
 
-use std::{net::Ipv4Addr, path::Path};
+use std::path::Path;
 
 use aya::{
     Ebpf, EbpfLoader, Pod,
-    maps::{Array, DevMapHash, HashMap, Map, MapData, MapError, MapInfo, PerCpuArray, PerCpuValues},
+    maps::{Array, DevMapHash, HashMap, Map, MapData, MapError, MapInfo, PerCpuArray},
     programs::{
         Xdp, XdpMode,
         links::{FdLink, PinnedLink},
@@ -16,19 +16,17 @@ use aya::{
 };
 use bg_lb_common::{
     counters::{COUNTER_COUNT, Counter},
-    maps::{
-        self, Backend, DataplaneConfig, Flow, FlowKey, NatKey, NatOwner, Service, ServiceKey, SynFlood, TrafficStats,
-    },
+    maps::{self, DataplaneConfig, Flow, FlowKey, NatKey, NatOwner, SynFlood, TrafficStats},
 };
 
 mod programs;
 pub(super) mod raw;
+mod services;
 
 use super::{
     AttachMode, Attached, DataplaneError, DataplaneOptions, EbpfLogger,
     layout::{self, MapDef, Pinned},
     migration::{self, Migration},
-    services::{ServiceRemoval, ServiceUpdate},
     sweep::SweepMaps,
     table_memory::TableMemory,
 };
@@ -52,6 +50,10 @@ impl Kernel {
             (maps::FLOWS, opts.max_flows),
             (maps::REVERSE_NAT, opts.reverse_nat_entries.max(opts.max_flows)),
             (maps::LOOKUP_TABLES, opts.lookup_capacity),
+            // IPv6's, sized like IPv4's (preallocated at their defaults they
+            // would hold a million entries each).
+            (maps::FLOWS6, opts.max_flows),
+            (maps::REVERSE_NAT6, opts.reverse_nat_entries.max(opts.max_flows)),
         ];
         let mut loader = EbpfLoader::new();
         for (name, entries) in capacities {
@@ -236,7 +238,7 @@ impl Kernel {
 
     /// Marks the maps as holding (or about to hold) `gateway` flows, before
     /// the first such service is written.
-    fn note_gateway(&mut self) -> Result<(), DataplaneError> {
+    pub(super) fn note_gateway(&mut self) -> Result<(), DataplaneError> {
         let current: Array<_, DataplaneConfig> = self.map(maps::CONFIG)?;
         let cfg = current.get(&0, 0).map_err(map_err(maps::CONFIG))?;
         if cfg.gateway_seen != 0 {
@@ -253,115 +255,6 @@ impl Kernel {
         self.set_config(&cfg)
     }
 
-    /// Writes `update` in its field order: backends, then the table into
-    /// the inactive buffer, then the SERVICES entry that swaps it in (one
-    /// atomic map update), so a packet sees the old table or the new one.
-    pub(super) fn write_service(&mut self, update: &ServiceUpdate) -> Result<(), DataplaneError> {
-        if update.fresh {
-            self.clear_syn_flood(update.service.id)?;
-        }
-        if update.service.forwarding == maps::FORWARDING_GATEWAY {
-            self.note_gateway()?;
-        }
-        for (id, backend) in &update.backends {
-            self.array_set(maps::BACKENDS, *id, backend)?;
-        }
-        self.tables.write(update.service.lut_base, &update.table)?;
-        // Before the entry: a frame to an address the VIP filter leaves out
-        // never reaches SERVICES.
-        self.add_vip_address(*update.key.vip().ip())?;
-        let mut services: HashMap<_, ServiceKey, Service> = self.map_mut(maps::SERVICES)?;
-        services
-            .insert(update.key, update.service, 0)
-            .map_err(map_err(maps::SERVICES))
-    }
-
-    /// Lists `addr` in VIP_ADDRESSES and CONFIG's VIP filter (idempotent).
-    pub(super) fn add_vip_address(&mut self, addr: Ipv4Addr) -> Result<(), DataplaneError> {
-        let mut addresses: HashMap<_, u32, u32> = self.map_mut(maps::VIP_ADDRESSES)?;
-        addresses
-            .insert(u32::from_ne_bytes(addr.octets()), 1, 0)
-            .map_err(map_err(maps::VIP_ADDRESSES))?;
-        self.write_vip_filter()
-    }
-
-    /// Takes `addr` out of VIP_ADDRESSES and CONFIG's VIP filter, after its
-    /// last service's entry went.
-    pub(super) fn remove_vip_address(&mut self, addr: Ipv4Addr) -> Result<(), DataplaneError> {
-        let mut addresses: HashMap<_, u32, u32> = self.map_mut(maps::VIP_ADDRESSES)?;
-        ignore_missing(
-            addresses.remove(&u32::from_ne_bytes(addr.octets())),
-            maps::VIP_ADDRESSES,
-        )?;
-        self.write_vip_filter()
-    }
-
-    /// Makes CONFIG's VIP filter that of the addresses in VIP_ADDRESSES.
-    fn write_vip_filter(&mut self) -> Result<(), DataplaneError> {
-        let vips = self.vip_addresses()?;
-        let current: Array<_, DataplaneConfig> = self.map(maps::CONFIG)?;
-        let cfg = current.get(&0, 0).map_err(map_err(maps::CONFIG))?;
-        let cfg = cfg.with_vip_filter(vips);
-        self.array_set(maps::CONFIG, 0, &cfg)
-    }
-
-    /// What VIP_ADDRESSES holds.
-    pub(super) fn vip_addresses(&self) -> Result<Vec<Ipv4Addr>, DataplaneError> {
-        let addresses: HashMap<_, u32, u32> = self.map(maps::VIP_ADDRESSES)?;
-        let keys = addresses.keys().collect::<Result<Vec<u32>, _>>();
-        let keys = keys.map_err(map_err(maps::VIP_ADDRESSES))?;
-        Ok(keys.into_iter().map(|k| Ipv4Addr::from(k.to_ne_bytes())).collect())
-    }
-
-    /// Removes the SERVICES entry (new connections to the VIP pass to the
-    /// kernel), then frees the backends, whose flows' packets are dropped
-    /// from then on.
-    pub(super) fn remove_service(&mut self, removal: &ServiceRemoval) -> Result<(), DataplaneError> {
-        let mut services: HashMap<_, ServiceKey, Service> = self.map_mut(maps::SERVICES)?;
-        ignore_missing(services.remove(&removal.key), maps::SERVICES)?;
-        if removal.release_address {
-            self.remove_vip_address(*removal.key.vip().ip())?;
-        }
-        removal.backend_ids.iter().try_for_each(|&id| self.clear_backend(id))
-    }
-
-    /// Frees a backend slot and zeroes its counters, ready for reuse.
-    pub(super) fn clear_backend(&mut self, id: u32) -> Result<(), DataplaneError> {
-        self.array_set(maps::BACKENDS, id, &Backend::default())?;
-        let mut stats: PerCpuArray<_, TrafficStats> = self.map_mut(maps::BACKEND_STATS)?;
-        let cpus = nr_cpus().map_err(DataplaneError::Cpus)?;
-        let zeros = PerCpuValues::try_from(vec![TrafficStats::default(); cpus]).map_err(DataplaneError::Cpus)?;
-        stats.set(id, zeros, 0).map_err(map_err(maps::BACKEND_STATS))
-    }
-
-    /// The SERVICES entry of `key`.
-    pub(super) fn service(&self, key: &ServiceKey) -> Result<Option<Service>, DataplaneError> {
-        let services: HashMap<_, ServiceKey, Service> = self.map(maps::SERVICES)?;
-        match services.get(key, 0) {
-            Ok(service) => Ok(Some(service)),
-            Err(MapError::KeyNotFound) => Ok(None),
-            Err(e) => Err(map_err(maps::SERVICES)(e)),
-        }
-    }
-
-    pub(super) fn services(&self) -> Result<Vec<(ServiceKey, Service)>, DataplaneError> {
-        let services: HashMap<_, ServiceKey, Service> = self.map(maps::SERVICES)?;
-        collect(services.iter(), maps::SERVICES)
-    }
-
-    /// Backends in use (free slots left out).
-    pub(super) fn backends(&self) -> Result<Vec<(u32, Backend)>, DataplaneError> {
-        let backends: Array<_, Backend> = self.map(maps::BACKENDS)?;
-        let mut used = Vec::new();
-        for (id, backend) in backends.iter().enumerate() {
-            let backend = backend.map_err(map_err(maps::BACKENDS))?;
-            if !backend.is_free() {
-                used.push((id as u32, backend));
-            }
-        }
-        Ok(used)
-    }
-
     /// The SYN proxy's flood detector of service `id`.
     pub(super) fn syn_flood(&self, id: u32) -> Result<SynFlood, DataplaneError> {
         let floods: Array<_, SynFlood> = self.map(maps::SYN_FLOOD)?;
@@ -369,7 +262,7 @@ impl Kernel {
     }
 
     /// Clears the flood detector of service `id`, for a new service.
-    fn clear_syn_flood(&mut self, id: u32) -> Result<(), DataplaneError> {
+    pub(super) fn clear_syn_flood(&mut self, id: u32) -> Result<(), DataplaneError> {
         self.array_set(maps::SYN_FLOOD, id, &SynFlood::default())
     }
 
@@ -440,7 +333,12 @@ impl Kernel {
         Ok(sum(&values))
     }
 
-    fn array_set<V: Pod>(&mut self, name: &'static str, index: u32, value: &V) -> Result<(), DataplaneError> {
+    pub(super) fn array_set<V: Pod>(
+        &mut self,
+        name: &'static str,
+        index: u32,
+        value: &V,
+    ) -> Result<(), DataplaneError> {
         let mut array: Array<_, V> = self.map_mut(name)?;
         array.set(index, value, 0).map_err(map_err(name))
     }
@@ -449,7 +347,7 @@ impl Kernel {
         self.ebpf.map_mut(name).ok_or(DataplaneError::MissingMap(name))
     }
 
-    fn map<'a, T>(&'a self, name: &'static str) -> Result<T, DataplaneError>
+    pub(super) fn map<'a, T>(&'a self, name: &'static str) -> Result<T, DataplaneError>
     where
         T: TryFrom<&'a aya::maps::Map, Error = MapError>,
     {
@@ -457,7 +355,7 @@ impl Kernel {
         T::try_from(map).map_err(map_err(name))
     }
 
-    fn map_mut<'a, T>(&'a mut self, name: &'static str) -> Result<T, DataplaneError>
+    pub(super) fn map_mut<'a, T>(&'a mut self, name: &'static str) -> Result<T, DataplaneError>
     where
         T: TryFrom<&'a mut aya::maps::Map, Error = MapError>,
     {

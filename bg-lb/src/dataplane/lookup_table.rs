@@ -14,7 +14,7 @@
 //!    quota. A backend's preferred slots depend only on its address, so a
 //!    weight or ratio change moves few slots beyond the ones that must move.
 
-use std::net::SocketAddrV4;
+use std::net::{IpAddr, SocketAddr};
 
 use bg_lb_common::maps::NO_BACKEND;
 
@@ -29,7 +29,7 @@ pub struct TableBackend {
     /// Index in the BACKENDS map: what the table's slots hold.
     pub id: u32,
     /// Seeds the backend's slot permutation, so it must be stable.
-    pub addr: SocketAddrV4,
+    pub addr: SocketAddr,
     pub pool: Pool,
     /// 0 takes no new flows.
     pub weight: u32,
@@ -127,7 +127,7 @@ pub struct TableCache {
 }
 
 struct CachedTable {
-    backends: Vec<(SocketAddrV4, Pool, u32)>,
+    backends: Vec<(SocketAddr, Pool, u32)>,
     ratio: Ratio,
     affinity: Affinity,
     size: u32,
@@ -188,8 +188,16 @@ struct Permutation {
 }
 
 impl Permutation {
-    fn new(addr: SocketAddrV4, size: u32) -> Self {
-        let key = u64::from(addr.ip().to_bits()) << 16 | u64::from(addr.port());
+    fn new(addr: SocketAddr, size: u32) -> Self {
+        let key = match addr.ip() {
+            IpAddr::V4(ip) => u64::from(ip.to_bits()) << 16 | u64::from(addr.port()),
+            // Every bit counts: IPv6 backends often differ in a few low
+            // bits of either half.
+            IpAddr::V6(ip) => {
+                let bits = ip.to_bits();
+                splitmix64((bits >> 64) as u64) ^ (bits as u64).rotate_left(16) ^ u64::from(addr.port())
+            }
+        };
         let size = u64::from(size);
         Self {
             next: (splitmix64(key ^ 0x5bd1_e995_1234_5678) % size) as usize,
@@ -232,7 +240,7 @@ mod tests {
     const M: u32 = DEFAULT_LUT_SIZE;
 
     fn backend(id: u32, pool: Pool, weight: u32) -> TableBackend {
-        let addr = SocketAddrV4::new([10, 1, (id >> 8) as u8, id as u8].into(), 8080);
+        let addr = SocketAddr::from(([10, 1, (id >> 8) as u8, id as u8], 8080));
         TableBackend { id, addr, pool, weight }
     }
 
@@ -374,7 +382,7 @@ mod tests {
     #[test]
     fn the_walk_visits_offset_plus_j_skip_modulo_the_size() {
         for size in [2, 3, 7, M] {
-            let addr = SocketAddrV4::new([10, 1, 2, 3].into(), 8080);
+            let addr = SocketAddr::from(([10, 1, 2, 3], 8080));
             let (start, mut walk) = (Permutation::new(addr, size), Permutation::new(addr, size));
             let (offset, skip) = (start.next as u64, start.skip as u64);
             let empty = vec![NO_BACKEND; size as usize];

@@ -4,7 +4,7 @@
 //! flow table in bounded slices ([`walk`]) on a thread of its own, [`syn_proxy`] is a
 //! service's SYN flood defence as settings and state, [`forwarding`] its
 //! forwarding mode, [`affinity`] its client affinity (and the table that
-//! needs), [`l4`] its protocol (TCP or UDP), [`flow_reset`] what a drain
+//! needs), [`l4`] its protocol (TCP or UDP), [`listener`] a VIP's key above the maps, [`flow_reset`] what a drain
 //! deadline resets, and `kernel` is the
 //! one module that talks to the kernel, writing those values to the maps.
 //! Before it adopts pinned maps, `layout` judges whether it can (pure), and
@@ -18,6 +18,7 @@ pub mod housekeeping;
 mod kernel;
 pub mod l4;
 mod layout;
+pub mod listener;
 pub mod lookup_table;
 mod migration;
 pub mod pins;
@@ -30,7 +31,7 @@ pub mod walk;
 
 use std::{
     collections::{HashMap, HashSet},
-    net::SocketAddrV4,
+    net::SocketAddr,
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -42,12 +43,13 @@ use aya::{
 use bg_lb_common::{
     counters::Counter,
     flow_state::{self, FlowPhase},
-    maps::{self, DataplaneConfig, Flow, FlowKey, NatKey, ServiceKey, TrafficStats},
+    maps::{self, DataplaneConfig, Flow, FlowKey, NatKey, TrafficStats},
 };
 use housekeeping::FlowCensus;
 pub use housekeeping::FlowTimeouts;
 use kernel::Kernel;
 pub use kernel::raw::RawMap;
+use listener::ListenerKey;
 use services::{ServiceSpec, Services, ServicesError};
 use sweep::{FlowQuery, SweepMaps, SweepReport};
 
@@ -95,6 +97,8 @@ pub enum DataplaneError {
     Migration(#[from] migration::MigrationError),
     #[error(transparent)]
     TableMemory(#[from] table_memory::TableMemoryError),
+    #[error("this data plane has no IPv6 maps")]
+    NoIpv6,
 }
 
 /// Sizes chosen at load time (maps cannot grow once created).
@@ -147,8 +151,9 @@ pub type EbpfLogger = aya_log::EbpfLogger<&'static dyn log::Log>;
 /// An open flow, as `ctl flows` lists it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct FlowView {
-    pub client: SocketAddrV4,
-    pub backend: SocketAddrV4,
+    /// Of the flow's family, as `backend`.
+    pub client: SocketAddr,
+    pub backend: SocketAddr,
     pub pool: Pool,
     pub phase: FlowPhase,
     /// Since the flow was created.
@@ -255,7 +260,7 @@ impl Dataplane {
 
     /// Stops a service: new connections to its VIP pass to the kernel, and its
     /// table space and ids are freed.
-    pub fn remove(&mut self, key: &ServiceKey) -> Result<(), DataplaneError> {
+    pub fn remove(&mut self, key: &ListenerKey) -> Result<(), DataplaneError> {
         self.writes += 1;
         match self.services.remove(key) {
             Some(removal) => self.kernel.remove_service(&removal),
@@ -264,12 +269,12 @@ impl Dataplane {
     }
 
     /// Keys (VIP and protocol) of the services in the data plane.
-    pub fn keys(&self) -> Vec<ServiceKey> {
+    pub fn keys(&self) -> Vec<ListenerKey> {
         self.services.keys()
     }
 
     /// The id flows of `backend` on service `key` are pinned to.
-    pub fn backend_id(&self, key: &ServiceKey, backend: &SocketAddrV4) -> Option<u32> {
+    pub fn backend_id(&self, key: &ListenerKey, backend: &SocketAddr) -> Option<u32> {
         self.services.backend_id(key, backend)
     }
 
@@ -280,7 +285,7 @@ impl Dataplane {
     pub fn housekeeping(
         &mut self,
         timeouts: &FlowTimeouts,
-        live: &HashMap<ServiceKey, HashSet<SocketAddrV4>>,
+        live: &HashMap<ListenerKey, HashSet<SocketAddr>>,
     ) -> Result<FlowCensus, DataplaneError> {
         let writes = self.writes;
         let report = self.sweep_maps()?.sweep(timeouts, || true)?;
@@ -310,7 +315,7 @@ impl Dataplane {
         &mut self,
         report: &SweepReport,
         writes: u64,
-        live: &HashMap<ServiceKey, HashSet<SocketAddrV4>>,
+        live: &HashMap<ListenerKey, HashSet<SocketAddr>>,
     ) -> Result<(), DataplaneError> {
         if report.removed_reverse {
             // A flow pinned again meanwhile may have lost its entry: every
@@ -338,7 +343,7 @@ impl Dataplane {
 
     /// What `ctl flows` asks for: up to `limit` flows of the services on
     /// `keys` that have not ended, of `pool` if given ([`SweepMaps::list`]).
-    pub fn flow_query(&self, keys: &[ServiceKey], pool: Option<Pool>, limit: usize) -> FlowQuery {
+    pub fn flow_query(&self, keys: &[ListenerKey], pool: Option<Pool>, limit: usize) -> FlowQuery {
         FlowQuery {
             service_ids: keys.iter().filter_map(|key| self.services.service_id(key)).collect(),
             pool,
@@ -348,7 +353,7 @@ impl Dataplane {
 
     /// Whether the SYN proxy answers the SYNs of service `vip` now: always
     /// in mode "always", while flooded in mode "auto".
-    pub fn syn_proxy_active(&self, key: &ServiceKey) -> Result<bool, DataplaneError> {
+    pub fn syn_proxy_active(&self, key: &ListenerKey) -> Result<bool, DataplaneError> {
         let (Some(id), Some(service)) = (self.services.service_id(key), self.kernel.service(key)?) else {
             return Ok(false);
         };
@@ -360,9 +365,9 @@ impl Dataplane {
     /// pinned to a backend of `pool` ([`flow_reset`]), running the
     /// program's triggers as if they arrived on `ifindex`; the connections
     /// it ended. Reads the whole flow table: a drain deadline's one-off.
-    pub fn reset_flows(&self, keys: &[ServiceKey], pool: Pool, ifindex: u32) -> Result<u64, DataplaneError> {
+    pub fn reset_flows(&self, keys: &[ListenerKey], pool: Pool, ifindex: u32) -> Result<u64, DataplaneError> {
         let ids: HashSet<u32> = keys.iter().filter_map(|key| self.services.service_id(key)).collect();
-        let backends: HashMap<u32, maps::Backend> = self.kernel.backends()?.into_iter().collect();
+        let backends: HashMap<u32, maps::Backend> = self.kernel.backends4()?.into_iter().collect();
         let mut reset = 0;
         for (key, flow) in self.kernel.flows()? {
             let Some(backend) = backends

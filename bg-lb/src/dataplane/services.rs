@@ -14,20 +14,26 @@
 //! remember, so even a flow that outlived its id is never sent to the
 //! id's next backend. A restarted daemon rebuilds all of this from the
 //! pinned maps ([`Services::adopt`]).
+//!
+//! All of this is family-free: listeners are [`ListenerKey`]s and backends
+//! `SocketAddr`s, and ids are one space across the families; `kernel` puts
+//! each entry in the map of its address's family (SERVICES or SERVICES6,
+//! BACKENDS or BACKENDS6).
 
 use std::{
     collections::{BTreeSet, HashMap, HashSet},
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{IpAddr, SocketAddr},
     time::Duration,
 };
 
-use bg_lb_common::maps::{Backend, Flow, MAX_BACKENDS, MAX_SERVICES, Service, ServiceKey};
+use bg_lb_common::maps::{MAX_BACKENDS, MAX_SERVICES, Service};
 
 use crate::{
     dataplane::{
         affinity::Affinity,
         forwarding::Forwarding,
         l4::Protocol,
+        listener::ListenerKey,
         lookup_table::{TableBackend, TableCache},
         syn_proxy::SynProxy,
         table_regions::{RegionAllocator, RegionsExhausted, TableRegions},
@@ -37,7 +43,8 @@ use crate::{
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BackendSpec {
-    pub addr: SocketAddrV4,
+    /// Of the family of the service's VIP.
+    pub addr: SocketAddr,
     pub pool: Pool,
     /// 0 takes no new flows.
     pub weight: u32,
@@ -48,7 +55,7 @@ pub struct BackendSpec {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServiceSpec {
-    pub vip: SocketAddrV4,
+    pub vip: SocketAddr,
     /// Prime number of lookup-table slots.
     pub lut_size: u32,
     pub ratio: Ratio,
@@ -62,9 +69,9 @@ pub struct ServiceSpec {
 }
 
 impl ServiceSpec {
-    /// Its SERVICES key: VIP and protocol.
-    pub fn key(&self) -> ServiceKey {
-        ServiceKey::with_proto(self.vip, self.protocol.wire())
+    /// Its listener: VIP and protocol.
+    pub fn key(&self) -> ListenerKey {
+        ListenerKey::new(self.vip, self.protocol)
     }
 }
 
@@ -79,7 +86,30 @@ pub enum ServicesError {
     #[error(
         "service {vip}: lookup table size {size} cannot change to {new} while it runs; remove and re-add the service"
     )]
-    TableSizeChanged { vip: SocketAddrV4, size: u32, new: u32 },
+    TableSizeChanged { vip: SocketAddr, size: u32, new: u32 },
+    #[error("service {vip}: backend {backend} is not of the VIP's address family")]
+    OtherFamily { vip: SocketAddr, backend: SocketAddr },
+}
+
+/// A BACKENDS or BACKENDS6 entry, family-free: `kernel` writes it to the
+/// array of its address's family.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BackendEntry {
+    pub service_id: u32,
+    /// See `bg_lb_common::maps::BackendOf::generation`.
+    pub generation: u32,
+    pub addr: SocketAddr,
+    pub pool: Pool,
+    pub reset_flows: bool,
+}
+
+/// The ids a flow-table entry (FLOWS or FLOWS6) names: what adopting a
+/// previous daemon's ids needs of it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FlowIds {
+    pub service_id: u32,
+    pub backend_id: u32,
+    pub backend_gen: u32,
 }
 
 /// A service's new state as map writes. Written in field order, it keeps
@@ -88,10 +118,10 @@ pub enum ServicesError {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServiceUpdate {
     /// Every backend of the spec by id (new ones with fresh ids).
-    pub backends: Vec<(u32, Backend)>,
+    pub backends: Vec<(u32, BackendEntry)>,
     /// The lookup table, written from `service.lut_base`.
     pub table: Vec<u32>,
-    pub key: ServiceKey,
+    pub key: ListenerKey,
     pub service: Service,
     /// The service is new (its id fresh): its flood detector starts clean.
     pub fresh: bool,
@@ -101,10 +131,10 @@ pub struct ServiceUpdate {
 /// backends' entries and counters are cleared.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServiceRemoval {
-    pub key: ServiceKey,
+    pub key: ListenerKey,
     pub backend_ids: Vec<u32>,
     /// No other service is on the VIP's address any more: it leaves
-    /// VIP_ADDRESSES.
+    /// VIP_ADDRESSES (or VIP_ADDRESSES6).
     pub release_address: bool,
 }
 
@@ -151,7 +181,7 @@ struct Installed {
     /// The buffer the SERVICES entry names: never written while it is.
     active_base: u32,
     /// Every backend of the service, in the table or draining.
-    backends: HashMap<SocketAddrV4, BackendSlot>,
+    backends: HashMap<SocketAddr, BackendSlot>,
 }
 
 /// Ids of removed services and of their backends: no longer installed,
@@ -164,8 +194,8 @@ struct Retired {
 
 pub struct Services {
     regions: RegionAllocator,
-    /// By SERVICES key: a TCP and a UDP service may share a VIP.
-    installed: HashMap<ServiceKey, Installed>,
+    /// By listener: a TCP and a UDP service may share a VIP.
+    installed: HashMap<ListenerKey, Installed>,
     service_ids: IdPool,
     backend_ids: IdPool,
     retired: Retired,
@@ -188,17 +218,17 @@ impl Services {
         }
     }
 
-    /// Rebuilds ids and table placement from the SERVICES and used BACKENDS
-    /// entries of maps that may hold a previous daemon's state (pinned), so
+    /// Rebuilds ids and table placement from the SERVICES(6) and used
+    /// BACKENDS(6) entries of maps that may hold a previous daemon's state (pinned), so
     /// pinned flows keep their backends. Ids that only `flows` still name
     /// are retired, and generations continue above every one in use. Also
     /// returns the ids of backends whose service is gone: no packet can
     /// reach them, so they are cleared.
     pub fn adopt<'a>(
         lookup_capacity: u32,
-        services: impl IntoIterator<Item = (ServiceKey, Service)>,
-        backends: impl IntoIterator<Item = (u32, Backend)>,
-        flows: impl IntoIterator<Item = &'a Flow>,
+        services: impl IntoIterator<Item = (ListenerKey, Service)>,
+        backends: impl IntoIterator<Item = (u32, BackendEntry)>,
+        flows: impl IntoIterator<Item = &'a FlowIds>,
     ) -> Result<(Self, Vec<u32>), ServicesError> {
         let mut adopted = Self::new(lookup_capacity);
         let mut highest = 0;
@@ -231,7 +261,7 @@ impl Services {
                         id,
                         generation: backend.generation,
                     };
-                    installed.backends.insert(backend.addr(), slot);
+                    installed.backends.insert(backend.addr, slot);
                     adopted.backend_ids.mark_used(id);
                 }
                 None => orphans.push(id),
@@ -257,21 +287,21 @@ impl Services {
     }
 
     /// Keys (VIP and protocol) of the services in the data plane.
-    pub fn keys(&self) -> Vec<ServiceKey> {
+    pub fn keys(&self) -> Vec<ListenerKey> {
         self.installed.keys().copied().collect()
     }
 
-    /// The addresses of the VIPs: what VIP_ADDRESSES holds.
-    pub fn vip_addresses(&self) -> HashSet<Ipv4Addr> {
-        self.installed.keys().map(|key| *key.vip().ip()).collect()
+    /// The addresses of the VIPs: what VIP_ADDRESSES and VIP_ADDRESSES6 hold.
+    pub fn vip_addresses(&self) -> HashSet<IpAddr> {
+        self.installed.keys().map(|key| key.vip.ip()).collect()
     }
 
     /// The id flows of `backend` on service `key` are pinned to.
-    pub fn backend_id(&self, key: &ServiceKey, backend: &SocketAddrV4) -> Option<u32> {
+    pub fn backend_id(&self, key: &ListenerKey, backend: &SocketAddr) -> Option<u32> {
         Some(self.installed.get(key)?.backends.get(backend)?.id)
     }
 
-    pub fn service_id(&self, key: &ServiceKey) -> Option<u32> {
+    pub fn service_id(&self, key: &ListenerKey) -> Option<u32> {
         self.installed.get(key).map(|s| s.id)
     }
 
@@ -285,6 +315,12 @@ impl Services {
     /// the table goes to the buffer packets are not reading. The new table
     /// counts as active only once [`Services::swapped`] says it was written.
     pub fn update(&mut self, spec: &ServiceSpec) -> Result<ServiceUpdate, ServicesError> {
+        if let Some(b) = spec.backends.iter().find(|b| b.addr.is_ipv4() != spec.vip.is_ipv4()) {
+            return Err(ServicesError::OtherFamily {
+                vip: spec.vip,
+                backend: b.addr,
+            });
+        }
         let key = spec.key();
         let fresh = !self.installed.contains_key(&key);
         if fresh {
@@ -305,7 +341,13 @@ impl Services {
             .iter()
             .map(|b| {
                 let slot = installed.backends[&b.addr];
-                let backend = Backend::new(installed.id, slot.generation, b.addr, b.pool.wire(), b.reset_flows);
+                let backend = BackendEntry {
+                    service_id: installed.id,
+                    generation: slot.generation,
+                    addr: b.addr,
+                    pool: b.pool,
+                    reset_flows: b.reset_flows,
+                };
                 (slot.id, backend)
             })
             .collect();
@@ -346,7 +388,7 @@ impl Services {
     /// Takes a service out: its table space is free at once, its ids are
     /// retired until no flow names them ([`Services::reap`]); `None` if it
     /// is not in the data plane.
-    pub fn remove(&mut self, key: &ServiceKey) -> Option<ServiceRemoval> {
+    pub fn remove(&mut self, key: &ListenerKey) -> Option<ServiceRemoval> {
         let installed = self.installed.remove(key)?;
         self.regions.release(installed.regions);
         self.retired.services.insert(installed.id);
@@ -355,7 +397,7 @@ impl Services {
         Some(ServiceRemoval {
             key: *key,
             backend_ids,
-            release_address: !self.vip_addresses().contains(key.vip().ip()),
+            release_address: !self.vip_addresses().contains(&key.vip.ip()),
         })
     }
 
@@ -367,7 +409,7 @@ impl Services {
     /// must be cleared before they are handed out again.
     pub fn reap(
         &mut self,
-        live: &HashMap<ServiceKey, HashSet<SocketAddrV4>>,
+        live: &HashMap<ListenerKey, HashSet<SocketAddr>>,
         flows_of_backend: impl Fn(u32) -> u64,
         flows_of_service: impl Fn(u32) -> u64,
     ) -> Vec<u32> {
@@ -384,7 +426,7 @@ impl Services {
                 self.backend_ids.release(id);
                 installed.backends.remove(&addr);
                 freed.push(id);
-                tracing::info!(service = %key.vip(), backend = %addr, "removed backend drained; id freed");
+                tracing::info!(service = %key, backend = %addr, "removed backend drained; id freed");
             }
         }
         let free = |pool: &mut IdPool, id: u32, flows: u64| {

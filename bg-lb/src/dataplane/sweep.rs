@@ -27,6 +27,7 @@ use super::{
     housekeeping::{self, FlowCensus, FlowTimeouts, Sweep},
     kernel::raw::RawMap,
     l4::Protocol,
+    services::FlowIds,
     walk::{Walk, WalkMap, WalkStats},
 };
 use crate::ratio::Pool;
@@ -153,8 +154,8 @@ impl SweepMaps {
                     && query.pool.is_none_or(|p| p == pool)
                 {
                     picker.offer(FlowView {
-                        client: key.client(),
-                        backend: backend.addr(),
+                        client: key.client().into(),
+                        backend: backend.addr().into(),
                         pool,
                         phase,
                         age: since(flow.created_ns),
@@ -170,7 +171,7 @@ impl SweepMaps {
     /// One flow for each (service id, backend id, backend generation) the
     /// table holds: all that adopting a previous daemon's ids needs, read in
     /// slices while the pinned data plane keeps forwarding.
-    pub fn flow_ids(&self) -> Result<Vec<Flow>, DataplaneError> {
+    pub fn flow_ids(&self) -> Result<Vec<FlowIds>, DataplaneError> {
         let mut distinct = HashMap::new();
         let mut walk = Walk::new(self.flows.max_entries());
         while !walk.finished() {
@@ -184,7 +185,14 @@ impl SweepMaps {
             // An id missed could be handed out again under a live flow.
             return Err(self.flows.error("walk", std::io::ErrorKind::Interrupted.into()));
         }
-        Ok(distinct.into_values().collect())
+        Ok(distinct
+            .into_values()
+            .map(|flow| FlowIds {
+                service_id: flow.service_id,
+                backend_id: flow.backend_id,
+                backend_gen: flow.backend_gen,
+            })
+            .collect())
     }
 
     fn slice<K, V>(&self, walk: &mut Walk<K>, map: &RawMap<K, V>) -> Result<Vec<(K, V)>, DataplaneError>

@@ -2,7 +2,7 @@
 //! it forever, and the TCP connect TCP and HTTP checks start with.
 
 use std::{
-    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+    net::{IpAddr, SocketAddr},
     time::{Duration, Instant},
 };
 
@@ -25,7 +25,7 @@ pub enum Listener {
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct CheckKey {
     pub service: String,
-    pub backend: SocketAddrV4,
+    pub backend: SocketAddr,
     pub listener: Listener,
 }
 
@@ -40,13 +40,14 @@ pub struct Report {
     pub duration: Duration,
 }
 
-/// Runs `key`'s probe forever, reporting every result; `known_down` starts
+/// Runs `key`'s probe forever from `source` (the first SNAT address of the
+/// backend's family), reporting every result; `known_down` starts
 /// it down (see [`Tracker::known_down`]). Dropping (aborting) the handle
 /// stops it.
 pub fn spawn_probe(
     key: CheckKey,
     config: HealthConfig,
-    source: Ipv4Addr,
+    source: IpAddr,
     known_down: bool,
     reports: mpsc::Sender<Report>,
 ) -> JoinHandle<()> {
@@ -81,10 +82,10 @@ pub fn spawn_probe(
     })
 }
 
-async fn probe(key: &CheckKey, config: &HealthConfig, source: Ipv4Addr) -> Outcome {
+async fn probe(key: &CheckKey, config: &HealthConfig, source: IpAddr) -> Outcome {
     let target = config
         .port
-        .map_or(key.backend, |port| SocketAddrV4::new(*key.backend.ip(), port));
+        .map_or(key.backend, |port| SocketAddr::new(key.backend.ip(), port));
     let check = async {
         match &config.check {
             HealthCheck::Tcp => tcp_verdict(connect(target, source).await),
@@ -108,12 +109,16 @@ fn tcp_verdict(connected: Result<tokio::net::TcpStream, Failure>) -> Outcome {
     }
 }
 
-async fn connect(backend: SocketAddrV4, source: Ipv4Addr) -> Result<tokio::net::TcpStream, Failure> {
-    let socket = TcpSocket::new_v4().map_err(|e| Failure::Network(e.to_string()))?;
+async fn connect(backend: SocketAddr, source: IpAddr) -> Result<tokio::net::TcpStream, Failure> {
+    let socket = match backend {
+        SocketAddr::V4(_) => TcpSocket::new_v4(),
+        SocketAddr::V6(_) => TcpSocket::new_v6(),
+    }
+    .map_err(|e| Failure::Network(e.to_string()))?;
     socket
-        .bind(SocketAddr::from((source, 0)))
+        .bind(SocketAddr::new(source, 0))
         .map_err(|e| Failure::Network(format!("cannot bind the SNAT address {source}: {e}")))?;
-    socket.connect(backend.into()).await.map_err(connect_failure)
+    socket.connect(backend).await.map_err(connect_failure)
 }
 
 /// What a failed connect says. The kernel reports a RST answering the SYN as
@@ -131,23 +136,30 @@ fn connect_failure(e: std::io::Error) -> Failure {
 mod tests {
     use super::*;
 
-    /// A real probe against loopback listeners: up while one listens, refused
-    /// once it is gone.
+    /// A real probe against loopback listeners, over IPv4 and over IPv6
+    /// (from a source of the backend's family): up while one listens,
+    /// refused once it is gone.
     #[tokio::test]
-    async fn tcp_probe_reports_refused_when_nothing_listens() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let SocketAddr::V4(addr) = listener.local_addr().unwrap() else {
-            unreachable!()
-        };
-        let key = CheckKey {
-            service: "web".into(),
-            backend: addr,
-            listener: Listener::Live,
-        };
-        let config = HealthConfig::default();
-        assert_eq!(probe(&key, &config, Ipv4Addr::LOCALHOST).await, Ok(()));
-        drop(listener);
-        assert_eq!(probe(&key, &config, Ipv4Addr::LOCALHOST).await, Err(Failure::Refused));
+    async fn tcp_probe_reports_refused_when_nothing_listens_over_either_family() {
+        for loopback in [
+            IpAddr::from([127, 0, 0, 1]),
+            IpAddr::from(std::net::Ipv6Addr::LOCALHOST),
+        ] {
+            let listener = tokio::net::TcpListener::bind((loopback, 0)).await.unwrap();
+            let key = CheckKey {
+                service: "web".into(),
+                backend: listener.local_addr().unwrap(),
+                listener: Listener::Live,
+            };
+            let config = HealthConfig::default();
+            assert_eq!(probe(&key, &config, loopback).await, Ok(()), "{loopback}");
+            drop(listener);
+            assert_eq!(
+                probe(&key, &config, loopback).await,
+                Err(Failure::Refused),
+                "{loopback}"
+            );
+        }
     }
 
     /// A backend that completes the handshake and resets the connection at

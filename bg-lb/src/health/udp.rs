@@ -1,7 +1,7 @@
 //! The UDP check: one request datagram from the SNAT address, and a reply
 //! that must contain the expected string.
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, SocketAddr};
 
 use tokio::net::UdpSocket;
 
@@ -11,7 +11,7 @@ use crate::config::UdpCheck;
 /// Replies are read up to this size; the expected string must be in it.
 const MAX_REPLY: usize = 64 * 1024;
 
-pub(super) async fn udp_check(backend: SocketAddrV4, source: Ipv4Addr, check: &UdpCheck) -> Outcome {
+pub(super) async fn udp_check(backend: SocketAddr, source: IpAddr, check: &UdpCheck) -> Outcome {
     let socket = UdpSocket::bind((source, 0))
         .await
         .map_err(|e| Failure::Network(format!("cannot bind the SNAT address {source}: {e}")))?;
@@ -39,7 +39,7 @@ fn udp_failure(e: std::io::Error) -> Failure {
 
 #[cfg(test)]
 mod tests {
-    use std::net::SocketAddr;
+    use std::net::{Ipv4Addr, Ipv6Addr};
 
     use super::*;
 
@@ -50,20 +50,19 @@ mod tests {
         }
     }
 
-    async fn bound() -> (UdpSocket, SocketAddrV4) {
-        let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let SocketAddr::V4(addr) = socket.local_addr().unwrap() else {
-            unreachable!()
-        };
-        (socket, addr)
-    }
-
-    /// Real datagrams on loopback: a backend answering with the expected
-    /// string passes, one answering otherwise fails, and a port nothing
-    /// listens on is refused (the ICMP port unreachable).
+    /// Real datagrams on loopback, over IPv4 and IPv6: a backend answering
+    /// with the expected string passes, one answering otherwise fails, and a
+    /// port nothing listens on is refused (the ICMP port unreachable).
     #[tokio::test]
     async fn udp_check_passes_on_the_expected_reply_only() {
-        let (backend, addr) = bound().await;
+        for loopback in [IpAddr::from(Ipv4Addr::LOCALHOST), IpAddr::from(Ipv6Addr::LOCALHOST)] {
+            udp_check_judges(loopback).await;
+        }
+    }
+
+    async fn udp_check_judges(loopback: IpAddr) {
+        let backend = UdpSocket::bind((loopback, 0)).await.unwrap();
+        let addr: SocketAddr = backend.local_addr().unwrap();
         let check = check();
         let serve = |answer: &'static [u8]| {
             let backend = &backend;
@@ -74,14 +73,11 @@ mod tests {
                 backend.send_to(answer, from).await.unwrap();
             }
         };
-        let (outcome, ()) = tokio::join!(udp_check(addr, Ipv4Addr::LOCALHOST, &check), serve(b"pong 1"));
+        let (outcome, ()) = tokio::join!(udp_check(addr, loopback, &check), serve(b"pong 1"));
         assert_eq!(outcome, Ok(()));
-        let (outcome, ()) = tokio::join!(udp_check(addr, Ipv4Addr::LOCALHOST, &check), serve(b"nope"));
+        let (outcome, ()) = tokio::join!(udp_check(addr, loopback, &check), serve(b"nope"));
         assert_eq!(outcome, Err(Failure::ReplyMismatch));
         drop(backend);
-        assert_eq!(
-            udp_check(addr, Ipv4Addr::LOCALHOST, &check).await,
-            Err(Failure::Refused)
-        );
+        assert_eq!(udp_check(addr, loopback, &check).await, Err(Failure::Refused));
     }
 }

@@ -3,7 +3,7 @@
 //! values bg-lb defines (a packet counter's verdict, a check's listener, a
 //! shift's state).
 
-use std::{fmt, net::SocketAddrV4, time::SystemTime};
+use std::{fmt, net::SocketAddr, time::SystemTime};
 
 use bg_lb_common::counters::Counter;
 use prometheus_client::{
@@ -230,6 +230,22 @@ impl Snapshot {
                     (labels, Value::Gauge(1))
                 })
                 .collect(),
+            Metric::ListenerInfo => self
+                .services
+                .iter()
+                .flat_map(|s| {
+                    s.listeners.iter().map(|l| {
+                        let labels = vec![
+                            ("service", s.name.clone()),
+                            ("vip", l.vip.to_string()),
+                            ("family", l.family.label().to_owned()),
+                            ("protocol", l.protocol.to_string()),
+                            ("listener", if l.standby { "standby" } else { "live" }.to_owned()),
+                        ];
+                        (labels, Value::Gauge(1))
+                    })
+                })
+                .collect(),
             Metric::SynProxyActive => self
                 .services
                 .iter()
@@ -297,7 +313,7 @@ fn prefixed<'a>(first: Labels, rows: Vec<(Labels, Value<'a>)>) -> impl Iterator<
     })
 }
 
-fn backend_labels(service: &str, pool: Pool, backend: SocketAddrV4) -> Labels {
+fn backend_labels(service: &str, pool: Pool, backend: SocketAddr) -> Labels {
     vec![
         ("service", service.to_owned()),
         ("pool", pool.to_string()),

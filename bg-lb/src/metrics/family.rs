@@ -16,6 +16,7 @@ pub enum Kind {
 pub enum Metric {
     BuildInfo,
     ServiceInfo,
+    ListenerInfo,
     Ratio,
     EffectiveRatio,
     RatioPercent,
@@ -48,9 +49,10 @@ pub enum Metric {
 
 impl Metric {
     /// In the order of the output.
-    pub const ALL: [Metric; 30] = [
+    pub const ALL: [Metric; 31] = [
         Metric::BuildInfo,
         Metric::ServiceInfo,
+        Metric::ListenerInfo,
         Metric::Ratio,
         Metric::EffectiveRatio,
         Metric::RatioPercent,
@@ -86,6 +88,7 @@ impl Metric {
         match self {
             Metric::BuildInfo => "bglb_build_info",
             Metric::ServiceInfo => "bglb_service_info",
+            Metric::ListenerInfo => "bglb_listener_info",
             Metric::Ratio => "bglb_ratio",
             Metric::EffectiveRatio => "bglb_effective_ratio",
             Metric::RatioPercent => "bglb_ratio_percent",
@@ -132,6 +135,7 @@ impl Metric {
             Metric::HealthDuration => Kind::Histogram,
             Metric::BuildInfo
             | Metric::ServiceInfo
+            | Metric::ListenerInfo
             | Metric::Ratio
             | Metric::EffectiveRatio
             | Metric::RatioPercent
@@ -159,6 +163,7 @@ impl Metric {
         match self {
             Metric::BuildInfo => &["version", "commit", "rustc"],
             Metric::ServiceInfo => &["service", "protocol", "forwarding"],
+            Metric::ListenerInfo => &["service", "vip", "family", "protocol", "listener"],
             Metric::Ratio | Metric::EffectiveRatio | Metric::RatioPercent | Metric::EffectiveRatioPercent => {
                 &["service", "pool"]
             }
@@ -211,6 +216,10 @@ impl Metric {
                  from a git checkout) and the rustc that compiled it."
             }
             Metric::ServiceInfo => "Always 1: each service's protocol (tcp or udp) and forwarding mode.",
+            Metric::ListenerInfo => {
+                "Always 1: each VIP of each service, its family (ipv4 or ipv6), protocol, and listener (live or \
+                 standby)."
+            }
             Metric::Ratio => "Share of new connections the operator gave each pool (ctl ratio), from 0 to 1.",
             Metric::EffectiveRatio => {
                 "Share of new connections each pool gets, from 0 to 1: a pool that cannot serve hands its share to \

@@ -4,7 +4,7 @@
 
 use std::{
     collections::BTreeMap,
-    net::SocketAddrV4,
+    net::SocketAddr,
     time::{Duration, SystemTime},
 };
 
@@ -177,7 +177,7 @@ impl Default for BuildInfo {
 pub struct ProbeMetrics {
     pub service: String,
     pub pool: Pool,
-    pub backend: SocketAddrV4,
+    pub backend: SocketAddr,
     pub check: Listener,
     pub stats: ProbeStats,
 }

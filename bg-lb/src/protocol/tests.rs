@@ -207,3 +207,33 @@ fn replies_round_trip_and_errors_say_ok_false() {
     assert_eq!(line, r#"{"ok":true,"ratio":{"old":"50:50","new":"0:100"}}"#);
     assert_eq!(serde_json::from_str::<Reply>(&line).unwrap(), change);
 }
+
+/// A reply of an older daemon has no listeners: `vip` and `standby_vip`
+/// still show; an IPv4 service's line is what it always was; once a
+/// service has an IPv6 VIP, every address names its family.
+#[test]
+fn vips_text_shows_each_listener_and_its_family_once_one_is_ipv6() {
+    let older = r#"{"name":"web","vip":"10.0.0.100:80","standby_vip":"10.0.0.100:8080","ratio":"50:50",
+        "effective_ratio":"50:50","backends":[]}"#;
+    let mut status: ServiceStatus = serde_json::from_str(older).unwrap();
+    assert!(status.listeners.is_empty());
+    assert_eq!(status.vips_text(), "vip 10.0.0.100:80  standby 10.0.0.100:8080");
+    let listener = |vip: &str, standby| ListenerStatus {
+        vip: vip.parse().unwrap(),
+        family: Family::of_socket(vip.parse().unwrap()),
+        protocol: Protocol::Tcp,
+        standby,
+    };
+    status.listeners = vec![listener("10.0.0.100:80", false), listener("10.0.0.100:8080", true)];
+    assert_eq!(status.vips_text(), "vip 10.0.0.100:80  standby 10.0.0.100:8080");
+    status.listeners.insert(1, listener("[fd00::100]:80", false));
+    assert_eq!(
+        status.vips_text(),
+        "vip 10.0.0.100:80 (IPv4), [fd00::100]:80 (IPv6)  standby 10.0.0.100:8080 (IPv4)"
+    );
+    let json = serde_json::to_string(&status).unwrap();
+    assert!(
+        json.contains(r#"{"vip":"[fd00::100]:80","family":"ipv6","protocol":"tcp"}"#),
+        "{json}"
+    );
+}

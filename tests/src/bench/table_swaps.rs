@@ -146,12 +146,12 @@ fn health_flip(runs: usize, per_slot_ms: f64) -> HealthFlipCost {
 /// Service `s` of the flip: its own VIP, the shared backends, 50:50.
 fn flip_service(s: usize) -> ServiceSpec {
     ServiceSpec {
-        vip: SocketAddrV4::new(Ipv4Addr::new(10, 2, (s / 250) as u8, 1 + (s % 250) as u8), 80),
+        vip: SocketAddrV4::new(Ipv4Addr::new(10, 2, (s / 250) as u8, 1 + (s % 250) as u8), 80).into(),
         lut_size: DEFAULT_LUT_SIZE,
         ratio: Ratio::new(50).expect("valid ratio"),
         backends: (0..FLIP_BACKENDS)
             .map(|b| BackendSpec {
-                addr: SocketAddrV4::new(Ipv4Addr::new(10, 1, 0, 1 + b as u8), 8080),
+                addr: SocketAddrV4::new(Ipv4Addr::new(10, 1, 0, 1 + b as u8), 8080).into(),
                 pool: if b < FLIP_BACKENDS / 2 { Pool::Blue } else { Pool::Green },
                 weight: 100,
                 reset_flows: false,

@@ -1,4 +1,4 @@
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 
 use bg_lb_common::maps::{MAX_BACKENDS, MAX_SERVICES};
 
@@ -234,8 +234,8 @@ fn a_udp_service_may_share_a_tcp_services_vip_and_has_its_idle_timeout() {
     let config = parse_ok(&format!("{TOP}{WEB}{DNS}udp_idle = \"5s\"\n{UDP_HEALTH}"));
     let (web, dns) = (&config.services[0], &config.services[1]);
     assert_eq!((web.protocol, dns.protocol), (Protocol::Tcp, Protocol::Udp));
-    assert_eq!(web.vip, dns.vip);
-    assert_ne!(web.key(), dns.key());
+    assert_eq!(web.vips, dns.vips);
+    assert_ne!(web.keys().next(), dns.keys().next());
     assert_eq!(dns.udp_idle, Duration::from_secs(5));
     assert_eq!(dns.syn_proxy.mode, SynProxyMode::Off, "UDP has no SYNs");
     let default = parse_ok(&format!("{TOP}{DNS}{UDP_HEALTH}"));
@@ -302,5 +302,191 @@ fn udp_services_refuse_what_they_cannot_do() {
     assert_rejected(
         &format!("{TOP}{DNS}udp_idle = \"1500ms\"  # <-\n{UDP_HEALTH}"),
         "udp_idle must be whole seconds, at most 18h 12m 15s",
+    );
+}
+
+/// Top-level keys with a SNAT address of each family: lines 1-2.
+const TOP46: &str = "interface = \"eth0\"\nsnat_addresses = [\"10.0.0.1\", \"fd00::1\"]\n";
+const BLUE6: &str = "[[service.backend]]\npool = \"blue\"\naddress = \"[fd00:1::1]:80\"\n";
+
+#[test]
+fn a_dual_stack_service_has_a_vip_and_a_standby_vip_per_family_over_shared_pools() {
+    let config = parse_ok(&format!(
+        "{TOP46}[[service]]\nname = \"web\"\nvip = [\"10.0.0.100:80\", \"[fd00::100]:80\"]\n\
+         standby_vip = [\"[fd00::100]:8080\", \"10.0.0.100:8080\"]\n{BLUE}{BLUE6}"
+    ));
+    assert_eq!(config.snat_addresses, [Ipv4Addr::new(10, 0, 0, 1)]);
+    assert_eq!(
+        config.snat6_addresses,
+        ["fd00::1".parse::<std::net::Ipv6Addr>().unwrap()]
+    );
+    let web = &config.services[0];
+    let addresses = |list: &[&str]| list.iter().map(|a| a.parse().unwrap()).collect::<Vec<SocketAddr>>();
+    assert_eq!(web.vips, addresses(&["10.0.0.100:80", "[fd00::100]:80"]));
+    assert_eq!(web.standby_vips, addresses(&["[fd00::100]:8080", "10.0.0.100:8080"]));
+    let families: Vec<_> = web.backends.iter().map(|b| Family::of_socket(b.address)).collect();
+    assert_eq!(families, [Family::Ipv4, Family::Ipv6]);
+    assert_eq!(web.syn_proxy, SynProxy::default(), "the IPv4 VIP keeps the default");
+    assert_eq!(web.vip_of(Family::Ipv6), Some(web.vips[1]));
+    // IPv6 alone, with its own SNAT address.
+    let v6 = parse_ok(&format!(
+        "interface = \"eth0\"\nsnat_address = \"fd00::1\"\n[[service]]\nname = \"web\"\nvip = \"[fd00::100]:80\"\n{BLUE6}"
+    ));
+    assert!(v6.snat_addresses.is_empty());
+    assert_eq!(v6.services[0].vips, addresses(&["[fd00::100]:80"]));
+}
+
+#[test]
+fn vip_lists_hold_one_address_per_family() {
+    let service = "[[service]]\nname = \"web\"\n";
+    assert_rejected(
+        &format!("{TOP46}{service}vip = [\"10.0.0.100:80\", \"10.0.0.101:80\"]  # <-\n"),
+        "vip lists two IPv4 addresses (10.0.0.100:80 and 10.0.0.101:80): at most one per family",
+    );
+    assert_rejected(
+        &format!("{TOP46}{service}vip = []  # <-\n"),
+        "vip must name at least one address",
+    );
+    assert_rejected(
+        &format!("{TOP46}{WEB}standby_vip = [\"[fd00::100]:80\", \"[fd00::101]:80\"]  # <-\n"),
+        "standby_vip lists two IPv6 addresses",
+    );
+    assert_rejected(
+        &format!(
+            "{TOP46}{service}vip = [\"10.0.0.100:80\", \"[fd00::100]:80\"]\nstandby_vip = \"[fd00::100]:80\"  # <-\n"
+        ),
+        "overlapping VIPs: standby_vip [fd00::100]:80 equals the service's vip [fd00::100]:80",
+    );
+}
+
+#[test]
+fn ipv6_addresses_are_bracketed_and_sendable() {
+    for (vip, reason) in [
+        ("fd00::100:80", "an IPv6 address needs brackets: [ADDRESS]:PORT"),
+        ("[fd00::100]", "missing port; expected [IPV6 ADDRESS]:PORT"),
+        ("[fd00::100:80", "missing ']'"),
+        ("[fd00::zz]:80", "\"fd00::zz\" is not a valid IPv6 address"),
+        (
+            "[fe80::1%eth0]:80",
+            "is not a valid IPv6 address (no zone ids or host names)",
+        ),
+        ("[::]:80", ":: is not an address traffic can be sent to"),
+        ("[::ffff:10.0.0.100]:80", "an IPv4-mapped IPv6 address"),
+        ("[fd00::100]:0", "port 0 is not allowed"),
+    ] {
+        assert_rejected(
+            &format!("{TOP46}[[service]]\nname = \"web\"\nvip = {vip:?}  # <-\n"),
+            reason,
+        );
+    }
+    assert_rejected(
+        "interface = \"eth0\"\nsnat_address = \"::\"  # <-\n",
+        "snat_address must not be ::",
+    );
+    assert_rejected(
+        "interface = \"eth0\"\nsnat_addresses = [\"fd00::1\", \"fd00::1\"]  # <-\n",
+        "duplicate SNAT address fd00::1",
+    );
+}
+
+#[test]
+fn each_family_takes_up_to_sixteen_snat_addresses() {
+    let list = |v4: u16, v6: u16| {
+        let v4 = (1..=v4).map(|i| format!("\"10.0.0.{i}\""));
+        let v6 = (1..=v6).map(|i| format!("\"fd00::{i:x}\""));
+        v4.chain(v6).collect::<Vec<_>>().join(", ")
+    };
+    let config = parse_ok(&format!("interface = \"eth0\"\nsnat_addresses = [{}]\n", list(16, 16)));
+    assert_eq!((config.snat_addresses.len(), config.snat6_addresses.len()), (16, 16));
+    assert_rejected(
+        &format!("interface = \"eth0\"\nsnat_addresses = [{}]  # <-\n", list(3, 17)),
+        "too many IPv6 snat_addresses: at most 16 per family",
+    );
+}
+
+#[test]
+fn a_vip_family_needs_a_snat_address_of_that_family() {
+    assert_rejected(
+        &format!("{TOP}[[service]]\nname = \"web\"\nvip = \"[fd00::100]:80\"  # <-\n"),
+        "vip [fd00::100]:80 is IPv6, but no SNAT address is: add an IPv6 address of this host to snat_addresses",
+    );
+    assert_rejected(
+        &format!("{TOP}{WEB}standby_vip = [\"10.0.0.100:8080\", \"[fd00::100]:8080\"]  # <-\n"),
+        "standby_vip [fd00::100]:8080 is IPv6, but no SNAT address is",
+    );
+    assert_rejected(
+        "interface = \"eth0\"\nsnat_address = \"fd00::1\"\n[[service]]\nname = \"web\"\nvip = \"10.0.0.100:80\"  # <-\n",
+        "vip 10.0.0.100:80 is IPv4, but no SNAT address is",
+    );
+}
+
+#[test]
+fn each_vip_family_needs_backends_of_its_family_and_each_backend_a_vip_of_its_own() {
+    let dual = "[[service]]\nname = \"web\"\nvip = [\"10.0.0.100:80\", \"[fd00::100]:80\"]";
+    assert_rejected(
+        &format!("{TOP46}{dual}  # <-\n{BLUE}"),
+        "vip [fd00::100]:80 is IPv6, but service \"web\" has no IPv6 backend: each VIP sends new connections only \
+         to backends of its own family",
+    );
+    assert_rejected(
+        &format!("{TOP46}{WEB}{BLUE}[[service.backend]]\npool = \"green\"\naddress = \"[fd00:1::2]:80\"  # <-\n"),
+        "backend [fd00:1::2]:80 is IPv6, but the service has no IPv6 vip",
+    );
+    assert_rejected(
+        &format!(
+            "{TOP46}{dual}\nstandby_vip = \"[fd00::100]:8080\"\n{BLUE}{BLUE6}[[service]]\nname = \"api\"\nvip = \"[fd00::101]:80\"\nstandby_vip = \"10.0.0.101:80\"  # <-\n{BLUE6}"
+        ),
+        "standby_vip 10.0.0.101:80 is IPv4, but service \"api\" has no IPv4 backend",
+    );
+    // No backends yet: nothing to disagree with.
+    assert_eq!(parse_ok(&format!("{TOP46}{dual}\n")).services[0].vips.len(), 2);
+}
+
+#[test]
+fn ipv6_vips_refuse_gateway_dsr_and_the_syn_proxy_for_now() {
+    let v6 = "[[service]]\nname = \"web\"\nvip = [\"10.0.0.100:80\", \"[fd00::100]:80\"]\n";
+    for mode in ["gateway", "dsr"] {
+        assert_rejected(
+            &format!("{TOP46}{v6}forwarding = {mode:?}  # <-\n{BLUE}{BLUE6}"),
+            &format!("forwarding = \"{mode}\" is IPv4-only for now, and vip [fd00::100]:80 is IPv6: use \"full-nat\""),
+        );
+    }
+    for mode in ["auto", "always"] {
+        assert_rejected(
+            &format!("{TOP46}{v6}syn_proxy = {mode:?}  # <-\n{BLUE}{BLUE6}"),
+            &format!("syn_proxy = \"{mode}\" is IPv4-only for now, and vip [fd00::100]:80 is IPv6"),
+        );
+    }
+    let off = parse_ok(&format!(
+        "{TOP46}{v6}syn_proxy = \"off\"\nforwarding = \"full-nat\"\n{BLUE}{BLUE6}"
+    ));
+    assert_eq!(off.services[0].syn_proxy.mode, SynProxyMode::Off);
+}
+
+#[test]
+fn uniqueness_rules_hold_across_families() {
+    let six = "[[service]]\nname = \"b\"\nvip = \"[fd00::100]:80\"";
+    assert_rejected(
+        &format!("{TOP46}[[service]]\nname = \"a\"\nvip = [\"10.0.0.100:80\", \"[fd00::100]:80\"]\n{six}  # <-\n"),
+        "overlapping VIPs: vip [fd00::100]:80 (tcp) is already the vip of service \"a\" (line 5)",
+    );
+    assert_rejected(
+        &format!("{TOP46}[[service]]\nname = \"a\"\nvip = \"[fd00::1]:80\"  # <-\n"),
+        "vip [fd00::1]:80 uses a SNAT address (line 2)",
+    );
+    assert_rejected(
+        &format!("{TOP46}{six}\n{BLUE6}[[service.backend]]\npool = \"green\"\naddress = \"[fd00:1::1]:80\"  # <-\n"),
+        "duplicate backend [fd00:1::1]:80 in service \"b\"",
+    );
+    // The same port on an address of each family: two VIPs.
+    let both = format!("{TOP46}{WEB}[[service]]\nname = \"b\"\nvip = \"[fd00::100]:80\"\n");
+    assert_eq!(parse_ok(&both).services.len(), 2);
+}
+
+#[test]
+fn bgp_announces_ipv4_vips_only_for_now() {
+    assert_rejected(
+        &format!("{TOP46}[bgp]\n[[service]]\nname = \"a\"\nvip = \"[fd00::100]:80\"  # <-\n"),
+        "[bgp] announces IPv4 VIPs only for now",
     );
 }

@@ -169,7 +169,7 @@ fn the_census_counts_open_and_embryonic_flows_apart() {
     assert_eq!(census.total_of_service(SERVICE), 5);
     assert_eq!((census.expired, census.orphans), (0, 0));
     assert_eq!(
-        census.snat_pairs_of(backend().addr()),
+        census.snat_pairs_of(backend().addr().into()),
         5,
         "every flow holds a SNAT pair"
     );
@@ -195,11 +195,11 @@ fn the_census_counts_the_snat_pairs_of_the_flows_that_stay_on_every_address() {
         (nat(20001), key(3)),
     ];
     let judged = sweep(&flows.map(|(k, f)| (k, Flow { last_seen_ns: 0, ..f })), &reverse);
-    assert_eq!(judged.census.snat_pairs_of(backend().addr()), 2);
+    assert_eq!(judged.census.snat_pairs_of(backend().addr().into()), 2);
     assert_eq!(judged.flows.len(), 1, "{:?}", judged.flows);
     assert!(judged.orphan_reverse.is_empty(), "{:?}", judged.orphan_reverse);
     let unknown = SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 11), 8080);
-    assert_eq!(judged.census.snat_pairs_of(unknown), 0);
+    assert_eq!(judged.census.snat_pairs_of(unknown.into()), 0);
 }
 
 #[test]
@@ -268,7 +268,7 @@ fn a_dsr_flow_owns_no_reverse_entry_and_is_no_orphan_without_one() {
     assert!(removals(&judged).is_empty());
     assert_eq!((judged.census.open_of(BACKEND_ID), judged.census.orphans), (1, 0));
     assert_eq!(
-        judged.census.snat_pairs_of(backend().addr()),
+        judged.census.snat_pairs_of(backend().addr().into()),
         0,
         "it holds no SNAT pair"
     );
@@ -284,7 +284,7 @@ fn a_gateway_flow_owns_its_reverse_entry_but_holds_no_snat_pair() {
     assert!(removals(&judged).is_empty());
     assert_eq!(judged.census.open_of(BACKEND_ID), 1);
     assert_eq!(
-        judged.census.snat_pairs_of(backend().addr()),
+        judged.census.snat_pairs_of(backend().addr().into()),
         0,
         "its pair is the client's"
     );
@@ -410,7 +410,11 @@ fn a_reconnection_that_guards_its_5_tuples_older_pair_stays_until_that_pairs_tim
     let reverse = [(nat(20000), key(2)), (nat(20001), key(1))];
     let judged = sweep(&[(key(1), guard)], &reverse);
     assert_eq!(removals(&judged), [], "kept, although its own pair was taken over");
-    assert_eq!(judged.census.snat_pairs_of(backend().addr()), 0, "it holds no pair");
+    assert_eq!(
+        judged.census.snat_pairs_of(backend().addr().into()),
+        0,
+        "it holds no pair"
+    );
     assert_eq!(expiry(&guard, 150 * S, &T), None, "past `closing`");
     let over = created + TIME_WAIT_NS;
     assert_eq!(expiry(&guard, over, &T), Some(Expiry::Closed));

@@ -1,31 +1,56 @@
-use std::{collections::BTreeMap, net::Ipv4Addr};
-
-use bg_lb_common::maps::IPPROTO_UDP;
+use std::{
+    collections::BTreeMap,
+    net::{Ipv4Addr, Ipv6Addr, SocketAddrV4, SocketAddrV6},
+};
 
 use super::*;
 
-const VIP: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 100), 80);
-const STANDBY_VIP: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 100), 8080);
+const VIP: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 100), 80));
+const STANDBY_VIP: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 100), 8080));
+const VIP6: SocketAddr = SocketAddr::V6(SocketAddrV6::new(
+    Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 0x100),
+    80,
+    0,
+    0,
+));
 const LUT_SIZE: u32 = 7;
 
 /// The key of the TCP service on `vip`.
-fn key(vip: SocketAddrV4) -> ServiceKey {
-    ServiceKey::new(vip)
+fn key(vip: SocketAddr) -> ListenerKey {
+    ListenerKey::new(vip, Protocol::Tcp)
 }
 
-fn backend(last_octet: u8) -> SocketAddrV4 {
-    SocketAddrV4::new(Ipv4Addr::new(10, 0, 1, last_octet), 8080)
+fn backend(last_octet: u8) -> SocketAddr {
+    SocketAddrV4::new(Ipv4Addr::new(10, 0, 1, last_octet), 8080).into()
 }
 
-fn spec(vip: SocketAddrV4, backends: &[u8]) -> ServiceSpec {
+fn backend6(last: u16) -> SocketAddr {
+    SocketAddrV6::new(Ipv6Addr::new(0xfd00, 1, 0, 0, 0, 0, 0, last), 8080, 0, 0).into()
+}
+
+/// The entry a backend of service 0 gets, blue.
+fn entry(service_id: u32, generation: u32, addr: SocketAddr, pool: Pool) -> BackendEntry {
+    BackendEntry {
+        service_id,
+        generation,
+        addr,
+        pool,
+        reset_flows: false,
+    }
+}
+
+fn spec(vip: SocketAddr, backends: &[u8]) -> ServiceSpec {
+    spec_of(vip, backends.iter().map(|&b| backend(b)))
+}
+
+fn spec_of(vip: SocketAddr, backends: impl Iterator<Item = SocketAddr>) -> ServiceSpec {
     ServiceSpec {
         vip,
         lut_size: LUT_SIZE,
         ratio: Ratio::new(100).unwrap(),
         backends: backends
-            .iter()
-            .map(|&b| BackendSpec {
-                addr: backend(b),
+            .map(|addr| BackendSpec {
+                addr,
                 pool: Pool::Blue,
                 weight: 100,
                 reset_flows: false,
@@ -42,8 +67,8 @@ fn spec(vip: SocketAddrV4, backends: &[u8]) -> ServiceSpec {
 /// SERVICES and BACKENDS as the kernel would hold them after the writes.
 #[derive(Default)]
 struct Maps {
-    services: HashMap<ServiceKey, Service>,
-    backends: BTreeMap<u32, Backend>,
+    services: HashMap<ListenerKey, Service>,
+    backends: BTreeMap<u32, BackendEntry>,
 }
 
 impl Maps {
@@ -85,11 +110,11 @@ fn an_update_writes_every_backend_and_names_the_spare_buffer() {
     assert_eq!(
         update.backends,
         [
-            (0, Backend::new(0, 1, backend(1), Pool::Blue.wire(), false)),
-            (1, Backend::new(0, 2, backend(2), Pool::Blue.wire(), false)),
+            (0, entry(0, 1, backend(1), Pool::Blue)),
+            (1, entry(0, 2, backend(2), Pool::Blue)),
         ]
     );
-    assert_eq!(update.key, ServiceKey::new(VIP));
+    assert_eq!(update.key, key(VIP));
     assert_eq!(
         (
             update.service.lut_base,
@@ -155,7 +180,7 @@ fn a_removed_backend_keeps_its_id_until_no_flow_names_it() {
     assert!(
         update
             .backends
-            .contains(&(removed, Backend::new(0, 3, backend(3), Pool::Blue.wire(), false))),
+            .contains(&(removed, entry(0, 3, backend(3), Pool::Blue))),
         "in a generation of its own: {:?}",
         update.backends
     );
@@ -174,7 +199,7 @@ fn removing_a_service_frees_its_table_space_at_once_and_its_ids_once_no_flow_nam
     let mut maps = Maps::default();
     maps.apply(&mut services, &spec(VIP, &[1, 2]));
     let removal = services.remove(&key(VIP)).unwrap();
-    assert_eq!(removal.key, ServiceKey::new(VIP));
+    assert_eq!(removal.key, key(VIP));
     assert!(removal.release_address, "no other service is on its address");
     let mut cleared = removal.backend_ids;
     cleared.sort();
@@ -206,7 +231,7 @@ fn a_vip_address_is_released_with_the_last_service_on_it() {
     let mut services = Services::new(100);
     Maps::default().apply(&mut services, &spec(VIP, &[1]));
     Maps::default().apply(&mut services, &spec(STANDBY_VIP, &[1]));
-    assert_eq!(services.vip_addresses(), HashSet::from([*VIP.ip()]));
+    assert_eq!(services.vip_addresses(), HashSet::from([VIP.ip()]));
     assert!(
         !services.remove(&key(VIP)).unwrap().release_address,
         "the standby VIP shares it"
@@ -264,20 +289,19 @@ fn adopting_maps_rebuilds_ids() {
     maps.apply(&mut before, &spec(VIP, &[1, 2]));
     maps.apply(&mut before, &spec(STANDBY_VIP, &[1, 2]));
     maps.apply(&mut before, &spec(VIP, &[1, 2])); // VIP's table now in its second buffer
-    let orphan = Backend::new(99, 40, backend(9), Pool::Green.wire(), false);
+    let orphan = entry(99, 40, backend(9), Pool::Green);
     maps.backends.insert(7, orphan);
     // A flow of a service removed before the restart still names ids 9 and 8.
-    let leftover = Flow {
+    let leftover = FlowIds {
         service_id: 9,
         backend_id: 8,
         backend_gen: 50,
-        ..Flow::default()
     };
 
     let (mut after, orphans) = Services::adopt(100, maps.services.clone(), maps.backends.clone(), [&leftover]).unwrap();
     assert_eq!(orphans, [7], "its service is gone");
     let mut keys = after.keys();
-    keys.sort_by_key(|key| key.vip());
+    keys.sort_by_key(|key| key.vip);
     assert_eq!(keys, [key(VIP), key(STANDBY_VIP)]);
     for vip in [key(VIP), key(STANDBY_VIP)] {
         assert_eq!(after.service_id(&vip), before.service_id(&vip));
@@ -296,12 +320,12 @@ fn adopting_maps_rebuilds_ids() {
     let new_backend = after.update(&spec(VIP, &[1, 2, 3])).unwrap();
     assert_eq!(
         new_backend.backends[2],
-        (4, Backend::new(0, 51, backend(3), Pool::Blue.wire(), false)),
+        (4, entry(0, 51, backend(3), Pool::Blue)),
         "adopted ids 0..4 are not handed out again, nor generations up to the flows' highest"
     );
     assert!(!after.service_ids().contains(&9) && after.service_ids().len() == 2);
     let new_service = ServiceSpec {
-        vip: SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 101), 80),
+        vip: SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 101), 80).into(),
         ..spec(VIP, &[])
     };
     let placed = after.update(&new_service).unwrap().service;
@@ -323,11 +347,42 @@ fn a_tcp_and_a_udp_service_on_one_vip_are_two_services() {
         ..spec(VIP, &[1])
     };
     let udp = maps.apply(&mut services, &udp_spec);
-    assert_eq!(udp.key, ServiceKey::with_proto(VIP, IPPROTO_UDP));
+    assert_eq!(udp.key, ListenerKey::new(VIP, Protocol::Udp));
     assert_ne!(udp.service.id, tcp.service.id);
     assert_eq!((udp.service.udp_idle_s, tcp.service.udp_idle_s), (5, 0));
     assert_ne!(udp.backends[0].0, tcp.backends[0].0, "one backend id per service");
     let removal = services.remove(&udp.key).unwrap();
     assert!(!removal.release_address, "the TCP service is still on the address");
+    assert_eq!(services.keys(), [key(VIP)]);
+}
+
+/// A dual-stack service's IPv6 listener: its own id and table, its
+/// backends' ids from the one space the IPv4 listener's come from, its
+/// address released apart from the IPv4 one; a backend of the other family
+/// is refused.
+#[test]
+fn an_ipv6_listener_takes_ids_from_the_one_space_and_only_backends_of_its_family() {
+    let mut services = Services::new(4 * LUT_SIZE);
+    let mut maps = Maps::default();
+    let v4 = maps.apply(&mut services, &spec(VIP, &[1, 2]));
+    let v6 = maps.apply(&mut services, &spec_of(VIP6, [backend6(1), backend6(2)].into_iter()));
+    assert_eq!(v6.key, key(VIP6));
+    assert_eq!((v4.service.id, v6.service.id), (0, 1));
+    assert_eq!(
+        v6.backends,
+        [
+            (2, entry(1, 3, backend6(1), Pool::Blue)),
+            (3, entry(1, 4, backend6(2), Pool::Blue))
+        ]
+    );
+    assert!(v6.table.iter().all(|id| [2, 3].contains(id)), "{:?}", v6.table);
+    assert_eq!(services.vip_addresses(), HashSet::from([VIP.ip(), VIP6.ip()]));
+    let mixed = spec_of(VIP6, [backend6(1), backend(1)].into_iter());
+    assert!(matches!(
+        services.update(&mixed),
+        Err(ServicesError::OtherFamily { backend: found, .. }) if found == backend(1)
+    ));
+    let removal = services.remove(&key(VIP6)).unwrap();
+    assert!(removal.release_address, "no other listener is on the IPv6 address");
     assert_eq!(services.keys(), [key(VIP)]);
 }

@@ -77,7 +77,7 @@ mod tests {
     use crate::ratio::Pool;
 
     fn view(port: u16, phase: FlowPhase) -> FlowView {
-        let addr = SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 1), port);
+        let addr = SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 1), port).into();
         FlowView {
             client: addr,
             backend: addr,

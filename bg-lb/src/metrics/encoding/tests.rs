@@ -4,10 +4,11 @@ use std::{collections::HashSet, time::Duration};
 
 use super::*;
 use crate::{
-    dataplane::syn_proxy::SynProxyMode,
+    dataplane::{l4::Protocol, syn_proxy::SynProxyMode},
+    family::Family,
     health::{CheckKey, Report, Transition},
     metrics::{AdminRequests, BuildInfo, INVALID_COMMAND, Kind, ProbeStats, ReloadStats, series_names},
-    protocol::{Request, SynProxyStatus},
+    protocol::{ListenerStatus, Request, SynProxyStatus},
     ratio::Ratio,
     shift::ShiftPlan,
     test_support::backend_status,
@@ -83,6 +84,11 @@ fn snapshot() -> Snapshot {
             name: "web".into(),
             vip: "10.0.0.100:80".parse().unwrap(),
             standby_vip: None,
+            listeners: vec![
+                listener("10.0.0.100:80", Family::Ipv4, false),
+                listener("[fd00::100]:80", Family::Ipv6, false),
+                listener("10.0.0.100:8080", Family::Ipv4, true),
+            ],
             ratio: Ratio::new(30).unwrap(),
             effective_ratio: Ratio::new(100).unwrap(),
             backends: vec![
@@ -171,6 +177,27 @@ fn every_sample_has_exactly_its_family_labels() {
             expected.push("le");
         }
         assert_eq!(keys, expected, "{line}");
+    }
+}
+
+fn listener(vip: &str, family: Family, standby: bool) -> ListenerStatus {
+    ListenerStatus {
+        vip: vip.parse().unwrap(),
+        family,
+        protocol: Protocol::Tcp,
+        standby,
+    }
+}
+
+#[test]
+fn each_listener_is_a_series_with_its_family() {
+    let text = encoded();
+    for line in [
+        r#"bglb_listener_info{service="web",vip="10.0.0.100:80",family="ipv4",protocol="tcp",listener="live"} 1"#,
+        r#"bglb_listener_info{service="web",vip="[fd00::100]:80",family="ipv6",protocol="tcp",listener="live"} 1"#,
+        r#"bglb_listener_info{service="web",vip="10.0.0.100:8080",family="ipv4",protocol="tcp",listener="standby"} 1"#,
+    ] {
+        assert_line(&text, line);
     }
 }
 
