@@ -3,14 +3,18 @@
 //! NAT: IPv6 VIP, backends and SNAT address) through the whole blue-green
 //! release under load.
 
-use std::net::SocketAddr;
+use std::{
+    io::{BufRead as _, BufReader, Write as _},
+    net::SocketAddr,
+};
 
+use bg_lb::dataplane::forwarding::Forwarding;
 use bg_lb_tests::{
     daemon::DemoBackend,
     http,
     lab::{BlueGreenLab, LabOptions},
     release::assert_release_under_load_fails_no_request,
-    servers::{NameServer, UdpNameClient, UdpNameServer, ask_names},
+    servers::{NameServer, UdpNameClient, UdpNameServer, ask_names, connect_from},
     topology::{Family, LB_ADDR6, NetNs, RoutedPath, TwoArm, VIP_ADDR6},
 };
 
@@ -61,6 +65,25 @@ fn dual_stack_lab_serves_over_ipv6_and_keeps_neighbour_discovery_through_bg_lbs_
             names(&lab.topo.client.ns, SocketAddr::new(lb.into(), PORT), 2),
             ["lb", "lb"]
         );
+    }
+
+    // More client addresses (the demo's, over IPv6): a connection bound to
+    // each reaches the LB, which routes the replies back through the
+    // client's main address.
+    let lb = SocketAddr::new(LB_ADDR6.into(), PORT);
+    for source in lab.topo.add_clients(Family::Ipv6, 3, Forwarding::FullNat) {
+        let seen = lab.topo.client.ns.run(move || -> std::io::Result<String> {
+            let mut stream = connect_from(source, lb)?;
+            stream.write_all(b"peer\n")?;
+            let mut line = String::new();
+            BufReader::new(stream).read_line(&mut line)?;
+            Ok(line.trim().to_owned())
+        });
+        let seen: SocketAddr = seen
+            .unwrap_or_else(|e| panic!("from {source}: {e}"))
+            .parse()
+            .expect("the peer's address");
+        assert_eq!(seen.ip(), source, "the LB sees the bound client address");
     }
 
     // demo-backend serves HTTP on an IPv6 address as it is.
