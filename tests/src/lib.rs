@@ -5,8 +5,9 @@
 //!   namespaces) that are always removed, even when a test fails.
 //! - [`daemon`]: `bg-lb run` and `bg-lb demo-backend` processes in test
 //!   namespaces, cleaned up on drop.
-//! - [`http`]: a minimal HTTP/1.1 client for demo-backend.
-//! - [`lab`]: the blue-green lab (4 demo-backends, daemon with HTTP checks).
+//! - [`http`]: a minimal HTTP/1.1 client for demo-backend, over IPv4 or IPv6.
+//! - [`lab`]: the blue-green lab (4 demo-backends, daemon with HTTP checks),
+//!   over IPv4 or IPv6.
 //! - [`load`]: paced client load with a tally of every outcome, from one
 //!   client address or many (each client's visits kept in order).
 //! - [`affinity`]: the ratio polled over time and each client's visits laid
@@ -41,12 +42,15 @@
 //! - [`etcd`]: one etcd process (loopback or a namespace) for the fleet
 //!   tests, killed by PID on drop.
 //! - [`topology`]: named namespaces and the one-arm client/LB/backends
-//!   segment (with many client addresses if asked).
+//!   segment (with many client addresses if asked), the two-arm and routed
+//!   labs, each dual-stack on request (`add_ipv6`, a ULA plan mirroring the
+//!   IPv4 one).
 //! - [`udp_frames`]: UDP datagrams for packet tests, built and checked.
 //! - [`raw`]: hand-made TCP segments from any source (forged RSTs, spoofed
 //!   SYNs) through a raw socket.
 //! - [`servers`]: a stoppable TCP accept loop, TCP and UDP servers that
-//!   answer with their name, and their clients.
+//!   answer with their name, and their clients, on addresses of either
+//!   family.
 //! - [`churn`]: paced short connections (one line each, either side closing
 //!   first, from one client address or many) and their server, counting
 //!   failures and stalled connects.

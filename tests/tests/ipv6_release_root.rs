@@ -1,17 +1,21 @@
-//! IPv6 end-to-end tests (root): the dual-stack one-arm lab with bg-lb's
-//! XDP program on the LB, and an IPv6 HTTP service (full NAT: IPv6 VIP,
-//! backends and SNAT address) through the whole blue-green release under
-//! load.
+//! IPv6 end-to-end tests (root): the dual-stack labs (one-arm with bg-lb's
+//! XDP program on the LB, two-arm, routed), and an IPv6 HTTP service (full
+//! NAT: IPv6 VIP, backends and SNAT address) through the whole blue-green
+//! release under load.
 
-use std::net::SocketAddr;
+use std::{
+    io::{BufRead as _, BufReader, Write as _},
+    net::SocketAddr,
+};
 
+use bg_lb::dataplane::forwarding::Forwarding;
 use bg_lb_tests::{
     daemon::DemoBackend,
     http,
     lab::{BlueGreenLab, LabOptions},
     release::assert_release_under_load_fails_no_request,
-    servers::{NameServer, UdpNameClient, UdpNameServer, ask_names},
-    topology::{Family, LB_ADDR6, VIP_ADDR6},
+    servers::{NameServer, UdpNameClient, UdpNameServer, ask_names, connect_from},
+    topology::{Family, LB_ADDR6, NetNs, RoutedPath, TwoArm, VIP_ADDR6},
 };
 
 const BG_LB: &str = env!("CARGO_BIN_EXE_bg-lb-under-test");
@@ -19,7 +23,7 @@ const BG_LB: &str = env!("CARGO_BIN_EXE_bg-lb-under-test");
 const PORT: u16 = 9000;
 
 /// The names `n` fresh TCP connections from `ns` to `to` are answered with.
-fn names(ns: &bg_lb_tests::topology::NetNs, to: SocketAddr, n: usize) -> Vec<String> {
+fn names(ns: &NetNs, to: SocketAddr, n: usize) -> Vec<String> {
     ask_names(ns, to, n).unwrap_or_else(|e| panic!("{to} over IPv6: {e}"))
 }
 
@@ -63,6 +67,25 @@ fn dual_stack_lab_serves_over_ipv6_and_keeps_neighbour_discovery_through_bg_lbs_
         );
     }
 
+    // More client addresses (the demo's, over IPv6): a connection bound to
+    // each reaches the LB, which routes the replies back through the
+    // client's main address.
+    let lb = SocketAddr::new(LB_ADDR6.into(), PORT);
+    for source in lab.topo.add_clients(Family::Ipv6, 3, Forwarding::FullNat) {
+        let seen = lab.topo.client.ns.run(move || -> std::io::Result<String> {
+            let mut stream = connect_from(source, lb)?;
+            stream.write_all(b"peer\n")?;
+            let mut line = String::new();
+            BufReader::new(stream).read_line(&mut line)?;
+            Ok(line.trim().to_owned())
+        });
+        let seen: SocketAddr = seen
+            .unwrap_or_else(|e| panic!("from {source}: {e}"))
+            .parse()
+            .expect("the peer's address");
+        assert_eq!(seen.ip(), source, "the LB sees the bound client address");
+    }
+
     // demo-backend serves HTTP on an IPv6 address as it is.
     let host = &lab.topo.backends[0];
     let addr = SocketAddr::new(host.addr_of(Family::Ipv6), PORT + 1);
@@ -81,6 +104,37 @@ fn dual_stack_lab_serves_over_ipv6_and_keeps_neighbour_discovery_through_bg_lbs_
     // The IPv4 service is unaffected by the second family.
     let served = lab.serve(lab.live_vip(), 20);
     assert_eq!(served.len(), 20);
+}
+
+#[test]
+fn dual_stack_two_arm_and_routed_labs_connect_over_ipv6() {
+    bg_lb_tests::require_root();
+    let any = |port| SocketAddr::new(Family::Ipv6.unspecified(), port);
+
+    // Two-arm: the client reaches the LB's front (the VIP), the backends
+    // its back (the SNAT address).
+    let mut two = TwoArm::new(2);
+    two.add_ipv6();
+    let _lb = NameServer::start(&two.lb, any(PORT), "lb".into());
+    let (vip, snat) = (two.vip6.expect("an IPv6 VIP"), two.snat6.expect("an IPv6 SNAT address"));
+    assert_eq!(names(&two.client.ns, SocketAddr::new(vip.into(), PORT), 1), ["lb"]);
+    for backend in &two.backends {
+        assert_eq!(names(&backend.ns, SocketAddr::new(snat.into(), PORT), 1), ["lb"]);
+    }
+
+    // Routed: the client reaches the backend through the routers and the LB
+    // (IPv6 routes and forwarding as IPv4's), and the VIP on the LB.
+    let mut path = RoutedPath::new(&[1500, 1400], &[1300]);
+    path.add_ipv6();
+    let v6 = path.ipv6.expect("the path's IPv6 plan");
+    let _backend = NameServer::start(path.backend(), any(PORT), "backend".into());
+    let _path_lb = NameServer::start(path.lb(), any(PORT), "lb".into());
+    assert_eq!(
+        names(path.client(), SocketAddr::new(v6.backend_addr.into(), PORT), 1),
+        ["backend"]
+    );
+    assert_eq!(names(path.client(), SocketAddr::new(v6.vip.into(), PORT), 1), ["lb"]);
+    assert_eq!(names(path.backend(), SocketAddr::new(v6.snat.into(), PORT), 1), ["lb"]);
 }
 
 #[test]
