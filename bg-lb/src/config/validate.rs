@@ -62,23 +62,18 @@ pub(super) fn validate(raw: RawConfig, text: &str) -> Result<Config, Invalid> {
         );
     }
     check_lookup_capacity(lookup_capacity, raw.lookup_capacity.as_ref(), &raw.service, &services)?;
+    let (mut snat_addresses, mut snat6_addresses) = (Vec::new(), Vec::new());
+    for (address, _) in snat {
+        match address {
+            IpAddr::V4(address) => snat_addresses.push(address),
+            IpAddr::V6(address) => snat6_addresses.push(address),
+        }
+    }
     Ok(Config {
         interfaces,
         xdp_mode,
-        snat_addresses: snat
-            .iter()
-            .filter_map(|(address, _)| match address {
-                IpAddr::V4(v4) => Some(*v4),
-                IpAddr::V6(_) => None,
-            })
-            .collect(),
-        snat6_addresses: snat
-            .iter()
-            .filter_map(|(address, _)| match address {
-                IpAddr::V6(v6) => Some(*v6),
-                IpAddr::V4(_) => None,
-            })
-            .collect(),
+        snat_addresses,
+        snat6_addresses,
         snat_ports,
         max_flows,
         lookup_capacity,

@@ -240,7 +240,7 @@ impl Daemon {
 
     fn dataplane_config(&self) -> DataplaneConfig {
         let (min, max) = self.config.snat_ports;
-        DataplaneConfig::new(&self.config.snat_addresses, min..=max)
+        DataplaneConfig::new(&self.config.snat_addresses, min..=max).with_snat6(&self.config.snat6_addresses)
     }
 
     fn service(&self, name: &str) -> Result<&ServiceConfig, RequestError> {

@@ -31,10 +31,12 @@ use std::{
 
 use bg_lb_common::{
     flow_state::{BACKEND_CLOSED_FIRST, FlowPhase, GUARDS_TIME_WAIT, has_ended, phase},
-    maps::{Backend, Flow, FlowKey, IPPROTO_UDP, NatKey, Service},
+    maps::{BackendOf, FlowKeyOf, FlowOf, IPPROTO_UDP, NatKeyOf, Service, WireAddr},
     port_reuse::{TIME_WAIT_NS, newer_flow_guards},
 };
 use nix::time::{ClockId, clock_gettime};
+
+use super::wire::Wire;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FlowTimeouts {
@@ -59,7 +61,7 @@ pub enum Expiry {
 /// it records what that TIME_WAIT accepts, so that its port goes only to a
 /// SYN the backend accepts (`port_reuse`), and a new connection takes its
 /// port over as soon as one does, which removes it.
-pub fn expiry(flow: &Flow, now_ns: u64, timeouts: &FlowTimeouts) -> Option<Expiry> {
+pub fn expiry<A: WireAddr>(flow: &FlowOf<A>, now_ns: u64, timeouts: &FlowTimeouts) -> Option<Expiry> {
     if guards(flow, now_ns) {
         return None;
     }
@@ -79,14 +81,14 @@ pub fn expiry(flow: &Flow, now_ns: u64, timeouts: &FlowTimeouts) -> Option<Expir
 /// 5-tuple from being taken over (`flow_state::GUARDS_TIME_WAIT`): it stays
 /// until [`newer_flow_guards`] says that pair's TIME_WAIT is over, whether
 /// it expired or a new connection took its own pair over.
-fn guards(flow: &Flow, now_ns: u64) -> bool {
+fn guards<A: WireAddr>(flow: &FlowOf<A>, now_ns: u64) -> bool {
     has_ended(flow.state) && flow.state & GUARDS_TIME_WAIT != 0 && newer_flow_guards(flow, now_ns)
 }
 
 /// Whether a UDP flow of `service` should be removed at `now_ns`: it has
 /// seen no datagram either way for the service's `udp_idle`. UDP has no
 /// end the data plane could see, so this is how every UDP flow ends.
-pub fn udp_expiry(flow: &Flow, now_ns: u64, service: &Service) -> Option<Expiry> {
+pub fn udp_expiry<A: WireAddr>(flow: &FlowOf<A>, now_ns: u64, service: &Service) -> Option<Expiry> {
     let idle = Duration::from_nanos(now_ns.saturating_sub(flow.last_seen_ns));
     (idle >= Duration::from_secs(service.udp_idle_s.into())).then_some(Expiry::Idle)
 }
@@ -170,15 +172,15 @@ impl FlowCensus {
 /// A flow to remove, as judged: it is removed only if the map still holds
 /// this flow (a client may have reused the 5-tuple meanwhile).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct FlowRemoval {
-    pub key: FlowKey,
-    pub flow: Flow,
+pub struct FlowRemoval<A: WireAddr> {
+    pub key: FlowKeyOf<A>,
+    pub flow: FlowOf<A>,
     /// Its reverse-NAT entry, removed with it if it still names the flow:
     /// when its service is gone, or it is a UDP flow (the data plane never
     /// takes a UDP pair over, so nothing else frees it). `None` when the
     /// flow does not own one, or it is a TCP flow whose backend is still in
     /// the data plane, which reuses the port (see the module docs).
-    pub reverse: Option<NatKey>,
+    pub reverse: Option<NatKeyOf<A>>,
     pub why: Removal,
 }
 
@@ -198,19 +200,29 @@ pub enum Removal {
 }
 
 /// What a sweep decided.
-#[derive(Debug, Default)]
-pub struct Sweep {
+#[derive(Debug)]
+pub struct Sweep<A: WireAddr> {
     pub census: FlowCensus,
-    pub flows: Vec<FlowRemoval>,
+    pub flows: Vec<FlowRemoval<A>>,
     /// Reverse-NAT entries of backends no longer in the data plane whose
     /// flow is gone or pinned elsewhere, with the owner they named: removed
     /// only if that still holds when re-checked ([`owns`]).
-    pub orphan_reverse: Vec<(NatKey, FlowKey)>,
+    pub orphan_reverse: Vec<(NatKeyOf<A>, FlowKeyOf<A>)>,
+}
+
+impl<A: WireAddr> Default for Sweep<A> {
+    fn default() -> Self {
+        Self {
+            census: FlowCensus::default(),
+            flows: Vec::new(),
+            orphan_reverse: Vec::new(),
+        }
+    }
 }
 
 /// The (backend, SNAT address and port) `flow` was pinned to, if its backend id still
 /// names the backend it was pinned to.
-pub fn pinned_nat(flow: &Flow, backend: Option<&Backend>) -> Option<NatKey> {
+pub fn pinned_nat<A: WireAddr>(flow: &FlowOf<A>, backend: Option<&BackendOf<A>>) -> Option<NatKeyOf<A>> {
     backend
         .filter(|b| b.generation == flow.backend_gen && !b.is_free())
         .map(|b| flow.nat_key(b))
@@ -218,26 +230,26 @@ pub fn pinned_nat(flow: &Flow, backend: Option<&Backend>) -> Option<NatKey> {
 
 /// Whether `flow` (with its backend id's current entry) owns `nat`: the
 /// re-check before an orphan reverse entry is removed.
-pub fn owns(flow: Option<&Flow>, backend: Option<&Backend>, nat: &NatKey) -> bool {
+pub fn owns<A: WireAddr>(flow: Option<&FlowOf<A>>, backend: Option<&BackendOf<A>>, nat: &NatKeyOf<A>) -> bool {
     flow.is_some_and(|flow| pinned_nat(flow, backend).as_ref() == Some(nat))
 }
 
 /// Judges every flow and reverse-NAT entry at `now_ns`. `flows` must be read
 /// before `reverse` and `backends` (a flow's reverse entry and backend exist
 /// before it does), and `services` are the services in the data plane by id.
-pub fn judge(
-    flows: impl IntoIterator<Item = (FlowKey, Flow)>,
-    reverse: impl IntoIterator<Item = (NatKey, FlowKey)>,
-    backends: &HashMap<u32, Backend>,
+pub fn judge<A: Wire>(
+    flows: impl IntoIterator<Item = (FlowKeyOf<A>, FlowOf<A>)>,
+    reverse: impl IntoIterator<Item = (NatKeyOf<A>, FlowKeyOf<A>)>,
+    backends: &HashMap<u32, BackendOf<A>>,
     services: &HashMap<u32, Service>,
     now_ns: u64,
     timeouts: &FlowTimeouts,
-) -> Sweep {
-    let owners: HashMap<NatKey, FlowKey> = reverse.into_iter().collect();
+) -> Sweep<A> {
+    let owners: HashMap<NatKeyOf<A>, FlowKeyOf<A>> = reverse.into_iter().collect();
     let mut sweep = Sweep::default();
     // Every judged flow's own (backend, SNAT port), kept or not: their
     // reverse entries are no orphans (a removal takes them along).
-    let mut owned: HashMap<FlowKey, NatKey> = HashMap::new();
+    let mut owned: HashMap<FlowKeyOf<A>, NatKeyOf<A>> = HashMap::new();
     for (key, flow) in flows {
         let nat = pinned_nat(&flow, backends.get(&flow.backend_id));
         let owns_nat = nat.is_some_and(|nat| owners.get(&nat) == Some(&key));
@@ -277,7 +289,10 @@ pub fn judge(
         }
         let census = &mut sweep.census;
         if let Some(nat) = nat.filter(|_| owns_nat && flow.holds_snat_pair()) {
-            *census.snat_pairs.entry(nat.backend().into()).or_default() += 1;
+            *census
+                .snat_pairs
+                .entry(A::socket(nat.backend_addr, nat.backend_port))
+                .or_default() += 1;
         }
         *census.total.entry(flow.backend_id).or_default() += 1;
         *census.per_service.entry(flow.service_id).or_default() += 1;
@@ -287,7 +302,7 @@ pub fn judge(
             _ => {}
         }
     }
-    let live: HashSet<(u32, u16)> = backends
+    let live: HashSet<(A, u16)> = backends
         .values()
         .filter(|b| !b.is_free())
         .map(|b| (b.addr, b.port))
@@ -299,7 +314,7 @@ pub fn judge(
                 && (owner.proto == IPPROTO_UDP || !live.contains(&(nat.backend_addr, nat.backend_port)))
         })
         .collect();
-    let expired = |r: &&FlowRemoval| matches!(r.why, Removal::Expired(_) | Removal::PortReused);
+    let expired = |r: &&FlowRemoval<A>| matches!(r.why, Removal::Expired(_) | Removal::PortReused);
     sweep.census.expired = sweep.flows.iter().filter(expired).count() as u64;
     sweep.census.orphans = (sweep.flows.len() - sweep.census.expired as usize + sweep.orphan_reverse.len()) as u64;
     sweep

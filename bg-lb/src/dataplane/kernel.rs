@@ -16,7 +16,10 @@ use aya::{
 };
 use bg_lb_common::{
     counters::{COUNTER_COUNT, Counter},
-    maps::{self, DataplaneConfig, Flow, FlowKey, NatKey, NatOwner, SynFlood, TrafficStats},
+    maps::{
+        self, BackendOf, DataplaneConfig, Flow, FlowKey, FlowKeyOf, FlowOf, NatKey, NatKeyOf, NatOwner, NatOwnerOf,
+        SynFlood, TrafficStats,
+    },
 };
 
 mod programs;
@@ -27,8 +30,9 @@ use super::{
     AttachMode, Attached, DataplaneError, DataplaneOptions, EbpfLogger,
     layout::{self, MapDef, Pinned},
     migration::{self, Migration},
-    sweep::SweepMaps,
+    sweep::{FamilyMaps, SweepMaps},
     table_memory::TableMemory,
+    wire::Wire,
 };
 use crate::ebpf_objects;
 
@@ -231,6 +235,7 @@ impl Kernel {
             nat_epoch: current.nat_epoch.wrapping_add(1),
             gateway_seen: current.gateway_seen | cfg.gateway_seen,
             vip_filter: current.vip_filter,
+            vip6_filter: current.vip6_filter,
             ..*cfg
         };
         self.array_set(maps::CONFIG, 0, &cfg)
@@ -292,13 +297,33 @@ impl Kernel {
     /// The maps a flow sweep walks, through fds of their own (see
     /// [`SweepMaps`]).
     pub(super) fn sweep_maps(&self) -> Result<SweepMaps, DataplaneError> {
-        let map = |name| self.ebpf.map(name).ok_or(DataplaneError::MissingMap(name));
         Ok(SweepMaps {
-            flows: raw::RawMap::duplicate(map(maps::FLOWS)?, maps::FLOWS)?,
-            reverse: raw::RawMap::duplicate(map(maps::REVERSE_NAT)?, maps::REVERSE_NAT)?,
-            backends: raw::RawMap::duplicate(map(maps::BACKENDS)?, maps::BACKENDS)?,
-            services: raw::RawMap::duplicate(map(maps::SERVICES)?, maps::SERVICES)?,
+            v4: self.family_maps()?,
+            v6: self.family_maps()?,
+            services: self.duplicate(maps::SERVICES)?,
+            services6: self.duplicate(maps::SERVICES6)?,
         })
+    }
+
+    fn family_maps<A: Wire>(&self) -> Result<FamilyMaps<A>, DataplaneError>
+    where
+        FlowKeyOf<A>: Pod,
+        FlowOf<A>: Pod,
+        NatKeyOf<A>: Pod,
+        NatOwnerOf<A>: Pod,
+        BackendOf<A>: Pod,
+    {
+        Ok(FamilyMaps {
+            flows: self.duplicate(A::FLOWS)?,
+            reverse: self.duplicate(A::REVERSE_NAT)?,
+            backends: self.duplicate(A::BACKENDS)?,
+        })
+    }
+
+    /// `name` through a file descriptor of its own.
+    fn duplicate<K: Pod, V: Pod>(&self, name: &'static str) -> Result<raw::RawMap<K, V>, DataplaneError> {
+        let map = self.ebpf.map(name).ok_or(DataplaneError::MissingMap(name))?;
+        raw::RawMap::duplicate(map, name)
     }
 
     /// A backend's traffic counters, summed over CPUs.

@@ -10,16 +10,22 @@
 //! REVERSE_NAT, removes the entries whose flow is gone. It writes only
 //! FLOWS and REVERSE_NAT; what follows from its census (freeing ids,
 //! advancing the NAT epoch) is the [`super::Dataplane`] owner's to do.
+//! The IPv6 tables (FLOWS6, REVERSE_NAT6, BACKENDS6) are swept the same
+//! way, after the IPv4 ones, by the same code ([`FamilyMaps`], generic over
+//! the family); the census counts both.
 
 use std::{
     collections::{HashMap, HashSet},
-    net::SocketAddrV4,
+    net::SocketAddr,
     time::{Duration, Instant},
 };
 
+use aya::Pod;
 use bg_lb_common::{
     flow_state::{FlowPhase, phase},
-    maps::{Backend, Flow, FlowKey, IPPROTO_UDP, NatKey, NatOwner, Service, ServiceKey},
+    maps::{
+        BackendOf, FlowKeyOf, FlowOf, IPPROTO_UDP, Ipv6Wire, NatKeyOf, NatOwnerOf, Service, ServiceKey, ServiceKey6,
+    },
 };
 
 use super::{
@@ -29,6 +35,7 @@ use super::{
     l4::Protocol,
     services::FlowIds,
     walk::{Walk, WalkMap, WalkStats},
+    wire::Wire,
 };
 use crate::ratio::Pool;
 
@@ -40,12 +47,21 @@ use listing::Picker;
 /// Entries read per slice: one batch syscall, about 350 KiB of flows.
 pub const SLICE: usize = 4096;
 
-/// The maps a sweep reads and writes, through fds of their own.
+/// The maps a sweep reads and writes, through fds of their own: each
+/// family's flows, reverse-NAT entries and backends, and the services of
+/// both (ids are one space).
 pub struct SweepMaps {
-    pub(super) flows: RawMap<FlowKey, Flow>,
-    pub(super) reverse: RawMap<NatKey, NatOwner>,
-    pub(super) backends: RawMap<u32, Backend>,
+    pub(super) v4: FamilyMaps<u32>,
+    pub(super) v6: FamilyMaps<Ipv6Wire>,
     pub(super) services: RawMap<ServiceKey, Service>,
+    pub(super) services6: RawMap<ServiceKey6, Service>,
+}
+
+/// One family's FLOWS, REVERSE_NAT and BACKENDS (or their `6` twins).
+pub struct FamilyMaps<A: Wire> {
+    pub(super) flows: RawMap<FlowKeyOf<A>, FlowOf<A>>,
+    pub(super) reverse: RawMap<NatKeyOf<A>, NatOwnerOf<A>>,
+    pub(super) backends: RawMap<u32, BackendOf<A>>,
 }
 
 /// What a sweep found and did.
@@ -55,9 +71,11 @@ pub struct SweepReport {
     /// Some reverse-NAT entry was removed: pinned flows must make sure
     /// their ports are their own again (the NAT epoch moves on).
     pub removed_reverse: bool,
-    /// Both walks read their whole table, so a count of zero means none.
+    /// Every walk read its whole table, so a count of zero means none.
     pub complete: bool,
+    /// The flow tables' walks (both families').
     pub flows: WalkStats,
+    /// The reverse-NAT tables' walks (both families').
     pub reverse: WalkStats,
     pub took: Duration,
 }
@@ -71,9 +89,10 @@ pub struct FlowQuery {
 }
 
 impl SweepMaps {
-    /// Sweeps FLOWS, then REVERSE_NAT, one slice at a time. Between slices
-    /// it calls `between`, which returns whether to go on: a sweep stopped
-    /// early is not complete.
+    /// Sweeps the IPv4 tables, then the IPv6 ones: each family's FLOWS,
+    /// then its REVERSE_NAT, one slice at a time. Between slices it calls
+    /// `between`, which returns whether to go on: a sweep stopped early is
+    /// not complete.
     pub fn sweep(
         &self,
         timeouts: &FlowTimeouts,
@@ -81,11 +100,101 @@ impl SweepMaps {
     ) -> Result<SweepReport, DataplaneError> {
         let started = Instant::now();
         let now = housekeeping::monotonic_now_ns();
-        let mut report = SweepReport::default();
+        let mut report = SweepReport {
+            complete: true,
+            ..SweepReport::default()
+        };
+        let services = || self.services();
+        let go_on = self.v4.sweep(&mut report, now, timeouts, &mut between, &services)?;
+        if go_on {
+            self.v6.sweep(&mut report, now, timeouts, &mut between, &services)?;
+        } else {
+            report.complete = false;
+        }
+        report.took = started.elapsed();
+        Ok(report)
+    }
+
+    /// The flows `query` asks for, of both families, read in slices: the
+    /// walk ends early once more than `limit` open flows are found, since
+    /// nothing read after them could be listed ([`Picker`]).
+    pub fn list(&self, query: &FlowQuery) -> Result<FlowListing, DataplaneError> {
+        let now = housekeeping::monotonic_now_ns();
+        let mut picker = Picker::new(query.limit);
+        let mut scanned = self.v4.list(query, now, &mut picker)?;
+        scanned += self.v6.list(query, now, &mut picker)?;
+        Ok(picker.finish(scanned))
+    }
+
+    /// The ids each flow of either family names, once per (service id,
+    /// backend id, backend generation): all that adopting a previous
+    /// daemon's ids needs, read in slices while the pinned data plane keeps
+    /// forwarding.
+    pub fn flow_ids(&self) -> Result<Vec<FlowIds>, DataplaneError> {
+        let mut distinct = self.v4.flow_ids()?;
+        distinct.extend(self.v6.flow_ids()?);
+        Ok(distinct.into_iter().collect())
+    }
+
+    /// The services in the data plane now, of both families, by id.
+    fn services(&self) -> Result<HashMap<u32, Service>, DataplaneError> {
+        let mut ids = HashMap::new();
+        ids.extend(all_of(&self.services)?.into_iter().map(|(_, s)| (s.id, s)));
+        ids.extend(all_of(&self.services6)?.into_iter().map(|(_, s)| (s.id, s)));
+        Ok(ids)
+    }
+}
+
+/// Every entry of `map`, read in slices.
+fn all_of<K, V>(map: &RawMap<K, V>) -> Result<Vec<(K, V)>, DataplaneError>
+where
+    K: Pod + Eq + std::hash::Hash,
+    V: Pod,
+{
+    let mut walk = Walk::new(map.max_entries());
+    let mut all = Vec::new();
+    while !walk.finished() {
+        all.extend(slice(&mut walk, map)?);
+    }
+    if !walk.complete() {
+        // A service missed would have its flows removed as orphans, a
+        // backend missed its ports' entries.
+        return Err(map.error("walk", std::io::ErrorKind::Interrupted.into()));
+    }
+    Ok(all)
+}
+
+fn slice<K, V>(walk: &mut Walk<K>, map: &RawMap<K, V>) -> Result<Vec<(K, V)>, DataplaneError>
+where
+    K: Pod + Eq + std::hash::Hash,
+    V: Pod,
+    RawMap<K, V>: WalkMap<K, V, Error = std::io::Error>,
+{
+    walk.next_slice(map, SLICE).map_err(|e| map.error("walk", e))
+}
+
+impl<A: Wire> FamilyMaps<A>
+where
+    FlowKeyOf<A>: Pod,
+    FlowOf<A>: Pod,
+    NatKeyOf<A>: Pod,
+    NatOwnerOf<A>: Pod,
+    BackendOf<A>: Pod,
+{
+    /// Sweeps this family's FLOWS, then its REVERSE_NAT, into `report`;
+    /// returns whether to go on (`between` said so after every slice).
+    fn sweep(
+        &self,
+        report: &mut SweepReport,
+        now: u64,
+        timeouts: &FlowTimeouts,
+        between: &mut impl FnMut() -> bool,
+        services: &impl Fn() -> Result<HashMap<u32, Service>, DataplaneError>,
+    ) -> Result<bool, DataplaneError> {
         let mut walk = Walk::new(self.flows.max_entries());
         let mut stopped = false;
         while !walk.finished() && !stopped {
-            let slice = self.slice(&mut walk, &self.flows)?;
+            let slice = slice(&mut walk, &self.flows)?;
             // What the slice's flows name exists before they do: read after.
             let backends = self.backends_of(slice.iter().map(|(_, f)| f.backend_id))?;
             let mut reverse = Vec::new();
@@ -96,23 +205,23 @@ impl SweepMaps {
                     reverse.push((nat, owner));
                 }
             }
-            let services = self.services()?;
-            let sweep = housekeeping::judge(slice, reverse, &backends, &services, now, timeouts);
+            let sweep = housekeeping::judge(slice, reverse, &backends, &services()?, now, timeouts);
             report.removed_reverse |= self.remove(&sweep)?;
             report.census.absorb(sweep.census);
             stopped = !between();
         }
-        report.flows = walk.stats;
+        report.flows.add(&walk.stats);
         let flows_complete = walk.complete();
         let live = self.live_backends()?;
         let mut walk = Walk::new(self.reverse.max_entries());
         while !walk.finished() && !stopped {
-            let slice = self.slice(&mut walk, &self.reverse)?;
+            let slice = slice(&mut walk, &self.reverse)?;
             let mut backends = HashMap::new();
             // A live backend's TCP entries are the data plane's to reuse,
             // even when their flow is gone (see `housekeeping`).
-            let candidate =
-                |nat: &NatKey, owner: &NatOwner| owner.flow.proto == IPPROTO_UDP || !live.contains(&nat.backend());
+            let candidate = |nat: &NatKeyOf<A>, owner: &NatOwnerOf<A>| {
+                owner.flow.proto == IPPROTO_UDP || !live.contains(&A::socket(nat.backend_addr, nat.backend_port))
+            };
             for (nat, owner) in slice.into_iter().filter(|(nat, owner)| candidate(nat, owner)) {
                 if self.remove_orphan(&nat, &owner.flow, &mut backends)? {
                     report.removed_reverse = true;
@@ -121,23 +230,19 @@ impl SweepMaps {
             }
             stopped = !between();
         }
-        report.reverse = walk.stats;
-        report.complete = flows_complete && walk.complete();
-        report.took = started.elapsed();
-        Ok(report)
+        report.reverse.add(&walk.stats);
+        report.complete &= flows_complete && walk.complete();
+        Ok(!stopped)
     }
 
-    /// The flows `query` asks for, read in slices: the walk ends early once
-    /// more than `limit` open flows are found, since nothing read after them
-    /// could be listed ([`Picker`]).
-    pub fn list(&self, query: &FlowQuery) -> Result<FlowListing, DataplaneError> {
-        let now = housekeeping::monotonic_now_ns();
+    /// Offers this family's flows that `query` asks for to `picker`;
+    /// returns the entries read.
+    fn list(&self, query: &FlowQuery, now: u64, picker: &mut Picker) -> Result<u64, DataplaneError> {
         let since = |ns: u64| Duration::from_nanos(now.saturating_sub(ns));
-        let mut picker = Picker::new(query.limit);
         let mut scanned = 0;
         let mut walk = Walk::new(self.flows.max_entries());
         while !walk.finished() && picker.wants_more() {
-            let slice = self.slice(&mut walk, &self.flows)?;
+            let slice = slice(&mut walk, &self.flows)?;
             scanned += slice.len() as u64;
             let backends = self.backends_of(slice.iter().map(|(_, f)| f.backend_id))?;
             for (key, flow) in slice {
@@ -154,8 +259,8 @@ impl SweepMaps {
                     && query.pool.is_none_or(|p| p == pool)
                 {
                     picker.offer(FlowView {
-                        client: key.client().into(),
-                        backend: backend.addr().into(),
+                        client: A::socket(key.client_addr, key.client_port),
+                        backend: A::socket(backend.addr, backend.port),
                         pool,
                         phase,
                         age: since(flow.created_ns),
@@ -165,47 +270,31 @@ impl SweepMaps {
                 }
             }
         }
-        Ok(picker.finish(scanned))
+        Ok(scanned)
     }
 
-    /// One flow for each (service id, backend id, backend generation) the
-    /// table holds: all that adopting a previous daemon's ids needs, read in
-    /// slices while the pinned data plane keeps forwarding.
-    pub fn flow_ids(&self) -> Result<Vec<FlowIds>, DataplaneError> {
-        let mut distinct = HashMap::new();
+    /// The ids of this family's flows, once per (service, backend, generation).
+    fn flow_ids(&self) -> Result<HashSet<FlowIds>, DataplaneError> {
+        let mut distinct = HashSet::new();
         let mut walk = Walk::new(self.flows.max_entries());
         while !walk.finished() {
-            for (_, flow) in self.slice(&mut walk, &self.flows)? {
-                distinct
-                    .entry((flow.service_id, flow.backend_id, flow.backend_gen))
-                    .or_insert(flow);
+            for (_, flow) in slice(&mut walk, &self.flows)? {
+                distinct.insert(FlowIds {
+                    service_id: flow.service_id,
+                    backend_id: flow.backend_id,
+                    backend_gen: flow.backend_gen,
+                });
             }
         }
         if !walk.complete() {
             // An id missed could be handed out again under a live flow.
             return Err(self.flows.error("walk", std::io::ErrorKind::Interrupted.into()));
         }
-        Ok(distinct
-            .into_values()
-            .map(|flow| FlowIds {
-                service_id: flow.service_id,
-                backend_id: flow.backend_id,
-                backend_gen: flow.backend_gen,
-            })
-            .collect())
-    }
-
-    fn slice<K, V>(&self, walk: &mut Walk<K>, map: &RawMap<K, V>) -> Result<Vec<(K, V)>, DataplaneError>
-    where
-        K: aya::Pod + Eq + std::hash::Hash,
-        V: aya::Pod,
-        RawMap<K, V>: WalkMap<K, V, Error = std::io::Error>,
-    {
-        walk.next_slice(map, SLICE).map_err(|e| map.error("walk", e))
+        Ok(distinct)
     }
 
     /// The BACKENDS entries of `ids`.
-    fn backends_of(&self, ids: impl Iterator<Item = u32>) -> Result<HashMap<u32, Backend>, DataplaneError> {
+    fn backends_of(&self, ids: impl Iterator<Item = u32>) -> Result<HashMap<u32, BackendOf<A>>, DataplaneError> {
         let mut backends = HashMap::new();
         for id in ids {
             if let std::collections::hash_map::Entry::Vacant(entry) = backends.entry(id)
@@ -218,51 +307,25 @@ impl SweepMaps {
     }
 
     /// The flow the reverse-NAT entry `nat` names, if there is one.
-    fn owner(&self, nat: &NatKey) -> Result<Option<FlowKey>, DataplaneError> {
+    fn owner(&self, nat: &NatKeyOf<A>) -> Result<Option<FlowKeyOf<A>>, DataplaneError> {
         let found = self.reverse.lookup(nat).map_err(|e| self.reverse.error("lookup", e))?;
         Ok(found.map(|owner| owner.flow))
     }
 
-    /// The addresses of the backends in the data plane now.
-    fn live_backends(&self) -> Result<HashSet<SocketAddrV4>, DataplaneError> {
-        let mut walk = Walk::new(self.backends.max_entries());
-        let mut live = HashSet::new();
-        while !walk.finished() {
-            let slice = self.slice(&mut walk, &self.backends)?;
-            live.extend(slice.into_iter().filter(|(_, b)| !b.is_free()).map(|(_, b)| b.addr()));
-        }
-        if !walk.complete() {
-            // A backend missed would have its ports' entries removed.
-            return Err(self.backends.error("walk", std::io::ErrorKind::Interrupted.into()));
-        }
-        Ok(live)
+    /// The addresses of this family's backends in the data plane now.
+    fn live_backends(&self) -> Result<HashSet<SocketAddr>, DataplaneError> {
+        let backends = all_of(&self.backends)?;
+        let live = backends.into_iter().filter(|(_, b)| !b.is_free());
+        Ok(live.map(|(_, b)| A::socket(b.addr, b.port)).collect())
     }
 
-    fn backend(&self, id: u32) -> Result<Option<Backend>, DataplaneError> {
+    fn backend(&self, id: u32) -> Result<Option<BackendOf<A>>, DataplaneError> {
         self.backends.lookup(&id).map_err(|e| self.backends.error("lookup", e))
-    }
-
-    /// The services in the data plane now, by id.
-    fn services(&self) -> Result<HashMap<u32, Service>, DataplaneError> {
-        let mut walk = Walk::new(self.services.max_entries());
-        let mut ids = HashMap::new();
-        while !walk.finished() {
-            ids.extend(
-                self.slice(&mut walk, &self.services)?
-                    .into_iter()
-                    .map(|(_, s)| (s.id, s)),
-            );
-        }
-        if !walk.complete() {
-            // A service missed would have its flows removed as orphans.
-            return Err(self.services.error("walk", std::io::ErrorKind::Interrupted.into()));
-        }
-        Ok(ids)
     }
 
     /// Removes what `sweep` judged, each entry only if it is still what was
     /// judged. Returns whether a reverse-NAT entry went.
-    fn remove(&self, sweep: &Sweep) -> Result<bool, DataplaneError> {
+    fn remove(&self, sweep: &Sweep<A>) -> Result<bool, DataplaneError> {
         let mut removed_reverse = false;
         for r in &sweep.flows {
             removed_reverse |= self.remove_flow(&r.key, &r.flow, r.reverse.as_ref())?;
@@ -278,7 +341,12 @@ impl SweepMaps {
     /// unless they changed since the sweep judged them: a client may have
     /// reused the 5-tuple for a new connection, or another flow claimed the
     /// SNAT port. Returns whether a reverse entry went.
-    fn remove_flow(&self, key: &FlowKey, judged: &Flow, reverse: Option<&NatKey>) -> Result<bool, DataplaneError> {
+    fn remove_flow(
+        &self,
+        key: &FlowKeyOf<A>,
+        judged: &FlowOf<A>,
+        reverse: Option<&NatKeyOf<A>>,
+    ) -> Result<bool, DataplaneError> {
         let flows = &self.flows;
         match flows.lookup(key).map_err(|e| flows.error("lookup", e))? {
             Some(flow) if flow.created_ns == judged.created_ns => {
@@ -299,9 +367,9 @@ impl SweepMaps {
     /// names `owner`. `backends` caches BACKENDS reads.
     fn remove_orphan(
         &self,
-        nat: &NatKey,
-        owner: &FlowKey,
-        backends: &mut HashMap<u32, Option<Backend>>,
+        nat: &NatKeyOf<A>,
+        owner: &FlowKeyOf<A>,
+        backends: &mut HashMap<u32, Option<BackendOf<A>>>,
     ) -> Result<bool, DataplaneError> {
         let flow = self.flows.lookup(owner).map_err(|e| self.flows.error("lookup", e))?;
         let backend = match &flow {

@@ -52,6 +52,16 @@ pub struct WalkStats {
     pub slices: u64,
 }
 
+impl WalkStats {
+    /// Adds `other`'s counts (a sweep walks a table of each family).
+    pub fn add(&mut self, other: &WalkStats) {
+        self.visited += other.visited;
+        self.repeats += other.repeats;
+        self.fallbacks += other.fallbacks;
+        self.slices += other.slices;
+    }
+}
+
 enum Mode<K> {
     /// Not read yet: batch first.
     Fresh,

@@ -2,7 +2,9 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 
 use bg_lb_common::{
     flow_state::{ESTABLISHED, FIN_FROM_BACKEND, FIN_FROM_CLIENT, RESET, SYN_ACK_SEEN, SYN_SEEN},
-    maps::{FORWARDING_DSR, FORWARDING_GATEWAY, Service},
+    maps::{
+        Backend, Backend6, FORWARDING_DSR, FORWARDING_GATEWAY, Flow, Flow6, FlowKey, FlowKey6, NatKey, NatKey6, Service,
+    },
 };
 
 use super::*;
@@ -83,7 +85,7 @@ fn nat(snat_port: u16) -> NatKey {
 
 /// Judges `flows` (each owning its reverse entry unless `reverse` says
 /// otherwise) at 105 s.
-fn sweep(flows: &[(FlowKey, Flow)], reverse: &[(NatKey, FlowKey)]) -> Sweep {
+fn sweep(flows: &[(FlowKey, Flow)], reverse: &[(NatKey, FlowKey)]) -> Sweep<u32> {
     judge(
         flows.iter().copied(),
         reverse.iter().copied(),
@@ -94,7 +96,7 @@ fn sweep(flows: &[(FlowKey, Flow)], reverse: &[(NatKey, FlowKey)]) -> Sweep {
     )
 }
 
-fn removals(sweep: &Sweep) -> Vec<(FlowKey, Option<NatKey>, Removal)> {
+fn removals(sweep: &Sweep<u32>) -> Vec<(FlowKey, Option<NatKey>, Removal)> {
     sweep.flows.iter().map(|r| (r.key, r.reverse, r.why)).collect()
 }
 
@@ -510,4 +512,61 @@ fn a_udp_reverse_entry_whose_flow_is_gone_is_an_orphan_even_on_a_live_backend() 
         &T,
     );
     assert!(tcp.orphan_reverse.is_empty());
+}
+
+/// IPv6 flows are judged by the same rules, through the same code: an
+/// established TCP flow stays (counted open, its SNAT pair in use by its
+/// IPv6 backend), one idle past `established_idle` goes without its reverse
+/// entry (the data plane reuses that port), and an idle UDP flow goes with
+/// its entry.
+#[test]
+fn ipv6_flows_are_counted_and_expire_like_ipv4_ones() {
+    use std::net::{Ipv6Addr, SocketAddr, SocketAddrV6};
+    let v6 = |last: u16, port: u16| SocketAddrV6::new(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, last), port, 0, 0);
+    let backend_addr = v6(0x10, 8080);
+    let backend = Backend6::new(SERVICE, GENERATION, backend_addr, 0, false);
+    let udp_backend = Backend6::new(UDP_SERVICE, GENERATION, backend_addr, 0, false);
+    let snat = bg_lb_common::maps::wire_ip6(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 1));
+    let key = |port: u16, proto| FlowKey6::with_proto(v6(0x99, port), v6(0x100, 80), proto);
+    let flow = |state, last_seen_s: u64, (backend_id, service_id), snat_port: u16| Flow6 {
+        backend_id,
+        service_id,
+        backend_gen: GENERATION,
+        snat_addr: snat,
+        snat_port: snat_port.to_be(),
+        state,
+        last_seen_ns: last_seen_s * S,
+        ..Default::default()
+    };
+    let established = SYN_SEEN | SYN_ACK_SEEN | ESTABLISHED;
+    let tcp = (BACKEND_ID, SERVICE);
+    let udp = (UDP_BACKEND_ID, UDP_SERVICE);
+    let flows = [
+        (key(1, 6), flow(established, 3650, tcp, 20000)),
+        (key(2, 6), flow(established, 50, tcp, 20001)),
+        (key(3, 17), flow(0, 3650, udp, 20002)),
+    ];
+    let nat = |backend: &Backend6, port: u16| NatKey6::new(backend, snat, port.to_be());
+    let reverse = [
+        (nat(&backend, 20000), key(1, 6)),
+        (nat(&backend, 20001), key(2, 6)),
+        (nat(&udp_backend, 20002), key(3, 17)),
+    ];
+    let backends = HashMap::from([(BACKEND_ID, backend), (UDP_BACKEND_ID, udp_backend)]);
+    let judged = judge(flows, reverse, &backends, &services(), 3700 * S, &T);
+    let removed: Vec<_> = judged.flows.iter().map(|r| (r.key, r.reverse, r.why)).collect();
+    assert_eq!(
+        removed,
+        [
+            (key(2, 6), None, Removal::Expired(Expiry::Idle)),
+            (
+                key(3, 17),
+                Some(nat(&udp_backend, 20002)),
+                Removal::Expired(Expiry::Idle)
+            ),
+        ]
+    );
+    assert_eq!(judged.census.open_of(BACKEND_ID), 1);
+    assert_eq!(judged.census.snat_pairs_of(SocketAddr::V6(backend_addr)), 1);
+    assert!(judged.orphan_reverse.is_empty(), "{:?}", judged.orphan_reverse);
 }

@@ -317,10 +317,24 @@ async function setRatio(view) {
   if (await act("ratio", { service: view.name, ratio }, "ratio " + ratio)) view.dirty = false;
 }
 
+// Each VIP, with its family once the service has an IPv6 one (as `ctl
+// status` shows them); `vip` and `standby_vip` from an older daemon.
+function vipsText(s) {
+  const listeners = s.listeners || [];
+  if (listeners.length === 0) {
+    return `VIP ${s.vip}` + (s.standby_vip ? ` · standby ${s.standby_vip}` : "");
+  }
+  const dual = listeners.some((l) => l.family === "ipv6");
+  const shown = (l) => dual ? `${l.vip} (${l.family === "ipv6" ? "IPv6" : "IPv4"})` : l.vip;
+  const live = listeners.filter((l) => !l.standby).map(shown);
+  const standby = listeners.filter((l) => l.standby).map(shown);
+  return `VIP ${live.join(", ")}` + (standby.length ? ` · standby ${standby.join(", ")}` : "");
+}
+
 function update(view, s, at) {
   const previous = view.last;
   view.last = s;
-  view.meta.textContent = `VIP ${s.vip}` + (s.standby_vip ? ` · standby ${s.standby_vip}` : "") +
+  view.meta.textContent = vipsText(s) +
     ` · ratio ${s.ratio}` + (s.effective_ratio !== s.ratio ? ` (in effect ${s.effective_ratio})` : "") +
     ` · ${s.forwarding} · ${s.protocol}`;
   if (view.slider) {

@@ -1,0 +1,257 @@
+//! The daemon with a dual-stack service (root): what it writes to the
+//! IPv6 maps (SERVICES6, BACKENDS6, VIP_ADDRESSES6, CONFIG's IPv6 fields,
+//! each listener's lookup table), read back from its pins, and `ctl`
+//! status, ratio and drain on it. The data plane's IPv6 packet path is
+//! proven by the packet tests; this is the control plane's half.
+
+use std::{
+    collections::HashSet,
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, TcpListener},
+    path::Path,
+    thread,
+    time::{Duration, Instant},
+};
+
+use aya::maps::{Array, HashMap, Map, MapData};
+use bg_lb::{
+    dataplane::pins::PinLayout,
+    family::Family,
+    protocol::{BackendHealth, ServiceStatus},
+};
+use bg_lb_common::maps::{
+    self, Backend, Backend6, DataplaneConfig, IPPROTO_TCP, Ipv6Wire, NO_BACKEND, Service, ServiceKey, ServiceKey6,
+    wire_ip6,
+};
+use bg_lb_tests::{daemon::Daemon, topology::OneArm};
+
+const BG_LB: &str = env!("CARGO_BIN_EXE_bg-lb-under-test");
+const LUT_SIZE: u32 = 7;
+const SNAT6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x99, 0, 0, 0, 0, 0, 1);
+const VIP4: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 99, 0, 100), 80);
+const VIP6: SocketAddrV6 = SocketAddrV6::new(Ipv6Addr::new(0xfd00, 0x99, 0, 0, 0, 0, 0, 0x100), 80, 0, 0);
+
+/// Backend `i`'s IPv6 address (backend host `b{i}`).
+fn backend6(i: u16) -> SocketAddrV6 {
+    SocketAddrV6::new(Ipv6Addr::new(0xfd00, 0x99, 0, 0, 0, 0, 0, 0x11 + i), 8080, 0, 0)
+}
+
+fn backend4(i: u8) -> SocketAddrV4 {
+    SocketAddrV4::new(Ipv4Addr::new(10, 99, 0, 11 + i), 8080)
+}
+
+/// The one-arm topology with two backend hosts, each given an IPv6 address
+/// on its segment (the LB's is its IPv6 SNAT address) and a listener on
+/// both of its addresses (the kernel completes the health checks'
+/// handshakes from the backlog); and the daemon with one dual-stack
+/// service: b0 blue, b1 green, in both families.
+/// Fields drop in order: the daemon, then the listeners, then the namespaces.
+struct Lab {
+    daemon: Daemon,
+    _listeners: Vec<TcpListener>,
+    _topo: OneArm,
+}
+
+impl Lab {
+    fn start() -> Self {
+        let topo = OneArm::new(2);
+        topo.lb.ns.ip(&format!("addr add {SNAT6}/64 dev eth0 nodad"));
+        let mut listeners = Vec::new();
+        for (i, host) in topo.backends.iter().enumerate() {
+            let v6 = backend6(i as u16);
+            host.ns.ip(&format!("addr add {}/64 dev eth0 nodad", v6.ip()));
+            let v4 = backend4(i as u8);
+            for addr in [SocketAddr::V6(v6), SocketAddr::V4(v4)] {
+                let listener = host.ns.run(move || TcpListener::bind(addr));
+                listeners.push(listener.unwrap_or_else(|e| panic!("listen on {addr}: {e}")));
+            }
+        }
+        let daemon = Daemon::start(BG_LB, &topo.lb.ns, |paths| {
+            let mut text = format!(
+                "interface = \"eth0\"\nsnat_addresses = [\"10.99.0.1\", \"{SNAT6}\"]\n{paths}\n\
+                 [[service]]\nname = \"web\"\nvip = [\"{VIP4}\", \"[{}]:{}\"]\nlookup_table_size = {LUT_SIZE}\n\
+                 [service.health]\ninterval = \"200ms\"\nfast_interval = \"100ms\"\ntimeout = \"100ms\"\n",
+                VIP6.ip(),
+                VIP6.port()
+            );
+            for (i, pool) in ["blue", "green"].into_iter().enumerate() {
+                for addr in [
+                    backend4(i as u8).to_string(),
+                    format!("[{}]:8080", backend6(i as u16).ip()),
+                ] {
+                    text += &format!("[[service.backend]]\npool = \"{pool}\"\naddress = \"{addr}\"\n");
+                }
+            }
+            text
+        });
+        Lab {
+            daemon,
+            _listeners: listeners,
+            _topo: topo,
+        }
+    }
+
+    fn status(&self) -> ServiceStatus {
+        self.daemon.status("web")
+    }
+
+    /// Waits until the daemon reports every backend of both families up.
+    fn await_all_up(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let status = self.status();
+            if status.backends.iter().all(|b| b.health == BackendHealth::Up) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "backends never all up: {status:#?}");
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// The daemon's pinned maps, opened for reading.
+struct Pins {
+    dir: std::path::PathBuf,
+}
+
+impl Pins {
+    fn of(daemon: &Daemon) -> Self {
+        Pins {
+            dir: PinLayout::new(Path::new(&daemon.pin_dir)).maps_dir(),
+        }
+    }
+
+    fn open(&self, name: &str) -> Map {
+        let data = MapData::from_pin(self.dir.join(name)).unwrap_or_else(|e| panic!("open pinned {name}: {e}"));
+        Map::from_map_data(data).expect("a known map type")
+    }
+
+    fn services<K: aya::Pod>(&self, name: &str) -> Vec<(K, Service)> {
+        let map: HashMap<_, K, Service> = self.open(name).try_into().expect(name);
+        map.iter().collect::<Result<_, _>>().expect(name)
+    }
+
+    fn backends<B: aya::Pod>(&self, name: &str, ids: impl Iterator<Item = u32>) -> Vec<(u32, B)> {
+        let map: Array<_, B> = self.open(name).try_into().expect(name);
+        ids.map(|id| (id, map.get(&id, 0).expect(name))).collect()
+    }
+
+    /// The active table of `service`: the backend ids of its slots.
+    fn table(&self, service: &Service) -> Vec<u32> {
+        let map: Array<_, u32> = self.open(maps::LOOKUP_TABLES).try_into().expect("LOOKUP_TABLES");
+        (service.lut_base..service.lut_base + service.lut_size)
+            .map(|slot| map.get(&slot, 0).expect("LOOKUP_TABLES"))
+            .collect()
+    }
+
+    fn config(&self) -> DataplaneConfig {
+        let map: Array<_, DataplaneConfig> = self.open(maps::CONFIG).try_into().expect("CONFIG");
+        map.get(&0, 0).expect("CONFIG")
+    }
+
+    /// The one SERVICES and the one SERVICES6 entry.
+    fn both_services(&self) -> ((ServiceKey, Service), (ServiceKey6, Service)) {
+        let v4 = self.services::<ServiceKey>(maps::SERVICES);
+        let v6 = self.services::<ServiceKey6>(maps::SERVICES6);
+        assert_eq!((v4.len(), v6.len()), (1, 1), "one listener per family: {v4:?} {v6:?}");
+        (v4[0], v6[0])
+    }
+}
+
+/// The ids a table names, without its empty slots.
+fn ids_in(table: &[u32]) -> HashSet<u32> {
+    table.iter().copied().filter(|&id| id != NO_BACKEND).collect()
+}
+
+#[test]
+fn a_dual_stack_service_gets_an_ipv6_listener_with_its_own_table_over_the_ipv6_backends() {
+    let lab = Lab::start();
+    lab.await_all_up();
+    let status = lab.status();
+    let listeners: Vec<_> = status.listeners.iter().map(|l| (l.vip, l.family, l.standby)).collect();
+    assert_eq!(
+        listeners,
+        [
+            (SocketAddr::V4(VIP4), Family::Ipv4, false),
+            (SocketAddr::V6(VIP6), Family::Ipv6, false)
+        ]
+    );
+    let pins = Pins::of(&lab.daemon);
+    let ((key4, service4), (key6, service6)) = pins.both_services();
+    assert_eq!((key4.vip(), key4.proto), (VIP4, IPPROTO_TCP));
+    assert_eq!((key6.vip(), key6.proto), (VIP6, IPPROTO_TCP));
+    assert_ne!(service4.id, service6.id, "service ids are one space");
+    assert_eq!(service6.lut_size, LUT_SIZE);
+
+    // The IPv6 VIP is listed and in CONFIG's IPv6 filter; the SNAT address too.
+    let vips6: HashMap<_, Ipv6Wire, u32> = pins.open(maps::VIP_ADDRESSES6).try_into().unwrap();
+    let vips6: Vec<Ipv6Wire> = vips6.keys().collect::<Result<_, _>>().unwrap();
+    assert_eq!(vips6, [wire_ip6(*VIP6.ip())]);
+    let config = pins.config();
+    assert_eq!(config.snat6_ips().collect::<Vec<_>>(), [SNAT6]);
+    assert!(config.may_be_vip(wire_ip6(*VIP6.ip())));
+
+    // Each listener's table names only backends of its family, in one id space.
+    let table4 = ids_in(&pins.table(&service4));
+    let table6 = ids_in(&pins.table(&service6));
+    assert!(table4.is_disjoint(&table6), "{table4:?} {table6:?}");
+    let b4 = pins.backends::<Backend>(maps::BACKENDS, table4.iter().copied());
+    let b6 = pins.backends::<Backend6>(maps::BACKENDS6, table6.iter().copied());
+    let addrs4: HashSet<_> = b4.iter().map(|(_, b)| (b.addr(), b.service_id)).collect();
+    let addrs6: HashSet<_> = b6.iter().map(|(_, b)| (b.addr(), b.service_id)).collect();
+    assert_eq!(
+        addrs4,
+        HashSet::from([(backend4(0), service4.id), (backend4(1), service4.id)])
+    );
+    assert_eq!(
+        addrs6,
+        HashSet::from([(backend6(0), service6.id), (backend6(1), service6.id)])
+    );
+    let free4 = pins.backends::<Backend>(maps::BACKENDS, table6.iter().copied());
+    assert!(
+        free4.iter().all(|(_, b)| b.is_free()),
+        "an IPv6 backend's id is free in BACKENDS: {free4:?}"
+    );
+
+    // One ratio for both families: each table follows it with its own backends.
+    let blue6 = b6.iter().find(|(_, b)| b.addr() == backend6(0)).unwrap().0;
+    let green6 = b6.iter().find(|(_, b)| b.addr() == backend6(1)).unwrap().0;
+    lab.daemon.ctl_ok(&["ratio", "web", "100:0"]);
+    let (_, (_, service6)) = pins.both_services();
+    assert_eq!(ids_in(&pins.table(&service6)), HashSet::from([blue6]));
+    lab.daemon.ctl_ok(&["ratio", "web", "0:100"]);
+    let ((_, service4), (_, service6)) = pins.both_services();
+    assert_eq!(ids_in(&pins.table(&service6)), HashSet::from([green6]));
+    let green4: Vec<_> = pins
+        .backends::<Backend>(maps::BACKENDS, ids_in(&pins.table(&service4)).into_iter())
+        .into_iter()
+        .map(|(_, b)| b.addr())
+        .collect();
+    assert_eq!(green4, [backend4(1)]);
+
+    // Drain blue (no flow is open): the wait counts both families' flows.
+    let out = lab.daemon.ctl_ok(&["--json", "drain", "web", "blue", "--wait"]);
+    let reply: serde_json::Value = serde_json::from_str(out.lines().last().unwrap_or_default()).expect(&out);
+    assert_eq!(
+        (&reply["drained"], &reply["open_flows"]),
+        (&true.into(), &0.into()),
+        "{out}"
+    );
+    let status = lab.status();
+    assert_eq!(status.ratio.to_string(), "0:100");
+    let rows: HashSet<_> = status
+        .backends
+        .iter()
+        .map(|b| (Family::of_socket(b.address), b.pool.to_string(), b.open_flows))
+        .collect();
+    let row = |family, pool: &str| (family, pool.to_owned(), 0);
+    assert_eq!(
+        rows,
+        HashSet::from([
+            row(Family::Ipv4, "blue"),
+            row(Family::Ipv4, "green"),
+            row(Family::Ipv6, "blue"),
+            row(Family::Ipv6, "green")
+        ]),
+        "every backend of both families, none with an open flow"
+    );
+}
