@@ -1,4 +1,5 @@
 use super::*;
+use crate::maps::{Flow, FlowKey};
 use crate::flow_state::{
     Direction::{FromBackend, FromClient},
     ESTABLISHED, FIN_FROM_BACKEND, FIN_FROM_CLIENT, SYN_ACK_SEEN, Segment, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, advance,
