@@ -564,7 +564,6 @@ mod tests {
     }
 
     #[test]
-    #[ignore = "needs IPv6 in the daemon's config (s7-v6-control)"]
     fn bg_lb_accepts_the_ipv6_lab_config() {
         bg_lb::config::parse(Path::new("lab.toml"), &ipv6_config()).expect("bg-lb accepts the IPv6 lab config");
     }

@@ -138,7 +138,6 @@ fn dual_stack_two_arm_and_routed_labs_connect_over_ipv6() {
 }
 
 #[test]
-#[ignore = "needs IPv6 in the daemon and data plane (s7-v6-control, s7-v6-dataplane)"]
 fn ipv6_full_release_under_load_fails_no_request() {
     let options = LabOptions {
         family: Family::Ipv6,

@@ -164,7 +164,7 @@ impl Daemon {
             loaded => loaded.context("loading the XDP data plane (adopting pinned state)")?,
         };
         for iface in config.interfaces.names() {
-            enable_forwarding(iface)?;
+            enable_forwarding(iface, !config.snat6_addresses.is_empty())?;
             let link = pins.link(iface);
             let mode = preflight::attach_mode(iface, config.xdp_mode, link.exists());
             match dataplane.attach_pinned(iface, mode, &link)? {
@@ -314,14 +314,35 @@ impl Daemon {
     }
 }
 
-/// `bpf_fib_lookup` forwards only from interfaces with IPv4 forwarding on.
-fn enable_forwarding(iface: &str) -> anyhow::Result<()> {
-    let path = format!("/proc/sys/net/ipv4/conf/{iface}/forwarding");
-    if fs::read_to_string(&path).is_ok_and(|v| v.trim() == "1") {
+/// `bpf_fib_lookup` forwards only from interfaces with forwarding on, per
+/// family: IPv4 always, IPv6 when IPv6 services can exist (an IPv6 SNAT
+/// address is configured).
+fn enable_forwarding(iface: &str, ipv6: bool) -> anyhow::Result<()> {
+    enable_sysctl(iface, "ipv4", "forwarding", "1")?;
+    if ipv6 {
+        // Forwarding makes the kernel ignore router advertisements unless
+        // accept_ra is 2: a host that took its IPv6 default route from RAs
+        // (accept_ra 1) keeps doing so.
+        let accept_ra = format!("/proc/sys/net/ipv6/conf/{iface}/accept_ra");
+        if fs::read_to_string(&accept_ra).is_ok_and(|v| v.trim() == "1") {
+            enable_sysctl(iface, "ipv6", "accept_ra", "2")?;
+        }
+        enable_sysctl(iface, "ipv6", "forwarding", "1")?;
+    }
+    Ok(())
+}
+
+/// Sets `net.<family>.conf.<iface>.<key>` to `value` unless it is already.
+fn enable_sysctl(iface: &str, family: &str, key: &str, value: &str) -> anyhow::Result<()> {
+    let path = format!("/proc/sys/net/{family}/conf/{iface}/{key}");
+    if fs::read_to_string(&path).is_ok_and(|v| v.trim() == value) {
         return Ok(());
     }
-    fs::write(&path, "1").with_context(|| format!("enabling IPv4 forwarding on {iface} ({path})"))?;
-    tracing::info!(interface = iface, "enabled IPv4 forwarding (needed by bpf_fib_lookup)");
+    fs::write(&path, value).with_context(|| format!("setting {path} to {value} on {iface}"))?;
+    tracing::info!(
+        interface = iface,
+        "set net.{family}.conf.{iface}.{key} = {value} (needed by bpf_fib_lookup)"
+    );
     Ok(())
 }
 
