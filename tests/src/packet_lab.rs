@@ -792,6 +792,7 @@ fn dataplane_options(max_flows: u32) -> DataplaneOptions {
         reverse_nat_entries: max_flows,
         // Room for a second service ([`PacketLab::add_service`]).
         lookup_capacity: 4 * DEFAULT_LUT_SIZE,
+        ipv6: true,
         pin_dir: None,
     }
 }

@@ -151,6 +151,7 @@ impl Daemon {
             max_flows: config.max_flows,
             reverse_nat_entries: config.reverse_nat_entries(),
             lookup_capacity: config.lookup_capacity,
+            ipv6: !config.snat6_addresses.is_empty(),
             pin_dir: Some(pins.maps_dir()),
         };
         let mut dataplane = match Dataplane::load(&opts) {

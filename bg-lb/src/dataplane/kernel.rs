@@ -50,15 +50,7 @@ impl Kernel {
     /// Loads the object (creating or, with `pin_dir`, adopting its maps) and
     /// loads the XDP program into the kernel. Nothing is attached yet.
     pub(super) fn load(opts: &DataplaneOptions) -> Result<Self, DataplaneError> {
-        let capacities = [
-            (maps::FLOWS, opts.max_flows),
-            (maps::REVERSE_NAT, opts.reverse_nat_entries.max(opts.max_flows)),
-            (maps::LOOKUP_TABLES, opts.lookup_capacity),
-            // IPv6's, sized like IPv4's (preallocated at their defaults they
-            // would hold a million entries each).
-            (maps::FLOWS6, opts.max_flows),
-            (maps::REVERSE_NAT6, opts.reverse_nat_entries.max(opts.max_flows)),
-        ];
+        let capacities = opts.capacities();
         let mut loader = EbpfLoader::new();
         for (name, entries) in capacities {
             loader.map_max_entries(name, entries);

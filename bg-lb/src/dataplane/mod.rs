@@ -104,6 +104,10 @@ pub enum DataplaneError {
     OtherFamily(SocketAddr),
 }
 
+/// The IPv6 flow maps' capacity on a host without IPv6 SNAT addresses, where
+/// no IPv6 flow can be created: small, not zero (a map needs entries).
+pub const UNUSED_FAMILY_FLOWS: u32 = 1024;
+
 /// Sizes chosen at load time (maps cannot grow once created).
 #[derive(Clone, Debug)]
 pub struct DataplaneOptions {
@@ -113,9 +117,34 @@ pub struct DataplaneOptions {
     /// [`crate::config::Config::reverse_nat_entries`]).
     pub reverse_nat_entries: u32,
     pub lookup_capacity: u32,
+    /// Whether IPv6 services can exist (an IPv6 SNAT address is
+    /// configured): FLOWS6 and REVERSE_NAT6 are then sized as FLOWS and
+    /// REVERSE_NAT, else at [`UNUSED_FAMILY_FLOWS`], so an IPv4-only host
+    /// does not preallocate a second pair of million-entry tables (about
+    /// 350 MiB). A restart that changes it migrates the pins.
+    pub ipv6: bool,
     /// Pin every map in this directory (bpffs) so a restarted daemon adopts
     /// them with their contents; `None` for private maps (packet tests).
     pub pin_dir: Option<PathBuf>,
+}
+
+impl DataplaneOptions {
+    /// The load-time capacity of each map sized from the config.
+    pub fn capacities(&self) -> [(&'static str, u32); 5] {
+        let (flows, reverse_nat) = (self.max_flows, self.reverse_nat_entries.max(self.max_flows));
+        let (flows6, reverse_nat6) = if self.ipv6 {
+            (flows, reverse_nat)
+        } else {
+            (UNUSED_FAMILY_FLOWS, UNUSED_FAMILY_FLOWS)
+        };
+        [
+            (maps::FLOWS, flows),
+            (maps::REVERSE_NAT, reverse_nat),
+            (maps::LOOKUP_TABLES, self.lookup_capacity),
+            (maps::FLOWS6, flows6),
+            (maps::REVERSE_NAT6, reverse_nat6),
+        ]
+    }
 }
 
 impl Default for DataplaneOptions {
@@ -124,6 +153,7 @@ impl Default for DataplaneOptions {
             max_flows: maps::DEFAULT_MAX_FLOWS,
             reverse_nat_entries: maps::DEFAULT_MAX_FLOWS,
             lookup_capacity: maps::DEFAULT_LOOKUP_CAPACITY,
+            ipv6: true,
             pin_dir: None,
         }
     }
@@ -436,5 +466,30 @@ impl Dataplane {
     /// Every global counter, summed over CPUs.
     pub fn counters(&self) -> Result<Vec<(Counter, u64)>, DataplaneError> {
         self.kernel.counters()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn capacity(opts: &DataplaneOptions, map: &str) -> u32 {
+        opts.capacities().iter().find(|(name, _)| *name == map).expect(map).1
+    }
+
+    #[test]
+    fn ipv6_flow_maps_are_sized_like_ipv4_s_only_where_ipv6_services_can_exist() {
+        let opts = DataplaneOptions {
+            max_flows: 1 << 20,
+            reverse_nat_entries: 1 << 21,
+            ipv6: false,
+            ..DataplaneOptions::default()
+        };
+        assert_eq!(capacity(&opts, maps::FLOWS6), UNUSED_FAMILY_FLOWS);
+        assert_eq!(capacity(&opts, maps::REVERSE_NAT6), UNUSED_FAMILY_FLOWS);
+        assert_eq!(capacity(&opts, maps::REVERSE_NAT), 1 << 21);
+        let dual = DataplaneOptions { ipv6: true, ..opts };
+        assert_eq!(capacity(&dual, maps::FLOWS6), 1 << 20);
+        assert_eq!(capacity(&dual, maps::REVERSE_NAT6), 1 << 21);
     }
 }

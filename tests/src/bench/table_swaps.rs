@@ -114,6 +114,7 @@ fn health_flip(runs: usize, per_slot_ms: f64) -> HealthFlipCost {
         max_flows: 4096,
         reverse_nat_entries: 4096,
         lookup_capacity: 2 * DEFAULT_LUT_SIZE * FLIP_SERVICES as u32,
+        ipv6: false,
         pin_dir: None,
     })
     .expect("load the XDP program");
