@@ -34,7 +34,7 @@ use bg_lb_common::{
     counters::Counter,
     flow_state::{self, Direction, Event},
     maps::{
-        BACKEND_RESET_FLOWS, DataplaneConfig, FORWARDING_FULL_NAT, FlowKey6, IPPROTO_TCP, IPPROTO_UDP, Ipv6Wire,
+        BACKEND_RESET_FLOWS, DataplaneConfig, FORWARDING_FULL_NAT, Flow6, FlowKey6, IPPROTO_TCP, IPPROTO_UDP, Ipv6Wire,
         NatKey6, SERVICE_AFFINITY_CLIENT_IP, Service, ServiceKey6,
     },
     port_reuse::Syn,
@@ -293,6 +293,20 @@ pub fn bg_lb_rst6(ctx: XdpContext) -> u32 {
     }
 }
 
+/// The flow of protocol `proto` that owns the pair a backend's reply
+/// carries (`nat`), and its client; else the verdict: a pair no flow of that
+/// protocol holds is the kernel's (a pair a flow of the other protocol holds
+/// included), a reply whose flow is gone or pinned elsewhere is dropped.
+#[inline(always)]
+fn reply_flow(nat: &NatKey6, proto: u8) -> Result<(FlowKey6, &'static mut Flow6), u32> {
+    let Some(client) = reverse_owner(nat).filter(|owner| owner.proto == proto) else {
+        count(Counter::ReplyWithoutFlow);
+        return Err(XDP_PASS);
+    };
+    let flow = flow_pinned_to(&client, nat).ok_or_else(|| dropped(Counter::StaleReply))?;
+    Ok((client, flow))
+}
+
 /// [`Job::Tcp6Reply`]: backend -> SNAT address:port, screened, as IPv4's
 /// `to_client`: back to VIP -> client for the flow that owns the pair only.
 #[xdp]
@@ -307,13 +321,9 @@ pub fn bg_lb_tcp6_reply(ctx: XdpContext) -> u32 {
         pkt.frame.dst_addr(),
         pkt.dst_port(),
     );
-    // A pair a UDP flow holds is no TCP flow's: the kernel's, as for none.
-    let Some(client) = reverse_owner(&nat).filter(|owner| owner.proto == IPPROTO_TCP) else {
-        count(Counter::ReplyWithoutFlow);
-        return XDP_PASS;
-    };
-    let Some(flow) = flow_pinned_to(&client, &nat) else {
-        return dropped(Counter::StaleReply);
+    let (client, flow) = match reply_flow(&nat, IPPROTO_TCP) {
+        Ok(found) => found,
+        Err(verdict) => return verdict,
     };
     let seg = pkt.segment();
     if !flow_state::backend_may_send(flow, &seg) {
@@ -417,13 +427,9 @@ pub fn bg_lb_udp6_reply(ctx: XdpContext) -> u32 {
         pkt.frame.dst_addr(),
         pkt.dst_port(),
     );
-    // A pair a TCP flow holds is no UDP flow's: the kernel's, as for none.
-    let Some(client) = reverse_owner(&nat).filter(|owner| owner.proto == IPPROTO_UDP) else {
-        count(Counter::ReplyWithoutFlow);
-        return XDP_PASS;
-    };
-    let Some(flow) = flow_pinned_to(&client, &nat) else {
-        return dropped(Counter::StaleReply);
+    let (client, flow) = match reply_flow(&nat, IPPROTO_UDP) {
+        Ok(found) => found,
+        Err(verdict) => return verdict,
     };
     // SAFETY: a helper without arguments.
     flow.last_seen_ns = unsafe { bpf_ktime_get_ns() };
