@@ -5,7 +5,7 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV4, SocketAddrV6};
 
 use etherparse::{
     EtherType, Ethernet2Header, Icmpv4Header, Icmpv4Type, Icmpv6Type, IpNumber, Ipv4Header, Ipv6Header, PacketBuilder,
-    SlicedPacket, TcpHeader, TransportSlice, UdpHeader,
+    PacketBuilderStep, SlicedPacket, TcpHeader, TransportSlice, UdpHeader,
 };
 
 pub const SYN: u8 = 0x02;
@@ -55,16 +55,22 @@ pub fn numbered_tcp_frame(
     numbers: Numbers,
     payload: &[u8],
 ) -> Vec<u8> {
-    let mut builder = PacketBuilder::ethernet2(src_mac, dst_mac)
+    let builder = PacketBuilder::ethernet2(src_mac, dst_mac)
         .ipv4(src.ip().octets(), dst.ip().octets(), 64)
         .tcp(src.port(), dst.port(), numbers.seq, 64240);
+    write_segment(builder, flags, numbers, payload)
+}
+
+/// The frame `builder` starts, with the TCP `flags` (and `numbers.ack` with
+/// ACK) and `payload`.
+fn write_segment(mut builder: PacketBuilderStep<TcpHeader>, flags: u8, numbers: Numbers, payload: &[u8]) -> Vec<u8> {
     if flags & SYN != 0 {
         builder = builder.syn();
     }
     if flags & ACK != 0 {
         builder = builder.ack(numbers.ack);
     }
-    if flags & 0x01 != 0 {
+    if flags & FIN != 0 {
         builder = builder.fin();
     }
     if flags & RST != 0 {
@@ -512,27 +518,10 @@ pub fn numbered_tcp6_frame(
     numbers: Numbers,
     payload: &[u8],
 ) -> Vec<u8> {
-    let mut builder = PacketBuilder::ethernet2(src_mac, dst_mac)
+    let builder = PacketBuilder::ethernet2(src_mac, dst_mac)
         .ipv6(src.ip().octets(), dst.ip().octets(), 64)
         .tcp(src.port(), dst.port(), numbers.seq, 64240);
-    if flags & SYN != 0 {
-        builder = builder.syn();
-    }
-    if flags & ACK != 0 {
-        builder = builder.ack(numbers.ack);
-    }
-    if flags & FIN != 0 {
-        builder = builder.fin();
-    }
-    if flags & RST != 0 {
-        builder = builder.rst();
-    }
-    if flags & 0x08 != 0 {
-        builder = builder.psh();
-    }
-    let mut frame = Vec::with_capacity(builder.size(payload.len()));
-    builder.write(&mut frame, payload).expect("frame builds");
-    frame
+    write_segment(builder, flags, numbers, payload)
 }
 
 /// An Ethernet/IPv6/UDP frame from `src` to `dst` (hop limit 64) carrying
@@ -691,4 +680,23 @@ pub fn parse_checked_udp6(frame: &[u8]) -> Udp6View {
         checksum: udp.checksum,
         payload: payload.to_vec(),
     }
+}
+
+/// An Ethernet/IPv6 ICMPv6 error frame from `src` to `dst` with hop limit
+/// `hop_limit`: `icmp_type` quoting `quote` (the start of the IPv6 packet it
+/// is about), its checksum computed.
+pub fn icmp6_error_frame(
+    macs: ([u8; 6], [u8; 6]),
+    src: Ipv6Addr,
+    dst: Ipv6Addr,
+    hop_limit: u8,
+    icmp_type: Icmpv6Type,
+    quote: &[u8],
+) -> Vec<u8> {
+    let builder = PacketBuilder::ethernet2(macs.0, macs.1)
+        .ipv6(src.octets(), dst.octets(), hop_limit)
+        .icmpv6(icmp_type);
+    let mut frame = Vec::with_capacity(builder.size(quote.len()));
+    builder.write(&mut frame, quote).expect("frame builds");
+    frame
 }
