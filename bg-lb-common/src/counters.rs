@@ -111,9 +111,17 @@ pub enum Counter {
     /// A `gateway` UDP datagram opening a flow whose (client address and
     /// port, backend) another flow already uses: dropped.
     UdpGatewayCollision,
+    /// An IPv6 packet to a VIP address with an extension header (hop-by-hop,
+    /// routing, fragment, destination options, ...) before its TCP or UDP
+    /// header: dropped (the data plane reads only a TCP or UDP header right
+    /// after the fixed one).
+    Ipv6ExtensionHeader,
+    /// An IPv6 UDP datagram without a checksum (0, which IPv6 forbids), to a
+    /// VIP:port or the SNAT range: dropped, as its receiver would.
+    Udp6NoChecksum,
 }
 
-pub const COUNTER_COUNT: u32 = Counter::UdpGatewayCollision as u32 + 1;
+pub const COUNTER_COUNT: u32 = Counter::Udp6NoChecksum as u32 + 1;
 
 impl Counter {
     pub const ALL: [Counter; COUNTER_COUNT as usize] = [
@@ -158,6 +166,8 @@ impl Counter {
         Counter::DeadlineReset,
         Counter::UdpSnatPortsExhausted,
         Counter::UdpGatewayCollision,
+        Counter::Ipv6ExtensionHeader,
+        Counter::Udp6NoChecksum,
     ];
 
     /// Stable snake_case name for logs and metrics.
@@ -204,6 +214,8 @@ impl Counter {
             Counter::DeadlineReset => "deadline_reset",
             Counter::UdpSnatPortsExhausted => "udp_snat_ports_exhausted",
             Counter::UdpGatewayCollision => "udp_gateway_collision",
+            Counter::Ipv6ExtensionHeader => "ipv6_extension_header",
+            Counter::Udp6NoChecksum => "udp6_no_checksum",
         }
     }
 }

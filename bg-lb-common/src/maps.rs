@@ -41,6 +41,10 @@ pub trait WireAddr: Copy + Default + Eq + Hash + Debug + sealed::Sealed + 'stati
     /// unused SNAT slot.
     fn is_unspecified(&self) -> bool;
 
+    /// Non-zero if `self` and `other` differ: their words XORed and ORed
+    /// together, for a comparison LLVM does not turn into a `bcmp` call.
+    fn differs(&self, other: &Self) -> u32;
+
     /// This family's SNAT addresses in `cfg` and how many are in use.
     fn snat_addrs(cfg: &DataplaneConfig) -> (&[Self; MAX_SNAT_ADDRESSES], u32);
 
@@ -68,6 +72,11 @@ impl WireAddr for u32 {
     }
 
     #[inline(always)]
+    fn differs(&self, other: &Self) -> u32 {
+        self ^ other
+    }
+
+    #[inline(always)]
     fn snat_addrs(cfg: &DataplaneConfig) -> (&[Self; MAX_SNAT_ADDRESSES], u32) {
         (&cfg.snat_addrs, cfg.snat_addr_count)
     }
@@ -91,6 +100,11 @@ impl WireAddr for Ipv6Wire {
     fn is_unspecified(&self) -> bool {
         let [a, b, c, d] = *self;
         a | b | c | d == 0
+    }
+
+    #[inline(always)]
+    fn differs(&self, other: &Self) -> u32 {
+        (self[0] ^ other[0]) | (self[1] ^ other[1]) | (self[2] ^ other[2]) | (self[3] ^ other[3])
     }
 
     #[inline(always)]

@@ -27,7 +27,7 @@
 
 use crate::{
     flow_state::{BACKEND_CLOSED_FIRST, CLIENT_TIMESTAMPS, RESET, after, has_ended},
-    maps::{Flow, FlowKey, FlowOf, WireAddr},
+    maps::{FlowKeyOf, FlowOf, WireAddr},
 };
 
 /// How long after a flow's last packet the backend's TIME_WAIT has surely
@@ -112,7 +112,7 @@ pub fn reusable<A: WireAddr>(owner: Option<&FlowOf<A>>, syn: &Syn, now_ns: u64) 
 /// and another 5-tuple (the same client address and port through another
 /// VIP) still meets the rules above.
 #[inline(always)]
-pub fn reconnects_on_own_4_tuple(owner: &FlowKey, key: &FlowKey, flow: &Flow) -> bool {
+pub fn reconnects_on_own_4_tuple<A: WireAddr>(owner: &FlowKeyOf<A>, key: &FlowKeyOf<A>, flow: &FlowOf<A>) -> bool {
     same_key(owner, key)
         && flow.snat_addr == key.client_addr
         && flow.snat_port == key.client_port
@@ -123,9 +123,9 @@ pub fn reconnects_on_own_4_tuple(owner: &FlowKey, key: &FlowKey, flow: &Flow) ->
 /// to `bcmp`, a BPF-to-BPF call whose frame the data plane's stack has no
 /// room for.
 #[inline(always)]
-const fn same_key(a: &FlowKey, b: &FlowKey) -> bool {
-    (a.client_addr ^ b.client_addr)
-        | (a.vip_addr ^ b.vip_addr)
+fn same_key<A: WireAddr>(a: &FlowKeyOf<A>, b: &FlowKeyOf<A>) -> bool {
+    a.client_addr.differs(&b.client_addr)
+        | a.vip_addr.differs(&b.vip_addr)
         | (a.client_port ^ b.client_port) as u32
         | (a.vip_port ^ b.vip_port) as u32
         | (a.proto ^ b.proto) as u32

@@ -67,10 +67,24 @@ pub enum Job {
     /// An ICMP error quoting a UDP datagram: translated for its UDP flow as
     /// the TCP program translates one about a TCP flow, off its stack.
     IcmpUdp,
+    /// Not the proxy's: an IPv6 frame, for the IPv6 path (TCP and UDP
+    /// services' full NAT): its established TCP path, and the dispatch to
+    /// the IPv6 jobs below, each a program of its own for the same reason.
+    Ipv6,
+    /// An IPv6 TCP segment of no usable flow: open one.
+    Tcp6Open,
+    /// An IPv6 TCP segment to the SNAT range: a backend's reply.
+    Tcp6Reply,
+    /// An IPv6 UDP datagram.
+    Udp6,
+    /// An IPv6 UDP datagram to the SNAT range: a backend's reply.
+    Udp6Reply,
+    /// Refuse the IPv6 TCP segment in the frame with a RST.
+    Rst6,
 }
 
 /// Each job's program name, by job index.
-pub const JOB_PROGRAMS: [&str; 8] = [
+pub const JOB_PROGRAMS: [&str; 14] = [
     "bg_lb_syn_ack",
     "bg_lb_open_backend",
     "bg_lb_resend_syn",
@@ -79,6 +93,12 @@ pub const JOB_PROGRAMS: [&str; 8] = [
     "bg_lb_udp",
     "bg_lb_rst",
     "bg_lb_icmp_udp",
+    "bg_lb_ipv6",
+    "bg_lb_tcp6_open",
+    "bg_lb_tcp6_reply",
+    "bg_lb_udp6",
+    "bg_lb_udp6_reply",
+    "bg_lb_rst6",
 ];
 
 /// The flood detector's window.
@@ -247,6 +267,12 @@ mod tests {
             Job::Udp,
             Job::Rst,
             Job::IcmpUdp,
+            Job::Ipv6,
+            Job::Tcp6Open,
+            Job::Tcp6Reply,
+            Job::Udp6,
+            Job::Udp6Reply,
+            Job::Rst6,
         ];
         assert_eq!(jobs.len(), JOB_PROGRAMS.len());
         for (i, job) in jobs.into_iter().enumerate() {

@@ -6,6 +6,11 @@
 //! counted (the daemon keeps backend neighbours resolved). A packet too big
 //! for the egress link is answered with ICMP fragmentation needed if its
 //! sender set DF, and dropped otherwise: XDP cannot fragment.
+//!
+//! IPv6 ([`forward6`]) asks `bpf_fib_lookup` every time: the next-hop
+//! cache holds IPv4 destinations only. An IPv6 packet too big for the
+//! egress link is dropped and counted (`too_big_dropped`): no ICMPv6
+//! Packet Too Big is built yet.
 
 use core::mem::{size_of, zeroed};
 
@@ -24,10 +29,11 @@ use crate::{
     icmp,
     maps::{TX_PORTS, count},
     next_hop::cached_route,
-    packet::{L4Packet, TcpPacket},
+    packet::{L4Packet, TcpPacket, ipv6::Ipv6Frame},
 };
 
 const AF_INET: u8 = 2;
+const AF_INET6: u8 = 10;
 
 /// What `bpf_fib_lookup` needs to know of an IPv4 packet; addresses wire
 /// order, the length host order.
@@ -69,10 +75,16 @@ pub fn route(ctx: &XdpContext, query: &RouteQuery) -> Route {
     fib.__bindgen_anon_2.tos = query.tos;
     fib.__bindgen_anon_3.ipv4_src = query.src_addr;
     fib.__bindgen_anon_4.ipv4_dst = query.dst_addr;
+    lookup(ctx, &mut fib)
+}
 
+/// Asks `bpf_fib_lookup` with `fib` filled in for either family.
+/// [`Route::Next`]'s `next_hop` means something for IPv4 lookups only.
+#[inline(always)]
+fn lookup(ctx: &XdpContext, fib: &mut FibParams) -> Route {
     // SAFETY: ctx is this run's XDP context and fib a live parameter block of
     // the size passed; the helper touches no packet memory.
-    let rc = unsafe { bpf_fib_lookup(ctx.as_ptr(), &mut fib, size_of::<FibParams>() as i32, 0) };
+    let rc = unsafe { bpf_fib_lookup(ctx.as_ptr(), fib, size_of::<FibParams>() as i32, 0) };
     if rc == BPF_FIB_LKUP_RET_SUCCESS as i64 {
         Route::Next {
             ifindex: fib.ifindex,
@@ -135,6 +147,30 @@ pub fn forward_to<'a, P: L4Packet<'a>>(ctx: &XdpContext, pkt: &mut P, dst_addr: 
             send(ctx, ifindex)
         }
         Route::TooBig { mtu } if pkt.dont_fragment() => icmp::answer_too_big(ctx, pkt, mtu),
+        Route::TooBig { .. } => dropped(Counter::TooBigDropped),
+        Route::Failed(counter) => dropped(counter),
+    }
+}
+
+/// Sends an IPv6 packet, its addresses rewritten, towards its destination.
+#[inline(always)]
+pub fn forward6(ctx: &XdpContext, frame: &mut Ipv6Frame<'_>) -> u32 {
+    // SAFETY: as in `route`: all zeroes is a valid parameter block.
+    let mut fib: FibParams = unsafe { zeroed() };
+    fib.family = AF_INET6;
+    fib.l4_protocol = frame.next_header();
+    fib.__bindgen_anon_1.tot_len = frame.ip_len();
+    fib.ifindex = ctx.ingress_ifindex() as u32;
+    fib.__bindgen_anon_2.flowinfo = frame.flowinfo();
+    fib.__bindgen_anon_3.ipv6_src = frame.src_addr();
+    fib.__bindgen_anon_4.ipv6_dst = frame.dst_addr();
+    match lookup(ctx, &mut fib) {
+        Route::Next {
+            ifindex, smac, dmac, ..
+        } => {
+            frame.set_macs(smac, dmac);
+            send(ctx, ifindex)
+        }
         Route::TooBig { .. } => dropped(Counter::TooBigDropped),
         Route::Failed(counter) => dropped(counter),
     }

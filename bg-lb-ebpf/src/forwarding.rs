@@ -29,7 +29,7 @@ use bg_lb_common::{
         TCP_SYN,
     },
     gateway,
-    maps::{Backend, DataplaneConfig, FORWARDING_GATEWAY, Flow, FlowKey, IPPROTO_TCP, NatKey, Service},
+    maps::{Backend, DataplaneConfig, FORWARDING_GATEWAY, FlowKeyOf, FlowOf, IPPROTO_TCP, NatKey, Service, WireAddr},
 };
 
 use crate::{
@@ -41,12 +41,20 @@ use crate::{
 
 /// Candidate `attempt` for a new flow's source (address, port), wire order:
 /// a SNAT pair, or for `gateway` the client's own (one candidate only).
+/// None without a SNAT address of the flow's family (config validation
+/// wants one where the family has a VIP).
 #[inline(always)]
-pub fn source(service: &Service, key: &FlowKey, cfg: &DataplaneConfig, hash: u32, attempt: u32) -> Option<(u32, u16)> {
+pub fn source<A: WireAddr>(
+    service: &Service,
+    key: &FlowKeyOf<A>,
+    cfg: &DataplaneConfig,
+    hash: u32,
+    attempt: u32,
+) -> Option<(A, u16)> {
     if service.forwarding == FORWARDING_GATEWAY {
         return (attempt == 0).then_some((key.client_addr, key.client_port));
     }
-    Some(cfg.snat_candidate(hash, attempt))
+    cfg.has_snat::<A>().then(|| cfg.snat_candidate_of(hash, attempt))
 }
 
 /// What a SYN that found no free source is counted as.
@@ -109,7 +117,7 @@ pub fn is_gateway_reply(pkt: &TcpPacket<'_>) -> bool {
 ///   the client's FIN is acknowledged through a flow the sweep may remove:
 ///   the README says so.)
 #[inline(always)]
-pub fn advance_dsr(flow: &mut Flow, seg: &Segment) -> Event {
+pub fn advance_dsr<A: WireAddr>(flow: &mut FlowOf<A>, seg: &Segment) -> Event {
     if flow.state & (SYN_SEEN | SYN_ACK_SEEN) == SYN_SEEN && seg.flags & (TCP_SYN | TCP_ACK) == TCP_ACK {
         let syn_ack = Segment {
             flags: TCP_SYN | TCP_ACK,

@@ -9,7 +9,8 @@
 //! not handed to the host the VIP lives on; everything else passes to the
 //! kernel untouched.
 //! A flooded service's SYNs get SYN cookies ([`synproxy`], whose jobs are XDP
-//! programs of their own, reached by tail call).
+//! programs of their own, reached by tail call). IPv6 frames go to a
+//! program of their own too ([`ipv6`]: full NAT for IPv6 services).
 #![no_std]
 #![no_main]
 // The SYN proxy's shared counters need the BPF atomic add (see synproxy).
@@ -19,6 +20,7 @@ mod flow_reset;
 mod forward;
 mod forwarding;
 mod icmp;
+mod ipv6;
 mod maps;
 mod nat;
 mod next_hop;
@@ -65,6 +67,7 @@ pub fn bg_lb(ctx: XdpContext) -> u32 {
         Err(NotForUs::Icmp) => return icmp::icmp_error(&ctx),
         // A program of its own (see `udp`): the TCP path's stack is full.
         Err(NotForUs::Udp) => return synproxy::hand_over(&ctx, Job::Udp),
+        Err(NotForUs::Ipv6) => return synproxy::hand_over(&ctx, Job::Ipv6),
         Err(NotForUs::Other) => {
             count(Counter::Passed);
             return XDP_PASS;

@@ -11,10 +11,10 @@ use bg_lb_common::{
     counters::{COUNTER_COUNT, Counter},
     flow_state::Event,
     maps::{
-        Backend, Backend6, DEFAULT_LOOKUP_CAPACITY, DEFAULT_MAX_FLOWS, DataplaneConfig, Flow, Flow6, FlowKey, FlowKey6,
-        HELD_SEGMENTS_CAPACITY, HeldSegment, Ipv6Wire, LOOKUP_TABLES_FLAGS, MAX_BACKENDS, MAX_INTERFACES, MAX_SERVICES,
-        NEXT_HOP_SLOTS, NatKey, NatKey6, NatOwner, NatOwner6, NextHop, Service, ServiceKey, ServiceKey6, SynFlood,
-        TrafficStats,
+        Backend, Backend6, BackendOf, DEFAULT_LOOKUP_CAPACITY, DEFAULT_MAX_FLOWS, DataplaneConfig, Flow, Flow6,
+        FlowKey, FlowKey6, FlowKeyOf, FlowOf, HELD_SEGMENTS_CAPACITY, HeldSegment, Ipv6Wire, LOOKUP_TABLES_FLAGS,
+        MAX_BACKENDS, MAX_INTERFACES, MAX_SERVICES, NEXT_HOP_SLOTS, NatKey, NatKey6, NatKeyOf, NatOwner, NatOwner6,
+        NatOwnerOf, NextHop, Service, ServiceKey, ServiceKey6, SynFlood, TrafficStats, WireAddr,
     },
     syn_proxy::JOB_PROGRAMS,
 };
@@ -103,12 +103,66 @@ pub static VIP_ADDRESSES6: HashMap<Ipv6Wire, u32> = HashMap::with_max_entries(MA
 #[map]
 pub static LAYOUT: Array<u64> = Array::with_max_entries(1, 0);
 
+/// An address family's flow maps, so that one generic path serves both:
+/// implemented on the family's address type ([`WireAddr`]), so a call
+/// such as `flow_entry(&key)` picks FLOWS or FLOWS6 by its key's type.
+pub trait FamilyMaps: WireAddr {
+    /// Whether a new connection may take over the SNAT pair of a flow that
+    /// has ended (`port_takeover`). IPv6 claims only free pairs: the
+    /// takeover's call, on top of the IPv6 path's larger keys, does not fit
+    /// the verifier's stack; an ended flow's pair is free again once the
+    /// sweep removes the flow.
+    const TAKES_OVER_PORTS: bool;
+
+    fn backends() -> &'static Array<BackendOf<Self>>;
+    fn flows() -> &'static LruHashMap<FlowKeyOf<Self>, FlowOf<Self>>;
+    fn reverse_nat() -> &'static HashMap<NatKeyOf<Self>, NatOwnerOf<Self>>;
+}
+
+impl FamilyMaps for u32 {
+    const TAKES_OVER_PORTS: bool = true;
+
+    #[inline(always)]
+    fn backends() -> &'static Array<Backend> {
+        &BACKENDS
+    }
+
+    #[inline(always)]
+    fn flows() -> &'static LruHashMap<FlowKey, Flow> {
+        &FLOWS
+    }
+
+    #[inline(always)]
+    fn reverse_nat() -> &'static HashMap<NatKey, NatOwner> {
+        &REVERSE_NAT
+    }
+}
+
+impl FamilyMaps for Ipv6Wire {
+    const TAKES_OVER_PORTS: bool = false;
+
+    #[inline(always)]
+    fn backends() -> &'static Array<Backend6> {
+        &BACKENDS6
+    }
+
+    #[inline(always)]
+    fn flows() -> &'static LruHashMap<FlowKey6, Flow6> {
+        &FLOWS6
+    }
+
+    #[inline(always)]
+    fn reverse_nat() -> &'static HashMap<NatKey6, NatOwner6> {
+        &REVERSE_NAT6
+    }
+}
+
 /// The pinned flow under `key`, to update in place for this packet.
 /// FLOWS is an LRU: an entry may be evicted under pressure, which the
 /// reply path and the daemon's sweep detect (see [`REVERSE_NAT`]).
 #[inline(always)]
-pub fn flow_entry(key: &FlowKey) -> Option<&'static mut Flow> {
-    let ptr = FLOWS.get_ptr_mut(key)?;
+pub fn flow_entry<A: FamilyMaps>(key: &FlowKeyOf<A>) -> Option<&'static mut FlowOf<A>> {
+    let ptr = A::flows().get_ptr_mut(key)?;
     // SAFETY: a preallocated map's values stay mapped for the whole run.
     // Other CPUs may update or delete the same flow meanwhile; its fields are
     // plain integers, so a race leaves at worst a stale state or timestamp.
@@ -117,13 +171,13 @@ pub fn flow_entry(key: &FlowKey) -> Option<&'static mut Flow> {
 
 /// The flow that owns `nat`, per its reverse-NAT entry.
 #[inline(always)]
-pub fn reverse_owner(nat: &NatKey) -> Option<FlowKey> {
+pub fn reverse_owner<A: FamilyMaps>(nat: &NatKeyOf<A>) -> Option<FlowKeyOf<A>> {
     // SAFETY: copied at once. REVERSE_NAT is preallocated: should the entry
     // be removed and its slot reused meanwhile, or taken over by a new flow
     // (`port_takeover`), the copy may show the new owner, or a mix of both
     // keys. A caller uses the owner only if its flow names this very
     // (backend, SNAT port), which no mix does.
-    unsafe { REVERSE_NAT.get(nat) }.map(|owner| owner.flow)
+    unsafe { A::reverse_nat().get(nat) }.map(|owner| owner.flow)
 }
 
 /// `owner`'s flow, if it is pinned to `nat`: its backend id still names
@@ -132,9 +186,9 @@ pub fn reverse_owner(nat: &NatKey) -> Option<FlowKey> {
 /// a reverse entry whose flow was evicted or forgotten, or a mix of keys
 /// read during a takeover, names no one.
 #[inline(always)]
-pub fn flow_pinned_to(owner: &FlowKey, nat: &NatKey) -> Option<&'static mut Flow> {
+pub fn flow_pinned_to<A: FamilyMaps>(owner: &FlowKeyOf<A>, nat: &NatKeyOf<A>) -> Option<&'static mut FlowOf<A>> {
     let flow = flow_entry(owner)?;
-    let backend = BACKENDS.get(flow.backend_id)?;
+    let backend = A::backends().get(flow.backend_id)?;
     (backend.generation == flow.backend_gen && flow.nat_key(backend) == *nat).then_some(flow)
 }
 

@@ -34,6 +34,7 @@ use network_types::{
 };
 
 mod ipv4;
+pub mod ipv6;
 pub mod udp;
 
 pub use ipv4::Ipv4Frame;
@@ -113,8 +114,10 @@ pub enum NotForUs {
     Icmp,
     /// IPv4 UDP: for [`udp::parse_udp`].
     Udp,
-    /// Not IPv4 TCP, UDP or ICMP at all (ARP, IPv6, ...), or too short to
-    /// say where it goes.
+    /// IPv6 (by its EtherType): for [`ipv6`].
+    Ipv6,
+    /// Not IPv4 TCP, UDP or ICMP at all (ARP, ...), nor IPv6, or too short
+    /// to say where it goes.
     Other,
     /// A TCP/IPv4 frame we must not touch.
     Malformed(Malformed),
@@ -138,8 +141,13 @@ pub struct Malformed {
 pub fn parse_tcp(ctx: &XdpContext) -> Result<TcpPacket<'_>, NotForUs> {
     let eth: *mut EthHdr = ptr_at(ctx, 0).ok_or(NotForUs::Other)?;
     // SAFETY: inside the frame (ptr_at).
-    if unsafe { (*eth).ether_type } != EtherType::Ipv4 as u16 {
-        return Err(NotForUs::Other);
+    let ether_type = unsafe { (*eth).ether_type };
+    if ether_type != EtherType::Ipv4 as u16 {
+        return Err(if ether_type == EtherType::Ipv6 as u16 {
+            NotForUs::Ipv6
+        } else {
+            NotForUs::Other
+        });
     }
     let ip: *mut Ipv4Hdr = ptr_at(ctx, ETH_LEN).ok_or(NotForUs::Other)?;
     // SAFETY: inside the frame (ptr_at).
@@ -462,12 +470,12 @@ impl TcpPacket<'_> {
 /// [`TcpPacket::timestamp`]'s walk of the options of a TCP header of `len`
 /// bytes: bit 32 set and the TSval below it, or 0.
 #[inline(always)]
-fn timestamp_option(ctx: &XdpContext, len: u32) -> u64 {
+fn timestamp_option(ctx: &XdpContext, len: u32, tcp_offset: usize) -> u64 {
     // SAFETY (both reads): ptr_at checked that the bytes are inside the frame.
     let tsval = port_reuse::tcp_timestamp(
         len,
-        |at| ptr_at::<u8>(ctx, TCP_OFFSET + at).map(|byte| unsafe { *byte }),
-        |at| ptr_at::<[u8; 4]>(ctx, TCP_OFFSET + at).map(|word| u32::from_be_bytes(unsafe { *word })),
+        |at| ptr_at::<u8>(ctx, tcp_offset + at).map(|byte| unsafe { *byte }),
+        |at| ptr_at::<[u8; 4]>(ctx, tcp_offset + at).map(|word| u32::from_be_bytes(unsafe { *word })),
     );
     match tsval {
         Some(tsval) => 1 << 32 | tsval as u64,
@@ -603,7 +611,7 @@ impl TcpPacket<'_> {
         if len as usize <= TCP_LEN {
             return None;
         }
-        let found = timestamp_option(ctx, len);
+        let found = timestamp_option(ctx, len, TCP_OFFSET);
         (found >> 32 != 0).then_some(found as u32)
     }
 

@@ -4,16 +4,20 @@
 use bg_lb_common::{
     counters::Counter,
     flow_hash::table_slot,
-    maps::{Backend, FlowKey, NO_BACKEND, Service},
+    maps::{BackendOf, FlowKeyOf, NO_BACKEND, Service},
 };
 
-use crate::maps::{BACKENDS, LOOKUP_TABLES};
+use crate::maps::{FamilyMaps, LOOKUP_TABLES};
 
 /// The backend (id and entry) the service's lookup table holds for the flow
 /// `key` hashing to `hash`; [`Counter::NoBackend`] when the table is empty or
 /// its slot names none.
 #[inline(always)]
-pub fn pick_backend(service: &Service, key: &FlowKey, hash: u32) -> Result<(u32, Backend), Counter> {
+pub fn pick_backend<A: FamilyMaps>(
+    service: &Service,
+    key: &FlowKeyOf<A>,
+    hash: u32,
+) -> Result<(u32, BackendOf<A>), Counter> {
     let slot = table_slot(key, hash, service).ok_or(Counter::NoBackend)?;
     let backend_id = *LOOKUP_TABLES
         .get(service.lut_base.wrapping_add(slot))
@@ -21,6 +25,6 @@ pub fn pick_backend(service: &Service, key: &FlowKey, hash: u32) -> Result<(u32,
     if backend_id == NO_BACKEND {
         return Err(Counter::NoBackend);
     }
-    let backend = *BACKENDS.get(backend_id).ok_or(Counter::NoBackend)?;
+    let backend = *A::backends().get(backend_id).ok_or(Counter::NoBackend)?;
     Ok((backend_id, backend))
 }

@@ -23,11 +23,11 @@
 //! there) the entry is left alone.
 
 use bg_lb_common::{
-    maps::{Flow, FlowKey, NatKey, NatOwner},
+    maps::{FlowKeyOf, FlowOf, NatKeyOf, NatOwner, NatOwnerOf},
     port_reuse::{self, Syn},
 };
 
-use crate::maps::{REVERSE_NAT, flow_entry};
+use crate::maps::{FamilyMaps, flow_entry};
 
 /// How long a claim may go without its flow in the flow table: the new
 /// flow's entry goes in right after its port is claimed, so an entry
@@ -47,8 +47,8 @@ const CLAIM_SETTLE_NS: u64 = 1_000_000_000;
 /// (inlined, every failing branch carried its own state into the next
 /// candidate, and the states multiplied past the verifier's limit).
 #[inline(never)]
-pub fn take_over(nat: &NatKey, key: &FlowKey, syn: &Syn, backend: u64, now: u64) -> bool {
-    let Some(entry) = REVERSE_NAT.get_ptr_mut(nat) else {
+pub fn take_over<A: FamilyMaps>(nat: &NatKeyOf<A>, key: &FlowKeyOf<A>, syn: &Syn, backend: u64, now: u64) -> bool {
+    let Some(entry) = A::reverse_nat().get_ptr_mut(nat) else {
         return false;
     };
     // SAFETY: a preallocated map's values stay mapped for the whole run; the
@@ -100,7 +100,7 @@ pub fn take_over(nat: &NatKey, key: &FlowKey, syn: &Syn, backend: u64, now: u64)
     if !own_4_tuple && !port_reuse::reusable(owner_flow.as_deref(), syn, now) {
         return false;
     }
-    let taking = NatOwner::new(*key, now).claim | NatOwner::TAKING_OVER;
+    let taking = NatOwnerOf::new(*key, now).claim | NatOwner::TAKING_OVER;
     if !compare_exchange(claim_ptr, claim, taking) {
         return false;
     }
@@ -115,7 +115,7 @@ pub fn take_over(nat: &NatKey, key: &FlowKey, syn: &Syn, backend: u64, now: u64)
 /// without a stack frame): inlined, what it reads stayed live across the
 /// rest of [`take_over`] and spilled past the stack the verifier allows.
 #[inline(never)]
-fn reconnects_on_own_4_tuple(owner: &FlowKey, key: &FlowKey, flow: &Flow) -> bool {
+fn reconnects_on_own_4_tuple<A: FamilyMaps>(owner: &FlowKeyOf<A>, key: &FlowKeyOf<A>, flow: &FlowOf<A>) -> bool {
     port_reuse::reconnects_on_own_4_tuple(owner, key, flow)
 }
 

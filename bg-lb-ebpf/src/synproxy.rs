@@ -36,7 +36,7 @@ use aya_ebpf::{
 use bg_lb_common::{
     counters::Counter,
     flow_state::{self, Direction, Event, Segment, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
-    maps::{Flow, FlowKey, HeldSegment, IPPROTO_TCP, NatKey, Service, ServiceKey, SynFlood},
+    maps::{Flow, FlowKey, FlowOf, HeldSegment, IPPROTO_TCP, NatKey, Service, ServiceKey, SynFlood, WireAddr},
     syn_proxy::{
         BACKEND_READY, COOKIE_MSS, DEFAULT_MSS, HELD, HOLD_NS, Job, PROXIED, SERVER_ISN_KNOWN, SYN_PROXY_AUTO,
         SYN_PROXY_MODES, SYN_RETRANSMIT_NS, WATCHED, accepts_cookies, extended_this_window, flooded, is_active,
@@ -161,7 +161,7 @@ pub fn opened(service: &Service, now: u64) {
 /// A client segment with `flags`, `ack` and `payload` bytes of a flow with
 /// proxy bits (the pinned path).
 #[inline(never)]
-pub fn client_segment(flags: u8, ack: u32, payload: u32, flow: &mut Flow) -> ClientStep {
+pub fn client_segment<A: WireAddr>(flags: u8, ack: u32, payload: u32, flow: &mut FlowOf<A>) -> ClientStep {
     if flow.proxy & WATCHED != 0 {
         if flow.proxy & SERVER_ISN_KNOWN != 0
             && flags & (TCP_SYN | TCP_RST | TCP_ACK) == TCP_ACK
@@ -223,7 +223,7 @@ pub fn backend_segment(flags: u8, seq: u32, flow: &mut Flow) -> BackendStep {
 
 /// What `nat::rewrite` adds to the acks of the flow's client segments.
 #[inline(always)]
-pub fn seq_offset(flow: &Flow) -> u32 {
+pub fn seq_offset<A: WireAddr>(flow: &FlowOf<A>) -> u32 {
     if flow.proxy & BACKEND_READY != 0 {
         flow.seq_delta
     } else {

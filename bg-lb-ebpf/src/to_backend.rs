@@ -38,8 +38,8 @@ use bg_lb_common::{
     flow_hash::flow_hash,
     flow_state::{self, Direction, Event, Segment, TCP_SYN},
     maps::{
-        BACKEND_RESET_FLOWS, Backend, DataplaneConfig, Flow, FlowKey, IPPROTO_TCP, NatKey, NatOwner, Service,
-        ServiceKey,
+        BACKEND_RESET_FLOWS, BackendOf, DataplaneConfig, FlowKey, FlowKeyOf, FlowOf, IPPROTO_TCP, NatKey, NatKeyOf,
+        NatOwnerOf, Service, ServiceKey,
     },
     port_reuse::Syn,
     snat_port::SNAT_PORT_ATTEMPTS,
@@ -50,7 +50,7 @@ use crate::{
     forward::forward,
     forwarding,
     maps::{
-        BACKENDS, FLOWS, REVERSE_NAT, SERVICES, Way, account, account_exhausted, count, flow_entry, log_due,
+        FLOWS, FamilyMaps, REVERSE_NAT, SERVICES, Way, account, account_exhausted, count, flow_entry, log_due,
         reverse_owner,
     },
     nat::{Endpoints, decrement_ttl, rewrite},
@@ -62,31 +62,33 @@ use crate::{
 
 /// Where a packet goes: its flow's (pinned, new, or stateless) ids, SNAT
 /// address and port, and its backend. Only what the rest of the path
-/// reads, so the fast path copies little.
-struct Route {
-    backend_id: u32,
-    service_id: u32,
+/// reads, so the fast path copies little. Generic over the address family
+/// (`A`), as the flow logic below is: the IPv6 path ([`crate::ipv6`])
+/// shares it.
+pub struct Route<A: FamilyMaps> {
+    pub backend_id: u32,
+    pub service_id: u32,
     /// Wire order.
-    snat_addr: u32,
+    pub snat_addr: A,
     /// Wire order.
-    snat_port: u16,
-    backend: Backend,
+    pub snat_port: u16,
+    pub backend: BackendOf<A>,
     /// A flow that was in FLOWS before this packet.
-    pinned: bool,
-    event: Event,
+    pub pinned: bool,
+    pub event: Event,
     /// Added to the acknowledgment number: a proxied flow's offset.
-    ack_offset: u32,
+    pub ack_offset: u32,
     /// The flow's mode rewrites addresses (full NAT, gateway), else only
     /// MACs (dsr): the mode it was opened in, whatever a reload made of
     /// its service since.
-    reply_path: bool,
+    pub reply_path: bool,
 }
 
-impl Route {
+impl<A: FamilyMaps> Route<A> {
     /// A flow this packet created or forwards without state: its port needs
     /// no check.
     #[inline(always)]
-    fn unpinned(flow: &Flow, backend: Backend) -> Self {
+    fn unpinned(flow: &FlowOf<A>, backend: BackendOf<A>) -> Self {
         Route {
             backend_id: flow.backend_id,
             service_id: flow.service_id,
@@ -103,8 +105,8 @@ impl Route {
 
 /// What the flow table says about a packet's 5-tuple, when it has a usable
 /// flow (else a backend is picked from the table).
-enum Lookup {
-    Pinned(Route),
+pub enum Lookup<A: FamilyMaps> {
+    Pinned(Route<A>),
     /// The flow's backend id or service changed under it, or it has ended
     /// and a new connection took its port over: dropped.
     Stale,
@@ -172,8 +174,8 @@ pub fn to_backend(ctx: &XdpContext, pkt: &mut TcpPacket<'_>, cfg: &DataplaneConf
 /// the same VIP:port, is carried here only between those two writes (and
 /// then to the backend it was pinned to).
 #[inline(always)]
-fn carries(flow: &Flow, flags: u8) -> bool {
-    BACKENDS
+pub fn carries<A: FamilyMaps>(flow: &FlowOf<A>, flags: u8) -> bool {
+    A::backends()
         .get(flow.backend_id)
         .is_some_and(|b| b.generation == flow.backend_gen && b.service_id == flow.service_id)
         && !(flow_state::is_connection_request(flags) && flow_state::has_ended(flow.state))
@@ -190,7 +192,7 @@ fn open(
     service: &Service,
     cfg: &DataplaneConfig,
     seen: u64,
-) -> Result<Route, u32> {
+) -> Result<Route<u32>, u32> {
     // SAFETY: a helper without arguments. Precise: a new flow's creation
     // time is its port claim, which must not repeat.
     let now = unsafe { bpf_ktime_get_ns() };
@@ -231,14 +233,14 @@ fn open(
             }
             Ok(route)
         }
-        Err(counter) => Err(refuse(ctx, &request, counter, now)),
+        Err(counter) => Err(refuse(ctx, &request, counter, now, || rst::refuse(ctx))),
     }
 }
 
 /// Carries out what the flow table said: the packet rewritten and sent to
 /// its flow's backend, or dropped, refused or handed to the SYN proxy.
 #[inline(always)]
-fn deliver(ctx: &XdpContext, pkt: &mut TcpPacket<'_>, key: &FlowKey, lookup: Lookup) -> u32 {
+fn deliver(ctx: &XdpContext, pkt: &mut TcpPacket<'_>, key: &FlowKey, lookup: Lookup<u32>) -> u32 {
     let route = match lookup {
         Lookup::Pinned(route) => route,
         Lookup::Stale => {
@@ -306,9 +308,10 @@ fn forget_ended(key: &FlowKey) {
 }
 
 /// A segment no flow could be opened or found for: a connection request
-/// refused with a RST when no backend or SNAT port can take it, else dropped.
+/// refused with a RST (`reset`, the family's) when no backend or SNAT port
+/// can take it, else dropped.
 #[inline(always)]
-fn refuse(ctx: &XdpContext, request: &Segment, counter: Counter, now: u64) -> u32 {
+pub fn refuse(ctx: &XdpContext, request: &Segment, counter: Counter, now: u64, reset: impl FnOnce() -> u32) -> u32 {
     let refused = flow_state::is_connection_request(request.flags)
         && matches!(
             counter,
@@ -320,7 +323,7 @@ fn refuse(ctx: &XdpContext, request: &Segment, counter: Counter, now: u64) -> u3
         counter
     });
     log_drop(ctx, counter, now);
-    if refused { rst::refuse(ctx) } else { XDP_DROP }
+    if refused { reset() } else { XDP_DROP }
 }
 
 /// Capacity failures are worth a log line besides their counter, one a
@@ -353,23 +356,23 @@ fn log_drop(ctx: &XdpContext, counter: Counter, now: u64) {
 /// port is no longer its own). `timestamp` reads the segment's TSval,
 /// wanted only once the backend closed first.
 #[inline(always)]
-fn pinned_flow(
-    key: &FlowKey,
-    flow: Option<&'static mut Flow>,
+pub fn pinned_flow<A: FamilyMaps>(
+    key: &FlowKeyOf<A>,
+    flow: Option<&'static mut FlowOf<A>>,
     seg: &Segment,
     service_id: u32,
     nat_epoch: u32,
     seen: u64,
     timestamp: impl FnOnce() -> Option<u32>,
-) -> Option<Lookup> {
+) -> Option<Lookup<A>> {
     let flow = flow?;
-    let backend = BACKENDS.get(flow.backend_id).copied()?;
+    let backend = A::backends().get(flow.backend_id).copied()?;
     let current = backend.generation == flow.backend_gen && flow.service_id == service_id;
     let connection_request = flow_state::is_connection_request(seg.flags);
     if !current {
         // Its reverse entry names the old backend, whose address is unknown
         // here: the sweep removes it.
-        let _ = FLOWS.remove(key);
+        let _ = A::flows().remove(key);
         return (!connection_request).then_some(Lookup::Stale);
     }
     if connection_request && flow_state::has_ended(flow.state) {
@@ -383,7 +386,7 @@ fn pinned_flow(
             // An ended flow guarding an older pair stays for the sweep to
             // remove (`flow_state::GUARDS_TIME_WAIT`).
             if !ended || flow.state & flow_state::GUARDS_TIME_WAIT == 0 {
-                let _ = FLOWS.remove(key);
+                let _ = A::flows().remove(key);
             }
             // A straggler of a connection that is over at the backend too,
             // whose port a new connection took over: nothing to reset.
@@ -425,14 +428,14 @@ fn pinned_flow(
 /// entry that went missing under it is claimed again; one that another flow
 /// claimed meanwhile is that flow's, and this one must not use the port.
 #[inline(always)]
-pub fn owns_port(key: &FlowKey, nat: &NatKey) -> bool {
+pub fn owns_port<A: FamilyMaps>(key: &FlowKeyOf<A>, nat: &NatKeyOf<A>) -> bool {
     match reverse_owner(nat) {
         Some(owner) => owner == *key,
         None => {
             // SAFETY: a helper without arguments.
             let now = unsafe { bpf_ktime_get_ns() };
-            let reclaimed = REVERSE_NAT
-                .insert(nat, NatOwner::new(*key, now), BPF_NOEXIST as u64)
+            let reclaimed = A::reverse_nat()
+                .insert(nat, NatOwnerOf::new(*key, now), BPF_NOEXIST as u64)
                 .is_ok();
             if reclaimed {
                 count(Counter::NatReclaimed);
@@ -448,17 +451,17 @@ pub fn owns_port(key: &FlowKey, nat: &NatKey) -> bool {
 /// `(now, seen)`: the precise and the coarse clock, for the flow's creation
 /// and its last packet.
 #[inline(always)]
-fn new_flow(
-    key: &FlowKey,
+pub fn new_flow<A: FamilyMaps>(
+    key: &FlowKeyOf<A>,
     seg: &Segment,
     syn: &Syn,
     service: &Service,
     cfg: &DataplaneConfig,
     (now, seen): (u64, u64),
-) -> Result<Route, Counter> {
+) -> Result<Route<A>, Counter> {
     let hash = flow_hash(key);
     let (backend_id, backend) = pick_backend(service, key, hash)?;
-    let mut flow = Flow {
+    let mut flow = FlowOf {
         backend_id,
         service_id: service.id,
         created_ns: now,
@@ -469,7 +472,7 @@ fn new_flow(
         proxy: synproxy::new_flow_bits(service),
         // A mode is below 3: the cast keeps it.
         forwarding: service.forwarding as u16,
-        ..Flow::default()
+        ..FlowOf::default()
     };
     if !flow_state::is_connection_request(seg.flags) {
         return unpinned(key, seg, hash, flow, backend, service, cfg);
@@ -492,8 +495,8 @@ fn new_flow(
             flow.state |= flow_state::inherited_by_reconnection(old.state, same_pair);
         }
     }
-    if FLOWS.insert(key, flow, BPF_ANY as u64).is_err() {
-        let _ = REVERSE_NAT.remove(flow.nat_key(&backend));
+    if A::flows().insert(key, flow, BPF_ANY as u64).is_err() {
+        let _ = A::reverse_nat().remove(flow.nat_key(&backend));
         return Err(Counter::FlowInsertFailed);
     }
     Ok(Route::unpinned(&flow, backend))
@@ -503,15 +506,15 @@ fn new_flow(
 /// flow owns. A candidate whose reverse entry names this very flow is its
 /// own: its flow entry was evicted, and an ACK pins it again.
 #[inline(always)]
-fn unpinned(
-    key: &FlowKey,
+fn unpinned<A: FamilyMaps>(
+    key: &FlowKeyOf<A>,
     seg: &Segment,
     hash: u32,
-    mut flow: Flow,
-    backend: Backend,
+    mut flow: FlowOf<A>,
+    backend: BackendOf<A>,
     service: &Service,
     cfg: &DataplaneConfig,
-) -> Result<Route, Counter> {
+) -> Result<Route<A>, Counter> {
     if !flow.has_reply_path() {
         return Ok(readopt(key, seg, flow, backend));
     }
@@ -519,7 +522,7 @@ fn unpinned(
         let Some((addr, port)) = forwarding::source(service, key, cfg, hash, attempt) else {
             break;
         };
-        let own = match reverse_owner(&NatKey::new(&backend, addr, port)) {
+        let own = match reverse_owner(&NatKeyOf::new(&backend, addr, port)) {
             None => false,
             Some(owner) if owner == *key => true,
             Some(_) => continue,
@@ -542,26 +545,26 @@ fn unpinned(
 /// is the new flow (its backend id and generation, and its `created_ns`,
 /// which becomes the claim).
 #[inline(always)]
-fn claim_snat_port(
-    key: &FlowKey,
+fn claim_snat_port<A: FamilyMaps>(
+    key: &FlowKeyOf<A>,
     hash: u32,
-    flow: &Flow,
-    backend: &Backend,
+    flow: &FlowOf<A>,
+    backend: &BackendOf<A>,
     service: &Service,
     syn: &Syn,
     cfg: &DataplaneConfig,
-) -> Result<(u32, u16), Counter> {
+) -> Result<(A, u16), Counter> {
     let packed = port_takeover::backend_of(flow.backend_id, flow.backend_gen);
     let now = flow.created_ns;
     for attempt in 0..SNAT_PORT_ATTEMPTS {
         let Some((addr, port)) = forwarding::source(service, key, cfg, hash, attempt) else {
             break;
         };
-        let nat = NatKey::new(backend, addr, port);
-        if REVERSE_NAT
-            .insert(nat, NatOwner::new(*key, now), BPF_NOEXIST as u64)
+        let nat = NatKeyOf::new(backend, addr, port);
+        if A::reverse_nat()
+            .insert(nat, NatOwnerOf::new(*key, now), BPF_NOEXIST as u64)
             .is_ok()
-            || port_takeover::take_over(&nat, key, syn, packed, now)
+            || (A::TAKES_OVER_PORTS && port_takeover::take_over(&nat, key, syn, packed, now))
         {
             return Ok((addr, port));
         }
@@ -574,10 +577,10 @@ fn claim_snat_port(
 /// LB host may have pinned it): a mid-stream ACK pins it again, anything
 /// else is forwarded by the table without state.
 #[inline(always)]
-fn readopt(key: &FlowKey, seg: &Segment, mut flow: Flow, backend: Backend) -> Route {
+fn readopt<A: FamilyMaps>(key: &FlowKeyOf<A>, seg: &Segment, mut flow: FlowOf<A>, backend: BackendOf<A>) -> Route<A> {
     if flow_state::can_readopt(seg.flags) {
         (flow.state, flow.client, flow.backend) = flow_state::readopted_by(seg);
-        if FLOWS.insert(key, flow, BPF_NOEXIST as u64).is_ok() {
+        if A::flows().insert(key, flow, BPF_NOEXIST as u64).is_ok() {
             count(Counter::FlowReadopted);
             return Route::unpinned(&flow, backend);
         }

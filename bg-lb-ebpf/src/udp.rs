@@ -36,8 +36,8 @@ use bg_lb_common::{
     counters::Counter,
     flow_hash::flow_hash,
     maps::{
-        BACKEND_RESET_FLOWS, Backend, DataplaneConfig, FORWARDING_DSR, FORWARDING_FULL_NAT, Flow, FlowKey, IPPROTO_UDP,
-        NatKey, NatOwner, Service, ServiceKey,
+        BACKEND_RESET_FLOWS, BackendOf, DataplaneConfig, FORWARDING_DSR, FORWARDING_FULL_NAT, FlowKey, FlowKeyOf,
+        FlowOf, IPPROTO_UDP, NatKey, NatKeyOf, NatOwnerOf, Service, ServiceKey,
     },
     snat_port::SNAT_PORT_ATTEMPTS,
     udp::{UDP_FLOW_STATE, UdpRewrite, nat_check},
@@ -47,8 +47,7 @@ use crate::{
     forward::{dropped, forward_to},
     forwarding,
     maps::{
-        BACKENDS, CONFIG, FLOWS, REVERSE_NAT, SERVICES, Way, account, account_exhausted, count, flow_entry,
-        flow_pinned_to, reverse_owner,
+        CONFIG, FamilyMaps, SERVICES, Way, account, account_exhausted, count, flow_entry, flow_pinned_to, reverse_owner,
     },
     nat::decrement_ttl,
     packet::udp::{UdpPacket, Unusable, parse_udp, unusable},
@@ -142,19 +141,21 @@ fn judge_unusable(frame: &Unusable, cfg: &DataplaneConfig) -> u32 {
     })
 }
 
-/// Where a datagram goes: its flow's ids, source pair and backend.
-struct Pinned {
-    backend_id: u32,
-    service_id: u32,
+/// Where a datagram goes: its flow's ids, source pair and backend. Generic
+/// over the address family, as the flow logic below is: the IPv6 path
+/// ([`crate::ipv6`]) shares it.
+pub struct Pinned<A: FamilyMaps> {
+    pub backend_id: u32,
+    pub service_id: u32,
     /// The SNAT pair, the client's own (`gateway`), or none (`dsr`).
-    snat_addr: u32,
-    snat_port: u16,
-    backend: Backend,
+    pub snat_addr: A,
+    pub snat_port: u16,
+    pub backend: BackendOf<A>,
     /// Opened by this datagram.
-    new: bool,
+    pub new: bool,
     /// The flow's mode rewrites addresses (full NAT, gateway), else only
     /// MACs (dsr): the mode it was opened in.
-    reply_path: bool,
+    pub reply_path: bool,
 }
 
 #[inline(always)]
@@ -169,12 +170,9 @@ fn to_backend(ctx: &XdpContext, mut pkt: UdpPacket<'_>, service: &Service, cfg: 
     };
     // SAFETY: a helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
-    let flow = match pinned(&key, service, cfg.nat_epoch, now) {
-        Some(flow) => flow,
-        None => match new_flow(&key, service, cfg, now) {
-            Ok(flow) => flow,
-            Err(counter) => return dropped(counter),
-        },
+    let flow = match pin(&key, service, cfg, now) {
+        Ok(flow) => flow,
+        Err(counter) => return dropped(counter),
     };
     account(flow.backend_id, flow.service_id, Way::ToBackend, pkt.ip_len(), flow.new);
     if !flow.reply_path {
@@ -192,15 +190,30 @@ fn to_backend(ctx: &XdpContext, mut pkt: UdpPacket<'_>, service: &Service, cfg: 
     forward_to(ctx, &mut pkt, dst_addr, false)
 }
 
+/// The 5-tuple's flow: its pinned one if it may still be used, else a new
+/// one (or why none could be opened). `now`: the clock.
+#[inline(always)]
+pub fn pin<A: FamilyMaps>(
+    key: &FlowKeyOf<A>,
+    service: &Service,
+    cfg: &DataplaneConfig,
+    now: u64,
+) -> Result<Pinned<A>, Counter> {
+    match pinned(key, service, cfg.nat_epoch, now) {
+        Some(flow) => Ok(flow),
+        None => new_flow(key, service, cfg, now),
+    }
+}
+
 /// The 5-tuple's pinned flow, refreshed, if it may still be used: its
 /// backend id names the backend it was pinned to, of this service, which
 /// is not resetting its flows, and its source pair (none under `dsr`) is
 /// still its own. A flow that may not is removed, and the datagram opens a
 /// new one.
 #[inline(always)]
-fn pinned(key: &FlowKey, service: &Service, nat_epoch: u32, now: u64) -> Option<Pinned> {
+fn pinned<A: FamilyMaps>(key: &FlowKeyOf<A>, service: &Service, nat_epoch: u32, now: u64) -> Option<Pinned<A>> {
     let flow = flow_entry(key)?;
-    let backend = BACKENDS.get(flow.backend_id).copied()?;
+    let backend = A::backends().get(flow.backend_id).copied()?;
     let current = backend.generation == flow.backend_gen && flow.service_id == service.id;
     let unusable = if !current {
         // Its reverse entry names the old backend, whose address is unknown
@@ -208,7 +221,7 @@ fn pinned(key: &FlowKey, service: &Service, nat_epoch: u32, now: u64) -> Option<
         Some(None)
     } else if backend.flags & BACKEND_RESET_FLOWS != 0 {
         // Its backend is down: the flow moves, and its pair is free again.
-        let _ = REVERSE_NAT.remove(flow.nat_key(&backend));
+        let _ = A::reverse_nat().remove(flow.nat_key(&backend));
         Some(Some(Counter::FlowReset))
     } else if flow.has_reply_path() && flow.nat_epoch != nat_epoch && !owns_port(key, &flow.nat_key(&backend)) {
         Some(Some(Counter::NatConflict))
@@ -216,7 +229,7 @@ fn pinned(key: &FlowKey, service: &Service, nat_epoch: u32, now: u64) -> Option<
         None
     };
     if let Some(counter) = unusable {
-        let _ = FLOWS.remove(key);
+        let _ = A::flows().remove(key);
         if let Some(counter) = counter {
             count(counter);
         }
@@ -239,11 +252,16 @@ fn pinned(key: &FlowKey, service: &Service, nat_epoch: u32, now: u64) -> Option<
 /// the first free SNAT pair, or the client's own pair (`gateway`), or none
 /// (`dsr`).
 #[inline(always)]
-fn new_flow(key: &FlowKey, service: &Service, cfg: &DataplaneConfig, now: u64) -> Result<Pinned, Counter> {
+fn new_flow<A: FamilyMaps>(
+    key: &FlowKeyOf<A>,
+    service: &Service,
+    cfg: &DataplaneConfig,
+    now: u64,
+) -> Result<Pinned<A>, Counter> {
     let hash = flow_hash(key);
     let (backend_id, backend) = pick_backend(service, key, hash)?;
     let (snat_addr, snat_port) = if service.forwarding == FORWARDING_DSR {
-        (0, 0)
+        (A::default(), 0)
     } else {
         claim_source(key, hash, &backend, service, cfg, now).ok_or_else(|| {
             if service.forwarding == FORWARDING_FULL_NAT {
@@ -252,7 +270,7 @@ fn new_flow(key: &FlowKey, service: &Service, cfg: &DataplaneConfig, now: u64) -
             forwarding::no_udp_source(service)
         })?
     };
-    let flow = Flow {
+    let flow = FlowOf {
         backend_id,
         service_id: service.id,
         snat_addr,
@@ -264,10 +282,10 @@ fn new_flow(key: &FlowKey, service: &Service, cfg: &DataplaneConfig, now: u64) -
         last_seen_ns: now,
         backend_gen: backend.generation,
         nat_epoch: cfg.nat_epoch,
-        ..Flow::default()
+        ..FlowOf::default()
     };
-    if FLOWS.insert(key, flow, BPF_ANY as u64).is_err() {
-        let _ = REVERSE_NAT.remove(flow.nat_key(&backend));
+    if A::flows().insert(key, flow, BPF_ANY as u64).is_err() {
+        let _ = A::reverse_nat().remove(flow.nat_key(&backend));
         return Err(Counter::FlowInsertFailed);
     }
     Ok(Pinned {
@@ -285,20 +303,20 @@ fn new_flow(key: &FlowKey, service: &Service, cfg: &DataplaneConfig, now: u64) -
 /// the client's own) no flow holds for `backend`, claimed atomically
 /// (NOEXIST), both wire order.
 #[inline(always)]
-fn claim_source(
-    key: &FlowKey,
+fn claim_source<A: FamilyMaps>(
+    key: &FlowKeyOf<A>,
     hash: u32,
-    backend: &Backend,
+    backend: &BackendOf<A>,
     service: &Service,
     cfg: &DataplaneConfig,
     now: u64,
-) -> Option<(u32, u16)> {
+) -> Option<(A, u16)> {
     for attempt in 0..SNAT_PORT_ATTEMPTS {
         let (addr, port) = forwarding::source(service, key, cfg, hash, attempt)?;
-        let claimed = REVERSE_NAT
+        let claimed = A::reverse_nat()
             .insert(
-                NatKey::new(backend, addr, port),
-                NatOwner::new(*key, now),
+                NatKeyOf::new(backend, addr, port),
+                NatOwnerOf::new(*key, now),
                 BPF_NOEXIST as u64,
             )
             .is_ok();

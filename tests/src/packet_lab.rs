@@ -15,12 +15,12 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream},
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, TcpStream},
     time::Duration,
 };
 
 use aya::{
-    maps::{Array, HashMap as BpfHashMap, MapData},
+    maps::{Array, HashMap as BpfHashMap, Map, MapData, MapInfo, PerCpuArray},
     programs::{TestRun, TestRunOptions, Xdp, XdpMode},
 };
 use bg_lb::{
@@ -40,8 +40,9 @@ use bg_lb_common::{
     counters::Counter,
     flow_hash::flow_hash,
     maps::{
-        self as map_names, Backend, DEFAULT_LUT_SIZE, DataplaneConfig, Flow, FlowKey, MAX_BACKENDS, NatKey, Service,
-        ServiceKey, TrafficStats,
+        self as map_names, Backend, Backend6, DEFAULT_LUT_SIZE, DataplaneConfig, Flow, Flow6, FlowKey, FlowKey6,
+        IPPROTO_TCP, IPPROTO_UDP, Ipv6Wire, MAX_BACKENDS, MAX_SERVICES, NO_BACKEND, NatKey, NatKey6, NatOwner6,
+        Service, ServiceKey, ServiceKey6, TrafficStats, ip6, wire_ip6,
     },
 };
 
@@ -826,4 +827,201 @@ fn prepare_namespace() {
 
 fn mac_text(mac: [u8; 6]) -> String {
     mac.map(|b| format!("{b:02x}")).join(":")
+}
+
+/// The lab's IPv6 addresses: veth0 holds [`SNAT6`]; backends are on-link,
+/// clients ([`client6`]) behind [`GATEWAY6`].
+pub const SNAT6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 1);
+pub const GATEWAY6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 0xfe);
+pub const VIP6: SocketAddrV6 = SocketAddrV6::new(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 0x100), 80, 0, 0);
+pub const BACKENDS6: [SocketAddrV6; 2] = [
+    SocketAddrV6::new(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 0x11), 8080, 0, 0),
+    SocketAddrV6::new(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 0x12), 8080, 0, 0),
+];
+/// The IPv6 services' ids and their backends' (ids of neither family's
+/// daemon-written entries: the lab's IPv4 service takes the lowest).
+const TCP6_SERVICE_ID: u32 = MAX_SERVICES - 1;
+const UDP6_SERVICE_ID: u32 = MAX_SERVICES - 2;
+const BACKEND6_IDS: [u32; 2] = [MAX_BACKENDS - 2, MAX_BACKENDS - 1];
+/// Slots of each IPv6 service's lookup table (prime).
+const LUT6_SIZE: u32 = 7;
+
+/// An IPv6 client at `port`.
+pub fn client6(port: u16) -> SocketAddrV6 {
+    SocketAddrV6::new(Ipv6Addr::new(0xfd00, 0xc, 0, 0, 0, 0, 0, 5), port, 0, 0)
+}
+
+/// The MAC the lab's neighbour table gives an IPv6 address.
+pub fn mac_of6(addr: Ipv6Addr) -> [u8; 6] {
+    [0x02, 0, 0, 6, 0, addr.octets()[15]]
+}
+
+/// An IPv6 TCP service and an IPv6 UDP service at [`VIP6`], both full NAT
+/// over [`BACKENDS6`] from [`SNAT6`], written straight into the IPv6 maps
+/// (the daemon's IPv6 writer is another change's): what the packet tests
+/// need of them, and their maps to read.
+pub struct Ipv6Services {
+    backends: Array<MapData, Backend6>,
+    tables: Array<MapData, u32>,
+    flows: BpfHashMap<MapData, FlowKey6, Flow6>,
+    reverse: BpfHashMap<MapData, NatKey6, NatOwner6>,
+    stats: PerCpuArray<MapData, TrafficStats>,
+    /// First slot of the TCP and the UDP service's tables.
+    lut_bases: [u32; 2],
+}
+
+impl PacketLab {
+    /// Programs [`Ipv6Services`], with the namespace's IPv6 routes and
+    /// neighbours, and the configuration's IPv6 SNAT address and VIP filter.
+    pub fn add_ipv6_services(&self) -> Ipv6Services {
+        ip(&format!("-6 addr add {SNAT6}/64 dev {INTERFACE} nodad"));
+        for addr in BACKENDS6.iter().map(|b| *b.ip()).chain([GATEWAY6]) {
+            let mac = mac_text(mac_of6(addr));
+            ip(&format!(
+                "-6 neigh add {addr} lladdr {mac} dev {INTERFACE} nud permanent"
+            ));
+        }
+        ip(&format!("-6 route add fd00:c::/64 via {GATEWAY6} dev {INTERFACE}"));
+        cmd::run(
+            "sysctl",
+            &["-qw", "net.ipv6.conf.all.forwarding=1", "net.ipv6.conf.lo.forwarding=1"],
+        );
+        let mut config: Array<MapData, DataplaneConfig> = program_map(self.program(), map_names::CONFIG)
+            .try_into()
+            .expect("CONFIG");
+        let cfg = config.get(&0, 0).expect("the configuration");
+        let cfg = cfg.with_snat6(&[SNAT6]).with_vip6_filter([*VIP6.ip()]);
+        config.set(0, cfg, 0).expect("write CONFIG");
+        let mut vips: BpfHashMap<MapData, Ipv6Wire, u32> = self
+            .ipv6_map(map_names::VIP_ADDRESSES6)
+            .try_into()
+            .expect("VIP_ADDRESSES6");
+        vips.insert(wire_ip6(*VIP6.ip()), 1, 0).expect("VIP_ADDRESSES6");
+        let mut tables = self.lookup_tables();
+        let end = tables.len();
+        let lut_bases = [end - 2 * LUT6_SIZE, end - LUT6_SIZE];
+        let mut backends: Array<MapData, Backend6> = self.ipv6_map(map_names::BACKENDS6).try_into().expect("BACKENDS6");
+        let mut services: BpfHashMap<MapData, ServiceKey6, Service> =
+            self.ipv6_map(map_names::SERVICES6).try_into().expect("SERVICES6");
+        let protocols = [(TCP6_SERVICE_ID, IPPROTO_TCP, 0), (UDP6_SERVICE_ID, IPPROTO_UDP, 30)];
+        for ((id, proto, udp_idle_s), lut_base) in protocols.into_iter().zip(lut_bases) {
+            for slot in 0..LUT6_SIZE {
+                let backend = BACKEND6_IDS[(slot % 2) as usize];
+                tables.set(lut_base + slot, backend, 0).expect("LOOKUP_TABLES");
+            }
+            let service = Service {
+                id,
+                lut_base,
+                lut_size: LUT6_SIZE,
+                lut_spare_base: lut_base,
+                udp_idle_s,
+                ..Service::default()
+            };
+            services
+                .insert(ServiceKey6::with_proto(VIP6, proto), service, 0)
+                .expect("SERVICES6");
+        }
+        // Both services' backends: one id each serves one service's table
+        // (the flows keep to the service they were opened for).
+        for (id, addr) in BACKEND6_IDS.into_iter().zip(BACKENDS6) {
+            backends
+                .set(id, Backend6::new(TCP6_SERVICE_ID, 1, addr, 0, false), 0)
+                .expect("BACKENDS6");
+        }
+        Ipv6Services {
+            backends,
+            tables,
+            flows: self.ipv6_map(map_names::FLOWS6).try_into().expect("FLOWS6"),
+            reverse: self.ipv6_map(map_names::REVERSE_NAT6).try_into().expect("REVERSE_NAT6"),
+            stats: program_map(self.program(), map_names::BACKEND_STATS)
+                .try_into()
+                .expect("BACKEND_STATS"),
+            lut_bases,
+        }
+    }
+
+    /// A map of the IPv6 program loaded with this lab's `bg_lb`: the one
+    /// `bg_lb_ipv6` whose maps include `bg_lb`'s CONFIG (other data planes
+    /// may be loaded on the host at the same time).
+    fn ipv6_map(&self, name: &str) -> Map {
+        let named = |ids: &[u32], name: &str| {
+            ids.iter()
+                .copied()
+                .find(|&id| MapInfo::from_id(id).is_ok_and(|info| info.name_as_str() == Some(name)))
+        };
+        let own_ids = self
+            .program()
+            .info()
+            .expect("bg_lb info")
+            .map_ids()
+            .expect("map ids")
+            .expect("map ids");
+        let config = named(&own_ids, map_names::CONFIG).expect("bg_lb's CONFIG");
+        let ids = aya::programs::loaded_programs()
+            .filter_map(Result::ok)
+            .filter(|p| p.name_as_str() == Some("bg_lb_ipv6"))
+            .filter_map(|p| p.map_ids().ok().flatten())
+            .find(|ids| ids.contains(&config))
+            .expect("this lab's bg_lb_ipv6 program");
+        let id = named(&ids, name).unwrap_or_else(|| panic!("bg_lb_ipv6 uses no map {name}"));
+        Map::from_map_data(MapData::from_id(id).expect("open map by id")).expect("a known map type")
+    }
+}
+
+impl Ipv6Services {
+    /// The pinned flow of `client`'s `proto` flow to [`VIP6`].
+    pub fn flow(&self, client: SocketAddrV6, proto: u8) -> Option<Flow6> {
+        self.flows.get(&FlowKey6::with_proto(client, VIP6, proto), 0).ok()
+    }
+
+    /// The backend the flow is pinned to, and its SNAT address and port.
+    pub fn pinned(&self, client: SocketAddrV6, proto: u8) -> Option<(SocketAddrV6, SocketAddrV6)> {
+        let flow = self.flow(client, proto)?;
+        let backend = self.backends.get(&flow.backend_id, 0).ok()?;
+        let snat = SocketAddrV6::new(ip6(flow.snat_addr), u16::from_be(flow.snat_port), 0, 0);
+        Some((backend.addr(), snat))
+    }
+
+    /// Which flow owns `backend`'s replies to `snat`.
+    pub fn reverse_owner(&self, backend: SocketAddrV6, snat: SocketAddrV6) -> Option<FlowKey6> {
+        let key = NatKey6::new(
+            &Backend6::new(0, 0, backend, 0, false),
+            wire_ip6(*snat.ip()),
+            snat.port().to_be(),
+        );
+        self.reverse.get(&key, 0).ok().map(|owner| owner.flow)
+    }
+
+    /// Every slot of both services' tables names `backend` (one of
+    /// [`BACKENDS6`]): new flows go there.
+    pub fn send_all_to(&mut self, backend: SocketAddrV6) {
+        let index = BACKENDS6.iter().position(|&b| b == backend).expect("an IPv6 backend");
+        for base in self.lut_bases {
+            for slot in 0..LUT6_SIZE {
+                self.tables
+                    .set(base + slot, BACKEND6_IDS[index], 0)
+                    .expect("LOOKUP_TABLES");
+            }
+        }
+    }
+
+    /// Every slot of both services' tables names no backend: new flows
+    /// find none.
+    pub fn clear_tables(&mut self) {
+        for base in self.lut_bases {
+            for slot in 0..LUT6_SIZE {
+                self.tables.set(base + slot, NO_BACKEND, 0).expect("LOOKUP_TABLES");
+            }
+        }
+    }
+
+    /// `backend`'s traffic counters, summed over CPUs.
+    pub fn backend_stats(&self, backend: SocketAddrV6) -> TrafficStats {
+        let index = BACKENDS6.iter().position(|&b| b == backend).expect("an IPv6 backend");
+        let mut sum = TrafficStats::default();
+        for stats in self.stats.get(&BACKEND6_IDS[index], 0).expect("BACKEND_STATS").iter() {
+            sum.add(stats);
+        }
+        sum
+    }
 }

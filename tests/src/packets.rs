@@ -1,11 +1,11 @@
-//! Frames for packet tests (TCP segments and ICMP errors), built and checked
-//! with etherparse.
+//! Frames for packet tests (IPv4 and IPv6 TCP segments, UDP datagrams, ICMP
+//! errors, a neighbour solicitation), built and checked with etherparse.
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV4, SocketAddrV6};
 
 use etherparse::{
-    EtherType, Ethernet2Header, Icmpv4Header, Icmpv4Type, IpNumber, Ipv4Header, PacketBuilder, SlicedPacket, TcpHeader,
-    TransportSlice, UdpHeader,
+    EtherType, Ethernet2Header, Icmpv4Header, Icmpv4Type, Icmpv6Type, IpNumber, Ipv4Header, Ipv6Header, PacketBuilder,
+    PacketBuilderStep, SlicedPacket, TcpHeader, TransportSlice, UdpHeader,
 };
 
 pub const SYN: u8 = 0x02;
@@ -55,16 +55,22 @@ pub fn numbered_tcp_frame(
     numbers: Numbers,
     payload: &[u8],
 ) -> Vec<u8> {
-    let mut builder = PacketBuilder::ethernet2(src_mac, dst_mac)
+    let builder = PacketBuilder::ethernet2(src_mac, dst_mac)
         .ipv4(src.ip().octets(), dst.ip().octets(), 64)
         .tcp(src.port(), dst.port(), numbers.seq, 64240);
+    write_segment(builder, flags, numbers, payload)
+}
+
+/// The frame `builder` starts, with the TCP `flags` (and `numbers.ack` with
+/// ACK) and `payload`.
+fn write_segment(mut builder: PacketBuilderStep<TcpHeader>, flags: u8, numbers: Numbers, payload: &[u8]) -> Vec<u8> {
     if flags & SYN != 0 {
         builder = builder.syn();
     }
     if flags & ACK != 0 {
         builder = builder.ack(numbers.ack);
     }
-    if flags & 0x01 != 0 {
+    if flags & FIN != 0 {
         builder = builder.fin();
     }
     if flags & RST != 0 {
@@ -481,5 +487,197 @@ mod tests {
         assert_eq!(internet_checksum(0, &[0x01]), !0x0100);
         assert_eq!(internet_checksum(0, &[0xff, 0xff, 0x00, 0x01]), !0x0001);
         assert_eq!(internet_checksum(0, &[]), 0xffff);
+    }
+}
+
+/// An Ethernet/IPv6/TCP frame from `src` to `dst` with the given TCP flags
+/// and payload (hop limit 64, sequence [`SEQ`], and [`ACK_NUMBER`] when ACK
+/// is set).
+pub fn tcp6_frame(
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+    src: SocketAddrV6,
+    dst: SocketAddrV6,
+    flags: u8,
+    payload: &[u8],
+) -> Vec<u8> {
+    let numbers = Numbers {
+        seq: SEQ,
+        ack: ACK_NUMBER,
+    };
+    numbered_tcp6_frame(src_mac, dst_mac, src, dst, flags, numbers, payload)
+}
+
+/// Like [`tcp6_frame`], with the given sequence numbers.
+pub fn numbered_tcp6_frame(
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+    src: SocketAddrV6,
+    dst: SocketAddrV6,
+    flags: u8,
+    numbers: Numbers,
+    payload: &[u8],
+) -> Vec<u8> {
+    let builder = PacketBuilder::ethernet2(src_mac, dst_mac)
+        .ipv6(src.ip().octets(), dst.ip().octets(), 64)
+        .tcp(src.port(), dst.port(), numbers.seq, 64240);
+    write_segment(builder, flags, numbers, payload)
+}
+
+/// An Ethernet/IPv6/UDP frame from `src` to `dst` (hop limit 64) carrying
+/// `payload`, its checksum computed.
+pub fn udp6_frame(src_mac: [u8; 6], dst_mac: [u8; 6], src: SocketAddrV6, dst: SocketAddrV6, payload: &[u8]) -> Vec<u8> {
+    let builder = PacketBuilder::ethernet2(src_mac, dst_mac)
+        .ipv6(src.ip().octets(), dst.ip().octets(), 64)
+        .udp(src.port(), dst.port());
+    let mut frame = Vec::with_capacity(builder.size(payload.len()));
+    builder.write(&mut frame, payload).expect("frame builds");
+    frame
+}
+
+/// Where the IPv6 header's fields are in an Ethernet frame.
+const IP6: usize = ETH_LEN;
+const IP6_HOP_LIMIT: usize = IP6 + 7;
+const IP6_NEXT_HEADER: usize = IP6 + 6;
+const IP6_LEN: usize = 40;
+
+/// `frame` (IPv6) with its hop limit set to `hop_limit` (no checksum covers it).
+pub fn with_hop_limit(frame: &[u8], hop_limit: u8) -> Vec<u8> {
+    let mut out = frame.to_vec();
+    out[IP6_HOP_LIMIT] = hop_limit;
+    out
+}
+
+/// `frame` (IPv6) with an empty destination options extension header (8
+/// bytes: next header, length 0, a PadN option) between its IPv6 header and
+/// its TCP or UDP header, the payload length redone. The layer-4 checksum
+/// stays right: extension headers are not in the pseudo-header.
+pub fn with_extension_header(frame: &[u8]) -> Vec<u8> {
+    let l4 = IP6 + IP6_LEN;
+    let next = frame[IP6_NEXT_HEADER];
+    let mut out = frame[..l4].to_vec();
+    out[IP6_NEXT_HEADER] = 60;
+    let len = u16::from_be_bytes([out[IP6 + 4], out[IP6 + 5]]) + 8;
+    out[IP6 + 4..IP6 + 6].copy_from_slice(&len.to_be_bytes());
+    out.extend([next, 0, 1, 4, 0, 0, 0, 0]);
+    out.extend(&frame[l4..]);
+    out
+}
+
+/// An ICMPv6 neighbour solicitation from `src` for `target`, to its
+/// solicited-node multicast address and MAC (hop limit 255), as neighbour
+/// discovery sends it.
+pub fn neighbour_solicitation(src_mac: [u8; 6], src: Ipv6Addr, target: Ipv6Addr) -> Vec<u8> {
+    let t = target.octets();
+    let group = Ipv6Addr::new(
+        0xff02,
+        0,
+        0,
+        0,
+        0,
+        1,
+        0xff00 | t[13] as u16,
+        u16::from_be_bytes([t[14], t[15]]),
+    );
+    let dst_mac = [0x33, 0x33, 0xff, t[13], t[14], t[15]];
+    // After the reserved word (the header's last four bytes): the target
+    // and a source link-layer address option.
+    let mut body = t.to_vec();
+    body.extend([1, 1]);
+    body.extend(src_mac);
+    let builder = PacketBuilder::ethernet2(src_mac, dst_mac)
+        .ipv6(src.octets(), group.octets(), 255)
+        .icmpv6(Icmpv6Type::Unknown {
+            type_u8: 135,
+            code_u8: 0,
+            bytes5to8: [0; 4],
+        });
+    let mut frame = Vec::with_capacity(builder.size(body.len()));
+    builder.write(&mut frame, &body).expect("frame builds");
+    frame
+}
+
+/// What a test checks in an IPv6 TCP frame the program emitted.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Tcp6View {
+    pub src_mac: [u8; 6],
+    pub dst_mac: [u8; 6],
+    pub src: SocketAddrV6,
+    pub dst: SocketAddrV6,
+    pub hop_limit: u8,
+    pub flags_syn: bool,
+    pub flags_rst: bool,
+    pub flags_ack: bool,
+    pub flags_fin: bool,
+    pub seq: u32,
+    pub ack: u32,
+    pub payload: Vec<u8>,
+}
+
+/// The IPv6 header of an Ethernet frame.
+fn ipv6_header(frame: &[u8]) -> Ipv6Header {
+    let eth = Ethernet2Header::from_slice(frame).expect("Ethernet header").0;
+    assert_eq!(eth.ether_type, EtherType::IPV6);
+    Ipv6Header::from_slice(&frame[ETH_LEN..]).expect("an IPv6 header").0
+}
+
+/// Parses an emitted IPv6 frame and panics unless its TCP checksum is
+/// correct and its payload length matches the frame.
+pub fn parse_checked6(frame: &[u8]) -> Tcp6View {
+    let eth = Ethernet2Header::from_slice(frame).expect("Ethernet header").0;
+    let ip = ipv6_header(frame);
+    assert_eq!(ip.next_header, IpNumber::TCP);
+    assert_eq!(
+        ETH_LEN + IP6_LEN + ip.payload_length as usize,
+        frame.len(),
+        "payload length"
+    );
+    let (tcp, payload) = TcpHeader::from_slice(&frame[ETH_LEN + IP6_LEN..]).expect("a TCP header");
+    let expected = tcp.calc_checksum_ipv6(&ip, payload).expect("checksum computes");
+    assert_eq!(tcp.checksum, expected, "TCP checksum");
+    Tcp6View {
+        src_mac: eth.source,
+        dst_mac: eth.destination,
+        src: SocketAddrV6::new(Ipv6Addr::from(ip.source), tcp.source_port, 0, 0),
+        dst: SocketAddrV6::new(Ipv6Addr::from(ip.destination), tcp.destination_port, 0, 0),
+        hop_limit: ip.hop_limit,
+        flags_syn: tcp.syn,
+        flags_rst: tcp.rst,
+        flags_ack: tcp.ack,
+        flags_fin: tcp.fin,
+        seq: tcp.sequence_number,
+        ack: tcp.acknowledgment_number,
+        payload: payload.to_vec(),
+    }
+}
+
+/// What a test checks in an IPv6 UDP frame the program emitted.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Udp6View {
+    pub dst_mac: [u8; 6],
+    pub src: SocketAddrV6,
+    pub dst: SocketAddrV6,
+    pub hop_limit: u8,
+    pub checksum: u16,
+    pub payload: Vec<u8>,
+}
+
+/// Parses an emitted IPv6 UDP frame and panics unless its checksum is
+/// present (never 0 on IPv6) and correct.
+pub fn parse_checked_udp6(frame: &[u8]) -> Udp6View {
+    let eth = Ethernet2Header::from_slice(frame).expect("Ethernet header").0;
+    let ip = ipv6_header(frame);
+    assert_eq!(ip.next_header, IpNumber::UDP);
+    let (udp, payload) = UdpHeader::from_slice(&frame[ETH_LEN + IP6_LEN..]).expect("a UDP header");
+    assert_ne!(udp.checksum, 0, "an IPv6 UDP checksum is mandatory");
+    let expected = udp.calc_checksum_ipv6(&ip, payload).expect("checksum computes");
+    assert_eq!(udp.checksum, expected, "UDP checksum");
+    Udp6View {
+        dst_mac: eth.destination,
+        src: SocketAddrV6::new(Ipv6Addr::from(ip.source), udp.source_port, 0, 0),
+        dst: SocketAddrV6::new(Ipv6Addr::from(ip.destination), udp.destination_port, 0, 0),
+        hop_limit: ip.hop_limit,
+        checksum: udp.checksum,
+        payload: payload.to_vec(),
     }
 }

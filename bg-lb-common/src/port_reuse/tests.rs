@@ -1,8 +1,11 @@
 use super::*;
-use crate::flow_state::{
-    Direction::{FromBackend, FromClient},
-    ESTABLISHED, FIN_FROM_BACKEND, FIN_FROM_CLIENT, SYN_ACK_SEEN, Segment, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, advance,
-    note_client_timestamp, opened_by,
+use crate::{
+    flow_state::{
+        Direction::{FromBackend, FromClient},
+        ESTABLISHED, FIN_FROM_BACKEND, FIN_FROM_CLIENT, SYN_ACK_SEEN, Segment, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
+        advance, note_client_timestamp, opened_by,
+    },
+    maps::{Flow, FlowKey},
 };
 
 const CLIENT_ISN: u32 = 1_000;

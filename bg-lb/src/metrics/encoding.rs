@@ -50,7 +50,9 @@ pub fn verdict(counter: Counter) -> &'static str {
         | Counter::SynProxyUnavailable
         | Counter::DsrNotOnLink
         | Counter::UdpSnatPortsExhausted
-        | Counter::UdpGatewayCollision => "drop",
+        | Counter::UdpGatewayCollision
+        | Counter::Ipv6ExtensionHeader
+        | Counter::Udp6NoChecksum => "drop",
         Counter::IcmpErrorWithoutFlow | Counter::IcmpMalformed => "pass",
         Counter::UnpinnedForwarded
         | Counter::RstOutOfWindow

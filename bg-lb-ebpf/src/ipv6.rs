@@ -1,0 +1,449 @@
+//! The IPv6 data path: full NAT (NAT66) for IPv6 services, TCP and UDP,
+//! in XDP programs of their own, reached by tail call so that each has a
+//! whole stack to itself (IPv6 keys are larger, and spill more): the load
+//! balancer hands an IPv6 frame to [`bg_lb_ipv6`] ([`Job::Ipv6`]), which
+//! carries established TCP flows itself and hands new flows
+//! ([`bg_lb_tcp6_open`]), backend replies ([`bg_lb_tcp6_reply`]), UDP
+//! ([`bg_lb_udp6`]) and RSTs ([`bg_lb_rst6`]) on.
+//!
+//! The flow logic is the IPv4 path's, generic over the address family
+//! (`crate::maps::FamilyMaps`): pinning, backend choice from the same
+//! lookup tables, SNAT (address, port) claims with their ownership rules
+//! (NOEXIST claims, epoch checks; no takeover of an ended flow's pair, see
+//! `FamilyMaps::TAKES_OVER_PORTS`), TCP flow state
+//! and the traffic statistics ([`to_backend::pinned_flow`],
+//! [`to_backend::new_flow`], [`udp::pin`]). What is IPv6's own is the packet
+//! work: parsing, the rewrite (no header checksum; the TCP and UDP checksums
+//! cover the addresses through the pseudo-header, and a UDP checksum is
+//! never sent as 0), the hop limit, routing ([`forward6`]) and a RST.
+//!
+//! An IPv6 service is full NAT without SYN proxy whatever its entry says
+//! (config refuses the rest): `gateway`, `dsr` and the SYN proxy are
+//! IPv4's. Only a TCP or UDP header right after the fixed header is read: a
+//! packet to a VIP address with an extension header is dropped and counted
+//! (`ipv6_extension_header`); anything not for a VIP or the IPv6 SNAT
+//! range, ICMPv6 (neighbour discovery) included, passes untouched.
+
+use aya_ebpf::{
+    bindings::xdp_action::{XDP_DROP, XDP_PASS, XDP_TX},
+    helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
+    macros::xdp,
+    programs::XdpContext,
+};
+use bg_lb_common::{
+    counters::Counter,
+    flow_state::{self, Direction, Event},
+    maps::{
+        BACKEND_RESET_FLOWS, DataplaneConfig, FORWARDING_FULL_NAT, Flow6, FlowKey6, IPPROTO_TCP, IPPROTO_UDP, Ipv6Wire,
+        NatKey6, SERVICE_AFFINITY_CLIENT_IP, Service, ServiceKey6,
+    },
+    port_reuse::Syn,
+    syn_proxy::Job,
+};
+
+use crate::{
+    forward::{dropped, forward6},
+    maps::{
+        CONFIG, FLOWS6, REVERSE_NAT6, SERVICES6, VIP_ADDRESSES6, Way, account, account_event, count, flow_entry,
+        flow_pinned_to, reverse_owner,
+    },
+    packet::ipv6::{Tcp6Packet, Udp6Packet, parse_tcp6, parse_udp6, peek},
+    synproxy::hand_over,
+    to_backend::{Lookup, Route, carries, new_flow, pinned_flow, refuse},
+    udp,
+};
+
+/// [`Job::Ipv6`]: an IPv6 frame.
+#[xdp]
+pub fn bg_lb_ipv6(ctx: XdpContext) -> u32 {
+    // The load balancer found it ready before it handed the frame over.
+    let Some(cfg) = CONFIG.get(0) else {
+        return XDP_PASS;
+    };
+    let Some((next, dst)) = peek(&ctx) else {
+        return passed();
+    };
+    match next {
+        IPPROTO_TCP => tcp(&ctx, cfg, dst),
+        IPPROTO_UDP => hand_over(&ctx, Job::Udp6),
+        // ICMPv6 (neighbour discovery), no next header, other protocols.
+        next if !is_extension_header(next) => passed(),
+        _ if is_vip(&dst) => dropped(Counter::Ipv6ExtensionHeader),
+        _ => passed(),
+    }
+}
+
+/// The IANA list of IPv6 extension headers (RFC 7045): hop-by-hop options,
+/// routing, fragment, ESP, AH, destination options, mobility, HIP, shim6,
+/// and the two experimental ones.
+#[inline(always)]
+fn is_extension_header(next: u8) -> bool {
+    matches!(next, 0 | 43 | 44 | 50 | 51 | 60 | 135 | 139 | 140 | 253 | 254)
+}
+
+/// Whether `addr` is an IPv6 VIP's address.
+#[inline(always)]
+fn is_vip(addr: &Ipv6Wire) -> bool {
+    // SAFETY: only whether an entry exists is read.
+    unsafe { VIP_ADDRESSES6.get(addr) }.is_some()
+}
+
+#[inline(always)]
+fn passed() -> u32 {
+    count(Counter::Passed);
+    XDP_PASS
+}
+
+/// A TCP or UDP frame whose lengths cannot be trusted: dropped if it goes
+/// to a VIP address, else the kernel's.
+#[inline(always)]
+fn malformed(dst: &Ipv6Wire) -> u32 {
+    if is_vip(dst) {
+        dropped(Counter::Truncated)
+    } else {
+        passed()
+    }
+}
+
+/// The IPv6 service's entry as this path serves it: full NAT, no SYN
+/// proxy, its client affinity kept.
+#[inline(always)]
+fn full_nat(service: &Service) -> Service {
+    Service {
+        flags: service.flags & SERVICE_AFFINITY_CLIENT_IP,
+        forwarding: FORWARDING_FULL_NAT,
+        ..*service
+    }
+}
+
+#[inline(always)]
+fn tcp(ctx: &XdpContext, cfg: &DataplaneConfig, dst: Ipv6Wire) -> u32 {
+    let Some(pkt) = parse_tcp6(ctx) else {
+        return malformed(&dst);
+    };
+    // No VIP is a SNAT address, as for IPv4.
+    let to_snat_addr = cfg.is_snat_addr(dst);
+    if to_snat_addr && cfg.in_snat_ports(pkt.dst_port()) {
+        if let Err(verdict) = screen(&pkt) {
+            return verdict;
+        }
+        return hand_over(ctx, Job::Tcp6Reply);
+    }
+    if !to_snat_addr && cfg.may_be_vip(dst) {
+        return to_backend(ctx, pkt, cfg);
+    }
+    passed()
+}
+
+/// As IPv4's `screen`: SYN with FIN or RST dropped, and a hop limit that
+/// would reach 0 here (the VIP and SNAT addresses are local: the kernel
+/// would deliver it, not answer time exceeded).
+#[inline(always)]
+fn screen(pkt: &Tcp6Packet<'_>) -> Result<(), u32> {
+    if flow_state::has_bad_flags(pkt.flags()) {
+        return Err(dropped(Counter::BadTcpFlags));
+    }
+    if pkt.frame.hop_limit() <= 1 {
+        return Err(dropped(Counter::TtlExpired));
+    }
+    Ok(())
+}
+
+/// The flow a client segment belongs to.
+#[inline(always)]
+fn flow_key(pkt: &Tcp6Packet<'_>) -> FlowKey6 {
+    FlowKey6::from_wire(
+        pkt.frame.src_addr(),
+        pkt.src_port(),
+        pkt.frame.dst_addr(),
+        pkt.dst_port(),
+    )
+}
+
+/// The TCP service at the segment's VIP:port, copied.
+#[inline(always)]
+fn tcp_service(key: &FlowKey6) -> Option<Service> {
+    // SAFETY: as for SERVICES: not preallocated, copied at once.
+    unsafe { SERVICES6.get(ServiceKey6::from_wire(key.vip_addr, key.vip_port, IPPROTO_TCP)) }.copied()
+}
+
+/// Client -> VIP:port, as IPv4's `to_backend`: FLOWS6 first, then
+/// SERVICES6; a packet of no flow to a VIP:port without a service passes,
+/// and one of no usable flow to a service opens one ([`bg_lb_tcp6_open`]).
+#[inline(always)]
+fn to_backend(ctx: &XdpContext, pkt: Tcp6Packet<'_>, cfg: &DataplaneConfig) -> u32 {
+    let key = flow_key(&pkt);
+    let seg = pkt.segment();
+    // SAFETY: a helper without arguments (coarse: as for IPv4).
+    let seen = unsafe { bpf_ktime_get_coarse_ns() };
+    let lookup = match flow_entry(&key) {
+        Some(flow) if carries(flow, seg.flags) => {
+            if let Err(verdict) = screen(&pkt) {
+                return verdict;
+            }
+            let service_id = flow.service_id;
+            pinned_flow(&key, Some(flow), &seg, service_id, cfg.nat_epoch, seen, || {
+                pkt.timestamp(ctx)
+            })
+            .unwrap_or(Lookup::Stale)
+        }
+        flow => {
+            let Some(service) = tcp_service(&key) else {
+                return passed();
+            };
+            if let Err(verdict) = screen(&pkt) {
+                return verdict;
+            }
+            match pinned_flow(&key, flow, &seg, service.id, cfg.nat_epoch, seen, || pkt.timestamp(ctx)) {
+                Some(lookup) => lookup,
+                None => return hand_over(ctx, Job::Tcp6Open),
+            }
+        }
+    };
+    deliver(ctx, pkt, &key, lookup)
+}
+
+/// [`Job::Tcp6Open`]: the frame's segment, to a TCP service's VIP:port,
+/// screened, has no usable flow: a new flow from the service's table, or
+/// the refusal.
+#[xdp]
+pub fn bg_lb_tcp6_open(ctx: XdpContext) -> u32 {
+    let Some(pkt) = parse_tcp6(&ctx) else {
+        return XDP_DROP;
+    };
+    let key = flow_key(&pkt);
+    // Gone since the frame was handed over: as for a frame without one.
+    let Some(service) = tcp_service(&key) else {
+        return passed();
+    };
+    match open(&ctx, &pkt, &key, &service) {
+        Ok(route) => deliver(&ctx, pkt, &key, Lookup::Pinned(route)),
+        Err((counter, now)) => refuse(&ctx, &pkt.segment(), counter, now, || hand_over(&ctx, Job::Rst6)),
+    }
+}
+
+/// A segment of no usable flow: a new flow from the service's table (pinned
+/// by a SYN, else forwarded without state), or why none opened and when.
+#[inline(always)]
+fn open(
+    ctx: &XdpContext,
+    pkt: &Tcp6Packet<'_>,
+    key: &FlowKey6,
+    service: &Service,
+) -> Result<Route<Ipv6Wire>, (Counter, u64)> {
+    // SAFETY: helpers without arguments. Precise: the flow's port claim;
+    // coarse: its last packet, as for IPv4.
+    let (now, seen) = unsafe { (bpf_ktime_get_ns(), bpf_ktime_get_coarse_ns()) };
+    let Some(cfg) = CONFIG.get(0) else {
+        return Err((Counter::NoBackend, now));
+    };
+    let seg = pkt.segment();
+    let tsval = if flow_state::is_connection_request(seg.flags) {
+        pkt.timestamp(ctx)
+    } else {
+        None
+    };
+    let service = full_nat(service);
+    new_flow(key, &seg, &Syn::new(seg.seq, tsval), &service, cfg, (now, seen)).map_err(|counter| (counter, now))
+}
+
+/// Carries out what the flow table said, as IPv4's `deliver`.
+#[inline(always)]
+fn deliver(ctx: &XdpContext, mut pkt: Tcp6Packet<'_>, key: &FlowKey6, lookup: Lookup<Ipv6Wire>) -> u32 {
+    let route = match lookup {
+        Lookup::Pinned(route) => route,
+        Lookup::Stale => return dropped(Counter::StaleFlow),
+        Lookup::PortTaken => {
+            count(Counter::NatConflict);
+            return hand_over(ctx, Job::Rst6);
+        }
+        // An IPv6 flow has no proxy bits (see `full_nat`).
+        Lookup::Proxy(_) => return XDP_DROP,
+    };
+    let backend = route.backend;
+    if route.pinned && backend.flags & BACKEND_RESET_FLOWS != 0 {
+        let _ = FLOWS6.remove(key);
+        let _ = REVERSE_NAT6.remove(NatKey6::new(&backend, route.snat_addr, route.snat_port));
+        count(Counter::FlowReset);
+        return hand_over(ctx, Job::Rst6);
+    }
+    if route.event == Event::RstOutOfWindow {
+        count(Counter::RstOutOfWindow);
+    }
+    let established = route.event == Event::Established;
+    account(
+        route.backend_id,
+        route.service_id,
+        Way::ToBackend,
+        pkt.frame.ip_len(),
+        established,
+    );
+    pkt.frame.decrement_hop_limit();
+    pkt.rewrite((route.snat_addr, route.snat_port), (backend.addr, backend.port));
+    forward6(ctx, &mut pkt.frame)
+}
+
+/// [`Job::Rst6`]: the frame's segment answered with a RST back out of the
+/// interface it came in on, or dropped.
+#[xdp]
+pub fn bg_lb_rst6(ctx: XdpContext) -> u32 {
+    match parse_tcp6(&ctx).map(|pkt| pkt.become_rst(&ctx)) {
+        Some(true) => XDP_TX,
+        _ => XDP_DROP,
+    }
+}
+
+/// The flow of protocol `proto` that owns the pair a backend's reply
+/// carries (`nat`), and its client; else the verdict: a pair no flow of that
+/// protocol holds is the kernel's (a pair a flow of the other protocol holds
+/// included), a reply whose flow is gone or pinned elsewhere is dropped.
+#[inline(always)]
+fn reply_flow(nat: &NatKey6, proto: u8) -> Result<(FlowKey6, &'static mut Flow6), u32> {
+    let Some(client) = reverse_owner(nat).filter(|owner| owner.proto == proto) else {
+        count(Counter::ReplyWithoutFlow);
+        return Err(XDP_PASS);
+    };
+    let flow = flow_pinned_to(&client, nat).ok_or_else(|| dropped(Counter::StaleReply))?;
+    Ok((client, flow))
+}
+
+/// [`Job::Tcp6Reply`]: backend -> SNAT address:port, screened, as IPv4's
+/// `to_client`: back to VIP -> client for the flow that owns the pair only.
+#[xdp]
+pub fn bg_lb_tcp6_reply(ctx: XdpContext) -> u32 {
+    let Some(mut pkt) = parse_tcp6(&ctx) else {
+        return XDP_DROP;
+    };
+    let ctx = &ctx;
+    let nat = NatKey6::from_wire(
+        pkt.frame.src_addr(),
+        pkt.src_port(),
+        pkt.frame.dst_addr(),
+        pkt.dst_port(),
+    );
+    let (client, flow) = match reply_flow(&nat, IPPROTO_TCP) {
+        Ok(found) => found,
+        Err(verdict) => return verdict,
+    };
+    let seg = pkt.segment();
+    if !flow_state::backend_may_send(flow, &seg) {
+        return dropped(Counter::StaleReply);
+    }
+    let event = flow_state::advance(flow, Direction::FromBackend, &seg);
+    account_event(flow.backend_id, event);
+    if flow_state::backend_keeps_alive(flow.state) {
+        // SAFETY: a helper without arguments.
+        flow.last_seen_ns = unsafe { bpf_ktime_get_coarse_ns() };
+    }
+    account(
+        flow.backend_id,
+        flow.service_id,
+        Way::ToClient,
+        pkt.frame.ip_len(),
+        false,
+    );
+    pkt.frame.decrement_hop_limit();
+    pkt.rewrite(
+        (client.vip_addr, client.vip_port),
+        (client.client_addr, client.client_port),
+    );
+    forward6(ctx, &mut pkt.frame)
+}
+
+/// [`Job::Udp6`]: an IPv6 frame with UDP next: to a UDP service, a reply
+/// to the SNAT range ([`bg_lb_udp6_reply`]), or the kernel's.
+#[xdp]
+pub fn bg_lb_udp6(ctx: XdpContext) -> u32 {
+    let Some(cfg) = CONFIG.get(0) else {
+        return XDP_PASS;
+    };
+    let ctx = &ctx;
+    let Some(pkt) = parse_udp6(ctx) else {
+        return match peek(ctx) {
+            Some((_, dst)) => malformed(&dst),
+            None => passed(),
+        };
+    };
+    let (dst, port) = (pkt.frame.dst_addr(), pkt.dst_port());
+    // SAFETY: SERVICES6 is not preallocated: the entry stays intact under
+    // RCU until the program returns (copied once, by `full_nat`).
+    let service = unsafe { SERVICES6.get(ServiceKey6::from_wire(dst, port, IPPROTO_UDP)) };
+    let to_snat = service.is_none() && cfg.is_snat_port(dst, port);
+    if service.is_none() && !to_snat {
+        return passed();
+    }
+    if pkt.udp_check() == 0 {
+        return dropped(Counter::Udp6NoChecksum);
+    }
+    if pkt.frame.hop_limit() <= 1 {
+        return dropped(Counter::TtlExpired);
+    }
+    match service {
+        Some(service) => udp_to_backend(ctx, pkt, &full_nat(service), cfg),
+        None => hand_over(ctx, Job::Udp6Reply),
+    }
+}
+
+/// Client -> VIP:port datagram: its flow, pinned or new, towards its
+/// backend (IPv4's UDP flow logic, [`udp::pin`]).
+#[inline(always)]
+fn udp_to_backend(ctx: &XdpContext, mut pkt: Udp6Packet<'_>, service: &Service, cfg: &DataplaneConfig) -> u32 {
+    let key = FlowKey6::from_wire_proto(
+        pkt.frame.src_addr(),
+        pkt.src_port(),
+        pkt.frame.dst_addr(),
+        pkt.dst_port(),
+        IPPROTO_UDP,
+    );
+    // SAFETY: a helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let flow = match udp::pin(&key, service, cfg, now) {
+        Ok(flow) => flow,
+        Err(counter) => return dropped(counter),
+    };
+    account(
+        flow.backend_id,
+        flow.service_id,
+        Way::ToBackend,
+        pkt.frame.ip_len(),
+        flow.new,
+    );
+    pkt.frame.decrement_hop_limit();
+    pkt.rewrite((flow.snat_addr, flow.snat_port), (flow.backend.addr, flow.backend.port));
+    forward6(ctx, &mut pkt.frame)
+}
+
+/// [`Job::Udp6Reply`]: backend -> SNAT pair datagram, screened: back to
+/// VIP -> client, for the UDP flow that owns the pair only.
+#[xdp]
+pub fn bg_lb_udp6_reply(ctx: XdpContext) -> u32 {
+    let Some(mut pkt) = parse_udp6(&ctx) else {
+        return XDP_DROP;
+    };
+    let ctx = &ctx;
+    let nat = NatKey6::from_wire(
+        pkt.frame.src_addr(),
+        pkt.src_port(),
+        pkt.frame.dst_addr(),
+        pkt.dst_port(),
+    );
+    let (client, flow) = match reply_flow(&nat, IPPROTO_UDP) {
+        Ok(found) => found,
+        Err(verdict) => return verdict,
+    };
+    // SAFETY: a helper without arguments.
+    flow.last_seen_ns = unsafe { bpf_ktime_get_ns() };
+    account(
+        flow.backend_id,
+        flow.service_id,
+        Way::ToClient,
+        pkt.frame.ip_len(),
+        false,
+    );
+    pkt.frame.decrement_hop_limit();
+    pkt.rewrite(
+        (client.vip_addr, client.vip_port),
+        (client.client_addr, client.client_port),
+    );
+    forward6(ctx, &mut pkt.frame)
+}

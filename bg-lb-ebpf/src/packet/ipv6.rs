@@ -1,0 +1,352 @@
+//! IPv6: the frame's fixed header and a TCP or UDP header right after it
+//! ([`Tcp6Packet`], [`Udp6Packet`]), with their safe reads and in-place
+//! writes. No extension header is walked: [`peek`] tells the caller the
+//! next header, and a frame with any other than TCP or UDP there is not
+//! parsed further.
+
+use core::mem::size_of;
+
+use aya_ebpf::programs::XdpContext;
+use bg_lb_common::{
+    checksum::{finish, replace16, replace32, sum_words},
+    flow_state::{Segment, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
+    maps::{IPPROTO_TCP, Ipv6Wire},
+};
+use network_types::{eth::EthHdr, ip::Ipv6Hdr, tcp::TcpHdr, udp::UdpHdr};
+
+use super::{ETH_LEN, TCP_FLAGS_OFFSET, TCP_LEN, ptr_at, resize, timestamp_option};
+
+/// The fixed IPv6 header.
+pub const IP6_LEN: usize = size_of::<Ipv6Hdr>();
+/// Where the TCP or UDP header starts: right after the fixed header.
+pub const L4_OFFSET6: usize = ETH_LEN + IP6_LEN;
+const UDP_LEN: usize = size_of::<UdpHdr>();
+/// The traffic class and flow label in the header's first word (wire
+/// order read natively), without the version: what routing may use.
+const FLOWINFO_MASK: u32 = u32::from_be(0x0fff_ffff);
+
+/// What the fixed header of an IPv6 frame says: its next header and
+/// destination; `None` for a frame that is not IPv6 or too short for the
+/// fixed header.
+#[inline(always)]
+pub fn peek(ctx: &XdpContext) -> Option<(u8, Ipv6Wire)> {
+    let ip: *const Ipv6Hdr = ptr_at(ctx, ETH_LEN)?;
+    // SAFETY: inside the frame (ptr_at).
+    let (vcf, next, dst) = unsafe { ((*ip).vcf[0], (*ip).next_hdr, (*ip).dst_addr) };
+    (vcf >> 4 == 6).then(|| (next, wire(dst)))
+}
+
+#[inline(always)]
+fn wire(addr: [u8; 16]) -> Ipv6Wire {
+    let w = |i: usize| u32::from_ne_bytes([addr[i], addr[i + 1], addr[i + 2], addr[i + 3]]);
+    [w(0), w(4), w(8), w(12)]
+}
+
+#[inline(always)]
+fn bytes(addr: Ipv6Wire) -> [u8; 16] {
+    let mut out = [0; 16];
+    let mut i = 0;
+    while i < 4 {
+        let word = addr[i].to_ne_bytes();
+        out[i * 4] = word[0];
+        out[i * 4 + 1] = word[1];
+        out[i * 4 + 2] = word[2];
+        out[i * 4 + 3] = word[3];
+        i += 1;
+    }
+    out
+}
+
+/// The checksum `check` with `old` replaced by `new` in what it covers (an
+/// address in the pseudo-header), a word at a time.
+#[inline(always)]
+pub fn replace_addr(check: u16, old: Ipv6Wire, new: Ipv6Wire) -> u16 {
+    let mut check = check;
+    let mut i = 0;
+    while i < 4 {
+        check = replace32(check, old[i], new[i]);
+        i += 1;
+    }
+    check
+}
+
+/// The Ethernet and fixed IPv6 headers of a parsed frame, borrowed for the
+/// rest of the program run.
+pub struct Ipv6Frame<'a> {
+    eth: &'a mut EthHdr,
+    ip: &'a mut Ipv6Hdr,
+}
+
+impl Ipv6Frame<'_> {
+    #[inline(always)]
+    pub fn src_addr(&self) -> Ipv6Wire {
+        wire(self.ip.src_addr)
+    }
+
+    #[inline(always)]
+    pub fn dst_addr(&self) -> Ipv6Wire {
+        wire(self.ip.dst_addr)
+    }
+
+    #[inline(always)]
+    pub fn hop_limit(&self) -> u8 {
+        self.ip.hop_limit
+    }
+
+    /// Traffic class and flow label, as `bpf_fib_lookup` takes them.
+    #[inline(always)]
+    pub fn flowinfo(&self) -> u32 {
+        u32::from_ne_bytes(self.ip.vcf) & FLOWINFO_MASK
+    }
+
+    /// The payload length (host order) plus the fixed header: the bytes
+    /// counted in statistics and compared with the egress MTU.
+    #[inline(always)]
+    pub fn ip_len(&self) -> u16 {
+        u16::from_be_bytes(self.ip.payload_len).saturating_add(IP6_LEN as u16)
+    }
+
+    #[inline(always)]
+    pub fn next_header(&self) -> u8 {
+        self.ip.next_hdr
+    }
+
+    /// Whether the frame was sent to a group (multicast) MAC.
+    #[inline(always)]
+    pub fn to_group_mac(&self) -> bool {
+        self.eth.dst_addr[0] & 1 != 0
+    }
+
+    #[inline(always)]
+    pub fn set_macs(&mut self, src: [u8; 6], dst: [u8; 6]) {
+        self.eth.src_addr = src;
+        self.eth.dst_addr = dst;
+    }
+
+    /// Decrements the hop limit, as a router does (IPv6 has no header
+    /// checksum, and the pseudo-header does not cover it): for a packet
+    /// being forwarded, whose hop limit was found above 1.
+    #[inline(always)]
+    pub fn decrement_hop_limit(&mut self) {
+        self.ip.hop_limit = self.ip.hop_limit.saturating_sub(1);
+    }
+
+    /// Sets both addresses; the caller keeps the checksum right.
+    #[inline(always)]
+    pub fn set_addrs(&mut self, src: Ipv6Wire, dst: Ipv6Wire) {
+        self.ip.src_addr = bytes(src);
+        self.ip.dst_addr = bytes(dst);
+    }
+}
+
+/// The payload length the frame holds after the fixed header, and the
+/// header's own claim; `None` if the frame is shorter than the claim.
+#[inline(always)]
+fn payload(ctx: &XdpContext, ip: *const Ipv6Hdr) -> Option<usize> {
+    // SAFETY: `ip` is inside the frame (the caller's ptr_at).
+    let claimed = u16::from_be_bytes(unsafe { (*ip).payload_len }) as usize;
+    let frame = ctx.data_end() - ctx.data() - L4_OFFSET6;
+    (claimed <= frame).then_some(claimed)
+}
+
+/// An IPv6 TCP segment right after the fixed header, all inside the frame.
+pub struct Tcp6Packet<'a> {
+    pub frame: Ipv6Frame<'a>,
+    tcp: &'a mut TcpHdr,
+    flags: u8,
+    /// TCP header and payload bytes (the IPv6 payload length).
+    tcp_len: u16,
+}
+
+/// Parses a frame [`peek`] found to be IPv6 with TCP next; `None` when its
+/// lengths disagree or overrun the frame (the checksum we update would not
+/// describe what is sent).
+#[inline(always)]
+pub fn parse_tcp6(ctx: &XdpContext) -> Option<Tcp6Packet<'_>> {
+    let eth: *mut EthHdr = ptr_at(ctx, 0)?;
+    let ip: *mut Ipv6Hdr = ptr_at(ctx, ETH_LEN)?;
+    let tcp: *mut TcpHdr = ptr_at(ctx, L4_OFFSET6)?;
+    let tcp_len = payload(ctx, ip)?;
+    // SAFETY: inside the frame (ptr_at).
+    let header_len = unsafe { (*tcp).doff() } as usize * 4;
+    if header_len < TCP_LEN || tcp_len < header_len {
+        return None;
+    }
+    let flags: *const u8 = ptr_at(ctx, L4_OFFSET6 + TCP_FLAGS_OFFSET)?;
+    // SAFETY: inside the frame (ptr_at), read before `tcp` becomes a reference.
+    let flags = unsafe { *flags };
+    // SAFETY: inside the frame (ptr_at); the three headers do not overlap and
+    // the packet holds the only references to them.
+    let (eth, ip, tcp) = unsafe { (&mut *eth, &mut *ip, &mut *tcp) };
+    Some(Tcp6Packet {
+        frame: Ipv6Frame { eth, ip },
+        tcp,
+        flags,
+        tcp_len: tcp_len as u16,
+    })
+}
+
+/// Ports and addresses wire order, sequence numbers host order, as
+/// [`super::TcpPacket`]'s.
+impl Tcp6Packet<'_> {
+    #[inline(always)]
+    pub fn flags(&self) -> u8 {
+        self.flags
+    }
+
+    #[inline(always)]
+    pub fn src_port(&self) -> u16 {
+        u16::from_ne_bytes(self.tcp.source)
+    }
+
+    #[inline(always)]
+    pub fn dst_port(&self) -> u16 {
+        u16::from_ne_bytes(self.tcp.dest)
+    }
+
+    /// What the flow state machine reads of the segment.
+    #[inline(always)]
+    pub fn segment(&self) -> Segment {
+        Segment {
+            flags: self.flags,
+            seq: u32::from_be_bytes(self.tcp.seq),
+            ack: u32::from_be_bytes(self.tcp.ack_seq),
+            payload_len: self.tcp_len as u32 - self.tcp.doff() as u32 * 4,
+        }
+    }
+
+    /// The segment's TCP timestamp (TSval, host order), if it has one.
+    #[inline(always)]
+    pub fn timestamp(&self, ctx: &XdpContext) -> Option<u32> {
+        let len = self.tcp.doff() as u32 * 4;
+        if len as usize <= TCP_LEN {
+            return None;
+        }
+        let option = timestamp_option(ctx, len, L4_OFFSET6);
+        (option >> 32 != 0).then_some(option as u32)
+    }
+
+    /// Rewrites both endpoints (wire order), with the TCP checksum: the
+    /// addresses are in it through the pseudo-header, the ports directly.
+    #[inline(always)]
+    pub fn rewrite(&mut self, src: (Ipv6Wire, u16), dst: (Ipv6Wire, u16)) {
+        let mut check = u16::from_ne_bytes(self.tcp.check);
+        check = replace_addr(check, self.frame.src_addr(), src.0);
+        check = replace_addr(check, self.frame.dst_addr(), dst.0);
+        check = replace16(check, self.src_port(), src.1);
+        check = replace16(check, self.dst_port(), dst.1);
+        self.tcp.check = check.to_ne_bytes();
+        self.frame.set_addrs(src.0, dst.0);
+        self.tcp.source = src.1.to_ne_bytes();
+        self.tcp.dest = dst.1.to_ne_bytes();
+    }
+}
+
+impl Tcp6Packet<'_> {
+    /// Turns the frame into the RST that answers its segment (RFC 793: to a
+    /// segment with ACK, `seq = its ack`; else `seq = 0, ack = its seq +
+    /// length` with ACK), from its destination back to its source, written
+    /// in place (hop limit 64, no options or payload, the checksum computed
+    /// in full) and the frame cut to its headers. False, and the frame is
+    /// to be dropped, for a RST (never answered), a segment sent to a group
+    /// MAC, or a frame that could not be cut.
+    #[inline(always)]
+    pub fn become_rst(self, ctx: &XdpContext) -> bool {
+        let seg = self.segment();
+        if seg.flags & TCP_RST != 0 || self.frame.to_group_mac() {
+            return false;
+        }
+        let consumed = seg.payload_len + (seg.flags & TCP_SYN != 0) as u32 + (seg.flags & TCP_FIN != 0) as u32;
+        let (seq, ack, flags) = if seg.flags & TCP_ACK != 0 {
+            (seg.ack, 0, TCP_RST)
+        } else {
+            (0, seg.seq.wrapping_add(consumed), TCP_RST | TCP_ACK)
+        };
+        let Tcp6Packet { frame, tcp, .. } = self;
+        let (src, dst) = (frame.dst_addr(), frame.src_addr());
+        core::mem::swap(&mut frame.eth.src_addr, &mut frame.eth.dst_addr);
+        frame.ip.payload_len = (TCP_LEN as u16).to_be_bytes();
+        frame.ip.hop_limit = 64;
+        frame.ip.src_addr = frame.ip.dst_addr;
+        frame.ip.dst_addr = bytes(dst);
+        let (src_port, dst_port) = (tcp.dest, tcp.source);
+        // SAFETY: TcpHdr is the 20-byte header as on the wire (alignment 1).
+        let header = unsafe { &mut *(tcp as *mut TcpHdr).cast::<[u8; TCP_LEN]>() };
+        *header = [0; TCP_LEN];
+        header[0..2].copy_from_slice(&src_port);
+        header[2..4].copy_from_slice(&dst_port);
+        header[4..8].copy_from_slice(&seq.to_be_bytes());
+        header[8..12].copy_from_slice(&ack.to_be_bytes());
+        header[12] = (TCP_LEN as u8 / 4) << 4;
+        header[TCP_FLAGS_OFFSET] = flags;
+        let mut pseudo = [0u8; 40];
+        pseudo[0..16].copy_from_slice(&bytes(src));
+        pseudo[16..32].copy_from_slice(&bytes(dst));
+        pseudo[35] = TCP_LEN as u8;
+        pseudo[39] = IPPROTO_TCP;
+        let check = finish(sum_words(&pseudo) + sum_words(header));
+        header[16..18].copy_from_slice(&check.to_ne_bytes());
+        resize(ctx, (L4_OFFSET6 + TCP_LEN) as i32)
+    }
+}
+
+/// An IPv6 UDP datagram right after the fixed header, all inside the frame.
+pub struct Udp6Packet<'a> {
+    pub frame: Ipv6Frame<'a>,
+    udp: &'a mut UdpHdr,
+}
+
+/// Parses a frame [`peek`] found to be IPv6 with UDP next; `None` when its
+/// lengths disagree or overrun the frame.
+#[inline(always)]
+pub fn parse_udp6(ctx: &XdpContext) -> Option<Udp6Packet<'_>> {
+    let eth: *mut EthHdr = ptr_at(ctx, 0)?;
+    let ip: *mut Ipv6Hdr = ptr_at(ctx, ETH_LEN)?;
+    let udp: *mut UdpHdr = ptr_at(ctx, L4_OFFSET6)?;
+    let len = payload(ctx, ip)?;
+    // SAFETY: inside the frame (ptr_at).
+    let udp_len = u16::from_be_bytes(unsafe { (*udp).len }) as usize;
+    if udp_len < UDP_LEN || udp_len != len {
+        return None;
+    }
+    // SAFETY: inside the frame (ptr_at); the three headers do not overlap and
+    // the packet holds the only references to them.
+    let (eth, ip, udp) = unsafe { (&mut *eth, &mut *ip, &mut *udp) };
+    Some(Udp6Packet {
+        frame: Ipv6Frame { eth, ip },
+        udp,
+    })
+}
+
+impl Udp6Packet<'_> {
+    #[inline(always)]
+    pub fn src_port(&self) -> u16 {
+        u16::from_ne_bytes(self.udp.src)
+    }
+
+    #[inline(always)]
+    pub fn dst_port(&self) -> u16 {
+        u16::from_ne_bytes(self.udp.dst)
+    }
+
+    /// The checksum, wire order. Never 0 on IPv6 (RFC 8200: mandatory).
+    #[inline(always)]
+    pub fn udp_check(&self) -> u16 {
+        u16::from_ne_bytes(self.udp.check)
+    }
+
+    /// Rewrites both endpoints (wire order), with the UDP checksum, which a
+    /// result of 0 sends as 0xffff (0 would say "none", which IPv6 forbids).
+    #[inline(always)]
+    pub fn rewrite(&mut self, src: (Ipv6Wire, u16), dst: (Ipv6Wire, u16)) {
+        let mut check = self.udp_check();
+        check = replace_addr(check, self.frame.src_addr(), src.0);
+        check = replace_addr(check, self.frame.dst_addr(), dst.0);
+        check = replace16(check, self.src_port(), src.1);
+        check = replace16(check, self.dst_port(), dst.1);
+        self.udp.check = (if check == 0 { 0xffff } else { check }).to_ne_bytes();
+        self.frame.set_addrs(src.0, dst.0);
+        self.udp.src = src.1.to_ne_bytes();
+        self.udp.dst = dst.1.to_ne_bytes();
+    }
+}
