@@ -123,7 +123,7 @@ pub fn reconnects_on_own_4_tuple<A: WireAddr>(owner: &FlowKeyOf<A>, key: &FlowKe
 /// to `bcmp`, a BPF-to-BPF call whose frame the data plane's stack has no
 /// room for.
 #[inline(always)]
-fn same_key<A: WireAddr>(a: &FlowKeyOf<A>, b: &FlowKeyOf<A>) -> bool {
+pub fn same_key<A: WireAddr>(a: &FlowKeyOf<A>, b: &FlowKeyOf<A>) -> bool {
     a.client_addr.differs(&b.client_addr)
         | a.vip_addr.differs(&b.vip_addr)
         | (a.client_port ^ b.client_port) as u32

@@ -81,10 +81,12 @@ pub enum Job {
     Udp6Reply,
     /// Refuse the IPv6 TCP segment in the frame with a RST.
     Rst6,
+    /// An ICMPv6 message: an error about a pinned flow is translated.
+    Icmp6,
 }
 
 /// Each job's program name, by job index.
-pub const JOB_PROGRAMS: [&str; 14] = [
+pub const JOB_PROGRAMS: [&str; 15] = [
     "bg_lb_syn_ack",
     "bg_lb_open_backend",
     "bg_lb_resend_syn",
@@ -99,6 +101,7 @@ pub const JOB_PROGRAMS: [&str; 14] = [
     "bg_lb_udp6",
     "bg_lb_udp6_reply",
     "bg_lb_rst6",
+    "bg_lb_icmp6",
 ];
 
 /// The flood detector's window.
@@ -273,6 +276,7 @@ mod tests {
             Job::Udp6,
             Job::Udp6Reply,
             Job::Rst6,
+            Job::Icmp6,
         ];
         assert_eq!(jobs.len(), JOB_PROGRAMS.len());
         for (i, job) in jobs.into_iter().enumerate() {

@@ -22,7 +22,9 @@
 //! IPv4's. Only a TCP or UDP header right after the fixed header is read: a
 //! packet to a VIP address with an extension header is dropped and counted
 //! (`ipv6_extension_header`); anything not for a VIP or the IPv6 SNAT
-//! range, ICMPv6 (neighbour discovery) included, passes untouched.
+//! range, ICMPv6 (neighbour discovery) included, passes untouched, but an
+//! ICMPv6 error about a pinned flow ([`bg_lb_icmp6`]), which is translated
+//! to the other side as IPv4's are (`crate::icmp`).
 
 use aya_ebpf::{
     bindings::xdp_action::{XDP_DROP, XDP_PASS, XDP_TX},
@@ -35,19 +37,19 @@ use bg_lb_common::{
     flow_state::{self, Direction, Event},
     maps::{
         BACKEND_RESET_FLOWS, DataplaneConfig, FORWARDING_FULL_NAT, Flow6, FlowKey6, IPPROTO_TCP, IPPROTO_UDP, Ipv6Wire,
-        NatKey6, SERVICE_AFFINITY_CLIENT_IP, Service, ServiceKey6,
+        NatKey6, SERVICE_AFFINITY_CLIENT_IP, Service, ServiceKey6, WireAddr,
     },
-    port_reuse::Syn,
+    port_reuse::{Syn, same_key},
     syn_proxy::Job,
 };
 
 use crate::{
     forward::{dropped, forward6},
     maps::{
-        CONFIG, FLOWS6, REVERSE_NAT6, SERVICES6, VIP_ADDRESSES6, Way, account, account_event, count, flow_entry,
-        flow_pinned_to, reverse_owner,
+        BACKENDS6, CONFIG, FLOWS6, REVERSE_NAT6, SERVICES6, VIP_ADDRESSES6, Way, account, account_event, count,
+        flow_entry, flow_pinned_to, reverse_owner,
     },
-    packet::ipv6::{Tcp6Packet, Udp6Packet, parse_tcp6, parse_udp6, peek},
+    packet::ipv6::{Icmp6Error, Tcp6Packet, Udp6Packet, parse_icmp6_error, parse_tcp6, parse_udp6, peek},
     synproxy::hand_over,
     to_backend::{Lookup, Route, carries, new_flow, pinned_flow, refuse},
     udp,
@@ -66,12 +68,15 @@ pub fn bg_lb_ipv6(ctx: XdpContext) -> u32 {
     match next {
         IPPROTO_TCP => tcp(&ctx, cfg, dst),
         IPPROTO_UDP => hand_over(&ctx, Job::Udp6),
+        IPPROTO_ICMPV6 => hand_over(&ctx, Job::Icmp6),
         // ICMPv6 (neighbour discovery), no next header, other protocols.
         next if !is_extension_header(next) => passed(),
         _ if is_vip(&dst) => dropped(Counter::Ipv6ExtensionHeader),
         _ => passed(),
     }
 }
+
+const IPPROTO_ICMPV6: u8 = 58;
 
 /// The IANA list of IPv6 extension headers (RFC 7045): hop-by-hop options,
 /// routing, fragment, ESP, AH, destination options, mobility, HIP, shim6,
@@ -446,4 +451,100 @@ pub fn bg_lb_udp6_reply(ctx: XdpContext) -> u32 {
         (client.client_addr, client.client_port),
     );
     forward6(ctx, &mut pkt.frame)
+}
+
+/// [`Job::Icmp6`]: an ICMPv6 message. An error (destination unreachable,
+/// packet too big, time exceeded, parameter problem) that a router or host
+/// sent about a packet the LB emitted, to that packet's source, is
+/// translated to the other side of the NAT, as IPv4's (`crate::icmp`): about
+/// a packet to a backend, it goes to the client from the VIP, quoting what
+/// the client sent; about a packet to a client, to the backend from the SNAT
+/// address, quoting what the backend sent. Anything else passes untouched.
+#[xdp]
+pub fn bg_lb_icmp6(ctx: XdpContext) -> u32 {
+    let Some(cfg) = CONFIG.get(0) else {
+        return XDP_PASS;
+    };
+    let Some(mut error) = parse_icmp6_error(&ctx) else {
+        return passed();
+    };
+    let (quoted_src, _) = error.quoted();
+    // Sent to the quoted packet's source: the VIP or the SNAT address.
+    if error.frame.dst_addr().differs(&quoted_src.0) != 0 {
+        return without_flow();
+    }
+    let translated = if cfg.is_snat_port(quoted_src.0, quoted_src.1) {
+        to_client_side(&mut error)
+    } else {
+        to_backend_side(&mut error)
+    };
+    match translated {
+        None => without_flow(),
+        Some(Counter::TtlExpired) => dropped(Counter::TtlExpired),
+        Some(counter) => {
+            count(counter);
+            forward6(&ctx, &mut error.frame)
+        }
+    }
+}
+
+/// An error about a packet the LB sent a backend (SNAT pair -> backend),
+/// translated for the client of the flow that owns the pair: from the VIP,
+/// quoting client -> VIP. What it was counted as, or `None` (untouched)
+/// without such a flow.
+#[inline(always)]
+fn to_client_side(error: &mut Icmp6Error<'_>) -> Option<Counter> {
+    let (quoted_src, quoted_dst) = error.quoted();
+    let nat = NatKey6::from_wire(quoted_dst.0, quoted_dst.1, quoted_src.0, quoted_src.1);
+    let client = reverse_owner(&nat).filter(|owner| owner.proto == error.quoted_proto())?;
+    flow_pinned_to(&client, &nat)?;
+    if error.frame.hop_limit() <= 1 {
+        return Some(Counter::TtlExpired);
+    }
+    error.frame.decrement_hop_limit();
+    error.translate(
+        (&client.vip_addr, &client.client_addr),
+        (&client.client_addr, client.client_port),
+        (&client.vip_addr, client.vip_port),
+    );
+    Some(Counter::IcmpErrorToClient)
+}
+
+/// An error about a packet the LB sent a client (VIP -> client), translated
+/// for the flow's backend, if the flow is pinned (its backend id current,
+/// its reverse entry its own): from the SNAT address, quoting backend ->
+/// SNAT pair.
+#[inline(always)]
+fn to_backend_side(error: &mut Icmp6Error<'_>) -> Option<Counter> {
+    let (quoted_src, quoted_dst) = error.quoted();
+    let key = FlowKey6::from_wire_proto(
+        quoted_dst.0,
+        quoted_dst.1,
+        quoted_src.0,
+        quoted_src.1,
+        error.quoted_proto(),
+    );
+    let flow = flow_entry(&key)?;
+    let backend = BACKENDS6.get(flow.backend_id).copied()?;
+    let owner = reverse_owner(&flow.nat_key(&backend))?;
+    if backend.generation != flow.backend_gen || !same_key(&owner, &key) {
+        return None;
+    }
+    if error.frame.hop_limit() <= 1 {
+        return Some(Counter::TtlExpired);
+    }
+    error.frame.decrement_hop_limit();
+    error.translate(
+        (&flow.snat_addr, &backend.addr),
+        (&backend.addr, backend.port),
+        (&flow.snat_addr, flow.snat_port),
+    );
+    Some(Counter::IcmpErrorToBackend)
+}
+
+/// An ICMPv6 error that quotes no pinned flow: the kernel's.
+#[inline(always)]
+fn without_flow() -> u32 {
+    count(Counter::IcmpErrorWithoutFlow);
+    XDP_PASS
 }

@@ -681,3 +681,22 @@ pub fn parse_checked_udp6(frame: &[u8]) -> Udp6View {
         payload: payload.to_vec(),
     }
 }
+
+/// An Ethernet/IPv6 ICMPv6 error frame from `src` to `dst` with hop limit
+/// `hop_limit`: `icmp_type` quoting `quote` (the start of the IPv6 packet it
+/// is about), its checksum computed.
+pub fn icmp6_error_frame(
+    macs: ([u8; 6], [u8; 6]),
+    src: Ipv6Addr,
+    dst: Ipv6Addr,
+    hop_limit: u8,
+    icmp_type: Icmpv6Type,
+    quote: &[u8],
+) -> Vec<u8> {
+    let builder = PacketBuilder::ethernet2(macs.0, macs.1)
+        .ipv6(src.octets(), dst.octets(), hop_limit)
+        .icmpv6(icmp_type);
+    let mut frame = Vec::with_capacity(builder.size(quote.len()));
+    builder.write(&mut frame, quote).expect("frame builds");
+    frame
+}

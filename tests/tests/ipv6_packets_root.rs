@@ -18,12 +18,13 @@ use bg_lb_tests::{
         XDP_PASS, XDP_REDIRECT, XDP_TX, client6, mac_of6,
     },
     packets::{
-        ACK, ACK_NUMBER, FIN_ACK, Numbers, PSH_ACK, RST, SEQ, SYN, SYN_ACK, Tcp6View, neighbour_solicitation,
-        numbered_tcp6_frame, parse_checked_udp6, parse_checked6, tcp6_frame, udp6_frame, with_extension_header,
-        with_hop_limit,
+        ACK, ACK_NUMBER, FIN_ACK, Numbers, PSH_ACK, RST, SEQ, SYN, SYN_ACK, Tcp6View, icmp6_error_frame,
+        neighbour_solicitation, numbered_tcp6_frame, parse_checked_udp6, parse_checked6, tcp6_frame, udp6_frame,
+        with_extension_header, with_hop_limit,
     },
     require_root,
 };
+use etherparse::{Icmpv6Type, icmpv6::DestUnreachableCode};
 
 /// A lab (all IPv4 flows to blue) with the IPv6 services.
 fn in_ipv6_lab(test: impl FnOnce(PacketLab, Ipv6Services) + Send + 'static) {
@@ -355,5 +356,96 @@ fn an_ipv6_udp_datagram_without_a_checksum_to_the_vip_is_dropped_and_counted() {
         assert_eq!(verdict, XDP_DROP);
         assert_eq!(lab.counter(Counter::Udp6NoChecksum), 1);
         assert!(v6.flow(client, IPPROTO_UDP).is_none());
+    });
+}
+
+/// `packet` (an IPv6 packet, from its header on) as the LB forwarded it:
+/// its hop limit one less.
+fn as_forwarded(packet: &[u8]) -> Vec<u8> {
+    let mut packet = packet.to_vec();
+    packet[7] -= 1;
+    packet
+}
+
+#[test]
+fn an_icmpv6_packet_too_big_about_a_packet_to_a_backend_reaches_the_client_translated() {
+    in_ipv6_lab(|lab, _| {
+        let client = client6(40011);
+        let client_syn = to_vip(client, SYN);
+        let (verdict, sent) = lab.run(&client_syn);
+        assert_eq!(verdict, XDP_REDIRECT);
+        let too_big = Icmpv6Type::PacketTooBig { mtu: 1280 };
+        // A router on the backends' side (the gateway's address) found the
+        // SYN, as the LB sent it, too big.
+        let macs = (mac_of6(GATEWAY6), LB_MAC);
+        let error = icmp6_error_frame(macs, GATEWAY6, SNAT6, 64, too_big, &sent[14..]);
+        let (verdict, out) = lab.run(&error);
+        assert_eq!(verdict, XDP_REDIRECT);
+        // From the VIP to the client, quoting what the client sent (with the
+        // hop limit the LB left it): every checksum as if built so.
+        let macs = (LB_MAC, mac_of6(GATEWAY6));
+        let expected = icmp6_error_frame(
+            macs,
+            *VIP6.ip(),
+            *client.ip(),
+            63,
+            too_big,
+            &as_forwarded(&client_syn[14..]),
+        );
+        assert_eq!(out, expected);
+        assert_eq!(lab.counter(Counter::IcmpErrorToClient), 1);
+    });
+}
+
+#[test]
+fn an_icmpv6_error_about_a_packet_to_a_client_reaches_the_backend_translated() {
+    in_ipv6_lab(|lab, v6| {
+        let client = client6(40012);
+        syn(&lab, client);
+        let (backend, snat) = v6.pinned(client, IPPROTO_TCP).expect("pinned");
+        let syn_ack = from_backend(backend, snat, SYN_ACK, BACKEND_ISN, SEQ + 1);
+        let (verdict, sent) = lab.run(&syn_ack);
+        assert_eq!(verdict, XDP_REDIRECT);
+        let unreachable = Icmpv6Type::DestinationUnreachable(DestUnreachableCode::Address);
+        // The client's router could not deliver the SYN-ACK (from the VIP).
+        let error = icmp6_error_frame(
+            (GATEWAY_MAC, LB_MAC),
+            GATEWAY6,
+            *VIP6.ip(),
+            64,
+            unreachable,
+            &sent[14..],
+        );
+        let (verdict, out) = lab.run(&error);
+        assert_eq!(verdict, XDP_REDIRECT);
+        let macs = (LB_MAC, mac_of6(*backend.ip()));
+        let expected = icmp6_error_frame(
+            macs,
+            SNAT6,
+            *backend.ip(),
+            63,
+            unreachable,
+            &as_forwarded(&syn_ack[14..]),
+        );
+        assert_eq!(out, expected);
+        assert_eq!(lab.counter(Counter::IcmpErrorToBackend), 1);
+    });
+}
+
+#[test]
+fn an_icmpv6_error_quoting_no_pinned_flow_passes_untouched() {
+    in_ipv6_lab(|lab, _| {
+        let stranger = tcp6_frame(LB_MAC, GATEWAY_MAC, VIP6, client6(40013), SYN_ACK, b"");
+        let error = icmp6_error_frame(
+            (GATEWAY_MAC, LB_MAC),
+            GATEWAY6,
+            *VIP6.ip(),
+            64,
+            Icmpv6Type::PacketTooBig { mtu: 1280 },
+            &stranger[14..],
+        );
+        let (verdict, out) = lab.run(&error);
+        assert_eq!((verdict, out), (XDP_PASS, error));
+        assert_eq!(lab.counter(Counter::IcmpErrorWithoutFlow), 1);
     });
 }

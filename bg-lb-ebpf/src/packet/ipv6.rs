@@ -10,7 +10,7 @@ use aya_ebpf::programs::XdpContext;
 use bg_lb_common::{
     checksum::{finish, replace16, replace32, sum_words},
     flow_state::{Segment, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
-    maps::{IPPROTO_TCP, Ipv6Wire},
+    maps::{IPPROTO_TCP, IPPROTO_UDP, Ipv6Wire},
 };
 use network_types::{eth::EthHdr, ip::Ipv6Hdr, tcp::TcpHdr, udp::UdpHdr};
 
@@ -348,5 +348,131 @@ impl Udp6Packet<'_> {
         self.frame.set_addrs(src.0, dst.0);
         self.udp.src = src.1.to_ne_bytes();
         self.udp.dst = dst.1.to_ne_bytes();
+    }
+}
+
+/// The ICMPv6 header: type, code, checksum and four bytes (MTU, pointer or
+/// unused).
+const ICMP6_LEN: usize = 8;
+/// Where an ICMPv6 error's quote starts: the quoted IPv6 header, then its
+/// TCP or UDP header.
+const QUOTE6_IP_OFFSET: usize = L4_OFFSET6 + ICMP6_LEN;
+const QUOTE6_L4_OFFSET: usize = QUOTE6_IP_OFFSET + IP6_LEN;
+/// The ICMPv6 error types: destination unreachable, packet too big, time
+/// exceeded, parameter problem.
+const ICMP6_ERRORS: core::ops::RangeInclusive<u8> = 1..=4;
+/// Where the checksum is in a quoted TCP and UDP header.
+const QUOTED_TCP_CHECK: usize = 16;
+const QUOTED_UDP_CHECK: usize = 6;
+
+/// An ICMPv6 error quoting an IPv6 TCP or UDP packet (its fixed header and
+/// at least its ports), all inside the frame.
+pub struct Icmp6Error<'a> {
+    pub frame: Ipv6Frame<'a>,
+    icmp: &'a mut [u8; ICMP6_LEN],
+    quote: &'a mut Ipv6Hdr,
+    ports: &'a mut [u8; 4],
+    /// The quoted packet's own checksum, when the quote holds it.
+    l4_check: Option<&'a mut [u8; 2]>,
+}
+
+/// Parses a frame [`peek`] found to be ICMPv6 as an error quoting a TCP or
+/// UDP packet; `None` for any other ICMPv6 message (neighbour discovery,
+/// echo, ...) or an error too short to translate.
+#[inline(always)]
+pub fn parse_icmp6_error(ctx: &XdpContext) -> Option<Icmp6Error<'_>> {
+    let eth: *mut EthHdr = ptr_at(ctx, 0)?;
+    let ip: *mut Ipv6Hdr = ptr_at(ctx, ETH_LEN)?;
+    let icmp: *mut [u8; ICMP6_LEN] = ptr_at(ctx, L4_OFFSET6)?;
+    let quote: *mut Ipv6Hdr = ptr_at(ctx, QUOTE6_IP_OFFSET)?;
+    let ports: *mut [u8; 4] = ptr_at(ctx, QUOTE6_L4_OFFSET)?;
+    let len = payload(ctx, ip)?;
+    // SAFETY: inside the frame (ptr_at).
+    let (kind, proto) = unsafe { ((*icmp)[0], (*quote).next_hdr) };
+    if !ICMP6_ERRORS.contains(&kind) || len < ICMP6_LEN + IP6_LEN + 4 {
+        return None;
+    }
+    let check_at = match proto {
+        IPPROTO_TCP => QUOTED_TCP_CHECK,
+        IPPROTO_UDP => QUOTED_UDP_CHECK,
+        _ => return None,
+    };
+    // Only what the message's length covers is the quote.
+    let l4_check = if ICMP6_LEN + IP6_LEN + check_at + 2 <= len {
+        ptr_at::<[u8; 2]>(ctx, QUOTE6_L4_OFFSET + check_at)
+    } else {
+        None
+    };
+    // SAFETY: inside the frame (ptr_at); the five parts do not overlap (the
+    // checksum is past the ports) and the error holds the only references.
+    unsafe {
+        Some(Icmp6Error {
+            frame: Ipv6Frame {
+                eth: &mut *eth,
+                ip: &mut *ip,
+            },
+            icmp: &mut *icmp,
+            quote: &mut *quote,
+            ports: &mut *ports,
+            l4_check: l4_check.map(|check| &mut *check),
+        })
+    }
+}
+
+impl Icmp6Error<'_> {
+    /// The quoted packet's protocol: TCP or UDP.
+    #[inline(always)]
+    pub fn quoted_proto(&self) -> u8 {
+        self.quote.next_hdr
+    }
+
+    /// The quoted packet's source and destination (address, port), wire
+    /// order.
+    #[inline(always)]
+    pub fn quoted(&self) -> ((Ipv6Wire, u16), (Ipv6Wire, u16)) {
+        let p = *self.ports;
+        (
+            (wire(self.quote.src_addr), u16::from_ne_bytes([p[0], p[1]])),
+            (wire(self.quote.dst_addr), u16::from_ne_bytes([p[2], p[3]])),
+        )
+    }
+
+    /// Readdresses the error (outer source and destination `outer`) and
+    /// rewrites its quote to `src` -> `dst`, with the ICMPv6 checksum (its
+    /// pseudo-header, the quote) and the quoted packet's own checksum, when
+    /// the quote holds it, updated. Field by field, each old value read
+    /// from the frame as it is replaced: held together, the 16-byte
+    /// addresses spilled past the stack the program has.
+    #[inline(always)]
+    pub fn translate(&mut self, outer: (&Ipv6Wire, &Ipv6Wire), src: (&Ipv6Wire, u16), dst: (&Ipv6Wire, u16)) {
+        let mut check = u16::from_ne_bytes([self.icmp[2], self.icmp[3]]);
+        check = replace_addr(check, wire(self.frame.ip.src_addr), *outer.0);
+        self.frame.ip.src_addr = bytes(*outer.0);
+        check = replace_addr(check, wire(self.frame.ip.dst_addr), *outer.1);
+        self.frame.ip.dst_addr = bytes(*outer.1);
+        let old_l4 = self.l4_check.as_deref().map(|c| u16::from_ne_bytes(*c));
+        let mut l4 = old_l4;
+        let old = wire(self.quote.src_addr);
+        check = replace_addr(check, old, *src.0);
+        l4 = l4.map(|c| replace_addr(c, old, *src.0));
+        self.quote.src_addr = bytes(*src.0);
+        let old = wire(self.quote.dst_addr);
+        check = replace_addr(check, old, *dst.0);
+        l4 = l4.map(|c| replace_addr(c, old, *dst.0));
+        self.quote.dst_addr = bytes(*dst.0);
+        let p = *self.ports;
+        let (old_src_port, old_dst_port) = (u16::from_ne_bytes([p[0], p[1]]), u16::from_ne_bytes([p[2], p[3]]));
+        check = replace16(replace16(check, old_src_port, src.1), old_dst_port, dst.1);
+        l4 = l4.map(|c| replace16(replace16(c, old_src_port, src.1), old_dst_port, dst.1));
+        let (s, d) = (src.1.to_ne_bytes(), dst.1.to_ne_bytes());
+        *self.ports = [s[0], s[1], d[0], d[1]];
+        if let (Some(old), Some(mut new), Some(field)) = (old_l4, l4, self.l4_check.as_deref_mut()) {
+            if new == 0 && self.quote.next_hdr == IPPROTO_UDP {
+                new = 0xffff;
+            }
+            check = replace16(check, old, new);
+            *field = new.to_ne_bytes();
+        }
+        self.icmp[2..4].copy_from_slice(&check.to_ne_bytes());
     }
 }
