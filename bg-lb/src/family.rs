@@ -19,8 +19,6 @@ pub enum Family {
 }
 
 impl Family {
-    pub const ALL: [Family; 2] = [Family::Ipv4, Family::Ipv6];
-
     pub fn of(address: IpAddr) -> Family {
         match address {
             IpAddr::V4(_) => Family::Ipv4,

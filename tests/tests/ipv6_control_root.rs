@@ -6,7 +6,7 @@
 
 use std::{
     collections::HashSet,
-    net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, TcpListener},
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, TcpListener, TcpStream},
     path::Path,
     thread,
     time::{Duration, Instant},
@@ -16,7 +16,7 @@ use aya::maps::{Array, HashMap, Map, MapData};
 use bg_lb::{
     dataplane::pins::PinLayout,
     family::Family,
-    protocol::{BackendHealth, ServiceStatus},
+    protocol::{BackendHealth, Reply, ServiceStatus},
 };
 use bg_lb_common::maps::{
     self, Backend, Backend6, DataplaneConfig, IPPROTO_TCP, Ipv6Wire, NO_BACKEND, Service, ServiceKey, ServiceKey6,
@@ -28,6 +28,7 @@ const BG_LB: &str = env!("CARGO_BIN_EXE_bg-lb-under-test");
 const LUT_SIZE: u32 = 7;
 const SNAT6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x99, 0, 0, 0, 0, 0, 1);
 const VIP4: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 99, 0, 100), 80);
+const CLIENT6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x99, 0, 0, 0, 0, 0, 2);
 const VIP6: SocketAddrV6 = SocketAddrV6::new(Ipv6Addr::new(0xfd00, 0x99, 0, 0, 0, 0, 0, 0x100), 80, 0, 0);
 
 /// Backend `i`'s IPv6 address (backend host `b{i}`).
@@ -44,17 +45,26 @@ fn backend4(i: u8) -> SocketAddrV4 {
 /// both of its addresses (the kernel completes the health checks'
 /// handshakes from the backlog); and the daemon with one dual-stack
 /// service: b0 blue, b1 green, in both families.
-/// Fields drop in order: the daemon, then the listeners, then the namespaces.
+/// Fields drop in order: the daemon, then the switch port's XDP program,
+/// the listeners, then the namespaces.
 struct Lab {
     daemon: Daemon,
+    _peer_xdp: aya::Ebpf,
     _listeners: Vec<TcpListener>,
-    _topo: OneArm,
+    topo: OneArm,
 }
 
 impl Lab {
     fn start() -> Self {
         let topo = OneArm::new(2);
         topo.lb.ns.ip(&format!("addr add {SNAT6}/64 dev eth0 nodad"));
+        // As the IPv4 VIP: the LB's kernel answers neighbour solicitations for it.
+        topo.lb.ns.ip(&format!("addr add {}/128 dev eth0 nodad", VIP6.ip()));
+        topo.client.ns.ip(&format!("addr add {CLIENT6}/64 dev eth0 nodad"));
+        let peer_xdp = topo.pass_lb_frames_to_switch();
+        // The data plane's `bpf_fib_lookup` routes a frame only where the
+        // kernel would forward it.
+        topo.lb.ns.sysctl("net.ipv6.conf.all.forwarding=1");
         let mut listeners = Vec::new();
         for (i, host) in topo.backends.iter().enumerate() {
             let v6 = backend6(i as u16);
@@ -67,7 +77,7 @@ impl Lab {
         }
         let daemon = Daemon::start(BG_LB, &topo.lb.ns, |paths| {
             let mut text = format!(
-                "interface = \"eth0\"\nsnat_addresses = [\"10.99.0.1\", \"{SNAT6}\"]\n{paths}\n\
+                "interface = \"eth0\"\nxdp_mode = \"native\"\nsnat_addresses = [\"10.99.0.1\", \"{SNAT6}\"]\n{paths}\n\
                  [[service]]\nname = \"web\"\nvip = [\"{VIP4}\", \"[{}]:{}\"]\nlookup_table_size = {LUT_SIZE}\n\
                  [service.health]\ninterval = \"200ms\"\nfast_interval = \"100ms\"\ntimeout = \"100ms\"\n",
                 VIP6.ip(),
@@ -85,8 +95,9 @@ impl Lab {
         });
         Lab {
             daemon,
+            _peer_xdp: peer_xdp,
             _listeners: listeners,
-            _topo: topo,
+            topo,
         }
     }
 
@@ -140,6 +151,16 @@ impl Pins {
         let map: Array<_, u32> = self.open(maps::LOOKUP_TABLES).try_into().expect("LOOKUP_TABLES");
         (service.lut_base..service.lut_base + service.lut_size)
             .map(|slot| map.get(&slot, 0).expect("LOOKUP_TABLES"))
+            .collect()
+    }
+
+    /// The data plane's counters that are not zero, by name.
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        let map: aya::maps::PerCpuArray<_, u64> = self.open(maps::COUNTERS).try_into().expect("COUNTERS");
+        bg_lb_common::counters::Counter::ALL
+            .iter()
+            .map(|&c| (c.name(), map.get(&(c as u32), 0).expect("COUNTERS").iter().sum()))
+            .filter(|&(_, n): &(_, u64)| n > 0)
             .collect()
     }
 
@@ -254,4 +275,61 @@ fn a_dual_stack_service_gets_an_ipv6_listener_with_its_own_table_over_the_ipv6_b
         ]),
         "every backend of both families, none with an open flow"
     );
+}
+
+/// A connection to the IPv6 VIP (through the IPv6 data path to an IPv6
+/// backend) is an IPv6 flow to the control plane: `ctl flows` lists it
+/// with its family, the sweep counts it open on its backend.
+#[test]
+fn an_ipv6_connection_is_listed_and_counted_as_an_open_ipv6_flow() {
+    let lab = Lab::start();
+    lab.await_all_up();
+    let stream = lab
+        .topo
+        .client
+        .ns
+        .run(|| TcpStream::connect_timeout(&SocketAddr::V6(VIP6), Duration::from_secs(10)));
+    let stream = stream.unwrap_or_else(|e| {
+        panic!(
+            "connect to the IPv6 VIP: {e}; data-plane counters: {:?}",
+            Pins::of(&lab.daemon).counters()
+        )
+    });
+    let client = stream.local_addr().expect("the client's address");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let flow = loop {
+        let out = lab.daemon.ctl_ok(&["--json", "flows", "web"]);
+        let reply: Reply = serde_json::from_str(&out).expect("flows JSON");
+        let flows = reply.flows.unwrap_or_default();
+        if let Some(flow) = flows.iter().find(|f| f.client == client) {
+            break flow.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the flow of {client} is never listed: {flows:?}"
+        );
+        thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(flow.family, Family::Ipv6);
+    assert_eq!(flow.state, "established");
+    assert!(
+        [backend6(0), backend6(1)].map(SocketAddr::V6).contains(&flow.backend),
+        "{flow:?}"
+    );
+    loop {
+        let status = lab.status();
+        let open = |address| {
+            status
+                .backends
+                .iter()
+                .find(|b| b.address == address)
+                .map(|b| b.open_flows)
+        };
+        if open(flow.backend) == Some(1) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the flow is never counted open: {status:#?}");
+        thread::sleep(Duration::from_millis(100));
+    }
+    drop(stream);
 }

@@ -119,13 +119,8 @@ pub use self::{added::added_backend_problem, error::ConfigError};
 use self::{error::Invalid, raw::RawConfig};
 use crate::{
     dataplane::{
-        AttachMode,
-        affinity::Affinity,
-        forwarding::Forwarding,
-        housekeeping::FlowTimeouts,
-        l4::Protocol,
-        listener::ListenerKey,
-        syn_proxy::{SynProxy, SynProxyMode},
+        AttachMode, affinity::Affinity, forwarding::Forwarding, housekeeping::FlowTimeouts, l4::Protocol,
+        listener::ListenerKey, syn_proxy::SynProxy,
     },
     family::Family,
     health::Listener,
@@ -369,7 +364,7 @@ pub struct ServiceConfig {
     /// `[service.health]`; [`HealthConfig::default`] (TCP connect checks) when the table is absent.
     pub health: HealthConfig,
     /// SYN flood defence: `syn_proxy`, `syn_proxy_threshold`, `syn_proxy_mss`,
-    /// of its IPv4 listeners ([`ServiceConfig::syn_proxy_of`]).
+    /// of its IPv4 listeners (IPv6 ones have none: [`crate::desired::listener_spec`]).
     pub syn_proxy: SynProxy,
     /// `forwarding`: how packets reach the backends.
     pub forwarding: Forwarding,
@@ -396,11 +391,6 @@ impl ServiceConfig {
         self.vips[0]
     }
 
-    /// The live VIP of `family`, if the service has one.
-    pub fn vip_of(&self, family: Family) -> Option<SocketAddr> {
-        self.vips.iter().copied().find(|v| Family::of_socket(*v) == family)
-    }
-
     /// Its listeners: each VIP (live, then standby) with its data-plane key.
     pub fn listeners(&self) -> impl Iterator<Item = (ListenerKey, Listener)> + use<> {
         let protocol = self.protocol;
@@ -417,25 +407,6 @@ impl ServiceConfig {
     /// The data-plane keys of its live and standby VIPs.
     pub fn keys(&self) -> impl Iterator<Item = ListenerKey> + use<> {
         self.listeners().map(|(key, _)| key)
-    }
-
-    /// Its backends of `family`.
-    pub fn backends_of(&self, family: Family) -> impl Iterator<Item = &BackendConfig> {
-        self.backends
-            .iter()
-            .filter(move |b| Family::of_socket(b.address) == family)
-    }
-
-    /// The SYN proxy of its listeners of `family`: IPv6 listeners have none
-    /// (the data plane's SYN proxy is IPv4-only for now).
-    pub fn syn_proxy_of(&self, family: Family) -> SynProxy {
-        match family {
-            Family::Ipv4 => self.syn_proxy,
-            Family::Ipv6 => SynProxy {
-                mode: SynProxyMode::Off,
-                ..self.syn_proxy
-            },
-        }
     }
 }
 

@@ -412,7 +412,7 @@ pub(super) fn backend_problem(mode: Forwarding, vip: SocketAddr, backend: &Backe
 /// `dsr`: off by default there, and refused if asked for. UDP has no SYNs:
 /// off, and refused likewise. The data plane's SYN proxy is IPv4-only for
 /// now: asking for it on a service with an IPv6 VIP is refused, and its
-/// IPv6 listeners never use it (see [`ServiceConfig::syn_proxy_of`]).
+/// IPv6 listeners never use it (see [`crate::desired::listener_spec`]).
 fn syn_proxy(raw: &RawService, forwarding: Forwarding, protocol: Protocol, vips: &Vips) -> Result<SynProxy, Invalid> {
     let default = SynProxy::default();
     let mode = match &raw.syn_proxy {

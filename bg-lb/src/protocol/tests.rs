@@ -1,4 +1,5 @@
 use super::*;
+use crate::{dataplane::l4::Protocol, family::Family};
 
 #[test]
 fn every_request_round_trips_through_json() {

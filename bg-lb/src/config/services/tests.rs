@@ -327,7 +327,6 @@ fn a_dual_stack_service_has_a_vip_and_a_standby_vip_per_family_over_shared_pools
     let families: Vec<_> = web.backends.iter().map(|b| Family::of_socket(b.address)).collect();
     assert_eq!(families, [Family::Ipv4, Family::Ipv6]);
     assert_eq!(web.syn_proxy, SynProxy::default(), "the IPv4 VIP keeps the default");
-    assert_eq!(web.vip_of(Family::Ipv6), Some(web.vips[1]));
     // IPv6 alone, with its own SNAT address.
     let v6 = parse_ok(&format!(
         "interface = \"eth0\"\nsnat_address = \"fd00::1\"\n[[service]]\nname = \"web\"\nvip = \"[fd00::100]:80\"\n{BLUE6}"
