@@ -62,9 +62,8 @@ impl Lab {
         topo.lb.ns.ip(&format!("addr add {}/128 dev eth0 nodad", VIP6.ip()));
         topo.client.ns.ip(&format!("addr add {CLIENT6}/64 dev eth0 nodad"));
         let peer_xdp = topo.pass_lb_frames_to_switch();
-        // The data plane's `bpf_fib_lookup` routes a frame only where the
-        // kernel would forward it.
-        topo.lb.ns.sysctl("net.ipv6.conf.all.forwarding=1");
+        // No IPv6 forwarding set here: the daemon turns it on for its
+        // interface, as `bpf_fib_lookup` needs.
         let mut listeners = Vec::new();
         for (i, host) in topo.backends.iter().enumerate() {
             let v6 = backend6(i as u16);

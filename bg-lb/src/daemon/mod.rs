@@ -142,7 +142,6 @@ impl Daemon {
         preflight::refuse_foreign_snat_addresses(&config)?;
         preflight::refuse_snat_ports_overlapping_ephemeral_ports(&config)?;
         preflight::warn_dsr_backends_not_on_link(&config);
-        preflight::warn_ipv6_forwarding_off(&config);
         preflight::stop_icmp_redirects_under_gateway(&config);
         let loaded_at = SystemTime::now();
         let pins = PinLayout::new(&config.pin_dir);

@@ -3,8 +3,7 @@
 //! kernel's ephemeral ports (refused), pins on a
 //! bpffs that dies with the daemon (warned), `dsr` backends that are not
 //! on-link (warned), ICMP redirects under a `gateway` service (turned off),
-//! IPv6 forwarding off where an IPv6 VIP needs it (warned), and the XDP
-//! mode auto picks for an interface (see [`crate::host`]).
+//! and the XDP mode auto picks for an interface (see [`crate::host`]).
 
 use std::net::{IpAddr, UdpSocket};
 
@@ -53,31 +52,6 @@ pub(super) fn refuse_snat_ports_overlapping_ephemeral_ports(config: &Config) -> 
         Err(e) => {
             tracing::warn!(error = %e, "cannot read the kernel's ephemeral port range; snat_ports not checked against it");
             Ok(())
-        }
-    }
-}
-
-/// Warns about each interface where IPv6 forwarding is off while a service
-/// has an IPv6 VIP: the data plane routes each rewritten IPv6 frame with
-/// `bpf_fib_lookup`, which refuses where the kernel would not forward
-/// (`fib_failed`), so no IPv6 connection would get through.
-pub(super) fn warn_ipv6_forwarding_off(config: &Config) {
-    let ipv6 = config
-        .services
-        .iter()
-        .flat_map(|s| s.keys())
-        .any(|key| key.vip.is_ipv6());
-    if !ipv6 {
-        return;
-    }
-    for iface in config.interfaces.names() {
-        let path = format!("/proc/sys/net/ipv6/conf/{iface}/forwarding");
-        if std::fs::read_to_string(&path).is_ok_and(|value| value.trim() == "0") {
-            tracing::warn!(
-                interface = iface,
-                "IPv6 forwarding is off: the data plane cannot route IPv6 frames to backends or clients \
-                 (fib_failed); set net.ipv6.conf.all.forwarding=1 (README, \"IPv6 and dual-stack services\")"
-            );
         }
     }
 }
