@@ -449,7 +449,13 @@ fn syn_proxy(raw: &RawService, forwarding: Forwarding, protocol: Protocol, vips:
             }
             parsed
         }
-        None if forwarding == Forwarding::Dsr || protocol == Protocol::Udp => SynProxyMode::Off,
+        // A service of IPv6 VIPs alone has no VIP the proxy could serve.
+        None if forwarding == Forwarding::Dsr
+            || protocol == Protocol::Udp
+            || vips.iter().all(|(_, vip, _)| vip.is_ipv6()) =>
+        {
+            SynProxyMode::Off
+        }
         None => default.mode,
     };
     let threshold = match &raw.syn_proxy_threshold {

@@ -333,6 +333,11 @@ fn a_dual_stack_service_has_a_vip_and_a_standby_vip_per_family_over_shared_pools
     ));
     assert!(v6.snat_addresses.is_empty());
     assert_eq!(v6.services[0].vips, addresses(&["[fd00::100]:80"]));
+    assert_eq!(
+        v6.services[0].syn_proxy.mode,
+        SynProxyMode::Off,
+        "no VIP the proxy could serve: status says off"
+    );
 }
 
 #[test]
