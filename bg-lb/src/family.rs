@@ -4,7 +4,8 @@
 
 use std::{
     fmt,
-    net::{IpAddr, SocketAddr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    str::FromStr,
 };
 
 use serde::{Deserialize, Serialize};
@@ -30,6 +31,14 @@ impl Family {
         Family::of(address.ip())
     }
 
+    /// The wildcard address ("every address") of the family.
+    pub fn unspecified(self) -> IpAddr {
+        match self {
+            Family::Ipv4 => Ipv4Addr::UNSPECIFIED.into(),
+            Family::Ipv6 => Ipv6Addr::UNSPECIFIED.into(),
+        }
+    }
+
     /// The metric label value and wire name.
     pub fn label(self) -> &'static str {
         match self {
@@ -46,5 +55,18 @@ impl fmt::Display for Family {
             Family::Ipv4 => "IPv4",
             Family::Ipv6 => "IPv6",
         })
+    }
+}
+
+/// The wire name, or the version's digit (`--family 6`).
+impl FromStr for Family {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "ipv4" | "4" => Ok(Family::Ipv4),
+            "ipv6" | "6" => Ok(Family::Ipv6),
+            _ => Err(format!("unknown address family {s:?} (ipv4 or ipv6)")),
+        }
     }
 }

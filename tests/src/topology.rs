@@ -13,7 +13,6 @@
 //! accounting) should not see.
 
 use std::{
-    fmt,
     fs::File,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     sync::atomic::{AtomicU32, Ordering},
@@ -139,52 +138,9 @@ impl Drop for NetNs {
     }
 }
 
-/// An address family: what a lab, a workload or the demo runs over.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Family {
-    #[default]
-    Ipv4,
-    Ipv6,
-}
-
-impl Family {
-    pub const ALL: [Family; 2] = [Family::Ipv4, Family::Ipv6];
-
-    /// The family of `addr`.
-    pub fn of(addr: IpAddr) -> Self {
-        if addr.is_ipv4() { Family::Ipv4 } else { Family::Ipv6 }
-    }
-
-    /// The wildcard address ("every address") of the family.
-    pub fn unspecified(self) -> IpAddr {
-        match self {
-            Family::Ipv4 => Ipv4Addr::UNSPECIFIED.into(),
-            Family::Ipv6 => Ipv6Addr::UNSPECIFIED.into(),
-        }
-    }
-}
-
-impl fmt::Display for Family {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Family::Ipv4 => "ipv4",
-            Family::Ipv6 => "ipv6",
-        })
-    }
-}
-
-impl std::str::FromStr for Family {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "ipv4" | "4" => Ok(Family::Ipv4),
-            "ipv6" | "6" => Ok(Family::Ipv6),
-            _ => Err(format!("unknown address family {s:?} (ipv4 or ipv6)")),
-        }
-    }
-}
+/// An address family: what a lab, a workload or the demo runs over (the
+/// daemon's own type, so the harness and bg-lb name families alike).
+pub use bg_lb::family::Family;
 
 /// One host on the segment: its namespace and addresses (on `eth0`); the
 /// IPv6 one once the topology is dual-stack.
