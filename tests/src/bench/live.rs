@@ -448,10 +448,21 @@ fn live_run(prog: &Xdp, frame: &[u8], ifindex: u32, repeat: u32, batch: u32) -> 
     result.duration.as_nanos() as f64
 }
 
-/// The targets: established and reply at most 1.5x the bounce, a
-/// new flow at most 3x, passed (to the LB's own SNAT address and to another
-/// address) at most 1.1x `xdp_pass`. A restored path
-/// counts as `path - bounce`, both through the restore, `+ bounce`.
+const NEW_FLOW: &str = "new flow";
+
+/// The targets, (path, reference, most ratio): established and
+/// reply at most 1.5x the bounce, a new flow at most 3x, passed (to the
+/// LB's own SNAT address and to another address) at most 1.1x `xdp_pass`.
+pub const TARGETS: [(&str, &str, f64); 5] = [
+    (ESTABLISHED, "xdp_bounce", 1.5),
+    (REPLY, "xdp_bounce", 1.5),
+    (NEW_FLOW, "xdp_bounce", 3.0),
+    (PASSED, "xdp_pass", 1.1),
+    (PASSED_ELSEWHERE, "xdp_pass", 1.1),
+];
+
+/// [`TARGETS`] measured in `paths`. A restored path counts as
+/// `path - bounce`, both through the restore, `+ bounce`.
 fn targets(paths: &[LivePath]) -> Vec<LiveTarget> {
     let ns = |path: &str, method: Method| {
         paths
@@ -461,44 +472,23 @@ fn targets(paths: &[LivePath]) -> Vec<LiveTarget> {
     };
     let bounce = ns(BOUNCE, Method::Direct);
     let restored = |path, method| ns(path, method) - ns(BOUNCE, method) + bounce;
-    let target = |what, reference, ns: f64, reference_ns: f64, target| LiveTarget {
-        what,
-        reference,
-        ns,
-        ratio: stats::ratio(ns, reference_ns),
-        target,
-    };
-    vec![
-        target(
-            ESTABLISHED,
-            "xdp_bounce",
-            restored(ESTABLISHED, Method::Restored),
-            bounce,
-            1.5,
-        ),
-        target(REPLY, "xdp_bounce", restored(REPLY, Method::Restored), bounce, 1.5),
-        target(
-            "new flow",
-            "xdp_bounce",
-            restored(SYN_PATH, Method::RestoredNewPorts),
-            bounce,
-            3.0,
-        ),
-        target(
-            PASSED,
-            "xdp_pass",
-            ns(PASSED, Method::Direct),
-            ns(PASS, Method::Direct),
-            1.1,
-        ),
-        target(
-            PASSED_ELSEWHERE,
-            "xdp_pass",
-            ns(PASSED_ELSEWHERE, Method::Direct),
-            ns(PASS, Method::Direct),
-            1.1,
-        ),
-    ]
+    TARGETS
+        .iter()
+        .map(|&(what, reference, target)| {
+            let (ns, reference_ns) = match what {
+                NEW_FLOW => (restored(SYN_PATH, Method::RestoredNewPorts), bounce),
+                ESTABLISHED | REPLY => (restored(what, Method::Restored), bounce),
+                _ => (ns(what, Method::Direct), ns(PASS, Method::Direct)),
+            };
+            LiveTarget {
+                what,
+                reference,
+                ns,
+                ratio: stats::ratio(ns, reference_ns),
+                target,
+            }
+        })
+        .collect()
 }
 
 /// The live benchmark's Markdown.

@@ -65,7 +65,7 @@ pub struct TableSwaps {
 }
 
 /// Services and backends of the health flip.
-const FLIP_SERVICES: usize = 100;
+pub const FLIP_SERVICES: usize = 100;
 const FLIP_BACKENDS: usize = 10;
 
 /// Runs every measurement `runs` times.
