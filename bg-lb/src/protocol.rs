@@ -5,7 +5,7 @@
 
 use std::{
     fmt,
-    net::{Ipv4Addr, SocketAddr},
+    net::{IpAddr, SocketAddr},
     path::PathBuf,
 };
 
@@ -393,10 +393,10 @@ pub struct BgpStatus {
     pub node_drained: bool,
     /// The VIP addresses BIRD accepted to announce, as of the last
     /// successful `birdc configure`.
-    pub announced: Vec<Ipv4Addr>,
+    pub announced: Vec<IpAddr>,
     /// The other VIP addresses: drained, no backend can serve, or BIRD has
     /// not taken them yet.
-    pub withdrawn: Vec<Ipv4Addr>,
+    pub withdrawn: Vec<IpAddr>,
     /// The file bird.conf includes.
     pub include: PathBuf,
     /// Whether the last `birdc configure` succeeded.

@@ -9,6 +9,11 @@
 //!                           |-- h1 10.96.2.1 -- front 10.96.2.2  host 1, AS 65001 -- back 10.96.12.1 -- backend 10.96.12.2
 //! ```
 //!
+//! Every link is dual-stack (`fd96:N::1` and `fd96:N::2` beside
+//! `10.96.N.1` and `10.96.N.2`), with an IPv6 BGP session beside each IPv4
+//! one, so a host whose config has an IPv6 VIP ([`LbHost::dual_stack_config`],
+//! [`VIP6`]) announces it to the router as the IPv4 one.
+//!
 //! Each host is two-arm (`front`, `back`) with one backend of its own,
 //! whose name server answers `host<i>`. Every BIRD is killed by PID and
 //! every namespace and file removed on drop, even when a test fails (BIRD's
@@ -17,7 +22,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     fs,
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6},
     os::unix::process::CommandExt as _,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
@@ -34,12 +39,14 @@ use aya::Ebpf;
 use crate::{
     cmd::ip,
     servers::{NameClient, NameServer},
-    topology::{Host, NetNs, attach_xdp_pass, checksums_in_software},
+    topology::{Host, NetNs, attach_xdp_pass, checksums_in_software, enable_ipv6},
 };
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
 pub const VIP: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 96, 100, 100), 80);
+/// The IPv6 VIP of [`LbHost::dual_stack_config`]'s service.
+pub const VIP6: SocketAddrV6 = SocketAddrV6::new(Ipv6Addr::new(0xfd96, 0x100, 0, 0, 0, 0, 0, 0x100), 80, 0, 0);
 pub const ROUTER_AS: u32 = 65000;
 pub const HOSTS_AS: u32 = 65001;
 /// The router's interface to each host (XDP programs want `&'static str`).
@@ -164,11 +171,14 @@ pub struct LbHost {
     pub front: Ipv4Addr,
     /// The SNAT address (on `back`).
     pub snat: Ipv4Addr,
+    /// The IPv6 SNAT address (on `back`).
+    pub snat6: Ipv6Addr,
     pub backend: Host,
     pub bird: Bird,
     pub include: PathBuf,
-    /// Behind a lock so a test can stop it while others read the fleet.
-    server: Mutex<Option<NameServer>>,
+    /// The backend's servers, IPv4 and IPv6, behind a lock so a test can
+    /// stop them while others read the fleet.
+    servers: Mutex<Vec<NameServer>>,
 }
 
 impl LbHost {
@@ -176,10 +186,19 @@ impl LbHost {
         SocketAddrV4::new(self.backend.addr, VIP.port())
     }
 
-    /// Stops the backend's server: connections to it are refused and its
-    /// health check fails.
+    pub fn backend_addr6(&self) -> SocketAddrV6 {
+        SocketAddrV6::new(
+            self.backend.addr6.expect("every fleet backend is dual-stack"),
+            VIP6.port(),
+            0,
+            0,
+        )
+    }
+
+    /// Stops the backend's servers: connections to it are refused and its
+    /// health checks fail.
     pub fn stop_backend(&self) {
-        *self.server.lock().expect("server") = None;
+        self.servers.lock().expect("servers").clear();
     }
 
     /// bg-lb's config for this host, given the harness's paths
@@ -208,6 +227,26 @@ impl LbHost {
             backend = self.backend_addr(),
         )
     }
+
+    /// Like [`LbHost::config`], dual-stack: the service has [`VIP`] and
+    /// [`VIP6`], and this host's backend by each of its addresses.
+    pub fn dual_stack_config(&self, paths: &str) -> String {
+        self.config(paths)
+            .replacen(
+                &format!("snat_address = \"{}\"", self.snat),
+                &format!("snat_addresses = [\"{}\", \"{}\"]", self.snat, self.snat6),
+                1,
+            )
+            .replacen(
+                &format!("vip = \"{VIP}\""),
+                &format!("vip = [\"{VIP}\", \"{VIP6}\"]"),
+                1,
+            )
+            + &format!(
+                "[[service.backend]]\npool = \"blue\"\naddress = \"{}\"\n",
+                self.backend_addr6()
+            )
+    }
 }
 
 /// The whole fleet; see the module docs.
@@ -235,22 +274,18 @@ impl Fleet {
         fs::create_dir_all(&dir).expect("fleet dir");
         let router = NetNs::new("rtr");
         router.sysctl("net.ipv4.conf.all.forwarding=1");
+        router.sysctl("net.ipv6.conf.all.forwarding=1");
         // ECMP by the 5-tuple: one client's connections spread over hosts.
         router.sysctl("net.ipv4.fib_multipath_hash_policy=1");
+        router.sysctl("net.ipv6.fib_multipath_hash_policy=1");
         let client = Host {
             ns: NetNs::new("client"),
             addr: Ipv4Addr::new(10, 96, 0, 2),
-            addr6: None,
+            addr6: Some(link_addr6(0, 2)),
         };
-        link(
-            &router,
-            "c0",
-            Ipv4Addr::new(10, 96, 0, 1),
-            &client.ns,
-            "eth0",
-            client.addr,
-        );
+        link(&router, "c0", 0, &client.ns, "eth0");
         client.ns.ip("route add default via 10.96.0.1");
+        client.ns.ip(&format!("-6 route add default via {}", link_addr6(0, 1)));
 
         let mut pass = Vec::new();
         let mut neighbors = String::new();
@@ -258,42 +293,49 @@ impl Fleet {
             .map(|i| {
                 let n = i as u8;
                 let ns = NetNs::new(&format!("lb{i}"));
-                let (gateway, front) = (Ipv4Addr::new(10, 96, n + 1, 1), Ipv4Addr::new(10, 96, n + 1, 2));
-                link(&router, ROUTER_PORTS[i], gateway, &ns, "front", front);
+                let (gateway, front) = (link_addr(n + 1, 1), link_addr(n + 1, 2));
+                let (gateway6, front6) = (link_addr6(n + 1, 1), link_addr6(n + 1, 2));
+                link(&router, ROUTER_PORTS[i], n + 1, &ns, "front");
                 ns.ip(&format!("route add 10.96.0.0/24 via {gateway}"));
+                ns.ip(&format!("-6 route add {}/64 via {gateway6}", link_addr6(0, 0)));
                 let backend = Host {
                     ns: NetNs::new(&format!("be{i}")),
-                    addr: Ipv4Addr::new(10, 96, n + 11, 2),
-                    addr6: None,
+                    addr: link_addr(n + 11, 2),
+                    addr6: Some(link_addr6(n + 11, 2)),
                 };
-                let snat = Ipv4Addr::new(10, 96, n + 11, 1);
-                link(&ns, "back", snat, &backend.ns, "eth0", backend.addr);
+                let (snat, snat6) = (link_addr(n + 11, 1), link_addr6(n + 11, 1));
+                link(&ns, "back", n + 11, &backend.ns, "eth0");
                 pass.push(attach_xdp_pass(&router, ROUTER_PORTS[i]));
                 pass.push(attach_xdp_pass(&backend.ns, "eth0"));
-                neighbors.push_str(&format!(
-                    "protocol bgp lb{i} {{ local {gateway} as {ROUTER_AS}; neighbor {front} as {HOSTS_AS}; \
-                     {BGP_TIMERS} ipv4 {{ import all; export none; }}; }}\n"
-                ));
+                for (family, local, neighbor, suffix) in [("ipv4", gateway.into(), front.into(), ""), ("ipv6", IpAddr::from(gateway6), IpAddr::from(front6), "v6")] {
+                    neighbors.push_str(&format!(
+                        "protocol bgp lb{i}{suffix} {{ local {local} as {ROUTER_AS}; neighbor {neighbor} as {HOSTS_AS}; \
+                         {BGP_TIMERS} {family} {{ import all; export none; }}; }}\n"
+                    ));
+                }
                 let host_dir = dir.join(format!("lb{i}"));
                 fs::create_dir_all(&host_dir).expect("host dir");
                 let include = host_dir.join("bird-vips.conf");
                 // What bg-lb writes with nothing to announce: BIRD must find
                 // the file when it starts, before bg-lb runs.
                 fs::write(&include, bg_lb::bgp::render("bglb_vips", &BTreeSet::new())).expect("include");
-                let bird = Bird::start(&ns, &host_dir, "bird", &host_bird_conf(front, gateway, &include));
-                let server = NameServer::start(
-                    &backend.ns,
-                    SocketAddrV4::new(backend.addr, VIP.port()),
-                    format!("host{i}"),
+                let bird = Bird::start(
+                    &ns,
+                    &host_dir,
+                    "bird",
+                    &host_bird_conf((front, gateway), (front6, gateway6), &include),
                 );
+                let servers = [IpAddr::from(backend.addr), IpAddr::from(link_addr6(n + 11, 2))]
+                    .map(|addr| NameServer::start(&backend.ns, SocketAddr::new(addr, VIP.port()), format!("host{i}")));
                 LbHost {
                     ns,
                     front,
                     snat,
+                    snat6,
                     backend,
                     bird,
                     include,
-                    server: Mutex::new(Some(server)),
+                    servers: Mutex::new(servers.into()),
                 }
             })
             .collect();
@@ -306,6 +348,32 @@ impl Fleet {
             _pass: pass,
             dir,
         }
+    }
+
+    /// The hosts the router's kernel route to [`VIP6`] spreads new flows
+    /// over (none when no host announces it), by their index. By the
+    /// router's interface, because an IPv6 next hop may be the host's
+    /// link-local address.
+    pub fn next_hops6(&self) -> BTreeSet<usize> {
+        let routes = self.router.ip(&format!("-6 route show {}/128", VIP6.ip()));
+        let words: Vec<&str> = routes.split_whitespace().collect();
+        words
+            .windows(2)
+            .filter(|w| w[0] == "dev")
+            .map(|w| {
+                ROUTER_PORTS
+                    .iter()
+                    .position(|port| *port == w[1])
+                    .unwrap_or_else(|| panic!("a router port in {routes:?}"))
+            })
+            .collect()
+    }
+
+    /// Polls the router until its IPv6 next hops are the hosts `want`;
+    /// returns how long that took. Panics after [`CONVERGENCE`].
+    pub fn await_next_hops6(&self, want: &[usize]) -> Duration {
+        let want: BTreeSet<usize> = want.iter().copied().collect();
+        self.await_route(VIP6, &want, Fleet::next_hops6)
     }
 
     /// The next hops of the router's kernel route to the VIP: the hosts it
@@ -331,15 +399,25 @@ impl Fleet {
     /// Polls the router until its next hops are `want`; returns how long
     /// that took. Panics with the routers' views after [`CONVERGENCE`].
     pub fn await_next_hops(&self, want: &BTreeSet<Ipv4Addr>) -> Duration {
+        self.await_route(VIP, want, Fleet::next_hops)
+    }
+
+    /// Polls `hops` (the router's next hops to `vip`) until they are `want`.
+    fn await_route<T: PartialEq + std::fmt::Debug>(
+        &self,
+        vip: impl std::fmt::Display,
+        want: &T,
+        hops: impl Fn(&Fleet) -> T,
+    ) -> Duration {
         let start = Instant::now();
         loop {
-            let got = self.next_hops();
+            let got = hops(self);
             if &got == want {
                 return start.elapsed();
             }
             assert!(
                 start.elapsed() < CONVERGENCE,
-                "the router's next hops to {VIP} are {got:?}, not {want:?}, after {CONVERGENCE:?}:\n{}",
+                "the router's next hops to {vip} are {got:?}, not {want:?}, after {CONVERGENCE:?}:\n{}",
                 self.describe()
             );
             thread::sleep(Duration::from_millis(50));
@@ -386,14 +464,27 @@ impl Drop for Fleet {
     }
 }
 
-/// A veth pair from `a` (`a_if`, `a_addr`/24) to `b`.
-fn link(a: &NetNs, a_if: &str, a_addr: Ipv4Addr, b: &NetNs, b_if: &str, b_addr: Ipv4Addr) {
+/// Link `n`'s IPv4 address of `host` (1: the side towards the router or
+/// the LB host, 2: the other): `10.96.n.host`.
+fn link_addr(n: u8, host: u8) -> Ipv4Addr {
+    Ipv4Addr::new(10, 96, n, host)
+}
+
+/// Link `n`'s IPv6 address of `host`: `fd96:n::host` (host 0: the prefix).
+fn link_addr6(n: u8, host: u16) -> Ipv6Addr {
+    Ipv6Addr::new(0xfd96, n.into(), 0, 0, 0, 0, 0, host)
+}
+
+/// A veth pair, link `n`, from `a` (`a_if`, address 1 of the link, /24 and
+/// /64) to `b` (address 2).
+fn link(a: &NetNs, a_if: &str, n: u8, b: &NetNs, b_if: &str) {
     ip(&format!(
         "link add {a_if} netns {} type veth peer name {b_if} netns {}",
         a.name, b.name
     ));
-    for (ns, iface, addr) in [(a, a_if, a_addr), (b, b_if, b_addr)] {
-        ns.ip(&format!("addr add {addr}/24 dev {iface}"));
+    for (ns, iface, host) in [(a, a_if, 1), (b, b_if, 2)] {
+        ns.ip(&format!("addr add {}/24 dev {iface}", link_addr(n, host)));
+        enable_ipv6(ns, iface, link_addr6(n, host.into()), 64);
         ns.ip(&format!("link set {iface} up"));
         checksums_in_software(ns, iface);
     }
@@ -404,18 +495,26 @@ fn link(a: &NetNs, a_if: &str, a_addr: Ipv4Addr, b: &NetNs, b_if: &str, b_addr: 
 fn router_bird_conf(neighbors: &str) -> String {
     format!(
         "router id 10.96.0.1;\nprotocol device {{ }}\n\
-         protocol kernel {{ ipv4 {{ import none; export all; }}; merge paths on; }}\n{neighbors}"
+         protocol kernel {{ ipv4 {{ import none; export all; }}; merge paths on; }}\n\
+         protocol kernel {{ ipv6 {{ import none; export all; }}; merge paths on; }}\n{neighbors}"
     )
 }
 
 /// An LB host, as docs/deploy.md sets it up: the include bg-lb writes, and
-/// its static protocol exported to the router. No kernel protocol: the
-/// blackhole routes must not reach this host's table.
-fn host_bird_conf(front: Ipv4Addr, gateway: Ipv4Addr, include: &Path) -> String {
+/// its static protocols exported to the router, each over the session of
+/// its family. No kernel protocol: the blackhole routes must not reach this
+/// host's table.
+fn host_bird_conf(
+    (front, gateway): (Ipv4Addr, Ipv4Addr),
+    (front6, gateway6): (Ipv6Addr, Ipv6Addr),
+    include: &Path,
+) -> String {
     format!(
         "router id {front};\nprotocol device {{ }}\ninclude \"{}\";\n\
          protocol bgp uplink {{ local {front} as {HOSTS_AS}; neighbor {gateway} as {ROUTER_AS}; {BGP_TIMERS} \
-         ipv4 {{ import none; export where proto = \"bglb_vips\"; }}; }}\n",
+         ipv4 {{ import none; export where proto = \"bglb_vips\"; }}; }}\n\
+         protocol bgp uplink6 {{ local {front6} as {HOSTS_AS}; neighbor {gateway6} as {ROUTER_AS}; {BGP_TIMERS} \
+         ipv6 {{ import none; export where proto = \"bglb_vips6\"; }}; }}\n",
         include.display()
     )
 }

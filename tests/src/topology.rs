@@ -427,7 +427,7 @@ impl OneArm {
 /// own, so no duplicate can exist), which would hold it back for a second
 /// or more. `accept_dad=0` covers what the kernel configures by itself
 /// afterwards; `nodad` this address.
-fn enable_ipv6(ns: &NetNs, iface: &str, addr: Ipv6Addr, prefix: u8) {
+pub(crate) fn enable_ipv6(ns: &NetNs, iface: &str, addr: Ipv6Addr, prefix: u8) {
     ns.sysctl(&format!("net.ipv6.conf.{iface}.accept_dad=0"));
     add_ipv6_addr(ns, iface, addr, prefix);
 }

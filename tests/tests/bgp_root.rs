@@ -2,9 +2,11 @@
 //! router running BIRD with ECMP, two LB hosts each running bg-lb and its
 //! own BIRD, a client behind the router (see `bg_lb_tests::fleet`).
 //! Convergence is polled with a generous deadline, never timed; what each
-//! event cost new connections is measured and printed.
+//! event cost new connections is measured and printed. The fleet is
+//! dual-stack: one test announces an IPv6 VIP beside the IPv4 one.
 
 use std::{
+    net::IpAddr,
     thread,
     time::{Duration, Instant},
 };
@@ -12,7 +14,8 @@ use std::{
 use bg_lb::protocol::{BgpStatus, Reply};
 use bg_lb_tests::{
     daemon::{Daemon, finish_teardown},
-    fleet::{CONVERGENCE, Fleet, Probed, Prober, VIP},
+    fleet::{CONVERGENCE, Fleet, LbHost, Probed, Prober, VIP, VIP6},
+    servers::ask_names,
 };
 
 const BG_LB: &str = env!("CARGO_BIN_EXE_bg-lb-under-test");
@@ -22,14 +25,71 @@ const BG_LB: &str = env!("CARGO_BIN_EXE_bg-lb-under-test");
 fn fleet_with_daemons() -> (Fleet, Vec<Daemon>) {
     bg_lb_tests::require_root();
     let fleet = Fleet::new(2);
-    let daemons: Vec<Daemon> = fleet
-        .hosts
-        .iter()
-        .map(|host| Daemon::start(BG_LB, &host.ns, |paths| host.config(paths)))
-        .collect();
+    let daemons = start_daemons(&fleet, |host, paths| host.config(paths));
     let took = fleet.await_next_hops(&fleet.fronts(&[0, 1]));
     println!("both hosts announced the VIP; the router has an ECMP route after {took:?}");
     (fleet, daemons)
+}
+
+fn start_daemons(fleet: &Fleet, config: impl Fn(&LbHost, &str) -> String) -> Vec<Daemon> {
+    fleet
+        .hosts
+        .iter()
+        .map(|host| Daemon::start(BG_LB, &host.ns, |paths| config(host, paths)))
+        .collect()
+}
+
+/// Opens `n` IPv6 connections to [`VIP6`] through the router; the name of
+/// the host whose backend served each.
+fn ask_names6(fleet: &Fleet, n: usize) -> Vec<String> {
+    ask_names(&fleet.client.ns, VIP6, n).unwrap_or_else(|e| {
+        panic!(
+            "an IPv6 connection through the router failed: {e}\n{}",
+            fleet.describe()
+        )
+    })
+}
+
+#[test]
+fn an_ipv6_vip_is_announced_by_each_serving_host_beside_the_ipv4_one_and_a_node_drain_withdraws_both() {
+    bg_lb_tests::require_root();
+    let fleet = Fleet::new(2);
+    let daemons = start_daemons(&fleet, |host, paths| host.dual_stack_config(paths));
+    fleet.await_next_hops(&fleet.fronts(&[0, 1]));
+    let took = fleet.await_next_hops6(&[0, 1]);
+    println!("both hosts announced the IPv6 VIP; the router has an ECMP route after {took:?}");
+    let both: [IpAddr; 2] = [(*VIP.ip()).into(), (*VIP6.ip()).into()];
+    for daemon in &daemons {
+        let bgp = bgp_status(daemon);
+        assert_eq!(bgp.announced, both, "{bgp:?}");
+        let table = daemon.ctl_ok(&["status"]);
+        assert!(
+            table.contains("bgp: announced 10.96.100.100, fd96:100::100; withdrawn none"),
+            "{table}"
+        );
+    }
+    let names = ask_names6(&fleet, 40);
+    for host in ["host0", "host1"] {
+        assert!(
+            names.iter().any(|n| n == host),
+            "no IPv6 connection reached {host}: {names:?}"
+        );
+    }
+
+    daemons[0].ctl_ok(&["node", "drain"]);
+    fleet.await_next_hops(&fleet.fronts(&[1]));
+    fleet.await_next_hops6(&[1]);
+    let bgp = bgp_status(&daemons[0]);
+    assert!(bgp.announced.is_empty() && bgp.withdrawn == both, "{bgp:?}");
+    assert!(ask_names6(&fleet, 20).iter().all(|n| n == "host1"));
+
+    daemons[0].ctl_ok(&["node", "resume"]);
+    fleet.await_next_hops6(&[0, 1]);
+    // Host 1's backend dies (both its servers): both its VIPs go.
+    fleet.hosts[1].stop_backend();
+    fleet.await_next_hops6(&[0]);
+    fleet.await_next_hops(&fleet.fronts(&[0]));
+    assert!(ask_names6(&fleet, 20).iter().all(|n| n == "host0"));
 }
 
 /// Does `act` under a prober and waits until the router's next hops are

@@ -1,8 +1,10 @@
 //! Health-gated announcement of the VIPs over BGP, through the host's BIRD.
 //!
 //! The daemon writes a BIRD config fragment (`[bgp] bird_include`) holding
-//! one static protocol with a `/32` route per VIP address that can serve,
-//! and asks BIRD to read it (`birdc configure`). The operator's bird.conf
+//! two static protocols, a `/32` route per IPv4 VIP address that can serve
+//! in one and a `/128` per IPv6 one in the other (a BIRD static protocol
+//! has one channel, so one family), and asks BIRD to read it (`birdc
+//! configure`). The operator's bird.conf
 //! includes the file and exports that protocol's routes to its BGP peers
 //! (docs/deploy.md, "Several hosts"). BIRD, not the daemon, holds the
 //! routes: a daemon killed or restarted with its pinned data plane leaves
@@ -13,11 +15,7 @@
 
 pub mod speaker;
 
-use std::{
-    collections::BTreeSet,
-    net::{IpAddr, Ipv4Addr},
-    time::Duration,
-};
+use std::{collections::BTreeSet, net::IpAddr, time::Duration};
 
 use crate::{
     config::Config,
@@ -34,13 +32,12 @@ use crate::{
 pub const WITHDRAW_GRACE: Duration = Duration::from_secs(2);
 
 /// The VIP addresses to announce: none while the node is drained; else
-/// each IPv4 address with a listener (live VIP or standby VIP) that can
-/// serve. (IPv6 VIPs are not announced yet: the include file has one IPv4
-/// static protocol; config refuses them with `[bgp]`.)
+/// each address, of either family, with a listener (live VIP or standby
+/// VIP) that can serve.
 /// An address is one route, so services sharing it share its fate: it
 /// stays announced while any of them can serve, since withdrawing it would
 /// take down the ones that still can.
-pub fn wanted(config: &Config, operator: &OperatorState, health: &Health) -> BTreeSet<Ipv4Addr> {
+pub fn wanted(config: &Config, operator: &OperatorState, health: &Health) -> BTreeSet<IpAddr> {
     if operator.node_drained {
         return BTreeSet::new();
     }
@@ -50,7 +47,6 @@ pub fn wanted(config: &Config, operator: &OperatorState, health: &Health) -> BTr
         let live = desired::live_spec(service, state, health);
         let standby = desired::standby_spec(service, state, health);
         for (listener, spec) in desired::listener_specs(service, &live, standby.as_ref()) {
-            let IpAddr::V4(address) = spec.vip.ip() else { continue };
             let can_serve = |pool| spec.backends.iter().any(|b| b.pool == pool && b.weight > 0);
             let serves = match listener {
                 Listener::Live => {
@@ -62,7 +58,7 @@ pub fn wanted(config: &Config, operator: &OperatorState, health: &Health) -> BTr
                 Listener::Standby => spec.backends.iter().any(|b| b.weight > 0),
             };
             if serves {
-                addresses.insert(address);
+                addresses.insert(spec.vip.ip());
             }
         }
     }
@@ -70,33 +66,41 @@ pub fn wanted(config: &Config, operator: &OperatorState, health: &Health) -> BTr
 }
 
 /// Every VIP address of the config, announced or not.
-pub fn vip_addresses(config: &Config) -> BTreeSet<Ipv4Addr> {
+pub fn vip_addresses(config: &Config) -> BTreeSet<IpAddr> {
     config
         .services
         .iter()
         .flat_map(|s| s.vips.iter().chain(&s.standby_vips))
-        .filter_map(|vip| match vip.ip() {
-            IpAddr::V4(address) => Some(address),
-            IpAddr::V6(_) => None,
-        })
+        .map(|vip| vip.ip())
         .collect()
 }
 
-/// The include file: one static protocol named `protocol`, with a
-/// blackhole `/32` per address. Blackhole, because the routes exist only to
-/// be exported over BGP; the operator's kernel protocol must not install
-/// them on this host (the VIP's packets are taken by XDP before routing).
-/// With no address the protocol is empty, so bird.conf's filters that name
-/// it keep parsing.
-pub fn render(protocol: &str, addresses: &BTreeSet<Ipv4Addr>) -> String {
-    let mut text = format!(
-        "# Written by bg-lb: the VIPs this host announces. Do not edit; bg-lb rewrites it.\n\
-         protocol static {protocol} {{\n  ipv4;\n"
-    );
-    for address in addresses {
-        text.push_str(&format!("  route {address}/32 blackhole;\n"));
+/// The IPv6 static protocol's name: the configured one (IPv4's) with `6`
+/// appended, so bird.conf's IPv6 channels export `proto = "bglb_vips6"`.
+pub fn ipv6_protocol(protocol: &str) -> String {
+    format!("{protocol}6")
+}
+
+/// The include file: static protocol `protocol` with a blackhole `/32` per
+/// IPv4 address, and [`ipv6_protocol`] with a blackhole `/128` per IPv6 one.
+/// Blackhole, because the routes exist only to be exported over BGP; the
+/// operator's kernel protocol must not install them on this host (the VIP's
+/// packets are taken by XDP before routing). Both protocols are always
+/// there, empty when their family has no address, so bird.conf's filters
+/// that name them keep parsing.
+pub fn render(protocol: &str, addresses: &BTreeSet<IpAddr>) -> String {
+    let mut text = "# Written by bg-lb: the VIPs this host announces. Do not edit; bg-lb rewrites it.\n".to_owned();
+    for (name, channel, ipv6) in [
+        (protocol.to_owned(), "ipv4", false),
+        (ipv6_protocol(protocol), "ipv6", true),
+    ] {
+        text.push_str(&format!("protocol static {name} {{\n  {channel};\n"));
+        for address in addresses.iter().filter(|a| a.is_ipv6() == ipv6) {
+            let length = if ipv6 { 128 } else { 32 };
+            text.push_str(&format!("  route {address}/{length} blackhole;\n"));
+        }
+        text.push_str("}\n");
     }
-    text.push_str("}\n");
     text
 }
 

@@ -6,7 +6,7 @@
 use std::{
     collections::BTreeSet,
     io::Read as _,
-    net::Ipv4Addr,
+    net::IpAddr,
     path::Path,
     process::{Command, Stdio},
     thread,
@@ -23,9 +23,9 @@ const BIRDC_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct Speaker {
     config: BgpConfig,
     /// What the include file holds, once this daemon wrote it.
-    written: Option<BTreeSet<Ipv4Addr>>,
+    written: Option<BTreeSet<IpAddr>>,
     /// What BIRD accepted last (`None` before the first success).
-    accepted: Option<BTreeSet<Ipv4Addr>>,
+    accepted: Option<BTreeSet<IpAddr>>,
     /// The last attempt: when, and birdc's reply or the error.
     last: Option<(SystemTime, Result<String, String>)>,
 }
@@ -42,7 +42,7 @@ impl Speaker {
 
     /// Makes BIRD announce exactly `wanted`: nothing to do once it accepted
     /// that; otherwise rewrites the file if needed and reconfigures.
-    pub fn sync(&mut self, wanted: &BTreeSet<Ipv4Addr>) -> Result<(), String> {
+    pub fn sync(&mut self, wanted: &BTreeSet<IpAddr>) -> Result<(), String> {
         if self.accepted.as_ref() == Some(wanted) {
             return Ok(());
         }
@@ -64,7 +64,7 @@ impl Speaker {
         outcome
     }
 
-    fn write(&mut self, wanted: &BTreeSet<Ipv4Addr>) -> Result<(), String> {
+    fn write(&mut self, wanted: &BTreeSet<IpAddr>) -> Result<(), String> {
         if self.written.as_ref() == Some(wanted) {
             return Ok(());
         }
@@ -92,7 +92,7 @@ impl Speaker {
     }
 
     /// For `status`: what BIRD announces and how the last attempt went.
-    pub fn status(&self, all: &BTreeSet<Ipv4Addr>, node_drained: bool) -> BgpStatus {
+    pub fn status(&self, all: &BTreeSet<IpAddr>, node_drained: bool) -> BgpStatus {
         let accepted = self.accepted.clone().unwrap_or_default();
         BgpStatus {
             node_drained,
@@ -112,7 +112,7 @@ impl Speaker {
     }
 
     /// Whether BIRD accepted an announcement of `address`.
-    pub fn announces(&self, address: Ipv4Addr) -> bool {
+    pub fn announces(&self, address: IpAddr) -> bool {
         self.accepted.as_ref().is_some_and(|a| a.contains(&address))
     }
 }
@@ -164,7 +164,7 @@ pub fn withdraw_all(config: &BgpConfig) -> Result<String, String> {
 
 #[cfg(test)]
 mod tests {
-    use std::{fs, os::unix::fs::PermissionsExt as _, path::PathBuf};
+    use std::{fs, net::Ipv4Addr, os::unix::fs::PermissionsExt as _, path::PathBuf};
 
     use super::*;
 
@@ -201,8 +201,12 @@ mod tests {
             .collect()
     }
 
-    fn vips(list: &[u8]) -> BTreeSet<Ipv4Addr> {
-        list.iter().map(|&last| Ipv4Addr::new(10, 0, 0, last)).collect()
+    fn vips(list: &[u8]) -> BTreeSet<IpAddr> {
+        list.iter().map(|&last| vip(last)).collect()
+    }
+
+    fn vip(last: u8) -> IpAddr {
+        IpAddr::V4(Ipv4Addr::new(10, 0, 0, last))
     }
 
     #[test]
@@ -219,13 +223,13 @@ mod tests {
         // Nothing changed: BIRD is not asked again.
         speaker.sync(&vips(&[100])).unwrap();
         assert_eq!(calls(&dir).len(), 1);
-        assert!(speaker.announces(Ipv4Addr::new(10, 0, 0, 100)));
+        assert!(speaker.announces(vip(100)));
         speaker.sync(&vips(&[])).unwrap();
         assert_eq!(calls(&dir).len(), 2);
-        assert!(!speaker.announces(Ipv4Addr::new(10, 0, 0, 100)));
+        assert!(!speaker.announces(vip(100)));
         let status = speaker.status(&vips(&[100]), false);
         assert!(status.announced.is_empty() && status.last_configure_ok);
-        assert_eq!(status.withdrawn, [Ipv4Addr::new(10, 0, 0, 100)]);
+        assert_eq!(status.withdrawn, [vip(100)]);
         assert_eq!(status.last_configure.as_deref(), Some("Reconfigured"));
         fs::remove_dir_all(dir).unwrap();
     }
@@ -236,7 +240,7 @@ mod tests {
         let mut speaker = Speaker::new(config);
         let error = speaker.sync(&vips(&[100])).unwrap_err();
         assert!(error.contains("syntax error"), "{error}");
-        assert!(!speaker.announces(Ipv4Addr::new(10, 0, 0, 100)));
+        assert!(!speaker.announces(vip(100)));
         let status = speaker.status(&vips(&[100]), false);
         assert!(!status.last_configure_ok && status.announced.is_empty(), "{status:?}");
         assert!(status.last_configure.unwrap().contains("syntax error"));

@@ -1,4 +1,8 @@
-use std::{collections::BTreeSet, net::Ipv4Addr, path::Path};
+use std::{
+    collections::BTreeSet,
+    net::{IpAddr, Ipv4Addr},
+    path::Path,
+};
 
 use super::{configure_result, render, vip_addresses, wanted};
 use crate::{
@@ -35,8 +39,12 @@ fn down(service: &str, backend: &str) -> (CheckKey, HealthView) {
     )
 }
 
-fn addresses(list: &[u8]) -> BTreeSet<Ipv4Addr> {
-    list.iter().map(|&last| Ipv4Addr::new(10, 0, 0, last)).collect()
+fn addresses(list: &[u8]) -> BTreeSet<IpAddr> {
+    list.iter().map(|&last| v4(last)).collect()
+}
+
+fn v4(last: u8) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(10, 0, 0, last))
 }
 
 #[test]
@@ -75,9 +83,9 @@ fn a_pool_the_ratio_gives_nothing_still_serves_when_the_other_cannot() {
     // web's ratio is 100:0; with blue down the data plane sends green all of it.
     let config = config();
     let health: Health = [down("web", "10.0.1.1:80")].into();
-    assert!(wanted(&config, &OperatorState::default(), &health).contains(&Ipv4Addr::new(10, 0, 0, 100)));
+    assert!(wanted(&config, &OperatorState::default(), &health).contains(&v4(100)));
     let health: Health = [down("web", "10.0.1.1:80"), down("web", "10.0.1.2:80")].into();
-    assert!(!wanted(&config, &OperatorState::default(), &health).contains(&Ipv4Addr::new(10, 0, 0, 100)));
+    assert!(!wanted(&config, &OperatorState::default(), &health).contains(&v4(100)));
 }
 
 #[test]
@@ -87,7 +95,7 @@ fn a_standby_vip_that_can_serve_keeps_its_address_announced() {
     let mut config = config();
     config.services[0].standby_vips = vec!["10.0.0.102:8080".parse().unwrap()];
     let ops = OperatorState::default();
-    assert!(wanted(&config, &ops, &Health::new()).contains(&Ipv4Addr::new(10, 0, 0, 102)));
+    assert!(wanted(&config, &ops, &Health::new()).contains(&v4(102)));
     let mut operator = OperatorState::default();
     operator.services.insert(
         "web".into(),
@@ -97,7 +105,7 @@ fn a_standby_vip_that_can_serve_keeps_its_address_announced() {
         },
     );
     // Both pools have a share: no idle pool, nothing on the standby VIP.
-    assert!(!wanted(&config, &operator, &Health::new()).contains(&Ipv4Addr::new(10, 0, 0, 102)));
+    assert!(!wanted(&config, &operator, &Health::new()).contains(&v4(102)));
 }
 
 #[test]
@@ -110,13 +118,46 @@ fn a_drained_node_announces_nothing() {
 }
 
 #[test]
-fn the_include_file_is_one_static_protocol_of_blackhole_routes() {
+fn the_include_file_has_a_static_protocol_of_blackhole_routes_per_family() {
+    let mut both = addresses(&[100, 101]);
+    both.insert("fd00::100".parse().unwrap());
     assert_eq!(
-        render("bglb_vips", &addresses(&[100, 101])),
+        render("bglb_vips", &both),
         "# Written by bg-lb: the VIPs this host announces. Do not edit; bg-lb rewrites it.\n\
-         protocol static bglb_vips {\n  ipv4;\n  route 10.0.0.100/32 blackhole;\n  route 10.0.0.101/32 blackhole;\n}\n"
+         protocol static bglb_vips {\n  ipv4;\n  route 10.0.0.100/32 blackhole;\n  route 10.0.0.101/32 blackhole;\n}\n\
+         protocol static bglb_vips6 {\n  ipv6;\n  route fd00::100/128 blackhole;\n}\n"
     );
-    assert!(render("p", &BTreeSet::new()).ends_with("protocol static p {\n  ipv4;\n}\n"));
+    // Empty protocols stay, so bird.conf's filters naming them parse.
+    assert!(
+        render("p", &BTreeSet::new()).ends_with("protocol static p {\n  ipv4;\n}\nprotocol static p6 {\n  ipv6;\n}\n")
+    );
+}
+
+/// `web` dual-stack (fd00::100 with .100), `v6only` on fd00::101 alone.
+fn dual_stack_config() -> Config {
+    let text = "interface = \"eth0\"\nsnat_addresses = [\"10.0.0.1\", \"fd00::1\"]\n[bgp]\n\
+        [[service]]\nname = \"web\"\nvip = [\"10.0.0.100:80\", \"[fd00::100]:80\"]\n\
+        [[service.backend]]\npool = \"blue\"\naddress = \"10.0.1.1:80\"\n\
+        [[service.backend]]\npool = \"blue\"\naddress = \"[fd00:1::1]:80\"\n\
+        [[service]]\nname = \"v6only\"\nvip = \"[fd00::101]:80\"\n\
+        [[service.backend]]\npool = \"blue\"\naddress = \"[fd00:1::2]:80\"\n";
+    config::parse(Path::new("test.toml"), text).unwrap()
+}
+
+#[test]
+fn ipv6_vips_are_announced_while_a_backend_of_their_family_can_serve() {
+    let config = dual_stack_config();
+    let (web6, only6): (IpAddr, IpAddr) = ("fd00::100".parse().unwrap(), "fd00::101".parse().unwrap());
+    let all = BTreeSet::from([v4(100), web6, only6]);
+    assert_eq!(vip_addresses(&config), all);
+    assert_eq!(wanted(&config, &OperatorState::default(), &Health::new()), all);
+    // Each VIP serves from its own family's backends: the IPv6 backend down
+    // withdraws the IPv6 VIP alone.
+    let health: Health = [down("web", "[fd00:1::1]:80")].into();
+    assert_eq!(
+        wanted(&config, &OperatorState::default(), &health),
+        BTreeSet::from([v4(100), only6])
+    );
 }
 
 #[test]

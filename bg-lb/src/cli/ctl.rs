@@ -308,7 +308,7 @@ fn syn_proxy_line(p: &SynProxyStatus) -> String {
 }
 
 fn print_bgp(bgp: &BgpStatus) {
-    let list = |a: &[std::net::Ipv4Addr]| {
+    let list = |a: &[std::net::IpAddr]| {
         if a.is_empty() {
             "none".to_owned()
         } else {

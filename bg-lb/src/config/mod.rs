@@ -37,7 +37,7 @@
 //! bird_include = "/run/bg-lb/bird-vips.conf"   # the file bird.conf includes
 //! birdc = "birdc"                   # program name (PATH) or absolute path
 //! bird_socket = "/run/bird/bird.ctl"
-//! protocol_name = "bglb_vips"       # the static protocol the include defines
+//! protocol_name = "bglb_vips"       # the include's IPv4 static protocol; IPv6's: "bglb_vips6"
 //!
 //! [cluster]                         # fleet state in etcd; absent: this host alone (state_dir)
 //! etcd = ["http://10.0.0.5:2379"]   # etcd 3.4+ client URLs (plain http), tried in turn

@@ -49,18 +49,6 @@ pub(super) fn validate(raw: RawConfig, text: &str) -> Result<Config, Invalid> {
     let bgp = raw.bgp.as_ref().map(bgp::bgp).transpose()?;
     let cluster = raw.cluster.as_ref().map(cluster::cluster).transpose()?;
     let services = services(&raw.service, &snat, text)?;
-    if bgp.is_some()
-        && let Some((raw_service, _)) = raw
-            .service
-            .iter()
-            .zip(&services)
-            .find(|(_, s)| s.vips.iter().chain(&s.standby_vips).any(|v| v.is_ipv6()))
-    {
-        return Invalid::at(
-            raw_service.vip.span(),
-            "[bgp] announces IPv4 VIPs only for now, and this service has an IPv6 VIP",
-        );
-    }
     check_lookup_capacity(lookup_capacity, raw.lookup_capacity.as_ref(), &raw.service, &services)?;
     let (mut snat_addresses, mut snat6_addresses) = (Vec::new(), Vec::new());
     for (address, _) in snat {

@@ -99,7 +99,7 @@ impl Daemon {
 
     /// `bglb_vip_announced`: every VIP address with whether BIRD announces
     /// it; none without `[bgp]`.
-    pub(super) fn vips_announced(&self) -> Vec<(std::net::Ipv4Addr, bool)> {
+    pub(super) fn vips_announced(&self) -> Vec<(std::net::IpAddr, bool)> {
         let Some(speaker) = &self.speaker else {
             return Vec::new();
         };

@@ -199,7 +199,7 @@ pub struct Snapshot {
     /// back are absent (and exported as 0).
     pub shift_rollbacks: BTreeMap<String, u64>,
     /// Every VIP address and whether BIRD announces it; empty without `[bgp]`.
-    pub vips_announced: Vec<(std::net::Ipv4Addr, bool)>,
+    pub vips_announced: Vec<(std::net::IpAddr, bool)>,
     pub build: BuildInfo,
 }
 

@@ -488,9 +488,9 @@ fn uniqueness_rules_hold_across_families() {
 }
 
 #[test]
-fn bgp_announces_ipv4_vips_only_for_now() {
-    assert_rejected(
-        &format!("{TOP46}[bgp]\n[[service]]\nname = \"a\"\nvip = \"[fd00::100]:80\"  # <-\n"),
-        "[bgp] announces IPv4 VIPs only for now",
-    );
+fn bgp_takes_ipv6_vips() {
+    let config = parse_ok(&format!(
+        "{TOP46}[bgp]\n[[service]]\nname = \"a\"\nvip = \"[fd00::100]:80\"\n{BLUE6}"
+    ));
+    assert!(config.bgp.is_some() && config.services[0].vips[0].is_ipv6());
 }
