@@ -1153,22 +1153,18 @@ const fn socket6(wire_ip: Ipv6Wire, wire_port: u16) -> SocketAddrV6 {
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
-    // Both families' instantiations: the size test shows neither has
-    // implicit padding.
-    unsafe impl aya::Pod for ServiceKey {}
-    unsafe impl aya::Pod for ServiceKey6 {}
+    // For every family at once: `WireAddr` is sealed (`u32`, `Ipv6Wire`), and
+    // the size test shows neither family's instantiation has implicit
+    // padding. Generic, so the daemon's family-generic map code needs no
+    // `Pod` bounds of its own.
+    unsafe impl<A: WireAddr> aya::Pod for ServiceKeyOf<A> {}
+    unsafe impl<A: WireAddr> aya::Pod for BackendOf<A> {}
+    unsafe impl<A: WireAddr> aya::Pod for FlowKeyOf<A> {}
+    unsafe impl<A: WireAddr> aya::Pod for FlowOf<A> {}
+    unsafe impl<A: WireAddr> aya::Pod for NatKeyOf<A> {}
+    unsafe impl<A: WireAddr> aya::Pod for NatOwnerOf<A> {}
     unsafe impl aya::Pod for Service {}
-    unsafe impl aya::Pod for Backend {}
-    unsafe impl aya::Pod for Backend6 {}
-    unsafe impl aya::Pod for FlowKey {}
-    unsafe impl aya::Pod for FlowKey6 {}
-    unsafe impl aya::Pod for Flow {}
-    unsafe impl aya::Pod for Flow6 {}
     unsafe impl aya::Pod for SeqState {}
-    unsafe impl aya::Pod for NatKey {}
-    unsafe impl aya::Pod for NatKey6 {}
-    unsafe impl aya::Pod for NatOwner {}
-    unsafe impl aya::Pod for NatOwner6 {}
     unsafe impl aya::Pod for DataplaneConfig {}
     unsafe impl aya::Pod for TrafficStats {}
     unsafe impl aya::Pod for SynFlood {}

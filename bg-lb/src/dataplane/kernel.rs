@@ -16,10 +16,7 @@ use aya::{
 };
 use bg_lb_common::{
     counters::{COUNTER_COUNT, Counter},
-    maps::{
-        self, BackendOf, DataplaneConfig, Flow, FlowKey, FlowKeyOf, FlowOf, NatKey, NatKeyOf, NatOwner, NatOwnerOf,
-        SynFlood, TrafficStats,
-    },
+    maps::{self, DataplaneConfig, Flow, FlowKey, NatKey, NatOwner, SynFlood, TrafficStats},
 };
 
 mod programs;
@@ -297,14 +294,7 @@ impl Kernel {
         })
     }
 
-    fn family_maps<A: Wire>(&self) -> Result<FamilyMaps<A>, DataplaneError>
-    where
-        FlowKeyOf<A>: Pod,
-        FlowOf<A>: Pod,
-        NatKeyOf<A>: Pod,
-        NatOwnerOf<A>: Pod,
-        BackendOf<A>: Pod,
-    {
+    fn family_maps<A: Wire>(&self) -> Result<FamilyMaps<A>, DataplaneError> {
         Ok(FamilyMaps {
             flows: self.duplicate(A::FLOWS)?,
             reverse: self.duplicate(A::REVERSE_NAT)?,

@@ -173,14 +173,7 @@ where
     walk.next_slice(map, SLICE).map_err(|e| map.error("walk", e))
 }
 
-impl<A: Wire> FamilyMaps<A>
-where
-    FlowKeyOf<A>: Pod,
-    FlowOf<A>: Pod,
-    NatKeyOf<A>: Pod,
-    NatOwnerOf<A>: Pod,
-    BackendOf<A>: Pod,
-{
+impl<A: Wire> FamilyMaps<A> {
     /// Sweeps this family's FLOWS, then its REVERSE_NAT, into `report`;
     /// returns whether to go on (`between` said so after every slice).
     fn sweep(

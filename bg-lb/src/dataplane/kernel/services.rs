@@ -5,10 +5,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use aya::{
-    Pod,
-    maps::{Array, HashMap, MapError, PerCpuArray, PerCpuValues},
-};
+use aya::maps::{Array, HashMap, MapError, PerCpuArray, PerCpuValues};
 use bg_lb_common::maps::{
     self, Backend, Backend6, BackendOf, DataplaneConfig, Ipv6Wire, Service, ServiceKeyOf, TrafficStats,
 };
@@ -53,10 +50,7 @@ impl Kernel {
         }
     }
 
-    fn write_backend<A: Wire>(&mut self, id: u32, backend: &BackendEntry) -> Result<(), DataplaneError>
-    where
-        BackendOf<A>: Pod,
-    {
+    fn write_backend<A: Wire>(&mut self, id: u32, backend: &BackendEntry) -> Result<(), DataplaneError> {
         let (addr, port) = wire_socket::<A>(backend.addr).ok_or(DataplaneError::OtherFamily(backend.addr))?;
         let entry = BackendOf::from_wire(
             backend.service_id,
@@ -69,10 +63,7 @@ impl Kernel {
         self.array_set(A::BACKENDS, id, &entry)
     }
 
-    fn insert_service<A: Wire>(&mut self, key: &ListenerKey, service: Service) -> Result<(), DataplaneError>
-    where
-        ServiceKeyOf<A>: Pod,
-    {
+    fn insert_service<A: Wire>(&mut self, key: &ListenerKey, service: Service) -> Result<(), DataplaneError> {
         let key = service_key::<A>(key)?;
         let mut services: HashMap<_, ServiceKeyOf<A>, Service> = self.map_mut(A::SERVICES)?;
         services.insert(key, service, 0).map_err(map_err(A::SERVICES))
@@ -151,10 +142,7 @@ impl Kernel {
         removal.backend_ids.iter().try_for_each(|&id| self.clear_backend(id))
     }
 
-    fn remove_service_entry<A: Wire>(&mut self, key: &ListenerKey) -> Result<(), DataplaneError>
-    where
-        ServiceKeyOf<A>: Pod,
-    {
+    fn remove_service_entry<A: Wire>(&mut self, key: &ListenerKey) -> Result<(), DataplaneError> {
         let key = service_key::<A>(key)?;
         let mut services: HashMap<_, ServiceKeyOf<A>, Service> = self.map_mut(A::SERVICES)?;
         ignore_missing(services.remove(&key), A::SERVICES)
@@ -179,10 +167,7 @@ impl Kernel {
         }
     }
 
-    fn service_of<A: Wire>(&self, key: &ListenerKey) -> Result<Option<Service>, DataplaneError>
-    where
-        ServiceKeyOf<A>: Pod,
-    {
+    fn service_of<A: Wire>(&self, key: &ListenerKey) -> Result<Option<Service>, DataplaneError> {
         let key = service_key::<A>(key)?;
         let services: HashMap<_, ServiceKeyOf<A>, Service> = self.map(A::SERVICES)?;
         match services.get(&key, 0) {
@@ -200,10 +185,7 @@ impl Kernel {
         Ok(all)
     }
 
-    fn services_of<A: Wire>(&self) -> Result<Vec<(ListenerKey, Service)>, DataplaneError>
-    where
-        ServiceKeyOf<A>: Pod,
-    {
+    fn services_of<A: Wire>(&self) -> Result<Vec<(ListenerKey, Service)>, DataplaneError> {
         let services: HashMap<_, ServiceKeyOf<A>, Service> = self.map(A::SERVICES)?;
         let entries = collect(services.iter(), A::SERVICES)?;
         Ok(entries
@@ -222,10 +204,7 @@ impl Kernel {
         Ok(all)
     }
 
-    fn backend_entries<A: Wire>(&self) -> Result<Vec<(u32, BackendEntry)>, DataplaneError>
-    where
-        BackendOf<A>: Pod,
-    {
+    fn backend_entries<A: Wire>(&self) -> Result<Vec<(u32, BackendEntry)>, DataplaneError> {
         let entry = |b: BackendOf<A>| BackendEntry {
             service_id: b.service_id,
             generation: b.generation,
@@ -238,10 +217,7 @@ impl Kernel {
     }
 
     /// A family's backends in use, as its array holds them.
-    pub(in crate::dataplane) fn family_backends<A: Wire>(&self) -> Result<Vec<(u32, BackendOf<A>)>, DataplaneError>
-    where
-        BackendOf<A>: Pod,
-    {
+    pub(in crate::dataplane) fn family_backends<A: Wire>(&self) -> Result<Vec<(u32, BackendOf<A>)>, DataplaneError> {
         let backends: Array<_, BackendOf<A>> = self.map(A::BACKENDS)?;
         let mut used = Vec::new();
         for (id, backend) in backends.iter().enumerate() {
