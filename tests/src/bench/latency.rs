@@ -51,6 +51,8 @@ pub struct LatencyOptions {
     /// Fixed rates, instead of shares (empty: shares).
     pub new_rates: Vec<u32>,
     pub keep_alive_rates: Vec<u32>,
+    /// The labs' family: the VIP, backends and SNAT address.
+    pub family: Family,
 }
 
 /// Where a mode's rates came from.
@@ -258,8 +260,32 @@ fn run_one(
     bg_lb: &'static str,
     progress: &mut dyn FnMut(&str),
 ) -> Vec<LatencyPoint> {
-    let lab = Lab::new(bg_lb, contender.forwarding(), Family::Ipv4);
-    let running = contender.start(&lab, bg_lb);
+    let lab = Lab::new(bg_lb, contender.forwarding(), opts.family);
+    // As in the macro rounds: a contender that cannot serve the family has
+    // no points, and says why.
+    let mine = match contender.refuses(&lab) {
+        Some(why) => {
+            progress(&format!("  skipped {}: {why}", contender.label()));
+            Vec::new()
+        }
+        None => paced_points(opts, round, contender, plan, &lab, bg_lb),
+    };
+    for leftover in lab.close() {
+        progress(&format!("  killed a leftover: {leftover}"));
+    }
+    mine
+}
+
+/// The contender started in `lab`, at every rate of `plan`.
+fn paced_points(
+    opts: &LatencyOptions,
+    round: usize,
+    contender: Contender,
+    plan: &[(Mode, &Vec<u32>)],
+    lab: &Lab,
+    bg_lb: &'static str,
+) -> Vec<LatencyPoint> {
+    let running = contender.start(lab, bg_lb);
     let mut mine = Vec::new();
     for &(mode, rates) in plan {
         for &rate in rates {
@@ -272,10 +298,6 @@ fn run_one(
             };
             mine.push(point(round, contender, spec, &paced::run(lab.client(), spec)));
         }
-    }
-    drop(running);
-    for leftover in lab.close() {
-        progress(&format!("  killed a leftover: {leftover}"));
     }
     mine
 }

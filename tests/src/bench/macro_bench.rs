@@ -88,10 +88,9 @@ impl Workload {
         !matches!(self, Workload::Bulk | Workload::Udp)
     }
 
-    /// Whether it runs over `family`: the SYN flood crafts IPv4 frames, and
-    /// the latency pass runs in IPv4 labs of its own.
+    /// Whether it runs over `family`: the SYN flood crafts IPv4 frames.
     pub fn runs_over(self, family: Family) -> bool {
-        family == Family::Ipv4 || !matches!(self, Workload::SynFlood | Workload::Latency)
+        family == Family::Ipv4 || self != Workload::SynFlood
     }
 }
 
