@@ -317,7 +317,7 @@ fn run(args: &Args) -> ExitCode {
                 .points
                 .iter()
                 .any(|p| p.contender == Contender::BgLb && p.failing());
-            markdown += &format!("\n## Latency at paced rates\n\n{}", latency::render(&paced));
+            markdown += &format!("\n## Latency at paced rates{over}\n\n{}", latency::render(&paced));
             json["latency"] = serde_json::to_value(&paced).expect("serialisable");
             paced_latency = Some(paced);
         }
