@@ -18,7 +18,9 @@ use crate::api::auth::Role;
 
 /// The header an action's CSRF token travels in.
 pub const CSRF_HEADER: &str = "x-csrf-token";
-/// Sessions kept at once; signing in past this forgets the oldest.
+/// Sessions kept at once per role; signing in past this forgets that role's
+/// oldest. Per role, so a read-only token signing in over and over cannot
+/// push the admins' sessions out.
 const MAX_SESSIONS: usize = 256;
 /// A session's CSRF token is refused after this long: sign in again.
 const SESSION_LIFETIME: Duration = Duration::from_secs(12 * 3600);
@@ -42,8 +44,11 @@ impl Sessions {
         File::open("/dev/urandom")?.read_exact(&mut random)?;
         let csrf: String = random.iter().map(|b| format!("{b:02x}")).collect();
         let mut issued = self.issued.lock().unwrap_or_else(|p| p.into_inner());
-        if issued.len() >= MAX_SESSIONS {
-            issued.pop_front();
+        issued.retain(|s| s.at.elapsed() < SESSION_LIFETIME);
+        if issued.iter().filter(|s| s.role == role).count() >= MAX_SESSIONS
+            && let Some(oldest) = issued.iter().position(|s| s.role == role)
+        {
+            issued.remove(oldest);
         }
         issued.push_back(Session {
             csrf: csrf.clone(),
@@ -93,5 +98,17 @@ mod tests {
             sessions.open(Role::Admin).unwrap();
         }
         assert!(!sessions.check(Role::Admin, Some(first.as_bytes())));
+    }
+
+    #[test]
+    fn read_only_sign_ins_past_the_cap_never_forget_an_admin_session() {
+        let sessions = Sessions::default();
+        let admin = sessions.open(Role::Admin).unwrap();
+        let first_viewer = sessions.open(Role::ReadOnly).unwrap();
+        for _ in 0..2 * MAX_SESSIONS {
+            sessions.open(Role::ReadOnly).unwrap();
+        }
+        assert!(sessions.check(Role::Admin, Some(admin.as_bytes())));
+        assert!(!sessions.check(Role::ReadOnly, Some(first_viewer.as_bytes())));
     }
 }
