@@ -201,9 +201,11 @@ pub const REVERSE_NAT6: &str = "REVERSE_NAT6";
 /// `HashMap<Ipv6Wire, u32>`: every IPv6 VIP address -> 1, as
 /// [`VIP_ADDRESSES`].
 pub const VIP_ADDRESSES6: &str = "VIP_ADDRESSES6";
+/// `LruHashMap<FlowKey6, HeldSegment>`: [`HELD_SEGMENTS`] for IPv6 flows.
+pub const HELD_SEGMENTS6: &str = "HELD_SEGMENTS6";
 
 /// Every map of the load balancer object, for pinning and teardown.
-pub const ALL_MAPS: [&str; 23] = [
+pub const ALL_MAPS: [&str; 24] = [
     SERVICES,
     BACKENDS,
     LOOKUP_TABLES,
@@ -227,6 +229,7 @@ pub const ALL_MAPS: [&str; 23] = [
     FLOWS6,
     REVERSE_NAT6,
     VIP_ADDRESSES6,
+    HELD_SEGMENTS6,
 ];
 
 /// Name of the load balancer's XDP program in the object.

@@ -83,10 +83,25 @@ pub enum Job {
     Rst6,
     /// An ICMPv6 message: an error about a pinned flow is translated.
     Icmp6,
+    /// [`Job::SynAck`] for a SYN to an IPv6 VIP.
+    SynAck6,
+    /// An IPv6 TCP segment of no usable flow to a service in a proxy mode:
+    /// the proxy's verdict.
+    Tcp6Proxy,
+    /// An IPv6 ACK proved its cookie: pin its flow as its SYN would have.
+    Proven6,
+    /// [`Job::OpenBackend`] for an IPv6 flow.
+    OpenBackend6,
+    /// [`Job::ResendSyn`] for an IPv6 flow.
+    ResendSyn6,
+    /// [`Job::AckToBackend`] for an IPv6 flow.
+    AckToBackend6,
+    /// [`Job::HoldSegment`] for an IPv6 flow.
+    HoldSegment6,
 }
 
 /// Each job's program name, by job index.
-pub const JOB_PROGRAMS: [&str; 15] = [
+pub const JOB_PROGRAMS: [&str; 22] = [
     "bg_lb_syn_ack",
     "bg_lb_open_backend",
     "bg_lb_resend_syn",
@@ -102,6 +117,13 @@ pub const JOB_PROGRAMS: [&str; 15] = [
     "bg_lb_udp6_reply",
     "bg_lb_rst6",
     "bg_lb_icmp6",
+    "bg_lb_syn_ack6",
+    "bg_lb_tcp6_proxy",
+    "bg_lb_proven6",
+    "bg_lb_open_backend6",
+    "bg_lb_resend_syn6",
+    "bg_lb_ack_to_backend6",
+    "bg_lb_hold_segment6",
 ];
 
 /// The flood detector's window.
@@ -123,6 +145,15 @@ pub const COOKIE_MSS: [u16; 4] = [1460, 1440, 1300, 536];
 /// The MSS assumed for a cookie whose value cannot be read back (RFC 9293's
 /// default, which every path carries).
 pub const DEFAULT_MSS: u16 = 536;
+/// [`COOKIE_MSS`] for IPv6 (the kernel's table: links of 9000, 1500, 1480
+/// and 1280 bytes less 60 for the headers), largest first.
+pub const COOKIE_MSS6: [u16; 4] = [8940, 1440, 1420, 1220];
+/// [`DEFAULT_MSS`] for IPv6: IPv6's minimum MTU, 1280, less the headers.
+pub const DEFAULT_MSS6: u16 = 1220;
+/// How much larger an IPv6 header is than an option-less IPv4 one: an IPv6
+/// SYN-ACK offers the service's `syn_proxy_mss` (an IPv4 value) less this,
+/// for the same link MTU.
+pub const IPV6_MSS_REDUCTION: u16 = 20;
 /// The MSS a service's SYN-ACKs offer clients unless configured otherwise:
 /// an Ethernet MTU without IP or TCP options.
 pub const DEFAULT_OFFERED_MSS: u16 = 1460;
@@ -277,6 +308,13 @@ mod tests {
             Job::Udp6Reply,
             Job::Rst6,
             Job::Icmp6,
+            Job::SynAck6,
+            Job::Tcp6Proxy,
+            Job::Proven6,
+            Job::OpenBackend6,
+            Job::ResendSyn6,
+            Job::AckToBackend6,
+            Job::HoldSegment6,
         ];
         assert_eq!(jobs.len(), JOB_PROGRAMS.len());
         for (i, job) in jobs.into_iter().enumerate() {
@@ -288,5 +326,7 @@ mod tests {
     fn cookie_mss_values_are_the_kernels_largest_first() {
         assert!(COOKIE_MSS.windows(2).all(|w| w[0] > w[1]));
         assert_eq!(COOKIE_MSS.last(), Some(&DEFAULT_MSS));
+        assert!(COOKIE_MSS6.windows(2).all(|w| w[0] > w[1]));
+        assert_eq!(COOKIE_MSS6.last(), Some(&DEFAULT_MSS6));
     }
 }

@@ -155,16 +155,7 @@ pub fn forward_to<'a, P: L4Packet<'a>>(ctx: &XdpContext, pkt: &mut P, dst_addr: 
 /// Sends an IPv6 packet, its addresses rewritten, towards its destination.
 #[inline(always)]
 pub fn forward6(ctx: &XdpContext, frame: &mut Ipv6Frame<'_>) -> u32 {
-    // SAFETY: as in `route`: all zeroes is a valid parameter block.
-    let mut fib: FibParams = unsafe { zeroed() };
-    fib.family = AF_INET6;
-    fib.l4_protocol = frame.next_header();
-    fib.__bindgen_anon_1.tot_len = frame.ip_len();
-    fib.ifindex = ctx.ingress_ifindex() as u32;
-    fib.__bindgen_anon_2.flowinfo = frame.flowinfo();
-    fib.__bindgen_anon_3.ipv6_src = frame.src_addr();
-    fib.__bindgen_anon_4.ipv6_dst = frame.dst_addr();
-    match lookup(ctx, &mut fib) {
+    match route6(ctx, frame) {
         Route::Next {
             ifindex, smac, dmac, ..
         } => {
@@ -174,6 +165,22 @@ pub fn forward6(ctx: &XdpContext, frame: &mut Ipv6Frame<'_>) -> u32 {
         Route::TooBig { .. } => dropped(Counter::TooBigDropped),
         Route::Failed(counter) => dropped(counter),
     }
+}
+
+/// Where an IPv6 packet goes, by its header as it stands (`bpf_fib_lookup`
+/// every time).
+#[inline(always)]
+pub fn route6(ctx: &XdpContext, frame: &Ipv6Frame<'_>) -> Route {
+    // SAFETY: as in `route`: all zeroes is a valid parameter block.
+    let mut fib: FibParams = unsafe { zeroed() };
+    fib.family = AF_INET6;
+    fib.l4_protocol = frame.next_header();
+    fib.__bindgen_anon_1.tot_len = frame.ip_len();
+    fib.ifindex = ctx.ingress_ifindex() as u32;
+    fib.__bindgen_anon_2.flowinfo = frame.flowinfo();
+    fib.__bindgen_anon_3.ipv6_src = frame.src_addr();
+    fib.__bindgen_anon_4.ipv6_dst = frame.dst_addr();
+    lookup(ctx, &mut fib)
 }
 
 /// Drops the packet, counted under `counter`.

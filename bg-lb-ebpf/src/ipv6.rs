@@ -17,9 +17,9 @@
 //! cover the addresses through the pseudo-header, and a UDP checksum is
 //! never sent as 0), the hop limit, routing ([`forward6`]) and a RST.
 //!
-//! An IPv6 service is full NAT without SYN proxy whatever its entry says
-//! (config refuses the rest): `gateway`, `dsr` and the SYN proxy are
-//! IPv4's. Only a TCP or UDP header right after the fixed header is read: a
+//! An IPv6 service is full NAT whatever its entry says (config refuses the
+//! rest): `gateway` and `dsr` are IPv4's. Its SYN proxy is IPv4's logic
+//! with IPv6 jobs ([`crate::ipv6_synproxy`]). Only a TCP or UDP header right after the fixed header is read: a
 //! packet to a VIP address with an extension header is dropped and counted
 //! (`ipv6_extension_header`); anything not for a VIP or the IPv6 SNAT
 //! range, ICMPv6 (neighbour discovery) included, passes untouched, but an
@@ -40,7 +40,7 @@ use bg_lb_common::{
         NatKey6, SERVICE_AFFINITY_CLIENT_IP, Service, ServiceKey6, WireAddr,
     },
     port_reuse::{Syn, same_key},
-    syn_proxy::Job,
+    syn_proxy::{Job, SYN_PROXY_MODES},
 };
 
 use crate::{
@@ -50,7 +50,7 @@ use crate::{
         flow_entry, flow_pinned_to, reverse_owner,
     },
     packet::ipv6::{Icmp6Error, Tcp6Packet, Udp6Packet, parse_icmp6_error, parse_tcp6, parse_udp6, peek},
-    synproxy::hand_over,
+    synproxy::{self, BackendStep, ClientStep, hand_over},
     to_backend::{Lookup, Route, carries, new_flow, pinned_flow, refuse},
     udp,
 };
@@ -110,12 +110,12 @@ fn malformed(dst: &Ipv6Wire) -> u32 {
     }
 }
 
-/// The IPv6 service's entry as this path serves it: full NAT, no SYN
-/// proxy, its client affinity kept.
+/// The IPv6 service's entry as this path serves it: full NAT, its SYN
+/// proxy mode and client affinity kept.
 #[inline(always)]
-fn full_nat(service: &Service) -> Service {
+pub fn full_nat(service: &Service) -> Service {
     Service {
-        flags: service.flags & SERVICE_AFFINITY_CLIENT_IP,
+        flags: service.flags & (SERVICE_AFFINITY_CLIENT_IP | SYN_PROXY_MODES),
         forwarding: FORWARDING_FULL_NAT,
         ..*service
     }
@@ -156,7 +156,7 @@ fn screen(pkt: &Tcp6Packet<'_>) -> Result<(), u32> {
 
 /// The flow a client segment belongs to.
 #[inline(always)]
-fn flow_key(pkt: &Tcp6Packet<'_>) -> FlowKey6 {
+pub fn flow_key(pkt: &Tcp6Packet<'_>) -> FlowKey6 {
     FlowKey6::from_wire(
         pkt.frame.src_addr(),
         pkt.src_port(),
@@ -167,7 +167,7 @@ fn flow_key(pkt: &Tcp6Packet<'_>) -> FlowKey6 {
 
 /// The TCP service at the segment's VIP:port, copied.
 #[inline(always)]
-fn tcp_service(key: &FlowKey6) -> Option<Service> {
+pub fn tcp_service(key: &FlowKey6) -> Option<Service> {
     // SAFETY: as for SERVICES: not preallocated, copied at once.
     unsafe { SERVICES6.get(ServiceKey6::from_wire(key.vip_addr, key.vip_port, IPPROTO_TCP)) }.copied()
 }
@@ -201,6 +201,9 @@ fn to_backend(ctx: &XdpContext, pkt: Tcp6Packet<'_>, cfg: &DataplaneConfig) -> u
             }
             match pinned_flow(&key, flow, &seg, service.id, cfg.nat_epoch, seen, || pkt.timestamp(ctx)) {
                 Some(lookup) => lookup,
+                // The proxy's verdict first, in a program of its own (with
+                // the proxy's work, Tcp6Open's stack would overflow).
+                None if service.flags & SYN_PROXY_MODES != 0 => return hand_over(ctx, Job::Tcp6Proxy),
                 None => return hand_over(ctx, Job::Tcp6Open),
             }
         }
@@ -209,8 +212,9 @@ fn to_backend(ctx: &XdpContext, pkt: Tcp6Packet<'_>, cfg: &DataplaneConfig) -> u
 }
 
 /// [`Job::Tcp6Open`]: the frame's segment, to a TCP service's VIP:port,
-/// screened, has no usable flow: a new flow from the service's table, or
-/// the refusal.
+/// screened, has no usable flow (and the SYN proxy, if the service has it
+/// on, none of its business: [`crate::ipv6_synproxy::bg_lb_tcp6_proxy`]): a
+/// new flow from the service's table, or the refusal.
 #[xdp]
 pub fn bg_lb_tcp6_open(ctx: XdpContext) -> u32 {
     let Some(pkt) = parse_tcp6(&ctx) else {
@@ -243,13 +247,15 @@ fn open(
         return Err((Counter::NoBackend, now));
     };
     let seg = pkt.segment();
-    let tsval = if flow_state::is_connection_request(seg.flags) {
-        pkt.timestamp(ctx)
-    } else {
-        None
-    };
+    let request = flow_state::is_connection_request(seg.flags);
+    let tsval = if request { pkt.timestamp(ctx) } else { None };
     let service = full_nat(service);
-    new_flow(key, &seg, &Syn::new(seg.seq, tsval), &service, cfg, (now, seen)).map_err(|counter| (counter, now))
+    let route =
+        new_flow(key, &seg, &Syn::new(seg.seq, tsval), &service, cfg, (now, seen)).map_err(|counter| (counter, now))?;
+    if request {
+        synproxy::opened(&service, now);
+    }
+    Ok(route)
 }
 
 /// Carries out what the flow table said, as IPv4's `deliver`.
@@ -262,7 +268,8 @@ fn deliver(ctx: &XdpContext, mut pkt: Tcp6Packet<'_>, key: &FlowKey6, lookup: Lo
             count(Counter::NatConflict);
             return hand_over(ctx, Job::Rst6);
         }
-        // An IPv6 flow has no proxy bits (see `full_nat`).
+        Lookup::Proxy(ClientStep::Hold) => return hand_over(ctx, Job::HoldSegment6),
+        Lookup::Proxy(ClientStep::ResendSyn) => return hand_over(ctx, Job::ResendSyn6),
         Lookup::Proxy(_) => return XDP_DROP,
     };
     let backend = route.backend;
@@ -285,6 +292,9 @@ fn deliver(ctx: &XdpContext, mut pkt: Tcp6Packet<'_>, key: &FlowKey6, lookup: Lo
     );
     pkt.frame.decrement_hop_limit();
     pkt.rewrite((route.snat_addr, route.snat_port), (backend.addr, backend.port));
+    if route.ack_offset != 0 {
+        pkt.shift(0, route.ack_offset);
+    }
     forward6(ctx, &mut pkt.frame)
 }
 
@@ -330,9 +340,20 @@ pub fn bg_lb_tcp6_reply(ctx: XdpContext) -> u32 {
         Ok(found) => found,
         Err(verdict) => return verdict,
     };
-    let seg = pkt.segment();
+    let mut seg = pkt.segment();
     if !flow_state::backend_may_send(flow, &seg) {
         return dropped(Counter::StaleReply);
+    }
+    let mut seq_offset = 0;
+    if flow.proxy != 0 {
+        match synproxy::backend_segment(seg.flags, seg.seq, flow) {
+            BackendStep::Forward(offset) => seq_offset = offset,
+            // Answered from the MAC it was sent to: never a group's.
+            BackendStep::Absorb if pkt.frame.to_group_mac() => return XDP_DROP,
+            BackendStep::Absorb => return hand_over(ctx, Job::AckToBackend6),
+            BackendStep::Drop => return XDP_DROP,
+        }
+        seg.seq = seg.seq.wrapping_sub(seq_offset);
     }
     let event = flow_state::advance(flow, Direction::FromBackend, &seg);
     account_event(flow.backend_id, event);
@@ -352,6 +373,9 @@ pub fn bg_lb_tcp6_reply(ctx: XdpContext) -> u32 {
         (client.vip_addr, client.vip_port),
         (client.client_addr, client.client_port),
     );
+    if seq_offset != 0 {
+        pkt.shift(seq_offset, 0);
+    }
     forward6(ctx, &mut pkt.frame)
 }
 

@@ -21,6 +21,7 @@ mod forward;
 mod forwarding;
 mod icmp;
 mod ipv6;
+mod ipv6_synproxy;
 mod maps;
 mod nat;
 mod next_hop;

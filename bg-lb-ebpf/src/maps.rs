@@ -99,6 +99,9 @@ pub static REVERSE_NAT6: HashMap<NatKey6, NatOwner6> = HashMap::with_max_entries
 #[map]
 pub static VIP_ADDRESSES6: HashMap<Ipv6Wire, u32> = HashMap::with_max_entries(MAX_SERVICES, 0);
 
+#[map]
+pub static HELD_SEGMENTS6: LruHashMap<FlowKey6, HeldSegment> = LruHashMap::with_max_entries(HELD_SEGMENTS_CAPACITY, 0);
+
 // Written and read by userspace only (see bg_lb_common::maps::LAYOUT).
 #[map]
 pub static LAYOUT: Array<u64> = Array::with_max_entries(1, 0);
@@ -117,6 +120,8 @@ pub trait FamilyMaps: WireAddr {
     fn backends() -> &'static Array<BackendOf<Self>>;
     fn flows() -> &'static LruHashMap<FlowKeyOf<Self>, FlowOf<Self>>;
     fn reverse_nat() -> &'static HashMap<NatKeyOf<Self>, NatOwnerOf<Self>>;
+    /// The SYN proxy's held segments.
+    fn held_segments() -> &'static LruHashMap<FlowKeyOf<Self>, HeldSegment>;
 }
 
 impl FamilyMaps for u32 {
@@ -136,6 +141,11 @@ impl FamilyMaps for u32 {
     fn reverse_nat() -> &'static HashMap<NatKey, NatOwner> {
         &REVERSE_NAT
     }
+
+    #[inline(always)]
+    fn held_segments() -> &'static LruHashMap<FlowKey, HeldSegment> {
+        &HELD_SEGMENTS
+    }
 }
 
 impl FamilyMaps for Ipv6Wire {
@@ -154,6 +164,11 @@ impl FamilyMaps for Ipv6Wire {
     #[inline(always)]
     fn reverse_nat() -> &'static HashMap<NatKey6, NatOwner6> {
         &REVERSE_NAT6
+    }
+
+    #[inline(always)]
+    fn held_segments() -> &'static LruHashMap<FlowKey6, HeldSegment> {
+        &HELD_SEGMENTS6
     }
 }
 

@@ -236,12 +236,13 @@ fn dst_port_at(ctx: &XdpContext, tcp_offset: usize) -> Option<u16> {
 
 /// A segment without payload that the LB writes in place of a frame rather
 /// than rewrites: a RST, a SYN cookie's SYN-ACK, the SYN and the ACK it sends
-/// a backend on a client's behalf. IPv4 without options, TTL 64, DF; an MSS
-/// option if `mss` is not 0. Addresses and ports in wire order, as
-/// [`TcpPacket`] returns them; the rest host order.
-pub struct BareSegment {
-    pub src_addr: u32,
-    pub dst_addr: u32,
+/// a backend on a client's behalf. IPv4 (`A = u32`) without options, TTL 64,
+/// DF, or IPv6 (`A = Ipv6Wire`, [`ipv6::Tcp6Packet::become_segment`]) with
+/// hop limit 64; an MSS option if `mss` is not 0. Addresses and ports in
+/// wire order, as [`TcpPacket`] returns them; the rest host order.
+pub struct BareSegment<A = u32> {
+    pub src_addr: A,
+    pub dst_addr: A,
     pub src_port: u16,
     pub dst_port: u16,
     pub seq: u32,
@@ -425,46 +426,64 @@ impl TcpPacket<'_> {
         let ip_check = finish(csum(ip, 0));
         ip[10..12].copy_from_slice(&ip_check.to_ne_bytes());
 
-        *tcp = [0; TCP];
-        tcp[0..2].copy_from_slice(&s.src_port.to_ne_bytes());
-        tcp[2..4].copy_from_slice(&s.dst_port.to_ne_bytes());
-        tcp[4..8].copy_from_slice(&s.seq.to_be_bytes());
-        tcp[8..12].copy_from_slice(&s.ack.to_be_bytes());
-        tcp[12] = (TCP as u8 / 4) << 4;
-        tcp[TCP_FLAGS_OFFSET] = s.flags;
-        tcp[14..16].copy_from_slice(&s.window.to_be_bytes());
-        if let Some(option) = tcp.get_mut(TCP_LEN..TCP_WITH_MSS_LEN) {
-            let [hi, lo] = s.mss.to_be_bytes();
-            option.copy_from_slice(&[TCPOPT_MSS, TCPOLEN_MSS, hi, lo]);
-        }
+        fill_tcp(tcp, s);
         let mut sum = pseudo_header_sum(s.src_addr, s.dst_addr, segment_len);
         if let Some((bytes, _)) = payload {
-            sum = csum_words(bytes, payload_len as u32, sum)?;
-            // Checked again right before the call, in the verifier's own
-            // terms: the compiler folds a plain check into arithmetic on a
-            // copy, whose bounds the verifier does not carry back.
-            if !check_bounds_signed(payload_len as i64, 1, HELD_PAYLOAD_MAX as i64) {
-                return None;
-            }
-            // SAFETY: ctx.ctx is this run's xdp_md; bytes is readable for
-            // payload_len (at most its size) bytes, and the frame has room for
-            // them after the headers (resized above).
-            let rc = unsafe {
-                bpf_xdp_store_bytes(
-                    ctx.ctx,
-                    headers as u32,
-                    bytes.as_ptr() as *mut c_void,
-                    payload_len as u32,
-                )
-            };
-            if rc != 0 {
-                return None;
-            }
+            sum = store_payload(ctx, headers, bytes, payload_len, sum)?;
         }
         let tcp_check = finish(csum(tcp, sum));
         tcp[16..18].copy_from_slice(&tcp_check.to_ne_bytes());
         Some(())
     }
+}
+
+/// Writes `s`'s TCP header (its checksum left 0) into `tcp`, which is a bare
+/// header or one with the MSS option.
+#[inline(always)]
+fn fill_tcp<A, const TCP: usize>(tcp: &mut [u8; TCP], s: &BareSegment<A>) {
+    *tcp = [0; TCP];
+    tcp[0..2].copy_from_slice(&s.src_port.to_ne_bytes());
+    tcp[2..4].copy_from_slice(&s.dst_port.to_ne_bytes());
+    tcp[4..8].copy_from_slice(&s.seq.to_be_bytes());
+    tcp[8..12].copy_from_slice(&s.ack.to_be_bytes());
+    tcp[12] = (TCP as u8 / 4) << 4;
+    tcp[TCP_FLAGS_OFFSET] = s.flags;
+    tcp[14..16].copy_from_slice(&s.window.to_be_bytes());
+    if let Some(option) = tcp.get_mut(TCP_LEN..TCP_WITH_MSS_LEN) {
+        let [hi, lo] = s.mss.to_be_bytes();
+        option.copy_from_slice(&[TCPOPT_MSS, TCPOLEN_MSS, hi, lo]);
+    }
+}
+
+/// Stores `bytes[..payload_len]` in the frame at `headers` (resized to
+/// hold it) and returns the checksum sum `sum` with the payload's added.
+#[inline(always)]
+fn store_payload(
+    ctx: &XdpContext,
+    headers: i32,
+    bytes: &[u8; HELD_PAYLOAD_MAX],
+    payload_len: u64,
+    sum: u32,
+) -> Option<u32> {
+    let sum = csum_words(bytes, payload_len as u32, sum)?;
+    // Checked again right before the call, in the verifier's own
+    // terms: the compiler folds a plain check into arithmetic on a
+    // copy, whose bounds the verifier does not carry back.
+    if !check_bounds_signed(payload_len as i64, 1, HELD_PAYLOAD_MAX as i64) {
+        return None;
+    }
+    // SAFETY: ctx.ctx is this run's xdp_md; bytes is readable for
+    // payload_len (at most its size) bytes, and the frame has room for
+    // them after the headers (resized by the caller).
+    let rc = unsafe {
+        bpf_xdp_store_bytes(
+            ctx.ctx,
+            headers as u32,
+            bytes.as_ptr() as *mut c_void,
+            payload_len as u32,
+        )
+    };
+    (rc == 0).then_some(sum)
 }
 
 /// [`TcpPacket::timestamp`]'s walk of the options of a TCP header of `len`
@@ -588,17 +607,7 @@ impl TcpPacket<'_> {
     /// length.
     #[inline(always)]
     pub fn tcp_header(&self, ctx: &XdpContext) -> Option<([u8; TCP_MAX_LEN], u32)> {
-        let mut buf = [0u8; TCP_MAX_LEN];
-        // The mask bounds the length for the verifier; parse_tcp checked the
-        // header is at least TCP_LEN long and inside the frame.
-        let len = (self.tcp.doff() as u32 * 4) & 0x3c;
-        if len < TCP_LEN as u32 {
-            return None;
-        }
-        // SAFETY: ctx.ctx is this run's xdp_md and buf is writable for len
-        // (at most TCP_MAX_LEN) bytes.
-        let rc = unsafe { bpf_xdp_load_bytes(ctx.ctx, TCP_OFFSET as u32, buf.as_mut_ptr() as *mut c_void, len) };
-        (rc == 0).then_some((buf, len))
+        load_tcp_header(ctx, self.tcp, TCP_OFFSET)
     }
 
     /// The TSval of the segment's timestamp option, if it has one. Read only
@@ -620,23 +629,12 @@ impl TcpPacket<'_> {
     /// if it is empty or does not fit.
     #[inline(always)]
     pub fn copy_payload(&self, ctx: &XdpContext, into: &mut [u8; HELD_PAYLOAD_MAX]) -> Option<u32> {
-        let len = self.payload_len();
-        if len == 0 || len as usize > HELD_PAYLOAD_MAX {
-            return None;
-        }
-        let offset = (TCP_OFFSET + self.tcp.doff() as usize * 4) as u32;
-        // SAFETY: ctx.ctx is this run's xdp_md and `into` is writable for
-        // len (at most its size) bytes; the helper checks the frame holds
-        // them.
-        if unsafe { bpf_xdp_load_bytes(ctx.ctx, offset, into.as_mut_ptr() as *mut c_void, len) } != 0 {
-            return None;
-        }
-        for pad in len..(len + 3) & !3 {
-            if let Some(byte) = into.get_mut(pad as usize) {
-                *byte = 0;
-            }
-        }
-        Some(len)
+        load_payload(
+            ctx,
+            (TCP_OFFSET + self.tcp.doff() as usize * 4) as u32,
+            self.payload_len(),
+            into,
+        )
     }
 
     /// The kernel's SYN cookie for a SYN with this packet's IPv4 header and
@@ -670,6 +668,44 @@ impl TcpPacket<'_> {
             ) == 0
         }
     }
+}
+
+/// [`TcpPacket::tcp_header`] for a TCP header `tcp` at `offset` in the
+/// frame (either family's).
+#[inline(always)]
+fn load_tcp_header(ctx: &XdpContext, tcp: &TcpHdr, offset: usize) -> Option<([u8; TCP_MAX_LEN], u32)> {
+    let mut buf = [0u8; TCP_MAX_LEN];
+    // The mask bounds the length for the verifier; the parser checked the
+    // header is at least TCP_LEN long and inside the frame.
+    let len = (tcp.doff() as u32 * 4) & 0x3c;
+    if len < TCP_LEN as u32 {
+        return None;
+    }
+    // SAFETY: ctx.ctx is this run's xdp_md and buf is writable for len
+    // (at most TCP_MAX_LEN) bytes.
+    let rc = unsafe { bpf_xdp_load_bytes(ctx.ctx, offset as u32, buf.as_mut_ptr() as *mut c_void, len) };
+    (rc == 0).then_some((buf, len))
+}
+
+/// [`TcpPacket::copy_payload`] for a payload of `len` bytes at `offset` in
+/// the frame (either family's).
+#[inline(always)]
+fn load_payload(ctx: &XdpContext, offset: u32, len: u32, into: &mut [u8; HELD_PAYLOAD_MAX]) -> Option<u32> {
+    if len == 0 || len as usize > HELD_PAYLOAD_MAX {
+        return None;
+    }
+    // SAFETY: ctx.ctx is this run's xdp_md and `into` is writable for
+    // len (at most its size) bytes; the helper checks the frame holds
+    // them.
+    if unsafe { bpf_xdp_load_bytes(ctx.ctx, offset, into.as_mut_ptr() as *mut c_void, len) } != 0 {
+        return None;
+    }
+    for pad in len..(len + 3) & !3 {
+        if let Some(byte) = into.get_mut(pad as usize) {
+            *byte = 0;
+        }
+    }
+    Some(len)
 }
 
 /// A parsed TCP segment or UDP datagram: what forwarding it

@@ -23,6 +23,9 @@
 //! connection requests and the handshakes clients complete; more than the
 //! service's threshold left unanswered turns the proxy on for [`HOLD_NS`],
 //! extended while the flood lasts.
+//!
+//! The verdicts and the flow's bookkeeping here serve both families
+//! ([`ProxySegment`], `FlowOf<A>`); IPv6's jobs are in [`crate::ipv6_synproxy`].
 
 use aya_ebpf::{
     bindings::{
@@ -36,22 +39,24 @@ use aya_ebpf::{
 use bg_lb_common::{
     counters::Counter,
     flow_state::{self, Direction, Event, Segment, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
-    maps::{Flow, FlowKey, FlowOf, HeldSegment, IPPROTO_TCP, NatKey, Service, ServiceKey, SynFlood, WireAddr},
+    maps::{
+        Flow, FlowKey, FlowKeyOf, FlowOf, HeldSegment, IPPROTO_TCP, NatKey, Service, ServiceKey, SynFlood, WireAddr,
+    },
     syn_proxy::{
-        BACKEND_READY, COOKIE_MSS, DEFAULT_MSS, HELD, HOLD_NS, Job, PROXIED, SERVER_ISN_KNOWN, SYN_PROXY_AUTO,
-        SYN_PROXY_MODES, SYN_RETRANSMIT_NS, WATCHED, accepts_cookies, extended_this_window, flooded, is_active,
-        seq_delta, window_over,
+        BACKEND_READY, COOKIE_MSS, DEFAULT_MSS, HELD, HELD_PAYLOAD_MAX, HOLD_NS, Job, PROXIED, SERVER_ISN_KNOWN,
+        SYN_PROXY_AUTO, SYN_PROXY_MODES, SYN_RETRANSMIT_NS, WATCHED, accepts_cookies, extended_this_window, flooded,
+        is_active, seq_delta, window_over,
     },
 };
 
 use crate::{
     forward::{Route, RouteQuery, forward, send},
     maps::{
-        BACKENDS, HELD_SCRATCH, HELD_SEGMENTS, SERVICES, SYN_FLOOD, SYN_PROXY_JOBS, Way, account, account_event, count,
-        flow_entry, reverse_owner,
+        BACKENDS, FamilyMaps, HELD_SCRATCH, HELD_SEGMENTS, SERVICES, SYN_FLOOD, SYN_PROXY_JOBS, Way, account,
+        account_event, count, flow_entry, reverse_owner,
     },
     next_hop::cached_route,
-    packet::{BareSegment, SEGMENT_WITH_MSS_IP_LEN, TcpPacket, parse_tcp},
+    packet::{BareSegment, Ipv4Frame, SEGMENT_WITH_MSS_IP_LEN, TcpPacket, parse_tcp},
 };
 
 // Stack: the verifier allows 512 bytes for a program's deepest chain of
@@ -60,6 +65,71 @@ use crate::{
 // frame run as programs of their own ([`Job`], reached by tail call with
 // [`hand_over`]): each parses the frame again and finishes it (XDP_TX, or
 // forward) with a whole stack to itself.
+
+/// What the proxy reads of a segment and asks the kernel's cookie helpers,
+/// in either family: IPv4's [`TcpPacket`], IPv6's
+/// [`crate::packet::ipv6::Tcp6Packet`].
+pub trait ProxySegment {
+    /// The job that answers a SYN with a cookie SYN-ACK.
+    const SYN_ACK: Job;
+    /// The MSS values the family's cookies encode, largest first, and the
+    /// one assumed when none matches.
+    const COOKIE_MSS: [u16; 4];
+    const DEFAULT_MSS: u16;
+
+    fn flags(&self) -> u8;
+    fn to_group_mac(&self) -> bool;
+    /// Wire order.
+    fn ports(&self) -> (u16, u16);
+    fn seq(&self) -> u32;
+    /// See [`TcpPacket::proves_syncookie`].
+    fn proves_syncookie(&self) -> bool;
+    /// See [`TcpPacket::syncookie`].
+    fn syncookie<const N: usize>(&self, tcp: &mut [u8; N], len: u32) -> Option<(u32, u16)>;
+    /// See [`TcpPacket::copy_payload`].
+    fn copy_payload(&self, ctx: &XdpContext, into: &mut [u8; HELD_PAYLOAD_MAX]) -> Option<u32>;
+}
+
+impl ProxySegment for TcpPacket<'_> {
+    const SYN_ACK: Job = Job::SynAck;
+    const COOKIE_MSS: [u16; 4] = COOKIE_MSS;
+    const DEFAULT_MSS: u16 = DEFAULT_MSS;
+
+    #[inline(always)]
+    fn flags(&self) -> u8 {
+        TcpPacket::flags(self)
+    }
+
+    #[inline(always)]
+    fn to_group_mac(&self) -> bool {
+        Ipv4Frame::to_group_mac(self)
+    }
+
+    #[inline(always)]
+    fn ports(&self) -> (u16, u16) {
+        (self.src_port(), self.dst_port())
+    }
+
+    #[inline(always)]
+    fn seq(&self) -> u32 {
+        TcpPacket::seq(self)
+    }
+
+    #[inline(always)]
+    fn proves_syncookie(&self) -> bool {
+        TcpPacket::proves_syncookie(self)
+    }
+
+    #[inline(always)]
+    fn syncookie<const N: usize>(&self, tcp: &mut [u8; N], len: u32) -> Option<(u32, u16)> {
+        TcpPacket::syncookie(self, tcp, len)
+    }
+
+    #[inline(always)]
+    fn copy_payload(&self, ctx: &XdpContext, into: &mut [u8; HELD_PAYLOAD_MAX]) -> Option<u32> {
+        TcpPacket::copy_payload(self, ctx, into)
+    }
+}
 
 /// The proxy's verdict on a segment to a VIP that no flow knows.
 pub enum Unpinned {
@@ -98,7 +168,7 @@ pub enum BackendStep {
 
 /// A segment to a service's VIP that no flow knows.
 #[inline(always)]
-pub fn unpinned(pkt: &TcpPacket<'_>, service: &Service, now: u64) -> Unpinned {
+pub fn unpinned<P: ProxySegment>(pkt: &P, service: &Service, now: u64) -> Unpinned {
     if service.flags & SYN_PROXY_MODES == 0 {
         return Unpinned::Usual;
     }
@@ -106,7 +176,7 @@ pub fn unpinned(pkt: &TcpPacket<'_>, service: &Service, now: u64) -> Unpinned {
 }
 
 #[inline(never)]
-fn unpinned_in_proxy_mode(pkt: &TcpPacket<'_>, service: &Service, now: u64) -> Unpinned {
+fn unpinned_in_proxy_mode<P: ProxySegment>(pkt: &P, service: &Service, now: u64) -> Unpinned {
     let flags = pkt.flags();
     let Some(flood) = SYN_FLOOD.get(service.id) else {
         return Unpinned::Usual;
@@ -192,7 +262,7 @@ pub fn client_segment<A: WireAddr>(flags: u8, ack: u32, payload: u32, flow: &mut
 /// A backend segment with `flags` and `seq` of a flow with proxy bits (the
 /// reply path).
 #[inline(never)]
-pub fn backend_segment(flags: u8, seq: u32, flow: &mut Flow) -> BackendStep {
+pub fn backend_segment<A: WireAddr>(flags: u8, seq: u32, flow: &mut FlowOf<A>) -> BackendStep {
     if flow.proxy & WATCHED != 0 {
         if flags & (TCP_SYN | TCP_ACK | TCP_RST) == TCP_SYN | TCP_ACK {
             flow.server_isn = seq;
@@ -352,20 +422,35 @@ pub fn bg_lb_open_backend(ctx: XdpContext) -> u32 {
     let Some(flow) = flow_entry(&key) else {
         return XDP_DROP;
     };
-    let (client_isn, cookie) = (pkt.seq().wrapping_sub(1), pkt.ack_seq().wrapping_sub(1));
+    prove(&ctx, &pkt, &key, flow, pkt.ack_seq(), pkt.window(), pkt.payload_len());
+    send_syn(&ctx, pkt, flow)
+}
+
+/// Marks `flow` (`key`'s) proxied, for the segment `pkt` whose ack proved
+/// its cookie, and holds the segment's data, if any.
+#[inline(always)]
+pub fn prove<A: FamilyMaps, P: ProxySegment>(
+    ctx: &XdpContext,
+    pkt: &P,
+    key: &FlowKeyOf<A>,
+    flow: &mut FlowOf<A>,
+    ack: u32,
+    window: u16,
+    payload_len: u32,
+) {
+    let (client_isn, cookie) = (pkt.seq().wrapping_sub(1), ack.wrapping_sub(1));
     flow.proxy = PROXIED;
     flow.server_isn = cookie;
     // Until the backend answers, the offset's place keeps the client's ISN,
     // for the SYN and its retransmissions.
     flow.seq_delta = client_isn;
-    flow.client_window = pkt.window();
-    flow.client_mss = cookie_mss(&pkt, client_isn, cookie);
+    flow.client_window = window;
+    flow.client_mss = cookie_mss(pkt, client_isn, cookie);
     // An earlier connection's segment must never reach this one's backend.
-    let _ = HELD_SEGMENTS.remove(key);
-    if pkt.payload_len() != 0 {
-        count_hold(hold(&ctx, &pkt, &key, flow));
+    let _ = A::held_segments().remove(key);
+    if payload_len != 0 {
+        count_hold(hold(ctx, pkt, key, flow));
     }
-    send_syn(&ctx, pkt, flow)
 }
 
 /// [`Job::ResendSyn`]: sends the backend of the proxied flow its SYN again,
@@ -403,25 +488,7 @@ pub fn bg_lb_ack_to_backend(ctx: XdpContext) -> u32 {
     let Some(flow) = flow_entry(&client) else {
         return XDP_DROP;
     };
-    let first = flow.proxy & BACKEND_READY == 0;
-    if first {
-        flow.seq_delta = seq_delta(pkt.seq(), flow.server_isn);
-        flow.proxy |= BACKEND_READY;
-        // The flow tracks the backend in the client's numbering: its
-        // SYN-ACK as the client saw the cookie's.
-        let syn_ack = Segment {
-            flags: pkt.flags(),
-            seq: flow.server_isn,
-            ack: pkt.ack_seq(),
-            payload_len: 0,
-        };
-        account_event(
-            flow.backend_id,
-            flow_state::advance(flow, Direction::FromBackend, &syn_ack),
-        );
-    }
-    // SAFETY: a helper without arguments.
-    flow.last_seen_ns = unsafe { bpf_ktime_get_ns() };
+    let first = backend_answered(flow, pkt.flags(), pkt.seq(), pkt.ack_seq());
     let mut answer = BareSegment {
         src_addr: pkt.dst_addr(),
         dst_addr: pkt.src_addr(),
@@ -476,12 +543,39 @@ pub fn bg_lb_ack_to_backend(ctx: XdpContext) -> u32 {
     }
 }
 
+/// Takes the backend's SYN-ACK (`flags`, `seq`, `ack`) into the proxied
+/// `flow`: the offset and the flow's state the first time (returns
+/// whether it was), its last packet every time.
+#[inline(always)]
+pub fn backend_answered<A: WireAddr>(flow: &mut FlowOf<A>, flags: u8, seq: u32, ack: u32) -> bool {
+    let first = flow.proxy & BACKEND_READY == 0;
+    if first {
+        flow.seq_delta = seq_delta(seq, flow.server_isn);
+        flow.proxy |= BACKEND_READY;
+        // The flow tracks the backend in the client's numbering: its
+        // SYN-ACK as the client saw the cookie's.
+        let syn_ack = Segment {
+            flags,
+            seq: flow.server_isn,
+            ack,
+            payload_len: 0,
+        };
+        account_event(
+            flow.backend_id,
+            flow_state::advance(flow, Direction::FromBackend, &syn_ack),
+        );
+    }
+    // SAFETY: a helper without arguments.
+    flow.last_seen_ns = unsafe { bpf_ktime_get_ns() };
+    first
+}
+
 /// Takes the segment the LB sends the backend in the client's place (the
 /// handshake's last ACK, or the held segment) into the flow's state: it
 /// acknowledges the cookie, so the flow becomes established, as a plain
 /// flow does with the client's ACK of the backend's SYN-ACK.
 #[inline(always)]
-fn client_completes(flow: &mut Flow, flags: u8, seq: u32, payload_len: u32) -> bool {
+pub fn client_completes<A: WireAddr>(flow: &mut FlowOf<A>, flags: u8, seq: u32, payload_len: u32) -> bool {
     let ack = Segment {
         flags,
         seq,
@@ -529,7 +623,7 @@ pub fn bg_lb_hold_segment(ctx: XdpContext) -> u32 {
 }
 
 #[inline(always)]
-fn count_hold(held: Option<()>) {
+pub fn count_hold(held: Option<()>) {
     count(if held.is_some() {
         Counter::SynProxyHeld
     } else {
@@ -540,7 +634,12 @@ fn count_hold(held: Option<()>) {
 /// Keeps the payload of `pkt`, a segment of the proxied flow `key` whose
 /// backend has not answered and which holds nothing yet.
 #[inline(always)]
-fn hold(ctx: &XdpContext, pkt: &TcpPacket<'_>, key: &FlowKey, flow: &mut Flow) -> Option<()> {
+pub fn hold<A: FamilyMaps, P: ProxySegment>(
+    ctx: &XdpContext,
+    pkt: &P,
+    key: &FlowKeyOf<A>,
+    flow: &mut FlowOf<A>,
+) -> Option<()> {
     if flow.proxy & (PROXIED | BACKEND_READY | HELD) != PROXIED {
         return None;
     }
@@ -554,7 +653,7 @@ fn hold(ctx: &XdpContext, pkt: &TcpPacket<'_>, key: &FlowKey, flow: &mut Flow) -
     // By reference: the value is copied map to map, never onto the stack,
     // which it would not fit.
     let segment: &HeldSegment = scratch;
-    HELD_SEGMENTS.insert(*key, segment, BPF_ANY as u64).ok()?;
+    A::held_segments().insert(key, segment, BPF_ANY as u64).ok()?;
     flow.proxy |= HELD;
     Some(())
 }
@@ -597,17 +696,18 @@ fn send_syn(ctx: &XdpContext, pkt: TcpPacket<'_>, flow: &Flow) -> u32 {
 /// clock ticked between SYN and ACK nothing matches, and the MSS every path
 /// carries is used.
 #[inline(always)]
-fn cookie_mss(pkt: &TcpPacket<'_>, client_isn: u32, cookie: u32) -> u16 {
+fn cookie_mss<P: ProxySegment>(pkt: &P, client_isn: u32, cookie: u32) -> u16 {
     // The SYN's TCP header: ports, sequence number, one option, the MSS.
     let mut syn = [0u8; 24];
-    syn[0..2].copy_from_slice(&pkt.src_port().to_ne_bytes());
-    syn[2..4].copy_from_slice(&pkt.dst_port().to_ne_bytes());
+    let (src_port, dst_port) = pkt.ports();
+    syn[0..2].copy_from_slice(&src_port.to_ne_bytes());
+    syn[2..4].copy_from_slice(&dst_port.to_ne_bytes());
     syn[4..8].copy_from_slice(&client_isn.to_be_bytes());
     syn[12] = (syn.len() as u8 / 4) << 4;
     syn[13] = TCP_SYN;
     syn[20] = 2;
     syn[21] = 4;
-    for mss in COOKIE_MSS {
+    for mss in P::COOKIE_MSS {
         syn[22..24].copy_from_slice(&mss.to_be_bytes());
         if let Some((regenerated, _)) = pkt.syncookie(&mut syn, 24)
             && regenerated == cookie
@@ -615,7 +715,7 @@ fn cookie_mss(pkt: &TcpPacket<'_>, client_isn: u32, cookie: u32) -> u16 {
             return mss;
         }
     }
-    DEFAULT_MSS
+    P::DEFAULT_MSS
 }
 
 /// A connection request to an auto-mode service: a flow opened for a plain

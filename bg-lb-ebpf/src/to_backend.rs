@@ -57,7 +57,7 @@ use crate::{
     packet::TcpPacket,
     pick::pick_backend,
     port_takeover, rst, screen,
-    synproxy::{self, ClientStep, Unpinned},
+    synproxy::{self, ClientStep, ProxySegment, Unpinned},
 };
 
 /// Where a packet goes: its flow's (pinned, new, or stateless) ids, SNAT
@@ -196,27 +196,8 @@ fn open(
     // SAFETY: a helper without arguments. Precise: a new flow's creation
     // time is its port claim, which must not repeat.
     let now = unsafe { bpf_ktime_get_ns() };
-    let proven = match synproxy::unpinned(pkt, service, now) {
-        Unpinned::Usual => false,
-        Unpinned::Proven => true,
-        Unpinned::Answer => {
-            forget_ended(key);
-            return Err(synproxy::hand_over(ctx, Job::SynAck));
-        }
-        Unpinned::Drop => return Err(XDP_DROP),
-    };
-    // A proven cookie opens the flow as the client's SYN (its sequence
-    // number one less) would have.
-    let request = if proven {
-        Segment {
-            flags: TCP_SYN,
-            seq: seg.seq.wrapping_sub(1),
-            ack: 0,
-            payload_len: 0,
-        }
-    } else {
-        *seg
-    };
+    let proven = proxy_first(ctx, pkt, key, service, now)?;
+    let request = opening_segment(seg, proven);
     // What the backend's TIME_WAIT, if the SNAT port has one, reads of the
     // SYN it gets: the proxy's carries no timestamp.
     let tsval = if proven || !flow_state::is_connection_request(request.flags) {
@@ -234,6 +215,44 @@ fn open(
             Ok(route)
         }
         Err(counter) => Err(refuse(ctx, &request, counter, now, || rst::refuse(ctx))),
+    }
+}
+
+/// What the SYN proxy makes of `pkt`, a segment of no usable flow (`key`)
+/// to `service`: whether it proved a cookie (else it takes the usual way),
+/// or the verdict, the proxy having answered or dropped it.
+#[inline(always)]
+pub fn proxy_first<A: FamilyMaps, P: ProxySegment>(
+    ctx: &XdpContext,
+    pkt: &P,
+    key: &FlowKeyOf<A>,
+    service: &Service,
+    now: u64,
+) -> Result<bool, u32> {
+    match synproxy::unpinned(pkt, service, now) {
+        Unpinned::Usual => Ok(false),
+        Unpinned::Proven => Ok(true),
+        Unpinned::Answer => {
+            forget_ended(key);
+            Err(synproxy::hand_over(ctx, P::SYN_ACK))
+        }
+        Unpinned::Drop => Err(XDP_DROP),
+    }
+}
+
+/// The segment that opens the flow: `seg` itself, or for a proven cookie,
+/// the client's SYN (its sequence number one less) as it would have.
+#[inline(always)]
+pub fn opening_segment(seg: &Segment, proven: bool) -> Segment {
+    if proven {
+        Segment {
+            flags: TCP_SYN,
+            seq: seg.seq.wrapping_sub(1),
+            ack: 0,
+            payload_len: 0,
+        }
+    } else {
+        *seg
     }
 }
 
@@ -301,9 +320,9 @@ fn deliver(ctx: &XdpContext, pkt: &mut TcpPacket<'_>, key: &FlowKey, lookup: Loo
 /// may meet the backend's TIME_WAIT (the backend answers with an ACK, the
 /// client resets it and retries).
 #[inline(always)]
-fn forget_ended(key: &FlowKey) {
+fn forget_ended<A: FamilyMaps>(key: &FlowKeyOf<A>) {
     if flow_entry(key).is_some_and(|flow| flow_state::has_ended(flow.state)) {
-        let _ = FLOWS.remove(key);
+        let _ = A::flows().remove(key);
     }
 }
 

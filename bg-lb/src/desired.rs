@@ -11,16 +11,13 @@
 //!   pool whose ratio share is 0 (none if both pools have a share).
 //! - Each VIP of a dual-stack service (one per family, live or standby)
 //!   takes those rules over the backends of its own family only
-//!   ([`listener_specs`]); IPv6 VIPs have no SYN proxy (IPv4-only for now).
+//!   ([`listener_specs`]).
 
 use std::{collections::BTreeMap, net::SocketAddr};
 
 use crate::{
     config::{HealthCheck, OnDown, ServiceConfig},
-    dataplane::{
-        services::{BackendSpec, ServiceSpec},
-        syn_proxy::SynProxyMode,
-    },
+    dataplane::services::{BackendSpec, ServiceSpec},
     family::Family,
     health::{CheckKey, Listener, Outcome},
     ratio::{Pool, Ratio},
@@ -142,13 +139,9 @@ pub fn standby_spec(service: &ServiceConfig, operator: Option<&ServiceState>, he
 }
 
 /// `spec` (live or standby rules) for one VIP: the backends of the VIP's
-/// family only, and no SYN proxy on an IPv6 VIP.
+/// family only.
 pub fn listener_spec(spec: &ServiceSpec, vip: SocketAddr) -> ServiceSpec {
     let family = Family::of_socket(vip);
-    let mut syn_proxy = spec.syn_proxy;
-    if family == Family::Ipv6 {
-        syn_proxy.mode = SynProxyMode::Off;
-    }
     ServiceSpec {
         vip,
         backends: spec
@@ -157,7 +150,6 @@ pub fn listener_spec(spec: &ServiceSpec, vip: SocketAddr) -> ServiceSpec {
             .filter(|b| Family::of_socket(b.addr) == family)
             .cloned()
             .collect(),
-        syn_proxy,
         ..spec.clone()
     }
 }
@@ -381,7 +373,7 @@ mod tests {
     }
 
     /// A dual-stack service: each VIP, live or standby, gets the rules over
-    /// the backends of its own family, and the IPv6 ones no SYN proxy.
+    /// the backends of its own family, and the service's SYN proxy.
     #[test]
     fn each_vip_of_a_dual_stack_service_takes_the_backends_of_its_family() {
         let mut s = service(HealthCheck::Tcp, OnDown::Drain);
@@ -417,22 +409,10 @@ mod tests {
                     vec![v4; 3],
                     auto
                 ),
-                (
-                    Listener::Live,
-                    s.vips[1],
-                    vec![(1, 100), (3, 100)],
-                    vec![v6; 2],
-                    SynProxyMode::Off
-                ),
+                (Listener::Live, s.vips[1], vec![(1, 100), (3, 100)], vec![v6; 2], auto),
                 // Ratio 100:0, so green is the standby pool; IPv4 green is down.
                 (Listener::Standby, s.standby_vips[0], vec![], vec![], auto),
-                (
-                    Listener::Standby,
-                    s.standby_vips[1],
-                    vec![(3, 100)],
-                    vec![v6],
-                    SynProxyMode::Off
-                ),
+                (Listener::Standby, s.standby_vips[1], vec![(3, 100)], vec![v6], auto),
             ]
         );
     }

@@ -2,7 +2,8 @@
 //! SYN-flood benchmark workload and end-to-end tests.
 //!
 //! - [`flood`] sends crafted SYN frames from random source addresses of an
-//!   unroutable network and random ports, as fast as one core can, through
+//!   unroutable network (IPv4 or, to an IPv6 target, IPv6: [`SOURCES6`])
+//!   and random ports, as fast as one core can, through
 //!   an AF_PACKET socket on an interface of the calling thread's namespace,
 //!   until a frame count or a duration is reached. Nobody ever answers the
 //!   SYN-ACKs: there is no route back to the sources.
@@ -14,7 +15,7 @@
 use std::{
     io,
     mem::size_of,
-    net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream},
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, TcpStream},
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
     thread,
     time::{Duration, Instant},
@@ -61,8 +62,20 @@ impl Sources {
     }
 }
 
+/// The spoofed sources of a flood to an IPv6 target: 2001:2::/48, set
+/// aside for benchmarks (RFC 5180), routed nowhere; the last 64 bits random.
+pub const SOURCES6: Ipv6Addr = Ipv6Addr::new(0x2001, 2, 0, 0, 0, 0, 0, 0);
+
+/// A random address of [`SOURCES6`].
+fn pick6(rng: &mut Rng) -> Ipv6Addr {
+    let host = (rng.next_u32() as u128) << 32 | rng.next_u32() as u128;
+    Ipv6Addr::from(u128::from(SOURCES6) | host)
+}
+
 /// An Ethernet/IPv4/TCP SYN with an MSS option.
 pub const SYN_FRAME_LEN: usize = ETH_LEN + 20 + 24;
+/// An Ethernet/IPv6/TCP SYN with an MSS option.
+pub const SYN6_FRAME_LEN: usize = ETH_LEN + 40 + 24;
 
 /// Spoofed SYN frames to one target, built from a template: per frame only
 /// the source address and port, the sequence number and the IP id change,
@@ -136,6 +149,88 @@ impl SynFrames {
     }
 }
 
+/// [`SynFrames`] for an IPv6 target: per frame the source address and
+/// port and the sequence number change, and the TCP checksum (IPv6 has no
+/// header checksum) is finished from a precomputed partial sum.
+pub struct Syn6Frames {
+    template: [u8; SYN6_FRAME_LEN],
+    /// The pseudo-header and segment's sum without the fields that change.
+    tcp_sum: u32,
+}
+
+const TCP6: usize = ETH_LEN + 40;
+
+impl Syn6Frames {
+    pub fn new(src_mac: [u8; 6], dst_mac: [u8; 6], target: SocketAddrV6) -> Self {
+        let builder = etherparse::PacketBuilder::ethernet2(src_mac, dst_mac)
+            .ipv6(Ipv6Addr::UNSPECIFIED.octets(), target.ip().octets(), 64)
+            .tcp(0, target.port(), 0, 64240)
+            .syn()
+            .options(&[etherparse::TcpOptionElement::MaximumSegmentSize(1440)])
+            .expect("an MSS option fits");
+        let mut frame = Vec::with_capacity(SYN6_FRAME_LEN);
+        builder.write(&mut frame, b"").expect("the SYN builds");
+        let mut template: [u8; SYN6_FRAME_LEN] = frame.try_into().expect("an IPv6 SYN with MSS is 78 bytes");
+        template[TCP6 + 16..TCP6 + 18].fill(0);
+        let pseudo = sum_words(&template[IP + 24..TCP6]) + 6 + (SYN6_FRAME_LEN - TCP6) as u32;
+        Syn6Frames {
+            template,
+            tcp_sum: pseudo + sum_words(&template[TCP6..]),
+        }
+    }
+
+    /// Writes the SYN from `src` with sequence number `seq` into `frame`.
+    pub fn write(&self, frame: &mut [u8; SYN6_FRAME_LEN], src: SocketAddrV6, seq: u32) {
+        *frame = self.template;
+        let addr = src.ip().octets();
+        frame[IP + 8..IP + 24].copy_from_slice(&addr);
+        frame[TCP6..TCP6 + 2].copy_from_slice(&src.port().to_be_bytes());
+        frame[TCP6 + 4..TCP6 + 8].copy_from_slice(&seq.to_be_bytes());
+        let sum = self.tcp_sum + sum_words(&addr) + src.port() as u32 + (seq >> 16) + (seq & 0xffff);
+        frame[TCP6 + 16..TCP6 + 18].copy_from_slice(&finish(sum).to_be_bytes());
+    }
+}
+
+/// A flood's frames, for its target's family.
+enum Frames {
+    V4(SynFrames),
+    V6(Syn6Frames),
+}
+
+impl Frames {
+    fn new(o: &FloodOptions) -> Self {
+        match o.target {
+            SocketAddr::V4(target) => Frames::V4(SynFrames::new(o.src_mac, o.dst_mac, target)),
+            SocketAddr::V6(target) => Frames::V6(Syn6Frames::new(o.src_mac, o.dst_mac, target)),
+        }
+    }
+
+    /// The next spoofed SYN, written at the start of `buffer`; its length.
+    fn write(&self, buffer: &mut [u8; SYN6_FRAME_LEN], sources: &Sources, rng: &mut Rng) -> usize {
+        let port = 1024 + rng.below(64512) as u16;
+        match self {
+            Frames::V4(frames) => {
+                let src = SocketAddrV4::new(sources.pick(rng), port);
+                let frame = (&mut buffer[..SYN_FRAME_LEN]).try_into().expect("room for an IPv4 SYN");
+                frames.write(frame, src, rng.next_u32(), rng.next_u32() as u16);
+                SYN_FRAME_LEN
+            }
+            Frames::V6(frames) => {
+                let src = SocketAddrV6::new(pick6(rng), port, 0, 0);
+                frames.write(buffer, src, rng.next_u32());
+                SYN6_FRAME_LEN
+            }
+        }
+    }
+
+    fn ether_type(&self) -> u16 {
+        match self {
+            Frames::V4(_) => libc::ETH_P_IP as u16,
+            Frames::V6(_) => libc::ETH_P_IPV6 as u16,
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct FloodOptions {
     /// The interface to send on, in the calling thread's namespace.
@@ -144,7 +239,8 @@ pub struct FloodOptions {
     pub src_mac: [u8; 6],
     /// The next hop's MAC: the target's, on one segment.
     pub dst_mac: [u8; 6],
-    pub target: SocketAddrV4,
+    pub target: SocketAddr,
+    /// The spoofed sources of an IPv4 target (an IPv6 one's: [`SOURCES6`]).
     pub sources: Sources,
     pub max_frames: u64,
     pub max_duration: Duration,
@@ -193,27 +289,28 @@ pub fn flood(o: &FloodOptions) -> io::Result<FloodReport> {
     // SAFETY: all zeroes is a valid sockaddr_ll, filled in below.
     let mut to: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
     to.sll_family = libc::AF_PACKET as u16;
-    to.sll_protocol = (libc::ETH_P_IP as u16).to_be();
+    let frames = Frames::new(o);
+    to.sll_protocol = frames.ether_type().to_be();
     to.sll_ifindex = ifindex(&o.interface) as i32;
     to.sll_halen = 6;
     to.sll_addr[..6].copy_from_slice(&o.dst_mac);
 
-    let frames = SynFrames::new(o.src_mac, o.dst_mac, o.target);
     let mut rng = Rng::new(o.seed);
-    let mut buffers = vec![[0u8; SYN_FRAME_LEN]; BATCH];
+    let mut buffers = vec![[0u8; SYN6_FRAME_LEN]; BATCH];
+    let mut lens = [0usize; BATCH];
     let (mut sent, mut refused) = (0u64, 0u64);
     let started = Instant::now();
     while sent < o.max_frames && started.elapsed() < o.max_duration && !(o.abort)() {
         let n = BATCH.min((o.max_frames - sent) as usize);
-        for buffer in &mut buffers[..n] {
-            let src = SocketAddrV4::new(o.sources.pick(&mut rng), 1024 + rng.below(64512) as u16);
-            frames.write(buffer, src, rng.next_u32(), rng.next_u32() as u16);
+        for (buffer, len) in buffers[..n].iter_mut().zip(&mut lens) {
+            *len = frames.write(buffer, &o.sources, &mut rng);
         }
         let mut iovecs: Vec<libc::iovec> = buffers[..n]
             .iter_mut()
-            .map(|b| libc::iovec {
+            .zip(lens)
+            .map(|(b, len)| libc::iovec {
                 iov_base: b.as_mut_ptr().cast(),
-                iov_len: SYN_FRAME_LEN,
+                iov_len: len,
             })
             .collect();
         let mut headers: Vec<libc::mmsghdr> = iovecs
@@ -255,7 +352,7 @@ pub fn flood(o: &FloodOptions) -> io::Result<FloodReport> {
 
 #[derive(Clone, Debug)]
 pub struct ProbeOptions {
-    pub target: SocketAddrV4,
+    pub target: SocketAddr,
     /// Connections started per second, on schedule whatever earlier ones do.
     pub rate: u32,
     pub duration: Duration,
@@ -305,9 +402,9 @@ pub fn probe(o: &ProbeOptions, abort: fn() -> bool) -> Vec<Attempt> {
         .collect()
 }
 
-fn attempt(target: SocketAddrV4, timeout: Duration) -> Attempt {
+fn attempt(target: SocketAddr, timeout: Duration) -> Attempt {
     let at = Instant::now();
-    let mut stream = match TcpStream::connect_timeout(&SocketAddr::V4(target), timeout) {
+    let mut stream = match TcpStream::connect_timeout(&target, timeout) {
         Ok(stream) => stream,
         Err(e) => {
             return Attempt {
@@ -373,7 +470,7 @@ pub fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::packets::parse_checked;
+    use crate::packets::{parse_checked, parse_checked6};
 
     const TARGET: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 99, 0, 100), 80);
 
@@ -392,6 +489,29 @@ mod tests {
             assert!(view.flags_syn && !view.flags_ack && !view.flags_rst);
             assert_eq!((view.src_mac, view.dst_mac), ([2, 0, 0, 0, 0, 2], [2, 0, 0, 0, 0, 1]));
             assert_eq!(u16::from_be_bytes([frame[IP + 4], frame[IP + 5]]), id);
+        }
+    }
+
+    #[test]
+    fn spoofed_ipv6_syns_have_the_fields_they_were_given_and_valid_checksums() {
+        let target = SocketAddrV6::new(Ipv6Addr::new(0xfd00, 0x99, 0, 0, 0, 0, 0, 0x100), 80, 0, 0);
+        let frames = Syn6Frames::new([2, 0, 0, 0, 0, 2], [2, 0, 0, 0, 0, 1], target);
+        let mut rng = Rng::new(9);
+        let mut frame = [0u8; SYN6_FRAME_LEN];
+        for _ in 0..2000 {
+            let src = SocketAddrV6::new(pick6(&mut rng), rng.next_u32() as u16, 0, 0);
+            let seq = rng.next_u32();
+            frames.write(&mut frame, src, seq);
+            assert_eq!(
+                u128::from(*src.ip()) >> 80,
+                u128::from(SOURCES6) >> 80,
+                "in 2001:2::/48"
+            );
+            // Panics unless the TCP checksum is right.
+            let view = parse_checked6(&frame);
+            assert_eq!((view.src, view.dst, view.seq), (src, target, seq));
+            assert!(view.flags_syn && !view.flags_ack && !view.flags_rst);
+            assert_eq!((view.src_mac, view.dst_mac), ([2, 0, 0, 0, 0, 2], [2, 0, 0, 0, 0, 1]));
         }
     }
 

@@ -862,6 +862,7 @@ pub fn mac_of6(addr: Ipv6Addr) -> [u8; 6] {
 /// (the daemon's IPv6 writer is another change's): what the packet tests
 /// need of them, and their maps to read.
 pub struct Ipv6Services {
+    services: BpfHashMap<MapData, ServiceKey6, Service>,
     backends: Array<MapData, Backend6>,
     tables: Array<MapData, u32>,
     flows: BpfHashMap<MapData, FlowKey6, Flow6>,
@@ -930,6 +931,7 @@ impl PacketLab {
                 .expect("BACKENDS6");
         }
         Ipv6Services {
+            services,
             backends,
             tables,
             flows: self.ipv6_map(map_names::FLOWS6).try_into().expect("FLOWS6"),
@@ -1014,6 +1016,20 @@ impl Ipv6Services {
                 self.tables.set(base + slot, NO_BACKEND, 0).expect("LOOKUP_TABLES");
             }
         }
+    }
+
+    /// Sets the TCP service's SYN proxy: its mode bits (`syn_proxy::SYN_PROXY_*`),
+    /// the auto mode's threshold and the MSS its SYN-ACKs offer (as for IPv4).
+    pub fn set_tcp_syn_proxy(&mut self, mode: u32, threshold: u32, mss: u16) {
+        let key = ServiceKey6::with_proto(VIP6, IPPROTO_TCP);
+        let service = self.services.get(&key, 0).expect("the TCP service");
+        let service = Service {
+            flags: mode,
+            syn_proxy_threshold: threshold,
+            syn_proxy_mss: mss,
+            ..service
+        };
+        self.services.insert(key, service, 0).expect("SERVICES6");
     }
 
     /// `backend`'s traffic counters, summed over CPUs.

@@ -60,6 +60,16 @@ impl NetNs {
         links[0]["address"].as_str().expect("a MAC address").to_owned()
     }
 
+    /// The MAC address of `iface`, as bytes.
+    pub fn mac_bytes(&self, iface: &str) -> [u8; 6] {
+        let text = self.mac(iface);
+        let bytes: Vec<u8> = text
+            .split(':')
+            .map(|b| u8::from_str_radix(b, 16).expect("hex"))
+            .collect();
+        bytes.try_into().unwrap_or_else(|_| panic!("not a MAC: {text}"))
+    }
+
     /// `sysctl -w KEY=VALUE` inside this namespace.
     pub fn sysctl(&self, setting: &str) {
         run("ip", &["netns", "exec", &self.name, "sysctl", "-qw", setting]);

@@ -72,17 +72,6 @@ fn probe(
     })
 }
 
-fn mac(ns: &NetNs, interface: &str) -> [u8; 6] {
-    let links: serde_json::Value =
-        serde_json::from_str(&ns.ip(&format!("-j link show dev {interface}"))).expect("ip -j output");
-    let text = links[0]["address"].as_str().expect("a MAC address");
-    let bytes: Vec<u8> = text
-        .split(':')
-        .map(|b| u8::from_str_radix(b, 16).expect("hex"))
-        .collect();
-    bytes.try_into().expect("6 bytes")
-}
-
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted
         .get(((sorted.len() as f64 - 1.0) * p).round() as usize)
@@ -139,9 +128,9 @@ fn every_connection_is_served_during_and_after_a_spoofed_syn_flood() {
     phase.store(1, Ordering::Relaxed);
     let options = FloodOptions {
         interface: "eth0".into(),
-        src_mac: mac(client, "eth0"),
-        dst_mac: mac(&lab.topo.lb.ns, "eth0"),
-        target: lab.vip(),
+        src_mac: client.mac_bytes("eth0"),
+        dst_mac: lab.topo.lb.ns.mac_bytes("eth0"),
+        target: lab.vip().into(),
         sources: Sources::BENCHMARKING,
         max_frames: FLOOD_SYNS,
         max_duration: FLOOD_TIME_LIMIT,

@@ -16,6 +16,8 @@ use network_types::{eth::EthHdr, ip::Ipv6Hdr, tcp::TcpHdr, udp::UdpHdr};
 
 use super::{ETH_LEN, TCP_FLAGS_OFFSET, TCP_LEN, ptr_at, resize, timestamp_option};
 
+pub mod synproxy;
+
 /// The fixed IPv6 header.
 pub const IP6_LEN: usize = size_of::<Ipv6Hdr>();
 /// Where the TCP or UDP header starts: right after the fixed header.

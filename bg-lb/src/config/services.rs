@@ -194,7 +194,7 @@ fn service(raw: &RawService, snat: &[(IpAddr, Range<usize>)], text: &str) -> Res
         lookup_table_size,
         backends,
         health,
-        syn_proxy: syn_proxy(raw, forwarding, protocol, &vips)?,
+        syn_proxy: syn_proxy(raw, forwarding, protocol)?,
         forwarding,
         affinity: match &raw.affinity {
             Some(value) => value
@@ -410,10 +410,8 @@ pub(super) fn backend_problem(mode: Forwarding, vip: SocketAddr, backend: &Backe
 
 /// The SYN proxy needs each backend's SYN-ACK, which bypasses the LB under
 /// `dsr`: off by default there, and refused if asked for. UDP has no SYNs:
-/// off, and refused likewise. The data plane's SYN proxy is IPv4-only for
-/// now: asking for it on a service with an IPv6 VIP is refused, and its
-/// IPv6 listeners never use it (see [`crate::desired::listener_spec`]).
-fn syn_proxy(raw: &RawService, forwarding: Forwarding, protocol: Protocol, vips: &Vips) -> Result<SynProxy, Invalid> {
+/// off, and refused likewise. It serves VIPs of both families.
+fn syn_proxy(raw: &RawService, forwarding: Forwarding, protocol: Protocol) -> Result<SynProxy, Invalid> {
     let default = SynProxy::default();
     let mode = match &raw.syn_proxy {
         Some(mode) => {
@@ -427,17 +425,6 @@ fn syn_proxy(raw: &RawService, forwarding: Forwarding, protocol: Protocol, vips:
                     format!("syn_proxy = \"{parsed}\" answers TCP SYNs; a protocol = \"udp\" service has none"),
                 );
             }
-            if let Some((key, vip, _)) = vips.iter().find(|(_, vip, _)| vip.is_ipv6())
-                && parsed != SynProxyMode::Off
-            {
-                return Invalid::at(
-                    mode.span(),
-                    format!(
-                        "syn_proxy = \"{parsed}\" is IPv4-only for now, and {key} {vip} is IPv6; set syn_proxy = \"off\" \
-                         or leave it out (IPv4 VIPs then get \"auto\", IPv6 ones none)"
-                    ),
-                );
-            }
             if forwarding == Forwarding::Dsr && parsed != SynProxyMode::Off {
                 return Invalid::at(
                     mode.span(),
@@ -449,13 +436,7 @@ fn syn_proxy(raw: &RawService, forwarding: Forwarding, protocol: Protocol, vips:
             }
             parsed
         }
-        // A service of IPv6 VIPs alone has no VIP the proxy could serve.
-        None if forwarding == Forwarding::Dsr
-            || protocol == Protocol::Udp
-            || vips.iter().all(|(_, vip, _)| vip.is_ipv6()) =>
-        {
-            SynProxyMode::Off
-        }
+        None if forwarding == Forwarding::Dsr || protocol == Protocol::Udp => SynProxyMode::Off,
         None => default.mode,
     };
     let threshold = match &raw.syn_proxy_threshold {

@@ -136,7 +136,7 @@ pub fn run(lab: &Lab, target: SocketAddrV4, o: &SynFloodOptions) -> Result<SynFl
         interface: "eth0".to_owned(),
         src_mac: mac_of(lab.client()),
         dst_mac: mac_of(target_ns),
-        target,
+        target: target.into(),
         sources: Sources::BENCHMARKING,
         max_frames: u64::MAX,
         max_duration: o.phase,
@@ -157,7 +157,7 @@ pub fn run(lab: &Lab, target: SocketAddrV4, o: &SynFloodOptions) -> Result<SynFl
         .map_err(|e| format!("keep-alive connections before the flood: {e}"))?;
 
     let probe_options = ProbeOptions {
-        target,
+        target: target.into(),
         rate: o.probe_rate,
         duration: o.phase * 3,
         timeout: o.probe_timeout,

@@ -326,7 +326,7 @@ fn a_dual_stack_service_has_a_vip_and_a_standby_vip_per_family_over_shared_pools
     assert_eq!(web.standby_vips, addresses(&["[fd00::100]:8080", "10.0.0.100:8080"]));
     let families: Vec<_> = web.backends.iter().map(|b| Family::of_socket(b.address)).collect();
     assert_eq!(families, [Family::Ipv4, Family::Ipv6]);
-    assert_eq!(web.syn_proxy, SynProxy::default(), "the IPv4 VIP keeps the default");
+    assert_eq!(web.syn_proxy, SynProxy::default(), "the default, for both VIPs");
     // IPv6 alone, with its own SNAT address.
     let v6 = parse_ok(&format!(
         "interface = \"eth0\"\nsnat_address = \"fd00::1\"\n[[service]]\nname = \"web\"\nvip = \"[fd00::100]:80\"\n{BLUE6}"
@@ -334,9 +334,9 @@ fn a_dual_stack_service_has_a_vip_and_a_standby_vip_per_family_over_shared_pools
     assert!(v6.snat_addresses.is_empty());
     assert_eq!(v6.services[0].vips, addresses(&["[fd00::100]:80"]));
     assert_eq!(
-        v6.services[0].syn_proxy.mode,
-        SynProxyMode::Off,
-        "no VIP the proxy could serve: status says off"
+        v6.services[0].syn_proxy,
+        SynProxy::default(),
+        "an IPv6 VIP's default, as an IPv4 one's"
     );
 }
 
@@ -447,7 +447,7 @@ fn each_vip_family_needs_backends_of_its_family_and_each_backend_a_vip_of_its_ow
 }
 
 #[test]
-fn ipv6_vips_refuse_gateway_dsr_and_the_syn_proxy_for_now() {
+fn ipv6_vips_refuse_gateway_and_dsr_for_now() {
     let v6 = "[[service]]\nname = \"web\"\nvip = [\"10.0.0.100:80\", \"[fd00::100]:80\"]\n";
     for mode in ["gateway", "dsr"] {
         assert_rejected(
@@ -455,16 +455,24 @@ fn ipv6_vips_refuse_gateway_dsr_and_the_syn_proxy_for_now() {
             &format!("forwarding = \"{mode}\" is IPv4-only for now, and vip [fd00::100]:80 is IPv6: use \"full-nat\""),
         );
     }
-    for mode in ["auto", "always"] {
-        assert_rejected(
-            &format!("{TOP46}{v6}syn_proxy = {mode:?}  # <-\n{BLUE}{BLUE6}"),
-            &format!("syn_proxy = \"{mode}\" is IPv4-only for now, and vip [fd00::100]:80 is IPv6"),
-        );
+}
+
+#[test]
+fn ipv6_vips_take_every_syn_proxy_mode_and_default_to_auto() {
+    let dual = "[[service]]\nname = \"web\"\nvip = [\"10.0.0.100:80\", \"[fd00::100]:80\"]\n";
+    let v6 = "[[service]]\nname = \"web\"\nvip = \"[fd00::100]:80\"\n";
+    for (vips, backends) in [(dual, format!("{BLUE}{BLUE6}")), (v6, BLUE6.to_string())] {
+        for (line, mode) in [
+            ("syn_proxy = \"auto\"\n", SynProxyMode::Auto),
+            ("syn_proxy = \"always\"\n", SynProxyMode::Always),
+            ("syn_proxy = \"off\"\n", SynProxyMode::Off),
+            ("", SynProxy::default().mode),
+        ] {
+            let config = parse_ok(&format!("{TOP46}{vips}{line}{backends}"));
+            assert_eq!(config.services[0].syn_proxy.mode, mode, "{vips}{line}");
+        }
     }
-    let off = parse_ok(&format!(
-        "{TOP46}{v6}syn_proxy = \"off\"\nforwarding = \"full-nat\"\n{BLUE}{BLUE6}"
-    ));
-    assert_eq!(off.services[0].syn_proxy.mode, SynProxyMode::Off);
+    assert_eq!(SynProxy::default().mode, SynProxyMode::Auto);
 }
 
 #[test]
