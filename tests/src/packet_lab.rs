@@ -242,6 +242,17 @@ impl PacketLab {
 
     /// Runs the program once on `frame`, writing the frame it returns into
     /// `out` (which must have room for it): (verdict, output length).
+    /// [`PacketLab::run`], checking that the frame moved each of `counted`
+    /// by exactly one.
+    pub fn run_counting(&self, frame: &[u8], counted: &[Counter]) -> (u32, Vec<u8>) {
+        let before: Vec<u64> = counted.iter().map(|&c| self.counter(c)).collect();
+        let result = self.run(frame);
+        for (&counter, before) in counted.iter().zip(before) {
+            assert_eq!(self.counter(counter), before + 1, "{counter:?} counts the frame");
+        }
+        result
+    }
+
     pub fn run_into(&self, frame: &[u8], out: &mut [u8]) -> (u32, usize) {
         let result = self
             .program()

@@ -5,8 +5,30 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV4, SocketAddrV6};
 
 use etherparse::{
     EtherType, Ethernet2Header, Icmpv4Header, Icmpv4Type, Icmpv6Type, IpNumber, Ipv4Header, Ipv6Header, PacketBuilder,
-    PacketBuilderStep, SlicedPacket, TcpHeader, TransportSlice, UdpHeader,
+    PacketBuilderStep, SlicedPacket, TcpHeader, TcpOptionElement, TransportSlice, UdpHeader,
 };
+
+/// The options of a SYN as Linux sends it: MSS `mss`, SACK permitted,
+/// timestamps, window scaling.
+pub fn linux_syn_options(mss: u16) -> [TcpOptionElement; 5] {
+    [
+        TcpOptionElement::MaximumSegmentSize(mss),
+        TcpOptionElement::SelectiveAcknowledgementPermitted,
+        TcpOptionElement::Timestamp(12345, 0),
+        TcpOptionElement::Noop,
+        TcpOptionElement::WindowScale(7),
+    ]
+}
+
+/// The TCP window and options of an emitted frame, of either family.
+pub fn window_and_options(frame: &[u8]) -> (u16, Vec<TcpOptionElement>) {
+    let sliced = SlicedPacket::from_ethernet(frame).expect("parsable frame");
+    let Some(TransportSlice::Tcp(tcp)) = sliced.transport else {
+        panic!("not TCP")
+    };
+    let options = tcp.options_iterator().map(|o| o.expect("well-formed option")).collect();
+    (tcp.window_size(), options)
+}
 
 pub const SYN: u8 = 0x02;
 pub const ACK: u8 = 0x10;

@@ -18,10 +18,13 @@ use bg_lb_tests::{
         BACKENDS6, GATEWAY_MAC, GATEWAY6, Ipv6Services, LB_MAC, PacketLab, PacketLabOptions, SNAT6, VIP6, XDP_DROP,
         XDP_REDIRECT, XDP_TX, client6, mac_of6,
     },
-    packets::{ACK, Numbers, PSH_ACK, SEQ, SYN, SYN_ACK, Tcp6View, numbered_tcp6_frame, parse_checked6},
+    packets::{
+        ACK, Numbers, PSH_ACK, SEQ, SYN, SYN_ACK, Tcp6View, linux_syn_options, numbered_tcp6_frame, parse_checked6,
+        window_and_options,
+    },
     require_root,
 };
-use etherparse::{PacketBuilder, SlicedPacket, TcpOptionElement, TransportSlice};
+use etherparse::{PacketBuilder, TcpOptionElement};
 
 /// The MSS the service's SYN-ACKs would offer on IPv4 (`syn_proxy_mss`).
 const SERVICE_MSS: u16 = 1400;
@@ -48,13 +51,7 @@ fn linux_syn6(from: SocketAddrV6, mss: u16) -> Vec<u8> {
         .ipv6(from.ip().octets(), VIP6.ip().octets(), 64)
         .tcp(from.port(), VIP6.port(), SEQ, 64800)
         .syn()
-        .options(&[
-            TcpOptionElement::MaximumSegmentSize(mss),
-            TcpOptionElement::SelectiveAcknowledgementPermitted,
-            TcpOptionElement::Timestamp(12345, 0),
-            TcpOptionElement::Noop,
-            TcpOptionElement::WindowScale(7),
-        ])
+        .options(&linux_syn_options(mss))
         .expect("options fit");
     let mut frame = Vec::with_capacity(builder.size(0));
     builder.write(&mut frame, b"").expect("frame builds");
@@ -77,26 +74,6 @@ fn from_backend(to_backend: &Tcp6View, flags: u8, (seq, ack): (u32, u32), payloa
         Numbers { seq, ack },
         payload,
     )
-}
-
-/// The TCP window and options of an emitted frame.
-fn window_and_options(frame: &[u8]) -> (u16, Vec<TcpOptionElement>) {
-    let sliced = SlicedPacket::from_ethernet(frame).expect("parsable frame");
-    let Some(TransportSlice::Tcp(tcp)) = sliced.transport else {
-        panic!("not TCP")
-    };
-    let options = tcp.options_iterator().map(|o| o.expect("well-formed option")).collect();
-    (tcp.window_size(), options)
-}
-
-/// Runs `frame` and checks it moved each of `counted` by exactly one.
-fn run_counting(lab: &PacketLab, frame: &[u8], counted: &[Counter]) -> (u32, Vec<u8>) {
-    let before: Vec<u64> = counted.iter().map(|&c| lab.counter(c)).collect();
-    let result = lab.run(frame);
-    for (&counter, before) in counted.iter().zip(before) {
-        assert_eq!(lab.counter(counter), before + 1, "{counter:?} counts the frame");
-    }
-    result
 }
 
 /// Checks that `(verdict, out)` is the proxy's SYN-ACK to `from`'s SYN and
@@ -137,11 +114,10 @@ fn handshake(lab: &PacketLab, from: SocketAddrV6) -> (u32, Tcp6View) {
 /// [`handshake`], with the SYN to the backend as sent.
 fn handshake_frame(lab: &PacketLab, from: SocketAddrV6) -> (u32, Vec<u8>) {
     let cookie = assert_cookie_syn_ack(
-        run_counting(lab, &linux_syn6(from, 1440), &[Counter::SynCookieSent]),
+        lab.run_counting(&linux_syn6(from, 1440), &[Counter::SynCookieSent]),
         from,
     );
-    let (verdict, syn) = run_counting(
-        lab,
+    let (verdict, syn) = lab.run_counting(
         &from_client(from, ACK, (SEQ + 1, cookie.wrapping_add(1)), b""),
         &[Counter::SynCookieValid],
     );
@@ -158,7 +134,7 @@ fn flow(v6: &Ipv6Services, from: SocketAddrV6) -> Flow6 {
 fn an_ipv6_syn_in_always_mode_gets_a_cookie_syn_ack_and_opens_no_flow() {
     in_proxy_lab(SYN_PROXY_ALWAYS, 0, |lab, v6| {
         let from = client6(41000);
-        let out = run_counting(&lab, &linux_syn6(from, 1440), &[Counter::SynCookieSent]);
+        let out = lab.run_counting(&linux_syn6(from, 1440), &[Counter::SynCookieSent]);
         assert_cookie_syn_ack(out, from);
         assert!(v6.flow(from, IPPROTO_TCP).is_none(), "a cookie keeps no state");
         for backend in BACKENDS6 {
@@ -210,15 +186,13 @@ fn an_ipv6_ack_with_a_bad_cookie_is_dropped_and_counted() {
         let from = client6(41002);
         let cookie = assert_cookie_syn_ack(lab.run(&linux_syn6(from, 1440)), from);
         for bad in [cookie.wrapping_add(2), cookie ^ 0x0100_0000] {
-            let (verdict, _) = run_counting(
-                &lab,
+            let (verdict, _) = lab.run_counting(
                 &from_client(from, ACK, (SEQ + 1, bad.wrapping_add(1)), b""),
                 &[Counter::SynCookieInvalid],
             );
             assert_eq!(verdict, XDP_DROP);
         }
-        let (verdict, _) = run_counting(
-            &lab,
+        let (verdict, _) = lab.run_counting(
             &from_client(client6(41003), ACK, (SEQ + 1, cookie.wrapping_add(1)), b""),
             &[Counter::SynCookieInvalid],
         );
@@ -280,8 +254,7 @@ fn an_early_ipv6_client_segment_is_held_and_delivered_in_place_of_the_handshakes
         let from = client6(41005);
         let (cookie, syn) = handshake(&lab, from);
         let request = b"early request";
-        let (verdict, _) = run_counting(
-            &lab,
+        let (verdict, _) = lab.run_counting(
             &from_client(from, PSH_ACK, (SEQ + 1, cookie.wrapping_add(1)), request),
             &[Counter::SynProxyHeld],
         );
@@ -320,7 +293,7 @@ fn an_ipv6_service_in_auto_mode_engages_the_proxy_when_syns_go_unanswered() {
         }
         // Three requests, none completed, over a threshold of 2: flooded.
         let from = client6(41013);
-        let out = run_counting(&lab, &linux_syn6(from, 1440), &[Counter::SynCookieSent]);
+        let out = lab.run_counting(&linux_syn6(from, 1440), &[Counter::SynCookieSent]);
         assert_cookie_syn_ack(out, from);
         assert!(v6.flow(from, IPPROTO_TCP).is_none());
         handshake(&lab, client6(41014));

@@ -22,14 +22,12 @@ use bg_lb_tests::{
         client, from_client, mac_of,
     },
     packets::{
-        ACK, Numbers, PSH_ACK, RST, SEQ, SYN, SYN_ACK, TcpView, icmp_error_frame, numbered_tcp_frame, parse_checked,
-        parse_checked_icmp, quote_of,
+        ACK, Numbers, PSH_ACK, RST, SEQ, SYN, SYN_ACK, TcpView, icmp_error_frame, linux_syn_options,
+        numbered_tcp_frame, parse_checked, parse_checked_icmp, quote_of, window_and_options,
     },
     require_root,
 };
-use etherparse::{
-    Icmpv4Type, PacketBuilder, SlicedPacket, TcpOptionElement, TransportSlice, icmpv4::DestUnreachableHeader,
-};
+use etherparse::{Icmpv4Type, PacketBuilder, TcpOptionElement, icmpv4::DestUnreachableHeader};
 
 /// The MSS the proxy's SYN-ACKs offer in these tests.
 const OFFERED_MSS: u16 = 1400;
@@ -76,13 +74,7 @@ fn linux_syn(from: SocketAddrV4, mss: u16) -> Vec<u8> {
         .ipv4(from.ip().octets(), VIP.ip().octets(), 64)
         .tcp(from.port(), VIP.port(), SEQ, 64240)
         .syn()
-        .options(&[
-            TcpOptionElement::MaximumSegmentSize(mss),
-            TcpOptionElement::SelectiveAcknowledgementPermitted,
-            TcpOptionElement::Timestamp(12345, 0),
-            TcpOptionElement::Noop,
-            TcpOptionElement::WindowScale(7),
-        ])
+        .options(&linux_syn_options(mss))
         .expect("options fit");
     let mut frame = Vec::with_capacity(builder.size(0));
     builder.write(&mut frame, b"").expect("frame builds");
@@ -105,26 +97,6 @@ fn from_backend(to_backend: &TcpView, flags: u8, (seq, ack): (u32, u32), payload
         Numbers { seq, ack },
         payload,
     )
-}
-
-/// The TCP window and options of an emitted frame.
-fn window_and_options(frame: &[u8]) -> (u16, Vec<TcpOptionElement>) {
-    let sliced = SlicedPacket::from_ethernet(frame).expect("parsable frame");
-    let Some(TransportSlice::Tcp(tcp)) = sliced.transport else {
-        panic!("not TCP")
-    };
-    let options = tcp.options_iterator().map(|o| o.expect("well-formed option")).collect();
-    (tcp.window_size(), options)
-}
-
-/// Runs `frame` and checks it moved each of `counted` by exactly one.
-fn run_counting(lab: &PacketLab, frame: &[u8], counted: &[Counter]) -> (u32, Vec<u8>) {
-    let before: Vec<u64> = counted.iter().map(|&c| lab.counter(c)).collect();
-    let result = lab.run(frame);
-    for (&counter, before) in counted.iter().zip(before) {
-        assert_eq!(lab.counter(counter), before + 1, "{counter:?} counts the frame");
-    }
-    result
 }
 
 /// A cookie SYN-ACK follows the route to its client, out of the lab's
@@ -160,8 +132,7 @@ fn assert_cookie_syn_ack(verdict: u32, out: &[u8], from: SocketAddrV4) -> u32 {
 fn handshake(lab: &PacketLab, from: SocketAddrV4, mss: u16) -> (u32, Vec<u8>) {
     let (verdict, out) = lab.run(&linux_syn(from, mss));
     let cookie = assert_cookie_syn_ack(verdict, &out, from);
-    let (verdict, syn) = run_counting(
-        lab,
+    let (verdict, syn) = lab.run_counting(
         &from_client_at(from, ACK, (SEQ + 1, cookie.wrapping_add(1)), b""),
         &[Counter::SynCookieValid],
     );
@@ -350,7 +321,7 @@ fn run_row(name: &'static str) {
         .find(|r| r.name == name)
         .unwrap_or_else(|| panic!("no row {name}"));
     in_lab(row.syn_proxy, move |lab| {
-        let (verdict, out) = run_counting(&lab, &row.frame, row.counted);
+        let (verdict, out) = lab.run_counting(&row.frame, row.counted);
         assert_eq!(verdict, row.verdict, "{name}: verdict");
         (row.check)(&lab, &out, row.from);
     });
@@ -521,8 +492,7 @@ fn rsts_of_a_proxied_flow_are_judged_in_the_clients_numbering() {
         // A RST at the client's own numbers, as the backend would number
         // it untranslated: outside the window, forwarded for the client to
         // judge, the flow left as it was.
-        let (verdict, out) = run_counting(
-            &lab,
+        let (verdict, out) = lab.run_counting(
             &from_backend(&syn, RST, (cookie.wrapping_add(1), SEQ + 1), b""),
             &[Counter::RstOutOfWindow],
         );
@@ -534,7 +504,7 @@ fn rsts_of_a_proxied_flow_are_judged_in_the_clients_numbering() {
         assert!(!flow_state::has_ended(flow(&lab, from).state));
         // The backend's RST at its SND.NXT: accepted, and it reaches the
         // client at the number the client expects.
-        let (verdict, out) = run_counting(&lab, &from_backend(&syn, RST, (BACKEND_ISN + 1, SEQ + 1), b""), &[]);
+        let (verdict, out) = lab.run_counting(&from_backend(&syn, RST, (BACKEND_ISN + 1, SEQ + 1), b""), &[]);
         assert_eq!(verdict, XDP_REDIRECT);
         assert_eq!(parse_checked(&out).seq, cookie.wrapping_add(1));
         assert!(flow_state::has_ended(flow(&lab, from).state));
@@ -562,7 +532,7 @@ fn an_icmp_error_from_the_client_side_reaches_the_backend_quoting_its_own_sequen
                 frag_needed.clone(),
                 &quote_of(&to_client, l4_len),
             );
-            let (verdict, out) = run_counting(&lab, &error, &[Counter::IcmpErrorToBackend]);
+            let (verdict, out) = lab.run_counting(&error, &[Counter::IcmpErrorToBackend]);
             assert_eq!(verdict, XDP_REDIRECT);
             let icmp = parse_checked_icmp(&out);
             assert_eq!((icmp.src, icmp.dst), (SNAT, *syn.dst.ip()), "from the SNAT address");
@@ -585,15 +555,10 @@ fn client_data_before_the_backend_answered_is_held_and_sent_in_place_of_the_hand
         let syn = parse_checked(&syn);
         let request = b"GET /early HTTP/1.1\r\n\r\n";
         let acks = (SEQ + 1, cookie.wrapping_add(1));
-        let (verdict, _) = run_counting(
-            &lab,
-            &from_client_at(from, PSH_ACK, acks, request),
-            &[Counter::SynProxyHeld],
-        );
+        let (verdict, _) = lab.run_counting(&from_client_at(from, PSH_ACK, acks, request), &[Counter::SynProxyHeld]);
         assert_eq!(verdict, XDP_DROP, "held, not forwarded");
         assert_eq!(flow(&lab, from).proxy, PROXIED | HELD);
-        let (verdict, _) = run_counting(
-            &lab,
+        let (verdict, _) = lab.run_counting(
             &from_client_at(from, PSH_ACK, (SEQ + 1 + request.len() as u32, acks.1), b"more"),
             &[Counter::SynProxyEarlyData],
         );
@@ -634,8 +599,7 @@ fn data_whose_ack_was_lost_proves_the_cookie_itself_and_is_held() {
         let (verdict, out) = lab.run(&linux_syn(from, 1460));
         let cookie = assert_cookie_syn_ack(verdict, &out, from);
         let request = b"GET /after-a-lost-ack HTTP/1.1\r\n\r\n";
-        let (verdict, out) = run_counting(
-            &lab,
+        let (verdict, out) = lab.run_counting(
             &from_client_at(from, PSH_ACK, (SEQ + 1, cookie.wrapping_add(1)), request),
             &[Counter::SynCookieValid, Counter::SynProxyHeld],
         );
@@ -659,8 +623,7 @@ fn a_segment_too_big_to_hold_is_dropped_and_counted() {
     in_lab(proxy(SynProxyMode::Always, 1000), |lab| {
         let from = client(42031);
         let (cookie, _) = handshake(&lab, from, 1460);
-        let (verdict, _) = run_counting(
-            &lab,
+        let (verdict, _) = lab.run_counting(
             &from_client_at(from, PSH_ACK, (SEQ + 1, cookie.wrapping_add(1)), &[7; 1461]),
             &[Counter::SynProxyEarlyData],
         );
@@ -694,8 +657,7 @@ fn a_new_connection_on_the_four_tuple_of_an_ended_proxied_flow_gets_a_backend_si
             "its port's entry stays, an orphan a new connection takes over once it settles"
         );
 
-        let (verdict, out) = run_counting(
-            &lab,
+        let (verdict, out) = lab.run_counting(
             &from_client_at(from, ACK, (isn + 1, syn_ack.seq.wrapping_add(1)), b""),
             &[Counter::SynCookieValid],
         );
@@ -765,7 +727,7 @@ fn auto_mode_engages_when_unanswered_syns_pass_the_threshold() {
         assert!(lab.syn_proxy_active());
         let flows = lab.flows().len();
         let from = client(44100);
-        let (verdict, out) = run_counting(&lab, &linux_syn(from, 1460), &[Counter::SynCookieSent]);
+        let (verdict, out) = lab.run_counting(&linux_syn(from, 1460), &[Counter::SynCookieSent]);
         let cookie = assert_cookie_syn_ack(verdict, &out, from);
         assert_eq!(lab.flows().len(), flows, "a cookie costs no flow");
 
