@@ -83,10 +83,17 @@ pub enum Job {
     Rst6,
     /// An ICMPv6 message: an error about a pinned flow is translated.
     Icmp6,
+    /// An IPv6 connection request that found no free SNAT pair: claim the
+    /// pair of a flow that has ended (the takeover's call does not fit
+    /// [`Job::Tcp6Open`]'s stack).
+    Tcp6TakeOver,
+    /// An IPv6 connection request whose SNAT pair [`Job::Tcp6TakeOver`]
+    /// claimed: open its flow there.
+    Tcp6Taken,
 }
 
 /// Each job's program name, by job index.
-pub const JOB_PROGRAMS: [&str; 15] = [
+pub const JOB_PROGRAMS: [&str; 17] = [
     "bg_lb_syn_ack",
     "bg_lb_open_backend",
     "bg_lb_resend_syn",
@@ -102,6 +109,8 @@ pub const JOB_PROGRAMS: [&str; 15] = [
     "bg_lb_udp6_reply",
     "bg_lb_rst6",
     "bg_lb_icmp6",
+    "bg_lb_tcp6_take_over",
+    "bg_lb_tcp6_taken",
 ];
 
 /// The flood detector's window.
@@ -277,6 +286,8 @@ mod tests {
             Job::Udp6Reply,
             Job::Rst6,
             Job::Icmp6,
+            Job::Tcp6TakeOver,
+            Job::Tcp6Taken,
         ];
         assert_eq!(jobs.len(), JOB_PROGRAMS.len());
         for (i, job) in jobs.into_iter().enumerate() {

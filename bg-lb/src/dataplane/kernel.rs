@@ -17,8 +17,8 @@ use aya::{
 use bg_lb_common::{
     counters::{COUNTER_COUNT, Counter},
     maps::{
-        self, BackendOf, DataplaneConfig, Flow, FlowKey, FlowKeyOf, FlowOf, NatKey, NatKeyOf, NatOwner, NatOwnerOf,
-        SynFlood, TrafficStats,
+        self, BackendOf, DataplaneConfig, FlowKey, FlowKeyOf, FlowOf, NatKey, NatKeyOf, NatOwner, NatOwnerOf, SynFlood,
+        TrafficStats,
     },
 };
 
@@ -35,6 +35,9 @@ use super::{
     wire::Wire,
 };
 use crate::ebpf_objects;
+
+/// A flow table entry of family `A`: its key and flow.
+pub(super) type FlowEntry<A> = (FlowKeyOf<A>, FlowOf<A>);
 
 pub(super) struct Kernel {
     ebpf: Ebpf,
@@ -263,15 +266,24 @@ impl Kernel {
         self.array_set(maps::SYN_FLOOD, id, &SynFlood::default())
     }
 
-    pub(super) fn flows(&self) -> Result<Vec<(FlowKey, Flow)>, DataplaneError> {
-        let flows: HashMap<_, FlowKey, Flow> = self.map(maps::FLOWS)?;
-        collect(flows.iter(), maps::FLOWS)
+    /// Every entry of the family's flow table.
+    pub(super) fn flows<A: Wire>(&self) -> Result<Vec<FlowEntry<A>>, DataplaneError>
+    where
+        FlowKeyOf<A>: Pod,
+        FlowOf<A>: Pod,
+    {
+        let flows: HashMap<_, FlowKeyOf<A>, FlowOf<A>> = self.map(A::FLOWS)?;
+        collect(flows.iter(), A::FLOWS)
     }
 
-    /// The flow table's entry for `key`, if any.
-    pub(super) fn flow(&self, key: &FlowKey) -> Result<Option<Flow>, DataplaneError> {
-        let flows: HashMap<_, FlowKey, Flow> = self.map(maps::FLOWS)?;
-        found(flows.get(key, 0), maps::FLOWS)
+    /// The family's flow table's entry for `key`, if any.
+    pub(super) fn flow<A: Wire>(&self, key: &FlowKeyOf<A>) -> Result<Option<FlowOf<A>>, DataplaneError>
+    where
+        FlowKeyOf<A>: Pod,
+        FlowOf<A>: Pod,
+    {
+        let flows: HashMap<_, FlowKeyOf<A>, FlowOf<A>> = self.map(A::FLOWS)?;
+        found(flows.get(key, 0), A::FLOWS)
     }
 
     /// Every reverse-NAT entry: (backend, SNAT port) -> the flow owning it.
