@@ -203,9 +203,13 @@ pub const REVERSE_NAT6: &str = "REVERSE_NAT6";
 pub const VIP_ADDRESSES6: &str = "VIP_ADDRESSES6";
 /// `LruHashMap<FlowKey6, HeldSegment>`: [`HELD_SEGMENTS`] for IPv6 flows.
 pub const HELD_SEGMENTS6: &str = "HELD_SEGMENTS6";
+/// `PerCpuArray<TakenPair6>` with one entry: the SNAT pair an IPv6
+/// connection request just claimed, for the program the frame goes to
+/// next, which opens its flow on it (see [`TakenPair6`]).
+pub const TAKEN_PAIRS6: &str = "TAKEN_PAIRS6";
 
 /// Every map of the load balancer object, for pinning and teardown.
-pub const ALL_MAPS: [&str; 24] = [
+pub const ALL_MAPS: [&str; 25] = [
     SERVICES,
     BACKENDS,
     LOOKUP_TABLES,
@@ -230,6 +234,7 @@ pub const ALL_MAPS: [&str; 24] = [
     REVERSE_NAT6,
     VIP_ADDRESSES6,
     HELD_SEGMENTS6,
+    TAKEN_PAIRS6,
 ];
 
 /// Name of the load balancer's XDP program in the object.
@@ -237,6 +242,8 @@ pub const XDP_PROGRAM: &str = "bg_lb";
 /// Name of the program that resets a flow at both ends (the drain
 /// deadline's), run by the daemon with `BPF_PROG_RUN` on trigger frames.
 pub const FLOW_RESET_PROGRAM: &str = "bg_lb_flow_reset";
+/// [`FLOW_RESET_PROGRAM`] for IPv6 flows (IPv6 trigger frames).
+pub const FLOW_RESET6_PROGRAM: &str = "bg_lb_flow_reset6";
 
 pub const MAX_SERVICES: u32 = 512;
 pub const MAX_BACKENDS: u32 = 4096;
@@ -1049,6 +1056,21 @@ pub struct SynFlood {
     pub active_until_ns: u64,
 }
 
+/// A [`TAKEN_PAIRS6`] entry: the SNAT pair (wire order) an IPv6 connection
+/// request claimed, free or taken over from a flow that has ended, in one
+/// XDP program (`bg_lb_tcp6_take_over`, which has the stack for the
+/// takeover), for the next (`bg_lb_tcp6_taken`, which has the stack for the
+/// new flow) on the same CPU, in the same run.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TakenPair6 {
+    pub snat_addr: Ipv6Wire,
+    pub snat_port: u16,
+    pub _pad: [u8; 6],
+    /// The claim (`bpf_ktime_get_ns`): the new flow's `created_ns`.
+    pub claim: u64,
+}
+
 /// A client segment of a proxied flow held until the backend answers, then
 /// sent in place of the ACK that completes the backend's handshake.
 #[repr(C)]
@@ -1172,6 +1194,7 @@ mod pod {
     unsafe impl aya::Pod for TrafficStats {}
     unsafe impl aya::Pod for SynFlood {}
     unsafe impl aya::Pod for HeldSegment {}
+    unsafe impl aya::Pod for TakenPair6 {}
 }
 
 #[cfg(test)]
@@ -1205,6 +1228,7 @@ mod tests {
         assert_eq!(size_of::<TrafficStats>(), 72);
         assert_eq!(size_of::<SynFlood>(), 32);
         assert_eq!(size_of::<HeldSegment>(), 8 + crate::syn_proxy::HELD_PAYLOAD_MAX);
+        assert_eq!(size_of::<TakenPair6>(), 32);
     }
 
     #[test]

@@ -98,10 +98,17 @@ pub enum Job {
     AckToBackend6,
     /// [`Job::HoldSegment`] for an IPv6 flow.
     HoldSegment6,
+    /// An IPv6 connection request that found no free SNAT pair: claim the
+    /// pair of a flow that has ended (the takeover's call does not fit
+    /// [`Job::Tcp6Open`]'s stack).
+    Tcp6TakeOver,
+    /// An IPv6 connection request whose SNAT pair [`Job::Tcp6TakeOver`]
+    /// claimed: open its flow there.
+    Tcp6Taken,
 }
 
 /// Each job's program name, by job index.
-pub const JOB_PROGRAMS: [&str; 22] = [
+pub const JOB_PROGRAMS: [&str; 24] = [
     "bg_lb_syn_ack",
     "bg_lb_open_backend",
     "bg_lb_resend_syn",
@@ -124,6 +131,8 @@ pub const JOB_PROGRAMS: [&str; 22] = [
     "bg_lb_resend_syn6",
     "bg_lb_ack_to_backend6",
     "bg_lb_hold_segment6",
+    "bg_lb_tcp6_take_over",
+    "bg_lb_tcp6_taken",
 ];
 
 /// The flood detector's window.
@@ -315,6 +324,8 @@ mod tests {
             Job::ResendSyn6,
             Job::AckToBackend6,
             Job::HoldSegment6,
+            Job::Tcp6TakeOver,
+            Job::Tcp6Taken,
         ];
         assert_eq!(jobs.len(), JOB_PROGRAMS.len());
         for (i, job) in jobs.into_iter().enumerate() {

@@ -9,8 +9,8 @@
 //! The flow logic is the IPv4 path's, generic over the address family
 //! (`crate::maps::FamilyMaps`): pinning, backend choice from the same
 //! lookup tables, SNAT (address, port) claims with their ownership rules
-//! (NOEXIST claims, epoch checks; no takeover of an ended flow's pair, see
-//! `FamilyMaps::TAKES_OVER_PORTS`), TCP flow state
+//! (NOEXIST claims, epoch checks; the takeover of an ended flow's pair in a
+//! program of its own, [`crate::ipv6_port_takeover`]), TCP flow state
 //! and the traffic statistics ([`to_backend::pinned_flow`],
 //! [`to_backend::new_flow`], [`udp::pin`]). What is IPv6's own is the packet
 //! work: parsing, the rewrite (no header checksum; the TCP and UDP checksums
@@ -51,7 +51,7 @@ use crate::{
     },
     packet::ipv6::{Icmp6Error, Tcp6Packet, Udp6Packet, parse_icmp6_error, parse_tcp6, parse_udp6, peek},
     synproxy::{self, BackendStep, ClientStep, hand_over},
-    to_backend::{Lookup, Route, carries, new_flow, pinned_flow, refuse},
+    to_backend::{Claim, Lookup, Route, carries, new_flow, pinned_flow, refuse},
     udp,
 };
 
@@ -94,7 +94,7 @@ fn is_vip(addr: &Ipv6Wire) -> bool {
 }
 
 #[inline(always)]
-fn passed() -> u32 {
+pub(crate) fn passed() -> u32 {
     count(Counter::Passed);
     XDP_PASS
 }
@@ -113,7 +113,7 @@ fn malformed(dst: &Ipv6Wire) -> u32 {
 /// The IPv6 service's entry as this path serves it: full NAT, its SYN
 /// proxy mode and client affinity kept.
 #[inline(always)]
-pub fn full_nat(service: &Service) -> Service {
+pub(crate) fn full_nat(service: &Service) -> Service {
     Service {
         flags: service.flags & (SERVICE_AFFINITY_CLIENT_IP | SYN_PROXY_MODES),
         forwarding: FORWARDING_FULL_NAT,
@@ -156,18 +156,15 @@ fn screen(pkt: &Tcp6Packet<'_>) -> Result<(), u32> {
 
 /// The flow a client segment belongs to.
 #[inline(always)]
-pub fn flow_key(pkt: &Tcp6Packet<'_>) -> FlowKey6 {
-    FlowKey6::from_wire(
-        pkt.frame.src_addr(),
-        pkt.src_port(),
-        pkt.frame.dst_addr(),
-        pkt.dst_port(),
-    )
+pub(crate) fn flow_key(pkt: &Tcp6Packet<'_>) -> FlowKey6 {
+    let mut key = FlowKey6::default();
+    pkt.write_client_key(&mut key);
+    key
 }
 
 /// The TCP service at the segment's VIP:port, copied.
 #[inline(always)]
-pub fn tcp_service(key: &FlowKey6) -> Option<Service> {
+pub(crate) fn tcp_service(key: &FlowKey6) -> Option<Service> {
     // SAFETY: as for SERVICES: not preallocated, copied at once.
     unsafe { SERVICES6.get(ServiceKey6::from_wire(key.vip_addr, key.vip_port, IPPROTO_TCP)) }.copied()
 }
@@ -214,10 +211,20 @@ fn to_backend(ctx: &XdpContext, pkt: Tcp6Packet<'_>, cfg: &DataplaneConfig) -> u
 /// [`Job::Tcp6Open`]: the frame's segment, to a TCP service's VIP:port,
 /// screened, has no usable flow (and the SYN proxy, if the service has it
 /// on, none of its business: [`crate::ipv6_synproxy::bg_lb_tcp6_proxy`]): a
-/// new flow from the service's table, or the refusal.
+/// new flow from the service's table, or the refusal. A connection request
+/// that finds no free SNAT pair goes on to [`Job::Tcp6TakeOver`].
 #[xdp]
 pub fn bg_lb_tcp6_open(ctx: XdpContext) -> u32 {
-    let Some(pkt) = parse_tcp6(&ctx) else {
+    // SAFETY: a helper without arguments (precise: the flow's port claim).
+    let now = unsafe { bpf_ktime_get_ns() };
+    open_flow(&ctx, Claim::Free, now)
+}
+
+/// The frame's segment of no usable flow, opening one on a pair `claim`
+/// allows, created at `now`, and delivered; or its refusal.
+#[inline(always)]
+pub(crate) fn open_flow(ctx: &XdpContext, claim: Claim<Ipv6Wire>, now: u64) -> u32 {
+    let Some(pkt) = parse_tcp6(ctx) else {
         return XDP_DROP;
     };
     let key = flow_key(&pkt);
@@ -225,24 +232,31 @@ pub fn bg_lb_tcp6_open(ctx: XdpContext) -> u32 {
     let Some(service) = tcp_service(&key) else {
         return passed();
     };
-    match open(&ctx, &pkt, &key, &service) {
-        Ok(route) => deliver(&ctx, pkt, &key, Lookup::Pinned(route)),
-        Err((counter, now)) => refuse(&ctx, &pkt.segment(), counter, now, || hand_over(&ctx, Job::Rst6)),
+    match open(ctx, &pkt, &key, &service, claim, now) {
+        Ok(route) => deliver(ctx, pkt, &key, Lookup::Pinned(route)),
+        // No free pair: perhaps one whose flow has ended.
+        Err((Counter::SnatPortsExhausted | Counter::GatewayCollision, _)) if matches!(claim, Claim::Free) => {
+            hand_over(ctx, Job::Tcp6TakeOver)
+        }
+        Err((counter, now)) => refuse(ctx, &pkt.segment(), counter, now, || hand_over(ctx, Job::Rst6)),
     }
 }
 
 /// A segment of no usable flow: a new flow from the service's table (pinned
-/// by a SYN, else forwarded without state), or why none opened and when.
+/// by a SYN on a pair `claim` allows, created at `now`, else forwarded
+/// without state), or why none opened and when.
 #[inline(always)]
 fn open(
     ctx: &XdpContext,
     pkt: &Tcp6Packet<'_>,
     key: &FlowKey6,
     service: &Service,
+    claim: Claim<Ipv6Wire>,
+    now: u64,
 ) -> Result<Route<Ipv6Wire>, (Counter, u64)> {
-    // SAFETY: helpers without arguments. Precise: the flow's port claim;
-    // coarse: its last packet, as for IPv4.
-    let (now, seen) = unsafe { (bpf_ktime_get_ns(), bpf_ktime_get_coarse_ns()) };
+    // SAFETY: a helper without arguments (coarse: the flow's last packet,
+    // as for IPv4).
+    let seen = unsafe { bpf_ktime_get_coarse_ns() };
     let Some(cfg) = CONFIG.get(0) else {
         return Err((Counter::NoBackend, now));
     };
@@ -250,8 +264,8 @@ fn open(
     let request = flow_state::is_connection_request(seg.flags);
     let tsval = if request { pkt.timestamp(ctx) } else { None };
     let service = full_nat(service);
-    let route =
-        new_flow(key, &seg, &Syn::new(seg.seq, tsval), &service, cfg, (now, seen)).map_err(|counter| (counter, now))?;
+    let route = new_flow(key, &seg, &Syn::new(seg.seq, tsval), &service, cfg, (now, seen), claim)
+        .map_err(|counter| (counter, now))?;
     if request {
         synproxy::opened(&service, now);
     }

@@ -35,7 +35,7 @@ use crate::{
         ipv6::{Tcp6Packet, parse_tcp6},
     },
     synproxy::{ProxySegment, backend_answered, client_completes, count_hold, hand_over, hold, prove},
-    to_backend::{new_flow, opening_segment, proxy_first, refuse},
+    to_backend::{Claim, new_flow, opening_segment, proxy_first, refuse},
 };
 
 impl ProxySegment for Tcp6Packet<'_> {
@@ -175,7 +175,12 @@ pub fn bg_lb_proven6(ctx: XdpContext) -> u32 {
     let request = opening_segment(&pkt.segment(), true);
     // The proxy's SYN carries no timestamp.
     let syn = Syn::new(request.seq, None);
-    match new_flow(&key, &request, &syn, &full_nat(&service), cfg, (now, seen)) {
+    // A free pair only: the takeover does not fit this program's stack, and
+    // its program (`Job::Tcp6TakeOver`) opens from a SYN, not from the
+    // proven ACK. With no free pair the proven connection is refused and
+    // counted (`snat_ports_exhausted`); its client's retry gets a cookie
+    // again.
+    match new_flow(&key, &request, &syn, &full_nat(&service), cfg, (now, seen), Claim::Free) {
         Ok(_) => hand_over(&ctx, Job::OpenBackend6),
         Err(counter) => refuse(&ctx, &request, counter, now, || hand_over(&ctx, Job::Rst6)),
     }

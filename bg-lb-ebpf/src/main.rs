@@ -21,6 +21,8 @@ mod forward;
 mod forwarding;
 mod icmp;
 mod ipv6;
+mod ipv6_flow_reset;
+mod ipv6_port_takeover;
 mod ipv6_synproxy;
 mod maps;
 mod nat;

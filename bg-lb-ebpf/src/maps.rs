@@ -14,7 +14,7 @@ use bg_lb_common::{
         Backend, Backend6, BackendOf, DEFAULT_LOOKUP_CAPACITY, DEFAULT_MAX_FLOWS, DataplaneConfig, Flow, Flow6,
         FlowKey, FlowKey6, FlowKeyOf, FlowOf, HELD_SEGMENTS_CAPACITY, HeldSegment, Ipv6Wire, LOOKUP_TABLES_FLAGS,
         MAX_BACKENDS, MAX_INTERFACES, MAX_SERVICES, NEXT_HOP_SLOTS, NatKey, NatKey6, NatKeyOf, NatOwner, NatOwner6,
-        NatOwnerOf, NextHop, Service, ServiceKey, ServiceKey6, SynFlood, TrafficStats, WireAddr,
+        NatOwnerOf, NextHop, Service, ServiceKey, ServiceKey6, SynFlood, TakenPair6, TrafficStats, WireAddr,
     },
     syn_proxy::JOB_PROGRAMS,
 };
@@ -102,6 +102,9 @@ pub static VIP_ADDRESSES6: HashMap<Ipv6Wire, u32> = HashMap::with_max_entries(MA
 #[map]
 pub static HELD_SEGMENTS6: LruHashMap<FlowKey6, HeldSegment> = LruHashMap::with_max_entries(HELD_SEGMENTS_CAPACITY, 0);
 
+#[map]
+pub static TAKEN_PAIRS6: PerCpuArray<TakenPair6> = PerCpuArray::with_max_entries(1, 0);
+
 // Written and read by userspace only (see bg_lb_common::maps::LAYOUT).
 #[map]
 pub static LAYOUT: Array<u64> = Array::with_max_entries(1, 0);
@@ -110,13 +113,6 @@ pub static LAYOUT: Array<u64> = Array::with_max_entries(1, 0);
 /// implemented on the family's address type ([`WireAddr`]), so a call
 /// such as `flow_entry(&key)` picks FLOWS or FLOWS6 by its key's type.
 pub trait FamilyMaps: WireAddr {
-    /// Whether a new connection may take over the SNAT pair of a flow that
-    /// has ended (`port_takeover`). IPv6 claims only free pairs: the
-    /// takeover's call, on top of the IPv6 path's larger keys, does not fit
-    /// the verifier's stack; an ended flow's pair is free again once the
-    /// sweep removes the flow.
-    const TAKES_OVER_PORTS: bool;
-
     fn backends() -> &'static Array<BackendOf<Self>>;
     fn flows() -> &'static LruHashMap<FlowKeyOf<Self>, FlowOf<Self>>;
     fn reverse_nat() -> &'static HashMap<NatKeyOf<Self>, NatOwnerOf<Self>>;
@@ -125,8 +121,6 @@ pub trait FamilyMaps: WireAddr {
 }
 
 impl FamilyMaps for u32 {
-    const TAKES_OVER_PORTS: bool = true;
-
     #[inline(always)]
     fn backends() -> &'static Array<Backend> {
         &BACKENDS
@@ -149,8 +143,6 @@ impl FamilyMaps for u32 {
 }
 
 impl FamilyMaps for Ipv6Wire {
-    const TAKES_OVER_PORTS: bool = false;
-
     #[inline(always)]
     fn backends() -> &'static Array<Backend6> {
         &BACKENDS6

@@ -206,7 +206,7 @@ fn open(
         pkt.timestamp(ctx)
     };
     let syn = Syn::new(request.seq, tsval);
-    match new_flow(key, &request, &syn, service, cfg, (now, seen)) {
+    match new_flow(key, &request, &syn, service, cfg, (now, seen), Claim::FreeOrEnded) {
         Ok(_) if proven => Err(synproxy::hand_over(ctx, Job::OpenBackend)),
         Ok(route) => {
             if flow_state::is_connection_request(request.flags) {
@@ -464,11 +464,27 @@ pub fn owns_port<A: FamilyMaps>(key: &FlowKeyOf<A>, nat: &NatKeyOf<A>) -> bool {
     }
 }
 
+/// Which SNAT pair a new flow may claim.
+#[derive(Clone, Copy)]
+pub enum Claim<A> {
+    /// A free pair, else that of a flow that has ended, taken over
+    /// (`port_takeover`).
+    FreeOrEnded,
+    /// A free pair only: the caller has no stack left for the takeover's
+    /// call, and hands a request that found none to a program that has
+    /// (IPv6: `ipv6_port_takeover`), which counts it if that fails too.
+    Free,
+    /// This pair (address, port; wire order), which the request claimed
+    /// already ([`claim_pair`]) at the time given as the flow's creation:
+    /// still its own if its entry for the backend picked names the flow.
+    Claimed(A, u16),
+}
+
 /// Picks a backend from the service's lookup table. A SYN pins the choice
-/// (flow entry plus a reverse-NAT entry owning a unique SNAT port); any other
-/// packet of an unknown flow is forwarded statelessly, as Maglev does.
-/// `(now, seen)`: the precise and the coarse clock, for the flow's creation
-/// and its last packet.
+/// (flow entry plus a reverse-NAT entry owning a unique SNAT port, as
+/// `claim` allows); any other packet of an unknown flow is forwarded
+/// statelessly, as Maglev does. `(now, seen)`: the precise and the coarse
+/// clock, for the flow's creation and its last packet.
 #[inline(always)]
 pub fn new_flow<A: FamilyMaps>(
     key: &FlowKeyOf<A>,
@@ -477,6 +493,7 @@ pub fn new_flow<A: FamilyMaps>(
     service: &Service,
     cfg: &DataplaneConfig,
     (now, seen): (u64, u64),
+    claim: Claim<A>,
 ) -> Result<Route<A>, Counter> {
     let hash = flow_hash(key);
     let (backend_id, backend) = pick_backend(service, key, hash)?;
@@ -499,8 +516,8 @@ pub fn new_flow<A: FamilyMaps>(
     (flow.state, flow.client, flow.backend) = flow_state::opened_by(seg);
     if flow.has_reply_path() {
         (flow.snat_addr, flow.snat_port) =
-            claim_snat_port(key, hash, &flow, &backend, service, syn, cfg).inspect_err(|e| {
-                if *e == Counter::SnatPortsExhausted {
+            claim_snat_port(key, hash, (backend_id, &backend), service, syn, cfg, now, claim).inspect_err(|e| {
+                if *e == Counter::SnatPortsExhausted && matches!(claim, Claim::FreeOrEnded) {
                     account_exhausted(backend_id);
                 }
             })?;
@@ -557,24 +574,66 @@ fn unpinned<A: FamilyMaps>(
     Err(Counter::UnpinnedPortTaken)
 }
 
+/// The SNAT pair a connection request `key` to `service` claims at `now`
+/// (free, or taken over from a flow that has ended, for the backend its
+/// table picks), for a new flow that opens on it later ([`Claim::Claimed`],
+/// created at `now`): for a program without the stack for both.
+#[inline(always)]
+pub fn claim_pair<A: FamilyMaps>(
+    key: &FlowKeyOf<A>,
+    syn: &Syn,
+    service: &Service,
+    cfg: &DataplaneConfig,
+    now: u64,
+) -> Result<(A, u16), Counter> {
+    let hash = flow_hash(key);
+    let (backend_id, backend) = pick_backend(service, key, hash)?;
+    claim_snat_port(
+        key,
+        hash,
+        (backend_id, &backend),
+        service,
+        syn,
+        cfg,
+        now,
+        Claim::FreeOrEnded,
+    )
+    .inspect_err(|e| {
+        if *e == Counter::SnatPortsExhausted {
+            account_exhausted(backend_id);
+        }
+    })
+}
+
 /// Claims the first free SNAT (address, port), both wire order, for this
-/// backend, or the first whose flow has ended so that `syn` may reuse it.
-/// NOEXIST makes the claim of a free pair atomic, and a compare-and-swap the
-/// takeover of a used one, so two CPUs never hand out the same pair. `flow`
-/// is the new flow (its backend id and generation, and its `created_ns`,
-/// which becomes the claim).
+/// backend (id and entry), or (if `claim` allows) the first whose flow has
+/// ended so that `syn` may reuse it. NOEXIST makes the claim of a free pair
+/// atomic, and a compare-and-swap the takeover of a used one, so two CPUs
+/// never hand out the same pair. `now` is the new flow's `created_ns`,
+/// which becomes the claim.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "inlined: the BPF call's five registers do not apply"
+)]
 #[inline(always)]
 fn claim_snat_port<A: FamilyMaps>(
     key: &FlowKeyOf<A>,
     hash: u32,
-    flow: &FlowOf<A>,
-    backend: &BackendOf<A>,
+    (backend_id, backend): (u32, &BackendOf<A>),
     service: &Service,
     syn: &Syn,
     cfg: &DataplaneConfig,
+    now: u64,
+    claim: Claim<A>,
 ) -> Result<(A, u16), Counter> {
-    let packed = port_takeover::backend_of(flow.backend_id, flow.backend_gen);
-    let now = flow.created_ns;
+    if let Claim::Claimed(addr, port) = claim {
+        return match reverse_owner(&NatKeyOf::new(backend, addr, port)) {
+            Some(owner) if owner == *key => Ok((addr, port)),
+            // Another backend's pair (the table changed since), or lost.
+            _ => Err(forwarding::no_source(service)),
+        };
+    }
+    let packed = port_takeover::backend_of(backend_id, backend.generation);
     for attempt in 0..SNAT_PORT_ATTEMPTS {
         let Some((addr, port)) = forwarding::source(service, key, cfg, hash, attempt) else {
             break;
@@ -583,7 +642,7 @@ fn claim_snat_port<A: FamilyMaps>(
         if A::reverse_nat()
             .insert(nat, NatOwnerOf::new(*key, now), BPF_NOEXIST as u64)
             .is_ok()
-            || (A::TAKES_OVER_PORTS && port_takeover::take_over(&nat, key, syn, packed, now))
+            || (matches!(claim, Claim::FreeOrEnded) && port_takeover::take_over(&nat, key, syn, packed, now))
         {
             return Ok((addr, port));
         }

@@ -6,7 +6,7 @@
 
 use std::{
     collections::HashSet,
-    net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, TcpListener, TcpStream},
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, TcpStream},
     path::Path,
     thread,
     time::{Duration, Instant},
@@ -22,7 +22,11 @@ use bg_lb_common::maps::{
     self, Backend, Backend6, DataplaneConfig, IPPROTO_TCP, Ipv6Wire, NO_BACKEND, Service, ServiceKey, ServiceKey6,
     wire_ip6,
 };
-use bg_lb_tests::{daemon::Daemon, topology::OneArm};
+use bg_lb_tests::{
+    daemon::Daemon,
+    servers::{NameClient, NameServer},
+    topology::OneArm,
+};
 
 const BG_LB: &str = env!("CARGO_BIN_EXE_bg-lb-under-test");
 const LUT_SIZE: u32 = 7;
@@ -41,21 +45,26 @@ fn backend4(i: u8) -> SocketAddrV4 {
 }
 
 /// The one-arm topology with two backend hosts, each given an IPv6 address
-/// on its segment (the LB's is its IPv6 SNAT address) and a listener on
-/// both of its addresses (the kernel completes the health checks'
-/// handshakes from the backlog); and the daemon with one dual-stack
+/// on its segment (the LB's is its IPv6 SNAT address) and a name server
+/// (b0, b1) on both of its addresses; and the daemon with one dual-stack
 /// service: b0 blue, b1 green, in both families.
 /// Fields drop in order: the daemon, then the switch port's XDP program,
-/// the listeners, then the namespaces.
+/// the servers, then the namespaces.
 struct Lab {
     daemon: Daemon,
     _peer_xdp: aya::Ebpf,
-    _listeners: Vec<TcpListener>,
+    _servers: Vec<NameServer>,
     topo: OneArm,
 }
 
 impl Lab {
     fn start() -> Self {
+        Self::start_with("", "")
+    }
+
+    /// [`Lab::start`] with `settings` (top-level lines) and `tables` (after
+    /// the service) in the daemon's config.
+    fn start_with(settings: &str, tables: &str) -> Self {
         let topo = OneArm::new(2);
         topo.lb.ns.ip(&format!("addr add {SNAT6}/64 dev eth0 nodad"));
         // As the IPv4 VIP: the LB's kernel answers neighbour solicitations for it.
@@ -64,19 +73,17 @@ impl Lab {
         let peer_xdp = topo.pass_lb_frames_to_switch();
         // No IPv6 forwarding set here: the daemon turns it on for its
         // interface, as `bpf_fib_lookup` needs.
-        let mut listeners = Vec::new();
+        let mut servers = Vec::new();
         for (i, host) in topo.backends.iter().enumerate() {
             let v6 = backend6(i as u16);
             host.ns.ip(&format!("addr add {}/64 dev eth0 nodad", v6.ip()));
-            let v4 = backend4(i as u8);
-            for addr in [SocketAddr::V6(v6), SocketAddr::V4(v4)] {
-                let listener = host.ns.run(move || TcpListener::bind(addr));
-                listeners.push(listener.unwrap_or_else(|e| panic!("listen on {addr}: {e}")));
+            for addr in [SocketAddr::V6(v6), SocketAddr::V4(backend4(i as u8))] {
+                servers.push(NameServer::start(&host.ns, addr, format!("b{i}")));
             }
         }
         let daemon = Daemon::start(BG_LB, &topo.lb.ns, |paths| {
             let mut text = format!(
-                "interface = \"eth0\"\nxdp_mode = \"native\"\nsnat_addresses = [\"10.99.0.1\", \"{SNAT6}\"]\n{paths}\n\
+                "interface = \"eth0\"\nxdp_mode = \"native\"\nsnat_addresses = [\"10.99.0.1\", \"{SNAT6}\"]\n{settings}{paths}\n\
                  [[service]]\nname = \"web\"\nvip = [\"{VIP4}\", \"[{}]:{}\"]\nlookup_table_size = {LUT_SIZE}\n\
                  [service.health]\ninterval = \"200ms\"\nfast_interval = \"100ms\"\ntimeout = \"100ms\"\n",
                 VIP6.ip(),
@@ -90,12 +97,12 @@ impl Lab {
                     text += &format!("[[service.backend]]\npool = \"{pool}\"\naddress = \"{addr}\"\n");
                 }
             }
-            text
+            text + tables
         });
         Lab {
             daemon,
             _peer_xdp: peer_xdp,
-            _listeners: listeners,
+            _servers: servers,
             topo,
         }
     }
@@ -331,4 +338,70 @@ fn an_ipv6_connection_is_listed_and_counted_as_an_open_ipv6_flow() {
         thread::sleep(Duration::from_millis(100));
     }
     drop(stream);
+}
+
+/// A connection to the IPv6 VIP that asks its backend's name and closes.
+fn ask_over_ipv6(lab: &Lab) -> std::io::Result<String> {
+    lab.topo
+        .client
+        .ns
+        .run(|| NameClient::connect(SocketAddr::V6(VIP6)).and_then(|mut c| c.ask()))
+}
+
+/// SNAT port takeover on IPv6: with 4 SNAT ports and connections kept
+/// `closing` for 60 s, sequential IPv6 connections (the client closing
+/// first) go on succeeding far beyond the 4 a minute that free pairs
+/// allow, each taking over an ended connection's pair.
+#[test]
+fn sequential_ipv6_connections_outnumber_the_snat_ports_by_taking_over_ended_ones() {
+    let lab = Lab::start_with("snat_ports = \"20000-20003\"\n", "[timeouts]\nclosing = \"60s\"\n");
+    lab.await_all_up();
+    for i in 0..20 {
+        if let Err(e) = ask_over_ipv6(&lab) {
+            panic!(
+                "connection {i}: {e}; data-plane counters: {:?}",
+                Pins::of(&lab.daemon).counters()
+            );
+        }
+        // Paced, so that a pair comes round again after the data plane's
+        // settling time (`port_reuse::SETTLE_NS`), not for the assertion.
+        thread::sleep(Duration::from_millis(100));
+    }
+    let counters = Pins::of(&lab.daemon).counters();
+    assert!(
+        !counters.iter().any(|&(name, _)| name == "snat_ports_exhausted"),
+        "no connection refused: {counters:?}"
+    );
+}
+
+/// `ctl drain --deadline` on a dual-stack service: an idle IPv6
+/// connection left open past the deadline is reset at both ends by the
+/// data plane, as IPv4 ones are, and `wait-drained` says so.
+#[test]
+fn a_drain_deadline_resets_a_leftover_ipv6_connection() {
+    let lab = Lab::start();
+    lab.await_all_up();
+    let mut idle = lab
+        .topo
+        .client
+        .ns
+        .run(|| NameClient::connect(SocketAddr::V6(VIP6)))
+        .expect("connect to the IPv6 VIP");
+    let name = idle.ask().expect("the connection works");
+    let pool = if name == "b0" { "blue" } else { "green" };
+    let out = lab.daemon.ctl_ok(&["drain", "web", pool, "--deadline", "2s"]);
+    assert!(out.contains("will be reset"), "{out}");
+    let out = lab.daemon.ctl_ok(&["wait-drained", "web", pool, "--timeout", "60s"]);
+    assert!(
+        out.contains("1 connection(s) reset at the drain deadline"),
+        "{out}\n{}",
+        lab.daemon.log()
+    );
+    let client_saw = idle.next_line().expect_err("the client's connection was reset");
+    assert_eq!(client_saw.kind(), std::io::ErrorKind::ConnectionReset, "{client_saw}");
+    let counters = Pins::of(&lab.daemon).counters();
+    assert!(
+        counters.contains(&("deadline_reset", 1)),
+        "one connection reset (two RSTs) counts once: {counters:?}"
+    );
 }

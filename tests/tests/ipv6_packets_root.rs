@@ -169,7 +169,7 @@ fn an_ipv6_flow_ends_after_both_fins_and_a_new_syn_on_its_tuple_opens_a_new_flow
         let ended = v6.flow(client, IPPROTO_TCP).expect("an ended flow lingers").state;
         assert!(bg_lb_common::flow_state::has_ended(ended) && !bg_lb_common::flow_state::has_ended(established));
         // The same 5-tuple's next SYN is a new connection, on a free pair
-        // (IPv6 does not take an ended flow's pair over).
+        // (IPv6 takes an ended flow's pair over only when none is free).
         let again = syn(&lab, client);
         assert!(again.flags_syn && !again.flags_ack);
         let (_, new_snat) = v6.pinned(client, IPPROTO_TCP).expect("pinned again");

@@ -10,7 +10,7 @@ use aya_ebpf::programs::XdpContext;
 use bg_lb_common::{
     checksum::{finish, replace16, replace32, sum_words},
     flow_state::{Segment, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
-    maps::{IPPROTO_TCP, IPPROTO_UDP, Ipv6Wire},
+    maps::{FlowKey6, IPPROTO_TCP, IPPROTO_UDP, Ipv6Wire},
 };
 use network_types::{eth::EthHdr, ip::Ipv6Hdr, tcp::TcpHdr, udp::UdpHdr};
 
@@ -57,6 +57,15 @@ fn bytes(addr: Ipv6Wire) -> [u8; 16] {
         i += 1;
     }
     out
+}
+
+/// `addr` (as on the wire) into `out`, as [`wire`] reads it, through
+/// memory.
+#[inline(always)]
+fn copy_addr(addr: &[u8; 16], out: &mut Ipv6Wire) {
+    // SAFETY: 16 bytes each, not overlapping (one is in the frame, the
+    // other is not).
+    unsafe { core::ptr::copy_nonoverlapping(addr.as_ptr(), out.as_mut_ptr().cast::<u8>(), 16) };
 }
 
 /// The checksum `check` with `old` replaced by `new` in what it covers (an
@@ -228,6 +237,19 @@ impl Tcp6Packet<'_> {
         (option >> 32 != 0).then_some(option as u32)
     }
 
+    /// The flow key of this segment from a client (client = source, VIP =
+    /// destination), written into `key` a byte at a time: built in
+    /// registers (as [`Ipv6Frame::src_addr`] reads), its 32 address bytes
+    /// are held apart and may spill an 8-byte stack slot each.
+    #[inline(always)]
+    pub fn write_client_key(&self, key: &mut FlowKey6) {
+        copy_addr(&self.frame.ip.src_addr, &mut key.client_addr);
+        copy_addr(&self.frame.ip.dst_addr, &mut key.vip_addr);
+        key.client_port = self.src_port();
+        key.vip_port = self.dst_port();
+        key.proto = IPPROTO_TCP;
+    }
+
     /// Rewrites both endpoints (wire order), with the TCP checksum: the
     /// addresses are in it through the pseudo-header, the ports directly.
     #[inline(always)]
@@ -264,32 +286,68 @@ impl Tcp6Packet<'_> {
         } else {
             (0, seg.seq.wrapping_add(consumed), TCP_RST | TCP_ACK)
         };
-        let Tcp6Packet { frame, tcp, .. } = self;
+        let Tcp6Packet { mut frame, tcp, .. } = self;
         let (src, dst) = (frame.dst_addr(), frame.src_addr());
         core::mem::swap(&mut frame.eth.src_addr, &mut frame.eth.dst_addr);
-        frame.ip.payload_len = (TCP_LEN as u16).to_be_bytes();
-        frame.ip.hop_limit = 64;
-        frame.ip.src_addr = frame.ip.dst_addr;
-        frame.ip.dst_addr = bytes(dst);
-        let (src_port, dst_port) = (tcp.dest, tcp.source);
-        // SAFETY: TcpHdr is the 20-byte header as on the wire (alignment 1).
-        let header = unsafe { &mut *(tcp as *mut TcpHdr).cast::<[u8; TCP_LEN]>() };
-        *header = [0; TCP_LEN];
-        header[0..2].copy_from_slice(&src_port);
-        header[2..4].copy_from_slice(&dst_port);
-        header[4..8].copy_from_slice(&seq.to_be_bytes());
-        header[8..12].copy_from_slice(&ack.to_be_bytes());
-        header[12] = (TCP_LEN as u8 / 4) << 4;
-        header[TCP_FLAGS_OFFSET] = flags;
-        let mut pseudo = [0u8; 40];
-        pseudo[0..16].copy_from_slice(&bytes(src));
-        pseudo[16..32].copy_from_slice(&bytes(dst));
-        pseudo[35] = TCP_LEN as u8;
-        pseudo[39] = IPPROTO_TCP;
-        let check = finish(sum_words(&pseudo) + sum_words(header));
-        header[16..18].copy_from_slice(&check.to_ne_bytes());
+        let (src_port, dst_port) = (u16::from_ne_bytes(tcp.dest), u16::from_ne_bytes(tcp.source));
+        write_bare(&mut frame, tcp, (src, src_port), (dst, dst_port), (seq, ack, flags));
         resize(ctx, (L4_OFFSET6 + TCP_LEN) as i32)
     }
+}
+
+impl<'a> Tcp6Packet<'a> {
+    /// Rewrites a bare segment (no options, no payload) in place as the
+    /// RST with ACK from `src` to `dst` (wire order) numbered `seq` and
+    /// `ack`, as [`Tcp6Packet::become_rst`] writes one; the frame to route
+    /// (its MACs are the route's). `None` for a segment that is not bare.
+    #[inline(always)]
+    pub fn become_reset(
+        self,
+        src: (Ipv6Wire, u16),
+        dst: (Ipv6Wire, u16),
+        numbers: (u32, u32),
+    ) -> Option<Ipv6Frame<'a>> {
+        if self.tcp_len as usize != TCP_LEN || self.tcp.doff() as usize * 4 != TCP_LEN {
+            return None;
+        }
+        let Tcp6Packet { mut frame, tcp, .. } = self;
+        write_bare(&mut frame, tcp, src, dst, (numbers.0, numbers.1, TCP_RST | TCP_ACK));
+        Some(frame)
+    }
+}
+
+/// Writes a bare TCP header (window 0, no options) from `src` to `dst` (wire
+/// order) with `(seq, ack, flags)` over the one in the frame, with its
+/// checksum computed in full, and the IPv6 header to match (payload the TCP
+/// header only, hop limit 64).
+#[inline(always)]
+fn write_bare(
+    frame: &mut Ipv6Frame<'_>,
+    tcp: &mut TcpHdr,
+    (src, src_port): (Ipv6Wire, u16),
+    (dst, dst_port): (Ipv6Wire, u16),
+    (seq, ack, flags): (u32, u32, u8),
+) {
+    frame.ip.payload_len = (TCP_LEN as u16).to_be_bytes();
+    frame.ip.hop_limit = 64;
+    frame.ip.src_addr = bytes(src);
+    frame.ip.dst_addr = bytes(dst);
+    // SAFETY: TcpHdr is the 20-byte header as on the wire (alignment 1).
+    let header = unsafe { &mut *(tcp as *mut TcpHdr).cast::<[u8; TCP_LEN]>() };
+    *header = [0; TCP_LEN];
+    header[0..2].copy_from_slice(&src_port.to_ne_bytes());
+    header[2..4].copy_from_slice(&dst_port.to_ne_bytes());
+    header[4..8].copy_from_slice(&seq.to_be_bytes());
+    header[8..12].copy_from_slice(&ack.to_be_bytes());
+    header[12] = (TCP_LEN as u8 / 4) << 4;
+    header[TCP_FLAGS_OFFSET] = flags;
+    let mut pseudo = [0u8; 40];
+    pseudo[0..16].copy_from_slice(&bytes(src));
+    pseudo[16..32].copy_from_slice(&bytes(dst));
+    pseudo[35] = TCP_LEN as u8;
+    pseudo[39] = IPPROTO_TCP;
+    let check = finish(sum_words(&pseudo) + sum_words(header));
+    header[16..18].copy_from_slice(&check.to_ne_bytes());
 }
 
 /// An IPv6 UDP datagram right after the fixed header, all inside the frame.

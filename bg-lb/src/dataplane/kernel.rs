@@ -16,7 +16,7 @@ use aya::{
 };
 use bg_lb_common::{
     counters::{COUNTER_COUNT, Counter},
-    maps::{self, DataplaneConfig, Flow, FlowKey, NatKey, NatOwner, SynFlood, TrafficStats},
+    maps::{self, DataplaneConfig, FlowKey, FlowKeyOf, FlowOf, NatKey, NatOwner, SynFlood, TrafficStats},
 };
 
 mod programs;
@@ -32,6 +32,9 @@ use super::{
     wire::Wire,
 };
 use crate::ebpf_objects;
+
+/// A flow table entry of family `A`: its key and flow.
+pub(super) type FlowEntry<A> = (FlowKeyOf<A>, FlowOf<A>);
 
 pub(super) struct Kernel {
     ebpf: Ebpf,
@@ -260,15 +263,16 @@ impl Kernel {
         self.array_set(maps::SYN_FLOOD, id, &SynFlood::default())
     }
 
-    pub(super) fn flows(&self) -> Result<Vec<(FlowKey, Flow)>, DataplaneError> {
-        let flows: HashMap<_, FlowKey, Flow> = self.map(maps::FLOWS)?;
-        collect(flows.iter(), maps::FLOWS)
+    /// Every entry of the family's flow table.
+    pub(super) fn flows<A: Wire>(&self) -> Result<Vec<FlowEntry<A>>, DataplaneError> {
+        let flows: HashMap<_, FlowKeyOf<A>, FlowOf<A>> = self.map(A::FLOWS)?;
+        collect(flows.iter(), A::FLOWS)
     }
 
-    /// The flow table's entry for `key`, if any.
-    pub(super) fn flow(&self, key: &FlowKey) -> Result<Option<Flow>, DataplaneError> {
-        let flows: HashMap<_, FlowKey, Flow> = self.map(maps::FLOWS)?;
-        found(flows.get(key, 0), maps::FLOWS)
+    /// The family's flow table's entry for `key`, if any.
+    pub(super) fn flow<A: Wire>(&self, key: &FlowKeyOf<A>) -> Result<Option<FlowOf<A>>, DataplaneError> {
+        let flows: HashMap<_, FlowKeyOf<A>, FlowOf<A>> = self.map(A::FLOWS)?;
+        found(flows.get(key, 0), A::FLOWS)
     }
 
     /// Every reverse-NAT entry: (backend, SNAT port) -> the flow owning it.

@@ -45,7 +45,7 @@ use aya::{
 use bg_lb_common::{
     counters::Counter,
     flow_state::{self, FlowPhase},
-    maps::{self, DataplaneConfig, Flow, FlowKey, NatKey, TrafficStats},
+    maps::{self, BackendOf, DataplaneConfig, Flow, FlowKey, Ipv6Wire, NatKey, TrafficStats},
 };
 use housekeeping::FlowCensus;
 pub use housekeeping::FlowTimeouts;
@@ -54,6 +54,7 @@ pub use kernel::raw::RawMap;
 use listener::ListenerKey;
 use services::{ServiceSpec, Services, ServicesError};
 use sweep::{FlowQuery, SweepMaps, SweepReport};
+use wire::Wire;
 
 use crate::ratio::Pool;
 
@@ -394,20 +395,21 @@ impl Dataplane {
         Ok(syn_proxy::is_active(&service, &flood, housekeeping::monotonic_now_ns()))
     }
 
-    /// Resets, at both ends, every open TCP flow of the services on `keys`
-    /// pinned to a backend of `pool` ([`flow_reset`]), running the
-    /// program's triggers as if they arrived on `ifindex`; the connections
-    /// it ended. Reads the whole flow table: a drain deadline's one-off.
-    /// IPv4 flows only: the reset program's triggers are IPv4 frames, so an
-    /// IPv6 listener's flows are left to end by themselves (said in the log).
+    /// Resets, at both ends, every open TCP flow (of either family) of the
+    /// services on `keys` pinned to a backend of `pool` ([`flow_reset`]),
+    /// running the family's program on its triggers as if they arrived on
+    /// `ifindex`; the connections it ended. Reads the whole flow tables: a
+    /// drain deadline's one-off.
     pub fn reset_flows(&self, keys: &[ListenerKey], pool: Pool, ifindex: u32) -> Result<u64, DataplaneError> {
-        if let Some(key) = keys.iter().find(|key| key.vip.is_ipv6()) {
-            tracing::warn!(listener = %key, %pool, "drain deadline: IPv6 flows are not reset (IPv4 only for now); they end by themselves");
-        }
         let ids: HashSet<u32> = keys.iter().filter_map(|key| self.services.service_id(key)).collect();
-        let backends: HashMap<u32, maps::Backend> = self.kernel.family_backends::<u32>()?.into_iter().collect();
+        Ok(self.reset_family_flows::<u32>(&ids, pool, ifindex)?
+            + self.reset_family_flows::<Ipv6Wire>(&ids, pool, ifindex)?)
+    }
+
+    fn reset_family_flows<A: Wire>(&self, ids: &HashSet<u32>, pool: Pool, ifindex: u32) -> Result<u64, DataplaneError> {
+        let backends: HashMap<u32, BackendOf<A>> = self.kernel.family_backends::<A>()?.into_iter().collect();
         let mut reset = 0;
-        for (key, flow) in self.kernel.flows()? {
+        for (key, flow) in self.kernel.flows::<A>()? {
             let Some(backend) = backends
                 .get(&flow.backend_id)
                 .filter(|b| b.generation == flow.backend_gen && Pool::from_wire(b.pool) == pool)
@@ -418,7 +420,7 @@ impl Dataplane {
                 continue;
             }
             for trigger in flow_reset::triggers(&key, &flow, backend) {
-                self.kernel.run_flow_reset(&trigger, ifindex)?;
+                self.kernel.run_flow_reset::<A>(&trigger, ifindex)?;
             }
             // The program's verdicts are not reported in live mode: the
             // flow's own state says whether it was reset.

@@ -2,7 +2,8 @@
 //! family's wire address (`u32` for IPv4, `Ipv6Wire` for IPv6) with the
 //! names of its maps and the conversions to and from `std::net`, so the
 //! code that reads and writes SERVICES, BACKENDS, FLOWS, REVERSE_NAT and
-//! VIP_ADDRESSES (or their `6` twins) is written once, generic over it.
+//! VIP_ADDRESSES (or their `6` twins), and runs the family's flow-reset
+//! program, is written once, generic over it.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
@@ -16,6 +17,8 @@ pub trait Wire: WireAddr + Pod {
     const FLOWS: &'static str;
     const REVERSE_NAT: &'static str;
     const VIP_ADDRESSES: &'static str;
+    /// The drain deadline's reset program for the family's flows.
+    const FLOW_RESET: &'static str;
 
     fn to_ip(self) -> IpAddr;
 
@@ -34,6 +37,7 @@ impl Wire for u32 {
     const FLOWS: &'static str = maps::FLOWS;
     const REVERSE_NAT: &'static str = maps::REVERSE_NAT;
     const VIP_ADDRESSES: &'static str = maps::VIP_ADDRESSES;
+    const FLOW_RESET: &'static str = maps::FLOW_RESET_PROGRAM;
 
     fn to_ip(self) -> IpAddr {
         Ipv4Addr::from(self.to_ne_bytes()).into()
@@ -53,6 +57,7 @@ impl Wire for Ipv6Wire {
     const FLOWS: &'static str = maps::FLOWS6;
     const REVERSE_NAT: &'static str = maps::REVERSE_NAT6;
     const VIP_ADDRESSES: &'static str = maps::VIP_ADDRESSES6;
+    const FLOW_RESET: &'static str = maps::FLOW_RESET6_PROGRAM;
 
     fn to_ip(self) -> IpAddr {
         ip6(self).into()

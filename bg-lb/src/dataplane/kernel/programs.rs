@@ -1,6 +1,6 @@
 //! The object's programs besides `bg_lb`: the SYN proxy's jobs, which
-//! `bg_lb` tail-calls, and the flow-reset program (bg-lb-ebpf's
-//! `flow_reset`), run on trigger frames through `BPF_PROG_RUN` with
+//! `bg_lb` tail-calls, and the flow-reset programs (bg-lb-ebpf's
+//! `flow_reset`, one per family), run on trigger frames through `BPF_PROG_RUN` with
 //! `BPF_F_TEST_XDP_LIVE_FRAMES`, which carries the program's verdict out as
 //! if the frame had arrived on the interface: the RST it wrote leaves by
 //! XDP_TX or redirect, as the data plane's own packets do.
@@ -10,12 +10,12 @@ use aya::{
     programs::{TestRun as _, TestRunAttrs, TestRunOptions, Xdp},
 };
 use bg_lb_common::{
-    maps::{self, FLOW_RESET_PROGRAM},
+    maps::{self, FLOW_RESET_PROGRAM, FLOW_RESET6_PROGRAM},
     syn_proxy::JOB_PROGRAMS,
 };
 
 use super::{Kernel, load_verified, map_err};
-use crate::dataplane::DataplaneError;
+use crate::dataplane::{DataplaneError, wire::Wire};
 
 impl Kernel {
     /// Loads the SYN proxy's job programs and puts each in SYN_PROXY_JOBS at
@@ -24,12 +24,7 @@ impl Kernel {
     pub(super) fn load_syn_proxy_jobs(&mut self) -> Result<(), DataplaneError> {
         let mut fds = Vec::with_capacity(JOB_PROGRAMS.len());
         for name in JOB_PROGRAMS {
-            let prog: &mut Xdp = self
-                .ebpf
-                .program_mut(name)
-                .ok_or(DataplaneError::MissingProgram(name))?
-                .try_into()
-                .map_err(|cause| DataplaneError::Program { name, cause })?;
+            let prog = self.program_mut(name)?;
             load_verified(prog).map_err(|cause| DataplaneError::Program { name, cause })?;
             let fd = prog.fd().map_err(|cause| DataplaneError::Program { name, cause })?;
             fds.push(fd.try_clone().map_err(DataplaneError::ProgramFd)?);
@@ -41,16 +36,27 @@ impl Kernel {
         Ok(())
     }
 
+    /// Loads both families' flow-reset programs.
     pub(super) fn load_flow_reset(&mut self) -> Result<(), DataplaneError> {
-        load_verified(self.flow_reset_mut()?).map_err(program_error)
+        for name in [FLOW_RESET_PROGRAM, FLOW_RESET6_PROGRAM] {
+            load_verified(self.program_mut(name)?).map_err(|cause| DataplaneError::Program { name, cause })?;
+        }
+        Ok(())
     }
 
-    /// Runs the flow-reset program on `frame` as if it arrived on `ifindex`.
-    pub(in crate::dataplane) fn run_flow_reset(&self, frame: &[u8], ifindex: u32) -> Result<(), DataplaneError> {
+    /// Runs family `A`'s flow-reset program on `frame` as if it arrived on
+    /// `ifindex`.
+    pub(in crate::dataplane) fn run_flow_reset<A: Wire>(
+        &self,
+        frame: &[u8],
+        ifindex: u32,
+    ) -> Result<(), DataplaneError> {
+        let name = A::FLOW_RESET;
+        let program_error = |cause| DataplaneError::Program { name, cause };
         let prog: &Xdp = self
             .ebpf
-            .program(FLOW_RESET_PROGRAM)
-            .ok_or(DataplaneError::MissingProgram(FLOW_RESET_PROGRAM))?
+            .program(name)
+            .ok_or(DataplaneError::MissingProgram(name))?
             .try_into()
             .map_err(program_error)?;
         // struct xdp_md: data, data_end, data_meta, ingress_ifindex,
@@ -69,18 +75,11 @@ impl Kernel {
         .map_err(program_error)
     }
 
-    fn flow_reset_mut(&mut self) -> Result<&mut Xdp, DataplaneError> {
+    fn program_mut(&mut self, name: &'static str) -> Result<&mut Xdp, DataplaneError> {
         self.ebpf
-            .program_mut(FLOW_RESET_PROGRAM)
-            .ok_or(DataplaneError::MissingProgram(FLOW_RESET_PROGRAM))?
+            .program_mut(name)
+            .ok_or(DataplaneError::MissingProgram(name))?
             .try_into()
-            .map_err(program_error)
-    }
-}
-
-fn program_error(cause: aya::programs::ProgramError) -> DataplaneError {
-    DataplaneError::Program {
-        name: FLOW_RESET_PROGRAM,
-        cause,
+            .map_err(|cause| DataplaneError::Program { name, cause })
     }
 }
