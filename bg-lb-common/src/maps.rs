@@ -201,9 +201,14 @@ pub const REVERSE_NAT6: &str = "REVERSE_NAT6";
 /// `HashMap<Ipv6Wire, u32>`: every IPv6 VIP address -> 1, as
 /// [`VIP_ADDRESSES`].
 pub const VIP_ADDRESSES6: &str = "VIP_ADDRESSES6";
+/// `PerCpuArray<Ipv6Wire>` with one entry: the on-link backend an IPv6
+/// `dsr` packet goes to, from the program that chose it to the one that
+/// sends it ([`crate::syn_proxy::Job::Dsr6`]): a second route lookup does
+/// not fit the choosing programs' stacks.
+pub const DSR6_BACKEND: &str = "DSR6_BACKEND";
 
 /// Every map of the load balancer object, for pinning and teardown.
-pub const ALL_MAPS: [&str; 23] = [
+pub const ALL_MAPS: [&str; 24] = [
     SERVICES,
     BACKENDS,
     LOOKUP_TABLES,
@@ -227,6 +232,7 @@ pub const ALL_MAPS: [&str; 23] = [
     FLOWS6,
     REVERSE_NAT6,
     VIP_ADDRESSES6,
+    DSR6_BACKEND,
 ];
 
 /// Name of the load balancer's XDP program in the object.

@@ -83,10 +83,18 @@ pub enum Job {
     Rst6,
     /// An ICMPv6 message: an error about a pinned flow is translated.
     Icmp6,
+    /// An IPv6 UDP datagram to a service, of no usable flow: open one (the
+    /// generic flow logic's modes do not fit the datagram program's stack
+    /// besides its pinned path).
+    Udp6Open,
+    /// An IPv6 `dsr` packet, to the on-link backend in `DSR6_BACKEND`: sent
+    /// on by MAC (a route lookup of its own, off the choosing program's
+    /// stack).
+    Dsr6,
 }
 
 /// Each job's program name, by job index.
-pub const JOB_PROGRAMS: [&str; 15] = [
+pub const JOB_PROGRAMS: [&str; 17] = [
     "bg_lb_syn_ack",
     "bg_lb_open_backend",
     "bg_lb_resend_syn",
@@ -102,6 +110,8 @@ pub const JOB_PROGRAMS: [&str; 15] = [
     "bg_lb_udp6_reply",
     "bg_lb_rst6",
     "bg_lb_icmp6",
+    "bg_lb_udp6_open",
+    "bg_lb_dsr6",
 ];
 
 /// The flood detector's window.
@@ -277,6 +287,8 @@ mod tests {
             Job::Udp6Reply,
             Job::Rst6,
             Job::Icmp6,
+            Job::Udp6Open,
+            Job::Dsr6,
         ];
         assert_eq!(jobs.len(), JOB_PROGRAMS.len());
         for (i, job) in jobs.into_iter().enumerate() {

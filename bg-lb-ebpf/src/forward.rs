@@ -23,7 +23,7 @@ use aya_ebpf::{
     helpers::bpf_fib_lookup,
     programs::XdpContext,
 };
-use bg_lb_common::counters::Counter;
+use bg_lb_common::{counters::Counter, maps::Ipv6Wire};
 
 use crate::{
     icmp,
@@ -155,6 +155,15 @@ pub fn forward_to<'a, P: L4Packet<'a>>(ctx: &XdpContext, pkt: &mut P, dst_addr: 
 /// Sends an IPv6 packet, its addresses rewritten, towards its destination.
 #[inline(always)]
 pub fn forward6(ctx: &XdpContext, frame: &mut Ipv6Frame<'_>) -> u32 {
+    let dst_addr = frame.dst_addr();
+    forward6_to(ctx, frame, &dst_addr, false)
+}
+
+/// Sends an IPv6 packet towards `dst_addr`, which need not be its
+/// destination, as [`forward_to`] does: with `on_link` (a `dsr` packet,
+/// which keeps the VIP), a route through a gateway is refused.
+#[inline(always)]
+pub fn forward6_to(ctx: &XdpContext, frame: &mut Ipv6Frame<'_>, dst_addr: &Ipv6Wire, on_link: bool) -> u32 {
     // SAFETY: as in `route`: all zeroes is a valid parameter block.
     let mut fib: FibParams = unsafe { zeroed() };
     fib.family = AF_INET6;
@@ -163,8 +172,13 @@ pub fn forward6(ctx: &XdpContext, frame: &mut Ipv6Frame<'_>) -> u32 {
     fib.ifindex = ctx.ingress_ifindex() as u32;
     fib.__bindgen_anon_2.flowinfo = frame.flowinfo();
     fib.__bindgen_anon_3.ipv6_src = frame.src_addr();
-    fib.__bindgen_anon_4.ipv6_dst = frame.dst_addr();
+    fib.__bindgen_anon_4.ipv6_dst = *dst_addr;
     match lookup(ctx, &mut fib) {
+        // SAFETY: an IPv6 lookup; the kernel wrote the gateway over the
+        // destination when the route has one.
+        Route::Next { .. } if on_link && unsafe { fib.__bindgen_anon_4.ipv6_dst } != *dst_addr => {
+            dropped(Counter::DsrNotOnLink)
+        }
         Route::Next {
             ifindex, smac, dmac, ..
         } => {

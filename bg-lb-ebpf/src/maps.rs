@@ -99,6 +99,9 @@ pub static REVERSE_NAT6: HashMap<NatKey6, NatOwner6> = HashMap::with_max_entries
 #[map]
 pub static VIP_ADDRESSES6: HashMap<Ipv6Wire, u32> = HashMap::with_max_entries(MAX_SERVICES, 0);
 
+#[map]
+pub static DSR6_BACKEND: PerCpuArray<Ipv6Wire> = PerCpuArray::with_max_entries(1, 0);
+
 // Written and read by userspace only (see bg_lb_common::maps::LAYOUT).
 #[map]
 pub static LAYOUT: Array<u64> = Array::with_max_entries(1, 0);
