@@ -68,16 +68,18 @@ pub enum Job {
     /// the TCP program translates one about a TCP flow, off its stack.
     IcmpUdp,
     /// Not the proxy's: an IPv6 frame, for the IPv6 path (TCP and UDP
-    /// services' full NAT): its established TCP path, and the dispatch to
+    /// services, in each forwarding mode): its established TCP path, and the dispatch to
     /// the IPv6 jobs below, each a program of its own for the same reason.
     Ipv6,
     /// An IPv6 TCP segment of no usable flow: open one.
     Tcp6Open,
-    /// An IPv6 TCP segment to the SNAT range: a backend's reply.
+    /// An IPv6 TCP segment to the SNAT range (or, `gateway`, to a client):
+    /// a backend's reply.
     Tcp6Reply,
     /// An IPv6 UDP datagram.
     Udp6,
-    /// An IPv6 UDP datagram to the SNAT range: a backend's reply.
+    /// An IPv6 UDP datagram to the SNAT range, or to no service where a
+    /// `gateway` service ever was: a backend's reply, or the kernel's.
     Udp6Reply,
     /// Refuse the IPv6 TCP segment in the frame with a RST.
     Rst6,

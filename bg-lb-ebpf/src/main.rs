@@ -10,7 +10,7 @@
 //! kernel untouched.
 //! A flooded service's SYNs get SYN cookies ([`synproxy`], whose jobs are XDP
 //! programs of their own, reached by tail call). IPv6 frames go to a
-//! program of their own too ([`ipv6`]: full NAT for IPv6 services).
+//! program of their own too ([`ipv6`]: IPv6 services, in each mode).
 #![no_std]
 #![no_main]
 // The SYN proxy's shared counters need the BPF atomic add (see synproxy).
