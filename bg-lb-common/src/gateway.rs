@@ -13,7 +13,7 @@
 
 use crate::{
     flow_state::{Segment, TCP_SYN, has_ended},
-    maps::Flow,
+    maps::{FlowOf, WireAddr},
 };
 
 /// How far below what the client acknowledged an ended connection's
@@ -24,7 +24,7 @@ pub const ENDED_SLACK: u32 = 65_535;
 /// Whether the backend segment `seg` (sequence number in the flow's
 /// numbering) belongs to `flow`'s own connection.
 #[inline(always)]
-pub const fn owns_backend_segment(flow: &Flow, seg: &Segment) -> bool {
+pub const fn owns_backend_segment<A: WireAddr>(flow: &FlowOf<A>, seg: &Segment) -> bool {
     if !has_ended(flow.state) {
         return true;
     }

@@ -207,9 +207,14 @@ pub const HELD_SEGMENTS6: &str = "HELD_SEGMENTS6";
 /// connection request just claimed, for the program the frame goes to
 /// next, which opens its flow on it (see [`TakenPair6`]).
 pub const TAKEN_PAIRS6: &str = "TAKEN_PAIRS6";
+/// `PerCpuArray<Ipv6Wire>` with one entry: the on-link backend an IPv6
+/// `dsr` packet goes to, from the program that chose it to the one that
+/// sends it ([`crate::syn_proxy::Job::Dsr6`]): a second route lookup does
+/// not fit the choosing programs' stacks.
+pub const DSR6_BACKEND: &str = "DSR6_BACKEND";
 
 /// Every map of the load balancer object, for pinning and teardown.
-pub const ALL_MAPS: [&str; 25] = [
+pub const ALL_MAPS: [&str; 26] = [
     SERVICES,
     BACKENDS,
     LOOKUP_TABLES,
@@ -235,6 +240,7 @@ pub const ALL_MAPS: [&str; 25] = [
     VIP_ADDRESSES6,
     HELD_SEGMENTS6,
     TAKEN_PAIRS6,
+    DSR6_BACKEND,
 ];
 
 /// Name of the load balancer's XDP program in the object.

@@ -68,16 +68,18 @@ pub enum Job {
     /// the TCP program translates one about a TCP flow, off its stack.
     IcmpUdp,
     /// Not the proxy's: an IPv6 frame, for the IPv6 path (TCP and UDP
-    /// services' full NAT): its established TCP path, and the dispatch to
+    /// services, in each forwarding mode): its established TCP path, and the dispatch to
     /// the IPv6 jobs below, each a program of its own for the same reason.
     Ipv6,
     /// An IPv6 TCP segment of no usable flow: open one.
     Tcp6Open,
-    /// An IPv6 TCP segment to the SNAT range: a backend's reply.
+    /// An IPv6 TCP segment to the SNAT range (or, `gateway`, to a client):
+    /// a backend's reply.
     Tcp6Reply,
     /// An IPv6 UDP datagram.
     Udp6,
-    /// An IPv6 UDP datagram to the SNAT range: a backend's reply.
+    /// An IPv6 UDP datagram to the SNAT range, or to no service where a
+    /// `gateway` service ever was: a backend's reply, or the kernel's.
     Udp6Reply,
     /// Refuse the IPv6 TCP segment in the frame with a RST.
     Rst6,
@@ -105,10 +107,18 @@ pub enum Job {
     /// An IPv6 connection request whose SNAT pair [`Job::Tcp6TakeOver`]
     /// claimed: open its flow there.
     Tcp6Taken,
+    /// An IPv6 UDP datagram to a service, of no usable flow: open one (the
+    /// generic flow logic's modes do not fit the datagram program's stack
+    /// besides its pinned path).
+    Udp6Open,
+    /// An IPv6 `dsr` packet, to the on-link backend in `DSR6_BACKEND`: sent
+    /// on by MAC (a route lookup of its own, off the choosing program's
+    /// stack).
+    Dsr6,
 }
 
 /// Each job's program name, by job index.
-pub const JOB_PROGRAMS: [&str; 24] = [
+pub const JOB_PROGRAMS: [&str; 26] = [
     "bg_lb_syn_ack",
     "bg_lb_open_backend",
     "bg_lb_resend_syn",
@@ -133,6 +143,8 @@ pub const JOB_PROGRAMS: [&str; 24] = [
     "bg_lb_hold_segment6",
     "bg_lb_tcp6_take_over",
     "bg_lb_tcp6_taken",
+    "bg_lb_udp6_open",
+    "bg_lb_dsr6",
 ];
 
 /// The flood detector's window.
@@ -326,6 +338,8 @@ mod tests {
             Job::HoldSegment6,
             Job::Tcp6TakeOver,
             Job::Tcp6Taken,
+            Job::Udp6Open,
+            Job::Dsr6,
         ];
         assert_eq!(jobs.len(), JOB_PROGRAMS.len());
         for (i, job) in jobs.into_iter().enumerate() {

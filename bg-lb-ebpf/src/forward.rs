@@ -23,7 +23,7 @@ use aya_ebpf::{
     helpers::bpf_fib_lookup,
     programs::XdpContext,
 };
-use bg_lb_common::counters::Counter;
+use bg_lb_common::{counters::Counter, maps::Ipv6Wire};
 
 use crate::{
     icmp,
@@ -155,7 +155,16 @@ pub fn forward_to<'a, P: L4Packet<'a>>(ctx: &XdpContext, pkt: &mut P, dst_addr: 
 /// Sends an IPv6 packet, its addresses rewritten, towards its destination.
 #[inline(always)]
 pub fn forward6(ctx: &XdpContext, frame: &mut Ipv6Frame<'_>) -> u32 {
-    match route6(ctx, frame) {
+    let dst_addr = frame.dst_addr();
+    forward6_to(ctx, frame, &dst_addr, false)
+}
+
+/// Sends an IPv6 packet towards `dst_addr`, which need not be its
+/// destination, as [`forward_to`] does: with `on_link` (a `dsr` packet,
+/// which keeps the VIP), a route through a gateway is refused.
+#[inline(always)]
+pub fn forward6_to(ctx: &XdpContext, frame: &mut Ipv6Frame<'_>, dst_addr: &Ipv6Wire, on_link: bool) -> u32 {
+    match route6(ctx, frame, dst_addr, on_link) {
         Route::Next {
             ifindex, smac, dmac, ..
         } => {
@@ -167,10 +176,11 @@ pub fn forward6(ctx: &XdpContext, frame: &mut Ipv6Frame<'_>) -> u32 {
     }
 }
 
-/// Where an IPv6 packet goes, by its header as it stands (`bpf_fib_lookup`
-/// every time).
+/// Where an IPv6 packet goes towards `dst_addr` (`bpf_fib_lookup` every
+/// time); with `on_link`, a route through a gateway is refused
+/// (`dsr_not_on_link`).
 #[inline(always)]
-pub fn route6(ctx: &XdpContext, frame: &Ipv6Frame<'_>) -> Route {
+pub fn route6(ctx: &XdpContext, frame: &Ipv6Frame<'_>, dst_addr: &Ipv6Wire, on_link: bool) -> Route {
     // SAFETY: as in `route`: all zeroes is a valid parameter block.
     let mut fib: FibParams = unsafe { zeroed() };
     fib.family = AF_INET6;
@@ -179,8 +189,15 @@ pub fn route6(ctx: &XdpContext, frame: &Ipv6Frame<'_>) -> Route {
     fib.ifindex = ctx.ingress_ifindex() as u32;
     fib.__bindgen_anon_2.flowinfo = frame.flowinfo();
     fib.__bindgen_anon_3.ipv6_src = frame.src_addr();
-    fib.__bindgen_anon_4.ipv6_dst = frame.dst_addr();
-    lookup(ctx, &mut fib)
+    fib.__bindgen_anon_4.ipv6_dst = *dst_addr;
+    match lookup(ctx, &mut fib) {
+        // SAFETY: an IPv6 lookup; the kernel wrote the gateway over the
+        // destination when the route has one.
+        Route::Next { .. } if on_link && unsafe { fib.__bindgen_anon_4.ipv6_dst } != *dst_addr => {
+            Route::Failed(Counter::DsrNotOnLink)
+        }
+        route => route,
+    }
 }
 
 /// Drops the packet, counted under `counter`.

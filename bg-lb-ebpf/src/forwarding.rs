@@ -29,12 +29,12 @@ use bg_lb_common::{
         TCP_SYN,
     },
     gateway,
-    maps::{Backend, DataplaneConfig, FORWARDING_GATEWAY, FlowKeyOf, FlowOf, IPPROTO_TCP, NatKey, Service, WireAddr},
+    maps::{Backend, DataplaneConfig, FORWARDING_GATEWAY, FlowKeyOf, FlowOf, IPPROTO_TCP, NatKeyOf, Service, WireAddr},
 };
 
 use crate::{
     forward::forward_to,
-    maps::{flow_pinned_to, reverse_owner},
+    maps::{FamilyMaps, flow_pinned_to, reverse_owner},
     packet::TcpPacket,
     synproxy,
 };
@@ -78,28 +78,26 @@ pub const fn no_udp_source(service: &Service) -> Counter {
     }
 }
 
-/// Whether `pkt`, to no VIP or SNAT address, is a backend's reply to a
-/// `gateway` flow's client: its (backend, client) key names a TCP flow
-/// pinned to it, whose connection it belongs to. Anything else (the host's own
-/// traffic included) passes untouched. A later connection from the same
-/// client address and port to the backend that does not go through a VIP
-/// is not the flow's: neither when the entry's flow is gone (the sweep
-/// leaves a live backend's entries for the port lifecycle to take over) nor
-/// when the flow has ended and lingers ([`gateway::owns_backend_segment`]).
+/// Whether a TCP segment to no VIP or SNAT address, carrying the reverse-NAT
+/// key `nat` (its source, then its destination) and `seg`, is a backend's
+/// reply to a `gateway` flow's client: its (backend, client) key names a TCP
+/// flow pinned to it, whose connection it belongs to. Anything else (the
+/// host's own traffic included) passes untouched. A later connection from
+/// the same client address and port to the backend that does not go
+/// through a VIP is not the flow's: neither when the entry's flow is gone
+/// (the sweep leaves a live backend's entries for the port lifecycle to
+/// take over) nor when the flow has ended and lingers
+/// ([`gateway::owns_backend_segment`]). Either family's.
 #[inline(always)]
-pub fn is_gateway_reply(pkt: &TcpPacket<'_>) -> bool {
-    let nat = NatKey {
-        backend_addr: pkt.src_addr(),
-        snat_addr: pkt.dst_addr(),
-        backend_port: pkt.src_port(),
-        snat_port: pkt.dst_port(),
-    };
+pub fn is_gateway_reply<A: FamilyMaps>(nat: &NatKeyOf<A>, seg: &Segment) -> bool {
     // A UDP flow's key is no TCP segment's (see `crate::udp`).
-    reverse_owner(&nat).is_some_and(|owner| {
+    reverse_owner(nat).is_some_and(|owner| {
         owner.proto == IPPROTO_TCP
-            && flow_pinned_to(&owner, &nat).is_some_and(|flow| {
-                let mut seg = pkt.segment();
-                seg.seq = seg.seq.wrapping_sub(synproxy::seq_offset(flow));
+            && flow_pinned_to(&owner, nat).is_some_and(|flow| {
+                let seg = Segment {
+                    seq: seg.seq.wrapping_sub(synproxy::seq_offset(flow)),
+                    ..*seg
+                };
                 gateway::owns_backend_segment(flow, &seg)
             })
     })

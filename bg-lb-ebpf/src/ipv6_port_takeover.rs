@@ -23,7 +23,7 @@ use aya_ebpf::{
 use bg_lb_common::{flow_state, maps::TakenPair6, port_reuse::Syn, syn_proxy::Job};
 
 use crate::{
-    ipv6::{flow_key, full_nat, open_flow, passed, tcp_service},
+    ipv6::{flow_key, open_flow, passed, tcp_service},
     maps::{CONFIG, TAKEN_PAIRS6},
     packet::ipv6::parse_tcp6,
     synproxy::hand_over,
@@ -56,7 +56,7 @@ pub fn bg_lb_tcp6_take_over(ctx: XdpContext) -> u32 {
     // creation.
     let now = unsafe { bpf_ktime_get_ns() };
     let syn = Syn::new(seg.seq, pkt.timestamp(&ctx));
-    let (snat_addr, snat_port) = match claim_pair(&key, &syn, &full_nat(&service), cfg, now) {
+    let (snat_addr, snat_port) = match claim_pair(&key, &syn, &service, cfg, now) {
         Ok(pair) => pair,
         Err(counter) => return refuse(&ctx, &seg, counter, now, || hand_over(&ctx, Job::Rst6)),
     };

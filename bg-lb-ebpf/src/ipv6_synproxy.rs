@@ -28,7 +28,7 @@ use bg_lb_common::{
 
 use crate::{
     forward::{Route, dropped, forward6, route6, send},
-    ipv6::{flow_key, full_nat, tcp_service},
+    ipv6::{flow_key, tcp_service},
     maps::{BACKENDS6, CONFIG, HELD_SEGMENTS6, Way, account, count, flow_entry, reverse_owner},
     packet::{
         BareSegment,
@@ -116,7 +116,8 @@ pub fn bg_lb_syn_ack6(ctx: XdpContext) -> u32 {
     let Some(mut syn_ack) = pkt.become_segment(&ctx, &syn_ack) else {
         return XDP_DROP;
     };
-    let ifindex = match route6(&ctx, &syn_ack.frame) {
+    let dst_addr = syn_ack.frame.dst_addr();
+    let ifindex = match route6(&ctx, &syn_ack.frame, &dst_addr, false) {
         Route::Next {
             ifindex, smac, dmac, ..
         } => {
@@ -180,7 +181,7 @@ pub fn bg_lb_proven6(ctx: XdpContext) -> u32 {
     // proven ACK. With no free pair the proven connection is refused and
     // counted (`snat_ports_exhausted`); its client's retry gets a cookie
     // again.
-    match new_flow(&key, &request, &syn, &full_nat(&service), cfg, (now, seen), Claim::Free) {
+    match new_flow(&key, &request, &syn, &service, cfg, (now, seen), Claim::Free) {
         Ok(_) => hand_over(&ctx, Job::OpenBackend6),
         Err(counter) => refuse(&ctx, &request, counter, now, || hand_over(&ctx, Job::Rst6)),
     }

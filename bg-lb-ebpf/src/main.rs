@@ -10,7 +10,7 @@
 //! kernel untouched.
 //! A flooded service's SYNs get SYN cookies ([`synproxy`], whose jobs are XDP
 //! programs of their own, reached by tail call). IPv6 frames go to a
-//! program of their own too ([`ipv6`]: full NAT for IPv6 services).
+//! program of their own too ([`ipv6`]: IPv6 services, in each mode).
 #![no_std]
 #![no_main]
 // The SYN proxy's shared counters need the BPF atomic add (see synproxy).
@@ -44,7 +44,7 @@ use aya_ebpf::{
 use bg_lb_common::{
     counters::Counter,
     flow_state,
-    maps::{DataplaneConfig, IPPROTO_TCP, ServiceKey},
+    maps::{DataplaneConfig, IPPROTO_TCP, NatKey, ServiceKey},
     syn_proxy::Job,
 };
 
@@ -98,7 +98,7 @@ pub fn bg_lb(ctx: XdpContext) -> u32 {
     // A gateway reply is found by its reverse entry, which to_client then
     // reads again: one extra lookup for those replies, none for the others,
     // and none at all where no gateway service ever was.
-    if cfg.gateway_seen != 0 && forwarding::is_gateway_reply(&pkt) {
+    if cfg.gateway_seen != 0 && forwarding::is_gateway_reply(&reply_key(&pkt), &pkt.segment()) {
         if let Err(verdict) = screen(&pkt) {
             return verdict;
         }
@@ -106,6 +106,13 @@ pub fn bg_lb(ctx: XdpContext) -> u32 {
     }
     count(Counter::Passed);
     XDP_PASS
+}
+
+/// The reverse-NAT key a segment to no VIP carries: (backend, SNAT pair),
+/// or for a `gateway` flow (backend, client).
+#[inline(always)]
+fn reply_key(pkt: &TcpPacket<'_>) -> NatKey {
+    NatKey::from_wire(pkt.src_addr(), pkt.src_port(), pkt.dst_addr(), pkt.dst_port())
 }
 
 /// A frame to a VIP or the SNAT range is ours to drop; a frame elsewhere

@@ -105,6 +105,9 @@ pub static HELD_SEGMENTS6: LruHashMap<FlowKey6, HeldSegment> = LruHashMap::with_
 #[map]
 pub static TAKEN_PAIRS6: PerCpuArray<TakenPair6> = PerCpuArray::with_max_entries(1, 0);
 
+#[map]
+pub static DSR6_BACKEND: PerCpuArray<Ipv6Wire> = PerCpuArray::with_max_entries(1, 0);
+
 // Written and read by userspace only (see bg_lb_common::maps::LAYOUT).
 #[map]
 pub static LAYOUT: Array<u64> = Array::with_max_entries(1, 0);

@@ -87,7 +87,7 @@ fn udp(ctx: &XdpContext, cfg: &DataplaneConfig) -> u32 {
     }
     // As on the TCP path: a gateway reply costs one extra lookup, and none
     // is made where no gateway service ever was.
-    if cfg.gateway_seen != 0 && is_gateway_reply(&pkt) {
+    if cfg.gateway_seen != 0 && is_gateway_reply(&reply_key(&pkt)) {
         if pkt.ttl() <= 1 {
             return dropped(Counter::TtlExpired);
         }
@@ -97,14 +97,14 @@ fn udp(ctx: &XdpContext, cfg: &DataplaneConfig) -> u32 {
     XDP_PASS
 }
 
-/// Whether `pkt`, to no VIP or SNAT address, is a backend's reply to a
-/// `gateway` UDP flow's client: its (backend, client) key names a UDP flow
-/// pinned to it. Anything else (the backend's own datagrams to the client
-/// included) passes untouched.
+/// Whether a datagram to no VIP or SNAT address, carrying the reverse-NAT
+/// key `nat`, is a backend's reply to a `gateway` UDP flow's client: its
+/// (backend, client) key names a UDP flow pinned to it. Anything else (the
+/// backend's own datagrams to the client included) passes untouched. Either
+/// family's.
 #[inline(always)]
-fn is_gateway_reply(pkt: &UdpPacket<'_>) -> bool {
-    let nat = reply_key(pkt);
-    reverse_owner(&nat).is_some_and(|owner| owner.proto == IPPROTO_UDP && flow_pinned_to(&owner, &nat).is_some())
+pub fn is_gateway_reply<A: FamilyMaps>(nat: &NatKeyOf<A>) -> bool {
+    reverse_owner(nat).is_some_and(|owner| owner.proto == IPPROTO_UDP && flow_pinned_to(&owner, nat).is_some())
 }
 
 /// The reverse-NAT key a backend's datagram carries: (backend, SNAT pair),
@@ -211,7 +211,7 @@ pub fn pin<A: FamilyMaps>(
 /// still its own. A flow that may not is removed, and the datagram opens a
 /// new one.
 #[inline(always)]
-fn pinned<A: FamilyMaps>(key: &FlowKeyOf<A>, service: &Service, nat_epoch: u32, now: u64) -> Option<Pinned<A>> {
+pub fn pinned<A: FamilyMaps>(key: &FlowKeyOf<A>, service: &Service, nat_epoch: u32, now: u64) -> Option<Pinned<A>> {
     let flow = flow_entry(key)?;
     let backend = A::backends().get(flow.backend_id).copied()?;
     let current = backend.generation == flow.backend_gen && flow.service_id == service.id;
@@ -252,7 +252,7 @@ fn pinned<A: FamilyMaps>(key: &FlowKeyOf<A>, service: &Service, nat_epoch: u32, 
 /// the first free SNAT pair, or the client's own pair (`gateway`), or none
 /// (`dsr`).
 #[inline(always)]
-fn new_flow<A: FamilyMaps>(
+pub fn new_flow<A: FamilyMaps>(
     key: &FlowKeyOf<A>,
     service: &Service,
     cfg: &DataplaneConfig,

@@ -430,6 +430,11 @@ impl PacketLab {
         ip(&format!("route add {to}/32 via {GATEWAY} dev {INTERFACE}"));
     }
 
+    /// Makes the IPv6 address `to` reachable through [`GATEWAY6`] only.
+    pub fn route_via_gateway6(&self, to: Ipv6Addr) {
+        ip(&format!("-6 route add {to}/128 via {GATEWAY6} dev {INTERFACE}"));
+    }
+
     /// Limits the path towards `to` to `mtu` bytes, as a narrower egress
     /// link would: a locked route MTU, which `bpf_fib_lookup` checks packets
     /// against.
@@ -873,6 +878,7 @@ pub fn mac_of6(addr: Ipv6Addr) -> [u8; 6] {
 /// (the daemon's IPv6 writer is another change's): what the packet tests
 /// need of them, and their maps to read.
 pub struct Ipv6Services {
+    config: Array<MapData, DataplaneConfig>,
     services: BpfHashMap<MapData, ServiceKey6, Service>,
     backends: Array<MapData, Backend6>,
     tables: Array<MapData, u32>,
@@ -942,6 +948,7 @@ impl PacketLab {
                 .expect("BACKENDS6");
         }
         Ipv6Services {
+            config,
             services,
             backends,
             tables,
@@ -983,6 +990,44 @@ impl PacketLab {
 }
 
 impl Ipv6Services {
+    /// Switches both IPv6 services to `forwarding`, as a reload would: the
+    /// daemon marks CONFIG's `gateway_seen` before it writes a gateway
+    /// service.
+    pub fn set_forwarding(&mut self, forwarding: Forwarding) {
+        if forwarding == Forwarding::Gateway {
+            let cfg = self.config.get(&0, 0).expect("the configuration");
+            let cfg = DataplaneConfig { gateway_seen: 1, ..cfg };
+            self.config.set(0, cfg, 0).expect("write CONFIG");
+        }
+        let keys: Vec<ServiceKey6> = self.services.keys().map(|k| k.expect("SERVICES6 key")).collect();
+        for key in keys {
+            let mut service = self.services.get(&key, 0).expect("SERVICES6");
+            forwarding.program(&mut service);
+            self.services.insert(key, service, 0).expect("SERVICES6");
+        }
+    }
+
+    /// Makes `vip` a second address of the TCP service (its table, its
+    /// backends), as a second VIP over the same backends would be.
+    pub fn add_tcp_vip(&mut self, lab: &PacketLab, vip: SocketAddrV6) {
+        let service = self
+            .services
+            .get(&ServiceKey6::with_proto(VIP6, IPPROTO_TCP), 0)
+            .expect("the TCP service");
+        self.services
+            .insert(ServiceKey6::with_proto(vip, IPPROTO_TCP), service, 0)
+            .expect("SERVICES6");
+        let cfg = self.config.get(&0, 0).expect("the configuration");
+        self.config
+            .set(0, cfg.with_vip6_filter([*VIP6.ip(), *vip.ip()]), 0)
+            .expect("write CONFIG");
+        let mut vips: BpfHashMap<MapData, Ipv6Wire, u32> = lab
+            .ipv6_map(map_names::VIP_ADDRESSES6)
+            .try_into()
+            .expect("VIP_ADDRESSES6");
+        vips.insert(wire_ip6(*vip.ip()), 1, 0).expect("VIP_ADDRESSES6");
+    }
+
     /// The pinned flow of `client`'s `proto` flow to [`VIP6`].
     pub fn flow(&self, client: SocketAddrV6, proto: u8) -> Option<Flow6> {
         self.flows.get(&FlowKey6::with_proto(client, VIP6, proto), 0).ok()

@@ -176,6 +176,11 @@ impl NameClient {
         }
     }
 
+    /// The client's end of the connection, of either family.
+    pub fn local_socket(&self) -> SocketAddr {
+        self.writer.local_addr().expect("a connected socket")
+    }
+
     /// The name of the server on the other end.
     pub fn ask(&mut self) -> std::io::Result<String> {
         self.request("who")
@@ -369,6 +374,11 @@ impl UdpNameClient {
             SocketAddr::V4(addr) => addr,
             SocketAddr::V6(addr) => panic!("an IPv4 socket, not {addr}"),
         }
+    }
+
+    /// The client's end of the flow, of either family.
+    pub fn local_socket(&self) -> SocketAddr {
+        self.socket.local_addr().expect("a bound socket")
     }
 
     /// The name of the server that answers. A question or answer lost (UDP

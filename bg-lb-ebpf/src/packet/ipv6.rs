@@ -150,6 +150,18 @@ impl Ipv6Frame<'_> {
     }
 }
 
+/// The Ethernet and fixed IPv6 headers of a frame [`peek`] found to be
+/// IPv6.
+#[inline(always)]
+pub fn parse_frame6(ctx: &XdpContext) -> Option<Ipv6Frame<'_>> {
+    let eth: *mut EthHdr = ptr_at(ctx, 0)?;
+    let ip: *mut Ipv6Hdr = ptr_at(ctx, ETH_LEN)?;
+    // SAFETY: inside the frame (ptr_at); the two headers do not overlap and
+    // the frame holds the only references to them.
+    let (eth, ip) = unsafe { (&mut *eth, &mut *ip) };
+    Some(Ipv6Frame { eth, ip })
+}
+
 /// The payload length the frame holds after the fixed header, and the
 /// header's own claim; `None` if the frame is shorter than the claim.
 #[inline(always)]
@@ -158,6 +170,15 @@ fn payload(ctx: &XdpContext, ip: *const Ipv6Hdr) -> Option<usize> {
     let claimed = u16::from_be_bytes(unsafe { (*ip).payload_len }) as usize;
     let frame = ctx.data_end() - ctx.data() - L4_OFFSET6;
     (claimed <= frame).then_some(claimed)
+}
+
+/// What the IPv6 paths do alike to a TCP segment ([`Tcp6Packet`]) and a
+/// UDP datagram ([`Udp6Packet`]).
+pub trait L4Packet6<'a> {
+    fn frame(&mut self) -> &mut Ipv6Frame<'a>;
+
+    /// Rewrites both endpoints (wire order), with the layer-4 checksum.
+    fn rewrite(&mut self, src: (Ipv6Wire, u16), dst: (Ipv6Wire, u16));
 }
 
 /// An IPv6 TCP segment right after the fixed header, all inside the frame.
@@ -249,11 +270,18 @@ impl Tcp6Packet<'_> {
         key.vip_port = self.dst_port();
         key.proto = IPPROTO_TCP;
     }
+}
 
-    /// Rewrites both endpoints (wire order), with the TCP checksum: the
-    /// addresses are in it through the pseudo-header, the ports directly.
+impl<'a> L4Packet6<'a> for Tcp6Packet<'a> {
     #[inline(always)]
-    pub fn rewrite(&mut self, src: (Ipv6Wire, u16), dst: (Ipv6Wire, u16)) {
+    fn frame(&mut self) -> &mut Ipv6Frame<'a> {
+        &mut self.frame
+    }
+
+    /// With the TCP checksum: the addresses are in it through the
+    /// pseudo-header, the ports directly.
+    #[inline(always)]
+    fn rewrite(&mut self, src: (Ipv6Wire, u16), dst: (Ipv6Wire, u16)) {
         let mut check = u16::from_ne_bytes(self.tcp.check);
         check = replace_addr(check, self.frame.src_addr(), src.0);
         check = replace_addr(check, self.frame.dst_addr(), dst.0);
@@ -394,11 +422,18 @@ impl Udp6Packet<'_> {
     pub fn udp_check(&self) -> u16 {
         u16::from_ne_bytes(self.udp.check)
     }
+}
 
-    /// Rewrites both endpoints (wire order), with the UDP checksum, which a
-    /// result of 0 sends as 0xffff (0 would say "none", which IPv6 forbids).
+impl<'a> L4Packet6<'a> for Udp6Packet<'a> {
     #[inline(always)]
-    pub fn rewrite(&mut self, src: (Ipv6Wire, u16), dst: (Ipv6Wire, u16)) {
+    fn frame(&mut self) -> &mut Ipv6Frame<'a> {
+        &mut self.frame
+    }
+
+    /// With the UDP checksum, which a result of 0 sends as 0xffff (0 would
+    /// say "none", which IPv6 forbids).
+    #[inline(always)]
+    fn rewrite(&mut self, src: (Ipv6Wire, u16), dst: (Ipv6Wire, u16)) {
         let mut check = self.udp_check();
         check = replace_addr(check, self.frame.src_addr(), src.0);
         check = replace_addr(check, self.frame.dst_addr(), dst.0);

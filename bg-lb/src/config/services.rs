@@ -349,7 +349,8 @@ fn protocol(raw: &RawService, health: &HealthConfig) -> Result<(Protocol, Durati
 
 /// The service's forwarding mode, refused where it cannot work: `dsr`
 /// forwards the frame unchanged but for its MACs, so each backend must
-/// listen on the port clients connect to, on every VIP of the service.
+/// listen on the port clients connect to, on every VIP of the service,
+/// IPv4 and IPv6 alike.
 /// (That a `dsr` backend is on-link is the data plane's to check, per
 /// packet, as routes change after the config is read; the daemon warns
 /// about one that is not when it starts or reloads.)
@@ -364,16 +365,11 @@ fn forwarding(raw: &RawService, vips: &Vips, backends: &[BackendConfig]) -> Resu
     if mode == Forwarding::FullNat {
         return Ok(mode);
     }
-    if let Some((key, vip, _)) = vips.iter().find(|(_, vip, _)| vip.is_ipv6()) {
-        return Invalid::at(
-            setting.span(),
-            format!("forwarding = \"{mode}\" is IPv4-only for now, and {key} {vip} is IPv6: use \"full-nat\""),
-        );
-    }
     if mode != Forwarding::Dsr {
         return Ok(mode);
     }
-    // IPv4 only (above): one live VIP.
+    // The first VIP; every other, of either family, standby or live, must
+    // share its port.
     let vip = vips[0].1;
     if let Some((key, standby, span)) = vips.iter().find(|(_, standby, _)| standby.port() != vip.port()) {
         return Invalid::at(

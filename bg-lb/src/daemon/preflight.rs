@@ -63,11 +63,7 @@ pub(super) fn refuse_snat_ports_overlapping_ephemeral_ports(config: &Config) -> 
 pub(super) fn warn_dsr_backends_not_on_link(config: &Config) {
     let dsr = config.services.iter().filter(|s| s.forwarding == Forwarding::Dsr);
     for (service, backend) in dsr.flat_map(|s| s.backends.iter().map(move |b| (s, b))) {
-        // `dsr` is IPv4-only (config refuses it with an IPv6 VIP).
-        let IpAddr::V4(addr) = backend.address.ip() else {
-            continue;
-        };
-        match routes::next_hop(addr) {
+        match routes::next_hop(backend.address.ip()) {
             Ok(NextHop::OnLink) => {}
             Ok(hop) => tracing::warn!(
                 service = %service.name,
@@ -84,9 +80,23 @@ pub(super) fn warn_dsr_backends_not_on_link(config: &Config) {
 
 /// Turns the host's ICMP redirects off while a `gateway` service is
 /// configured: one sent to a backend would route its replies around the LB
-/// ([`redirects`]). A setting that cannot be changed is warned about.
+/// ([`redirects`]). A setting that cannot be changed is warned about. IPv6
+/// has no such setting: Linux sends its redirects whenever it forwards a
+/// packet back out of the interface it came in on, so an IPv6 `gateway`
+/// service gets a warning naming what the backends must do instead.
 pub(super) fn stop_icmp_redirects_under_gateway(config: &Config) {
-    if !config.services.iter().any(|s| s.forwarding == Forwarding::Gateway) {
+    let gateway = config.services.iter().filter(|s| s.forwarding == Forwarding::Gateway);
+    if let Some(service) = gateway
+        .clone()
+        .find(|s| s.vips.iter().chain(&s.standby_vips).any(|v| v.is_ipv6()))
+    {
+        tracing::warn!(
+            service = %service.name,
+            "{}",
+            redirects::IPV6_WARNING
+        );
+    }
+    if gateway.count() == 0 {
         return;
     }
     for (setting, outcome) in redirects::turn_off(&config.interfaces.names()) {

@@ -9,8 +9,24 @@
 //! included, which the client then drops: their source is the backend, not
 //! the VIP. The kernel sends a redirect when `all` or the interface has
 //! `send_redirects` on, so both must be off.
+//!
+//! IPv6 has no `send_redirects`: Linux sends an IPv6 redirect whenever it
+//! forwards a packet out of the interface it came in on, from its
+//! link-local address. A Linux backend takes it when `accept_redirects` is
+//! on (its default without forwarding) and the redirect comes from the
+//! next hop its route to the client names; the backend side is where it
+//! can be stopped ([`IPV6_WARNING`]).
 
 use std::{fs, io, path::PathBuf};
+
+/// What an IPv6 `gateway` service's backends must do, since the LB host
+/// cannot stop sending IPv6 redirects.
+pub const IPV6_WARNING: &str = "a gateway service with an IPv6 VIP: Linux sends IPv6 redirects whatever its settings \
+                                (IPv6 has no send_redirects), and a backend that takes one sends its replies to that \
+                                client around the LB, where they fail. On each backend set \
+                                net.ipv6.conf.all.accept_redirects = 0 and the same for its interface, or route to \
+                                the clients through this host's global address (a redirect comes from its link-local \
+                                one, which such a backend ignores)";
 
 /// The `send_redirects` settings that let a redirect out of `ifaces`.
 pub fn settings(ifaces: &[&str]) -> Vec<PathBuf> {

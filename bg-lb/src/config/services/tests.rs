@@ -447,14 +447,34 @@ fn each_vip_family_needs_backends_of_its_family_and_each_backend_a_vip_of_its_ow
 }
 
 #[test]
-fn ipv6_vips_refuse_gateway_and_dsr_for_now() {
-    let v6 = "[[service]]\nname = \"web\"\nvip = [\"10.0.0.100:80\", \"[fd00::100]:80\"]\n";
-    for mode in ["gateway", "dsr"] {
-        assert_rejected(
-            &format!("{TOP46}{v6}forwarding = {mode:?}  # <-\n{BLUE}{BLUE6}"),
-            &format!("forwarding = \"{mode}\" is IPv4-only for now, and vip [fd00::100]:80 is IPv6: use \"full-nat\""),
-        );
+fn ipv6_vips_take_gateway_and_dsr_under_the_ipv4_rules() {
+    let dual = "[[service]]\nname = \"web\"\nvip = [\"10.0.0.100:80\", \"[fd00::100]:80\"]\n";
+    let v6 = "[[service]]\nname = \"web\"\nvip = \"[fd00::100]:80\"\n";
+    for mode in [Forwarding::Gateway, Forwarding::Dsr] {
+        for (vips, backends) in [(dual, format!("{BLUE}{BLUE6}")), (v6, BLUE6.to_owned())] {
+            let config = parse_ok(&format!("{TOP46}{vips}forwarding = \"{mode}\"\n{backends}"));
+            assert_eq!(config.services[0].forwarding, mode);
+        }
     }
+    // dsr keeps the port clients connect to: an IPv6 backend's port too, and
+    // every VIP of a dual-stack service shares it.
+    assert_rejected(
+        &format!(
+            "{TOP46}{v6}forwarding = \"dsr\"\n[[service.backend]]\npool = \"blue\"\naddress = \"[fd00:1::1]:8080\"  # <-\n"
+        ),
+        "backend [fd00:1::1]:8080 must listen on the vip's port 80",
+    );
+    assert_rejected(
+        &format!(
+            "{TOP46}[[service]]\nname = \"web\"\nvip = [\"10.0.0.100:80\", \"[fd00::100]:81\"]  # <-\nforwarding = \"dsr\"\n{BLUE}{BLUE6}"
+        ),
+        "vip [fd00::100]:81 must use the vip's port 80",
+    );
+    // Gateway rewrites the port: any IPv6 backend port will do.
+    let gateway = parse_ok(&format!(
+        "{TOP46}{v6}forwarding = \"gateway\"\n[[service.backend]]\npool = \"blue\"\naddress = \"[fd00:1::1]:8080\"\n"
+    ));
+    assert_eq!(gateway.services[0].backends[0].address.port(), 8080);
 }
 
 #[test]

@@ -1,30 +1,34 @@
-//! The IPv6 data path: full NAT (NAT66) for IPv6 services, TCP and UDP,
-//! in XDP programs of their own, reached by tail call so that each has a
-//! whole stack to itself (IPv6 keys are larger, and spill more): the load
-//! balancer hands an IPv6 frame to [`bg_lb_ipv6`] ([`Job::Ipv6`]), which
-//! carries established TCP flows itself and hands new flows
-//! ([`bg_lb_tcp6_open`]), backend replies ([`bg_lb_tcp6_reply`]), UDP
-//! ([`bg_lb_udp6`]) and RSTs ([`bg_lb_rst6`]) on.
+//! The IPv6 data path: IPv6 services, TCP and UDP, in each forwarding mode
+//! (full NAT as NAT66, `gateway`, `dsr`: [`modes`]), in XDP programs of
+//! their own, reached by tail call so that each has a whole stack to itself
+//! (IPv6 keys are larger, and spill more): the load balancer hands an IPv6
+//! frame to [`bg_lb_ipv6`] ([`Job::Ipv6`]), which carries established TCP
+//! flows itself and hands new flows ([`bg_lb_tcp6_open`]), backend replies
+//! (to the SNAT range, or `gateway`: to a client; [`bg_lb_tcp6_reply`]),
+//! UDP ([`bg_lb_udp6`], which hands new flows to [`bg_lb_udp6_open`] and
+//! replies to [`bg_lb_udp6_reply`]) and RSTs ([`bg_lb_rst6`]) on.
 //!
 //! The flow logic is the IPv4 path's, generic over the address family
 //! (`crate::maps::FamilyMaps`): pinning, backend choice from the same
-//! lookup tables, SNAT (address, port) claims with their ownership rules
-//! (NOEXIST claims, epoch checks; the takeover of an ended flow's pair in a
-//! program of its own, [`crate::ipv6_port_takeover`]), TCP flow state
-//! and the traffic statistics ([`to_backend::pinned_flow`],
-//! [`to_backend::new_flow`], [`udp::pin`]). What is IPv6's own is the packet
+//! lookup tables, the forwarding modes' sources (SNAT (address, port)
+//! claims with their ownership rules: NOEXIST claims, epoch checks, the
+//! takeover of an ended flow's pair in a program of its own,
+//! [`crate::ipv6_port_takeover`]; `gateway`'s client pair; none under
+//! `dsr`), TCP flow state and the traffic statistics
+//! ([`to_backend::pinned_flow`], [`to_backend::new_flow`], [`udp::pinned`],
+//! [`udp::new_flow`]). What is IPv6's own is the packet
 //! work: parsing, the rewrite (no header checksum; the TCP and UDP checksums
 //! cover the addresses through the pseudo-header, and a UDP checksum is
 //! never sent as 0), the hop limit, routing ([`forward6`]) and a RST.
 //!
-//! An IPv6 service is full NAT whatever its entry says (config refuses the
-//! rest): `gateway` and `dsr` are IPv4's. Its SYN proxy is IPv4's logic
-//! with IPv6 jobs ([`crate::ipv6_synproxy`]). Only a TCP or UDP header right after the fixed header is read: a
-//! packet to a VIP address with an extension header is dropped and counted
-//! (`ipv6_extension_header`); anything not for a VIP or the IPv6 SNAT
-//! range, ICMPv6 (neighbour discovery) included, passes untouched, but an
-//! ICMPv6 error about a pinned flow ([`bg_lb_icmp6`]), which is translated
-//! to the other side as IPv4's are (`crate::icmp`).
+//! Its SYN proxy is IPv4's logic with IPv6 jobs ([`crate::ipv6_synproxy`]).
+//! Only a TCP or UDP header right after the fixed
+//! header is read: a packet to a VIP address with an extension header is
+//! dropped and counted (`ipv6_extension_header`); anything not for a VIP or
+//! the IPv6 SNAT range, ICMPv6 (neighbour discovery) included, passes
+//! untouched, but a `gateway` flow's backend reply and an ICMPv6 error
+//! about a pinned flow ([`bg_lb_icmp6`]), which is translated to the other
+//! side as IPv4's are (`crate::icmp`).
 
 use aya_ebpf::{
     bindings::xdp_action::{XDP_DROP, XDP_PASS, XDP_TX},
@@ -36,8 +40,8 @@ use bg_lb_common::{
     counters::Counter,
     flow_state::{self, Direction, Event},
     maps::{
-        BACKEND_RESET_FLOWS, DataplaneConfig, FORWARDING_FULL_NAT, Flow6, FlowKey6, IPPROTO_TCP, IPPROTO_UDP, Ipv6Wire,
-        NatKey6, SERVICE_AFFINITY_CLIENT_IP, Service, ServiceKey6, WireAddr,
+        BACKEND_RESET_FLOWS, DataplaneConfig, Flow6, FlowKey6, IPPROTO_TCP, IPPROTO_UDP, Ipv6Wire, NatKey6, Service,
+        ServiceKey6, WireAddr,
     },
     port_reuse::{Syn, same_key},
     syn_proxy::{Job, SYN_PROXY_MODES},
@@ -45,15 +49,18 @@ use bg_lb_common::{
 
 use crate::{
     forward::{dropped, forward6},
+    ipv6::modes::Carried,
     maps::{
-        BACKENDS6, CONFIG, FLOWS6, REVERSE_NAT6, SERVICES6, VIP_ADDRESSES6, Way, account, account_event, count,
-        flow_entry, flow_pinned_to, reverse_owner,
+        BACKENDS6, CONFIG, FLOWS6, REVERSE_NAT6, SERVICES6, VIP_ADDRESSES6, Way, account_event, count, flow_entry,
+        flow_pinned_to, reverse_owner,
     },
-    packet::ipv6::{Icmp6Error, Tcp6Packet, Udp6Packet, parse_icmp6_error, parse_tcp6, parse_udp6, peek},
+    packet::ipv6::{Icmp6Error, L4Packet6, Tcp6Packet, Udp6Packet, parse_icmp6_error, parse_tcp6, parse_udp6, peek},
     synproxy::{self, BackendStep, ClientStep, hand_over},
     to_backend::{Claim, Lookup, Route, carries, new_flow, pinned_flow, refuse},
     udp,
 };
+
+mod modes;
 
 /// [`Job::Ipv6`]: an IPv6 frame.
 #[xdp]
@@ -110,20 +117,9 @@ fn malformed(dst: &Ipv6Wire) -> u32 {
     }
 }
 
-/// The IPv6 service's entry as this path serves it: full NAT, its SYN
-/// proxy mode and client affinity kept.
-#[inline(always)]
-pub(crate) fn full_nat(service: &Service) -> Service {
-    Service {
-        flags: service.flags & (SERVICE_AFFINITY_CLIENT_IP | SYN_PROXY_MODES),
-        forwarding: FORWARDING_FULL_NAT,
-        ..*service
-    }
-}
-
 #[inline(always)]
 fn tcp(ctx: &XdpContext, cfg: &DataplaneConfig, dst: Ipv6Wire) -> u32 {
-    let Some(pkt) = parse_tcp6(ctx) else {
+    let Some(mut pkt) = parse_tcp6(ctx) else {
         return malformed(&dst);
     };
     // No VIP is a SNAT address, as for IPv4.
@@ -134,8 +130,19 @@ fn tcp(ctx: &XdpContext, cfg: &DataplaneConfig, dst: Ipv6Wire) -> u32 {
         }
         return hand_over(ctx, Job::Tcp6Reply);
     }
-    if !to_snat_addr && cfg.may_be_vip(dst) {
-        return to_backend(ctx, pkt, cfg);
+    if !to_snat_addr
+        && cfg.may_be_vip(dst)
+        && let Some(verdict) = to_backend(ctx, &mut pkt, cfg)
+    {
+        return verdict;
+    }
+    // As for IPv4: one lookup more for a gateway reply, none where no
+    // gateway service ever was.
+    if cfg.gateway_seen != 0 && modes::is_tcp_gateway_reply(&pkt) {
+        if let Err(verdict) = screen(&pkt) {
+            return verdict;
+        }
+        return hand_over(ctx, Job::Tcp6Reply);
     }
     passed()
 }
@@ -170,18 +177,19 @@ pub(crate) fn tcp_service(key: &FlowKey6) -> Option<Service> {
 }
 
 /// Client -> VIP:port, as IPv4's `to_backend`: FLOWS6 first, then
-/// SERVICES6; a packet of no flow to a VIP:port without a service passes,
-/// and one of no usable flow to a service opens one ([`bg_lb_tcp6_open`]).
+/// SERVICES6; `None` for a packet of no flow to a VIP:port without a
+/// service (the caller's to pass on); one of no usable flow to a service
+/// opens one ([`bg_lb_tcp6_open`]).
 #[inline(always)]
-fn to_backend(ctx: &XdpContext, pkt: Tcp6Packet<'_>, cfg: &DataplaneConfig) -> u32 {
-    let key = flow_key(&pkt);
+fn to_backend(ctx: &XdpContext, pkt: &mut Tcp6Packet<'_>, cfg: &DataplaneConfig) -> Option<u32> {
+    let key = flow_key(pkt);
     let seg = pkt.segment();
     // SAFETY: a helper without arguments (coarse: as for IPv4).
     let seen = unsafe { bpf_ktime_get_coarse_ns() };
     let lookup = match flow_entry(&key) {
         Some(flow) if carries(flow, seg.flags) => {
-            if let Err(verdict) = screen(&pkt) {
-                return verdict;
+            if let Err(verdict) = screen(pkt) {
+                return Some(verdict);
             }
             let service_id = flow.service_id;
             pinned_flow(&key, Some(flow), &seg, service_id, cfg.nat_epoch, seen, || {
@@ -190,22 +198,20 @@ fn to_backend(ctx: &XdpContext, pkt: Tcp6Packet<'_>, cfg: &DataplaneConfig) -> u
             .unwrap_or(Lookup::Stale)
         }
         flow => {
-            let Some(service) = tcp_service(&key) else {
-                return passed();
-            };
-            if let Err(verdict) = screen(&pkt) {
-                return verdict;
+            let service = tcp_service(&key)?;
+            if let Err(verdict) = screen(pkt) {
+                return Some(verdict);
             }
             match pinned_flow(&key, flow, &seg, service.id, cfg.nat_epoch, seen, || pkt.timestamp(ctx)) {
                 Some(lookup) => lookup,
                 // The proxy's verdict first, in a program of its own (with
                 // the proxy's work, Tcp6Open's stack would overflow).
-                None if service.flags & SYN_PROXY_MODES != 0 => return hand_over(ctx, Job::Tcp6Proxy),
-                None => return hand_over(ctx, Job::Tcp6Open),
+                None if service.flags & SYN_PROXY_MODES != 0 => return Some(hand_over(ctx, Job::Tcp6Proxy)),
+                None => return Some(hand_over(ctx, Job::Tcp6Open)),
             }
         }
     };
-    deliver(ctx, pkt, &key, lookup)
+    Some(deliver(ctx, pkt, &key, lookup))
 }
 
 /// [`Job::Tcp6Open`]: the frame's segment, to a TCP service's VIP:port,
@@ -224,7 +230,7 @@ pub fn bg_lb_tcp6_open(ctx: XdpContext) -> u32 {
 /// allows, created at `now`, and delivered; or its refusal.
 #[inline(always)]
 pub(crate) fn open_flow(ctx: &XdpContext, claim: Claim<Ipv6Wire>, now: u64) -> u32 {
-    let Some(pkt) = parse_tcp6(ctx) else {
+    let Some(mut pkt) = parse_tcp6(ctx) else {
         return XDP_DROP;
     };
     let key = flow_key(&pkt);
@@ -233,7 +239,7 @@ pub(crate) fn open_flow(ctx: &XdpContext, claim: Claim<Ipv6Wire>, now: u64) -> u
         return passed();
     };
     match open(ctx, &pkt, &key, &service, claim, now) {
-        Ok(route) => deliver(ctx, pkt, &key, Lookup::Pinned(route)),
+        Ok(route) => deliver(ctx, &mut pkt, &key, Lookup::Pinned(route)),
         // No free pair: perhaps one whose flow has ended.
         Err((Counter::SnatPortsExhausted | Counter::GatewayCollision, _)) if matches!(claim, Claim::Free) => {
             hand_over(ctx, Job::Tcp6TakeOver)
@@ -263,18 +269,17 @@ fn open(
     let seg = pkt.segment();
     let request = flow_state::is_connection_request(seg.flags);
     let tsval = if request { pkt.timestamp(ctx) } else { None };
-    let service = full_nat(service);
-    let route = new_flow(key, &seg, &Syn::new(seg.seq, tsval), &service, cfg, (now, seen), claim)
+    let route = new_flow(key, &seg, &Syn::new(seg.seq, tsval), service, cfg, (now, seen), claim)
         .map_err(|counter| (counter, now))?;
     if request {
-        synproxy::opened(&service, now);
+        synproxy::opened(service, now);
     }
     Ok(route)
 }
 
 /// Carries out what the flow table said, as IPv4's `deliver`.
 #[inline(always)]
-fn deliver(ctx: &XdpContext, mut pkt: Tcp6Packet<'_>, key: &FlowKey6, lookup: Lookup<Ipv6Wire>) -> u32 {
+fn deliver(ctx: &XdpContext, pkt: &mut Tcp6Packet<'_>, key: &FlowKey6, lookup: Lookup<Ipv6Wire>) -> u32 {
     let route = match lookup {
         Lookup::Pinned(route) => route,
         Lookup::Stale => return dropped(Counter::StaleFlow),
@@ -286,30 +291,33 @@ fn deliver(ctx: &XdpContext, mut pkt: Tcp6Packet<'_>, key: &FlowKey6, lookup: Lo
         Lookup::Proxy(ClientStep::ResendSyn) => return hand_over(ctx, Job::ResendSyn6),
         Lookup::Proxy(_) => return XDP_DROP,
     };
-    let backend = route.backend;
-    if route.pinned && backend.flags & BACKEND_RESET_FLOWS != 0 {
+    if route.pinned && route.backend.flags & BACKEND_RESET_FLOWS != 0 {
+        // A dsr flow has no reverse entry: the removal finds none.
         let _ = FLOWS6.remove(key);
-        let _ = REVERSE_NAT6.remove(NatKey6::new(&backend, route.snat_addr, route.snat_port));
+        let _ = REVERSE_NAT6.remove(NatKey6::new(&route.backend, route.snat_addr, route.snat_port));
         count(Counter::FlowReset);
         return hand_over(ctx, Job::Rst6);
     }
     if route.event == Event::RstOutOfWindow {
         count(Counter::RstOutOfWindow);
     }
-    let established = route.event == Event::Established;
-    account(
-        route.backend_id,
-        route.service_id,
-        Way::ToBackend,
-        pkt.frame.ip_len(),
-        established,
-    );
-    pkt.frame.decrement_hop_limit();
-    pkt.rewrite((route.snat_addr, route.snat_port), (backend.addr, backend.port));
     if route.ack_offset != 0 {
         pkt.shift(0, route.ack_offset);
     }
-    forward6(ctx, &mut pkt.frame)
+    let flow = Carried {
+        backend_id: route.backend_id,
+        service_id: route.service_id,
+        way: Way::ToBackend,
+        first: route.event == Event::Established,
+        rewrite: route.reply_path,
+    };
+    modes::send(
+        ctx,
+        pkt,
+        &flow,
+        (&route.snat_addr, route.snat_port),
+        (&route.backend.addr, route.backend.port),
+    )
 }
 
 /// [`Job::Rst6`]: the frame's segment answered with a RST back out of the
@@ -336,8 +344,28 @@ fn reply_flow(nat: &NatKey6, proto: u8) -> Result<(FlowKey6, &'static mut Flow6)
     Ok((client, flow))
 }
 
-/// [`Job::Tcp6Reply`]: backend -> SNAT address:port, screened, as IPv4's
-/// `to_client`: back to VIP -> client for the flow that owns the pair only.
+/// A backend's reply, its flow found, back to VIP -> client.
+#[inline(always)]
+fn to_client<'a, P: L4Packet6<'a>>(ctx: &XdpContext, pkt: &mut P, client: &FlowKey6, flow: &Flow6) -> u32 {
+    let carried = Carried {
+        backend_id: flow.backend_id,
+        service_id: flow.service_id,
+        way: Way::ToClient,
+        first: false,
+        rewrite: true,
+    };
+    modes::send(
+        ctx,
+        pkt,
+        &carried,
+        (&client.vip_addr, client.vip_port),
+        (&client.client_addr, client.client_port),
+    )
+}
+
+/// [`Job::Tcp6Reply`]: backend -> SNAT address:port (or, `gateway`, backend
+/// -> client), screened, as IPv4's `to_client`: back to VIP -> client for
+/// the flow that owns the pair only.
 #[xdp]
 pub fn bg_lb_tcp6_reply(ctx: XdpContext) -> u32 {
     let Some(mut pkt) = parse_tcp6(&ctx) else {
@@ -375,26 +403,15 @@ pub fn bg_lb_tcp6_reply(ctx: XdpContext) -> u32 {
         // SAFETY: a helper without arguments.
         flow.last_seen_ns = unsafe { bpf_ktime_get_coarse_ns() };
     }
-    account(
-        flow.backend_id,
-        flow.service_id,
-        Way::ToClient,
-        pkt.frame.ip_len(),
-        false,
-    );
-    pkt.frame.decrement_hop_limit();
-    pkt.rewrite(
-        (client.vip_addr, client.vip_port),
-        (client.client_addr, client.client_port),
-    );
     if seq_offset != 0 {
         pkt.shift(seq_offset, 0);
     }
-    forward6(ctx, &mut pkt.frame)
+    to_client(ctx, &mut pkt, &client, flow)
 }
 
 /// [`Job::Udp6`]: an IPv6 frame with UDP next: to a UDP service, a reply
-/// to the SNAT range ([`bg_lb_udp6_reply`]), or the kernel's.
+/// to the SNAT range or a `gateway` flow's client ([`bg_lb_udp6_reply`]),
+/// or the kernel's.
 #[xdp]
 pub fn bg_lb_udp6(ctx: XdpContext) -> u32 {
     let Some(cfg) = CONFIG.get(0) else {
@@ -409,61 +426,126 @@ pub fn bg_lb_udp6(ctx: XdpContext) -> u32 {
     };
     let (dst, port) = (pkt.frame.dst_addr(), pkt.dst_port());
     // SAFETY: SERVICES6 is not preallocated: the entry stays intact under
-    // RCU until the program returns (copied once, by `full_nat`).
+    // RCU until the program returns.
     let service = unsafe { SERVICES6.get(ServiceKey6::from_wire(dst, port, IPPROTO_UDP)) };
-    let to_snat = service.is_none() && cfg.is_snat_port(dst, port);
-    if service.is_none() && !to_snat {
-        return passed();
-    }
-    if pkt.udp_check() == 0 {
-        return dropped(Counter::Udp6NoChecksum);
-    }
-    if pkt.frame.hop_limit() <= 1 {
-        return dropped(Counter::TtlExpired);
-    }
     match service {
-        Some(service) => udp_to_backend(ctx, pkt, &full_nat(service), cfg),
-        None => hand_over(ctx, Job::Udp6Reply),
+        Some(service) => match screen_udp(&pkt) {
+            Ok(()) => udp_to_backend(ctx, pkt, service, cfg),
+            Err(verdict) => verdict,
+        },
+        // Where a gateway service ever was, a datagram to no service or
+        // SNAT pair may be a gateway reply: the reply program, whose stack
+        // has room for the lookup, tells.
+        None if cfg.is_snat_port(dst, port) || cfg.gateway_seen != 0 => hand_over(ctx, Job::Udp6Reply),
+        None => passed(),
     }
 }
 
-/// Client -> VIP:port datagram: its flow, pinned or new, towards its
-/// backend (IPv4's UDP flow logic, [`udp::pin`]).
+/// Drops a datagram to a service or a backend's reply that has no checksum
+/// (IPv6 requires one) or has run out of hops.
 #[inline(always)]
-fn udp_to_backend(ctx: &XdpContext, mut pkt: Udp6Packet<'_>, service: &Service, cfg: &DataplaneConfig) -> u32 {
-    let key = FlowKey6::from_wire_proto(
+fn screen_udp(pkt: &Udp6Packet<'_>) -> Result<(), u32> {
+    if pkt.udp_check() == 0 {
+        return Err(dropped(Counter::Udp6NoChecksum));
+    }
+    if pkt.frame.hop_limit() <= 1 {
+        return Err(dropped(Counter::TtlExpired));
+    }
+    Ok(())
+}
+
+/// The UDP flow a client datagram belongs to.
+#[inline(always)]
+fn udp_flow_key(pkt: &Udp6Packet<'_>) -> FlowKey6 {
+    FlowKey6::from_wire_proto(
         pkt.frame.src_addr(),
         pkt.src_port(),
         pkt.frame.dst_addr(),
         pkt.dst_port(),
         IPPROTO_UDP,
-    );
-    // SAFETY: a helper without arguments.
-    let now = unsafe { bpf_ktime_get_ns() };
-    let flow = match udp::pin(&key, service, cfg, now) {
-        Ok(flow) => flow,
-        Err(counter) => return dropped(counter),
-    };
-    account(
-        flow.backend_id,
-        flow.service_id,
-        Way::ToBackend,
-        pkt.frame.ip_len(),
-        flow.new,
-    );
-    pkt.frame.decrement_hop_limit();
-    pkt.rewrite((flow.snat_addr, flow.snat_port), (flow.backend.addr, flow.backend.port));
-    forward6(ctx, &mut pkt.frame)
+    )
 }
 
-/// [`Job::Udp6Reply`]: backend -> SNAT pair datagram, screened: back to
-/// VIP -> client, for the UDP flow that owns the pair only.
+/// Client -> VIP:port datagram, screened: its pinned flow's, towards its
+/// backend (IPv4's UDP flow logic, [`udp::pinned`]), or one to open
+/// ([`bg_lb_udp6_open`]).
+#[inline(always)]
+fn udp_to_backend(ctx: &XdpContext, mut pkt: Udp6Packet<'_>, service: &Service, cfg: &DataplaneConfig) -> u32 {
+    let key = udp_flow_key(&pkt);
+    // SAFETY: a helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    match udp::pinned(&key, service, cfg.nat_epoch, now) {
+        Some(flow) => udp_send(ctx, &mut pkt, &flow),
+        None => hand_over(ctx, Job::Udp6Open),
+    }
+}
+
+/// [`Job::Udp6Open`]: the frame's datagram, to a UDP service's VIP:port,
+/// screened, has no usable flow: a new flow from the service's table
+/// ([`udp::new_flow`]), or dropped and counted.
+#[xdp]
+pub fn bg_lb_udp6_open(ctx: XdpContext) -> u32 {
+    let Some(cfg) = CONFIG.get(0) else {
+        return XDP_PASS;
+    };
+    let Some(mut pkt) = parse_udp6(&ctx) else {
+        return XDP_DROP;
+    };
+    let key = udp_flow_key(&pkt);
+    // SAFETY: as in `bg_lb_udp6`; copied at once.
+    let Some(service) =
+        unsafe { SERVICES6.get(ServiceKey6::from_wire(key.vip_addr, key.vip_port, IPPROTO_UDP)) }.copied()
+    else {
+        // Gone since the frame was handed over: as for a frame without one.
+        return passed();
+    };
+    // SAFETY: a helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    match udp::new_flow(&key, &service, cfg, now) {
+        Ok(flow) => udp_send(&ctx, &mut pkt, &flow),
+        Err(counter) => dropped(counter),
+    }
+}
+
+/// A client datagram on to its flow's backend.
+#[inline(always)]
+fn udp_send(ctx: &XdpContext, pkt: &mut Udp6Packet<'_>, flow: &udp::Pinned<Ipv6Wire>) -> u32 {
+    let carried = Carried {
+        backend_id: flow.backend_id,
+        service_id: flow.service_id,
+        way: Way::ToBackend,
+        first: flow.new,
+        rewrite: flow.reply_path,
+    };
+    modes::send(
+        ctx,
+        pkt,
+        &carried,
+        (&flow.snat_addr, flow.snat_port),
+        (&flow.backend.addr, flow.backend.port),
+    )
+}
+
+/// [`Job::Udp6Reply`]: a datagram to a SNAT pair, or to no service or SNAT
+/// pair where a gateway service ever was: a backend's reply (to the SNAT
+/// pair, or `gateway`: to the client) back to VIP -> client, for the UDP
+/// flow that owns the pair only; anything else to no SNAT pair is the
+/// kernel's, untouched.
 #[xdp]
 pub fn bg_lb_udp6_reply(ctx: XdpContext) -> u32 {
+    let Some(cfg) = CONFIG.get(0) else {
+        return XDP_PASS;
+    };
     let Some(mut pkt) = parse_udp6(&ctx) else {
         return XDP_DROP;
     };
     let ctx = &ctx;
+    if !cfg.is_snat_port(pkt.frame.dst_addr(), pkt.dst_port()) && !modes::is_udp_gateway_reply(&pkt) {
+        return passed();
+    }
+    if let Err(verdict) = screen_udp(&pkt) {
+        return verdict;
+    }
     let nat = NatKey6::from_wire(
         pkt.frame.src_addr(),
         pkt.src_port(),
@@ -476,19 +558,7 @@ pub fn bg_lb_udp6_reply(ctx: XdpContext) -> u32 {
     };
     // SAFETY: a helper without arguments.
     flow.last_seen_ns = unsafe { bpf_ktime_get_ns() };
-    account(
-        flow.backend_id,
-        flow.service_id,
-        Way::ToClient,
-        pkt.frame.ip_len(),
-        false,
-    );
-    pkt.frame.decrement_hop_limit();
-    pkt.rewrite(
-        (client.vip_addr, client.vip_port),
-        (client.client_addr, client.client_port),
-    );
-    forward6(ctx, &mut pkt.frame)
+    to_client(ctx, &mut pkt, &client, flow)
 }
 
 /// [`Job::Icmp6`]: an ICMPv6 message. An error (destination unreachable,
@@ -497,7 +567,9 @@ pub fn bg_lb_udp6_reply(ctx: XdpContext) -> u32 {
 /// translated to the other side of the NAT, as IPv4's (`crate::icmp`): about
 /// a packet to a backend, it goes to the client from the VIP, quoting what
 /// the client sent; about a packet to a client, to the backend from the SNAT
-/// address, quoting what the backend sent. Anything else passes untouched.
+/// address (`gateway`: the client's), quoting what the backend sent. (A
+/// `dsr` flow's packets keep their addresses: nothing to translate.)
+/// Anything else passes untouched.
 #[xdp]
 pub fn bg_lb_icmp6(ctx: XdpContext) -> u32 {
     let Some(cfg) = CONFIG.get(0) else {
@@ -511,11 +583,16 @@ pub fn bg_lb_icmp6(ctx: XdpContext) -> u32 {
     if error.frame.dst_addr().differs(&quoted_src.0) != 0 {
         return without_flow();
     }
-    let translated = if cfg.is_snat_port(quoted_src.0, quoted_src.1) {
-        to_client_side(&mut error)
-    } else {
-        to_backend_side(&mut error)
-    };
+    // A `gateway` flow's packets to its backend leave from the client's own
+    // address: any source with a reverse entry is tried, as for IPv4.
+    let from_snat = cfg.is_snat_port(quoted_src.0, quoted_src.1);
+    let mut translated = None;
+    if from_snat || cfg.gateway_seen != 0 {
+        translated = to_client_side(&mut error);
+    }
+    if translated.is_none() && !from_snat {
+        translated = to_backend_side(&mut error);
+    }
     match translated {
         None => without_flow(),
         Some(Counter::TtlExpired) => dropped(Counter::TtlExpired),
