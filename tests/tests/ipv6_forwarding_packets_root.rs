@@ -22,8 +22,8 @@ use bg_lb_tests::{
         XDP_REDIRECT, XDP_TX, client6, mac_of6,
     },
     packets::{
-        ACK, ACK_NUMBER, Numbers, PSH_ACK, SEQ, SYN, SYN_ACK, icmp6_error_frame, numbered_tcp6_frame, parse_checked6,
-        tcp6_frame, udp6_frame, with_hop_limit,
+        ACK, ACK_NUMBER, FIN_ACK, Numbers, PSH_ACK, SEQ, SYN, SYN_ACK, icmp6_error_frame, numbered_tcp6_frame,
+        parse_checked6, tcp6_frame, udp6_frame, with_hop_limit,
     },
     require_root,
 };
@@ -190,6 +190,48 @@ fn ipv6_gateway_collision_refuses_the_second_vips_syn_with_a_rst_and_keeps_the_f
             VIP6,
             "the reply still belongs to the first VIP's flow"
         );
+    });
+}
+
+/// As on IPv4: a client reusing its port for the same VIP right after its
+/// flow ended is no collision (the backend and the client settle the
+/// 4-tuple, as without a load balancer): its SYN is forwarded at once,
+/// through the takeover of the ended flow's entry. The same client port
+/// through another VIP is refused before and after.
+#[test]
+fn ipv6_gateway_syn_on_an_ended_flows_own_5_tuple_is_forwarded_at_once_and_another_vips_is_refused() {
+    in_lab(Forwarding::Gateway, |lab, mut v6| {
+        v6.send_all_to(BACKENDS6[0]);
+        v6.add_tcp_vip(&lab, VIP6_2);
+        let client = client6(41010);
+        let backend = gateway_syn(&lab, &v6, client);
+        let at = |seq, ack| Numbers { seq, ack };
+        for frame in [
+            from_backend(backend, client, SYN_ACK, at(BACKEND_ISN, SEQ + 1), b""),
+            from_client(client, ACK, at(SEQ + 1, BACKEND_ISN + 1), b""),
+            from_backend(backend, client, FIN_ACK, at(BACKEND_ISN + 1, SEQ + 1), b""),
+            from_client(client, FIN_ACK, at(SEQ + 1, BACKEND_ISN + 2), b""),
+            from_backend(backend, client, ACK, at(BACKEND_ISN + 2, SEQ + 2), b""),
+        ] {
+            assert_eq!(lab.run(&frame).0, XDP_REDIRECT);
+        }
+        let ended = v6.flow(client, IPPROTO_TCP).expect("the ended flow lingers");
+        assert!(flow_state::has_ended(ended.state));
+
+        let second_vip = tcp6_frame(GATEWAY_MAC, LB_MAC, client, VIP6_2, SYN, b"");
+        assert_eq!(
+            lab.run(&second_vip).0,
+            XDP_TX,
+            "another VIP's SYN on the 4-tuple: refused"
+        );
+        assert_eq!(gateway_syn(&lab, &v6, client), backend, "the same 5-tuple's SYN");
+        let flow = v6.flow(client, IPPROTO_TCP).expect("the new flow");
+        assert!(
+            !flow_state::has_ended(flow.state),
+            "a new, live flow replaced the ended one"
+        );
+        assert_eq!(lab.run(&second_vip).0, XDP_TX, "and refused again on the new flow's");
+        assert_eq!(lab.counter(Counter::GatewayCollision), 2, "no other refusal");
     });
 }
 
