@@ -486,8 +486,20 @@ fn store_payload(
     (rc == 0).then_some(sum)
 }
 
-/// [`TcpPacket::timestamp`]'s walk of the options of a TCP header of `len`
-/// bytes: bit 32 set and the TSval below it, or 0.
+/// [`TcpPacket::timestamp`] for a TCP header `tcp` at `offset` in the
+/// frame (either family's).
+#[inline(always)]
+fn tcp_timestamp(ctx: &XdpContext, tcp: &TcpHdr, offset: usize) -> Option<u32> {
+    let len = tcp.doff() as u32 * 4;
+    if len as usize <= TCP_LEN {
+        return None;
+    }
+    let found = timestamp_option(ctx, len, offset);
+    (found >> 32 != 0).then_some(found as u32)
+}
+
+/// [`tcp_timestamp`]'s walk of the options of a TCP header of `len` bytes:
+/// bit 32 set and the TSval below it, or 0.
 #[inline(always)]
 fn timestamp_option(ctx: &XdpContext, len: u32, tcp_offset: usize) -> u64 {
     // SAFETY (both reads): ptr_at checked that the bytes are inside the frame.
@@ -616,12 +628,7 @@ impl TcpPacket<'_> {
     /// established path.
     #[inline(always)]
     pub fn timestamp(&self, ctx: &XdpContext) -> Option<u32> {
-        let len = self.tcp.doff() as u32 * 4;
-        if len as usize <= TCP_LEN {
-            return None;
-        }
-        let found = timestamp_option(ctx, len, TCP_OFFSET);
-        (found >> 32 != 0).then_some(found as u32)
+        tcp_timestamp(ctx, self.tcp, TCP_OFFSET)
     }
 
     /// Copies the payload into `into`, zero past it to a multiple of 4 (as

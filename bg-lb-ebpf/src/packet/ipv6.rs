@@ -14,7 +14,7 @@ use bg_lb_common::{
 };
 use network_types::{eth::EthHdr, ip::Ipv6Hdr, tcp::TcpHdr, udp::UdpHdr};
 
-use super::{ETH_LEN, TCP_FLAGS_OFFSET, TCP_LEN, ptr_at, resize, timestamp_option};
+use super::{ETH_LEN, TCP_FLAGS_OFFSET, TCP_LEN, ptr_at, resize, tcp_timestamp};
 
 pub mod synproxy;
 
@@ -250,12 +250,7 @@ impl Tcp6Packet<'_> {
     /// The segment's TCP timestamp (TSval, host order), if it has one.
     #[inline(always)]
     pub fn timestamp(&self, ctx: &XdpContext) -> Option<u32> {
-        let len = self.tcp.doff() as u32 * 4;
-        if len as usize <= TCP_LEN {
-            return None;
-        }
-        let option = timestamp_option(ctx, len, L4_OFFSET6);
-        (option >> 32 != 0).then_some(option as u32)
+        tcp_timestamp(ctx, self.tcp, L4_OFFSET6)
     }
 
     /// The flow key of this segment from a client (client = source, VIP =
