@@ -51,7 +51,9 @@ pub enum Counter {
     /// fragmentation needed.
     TooBigAnswered,
     /// A packet larger than the egress MTU that may not be answered with
-    /// fragmentation needed (no DF, or itself an ICMP error): dropped, as XDP
+    /// fragmentation needed or Packet Too Big (IPv4 without DF, itself an
+    /// ICMP or ICMPv6 error, of no pinned flow, from a multicast or
+    /// unspecified source, or a segment the SYN proxy held): dropped, as XDP
     /// cannot fragment.
     TooBigDropped,
     /// SYN together with FIN or RST, to a VIP or the SNAT range: dropped.
@@ -119,9 +121,13 @@ pub enum Counter {
     /// An IPv6 UDP datagram without a checksum (0, which IPv6 forbids), to a
     /// VIP:port or the SNAT range: dropped, as its receiver would.
     Udp6NoChecksum,
+    /// An IPv6 TCP segment or UDP datagram of a pinned flow larger than the
+    /// egress MTU, answered with ICMPv6 Packet Too Big (IPv6 routers never
+    /// fragment; [`Counter::TooBigAnswered`] is IPv4's).
+    PacketTooBigAnswered,
 }
 
-pub const COUNTER_COUNT: u32 = Counter::Udp6NoChecksum as u32 + 1;
+pub const COUNTER_COUNT: u32 = Counter::PacketTooBigAnswered as u32 + 1;
 
 impl Counter {
     pub const ALL: [Counter; COUNTER_COUNT as usize] = [
@@ -168,6 +174,7 @@ impl Counter {
         Counter::UdpGatewayCollision,
         Counter::Ipv6ExtensionHeader,
         Counter::Udp6NoChecksum,
+        Counter::PacketTooBigAnswered,
     ];
 
     /// Stable snake_case name for logs and metrics.
@@ -216,6 +223,7 @@ impl Counter {
             Counter::UdpGatewayCollision => "udp_gateway_collision",
             Counter::Ipv6ExtensionHeader => "ipv6_extension_header",
             Counter::Udp6NoChecksum => "udp6_no_checksum",
+            Counter::PacketTooBigAnswered => "packet_too_big_answered",
         }
     }
 }

@@ -212,9 +212,17 @@ pub const TAKEN_PAIRS6: &str = "TAKEN_PAIRS6";
 /// sends it ([`crate::syn_proxy::Job::Dsr6`]): a second route lookup does
 /// not fit the choosing programs' stacks.
 pub const DSR6_BACKEND: &str = "DSR6_BACKEND";
+/// `PerCpuArray<u32>` with one entry: the egress MTU (host order) an IPv6
+/// packet found too big for its route, from the program that routed it to
+/// the one that answers it with Packet Too Big
+/// ([`crate::syn_proxy::Job::TooBig6`]).
+pub const TOO_BIG6_MTU: &str = "TOO_BIG6_MTU";
+/// `PerCpuArray<NextHop6>` of [`NEXT_HOP_SLOTS`] entries: [`NEXT_HOPS`]
+/// for IPv6 destinations (see [`NextHop6`]).
+pub const NEXT_HOPS6: &str = "NEXT_HOPS6";
 
 /// Every map of the load balancer object, for pinning and teardown.
-pub const ALL_MAPS: [&str; 26] = [
+pub const ALL_MAPS: [&str; 28] = [
     SERVICES,
     BACKENDS,
     LOOKUP_TABLES,
@@ -241,6 +249,8 @@ pub const ALL_MAPS: [&str; 26] = [
     HELD_SEGMENTS6,
     TAKEN_PAIRS6,
     DSR6_BACKEND,
+    TOO_BIG6_MTU,
+    NEXT_HOPS6,
 ];
 
 /// Name of the load balancer's XDP program in the object.
@@ -769,9 +779,25 @@ impl<A: WireAddr> NatOwnerOf<A> {
 }
 
 /// Slots of [`NEXT_HOPS`] per CPU; a power of two. A destination has one
-/// slot (by a hash of its address), so two destinations that share it take
-/// turns.
+/// slot ([`next_hop_slot`]), so two destinations that share it take turns.
 pub const NEXT_HOP_SLOTS: u32 = 1024;
+const _: () = assert!(NEXT_HOP_SLOTS.is_power_of_two() && NEXT_HOP_SLOTS >= 2);
+
+/// `x`'s slot among `slots` (a power of two, at least 2): the top bits of
+/// its Fibonacci hash, which every bit of `x` mixes into, so nearby values
+/// spread.
+#[inline(always)]
+pub const fn fibonacci_slot(x: u32, slots: u32) -> u32 {
+    x.wrapping_mul(0x9e37_79b9) >> (32 - slots.trailing_zeros())
+}
+
+/// The [`NEXT_HOPS`] (or [`NEXT_HOPS6`]) slot of destination `addr`: the
+/// [`fibonacci_slot`] of the address, or of its words XORed together (IPv6).
+#[inline(always)]
+pub fn next_hop_slot<A: WireAddr>(addr: &A) -> u32 {
+    // For one word (IPv4) the fold is the word itself.
+    fibonacci_slot(addr.fold(0, |h, w| h ^ w), NEXT_HOP_SLOTS)
+}
 
 /// How long a cached next hop is used before `bpf_fib_lookup` is asked
 /// again: a route, neighbour or MTU change takes effect within this.
@@ -799,6 +825,33 @@ pub struct NextHop {
     /// 0 in an empty slot, so that it answers nothing.
     pub fits: u16,
     pub tos: u8,
+    pub _pad: u8,
+    pub smac: [u8; 6],
+    pub dmac: [u8; 6],
+    pub _pad2: [u8; 4],
+}
+
+/// [`NextHop`] for an IPv6 destination, entry of [`NEXT_HOPS6`]: it
+/// answers a later packet with the same destination, source, traffic class
+/// and flow label (`flowinfo`, as the lookup took them) and ingress
+/// interface, no longer than `fits`, within [`NEXT_HOP_TTL_NS`] of
+/// `looked_up_ns`. Addresses wire order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NextHop6 {
+    /// `bpf_ktime_get_coarse_ns` of the lookup.
+    pub looked_up_ns: u64,
+    pub dst_addr: Ipv6Wire,
+    pub src_addr: Ipv6Wire,
+    pub ingress: u32,
+    pub ifindex: u32,
+    pub flowinfo: u32,
+    /// The largest IPv6 length (payload plus header, host order) the lookup
+    /// let through; 0 in an empty slot, so that it answers nothing.
+    pub fits: u16,
+    /// 1 when the destination is on-link (the lookup's next hop is the
+    /// destination itself): what a `dsr` packet needs.
+    pub on_link: u8,
     pub _pad: u8,
     pub smac: [u8; 6],
     pub dmac: [u8; 6],
@@ -855,11 +908,11 @@ pub struct DataplaneConfig {
 /// addresses leave almost every other address's bit clear.
 pub const VIP_FILTER_WORDS: usize = 8;
 
-/// An address's (wire order) bit in [`DataplaneConfig::vip_filter`]: the
-/// top bits of a multiplicative hash, so nearby addresses spread.
+/// An address's (wire order) bit in [`DataplaneConfig::vip_filter`]: its
+/// [`fibonacci_slot`] among the filter's bits.
 #[inline(always)]
 pub const fn vip_filter_bit(addr: u32) -> usize {
-    (addr.wrapping_mul(0x9e37_79b9) >> (32 - (VIP_FILTER_WORDS * 32).trailing_zeros())) as usize
+    fibonacci_slot(addr, (VIP_FILTER_WORDS * 32) as u32) as usize
 }
 
 /// An address's bit in its family's VIP filter: [`vip_filter_bit`] of the
@@ -1201,6 +1254,7 @@ mod pod {
     unsafe impl aya::Pod for SynFlood {}
     unsafe impl aya::Pod for HeldSegment {}
     unsafe impl aya::Pod for TakenPair6 {}
+    unsafe impl aya::Pod for NextHop6 {}
 }
 
 #[cfg(test)]
@@ -1231,6 +1285,7 @@ mod tests {
         assert_eq!(size_of::<NatKey6>(), 36);
         assert_eq!(size_of::<NatOwner6>(), 48);
         assert_eq!(size_of::<NextHop>(), 48);
+        assert_eq!(size_of::<NextHop6>(), 72);
         assert_eq!(size_of::<TrafficStats>(), 72);
         assert_eq!(size_of::<SynFlood>(), 32);
         assert_eq!(size_of::<HeldSegment>(), 8 + crate::syn_proxy::HELD_PAYLOAD_MAX);
@@ -1247,6 +1302,18 @@ mod tests {
         assert!(let_through <= 8, "{let_through} of 256 other addresses pass the filter");
         let empty = cfg.with_vip_filter([]);
         assert!(vips.iter().all(|&vip| !empty.may_be_vip(wire_ip(vip))));
+    }
+
+    #[test]
+    fn next_hop_slots_spread_nearby_destinations_and_fold_ipv6_words() {
+        assert_eq!(fibonacci_slot(1, 1024), 0x278, "the top 10 bits of 0x9e37_79b9");
+        let slots: std::collections::HashSet<u32> = (0..=255u8)
+            .map(|i| next_hop_slot(&wire_ip(Ipv4Addr::new(10, 0, 1, i))))
+            .collect();
+        assert!(slots.iter().all(|&slot| slot < NEXT_HOP_SLOTS));
+        assert!(slots.len() >= 200, "256 neighbours share {} slots", slots.len());
+        let addr6 = [1, 2, 4, 8];
+        assert_eq!(next_hop_slot(&addr6), next_hop_slot(&15u32), "IPv6 words XORed");
     }
 
     /// The bytes of `value` as the kernel sees them.

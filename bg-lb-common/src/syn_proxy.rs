@@ -115,10 +115,21 @@ pub enum Job {
     /// on by MAC (a route lookup of its own, off the choosing program's
     /// stack).
     Dsr6,
+    /// An IPv6 TCP segment or UDP datagram the LB translated, too big for
+    /// its route (the egress MTU in `TOO_BIG6_MTU`): answered with ICMPv6
+    /// Packet Too Big (building the answer in the packet needs a stack of
+    /// its own).
+    TooBig6,
+    /// [`Job::Tcp6TakeOver`] for an IPv6 ACK that proved its cookie and
+    /// found no free SNAT pair ([`Job::Proven6`]).
+    Proven6TakeOver,
+    /// [`Job::Tcp6Taken`] for the proven ACK whose pair
+    /// [`Job::Proven6TakeOver`] claimed.
+    Proven6Taken,
 }
 
 /// Each job's program name, by job index.
-pub const JOB_PROGRAMS: [&str; 26] = [
+pub const JOB_PROGRAMS: [&str; 29] = [
     "bg_lb_syn_ack",
     "bg_lb_open_backend",
     "bg_lb_resend_syn",
@@ -145,6 +156,9 @@ pub const JOB_PROGRAMS: [&str; 26] = [
     "bg_lb_tcp6_taken",
     "bg_lb_udp6_open",
     "bg_lb_dsr6",
+    "bg_lb_too_big6",
+    "bg_lb_proven6_take_over",
+    "bg_lb_proven6_taken",
 ];
 
 /// The flood detector's window.
@@ -340,6 +354,9 @@ mod tests {
             Job::Tcp6Taken,
             Job::Udp6Open,
             Job::Dsr6,
+            Job::TooBig6,
+            Job::Proven6TakeOver,
+            Job::Proven6Taken,
         ];
         assert_eq!(jobs.len(), JOB_PROGRAMS.len());
         for (i, job) in jobs.into_iter().enumerate() {

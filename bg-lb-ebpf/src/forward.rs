@@ -7,10 +7,10 @@
 //! for the egress link is answered with ICMP fragmentation needed if its
 //! sender set DF, and dropped otherwise: XDP cannot fragment.
 //!
-//! IPv6 ([`forward6`]) asks `bpf_fib_lookup` every time: the next-hop
-//! cache holds IPv4 destinations only. An IPv6 packet too big for the
-//! egress link is dropped and counted (`too_big_dropped`): no ICMPv6
-//! Packet Too Big is built yet.
+//! IPv6 ([`forward6`]) has a next-hop cache of its own
+//! ([`crate::next_hop6`]). An IPv6 packet too big for the egress link goes
+//! to a program of its own that answers it with ICMPv6 Packet Too Big
+//! ([`crate::ipv6_too_big`]).
 
 use core::mem::{size_of, zeroed};
 
@@ -26,9 +26,10 @@ use aya_ebpf::{
 use bg_lb_common::{counters::Counter, maps::Ipv6Wire};
 
 use crate::{
-    icmp,
+    icmp, ipv6_too_big,
     maps::{TX_PORTS, count},
     next_hop::cached_route,
+    next_hop6::cached_route6,
     packet::{L4Packet, TcpPacket, ipv6::Ipv6Frame},
 };
 
@@ -164,6 +165,30 @@ pub fn forward6(ctx: &XdpContext, frame: &mut Ipv6Frame<'_>) -> u32 {
 /// which keeps the VIP), a route through a gateway is refused.
 #[inline(always)]
 pub fn forward6_to(ctx: &XdpContext, frame: &mut Ipv6Frame<'_>, dst_addr: &Ipv6Wire, on_link: bool) -> u32 {
+    route_and_send6(ctx, frame, dst_addr, on_link, true)
+}
+
+/// [`forward6`] for a client segment the SYN proxy held, sent in place of
+/// the backend's SYN-ACK: too big for its route, it is dropped
+/// (`too_big_dropped`), as on IPv4. Its sender is on the other side of the
+/// interface the frame came in on, so no answer can go back out of it; the
+/// client retransmits the segment and is answered then.
+#[inline(always)]
+pub fn forward6_held(ctx: &XdpContext, frame: &mut Ipv6Frame<'_>) -> u32 {
+    let dst_addr = frame.dst_addr();
+    route_and_send6(ctx, frame, &dst_addr, false, false)
+}
+
+/// Routes and sends the frame; one too big for its route is answered with
+/// Packet Too Big if `answer_too_big`, else dropped.
+#[inline(always)]
+fn route_and_send6(
+    ctx: &XdpContext,
+    frame: &mut Ipv6Frame<'_>,
+    dst_addr: &Ipv6Wire,
+    on_link: bool,
+    answer_too_big: bool,
+) -> u32 {
     match route6(ctx, frame, dst_addr, on_link) {
         Route::Next {
             ifindex, smac, dmac, ..
@@ -171,16 +196,24 @@ pub fn forward6_to(ctx: &XdpContext, frame: &mut Ipv6Frame<'_>, dst_addr: &Ipv6W
             frame.set_macs(smac, dmac);
             send(ctx, ifindex)
         }
+        Route::TooBig { mtu } if answer_too_big => ipv6_too_big::too_big(ctx, frame, mtu),
         Route::TooBig { .. } => dropped(Counter::TooBigDropped),
         Route::Failed(counter) => dropped(counter),
     }
 }
 
-/// Where an IPv6 packet goes towards `dst_addr` (`bpf_fib_lookup` every
-/// time); with `on_link`, a route through a gateway is refused
-/// (`dsr_not_on_link`).
+/// Where an IPv6 packet goes towards `dst_addr` (this CPU's recent
+/// answer, else `bpf_fib_lookup`); with `on_link`, a route through a
+/// gateway is refused (`dsr_not_on_link`).
 #[inline(always)]
 pub fn route6(ctx: &XdpContext, frame: &Ipv6Frame<'_>, dst_addr: &Ipv6Wire, on_link: bool) -> Route {
+    cached_route6(ctx, frame, dst_addr, on_link)
+}
+
+/// `bpf_fib_lookup`'s answer for an IPv6 packet towards `dst_addr`, and
+/// whether the destination is on-link (the next hop is `dst_addr` itself).
+#[inline(always)]
+pub fn lookup6(ctx: &XdpContext, frame: &Ipv6Frame<'_>, dst_addr: &Ipv6Wire) -> (Route, bool) {
     // SAFETY: as in `route`: all zeroes is a valid parameter block.
     let mut fib: FibParams = unsafe { zeroed() };
     fib.family = AF_INET6;
@@ -190,14 +223,11 @@ pub fn route6(ctx: &XdpContext, frame: &Ipv6Frame<'_>, dst_addr: &Ipv6Wire, on_l
     fib.__bindgen_anon_2.flowinfo = frame.flowinfo();
     fib.__bindgen_anon_3.ipv6_src = frame.src_addr();
     fib.__bindgen_anon_4.ipv6_dst = *dst_addr;
-    match lookup(ctx, &mut fib) {
-        // SAFETY: an IPv6 lookup; the kernel wrote the gateway over the
-        // destination when the route has one.
-        Route::Next { .. } if on_link && unsafe { fib.__bindgen_anon_4.ipv6_dst } != *dst_addr => {
-            Route::Failed(Counter::DsrNotOnLink)
-        }
-        route => route,
-    }
+    let route = lookup(ctx, &mut fib);
+    // SAFETY: an IPv6 lookup; the kernel wrote the gateway over the
+    // destination when the route has one.
+    let direct = unsafe { fib.__bindgen_anon_4.ipv6_dst } == *dst_addr;
+    (route, direct)
 }
 
 /// Drops the packet, counted under `counter`.

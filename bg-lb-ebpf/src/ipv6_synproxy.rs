@@ -1,7 +1,8 @@
 //! The SYN proxy on IPv6 VIPs: [`crate::synproxy`]'s jobs for IPv6 flows,
 //! each an XDP program of its own reached by tail call ([`Job::SynAck6`],
 //! [`Job::Tcp6Proxy`], [`Job::Proven6`], [`Job::OpenBackend6`], [`Job::ResendSyn6`],
-//! [`Job::AckToBackend6`], [`Job::HoldSegment6`]). The verdicts, the flood detector (per service,
+//! [`Job::AckToBackend6`], [`Job::HoldSegment6`]; the takeover of an ended
+//! flow's SNAT pair is `ipv6_port_takeover`'s). The verdicts, the flood detector (per service,
 //! shared with the service's IPv4 VIPs) and the flow's bookkeeping are the
 //! IPv4 proxy's, generic over the family; what is IPv6's own is the packet
 //! work ([`Tcp6Packet`]'s cookie helpers and the segments it writes) and
@@ -13,28 +14,28 @@
 //! IPv6 table, [`COOKIE_MSS6`]).
 
 use aya_ebpf::{
-    bindings::xdp_action::{XDP_DROP, XDP_TX},
+    bindings::xdp_action::XDP_DROP,
     helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
     macros::xdp,
     programs::XdpContext,
 };
 use bg_lb_common::{
     counters::Counter,
-    flow_state::{TCP_ACK, TCP_SYN},
-    maps::{Flow6, Ipv6Wire, NatKey6},
+    flow_state::{Segment, TCP_ACK, TCP_SYN},
+    maps::{FlowKey6, Ipv6Wire, NatKey6},
     port_reuse::Syn,
-    syn_proxy::{COOKIE_MSS6, DEFAULT_MSS6, HELD, HELD_PAYLOAD_MAX, IPV6_MSS_REDUCTION, Job},
+    syn_proxy::{COOKIE_MSS6, DEFAULT_MSS6, HELD_PAYLOAD_MAX, IPV6_MSS_REDUCTION, Job},
 };
 
 use crate::{
-    forward::{Route, dropped, forward6, route6, send},
+    forward::{Route, dropped, forward6, forward6_held, route6, send},
     ipv6::{flow_key, tcp_service},
-    maps::{BACKENDS6, CONFIG, HELD_SEGMENTS6, Way, account, count, flow_entry, reverse_owner},
+    maps::{CONFIG, count},
     packet::{
         BareSegment,
         ipv6::{Tcp6Packet, parse_tcp6},
     },
-    synproxy::{ProxySegment, backend_answered, client_completes, count_hold, hand_over, hold, prove},
+    synproxy::{ProxyPacket, ProxySegment, ack_to_backend, hand_over, hold_segment, open_backend, resend_syn},
     to_backend::{Claim, new_flow, opening_segment, proxy_first, refuse},
 };
 
@@ -76,6 +77,91 @@ impl ProxySegment for Tcp6Packet<'_> {
     #[inline(always)]
     fn copy_payload(&self, ctx: &XdpContext, into: &mut [u8; HELD_PAYLOAD_MAX]) -> Option<u32> {
         Tcp6Packet::copy_payload(self, ctx, into)
+    }
+}
+
+impl<'a> ProxyPacket<'a> for Tcp6Packet<'a> {
+    type Addr = Ipv6Wire;
+
+    #[inline(always)]
+    fn parse(ctx: &'a XdpContext) -> Option<Self> {
+        parse_tcp6(ctx)
+    }
+
+    #[inline(always)]
+    fn client_key(&self) -> FlowKey6 {
+        flow_key(self)
+    }
+
+    #[inline(always)]
+    fn nat_key(&self) -> NatKey6 {
+        NatKey6::from_wire(
+            self.frame.src_addr(),
+            self.src_port(),
+            self.frame.dst_addr(),
+            self.dst_port(),
+        )
+    }
+
+    #[inline(always)]
+    fn src_addr(&self) -> Ipv6Wire {
+        self.frame.src_addr()
+    }
+
+    #[inline(always)]
+    fn dst_addr(&self) -> Ipv6Wire {
+        self.frame.dst_addr()
+    }
+
+    #[inline(always)]
+    fn ack_seq(&self) -> u32 {
+        Tcp6Packet::ack_seq(self)
+    }
+
+    #[inline(always)]
+    fn window(&self) -> u16 {
+        Tcp6Packet::window(self)
+    }
+
+    #[inline(always)]
+    fn payload_len(&self) -> u32 {
+        Tcp6Packet::payload_len(self)
+    }
+
+    #[inline(always)]
+    fn ip_len(&self) -> u16 {
+        self.frame.ip_len()
+    }
+
+    #[inline(always)]
+    fn swap_macs(&mut self) {
+        Tcp6Packet::swap_macs(self)
+    }
+
+    #[inline(always)]
+    fn become_segment(self, ctx: &'a XdpContext, segment: &BareSegment<Ipv6Wire>) -> Option<Self> {
+        Tcp6Packet::become_segment(self, ctx, segment)
+    }
+
+    #[inline(always)]
+    fn become_data_segment(
+        self,
+        ctx: &'a XdpContext,
+        segment: &BareSegment<Ipv6Wire>,
+        payload: &[u8; HELD_PAYLOAD_MAX],
+        len: u32,
+    ) -> Option<Self> {
+        Tcp6Packet::become_data_segment(self, ctx, segment, payload, len)
+    }
+
+    #[inline(always)]
+    fn forward(&mut self, ctx: &XdpContext) -> u32 {
+        forward6(ctx, &mut self.frame)
+    }
+
+    #[inline(always)]
+    fn forward_held(&mut self, ctx: &XdpContext) -> u32 {
+        forward6_held(ctx, &mut self.frame)
     }
 }
 
@@ -160,31 +246,48 @@ pub fn bg_lb_tcp6_proxy(ctx: XdpContext) -> u32 {
 }
 
 /// [`Job::Proven6`]: the frame's ACK proved its cookie ([`Job::Tcp6Proxy`]):
-/// a flow from the service's table, opened as the client's SYN would have,
-/// then [`Job::OpenBackend6`]; or the refusal.
+/// a flow from the service's table on a free SNAT pair, opened as the
+/// client's SYN would have, then [`Job::OpenBackend6`]; with no free pair,
+/// on to [`Job::Proven6TakeOver`]; or the refusal.
 #[xdp]
 pub fn bg_lb_proven6(ctx: XdpContext) -> u32 {
-    let Some(pkt) = parse_tcp6(&ctx) else {
+    // SAFETY: a helper without arguments (precise: the flow's port claim).
+    let now = unsafe { bpf_ktime_get_ns() };
+    open_proven(&ctx, Claim::Free, now)
+}
+
+/// The proven ACK in the frame opening its flow on a pair `claim` allows,
+/// created at `now`, as the client's SYN would have; then
+/// [`Job::OpenBackend6`], or (no free pair) [`Job::Proven6TakeOver`], or
+/// the refusal.
+#[inline(always)]
+pub(crate) fn open_proven(ctx: &XdpContext, claim: Claim<Ipv6Wire>, now: u64) -> u32 {
+    let Some(pkt) = parse_tcp6(ctx) else {
         return XDP_DROP;
     };
     let key = flow_key(&pkt);
     let (Some(service), Some(cfg)) = (tcp_service(&key), CONFIG.get(0)) else {
         return XDP_DROP;
     };
-    // SAFETY: helpers without arguments, as in `ipv6::open`.
-    let (now, seen) = unsafe { (bpf_ktime_get_ns(), bpf_ktime_get_coarse_ns()) };
+    // SAFETY: a helper without arguments (coarse: the flow's last packet).
+    let seen = unsafe { bpf_ktime_get_coarse_ns() };
     let request = opening_segment(&pkt.segment(), true);
-    // The proxy's SYN carries no timestamp.
-    let syn = Syn::new(request.seq, None);
-    // A free pair only: the takeover does not fit this program's stack, and
-    // its program (`Job::Tcp6TakeOver`) opens from a SYN, not from the
-    // proven ACK. With no free pair the proven connection is refused and
-    // counted (`snat_ports_exhausted`); its client's retry gets a cookie
-    // again.
-    match new_flow(&key, &request, &syn, &service, cfg, (now, seen), Claim::Free) {
-        Ok(_) => hand_over(&ctx, Job::OpenBackend6),
-        Err(counter) => refuse(&ctx, &request, counter, now, || hand_over(&ctx, Job::Rst6)),
+    match new_flow(&key, &request, &proven_syn(&request), &service, cfg, (now, seen), claim) {
+        Ok(_) => hand_over(ctx, Job::OpenBackend6),
+        // No free pair: perhaps one whose flow has ended (the takeover does
+        // not fit this program's stack).
+        Err(Counter::SnatPortsExhausted | Counter::GatewayCollision) if matches!(claim, Claim::Free) => {
+            hand_over(ctx, Job::Proven6TakeOver)
+        }
+        Err(counter) => refuse(ctx, &request, counter, now, || hand_over(ctx, Job::Rst6)),
     }
+}
+
+/// What a backend's TIME_WAIT reads of the proxy's SYN for `request` (the
+/// proven ACK's opening segment): the SYN carries no timestamp.
+#[inline(always)]
+pub(crate) fn proven_syn(request: &Segment) -> Syn {
+    Syn::new(request.seq, None)
 }
 
 /// [`Job::OpenBackend6`]: as [`Job::OpenBackend`], for an IPv6 flow; the
@@ -192,15 +295,9 @@ pub fn bg_lb_proven6(ctx: XdpContext) -> u32 {
 /// the stack).
 #[xdp]
 pub fn bg_lb_open_backend6(ctx: XdpContext) -> u32 {
-    count(Counter::SynCookieValid);
-    let Some(pkt) = parse_tcp6(&ctx) else {
+    if open_backend::<Tcp6Packet>(&ctx).is_none() {
         return XDP_DROP;
-    };
-    let key = flow_key(&pkt);
-    let Some(flow) = flow_entry(&key) else {
-        return XDP_DROP;
-    };
-    prove(&ctx, &pkt, &key, flow, pkt.ack_seq(), pkt.window(), pkt.payload_len());
+    }
     hand_over(&ctx, Job::ResendSyn6)
 }
 
@@ -208,44 +305,7 @@ pub fn bg_lb_open_backend6(ctx: XdpContext) -> u32 {
 /// first SYN, after [`Job::OpenBackend6`]).
 #[xdp]
 pub fn bg_lb_resend_syn6(ctx: XdpContext) -> u32 {
-    let Some(pkt) = parse_tcp6(&ctx) else {
-        return XDP_DROP;
-    };
-    match flow_entry(&flow_key(&pkt)) {
-        Some(flow) => send_syn(&ctx, pkt, flow),
-        None => XDP_DROP,
-    }
-}
-
-/// The proxied flow's SYN to its backend, written in place of `pkt` (from
-/// the flow's SNAT address and port), and forwarded.
-#[inline(always)]
-fn send_syn(ctx: &XdpContext, pkt: Tcp6Packet<'_>, flow: &Flow6) -> u32 {
-    let Some(backend) = BACKENDS6.get(flow.backend_id) else {
-        return dropped(Counter::NoBackend);
-    };
-    let syn = BareSegment {
-        src_addr: flow.snat_addr,
-        dst_addr: backend.addr,
-        src_port: flow.snat_port,
-        dst_port: backend.port,
-        seq: flow.seq_delta,
-        ack: 0,
-        flags: TCP_SYN,
-        window: flow.client_window,
-        mss: flow.client_mss,
-    };
-    let Some(mut syn) = pkt.become_segment(ctx, &syn) else {
-        return XDP_DROP;
-    };
-    account(
-        flow.backend_id,
-        flow.service_id,
-        Way::ToBackend,
-        syn.frame.ip_len(),
-        false,
-    );
-    forward6(ctx, &mut syn.frame)
+    resend_syn::<Tcp6Packet>(&ctx)
 }
 
 /// [`Job::AckToBackend6`]: as [`Job::AckToBackend`], for an IPv6 flow: the
@@ -253,105 +313,11 @@ fn send_syn(ctx: &XdpContext, pkt: Tcp6Packet<'_>, flow: &Flow6) -> u32 {
 /// ACK the client would have sent.
 #[xdp]
 pub fn bg_lb_ack_to_backend6(ctx: XdpContext) -> u32 {
-    let Some(mut pkt) = parse_tcp6(&ctx) else {
-        return XDP_DROP;
-    };
-    let nat = NatKey6::from_wire(
-        pkt.frame.src_addr(),
-        pkt.src_port(),
-        pkt.frame.dst_addr(),
-        pkt.dst_port(),
-    );
-    let Some(client) = reverse_owner(&nat) else {
-        return XDP_DROP;
-    };
-    let Some(flow) = flow_entry(&client) else {
-        return XDP_DROP;
-    };
-    let first = backend_answered(flow, pkt.flags(), pkt.seq(), pkt.ack_seq());
-    let mut answer = BareSegment {
-        src_addr: pkt.frame.dst_addr(),
-        dst_addr: pkt.frame.src_addr(),
-        src_port: pkt.dst_port(),
-        dst_port: pkt.src_port(),
-        seq: pkt.ack_seq(),
-        ack: pkt.seq().wrapping_add(1),
-        flags: TCP_ACK,
-        window: flow.client_window,
-        mss: 0,
-    };
-    if flow.proxy & HELD != 0 {
-        flow.proxy &= !HELD;
-        // SAFETY: an LRU hash map: the element stays intact under RCU until
-        // the program returns, though it may be removed meanwhile.
-        if let Some(held) = unsafe { HELD_SEGMENTS6.get(client) } {
-            answer.seq = held.seq;
-            answer.flags = held.flags;
-            let established = first && client_completes(flow, held.flags, held.seq, held.len.into());
-            let sent = pkt.become_data_segment(&ctx, &answer, &held.payload, held.len.into());
-            let _ = HELD_SEGMENTS6.remove(client);
-            return match sent {
-                Some(mut data) => {
-                    account(
-                        flow.backend_id,
-                        flow.service_id,
-                        Way::ToBackend,
-                        data.frame.ip_len(),
-                        established,
-                    );
-                    forward6(&ctx, &mut data.frame)
-                }
-                None => held_segment_lost(&ctx, &answer),
-            };
-        }
-    }
-    let established = first && client_completes(flow, TCP_ACK, answer.seq, 0);
-    pkt.swap_macs();
-    match pkt.become_segment(&ctx, &answer) {
-        Some(ack) => {
-            account(
-                flow.backend_id,
-                flow.service_id,
-                Way::ToBackend,
-                ack.frame.ip_len(),
-                established,
-            );
-            XDP_TX
-        }
-        None => XDP_DROP,
-    }
-}
-
-/// As IPv4's: the held segment did not fit the frame, so the backend gets
-/// the bare ACK if the frame is still its SYN-ACK.
-#[inline(always)]
-fn held_segment_lost(ctx: &XdpContext, answer: &BareSegment<Ipv6Wire>) -> u32 {
-    count(Counter::SynProxyEarlyData);
-    let Some(mut pkt) = parse_tcp6(ctx) else {
-        return XDP_DROP;
-    };
-    if pkt.flags() & (TCP_SYN | TCP_ACK) != TCP_SYN | TCP_ACK {
-        return XDP_DROP;
-    }
-    let ack = BareSegment {
-        seq: pkt.ack_seq(),
-        flags: TCP_ACK,
-        ..*answer
-    };
-    pkt.swap_macs();
-    match pkt.become_segment(ctx, &ack) {
-        Some(_) => XDP_TX,
-        None => XDP_DROP,
-    }
+    ack_to_backend::<Tcp6Packet>(&ctx)
 }
 
 /// [`Job::HoldSegment6`]: as [`Job::HoldSegment`], for an IPv6 flow.
 #[xdp]
 pub fn bg_lb_hold_segment6(ctx: XdpContext) -> u32 {
-    let held = parse_tcp6(&ctx).and_then(|pkt| {
-        let key = flow_key(&pkt);
-        hold(&ctx, &pkt, &key, flow_entry(&key)?)
-    });
-    count_hold(held);
-    XDP_DROP
+    hold_segment::<Tcp6Packet>(&ctx)
 }

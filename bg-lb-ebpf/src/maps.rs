@@ -14,7 +14,7 @@ use bg_lb_common::{
         Backend, Backend6, BackendOf, DEFAULT_LOOKUP_CAPACITY, DEFAULT_MAX_FLOWS, DataplaneConfig, Flow, Flow6,
         FlowKey, FlowKey6, FlowKeyOf, FlowOf, HELD_SEGMENTS_CAPACITY, HeldSegment, Ipv6Wire, LOOKUP_TABLES_FLAGS,
         MAX_BACKENDS, MAX_INTERFACES, MAX_SERVICES, NEXT_HOP_SLOTS, NatKey, NatKey6, NatKeyOf, NatOwner, NatOwner6,
-        NatOwnerOf, NextHop, Service, ServiceKey, ServiceKey6, SynFlood, TakenPair6, TrafficStats, WireAddr,
+        NatOwnerOf, NextHop, NextHop6, Service, ServiceKey, ServiceKey6, SynFlood, TakenPair6, TrafficStats, WireAddr,
     },
     syn_proxy::JOB_PROGRAMS,
 };
@@ -107,6 +107,12 @@ pub static TAKEN_PAIRS6: PerCpuArray<TakenPair6> = PerCpuArray::with_max_entries
 
 #[map]
 pub static DSR6_BACKEND: PerCpuArray<Ipv6Wire> = PerCpuArray::with_max_entries(1, 0);
+
+#[map]
+pub static TOO_BIG6_MTU: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+
+#[map]
+pub static NEXT_HOPS6: PerCpuArray<NextHop6> = PerCpuArray::with_max_entries(NEXT_HOP_SLOTS, 0);
 
 // Written and read by userspace only (see bg_lb_common::maps::LAYOUT).
 #[map]

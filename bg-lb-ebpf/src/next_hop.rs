@@ -7,21 +7,17 @@
 //! does not resolve, always asks the kernel.
 
 use aya_ebpf::{helpers::bpf_ktime_get_coarse_ns, programs::XdpContext};
-use bg_lb_common::maps::{NEXT_HOP_SLOTS, NEXT_HOP_TTL_NS, NextHop};
+use bg_lb_common::maps::{NEXT_HOP_TTL_NS, NextHop, next_hop_slot};
 
 use crate::{
     forward::{Route, RouteQuery, route},
     maps::NEXT_HOPS,
 };
 
-const _: () = assert!(NEXT_HOP_SLOTS.is_power_of_two());
-
 /// [`route`], answered from this CPU's cache when it can be.
 #[inline(always)]
 pub fn cached_route(ctx: &XdpContext, query: &RouteQuery) -> Route {
-    // Fibonacci hashing: the top bits of the product mix every address bit.
-    let slot = query.dst_addr.wrapping_mul(0x9e37_79b9) >> (32 - NEXT_HOP_SLOTS.trailing_zeros());
-    let Some(entry) = NEXT_HOPS.get_ptr_mut(slot) else {
+    let Some(entry) = NEXT_HOPS.get_ptr_mut(next_hop_slot(&query.dst_addr)) else {
         return route(ctx, query);
     };
     // SAFETY: a per-CPU array element is never freed, and only this CPU,

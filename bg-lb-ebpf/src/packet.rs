@@ -338,12 +338,7 @@ impl TcpPacket<'_> {
     /// resized, and the caller drops it.
     #[inline(always)]
     pub fn become_segment<'c>(self, ctx: &'c XdpContext, segment: &BareSegment) -> Option<TcpPacket<'c>> {
-        let written = if segment.mss != 0 {
-            self.write_segment::<TCP_WITH_MSS_LEN>(ctx, segment, None)
-        } else {
-            self.write_segment::<TCP_LEN>(ctx, segment, None)
-        };
-        if !written {
+        if !write_bare_segment(self.frame.eth, ctx, segment) {
             return None;
         }
         parse_tcp(ctx).ok()
@@ -359,62 +354,33 @@ impl TcpPacket<'_> {
         payload: &[u8; HELD_PAYLOAD_MAX],
         len: u32,
     ) -> Option<TcpPacket<'c>> {
-        if !self.write_segment::<TCP_LEN>(ctx, segment, Some((payload, len))) {
+        if !write_segment::<_, TCP_LEN>(self.frame.eth, ctx, segment, Some((payload, len))) {
             return None;
         }
         parse_tcp(ctx).ok()
     }
+}
 
-    /// [`TcpPacket::become_segment`] with a TCP header of `TCP` bytes and
-    /// perhaps a payload; false if the frame could not take it. Out of
-    /// line, so the segment's fields are read from memory after the resize
-    /// rather than held across it in registers the helper call clobbers
-    /// (spilled byte by byte, they overflowed the stack).
-    #[inline(never)]
-    fn write_segment<const TCP: usize>(
-        self,
-        ctx: &XdpContext,
-        s: &BareSegment,
-        payload: Option<(&[u8; HELD_PAYLOAD_MAX], u32)>,
-    ) -> bool {
-        self.write_segment_fields::<TCP>(ctx, s, payload).is_some()
-    }
+/// The IP header of a segment the LB writes ([`BareSegment`]), per family:
+/// IPv4's here (`A = u32`), IPv6's in [`ipv6::synproxy`].
+pub trait SegmentIp: Copy {
+    /// The header as written, right after the Ethernet header.
+    type Header;
 
+    /// Writes the header of segment `s` of `segment_len` TCP bytes.
+    fn fill_ip(ip: &mut Self::Header, s: &BareSegment<Self>, segment_len: u16);
+
+    /// The one's complement sum of the segment's pseudo-header, unfolded.
+    fn pseudo_sum(ip: &Self::Header, s: &BareSegment<Self>, segment_len: u16) -> u32;
+}
+
+impl SegmentIp for u32 {
+    type Header = [u8; IP_LEN];
+
+    /// No options, TTL 64, DF, with its checksum.
     #[inline(always)]
-    fn write_segment_fields<const TCP: usize>(
-        self,
-        ctx: &XdpContext,
-        s: &BareSegment,
-        payload: Option<(&[u8; HELD_PAYLOAD_MAX], u32)>,
-    ) -> Option<()> {
-        let eth = *self.frame.eth;
-        // 64 bits from here on: a copy widened later would be a register the
-        // verifier does not connect with the one checked below.
-        let payload_len = match payload {
-            Some((_, len)) if len as usize <= HELD_PAYLOAD_MAX => u64::from(len),
-            Some(_) => return None,
-            None => 0,
-        };
-        let headers = (ETH_LEN + IP_LEN + TCP) as i32;
-        if !resize(ctx, headers + payload_len as i32) {
-            return None;
-        }
-        // Resizing invalidated every packet pointer: take new ones. They are
-        // inside (the frame is now exactly this long), so the checks are for
-        // the verifier.
-        let eth_at: *mut EthHdr = ptr_at(ctx, 0)?;
-        let ip: *mut [u8; IP_LEN] = ptr_at(ctx, ETH_LEN)?;
-        let tcp: *mut [u8; TCP] = ptr_at(ctx, TCP_OFFSET)?;
-        // Written in place, field by field: headers built on the stack and
-        // copied in would cost more stack than the program has.
-        // SAFETY: inside the resized frame (ptr_at, taken after the resize);
-        // the three do not overlap and nothing else refers to the frame.
-        let (ip, tcp) = unsafe {
-            *eth_at = eth;
-            (&mut *ip, &mut *tcp)
-        };
+    fn fill_ip(ip: &mut [u8; IP_LEN], s: &BareSegment, segment_len: u16) {
         let (src, dst) = (s.src_addr.to_ne_bytes(), s.dst_addr.to_ne_bytes());
-        let segment_len = (TCP as u64 + payload_len) as u16;
         *ip = [0; IP_LEN];
         ip[0] = 0x45;
         ip[2..4].copy_from_slice(&(IP_LEN as u16 + segment_len).to_be_bytes());
@@ -425,16 +391,88 @@ impl TcpPacket<'_> {
         ip[16..20].copy_from_slice(&dst);
         let ip_check = finish(csum(ip, 0));
         ip[10..12].copy_from_slice(&ip_check.to_ne_bytes());
-
-        fill_tcp(tcp, s);
-        let mut sum = pseudo_header_sum(s.src_addr, s.dst_addr, segment_len);
-        if let Some((bytes, _)) = payload {
-            sum = store_payload(ctx, headers, bytes, payload_len, sum)?;
-        }
-        let tcp_check = finish(csum(tcp, sum));
-        tcp[16..18].copy_from_slice(&tcp_check.to_ne_bytes());
-        Some(())
     }
+
+    #[inline(always)]
+    fn pseudo_sum(_: &[u8; IP_LEN], s: &BareSegment, segment_len: u16) -> u32 {
+        pseudo_header_sum(s.src_addr, s.dst_addr, segment_len)
+    }
+}
+
+/// Writes `segment` in place of the frame, as
+/// [`TcpPacket::become_segment`] describes, the frame's Ethernet header at
+/// `eth` kept; false if the frame could not take it. `eth` is a pointer,
+/// not a reference: the resize invalidates it, so it must be read before
+/// (a reference would let the compiler read it after).
+#[inline(always)]
+pub(crate) fn write_bare_segment<A: SegmentIp>(eth: *const EthHdr, ctx: &XdpContext, segment: &BareSegment<A>) -> bool {
+    if segment.mss != 0 {
+        write_segment::<A, TCP_WITH_MSS_LEN>(eth, ctx, segment, None)
+    } else {
+        write_segment::<A, TCP_LEN>(eth, ctx, segment, None)
+    }
+}
+
+/// [`write_bare_segment`] with a TCP header of `TCP` bytes and perhaps a
+/// payload. Out of line, so the segment's fields are read from memory after
+/// the resize rather than held across it in registers the helper call
+/// clobbers (spilled byte by byte, they overflowed the stack).
+#[inline(never)]
+pub(crate) fn write_segment<A: SegmentIp, const TCP: usize>(
+    eth: *const EthHdr,
+    ctx: &XdpContext,
+    s: &BareSegment<A>,
+    payload: Option<(&[u8; HELD_PAYLOAD_MAX], u32)>,
+) -> bool {
+    write_segment_fields::<A, TCP>(eth, ctx, s, payload).is_some()
+}
+
+#[inline(always)]
+fn write_segment_fields<A: SegmentIp, const TCP: usize>(
+    eth: *const EthHdr,
+    ctx: &XdpContext,
+    s: &BareSegment<A>,
+    payload: Option<(&[u8; HELD_PAYLOAD_MAX], u32)>,
+) -> Option<()> {
+    // SAFETY: the caller's parsed Ethernet header, inside the frame until
+    // the resize below.
+    let eth = unsafe { *eth };
+    // 64 bits from here on: a copy widened later would be a register the
+    // verifier does not connect with the one checked below.
+    let payload_len = match payload {
+        Some((_, len)) if len as usize <= HELD_PAYLOAD_MAX => u64::from(len),
+        Some(_) => return None,
+        None => 0,
+    };
+    let tcp_offset = ETH_LEN + size_of::<A::Header>();
+    let headers = (tcp_offset + TCP) as i32;
+    if !resize(ctx, headers + payload_len as i32) {
+        return None;
+    }
+    // Resizing invalidated every packet pointer: take new ones. They are
+    // inside (the frame is now exactly this long), so the checks are for
+    // the verifier.
+    let eth_at: *mut EthHdr = ptr_at(ctx, 0)?;
+    let ip: *mut A::Header = ptr_at(ctx, ETH_LEN)?;
+    let tcp: *mut [u8; TCP] = ptr_at(ctx, tcp_offset)?;
+    // Written in place, field by field: headers built on the stack and
+    // copied in would cost more stack than the program has.
+    // SAFETY: inside the resized frame (ptr_at, taken after the resize);
+    // the three do not overlap and nothing else refers to the frame.
+    let (ip, tcp) = unsafe {
+        *eth_at = eth;
+        (&mut *ip, &mut *tcp)
+    };
+    let segment_len = (TCP as u64 + payload_len) as u16;
+    A::fill_ip(ip, s, segment_len);
+    fill_tcp(tcp, s);
+    let mut sum = A::pseudo_sum(ip, s, segment_len);
+    if let Some((bytes, _)) = payload {
+        sum = store_payload(ctx, headers, bytes, payload_len, sum)?;
+    }
+    let tcp_check = finish(csum(tcp, sum));
+    tcp[16..18].copy_from_slice(&tcp_check.to_ne_bytes());
+    Some(())
 }
 
 /// Writes `s`'s TCP header (its checksum left 0) into `tcp`, which is a bare
@@ -636,12 +674,7 @@ impl TcpPacket<'_> {
     /// if it is empty or does not fit.
     #[inline(always)]
     pub fn copy_payload(&self, ctx: &XdpContext, into: &mut [u8; HELD_PAYLOAD_MAX]) -> Option<u32> {
-        load_payload(
-            ctx,
-            (TCP_OFFSET + self.tcp.doff() as usize * 4) as u32,
-            self.payload_len(),
-            into,
-        )
+        load_payload(ctx, self.tcp, TCP_OFFSET, self.payload_len(), into)
     }
 
     /// The kernel's SYN cookie for a SYN with this packet's IPv4 header and
@@ -659,7 +692,7 @@ impl TcpPacket<'_> {
                 len,
             )
         };
-        (rc >= 0).then_some((rc as u32, (rc >> 32) as u16))
+        cookie_and_mss(rc)
     }
 
     /// Whether this segment's ack - 1 is a valid SYN cookie for its 4-tuple
@@ -694,10 +727,24 @@ fn load_tcp_header(ctx: &XdpContext, tcp: &TcpHdr, offset: usize) -> Option<([u8
     (rc == 0).then_some((buf, len))
 }
 
-/// [`TcpPacket::copy_payload`] for a payload of `len` bytes at `offset` in
-/// the frame (either family's).
+/// What a kernel SYN cookie generator returned (`rc`, either family's): the
+/// cookie and the MSS it encodes, or `None` for an error.
 #[inline(always)]
-fn load_payload(ctx: &XdpContext, offset: u32, len: u32, into: &mut [u8; HELD_PAYLOAD_MAX]) -> Option<u32> {
+fn cookie_and_mss(rc: i64) -> Option<(u32, u16)> {
+    (rc >= 0).then_some((rc as u32, (rc >> 32) as u16))
+}
+
+/// [`TcpPacket::copy_payload`] for a payload of `len` bytes after the TCP
+/// header `tcp` at `tcp_offset` in the frame (either family's).
+#[inline(always)]
+fn load_payload(
+    ctx: &XdpContext,
+    tcp: &TcpHdr,
+    tcp_offset: usize,
+    len: u32,
+    into: &mut [u8; HELD_PAYLOAD_MAX],
+) -> Option<u32> {
+    let offset = (tcp_offset + tcp.doff() as usize * 4) as u32;
     if len == 0 || len as usize > HELD_PAYLOAD_MAX {
         return None;
     }

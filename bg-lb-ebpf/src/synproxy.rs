@@ -40,7 +40,7 @@ use bg_lb_common::{
     counters::Counter,
     flow_state::{self, Direction, Event, Segment, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
     maps::{
-        Flow, FlowKey, FlowKeyOf, FlowOf, HeldSegment, IPPROTO_TCP, NatKey, Service, ServiceKey, SynFlood, WireAddr,
+        FlowKey, FlowKeyOf, FlowOf, HeldSegment, IPPROTO_TCP, NatKey, NatKeyOf, Service, ServiceKey, SynFlood, WireAddr,
     },
     syn_proxy::{
         BACKEND_READY, COOKIE_MSS, DEFAULT_MSS, HELD, HELD_PAYLOAD_MAX, HOLD_NS, Job, PROXIED, SERVER_ISN_KNOWN,
@@ -50,10 +50,10 @@ use bg_lb_common::{
 };
 
 use crate::{
-    forward::{Route, RouteQuery, forward, send},
+    forward::{Route, RouteQuery, dropped, forward, send},
     maps::{
-        BACKENDS, FamilyMaps, HELD_SCRATCH, HELD_SEGMENTS, SERVICES, SYN_FLOOD, SYN_PROXY_JOBS, Way, account,
-        account_event, count, flow_entry, reverse_owner,
+        FamilyMaps, HELD_SCRATCH, SERVICES, SYN_FLOOD, SYN_PROXY_JOBS, Way, account, account_event, count, flow_entry,
+        reverse_owner,
     },
     next_hop::cached_route,
     packet::{BareSegment, Ipv4Frame, SEGMENT_WITH_MSS_IP_LEN, TcpPacket, parse_tcp},
@@ -128,6 +128,130 @@ impl ProxySegment for TcpPacket<'_> {
     #[inline(always)]
     fn copy_payload(&self, ctx: &XdpContext, into: &mut [u8; HELD_PAYLOAD_MAX]) -> Option<u32> {
         TcpPacket::copy_payload(self, ctx, into)
+    }
+}
+
+/// What the proxy's jobs do with the frame's segment, in either family:
+/// parse it, key it, write segments in its place and send them. Each job
+/// below is written once, generic over this, and instantiated per family.
+pub trait ProxyPacket<'a>: ProxySegment + Sized {
+    type Addr: FamilyMaps;
+
+    /// The frame's segment, parsed again (each job is a program of its own).
+    fn parse(ctx: &'a XdpContext) -> Option<Self>;
+    /// The flow of a client segment to a VIP.
+    fn client_key(&self) -> FlowKeyOf<Self::Addr>;
+    /// The SNAT pair a backend's segment is addressed to.
+    fn nat_key(&self) -> NatKeyOf<Self::Addr>;
+    /// Wire order.
+    fn src_addr(&self) -> Self::Addr;
+    fn dst_addr(&self) -> Self::Addr;
+    fn ack_seq(&self) -> u32;
+    /// Host order.
+    fn window(&self) -> u16;
+    fn payload_len(&self) -> u32;
+    /// The IP length counted in statistics.
+    fn ip_len(&self) -> u16;
+    fn swap_macs(&mut self);
+    /// See [`TcpPacket::become_segment`].
+    fn become_segment(self, ctx: &'a XdpContext, segment: &BareSegment<Self::Addr>) -> Option<Self>;
+    /// See [`TcpPacket::become_data_segment`].
+    fn become_data_segment(
+        self,
+        ctx: &'a XdpContext,
+        segment: &BareSegment<Self::Addr>,
+        payload: &[u8; HELD_PAYLOAD_MAX],
+        len: u32,
+    ) -> Option<Self>;
+    /// Routes and sends the segment.
+    fn forward(&mut self, ctx: &XdpContext) -> u32;
+    /// [`ProxyPacket::forward`] for a held segment sent in place of the
+    /// backend's SYN-ACK.
+    fn forward_held(&mut self, ctx: &XdpContext) -> u32;
+}
+
+impl<'a> ProxyPacket<'a> for TcpPacket<'a> {
+    type Addr = u32;
+
+    #[inline(always)]
+    fn parse(ctx: &'a XdpContext) -> Option<Self> {
+        parse_tcp(ctx).ok()
+    }
+
+    #[inline(always)]
+    fn client_key(&self) -> FlowKey {
+        FlowKey::from_wire(self.src_addr(), self.src_port(), self.dst_addr(), self.dst_port())
+    }
+
+    #[inline(always)]
+    fn nat_key(&self) -> NatKey {
+        NatKey {
+            backend_addr: self.src_addr(),
+            snat_addr: self.dst_addr(),
+            backend_port: self.src_port(),
+            snat_port: self.dst_port(),
+        }
+    }
+
+    #[inline(always)]
+    fn src_addr(&self) -> u32 {
+        Ipv4Frame::src_addr(self)
+    }
+
+    #[inline(always)]
+    fn dst_addr(&self) -> u32 {
+        Ipv4Frame::dst_addr(self)
+    }
+
+    #[inline(always)]
+    fn ack_seq(&self) -> u32 {
+        TcpPacket::ack_seq(self)
+    }
+
+    #[inline(always)]
+    fn window(&self) -> u16 {
+        TcpPacket::window(self)
+    }
+
+    #[inline(always)]
+    fn payload_len(&self) -> u32 {
+        TcpPacket::payload_len(self)
+    }
+
+    #[inline(always)]
+    fn ip_len(&self) -> u16 {
+        TcpPacket::ip_len(self)
+    }
+
+    #[inline(always)]
+    fn swap_macs(&mut self) {
+        Ipv4Frame::swap_macs(self)
+    }
+
+    #[inline(always)]
+    fn become_segment(self, ctx: &'a XdpContext, segment: &BareSegment) -> Option<Self> {
+        TcpPacket::become_segment(self, ctx, segment)
+    }
+
+    #[inline(always)]
+    fn become_data_segment(
+        self,
+        ctx: &'a XdpContext,
+        segment: &BareSegment,
+        payload: &[u8; HELD_PAYLOAD_MAX],
+        len: u32,
+    ) -> Option<Self> {
+        TcpPacket::become_data_segment(self, ctx, segment, payload, len)
+    }
+
+    #[inline(always)]
+    fn forward(&mut self, ctx: &XdpContext) -> u32 {
+        forward(ctx, self)
+    }
+
+    #[inline(always)]
+    fn forward_held(&mut self, ctx: &XdpContext) -> u32 {
+        forward(ctx, self)
     }
 }
 
@@ -414,16 +538,22 @@ fn syn_ack_hop(ctx: &XdpContext, syn: &TcpPacket<'_>) -> Option<SynAckHop> {
 /// the client's first data) is held like any early segment.
 #[xdp]
 pub fn bg_lb_open_backend(ctx: XdpContext) -> u32 {
+    match open_backend::<TcpPacket>(&ctx) {
+        Some((pkt, flow)) => send_syn(&ctx, pkt, flow),
+        None => XDP_DROP,
+    }
+}
+
+/// The frame's segment proved its cookie and its flow is pinned: marks the
+/// flow proxied ([`prove`]); the segment and its flow, for the SYN.
+#[inline(always)]
+pub fn open_backend<'a, P: ProxyPacket<'a>>(ctx: &'a XdpContext) -> Option<(P, &'static mut FlowOf<P::Addr>)> {
     count(Counter::SynCookieValid);
-    let Ok(pkt) = parse_tcp(&ctx) else {
-        return XDP_DROP;
-    };
-    let key = client_flow_key(&pkt);
-    let Some(flow) = flow_entry(&key) else {
-        return XDP_DROP;
-    };
-    prove(&ctx, &pkt, &key, flow, pkt.ack_seq(), pkt.window(), pkt.payload_len());
-    send_syn(&ctx, pkt, flow)
+    let pkt = P::parse(ctx)?;
+    let key = pkt.client_key();
+    let flow = flow_entry(&key)?;
+    prove(ctx, &pkt, &key, flow, pkt.ack_seq(), pkt.window(), pkt.payload_len());
+    Some((pkt, flow))
 }
 
 /// Marks `flow` (`key`'s) proxied, for the segment `pkt` whose ack proved
@@ -457,11 +587,18 @@ pub fn prove<A: FamilyMaps, P: ProxySegment>(
 /// in place of the client segment in the frame, which it cannot take yet.
 #[xdp]
 pub fn bg_lb_resend_syn(ctx: XdpContext) -> u32 {
-    let Ok(pkt) = parse_tcp(&ctx) else {
+    resend_syn::<TcpPacket>(&ctx)
+}
+
+/// The proxied flow's SYN again, in place of its client segment in the
+/// frame: [`Job::ResendSyn`]'s work, in either family.
+#[inline(always)]
+pub fn resend_syn<'a, P: ProxyPacket<'a>>(ctx: &'a XdpContext) -> u32 {
+    let Some(pkt) = P::parse(ctx) else {
         return XDP_DROP;
     };
-    match flow_entry(&client_flow_key(&pkt)) {
-        Some(flow) => send_syn(&ctx, pkt, flow),
+    match flow_entry(&pkt.client_key()) {
+        Some(flow) => send_syn(ctx, pkt, flow),
         None => XDP_DROP,
     }
 }
@@ -473,27 +610,28 @@ pub fn bg_lb_resend_syn(ctx: XdpContext) -> u32 {
 /// retransmitted SYN-ACK gets the ACK again.
 #[xdp]
 pub fn bg_lb_ack_to_backend(ctx: XdpContext) -> u32 {
-    let Ok(mut pkt) = parse_tcp(&ctx) else {
+    ack_to_backend::<TcpPacket>(&ctx)
+}
+
+/// [`Job::AckToBackend`]'s work, in either family.
+#[inline(always)]
+pub fn ack_to_backend<'a, P: ProxyPacket<'a>>(ctx: &'a XdpContext) -> u32 {
+    let Some(mut pkt) = P::parse(ctx) else {
         return XDP_DROP;
     };
-    let nat = NatKey {
-        backend_addr: pkt.src_addr(),
-        snat_addr: pkt.dst_addr(),
-        backend_port: pkt.src_port(),
-        snat_port: pkt.dst_port(),
-    };
-    let Some(client) = reverse_owner(&nat) else {
+    let Some(client) = reverse_owner(&pkt.nat_key()) else {
         return XDP_DROP;
     };
     let Some(flow) = flow_entry(&client) else {
         return XDP_DROP;
     };
     let first = backend_answered(flow, pkt.flags(), pkt.seq(), pkt.ack_seq());
+    let (src_port, dst_port) = pkt.ports();
     let mut answer = BareSegment {
         src_addr: pkt.dst_addr(),
         dst_addr: pkt.src_addr(),
-        src_port: pkt.dst_port(),
-        dst_port: pkt.src_port(),
+        src_port: dst_port,
+        dst_port: src_port,
         seq: pkt.ack_seq(),
         ack: pkt.seq().wrapping_add(1),
         flags: TCP_ACK,
@@ -502,15 +640,14 @@ pub fn bg_lb_ack_to_backend(ctx: XdpContext) -> u32 {
     };
     if flow.proxy & HELD != 0 {
         flow.proxy &= !HELD;
-        // SAFETY: HELD_SEGMENTS is an LRU hash map: the element stays
-        // intact under RCU until the program returns, though it may be
-        // removed meanwhile.
-        if let Some(held) = unsafe { HELD_SEGMENTS.get(client) } {
+        // SAFETY: an LRU hash map: the element stays intact under RCU until
+        // the program returns, though it may be removed meanwhile.
+        if let Some(held) = unsafe { P::Addr::held_segments().get(client) } {
             answer.seq = held.seq;
             answer.flags = held.flags;
             let established = first && client_completes(flow, held.flags, held.seq, held.len.into());
-            let sent = pkt.become_data_segment(&ctx, &answer, &held.payload, held.len.into());
-            let _ = HELD_SEGMENTS.remove(client);
+            let sent = pkt.become_data_segment(ctx, &answer, &held.payload, held.len.into());
+            let _ = P::Addr::held_segments().remove(client);
             return match sent {
                 Some(mut data) => {
                     account(
@@ -520,15 +657,15 @@ pub fn bg_lb_ack_to_backend(ctx: XdpContext) -> u32 {
                         data.ip_len(),
                         established,
                     );
-                    forward(&ctx, &mut data)
+                    data.forward_held(ctx)
                 }
-                None => held_segment_lost(&ctx, &answer),
+                None => held_segment_lost::<P>(ctx, &answer),
             };
         }
     }
     let established = first && client_completes(flow, TCP_ACK, answer.seq, 0);
     pkt.swap_macs();
-    match pkt.become_segment(&ctx, &answer) {
+    match pkt.become_segment(ctx, &answer) {
         Some(ack) => {
             account(
                 flow.backend_id,
@@ -589,9 +726,9 @@ pub fn client_completes<A: WireAddr>(flow: &mut FlowOf<A>, flags: u8, seq: u32, 
 /// it again), and the backend gets the bare ACK (`answer` with the client's
 /// next sequence number) if the frame is still its SYN-ACK.
 #[inline(always)]
-fn held_segment_lost(ctx: &XdpContext, answer: &BareSegment) -> u32 {
+fn held_segment_lost<'a, P: ProxyPacket<'a>>(ctx: &'a XdpContext, answer: &BareSegment<P::Addr>) -> u32 {
     count(Counter::SynProxyEarlyData);
-    let Ok(mut pkt) = parse_tcp(ctx) else {
+    let Some(mut pkt) = P::parse(ctx) else {
         return XDP_DROP;
     };
     if pkt.flags() & (TCP_SYN | TCP_ACK) != TCP_SYN | TCP_ACK {
@@ -614,9 +751,15 @@ fn held_segment_lost(ctx: &XdpContext, answer: &BareSegment) -> u32 {
 /// ACK, and drops the frame.
 #[xdp]
 pub fn bg_lb_hold_segment(ctx: XdpContext) -> u32 {
-    let held = parse_tcp(&ctx).ok().and_then(|pkt| {
-        let key = client_flow_key(&pkt);
-        hold(&ctx, &pkt, &key, flow_entry(&key)?)
+    hold_segment::<TcpPacket>(&ctx)
+}
+
+/// [`Job::HoldSegment`]'s work, in either family.
+#[inline(always)]
+pub fn hold_segment<'a, P: ProxyPacket<'a>>(ctx: &'a XdpContext) -> u32 {
+    let held = P::parse(ctx).and_then(|pkt| {
+        let key = pkt.client_key();
+        hold(ctx, &pkt, &key, flow_entry(&key)?)
     });
     count_hold(held);
     XDP_DROP
@@ -658,19 +801,12 @@ pub fn hold<A: FamilyMaps, P: ProxySegment>(
     Some(())
 }
 
-/// The flow of a client segment to a VIP.
+/// The proxied flow's SYN to its backend, written in place of `pkt` (from
+/// the flow's SNAT address and port), and forwarded.
 #[inline(always)]
-fn client_flow_key(pkt: &TcpPacket<'_>) -> FlowKey {
-    FlowKey::from_wire(pkt.src_addr(), pkt.src_port(), pkt.dst_addr(), pkt.dst_port())
-}
-
-/// The proxied flow's SYN to its backend, written in place of `pkt` already
-/// NATed (from the flow's SNAT address and port), and forwarded.
-#[inline(always)]
-fn send_syn(ctx: &XdpContext, pkt: TcpPacket<'_>, flow: &Flow) -> u32 {
-    let Some(backend) = BACKENDS.get(flow.backend_id) else {
-        count(Counter::NoBackend);
-        return XDP_DROP;
+fn send_syn<'a, P: ProxyPacket<'a>>(ctx: &'a XdpContext, pkt: P, flow: &FlowOf<P::Addr>) -> u32 {
+    let Some(backend) = P::Addr::backends().get(flow.backend_id) else {
+        return dropped(Counter::NoBackend);
     };
     let syn = BareSegment {
         src_addr: flow.snat_addr,
@@ -687,7 +823,7 @@ fn send_syn(ctx: &XdpContext, pkt: TcpPacket<'_>, flow: &Flow) -> u32 {
         return XDP_DROP;
     };
     account(flow.backend_id, flow.service_id, Way::ToBackend, syn.ip_len(), false);
-    forward(ctx, &mut syn)
+    syn.forward(ctx)
 }
 
 /// The MSS a cookie encodes. Only the kernel knows the cookie's secret, so

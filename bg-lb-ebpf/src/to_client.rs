@@ -18,8 +18,8 @@ use aya_ebpf::{
 };
 use bg_lb_common::{
     counters::Counter,
-    flow_state::{self, Direction},
-    maps::{IPPROTO_TCP, NatKey},
+    flow_state::{self, Direction, Segment},
+    maps::{FlowOf, IPPROTO_TCP, NatKey, WireAddr},
     syn_proxy::Job,
 };
 
@@ -30,6 +30,46 @@ use crate::{
     packet::TcpPacket,
     synproxy::{self, BackendStep},
 };
+
+/// A segment `seg` from `flow`'s backend, on the reply path of either
+/// family: the flow's state takes it, after the SYN proxy's step (the
+/// backend's SYN-ACK to the proxy's SYN goes to `ack_job`). The offset to
+/// subtract from its sequence number, or the verdict that ends it here.
+#[inline(always)]
+pub(crate) fn backend_sent<A: WireAddr>(
+    ctx: &XdpContext,
+    flow: &mut FlowOf<A>,
+    mut seg: Segment,
+    to_group_mac: impl Fn() -> bool,
+    ack_job: Job,
+) -> Result<u32, u32> {
+    // Before the flow's own SYN is answered, the port's previous connection
+    // may still send (the flow took its port over): none of it reaches
+    // this client.
+    if !flow_state::backend_may_send(flow, &seg) {
+        count(Counter::StaleReply);
+        return Err(XDP_DROP);
+    }
+    let mut seq_offset = 0;
+    if flow.proxy != 0 {
+        match synproxy::backend_segment(seg.flags, seg.seq, flow) {
+            BackendStep::Forward(offset) => seq_offset = offset,
+            // Answered from the MAC it was sent to: never a group's.
+            BackendStep::Absorb if to_group_mac() => return Err(XDP_DROP),
+            BackendStep::Absorb => return Err(synproxy::hand_over(ctx, ack_job)),
+            BackendStep::Drop => return Err(XDP_DROP),
+        }
+        seg.seq = seg.seq.wrapping_sub(seq_offset);
+    }
+    let event = flow_state::advance(flow, Direction::FromBackend, &seg);
+    account_event(flow.backend_id, event);
+    if flow_state::backend_keeps_alive(flow.state) {
+        // SAFETY: a helper without arguments. Coarse, as on the client's
+        // side (see to_backend).
+        flow.last_seen_ns = unsafe { bpf_ktime_get_coarse_ns() };
+    }
+    Ok(seq_offset)
+}
 
 #[inline(always)]
 pub fn to_client(ctx: &XdpContext, mut pkt: TcpPacket<'_>) -> u32 {
@@ -48,32 +88,10 @@ pub fn to_client(ctx: &XdpContext, mut pkt: TcpPacket<'_>) -> u32 {
         count(Counter::StaleReply);
         return XDP_DROP;
     };
-    let mut seg = pkt.segment();
-    // Before the flow's own SYN is answered, the port's previous connection
-    // may still send (the flow took its port over): none of it reaches
-    // this client.
-    if !flow_state::backend_may_send(flow, &seg) {
-        count(Counter::StaleReply);
-        return XDP_DROP;
-    }
-    let mut seq_offset = 0;
-    if flow.proxy != 0 {
-        match synproxy::backend_segment(seg.flags, seg.seq, flow) {
-            BackendStep::Forward(offset) => seq_offset = offset,
-            // Answered from the MAC it was sent to: never a group's.
-            BackendStep::Absorb if pkt.to_group_mac() => return XDP_DROP,
-            BackendStep::Absorb => return synproxy::hand_over(ctx, Job::AckToBackend),
-            BackendStep::Drop => return XDP_DROP,
-        }
-        seg.seq = seg.seq.wrapping_sub(seq_offset);
-    }
-    let event = flow_state::advance(flow, Direction::FromBackend, &seg);
-    account_event(flow.backend_id, event);
-    if flow_state::backend_keeps_alive(flow.state) {
-        // SAFETY: a helper without arguments. Coarse, as on the client's
-        // side (see to_backend).
-        flow.last_seen_ns = unsafe { bpf_ktime_get_coarse_ns() };
-    }
+    let seq_offset = match backend_sent(ctx, flow, pkt.segment(), || pkt.to_group_mac(), Job::AckToBackend) {
+        Ok(offset) => offset,
+        Err(verdict) => return verdict,
+    };
     account(flow.backend_id, flow.service_id, Way::ToClient, pkt.ip_len(), false);
     decrement_ttl(&mut pkt);
     rewrite(

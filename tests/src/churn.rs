@@ -106,14 +106,11 @@ pub fn listen_drops(ns: &NetNs) -> String {
         "TcpExtTCPAbortOnData",
         "TcpEstabResets",
         "TcpOutRsts",
+        "TcpExtTCPSynRetrans",
     ];
-    let mut args = vec!["netns", "exec", &ns.name, "nstat", "-az"];
-    args.extend(counters);
-    std::process::Command::new("ip")
-        .args(&args)
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-        .unwrap_or_else(|e| format!("nstat: {e}"))
+    let mut command = vec!["nstat", "-az"];
+    command.extend(counters);
+    ns.output_of(&command)
 }
 
 fn serve(stream: TcpStream, closer: Closer) {
@@ -142,6 +139,9 @@ pub struct ChurnTally {
     /// Connects that took longer than [`STALL`]: a SYN was retransmitted.
     pub stalled: u64,
     pub failures: Vec<String>,
+    /// The first stalled connects: source, when (since the start) and how
+    /// long, to find them in a capture or a log.
+    pub stalls: Vec<String>,
     pub elapsed: Duration,
 }
 
@@ -155,6 +155,7 @@ impl ChurnTally {
         self.failed += other.failed;
         self.stalled += other.stalled;
         self.failures.extend(other.failures.into_iter().take(10));
+        self.stalls.extend(other.stalls.into_iter().take(10));
     }
 }
 
@@ -205,10 +206,17 @@ impl Churn<'_> {
                     while started.elapsed() < run_for || tally.connections() < per_thread {
                         let source = sources[i % sources.len()];
                         i += 1;
+                        let at = started.elapsed();
                         match one_connection(source, to, closer) {
-                            Ok(connect) => {
+                            Ok((connect, _)) if connect < STALL => tally.ok += 1,
+                            Ok((connect, from)) => {
                                 tally.ok += 1;
-                                tally.stalled += u64::from(connect >= STALL);
+                                tally.stalled += 1;
+                                if tally.stalls.len() < 10 {
+                                    tally
+                                        .stalls
+                                        .push(format!("from {from} at {at:.3?}: connect took {connect:.3?}"));
+                                }
                             }
                             Err(e) => {
                                 tally.failed += 1;
@@ -238,8 +246,12 @@ impl Churn<'_> {
 }
 
 /// One connection from `source` (or the kernel's choice): connect, ask, read the answer, close as
-/// `closer` says. Returns how long the connect took.
-fn one_connection(source: Option<Ipv4Addr>, to: SocketAddrV4, closer: Closer) -> std::io::Result<Duration> {
+/// `closer` says. Returns how long the connect took, and from where.
+fn one_connection(
+    source: Option<Ipv4Addr>,
+    to: SocketAddrV4,
+    closer: Closer,
+) -> std::io::Result<(Duration, std::net::SocketAddr)> {
     let fd = socket(AddressFamily::Inet, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
     if let Some(source) = source {
         bind(fd.as_raw_fd(), &SockaddrIn::from(SocketAddrV4::new(source, 0)))?;
@@ -252,6 +264,7 @@ fn one_connection(source: Option<Ipv4Addr>, to: SocketAddrV4, closer: Closer) ->
     connect(fd.as_raw_fd(), &SockaddrIn::from(to))?;
     let connected = started.elapsed();
     let stream = TcpStream::from(fd);
+    let from = stream.local_addr()?;
     stream.set_read_timeout(Some(STEP_TIMEOUT))?;
     (&stream).write_all(b"hello\n")?;
     let mut reader = BufReader::new(&stream);
@@ -264,5 +277,5 @@ fn one_connection(source: Option<Ipv4Addr>, to: SocketAddrV4, closer: Closer) ->
         let mut rest = Vec::new();
         reader.read_to_end(&mut rest)?;
     }
-    Ok(connected)
+    Ok((connected, from))
 }

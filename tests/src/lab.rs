@@ -23,7 +23,7 @@ use crate::{
     daemon::{Daemon, DemoBackend, Launch},
     http,
     servers::{NameClient, NameServer, ask_names},
-    topology::{CLIENT_ADDR, Family, LB_ADDR, LB_ADDR6, OneArm, add_host_addr, client_addr, lb_addr, standby_vip_addr},
+    topology::{Family, LB_ADDR, LB_ADDR6, OneArm, add_host_addr, client_addr, lb_addr, standby_vip_addr},
 };
 
 pub const BACKEND_PORT: u16 = 8080;
@@ -68,6 +68,7 @@ pub struct NameLab {
     pub daemon: Daemon,
     servers: Vec<Option<NameServer>>,
     forwarding: Forwarding,
+    family: Family,
     _peer_xdp: aya::Ebpf,
     pub topo: OneArm,
 }
@@ -100,16 +101,23 @@ pub struct NameLabConfig<'a> {
     /// ([`crate::topology::Host::serve_for`]). Under `dsr` they listen on
     /// the VIP's port, on every address.
     pub forwarding: Forwarding,
+    /// The family of the VIP, the backends and the SNAT address (the
+    /// default, IPv4); IPv6 makes the segment dual-stack
+    /// ([`OneArm::add_ipv6`]) and lists an SNAT address per family
+    /// ([`snat_line`]). The name servers still listen on IPv4: a test of
+    /// an IPv6 service starts its own servers on the backends' IPv6
+    /// addresses.
+    pub family: Family,
 }
 
 impl NameLabConfig<'_> {
     /// The config text; `paths` are the daemon harness's `pin_dir`,
     /// `state_dir` and `[admin] socket` lines.
-    fn render(&self, vip: SocketAddrV4, backends: &[IpAddr], paths: &str) -> String {
+    fn render(&self, vip: SocketAddr, backends: &[IpAddr], paths: &str) -> String {
         let weight = self.weight.map_or(String::new(), |w| format!("weight = {w}\n"));
         let forwarding = format!("forwarding = \"{}\"\n", self.forwarding);
         let snat = if self.snat_addresses.is_empty() {
-            format!("snat_address = \"{LB_ADDR}\"")
+            snat_line(self.family)
         } else {
             let quoted: Vec<String> = self.snat_addresses.iter().map(|a| format!("\"{a}\"")).collect();
             format!("snat_addresses = [{}]", quoted.join(", "))
@@ -136,25 +144,28 @@ impl NameLab {
     /// `launch`) with `config`, returning once its admin socket answers.
     pub fn start(bin: &'static str, backends: usize, launch: Option<Launch>, config: &NameLabConfig) -> Self {
         crate::require_root();
-        let topo = OneArm::new(backends);
+        let mut topo = OneArm::new(backends);
+        if config.family == Family::Ipv6 {
+            topo.add_ipv6();
+        }
         for addr in config.snat_addresses.iter().filter(|&&a| a != LB_ADDR) {
             topo.lb.ns.ip(&format!("addr add {addr}/32 dev eth0"));
         }
         for host in &topo.backends {
             host.serve_for(
                 config.forwarding,
-                LB_ADDR.into(),
-                CLIENT_ADDR.into(),
-                &[topo.vip.into()],
+                lb_addr(config.family),
+                client_addr(config.family),
+                &[topo.vip_of(config.family)],
             );
         }
         let servers = (0..backends)
             .map(|i| Some(name_server(&topo, config.forwarding, i)))
             .collect();
         let peer_xdp = topo.pass_lb_frames_to_switch();
-        let addrs: Vec<IpAddr> = topo.backends.iter().map(|b| b.addr.into()).collect();
-        let vip = SocketAddrV4::new(topo.vip, 80);
-        let forwarding = config.forwarding;
+        let addrs: Vec<IpAddr> = topo.backends.iter().map(|b| b.addr_of(config.family)).collect();
+        let vip = SocketAddr::new(topo.vip_of(config.family), 80);
+        let (forwarding, family) = (config.forwarding, config.family);
         let config = |paths: &str| config.render(vip, &addrs, paths);
         let daemon = match launch {
             Some(launch) => Daemon::start_launched(bin, &topo.lb.ns, launch, config),
@@ -164,13 +175,20 @@ impl NameLab {
             daemon,
             servers,
             forwarding,
+            family,
             _peer_xdp: peer_xdp,
             topo,
         }
     }
 
+    /// The IPv4 VIP:80 (the service's own unless it is IPv6).
     pub fn vip(&self) -> SocketAddrV4 {
         SocketAddrV4::new(self.topo.vip, 80)
+    }
+
+    /// The service's VIP:80, of the family it was configured with.
+    pub fn service_vip(&self) -> SocketAddr {
+        SocketAddr::new(self.topo.vip_of(self.family), 80)
     }
 
     pub fn backend_addr(&self, i: usize) -> SocketAddrV4 {

@@ -15,7 +15,7 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, TcpStream},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, TcpStream},
     time::Duration,
 };
 
@@ -32,6 +32,7 @@ use bg_lb::{
         listener::ListenerKey,
         lookup_table::{self, TableBackend},
         services::{BackendSpec, ServiceSpec},
+        sweep::SweepReport,
         syn_proxy::{SynProxy, SynProxyMode},
     },
     ratio::{Pool, Ratio},
@@ -42,7 +43,7 @@ use bg_lb_common::{
     maps::{
         self as map_names, Backend, Backend6, DEFAULT_LUT_SIZE, DataplaneConfig, Flow, Flow6, FlowKey, FlowKey6,
         IPPROTO_TCP, IPPROTO_UDP, Ipv6Wire, MAX_BACKENDS, MAX_SERVICES, NO_BACKEND, NatKey, NatKey6, NatOwner6,
-        Service, ServiceKey, ServiceKey6, TrafficStats, ip6, wire_ip6,
+        NextHop6, Service, ServiceKey, ServiceKey6, TrafficStats, ip6, wire_ip6,
     },
 };
 
@@ -82,6 +83,13 @@ pub const SNAT_PORTS: (u16, u16) = (20000, 29999);
 /// The backend's initial sequence number in [`PacketLab::handshake`] (the
 /// client's is [`SEQ`]).
 pub const BACKEND_ISN: u32 = 7_000_000;
+
+/// The timeouts the lab's sweeps judge by: the daemon's defaults.
+const DAEMON_TIMEOUTS: FlowTimeouts = FlowTimeouts {
+    established_idle: Duration::from_secs(3600),
+    closing: Duration::from_secs(10),
+    syn: Duration::from_secs(10),
+};
 
 /// Static neighbours get MAC 02:00:00:00:00:<last octet>, so callers can
 /// predict the next hop's MAC.
@@ -318,11 +326,7 @@ impl PacketLab {
     /// One housekeeping sweep, as the daemon runs it every second (with its
     /// default timeouts, and every backend configured).
     pub fn sweep(&mut self) -> FlowCensus {
-        self.sweep_with(&FlowTimeouts {
-            established_idle: Duration::from_secs(3600),
-            closing: Duration::from_secs(10),
-            syn: Duration::from_secs(10),
-        })
+        self.sweep_with(&DAEMON_TIMEOUTS)
     }
 
     /// One housekeeping sweep with `timeouts`.
@@ -330,6 +334,14 @@ impl PacketLab {
         let backends: HashSet<SocketAddr> = self.spec.backends.iter().map(|b| b.addr).collect();
         let live = HashMap::from([(listener(Protocol::Tcp), backends)]);
         self.dataplane.housekeeping(timeouts, &live).expect("sweep")
+    }
+
+    /// One sweep of the tables as they are, nothing settled after it: what
+    /// it found ([`SweepReport::ipv6_idle`]); `skip_ipv6` as the sweeper
+    /// thread decides it.
+    pub fn sweep_report(&self, skip_ipv6: bool) -> SweepReport {
+        let maps = self.dataplane.sweep_maps().expect("the sweep's maps");
+        maps.sweep(&DAEMON_TIMEOUTS, skip_ipv6, || true).expect("sweep")
     }
 
     /// Swaps in the table for `blue_percent`.
@@ -435,17 +447,23 @@ impl PacketLab {
         ip(&format!("-6 route add {to}/128 via {GATEWAY6} dev {INTERFACE}"));
     }
 
-    /// Limits the path towards `to` to `mtu` bytes, as a narrower egress
-    /// link would: a locked route MTU, which `bpf_fib_lookup` checks packets
-    /// against.
-    pub fn limit_path_mtu(&self, to: Ipv4Addr, mtu: u16) {
-        let on_link = to.octets()[..3] == SNAT.octets()[..3];
+    /// Limits the path towards `to` (IPv4 or IPv6: on-link, or behind the
+    /// family's gateway) to `mtu` bytes, as a narrower egress link would: a
+    /// locked route MTU, which `bpf_fib_lookup` checks packets against.
+    pub fn limit_path_mtu(&self, to: impl Into<IpAddr>, mtu: u16) {
+        let to = to.into();
+        let (family, on_link, gateway, prefix) = match to {
+            IpAddr::V4(v4) => ("", v4.octets()[..3] == SNAT.octets()[..3], IpAddr::from(GATEWAY), 32),
+            IpAddr::V6(v6) => ("-6 ", v6.segments()[..4] == SNAT6.segments()[..4], GATEWAY6.into(), 128),
+        };
         let via = if on_link {
             String::new()
         } else {
-            format!("via {GATEWAY}")
+            format!("via {gateway}")
         };
-        ip(&format!("route add {to}/32 {via} dev {INTERFACE} mtu lock {mtu}"));
+        ip(&format!(
+            "{family}route add {to}/{prefix} {via} dev {INTERFACE} mtu lock {mtu}"
+        ));
     }
 
     /// The backend `client`'s pinned flow goes to and its SNAT address and
@@ -806,8 +824,11 @@ fn dataplane_options(max_flows: u32) -> DataplaneOptions {
     DataplaneOptions {
         max_flows,
         reverse_nat_entries: max_flows,
-        // Room for a second service ([`PacketLab::add_service`]).
-        lookup_capacity: 4 * DEFAULT_LUT_SIZE,
+        // Room for a second service ([`PacketLab::add_service`]) and,
+        // past what the daemon's allocator ever takes of it, for the IPv6
+        // services' tables ([`PacketLab::add_ipv6_services`] writes the last
+        // slots).
+        lookup_capacity: 4 * DEFAULT_LUT_SIZE + 2 * LUT6_SIZE,
         ipv6: true,
         pin_dir: None,
     }
@@ -916,7 +937,7 @@ impl PacketLab {
             .try_into()
             .expect("VIP_ADDRESSES6");
         vips.insert(wire_ip6(*VIP6.ip()), 1, 0).expect("VIP_ADDRESSES6");
-        let mut tables = self.lookup_tables();
+        let tables = self.lookup_tables();
         let end = tables.len();
         let lut_bases = [end - 2 * LUT6_SIZE, end - LUT6_SIZE];
         let mut backends: Array<MapData, Backend6> = self.ipv6_map(map_names::BACKENDS6).try_into().expect("BACKENDS6");
@@ -924,10 +945,6 @@ impl PacketLab {
             self.ipv6_map(map_names::SERVICES6).try_into().expect("SERVICES6");
         let protocols = [(TCP6_SERVICE_ID, IPPROTO_TCP, 0), (UDP6_SERVICE_ID, IPPROTO_UDP, 30)];
         for ((id, proto, udp_idle_s), lut_base) in protocols.into_iter().zip(lut_bases) {
-            for slot in 0..LUT6_SIZE {
-                let backend = BACKEND6_IDS[(slot % 2) as usize];
-                tables.set(lut_base + slot, backend, 0).expect("LOOKUP_TABLES");
-            }
             let service = Service {
                 id,
                 lut_base,
@@ -947,7 +964,7 @@ impl PacketLab {
                 .set(id, Backend6::new(TCP6_SERVICE_ID, 1, addr, 0, false), 0)
                 .expect("BACKENDS6");
         }
-        Ipv6Services {
+        let mut ipv6 = Ipv6Services {
             config,
             services,
             backends,
@@ -958,7 +975,15 @@ impl PacketLab {
                 .try_into()
                 .expect("BACKEND_STATS"),
             lut_bases,
-        }
+        };
+        ipv6.split_tables();
+        ipv6
+    }
+
+    /// Each CPU's cached IPv6 next hops (`NEXT_HOPS6`), to read and to
+    /// forge.
+    pub fn next_hops6(&self) -> PerCpuArray<MapData, NextHop6> {
+        self.ipv6_map(map_names::NEXT_HOPS6).try_into().expect("NEXT_HOPS6")
     }
 
     /// A map of the IPv6 program loaded with this lab's `bg_lb`: the one
@@ -1055,37 +1080,84 @@ impl Ipv6Services {
     /// [`BACKENDS6`]): new flows go there.
     pub fn send_all_to(&mut self, backend: SocketAddrV6) {
         let index = BACKENDS6.iter().position(|&b| b == backend).expect("an IPv6 backend");
+        self.fill_tables(|_| BACKEND6_IDS[index]);
+    }
+
+    /// Both services' tables split between [`BACKENDS6`] (slot by slot), as
+    /// they start.
+    pub fn split_tables(&mut self) {
+        self.fill_tables(|slot| BACKEND6_IDS[(slot % 2) as usize]);
+    }
+
+    /// Writes backend id `id_of(slot)` into each slot of both tables.
+    fn fill_tables(&mut self, id_of: impl Fn(u32) -> u32) {
         for base in self.lut_bases {
             for slot in 0..LUT6_SIZE {
-                self.tables
-                    .set(base + slot, BACKEND6_IDS[index], 0)
-                    .expect("LOOKUP_TABLES");
+                self.tables.set(base + slot, id_of(slot), 0).expect("LOOKUP_TABLES");
             }
+        }
+    }
+
+    /// Removes both IPv6 services from SERVICES6, as a reload without them
+    /// would; their flows stay until a sweep ends them.
+    pub fn remove_services(&mut self) {
+        for proto in [IPPROTO_TCP, IPPROTO_UDP] {
+            self.services
+                .remove(&ServiceKey6::with_proto(VIP6, proto))
+                .expect("remove from SERVICES6");
         }
     }
 
     /// Every slot of both services' tables names no backend: new flows
     /// find none.
     pub fn clear_tables(&mut self) {
-        for base in self.lut_bases {
-            for slot in 0..LUT6_SIZE {
-                self.tables.set(base + slot, NO_BACKEND, 0).expect("LOOKUP_TABLES");
-            }
-        }
+        self.fill_tables(|_| NO_BACKEND);
     }
 
     /// Sets the TCP service's SYN proxy: its mode bits (`syn_proxy::SYN_PROXY_*`),
     /// the auto mode's threshold and the MSS its SYN-ACKs offer (as for IPv4).
     pub fn set_tcp_syn_proxy(&mut self, mode: u32, threshold: u32, mss: u16) {
+        self.change_tcp_service(|service| {
+            service.flags = mode;
+            service.syn_proxy_threshold = threshold;
+            service.syn_proxy_mss = mss;
+        });
+    }
+
+    /// Sets the TCP service's SYN proxy as the daemon programs `syn_proxy`.
+    pub fn apply_syn_proxy(&mut self, syn_proxy: &SynProxy) {
+        self.change_tcp_service(|service| syn_proxy.program(service));
+    }
+
+    fn change_tcp_service(&mut self, change: impl FnOnce(&mut Service)) {
         let key = ServiceKey6::with_proto(VIP6, IPPROTO_TCP);
-        let service = self.services.get(&key, 0).expect("the TCP service");
-        let service = Service {
-            flags: mode,
-            syn_proxy_threshold: threshold,
-            syn_proxy_mss: mss,
-            ..service
-        };
+        let mut service = self.services.get(&key, 0).expect("the TCP service");
+        change(&mut service);
         self.services.insert(key, service, 0).expect("SERVICES6");
+    }
+
+    /// The backends by the id their flows name (both services').
+    pub fn backends_by_id(&self) -> Vec<(u32, SocketAddrV6)> {
+        BACKEND6_IDS.into_iter().zip(BACKENDS6).collect()
+    }
+
+    /// The FLOWS6 entry at `key`.
+    pub fn flow_at(&self, key: &FlowKey6) -> Option<Flow6> {
+        self.flows.get(key, 0).ok()
+    }
+
+    /// Every entry of FLOWS6.
+    pub fn flows(&self) -> Vec<(FlowKey6, Flow6)> {
+        self.flows.iter().map(|entry| entry.expect("FLOWS6 entry")).collect()
+    }
+
+    /// Every entry of REVERSE_NAT6, by the flow that owns it.
+    pub fn reverse_nats(&self) -> Vec<(NatKey6, FlowKey6)> {
+        self.reverse
+            .iter()
+            .map(|entry| entry.expect("REVERSE_NAT6 entry"))
+            .map(|(key, owner)| (key, owner.flow))
+            .collect()
     }
 
     /// `backend`'s traffic counters, summed over CPUs.

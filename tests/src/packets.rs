@@ -1,7 +1,7 @@
 //! Frames for packet tests (IPv4 and IPv6 TCP segments, UDP datagrams, ICMP
 //! errors, a neighbour solicitation), built and checked with etherparse.
 
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV4, SocketAddrV6};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 
 use etherparse::{
     EtherType, Ethernet2Header, Icmpv4Header, Icmpv4Type, Icmpv6Type, IpNumber, Ipv4Header, Ipv6Header, PacketBuilder,
@@ -302,25 +302,30 @@ pub fn parse_checked_icmp(frame: &[u8]) -> IcmpView {
     }
 }
 
-/// An Ethernet/IPv4/TCP frame with every header field the caller's choice,
-/// written straight into a buffer with correct checksums: cheap enough to
-/// build millions (the fuzz test, the SYN flood), where [`tcp_frame`] is
-/// for readable single frames.
+/// An Ethernet/IPv4/TCP or Ethernet/IPv6/TCP frame (the family of `src`
+/// and `dst`) with every header field the caller's choice, written straight
+/// into a buffer with correct checksums: cheap enough to build millions
+/// (the fuzz test, the SYN flood), where [`tcp_frame`] is for readable
+/// single frames.
 #[derive(Clone, Copy, Debug)]
 pub struct Segment<'a> {
     pub src_mac: [u8; 6],
     pub dst_mac: [u8; 6],
-    pub src: SocketAddrV4,
-    pub dst: SocketAddrV4,
+    pub src: SocketAddr,
+    pub dst: SocketAddr,
     pub seq: u32,
     pub ack: u32,
     /// TCP flags byte (FIN, SYN, RST, PSH, ACK, ...).
     pub flags: u8,
     pub window: u16,
+    /// TTL, or IPv6 hop limit.
     pub ttl: u8,
+    /// IPv4 identification, or IPv6 flow label.
     pub ip_id: u16,
+    /// IPv4 only.
     pub dont_fragment: bool,
-    /// IP options, padded by the caller to a multiple of 4 bytes (at most 40).
+    /// IPv4 options, padded by the caller to a multiple of 4 bytes (at most
+    /// 40); IPv6 has none.
     pub ip_options: &'a [u8],
     /// TCP options, padded by the caller to a multiple of 4 bytes (at most 40).
     pub tcp_options: &'a [u8],
@@ -331,13 +336,20 @@ pub struct Segment<'a> {
 pub const ETH_LEN: usize = 14;
 
 impl<'a> Segment<'a> {
-    /// A bare segment (no options, no payload, TTL 64, DF, window 64240).
-    pub fn new(src_mac: [u8; 6], dst_mac: [u8; 6], src: SocketAddrV4, dst: SocketAddrV4, flags: u8) -> Self {
+    /// A bare segment (no options, no payload, TTL 64, DF, window 64240);
+    /// IPv6 if `src` and `dst` are.
+    pub fn new(
+        src_mac: [u8; 6],
+        dst_mac: [u8; 6],
+        src: impl Into<SocketAddr>,
+        dst: impl Into<SocketAddr>,
+        flags: u8,
+    ) -> Self {
         Segment {
             src_mac,
             dst_mac,
-            src,
-            dst,
+            src: src.into(),
+            dst: dst.into(),
             seq: SEQ,
             ack: if flags & ACK != 0 { ACK_NUMBER } else { 0 },
             flags,
@@ -361,22 +373,37 @@ impl<'a> Segment<'a> {
             self.tcp_options.len().is_multiple_of(4) && self.tcp_options.len() <= 40,
             "TCP options: a multiple of 4 bytes, at most 40"
         );
-        let ip_header = 20 + self.ip_options.len();
         let tcp_header = 20 + self.tcp_options.len();
-        let ip_len = ip_header + tcp_header + self.payload.len();
         frame.clear();
         frame.extend_from_slice(&self.dst_mac);
         frame.extend_from_slice(&self.src_mac);
-        frame.extend_from_slice(&[0x08, 0x00]);
-        frame.push(0x40 | (ip_header / 4) as u8);
-        frame.push(0);
-        frame.extend_from_slice(&(ip_len as u16).to_be_bytes());
-        frame.extend_from_slice(&self.ip_id.to_be_bytes());
-        frame.extend_from_slice(&[if self.dont_fragment { 0x40 } else { 0 }, 0]);
-        frame.extend_from_slice(&[self.ttl, 6, 0, 0]);
-        frame.extend_from_slice(&self.src.ip().octets());
-        frame.extend_from_slice(&self.dst.ip().octets());
-        frame.extend_from_slice(self.ip_options);
+        match (self.src.ip(), self.dst.ip()) {
+            (IpAddr::V4(src), IpAddr::V4(dst)) => {
+                let ip_header = 20 + self.ip_options.len();
+                let ip_len = ip_header + tcp_header + self.payload.len();
+                frame.extend_from_slice(&[0x08, 0x00]);
+                frame.push(0x40 | (ip_header / 4) as u8);
+                frame.push(0);
+                frame.extend_from_slice(&(ip_len as u16).to_be_bytes());
+                frame.extend_from_slice(&self.ip_id.to_be_bytes());
+                frame.extend_from_slice(&[if self.dont_fragment { 0x40 } else { 0 }, 0]);
+                frame.extend_from_slice(&[self.ttl, 6, 0, 0]);
+                frame.extend_from_slice(&src.octets());
+                frame.extend_from_slice(&dst.octets());
+                frame.extend_from_slice(self.ip_options);
+            }
+            (IpAddr::V6(src), IpAddr::V6(dst)) => {
+                assert!(self.ip_options.is_empty(), "IPv6 has no IP options");
+                let payload_len = tcp_header + self.payload.len();
+                frame.extend_from_slice(&[0x86, 0xdd, 0x60, 0]);
+                frame.extend_from_slice(&self.ip_id.to_be_bytes());
+                frame.extend_from_slice(&(payload_len as u16).to_be_bytes());
+                frame.extend_from_slice(&[6, self.ttl]);
+                frame.extend_from_slice(&src.octets());
+                frame.extend_from_slice(&dst.octets());
+            }
+            (src, dst) => panic!("a segment from {src} to {dst}: one family"),
+        }
         frame.extend_from_slice(&self.src.port().to_be_bytes());
         frame.extend_from_slice(&self.dst.port().to_be_bytes());
         frame.extend_from_slice(&self.seq.to_be_bytes());
@@ -391,12 +418,21 @@ impl<'a> Segment<'a> {
 }
 
 /// Recomputes the IPv4 header checksum and the TCP (or UDP) checksum of an
-/// IPv4 frame from its own header fields (IHL, total length), as far as they lie
-/// inside the frame: a mutated frame keeps valid checksums for what it
-/// claims to be. Leaves other frames alone.
+/// IPv4 or IPv6 frame from its own header fields (IHL and total length, or
+/// payload length and next headers), as far as they lie inside the frame: a
+/// mutated frame keeps valid checksums for what it claims to be. Leaves
+/// other frames alone.
 pub fn fix_checksums(frame: &mut [u8]) {
+    match frame.get(12..14) {
+        Some([0x08, 0x00]) => fix_checksums4(frame),
+        Some([0x86, 0xdd]) => fix_checksums6(frame),
+        _ => {}
+    }
+}
+
+fn fix_checksums4(frame: &mut [u8]) {
     let Some(ip) = frame.get(ETH_LEN..) else { return };
-    if frame[12..14] != [0x08, 0x00] || ip.len() < 20 {
+    if ip.len() < 20 {
         return;
     }
     let ihl = (ip[0] & 0x0f) as usize * 4;
@@ -408,35 +444,71 @@ pub fn fix_checksums(frame: &mut [u8]) {
     frame[ETH_LEN + 10..ETH_LEN + 12].copy_from_slice(&ip_check.to_be_bytes());
     let ip = &frame[ETH_LEN..];
     let total = u16::from_be_bytes([ip[2], ip[3]]) as usize;
-    if ip[9] == 17 {
-        fix_udp_checksum(frame, ihl, total);
+    if total < ihl || total > ip.len() {
         return;
     }
-    if ip[9] != 6 || total < ihl + 20 || total > ip.len() {
-        return;
-    }
-    let tcp = ETH_LEN + ihl;
-    frame[tcp + 16..tcp + 18].copy_from_slice(&[0, 0]);
-    let pseudo = pseudo_header_sum(&frame[ETH_LEN..], (total - ihl) as u16);
-    let check = internet_checksum(pseudo, &frame[tcp..ETH_LEN + total]);
-    frame[tcp + 16..tcp + 18].copy_from_slice(&check.to_be_bytes());
+    let pseudo = pseudo_header_sum(ip, (total - ihl) as u16);
+    fix_l4_checksum(frame, ip[9], ETH_LEN + ihl..ETH_LEN + total, pseudo);
 }
 
-/// [`fix_checksums`] for UDP: the checksum over the IP length's worth of
-/// datagram, unless the field is 0 (the sender computed none); a sum of 0
-/// is sent as 0xffff (RFC 768).
-fn fix_udp_checksum(frame: &mut [u8], ihl: usize, total: usize) {
-    let udp = ETH_LEN + ihl;
-    if total < ihl + 8 || ETH_LEN + total > frame.len() || frame[udp + 6..udp + 8] == [0, 0] {
+fn fix_checksums6(frame: &mut [u8]) {
+    let Some((next, l4)) = ipv6_l4(frame) else { return };
+    let end = ETH_LEN + IP6_LEN + u16::from_be_bytes([frame[IP6 + 4], frame[IP6 + 5]]) as usize;
+    if end < l4 || end > frame.len() {
         return;
     }
-    frame[udp + 6..udp + 8].copy_from_slice(&[0, 0]);
-    let pseudo = pseudo_header_sum(&frame[ETH_LEN..], (total - ihl) as u16);
-    let check = match internet_checksum(pseudo, &frame[udp..ETH_LEN + total]) {
-        0 => 0xffff,
+    let pseudo = pseudo_header_sum6(&frame[IP6..], next, end - l4);
+    fix_l4_checksum(frame, next, l4..end, pseudo);
+}
+
+/// The TCP or UDP checksum of `frame[l4]` (protocol `proto`) on top of the
+/// pseudo-header's sum; a UDP checksum of 0 (none computed) stays 0, a sum
+/// of 0 is sent as 0xffff (RFC 768). Other protocols are left alone.
+fn fix_l4_checksum(frame: &mut [u8], proto: u8, l4: std::ops::Range<usize>, pseudo: u32) {
+    let at = match proto {
+        6 if l4.len() >= 20 => l4.start + 16,
+        17 if l4.len() >= 8 && frame[l4.start + 6..l4.start + 8] != [0, 0] => l4.start + 6,
+        _ => return,
+    };
+    frame[at..at + 2].copy_from_slice(&[0, 0]);
+    let check = match internet_checksum(pseudo, &frame[l4]) {
+        0 if proto == 17 => 0xffff,
         check => check,
     };
-    frame[udp + 6..udp + 8].copy_from_slice(&check.to_be_bytes());
+    frame[at..at + 2].copy_from_slice(&check.to_be_bytes());
+}
+
+/// Where an IPv6 frame's upper-layer header starts and which protocol it
+/// is: past the IPv6 header and up to four extension headers (hop-by-hop,
+/// routing, fragment, destination options), as far as they lie inside the
+/// frame.
+pub fn ipv6_l4(frame: &[u8]) -> Option<(u8, usize)> {
+    let mut next = *frame.get(IP6 + 6)?;
+    let mut at = IP6 + IP6_LEN;
+    if frame.len() < at {
+        return None;
+    }
+    for _ in 0..4 {
+        let len = match next {
+            0 | 43 | 60 => (*frame.get(at + 1)? as usize + 1) * 8,
+            44 => 8,
+            _ => break,
+        };
+        next = *frame.get(at)?;
+        at += len;
+    }
+    (frame.len() >= at).then_some((next, at))
+}
+
+/// The one's complement sum of an IPv6 pseudo-header (addresses from the
+/// IPv6 header `ip`) for an upper-layer packet of protocol `next` and `len`
+/// bytes.
+pub fn pseudo_header_sum6(ip: &[u8], next: u8, len: usize) -> u32 {
+    let addrs: u32 = ip[8..40]
+        .chunks_exact(2)
+        .map(|w| u16::from_be_bytes([w[0], w[1]]) as u32)
+        .sum();
+    addrs + (len >> 16) as u32 + (len & 0xffff) as u32 + next as u32
 }
 
 /// The one's complement sum of an IPv4 pseudo-header for a transport

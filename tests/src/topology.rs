@@ -94,6 +94,35 @@ impl NetNs {
         self.sh(&format!("echo {mask} > /sys/class/net/{iface}/queues/rx-0/rps_cpus"));
     }
 
+    /// The drop and error counters of `iface` that are not zero (`ethtool
+    /// -S`, which for a veth counts XDP_TX frames its peer's ring refused,
+    /// and `ip -s link`): for a failing test's message, to tell frames the
+    /// test bed lost from frames a program dropped.
+    pub fn link_drops(&self, iface: &str) -> String {
+        let ethtool: String = self
+            .output_of(&["ethtool", "-S", iface])
+            .lines()
+            .filter(|l| (l.contains("drop") || l.contains("err") || l.contains("full")) && !l.ends_with(": 0"))
+            .map(|l| format!("{}\n", l.trim()))
+            .collect();
+        format!(
+            "{}: {ethtool}{}",
+            self.name,
+            self.output_of(&["ip", "-s", "link", "show", iface])
+        )
+    }
+
+    /// What `command` printed inside this namespace, or why it could not
+    /// run: for a failing test's message, so it never panics itself.
+    pub fn output_of(&self, command: &[&str]) -> String {
+        std::process::Command::new("ip")
+            .args(["netns", "exec", &self.name])
+            .args(command)
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_else(|e| format!("{command:?}: {e}\n"))
+    }
+
     /// Runs `script` with `sh -c` inside this namespace; `ip netns exec`
     /// mounts the namespace's own sysfs, so /sys/class/net is its own.
     pub fn sh(&self, script: &str) {

@@ -1,14 +1,15 @@
 //! The fuzz test (root): at least a million generated and mutated frames
-//! (TCP connections and UDP flows, to a VIP with a service of each)
+//! (TCP connections and UDP flows, to a VIP with a service of each and to
+//! an IPv6 VIP with a service of each, ICMP and ICMPv6 errors about them)
 //! through the real XDP program (BPF_PROG_TEST_RUN in a packet lab), each
 //! judged by the oracle in `bg_lb_tests::fuzz::oracle`, whose module docs
 //! list every invariant: nothing is forwarded that does not belong to a
 //! pinned flow or a valid new one, checksums stay right, passed frames are
 //! untouched, the program never aborts, and FLOWS and REVERSE_NAT agree.
 //!
-//! One run has the SYN proxy always on: every connection then goes through
-//! its cookies, held segments and sequence translation, which the oracle
-//! models exactly.
+//! One run has the SYN proxy always on (on the IPv4 and the IPv6 VIP):
+//! every connection then goes through its cookies, held segments and
+//! sequence translation, which the oracle models exactly.
 //!
 //! The last tests tamper with real outputs, with the proxy off and on, to
 //! prove the oracle rejects what it must.
@@ -18,12 +19,17 @@
 //! `BG_LB_FUZZ_FRAMES=<n>` scales the runs.
 
 use std::{
-    net::{Ipv4Addr, SocketAddrV4},
+    cell::RefCell,
+    net::{Ipv4Addr, Ipv6Addr, SocketAddrV4},
+    rc::Rc,
     time::Duration,
 };
 
 use bg_lb::dataplane::syn_proxy::{SynProxy, SynProxyMode};
-use bg_lb_common::counters::Counter;
+use bg_lb_common::{
+    counters::Counter,
+    maps::{Flow, FlowKey},
+};
 use bg_lb_tests::{
     fuzz::{
         self, FuzzOptions, FuzzReport,
@@ -31,16 +37,18 @@ use bg_lb_tests::{
     },
     netns::in_fresh_netns,
     packet_lab::{
-        GATEWAY_MAC, GREEN, LB_MAC, PacketLab, PacketLabOptions, SNAT_PORTS, VIP, XDP_PASS, XDP_TX, client,
-        from_client, mac_of, reply_to,
+        BACKENDS6, GATEWAY_MAC, GATEWAY6, GREEN, LB_MAC, PacketLab, PacketLabOptions, SNAT_PORTS, VIP, VIP6, XDP_PASS,
+        XDP_TX, client, client6, from_client, mac_of, mac_of6, reply_to,
     },
     packets::{
-        ACK, ETH_LEN, Numbers, PSH_ACK, RST, SEQ, SYN, Segment, fix_checksums, internet_checksum, numbered_tcp_frame,
-        parse_checked, tcp_frame,
+        ACK, ETH_LEN, Numbers, PSH_ACK, RST, SEQ, SYN, SYN_ACK, Segment, fix_checksums, icmp6_error_frame,
+        internet_checksum, numbered_tcp_frame, numbered_tcp6_frame, parse_checked, parse_checked_udp6, parse_checked6,
+        tcp_frame, tcp6_frame, udp6_frame,
     },
     require_root,
     udp_frames::{parse_checked_udp, udp_frame, udp_frame_without_checksum},
 };
+use etherparse::Icmpv6Type;
 
 const DEFAULT_SEED: u64 = 0x6267_6c62_0013;
 
@@ -74,11 +82,26 @@ fn run(options: FuzzOptions) -> FuzzReport {
 /// Every path a correct data plane takes on ordinary traffic must have been
 /// reached, or the fuzz proved little.
 fn assert_reached(report: &FuzzReport, classes: &[Class], at_least: u64) {
+    assert_counts(report, classes, at_least, FuzzReport::count, "");
+}
+
+/// [`assert_reached`] by IPv6 frames.
+fn assert_reached_over_ipv6(report: &FuzzReport, classes: &[Class], at_least: u64) {
+    assert_counts(report, classes, at_least, FuzzReport::count6, "IPv6 ");
+}
+
+fn assert_counts(
+    report: &FuzzReport,
+    classes: &[Class],
+    at_least: u64,
+    count: fn(&FuzzReport, Class) -> u64,
+    what: &str,
+) {
     for &class in classes {
         assert!(
-            report.count(class) >= at_least,
-            "only {} frames took the {class:?} path:\n{}",
-            report.count(class),
+            count(report, class) >= at_least,
+            "only {} {what}frames took the {class:?} path:\n{}",
+            count(report, class),
             report.summary()
         );
     }
@@ -132,6 +155,27 @@ fn a_million_hostile_frames_are_never_forwarded_outside_a_flow_and_never_corrupt
     assert_reached(&report, &[Class::RstAnswer], frames / 1000);
     // The UDP sessions' datagrams both ways.
     assert_reached(&report, &[Class::UdpToBackend, Class::UdpReplyToClient], frames / 200);
+    // The IPv6 sessions: NAT66 both ways, stateless forwarding, UDP over
+    // IPv6 both ways, ICMPv6 errors translated both ways, refusals while no
+    // IPv6 backend takes new flows.
+    assert_reached_over_ipv6(
+        &report,
+        &[
+            Class::ToBackendPinned,
+            Class::ToBackendStateless,
+            Class::ReplyToClient,
+            Class::UdpToBackend,
+            Class::UdpReplyToClient,
+            Class::Passed,
+            Class::Dropped,
+        ],
+        frames / 200,
+    );
+    assert_reached_over_ipv6(
+        &report,
+        &[Class::IcmpToClient, Class::IcmpToBackend, Class::RstAnswer],
+        frames / 2000,
+    );
 }
 
 #[test]
@@ -226,15 +270,23 @@ fn run_short_of_room(
 /// A change to a frame.
 type Tamper<'a> = &'a dyn Fn(&mut Vec<u8>);
 
-/// The oracle can fail: every kind of mis-forwarding it exists to catch,
-/// made by tampering with real outputs of the program, is rejected.
-#[test]
-fn the_oracle_rejects_every_kind_of_mis_forwarding() {
+/// Runs `test` on a 50:50 packet lab in a fresh network namespace, with
+/// its oracle.
+fn in_oracle_lab(test: impl FnOnce(PacketLab, Oracle) + Send + 'static) {
     require_root();
     in_fresh_netns(|| {
         let options = PacketLabOptions::with_ratio(50);
         let lab = PacketLab::new(&options);
-        let mut oracle = Oracle::new(&lab, &options);
+        let oracle = Oracle::new(&lab, &options);
+        test(lab, oracle);
+    });
+}
+
+/// The oracle can fail: every kind of mis-forwarding it exists to catch,
+/// made by tampering with real outputs of the program, is rejected.
+#[test]
+fn the_oracle_rejects_every_kind_of_mis_forwarding() {
+    in_oracle_lab(|lab, mut oracle| {
         let c = client(40000);
         let syn = from_client(c, SYN);
         let (verdict, to_backend) = lab.run(&syn);
@@ -456,6 +508,182 @@ fn the_oracle_rejects_every_kind_of_udp_mis_forwarding() {
     });
 }
 
+/// The oracle's judgement of IPv6 frames can fail: every kind of
+/// mis-forwarding of NAT66 segments, UDP-over-IPv6 datagrams and translated
+/// ICMPv6 errors, made by tampering with real outputs, is rejected.
+#[test]
+fn the_oracle_rejects_every_kind_of_ipv6_mis_forwarding() {
+    in_oracle_lab(|lab, oracle| {
+        let mut oracle = oracle.with_ipv6(Rc::new(RefCell::new(lab.add_ipv6_services())));
+        let c = client6(40000);
+        let syn = tcp6_frame(GATEWAY_MAC, LB_MAC, c, VIP6, SYN, b"");
+        let (verdict, to_backend) = lab.run(&syn);
+        let sent = parse_checked6(&to_backend);
+        let numbers = Numbers {
+            seq: 7000,
+            ack: SEQ + 1,
+        };
+        let reply = numbered_tcp6_frame(
+            mac_of6(*sent.dst.ip()),
+            LB_MAC,
+            sent.dst,
+            sent.src,
+            SYN_ACK,
+            numbers,
+            b"",
+        );
+        let (reply_verdict, to_client) = lab.run(&reply);
+        let datagram = udp6_frame(GATEWAY_MAC, LB_MAC, c, VIP6, b"query");
+        let (udp_verdict, udp_out) = lab.run(&datagram);
+        // A router on the backends' side could not deliver the SYN.
+        let too_big = Icmpv6Type::PacketTooBig { mtu: 1280 };
+        let router = (mac_of6(GATEWAY6), LB_MAC);
+        let error = icmp6_error_frame(router, GATEWAY6, *sent.src.ip(), 64, too_big, &to_backend[ETH_LEN..]);
+        let (error_verdict, error_out) = lab.run(&error);
+        for (input, verdict, output, class) in [
+            (&syn, verdict, &to_backend, Class::ToBackendPinned),
+            (&reply, reply_verdict, &to_client, Class::ReplyToClient),
+            (&datagram, udp_verdict, &udp_out, Class::UdpToBackend),
+            (&error, error_verdict, &error_out, Class::IcmpToClient),
+        ] {
+            let judged = oracle.judge(&lab, input, verdict, output);
+            assert_eq!(judged.map(|j| j.0), Ok(class), "a correct IPv6 output");
+        }
+
+        let (ip, l4) = (ETH_LEN, ETH_LEN + 40);
+        let rejects = |what: &str, input: &[u8], verdict: u32, output: &[u8]| {
+            rejects(&oracle, &lab, what, input, verdict, output)
+        };
+        let set_addr =
+            |at: usize, addr: Ipv6Addr| move |f: &mut Vec<u8>| f[ip + at..ip + at + 16].copy_from_slice(&addr.octets());
+        let other_backend = *BACKENDS6.iter().find(|&&b| b != sent.dst).expect("two backends");
+        let cases: [(&str, Tamper, bool); 9] = [
+            ("a broken TCP checksum", &|f| f[l4 + 16] ^= 1, false),
+            (
+                "another backend than the pinned one",
+                &set_addr(24, *other_backend.ip()),
+                true,
+            ),
+            (
+                "an address that is no backend",
+                &set_addr(24, Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 0x99)),
+                true,
+            ),
+            ("another source than the SNAT address", &set_addr(8, *VIP6.ip()), true),
+            (
+                "a SNAT port outside the range",
+                &|f| f[l4..l4 + 2].copy_from_slice(&(SNAT_PORTS.1 + 1).to_be_bytes()),
+                true,
+            ),
+            (
+                "a SNAT port another flow could own",
+                &|f| f[l4..l4 + 2].copy_from_slice(&(sent.src.port() ^ 1).to_be_bytes()),
+                true,
+            ),
+            ("a hop limit not decremented", &|f| f[ip + 7] += 1, false),
+            ("a wrong next-hop MAC", &|f| f[0] ^= 0x40, false),
+            ("changed flags", &|f| f[l4 + 13] |= 0x08, true),
+        ];
+        for (what, change, fix) in cases {
+            rejects(what, &syn, verdict, &tampered(&to_backend, change, fix));
+        }
+        rejects(
+            "an IPv6 segment to a backend from an IPv4 one",
+            &from_client(client(40000), SYN),
+            verdict,
+            &to_backend,
+        );
+        rejects(
+            "a reply to another client",
+            &reply,
+            reply_verdict,
+            &tampered(
+                &to_client,
+                &set_addr(24, Ipv6Addr::new(0xfd00, 0xc, 0, 0, 0, 0, 0, 9)),
+                true,
+            ),
+        );
+        rejects(
+            "a reply whose hop limit was not decremented",
+            &reply,
+            reply_verdict,
+            &tampered(&to_client, &|f| f[ip + 7] += 1, false),
+        );
+        // UDP: its checksum is mandatory over IPv6.
+        rejects(
+            "a datagram forwarded without its checksum",
+            &datagram,
+            udp_verdict,
+            &tampered(&udp_out, &|f| f[l4 + 6..l4 + 8].copy_from_slice(&[0, 0]), false),
+        );
+        let mut bare = datagram.clone();
+        bare[l4 + 6..l4 + 8].copy_from_slice(&[0, 0]);
+        rejects(
+            "a datagram sent without a checksum, forwarded",
+            &bare,
+            udp_verdict,
+            &udp_out,
+        );
+        let udp_backend = parse_checked_udp6(&udp_out).dst;
+        let other_udp_backend = *BACKENDS6.iter().find(|&&b| b != udp_backend).expect("two backends");
+        rejects(
+            "a datagram to another backend",
+            &datagram,
+            udp_verdict,
+            &tampered(&udp_out, &set_addr(24, *other_udp_backend.ip()), true),
+        );
+        // ICMPv6: its checksum, type and quote.
+        rejects(
+            "a translated ICMPv6 error with a broken checksum",
+            &error,
+            error_verdict,
+            &tampered(&error_out, &|f| f[l4 + 2] ^= 1, false),
+        );
+        rejects(
+            "a translated ICMPv6 error of another type",
+            &error,
+            error_verdict,
+            &tampered(&error_out, &|f| f[l4] = 1, false),
+        );
+        rejects(
+            "a translated ICMPv6 error to another client",
+            &error,
+            error_verdict,
+            &tampered(
+                &error_out,
+                &set_addr(24, Ipv6Addr::new(0xfd00, 0xc, 0, 0, 0, 0, 0, 9)),
+                false,
+            ),
+        );
+    });
+}
+
+/// The oracle's table check can fail: a flow whose backend or SNAT pair
+/// changed during its life (no frame may move another client's flow) is
+/// found at the next check.
+#[test]
+fn the_oracle_finds_a_flow_moved_during_its_life() {
+    in_oracle_lab(|lab, mut oracle| {
+        let c = client(40000);
+        let (verdict, _) = lab.run(&from_client(c, SYN));
+        assert_eq!(verdict, bg_lb_tests::packet_lab::XDP_REDIRECT);
+        assert_eq!(oracle.check_tables(&lab, true), Vec::<String>::new());
+        let key = FlowKey::from_client(c, VIP);
+        let flow = lab.flow_at(&key).expect("pinned");
+        let port = u16::from_be(flow.snat_port);
+        let moved = Flow {
+            snat_port: (if port == SNAT_PORTS.0 { port + 1 } else { port - 1 }).to_be(),
+            ..flow
+        };
+        lab.nat_maps().insert_flow(&key, &moved);
+        let problems = oracle.check_tables(&lab, false);
+        assert!(
+            problems.iter().any(|p| p.contains("moved")),
+            "a moved flow went unnoticed: {problems:?}"
+        );
+    });
+}
+
 /// Asserts that `oracle`, as it stands, rejects `output` for `input`.
 fn rejects(oracle: &Oracle, lab: &PacketLab, what: &str, input: &[u8], verdict: u32, output: &[u8]) {
     // A copy judges: a rejected frame must not teach the oracle anything.
@@ -527,6 +755,19 @@ fn hostile_frames_through_the_syn_proxy_never_break_its_handshakes_or_translatio
             Class::Dropped,
         ],
         frames / 100,
+    );
+    // The IPv6 sessions' share of the proxy's handshakes and translation.
+    assert_reached_over_ipv6(
+        &report,
+        &[
+            Class::SynAckAnswer,
+            Class::ProxySyn,
+            Class::ToBackendAnswer,
+            Class::HeldToBackend,
+            Class::ReplyToClient,
+            Class::IcmpToBackend,
+        ],
+        frames / 2000,
     );
     // Every step of the proxy's handshakes, and its refusals while no
     // backend takes new flows.

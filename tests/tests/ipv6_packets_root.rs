@@ -433,6 +433,30 @@ fn an_icmpv6_error_about_a_packet_to_a_client_reaches_the_backend_translated() {
 }
 
 #[test]
+fn an_icmpv6_error_whose_quote_is_not_ipv6_passes_untouched_though_its_addresses_name_a_flow() {
+    in_ipv6_lab(|lab, _| {
+        let client = client6(40014);
+        let (verdict, sent) = lab.run(&to_vip(client, SYN));
+        assert_eq!(verdict, XDP_REDIRECT);
+        // The SYN as the LB sent it, its version nibble no longer 6: the
+        // addresses and ports still name the pinned flow's pair.
+        let mut quote = sent[14..].to_vec();
+        quote[0] = 0x40 | quote[0] & 0x0f;
+        let error = icmp6_error_frame(
+            (mac_of6(GATEWAY6), LB_MAC),
+            GATEWAY6,
+            SNAT6,
+            64,
+            Icmpv6Type::PacketTooBig { mtu: 1280 },
+            &quote,
+        );
+        let (verdict, out) = lab.run(&error);
+        assert_eq!((verdict, out), (XDP_PASS, error));
+        assert_eq!(lab.counter(Counter::IcmpErrorToClient), 0);
+    });
+}
+
+#[test]
 fn an_icmpv6_error_quoting_no_pinned_flow_passes_untouched() {
     in_ipv6_lab(|lab, _| {
         let stranger = tcp6_frame(LB_MAC, GATEWAY_MAC, VIP6, client6(40013), SYN_ACK, b"");

@@ -19,12 +19,12 @@ use bg_lb_tests::{
         XDP_REDIRECT, XDP_TX, client6, mac_of6,
     },
     packets::{
-        ACK, Numbers, PSH_ACK, SEQ, SYN, SYN_ACK, Tcp6View, linux_syn_options, numbered_tcp6_frame, parse_checked6,
-        window_and_options,
+        ACK, Numbers, PSH_ACK, SEQ, SYN, SYN_ACK, Tcp6View, icmp6_error_frame, linux_syn_options, numbered_tcp6_frame,
+        parse_checked6, window_and_options,
     },
     require_root,
 };
-use etherparse::{PacketBuilder, TcpOptionElement};
+use etherparse::{Icmpv6Type, PacketBuilder, TcpOptionElement};
 
 /// The MSS the service's SYN-ACKs would offer on IPv4 (`syn_proxy_mss`).
 const SERVICE_MSS: u16 = 1400;
@@ -245,6 +245,51 @@ fn the_backends_ipv6_syn_ack_is_answered_and_the_flow_translates_sequence_number
             "the seq in the client's numbering"
         );
         assert_eq!(back.payload, response);
+    });
+}
+
+#[test]
+fn an_icmpv6_error_about_a_proxied_flows_segment_to_its_client_reaches_the_backend_in_its_own_numbers() {
+    in_proxy_lab(SYN_PROXY_ALWAYS, 0, |lab, _| {
+        let from = client6(41005);
+        let (cookie, syn) = handshake(&lab, from);
+        let (verdict, _) = lab.run(&from_backend(&syn, SYN_ACK, (BACKEND_ISN, SEQ + 1), b""));
+        assert_eq!(verdict, XDP_TX);
+        let response = b"HTTP/1.1 200 OK\r\n\r\n";
+        let sent_backend = from_backend(&syn, PSH_ACK, (BACKEND_ISN + 1, SEQ + 1), response);
+        let (verdict, to_client) = lab.run(&sent_backend);
+        assert_eq!(verdict, XDP_REDIRECT);
+        assert_eq!(
+            parse_checked6(&to_client).seq,
+            cookie.wrapping_add(1),
+            "the client's numbering"
+        );
+        // The client's router found the response, as the LB sent it, too big.
+        let too_big = Icmpv6Type::PacketTooBig { mtu: 1280 };
+        let error = icmp6_error_frame(
+            (GATEWAY_MAC, LB_MAC),
+            GATEWAY6,
+            *VIP6.ip(),
+            64,
+            too_big,
+            &to_client[14..],
+        );
+        let (verdict, out) = lab.run(&error);
+        assert_eq!(verdict, XDP_REDIRECT);
+        // To the backend from the SNAT pair, quoting the response as the
+        // backend sent it (its own sequence number, which its stack checks),
+        // but for the hop limit the LB left it: every checksum as if built so.
+        let mut quote = sent_backend[14..].to_vec();
+        quote[7] -= 1;
+        let expected = icmp6_error_frame(
+            (LB_MAC, mac_of6(*syn.dst.ip())),
+            *syn.src.ip(),
+            *syn.dst.ip(),
+            63,
+            too_big,
+            &quote,
+        );
+        assert_eq!(out, expected);
     });
 }
 

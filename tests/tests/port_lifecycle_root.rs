@@ -1,5 +1,6 @@
 //! The SNAT port lifecycle end to end (root): `bg-lb run` with the example
-//! config's defaults (SNAT ports 20000-29999, `closing` and `syn` 10 s),
+//! config's defaults (SNAT ports 20000-29999, `closing` and `syn` 10 s,
+//! `max_flows` 1,048,576),
 //! native XDP, one-arm, one backend, and real TCP connections paced at
 //! 5,000 a second for 60 s. Holding each port for `closing` after its
 //! connection would allow 1,000 a second; the LB must reuse ports as soon
@@ -20,14 +21,17 @@ use std::{
     time::Duration,
 };
 
+use bg_lb_common::maps::DEFAULT_MAX_FLOWS;
 use bg_lb_tests::{
     churn::{Churn, ChurnServer, ChurnTally, Closer, listen_drops},
     http,
     lab::{NameLab, NameLabConfig},
+    topology::LB_SWITCH_PORT,
 };
 
-/// The example config's SNAT port range and flow timeouts; metrics on the
-/// LB's loopback, to show the data plane's counters should a test fail.
+/// The example config's SNAT port range, flow timeouts and flow table
+/// size; metrics on the LB's loopback, to show the data plane's counters
+/// should a test fail.
 const SETTINGS: &str = "snat_ports = \"20000-29999\"\nmetrics = \"127.0.0.1:9750\"\n";
 const METRICS: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9750);
 const TIMEOUTS: &str = "[timeouts]\nclosing = \"10s\"\nsyn = \"10s\"\n";
@@ -43,6 +47,11 @@ fn churn_through_the_lb(closer: Closer, setup_client: impl FnOnce(&NameLab) -> V
     let config = NameLabConfig {
         settings: SETTINGS,
         tables: TIMEOUTS,
+        // 5,000 new flows a second, each kept `closing` (10 s) or, the
+        // backend having closed first, its TIME_WAIT (61 s) unless a new
+        // connection takes its port over: the lab's usual 65,536 entries
+        // would make the LRU table evict flows, live ones too.
+        max_flows: Some(DEFAULT_MAX_FLOWS),
         ..NameLabConfig::default()
     };
     let mut lab = NameLab::start(env!("CARGO_BIN_EXE_bg-lb-under-test"), 1, None, &config);
@@ -67,10 +76,14 @@ fn churn_through_the_lb(closer: Closer, setup_client: impl FnOnce(&NameLab) -> V
     let context = || {
         format!(
             "{tally:?}\n--- data plane counters ---\n{}\n--- backend TCP ---\n{}--- client TCP ---\n{}\n\
-             --- daemon log ---\n{}",
+             --- links ---\n{}{}{}{}--- daemon log ---\n{}",
             counters(&lab),
             listen_drops(&lab.topo.backends[0].ns),
             listen_drops(&lab.topo.client.ns),
+            lab.topo.lb.ns.link_drops("eth0"),
+            lab.topo.switch.link_drops(LB_SWITCH_PORT),
+            lab.topo.client.ns.link_drops("eth0"),
+            lab.topo.backends[0].ns.link_drops("eth0"),
             lab.daemon.log()
         )
     };
@@ -90,13 +103,14 @@ fn churn_through_the_lb(closer: Closer, setup_client: impl FnOnce(&NameLab) -> V
     );
 }
 
-/// The data plane's packet counters that moved, from the LB's metrics.
+/// The data plane's packet counters, and how full its flow table is, from
+/// the LB's metrics.
 fn counters(lab: &NameLab) -> String {
     match lab.topo.lb.ns.run(|| http::request(METRICS, "GET", "/metrics")) {
         Ok(response) => response
             .body
             .lines()
-            .filter(|l| l.starts_with("bglb_packets_total"))
+            .filter(|l| l.starts_with("bglb_packets_total") || l.starts_with("bglb_flow_table"))
             .collect::<Vec<_>>()
             .join("\n"),
         Err(e) => format!("no metrics: {e}"),

@@ -1,16 +1,17 @@
 //! A UDP service through a blue-green release, end to end (root): `bg-lb
-//! run` in the one-arm lab with a `protocol = "udp"` service, real UDP
-//! sockets on the client and UDP name servers on the backends (b0, b1 blue;
-//! b2, b3 green), health-checked over UDP; and a UDP service forwarding by
-//! `gateway` and by `dsr`, the backends set up as the README says.
+//! run` in the one-arm lab with a `protocol = "udp"` service, over IPv4 and
+//! over IPv6, real UDP sockets on the client and UDP name servers on the
+//! backends (b0, b1 blue; b2, b3 green), health-checked over UDP; and a UDP
+//! service forwarding by `gateway` and by `dsr`, the backends set up as the
+//! README says.
 
 use std::{
-    net::SocketAddrV4,
+    net::SocketAddr,
     thread,
     time::{Duration, Instant},
 };
 
-use bg_lb::{dataplane::forwarding::Forwarding, protocol::BackendHealth, ratio::Pool};
+use bg_lb::{dataplane::forwarding::Forwarding, family::Family, protocol::BackendHealth, ratio::Pool};
 use bg_lb_tests::{
     lab::{BACKEND_PORT, NameLab, NameLabConfig, SERVICE, pool_of_name},
     servers::{UdpNameClient, UdpNameServer, ask_names_udp},
@@ -23,9 +24,10 @@ const BG_LB: &str = env!("CARGO_BIN_EXE_bg-lb-under-test");
 /// within the test.
 const UDP_IDLE: &str = "3s";
 
-/// The lab's `web` service as UDP at `ratio`, its backends' UDP name servers
-/// answering health checks ("health" gets the name, which holds "b").
-fn start_udp_lab(ratio: &str) -> (NameLab, Vec<UdpNameServer>) {
+/// The lab's `web` service as UDP at `ratio` over `family`, its backends'
+/// UDP name servers answering health checks ("health" gets the name, which
+/// holds "b").
+fn start_udp_lab(ratio: &str, family: Family) -> (NameLab, Vec<UdpNameServer>) {
     let service = format!(
         "protocol = \"udp\"\nudp_idle = \"{UDP_IDLE}\"\nratio = \"{ratio}\"\n\n[service.health]\ntype = \"udp\"\n\
          request = \"health\"\nexpect = \"b\"\ninterval = \"300ms\"\nfast_interval = \"100ms\"\ntimeout = \"200ms\"\n\
@@ -34,10 +36,11 @@ fn start_udp_lab(ratio: &str) -> (NameLab, Vec<UdpNameServer>) {
     let config = NameLabConfig {
         service: &service,
         weight: Some(100),
+        family,
         ..NameLabConfig::default()
     };
     let lab = NameLab::start(BG_LB, 4, None, &config);
-    let servers = UdpNameServer::start_on_each(&lab.topo.backends, BACKEND_PORT);
+    let servers = UdpNameServer::start_on_each_of(&lab.topo.backends, family, BACKEND_PORT);
     wait_until_all_up(&lab);
     (lab, servers)
 }
@@ -60,9 +63,9 @@ fn wait_until_all_up(lab: &NameLab) {
     }
 }
 
-/// A UDP socket in the client namespace, connected to the VIP.
+/// A UDP socket in the client namespace, connected to the service's VIP.
 fn udp_client(lab: &NameLab) -> UdpNameClient {
-    let vip = lab.vip();
+    let vip = lab.service_vip();
     lab.topo
         .client
         .ns
@@ -70,7 +73,7 @@ fn udp_client(lab: &NameLab) -> UdpNameClient {
 }
 
 /// Who serves `n` fresh UDP flows.
-fn fresh_names(lab: &NameLab, vip: SocketAddrV4, n: usize) -> Vec<String> {
+fn fresh_names(lab: &NameLab, vip: SocketAddr, n: usize) -> Vec<String> {
     ask_names_udp(&lab.topo.client.ns, vip, n)
         .unwrap_or_else(|e| panic!("a UDP flow through the VIP got no answer: {e}\n{}", lab.daemon.log()))
 }
@@ -87,11 +90,15 @@ fn ask(lab: &NameLab, client: &UdpNameClient) -> String {
 /// blue --wait` keeps waiting while the flow sends, for longer than
 /// `udp_idle`, and returns, successfully, only once the flow has stopped
 /// and been idle for `udp_idle`, leaving blue no open flow.
-#[test]
-fn udp_flow_keeps_its_backend_across_a_flip_and_drain_waits_until_it_idles() {
-    let (lab, _servers) = start_udp_lab("100:0");
-    let vip = lab.vip();
-    let before = fresh_names(&lab, vip, 20);
+fn release_keeps_the_udp_flow_and_drain_waits_until_it_idles(family: Family) {
+    let (lab, _servers) = start_udp_lab("100:0", family);
+    let vip = lab.service_vip();
+    assert_eq!(Family::of_socket(vip), family, "the service runs over {family:?}");
+    // The first flows' sockets stay open through the flip: a closed one's
+    // port may be handed to a fresh socket while its blue flow is still
+    // pinned (`udp_idle`), and that 5-tuple is, rightly, the same flow.
+    let blue_clients: Vec<UdpNameClient> = (0..20).map(|_| udp_client(&lab)).collect();
+    let before: Vec<String> = blue_clients.iter().map(|c| ask(&lab, c)).collect();
     assert!(
         before.iter().all(|n| pool_of_name(n) == Pool::Blue),
         "100:0 sends new UDP flows blue: {before:?}"
@@ -147,6 +154,16 @@ fn udp_flow_keeps_its_backend_across_a_flip_and_drain_waits_until_it_idles() {
         after.iter().all(|n| pool_of_name(n) == Pool::Green),
         "after the drain new UDP flows go green: {after:?}"
     );
+}
+
+#[test]
+fn udp_flow_keeps_its_backend_across_a_flip_and_drain_waits_until_it_idles() {
+    release_keeps_the_udp_flow_and_drain_waits_until_it_idles(Family::Ipv4);
+}
+
+#[test]
+fn ipv6_udp_flow_keeps_its_backend_across_a_flip_and_drain_waits_until_it_idles() {
+    release_keeps_the_udp_flow_and_drain_waits_until_it_idles(Family::Ipv6);
 }
 
 /// The lab's `web` service as UDP at 50:50, forwarding by `forwarding`.

@@ -38,25 +38,29 @@ use aya_ebpf::{
 };
 use bg_lb_common::{
     counters::Counter,
-    flow_state::{self, Direction, Event},
+    flow_state::{self, Event},
     maps::{
         BACKEND_RESET_FLOWS, DataplaneConfig, Flow6, FlowKey6, IPPROTO_TCP, IPPROTO_UDP, Ipv6Wire, NatKey6, Service,
         ServiceKey6, WireAddr,
     },
     port_reuse::{Syn, same_key},
-    syn_proxy::{Job, SYN_PROXY_MODES},
+    syn_proxy::{BACKEND_READY, Job, PROXIED, SYN_PROXY_MODES},
 };
 
 use crate::{
     forward::{dropped, forward6},
     ipv6::modes::Carried,
     maps::{
-        BACKENDS6, CONFIG, FLOWS6, REVERSE_NAT6, SERVICES6, VIP_ADDRESSES6, Way, account_event, count, flow_entry,
-        flow_pinned_to, reverse_owner,
+        BACKENDS6, CONFIG, FLOWS6, REVERSE_NAT6, SERVICES6, VIP_ADDRESSES6, Way, count, flow_entry, flow_pinned_to,
+        reverse_owner,
     },
-    packet::ipv6::{Icmp6Error, L4Packet6, Tcp6Packet, Udp6Packet, parse_icmp6_error, parse_tcp6, parse_udp6, peek},
-    synproxy::{self, BackendStep, ClientStep, hand_over},
+    packet::ipv6::{
+        Icmp6Error, L4Packet6, Tcp6Packet, Udp6Packet, parse_icmp6_error, parse_tcp6, parse_udp6, peek,
+        too_big::IPPROTO_ICMPV6,
+    },
+    synproxy::{self, ClientStep, hand_over},
     to_backend::{Claim, Lookup, Route, carries, new_flow, pinned_flow, refuse},
+    to_client::backend_sent,
     udp,
 };
 
@@ -82,8 +86,6 @@ pub fn bg_lb_ipv6(ctx: XdpContext) -> u32 {
         _ => passed(),
     }
 }
-
-const IPPROTO_ICMPV6: u8 = 58;
 
 /// The IANA list of IPv6 extension headers (RFC 7045): hop-by-hop options,
 /// routing, fragment, ESP, AH, destination options, mobility, HIP, shim6,
@@ -180,6 +182,9 @@ pub(crate) fn tcp_service(key: &FlowKey6) -> Option<Service> {
 /// SERVICES6; `None` for a packet of no flow to a VIP:port without a
 /// service (the caller's to pass on); one of no usable flow to a service
 /// opens one ([`bg_lb_tcp6_open`]).
+// Step by step IPv4's `to_backend`, but kept apart: each is its program's
+// hot path at the edge of the stack (bg_lb and bg_lb_ipv6, 440 bytes), and
+// the flow key here is written byte by byte for that reason.
 #[inline(always)]
 fn to_backend(ctx: &XdpContext, pkt: &mut Tcp6Packet<'_>, cfg: &DataplaneConfig) -> Option<u32> {
     let key = flow_key(pkt);
@@ -382,27 +387,16 @@ pub fn bg_lb_tcp6_reply(ctx: XdpContext) -> u32 {
         Ok(found) => found,
         Err(verdict) => return verdict,
     };
-    let mut seg = pkt.segment();
-    if !flow_state::backend_may_send(flow, &seg) {
-        return dropped(Counter::StaleReply);
-    }
-    let mut seq_offset = 0;
-    if flow.proxy != 0 {
-        match synproxy::backend_segment(seg.flags, seg.seq, flow) {
-            BackendStep::Forward(offset) => seq_offset = offset,
-            // Answered from the MAC it was sent to: never a group's.
-            BackendStep::Absorb if pkt.frame.to_group_mac() => return XDP_DROP,
-            BackendStep::Absorb => return hand_over(ctx, Job::AckToBackend6),
-            BackendStep::Drop => return XDP_DROP,
-        }
-        seg.seq = seg.seq.wrapping_sub(seq_offset);
-    }
-    let event = flow_state::advance(flow, Direction::FromBackend, &seg);
-    account_event(flow.backend_id, event);
-    if flow_state::backend_keeps_alive(flow.state) {
-        // SAFETY: a helper without arguments.
-        flow.last_seen_ns = unsafe { bpf_ktime_get_coarse_ns() };
-    }
+    let seq_offset = match backend_sent(
+        ctx,
+        flow,
+        pkt.segment(),
+        || pkt.frame.to_group_mac(),
+        Job::AckToBackend6,
+    ) {
+        Ok(offset) => offset,
+        Err(verdict) => return verdict,
+    };
     if seq_offset != 0 {
         pkt.shift(seq_offset, 0);
     }
@@ -654,6 +648,11 @@ fn to_backend_side(error: &mut Icmp6Error<'_>) -> Option<Counter> {
         (&backend.addr, backend.port),
         (&flow.snat_addr, flow.snat_port),
     );
+    // A SYN-proxied flow's backend numbers its bytes its own way: the quote
+    // in its numbers, which its stack checks (as for IPv4).
+    if flow.proxy & (PROXIED | BACKEND_READY) == PROXIED | BACKEND_READY {
+        error.shift_quoted_seq(flow.seq_delta);
+    }
     Some(Counter::IcmpErrorToBackend)
 }
 

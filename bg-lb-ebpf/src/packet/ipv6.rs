@@ -17,6 +17,7 @@ use network_types::{eth::EthHdr, ip::Ipv6Hdr, tcp::TcpHdr, udp::UdpHdr};
 use super::{ETH_LEN, TCP_FLAGS_OFFSET, TCP_LEN, ptr_at, resize, tcp_timestamp};
 
 pub mod synproxy;
+pub mod too_big;
 
 /// The fixed IPv6 header.
 pub const IP6_LEN: usize = size_of::<Ipv6Hdr>();
@@ -451,8 +452,10 @@ const QUOTE6_L4_OFFSET: usize = QUOTE6_IP_OFFSET + IP6_LEN;
 /// The ICMPv6 error types: destination unreachable, packet too big, time
 /// exceeded, parameter problem.
 const ICMP6_ERRORS: core::ops::RangeInclusive<u8> = 1..=4;
-/// Where the checksum is in a quoted TCP and UDP header.
+/// Where the checksum is in a quoted TCP and UDP header, and the sequence
+/// number in a TCP one.
 const QUOTED_TCP_CHECK: usize = 16;
+const QUOTED_TCP_SEQ: usize = 4;
 const QUOTED_UDP_CHECK: usize = 6;
 
 /// An ICMPv6 error quoting an IPv6 TCP or UDP packet (its fixed header and
@@ -464,11 +467,14 @@ pub struct Icmp6Error<'a> {
     ports: &'a mut [u8; 4],
     /// The quoted packet's own checksum, when the quote holds it.
     l4_check: Option<&'a mut [u8; 2]>,
+    /// A quoted TCP segment's sequence number, when the quote holds it.
+    seq: Option<&'a mut [u8; 4]>,
 }
 
-/// Parses a frame [`peek`] found to be ICMPv6 as an error quoting a TCP or
-/// UDP packet; `None` for any other ICMPv6 message (neighbour discovery,
-/// echo, ...) or an error too short to translate.
+/// Parses a frame [`peek`] found to be ICMPv6 as an error quoting an IPv6
+/// TCP or UDP packet; `None` for any other ICMPv6 message (neighbour
+/// discovery, echo, ...) or an error too short to translate, or quoting
+/// what is not IPv6.
 #[inline(always)]
 pub fn parse_icmp6_error(ctx: &XdpContext) -> Option<Icmp6Error<'_>> {
     let eth: *mut EthHdr = ptr_at(ctx, 0)?;
@@ -478,8 +484,10 @@ pub fn parse_icmp6_error(ctx: &XdpContext) -> Option<Icmp6Error<'_>> {
     let ports: *mut [u8; 4] = ptr_at(ctx, QUOTE6_L4_OFFSET)?;
     let len = payload(ctx, ip)?;
     // SAFETY: inside the frame (ptr_at).
-    let (kind, proto) = unsafe { ((*icmp)[0], (*quote).next_hdr) };
-    if !ICMP6_ERRORS.contains(&kind) || len < ICMP6_LEN + IP6_LEN + 4 {
+    let (kind, version, proto) = unsafe { ((*icmp)[0], (*quote).vcf[0] >> 4, (*quote).next_hdr) };
+    // A quote that is not IPv6 is of no packet the LB sent (as IPv4 checks
+    // its quote's version).
+    if !ICMP6_ERRORS.contains(&kind) || version != 6 || len < ICMP6_LEN + IP6_LEN + 4 {
         return None;
     }
     let check_at = match proto {
@@ -493,8 +501,14 @@ pub fn parse_icmp6_error(ctx: &XdpContext) -> Option<Icmp6Error<'_>> {
     } else {
         None
     };
-    // SAFETY: inside the frame (ptr_at); the five parts do not overlap (the
-    // checksum is past the ports) and the error holds the only references.
+    let seq = if proto == IPPROTO_TCP && ICMP6_LEN + IP6_LEN + QUOTED_TCP_SEQ + 4 <= len {
+        ptr_at::<[u8; 4]>(ctx, QUOTE6_L4_OFFSET + QUOTED_TCP_SEQ)
+    } else {
+        None
+    };
+    // SAFETY: inside the frame (ptr_at); the six parts do not overlap (the
+    // sequence number and the checksum are past the ports, and apart) and
+    // the error holds the only references.
     unsafe {
         Some(Icmp6Error {
             frame: Ipv6Frame {
@@ -505,6 +519,7 @@ pub fn parse_icmp6_error(ctx: &XdpContext) -> Option<Icmp6Error<'_>> {
             quote: &mut *quote,
             ports: &mut *ports,
             l4_check: l4_check.map(|check| &mut *check),
+            seq: seq.map(|seq| &mut *seq),
         })
     }
 }
@@ -562,6 +577,31 @@ impl Icmp6Error<'_> {
             }
             check = replace16(check, old, new);
             *field = new.to_ne_bytes();
+        }
+        self.icmp[2..4].copy_from_slice(&check.to_ne_bytes());
+    }
+
+    /// Moves the quoted TCP sequence number forward by `delta` (into a
+    /// SYN-proxied flow's backend numbers, as IPv4's `shift_quoted_seq`),
+    /// with the ICMPv6 checksum and the quoted segment's own, when the
+    /// quote holds them.
+    #[inline(always)]
+    pub fn shift_quoted_seq(&mut self, delta: u32) {
+        let Some(seq) = self.seq.as_deref_mut() else {
+            return;
+        };
+        let old = u32::from_ne_bytes(*seq);
+        let new = u32::from_be(old).wrapping_add(delta).to_be();
+        *seq = new.to_ne_bytes();
+        let mut check = replace32(u16::from_ne_bytes([self.icmp[2], self.icmp[3]]), old, new);
+        // The ICMPv6 checksum covers the quoted one too.
+        if let Some(field) = self.l4_check.as_deref_mut() {
+            let (old_l4, new_l4) = (
+                u16::from_ne_bytes(*field),
+                replace32(u16::from_ne_bytes(*field), old, new),
+            );
+            check = replace16(check, old_l4, new_l4);
+            *field = new_l4.to_ne_bytes();
         }
         self.icmp[2..4].copy_from_slice(&check.to_ne_bytes());
     }

@@ -94,14 +94,16 @@ impl Drop for Sweeper {
 }
 
 fn run(maps: &SweepMaps, queue: &Receiver<Job>, done: &UnboundedSender<Done>) {
+    let mut ipv6 = Ipv6Idle::default();
     while let Ok(job) = queue.recv() {
         match job {
             Job::List { query, reply } => list(maps, query, reply, done),
             Job::Sweep { timeouts, writes } => {
                 let started = Instant::now();
+                let skip_ipv6 = ipv6.still_idle(writes);
                 // Between slices: listings wait for a slice, not a sweep. The
                 // daemon asks for no sweep while one runs.
-                let result = maps.sweep(&timeouts, || {
+                let result = maps.sweep(&timeouts, skip_ipv6, || {
                     loop {
                         match queue.try_recv() {
                             Ok(Job::List { query, reply }) => list(maps, query, reply, done),
@@ -111,6 +113,7 @@ fn run(maps: &SweepMaps, queue: &Receiver<Job>, done: &UnboundedSender<Done>) {
                         }
                     }
                 });
+                ipv6.found(result.as_ref().is_ok_and(|r| r.ipv6_idle), writes);
                 let _ = done.send(Done::Swept {
                     result: result.map(Box::new),
                     writes,
@@ -118,6 +121,25 @@ fn run(maps: &SweepMaps, queue: &Receiver<Job>, done: &UnboundedSender<Done>) {
                 });
             }
         }
+    }
+}
+
+/// Whether the IPv6 tables may be left unswept: a sweep found them idle
+/// (no IPv6 service, no entry) when the data plane's write count was
+/// `at`. With no write since, no IPv6 service can have come and gone.
+#[derive(Debug, Default)]
+struct Ipv6Idle {
+    at: Option<u64>,
+}
+
+impl Ipv6Idle {
+    fn still_idle(&self, writes: u64) -> bool {
+        self.at == Some(writes)
+    }
+
+    /// A sweep asked for at `writes` found IPv6 `idle` or not.
+    fn found(&mut self, idle: bool, writes: u64) {
+        self.at = idle.then_some(writes);
     }
 }
 
@@ -138,4 +160,20 @@ fn lower_priority() {
 fn list(maps: &SweepMaps, query: FlowQuery, reply: oneshot::Sender<Reply>, done: &UnboundedSender<Done>) {
     let result = maps.list(&query);
     let _ = done.send(Done::Listed { result, reply });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Ipv6Idle;
+
+    #[test]
+    fn ipv6_tables_are_skipped_only_until_the_data_plane_is_written_again() {
+        let mut ipv6 = Ipv6Idle::default();
+        assert!(!ipv6.still_idle(0), "the first sweep walks them");
+        ipv6.found(true, 7);
+        assert!(ipv6.still_idle(7));
+        assert!(!ipv6.still_idle(8), "a write since may have added an IPv6 service");
+        ipv6.found(false, 8);
+        assert!(!ipv6.still_idle(8), "found busy: walked again");
+    }
 }

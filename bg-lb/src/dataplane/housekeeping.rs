@@ -234,6 +234,66 @@ pub fn owns<A: WireAddr>(flow: Option<&FlowOf<A>>, backend: Option<&BackendOf<A>
     flow.is_some_and(|flow| pinned_nat(flow, backend).as_ref() == Some(nat))
 }
 
+/// Who owns each reverse-NAT entry: REVERSE_NAT as one walk read it,
+/// before the flows, corrected where a lookup found it stale
+/// ([`slice_owners`]), or a slice's part of it. foldhash, not the default
+/// SipHash (a fifth of the sweeper's time): keys the kernel wrote need no
+/// flood resistance.
+pub type Owners<A> = HashMap<NatKeyOf<A>, FlowKeyOf<A>, foldhash::fast::RandomState>;
+
+/// The owners of the pairs a slice of flows is pinned to.
+#[derive(Debug, PartialEq, Eq)]
+pub struct SliceOwners<A: WireAddr> {
+    /// Each pinned pair's entry, for [`judge`].
+    pub reverse: Vec<(NatKeyOf<A>, FlowKeyOf<A>)>,
+    /// The pairs a flow of the slice owns: no orphans.
+    pub owned: Vec<NatKeyOf<A>>,
+}
+
+/// The owners of the pairs `slice`'s flows are pinned to: `snapshot`'s
+/// where it names the flow itself, else what `lookup` (the map now)
+/// answers, which also corrects `snapshot` before any flow of the slice
+/// reads it. Two flows of a slice may name one pair: an ended flow, and the
+/// flow that took its pair over after the snapshot. Both must be judged by
+/// the pair's owner now, or the live one would seem to have lost its pair
+/// and be removed. A stale entry that names the flow itself (its pair
+/// taken over since by a flow of a later slice) only keeps an ended flow
+/// one sweep longer, and every removal re-checks the map.
+pub fn slice_owners<A: Wire, E>(
+    slice: &[(FlowKeyOf<A>, FlowOf<A>)],
+    backends: &HashMap<u32, BackendOf<A>>,
+    snapshot: &mut Owners<A>,
+    mut lookup: impl FnMut(&NatKeyOf<A>) -> Result<Option<FlowKeyOf<A>>, E>,
+) -> Result<SliceOwners<A>, E> {
+    let pinned: Vec<(FlowKeyOf<A>, NatKeyOf<A>)> = slice
+        .iter()
+        .filter_map(|(key, flow)| pinned_nat(flow, backends.get(&flow.backend_id)).map(|nat| (*key, nat)))
+        .collect();
+    // Looked up in this slice already: as fresh as the map.
+    let mut fresh = HashSet::new();
+    for (key, nat) in &pinned {
+        if snapshot.get(nat) != Some(key) && fresh.insert(*nat) {
+            match lookup(nat)? {
+                Some(owner) => snapshot.insert(*nat, owner),
+                None => snapshot.remove(nat),
+            };
+        }
+    }
+    let mut owners = SliceOwners {
+        reverse: Vec::with_capacity(pinned.len()),
+        owned: Vec::new(),
+    };
+    for (key, nat) in pinned {
+        if let Some(owner) = snapshot.get(&nat) {
+            owners.reverse.push((nat, *owner));
+            if *owner == key {
+                owners.owned.push(nat);
+            }
+        }
+    }
+    Ok(owners)
+}
+
 /// Judges every flow and reverse-NAT entry at `now_ns`. `flows` must be read
 /// before `reverse` and `backends` (a flow's reverse entry and backend exist
 /// before it does), and `services` are the services in the data plane by id.
@@ -245,11 +305,11 @@ pub fn judge<A: Wire>(
     now_ns: u64,
     timeouts: &FlowTimeouts,
 ) -> Sweep<A> {
-    let owners: HashMap<NatKeyOf<A>, FlowKeyOf<A>> = reverse.into_iter().collect();
+    let owners: Owners<A> = reverse.into_iter().collect();
     let mut sweep = Sweep::default();
     // Every judged flow's own (backend, SNAT port), kept or not: their
     // reverse entries are no orphans (a removal takes them along).
-    let mut owned: HashMap<FlowKeyOf<A>, NatKeyOf<A>> = HashMap::new();
+    let mut owned: HashMap<FlowKeyOf<A>, NatKeyOf<A>, foldhash::fast::RandomState> = HashMap::default();
     for (key, flow) in flows {
         let nat = pinned_nat(&flow, backends.get(&flow.backend_id));
         let owns_nat = nat.is_some_and(|nat| owners.get(&nat) == Some(&key));

@@ -322,7 +322,7 @@ impl Dataplane {
         live: &HashMap<ListenerKey, HashSet<SocketAddr>>,
     ) -> Result<FlowCensus, DataplaneError> {
         let writes = self.writes;
-        let report = self.sweep_maps()?.sweep(timeouts, || true)?;
+        let report = self.sweep_maps()?.sweep(timeouts, false, || true)?;
         self.settle(&report, writes, live)?;
         Ok(report.census)
     }

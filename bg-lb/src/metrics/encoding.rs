@@ -63,7 +63,7 @@ pub fn verdict(counter: Counter) -> &'static str {
         | Counter::SynCookieValid => "forward",
         Counter::Refused | Counter::FlowReset | Counter::SnatPortsExhausted | Counter::NatConflict => "reset",
         Counter::GatewayCollision | Counter::DeadlineReset => "reset",
-        Counter::TooBigAnswered => "icmp",
+        Counter::TooBigAnswered | Counter::PacketTooBigAnswered => "icmp",
         // The SYN proxy's SYN-ACK, sent back in the SYN's place.
         Counter::SynCookieSent => "answer",
         Counter::SynProxyHeld => "hold",

@@ -87,11 +87,6 @@ impl Workload {
     pub fn uses_http(self) -> bool {
         !matches!(self, Workload::Bulk | Workload::Udp)
     }
-
-    /// Whether it runs over `family`: the SYN flood crafts IPv4 frames.
-    pub fn runs_over(self, family: Family) -> bool {
-        family == Family::Ipv4 || self != Workload::SynFlood
-    }
 }
 
 /// One contender in one round.
@@ -238,17 +233,21 @@ fn run_one(contender: Contender, round: usize, opts: &MacroOptions, bg_lb: &'sta
             |u| u.failure(&names),
         );
     }
-    if selected(Workload::SynFlood)
-        && let std::net::SocketAddr::V4(target) = running.http
-    {
-        r.syn_flood = r.keep(syn_flood::WORKLOAD, syn_flood::run(&lab, target, &o.syn_flood), |_| {
-            None
-        });
-    }
-    r.dataplane_counters = running.dataplane_counters();
+    // Counted before the SYN flood: the flood's state may outlive it (a
+    // 10 s flood fills nftables' conntrack table, whose SYN_SENT entries
+    // last 120 s, so the LB host's own connection to ask a backend times
+    // out), and the counts are the workloads' requests, not the flood's.
     let after = lab.requests_served();
     // Each count includes the previous asking.
     r.backend_requests = after.iter().zip(&before).map(|(a, b)| a - b - 1).collect();
+    if selected(Workload::SynFlood) {
+        r.syn_flood = r.keep(
+            syn_flood::WORKLOAD,
+            syn_flood::run(&lab, running.http, &o.syn_flood),
+            |_| None,
+        );
+    }
+    r.dataplane_counters = running.dataplane_counters();
     if contender.balances()
         && opts.selected.iter().any(|w| w.per_round() && w.uses_http())
         && let Some(idle) = r.backend_requests.iter().position(|&n| n == 0)

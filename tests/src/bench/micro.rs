@@ -3,7 +3,7 @@
 //! Ethernet/IPv4/TCP, swap MACs, XDP_TX: the practical limit of any XDP
 //! program), one frame per run here and in live batches in [`super::live`];
 //! the userspace cost of table swaps ([`super::table_swaps`]); flow-table
-//! memory.
+//! memory ([`super::flow_memory`]).
 //!
 //! # Timing
 //! With `repeat = N` the kernel runs the program N times on the same buffer,
@@ -21,21 +21,19 @@
 //! is then `xdp_pass` single minus `xdp_pass` repeated, and each path's
 //! estimated own time is its single-run time minus that overhead.
 
-use std::{
-    fs,
-    net::{Ipv4Addr, SocketAddrV4},
-};
+use std::net::{Ipv4Addr, SocketAddrV4};
 
 use aya::{
     Ebpf,
     programs::{TestRun, TestRunOptions, Xdp},
 };
 use bg_lb::dataplane::syn_proxy::{SynProxy, SynProxyMode};
-use bg_lb_common::maps::{DEFAULT_MAX_FLOWS, Flow, FlowKey, NatKey, NatOwner};
+use bg_lb_common::maps::DEFAULT_MAX_FLOWS;
 use serde::Serialize;
 
 use crate::{
     bench::{
+        flow_memory::{self, MapMemory},
         live::{self, LiveOptions, LiveReport},
         procs,
         stats::{self, Summary},
@@ -74,25 +72,12 @@ pub struct PathCost {
 }
 
 #[derive(Clone, Debug, Serialize)]
-pub struct MapMemory {
-    pub map: &'static str,
-    pub map_type: u32,
-    pub key_size: u64,
-    pub value_size: u64,
-    pub max_entries: u64,
-    /// The kernel's own accounting (`memlock` in the map's fdinfo).
-    pub memlock_bytes: u64,
-}
-
-#[derive(Clone, Debug, Serialize)]
 pub struct MicroReport {
     pub options: MicroOptions,
     pub paths: Vec<PathCost>,
     pub live: LiveReport,
     pub table_swaps: TableSwaps,
     pub flow_maps: Vec<MapMemory>,
-    /// FLOWS + REVERSE_NAT bytes per flow at 1M flows.
-    pub bytes_per_flow: f64,
 }
 
 pub fn run(o: MicroOptions) -> MicroReport {
@@ -101,14 +86,12 @@ pub fn run(o: MicroOptions) -> MicroReport {
     in_fresh_netns(move || {
         let (paths, flow_maps) = packet_paths(&o);
         let table_swaps = table_swaps::run(o.ratio_changes);
-        let bytes_per_flow = flow_maps.iter().map(|m| m.memlock_bytes as f64).sum::<f64>() / DEFAULT_MAX_FLOWS as f64;
         MicroReport {
             options: o,
             paths,
             live,
             table_swaps,
             flow_maps,
-            bytes_per_flow,
         }
     })
 }
@@ -159,7 +142,7 @@ struct Timed<'a> {
 
 fn packet_paths(o: &MicroOptions) -> (Vec<PathCost>, Vec<MapMemory>) {
     let lab = bench_lab();
-    let flow_maps = flow_map_memory();
+    let flow_maps = flow_memory::of_this_process();
     let lb = lab.program();
     let aux = load_aux();
     let prog = |name| -> &Xdp { aux.program(name).expect(name).try_into().expect("XDP") };
@@ -345,48 +328,6 @@ fn verdict_name(verdict: u32) -> &'static str {
     }
 }
 
-/// The two 1M-entry maps (FLOWS, REVERSE_NAT) of this process, as the
-/// kernel accounts them in their fdinfo.
-fn flow_map_memory() -> Vec<MapMemory> {
-    let mut maps: Vec<MapMemory> = fs::read_dir("/proc/self/fd")
-        .expect("/proc/self/fd")
-        .flatten()
-        .filter(|e| fs::read_link(e.path()).is_ok_and(|l| l.to_string_lossy() == "anon_inode:bpf-map"))
-        .filter_map(|e| fs::read_to_string(format!("/proc/self/fdinfo/{}", e.file_name().to_string_lossy())).ok())
-        .filter_map(|info| parse_map_fdinfo(&info))
-        .filter(|m| m.max_entries == DEFAULT_MAX_FLOWS as u64)
-        .collect();
-    maps.sort_by_key(|m| m.map);
-    maps.dedup_by_key(|m| m.map);
-    maps
-}
-
-/// Reads a map's fdinfo; names it by its key and value sizes, which tell
-/// FLOWS (FlowKey -> Flow) from REVERSE_NAT (NatKey -> NatOwner).
-pub fn parse_map_fdinfo(info: &str) -> Option<MapMemory> {
-    let field = |name: &str| -> Option<u64> {
-        info.lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':').map(|v| v.trim().parse().ok()))?
-    };
-    let (key_size, value_size) = (field("key_size")?, field("value_size")?);
-    let key = std::mem::size_of::<FlowKey>() as u64;
-    let map = match (key_size, value_size) {
-        (k, v) if k == key && v == std::mem::size_of::<Flow>() as u64 => "FLOWS",
-        (k, v) if k == std::mem::size_of::<NatKey>() as u64 && v == std::mem::size_of::<NatOwner>() as u64 => {
-            "REVERSE_NAT"
-        }
-        _ => "other",
-    };
-    Some(MapMemory {
-        map,
-        map_type: field("map_type")? as u32,
-        key_size,
-        value_size,
-        max_entries: field("max_entries")?,
-        memlock_bytes: field("memlock")?,
-    })
-}
-
 /// The micro benchmark's Markdown.
 pub fn render(r: &MicroReport) -> String {
     use std::fmt::Write as _;
@@ -415,60 +356,13 @@ pub fn render(r: &MicroReport) -> String {
     }
     let _ = writeln!(md, "\n{}", live::render(&r.live));
     let _ = writeln!(md, "{}", table_swaps::render(&r.table_swaps));
-    let _ = writeln!(
-        md,
-        "\n| map (1,048,576 entries) | key B | value B | kernel memlock | per entry |\n|---|---|---|---|---|"
-    );
-    for m in &r.flow_maps {
-        let _ = writeln!(
-            md,
-            "| {} | {} | {} | {:.1} MiB | {:.0} B |",
-            m.map,
-            m.key_size,
-            m.value_size,
-            m.memlock_bytes as f64 / (1 << 20) as f64,
-            m.memlock_bytes as f64 / m.max_entries as f64
-        );
-    }
-    let _ = writeln!(
-        md,
-        "\nFlow state per 1M flows: {:.0} MiB ({:.0} bytes per flow).",
-        r.bytes_per_flow * DEFAULT_MAX_FLOWS as f64 / (1 << 20) as f64,
-        r.bytes_per_flow
-    );
+    let _ = writeln!(md, "\n{}", flow_memory::render(&r.flow_maps));
     md
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn fdinfo_of_the_flow_table_is_recognised_by_its_key_and_value_sizes() {
-        let (flow_key, flow, nat_key) = (
-            std::mem::size_of::<FlowKey>(),
-            std::mem::size_of::<Flow>(),
-            std::mem::size_of::<NatKey>(),
-        );
-        let info = format!(
-            "pos:\t0\nflags:\t02000002\nmnt_id:\t15\nino:\t1057\nmap_type:\t9\nkey_size:\t{flow_key}\n\
-             value_size:\t{flow}\nmax_entries:\t1048576\nmap_flags:\t0x0\nmap_extra:\t0x0\n\
-             memlock:\t109051904\nmap_id:\t42\nfrozen:\t0\n"
-        );
-        let m = parse_map_fdinfo(&info).unwrap();
-        assert_eq!(m.map, "FLOWS");
-        assert_eq!(
-            (m.map_type, m.max_entries, m.memlock_bytes),
-            (9, 1_048_576, 109_051_904)
-        );
-        let nat = info
-            .replace(&format!("key_size:\t{flow_key}"), &format!("key_size:\t{nat_key}"))
-            .replace(
-                &format!("value_size:\t{flow}"),
-                &format!("value_size:\t{}", std::mem::size_of::<NatOwner>()),
-            );
-        assert_eq!(parse_map_fdinfo(&nat).unwrap().map, "REVERSE_NAT");
-    }
 
     fn cost(path: &'static str, single: f64, repeated: Option<f64>) -> PathCost {
         let summary = |v: f64| Summary {
@@ -501,11 +395,6 @@ mod tests {
         assert_eq!(rewrite.own_ns, 430.0 - 78.0);
         assert_eq!(rewrite.own_ratio_to_bounce, Some(35.2));
         assert_eq!(paths[1].own_ns, 10.0, "repeatable paths use their repeated time");
-    }
-
-    #[test]
-    fn fdinfo_without_memlock_is_not_a_map() {
-        assert!(parse_map_fdinfo("pos:\t0\nflags:\t02\n").is_none());
     }
 
     #[test]

@@ -29,6 +29,7 @@
 pub mod bulk;
 pub mod contenders;
 pub mod cpu;
+pub mod flow_memory;
 pub mod flow_sweep;
 pub mod lab;
 pub mod latency;

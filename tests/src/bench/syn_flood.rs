@@ -1,9 +1,10 @@
 //! The SYN-flood workload, the same for every contender: legitimate
 //! connections at a steady pace (connect, `GET /`, the whole response)
 //! for three phases of equal length, before, during and after a spoofed
-//! SYN flood that the client sends as fast as one core can (sources in
-//! 198.18.0.0/15, which nobody answers: unroutable, or with `routed`
-//! routed back to the client, which drops the SYN-ACKs). Connections
+//! SYN flood that the client sends as fast as one core can, over the lab's
+//! family (sources in 198.18.0.0/15, IPv6: 2001:2::/48, which nobody
+//! answers: unroutable, or with `routed` routed back to the client, which
+//! drops the SYN-ACKs). Connections
 //! opened before the flood are used again after it: do they survive?
 //!
 //! Run last in a contender's round: a flood leaves state behind (half-open
@@ -16,7 +17,7 @@
 
 use std::{
     fmt::Write as _,
-    net::SocketAddrV4,
+    net::SocketAddr,
     time::{Duration, Instant},
 };
 
@@ -31,9 +32,9 @@ use crate::{
         report::{self, fmt_number},
         stats::{self, Summary},
     },
-    flood::{self, FloodOptions, FloodReport, PhaseStats, ProbeOptions, Sources},
+    flood::{self, FloodOptions, FloodReport, PhaseStats, ProbeOptions, SOURCES6, Sources},
     http,
-    topology::NetNs,
+    topology::{Family, NetNs, client_addr},
 };
 
 #[derive(Clone, Debug, Serialize)]
@@ -102,13 +103,14 @@ impl SynFloodReport {
     }
 }
 
-/// Runs the workload against `target` in `lab`.
-pub fn run(lab: &Lab, target: SocketAddrV4, o: &SynFloodOptions) -> Result<SynFloodReport, String> {
+/// Runs the workload against `target` (of the lab's family) in `lab`.
+pub fn run(lab: &Lab, target: SocketAddr, o: &SynFloodOptions) -> Result<SynFloodReport, String> {
     // Take the SYNs in as an edge host would: reverse-path filtering (which
     // a namespace may inherit from the host) would drop them before any
     // contender saw them, and only the XDP one would be flooded. Kernel SYN
     // cookies (the default) are what HAProxy, nginx, nftables and the
-    // direct floor defend with.
+    // direct floor defend with (the `ipv4` setting covers IPv6 too; IPv6
+    // has no reverse-path filter of its own).
     for ns in std::iter::once(lab.lb()).chain(lab.topo.backends.iter().map(|b| &b.ns)) {
         for setting in [
             "net.ipv4.conf.all.rp_filter=0",
@@ -122,13 +124,13 @@ pub fn run(lab: &Lab, target: SocketAddrV4, o: &SynFloodOptions) -> Result<SynFl
     if o.routed {
         route_sources_to_client(lab);
     }
-    let target_ns = if *target.ip() == lab.topo.vip {
+    let target_ns = if target.ip() == lab.vip() {
         lab.lb()
     } else {
         &lab.topo
             .backends
             .iter()
-            .find(|b| b.addr == *target.ip())
+            .find(|b| b.addr_of(lab.family) == target.ip())
             .ok_or_else(|| format!("no host has {target}"))?
             .ns
     };
@@ -136,7 +138,7 @@ pub fn run(lab: &Lab, target: SocketAddrV4, o: &SynFloodOptions) -> Result<SynFl
         interface: "eth0".to_owned(),
         src_mac: mac_of(lab.client()),
         dst_mac: mac_of(target_ns),
-        target: target.into(),
+        target,
         sources: Sources::BENCHMARKING,
         max_frames: u64::MAX,
         max_duration: o.phase,
@@ -157,7 +159,7 @@ pub fn run(lab: &Lab, target: SocketAddrV4, o: &SynFloodOptions) -> Result<SynFl
         .map_err(|e| format!("keep-alive connections before the flood: {e}"))?;
 
     let probe_options = ProbeOptions {
-        target: target.into(),
+        target,
         rate: o.probe_rate,
         duration: o.phase * 3,
         timeout: o.probe_timeout,
@@ -195,15 +197,17 @@ pub fn run(lab: &Lab, target: SocketAddrV4, o: &SynFloodOptions) -> Result<SynFl
     })
 }
 
-/// Routes the spoofed sources where each host routes the client (the
-/// client itself when on-link; under `gateway`/`dsr` a backend's route may
-/// go through the LB). The lab's end removes the routes with the namespaces.
+/// Routes the spoofed sources (of the lab's family) where each host routes
+/// the client (the client itself when on-link; under `gateway`/`dsr` a
+/// backend's route may go through the LB). The lab's end removes the
+/// routes with the namespaces.
 fn route_sources_to_client(lab: &Lab) {
-    let client = lab.topo.client.addr;
-    let sources = Sources::BENCHMARKING;
+    let client = client_addr(lab.family);
+    let sources = sources_of(lab.family);
     for ns in std::iter::once(lab.lb()).chain(lab.topo.backends.iter().map(|b| &b.ns)) {
         // `ip route get`: "10.0.0.2 via 10.0.0.1 dev eth0 src ..." or
-        // "10.0.0.2 dev eth0 src ...".
+        // "10.0.0.2 dev eth0 src ..." (IPv6 alike; `ip` takes the family
+        // from the addresses).
         let route = ns.ip(&format!("route get {client}"));
         let mut words = route.split_whitespace();
         let via = words
@@ -211,7 +215,15 @@ fn route_sources_to_client(lab: &Lab) {
             .find(|w| *w == "via")
             .and_then(|_| words.next())
             .map_or(client.to_string(), str::to_owned);
-        ns.ip(&format!("route add {}/{} via {via}", sources.network, sources.prefix));
+        ns.ip(&format!("route add {sources} via {via}"));
+    }
+}
+
+/// The spoofed sources of a flood over `family`, as a prefix.
+fn sources_of(family: Family) -> String {
+    match family {
+        Family::Ipv4 => format!("{}/{}", Sources::BENCHMARKING.network, Sources::BENCHMARKING.prefix),
+        Family::Ipv6 => format!("{SOURCES6}/48"),
     }
 }
 
@@ -301,19 +313,24 @@ fn cell(s: &Option<Summary>) -> String {
     report::fmt_summary(s, false)
 }
 
-/// The SYN-flood table (median, min–max over rounds), then what each
-/// contender missed.
-pub fn render(summaries: &[SynFloodSummary], o: &SynFloodOptions) -> String {
+/// The SYN-flood table over `family` (median, min–max over rounds), then
+/// what each contender missed.
+pub fn render(summaries: &[SynFloodSummary], o: &SynFloodOptions, family: Family) -> String {
     let mut md = format!(
-        "### SYN flood\n\n{} s before, {} s during and {} s after a spoofed SYN flood at the client's \
-         highest rate (one core, AF_PACKET; sources in 198.18.0.0/15, {}), with {} legitimate \
+        "### SYN flood{}\n\n{} s before, {} s during and {} s after a spoofed SYN flood at the client's \
+         highest rate (one core, AF_PACKET; sources in {}, {}), with {} legitimate \
          connections a second throughout (connect, `GET /`, whole response; failed after {} s). \
          Connect latencies are of the successful connections. Targets: during, >= {TARGET_SUCCESS_PERCENT}% \
          succeed with connect p99 within {TARGET_P99_FACTOR}x of before; after, >= {TARGET_SUCCESS_PERCENT}% \
          succeed at once; all {} connections opened before the flood survive it.\n\n",
+        match family {
+            Family::Ipv4 => "",
+            Family::Ipv6 => " over IPv6",
+        },
         o.phase.as_secs_f64(),
         o.phase.as_secs_f64(),
         o.phase.as_secs_f64(),
+        sources_of(family),
         if o.routed {
             "routed back through the client, which drops what comes back: every SYN-ACK is sent"
         } else {
@@ -420,7 +437,7 @@ mod tests {
         let record = |contender, round, r: Option<SynFloodReport>, failure: Option<&str>| RunRecord {
             contender,
             round,
-            family: crate::topology::Family::Ipv4,
+            family: Family::Ipv4,
             skipped: None,
             new_connections: None,
             keep_alive: None,
@@ -450,7 +467,7 @@ mod tests {
             kept_connections: 16,
             routed: false,
         };
-        let table = render(&summaries, &options);
+        let table = render(&summaries, &options, Family::Ipv4);
         let row = |key: &str| table.lines().find(|l| l.starts_with(key)).unwrap().to_owned();
         assert!(row("| bg-lb").contains("| 10.0 (10.0–10.0) |"), "{table}");
         assert!(row("| bg-lb").ends_with("| 32/32 | no (0/2 rounds) |"), "{table}");
@@ -458,5 +475,9 @@ mod tests {
         assert!(row("| nftables").contains("FAILING (1 runs)"), "{table}");
         assert!(table.contains("- bg-lb (XDP native, full NAT): round 2: after: 0.0% succeeded"));
         assert!(table.contains("round 1: syn flood: flood: permission denied"));
+        let over_ipv6 = render(&summaries, &options, Family::Ipv6);
+        assert!(over_ipv6.starts_with("### SYN flood over IPv6\n"), "{over_ipv6}");
+        assert!(over_ipv6.contains("sources in 2001:2::/48,"), "{over_ipv6}");
+        assert!(table.contains("sources in 198.18.0.0/15,"), "{table}");
     }
 }

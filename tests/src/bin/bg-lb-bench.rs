@@ -19,8 +19,8 @@
 //! flood's spoofed sources a route back, so every contender sends its
 //! SYN-ACKs (by default no host can route them). `--family ipv6` runs the
 //! macro item over IPv6 (the VIP, backends and SNAT address of every
-//! contender; rows say ", IPv6"): its workloads but `syn-flood` (IPv4
-//! frames), with the paced latency over IPv6 too; a bg-lb contender whose
+//! contender; rows say ", IPv6"): every workload, the SYN flood's spoofed
+//! SYNs and the paced latency included; a bg-lb contender whose
 //! mode the daemon refuses for an IPv6 service says "skipped". The other
 //! items are IPv4 whatever the family, and so is the definition of the
 //! speed issue's targets, which the last table judges on the run's own
@@ -134,9 +134,6 @@ fn parse_args() -> Result<Args, String> {
             other => return Err(format!("unknown argument {other}")),
         }
     }
-    if let Some(w) = args.workloads.iter().flatten().find(|w| !w.runs_over(args.family)) {
-        return Err(format!("--workloads: {} does not run over {}", w.key(), args.family));
-    }
     Ok(args)
 }
 
@@ -217,10 +214,7 @@ fn run(args: &Args) -> ExitCode {
                 routed: args.flood_routed,
             },
         },
-        selected: args
-            .workloads
-            .clone()
-            .unwrap_or_else(|| Workload::ALL.into_iter().filter(|w| w.runs_over(args.family)).collect()),
+        selected: args.workloads.clone().unwrap_or_else(|| Workload::ALL.to_vec()),
         contenders: args.only.clone().unwrap_or_else(|| Contender::ALL.to_vec()),
         mtu: args.mtu,
         family: args.family,
@@ -274,7 +268,10 @@ fn run(args: &Args) -> ExitCode {
         }
         let flood = syn_flood::summarize(&records, &macro_opts.contenders);
         if macro_opts.selected.contains(&Workload::SynFlood) {
-            markdown += &format!("\n{}", syn_flood::render(&flood, &macro_opts.workloads.syn_flood));
+            markdown += &format!(
+                "\n{}",
+                syn_flood::render(&flood, &macro_opts.workloads.syn_flood, macro_opts.family)
+            );
         }
         json["macro"] = serde_json::json!({
             "options": macro_opts,

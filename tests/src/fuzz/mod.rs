@@ -1,6 +1,7 @@
 //! The fuzz test behind `tests/fuzz_root.rs`: millions of generated and
 //! mutated frames ([`frames`]) through the real XDP program in a
-//! [`PacketLab`] whose VIP has a TCP and a UDP service, each judged by an
+//! [`PacketLab`] whose VIP has a TCP and a UDP service, and whose IPv6 VIP
+//! has both too ([`PacketLab::add_ipv6_services`]), each judged by an
 //! [`oracle`] that reads the program's maps.
 //! Deterministic for a seed, but for the flow table's LRU eviction, which
 //! only the small-table runs reach, and the SYN proxy's cookies (the
@@ -11,8 +12,10 @@ pub mod frames;
 pub mod oracle;
 
 use std::{
+    cell::RefCell,
     collections::BTreeMap,
     fmt::Write as _,
+    rc::Rc,
     time::{Duration, Instant},
 };
 
@@ -28,7 +31,7 @@ use bg_lb_common::counters::Counter;
 use frames::{Origin, Traffic};
 use oracle::{Class, Oracle};
 
-use crate::packet_lab::{PacketLab, PacketLabOptions};
+use crate::packet_lab::{BACKENDS6, Ipv6Services, PacketLab, PacketLabOptions};
 
 #[derive(Clone, Debug)]
 pub struct FuzzOptions {
@@ -55,6 +58,8 @@ pub struct FuzzReport {
     pub mutated: u64,
     pub elapsed: Duration,
     pub classes: BTreeMap<Class, u64>,
+    /// The IPv6 frames' share of `classes`.
+    pub classes6: BTreeMap<Class, u64>,
     pub table_checks: u64,
     /// The most flows the table held at a check.
     pub most_flows: usize,
@@ -68,6 +73,11 @@ pub struct FuzzReport {
 impl FuzzReport {
     pub fn count(&self, class: Class) -> u64 {
         self.classes.get(&class).copied().unwrap_or(0)
+    }
+
+    /// How many IPv6 frames took `class`'s path.
+    pub fn count6(&self, class: Class) -> u64 {
+        self.classes6.get(&class).copied().unwrap_or(0)
     }
 
     /// How many times the data plane counted `counter` in the run.
@@ -88,7 +98,7 @@ impl FuzzReport {
             self.cookie_mss_fallbacks
         );
         for (class, n) in &self.classes {
-            let _ = writeln!(text, "  {class:?}: {n}");
+            let _ = writeln!(text, "  {class:?}: {n} ({} IPv6)", self.count6(*class));
         }
         let _ = writeln!(text, "data plane counters:");
         for (counter, n) in &self.counters {
@@ -120,7 +130,10 @@ pub fn run(o: &FuzzOptions) -> FuzzReport {
     let mut udp = lab.add_udp_service(50, UDP_IDLE);
     udp.syn_proxy = SynProxy::default();
     lab.apply(&udp);
-    let mut oracle = Oracle::new(&lab, &o.lab);
+    // The IPv6 TCP service's SYN proxy as the IPv4 one's.
+    let ipv6 = Rc::new(RefCell::new(lab.add_ipv6_services()));
+    ipv6.borrow_mut().apply_syn_proxy(&o.lab.syn_proxy);
+    let mut oracle = Oracle::new(&lab, &o.lab).with_ipv6(Rc::clone(&ipv6));
     let syn_proxy = o.lab.syn_proxy.mode != SynProxyMode::Off;
     let mut traffic = Traffic::new(o.seed, o.sessions, o.lab.snat_ports, syn_proxy);
     let mut report = FuzzReport {
@@ -137,6 +150,9 @@ pub fn run(o: &FuzzOptions) -> FuzzReport {
         match oracle.judge(&lab, &frame, verdict, &out[..len]) {
             Ok((class, learned)) => {
                 *report.classes.entry(class).or_default() += 1;
+                if origin.ipv6 {
+                    *report.classes6.entry(class).or_default() += 1;
+                }
                 // A mutated frame may no longer be the session's.
                 if let (Some(session), Some(learned), true) = (origin.session, learned, origin.mutations.is_empty()) {
                     traffic.learn(session, learned);
@@ -147,8 +163,8 @@ pub fn run(o: &FuzzOptions) -> FuzzReport {
                 .push(describe(o.seed, i, &origin, &frame, verdict, &out[..len], &why)),
         }
         if (i + 1) % o.check_every == 0 || i + 1 == o.frames {
-            check_tables(&mut lab, &oracle, o, &mut report, i);
-            operate(&mut lab, &mut udp, report.table_checks);
+            check_tables(&mut lab, &mut oracle, o, &mut report, i);
+            operate(&mut lab, &mut udp, &mut ipv6.borrow_mut(), report.table_checks);
         }
         if report.violations.len() >= o.max_violations {
             break;
@@ -165,7 +181,7 @@ pub fn run(o: &FuzzOptions) -> FuzzReport {
 }
 
 /// Invariants of the tables before and after a sweep.
-fn check_tables(lab: &mut PacketLab, oracle: &Oracle, o: &FuzzOptions, report: &mut FuzzReport, frame: u64) {
+fn check_tables(lab: &mut PacketLab, oracle: &mut Oracle, o: &FuzzOptions, report: &mut FuzzReport, frame: u64) {
     report.table_checks += 1;
     report.most_flows = report.most_flows.max(lab.flows().len());
     let before = oracle.check_tables(lab, o.reverse_nat_complete_between_sweeps);
@@ -184,20 +200,29 @@ fn check_tables(lab: &mut PacketLab, oracle: &Oracle, o: &FuzzOptions, report: &
 /// What an operator does meanwhile, in turn: shifts all new flows to one
 /// pool, lets no backend take new flows (connection requests are refused),
 /// restores the weights with all new flows to the other pool, and returns
-/// to 50:50; the UDP service's ratio flips with the TCP one's. Pinned flows
-/// must keep their backends throughout.
-fn operate(lab: &mut PacketLab, udp: &mut ServiceSpec, step: u64) {
+/// to 50:50; the UDP service's ratio flips with the TCP one's, the IPv6
+/// services' tables with them. Pinned flows must keep their backends
+/// throughout.
+fn operate(lab: &mut PacketLab, udp: &mut ServiceSpec, ipv6: &mut Ipv6Services, step: u64) {
     let blue_percent = match step % 4 {
-        0 => 100,
+        0 => {
+            ipv6.send_all_to(BACKENDS6[0]);
+            100
+        }
         1 => {
             lab.reweigh(|_, weight, _| *weight = 0);
+            ipv6.clear_tables();
             return;
         }
         2 => {
             lab.reweigh(|_, weight, _| *weight = 100);
+            ipv6.send_all_to(BACKENDS6[1]);
             0
         }
-        _ => 50,
+        _ => {
+            ipv6.split_tables();
+            50
+        }
     };
     lab.set_ratio(blue_percent);
     udp.ratio = Ratio::new(blue_percent).expect("valid ratio");

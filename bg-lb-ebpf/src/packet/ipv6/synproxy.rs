@@ -14,12 +14,12 @@ use bg_lb_common::{
     maps::{IPPROTO_TCP, Ipv6Wire},
     syn_proxy::{HELD_PAYLOAD_MAX, ack_to_backend, seq_to_client},
 };
-use network_types::{eth::EthHdr, ip::Ipv6Hdr, tcp::TcpHdr};
+use network_types::{ip::Ipv6Hdr, tcp::TcpHdr};
 
 use super::{L4_OFFSET6, Tcp6Packet, bytes, parse_tcp6};
 use crate::packet::{
-    BareSegment, ETH_LEN, TCP_LEN, TCP_MAX_LEN, TCP_WITH_MSS_LEN, csum, fill_tcp, load_payload, load_tcp_header,
-    ptr_at, resize, store_payload,
+    BareSegment, SegmentIp, TCP_LEN, TCP_MAX_LEN, cookie_and_mss, csum, load_payload, load_tcp_header,
+    write_bare_segment, write_segment,
 };
 
 /// Sequence numbers and the window host order, as [`crate::packet::TcpPacket`]'s.
@@ -89,13 +89,11 @@ impl Tcp6Packet<'_> {
     /// Copies the payload as [`crate::packet::TcpPacket::copy_payload`].
     #[inline(always)]
     pub fn copy_payload(&self, ctx: &XdpContext, into: &mut [u8; HELD_PAYLOAD_MAX]) -> Option<u32> {
-        load_payload(
-            ctx,
-            (L4_OFFSET6 + self.tcp.doff() as usize * 4) as u32,
-            self.payload_len(),
-            into,
-        )
+        load_payload(ctx, self.tcp, L4_OFFSET6, self.payload_len(), into)
     }
+
+    // The cookie helpers below mirror IPv4's but stay apart: each family
+    // has its own kernel helpers and header types.
 
     /// The kernel's SYN cookie for a SYN with this packet's IPv6 header and
     /// the TCP header `tcp[..len]`, and the MSS (one of the kernel's IPv6
@@ -112,7 +110,7 @@ impl Tcp6Packet<'_> {
                 len,
             )
         };
-        (rc >= 0).then_some((rc as u32, (rc >> 32) as u16))
+        cookie_and_mss(rc)
     }
 
     /// Whether this segment's ack - 1 is a valid SYN cookie for its 4-tuple
@@ -135,12 +133,7 @@ impl Tcp6Packet<'_> {
     /// label 0, hop limit 64, the TCP checksum computed in full.
     #[inline(always)]
     pub fn become_segment<'c>(self, ctx: &'c XdpContext, segment: &BareSegment<Ipv6Wire>) -> Option<Tcp6Packet<'c>> {
-        let written = if segment.mss != 0 {
-            self.write_segment::<TCP_WITH_MSS_LEN>(ctx, segment, None)
-        } else {
-            self.write_segment::<TCP_LEN>(ctx, segment, None)
-        };
-        if !written {
+        if !write_bare_segment(self.frame.eth, ctx, segment) {
             return None;
         }
         parse_tcp6(ctx)
@@ -156,67 +149,30 @@ impl Tcp6Packet<'_> {
         payload: &[u8; HELD_PAYLOAD_MAX],
         len: u32,
     ) -> Option<Tcp6Packet<'c>> {
-        if !self.write_segment::<TCP_LEN>(ctx, segment, Some((payload, len))) {
+        if !write_segment::<_, TCP_LEN>(self.frame.eth, ctx, segment, Some((payload, len))) {
             return None;
         }
         parse_tcp6(ctx)
     }
+}
 
-    /// Out of line, as IPv4's: the segment's fields are read from memory
-    /// after the resize.
-    #[inline(never)]
-    fn write_segment<const TCP: usize>(
-        self,
-        ctx: &XdpContext,
-        s: &BareSegment<Ipv6Wire>,
-        payload: Option<(&[u8; HELD_PAYLOAD_MAX], u32)>,
-    ) -> bool {
-        self.write_segment_fields::<TCP>(ctx, s, payload).is_some()
-    }
+impl SegmentIp for Ipv6Wire {
+    type Header = Ipv6Hdr;
 
+    /// Traffic class and flow label 0, hop limit 64.
     #[inline(always)]
-    fn write_segment_fields<const TCP: usize>(
-        self,
-        ctx: &XdpContext,
-        s: &BareSegment<Ipv6Wire>,
-        payload: Option<(&[u8; HELD_PAYLOAD_MAX], u32)>,
-    ) -> Option<()> {
-        let eth = *self.frame.eth;
-        // 64 bits from here on, as IPv4's.
-        let payload_len = match payload {
-            Some((_, len)) if len as usize <= HELD_PAYLOAD_MAX => u64::from(len),
-            Some(_) => return None,
-            None => 0,
-        };
-        let headers = (L4_OFFSET6 + TCP) as i32;
-        if !resize(ctx, headers + payload_len as i32) {
-            return None;
-        }
-        // Inside the frame as resized: the checks are for the verifier.
-        let eth_at: *mut EthHdr = ptr_at(ctx, 0)?;
-        let ip: *mut Ipv6Hdr = ptr_at(ctx, ETH_LEN)?;
-        let tcp: *mut [u8; TCP] = ptr_at(ctx, L4_OFFSET6)?;
-        // SAFETY: inside the resized frame (ptr_at, taken after the resize);
-        // the three do not overlap and nothing else refers to the frame.
-        let (ip, tcp) = unsafe {
-            *eth_at = eth;
-            (&mut *ip, &mut *tcp)
-        };
-        let segment_len = (TCP as u64 + payload_len) as u16;
+    fn fill_ip(ip: &mut Ipv6Hdr, s: &BareSegment<Ipv6Wire>, segment_len: u16) {
         ip.vcf = [0x60, 0, 0, 0];
         ip.payload_len = segment_len.to_be_bytes();
         ip.next_hdr = IPPROTO_TCP;
         ip.hop_limit = 64;
         ip.src_addr = bytes(s.src_addr);
         ip.dst_addr = bytes(s.dst_addr);
-        fill_tcp(tcp, s);
-        let mut sum = pseudo_header_sum(ip, segment_len);
-        if let Some((payload, _)) = payload {
-            sum = store_payload(ctx, headers, payload, payload_len, sum)?;
-        }
-        let check = finish(csum(tcp, sum));
-        tcp[16..18].copy_from_slice(&check.to_ne_bytes());
-        Some(())
+    }
+
+    #[inline(always)]
+    fn pseudo_sum(ip: &Ipv6Hdr, _: &BareSegment<Ipv6Wire>, segment_len: u16) -> u32 {
+        pseudo_header_sum(ip, segment_len)
     }
 }
 

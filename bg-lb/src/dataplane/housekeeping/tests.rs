@@ -384,6 +384,75 @@ fn a_closed_flow_whose_port_a_new_connection_took_over_leaves_as_reused_not_as_a
     assert_eq!((judged.census.expired, judged.census.orphans), (1, 0));
 }
 
+/// [`slice_owners`] for `slice` with `snapshot`, the map now answering
+/// `now` for every lookup; with the lookups it made.
+fn owners_of(
+    slice: &[(FlowKey, Flow)],
+    snapshot: &mut Owners<u32>,
+    now: &HashMap<NatKey, FlowKey>,
+) -> (SliceOwners<u32>, Vec<NatKey>) {
+    let mut looked_up = Vec::new();
+    let backends = HashMap::from([(BACKEND_ID, backend())]);
+    let owners = slice_owners(slice, &backends, snapshot, |nat| {
+        looked_up.push(*nat);
+        Ok::<_, ()>(now.get(nat).copied())
+    })
+    .expect("the fake lookup never fails");
+    (owners, looked_up)
+}
+
+#[test]
+fn a_flow_the_reverse_nat_snapshot_names_as_its_pairs_owner_needs_no_lookup() {
+    let slice = [
+        (key(1), pinned(ESTABLISHED, 20000)),
+        (key(2), pinned(ESTABLISHED, 20001)),
+    ];
+    let mut snapshot = Owners::from_iter([(nat(20000), key(1)), (nat(20001), key(2))]);
+    let (owners, looked_up) = owners_of(&slice, &mut snapshot, &HashMap::new());
+    assert_eq!(looked_up, []);
+    assert_eq!(owners.owned, [nat(20000), nat(20001)]);
+}
+
+#[test]
+fn a_port_taken_over_after_the_snapshot_is_judged_by_its_owner_now_whichever_flow_of_the_slice_comes_first() {
+    let closed = SYN_SEEN | SYN_ACK_SEEN | ESTABLISHED | FIN_FROM_CLIENT | FIN_FROM_BACKEND;
+    let ended = (key(1), pinned(closed, 20000));
+    let taker = (key(2), pinned(SYN_SEEN | SYN_ACK_SEEN | ESTABLISHED, 20000));
+    let now = HashMap::from([(nat(20000), key(2))]);
+    for slice in [[ended, taker], [taker, ended]] {
+        // Read before the takeover: the pair still the ended flow's.
+        let mut snapshot = Owners::from_iter([(nat(20000), key(1))]);
+        let (owners, looked_up) = owners_of(&slice, &mut snapshot, &now);
+        assert_eq!(looked_up, [nat(20000)], "only the flow the snapshot does not name");
+        assert_eq!(owners.owned, [nat(20000)]);
+        let judged = judge(
+            slice,
+            owners.reverse,
+            &HashMap::from([(BACKEND_ID, backend())]),
+            &services(),
+            105 * S,
+            &T,
+        );
+        assert_eq!(
+            removals(&judged),
+            [(key(1), None, Removal::PortReused)],
+            "the live flow keeps its pair"
+        );
+    }
+}
+
+#[test]
+fn a_pair_whose_entry_went_after_the_snapshot_is_no_flows_and_leaves_the_snapshot() {
+    let slice = [(key(1), pinned(ESTABLISHED, 20000))];
+    let mut snapshot = Owners::from_iter([(nat(20000), key(9))]);
+    let (owners, looked_up) = owners_of(&slice, &mut snapshot, &HashMap::new());
+    assert_eq!(
+        (looked_up, owners.reverse, owners.owned),
+        (vec![nat(20000)], vec![], vec![])
+    );
+    assert!(snapshot.is_empty(), "not an orphan candidate any more");
+}
+
 #[test]
 fn a_closed_flow_whose_backend_closed_first_stays_while_its_time_wait_may_last() {
     let closed = SYN_SEEN | SYN_ACK_SEEN | ESTABLISHED | FIN_FROM_CLIENT | FIN_FROM_BACKEND;

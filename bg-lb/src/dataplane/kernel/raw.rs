@@ -15,12 +15,16 @@ use aya::{Pod, maps::Map};
 
 use crate::dataplane::{
     DataplaneError,
+    sweep::removal::Elements,
     walk::{Batch, WalkMap},
 };
 
 const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
-const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
+const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
 const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
+const BPF_MAP_LOOKUP_AND_DELETE_ELEM: libc::c_long = 21;
+/// The update flag "only if the key is absent".
+const BPF_NOEXIST: u64 = 1;
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
 /// The kernel's ENOTSUPP (not in libc): a map type without batch ops.
@@ -103,6 +107,33 @@ impl<K: Pod, V: Pod> RawMap<K, V> {
     }
 
     pub fn lookup(&self, key: &K) -> io::Result<Option<V>> {
+        self.read(BPF_MAP_LOOKUP_ELEM, key)
+    }
+
+    /// Removes `key` and returns what it held, in one step: no other
+    /// writer's value can come between the read and the removal.
+    pub fn lookup_and_delete(&self, key: &K) -> io::Result<Option<V>> {
+        self.read(BPF_MAP_LOOKUP_AND_DELETE_ELEM, key)
+    }
+
+    /// Inserts `key` unless it is there (BPF_NOEXIST); `false` if it was.
+    pub fn insert_new(&self, key: &K, value: &V) -> io::Result<bool> {
+        let mut attr = ElemAttr {
+            map_fd: self.raw_fd(),
+            key: key as *const K as u64,
+            value: value as *const V as u64,
+            flags: BPF_NOEXIST,
+            ..Default::default()
+        };
+        match bpf(BPF_MAP_UPDATE_ELEM, &mut attr) {
+            Ok(()) => Ok(true),
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `cmd` (a lookup) of `key`: its value, `None` if it is not there.
+    fn read(&self, cmd: libc::c_long, key: &K) -> io::Result<Option<V>> {
         let mut value = MaybeUninit::<V>::uninit();
         let mut attr = ElemAttr {
             map_fd: self.raw_fd(),
@@ -110,25 +141,11 @@ impl<K: Pod, V: Pod> RawMap<K, V> {
             value: value.as_mut_ptr() as u64,
             ..Default::default()
         };
-        match bpf(BPF_MAP_LOOKUP_ELEM, &mut attr) {
+        match bpf(cmd, &mut attr) {
             // SAFETY: the kernel wrote `size_of::<V>()` bytes (the map's
             // value size, checked when the fd was taken), and V is Pod.
             Ok(()) => Ok(Some(unsafe { value.assume_init() })),
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
-            Err(e) => Err(e),
-        }
-    }
-
-    /// Removes `key`; `false` if it was not there.
-    pub fn delete(&self, key: &K) -> io::Result<bool> {
-        let mut attr = ElemAttr {
-            map_fd: self.raw_fd(),
-            key: key as *const K as u64,
-            ..Default::default()
-        };
-        match bpf(BPF_MAP_DELETE_ELEM, &mut attr) {
-            Ok(()) => Ok(true),
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
             Err(e) => Err(e),
         }
     }
@@ -152,6 +169,20 @@ impl<K: Pod, V: Pod> RawMap<K, V> {
 
     fn raw_fd(&self) -> u32 {
         self.fd.as_raw_fd() as u32
+    }
+}
+
+impl<K: Pod, V: Pod> Elements<K, V> for RawMap<K, V> {
+    fn lookup(&self, key: &K) -> io::Result<Option<V>> {
+        RawMap::lookup(self, key)
+    }
+
+    fn lookup_and_delete(&self, key: &K) -> io::Result<Option<V>> {
+        RawMap::lookup_and_delete(self, key)
+    }
+
+    fn insert_new(&self, key: &K, value: &V) -> io::Result<bool> {
+        RawMap::insert_new(self, key, value)
     }
 }
 

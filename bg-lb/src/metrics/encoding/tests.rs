@@ -389,6 +389,7 @@ fn every_data_plane_counter_is_a_reason_with_its_verdict() {
     assert_eq!(verdict(Counter::Refused), "reset");
     assert_eq!(verdict(Counter::SynCookieSent), "answer");
     assert_eq!(verdict(Counter::TooBigAnswered), "icmp");
+    assert_eq!(verdict(Counter::PacketTooBigAnswered), "icmp");
     assert_eq!(verdict(Counter::SnatPortsExhausted), "reset", "refused with a RST");
     assert_eq!(verdict(Counter::UdpSnatPortsExhausted), "drop", "UDP has no RST");
     assert_eq!(verdict(Counter::UdpGatewayCollision), "drop", "UDP has no RST");

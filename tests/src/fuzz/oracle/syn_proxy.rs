@@ -29,28 +29,51 @@
 //! - **ICMP errors to the backend** quote its own numbers: the client's
 //!   segment's sequence number plus the offset.
 
-use std::{collections::HashMap, net::SocketAddrV4};
-
-use bg_lb_common::{
-    maps::{Flow, FlowKey},
-    syn_proxy::{BACKEND_READY, HELD, HELD_PAYLOAD_MAX, PROXIED},
+use std::{
+    collections::HashMap,
+    net::{IpAddr, SocketAddr},
 };
 
-use super::{Class, Ip, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, Tcp, parse_ip, parse_tcp};
-use crate::packet_lab::{PacketLab, VIP};
+use bg_lb_common::syn_proxy::{
+    BACKEND_READY, COOKIE_MSS6, DEFAULT_MSS6, HELD, HELD_PAYLOAD_MAX, IPV6_MSS_REDUCTION, PROXIED,
+};
+
+use super::{Class, Ip, Key, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, Tcp};
 
 /// The kernel's SYN cookie MSS table (net/ipv4/syncookies.c `msstab`), and
 /// the MSS it assumes for a SYN without the option (`TCP_MSS_DEFAULT`).
 const KERNEL_COOKIE_MSS: [u16; 4] = [536, 1300, 1440, 1460];
 const TCP_MSS_DEFAULT: u16 = 536;
 
+/// The kernel's SYN cookie MSS table (ascending) and the MSS it assumes
+/// for a SYN without the option, for a segment of `addr`'s family (IPv6's:
+/// net/ipv6/syncookies.c).
+fn kernel_mss(addr: IpAddr) -> ([u16; 4], u16) {
+    match addr {
+        IpAddr::V4(_) => (KERNEL_COOKIE_MSS, TCP_MSS_DEFAULT),
+        IpAddr::V6(_) => {
+            let mut table = COOKIE_MSS6;
+            table.reverse();
+            (table, DEFAULT_MSS6)
+        }
+    }
+}
+
+/// What the model reads of a flow entry (either family's).
+#[derive(Clone, Copy, Debug)]
+pub(super) struct ProxyView {
+    pub(super) created_ns: u64,
+    pub(super) proxy: u32,
+    pub(super) seq_delta: u32,
+}
+
 #[derive(Clone)]
 pub(super) struct ProxyModel {
     /// The MSS the service's SYN-ACKs offer.
     offered_mss: u16,
     /// Every cookie the program sent, by (client, VIP).
-    cookies: HashMap<(SocketAddrV4, SocketAddrV4), Vec<SentCookie>>,
-    flows: HashMap<FlowKey, Proxied>,
+    cookies: HashMap<(SocketAddr, SocketAddr), Vec<SentCookie>>,
+    flows: HashMap<Key, Proxied>,
     /// Backend SYNs with the fallback MSS: the kernel's cookie clock ticked
     /// between a SYN and its ACK, so the program could not read the MSS
     /// back (documented in `synproxy::cookie_mss`).
@@ -92,7 +115,7 @@ type Checked = Result<(), String>;
 /// The index in the kernel's table of the MSS a cookie for a SYN with TCP
 /// `options` encodes: the option's value parsed as the kernel's
 /// `tcp_parse_mss_option` does, rounded down to the table.
-fn cookie_mss_index(options: &[u8]) -> u32 {
+fn cookie_mss_index(options: &[u8], family: IpAddr) -> u32 {
     let mut mss = 0;
     let mut rest = options;
     while let [kind, tail @ ..] = rest {
@@ -115,8 +138,9 @@ fn cookie_mss_index(options: &[u8]) -> u32 {
             }
         }
     }
-    let mss = if mss == 0 { TCP_MSS_DEFAULT } else { mss };
-    KERNEL_COOKIE_MSS.iter().rposition(|&m| mss >= m).unwrap_or(0) as u32
+    let (table, default) = kernel_mss(family);
+    let mss = if mss == 0 { default } else { mss };
+    table.iter().rposition(|&m| mss >= m).unwrap_or(0) as u32
 }
 
 fn mss_option(mss: u16) -> [u8; 4] {
@@ -125,13 +149,18 @@ fn mss_option(mss: u16) -> [u8; 4] {
 }
 
 /// A segment the program writes whole rather than rewrites: IPv4 without
-/// options, TOS 0, ID 0, DF, TTL 64; both checksums right; `flags`,
-/// `window` and `options` as given.
+/// options, TOS 0, ID 0, DF, TTL 64 (IPv6: traffic class and flow label 0,
+/// hop limit 64); both checksums right; `flags`, `window` and `options` as
+/// given.
 fn built(what: &str, out_ip: &Ip<'_>, out: &Tcp<'_>, flags: u8, window: u16, options: &[u8]) -> Checked {
     let h = out_ip.header;
-    if h[..2] != [0x45, 0] || h[4..10] != [0, 0, 0x40, 0, 64, 6] || !out_ip.header_ok || !out.checksum_ok {
+    let header_built = match out_ip.src {
+        IpAddr::V4(_) => h[..2] == [0x45, 0] && h[4..10] == [0, 0, 0x40, 0, 64, 6] && out_ip.header_ok,
+        IpAddr::V6(_) => h[..4] == [0x60, 0, 0, 0] && h[6..8] == [6, 64],
+    };
+    if !header_built || !out.checksum_ok {
         return Err(format!(
-            "{what}: IPv4 header {h:02x?} (TCP checksum right: {}), not one built whole",
+            "{what}: IP header {h:02x?} (TCP checksum right: {}), not one built whole",
             out.checksum_ok
         ));
     }
@@ -171,7 +200,7 @@ impl ProxyModel {
     }
 
     /// The flow's model, if the oracle saw this very flow opened.
-    fn model(&self, key: &FlowKey, flow: &Flow) -> Result<&Proxied, String> {
+    fn model(&self, key: &Key, flow: &ProxyView) -> Result<&Proxied, String> {
         self.flows
             .get(key)
             .filter(|m| m.created_ns == flow.created_ns)
@@ -180,7 +209,7 @@ impl ProxyModel {
 
     /// The offset of a flow whose backend answered: the oracle's, which
     /// the flow entry must hold too.
-    fn delta(&self, key: &FlowKey, flow: &Flow) -> Result<u32, String> {
+    fn delta(&self, key: &Key, flow: &ProxyView) -> Result<u32, String> {
         let delta = self.model(key, flow)?.delta.ok_or_else(|| {
             format!(
                 "{}'s flow is marked answered by its backend, but the oracle saw no SYN-ACK answered",
@@ -218,15 +247,15 @@ impl ProxyModel {
                 .mss_index
                 .wrapping_add(cookie.wrapping_sub(sent.cookie))
                 .wrapping_sub(isn.wrapping_sub(sent.isn));
-            KERNEL_COOKIE_MSS.get(index as usize).map(|&mss| (cookie, mss))
+            kernel_mss(seg.src.ip()).0.get(index as usize).map(|&mss| (cookie, mss))
         })
     }
 
     /// Whether a RST answering `seg` (not a connection request) is the
     /// refusal of a proven cookie: `seg` proves one, and no flow was pinned
     /// for it (no backend or SNAT port could take it).
-    pub(super) fn refuses(&self, lab: &PacketLab, seg: &Tcp<'_>) -> bool {
-        seg.dst == VIP && self.proven(seg).is_some() && lab.flow_at(&FlowKey::from_client(seg.src, VIP)).is_none()
+    pub(super) fn refuses(&self, seg: &Tcp<'_>, flowless: bool) -> bool {
+        flowless && self.proven(seg).is_some()
     }
 
     /// The cookie SYN-ACK `out` answering the SYN `seg` (whose ack and
@@ -237,7 +266,10 @@ impl ProxyModel {
         if !in_ip.header_ok || (seg.payload.is_empty() && !seg.checksum_ok) {
             return Err("a cookie SYN-ACK to a SYN with a wrong checksum".to_owned());
         }
-        let offered = self.offered_mss;
+        let offered = match seg.src {
+            SocketAddr::V4(_) => self.offered_mss,
+            SocketAddr::V6(_) => self.offered_mss.saturating_sub(IPV6_MSS_REDUCTION),
+        };
         built(
             "a cookie SYN-ACK",
             out_ip,
@@ -252,7 +284,7 @@ impl ProxyModel {
         let cookie = SentCookie {
             isn: seg.seq,
             cookie: out.seq,
-            mss_index: cookie_mss_index(seg.options),
+            mss_index: cookie_mss_index(seg.options, seg.src.ip()),
         };
         let sent = self.cookies.entry((seg.src, seg.dst)).or_default();
         if !sent.contains(&cookie) {
@@ -266,8 +298,8 @@ impl ProxyModel {
     /// with its numbers translated as the flow requires (`None`).
     pub(super) fn client_to_backend(
         &mut self,
-        key: &FlowKey,
-        flow: &Flow,
+        key: &Key,
+        flow: &ProxyView,
         seg: &Tcp<'_>,
         out_ip: &Ip<'_>,
         out: &Tcp<'_>,
@@ -303,8 +335,8 @@ impl ProxyModel {
     /// ACK, or again in place of a segment of a flow it opened.
     fn syn_to_backend(
         &mut self,
-        key: &FlowKey,
-        flow: &Flow,
+        key: &Key,
+        flow: &ProxyView,
         seg: &Tcp<'_>,
         out_ip: &Ip<'_>,
         out: &Tcp<'_>,
@@ -333,9 +365,10 @@ impl ProxyModel {
             })?;
             // The program reads the MSS back by regenerating the cookie; in
             // the cookie clock's next period it cannot and uses 536.
-            let mss = if out.options == mss_option(TCP_MSS_DEFAULT) && encoded != TCP_MSS_DEFAULT {
+            let default = kernel_mss(seg.src.ip()).1;
+            let mss = if out.options == mss_option(default) && encoded != default {
                 self.mss_fallbacks += 1;
-                TCP_MSS_DEFAULT
+                default
             } else {
                 encoded
             };
@@ -385,8 +418,8 @@ impl ProxyModel {
     /// the held segment (forwarded) in the client's place.
     pub(super) fn answer_backend(
         &mut self,
-        key: &FlowKey,
-        flow: &Flow,
+        key: &Key,
+        flow: &ProxyView,
         seg: &Tcp<'_>,
         forwarded: bool,
         out_ip: &Ip<'_>,
@@ -441,7 +474,7 @@ impl ProxyModel {
     }
 
     /// A backend segment of flow `key` forwarded to the client.
-    pub(super) fn backend_to_client(&self, key: &FlowKey, flow: &Flow, seg: &Tcp<'_>, out: &Tcp<'_>) -> Checked {
+    pub(super) fn backend_to_client(&self, key: &Key, flow: &ProxyView, seg: &Tcp<'_>, out: &Tcp<'_>) -> Checked {
         if flow.proxy & PROXIED == 0 {
             return untranslated(seg, out);
         }
@@ -478,7 +511,7 @@ impl ProxyModel {
 
     /// What an ICMP error to flow `key`'s backend adds to the quoted
     /// sequence number.
-    pub(super) fn quoted_seq_shift(&self, key: &FlowKey, flow: &Flow) -> Result<u32, String> {
+    pub(super) fn quoted_seq_shift(&self, key: &Key, flow: &ProxyView) -> Result<u32, String> {
         if flow.proxy & (PROXIED | BACKEND_READY) == PROXIED | BACKEND_READY {
             self.delta(key, flow)
         } else {
@@ -486,17 +519,13 @@ impl ProxyModel {
         }
     }
 
-    /// A frame the program dropped: if it was a client segment whose data
-    /// the proxy held (its flow has just been marked so), remembers it.
-    pub(super) fn dropped(&mut self, lab: &PacketLab, input: &[u8]) -> Option<Class> {
-        let ip = parse_ip(input)?;
-        let seg = parse_tcp(&ip)?;
-        if seg.dst != VIP || seg.payload.is_empty() {
+    /// A client segment `seg` of flow `key` the program dropped: if the
+    /// proxy held its data (its flow has just been marked so), remembers it.
+    pub(super) fn dropped(&mut self, key: &Key, flow: &ProxyView, seg: &Tcp<'_>) -> Option<Class> {
+        if seg.payload.is_empty() {
             return None;
         }
-        let key = FlowKey::from_client(seg.src, VIP);
-        let flow = lab.flow_at(&key)?;
-        let m = self.flows.get_mut(&key).filter(|m| m.created_ns == flow.created_ns)?;
+        let m = self.flows.get_mut(key).filter(|m| m.created_ns == flow.created_ns)?;
         if flow.proxy & HELD == 0 || m.held.is_some() {
             return None;
         }
@@ -511,7 +540,7 @@ impl ProxyModel {
     /// Each proxied flow in `flows` is one the oracle saw opened, answered
     /// by its backend exactly when the oracle saw that, holding a segment
     /// exactly when the oracle saw one held.
-    pub(super) fn check_flows(&self, flows: &HashMap<FlowKey, Flow>) -> Vec<String> {
+    pub(super) fn check_flows(&self, flows: &HashMap<Key, ProxyView>) -> Vec<String> {
         let mut problems = Vec::new();
         for (key, flow) in flows.iter().filter(|(_, f)| f.proxy & PROXIED != 0) {
             let m = match self.model(key, flow) {
@@ -550,7 +579,8 @@ mod tests {
 
     #[test]
     fn cookie_mss_parses_options_as_the_kernel_and_rounds_down_to_its_table() {
-        let cookie_mss = |options: &[u8]| KERNEL_COOKIE_MSS[cookie_mss_index(options) as usize];
+        let v4 = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+        let cookie_mss = |options: &[u8]| KERNEL_COOKIE_MSS[cookie_mss_index(options, v4) as usize];
         assert_eq!(cookie_mss(&[]), 536, "no option: the default");
         assert_eq!(cookie_mss(&[2, 4, 0x05, 0xb4]), 1460);
         assert_eq!(cookie_mss(&[1, 1, 2, 4, 0x05, 0x78]), 1300, "1400 after NOPs");
