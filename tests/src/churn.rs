@@ -1,7 +1,7 @@
 //! Connection churn: many short connections, paced, each one line asked
 //! and answered, with a chosen side closing first, from one client address
-//! or many. Every outcome is kept: failures, and connects that took a SYN
-//! retransmission (a stall).
+//! or many. Every outcome is kept: failures, the client's SYN
+//! retransmissions, and slow connects (stalls).
 
 use std::{
     io::{BufRead, BufReader, Read, Write},
@@ -113,6 +113,16 @@ pub fn listen_drops(ns: &NetNs) -> String {
     ns.output_of(&command)
 }
 
+/// `TcpExtTCPSynRetrans` of `ns`: the SYNs (and SYN-ACKs) its kernel has
+/// retransmitted.
+pub fn syn_retransmissions(ns: &NetNs) -> u64 {
+    let out = ns.output_of(&["nstat", "-az", "TcpExtTCPSynRetrans"]);
+    out.lines()
+        .find_map(|l| l.strip_prefix("TcpExtTCPSynRetrans"))
+        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no TcpExtTCPSynRetrans in `nstat` of {}: {out:?}", ns.name))
+}
+
 fn serve(stream: TcpStream, closer: Closer) {
     let _ = stream.set_nonblocking(false);
     let _ = stream.set_read_timeout(Some(STEP_TIMEOUT));
@@ -136,8 +146,13 @@ fn serve(stream: TcpStream, closer: Closer) {
 pub struct ChurnTally {
     pub ok: u64,
     pub failed: u64,
-    /// Connects that took longer than [`STALL`]: a SYN was retransmitted.
+    /// Connects that took longer than [`STALL`]: a SYN retransmitted, or
+    /// the client thread kept from a CPU that long.
     pub stalled: u64,
+    /// SYNs the client's kernel sent again (`TcpExtTCPSynRetrans` over the
+    /// run): each one a SYN or SYN-ACK lost, or a SYN refused. Unlike
+    /// [`Self::stalled`] this is a protocol fact, not a time.
+    pub syn_retransmissions: u64,
     pub failures: Vec<String>,
     /// The first stalled connects: source, when (since the start) and how
     /// long, to find them in a capture or a log.
@@ -159,9 +174,11 @@ impl ChurnTally {
     }
 }
 
-/// A connect that takes this long lost or had refused its first SYN: Linux
-/// retransmits a SYN after its initial RTO of 1 s, and a connection inside
-/// the test's namespaces needs well under a millisecond otherwise.
+/// A connect that takes this long most likely lost or had refused its first
+/// SYN: Linux retransmits a SYN after its initial RTO of 1 s, and a
+/// connection inside the test's namespaces needs well under a millisecond
+/// otherwise. On a starved machine a thread can also wait that long for a
+/// CPU, so [`ChurnTally::syn_retransmissions`] is what tells them apart.
 pub const STALL: Duration = Duration::from_millis(900);
 
 /// Paced short connections from `client` to `to`, `rate` a second spread
@@ -182,6 +199,7 @@ pub struct Churn<'a> {
 
 impl Churn<'_> {
     pub fn run(&self) -> ChurnTally {
+        let retransmitted_before = syn_retransmissions(self.client);
         let started = Instant::now();
         let per_thread = (self.at_least as usize).div_ceil(self.threads) as u64;
         let interval = Duration::from_secs(1) * self.threads as u32 / self.rate;
@@ -241,6 +259,7 @@ impl Churn<'_> {
             tally.add(h.join().expect("a churn thread"));
         }
         tally.elapsed = started.elapsed();
+        tally.syn_retransmissions = syn_retransmissions(self.client) - retransmitted_before;
         tally
     }
 }

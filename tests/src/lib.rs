@@ -53,7 +53,7 @@
 //!   family.
 //! - [`churn`]: paced short connections (one line each, either side closing
 //!   first, from one client address or many) and their server, counting
-//!   failures and stalled connects.
+//!   failures, SYN retransmissions and slow connects.
 //! - [`console`]: the web console's tokens and `[api]` table, and a
 //!   loopback forwarder for a browser on the host (the demo).
 //! - [`bench`]: `cargo xtask bench` (the `bg-lb-bench` binary): contenders,

@@ -81,6 +81,9 @@ pub fn bench_packages() -> anyhow::Result<()> {
     debian_packages(BENCH_PACKAGES)
 }
 
+/// apt's own retry of a failed download.
+const APT_RETRIES: &str = "-oAcquire::Retries=5";
+
 fn debian_packages(packages: &[&str]) -> anyhow::Result<()> {
     let missing: Vec<&str> = packages
         .iter()
@@ -98,7 +101,8 @@ fn debian_packages(packages: &[&str]) -> anyhow::Result<()> {
         );
     }
     println!("    Debian packages: installing {}", missing.join(", "));
-    run_step(Command::new("apt-get").args(["update", "-qq"]))?;
+    // A mirror's passing hiccup must not fail a whole CI run.
+    run_step(Command::new("apt-get").args(["update", "-qq", APT_RETRIES]))?;
     // Installing a daemon's package must not start it on the host (haproxy,
     // nginx, prometheus): the benchmark runs its own instances in namespaces,
     // and the tests need only promtool. Where invoke-rc.d is not already told
@@ -115,7 +119,7 @@ fn debian_packages(packages: &[&str]) -> anyhow::Result<()> {
     }
     let installed = run_step(
         Command::new("apt-get")
-            .args(["install", "-y", "-qq"])
+            .args(["install", "-y", "-qq", APT_RETRIES])
             .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive"),
     );
