@@ -16,7 +16,8 @@
 //! - [`syn_flood`]: the SYN-flood workload (a spoofed flood with paced
 //!   legitimate connections alongside) and its table.
 //! - [`udp_rr`]: the UDP request/response workload and its table.
-//! - [`cpu`]: CPU time from /proc, machine-wide and per network namespace.
+//! - [`cpu`]: CPU time from /proc, machine-wide and per network namespace;
+//!   [`xdp_time`]: the XDP programs' own run time, from BPF statistics.
 //! - [`macro_bench`]: interleaved rounds over contenders and workloads.
 //! - [`stats`], [`report`]: medians, ranges, ratios, Markdown tables.
 //! - [`micro`]: BPF_PROG_TEST_RUN timings (one frame per run), flow-table
@@ -48,3 +49,4 @@ pub mod targets;
 pub mod udp_rr;
 pub mod workloads;
 pub mod wrk;
+pub mod xdp_time;

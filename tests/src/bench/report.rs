@@ -13,6 +13,7 @@ use crate::{
         contenders::Contender,
         macro_bench::RunRecord,
         stats::{self, Summary},
+        workloads::CpuReport,
     },
     topology::Family,
 };
@@ -28,13 +29,20 @@ pub enum Metric {
     /// CPU of every thread of the experiment (client, LB, backends).
     ExperimentCpuMsPer1kConn,
     LbProcessCpuMsPer1kConn,
+    /// The XDP programs' own run time in the LB's namespace: the part of
+    /// the LB's CPU that the data plane's code is.
+    XdpProgramMsPer1kConn,
+    /// That run time per frame the programs saw, under real traffic (warm
+    /// or cold caches as the load makes them), beside the micro bench's
+    /// live-frames figure.
+    XdpNsPerFrame,
     /// The experiment's CPU minus the direct floor's in the same round:
     /// what putting this LB in the path costs.
     LbCpuMsPer1kConn,
 }
 
 impl Metric {
-    pub const ALL: [Metric; 8] = [
+    pub const ALL: [Metric; 10] = [
         Metric::NewConnectionsPerSec,
         Metric::KeepAliveRequestsPerSec,
         Metric::KeepAliveP50Ms,
@@ -42,6 +50,8 @@ impl Metric {
         Metric::BulkGbitPerSec,
         Metric::ExperimentCpuMsPer1kConn,
         Metric::LbProcessCpuMsPer1kConn,
+        Metric::XdpProgramMsPer1kConn,
+        Metric::XdpNsPerFrame,
         Metric::LbCpuMsPer1kConn,
     ];
 
@@ -54,6 +64,8 @@ impl Metric {
             Metric::BulkGbitPerSec => "bulk Gbit/s",
             Metric::ExperimentCpuMsPer1kConn => "CPU ms/1k conn, all",
             Metric::LbProcessCpuMsPer1kConn => "LB processes ms/1k conn",
+            Metric::XdpProgramMsPer1kConn => "XDP program ms/1k conn",
+            Metric::XdpNsPerFrame => "XDP ns/frame",
             Metric::LbCpuMsPer1kConn => "LB CPU ms/1k conn (all − floor)",
         }
     }
@@ -69,6 +81,8 @@ impl Metric {
             Metric::BulkGbitPerSec => r.bulk.as_ref().map(|b| b.gbit_per_s),
             Metric::ExperimentCpuMsPer1kConn => r.cpu.as_ref().map(|c| c.experiment_ms_per_1k()),
             Metric::LbProcessCpuMsPer1kConn => r.cpu.as_ref().map(|c| c.lb_process_ms_per_1k()),
+            Metric::XdpProgramMsPer1kConn => r.cpu.as_ref().and_then(CpuReport::xdp_program_ms_per_1k),
+            Metric::XdpNsPerFrame => r.cpu.as_ref().and_then(CpuReport::xdp_ns_per_frame),
             Metric::LbCpuMsPer1kConn => {
                 let floor = floor?.cpu.as_ref()?.experiment_ms_per_1k();
                 r.cpu.as_ref().map(|c| c.experiment_ms_per_1k() - floor)
@@ -330,6 +344,8 @@ mod tests {
                 ksoftirqd_ms: 0.0,
                 machine_ms: 0.0,
                 softirq_ms: 0.0,
+                xdp_program_ms: None,
+                xdp_runs: 0,
             }),
             syn_flood: None,
             udp: None,

@@ -14,6 +14,7 @@ use crate::{
         paced::{self, Mode, PacedSpec},
         syn_flood::SynFloodOptions,
         wrk::{self, Connections, WrkReport},
+        xdp_time::XdpTime,
     },
     topology::NetNs,
 };
@@ -88,6 +89,12 @@ pub struct CpuReport {
     /// by tick sampling, other tenants included.
     pub machine_ms: f64,
     pub softirq_ms: f64,
+    /// Run time of the XDP programs attached in the LB's namespace
+    /// ([`xdp_time`]): the data plane's own part of the LB's CPU, inside
+    /// `experiment_ms`. `None` where none is attached.
+    pub xdp_program_ms: Option<f64>,
+    /// The frames those programs ran on.
+    pub xdp_runs: u64,
 }
 
 impl CpuReport {
@@ -102,6 +109,15 @@ impl CpuReport {
     pub fn lb_process_ms_per_1k(&self) -> f64 {
         self.per_1k(self.lb_process_ms)
     }
+
+    pub fn xdp_program_ms_per_1k(&self) -> Option<f64> {
+        self.xdp_program_ms.map(|ms| self.per_1k(ms))
+    }
+
+    pub fn xdp_ns_per_frame(&self) -> Option<f64> {
+        let ms = self.xdp_program_ms.filter(|_| self.xdp_runs > 0)?;
+        Some(ms * 1e6 / self.xdp_runs as f64)
+    }
 }
 
 /// Opens `paced_rate` connections per second for `duration` (each: one
@@ -114,6 +130,8 @@ pub fn paced(lab: &Lab, target: SocketAddr, o: &WorkloadOptions) -> Result<CpuRe
         .chain(lab.topo.backends.iter().map(|b| &b.ns))
         .filter_map(|ns| cpu::netns_inode(&ns.name))
         .collect();
+    let xdp = XdpTime::start(lab.lb());
+    let xdp_before = xdp.as_ref().map(XdpTime::read);
     let (threads_before, softirqd_before) = cpu::thread_cpu_ns(&namespaces);
     let machine_before = cpu::machine();
     let spec = PacedSpec {
@@ -126,6 +144,7 @@ pub fn paced(lab: &Lab, target: SocketAddr, o: &WorkloadOptions) -> Result<CpuRe
     let run = paced::run(lab.client(), spec);
     let machine = cpu::machine().since(&machine_before);
     let (threads_after, softirqd_after) = cpu::thread_cpu_ns(&namespaces);
+    let xdp_used = xdp.as_ref().zip(xdp_before).map(|(x, before)| x.read().since(&before));
     let used: Vec<u64> = threads_after
         .iter()
         .zip(&threads_before)
@@ -146,6 +165,8 @@ pub fn paced(lab: &Lab, target: SocketAddr, o: &WorkloadOptions) -> Result<CpuRe
         ksoftirqd_ms: ms(softirqd_ns),
         machine_ms: tick_ms(machine.busy),
         softirq_ms: tick_ms(machine.softirq),
+        xdp_program_ms: xdp_used.map(|t| t.run_time.as_secs_f64() * 1e3),
+        xdp_runs: xdp_used.map_or(0, |t| t.runs),
     };
     match run.first_error {
         Some(e) => Err(format!(
@@ -160,9 +181,9 @@ pub fn paced(lab: &Lab, target: SocketAddr, o: &WorkloadOptions) -> Result<CpuRe
 mod tests {
     use super::*;
 
-    #[test]
-    fn cpu_per_thousand_connections_divides_by_thousands_of_connections() {
-        let report = CpuReport {
+    /// 2,000 connections with 500 ms of CPU, 100 ms of it the LB's.
+    fn report(xdp_program_ms: Option<f64>, xdp_runs: u64) -> CpuReport {
+        CpuReport {
             connections: 2000,
             errors: 0,
             seconds: 2.0,
@@ -173,8 +194,24 @@ mod tests {
             ksoftirqd_ms: 0.0,
             machine_ms: 0.0,
             softirq_ms: 0.0,
-        };
+            xdp_program_ms,
+            xdp_runs,
+        }
+    }
+
+    #[test]
+    fn cpu_per_thousand_connections_divides_by_thousands_of_connections() {
+        let report = report(None, 0);
         assert_eq!(report.experiment_ms_per_1k(), 250.0);
         assert_eq!(report.lb_process_ms_per_1k(), 50.0);
+        assert_eq!(report.xdp_program_ms_per_1k(), None);
+        assert_eq!(report.xdp_ns_per_frame(), None);
+    }
+
+    #[test]
+    fn xdp_run_time_is_given_per_thousand_connections_and_per_frame() {
+        let report = report(Some(20.0), 40_000);
+        assert_eq!(report.xdp_program_ms_per_1k(), Some(10.0));
+        assert_eq!(report.xdp_ns_per_frame(), Some(500.0));
     }
 }
