@@ -390,16 +390,30 @@ fn start_bg_lb(
     // New connections go only to backends the health checks found up.
     let deadline = Instant::now() + Duration::from_secs(20);
     for service in ["web", "bulk"].into_iter().chain(udp.then_some(UDP_SERVICE)) {
-        while !daemon
-            .status(service)
-            .backends
-            .iter()
-            .all(|b| b.health == BackendHealth::Up)
-        {
+        loop {
+            let status = daemon.status(service);
+            let down: Vec<String> = status
+                .backends
+                .iter()
+                .filter(|b| b.health != BackendHealth::Up)
+                .map(|b| {
+                    format!(
+                        "{} {:?} ({})",
+                        b.address,
+                        b.health,
+                        b.last_check.as_deref().unwrap_or("no check yet")
+                    )
+                })
+                .collect();
+            if down.is_empty() {
+                break;
+            }
             assert!(
                 Instant::now() < deadline,
-                "bg-lb: backends of {service} not up: {:?}",
-                daemon.status(service).backends
+                "bg-lb: {} of {} backends of {service} not up after 20 s: {}",
+                down.len(),
+                status.backends.len(),
+                down.join(", ")
             );
             procs::sleep(Duration::from_millis(100));
         }
@@ -584,7 +598,7 @@ fn start_nftables(lb: &NetNs, (vip, snat): (IpAddr, IpAddr), http: &Pools, bulk:
 
 /// Loads the nftables `ruleset` in `ns` (it vanishes with the namespace),
 /// through a file in `dir`.
-pub fn load_nft(ns: &NetNs, dir: &ScratchDir, ruleset: &str) {
+fn load_nft(ns: &NetNs, dir: &ScratchDir, ruleset: &str) {
     let rules = dir.write("rules.nft", ruleset);
     let args = [
         format!("--net=/run/netns/{}", ns.name),

@@ -3,12 +3,15 @@
 //! behind the service) against small ones (an empty flow table, 4
 //! backends), in alternating labs of the same run.
 //!
-//! The 1,000 backends are 250 ports on each of the lab's 4 backend
-//! namespaces, redirected by one nftables rule per namespace to the
-//! demo-backend already listening there: no process per backend, which 2
-//! cores could not afford. The small variant's 4 backends go through the
-//! same redirect (the first port of each namespace), so both variants pay
-//! the same per-connection cost on the backend side. The million flows are
+//! The 1,000 backends are 250 addresses on each of the lab's 4 backend
+//! namespaces, all served by one demo-backend per namespace listening on
+//! every address: no process per backend, which 2 cores could not afford.
+//! Addresses, not ports: each backend has SNAT ports of its own, so two
+//! backends on one address, redirected to one socket, would meet on one
+//! 4-tuple there (the same SNAT port towards two of them) and fight over
+//! it, which a real backend never sees. The small variant's 4 backends
+//! are the first address of each namespace, on the same listeners, so both
+//! variants pay the same per-connection cost on the backend side. The million flows are
 //! written with batch updates from userspace (their reverse-NAT entries
 //! too), as established connections
 //! from 10.200.0.0/12 clients seen now, so neither the idle timeout nor
@@ -18,7 +21,7 @@
 
 use std::{
     collections::BTreeMap,
-    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+    net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4},
     panic::{AssertUnwindSafe, catch_unwind},
 };
 
@@ -31,8 +34,8 @@ use serde::Serialize;
 
 use crate::{
     bench::{
-        contenders::{self, Running, ScratchDir},
-        lab::{BACKENDS, BLUE_PERCENT, HTTP_PORT, Lab, Pools},
+        contenders::{self, Running},
+        lab::{BACKENDS, BLUE_PERCENT, Lab, Pools},
         macro_bench::panic_text,
         procs,
         report::fmt_number,
@@ -40,19 +43,22 @@ use crate::{
         workloads::{self, WorkloadOptions},
         wrk::WrkReport,
     },
+    daemon::DemoBackend,
     map_surgery::NatMaps,
-    topology::{Family, LB_ADDR, NetNs},
+    topology::{Family, Host, LB_ADDR, OneArm},
 };
 
-/// Backend ports, per backend namespace, start here.
-const FIRST_PORT: u16 = 10_000;
+/// The port every scale backend serves on: the lab's own HTTP servers
+/// listen on one address each, these on every address of their namespace.
+const SCALE_PORT: u16 = 8081;
 
 #[derive(Clone, Debug, Serialize)]
 pub struct ScaleOptions {
     pub rounds: usize,
     /// Flows written into FLOWS before the big variant's workloads.
     pub flows: u32,
-    /// Backends of the big variant (a multiple of the lab's 4).
+    /// Backends of the big variant (a multiple of the lab's 4, at most 4 x
+    /// 254: an address each).
     pub backends: usize,
     pub workloads: WorkloadOptions,
 }
@@ -138,14 +144,14 @@ pub fn run(bg_lb: &'static str, opts: &ScaleOptions, progress: &mut dyn FnMut(&s
 fn run_one(bg_lb: &'static str, opts: &ScaleOptions, variant: Variant, round: usize) -> ScaleRecord {
     let per_namespace = match variant {
         Variant::Small => 1,
-        Variant::Big => opts.backends.div_ceil(BACKENDS),
+        Variant::Big => u8::try_from(opts.backends.div_ceil(BACKENDS))
+            .ok()
+            .filter(|&n| n < u8::MAX)
+            .unwrap_or_else(|| panic!("{} backends: at most 254 per backend namespace", opts.backends)),
     };
     let lab = Lab::new(bg_lb, Forwarding::FullNat, Family::Ipv4);
-    let dir = ScratchDir::new("scale-nft");
-    for backend in &lab.topo.backends {
-        redirect_ports(&backend.ns, &dir, per_namespace as u16);
-    }
-    let pools = pools(&lab, per_namespace as u16);
+    let pools = pools(&lab.topo, per_namespace);
+    let servers = DemoBackend::start_on_each_listening(bg_lb, &lab.topo.backends, Family::Ipv4, SCALE_PORT, true);
     // Both variants get a flow table twice the million written flows: the
     // default one (2^20) would be 95% full before the benchmark's own flows
     // come in, and its LRU would evict written ones, so the table would no
@@ -203,6 +209,7 @@ fn run_one(bg_lb: &'static str, opts: &ScaleOptions, variant: Variant, round: us
         ));
     }
     drop(running);
+    drop(servers);
     let leftovers = lab.close();
     if !leftovers.is_empty() {
         record
@@ -212,36 +219,38 @@ fn run_one(bg_lb: &'static str, opts: &ScaleOptions, variant: Variant, round: us
     record
 }
 
-/// Redirects `ports` backend ports from [`FIRST_PORT`] on to the
-/// demo-backend's [`HTTP_PORT`] in `ns`.
-fn redirect_ports(ns: &NetNs, dir: &ScratchDir, ports: u16) {
-    let last = FIRST_PORT + ports - 1;
-    contenders::load_nft(
-        ns,
-        dir,
-        &format!(
-            "table ip bglb_scale {{\n    chain prerouting {{\n        \
-             type nat hook prerouting priority dstnat; policy accept;\n        \
-             tcp dport {FIRST_PORT}-{last} redirect to :{HTTP_PORT}\n    }}\n}}\n"
-        ),
-    );
-}
-
-/// `per_namespace` ports on each backend namespace: the first half of the
-/// namespaces blue, the rest green, split as the macro benchmark's.
-fn pools(lab: &Lab, per_namespace: u16) -> Pools {
-    let addrs = |hosts: &[crate::topology::Host]| -> Vec<SocketAddr> {
+/// `per_namespace` backends in each backend namespace: host addresses
+/// 10.98.N.1 on (N the namespace's index), which the LB routes through
+/// the namespace's own address. The first half of the namespaces blue, the
+/// rest green, split as the macro benchmark's.
+fn pools(topo: &OneArm, per_namespace: u8) -> Pools {
+    let addrs = |hosts: &[(usize, &Host)]| -> Vec<SocketAddr> {
         hosts
             .iter()
-            .flat_map(|h| (0..per_namespace).map(move |i| SocketAddr::new(h.addr.into(), FIRST_PORT + i)))
+            .flat_map(|&(n, host)| add_backend_addrs(topo, n as u8, host, per_namespace))
+            .map(|ip| SocketAddr::new(ip, SCALE_PORT))
             .collect()
     };
-    let (blue, green) = lab.topo.backends.split_at(BACKENDS / 2);
+    let hosts: Vec<_> = topo.backends.iter().enumerate().collect();
+    let (blue, green) = hosts.split_at(BACKENDS / 2);
     Pools {
         blue: addrs(blue),
         green: addrs(green),
         blue_percent: BLUE_PERCENT,
     }
+}
+
+/// Gives `host` (the `n`th backend namespace) `count` more addresses,
+/// 10.98.n.1 on, in one `ip -batch`, and routes them from the LB through
+/// its main address.
+fn add_backend_addrs(topo: &OneArm, n: u8, host: &Host, count: u8) -> Vec<IpAddr> {
+    let addrs: Vec<IpAddr> = (1..=count).map(|i| Ipv4Addr::new(10, 98, n, i).into()).collect();
+    host.ns.sh(&format!(
+        "printf 'addr add %s/32 dev eth0\\n' {} | ip -batch -",
+        addrs.iter().map(ToString::to_string).collect::<Vec<_>>().join(" ")
+    ));
+    topo.lb.ns.ip(&format!("route add 10.98.{n}.0/24 via {}", host.addr));
+    addrs
 }
 
 /// Writes `flows` established flows, spread over every backend in use, into
