@@ -35,18 +35,30 @@ impl Daemon {
         // Probes come from the first SNAT address of the backend's family,
         // whichever flows use: its ports outside snat_ports are the
         // kernel's to hand out.
-        for service in &self.config.services {
-            for key in check_keys(service) {
-                let Some(source) = self.config.probe_source(Family::of_socket(key.backend)) else {
-                    // Validation gives every backend's family a SNAT address.
-                    tracing::error!(service = %service.name, backend = %key.backend, "no SNAT address of the backend's family to probe from");
-                    continue;
-                };
-                // A check down now (or before the restart) stays down until `rise`.
-                let known_down = self.health.get(&key).is_some_and(|v| !v.up);
-                let probe = health::spawn_probe(key, service.health.clone(), source, known_down, self.reports.clone());
-                self.probes.push(probe);
-            }
+        let checks: Vec<_> = self
+            .config
+            .services
+            .iter()
+            .flat_map(|service| check_keys(service).map(move |key| (service, key)))
+            .collect();
+        let count = checks.len();
+        for (nth, (service, key)) in checks.into_iter().enumerate() {
+            let Some(source) = self.config.probe_source(Family::of_socket(key.backend)) else {
+                // Validation gives every backend's family a SNAT address.
+                tracing::error!(service = %service.name, backend = %key.backend, "no SNAT address of the backend's family to probe from");
+                continue;
+            };
+            // A check down now (or before the restart) stays down until `rise`.
+            let known_down = self.health.get(&key).is_some_and(|v| !v.up);
+            let first_delay = health::first_check_delay(service.health.fast_interval, nth, count);
+            let probe = health::spawn_probe(
+                key,
+                service.health.clone(),
+                source,
+                (known_down, first_delay),
+                self.reports.clone(),
+            );
+            self.probes.push(probe);
         }
         // Forget the health of probes that no longer exist.
         let services = &self.config.services;

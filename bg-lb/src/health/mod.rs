@@ -20,5 +20,5 @@ mod udp;
 pub(crate) use http::get as http_get;
 pub use http::judge_response;
 pub use outcome::{Failure, Outcome};
-pub use probe::{CheckKey, Listener, Report, spawn_probe};
+pub use probe::{CheckKey, Listener, Report, first_check_delay, spawn_probe};
 pub use tracker::{Tracker, Transition};

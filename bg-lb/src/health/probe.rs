@@ -42,13 +42,14 @@ pub struct Report {
 
 /// Runs `key`'s probe forever from `source` (the first SNAT address of the
 /// backend's family), reporting every result; `known_down` starts
-/// it down (see [`Tracker::known_down`]). Dropping (aborting) the handle
+/// it down (see [`Tracker::known_down`]). The first check waits
+/// `first_delay` ([`first_check_delay`]). Dropping (aborting) the handle
 /// stops it.
 pub fn spawn_probe(
     key: CheckKey,
     config: HealthConfig,
     source: IpAddr,
-    known_down: bool,
+    (known_down, first_delay): (bool, Duration),
     reports: mpsc::Sender<Report>,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
@@ -57,6 +58,7 @@ pub fn spawn_probe(
         } else {
             Tracker::new(config.rise, config.fall)
         };
+        tokio::time::sleep(first_delay).await;
         loop {
             let started = Instant::now();
             let outcome = probe(&key, &config, source).await;
@@ -80,6 +82,19 @@ pub fn spawn_probe(
             tokio::time::sleep(pause).await;
         }
     })
+}
+
+/// When the `nth` of `count` probes started together makes its first
+/// check: evenly spread over `spread` (a check's `fast_interval`), the
+/// first at once. As HAProxy spreads its servers' first checks: in one
+/// burst, 12 to 135 of the scale bench's 1,000 backends timed out on their
+/// first check (all on one backend host), and a failed first check takes a
+/// healthy backend down at once. The fast interval keeps a backend dead
+/// at start found within it and a timeout.
+pub fn first_check_delay(spread: Duration, nth: usize, count: usize) -> Duration {
+    let nanos = spread.as_nanos() * nth as u128 / count.max(1) as u128;
+    // Below `spread` (nth < count), so it fits as `spread` did.
+    Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
 }
 
 async fn probe(key: &CheckKey, config: &HealthConfig, source: IpAddr) -> Outcome {
@@ -135,6 +150,25 @@ fn connect_failure(e: std::io::Error) -> Failure {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn first_checks_are_spread_evenly_over_the_fast_interval_the_first_at_once() {
+        let spread = Duration::from_millis(500);
+        let delays: Vec<Duration> = (0..4).map(|nth| first_check_delay(spread, nth, 4)).collect();
+        assert_eq!(
+            delays,
+            [0, 125, 250, 375].map(Duration::from_millis),
+            "a quarter of the window apart, all inside it"
+        );
+        let thousand: Vec<Duration> = (0..1000).map(|nth| first_check_delay(spread, nth, 1000)).collect();
+        assert!(thousand.windows(2).all(|w| w[1] - w[0] == Duration::from_micros(500)));
+        assert!(thousand.iter().all(|d| *d < spread));
+        assert_eq!(
+            first_check_delay(spread, 0, 1),
+            Duration::ZERO,
+            "a lone probe checks at once"
+        );
+    }
 
     /// A real probe against loopback listeners, over IPv4 and over IPv6
     /// (from a source of the backend's family): up while one listens,
