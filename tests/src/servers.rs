@@ -5,7 +5,7 @@
 //! (`impl Into<SocketAddr>`, so a `SocketAddrV4` still does).
 
 use std::{
-    io::{BufRead, BufReader, Read, Write},
+    io::{BufRead, BufReader, ErrorKind, Read, Write},
     net::{IpAddr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket},
     os::fd::AsRawFd,
     sync::{
@@ -13,7 +13,7 @@ use std::{
         atomic::{AtomicBool, Ordering},
     },
     thread::{self, JoinHandle},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use crate::topology::{Family, Host, NetNs};
@@ -35,7 +35,7 @@ impl AcceptLoop {
         serve: impl Fn(TcpStream, &AtomicBool) + Send + Sync + 'static,
     ) -> Self {
         let addr = addr.into();
-        let listener = ns.run(move || TcpListener::bind(addr).unwrap_or_else(|e| panic!("bind {addr}: {e}")));
+        let listener = ns.run(move || bind_listener(addr));
         // Non-blocking, so the loop sees the stop flag between connections.
         listener.set_nonblocking(true).expect("nonblocking listener");
         let stop = Arc::new(AtomicBool::new(false));
@@ -58,6 +58,24 @@ impl AcceptLoop {
         AcceptLoop {
             stop,
             thread: Some(thread),
+        }
+    }
+}
+
+/// Binds `addr`, retrying for up to 2 s while it is in use. A listener
+/// this process closed a moment ago (a server stopped to start another on
+/// its address) can still be open in a child that another test's thread
+/// has forked and not yet exec'd: the child holds a copy of every
+/// descriptor until the exec closes them.
+fn bind_listener(addr: SocketAddr) -> TcpListener {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        match TcpListener::bind(addr) {
+            Ok(listener) => return listener,
+            Err(e) if e.kind() == ErrorKind::AddrInUse && Instant::now() < deadline => {
+                thread::sleep(Duration::from_millis(10))
+            }
+            Err(e) => panic!("bind {addr}: {e}"),
         }
     }
 }
