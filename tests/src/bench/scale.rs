@@ -341,7 +341,7 @@ pub fn render(r: &ScaleReport) -> String {
     let cell = |s: &Option<Summary>| s.as_ref().map_or("FAIL".to_owned(), |s| fmt_number(s.median));
     let mut out = format!(
         "bg-lb alone, {} round(s) x {} s per workload. Small: 4 backends, empty flow table. Big: {} backends \
-         (nftables-redirected ports), {} established flows written into FLOWS first. \
+         (an address each, on the 4 backend hosts), {} established flows written into FLOWS first. \
          Both: `max_flows = {}`, the example's other defaults.\n\n\
          | | small tables | big tables | big / small |\n|---|---|---|---|\n",
         r.options.rounds,
