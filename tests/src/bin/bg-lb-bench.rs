@@ -13,6 +13,8 @@
 //! `--items macro --workloads latency` runs only the paced latency, at
 //! fixed rates (the flags', or built-in ones) as no saturated rate is
 //! measured then.
+//! `--rounds N` sets the rounds of the macro and scale items (the micro
+//! and sweep items keep their own counts).
 //! `--mtu N` gives every link of the macro labs MTU N (for bulk on veth:
 //! README "Performance"); `--only bg-lb-generic` adds bg-lb in generic XDP
 //! mode, which no default run includes. `--flood-routed` gives the SYN
@@ -343,7 +345,7 @@ fn run(args: &Args) -> ExitCode {
     }
     if !args.skip_scale {
         let opts = ScaleOptions {
-            rounds: if args.quick { 1 } else { 3 },
+            rounds: args.rounds.unwrap_or(if args.quick { 1 } else { 3 }),
             flows: 1_000_000,
             backends: 1000,
             workloads: macro_opts.workloads.clone(),
