@@ -35,7 +35,7 @@ impl AcceptLoop {
         serve: impl Fn(TcpStream, &AtomicBool) + Send + Sync + 'static,
     ) -> Self {
         let addr = addr.into();
-        let listener = ns.run(move || bind_listener(addr));
+        let listener = ns.run(move || bind_retrying("tcp", addr, TcpListener::bind));
         // Non-blocking, so the loop sees the stop flag between connections.
         listener.set_nonblocking(true).expect("nonblocking listener");
         let stop = Arc::new(AtomicBool::new(false));
@@ -62,20 +62,20 @@ impl AcceptLoop {
     }
 }
 
-/// Binds `addr`, retrying for up to 2 s while it is in use. A listener
-/// this process closed a moment ago (a server stopped to start another on
-/// its address) can still be open in a child that another test's thread
-/// has forked and not yet exec'd: the child holds a copy of every
-/// descriptor until the exec closes them.
-fn bind_listener(addr: SocketAddr) -> TcpListener {
+/// A test server's `bind` (of `proto`) to `addr`, retried for up to 2 s
+/// while the address is in use. A socket this process closed a moment ago
+/// (a server stopped to start another on its address) can still be open in
+/// a child that another test's thread has forked and not yet exec'd: the
+/// child holds a copy of every descriptor until the exec closes them.
+fn bind_retrying<S>(proto: &str, addr: SocketAddr, bind: impl Fn(SocketAddr) -> std::io::Result<S>) -> S {
     let deadline = Instant::now() + Duration::from_secs(2);
     loop {
-        match TcpListener::bind(addr) {
-            Ok(listener) => return listener,
+        match bind(addr) {
+            Ok(socket) => return socket,
             Err(e) if e.kind() == ErrorKind::AddrInUse && Instant::now() < deadline => {
                 thread::sleep(Duration::from_millis(10))
             }
-            Err(e) => panic!("bind {addr}: {e}"),
+            Err(e) => panic!("bind {proto} {addr}: {e}"),
         }
     }
 }
@@ -314,7 +314,7 @@ pub struct UdpNameServer {
 impl UdpNameServer {
     pub fn start(ns: &NetNs, addr: impl Into<SocketAddr>, name: String) -> Self {
         let addr = addr.into();
-        let socket = ns.run(move || UdpSocket::bind(addr).unwrap_or_else(|e| panic!("bind udp {addr}: {e}")));
+        let socket = ns.run(move || bind_retrying("udp", addr, UdpSocket::bind));
         // A timeout, so the loop sees the stop flag between datagrams.
         socket
             .set_read_timeout(Some(Duration::from_millis(50)))

@@ -45,7 +45,7 @@ use crate::{
     },
     daemon::DemoBackend,
     map_surgery::NatMaps,
-    topology::{Family, Host, LB_ADDR, OneArm},
+    topology::{Family, LB_ADDR, OneArm},
 };
 
 /// The port every scale backend serves on: the lab's own HTTP servers
@@ -150,7 +150,11 @@ fn run_one(bg_lb: &'static str, opts: &ScaleOptions, variant: Variant, round: us
             .unwrap_or_else(|| panic!("{} backends: at most 254 per backend namespace", opts.backends)),
     };
     let lab = Lab::new(bg_lb, Forwarding::FullNat, Family::Ipv4);
-    let pools = pools(&lab.topo, per_namespace);
+    let addrs: Vec<Vec<IpAddr>> = (0..)
+        .take(lab.topo.backends.len())
+        .map(|n| add_backend_addrs(&lab.topo, n, per_namespace))
+        .collect();
+    let pools = pools(&addrs);
     let servers = DemoBackend::start_on_each_listening(bg_lb, &lab.topo.backends, Family::Ipv4, SCALE_PORT, true);
     // Both variants get a flow table twice the million written flows: the
     // default one (2^20) would be 95% full before the benchmark's own flows
@@ -219,31 +223,30 @@ fn run_one(bg_lb: &'static str, opts: &ScaleOptions, variant: Variant, round: us
     record
 }
 
-/// `per_namespace` backends in each backend namespace: host addresses
-/// 10.98.N.1 on (N the namespace's index), which the LB routes through
-/// the namespace's own address. The first half of the namespaces blue, the
-/// rest green, split as the macro benchmark's.
-fn pools(topo: &OneArm, per_namespace: u8) -> Pools {
-    let addrs = |hosts: &[(usize, &Host)]| -> Vec<SocketAddr> {
+/// The backends at `addrs` (one list per backend namespace, from
+/// [`add_backend_addrs`]) on [`SCALE_PORT`]: the first half of the
+/// namespaces blue, the rest green, split as the macro benchmark's.
+fn pools(addrs: &[Vec<IpAddr>]) -> Pools {
+    let backends = |hosts: &[Vec<IpAddr>]| -> Vec<SocketAddr> {
         hosts
             .iter()
-            .flat_map(|&(n, host)| add_backend_addrs(topo, n as u8, host, per_namespace))
-            .map(|ip| SocketAddr::new(ip, SCALE_PORT))
+            .flatten()
+            .map(|&ip| SocketAddr::new(ip, SCALE_PORT))
             .collect()
     };
-    let hosts: Vec<_> = topo.backends.iter().enumerate().collect();
-    let (blue, green) = hosts.split_at(BACKENDS / 2);
+    let (blue, green) = addrs.split_at(BACKENDS / 2);
     Pools {
-        blue: addrs(blue),
-        green: addrs(green),
+        blue: backends(blue),
+        green: backends(green),
         blue_percent: BLUE_PERCENT,
     }
 }
 
-/// Gives `host` (the `n`th backend namespace) `count` more addresses,
-/// 10.98.n.1 on, in one `ip -batch`, and routes them from the LB through
-/// its main address.
-fn add_backend_addrs(topo: &OneArm, n: u8, host: &Host, count: u8) -> Vec<IpAddr> {
+/// Gives the `n`th backend namespace `count` more addresses, 10.98.n.1
+/// on, in one `ip -batch`, and routes them from the LB through its main
+/// address.
+fn add_backend_addrs(topo: &OneArm, n: u8, count: u8) -> Vec<IpAddr> {
+    let host = &topo.backends[usize::from(n)];
     let addrs: Vec<IpAddr> = (1..=count).map(|i| Ipv4Addr::new(10, 98, n, i).into()).collect();
     host.ns.sh(&format!(
         "printf 'addr add %s/32 dev eth0\\n' {} | ip -batch -",
