@@ -799,20 +799,29 @@ pub fn next_hop_slot<A: WireAddr>(addr: &A) -> u32 {
     fibonacci_slot(addr.fold(0, |h, w| h ^ w), NEXT_HOP_SLOTS)
 }
 
-/// How long a cached next hop is used before `bpf_fib_lookup` is asked
-/// again: a route, neighbour or MTU change takes effect within this.
-pub const NEXT_HOP_TTL_NS: u64 = 50_000_000;
+/// How many kernel ticks (jiffies) a cached next hop is used before
+/// `bpf_fib_lookup` is asked again: a route, neighbour or MTU change takes
+/// effect within this, 12 ms to [`NEXT_HOP_TTL_MAX_NS`] as HZ is 1000 to
+/// 100 (48 ms at Debian's 250). Ticks, not nanoseconds: the verifier turns
+/// `bpf_jiffies64` into one load, where a clock read is a helper call on
+/// every forwarded packet. Fewer ticks would cost more lookups than the
+/// clock saves (measured: README, "The next hop's clock").
+pub const NEXT_HOP_TTL_JIFFIES: u64 = 12;
+
+/// The longest [`NEXT_HOP_TTL_JIFFIES`] lasts: at HZ 100, the lowest a
+/// Linux kernel is built with.
+pub const NEXT_HOP_TTL_MAX_NS: u64 = 120_000_000;
 
 /// One cached `bpf_fib_lookup` success, entry of [`NEXT_HOPS`]. It answers
 /// a later packet with the same destination, source, TOS and ingress
 /// interface, no longer than `fits` (a bigger one may need ICMP
 /// fragmentation needed, which only the lookup tells), within
-/// [`NEXT_HOP_TTL_NS`] of `looked_up_ns`. Addresses wire order.
+/// [`NEXT_HOP_TTL_JIFFIES`] of `looked_up_jiffies`. Addresses wire order.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct NextHop {
-    /// `bpf_ktime_get_coarse_ns` of the lookup.
-    pub looked_up_ns: u64,
+    /// `bpf_jiffies64` of the lookup.
+    pub looked_up_jiffies: u64,
     pub dst_addr: u32,
     pub src_addr: u32,
     /// The ingress interface the lookup was made for (routing rules may
@@ -834,13 +843,13 @@ pub struct NextHop {
 /// [`NextHop`] for an IPv6 destination, entry of [`NEXT_HOPS6`]: it
 /// answers a later packet with the same destination, source, traffic class
 /// and flow label (`flowinfo`, as the lookup took them) and ingress
-/// interface, no longer than `fits`, within [`NEXT_HOP_TTL_NS`] of
-/// `looked_up_ns`. Addresses wire order.
+/// interface, no longer than `fits`, within [`NEXT_HOP_TTL_JIFFIES`] of
+/// `looked_up_jiffies`. Addresses wire order.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct NextHop6 {
-    /// `bpf_ktime_get_coarse_ns` of the lookup.
-    pub looked_up_ns: u64,
+    /// `bpf_jiffies64` of the lookup.
+    pub looked_up_jiffies: u64,
     pub dst_addr: Ipv6Wire,
     pub src_addr: Ipv6Wire,
     pub ingress: u32,

@@ -1,15 +1,15 @@
 //! [`crate::next_hop`] for IPv6: each CPU's recent `bpf_fib_lookup`
 //! successes for IPv6 destinations ([`NEXT_HOPS6`]), by the same rules: an
-//! answer is used for [`NEXT_HOP_TTL_NS`] at most, for a packet with the
+//! answer is used for [`NEXT_HOP_TTL_JIFFIES`] at most, for a packet with the
 //! same destination, source, traffic class and flow label and ingress
 //! interface, no longer than the one the lookup let through; anything else
 //! asks the kernel. An entry also says whether the destination was on-link,
 //! so a `dsr` packet is refused from the cache as the lookup refuses it.
 
-use aya_ebpf::{helpers::bpf_ktime_get_coarse_ns, programs::XdpContext};
+use aya_ebpf::{helpers::bpf_jiffies64, programs::XdpContext};
 use bg_lb_common::{
     counters::Counter,
-    maps::{Ipv6Wire, NEXT_HOP_TTL_NS, next_hop_slot},
+    maps::{Ipv6Wire, NEXT_HOP_TTL_JIFFIES, next_hop_slot},
 };
 
 use crate::{
@@ -29,14 +29,14 @@ pub fn cached_route6(ctx: &XdpContext, frame: &Ipv6Frame<'_>, dst_addr: &Ipv6Wir
     // SAFETY: as in `next_hop`: a per-CPU array element is never freed, and
     // only this CPU, which runs one program at a time, reads or writes it.
     let entry = unsafe { &mut *entry };
-    // SAFETY: a helper without arguments.
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    // SAFETY: a helper without arguments (inlined: see `next_hop`).
+    let now = unsafe { bpf_jiffies64() };
     let ingress = ctx.ingress_ifindex() as u32;
     let fresh = entry.dst_addr == *dst_addr
         && entry.src_addr == frame.src_addr()
         && entry.ingress == ingress
         && entry.flowinfo == frame.flowinfo()
-        && now.wrapping_sub(entry.looked_up_ns) < NEXT_HOP_TTL_NS;
+        && now.wrapping_sub(entry.looked_up_jiffies) < NEXT_HOP_TTL_JIFFIES;
     if fresh && frame.ip_len() <= entry.fits {
         return refuse_off_link(
             (
@@ -61,7 +61,7 @@ pub fn cached_route6(ctx: &XdpContext, frame: &Ipv6Frame<'_>, dst_addr: &Ipv6Wir
     {
         // Field by field, in place: a whole entry built first would take
         // the stack's room.
-        entry.looked_up_ns = now;
+        entry.looked_up_jiffies = now;
         entry.dst_addr = *dst_addr;
         entry.src_addr = frame.src_addr();
         entry.ingress = ingress;

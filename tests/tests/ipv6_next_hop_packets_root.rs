@@ -3,18 +3,18 @@
 //! own network namespace, with the lab's IPv6 services
 //! ([`PacketLab::add_ipv6_services`]) sending every new flow to one on-link
 //! backend. A route lookup's answer is kept per CPU and answers the
-//! destination's next packets for `NEXT_HOP_TTL_NS` at most; a route change
+//! destination's next packets for `NEXT_HOP_TTL_JIFFIES` at most; a route change
 //! reaches them after that, and a packet bigger than the one the lookup let
 //! through always asks the kernel.
 
 use std::{
     net::{Ipv6Addr, SocketAddrV6},
     thread,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use aya::maps::PerCpuValues;
-use bg_lb_common::maps::{NEXT_HOP_SLOTS, NEXT_HOP_TTL_NS, NextHop6, wire_ip6};
+use bg_lb_common::maps::{NEXT_HOP_SLOTS, NEXT_HOP_TTL_JIFFIES, NEXT_HOP_TTL_MAX_NS, NextHop6, wire_ip6};
 use bg_lb_tests::{
     cmd::ip,
     netns::in_fresh_netns,
@@ -61,13 +61,10 @@ fn open(lab: &PacketLab, client: SocketAddrV6) -> u16 {
     (out.len() - 14) as u16
 }
 
-/// The clock `bpf_ktime_get_coarse_ns` reads.
-fn coarse_now() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: a valid clock id and a timespec to write.
-    assert_eq!(unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) }, 0);
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
+/// The shortest time a cached entry stays fresh: [`NEXT_HOP_TTL_JIFFIES`]
+/// ticks counted from the tick of its lookup, so one tick less at HZ 1000
+/// (the highest), should the lookup come at that tick's end.
+const SHORTEST_TTL: Duration = Duration::from_millis(NEXT_HOP_TTL_JIFFIES - 1);
 
 /// The slot caching `dst` and its entry (on the CPU that cached it).
 fn cached(lab: &PacketLab, dst: Ipv6Addr) -> (u32, NextHop6) {
@@ -100,20 +97,28 @@ fn an_ipv6_route_lookup_is_cached_and_a_fresh_entry_answers_in_its_place() {
         assert_eq!(entry.fits, fits, "no longer than the SYN");
         // An entry the cache holds is used, not the kernel's answer: a
         // forged one, fresh, sends the next segment to its MAC. Fresh means
-        // within the TTL of its time, which the run must fall within.
+        // within the TTL of its lookup's tick, which userspace cannot read:
+        // the forgery takes the tick of a lookup the ACK just made, and the
+        // next run must come within the shortest TTL of that lookup.
         let mut hops = lab.next_hops6();
         let cpus = hops.get(&slot, 0).expect("NEXT_HOPS6").len();
+        let mut forge = |entry: NextHop6| {
+            let values = PerCpuValues::try_from(vec![entry; cpus]).expect("one per CPU");
+            hops.set(slot, values, 0).expect("forge NEXT_HOPS6");
+        };
         let ack = from_client(client, ACK, 1, b"");
         for _ in 0..20 {
-            let forged = NextHop6 {
-                looked_up_ns: coarse_now(),
+            // Empty on every CPU: the ACK asks the kernel and caches its answer.
+            forge(NextHop6 { fits: 0, ..entry });
+            let looked_up = Instant::now();
+            assert_eq!(lab.run(&ack).0, XDP_REDIRECT);
+            let (_, fresh) = cached(&lab, *BACKEND.ip());
+            forge(NextHop6 {
                 dmac: FORGED_MAC,
-                ..entry
-            };
-            let values = PerCpuValues::try_from(vec![forged; cpus]).expect("one per CPU");
-            hops.set(slot, values, 0).expect("forge NEXT_HOPS6");
+                ..fresh
+            });
             let (verdict, out) = lab.run(&ack);
-            if coarse_now() - forged.looked_up_ns >= NEXT_HOP_TTL_NS {
+            if looked_up.elapsed() >= SHORTEST_TTL {
                 // Too slow to tell: the entry may have gone stale.
                 continue;
             }
@@ -134,7 +139,7 @@ fn after_the_ttl_an_ipv6_route_change_reaches_a_destination_that_was_cached() {
         open(&lab, client);
         cached(&lab, *BACKEND.ip());
         lab.route_via_gateway6(*BACKEND.ip());
-        thread::sleep(Duration::from_nanos(NEXT_HOP_TTL_NS) + Duration::from_millis(20));
+        thread::sleep(Duration::from_nanos(NEXT_HOP_TTL_MAX_NS) + Duration::from_millis(20));
         let (verdict, out) = lab.run(&from_client(client, ACK, 1, b""));
         assert_eq!(verdict, XDP_REDIRECT);
         let sent = parse_checked6(&out);
