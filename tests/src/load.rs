@@ -144,6 +144,17 @@ impl TallyWatch {
             thread::sleep(Duration::from_millis(50));
         }
     }
+
+    /// Waits until every client in `clients` was served in two rounds, one
+    /// after the other, from now (`patience` for each). Then each client
+    /// has a visit well inside the ratio in force, which the status polls
+    /// of [`crate::affinity::RatioLog`] can place: a visit that ends or
+    /// begins within a poll of a ratio change is placed in no phase, and
+    /// one round's last visits may come that close to the change after it.
+    pub fn every_client_served_twice(&self, clients: &[IpAddr], patience: Duration) -> bool {
+        self.every_client_served_after(clients, Instant::now(), patience)
+            && self.every_client_served_after(clients, Instant::now(), patience)
+    }
 }
 
 /// Running load; stop it with [`Load::stop`] to get the final tally.

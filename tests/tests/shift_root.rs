@@ -219,7 +219,7 @@ fn under_client_affinity_no_client_goes_back_to_the_old_version_during_a_10_50_1
     let watch = load.watch();
     let patience = Duration::from_secs(60);
     assert!(
-        watch.every_client_served_after(&clients, Instant::now(), patience),
+        watch.every_client_served_twice(&clients, patience),
         "every client served before the shift"
     );
     let steps = [
@@ -235,7 +235,7 @@ fn under_client_affinity_no_client_goes_back_to_the_old_version_during_a_10_50_1
     let out = lab.daemon.ctl_ok(&steps);
     assert!(out.contains("completed"), "{out}");
     assert!(
-        watch.every_client_served_after(&clients, Instant::now(), patience),
+        watch.every_client_served_twice(&clients, patience),
         "every client served after the shift"
     );
     let tally = load.stop();
