@@ -1,9 +1,9 @@
 //! [`crate::next_hop`] for IPv6: each CPU's recent `bpf_fib_lookup`
 //! successes for IPv6 destinations ([`NEXT_HOPS6`]), by the same rules: an
-//! answer is used for [`NEXT_HOP_TTL_JIFFIES`] at most, for a packet with the
-//! same destination, source, traffic class and flow label and ingress
-//! interface, no longer than the one the lookup let through; anything else
-//! asks the kernel. An entry also says whether the destination was on-link,
+//! answer is used for [`NEXT_HOP_TTL_JIFFIES`] kernel ticks at most, for a
+//! packet with the same destination, source, traffic class and flow label
+//! and ingress interface, no longer than the one the lookup let through;
+//! anything else asks the kernel. An entry also says whether the destination was on-link,
 //! so a `dsr` packet is refused from the cache as the lookup refuses it.
 
 use aya_ebpf::{helpers::bpf_jiffies64, programs::XdpContext};

@@ -543,6 +543,13 @@ impl PacketLab {
         counter_of(&self.dataplane, counter)
     }
 
+    /// Every global counter that moved, summed over CPUs: one read of
+    /// COUNTERS, for reports and failure messages.
+    pub fn moved_counters(&self) -> Vec<(Counter, u64)> {
+        let counters = self.dataplane.counters().expect("COUNTERS");
+        counters.into_iter().filter(|&(_, n)| n > 0).collect()
+    }
+
     /// The flow table's entry for `client`'s connection to the VIP.
     pub fn flow(&self, client: SocketAddrV4) -> Option<Flow> {
         let key = flow_key(client);

@@ -72,17 +72,6 @@ pub struct LiveOptions {
     pub syn_frames: usize,
 }
 
-/// Every global counter that moved, for a failed check's message.
-fn counted(lab: &PacketLab) -> String {
-    let moved: Vec<String> = Counter::ALL
-        .iter()
-        .map(|&c| (c, lab.counter(c)))
-        .filter(|&(_, n)| n > 0)
-        .map(|(c, n)| format!("{c:?} {n}"))
-        .collect();
-    moved.join(", ")
-}
-
 /// How a row's frames reach the program.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub enum Method {
@@ -340,10 +329,10 @@ pub fn run(lab: &PacketLab, aux: &mut Ebpf, o: &LiveOptions) -> LiveReport {
                 assert_eq!(
                     after - before,
                     frames,
-                    "{} ({:?}): every frame must take the path; where the others went, the counters: {}",
+                    "{} ({:?}): every frame must take the path; where the others went, the counters: {:?}",
                     case.path,
                     case.method,
-                    counted(lab)
+                    lab.moved_counters()
                 );
             }
         }

@@ -172,11 +172,7 @@ pub fn run(o: &FuzzOptions) -> FuzzReport {
     }
     report.elapsed = started.elapsed();
     report.cookie_mss_fallbacks = oracle.cookie_mss_fallbacks();
-    report.counters = Counter::ALL
-        .iter()
-        .map(|&c| (c, lab.counter(c)))
-        .filter(|&(_, n)| n > 0)
-        .collect();
+    report.counters = lab.moved_counters();
     report
 }
 
