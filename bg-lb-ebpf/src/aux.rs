@@ -15,7 +15,7 @@ use aya_ebpf::{
     bindings::xdp_action::{XDP_ABORTED, XDP_PASS, XDP_TX},
     helpers::generated::bpf_xdp_store_bytes,
     macros::{map, xdp},
-    maps::{Array, PerCpuArray, ProgramArray},
+    maps::{Array, ProgramArray},
     programs::XdpContext,
 };
 use bg_lb_common::restore::{PRISTINE_MAX, Pristine, VARIED_PORTS};
@@ -26,9 +26,15 @@ static PRISTINE: Array<Pristine> = Array::with_max_entries(1, 0);
 #[map]
 static RESTORED_TARGET: ProgramArray = ProgramArray::with_max_entries(1, 0);
 
-/// Repetitions that varied the source port, per CPU.
+/// Repetitions that varied the source port. One count for all CPUs, not
+/// one per CPU: a live test run may move to another CPU between batches
+/// (it yields when the scheduler asks), and that CPU's count went on from
+/// its own value, repeating ports the call had used already, so their SYNs
+/// found a flow instead of making one (seen under `perf record`, which
+/// makes such moves frequent). One caller runs the benchmark at a time, so
+/// the plain increment below is never raced.
 #[map]
-static RESTORE_COUNT: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+static RESTORE_COUNT: Array<u32> = Array::with_max_entries(1, 0);
 
 /// Lets native-mode XDP_TX/REDIRECT frames reach a veth peer: the veth driver
 /// only delivers them to a peer that runs an XDP program.
@@ -81,7 +87,8 @@ fn restore(ctx: &XdpContext) -> Result<(), ()> {
     }
     if vary != 0 {
         let count = RESTORE_COUNT.get_ptr_mut(0).ok_or(())?;
-        // SAFETY: this CPU's element; the test run does not migrate.
+        // SAFETY: an element of a one-entry array; one test run at a time
+        // (see RESTORE_COUNT).
         let n = unsafe {
             let n = *count;
             *count = n.wrapping_add(1);
