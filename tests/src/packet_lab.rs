@@ -506,6 +506,16 @@ impl PacketLab {
         services.get(&ServiceKey::new(VIP), 0).expect("the service's entry")
     }
 
+    /// Clears CONFIG's VIP filter behind the daemon's back, as a daemon
+    /// stopped between listing a VIP and setting its bit left it.
+    pub fn clear_vip_filter(&self) {
+        let mut config: Array<MapData, DataplaneConfig> = program_map(self.program(), map_names::CONFIG)
+            .try_into()
+            .expect("CONFIG is an array");
+        let cleared = config.get(&0, 0).expect("CONFIG").with_vip_filter([]);
+        config.set(0, cleared, 0).expect("write CONFIG");
+    }
+
     /// The table packets read now, slot by slot through the map API
     /// (`BPF_MAP_LOOKUP_ELEM`), not through the daemon's mapping.
     pub fn table_in_map(&self) -> Vec<u32> {

@@ -806,6 +806,24 @@ fn pinned_flows_keep_their_backend_after_a_ratio_flip_and_new_flows_follow_it() 
     });
 }
 
+/// A service's write lists its VIP again only where that changes
+/// something: a VIP listed with its filter bit clear (left by a daemon
+/// stopped between the two writes) gets its bit back.
+#[test]
+fn a_vip_listed_without_its_filter_bit_gets_it_back_at_its_services_next_write() {
+    in_lab(50, |mut lab| {
+        lab.clear_vip_filter();
+        let (verdict, _) = lab.send_from_client(client(40010), SYN);
+        assert_eq!(
+            verdict, XDP_PASS,
+            "a frame to an address whose bit is clear is not looked up"
+        );
+        lab.set_ratio(50);
+        let (verdict, _) = lab.send_from_client(client(40011), SYN);
+        assert_eq!(verdict, XDP_REDIRECT, "the write set the VIP's bit again");
+    });
+}
+
 #[test]
 fn new_flows_split_by_ratio() {
     in_lab(30, |lab| {

@@ -117,7 +117,9 @@ pub struct FlowIds {
 /// buffer, then the SERVICES entry that swaps that buffer in.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServiceUpdate {
-    /// Every backend of the spec by id (new ones with fresh ids).
+    /// The spec's backends by id whose BACKENDS entry is not yet what it
+    /// says (new ones, with fresh ids, and changed ones); the others are
+    /// left as they are.
     pub backends: Vec<(u32, BackendEntry)>,
     /// The lookup table, written from `service.lut_base`.
     pub table: Vec<u32>,
@@ -173,6 +175,12 @@ impl IdPool {
 struct BackendSlot {
     id: u32,
     generation: u32,
+    /// The BACKENDS entry last written for it, once written: an update
+    /// leaves out a backend whose entry would not change, so a ratio
+    /// change or a health flip writes no backend (1,000 backends cost a
+    /// syscall each on every change). None after an adoption, so the first
+    /// update writes every backend as before.
+    written: Option<BackendEntry>,
 }
 
 struct Installed {
@@ -260,6 +268,7 @@ impl Services {
                     let slot = BackendSlot {
                         id,
                         generation: backend.generation,
+                        written: None,
                     };
                     installed.backends.insert(backend.addr, slot);
                     adopted.backend_ids.mark_used(id);
@@ -339,7 +348,7 @@ impl Services {
         let backends = spec
             .backends
             .iter()
-            .map(|b| {
+            .filter_map(|b| {
                 let slot = installed.backends[&b.addr];
                 let backend = BackendEntry {
                     service_id: installed.id,
@@ -348,7 +357,7 @@ impl Services {
                     pool: b.pool,
                     reset_flows: b.reset_flows,
                 };
-                (slot.id, backend)
+                (slot.written != Some(backend)).then_some((slot.id, backend))
             })
             .collect();
         let base = installed.regions.inactive(installed.active_base);
@@ -378,10 +387,17 @@ impl Services {
     }
 
     /// Records that `update` is in the maps: its table is now the one
-    /// packets read, so the next update writes the other buffer.
+    /// packets read, so the next update writes the other buffer, and its
+    /// backends' entries are what the next update compares with.
     pub fn swapped(&mut self, update: &ServiceUpdate) {
-        if let Some(installed) = self.installed.get_mut(&update.key) {
-            installed.active_base = update.service.lut_base;
+        let Some(installed) = self.installed.get_mut(&update.key) else {
+            return;
+        };
+        installed.active_base = update.service.lut_base;
+        for (id, entry) in &update.backends {
+            if let Some(slot) = installed.backends.get_mut(&entry.addr).filter(|slot| slot.id == *id) {
+                slot.written = Some(*entry);
+            }
         }
     }
 
@@ -473,7 +489,12 @@ impl Services {
                     let id = self.backend_ids.allocate().ok_or(ServicesError::TooManyBackends)?;
                     let generation = self.next_generation;
                     self.next_generation = generation.wrapping_add(1).max(1);
-                    installed.backends.insert(b.addr, BackendSlot { id, generation });
+                    let slot = BackendSlot {
+                        id,
+                        generation,
+                        written: None,
+                    };
+                    installed.backends.insert(b.addr, slot);
                     id
                 }
             };

@@ -5,12 +5,12 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use aya::maps::{Array, HashMap, MapError, PerCpuArray, PerCpuValues};
+use aya::maps::{Array, HashMap, PerCpuArray, PerCpuValues};
 use bg_lb_common::maps::{
     self, Backend, Backend6, BackendOf, DataplaneConfig, Ipv6Wire, Service, ServiceKeyOf, TrafficStats,
 };
 
-use super::{Kernel, collect, ignore_missing, map_err, nr_cpus};
+use super::{Kernel, collect, found, ignore_missing, map_err, nr_cpus};
 use crate::{
     dataplane::{
         DataplaneError,
@@ -89,6 +89,9 @@ impl Kernel {
 
     fn set_vip_address<A: Wire>(&mut self, addr: IpAddr, listed: bool) -> Result<(), DataplaneError> {
         let wire = A::from_ip(addr).ok_or(DataplaneError::OtherFamily(SocketAddr::new(addr, 0)))?;
+        if listed && self.vip_address_in_force(wire)? {
+            return Ok(());
+        }
         let mut addresses: HashMap<_, A, u32> = self.map_mut(A::VIP_ADDRESSES)?;
         if listed {
             addresses.insert(wire, 1, 0).map_err(map_err(A::VIP_ADDRESSES))?;
@@ -96,6 +99,24 @@ impl Kernel {
             ignore_missing(addresses.remove(&wire), A::VIP_ADDRESSES)?;
         }
         self.write_vip_filter()
+    }
+
+    /// Whether `wire` is listed in VIP_ADDRESSES (or VIP_ADDRESSES6) and its
+    /// bit is set in CONFIG's filter, so listing it again would change
+    /// nothing. Every service write lists its VIP, and the filter is
+    /// recomputed from every listed address (a syscall each): without this
+    /// check a health flip across 100 services made 100 x 100 of them. Both
+    /// are read, not the list alone: a daemon stopped between the two
+    /// writes left the address listed with its bit clear, and the next
+    /// write of its service sets the bit.
+    fn vip_address_in_force<A: Wire>(&self, wire: A) -> Result<bool, DataplaneError> {
+        let addresses: HashMap<_, A, u32> = self.map(A::VIP_ADDRESSES)?;
+        if found(addresses.get(&wire, 0), A::VIP_ADDRESSES)?.is_none() {
+            return Ok(false);
+        }
+        let config: Array<_, DataplaneConfig> = self.map(maps::CONFIG)?;
+        let cfg = config.get(&0, 0).map_err(map_err(maps::CONFIG))?;
+        Ok(cfg.may_be_vip(wire))
     }
 
     /// Makes CONFIG's VIP filters those of the addresses in VIP_ADDRESSES
@@ -170,11 +191,7 @@ impl Kernel {
     fn service_of<A: Wire>(&self, key: &ListenerKey) -> Result<Option<Service>, DataplaneError> {
         let key = service_key::<A>(key)?;
         let services: HashMap<_, ServiceKeyOf<A>, Service> = self.map(A::SERVICES)?;
-        match services.get(&key, 0) {
-            Ok(service) => Ok(Some(service)),
-            Err(MapError::KeyNotFound) => Ok(None),
-            Err(e) => Err(map_err(A::SERVICES)(e)),
-        }
+        found(services.get(&key, 0), A::SERVICES)
     }
 
     /// Every SERVICES and SERVICES6 entry, by listener (an entry of a

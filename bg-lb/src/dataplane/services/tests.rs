@@ -282,6 +282,63 @@ fn the_table_size_of_a_running_service_cannot_change() {
     ));
 }
 
+/// A ratio change or a health flip (a weight) leaves every BACKENDS entry
+/// as it was: the update writes none of them.
+#[test]
+fn an_update_that_changes_no_backend_entry_writes_no_backend() {
+    let mut services = Services::new(100);
+    let mut maps = Maps::default();
+    maps.apply(&mut services, &spec(VIP, &[1, 2]));
+    let mut shifted = spec(VIP, &[1, 2]);
+    shifted.ratio = Ratio::new(30).unwrap();
+    shifted.backends[0].weight = 0;
+    let update = maps.apply(&mut services, &shifted);
+    assert_eq!(update.backends, []);
+    assert!(update.table.iter().all(|&id| id == 1), "{:?}", update.table);
+}
+
+/// A backend whose entry would change (its pool, its reset flag) is
+/// written again, and only it.
+#[test]
+fn an_update_writes_the_backends_whose_entry_changes() {
+    let mut services = Services::new(100);
+    let mut maps = Maps::default();
+    maps.apply(&mut services, &spec(VIP, &[1, 2, 3]));
+    let mut changed = spec(VIP, &[1, 2, 3]);
+    changed.backends[1].pool = Pool::Green;
+    changed.backends[2].reset_flows = true;
+    let update = maps.apply(&mut services, &changed);
+    let reset = BackendEntry {
+        reset_flows: true,
+        ..entry(0, 3, backend(3), Pool::Blue)
+    };
+    assert_eq!(update.backends, [(1, entry(0, 2, backend(2), Pool::Green)), (2, reset)]);
+}
+
+/// An update that never reached the maps (its write failed, so it was not
+/// swapped in) does not count as written: the next one writes its
+/// backends.
+#[test]
+fn backends_of_an_update_not_swapped_in_are_written_by_the_next() {
+    let mut services = Services::new(100);
+    let first = services.update(&spec(VIP, &[1, 2])).unwrap();
+    let second = services.update(&spec(VIP, &[1, 2])).unwrap();
+    assert_eq!(second.backends, first.backends);
+}
+
+/// A restarted daemon does not know what the adopted BACKENDS entries were
+/// written from: its first update writes every backend.
+#[test]
+fn the_first_update_after_an_adoption_writes_every_backend() {
+    let mut before = Services::new(100);
+    let mut maps = Maps::default();
+    let written = maps.apply(&mut before, &spec(VIP, &[1, 2]));
+    let (mut after, _) = Services::adopt(100, maps.services.clone(), maps.backends.clone(), []).unwrap();
+    let update = maps.apply(&mut after, &spec(VIP, &[1, 2]));
+    assert_eq!(update.backends, written.backends);
+    assert_eq!(maps.apply(&mut after, &spec(VIP, &[1, 2])).backends, []);
+}
+
 #[test]
 fn adopting_maps_rebuilds_ids() {
     let mut before = Services::new(100);
