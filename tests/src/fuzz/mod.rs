@@ -13,7 +13,7 @@ pub mod oracle;
 
 use std::{
     cell::RefCell,
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap, VecDeque},
     fmt::Write as _,
     rc::Rc,
     time::{Duration, Instant},
@@ -150,13 +150,22 @@ pub fn run(o: &FuzzOptions) -> FuzzReport {
         ..FuzzReport::default()
     };
     let (mut frame, mut out) = (Vec::with_capacity(2048), vec![0u8; 4096]);
+    let mut history = SessionHistory::default();
     let started = Instant::now();
     for i in 0..o.frames {
         let origin = traffic.next(&mut frame);
         let (verdict, len) = lab.run_into(&frame, &mut out);
         report.frames += 1;
         report.mutated += !origin.mutations.is_empty() as u64;
-        match oracle.judge(&lab, &frame, verdict, &out[..len]) {
+        let judged = oracle.judge(&lab, &frame, verdict, &out[..len]);
+        let seen = Seen {
+            index: i,
+            origin: origin.clone(),
+            frame: frame.clone(),
+            verdict,
+            class: judged.as_ref().ok().map(|&(class, _)| class),
+        };
+        match judged {
             Ok((class, learned)) => {
                 *report.classes.entry(class).or_default() += 1;
                 if origin.ipv6 {
@@ -167,10 +176,13 @@ pub fn run(o: &FuzzOptions) -> FuzzReport {
                     traffic.learn(session, learned);
                 }
             }
-            Err(why) => report
-                .violations
-                .push(describe(o.seed, i, &origin, &frame, verdict, &out[..len], &why)),
+            Err(why) => report.violations.push(format!(
+                "{}{}",
+                describe(o.seed, i, &origin, &frame, verdict, &out[..len], &why),
+                history.of(origin.session)
+            )),
         }
+        history.record(seen);
         if (i + 1) % o.check_every == 0 || i + 1 == o.frames {
             check_tables(&mut lab, &mut oracle, o, &mut report, i);
             operate(&mut lab, &mut udp, &mut ipv6.borrow_mut(), report.table_checks);
@@ -258,6 +270,107 @@ fn describe(seed: u64, index: u64, origin: &Origin, input: &[u8], verdict: u32, 
     )
 }
 
+/// A frame as the run sent and judged it, for a later violation's report.
+struct Seen {
+    index: u64,
+    origin: Origin,
+    frame: Vec<u8>,
+    verdict: u32,
+    /// None: a violation (reported on its own).
+    class: Option<Class>,
+}
+
+/// The last frames of each session. What set the data plane and the
+/// oracle apart often came a few frames before the violation that shows
+/// it: an XDP_DROP, say, whose bytes the oracle does not judge.
+#[derive(Default)]
+struct SessionHistory(HashMap<usize, VecDeque<Seen>>);
+
+impl SessionHistory {
+    const KEPT: usize = 12;
+
+    fn record(&mut self, seen: Seen) {
+        let Some(session) = seen.origin.session else {
+            return;
+        };
+        let kept = self.0.entry(session).or_default();
+        if kept.len() == Self::KEPT {
+            kept.pop_front();
+        }
+        kept.push_back(seen);
+    }
+
+    /// The session's frames before this one, one line each.
+    fn of(&self, session: Option<usize>) -> String {
+        let Some(kept) = session.and_then(|s| self.0.get(&s)) else {
+            return String::new();
+        };
+        let mut text = String::from("\n  the session's frames before it:");
+        for seen in kept {
+            let _ = write!(
+                text,
+                "\n    frame {} ({:?}, mutations {:?}, checksums fixed: {}): verdict {}, {}: {}",
+                seen.index,
+                seen.origin.kind,
+                seen.origin.mutations,
+                seen.origin.checksums_fixed,
+                seen.verdict,
+                seen.class
+                    .map_or_else(|| "a violation".to_owned(), |c| format!("{c:?}")),
+                hex(&seen.frame)
+            );
+        }
+        text
+    }
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{fuzz::frames::Kind, packet_lab::XDP_DROP};
+
+    fn seen(index: u64, session: usize, class: Option<Class>) -> Seen {
+        Seen {
+            index,
+            origin: Origin {
+                kind: Kind::BackendSynAck,
+                ipv6: false,
+                session: Some(session),
+                mutations: Vec::new(),
+                checksums_fixed: false,
+            },
+            frame: vec![0xab, index as u8],
+            verdict: XDP_DROP,
+            class,
+        }
+    }
+
+    #[test]
+    fn a_violations_report_lists_its_sessions_last_frames_and_no_others() {
+        let mut history = SessionHistory::default();
+        for i in 0..20 {
+            history.record(seen(i, 7, (i != 15).then_some(Class::Dropped)));
+            history.record(seen(100 + i, 8, Some(Class::Dropped)));
+        }
+        let report = history.of(Some(7));
+        let frames: Vec<&str> = report
+            .lines()
+            .skip_while(|l| !l.ends_with("before it:"))
+            .skip(1)
+            .collect();
+        assert_eq!(frames.len(), SessionHistory::KEPT, "{report}");
+        assert!(frames[0].starts_with("    frame 8 (BackendSynAck"), "{report}");
+        assert!(
+            frames[11].starts_with("    frame 19 ") && frames[11].ends_with("Dropped: ab13"),
+            "{report}"
+        );
+        assert!(frames[7].contains("verdict 1, a violation"), "{report}");
+        assert!(!report.contains("frame 119"), "another session's frame: {report}");
+        assert_eq!(history.of(Some(9)), "");
+        assert_eq!(history.of(None), "");
+    }
 }
