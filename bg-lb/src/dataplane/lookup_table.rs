@@ -469,6 +469,25 @@ mod tests {
         }
     }
 
+    /// Hosts of one fleet may run different bg-lb versions during an
+    /// upgrade, and must still agree on every slot: the placement of a
+    /// given input is fixed across versions (a change to it must be made on
+    /// purpose, and said in the release notes). The digest is FNV-1a over
+    /// the slots of a 1,000-backend table.
+    #[test]
+    fn placement_is_the_same_in_every_version() {
+        let backends: Vec<TableBackend> = (0..1000)
+            .map(|i| backend(i, if i % 3 == 0 { Pool::Green } else { Pool::Blue }, 1 + i % 7))
+            .collect();
+        let table = build(&backends, Ratio::new(30).unwrap(), M);
+        let digest = table.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, &slot| {
+            slot.to_le_bytes()
+                .iter()
+                .fold(h, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
+        });
+        assert_eq!(digest, 0xc760_76cb_cd7f_51d9, "the placement changed");
+    }
+
     #[test]
     fn building_twice_gives_the_same_table() {
         let ratio = Ratio::new(37).unwrap();
