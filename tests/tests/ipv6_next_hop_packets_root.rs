@@ -66,14 +66,21 @@ fn open(lab: &PacketLab, client: SocketAddrV6) -> u16 {
 /// (the highest), should the lookup come at that tick's end.
 const SHORTEST_TTL: Duration = Duration::from_millis(NEXT_HOP_TTL_JIFFIES - 1);
 
-/// The slot caching `dst` and its entry (on the CPU that cached it).
+/// The slot caching `dst` and its entry, from the latest lookup on any CPU.
 fn cached(lab: &PacketLab, dst: Ipv6Addr) -> (u32, NextHop6) {
     let hops = lab.next_hops6();
     let want = wire_ip6(dst);
     (0..NEXT_HOP_SLOTS)
         .find_map(|slot| {
             let values = hops.get(&slot, 0).expect("NEXT_HOPS6");
-            let entry = values.iter().find(|hop| hop.dst_addr == want && hop.fits != 0).copied();
+            // The latest lookup's: each CPU caches its own, and the test's
+            // thread may run on another CPU after a sleep, leaving the first
+            // CPU's older entry in place (a CI run read it).
+            let entry = values
+                .iter()
+                .filter(|hop| hop.dst_addr == want && hop.fits != 0)
+                .max_by_key(|hop| hop.looked_up_jiffies)
+                .copied();
             entry.map(|entry| (slot, entry))
         })
         .unwrap_or_else(|| panic!("no cached next hop for {dst}"))
