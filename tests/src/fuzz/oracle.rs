@@ -770,7 +770,10 @@ impl Oracle {
         match verdict {
             XDP_PASS if output == input => Ok((Class::Passed, None)),
             XDP_PASS => Err("XDP_PASS with a changed frame: the kernel must get it as it came".to_owned()),
-            XDP_DROP => Ok((self.held(lab, input).unwrap_or(Class::Dropped), None)),
+            XDP_DROP => match self.held(lab, input) {
+                Some(class) => Ok((class, None)),
+                None => self.backend_answer_dropped(lab, input).map(|()| (Class::Dropped, None)),
+            },
             XDP_TX | XDP_REDIRECT => self.forwarded(lab, input, verdict, output),
             other => Err(format!("verdict {other} (0 is XDP_ABORTED)")),
         }
@@ -784,6 +787,22 @@ impl Oracle {
         let key = Key::new(seg.src, IPPROTO_TCP);
         let flow = self.flow_at(lab, &key)?.proxy_view();
         self.proxy.as_mut()?.dropped(&key, &flow, &seg)
+    }
+
+    /// A dropped backend segment to the SNAT address: what the proxy took
+    /// of it if it was its flow's SYN-ACK ([`ProxyModel::answer_dropped`]).
+    fn backend_answer_dropped(&mut self, lab: &PacketLab, input: &[u8]) -> Result<(), String> {
+        let Some(seg) = parse_ip(input).as_ref().and_then(parse_tcp) else {
+            return Ok(());
+        };
+        if self.proxy.is_none() || !self.by_addr.contains_key(&seg.src) || !self.is_snat(seg.dst.ip()) {
+            return Ok(());
+        }
+        let Ok((key, flow)) = self.port_owner(lab, seg.src, seg.dst) else {
+            return Ok(());
+        };
+        let proxy = self.proxy.as_mut().expect("checked above");
+        proxy.answer_dropped(&key, &flow.proxy_view(), &seg)
     }
 
     fn forwarded(&mut self, lab: &PacketLab, input: &[u8], verdict: u32, output: &[u8]) -> Judged {

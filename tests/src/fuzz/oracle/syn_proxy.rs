@@ -537,6 +537,39 @@ impl ProxyModel {
         Some(Class::Held)
     }
 
+    /// The backend's SYN-ACK `seg` to flow `key` was dropped, yet the run
+    /// left the flow answered: the program took the offset (and, if the
+    /// flow no longer holds one, the held segment) before its answer could
+    /// not be sent (no route for the held segment, one too big for its
+    /// path). That is by design: the backend's retransmitted SYN-ACK then
+    /// gets the bare ACK, and the client sends its data again. The offset
+    /// must be this SYN-ACK's.
+    pub(super) fn answer_dropped(&mut self, key: &Key, flow: &ProxyView, seg: &Tcp<'_>) -> Checked {
+        let answered = PROXIED | BACKEND_READY;
+        let syn_ack = seg.flags & (TCP_SYN | TCP_ACK | TCP_RST | TCP_FIN) == TCP_SYN | TCP_ACK;
+        if flow.proxy & answered != answered || !syn_ack {
+            return Ok(());
+        }
+        self.model(key, flow)?;
+        let m = self.flows.get_mut(key).expect("found above");
+        if m.delta.is_some() {
+            return Ok(()); // a retransmission: nothing new to learn
+        }
+        let delta = seg.seq.wrapping_sub(m.cookie);
+        if flow.seq_delta != delta {
+            return Err(format!(
+                "{}'s flow holds offset {:#x} after its backend's dropped SYN-ACK, {delta:#x} expected",
+                key.client(),
+                flow.seq_delta
+            ));
+        }
+        m.delta = Some(delta);
+        if flow.proxy & HELD == 0 {
+            m.held = None;
+        }
+        Ok(())
+    }
+
     /// Each proxied flow in `flows` is one the oracle saw opened, answered
     /// by its backend exactly when the oracle saw that, holding a segment
     /// exactly when the oracle saw one held.
