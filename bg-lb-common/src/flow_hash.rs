@@ -1,6 +1,6 @@
-//! The flow hash that maps a client 5-tuple to a lookup-table slot and to its
-//! first SNAT port candidate, and the client hash that picks the slot
-//! instead under client affinity. They must be identical in the data plane
+//! The flow hash that maps a client 5-tuple to a pool and a lookup-table
+//! slot and to its first SNAT port candidate, and the client hash that
+//! picks the pool and slot instead under client affinity. They must be identical in the data plane
 //! and in userspace, so they live here. Murmur3's finaliser gives good
 //! avalanche with only 32-bit multiplies, which BPF has.
 //!
@@ -8,7 +8,9 @@
 //! at a time, so an IPv4 key hashes exactly as it always has and an IPv6
 //! key over all eight of its words.
 
-use crate::maps::{FlowKeyOf, SERVICE_AFFINITY_CLIENT_IP, Service, WireAddr};
+use crate::maps::{
+    FlowKeyOf, POOL_SHARE_SCALE, SERVICE_AFFINITY_CLIENT_IP, Service, WireAddr, second_buffer_flag, table_offset,
+};
 
 const SEED: u32 = 0x9e37_79b9;
 
@@ -44,11 +46,22 @@ pub fn client_hash<A: WireAddr>(client_addr: A) -> u32 {
     mix_addr(fmix32(SEED ^ 0x6c62_272e), &client_addr)
 }
 
-/// The lookup-table slot of a new flow whose 5-tuple hashes to `hash`: the
-/// hash's, or under client affinity the client address's alone, so every
-/// connection of a client reads the same slot (userspace lays the table
-/// out so that the slot is the client's point: bg-lb's `affinity`).
-/// `None` for a table of no slots.
+/// Where a new flow's pool point lies, in `[0, POOL_SHARE_SCALE)`: it
+/// picks the pool against [`Service::blue_share`]. Remixed from the slot's
+/// hash so that, within its pool, a flow's slot is independent of its
+/// point, and every backend keeps its weight's share of its pool.
+#[inline(always)]
+pub const fn pool_point(hash: u32) -> u32 {
+    ((fmix32(hash ^ 0x2545_f491) >> 16) * POOL_SHARE_SCALE) >> 16
+}
+
+/// The slot, counted from `lut_base`, that a new flow whose 5-tuple hashes
+/// to `hash` reads: in blue's table below the service's blue share, else in
+/// green's, in the buffer the service's flags name for that pool, at the
+/// hash's slot. Under client affinity the client address's hash replaces
+/// the flow's, so every connection of a client reads the same slot, and
+/// raising blue's share moves clients only from green to blue (bg-lb's
+/// `affinity`). `None` for tables of no slots.
 #[inline(always)]
 pub fn table_slot<A: WireAddr>(key: &FlowKeyOf<A>, hash: u32, service: &Service) -> Option<u32> {
     let hash = if service.flags & SERVICE_AFFINITY_CLIENT_IP != 0 {
@@ -56,7 +69,10 @@ pub fn table_slot<A: WireAddr>(key: &FlowKeyOf<A>, hash: u32, service: &Service)
     } else {
         hash
     };
-    hash.checked_rem(service.lut_size)
+    let slot = hash.checked_rem(service.lut_size)?;
+    let pool = (pool_point(hash) >= service.blue_share as u32) as u32;
+    let second = (service.flags & second_buffer_flag(pool) != 0) as u32;
+    Some(slot + table_offset(pool, second, service.lut_size))
 }
 
 #[cfg(test)]
@@ -162,10 +178,13 @@ mod tests {
         assert_ne!(h, flow_hash(&FlowKey { proto: 17, ..base }));
     }
 
+    const ALL_BLUE: u16 = POOL_SHARE_SCALE as u16;
+
     #[test]
     fn an_affinity_service_picks_the_slot_by_client_address_alone() {
         let plain = Service {
             lut_size: 65537,
+            blue_share: ALL_BLUE,
             ..Service::default()
         };
         let affine = Service {
@@ -184,6 +203,66 @@ mod tests {
         };
         assert_ne!(slot(&a, &affine), slot(&other_client, &affine));
         assert_eq!(table_slot(&a, 7, &Service::default()), None);
+    }
+
+    #[test]
+    fn a_new_flow_reads_blues_table_below_the_blue_share_and_greens_at_the_same_slot_above() {
+        const M: u32 = 1009;
+        let service = |blue_share, flags| Service {
+            lut_size: M,
+            blue_share,
+            flags,
+            ..Service::default()
+        };
+        let (blue_second, green_second) = (second_buffer_flag(0), second_buffer_flag(1));
+        for port in 0..2000 {
+            let (k, h) = (key(port), flow_hash(&key(port)));
+            let slot = h % M;
+            assert_eq!(table_slot(&k, h, &service(ALL_BLUE, 0)), Some(slot));
+            assert_eq!(table_slot(&k, h, &service(ALL_BLUE, blue_second)), Some(slot + M));
+            assert_eq!(table_slot(&k, h, &service(ALL_BLUE, green_second)), Some(slot));
+            assert_eq!(table_slot(&k, h, &service(0, 0)), Some(slot + 2 * M));
+            assert_eq!(table_slot(&k, h, &service(0, green_second)), Some(slot + 3 * M));
+            let blue = pool_point(h) < 3000;
+            let expected = if blue { slot } else { slot + 2 * M };
+            assert_eq!(table_slot(&k, h, &service(3000, 0)), Some(expected));
+        }
+    }
+
+    #[test]
+    fn blues_share_of_new_flows_is_its_share_and_raising_it_moves_flows_only_to_blue() {
+        let points: Vec<u32> = (0..60_000u16).map(|p| pool_point(flow_hash(&key(p)))).collect();
+        assert!(points.iter().all(|&p| p < POOL_SHARE_SCALE));
+        let mut blue_before = vec![false; points.len()];
+        for share in (0..=POOL_SHARE_SCALE).step_by(500) {
+            let blue: Vec<bool> = points.iter().map(|&p| p < share).collect();
+            let count = blue.iter().filter(|&&b| b).count() as u32;
+            let expected = 60_000 * share / POOL_SHARE_SCALE;
+            assert!(count.abs_diff(expected) <= 600, "share {share}: {count} of 60000 blue");
+            assert!(
+                blue_before.iter().zip(&blue).all(|(&before, &now)| !before || now),
+                "share {share} moved a flow from blue to green"
+            );
+            blue_before = blue;
+        }
+    }
+
+    #[test]
+    fn within_a_pool_its_flows_read_every_part_of_its_table_evenly() {
+        // The point and the slot come from one hash. Were the point the
+        // slot's position (as when one table held both pools), a quarter
+        // share would read only the first quarter of blue's table.
+        let size = 1009;
+        let mut quarters = [0u32; 4];
+        for h in (0..60_000u16).map(|p| flow_hash(&key(p))) {
+            if pool_point(h) < POOL_SHARE_SCALE / 4 {
+                quarters[(h % size * 4 / size) as usize] += 1;
+            }
+        }
+        let fair = quarters.iter().sum::<u32>() / 4;
+        for n in quarters {
+            assert!(n.abs_diff(fair) < fair / 10, "quarters {quarters:?}");
+        }
     }
 
     #[test]

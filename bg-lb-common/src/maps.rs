@@ -122,8 +122,9 @@ impl WireAddr for Ipv6Wire {
 pub const SERVICES: &str = "SERVICES";
 /// `Array<Backend>` indexed by backend id.
 pub const BACKENDS: &str = "BACKENDS";
-/// `Array<u32>`: all services' lookup tables, each a region of
-/// `Service::lut_size` backend ids starting at `Service::lut_base`. Created
+/// `Array<u32>`: all services' lookup tables of `Service::lut_size`
+/// backend ids, each service's four (each pool's two buffers) from
+/// `Service::lut_base` ([`table_offset`]). Created
 /// with [`LOOKUP_TABLES_FLAGS`], so the daemon writes a table through a
 /// memory mapping instead of one syscall per slot.
 pub const LOOKUP_TABLES: &str = "LOOKUP_TABLES";
@@ -180,6 +181,13 @@ pub const HELD_SCRATCH: &str = "HELD_SCRATCH";
 /// hash of every map's definition, computed by userspace from the object),
 /// so a bg-lb whose maps differ never adopts them. The program never reads it.
 pub const LAYOUT: &str = "LAYOUT";
+/// Folded into the layout version ([`LAYOUT`]) beside every map's
+/// definition: raised whenever entries change meaning but not size, which
+/// the definitions cannot show, so a bg-lb never adopts pins it would
+/// misread. 1: the traffic ratio moved into SERVICES entries
+/// (`blue_share`), and each service's table became one per pool, each
+/// double-buffered.
+pub const LAYOUT_REVISION: u32 = 1;
 /// `PerCpuArray<NextHop>` of [`NEXT_HOP_SLOTS`] entries: each CPU's recent
 /// `bpf_fib_lookup` results, so a packet to a destination routed a moment
 /// ago skips the lookup (see [`NextHop`]).
@@ -266,9 +274,21 @@ pub const MAX_BACKENDS: u32 = 4096;
 pub const MAX_INTERFACES: u32 = 64;
 /// Default lookup-table size per service (prime, as Maglev requires).
 pub const DEFAULT_LUT_SIZE: u32 = 65_537;
-/// Default capacity of [`LOOKUP_TABLES`]: two buffers of the default size for
-/// 16 services. Userspace may resize it at load time.
-pub const DEFAULT_LOOKUP_CAPACITY: u32 = 2 * DEFAULT_LUT_SIZE * 16;
+/// Slots of [`LOOKUP_TABLES`] a service of tables of `lut_size` takes: two
+/// buffers per pool, one read while the other is written.
+pub const fn service_table_slots(lut_size: u32) -> u32 {
+    4 * lut_size
+}
+/// Where `pool`'s (0 blue, 1 green) table in `buffer` (0 or 1) starts,
+/// counted from [`Service::lut_base`].
+pub const fn table_offset(pool: u32, buffer: u32, lut_size: u32) -> u32 {
+    (2 * pool + buffer) * lut_size
+}
+/// Default capacity of [`LOOKUP_TABLES`]: 16 services of the default table
+/// size. Userspace may resize it at load time.
+pub const DEFAULT_LOOKUP_CAPACITY: u32 = service_table_slots(DEFAULT_LUT_SIZE) * 16;
+/// The scale of [`Service::blue_share`]: 10,000 is every new flow.
+pub const POOL_SHARE_SCALE: u32 = 10_000;
 /// Default flow-table capacity (and of the reverse-NAT table).
 pub const DEFAULT_MAX_FLOWS: u32 = 1 << 20;
 /// Capacity of [`HELD_SEGMENTS`]: a segment waits there for one round trip
@@ -363,16 +383,22 @@ pub struct Service {
     /// [`crate::syn_proxy::SYN_PROXY_AUTO`] or [`crate::syn_proxy::SYN_PROXY_ALWAYS`]
     /// (neither: the SYN proxy is off), and [`SERVICE_AFFINITY_CLIENT_IP`].
     pub flags: u32,
-    /// First slot of this service's active table in [`LOOKUP_TABLES`].
+    /// First slot of this service's tables in [`LOOKUP_TABLES`]: each
+    /// pool's two buffers, blue's then green's ([`service_table_slots`]).
+    /// A flag ([`SERVICE_SECOND_BUFFER`]) per pool names the buffer packets
+    /// read; userspace writes the other, then flips the flag.
     pub lut_base: u32,
-    /// Number of slots (prime); `hash % lut_size` picks one.
+    /// Number of slots of each table (prime); `hash % lut_size` picks one.
     pub lut_size: u32,
-    /// The other buffer, where the next table is written. Kept here so a
-    /// restarted daemon can rebuild its allocation from the pinned maps.
-    pub lut_spare_base: u32,
     /// How packets reach the backends: [`FORWARDING_FULL_NAT`],
     /// [`FORWARDING_GATEWAY`] or [`FORWARDING_DSR`].
-    pub forwarding: u32,
+    pub forwarding: u16,
+    /// The traffic ratio: blue's share of new flows, in
+    /// [`POOL_SHARE_SCALE`]ths. A new flow whose pool point is below it
+    /// reads blue's table, any other green's
+    /// ([`crate::flow_hash::table_slot`]), so a ratio change writes this
+    /// entry and no table.
+    pub blue_share: u16,
     /// SYN proxy in auto mode: connection requests in one second that
     /// clients leave unanswered before the proxy engages.
     pub syn_proxy_threshold: u32,
@@ -390,20 +416,28 @@ pub struct Service {
 /// address alone ([`crate::flow_hash::table_slot`]), so a client keeps its
 /// pool and backend across its connections (`affinity = "client-ip"`).
 pub const SERVICE_AFFINITY_CLIENT_IP: u32 = 1 << 2;
+/// [`Service::flags`]: packets read the blue pool's table in its second
+/// buffer (green's: the next bit up).
+pub const SERVICE_SECOND_BUFFER: u32 = 1 << 3;
+
+/// The [`Service::flags`] bit of `pool`'s (0 blue, 1 green) second buffer.
+pub const fn second_buffer_flag(pool: u32) -> u32 {
+    SERVICE_SECOND_BUFFER << pool
+}
 
 /// [`Service::forwarding`]: source and destination rewritten (the source to
 /// a SNAT address and port); replies come back to the SNAT address.
-pub const FORWARDING_FULL_NAT: u32 = 0;
+pub const FORWARDING_FULL_NAT: u16 = 0;
 /// [`Service::forwarding`]: only the destination rewritten (VIP:port to
 /// backend:port); backends route their replies, to the client's own
 /// address and port, through the LB. The flow's [`Flow::snat_addr`] and
 /// [`Flow::snat_port`] are the client's, so its [`REVERSE_NAT`] key is
 /// (backend, client address, client port): what the reply carries.
-pub const FORWARDING_GATEWAY: u32 = 1;
+pub const FORWARDING_GATEWAY: u16 = 1;
 /// [`Service::forwarding`]: only the destination MAC rewritten, to the
 /// on-link backend's; replies go from the backend to the client directly.
 /// A flow has no [`REVERSE_NAT`] entry and no SNAT port.
-pub const FORWARDING_DSR: u32 = 2;
+pub const FORWARDING_DSR: u16 = 2;
 
 /// An entry of [`BACKENDS`] ([`Backend`]) or [`BACKENDS6`] ([`Backend6`]);
 /// the default (unspecified address) marks a free slot.
@@ -647,14 +681,14 @@ impl<A: WireAddr> FlowOf<A> {
     /// flows.
     #[inline(always)]
     pub const fn has_reply_path(&self) -> bool {
-        self.forwarding as u32 != FORWARDING_DSR
+        self.forwarding != FORWARDING_DSR
     }
 
     /// Whether the flow holds one of its backend's SNAT (address, port)
     /// pairs: a full-NAT flow.
     #[inline(always)]
     pub const fn holds_snat_pair(&self) -> bool {
-        self.forwarding as u32 == FORWARDING_FULL_NAT
+        self.forwarding == FORWARDING_FULL_NAT
     }
 
     /// How the flow's backend (`backend`) replies arrive: the reverse-NAT
@@ -1275,7 +1309,7 @@ mod tests {
     #[test]
     fn map_types_have_no_implicit_padding() {
         assert_eq!(size_of::<ServiceKey>(), 8);
-        assert_eq!(size_of::<Service>(), 32);
+        assert_eq!(size_of::<Service>(), 28);
         assert_eq!(size_of::<Backend>(), 16);
         assert_eq!(size_of::<FlowKey>(), 16);
         assert_eq!(size_of::<SeqState>(), 8);

@@ -1,5 +1,6 @@
 //! Backend selection for a new flow, TCP or UDP: the slot its hash (or, under
-//! client affinity, its client address) names in its service's lookup table.
+//! client affinity, its client address) names in its service's lookup
+//! tables, blue's or green's by the service's blue share.
 
 use bg_lb_common::{
     counters::Counter,
@@ -9,7 +10,7 @@ use bg_lb_common::{
 
 use crate::maps::{FamilyMaps, LOOKUP_TABLES};
 
-/// The backend (id and entry) the service's lookup table holds for the flow
+/// The backend (id and entry) the service's lookup tables hold for the flow
 /// `key` hashing to `hash`; [`Counter::NoBackend`] when the table is empty or
 /// its slot names none.
 #[inline(always)]

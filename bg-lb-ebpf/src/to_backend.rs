@@ -507,7 +507,7 @@ pub fn new_flow<A: FamilyMaps>(
         nat_epoch: cfg.nat_epoch,
         proxy: synproxy::new_flow_bits(service),
         // A mode is below 3: the cast keeps it.
-        forwarding: service.forwarding as u16,
+        forwarding: service.forwarding,
         ..FlowOf::default()
     };
     if !flow_state::is_connection_request(seg.flags) {

@@ -276,7 +276,7 @@ pub fn new_flow<A: FamilyMaps>(
         snat_addr,
         snat_port,
         // A mode is below 3: the cast keeps it.
-        forwarding: service.forwarding as u16,
+        forwarding: service.forwarding,
         state: UDP_FLOW_STATE,
         created_ns: now,
         last_seen_ns: now,

@@ -11,6 +11,9 @@ pub enum Pool {
 }
 
 impl Pool {
+    /// Both pools, in [`Pool::index`] order.
+    pub const ALL: [Pool; 2] = [Pool::Blue, Pool::Green];
+
     pub const fn index(self) -> usize {
         match self {
             Pool::Blue => 0,

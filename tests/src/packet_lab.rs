@@ -30,7 +30,7 @@ use bg_lb::{
         housekeeping::FlowCensus,
         l4::Protocol,
         listener::ListenerKey,
-        lookup_table::{self, TableBackend},
+        lookup_table::{self, TableBackend, blue_share, build_region},
         services::{BackendSpec, ServiceSpec},
         sweep::SweepReport,
         syn_proxy::{SynProxy, SynProxyMode},
@@ -39,11 +39,12 @@ use bg_lb::{
 };
 use bg_lb_common::{
     counters::Counter,
-    flow_hash::flow_hash,
+    flow_hash::{flow_hash, table_slot},
     maps::{
         self as map_names, Backend, Backend6, DEFAULT_LUT_SIZE, DataplaneConfig, Flow, Flow6, FlowKey, FlowKey6,
         IPPROTO_TCP, IPPROTO_UDP, Ipv6Wire, MAX_BACKENDS, MAX_SERVICES, NO_BACKEND, NatKey, NatKey6, NatOwner6,
-        NextHop6, Service, ServiceKey, ServiceKey6, TrafficStats, ip6, wire_ip6,
+        NextHop6, POOL_SHARE_SCALE, Service, ServiceKey, ServiceKey6, TrafficStats, ip6, second_buffer_flag,
+        service_table_slots, table_offset, wire_ip6,
     },
 };
 
@@ -231,6 +232,11 @@ impl PacketLab {
             spec,
             snat_addrs: Vec::new(),
         }
+    }
+
+    /// The service's backends' addresses, in its spec's order.
+    pub fn backend_addrs(&self) -> Vec<SocketAddrV4> {
+        self.spec.backends.iter().map(|b| v4(b.addr)).collect()
     }
 
     /// The SNAT addresses the lab's data plane was configured with.
@@ -481,6 +487,11 @@ impl PacketLab {
 
     /// The service's lookup-table inputs as the data plane holds them.
     pub fn table(&self) -> LookupTable {
+        let mut service = Service {
+            lut_size: DEFAULT_LUT_SIZE,
+            ..Service::default()
+        };
+        self.spec.affinity.program(&mut service);
         let backends = self
             .spec
             .backends
@@ -495,7 +506,7 @@ impl PacketLab {
                 weight: b.weight,
             })
             .collect();
-        LookupTable { backends }
+        LookupTable { backends, service }
     }
 
     /// The service's SERVICES entry, read from the map.
@@ -516,25 +527,36 @@ impl PacketLab {
         config.set(0, cleared, 0).expect("write CONFIG");
     }
 
-    /// The table packets read now, slot by slot through the map API
-    /// (`BPF_MAP_LOOKUP_ELEM`), not through the daemon's mapping.
+    /// The tables packets read now (blue's, then green's), slot by slot
+    /// through the map API (`BPF_MAP_LOOKUP_ELEM`), not through the
+    /// daemon's mapping.
     pub fn table_in_map(&self) -> Vec<u32> {
-        let service = self.service_entry();
         let tables = self.lookup_tables();
-        (service.lut_base..service.lut_base + service.lut_size)
+        (0..2)
+            .flat_map(|pool| self.pool_table_slots(pool, false))
             .map(|slot| tables.get(&slot, 0).expect("a slot of the table"))
             .collect()
     }
 
-    /// Writes `table` into the service's spare region (which no packet
-    /// reads) with one `BPF_MAP_UPDATE_ELEM` per slot, as bg-lb wrote
-    /// tables before it mapped LOOKUP_TABLES: the old path, for the bench.
-    pub fn write_spare_per_slot(&self, table: &[u32]) {
-        let spare = self.service_entry().lut_spare_base;
-        let mut tables = self.lookup_tables();
-        for (slot, id) in (spare..).zip(table) {
-            tables.set(slot, id, 0).expect("write a slot");
+    /// Writes `tables` (blue's, then green's) into each pool's spare buffer
+    /// (which no packet reads) with one `BPF_MAP_UPDATE_ELEM` per slot, as
+    /// bg-lb wrote tables before it mapped LOOKUP_TABLES: the old path, for
+    /// the bench.
+    pub fn write_spare_per_slot(&self, tables: &[u32]) {
+        let mut map = self.lookup_tables();
+        let spare_slots = (0..2).flat_map(|pool| self.pool_table_slots(pool, true));
+        for (slot, &id) in spare_slots.zip(tables) {
+            map.set(slot, id, 0).expect("write a slot");
         }
+    }
+
+    /// The LOOKUP_TABLES slots of `pool`'s (0 blue, 1 green) table packets
+    /// read, or with `spare` of the other buffer.
+    fn pool_table_slots(&self, pool: u32, spare: bool) -> std::ops::Range<u32> {
+        let service = self.service_entry();
+        let active = service.flags & second_buffer_flag(pool) != 0;
+        let start = service.lut_base + table_offset(pool, u32::from(active != spare), service.lut_size);
+        start..start + service.lut_size
     }
 
     fn lookup_tables(&self) -> Array<MapData, u32> {
@@ -688,22 +710,37 @@ impl Connection {
     }
 }
 
-/// What the lookup table is built from.
+/// What the lookup tables are built from.
 pub struct LookupTable {
     backends: Vec<TableBackend>,
+    /// The service's size and affinity flag, as its SERVICES entry has them.
+    service: Service,
 }
 
 impl LookupTable {
-    /// Builds the table for `blue_percent` (a pure computation; nothing is
-    /// written).
-    pub fn build(&self, blue_percent: u32) -> Vec<u32> {
-        let ratio = Ratio::new(blue_percent).expect("valid ratio");
-        lookup_table::build(&self.backends, ratio, DEFAULT_LUT_SIZE)
+    /// Builds both pools' tables, blue's then green's (a pure computation;
+    /// nothing is written).
+    pub fn build(&self) -> Vec<u32> {
+        let mut tables = self.build_pool(Pool::Blue);
+        tables.extend(self.build_pool(Pool::Green));
+        tables
     }
 
+    /// Builds `pool`'s table alone.
+    pub fn build_pool(&self, pool: Pool) -> Vec<u32> {
+        lookup_table::build(&self.backends, pool, DEFAULT_LUT_SIZE)
+    }
+
+    /// The backend a new flow from `client` gets at `ratio`, as the data
+    /// plane picks it.
     fn pick(&self, ratio: Ratio, client: SocketAddrV4) -> SocketAddrV4 {
-        let table = lookup_table::build(&self.backends, ratio, DEFAULT_LUT_SIZE);
-        let id = table[(flow_hash(&flow_key(client)) % DEFAULT_LUT_SIZE) as usize];
+        let service = Service {
+            blue_share: blue_share(&self.backends, ratio),
+            ..self.service
+        };
+        let key = flow_key(client);
+        let slot = table_slot(&key, flow_hash(&key), &service).expect("a table of slots");
+        let id = build_region(&self.backends, DEFAULT_LUT_SIZE)[slot as usize];
         let backend = self.backends.iter().find(|b| b.id == id);
         v4(backend.expect("a table slot names a backend").addr)
     }
@@ -845,7 +882,7 @@ fn dataplane_options(max_flows: u32) -> DataplaneOptions {
         // past what the daemon's allocator ever takes of it, for the IPv6
         // services' tables ([`PacketLab::add_ipv6_services`] writes the last
         // slots).
-        lookup_capacity: 4 * DEFAULT_LUT_SIZE + 2 * LUT6_SIZE,
+        lookup_capacity: 2 * service_table_slots(DEFAULT_LUT_SIZE) + 2 * service_table_slots(LUT6_SIZE),
         ipv6: true,
         pin_dir: None,
     }
@@ -956,7 +993,10 @@ impl PacketLab {
         vips.insert(wire_ip6(*VIP6.ip()), 1, 0).expect("VIP_ADDRESSES6");
         let tables = self.lookup_tables();
         let end = tables.len();
-        let lut_bases = [end - 2 * LUT6_SIZE, end - LUT6_SIZE];
+        let lut_bases = [
+            end - 2 * service_table_slots(LUT6_SIZE),
+            end - service_table_slots(LUT6_SIZE),
+        ];
         let mut backends: Array<MapData, Backend6> = self.ipv6_map(map_names::BACKENDS6).try_into().expect("BACKENDS6");
         let mut services: BpfHashMap<MapData, ServiceKey6, Service> =
             self.ipv6_map(map_names::SERVICES6).try_into().expect("SERVICES6");
@@ -966,7 +1006,9 @@ impl PacketLab {
                 id,
                 lut_base,
                 lut_size: LUT6_SIZE,
-                lut_spare_base: lut_base,
+                // Blue's table in its first buffer only: the lab writes no
+                // other.
+                blue_share: POOL_SHARE_SCALE as u16,
                 udp_idle_s,
                 ..Service::default()
             };

@@ -410,7 +410,7 @@ fn udp_gateway_datagram_has_only_its_destination_rewritten_and_the_reply_leaves_
             "the destination, TTL and MACs only; checksum from scratch"
         );
         let flow = lab.flow_at(&udp_key(from)).expect("pinned");
-        assert_eq!(u32::from(flow.forwarding), FORWARDING_GATEWAY);
+        assert_eq!(flow.forwarding, FORWARDING_GATEWAY);
         assert_eq!(
             lab.reverse_nat_on(backend, from),
             Some(udp_key(from)),
@@ -557,7 +557,7 @@ fn udp_dsr_datagram_goes_to_the_backends_mac_unchanged_and_claims_no_pair() {
             let (verdict, out) = lab.run(&request);
             assert_eq!(verdict, XDP_REDIRECT);
             let flow = lab.flow_at(&udp_key(from)).expect("pinned");
-            assert_eq!(u32::from(flow.forwarding), FORWARDING_DSR);
+            assert_eq!(flow.forwarding, FORWARDING_DSR);
             let backend = lab
                 .backends_by_id()
                 .into_iter()

@@ -20,7 +20,7 @@ use bg_lb::dataplane::{Dataplane, DataplaneError, DataplaneOptions, pins::PinLay
 use bg_lb_common::{
     counters::Counter,
     flow_state,
-    maps::{self as map_names, TrafficStats},
+    maps::{self as map_names, TrafficStats, second_buffer_flag},
 };
 use bg_lb_tests::{
     expect::Out,
@@ -835,23 +835,45 @@ fn new_flows_split_by_ratio() {
 }
 
 /// The daemon writes tables through a mapping of LOOKUP_TABLES; the map
-/// API must read back exactly the table it built, in both buffers.
+/// API must read back exactly the tables it built, in both buffers.
 #[test]
 fn tables_written_through_the_mapping_read_back_slot_for_slot_through_the_map_api() {
     require_root();
     in_fresh_netns(|| {
         let mut lab = PacketLab::with_backends(100);
-        let table = lab.table();
-        let mut bases = HashSet::new();
-        for blue_percent in [50, 20, 90, 0] {
-            lab.set_ratio(blue_percent);
-            let (expected, read) = (table.build(blue_percent), lab.table_in_map());
+        let mut buffers = HashSet::new();
+        for weight in [100, 20, 90, 1] {
+            let first = SocketAddrV4::new(Ipv4Addr::new(10, 1, 0, 1), 8080);
+            lab.reweigh(|b, w, _| *w = if b == first { weight } else { 100 });
+            let (expected, read) = (lab.table().build(), lab.table_in_map());
             assert_eq!(read.len(), expected.len());
             let first_difference = read.iter().zip(&expected).position(|(r, e)| r != e);
-            assert_eq!(first_difference, None, "ratio {blue_percent}: slot differs");
-            bases.insert(lab.service_entry().lut_base);
+            assert_eq!(first_difference, None, "weight {weight}: slot differs");
+            buffers.insert(lab.service_entry().flags & second_buffer_flag(0));
         }
-        assert_eq!(bases.len(), 2, "both buffers were written and read back");
+        assert_eq!(buffers.len(), 2, "both of blue's buffers were written and read back");
+    });
+}
+
+/// A ratio change is one SERVICES write: the tables packets read stay
+/// where they are, slot for slot, and the entry's blue share moves.
+#[test]
+fn a_ratio_change_moves_the_blue_share_and_leaves_the_tables_in_place() {
+    require_root();
+    in_fresh_netns(|| {
+        let mut lab = PacketLab::with_backends(100);
+        let (before, entry) = (lab.table_in_map(), lab.service_entry());
+        for (blue_percent, share) in [(20, 2000), (90, 9000), (0, 0), (100, 10_000)] {
+            lab.set_ratio(blue_percent);
+            let now = lab.service_entry();
+            assert_eq!(now.blue_share, share, "ratio {blue_percent}");
+            assert_eq!(
+                (now.lut_base, now.flags),
+                (entry.lut_base, entry.flags),
+                "the same buffers"
+            );
+            assert!(lab.table_in_map() == before, "ratio {blue_percent}: a table changed");
+        }
     });
 }
 

@@ -6,7 +6,7 @@
 //! snat_address = "10.0.0.1"        # or snat_addresses = ["10.0.0.1", "fd00::1"] (up to 16 per family)
 //! snat_ports = "20000-29999"        # inclusive, >= 1024
 //! max_flows = 1048576
-//! lookup_capacity = 2097184         # slots for all lookup tables (2 per service)
+//! lookup_capacity = 4194368         # slots for all lookup tables (4 x table size per service)
 //! pin_dir = "/sys/fs/bpf/bg-lb"
 //! state_dir = "/var/lib/bg-lb"
 //! metrics = "127.0.0.1:9750"        # Prometheus /metrics listener; off when absent

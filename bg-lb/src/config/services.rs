@@ -8,7 +8,7 @@ use std::{
     time::Duration,
 };
 
-use bg_lb_common::maps::{DEFAULT_LUT_SIZE, MAX_BACKENDS, MAX_SERVICES};
+use bg_lb_common::maps::{DEFAULT_LUT_SIZE, MAX_BACKENDS, MAX_SERVICES, service_table_slots};
 use toml::Spanned;
 
 use super::{
@@ -481,15 +481,16 @@ fn backend(raw: &RawBackend) -> Result<BackendConfig, Invalid> {
     Ok(BackendConfig { pool, address, weight })
 }
 
-/// Each service takes two regions of `lookup_table_size` slots (live and being rebuilt, for atomic swaps) per
-/// live VIP (one per family).
+/// Each service takes two buffers (live and being rebuilt, for atomic swaps), each of a table of
+/// `lookup_table_size` slots per pool, per live VIP (one per family).
 pub(super) fn check_lookup_capacity(
     capacity: u32,
     capacity_key: Option<&Spanned<i64>>,
     raw: &[RawService],
     services: &[ServiceConfig],
 ) -> Result<(), Invalid> {
-    let slots = |service: &ServiceConfig| 2 * u64::from(service.lookup_table_size) * service.vips.len() as u64;
+    let slots =
+        |service: &ServiceConfig| u64::from(service_table_slots(service.lookup_table_size)) * service.vips.len() as u64;
     let first_over = services
         .iter()
         .scan(0, |needed, service| {
@@ -506,7 +507,7 @@ pub(super) fn check_lookup_capacity(
                 key.span(),
                 format!(
                     "lookup_capacity {capacity} is too small: the services need {needed} slots \
-                     (2 x lookup_table_size per vip)"
+                     (4 x lookup_table_size per vip: 2 pools' tables, twice)"
                 ),
             )
         }
@@ -514,7 +515,7 @@ pub(super) fn check_lookup_capacity(
             raw_service.name.span(),
             format!(
                 "service {:?} does not fit in the default lookup_capacity {capacity} \
-                 (2 x lookup_table_size slots per vip); raise lookup_capacity",
+                 (4 x lookup_table_size slots per vip: 2 pools' tables, twice); raise lookup_capacity",
                 raw_service.name.get_ref()
             ),
         ),

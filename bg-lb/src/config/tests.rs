@@ -30,7 +30,7 @@ fn full_one_arm_config_parses_to_expected_structs() {
         snat_address = "10.0.0.1"
         snat_ports = "40000-40999"
         max_flows = 4096
-        lookup_capacity = 1000
+        lookup_capacity = 2000
         pin_dir = "/sys/fs/bpf/test"
         state_dir = "/tmp/state"
         metrics = "127.0.0.1:9750"
@@ -79,7 +79,7 @@ fn full_one_arm_config_parses_to_expected_structs() {
         snat6_addresses: vec![],
         snat_ports: (40_000, 40_999),
         max_flows: 4096,
-        lookup_capacity: 1000,
+        lookup_capacity: 2000,
         pin_dir: "/sys/fs/bpf/test".into(),
         state_dir: "/tmp/state".into(),
         admin: AdminConfig {

@@ -451,7 +451,7 @@ mod tests {
         );
         for prime in [7, 65_537, 1_000_003] {
             let config = parse_ok(&format!(
-                "{TOP}lookup_capacity = 2000006\n{WEB}lookup_table_size = {prime}\n"
+                "{TOP}lookup_capacity = 4000012\n{WEB}lookup_table_size = {prime}\n"
             ));
             assert_eq!(config.services[0].lookup_table_size, prime);
         }

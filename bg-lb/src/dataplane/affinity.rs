@@ -1,27 +1,20 @@
-//! Client affinity (`affinity = "none" | "client-ip"`): the setting, the
-//! flag it writes into the SERVICES entry, and the lookup table it needs.
+//! Client affinity (`affinity = "none" | "client-ip"`): the setting, and
+//! the flag it writes into the SERVICES entry.
 //!
-//! Under `client-ip` the data plane picks a new flow's slot by its client
-//! address alone ([`bg_lb_common::flow_hash::table_slot`]), so the slot is
-//! the client's point in `[0, 1)` (slot / size). The table is laid out so
-//! that the point decides the colour: slots `[0, blue share x size)` are
-//! blue, the rest green. Raising blue's share then moves clients only from
-//! green to blue, and lowering it only back from blue to green, whatever
-//! the order of steps. Each region's slot `i` holds slot `i` of its pool's
-//! own Maglev table (the pool alone, at its full size), so a client keeps
+//! Under `client-ip` the data plane takes a new flow's pool and slot from
+//! its client address alone ([`bg_lb_common::flow_hash::table_slot`]): the
+//! address's point picks blue's table or green's against the service's
+//! blue share, and its hash a slot of that pool's table. Raising blue's
+//! share then moves clients only from green to blue, and lowering it only
+//! back from blue to green, whatever the order of steps; a client keeps
 //! its backend while it stays in its pool and the pool's backends and
-//! weights are unchanged. Within a region, backends get slots in about
-//! their weights' proportion (Maglev's placement is pseudo-random, so a
-//! region's share is statistical, not exact as in a plain table).
+//! weights are unchanged. Within a pool, clients spread over backends in
+//! about their weights' proportion (statistically: a client is one point,
+//! however many connections it opens).
 
 use std::{fmt, str::FromStr};
 
 use bg_lb_common::maps::{SERVICE_AFFINITY_CLIENT_IP, Service};
-
-use crate::{
-    dataplane::lookup_table::{self, TableBackend},
-    ratio::{Pool, Ratio},
-};
 
 /// How a service's new connections are spread over pools and backends.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -51,44 +44,6 @@ impl Affinity {
             Affinity::ClientIp => service.flags |= SERVICE_AFFINITY_CLIENT_IP,
         }
     }
-
-    /// The service's table: `size` slots of backend ids.
-    pub fn table(self, backends: &[TableBackend], ratio: Ratio, size: u32) -> Vec<u32> {
-        match self {
-            Affinity::None => lookup_table::build(backends, ratio, size),
-            Affinity::ClientIp => by_client(backends, ratio, size),
-        }
-    }
-}
-
-/// The table of a `client-ip` service (see the module doc).
-fn by_client(backends: &[TableBackend], ratio: Ratio, size: u32) -> Vec<u32> {
-    let can_serve = |pool| backends.iter().any(|b| b.pool == pool && b.weight > 0);
-    let ratio = ratio.effective(can_serve(Pool::Blue), can_serve(Pool::Green));
-    let blue_slots = blue_slots(ratio, size);
-    let pool_table = |pool: Pool| {
-        let members: Vec<TableBackend> = backends.iter().filter(|b| b.pool == pool).cloned().collect();
-        lookup_table::build(&members, Ratio::all_to(pool), size)
-    };
-    let mut table = if blue_slots > 0 {
-        pool_table(Pool::Blue)
-    } else {
-        Vec::new()
-    };
-    if blue_slots < size {
-        let green = pool_table(Pool::Green);
-        table.truncate(blue_slots as usize);
-        table.extend_from_slice(&green[blue_slots as usize..]);
-    }
-    table
-}
-
-/// The blue region's end: `size x blue share`, rounded, which never falls
-/// as the share rises.
-fn blue_slots(ratio: Ratio, size: u32) -> u32 {
-    let slots = (u64::from(size) * u64::from(ratio.share(Pool::Blue)) + 50) / 100;
-    // At most `size`: the share is at most 100.
-    slots as u32
 }
 
 impl fmt::Display for Affinity {
@@ -118,6 +73,10 @@ mod tests {
     };
 
     use super::*;
+    use crate::{
+        dataplane::lookup_table::{TableBackend, blue_share, build_region},
+        ratio::{Pool, Ratio},
+    };
 
     const M: u32 = DEFAULT_LUT_SIZE;
 
@@ -136,31 +95,31 @@ mod tests {
         ]
     }
 
-    fn service() -> Service {
-        let mut service = Service {
-            lut_size: M,
-            ..Service::default()
-        };
-        Affinity::ClientIp.program(&mut service);
-        service
-    }
-
-    /// 3000 clients, each connecting from a few ports: their slots as the
-    /// data plane picks them.
-    fn clients() -> Vec<Vec<usize>> {
+    /// 3000 clients, each connecting from a few ports.
+    fn clients() -> Vec<Vec<FlowKey>> {
         let vip = SocketAddrV4::new([10, 0, 0, 100].into(), 80);
-        let service = service();
         (0..3000u32)
             .map(|n| {
                 let ip = std::net::Ipv4Addr::from_bits(0x0a14_0000 + n);
                 (0..3u16)
-                    .map(|p| {
-                        let key = FlowKey::from_client(SocketAddrV4::new(ip, 40000 + p), vip);
-                        table_slot(&key, flow_hash(&key), &service).unwrap() as usize
-                    })
+                    .map(|p| FlowKey::from_client(SocketAddrV4::new(ip, 40000 + p), vip))
                     .collect()
             })
             .collect()
+    }
+
+    /// The backend ids the data plane picks for each client's connections,
+    /// from the tables of `backends` at blue share `ratio`.
+    fn picks(backends: &[TableBackend], ratio: u32, clients: &[Vec<FlowKey>]) -> Vec<Vec<u32>> {
+        let tables = build_region(backends, M);
+        let mut service = Service {
+            lut_size: M,
+            blue_share: blue_share(backends, Ratio::new(ratio).unwrap()),
+            ..Service::default()
+        };
+        Affinity::ClientIp.program(&mut service);
+        let pick = |key: &FlowKey| tables[table_slot(key, flow_hash(key), &service).unwrap() as usize];
+        clients.iter().map(|keys| keys.iter().map(pick).collect()).collect()
     }
 
     fn pool_of(id: u32) -> Pool {
@@ -168,9 +127,9 @@ mod tests {
     }
 
     #[test]
-    fn every_connection_of_a_client_reads_the_same_slot() {
-        for slots in clients() {
-            assert!(slots.iter().all(|&s| s == slots[0]), "{slots:?}");
+    fn every_connection_of_a_client_goes_to_the_same_backend() {
+        for ids in picks(&backends(), 50, &clients()) {
+            assert!(ids.iter().all(|&id| id == ids[0]), "{ids:?}");
         }
     }
 
@@ -179,11 +138,11 @@ mod tests {
         let clients = clients();
         let mut blue_before = vec![false; clients.len()];
         for share in 0..=100 {
-            let table = Affinity::ClientIp.table(&backends(), Ratio::new(share).unwrap(), M);
-            assert!(!table.contains(&NO_BACKEND), "share {share}");
+            let picks = picks(&backends(), share, &clients);
             let mut blue_clients = 0;
-            for (client, slots) in clients.iter().enumerate() {
-                let blue = pool_of(table[slots[0]]) == Pool::Blue;
+            for (client, ids) in picks.iter().enumerate() {
+                assert_ne!(ids[0], NO_BACKEND, "share {share}");
+                let blue = pool_of(ids[0]) == Pool::Blue;
                 assert!(
                     blue || !blue_before[client],
                     "share {share}: client {client} went back to green"
@@ -206,12 +165,10 @@ mod tests {
         let clients = clients();
         let mut seen: HashMap<(usize, Pool), u32> = HashMap::new();
         for share in [0, 10, 50, 90, 100, 50, 10, 0] {
-            let table = Affinity::ClientIp.table(&backends(), Ratio::new(share).unwrap(), M);
-            for (client, slots) in clients.iter().enumerate() {
-                let id = table[slots[0]];
-                let first = *seen.entry((client, pool_of(id))).or_insert(id);
+            for (client, ids) in picks(&backends(), share, &clients).iter().enumerate() {
+                let first = *seen.entry((client, pool_of(ids[0]))).or_insert(ids[0]);
                 assert_eq!(
-                    id, first,
+                    ids[0], first,
                     "share {share}: client {client} changed backend within its pool"
                 );
             }
@@ -219,42 +176,52 @@ mod tests {
         // The other pool's weights change: a blue client's backend does not.
         let mut heavier_green = backends();
         heavier_green[4].weight = 500;
-        let before = Affinity::ClientIp.table(&backends(), Ratio::new(50).unwrap(), M);
-        let after = Affinity::ClientIp.table(&heavier_green, Ratio::new(50).unwrap(), M);
-        for slots in &clients {
-            if pool_of(before[slots[0]]) == Pool::Blue {
-                assert_eq!(before[slots[0]], after[slots[0]]);
+        let before = picks(&backends(), 50, &clients);
+        let after = picks(&heavier_green, 50, &clients);
+        for (before, after) in before.iter().zip(&after) {
+            if pool_of(before[0]) == Pool::Blue {
+                assert_eq!(before[0], after[0]);
             }
         }
     }
 
     #[test]
-    fn backends_share_their_pools_region_by_weight() {
-        let table = Affinity::ClientIp.table(&backends(), Ratio::new(50).unwrap(), M);
-        let mut counts: HashMap<u32, u32> = HashMap::new();
-        for &id in &table {
-            *counts.entry(id).or_default() += 1;
+    fn a_pools_clients_spread_over_its_backends_by_weight() {
+        let mut per_backend: HashMap<u32, u32> = HashMap::new();
+        for ids in picks(&backends(), 50, &clients()) {
+            *per_backend.entry(ids[0]).or_default() += 1;
         }
-        let half = f64::from(M) / 2.0;
+        let in_pool = |pool| {
+            f64::from(
+                per_backend
+                    .iter()
+                    .filter(|(id, _)| pool_of(**id) == pool)
+                    .map(|(_, n)| n)
+                    .sum::<u32>(),
+            )
+        };
         for (id, expected) in [(0, 0.2), (1, 0.2), (2, 0.6), (3, 0.5), (4, 0.5)] {
-            let share = f64::from(counts[&id]) / half;
+            let share = f64::from(per_backend[&id]) / in_pool(pool_of(id));
             assert!(
-                (share - expected).abs() < 0.02,
-                "backend {id}: {share} of its region, not {expected}"
+                (share - expected).abs() < 0.05,
+                "backend {id}: {share} of its pool's clients, not {expected}"
             );
         }
     }
 
     #[test]
-    fn a_pool_that_cannot_serve_gives_its_region_to_the_other() {
+    fn a_pool_that_cannot_serve_gives_its_clients_to_the_other() {
         let mut no_green = backends();
         no_green[3].weight = 0;
         no_green[4].weight = 0;
-        let table = Affinity::ClientIp.table(&no_green, Ratio::new(10).unwrap(), M);
-        assert!(table.iter().all(|&id| pool_of(id) == Pool::Blue));
+        let clients = clients();
+        assert!(
+            picks(&no_green, 10, &clients)
+                .iter()
+                .all(|ids| pool_of(ids[0]) == Pool::Blue)
+        );
         let none: Vec<_> = no_green.into_iter().map(|b| TableBackend { weight: 0, ..b }).collect();
-        let table = Affinity::ClientIp.table(&none, Ratio::new(10).unwrap(), M);
-        assert!(table.iter().all(|&id| id == NO_BACKEND));
+        assert!(picks(&none, 10, &clients).iter().all(|ids| ids[0] == NO_BACKEND));
     }
 
     #[test]

@@ -132,7 +132,7 @@ mod tests {
             "embryonic"
         );
         let dsr = Flow {
-            forwarding: FORWARDING_DSR as u16,
+            forwarding: FORWARDING_DSR,
             ..open
         };
         assert!(!resettable(&key(), &dsr));

@@ -98,15 +98,21 @@ fn kernel_flags(map_type: u32, flags: u32) -> u32 {
 }
 
 /// The layout version of `expected`: a hash (FNV-1a, stable across
-/// builds) of every map's name and definition, leaving out the capacities
-/// set from the config, which [`judge`] compares on their own.
+/// builds) of [`maps::LAYOUT_REVISION`] and every map's name and
+/// definition, leaving out the capacities set from the config, which
+/// [`judge`] compares on their own.
 pub fn version(expected: &BTreeMap<&str, MapDef>, capacities: &[(&str, u32)]) -> u64 {
+    revision_version(maps::LAYOUT_REVISION, expected, capacities)
+}
+
+fn revision_version(revision: u32, expected: &BTreeMap<&str, MapDef>, capacities: &[(&str, u32)]) -> u64 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     let mut eat = |bytes: &[u8]| {
         for &b in bytes {
             hash = (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
         }
     };
+    eat(&revision.to_le_bytes());
     for (name, def) in expected.iter().filter(|(name, _)| **name != maps::LAYOUT) {
         let max_entries = if capacities.iter().any(|(n, _)| n == name) {
             0
@@ -179,7 +185,8 @@ impl fmt::Display for Mismatch {
             Mismatch::Version { path, pinned, expected } => write!(
                 f,
                 "the maps pinned in {} were left by a bg-lb whose data plane differs: layout version {pinned:#018x} \
-                 pinned; this bg-lb expects {expected:#018x} (a map was added, removed or redefined)",
+                 pinned; this bg-lb expects {expected:#018x} (a map was added, removed or redefined, or its \
+                 entries changed meaning)",
                 path.parent().unwrap_or(path).display()
             ),
         }
@@ -305,6 +312,23 @@ mod tests {
             judge(&pinned_as_expected(), &wanted, v),
             Ok(vec![maps::FLOWS, maps::REVERSE_NAT])
         );
+    }
+
+    /// Maps of the same definitions whose entries mean something else (a
+    /// raised revision) are another layout: their pins are refused.
+    #[test]
+    fn a_raised_revision_is_another_layout_version() {
+        let expected = expected();
+        let now = revision_version(maps::LAYOUT_REVISION, &expected, &CAPACITIES);
+        assert_eq!(now, version(&expected, &CAPACITIES));
+        let before = revision_version(maps::LAYOUT_REVISION - 1, &expected, &CAPACITIES);
+        assert_ne!(before, now);
+        let mut pinned = pinned_as_expected();
+        pinned.version = Some(before);
+        assert!(matches!(
+            judge(&pinned, &expected, now),
+            Err(Mismatch::Version { pinned, expected, .. }) if pinned == before && expected == now
+        ));
     }
 
     #[test]

@@ -26,7 +26,7 @@ use std::{
     time::Duration,
 };
 
-use bg_lb_common::maps::{MAX_BACKENDS, MAX_SERVICES, Service};
+use bg_lb_common::maps::{MAX_BACKENDS, MAX_SERVICES, Service, second_buffer_flag, service_table_slots, table_offset};
 
 use crate::{
     dataplane::{
@@ -34,9 +34,9 @@ use crate::{
         forwarding::Forwarding,
         l4::Protocol,
         listener::ListenerKey,
-        lookup_table::{TableBackend, TableCache},
+        lookup_table::{TableBackend, TableCache, blue_share},
         syn_proxy::SynProxy,
-        table_regions::{RegionAllocator, RegionsExhausted, TableRegions},
+        table_regions::{RegionAllocator, RegionsExhausted},
     },
     ratio::{Pool, Ratio},
 };
@@ -113,20 +113,34 @@ pub struct FlowIds {
 }
 
 /// A service's new state as map writes. Written in field order, it keeps
-/// every packet consistent: backends first, then the table into the inactive
-/// buffer, then the SERVICES entry that swaps that buffer in.
+/// every packet consistent: backends first, then each changed pool's table
+/// into that pool's buffer packets do not read, then the SERVICES entry
+/// that flips the pools' buffers and sets the ratio.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServiceUpdate {
     /// The spec's backends by id whose BACKENDS entry is not yet what it
     /// says (new ones, with fresh ids, and changed ones); the others are
     /// left as they are.
     pub backends: Vec<(u32, BackendEntry)>,
-    /// The lookup table, written from `service.lut_base`.
-    pub table: Vec<u32>,
+    /// The tables to write: none for a ratio change, or for a pool whose
+    /// spare buffer holds its table as it is now (a health flip back); one
+    /// for a change to one pool.
+    pub tables: Vec<TableWrite>,
+    /// What each pool's table is built from.
+    pub sources: PoolSources,
     pub key: ListenerKey,
     pub service: Service,
     /// The service is new (its id fresh): its flood detector starts clean.
     pub fresh: bool,
+}
+
+/// A pool's table, to write from LOOKUP_TABLES' slot `first_slot` (in the
+/// buffer of that pool packets do not read).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TableWrite {
+    pub pool: Pool,
+    pub first_slot: u32,
+    pub slots: Vec<u32>,
 }
 
 /// A service leaving the data plane: its SERVICES entry goes, then its
@@ -185,9 +199,17 @@ struct BackendSlot {
 
 struct Installed {
     id: u32,
-    regions: TableRegions,
-    /// The buffer the SERVICES entry names: never written while it is.
-    active_base: u32,
+    /// The service's region of LOOKUP_TABLES: each pool's two buffers.
+    lut_base: u32,
+    /// Slots of each table.
+    lut_size: u32,
+    /// By pool: the buffer (0 or 1) the SERVICES entry names, never
+    /// written while it does.
+    active: [u32; 2],
+    /// By pool and buffer: what that table was built from, where this
+    /// daemon knows it (not after an adoption, nor after a write that may
+    /// not have finished).
+    written: [[Option<Vec<TableBackend>>; 2]; 2],
     /// Every backend of the service, in the table or draining.
     backends: HashMap<SocketAddr, BackendSlot>,
 }
@@ -242,17 +264,17 @@ impl Services {
         let mut highest = 0;
         let mut key_of_id = HashMap::new();
         for (key, service) in services {
-            let regions = TableRegions {
-                size: service.lut_size,
-                bases: [service.lut_base, service.lut_spare_base],
-            };
-            adopted.regions.reserve(regions)?;
+            adopted
+                .regions
+                .reserve(service.lut_base, service_table_slots(service.lut_size))?;
             adopted.service_ids.mark_used(service.id);
             key_of_id.insert(service.id, key);
             let installed = Installed {
                 id: service.id,
-                regions,
-                active_base: service.lut_base,
+                lut_base: service.lut_base,
+                lut_size: service.lut_size,
+                active: [0, 1].map(|pool| active_buffer(&service, pool)),
+                written: Default::default(),
                 backends: HashMap::new(),
             };
             adopted.installed.insert(key, installed);
@@ -335,7 +357,7 @@ impl Services {
         if fresh {
             self.install(spec)?;
         }
-        let size = self.installed[&key].regions.size;
+        let size = self.installed[&key].lut_size;
         if size != spec.lut_size {
             return Err(ServicesError::TableSizeChanged {
                 vip: spec.vip,
@@ -360,12 +382,11 @@ impl Services {
                 (slot.written != Some(backend)).then_some((slot.id, backend))
             })
             .collect();
-        let base = installed.regions.inactive(installed.active_base);
         let mut service = Service {
             id: installed.id,
-            lut_base: base,
+            lut_base: installed.lut_base,
             lut_size: spec.lut_size,
-            lut_spare_base: installed.regions.inactive(base),
+            blue_share: blue_share(&table_backends, spec.ratio),
             ..Service::default()
         };
         spec.syn_proxy.program(&mut service);
@@ -375,25 +396,50 @@ impl Services {
             // Config validation keeps it to whole seconds in a u16.
             service.udp_idle_s = u16::try_from(spec.udp_idle.as_secs()).unwrap_or(u16::MAX);
         }
+        let sources = pool_sources(&table_backends);
+        let installed = self.installed.get_mut(&key).expect("installed above");
+        let mut tables = Vec::new();
+        for pool in Pool::ALL {
+            let (p, active) = (pool.index(), installed.active[pool.index()]);
+            let holds = |buffer: u32| installed.written[p][buffer as usize].as_ref() == Some(&sources[p]);
+            // The active table stands when only the ratio changed.
+            let buffer = if holds(active) { active } else { 1 - active };
+            if !holds(buffer) {
+                // Unknown until the write is swapped in: one that fails
+                // half-way leaves the slots neither table.
+                installed.written[p][buffer as usize] = None;
+                tables.push(TableWrite {
+                    pool,
+                    first_slot: installed.lut_base + table_offset(p as u32, buffer, spec.lut_size),
+                    slots: self.tables.build(&table_backends, pool, spec.lut_size),
+                });
+            }
+            if buffer == 1 {
+                service.flags |= second_buffer_flag(p as u32);
+            }
+        }
         Ok(ServiceUpdate {
             backends,
-            table: self
-                .tables
-                .build(&table_backends, spec.ratio, spec.affinity, spec.lut_size),
+            tables,
+            sources,
             key,
             service,
             fresh,
         })
     }
 
-    /// Records that `update` is in the maps: its table is now the one
-    /// packets read, so the next update writes the other buffer, and its
-    /// backends' entries are what the next update compares with.
+    /// Records that `update` is in the maps: its tables are now the ones
+    /// packets read, so the next change to a pool writes its other buffer,
+    /// and its backends' entries are what the next update compares with.
     pub fn swapped(&mut self, update: &ServiceUpdate) {
         let Some(installed) = self.installed.get_mut(&update.key) else {
             return;
         };
-        installed.active_base = update.service.lut_base;
+        for (p, sources) in update.sources.iter().enumerate() {
+            let active = active_buffer(&update.service, p as u32);
+            installed.active[p] = active;
+            installed.written[p][active as usize] = Some(sources.clone());
+        }
         for (id, entry) in &update.backends {
             if let Some(slot) = installed.backends.get_mut(&entry.addr).filter(|slot| slot.id == *id) {
                 slot.written = Some(*entry);
@@ -406,7 +452,8 @@ impl Services {
     /// is not in the data plane.
     pub fn remove(&mut self, key: &ListenerKey) -> Option<ServiceRemoval> {
         let installed = self.installed.remove(key)?;
-        self.regions.release(installed.regions);
+        self.regions
+            .release(installed.lut_base, service_table_slots(installed.lut_size));
         self.retired.services.insert(installed.id);
         let backend_ids: Vec<u32> = installed.backends.into_values().map(|slot| slot.id).collect();
         self.retired.backends.extend(&backend_ids);
@@ -459,18 +506,20 @@ impl Services {
 
     fn install(&mut self, spec: &ServiceSpec) -> Result<(), ServicesError> {
         let id = self.service_ids.allocate().ok_or(ServicesError::TooManyServices)?;
-        let regions = match self.regions.allocate(spec.lut_size) {
-            Ok(regions) => regions,
+        let lut_base = match self.regions.allocate(service_table_slots(spec.lut_size)) {
+            Ok(lut_base) => lut_base,
             Err(e) => {
                 self.service_ids.release(id);
                 return Err(e.into());
             }
         };
-        // active_base = bases[1] makes the first table land in bases[0].
+        // Buffer 1 active makes the first tables land in buffer 0.
         let installed = Installed {
             id,
-            regions,
-            active_base: regions.bases[1],
+            lut_base,
+            lut_size: spec.lut_size,
+            active: [1, 1],
+            written: Default::default(),
             backends: HashMap::new(),
         };
         self.installed.insert(spec.key(), installed);
@@ -507,6 +556,19 @@ impl Services {
         }
         Ok(table_backends)
     }
+}
+
+/// What each pool's table is built from (its backends, ids and weights,
+/// in the spec's order), by [`Pool::index`].
+pub type PoolSources = [Vec<TableBackend>; 2];
+
+fn pool_sources(backends: &[TableBackend]) -> PoolSources {
+    Pool::ALL.map(|pool| backends.iter().filter(|b| b.pool == pool).cloned().collect())
+}
+
+/// The buffer (0 or 1) of `pool` (0 blue, 1 green) that `service` names.
+fn active_buffer(service: &Service, pool: u32) -> u32 {
+    u32::from(service.flags & second_buffer_flag(pool) != 0)
 }
 
 #[cfg(test)]

@@ -1,33 +1,16 @@
 //! Placement of services' lookup tables inside the one LOOKUP_TABLES array.
 //!
-//! Each service owns two regions of its table size: packets read the active
-//! one while userspace writes the other, then one update of the service's
-//! map entry flips `lut_base`. A packet therefore sees the old table or the
-//! new one, never a half-written mix.
+//! Each service owns one region: two buffers per pool
+//! ([`bg_lb_common::maps::service_table_slots`]). Packets read one buffer
+//! of each pool while userspace writes the other, then one update of the
+//! service's map entry flips the pool's buffer flag. A packet therefore
+//! sees a pool's old table or its new one, never a half-written mix.
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("lookup tables need {needed} more slots than the {capacity} configured (lookup_capacity)")]
 pub struct RegionsExhausted {
     pub needed: u32,
     pub capacity: u32,
-}
-
-/// A service's two table buffers.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct TableRegions {
-    pub size: u32,
-    pub bases: [u32; 2],
-}
-
-impl TableRegions {
-    /// The buffer not named by `active_base`: where the next table is written.
-    pub fn inactive(&self, active_base: u32) -> u32 {
-        if active_base == self.bases[0] {
-            self.bases[1]
-        } else {
-            self.bases[0]
-        }
-    }
 }
 
 /// First-fit allocator of slot ranges in LOOKUP_TABLES.
@@ -46,35 +29,8 @@ impl RegionAllocator {
         }
     }
 
-    pub fn allocate(&mut self, size: u32) -> Result<TableRegions, RegionsExhausted> {
-        let first = self.take(size)?;
-        match self.take(size) {
-            Ok(second) => Ok(TableRegions {
-                size,
-                bases: [first, second],
-            }),
-            Err(e) => {
-                self.give_back(first, size);
-                Err(e)
-            }
-        }
-    }
-
-    /// Marks regions found in adopted maps as taken.
-    pub fn reserve(&mut self, regions: TableRegions) -> Result<(), RegionsExhausted> {
-        for base in regions.bases {
-            self.take_at(base, regions.size)?;
-        }
-        Ok(())
-    }
-
-    pub fn release(&mut self, regions: TableRegions) {
-        for base in regions.bases {
-            self.give_back(base, regions.size);
-        }
-    }
-
-    fn take(&mut self, size: u32) -> Result<u32, RegionsExhausted> {
+    /// The start of a free range of `size` slots, now taken.
+    pub fn allocate(&mut self, size: u32) -> Result<u32, RegionsExhausted> {
         let i = self
             .free
             .iter()
@@ -92,7 +48,8 @@ impl RegionAllocator {
         Ok(start)
     }
 
-    fn take_at(&mut self, start: u32, size: u32) -> Result<(), RegionsExhausted> {
+    /// Marks a region found in adopted maps as taken.
+    pub fn reserve(&mut self, start: u32, size: u32) -> Result<(), RegionsExhausted> {
         let end = start.checked_add(size).filter(|&e| e <= self.capacity);
         let i = self
             .free
@@ -114,7 +71,7 @@ impl RegionAllocator {
         Ok(())
     }
 
-    fn give_back(&mut self, start: u32, size: u32) {
+    pub fn release(&mut self, start: u32, size: u32) {
         let i = self.free.partition_point(|&(s, _)| s < start);
         self.free.insert(i, (start, size));
         // Merge with the following range, then with the preceding one.
@@ -134,10 +91,8 @@ mod tests {
     #[test]
     fn regions_never_overlap_and_fit_the_capacity() {
         let mut a = RegionAllocator::new(100);
-        let r1 = a.allocate(20).unwrap();
-        let r2 = a.allocate(30).unwrap();
-        assert_eq!(r1.bases, [0, 20]);
-        assert_eq!(r2.bases, [40, 70]);
+        assert_eq!(a.allocate(40), Ok(0));
+        assert_eq!(a.allocate(60), Ok(40));
         assert_eq!(
             a.allocate(1),
             Err(RegionsExhausted {
@@ -152,42 +107,25 @@ mod tests {
         let mut a = RegionAllocator::new(100);
         let r1 = a.allocate(20).unwrap();
         let r2 = a.allocate(30).unwrap();
-        a.release(r1);
-        a.release(r2);
-        assert_eq!(a.allocate(50).unwrap().bases, [0, 50]);
+        a.release(r1, 20);
+        a.release(r2, 30);
+        assert_eq!(a.allocate(100), Ok(0));
     }
 
     #[test]
     fn failed_allocation_leaks_nothing() {
         let mut a = RegionAllocator::new(100);
-        assert!(a.allocate(60).is_err());
-        assert_eq!(a.allocate(50).unwrap().bases, [0, 50]);
+        assert!(a.allocate(101).is_err());
+        assert_eq!(a.allocate(100), Ok(0));
     }
 
     #[test]
     fn reserved_regions_are_not_allocated_again() {
         let mut a = RegionAllocator::new(100);
-        a.reserve(TableRegions {
-            size: 10,
-            bases: [40, 10],
-        })
-        .unwrap();
-        assert_eq!(a.allocate(10).unwrap().bases, [0, 20]);
-        assert_eq!(a.allocate(20).unwrap().bases, [50, 70]);
-        assert!(
-            a.reserve(TableRegions {
-                size: 10,
-                bases: [45, 90]
-            })
-            .is_err(),
-            "overlaps a taken region"
-        );
-    }
-
-    #[test]
-    fn inactive_names_the_other_buffer() {
-        let r = TableRegions { size: 7, bases: [0, 7] };
-        assert_eq!(r.inactive(0), 7);
-        assert_eq!(r.inactive(7), 0);
+        a.reserve(10, 30).unwrap();
+        assert_eq!(a.allocate(10), Ok(0));
+        assert_eq!(a.allocate(20), Ok(40));
+        assert!(a.reserve(35, 10).is_err(), "overlaps a taken region");
+        assert!(a.reserve(95, 10).is_err(), "past the capacity");
     }
 }

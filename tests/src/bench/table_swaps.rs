@@ -1,12 +1,14 @@
-//! What a table swap costs in userspace: a ratio change on one service of
-//! 2, 100 or 1,000 backends, and a health flip (one backend down or up)
-//! across many services, each through `Dataplane::apply` (build the table,
-//! write it to the spare region through the mapping of LOOKUP_TABLES, flip
-//! the service entry). The old way of writing a table, one map update per
-//! slot, is timed on the same table in the same run for comparison. The
-//! ratio changes alternate between two ratios, so each builds its table;
-//! in a health flip the services share their backends, so all but the
-//! first reuse its build (as in the daemon).
+//! What a service change costs in userspace, through `Dataplane::apply`:
+//! on one service of 2, 100 or 1,000 backends, a ratio change (the
+//! SERVICES entry's blue share alone: the tables do not depend on the
+//! ratio) and a weight change (one pool's table built, both written to the
+//! spare buffer through the mapping of LOOKUP_TABLES, the entry flipped);
+//! and a health flip (one backend down or up) across many services. The
+//! old way of writing tables, one map update per slot, is timed on the
+//! same tables in the same run for comparison. Each ratio and each weight
+//! is one the daemon's caches do not hold (as in a shift's steps); in a
+//! health flip the services share their backends, so all but the first
+//! reuse its build (as in the daemon).
 
 use std::{
     net::{Ipv4Addr, SocketAddrV4},
@@ -21,7 +23,7 @@ use bg_lb::{
     },
     ratio::{Pool, Ratio},
 };
-use bg_lb_common::maps::DEFAULT_LUT_SIZE;
+use bg_lb_common::maps::{DEFAULT_LUT_SIZE, service_table_slots};
 use serde::Serialize;
 
 use crate::{
@@ -35,12 +37,15 @@ use crate::{
 #[derive(Clone, Debug, Serialize)]
 pub struct RatioChangeCost {
     pub backends: usize,
-    /// Building the weighted Maglev table alone (pure computation).
+    /// Building one pool's weighted Maglev table alone (pure computation).
     pub build_ms: Summary,
-    /// `Dataplane::apply`: build, write every backend and the table to the
-    /// inactive region, swap the service entry.
+    /// `Dataplane::apply` of a new ratio: the SERVICES entry's blue share.
     pub apply_ms: Summary,
-    /// The same table written with one `BPF_MAP_UPDATE_ELEM` per slot (the
+    /// `Dataplane::apply` of a new weight for one blue backend: blue's
+    /// table built, both tables written to the spare buffer, the entry
+    /// flipped.
+    pub weight_change_ms: Summary,
+    /// Both tables written with one `BPF_MAP_UPDATE_ELEM` per slot (the
     /// old path's writes, without its build and swap).
     pub per_slot_write_ms: Summary,
 }
@@ -49,12 +54,17 @@ pub struct RatioChangeCost {
 pub struct HealthFlipCost {
     pub services: usize,
     pub backends_per_service: usize,
-    /// One backend (behind every service) down or up: `Dataplane::apply` on
-    /// every service, in total.
-    pub total_ms: Summary,
-    /// The same flip with the old per-slot writes, estimated: the flip as
-    /// measured plus one per-slot table write per service (from the ratio
-    /// changes above). It counts the mapped writes twice, a few percent.
+    /// One backend (behind every service) down: `Dataplane::apply` on
+    /// every service, in total. A table neither of its pool's buffers
+    /// holds, so each service writes it (its build shared).
+    pub down_ms: Summary,
+    /// The same backend up again: its pool's spare buffer holds the table
+    /// as it was before the down, so each service writes its entry alone.
+    pub up_ms: Summary,
+    /// The down with the old per-slot writes, estimated: the flip as
+    /// measured plus one per-slot write of both tables per service (from
+    /// the ratio changes above; the old layout had one table, of both
+    /// pools). It counts the mapped writes twice.
     pub per_slot_estimate_ms: f64,
 }
 
@@ -81,23 +91,29 @@ pub fn run(runs: usize) -> TableSwaps {
     }
 }
 
-/// Times ratio changes on a service of `n` backends (half blue, half green).
+/// Times ratio and weight changes on a service of `n` backends (half blue,
+/// half green).
 fn ratio_change(n: usize, runs: usize) -> RatioChangeCost {
     let mut lab = PacketLab::with_backends(n);
-    let table = lab.table();
-    let (mut build, mut apply, mut per_slot) = (Vec::new(), Vec::new(), Vec::new());
+    let first = lab.backend_addrs()[0];
+    let (mut build, mut apply, mut reweigh, mut per_slot) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for i in 0..runs {
         procs::check_interrupt();
-        // A ratio the daemon's table cache (4 builds) no longer holds, as
-        // in a shift's steps: each apply builds its table. (Alternating two
-        // ratios, as this did before, timed cache hits.)
+        // A ratio and a weight no cache holds: 20 of each in turn (the
+        // table cache keeps 8 builds).
         let blue_percent = 40 + (i % 20) as u32;
-        let started = Instant::now();
-        let built = std::hint::black_box(table.build(blue_percent));
-        build.push(ms_since(started));
+        let weight = 2 + (i % 20) as u32;
         let started = Instant::now();
         lab.set_ratio(blue_percent);
         apply.push(ms_since(started));
+        let started = Instant::now();
+        lab.reweigh(|b, w, _| *w = if b == first { weight } else { 100 });
+        reweigh.push(ms_since(started));
+        let table = lab.table();
+        let started = Instant::now();
+        std::hint::black_box(table.build_pool(Pool::Blue));
+        build.push(ms_since(started));
+        let built = table.build();
         let started = Instant::now();
         lab.write_spare_per_slot(&built);
         per_slot.push(ms_since(started));
@@ -106,17 +122,20 @@ fn ratio_change(n: usize, runs: usize) -> RatioChangeCost {
         backends: n,
         build_ms: stats::summarize(&build).expect("timed"),
         apply_ms: stats::summarize(&apply).expect("timed"),
+        weight_change_ms: stats::summarize(&reweigh).expect("timed"),
         per_slot_write_ms: stats::summarize(&per_slot).expect("timed"),
     }
 }
 
-/// Times a health flip: the first backend of [`FLIP_SERVICES`] services
-/// (each with the same [`FLIP_BACKENDS`] backends) goes down, then up.
+/// Times health flips: one backend of [`FLIP_SERVICES`] services (each
+/// with the same [`FLIP_BACKENDS`] backends) goes down, then up; each run
+/// takes the next backend, blue and green in turn, so no down finds its
+/// table in a buffer.
 fn health_flip(runs: usize, per_slot_ms: f64) -> HealthFlipCost {
     let mut dataplane = Dataplane::load(&DataplaneOptions {
         max_flows: 4096,
         reverse_nat_entries: 4096,
-        lookup_capacity: 2 * DEFAULT_LUT_SIZE * FLIP_SERVICES as u32,
+        lookup_capacity: service_table_slots(DEFAULT_LUT_SIZE) * FLIP_SERVICES as u32,
         ipv6: false,
         pin_dir: None,
     })
@@ -125,25 +144,29 @@ fn health_flip(runs: usize, per_slot_ms: f64) -> HealthFlipCost {
     for spec in &specs {
         dataplane.apply(spec).expect("program a service");
     }
-    let mut totals = Vec::new();
+    let (mut downs, mut ups) = (Vec::new(), Vec::new());
     for i in 0..runs {
-        procs::check_interrupt();
-        let weight = if i % 2 == 0 { 0 } else { 100 };
-        for spec in &mut specs {
-            spec.backends[0].weight = weight;
+        // Blue's first, green's first, blue's second, ...
+        let flipped = (i % 2) * FLIP_BACKENDS / 2 + (i / 2) % (FLIP_BACKENDS / 2);
+        for (weight, times) in [(0, &mut downs), (100, &mut ups)] {
+            procs::check_interrupt();
+            for spec in &mut specs {
+                spec.backends[flipped].weight = weight;
+            }
+            let started = Instant::now();
+            for spec in &specs {
+                dataplane.apply(spec).expect("apply the flip");
+            }
+            times.push(ms_since(started));
         }
-        let started = Instant::now();
-        for spec in &specs {
-            dataplane.apply(spec).expect("apply the flip");
-        }
-        totals.push(ms_since(started));
     }
-    let total_ms = stats::summarize(&totals).expect("timed");
+    let down_ms = stats::summarize(&downs).expect("timed");
     HealthFlipCost {
         services: FLIP_SERVICES,
         backends_per_service: FLIP_BACKENDS,
-        per_slot_estimate_ms: total_ms.median + FLIP_SERVICES as f64 * per_slot_ms,
-        total_ms,
+        per_slot_estimate_ms: down_ms.median + FLIP_SERVICES as f64 * per_slot_ms,
+        down_ms,
+        up_ms: stats::summarize(&ups).expect("timed"),
     }
 }
 
@@ -182,27 +205,31 @@ pub fn render(r: &TableSwaps) -> String {
     let mut md = String::new();
     let _ = writeln!(
         md,
-        "| backends | ratio change: table build ms | ratio change: `Dataplane::apply` ms (build + mapped write + swap) \
-         | before: the same table written per slot, ms (writes alone) |\n|---|---|---|---|"
+        "| backends | ratio change: `Dataplane::apply` ms (the entry's blue share) \
+         | weight change: `Dataplane::apply` ms (one pool's build + mapped write + swap) \
+         | one pool's table build ms | before: both tables written per slot, ms (writes alone) |\n|---|---|---|---|---|"
     );
     for c in &r.ratio_changes {
         let _ = writeln!(
             md,
-            "| {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} |",
             c.backends,
-            range(&c.build_ms),
             range(&c.apply_ms),
+            range(&c.weight_change_ms),
+            range(&c.build_ms),
             range(&c.per_slot_write_ms)
         );
     }
     let f = &r.health_flip;
     let _ = writeln!(
         md,
-        "\nHealth flip (one backend down or up behind {} services of {} backends each, `Dataplane::apply` on each): \
-         {} ms in total; with per-slot writes (est.): {} ms.",
+        "\nHealth flip (one backend behind {} services of {} backends each, `Dataplane::apply` on each), in total: \
+         down {} ms (its pool's table written); up again {} ms (its pool's spare buffer holds the table); \
+         down with per-slot writes (est.): {} ms.",
         f.services,
         f.backends_per_service,
-        range(&f.total_ms),
+        range(&f.down_ms),
+        range(&f.up_ms),
         fmt_number(f.per_slot_estimate_ms)
     );
     md

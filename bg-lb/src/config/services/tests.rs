@@ -197,14 +197,14 @@ fn more_than_max_backends_in_total_is_rejected_at_the_first_extra_one() {
 fn explicit_lookup_capacity_too_small_points_at_the_key() {
     assert_rejected(
         &format!("{TOP}lookup_capacity = 100  # <-\n{WEB}lookup_table_size = 47\n{API}lookup_table_size = 7\n"),
-        "lookup_capacity 100 is too small: the services need 108 slots",
+        "lookup_capacity 100 is too small: the services need 216 slots",
     );
     assert_rejected(
         &format!("{TOP}lookup_capacity = 0  # <-\n"),
         "lookup_capacity 0 is out of range",
     );
-    let exact = parse_ok(&format!("{TOP}lookup_capacity = 94\n{WEB}lookup_table_size = 47\n"));
-    assert_eq!(exact.lookup_capacity, 94);
+    let exact = parse_ok(&format!("{TOP}lookup_capacity = 188\n{WEB}lookup_table_size = 47\n"));
+    assert_eq!(exact.lookup_capacity, 188);
 }
 
 #[test]
@@ -220,7 +220,7 @@ fn default_lookup_capacity_overflow_points_at_the_first_service_that_does_not_fi
     }
     assert_rejected(
         &text,
-        "service \"s16\" does not fit in the default lookup_capacity 2097184",
+        "service \"s16\" does not fit in the default lookup_capacity 4194368",
     );
 }
 

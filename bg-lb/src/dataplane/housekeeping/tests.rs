@@ -263,7 +263,7 @@ fn a_dsr_flow_owns_no_reverse_entry_and_is_no_orphan_without_one() {
     let dsr = Flow {
         snat_addr: 0,
         snat_port: 0,
-        forwarding: FORWARDING_DSR as u16,
+        forwarding: FORWARDING_DSR,
         ..pinned(established, 0)
     };
     let judged = sweep(&[(key(1), dsr)], &[]);
@@ -279,7 +279,7 @@ fn a_dsr_flow_owns_no_reverse_entry_and_is_no_orphan_without_one() {
 #[test]
 fn a_gateway_flow_owns_its_reverse_entry_but_holds_no_snat_pair() {
     let gateway = Flow {
-        forwarding: FORWARDING_GATEWAY as u16,
+        forwarding: FORWARDING_GATEWAY,
         ..pinned(SYN_SEEN | SYN_ACK_SEEN | ESTABLISHED, 20000)
     };
     let judged = sweep(&[(key(1), gateway)], &[(nat(20000), key(1))]);

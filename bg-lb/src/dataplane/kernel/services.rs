@@ -23,10 +23,11 @@ use crate::{
 };
 
 impl Kernel {
-    /// Writes `update` in its field order: backends, then the table into
-    /// the inactive buffer, then the SERVICES (or SERVICES6) entry that
-    /// swaps it in (one atomic map update), so a packet sees the old table
-    /// or the new one.
+    /// Writes `update` in its field order: backends, then each table into
+    /// its pool's buffer packets do not read, then the SERVICES (or
+    /// SERVICES6) entry that flips those buffers in and sets the ratio (one
+    /// atomic map update), so a packet sees the old tables and ratio or the
+    /// new ones.
     pub(in crate::dataplane) fn write_service(&mut self, update: &ServiceUpdate) -> Result<(), DataplaneError> {
         if update.fresh {
             self.clear_syn_flood(update.service.id)?;
@@ -40,7 +41,9 @@ impl Kernel {
                 SocketAddr::V6(_) => self.write_backend::<Ipv6Wire>(*id, backend)?,
             }
         }
-        self.tables.write(update.service.lut_base, &update.table)?;
+        for table in &update.tables {
+            self.tables.write(table.first_slot, &table.slots)?;
+        }
         // Before the entry: a frame to an address the VIP filter leaves out
         // never reaches SERVICES.
         self.add_vip_address(update.key.vip.ip())?;

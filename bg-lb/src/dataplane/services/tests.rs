@@ -3,6 +3,8 @@ use std::{
     net::{Ipv4Addr, Ipv6Addr, SocketAddrV4, SocketAddrV6},
 };
 
+use bg_lb_common::maps::{NO_BACKEND, POOL_SHARE_SCALE};
+
 use super::*;
 
 const VIP: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 100), 80));
@@ -103,8 +105,29 @@ fn adopted_ids_are_not_handed_out_again() {
     );
 }
 
+/// The tables `update` writes, as (pool, buffer).
+fn written(update: &ServiceUpdate) -> Vec<(Pool, u32)> {
+    let offset = |t: &TableWrite| (t.first_slot - update.service.lut_base) / LUT_SIZE;
+    update
+        .tables
+        .iter()
+        .map(|t| (t.pool, offset(t) - 2 * t.pool.index() as u32))
+        .collect()
+}
+
+/// The table of `pool` that `update` writes.
+fn table(update: &ServiceUpdate, pool: Pool) -> &[u32] {
+    let write = update.tables.iter().find(|t| t.pool == pool);
+    &write.unwrap_or_else(|| panic!("no {pool} table written")).slots
+}
+
+/// The buffer of `pool` the entry of `update` names.
+fn active(update: &ServiceUpdate, pool: Pool) -> u32 {
+    active_buffer(&update.service, pool.index() as u32)
+}
+
 #[test]
-fn an_update_writes_every_backend_and_names_the_spare_buffer() {
+fn an_update_writes_every_backend_and_each_pools_table_in_its_first_buffer() {
     let mut services = Services::new(100);
     let update = services.update(&spec(VIP, &[1, 2])).unwrap();
     assert_eq!(
@@ -115,26 +138,114 @@ fn an_update_writes_every_backend_and_names_the_spare_buffer() {
         ]
     );
     assert_eq!(update.key, key(VIP));
+    assert_eq!((update.service.lut_base, update.service.lut_size), (0, LUT_SIZE));
+    assert_eq!(u32::from(update.service.blue_share), POOL_SHARE_SCALE, "all blue");
+    assert_eq!(written(&update), [(Pool::Blue, 0), (Pool::Green, 0)]);
+    assert_eq!(update.tables[1].first_slot, 2 * LUT_SIZE, "green's first buffer");
+    assert!(table(&update, Pool::Blue).iter().all(|id| [0, 1].contains(id)));
     assert_eq!(
-        (
-            update.service.lut_base,
-            update.service.lut_spare_base,
-            update.service.lut_size
-        ),
-        (0, LUT_SIZE, LUT_SIZE)
+        table(&update, Pool::Green),
+        [NO_BACKEND; LUT_SIZE as usize],
+        "green has no backend"
     );
-    assert_eq!(update.table.len(), LUT_SIZE as usize);
-    assert!(update.table.iter().all(|id| [0, 1].contains(id)), "{:?}", update.table);
+    assert_eq!((active(&update, Pool::Blue), active(&update, Pool::Green)), (0, 0));
 }
 
+/// The double buffer: a pool's new table goes to its buffer packets do not
+/// read, and the entry flips that pool alone.
 #[test]
-fn applying_a_spec_twice_alternates_the_table_base() {
+fn each_change_to_a_pool_writes_its_table_to_its_other_buffer() {
     let mut services = Services::new(100);
     let mut maps = Maps::default();
-    let bases: Vec<u32> = (0..3)
-        .map(|_| maps.apply(&mut services, &spec(VIP, &[1])).service.lut_base)
-        .collect();
-    assert_eq!(bases, [0, LUT_SIZE, 0]);
+    let mut both = spec(VIP, &[1, 2, 3]);
+    both.backends[2].pool = Pool::Green;
+    maps.apply(&mut services, &both);
+    for (weight, buffer) in [(50, 1), (20, 0), (70, 1)] {
+        both.backends[0].weight = weight;
+        let update = maps.apply(&mut services, &both);
+        assert_eq!(written(&update), [(Pool::Blue, buffer)], "weight {weight}");
+        assert_eq!((active(&update, Pool::Blue), active(&update, Pool::Green)), (buffer, 0));
+    }
+}
+
+/// What makes a ratio change (a shift's step) cost microseconds: the
+/// tables do not depend on the ratio, so the SERVICES entry changes its
+/// blue share over the tables packets read already.
+#[test]
+fn a_ratio_change_writes_no_table_only_the_entrys_blue_share() {
+    let mut services = Services::new(100);
+    let mut maps = Maps::default();
+    let mut both = spec(VIP, &[1, 2]);
+    both.backends[1].pool = Pool::Green;
+    both.ratio = Ratio::new(50).unwrap();
+    let first = maps.apply(&mut services, &both);
+    assert_eq!(first.tables.len(), 2);
+    for (blue, share) in [(30, 3000), (0, 0), (100, 10_000), (30, 3000)] {
+        both.ratio = Ratio::new(blue).unwrap();
+        let step = maps.apply(&mut services, &both);
+        assert_eq!(step.tables, [], "ratio {blue}");
+        assert_eq!(step.service.blue_share, share, "ratio {blue}");
+        assert_eq!(step.service.flags, first.service.flags, "the active buffers stay");
+    }
+    // Applied again unchanged: nothing but the entry either.
+    assert_eq!(maps.apply(&mut services, &both).tables, []);
+}
+
+/// A pool's spare buffer that holds its table as it is now (a health flip
+/// back: down, then up) needs no write: the entry flips to it.
+#[test]
+fn a_pool_flips_back_to_a_spare_buffer_holding_its_table_without_a_write() {
+    let mut services = Services::new(100);
+    let mut maps = Maps::default();
+    let mut one = spec(VIP, &[1, 2]);
+    maps.apply(&mut services, &one);
+    one.backends[0].weight = 0;
+    let down = maps.apply(&mut services, &one);
+    assert_eq!(written(&down), [(Pool::Blue, 1)]);
+    assert!(table(&down, Pool::Blue).iter().all(|&id| id == 1));
+    one.backends[0].weight = 100;
+    let up = maps.apply(&mut services, &one);
+    assert_eq!(written(&up), []);
+    assert_eq!(active(&up, Pool::Blue), 0, "back to the first buffer");
+}
+
+/// An update that was never swapped in may have left its buffer half
+/// written: the next update that needs that buffer writes it again.
+#[test]
+fn a_table_of_an_update_never_swapped_in_is_written_again() {
+    let mut services = Services::new(100);
+    let mut maps = Maps::default();
+    let mut one = spec(VIP, &[1, 2]);
+    maps.apply(&mut services, &one);
+    one.backends[0].weight = 0;
+    maps.apply(&mut services, &one);
+    one.backends[0].weight = 100;
+    assert_eq!(
+        written(&services.update(&one).unwrap()),
+        [],
+        "the first buffer holds it"
+    );
+    one.backends[1].weight = 50;
+    let lost = services.update(&one).unwrap(); // computed, never written
+    assert_eq!(written(&lost), [(Pool::Blue, 0)]);
+    one.backends[1].weight = 100;
+    let retry = services.update(&one).unwrap();
+    assert_eq!(written(&retry), [(Pool::Blue, 0)], "blue's slots there are unknown now");
+}
+
+/// A restarted daemon does not know what the adopted tables were built
+/// from, so its first update writes them, into the buffers packets do not
+/// read, even for a ratio alone.
+#[test]
+fn the_first_update_after_an_adoption_writes_the_tables() {
+    let mut services = Services::new(100);
+    let mut maps = Maps::default();
+    maps.apply(&mut services, &spec(VIP, &[1]));
+    let (mut adopted, _) = Services::adopt(100, maps.services.clone(), maps.backends.clone(), []).unwrap();
+    let first = adopted.update(&spec(VIP, &[1])).unwrap();
+    assert_eq!(written(&first), [(Pool::Blue, 1), (Pool::Green, 1)]);
+    adopted.swapped(&first);
+    assert_eq!(written(&adopted.update(&spec(VIP, &[1])).unwrap()), []);
 }
 
 #[test]
@@ -146,7 +257,11 @@ fn a_table_never_swapped_in_leaves_the_active_buffer_alone() {
     // read buffer 0, so the retry writes buffer 1 again.
     let lost = services.update(&spec(VIP, &[1, 2])).unwrap();
     let retry = services.update(&spec(VIP, &[1, 2])).unwrap();
-    assert_eq!((lost.service.lut_base, retry.service.lut_base), (LUT_SIZE, LUT_SIZE));
+    assert_eq!(
+        (written(&lost), written(&retry)),
+        (vec![(Pool::Blue, 1)], vec![(Pool::Blue, 1)])
+    );
+    assert_eq!(active(&retry, Pool::Blue), 1);
 }
 
 #[test]
@@ -156,7 +271,10 @@ fn a_removed_backend_keeps_its_id_until_no_flow_names_it() {
     maps.apply(&mut services, &spec(VIP, &[1, 2]));
     let removed = services.backend_id(&key(VIP), &backend(2)).unwrap();
     let update = maps.apply(&mut services, &spec(VIP, &[1]));
-    assert!(!update.table.contains(&removed), "it leaves the table at once");
+    assert!(
+        !table(&update, Pool::Blue).contains(&removed),
+        "it leaves the table at once"
+    );
     assert_eq!(
         services.backend_id(&key(VIP), &backend(2)),
         Some(removed),
@@ -195,7 +313,7 @@ fn backends_of_a_service_missing_from_live_are_not_reaped() {
 
 #[test]
 fn removing_a_service_frees_its_table_space_at_once_and_its_ids_once_no_flow_names_them() {
-    let mut services = Services::new(2 * LUT_SIZE);
+    let mut services = Services::new(4 * LUT_SIZE);
     let mut maps = Maps::default();
     maps.apply(&mut services, &spec(VIP, &[1, 2]));
     let removal = services.remove(&key(VIP)).unwrap();
@@ -294,7 +412,7 @@ fn an_update_that_changes_no_backend_entry_writes_no_backend() {
     shifted.backends[0].weight = 0;
     let update = maps.apply(&mut services, &shifted);
     assert_eq!(update.backends, []);
-    assert!(update.table.iter().all(|&id| id == 1), "{:?}", update.table);
+    assert!(table(&update, Pool::Blue).iter().all(|&id| id == 1));
 }
 
 /// A backend whose entry would change (its pool, its reset flag) is
@@ -345,7 +463,9 @@ fn adopting_maps_rebuilds_ids() {
     let mut maps = Maps::default();
     maps.apply(&mut before, &spec(VIP, &[1, 2]));
     maps.apply(&mut before, &spec(STANDBY_VIP, &[1, 2]));
-    maps.apply(&mut before, &spec(VIP, &[1, 2])); // VIP's table now in its second buffer
+    let mut reweighted = spec(VIP, &[1, 2]);
+    reweighted.backends[0].weight = 50;
+    maps.apply(&mut before, &reweighted); // VIP's tables now in its second buffer
     let orphan = entry(99, 40, backend(9), Pool::Green);
     maps.backends.insert(7, orphan);
     // A flow of a service removed before the restart still names ids 9 and 8.
@@ -388,14 +508,14 @@ fn adopting_maps_rebuilds_ids() {
     let placed = after.update(&new_service).unwrap().service;
     assert_eq!(
         (placed.id, placed.lut_base),
-        (2, 4 * LUT_SIZE),
+        (2, 8 * LUT_SIZE),
         "ids and regions in use are skipped"
     );
 }
 
 #[test]
 fn a_tcp_and_a_udp_service_on_one_vip_are_two_services() {
-    let mut services = Services::new(4 * LUT_SIZE);
+    let mut services = Services::new(8 * LUT_SIZE);
     let mut maps = Maps::default();
     let tcp = maps.apply(&mut services, &spec(VIP, &[1]));
     let udp_spec = ServiceSpec {
@@ -419,7 +539,7 @@ fn a_tcp_and_a_udp_service_on_one_vip_are_two_services() {
 /// is refused.
 #[test]
 fn an_ipv6_listener_takes_ids_from_the_one_space_and_only_backends_of_its_family() {
-    let mut services = Services::new(4 * LUT_SIZE);
+    let mut services = Services::new(8 * LUT_SIZE);
     let mut maps = Maps::default();
     let v4 = maps.apply(&mut services, &spec(VIP, &[1, 2]));
     let v6 = maps.apply(&mut services, &spec_of(VIP6, [backend6(1), backend6(2)].into_iter()));
@@ -432,7 +552,7 @@ fn an_ipv6_listener_takes_ids_from_the_one_space_and_only_backends_of_its_family
             (3, entry(1, 4, backend6(2), Pool::Blue))
         ]
     );
-    assert!(v6.table.iter().all(|id| [2, 3].contains(id)), "{:?}", v6.table);
+    assert!(table(&v6, Pool::Blue).iter().all(|id| [2, 3].contains(id)));
     assert_eq!(services.vip_addresses(), HashSet::from([VIP.ip(), VIP6.ip()]));
     let mixed = spec_of(VIP6, [backend6(1), backend(1)].into_iter());
     assert!(matches!(

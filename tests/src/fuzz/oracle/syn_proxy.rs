@@ -540,8 +540,9 @@ impl ProxyModel {
     /// The backend's SYN-ACK `seg` to flow `key` was dropped, yet the run
     /// left the flow answered: the program took the offset (and, if the
     /// flow no longer holds one, the held segment) before its answer could
-    /// not be sent (no route for the held segment, one too big for its
-    /// path). That is by design: the backend's retransmitted SYN-ACK then
+    /// not be sent (the frame could not become it, or the held segment had
+    /// no route or was too big for its path). That is by design: the
+    /// backend's retransmitted SYN-ACK then
     /// gets the bare ACK, and the client sends its data again. The offset
     /// must be this SYN-ACK's.
     pub(super) fn answer_dropped(&mut self, key: &Key, flow: &ProxyView, seg: &Tcp<'_>) -> Checked {
