@@ -158,13 +158,7 @@ pub fn run(o: &FuzzOptions) -> FuzzReport {
         report.frames += 1;
         report.mutated += !origin.mutations.is_empty() as u64;
         let judged = oracle.judge(&lab, &frame, verdict, &out[..len]);
-        let seen = Seen {
-            index: i,
-            origin: origin.clone(),
-            frame: frame.clone(),
-            verdict,
-            class: judged.as_ref().ok().map(|&(class, _)| class),
-        };
+        let class = judged.as_ref().ok().map(|&(class, _)| class);
         match judged {
             Ok((class, learned)) => {
                 *report.classes.entry(class).or_default() += 1;
@@ -182,7 +176,13 @@ pub fn run(o: &FuzzOptions) -> FuzzReport {
                 history.of(origin.session)
             )),
         }
-        history.record(seen);
+        history.record(Seen {
+            index: i,
+            origin,
+            frame: frame.clone(),
+            verdict,
+            class,
+        });
         if (i + 1) % o.check_every == 0 || i + 1 == o.frames {
             check_tables(&mut lab, &mut oracle, o, &mut report, i);
             operate(&mut lab, &mut udp, &mut ipv6.borrow_mut(), report.table_checks);
