@@ -214,6 +214,35 @@ struct Installed {
     backends: HashMap<SocketAddr, BackendSlot>,
 }
 
+impl Installed {
+    /// The buffer of `pool` whose table packets are to read, given what
+    /// `sources` builds it from, and the write it needs if that buffer does
+    /// not hold it already (`build` gives the table). The active table
+    /// stands when only the ratio changed.
+    fn place(
+        &mut self,
+        pool: Pool,
+        sources: &PoolSources,
+        build: impl FnOnce() -> Vec<u32>,
+    ) -> (u32, Option<TableWrite>) {
+        let (p, active) = (pool.index(), self.active[pool.index()]);
+        let holds = |buffer: u32| self.written[p][buffer as usize].as_ref() == Some(&sources[p]);
+        let buffer = if holds(active) { active } else { 1 - active };
+        if holds(buffer) {
+            return (buffer, None);
+        }
+        // Unknown until the write is swapped in: one that fails half-way
+        // leaves the slots neither table.
+        self.written[p][buffer as usize] = None;
+        let write = TableWrite {
+            pool,
+            first_slot: self.lut_base + table_offset(p as u32, buffer, self.lut_size),
+            slots: build(),
+        };
+        (buffer, Some(write))
+    }
+}
+
 /// Ids of removed services and of their backends: no longer installed,
 /// not yet free, while flows may name them.
 #[derive(Default)]
@@ -400,22 +429,12 @@ impl Services {
         let installed = self.installed.get_mut(&key).expect("installed above");
         let mut tables = Vec::new();
         for pool in Pool::ALL {
-            let (p, active) = (pool.index(), installed.active[pool.index()]);
-            let holds = |buffer: u32| installed.written[p][buffer as usize].as_ref() == Some(&sources[p]);
-            // The active table stands when only the ratio changed.
-            let buffer = if holds(active) { active } else { 1 - active };
-            if !holds(buffer) {
-                // Unknown until the write is swapped in: one that fails
-                // half-way leaves the slots neither table.
-                installed.written[p][buffer as usize] = None;
-                tables.push(TableWrite {
-                    pool,
-                    first_slot: installed.lut_base + table_offset(p as u32, buffer, spec.lut_size),
-                    slots: self.tables.build(&table_backends, pool, spec.lut_size),
-                });
-            }
+            let (buffer, write) = installed.place(pool, &sources, || {
+                self.tables.build(&table_backends, pool, spec.lut_size)
+            });
+            tables.extend(write);
             if buffer == 1 {
-                service.flags |= second_buffer_flag(p as u32);
+                service.flags |= second_buffer_flag(pool.index() as u32);
             }
         }
         Ok(ServiceUpdate {
