@@ -46,6 +46,7 @@
 //!   labs, each dual-stack on request (`add_ipv6`, a ULA plan mirroring the
 //!   IPv4 one).
 //! - [`udp_frames`]: UDP datagrams for packet tests, built and checked.
+//! - [`lookup_slots`]: the LOOKUP_TABLES slots a service's new flows read.
 //! - [`raw`]: hand-made TCP segments from any source (forged RSTs, spoofed
 //!   SYNs) through a raw socket.
 //! - [`servers`]: a stoppable TCP accept loop, TCP and UDP servers that
@@ -76,6 +77,7 @@ pub mod fuzz;
 pub mod http;
 pub mod lab;
 pub mod load;
+pub mod lookup_slots;
 pub mod map_surgery;
 pub mod netns;
 pub mod packet_lab;

@@ -43,13 +43,13 @@ use bg_lb_common::{
     maps::{
         self as map_names, Backend, Backend6, DEFAULT_LUT_SIZE, DataplaneConfig, Flow, Flow6, FlowKey, FlowKey6,
         IPPROTO_TCP, IPPROTO_UDP, Ipv6Wire, MAX_BACKENDS, MAX_SERVICES, NO_BACKEND, NatKey, NatKey6, NatOwner6,
-        NextHop6, POOL_SHARE_SCALE, Service, ServiceKey, ServiceKey6, TrafficStats, ip6, second_buffer_flag,
-        service_table_slots, table_offset, wire_ip6,
+        NextHop6, POOL_SHARE_SCALE, Service, ServiceKey, ServiceKey6, TrafficStats, ip6, service_table_slots, wire_ip6,
     },
 };
 
 use crate::{
     cmd::{self, ifindex, ip},
+    lookup_slots,
     map_surgery::{NatMaps, program_map},
     packets::{ACK, ACK_NUMBER, Numbers, SEQ, SYN, SYN_ACK, TcpView, numbered_tcp_frame, parse_checked, tcp_frame},
     topology::NetNs,
@@ -531,9 +531,9 @@ impl PacketLab {
     /// through the map API (`BPF_MAP_LOOKUP_ELEM`), not through the
     /// daemon's mapping.
     pub fn table_in_map(&self) -> Vec<u32> {
-        let tables = self.lookup_tables();
+        let (service, tables) = (self.service_entry(), self.lookup_tables());
         (0..2)
-            .flat_map(|pool| self.pool_table_slots(pool, false))
+            .flat_map(|pool| lookup_slots::pool_table(&service, pool, false))
             .map(|slot| tables.get(&slot, 0).expect("a slot of the table"))
             .collect()
     }
@@ -543,20 +543,11 @@ impl PacketLab {
     /// bg-lb wrote tables before it mapped LOOKUP_TABLES: the old path, for
     /// the bench.
     pub fn write_spare_per_slot(&self, tables: &[u32]) {
-        let mut map = self.lookup_tables();
-        let spare_slots = (0..2).flat_map(|pool| self.pool_table_slots(pool, true));
+        let (service, mut map) = (self.service_entry(), self.lookup_tables());
+        let spare_slots = (0..2).flat_map(|pool| lookup_slots::pool_table(&service, pool, true));
         for (slot, &id) in spare_slots.zip(tables) {
             map.set(slot, id, 0).expect("write a slot");
         }
-    }
-
-    /// The LOOKUP_TABLES slots of `pool`'s (0 blue, 1 green) table packets
-    /// read, or with `spare` of the other buffer.
-    fn pool_table_slots(&self, pool: u32, spare: bool) -> std::ops::Range<u32> {
-        let service = self.service_entry();
-        let active = service.flags & second_buffer_flag(pool) != 0;
-        let start = service.lut_base + table_offset(pool, u32::from(active != spare), service.lut_size);
-        start..start + service.lut_size
     }
 
     fn lookup_tables(&self) -> Array<MapData, u32> {

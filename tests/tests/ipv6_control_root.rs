@@ -24,6 +24,7 @@ use bg_lb_common::maps::{
 };
 use bg_lb_tests::{
     daemon::Daemon,
+    lookup_slots,
     servers::{NameClient, NameServer},
     topology::OneArm,
 };
@@ -152,10 +153,11 @@ impl Pins {
         ids.map(|id| (id, map.get(&id, 0).expect(name))).collect()
     }
 
-    /// The active table of `service`: the backend ids of its slots.
+    /// The tables new flows of `service` read: the backend ids of their
+    /// slots.
     fn table(&self, service: &Service) -> Vec<u32> {
         let map: Array<_, u32> = self.open(maps::LOOKUP_TABLES).try_into().expect("LOOKUP_TABLES");
-        (service.lut_base..service.lut_base + service.lut_size)
+        lookup_slots::read_by_new_flows(service)
             .map(|slot| map.get(&slot, 0).expect("LOOKUP_TABLES"))
             .collect()
     }

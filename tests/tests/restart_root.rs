@@ -25,6 +25,7 @@ use bg_lb::{daemon::PinsRefused, dataplane::pins::PinLayout, protocol::BackendHe
 use bg_lb_common::maps::{self, Backend, Flow, FlowKey, NO_BACKEND, Service, ServiceKey};
 use bg_lb_tests::{
     lab::{NameLab, NameLabConfig},
+    lookup_slots,
     map_surgery::NatMaps,
 };
 
@@ -51,7 +52,7 @@ fn table_backends(pin_dir: &Path, vip: SocketAddrV4) -> BTreeSet<SocketAddrV4> {
     let service = services
         .get(&ServiceKey::new(vip), 0)
         .expect("the service is programmed");
-    let ids: BTreeSet<u32> = (service.lut_base..service.lut_base + service.lut_size)
+    let ids: BTreeSet<u32> = lookup_slots::read_by_new_flows(&service)
         .map(|slot| tables.get(&slot, 0).expect("read LOOKUP_TABLES"))
         .filter(|&id| id != NO_BACKEND)
         .collect();
