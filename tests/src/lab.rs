@@ -124,7 +124,7 @@ impl NameLabConfig<'_> {
         };
         format!(
             "{}interface = \"eth0\"\nxdp_mode = \"native\"\n{snat}\nmax_flows = {}\n\
-             lookup_capacity = 262148\n{paths}{}\n{}[[service]]\nname = \"{SERVICE}\"\nvip = \"{vip}\"\n{forwarding}{}{}",
+             lookup_capacity = 1048592\n{paths}{}\n{}[[service]]\nname = \"{SERVICE}\"\nvip = \"{vip}\"\n{forwarding}{}{}",
             self.settings,
             self.max_flows.unwrap_or(65536),
             self.admin,
@@ -513,7 +513,7 @@ fn config(vip: IpAddr, backends: &[IpAddr], o: &LabOptions, paths: &str) -> Stri
     let ms = |d: Duration| d.as_millis();
     format!(
         "interface = \"eth0\"\nxdp_mode = \"native\"\n{}\nmax_flows = {}\n\
-         lookup_capacity = 524296\n{paths}\n{}\n[[service]]\nname = \"{SERVICE}\"\nvip = \"{}\"\n\
+         lookup_capacity = 1048592\n{paths}\n{}\n[[service]]\nname = \"{SERVICE}\"\nvip = \"{}\"\n\
          standby_vip = \"{}\"\nforwarding = \"{}\"\nratio = \"{}\"\naffinity = \"{}\"\n\n[service.health]\ntype = \"{}\"\n\
          interval = \"{}ms\"\nfast_interval = \"{}ms\"\ntimeout = \"{}ms\"\nrise = {}\nfall = {}\n{}",
         snat_line(o.family),

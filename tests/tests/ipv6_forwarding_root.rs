@@ -71,7 +71,7 @@ fn start(forwarding: Forwarding) -> Lab {
     let daemon = Daemon::start(BG_LB, &topo.lb.ns, |paths| {
         format!(
             "interface = \"eth0\"\nxdp_mode = \"native\"\nsnat_addresses = [\"{LB_ADDR6}\"]\nmax_flows = 65536\n\
-             lookup_capacity = 262148\n{paths}\n[[service]]\nname = \"web\"\nvip = \"{VIP}\"\n\
+             lookup_capacity = 524296\n{paths}\n[[service]]\nname = \"web\"\nvip = \"{VIP}\"\n\
              forwarding = \"{forwarding}\"\n{backends}\n[[service]]\nname = \"dns\"\nvip = \"{VIP}\"\n\
              protocol = \"udp\"\nforwarding = \"{forwarding}\"\n\n[service.health]\n{udp_health}\
              interval = \"300ms\"\nfast_interval = \"100ms\"\ntimeout = \"200ms\"\nrise = 1\nfall = 3\n{backends}"

@@ -691,7 +691,7 @@ fn xdp_mode_auto_on_a_veth_attaches_generic_and_forwards_without_a_peer_program(
     let daemon = Daemon::start(BG_LB, &topo.lb.ns, |paths| {
         format!(
             "interface = \"eth0\"\nxdp_mode = \"auto\"\nsnat_address = \"{LB_ADDR}\"\nmax_flows = 65536\n\
-             lookup_capacity = 262148\n{paths}\n[[service]]\nname = \"{SERVICE}\"\nvip = \"{vip}\"\n{backends}"
+             lookup_capacity = 524296\n{paths}\n[[service]]\nname = \"{SERVICE}\"\nvip = \"{vip}\"\n{backends}"
         )
     });
     let link = topo.lb.ns.ip("link show eth0");

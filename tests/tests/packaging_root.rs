@@ -151,7 +151,7 @@ fn each_unit_capability_is_needed() {
         let state = install.path("/var/lib/bg-lb");
         let socket = install.path("/run/bg-lb/admin.sock");
         let config = format!(
-            "interface = \"eth0\"\nsnat_address = \"{LB_ADDR}\"\nmax_flows = 65536\nlookup_capacity = 262148\n\
+            "interface = \"eth0\"\nsnat_address = \"{LB_ADDR}\"\nmax_flows = 65536\nlookup_capacity = 524296\n\
              pin_dir = \"{}\"\nstate_dir = \"{}\"\n[admin]\nsocket = \"{}\"\ngroup = \"nogroup\"\n",
             pins.0.display(),
             state.display(),
