@@ -8,9 +8,7 @@
 //! at a time, so an IPv4 key hashes exactly as it always has and an IPv6
 //! key over all eight of its words.
 
-use crate::maps::{
-    FlowKeyOf, POOL_SHARE_SCALE, SERVICE_AFFINITY_CLIENT_IP, Service, WireAddr, second_buffer_flag, table_offset,
-};
+use crate::maps::{FlowKeyOf, POOL_SHARE_SCALE, SERVICE_AFFINITY_CLIENT_IP, Service, WireAddr, table_offset};
 
 const SEED: u32 = 0x9e37_79b9;
 
@@ -71,8 +69,7 @@ pub fn table_slot<A: WireAddr>(key: &FlowKeyOf<A>, hash: u32, service: &Service)
     };
     let slot = hash.checked_rem(service.lut_size)?;
     let pool = (pool_point(hash) >= service.blue_share as u32) as u32;
-    let second = (service.flags & second_buffer_flag(pool) != 0) as u32;
-    Some(slot + table_offset(pool, second, service.lut_size))
+    Some(slot + table_offset(pool, service.active_buffer(pool), service.lut_size))
 }
 
 #[cfg(test)]
@@ -80,7 +77,7 @@ mod tests {
     use core::net::{Ipv4Addr, Ipv6Addr, SocketAddrV4, SocketAddrV6};
 
     use super::*;
-    use crate::maps::{FlowKey, FlowKey6};
+    use crate::maps::{FlowKey, FlowKey6, second_buffer_flag};
 
     fn key(port: u16) -> FlowKey {
         FlowKey::from_client(

@@ -425,6 +425,15 @@ pub const fn second_buffer_flag(pool: u32) -> u32 {
     SERVICE_SECOND_BUFFER << pool
 }
 
+impl Service {
+    /// The buffer (0 or 1) of `pool`'s (0 blue, 1 green) table that
+    /// packets read.
+    #[inline(always)]
+    pub const fn active_buffer(&self, pool: u32) -> u32 {
+        (self.flags & second_buffer_flag(pool) != 0) as u32
+    }
+}
+
 /// [`Service::forwarding`]: source and destination rewritten (the source to
 /// a SNAT address and port); replies come back to the SNAT address.
 pub const FORWARDING_FULL_NAT: u16 = 0;

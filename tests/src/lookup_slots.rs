@@ -4,13 +4,13 @@
 
 use std::ops::Range;
 
-use bg_lb_common::maps::{POOL_SHARE_SCALE, Service, second_buffer_flag, table_offset};
+use bg_lb_common::maps::{POOL_SHARE_SCALE, Service, table_offset};
 
 /// The slots of `pool`'s (0 blue, 1 green) table that packets read, or
 /// with `spare` of its other buffer.
 pub fn pool_table(service: &Service, pool: u32, spare: bool) -> Range<u32> {
-    let active = service.flags & second_buffer_flag(pool) != 0;
-    let start = service.lut_base + table_offset(pool, u32::from(active != spare), service.lut_size);
+    let buffer = service.active_buffer(pool) ^ u32::from(spare);
+    let start = service.lut_base + table_offset(pool, buffer, service.lut_size);
     start..start + service.lut_size
 }
 

@@ -20,7 +20,7 @@ use bg_lb::dataplane::{Dataplane, DataplaneError, DataplaneOptions, pins::PinLay
 use bg_lb_common::{
     counters::Counter,
     flow_state,
-    maps::{self as map_names, TrafficStats, second_buffer_flag},
+    maps::{self as map_names, TrafficStats},
 };
 use bg_lb_tests::{
     expect::Out,
@@ -849,7 +849,7 @@ fn tables_written_through_the_mapping_read_back_slot_for_slot_through_the_map_ap
             assert_eq!(read.len(), expected.len());
             let first_difference = read.iter().zip(&expected).position(|(r, e)| r != e);
             assert_eq!(first_difference, None, "weight {weight}: slot differs");
-            buffers.insert(lab.service_entry().flags & second_buffer_flag(0));
+            buffers.insert(lab.service_entry().active_buffer(0));
         }
         assert_eq!(buffers.len(), 2, "both of blue's buffers were written and read back");
     });

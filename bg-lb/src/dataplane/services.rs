@@ -302,7 +302,7 @@ impl Services {
                 id: service.id,
                 lut_base: service.lut_base,
                 lut_size: service.lut_size,
-                active: [0, 1].map(|pool| active_buffer(&service, pool)),
+                active: [0, 1].map(|pool| service.active_buffer(pool)),
                 written: Default::default(),
                 backends: HashMap::new(),
             };
@@ -455,7 +455,7 @@ impl Services {
             return;
         };
         for (p, sources) in update.sources.iter().enumerate() {
-            let active = active_buffer(&update.service, p as u32);
+            let active = update.service.active_buffer(p as u32);
             installed.active[p] = active;
             installed.written[p][active as usize] = Some(sources.clone());
         }
@@ -583,11 +583,6 @@ pub type PoolSources = [Vec<TableBackend>; 2];
 
 fn pool_sources(backends: &[TableBackend]) -> PoolSources {
     Pool::ALL.map(|pool| backends.iter().filter(|b| b.pool == pool).cloned().collect())
-}
-
-/// The buffer (0 or 1) of `pool` (0 blue, 1 green) that `service` names.
-fn active_buffer(service: &Service, pool: u32) -> u32 {
-    u32::from(service.flags & second_buffer_flag(pool) != 0)
 }
 
 #[cfg(test)]

@@ -123,7 +123,7 @@ fn table(update: &ServiceUpdate, pool: Pool) -> &[u32] {
 
 /// The buffer of `pool` the entry of `update` names.
 fn active(update: &ServiceUpdate, pool: Pool) -> u32 {
-    active_buffer(&update.service, pool.index() as u32)
+    update.service.active_buffer(pool.index() as u32)
 }
 
 #[test]
